@@ -1,0 +1,57 @@
+# Starling - thin front for CMake. `make run` and `make test` install the
+# Debian packages they need (only when missing), then build and run.
+
+PACKAGES := build-essential cmake pkg-config clang libuv1-dev libssl-dev \
+	libprotobuf-c-dev protobuf-c-compiler libraft-dev liblmdb-dev libcunit1-dev \
+	python3-paho-mqtt python3-pytest mosquitto-clients libmosquitto-dev mosquitto \
+	iproute2 procps
+
+PYTHON := /usr/bin/python3
+JOBS := $(shell nproc 2>/dev/null || echo 2)
+RELEASE_DIR := build/release
+ASAN_DIR := build/asan
+ARGS ?=
+
+.PHONY: all deps build build-asan run test unit integration bench format clean
+
+all: build
+
+# Install what is missing: `apt-get update` once, then one install.
+deps:
+	@missing=""; for p in $(PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(RELEASE_DIR) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(RELEASE_DIR) -j $(JOBS)
+
+build-asan: deps
+	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DSTARLING_SANITIZE=ON >/dev/null
+	cmake --build $(ASAN_DIR) -j $(JOBS)
+
+# A single node with embedded defaults: MQTT on 1883.
+run: build
+	./$(RELEASE_DIR)/node/starling $(ARGS)
+
+unit: build-asan
+	cd $(ASAN_DIR) && ctest --output-on-failure
+
+# The integration suite runs against the sanitizer build, with 1 and 2 workers.
+integration: build-asan
+	STARLING_TEST_BIN=$(CURDIR)/$(ASAN_DIR)/node/starling STARLING_TEST_WORKERS=1 \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	STARLING_TEST_BIN=$(CURDIR)/$(ASAN_DIR)/node/starling STARLING_TEST_WORKERS=2 \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+test: unit integration
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build

@@ -1,0 +1,393 @@
+/*
+ * config.c - the node's configuration (see config.h).
+ *
+ * Every key is described once in the table `keys` below: its name, its type
+ * and allowed range, and where it lives in struct config. Parsing is strict:
+ * integers are plain decimal with no sign, no spaces and no trailing
+ * characters; words (booleans, enumerations) are matched case-insensitively.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define ENV_PREFIX "STARLING_"
+#define ENV_TEST_PREFIX "STARLING_TEST_"
+/* At most this many characters of an offending value are quoted in errors. */
+#define ERR_VALUE_MAX 80
+
+enum key_type {
+    T_ADDRESS, /* char[64], IPv4 or IPv6 literal */
+    T_U8,
+    T_U16,
+    T_U32,
+    T_U64,
+    T_INT,
+    T_BOOL,
+    T_LOG_LEVEL,
+    T_QUEUE_POLICY,
+};
+
+struct key_def {
+    const char *name;
+    enum key_type type;
+    size_t offset;
+    uint64_t min, max; /* integer types only */
+};
+
+#define KEY(name, type, field, min, max)                                                           \
+    {                                                                                              \
+        name, type, offsetof(struct config, field), min, max                                       \
+    }
+
+static const struct key_def keys[] = {
+    KEY("bind_address", T_ADDRESS, bind_address, 0, 0),
+    KEY("port", T_U16, port, 1, 65535),
+    KEY("workers", T_INT, workers, 0, 256),
+    KEY("log_level", T_LOG_LEVEL, log_level, 0, 0),
+    KEY("max_packet_size", T_U32, max_packet_size, 64, 268435455),
+    KEY("max_connections", T_U32, max_connections, 0, 10000000),
+    KEY("receive_maximum", T_U16, receive_maximum, 1, 65535),
+    KEY("max_inflight_messages", T_U16, max_inflight, 1, 65535),
+    KEY("max_queued_messages", T_U32, max_queued_messages, 0, 10000000),
+    KEY("max_queued_bytes", T_U64, max_queued_bytes, 0, (uint64_t)1 << 40),
+    KEY("queue_full_policy", T_QUEUE_POLICY, queue_full_policy, 0, 0),
+    KEY("queue_qos0_messages", T_BOOL, queue_qos0_offline, 0, 0),
+    KEY("topic_alias_maximum", T_U16, topic_alias_maximum, 0, 65535),
+    KEY("max_keepalive", T_U16, max_keepalive, 1, 65535),
+    KEY("connect_timeout", T_U32, connect_timeout, 1, 3600),
+    KEY("sys_interval", T_U32, sys_interval, 0, 86400),
+    KEY("max_session_expiry", T_U32, max_session_expiry, 0, 4294967295u),
+    KEY("retain_available", T_BOOL, retain_available, 0, 0),
+    KEY("max_qos", T_U8, max_qos, 0, 2),
+    KEY("allow_zero_length_clientid", T_BOOL, allow_zero_length_clientid, 0, 0),
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+void config_defaults(struct config *c)
+{
+    memset(c, 0, sizeof(*c));
+    strcpy(c->bind_address, "0.0.0.0");
+    c->port = 1883;
+    c->workers = 0;
+    c->log_level = LOG_INFO;
+    c->max_packet_size = 1048576;
+    c->max_connections = 0;
+    c->receive_maximum = 65535;
+    c->max_inflight = 20;
+    c->max_queued_messages = 1000;
+    c->max_queued_bytes = 67108864;
+    c->queue_full_policy = QUEUE_DROP_NEW;
+    c->queue_qos0_offline = false;
+    c->topic_alias_maximum = 10;
+    c->max_keepalive = 65535;
+    c->connect_timeout = 10;
+    c->sys_interval = 10;
+    c->max_session_expiry = 0;
+    c->retain_available = true;
+    c->max_qos = 2;
+    c->allow_zero_length_clientid = true;
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static const struct key_def *find_key(const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+/* "bad value 'v' for key 'k': reason (expected ...)"; long values are cut. */
+static int bad_value(char *err, size_t errlen, const struct key_def *k, const char *value,
+                     const char *reason, const char *expected)
+{
+    size_t n = strlen(value);
+    set_err(err, errlen, "bad value '%.*s%s' for key '%s': %s (expected %s)", ERR_VALUE_MAX, value,
+            n > ERR_VALUE_MAX ? "..." : "", k->name, reason, expected);
+    return -EINVAL;
+}
+
+/* Strict unsigned decimal: digits only, no sign, no blanks, no overflow. */
+static int parse_uint(const char *s, uint64_t *out)
+{
+    if (!*s)
+        return -EINVAL;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9')
+            return -EINVAL;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno == ERANGE)
+        return -ERANGE;
+    if (*end)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"};
+    static const char *const no[] = {"false", "no", "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int set_integer(struct config *c, const struct key_def *k, const char *value, char *err,
+                       size_t errlen)
+{
+    char expected[64];
+    snprintf(expected, sizeof(expected), "an integer in %llu..%llu", (unsigned long long)k->min,
+             (unsigned long long)k->max);
+    uint64_t v;
+    int rc = parse_uint(value, &v);
+    if (rc == -EINVAL)
+        return bad_value(err, errlen, k, value, *value ? "not a decimal integer" : "empty value",
+                         expected);
+    if (rc < 0 || v < k->min || v > k->max)
+        return bad_value(err, errlen, k, value, "out of range", expected);
+    char *field = (char *)c + k->offset;
+    switch (k->type) {
+    case T_U8:
+        *(uint8_t *)field = (uint8_t)v;
+        break;
+    case T_U16:
+        *(uint16_t *)field = (uint16_t)v;
+        break;
+    case T_U32:
+        *(uint32_t *)field = (uint32_t)v;
+        break;
+    case T_U64:
+        *(uint64_t *)field = v;
+        break;
+    case T_INT:
+        *(int *)field = (int)v;
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+int config_set(struct config *c, const char *key, const char *value, char *err, size_t errlen)
+{
+    const struct key_def *k = find_key(key);
+    if (!k) {
+        set_err(err, errlen, "unknown key '%s'", key);
+        return -EINVAL;
+    }
+    char *field = (char *)c + k->offset;
+    switch (k->type) {
+    case T_ADDRESS: {
+        const char *expected = "an IPv4 or IPv6 address literal such as 0.0.0.0 or ::";
+        if (!*value)
+            return bad_value(err, errlen, k, value, "empty value", expected);
+        if (strlen(value) >= sizeof(c->bind_address))
+            return bad_value(err, errlen, k, value, "too long", expected);
+        unsigned char addr[16];
+        if (inet_pton(AF_INET, value, addr) != 1 && inet_pton(AF_INET6, value, addr) != 1)
+            return bad_value(err, errlen, k, value, "not an IP address", expected);
+        strcpy(c->bind_address, value);
+        return 0;
+    }
+    case T_BOOL: {
+        bool b;
+        if (parse_bool(value, &b) < 0)
+            return bad_value(err, errlen, k, value, *value ? "not a boolean" : "empty value",
+                             "true|false|yes|no|on|off|1|0");
+        *(bool *)field = b;
+        return 0;
+    }
+    case T_LOG_LEVEL: {
+        enum log_level l;
+        if (log_level_parse(value, &l) < 0)
+            return bad_value(err, errlen, k, value, *value ? "not a log level" : "empty value",
+                             "error|warn|info|debug");
+        *(enum log_level *)field = l;
+        return 0;
+    }
+    case T_QUEUE_POLICY: {
+        enum queue_policy p;
+        if (strcasecmp(value, "drop_new") == 0)
+            p = QUEUE_DROP_NEW;
+        else if (strcasecmp(value, "drop_oldest") == 0)
+            p = QUEUE_DROP_OLDEST;
+        else
+            return bad_value(err, errlen, k, value, *value ? "not a queue policy" : "empty value",
+                             "drop_new|drop_oldest");
+        *(enum queue_policy *)field = p;
+        return 0;
+    }
+    default:
+        return set_integer(c, k, value, err, errlen);
+    }
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
+    return s;
+}
+
+/* Parse one (already trimmed, non-empty, non-comment) line into tmp. */
+static int apply_line(struct config *tmp, char *line, char *err, size_t errlen)
+{
+    char *key = line;
+    char *p = line;
+    while (*p && !isspace((unsigned char)*p))
+        p++;
+    char *value = p;
+    if (*p) {
+        *p = '\0';
+        value = trim(p + 1);
+    }
+    if (!find_key(key)) {
+        set_err(err, errlen, "unknown key '%s'", key);
+        return -EINVAL;
+    }
+    if (!*value) {
+        set_err(err, errlen, "missing value for key '%s' (expected \"%s VALUE\")", key, key);
+        return -EINVAL;
+    }
+    return config_set(tmp, key, value, err, errlen);
+}
+
+int config_load_file(struct config *c, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        int e = errno;
+        set_err(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    struct config tmp = *c;
+    char *line = NULL;
+    size_t cap = 0;
+    unsigned long lineno = 0;
+    int rc = 0;
+    char why[512];
+    errno = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        if (memchr(line, '\0', (size_t)n)) {
+            set_err(err, errlen, "%s:%lu: line contains a NUL byte", path, lineno);
+            rc = -EINVAL;
+            break;
+        }
+        char *s = trim(line);
+        if (!*s || *s == '#')
+            continue;
+        if (apply_line(&tmp, s, why, sizeof(why)) < 0) {
+            set_err(err, errlen, "%s:%lu: %s", path, lineno, why);
+            rc = -EINVAL;
+            break;
+        }
+        errno = 0;
+    }
+    if (rc == 0 && ferror(f)) {
+        int e = errno ? errno : EIO;
+        set_err(err, errlen, "%s: %s", path, strerror(e));
+        rc = -e;
+    }
+    free(line);
+    fclose(f);
+    if (rc == 0)
+        *c = tmp;
+    return rc;
+}
+
+/* Variables Kubernetes injects for a Service named "starling"
+ * (STARLING_PORT=tcp://..., STARLING_SERVICE_HOST, STARLING_PORT_1883_TCP...). */
+static bool looks_like_service_link(const char *key, const char *value)
+{
+    return strncmp(value, "tcp://", 6) == 0 || strncmp(value, "udp://", 6) == 0 ||
+           strncmp(value, "sctp://", 7) == 0 || strncmp(key, "service_", 8) == 0 ||
+           strncmp(key, "port_", 5) == 0;
+}
+
+int config_load_env(struct config *c, char *const *envp, char *err, size_t errlen)
+{
+    if (!envp)
+        return 0;
+    const size_t plen = strlen(ENV_PREFIX);
+    struct config tmp = *c;
+    for (char *const *e = envp; *e; e++) {
+        const char *var = *e;
+        if (strncmp(var, ENV_PREFIX, plen) != 0 ||
+            strncmp(var, ENV_TEST_PREFIX, strlen(ENV_TEST_PREFIX)) == 0)
+            continue;
+        const char *eq = strchr(var, '=');
+        if (!eq)
+            continue;
+        const char *value = eq + 1;
+        size_t namelen = (size_t)(eq - var);
+        size_t keylen = namelen - plen;
+        char key[128];
+        if (keylen >= sizeof(key)) {
+            set_err(err, errlen, "%.*s: unknown key", (int)namelen, var);
+            return -EINVAL;
+        }
+        for (size_t i = 0; i < keylen; i++)
+            key[i] = (char)tolower((unsigned char)var[plen + i]);
+        key[keylen] = '\0';
+        char why[512];
+        if (config_set(&tmp, key, value, why, sizeof(why)) < 0) {
+            const char *hint = looks_like_service_link(key, value)
+                                   ? "; this looks like a Kubernetes service link variable: set "
+                                     "enableServiceLinks: false in the pod spec"
+                                   : "";
+            set_err(err, errlen, "%.*s: %s%s", (int)namelen, var, why, hint);
+            return -EINVAL;
+        }
+    }
+    *c = tmp;
+    return 0;
+}
+
+int config_worker_count(const struct config *c)
+{
+    if (c->workers > 0)
+        return c->workers;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        return 1;
+    if (n > 256)
+        return 256;
+    return (int)n;
+}

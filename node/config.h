@@ -1,0 +1,65 @@
+/*
+ * config.h - the node's configuration.
+ *
+ * Sources, later ones overriding earlier: built-in defaults, the config file
+ * (if any), STARLING_* environment variables, command-line options (applied
+ * by main). The file format: one "key value" per line, '#' starts a comment,
+ * blank lines ignored. Every key KEY has the environment variable
+ * STARLING_KEY (upper case). docs/configuration.md documents every key.
+ *
+ * Loaded once at start-up by main, read-only afterwards (any thread may read).
+ */
+#ifndef STARLING_CONFIG_H
+#define STARLING_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log.h"
+
+enum queue_policy { QUEUE_DROP_NEW = 0, QUEUE_DROP_OLDEST = 1 };
+
+struct config {
+    char bind_address[64];        /* bind_address, default "0.0.0.0" */
+    uint16_t port;                /* port, default 1883 */
+    int workers;                  /* workers, default 0 = number of cores */
+    enum log_level log_level;     /* log_level, default info */
+    uint32_t max_packet_size;     /* max_packet_size, default 1048576 */
+    uint32_t max_connections;     /* max_connections, default 0 = unlimited */
+    uint16_t receive_maximum;     /* receive_maximum, default 65535 (incoming QoS>0 window) */
+    uint16_t max_inflight;        /* max_inflight_messages, default 20 (outgoing window) */
+    uint32_t max_queued_messages; /* max_queued_messages, default 1000 */
+    uint64_t max_queued_bytes;    /* max_queued_bytes, default 67108864; 0 = no byte limit */
+    enum queue_policy queue_full_policy; /* queue_full_policy: drop_new (default) | drop_oldest */
+    bool queue_qos0_offline;             /* queue_qos0_messages, default false */
+    uint16_t topic_alias_maximum;        /* topic_alias_maximum, default 10 */
+    uint16_t max_keepalive;              /* max_keepalive, default 65535 */
+    uint32_t connect_timeout;            /* connect_timeout seconds, default 10 */
+    uint32_t sys_interval;               /* sys_interval seconds, default 10; 0 = off */
+    uint32_t max_session_expiry;         /* max_session_expiry seconds, default 0 = no cap */
+    bool retain_available;               /* retain_available, default true */
+    uint8_t max_qos;                     /* max_qos, default 2 */
+    bool allow_zero_length_clientid;     /* allow_zero_length_clientid, default true */
+};
+
+/* Fill c with the built-in defaults. */
+void config_defaults(struct config *c);
+
+/* Apply one key/value (as from the file or environment). Returns 0, or
+ * -EINVAL with a reason written to err (unknown key, bad value). */
+int config_set(struct config *c, const char *key, const char *value, char *err, size_t errlen);
+
+/* Read a config file over c. On error returns -EINVAL (or -errno for I/O)
+ * and writes "FILE:LINE: reason" to err. */
+int config_load_file(struct config *c, const char *path, char *err, size_t errlen);
+
+/* Apply STARLING_* variables from envp (NULL-terminated, like environ).
+ * Unknown STARLING_ variables are errors ("STARLING_X: unknown key").
+ * Returns 0 or -EINVAL with err set. */
+int config_load_env(struct config *c, char *const *envp, char *err, size_t errlen);
+
+/* Number of workers to run: c->workers, or the number of online CPUs. */
+int config_worker_count(const struct config *c);
+
+#endif

@@ -1,0 +1,100 @@
+/*
+ * conn.h - one client connection: reading and framing packets, the MQTT
+ * protocol state machine of the connection, and coalesced writes.
+ *
+ * A connection belongs to one worker and is touched only by that worker's
+ * thread, except for its reference count (other threads may hold a reference
+ * while a command for it is in the worker's inbox).
+ */
+#ifndef STARLING_CONN_H
+#define STARLING_CONN_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "buf.h"
+#include "codec.h"
+
+struct worker;
+struct session;
+struct msg;
+struct qmsg;
+
+enum conn_state { CONN_NEW, CONN_ACTIVE, CONN_CLOSING, CONN_CLOSED };
+
+struct conn {
+    uv_tcp_t tcp;
+    struct worker *w;
+    atomic_int refs;
+    enum conn_state state;
+    struct conn *prev, *next; /* worker's list */
+    struct conn *dirty_next;
+    bool dirty;
+    bool writing;
+    uv_write_t wreq;
+    struct buf in;                             /* an incomplete packet */
+    struct buf out;                            /* output waiting for the next write */
+    struct buf wbuf;                           /* output being written */
+    uint64_t accepted_at, last_rx, closing_at; /* worker loop ms */
+
+    uint8_t version;
+    uint16_t keepalive; /* seconds, enforced at 1.5x */
+    bool problem_info;
+    bool normal_disconnect;
+    bool will_on_close;
+    struct session *session;
+    struct msg *will;
+    uint32_t will_delay;
+    uint32_t will_expiry;    /* will Message Expiry Interval, seconds (0 = none) */
+    uint32_t connect_expiry; /* Session Expiry Interval asked in CONNECT */
+
+    /* client limits (5.0) */
+    uint32_t client_max_packet;
+    uint16_t client_receive_max;
+    uint16_t client_alias_max;
+    /* topic aliases client -> broker: alias_in[alias-1] */
+    struct msg **alias_in;
+    /* topic aliases broker -> client: out_alias[alias-1] */
+    struct msg **alias_out;
+    uint16_t n_alias_out;
+    char peer[64];
+};
+
+/* Accept a connection on w's listener. */
+void conn_accept(struct worker *w, uv_stream_t *server);
+
+struct conn *conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+
+/*
+ * Close the connection: for a connected 5.0 client with a reason >= 0x80,
+ * send DISCONNECT(reason) first. Detaches the session and publishes the will
+ * as the specification says. `resumed`: the session continues elsewhere
+ * (takeover), so a delayed will is dropped. Worker thread only.
+ */
+void conn_close(struct conn *c, uint8_t reason, bool resumed);
+
+/* Write pending output now (called at the end of a loop turn). */
+void conn_flush(struct conn *c);
+
+/* Keep alive and CONNECT timeout check; now in loop ms. */
+void conn_check_timers(struct conn *c, uint64_t now);
+
+/*
+ * Encode a PUBLISH of q to the client into c->out (topic alias, expiry,
+ * subscription ids, DUP). Returns 1 when written, 0 when the message cannot
+ * be sent to this client (larger than its Maximum Packet Size, or expired),
+ * or a negative errno.
+ */
+int conn_send_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t now_ms);
+
+/* Encode a PUBREL for pid into c->out. */
+void conn_send_pubrel(struct conn *c, uint16_t pid);
+
+/* Bytes waiting to be written to the client (for the slow consumer limit). */
+size_t conn_pending_bytes(const struct conn *c);
+
+#endif

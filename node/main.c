@@ -1,0 +1,96 @@
+/*
+ * main.c - the `starling` command: read the configuration, run the node.
+ *
+ * Configuration sources, later ones winning: built-in defaults, -c FILE,
+ * STARLING_* environment variables, -p PORT.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "config.h"
+#include "log.h"
+
+extern char **environ;
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: starling [-c FILE] [-p PORT] [-v] [-h]\n"
+                 "\n"
+                 "  -c, --config FILE  read the configuration file FILE\n"
+                 "  -p, --port PORT    listen for MQTT on PORT (overrides the file and\n"
+                 "                     STARLING_PORT)\n"
+                 "  -v, --version      print the version and exit\n"
+                 "  -h, --help         print this help and exit\n"
+                 "\n"
+                 "With no options the node listens on 0.0.0.0:1883 with built-in defaults.\n"
+                 "Every configuration key KEY can be set with the environment variable\n"
+                 "STARLING_KEY; see docs/configuration.md.\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"port", required_argument, NULL, 'p'},
+        {"version", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *file = NULL, *port = NULL;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:p:vh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            file = optarg;
+            break;
+        case 'p':
+            port = optarg;
+            break;
+        case 'v':
+            printf("starling %s\n", STARLING_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "starling: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    struct config cfg;
+    char err[512];
+    config_defaults(&cfg);
+    if (file && config_load_file(&cfg, file, err, sizeof(err)) < 0) {
+        fprintf(stderr, "starling: %s\n", err);
+        return 1;
+    }
+    if (config_load_env(&cfg, environ, err, sizeof(err)) < 0) {
+        fprintf(stderr, "starling: %s\n", err);
+        return 1;
+    }
+    if (port && config_set(&cfg, "port", port, err, sizeof(err)) < 0) {
+        fprintf(stderr, "starling: -p: %s\n", err);
+        return 1;
+    }
+    log_set_level(cfg.log_level);
+
+    int r = broker_init(&g_broker, &cfg);
+    if (r == 0)
+        r = broker_run(&g_broker);
+    broker_cleanup(&g_broker);
+    if (r != 0) {
+        log_error("start-up failed: %s", strerror(r < 0 ? -r : r));
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,47 @@
+/*
+ * msg.c - reference-counted messages (see msg.h).
+ */
+#include "msg.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct msg *msg_new(const void *topic, uint16_t topic_len, const void *payload,
+                    uint32_t payload_len, const void *props, uint32_t props_len, uint8_t qos,
+                    bool retain, uint64_t expiry_at, const void *origin)
+{
+    struct msg *m = malloc(sizeof(*m) + (size_t)topic_len + payload_len + props_len);
+    if (!m)
+        return NULL;
+    atomic_init(&m->refs, 1);
+    m->qos = qos;
+    m->retain = retain;
+    m->topic_len = topic_len;
+    m->payload_len = payload_len;
+    m->props_len = props_len;
+    m->expiry_at = expiry_at;
+    m->origin = origin;
+    if (topic_len)
+        memcpy(m->data, topic, topic_len);
+    if (payload_len)
+        memcpy(m->data + topic_len, payload, payload_len);
+    if (props_len)
+        memcpy(m->data + topic_len + payload_len, props, props_len);
+    return m;
+}
+
+void msg_unref(struct msg *m)
+{
+    if (!m)
+        return;
+    if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
+        free(m);
+}
+
+uint64_t msg_clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}

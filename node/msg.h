@@ -1,0 +1,63 @@
+/*
+ * msg.h - the immutable, reference-counted application message.
+ *
+ * A PUBLISH becomes one struct msg; fan-out passes references to it, never
+ * copies of the payload. After msg_new returns, no field changes. Any thread
+ * may call msg_ref/msg_unref; the last msg_unref frees it.
+ */
+#ifndef STARLING_MSG_H
+#define STARLING_MSG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct msg {
+    atomic_uint refs;
+    uint8_t qos;
+    bool retain;
+    uint16_t topic_len;
+    uint32_t payload_len;
+    uint32_t props_len;
+    /* Absolute expiry time, milliseconds of the realtime clock; 0 = never. */
+    uint64_t expiry_at;
+    /* The session that published it (for No Local); compared, never
+     * dereferenced. NULL for messages the broker makes itself. */
+    const void *origin;
+    /* topic (not NUL-terminated), then payload, then the encoded MQTT 5.0
+     * properties passed through to subscribers unchanged (payload format,
+     * content type, response topic, correlation data, user properties). */
+    uint8_t data[];
+};
+
+/* Allocate a message with one reference. Returns NULL on out of memory. */
+struct msg *msg_new(const void *topic, uint16_t topic_len, const void *payload,
+                    uint32_t payload_len, const void *props, uint32_t props_len, uint8_t qos,
+                    bool retain, uint64_t expiry_at, const void *origin);
+
+static inline struct msg *msg_ref(struct msg *m)
+{
+    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    return m;
+}
+
+void msg_unref(struct msg *m);
+
+static inline const char *msg_topic(const struct msg *m)
+{
+    return (const char *)m->data;
+}
+static inline const uint8_t *msg_payload(const struct msg *m)
+{
+    return m->data + m->topic_len;
+}
+static inline const uint8_t *msg_props(const struct msg *m)
+{
+    return m->data + m->topic_len + m->payload_len;
+}
+
+/* Milliseconds of the realtime clock (for expiry that survives restarts). */
+uint64_t msg_clock_ms(void);
+
+#endif

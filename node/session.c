@@ -1,0 +1,472 @@
+/*
+ * session.c - session state (see session.h).
+ *
+ * Every message for a session goes through its queue: session_deliver
+ * appends under the session lock from whichever thread matched the publish,
+ * and the worker that owns the attached connection moves messages from the
+ * queue into the connection's output (session_flush), QoS 1/2 ones into the
+ * inflight list while the window allows. The queue is bounded by
+ * max_queued_messages and max_queued_bytes; when full, queue_full_policy
+ * decides which message is dropped, and the drop is counted.
+ */
+#include "session.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "conn.h"
+#include "worker.h"
+
+/* Output waiting for a slow client beyond which the queue is not pumped. */
+#define SESSION_OUT_HIGH_WATER (256u * 1024u)
+
+struct session *session_new(const char *id, uint16_t len)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->client_id = malloc((size_t)len + 1);
+    if (!s->client_id) {
+        free(s);
+        return NULL;
+    }
+    memcpy(s->client_id, id, len);
+    s->client_id[len] = '\0';
+    s->id_len = len;
+    atomic_init(&s->refs, 1);
+    atomic_init(&s->flush_posted, 0);
+    pthread_mutex_init(&s->lock, NULL);
+    s->next_pid = 1;
+    return s;
+}
+
+struct session *session_ref(struct session *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    return s;
+}
+
+void qmsg_free(struct qmsg *q)
+{
+    if (!q)
+        return;
+    msg_unref(q->m);
+    if (q->n_ids > 1)
+        free(q->ids.many);
+    free(q);
+}
+
+static void qmsg_list_free(struct qmsg *q)
+{
+    while (q) {
+        struct qmsg *next = q->next;
+        qmsg_free(q);
+        q = next;
+    }
+}
+
+void session_unref(struct session *s)
+{
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    qmsg_list_free(s->queue_head);
+    qmsg_list_free(s->inflight_head);
+    for (uint32_t i = 0; i < s->n_subs; i++)
+        free(s->subs[i].filter);
+    free(s->subs);
+    free(s->qos2_in);
+    msg_unref(s->pending_will);
+    pthread_mutex_destroy(&s->lock);
+    free(s->client_id);
+    free(s);
+}
+
+static struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *ids,
+                             uint16_t n_ids)
+{
+    struct qmsg *q = calloc(1, sizeof(*q));
+    if (!q)
+        return NULL;
+    if (n_ids > 1) {
+        q->ids.many = malloc(sizeof(uint32_t) * n_ids);
+        if (!q->ids.many) {
+            free(q);
+            return NULL;
+        }
+        memcpy(q->ids.many, ids, sizeof(uint32_t) * n_ids);
+    } else if (n_ids == 1) {
+        q->ids.one = ids[0];
+    }
+    q->n_ids = n_ids;
+    q->m = msg_ref(m);
+    q->qos = qos;
+    q->retain = retain;
+    return q;
+}
+
+static size_t qmsg_size(const struct qmsg *q)
+{
+    return (size_t)q->m->topic_len + q->m->payload_len + q->m->props_len;
+}
+
+static struct qmsg *queue_pop(struct session *s)
+{
+    struct qmsg *q = s->queue_head;
+    if (!q)
+        return NULL;
+    s->queue_head = q->next;
+    if (!s->queue_head)
+        s->queue_tail = NULL;
+    q->next = NULL;
+    s->queue_len--;
+    s->queue_bytes -= qmsg_size(q);
+    return q;
+}
+
+static void queue_push(struct session *s, struct qmsg *q)
+{
+    q->next = NULL;
+    if (s->queue_tail)
+        s->queue_tail->next = q;
+    else
+        s->queue_head = q;
+    s->queue_tail = q;
+    s->queue_len++;
+    s->queue_bytes += qmsg_size(q);
+}
+
+/* Apply the queue limits for one more message; returns the message to drop
+ * (q itself, the oldest queued one, or NULL when q fits). */
+static struct qmsg *queue_admit(struct session *s, struct qmsg *q)
+{
+    const struct config *cfg = &g_broker.cfg;
+    bool full = false;
+    if (cfg->max_queued_messages == 0) {
+        /* no queueing: only messages for a connected client pass */
+        full = s->conn == NULL;
+    } else if (s->queue_len >= cfg->max_queued_messages) {
+        full = true;
+    }
+    if (cfg->max_queued_bytes && s->queue_bytes + qmsg_size(q) > cfg->max_queued_bytes)
+        full = true;
+    if (!full)
+        return NULL;
+    if (cfg->queue_full_policy == QUEUE_DROP_OLDEST && s->queue_head)
+        return queue_pop(s);
+    return q;
+}
+
+void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
+                     const uint32_t *ids, uint16_t n_ids, struct worker *cur)
+{
+    struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
+    if (!q) {
+        atomic_fetch_add(&g_broker.stats.msgs_dropped, 1);
+        return;
+    }
+    struct worker *target = NULL;
+    struct qmsg *drop = NULL;
+    bool counted = false;
+    pthread_mutex_lock(&s->lock);
+    if (s->ended || (!s->conn && qos == 0 && !g_broker.cfg.queue_qos0_offline)) {
+        /* QoS 0 messages are not kept for offline sessions unless configured */
+        drop = q;
+    } else {
+        drop = queue_admit(s, q);
+        counted = drop != NULL;
+        if (drop != q)
+            queue_push(s, q);
+        if (s->conn)
+            target = s->w;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (counted)
+        atomic_fetch_add(&g_broker.stats.msgs_dropped, 1);
+    qmsg_free(drop);
+    if (!target)
+        return;
+    if (target == cur)
+        worker_defer_flush(cur, s);
+    else
+        worker_post_flush(target, s);
+}
+
+static uint16_t session_window(const struct session *s)
+{
+    uint16_t window = g_broker.cfg.max_inflight;
+    if (s->conn && s->conn->client_receive_max && s->conn->client_receive_max < window)
+        window = s->conn->client_receive_max;
+    return window;
+}
+
+static bool pid_in_use(const struct session *s, uint16_t pid)
+{
+    for (const struct qmsg *q = s->inflight_head; q; q = q->next)
+        if (q->pid == pid)
+            return true;
+    return false;
+}
+
+static uint16_t session_next_pid(struct session *s)
+{
+    for (;;) {
+        uint16_t pid = s->next_pid++;
+        if (s->next_pid == 0)
+            s->next_pid = 1;
+        if (pid != 0 && !pid_in_use(s, pid))
+            return pid;
+    }
+}
+
+static void inflight_push(struct session *s, struct qmsg *q)
+{
+    q->next = NULL;
+    if (s->inflight_tail)
+        s->inflight_tail->next = q;
+    else
+        s->inflight_head = q;
+    s->inflight_tail = q;
+    s->inflight_len++;
+}
+
+/* Unlink and return the inflight message with this pid and state. */
+static struct qmsg *inflight_take(struct session *s, uint16_t pid, uint8_t state)
+{
+    struct qmsg *prev = NULL;
+    for (struct qmsg *q = s->inflight_head; q; prev = q, q = q->next) {
+        if (q->pid != pid || q->state != state)
+            continue;
+        if (prev)
+            prev->next = q->next;
+        else
+            s->inflight_head = q->next;
+        if (s->inflight_tail == q)
+            s->inflight_tail = prev;
+        s->inflight_len--;
+        q->next = NULL;
+        return q;
+    }
+    return NULL;
+}
+
+static struct qmsg *inflight_find(struct session *s, uint16_t pid)
+{
+    for (struct qmsg *q = s->inflight_head; q; q = q->next)
+        if (q->pid == pid)
+            return q;
+    return NULL;
+}
+
+void session_flush_locked(struct session *s)
+{
+    struct conn *c = s->conn;
+    if (!c || c->state != CONN_ACTIVE)
+        return;
+    uint64_t now = msg_clock_ms();
+    uint16_t window = session_window(s);
+    struct qmsg *q;
+    while ((q = s->queue_head)) {
+        if (conn_pending_bytes(c) > SESSION_OUT_HIGH_WATER)
+            break; /* resumed when the connection's write completes */
+        if (q->m->expiry_at && q->m->expiry_at <= now) {
+            /* [MQTT-3.3.2-5] an expired message is not delivered */
+            qmsg_free(queue_pop(s));
+            continue;
+        }
+        if (q->qos > 0 && s->inflight_len >= window)
+            break;
+        queue_pop(s);
+        if (q->qos > 0) {
+            q->pid = session_next_pid(s);
+            q->state = q->qos == 1 ? QSTATE_WAIT_ACK : QSTATE_WAIT_REC;
+        }
+        int r = conn_send_publish(c, q, false, now);
+        if (r <= 0 || q->qos == 0) {
+            if (r <= 0)
+                atomic_fetch_add(&g_broker.stats.publish_dropped_too_large, 1);
+            qmsg_free(q);
+            continue;
+        }
+        inflight_push(s, q);
+    }
+}
+
+void session_flush(struct session *s)
+{
+    pthread_mutex_lock(&s->lock);
+    session_flush_locked(s);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void session_resume_locked(struct session *s)
+{
+    struct conn *c = s->conn;
+    if (!c)
+        return;
+    uint64_t now = msg_clock_ms();
+    struct qmsg *prev = NULL, *q = s->inflight_head;
+    while (q) {
+        struct qmsg *next = q->next;
+        if (q->state == QSTATE_WAIT_COMP) {
+            /* [MQTT-4.4.0-1] resend PUBREL for QoS 2 messages past PUBREC */
+            conn_send_pubrel(c, q->pid);
+            prev = q;
+        } else if (conn_send_publish(c, q, true, now) > 0) {
+            /* [MQTT-4.4.0-1] resend unacknowledged PUBLISH with DUP set */
+            prev = q;
+        } else {
+            /* cannot be sent to this connection any more: drop it */
+            if (prev)
+                prev->next = next;
+            else
+                s->inflight_head = next;
+            if (s->inflight_tail == q)
+                s->inflight_tail = prev;
+            s->inflight_len--;
+            qmsg_free(q);
+        }
+        q = next;
+    }
+    session_flush_locked(s);
+}
+
+int session_puback_locked(struct session *s, uint16_t pid)
+{
+    struct qmsg *q = inflight_take(s, pid, QSTATE_WAIT_ACK);
+    if (!q)
+        return -ENOENT;
+    qmsg_free(q);
+    session_flush_locked(s);
+    return 0;
+}
+
+int session_pubrec_locked(struct session *s, uint16_t pid, uint8_t reason)
+{
+    struct qmsg *q = inflight_find(s, pid);
+    if (!q || q->qos != 2)
+        return -ENOENT;
+    if (reason >= 0x80) {
+        /* 5.0: a PUBREC with an error ends the exchange */
+        qmsg_free(inflight_take(s, pid, q->state));
+        session_flush_locked(s);
+        return 0;
+    }
+    q->state = QSTATE_WAIT_COMP;
+    /* the payload is no longer needed once PUBREC arrived, but keep the
+     * message: it is small next to the bookkeeping of a separate state */
+    conn_send_pubrel(s->conn, pid);
+    return 0;
+}
+
+int session_pubcomp_locked(struct session *s, uint16_t pid)
+{
+    struct qmsg *q = inflight_take(s, pid, QSTATE_WAIT_COMP);
+    if (!q)
+        return -ENOENT;
+    qmsg_free(q);
+    session_flush_locked(s);
+    return 0;
+}
+
+bool session_qos2_has(struct session *s, uint16_t pid)
+{
+    for (uint32_t i = 0; i < s->n_qos2_in; i++)
+        if (s->qos2_in[i] == pid)
+            return true;
+    return false;
+}
+
+int session_qos2_add(struct session *s, uint16_t pid)
+{
+    if (s->n_qos2_in == s->cap_qos2_in) {
+        uint32_t cap = s->cap_qos2_in ? s->cap_qos2_in * 2 : 4;
+        uint16_t *p = realloc(s->qos2_in, cap * sizeof(*p));
+        if (!p)
+            return -ENOMEM;
+        s->qos2_in = p;
+        s->cap_qos2_in = cap;
+    }
+    s->qos2_in[s->n_qos2_in++] = pid;
+    return 0;
+}
+
+bool session_qos2_remove(struct session *s, uint16_t pid)
+{
+    for (uint32_t i = 0; i < s->n_qos2_in; i++) {
+        if (s->qos2_in[i] == pid) {
+            s->qos2_in[i] = s->qos2_in[--s->n_qos2_in];
+            return true;
+        }
+    }
+    return false;
+}
+
+struct session_sub *session_sub_find(struct session *s, const char *f, uint16_t len)
+{
+    for (uint32_t i = 0; i < s->n_subs; i++)
+        if (s->subs[i].len == len && memcmp(s->subs[i].filter, f, len) == 0)
+            return &s->subs[i];
+    return NULL;
+}
+
+int session_sub_set(struct session *s, const char *f, uint16_t len, uint8_t options,
+                    uint32_t sub_id)
+{
+    struct session_sub *sub = session_sub_find(s, f, len);
+    if (!sub) {
+        if (s->n_subs == s->cap_subs) {
+            uint32_t cap = s->cap_subs ? s->cap_subs * 2 : 4;
+            struct session_sub *p = realloc(s->subs, cap * sizeof(*p));
+            if (!p)
+                return -ENOMEM;
+            s->subs = p;
+            s->cap_subs = cap;
+        }
+        char *copy = malloc((size_t)len + 1);
+        if (!copy)
+            return -ENOMEM;
+        memcpy(copy, f, len);
+        copy[len] = '\0';
+        sub = &s->subs[s->n_subs++];
+        sub->filter = copy;
+        sub->len = len;
+    }
+    sub->options = options;
+    sub->sub_id = sub_id;
+    return 0;
+}
+
+bool session_sub_del(struct session *s, const char *f, uint16_t len)
+{
+    struct session_sub *sub = session_sub_find(s, f, len);
+    if (!sub)
+        return false;
+    free(sub->filter);
+    *sub = s->subs[--s->n_subs];
+    return true;
+}
+
+void session_end(struct broker *b, struct session *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->ended = true;
+    struct session_sub *subs = s->subs;
+    uint32_t n = s->n_subs;
+    s->subs = NULL;
+    s->n_subs = s->cap_subs = 0;
+    struct qmsg *queue = s->queue_head, *inflight = s->inflight_head;
+    s->queue_head = s->queue_tail = s->inflight_head = s->inflight_tail = NULL;
+    s->queue_len = s->inflight_len = 0;
+    s->queue_bytes = 0;
+    s->n_qos2_in = 0;
+    pthread_mutex_unlock(&s->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        sub_index_remove(b->index, subs[i].filter, subs[i].len, s);
+        free(subs[i].filter);
+    }
+    free(subs);
+    qmsg_list_free(queue);
+    qmsg_list_free(inflight);
+}

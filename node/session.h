@@ -1,0 +1,131 @@
+/*
+ * session.h - MQTT sessions: subscriptions, outgoing queue and inflight
+ * window, incoming QoS 2 state, will delay.
+ *
+ * A session outlives connections. At most one connection is attached at a
+ * time; it lives on one worker (s->w), and only that worker writes to it.
+ * Every field below `lock` is guarded by it: any thread may enqueue a message
+ * (session_deliver), the owning worker pumps the queue into the connection
+ * (session_flush). Sessions are reference counted: the session table, the
+ * attached connection and each pending worker command hold a reference.
+ */
+#ifndef STARLING_SESSION_H
+#define STARLING_SESSION_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "msg.h"
+
+struct conn;
+struct worker;
+struct broker;
+
+/* A message on its way to this session: queued, or inflight. */
+struct qmsg {
+    struct qmsg *next;
+    struct msg *m;
+    uint8_t qos;
+    bool retain;
+    uint8_t state; /* QSTATE_* */
+    uint16_t pid;
+    uint16_t n_ids;
+    union {
+        uint32_t one;
+        uint32_t *many;
+    } ids;
+};
+
+enum { QSTATE_QUEUED = 0, QSTATE_WAIT_ACK = 1, QSTATE_WAIT_REC = 2, QSTATE_WAIT_COMP = 3 };
+
+struct session_sub {
+    char *filter;
+    uint16_t len;
+    uint8_t options;
+    uint32_t sub_id;
+};
+
+struct session {
+    atomic_int refs;
+    struct session *hnext; /* session table chain (sessions_lock) */
+    char *client_id;
+    uint16_t id_len;
+    bool in_table;           /* sessions_lock */
+    atomic_int flush_posted; /* id + 1 of the worker a flush is pending on */
+
+    pthread_mutex_t lock;
+    struct conn *conn;
+    struct worker *w;
+    uint8_t version;
+    bool ended;
+    uint32_t expiry_interval; /* seconds; 0xFFFFFFFF = never */
+    uint64_t disconnected_at; /* monotonic ms, while offline */
+    /* subscriptions */
+    struct session_sub *subs;
+    uint32_t n_subs, cap_subs;
+    /* outgoing */
+    uint16_t next_pid;
+    struct qmsg *queue_head, *queue_tail;
+    uint32_t queue_len;
+    uint64_t queue_bytes;
+    struct qmsg *inflight_head, *inflight_tail;
+    uint32_t inflight_len;
+    /* incoming QoS 2 packet ids awaiting PUBREL */
+    uint16_t *qos2_in;
+    uint32_t n_qos2_in, cap_qos2_in;
+    /* a will waiting for its delay (offline only) */
+    struct msg *pending_will;
+    uint64_t will_at; /* monotonic ms */
+    uint32_t will_expiry;
+};
+
+struct session *session_new(const char *id, uint16_t len);
+struct session *session_ref(struct session *s);
+void session_unref(struct session *s);
+
+/*
+ * Offer m to s with the subscription's granted QoS and flags. Called from
+ * any thread, without s->lock. `cur` is the calling worker or NULL. The
+ * session takes its own reference on m if it keeps it. ids: subscription
+ * identifiers (copied).
+ */
+void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
+                     const uint32_t *ids, uint16_t n_ids, struct worker *cur);
+
+/* Pump queued messages into the attached connection, within the inflight
+ * window. Only the worker owning s->conn may call it; takes s->lock. */
+void session_flush(struct session *s);
+/* Same, with s->lock held. */
+void session_flush_locked(struct session *s);
+
+/* Resend inflight messages (DUP) and PUBREL on a resumed session, then
+ * flush. Owning worker only; s->lock held. */
+void session_resume_locked(struct session *s);
+
+/* Client acknowledgements. Return 0, or -ENOENT when pid is not inflight in
+ * the right state. Owning worker only, with s->lock held and s->conn being
+ * the connection the acknowledgement came on. */
+int session_puback_locked(struct session *s, uint16_t pid);
+int session_pubrec_locked(struct session *s, uint16_t pid, uint8_t reason);
+int session_pubcomp_locked(struct session *s, uint16_t pid);
+
+/* Incoming QoS 2 ids (s->lock held). */
+bool session_qos2_has(struct session *s, uint16_t pid);
+int session_qos2_add(struct session *s, uint16_t pid);
+bool session_qos2_remove(struct session *s, uint16_t pid);
+
+/* Subscriptions of the session (s->lock held). Returns the entry or NULL. */
+struct session_sub *session_sub_find(struct session *s, const char *f, uint16_t len);
+int session_sub_set(struct session *s, const char *f, uint16_t len, uint8_t options,
+                    uint32_t sub_id);
+bool session_sub_del(struct session *s, const char *f, uint16_t len);
+
+/* End the session: remove its subscriptions from the index, drop queued and
+ * inflight messages. The caller removes it from the table. Takes s->lock. */
+void session_end(struct broker *b, struct session *s);
+
+void qmsg_free(struct qmsg *q);
+
+#endif

@@ -1,0 +1,51 @@
+/*
+ * sys.c - the $SYS/broker topics, published as retained messages every
+ * sys_interval seconds. Topic names follow Eclipse Mosquitto's where it has
+ * one, so existing dashboards keep working.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "broker.h"
+
+static void sys_put(struct broker *b, const char *topic, const char *value)
+{
+    struct msg *m = msg_new(topic, (uint16_t)strlen(topic), value, (uint32_t)strlen(value), NULL, 0,
+                            0, true, 0, NULL);
+    if (!m)
+        return;
+    broker_publish(b, m, NULL);
+    msg_unref(m);
+}
+
+static void sys_put_u64(struct broker *b, const char *topic, uint64_t v)
+{
+    char s[32];
+    snprintf(s, sizeof(s), "%" PRIu64, v);
+    sys_put(b, topic, s);
+}
+
+void sys_publish(struct broker *b)
+{
+    char s[64];
+    snprintf(s, sizeof(s), "starling version %s", STARLING_VERSION);
+    sys_put(b, "$SYS/broker/version", s);
+    snprintf(s, sizeof(s), "%" PRIu64 " seconds", (broker_now_ms() - b->started_at_ms) / 1000u);
+    sys_put(b, "$SYS/broker/uptime", s);
+    pthread_mutex_lock(&b->sessions_lock);
+    size_t total = b->n_sessions;
+    pthread_mutex_unlock(&b->sessions_lock);
+    uint64_t connected = atomic_load(&b->stats.clients_connected);
+    sys_put_u64(b, "$SYS/broker/clients/total", total);
+    sys_put_u64(b, "$SYS/broker/clients/connected", connected);
+    sys_put_u64(b, "$SYS/broker/clients/disconnected", total > connected ? total - connected : 0);
+    sys_put_u64(b, "$SYS/broker/clients/maximum", atomic_load(&b->stats.clients_maximum));
+    sys_put_u64(b, "$SYS/broker/messages/received", atomic_load(&b->stats.msgs_received));
+    sys_put_u64(b, "$SYS/broker/messages/sent", atomic_load(&b->stats.msgs_sent));
+    sys_put_u64(b, "$SYS/broker/messages/dropped", atomic_load(&b->stats.msgs_dropped));
+    sys_put_u64(b, "$SYS/broker/bytes/received", atomic_load(&b->stats.bytes_received));
+    sys_put_u64(b, "$SYS/broker/bytes/sent", atomic_load(&b->stats.bytes_sent));
+    sys_put_u64(b, "$SYS/broker/subscriptions/count", sub_index_count(b->index));
+    sys_put_u64(b, "$SYS/broker/retained messages/count", retain_count(b->retained));
+}

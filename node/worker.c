@@ -1,0 +1,383 @@
+/*
+ * worker.c - worker threads (see worker.h).
+ *
+ * Each worker binds its own listening socket with SO_REUSEPORT, so the kernel
+ * spreads incoming connections across workers. libuv 1.44 has no flag for
+ * that option: the socket is created, configured and bound here, then handed
+ * to libuv with uv_tcp_open.
+ *
+ * At the end of every loop turn (a uv_check handle) the worker flushes the
+ * sessions that received messages during the turn and then writes each
+ * connection's coalesced output with one uv_write.
+ */
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "conn.h"
+#include "log.h"
+#include "session.h"
+
+#define WORKER_RBUF_SIZE (64u * 1024u)
+#define WORKER_TICK_MS 250
+
+enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_STOP };
+
+struct wcmd {
+    struct wcmd *next;
+    enum wcmd_type type;
+    struct session *s;
+    struct conn *c;
+    uint8_t reason;
+    bool resumed;
+};
+
+struct worker *worker_new(struct broker *b, int id)
+{
+    struct worker *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->id = id;
+    w->b = b;
+    w->rbuf_size = WORKER_RBUF_SIZE;
+    w->rbuf = malloc(w->rbuf_size);
+    if (!w->rbuf || uv_loop_init(&w->loop) != 0) {
+        free(w->rbuf);
+        free(w);
+        return NULL;
+    }
+    pthread_mutex_init(&w->inbox_lock, NULL);
+    w->loop.data = w;
+    return w;
+}
+
+static void worker_on_connection(uv_stream_t *server, int status)
+{
+    struct worker *w = server->data;
+    if (status < 0) {
+        log_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    conn_accept(w, server);
+}
+
+int worker_listen(struct worker *w, const char *addr, uint16_t port)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, addr, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(port);
+        sl = sizeof(*sin);
+    } else if (inet_pton(AF_INET6, addr, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(port);
+        sl = sizeof(*sin6);
+    } else {
+        return UV_EINVAL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)&ss, sl) != 0) {
+        int err = errno;
+        close(fd);
+        return uv_translate_sys_error(err);
+    }
+    int r = uv_tcp_init(&w->loop, &w->listener);
+    if (r == 0)
+        r = uv_tcp_open(&w->listener, fd);
+    if (r != 0) {
+        close(fd);
+        return r;
+    }
+    w->listener.data = w;
+    r = uv_listen((uv_stream_t *)&w->listener, 1024, worker_on_connection);
+    return r;
+}
+
+static void worker_free_cmd(struct wcmd *cmd)
+{
+    if (cmd->s)
+        session_unref(cmd->s);
+    if (cmd->c)
+        conn_unref(cmd->c);
+    free(cmd);
+}
+
+/* Append a command; returns false (and frees it) when the worker is gone. */
+static bool worker_post(struct worker *w, struct wcmd *cmd)
+{
+    pthread_mutex_lock(&w->inbox_lock);
+    if (w->inbox_closed) {
+        pthread_mutex_unlock(&w->inbox_lock);
+        worker_free_cmd(cmd);
+        return false;
+    }
+    bool was_empty = w->inbox_head == NULL;
+    cmd->next = NULL;
+    if (w->inbox_tail)
+        w->inbox_tail->next = cmd;
+    else
+        w->inbox_head = cmd;
+    w->inbox_tail = cmd;
+    if (was_empty)
+        uv_async_send(&w->wake);
+    pthread_mutex_unlock(&w->inbox_lock);
+    return true;
+}
+
+void worker_post_flush(struct worker *w, struct session *s)
+{
+    int want = w->id + 1;
+    if (atomic_load(&s->flush_posted) == want)
+        return;
+    atomic_store(&s->flush_posted, want);
+    struct wcmd *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd)
+        return;
+    cmd->type = WCMD_FLUSH;
+    cmd->s = session_ref(s);
+    worker_post(w, cmd);
+}
+
+void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool resumed)
+{
+    struct wcmd *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd)
+        return;
+    cmd->type = WCMD_KICK;
+    cmd->c = conn_ref(c);
+    cmd->reason = reason;
+    cmd->resumed = resumed;
+    worker_post(w, cmd);
+}
+
+void worker_post_stop(struct worker *w)
+{
+    struct wcmd *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd)
+        return;
+    cmd->type = WCMD_STOP;
+    worker_post(w, cmd);
+}
+
+void worker_defer_flush(struct worker *w, struct session *s)
+{
+    int want = w->id + 1;
+    if (atomic_load(&s->flush_posted) == want)
+        return;
+    atomic_store(&s->flush_posted, want);
+    if (w->n_flush == w->cap_flush) {
+        size_t cap = w->cap_flush ? w->cap_flush * 2 : 64;
+        struct session **p = realloc(w->flush, cap * sizeof(*p));
+        if (!p) {
+            atomic_store(&s->flush_posted, 0);
+            return;
+        }
+        w->flush = p;
+        w->cap_flush = cap;
+    }
+    w->flush[w->n_flush++] = session_ref(s);
+}
+
+void worker_mark_dirty(struct worker *w, struct conn *c)
+{
+    if (c->dirty)
+        return;
+    c->dirty = true;
+    c->dirty_next = w->dirty;
+    w->dirty = conn_ref(c);
+}
+
+/* Flush one session on behalf of this worker, if it still owns it. */
+static void worker_flush_session(struct worker *w, struct session *s)
+{
+    int want = w->id + 1;
+    atomic_compare_exchange_strong(&s->flush_posted, &want, 0);
+    pthread_mutex_lock(&s->lock);
+    if (s->conn && s->w == w)
+        session_flush_locked(s);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void worker_on_check(uv_check_t *h)
+{
+    struct worker *w = h->data;
+    /* Sessions first: flushing fills connection buffers and marks them dirty. */
+    for (size_t i = 0; i < w->n_flush; i++) {
+        worker_flush_session(w, w->flush[i]);
+        session_unref(w->flush[i]);
+    }
+    w->n_flush = 0;
+    struct conn *c = w->dirty;
+    w->dirty = NULL;
+    while (c) {
+        struct conn *next = c->dirty_next;
+        c->dirty = false;
+        c->dirty_next = NULL;
+        conn_flush(c);
+        conn_unref(c);
+        c = next;
+    }
+}
+
+static void worker_close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void worker_walk_close(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    worker_close_handle(h);
+}
+
+static void worker_stop(struct worker *w)
+{
+    if (w->stopping)
+        return;
+    w->stopping = true;
+    /* Close every connection: 5.0 clients are told the server shuts down;
+     * wills are published as for any connection closed without DISCONNECT. */
+    struct conn *c = w->conns;
+    while (c) {
+        struct conn *next = c->next;
+        conn_close(c, MQTT_RC_SERVER_SHUTTING_DOWN, false);
+        c = next;
+    }
+    worker_on_check(&w->flush_check);
+    worker_close_handle((uv_handle_t *)&w->listener);
+    uv_timer_stop(&w->tick);
+    worker_close_handle((uv_handle_t *)&w->tick);
+    uv_check_stop(&w->flush_check);
+    worker_close_handle((uv_handle_t *)&w->flush_check);
+    worker_conn_gone(w); /* no connection left: close the inbox now */
+}
+
+static void worker_on_wake(uv_async_t *h)
+{
+    struct worker *w = h->data;
+    pthread_mutex_lock(&w->inbox_lock);
+    struct wcmd *cmd = w->inbox_head;
+    w->inbox_head = w->inbox_tail = NULL;
+    pthread_mutex_unlock(&w->inbox_lock);
+    bool stop = false;
+    while (cmd) {
+        struct wcmd *next = cmd->next;
+        switch (cmd->type) {
+        case WCMD_FLUSH:
+            worker_flush_session(w, cmd->s);
+            break;
+        case WCMD_KICK:
+            if (cmd->c->state == CONN_NEW || cmd->c->state == CONN_ACTIVE)
+                conn_close(cmd->c, cmd->reason, cmd->resumed);
+            break;
+        case WCMD_STOP:
+            stop = true;
+            break;
+        }
+        worker_free_cmd(cmd);
+        cmd = next;
+    }
+    if (stop)
+        worker_stop(w);
+}
+
+static void worker_on_tick(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    uint64_t now = uv_now(&w->loop);
+    struct conn *c = w->conns;
+    while (c) {
+        struct conn *next = c->next;
+        conn_check_timers(c, now);
+        c = next;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    int r = uv_async_init(&w->loop, &w->wake, worker_on_wake);
+    if (r)
+        return r;
+    w->wake.data = w;
+    uv_timer_init(&w->loop, &w->tick);
+    w->tick.data = w;
+    uv_timer_start(&w->tick, worker_on_tick, WORKER_TICK_MS, WORKER_TICK_MS);
+    uv_check_init(&w->loop, &w->flush_check);
+    w->flush_check.data = w;
+    uv_check_start(&w->flush_check, worker_on_check);
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        return UV_EAGAIN;
+    w->started = true;
+    return 0;
+}
+
+/* Runs on the worker thread when every connection is gone. */
+void worker_conn_gone(struct worker *w)
+{
+    if (!w->stopping || w->conns)
+        return;
+    pthread_mutex_lock(&w->inbox_lock);
+    w->inbox_closed = true;
+    struct wcmd *cmd = w->inbox_head;
+    w->inbox_head = w->inbox_tail = NULL;
+    pthread_mutex_unlock(&w->inbox_lock);
+    while (cmd) {
+        struct wcmd *next = cmd->next;
+        worker_free_cmd(cmd);
+        cmd = next;
+    }
+    worker_close_handle((uv_handle_t *)&w->wake);
+}
+
+void worker_join(struct worker *w)
+{
+    if (w->started)
+        pthread_join(w->thread, NULL);
+    w->started = false;
+}
+
+void worker_free(struct worker *w)
+{
+    if (!w)
+        return;
+    /* Close whatever was never started (a failed start-up). */
+    uv_walk(&w->loop, worker_walk_close, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->loop);
+    for (size_t i = 0; i < w->n_flush; i++)
+        session_unref(w->flush[i]);
+    free(w->flush);
+    struct wcmd *cmd = w->inbox_head;
+    while (cmd) {
+        struct wcmd *next = cmd->next;
+        worker_free_cmd(cmd);
+        cmd = next;
+    }
+    pthread_mutex_destroy(&w->inbox_lock);
+    free(w->rbuf);
+    free(w);
+}

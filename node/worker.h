@@ -1,0 +1,81 @@
+/*
+ * worker.h - a worker thread: its own libuv loop, its listener (SO_REUSEPORT),
+ * its connections, and an inbox through which other threads hand it work.
+ *
+ * Only the worker's own thread touches its loop, its connections and their
+ * libuv handles. Other threads call worker_post_*, which append a command to
+ * the inbox and wake the loop once per batch (uv_async_send coalesces).
+ */
+#ifndef STARLING_WORKER_H
+#define STARLING_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "buf.h"
+
+struct broker;
+struct conn;
+struct session;
+
+struct wcmd;
+
+struct worker {
+    int id;
+    struct broker *b;
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    uv_async_t wake;
+    uv_timer_t tick;
+    uv_check_t flush_check;
+    pthread_t thread;
+    bool started;
+    bool stopping;
+
+    pthread_mutex_t inbox_lock;
+    struct wcmd *inbox_head, *inbox_tail;
+    bool inbox_closed;
+
+    /* connections of this worker (doubly linked) */
+    struct conn *conns;
+    size_t n_conns;
+    /* connections with output to write at the end of this loop turn */
+    struct conn *dirty;
+    /* sessions to flush at the end of this loop turn */
+    struct session **flush;
+    size_t n_flush, cap_flush;
+
+    /* shared read buffer for all connections of this worker */
+    char *rbuf;
+    size_t rbuf_size;
+};
+
+struct worker *worker_new(struct broker *b, int id);
+/* Bind the listener. Returns 0 or a negative libuv error. */
+int worker_listen(struct worker *w, const char *addr, uint16_t port);
+int worker_start(struct worker *w);
+void worker_join(struct worker *w);
+void worker_free(struct worker *w);
+
+/* Ask w to flush session s (from any thread; takes a session reference). */
+void worker_post_flush(struct worker *w, struct session *s);
+/* Ask w to close connection c with a reason (session taken over, ...).
+ * `resumed`: the session continues on another connection. Takes a conn
+ * reference. Any thread. */
+void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool resumed);
+/* Ask w to close all its connections and stop its loop. Any thread. */
+void worker_post_stop(struct worker *w);
+
+/* On w's own thread: remember s for flushing at the end of this turn. */
+void worker_defer_flush(struct worker *w, struct session *s);
+/* On w's own thread: write c's pending output at the end of this turn. */
+void worker_mark_dirty(struct worker *w, struct conn *c);
+
+/* On w's own thread: a connection was freed; when the worker is stopping and
+ * it was the last one, the worker closes its inbox and its loop ends. */
+void worker_conn_gone(struct worker *w);
+
+#endif

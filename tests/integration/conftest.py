@@ -1,0 +1,267 @@
+"""Harness for Starling's black-box integration tests.
+
+Selects the broker under test with STARLING_TEST_BROKER ("starling", the
+default, or "mosquitto" as a reference implementation) and provides the
+`broker` factory fixture: every call starts a fresh broker on 127.0.0.1 on a
+free port and returns a handle; all brokers a test started are stopped (and,
+for Starling, checked for a clean exit without sanitizer reports) when the
+test ends.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+BROKER_KIND = os.environ.get("STARLING_TEST_BROKER", "starling").strip().lower()
+STARLING_BIN = os.environ.get("STARLING_TEST_BIN", str(REPO / "build" / "asan" / "node" / "starling"))
+STARLING_WORKERS = int(os.environ.get("STARLING_TEST_WORKERS", "2"))
+MOSQUITTO_BIN = os.environ.get("MOSQUITTO_BIN", "/usr/sbin/mosquitto")
+
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error")
+
+STARLING_KEYS = {
+    "max_packet_size", "receive_maximum", "max_inflight_messages", "max_queued_messages",
+    "max_queued_bytes", "queue_full_policy", "queue_qos0_messages", "topic_alias_maximum",
+    "max_keepalive", "connect_timeout", "sys_interval", "max_session_expiry",
+    "retain_available", "max_qos", "allow_zero_length_clientid", "max_connections",
+    "log_level",
+}
+
+# Starling key -> mosquitto key, for the options mosquitto has an equivalent of.
+MOSQUITTO_EQUIV = {
+    "max_packet_size": "max_packet_size",
+    "max_inflight_messages": "max_inflight_messages",
+    "max_queued_messages": "max_queued_messages",
+    "max_queued_bytes": "max_queued_bytes",
+    "queue_qos0_messages": "queue_qos0_messages",
+    "max_keepalive": "max_keepalive",
+    "sys_interval": "sys_interval",
+    "retain_available": "retain_available",
+    "max_qos": "max_qos",
+    "allow_zero_length_clientid": "allow_zero_length_clientid",
+    "topic_alias_maximum": "max_topic_alias",
+    "max_connections": "max_connections",
+}
+
+
+def is_starling():
+    return BROKER_KIND == "starling"
+
+
+def is_mosquitto():
+    return BROKER_KIND == "mosquitto"
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def clean_env(extra=None):
+    """The environment for a broker process: no STARLING_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STARLING_")}
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _fmt(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "starling_only: Starling-specific behaviour, or a case where mosquitto 2.0.11 "
+        "deviates from the MQTT specification; skipped when the broker is mosquitto")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not is_mosquitto():
+        return
+    skip = pytest.mark.skip(reason="starling_only: not checked against mosquitto")
+    for item in items:
+        if "starling_only" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    if is_starling():
+        return f"broker under test: starling {STARLING_BIN} (workers {STARLING_WORKERS})"
+    return f"broker under test: {BROKER_KIND} {MOSQUITTO_BIN}"
+
+
+class Broker:
+    """One running broker process."""
+
+    def __init__(self, config, tmpdir):
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.config = dict(config)
+        self.kind = BROKER_KIND
+        self._tmpdir = tmpdir
+        self._stopped = False
+        self.returncode = None
+        self.conf_path = os.path.join(tmpdir, f"broker-{self.port}.conf")
+        self.stderr_path = os.path.join(tmpdir, f"broker-{self.port}.stderr")
+        unknown = set(self.config) - STARLING_KEYS
+        if unknown:
+            raise ValueError(f"unknown broker config keys: {sorted(unknown)}")
+        if self.kind == "starling":
+            argv = self._starling_conf()
+        elif self.kind == "mosquitto":
+            argv = self._mosquitto_conf()
+        else:
+            raise ValueError(f"STARLING_TEST_BROKER must be starling or mosquitto, not {self.kind!r}")
+        self._stderr_file = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr_file,
+                                     stderr=self._stderr_file, env=clean_env(), cwd=tmpdir)
+        self._wait_ready()
+
+    def _starling_conf(self):
+        if not os.path.exists(STARLING_BIN):
+            pytest.fail(f"Starling binary not found: {STARLING_BIN} (set STARLING_TEST_BIN)")
+        lines = [
+            "bind_address 127.0.0.1",
+            f"port {self.port}",
+            f"workers {STARLING_WORKERS}",
+        ]
+        cfg = dict(self.config)
+        lines.append(f"log_level {cfg.pop('log_level', 'info')}")
+        for k, v in cfg.items():
+            lines.append(f"{k} {_fmt(v)}")
+        with open(self.conf_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return [STARLING_BIN, "-c", self.conf_path]
+
+    def _mosquitto_conf(self):
+        lines = [
+            "per_listener_settings false",
+            "persistence false",
+            "log_dest stderr",
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+        ]
+        for k, v in self.config.items():
+            mk = MOSQUITTO_EQUIV.get(k)
+            if mk is not None:
+                lines.append(f"{mk} {_fmt(v)}")
+        with open(self.conf_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return [MOSQUITTO_BIN, "-c", self.conf_path]
+
+    def stderr_text(self):
+        try:
+            self._stderr_file.flush()
+        except Exception:
+            pass
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._stopped = True
+                self.returncode = self.proc.returncode
+                pytest.fail(f"{self.kind} exited with {self.proc.returncode} before listening; "
+                            f"stderr:\n{self.stderr_text()}")
+            try:
+                s = socket.create_connection((self.host, self.port), timeout=0.5)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            s.close()
+            return
+        self._kill()
+        pytest.fail(f"{self.kind} did not listen on {self.port} within {READY_TIMEOUT} s; "
+                    f"stderr:\n{self.stderr_text()}")
+
+    def _kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._stopped = True
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, check=True):
+        """Stop the broker with `sig` (None: send nothing, it was already
+        signalled), wait for it and check its exit.
+
+        Returns the exit code. Idempotent."""
+        if self._stopped:
+            return self.returncode
+        self._stopped = True
+        if self.proc.poll() is None:
+            if sig is not None:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                self.returncode = self.proc.returncode
+                self._stderr_file.close()
+                if check:
+                    pytest.fail(f"{self.kind} did not stop within {STOP_TIMEOUT} s of signal {sig}; "
+                                f"stderr:\n{self.stderr_text()}")
+                return self.returncode
+        self.returncode = self.proc.returncode
+        text = self.stderr_text()
+        self._stderr_file.close()
+        if check and self.kind == "starling":
+            bad = [m for m in SANITIZER_MARKERS if m in text]
+            if self.returncode != 0 or bad:
+                print(f"---- starling stderr (port {self.port}) ----\n{text}")
+                pytest.fail(f"starling exit code {self.returncode}, sanitizer reports: {bad}; "
+                            f"stderr:\n{text[-20000:]}")
+        return self.returncode
+
+    def __repr__(self):
+        return f"<Broker {self.kind} {self.host}:{self.port} pid {self.proc.pid}>"
+
+
+@pytest.fixture
+def broker():
+    """Factory: broker(**config) starts a fresh broker and returns its handle."""
+    started = []
+    tmpdir = tempfile.mkdtemp(prefix="starling-it-")
+
+    def start(**config):
+        b = Broker(config, tmpdir)
+        started.append(b)
+        return b
+
+    yield start
+    failures = []
+    for b in started:
+        try:
+            b.stop()
+        except BaseException as e:  # pytest.fail raises an OutcomeException
+            failures.append(str(e))
+    if failures:
+        pytest.fail("\n".join(failures))
