@@ -12,7 +12,7 @@ RELEASE_DIR := build/release
 ASAN_DIR := build/asan
 ARGS ?=
 
-.PHONY: all deps build build-asan run test unit integration bench format clean
+.PHONY: all deps build build-asan run test unit integration fuzz bench format clean
 
 all: build
 
@@ -48,7 +48,16 @@ integration: build-asan
 	STARLING_TEST_BIN=$(CURDIR)/$(ASAN_DIR)/node/starling STARLING_TEST_WORKERS=2 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
-test: unit integration
+# The codec under libFuzzer (clang), bounded: FUZZ_SECONDS (default 20).
+FUZZ_SECONDS ?= 20
+fuzz: deps
+	mkdir -p build/fuzz/corpus
+	clang -g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror \
+		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+		-Inode node/buf.c node/codec.c tests/fuzz/fuzz_codec.c -o build/fuzz/fuzz_codec
+	cd build/fuzz && ./fuzz_codec -max_total_time=$(FUZZ_SECONDS) -max_len=1024 corpus
+
+test: unit integration fuzz
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
