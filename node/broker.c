@@ -21,6 +21,7 @@
 #include "codec.h"
 #include "conn.h"
 #include "log.h"
+#include "persist.h"
 #include "session.h"
 #include "worker.h"
 
@@ -110,6 +111,7 @@ void broker_session_remove(struct broker *b, struct session *s)
 struct match {
     struct session *s;
     uint8_t options;
+    bool shared;
     uint32_t sub_id;
 };
 
@@ -122,7 +124,6 @@ struct match_set {
 static void broker_on_match(void *ud, void *subscriber, uint8_t options, uint32_t sub_id,
                             bool shared)
 {
-    (void)shared;
     struct match_set *ms = ud;
     if (ms->n == ms->cap) {
         size_t cap = ms->cap * 2;
@@ -142,6 +143,7 @@ static void broker_on_match(void *ud, void *subscriber, uint8_t options, uint32_
     ms->v[ms->n].s = session_ref(subscriber);
     ms->v[ms->n].options = options;
     ms->v[ms->n].sub_id = sub_id;
+    ms->v[ms->n].shared = shared;
     ms->n++;
 }
 
@@ -155,14 +157,20 @@ static int broker_match_cmp(const void *a, const void *b)
 {
     const struct match *x = a, *y = b;
     if (x->s == y->s)
-        return 0;
+        return (int)x->shared - (int)y->shared;
     return (uintptr_t)x->s < (uintptr_t)y->s ? -1 : 1;
 }
 
-int broker_publish(struct broker *b, struct msg *m, struct worker *cur)
+int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct store_batch **bt)
 {
-    if (m->retain && b->cfg.retain_available)
+    struct store_batch *local = NULL;
+    if (!bt)
+        bt = &local;
+    if (m->retain && b->cfg.retain_available) {
         retain_set(b->retained, m); /* [MQTT-3.3.1-5], [MQTT-3.3.1-6] */
+        if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
+            persist_retained(bt, m);
+    }
 
     struct match_set ms;
     ms.v = ms.stack;
@@ -177,10 +185,13 @@ int broker_publish(struct broker *b, struct msg *m, struct worker *cur)
     uint32_t ids_stack[16];
     size_t i = 0;
     while (i < ms.n) {
+        /* One copy per session for its non-shared subscriptions, and one per
+         * shared subscription that picked it. */
         struct session *s = ms.v[i].s;
-        size_t j = i;
-        while (j < ms.n && ms.v[j].s == s)
-            j++;
+        size_t j = i + 1;
+        if (!ms.v[i].shared)
+            while (j < ms.n && ms.v[j].s == s && !ms.v[j].shared)
+                j++;
         int qos = -1;
         bool retain = false;
         uint32_t *ids = ids_stack;
@@ -206,7 +217,7 @@ int broker_publish(struct broker *b, struct msg *m, struct worker *cur)
         }
         if (qos >= 0) {
             uint8_t dq = m->qos < qos ? m->qos : (uint8_t)qos;
-            session_deliver(s, m, dq, retain, ids, n_ids, cur);
+            session_deliver(s, m, dq, retain, ids, n_ids, cur, bt);
             delivered++;
         }
         if (ids != ids_stack)
@@ -225,13 +236,15 @@ int broker_publish(struct broker *b, struct msg *m, struct worker *cur)
      * none; the forwarding channel will send m once to each. */
     uint32_t nodes[8];
     (void)route_local_ops.remote_nodes(&b->route, msg_topic(m), m->topic_len, nodes, 8);
+    if (local)
+        persist_submit(&local, NULL, NULL);
     return delivered;
 }
 
 void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, struct worker *cur)
 {
     if (!expiry) {
-        broker_publish(b, will, cur);
+        broker_publish(b, will, cur, NULL);
         return;
     }
     /* the expiry of a will counts from its publication */
@@ -240,7 +253,7 @@ void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, st
                             msg_clock_ms() + (uint64_t)expiry * 1000u, NULL);
     if (!m)
         return;
-    broker_publish(b, m, cur);
+    broker_publish(b, m, cur, NULL);
     msg_unref(m);
 }
 
@@ -431,6 +444,10 @@ int broker_run(struct broker *b)
 
 void broker_cleanup(struct broker *b)
 {
+    /* Commit what is pending; from here on nothing touches the store (the
+     * sessions freed below stay in it). */
+    atomic_store(&b->stopping, true);
+    persist_close(b);
     if (b->workers) {
         for (int i = 0; i < b->n_workers; i++)
             worker_free(b->workers[i]);

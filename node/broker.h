@@ -28,6 +28,8 @@
 
 struct worker;
 struct session;
+struct store;
+struct store_batch;
 
 struct broker_stats {
     atomic_ulong clients_connected;
@@ -56,6 +58,7 @@ struct broker {
     struct route_local route;
     struct retain_store *retained;
     struct broker_stats stats;
+    struct store *store; /* NULL when persistence is off */
 
     /* Session table: client id -> session, guarded by sessions_lock.
      * Lock order: sessions_lock, then a session's lock, then the index. */
@@ -81,9 +84,11 @@ void broker_cleanup(struct broker *b);
  * interface, of other nodes). `cur` is the calling worker (NULL for other
  * threads): deliveries to its own sessions are made directly, others go
  * through the owning worker's inbox. Returns the number of sessions that
- * receive it. The caller keeps its reference on m.
+ * receive it. The caller keeps its reference on m. Store operations (the
+ * message for persistent sessions, a retained message) go into *bt, which the
+ * caller submits; with bt NULL they are submitted here.
  */
-int broker_publish(struct broker *b, struct msg *m, struct worker *cur);
+int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct store_batch **bt);
 
 /* Publish a will message (expiry: its Message Expiry Interval in seconds,
  * 0 = none, counted from now). Any thread. */

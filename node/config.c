@@ -33,6 +33,8 @@ enum key_type {
     T_BOOL,
     T_LOG_LEVEL,
     T_QUEUE_POLICY,
+    T_PATH, /* char[256] */
+    T_SYNC,
 };
 
 struct key_def {
@@ -68,6 +70,9 @@ static const struct key_def keys[] = {
     KEY("retain_available", T_BOOL, retain_available, 0, 0),
     KEY("max_qos", T_U8, max_qos, 0, 2),
     KEY("allow_zero_length_clientid", T_BOOL, allow_zero_length_clientid, 0, 0),
+    KEY("persistence", T_BOOL, persistence, 0, 0),
+    KEY("data_dir", T_PATH, data_dir, 0, 0),
+    KEY("sync", T_SYNC, sync, 0, 0),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -95,6 +100,10 @@ void config_defaults(struct config *c)
     c->retain_available = true;
     c->max_qos = 2;
     c->allow_zero_length_clientid = true;
+    c->persistence = true;
+    strcpy(c->data_dir, "./data");
+    c->sync = SYNC_ALWAYS;
+    c->sync_interval_ms = 0;
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -247,6 +256,36 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
             return bad_value(err, errlen, k, value, *value ? "not a queue policy" : "empty value",
                              "drop_new|drop_oldest");
         *(enum queue_policy *)field = p;
+        return 0;
+    }
+    case T_PATH:
+        if (!*value)
+            return bad_value(err, errlen, k, value, "empty value", "a directory path");
+        if (strlen(value) >= sizeof(c->data_dir))
+            return bad_value(err, errlen, k, value, "too long", "a path of at most 255 bytes");
+        strcpy(field, value);
+        return 0;
+    case T_SYNC: {
+        const char *expected = "always|none|interval MS (MS from 1 to 3600000)";
+        if (strcasecmp(value, "always") == 0) {
+            c->sync = SYNC_ALWAYS;
+            c->sync_interval_ms = 0;
+        } else if (strcasecmp(value, "none") == 0) {
+            c->sync = SYNC_NONE;
+            c->sync_interval_ms = 0;
+        } else if (strncasecmp(value, "interval", 8) == 0 && isspace((unsigned char)value[8])) {
+            const char *ms = value + 8;
+            while (isspace((unsigned char)*ms))
+                ms++;
+            uint64_t v;
+            if (parse_uint(ms, &v) < 0 || v < 1 || v > 3600000)
+                return bad_value(err, errlen, k, value, "bad interval", expected);
+            c->sync = SYNC_INTERVAL;
+            c->sync_interval_ms = (uint32_t)v;
+        } else {
+            return bad_value(err, errlen, k, value, *value ? "not a sync mode" : "empty value",
+                             expected);
+        }
         return 0;
     }
     default:

@@ -20,6 +20,9 @@
 
 enum queue_policy { QUEUE_DROP_NEW = 0, QUEUE_DROP_OLDEST = 1 };
 
+/* When the storage of persistent sessions reaches the disk. */
+enum sync_mode { SYNC_ALWAYS = 0, SYNC_INTERVAL = 1, SYNC_NONE = 2 };
+
 struct config {
     char bind_address[64];        /* bind_address, default "0.0.0.0" */
     uint16_t port;                /* port, default 1883 */
@@ -41,6 +44,10 @@ struct config {
     bool retain_available;               /* retain_available, default true */
     uint8_t max_qos;                     /* max_qos, default 2 */
     bool allow_zero_length_clientid;     /* allow_zero_length_clientid, default true */
+    bool persistence;                    /* persistence, default true */
+    char data_dir[256];                  /* data_dir, default "./data" */
+    enum sync_mode sync;                 /* sync: always (default) | interval MS | none */
+    uint32_t sync_interval_ms;           /* the MS of "sync interval MS" */
 };
 
 /* Fill c with the built-in defaults. */

@@ -26,7 +26,9 @@
 
 #include "broker.h"
 #include "log.h"
+#include "persist.h"
 #include "session.h"
+#include "store.h"
 #include "topic.h"
 #include "worker.h"
 
@@ -36,6 +38,15 @@
 #define CONN_MAX_ALIAS_OUT 128
 
 static void conn_on_close(uv_handle_t *h);
+
+struct pending_ack {
+    uint64_t token;
+    uint16_t pid;
+    uint8_t type;
+    uint8_t reason;
+    bool ready;
+    bool failed;
+};
 
 struct conn *conn_ref(struct conn *c)
 {
@@ -57,6 +68,7 @@ static void conn_free(struct conn *c)
     for (uint16_t i = 0; i < c->n_alias_out; i++)
         msg_unref(c->alias_out[i]);
     free(c->alias_out);
+    free(c->acks);
     free(c);
 }
 
@@ -136,6 +148,106 @@ static void conn_send_ack(struct conn *c, enum mqtt_type type, uint16_t pid, uin
 void conn_send_pubrel(struct conn *c, uint16_t pid)
 {
     conn_send_ack(c, MQTT_PUBREL, pid, 0);
+}
+
+/* Send the acknowledgements at the head of the queue that are ready. */
+static void conn_ack_drain(struct conn *c)
+{
+    uint32_t n = 0;
+    while (n < c->acks_len && c->acks[n].ready) {
+        struct pending_ack *a = &c->acks[n++];
+        if (a->failed && c->version != MQTT_V5 &&
+            (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
+            /* 3.1.1 has no way to say "not stored": close, the client
+             * publishes again on its next connection */
+            c->acks_len = 0;
+            conn_close(c, 0, false);
+            return;
+        }
+        conn_send_ack(c, (enum mqtt_type)a->type, a->pid, a->reason);
+    }
+    if (n) {
+        memmove(c->acks, c->acks + n, (c->acks_len - n) * sizeof(*c->acks));
+        c->acks_len -= n;
+    }
+}
+
+uint64_t conn_ack_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
+                       bool ready)
+{
+    uint64_t token = ++c->next_token;
+    if (ready && c->acks_len == 0) {
+        conn_send_ack(c, type, pid, reason);
+        return token;
+    }
+    if (c->acks_len == c->acks_cap) {
+        uint32_t cap = c->acks_cap ? c->acks_cap * 2 : 8;
+        struct pending_ack *p = realloc(c->acks, cap * sizeof(*p));
+        if (!p) {
+            conn_close(c, MQTT_RC_UNSPECIFIED, false);
+            return token;
+        }
+        c->acks = p;
+        c->acks_cap = cap;
+    }
+    c->acks[c->acks_len++] = (struct pending_ack){
+        .token = token, .pid = pid, .type = (uint8_t)type, .reason = reason, .ready = ready};
+    return token;
+}
+
+void conn_ack_done(struct conn *c, uint64_t token, int status)
+{
+    if (c->state != CONN_ACTIVE)
+        return;
+    for (uint32_t i = 0; i < c->acks_len; i++) {
+        struct pending_ack *a = &c->acks[i];
+        if (a->token != token)
+            continue;
+        a->ready = true;
+        if (status < 0 && (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
+            /* the message could not be stored: not acknowledged as received */
+            log_warn("%s: store failed (%s): publish %u refused", c->peer, store_strerror(status),
+                     a->pid);
+            a->failed = true;
+            a->reason = MQTT_RC_QUOTA_EXCEEDED;
+        }
+        break;
+    }
+    conn_ack_drain(c);
+}
+
+struct ack_wait {
+    struct conn *c;
+    uint64_t token;
+};
+
+/* Store writer thread: the batch behind an acknowledgement committed. */
+static void conn_on_commit(void *ud, int status)
+{
+    struct ack_wait *a = ud;
+    worker_post_ack(a->c->w, a->c, a->token, status);
+    conn_unref(a->c);
+    free(a);
+}
+
+/* Queue an acknowledgement that may be sent only once *bt has committed. */
+static void conn_ack_after(struct conn *c, struct store_batch **bt, enum mqtt_type type,
+                           uint16_t pid, uint8_t reason)
+{
+    if (!*bt || store_batch_ops(*bt) == 0) {
+        persist_submit(bt, NULL, NULL);
+        conn_ack_push(c, type, pid, reason, true);
+        return;
+    }
+    struct ack_wait *a = malloc(sizeof(*a));
+    if (!a) {
+        persist_submit(bt, NULL, NULL);
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
+    a->token = conn_ack_push(c, type, pid, reason, false);
+    a->c = conn_ref(c);
+    persist_submit(bt, conn_on_commit, a);
 }
 
 static void conn_send_disconnect(struct conn *c, uint8_t reason)
@@ -311,6 +423,7 @@ static void conn_detach(struct conn *c, bool resumed)
     }
     uint64_t now = broker_now_ms();
     bool attached = false, ends = false;
+    struct store_batch *bt = NULL;
     pthread_mutex_lock(&b->sessions_lock);
     pthread_mutex_lock(&s->lock);
     if (s->conn == c) {
@@ -318,6 +431,8 @@ static void conn_detach(struct conn *c, bool resumed)
         s->conn = NULL;
         s->disconnected_at = now;
         ends = s->expiry_interval == 0;
+        if (!ends && persist_wanted(s) && !atomic_load(&b->stopping))
+            persist_session_put(&bt, s, false);
         if (send_will && !ends && c->will_delay > 0) {
             /* [MQTT-3.1.3-9] the will waits for its delay or the end of the
              * session, whichever comes first */
@@ -333,6 +448,7 @@ static void conn_detach(struct conn *c, bool resumed)
         }
     }
     pthread_mutex_unlock(&s->lock);
+    persist_submit(&bt, NULL, NULL);
     if (attached && ends) {
         if (s->in_table)
             broker_session_remove(b, s);
@@ -643,6 +759,16 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
         session_end(b, ending);
         session_unref(ending);
     }
+    /* The session record: written for a persistent session, deleted for one
+     * that is no longer persistent. */
+    struct store_batch *bt = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (persist_wanted(s))
+        persist_session_put(&bt, s, true);
+    else if (s->stored)
+        persist_session_del(&bt, s);
+    pthread_mutex_unlock(&s->lock);
+    persist_submit(&bt, NULL, NULL);
 
     /* CONNACK */
     struct mqtt_packet p;
@@ -784,9 +910,10 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
         if (p->qos == 0)
             conn_close(c, MQTT_RC_PAYLOAD_FORMAT_INVALID, false);
         else
-            conn_send_ack(c, ack, p->packet_id, MQTT_RC_PAYLOAD_FORMAT_INVALID);
+            conn_ack_push(c, ack, p->packet_id, MQTT_RC_PAYLOAD_FORMAT_INVALID, true);
         return;
     }
+    struct store_batch *bt = NULL;
     if (p->qos == 2) {
         bool dup = false, over = false;
         pthread_mutex_lock(&s->lock);
@@ -796,6 +923,8 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
             over = true;
         else if (session_qos2_add(s, p->packet_id) < 0)
             over = true;
+        else if (persist_wanted(s))
+            persist_qos2(&bt, s, p->packet_id, true);
         pthread_mutex_unlock(&s->lock);
         if (over) {
             /* [MQTT-3.3.4-8] more unacknowledged QoS 2 than Receive Maximum */
@@ -804,7 +933,7 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
         }
         if (dup) {
             /* [MQTT-4.3.3-10] already received: acknowledge, do not deliver again */
-            conn_send_ack(c, MQTT_PUBREC, p->packet_id, 0);
+            conn_ack_push(c, MQTT_PUBREC, p->packet_id, 0, true);
             return;
         }
     }
@@ -815,6 +944,7 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
         struct buf props = {0};
         if (v5 && conn_passthrough_props(&p->props, &props) < 0) {
             buf_free(&props);
+            persist_submit(&bt, NULL, NULL);
             conn_close(c, MQTT_RC_UNSPECIFIED, false);
             return;
         }
@@ -825,15 +955,20 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
                                 props.data, (uint32_t)props.len, p->qos, p->retain, expiry_at, s);
         buf_free(&props);
         if (!m) {
+            persist_submit(&bt, NULL, NULL);
             conn_close(c, MQTT_RC_UNSPECIFIED, false);
             return;
         }
-        matched = broker_publish(b, m, c->w);
+        matched = broker_publish(b, m, c->w, &bt);
         msg_unref(m);
     }
     if (p->qos > 0)
-        conn_send_ack(c, ack, p->packet_id,
-                      v5 && matched == 0 ? MQTT_RC_NO_MATCHING_SUBSCRIBERS : 0);
+        /* [MQTT-4.3.2-2], [MQTT-4.3.3-2]: acknowledged once it is stored for
+         * every persistent session that must receive it */
+        conn_ack_after(c, &bt, ack, p->packet_id,
+                       v5 && matched == 0 ? MQTT_RC_NO_MATCHING_SUBSCRIBERS : 0);
+    else
+        persist_submit(&bt, NULL, NULL);
 }
 
 /* ---- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------- */
@@ -876,6 +1011,7 @@ static void conn_handle_subscribe(struct conn *c, const struct mqtt_subscribe *s
     struct mqtt_bytes f;
     uint8_t opts;
     uint64_t now = msg_clock_ms();
+    struct store_batch *bt = NULL;
     while (mqtt_sub_next(sub, MQTT_SUBSCRIBE, &pos, &f, &opts) && i < sub->count) {
         const char *filter = (const char *)f.data;
         const char *group, *inner;
@@ -889,6 +1025,7 @@ static void conn_handle_subscribe(struct conn *c, const struct mqtt_subscribe *s
             /* [MQTT-3.8.3-4] No Local on a shared subscription */
             if (rcs != stack_rc)
                 free(rcs);
+            persist_submit(&bt, NULL, NULL);
             conn_close(c, MQTT_RC_PROTOCOL_ERROR, false);
             return;
         }
@@ -916,11 +1053,16 @@ static void conn_handle_subscribe(struct conn *c, const struct mqtt_subscribe *s
             struct msg *m = rb.msgs[k];
             uint8_t q = m->qos < qos ? m->qos : qos;
             /* [MQTT-3.3.1-8] retained messages sent on subscribe keep RETAIN=1 */
-            session_deliver(s, m, q, true, sub_id ? &sub_id : NULL, sub_id ? 1 : 0, c->w);
+            session_deliver(s, m, q, true, sub_id ? &sub_id : NULL, sub_id ? 1 : 0, c->w, &bt);
             msg_unref(m);
         }
         free(rb.msgs);
     }
+    pthread_mutex_lock(&s->lock);
+    if (persist_wanted(s))
+        persist_session_put(&bt, s, true);
+    pthread_mutex_unlock(&s->lock);
+    persist_submit(&bt, NULL, NULL);
     /* The SUBACK is written before any retained message: those go through
      * the session queue, which is flushed at the end of the loop turn. */
     struct mqtt_packet p;
@@ -962,6 +1104,12 @@ static void conn_handle_unsubscribe(struct conn *c, const struct mqtt_subscribe 
             sub_index_remove(b->index, filter, f.len, s);
         rcs[i++] = had ? MQTT_RC_SUCCESS : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
     }
+    struct store_batch *bt = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (persist_wanted(s))
+        persist_session_put(&bt, s, true);
+    pthread_mutex_unlock(&s->lock);
+    persist_submit(&bt, NULL, NULL);
     struct mqtt_packet p;
     memset(&p, 0, sizeof(p));
     p.type = MQTT_UNSUBACK;
@@ -1033,6 +1181,7 @@ static void conn_handle_packet(struct conn *c, const uint8_t *data, size_t len)
     }
     struct session *s = c->session;
     bool v5 = c->version == MQTT_V5;
+    struct store_batch *bt = NULL;
     switch (pkt.type) {
     case MQTT_PUBLISH:
         conn_handle_publish(c, &pkt.u.publish);
@@ -1040,34 +1189,43 @@ static void conn_handle_packet(struct conn *c, const uint8_t *data, size_t len)
     case MQTT_PUBACK:
         pthread_mutex_lock(&s->lock);
         if (s->conn == c)
-            session_puback_locked(s, pkt.u.ack.packet_id);
+            session_puback_locked(s, pkt.u.ack.packet_id, &bt);
         pthread_mutex_unlock(&s->lock);
+        persist_submit(&bt, NULL, NULL);
         break;
     case MQTT_PUBREC: {
         int found = -ENOENT;
         pthread_mutex_lock(&s->lock);
         if (s->conn == c)
-            found = session_pubrec_locked(s, pkt.u.ack.packet_id, pkt.u.ack.reason);
+            found = session_pubrec_locked(s, pkt.u.ack.packet_id, pkt.u.ack.reason, &bt);
         pthread_mutex_unlock(&s->lock);
-        if (found < 0)
-            conn_send_ack(c, MQTT_PUBREL, pkt.u.ack.packet_id,
-                          v5 ? MQTT_RC_PACKET_ID_NOT_FOUND : 0);
+        if (found == 0)
+            conn_ack_after(c, &bt, MQTT_PUBREL, pkt.u.ack.packet_id, 0);
+        else if (found < 0)
+            conn_ack_push(c, MQTT_PUBREL, pkt.u.ack.packet_id, v5 ? MQTT_RC_PACKET_ID_NOT_FOUND : 0,
+                          true);
+        else
+            persist_submit(&bt, NULL, NULL);
         break;
     }
     case MQTT_PUBREL: {
         pthread_mutex_lock(&s->lock);
         bool found = session_qos2_remove(s, pkt.u.ack.packet_id);
+        if (found && s->stored)
+            persist_qos2(&bt, s, pkt.u.ack.packet_id, false);
         pthread_mutex_unlock(&s->lock);
-        /* [MQTT-4.3.3-11] PUBCOMP, 0x92 when the id is unknown (5.0) */
-        conn_send_ack(c, MQTT_PUBCOMP, pkt.u.ack.packet_id,
-                      found || !v5 ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND);
+        /* [MQTT-4.3.3-11] PUBCOMP, 0x92 when the id is unknown (5.0); after
+         * the id is forgotten durably, so that it can be reused at once */
+        conn_ack_after(c, &bt, MQTT_PUBCOMP, pkt.u.ack.packet_id,
+                       found || !v5 ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND);
         break;
     }
     case MQTT_PUBCOMP:
         pthread_mutex_lock(&s->lock);
         if (s->conn == c)
-            session_pubcomp_locked(s, pkt.u.ack.packet_id);
+            session_pubcomp_locked(s, pkt.u.ack.packet_id, &bt);
         pthread_mutex_unlock(&s->lock);
+        persist_submit(&bt, NULL, NULL);
         break;
     case MQTT_SUBSCRIBE:
         conn_handle_subscribe(c, &pkt.u.subscribe);

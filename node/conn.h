@@ -60,6 +60,10 @@ struct conn {
     /* topic aliases broker -> client: out_alias[alias-1] */
     struct msg **alias_out;
     uint16_t n_alias_out;
+    /* acknowledgements waiting for the store, sent in order [MQTT-4.6.0-2] */
+    struct pending_ack *acks;
+    uint32_t acks_len, acks_cap;
+    uint64_t next_token;
     char peer[64];
 };
 
@@ -90,6 +94,20 @@ void conn_check_timers(struct conn *c, uint64_t now);
  * or a negative errno.
  */
 int conn_send_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t now_ms);
+
+/*
+ * Queue an acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP). Acknowledgements
+ * go out in the order they were queued; one that is not `ready` waits for
+ * conn_ack_done (the store committed what it promises) and holds back those
+ * queued after it. Returns its token.
+ */
+uint64_t conn_ack_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
+                       bool ready);
+/* The store answered for acknowledgement `token`: status 0 sends it (and
+ * what was waiting behind it); an error makes a PUBACK/PUBREC carry 0x97
+ * (quota exceeded) for 5.0 clients, and closes a 3.1.1 connection (the
+ * client will publish again). Worker thread only. */
+void conn_ack_done(struct conn *c, uint64_t token, int status);
 
 /* Encode a PUBREL for pid into c->out. */
 void conn_send_pubrel(struct conn *c, uint16_t pid);

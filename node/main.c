@@ -13,6 +13,7 @@
 #include "broker.h"
 #include "config.h"
 #include "log.h"
+#include "persist.h"
 
 extern char **environ;
 
@@ -85,6 +86,11 @@ int main(int argc, char **argv)
     log_set_level(cfg.log_level);
 
     int r = broker_init(&g_broker, &cfg);
+    if (r == 0 && (r = persist_open(&g_broker, err, sizeof(err))) < 0) {
+        log_error("%s", err);
+        broker_cleanup(&g_broker);
+        return 1;
+    }
     if (r == 0)
         r = broker_run(&g_broker);
     broker_cleanup(&g_broker);

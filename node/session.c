@@ -17,6 +17,7 @@
 
 #include "broker.h"
 #include "conn.h"
+#include "persist.h"
 #include "worker.h"
 
 /* Output waiting for a slow client beyond which the queue is not pumped. */
@@ -38,7 +39,8 @@ struct session *session_new(const char *id, uint16_t len)
     atomic_init(&s->refs, 1);
     atomic_init(&s->flush_posted, 0);
     pthread_mutex_init(&s->lock, NULL);
-    s->next_pid = 1;
+    s->next_seq = 1;
+    s->b = &g_broker;
     return s;
 }
 
@@ -83,8 +85,7 @@ void session_unref(struct session *s)
     free(s);
 }
 
-static struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *ids,
-                             uint16_t n_ids)
+struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *ids, uint16_t n_ids)
 {
     struct qmsg *q = calloc(1, sizeof(*q));
     if (!q)
@@ -110,6 +111,8 @@ static size_t qmsg_size(const struct qmsg *q)
 {
     return (size_t)q->m->topic_len + q->m->payload_len + q->m->props_len;
 }
+
+static void inflight_push(struct session *s, struct qmsg *q);
 
 static struct qmsg *queue_pop(struct session *s)
 {
@@ -159,7 +162,8 @@ static struct qmsg *queue_admit(struct session *s, struct qmsg *q)
 }
 
 void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
-                     const uint32_t *ids, uint16_t n_ids, struct worker *cur)
+                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                     struct store_batch **bt)
 {
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
@@ -176,8 +180,15 @@ void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
     } else {
         drop = queue_admit(s, q);
         counted = drop != NULL;
-        if (drop != q)
+        if (drop != q) {
+            q->seq = s->next_seq++;
             queue_push(s, q);
+            /* durable before the publisher's acknowledgement */
+            if (qos > 0 && persist_wanted(s))
+                persist_msg_put(bt, s, q, 0);
+        }
+        if (drop && drop != q && drop->stored)
+            persist_msg_del(bt, s, drop);
         if (s->conn)
             target = s->w;
     }
@@ -191,6 +202,20 @@ void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
         worker_defer_flush(cur, s);
     else
         worker_post_flush(target, s);
+}
+
+void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state)
+{
+    q->stored = true;
+    if (q->seq >= s->next_seq)
+        s->next_seq = q->seq + 1;
+    if (state == QSTATE_WAIT_COMP) {
+        q->pid = persist_pid_of(q->seq);
+        q->state = QSTATE_WAIT_COMP;
+        inflight_push(s, q);
+    } else {
+        queue_push(s, q);
+    }
 }
 
 static uint16_t session_window(const struct session *s)
@@ -207,17 +232,6 @@ static bool pid_in_use(const struct session *s, uint16_t pid)
         if (q->pid == pid)
             return true;
     return false;
-}
-
-static uint16_t session_next_pid(struct session *s)
-{
-    for (;;) {
-        uint16_t pid = s->next_pid++;
-        if (s->next_pid == 0)
-            s->next_pid = 1;
-        if (pid != 0 && !pid_in_use(s, pid))
-            return pid;
-    }
 }
 
 static void inflight_push(struct session *s, struct qmsg *q)
@@ -266,31 +280,45 @@ void session_flush_locked(struct session *s)
         return;
     uint64_t now = msg_clock_ms();
     uint16_t window = session_window(s);
+    struct store_batch *bt = NULL;
     struct qmsg *q;
     while ((q = s->queue_head)) {
         if (conn_pending_bytes(c) > SESSION_OUT_HIGH_WATER)
             break; /* resumed when the connection's write completes */
         if (q->m->expiry_at && q->m->expiry_at <= now) {
             /* [MQTT-3.3.2-5] an expired message is not delivered */
-            qmsg_free(queue_pop(s));
+            queue_pop(s);
+            if (q->stored)
+                persist_msg_del(&bt, s, q);
+            qmsg_free(q);
             continue;
         }
-        if (q->qos > 0 && s->inflight_len >= window)
-            break;
-        queue_pop(s);
         if (q->qos > 0) {
-            q->pid = session_next_pid(s);
+            if (s->inflight_len >= window)
+                break;
+            /* The packet id follows from the sequence number, so that it
+             * survives a restart; an id still inflight (65535 messages ago)
+             * holds the queue back until it is acknowledged. */
+            uint16_t pid = persist_pid_of(q->seq);
+            if (pid_in_use(s, pid))
+                break;
+            q->pid = pid;
             q->state = q->qos == 1 ? QSTATE_WAIT_ACK : QSTATE_WAIT_REC;
         }
+        queue_pop(s);
         int r = conn_send_publish(c, q, false, now);
         if (r <= 0 || q->qos == 0) {
-            if (r <= 0)
+            if (r <= 0) {
                 atomic_fetch_add(&g_broker.stats.publish_dropped_too_large, 1);
+                if (q->stored)
+                    persist_msg_del(&bt, s, q);
+            }
             qmsg_free(q);
             continue;
         }
         inflight_push(s, q);
     }
+    persist_submit(&bt, NULL, NULL);
 }
 
 void session_flush(struct session *s)
@@ -325,6 +353,11 @@ void session_resume_locked(struct session *s)
             if (s->inflight_tail == q)
                 s->inflight_tail = prev;
             s->inflight_len--;
+            if (q->stored) {
+                struct store_batch *bt = NULL;
+                persist_msg_del(&bt, s, q);
+                persist_submit(&bt, NULL, NULL);
+            }
             qmsg_free(q);
         }
         q = next;
@@ -332,39 +365,49 @@ void session_resume_locked(struct session *s)
     session_flush_locked(s);
 }
 
-int session_puback_locked(struct session *s, uint16_t pid)
+int session_puback_locked(struct session *s, uint16_t pid, struct store_batch **bt)
 {
     struct qmsg *q = inflight_take(s, pid, QSTATE_WAIT_ACK);
     if (!q)
         return -ENOENT;
+    if (q->stored)
+        persist_msg_del(bt, s, q);
     qmsg_free(q);
     session_flush_locked(s);
     return 0;
 }
 
-int session_pubrec_locked(struct session *s, uint16_t pid, uint8_t reason)
+int session_pubrec_locked(struct session *s, uint16_t pid, uint8_t reason, struct store_batch **bt)
 {
     struct qmsg *q = inflight_find(s, pid);
     if (!q || q->qos != 2)
         return -ENOENT;
     if (reason >= 0x80) {
         /* 5.0: a PUBREC with an error ends the exchange */
-        qmsg_free(inflight_take(s, pid, q->state));
+        q = inflight_take(s, pid, q->state);
+        if (q->stored)
+            persist_msg_del(bt, s, q);
+        qmsg_free(q);
         session_flush_locked(s);
-        return 0;
+        return 1;
     }
-    q->state = QSTATE_WAIT_COMP;
-    /* the payload is no longer needed once PUBREC arrived, but keep the
-     * message: it is small next to the bookkeeping of a separate state */
-    conn_send_pubrel(s->conn, pid);
+    if (q->state != QSTATE_WAIT_COMP) {
+        q->state = QSTATE_WAIT_COMP;
+        /* Remember PUBREC before sending PUBREL: after a restart the
+         * exchange resumes with PUBREL, never with the PUBLISH again. */
+        if (q->stored)
+            persist_msg_put(bt, s, q, QSTATE_WAIT_COMP);
+    }
     return 0;
 }
 
-int session_pubcomp_locked(struct session *s, uint16_t pid)
+int session_pubcomp_locked(struct session *s, uint16_t pid, struct store_batch **bt)
 {
     struct qmsg *q = inflight_take(s, pid, QSTATE_WAIT_COMP);
     if (!q)
         return -ENOENT;
+    if (q->stored)
+        persist_msg_del(bt, s, q);
     qmsg_free(q);
     session_flush_locked(s);
     return 0;
@@ -452,6 +495,11 @@ void session_end(struct broker *b, struct session *s)
 {
     pthread_mutex_lock(&s->lock);
     s->ended = true;
+    if (s->stored && !atomic_load(&b->stopping)) {
+        struct store_batch *bt = NULL;
+        persist_session_del(&bt, s);
+        persist_submit(&bt, NULL, NULL);
+    }
     struct session_sub *subs = s->subs;
     uint32_t n = s->n_subs;
     s->subs = NULL;

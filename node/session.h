@@ -20,6 +20,7 @@
 #include "msg.h"
 
 struct conn;
+struct store_batch;
 struct worker;
 struct broker;
 
@@ -27,6 +28,8 @@ struct broker;
 struct qmsg {
     struct qmsg *next;
     struct msg *m;
+    uint64_t seq; /* the session's sequence number; the packet id derives from it */
+    bool stored;  /* a record of it is in the store */
     uint8_t qos;
     bool retain;
     uint8_t state; /* QSTATE_* */
@@ -52,7 +55,8 @@ struct session {
     struct session *hnext; /* session table chain (sessions_lock) */
     char *client_id;
     uint16_t id_len;
-    bool in_table;           /* sessions_lock */
+    bool in_table; /* sessions_lock */
+    struct broker *b;
     atomic_int flush_posted; /* id + 1 of the worker a flush is pending on */
 
     pthread_mutex_t lock;
@@ -60,13 +64,14 @@ struct session {
     struct worker *w;
     uint8_t version;
     bool ended;
+    bool stored; /* the session record is in the store */
+    uint64_t next_seq;
     uint32_t expiry_interval; /* seconds; 0xFFFFFFFF = never */
     uint64_t disconnected_at; /* monotonic ms, while offline */
     /* subscriptions */
     struct session_sub *subs;
     uint32_t n_subs, cap_subs;
     /* outgoing */
-    uint16_t next_pid;
     struct qmsg *queue_head, *queue_tail;
     uint32_t queue_len;
     uint64_t queue_bytes;
@@ -92,7 +97,8 @@ void session_unref(struct session *s);
  * identifiers (copied).
  */
 void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
-                     const uint32_t *ids, uint16_t n_ids, struct worker *cur);
+                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                     struct store_batch **bt);
 
 /* Pump queued messages into the attached connection, within the inflight
  * window. Only the worker owning s->conn may call it; takes s->lock. */
@@ -106,10 +112,16 @@ void session_resume_locked(struct session *s);
 
 /* Client acknowledgements. Return 0, or -ENOENT when pid is not inflight in
  * the right state. Owning worker only, with s->lock held and s->conn being
- * the connection the acknowledgement came on. */
-int session_puback_locked(struct session *s, uint16_t pid);
-int session_pubrec_locked(struct session *s, uint16_t pid, uint8_t reason);
-int session_pubcomp_locked(struct session *s, uint16_t pid);
+ * the connection the acknowledgement came on. Store operations they imply go
+ * into *bt. session_pubrec_locked returns 0 when a PUBREL must follow (after
+ * *bt commits), 1 when the exchange ended (a PUBREC with an error). */
+int session_puback_locked(struct session *s, uint16_t pid, struct store_batch **bt);
+int session_pubrec_locked(struct session *s, uint16_t pid, uint8_t reason, struct store_batch **bt);
+int session_pubcomp_locked(struct session *s, uint16_t pid, struct store_batch **bt);
+
+/* Append a message recovered from the store (start-up only). */
+void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state);
+struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *ids, uint16_t n_ids);
 
 /* Incoming QoS 2 ids (s->lock held). */
 bool session_qos2_has(struct session *s, uint16_t pid);

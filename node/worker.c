@@ -28,7 +28,7 @@
 #define WORKER_RBUF_SIZE (64u * 1024u)
 #define WORKER_TICK_MS 250
 
-enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_STOP };
+enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_ACK, WCMD_STOP };
 
 struct wcmd {
     struct wcmd *next;
@@ -37,6 +37,8 @@ struct wcmd {
     struct conn *c;
     uint8_t reason;
     bool resumed;
+    uint64_t token;
+    int status;
 };
 
 struct worker *worker_new(struct broker *b, int id)
@@ -166,6 +168,18 @@ void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool res
     worker_post(w, cmd);
 }
 
+void worker_post_ack(struct worker *w, struct conn *c, uint64_t token, int status)
+{
+    struct wcmd *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd)
+        return;
+    cmd->type = WCMD_ACK;
+    cmd->c = conn_ref(c);
+    cmd->token = token;
+    cmd->status = status;
+    worker_post(w, cmd);
+}
+
 void worker_post_stop(struct worker *w)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
@@ -286,6 +300,9 @@ static void worker_on_wake(uv_async_t *h)
         case WCMD_KICK:
             if (cmd->c->state == CONN_NEW || cmd->c->state == CONN_ACTIVE)
                 conn_close(cmd->c, cmd->reason, cmd->resumed);
+            break;
+        case WCMD_ACK:
+            conn_ack_done(cmd->c, cmd->token, cmd->status);
             break;
         case WCMD_STOP:
             stop = true;

@@ -37,7 +37,7 @@ STARLING_KEYS = {
     "max_queued_bytes", "queue_full_policy", "queue_qos0_messages", "topic_alias_maximum",
     "max_keepalive", "connect_timeout", "sys_interval", "max_session_expiry",
     "retain_available", "max_qos", "allow_zero_length_clientid", "max_connections",
-    "log_level",
+    "log_level", "persistence", "data_dir", "sync",
 }
 
 # Starling key -> mosquitto key, for the options mosquitto has an equivalent of.
@@ -147,6 +147,8 @@ class Broker:
         ]
         cfg = dict(self.config)
         lines.append(f"log_level {cfg.pop('log_level', 'info')}")
+        # each broker its own store unless the test shares one on purpose
+        lines.append(f"data_dir {cfg.pop('data_dir', os.path.join(self._tmpdir, f'data-{self.port}'))}")
         for k, v in cfg.items():
             lines.append(f"{k} {_fmt(v)}")
         with open(self.conf_path, "w") as f:

@@ -1,0 +1,283 @@
+/*
+ * persist.c - durable sessions and retained messages (see persist.h).
+ *
+ * Start-up loads the store into memory: sessions (offline, their expiry
+ * counted from the moment they went offline, or from the restart for those
+ * that were connected when the node stopped), their subscriptions (back into
+ * the subscription index), their queued and inflight messages in order,
+ * their incoming QoS 2 ids, and retained messages. Sessions and messages that
+ * expired while the node was down are deleted, not loaded.
+ */
+#include "persist.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "log.h"
+#include "session.h"
+#include "store.h"
+
+bool persist_wanted(const struct session *s)
+{
+    return s->b->store && s->expiry_interval != 0;
+}
+
+struct store_batch *persist_batch(struct store_batch **bt)
+{
+    if (!g_broker.store)
+        return NULL;
+    if (!*bt)
+        *bt = store_batch_new();
+    return *bt;
+}
+
+void persist_session_put(struct store_batch **bt, struct session *s, bool connected)
+{
+    struct store_batch *b = persist_batch(bt);
+    if (!b)
+        return;
+    struct store_sub stack[16];
+    struct store_sub *subs = stack;
+    if (s->n_subs > 16) {
+        subs = malloc(s->n_subs * sizeof(*subs));
+        if (!subs) {
+            log_error("out of memory: session '%s' not stored", s->client_id);
+            return;
+        }
+    }
+    for (uint32_t i = 0; i < s->n_subs; i++) {
+        subs[i].filter = s->subs[i].filter;
+        subs[i].len = s->subs[i].len;
+        subs[i].options = s->subs[i].options;
+        subs[i].sub_id = s->subs[i].sub_id;
+    }
+    struct store_session rec = {
+        .version = s->version,
+        .expiry_interval = s->expiry_interval,
+        .disconnected_at_ms = connected ? 0 : msg_clock_ms(),
+        .n_subs = s->n_subs,
+        .subs = subs,
+    };
+    store_session_put(b, s->client_id, s->id_len, &rec);
+    s->stored = true;
+    if (subs != stack)
+        free(subs);
+}
+
+void persist_session_del(struct store_batch **bt, struct session *s)
+{
+    struct store_batch *b = persist_batch(bt);
+    if (!b || !s->stored)
+        return;
+    store_session_del(b, s->client_id, s->id_len);
+    s->stored = false;
+    for (struct qmsg *q = s->queue_head; q; q = q->next)
+        q->stored = false;
+    for (struct qmsg *q = s->inflight_head; q; q = q->next)
+        q->stored = false;
+}
+
+void persist_msg_put(struct store_batch **bt, struct session *s, struct qmsg *q, uint8_t state)
+{
+    struct store_batch *b = persist_batch(bt);
+    if (!b)
+        return;
+    if (!s->stored)
+        persist_session_put(bt, s, s->conn != NULL);
+    struct store_msg rec = {
+        .state = state,
+        .pid = state ? q->pid : 0,
+        .qos = q->qos,
+        .retain = q->retain,
+        .n_ids = q->n_ids,
+        .ids = q->n_ids == 1 ? &q->ids.one : q->ids.many,
+        .m = q->m,
+    };
+    store_msg_put(b, s->client_id, s->id_len, q->seq, &rec);
+    q->stored = true;
+}
+
+void persist_msg_del(struct store_batch **bt, struct session *s, struct qmsg *q)
+{
+    struct store_batch *b = persist_batch(bt);
+    if (!b || !q->stored)
+        return;
+    store_msg_del(b, s->client_id, s->id_len, q->seq);
+    q->stored = false;
+}
+
+void persist_qos2(struct store_batch **bt, struct session *s, uint16_t pid, bool put)
+{
+    struct store_batch *b = persist_batch(bt);
+    if (!b)
+        return;
+    if (put) {
+        if (!s->stored)
+            persist_session_put(bt, s, s->conn != NULL);
+        store_qos2_put(b, s->client_id, s->id_len, pid);
+    } else if (s->stored) {
+        store_qos2_del(b, s->client_id, s->id_len, pid);
+    }
+}
+
+void persist_retained(struct store_batch **bt, const struct msg *m)
+{
+    struct store_batch *b = persist_batch(bt);
+    if (!b)
+        return;
+    if (m->payload_len == 0)
+        store_retained_del(b, msg_topic(m), m->topic_len);
+    else
+        store_retained_put(b, m);
+}
+
+bool persist_submit(struct store_batch **bt, void (*done)(void *ud, int status), void *ud)
+{
+    struct store_batch *b = *bt;
+    *bt = NULL;
+    if (!b || store_batch_ops(b) == 0 || !g_broker.store) {
+        if (b)
+            store_batch_free(b);
+        if (done)
+            done(ud, 0);
+        return false;
+    }
+    store_submit(g_broker.store, b, done, ud);
+    return true;
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+struct loader {
+    struct broker *b;
+    uint64_t now_real, now_mono;
+    struct store_batch *purge; /* deletions of what expired while down */
+    size_t sessions, msgs, retained, expired;
+};
+
+static int load_session(void *ud, const char *id, uint16_t len, const struct store_session *rec)
+{
+    struct loader *l = ud;
+    struct broker *b = l->b;
+    uint64_t off = rec->disconnected_at_ms ? rec->disconnected_at_ms : l->now_real;
+    uint64_t offline_ms = l->now_real > off ? l->now_real - off : 0;
+    if (rec->expiry_interval != UINT32_MAX &&
+        offline_ms >= (uint64_t)rec->expiry_interval * 1000u) {
+        /* [MQTT-3.1.2-23] expired while the node was down */
+        store_session_del(persist_batch(&l->purge), id, len);
+        l->expired++;
+        return 0;
+    }
+    struct session *s = session_new(id, len);
+    if (!s)
+        return -ENOMEM;
+    s->version = rec->version;
+    s->expiry_interval = rec->expiry_interval;
+    s->disconnected_at = l->now_mono - (offline_ms < l->now_mono ? offline_ms : 0);
+    s->stored = true;
+    for (uint32_t i = 0; i < rec->n_subs; i++) {
+        const struct store_sub *sub = &rec->subs[i];
+        if (session_sub_set(s, sub->filter, sub->len, sub->options, sub->sub_id) < 0 ||
+            sub_index_add(b->index, sub->filter, sub->len, s, sub->options, sub->sub_id) < 0) {
+            session_end(b, s);
+            session_unref(s);
+            return -ENOMEM;
+        }
+    }
+    broker_session_insert(b, s);
+    l->sessions++;
+    return 0;
+}
+
+static int load_msg(void *ud, const char *id, uint16_t len, uint64_t seq,
+                    const struct store_msg *rec)
+{
+    struct loader *l = ud;
+    struct session *s = broker_session_find(l->b, id, len);
+    if (!s || (rec->m->expiry_at && rec->m->expiry_at <= l->now_real &&
+               rec->state != STORE_MSG_WAIT_PUBCOMP)) {
+        /* an orphan, or expired while the node was down */
+        store_msg_del(persist_batch(&l->purge), id, len, seq);
+        return 0;
+    }
+    struct qmsg *q = qmsg_new((struct msg *)rec->m, rec->qos, rec->retain, rec->ids, rec->n_ids);
+    if (!q)
+        return -ENOMEM;
+    q->seq = seq;
+    session_restore_msg(s, q, rec->state);
+    l->msgs++;
+    return 0;
+}
+
+static int load_qos2(void *ud, const char *id, uint16_t len, uint16_t pid)
+{
+    struct loader *l = ud;
+    struct session *s = broker_session_find(l->b, id, len);
+    if (!s) {
+        store_qos2_del(persist_batch(&l->purge), id, len, pid);
+        return 0;
+    }
+    return session_qos2_add(s, pid);
+}
+
+static int load_retained(void *ud, struct msg *m)
+{
+    struct loader *l = ud;
+    if (m->expiry_at && m->expiry_at <= l->now_real) {
+        store_retained_del(persist_batch(&l->purge), msg_topic(m), m->topic_len);
+        return 0;
+    }
+    l->retained++;
+    return retain_set(l->b->retained, m);
+}
+
+int persist_open(struct broker *b, char *err, size_t errlen)
+{
+    const struct config *cfg = &b->cfg;
+    if (!cfg->persistence)
+        return 0;
+    struct store_options o = {
+        .dir = cfg->data_dir,
+        .sync = cfg->sync == SYNC_ALWAYS     ? STORE_SYNC_ALWAYS
+                : cfg->sync == SYNC_INTERVAL ? STORE_SYNC_INTERVAL
+                                             : STORE_SYNC_NONE,
+        .sync_interval_ms = cfg->sync_interval_ms,
+    };
+    int r = store_open(&b->store, &o, err, errlen);
+    if (r < 0) {
+        b->store = NULL;
+        return r;
+    }
+    struct loader l = {.b = b, .now_real = msg_clock_ms(), .now_mono = broker_now_ms()};
+    struct store_loader sl = {
+        .ud = &l,
+        .session = load_session,
+        .msg = load_msg,
+        .qos2 = load_qos2,
+        .retained = load_retained,
+    };
+    r = store_load(b->store, &sl);
+    if (r < 0) {
+        snprintf(err, errlen, "%s: cannot load the store: %s", cfg->data_dir, store_strerror(r));
+        if (l.purge)
+            store_batch_free(l.purge);
+        return r;
+    }
+    persist_submit(&l.purge, NULL, NULL);
+    store_flush(b->store);
+    log_info("store %s: %zu sessions, %zu queued messages, %zu retained messages loaded "
+             "(%zu expired sessions purged)",
+             cfg->data_dir, l.sessions, l.msgs, l.retained, l.expired);
+    return 0;
+}
+
+void persist_close(struct broker *b)
+{
+    if (!b->store)
+        return;
+    store_close(b->store);
+    b->store = NULL;
+}

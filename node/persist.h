@@ -1,0 +1,72 @@
+/*
+ * persist.h - durable sessions and retained messages: the glue between the
+ * broker's in-memory state and storage/store.h.
+ *
+ * A session is persistent when its Session Expiry Interval is not 0 (3.1.1:
+ * clean session 0). For such sessions the store holds the session record
+ * (subscriptions included), every QoS 1/2 message queued or inflight for it
+ * (keyed by the session's message sequence number, from which the packet
+ * identifier is derived, so a message keeps its packet id across restarts),
+ * and the ids of incoming QoS 2 messages awaiting PUBREL. Retained messages
+ * are stored too.
+ *
+ * Operations are collected in a batch (struct store_batch) by whoever changes
+ * the state, and submitted to the store's writer thread, which groups many
+ * batches into one transaction. Acknowledgements that promise durability
+ * (PUBACK, PUBREC, PUBREL, PUBCOMP) are sent only after the batch that makes
+ * them true has committed: see conn_ack_push / worker_post_ack.
+ *
+ * All functions may be called from any thread; those taking a session need
+ * its lock held unless said otherwise. With persistence off (no store) they
+ * do nothing.
+ */
+#ifndef STARLING_PERSIST_H
+#define STARLING_PERSIST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct broker;
+struct session;
+struct qmsg;
+struct msg;
+struct store_batch;
+
+/* Open the store in cfg.data_dir and load what it holds into b (sessions,
+ * their subscriptions and messages, retained messages). Before workers
+ * start. Returns 0, or a negative errno with err set. */
+int persist_open(struct broker *b, char *err, size_t errlen);
+/* Commit what is pending and close the store (after workers stopped). */
+void persist_close(struct broker *b);
+
+/* Is s stored (persistent, with a store)? s->lock held. */
+bool persist_wanted(const struct session *s);
+
+/* The batch *bt, created on first use. NULL when there is no store. */
+struct store_batch *persist_batch(struct store_batch **bt);
+
+/* Write the session record (with its subscriptions). s->lock held. */
+void persist_session_put(struct store_batch **bt, struct session *s, bool connected);
+/* Delete the session record with its messages and QoS 2 ids. s->lock held. */
+void persist_session_del(struct store_batch **bt, struct session *s);
+/* A message for s (state: enum store_msg_state). s->lock held. */
+void persist_msg_put(struct store_batch **bt, struct session *s, struct qmsg *q, uint8_t state);
+void persist_msg_del(struct store_batch **bt, struct session *s, struct qmsg *q);
+/* Incoming QoS 2 packet ids. s->lock held. */
+void persist_qos2(struct store_batch **bt, struct session *s, uint16_t pid, bool put);
+/* A retained message (an empty payload deletes the topic's). */
+void persist_retained(struct store_batch **bt, const struct msg *m);
+
+/* Submit *bt (if any) and reset it. done(ud, status) runs on the store's
+ * writer thread after the commit; it is called at once with status 0 when
+ * there is nothing to commit (returns false then, true when submitted). */
+bool persist_submit(struct store_batch **bt, void (*done)(void *ud, int status), void *ud);
+
+/* The packet identifier of the message with sequence number seq. */
+static inline uint16_t persist_pid_of(uint64_t seq)
+{
+    return (uint16_t)(seq % 65535u + 1u);
+}
+
+#endif

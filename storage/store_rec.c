@@ -1,0 +1,312 @@
+/*
+ * store_rec.c - keys and record encodings of the store (see store_rec.h).
+ *
+ * Value layouts (after the version byte and, for a hashed client id, the
+ * full id; integers little-endian):
+ *
+ *   session:  u8 mqtt version, u32 expiry_interval, u64 disconnected_at_ms,
+ *             u32 n_subs, then n_subs x (u16 len, u8 options, u32 sub_id,
+ *             len bytes of filter)
+ *   msg:      u8 state, u16 pid, u8 qos, u8 flags (bit 0 retain), u16 n_ids,
+ *             n_ids x u32, then a message
+ *   qos2:     nothing more
+ *   retained: a message
+ *   message:  u8 qos, u8 flags (bit 0 retain), u64 expiry_at, u16 topic_len,
+ *             u32 payload_len, u32 props_len, topic, payload, props
+ */
+#include "store_rec.h"
+
+#include <errno.h>
+#include <openssl/sha.h>
+#include <stdlib.h>
+#include <string.h>
+
+void rbuf_free(struct rbuf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+void rbuf_put(struct rbuf *b, const void *d, size_t n)
+{
+    if (b->oom || n == 0)
+        return;
+    if (b->cap - b->len < n) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap - b->len < n) {
+            if (cap > SIZE_MAX / 2) {
+                b->oom = true;
+                return;
+            }
+            cap *= 2;
+        }
+        uint8_t *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, d, n);
+    b->len += n;
+}
+
+void rbuf_u8(struct rbuf *b, uint8_t v)
+{
+    rbuf_put(b, &v, 1);
+}
+
+void rbuf_le16(struct rbuf *b, uint16_t v)
+{
+    uint8_t x[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
+    rbuf_put(b, x, 2);
+}
+
+void rbuf_le32(struct rbuf *b, uint32_t v)
+{
+    uint8_t x[4];
+    for (int i = 0; i < 4; i++)
+        x[i] = (uint8_t)(v >> (8 * i));
+    rbuf_put(b, x, 4);
+}
+
+void rbuf_le64(struct rbuf *b, uint64_t v)
+{
+    uint8_t x[8];
+    for (int i = 0; i < 8; i++)
+        x[i] = (uint8_t)(v >> (8 * i));
+    rbuf_put(b, x, 8);
+}
+
+void rbuf_be16(struct rbuf *b, uint16_t v)
+{
+    uint8_t x[2] = {(uint8_t)(v >> 8), (uint8_t)v};
+    rbuf_put(b, x, 2);
+}
+
+void rbuf_be64(struct rbuf *b, uint64_t v)
+{
+    uint8_t x[8];
+    for (int i = 0; i < 8; i++)
+        x[i] = (uint8_t)(v >> (56 - 8 * i));
+    rbuf_put(b, x, 8);
+}
+
+void rec_put_idkey(struct rbuf *b, const void *id, uint16_t len)
+{
+    rbuf_be16(b, len);
+    if (rec_hashed(len)) {
+        uint8_t md[SHA256_DIGEST_LENGTH];
+        SHA256(id, len, md);
+        rbuf_put(b, md, sizeof(md));
+    } else {
+        rbuf_put(b, id, len);
+    }
+}
+
+void rec_put_header(struct rbuf *b, const void *id, uint16_t len)
+{
+    rbuf_u8(b, REC_VERSION);
+    if (rec_hashed(len))
+        rbuf_put(b, id, len);
+}
+
+void rec_put_session(struct rbuf *b, const struct store_session *rec)
+{
+    rbuf_u8(b, rec->version);
+    rbuf_le32(b, rec->expiry_interval);
+    rbuf_le64(b, rec->disconnected_at_ms);
+    rbuf_le32(b, rec->n_subs);
+    for (uint32_t i = 0; i < rec->n_subs; i++) {
+        const struct store_sub *s = &rec->subs[i];
+        rbuf_le16(b, s->len);
+        rbuf_u8(b, s->options);
+        rbuf_le32(b, s->sub_id);
+        rbuf_put(b, s->filter, s->len);
+    }
+}
+
+void rec_put_message(struct rbuf *b, const struct msg *m)
+{
+    rbuf_u8(b, m->qos);
+    rbuf_u8(b, m->retain ? 1 : 0);
+    rbuf_le64(b, m->expiry_at);
+    rbuf_le16(b, m->topic_len);
+    rbuf_le32(b, m->payload_len);
+    rbuf_le32(b, m->props_len);
+    rbuf_put(b, m->data, (size_t)m->topic_len + m->payload_len + m->props_len);
+}
+
+void rec_put_msg(struct rbuf *b, const struct store_msg *rec)
+{
+    rbuf_u8(b, rec->state);
+    rbuf_le16(b, rec->pid);
+    rbuf_u8(b, rec->qos);
+    rbuf_u8(b, rec->retain ? 1 : 0);
+    rbuf_le16(b, rec->n_ids);
+    for (uint16_t i = 0; i < rec->n_ids; i++)
+        rbuf_le32(b, rec->ids[i]);
+    rec_put_message(b, rec->m);
+}
+
+const uint8_t *rdec_bytes(struct rdec *d, size_t n)
+{
+    if (d->bad || d->n < n) {
+        d->bad = true;
+        return NULL;
+    }
+    const uint8_t *p = d->p;
+    d->p += n;
+    d->n -= n;
+    return p;
+}
+
+static uint64_t rdec_int(struct rdec *d, int n, bool be)
+{
+    const uint8_t *p = rdec_bytes(d, (size_t)n);
+    uint64_t v = 0;
+    if (!p)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        int shift = be ? 8 * (n - 1 - i) : 8 * i;
+        v |= (uint64_t)p[i] << shift;
+    }
+    return v;
+}
+
+uint8_t rdec_u8(struct rdec *d)
+{
+    return (uint8_t)rdec_int(d, 1, false);
+}
+uint16_t rdec_le16(struct rdec *d)
+{
+    return (uint16_t)rdec_int(d, 2, false);
+}
+uint32_t rdec_le32(struct rdec *d)
+{
+    return (uint32_t)rdec_int(d, 4, false);
+}
+uint64_t rdec_le64(struct rdec *d)
+{
+    return rdec_int(d, 8, false);
+}
+uint16_t rdec_be16(struct rdec *d)
+{
+    return (uint16_t)rdec_int(d, 2, true);
+}
+uint64_t rdec_be64(struct rdec *d)
+{
+    return rdec_int(d, 8, true);
+}
+
+int rec_get_id(struct rdec *key, struct rdec *val, const char **id, uint16_t *len)
+{
+    uint16_t n = rdec_be16(key);
+    const uint8_t *kid = rdec_bytes(key, rec_hashed(n) ? REC_HASH_LEN : n);
+    uint8_t version = rdec_u8(val);
+    if (key->bad || val->bad)
+        return -EIO;
+    if (version != REC_VERSION)
+        return -EPROTO;
+    if (rec_hashed(n)) {
+        const uint8_t *full = rdec_bytes(val, n);
+        uint8_t md[SHA256_DIGEST_LENGTH];
+        if (!full)
+            return -EIO;
+        SHA256(full, n, md);
+        if (memcmp(md, kid, REC_HASH_LEN) != 0)
+            return -EIO;
+        kid = full;
+    }
+    *id = (const char *)kid;
+    *len = n;
+    return 0;
+}
+
+int rec_get_session(struct rdec *val, struct store_session *rec, struct store_sub **subs)
+{
+    *subs = NULL;
+    rec->version = rdec_u8(val);
+    rec->expiry_interval = rdec_le32(val);
+    rec->disconnected_at_ms = rdec_le64(val);
+    rec->n_subs = rdec_le32(val);
+    rec->subs = NULL;
+    /* Each subscription takes at least 7 bytes: reject absurd counts before
+     * allocating. */
+    if (val->bad || rec->n_subs > val->n / 7)
+        return -EIO;
+    if (rec->n_subs) {
+        struct store_sub *s = calloc(rec->n_subs, sizeof(*s));
+        if (!s)
+            return -ENOMEM;
+        for (uint32_t i = 0; i < rec->n_subs; i++) {
+            s[i].len = rdec_le16(val);
+            s[i].options = rdec_u8(val);
+            s[i].sub_id = rdec_le32(val);
+            s[i].filter = (const char *)rdec_bytes(val, s[i].len);
+        }
+        if (val->bad) {
+            free(s);
+            return -EIO;
+        }
+        *subs = s;
+        rec->subs = s;
+    }
+    return val->n == 0 ? 0 : -EIO;
+}
+
+int rec_get_message(struct rdec *val, struct msg **out)
+{
+    *out = NULL;
+    uint8_t qos = rdec_u8(val);
+    uint8_t flags = rdec_u8(val);
+    uint64_t expiry_at = rdec_le64(val);
+    uint16_t tlen = rdec_le16(val);
+    uint32_t plen = rdec_le32(val);
+    uint32_t prlen = rdec_le32(val);
+    const uint8_t *topic = rdec_bytes(val, tlen);
+    const uint8_t *payload = rdec_bytes(val, plen);
+    const uint8_t *props = rdec_bytes(val, prlen);
+    if (val->bad || qos > 2)
+        return -EIO;
+    *out = msg_new(topic, tlen, payload, plen, props, prlen, qos, flags & 1, expiry_at, NULL);
+    return *out ? 0 : -ENOMEM;
+}
+
+int rec_get_msg(struct rdec *val, struct store_msg *rec, uint32_t **ids)
+{
+    *ids = NULL;
+    rec->m = NULL;
+    rec->state = rdec_u8(val);
+    rec->pid = rdec_le16(val);
+    rec->qos = rdec_u8(val);
+    rec->retain = rdec_u8(val) & 1;
+    rec->n_ids = rdec_le16(val);
+    rec->ids = NULL;
+    if (val->bad || rec->n_ids > val->n / 4)
+        return -EIO;
+    if (rec->n_ids) {
+        uint32_t *a = malloc(sizeof(*a) * rec->n_ids);
+        if (!a)
+            return -ENOMEM;
+        for (uint16_t i = 0; i < rec->n_ids; i++)
+            a[i] = rdec_le32(val);
+        *ids = a;
+        rec->ids = a;
+    }
+    struct msg *m;
+    int rc = rec_get_message(val, &m);
+    if (rc == 0 && val->n != 0) {
+        msg_unref(m);
+        rc = -EIO;
+    }
+    if (rc) {
+        free(*ids);
+        *ids = NULL;
+        return rc;
+    }
+    rec->m = m;
+    return 0;
+}

@@ -1,0 +1,101 @@
+/*
+ * store_rec.h - keys and record encodings of the store (internal to storage/).
+ *
+ * Keys are big-endian so that LMDB's byte order is numeric order; values are
+ * little-endian. Every value starts with a record version byte (REC_VERSION).
+ *
+ *   idkey(id)      = u16 BE id_len, then the id bytes when id_len <=
+ *                    REC_INLINE_MAX, else SHA-256(id) (32 bytes). The length
+ *                    prefix tells which; idkeys are never prefixes of one
+ *                    another, so idkey(id) is a safe range-scan prefix.
+ *   sessions key   = idkey(client id)
+ *   msgs key       = idkey(client id) + u64 BE seq
+ *   qos2 key       = idkey(client id) + u16 BE pid
+ *   retained key   = idkey(topic)
+ *
+ * When a client id is hashed in the key, the value holds the full id right
+ * after the version byte (id_len bytes, the length comes from the key), and
+ * the loader checks that it hashes to the key. Retained values always hold
+ * the full topic (inside the message).
+ */
+#ifndef STARLING_STORE_REC_H
+#define STARLING_STORE_REC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+#define REC_VERSION 1
+/* Longest id or topic kept verbatim in a key. LMDB's default maximum key
+ * size is 511 bytes; 2 + 400 + 8 leaves room. */
+#define REC_INLINE_MAX 400
+#define REC_HASH_LEN 32
+#define REC_IDKEY_MAX (2 + REC_INLINE_MAX)
+#define REC_KEY_MAX (REC_IDKEY_MAX + 8)
+
+/* A growable byte buffer; a failed allocation sets oom and drops writes. */
+struct rbuf {
+    uint8_t *p;
+    size_t len, cap;
+    bool oom;
+};
+
+void rbuf_free(struct rbuf *b);
+void rbuf_put(struct rbuf *b, const void *d, size_t n);
+void rbuf_u8(struct rbuf *b, uint8_t v);
+void rbuf_le16(struct rbuf *b, uint16_t v);
+void rbuf_le32(struct rbuf *b, uint32_t v);
+void rbuf_le64(struct rbuf *b, uint64_t v);
+void rbuf_be16(struct rbuf *b, uint16_t v);
+void rbuf_be64(struct rbuf *b, uint64_t v);
+
+static inline bool rec_hashed(uint16_t len)
+{
+    return len > REC_INLINE_MAX;
+}
+
+/* Append idkey(id) to b. */
+void rec_put_idkey(struct rbuf *b, const void *id, uint16_t len);
+/* Append a value header: version, then the id when it is hashed. */
+void rec_put_header(struct rbuf *b, const void *id, uint16_t len);
+/* Append the body of a session / message value. */
+void rec_put_session(struct rbuf *b, const struct store_session *rec);
+void rec_put_msg(struct rbuf *b, const struct store_msg *rec);
+/* Append an encoded struct msg (also the whole body of a retained value). */
+void rec_put_message(struct rbuf *b, const struct msg *m);
+
+/* A read cursor over a stored value or key. Reads past the end set bad. */
+struct rdec {
+    const uint8_t *p;
+    size_t n;
+    bool bad;
+};
+
+uint8_t rdec_u8(struct rdec *d);
+uint16_t rdec_le16(struct rdec *d);
+uint32_t rdec_le32(struct rdec *d);
+uint64_t rdec_le64(struct rdec *d);
+uint16_t rdec_be16(struct rdec *d);
+uint64_t rdec_be64(struct rdec *d);
+const uint8_t *rdec_bytes(struct rdec *d, size_t n);
+
+/*
+ * Parse the idkey at the start of key (advancing it) and the header of the
+ * value (advancing it): checks the version byte and, for a hashed id, that
+ * the full id in the value hashes to the key. Sets *id / *len to the full id.
+ * Returns 0, -EIO (corrupt) or -EPROTO (unknown record version).
+ */
+int rec_get_id(struct rdec *key, struct rdec *val, const char **id, uint16_t *len);
+
+/* Decode the body of a session value; *subs is malloc'ed (free it), filters
+ * point into the value. Returns 0, -EIO or -ENOMEM. */
+int rec_get_session(struct rdec *val, struct store_session *rec, struct store_sub **subs);
+/* Decode the body of a message value; *ids is malloc'ed (free it), rec->m
+ * is a new struct msg (unref it). Returns 0, -EIO or -ENOMEM. */
+int rec_get_msg(struct rdec *val, struct store_msg *rec, uint32_t **ids);
+/* Decode an encoded struct msg into a new one. Returns 0, -EIO or -ENOMEM. */
+int rec_get_message(struct rdec *val, struct msg **out);
+
+#endif
