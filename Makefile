@@ -59,6 +59,11 @@ fuzz: deps
 
 test: unit integration fuzz
 
+# Starling vs Mosquitto with the load generator (bench/README.md); options
+# through BENCH_* environment variables.
+bench: build
+	bash bench/run.sh
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 

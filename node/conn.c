@@ -347,9 +347,45 @@ int conn_send_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t n
 
 static void conn_write_cb(uv_write_t *req, int status);
 
+bool conn_try_write(struct conn *c)
+{
+    if (c->state == CONN_CLOSED || c->writing || c->write_failed)
+        return false;
+    while (c->out.len) {
+        uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+        int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (r == UV_EAGAIN)
+            return false;
+        if (r < 0) {
+            /* closed by conn_flush at the end of the turn: never from here,
+             * where the caller may hold the session lock */
+            c->write_failed = true;
+            worker_mark_dirty(c->w, c);
+            return false;
+        }
+        atomic_fetch_add_explicit(&g_broker.stats.bytes_sent, (unsigned long)r,
+                                  memory_order_relaxed);
+        buf_consume(&c->out, (size_t)r);
+    }
+    if (c->out.cap > CONN_WBUF_KEEP)
+        buf_free(&c->out);
+    return true;
+}
+
 void conn_flush(struct conn *c)
 {
     if (c->state == CONN_CLOSED || c->writing)
+        return;
+    if (c->write_failed) {
+        c->out.len = 0;
+        if (c->state == CONN_ACTIVE || c->state == CONN_NEW) {
+            conn_close(c, 0, false);
+            return;
+        }
+    }
+    /* Most writes complete at once: no request, no copy. */
+    conn_try_write(c);
+    if (c->writing || c->write_failed)
         return;
     if (c->out.len == 0) {
         if (c->state == CONN_CLOSING) {
@@ -358,6 +394,7 @@ void conn_flush(struct conn *c)
         }
         return;
     }
+    /* The socket is full: hand the rest to libuv and wait for it. */
     struct buf tmp = c->wbuf;
     c->wbuf = c->out;
     c->out = tmp;

@@ -34,6 +34,7 @@ struct conn {
     struct conn *dirty_next;
     bool dirty;
     bool writing;
+    bool write_failed;
     uv_write_t wreq;
     struct buf in;                             /* an incomplete packet */
     struct buf out;                            /* output waiting for the next write */
@@ -83,6 +84,11 @@ void conn_close(struct conn *c, uint8_t reason, bool resumed);
 
 /* Write pending output now (called at the end of a loop turn). */
 void conn_flush(struct conn *c);
+
+/* Write what the socket takes right now, without waiting and without ever
+ * closing the connection (safe with a session lock held). Returns true when
+ * all pending output is written. */
+bool conn_try_write(struct conn *c);
 
 /* Keep alive and CONNECT timeout check; now in loop ms. */
 void conn_check_timers(struct conn *c, uint64_t now);

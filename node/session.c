@@ -22,6 +22,8 @@
 
 /* Output waiting for a slow client beyond which the queue is not pumped. */
 #define SESSION_OUT_HIGH_WATER (256u * 1024u)
+/* Output written to the socket at once while flushing a long queue. */
+#define SESSION_OUT_CHUNK (64u * 1024u)
 
 struct session *session_new(const char *id, uint16_t len)
 {
@@ -283,8 +285,9 @@ void session_flush_locked(struct session *s)
     struct store_batch *bt = NULL;
     struct qmsg *q;
     while ((q = s->queue_head)) {
-        if (conn_pending_bytes(c) > SESSION_OUT_HIGH_WATER)
-            break; /* resumed when the connection's write completes */
+        if (c->out.len >= SESSION_OUT_CHUNK && !conn_try_write(c) &&
+            conn_pending_bytes(c) > SESSION_OUT_HIGH_WATER)
+            break; /* the socket is full: resumed when the write completes */
         if (q->m->expiry_at && q->m->expiry_at <= now) {
             /* [MQTT-3.3.2-5] an expired message is not delivered */
             queue_pop(s);

@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# bench/run.sh - Starling vs Eclipse Mosquitto with starling-bench (`make bench`).
+#
+# Runs every scenario against both brokers, alternating (starling, mosquitto,
+# starling, mosquitto, ...), BENCH_REPS times, each broker freshly started on
+# a free loopback port for every run. Prints a table of medians with the ratio
+# Starling / Mosquitto and writes every run and the medians to
+# bench/results/<timestamp>.json.
+#
+# It builds and installs nothing: `make bench` does (build/release must hold
+# node/starling and bench/starling-bench; /usr/sbin/mosquitto must exist).
+#
+# Environment:
+#   BENCH_REPS       repetitions (default 3)
+#   BENCH_DURATION   seconds per throughput/latency run (default 5)
+#   BENCH_CONNS      connections of the conns scenario (default 10000, <= 19000)
+#   BENCH_SCENARIOS  subset, space or comma separated, of:
+#                    fanin_qos0 fanin_qos1 fanout latency conns ceiling
+#                    ("fanin" means both fanin runs; default: all)
+#   BENCH_WORKERS    Starling worker threads (default: number of cores)
+#   BENCH_THREADS    generator threads (default 2)
+#   BENCH_QUEUE      max_queued_messages of both brokers (default 100000)
+#   BENCH_QOS1_QUEUE max_queued_messages for the fanin QoS 1 runs (default
+#                    10000000, and Starling's max_queued_bytes 0): both brokers
+#                    acknowledge a PUBLISH before delivering it, so the publisher
+#                    windows do not bound the subscriber's backlog, and with
+#                    100000 both drop acknowledged QoS 1 messages
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/build/release/bench/starling-bench
+STARLING=$ROOT/build/release/node/starling
+MOSQUITTO=${BENCH_MOSQUITTO:-/usr/sbin/mosquitto}
+REPS=${BENCH_REPS:-3}
+DURATION=${BENCH_DURATION:-5}
+CONNS=${BENCH_CONNS:-10000}
+WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
+THREADS=${BENCH_THREADS:-2}
+QUEUE=${BENCH_QUEUE:-100000}
+QOS1_QUEUE=${BENCH_QOS1_QUEUE:-10000000}
+SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanout latency conns ceiling}
+PYTHON=${PYTHON:-/usr/bin/python3}
+
+die() {
+    echo "bench: $*" >&2
+    exit 1
+}
+
+for f in "$BENCH" "$STARLING"; do
+    [ -x "$f" ] || die "$f is missing: run 'make bench' (it builds first)"
+done
+[ -x "$MOSQUITTO" ] || die "$MOSQUITTO is missing: apt-get install mosquitto (make bench does)"
+[[ "$REPS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPS must be a positive integer"
+[[ "$DURATION" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_DURATION must be a number of seconds"
+[[ "$CONNS" =~ ^[1-9][0-9]*$ ]] && [ "$CONNS" -le 19000 ] || die "BENCH_CONNS must be 1..19000"
+[[ "$WORKERS" =~ ^[0-9]+$ ]] || die "BENCH_WORKERS must be an integer"
+[[ "$QUEUE" =~ ^[0-9]+$ ]] || die "BENCH_QUEUE must be an integer"
+[[ "$QOS1_QUEUE" =~ ^[0-9]+$ ]] || die "BENCH_QOS1_QUEUE must be an integer"
+
+# Normalise the scenario list.
+sel=()
+for s in ${SCENARIOS//,/ }; do
+    case "$s" in
+    fanin) sel+=(fanin_qos0 fanin_qos1) ;;
+    fanin_qos0 | fanin_qos1 | fanout | latency | conns | ceiling) sel+=("$s") ;;
+    *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;;
+    esac
+done
+[ ${#sel[@]} -gt 0 ] || die "BENCH_SCENARIOS selects nothing"
+
+# Both brokers and the generator may hold many sockets.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# The broker must not pick up STARLING_* settings from the caller.
+while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^STARLING_' || true)
+
+TMP=$(mktemp -d /tmp/starling-bench.XXXXXX)
+BPID=""
+cleanup() {
+    if [ -n "$BPID" ] && kill -0 "$BPID" 2>/dev/null; then
+        kill -KILL "$BPID" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS_DIR=$ROOT/bench/results
+mkdir -p "$RESULTS_DIR"
+OUT=$RESULTS_DIR/$STAMP.json
+RUNS=$TMP/runs.jsonl
+: >"$RUNS"
+FAILURES=0
+
+free_port() {
+    "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_broker NAME SCENARIO: sets BPID and BPORT, or returns 1.
+start_broker() {
+    local name=$1 conf=$TMP/$1.conf log=$TMP/$1.log queue=$QUEUE qbytes=67108864
+    if [ "$2" = fanin_qos1 ]; then
+        queue=$QOS1_QUEUE
+        qbytes=0
+    fi
+    BPORT=$(free_port)
+    if [ "$name" = starling ]; then
+        cat >"$conf" <<EOF
+bind_address 127.0.0.1
+port $BPORT
+workers $WORKERS
+log_level warn
+max_queued_messages $queue
+max_queued_bytes $qbytes
+max_inflight_messages 1000
+sys_interval 0
+EOF
+        "$STARLING" -c "$conf" >"$log" 2>&1 &
+    else
+        cat >"$conf" <<EOF
+listener $BPORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages $queue
+max_inflight_messages 1000
+max_connections -1
+sys_interval 0
+log_dest stderr
+log_type error
+log_type warning
+EOF
+        "$MOSQUITTO" -c "$conf" >"$log" 2>&1 &
+    fi
+    BPID=$!
+    local i
+    for i in $(seq 100); do
+        if ! kill -0 "$BPID" 2>/dev/null; then
+            echo "bench: $name exited at start-up:" >&2
+            tail -n 5 "$log" >&2
+            BPID=""
+            return 1
+        fi
+        if [ -n "$(ss -Hltn "sport = :$BPORT" 2>/dev/null)" ]; then
+            sleep 0.3 # let it settle before the memory baseline
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "bench: $name does not listen on port $BPORT" >&2
+    return 1
+}
+
+stop_broker() {
+    local name=$1
+    [ -n "$BPID" ] || return 0
+    if ! kill -0 "$BPID" 2>/dev/null; then
+        echo "bench: $name (pid $BPID) died during the run; log tail:" >&2
+        tail -n 10 "$TMP/$name.log" >&2 || true
+        FAILURES=$((FAILURES + 1))
+        wait "$BPID" 2>/dev/null || true
+        BPID=""
+        return 0
+    fi
+    kill -TERM "$BPID" 2>/dev/null || true
+    local i
+    for i in $(seq 100); do
+        kill -0 "$BPID" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$BPID" 2>/dev/null; then
+        echo "bench: $name did not stop on SIGTERM within 5 s; killing it" >&2
+        kill -KILL "$BPID" 2>/dev/null || true
+    fi
+    wait "$BPID" 2>/dev/null || true
+    BPID=""
+}
+
+# run_bench REP LABEL ID ARGS...: one generator run, its JSON line appended.
+run_bench() {
+    local rep=$1 label=$2 id=$3
+    shift 3
+    local line rc=0
+    line=$("$BENCH" "$@" --label "$label" --threads "$THREADS" | tail -n 1) || rc=$?
+    if [ -z "$line" ] || [ "${line:0:1}" != "{" ]; then
+        echo "bench: $id against $label produced no result (exit $rc)" >&2
+        FAILURES=$((FAILURES + 1))
+        return 0
+    fi
+    [ $rc -eq 0 ] || {
+        echo "bench: $id against $label incomplete (exit $rc)" >&2
+        FAILURES=$((FAILURES + 1))
+    }
+    echo "{\"rep\":$rep,\"id\":\"$id\",${line:1}" >>"$RUNS"
+}
+
+scenario_args() {
+    case "$1" in
+    fanin_qos0) echo "fanin --qos 0 --duration $DURATION" ;;
+    fanin_qos1) echo "fanin --qos 1 --duration $DURATION" ;;
+    fanout) echo "fanout --duration $DURATION" ;;
+    latency) echo "latency --duration $DURATION" ;;
+    conns) echo "conns --conns $CONNS" ;;
+    ceiling) echo "ceiling --duration $DURATION" ;;
+    esac
+}
+
+T0=$(date +%s)
+echo "bench: ${sel[*]} x $REPS reps, ${DURATION}s runs, $CONNS conns, Starling workers $WORKERS," \
+    "generator threads $THREADS, queues $QUEUE (fanin QoS 1: $QOS1_QUEUE), $(nproc) cores" >&2
+for rep in $(seq "$REPS"); do
+    echo "bench: repetition $rep/$REPS" >&2
+    for sc in "${sel[@]}"; do
+        # shellcheck disable=SC2207
+        args=($(scenario_args "$sc"))
+        if [ "$sc" = ceiling ]; then
+            run_bench "$rep" generator "$sc" "${args[@]}"
+            continue
+        fi
+        for broker in starling mosquitto; do
+            if ! start_broker "$broker" "$sc"; then
+                FAILURES=$((FAILURES + 1))
+                stop_broker "$broker"
+                continue
+            fi
+            run_bench "$rep" "$broker" "$sc" "${args[@]}" --host 127.0.0.1 --port "$BPORT" \
+                --pid "$BPID"
+            stop_broker "$broker"
+        done
+    done
+done
+ELAPSED=$(($(date +%s) - T0))
+
+"$PYTHON" - "$RUNS" "$OUT" "$STAMP" "$ELAPSED" "$REPS" "$DURATION" "$CONNS" "$WORKERS" \
+    "$THREADS" "$(nproc)" "$QUEUE" "$QOS1_QUEUE" "$(
+        "$MOSQUITTO" -h 2>/dev/null | head -n 1 || true
+    )" <<'PYEOF'
+import json, statistics, sys
+
+(runs_path, out_path, stamp, elapsed, reps, duration, conns, workers, threads, cores, queue,
+ qos1_queue, mosq) = sys.argv[1:14]
+runs = [json.loads(l) for l in open(runs_path) if l.strip()]
+
+def med(id_, broker, key):
+    v = [r[key] for r in runs if r["id"] == id_ and r["broker"] == broker
+         and isinstance(r.get(key), (int, float))]
+    return statistics.median(v) if v else None
+
+# (scenario id, metric key, label, higher is better)
+METRICS = [
+    ("fanin_qos0", "msgs_per_s", "fanin QoS 0 msg/s", True),
+    ("fanin_qos0", "loss_pct", "fanin QoS 0 loss %", False),
+    ("fanin_qos1", "msgs_per_s", "fanin QoS 1 msg/s", True),
+    ("fanin_qos1", "loss", "fanin QoS 1 lost msgs (must be 0)", False),
+    ("fanout", "deliveries_per_s", "fanout deliveries/s", True),
+    ("latency", "p50_us", "latency p50 us", False),
+    ("latency", "p99_us", "latency p99 us", False),
+    ("latency", "p999_us", "latency p99.9 us", False),
+    ("latency", "max_us", "latency max us", False),
+    ("conns", "connects_per_s", "conns connects/s", True),
+    ("conns", "bytes_per_conn", "conns bytes/conn (RSS)", False),
+    ("conns", "listen_overflows", "conns SYNs dropped (backlog full)", False),
+]
+CPU_IDS = ["fanin_qos0", "fanin_qos1", "fanout", "latency", "conns"]
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if v else "0"
+
+rows, summary = [], []
+for id_, key, label, higher in METRICS:
+    s, m = med(id_, "starling", key), med(id_, "mosquitto", key)
+    if s is None and m is None:
+        continue
+    ratio = s / m if s is not None and m else None
+    if s is None or m is None:
+        verdict = "-"
+    elif s == m:
+        verdict = "same"
+    else:
+        verdict = "Starling" if (s > m) == higher else "Mosquitto"
+    rows.append([label, "higher" if higher else "lower", fmt(s), fmt(m),
+                 f"{ratio:.2f}" if ratio is not None else "-", verdict])
+    summary.append({"scenario": id_, "metric": key, "better": "higher" if higher else "lower",
+                    "starling": s, "mosquitto": m, "ratio": ratio, "winner": verdict})
+for id_ in CPU_IDS:
+    s, m = med(id_, "starling", "broker_cpu"), med(id_, "mosquitto", "broker_cpu")
+    gs, gm = med(id_, "starling", "bench_cpu"), med(id_, "mosquitto", "bench_cpu")
+    if s is None and m is None:
+        continue
+    rows.append([f"{id_} broker CPU (cores)", "info", fmt(s), fmt(m),
+                 f"{s / m:.2f}" if s is not None and m else "-",
+                 f"gen {fmt(gs)}/{fmt(gm)}"])
+    summary.append({"scenario": id_, "metric": "broker_cpu", "better": "info", "starling": s,
+                    "mosquitto": m, "bench_cpu_starling": gs, "bench_cpu_mosquitto": gm})
+ceil = med("ceiling", "generator", "msgs_per_s")
+if ceil is not None:
+    rows.append(["generator ceiling msg/s", "info", fmt(ceil), "", "",
+                 f"gen cpu {fmt(med('ceiling', 'generator', 'bench_cpu'))}"])
+    summary.append({"scenario": "ceiling", "metric": "msgs_per_s", "better": "info",
+                    "generator": ceil})
+
+head = ["metric (median)", "better", "Starling", "Mosquitto", "S/M", "winner"]
+w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) if i < 2 else str(c).rjust(w[i])
+                                   if i < 5 else str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
+print()
+print(f"Starling vs {mosq.strip() or 'Mosquitto'}: medians of {reps} runs, {duration} s each, "
+      f"{cores} cores shared by broker and generator; Starling workers {workers}; "
+      f"max_queued_messages {queue} (fanin QoS 1: {qos1_queue})")
+print("S/M = Starling / Mosquitto; 'better' says which direction wins (latency, loss and "
+      "memory: lower is better)")
+print(line(head))
+print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+for r in rows:
+    print(line(r))
+incomplete = [f"{r['id']}/{r['broker']}/rep{r['rep']}" for r in runs if not r.get("complete")]
+q1 = [r for r in runs if r["id"] == "fanin_qos1" and r.get("loss")]
+if incomplete:
+    print("incomplete runs: " + ", ".join(incomplete))
+for r in q1:
+    print(f"WARNING: {r['broker']} lost {r['loss']} QoS 1 messages (rep {r['rep']})")
+print(f"total time {elapsed} s; results: {out_path}")
+
+json.dump({"timestamp": stamp, "elapsed_s": int(elapsed), "reps": int(reps),
+           "duration_s": float(duration), "conns": int(conns), "starling_workers": int(workers),
+           "generator_threads": int(threads), "cores": int(cores),
+           "max_queued_messages": int(queue), "qos1_max_queued_messages": int(qos1_queue), "mosquitto": mosq.strip(),
+           "summary": summary, "runs": runs}, open(out_path, "w"), indent=1)
+PYEOF
+
+if [ "$FAILURES" -gt 0 ]; then
+    echo "bench: $FAILURES run(s) failed or were incomplete (see above)" >&2
+    exit 1
+fi
