@@ -279,7 +279,7 @@ static void broker_on_housekeeping(uv_timer_t *t)
         struct session *s = b->buckets[k], *next;
         for (; s; s = next) {
             next = s->hnext;
-            pthread_mutex_lock(&s->lock);
+            lock_acquire(&s->lock);
             bool expired = false;
             struct msg *will = NULL;
             if (!s->conn) {
@@ -291,7 +291,7 @@ static void broker_on_housekeeping(uv_timer_t *t)
                 }
             }
             uint32_t wexp = s->will_expiry;
-            pthread_mutex_unlock(&s->lock);
+            lock_release(&s->lock);
             if (!expired && !will)
                 continue;
             if (n == cap) {

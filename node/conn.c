@@ -33,11 +33,38 @@
 #include "worker.h"
 
 #define CONN_CLOSE_GRACE_MS 5000
-#define CONN_WBUF_KEEP 16384
 /* Broker -> client topic aliases kept per connection (at most). */
 #define CONN_MAX_ALIAS_OUT 128
 
 static void conn_on_close(uv_handle_t *h);
+
+/* An asynchronous write: only while the socket does not take everything. */
+struct conn_write {
+    uv_write_t req;
+    struct buf data;
+};
+
+/* "address:port" of the client, for log lines. */
+static const char *conn_peer(const struct conn *c, char *out, size_t len)
+{
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    char host[48] = "?";
+    snprintf(out, len, "?");
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) != 0)
+        return out;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+        uv_ip4_name(sin, host, sizeof(host));
+        snprintf(out, len, "%s:%u", host, ntohs(sin->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+        uv_ip6_name(sin6, host, sizeof(host));
+        snprintf(out, len, "[%s]:%u", host, ntohs(sin6->sin6_port));
+    }
+    return out;
+}
+#define PEER(c) conn_peer((c), (char[64]){0}, 64)
 
 struct pending_ack {
     uint64_t token;
@@ -58,7 +85,6 @@ static void conn_free(struct conn *c)
 {
     buf_free(&c->in);
     buf_free(&c->out);
-    buf_free(&c->wbuf);
     msg_unref(c->will);
     if (c->alias_in) {
         for (uint32_t i = 0; i < g_broker.cfg.topic_alias_maximum; i++)
@@ -80,7 +106,7 @@ void conn_unref(struct conn *c)
 
 size_t conn_pending_bytes(const struct conn *c)
 {
-    return c->out.len + c->wbuf.len;
+    return c->out.len + (c->wr ? c->wr->data.len : 0);
 }
 
 /* ---- output ---------------------------------------------------------- */
@@ -206,7 +232,7 @@ void conn_ack_done(struct conn *c, uint64_t token, int status)
         a->ready = true;
         if (status < 0 && (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
             /* the message could not be stored: not acknowledged as received */
-            log_warn("%s: store failed (%s): publish %u refused", c->peer, store_strerror(status),
+            log_warn("%s: store failed (%s): publish %u refused", PEER(c), store_strerror(status),
                      a->pid);
             a->failed = true;
             a->reason = MQTT_RC_QUOTA_EXCEEDED;
@@ -367,8 +393,7 @@ bool conn_try_write(struct conn *c)
                                   memory_order_relaxed);
         buf_consume(&c->out, (size_t)r);
     }
-    if (c->out.cap > CONN_WBUF_KEEP)
-        buf_free(&c->out);
+    buf_free(&c->out); /* an idle connection holds no output buffer */
     return true;
 }
 
@@ -395,20 +420,32 @@ void conn_flush(struct conn *c)
         return;
     }
     /* The socket is full: hand the rest to libuv and wait for it. */
-    struct buf tmp = c->wbuf;
-    c->wbuf = c->out;
-    c->out = tmp;
-    c->out.len = 0;
-    uv_buf_t b = uv_buf_init((char *)c->wbuf.data, (unsigned)c->wbuf.len);
-    atomic_fetch_add_explicit(&g_broker.stats.bytes_sent, c->wbuf.len, memory_order_relaxed);
+    struct conn_write *wr = malloc(sizeof(*wr));
+    if (!wr) {
+        c->out.len = 0;
+        if (c->state == CONN_ACTIVE || c->state == CONN_NEW)
+            conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        else if (c->state == CONN_CLOSING) {
+            c->state = CONN_CLOSED;
+            uv_close((uv_handle_t *)&c->tcp, conn_on_close);
+        }
+        return;
+    }
+    wr->data = c->out;
+    memset(&c->out, 0, sizeof(c->out));
+    wr->req.data = c;
+    uv_buf_t b = uv_buf_init((char *)wr->data.data, (unsigned)wr->data.len);
+    atomic_fetch_add_explicit(&g_broker.stats.bytes_sent, wr->data.len, memory_order_relaxed);
     c->writing = true;
+    c->wr = wr;
     conn_ref(c);
-    int r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, conn_write_cb);
+    int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, conn_write_cb);
     if (r < 0) {
         c->writing = false;
-        c->wbuf.len = 0;
+        c->wr = NULL;
+        buf_free(&wr->data);
+        free(wr);
         conn_unref(c);
-        c->out.len = 0;
         if (c->state == CONN_ACTIVE || c->state == CONN_NEW)
             conn_close(c, 0, false);
         else if (c->state == CONN_CLOSING) {
@@ -421,10 +458,11 @@ void conn_flush(struct conn *c)
 static void conn_write_cb(uv_write_t *req, int status)
 {
     struct conn *c = req->data;
+    struct conn_write *wr = c->wr;
     c->writing = false;
-    c->wbuf.len = 0;
-    if (c->wbuf.cap > CONN_WBUF_KEEP)
-        buf_free(&c->wbuf);
+    c->wr = NULL;
+    buf_free(&wr->data);
+    free(wr);
     if (status < 0 && (c->state == CONN_ACTIVE || c->state == CONN_NEW)) {
         conn_close(c, 0, false);
     } else if (c->state == CONN_CLOSING) {
@@ -462,7 +500,7 @@ static void conn_detach(struct conn *c, bool resumed)
     bool attached = false, ends = false;
     struct store_batch *bt = NULL;
     pthread_mutex_lock(&b->sessions_lock);
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     if (s->conn == c) {
         attached = true;
         s->conn = NULL;
@@ -484,7 +522,7 @@ static void conn_detach(struct conn *c, bool resumed)
             send_will = false;
         }
     }
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
     persist_submit(&bt, NULL, NULL);
     if (attached && ends) {
         if (s->in_table)
@@ -520,9 +558,9 @@ void conn_close(struct conn *c, uint8_t reason, bool resumed)
     if (reason >= 0x80 && c->version == MQTT_V5 && was_active)
         conn_send_disconnect(c, reason);
     if (reason >= 0x80)
-        log_debug("%s: closing connection: %s", c->peer, mqtt_rc_str(reason));
+        log_debug("%s: closing connection: %s", PEER(c), mqtt_rc_str(reason));
     c->state = CONN_CLOSING;
-    c->closing_at = uv_now(&c->w->loop);
+    c->state_since = uv_now(&c->w->loop);
     uv_read_stop((uv_stream_t *)&c->tcp);
     conn_detach(c, resumed);
     conn_flush(c);
@@ -547,15 +585,15 @@ static void conn_on_close(uv_handle_t *h)
 void conn_check_timers(struct conn *c, uint64_t now)
 {
     const struct config *cfg = &g_broker.cfg;
-    if (c->state == CONN_NEW && now - c->accepted_at >= (uint64_t)cfg->connect_timeout * 1000u) {
-        log_debug("%s: no CONNECT within %" PRIu32 " s", c->peer, cfg->connect_timeout);
+    if (c->state == CONN_NEW && now - c->state_since >= (uint64_t)cfg->connect_timeout * 1000u) {
+        log_debug("%s: no CONNECT within %" PRIu32 " s", PEER(c), cfg->connect_timeout);
         conn_close(c, 0, false);
     } else if (c->state == CONN_ACTIVE && c->keepalive &&
                now - c->last_rx >= (uint64_t)c->keepalive * 1500u) {
         /* [MQTT-3.1.2-22] no packet within 1.5 x keep alive */
-        log_debug("%s: keep alive timeout", c->peer);
+        log_debug("%s: keep alive timeout", PEER(c));
         conn_close(c, MQTT_RC_KEEP_ALIVE_TIMEOUT, false);
-    } else if (c->state == CONN_CLOSING && now - c->closing_at >= CONN_CLOSE_GRACE_MS) {
+    } else if (c->state == CONN_CLOSING && now - c->state_since >= CONN_CLOSE_GRACE_MS) {
         c->state = CONN_CLOSED;
         uv_close((uv_handle_t *)&c->tcp, conn_on_close);
     }
@@ -572,7 +610,7 @@ static void conn_refuse(struct conn *c, uint8_t version, uint8_t reason)
     c->version = version;
     conn_send(c, &p);
     c->state = CONN_CLOSING;
-    c->closing_at = uv_now(&c->w->loop);
+    c->state_since = uv_now(&c->w->loop);
     uv_read_stop((uv_stream_t *)&c->tcp);
     conn_flush(c);
 }
@@ -737,7 +775,7 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
     pthread_mutex_lock(&b->sessions_lock);
     struct session *old = broker_session_find(b, id, id_len);
     if (old) {
-        pthread_mutex_lock(&old->lock);
+        lock_acquire(&old->lock);
         if (old->conn) {
             /* [MQTT-3.1.4-3] the existing connection is closed (5.0: with
              * DISCONNECT 0x8E) */
@@ -745,7 +783,7 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
             old->conn = NULL;
             atomic_fetch_sub(&b->stats.clients_connected, 1);
         }
-        pthread_mutex_unlock(&old->lock);
+        lock_release(&old->lock);
         if (ck->clean_start) {
             /* [MQTT-3.1.2-4] clean start discards the existing session */
             broker_session_remove(b, old);
@@ -754,10 +792,10 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
             /* [MQTT-3.1.2-5] resume the existing session */
             s = old;
             present = true;
-            pthread_mutex_lock(&s->lock);
+            lock_acquire(&s->lock);
             dropped_will = s->pending_will; /* [MQTT-3.1.3-9] */
             s->pending_will = NULL;
-            pthread_mutex_unlock(&s->lock);
+            lock_release(&s->lock);
         }
     }
     if (!s) {
@@ -773,22 +811,22 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
         }
         broker_session_insert(b, s);
     }
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     s->conn = c;
     s->w = c->w;
     s->version = v;
     s->expiry_interval = expiry;
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
     c->session = session_ref(s);
     pthread_mutex_unlock(&b->sessions_lock);
     msg_unref(dropped_will);
     if (ending) {
         /* the old session ends now: a will it was still delaying goes out */
-        pthread_mutex_lock(&ending->lock);
+        lock_acquire(&ending->lock);
         struct msg *will = ending->pending_will;
         uint32_t wexp = ending->will_expiry;
         ending->pending_will = NULL;
-        pthread_mutex_unlock(&ending->lock);
+        lock_release(&ending->lock);
         if (will) {
             conn_publish_will(c->w, will, wexp);
             msg_unref(will);
@@ -799,12 +837,12 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
     /* The session record: written for a persistent session, deleted for one
      * that is no longer persistent. */
     struct store_batch *bt = NULL;
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     if (persist_wanted(s))
         persist_session_put(&bt, s, true);
     else if (s->stored)
         persist_session_del(&bt, s);
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
     persist_submit(&bt, NULL, NULL);
 
     /* CONNACK */
@@ -854,17 +892,17 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
     unsigned long now_conn = atomic_fetch_add(&b->stats.clients_connected, 1) + 1;
     if (now_conn > atomic_load(&b->stats.clients_maximum))
         atomic_store(&b->stats.clients_maximum, now_conn);
-    log_debug("%s: client '%.*s' connected (MQTT %s, session present %d)", c->peer, (int)id_len, id,
+    log_debug("%s: client '%.*s' connected (MQTT %s, session present %d)", PEER(c), (int)id_len, id,
               v == MQTT_V5     ? "5.0"
               : v == MQTT_V311 ? "3.1.1"
                                : "3.1",
               present);
 
     /* Resume: resend what was inflight, then what is queued. */
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     if (s->conn == c)
         session_resume_locked(s);
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
 }
 
 /* ---- PUBLISH ----------------------------------------------------------- */
@@ -953,7 +991,7 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
     struct store_batch *bt = NULL;
     if (p->qos == 2) {
         bool dup = false, over = false;
-        pthread_mutex_lock(&s->lock);
+        lock_acquire(&s->lock);
         if (session_qos2_has(s, p->packet_id))
             dup = true;
         else if (s->n_qos2_in >= cfg->receive_maximum)
@@ -962,7 +1000,7 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
             over = true;
         else if (persist_wanted(s))
             persist_qos2(&bt, s, p->packet_id, true);
-        pthread_mutex_unlock(&s->lock);
+        lock_release(&s->lock);
         if (over) {
             /* [MQTT-3.3.4-8] more unacknowledged QoS 2 than Receive Maximum */
             conn_close(c, MQTT_RC_RECEIVE_MAX_EXCEEDED, false);
@@ -1070,9 +1108,9 @@ static void conn_handle_subscribe(struct conn *c, const struct mqtt_subscribe *s
         if (qos > cfg->max_qos)
             qos = cfg->max_qos; /* [MQTT-3.9.3-?] grant what the server supports */
         opts = (uint8_t)((opts & ~MQTT_SUBOPT_QOS_MASK) | qos);
-        pthread_mutex_lock(&s->lock);
+        lock_acquire(&s->lock);
         int r = session_sub_set(s, filter, (uint16_t)f.len, opts, sub_id);
-        pthread_mutex_unlock(&s->lock);
+        lock_release(&s->lock);
         int existed = r < 0 ? r : sub_index_add(b->index, filter, f.len, s, opts, sub_id);
         if (existed < 0) {
             rcs[i++] = v5 ? MQTT_RC_UNSPECIFIED : 0x80;
@@ -1095,10 +1133,10 @@ static void conn_handle_subscribe(struct conn *c, const struct mqtt_subscribe *s
         }
         free(rb.msgs);
     }
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     if (persist_wanted(s))
         persist_session_put(&bt, s, true);
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
     persist_submit(&bt, NULL, NULL);
     /* The SUBACK is written before any retained message: those go through
      * the session queue, which is flushed at the end of the loop turn. */
@@ -1134,18 +1172,18 @@ static void conn_handle_unsubscribe(struct conn *c, const struct mqtt_subscribe 
             rcs[i++] = MQTT_RC_TOPIC_FILTER_INVALID;
             continue;
         }
-        pthread_mutex_lock(&s->lock);
+        lock_acquire(&s->lock);
         bool had = session_sub_del(s, filter, (uint16_t)f.len);
-        pthread_mutex_unlock(&s->lock);
+        lock_release(&s->lock);
         if (had)
             sub_index_remove(b->index, filter, f.len, s);
         rcs[i++] = had ? MQTT_RC_SUCCESS : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
     }
     struct store_batch *bt = NULL;
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     if (persist_wanted(s))
         persist_session_put(&bt, s, true);
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
     persist_submit(&bt, NULL, NULL);
     struct mqtt_packet p;
     memset(&p, 0, sizeof(p));
@@ -1173,10 +1211,10 @@ static void conn_handle_disconnect(struct conn *c, const struct mqtt_disconnect 
         uint32_t e = d->props.session_expiry;
         if (g_broker.cfg.max_session_expiry && e > g_broker.cfg.max_session_expiry)
             e = g_broker.cfg.max_session_expiry;
-        pthread_mutex_lock(&s->lock);
+        lock_acquire(&s->lock);
         if (s->conn == c)
             s->expiry_interval = e;
-        pthread_mutex_unlock(&s->lock);
+        lock_release(&s->lock);
     }
     /* [MQTT-3.14.4-3] a normal DISCONNECT discards the will; 0x04 keeps it */
     c->normal_disconnect = !(c->version == MQTT_V5 && d->reason == MQTT_RC_DISCONNECT_WITH_WILL);
@@ -1224,18 +1262,18 @@ static void conn_handle_packet(struct conn *c, const uint8_t *data, size_t len)
         conn_handle_publish(c, &pkt.u.publish);
         break;
     case MQTT_PUBACK:
-        pthread_mutex_lock(&s->lock);
+        lock_acquire(&s->lock);
         if (s->conn == c)
             session_puback_locked(s, pkt.u.ack.packet_id, &bt);
-        pthread_mutex_unlock(&s->lock);
+        lock_release(&s->lock);
         persist_submit(&bt, NULL, NULL);
         break;
     case MQTT_PUBREC: {
         int found = -ENOENT;
-        pthread_mutex_lock(&s->lock);
+        lock_acquire(&s->lock);
         if (s->conn == c)
             found = session_pubrec_locked(s, pkt.u.ack.packet_id, pkt.u.ack.reason, &bt);
-        pthread_mutex_unlock(&s->lock);
+        lock_release(&s->lock);
         if (found == 0)
             conn_ack_after(c, &bt, MQTT_PUBREL, pkt.u.ack.packet_id, 0);
         else if (found < 0)
@@ -1246,11 +1284,11 @@ static void conn_handle_packet(struct conn *c, const uint8_t *data, size_t len)
         break;
     }
     case MQTT_PUBREL: {
-        pthread_mutex_lock(&s->lock);
+        lock_acquire(&s->lock);
         bool found = session_qos2_remove(s, pkt.u.ack.packet_id);
         if (found && s->stored)
             persist_qos2(&bt, s, pkt.u.ack.packet_id, false);
-        pthread_mutex_unlock(&s->lock);
+        lock_release(&s->lock);
         /* [MQTT-4.3.3-11] PUBCOMP, 0x92 when the id is unknown (5.0); after
          * the id is forgotten durably, so that it can be reused at once */
         conn_ack_after(c, &bt, MQTT_PUBCOMP, pkt.u.ack.packet_id,
@@ -1258,10 +1296,10 @@ static void conn_handle_packet(struct conn *c, const uint8_t *data, size_t len)
         break;
     }
     case MQTT_PUBCOMP:
-        pthread_mutex_lock(&s->lock);
+        lock_acquire(&s->lock);
         if (s->conn == c)
             session_pubcomp_locked(s, pkt.u.ack.packet_id, &bt);
-        pthread_mutex_unlock(&s->lock);
+        lock_release(&s->lock);
         persist_submit(&bt, NULL, NULL);
         break;
     case MQTT_SUBSCRIBE:
@@ -1368,7 +1406,6 @@ void conn_accept(struct worker *w, uv_stream_t *server)
     c->client_max_packet = UINT32_MAX;
     uv_tcp_init(&w->loop, &c->tcp);
     c->tcp.data = c;
-    c->wreq.data = c;
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;
@@ -1386,23 +1423,8 @@ void conn_accept(struct worker *w, uv_stream_t *server)
         uv_close((uv_handle_t *)&c->tcp, conn_on_close);
         return;
     }
-    struct sockaddr_storage ss;
-    int sl = sizeof(ss);
-    strcpy(c->peer, "?");
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-        char host[48] = "";
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-            uv_ip4_name(sin, host, sizeof(host));
-            snprintf(c->peer, sizeof(c->peer), "%s:%u", host, ntohs(sin->sin_port));
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-            uv_ip6_name(sin6, host, sizeof(host));
-            snprintf(c->peer, sizeof(c->peer), "[%s]:%u", host, ntohs(sin6->sin6_port));
-        }
-    }
     uv_tcp_nodelay(&c->tcp, 1);
-    c->accepted_at = c->last_rx = uv_now(&w->loop);
+    c->state_since = c->last_rx = uv_now(&w->loop);
     c->state = CONN_NEW;
     uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
 }

@@ -22,50 +22,48 @@ struct worker;
 struct session;
 struct msg;
 struct qmsg;
+struct conn_write;
 
 enum conn_state { CONN_NEW, CONN_ACTIVE, CONN_CLOSING, CONN_CLOSED };
 
 struct conn {
     uv_tcp_t tcp;
+    /* pointers first, then smaller fields: an idle client costs its
+     * connection and its session, so the layout has no holes */
     struct worker *w;
-    atomic_int refs;
-    enum conn_state state;
     struct conn *prev, *next; /* worker's list */
     struct conn *dirty_next;
-    bool dirty;
-    bool writing;
-    bool write_failed;
-    uv_write_t wreq;
-    struct buf in;                             /* an incomplete packet */
-    struct buf out;                            /* output waiting for the next write */
-    struct buf wbuf;                           /* output being written */
-    uint64_t accepted_at, last_rx, closing_at; /* worker loop ms */
-
-    uint8_t version;
-    uint16_t keepalive; /* seconds, enforced at 1.5x */
-    bool problem_info;
-    bool normal_disconnect;
-    bool will_on_close;
     struct session *session;
+    struct conn_write *wr; /* the write in progress, if any */
     struct msg *will;
+    /* topic aliases client -> broker: alias_in[alias-1] */
+    struct msg **alias_in;
+    /* topic aliases broker -> client: alias_out[alias-1] */
+    struct msg **alias_out;
+    /* acknowledgements waiting for the store, sent in order [MQTT-4.6.0-2] */
+    struct pending_ack *acks;
+    struct buf in;        /* an incomplete packet */
+    struct buf out;       /* output waiting for the next write */
+    uint64_t last_rx;     /* worker loop ms */
+    uint64_t state_since; /* worker loop ms: accepted (NEW), closing (CLOSING) */
+    uint64_t next_token;
+    atomic_int refs;
+    enum conn_state state;
     uint32_t will_delay;
     uint32_t will_expiry;    /* will Message Expiry Interval, seconds (0 = none) */
     uint32_t connect_expiry; /* Session Expiry Interval asked in CONNECT */
-
-    /* client limits (5.0) */
     uint32_t client_max_packet;
+    uint32_t acks_len, acks_cap;
+    uint16_t keepalive; /* seconds, enforced at 1.5x */
     uint16_t client_receive_max;
     uint16_t client_alias_max;
-    /* topic aliases client -> broker: alias_in[alias-1] */
-    struct msg **alias_in;
-    /* topic aliases broker -> client: out_alias[alias-1] */
-    struct msg **alias_out;
     uint16_t n_alias_out;
-    /* acknowledgements waiting for the store, sent in order [MQTT-4.6.0-2] */
-    struct pending_ack *acks;
-    uint32_t acks_len, acks_cap;
-    uint64_t next_token;
-    char peer[64];
+    uint8_t version;
+    bool dirty;
+    bool writing;
+    bool write_failed;
+    bool problem_info;
+    bool normal_disconnect;
 };
 
 /* Accept a connection on w's listener. */

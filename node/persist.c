@@ -22,7 +22,7 @@
 
 bool persist_wanted(const struct session *s)
 {
-    return s->b->store && s->expiry_interval != 0;
+    return g_broker.store && s->expiry_interval != 0;
 }
 
 struct store_batch *persist_batch(struct store_batch **bt)

@@ -27,22 +27,15 @@
 
 struct session *session_new(const char *id, uint16_t len)
 {
-    struct session *s = calloc(1, sizeof(*s));
+    struct session *s = calloc(1, sizeof(*s) + (size_t)len + 1);
     if (!s)
         return NULL;
-    s->client_id = malloc((size_t)len + 1);
-    if (!s->client_id) {
-        free(s);
-        return NULL;
-    }
     memcpy(s->client_id, id, len);
     s->client_id[len] = '\0';
     s->id_len = len;
     atomic_init(&s->refs, 1);
     atomic_init(&s->flush_posted, 0);
-    pthread_mutex_init(&s->lock, NULL);
     s->next_seq = 1;
-    s->b = &g_broker;
     return s;
 }
 
@@ -82,8 +75,6 @@ void session_unref(struct session *s)
     free(s->subs);
     free(s->qos2_in);
     msg_unref(s->pending_will);
-    pthread_mutex_destroy(&s->lock);
-    free(s->client_id);
     free(s);
 }
 
@@ -175,7 +166,7 @@ void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
     struct worker *target = NULL;
     struct qmsg *drop = NULL;
     bool counted = false;
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     if (s->ended || (!s->conn && qos == 0 && !g_broker.cfg.queue_qos0_offline)) {
         /* QoS 0 messages are not kept for offline sessions unless configured */
         drop = q;
@@ -194,7 +185,7 @@ void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
         if (s->conn)
             target = s->w;
     }
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
     if (counted)
         atomic_fetch_add(&g_broker.stats.msgs_dropped, 1);
     qmsg_free(drop);
@@ -326,9 +317,9 @@ void session_flush_locked(struct session *s)
 
 void session_flush(struct session *s)
 {
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     session_flush_locked(s);
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
 }
 
 void session_resume_locked(struct session *s)
@@ -496,7 +487,7 @@ bool session_sub_del(struct session *s, const char *f, uint16_t len)
 
 void session_end(struct broker *b, struct session *s)
 {
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     s->ended = true;
     if (s->stored && !atomic_load(&b->stopping)) {
         struct store_batch *bt = NULL;
@@ -512,7 +503,7 @@ void session_end(struct broker *b, struct session *s)
     s->queue_len = s->inflight_len = 0;
     s->queue_bytes = 0;
     s->n_qos2_in = 0;
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
     for (uint32_t i = 0; i < n; i++) {
         sub_index_remove(b->index, subs[i].filter, subs[i].len, s);
         free(subs[i].filter);

@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "lock.h"
 #include "msg.h"
 
 struct conn;
@@ -51,31 +52,26 @@ struct session_sub {
 };
 
 struct session {
-    atomic_int refs;
+    /* (laid out without holes: an idle client is mostly this and its conn) */
     struct session *hnext; /* session table chain (sessions_lock) */
-    char *client_id;
-    uint16_t id_len;
-    bool in_table; /* sessions_lock */
-    struct broker *b;
+    atomic_int refs;
     atomic_int flush_posted; /* id + 1 of the worker a flush is pending on */
 
-    pthread_mutex_t lock;
+    /* everything from here on is guarded by lock */
+    struct lock lock;
+    uint32_t expiry_interval; /* seconds; 0xFFFFFFFF = never */
     struct conn *conn;
     struct worker *w;
-    uint8_t version;
-    bool ended;
-    bool stored; /* the session record is in the store */
     uint64_t next_seq;
-    uint32_t expiry_interval; /* seconds; 0xFFFFFFFF = never */
     uint64_t disconnected_at; /* monotonic ms, while offline */
     /* subscriptions */
     struct session_sub *subs;
     uint32_t n_subs, cap_subs;
     /* outgoing */
     struct qmsg *queue_head, *queue_tail;
-    uint32_t queue_len;
-    uint64_t queue_bytes;
     struct qmsg *inflight_head, *inflight_tail;
+    uint64_t queue_bytes;
+    uint32_t queue_len;
     uint32_t inflight_len;
     /* incoming QoS 2 packet ids awaiting PUBREL */
     uint16_t *qos2_in;
@@ -84,6 +80,12 @@ struct session {
     struct msg *pending_will;
     uint64_t will_at; /* monotonic ms */
     uint32_t will_expiry;
+    uint16_t id_len;
+    bool in_table; /* sessions_lock */
+    uint8_t version;
+    bool ended;
+    bool stored;      /* the session record is in the store */
+    char client_id[]; /* NUL-terminated */
 };
 
 struct session *session_new(const char *id, uint16_t len);

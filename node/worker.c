@@ -222,10 +222,10 @@ static void worker_flush_session(struct worker *w, struct session *s)
 {
     int want = w->id + 1;
     atomic_compare_exchange_strong(&s->flush_posted, &want, 0);
-    pthread_mutex_lock(&s->lock);
+    lock_acquire(&s->lock);
     if (s->conn && s->w == w)
         session_flush_locked(s);
-    pthread_mutex_unlock(&s->lock);
+    lock_release(&s->lock);
 }
 
 static void worker_on_check(uv_check_t *h)
