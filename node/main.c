@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +85,8 @@ int main(int argc, char **argv)
         return 1;
     }
     log_set_level(cfg.log_level);
+    /* A client that resets its connection must cost an EPIPE, not the node. */
+    signal(SIGPIPE, SIG_IGN);
 
     int r = broker_init(&g_broker, &cfg);
     if (r == 0 && (r = persist_open(&g_broker, err, sizeof(err))) < 0) {

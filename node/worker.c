@@ -276,10 +276,8 @@ static void worker_stop(struct worker *w)
     }
     worker_on_check(&w->flush_check);
     worker_close_handle((uv_handle_t *)&w->listener);
-    uv_timer_stop(&w->tick);
-    worker_close_handle((uv_handle_t *)&w->tick);
-    uv_check_stop(&w->flush_check);
-    worker_close_handle((uv_handle_t *)&w->flush_check);
+    /* The tick keeps running: it closes connections whose client does not
+     * read what is left to write (after the close grace period). */
     worker_conn_gone(w); /* no connection left: close the inbox now */
 }
 
@@ -368,6 +366,10 @@ void worker_conn_gone(struct worker *w)
         cmd = next;
     }
     worker_close_handle((uv_handle_t *)&w->wake);
+    uv_timer_stop(&w->tick);
+    worker_close_handle((uv_handle_t *)&w->tick);
+    uv_check_stop(&w->flush_check);
+    worker_close_handle((uv_handle_t *)&w->flush_check);
 }
 
 void worker_join(struct worker *w)
