@@ -657,6 +657,20 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
     bool v5 = v == MQTT_V5;
     c->version = v;
 
+    if (v5 && (ck->props.present & MQTT_PF(MQTT_PROP_AUTH_DATA)) &&
+        !(ck->props.present & MQTT_PF(MQTT_PROP_AUTH_METHOD))) {
+        /* Authentication Data without an Authentication Method is a protocol
+         * error (5.0 section 3.1.2.11.10) */
+        conn_refuse(c, v, MQTT_RC_PROTOCOL_ERROR);
+        return;
+    }
+    if (v5 && (ck->will_props.present & MQTT_PF(MQTT_PROP_RESPONSE_TOPIC)) &&
+        !topic_name_valid((const char *)ck->will_props.response_topic.data,
+                          ck->will_props.response_topic.len)) {
+        /* the will's Response Topic is a topic name (no wildcards) */
+        conn_refuse(c, v, MQTT_RC_PROTOCOL_ERROR);
+        return;
+    }
     if (v5 && (ck->props.present & MQTT_PF(MQTT_PROP_AUTH_METHOD))) {
         /* no authentication method is configured on this node */
         conn_refuse(c, v, MQTT_RC_BAD_AUTH_METHOD);
@@ -887,11 +901,16 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
             pr->session_expiry = expiry;
         }
     }
-    conn_send(c, &p);
     c->state = CONN_ACTIVE;
     unsigned long now_conn = atomic_fetch_add(&b->stats.clients_connected, 1) + 1;
     if (now_conn > atomic_load(&b->stats.clients_maximum))
         atomic_store(&b->stats.clients_maximum, now_conn);
+    if (!conn_send(c, &p)) {
+        /* [MQTT-3.1.2-24] even the smallest CONNACK exceeds the client's
+         * Maximum Packet Size: close rather than leave it waiting */
+        conn_close(c, 0, false);
+        return;
+    }
     log_debug("%s: client '%.*s' connected (MQTT %s, session present %d)", PEER(c), (int)id_len, id,
               v == MQTT_V5     ? "5.0"
               : v == MQTT_V311 ? "3.1.1"
@@ -961,6 +980,13 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
     if (!topic_name_valid((const char *)topic.data, topic.len)) {
         /* [MQTT-3.3.2-2] no wildcards in a topic name */
         conn_close(c, MQTT_RC_TOPIC_NAME_INVALID, false);
+        return;
+    }
+    if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_RESPONSE_TOPIC)) &&
+        !topic_name_valid((const char *)p->props.response_topic.data,
+                          p->props.response_topic.len)) {
+        /* [MQTT-3.3.2-14] the Response Topic is a topic name: no wildcards */
+        conn_close(c, MQTT_RC_PROTOCOL_ERROR, false);
         return;
     }
     if (v5 && p->props.n_sub_ids > 0) {
