@@ -161,7 +161,40 @@ static int broker_match_cmp(const void *a, const void *b)
     return (uintptr_t)x->s < (uintptr_t)y->s ? -1 : 1;
 }
 
-int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct store_batch **bt)
+static void broker_target_add(struct pub_targets *t, struct session *s)
+{
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 8;
+        struct session **v = realloc(t->v, cap * sizeof(*v));
+        if (!v)
+            return; /* that session flushes on its next trigger */
+        t->v = v;
+        t->cap = cap;
+    }
+    t->v[t->n++] = session_ref(s);
+}
+
+void broker_release(struct msg *m, int state, struct pub_targets *targets, struct worker *cur)
+{
+    atomic_store(&m->hold, (unsigned char)state);
+    for (size_t i = 0; i < targets->n; i++) {
+        struct session *s = targets->v[i];
+        lock_acquire(&s->lock);
+        struct worker *w = s->conn ? s->w : NULL;
+        lock_release(&s->lock);
+        if (w && w == cur)
+            worker_defer_flush(w, s);
+        else if (w)
+            worker_post_flush(w, s);
+        session_unref(s);
+    }
+    free(targets->v);
+    targets->v = NULL;
+    targets->n = targets->cap = 0;
+}
+
+int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct store_batch **bt,
+                   struct pub_targets *targets)
 {
     struct store_batch *local = NULL;
     if (!bt)
@@ -218,6 +251,8 @@ int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct s
         if (qos >= 0) {
             uint8_t dq = m->qos < qos ? m->qos : (uint8_t)qos;
             session_deliver(s, m, dq, retain, ids, n_ids, cur, bt);
+            if (targets)
+                broker_target_add(targets, s);
             delivered++;
         }
         if (ids != ids_stack)
@@ -244,7 +279,7 @@ int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct s
 void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, struct worker *cur)
 {
     if (!expiry) {
-        broker_publish(b, will, cur, NULL);
+        broker_publish(b, will, cur, NULL, NULL);
         return;
     }
     /* the expiry of a will counts from its publication */
@@ -253,7 +288,7 @@ void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, st
                             msg_clock_ms() + (uint64_t)expiry * 1000u, NULL);
     if (!m)
         return;
-    broker_publish(b, m, cur, NULL);
+    broker_publish(b, m, cur, NULL, NULL);
     msg_unref(m);
 }
 

@@ -88,7 +88,19 @@ void broker_cleanup(struct broker *b);
  * message for persistent sessions, a retained message) go into *bt, which the
  * caller submits; with bt NULL they are submitted here.
  */
-int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct store_batch **bt);
+/* Sessions a publish was delivered to (each holds a reference). */
+struct pub_targets {
+    struct session **v;
+    size_t n, cap;
+};
+
+int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct store_batch **bt,
+                   struct pub_targets *targets);
+
+/* Set m->hold to `state` (MSG_READY or MSG_REJECTED) and have the sessions in
+ * targets flush (their queues may wait on m); releases targets. Any thread;
+ * cur is the calling worker or NULL. */
+void broker_release(struct msg *m, int state, struct pub_targets *targets, struct worker *cur);
 
 /* Publish a will message (expiry: its Message Expiry Interval in seconds,
  * 0 = none, counted from now). Any thread. */

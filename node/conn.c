@@ -236,6 +236,13 @@ void conn_ack_done(struct conn *c, uint64_t token, int status)
                      a->pid);
             a->failed = true;
             a->reason = MQTT_RC_QUOTA_EXCEEDED;
+            if (a->type == MQTT_PUBREC && c->session) {
+                /* not received after all: the id is free for a new message */
+                struct session *s = c->session;
+                lock_acquire(&s->lock);
+                session_qos2_remove(s, a->pid);
+                lock_release(&s->lock);
+            }
         }
         break;
     }
@@ -245,34 +252,52 @@ void conn_ack_done(struct conn *c, uint64_t token, int status)
 struct ack_wait {
     struct conn *c;
     uint64_t token;
+    struct msg *held; /* a published message waiting for the same commit */
+    struct pub_targets targets;
 };
 
 /* Store writer thread: the batch behind an acknowledgement committed. */
 static void conn_on_commit(void *ud, int status)
 {
     struct ack_wait *a = ud;
+    if (a->held) {
+        broker_release(a->held, status < 0 ? MSG_REJECTED : MSG_READY, &a->targets, NULL);
+        msg_unref(a->held);
+    }
     worker_post_ack(a->c->w, a->c, a->token, status);
     conn_unref(a->c);
     free(a);
 }
 
-/* Queue an acknowledgement that may be sent only once *bt has committed. */
+/* Queue an acknowledgement that may be sent only once *bt has committed;
+ * `held` (with its targets), if not NULL, is released by the same commit. */
 static void conn_ack_after(struct conn *c, struct store_batch **bt, enum mqtt_type type,
-                           uint16_t pid, uint8_t reason)
+                           uint16_t pid, uint8_t reason, struct msg *held,
+                           struct pub_targets *targets)
 {
-    if (!*bt || store_batch_ops(*bt) == 0) {
-        persist_submit(bt, NULL, NULL);
-        conn_ack_push(c, type, pid, reason, true);
-        return;
-    }
-    struct ack_wait *a = malloc(sizeof(*a));
+    struct ack_wait *a = NULL;
+    if (*bt && store_batch_ops(*bt) > 0)
+        a = malloc(sizeof(*a));
     if (!a) {
+        bool stored = *bt && store_batch_ops(*bt) > 0;
         persist_submit(bt, NULL, NULL);
-        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        if (held)
+            broker_release(held, MSG_READY, targets, c->w);
+        if (stored) /* out of memory: no acknowledgement without the commit */
+            conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        else
+            conn_ack_push(c, type, pid, reason, true);
         return;
     }
     a->token = conn_ack_push(c, type, pid, reason, false);
     a->c = conn_ref(c);
+    a->held = held ? msg_ref(held) : NULL;
+    if (targets) {
+        a->targets = *targets;
+        memset(targets, 0, sizeof(*targets));
+    } else {
+        memset(&a->targets, 0, sizeof(a->targets));
+    }
     persist_submit(bt, conn_on_commit, a);
 }
 
@@ -522,6 +547,10 @@ static void conn_detach(struct conn *c, bool resumed)
             send_will = false;
         }
     }
+    /* Taken over (possibly before the takeover's kick reached us): when the
+     * session lives on, it was resumed by the new connection. */
+    if (!attached && s->in_table && !s->ended)
+        resumed = true;
     lock_release(&s->lock);
     persist_submit(&bt, NULL, NULL);
     if (attached && ends) {
@@ -1060,14 +1089,26 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
             conn_close(c, MQTT_RC_UNSPECIFIED, false);
             return;
         }
-        matched = broker_publish(b, m, c->w, &bt);
+        /* With a store, a QoS 1/2 message waits in the subscribers' queues
+         * until it is durable (see struct msg.hold). */
+        bool hold = p->qos > 0 && b->store;
+        struct pub_targets targets = {0};
+        if (hold)
+            atomic_store(&m->hold, MSG_HELD);
+        matched = broker_publish(b, m, c->w, &bt, hold ? &targets : NULL);
+        if (p->qos > 0)
+            /* [MQTT-4.3.2-2], [MQTT-4.3.3-2]: acknowledged once it is stored
+             * for every persistent session that must receive it */
+            conn_ack_after(c, &bt, ack, p->packet_id,
+                           v5 && matched == 0 ? MQTT_RC_NO_MATCHING_SUBSCRIBERS : 0,
+                           hold ? m : NULL, &targets);
+        else
+            persist_submit(&bt, NULL, NULL);
         msg_unref(m);
+        return;
     }
     if (p->qos > 0)
-        /* [MQTT-4.3.2-2], [MQTT-4.3.3-2]: acknowledged once it is stored for
-         * every persistent session that must receive it */
-        conn_ack_after(c, &bt, ack, p->packet_id,
-                       v5 && matched == 0 ? MQTT_RC_NO_MATCHING_SUBSCRIBERS : 0);
+        conn_ack_after(c, &bt, ack, p->packet_id, 0, NULL, NULL);
     else
         persist_submit(&bt, NULL, NULL);
 }
@@ -1301,7 +1342,7 @@ static void conn_handle_packet(struct conn *c, const uint8_t *data, size_t len)
             found = session_pubrec_locked(s, pkt.u.ack.packet_id, pkt.u.ack.reason, &bt);
         lock_release(&s->lock);
         if (found == 0)
-            conn_ack_after(c, &bt, MQTT_PUBREL, pkt.u.ack.packet_id, 0);
+            conn_ack_after(c, &bt, MQTT_PUBREL, pkt.u.ack.packet_id, 0, NULL, NULL);
         else if (found < 0)
             conn_ack_push(c, MQTT_PUBREL, pkt.u.ack.packet_id, v5 ? MQTT_RC_PACKET_ID_NOT_FOUND : 0,
                           true);
@@ -1318,7 +1359,7 @@ static void conn_handle_packet(struct conn *c, const uint8_t *data, size_t len)
         /* [MQTT-4.3.3-11] PUBCOMP, 0x92 when the id is unknown (5.0); after
          * the id is forgotten durably, so that it can be reused at once */
         conn_ack_after(c, &bt, MQTT_PUBCOMP, pkt.u.ack.packet_id,
-                       found || !v5 ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND);
+                       found || !v5 ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND, NULL, NULL);
         break;
     }
     case MQTT_PUBCOMP:

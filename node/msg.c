@@ -15,6 +15,7 @@ struct msg *msg_new(const void *topic, uint16_t topic_len, const void *payload,
     if (!m)
         return NULL;
     atomic_init(&m->refs, 1);
+    atomic_init(&m->hold, MSG_READY);
     m->qos = qos;
     m->retain = retain;
     m->topic_len = topic_len;

@@ -2,7 +2,7 @@
  * msg.h - the immutable, reference-counted application message.
  *
  * A PUBLISH becomes one struct msg; fan-out passes references to it, never
- * copies of the payload. After msg_new returns, no field changes. Any thread
+ * copies of the payload. After msg_new returns, no field changes but `hold`. Any thread
  * may call msg_ref/msg_unref; the last msg_unref frees it.
  */
 #ifndef STARLING_MSG_H
@@ -13,8 +13,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Whether a message may be sent to subscribers yet (struct msg.hold). */
+enum { MSG_READY = 0, MSG_HELD = 1, MSG_REJECTED = 2 };
+
 struct msg {
     atomic_uint refs;
+    /* MSG_HELD while the store commits it (a QoS 1/2 message is delivered
+     * only once it is durable, so that a crash before the commit cannot make
+     * the publisher's resend a second copy); then MSG_READY, or MSG_REJECTED
+     * when it could not be stored (the publisher was told so, and nobody gets
+     * it). The only field that changes after msg_new, once, one way. */
+    atomic_uchar hold;
     uint8_t qos;
     bool retain;
     uint16_t topic_len;

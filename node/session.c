@@ -279,7 +279,10 @@ void session_flush_locked(struct session *s)
         if (c->out.len >= SESSION_OUT_CHUNK && !conn_try_write(c) &&
             conn_pending_bytes(c) > SESSION_OUT_HIGH_WATER)
             break; /* the socket is full: resumed when the write completes */
-        if (q->m->expiry_at && q->m->expiry_at <= now) {
+        unsigned char hold = atomic_load(&q->m->hold);
+        if (hold == MSG_HELD)
+            break; /* not durable yet: it and what follows wait for the commit */
+        if (hold == MSG_REJECTED || (q->m->expiry_at && q->m->expiry_at <= now)) {
             /* [MQTT-3.3.2-5] an expired message is not delivered */
             queue_pop(s);
             if (q->stored)

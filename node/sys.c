@@ -15,7 +15,7 @@ static void sys_put(struct broker *b, const char *topic, const char *value)
                             0, true, 0, NULL);
     if (!m)
         return;
-    broker_publish(b, m, NULL, NULL);
+    broker_publish(b, m, NULL, NULL, NULL);
     msg_unref(m);
 }
 
