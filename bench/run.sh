@@ -15,16 +15,27 @@
 #   BENCH_DURATION   seconds per throughput/latency run (default 5)
 #   BENCH_CONNS      connections of the conns scenario (default 10000, <= 19000)
 #   BENCH_SCENARIOS  subset, space or comma separated, of:
-#                    fanin_qos0 fanin_qos1 fanout latency conns ceiling
-#                    ("fanin" means both fanin runs; default: all)
+#                    fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency
+#                    conns ceiling ("fanin" means the three fanin runs;
+#                    default: all)
 #   BENCH_WORKERS    Starling worker threads (default: number of cores)
 #   BENCH_THREADS    generator threads (default 2)
 #   BENCH_QUEUE      max_queued_messages of both brokers (default 100000)
-#   BENCH_QOS1_QUEUE max_queued_messages for the fanin QoS 1 runs (default
-#                    10000000, and Starling's max_queued_bytes 0): both brokers
-#                    acknowledge a PUBLISH before delivering it, so the publisher
-#                    windows do not bound the subscriber's backlog, and with
-#                    100000 both drop acknowledged QoS 1 messages
+#   BENCH_QOS1_QUEUE max_queued_messages for the fanin runs, QoS 0 and 1
+#                    (default 10000000, and Starling's max_queued_bytes 0): both
+#                    brokers acknowledge a PUBLISH before delivering it, so the
+#                    publisher windows do not bound the subscriber's backlog, and
+#                    with 100000 both drop acknowledged QoS 1 messages; QoS 0
+#                    publishers have no window at all, so the same large queue
+#                    makes QoS 0 loss the brokers' and not the queue limit's
+#
+# fanin_qos1_persistent is fanin QoS 1 with a persistent subscriber (clean
+# session 0, fixed client id): Starling with persistence true, sync always and
+# a fresh data_dir per run; Mosquitto with persistence true, a fresh
+# persistence_location and its default autosave (it writes its database
+# periodically and at exit, never per message, so it does no fsync per
+# message). The data directories live under $TMP, which must not be a tmpfs
+# (fsync there is free): set TMPDIR to a directory on a disk if /tmp is one.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,7 +49,7 @@ WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
 THREADS=${BENCH_THREADS:-2}
 QUEUE=${BENCH_QUEUE:-100000}
 QOS1_QUEUE=${BENCH_QOS1_QUEUE:-10000000}
-SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanout latency conns ceiling}
+SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns ceiling}
 PYTHON=${PYTHON:-/usr/bin/python3}
 
 die() {
@@ -61,8 +72,10 @@ done
 sel=()
 for s in ${SCENARIOS//,/ }; do
     case "$s" in
-    fanin) sel+=(fanin_qos0 fanin_qos1) ;;
-    fanin_qos0 | fanin_qos1 | fanout | latency | conns | ceiling) sel+=("$s") ;;
+    fanin) sel+=(fanin_qos0 fanin_qos1 fanin_qos1_persistent) ;;
+    fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | ceiling)
+        sel+=("$s")
+        ;;
     *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;;
     esac
 done
@@ -74,7 +87,18 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # The broker must not pick up STARLING_* settings from the caller.
 while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^STARLING_' || true)
 
-TMP=$(mktemp -d /tmp/starling-bench.XXXXXX)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/starling-bench.XXXXXX")
+# fsync on a tmpfs costs nothing: the persistent runs would measure no disk
+case "$(findmnt -n -o FSTYPE -T "$TMP" 2>/dev/null || true)" in
+tmpfs | ramfs)
+    case " ${sel[*]} " in
+    *" fanin_qos1_persistent "*)
+        echo "bench: WARNING: $TMP is on a tmpfs; the persistent runs do not touch a disk" \
+            "(set TMPDIR to a directory on a disk)" >&2
+        ;;
+    esac
+    ;;
+esac
 BPID=""
 cleanup() {
     if [ -n "$BPID" ] && kill -0 "$BPID" 2>/dev/null; then
@@ -100,9 +124,16 @@ free_port() {
 # start_broker NAME SCENARIO: sets BPID and BPORT, or returns 1.
 start_broker() {
     local name=$1 conf=$TMP/$1.conf log=$TMP/$1.log queue=$QUEUE qbytes=67108864
-    if [ "$2" = fanin_qos1 ]; then
+    local persist=false data=""
+    case "$2" in
+    fanin_*) # every fanin run: see BENCH_QOS1_QUEUE above
         queue=$QOS1_QUEUE
         qbytes=0
+        ;;
+    esac
+    if [ "$2" = fanin_qos1_persistent ]; then
+        persist=true
+        data=$(mktemp -d "$TMP/$name-data.XXXXXX") # fresh store for every run
     fi
     BPORT=$(free_port)
     if [ "$name" = starling ]; then
@@ -115,13 +146,15 @@ max_queued_messages $queue
 max_queued_bytes $qbytes
 max_inflight_messages 1000
 sys_interval 0
+persistence $persist
 EOF
+        [ -z "$data" ] || printf 'data_dir %s\nsync always\n' "$data" >>"$conf"
         "$STARLING" -c "$conf" >"$log" 2>&1 &
     else
         cat >"$conf" <<EOF
 listener $BPORT 127.0.0.1
 allow_anonymous true
-persistence false
+persistence $persist
 max_queued_messages $queue
 max_inflight_messages 1000
 max_connections -1
@@ -130,6 +163,7 @@ log_dest stderr
 log_type error
 log_type warning
 EOF
+        [ -z "$data" ] || printf 'persistence_location %s/\n' "$data" >>"$conf"
         "$MOSQUITTO" -c "$conf" >"$log" 2>&1 &
     fi
     BPID=$!
@@ -198,6 +232,7 @@ scenario_args() {
     case "$1" in
     fanin_qos0) echo "fanin --qos 0 --duration $DURATION" ;;
     fanin_qos1) echo "fanin --qos 1 --duration $DURATION" ;;
+    fanin_qos1_persistent) echo "fanin --qos 1 --persistent --duration $DURATION" ;;
     fanout) echo "fanout --duration $DURATION" ;;
     latency) echo "latency --duration $DURATION" ;;
     conns) echo "conns --conns $CONNS" ;;
@@ -207,7 +242,7 @@ scenario_args() {
 
 T0=$(date +%s)
 echo "bench: ${sel[*]} x $REPS reps, ${DURATION}s runs, $CONNS conns, Starling workers $WORKERS," \
-    "generator threads $THREADS, queues $QUEUE (fanin QoS 1: $QOS1_QUEUE), $(nproc) cores" >&2
+    "generator threads $THREADS, queues $QUEUE (fanin: $QOS1_QUEUE), $(nproc) cores" >&2
 for rep in $(seq "$REPS"); do
     echo "bench: repetition $rep/$REPS" >&2
     for sc in "${sel[@]}"; do
@@ -252,6 +287,8 @@ METRICS = [
     ("fanin_qos0", "loss_pct", "fanin QoS 0 loss %", False),
     ("fanin_qos1", "msgs_per_s", "fanin QoS 1 msg/s", True),
     ("fanin_qos1", "loss", "fanin QoS 1 lost msgs (must be 0)", False),
+    ("fanin_qos1_persistent", "msgs_per_s", "fanin QoS 1 persistent msg/s (*)", True),
+    ("fanin_qos1_persistent", "loss", "fanin QoS 1 persistent lost msgs (must be 0)", False),
     ("fanout", "deliveries_per_s", "fanout deliveries/s", True),
     ("latency", "p50_us", "latency p50 us", False),
     ("latency", "p99_us", "latency p99 us", False),
@@ -261,7 +298,7 @@ METRICS = [
     ("conns", "bytes_per_conn", "conns bytes/conn (RSS)", False),
     ("conns", "listen_overflows", "conns SYNs dropped (backlog full)", False),
 ]
-CPU_IDS = ["fanin_qos0", "fanin_qos1", "fanout", "latency", "conns"]
+CPU_IDS = ["fanin_qos0", "fanin_qos1", "fanin_qos1_persistent", "fanout", "latency", "conns"]
 
 def fmt(v):
     if v is None:
@@ -286,6 +323,16 @@ for id_, key, label, higher in METRICS:
                  f"{ratio:.2f}" if ratio is not None else "-", verdict])
     summary.append({"scenario": id_, "metric": key, "better": "higher" if higher else "lower",
                     "starling": s, "mosquitto": m, "ratio": ratio, "winner": verdict})
+s1, m1 = med("fanin_qos1", "starling", "msgs_per_s"), med("fanin_qos1", "mosquitto", "msgs_per_s")
+sp, mp = (med("fanin_qos1_persistent", "starling", "msgs_per_s"),
+          med("fanin_qos1_persistent", "mosquitto", "msgs_per_s"))
+if s1 and m1 and sp is not None and mp is not None:
+    # what a persistent subscriber costs each broker, next to the fanin rows
+    at = next(i for i, r in enumerate(rows) if r[0].startswith("fanin QoS 1 persistent lost")) + 1
+    rows.insert(at, ["fanin QoS 1 persistent / non-persistent", "info", f"{sp / s1:.2f}",
+                     f"{mp / m1:.2f}", "", ""])
+    summary.append({"scenario": "fanin_qos1_persistent", "metric": "ratio_to_fanin_qos1",
+                    "better": "info", "starling": sp / s1, "mosquitto": mp / m1})
 for id_ in CPU_IDS:
     s, m = med(id_, "starling", "broker_cpu"), med(id_, "mosquitto", "broker_cpu")
     gs, gm = med(id_, "starling", "bench_cpu"), med(id_, "mosquitto", "bench_cpu")
@@ -310,7 +357,7 @@ line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) if i < 2 else str(c).rjust
 print()
 print(f"Starling vs {mosq.strip() or 'Mosquitto'}: medians of {reps} runs, {duration} s each, "
       f"{cores} cores shared by broker and generator; Starling workers {workers}; "
-      f"max_queued_messages {queue} (fanin QoS 1: {qos1_queue})")
+      f"max_queued_messages {queue} (fanin runs: {qos1_queue})")
 print("S/M = Starling / Mosquitto; 'better' says which direction wins (latency, loss and "
       "memory: lower is better)")
 print(line(head))
@@ -318,11 +365,15 @@ print("|" + "|".join("-" * (x + 2) for x in w) + "|")
 for r in rows:
     print(line(r))
 incomplete = [f"{r['id']}/{r['broker']}/rep{r['rep']}" for r in runs if not r.get("complete")]
-q1 = [r for r in runs if r["id"] == "fanin_qos1" and r.get("loss")]
+q1 = [r for r in runs if r["id"].startswith("fanin_qos1") and r.get("loss")]
 if incomplete:
     print("incomplete runs: " + ", ".join(incomplete))
 for r in q1:
-    print(f"WARNING: {r['broker']} lost {r['loss']} QoS 1 messages (rep {r['rep']})")
+    print(f"WARNING: {r['broker']} lost {r['loss']} QoS 1 messages ({r['id']}, rep {r['rep']})")
+if any(r["id"] == "fanin_qos1_persistent" for r in runs):
+    print("(*) persistent subscriber (clean session 0): Starling stores every message with "
+          "sync always (fsync before PUBACK); Mosquitto keeps it in memory and writes its "
+          "database only periodically and at exit (no fsync per message)")
 print(f"total time {elapsed} s; results: {out_path}")
 
 json.dump({"timestamp": stamp, "elapsed_s": int(elapsed), "reps": int(reps),

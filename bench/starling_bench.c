@@ -57,7 +57,9 @@ static const char *const scenario_names[] = {"fanin", "fanout", "latency", "conn
 
 enum phase { PH_SETUP, PH_RUN, PH_DRAIN, PH_STOP };
 enum role { R_PUB, R_SUB, R_IDLE, R_SINK };
-enum cstate { C_INIT, C_CONNECTING, C_WAIT_CONNACK, C_WAIT_SUBACK, C_READY, C_DEAD };
+/* C_RESETTING: a --persistent subscriber sent DISCONNECT after its clean
+ * session 1 connection and waits for the broker to close it */
+enum cstate { C_INIT, C_CONNECTING, C_WAIT_CONNACK, C_WAIT_SUBACK, C_READY, C_RESETTING, C_DEAD };
 
 struct wkr;
 
@@ -71,6 +73,7 @@ struct client {
     uint32_t idx;
     bool writing;
     bool closing;
+    bool reset_done;   /* --persistent subscriber: the clean session 1 pass is over */
     struct buf out[2]; /* out[cur] accumulates, out[cur ^ 1] is being written */
     int cur;
     struct buf in; /* tail of an incomplete packet */
@@ -124,6 +127,7 @@ static struct {
     const char *label;
     int publishers, subscribers, size, qos, window, rate, conns, concurrency;
     int n_threads, batch, lead, keepalive, src_addrs;
+    bool persistent; /* subscribers use clean session 0 and a fixed client id */
     double duration, deadline_s, drain_s, warmup_s;
     /* run state */
     struct sockaddr_in addr;
@@ -288,9 +292,36 @@ static long listen_overflows(void)
 /* ---- client connections --------------------------------------------------- */
 
 static void on_close(uv_handle_t *h);
+static void client_start(struct client *c);
+static void client_reset(struct client *c);
 static void conns_pump(struct wkr *w);
 static void on_write(uv_write_t *req, int status);
 static void pub_pump(struct client *c);
+
+static void on_reset_close(uv_handle_t *h)
+{
+    struct client *c = h->data;
+    c->closing = false;
+    c->writing = false;
+    c->state = C_INIT;
+    c->cur = 0;
+    buf_reset(&c->in);
+    buf_reset(&c->out[0]);
+    buf_reset(&c->out[1]);
+    if (atomic_load(&G.phase) >= PH_STOP) {
+        c->state = C_DEAD;
+        return;
+    }
+    client_start(c);
+}
+
+/* --persistent: close the first (clean session 1) connection of a subscriber
+ * and open the real one with clean session 0. */
+static void client_reset(struct client *c)
+{
+    c->closing = true;
+    uv_close((uv_handle_t *)&c->tcp, on_reset_close);
+}
 
 static void client_close(struct client *c)
 {
@@ -315,6 +346,11 @@ static void client_fail(struct client *c, const char *what, int code)
 {
     if (c->closing)
         return;
+    if (c->state == C_RESETTING) {
+        /* the broker closed the clean session 1 connection: reconnect */
+        client_reset(c);
+        return;
+    }
     int ph = atomic_load(&G.phase);
     if (c->state == C_READY) {
         if (ph < PH_STOP) {
@@ -355,7 +391,7 @@ static void on_write(uv_write_t *req, int status)
     c->writing = false;
     if (status < 0) {
         atomic_store_explicit(&c->a_busy, false, memory_order_relaxed);
-        if (status != UV_ECANCELED)
+        if (status != UV_ECANCELED && c->state != C_RESETTING)
             client_fail(c, uv_strerror(status), status);
         return;
     }
@@ -383,12 +419,19 @@ static void send_packet(struct client *c, const struct mqtt_packet *p)
 static void send_connect(struct client *c)
 {
     char id[48];
-    int n = snprintf(id, sizeof(id), "sb%d-%c%u", (int)getpid(), "psis"[c->role], c -> idx);
+    bool persistent = G.persistent && c->role == R_SUB;
+    int n;
+    if (persistent) /* fixed, so that the session is the same across runs */
+        n = snprintf(id, sizeof(id), "sb-persistent-s%u", c->idx);
+    else
+        n = snprintf(id, sizeof(id), "sb%d-%c%u", (int)getpid(), "psis"[c->role], c -> idx);
     struct mqtt_packet p;
     memset(&p, 0, sizeof(p));
     p.type = MQTT_CONNECT;
     p.u.connect.protocol_version = MQTT_V311;
-    p.u.connect.clean_start = true;
+    /* a persistent subscriber first connects with clean session 1, which
+     * discards whatever an earlier run left, then with clean session 0 */
+    p.u.connect.clean_start = !persistent || !c->reset_done;
     p.u.connect.keep_alive = (uint16_t)G.keepalive;
     p.u.connect.client_id.data = (const uint8_t *)id;
     p.u.connect.client_id.len = (uint32_t)n;
@@ -510,6 +553,19 @@ static int handle_packet(struct client *c, const uint8_t *p, size_t n)
     case MQTT_CONNACK:
         if (c->state != C_WAIT_CONNACK || pkt.u.connack.reason != 0) {
             client_fail(c, "CONNACK refused", pkt.u.connack.reason);
+            return -1;
+        }
+        if (G.persistent && c->role == R_SUB && !c->reset_done) {
+            struct mqtt_packet d;
+            memset(&d, 0, sizeof(d));
+            d.type = MQTT_DISCONNECT;
+            send_packet(c, &d);
+            c->reset_done = true;
+            c->state = C_RESETTING; /* the broker closes; then reconnect */
+            break;
+        }
+        if (G.persistent && c->role == R_SUB && pkt.u.connack.session_present) {
+            client_fail(c, "session present after the clean session reset", 1);
             return -1;
         }
         if (c->role == R_SUB) {
@@ -1092,6 +1148,8 @@ static void print_head(void)
 {
     printf("{\"scenario\":\"%s\",\"broker\":\"%s\",\"qos\":%d", scenario_names[G.sc], G.label,
            G.qos);
+    if (G.persistent)
+        printf(",\"persistent\":true");
 }
 
 static void print_tail(bool complete)
@@ -1401,6 +1459,9 @@ static void usage(FILE *f)
                "  --subscribers N    fanout subscribers (default 100)\n"
                "  --size S           payload bytes, >= 16 (default 64)\n"
                "  --qos 0|1          publish and subscription QoS (default 0; latency: 0 only)\n"
+               "  --persistent       subscribers connect with clean session 0 and a fixed\n"
+               "                     client id (after one clean session 1 connection that\n"
+               "                     discards an earlier run's session); fanin, fanout, latency\n"
                "  --window W         QoS 1 unacknowledged messages per publisher (default 64)\n"
                "  --lead L           fanout: max messages the publisher runs ahead of the\n"
                "                     slowest subscriber, 0 = unbounded (default 1000)\n"
@@ -1481,6 +1542,10 @@ static void parse_args(int argc, char **argv)
             usage(stdout);
             exit(0);
         }
+        if (!strcmp(o, "--persistent")) {
+            G.persistent = true;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "starling-bench: %s needs a value\n", o);
             exit(2);
@@ -1538,6 +1603,10 @@ static void parse_args(int argc, char **argv)
     }
     if (G.sc == SC_CEILING && G.qos != 0) {
         fprintf(stderr, "starling-bench: ceiling runs at QoS 0 (the sink sends no PUBACK)\n");
+        exit(2);
+    }
+    if (G.persistent && (G.sc == SC_CONNS || G.sc == SC_CEILING)) {
+        fprintf(stderr, "starling-bench: --persistent applies to fanin, fanout and latency\n");
         exit(2);
     }
     if (G.lead < 0)

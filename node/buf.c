@@ -62,18 +62,23 @@ size_t varint_size(uint32_t v)
     return 4;
 }
 
-int buf_put_varint(struct buf *b, uint32_t v)
+size_t varint_encode(uint8_t out[4], uint32_t v)
 {
-    uint8_t x[4];
     size_t n = 0;
     do {
         uint8_t d = v % 128;
         v /= 128;
         if (v)
             d |= 0x80;
-        x[n++] = d;
+        out[n++] = d;
     } while (v && n < 4);
-    return buf_append(b, x, n);
+    return n;
+}
+
+int buf_put_varint(struct buf *b, uint32_t v)
+{
+    uint8_t x[4];
+    return buf_append(b, x, varint_encode(x, v));
 }
 
 int buf_put_str(struct buf *b, const void *p, uint16_t n)

@@ -37,6 +37,10 @@ static inline void buf_reset(struct buf *b)
 /* Release the memory; the buffer is empty and reusable afterwards. */
 void buf_free(struct buf *b);
 
+/* Write v (<= 268435455) as an MQTT variable byte integer into out; returns
+ * the number of bytes (1 to 4). */
+size_t varint_encode(uint8_t out[4], uint32_t v);
+
 /* Number of bytes buf_put_varint writes for v. */
 size_t varint_size(uint32_t v);
 

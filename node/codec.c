@@ -505,15 +505,7 @@ static void codec_put_varint(struct codec_wr *w, size_t v)
         return;
     }
     uint8_t x[4];
-    size_t n = 0;
-    do {
-        uint8_t d = v % 128;
-        v /= 128;
-        if (v)
-            d |= 0x80;
-        x[n++] = d;
-    } while (v);
-    codec_put(w, x, n);
+    codec_put(w, x, varint_encode(x, (uint32_t)v));
 }
 
 /* String or binary data: two-byte length, so at most 65535 bytes. */

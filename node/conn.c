@@ -498,7 +498,7 @@ static void conn_write_cb(uv_write_t *req, int status)
         if (c->out.len)
             conn_flush(c);
         struct session *s = c->session;
-        if (s && s->queue_len) /* a racy hint; the flush itself locks */
+        if (s && s->queue.len) /* a racy hint; the flush itself locks */
             session_flush(s);
     }
     conn_unref(c);
@@ -642,6 +642,20 @@ static void conn_refuse(struct conn *c, uint8_t version, uint8_t reason)
     c->state_since = uv_now(&c->w->loop);
     uv_read_stop((uv_stream_t *)&c->tcp);
     conn_flush(c);
+}
+
+/* Store the record of a connected session (after its subscriptions changed,
+ * or at CONNECT), deleting it for a session no longer persistent; submit *bt
+ * with it. */
+static void conn_persist_session(struct session *s, struct store_batch **bt)
+{
+    lock_acquire(&s->lock);
+    if (persist_wanted(s))
+        persist_session_put(bt, s, true);
+    else if (s->stored)
+        persist_session_del(bt, s);
+    lock_release(&s->lock);
+    persist_submit(bt, NULL, NULL);
 }
 
 /* Build the pass-through properties of a message: payload format, content
@@ -880,13 +894,7 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
     /* The session record: written for a persistent session, deleted for one
      * that is no longer persistent. */
     struct store_batch *bt = NULL;
-    lock_acquire(&s->lock);
-    if (persist_wanted(s))
-        persist_session_put(&bt, s, true);
-    else if (s->stored)
-        persist_session_del(&bt, s);
-    lock_release(&s->lock);
-    persist_submit(&bt, NULL, NULL);
+    conn_persist_session(s, &bt);
 
     /* CONNACK */
     struct mqtt_packet p;
@@ -1200,11 +1208,7 @@ static void conn_handle_subscribe(struct conn *c, const struct mqtt_subscribe *s
         }
         free(rb.msgs);
     }
-    lock_acquire(&s->lock);
-    if (persist_wanted(s))
-        persist_session_put(&bt, s, true);
-    lock_release(&s->lock);
-    persist_submit(&bt, NULL, NULL);
+    conn_persist_session(s, &bt);
     /* The SUBACK is written before any retained message: those go through
      * the session queue, which is flushed at the end of the loop turn. */
     struct mqtt_packet p;
@@ -1247,11 +1251,7 @@ static void conn_handle_unsubscribe(struct conn *c, const struct mqtt_subscribe 
         rcs[i++] = had ? MQTT_RC_SUCCESS : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
     }
     struct store_batch *bt = NULL;
-    lock_acquire(&s->lock);
-    if (persist_wanted(s))
-        persist_session_put(&bt, s, true);
-    lock_release(&s->lock);
-    persist_submit(&bt, NULL, NULL);
+    conn_persist_session(s, &bt);
     struct mqtt_packet p;
     memset(&p, 0, sizeof(p));
     p.type = MQTT_UNSUBACK;

@@ -74,9 +74,9 @@ void persist_session_del(struct store_batch **bt, struct session *s)
         return;
     store_session_del(b, s->client_id, s->id_len);
     s->stored = false;
-    for (struct qmsg *q = s->queue_head; q; q = q->next)
+    for (struct qmsg *q = s->queue.head; q; q = q->next)
         q->stored = false;
-    for (struct qmsg *q = s->inflight_head; q; q = q->next)
+    for (struct qmsg *q = s->inflight.head; q; q = q->next)
         q->stored = false;
 }
 

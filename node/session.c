@@ -23,7 +23,7 @@
 /* Output waiting for a slow client beyond which the queue is not pumped. */
 #define SESSION_OUT_HIGH_WATER (256u * 1024u)
 /* Output written to the socket at once while flushing a long queue. */
-#define SESSION_OUT_CHUNK (64u * 1024u)
+#define SESSION_OUT_CHUNK (16u * 1024u)
 
 struct session *session_new(const char *id, uint16_t len)
 {
@@ -68,8 +68,8 @@ void session_unref(struct session *s)
 {
     if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
         return;
-    qmsg_list_free(s->queue_head);
-    qmsg_list_free(s->inflight_head);
+    qmsg_list_free(s->queue.head);
+    qmsg_list_free(s->inflight.head);
     for (uint32_t i = 0; i < s->n_subs; i++)
         free(s->subs[i].filter);
     free(s->subs);
@@ -105,31 +105,43 @@ static size_t qmsg_size(const struct qmsg *q)
     return (size_t)q->m->topic_len + q->m->payload_len + q->m->props_len;
 }
 
-static void inflight_push(struct session *s, struct qmsg *q);
+static void qlist_push(struct qlist *l, struct qmsg *q)
+{
+    q->next = NULL;
+    if (l->tail)
+        l->tail->next = q;
+    else
+        l->head = q;
+    l->tail = q;
+    l->len++;
+}
+
+/* Unlink q, whose predecessor in l is prev (NULL for the head). */
+static void qlist_unlink(struct qlist *l, struct qmsg *prev, struct qmsg *q)
+{
+    if (prev)
+        prev->next = q->next;
+    else
+        l->head = q->next;
+    if (l->tail == q)
+        l->tail = prev;
+    l->len--;
+    q->next = NULL;
+}
 
 static struct qmsg *queue_pop(struct session *s)
 {
-    struct qmsg *q = s->queue_head;
+    struct qmsg *q = s->queue.head;
     if (!q)
         return NULL;
-    s->queue_head = q->next;
-    if (!s->queue_head)
-        s->queue_tail = NULL;
-    q->next = NULL;
-    s->queue_len--;
+    qlist_unlink(&s->queue, NULL, q);
     s->queue_bytes -= qmsg_size(q);
     return q;
 }
 
 static void queue_push(struct session *s, struct qmsg *q)
 {
-    q->next = NULL;
-    if (s->queue_tail)
-        s->queue_tail->next = q;
-    else
-        s->queue_head = q;
-    s->queue_tail = q;
-    s->queue_len++;
+    qlist_push(&s->queue, q);
     s->queue_bytes += qmsg_size(q);
 }
 
@@ -142,14 +154,14 @@ static struct qmsg *queue_admit(struct session *s, struct qmsg *q)
     if (cfg->max_queued_messages == 0) {
         /* no queueing: only messages for a connected client pass */
         full = s->conn == NULL;
-    } else if (s->queue_len >= cfg->max_queued_messages) {
+    } else if (s->queue.len >= cfg->max_queued_messages) {
         full = true;
     }
     if (cfg->max_queued_bytes && s->queue_bytes + qmsg_size(q) > cfg->max_queued_bytes)
         full = true;
     if (!full)
         return NULL;
-    if (cfg->queue_full_policy == QUEUE_DROP_OLDEST && s->queue_head)
+    if (cfg->queue_full_policy == QUEUE_DROP_OLDEST && s->queue.head)
         return queue_pop(s);
     return q;
 }
@@ -205,7 +217,7 @@ void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state)
     if (state == QSTATE_WAIT_COMP) {
         q->pid = persist_pid_of(q->seq);
         q->state = QSTATE_WAIT_COMP;
-        inflight_push(s, q);
+        qlist_push(&s->inflight, q);
     } else {
         queue_push(s, q);
     }
@@ -221,46 +233,28 @@ static uint16_t session_window(const struct session *s)
 
 static bool pid_in_use(const struct session *s, uint16_t pid)
 {
-    for (const struct qmsg *q = s->inflight_head; q; q = q->next)
+    for (const struct qmsg *q = s->inflight.head; q; q = q->next)
         if (q->pid == pid)
             return true;
     return false;
-}
-
-static void inflight_push(struct session *s, struct qmsg *q)
-{
-    q->next = NULL;
-    if (s->inflight_tail)
-        s->inflight_tail->next = q;
-    else
-        s->inflight_head = q;
-    s->inflight_tail = q;
-    s->inflight_len++;
 }
 
 /* Unlink and return the inflight message with this pid and state. */
 static struct qmsg *inflight_take(struct session *s, uint16_t pid, uint8_t state)
 {
     struct qmsg *prev = NULL;
-    for (struct qmsg *q = s->inflight_head; q; prev = q, q = q->next) {
-        if (q->pid != pid || q->state != state)
-            continue;
-        if (prev)
-            prev->next = q->next;
-        else
-            s->inflight_head = q->next;
-        if (s->inflight_tail == q)
-            s->inflight_tail = prev;
-        s->inflight_len--;
-        q->next = NULL;
-        return q;
+    for (struct qmsg *q = s->inflight.head; q; prev = q, q = q->next) {
+        if (q->pid == pid && q->state == state) {
+            qlist_unlink(&s->inflight, prev, q);
+            return q;
+        }
     }
     return NULL;
 }
 
 static struct qmsg *inflight_find(struct session *s, uint16_t pid)
 {
-    for (struct qmsg *q = s->inflight_head; q; q = q->next)
+    for (struct qmsg *q = s->inflight.head; q; q = q->next)
         if (q->pid == pid)
             return q;
     return NULL;
@@ -275,7 +269,7 @@ void session_flush_locked(struct session *s)
     uint16_t window = session_window(s);
     struct store_batch *bt = NULL;
     struct qmsg *q;
-    while ((q = s->queue_head)) {
+    while ((q = s->queue.head)) {
         if (c->out.len >= SESSION_OUT_CHUNK && !conn_try_write(c) &&
             conn_pending_bytes(c) > SESSION_OUT_HIGH_WATER)
             break; /* the socket is full: resumed when the write completes */
@@ -291,7 +285,7 @@ void session_flush_locked(struct session *s)
             continue;
         }
         if (q->qos > 0) {
-            if (s->inflight_len >= window)
+            if (s->inflight.len >= window)
                 break;
             /* The packet id follows from the sequence number, so that it
              * survives a restart; an id still inflight (65535 messages ago)
@@ -313,7 +307,7 @@ void session_flush_locked(struct session *s)
             qmsg_free(q);
             continue;
         }
-        inflight_push(s, q);
+        qlist_push(&s->inflight, q);
     }
     persist_submit(&bt, NULL, NULL);
 }
@@ -331,7 +325,7 @@ void session_resume_locked(struct session *s)
     if (!c)
         return;
     uint64_t now = msg_clock_ms();
-    struct qmsg *prev = NULL, *q = s->inflight_head;
+    struct qmsg *prev = NULL, *q = s->inflight.head;
     while (q) {
         struct qmsg *next = q->next;
         if (q->state == QSTATE_WAIT_COMP) {
@@ -343,13 +337,7 @@ void session_resume_locked(struct session *s)
             prev = q;
         } else {
             /* cannot be sent to this connection any more: drop it */
-            if (prev)
-                prev->next = next;
-            else
-                s->inflight_head = next;
-            if (s->inflight_tail == q)
-                s->inflight_tail = prev;
-            s->inflight_len--;
+            qlist_unlink(&s->inflight, prev, q);
             if (q->stored) {
                 struct store_batch *bt = NULL;
                 persist_msg_del(&bt, s, q);
@@ -501,9 +489,9 @@ void session_end(struct broker *b, struct session *s)
     uint32_t n = s->n_subs;
     s->subs = NULL;
     s->n_subs = s->cap_subs = 0;
-    struct qmsg *queue = s->queue_head, *inflight = s->inflight_head;
-    s->queue_head = s->queue_tail = s->inflight_head = s->inflight_tail = NULL;
-    s->queue_len = s->inflight_len = 0;
+    struct qmsg *queue = s->queue.head, *inflight = s->inflight.head;
+    s->queue.head = s->queue.tail = s->inflight.head = s->inflight.tail = NULL;
+    s->queue.len = s->inflight.len = 0;
     s->queue_bytes = 0;
     s->n_qos2_in = 0;
     lock_release(&s->lock);

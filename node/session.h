@@ -42,6 +42,12 @@ struct qmsg {
     } ids;
 };
 
+/* A FIFO of qmsg. */
+struct qlist {
+    struct qmsg *head, *tail;
+    uint32_t len;
+};
+
 enum { QSTATE_QUEUED = 0, QSTATE_WAIT_ACK = 1, QSTATE_WAIT_REC = 2, QSTATE_WAIT_COMP = 3 };
 
 struct session_sub {
@@ -68,11 +74,9 @@ struct session {
     struct session_sub *subs;
     uint32_t n_subs, cap_subs;
     /* outgoing */
-    struct qmsg *queue_head, *queue_tail;
-    struct qmsg *inflight_head, *inflight_tail;
+    struct qlist queue;    /* not sent yet, in order */
+    struct qlist inflight; /* sent, waiting for PUBACK / PUBREC / PUBCOMP */
     uint64_t queue_bytes;
-    uint32_t queue_len;
-    uint32_t inflight_len;
     /* incoming QoS 2 packet ids awaiting PUBREL */
     uint16_t *qos2_in;
     uint32_t n_qos2_in, cap_qos2_in;
