@@ -38,6 +38,29 @@
 
 static void conn_on_close(uv_handle_t *h);
 
+/* What only some connections need (a will, topic aliases, acknowledgements
+ * waiting for the store), allocated on first use: an idle client without
+ * them costs a smaller struct conn. */
+struct conn_extra {
+    /* topic aliases client -> broker: alias_in[alias-1] */
+    struct msg **alias_in;
+    /* topic aliases broker -> client: alias_out[alias-1] */
+    struct msg **alias_out;
+    /* acknowledgements waiting for the store, sent in order [MQTT-4.6.0-2] */
+    struct pending_ack *acks;
+    uint32_t acks_len, acks_cap;
+    uint32_t will_delay;  /* Will Delay Interval, seconds */
+    uint32_t will_expiry; /* will Message Expiry Interval, seconds (0 = none) */
+    uint16_t n_alias_out;
+};
+
+static struct conn_extra *conn_x(struct conn *c)
+{
+    if (!c->x)
+        c->x = calloc(1, sizeof(*c->x));
+    return c->x;
+}
+
 /* An asynchronous write: only while the socket does not take everything. */
 struct conn_write {
     uv_write_t req;
@@ -67,7 +90,7 @@ static const char *conn_peer(const struct conn *c, char *out, size_t len)
 #define PEER(c) conn_peer((c), (char[64]){0}, 64)
 
 struct pending_ack {
-    uint64_t token;
+    uint32_t token;
     uint16_t pid;
     uint8_t type;
     uint8_t reason;
@@ -86,15 +109,19 @@ static void conn_free(struct conn *c)
     buf_free(&c->in);
     buf_free(&c->out);
     msg_unref(c->will);
-    if (c->alias_in) {
-        for (uint32_t i = 0; i < g_broker.cfg.topic_alias_maximum; i++)
-            msg_unref(c->alias_in[i]);
-        free(c->alias_in);
+    struct conn_extra *x = c->x;
+    if (x) {
+        if (x->alias_in) {
+            for (uint32_t i = 0; i < g_broker.cfg.topic_alias_maximum; i++)
+                msg_unref(x->alias_in[i]);
+            free(x->alias_in);
+        }
+        for (uint16_t i = 0; i < x->n_alias_out; i++)
+            msg_unref(x->alias_out[i]);
+        free(x->alias_out);
+        free(x->acks);
+        free(x);
     }
-    for (uint16_t i = 0; i < c->n_alias_out; i++)
-        msg_unref(c->alias_out[i]);
-    free(c->alias_out);
-    free(c->acks);
     free(c);
 }
 
@@ -179,54 +206,63 @@ void conn_send_pubrel(struct conn *c, uint16_t pid)
 /* Send the acknowledgements at the head of the queue that are ready. */
 static void conn_ack_drain(struct conn *c)
 {
+    struct conn_extra *x = c->x;
+    if (!x)
+        return;
     uint32_t n = 0;
-    while (n < c->acks_len && c->acks[n].ready) {
-        struct pending_ack *a = &c->acks[n++];
+    while (n < x->acks_len && x->acks[n].ready) {
+        struct pending_ack *a = &x->acks[n++];
         if (a->failed && c->version != MQTT_V5 &&
             (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
             /* 3.1.1 has no way to say "not stored": close, the client
              * publishes again on its next connection */
-            c->acks_len = 0;
+            x->acks_len = 0;
             conn_close(c, 0, false);
             return;
         }
         conn_send_ack(c, (enum mqtt_type)a->type, a->pid, a->reason);
     }
     if (n) {
-        memmove(c->acks, c->acks + n, (c->acks_len - n) * sizeof(*c->acks));
-        c->acks_len -= n;
+        memmove(x->acks, x->acks + n, (x->acks_len - n) * sizeof(*x->acks));
+        x->acks_len -= n;
     }
 }
 
-uint64_t conn_ack_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
+uint32_t conn_ack_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
                        bool ready)
 {
-    uint64_t token = ++c->next_token;
-    if (ready && c->acks_len == 0) {
+    uint32_t token = ++c->next_token;
+    if (ready && (!c->x || c->x->acks_len == 0)) {
         conn_send_ack(c, type, pid, reason);
         return token;
     }
-    if (c->acks_len == c->acks_cap) {
-        uint32_t cap = c->acks_cap ? c->acks_cap * 2 : 8;
-        struct pending_ack *p = realloc(c->acks, cap * sizeof(*p));
+    struct conn_extra *x = conn_x(c);
+    if (!x) {
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return token;
+    }
+    if (x->acks_len == x->acks_cap) {
+        uint32_t cap = x->acks_cap ? x->acks_cap * 2 : 8;
+        struct pending_ack *p = realloc(x->acks, cap * sizeof(*p));
         if (!p) {
             conn_close(c, MQTT_RC_UNSPECIFIED, false);
             return token;
         }
-        c->acks = p;
-        c->acks_cap = cap;
+        x->acks = p;
+        x->acks_cap = cap;
     }
-    c->acks[c->acks_len++] = (struct pending_ack){
+    x->acks[x->acks_len++] = (struct pending_ack){
         .token = token, .pid = pid, .type = (uint8_t)type, .reason = reason, .ready = ready};
     return token;
 }
 
-void conn_ack_done(struct conn *c, uint64_t token, int status)
+void conn_ack_done(struct conn *c, uint32_t token, int status)
 {
-    if (c->state != CONN_ACTIVE)
+    struct conn_extra *x = c->x;
+    if (c->state != CONN_ACTIVE || !x)
         return;
-    for (uint32_t i = 0; i < c->acks_len; i++) {
-        struct pending_ack *a = &c->acks[i];
+    for (uint32_t i = 0; i < x->acks_len; i++) {
+        struct pending_ack *a = &x->acks[i];
         if (a->token != token)
             continue;
         a->ready = true;
@@ -251,7 +287,7 @@ void conn_ack_done(struct conn *c, uint64_t token, int status)
 
 struct ack_wait {
     struct conn *c;
-    uint64_t token;
+    uint32_t token;
     struct msg *held; /* a published message waiting for the same commit */
     struct pub_targets targets;
 };
@@ -312,8 +348,8 @@ static void conn_send_disconnect(struct conn *c, uint8_t reason)
 
 static struct msg *conn_alias_out_find(struct conn *c, const struct msg *m, uint16_t *alias)
 {
-    for (uint16_t i = 0; i < c->n_alias_out; i++) {
-        struct msg *a = c->alias_out[i];
+    for (uint16_t i = 0; i < c->x->n_alias_out; i++) {
+        struct msg *a = c->x->alias_out[i];
         if (a->topic_len == m->topic_len && memcmp(msg_topic(a), msg_topic(m), m->topic_len) == 0) {
             *alias = i + 1;
             return a;
@@ -354,14 +390,14 @@ int conn_send_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t n
         }
         pr->raw.data = msg_props(m);
         pr->raw.len = m->props_len;
-        if (c->client_alias_max) {
+        if (c->client_alias_max && conn_x(c)) {
             uint16_t alias = 0;
             if (conn_alias_out_find(c, m, &alias)) {
                 pub->topic.len = 0;
                 pub->topic.data = NULL;
-            } else if (c->n_alias_out < c->client_alias_max &&
-                       c->n_alias_out < CONN_MAX_ALIAS_OUT) {
-                alias = c->n_alias_out + 1;
+            } else if (c->x->n_alias_out < c->client_alias_max &&
+                       c->x->n_alias_out < CONN_MAX_ALIAS_OUT) {
+                alias = c->x->n_alias_out + 1;
                 new_alias = true;
             }
             if (alias) {
@@ -379,13 +415,13 @@ int conn_send_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t n
         return n < 0 ? (int)n : 0;
     }
     if (new_alias) {
-        if (!c->alias_out) {
+        if (!c->x->alias_out) {
             uint16_t cap =
                 c->client_alias_max < CONN_MAX_ALIAS_OUT ? c->client_alias_max : CONN_MAX_ALIAS_OUT;
-            c->alias_out = calloc(cap, sizeof(*c->alias_out));
+            c->x->alias_out = calloc(cap, sizeof(*c->x->alias_out));
         }
-        if (c->alias_out)
-            c->alias_out[c->n_alias_out++] = msg_ref(m);
+        if (c->x->alias_out)
+            c->x->alias_out[c->x->n_alias_out++] = msg_ref(m);
         else {
             c->out.len = before;
             return -ENOMEM;
@@ -533,13 +569,13 @@ static void conn_detach(struct conn *c, bool resumed)
         ends = s->expiry_interval == 0;
         if (!ends && persist_wanted(s) && !atomic_load(&b->stopping))
             persist_session_put(&bt, s, false);
-        if (send_will && !ends && c->will_delay > 0) {
+        if (send_will && !ends && c->x->will_delay > 0) {
             /* [MQTT-3.1.3-9] the will waits for its delay or the end of the
              * session, whichever comes first */
             msg_unref(s->pending_will);
             s->pending_will = c->will;
-            s->will_expiry = c->will_expiry;
-            uint64_t delay = c->will_delay;
+            s->will_expiry = c->x->will_expiry;
+            uint64_t delay = c->x->will_delay;
             if (s->expiry_interval < delay)
                 delay = s->expiry_interval;
             s->will_at = now + delay * 1000u;
@@ -562,10 +598,10 @@ static void conn_detach(struct conn *c, bool resumed)
     pthread_mutex_unlock(&b->sessions_lock);
     if (attached)
         atomic_fetch_sub(&b->stats.clients_connected, 1);
-    if (send_will && !attached && resumed && c->will_delay > 0)
+    if (send_will && !attached && resumed && c->x->will_delay > 0)
         send_will = false; /* taken over within the delay [MQTT-3.1.3-9] */
     if (send_will)
-        conn_publish_will(c->w, c->will, c->will_expiry);
+        conn_publish_will(c->w, c->will, c->x->will_expiry);
     msg_unref(c->will);
     c->will = NULL;
     bool drop_table_ref = false;
@@ -803,6 +839,10 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
     }
 
     /* The will message. */
+    if (ck->will_flag && !conn_x(c)) {
+        conn_close(c, 0, false);
+        return;
+    }
     if (ck->will_flag) {
         struct buf props = {0};
         if (v5 && conn_passthrough_props(&ck->will_props, &props) < 0) {
@@ -820,9 +860,9 @@ static void conn_handle_connect(struct conn *c, const struct mqtt_connect *ck)
             return;
         }
         if (v5 && (ck->will_props.present & MQTT_PF(MQTT_PROP_WILL_DELAY)))
-            c->will_delay = ck->will_props.will_delay;
+            c->x->will_delay = ck->will_props.will_delay;
         if (v5 && (ck->will_props.present & MQTT_PF(MQTT_PROP_MESSAGE_EXPIRY)))
-            c->will_expiry = ck->will_props.message_expiry;
+            c->x->will_expiry = ck->will_props.message_expiry;
     }
 
     /* Find, take over or create the session. */
@@ -978,12 +1018,12 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
             conn_close(c, MQTT_RC_TOPIC_ALIAS_INVALID, false);
             return;
         }
-        if (!c->alias_in) {
-            c->alias_in = calloc(cfg->topic_alias_maximum, sizeof(*c->alias_in));
-            if (!c->alias_in) {
-                conn_close(c, MQTT_RC_UNSPECIFIED, false);
-                return;
-            }
+        struct conn_extra *x = conn_x(c);
+        if (x && !x->alias_in)
+            x->alias_in = calloc(cfg->topic_alias_maximum, sizeof(*x->alias_in));
+        if (!x || !x->alias_in) {
+            conn_close(c, MQTT_RC_UNSPECIFIED, false);
+            return;
         }
         if (topic.len > 0) {
             if (!topic_name_valid((const char *)topic.data, topic.len)) {
@@ -996,10 +1036,10 @@ static void conn_handle_publish(struct conn *c, struct mqtt_publish *p)
                 conn_close(c, MQTT_RC_UNSPECIFIED, false);
                 return;
             }
-            msg_unref(c->alias_in[a - 1]);
-            c->alias_in[a - 1] = t;
+            msg_unref(x->alias_in[a - 1]);
+            x->alias_in[a - 1] = t;
         } else {
-            struct msg *t = c->alias_in[a - 1];
+            struct msg *t = x->alias_in[a - 1];
             if (!t) {
                 /* an alias that was never set */
                 conn_close(c, MQTT_RC_PROTOCOL_ERROR, false);

@@ -23,6 +23,7 @@ struct session;
 struct msg;
 struct qmsg;
 struct conn_write;
+struct conn_extra;
 
 enum conn_state { CONN_NEW, CONN_ACTIVE, CONN_CLOSING, CONN_CLOSED };
 
@@ -36,28 +37,19 @@ struct conn {
     struct session *session;
     struct conn_write *wr; /* the write in progress, if any */
     struct msg *will;
-    /* topic aliases client -> broker: alias_in[alias-1] */
-    struct msg **alias_in;
-    /* topic aliases broker -> client: alias_out[alias-1] */
-    struct msg **alias_out;
-    /* acknowledgements waiting for the store, sent in order [MQTT-4.6.0-2] */
-    struct pending_ack *acks;
+    struct conn_extra *x; /* see conn.c */
     struct buf in;        /* an incomplete packet */
     struct buf out;       /* output waiting for the next write */
     uint64_t last_rx;     /* worker loop ms */
     uint64_t state_since; /* worker loop ms: accepted (NEW), closing (CLOSING) */
-    uint64_t next_token;
     atomic_int refs;
     enum conn_state state;
-    uint32_t will_delay;
-    uint32_t will_expiry;    /* will Message Expiry Interval, seconds (0 = none) */
     uint32_t connect_expiry; /* Session Expiry Interval asked in CONNECT */
     uint32_t client_max_packet;
-    uint32_t acks_len, acks_cap;
-    uint16_t keepalive; /* seconds, enforced at 1.5x */
+    uint32_t next_token; /* of acknowledgements (conn_ack_push) */
+    uint16_t keepalive;  /* seconds, enforced at 1.5x */
     uint16_t client_receive_max;
     uint16_t client_alias_max;
-    uint16_t n_alias_out;
     uint8_t version;
     bool dirty;
     bool writing;
@@ -105,13 +97,13 @@ int conn_send_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t n
  * conn_ack_done (the store committed what it promises) and holds back those
  * queued after it. Returns its token.
  */
-uint64_t conn_ack_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
+uint32_t conn_ack_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
                        bool ready);
 /* The store answered for acknowledgement `token`: status 0 sends it (and
  * what was waiting behind it); an error makes a PUBACK/PUBREC carry 0x97
  * (quota exceeded) for 5.0 clients, and closes a 3.1.1 connection (the
  * client will publish again). Worker thread only. */
-void conn_ack_done(struct conn *c, uint64_t token, int status);
+void conn_ack_done(struct conn *c, uint32_t token, int status);
 
 /* Encode a PUBREL for pid into c->out. */
 void conn_send_pubrel(struct conn *c, uint16_t pid);

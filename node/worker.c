@@ -37,7 +37,7 @@ struct wcmd {
     struct conn *c;
     uint8_t reason;
     bool resumed;
-    uint64_t token;
+    uint32_t token;
     int status;
 };
 
@@ -168,7 +168,7 @@ void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool res
     worker_post(w, cmd);
 }
 
-void worker_post_ack(struct worker *w, struct conn *c, uint64_t token, int status)
+void worker_post_ack(struct worker *w, struct conn *c, uint32_t token, int status)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
     if (!cmd)

@@ -69,7 +69,7 @@ void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool res
 /* Tell w that the store committed (status 0) or failed the batch behind
  * acknowledgement `token` of connection c. Takes a conn reference. Any
  * thread (the store's writer thread in practice). */
-void worker_post_ack(struct worker *w, struct conn *c, uint64_t token, int status);
+void worker_post_ack(struct worker *w, struct conn *c, uint32_t token, int status);
 /* Ask w to close all its connections and stop its loop. Any thread. */
 void worker_post_stop(struct worker *w);
 
