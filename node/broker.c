@@ -314,6 +314,11 @@ static void broker_on_housekeeping(uv_timer_t *t)
         struct session *s = b->buckets[k], *next;
         for (; s; s = next) {
             next = s->hnext;
+            /* Connected sessions neither expire nor hold a delayed will: skip
+             * them without touching their lock, which their worker uses for
+             * every message. */
+            if (__atomic_load_n(&s->conn, __ATOMIC_RELAXED))
+                continue;
             lock_acquire(&s->lock);
             bool expired = false;
             struct msg *will = NULL;
