@@ -39,7 +39,6 @@ struct broker_stats {
     atomic_ulong bytes_received;
     atomic_ulong bytes_sent;
     atomic_ulong msgs_dropped;
-    atomic_ulong publish_dropped_too_large;
 };
 
 struct broker {

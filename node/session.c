@@ -300,7 +300,7 @@ void session_flush_locked(struct session *s)
         int r = conn_send_publish(c, q, false, now);
         if (r <= 0 || q->qos == 0) {
             if (r <= 0) {
-                atomic_fetch_add(&g_broker.stats.publish_dropped_too_large, 1);
+                atomic_fetch_add(&g_broker.stats.msgs_dropped, 1);
                 if (q->stored)
                     persist_msg_del(&bt, s, q);
             }
