@@ -12,7 +12,7 @@ RELEASE_DIR := build/release
 ASAN_DIR := build/asan
 ARGS ?=
 
-.PHONY: all deps build build-asan run test unit integration fuzz bench format clean
+.PHONY: all deps build build-asan run test unit integration fuzz bench bench-smoke format clean
 
 all: build
 
@@ -57,7 +57,11 @@ fuzz: deps
 		-Inode node/buf.c node/codec.c tests/fuzz/fuzz_codec.c -o build/fuzz/fuzz_codec
 	cd build/fuzz && ./fuzz_codec -max_total_time=$(FUZZ_SECONDS) -max_len=1024 corpus
 
-test: unit integration fuzz
+# The load generator checks itself against a Release node (a few seconds).
+bench-smoke: build
+	bash bench/smoke.sh
+
+test: unit integration fuzz bench-smoke
 
 # Starling vs Mosquitto with the load generator (bench/README.md); options
 # through BENCH_* environment variables.
