@@ -115,4 +115,5 @@ for r in runs:
                     if k in r))
 sys.exit(0 if ok else 1)
 PY
-[ $fail -eq 0 ] && echo "smoke: PASS" || { echo "smoke: FAIL" >&2; exit 1; }
+runs=$(grep -c . "$TMP/out.jsonl" || true)
+[ $fail -eq 0 ] && echo "smoke: $runs passed, 0 failed" || { echo "smoke: FAIL" >&2; exit 1; }
