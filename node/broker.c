@@ -270,7 +270,7 @@ int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct s
     /* The cluster seam: other nodes with a matching route. A single node has
      * none; the forwarding channel will send m once to each. */
     uint32_t nodes[8];
-    (void)route_local_ops.remote_nodes(&b->route, msg_topic(m), m->topic_len, nodes, 8);
+    (void)b->route_ops->remote_nodes(b->route_ud, msg_topic(m), m->topic_len, nodes, 8);
     if (local)
         persist_submit(&local, NULL, NULL);
     return delivered;
@@ -404,7 +404,9 @@ int broker_init(struct broker *b, const struct config *cfg)
     pthread_mutex_init(&b->sessions_lock, NULL);
     b->n_buckets = 1024;
     b->buckets = calloc(b->n_buckets, sizeof(*b->buckets));
-    b->index = sub_index_new(&route_local_ops, &b->route);
+    b->route_ops = &route_local_ops;
+    b->route_ud = &b->route;
+    b->index = sub_index_new(b->route_ops, b->route_ud);
     b->retained = retain_new();
     if (!b->buckets || !b->index || !b->retained)
         return -ENOMEM;

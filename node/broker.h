@@ -54,6 +54,10 @@ struct broker {
     uint64_t started_at_ms;
 
     struct sub_index *index;
+    /* The route interface: route_local_ops on a single node; the cluster
+     * installs its own (before broker_run). */
+    const struct route_ops *route_ops;
+    void *route_ud;
     struct route_local route;
     struct retain_store *retained;
     struct broker_stats stats;
