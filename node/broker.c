@@ -429,7 +429,15 @@ int broker_run(struct broker *b)
     b->sigint.data = b->sigterm.data = b;
     uv_signal_start(&b->sigint, broker_on_signal, SIGINT);
     uv_signal_start(&b->sigterm, broker_on_signal, SIGTERM);
-    for (int i = 0; i < b->n_workers; i++) {
+    /* Another process (a second broker) listening on the port would not stop
+     * the SO_REUSEPORT listeners from binding: the kernel would split the
+     * connections between the two. Check with a plain bind first. */
+    if (port != 0) {
+        r = worker_port_free(cfg->bind_address, port);
+        if (r != 0)
+            log_error("cannot listen on %s:%u: %s", cfg->bind_address, port, uv_strerror(r));
+    }
+    for (int i = 0; i < b->n_workers && r == 0; i++) {
         b->workers[i] = worker_new(b, i);
         if (!b->workers[i]) {
             r = UV_ENOMEM;

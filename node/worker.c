@@ -70,7 +70,9 @@ static void worker_on_connection(uv_stream_t *server, int status)
     conn_accept(w, server);
 }
 
-int worker_listen(struct worker *w, const char *addr, uint16_t port)
+/* A TCP socket bound to addr:port, SO_REUSEPORT when `reuseport`. Returns
+ * 0 and the descriptor in *fdp, or a negative libuv error. */
+static int bound_socket(const char *addr, uint16_t port, bool reuseport, int *fdp)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -93,13 +95,32 @@ int worker_listen(struct worker *w, const char *addr, uint16_t port)
         return uv_translate_sys_error(errno);
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
         bind(fd, (struct sockaddr *)&ss, sl) != 0) {
         int err = errno;
         close(fd);
         return uv_translate_sys_error(err);
     }
-    int r = uv_tcp_init(&w->loop, &w->listener);
+    *fdp = fd;
+    return 0;
+}
+
+int worker_port_free(const char *addr, uint16_t port)
+{
+    int fd;
+    int r = bound_socket(addr, port, false, &fd);
+    if (r == 0)
+        close(fd);
+    return r;
+}
+
+int worker_listen(struct worker *w, const char *addr, uint16_t port)
+{
+    int fd;
+    int r = bound_socket(addr, port, true, &fd);
+    if (r != 0)
+        return r;
+    r = uv_tcp_init(&w->loop, &w->listener);
     if (r == 0)
         r = uv_tcp_open(&w->listener, fd);
     if (r != 0) {

@@ -54,7 +54,12 @@ struct worker {
 };
 
 struct worker *worker_new(struct broker *b, int id);
-/* Bind the listener. Returns 0 or a negative libuv error. */
+/* Whether addr:port can be bound by a socket without SO_REUSEPORT: fails
+ * (UV_EADDRINUSE) while anything listens there, including another process's
+ * SO_REUSEPORT group, which the workers' listeners would otherwise join and
+ * silently share connections with. Returns 0 or a negative libuv error. */
+int worker_port_free(const char *addr, uint16_t port);
+/* Bind the listener (SO_REUSEPORT). Returns 0 or a negative libuv error. */
 int worker_listen(struct worker *w, const char *addr, uint16_t port);
 int worker_start(struct worker *w);
 void worker_join(struct worker *w);

@@ -156,3 +156,40 @@ def test_cli_sigterm_disconnects_clients_0x8b(broker):
     c5.expect_disconnect(0x8B, timeout=10)
     c4.expect_closed_without_disconnect(timeout=10)
     assert b.stop(sig=None) == 0  # no second signal: wait for the exit
+
+
+def test_cli_second_broker_on_same_port_refused(broker):
+    """A second node on a port that a running node listens on exits 1 with a
+    clear error; it must not join the first one's SO_REUSEPORT listeners and
+    take a share of its connections."""
+    b = broker()
+    path = _conf(["bind_address 127.0.0.1", f"port {b.port}", "persistence false",
+                  f"workers {STARLING_WORKERS}"])
+    try:
+        rc, out, err = _run(["-c", path])
+    finally:
+        os.unlink(path)
+    assert rc == 1, err
+    assert f"cannot listen on 127.0.0.1:{b.port}: address already in use" in err, err
+    # every new connection still reaches the first broker
+    for _ in range(8):
+        c = M.Client("127.0.0.1", b.port, version=4)
+        assert c.connect(uid()).reason_code == 0
+        c.close()
+
+
+def test_cli_port_held_by_reuseport_socket_refused(broker):
+    """Another program's SO_REUSEPORT listener on the port: refused, not shared."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    port = s.getsockname()[1]
+    path = _conf(["bind_address 127.0.0.1", f"port {port}", "persistence false"])
+    try:
+        rc, out, err = _run(["-c", path])
+    finally:
+        os.unlink(path)
+        s.close()
+    assert rc == 1, err
+    assert "address already in use" in err, err
