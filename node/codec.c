@@ -600,7 +600,16 @@ static void codec_put_user_props(struct codec_wr *w, const struct mqtt_props *p)
 /* The properties without their length prefix. */
 static void codec_props_put(struct codec_wr *w, const struct mqtt_props *p)
 {
-    for (uint32_t id = 1; id < CODEC_N_PROPS; id++) {
+    /* Only the identifiers that are present, in ascending order: most
+     * packets carry none or one, and this runs for every delivery. */
+    uint64_t todo = p->present & ((CODEC_N_PROPS >= 64 ? 0 : MQTT_PF(CODEC_N_PROPS)) - 1);
+    todo &= ~MQTT_PF(MQTT_PROP_SUBSCRIPTION_ID);
+    if (p->n_sub_ids)
+        todo |= MQTT_PF(MQTT_PROP_SUBSCRIPTION_ID);
+    todo &= ~(uint64_t)1; /* identifier 0 does not exist */
+    while (todo) {
+        uint32_t id = (uint32_t)__builtin_ctzll(todo);
+        todo &= todo - 1;
         if (id == MQTT_PROP_SUBSCRIPTION_ID) {
             codec_put_sub_ids(w, p);
             continue;
