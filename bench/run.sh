@@ -252,7 +252,11 @@ for rep in $(seq "$REPS"); do
             run_bench "$rep" generator "$sc" "${args[@]}"
             continue
         fi
-        for broker in starling mosquitto; do
+        # ABBA: which broker goes first alternates with the repetition, so
+        # neither always runs right after the other's heavier scenario
+        order="starling mosquitto"
+        [ $((rep % 2)) -eq 1 ] || order="mosquitto starling"
+        for broker in $order; do
             if ! start_broker "$broker" "$sc"; then
                 FAILURES=$((FAILURES + 1))
                 stop_broker "$broker"
@@ -343,6 +347,15 @@ for id_ in CPU_IDS:
                  f"gen {fmt(gs)}/{fmt(gm)}"])
     summary.append({"scenario": id_, "metric": "broker_cpu", "better": "info", "starling": s,
                     "mosquitto": m, "bench_cpu_starling": gs, "bench_cpu_mosquitto": gm})
+for id_ in CPU_IDS:
+    s, m = med(id_, "starling", "steal_pct"), med(id_, "mosquitto", "steal_pct")
+    if s is None and m is None:
+        continue
+    if id_ == "latency":
+        # a hypervisor's steal time shows up directly in the latency tail
+        rows.append(["latency host steal % (**)", "info", fmt(s), fmt(m), "", ""])
+    summary.append({"scenario": id_, "metric": "steal_pct", "better": "info", "starling": s,
+                    "mosquitto": m})
 ceil = med("ceiling", "generator", "msgs_per_s")
 if ceil is not None:
     rows.append(["generator ceiling msg/s", "info", fmt(ceil), "", "",
@@ -374,6 +387,10 @@ if any(r["id"] == "fanin_qos1_persistent" for r in runs):
     print("(*) persistent subscriber (clean session 0): Starling stores every message with "
           "sync always (fsync before PUBACK); Mosquitto keeps it in memory and writes its "
           "database only periodically and at exit (no fsync per message)")
+if any(r["id"] == "latency" and r.get("steal_pct") is not None for r in runs):
+    print("(**) CPU time the hypervisor gave to other guests during the run (the steal column "
+          "of /proc/stat), in % of all cores: a run with more steal has a longer latency tail "
+          "whichever broker it measures; every run's value is in the JSON file")
 print(f"total time {elapsed} s; results: {out_path}")
 
 json.dump({"timestamp": stamp, "elapsed_s": int(elapsed), "reps": int(reps),

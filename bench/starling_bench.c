@@ -128,6 +128,7 @@ static struct {
     int publishers, subscribers, size, qos, window, rate, conns, concurrency;
     int n_threads, batch, lead, keepalive, src_addrs;
     bool persistent; /* subscribers use clean session 0 and a fixed client id */
+    uint8_t ver;     /* MQTT_V311 or MQTT_V5 */
     double duration, deadline_s, drain_s, warmup_s;
     /* run state */
     struct sockaddr_in addr;
@@ -239,6 +240,31 @@ static double cpu_pid_s(int pid)
     if (!p || sscanf(p, "%llu %llu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The machine's steal time in seconds (the "cpu" line of /proc/stat: time
+ * a hypervisor ran something else while this guest had work), or -1. */
+static double steal_s(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    unsigned long long v[8];
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return -1;
+    return (double)v[7] / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Percentage of all CPUs' time stolen between two steal_s() readings. */
+static double steal_pct(double s0, double s1, double wall)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (s0 < 0 || s1 < 0 || wall <= 0 || ncpu < 1)
+        return -1;
+    return (s1 - s0) / (wall * (double)ncpu) * 100.0;
 }
 
 /* VmRSS of a process in kB, or -1. */
@@ -410,7 +436,7 @@ static void on_write(uv_write_t *req, int status)
 
 static void send_packet(struct client *c, const struct mqtt_packet *p)
 {
-    if (mqtt_encode(&c->out[c->cur], MQTT_V311, p) < 0) {
+    if (mqtt_encode(&c->out[c->cur], G.ver, p) < 0) {
         fprintf(stderr, "starling-bench: encode failed (out of memory?)\n");
         exit(2);
     }
@@ -428,10 +454,14 @@ static void send_connect(struct client *c)
     struct mqtt_packet p;
     memset(&p, 0, sizeof(p));
     p.type = MQTT_CONNECT;
-    p.u.connect.protocol_version = MQTT_V311;
+    p.u.connect.protocol_version = G.ver;
     /* a persistent subscriber first connects with clean session 1, which
      * discards whatever an earlier run left, then with clean session 0 */
     p.u.connect.clean_start = !persistent || !c->reset_done;
+    if (persistent && G.ver == MQTT_V5) { /* 5.0: the session outlives the connection */
+        p.u.connect.props.present |= MQTT_PF(MQTT_PROP_SESSION_EXPIRY);
+        p.u.connect.props.session_expiry = UINT32_MAX;
+    }
     p.u.connect.keep_alive = (uint16_t)G.keepalive;
     p.u.connect.client_id.data = (const uint8_t *)id;
     p.u.connect.client_id.len = (uint32_t)n;
@@ -544,7 +574,7 @@ static int handle_packet(struct client *c, const uint8_t *p, size_t n)
         return 0;
     }
     struct mqtt_packet pkt;
-    int rc = mqtt_decode(MQTT_V311, p, n, &pkt);
+    int rc = mqtt_decode(G.ver, p, n, &pkt);
     if (rc < 0) {
         client_fail(c, "undecodable packet from broker", rc);
         return -1;
@@ -812,7 +842,7 @@ static void pub_pump(struct client *c)
             put_u64(c->payload + 8, now_ns());
         if (G.qos == 1)
             p.u.publish.packet_id = (uint16_t)(c->seq % 65535u + 1u);
-        if (mqtt_encode(b, MQTT_V311, &p) < 0) {
+        if (mqtt_encode(b, G.ver, &p) < 0) {
             fprintf(stderr, "starling-bench: encode failed\n");
             exit(2);
         }
@@ -1135,13 +1165,17 @@ static uint32_t pct(const uint32_t *v, size_t n, double p)
     return v[i];
 }
 
-static void print_cpu(FILE *f, double bench_cpu, double broker_cpu)
+static void print_cpu(FILE *f, double bench_cpu, double broker_cpu, double steal)
 {
     fprintf(f, ",\"bench_cpu\":%.3f", bench_cpu);
     if (broker_cpu >= 0)
         fprintf(f, ",\"broker_cpu\":%.3f", broker_cpu);
     else
         fprintf(f, ",\"broker_cpu\":null");
+    if (steal >= 0)
+        fprintf(f, ",\"steal_pct\":%.2f", steal);
+    else
+        fprintf(f, ",\"steal_pct\":null");
 }
 
 static void print_head(void)
@@ -1150,6 +1184,7 @@ static void print_head(void)
            G.qos);
     if (G.persistent)
         printf(",\"persistent\":true");
+    printf(",\"mqtt\":\"%s\"", G.ver == MQTT_V5 ? "5" : "3.1.1");
 }
 
 static void print_tail(bool complete)
@@ -1219,6 +1254,7 @@ static int run_messages(void)
     bool ok = wait_ready();
     uint64_t t0 = now_ns(), t1 = t0;
     double cpu0 = cpu_self_s(), bcpu0 = cpu_pid_s(G.pid), cpu1 = cpu0, bcpu1 = bcpu0;
+    double st0 = steal_s(), st1 = st0;
     struct totals win = {0};
     uint64_t win_sink = 0;
     double drain = 0;
@@ -1239,6 +1275,7 @@ static int run_messages(void)
         win_sink = sink_msgs();
         cpu1 = cpu_self_s();
         bcpu1 = cpu_pid_s(G.pid);
+        st1 = steal_s();
         atomic_store(&G.phase, PH_DRAIN);
         /* drain: until everything arrived, nothing arrived for 1 s, or drain_s */
         uint64_t d0 = now_ns(), last_change = d0;
@@ -1287,6 +1324,7 @@ static int run_messages(void)
         wall = 1e-9;
     double bench_cpu = (cpu1 - cpu0) / wall;
     double broker_cpu = (bcpu0 >= 0 && bcpu1 >= 0) ? (bcpu1 - bcpu0) / wall : -1;
+    double steal = steal_pct(st0, st1, wall);
     bool complete = ok && atomic_load(&G.lost_conns) == 0;
 
     print_head();
@@ -1299,7 +1337,7 @@ static int run_messages(void)
         printf(",\"publishers\":%u,\"payload\":%d,\"msgs_per_s\":%.0f,\"sent\":%" PRIu64
                ",\"received\":%" PRIu64 ",\"sink_mb_per_s\":%.1f,\"loss\":%" PRIu64,
                G.n_pubs, G.size, rate, f.sent, got, mbps, f.sent > got ? f.sent - got : 0);
-        print_cpu(stdout, bench_cpu, -1);
+        print_cpu(stdout, bench_cpu, -1, steal);
         print_tail(complete);
         fprintf(stderr, "%-8s %-10s ceiling   %10.0f msg/s  sent %" PRIu64 "  bench cpu %.2f\n",
                 G.label, "", rate, f.sent, bench_cpu);
@@ -1329,7 +1367,7 @@ static int run_messages(void)
         if (G.qos == 1)
             printf(",\"unacked\":%" PRIu64 ",\"ack_order_errors\":%" PRIu64,
                    f.sent > f.acked ? f.sent - f.acked : 0, f.ack_mismatch);
-        print_cpu(stdout, bench_cpu, broker_cpu);
+        print_cpu(stdout, bench_cpu, broker_cpu, steal);
         print_tail(complete);
         fprintf(stderr,
                 "%-8s %-7s qos%d %10.0f %s  sent %" PRIu64 "  recv %" PRIu64 "  loss %" PRIu64
@@ -1357,12 +1395,12 @@ static int run_messages(void)
            ",\"p50_us\":%u,\"p99_us\":%u,\"p999_us\":%u,\"max_us\":%u,\"mean_us\":%.1f",
            G.rate, G.size, (double)win.sent / wall, f.sent, f.recv, loss, f.gaps,
            drained ? "true" : "false", G.n_lat, p50, p99, p999, mx, mean);
-    print_cpu(stdout, bench_cpu, broker_cpu);
+    print_cpu(stdout, bench_cpu, broker_cpu, steal);
     print_tail(complete);
     fprintf(stderr,
             "%-8s latency qos0 %d msg/s  p50 %u us  p99 %u us  p99.9 %u us  max %u us  loss "
-            "%" PRIu64 "  bench cpu %.2f  broker cpu %.2f%s\n",
-            G.label, G.rate, p50, p99, p999, mx, loss, bench_cpu, broker_cpu,
+            "%" PRIu64 "  bench cpu %.2f  broker cpu %.2f  steal %.1f%%%s\n",
+            G.label, G.rate, p50, p99, p999, mx, loss, bench_cpu, broker_cpu, steal,
             complete ? "" : "  INCOMPLETE");
     return complete ? 0 : 1;
 }
@@ -1372,7 +1410,7 @@ static int run_conns(void)
     build_clients();
     long rss0 = rss_kb(G.pid);
     long lo0 = listen_overflows();
-    double cpu0 = cpu_self_s(), bcpu0 = cpu_pid_s(G.pid);
+    double cpu0 = cpu_self_s(), bcpu0 = cpu_pid_s(G.pid), st0 = steal_s();
     uint64_t t0 = now_ns();
     G.t0_ns = t0;
     atomic_store(&G.phase, PH_RUN);
@@ -1400,7 +1438,7 @@ static int run_conns(void)
         if (x > tl)
             tl = x;
     }
-    double cpu1 = cpu_self_s(), bcpu1 = cpu_pid_s(G.pid);
+    double cpu1 = cpu_self_s(), bcpu1 = cpu_pid_s(G.pid), st1 = steal_s();
     double wall = (double)(tl - t0) / 1e9;
     if (wall <= 0)
         wall = 1e-9;
@@ -1419,6 +1457,7 @@ static int run_conns(void)
     double rate = (double)connected / wall;
     double bench_cpu = (cpu1 - cpu0) / wall_cpu;
     double broker_cpu = (bcpu0 >= 0 && bcpu1 >= 0) ? (bcpu1 - bcpu0) / wall_cpu : -1;
+    double steal = steal_pct(st0, st1, wall_cpu);
     print_head();
     printf(",\"duration_s\":%.3f,\"conns\":%u,\"connected\":%u,\"failed\":%u,\"lost\":%d"
            ",\"concurrency\":%d,\"src_addrs\":%d,\"connects_per_s\":%.0f",
@@ -1434,7 +1473,7 @@ static int run_conns(void)
     /* SYNs dropped on a full listen backlog are retried by the kernel after
      * 1 s: they show up here and explain a low connects_per_s */
     printf(",\"listen_overflows\":%ld", lo0 >= 0 && lo1 >= 0 ? lo1 - lo0 : -1);
-    print_cpu(stdout, bench_cpu, broker_cpu);
+    print_cpu(stdout, bench_cpu, broker_cpu, steal);
     print_tail(complete);
     fprintf(stderr,
             "%-8s conns   %u/%u connected  %.0f conn/s  %.0f B/conn (rss %ld -> %ld kB)  bench "
@@ -1469,6 +1508,7 @@ static void usage(FILE *f)
                "  --conns C          conns: connections (default 10000, at most 19000)\n"
                "  --concurrency K    conns: handshakes in flight (default 500)\n"
                "  --src-addrs K      spread client sockets over 127.0.0.1..K (default: auto)\n"
+               "  --mqtt 3.1.1|5     protocol version of every connection (default 3.1.1)\n"
                "  --keepalive S      keep alive seconds (default 60; conns: 300)\n"
                "  --threads N        generator threads (default 2)\n"
                "  --batch B          PUBLISH packets per write (default 512)\n"
@@ -1530,6 +1570,7 @@ static void parse_args(int argc, char **argv)
     G.concurrency = 500;
     G.src_addrs = 0;
     G.keepalive = -1;
+    G.ver = MQTT_V311;
     G.n_threads = 2;
     G.batch = 512;
     G.duration = 5;
@@ -1581,7 +1622,16 @@ static void parse_args(int argc, char **argv)
             G.concurrency = parse_int(o, v, 1, 19000);
         else if (!strcmp(o, "--src-addrs"))
             G.src_addrs = parse_int(o, v, 1, 254);
-        else if (!strcmp(o, "--keepalive"))
+        else if (!strcmp(o, "--mqtt")) {
+            if (!strcmp(v, "3.1.1"))
+                G.ver = MQTT_V311;
+            else if (!strcmp(v, "5"))
+                G.ver = MQTT_V5;
+            else {
+                fprintf(stderr, "starling-bench: --mqtt takes 3.1.1 or 5\n");
+                exit(2);
+            }
+        } else if (!strcmp(o, "--keepalive"))
             G.keepalive = parse_int(o, v, 0, 65535);
         else if (!strcmp(o, "--threads"))
             G.n_threads = parse_int(o, v, 1, MAX_THREADS);
