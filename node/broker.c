@@ -209,9 +209,13 @@ int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct s
     ms.v = ms.stack;
     ms.n = 0;
     ms.cap = sizeof(ms.stack) / sizeof(ms.stack[0]);
-    sub_index_match(b->index, msg_topic(m), m->topic_len, broker_session_online, broker_on_match,
-                    &ms);
-    if (ms.n > 1)
+    bool unique;
+    sub_index_match_ex(b->index, msg_topic(m), m->topic_len, broker_session_online, broker_on_match,
+                       &ms, &unique);
+    /* Sorting brings a session's matches together, so that it gets one copy
+     * for all its non-shared subscriptions; from one filter there are none
+     * to bring together (shared matches are one copy each either way). */
+    if (ms.n > 1 && !unique)
         qsort(ms.v, ms.n, sizeof(*ms.v), broker_match_cmp);
 
     int delivered = 0;

@@ -718,6 +718,7 @@ struct sub_match_ctx {
     sub_index_match_cb cb;
     void *ud;
     int calls;
+    unsigned plain_nodes; /* nodes that reported non-shared subscriptions */
 };
 
 /* One member of a shared group: round robin from the cursor, the first
@@ -743,6 +744,8 @@ static struct sub_entry *sub_group_pick(struct sub_group *g, bool (*eligible)(vo
 
 static void sub_node_report(struct sub_match_ctx *c, struct sub_node *n)
 {
+    if (n->subs.n)
+        c->plain_nodes++;
     for (size_t i = 0; i < n->subs.n; i++) {
         struct sub_entry *s = n->subs.v[i];
         c->cb(c->ud, s->subscriber, s->options, s->sub_id, false);
@@ -822,15 +825,28 @@ static void sub_trie_match(struct sub_index *idx, const char *t, size_t len,
 int sub_index_match(struct sub_index *idx, const char *t, size_t len,
                     bool (*eligible)(void *subscriber), sub_index_match_cb cb, void *ud)
 {
+    return sub_index_match_ex(idx, t, len, eligible, cb, ud, NULL);
+}
+
+int sub_index_match_ex(struct sub_index *idx, const char *t, size_t len,
+                       bool (*eligible)(void *subscriber), sub_index_match_cb cb, void *ud,
+                       bool *unique)
+{
+    if (unique)
+        *unique = true;
     if (!t || len == 0 || !cb)
         return 0;
-    struct sub_match_ctx c = {eligible, cb, ud, 0};
+    struct sub_match_ctx c = {eligible, cb, ud, 0, 0};
     pthread_rwlock_rdlock(&idx->lock);
     struct sub_exact *x = sub_exact_find(idx, t, len);
     if (x)
         sub_node_report(&c, &x->node);
     sub_trie_match(idx, t, len, &c);
     pthread_rwlock_unlock(&idx->lock);
+    /* A filter holds a subscriber at most once, so non-shared matches can
+     * repeat a subscriber only when they came from several filters. */
+    if (unique)
+        *unique = c.plain_nodes <= 1;
     return c.calls;
 }
 

@@ -53,6 +53,13 @@ typedef void (*sub_index_match_cb)(void *ud, void *subscriber, uint8_t options, 
 int sub_index_match(struct sub_index *idx, const char *t, size_t len,
                     bool (*eligible)(void *subscriber), sub_index_match_cb cb, void *ud);
 
+/* sub_index_match, and when `unique` is not NULL, *unique is set to whether
+ * the non-shared matches name each subscriber at most once (they all came
+ * from one filter), so that a caller can skip looking for repeats. */
+int sub_index_match_ex(struct sub_index *idx, const char *t, size_t len,
+                       bool (*eligible)(void *subscriber), sub_index_match_cb cb, void *ud,
+                       bool *unique);
+
 /* Number of subscriptions (each subscriber x filter counts once). */
 size_t sub_index_count(struct sub_index *idx);
 

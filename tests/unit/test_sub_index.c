@@ -396,6 +396,36 @@ static void test_shared_and_plain(void)
     sub_index_free(idx);
 }
 
+/* *unique: whether the non-shared matches can repeat a subscriber. */
+static void test_match_unique(void)
+{
+    struct sub_index *idx = sub_index_new(NULL, NULL);
+    struct hits hs;
+    bool unique = false;
+    /* nothing matches */
+    CU_ASSERT_EQUAL(sub_index_match_ex(idx, S("a/b"), NULL, record, &hs, &unique), 0);
+    CU_ASSERT_TRUE(unique);
+    /* several subscribers of one filter, and shared groups: each named once */
+    sub_index_add(idx, S("a/b"), A, 0, 0);
+    sub_index_add(idx, S("a/b"), B, 0, 0);
+    sub_index_add(idx, S("$share/g/a/b"), A, 1, 0);
+    sub_index_add(idx, S("$share/h/a/+"), A, 1, 0);
+    memset(&hs, 0, sizeof(hs));
+    CU_ASSERT_EQUAL(sub_index_match_ex(idx, S("a/b"), NULL, record, &hs, &unique), 4);
+    CU_ASSERT_TRUE(unique);
+    /* a second filter with plain subscriptions: A may now come twice */
+    sub_index_add(idx, S("a/#"), A, 1, 0);
+    memset(&hs, 0, sizeof(hs));
+    CU_ASSERT_EQUAL(sub_index_match_ex(idx, S("a/b"), NULL, record, &hs, &unique), 5);
+    CU_ASSERT_FALSE(unique);
+    CU_ASSERT_EQUAL(count_hit(&hs, A, 0, 0, false) + count_hit(&hs, A, 1, 0, false), 2);
+    /* another topic, only a/# matches */
+    memset(&hs, 0, sizeof(hs));
+    CU_ASSERT_EQUAL(sub_index_match_ex(idx, S("a/c/d"), NULL, record, &hs, &unique), 1);
+    CU_ASSERT_TRUE(unique);
+    sub_index_free(idx);
+}
+
 static void test_routes(void)
 {
     struct route_log log = {0};
@@ -701,6 +731,7 @@ int main(void)
     CU_add_test(s, "shared round robin", test_shared_round_robin);
     CU_add_test(s, "shared eligible preference", test_shared_eligible);
     CU_add_test(s, "shared and plain on one filter", test_shared_and_plain);
+    CU_add_test(s, "match reports whether subscribers are unique", test_match_unique);
     CU_add_test(s, "route notifications", test_routes);
     CU_add_test(s, "route_local counts", test_route_local);
     CU_add_test(s, "nodes freed on remove", test_nodes_freed);
