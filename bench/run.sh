@@ -20,6 +20,8 @@
 #                    default: all)
 #   BENCH_WORKERS    Starling worker threads (default: number of cores)
 #   BENCH_THREADS    generator threads (default 2)
+#   BENCH_MQTT       protocol version of the generator's connections, 3.1.1
+#                    or 5 (default 3.1.1)
 #   BENCH_QUEUE      max_queued_messages of both brokers (default 100000)
 #   BENCH_QOS1_QUEUE max_queued_messages for the fanin runs, QoS 0 and 1
 #                    (default 10000000, and Starling's max_queued_bytes 0): both
@@ -47,6 +49,7 @@ DURATION=${BENCH_DURATION:-5}
 CONNS=${BENCH_CONNS:-10000}
 WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
 THREADS=${BENCH_THREADS:-2}
+MQTT=${BENCH_MQTT:-3.1.1}
 QUEUE=${BENCH_QUEUE:-100000}
 QOS1_QUEUE=${BENCH_QOS1_QUEUE:-10000000}
 SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns ceiling}
@@ -66,6 +69,7 @@ done
 [[ "$CONNS" =~ ^[1-9][0-9]*$ ]] && [ "$CONNS" -le 19000 ] || die "BENCH_CONNS must be 1..19000"
 [[ "$WORKERS" =~ ^[0-9]+$ ]] || die "BENCH_WORKERS must be an integer"
 [[ "$QUEUE" =~ ^[0-9]+$ ]] || die "BENCH_QUEUE must be an integer"
+[ "$MQTT" = 3.1.1 ] || [ "$MQTT" = 5 ] || die "BENCH_MQTT must be 3.1.1 or 5"
 [[ "$QOS1_QUEUE" =~ ^[0-9]+$ ]] || die "BENCH_QOS1_QUEUE must be an integer"
 
 # Normalise the scenario list.
@@ -215,7 +219,7 @@ run_bench() {
     local rep=$1 label=$2 id=$3
     shift 3
     local line rc=0
-    line=$("$BENCH" "$@" --label "$label" --threads "$THREADS" | tail -n 1) || rc=$?
+    line=$("$BENCH" "$@" --label "$label" --threads "$THREADS" --mqtt "$MQTT" | tail -n 1) || rc=$?
     if [ -z "$line" ] || [ "${line:0:1}" != "{" ]; then
         echo "bench: $id against $label produced no result (exit $rc)" >&2
         FAILURES=$((FAILURES + 1))
@@ -242,7 +246,7 @@ scenario_args() {
 
 T0=$(date +%s)
 echo "bench: ${sel[*]} x $REPS reps, ${DURATION}s runs, $CONNS conns, Starling workers $WORKERS," \
-    "generator threads $THREADS, queues $QUEUE (fanin: $QOS1_QUEUE), $(nproc) cores" >&2
+    "generator threads $THREADS, MQTT $MQTT, queues $QUEUE (fanin: $QOS1_QUEUE), $(nproc) cores" >&2
 for rep in $(seq "$REPS"); do
     echo "bench: repetition $rep/$REPS" >&2
     for sc in "${sel[@]}"; do
@@ -370,6 +374,7 @@ line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) if i < 2 else str(c).rjust
 print()
 print(f"Starling vs {mosq.strip() or 'Mosquitto'}: medians of {reps} runs, {duration} s each, "
       f"{cores} cores shared by broker and generator; Starling workers {workers}; "
+      f"MQTT {next((r['mqtt'] for r in runs if r.get('mqtt')), '3.1.1')}; "
       f"max_queued_messages {queue} (fanin runs: {qos1_queue})")
 print("S/M = Starling / Mosquitto; 'better' says which direction wins (latency, loss and "
       "memory: lower is better)")
