@@ -42,6 +42,7 @@ log_level warn
 max_queued_messages 10000000
 max_inflight_messages 1000
 sys_interval 0
+data_dir $TMP/data
 CONF
 "$BIN" -c "$TMP/starling.conf" >"$TMP/starling.log" 2>&1 &
 PID=$!
@@ -74,6 +75,7 @@ run() {
 # is a self-test of the generator, not of that limit.
 run fanin_qos1 fanin --qos 1 "${COMMON[@]}"
 run fanin_qos0 fanin --qos 0 "${COMMON[@]}"
+run fanin_qos1_v5_persistent fanin --qos 1 --mqtt 5 --persistent "${COMMON[@]}"
 run fanout fanout --subscribers 20 "${COMMON[@]}"
 run latency latency --rate 2000 "${COMMON[@]}"
 run conns conns --conns 1000 --host 127.0.0.1 --port "$PORT" --pid "$PID" --label starling \
@@ -86,7 +88,7 @@ kill -0 "$PID" 2>/dev/null || {
 
 "$PYTHON" - "$TMP/out.jsonl" <<'PY' || fail=1
 import json, sys
-want = ["fanin", "fanin", "fanout", "latency", "conns", "ceiling"]
+want = ["fanin", "fanin", "fanin", "fanout", "latency", "conns", "ceiling"]
 lines = [l for l in open(sys.argv[1]) if l.strip()]
 runs = [json.loads(l) for l in lines]
 ok = True
@@ -101,6 +103,9 @@ for r in runs:
     if r.get("msgs_per_s", 1) <= 0 or r.get("connects_per_s", 1) <= 0:
         print(f"smoke: {r['scenario']} measured nothing", file=sys.stderr)
         ok = False
+if not any(r.get("mqtt") == "5" and r.get("persistent") for r in runs):
+    print("smoke: no MQTT 5.0 persistent run among the results", file=sys.stderr)
+    ok = False
 for r in runs:
     if r["scenario"] == "fanin" and r["qos"] == 1:
         if r["loss"] != 0 or r["received"] < r["acked"] or r["acked"] == 0:

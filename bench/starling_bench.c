@@ -458,7 +458,9 @@ static void send_connect(struct client *c)
     /* a persistent subscriber first connects with clean session 1, which
      * discards whatever an earlier run left, then with clean session 0 */
     p.u.connect.clean_start = !persistent || !c->reset_done;
-    if (persistent && G.ver == MQTT_V5) { /* 5.0: the session outlives the connection */
+    /* 5.0: the reset connection's session ends with it (expiry 0), the
+     * second one's outlives the connection */
+    if (persistent && c->reset_done && G.ver == MQTT_V5) {
         p.u.connect.props.present |= MQTT_PF(MQTT_PROP_SESSION_EXPIRY);
         p.u.connect.props.session_expiry = UINT32_MAX;
     }
