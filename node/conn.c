@@ -1224,11 +1224,19 @@ static void conn_handle_subscribe(struct conn *c, const struct mqtt_subscribe *s
             qos = cfg->max_qos; /* [MQTT-3.9.3-?] grant what the server supports */
         opts = (uint8_t)((opts & ~MQTT_SUBOPT_QOS_MASK) | qos);
         lock_acquire(&s->lock);
+        bool had = session_sub_find(s, filter, (uint16_t)f.len) != NULL;
         int r = session_sub_set(s, filter, (uint16_t)f.len, opts, sub_id);
         lock_release(&s->lock);
         int existed = r < 0 ? r : sub_index_add(b->index, filter, f.len, s, opts, sub_id);
         if (existed < 0) {
-            rcs[i++] = v5 ? MQTT_RC_UNSPECIFIED : 0x80;
+            if (r == 0 && !had) { /* the session keeps only what the index has */
+                lock_acquire(&s->lock);
+                session_sub_del(s, filter, (uint16_t)f.len);
+                lock_release(&s->lock);
+            }
+            rcs[i++] = !v5                  ? 0x80
+                       : existed == -ENOSPC ? MQTT_RC_QUOTA_EXCEEDED
+                                            : MQTT_RC_UNSPECIFIED;
             continue;
         }
         rcs[i++] = qos;

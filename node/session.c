@@ -445,7 +445,7 @@ int session_sub_set(struct session *s, const char *f, uint16_t len, uint8_t opti
     struct session_sub *sub = session_sub_find(s, f, len);
     if (!sub) {
         if (s->n_subs == s->cap_subs) {
-            uint32_t cap = s->cap_subs ? s->cap_subs * 2 : 4;
+            uint32_t cap = s->cap_subs ? s->cap_subs * 2 : 1; /* most devices: one */
             struct session_sub *p = realloc(s->subs, cap * sizeof(*p));
             if (!p)
                 return -ENOMEM;

@@ -138,18 +138,26 @@ static uint64_t sub_hash_ptr(const void *p)
 
 struct sub_list;
 
+/* 40 bytes, so that an entry takes a 48-byte malloc chunk: a node holds
+ * one per subscription, often one per connected device. */
 struct sub_entry {
     struct sub_hnode pair; /* in idx->pairs, keyed by (owner, subscriber) */
     void *subscriber;
     struct sub_list *owner;
-    size_t pos; /* index in owner->v */
+    uint32_t pos : 24; /* index in owner->v (SUB_LIST_MAX) */
+    uint32_t options : 8;
     uint32_t sub_id;
-    uint8_t options;
 };
 
+#define SUB_LIST_MAX ((1u << 24) - 1)
+
+/* The entries of a filter node or shared group. A list of one (the usual
+ * case for a device's own topic) keeps its entry in `one` instead of an
+ * allocated array. */
 struct sub_list {
-    struct sub_entry **v;
-    size_t n, cap;
+    struct sub_entry **v; /* &one while cap == 1 */
+    struct sub_entry *one;
+    uint32_t n, cap;
 };
 
 struct sub_group {
@@ -214,11 +222,31 @@ static struct sub_entry *sub_pair_find(struct sub_index *idx, struct sub_list *l
     return NULL;
 }
 
+static void sub_list_free_array(struct sub_list *l)
+{
+    if (l->v != &l->one)
+        free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
 static int sub_list_push(struct sub_list *l, struct sub_entry *s)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 2;
-        struct sub_entry **v = realloc(l->v, cap * sizeof(*v));
+    if (l->n == SUB_LIST_MAX)
+        return -ENOSPC;
+    if (l->cap == 0) {
+        l->v = &l->one;
+        l->cap = 1;
+    } else if (l->n == l->cap) {
+        uint32_t cap = l->cap * 2 > SUB_LIST_MAX ? SUB_LIST_MAX : l->cap * 2;
+        struct sub_entry **v;
+        if (l->v == &l->one) {
+            v = malloc(cap * sizeof(*v));
+            if (v)
+                v[0] = l->one;
+        } else {
+            v = realloc(l->v, cap * sizeof(*v));
+        }
         if (!v)
             return -ENOMEM;
         l->v = v;
@@ -236,11 +264,8 @@ static void sub_list_take(struct sub_list *l, struct sub_entry *s)
     struct sub_entry *last = l->v[--l->n];
     l->v[s->pos] = last;
     last->pos = s->pos;
-    if (l->n == 0) {
-        free(l->v);
-        l->v = NULL;
-        l->cap = 0;
-    }
+    if (l->n == 0)
+        sub_list_free_array(l);
 }
 
 /* Free the entries of a list (index teardown). */
@@ -248,9 +273,7 @@ static void sub_list_clear(struct sub_list *l)
 {
     for (size_t i = 0; i < l->n; i++)
         free(l->v[i]);
-    free(l->v);
-    l->v = NULL;
-    l->n = l->cap = 0;
+    sub_list_free_array(l);
 }
 
 static void sub_node_clear(struct sub_node *n)
@@ -296,7 +319,7 @@ static void sub_group_drop(struct sub_node *n, struct sub_group *g)
     while (*pp != g)
         pp = &(*pp)->next;
     *pp = g->next;
-    free(g->members.v);
+    sub_list_free_array(&g->members);
     free(g);
 }
 
@@ -635,12 +658,13 @@ static int sub_index_add_locked(struct sub_index *idx, const char *filter, size_
     }
 
     s = calloc(1, sizeof(*s));
-    if (!s || sub_list_push(l, s) < 0) {
+    int r = s ? sub_list_push(l, s) : -ENOMEM;
+    if (r < 0) {
         free(s);
         if (g && g->members.n == 0)
             sub_group_drop(node, g);
         sub_where_prune(idx, &w);
-        return -ENOMEM;
+        return r;
     }
     s->subscriber = subscriber;
     s->options = options;

@@ -33,7 +33,8 @@ void sub_index_free(struct sub_index *idx);
  * "$share/..." filter; it must already be valid). options is the MQTT 5.0
  * subscription options byte, sub_id the subscription identifier (0 = none).
  * Returns 1 if a subscription of this subscriber to this exact filter already
- * existed (and was replaced), 0 if it is new, or -ENOMEM.
+ * existed (and was replaced), 0 if it is new, -ENOMEM, or -ENOSPC when the
+ * filter (or shared group) already has 16,777,215 subscribers.
  */
 int sub_index_add(struct sub_index *idx, const char *filter, size_t len, void *subscriber,
                   uint8_t options, uint32_t sub_id);

@@ -426,6 +426,44 @@ static void test_match_unique(void)
     sub_index_free(idx);
 }
 
+/* Random adds and removes of 16 subscribers on two plain filters and one
+ * shared group, checked against a model after every step: the lists grow
+ * from their inline slot to an array and shrink back to empty many times. */
+static void test_random_add_remove(void)
+{
+    static const char *const filters[] = {"dev/1", "dev/+", "$share/g/dev/1"};
+    struct sub_index *idx = sub_index_new(NULL, NULL);
+    bool in[3][16] = {{false}};
+    unsigned seed = 7;
+    for (int step = 0; step < 4000; step++) {
+        int f = rand_r(&seed) % 3, k = rand_r(&seed) % 16;
+        size_t flen = strlen(filters[f]);
+        if (in[f][k]) {
+            CU_ASSERT_EQUAL_FATAL(sub_index_remove(idx, filters[f], flen, &subs[k]), 0);
+        } else {
+            CU_ASSERT_EQUAL_FATAL(sub_index_add(idx, filters[f], flen, &subs[k], 1, 0), 0);
+        }
+        in[f][k] = !in[f][k];
+        size_t want = 0;
+        int plain = 0;
+        bool any_shared = false;
+        for (int i = 0; i < 16; i++) {
+            want += in[0][i] + in[1][i] + in[2][i];
+            plain += in[0][i] + in[1][i];
+            any_shared = any_shared || in[2][i];
+        }
+        CU_ASSERT_EQUAL_FATAL(sub_index_count(idx), want);
+        struct hits hs;
+        CU_ASSERT_EQUAL_FATAL(match(idx, "dev/1", &hs), plain + (any_shared ? 1 : 0));
+        for (int i = 0; i < 16; i++) {
+            CU_ASSERT_EQUAL_FATAL(count_hit(&hs, &subs[i], 1, 0, false), in[0][i] + in[1][i]);
+            if (count_hit(&hs, &subs[i], 1, 0, true))
+                CU_ASSERT_TRUE_FATAL(in[2][i]); /* the group picked a member */
+        }
+    }
+    sub_index_free(idx);
+}
+
 static void test_routes(void)
 {
     struct route_log log = {0};
@@ -732,6 +770,7 @@ int main(void)
     CU_add_test(s, "shared eligible preference", test_shared_eligible);
     CU_add_test(s, "shared and plain on one filter", test_shared_and_plain);
     CU_add_test(s, "match reports whether subscribers are unique", test_match_unique);
+    CU_add_test(s, "random adds and removes agree with a model", test_random_add_remove);
     CU_add_test(s, "route notifications", test_routes);
     CU_add_test(s, "route_local counts", test_route_local);
     CU_add_test(s, "nodes freed on remove", test_nodes_freed);
