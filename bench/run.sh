@@ -16,8 +16,9 @@
 #   BENCH_CONNS      connections of the conns scenario (default 10000, <= 19000)
 #   BENCH_SCENARIOS  subset, space or comma separated, of:
 #                    fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency
-#                    conns ceiling ("fanin" means the three fanin runs;
-#                    default: all)
+#                    conns conns_sub ceiling ("fanin" means the three fanin
+#                    runs; default: all). conns_sub is conns with every
+#                    connection subscribed to a topic of its own
 #   BENCH_WORKERS    Starling worker threads (default: number of cores)
 #   BENCH_THREADS    generator threads (default 2)
 #   BENCH_MQTT       protocol version of the generator's connections, 3.1.1
@@ -52,7 +53,7 @@ THREADS=${BENCH_THREADS:-2}
 MQTT=${BENCH_MQTT:-3.1.1}
 QUEUE=${BENCH_QUEUE:-100000}
 QOS1_QUEUE=${BENCH_QOS1_QUEUE:-10000000}
-SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns ceiling}
+SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns conns_sub ceiling}
 PYTHON=${PYTHON:-/usr/bin/python3}
 
 die() {
@@ -77,7 +78,7 @@ sel=()
 for s in ${SCENARIOS//,/ }; do
     case "$s" in
     fanin) sel+=(fanin_qos0 fanin_qos1 fanin_qos1_persistent) ;;
-    fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | ceiling)
+    fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | conns_sub | ceiling)
         sel+=("$s")
         ;;
     *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;;
@@ -240,6 +241,7 @@ scenario_args() {
     fanout) echo "fanout --duration $DURATION" ;;
     latency) echo "latency --duration $DURATION" ;;
     conns) echo "conns --conns $CONNS" ;;
+    conns_sub) echo "conns --conns $CONNS --subscribe" ;;
     ceiling) echo "ceiling --duration $DURATION" ;;
     esac
 }
@@ -305,8 +307,11 @@ METRICS = [
     ("conns", "connects_per_s", "conns connects/s", True),
     ("conns", "bytes_per_conn", "conns bytes/conn (RSS)", False),
     ("conns", "listen_overflows", "conns SYNs dropped (backlog full)", False),
+    ("conns_sub", "connects_per_s", "conns+subscribe connects/s", True),
+    ("conns_sub", "bytes_per_conn", "conns+subscribe bytes/conn (RSS)", False),
 ]
-CPU_IDS = ["fanin_qos0", "fanin_qos1", "fanin_qos1_persistent", "fanout", "latency", "conns"]
+CPU_IDS = ["fanin_qos0", "fanin_qos1", "fanin_qos1_persistent", "fanout", "latency", "conns",
+           "conns_sub"]
 
 def fmt(v):
     if v is None:

@@ -80,6 +80,8 @@ run fanout fanout --subscribers 20 "${COMMON[@]}"
 run latency latency --rate 2000 "${COMMON[@]}"
 run conns conns --conns 1000 --host 127.0.0.1 --port "$PORT" --pid "$PID" --label starling \
     --deadline 12
+run conns_sub conns --conns 500 --subscribe --host 127.0.0.1 --port "$PORT" --pid "$PID" \
+    --label starling --deadline 12
 run ceiling ceiling --duration 1
 kill -0 "$PID" 2>/dev/null || {
     echo "smoke: FAIL starling died during the runs" >&2
@@ -88,7 +90,7 @@ kill -0 "$PID" 2>/dev/null || {
 
 "$PYTHON" - "$TMP/out.jsonl" <<'PY' || fail=1
 import json, sys
-want = ["fanin", "fanin", "fanin", "fanout", "latency", "conns", "ceiling"]
+want = ["fanin", "fanin", "fanin", "fanout", "latency", "conns", "conns", "ceiling"]
 lines = [l for l in open(sys.argv[1]) if l.strip()]
 runs = [json.loads(l) for l in lines]
 ok = True
@@ -103,6 +105,9 @@ for r in runs:
     if r.get("msgs_per_s", 1) <= 0 or r.get("connects_per_s", 1) <= 0:
         print(f"smoke: {r['scenario']} measured nothing", file=sys.stderr)
         ok = False
+if not any(r["scenario"] == "conns" and r.get("subscribe") for r in runs):
+    print("smoke: no conns --subscribe run among the results", file=sys.stderr)
+    ok = False
 if not any(r.get("mqtt") == "5" and r.get("persistent") for r in runs):
     print("smoke: no MQTT 5.0 persistent run among the results", file=sys.stderr)
     ok = False

@@ -129,6 +129,7 @@ static struct {
     int n_threads, batch, lead, keepalive, src_addrs;
     bool persistent; /* subscribers use clean session 0 and a fixed client id */
     uint8_t ver;     /* MQTT_V311 or MQTT_V5 */
+    bool conn_sub;   /* conns: each connection subscribes to its own topic */
     double duration, deadline_s, drain_s, warmup_s;
     /* run state */
     struct sockaddr_in addr;
@@ -477,6 +478,8 @@ static void send_subscribe(struct client *c)
         snprintf(filter, sizeof(filter), "bench/#");
     else if (G.sc == SC_FANOUT)
         snprintf(filter, sizeof(filter), "bench/fanout");
+    else if (G.sc == SC_CONNS)
+        snprintf(filter, sizeof(filter), "bench/conn/%u", c->idx);
     else
         snprintf(filter, sizeof(filter), "bench/latency");
     struct buf entries = {0};
@@ -600,7 +603,7 @@ static int handle_packet(struct client *c, const uint8_t *p, size_t n)
             client_fail(c, "session present after the clean session reset", 1);
             return -1;
         }
-        if (c->role == R_SUB) {
+        if (c->role == R_SUB || (c->role == R_IDLE && G.conn_sub)) {
             send_subscribe(c);
             c->state = C_WAIT_SUBACK;
         } else {
@@ -1461,6 +1464,7 @@ static int run_conns(void)
     double broker_cpu = (bcpu0 >= 0 && bcpu1 >= 0) ? (bcpu1 - bcpu0) / wall_cpu : -1;
     double steal = steal_pct(st0, st1, wall_cpu);
     print_head();
+    printf(",\"subscribe\":%s", G.conn_sub ? "true" : "false");
     printf(",\"duration_s\":%.3f,\"conns\":%u,\"connected\":%u,\"failed\":%u,\"lost\":%d"
            ",\"concurrency\":%d,\"src_addrs\":%d,\"connects_per_s\":%.0f",
            wall, G.n_clients, connected, failed, lost, G.concurrency, G.src_addrs, rate);
@@ -1503,6 +1507,8 @@ static void usage(FILE *f)
                "  --persistent       subscribers connect with clean session 0 and a fixed\n"
                "                     client id (after one clean session 1 connection that\n"
                "                     discards an earlier run's session); fanin, fanout, latency\n"
+               "  --subscribe        conns: every connection subscribes to its own topic\n"
+               "                     bench/conn/<i> (at --qos) and counts once SUBACK came\n"
                "  --window W         QoS 1 unacknowledged messages per publisher (default 64)\n"
                "  --lead L           fanout: max messages the publisher runs ahead of the\n"
                "                     slowest subscriber, 0 = unbounded (default 1000)\n"
@@ -1589,6 +1595,10 @@ static void parse_args(int argc, char **argv)
             G.persistent = true;
             continue;
         }
+        if (!strcmp(o, "--subscribe")) {
+            G.conn_sub = true;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "starling-bench: %s needs a value\n", o);
             exit(2);
@@ -1655,6 +1665,10 @@ static void parse_args(int argc, char **argv)
     }
     if (G.sc == SC_CEILING && G.qos != 0) {
         fprintf(stderr, "starling-bench: ceiling runs at QoS 0 (the sink sends no PUBACK)\n");
+        exit(2);
+    }
+    if (G.conn_sub && G.sc != SC_CONNS) {
+        fprintf(stderr, "starling-bench: --subscribe applies to conns\n");
         exit(2);
     }
     if (G.persistent && (G.sc == SC_CONNS || G.sc == SC_CEILING)) {
