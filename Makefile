@@ -12,7 +12,8 @@ RELEASE_DIR := build/release
 ASAN_DIR := build/asan
 ARGS ?=
 
-.PHONY: all deps build build-asan run test unit integration fuzz bench bench-smoke format clean
+.PHONY: all deps build build-asan run test unit integration fuzz bench bench-smoke bench-crosscheck \
+	format clean
 
 all: build
 
@@ -67,6 +68,11 @@ test: unit integration fuzz bench-smoke
 # through BENCH_* environment variables.
 bench: build
 	bash bench/run.sh
+
+# The same comparison with Debian's mosquitto_pub / mosquitto_sub as the load
+# generator (see bench/README.md).
+bench-crosscheck: build
+	bash bench/crosscheck.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
