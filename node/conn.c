@@ -361,8 +361,10 @@ static struct msg *conn_alias_out_find(struct conn *c, const struct msg *m, uint
 int conn_send_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t now_ms)
 {
     struct msg *m = q->m;
+    /* Only what a PUBLISH reads is set: this runs for every delivery, and
+     * clearing the whole packet union (600 bytes) showed in the profile.
+     * The properties exist only in 5.0. */
     struct mqtt_packet p;
-    memset(&p, 0, sizeof(p));
     p.type = MQTT_PUBLISH;
     struct mqtt_publish *pub = &p.u.publish;
     pub->dup = dup;
@@ -376,6 +378,7 @@ int conn_send_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t n
     bool new_alias = false;
     if (c->version == MQTT_V5) {
         struct mqtt_props *pr = &pub->props;
+        memset(pr, 0, sizeof(*pr));
         if (m->expiry_at) {
             if (m->expiry_at <= now_ms && !dup)
                 return 0;

@@ -292,6 +292,64 @@ static void test_v311_connack(void)
     CU_ASSERT(memcmp(g_out.data, expect, 4) == 0);
 }
 
+/* PUBLISH without properties takes mqtt_encode's direct path: exact bytes,
+ * a two-byte remaining length, appending after earlier output, and the
+ * same bytes as the general path gives once a property is present. */
+static void test_publish_plain_bytes(void)
+{
+    struct mqtt_packet p = {.type = MQTT_PUBLISH};
+    p.u.publish.qos = 1;
+    p.u.publish.dup = true;
+    p.u.publish.retain = true;
+    p.u.publish.packet_id = 0x1234;
+    p.u.publish.topic = B("a/b");
+    p.u.publish.payload = B("xyz");
+    struct buf out = {0};
+    buf_append(&out, "pre", 3);
+    CU_ASSERT_EQUAL(mqtt_encode(&out, MQTT_V311, &p), 12);
+    const uint8_t v3[] = {'p', 'r', 'e', 0x3B, 10, 0, 3, 'a', '/', 'b', 0x12, 0x34, 'x', 'y', 'z'};
+    CU_ASSERT_EQUAL_FATAL(out.len, sizeof(v3));
+    CU_ASSERT(memcmp(out.data, v3, sizeof(v3)) == 0);
+    /* 5.0, QoS 0: no packet id, a zero property length */
+    buf_reset(&out);
+    p.u.publish.qos = 0;
+    p.u.publish.dup = false;
+    CU_ASSERT_EQUAL(mqtt_encode(&out, MQTT_V5, &p), 11);
+    const uint8_t v5[] = {0x31, 9, 0, 3, 'a', '/', 'b', 0, 'x', 'y', 'z'};
+    CU_ASSERT_EQUAL_FATAL(out.len, sizeof(v5));
+    CU_ASSERT(memcmp(out.data, v5, sizeof(v5)) == 0);
+    /* 200-byte payload: remaining length 2 + 3 + 1 + 200 = 206 = 0xCE 0x01 */
+    uint8_t big[200];
+    memset(big, 'p', sizeof(big));
+    p.u.publish.payload = (struct mqtt_bytes){big, sizeof(big)};
+    buf_reset(&out);
+    CU_ASSERT_EQUAL(mqtt_encode(&out, MQTT_V5, &p), 209);
+    CU_ASSERT_EQUAL(out.data[1], 0xCE);
+    CU_ASSERT_EQUAL(out.data[2], 0x01);
+    CU_ASSERT_EQUAL(out.data[8], 0); /* property length */
+    CU_ASSERT(memcmp(out.data + 9, big, sizeof(big)) == 0);
+    /* with a property present the general path writes it: only the
+     * property bytes differ from the plain packet */
+    struct buf gen = {0};
+    p.u.publish.props.present = MQTT_PF(MQTT_PROP_PAYLOAD_FORMAT);
+    p.u.publish.props.payload_format = 1;
+    CU_ASSERT_EQUAL(mqtt_encode(&gen, MQTT_V5, &p), 211);
+    CU_ASSERT_EQUAL(gen.data[1], 0xD0); /* 208 */
+    CU_ASSERT_EQUAL(gen.data[8], 2);
+    CU_ASSERT_EQUAL(gen.data[9], MQTT_PROP_PAYLOAD_FORMAT);
+    CU_ASSERT(memcmp(gen.data + 3, out.data + 3, 5) == 0);
+    CU_ASSERT(memcmp(gen.data + 11, out.data + 9, sizeof(big)) == 0);
+    /* a topic longer than a string can be is refused, nothing written */
+    buf_reset(&out);
+    static uint8_t long_topic[65536];
+    p.u.publish.props.present = 0;
+    p.u.publish.topic = (struct mqtt_bytes){long_topic, sizeof(long_topic)};
+    CU_ASSERT(mqtt_encode(&out, MQTT_V311, &p) < 0);
+    CU_ASSERT_EQUAL(out.len, 0);
+    buf_free(&gen);
+    buf_free(&out);
+}
+
 static void check_publish(uint8_t v, uint8_t qos, bool dup, bool retain)
 {
     struct mqtt_packet in = {.type = MQTT_PUBLISH}, out;
@@ -1609,6 +1667,7 @@ static const struct test_def tests[] = {
     T(test_v311_connect),
     T(test_v31_connect),
     T(test_v311_connack),
+    T(test_publish_plain_bytes),
     T(test_v311_publish),
     T(test_v311_acks),
     T(test_v311_subscribe),
