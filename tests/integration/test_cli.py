@@ -20,8 +20,11 @@ pytestmark = pytest.mark.starling_only
 def _run(args, env_extra=None, timeout=10):
     if not os.path.exists(STARLING_BIN):
         pytest.fail(f"Starling binary not found: {STARLING_BIN}")
-    r = subprocess.run([STARLING_BIN, *args], stdin=subprocess.DEVNULL, capture_output=True,
-                       env=clean_env(env_extra), timeout=timeout)
+    # a scratch working directory: a node that starts opens its store in
+    # ./data, which must not land in the checkout
+    with tempfile.TemporaryDirectory(prefix="starling-cli-") as cwd:
+        r = subprocess.run([STARLING_BIN, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                           env=clean_env(env_extra), timeout=timeout, cwd=cwd)
     out = r.stdout.decode("utf-8", "replace")
     err = r.stderr.decode("utf-8", "replace")
     bad = [m for m in SANITIZER_MARKERS if m in out + err]
@@ -115,8 +118,10 @@ def test_cli_port_option_overrides_file(broker):
     file_port, cli_port = free_port(), free_port()
     path = _conf(["bind_address 127.0.0.1", f"port {file_port}", f"workers {STARLING_WORKERS}"])
     errf = tempfile.TemporaryFile()
+    cwd = tempfile.TemporaryDirectory(prefix="starling-cli-")
     proc = subprocess.Popen([STARLING_BIN, "-c", path, "-p", str(cli_port)],
-                            stdin=subprocess.DEVNULL, stdout=errf, stderr=errf, env=clean_env())
+                            stdin=subprocess.DEVNULL, stdout=errf, stderr=errf, env=clean_env(),
+                            cwd=cwd.name)
     try:
         _wait_listening(cli_port, proc)
         c = M.Client("127.0.0.1", cli_port, version=4)
@@ -133,6 +138,7 @@ def test_cli_port_option_overrides_file(broker):
             proc.wait()
             rc = "timeout"
         os.unlink(path)
+        cwd.cleanup()
         errf.seek(0)
         err = errf.read().decode("utf-8", "replace")
     assert rc == 0, err
