@@ -29,7 +29,7 @@ variable "zone_count" {
 variable "instance_type" {
   description = "EC2 instance type of a node."
   type        = string
-  default     = "c7i.large"
+  default     = "m7i.xlarge"
 }
 
 variable "data_disk_gb" {
