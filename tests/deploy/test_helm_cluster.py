@@ -20,11 +20,12 @@ it accepts `cluster_seeds` and `admin_port`, the test skips and says so."""
 import json
 import os
 import shutil
-import subprocess
+import socket
 import tempfile
 import threading
 import urllib.request
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import Node, clean_env, run, wait_for
@@ -68,7 +69,6 @@ def pod_env(sts, ordinal, ip, ports, secrets):
 
 def free_ports_on_all(addrs, names):
     """One port per name, free on every address."""
-    import socket
     ports, socks = {}, []
     try:
         for name in names:
@@ -204,7 +204,6 @@ def test_three_rendered_pods_form_one_cluster_and_pass_their_probes(render, rele
             assert {f"starling-{i}" for i in range(3)} <= names, body
         # A message published on the last node reaches a subscriber on the first.
         port = ports["STARLING_PORT"]
-        import paho.mqtt.client as mqtt
         got, subscribed = [], threading.Event()
         arrived = threading.Event()
         sub = mqtt.Client(client_id="deploy-sub", protocol=mqtt.MQTTv311)

@@ -243,7 +243,7 @@ def test_installed_binary_serves_and_keeps_its_data(install_tree, df, open_tmp):
     data = tmp_path / "data"
     data.mkdir()
     exe = os.path.join(install_tree, "bin", "starling")
-    args, prefix = [], []
+    prefix = []
     if os.geteuid() == 0 and shutil.which("setpriv"):
         os.chown(data, IMAGE_UID, IMAGE_UID)
         prefix = ["setpriv", f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups"]

@@ -16,6 +16,7 @@
   own expressions, and checked.
 """
 
+import base64
 import json
 import os
 import re
@@ -442,7 +443,6 @@ def test_cloud_init_document(modules):
     assert text.startswith("#cloud-config\n")
     doc = yaml.safe_load(text)
     files = {f["path"]: f for f in doc["write_files"]}
-    import base64
     assert base64.b64decode(files["/etc/systemd/system/starling.service"]["content"]).decode() == unit
     env = dict(line.split("=", 1) for line in files["/etc/starling/starling.env"]["content"].splitlines())
     for k in env:
