@@ -150,7 +150,7 @@ def test_health_check_and_entry_point(df):
 
 
 def test_dockerignore_keeps_what_the_build_needs():
-    with open(os.path.join(ROOT, "deploy", "Dockerfile.dockerignore")) as f:
+    with open(os.path.join(ROOT, ".dockerignore")) as f:
         patterns = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
     tracked = run(["git", "-C", ROOT, "ls-files"]).stdout.split()
     needed = [p for p in tracked if p.endswith(("CMakeLists.txt", ".c", ".h", ".proto"))
