@@ -489,3 +489,13 @@ def test_every_value_is_documented_in_the_readme_and_the_schema():
     assert not missing, f"values not documented in helm/starling/README.md: {missing}"
     assert set(schema["properties"]) == set(values), "values.schema.json vs values.yaml"
     assert schema["additionalProperties"] is False
+
+
+def test_chart_packages(helm, tmp_path):
+    p = run([helm, "package", CHART, "-d", str(tmp_path)])
+    (tgz,) = [f for f in os.listdir(tmp_path) if f.endswith(".tgz")]
+    assert tgz == "starling-0.1.0.tgz", p.stdout
+    names = run(["tar", "-tzf", str(tmp_path / tgz)]).stdout.split()
+    for f in ("Chart.yaml", "values.yaml", "values.schema.json", "README.md",
+              "templates/statefulset.yaml", "templates/NOTES.txt"):
+        assert f"starling/{f}" in names, f
