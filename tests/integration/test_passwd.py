@@ -8,16 +8,14 @@ by mosquitto_passwd are checked in Starling by tests/unit/test_passwd.c.
 """
 
 import os
-import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 
 import pytest
 
-from conftest import MOSQUITTO_BIN, STARLING_BIN, free_port
+from conftest import STARLING_BIN
+from mosquitto_ref import RefMosquitto
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("STARLING_TEST_BROKER", "starling") != "starling",
@@ -37,47 +35,15 @@ def starling_passwd(*args, stdin=None):
                           text=True, timeout=30)
 
 
-class Mosquitto:
+class Mosquitto(RefMosquitto):
     def __init__(self, scratch, password_file):
-        self.port = free_port()
-        conf = os.path.join(scratch, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\n"
-                    f"allow_anonymous false\n"
-                    # Run as ourselves: the file is 0600 in a 0700 directory.
-                    f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-                    f"password_file {password_file}\n")
-        self.log = open(os.path.join(scratch, "mosquitto.log"), "w+")
-        self.proc = subprocess.Popen([MOSQUITTO_BIN, "-c", conf], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            assert self.proc.poll() is None, self.read_log()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not listen"
-                time.sleep(0.05)
-
-    def read_log(self):
-        self.log.seek(0)
-        return self.log.read()
+        super().__init__(scratch, f"allow_anonymous false\npassword_file {password_file}\n")
 
     def pub(self, user, password):
         return subprocess.run(
             ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.port), "-u", user, "-P",
              password, "-t", "t", "-m", "m", "-q", "1", "-V", "mqttv311"],
             capture_output=True, text=True, timeout=20)
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture
