@@ -251,12 +251,13 @@ int acl_parse(const char *text, size_t len, struct acl **out, char *err, size_t 
     const char *p = text, *end = text + len;
     while (p < end && r == 0) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
         const char *next = nl ? nl + 1 : end;
         line++;
-        while (le > p && (le[-1] == '\r' || acl_space(le[-1])))
-            le--;
-        if (memchr(p, '\0', (size_t)(le - p))) {
+        while (n > 0 && (p[n - 1] == '\r' || acl_space(p[n - 1])))
+            n--;
+        const char *le = p + n;
+        if (memchr(p, '\0', n)) {
             acl_errf(err, errlen, "line %u: NUL byte", line);
             r = -EINVAL;
             break;

@@ -26,6 +26,10 @@ from mosquitto_ref import RefMosquitto
 
 HARNESS = Path(STARLING_BIN).resolve().parents[1] / "tests" / "tools" / "frontdoor_harness"
 WAIT = 10
+# MQTT.js from npm (`make npm-deps` installs it here).
+NODE_MODULES = Path(os.environ.get("STARLING_TEST_NODE_MODULES",
+                                   Path(__file__).resolve().parents[2] / "build" / "npm" /
+                                   "node_modules"))
 
 pytestmark = pytest.mark.skipif(
     not HARNESS.exists(), reason=f"{HARNESS} not built (it sits next to the tested starling)")
@@ -214,3 +218,21 @@ def test_proxy_protocol_under_tls(certs, harness):
     got = connack_after(h.port, v2, wrap=lambda s: ctx.wrap_socket(s, server_hostname="localhost"))
     assert got == b"\x20\x02\x00\x00"
     h.expect("client 203.0.113.7:56304")
+
+
+def mqttjs(url, ca=None):
+    env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
+    return subprocess.run(["node", str(Path(__file__).parent / "mqttjs_roundtrip.js"), url,
+                           *([str(ca)] if ca else [])],
+                          capture_output=True, text=True, timeout=30, env=env)
+
+
+@pytest.mark.skipif(not (NODE_MODULES / "mqtt").exists() or not shutil.which("node"),
+                    reason="MQTT.js not installed: make npm-deps")
+def test_websocket_with_mqtt_js(certs, harness):
+    h = harness("-w")
+    r = mqttjs(f"ws://127.0.0.1:{h.port}/mqtt")
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+    h = harness("-t", certs / "server.pem", certs / "server.key", "-w")
+    r = mqttjs(f"wss://localhost:{h.port}/mqtt", certs / "ca.pem")
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr

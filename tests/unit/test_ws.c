@@ -274,10 +274,10 @@ static void test_mqtt_stream_over_frames(void)
         /* The ping was answered with its payload. */
         uint8_t out[64];
         size_t on = take_all(c, out, sizeof(out));
-        int op;
-        bool fin;
-        const uint8_t *pl;
-        size_t pn;
+        int op = -1;
+        bool fin = false;
+        const uint8_t *pl = NULL;
+        size_t pn = 0;
         CU_ASSERT_EQUAL(unframe(out, on, &op, &fin, &pl, &pn), on);
         CU_ASSERT_EQUAL(op, 10);
         CU_ASSERT_TRUE(fin);
@@ -297,10 +297,10 @@ static void test_server_frames(void)
     for (size_t k = 0; k < 6; k++) {
         CU_ASSERT_EQUAL(ws_conn_write(c, big, sizes[k]), 0);
         size_t n = take_all(c, out, sizeof(out));
-        int op;
-        bool fin;
-        const uint8_t *pl;
-        size_t pn;
+        int op = -1;
+        bool fin = false;
+        const uint8_t *pl = NULL;
+        size_t pn = 0;
         CU_ASSERT_EQUAL(unframe(out, n, &op, &fin, &pl, &pn), n);
         CU_ASSERT_EQUAL(op, 2); /* [MQTT-6.0.0-1] binary */
         CU_ASSERT_TRUE(fin);
@@ -317,10 +317,10 @@ static uint16_t close_code(struct ws_conn *c)
 {
     uint8_t out[64];
     size_t n = take_all(c, out, sizeof(out));
-    int op;
-    bool fin;
-    const uint8_t *pl;
-    size_t pn;
+    int op = -1;
+    bool fin = false;
+    const uint8_t *pl = NULL;
+    size_t pn = 0;
     if (unframe(out, n, &op, &fin, &pl, &pn) != n || op != 8 || pn < 2)
         return 0;
     return (uint16_t)(pl[0] << 8 | pl[1]);
