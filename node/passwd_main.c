@@ -68,17 +68,19 @@ static int passwd_read_line(const char *prompt, char *buf, size_t cap)
     return 0;
 }
 
-/* Read the whole file; *text is NULL with *len 0 when it does not exist. */
-static int passwd_read_file(const char *path, char **text, size_t *len, mode_t *mode)
+/* Read the whole file and its mode and owner. */
+static int passwd_read_file(const char *path, char **text, size_t *len, struct stat *st)
 {
     *text = NULL;
     *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f)
         return -errno;
-    struct stat st;
-    if (fstat(fileno(f), &st) == 0)
-        *mode = st.st_mode & 07777;
+    if (fstat(fileno(f), st) < 0) {
+        int e = errno;
+        fclose(f);
+        return -e;
+    }
     size_t cap = 0;
     for (;;) {
         if (*len == cap) {
@@ -100,8 +102,10 @@ static int passwd_read_file(const char *path, char **text, size_t *len, mode_t *
     return bad ? -EIO : 0;
 }
 
-/* Write text to path through a temporary file and rename. */
-static int passwd_write_file(const char *path, const char *text, size_t len, mode_t mode)
+/* Write text to path through a temporary file and rename. The new file
+ * gets the old one's mode and, where we may (root), its owner: a file that
+ * root edits for a broker running as another user stays readable to it. */
+static int passwd_write_file(const char *path, const char *text, size_t len, const struct stat *old)
 {
     char *dup = strdup(path);
     if (!dup)
@@ -115,7 +119,10 @@ static int passwd_write_file(const char *path, const char *text, size_t len, mod
     if (fd < 0)
         return -errno;
     int r = 0;
-    if (fchmod(fd, mode) < 0)
+    if (fchmod(fd, old ? old->st_mode & 07777 : 0600) < 0)
+        r = -errno;
+    if (r == 0 && old && (old->st_uid != geteuid() || old->st_gid != getegid()) &&
+        fchown(fd, old->st_uid, old->st_gid) < 0 && errno != EPERM)
         r = -errno;
     for (size_t off = 0; r == 0 && off < len;) {
         ssize_t w = write(fd, text + off, len - off);
@@ -234,10 +241,10 @@ int passwd_main(int argc, char **argv)
 
     char *text = NULL, *out = NULL;
     size_t len = 0, olen = 0, ocap = 0;
-    mode_t mode = 0600;
+    struct stat st;
     int rc = 1;
     if (!create) {
-        int r = passwd_read_file(file, &text, &len, &mode);
+        int r = passwd_read_file(file, &text, &len, &st);
         if (r < 0) {
             fprintf(stderr, "starling passwd: %s: %s\n", file, strerror(-r));
             goto done;
@@ -287,7 +294,7 @@ int passwd_main(int argc, char **argv)
     }
     if (!found && !del && passwd_append(&out, &olen, &ocap, entry, elen) < 0)
         goto nomem;
-    int r = passwd_write_file(file, out ? out : "", olen, mode);
+    int r = passwd_write_file(file, out ? out : "", olen, create ? NULL : &st);
     if (r < 0) {
         fprintf(stderr, "starling passwd: %s: %s\n", file, strerror(-r));
         goto done;

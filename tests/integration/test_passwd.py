@@ -125,3 +125,18 @@ def test_malformed_file_is_refused_with_its_line(scratch):
     assert r.returncode == 1
     assert r.stderr.strip() == f"starling passwd: {pw}: line 1: the hash is not 64 bytes of valid base64"
     assert open(pw).read() == "ok:$6$abcd$efgh\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_update_keeps_mode_and_owner(scratch):
+    pw = os.path.join(scratch, "pw")
+    assert starling_passwd("-c", "-b", pw, "a", "1").returncode == 0
+    os.chown(pw, 65534, 65534)  # nobody:nogroup, as a broker's own user would own it
+    os.chmod(pw, 0o640)
+    assert starling_passwd("-b", pw, "b", "2").returncode == 0
+    st = os.stat(pw)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o640)
+    assert starling_passwd("-D", pw, "a").returncode == 0
+    st = os.stat(pw)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o640)
+    assert [l.split(":")[0] for l in open(pw).read().splitlines()] == ["b"]
