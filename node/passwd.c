@@ -4,8 +4,8 @@
  * The db is a sorted array of entries searched with bsearch. Every entry keeps
  * its decoded salt and hash; a check hashes the offered password the way the
  * entry says ($6$ or $7$) and compares in constant time. An unknown user is
- * checked against a fixed dummy entry so that it costs the same as a wrong
- * password.
+ * hashed like the file's first entry, so that it costs what a wrong password
+ * costs.
  */
 #include "passwd.h"
 
@@ -366,7 +366,7 @@ size_t passwd_count(const struct passwd_db *db)
 bool passwd_check(const struct passwd_db *db, const char *user, size_t ulen, const void *pw,
                   size_t pwlen)
 {
-    /* A fixed $7$ entry with the default rounds: unknown users cost the same. */
+    /* For an empty db: a $7$ entry with the default rounds. */
     static const struct passwd_hash dummy = {
         .kind = PASSWD_PBKDF2, .iterations = PASSWD_ITERATIONS, .salt_len = PASSWD_SALT_NEW};
     const struct passwd_entry *e = NULL;
@@ -374,6 +374,9 @@ bool passwd_check(const struct passwd_db *db, const char *user, size_t ulen, con
         struct passwd_entry key = {.user = (char *)user, .ulen = ulen};
         e = bsearch(&key, db->v, db->n, sizeof(*db->v), passwd_entry_cmp);
     }
-    bool ok = passwd_hash_matches(e ? &e->h : &dummy, pw, pwlen);
+    /* An unknown user is hashed like the file's first entry (files are
+     * usually uniform: mosquitto_passwd writes one format and round count). */
+    const struct passwd_hash *h = e ? &e->h : db && db->n ? &db->v[0].h : &dummy;
+    bool ok = passwd_hash_matches(h, pw, pwlen);
     return e != NULL && ok;
 }

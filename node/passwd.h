@@ -50,9 +50,11 @@ size_t passwd_count(const struct passwd_db *db);
 
 /*
  * Does user (ulen bytes) exist and is pw (pwlen bytes) its password?
- * Returns true only for a match. An unknown user costs the same hashing as
- * a known one, and hashes are compared with CRYPTO_memcmp, so the answer's
- * timing says neither whether the user exists nor how much of a hash matched.
+ * Returns true only for a match. An unknown user is hashed like the file's
+ * first entry, and hashes are compared with CRYPTO_memcmp: in a file of one
+ * format and round count (what mosquitto_passwd and starling passwd write),
+ * the time taken says neither whether the user exists nor how much of a hash
+ * matched.
  */
 bool passwd_check(const struct passwd_db *db, const char *user, size_t ulen, const void *pw,
                   size_t pwlen);
