@@ -4,7 +4,8 @@
 PACKAGES := build-essential cmake pkg-config clang libuv1-dev libssl-dev \
 	libprotobuf-c-dev protobuf-c-compiler libraft-dev liblmdb-dev libcunit1-dev \
 	python3-paho-mqtt python3-pytest mosquitto-clients libmosquitto-dev mosquitto \
-	iproute2 procps python3-lmdb e2fsprogs util-linux python3-yaml lmdb-utils
+	iproute2 procps python3-lmdb e2fsprogs util-linux python3-yaml lmdb-utils \
+	libwslay-dev libhttp-parser-dev openssl
 
 PYTHON := /usr/bin/python3
 JOBS := $(shell nproc 2>/dev/null || echo 2)
@@ -12,7 +13,7 @@ RELEASE_DIR := build/release
 ASAN_DIR := build/asan
 ARGS ?=
 
-.PHONY: all deps build build-asan run test unit integration fuzz bench bench-smoke bench-crosscheck \
+.PHONY: all deps npm-deps build build-asan run test unit integration fuzz bench bench-smoke bench-crosscheck \
 	format clean image test-deploy
 
 all: build
@@ -26,6 +27,12 @@ deps:
 		echo "installing:$$missing"; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
+
+# MQTT.js (npm "mqtt"), the browser client the WebSocket tests use.
+NPM_DIR := build/npm
+npm-deps:
+	@test -d $(NPM_DIR)/node_modules/mqtt || \
+		(mkdir -p $(NPM_DIR) && cd $(NPM_DIR) && npm install --no-audit --no-fund --silent mqtt@5)
 
 build: deps
 	cmake -S . -B $(RELEASE_DIR) -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -43,7 +50,7 @@ unit: build-asan
 	cd $(ASAN_DIR) && ctest --output-on-failure
 
 # The integration suite runs against the sanitizer build, with 1 and 2 workers.
-integration: build-asan
+integration: build-asan npm-deps
 	STARLING_TEST_BIN=$(CURDIR)/$(ASAN_DIR)/node/starling STARLING_TEST_WORKERS=1 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 	STARLING_TEST_BIN=$(CURDIR)/$(ASAN_DIR)/node/starling STARLING_TEST_WORKERS=2 \

@@ -14,6 +14,7 @@
 #include "broker.h"
 #include "config.h"
 #include "log.h"
+#include "passwd.h"
 #include "persist.h"
 
 extern char **environ;
@@ -21,6 +22,7 @@ extern char **environ;
 static void usage(FILE *out)
 {
     fprintf(out, "usage: starling [-c FILE] [-p PORT] [-v] [-h]\n"
+                 "       starling passwd [-c | -D] [-b] FILE USER [PASSWORD]\n"
                  "\n"
                  "  -c, --config FILE  read the configuration file FILE\n"
                  "  -p, --port PORT    listen for MQTT on PORT (overrides the file and\n"
@@ -44,6 +46,8 @@ int main(int argc, char **argv)
     };
     const char *file = NULL, *port = NULL;
     int ch;
+    if (argc >= 2 && strcmp(argv[1], "passwd") == 0)
+        return passwd_main(argc - 1, argv + 1);
     while ((ch = getopt_long(argc, argv, "c:p:vh", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
