@@ -6,9 +6,16 @@ default, or "mosquitto" as a reference implementation) and provides the
 free port and returns a handle; all brokers a test started are stopped (and,
 for Starling, checked for a clean exit without sanitizer reports) when the
 test ends.
+
+Temporary files: everything a run writes (the brokers' configurations, logs
+and stores, every `tmp_path`) lives in one directory made under $TMPDIR
+(default /tmp) and removed when pytest exits; each test's brokers' files are
+removed as soon as the test ends. STARLING_TEST_KEEP_TMP=1 keeps them (the
+path is printed). With pytest-xdist (-n N) the workers share that directory.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -88,11 +95,31 @@ def _fmt(value):
     return str(value)
 
 
+def _is_xdist_worker(config):
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    # before pytest's tmp_path plugin reads --basetemp: pytest itself would keep
+    # its last three runs in $TMPDIR/pytest-of-<user>
+    if config.option.basetemp is None and not _is_xdist_worker(config):
+        config.option.basetemp = tempfile.mkdtemp(prefix="starling-pytest-")
+        config._starling_tmp = config.option.basetemp
     config.addinivalue_line(
         "markers",
         "starling_only: Starling-specific behaviour, or a case where mosquitto 2.0.11 "
         "deviates from the MQTT specification; skipped when the broker is mosquitto")
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_starling_tmp", None)
+    if path is None:
+        return
+    if os.environ.get("STARLING_TEST_KEEP_TMP"):
+        print(f"\ntemporary files kept in {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -248,10 +275,10 @@ class Broker:
 
 
 @pytest.fixture
-def broker():
+def broker(tmp_path_factory):
     """Factory: broker(**config) starts a fresh broker and returns its handle."""
     started = []
-    tmpdir = tempfile.mkdtemp(prefix="starling-it-")
+    tmpdir = str(tmp_path_factory.mktemp("brokers"))
 
     def start(**config):
         b = Broker(config, tmpdir)
@@ -265,5 +292,7 @@ def broker():
             b.stop()
         except BaseException as e:  # pytest.fail raises an OutcomeException
             failures.append(str(e))
+    if not os.environ.get("STARLING_TEST_KEEP_TMP"):
+        shutil.rmtree(tmpdir, ignore_errors=True)
     if failures:
         pytest.fail("\n".join(failures))
