@@ -185,7 +185,7 @@ class Runner:
             return
         p.tmp = self.tmp_root / p.name
         p.tmp.mkdir()
-        env = dict(os.environ, TMPDIR=str(p.tmp), **p.env)
+        env = dict(os.environ, TMPDIR=str(p.tmp), PYTHONDONTWRITEBYTECODE="1", **p.env)
         self.say(f"start {p.name}: {' '.join(p.argv)}")
         p.logf = open(p.log, "wb")
         p.start = time.monotonic()
