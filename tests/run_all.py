@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT / "build" / "test-logs"
 PYTHON = "/usr/bin/python3"
-NCPU = os.cpu_count() or 2
+NCPU = len(os.sched_getaffinity(0)) or 2
 BUDGET = 2 * NCPU
 PART_TIMEOUT = float(os.environ.get("STARLING_TEST_PART_TIMEOUT", "1800"))
 SKIPPED_RC = 77
@@ -265,13 +265,18 @@ class Runner:
                         p.state, p.seconds = "failed", 0.0
                         p.detail = f"not run: {self.blocked(p)} failed"
                         self.say(f"{p.name}: {p.detail}")
+                launched = False
                 for p in self.parts:
                     if self.ready(p) and (self.used + p.cost <= BUDGET or self.used == 0):
                         self.launch(p)
+                        launched = True
                 running = [p for p in self.parts if p.state == "running"]
                 if not running:
-                    if any(p.state == "waiting" for p in self.parts):
-                        continue  # skipped parts freed their dependents
+                    if launched:
+                        continue  # only skipped parts: their dependents are ready now
+                    for p in self.parts:
+                        if p.state == "waiting":  # cannot happen: needs form no cycle
+                            p.state, p.seconds, p.detail = "failed", 0.0, "never became ready"
                     break
                 self.finish(*self.ended.get())
         except KeyboardInterrupt:
@@ -297,7 +302,12 @@ class Runner:
         return 1 if counts.get("failed") else 0
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a CI timeout): stop the parts as on ^C
+
+
 def main(argv):
+    signal.signal(signal.SIGTERM, _terminate)
     if argv[:1] == ["--list"]:
         for p in PARTS:
             print(f"{p.name:16} needs {', '.join(p.needs) or '-':12} {p.what}")
