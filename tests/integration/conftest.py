@@ -7,11 +7,10 @@ free port and returns a handle; all brokers a test started are stopped (and,
 for Starling, checked for a clean exit without sanitizer reports) when the
 test ends.
 
-Temporary files: everything a run writes (the brokers' configurations, logs
-and stores, every `tmp_path`) lives in one directory made under $TMPDIR
-(default /tmp) and removed when pytest exits; each test's brokers' files are
-removed as soon as the test ends. STARLING_TEST_KEEP_TMP=1 keeps them (the
-path is printed). With pytest-xdist (-n N) the workers share that directory.
+Temporary files: the brokers' configurations, logs and stores go under
+pytest's temporary directory (see tests/conftest.py: one directory under
+$TMPDIR, removed when pytest exits) and are removed as soon as the test ends,
+unless STARLING_TEST_KEEP_TMP=1.
 """
 
 import os
@@ -20,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -95,31 +93,11 @@ def _fmt(value):
     return str(value)
 
 
-def _is_xdist_worker(config):
-    return hasattr(config, "workerinput")
-
-
-@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    # before pytest's tmp_path plugin reads --basetemp: pytest itself would keep
-    # its last three runs in $TMPDIR/pytest-of-<user>
-    if config.option.basetemp is None and not _is_xdist_worker(config):
-        config.option.basetemp = tempfile.mkdtemp(prefix="starling-pytest-")
-        config._starling_tmp = config.option.basetemp
     config.addinivalue_line(
         "markers",
         "starling_only: Starling-specific behaviour, or a case where mosquitto 2.0.11 "
         "deviates from the MQTT specification; skipped when the broker is mosquitto")
-
-
-def pytest_unconfigure(config):
-    path = getattr(config, "_starling_tmp", None)
-    if path is None:
-        return
-    if os.environ.get("STARLING_TEST_KEEP_TMP"):
-        print(f"\ntemporary files kept in {path}")
-    else:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
