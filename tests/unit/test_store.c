@@ -4,6 +4,11 @@
  * retained messages, long ids and topics, format version, corrupt and
  * unwritable directories, map growth and its limit, group commit, sync
  * modes, poisoned batches, and a full disk (tmpfs, root only).
+ *
+ * Usage: test_store [SUITE]: every suite, or only "store" or "disk_full".
+ * ctest runs each suite as its own test; "disk_full" needs root to mount a
+ * tmpfs and exits with 77 (ctest: skipped) when it cannot. Temporary
+ * directories go under $TMPDIR (default /tmp) and are removed.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -40,9 +45,15 @@ static void rm_rf(const char *dir)
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* Set by a test that could not run; main() then exits with 77. */
+static int g_skipped;
+
 static char *tmpdir(void)
 {
-    char *d = strdup("/tmp/test_store.XXXXXX");
+    const char *base = getenv("TMPDIR");
+    char *d = NULL;
+    if (asprintf(&d, "%s/test_store.XXXXXX", base && *base ? base : "/tmp") < 0)
+        d = NULL;
     CU_ASSERT_PTR_NOT_NULL_FATAL(d);
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(d));
     return d;
@@ -1050,11 +1061,13 @@ static void test_disk_full(void)
 {
     if (geteuid() != 0) {
         printf("skipped: needs root to mount a tmpfs ");
+        g_skipped = 1;
         return;
     }
     char *mnt = tmpdir();
     if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
         printf("skipped: cannot mount tmpfs (%s) ", strerror(errno));
+        g_skipped = 1;
         rmdir(mnt);
         free(mnt);
         return;
@@ -1142,12 +1155,13 @@ static void test_disk_full(void)
     free(mnt);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
         return 2;
     CU_pSuite s = CU_add_suite("store", NULL, NULL);
-    if (!s) {
+    CU_pSuite disk = CU_add_suite("disk_full", NULL, NULL);
+    if (!s || !disk) {
         CU_cleanup_registry();
         return 2;
     }
@@ -1164,10 +1178,20 @@ int main(void)
     CU_add_test(s, "group commit from 4 threads", test_group_commit);
     CU_add_test(s, "sync modes", test_sync_modes);
     CU_add_test(s, "poisoned, empty and chained batches", test_batches);
-    CU_add_test(s, "disk full (tmpfs)", test_disk_full);
+    CU_add_test(disk, "disk full (tmpfs)", test_disk_full);
     CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
+    if (argc > 1) {
+        CU_pSuite only = CU_get_suite(argv[1]);
+        if (!only) {
+            fprintf(stderr, "test_store: no suite %s (store, disk_full)\n", argv[1]);
+            CU_cleanup_registry();
+            return 2;
+        }
+        CU_basic_run_suite(only);
+    } else {
+        CU_basic_run_tests();
+    }
     unsigned fails = CU_get_number_of_failures();
     CU_cleanup_registry();
-    return fails ? 1 : 0;
+    return fails ? 1 : g_skipped ? 77 : 0;
 }
