@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* Whether a message may be sent to subscribers yet (struct msg.hold). */
 enum { MSG_READY = 0, MSG_HELD = 1, MSG_REJECTED = 2 };
@@ -65,7 +66,13 @@ static inline struct msg *msg_ref(struct msg *m)
     return m;
 }
 
-void msg_unref(struct msg *m);
+/* Drop a reference (m may be NULL); the last one frees m. Inline: every
+ * delivery drops one. */
+static inline void msg_unref(struct msg *m)
+{
+    if (m && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
+        free(m);
+}
 
 static inline const char *msg_topic(const struct msg *m)
 {
