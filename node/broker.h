@@ -20,8 +20,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <uv.h>
-
 #include "config.h"
 #include "msg.h"
 #include "registry.h"
@@ -30,6 +28,7 @@
 #include "sink.h"
 #include "sub_index.h"
 
+struct server;
 struct worker;
 struct session;
 struct store;
@@ -69,14 +68,8 @@ struct broker {
     struct broker_stats stats;
     struct store *store; /* NULL when persistence is off */
 
-    /* The network side, owned by server.c. */
-    int n_workers;
-    struct worker **workers;
-    uv_loop_t *loop; /* the main thread's loop: signals, housekeeping */
-    uv_signal_t sigint, sigterm;
-    uv_timer_t housekeeping;
-    uv_timer_t sys_timer;
-    atomic_long connections; /* open TCP connections */
+    /* The network side (server.h), while server_run runs; opaque here. */
+    struct server *server;
 };
 
 /* Set up the engine (no threads, no sockets). Returns 0 or a negative errno. */

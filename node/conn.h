@@ -69,7 +69,7 @@ struct conn {
     struct session *session;
     struct conn_write *wr; /* the write in progress, if any */
     struct msg *will;
-    struct conn_extra *x; /* see conn.c */
+    struct conn_extra *x; /* see above */
     struct buf in;        /* an incomplete packet */
     struct buf out;       /* output waiting for the next write */
     uint64_t last_rx;     /* worker loop ms */

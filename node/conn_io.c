@@ -23,6 +23,7 @@
 
 #include "broker.h"
 #include "conn.h"
+#include "server.h"
 #include "session.h"
 #include "worker.h"
 
@@ -204,8 +205,10 @@ static void conn_io_write_cb(uv_write_t *req, int status)
         if (c->out.len)
             conn_flush(c);
         struct session *s = c->session;
-        if (s && s->queue.len) /* a racy hint; the flush itself locks */
-            session_flush(c->w->b, s);
+        /* a racy hint; the flush itself locks, and does nothing when the
+         * session was taken over by a connection of another worker */
+        if (s && s->queue.len)
+            session_flush_owned(c->w->b, s, c->w);
     }
     conn_unref(c);
 }
@@ -229,7 +232,7 @@ static void conn_io_on_close(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     w->n_conns--;
-    atomic_fetch_sub(&w->b->connections, 1);
+    atomic_fetch_sub(&w->b->server->connections, 1);
     conn_unref(c);
     worker_conn_gone(w);
 }
@@ -251,13 +254,14 @@ void conn_accept(struct worker *w, uv_stream_t *server)
         w->conns->prev = c;
     w->conns = c;
     w->n_conns++;
-    atomic_fetch_add(&b->connections, 1);
+    struct server *srv = b->server;
+    atomic_fetch_add(&srv->connections, 1);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         conn_io_close(c);
         return;
     }
     if (w->stopping ||
-        (b->cfg.max_connections && atomic_load(&b->connections) > (long)b->cfg.max_connections)) {
+        (b->cfg.max_connections && atomic_load(&srv->connections) > (long)b->cfg.max_connections)) {
         conn_io_close(c);
         return;
     }

@@ -15,7 +15,7 @@
  *    b->registry_ops / b->registry_ud, by way of registry_claim,
  *    registry_release and registry_tick below. registry_local_ops (ud: the
  *    struct broker) is installed by broker_init; the cluster installs its own
- *    before broker_run, which makes a claim a Raft round trip (client id ->
+ *    before server_run, which makes a claim a Raft round trip (client id ->
  *    owning node, epoch) and does the local part with the registry_local_*
  *    functions.
  *

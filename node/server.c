@@ -37,14 +37,15 @@ static void server_close_cb(uv_handle_t *h)
 static void server_on_signal(uv_signal_t *sig, int signum)
 {
     struct broker *b = sig->data;
+    struct server *srv = b->server;
     log_info("signal %d: shutting down", signum);
     atomic_store(&b->stopping, true);
-    for (int i = 0; i < b->n_workers; i++)
-        worker_post_stop(b->workers[i]);
-    uv_close((uv_handle_t *)&b->sigint, server_close_cb);
-    uv_close((uv_handle_t *)&b->sigterm, server_close_cb);
-    uv_close((uv_handle_t *)&b->housekeeping, server_close_cb);
-    uv_close((uv_handle_t *)&b->sys_timer, server_close_cb);
+    for (int i = 0; i < srv->n_workers; i++)
+        worker_post_stop(srv->workers[i]);
+    uv_close((uv_handle_t *)&srv->sigint, server_close_cb);
+    uv_close((uv_handle_t *)&srv->sigterm, server_close_cb);
+    uv_close((uv_handle_t *)&srv->housekeeping, server_close_cb);
+    uv_close((uv_handle_t *)&srv->sys_timer, server_close_cb);
 }
 
 /* Create the workers and bind their listeners; *port gets the port they
@@ -53,6 +54,7 @@ static void server_on_signal(uv_signal_t *sig, int signum)
 static int server_listen(struct broker *b, uint16_t *port)
 {
     const struct config *cfg = &b->cfg;
+    struct server *srv = b->server;
     int r = 0;
     /* Another process (a second broker) listening on the port would not stop
      * the SO_REUSEPORT listeners from binding: the kernel would split the
@@ -62,11 +64,11 @@ static int server_listen(struct broker *b, uint16_t *port)
         if (r != 0)
             log_error("cannot listen on %s:%u: %s", cfg->bind_address, *port, uv_strerror(r));
     }
-    for (int i = 0; i < b->n_workers && r == 0; i++) {
-        b->workers[i] = worker_new(b, i);
-        if (!b->workers[i])
+    for (int i = 0; i < srv->n_workers && r == 0; i++) {
+        srv->workers[i] = worker_new(b, i);
+        if (!srv->workers[i])
             return UV_ENOMEM;
-        r = worker_listen(b->workers[i], cfg->bind_address, *port);
+        r = worker_listen(srv->workers[i], cfg->bind_address, *port);
         if (r != 0) {
             log_error("cannot listen on %s:%u: %s", cfg->bind_address, *port, uv_strerror(r));
             return r;
@@ -75,7 +77,7 @@ static int server_listen(struct broker *b, uint16_t *port)
             /* an ephemeral port: every worker listens on the first one's */
             struct sockaddr_storage ss;
             int sl = sizeof(ss);
-            uv_tcp_getsockname(&b->workers[i]->listener, (struct sockaddr *)&ss, &sl);
+            uv_tcp_getsockname(&srv->workers[i]->listener, (struct sockaddr *)&ss, &sl);
             *port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
         }
     }
@@ -85,50 +87,54 @@ static int server_listen(struct broker *b, uint16_t *port)
 int server_run(struct broker *b)
 {
     const struct config *cfg = &b->cfg;
+    struct server *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return -ENOMEM;
+    b->server = srv;
     b->sink = &conn_sink_ops;
-    b->loop = uv_default_loop();
-    b->n_workers = config_worker_count(cfg);
-    b->workers = calloc((size_t)b->n_workers, sizeof(*b->workers));
-    if (!b->workers)
+    srv->loop = uv_default_loop();
+    srv->n_workers = config_worker_count(cfg);
+    srv->workers = calloc((size_t)srv->n_workers, sizeof(*srv->workers));
+    if (!srv->workers)
         return -ENOMEM;
     /* Signals first: a SIGTERM that arrives during start-up stops cleanly. */
-    uv_signal_init(b->loop, &b->sigint);
-    uv_signal_init(b->loop, &b->sigterm);
-    b->sigint.data = b->sigterm.data = b;
-    uv_signal_start(&b->sigint, server_on_signal, SIGINT);
-    uv_signal_start(&b->sigterm, server_on_signal, SIGTERM);
+    uv_signal_init(srv->loop, &srv->sigint);
+    uv_signal_init(srv->loop, &srv->sigterm);
+    srv->sigint.data = srv->sigterm.data = b;
+    uv_signal_start(&srv->sigint, server_on_signal, SIGINT);
+    uv_signal_start(&srv->sigterm, server_on_signal, SIGTERM);
     uint16_t port = cfg->port;
     int r = server_listen(b, &port);
-    for (int i = 0; i < b->n_workers && r == 0; i++)
-        r = worker_start(b->workers[i]);
+    for (int i = 0; i < srv->n_workers && r == 0; i++)
+        r = worker_start(srv->workers[i]);
     if (r != 0) {
-        for (int i = 0; i < b->n_workers; i++) {
-            if (b->workers[i] && b->workers[i]->started) {
-                worker_post_stop(b->workers[i]);
-                worker_join(b->workers[i]);
+        for (int i = 0; i < srv->n_workers; i++) {
+            if (srv->workers[i] && srv->workers[i]->started) {
+                worker_post_stop(srv->workers[i]);
+                worker_join(srv->workers[i]);
             }
         }
-        uv_close((uv_handle_t *)&b->sigint, server_close_cb);
-        uv_close((uv_handle_t *)&b->sigterm, server_close_cb);
-        uv_run(b->loop, UV_RUN_DEFAULT);
+        uv_close((uv_handle_t *)&srv->sigint, server_close_cb);
+        uv_close((uv_handle_t *)&srv->sigterm, server_close_cb);
+        uv_run(srv->loop, UV_RUN_DEFAULT);
         return r;
     }
     log_info("starling %s listening on %s:%u (MQTT, %d worker%s)", STARLING_VERSION,
-             cfg->bind_address, port, b->n_workers, b->n_workers == 1 ? "" : "s");
+             cfg->bind_address, port, srv->n_workers, srv->n_workers == 1 ? "" : "s");
 
-    uv_timer_init(b->loop, &b->housekeeping);
-    b->housekeeping.data = b;
-    uv_timer_start(&b->housekeeping, server_on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
-    uv_timer_init(b->loop, &b->sys_timer);
-    b->sys_timer.data = b;
+    uv_timer_init(srv->loop, &srv->housekeeping);
+    srv->housekeeping.data = b;
+    uv_timer_start(&srv->housekeeping, server_on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
+    uv_timer_init(srv->loop, &srv->sys_timer);
+    srv->sys_timer.data = b;
     if (cfg->sys_interval) {
         sys_publish(b);
-        uv_timer_start(&b->sys_timer, server_on_sys, (uint64_t)cfg->sys_interval * 1000u,
+        uv_timer_start(&srv->sys_timer, server_on_sys, (uint64_t)cfg->sys_interval * 1000u,
                        (uint64_t)cfg->sys_interval * 1000u);
     }
-    uv_run(b->loop, UV_RUN_DEFAULT);
-    for (int i = 0; i < b->n_workers; i++)
-        worker_join(b->workers[i]);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < srv->n_workers; i++)
+        worker_join(srv->workers[i]);
     log_info("stopped");
     return 0;
 }
@@ -140,13 +146,17 @@ void server_cleanup(struct broker *b)
      * completions post to the workers, which are freed only after. */
     atomic_store(&b->stopping, true);
     persist_close(b);
-    if (b->workers) {
-        for (int i = 0; i < b->n_workers; i++)
-            worker_free(b->workers[i]);
-        free(b->workers);
-        b->workers = NULL;
+    struct server *srv = b->server;
+    if (!srv)
+        return;
+    if (srv->workers) {
+        for (int i = 0; i < srv->n_workers; i++)
+            worker_free(srv->workers[i]);
+        free(srv->workers);
+        srv->workers = NULL;
     }
-    if (b->loop)
-        uv_loop_close(b->loop);
-    b->loop = NULL;
+    if (srv->loop)
+        uv_loop_close(srv->loop);
+    free(srv);
+    b->server = NULL;
 }

@@ -10,7 +10,23 @@
 #ifndef STARLING_SERVER_H
 #define STARLING_SERVER_H
 
+#include <stdatomic.h>
+
+#include <uv.h>
+
 struct broker;
+struct worker;
+
+/* The network side of a broker (b->server). */
+struct server {
+    int n_workers;
+    struct worker **workers;
+    uv_loop_t *loop; /* the main thread's loop: signals, housekeeping */
+    uv_signal_t sigint, sigterm;
+    uv_timer_t housekeeping;
+    uv_timer_t sys_timer;
+    atomic_long connections; /* open TCP connections, all workers */
+};
 
 /* Install the sink, start workers and listeners, run until SIGINT/SIGTERM
  * stopped every worker. Returns 0 or a negative errno when the listeners

@@ -301,13 +301,6 @@ void session_flush_locked(struct broker *b, struct session *s)
         persist_submit(b, &bt, NULL, NULL);
 }
 
-void session_flush(struct broker *b, struct session *s)
-{
-    lock_acquire(&s->lock);
-    session_flush_locked(b, s);
-    lock_release(&s->lock);
-}
-
 void session_flush_owned(struct broker *b, struct session *s, struct worker *w)
 {
     lock_acquire(&s->lock);

@@ -124,9 +124,7 @@ void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t
                      struct store_batch **bt);
 
 /* Pump queued messages into the attached connection, within the inflight
- * window. Only the worker owning s->conn may call it; takes s->lock. */
-void session_flush(struct broker *b, struct session *s);
-/* Same, with s->lock held. */
+ * window. Only the worker owning s->conn may call it; s->lock held. */
 void session_flush_locked(struct broker *b, struct session *s);
 /* Flush s on behalf of worker w if w still owns its connection (a flush
  * posted earlier may arrive after the session moved). Takes s->lock. */
