@@ -264,6 +264,26 @@ void registry_local_claim(struct broker *b, const struct registry_claim *req,
     done(done_ud, status, s);
 }
 
+struct session *registry_local_surrender(struct broker *b, const char *id, uint16_t id_len,
+                                         bool resumed)
+{
+    struct registry *r = &b->registry;
+    pthread_mutex_lock(&r->lock);
+    struct session *s = registry_find(r, id, id_len);
+    if (s) {
+        lock_acquire(&s->lock);
+        if (s->conn) {
+            b->sink->kick(s->w, s->conn, MQTT_RC_SESSION_TAKEN_OVER, resumed);
+            s->conn = NULL;
+            atomic_fetch_sub(&b->stats.clients_connected, 1);
+        }
+        lock_release(&s->lock);
+        registry_remove(r, s);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return s;
+}
+
 static void registry_local_claim_op(void *ud, const struct registry_claim *req,
                                     registry_done_fn done, void *done_ud)
 {

@@ -151,6 +151,17 @@ void registry_remove(struct registry *r, struct session *s);
  */
 void registry_local_claim(struct broker *b, const struct registry_claim *req,
                           struct session *incoming, registry_done_fn done, void *done_ud);
+/*
+ * Another node claimed `id`: kick this node's connection of it (5.0:
+ * DISCONNECT 0x8E; `resumed`: the other node resumes the session, so a
+ * delayed will of the kicked connection is dropped), take the session out of
+ * the table and return it with the table's reference, so that the cluster
+ * can ship its state (subscriptions, queue, inflight, QoS 2 ids, a delayed
+ * will) and then end it (session_end, session_unref). NULL when this node
+ * has no session of that id. Any thread.
+ */
+struct session *registry_local_surrender(struct broker *b, const char *id, uint16_t id_len,
+                                         bool resumed);
 void registry_local_release(struct broker *b, struct session *s, struct conn *c,
                             struct session_will *will, bool resumed, struct worker *cur);
 void registry_local_tick(struct broker *b, uint64_t now_mono_ms);

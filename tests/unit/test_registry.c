@@ -273,6 +273,29 @@ static void test_transferred(void)
     broker_cleanup(&b);
 }
 
+static void test_surrender(void)
+{
+    struct broker b;
+    broker_start(&b);
+    CU_ASSERT_PTR_NULL(registry_local_surrender(&b, "none", 4, true));
+    struct answer a = claim(&b, "dev7", false, 60, CONN(conn_a));
+    struct session *s = registry_local_surrender(&b, "dev7", 4, true);
+    CU_ASSERT_PTR_EQUAL(s, a.s);
+    CU_ASSERT_EQUAL(rec.kicks, 1);
+    CU_ASSERT_PTR_EQUAL(rec.kicked, CONN(conn_a));
+    CU_ASSERT_EQUAL(rec.kick_reason, 0x8E);
+    CU_ASSERT_TRUE(rec.kick_resumed);
+    CU_ASSERT_PTR_NULL(s->conn);
+    CU_ASSERT_FALSE(s->in_table);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 0);
+    CU_ASSERT_EQUAL(atomic_load(&b.stats.clients_connected), 0);
+    /* the kicked connection hands its reference back */
+    registry_release(&b, s, CONN(conn_a), NULL, true, W1);
+    session_end(&b, s);
+    session_unref(s);
+    broker_cleanup(&b);
+}
+
 static void test_two_brokers(void)
 {
     struct broker b1, b2;
@@ -308,6 +331,7 @@ int main(void)
     CU_add_test(s, "takeover drops a delayed will", test_will_dropped_on_takeover);
     CU_add_test(s, "a registry that answers later", test_deferred_answer);
     CU_add_test(s, "a session from another node", test_transferred);
+    CU_add_test(s, "surrender to another node", test_surrender);
     CU_add_test(s, "two brokers in one process", test_two_brokers);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
