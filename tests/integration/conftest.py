@@ -79,9 +79,17 @@ def free_port():
         s.close()
 
 
+# Passed through to the broker (debug builds): STARLING_TEST_REGISTRY=deferred
+# answers every claim of a client id later, from the worker's inbox, as the
+# cluster's registry will (node/registry.h).
+PASS_THROUGH = ("STARLING_TEST_REGISTRY",)
+
+
 def clean_env(extra=None):
-    """The environment for a broker process: no STARLING_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STARLING_")}
+    """The environment for a broker process: no STARLING_* variables but
+    those of PASS_THROUGH."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STARLING_") or k in PASS_THROUGH}
     if extra:
         env.update(extra)
     return env
