@@ -4,7 +4,8 @@
 PACKAGES := build-essential cmake pkg-config clang libuv1-dev libssl-dev \
 	libprotobuf-c-dev protobuf-c-compiler libraft-dev liblmdb-dev libcunit1-dev \
 	python3-paho-mqtt python3-pytest mosquitto-clients libmosquitto-dev mosquitto \
-	iproute2 procps python3-lmdb e2fsprogs util-linux
+	iproute2 procps python3-lmdb e2fsprogs util-linux \
+	libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev
 
 PYTHON := /usr/bin/python3
 JOBS := $(shell nproc 2>/dev/null || echo 2)

@@ -3,7 +3,9 @@
 Selects the broker under test with STARLING_TEST_BROKER ("starling", the
 default, or "mosquitto" as a reference implementation) and provides the
 `broker` factory fixture: every call starts a fresh broker on 127.0.0.1 on a
-free port and returns a handle; all brokers a test started are stopped (and,
+free port and returns a handle (with `admin=True`, Starling also serves its
+admin API on another free port, `handle.admin_port`; otherwise the admin API
+is off, so that no test binds the default port 18083); all brokers a test started are stopped (and,
 for Starling, checked for a clean exit without sanitizer reports) when the
 test ends.
 """
@@ -37,7 +39,7 @@ STARLING_KEYS = {
     "max_queued_bytes", "queue_full_policy", "queue_qos0_messages", "topic_alias_maximum",
     "max_keepalive", "connect_timeout", "sys_interval", "max_session_expiry",
     "retain_available", "max_qos", "allow_zero_length_clientid", "max_connections",
-    "log_level", "persistence", "data_dir", "sync",
+    "log_level", "persistence", "data_dir", "sync", "api_key", "metrics_auth", "admin_bind",
 }
 
 # Starling key -> mosquitto key, for the options mosquitto has an equivalent of.
@@ -75,8 +77,11 @@ def free_port():
 
 
 def clean_env(extra=None):
-    """The environment for a broker process: no STARLING_* variables."""
+    """The environment for a broker process: no STARLING_* variables but
+    STARLING_ADMIN_PORT=0 (no admin API on the default port 18083, which
+    parallel test runs would fight over) unless `extra` sets it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STARLING_")}
+    env["STARLING_ADMIN_PORT"] = "0"
     if extra:
         env.update(extra)
     return env
@@ -113,9 +118,10 @@ def pytest_report_header(config):
 class Broker:
     """One running broker process."""
 
-    def __init__(self, config, tmpdir):
+    def __init__(self, config, tmpdir, admin=False):
         self.host = "127.0.0.1"
         self.port = free_port()
+        self.admin_port = free_port() if admin else None
         self.config = dict(config)
         self.kind = BROKER_KIND
         self._tmpdir = tmpdir
@@ -132,10 +138,15 @@ class Broker:
             argv = self._mosquitto_conf()
         else:
             raise ValueError(f"STARLING_TEST_BROKER must be starling or mosquitto, not {self.kind!r}")
+        if admin and self.kind != "starling":
+            pytest.skip("the admin API is Starling's")
         self._stderr_file = open(self.stderr_path, "wb")
+        env = clean_env({"STARLING_ADMIN_PORT": str(self.admin_port)} if admin else None)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr_file,
-                                     stderr=self._stderr_file, env=clean_env(), cwd=tmpdir)
+                                     stderr=self._stderr_file, env=env, cwd=tmpdir)
         self._wait_ready()
+        if admin:
+            self._wait_listening(self.admin_port)
 
     def _starling_conf(self):
         if not os.path.exists(STARLING_BIN):
@@ -198,6 +209,22 @@ class Broker:
         pytest.fail(f"{self.kind} did not listen on {self.port} within {READY_TIMEOUT} s; "
                     f"stderr:\n{self.stderr_text()}")
 
+    def _wait_listening(self, port):
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._stopped = True
+                self.returncode = self.proc.returncode
+                pytest.fail(f"starling exited with {self.proc.returncode}; "
+                            f"stderr:\n{self.stderr_text()}")
+            try:
+                socket.create_connection((self.host, port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.01)
+        self._kill()
+        pytest.fail(f"starling did not listen on admin port {port} within {READY_TIMEOUT} s")
+
     def _kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -249,12 +276,13 @@ class Broker:
 
 @pytest.fixture
 def broker():
-    """Factory: broker(**config) starts a fresh broker and returns its handle."""
+    """Factory: broker(**config) starts a fresh broker and returns its handle;
+    broker(admin=True, **config) also serves the admin API on a free port."""
     started = []
     tmpdir = tempfile.mkdtemp(prefix="starling-it-")
 
-    def start(**config):
-        b = Broker(config, tmpdir)
+    def start(admin=False, **config):
+        b = Broker(config, tmpdir, admin=admin)
         started.append(b)
         return b
 
