@@ -108,6 +108,7 @@ struct admin_req {
     json_t *body; /* the parsed body of a ROUTE_BODY route */
     char *buf;    /* the body as it arrives, at most a->max_body bytes */
     size_t len;
+    size_t discarded; /* bytes of an oversized body thrown away */
     bool too_large;
     bool responded;
     const char *allow; /* an Allow header for the reply being made */

@@ -12,9 +12,11 @@
  *   1. headers complete: find the route (404, 405), check the API key (401),
  *      the query parameters (400) and the announced body size (413); any of
  *      these answers at once, before a byte of the body is read;
- *   2. each chunk of the body: appended while it fits; past max_body the
- *      request is answered 413 (or, if the server will not queue a response
- *      mid-body, what follows is discarded and 413 answered at the end);
+ *   2. each chunk of the body: appended while it fits; past max_body (a
+ *      body without a Content-Length, chunked) the rest is discarded and the
+ *      request answered 413 at its end (libmicrohttpd queues no response
+ *      while a body arrives); past ADMIN_DISCARD_MAX discarded bytes the
+ *      connection is closed;
  *   3. end of the request: parse the JSON body of a ROUTE_BODY route (400)
  *      and run the handler, which replies.
  */
@@ -33,6 +35,10 @@
 
 #include "admin_int.h"
 #include "log.h"
+
+/* Bytes of an oversized body read and thrown away before the connection is
+ * closed instead of answered. */
+#define ADMIN_DISCARD_MAX (1u << 20)
 
 static void admin_count(struct admin_req *r, unsigned status)
 {
@@ -305,15 +311,18 @@ static enum MHD_Result admin_on_request(void *cls, struct MHD_Connection *conn, 
         return MHD_YES;
     }
     if (*upload_size) {
-        if (!r->responded && !r->too_large) {
+        if (r->too_large) {
+            /* discarded; a client that goes on and on is cut off */
+            r->discarded += *upload_size;
+            *upload_size = 0;
+            return r->discarded > ADMIN_DISCARD_MAX ? MHD_NO : MHD_YES;
+        }
+        if (!r->responded) {
             if (*upload_size > a->max_body - r->len) {
                 r->too_large = true;
                 free(r->buf);
                 r->buf = NULL;
                 r->len = 0;
-                /* answer at once if the server lets us; else at the end */
-                admin_reply_error(r, 413, "payload_too_large",
-                                  "the request body is larger than %zu bytes", a->max_body);
             } else {
                 if (!r->buf && !(r->buf = malloc(a->max_body)))
                     return MHD_NO;

@@ -146,7 +146,7 @@ class Broker:
                                      stderr=self._stderr_file, env=env, cwd=tmpdir)
         self._wait_ready()
         if admin:
-            self._wait_listening(self.admin_port)
+            self._wait_healthy()
 
     def _starling_conf(self):
         if not os.path.exists(STARLING_BIN):
@@ -209,21 +209,32 @@ class Broker:
         pytest.fail(f"{self.kind} did not listen on {self.port} within {READY_TIMEOUT} s; "
                     f"stderr:\n{self.stderr_text()}")
 
-    def _wait_listening(self, port):
+    def _wait_healthy(self):
+        """Wait until GET /api/v1/health on the admin port answers 200 (the
+        node's workers listen and its main loop runs)."""
+        import http.client
         deadline = time.monotonic() + READY_TIMEOUT
+        last = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._stopped = True
                 self.returncode = self.proc.returncode
                 pytest.fail(f"starling exited with {self.proc.returncode}; "
                             f"stderr:\n{self.stderr_text()}")
+            conn = http.client.HTTPConnection(self.host, self.admin_port, timeout=2)
             try:
-                socket.create_connection((self.host, port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.01)
+                conn.request("GET", "/api/v1/health")
+                r = conn.getresponse()
+                last = (r.status, r.read())
+                if r.status == 200:
+                    return
+            except OSError as e:
+                last = e
+            finally:
+                conn.close()
+            time.sleep(0.01)
         self._kill()
-        pytest.fail(f"starling did not listen on admin port {port} within {READY_TIMEOUT} s")
+        pytest.fail(f"starling's admin API not healthy within {READY_TIMEOUT} s: {last}")
 
     def _kill(self):
         if self.proc.poll() is None:
