@@ -96,6 +96,7 @@ struct admin {
     bool metrics_auth;
     size_t max_body;
     uint16_t port;
+    atomic_bool started;      /* MHD_start_daemon returned */
     atomic_ulong requests[6]; /* answered requests by status class: [2] = 2xx ... [5] = 5xx */
 };
 

@@ -362,15 +362,20 @@ static size_t admin_no_unescape(void *cls, struct MHD_Connection *c, char *s)
     return strlen(s);
 }
 
+/* libmicrohttpd's messages: warnings while it starts (why it cannot), debug
+ * afterwards (what a client got wrong is no news for the operator). */
 static void admin_mhd_log(void *cls, const char *fmt, va_list ap)
 {
-    (void)cls;
+    struct admin *a = cls;
     char line[512];
     vsnprintf(line, sizeof(line), fmt, ap);
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
-    log_warn("admin: %s", line);
+    if (atomic_load(&a->started))
+        log_debug("admin: %s", line);
+    else
+        log_warn("admin: %s", line);
 }
 
 /* Bind the address once without SO_REUSEPORT, for a clear error (the server
@@ -429,13 +434,12 @@ int admin_start(const struct admin_options *opt, const struct admin_provider *p,
     a->max_body = opt->max_body ? opt->max_body : ADMIN_DEFAULT_MAX_BODY;
     unsigned max_conn = opt->max_connections ? opt->max_connections : ADMIN_DEFAULT_MAX_CONNECTIONS;
     unsigned timeout = opt->timeout_s ? opt->timeout_s : ADMIN_DEFAULT_TIMEOUT_S;
-    a->daemon =
-        MHD_start_daemon(flags, opt->port, NULL, NULL, admin_on_request, a,
-                         MHD_OPTION_EXTERNAL_LOGGER, admin_mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
-                         (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, max_conn,
-                         MHD_OPTION_CONNECTION_TIMEOUT, timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                         (size_t)32768, MHD_OPTION_NOTIFY_COMPLETED, admin_on_completed, NULL,
-                         MHD_OPTION_UNESCAPE_CALLBACK, admin_no_unescape, NULL, MHD_OPTION_END);
+    a->daemon = MHD_start_daemon(
+        flags, opt->port, NULL, NULL, admin_on_request, a, MHD_OPTION_EXTERNAL_LOGGER,
+        admin_mhd_log, a, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
+        max_conn, MHD_OPTION_CONNECTION_TIMEOUT, timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)32768, MHD_OPTION_NOTIFY_COMPLETED, admin_on_completed, NULL,
+        MHD_OPTION_UNESCAPE_CALLBACK, admin_no_unescape, NULL, MHD_OPTION_END);
     if (!a->daemon) {
         snprintf(err, errlen, "admin API: cannot start the HTTP server on %s:%u", opt->bind_address,
                  opt->port);
@@ -444,6 +448,7 @@ int admin_start(const struct admin_options *opt, const struct admin_provider *p,
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(a->daemon, MHD_DAEMON_INFO_BIND_PORT);
     a->port = info ? info->port : opt->port;
+    atomic_store(&a->started, true);
     *out = a;
     return 0;
 }

@@ -572,6 +572,27 @@ def test_sigterm_with_open_admin_connections(node):
             s.close()
 
 
+def test_connection_limit(node):
+    """64 connections at once: a 65th is served only once one of them closes."""
+    held = [socket.create_connection((node.host, node.admin_port), timeout=TIMEOUT)
+            for _ in range(64)]
+    extra = socket.create_connection((node.host, node.admin_port), timeout=TIMEOUT)
+    try:
+        extra.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        extra.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            extra.recv(1)
+        for s in held:
+            s.close()
+        held = []
+        status, body = _read_response(extra)
+        assert status == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        for s in held:
+            s.close()
+        extra.close()
+
+
 def test_admin_port_in_use_refuses_to_start(tmp_path):
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
