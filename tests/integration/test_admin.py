@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import SANITIZER_MARKERS, STARLING_BIN, clean_env, free_port
-from helpers import paho, uid
+from helpers import paho, raw, uid
 
 pytestmark = pytest.mark.starling_only
 
@@ -553,6 +553,33 @@ def test_metrics_checker_rejects_bad_text():
 
 
 # ---- the server's limits and life cycle --------------------------------------
+
+
+def test_health_503_while_shutting_down(node):
+    """Between SIGTERM and exit (here: a client that does not read holds the
+    shutdown for its grace period), health is 503 and starling_up 0."""
+    slow = raw(node, uid("slow"))
+    slow.subscribe(("slow/#", 0))
+    pub = paho(node, uid("pub"))
+    chunk = b"x" * 65536
+    for _ in range(320):  # 20 MiB: more than the loopback socket buffers hold
+        pub.publish("slow/t", chunk, qos=0)
+    pub.publish("other", b"", qos=1)  # acknowledged: the broker has read all before it
+    node.send_signal(signal.SIGTERM)
+
+    def unavailable():
+        st, _, data = request(node, "GET", "/api/v1/health", auth=None)
+        return (st, json.loads(data)) if st == 503 else None
+    st, doc = wait_until(unavailable, "health to turn 503", timeout=5)
+    assert doc == {"status": "unavailable", "serving": False, "clustered": False,
+                   "reason": "the node is shutting down"}
+    assert one(metrics(node), "starling_up") == 0
+    rc, out, err = ctl(node, "health", api_key=None)
+    assert rc == 1 and out == ""
+    assert err == "starling ctl: the node is shutting down (HTTP 503 unavailable)\n"
+    assert node.stop(sig=None) == 0
+    slow.abort()
+    pub.stop()
 
 
 def test_sigterm_with_open_admin_connections(node):
