@@ -112,11 +112,13 @@ struct admin_req {
     size_t discarded; /* bytes of an oversized body thrown away */
     bool too_large;
     bool responded;
-    const char *allow; /* an Allow header for the reply being made */
+    const char *allow;   /* an Allow header for the reply being made */
+    char **query_values; /* handed out by admin_req_query */
+    size_t n_query_values;
 };
 
-/* The value of a query parameter (decoded), or NULL. Owned by the request
- * until it ends. */
+/* The value of a query parameter (decoded), or NULL when absent (or out of
+ * memory). Owned by the request until it ends. */
 const char *admin_req_query(struct admin_req *r, const char *name);
 
 /* Reply with a JSON document (takes the reference on doc). */

@@ -137,26 +137,21 @@ static enum MHD_Result admin_query_check_one(void *cls, enum MHD_ValueKind kind,
     return MHD_YES;
 }
 
-/* The decoded values handed out by admin_req_query, freed with the request. */
-struct req_extra {
-    char *v[8];
-    size_t n;
-};
-
 const char *admin_req_query(struct admin_req *r, const char *name)
 {
     const char *raw = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
     if (!raw)
         return NULL;
-    struct req_extra *x = (struct req_extra *)(r + 1);
-    if (x->n == sizeof(x->v) / sizeof(x->v[0]))
+    char **nv = realloc(r->query_values, (r->n_query_values + 1) * sizeof(*nv));
+    if (!nv)
         return NULL;
+    r->query_values = nv;
     char *v = strdup(raw);
     if (!v || admin_query_decode(v) < 0) {
         free(v);
-        return NULL; /* refused earlier by admin_query_check_one */
+        return NULL; /* refused by admin_query_check_one before the handler ran */
     }
-    x->v[x->n++] = v;
+    nv[r->n_query_values++] = v;
     return v;
 }
 
@@ -300,7 +295,7 @@ static enum MHD_Result admin_on_request(void *cls, struct MHD_Connection *conn, 
     struct admin *a = cls;
     struct admin_req *r = *con_cls;
     if (!r) {
-        r = calloc(1, sizeof(*r) + sizeof(struct req_extra));
+        r = calloc(1, sizeof(*r));
         if (!r)
             return MHD_NO;
         r->a = a;
@@ -345,9 +340,9 @@ static void admin_on_completed(void *cls, struct MHD_Connection *conn, void **co
     struct admin_req *r = *con_cls;
     if (!r)
         return;
-    struct req_extra *x = (struct req_extra *)(r + 1);
-    for (size_t i = 0; i < x->n; i++)
-        free(x->v[i]);
+    for (size_t i = 0; i < r->n_query_values; i++)
+        free(r->query_values[i]);
+    free(r->query_values);
     admin_params_clear(&r->params);
     json_decref(r->body);
     free(r->buf);
