@@ -1,8 +1,13 @@
 /*
  * ctl.c - `starling ctl`: the admin API from the command line (libcurl).
  *
- *   starling ctl [--host H] [--port P] [--api-key KEY:SECRET] [--json]
- *                [--timeout S] COMMAND...
+ *   starling ctl [-c FILE] [--host H] [--port P] [--api-key KEY:SECRET]
+ *                [--json] [--timeout S] COMMAND...
+ *
+ * Where to connect and with which key come, like the node's own settings,
+ * from the node's configuration (-c FILE, then STARLING_* variables: inside
+ * a node's container `starling ctl cluster status` just works), and the
+ * options override them.
  *
  * Every command is one line of the table `commands`: its words, the name of
  * its argument (if any), the HTTP method and path ("{}" is replaced by the
@@ -22,6 +27,9 @@
 #include <jansson.h>
 
 #include "admin.h"
+#include "config.h"
+
+extern char **environ;
 
 #define CTL_EXIT_OK 0
 #define CTL_EXIT_API 1
@@ -183,9 +191,13 @@ static void ctl_usage(FILE *out)
 {
     fprintf(out, "usage: starling ctl [OPTIONS] COMMAND\n\n"
                  "Options:\n"
-                 "  --host H            the node's admin address (default 127.0.0.1)\n"
-                 "  --port P            its admin port (default 18083)\n"
-                 "  --api-key KEY:SECRET  the API key (default: $STARLING_API_KEY)\n"
+                 "  -c, --config FILE   read admin_bind, admin_port and api_key from the\n"
+                 "                      node's configuration file (STARLING_* variables\n"
+                 "                      are read too, as the node reads them)\n"
+                 "  --host H            the node's admin address (default: admin_bind or\n"
+                 "                      bind_address, a wildcard meaning 127.0.0.1 / ::1)\n"
+                 "  --port P            its admin port (default: admin_port, 18083)\n"
+                 "  --api-key KEY:SECRET  the API key (default: api_key, STARLING_API_KEY)\n"
                  "  --json              print the API's JSON answer as it is\n"
                  "  --timeout S         give up after S seconds (default 10)\n"
                  "  -h, --help          print this help\n\n"
@@ -342,28 +354,41 @@ out:
     return exit_code;
 }
 
+/* The node's configuration: -c FILE (if any), then STARLING_* variables.
+ * Returns 0 or CTL_EXIT_USAGE with the reason printed. */
+static int ctl_load_config(struct config *cfg, const char *file)
+{
+    char err[512];
+    config_defaults(cfg);
+    if (file && config_load_file(cfg, file, err, sizeof(err)) < 0) {
+        fprintf(stderr, "starling ctl: %s\n", err);
+        return CTL_EXIT_USAGE;
+    }
+    if (config_load_env(cfg, environ, err, sizeof(err)) < 0) {
+        fprintf(stderr, "starling ctl: %s\n", err);
+        return CTL_EXIT_USAGE;
+    }
+    return 0;
+}
+
 int ctl_main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"host", required_argument, NULL, 'H'},
-        {"port", required_argument, NULL, 'P'},
-        {"api-key", required_argument, NULL, 'k'},
-        {"json", no_argument, NULL, 'j'},
-        {"timeout", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"host", required_argument, NULL, 'H'},
+        {"port", required_argument, NULL, 'P'},   {"api-key", required_argument, NULL, 'k'},
+        {"json", no_argument, NULL, 'j'},         {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
-    struct ctl_opts o = {
-        .host = "127.0.0.1",
-        .port = 18083,
-        .api_key = getenv("STARLING_API_KEY"),
-        .timeout_s = 10,
-    };
+    struct ctl_opts o = {.port = -1, .timeout_s = 10};
+    const char *file = NULL;
     optind = 1;
     int ch;
     char *end;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (ch) {
+        case 'c':
+            file = optarg;
+            break;
         case 'H':
             o.host = optarg;
             break;
@@ -395,6 +420,23 @@ int ctl_main(int argc, char **argv)
             return CTL_EXIT_USAGE;
         }
     }
+    struct config cfg;
+    int rc = ctl_load_config(&cfg, file);
+    if (rc)
+        return rc;
+    if (!o.host) {
+        const char *a = cfg.admin_bind[0] ? cfg.admin_bind : cfg.bind_address;
+        o.host = strcmp(a, "0.0.0.0") == 0 ? "127.0.0.1" : strcmp(a, "::") == 0 ? "::1" : a;
+    }
+    if (o.port < 0) {
+        if (cfg.admin_port == 0) {
+            fprintf(stderr, "starling ctl: the admin API is off (admin_port 0): give --port\n");
+            return CTL_EXIT_USAGE;
+        }
+        o.port = cfg.admin_port;
+    }
+    if (!o.api_key && cfg.api_key[0])
+        o.api_key = cfg.api_key;
     if (o.api_key && !strchr(o.api_key, ':')) {
         fprintf(stderr, "starling ctl: the API key must be KEY:SECRET\n");
         return CTL_EXIT_USAGE;
@@ -428,7 +470,7 @@ int ctl_main(int argc, char **argv)
         fprintf(stderr, "starling ctl: cannot initialise libcurl\n");
         return CTL_EXIT_CONNECT;
     }
-    int rc = ctl_request(&o, cmd, arg);
+    rc = ctl_request(&o, cmd, arg);
     curl_global_cleanup();
     return rc;
 }

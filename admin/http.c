@@ -175,9 +175,15 @@ static int admin_authenticate(struct admin_req *r)
     if (user && pass && r->a->keys.verify)
         rc = r->a->keys.verify(r->a->keys_ud, user, pass);
     if (rc != 0) {
-        if (user)
-            log_info("admin: %s %s: API key '%.64s' refused", r->method,
-                     r->route ? r->route->pattern : "?", user);
+        if (user) {
+            /* the name as sent, but never the client's control characters */
+            char shown[65];
+            size_t n = 0;
+            for (const char *p = user; *p && n < sizeof(shown) - 1; p++)
+                shown[n++] = (*p >= ' ' && *p <= '~') ? *p : '?';
+            shown[n] = '\0';
+            log_info("admin: %s %s: API key '%s' refused", r->method, r->route->pattern, shown);
+        }
         admin_reply_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized",
                           user ? "the API key or its secret is wrong"
                                : "an API key is required (HTTP Basic: KEY:SECRET)");

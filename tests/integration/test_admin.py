@@ -100,6 +100,13 @@ def test_auth_required(node):
     for value in ("Bearer abc", "Basic !!!!", "Basic " + base64.b64encode(b"nocolon").decode()):
         assert_error(request(node, "GET", "/api/v1/stats", auth=None,
                              headers={"Authorization": value}), 401, "unauthorized")
+    # refusals are logged with the key's name (printable characters only)
+    assert_error(request(node, "GET", "/api/v1/stats", auth="evil\nFAKE LINE:xxxxxxxx"), 401,
+                 "unauthorized")
+    log = node.stderr_text()
+    assert "INFO admin: GET /api/v1/stats: API key 'ops' refused" in log
+    assert "API key 'evil?FAKE LINE' refused" in log
+    assert SECRET not in log and "wrong-secret" not in log
     # a wrong key is refused before the body is read or parsed
     assert_error(request(node, "POST", "/api/v1/publish", body="{not json", auth="x:yyyyyyyy"),
                  401, "unauthorized")
@@ -643,8 +650,11 @@ def test_admin_port_in_use_refuses_to_start(tmp_path):
 
 
 def ctl(b, *args, api_key=API_KEY, port=None, env=None):
-    argv = [STARLING_BIN, "ctl", "--host", "127.0.0.1",
-            "--port", str(port if port is not None else b.admin_port)]
+    """Run `starling ctl` against b's admin port (port=False: no --host and
+    --port, the node's configuration says where)."""
+    argv = [STARLING_BIN, "ctl"]
+    if port is not False:
+        argv += ["--host", "127.0.0.1", "--port", str(port if port is not None else b.admin_port)]
     if api_key is not None:
         argv += ["--api-key", api_key]
     with tempfile.TemporaryDirectory(prefix="starling-ctl-") as cwd:
@@ -690,6 +700,33 @@ def test_ctl_stats(node):
 def test_ctl_api_key_from_environment(node):
     rc, out, err = ctl(node, "stats", api_key=None, env={"STARLING_API_KEY": API_KEY})
     assert rc == 0, err
+
+
+def test_ctl_reads_the_node_configuration(node, tmp_path):
+    """Without --port and --api-key, ctl takes admin_port, admin_bind or
+    bind_address and api_key from -c FILE and STARLING_* like the node."""
+    conf = tmp_path / "node.conf"
+    conf.write_text(f"bind_address 0.0.0.0\nadmin_port {node.admin_port}\napi_key {API_KEY}\n")
+    env = {"STARLING_ADMIN_PORT": str(node.admin_port)}
+    rc, out, err = ctl(node, "-c", str(conf), "stats", api_key=None, port=False, env=env)
+    assert rc == 0, err
+    assert out.startswith("COUNTER")
+    rc, out, err = ctl(node, "stats", api_key=None, port=False,
+                       env={**env, "STARLING_API_KEY": API_KEY, "STARLING_ADMIN_BIND": "127.0.0.1"})
+    assert rc == 0, err
+    # the option wins over the file
+    rc, out, err = ctl(node, "-c", str(conf), "--api-key", f"{KEY}:not-the-secret", "stats",
+                       api_key=None, port=False, env=env)
+    assert rc == 1 and "wrong" in err
+    # no admin API in the configuration, a bad configuration: usage errors
+    rc, out, err = ctl(node, "health", api_key=None, port=False)  # STARLING_ADMIN_PORT=0
+    assert rc == 2 and "the admin API is off (admin_port 0)" in err
+    bad = tmp_path / "bad.conf"
+    bad.write_text("admin_port 70000\n")
+    rc, out, err = ctl(node, "-c", str(bad), "health", api_key=None, port=False, env=env)
+    assert rc == 2 and f"{bad}:1: bad value '70000' for key 'admin_port'" in err
+    rc, out, err = ctl(node, "-c", str(tmp_path / "missing.conf"), "health", api_key=None)
+    assert rc == 2 and "No such file or directory" in err
 
 
 def test_ctl_api_errors_exit_1(node):
