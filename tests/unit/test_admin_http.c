@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -312,6 +313,53 @@ static void test_publish_errors(void)
     json_decref(d);
 }
 
+/* Run `starling ctl ARGS` in this process against the server; returns the
+ * exit code and what it printed on stdout (in out). */
+static int run_ctl(char *out, size_t outlen, const char *a1, const char *a2)
+{
+    char port[16];
+    snprintf(port, sizeof(port), "%u", admin_port(server));
+    char *argv[] = {"ctl",      "--port",   port, "--api-key", "k:secret-secret",
+                    (char *)a1, (char *)a2, NULL};
+    int argc = a2 ? 7 : 6;
+    char path[] = "/tmp/starling_test_ctl_XXXXXX";
+    int fd = mkstemp(path);
+    CU_ASSERT_FATAL(fd >= 0);
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    dup2(fd, STDOUT_FILENO);
+    int rc = ctl_main(argc, argv);
+    fflush(stdout);
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    ssize_t n = pread(fd, out, outlen - 1, 0);
+    out[n > 0 ? n : 0] = '\0';
+    close(fd);
+    unlink(path);
+    return rc;
+}
+
+static void test_ctl_tables(void)
+{
+    reset();
+    char out[8192];
+    CU_ASSERT_EQUAL(run_ctl(out, sizeof(out), "cluster", "status"), 0);
+    CU_ASSERT_STRING_EQUAL(out, "cluster: clustered, 3 nodes, leader n2\n"
+                                "NAME  ADDRESS          ROLE   REACHABLE  LEADER\n"
+                                "n1    127.0.0.11:4370  voter  yes        no\n"
+                                "n2    127.0.0.12:4370  voter  yes        yes\n"
+                                "n3    127.0.0.13:4370  voter  no         no\n");
+    CU_ASSERT_EQUAL(run_ctl(out, sizeof(out), "stats", NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "COUNTER            n1    n2    n3    TOTAL\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\nconnections        10    20    30    60\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\nmessages_received  1000  2000  3000  6000\n"));
+    fake.forget_rc = -ENOENT;
+    CU_ASSERT_EQUAL(run_ctl(out, sizeof(out), "cluster", "forget"), 2); /* NODE missing */
+    fake.has_leader = false;
+    CU_ASSERT_EQUAL(run_ctl(out, sizeof(out), "health", NULL), 1);
+    CU_ASSERT_STRING_EQUAL(out, "");
+}
+
 static void test_start_errors(void)
 {
     struct admin_provider p = {0};
@@ -342,6 +390,7 @@ int main(void)
         {"stats of every node, summed", test_stats_summed},
         {"leave and forget", test_membership},
         {"publish: provider errors", test_publish_errors},
+        {"ctl: tables of a cluster", test_ctl_tables},
         {"start errors", test_start_errors},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
