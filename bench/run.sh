@@ -206,6 +206,7 @@ max_queued_messages $queue
 max_queued_bytes $qbytes
 max_inflight_messages 1000
 sys_interval 0
+admin_port 0
 persistence $persist
 EOF
         [ -z "$data" ] || printf 'data_dir %s\nsync always\n' "$data" >>"$conf"

@@ -46,6 +46,7 @@ log_level warn
 max_queued_messages 10000000
 max_inflight_messages 1000
 sys_interval 0
+admin_port 0
 data_dir $TMP/data
 CONF
 "$BIN" -c "$TMP/starling.conf" >"$TMP/starling.log" 2>&1 &

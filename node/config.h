@@ -48,6 +48,12 @@ struct config {
     char data_dir[256];                  /* data_dir, default "./data" */
     enum sync_mode sync;                 /* sync: always (default) | interval MS | none */
     uint32_t sync_interval_ms;           /* the MS of "sync interval MS" */
+
+    /* The admin HTTP API (admin/admin.h, docs/api.md). */
+    uint16_t admin_port; /* admin_port, default 18083; 0 = no admin API */
+    char admin_bind[64]; /* admin_bind, default "" = bind_address */
+    char api_key[200];   /* api_key KEY:SECRET, default "" = none (only the public endpoints) */
+    bool metrics_auth;   /* metrics_auth, default false: GET /metrics needs no API key */
 };
 
 /* Fill c with the built-in defaults. */

@@ -137,8 +137,11 @@ def free_port(host="127.0.0.1"):
 
 
 def clean_env(extra=None):
-    """The environment for a node: none of ours or the caller's STARLING_*."""
+    """The environment for a node: none of ours or the caller's STARLING_*,
+    and no admin API (STARLING_ADMIN_PORT=0: the default port 18083 would
+    collide between parallel runs) unless `extra` gives it a port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STARLING_")}
+    env["STARLING_ADMIN_PORT"] = "0"
     env.update(extra or {})
     return env
 
