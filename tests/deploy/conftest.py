@@ -36,7 +36,11 @@ def run(cmd, timeout=120, check=True, **kw):
 
 
 def _fetch(script, what):
-    p = subprocess.run(["sh", os.path.join(HERE, script), TOOLS], stdout=subprocess.PIPE,
+    # pytest-xdist runs this from several processes at once: one fetch at a
+    # time (flock on a file beside the tools), the others then reuse it.
+    os.makedirs(TOOLS, exist_ok=True)
+    p = subprocess.run(["flock", os.path.join(TOOLS, ".fetch.lock"), "sh",
+                        os.path.join(HERE, script), TOOLS], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True, timeout=600)
     if p.returncode == SKIP_EXIT:
         pytest.skip(f"{what} cannot be had from npm here: {p.stderr.strip()}")
