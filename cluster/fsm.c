@@ -460,6 +460,7 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
         }
         if (rc == 0) {
             rtable_txn_set_applied(x, index);
+            res->checksum = rtable_txn_checksum(x);
             rc = rtable_commit(x);
         } else {
             rtable_abort(x);

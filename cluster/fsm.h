@@ -53,6 +53,7 @@ enum fsm_result {
 struct fsm_batch_result {
     uint64_t index;                 /* Raft index of the entry */
     bool skipped;                   /* index was already applied (replay): nothing done */
+    uint64_t checksum;              /* checksum of the tables after the entry (0 if skipped) */
     uint32_t n;                     /* commands in the entry */
     uint8_t results[FSM_MAX_BATCH]; /* enum fsm_result per command */
 };
