@@ -39,10 +39,82 @@ size_t cmd_batch_count(const struct cmd_batch *b)
     return b->n;
 }
 
-const void *cmd_batch_data(const struct cmd_batch *b, size_t *len)
+/* Make room for `more` bytes of protobuf after what is there, plus the
+ * header and the largest padding. */
+static int reserve(struct cmd_batch *b, size_t more)
+{
+    size_t need = CMD_ENTRY_HEADER + b->len + more + 8;
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p)
+        return -ENOMEM;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void put_u32le(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static size_t pad8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
+
+const void *cmd_batch_data(struct cmd_batch *b, size_t *len)
+{
+    if (reserve(b, 0) != 0) {
+        *len = 0;
+        return NULL;
+    }
+    memcpy(b->p, "ST\x01\x00", 4);
+    put_u32le(b->p + 4, (uint32_t)b->len);
+    size_t total = pad8(CMD_ENTRY_HEADER + b->len);
+    memset(b->p + CMD_ENTRY_HEADER + b->len, 0, total - CMD_ENTRY_HEADER - b->len);
+    *len = total;
+    return b->p;
+}
+
+const void *cmd_batch_pb(const struct cmd_batch *b, size_t *len)
 {
     *len = b->len;
-    return b->p ? (const void *)b->p : (const void *)"";
+    return b->p ? (const void *)(b->p + CMD_ENTRY_HEADER) : (const void *)"";
+}
+
+int cmd_entry_unwrap(const void *entry, size_t len, const void **pb, size_t *pb_len)
+{
+    const uint8_t *p = entry;
+    if (len < CMD_ENTRY_HEADER || len % 8 != 0 || memcmp(p, "ST\x01\x00", 4) != 0)
+        return -EINVAL;
+    uint32_t n = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+    if (pad8(CMD_ENTRY_HEADER + (size_t)n) != len)
+        return -EINVAL;
+    *pb = p + CMD_ENTRY_HEADER;
+    *pb_len = n;
+    return 0;
+}
+
+int cmd_entry_wrap(const void *pb, size_t pb_len, void **entry, size_t *len)
+{
+    if (pb_len > UINT32_MAX - 16)
+        return -EINVAL;
+    size_t total = pad8(CMD_ENTRY_HEADER + pb_len);
+    uint8_t *p = calloc(1, total);
+    if (!p)
+        return -ENOMEM;
+    memcpy(p, "ST\x01\x00", 4);
+    put_u32le(p + 4, (uint32_t)pb_len);
+    memcpy(p + CMD_ENTRY_HEADER, pb, pb_len);
+    *entry = p;
+    *len = total;
+    return 0;
 }
 
 void cmd_batch_reset(struct cmd_batch *b)
@@ -54,26 +126,18 @@ void cmd_batch_reset(struct cmd_batch *b)
 static int append(struct cmd_batch *b, const Starling__Cmd__Command *c)
 {
     size_t n = starling__cmd__command__get_packed_size(c);
-    size_t need = b->len + 11 + n;
-    if (need > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < need)
-            cap *= 2;
-        uint8_t *p = realloc(b->p, cap);
-        if (!p)
-            return -ENOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
-    b->p[b->len++] = 0x0a;
+    if (reserve(b, 11 + n) != 0)
+        return -ENOMEM;
+    uint8_t *q = b->p + CMD_ENTRY_HEADER;
+    q[b->len++] = 0x0a;
     for (size_t v = n;; v >>= 7) {
         if (v < 0x80) {
-            b->p[b->len++] = (uint8_t)v;
+            q[b->len++] = (uint8_t)v;
             break;
         }
-        b->p[b->len++] = (uint8_t)(v | 0x80);
+        q[b->len++] = (uint8_t)(v | 0x80);
     }
-    starling__cmd__command__pack(c, b->p + b->len);
+    starling__cmd__command__pack(c, q + b->len);
     b->len += n;
     b->n++;
     return 0;

@@ -24,9 +24,23 @@ struct cmd_batch *cmd_batch_new(void);
 void cmd_batch_free(struct cmd_batch *b);
 /* Number of commands added. */
 size_t cmd_batch_count(const struct cmd_batch *b);
-/* The encoded CommandBatch: a pointer into b (valid until b changes or is
- * freed) and its length. */
-const void *cmd_batch_data(const struct cmd_batch *b, size_t *len);
+/*
+ * The Raft entry of the batch: a pointer into b (valid until b changes or is
+ * freed) and its length, or NULL when out of memory. An entry is
+ *   "ST" 0x01 0x00, u32le n, n bytes of encoded CommandBatch, zero padding
+ * to a multiple of 8 bytes: raft_uv 0.15 sends and stores entry buffers
+ * as 8-byte words (an entry of another length corrupts the stream of
+ * AppendEntries that carries it), and protobuf cannot be padded with zeros.
+ */
+#define CMD_ENTRY_HEADER 8
+const void *cmd_batch_data(struct cmd_batch *b, size_t *len);
+/* The encoded CommandBatch alone (for the channel's Propose frame). */
+const void *cmd_batch_pb(const struct cmd_batch *b, size_t *len);
+/* The CommandBatch inside an entry: 0, or -EINVAL for a malformed entry. */
+int cmd_entry_unwrap(const void *entry, size_t len, const void **pb, size_t *pb_len);
+/* An entry (malloc'ed, caller frees) around an encoded CommandBatch, e.g.
+ * one received in a Propose frame. */
+int cmd_entry_wrap(const void *pb, size_t pb_len, void **entry, size_t *len);
 /* Forget the commands, keep the buffer. */
 void cmd_batch_reset(struct cmd_batch *b);
 

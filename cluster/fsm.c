@@ -15,6 +15,7 @@
  * change and do the observers run, so that both reflect committed state.
  */
 #include "fsm.h"
+#include "cmd.h"
 #include "raft_cmd.pb-c.h"
 #include "rtable.h"
 #include "topic.h"
@@ -431,8 +432,11 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
     res->index = index;
     if (f->broken)
         return -EIO;
-    Starling__Cmd__CommandBatch *b =
-        starling__cmd__command_batch__unpack(NULL, len, (const uint8_t *)buf);
+    const void *pb;
+    size_t pb_len;
+    Starling__Cmd__CommandBatch *b = NULL;
+    if (cmd_entry_unwrap(buf, len, &pb, &pb_len) == 0)
+        b = starling__cmd__command_batch__unpack(NULL, pb_len, pb);
     if (b && b->n_commands > FSM_MAX_BATCH) {
         starling__cmd__command_batch__free_unpacked(b, NULL);
         b = NULL;

@@ -82,9 +82,10 @@ int fsm_open(struct fsm **out, const struct fsm_options *o, char *err, size_t er
 void fsm_close(struct fsm *f);
 
 /*
- * Apply the entry at Raft index `index` (encoded CommandBatch buf/len).
+ * Apply the entry at Raft index `index` (an entry made by cluster/cmd.h:
+ * header, encoded CommandBatch, padding).
  * Returns 0 with *res filled (res may be NULL) when the entry was applied or
- * skipped as a replay; an entry that does not decode (or holds more than
+ * skipped as a replay; an entry that does not decode (bad header or protobuf, or more than
  * FSM_MAX_BATCH commands) is applied as an empty entry (res->n = 0, index
  * still recorded) so that all nodes stay equal.
  * A negative errno (-EIO, -ENOSPC) means the tables could not be written:

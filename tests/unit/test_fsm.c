@@ -308,17 +308,49 @@ static void test_malformed_entry(void)
 {
     char *d = tmpdir();
     struct fsm *f = open_fsm(d);
-    const unsigned char junk[] = {0x0a, 0x7f, 0x01};
+    /* No entry header. */
+    const unsigned char junk[] = {0x0a, 0x7f, 0x01, 0, 0, 0, 0, 0};
     CU_ASSERT_EQUAL(fsm_apply(f, 3, junk, sizeof junk, &res), 0);
     CU_ASSERT_EQUAL(res.n, 0);
     CU_ASSERT_FALSE(res.skipped);
     CU_ASSERT_EQUAL(fsm_applied(f), 3);
     CU_ASSERT_EQUAL(fsm_checksum(f), 0);
-    /* An empty entry is an empty batch. */
-    CU_ASSERT_EQUAL(fsm_apply(f, 4, "", 0, &res), 0);
+    /* A header whose length does not fit the entry, a good header around
+     * bad protobuf. */
+    const unsigned char badlen[] = {'S', 'T', 1, 0, 9, 0, 0, 0, 0x0a, 0, 0, 0, 0, 0, 0, 0};
+    CU_ASSERT_EQUAL(fsm_apply(f, 4, badlen, sizeof badlen, &res), 0);
     CU_ASSERT_EQUAL(res.n, 0);
-    CU_ASSERT_EQUAL(fsm_applied(f), 4);
+    void *e;
+    size_t elen;
+    CU_ASSERT_EQUAL_FATAL(cmd_entry_wrap("\x0a\x7f\x01", 3, &e, &elen), 0);
+    CU_ASSERT_EQUAL(elen, 16);
+    CU_ASSERT_EQUAL(fsm_apply(f, 5, e, elen, &res), 0);
+    CU_ASSERT_EQUAL(res.n, 0);
+    free(e);
+    /* An empty batch is an empty entry; entries are 8-byte words. */
+    struct cmd_batch *b = cmd_batch_new();
+    const void *p = cmd_batch_data(b, &elen);
+    CU_ASSERT_EQUAL(elen, 8);
+    CU_ASSERT_EQUAL(fsm_apply(f, 6, p, elen, &res), 0);
+    CU_ASSERT_EQUAL(res.n, 0);
+    CU_ASSERT_EQUAL(fsm_applied(f), 6);
     CU_ASSERT_FALSE(fsm_broken(f));
+    /* wrap(pb of a batch) is the batch's own entry. */
+    cmd_route_add(b, S("w"), 1);
+    size_t pblen, blen;
+    const void *pb = cmd_batch_pb(b, &pblen);
+    CU_ASSERT_EQUAL_FATAL(cmd_entry_wrap(pb, pblen, &e, &elen), 0);
+    p = cmd_batch_data(b, &blen);
+    CU_ASSERT_EQUAL(blen % 8, 0);
+    CU_ASSERT_EQUAL(elen, blen);
+    CU_ASSERT_EQUAL(memcmp(e, p, elen), 0);
+    const void *in;
+    size_t inlen;
+    CU_ASSERT_EQUAL(cmd_entry_unwrap(e, elen, &in, &inlen), 0);
+    CU_ASSERT_EQUAL(inlen, pblen);
+    CU_ASSERT_EQUAL(cmd_entry_unwrap(e, elen - 8, &in, &inlen), -EINVAL);
+    free(e);
+    cmd_batch_free(b);
     fsm_close(f);
     rmdir_free(d);
 }

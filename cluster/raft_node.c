@@ -1,0 +1,546 @@
+/*
+ * raft_node.c - libraft 0.15 on its own thread (see raft_node.h).
+ *
+ * The raft thread owns the uv loop, struct raft, its raft_uv I/O and the
+ * transport; nothing else touches them ("call raft_* only there"). Other
+ * threads append requests (proposals, additions) to a mutex-protected queue
+ * and wake the loop with uv_async_send. A 50 ms timer publishes the leader
+ * and applied index to atomics for other threads and makes a new leader
+ * append its barrier: section 8 of the Raft paper, "a leader must have the
+ * latest information on which entries are committed ... Raft handles this
+ * by having each leader commit a blank no-op entry into the log at the start
+ * of its term"; until that barrier is applied the node does not serve
+ * (proposals get -EAGAIN).
+ */
+#include "raft_node.h"
+#include "fsm_raft.h"
+#include "log.h"
+#include "raft_transport.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <raft.h>
+#include <raft/uv.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+enum req_kind { REQ_PROPOSE, REQ_ADD };
+
+struct req {
+    struct req *next;
+    enum req_kind kind;
+    struct raft_node *n;
+    void *buf;
+    size_t len;
+    char addr[64];
+    raft_node_done_fn done;
+    void *ud;
+    struct raft_apply apply;
+};
+
+struct raft_node {
+    pthread_t thread;
+    uv_loop_t loop;
+    uv_async_t async;
+    uv_timer_t timer;
+    struct raft raft;
+    struct raft_io io;
+    struct raft_uv_transport transport;
+    struct fsm_raft adapter;
+    struct raft_node_config cfg;
+    char dir[512], address[64];
+    char (*seeds)[64];
+    uint64_t self;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct req *queue, **tail;
+    bool stopping, started;
+    int start_rc;
+    char err[256];
+
+    uint64_t leader, applied; /* atomics */
+    bool ready;               /* atomic */
+    raft_term barrier_term;   /* term whose barrier was applied */
+    bool barrier_pending;
+    struct raft_barrier barrier;
+    struct raft_change change;
+    struct req *change_req;
+    uint64_t change_id;
+};
+
+uint64_t raft_node_id_of(const char *addr)
+{
+    /* FNV-1a over the address; 0 is not a valid Raft id. */
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = addr; *p; p++) {
+        h ^= (unsigned char)*p;
+        h *= 1099511628211ull;
+    }
+    return h ? h : 1;
+}
+
+static int status_of(int raft_rc)
+{
+    switch (raft_rc) {
+    case 0:
+        return 0;
+    case RAFT_NOTLEADER:
+        return -ENOTCONN;
+    case RAFT_LEADERSHIPLOST:
+        return -ECONNABORTED;
+    case RAFT_SHUTDOWN:
+    case RAFT_CANCELED:
+        return -ECANCELED;
+    case RAFT_NOMEM:
+        return -ENOMEM;
+    case RAFT_BUSY:
+    case RAFT_CANTCHANGE:
+        return -EBUSY;
+    default:
+        return -EIO;
+    }
+}
+
+static uint64_t leader_id(struct raft_node *n)
+{
+    raft_id id = 0;
+    const char *addr = NULL;
+    raft_leader(&n->raft, &id, &addr);
+    return id;
+}
+
+static void req_done(struct req *r, int status, const struct fsm_batch_result *res)
+{
+    if (r->done)
+        r->done(r->ud, status, res, leader_id(r->n));
+    free(r->buf);
+    free(r);
+}
+
+/* ---- proposals ---- */
+
+static void apply_cb(struct raft_apply *a, int status, void *result)
+{
+    struct req *r = a->data;
+    req_done(r, status_of(status), status == 0 ? result : NULL);
+}
+
+static void start_propose(struct raft_node *n, struct req *r)
+{
+    if (raft_state(&n->raft) != RAFT_LEADER) {
+        req_done(r, -ENOTCONN, NULL);
+        return;
+    }
+    if (!__atomic_load_n(&n->ready, __ATOMIC_ACQUIRE)) {
+        req_done(r, -EAGAIN, NULL);
+        return;
+    }
+    struct raft_buffer b = {raft_malloc(r->len ? r->len : 1), r->len};
+    if (!b.base) {
+        req_done(r, -ENOMEM, NULL);
+        return;
+    }
+    memcpy(b.base, r->buf, r->len);
+    r->apply.data = r;
+    int rc = raft_apply(&n->raft, &r->apply, &b, 1, apply_cb);
+    if (rc) {
+        raft_free(b.base);
+        req_done(r, status_of(rc), NULL);
+    }
+}
+
+/* ---- membership ---- */
+
+static void assign_cb(struct raft_change *c, int status)
+{
+    struct raft_node *n = c->data;
+    struct req *r = n->change_req;
+    n->change_req = NULL;
+    req_done(r, status_of(status), NULL);
+}
+
+static void add_cb(struct raft_change *c, int status)
+{
+    struct raft_node *n = c->data;
+    struct req *r = n->change_req;
+    if (status != 0) {
+        n->change_req = NULL;
+        req_done(r, status_of(status), NULL);
+        return;
+    }
+    unsigned voters = 0;
+    for (unsigned i = 0; i < n->raft.configuration.n; i++)
+        voters += n->raft.configuration.servers[i].role == RAFT_VOTER;
+    /* At most RAFT_NODE_MAX_VOTERS voters; libraft catches the new server
+     * up before it promotes it to voter. */
+    int role = voters < RAFT_NODE_MAX_VOTERS ? RAFT_VOTER : RAFT_STANDBY;
+    n->change.data = n;
+    int rc = raft_assign(&n->raft, &n->change, n->change_id, role, assign_cb);
+    if (rc) {
+        n->change_req = NULL;
+        req_done(r, status_of(rc), NULL);
+    }
+}
+
+static void start_add(struct raft_node *n, struct req *r)
+{
+    if (raft_state(&n->raft) != RAFT_LEADER) {
+        req_done(r, -ENOTCONN, NULL);
+        return;
+    }
+    if (n->change_req) {
+        req_done(r, -EBUSY, NULL);
+        return;
+    }
+    n->change_req = r;
+    n->change_id = raft_node_id_of(r->addr);
+    n->change.data = n;
+    int rc = raft_add(&n->raft, &n->change, n->change_id, r->addr, add_cb);
+    if (rc) {
+        n->change_req = NULL;
+        req_done(r, status_of(rc), NULL);
+    }
+}
+
+/* ---- the loop ---- */
+
+static void barrier_cb(struct raft_barrier *b, int status)
+{
+    struct raft_node *n = b->data;
+    n->barrier_pending = false;
+    if (status == 0 && raft_state(&n->raft) == RAFT_LEADER) {
+        n->barrier_term = n->raft.current_term;
+        __atomic_store_n(&n->ready, true, __ATOMIC_RELEASE);
+        log_info("cluster: leader of term %llu, barrier applied, serving",
+                 (unsigned long long)n->barrier_term);
+    }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct raft_node *n = t->data;
+    __atomic_store_n(&n->leader, leader_id(n), __ATOMIC_RELAXED);
+    __atomic_store_n(&n->applied, raft_last_applied(&n->raft), __ATOMIC_RELAXED);
+    bool leader = raft_state(&n->raft) == RAFT_LEADER;
+    if (!leader || n->barrier_term != n->raft.current_term)
+        __atomic_store_n(&n->ready, false, __ATOMIC_RELEASE);
+    if (leader && n->barrier_term != n->raft.current_term && !n->barrier_pending) {
+        n->barrier.data = n;
+        if (raft_barrier(&n->raft, &n->barrier, barrier_cb) == 0)
+            n->barrier_pending = true;
+    }
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void raft_closed(struct raft *r)
+{
+    struct raft_node *n = r->data;
+    uv_close((uv_handle_t *)&n->async, handle_closed);
+    uv_close((uv_handle_t *)&n->timer, handle_closed);
+}
+
+static void on_async(uv_async_t *a)
+{
+    struct raft_node *n = a->data;
+    pthread_mutex_lock(&n->mu);
+    struct req *q = n->queue;
+    n->queue = NULL;
+    n->tail = &n->queue;
+    bool stopping = n->stopping;
+    pthread_mutex_unlock(&n->mu);
+    while (q) {
+        struct req *r = q;
+        q = q->next;
+        if (stopping)
+            req_done(r, -ECANCELED, NULL);
+        else if (r->kind == REQ_PROPOSE)
+            start_propose(n, r);
+        else
+            start_add(n, r);
+    }
+    if (stopping && !uv_is_closing((uv_handle_t *)&n->timer)) {
+        uv_timer_stop(&n->timer);
+        raft_close(&n->raft, raft_closed);
+    }
+}
+
+static int addr_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* The bootstrap rule of raft_node.h. */
+static int bootstrap(struct raft_node *n)
+{
+    unsigned ns = n->cfg.n_seeds;
+    bool self_seed = false;
+    for (unsigned i = 0; i < ns; i++)
+        self_seed |= strcmp(n->seeds[i], n->address) == 0;
+    if (!self_seed)
+        return 0;
+    qsort(n->seeds, ns, sizeof *n->seeds, addr_cmp);
+    struct raft_configuration conf;
+    raft_configuration_init(&conf);
+    int rc = 0;
+    unsigned voters = 0;
+    for (unsigned i = 0; i < ns && rc == 0; i++) {
+        if (i > 0 && strcmp(n->seeds[i], n->seeds[i - 1]) == 0)
+            continue;
+        int role = voters < RAFT_NODE_MAX_VOTERS ? RAFT_VOTER : RAFT_STANDBY;
+        voters += role == RAFT_VOTER;
+        rc = raft_configuration_add(&conf, raft_node_id_of(n->seeds[i]), n->seeds[i], role);
+    }
+    if (rc == 0)
+        rc = raft_bootstrap(&n->raft, &conf);
+    raft_configuration_close(&conf);
+    if (rc == RAFT_CANTBOOTSTRAP)
+        rc = 0; /* state exists already: a restart */
+    return rc;
+}
+
+static void *thread_main(void *arg)
+{
+    struct raft_node *n = arg;
+    /* A write to a peer that went away must fail with EPIPE, not kill the
+     * process, whatever the embedding program did with SIGPIPE: block it on
+     * this thread (a SIGPIPE raised by a write is this thread's own). */
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    int rc = uv_loop_init(&n->loop);
+    const char *what = "uv_loop_init";
+    bool io_init = false, raft_init_done = false;
+    if (rc == 0) {
+        what = "transport";
+        rc = raft_transport_init(&n->transport, &n->loop, n->cfg.cluster_name,
+                                 n->cfg.cluster_secret);
+    }
+    if (rc == 0) {
+        what = "raft_uv_init";
+        rc = raft_uv_init(&n->io, &n->loop, n->dir, &n->transport);
+        io_init = rc == 0;
+    }
+    if (rc == 0) {
+        what = "raft_init";
+        fsm_raft_init(&n->adapter, n->cfg.fsm);
+        rc = raft_init(&n->raft, &n->io, &n->adapter.raft_fsm, n->self, n->address);
+        raft_init_done = rc == 0;
+    }
+    if (rc == 0) {
+        n->raft.data = n;
+        fsm_raft_bind(&n->adapter, &n->raft);
+        raft_set_election_timeout(&n->raft,
+                                  n->cfg.election_timeout_ms ? n->cfg.election_timeout_ms : 1000);
+        raft_set_heartbeat_timeout(&n->raft, n->cfg.heartbeat_ms ? n->cfg.heartbeat_ms : 100);
+        raft_set_snapshot_threshold(&n->raft,
+                                    n->cfg.snapshot_threshold ? n->cfg.snapshot_threshold : 1024);
+        raft_set_pre_vote(&n->raft, true);
+        what = "raft_bootstrap";
+        rc = bootstrap(n);
+    }
+    if (rc == 0) {
+        what = "raft_start";
+        rc = raft_start(&n->raft);
+    }
+    if (rc == 0) {
+        uv_async_init(&n->loop, &n->async, on_async);
+        n->async.data = n;
+        uv_timer_init(&n->loop, &n->timer);
+        n->timer.data = n;
+        uv_timer_start(&n->timer, on_tick, 50, 50);
+    } else {
+        snprintf(n->err, sizeof n->err, "%s: %s: %s", n->address, what,
+                 raft_init_done ? raft_errmsg(&n->raft) : raft_strerror(rc));
+    }
+    pthread_mutex_lock(&n->mu);
+    n->started = true;
+    n->start_rc = rc;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+    if (rc == 0) {
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+    } else if (raft_init_done) {
+        raft_close(&n->raft, NULL);
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+    }
+    if (io_init)
+        raft_uv_close(&n->io);
+    raft_transport_close(&n->transport);
+    uv_loop_close(&n->loop);
+    return NULL;
+}
+
+static int mkdirs(const char *dir)
+{
+    char p[512];
+    size_t len = strlen(dir);
+    if (len == 0 || len >= sizeof p)
+        return -ENAMETOOLONG;
+    memcpy(p, dir, len + 1);
+    for (size_t i = 1; i <= len; i++)
+        if (p[i] == '/' || p[i] == '\0') {
+            char c = p[i];
+            p[i] = '\0';
+            if (mkdir(p, 0700) != 0 && errno != EEXIST)
+                return -errno;
+            p[i] = c;
+        }
+    return 0;
+}
+
+int raft_node_start(struct raft_node **out, const struct raft_node_config *c, char *err,
+                    size_t errlen)
+{
+    *out = NULL;
+    if (!c->fsm || !c->address || strlen(c->address) >= 64 || !c->dir || strlen(c->dir) >= 512) {
+        snprintf(err, errlen, "raft node: missing or too long dir/address");
+        return -EINVAL;
+    }
+    int rc = mkdirs(c->dir);
+    if (rc) {
+        snprintf(err, errlen, "%s: %s", c->dir, strerror(-rc));
+        return rc;
+    }
+    struct raft_node *n = calloc(1, sizeof *n);
+    if (!n)
+        return -ENOMEM;
+    n->cfg = *c;
+    n->cfg.cluster_name = c->cluster_name ? c->cluster_name : "starling";
+    n->cfg.cluster_secret = c->cluster_secret ? c->cluster_secret : "";
+    snprintf(n->dir, sizeof n->dir, "%s", c->dir);
+    snprintf(n->address, sizeof n->address, "%s", c->address);
+    n->seeds = calloc(c->n_seeds ? c->n_seeds : 1, sizeof *n->seeds);
+    if (!n->seeds) {
+        free(n);
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < c->n_seeds; i++)
+        snprintf(n->seeds[i], sizeof n->seeds[i], "%s", c->seeds[i]);
+    n->self = raft_node_id_of(n->address);
+    n->tail = &n->queue;
+    pthread_mutex_init(&n->mu, NULL);
+    pthread_cond_init(&n->cv, NULL);
+    rc = pthread_create(&n->thread, NULL, thread_main, n);
+    if (rc) {
+        free(n->seeds);
+        free(n);
+        return -rc;
+    }
+    pthread_mutex_lock(&n->mu);
+    while (!n->started)
+        pthread_cond_wait(&n->cv, &n->mu);
+    pthread_mutex_unlock(&n->mu);
+    if (n->start_rc) {
+        snprintf(err, errlen, "%s", n->err);
+        pthread_join(n->thread, NULL);
+        pthread_mutex_destroy(&n->mu);
+        pthread_cond_destroy(&n->cv);
+        free(n->seeds);
+        free(n);
+        return -EIO;
+    }
+    *out = n;
+    return 0;
+}
+
+void raft_node_stop(struct raft_node *n)
+{
+    if (!n)
+        return;
+    pthread_mutex_lock(&n->mu);
+    n->stopping = true;
+    pthread_mutex_unlock(&n->mu);
+    uv_async_send(&n->async);
+    pthread_join(n->thread, NULL);
+    fsm_raft_close(&n->adapter);
+    pthread_mutex_destroy(&n->mu);
+    pthread_cond_destroy(&n->cv);
+    free(n->seeds);
+    free(n);
+}
+
+static int enqueue(struct raft_node *n, struct req *r)
+{
+    pthread_mutex_lock(&n->mu);
+    if (n->stopping) {
+        pthread_mutex_unlock(&n->mu);
+        free(r->buf);
+        free(r);
+        return -ECANCELED;
+    }
+    *n->tail = r;
+    n->tail = &r->next;
+    pthread_mutex_unlock(&n->mu);
+    uv_async_send(&n->async);
+    return 0;
+}
+
+int raft_node_propose(struct raft_node *n, const void *batch, size_t len, raft_node_done_fn done,
+                      void *ud)
+{
+    struct req *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->buf = malloc(len ? len : 1);
+    if (!r->buf) {
+        free(r);
+        return -ENOMEM;
+    }
+    memcpy(r->buf, batch, len);
+    r->len = len;
+    r->kind = REQ_PROPOSE;
+    r->n = n;
+    r->done = done;
+    r->ud = ud;
+    return enqueue(n, r);
+}
+
+int raft_node_add(struct raft_node *n, const char *addr, raft_node_done_fn done, void *ud)
+{
+    if (!addr || strlen(addr) >= 64)
+        return -EINVAL;
+    struct req *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    snprintf(r->addr, sizeof r->addr, "%s", addr);
+    r->kind = REQ_ADD;
+    r->n = n;
+    r->done = done;
+    r->ud = ud;
+    return enqueue(n, r);
+}
+
+uint64_t raft_node_self(struct raft_node *n)
+{
+    return n->self;
+}
+
+uint64_t raft_node_leader(struct raft_node *n)
+{
+    return __atomic_load_n(&n->leader, __ATOMIC_RELAXED);
+}
+
+bool raft_node_ready(struct raft_node *n)
+{
+    return __atomic_load_n(&n->ready, __ATOMIC_ACQUIRE);
+}
+
+uint64_t raft_node_applied(struct raft_node *n)
+{
+    return __atomic_load_n(&n->applied, __ATOMIC_RELAXED);
+}
+
+uint64_t raft_node_refused(struct raft_node *n)
+{
+    return raft_transport_refused(&n->transport);
+}
