@@ -498,6 +498,18 @@ uint64_t fsm_checksum(struct fsm *f)
     return rtable_checksum(f->t);
 }
 
+int fsm_state(struct fsm *f, uint64_t *applied, uint64_t *checksum)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    *applied = rtable_txn_applied(x);
+    *checksum = rtable_txn_checksum(x);
+    rtable_abort(x);
+    return 0;
+}
+
 int fsm_checksum_verify(struct fsm *f, uint64_t *computed)
 {
     struct rtable_txn *x;
@@ -514,9 +526,27 @@ int fsm_snapshot(struct fsm *f, void **buf, size_t *len)
     return rtable_snapshot(f->t, buf, len);
 }
 
-int fsm_restore(struct fsm *f, const void *buf, size_t len)
+int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, bool *skipped)
 {
     int rc;
+    uint64_t snap_applied, snap_sum;
+    if (skipped)
+        *skipped = false;
+    if (rtable_snapshot_header(buf, len, &snap_applied, &snap_sum) != 0)
+        return -EINVAL;
+    if (keep_newer && !f->broken) {
+        struct rtable_txn *x;
+        rc = rtable_begin_read(f->t, &x);
+        if (rc)
+            return rc;
+        uint64_t applied = rtable_txn_applied(x), sum = rtable_txn_checksum(x);
+        rtable_abort(x);
+        if (applied > snap_applied || (applied == snap_applied && sum == snap_sum)) {
+            if (skipped)
+                *skipped = true;
+            return 0;
+        }
+    }
     while ((rc = rtable_restore(f->t, buf, len)) == -ENOSPC && rtable_grow(f->t) == 0)
         ;
     if (rc)

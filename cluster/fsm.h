@@ -102,15 +102,26 @@ bool fsm_broken(struct fsm *f);
 /* The last applied index and the checksum of the tables at that index. */
 uint64_t fsm_applied(struct fsm *f);
 uint64_t fsm_checksum(struct fsm *f);
+/* Both at once, from one read transaction (a consistent pair). */
+int fsm_state(struct fsm *f, uint64_t *applied, uint64_t *checksum);
 /* Recompute the checksum from every record; 0 or an error. */
 int fsm_checksum_verify(struct fsm *f, uint64_t *computed);
 
 /* A consistent serialisation of the tables (one read transaction); *buf is
  * malloc'ed, the caller frees it. */
 int fsm_snapshot(struct fsm *f, void **buf, size_t *len);
-/* Replace the tables and the route matcher with a snapshot. -EINVAL for a
- * malformed one (nothing changes). Clears the broken state on success. */
-int fsm_restore(struct fsm *f, const void *buf, size_t len);
+/*
+ * Replace the tables and the route matcher with a snapshot. -EINVAL for a
+ * malformed one (nothing changes). Clears the broken state on success.
+ * With keep_newer, a snapshot that the tables already contain is not
+ * restored (*skipped set, may be NULL): the tables are not broken and have
+ * applied a later index, or the same index with the same checksum. That is
+ * the case of every restart (libraft restores its last snapshot, which was
+ * taken from these tables, then replays the log after it); restoring anyway
+ * would be correct but would rewrite every table at each start. The same
+ * index with another checksum is a divergence: restored.
+ */
+int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, bool *skipped);
 
 /* The route matcher (owned by f, valid until fsm_close). */
 struct routes *fsm_routes(struct fsm *f);

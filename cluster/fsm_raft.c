@@ -82,7 +82,8 @@ static int adapter_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], uns
 static int adapter_restore(struct raft_fsm *rf, struct raft_buffer *buf)
 {
     struct fsm_raft *a = rf->data;
-    int rc = fsm_restore(a->fsm, buf->base, buf->len);
+    bool skipped = false;
+    int rc = fsm_restore(a->fsm, buf->base, buf->len, true, &skipped);
     if (rc) {
         log_error("cluster: cannot restore a snapshot of %zu bytes: %s", buf->len, strerror(-rc));
         /* On failure libraft keeps ownership of buf. */
@@ -90,7 +91,7 @@ static int adapter_restore(struct raft_fsm *rf, struct raft_buffer *buf)
     }
     /* On success the buffer is ours. */
     raft_free(buf->base);
-    __atomic_add_fetch(&a->n_restores, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(skipped ? &a->n_restores_skipped : &a->n_restores, 1, __ATOMIC_RELAXED);
     return 0;
 }
 

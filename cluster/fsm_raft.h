@@ -41,7 +41,8 @@ struct fsm_raft {
     struct fsm_batch_result last; /* result of the last apply */
     /* counters (read with __atomic loads from other threads) */
     uint64_t n_applied, n_skipped, n_snapshots, n_restores, n_apply_errors;
-    pthread_mutex_t mu; /* guards hist */
+    uint64_t n_restores_skipped; /* snapshots the tables already held */
+    pthread_mutex_t mu;          /* guards hist */
     struct {
         uint64_t index, checksum;
     } hist[FSM_RAFT_HISTORY];

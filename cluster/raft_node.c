@@ -65,6 +65,8 @@ struct raft_node {
 
     uint64_t leader, applied; /* atomics */
     bool ready;               /* atomic */
+    bool diverged;            /* atomic */
+    uint64_t divergences;     /* atomic */
     raft_term barrier_term;   /* term whose barrier was applied */
     bool barrier_pending;
     struct raft_barrier barrier;
@@ -543,4 +545,46 @@ uint64_t raft_node_applied(struct raft_node *n)
 uint64_t raft_node_refused(struct raft_node *n)
 {
     return raft_transport_refused(&n->transport);
+}
+
+void raft_node_checkpoint(struct raft_node *n, uint64_t *index, uint64_t *checksum)
+{
+    /* Both from one read transaction of the tables: a consistent pair. */
+    if (fsm_state(n->cfg.fsm, index, checksum) != 0)
+        *index = *checksum = 0;
+}
+
+int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum)
+{
+    uint64_t mine;
+    if (fsm_raft_checksum_at(&n->adapter, index, &mine) != 0)
+        return -ENOENT;
+    if (mine == checksum)
+        return 0;
+    __atomic_add_fetch(&n->divergences, 1, __ATOMIC_RELAXED);
+    if (!__atomic_exchange_n(&n->diverged, true, __ATOMIC_ACQ_REL))
+        log_error("cluster: DIVERGENCE: after entry %llu this node's replicated tables have "
+                  "checksum %016llx, a peer's %016llx; this node must be rebuilt from a "
+                  "snapshot (docs/cluster.md)",
+                  (unsigned long long)index, (unsigned long long)mine,
+                  (unsigned long long)checksum);
+    return 1;
+}
+
+bool raft_node_diverged(struct raft_node *n)
+{
+    return __atomic_load_n(&n->diverged, __ATOMIC_ACQUIRE);
+}
+
+void raft_node_stats(struct raft_node *n, struct raft_node_stats *o)
+{
+    struct fsm_raft *a = &n->adapter;
+    o->applied = __atomic_load_n(&a->n_applied, __ATOMIC_RELAXED);
+    o->replays_skipped = __atomic_load_n(&a->n_skipped, __ATOMIC_RELAXED);
+    o->snapshots = __atomic_load_n(&a->n_snapshots, __ATOMIC_RELAXED);
+    o->restores = __atomic_load_n(&a->n_restores, __ATOMIC_RELAXED);
+    o->restores_skipped = __atomic_load_n(&a->n_restores_skipped, __ATOMIC_RELAXED);
+    o->apply_errors = __atomic_load_n(&a->n_apply_errors, __ATOMIC_RELAXED);
+    o->refused = raft_node_refused(n);
+    o->divergences = __atomic_load_n(&n->divergences, __ATOMIC_RELAXED);
 }

@@ -90,4 +90,27 @@ int raft_node_add(struct raft_node *n, const char *addr, raft_node_done_fn done,
 /* Handshakes the transport refused (wrong cluster name/secret/source). */
 uint64_t raft_node_refused(struct raft_node *n);
 
+/*
+ * The divergence detector (docs/cluster.md). raft_node_checkpoint gives the
+ * last applied index and the checksum of the tables after it, which the
+ * node sends to its peers (channel.proto DivergenceCheck). A peer's pair
+ * goes to raft_node_divergence_check: 0 when this node's checksum after the
+ * same index is equal, -ENOENT when this node has no checksum for that index
+ * (not applied yet, or too long ago), 1 when they differ: then the node is
+ * marked diverged (raft_node_diverged, logged as an error): its tables are
+ * not the cluster's and it must be rebuilt from a snapshot (wipe its Raft
+ * and table directories, start again: the leader sends it a snapshot).
+ * Which side is wrong is not decided here: the side that differs from the
+ * leader is.
+ */
+void raft_node_checkpoint(struct raft_node *n, uint64_t *index, uint64_t *checksum);
+int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum);
+bool raft_node_diverged(struct raft_node *n);
+
+struct raft_node_stats {
+    uint64_t applied, replays_skipped, snapshots, restores, restores_skipped, apply_errors;
+    uint64_t refused, divergences;
+};
+void raft_node_stats(struct raft_node *n, struct raft_node_stats *out);
+
 #endif

@@ -632,6 +632,16 @@ int rtable_snapshot(struct rtable *t, void **buf, size_t *len)
     return 0;
 }
 
+int rtable_snapshot_header(const void *buf, size_t len, uint64_t *applied, uint64_t *checksum)
+{
+    const unsigned char *p = buf;
+    if (len < SNAP_HDR || memcmp(p, "STRT", 4) != 0 || get_u32(p + 4) != RTABLE_FORMAT_VERSION)
+        return -EINVAL;
+    *applied = get_u64(p + 8);
+    *checksum = get_u64(p + 16);
+    return 0;
+}
+
 int rtable_restore(struct rtable *t, const void *buf, size_t len)
 {
     const unsigned char *p = buf, *end = p + len;

@@ -128,6 +128,9 @@ int rtable_checksum_compute(struct rtable_txn *x, uint64_t *out);
  * *buf is malloc'ed (caller frees). Any thread.
  */
 int rtable_snapshot(struct rtable *t, void **buf, size_t *len);
+/* The applied index and checksum a snapshot holds: 0, or -EINVAL when buf
+ * is not a snapshot of this format. */
+int rtable_snapshot_header(const void *buf, size_t len, uint64_t *applied, uint64_t *checksum);
 /* Replace every table with the snapshot in one write transaction (writer
  * thread). A malformed snapshot, or one whose records do not sum to its
  * checksum, is refused with -EINVAL and nothing changes. */

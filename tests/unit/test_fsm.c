@@ -431,18 +431,27 @@ static void test_snapshot_restore(void)
     CU_ASSERT_EQUAL_FATAL(fsm_snapshot(f1, &snap, &len), 0);
     /* Malformed snapshots change nothing. */
     uint64_t before = fsm_checksum(f2);
-    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len - 1), -EINVAL);
-    CU_ASSERT_EQUAL(fsm_restore(f2, snap, 10), -EINVAL);
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len - 1, false, NULL), -EINVAL);
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, 10, false, NULL), -EINVAL);
     unsigned char *bad = malloc(len);
     memcpy(bad, snap, len);
     bad[len - 1] ^= 1; /* a record byte: the checksum no longer adds up */
-    CU_ASSERT_EQUAL(fsm_restore(f2, bad, len), -EINVAL);
+    CU_ASSERT_EQUAL(fsm_restore(f2, bad, len, false, NULL), -EINVAL);
     free(bad);
     CU_ASSERT_EQUAL(fsm_checksum(f2), before);
     CU_ASSERT_EQUAL(fsm_applied(f2), 20);
     CU_ASSERT_EQUAL(routes_count(fsm_routes(f2)), 1);
 
-    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len), 0);
+    /* keep_newer: f2 applied a later index (20 > 10), nothing changes. */
+    bool skipped = false;
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len, true, &skipped), 0);
+    CU_ASSERT_TRUE(skipped);
+    CU_ASSERT_EQUAL(fsm_applied(f2), 20);
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len, false, &skipped), 0);
+    CU_ASSERT_FALSE(skipped);
+    /* Now f2 holds it: the same index and checksum is skipped too. */
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len, true, &skipped), 0);
+    CU_ASSERT_TRUE(skipped);
     free(snap);
     CU_ASSERT_EQUAL(fsm_applied(f2), 10);
     CU_ASSERT_EQUAL(fsm_checksum(f2), fsm_checksum(f1));
