@@ -27,12 +27,20 @@
 #define STARLING_FSM_RAFT_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <raft.h>
 #include <stdint.h>
 
 #include "fsm.h"
 
 #define FSM_RAFT_HISTORY 1024
+
+struct fsm_raft_pending {
+    struct fsm_raft_pending *next;
+    uint64_t index;
+    size_t len;
+    unsigned char data[];
+};
 
 struct fsm_raft {
     struct raft_fsm raft_fsm; /* pass &a->raft_fsm to raft_init */
@@ -42,7 +50,12 @@ struct fsm_raft {
     /* counters (read with __atomic loads from other threads) */
     uint64_t n_applied, n_skipped, n_snapshots, n_restores, n_apply_errors;
     uint64_t n_restores_skipped; /* snapshots the tables already held */
-    pthread_mutex_t mu;          /* guards hist */
+    uint64_t n_deferred;         /* applies put off by the section 5.4.2 guard */
+    bool guard_off;              /* tests only: apply whatever libraft commits (0.15 as is) */
+    /* entries accepted from libraft but deferred by the guard, in order */
+    struct fsm_raft_pending *pend_head, **pend_tail;
+    uint64_t n_pending;
+    pthread_mutex_t mu; /* guards hist */
     struct {
         uint64_t index, checksum;
     } hist[FSM_RAFT_HISTORY];
@@ -53,6 +66,25 @@ struct fsm_raft {
 void fsm_raft_init(struct fsm_raft *a, struct fsm *f);
 void fsm_raft_bind(struct fsm_raft *a, struct raft *r);
 void fsm_raft_close(struct fsm_raft *a);
+
+/*
+ * The guard against 0.15's commit of earlier-term entries (upstream #220):
+ * fsm_raft_commit_safe is true when the entry at r's commit index is of r's
+ * current term, i.e. the commit index was reached by counting replicas of a
+ * current-term entry, as section 5.4.2 of the Raft paper requires. While it
+ * is false the adapter applies nothing: it accepts the entries libraft hands
+ * it (an error from apply would make 0.15 stop the server) and keeps them,
+ * in order, in memory (and in snapshots, which libraft labels with an index
+ * that includes them). They are applied once a current-term entry commits:
+ * at the next apply, or at fsm_raft_flush, which the owner calls after the
+ * new leader's barrier and on a timer (raft_node.h). So an entry that 0.15
+ * commits too early is applied only once it is really committed - or never,
+ * if a later leader overwrites it (Figure 8, tests/unit/test_raft_fixture.c).
+ */
+bool fsm_raft_commit_safe(const struct raft *r);
+/* Apply the deferred entries if it is now safe (raft thread). 0 or a
+ * negative errno (the tables are broken). */
+int fsm_raft_flush(struct fsm_raft *a);
 
 /* The checksum of the tables right after the entry at index was applied on
  * this node: 0 with *sum set, or -ENOENT when index is not among the last

@@ -215,6 +215,7 @@ static void barrier_cb(struct raft_barrier *b, int status)
 {
     struct raft_node *n = b->data;
     n->barrier_pending = false;
+    fsm_raft_flush(&n->adapter);
     if (status == 0 && raft_state(&n->raft) == RAFT_LEADER) {
         n->barrier_term = n->raft.current_term;
         __atomic_store_n(&n->ready, true, __ATOMIC_RELEASE);
@@ -226,6 +227,7 @@ static void barrier_cb(struct raft_barrier *b, int status)
 static void on_tick(uv_timer_t *t)
 {
     struct raft_node *n = t->data;
+    fsm_raft_flush(&n->adapter);
     __atomic_store_n(&n->leader, leader_id(n), __ATOMIC_RELAXED);
     __atomic_store_n(&n->applied, raft_last_applied(&n->raft), __ATOMIC_RELAXED);
     bool leader = raft_state(&n->raft) == RAFT_LEADER;

@@ -334,13 +334,19 @@ static void test_snapshot_catch_up(void)
     }
     CU_ASSERT_TRUE(c.a[l].n_snapshots > 0);
     raft_fixture_revive(&c.f, lag);
+    /* The revived node may have started an election (the fixture runs
+     * without pre-vote); entries committed before are applied once an entry
+     * of the new term commits (the section 5.4.2 guard, fsm_raft.h): the
+     * leader commits one, as raft_node's barrier does. */
+    cmd_route_add(b, S("last"), 2);
+    propose_and_wait(&c, b);
     CU_ASSERT_TRUE(raft_fixture_step_until_applied(
-        &c.f, lag, raft_last_applied(raft_fixture_get(&c.f, l)), 10000));
+        &c.f, 3, raft_last_applied(raft_fixture_get(&c.f, leader(&c))), 10000));
     /* It caught up through a snapshot, not by replaying the whole log. */
     CU_ASSERT_TRUE(c.a[lag].n_restores > 0);
     CU_ASSERT_TRUE(c.a[lag].n_applied < 40);
     assert_all_equal(&c, MAX_N);
-    CU_ASSERT_EQUAL(routes_count(fsm_routes(c.fsm[lag])), 41);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(c.fsm[lag])), 42);
     cmd_batch_free(b);
     cluster_teardown(&c);
 }
@@ -369,13 +375,16 @@ static struct raft_entry claim_entry(raft_term term, uint64_t node)
  *   (c) S1 is elected again (term 4) and replicates A to S3: A is now on a
  *       majority (S1, S2, S3), but it is of an earlier term. The paper's
  *       rule: a leader never commits an entry of an earlier term by counting
- *       replicas. 0.15 (before upstream #220) does: S1 commits and applies A;
+ *       replicas. 0.15 (before upstream #220) does: S1's commit index
+ *       becomes 2;
  *   (d) S1 crashes; S5 comes back and is elected with the votes of S2, S3
  *       and S4 (its last term, 3, beats their 2) and overwrites index 2 with
- *       B everywhere: an applied, "committed" entry is lost, and S1's state
- *       machine differs from the others at the same index.
- * The divergence detector is what catches it: the checksums after index 2
- * differ between S1 and the rest.
+ *       B everywhere: a "committed" entry is lost.
+ * Without the guard (0.15 as it is), S1 applied A and its state machine
+ * differs from the others' at the same index (the divergence detector sees
+ * the checksums after index 2 differ). With the guard of fsm_raft.h, S1
+ * never applies A (its commit index is of an earlier term) and every state
+ * machine that applied index 2 applied B.
  */
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -387,10 +396,12 @@ static struct raft_entry claim_entry(raft_term term, uint64_t node)
 
 /* The scenario; returns 0 when 0.15 behaved as written above, else the line
  * of the first check that failed. */
-static int figure8_scenario(void)
+static int figure8_scenario(bool guard)
 {
     static struct cluster c;
     cluster_setup(&c, 5, false);
+    for (unsigned i = 0; i < 5; i++)
+        c.a[i].guard_off = !guard;
     struct raft_entry a0 = claim_entry(2, 1), a1 = claim_entry(2, 1), b4 = claim_entry(3, 5);
     raft_fixture_add_entry(&c.f, 0, &a0);
     raft_fixture_add_entry(&c.f, 1, &a1);
@@ -403,28 +414,34 @@ static int figure8_scenario(void)
     raft_fixture_kill(&c.f, 4);
     raft_fixture_elect(&c.f, 0);
     CHECK(raft_fixture_leader_index(&c.f) == 0);
-    CHECK(raft_fixture_get(&c.f, 0)->current_term >= 4);
-    bool s1_applied_a = raft_fixture_step_until_applied(&c.f, 0, 2, 2000);
-    uint64_t node = 0, epoch = 0;
-    int s1_owner = fsm_registry_get(c.fsm[0], S("fig8"), &node, &epoch);
-    printf("\n  figure 8: S1 (term %llu) %s A at index 2 (commit index %llu)\n",
-           (unsigned long long)raft_fixture_get(&c.f, 0)->current_term,
-           s1_applied_a ? "committed and applied" : "did not commit",
-           (unsigned long long)raft_fixture_get(&c.f, 0)->commit_index);
-    /* 0.15 commits the earlier-term entry by counting replicas. */
-    CHECK(s1_applied_a);
-    CHECK(s1_owner == 0 && node == 1);
-    uint64_t sum_s1 = 0;
-    CHECK(fsm_raft_checksum_at(&c.a[0], 2, &sum_s1) == 0);
+    struct raft *s1 = raft_fixture_get(&c.f, 0);
+    CHECK(s1->current_term == 4);
+    raft_fixture_step_until_applied(&c.f, 0, 2, 2000);
+    bool s1_applied_a = fsm_applied(c.fsm[0]) == 2;
+    printf("\n  figure 8 (%s): S1, leader of term %llu, has commit index %llu "
+           "(entry of term %llu) and %s A\n",
+           guard ? "with the guard" : "0.15 as is", (unsigned long long)s1->current_term,
+           (unsigned long long)s1->commit_index, 2ull, s1_applied_a ? "applied" : "did not apply");
+    /* 0.15 commits the earlier-term entry by counting replicas... */
+    CHECK(s1->commit_index == 2);
+    uint64_t node = 0, epoch = 0, sum_s1 = 0;
+    if (guard) {
+        /* ...the guard does not apply it: libraft handed it over (its
+         * last_applied is 2), the tables did not take it. */
+        CHECK(c.a[0].n_deferred == 1 && c.a[0].n_pending == 1);
+        CHECK(fsm_applied(c.fsm[0]) == 0); /* index 1 is the configuration */
+        CHECK(fsm_registry_get(c.fsm[0], S("fig8"), &node, &epoch) == -ENOENT);
+    } else {
+        CHECK(s1_applied_a);
+        CHECK(fsm_registry_get(c.fsm[0], S("fig8"), &node, &epoch) == 0 && node == 1);
+        CHECK(fsm_raft_checksum_at(&c.a[0], 2, &sum_s1) == 0);
+    }
 
     /* (d) S1 crashes before the others learn the commit index; S5 is back
      * and elected. */
     raft_fixture_kill(&c.f, 0);
-    for (unsigned i = 1; i < 4; i++) {
-        printf("  figure 8: S%u applied up to %llu\n", i + 1,
-               (unsigned long long)raft_last_applied(raft_fixture_get(&c.f, i)));
+    for (unsigned i = 1; i < 4; i++)
         CHECK(raft_last_applied(raft_fixture_get(&c.f, i)) < 2);
-    }
     raft_fixture_revive(&c.f, 4);
     CHECK(raft_fixture_step_until_has_no_leader(&c.f, 5000));
     raft_fixture_elect(&c.f, 4);
@@ -436,20 +453,29 @@ static int figure8_scenario(void)
     CHECK(raft_fixture_step_until(&c.f, proposal_done, &p, 5000));
     for (unsigned i = 1; i < 5; i++)
         CHECK(raft_fixture_step_until_applied(&c.f, i, p.req.index, 5000));
-    /* Index 2 is B on S2..S5: "fig8" belongs to S5's claim there, and to
-     * S1's on S1: the checksums after index 2 differ, which is what the
-     * divergence detector compares. */
+    /* Index 2 is B on S2..S5: "fig8" belongs to S5's claim there. */
+    uint64_t sum_s5 = 0;
+    CHECK(fsm_raft_checksum_at(&c.a[4], 2, &sum_s5) == 0);
     for (unsigned i = 1; i < 5; i++) {
         CHECK(fsm_registry_get(c.fsm[i], S("fig8"), &node, &epoch) == 0);
         CHECK(node == 5);
         uint64_t sum = 0;
         CHECK(fsm_raft_checksum_at(&c.a[i], 2, &sum) == 0);
-        printf("  figure 8: S%u after index 2: checksum %s S1's\n", i + 1,
-               sum == sum_s1 ? "equals" : "differs from");
-        CHECK(sum != sum_s1);
+        CHECK(sum == sum_s5);
     }
-    CHECK(fsm_registry_get(c.fsm[0], S("fig8"), &node, &epoch) == 0);
-    CHECK(node == 1);
+    if (guard) {
+        /* Nothing diverged: S1 never applied index 2. */
+        CHECK(fsm_raft_checksum_at(&c.a[0], 2, &sum_s1) == -ENOENT);
+        printf("  figure 8 (with the guard): S2..S5 applied B at index 2, S1 applied nothing "
+               "there: no divergence\n");
+    } else {
+        /* S1 applied A at index 2, the others B: the checksums after index 2
+         * differ, which the divergence detector reports. */
+        CHECK(sum_s1 != sum_s5);
+        CHECK(fsm_registry_get(c.fsm[0], S("fig8"), &node, &epoch) == 0 && node == 1);
+        printf("  figure 8 (0.15 as is): S1 applied A at index 2, S2..S5 applied B: "
+               "checksums differ, divergence\n");
+    }
     cmd_batch_free(b);
     return 0;
 }
@@ -458,7 +484,7 @@ static int figure8_scenario(void)
  * when it closes a server that was killed with I/O in flight (its own bug,
  * not ours), so the child exits without closing the fixture, and its
  * temporary directories are removed here. */
-static void test_figure8(void)
+static void run_figure8(bool guard)
 {
     char base[] = "/tmp/test_raft_fixture.f8.XXXXXX";
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(base));
@@ -467,7 +493,7 @@ static void test_figure8(void)
     pid_t pid = fork();
     CU_ASSERT_TRUE_FATAL(pid >= 0);
     if (pid == 0) {
-        int line = figure8_scenario();
+        int line = figure8_scenario(guard);
         fflush(stdout);
         _exit(line ? 1 : 0);
     }
@@ -477,6 +503,81 @@ static void test_figure8(void)
     CU_ASSERT_EQUAL(WEXITSTATUS(status), 0);
     nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     dir_base = "/tmp";
+}
+
+static void test_figure8_unguarded(void)
+{
+    run_figure8(false);
+}
+
+static void test_figure8_guarded(void)
+{
+    run_figure8(true);
+}
+
+/* The guard's deferred entries, without a cluster: a struct raft whose
+ * commit index is of an earlier term makes apply defer; a snapshot carries
+ * the deferred entry; the restoring side applies it once it is safe. */
+static void test_deferred_entries_in_snapshots(void)
+{
+    char d1[] = "/tmp/test_raft_fixture.XXXXXX", d2[] = "/tmp/test_raft_fixture.XXXXXX";
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(d1));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(d2));
+    struct fsm *f1, *f2;
+    struct fsm_options o1 = {.dir = d1}, o2 = {.dir = d2};
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(fsm_open(&f1, &o1, err, sizeof err), 0);
+    CU_ASSERT_EQUAL_FATAL(fsm_open(&f2, &o2, err, sizeof err), 0);
+    static struct fsm_raft a1, a2;
+    static struct raft r1, r2;
+    memset(&r1, 0, sizeof r1);
+    memset(&r2, 0, sizeof r2);
+    fsm_raft_init(&a1, f1);
+    fsm_raft_init(&a2, f2);
+    fsm_raft_bind(&a1, &r1);
+    fsm_raft_bind(&a2, &r2);
+    /* r1: term 3, commit index 1 of an unknown (earlier) term: unsafe. */
+    r1.current_term = 3;
+    r1.commit_index = 1;
+    CU_ASSERT_FALSE(fsm_raft_commit_safe(&r1));
+    struct cmd_batch *b = cmd_batch_new();
+    cmd_route_add(b, S("deferred"), 7);
+    size_t len;
+    const void *data = cmd_batch_data(b, &len);
+    struct raft_buffer buf = {(void *)data, len};
+    void *result = (void *)1;
+    CU_ASSERT_EQUAL(a1.raft_fsm.apply(&a1.raft_fsm, &buf, &result), 0);
+    CU_ASSERT_PTR_NULL(result);
+    CU_ASSERT_EQUAL(a1.n_pending, 1);
+    CU_ASSERT_EQUAL(fsm_applied(f1), 0);
+    CU_ASSERT_EQUAL(fsm_raft_flush(&a1), 0); /* still unsafe: nothing */
+    CU_ASSERT_EQUAL(a1.n_pending, 1);
+
+    struct raft_buffer *bufs = NULL;
+    unsigned n = 0;
+    CU_ASSERT_EQUAL_FATAL(a1.raft_fsm.snapshot(&a1.raft_fsm, &bufs, &n), 0);
+    CU_ASSERT_EQUAL_FATAL(n, 1);
+    /* A truncated snapshot is refused and changes nothing. */
+    struct raft_buffer cut = {bufs[0].base, bufs[0].len - 1};
+    CU_ASSERT_EQUAL(a2.raft_fsm.restore(&a2.raft_fsm, &cut), RAFT_MALFORMED);
+    CU_ASSERT_EQUAL(a2.n_pending, 0);
+    CU_ASSERT_EQUAL(a2.raft_fsm.restore(&a2.raft_fsm, &bufs[0]), 0); /* takes base */
+    raft_free(bufs);
+    CU_ASSERT_EQUAL(a2.n_pending, 1);
+    CU_ASSERT_EQUAL(fsm_applied(f2), 0);
+    /* r2 is safe (term 0, nothing committed): the flush applies it. */
+    CU_ASSERT_TRUE(fsm_raft_commit_safe(&r2));
+    CU_ASSERT_EQUAL(fsm_raft_flush(&a2), 0);
+    CU_ASSERT_EQUAL(a2.n_pending, 0);
+    CU_ASSERT_EQUAL(fsm_applied(f2), 1);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f2)), 1);
+    cmd_batch_free(b);
+    fsm_raft_close(&a1);
+    fsm_raft_close(&a2);
+    fsm_close(f1);
+    fsm_close(f2);
+    nftw(d1, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    nftw(d2, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 int main(void)
@@ -493,7 +594,9 @@ int main(void)
     CU_add_test(s, "leader killed, re-election", test_leader_killed);
     CU_add_test(s, "minority partition makes no progress", test_minority_partition);
     CU_add_test(s, "lagging node catches up by snapshot", test_snapshot_catch_up);
-    CU_add_test(s, "Figure 8 (section 5.4.2) under 0.15", test_figure8);
+    CU_add_test(s, "deferred entries travel in snapshots", test_deferred_entries_in_snapshots);
+    CU_add_test(s, "Figure 8 (section 5.4.2), 0.15 as is: divergence", test_figure8_unguarded);
+    CU_add_test(s, "Figure 8 (section 5.4.2) with the guard: none", test_figure8_guarded);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
