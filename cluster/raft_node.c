@@ -272,6 +272,8 @@ static void on_async(uv_async_t *a)
             start_add(n, r);
     }
     if (stopping && !uv_is_closing((uv_handle_t *)&n->timer)) {
+        if (n->cfg.on_stop)
+            n->cfg.on_stop(n->cfg.hook_ud);
         uv_timer_stop(&n->timer);
         raft_close(&n->raft, raft_closed);
     }
@@ -356,19 +358,29 @@ static void *thread_main(void *arg)
         what = "raft_start";
         rc = raft_start(&n->raft);
     }
+    if (rc == 0 && n->cfg.on_start) {
+        what = "start hook";
+        int hrc = n->cfg.on_start(n->cfg.hook_ud, n, &n->loop);
+        if (hrc) {
+            snprintf(n->err, sizeof n->err, "%s: %s", n->address, strerror(-hrc));
+            rc = RAFT_IOERR;
+            n->start_rc = hrc;
+        }
+    }
     if (rc == 0) {
         uv_async_init(&n->loop, &n->async, on_async);
         n->async.data = n;
         uv_timer_init(&n->loop, &n->timer);
         n->timer.data = n;
         uv_timer_start(&n->timer, on_tick, 50, 50);
-    } else {
+    } else if (!n->err[0]) {
         snprintf(n->err, sizeof n->err, "%s: %s: %s", n->address, what,
                  raft_init_done ? raft_errmsg(&n->raft) : raft_strerror(rc));
     }
     pthread_mutex_lock(&n->mu);
     n->started = true;
-    n->start_rc = rc;
+    if (!n->start_rc)
+        n->start_rc = rc;
     pthread_cond_broadcast(&n->cv);
     pthread_mutex_unlock(&n->mu);
     if (rc == 0) {
@@ -446,12 +458,13 @@ int raft_node_start(struct raft_node **out, const struct raft_node_config *c, ch
     pthread_mutex_unlock(&n->mu);
     if (n->start_rc) {
         snprintf(err, errlen, "%s", n->err);
+        rc = n->start_rc < 0 ? n->start_rc : -EIO;
         pthread_join(n->thread, NULL);
         pthread_mutex_destroy(&n->mu);
         pthread_cond_destroy(&n->cv);
         free(n->seeds);
         free(n);
-        return -EIO;
+        return rc;
     }
     *out = n;
     return 0;

@@ -28,6 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "fsm.h"
 
 struct raft_node;
@@ -45,6 +47,15 @@ struct raft_node_config {
     unsigned election_timeout_ms; /* 0 = 1000 */
     unsigned heartbeat_ms;        /* 0 = 100 */
     unsigned snapshot_threshold;  /* entries between snapshots, 0 = 1024 */
+    /* Hooks for what shares the raft thread's loop (cluster/cluster.h runs
+     * the forwarding channel there): on_start runs on the raft thread once
+     * Raft started, before raft_node_start returns; a non-zero return fails
+     * the start (a negative errno). on_stop runs on the raft thread when
+     * raft_node_stop begins: it must close every handle it opened on the
+     * loop (the thread ends when the loop has no handles left). */
+    int (*on_start)(void *ud, struct raft_node *n, uv_loop_t *loop);
+    void (*on_stop)(void *ud);
+    void *hook_ud;
 };
 
 /* The Raft id of the node with Raft address addr (never 0). */
