@@ -41,6 +41,9 @@ struct remote_req {
     uint64_t from, id;
 };
 
+#define MAX_CHECKS 16       /* peers whose last checkpoint waits to be compared */
+#define CHECKPOINT_EVERY 10 /* timer ticks (100 ms): a checkpoint a second */
+
 struct cluster {
     struct cluster_config cfg;
     char name[256], node_name[256], secret[256], address[64], raft_addr[64], chan_addr[64];
@@ -53,7 +56,13 @@ struct cluster {
     struct fwd *waiting;
     uint64_t next_id;
     bool member_inflight;
-    bool stopping; /* atomic */
+    unsigned ticks;
+    uint64_t members[64]; /* other members' ids, from the last scan */
+    unsigned n_members;
+    struct {
+        uint64_t from, index, checksum;
+    } checks[MAX_CHECKS]; /* peers' checkpoints not yet comparable */
+    bool stopping;        /* atomic */
 };
 
 static uint64_t now_ms(void)
@@ -238,6 +247,8 @@ static void on_result(struct cluster *c, const Starling__Chan__ProposeResult *r)
     /* An answer after its deadline: the caller was told -ETIMEDOUT. */
 }
 
+static void check_or_keep(struct cluster *c, uint64_t from, uint64_t index, uint64_t checksum);
+
 static void on_frame(void *ud, uint64_t from, const void *frame)
 {
     struct cluster *c = ud;
@@ -248,6 +259,9 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
         return;
     case STARLING__CHAN__FRAME__FRAME_PROPOSE_RESULT:
         on_result(c, f->propose_result);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_DIVERGENCE_CHECK:
+        check_or_keep(c, from, f->divergence_check->applied_index, f->divergence_check->checksum);
         return;
     default:
         if (c->cfg.on_frame)
@@ -307,6 +321,8 @@ static int scan_member(void *ud, uint64_t node, const void *rec, size_t len)
                      m->cluster_port == c->cfg.cluster_port && m->raft_port == c->cfg.raft_port;
     } else {
         add_peer(c, node, m->address, m->cluster_port, false);
+        if (c->n_members < sizeof c->members / sizeof c->members[0])
+            c->members[c->n_members++] = node;
     }
     starling__cmd__member__free_unpacked(m, NULL);
     return 0;
@@ -326,6 +342,7 @@ static void member_done(void *ud, int status, const struct fsm_batch_result *res
 static void ensure_member(struct cluster *c)
 {
     struct member_scan s = {c, false};
+    c->n_members = 0;
     fsm_members(c->fsm, scan_member, &s);
     if (s.self_ok || c->member_inflight || !raft_node_leader(c->raft))
         return;
@@ -342,9 +359,60 @@ static void ensure_member(struct cluster *c)
     cmd_batch_free(b);
 }
 
+/* ---- the divergence detector's traffic ---- */
+
+/* Compare a peer's checkpoint now, or keep it until this node has applied
+ * that index (one pending checkpoint per peer, the latest). */
+static void check_or_keep(struct cluster *c, uint64_t from, uint64_t index, uint64_t checksum)
+{
+    int rc = raft_node_divergence_check(c->raft, index, checksum);
+    int slot = -1;
+    for (int i = 0; i < MAX_CHECKS; i++)
+        if (c->checks[i].from == from || (slot < 0 && c->checks[i].from == 0))
+            slot = i;
+    if (slot < 0)
+        return;
+    if (rc == -ENOENT && index > raft_node_applied(c->raft)) {
+        c->checks[slot].from = from;
+        c->checks[slot].index = index;
+        c->checks[slot].checksum = checksum;
+    } else if (c->checks[slot].from == from) {
+        c->checks[slot].from = 0;
+    }
+}
+
+static void retry_checks(struct cluster *c)
+{
+    for (int i = 0; i < MAX_CHECKS; i++) {
+        if (!c->checks[i].from || c->checks[i].index > raft_node_applied(c->raft))
+            continue;
+        /* Applied now (or skipped past): compare once, then forget. */
+        raft_node_divergence_check(c->raft, c->checks[i].index, c->checks[i].checksum);
+        c->checks[i].from = 0;
+    }
+}
+
+static void send_checkpoint(struct cluster *c)
+{
+    Starling__Chan__DivergenceCheck d = STARLING__CHAN__DIVERGENCE_CHECK__INIT;
+    raft_node_checkpoint(c->raft, &d.applied_index, &d.checksum);
+    if (!d.applied_index)
+        return;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_DIVERGENCE_CHECK;
+    fr.divergence_check = &d;
+    uint8_t buf[64];
+    size_t n = starling__chan__frame__pack(&fr, buf);
+    for (unsigned i = 0; i < c->n_members; i++)
+        chan_send(c->chan, c->members[i], buf, n);
+}
+
 static void on_timer(uv_timer_t *t)
 {
     struct cluster *c = t->data;
+    if (++c->ticks % CHECKPOINT_EVERY == 0)
+        send_checkpoint(c);
+    retry_checks(c);
     uint64_t now = now_ms();
     for (struct fwd **pp = &c->waiting; *pp;) {
         struct fwd *f = *pp;

@@ -67,6 +67,7 @@ struct raft_node {
     bool ready;               /* atomic */
     bool diverged;            /* atomic */
     uint64_t divergences;     /* atomic */
+    uint64_t checks_equal;    /* atomic */
     raft_term barrier_term;   /* term whose barrier was applied */
     bool barrier_pending;
     struct raft_barrier barrier;
@@ -574,8 +575,10 @@ int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t che
     uint64_t mine;
     if (fsm_raft_checksum_at(&n->adapter, index, &mine) != 0)
         return -ENOENT;
-    if (mine == checksum)
+    if (mine == checksum) {
+        __atomic_add_fetch(&n->checks_equal, 1, __ATOMIC_RELAXED);
         return 0;
+    }
     __atomic_add_fetch(&n->divergences, 1, __ATOMIC_RELAXED);
     if (!__atomic_exchange_n(&n->diverged, true, __ATOMIC_ACQ_REL))
         log_error("cluster: DIVERGENCE: after entry %llu this node's replicated tables have "
@@ -602,4 +605,5 @@ void raft_node_stats(struct raft_node *n, struct raft_node_stats *o)
     o->apply_errors = __atomic_load_n(&a->n_apply_errors, __ATOMIC_RELAXED);
     o->refused = raft_node_refused(n);
     o->divergences = __atomic_load_n(&n->divergences, __ATOMIC_RELAXED);
+    o->checks_equal = __atomic_load_n(&n->checks_equal, __ATOMIC_RELAXED);
 }

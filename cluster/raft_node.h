@@ -120,7 +120,7 @@ bool raft_node_diverged(struct raft_node *n);
 
 struct raft_node_stats {
     uint64_t applied, replays_skipped, snapshots, restores, restores_skipped, apply_errors;
-    uint64_t refused, divergences;
+    uint64_t refused, divergences, checks_equal;
 };
 void raft_node_stats(struct raft_node *n, struct raft_node_stats *out);
 

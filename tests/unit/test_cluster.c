@@ -173,6 +173,17 @@ static bool all_equal(void)
     return true;
 }
 
+static bool all_checked(void)
+{
+    for (int i = 0; i < N; i++) {
+        struct raft_node_stats st;
+        raft_node_stats(cluster_raft(m[i].c), &st);
+        if (st.checks_equal == 0)
+            return false;
+    }
+    return true;
+}
+
 static void test_three_members(void)
 {
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(base));
@@ -266,6 +277,16 @@ static void test_three_members(void)
     CU_ASSERT_EQUAL(cluster_send(m[0].c, cluster_self(m[2].c), buf, n), 0);
     CU_ASSERT_TRUE(WAIT_UNTIL(m[2].frames_from[0] == 1, 5000));
     CU_ASSERT_EQUAL(m[1].frames_from[0], 0);
+
+    /* The divergence detector runs: each node compared a peer's checkpoint
+     * with its own (once a second) and found them equal. */
+    CU_ASSERT_TRUE(WAIT_UNTIL(all_checked(), 5000));
+    for (int i = 0; i < N; i++) {
+        struct raft_node_stats st;
+        raft_node_stats(cluster_raft(m[i].c), &st);
+        CU_ASSERT_EQUAL(st.divergences, 0);
+        CU_ASSERT_FALSE(raft_node_diverged(cluster_raft(m[i].c)));
+    }
 
     cmd_batch_free(b);
     for (int i = 0; i < N; i++)
