@@ -13,6 +13,7 @@
  * (proposals get -EAGAIN).
  */
 #include "raft_node.h"
+#include "cmd.h"
 #include "fsm_raft.h"
 #include "log.h"
 #include "raft_transport.h"
@@ -73,6 +74,7 @@ struct raft_node {
     struct raft_barrier barrier;
     struct raft_change change;
     struct req *change_req;
+    struct fsm_batch_result sub; /* a proposal's slice of its group's results */
     uint64_t change_id;
 };
 
@@ -127,34 +129,198 @@ static void req_done(struct req *r, int status, const struct fsm_batch_result *r
 
 /* ---- proposals ---- */
 
-static void apply_cb(struct raft_apply *a, int status, void *result)
+/*
+ * Proposals waiting in the queue when the loop wakes up are combined into
+ * one entry (up to FSM_MAX_BATCH commands and GROUP_MAX_BYTES): one Raft
+ * round, one fsync and one LMDB transaction for all of them. A CommandBatch
+ * is a repeated field, so the concatenation of encoded batches is the
+ * encoded batch of all their commands, in order; each proposal gets back
+ * the slice of results of its own commands.
+ */
+#define GROUP_MAX_BYTES (1u << 20)
+
+struct group {
+    struct raft_apply apply;
+    struct raft_node *n;
+    unsigned count;
+    struct {
+        struct req *r;
+        uint32_t first, n;
+    } m[];
+};
+
+/* The commands of an entry made by cmd.h: 0 with *n, or -EINVAL. */
+static int count_commands(const void *entry, size_t len, uint32_t *n)
 {
-    struct req *r = a->data;
-    req_done(r, status_of(status), status == 0 ? result : NULL);
+    const uint8_t *pb;
+    size_t pb_len;
+    if (cmd_entry_unwrap(entry, len, (const void **)&pb, &pb_len) != 0)
+        return -EINVAL;
+    uint32_t k = 0;
+    size_t i = 0;
+    while (i < pb_len) {
+        if (pb[i++] != 0x0a) /* field 1, length-delimited */
+            return -EINVAL;
+        uint64_t l = 0;
+        for (int shift = 0;; shift += 7) {
+            if (i >= pb_len || shift > 63)
+                return -EINVAL;
+            uint8_t b = pb[i++];
+            l |= (uint64_t)(b & 0x7f) << shift;
+            if (!(b & 0x80))
+                break;
+        }
+        if (l > pb_len - i)
+            return -EINVAL;
+        i += l;
+        k++;
+    }
+    *n = k;
+    return 0;
 }
 
-static void start_propose(struct raft_node *n, struct req *r)
+static void group_apply_cb(struct raft_apply *a, int status, void *result)
 {
-    if (raft_state(&n->raft) != RAFT_LEADER) {
-        req_done(r, -ENOTCONN, NULL);
+    struct group *g = a->data;
+    struct raft_node *n = g->n;
+    const struct fsm_batch_result *res = result;
+    for (unsigned i = 0; i < g->count; i++) {
+        struct req *r = g->m[i].r;
+        if (status != 0 || !res) {
+            req_done(r, status_of(status), NULL);
+            continue;
+        }
+        struct fsm_batch_result *sub = &n->sub;
+        sub->index = res->index;
+        sub->skipped = res->skipped;
+        sub->checksum = res->checksum;
+        uint32_t first = g->m[i].first, cnt = g->m[i].n;
+        if (first > res->n)
+            first = res->n;
+        if (cnt > res->n - first)
+            cnt = res->n - first;
+        sub->n = cnt;
+        memcpy(sub->results, res->results + first, cnt);
+        req_done(r, 0, sub);
+    }
+    free(g);
+}
+
+/* Propose reqs[0..count) as one entry (count >= 1). */
+static void propose_group(struct raft_node *n, struct req **reqs, const uint32_t *ncmds,
+                          unsigned count)
+{
+    struct group *g = malloc(sizeof *g + count * sizeof g->m[0]);
+    size_t pb_total = 0;
+    for (unsigned i = 0; i < count; i++)
+        pb_total += reqs[i]->len - CMD_ENTRY_HEADER; /* >= the batch, with padding */
+    struct raft_buffer b = {raft_malloc(CMD_ENTRY_HEADER + pb_total + 8), 0};
+    if (!g || !b.base) {
+        free(g);
+        raft_free(b.base);
+        for (unsigned i = 0; i < count; i++)
+            req_done(reqs[i], -ENOMEM, NULL);
         return;
     }
-    if (!__atomic_load_n(&n->ready, __ATOMIC_ACQUIRE)) {
-        req_done(r, -EAGAIN, NULL);
-        return;
+    uint8_t *p = b.base;
+    size_t off = CMD_ENTRY_HEADER;
+    uint32_t first = 0;
+    for (unsigned i = 0; i < count; i++) {
+        const void *pb;
+        size_t pb_len;
+        cmd_entry_unwrap(reqs[i]->buf, reqs[i]->len, &pb, &pb_len);
+        memcpy(p + off, pb, pb_len);
+        off += pb_len;
+        g->m[i].r = reqs[i];
+        g->m[i].first = first;
+        g->m[i].n = ncmds[i];
+        first += ncmds[i];
     }
-    struct raft_buffer b = {raft_malloc(r->len ? r->len : 1), r->len};
-    if (!b.base) {
-        req_done(r, -ENOMEM, NULL);
-        return;
-    }
-    memcpy(b.base, r->buf, r->len);
-    r->apply.data = r;
-    int rc = raft_apply(&n->raft, &r->apply, &b, 1, apply_cb);
+    size_t pb_len = off - CMD_ENTRY_HEADER;
+    memcpy(p, "ST\x01\x00", 4);
+    p[4] = (uint8_t)pb_len;
+    p[5] = (uint8_t)(pb_len >> 8);
+    p[6] = (uint8_t)(pb_len >> 16);
+    p[7] = (uint8_t)(pb_len >> 24);
+    size_t total = (off + 7) & ~(size_t)7;
+    memset(p + off, 0, total - off);
+    b.len = total;
+    g->n = n;
+    g->count = count;
+    g->apply.data = g;
+    int rc = raft_apply(&n->raft, &g->apply, &b, 1, group_apply_cb);
     if (rc) {
         raft_free(b.base);
-        req_done(r, status_of(rc), NULL);
+        for (unsigned i = 0; i < count; i++)
+            req_done(reqs[i], status_of(rc), NULL);
+        free(g);
     }
+}
+
+/* Propose a run of REQ_PROPOSE requests, grouped. */
+static void start_proposals(struct raft_node *n, struct req **reqs, unsigned count)
+{
+    int refuse = 0;
+    if (raft_state(&n->raft) != RAFT_LEADER)
+        refuse = -ENOTCONN;
+    else if (!__atomic_load_n(&n->ready, __ATOMIC_ACQUIRE))
+        refuse = -EAGAIN;
+    uint32_t *ncmds = malloc((count ? count : 1) * sizeof *ncmds);
+    if (!refuse && !ncmds)
+        refuse = -ENOMEM;
+    if (refuse) {
+        for (unsigned i = 0; i < count; i++)
+            req_done(reqs[i], refuse, NULL);
+        free(ncmds);
+        return;
+    }
+    unsigned start = 0;
+    uint32_t cmds = 0;
+    size_t bytes = 0;
+    for (unsigned i = 0; i < count; i++) {
+        uint32_t k;
+        bool alone = count_commands(reqs[i]->buf, reqs[i]->len, &k) != 0 || k > FSM_MAX_BATCH ||
+                     reqs[i]->len > GROUP_MAX_BYTES;
+        if (i > start &&
+            (alone || cmds + k > FSM_MAX_BATCH || bytes + reqs[i]->len > GROUP_MAX_BYTES)) {
+            propose_group(n, reqs + start, ncmds + start, i - start);
+            start = i;
+            cmds = 0;
+            bytes = 0;
+        }
+        if (alone) {
+            /* Proposed as it is: the state machine judges it. */
+            struct raft_buffer b = {raft_malloc(reqs[i]->len ? reqs[i]->len : 1), reqs[i]->len};
+            struct group *g = malloc(sizeof *g + sizeof g->m[0]);
+            if (!b.base || !g) {
+                raft_free(b.base);
+                free(g);
+                req_done(reqs[i], -ENOMEM, NULL);
+            } else {
+                memcpy(b.base, reqs[i]->buf, reqs[i]->len);
+                g->n = n;
+                g->count = 1;
+                g->m[0].r = reqs[i];
+                g->m[0].first = 0;
+                g->m[0].n = FSM_MAX_BATCH;
+                g->apply.data = g;
+                int rc = raft_apply(&n->raft, &g->apply, &b, 1, group_apply_cb);
+                if (rc) {
+                    raft_free(b.base);
+                    free(g);
+                    req_done(reqs[i], status_of(rc), NULL);
+                }
+            }
+            start = i + 1;
+            continue;
+        }
+        ncmds[i] = k;
+        cmds += k;
+        bytes += reqs[i]->len;
+    }
+    if (start < count)
+        propose_group(n, reqs + start, ncmds + start, count - start);
+    free(ncmds);
 }
 
 /* ---- membership ---- */
@@ -262,16 +428,33 @@ static void on_async(uv_async_t *a)
     n->tail = &n->queue;
     bool stopping = n->stopping;
     pthread_mutex_unlock(&n->mu);
+    /* Runs of proposals go out grouped; an addition ends a run, so the
+     * order of the queue is kept. */
+    struct req *run[256];
+    unsigned nrun = 0;
     while (q) {
         struct req *r = q;
         q = q->next;
-        if (stopping)
+        if (stopping) {
             req_done(r, -ECANCELED, NULL);
-        else if (r->kind == REQ_PROPOSE)
-            start_propose(n, r);
-        else
-            start_add(n, r);
+            continue;
+        }
+        if (r->kind == REQ_PROPOSE) {
+            run[nrun++] = r;
+            if (nrun == sizeof run / sizeof run[0]) {
+                start_proposals(n, run, nrun);
+                nrun = 0;
+            }
+            continue;
+        }
+        if (nrun) {
+            start_proposals(n, run, nrun);
+            nrun = 0;
+        }
+        start_add(n, r);
     }
+    if (nrun)
+        start_proposals(n, run, nrun);
     if (stopping && !uv_is_closing((uv_handle_t *)&n->timer)) {
         if (n->cfg.on_stop)
             n->cfg.on_stop(n->cfg.hook_ud);
