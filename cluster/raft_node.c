@@ -29,7 +29,7 @@
 #include <sys/stat.h>
 #include <uv.h>
 
-enum req_kind { REQ_PROPOSE, REQ_ADD };
+enum req_kind { REQ_PROPOSE, REQ_ADD, REQ_REMOVE };
 
 struct req {
     struct req *next;
@@ -38,6 +38,7 @@ struct req {
     void *buf;
     size_t len;
     char addr[64];
+    uint64_t id; /* REQ_REMOVE */
     raft_node_done_fn done;
     void *ud;
     struct raft_apply apply;
@@ -75,6 +76,10 @@ struct raft_node {
     struct raft_change change;
     struct req *change_req;
     struct fsm_batch_result sub; /* a proposal's slice of its group's results */
+    unsigned max_voters;
+    /* the configuration as of the last tick, for other threads (mu) */
+    struct raft_node_member members[RAFT_NODE_MAX_MEMBERS];
+    unsigned n_members;
     uint64_t change_id;
 };
 
@@ -333,6 +338,14 @@ static void assign_cb(struct raft_change *c, int status)
     req_done(r, status_of(status), NULL);
 }
 
+static unsigned count_voters(struct raft_node *n)
+{
+    unsigned voters = 0;
+    for (unsigned i = 0; i < n->raft.configuration.n; i++)
+        voters += n->raft.configuration.servers[i].role == RAFT_VOTER;
+    return voters;
+}
+
 static void add_cb(struct raft_change *c, int status)
 {
     struct raft_node *n = c->data;
@@ -342,12 +355,9 @@ static void add_cb(struct raft_change *c, int status)
         req_done(r, status_of(status), NULL);
         return;
     }
-    unsigned voters = 0;
-    for (unsigned i = 0; i < n->raft.configuration.n; i++)
-        voters += n->raft.configuration.servers[i].role == RAFT_VOTER;
-    /* At most RAFT_NODE_MAX_VOTERS voters; libraft catches the new server
-     * up before it promotes it to voter. */
-    int role = voters < RAFT_NODE_MAX_VOTERS ? RAFT_VOTER : RAFT_STANDBY;
+    /* At most max_voters voters; libraft catches the new server up before
+     * it promotes it to voter. */
+    int role = count_voters(n) < n->max_voters ? RAFT_VOTER : RAFT_STANDBY;
     n->change.data = n;
     int rc = raft_assign(&n->raft, &n->change, n->change_id, role, assign_cb);
     if (rc) {
@@ -376,6 +386,52 @@ static void start_add(struct raft_node *n, struct req *r)
     }
 }
 
+static void remove_cb(struct raft_change *c, int status)
+{
+    struct raft_node *n = c->data;
+    struct req *r = n->change_req;
+    if (status != 0) {
+        n->change_req = NULL;
+        req_done(r, status_of(status), NULL);
+        return;
+    }
+    /* A voter went: promote a standby (the first in the configuration)
+     * while there are fewer than max_voters. */
+    if (count_voters(n) < n->max_voters) {
+        for (unsigned i = 0; i < n->raft.configuration.n; i++) {
+            const struct raft_server *sv = &n->raft.configuration.servers[i];
+            if (sv->role != RAFT_STANDBY)
+                continue;
+            n->change.data = n;
+            if (raft_assign(&n->raft, &n->change, sv->id, RAFT_VOTER, assign_cb) == 0) {
+                log_info("cluster: standby %016llx promoted to voter", (unsigned long long)sv->id);
+                return;
+            }
+        }
+    }
+    n->change_req = NULL;
+    req_done(r, 0, NULL);
+}
+
+static void start_remove(struct raft_node *n, struct req *r)
+{
+    if (raft_state(&n->raft) != RAFT_LEADER) {
+        req_done(r, -ENOTCONN, NULL);
+        return;
+    }
+    if (n->change_req) {
+        req_done(r, -EBUSY, NULL);
+        return;
+    }
+    n->change_req = r;
+    n->change.data = n;
+    int rc = raft_remove(&n->raft, &n->change, r->id, remove_cb);
+    if (rc) {
+        n->change_req = NULL;
+        req_done(r, rc == RAFT_BADID ? -ENOENT : status_of(rc), NULL);
+    }
+}
+
 /* ---- the loop ---- */
 
 static void barrier_cb(struct raft_barrier *b, int status)
@@ -394,6 +450,18 @@ static void barrier_cb(struct raft_barrier *b, int status)
 static void on_tick(uv_timer_t *t)
 {
     struct raft_node *n = t->data;
+    pthread_mutex_lock(&n->mu);
+    n->n_members = 0;
+    for (unsigned i = 0; i < n->raft.configuration.n && i < RAFT_NODE_MAX_MEMBERS; i++) {
+        const struct raft_server *sv = &n->raft.configuration.servers[i];
+        struct raft_node_member *m = &n->members[n->n_members++];
+        m->id = sv->id;
+        m->role = sv->role == RAFT_VOTER     ? RAFT_NODE_VOTER
+                  : sv->role == RAFT_STANDBY ? RAFT_NODE_STANDBY
+                                             : RAFT_NODE_SPARE;
+        snprintf(m->address, sizeof m->address, "%s", sv->address);
+    }
+    pthread_mutex_unlock(&n->mu);
     fsm_raft_flush(&n->adapter);
     __atomic_store_n(&n->leader, leader_id(n), __ATOMIC_RELAXED);
     __atomic_store_n(&n->applied, raft_last_applied(&n->raft), __ATOMIC_RELAXED);
@@ -451,7 +519,10 @@ static void on_async(uv_async_t *a)
             start_proposals(n, run, nrun);
             nrun = 0;
         }
-        start_add(n, r);
+        if (r->kind == REQ_ADD)
+            start_add(n, r);
+        else
+            start_remove(n, r);
     }
     if (nrun)
         start_proposals(n, run, nrun);
@@ -485,7 +556,7 @@ static int bootstrap(struct raft_node *n)
     for (unsigned i = 0; i < ns && rc == 0; i++) {
         if (i > 0 && strcmp(n->seeds[i], n->seeds[i - 1]) == 0)
             continue;
-        int role = voters < RAFT_NODE_MAX_VOTERS ? RAFT_VOTER : RAFT_STANDBY;
+        int role = voters < n->max_voters ? RAFT_VOTER : RAFT_STANDBY;
         voters += role == RAFT_VOTER;
         rc = raft_configuration_add(&conf, raft_node_id_of(n->seeds[i]), n->seeds[i], role);
     }
@@ -627,6 +698,7 @@ int raft_node_start(struct raft_node **out, const struct raft_node_config *c, ch
     for (unsigned i = 0; i < c->n_seeds; i++)
         snprintf(n->seeds[i], sizeof n->seeds[i], "%s", c->seeds[i]);
     n->self = raft_node_id_of(n->address);
+    n->max_voters = c->max_voters ? c->max_voters : RAFT_NODE_MAX_VOTERS;
     n->tail = &n->queue;
     pthread_mutex_init(&n->mu, NULL);
     pthread_cond_init(&n->cv, NULL);
@@ -789,4 +861,28 @@ void raft_node_stats(struct raft_node *n, struct raft_node_stats *o)
     o->refused = raft_node_refused(n);
     o->divergences = __atomic_load_n(&n->divergences, __ATOMIC_RELAXED);
     o->checks_equal = __atomic_load_n(&n->checks_equal, __ATOMIC_RELAXED);
+}
+
+int raft_node_remove(struct raft_node *n, uint64_t id, raft_node_done_fn done, void *ud)
+{
+    if (!id)
+        return -EINVAL;
+    struct req *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->kind = REQ_REMOVE;
+    r->id = id;
+    r->n = n;
+    r->done = done;
+    r->ud = ud;
+    return enqueue(n, r);
+}
+
+unsigned raft_node_members(struct raft_node *n, struct raft_node_member *out, unsigned max)
+{
+    pthread_mutex_lock(&n->mu);
+    unsigned k = n->n_members < max ? n->n_members : max;
+    memcpy(out, n->members, k * sizeof *out);
+    pthread_mutex_unlock(&n->mu);
+    return k;
 }

@@ -35,6 +35,7 @@
 struct raft_node;
 
 #define RAFT_NODE_MAX_VOTERS 5
+#define RAFT_NODE_MAX_MEMBERS 64
 
 struct raft_node_config {
     const char *dir;          /* Raft log and snapshots (created when missing) */
@@ -47,6 +48,7 @@ struct raft_node_config {
     unsigned election_timeout_ms; /* 0 = 1000 */
     unsigned heartbeat_ms;        /* 0 = 100 */
     unsigned snapshot_threshold;  /* entries between snapshots, 0 = 1024 */
+    unsigned max_voters; /* 0 = RAFT_NODE_MAX_VOTERS (5); the same on every seed */
     /* Hooks for what shares the raft thread's loop (cluster/cluster.h runs
      * the forwarding channel there): on_start runs on the raft thread once
      * Raft started, before raft_node_start returns; a non-zero return fails
@@ -92,11 +94,29 @@ int raft_node_propose(struct raft_node *n, const void *batch, size_t len, raft_n
 
 /*
  * Add the node with Raft address addr (leader only): raft_add (as spare),
- * then raft_assign as voter while there are fewer than 5 voters, else as
- * standby. One change at a time: -EBUSY while one is in progress.
+ * then raft_assign as voter while there are fewer than max_voters voters,
+ * else as standby. One change at a time: -EBUSY while one is in progress.
  * done(ud, status, NULL, leader) as above (status 0 = in the configuration).
  */
 int raft_node_add(struct raft_node *n, const char *addr, raft_node_done_fn done, void *ud);
+
+/*
+ * Remove server id from the configuration (leader only; an operator's
+ * "forget", or a node leaving - the leader may remove itself, and steps
+ * down once that is committed). When a voter went and there are fewer than
+ * max_voters, the first standby is promoted to voter. One change at a time
+ * (-EBUSY); -ENOTCONN not the leader; -ENOENT no such server.
+ */
+int raft_node_remove(struct raft_node *n, uint64_t id, raft_node_done_fn done, void *ud);
+
+/* The Raft configuration as of the last tick (50 ms). */
+enum raft_node_role { RAFT_NODE_VOTER, RAFT_NODE_STANDBY, RAFT_NODE_SPARE };
+struct raft_node_member {
+    uint64_t id;
+    enum raft_node_role role;
+    char address[64];
+};
+unsigned raft_node_members(struct raft_node *n, struct raft_node_member *out, unsigned max);
 
 /* Handshakes the transport refused (wrong cluster name/secret/source). */
 uint64_t raft_node_refused(struct raft_node *n);

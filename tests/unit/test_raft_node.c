@@ -108,7 +108,8 @@ static int start_node(struct node *nd, const char *secret, const char *const *sd
                                  .cluster_secret = secret,
                                  .election_timeout_ms = 300,
                                  .heartbeat_ms = 50,
-                                 .snapshot_threshold = 8};
+                                 .snapshot_threshold = 8,
+                                 .max_voters = 3};
     rc = raft_node_start(&nd->raft, &c, err, sizeof err);
     if (rc)
         fprintf(stderr, "raft_node_start: %s\n", err);
@@ -173,6 +174,49 @@ static struct node *node_of(uint64_t id)
         if (nodes[i].raft && raft_node_self(nodes[i].raft) == id)
             return &nodes[i];
     return NULL;
+}
+
+/* Add (addr) or remove (id) a server at node nd and wait for the outcome. */
+static int change_wait(struct node *nd, uint64_t id, const char *addr, struct outcome *o)
+{
+    pthread_mutex_init(&o->mu, NULL);
+    pthread_cond_init(&o->cv, NULL);
+    o->done = false;
+    int rc = addr ? raft_node_add(nd->raft, addr, done_cb, o)
+                  : raft_node_remove(nd->raft, id, done_cb, o);
+    if (rc)
+        return rc;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 15;
+    pthread_mutex_lock(&o->mu);
+    while (!o->done && rc == 0)
+        rc = pthread_cond_timedwait(&o->cv, &o->mu, &until);
+    pthread_mutex_unlock(&o->mu);
+    pthread_mutex_destroy(&o->mu);
+    pthread_cond_destroy(&o->cv);
+    return o->done ? o->status : -ETIMEDOUT;
+}
+
+/* The role of server id in nd's configuration, -1 when absent. */
+static int role_of(struct node *nd, uint64_t id)
+{
+    struct raft_node_member m[16];
+    unsigned k = raft_node_members(nd->raft, m, 16);
+    for (unsigned i = 0; i < k; i++)
+        if (m[i].id == id)
+            return (int)m[i].role;
+    return -1;
+}
+
+static int count_role(struct node *nd, int role)
+{
+    struct raft_node_member m[16];
+    unsigned k = raft_node_members(nd->raft, m, 16);
+    int n = 0;
+    for (unsigned i = 0; i < k; i++)
+        n += (int)m[i].role == role;
+    return n;
 }
 
 static bool any_ready(void)
@@ -275,35 +319,6 @@ static void test_three_nodes(void)
     raft_node_stats(nodes[0].raft, &st);
     CU_ASSERT_TRUE(st.snapshots > 0); /* 15 commands + barrier, threshold 8 */
 
-    /* A new node (not a seed) joins: the leader adds it as a spare and
-     * promotes it to voter; it catches up and applies the same. */
-    struct node *x = &nodes[N];
-    int port = free_port("127.0.0.14");
-    CU_ASSERT_TRUE_FATAL(port > 0);
-    snprintf(x->address, sizeof x->address, "127.0.0.14:%d", port);
-    snprintf(x->dir, sizeof x->dir, "%s/n4", base);
-    CU_ASSERT_EQUAL_FATAL(start_node(x, "s3cret", seeds, N), 0);
-    struct outcome o;
-    cmd_route_add(b, S("x"), 1);
-    CU_ASSERT_EQUAL(propose_wait(x, b, &o), -ENOTCONN); /* not in any cluster yet */
-    cmd_batch_reset(b);
-    struct node *l = node_of(raft_node_leader(nodes[0].raft));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
-    pthread_mutex_init(&o.mu, NULL);
-    pthread_cond_init(&o.cv, NULL);
-    o.done = false;
-    CU_ASSERT_EQUAL_FATAL(raft_node_add(l->raft, x->address, done_cb, &o), 0);
-    CU_ASSERT_TRUE(WAIT_UNTIL(__atomic_load_n(&o.done, __ATOMIC_ACQUIRE), 15000));
-    CU_ASSERT_EQUAL(o.status, 0);
-    pthread_mutex_destroy(&o.mu);
-    pthread_cond_destroy(&o.cv);
-    CU_ASSERT_TRUE(
-        WAIT_UNTIL(fsm_applied(x->fsm) == fsm_applied(nodes[0].fsm) && fsm_applied(x->fsm), 10000));
-    CU_ASSERT_EQUAL(fsm_checksum(x->fsm), sum);
-    CU_ASSERT_EQUAL(routes_count(fsm_routes(x->fsm)), 15);
-    CU_ASSERT_EQUAL(raft_node_leader(x->raft), raft_node_leader(nodes[0].raft));
-    stop_node(x);
-
     /* The whole cluster restarts (in another order) with its directories:
      * the same cluster, the same tables, and it goes on. */
     for (int i = 0; i < N; i++)
@@ -322,7 +337,8 @@ static void test_three_nodes(void)
         CU_ASSERT_FALSE(raft_node_diverged(nodes[i].raft));
     }
     CU_ASSERT_TRUE_FATAL(WAIT_UNTIL(any_ready(), 15000));
-    l = NULL;
+    struct node *l = NULL;
+    struct outcome o;
     for (int i = 0; i < N; i++)
         if (raft_node_ready(nodes[i].raft))
             l = &nodes[i];
@@ -341,9 +357,52 @@ static void test_three_nodes(void)
         CU_ASSERT_EQUAL(fsm_checksum_verify(nodes[i].fsm, &c), 0);
         CU_ASSERT_EQUAL(c, sum);
     }
+    /* A new node (not a seed) joins: the leader adds it as a spare and,
+     * with max_voters 3 already reached, makes it a standby; it catches up
+     * and applies the same. */
+    struct node *x = &nodes[N];
+    int port = free_port("127.0.0.14");
+    CU_ASSERT_TRUE_FATAL(port > 0);
+    snprintf(x->address, sizeof x->address, "127.0.0.14:%d", port);
+    snprintf(x->dir, sizeof x->dir, "%s/n4", base);
+    CU_ASSERT_EQUAL_FATAL(start_node(x, "s3cret", seeds, N), 0);
+    cmd_route_add(b, S("x"), 1);
+    CU_ASSERT_EQUAL(propose_wait(x, b, &o), -ENOTCONN); /* not in any cluster yet */
+    cmd_batch_reset(b);
+    CU_ASSERT_EQUAL_FATAL(change_wait(l, 0, x->address, &o), 0);
+    CU_ASSERT_TRUE(
+        WAIT_UNTIL(fsm_applied(x->fsm) == fsm_applied(l->fsm) && fsm_applied(x->fsm), 10000));
+    CU_ASSERT_EQUAL(fsm_checksum(x->fsm), fsm_checksum(l->fsm));
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(x->fsm)), 16);
+    CU_ASSERT_EQUAL(raft_node_leader(x->raft), raft_node_self(l->raft));
+    CU_ASSERT_TRUE(WAIT_UNTIL(role_of(l, raft_node_self(x->raft)) == RAFT_NODE_STANDBY, 2000));
+    CU_ASSERT_EQUAL(count_role(l, RAFT_NODE_VOTER), 3);
+    /* Only the leader changes the configuration. */
+    struct node *f = NULL;
+    for (int i = 0; i < N; i++)
+        if (&nodes[i] != l)
+            f = &nodes[i];
+    CU_ASSERT_EQUAL(change_wait(f, raft_node_self(x->raft), NULL, &o), -ENOTCONN);
+    /* An operator forgets a follower: it leaves the configuration and the
+     * standby is promoted to voter. */
+    CU_ASSERT_EQUAL(change_wait(l, raft_node_self(f->raft), NULL, &o), 0);
+    CU_ASSERT_TRUE(WAIT_UNTIL(role_of(l, raft_node_self(f->raft)) == -1 &&
+                                  role_of(l, raft_node_self(x->raft)) == RAFT_NODE_VOTER,
+                              5000));
+    CU_ASSERT_EQUAL(count_role(l, RAFT_NODE_VOTER), 3);
+    CU_ASSERT_EQUAL(change_wait(l, 12345, NULL, &o), -ENOENT);
+    stop_node(f);
+    /* The cluster goes on with the promoted node as a voter. */
+    cmd_route_add(b, S("after/promotion"), 1);
+    CU_ASSERT_EQUAL(propose_wait(l, b, &o), 0);
+    CU_ASSERT_TRUE(WAIT_UNTIL(fsm_applied(x->fsm) == fsm_applied(l->fsm), 10000));
+    CU_ASSERT_EQUAL(fsm_checksum(x->fsm), fsm_checksum(l->fsm));
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(x->fsm)), 17);
+    stop_node(x);
     cmd_batch_free(b);
     for (int i = 0; i < N; i++)
-        stop_node(&nodes[i]);
+        if (nodes[i].raft)
+            stop_node(&nodes[i]);
     nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
