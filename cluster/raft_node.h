@@ -48,7 +48,7 @@ struct raft_node_config {
     unsigned election_timeout_ms; /* 0 = 1000 */
     unsigned heartbeat_ms;        /* 0 = 100 */
     unsigned snapshot_threshold;  /* entries between snapshots, 0 = 1024 */
-    unsigned max_voters; /* 0 = RAFT_NODE_MAX_VOTERS (5); the same on every seed */
+    unsigned max_voters;          /* 0 = RAFT_NODE_MAX_VOTERS (5); the same on every seed */
     /* Hooks for what shares the raft thread's loop (cluster/cluster.h runs
      * the forwarding channel there): on_start runs on the raft thread once
      * Raft started, before raft_node_start returns; a non-zero return fails
