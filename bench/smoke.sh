@@ -22,7 +22,7 @@ done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^STARLING_' || true)
 
-TMP=$(mktemp -d /tmp/starling-smoke.XXXXXX)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/starling-smoke.XXXXXX")
 PID=""
 cleanup() {
     if [ -n "$PID" ]; then

@@ -1,9 +1,5 @@
 /*
- * broker.c - the node's shared state and the publish path (see broker.h).
- *
- * The main thread runs a small libuv loop of its own: signals, the
- * housekeeping timer (session expiry, delayed wills) and the $SYS timer.
- * Client traffic never touches it.
+ * broker.c - the node's engine state and the publish path (see broker.h).
  *
  * Publish path: match the topic in the subscription index under its read
  * lock, taking a reference on each matching session; merge the matches of
@@ -19,91 +15,15 @@
 #include <time.h>
 
 #include "codec.h"
-#include "conn.h"
 #include "log.h"
 #include "persist.h"
 #include "session.h"
-#include "worker.h"
-
-#define HOUSEKEEPING_MS 100
-
-struct broker g_broker;
 
 uint64_t broker_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* ---- session table ----------------------------------------------------- */
-
-static uint64_t broker_hash(const char *id, size_t len)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (uint8_t)id[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
-struct session *broker_session_find(struct broker *b, const char *id, size_t len)
-{
-    struct session *s = b->buckets[broker_hash(id, len) & (b->n_buckets - 1)];
-    for (; s; s = s->hnext)
-        if (s->id_len == len && memcmp(s->client_id, id, len) == 0)
-            return s;
-    return NULL;
-}
-
-static void broker_table_grow(struct broker *b)
-{
-    size_t n = b->n_buckets * 2;
-    struct session **nb = calloc(n, sizeof(*nb));
-    if (!nb)
-        return; /* keep the longer chains */
-    for (size_t i = 0; i < b->n_buckets; i++) {
-        struct session *s = b->buckets[i];
-        while (s) {
-            struct session *next = s->hnext;
-            size_t k = broker_hash(s->client_id, s->id_len) & (n - 1);
-            s->hnext = nb[k];
-            nb[k] = s;
-            s = next;
-        }
-    }
-    free(b->buckets);
-    b->buckets = nb;
-    b->n_buckets = n;
-}
-
-void broker_session_insert(struct broker *b, struct session *s)
-{
-    if (b->n_sessions >= b->n_buckets * 2)
-        broker_table_grow(b);
-    size_t k = broker_hash(s->client_id, s->id_len) & (b->n_buckets - 1);
-    s->hnext = b->buckets[k];
-    b->buckets[k] = s;
-    s->in_table = true;
-    b->n_sessions++;
-}
-
-void broker_session_remove(struct broker *b, struct session *s)
-{
-    if (!s->in_table)
-        return;
-    struct session **pp = &b->buckets[broker_hash(s->client_id, s->id_len) & (b->n_buckets - 1)];
-    for (; *pp; pp = &(*pp)->hnext) {
-        if (*pp == s) {
-            *pp = s->hnext;
-            s->hnext = NULL;
-            s->in_table = false;
-            b->n_sessions--;
-            /* the table's reference goes with the caller, who ends the session */
-            return;
-        }
-    }
 }
 
 /* ---- publish ----------------------------------------------------------- */
@@ -174,7 +94,8 @@ static void broker_target_add(struct pub_targets *t, struct session *s)
     t->v[t->n++] = session_ref(s);
 }
 
-void broker_release(struct msg *m, int state, struct pub_targets *targets, struct worker *cur)
+void broker_release(struct broker *b, struct msg *m, int state, struct pub_targets *targets,
+                    struct worker *cur)
 {
     atomic_store(&m->hold, (unsigned char)state);
     for (size_t i = 0; i < targets->n; i++) {
@@ -182,10 +103,8 @@ void broker_release(struct msg *m, int state, struct pub_targets *targets, struc
         lock_acquire(&s->lock);
         struct worker *w = s->conn ? s->w : NULL;
         lock_release(&s->lock);
-        if (w && w == cur)
-            worker_defer_flush(w, s);
-        else if (w)
-            worker_post_flush(w, s);
+        if (w)
+            b->sink->wake(w, s, cur);
         session_unref(s);
     }
     free(targets->v);
@@ -193,16 +112,16 @@ void broker_release(struct msg *m, int state, struct pub_targets *targets, struc
     targets->n = targets->cap = 0;
 }
 
-int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct store_batch **bt,
-                   struct pub_targets *targets)
+int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
+                   struct store_batch **bt, struct pub_targets *targets)
 {
     struct store_batch *local = NULL;
     if (!bt)
         bt = &local;
-    if (m->retain && b->cfg.retain_available) {
+    if (m->retain && b->cfg.retain_available && !(flags & BROKER_PUB_LOCAL)) {
         retain_set(b->retained, m); /* [MQTT-3.3.1-5], [MQTT-3.3.1-6] */
         if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
-            persist_retained(bt, m);
+            persist_retained(b, bt, m);
     }
 
     struct match_set ms;
@@ -254,7 +173,7 @@ int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct s
         }
         if (qos >= 0) {
             uint8_t dq = m->qos < qos ? m->qos : (uint8_t)qos;
-            session_deliver(s, m, dq, retain, ids, n_ids, cur, bt);
+            session_deliver(b, s, m, dq, retain, ids, n_ids, cur, bt);
             if (targets)
                 broker_target_add(targets, s);
             delivered++;
@@ -272,18 +191,21 @@ int broker_publish(struct broker *b, struct msg *m, struct worker *cur, struct s
         free(ms.v);
 
     /* The cluster seam: other nodes with a matching route. A single node has
-     * none; the forwarding channel will send m once to each. */
-    uint32_t nodes[8];
-    (void)b->route_ops->remote_nodes(b->route_ud, msg_topic(m), m->topic_len, nodes, 8);
+     * none; the forwarding channel will send m once to each. A forwarded
+     * message is not forwarded again. */
+    if (!(flags & BROKER_PUB_LOCAL)) {
+        uint32_t nodes[8];
+        (void)b->route_ops->remote_nodes(b->route_ud, msg_topic(m), m->topic_len, nodes, 8);
+    }
     if (local)
-        persist_submit(&local, NULL, NULL);
+        persist_submit(b, &local, NULL, NULL);
     return delivered;
 }
 
 void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, struct worker *cur)
 {
     if (!expiry) {
-        broker_publish(b, will, cur, NULL, NULL);
+        broker_publish(b, will, 0, cur, NULL, NULL);
         return;
     }
     /* the expiry of a will counts from its publication */
@@ -292,110 +214,8 @@ void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, st
                             msg_clock_ms() + (uint64_t)expiry * 1000u, NULL);
     if (!m)
         return;
-    broker_publish(b, m, cur, NULL, NULL);
+    broker_publish(b, m, 0, cur, NULL, NULL);
     msg_unref(m);
-}
-
-/* ---- housekeeping ------------------------------------------------------ */
-
-struct ending {
-    struct session *s;
-    struct msg *will;
-    uint32_t will_expiry;
-    bool end;
-};
-
-/* Delayed wills that are due and sessions that expired while offline. */
-static void broker_on_housekeeping(uv_timer_t *t)
-{
-    struct broker *b = t->data;
-    uint64_t now = broker_now_ms();
-    struct ending stack[64];
-    struct ending *list = stack;
-    size_t n = 0, cap = 64;
-    pthread_mutex_lock(&b->sessions_lock);
-    for (size_t k = 0; k < b->n_buckets; k++) {
-        struct session *s = b->buckets[k], *next;
-        for (; s; s = next) {
-            next = s->hnext;
-            /* Connected sessions neither expire nor hold a delayed will: skip
-             * them without touching their lock, which their worker uses for
-             * every message. */
-            if (__atomic_load_n(&s->conn, __ATOMIC_RELAXED))
-                continue;
-            lock_acquire(&s->lock);
-            bool expired = false;
-            struct msg *will = NULL;
-            if (!s->conn) {
-                expired = s->expiry_interval != UINT32_MAX &&
-                          now - s->disconnected_at >= (uint64_t)s->expiry_interval * 1000u;
-                if (s->pending_will && (expired || now >= s->will_at)) {
-                    will = s->pending_will;
-                    s->pending_will = NULL;
-                }
-            }
-            uint32_t wexp = s->will_expiry;
-            lock_release(&s->lock);
-            if (!expired && !will)
-                continue;
-            if (n == cap) {
-                struct ending *p = malloc(cap * 2 * sizeof(*p));
-                if (!p) {
-                    msg_unref(will);
-                    continue;
-                }
-                memcpy(p, list, n * sizeof(*p));
-                if (list != stack)
-                    free(list);
-                list = p;
-                cap *= 2;
-            }
-            if (expired)
-                broker_session_remove(b, s);
-            list[n].s = expired ? s : NULL;
-            list[n].will = will;
-            list[n].will_expiry = wexp;
-            list[n].end = expired;
-            n++;
-        }
-    }
-    pthread_mutex_unlock(&b->sessions_lock);
-    for (size_t i = 0; i < n; i++) {
-        if (list[i].will) {
-            broker_publish_will(b, list[i].will, list[i].will_expiry, NULL);
-            msg_unref(list[i].will);
-        }
-        if (list[i].end) {
-            /* [MQTT-3.1.2-23] the session expired */
-            session_end(b, list[i].s);
-            session_unref(list[i].s);
-        }
-    }
-    if (list != stack)
-        free(list);
-}
-
-static void broker_on_sys(uv_timer_t *t)
-{
-    sys_publish(t->data);
-}
-
-static void broker_close_cb(uv_handle_t *h)
-{
-    (void)h;
-}
-
-static void broker_on_signal(uv_signal_t *sig, int signum)
-{
-    struct broker *b = sig->data;
-    log_info("signal %d: shutting down", signum);
-    atomic_store(&b->stopping, true);
-    for (int i = 0; i < b->n_workers; i++)
-        worker_post_stop(b->workers[i]);
-    uv_close((uv_handle_t *)&b->sigint, broker_close_cb);
-    uv_close((uv_handle_t *)&b->sigterm, broker_close_cb);
-    uv_close((uv_handle_t *)&b->housekeeping, broker_close_cb);
-    uv_close((uv_handle_t *)&b->sys_timer, broker_close_cb);
 }
 
 /* ---- life cycle -------------------------------------------------------- */
@@ -405,126 +225,24 @@ int broker_init(struct broker *b, const struct config *cfg)
     memset(b, 0, sizeof(*b));
     b->cfg = *cfg;
     b->started_at_ms = broker_now_ms();
-    pthread_mutex_init(&b->sessions_lock, NULL);
-    b->n_buckets = 1024;
-    b->buckets = calloc(b->n_buckets, sizeof(*b->buckets));
+    int r = registry_init(&b->registry);
+    b->registry_ops = &registry_local_ops;
+    b->registry_ud = b;
     b->route_ops = &route_local_ops;
     b->route_ud = &b->route;
     b->index = sub_index_new(b->route_ops, b->route_ud);
     b->retained = retain_new();
-    if (!b->buckets || !b->index || !b->retained)
+    if (r < 0 || !b->index || !b->retained)
         return -ENOMEM;
-    return 0;
-}
-
-int broker_run(struct broker *b)
-{
-    const struct config *cfg = &b->cfg;
-    b->loop = uv_default_loop();
-    b->n_workers = config_worker_count(cfg);
-    b->workers = calloc((size_t)b->n_workers, sizeof(*b->workers));
-    if (!b->workers)
-        return -ENOMEM;
-    uint16_t port = cfg->port;
-    int r = 0;
-    /* Signals first: a SIGTERM that arrives during start-up stops cleanly. */
-    uv_signal_init(b->loop, &b->sigint);
-    uv_signal_init(b->loop, &b->sigterm);
-    b->sigint.data = b->sigterm.data = b;
-    uv_signal_start(&b->sigint, broker_on_signal, SIGINT);
-    uv_signal_start(&b->sigterm, broker_on_signal, SIGTERM);
-    /* Another process (a second broker) listening on the port would not stop
-     * the SO_REUSEPORT listeners from binding: the kernel would split the
-     * connections between the two. Check with a plain bind first. */
-    if (port != 0) {
-        r = worker_port_free(cfg->bind_address, port);
-        if (r != 0)
-            log_error("cannot listen on %s:%u: %s", cfg->bind_address, port, uv_strerror(r));
-    }
-    for (int i = 0; i < b->n_workers && r == 0; i++) {
-        b->workers[i] = worker_new(b, i);
-        if (!b->workers[i]) {
-            r = UV_ENOMEM;
-            break;
-        }
-        r = worker_listen(b->workers[i], cfg->bind_address, port);
-        if (r != 0) {
-            log_error("cannot listen on %s:%u: %s", cfg->bind_address, port, uv_strerror(r));
-            break;
-        }
-        if (port == 0) {
-            /* an ephemeral port: every worker listens on the first one's */
-            struct sockaddr_storage ss;
-            int sl = sizeof(ss);
-            uv_tcp_getsockname(&b->workers[i]->listener, (struct sockaddr *)&ss, &sl);
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        }
-    }
-    if (r == 0) {
-        for (int i = 0; i < b->n_workers && r == 0; i++)
-            r = worker_start(b->workers[i]);
-    }
-    if (r != 0) {
-        for (int i = 0; i < b->n_workers; i++) {
-            if (b->workers[i] && b->workers[i]->started) {
-                worker_post_stop(b->workers[i]);
-                worker_join(b->workers[i]);
-            }
-        }
-        uv_close((uv_handle_t *)&b->sigint, broker_close_cb);
-        uv_close((uv_handle_t *)&b->sigterm, broker_close_cb);
-        uv_run(b->loop, UV_RUN_DEFAULT);
-        return r;
-    }
-    log_info("starling %s listening on %s:%u (MQTT, %d worker%s)", STARLING_VERSION,
-             cfg->bind_address, port, b->n_workers, b->n_workers == 1 ? "" : "s");
-
-    uv_timer_init(b->loop, &b->housekeeping);
-    b->housekeeping.data = b;
-    uv_timer_start(&b->housekeeping, broker_on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
-    uv_timer_init(b->loop, &b->sys_timer);
-    b->sys_timer.data = b;
-    if (cfg->sys_interval) {
-        sys_publish(b);
-        uv_timer_start(&b->sys_timer, broker_on_sys, (uint64_t)cfg->sys_interval * 1000u,
-                       (uint64_t)cfg->sys_interval * 1000u);
-    }
-    uv_run(b->loop, UV_RUN_DEFAULT);
-    for (int i = 0; i < b->n_workers; i++)
-        worker_join(b->workers[i]);
-    log_info("stopped");
     return 0;
 }
 
 void broker_cleanup(struct broker *b)
 {
-    /* Commit what is pending; from here on nothing touches the store (the
-     * sessions freed below stay in it). */
     atomic_store(&b->stopping, true);
-    persist_close(b);
-    if (b->workers) {
-        for (int i = 0; i < b->n_workers; i++)
-            worker_free(b->workers[i]);
-        free(b->workers);
-    }
-    if (b->buckets) {
-        for (size_t k = 0; k < b->n_buckets; k++) {
-            struct session *s = b->buckets[k];
-            while (s) {
-                struct session *next = s->hnext;
-                s->in_table = false;
-                session_end(b, s);
-                session_unref(s);
-                s = next;
-            }
-        }
-        free(b->buckets);
-    }
-    if (b->loop)
-        uv_loop_close(b->loop);
+    registry_cleanup(b);
     if (b->index)
         sub_index_free(b->index);
     if (b->retained)
         retain_free(b->retained);
-    pthread_mutex_destroy(&b->sessions_lock);
 }

@@ -11,10 +11,15 @@ int buf_reserve(struct buf *b, size_t extra)
 {
     if (b->cap - b->len >= extra)
         return 0;
+    if (extra > SIZE_MAX - b->len)
+        return -ENOMEM;
     size_t need = b->len + extra;
     size_t cap = b->cap ? b->cap : 64;
-    while (cap < need)
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2)
+            return -ENOMEM;
         cap *= 2;
+    }
     uint8_t *p = realloc(b->data, cap);
     if (!p)
         return -ENOMEM;

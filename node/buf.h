@@ -1,7 +1,9 @@
 /*
  * buf.h - a growable byte buffer.
  *
- * Used by the codec to encode packets and by connections to coalesce output.
+ * The one byte buffer of the code base: the codec encodes packets into it,
+ * connections coalesce output in it, the store encodes its records in it
+ * (storage/store_rec.h).
  * A struct buf is owned by whoever embeds it; it is not thread safe.
  */
 #ifndef STARLING_BUF_H

@@ -1,10 +1,21 @@
 /*
- * conn.h - one client connection: reading and framing packets, the MQTT
- * protocol state machine of the connection, and coalesced writes.
+ * conn.h - one client connection of the network layer.
+ *
+ *   conn.c          life cycle, framing and dispatch of packets, encoding
+ *                   of packets into the output, closing (the session goes
+ *                   back to the registry with the will)
+ *   conn_io.c       the transport: bytes from and to the socket (reads into
+ *                   the worker's buffer, coalesced writes); the only file
+ *                   that reads or writes the stream, where TLS or WebSocket
+ *                   framing will sit
+ *   conn_sink.c     the sink the engine writes to (sink.h)
+ *   ackq.c          acknowledgements in order, some waiting for the store
+ *   handle_*.c      one file per kind of packet (handle.h)
  *
  * A connection belongs to one worker and is touched only by that worker's
  * thread, except for its reference count (other threads may hold a reference
- * while a command for it is in the worker's inbox).
+ * while a command for it is in the worker's inbox, or while a claim of its
+ * client id is in the registry).
  */
 #ifndef STARLING_CONN_H
 #define STARLING_CONN_H
@@ -18,14 +29,35 @@
 #include "buf.h"
 #include "codec.h"
 
+#include "sink.h"
+
 struct worker;
 struct session;
 struct msg;
 struct qmsg;
 struct conn_write;
-struct conn_extra;
+struct pending_ack;
 
-enum conn_state { CONN_NEW, CONN_ACTIVE, CONN_CLOSING, CONN_CLOSED };
+/* NEW: accepted, waiting for CONNECT; CLAIMING: CONNECT received, the
+ * registry has not answered yet (no packet is read meanwhile); ACTIVE:
+ * CONNACK sent; CLOSING: writing what is left; CLOSED: handle closing. */
+enum conn_state { CONN_NEW, CONN_CLAIMING, CONN_ACTIVE, CONN_CLOSING, CONN_CLOSED };
+
+/* What only some connections need (a will, topic aliases, acknowledgements
+ * waiting for the store), allocated on first use (conn_x): an idle client
+ * without them costs a smaller struct conn. */
+struct conn_extra {
+    /* topic aliases client -> broker: alias_in[alias-1] */
+    struct msg **alias_in;
+    /* topic aliases broker -> client: alias_out[alias-1] */
+    struct msg **alias_out;
+    /* acknowledgements waiting for the store, sent in order (ackq.c) */
+    struct pending_ack *acks;
+    uint32_t acks_len, acks_cap;
+    uint32_t will_delay;  /* Will Delay Interval, seconds */
+    uint32_t will_expiry; /* will Message Expiry Interval, seconds (0 = none) */
+    uint16_t n_alias_out;
+};
 
 struct conn {
     uv_tcp_t tcp;
@@ -37,7 +69,7 @@ struct conn {
     struct session *session;
     struct conn_write *wr; /* the write in progress, if any */
     struct msg *will;
-    struct conn_extra *x; /* see conn.c */
+    struct conn_extra *x; /* see above */
     struct buf in;        /* an incomplete packet */
     struct buf out;       /* output waiting for the next write */
     uint64_t last_rx;     /* worker loop ms */
@@ -46,7 +78,7 @@ struct conn {
     enum conn_state state;
     uint32_t connect_expiry; /* Session Expiry Interval asked in CONNECT */
     uint32_t client_max_packet;
-    uint32_t next_token; /* of acknowledgements (conn_ack_push) */
+    uint32_t next_token; /* of acknowledgements (ackq_push) */
     uint16_t keepalive;  /* seconds, enforced at 1.5x */
     uint16_t client_receive_max;
     uint16_t client_alias_max;
@@ -58,56 +90,68 @@ struct conn {
     bool normal_disconnect;
 };
 
+/* The sink of the network layer (conn_sink.c), installed by server_run. */
+extern const struct sink_ops conn_sink_ops;
+
 /* Accept a connection on w's listener. */
 void conn_accept(struct worker *w, uv_stream_t *server);
 
 struct conn *conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
 
+/* The connection's broker. */
+struct broker *conn_broker(const struct conn *c);
+
+/* c->x, allocated on first use; NULL when out of memory. */
+struct conn_extra *conn_x(struct conn *c);
+
+/* Whether c may still be closed by conn_close (NEW, CLAIMING, ACTIVE). */
+static inline bool conn_is_open(const struct conn *c)
+{
+    return c->state == CONN_NEW || c->state == CONN_CLAIMING || c->state == CONN_ACTIVE;
+}
+
 /*
  * Close the connection: for a connected 5.0 client with a reason >= 0x80,
- * send DISCONNECT(reason) first. Detaches the session and publishes the will
- * as the specification says. `resumed`: the session continues elsewhere
+ * send DISCONNECT(reason) first. Hands the session back to the registry with
+ * the will (registry_release). `resumed`: the session continues elsewhere
  * (takeover), so a delayed will is dropped. Worker thread only.
  */
 void conn_close(struct conn *c, uint8_t reason, bool resumed);
 
-/* Write pending output now (called at the end of a loop turn). */
-void conn_flush(struct conn *c);
+/* Keep alive and CONNECT timeout check; now in loop ms. */
+void conn_check_timers(struct conn *c, uint64_t now);
 
+/* Handle the complete packets in data (plaintext MQTT bytes from the
+ * transport); returns how many bytes were used. */
+size_t conn_process(struct conn *c, const uint8_t *data, size_t len);
+
+/* Encode p into c->out, honouring the client's Maximum Packet Size: reason
+ * strings and user properties are dropped first [MQTT-3.1.2-25]; a packet
+ * still too large is not sent. Returns 1 when queued, 0 when not. */
+int conn_send(struct conn *c, struct mqtt_packet *p);
+/* An acknowledgement packet (PUBACK, PUBREC, PUBREL, PUBCOMP). */
+void conn_send_ack(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason);
+
+/* "address:port" of the client, for log lines. */
+const char *conn_peer(const struct conn *c, char *out, size_t len);
+#define CONN_PEER(c) conn_peer((c), (char[64]){0}, 64)
+
+/* ---- the transport (conn_io.c) ------------------------------------------- */
+
+/* Start reading (after accept, or after a claim completed). */
+void conn_io_start(struct conn *c);
+/* Stop reading (closing, or while the registry answers a claim). */
+void conn_io_stop(struct conn *c);
+/* Write pending output now (called at the end of a loop turn); moves a
+ * CLOSING connection on to CLOSED once everything is written. */
+void conn_flush(struct conn *c);
 /* Write what the socket takes right now, without waiting and without ever
  * closing the connection (safe with a session lock held). Returns true when
  * all pending output is written. */
 bool conn_try_write(struct conn *c);
-
-/* Keep alive and CONNECT timeout check; now in loop ms. */
-void conn_check_timers(struct conn *c, uint64_t now);
-
-/*
- * Encode a PUBLISH of q to the client into c->out (topic alias, expiry,
- * subscription ids, DUP). Returns 1 when written, 0 when the message cannot
- * be sent to this client (larger than its Maximum Packet Size, or expired),
- * or a negative errno.
- */
-int conn_send_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t now_ms);
-
-/*
- * Queue an acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP). Acknowledgements
- * go out in the order they were queued; one that is not `ready` waits for
- * conn_ack_done (the store committed what it promises) and holds back those
- * queued after it. Returns its token.
- */
-uint32_t conn_ack_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
-                       bool ready);
-/* The store answered for acknowledgement `token`: status 0 sends it (and
- * what was waiting behind it); an error makes a PUBACK/PUBREC carry 0x97
- * (quota exceeded) for 5.0 clients, and closes a 3.1.1 connection (the
- * client will publish again). Worker thread only. */
-void conn_ack_done(struct conn *c, uint32_t token, int status);
-
-/* Encode a PUBREL for pid into c->out. */
-void conn_send_pubrel(struct conn *c, uint16_t pid);
-
+/* Close the handle now (CLOSED); the connection is freed after. */
+void conn_io_close(struct conn *c);
 /* Bytes waiting to be written to the client (for the slow consumer limit). */
 size_t conn_pending_bytes(const struct conn *c);
 

@@ -53,4 +53,11 @@ static inline void lock_release(struct lock *l)
     }
 }
 
+/* Whether anyone holds l: for assert(lock_held(&s->lock)) in debug builds
+ * (it cannot tell which thread holds it). */
+static inline int lock_held(struct lock *l)
+{
+    return atomic_load_explicit(&l->v, memory_order_relaxed) != 0;
+}
+
 #endif

@@ -14,13 +14,16 @@
 #include "broker.h"
 #include "config.h"
 #include "log.h"
+#include "passwd.h"
 #include "persist.h"
+#include "server.h"
 
 extern char **environ;
 
 static void usage(FILE *out)
 {
     fprintf(out, "usage: starling [-c FILE] [-p PORT] [-v] [-h]\n"
+                 "       starling passwd [-c | -D] [-b] FILE USER [PASSWORD]\n"
                  "\n"
                  "  -c, --config FILE  read the configuration file FILE\n"
                  "  -p, --port PORT    listen for MQTT on PORT (overrides the file and\n"
@@ -44,6 +47,8 @@ int main(int argc, char **argv)
     };
     const char *file = NULL, *port = NULL;
     int ch;
+    if (argc >= 2 && strcmp(argv[1], "passwd") == 0)
+        return passwd_main(argc - 1, argv + 1);
     while ((ch = getopt_long(argc, argv, "c:p:vh", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
@@ -88,15 +93,26 @@ int main(int argc, char **argv)
     /* A client that resets its connection must cost an EPIPE, not the node. */
     signal(SIGPIPE, SIG_IGN);
 
-    int r = broker_init(&g_broker, &cfg);
-    if (r == 0 && (r = persist_open(&g_broker, err, sizeof(err))) < 0) {
+    /* The node's broker: the only one in this process, but nothing below
+     * knows that. */
+    static struct broker broker;
+    int r = broker_init(&broker, &cfg);
+    if (r == 0 && (r = persist_open(&broker, err, sizeof(err))) < 0) {
         log_error("%s", err);
-        broker_cleanup(&g_broker);
+        server_cleanup(&broker);
+        broker_cleanup(&broker);
         return 1;
     }
+#ifndef NDEBUG
+    /* Tests of a registry that answers later (registry.h). */
+    const char *reg = getenv("STARLING_TEST_REGISTRY");
+    if (r == 0 && reg && strcmp(reg, "deferred") == 0)
+        broker.registry_ops = &registry_deferred_ops;
+#endif
     if (r == 0)
-        r = broker_run(&g_broker);
-    broker_cleanup(&g_broker);
+        r = server_run(&broker);
+    server_cleanup(&broker);
+    broker_cleanup(&broker);
     if (r != 0) {
         log_error("start-up failed: %s", strerror(r < 0 ? -r : r));
         return 1;

@@ -32,14 +32,6 @@ struct msg *msg_new(const void *topic, uint16_t topic_len, const void *payload,
     return m;
 }
 
-void msg_unref(struct msg *m)
-{
-    if (!m)
-        return;
-    if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
-        free(m);
-}
-
 uint64_t msg_clock_ms(void)
 {
     struct timespec ts;

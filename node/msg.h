@@ -12,9 +12,24 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* Whether a message may be sent to subscribers yet (struct msg.hold). */
 enum { MSG_READY = 0, MSG_HELD = 1, MSG_REJECTED = 2 };
+
+/*
+ * Where a message on its way to one session stands: in the session's queue,
+ * or inflight waiting for the client's acknowledgement. Sessions keep it in
+ * memory (struct qmsg.state) and the store writes the same values to disk
+ * (struct store_msg.state): one enum for both, and the numbers are part of the
+ * store's format, so they never change.
+ */
+enum msg_state {
+    MSG_STATE_QUEUED = 0,
+    MSG_STATE_WAIT_PUBACK = 1,  /* QoS 1 PUBLISH sent */
+    MSG_STATE_WAIT_PUBREC = 2,  /* QoS 2 PUBLISH sent */
+    MSG_STATE_WAIT_PUBCOMP = 3, /* QoS 2 PUBREC received, PUBREL sent */
+};
 
 struct msg {
     atomic_uint refs;
@@ -51,7 +66,13 @@ static inline struct msg *msg_ref(struct msg *m)
     return m;
 }
 
-void msg_unref(struct msg *m);
+/* Drop a reference (m may be NULL); the last one frees m. Inline: every
+ * delivery drops one. */
+static inline void msg_unref(struct msg *m)
+{
+    if (m && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
+        free(m);
+}
 
 static inline const char *msg_topic(const struct msg *m)
 {

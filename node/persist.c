@@ -10,6 +10,7 @@
  */
 #include "persist.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,23 +21,25 @@
 #include "session.h"
 #include "store.h"
 
-bool persist_wanted(const struct session *s)
+bool persist_wanted(const struct broker *b, const struct session *s)
 {
-    return g_broker.store && s->expiry_interval != 0;
+    return b->store && s->expiry_interval != 0;
 }
 
-struct store_batch *persist_batch(struct store_batch **bt)
+struct store_batch *persist_batch(const struct broker *b, struct store_batch **bt)
 {
-    if (!g_broker.store)
+    if (!b->store)
         return NULL;
     if (!*bt)
         *bt = store_batch_new();
     return *bt;
 }
 
-void persist_session_put(struct store_batch **bt, struct session *s, bool connected)
+void persist_session_put(const struct broker *br, struct store_batch **bt, struct session *s,
+                         bool connected)
 {
-    struct store_batch *b = persist_batch(bt);
+    assert(lock_held(&s->lock));
+    struct store_batch *b = persist_batch(br, bt);
     if (!b)
         return;
     struct store_sub stack[16];
@@ -67,9 +70,10 @@ void persist_session_put(struct store_batch **bt, struct session *s, bool connec
         free(subs);
 }
 
-void persist_session_del(struct store_batch **bt, struct session *s)
+void persist_session_del(const struct broker *br, struct store_batch **bt, struct session *s)
 {
-    struct store_batch *b = persist_batch(bt);
+    assert(lock_held(&s->lock));
+    struct store_batch *b = persist_batch(br, bt);
     if (!b || !s->stored)
         return;
     store_session_del(b, s->client_id, s->id_len);
@@ -80,13 +84,15 @@ void persist_session_del(struct store_batch **bt, struct session *s)
         q->stored = false;
 }
 
-void persist_msg_put(struct store_batch **bt, struct session *s, struct qmsg *q, uint8_t state)
+void persist_msg_put(const struct broker *br, struct store_batch **bt, struct session *s,
+                     struct qmsg *q, uint8_t state)
 {
-    struct store_batch *b = persist_batch(bt);
+    assert(lock_held(&s->lock));
+    struct store_batch *b = persist_batch(br, bt);
     if (!b)
         return;
     if (!s->stored)
-        persist_session_put(bt, s, s->conn != NULL);
+        persist_session_put(br, bt, s, s->conn != NULL);
     struct store_msg rec = {
         .state = state,
         .pid = state ? q->pid : 0,
@@ -100,32 +106,36 @@ void persist_msg_put(struct store_batch **bt, struct session *s, struct qmsg *q,
     q->stored = true;
 }
 
-void persist_msg_del(struct store_batch **bt, struct session *s, struct qmsg *q)
+void persist_msg_del(const struct broker *br, struct store_batch **bt, struct session *s,
+                     struct qmsg *q)
 {
-    struct store_batch *b = persist_batch(bt);
+    assert(lock_held(&s->lock));
+    struct store_batch *b = persist_batch(br, bt);
     if (!b || !q->stored)
         return;
     store_msg_del(b, s->client_id, s->id_len, q->seq);
     q->stored = false;
 }
 
-void persist_qos2(struct store_batch **bt, struct session *s, uint16_t pid, bool put)
+void persist_qos2(const struct broker *br, struct store_batch **bt, struct session *s, uint16_t pid,
+                  bool put)
 {
-    struct store_batch *b = persist_batch(bt);
+    assert(lock_held(&s->lock));
+    struct store_batch *b = persist_batch(br, bt);
     if (!b)
         return;
     if (put) {
         if (!s->stored)
-            persist_session_put(bt, s, s->conn != NULL);
+            persist_session_put(br, bt, s, s->conn != NULL);
         store_qos2_put(b, s->client_id, s->id_len, pid);
     } else if (s->stored) {
         store_qos2_del(b, s->client_id, s->id_len, pid);
     }
 }
 
-void persist_retained(struct store_batch **bt, const struct msg *m)
+void persist_retained(const struct broker *br, struct store_batch **bt, const struct msg *m)
 {
-    struct store_batch *b = persist_batch(bt);
+    struct store_batch *b = persist_batch(br, bt);
     if (!b)
         return;
     if (m->payload_len == 0)
@@ -134,19 +144,34 @@ void persist_retained(struct store_batch **bt, const struct msg *m)
         store_retained_put(b, m);
 }
 
-bool persist_submit(struct store_batch **bt, void (*done)(void *ud, int status), void *ud)
+bool persist_submit(const struct broker *br, struct store_batch **bt,
+                    void (*done)(void *ud, int status), void *ud)
 {
     struct store_batch *b = *bt;
     *bt = NULL;
-    if (!b || store_batch_ops(b) == 0 || !g_broker.store) {
+    if (!b || store_batch_ops(b) == 0 || !br->store) {
         if (b)
             store_batch_free(b);
         if (done)
             done(ud, 0);
         return false;
     }
-    store_submit(g_broker.store, b, done, ud);
+    store_submit(br->store, b, done, ud);
     return true;
+}
+
+void persist_session_sync(const struct broker *b, struct session *s, struct store_batch **bt)
+{
+    struct store_batch *own = NULL;
+    if (!bt)
+        bt = &own;
+    lock_acquire(&s->lock);
+    if (persist_wanted(b, s))
+        persist_session_put(b, bt, s, true);
+    else if (s->stored)
+        persist_session_del(b, bt, s);
+    lock_release(&s->lock);
+    persist_submit(b, bt, NULL, NULL);
 }
 
 /* ---- loading ------------------------------------------------------------ */
@@ -158,6 +183,15 @@ struct loader {
     size_t sessions, msgs, retained, expired;
 };
 
+/* The loaded session of a client id (start-up: nothing else runs). */
+static struct session *loader_find(struct broker *b, const char *id, size_t len)
+{
+    pthread_mutex_lock(&b->registry.lock);
+    struct session *s = registry_find(&b->registry, id, len);
+    pthread_mutex_unlock(&b->registry.lock);
+    return s;
+}
+
 static int load_session(void *ud, const char *id, uint16_t len, const struct store_session *rec)
 {
     struct loader *l = ud;
@@ -167,7 +201,7 @@ static int load_session(void *ud, const char *id, uint16_t len, const struct sto
     if (rec->expiry_interval != UINT32_MAX &&
         offline_ms >= (uint64_t)rec->expiry_interval * 1000u) {
         /* [MQTT-3.1.2-23] expired while the node was down */
-        store_session_del(persist_batch(&l->purge), id, len);
+        store_session_del(persist_batch(b, &l->purge), id, len);
         l->expired++;
         return 0;
     }
@@ -180,14 +214,19 @@ static int load_session(void *ud, const char *id, uint16_t len, const struct sto
     s->stored = true;
     for (uint32_t i = 0; i < rec->n_subs; i++) {
         const struct store_sub *sub = &rec->subs[i];
-        if (session_sub_set(s, sub->filter, sub->len, sub->options, sub->sub_id) < 0 ||
+        lock_acquire(&s->lock);
+        int r = session_sub_set(s, sub->filter, sub->len, sub->options, sub->sub_id);
+        lock_release(&s->lock);
+        if (r < 0 ||
             sub_index_add(b->index, sub->filter, sub->len, s, sub->options, sub->sub_id) < 0) {
             session_end(b, s);
             session_unref(s);
             return -ENOMEM;
         }
     }
-    broker_session_insert(b, s);
+    pthread_mutex_lock(&b->registry.lock);
+    registry_insert(&b->registry, s);
+    pthread_mutex_unlock(&b->registry.lock);
     l->sessions++;
     return 0;
 }
@@ -196,11 +235,11 @@ static int load_msg(void *ud, const char *id, uint16_t len, uint64_t seq,
                     const struct store_msg *rec)
 {
     struct loader *l = ud;
-    struct session *s = broker_session_find(l->b, id, len);
+    struct session *s = loader_find(l->b, id, len);
     if (!s || (rec->m->expiry_at && rec->m->expiry_at <= l->now_real &&
-               rec->state != STORE_MSG_WAIT_PUBCOMP)) {
+               rec->state != MSG_STATE_WAIT_PUBCOMP)) {
         /* an orphan, or expired while the node was down */
-        store_msg_del(persist_batch(&l->purge), id, len, seq);
+        store_msg_del(persist_batch(l->b, &l->purge), id, len, seq);
         return 0;
     }
     struct qmsg *q = qmsg_new((struct msg *)rec->m, rec->qos, rec->retain, rec->ids, rec->n_ids);
@@ -215,19 +254,22 @@ static int load_msg(void *ud, const char *id, uint16_t len, uint64_t seq,
 static int load_qos2(void *ud, const char *id, uint16_t len, uint16_t pid)
 {
     struct loader *l = ud;
-    struct session *s = broker_session_find(l->b, id, len);
+    struct session *s = loader_find(l->b, id, len);
     if (!s) {
-        store_qos2_del(persist_batch(&l->purge), id, len, pid);
+        store_qos2_del(persist_batch(l->b, &l->purge), id, len, pid);
         return 0;
     }
-    return session_qos2_add(s, pid);
+    lock_acquire(&s->lock);
+    int r = session_qos2_add(s, pid);
+    lock_release(&s->lock);
+    return r;
 }
 
 static int load_retained(void *ud, struct msg *m)
 {
     struct loader *l = ud;
     if (m->expiry_at && m->expiry_at <= l->now_real) {
-        store_retained_del(persist_batch(&l->purge), msg_topic(m), m->topic_len);
+        store_retained_del(persist_batch(l->b, &l->purge), msg_topic(m), m->topic_len);
         return 0;
     }
     l->retained++;
@@ -266,7 +308,7 @@ int persist_open(struct broker *b, char *err, size_t errlen)
             store_batch_free(l.purge);
         return r;
     }
-    persist_submit(&l.purge, NULL, NULL);
+    persist_submit(b, &l.purge, NULL, NULL);
     store_flush(b->store);
     log_info("store %s: %zu sessions, %zu queued messages, %zu retained messages loaded "
              "(%zu expired sessions purged)",

@@ -14,7 +14,7 @@
  * the state, and submitted to the store's writer thread, which groups many
  * batches into one transaction. Acknowledgements that promise durability
  * (PUBACK, PUBREC, PUBREL, PUBCOMP) are sent only after the batch that makes
- * them true has committed: see conn_ack_push / worker_post_ack.
+ * them true has committed: see ackq.h.
  *
  * All functions may be called from any thread; those taking a session need
  * its lock held unless said otherwise. With persistence off (no store) they
@@ -41,27 +41,37 @@ int persist_open(struct broker *b, char *err, size_t errlen);
 void persist_close(struct broker *b);
 
 /* Is s stored (persistent, with a store)? s->lock held. */
-bool persist_wanted(const struct session *s);
+bool persist_wanted(const struct broker *b, const struct session *s);
 
 /* The batch *bt, created on first use. NULL when there is no store. */
-struct store_batch *persist_batch(struct store_batch **bt);
+struct store_batch *persist_batch(const struct broker *b, struct store_batch **bt);
 
 /* Write the session record (with its subscriptions). s->lock held. */
-void persist_session_put(struct store_batch **bt, struct session *s, bool connected);
+void persist_session_put(const struct broker *b, struct store_batch **bt, struct session *s,
+                         bool connected);
 /* Delete the session record with its messages and QoS 2 ids. s->lock held. */
-void persist_session_del(struct store_batch **bt, struct session *s);
-/* A message for s (state: enum store_msg_state). s->lock held. */
-void persist_msg_put(struct store_batch **bt, struct session *s, struct qmsg *q, uint8_t state);
-void persist_msg_del(struct store_batch **bt, struct session *s, struct qmsg *q);
+void persist_session_del(const struct broker *b, struct store_batch **bt, struct session *s);
+/* A message for s (state: enum msg_state). s->lock held. */
+void persist_msg_put(const struct broker *b, struct store_batch **bt, struct session *s,
+                     struct qmsg *q, uint8_t state);
+void persist_msg_del(const struct broker *b, struct store_batch **bt, struct session *s,
+                     struct qmsg *q);
 /* Incoming QoS 2 packet ids. s->lock held. */
-void persist_qos2(struct store_batch **bt, struct session *s, uint16_t pid, bool put);
+void persist_qos2(const struct broker *b, struct store_batch **bt, struct session *s, uint16_t pid,
+                  bool put);
 /* A retained message (an empty payload deletes the topic's). */
-void persist_retained(struct store_batch **bt, const struct msg *m);
+void persist_retained(const struct broker *b, struct store_batch **bt, const struct msg *m);
+
+/* Store the record of a connected session (after its subscriptions changed,
+ * or at CONNECT), or delete it for a session no longer persistent, into *bt
+ * (NULL: a batch of its own), and submit *bt. Takes s->lock. */
+void persist_session_sync(const struct broker *b, struct session *s, struct store_batch **bt);
 
 /* Submit *bt (if any) and reset it. done(ud, status) runs on the store's
  * writer thread after the commit; it is called at once with status 0 when
  * there is nothing to commit (returns false then, true when submitted). */
-bool persist_submit(struct store_batch **bt, void (*done)(void *ud, int status), void *ud);
+bool persist_submit(const struct broker *b, struct store_batch **bt,
+                    void (*done)(void *ud, int status), void *ud);
 
 /* The packet identifier of the message with sequence number seq. */
 static inline uint16_t persist_pid_of(uint64_t seq)

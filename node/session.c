@@ -11,19 +11,13 @@
  */
 #include "session.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "broker.h"
-#include "conn.h"
 #include "persist.h"
-#include "worker.h"
-
-/* Output waiting for a slow client beyond which the queue is not pumped. */
-#define SESSION_OUT_HIGH_WATER (256u * 1024u)
-/* Output written to the socket at once while flushing a long queue. */
-#define SESSION_OUT_CHUNK (16u * 1024u)
 
 struct session *session_new(const char *id, uint16_t len)
 {
@@ -36,12 +30,6 @@ struct session *session_new(const char *id, uint16_t len)
     atomic_init(&s->refs, 1);
     atomic_init(&s->flush_posted, 0);
     s->next_seq = 1;
-    return s;
-}
-
-struct session *session_ref(struct session *s)
-{
-    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
     return s;
 }
 
@@ -64,10 +52,8 @@ static void qmsg_list_free(struct qmsg *q)
     }
 }
 
-void session_unref(struct session *s)
+void session_free(struct session *s)
 {
-    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
-        return;
     qmsg_list_free(s->queue.head);
     qmsg_list_free(s->inflight.head);
     for (uint32_t i = 0; i < s->n_subs; i++)
@@ -147,9 +133,8 @@ static void queue_push(struct session *s, struct qmsg *q)
 
 /* Apply the queue limits for one more message; returns the message to drop
  * (q itself, the oldest queued one, or NULL when q fits). */
-static struct qmsg *queue_admit(struct session *s, struct qmsg *q)
+static struct qmsg *queue_admit(const struct config *cfg, struct session *s, struct qmsg *q)
 {
-    const struct config *cfg = &g_broker.cfg;
     bool full = false;
     if (cfg->max_queued_messages == 0) {
         /* no queueing: only messages for a connected client pass */
@@ -166,47 +151,43 @@ static struct qmsg *queue_admit(struct session *s, struct qmsg *q)
     return q;
 }
 
-void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
+void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                      const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                      struct store_batch **bt)
 {
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
-        atomic_fetch_add(&g_broker.stats.msgs_dropped, 1);
+        atomic_fetch_add(&b->stats.msgs_dropped, 1);
         return;
     }
     struct worker *target = NULL;
     struct qmsg *drop = NULL;
     bool counted = false;
     lock_acquire(&s->lock);
-    if (s->ended || (!s->conn && qos == 0 && !g_broker.cfg.queue_qos0_offline)) {
+    if (s->ended || (!s->conn && qos == 0 && !b->cfg.queue_qos0_offline)) {
         /* QoS 0 messages are not kept for offline sessions unless configured */
         drop = q;
     } else {
-        drop = queue_admit(s, q);
+        drop = queue_admit(&b->cfg, s, q);
         counted = drop != NULL;
         if (drop != q) {
             q->seq = s->next_seq++;
             queue_push(s, q);
             /* durable before the publisher's acknowledgement */
-            if (qos > 0 && persist_wanted(s))
-                persist_msg_put(bt, s, q, 0);
+            if (qos > 0 && persist_wanted(b, s))
+                persist_msg_put(b, bt, s, q, MSG_STATE_QUEUED);
         }
         if (drop && drop != q && drop->stored)
-            persist_msg_del(bt, s, drop);
+            persist_msg_del(b, bt, s, drop);
         if (s->conn)
             target = s->w;
     }
     lock_release(&s->lock);
     if (counted)
-        atomic_fetch_add(&g_broker.stats.msgs_dropped, 1);
+        atomic_fetch_add(&b->stats.msgs_dropped, 1);
     qmsg_free(drop);
-    if (!target)
-        return;
-    if (target == cur)
-        worker_defer_flush(cur, s);
-    else
-        worker_post_flush(target, s);
+    if (target)
+        b->sink->wake(target, s, cur);
 }
 
 void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state)
@@ -214,21 +195,13 @@ void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state)
     q->stored = true;
     if (q->seq >= s->next_seq)
         s->next_seq = q->seq + 1;
-    if (state == QSTATE_WAIT_COMP) {
+    if (state == MSG_STATE_WAIT_PUBCOMP) {
         q->pid = persist_pid_of(q->seq);
-        q->state = QSTATE_WAIT_COMP;
+        q->state = MSG_STATE_WAIT_PUBCOMP;
         qlist_push(&s->inflight, q);
     } else {
         queue_push(s, q);
     }
-}
-
-static uint16_t session_window(const struct session *s)
-{
-    uint16_t window = g_broker.cfg.max_inflight;
-    if (s->conn && s->conn->client_receive_max && s->conn->client_receive_max < window)
-        window = s->conn->client_receive_max;
-    return window;
 }
 
 static bool pid_in_use(const struct session *s, uint16_t pid)
@@ -260,28 +233,43 @@ static struct qmsg *inflight_find(struct session *s, uint16_t pid)
     return NULL;
 }
 
-void session_flush_locked(struct session *s)
+/* The session's attached connection, when its worker is this thread. */
+#define SESSION_ASSERT_OWNER(s)                                                                    \
+    assert(!(s)->conn || sink_thread_worker == NULL || sink_thread_worker == (s)->w)
+
+/* Drop q, which left the queue or the inflight list. */
+static void session_drop(struct broker *b, struct session *s, struct qmsg *q,
+                         struct store_batch **bt, bool count)
 {
+    if (count)
+        atomic_fetch_add(&b->stats.msgs_dropped, 1);
+    if (q->stored)
+        persist_msg_del(b, bt, s, q);
+    qmsg_free(q);
+}
+
+void session_flush_locked(struct broker *b, struct session *s)
+{
+    assert(lock_held(&s->lock));
+    SESSION_ASSERT_OWNER(s);
     struct conn *c = s->conn;
-    if (!c || c->state != CONN_ACTIVE)
+    uint16_t receive_max = 0;
+    if (!c || !b->sink->ready(c, &receive_max))
         return;
     uint64_t now = msg_clock_ms();
-    uint16_t window = session_window(s);
+    uint16_t window = b->cfg.max_inflight;
+    if (receive_max && receive_max < window)
+        window = receive_max;
     struct store_batch *bt = NULL;
     struct qmsg *q;
     while ((q = s->queue.head)) {
-        if (c->out.len >= SESSION_OUT_CHUNK && !conn_try_write(c) &&
-            conn_pending_bytes(c) > SESSION_OUT_HIGH_WATER)
-            break; /* the socket is full: resumed when the write completes */
         unsigned char hold = atomic_load(&q->m->hold);
         if (hold == MSG_HELD)
             break; /* not durable yet: it and what follows wait for the commit */
         if (hold == MSG_REJECTED || (q->m->expiry_at && q->m->expiry_at <= now)) {
             /* [MQTT-3.3.2-5] an expired message is not delivered */
             queue_pop(s);
-            if (q->stored)
-                persist_msg_del(&bt, s, q);
-            qmsg_free(q);
+            session_drop(b, s, q, &bt, false);
             continue;
         }
         if (q->qos > 0) {
@@ -294,33 +282,37 @@ void session_flush_locked(struct session *s)
             if (pid_in_use(s, pid))
                 break;
             q->pid = pid;
-            q->state = q->qos == 1 ? QSTATE_WAIT_ACK : QSTATE_WAIT_REC;
+            q->state = q->qos == 1 ? MSG_STATE_WAIT_PUBACK : MSG_STATE_WAIT_PUBREC;
+        }
+        int r = b->sink->publish(c, q, false, now);
+        if (r == SINK_BUSY) {
+            /* the socket is full: resumed when the write completes */
+            q->state = MSG_STATE_QUEUED;
+            break;
         }
         queue_pop(s);
-        int r = conn_send_publish(c, q, false, now);
         if (r <= 0 || q->qos == 0) {
-            if (r <= 0) {
-                atomic_fetch_add(&g_broker.stats.msgs_dropped, 1);
-                if (q->stored)
-                    persist_msg_del(&bt, s, q);
-            }
-            qmsg_free(q);
+            session_drop(b, s, q, &bt, r <= 0);
             continue;
         }
         qlist_push(&s->inflight, q);
     }
-    persist_submit(&bt, NULL, NULL);
+    if (bt)
+        persist_submit(b, &bt, NULL, NULL);
 }
 
-void session_flush(struct session *s)
+void session_flush_owned(struct broker *b, struct session *s, struct worker *w)
 {
     lock_acquire(&s->lock);
-    session_flush_locked(s);
+    if (s->conn && s->w == w)
+        session_flush_locked(b, s);
     lock_release(&s->lock);
 }
 
-void session_resume_locked(struct session *s)
+void session_resume_locked(struct broker *b, struct session *s)
 {
+    assert(lock_held(&s->lock));
+    SESSION_ASSERT_OWNER(s);
     struct conn *c = s->conn;
     if (!c)
         return;
@@ -328,78 +320,76 @@ void session_resume_locked(struct session *s)
     struct qmsg *prev = NULL, *q = s->inflight.head;
     while (q) {
         struct qmsg *next = q->next;
-        if (q->state == QSTATE_WAIT_COMP) {
+        if (q->state == MSG_STATE_WAIT_PUBCOMP) {
             /* [MQTT-4.4.0-1] resend PUBREL for QoS 2 messages past PUBREC */
-            conn_send_pubrel(c, q->pid);
+            b->sink->pubrel(c, q->pid);
             prev = q;
-        } else if (conn_send_publish(c, q, true, now) > 0) {
+        } else if (b->sink->publish(c, q, true, now) > 0) {
             /* [MQTT-4.4.0-1] resend unacknowledged PUBLISH with DUP set */
             prev = q;
         } else {
             /* cannot be sent to this connection any more: drop it */
             qlist_unlink(&s->inflight, prev, q);
-            if (q->stored) {
-                struct store_batch *bt = NULL;
-                persist_msg_del(&bt, s, q);
-                persist_submit(&bt, NULL, NULL);
-            }
-            qmsg_free(q);
+            struct store_batch *bt = NULL;
+            session_drop(b, s, q, &bt, false);
+            persist_submit(b, &bt, NULL, NULL);
         }
         q = next;
     }
-    session_flush_locked(s);
+    session_flush_locked(b, s);
 }
 
-int session_puback_locked(struct session *s, uint16_t pid, struct store_batch **bt)
+int session_puback_locked(struct broker *b, struct session *s, uint16_t pid,
+                          struct store_batch **bt)
 {
-    struct qmsg *q = inflight_take(s, pid, QSTATE_WAIT_ACK);
+    assert(lock_held(&s->lock));
+    struct qmsg *q = inflight_take(s, pid, MSG_STATE_WAIT_PUBACK);
     if (!q)
         return -ENOENT;
-    if (q->stored)
-        persist_msg_del(bt, s, q);
-    qmsg_free(q);
-    session_flush_locked(s);
+    session_drop(b, s, q, bt, false);
+    session_flush_locked(b, s);
     return 0;
 }
 
-int session_pubrec_locked(struct session *s, uint16_t pid, uint8_t reason, struct store_batch **bt)
+int session_pubrec_locked(struct broker *b, struct session *s, uint16_t pid, uint8_t reason,
+                          struct store_batch **bt)
 {
+    assert(lock_held(&s->lock));
     struct qmsg *q = inflight_find(s, pid);
     if (!q || q->qos != 2)
         return -ENOENT;
     if (reason >= 0x80) {
         /* 5.0: a PUBREC with an error ends the exchange */
         q = inflight_take(s, pid, q->state);
-        if (q->stored)
-            persist_msg_del(bt, s, q);
-        qmsg_free(q);
-        session_flush_locked(s);
+        session_drop(b, s, q, bt, false);
+        session_flush_locked(b, s);
         return 1;
     }
-    if (q->state != QSTATE_WAIT_COMP) {
-        q->state = QSTATE_WAIT_COMP;
+    if (q->state != MSG_STATE_WAIT_PUBCOMP) {
+        q->state = MSG_STATE_WAIT_PUBCOMP;
         /* Remember PUBREC before sending PUBREL: after a restart the
          * exchange resumes with PUBREL, never with the PUBLISH again. */
         if (q->stored)
-            persist_msg_put(bt, s, q, QSTATE_WAIT_COMP);
+            persist_msg_put(b, bt, s, q, MSG_STATE_WAIT_PUBCOMP);
     }
     return 0;
 }
 
-int session_pubcomp_locked(struct session *s, uint16_t pid, struct store_batch **bt)
+int session_pubcomp_locked(struct broker *b, struct session *s, uint16_t pid,
+                           struct store_batch **bt)
 {
-    struct qmsg *q = inflight_take(s, pid, QSTATE_WAIT_COMP);
+    assert(lock_held(&s->lock));
+    struct qmsg *q = inflight_take(s, pid, MSG_STATE_WAIT_PUBCOMP);
     if (!q)
         return -ENOENT;
-    if (q->stored)
-        persist_msg_del(bt, s, q);
-    qmsg_free(q);
-    session_flush_locked(s);
+    session_drop(b, s, q, bt, false);
+    session_flush_locked(b, s);
     return 0;
 }
 
 bool session_qos2_has(struct session *s, uint16_t pid)
 {
+    assert(lock_held(&s->lock));
     for (uint32_t i = 0; i < s->n_qos2_in; i++)
         if (s->qos2_in[i] == pid)
             return true;
@@ -408,6 +398,7 @@ bool session_qos2_has(struct session *s, uint16_t pid)
 
 int session_qos2_add(struct session *s, uint16_t pid)
 {
+    assert(lock_held(&s->lock));
     if (s->n_qos2_in == s->cap_qos2_in) {
         uint32_t cap = s->cap_qos2_in ? s->cap_qos2_in * 2 : 4;
         uint16_t *p = realloc(s->qos2_in, cap * sizeof(*p));
@@ -422,6 +413,7 @@ int session_qos2_add(struct session *s, uint16_t pid)
 
 bool session_qos2_remove(struct session *s, uint16_t pid)
 {
+    assert(lock_held(&s->lock));
     for (uint32_t i = 0; i < s->n_qos2_in; i++) {
         if (s->qos2_in[i] == pid) {
             s->qos2_in[i] = s->qos2_in[--s->n_qos2_in];
@@ -433,6 +425,7 @@ bool session_qos2_remove(struct session *s, uint16_t pid)
 
 struct session_sub *session_sub_find(struct session *s, const char *f, uint16_t len)
 {
+    assert(lock_held(&s->lock));
     for (uint32_t i = 0; i < s->n_subs; i++)
         if (s->subs[i].len == len && memcmp(s->subs[i].filter, f, len) == 0)
             return &s->subs[i];
@@ -468,6 +461,7 @@ int session_sub_set(struct session *s, const char *f, uint16_t len, uint8_t opti
 
 bool session_sub_del(struct session *s, const char *f, uint16_t len)
 {
+    assert(lock_held(&s->lock));
     struct session_sub *sub = session_sub_find(s, f, len);
     if (!sub)
         return false;
@@ -482,8 +476,8 @@ void session_end(struct broker *b, struct session *s)
     s->ended = true;
     if (s->stored && !atomic_load(&b->stopping)) {
         struct store_batch *bt = NULL;
-        persist_session_del(&bt, s);
-        persist_submit(&bt, NULL, NULL);
+        persist_session_del(b, &bt, s);
+        persist_submit(b, &bt, NULL, NULL);
     }
     struct session_sub *subs = s->subs;
     uint32_t n = s->n_subs;

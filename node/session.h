@@ -4,10 +4,16 @@
  *
  * A session outlives connections. At most one connection is attached at a
  * time; it lives on one worker (s->w), and only that worker writes to it.
+ * The session holds both as opaque handles and reaches them only through the
+ * broker's sink (sink.h); the registry (registry.h) attaches and detaches
+ * connections and decides when a session ends.
+ *
  * Every field below `lock` is guarded by it: any thread may enqueue a message
  * (session_deliver), the owning worker pumps the queue into the connection
  * (session_flush). Sessions are reference counted: the session table, the
  * attached connection and each pending worker command hold a reference.
+ * Preconditions stated here ("s->lock held", "owning worker") are assert()ed
+ * in debug builds.
  */
 #ifndef STARLING_SESSION_H
 #define STARLING_SESSION_H
@@ -19,6 +25,7 @@
 
 #include "lock.h"
 #include "msg.h"
+#include "sink.h"
 
 struct conn;
 struct store_batch;
@@ -33,7 +40,7 @@ struct qmsg {
     bool stored;  /* a record of it is in the store */
     uint8_t qos;
     bool retain;
-    uint8_t state; /* QSTATE_* */
+    uint8_t state; /* enum msg_state */
     uint16_t pid;
     uint16_t n_ids;
     union {
@@ -48,8 +55,6 @@ struct qlist {
     uint32_t len;
 };
 
-enum { QSTATE_QUEUED = 0, QSTATE_WAIT_ACK = 1, QSTATE_WAIT_REC = 2, QSTATE_WAIT_COMP = 3 };
-
 struct session_sub {
     char *filter;
     uint16_t len;
@@ -59,15 +64,15 @@ struct session_sub {
 
 struct session {
     /* (laid out without holes: an idle client is mostly this and its conn) */
-    struct session *hnext; /* session table chain (sessions_lock) */
+    struct session *hnext; /* registry table chain (registry lock) */
     atomic_int refs;
     atomic_int flush_posted; /* id + 1 of the worker a flush is pending on */
 
     /* everything from here on is guarded by lock */
     struct lock lock;
     uint32_t expiry_interval; /* seconds; 0xFFFFFFFF = never */
-    struct conn *conn;
-    struct worker *w;
+    struct conn *conn;        /* attached connection (opaque: see sink.h), or NULL */
+    struct worker *w;         /* the worker that owns conn (opaque) */
     uint64_t next_seq;
     uint64_t disconnected_at; /* monotonic ms, while offline */
     /* subscriptions */
@@ -85,7 +90,7 @@ struct session {
     uint64_t will_at; /* monotonic ms */
     uint32_t will_expiry;
     uint16_t id_len;
-    bool in_table; /* sessions_lock */
+    bool in_table; /* registry lock */
     uint8_t version;
     bool ended;
     bool stored;      /* the session record is in the store */
@@ -93,8 +98,20 @@ struct session {
 };
 
 struct session *session_new(const char *id, uint16_t len);
-struct session *session_ref(struct session *s);
-void session_unref(struct session *s);
+void session_free(struct session *s);
+
+/* Reference counting; any thread. Inline: the publish path takes and drops
+ * one per matching subscriber. */
+static inline struct session *session_ref(struct session *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    return s;
+}
+static inline void session_unref(struct session *s)
+{
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
+        session_free(s);
+}
 
 /*
  * Offer m to s with the subscription's granted QoS and flags. Called from
@@ -102,28 +119,32 @@ void session_unref(struct session *s);
  * session takes its own reference on m if it keeps it. ids: subscription
  * identifiers (copied).
  */
-void session_deliver(struct session *s, struct msg *m, uint8_t qos, bool retain,
+void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                      const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                      struct store_batch **bt);
 
 /* Pump queued messages into the attached connection, within the inflight
- * window. Only the worker owning s->conn may call it; takes s->lock. */
-void session_flush(struct session *s);
-/* Same, with s->lock held. */
-void session_flush_locked(struct session *s);
+ * window. Only the worker owning s->conn may call it; s->lock held. */
+void session_flush_locked(struct broker *b, struct session *s);
+/* Flush s on behalf of worker w if w still owns its connection (a flush
+ * posted earlier may arrive after the session moved). Takes s->lock. */
+void session_flush_owned(struct broker *b, struct session *s, struct worker *w);
 
 /* Resend inflight messages (DUP) and PUBREL on a resumed session, then
  * flush. Owning worker only; s->lock held. */
-void session_resume_locked(struct session *s);
+void session_resume_locked(struct broker *b, struct session *s);
 
 /* Client acknowledgements. Return 0, or -ENOENT when pid is not inflight in
  * the right state. Owning worker only, with s->lock held and s->conn being
  * the connection the acknowledgement came on. Store operations they imply go
  * into *bt. session_pubrec_locked returns 0 when a PUBREL must follow (after
  * *bt commits), 1 when the exchange ended (a PUBREC with an error). */
-int session_puback_locked(struct session *s, uint16_t pid, struct store_batch **bt);
-int session_pubrec_locked(struct session *s, uint16_t pid, uint8_t reason, struct store_batch **bt);
-int session_pubcomp_locked(struct session *s, uint16_t pid, struct store_batch **bt);
+int session_puback_locked(struct broker *b, struct session *s, uint16_t pid,
+                          struct store_batch **bt);
+int session_pubrec_locked(struct broker *b, struct session *s, uint16_t pid, uint8_t reason,
+                          struct store_batch **bt);
+int session_pubcomp_locked(struct broker *b, struct session *s, uint16_t pid,
+                           struct store_batch **bt);
 
 /* Append a message recovered from the store (start-up only). */
 void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state);
@@ -141,7 +162,8 @@ int session_sub_set(struct session *s, const char *f, uint16_t len, uint8_t opti
 bool session_sub_del(struct session *s, const char *f, uint16_t len);
 
 /* End the session: remove its subscriptions from the index, drop queued and
- * inflight messages. The caller removes it from the table. Takes s->lock. */
+ * inflight messages, delete its record. Called by the registry, which took
+ * it out of the table. Takes s->lock. */
 void session_end(struct broker *b, struct session *s);
 
 void qmsg_free(struct qmsg *q);

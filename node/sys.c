@@ -15,7 +15,7 @@ static void sys_put(struct broker *b, const char *topic, const char *value)
                             0, true, 0, NULL);
     if (!m)
         return;
-    broker_publish(b, m, NULL, NULL, NULL);
+    broker_publish(b, m, 0, NULL, NULL, NULL);
     msg_unref(m);
 }
 
@@ -33,9 +33,7 @@ void sys_publish(struct broker *b)
     sys_put(b, "$SYS/broker/version", s);
     snprintf(s, sizeof(s), "%" PRIu64 " seconds", (broker_now_ms() - b->started_at_ms) / 1000u);
     sys_put(b, "$SYS/broker/uptime", s);
-    pthread_mutex_lock(&b->sessions_lock);
-    size_t total = b->n_sessions;
-    pthread_mutex_unlock(&b->sessions_lock);
+    size_t total = registry_count(&b->registry);
     uint64_t connected = atomic_load(&b->stats.clients_connected);
     sys_put_u64(b, "$SYS/broker/clients/total", total);
     sys_put_u64(b, "$SYS/broker/clients/connected", connected);

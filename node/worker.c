@@ -13,6 +13,7 @@
 #include "worker.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "ackq.h"
 #include "broker.h"
 #include "conn.h"
 #include "log.h"
@@ -28,7 +30,7 @@
 #define WORKER_RBUF_SIZE (64u * 1024u)
 #define WORKER_TICK_MS 250
 
-enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_ACK, WCMD_STOP };
+enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_ACK, WCMD_CALL, WCMD_STOP };
 
 struct wcmd {
     struct wcmd *next;
@@ -39,7 +41,11 @@ struct wcmd {
     bool resumed;
     uint32_t token;
     int status;
+    void (*fn)(void *ud); /* WCMD_CALL */
+    void *ud;
 };
+
+_Thread_local struct worker *sink_thread_worker;
 
 struct worker *worker_new(struct broker *b, int id)
 {
@@ -134,6 +140,8 @@ int worker_listen(struct worker *w, const char *addr, uint16_t port)
 
 static void worker_free_cmd(struct wcmd *cmd)
 {
+    if (cmd->fn) /* a call that never ran: it runs now (see sink_ops.call) */
+        cmd->fn(cmd->ud);
     if (cmd->s)
         session_unref(cmd->s);
     if (cmd->c)
@@ -141,12 +149,14 @@ static void worker_free_cmd(struct wcmd *cmd)
     free(cmd);
 }
 
-/* Append a command; returns false (and frees it) when the worker is gone. */
+/* Append a command; returns false (and frees it) when the worker is gone
+ * (a WCMD_CALL's function is then not called: the caller is told). */
 static bool worker_post(struct worker *w, struct wcmd *cmd)
 {
     pthread_mutex_lock(&w->inbox_lock);
     if (w->inbox_closed) {
         pthread_mutex_unlock(&w->inbox_lock);
+        cmd->fn = NULL; /* refused: the caller is told */
         worker_free_cmd(cmd);
         return false;
     }
@@ -201,6 +211,25 @@ void worker_post_ack(struct worker *w, struct conn *c, uint32_t token, int statu
     worker_post(w, cmd);
 }
 
+int worker_post_call(struct worker *w, void (*fn)(void *ud), void *ud)
+{
+    struct wcmd *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd)
+        return -ENOMEM;
+    cmd->type = WCMD_CALL;
+    cmd->fn = fn;
+    cmd->ud = ud;
+    return worker_post(w, cmd) ? 0 : -ESHUTDOWN;
+}
+
+void worker_wake_session(struct worker *owner, struct session *s, struct worker *cur)
+{
+    if (owner == cur)
+        worker_defer_flush(owner, s);
+    else
+        worker_post_flush(owner, s);
+}
+
 void worker_post_stop(struct worker *w)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
@@ -212,6 +241,7 @@ void worker_post_stop(struct worker *w)
 
 void worker_defer_flush(struct worker *w, struct session *s)
 {
+    assert(sink_thread_worker == w);
     int want = w->id + 1;
     if (atomic_load(&s->flush_posted) == want)
         return;
@@ -231,6 +261,7 @@ void worker_defer_flush(struct worker *w, struct session *s)
 
 void worker_mark_dirty(struct worker *w, struct conn *c)
 {
+    assert(sink_thread_worker == w);
     if (c->dirty)
         return;
     c->dirty = true;
@@ -243,10 +274,7 @@ static void worker_flush_session(struct worker *w, struct session *s)
 {
     int want = w->id + 1;
     atomic_compare_exchange_strong(&s->flush_posted, &want, 0);
-    lock_acquire(&s->lock);
-    if (s->conn && s->w == w)
-        session_flush_locked(s);
-    lock_release(&s->lock);
+    session_flush_owned(w->b, s, w);
 }
 
 static void worker_on_check(uv_check_t *h)
@@ -317,11 +345,15 @@ static void worker_on_wake(uv_async_t *h)
             worker_flush_session(w, cmd->s);
             break;
         case WCMD_KICK:
-            if (cmd->c->state == CONN_NEW || cmd->c->state == CONN_ACTIVE)
+            if (conn_is_open(cmd->c))
                 conn_close(cmd->c, cmd->reason, cmd->resumed);
             break;
         case WCMD_ACK:
-            conn_ack_done(cmd->c, cmd->token, cmd->status);
+            ackq_done(cmd->c, cmd->token, cmd->status);
+            break;
+        case WCMD_CALL:
+            cmd->fn(cmd->ud);
+            cmd->fn = NULL;
             break;
         case WCMD_STOP:
             stop = true;
@@ -349,7 +381,9 @@ static void worker_on_tick(uv_timer_t *t)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    sink_thread_worker = w;
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    sink_thread_worker = NULL;
     return NULL;
 }
 

@@ -75,6 +75,12 @@ void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool res
  * acknowledgement `token` of connection c. Takes a conn reference. Any
  * thread (the store's writer thread in practice). */
 void worker_post_ack(struct worker *w, struct conn *c, uint32_t token, int status);
+/* Run fn(ud) on w's thread. Returns 0, or -ENOMEM / -ESHUTDOWN (w is
+ * stopping) when fn will not run. Any thread. */
+int worker_post_call(struct worker *w, void (*fn)(void *ud), void *ud);
+/* Flush s on owner's thread: deferred to the end of the turn when owner is
+ * cur (the calling worker), posted otherwise. Any thread (sink_ops.wake). */
+void worker_wake_session(struct worker *owner, struct session *s, struct worker *cur);
 /* Ask w to close all its connections and stop its loop. Any thread. */
 void worker_post_stop(struct worker *w);
 

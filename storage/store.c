@@ -208,15 +208,15 @@ static struct op *op_begin(struct store_batch *b, enum op_kind kind, enum db db)
     memset(op, 0, sizeof(*op));
     op->kind = (uint8_t)kind;
     op->db = (uint8_t)db;
-    op->koff = b->buf.len;
+    op->koff = b->buf.b.len;
     return op;
 }
 
 /* The key is complete: the value starts here. */
 static void op_key_done(struct store_batch *b, struct op *op)
 {
-    op->klen = b->buf.len - op->koff;
-    op->voff = b->buf.len;
+    op->klen = b->buf.b.len - op->koff;
+    op->voff = b->buf.b.len;
 }
 
 /* The value is complete: commit the operation to the batch. */
@@ -226,7 +226,7 @@ static int op_end(struct store_batch *b, struct op *op)
         b->err = -ENOMEM;
         return b->err;
     }
-    op->vlen = b->buf.len - op->voff;
+    op->vlen = b->buf.b.len - op->voff;
     if (op->kind == OP_PUT) {
         b->put_bytes += op->klen + op->vlen;
         b->has_puts = true;
@@ -419,8 +419,8 @@ static int apply_batch(struct store *s, MDB_txn *txn, const struct store_batch *
 {
     for (size_t i = 0; i < b->nops; i++) {
         const struct op *op = &b->ops[i];
-        MDB_val k = {op->klen, b->buf.p + op->koff};
-        MDB_val v = {op->vlen, b->buf.p + op->voff};
+        MDB_val k = {op->klen, b->buf.b.data + op->koff};
+        MDB_val v = {op->vlen, b->buf.b.data + op->voff};
         int rc;
         switch (op->kind) {
         case OP_PUT:
@@ -555,7 +555,7 @@ static int commit_range(struct store *s, struct store_batch *first, struct store
     uint64_t bytes = 0;
     bool del_only = true, grew_into_reserve = false, released = false;
     for (struct store_batch *b = first; b != end; b = b->next) {
-        bytes += b->err ? 0 : b->buf.len;
+        bytes += b->err ? 0 : b->buf.b.len;
         del_only = del_only && (b->err || !b->has_puts);
     }
     for (;;) {
@@ -816,7 +816,7 @@ static int check_format(struct store *s, char *err, size_t errlen)
     if (rc == 0 && fresh) {
         struct rbuf b = {0};
         rbuf_le32(&b, STORE_FORMAT_VERSION);
-        MDB_val k = {6, "format"}, v = {b.len, b.p};
+        MDB_val k = {6, "format"}, v = {b.b.len, b.b.data};
         rc = b.oom ? ENOMEM : mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
         rbuf_free(&b);
     }
@@ -1089,7 +1089,7 @@ static int load_retained(const struct store_loader *l, MDB_cursor *c)
         rec_put_idkey(&kb, msg_topic(m), m->topic_len);
         if (kb.oom)
             r = -ENOMEM;
-        else if (vd.n != 0 || kb.len != k.mv_size || memcmp(kb.p, k.mv_data, kb.len) != 0)
+        else if (vd.n != 0 || kb.b.len != k.mv_size || memcmp(kb.b.data, k.mv_data, kb.b.len) != 0)
             r = -EIO;
         rbuf_free(&kb);
         if (r == 0)

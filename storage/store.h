@@ -87,17 +87,9 @@ struct store_session {
     const struct store_sub *subs; /* n_subs entries */
 };
 
-/* States of a message of a session. */
-enum store_msg_state {
-    STORE_MSG_QUEUED = 0,
-    STORE_MSG_WAIT_PUBACK = 1,
-    STORE_MSG_WAIT_PUBREC = 2,
-    STORE_MSG_WAIT_PUBCOMP = 3,
-};
-
 /* A queued or inflight outgoing message of a session. */
 struct store_msg {
-    uint8_t state;  /* enum store_msg_state */
+    uint8_t state;  /* enum msg_state (msg.h) */
     uint16_t pid;   /* packet identifier, 0 while queued */
     uint8_t qos;    /* QoS of the delivery (may be lower than m->qos) */
     bool retain;    /* RETAIN flag of the delivery */

@@ -23,34 +23,13 @@
 
 void rbuf_free(struct rbuf *b)
 {
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
+    buf_free(&b->b);
 }
 
 void rbuf_put(struct rbuf *b, const void *d, size_t n)
 {
-    if (b->oom || n == 0)
-        return;
-    if (b->cap - b->len < n) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap - b->len < n) {
-            if (cap > SIZE_MAX / 2) {
-                b->oom = true;
-                return;
-            }
-            cap *= 2;
-        }
-        uint8_t *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, d, n);
-    b->len += n;
+    if (!b->oom && buf_append(&b->b, d, n) < 0)
+        b->oom = true;
 }
 
 void rbuf_u8(struct rbuf *b, uint8_t v)

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf.h"
 #include "store.h"
 
 #define REC_VERSION 1
@@ -35,10 +36,11 @@
 #define REC_IDKEY_MAX (2 + REC_INLINE_MAX)
 #define REC_KEY_MAX (REC_IDKEY_MAX + 8)
 
-/* A growable byte buffer; a failed allocation sets oom and drops writes. */
+/* A record being encoded: a struct buf (buf.h) with a sticky error, so that
+ * an encoder checks once at the end: a failed allocation sets oom and drops
+ * every later write. */
 struct rbuf {
-    uint8_t *p;
-    size_t len, cap;
+    struct buf b;
     bool oom;
 };
 

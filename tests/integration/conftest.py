@@ -6,14 +6,19 @@ default, or "mosquitto" as a reference implementation) and provides the
 free port and returns a handle; all brokers a test started are stopped (and,
 for Starling, checked for a clean exit without sanitizer reports) when the
 test ends.
+
+Temporary files: the brokers' configurations, logs and stores go under
+pytest's temporary directory (see tests/conftest.py: one directory under
+$TMPDIR, removed when pytest exits) and are removed as soon as the test ends,
+unless STARLING_TEST_KEEP_TMP=1.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,9 +79,17 @@ def free_port():
         s.close()
 
 
+# Passed through to the broker (debug builds): STARLING_TEST_REGISTRY=deferred
+# answers every claim of a client id later, from the worker's inbox, as the
+# cluster's registry will (node/registry.h).
+PASS_THROUGH = ("STARLING_TEST_REGISTRY",)
+
+
 def clean_env(extra=None):
-    """The environment for a broker process: no STARLING_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STARLING_")}
+    """The environment for a broker process: no STARLING_* variables but
+    those of PASS_THROUGH."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STARLING_") or k in PASS_THROUGH}
     if extra:
         env.update(extra)
     return env
@@ -248,10 +261,10 @@ class Broker:
 
 
 @pytest.fixture
-def broker():
+def broker(tmp_path_factory):
     """Factory: broker(**config) starts a fresh broker and returns its handle."""
     started = []
-    tmpdir = tempfile.mkdtemp(prefix="starling-it-")
+    tmpdir = str(tmp_path_factory.mktemp("brokers"))
 
     def start(**config):
         b = Broker(config, tmpdir)
@@ -265,5 +278,7 @@ def broker():
             b.stop()
         except BaseException as e:  # pytest.fail raises an OutcomeException
             failures.append(str(e))
+    if not os.environ.get("STARLING_TEST_KEEP_TMP"):
+        shutil.rmtree(tmpdir, ignore_errors=True)
     if failures:
         pytest.fail("\n".join(failures))

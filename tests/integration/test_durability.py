@@ -1087,6 +1087,11 @@ def test_qos2_not_forwarded_before_commit(mounts, broker, tmp_path):
             assert p.type == M.PUBLISH, p
             if p.topic == "frz/end":
                 break
+            if p.topic.startswith("frz/warm") and p.qos == 1:
+                # at least once: the deletion that its PUBACK asked for may
+                # not have been committed before the freeze and the SIGKILL
+                sub.puback(p.packet_id)
+                continue
             assert p.topic == "frz/q2", p
             if p.packet_id not in awaiting:
                 awaiting.add(p.packet_id)

@@ -76,13 +76,23 @@ static uint64_t now_ms(void)
     })
 
 struct member {
-    char ip[16], dir[128];
+    char ip[16], dir[300];
     struct cluster *c;
     _Atomic uint64_t frames_from[N + 1];
 };
 
 static struct member m[N];
-static char base[] = "/tmp/test_cluster.XXXXXX";
+static char base[256];
+
+/* A new directory <TMPDIR or /tmp>/<name>.XXXXXX in buf (removed by the
+ * test). */
+static char *make_tmpdir(char *buf, size_t len, const char *name)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(buf, len, "%s/%s.XXXXXX", t && *t ? t : "/tmp", name);
+    return mkdtemp(buf);
+}
+
 static char seed_addr[N][64];
 static const char *seeds[N];
 
@@ -226,7 +236,7 @@ static bool all_checked(void)
 
 static void test_three_members(void)
 {
-    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(base));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(base, sizeof base, "test_cluster"));
     int raft_port[N], chan_port[N];
     for (int i = 0; i < N; i++) {
         snprintf(m[i].ip, sizeof m[i].ip, "127.0.0.%d", 41 + i);

@@ -32,7 +32,11 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 
 static char *tmpdir(void)
 {
-    char *d = strdup("/tmp/test_fsm.XXXXXX");
+    const char *t = getenv("TMPDIR");
+    char *d = NULL;
+    if (asprintf(&d, "%s/test_fsm.XXXXXX", t && *t ? t : "/tmp") < 0)
+        d = NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(d));
     return d;
 }

@@ -36,13 +36,23 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
     return remove(path);
 }
 
-/* Where the nodes' directories go. */
-static const char *dir_base = "/tmp";
+/* Where the nodes' directories go: $TMPDIR, or a scratch directory below
+ * it (the Figure 8 child). */
+static const char *dir_base;
+
+/* A new directory <TMPDIR or /tmp>/<name>.XXXXXX in buf (removed by the
+ * test). */
+static char *make_tmpdir(char *buf, size_t len, const char *name)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(buf, len, "%s/%s.XXXXXX", t && *t ? t : "/tmp", name);
+    return mkdtemp(buf);
+}
 
 struct cluster {
     struct raft_fixture f;
     unsigned n;
-    char dir[MAX_N][128];
+    char dir[MAX_N][300];
     struct fsm *fsm[MAX_N];
     struct fsm_raft a[MAX_N];
 };
@@ -53,8 +63,13 @@ static void cluster_setup(struct cluster *c, unsigned n, bool start)
     c->n = n;
     CU_ASSERT_EQUAL_FATAL(raft_fixture_initialize(&c->f), 0);
     for (unsigned i = 0; i < n; i++) {
-        snprintf(c->dir[i], sizeof c->dir[i], "%s/test_raft_fixture.XXXXXX", dir_base);
-        CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(c->dir[i]));
+        if (dir_base) {
+            snprintf(c->dir[i], sizeof c->dir[i], "%s/n%u.XXXXXX", dir_base, i);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(c->dir[i]));
+        } else {
+            CU_ASSERT_PTR_NOT_NULL_FATAL(
+                make_tmpdir(c->dir[i], sizeof c->dir[i], "test_raft_fixture"));
+        }
         struct fsm_options o = {.dir = c->dir[i]};
         char err[256];
         CU_ASSERT_EQUAL_FATAL(fsm_open(&c->fsm[i], &o, err, sizeof err), 0);
@@ -486,8 +501,8 @@ static int figure8_scenario(bool guard)
  * temporary directories are removed here. */
 static void run_figure8(bool guard)
 {
-    char base[] = "/tmp/test_raft_fixture.f8.XXXXXX";
-    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(base));
+    char base[256];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(base, sizeof base, "test_raft_fixture.f8"));
     dir_base = base;
     fflush(stdout);
     pid_t pid = fork();
@@ -502,7 +517,7 @@ static void run_figure8(bool guard)
     CU_ASSERT_TRUE(WIFEXITED(status));
     CU_ASSERT_EQUAL(WEXITSTATUS(status), 0);
     nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    dir_base = "/tmp";
+    dir_base = NULL;
 }
 
 static void test_figure8_unguarded(void)
@@ -520,9 +535,9 @@ static void test_figure8_guarded(void)
  * the deferred entry; the restoring side applies it once it is safe. */
 static void test_deferred_entries_in_snapshots(void)
 {
-    char d1[] = "/tmp/test_raft_fixture.XXXXXX", d2[] = "/tmp/test_raft_fixture.XXXXXX";
-    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(d1));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(d2));
+    char d1[256], d2[256];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(d1, sizeof d1, "test_raft_fixture"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(d2, sizeof d2, "test_raft_fixture"));
     struct fsm *f1, *f2;
     struct fsm_options o1 = {.dir = d1}, o2 = {.dir = d2};
     char err[256];

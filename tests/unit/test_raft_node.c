@@ -79,25 +79,35 @@ static uint64_t now_ms(void)
     })
 
 struct node {
-    char dir[128];
+    char dir[300];
     char address[64];
     struct fsm *fsm;
     struct raft_node *raft;
 };
 
 static struct node nodes[N + 1];
-static char base[] = "/tmp/test_raft_node.XXXXXX";
+static char base[256];
+
+/* A new directory <TMPDIR or /tmp>/<name>.XXXXXX in buf (removed by the
+ * test). */
+static char *make_tmpdir(char *buf, size_t len, const char *name)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(buf, len, "%s/%s.XXXXXX", t && *t ? t : "/tmp", name);
+    return mkdtemp(buf);
+}
+
 static const char *seeds[N];
 
 static int start_node(struct node *nd, const char *secret, const char *const *sd, unsigned ns)
 {
-    char fdir[256], err[512];
+    char fdir[400], err[512];
     snprintf(fdir, sizeof fdir, "%s/fsm", nd->dir);
     struct fsm_options fo = {.dir = fdir};
     int rc = fsm_open(&nd->fsm, &fo, err, sizeof err);
     if (rc)
         return rc;
-    char rdir[256];
+    char rdir[400];
     snprintf(rdir, sizeof rdir, "%s/raft", nd->dir);
     struct raft_node_config c = {.dir = rdir,
                                  .fsm = nd->fsm,
@@ -238,7 +248,7 @@ static bool all_applied_equal(void)
 
 static void test_three_nodes(void)
 {
-    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(base));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(base, sizeof base, "test_raft_node"));
     for (int i = 0; i < N; i++) {
         char ip[16];
         snprintf(ip, sizeof ip, "127.0.0.%d", 11 + i);
@@ -410,8 +420,8 @@ static void test_three_nodes(void)
  * connections, so the two-voter configuration never elects a leader. */
 static void test_wrong_secret_refused(void)
 {
-    char dir[] = "/tmp/test_raft_node.XXXXXX";
-    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    char dir[256];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(dir, sizeof dir, "test_raft_node"));
     struct node two[2];
     const char *sd[2];
     memset(two, 0, sizeof two);

@@ -4,6 +4,11 @@
  * retained messages, long ids and topics, format version, corrupt and
  * unwritable directories, map growth and its limit, group commit, sync
  * modes, poisoned batches, and a full disk (tmpfs, root only).
+ *
+ * Usage: test_store [SUITE]: every suite, or only "store" or "disk_full".
+ * ctest runs each suite as its own test; "disk_full" needs root to mount a
+ * tmpfs and exits with 77 (ctest: skipped) when it cannot. Temporary
+ * directories go under $TMPDIR (default /tmp) and are removed.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -40,9 +45,15 @@ static void rm_rf(const char *dir)
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* Set by a test that could not run; main() then exits with 77. */
+static int g_skipped;
+
 static char *tmpdir(void)
 {
-    char *d = strdup("/tmp/test_store.XXXXXX");
+    const char *base = getenv("TMPDIR");
+    char *d = NULL;
+    if (asprintf(&d, "%s/test_store.XXXXXX", base && *base ? base : "/tmp") < 0)
+        d = NULL;
     CU_ASSERT_PTR_NOT_NULL_FATAL(d);
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(d));
     return d;
@@ -278,9 +289,9 @@ static void test_roundtrip(void)
     struct msg *m1 = mkmsg(ID("t/1"), 100, 1, "\x01\x00\x00\x00\x01", 1, false, 0);
     struct msg *m2 = mkmsg(ID("t/2"), 0, 2, NULL, 2, true, 99999999999ull);
     struct msg *m3 = mkmsg(ID("t/3"), 70000, 3, NULL, 2, false, 0);
-    struct store_msg r1 = {STORE_MSG_QUEUED, 0, 1, false, 0, NULL, m1};
-    struct store_msg r2 = {STORE_MSG_WAIT_PUBREC, 65535, 2, true, 3, ids, m2};
-    struct store_msg r3 = {STORE_MSG_WAIT_PUBCOMP, 9, 1, false, 1, ids, m3};
+    struct store_msg r1 = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m1};
+    struct store_msg r2 = {MSG_STATE_WAIT_PUBREC, 65535, 2, true, 3, ids, m2};
+    struct store_msg r3 = {MSG_STATE_WAIT_PUBCOMP, 9, 1, false, 1, ids, m3};
     struct msg *rm = mkmsg(ID("sport/score"), 10, 4, "\x03\x00\x04text", 1, true, 5);
 
     struct store_batch *b = store_batch_new();
@@ -350,7 +361,7 @@ static void test_msg_order(void)
     uint64_t seqs[] = {256, 1, 255, 1ull << 32, 65536, 0, UINT64_MAX, 2, 65535};
     uint64_t sorted[] = {0, 1, 2, 255, 256, 65535, 65536, 1ull << 32, UINT64_MAX};
     struct msg *m = mkmsg(ID("o"), 3, 0, NULL, 1, false, 0);
-    struct store_msg r = {STORE_MSG_QUEUED, 0, 1, false, 0, NULL, m};
+    struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
     for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++) {
         struct store_batch *b = store_batch_new();
         /* "a" and "ab": one id is a prefix of the other */
@@ -379,7 +390,7 @@ static void test_session_del(void)
     struct list got = {0};
     struct store_session rec = {5, 60, 0, 0, NULL};
     struct msg *m = mkmsg(ID("x"), 3, 0, NULL, 1, false, 0);
-    struct store_msg r = {STORE_MSG_WAIT_PUBACK, 1, 1, false, 0, NULL, m};
+    struct store_msg r = {MSG_STATE_WAIT_PUBACK, 1, 1, false, 0, NULL, m};
     const char *idv[] = {"a", "ab", "b", "a\x01"};
     struct store_batch *b = store_batch_new();
     for (int i = 0; i < 4; i++) {
@@ -501,7 +512,7 @@ static void test_long_keys(void)
     struct store_sub sub = {filter, 3000, 1, 0};
     struct store_session rec = {5, 10, 0, 1, &sub};
     struct msg *m = mkmsg(t1, 1500, 50, 9, NULL, 1, false, 0);
-    struct store_msg r = {STORE_MSG_QUEUED, 0, 1, false, 0, NULL, m};
+    struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
     struct msg *rt1 = mkmsg(t1, 1500, 5, 1, NULL, 1, true, 0);
     struct msg *rt2 = mkmsg(t2, 1500, 5, 2, NULL, 1, true, 0);
 
@@ -735,7 +746,7 @@ static int count_msg(void *ud, const char *id, uint16_t len, uint64_t seq,
 static struct store_batch *msg_batch(uint64_t seq, uint32_t payload_len)
 {
     struct msg *m = mkmsg(ID("fill"), payload_len, seq, NULL, 1, false, 0);
-    struct store_msg r = {STORE_MSG_QUEUED, 0, 1, false, 0, NULL, m};
+    struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
     struct store_batch *b = store_batch_new();
     CU_ASSERT_EQUAL(store_msg_put(b, ID("client"), seq, &r), 0);
     msg_unref(m);
@@ -755,7 +766,7 @@ static void test_map_growth(void)
         struct store_batch *b = store_batch_new();
         for (int i = 0; i <= round % 32 && seq < 1536; i++, seq++) {
             struct msg *mm = mkmsg(ID("fill"), 4096, seq, NULL, 1, false, 0);
-            struct store_msg r = {STORE_MSG_QUEUED, 0, 1, false, 0, NULL, mm};
+            struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, mm};
             CU_ASSERT_EQUAL(store_msg_put(b, ID("client"), seq, &r), 0);
             msg_unref(mm);
         }
@@ -764,7 +775,7 @@ static void test_map_growth(void)
     /* One batch much bigger than the map at once. */
     struct store_batch *b = store_batch_new();
     struct msg *big = mkmsg(ID("fill"), 3u << 20, 1536, NULL, 1, false, 0);
-    struct store_msg r = {STORE_MSG_QUEUED, 0, 1, false, 0, NULL, big};
+    struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, big};
     CU_ASSERT_EQUAL(store_msg_put(b, ID("client"), 1536, &r), 0);
     msg_unref(big);
     CU_ASSERT_EQUAL(commit(s, b), 0);
@@ -878,7 +889,7 @@ static void *gc_thread(void *arg)
     struct msg *m = msg_new("g/t", 3, "payload", 7, NULL, 0, 1, false, 0, NULL);
     for (int i = 0; i < GC_PER_THREAD; i++) {
         struct store_batch *b = store_batch_new();
-        struct store_msg r = {STORE_MSG_QUEUED, 0, 1, false, 0, NULL, m};
+        struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
         store_msg_put(b, id, (uint16_t)strlen(id), (uint64_t)i, &r);
         store_submit(a->s, b, gc_done, (void *)(intptr_t)(a->t * GC_PER_THREAD + i));
     }
@@ -1050,11 +1061,13 @@ static void test_disk_full(void)
 {
     if (geteuid() != 0) {
         printf("skipped: needs root to mount a tmpfs ");
+        g_skipped = 1;
         return;
     }
     char *mnt = tmpdir();
     if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
         printf("skipped: cannot mount tmpfs (%s) ", strerror(errno));
+        g_skipped = 1;
         rmdir(mnt);
         free(mnt);
         return;
@@ -1070,7 +1083,7 @@ static void test_disk_full(void)
      * more fresh pages (copy on write) than a full disk has. */
     struct store_batch *many = store_batch_new();
     struct msg *tiny = mkmsg(ID("x"), 10, 0, NULL, 1, false, 0);
-    struct store_msg tr = {STORE_MSG_QUEUED, 0, 1, false, 0, NULL, tiny};
+    struct store_msg tr = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, tiny};
     for (uint64_t q = 0; q < 600; q++)
         CU_ASSERT_EQUAL(store_msg_put(many, ID("many"), q, &tr), 0);
     msg_unref(tiny);
@@ -1142,12 +1155,13 @@ static void test_disk_full(void)
     free(mnt);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
         return 2;
     CU_pSuite s = CU_add_suite("store", NULL, NULL);
-    if (!s) {
+    CU_pSuite disk = CU_add_suite("disk_full", NULL, NULL);
+    if (!s || !disk) {
         CU_cleanup_registry();
         return 2;
     }
@@ -1164,10 +1178,20 @@ int main(void)
     CU_add_test(s, "group commit from 4 threads", test_group_commit);
     CU_add_test(s, "sync modes", test_sync_modes);
     CU_add_test(s, "poisoned, empty and chained batches", test_batches);
-    CU_add_test(s, "disk full (tmpfs)", test_disk_full);
+    CU_add_test(disk, "disk full (tmpfs)", test_disk_full);
     CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
+    if (argc > 1) {
+        CU_pSuite only = CU_get_suite(argv[1]);
+        if (!only) {
+            fprintf(stderr, "test_store: no suite %s (store, disk_full)\n", argv[1]);
+            CU_cleanup_registry();
+            return 2;
+        }
+        CU_basic_run_suite(only);
+    } else {
+        CU_basic_run_tests();
+    }
     unsigned fails = CU_get_number_of_failures();
     CU_cleanup_registry();
-    return fails ? 1 : 0;
+    return fails ? 1 : g_skipped ? 77 : 0;
 }

@@ -1,0 +1,93 @@
+variable "project" {
+  description = "GCP project id."
+  type        = string
+}
+
+variable "region" {
+  description = "GCP region."
+  type        = string
+  default     = "europe-west1"
+}
+
+variable "zones" {
+  description = "Zones of the region to spread the nodes over (round-robin)."
+  type        = list(string)
+  default     = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+}
+
+variable "name" {
+  description = "Prefix of every resource name."
+  type        = string
+  default     = "starling"
+}
+
+variable "node_count" {
+  description = "Number of Starling nodes (VMs)."
+  type        = number
+  default     = 3
+  validation {
+    condition     = var.node_count >= 1 && var.node_count <= 32
+    error_message = "node_count must be between 1 and 32."
+  }
+}
+
+variable "machine_type" {
+  description = "Machine type of a node."
+  type        = string
+  default     = "c3-standard-4"
+}
+
+variable "data_disk_gb" {
+  description = "Size of each node's data disk (pd-balanced), mounted at /var/lib/starling."
+  type        = number
+  default     = 50
+}
+
+variable "subnet_cidr" {
+  description = "Address range of the nodes' subnet."
+  type        = string
+  default     = "10.40.0.0/24"
+}
+
+variable "starling_release_url" {
+  description = "URL of the release tarball made by deploy/dist.sh (e.g. a signed GCS URL)."
+  type        = string
+}
+
+variable "tls_cert" {
+  description = "PEM certificate (chain) for MQTT over TLS on 8883; empty turns 8883 off."
+  type        = string
+  default     = ""
+}
+
+variable "tls_key" {
+  description = "PEM private key of tls_cert."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "cluster_secret" {
+  description = "cluster_secret shared by the nodes; empty for none."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "extra_env" {
+  description = "More STARLING_* variables for every node (docs/configuration.md)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "client_cidrs" {
+  description = "Addresses allowed to connect to MQTT (1883, 8883)."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "ssh_cidrs" {
+  description = "Addresses allowed to SSH to the nodes; empty: no SSH."
+  type        = list(string)
+  default     = []
+}

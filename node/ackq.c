@@ -1,0 +1,163 @@
+/*
+ * ackq.c - acknowledgements in order (see ackq.h).
+ */
+#include "ackq.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "conn.h"
+#include "log.h"
+#include "persist.h"
+#include "session.h"
+#include "store.h"
+#include "worker.h"
+
+struct pending_ack {
+    uint32_t token;
+    uint16_t pid;
+    uint8_t type;
+    uint8_t reason;
+    bool ready;
+    bool failed;
+};
+
+/* Send the acknowledgements at the head of the queue that are ready. */
+static void ackq_drain(struct conn *c)
+{
+    struct conn_extra *x = c->x;
+    if (!x)
+        return;
+    uint32_t n = 0;
+    while (n < x->acks_len && x->acks[n].ready) {
+        struct pending_ack *a = &x->acks[n++];
+        if (a->failed && c->version != MQTT_V5 &&
+            (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
+            /* 3.1.1 has no way to say "not stored": close, the client
+             * publishes again on its next connection */
+            x->acks_len = 0;
+            conn_close(c, 0, false);
+            return;
+        }
+        conn_send_ack(c, (enum mqtt_type)a->type, a->pid, a->reason);
+    }
+    if (n) {
+        memmove(x->acks, x->acks + n, (x->acks_len - n) * sizeof(*x->acks));
+        x->acks_len -= n;
+    }
+}
+
+uint32_t ackq_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason, bool ready)
+{
+    uint32_t token = ++c->next_token;
+    if (ready && (!c->x || c->x->acks_len == 0)) {
+        conn_send_ack(c, type, pid, reason);
+        return token;
+    }
+    struct conn_extra *x = conn_x(c);
+    if (!x) {
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return token;
+    }
+    if (x->acks_len == x->acks_cap) {
+        uint32_t cap = x->acks_cap ? x->acks_cap * 2 : 8;
+        struct pending_ack *p = realloc(x->acks, cap * sizeof(*p));
+        if (!p) {
+            conn_close(c, MQTT_RC_UNSPECIFIED, false);
+            return token;
+        }
+        x->acks = p;
+        x->acks_cap = cap;
+    }
+    x->acks[x->acks_len++] = (struct pending_ack){
+        .token = token, .pid = pid, .type = (uint8_t)type, .reason = reason, .ready = ready};
+    return token;
+}
+
+void ackq_done(struct conn *c, uint32_t token, int status)
+{
+    struct conn_extra *x = c->x;
+    if (c->state != CONN_ACTIVE || !x)
+        return;
+    for (uint32_t i = 0; i < x->acks_len; i++) {
+        struct pending_ack *a = &x->acks[i];
+        if (a->token != token)
+            continue;
+        a->ready = true;
+        if (status < 0 && (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
+            /* the message could not be stored: not acknowledged as received */
+            log_warn("%s: store failed (%s): publish %u refused", CONN_PEER(c),
+                     store_strerror(status), a->pid);
+            a->failed = true;
+            a->reason = MQTT_RC_QUOTA_EXCEEDED;
+            if (a->type == MQTT_PUBREC && c->session) {
+                /* not received after all: the id is free for a new message */
+                struct session *s = c->session;
+                lock_acquire(&s->lock);
+                session_qos2_remove(s, a->pid);
+                lock_release(&s->lock);
+            }
+        }
+        break;
+    }
+    ackq_drain(c);
+}
+
+void ackq_free(struct conn *c)
+{
+    if (c->x)
+        free(c->x->acks);
+}
+
+struct ack_wait {
+    struct conn *c;
+    uint32_t token;
+    struct msg *held; /* a published message waiting for the same commit */
+    struct pub_targets targets;
+};
+
+/* Store writer thread: the batch behind an acknowledgement committed. */
+static void ackq_on_commit(void *ud, int status)
+{
+    struct ack_wait *a = ud;
+    struct broker *b = conn_broker(a->c);
+    if (a->held) {
+        broker_release(b, a->held, status < 0 ? MSG_REJECTED : MSG_READY, &a->targets, NULL);
+        msg_unref(a->held);
+    }
+    worker_post_ack(a->c->w, a->c, a->token, status);
+    conn_unref(a->c);
+    free(a);
+}
+
+void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, uint16_t pid,
+                uint8_t reason, struct msg *held, struct pub_targets *targets)
+{
+    struct broker *b = conn_broker(c);
+    struct ack_wait *a = NULL;
+    if (*bt && store_batch_ops(*bt) > 0)
+        a = malloc(sizeof(*a));
+    if (!a) {
+        bool stored = *bt && store_batch_ops(*bt) > 0;
+        if (*bt)
+            persist_submit(b, bt, NULL, NULL);
+        if (held)
+            broker_release(b, held, MSG_READY, targets, c->w);
+        if (stored) /* out of memory: no acknowledgement without the commit */
+            conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        else
+            ackq_push(c, type, pid, reason, true);
+        return;
+    }
+    a->token = ackq_push(c, type, pid, reason, false);
+    a->c = conn_ref(c);
+    a->held = held ? msg_ref(held) : NULL;
+    if (targets) {
+        a->targets = *targets;
+        memset(targets, 0, sizeof(*targets));
+    } else {
+        memset(&a->targets, 0, sizeof(a->targets));
+    }
+    persist_submit(b, bt, ackq_on_commit, a);
+}

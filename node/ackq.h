@@ -1,0 +1,47 @@
+/*
+ * ackq.h - a connection's acknowledgements (PUBACK, PUBREC, PUBREL,
+ * PUBCOMP), sent in the order of the packets they answer [MQTT-4.6.0-2..4],
+ * some of them only once the store committed what they promise.
+ *
+ * An acknowledgement that is ready when nothing waits before it is encoded at
+ * once; otherwise it joins the queue (struct conn_extra.acks), and the head
+ * of the queue leaves as soon as it is ready. The store's commit reaches the
+ * queue through the owning worker (worker_post_ack -> ackq_done).
+ *
+ * Worker thread of the connection only, except where said.
+ */
+#ifndef STARLING_ACKQ_H
+#define STARLING_ACKQ_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "codec.h"
+
+struct conn;
+struct msg;
+struct pub_targets;
+struct store_batch;
+
+/* Queue an acknowledgement; one that is not `ready` waits for ackq_done and
+ * holds back those queued after it. Returns its token. Out of memory closes
+ * the connection. */
+uint32_t ackq_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason, bool ready);
+
+/* The store answered for acknowledgement `token`: status 0 sends it (and
+ * what was waiting behind it); an error makes a PUBACK/PUBREC carry 0x97
+ * (quota exceeded) for 5.0 clients, and closes a 3.1.1 connection (the
+ * client will publish again). */
+void ackq_done(struct conn *c, uint32_t token, int status);
+
+/* Queue an acknowledgement that may be sent only once *bt has committed, and
+ * submit *bt (an empty batch: sent at once). `held` (with its targets), if
+ * not NULL, is a published message released by the same commit
+ * (broker_release); targets are taken over. */
+void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, uint16_t pid,
+                uint8_t reason, struct msg *held, struct pub_targets *targets);
+
+/* Free the queue (connection freed). */
+void ackq_free(struct conn *c);
+
+#endif

@@ -1,0 +1,46 @@
+/*
+ * handle.h - the MQTT packet handlers of a connection, one file per kind of
+ * packet (as Eclipse Mosquitto splits them):
+ *
+ *   handle_connect.c    CONNECT: checks, the will, the claim of the client id
+ *                       (registry.h), CONNACK, resumption
+ *   handle_publish.c    PUBLISH from the client: topic aliases, checks, the
+ *                       message, broker_publish, the acknowledgement
+ *   handle_subscribe.c  SUBSCRIBE (with retained messages) and UNSUBSCRIBE
+ *   handle_ack.c        PUBACK, PUBREC, PUBREL, PUBCOMP
+ *   handle_ping.c       PINGREQ and DISCONNECT
+ *
+ * Called by conn.c's dispatch on the connection's worker with a fully
+ * validated packet (codec.h); c->session is set for every packet after
+ * CONNECT. A handler answers through conn_send / ackq.h and may close the
+ * connection.
+ */
+#ifndef STARLING_HANDLE_H
+#define STARLING_HANDLE_H
+
+#include "buf.h"
+#include "codec.h"
+
+struct conn;
+
+void handle_connect(struct conn *c, const struct mqtt_connect *ck);
+/* Answer a CONNECT with a refusing CONNACK (reason: 5.0 reason code or 3.1.1
+ * return code) and close. */
+void handle_connect_refuse(struct conn *c, uint8_t version, uint8_t reason);
+
+void handle_publish(struct conn *c, struct mqtt_publish *p);
+/* The properties a message passes through to subscribers unchanged (payload
+ * format, content type, response topic, correlation data, user properties),
+ * encoded into out without their length prefix. Returns 0 or -ENOMEM. */
+int handle_passthrough_props(const struct mqtt_props *in, struct buf *out);
+
+void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub);
+void handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *sub);
+
+/* type: MQTT_PUBACK, MQTT_PUBREC, MQTT_PUBREL or MQTT_PUBCOMP. */
+void handle_ack(struct conn *c, enum mqtt_type type, const struct mqtt_ack *a);
+
+void handle_pingreq(struct conn *c);
+void handle_disconnect(struct conn *c, const struct mqtt_disconnect *d);
+
+#endif

@@ -1,0 +1,314 @@
+/*
+ * handle_connect.c - CONNECT (see handle.h).
+ *
+ * In order: refuse what the server does not support (each with its reason
+ * code), take the connection's parameters (session expiry, receive maximum,
+ * maximum packet size, topic aliases, keep alive), build the will, then
+ * claim the client id from the session registry. The claim answers through
+ * handle_connect_claimed, at once (a single node) or later (the cluster):
+ * meanwhile the connection is CONN_CLAIMING and reads nothing, and it may
+ * close; the claim holds a reference to it. Then CONNACK, and a resumed
+ * session resends what was inflight and sends what is queued.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "conn.h"
+#include "handle.h"
+#include "log.h"
+#include "registry.h"
+#include "session.h"
+#include "topic.h"
+#include "worker.h"
+
+/* A CONNECT between its claim and the registry's answer. */
+struct connect_claim {
+    struct conn *c; /* a reference */
+    uint32_t expiry;
+    bool server_ka;     /* the keep alive was changed: tell the client */
+    bool expiry_capped; /* the session expiry was lowered: tell the client */
+    bool returned;      /* registry_claim has returned */
+    bool answered;      /* handle_connect_claimed has run */
+    uint16_t id_len;
+    char assigned[64]; /* a client id the server assigned, or "" */
+};
+
+void handle_connect_refuse(struct conn *c, uint8_t version, uint8_t reason)
+{
+    struct mqtt_packet p;
+    memset(&p, 0, sizeof(p));
+    p.type = MQTT_CONNACK;
+    p.u.connack.reason = reason;
+    c->version = version;
+    conn_send(c, &p);
+    c->state = CONN_CLOSING;
+    c->state_since = uv_now(&c->w->loop);
+    conn_io_stop(c);
+    conn_flush(c);
+}
+
+/* What this server refuses in a CONNECT (before any state is made): returns
+ * the CONNACK reason (5.0 reason code or 3.1.1 return code), 0 to accept. */
+static uint8_t handle_connect_check(const struct config *cfg, const struct mqtt_connect *ck)
+{
+    bool v5 = ck->protocol_version == MQTT_V5;
+    const struct mqtt_props *wp = &ck->will_props;
+    /* Authentication Data without an Authentication Method is a protocol
+     * error (5.0 section 3.1.2.11.10) */
+    if (v5 && (ck->props.present & MQTT_PF(MQTT_PROP_AUTH_DATA)) &&
+        !(ck->props.present & MQTT_PF(MQTT_PROP_AUTH_METHOD)))
+        return MQTT_RC_PROTOCOL_ERROR;
+    /* the will's Response Topic is a topic name (no wildcards) */
+    if (v5 && (wp->present & MQTT_PF(MQTT_PROP_RESPONSE_TOPIC)) &&
+        !topic_name_valid((const char *)wp->response_topic.data, wp->response_topic.len))
+        return MQTT_RC_PROTOCOL_ERROR;
+    /* no authentication method is configured on this node */
+    if (v5 && (ck->props.present & MQTT_PF(MQTT_PROP_AUTH_METHOD)))
+        return MQTT_RC_BAD_AUTH_METHOD;
+    if (!ck->will_flag)
+        return 0;
+    if (!topic_name_valid((const char *)ck->will_topic.data, ck->will_topic.len))
+        return v5 ? MQTT_RC_TOPIC_NAME_INVALID : MQTT3_CONNACK_ID_REJECTED;
+    if (v5 && ck->will_qos > cfg->max_qos)
+        return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-3.2.2-12] */
+    if (v5 && ck->will_retain && !cfg->retain_available)
+        return MQTT_RC_RETAIN_NOT_SUPPORTED; /* [MQTT-3.2.2-13] */
+    if (v5 && (wp->present & MQTT_PF(MQTT_PROP_PAYLOAD_FORMAT)) && wp->payload_format == 1 &&
+        !mqtt_utf8_valid(ck->will_payload.data, ck->will_payload.len))
+        return MQTT_RC_PAYLOAD_FORMAT_INVALID;
+    return 0;
+}
+
+/* The client id, or one assigned into cl->assigned [MQTT-3.1.3-6]. Returns
+ * the CONNACK reason that refuses it, 0 when accepted. */
+static uint8_t handle_connect_id(const struct config *cfg, const struct mqtt_connect *ck,
+                                 struct connect_claim *cl, const char **id)
+{
+    bool v5 = ck->protocol_version == MQTT_V5;
+    *id = (const char *)ck->client_id.data;
+    cl->id_len = (uint16_t)ck->client_id.len;
+    if (cl->id_len > 0)
+        return 0;
+    if (!v5 && !ck->clean_start)
+        return MQTT3_CONNACK_ID_REJECTED; /* [MQTT-3.1.3-8] an empty id needs clean session */
+    if (!cfg->allow_zero_length_clientid)
+        return v5 ? MQTT_RC_CLIENT_ID_NOT_VALID : MQTT3_CONNACK_ID_REJECTED;
+    static atomic_ulong counter;
+    unsigned long n = atomic_fetch_add(&counter, 1);
+    snprintf(cl->assigned, sizeof(cl->assigned), "starling-%016" PRIx64 "-%lu",
+             broker_now_ms() ^ (uint64_t)(uintptr_t)cl, n);
+    *id = cl->assigned;
+    cl->id_len = (uint16_t)strlen(cl->assigned);
+    return 0;
+}
+
+/* Session expiry, the client's limits and keep alive, from the CONNECT. */
+static void handle_connect_params(struct conn *c, const struct config *cfg,
+                                  const struct mqtt_connect *ck, struct connect_claim *cl)
+{
+    const struct mqtt_props *pr = &ck->props;
+    uint32_t expiry;
+    if (ck->protocol_version == MQTT_V5) {
+        expiry = (pr->present & MQTT_PF(MQTT_PROP_SESSION_EXPIRY)) ? pr->session_expiry : 0;
+        if (cfg->max_session_expiry && expiry > cfg->max_session_expiry) {
+            expiry = cfg->max_session_expiry;
+            cl->expiry_capped = true;
+        }
+        c->client_receive_max =
+            (pr->present & MQTT_PF(MQTT_PROP_RECEIVE_MAX)) ? pr->receive_max : 65535;
+        c->client_max_packet =
+            (pr->present & MQTT_PF(MQTT_PROP_MAX_PACKET_SIZE)) ? pr->max_packet_size : UINT32_MAX;
+        c->client_alias_max =
+            (pr->present & MQTT_PF(MQTT_PROP_TOPIC_ALIAS_MAX)) ? pr->topic_alias_max : 0;
+        c->problem_info =
+            !(pr->present & MQTT_PF(MQTT_PROP_REQUEST_PROBLEM_INFO)) || pr->request_problem_info;
+    } else {
+        /* 3.1.1 clean session 0 keeps the session forever */
+        expiry = ck->clean_start ? 0 : UINT32_MAX;
+        if (!ck->clean_start && cfg->max_session_expiry)
+            expiry = cfg->max_session_expiry;
+        c->client_receive_max = 0;
+        c->client_max_packet = UINT32_MAX;
+    }
+    c->connect_expiry = cl->expiry = expiry;
+    /* Keep alive: a 5.0 client asking for more than max_keepalive (or for
+     * none) is told the Server Keep Alive [MQTT-3.2.2-21]. */
+    c->keepalive = ck->keep_alive;
+    if (ck->protocol_version == MQTT_V5 && cfg->max_keepalive < 65535 &&
+        (ck->keep_alive == 0 || ck->keep_alive > cfg->max_keepalive)) {
+        c->keepalive = cfg->max_keepalive;
+        cl->server_ka = true;
+    }
+}
+
+/* The will message of the CONNECT into c->will. Returns 0 or -ENOMEM. */
+static int handle_connect_will(struct conn *c, const struct config *cfg,
+                               const struct mqtt_connect *ck)
+{
+    if (!ck->will_flag)
+        return 0;
+    bool v5 = ck->protocol_version == MQTT_V5;
+    struct buf props = {0};
+    if (!conn_x(c) || (v5 && handle_passthrough_props(&ck->will_props, &props) < 0)) {
+        buf_free(&props);
+        return -ENOMEM;
+    }
+    uint8_t wq = ck->will_qos > cfg->max_qos ? cfg->max_qos : ck->will_qos;
+    c->will = msg_new(ck->will_topic.data, (uint16_t)ck->will_topic.len, ck->will_payload.data,
+                      ck->will_payload.len, props.data, (uint32_t)props.len, wq,
+                      ck->will_retain && cfg->retain_available, 0, NULL);
+    buf_free(&props);
+    if (!c->will)
+        return -ENOMEM;
+    if (v5 && (ck->will_props.present & MQTT_PF(MQTT_PROP_WILL_DELAY)))
+        c->x->will_delay = ck->will_props.will_delay;
+    if (v5 && (ck->will_props.present & MQTT_PF(MQTT_PROP_MESSAGE_EXPIRY)))
+        c->x->will_expiry = ck->will_props.message_expiry;
+    return 0;
+}
+
+/* The CONNACK of an accepted CONNECT. Returns whether it was sent. */
+static bool handle_connack(struct conn *c, const struct config *cfg, const struct connect_claim *cl,
+                           bool present)
+{
+    struct mqtt_packet p;
+    memset(&p, 0, sizeof(p));
+    p.type = MQTT_CONNACK;
+    struct mqtt_connack *ca = &p.u.connack;
+    /* [MQTT-3.2.2-2], [MQTT-3.2.2-3] session present */
+    ca->session_present = present;
+    ca->reason = 0;
+    if (c->version == MQTT_V5) {
+        struct mqtt_props *pr = &ca->props;
+        pr->present |=
+            MQTT_PF(MQTT_PROP_RECEIVE_MAX) | MQTT_PF(MQTT_PROP_RETAIN_AVAILABLE) |
+            MQTT_PF(MQTT_PROP_MAX_PACKET_SIZE) | MQTT_PF(MQTT_PROP_WILDCARD_SUB_AVAILABLE) |
+            MQTT_PF(MQTT_PROP_SUB_ID_AVAILABLE) | MQTT_PF(MQTT_PROP_SHARED_SUB_AVAILABLE);
+        pr->receive_max = cfg->receive_maximum;
+        pr->retain_available = cfg->retain_available;
+        pr->max_packet_size = cfg->max_packet_size;
+        pr->wildcard_sub_available = 1;
+        pr->sub_id_available = 1;
+        pr->shared_sub_available = 1;
+        if (cfg->max_qos < 2) {
+            pr->present |= MQTT_PF(MQTT_PROP_MAX_QOS);
+            pr->max_qos = cfg->max_qos;
+        }
+        if (cfg->topic_alias_maximum) {
+            pr->present |= MQTT_PF(MQTT_PROP_TOPIC_ALIAS_MAX);
+            pr->topic_alias_max = cfg->topic_alias_maximum;
+        }
+        if (cl->assigned[0]) {
+            pr->present |= MQTT_PF(MQTT_PROP_ASSIGNED_CLIENT_ID);
+            pr->assigned_client_id.data = (const uint8_t *)cl->assigned;
+            pr->assigned_client_id.len = cl->id_len;
+        }
+        if (cl->server_ka) {
+            pr->present |= MQTT_PF(MQTT_PROP_SERVER_KEEP_ALIVE);
+            pr->server_keep_alive = c->keepalive;
+        }
+        if (cl->expiry_capped) {
+            pr->present |= MQTT_PF(MQTT_PROP_SESSION_EXPIRY);
+            pr->session_expiry = cl->expiry;
+        }
+    }
+    return conn_send(c, &p) == 1;
+}
+
+/* The registry answered the claim (registry_done_fn), on c's worker. */
+static void handle_connect_claimed(void *ud, int status, struct session *s)
+{
+    struct connect_claim *cl = ud;
+    struct conn *c = cl->c;
+    struct broker *b = c->w->b;
+    bool later = cl->returned; /* the answer came after registry_claim returned */
+    cl->answered = true;
+    if (c->state != CONN_CLAIMING) {
+        /* closed while the registry answered: the session goes back */
+        if (s)
+            registry_release(b, s, c, NULL, false, c->w);
+    } else if (status < 0) {
+        bool v5 = c->version == MQTT_V5;
+        handle_connect_refuse(c, c->version,
+                              v5 ? MQTT_RC_SERVER_UNAVAILABLE : MQTT3_CONNACK_SERVER_UNAVAILABLE);
+    } else {
+        c->session = s;
+        c->state = CONN_ACTIVE;
+        if (!handle_connack(c, &b->cfg, cl, status != REGISTRY_NEW)) {
+            /* [MQTT-3.1.2-24] even the smallest CONNACK exceeds the client's
+             * Maximum Packet Size: close rather than leave it waiting */
+            conn_close(c, 0, false);
+        } else {
+            log_debug("%s: client '%.*s' connected (MQTT %s, session present %d)", CONN_PEER(c),
+                      (int)s->id_len, s->client_id,
+                      c->version == MQTT_V5     ? "5.0"
+                      : c->version == MQTT_V311 ? "3.1.1"
+                                                : "3.1",
+                      status != REGISTRY_NEW);
+            /* Resume: resend what was inflight, then what is queued. */
+            lock_acquire(&s->lock);
+            if (s->conn == c)
+                session_resume_locked(b, s);
+            lock_release(&s->lock);
+        }
+    }
+    if (later) {
+        if (c->state == CONN_ACTIVE)
+            conn_io_start(c); /* and the packets that arrived meanwhile */
+        conn_unref(c);
+        free(cl);
+    }
+}
+
+void handle_connect(struct conn *c, const struct mqtt_connect *ck)
+{
+    const struct config *cfg = &c->w->b->cfg;
+    uint8_t v = ck->protocol_version;
+    c->version = v;
+    uint8_t rc = handle_connect_check(cfg, ck);
+    if (rc) {
+        handle_connect_refuse(c, v, rc);
+        return;
+    }
+    struct connect_claim *cl = calloc(1, sizeof(*cl));
+    const char *id = NULL;
+    if (!cl) {
+        conn_close(c, 0, false);
+        return;
+    }
+    rc = handle_connect_id(cfg, ck, cl, &id);
+    if (rc) {
+        free(cl);
+        handle_connect_refuse(c, v, rc);
+        return;
+    }
+    handle_connect_params(c, cfg, ck, cl);
+    if (handle_connect_will(c, cfg, ck) < 0) {
+        free(cl);
+        conn_close(c, 0, false);
+        return;
+    }
+    cl->c = conn_ref(c);
+    c->state = CONN_CLAIMING;
+    struct registry_claim req = {
+        .id = id,
+        .id_len = cl->id_len,
+        .clean_start = ck->clean_start,
+        .version = v,
+        .expiry = cl->expiry,
+        .conn = c,
+        .w = c->w,
+    };
+    registry_claim(c->w->b, &req, handle_connect_claimed, cl);
+    cl->returned = true;
+    if (cl->answered) {
+        conn_unref(c);
+        free(cl);
+    } else {
+        conn_io_stop(c); /* nothing is read until the registry answers */
+    }
+}

@@ -1,0 +1,213 @@
+/*
+ * handle_publish.c - PUBLISH from the client (see handle.h).
+ *
+ * The walk of a QoS 1 message: resolve the topic alias, check the packet,
+ * make one struct msg, broker_publish (match, queue for each subscriber),
+ * then acknowledge once what the acknowledgement promises is stored
+ * (ackq_after). With a store, the message waits in the subscribers' queues
+ * (held) until the same commit.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ackq.h"
+#include "broker.h"
+#include "conn.h"
+#include "handle.h"
+#include "persist.h"
+#include "session.h"
+#include "topic.h"
+#include "worker.h"
+
+int handle_passthrough_props(const struct mqtt_props *in, struct buf *out)
+{
+    struct mqtt_props pt;
+    memset(&pt, 0, sizeof(pt));
+    const uint64_t keep = MQTT_PF(MQTT_PROP_PAYLOAD_FORMAT) | MQTT_PF(MQTT_PROP_CONTENT_TYPE) |
+                          MQTT_PF(MQTT_PROP_RESPONSE_TOPIC) | MQTT_PF(MQTT_PROP_CORRELATION_DATA);
+    pt.present = in->present & keep;
+    pt.payload_format = in->payload_format;
+    pt.content_type = in->content_type;
+    pt.response_topic = in->response_topic;
+    pt.correlation_data = in->correlation_data;
+    pt.user_props = in->user_props;
+    pt.n_user_props = in->n_user_props;
+    size_t size = mqtt_props_size(&pt);
+    if (size == 0)
+        return 0;
+    int r = mqtt_props_encode(out, &pt);
+    if (r < 0)
+        return r;
+    /* drop the length prefix: msg keeps the properties themselves */
+    buf_consume(out, varint_size((uint32_t)size));
+    return 0;
+}
+
+/* A 5.0 Topic Alias: set it (topic given) or use it (empty topic). Returns 0
+ * with *topic the topic name, or the reason code to close with. */
+static uint8_t handle_topic_alias(struct conn *c, uint16_t a, struct mqtt_bytes *topic)
+{
+    const struct config *cfg = &c->w->b->cfg;
+    if (a == 0 || a > cfg->topic_alias_maximum)
+        return MQTT_RC_TOPIC_ALIAS_INVALID; /* [MQTT-3.3.2-8], [MQTT-3.3.2-9] */
+    struct conn_extra *x = conn_x(c);
+    if (x && !x->alias_in)
+        x->alias_in = calloc(cfg->topic_alias_maximum, sizeof(*x->alias_in));
+    if (!x || !x->alias_in)
+        return MQTT_RC_UNSPECIFIED;
+    if (topic->len > 0) {
+        if (!topic_name_valid((const char *)topic->data, topic->len))
+            return MQTT_RC_TOPIC_NAME_INVALID;
+        struct msg *t =
+            msg_new(topic->data, (uint16_t)topic->len, NULL, 0, NULL, 0, 0, false, 0, NULL);
+        if (!t)
+            return MQTT_RC_UNSPECIFIED;
+        msg_unref(x->alias_in[a - 1]);
+        x->alias_in[a - 1] = t;
+        return 0;
+    }
+    struct msg *t = x->alias_in[a - 1];
+    if (!t)
+        return MQTT_RC_PROTOCOL_ERROR; /* an alias that was never set */
+    topic->data = (const uint8_t *)msg_topic(t);
+    topic->len = t->topic_len;
+    return 0;
+}
+
+/* What the server refuses in a PUBLISH: returns the reason code to close the
+ * connection with, 0 when the packet is acceptable. */
+static uint8_t handle_publish_check(struct conn *c, const struct mqtt_publish *p,
+                                    const struct mqtt_bytes *topic)
+{
+    const struct config *cfg = &c->w->b->cfg;
+    bool v5 = c->version == MQTT_V5;
+    if (topic->len == 0)
+        return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-3.3.2-1] a topic name is required */
+    if (!topic_name_valid((const char *)topic->data, topic->len))
+        return MQTT_RC_TOPIC_NAME_INVALID; /* [MQTT-3.3.2-2] no wildcards */
+    if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_RESPONSE_TOPIC)) &&
+        !topic_name_valid((const char *)p->props.response_topic.data, p->props.response_topic.len))
+        return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-3.3.2-14] Response Topic: no wildcards */
+    if (v5 && p->props.n_sub_ids > 0)
+        return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-3.3.4-6] no subscription identifier */
+    if (p->qos > cfg->max_qos)
+        return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-3.2.2-11] */
+    if (p->retain && !cfg->retain_available)
+        return MQTT_RC_RETAIN_NOT_SUPPORTED; /* [MQTT-3.2.2-14] */
+    return 0;
+}
+
+/* The QoS 2 receive state of a PUBLISH: returns 0 for a new message (its id
+ * recorded, into *bt when the session is persistent), 1 for a duplicate
+ * (answered here), -1 when the connection was closed. */
+static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch **bt)
+{
+    struct broker *b = c->w->b;
+    struct session *s = c->session;
+    bool dup = false, over = false;
+    lock_acquire(&s->lock);
+    if (session_qos2_has(s, pid))
+        dup = true;
+    else if (s->n_qos2_in >= b->cfg.receive_maximum)
+        over = true;
+    else if (session_qos2_add(s, pid) < 0)
+        over = true;
+    else if (persist_wanted(b, s))
+        persist_qos2(b, bt, s, pid, true);
+    lock_release(&s->lock);
+    if (over) {
+        /* [MQTT-3.3.4-8] more unacknowledged QoS 2 than Receive Maximum */
+        conn_close(c, MQTT_RC_RECEIVE_MAX_EXCEEDED, false);
+        return -1;
+    }
+    if (dup) {
+        /* [MQTT-4.3.3-10] already received: acknowledge, do not deliver again */
+        ackq_push(c, MQTT_PUBREC, pid, 0, true);
+        return 1;
+    }
+    return 0;
+}
+
+/* Make the message and publish it; acknowledge a QoS 1/2 one once what the
+ * acknowledgement promises is stored. */
+static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
+                                   const struct mqtt_bytes *topic, enum mqtt_type ack,
+                                   struct store_batch **bt)
+{
+    struct broker *b = c->w->b;
+    bool v5 = c->version == MQTT_V5;
+    struct buf props = {0};
+    if (v5 && handle_passthrough_props(&p->props, &props) < 0) {
+        buf_free(&props);
+        persist_submit(b, bt, NULL, NULL);
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
+    uint64_t expiry_at = 0;
+    if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_MESSAGE_EXPIRY)))
+        expiry_at = msg_clock_ms() + (uint64_t)p->props.message_expiry * 1000u;
+    struct msg *m =
+        msg_new(topic->data, (uint16_t)topic->len, p->payload.data, p->payload.len, props.data,
+                (uint32_t)props.len, p->qos, p->retain, expiry_at, c->session);
+    buf_free(&props);
+    if (!m) {
+        persist_submit(b, bt, NULL, NULL);
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
+    /* With a store, a QoS 1/2 message waits in the subscribers' queues
+     * until it is durable (see struct msg.hold). */
+    bool hold = p->qos > 0 && b->store;
+    struct pub_targets targets = {0};
+    if (hold)
+        atomic_store(&m->hold, MSG_HELD);
+    int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL);
+    if (p->qos > 0)
+        /* [MQTT-4.3.2-2], [MQTT-4.3.3-2]: acknowledged once it is stored
+         * for every persistent session that must receive it */
+        ackq_after(c, bt, ack, p->packet_id,
+                   v5 && matched == 0 ? MQTT_RC_NO_MATCHING_SUBSCRIBERS : 0, hold ? m : NULL,
+                   &targets);
+    else
+        persist_submit(b, bt, NULL, NULL);
+    msg_unref(m);
+}
+
+void handle_publish(struct conn *c, struct mqtt_publish *p)
+{
+    struct broker *b = c->w->b;
+    bool v5 = c->version == MQTT_V5;
+    struct mqtt_bytes topic = p->topic;
+    uint8_t rc = 0;
+    if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_TOPIC_ALIAS)))
+        rc = handle_topic_alias(c, p->props.topic_alias, &topic);
+    if (!rc)
+        rc = handle_publish_check(c, p, &topic);
+    if (rc) {
+        conn_close(c, rc, false);
+        return;
+    }
+    atomic_fetch_add_explicit(&b->stats.msgs_received, 1, memory_order_relaxed);
+    enum mqtt_type ack = p->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
+    if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_PAYLOAD_FORMAT)) &&
+        p->props.payload_format == 1 && !mqtt_utf8_valid(p->payload.data, p->payload.len)) {
+        if (p->qos == 0)
+            conn_close(c, MQTT_RC_PAYLOAD_FORMAT_INVALID, false);
+        else
+            ackq_push(c, ack, p->packet_id, MQTT_RC_PAYLOAD_FORMAT_INVALID, true);
+        return;
+    }
+    struct store_batch *bt = NULL;
+    if (p->qos == 2 && handle_qos2_receive(c, p->packet_id, &bt) != 0) {
+        persist_submit(b, &bt, NULL, NULL);
+        return;
+    }
+    /* Clients do not publish into $SYS: the broker owns it. */
+    bool sys = topic.len >= 4 && memcmp(topic.data, "$SYS", 4) == 0;
+    if (!sys)
+        handle_publish_deliver(c, p, &topic, ack, &bt);
+    else if (p->qos > 0)
+        ackq_after(c, &bt, ack, p->packet_id, 0, NULL, NULL);
+    else
+        persist_submit(b, &bt, NULL, NULL);
+}

@@ -1,0 +1,180 @@
+/*
+ * handle_subscribe.c - SUBSCRIBE and UNSUBSCRIBE (see handle.h).
+ *
+ * A subscription is kept twice: in the session (what the session record
+ * stores and what a resumed session has) and in the subscription index (what
+ * a publish matches). The index may refuse one (a limit): then the session
+ * does not keep it either.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "conn.h"
+#include "handle.h"
+#include "persist.h"
+#include "session.h"
+#include "topic.h"
+#include "worker.h"
+
+struct retained_batch {
+    struct msg **msgs;
+    size_t n, cap;
+};
+
+static void handle_collect_retained(void *ud, struct msg *m)
+{
+    struct retained_batch *rb = ud;
+    if (rb->n == rb->cap) {
+        size_t cap = rb->cap ? rb->cap * 2 : 16;
+        struct msg **p = realloc(rb->msgs, cap * sizeof(*p));
+        if (!p)
+            return;
+        rb->msgs = p;
+        rb->cap = cap;
+    }
+    rb->msgs[rb->n++] = msg_ref(m);
+}
+
+/* Queue the retained messages matching a new subscription to the session
+ * [MQTT-3.3.1-9..11]; they are sent after the SUBACK (the session queue is
+ * flushed at the end of the loop turn). */
+static void handle_send_retained(struct conn *c, const char *filter, size_t len, uint8_t qos,
+                                 uint32_t sub_id, struct store_batch **bt)
+{
+    struct broker *b = c->w->b;
+    struct retained_batch rb = {0};
+    retain_match(b->retained, filter, len, msg_clock_ms(), handle_collect_retained, &rb);
+    for (size_t k = 0; k < rb.n; k++) {
+        struct msg *m = rb.msgs[k];
+        uint8_t q = m->qos < qos ? m->qos : qos;
+        /* [MQTT-3.3.1-8] retained messages sent on subscribe keep RETAIN=1 */
+        session_deliver(b, c->session, m, q, true, sub_id ? &sub_id : NULL, sub_id ? 1 : 0, c->w,
+                        bt);
+        msg_unref(m);
+    }
+    free(rb.msgs);
+}
+
+/* One filter of a SUBSCRIBE: returns its reason code, or -1 when the
+ * connection must be closed (a protocol error). */
+static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint8_t opts,
+                                uint32_t sub_id, struct store_batch **bt)
+{
+    struct broker *b = c->w->b;
+    const struct config *cfg = &b->cfg;
+    struct session *s = c->session;
+    bool v5 = c->version == MQTT_V5;
+    const char *filter = (const char *)f->data;
+    const char *group, *inner;
+    size_t glen, ilen;
+    int shared = topic_share_parse(filter, f->len, &group, &glen, &inner, &ilen);
+    if (shared < 0 || !topic_filter_valid(filter, f->len))
+        return v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
+    if (shared == 1 && (opts & MQTT_SUBOPT_NO_LOCAL))
+        return -1; /* [MQTT-3.8.3-4] No Local on a shared subscription */
+    uint8_t qos = opts & MQTT_SUBOPT_QOS_MASK;
+    if (qos > cfg->max_qos)
+        qos = cfg->max_qos; /* [MQTT-3.9.3-?] grant what the server supports */
+    opts = (uint8_t)((opts & ~MQTT_SUBOPT_QOS_MASK) | qos);
+    lock_acquire(&s->lock);
+    bool had = session_sub_find(s, filter, (uint16_t)f->len) != NULL;
+    int r = session_sub_set(s, filter, (uint16_t)f->len, opts, sub_id);
+    lock_release(&s->lock);
+    int existed = r < 0 ? r : sub_index_add(b->index, filter, f->len, s, opts, sub_id);
+    if (existed < 0) {
+        if (r == 0 && !had) { /* the session keeps only what the index has */
+            lock_acquire(&s->lock);
+            session_sub_del(s, filter, (uint16_t)f->len);
+            lock_release(&s->lock);
+        }
+        return !v5 ? 0x80 : existed == -ENOSPC ? MQTT_RC_QUOTA_EXCEEDED : MQTT_RC_UNSPECIFIED;
+    }
+    /* Retained messages, per Retain Handling; none for shared subscriptions. */
+    uint8_t rh = (opts & MQTT_SUBOPT_RH_MASK) >> MQTT_SUBOPT_RH_SHIFT;
+    if (!(shared == 1 || rh == 2 || (rh == 1 && existed == 1) || !cfg->retain_available))
+        handle_send_retained(c, filter, f->len, qos, sub_id, bt);
+    return qos;
+}
+
+/* Send a SUBACK or UNSUBACK with n reason codes. */
+static void handle_send_suback(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t *rcs,
+                               uint32_t n)
+{
+    struct mqtt_packet p;
+    memset(&p, 0, sizeof(p));
+    p.type = type;
+    p.u.suback.packet_id = pid;
+    p.u.suback.reasons = rcs;
+    p.u.suback.n_reasons = n;
+    conn_send(c, &p);
+}
+
+void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
+{
+    struct broker *b = c->w->b;
+    uint32_t sub_id = 0;
+    if (c->version == MQTT_V5 && sub->props.n_sub_ids)
+        sub_id = sub->props.sub_id;
+    uint8_t stack_rc[64];
+    uint8_t *rcs = sub->count <= sizeof(stack_rc) ? stack_rc : malloc(sub->count);
+    if (!rcs) {
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
+    uint32_t pos = 0, i = 0;
+    struct mqtt_bytes f;
+    uint8_t opts;
+    struct store_batch *bt = NULL;
+    while (mqtt_sub_next(sub, MQTT_SUBSCRIBE, &pos, &f, &opts) && i < sub->count) {
+        int rc = handle_subscribe_one(c, &f, opts, sub_id, &bt);
+        if (rc < 0) {
+            if (rcs != stack_rc)
+                free(rcs);
+            persist_submit(b, &bt, NULL, NULL);
+            conn_close(c, MQTT_RC_PROTOCOL_ERROR, false);
+            return;
+        }
+        rcs[i++] = (uint8_t)rc;
+    }
+    persist_session_sync(b, c->session, &bt);
+    /* [MQTT-3.8.4-1] SUBACK, before anything that the subscription delivers */
+    handle_send_suback(c, MQTT_SUBACK, sub->packet_id, rcs, i);
+    if (rcs != stack_rc)
+        free(rcs);
+}
+
+void handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *sub)
+{
+    struct broker *b = c->w->b;
+    struct session *s = c->session;
+    bool v5 = c->version == MQTT_V5;
+    uint8_t stack_rc[64];
+    uint8_t *rcs = sub->count <= sizeof(stack_rc) ? stack_rc : malloc(sub->count);
+    if (!rcs) {
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
+    uint32_t pos = 0, i = 0;
+    struct mqtt_bytes f;
+    uint8_t opts;
+    while (mqtt_sub_next(sub, MQTT_UNSUBSCRIBE, &pos, &f, &opts) && i < sub->count) {
+        const char *filter = (const char *)f.data;
+        if (!topic_filter_valid(filter, f.len)) {
+            rcs[i++] = MQTT_RC_TOPIC_FILTER_INVALID;
+            continue;
+        }
+        lock_acquire(&s->lock);
+        bool had = session_sub_del(s, filter, (uint16_t)f.len);
+        lock_release(&s->lock);
+        if (had)
+            sub_index_remove(b->index, filter, f.len, s);
+        rcs[i++] = had ? MQTT_RC_SUCCESS : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
+    }
+    persist_session_sync(b, s, NULL);
+    /* [MQTT-3.10.4-4] UNSUBACK */
+    handle_send_suback(c, MQTT_UNSUBACK, sub->packet_id, v5 ? rcs : NULL, v5 ? i : 0);
+    if (rcs != stack_rc)
+        free(rcs);
+}

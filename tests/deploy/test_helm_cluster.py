@@ -1,0 +1,228 @@
+"""The chart's pods, for real: render the chart for 3 replicas and start three
+local starling nodes with the environment and arguments the rendered pods get,
+then check they form one cluster and pass their probes.
+
+What differs from a pod, and why (everything else is taken from the rendered
+StatefulSet as it is):
+* each pod has its own network namespace and IP; here each node has its own
+  loopback address (127.0.14.1-3): `status.podIP` and `STARLING_BIND_ADDRESS`
+  become that address;
+* the ports are free ports of this machine (the same on every node, as in the
+  pods), not the fixed defaults other tests on this machine might use;
+* `STARLING_CLUSTER_DNS` names the headless Service, which does not exist here:
+  its stand-in is `STARLING_CLUSTER_SEEDS` with the three addresses, the A
+  records the Service would publish;
+* `/data` is a scratch directory per node; `workers` is 1 (2 shared cores).
+
+The binary must have the cluster (issue 9) and the admin API for this: until
+it accepts `cluster_seeds` and `admin_port`, the test skips and says so."""
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import urllib.request
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import Node, clean_env, run, wait_for
+
+ADDRS = ["127.0.14.1", "127.0.14.2", "127.0.14.3"]
+SECRETS = {("starling-cluster", "cluster-secret"): "test-cluster-secret",
+           ("starling-admin", "api-key"): "admin:test-secret"}
+PORT_VARS = ("STARLING_PORT", "STARLING_ADMIN_PORT", "STARLING_CLUSTER_PORT",
+             "STARLING_RAFT_PORT")
+
+
+def pod_env(sts, ordinal, ip, ports, secrets):
+    """The environment of pod `ordinal` of the rendered StatefulSet, with the
+    local substitutions listed in the module docstring."""
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    assert "command" not in c and "args" not in c, "the image's ENTRYPOINT, no arguments"
+    pod_name = f"{sts['metadata']['name']}-{ordinal}"
+    env = {}
+    for e in c["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+            continue
+        src = e["valueFrom"]
+        if "fieldRef" in src:
+            env[e["name"]] = {"metadata.name": pod_name, "status.podIP": ip}[
+                src["fieldRef"]["fieldPath"]]
+        elif "secretKeyRef" in src:
+            ref = src["secretKeyRef"]
+            env[e["name"]] = secrets[(ref["name"], ref["key"])]
+        else:
+            raise AssertionError(f"unexpected valueFrom {src}")
+    dns = env.pop("STARLING_CLUSTER_DNS")
+    assert dns.startswith(sts["spec"]["serviceName"] + ".")
+    env["STARLING_BIND_ADDRESS"] = ip
+    env.update({k: str(ports[k]) for k in PORT_VARS})
+    env["STARLING_CLUSTER_SEEDS"] = ",".join(f"{a}:{ports['STARLING_CLUSTER_PORT']}"
+                                             for a in ADDRS)
+    env["STARLING_WORKERS"] = "1"
+    return pod_name, env
+
+
+def free_ports_on_all(addrs, names):
+    """One port per name, free on every address."""
+    ports, socks = {}, []
+    try:
+        for name in names:
+            while True:
+                s0 = socket.socket()
+                s0.bind((addrs[0], 0))
+                port = s0.getsockname()[1]
+                group = [s0]
+                try:
+                    for a in addrs[1:]:
+                        s = socket.socket()
+                        s.bind((a, port))
+                        group.append(s)
+                except OSError:
+                    for s in group:
+                        s.close()
+                    continue
+                socks += group
+                ports[name] = port
+                break
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def rendered_sts(render):
+    r = render([], {"replicaCount": 3, "cluster.secret.existingSecret": "starling-cluster",
+                    "admin.apiKey.existingSecret": "starling-admin"})
+    return r.one("StatefulSet", "starling")
+
+
+def test_pod_env_is_the_rendered_env_with_only_the_local_substitutions(render):
+    """The stand-in for the pods changes exactly what the docstring says."""
+    sts = rendered_sts(render)
+    ports = {k: 20000 + i for i, k in enumerate(PORT_VARS)}
+    name, env = pod_env(sts, 2, ADDRS[2], ports, SECRETS)
+    assert name == "starling-2"
+    assert env["STARLING_NODE_NAME"] == "starling-2"
+    assert env["STARLING_CLUSTER_ADDRESS"] == ADDRS[2] == env["STARLING_BIND_ADDRESS"]
+    assert env["STARLING_CLUSTER_SECRET"] == "test-cluster-secret"
+    assert env["STARLING_API_KEY"] == "admin:test-secret"
+    assert env["STARLING_CLUSTER_SEEDS"] == ",".join(f"{a}:20002" for a in ADDRS)
+    assert "STARLING_CLUSTER_DNS" not in env
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    rendered = {e["name"] for e in c["env"]}
+    changed = {"STARLING_CLUSTER_DNS", "STARLING_CLUSTER_SEEDS", "STARLING_BIND_ADDRESS",
+               "STARLING_WORKERS", *PORT_VARS}
+    for e in c["env"]:
+        if "value" in e and e["name"] not in changed:
+            assert env[e["name"]] == e["value"], e["name"]
+    assert set(env) == rendered - {"STARLING_CLUSTER_DNS"} | {"STARLING_CLUSTER_SEEDS"}
+
+
+def binary_lacks(binary, key, value):
+    """True when the binary refuses `key` as unknown. A config file with the
+    key on line 1 and an invalid port on line 2 makes the node exit at once
+    either way: on line 1 if it does not know the key, on line 2 if it does."""
+    d = tempfile.mkdtemp(prefix="starling-probe-")
+    try:
+        conf = os.path.join(d, "probe.conf")
+        with open(conf, "w") as f:
+            f.write(f"{key} {value}\nport 0\n")
+        p = run([binary, "-c", conf], check=False, timeout=20, cwd=d, env=clean_env())
+        assert p.returncode != 0, "port 0 must be refused"
+        if f"unknown key '{key}'" in p.stderr:
+            return True
+        assert ":2:" in p.stderr and "'port'" in p.stderr, p.stderr
+        return False
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def http_get(url, timeout=2):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None, ""
+
+
+def strings_in(doc):
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield str(k)
+            yield from strings_in(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            yield from strings_in(v)
+    else:
+        yield str(doc)
+
+
+def test_three_rendered_pods_form_one_cluster_and_pass_their_probes(render, release_build):
+    binary = os.environ.get("STARLING_TEST_BIN") or os.path.join(release_build, "node",
+                                                                  "starling")
+    missing = [k for k, v in (("cluster_seeds", "127.0.0.1:4370"), ("admin_port", "18083"))
+               if binary_lacks(binary, k, v)]
+    if missing:
+        pytest.skip(f"{binary} does not know {', '.join(missing)} yet: the cluster (issue 9) "
+                    "and the admin API are not merged")
+    sts = rendered_sts(render)
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    ready = c["readinessProbe"]["httpGet"]
+    live = c["livenessProbe"]["httpGet"]
+    ports = free_ports_on_all(ADDRS, PORT_VARS)
+    admin = ports["STARLING_ADMIN_PORT"]
+    root = tempfile.mkdtemp(prefix="starling-pods-")
+    nodes = []
+    try:
+        for i, ip in enumerate(ADDRS):
+            name, env = pod_env(sts, i, ip, ports, SECRETS)
+            data = os.path.join(root, name)
+            os.makedirs(data)
+            env["STARLING_DATA_DIR"] = data
+            nodes.append(Node(binary, clean_env(env), data, name=name))
+
+        def all_ready():
+            for n in nodes:
+                assert n.alive(), f"{n.name} exited:\n{n.stderr()}"
+            return all(http_get(f"http://{ip}:{admin}{ready['path']}")[0] == 200 for ip in ADDRS)
+
+        wait_for(all_ready, 90, "three nodes to answer 200 on the readiness probe")
+        for ip in ADDRS:
+            assert http_get(f"http://{ip}:{admin}{live['path']}")[0] == 200
+        # One cluster: every node names all three pods.
+        for ip in ADDRS:
+            status, body = http_get(f"http://{ip}:{admin}/api/v1/cluster")
+            assert status == 200, body
+            names = set(strings_in(json.loads(body)))
+            assert {f"starling-{i}" for i in range(3)} <= names, body
+        # A message published on the last node reaches a subscriber on the first.
+        port = ports["STARLING_PORT"]
+        got, subscribed = [], threading.Event()
+        arrived = threading.Event()
+        sub = mqtt.Client(client_id="deploy-sub", protocol=mqtt.MQTTv311)
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.on_message = lambda cl, ud, m: (got.append(m.payload), arrived.set())
+        sub.connect(ADDRS[0], port)
+        sub.loop_start()
+        try:
+            sub.subscribe("deploy/cluster", qos=1)
+            assert subscribed.wait(10), "no SUBACK"
+            run(["mosquitto_pub", "-h", ADDRS[2], "-p", str(port), "-q", "1",
+                 "-t", "deploy/cluster", "-m", "across nodes"], timeout=20)
+            assert arrived.wait(10), "the message did not cross nodes"
+            assert got == [b"across nodes"]
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+    finally:
+        codes = [n.stop(timeout=30) for n in nodes]
+        errs = {n.name: n.stderr() for n in nodes}
+        shutil.rmtree(root, ignore_errors=True)
+    assert codes == [0, 0, 0], errs

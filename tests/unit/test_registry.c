@@ -1,0 +1,341 @@
+/*
+ * test_registry.c - the session registry (node/registry.h): claims and their
+ * answers, takeover, release with a delayed will, expiry, a registry that
+ * answers later, and two brokers side by side in one process. The network
+ * layer is replaced by a recording sink: connections and workers are opaque
+ * handles to the engine.
+ */
+#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "registry.h"
+#include "session.h"
+
+/* Opaque handles: the engine never dereferences them. */
+static char conn_a, conn_b, conn_c, worker_1;
+#define CONN(x) ((struct conn *)&(x))
+#define W1 ((struct worker *)&worker_1)
+
+/* What the recording sink saw. */
+static struct {
+    int kicks;
+    struct conn *kicked;
+    uint8_t kick_reason;
+    bool kick_resumed;
+    int wakes;
+    /* calls queued by sink.call, run by run_calls() */
+    void (*fn[8])(void *);
+    void *ud[8];
+    int n_calls;
+} rec;
+
+static bool fake_ready(struct conn *c, uint16_t *rm)
+{
+    (void)c;
+    *rm = 0;
+    return false; /* nothing is written in these tests */
+}
+static int fake_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t now)
+{
+    (void)c, (void)q, (void)dup, (void)now;
+    return SINK_SENT;
+}
+static void fake_pubrel(struct conn *c, uint16_t pid)
+{
+    (void)c, (void)pid;
+}
+static void fake_wake(struct worker *owner, struct session *s, struct worker *cur)
+{
+    (void)owner, (void)s, (void)cur;
+    rec.wakes++;
+}
+static void fake_kick(struct worker *owner, struct conn *c, uint8_t reason, bool resumed)
+{
+    (void)owner;
+    rec.kicks++;
+    rec.kicked = c;
+    rec.kick_reason = reason;
+    rec.kick_resumed = resumed;
+}
+static int fake_call(struct worker *w, void (*fn)(void *), void *ud)
+{
+    (void)w;
+    if (rec.n_calls == 8)
+        return -ENOMEM;
+    rec.fn[rec.n_calls] = fn;
+    rec.ud[rec.n_calls++] = ud;
+    return 0;
+}
+static void run_calls(void)
+{
+    for (int i = 0; i < rec.n_calls; i++)
+        rec.fn[i](rec.ud[i]);
+    rec.n_calls = 0;
+}
+
+static const struct sink_ops fake_sink = {
+    .ready = fake_ready,
+    .publish = fake_publish,
+    .pubrel = fake_pubrel,
+    .wake = fake_wake,
+    .kick = fake_kick,
+    .call = fake_call,
+};
+
+static void broker_start(struct broker *b)
+{
+    struct config cfg;
+    config_defaults(&cfg);
+    cfg.persistence = false;
+    CU_ASSERT_EQUAL_FATAL(broker_init(b, &cfg), 0);
+    b->sink = &fake_sink;
+    memset(&rec, 0, sizeof(rec));
+}
+
+/* The answer of a claim. */
+struct answer {
+    int calls;
+    int status;
+    struct session *s;
+};
+
+static void on_done(void *ud, int status, struct session *s)
+{
+    struct answer *a = ud;
+    a->calls++;
+    a->status = status;
+    a->s = s;
+}
+
+static struct answer claim(struct broker *b, const char *id, bool clean, uint32_t expiry,
+                           struct conn *c)
+{
+    struct answer a = {0};
+    struct registry_claim req = {
+        .id = id,
+        .id_len = (uint16_t)strlen(id),
+        .clean_start = clean,
+        .version = 5,
+        .expiry = expiry,
+        .conn = c,
+        .w = W1,
+    };
+    registry_claim(b, &req, on_done, &a);
+    return a;
+}
+
+static void test_claim_new_then_present(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct answer a = claim(&b, "dev1", false, 60, CONN(conn_a));
+    CU_ASSERT_EQUAL(a.calls, 1);
+    CU_ASSERT_EQUAL(a.status, REGISTRY_NEW);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a.s);
+    CU_ASSERT_PTR_EQUAL(a.s->conn, CONN(conn_a));
+    CU_ASSERT_PTR_EQUAL(a.s->w, W1);
+    CU_ASSERT_EQUAL(atomic_load(&b.stats.clients_connected), 1);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 1);
+    /* [MQTT-3.1.4-3] the same id again: the old connection is kicked with
+     * 0x8E; [MQTT-3.1.2-5] clean start 0 resumes the session */
+    struct answer a2 = claim(&b, "dev1", false, 60, CONN(conn_b));
+    CU_ASSERT_EQUAL(a2.status, REGISTRY_PRESENT);
+    CU_ASSERT_PTR_EQUAL(a2.s, a.s);
+    CU_ASSERT_PTR_EQUAL(a2.s->conn, CONN(conn_b));
+    CU_ASSERT_EQUAL(rec.kicks, 1);
+    CU_ASSERT_PTR_EQUAL(rec.kicked, CONN(conn_a));
+    CU_ASSERT_EQUAL(rec.kick_reason, 0x8E);
+    CU_ASSERT_TRUE(rec.kick_resumed);
+    CU_ASSERT_EQUAL(atomic_load(&b.stats.clients_connected), 1);
+    /* the kicked connection's release finds the session resumed elsewhere */
+    registry_release(&b, a.s, CONN(conn_a), NULL, false, W1);
+    CU_ASSERT_PTR_EQUAL(a2.s->conn, CONN(conn_b));
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 1);
+    registry_release(&b, a2.s, CONN(conn_b), NULL, false, W1);
+    CU_ASSERT_PTR_NULL(a2.s->conn);
+    CU_ASSERT_EQUAL(atomic_load(&b.stats.clients_connected), 0);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 1); /* offline, expiry 60 s */
+    broker_cleanup(&b);
+}
+
+static void test_clean_start_discards(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct answer a = claim(&b, "dev2", false, 60, CONN(conn_a));
+    registry_release(&b, a.s, CONN(conn_a), NULL, false, W1);
+    struct session *old = session_ref(a.s); /* keep it to look at */
+    /* [MQTT-3.1.2-4] clean start discards the existing session */
+    struct answer a2 = claim(&b, "dev2", true, 0, CONN(conn_b));
+    CU_ASSERT_EQUAL(a2.status, REGISTRY_NEW);
+    CU_ASSERT_PTR_NOT_EQUAL(a2.s, old);
+    CU_ASSERT_TRUE(old->ended);
+    CU_ASSERT_FALSE(old->in_table);
+    CU_ASSERT_EQUAL(rec.kicks, 0); /* it had no connection */
+    session_unref(old);
+    /* expiry 0: the session ends with its connection */
+    registry_release(&b, a2.s, CONN(conn_b), NULL, false, W1);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 0);
+    broker_cleanup(&b);
+}
+
+static void test_delayed_will_and_expiry(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct answer a = claim(&b, "dev3", false, 10, CONN(conn_a));
+    struct msg *will = msg_new("w/t", 3, "gone", 4, NULL, 0, 0, true, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(will);
+    struct session_will sw = {.msg = will, .delay = 5, .expiry = 0};
+    uint64_t t0 = broker_now_ms();
+    registry_release(&b, a.s, CONN(conn_a), &sw, false, W1);
+    CU_ASSERT_PTR_NULL(sw.msg); /* the registry took it */
+    /* [MQTT-3.1.3-9] the will waits for its delay */
+    CU_ASSERT_PTR_EQUAL(a.s->pending_will, will);
+    registry_tick(&b, t0 + 1000);
+    CU_ASSERT_EQUAL(retain_count(b.retained), 0);
+    registry_tick(&b, t0 + 6000);
+    CU_ASSERT_EQUAL(retain_count(b.retained), 1); /* published (retained) */
+    CU_ASSERT_PTR_NULL(a.s->pending_will);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 1);
+    /* [MQTT-3.1.2-23] expired after 10 s offline */
+    registry_tick(&b, t0 + 11000);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 0);
+    broker_cleanup(&b);
+}
+
+static void test_will_dropped_on_takeover(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct answer a = claim(&b, "dev4", false, 60, CONN(conn_a));
+    struct answer a2 = claim(&b, "dev4", false, 60, CONN(conn_b));
+    CU_ASSERT_EQUAL(a2.status, REGISTRY_PRESENT);
+    /* the kicked connection closes with a delayed will: the session was
+     * resumed within the delay, so the will is dropped [MQTT-3.1.3-9] */
+    struct msg *will = msg_new("w/t", 3, "gone", 4, NULL, 0, 0, true, 0, NULL);
+    struct session_will sw = {.msg = will, .delay = 5, .expiry = 0};
+    registry_release(&b, a.s, CONN(conn_a), &sw, true, W1);
+    CU_ASSERT_EQUAL(retain_count(b.retained), 0);
+    CU_ASSERT_PTR_NULL(a2.s->pending_will);
+    registry_release(&b, a2.s, CONN(conn_b), NULL, false, W1);
+    broker_cleanup(&b);
+}
+
+static void test_deferred_answer(void)
+{
+    struct broker b;
+    broker_start(&b);
+    b.registry_ops = &registry_deferred_ops;
+    char id[] = "dev5";
+    struct answer a = {0};
+    struct registry_claim req = {
+        .id = id, .id_len = 4, .version = 4, .expiry = 0, .conn = CONN(conn_a), .w = W1};
+    registry_claim(&b, &req, on_done, &a);
+    memset(id, 'x', 4);          /* the id is valid only during the call */
+    CU_ASSERT_EQUAL(a.calls, 0); /* not answered yet */
+    CU_ASSERT_EQUAL(rec.n_calls, 1);
+    run_calls(); /* the worker's inbox */
+    CU_ASSERT_EQUAL(a.calls, 1);
+    CU_ASSERT_EQUAL(a.status, REGISTRY_NEW);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a.s);
+    CU_ASSERT_EQUAL(a.s->id_len, 4);
+    CU_ASSERT_STRING_EQUAL(a.s->client_id, "dev5");
+    registry_release(&b, a.s, CONN(conn_a), NULL, false, W1);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 0);
+    broker_cleanup(&b);
+}
+
+static void test_transferred(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct answer a = claim(&b, "dev6", false, 60, CONN(conn_a));
+    struct session *incoming = session_new("dev6", 4);
+    struct answer t = {0};
+    struct registry_claim req = {
+        .id = "dev6", .id_len = 4, .version = 5, .expiry = 60, .conn = CONN(conn_c), .w = W1};
+    session_ref(a.s);
+    registry_local_claim(&b, &req, incoming, on_done, &t);
+    CU_ASSERT_EQUAL(t.status, REGISTRY_TRANSFERRED);
+    CU_ASSERT_PTR_EQUAL(t.s, incoming);
+    CU_ASSERT_PTR_EQUAL(incoming->conn, CONN(conn_c));
+    CU_ASSERT_TRUE(a.s->ended); /* the local one was replaced */
+    CU_ASSERT_EQUAL(rec.kicks, 1);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 1);
+    registry_release(&b, a.s, CONN(conn_a), NULL, false, W1);
+    session_unref(a.s);
+    registry_release(&b, t.s, CONN(conn_c), NULL, false, W1);
+    broker_cleanup(&b);
+}
+
+static void test_surrender(void)
+{
+    struct broker b;
+    broker_start(&b);
+    CU_ASSERT_PTR_NULL(registry_local_surrender(&b, "none", 4, true));
+    struct answer a = claim(&b, "dev7", false, 60, CONN(conn_a));
+    struct session *s = registry_local_surrender(&b, "dev7", 4, true);
+    CU_ASSERT_PTR_EQUAL(s, a.s);
+    CU_ASSERT_EQUAL(rec.kicks, 1);
+    CU_ASSERT_PTR_EQUAL(rec.kicked, CONN(conn_a));
+    CU_ASSERT_EQUAL(rec.kick_reason, 0x8E);
+    CU_ASSERT_TRUE(rec.kick_resumed);
+    CU_ASSERT_PTR_NULL(s->conn);
+    CU_ASSERT_FALSE(s->in_table);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 0);
+    CU_ASSERT_EQUAL(atomic_load(&b.stats.clients_connected), 0);
+    /* the kicked connection hands its reference back */
+    registry_release(&b, s, CONN(conn_a), NULL, true, W1);
+    session_end(&b, s);
+    session_unref(s);
+    broker_cleanup(&b);
+}
+
+static void test_two_brokers(void)
+{
+    struct broker b1, b2;
+    broker_start(&b1);
+    broker_start(&b2);
+    struct answer a1 = claim(&b1, "same", false, 60, CONN(conn_a));
+    struct answer a2 = claim(&b2, "same", false, 60, CONN(conn_b));
+    /* two nodes in one process: each has its own registry */
+    CU_ASSERT_EQUAL(a1.status, REGISTRY_NEW);
+    CU_ASSERT_EQUAL(a2.status, REGISTRY_NEW);
+    CU_ASSERT_PTR_NOT_EQUAL(a1.s, a2.s);
+    CU_ASSERT_EQUAL(rec.kicks, 0);
+    CU_ASSERT_EQUAL(atomic_load(&b1.stats.clients_connected), 1);
+    CU_ASSERT_EQUAL(atomic_load(&b2.stats.clients_connected), 1);
+    registry_release(&b1, a1.s, CONN(conn_a), NULL, false, W1);
+    registry_release(&b2, a2.s, CONN(conn_b), NULL, false, W1);
+    broker_cleanup(&b1);
+    broker_cleanup(&b2);
+}
+
+int main(void)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    CU_pSuite s = CU_add_suite("registry", NULL, NULL);
+    if (!s) {
+        CU_cleanup_registry();
+        return 1;
+    }
+    CU_add_test(s, "claim: new, then present with a kick", test_claim_new_then_present);
+    CU_add_test(s, "clean start discards the session", test_clean_start_discards);
+    CU_add_test(s, "delayed will, then expiry", test_delayed_will_and_expiry);
+    CU_add_test(s, "takeover drops a delayed will", test_will_dropped_on_takeover);
+    CU_add_test(s, "a registry that answers later", test_deferred_answer);
+    CU_add_test(s, "a session from another node", test_transferred);
+    CU_add_test(s, "surrender to another node", test_surrender);
+    CU_add_test(s, "two brokers in one process", test_two_brokers);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned fails = CU_get_number_of_failures();
+    CU_cleanup_registry();
+    return fails ? 1 : 0;
+}
