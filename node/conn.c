@@ -51,9 +51,11 @@ static void conn_free(struct conn *c)
 {
     buf_free(&c->in);
     buf_free(&c->out);
+    conn_io_xf_free(c);
     msg_unref(c->will);
     struct conn_extra *x = c->x;
     if (x) {
+        free(x->user);
         if (x->alias_in) {
             for (uint32_t i = 0; i < c->w->b->cfg.topic_alias_maximum; i++)
                 msg_unref(x->alias_in[i]);
