@@ -46,8 +46,8 @@ int auth_load(struct auth *a, const struct config *cfg, char *err, size_t errlen
     a->inited = true;
     int r = 0;
     char why[512];
-    if (cfg->password_file[0] && (r = passwd_load(cfg->password_file, &a->passwd, why,
-                                                  sizeof(why))) < 0) {
+    if (cfg->password_file[0] &&
+        (r = passwd_load(cfg->password_file, &a->passwd, why, sizeof(why))) < 0) {
         snprintf(err, errlen, "password_file %s", why);
         return r;
     }

@@ -59,6 +59,9 @@ struct conn_extra {
     uint32_t will_delay;  /* Will Delay Interval, seconds */
     uint32_t will_expiry; /* will Message Expiry Interval, seconds (0 = none) */
     uint16_t n_alias_out;
+    /* max_publish_rate: PUBLISH packets in the window starting at rate_window */
+    uint64_t rate_window; /* worker loop ms */
+    uint32_t rate_count;
 };
 
 struct conn {
@@ -92,6 +95,7 @@ struct conn {
     bool write_failed;
     bool problem_info;
     bool normal_disconnect;
+    bool throttled; /* max_publish_rate reached: reading paused until the next window */
 };
 
 /* The sink of the network layer (conn_sink.c), installed by server_run. */

@@ -178,6 +178,26 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     msg_unref(m);
 }
 
+/* max_publish_rate: count this PUBLISH; past the rate, stop reading the
+ * client until its next one-second window (conn_check_timers): the client
+ * is slowed down, no message is dropped. */
+static void handle_publish_rate(struct conn *c, uint32_t max)
+{
+    struct conn_extra *x = conn_x(c);
+    if (!x)
+        return;
+    uint64_t now = uv_now(&c->w->loop);
+    if (now - x->rate_window >= 1000) {
+        x->rate_window = now;
+        x->rate_count = 0;
+    }
+    if (++x->rate_count >= max && !c->throttled) {
+        c->throttled = true;
+        atomic_fetch_add_explicit(&c->w->b->stats.throttled, 1, memory_order_relaxed);
+        conn_io_stop(c);
+    }
+}
+
 void handle_publish(struct conn *c, struct mqtt_publish *p)
 {
     struct broker *b = c->w->b;
@@ -193,6 +213,8 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
         return;
     }
     atomic_fetch_add_explicit(&b->stats.msgs_received, 1, memory_order_relaxed);
+    if (b->cfg.max_publish_rate)
+        handle_publish_rate(c, b->cfg.max_publish_rate);
     enum mqtt_type ack = p->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
     if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_PAYLOAD_FORMAT)) &&
         p->props.payload_format == 1 && !mqtt_utf8_valid(p->payload.data, p->payload.len)) {
