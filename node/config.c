@@ -88,6 +88,7 @@ static const struct key_def keys[] = {
     KEY("tls_use_identity_as_username", T_BOOL, tls_use_identity_as_username, 0, 0),
     KEY("tls_ciphers", T_FILE, tls_ciphers, 0, 0),
     KEY("tls_min_version", T_TLS_VERSION, tls_min_version, 0, 0),
+    KEY("ws_origins", T_FILE, ws_origins, 0, 0),
     KEY("allow_anonymous", T_ANON, allow_anonymous, 0, 0),
     KEY("password_file", T_FILE, password_file, 0, 0),
     KEY("acl_file", T_FILE, acl_file, 0, 0),

@@ -61,6 +61,7 @@ struct config {
     bool tls_use_identity_as_username; /* tls_use_identity_as_username, default false */
     uint8_t tls_min_version;           /* tls_min_version: 12 (default) or 13 */
     char tls_ciphers[256];             /* tls_ciphers: OpenSSL list for TLS 1.2, "" = default */
+    char ws_origins[256]; /* ws_origins: comma list of allowed browser Origins, "" = any */
     /* allow_anonymous: default true without password_file, false with one
      * (config_allow_anonymous gives the effective value) */
     bool allow_anonymous;

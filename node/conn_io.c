@@ -54,9 +54,6 @@ struct conn_xf {
     bool identity_done;
 };
 
-/* The WebSocket endpoint: path /mqtt, any Origin. */
-static const struct ws_config conn_ws_config = {.path = "/mqtt"};
-
 static void conn_io_on_close(uv_handle_t *h);
 static bool conn_io_admit(struct conn *c);
 
@@ -459,7 +456,7 @@ static int conn_io_xf_new(struct conn *c, int xport)
             return -ENOMEM;
     }
     if (xport == CONFIG_XPORT_WS || xport == CONFIG_XPORT_WSS) {
-        xf->ws = ws_conn_new(&conn_ws_config);
+        xf->ws = ws_conn_new(&b->server->ws);
         if (!xf->ws)
             return -ENOMEM;
     }

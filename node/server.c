@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "broker.h"
 #include "conn.h"
@@ -104,6 +105,25 @@ static int server_listen(struct broker *b, uint16_t ports[CONFIG_XPORT_COUNT])
     return r;
 }
 
+/* The WebSocket endpoint: /mqtt, and the Origins of ws_origins. */
+static int server_ws_config(struct server *srv, const struct config *cfg)
+{
+    srv->ws.path = "/mqtt";
+    if (!cfg->ws_origins[0])
+        return 0;
+    srv->origin_text = strdup(cfg->ws_origins);
+    srv->origins = calloc(strlen(cfg->ws_origins) / 2 + 2, sizeof(*srv->origins));
+    if (!srv->origin_text || !srv->origins)
+        return -ENOMEM;
+    size_t n = 0;
+    for (char *save = NULL, *t = strtok_r(srv->origin_text, ", ", &save); t;
+         t = strtok_r(NULL, ", ", &save))
+        srv->origins[n++] = t;
+    srv->ws.origins = srv->origins;
+    srv->ws.n_origins = n;
+    return 0;
+}
+
 static void server_on_sighup(uv_signal_t *sig, int signum)
 {
     (void)signum;
@@ -120,6 +140,8 @@ int server_run(struct broker *b)
         return -ENOMEM;
     b->server = srv;
     pthread_mutex_init(&srv->rate_lock, NULL);
+    if (server_ws_config(srv, cfg) < 0)
+        return -ENOMEM;
     b->sink = &conn_sink_ops;
     srv->loop = uv_default_loop();
     srv->n_workers = config_worker_count(cfg);
@@ -198,6 +220,8 @@ void server_cleanup(struct broker *b)
     if (srv->loop)
         uv_loop_close(srv->loop);
     pthread_mutex_destroy(&srv->rate_lock);
+    free(srv->origin_text);
+    free(srv->origins);
     free(srv);
     b->server = NULL;
 }

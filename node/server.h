@@ -16,6 +16,8 @@
 
 #include <uv.h>
 
+#include "ws.h"
+
 struct broker;
 struct worker;
 
@@ -37,6 +39,10 @@ struct server {
     uv_timer_t sys_timer;
     atomic_long connections;       /* open TCP connections, all workers */
     atomic_long listener_conns[4]; /* the same per listener (enum config_xport) */
+    /* the WebSocket endpoint (ws, wss): path /mqtt, ws_origins */
+    struct ws_config ws;
+    char *origin_text; /* ws_origins, split in place */
+    const char **origins;
     pthread_mutex_t rate_lock;
     struct server_rate_slot rate[SERVER_RATE_SLOTS];
 };

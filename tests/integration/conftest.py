@@ -46,7 +46,7 @@ STARLING_KEYS = {
     # the front door (docs/security.md)
     "tls_port", "ws_port", "wss_port", "proxy_protocol", "tls_certfile", "tls_keyfile",
     "tls_cafile", "tls_require_certificate", "tls_use_identity_as_username", "tls_ciphers",
-    "tls_min_version", "allow_anonymous", "password_file", "acl_file",
+    "tls_min_version", "ws_origins", "allow_anonymous", "password_file", "acl_file",
     "max_connections_per_listener", "max_connection_rate", "max_subscriptions_per_client",
     "max_topic_length", "max_publish_rate",
 }

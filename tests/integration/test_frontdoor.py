@@ -371,3 +371,30 @@ def test_sighup_swaps_the_certificate_without_dropping_connections(certs, broker
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def ws_upgrade_status(port, origin=None):
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    try:
+        s.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Protocol: mqtt\r\n" +
+                  (f"Origin: {origin}\r\n".encode() if origin else b"") + b"\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(1024)
+            if not chunk:
+                break
+            head += chunk
+        return head.split(b" ")[1] if head else b""
+    finally:
+        s.close()
+
+
+def test_websocket_origin_allow_list(broker):
+    port = free_port()
+    broker(ws_port=port, ws_origins="https://app.example, https://other.example")
+    assert ws_upgrade_status(port, "https://app.example") == b"101"
+    assert ws_upgrade_status(port, "https://other.example") == b"101"
+    assert ws_upgrade_status(port, "https://evil.example") == b"403"
+    assert ws_upgrade_status(port) == b"101"  # not a browser

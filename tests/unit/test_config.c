@@ -149,6 +149,7 @@ static void test_security_keys(void)
                           "tls_use_identity_as_username yes\n"
                           "tls_ciphers ECDHE-ECDSA-AES128-GCM-SHA256\n"
                           "tls_min_version tlsv1.3\n"
+                          "ws_origins https://a.example, https://b.example\n"
                           "password_file /etc/s/passwd\n"
                           "acl_file /etc/s/acl\n"
                           "max_connections_per_listener 10\n"
@@ -168,6 +169,7 @@ static void test_security_keys(void)
     CU_ASSERT_TRUE(c.tls_use_identity_as_username);
     CU_ASSERT_STRING_EQUAL(c.tls_ciphers, "ECDHE-ECDSA-AES128-GCM-SHA256");
     CU_ASSERT_EQUAL(c.tls_min_version, 13);
+    CU_ASSERT_STRING_EQUAL(c.ws_origins, "https://a.example, https://b.example");
     CU_ASSERT_STRING_EQUAL(c.password_file, "/etc/s/passwd");
     CU_ASSERT_STRING_EQUAL(c.acl_file, "/etc/s/acl");
     CU_ASSERT_EQUAL(c.max_connections_per_listener, 10);
