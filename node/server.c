@@ -64,16 +64,16 @@ static int server_listen_one(struct broker *b, int xport, uint16_t *port)
     if (*port != 0) {
         r = worker_port_free(cfg->bind_address, *port);
         if (r != 0) {
-            log_error("cannot listen on %s:%u (%s): %s", cfg->bind_address, *port,
-                      config_xport_name(xport), uv_strerror(r));
+            log_error("cannot listen on %s:%u: %s (%s listener)", cfg->bind_address, *port,
+                      uv_strerror(r), config_xport_name(xport));
             return r;
         }
     }
     for (int i = 0; i < srv->n_workers; i++) {
         r = worker_listen(srv->workers[i], xport, cfg->bind_address, *port);
         if (r != 0) {
-            log_error("cannot listen on %s:%u (%s): %s", cfg->bind_address, *port,
-                      config_xport_name(xport), uv_strerror(r));
+            log_error("cannot listen on %s:%u: %s (%s listener)", cfg->bind_address, *port,
+                      uv_strerror(r), config_xport_name(xport));
             return r;
         }
         if (*port == 0) {
