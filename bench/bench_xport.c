@@ -17,8 +17,8 @@ static SSL_CTX *bx_ctx;
 struct bench_xport {
     enum bench_transport t;
     SSL *ssl;
-    BIO *in, *out;   /* owned by ssl */
-    bool ws_open;    /* the 101 arrived */
+    BIO *in, *out; /* owned by ssl */
+    bool ws_open;  /* the 101 arrived */
     bool upgrade_sent;
     struct buf held; /* MQTT bytes waiting for the handshake(s) */
     struct buf http; /* the server's answer to the upgrade, until its end */

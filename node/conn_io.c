@@ -367,6 +367,8 @@ static void conn_io_tls_input(struct conn *c, const uint8_t *data, size_t len)
         else
             conn_io_input(c, plain, (size_t)m);
     }
+    if (conn_is_open(c))
+        conn_io_xf_pump(c, true); /* what reading produced (TLS 1.3 session tickets) */
     if (m < 0 && conn_is_open(c)) {
         if (m != TLS_ERR_CLOSED)
             log_debug("%s: TLS: %s", CONN_PEER(c), tls_conn_error(xf->tls));
