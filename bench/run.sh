@@ -16,9 +16,13 @@
 #   BENCH_CONNS      connections of the conns scenario (default 10000, <= 19000)
 #   BENCH_SCENARIOS  subset, space or comma separated, of:
 #                    fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency
-#                    conns conns_sub ceiling ("fanin" means the three fanin
-#                    runs; default: all). conns_sub is conns with every
-#                    connection subscribed to a topic of its own
+#                    conns conns_sub ceiling tls_fanin tls_conns ws_fanin
+#                    ("fanin" means the three fanin runs; default: all).
+#                    conns_sub is conns with every connection subscribed to a
+#                    topic of its own; tls_fanin / ws_fanin are fanin_qos0
+#                    over TLS / WebSocket, tls_conns is conns over TLS
+#                    (BENCH_TLS_CONNS connections, default 2000), each broker
+#                    with a TLS (P-256 certificate) or WebSocket listener
 #   BENCH_WORKERS    Starling worker threads (default: number of cores)
 #   BENCH_THREADS    generator threads (default 2)
 #   BENCH_MQTT       protocol version of the generator's connections, 3.1.1
@@ -53,7 +57,8 @@ THREADS=${BENCH_THREADS:-2}
 MQTT=${BENCH_MQTT:-3.1.1}
 QUEUE=${BENCH_QUEUE:-100000}
 QOS1_QUEUE=${BENCH_QOS1_QUEUE:-10000000}
-SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns conns_sub ceiling}
+SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns conns_sub ceiling tls_fanin tls_conns ws_fanin}
+TLS_CONNS=${BENCH_TLS_CONNS:-2000}
 PYTHON=${PYTHON:-/usr/bin/python3}
 
 die() {
@@ -78,7 +83,8 @@ sel=()
 for s in ${SCENARIOS//,/ }; do
     case "$s" in
     fanin) sel+=(fanin_qos0 fanin_qos1 fanin_qos1_persistent) ;;
-    fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | conns_sub | ceiling)
+    fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | conns_sub | ceiling | \
+        tls_fanin | tls_conns | ws_fanin)
         sel+=("$s")
         ;;
     *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;;
@@ -122,16 +128,29 @@ RUNS=$TMP/runs.jsonl
 : >"$RUNS"
 FAILURES=0
 
+# The TLS scenarios' certificate (both brokers use the same one).
+make_cert() {
+    [ -f "$TMP/cert.pem" ] && return 0
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >/dev/null 2>&1 ||
+        die "openssl could not make the TLS scenarios' certificate"
+}
+
 free_port() {
     "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_broker NAME SCENARIO: sets BPID and BPORT, or returns 1.
+# start_broker NAME SCENARIO: sets BPID, BPORT and XPORT (the port the
+# generator uses: BPORT, or the TLS / WebSocket listener's), or returns 1.
 start_broker() {
     local name=$1 conf=$TMP/$1.conf log=$TMP/$1.log queue=$QUEUE qbytes=67108864
-    local persist=false data=""
+    local persist=false data="" xkind=""
     case "$2" in
-    fanin_*) # every fanin run: see BENCH_QOS1_QUEUE above
+    tls_*) xkind=tls ;;
+    ws_*) xkind=ws ;;
+    esac
+    case "$2" in
+    fanin_* | tls_fanin | ws_fanin) # every fanin run: see BENCH_QOS1_QUEUE above
         queue=$QOS1_QUEUE
         qbytes=0
         ;;
@@ -141,6 +160,9 @@ start_broker() {
         data=$(mktemp -d "$TMP/$name-data.XXXXXX") # fresh store for every run
     fi
     BPORT=$(free_port)
+    XPORT=$BPORT
+    [ -z "$xkind" ] || XPORT=$(free_port)
+    [ "$xkind" != tls ] || make_cert
     if [ "$name" = starling ]; then
         cat >"$conf" <<EOF
 bind_address 127.0.0.1
@@ -154,6 +176,9 @@ sys_interval 0
 persistence $persist
 EOF
         [ -z "$data" ] || printf 'data_dir %s\nsync always\n' "$data" >>"$conf"
+        [ "$xkind" != tls ] || printf 'tls_port %s\ntls_certfile %s\ntls_keyfile %s\n' \
+            "$XPORT" "$TMP/cert.pem" "$TMP/key.pem" >>"$conf"
+        [ "$xkind" != ws ] || printf 'ws_port %s\n' "$XPORT" >>"$conf"
         "$STARLING" -c "$conf" >"$log" 2>&1 &
     else
         cat >"$conf" <<EOF
@@ -169,6 +194,11 @@ log_type error
 log_type warning
 EOF
         [ -z "$data" ] || printf 'persistence_location %s/\n' "$data" >>"$conf"
+        # the same listener, after the plain one (run as us: the key is ours)
+        [ -z "$xkind" ] || printf 'user %s\nlistener %s 127.0.0.1\n' "$(id -un)" "$XPORT" >>"$conf"
+        [ "$xkind" != tls ] || printf 'certfile %s\nkeyfile %s\n' "$TMP/cert.pem" \
+            "$TMP/key.pem" >>"$conf"
+        [ "$xkind" != ws ] || printf 'protocol websockets\n' >>"$conf"
         "$MOSQUITTO" -c "$conf" >"$log" 2>&1 &
     fi
     BPID=$!
@@ -180,7 +210,8 @@ EOF
             BPID=""
             return 1
         fi
-        if [ -n "$(ss -Hltn "sport = :$BPORT" 2>/dev/null)" ]; then
+        if [ -n "$(ss -Hltn "sport = :$BPORT" 2>/dev/null)" ] &&
+            [ -n "$(ss -Hltn "sport = :$XPORT" 2>/dev/null)" ]; then
             sleep 0.3 # let it settle before the memory baseline
             return 0
         fi
@@ -243,6 +274,9 @@ scenario_args() {
     conns) echo "conns --conns $CONNS" ;;
     conns_sub) echo "conns --conns $CONNS --subscribe" ;;
     ceiling) echo "ceiling --duration $DURATION" ;;
+    tls_fanin) echo "fanin --qos 0 --duration $DURATION --transport tls" ;;
+    tls_conns) echo "conns --conns $TLS_CONNS --transport tls" ;;
+    ws_fanin) echo "fanin --qos 0 --duration $DURATION --transport ws" ;;
     esac
 }
 
@@ -268,7 +302,7 @@ for rep in $(seq "$REPS"); do
                 stop_broker "$broker"
                 continue
             fi
-            run_bench "$rep" "$broker" "$sc" "${args[@]}" --host 127.0.0.1 --port "$BPORT" \
+            run_bench "$rep" "$broker" "$sc" "${args[@]}" --host 127.0.0.1 --port "$XPORT" \
                 --pid "$BPID"
             stop_broker "$broker"
         done
@@ -309,9 +343,14 @@ METRICS = [
     ("conns", "listen_overflows", "conns SYNs dropped (backlog full)", False),
     ("conns_sub", "connects_per_s", "conns+subscribe connects/s", True),
     ("conns_sub", "bytes_per_conn", "conns+subscribe bytes/conn (RSS)", False),
+    ("tls_fanin", "msgs_per_s", "TLS fanin QoS 0 msg/s", True),
+    ("tls_fanin", "loss_pct", "TLS fanin QoS 0 loss %", False),
+    ("tls_conns", "connects_per_s", "TLS connects/s", True),
+    ("ws_fanin", "msgs_per_s", "WebSocket fanin QoS 0 msg/s", True),
+    ("ws_fanin", "loss_pct", "WebSocket fanin QoS 0 loss %", False),
 ]
 CPU_IDS = ["fanin_qos0", "fanin_qos1", "fanin_qos1_persistent", "fanout", "latency", "conns",
-           "conns_sub"]
+           "conns_sub", "tls_fanin", "tls_conns", "ws_fanin"]
 
 def fmt(v):
     if v is None:
