@@ -235,7 +235,7 @@ def mqttjs(url, ca=None):
     env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
     return subprocess.run(["node", str(Path(__file__).parent / "mqttjs_roundtrip.js"), url,
                            *([str(ca)] if ca else [])],
-                          capture_output=True, text=True, timeout=30, env=env)
+                          capture_output=True, text=True, timeout=40, env=env)
 
 
 @pytest.mark.skipif(not (NODE_MODULES / "mqtt").exists() or not shutil.which("node"),
