@@ -52,10 +52,14 @@ struct conn_xf {
     char *identity;               /* the client certificate's CN, once verified */
     bool proxied;                 /* peer is set */
     bool identity_done;
+    uint8_t linger; /* closing: 1 goodbye queued, 2 half-closed, reading to EOF */
+    bool peer_eof;  /* the peer closed (or reset) its side: no lingering */
+    uv_shutdown_t shutdown;
 };
 
 static void conn_io_on_close(uv_handle_t *h);
 static bool conn_io_admit(struct conn *c);
+static bool conn_io_xf_linger(struct conn *c);
 
 /* Does c's output go through TLS or WebSocket framing? */
 static inline bool conn_io_framed(const struct conn *c)
@@ -198,7 +202,7 @@ void conn_flush(struct conn *c)
         return;
     struct buf *ob = conn_io_framed(c) ? &c->xf->wire : &c->out;
     if (ob->len == 0) {
-        if (c->state == CONN_CLOSING)
+        if (c->state == CONN_CLOSING && !(conn_io_framed(c) && conn_io_xf_linger(c)))
             conn_io_close(c);
         return;
     }
@@ -325,6 +329,58 @@ static struct buf *conn_io_outbuf(struct conn *c)
     return &xf->wire;
 }
 
+static void conn_io_xf_shutdown_cb(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status;
+}
+
+/* A lingering connection's bytes are dropped; its end closes the handle. */
+static void conn_io_xf_drain_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+    (void)b;
+    struct conn *c = st->data;
+    if (nread < 0 && c->state == CONN_CLOSING) {
+        c->xf->peer_eof = true;
+        conn_io_close(c);
+    }
+}
+
+/*
+ * A framed connection in CLOSING has written everything: say goodbye at the
+ * transport's level (a WebSocket close frame, TLS close_notify), half-close,
+ * and read (dropping it) until the peer closes or the grace period ends
+ * (conn_check_timers). Closing at once would leave the peer's own goodbye
+ * (a WebSocket client sends its close frame after DISCONNECT) unread, and
+ * the kernel would answer it with a reset. Returns true while the
+ * connection lingers (the caller does not close it).
+ */
+static bool conn_io_xf_linger(struct conn *c)
+{
+    struct conn_xf *xf = c->xf;
+    if (xf->peer_eof)
+        return false; /* nothing left to read, nobody to say goodbye to */
+    if (xf->linger == 0) {
+        xf->linger = 1;
+        if (xf->ws && ws_conn_open(xf->ws) && !ws_conn_finished(xf->ws))
+            ws_conn_close(xf->ws, 1000);
+        if (xf->tls && tls_conn_handshake_done(xf->tls))
+            tls_conn_close(xf->tls);
+        conn_io_xf_pump(c, false);
+        if (xf->wire.len) {
+            conn_flush(c); /* comes back here (linger 1) once written */
+            return true;
+        }
+    }
+    if (xf->linger == 1) {
+        xf->linger = 2;
+        if (uv_shutdown(&xf->shutdown, (uv_stream_t *)&c->tcp, conn_io_xf_shutdown_cb) != 0 ||
+            uv_read_start((uv_stream_t *)&c->tcp, conn_io_alloc_cb, conn_io_xf_drain_cb) != 0)
+            return false;
+    }
+    return true;
+}
+
 /* MQTT bytes out of the WebSocket engine. */
 static void conn_io_ws_input(struct conn *c, const uint8_t *data, size_t len)
 {
@@ -422,6 +478,7 @@ static void conn_io_xf_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b
     if (nread == 0)
         return;
     if (nread < 0) {
+        c->xf->peer_eof = true;
         conn_close(c, 0, false);
         return;
     }
