@@ -4,7 +4,7 @@
 # What building and running the node needs.
 PACKAGES := build-essential cmake pkg-config libuv1-dev libssl-dev \
 	libprotobuf-c-dev protobuf-c-compiler libraft-dev liblmdb-dev \
-	libwslay-dev libhttp-parser-dev
+	libwslay-dev libhttp-parser-dev libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev
 # What only the tests need (on top of PACKAGES): CUnit, clang for libFuzzer,
 # pytest (+ xdist) and paho for the integration tests, Mosquitto's clients and
 # broker (interoperability, reference runs, `make bench`), python3-lmdb (store

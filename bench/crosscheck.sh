@@ -60,7 +60,7 @@ start_broker() { # NAME -> BPID, BPORT
     if [ "$1" = starling ]; then
         printf '%s\n' "bind_address 127.0.0.1" "port $BPORT" "workers $WORKERS" "log_level warn" \
             "sys_interval 0" "persistence false" "max_queued_messages 10000000" \
-            "max_queued_bytes 0" "max_inflight_messages 1000" >"$TMP/b.conf"
+            "max_queued_bytes 0" "max_inflight_messages 1000" "admin_port 0" >"$TMP/b.conf"
         "$STARLING" -c "$TMP/b.conf" >"$TMP/b.log" 2>&1 &
     else
         printf '%s\n' "listener $BPORT 127.0.0.1" "allow_anonymous true" "persistence false" \

@@ -3,8 +3,13 @@
 #
 # Runs every scenario against both brokers, alternating (starling, mosquitto,
 # starling, mosquitto, ...), BENCH_REPS times, each broker freshly started on
-# a free loopback port for every run. Prints a table of medians with the ratio
-# Starling / Mosquitto and writes every run and the medians to
+# a free loopback port for every run, once with each broker configuration set
+# of BENCH_CONFIGS: "tuned" (the queue sizes below) and "defaults" (each
+# broker as a user starts it: Starling with no configuration file, only -p
+# PORT and STARLING_DATA_DIR; Mosquitto with a file holding only its listener
+# and allow_anonymous true). Prints a table of medians with the ratio
+# Starling / Mosquitto for each set side by side, with the broker's peak
+# memory, and writes every run and the medians to
 # bench/results/<timestamp>.json.
 #
 # It builds and installs nothing: `make bench` does (build/release must hold
@@ -14,15 +19,26 @@
 #   BENCH_REPS       repetitions (default 3)
 #   BENCH_DURATION   seconds per throughput/latency run (default 5)
 #   BENCH_CONNS      connections of the conns scenario (default 10000, <= 19000)
+#   BENCH_CONFIGS    broker configuration sets, space or comma separated:
+#                    tuned, defaults (default: both)
 #   BENCH_SCENARIOS  subset, space or comma separated, of:
 #                    fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency
-#                    conns conns_sub ceiling tls_fanin tls_conns ws_fanin
-#                    ("fanin" means the three fanin runs; default: all).
+#                    conns conns_sub indep_qos0 indep_qos1 slowsub slowsub_qos1
+#                    ceiling ("fanin" means the three fanin runs, "indep" the
+#                    two indep runs; default: all but slowsub_qos1).
 #                    conns_sub is conns with every connection subscribed to a
-#                    topic of its own; tls_fanin / ws_fanin are fanin_qos0
-#                    over TLS / WebSocket, tls_conns is conns over TLS
+#                    topic of its own; indep_* is issue 12's scenario (8
+#                    unpaced publishers, one subscriber on '#', exact counts of
+#                    dropped and acknowledged-but-lost messages); slowsub*
+#                    has one subscriber reading at BENCH_SLOW_SUB_RATE msg/s
+#   BENCH_SLOW_RATE  slowsub: messages/s of each of its 4 publishers, 0 =
+#                    unpaced (default 10000)
+#   BENCH_SLOW_SUB_RATE slowsub: messages/s the subscriber reads (default 2000)
+#                    tls_fanin tls_conns ws_fanin (in the default list too):
+#                    fanin_qos0 over TLS / WebSocket, and conns over TLS
 #                    (BENCH_TLS_CONNS connections, default 2000), each broker
-#                    with a TLS (P-256 certificate) or WebSocket listener
+#                    with a TLS (P-256 certificate) or WebSocket listener;
+#                    they run with the tuned configuration set only
 #   BENCH_WORKERS    Starling worker threads (default: number of cores)
 #   BENCH_THREADS    generator threads (default 2)
 #   BENCH_MQTT       protocol version of the generator's connections, 3.1.1
@@ -57,8 +73,11 @@ THREADS=${BENCH_THREADS:-2}
 MQTT=${BENCH_MQTT:-3.1.1}
 QUEUE=${BENCH_QUEUE:-100000}
 QOS1_QUEUE=${BENCH_QOS1_QUEUE:-10000000}
-SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns conns_sub ceiling tls_fanin tls_conns ws_fanin}
+SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns conns_sub indep_qos0 indep_qos1 slowsub ceiling tls_fanin tls_conns ws_fanin}
 TLS_CONNS=${BENCH_TLS_CONNS:-2000}
+CONFIGS=${BENCH_CONFIGS:-tuned,defaults}
+SLOW_RATE=${BENCH_SLOW_RATE:-10000}
+SLOW_SUB_RATE=${BENCH_SLOW_SUB_RATE:-2000}
 PYTHON=${PYTHON:-/usr/bin/python3}
 
 die() {
@@ -77,14 +96,28 @@ done
 [[ "$QUEUE" =~ ^[0-9]+$ ]] || die "BENCH_QUEUE must be an integer"
 [ "$MQTT" = 3.1.1 ] || [ "$MQTT" = 5 ] || die "BENCH_MQTT must be 3.1.1 or 5"
 [[ "$QOS1_QUEUE" =~ ^[0-9]+$ ]] || die "BENCH_QOS1_QUEUE must be an integer"
+[[ "$SLOW_RATE" =~ ^[0-9]+$ ]] || die "BENCH_SLOW_RATE must be an integer (0 = unpaced)"
+[[ "$SLOW_SUB_RATE" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SLOW_SUB_RATE must be a positive integer"
+
+cfgs=()
+for c in ${CONFIGS//,/ }; do
+    case "$c" in
+    tuned | defaults)
+        case " ${cfgs[*]} " in *" $c "*) ;; *) cfgs+=("$c") ;; esac
+        ;;
+    *) die "unknown configuration set '$c' in BENCH_CONFIGS (tuned, defaults)" ;;
+    esac
+done
+[ ${#cfgs[@]} -gt 0 ] || die "BENCH_CONFIGS selects nothing"
 
 # Normalise the scenario list.
 sel=()
 for s in ${SCENARIOS//,/ }; do
     case "$s" in
     fanin) sel+=(fanin_qos0 fanin_qos1 fanin_qos1_persistent) ;;
-    fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | conns_sub | ceiling | \
-        tls_fanin | tls_conns | ws_fanin)
+    indep) sel+=(indep_qos0 indep_qos1) ;;
+    fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | conns_sub | \
+        indep_qos0 | indep_qos1 | slowsub | slowsub_qos1 | ceiling | tls_fanin | tls_conns | ws_fanin)
         sel+=("$s")
         ;;
     *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;;
@@ -111,6 +144,7 @@ tmpfs | ramfs)
     ;;
 esac
 BPID=""
+BDATA=""
 cleanup() {
     if [ -n "$BPID" ] && kill -0 "$BPID" 2>/dev/null; then
         kill -KILL "$BPID" 2>/dev/null || true
@@ -140,8 +174,8 @@ free_port() {
     "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_broker NAME SCENARIO: sets BPID, BPORT and XPORT (the port the
-# generator uses: BPORT, or the TLS / WebSocket listener's), or returns 1.
+# start_broker NAME SCENARIO CONFIG: sets BPID, BPORT and XPORT (the port
+# the generator uses: BPORT, or the TLS / WebSocket listener's), or returns 1.
 start_broker() {
     local name=$1 conf=$TMP/$1.conf log=$TMP/$1.log queue=$QUEUE qbytes=67108864
     local persist=false data="" xkind=""
@@ -149,6 +183,28 @@ start_broker() {
     tls_*) xkind=tls ;;
     ws_*) xkind=ws ;;
     esac
+    if [ "$3" = defaults ]; then
+        BPORT=$(free_port)
+        XPORT=$BPORT
+        if [ "$name" = starling ]; then
+            # no configuration file: built-in defaults (persistence true,
+            # sync always, max_queued_messages 1000, ...). Only the port, a
+            # fresh data directory instead of ./data, and the loopback address
+            # (like Mosquitto's listener below; it changes nothing else)
+            BDATA=$(mktemp -d "$TMP/$name-data.XXXXXX")
+            STARLING_DATA_DIR=$BDATA STARLING_BIND_ADDRESS=127.0.0.1 "$STARLING" -p "$BPORT" \
+                >"$log" 2>&1 &
+        else
+            # a listener and nothing else; Mosquitto 2 refuses anonymous
+            # clients on a configured listener unless allow_anonymous true
+            # (without any file it accepts them on localhost)
+            printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$BPORT" >"$conf"
+            "$MOSQUITTO" -c "$conf" >"$log" 2>&1 &
+        fi
+        BPID=$!
+        wait_listening "$name"
+        return
+    fi
     case "$2" in
     fanin_* | tls_fanin | ws_fanin) # every fanin run: see BENCH_QOS1_QUEUE above
         queue=$QOS1_QUEUE
@@ -173,6 +229,7 @@ max_queued_messages $queue
 max_queued_bytes $qbytes
 max_inflight_messages 1000
 sys_interval 0
+admin_port 0
 persistence $persist
 EOF
         [ -z "$data" ] || printf 'data_dir %s\nsync always\n' "$data" >>"$conf"
@@ -202,7 +259,13 @@ EOF
         "$MOSQUITTO" -c "$conf" >"$log" 2>&1 &
     fi
     BPID=$!
-    local i
+    BDATA=$data
+    wait_listening "$name"
+}
+
+# wait_listening NAME: until BPID listens on BPORT (0), or it died (1).
+wait_listening() {
+    local name=$1 log=$TMP/$1.log i
     for i in $(seq 100); do
         if ! kill -0 "$BPID" 2>/dev/null; then
             echo "bench: $name exited at start-up:" >&2
@@ -230,6 +293,8 @@ stop_broker() {
         FAILURES=$((FAILURES + 1))
         wait "$BPID" 2>/dev/null || true
         BPID=""
+        [ -z "$BDATA" ] || rm -rf "$BDATA"
+        BDATA=""
         return 0
     fi
     kill -TERM "$BPID" 2>/dev/null || true
@@ -244,24 +309,26 @@ stop_broker() {
     fi
     wait "$BPID" 2>/dev/null || true
     BPID=""
+    [ -z "$BDATA" ] || rm -rf "$BDATA"
+    BDATA=""
 }
 
-# run_bench REP LABEL ID ARGS...: one generator run, its JSON line appended.
+# run_bench REP LABEL ID CONFIG ARGS...: one generator run, its JSON line appended.
 run_bench() {
-    local rep=$1 label=$2 id=$3
-    shift 3
+    local rep=$1 label=$2 id=$3 cfg=$4
+    shift 4
     local line rc=0
     line=$("$BENCH" "$@" --label "$label" --threads "$THREADS" --mqtt "$MQTT" | tail -n 1) || rc=$?
     if [ -z "$line" ] || [ "${line:0:1}" != "{" ]; then
-        echo "bench: $id against $label produced no result (exit $rc)" >&2
+        echo "bench: $id against $label ($cfg) produced no result (exit $rc)" >&2
         FAILURES=$((FAILURES + 1))
         return 0
     fi
     [ $rc -eq 0 ] || {
-        echo "bench: $id against $label incomplete (exit $rc)" >&2
+        echo "bench: $id against $label ($cfg) incomplete (exit $rc)" >&2
         FAILURES=$((FAILURES + 1))
     }
-    echo "{\"rep\":$rep,\"id\":\"$id\",${line:1}" >>"$RUNS"
+    echo "{\"rep\":$rep,\"id\":\"$id\",\"config\":\"$cfg\",${line:1}" >>"$RUNS"
 }
 
 scenario_args() {
@@ -273,6 +340,12 @@ scenario_args() {
     latency) echo "latency --duration $DURATION" ;;
     conns) echo "conns --conns $CONNS" ;;
     conns_sub) echo "conns --conns $CONNS --subscribe" ;;
+    indep_qos0) echo "indep --qos 0 --duration $DURATION" ;;
+    indep_qos1) echo "indep --qos 1 --duration $DURATION" ;;
+    slowsub | slowsub_qos1)
+        echo "slowsub --qos $([ "$1" = slowsub ] && echo 0 || echo 1) --duration $DURATION" \
+            "--publishers 4 --rate $SLOW_RATE --sub-rate $SLOW_SUB_RATE"
+        ;;
     ceiling) echo "ceiling --duration $DURATION" ;;
     tls_fanin) echo "fanin --qos 0 --duration $DURATION --transport tls" ;;
     tls_conns) echo "conns --conns $TLS_CONNS --transport tls" ;;
@@ -281,30 +354,36 @@ scenario_args() {
 }
 
 T0=$(date +%s)
-echo "bench: ${sel[*]} x $REPS reps, ${DURATION}s runs, $CONNS conns, Starling workers $WORKERS," \
-    "generator threads $THREADS, MQTT $MQTT, queues $QUEUE (fanin: $QOS1_QUEUE), $(nproc) cores" >&2
+echo "bench: ${sel[*]} x $REPS reps x configurations ${cfgs[*]}, ${DURATION}s runs, $CONNS conns," \
+    "Starling workers $WORKERS (tuned), generator threads $THREADS, MQTT $MQTT," \
+    "tuned queues $QUEUE (fanin: $QOS1_QUEUE), $(nproc) cores" >&2
 for rep in $(seq "$REPS"); do
     echo "bench: repetition $rep/$REPS" >&2
     for sc in "${sel[@]}"; do
         # shellcheck disable=SC2207
         args=($(scenario_args "$sc"))
         if [ "$sc" = ceiling ]; then
-            run_bench "$rep" generator "$sc" "${args[@]}"
+            run_bench "$rep" generator "$sc" - "${args[@]}"
             continue
         fi
         # ABBA: which broker goes first alternates with the repetition, so
         # neither always runs right after the other's heavier scenario
         order="starling mosquitto"
         [ $((rep % 2)) -eq 1 ] || order="mosquitto starling"
-        for broker in $order; do
-            if ! start_broker "$broker" "$sc"; then
-                FAILURES=$((FAILURES + 1))
+        for cfg in "${cfgs[@]}"; do
+            case "$sc" in
+            tls_* | ws_*) [ "$cfg" = tuned ] || continue ;; # a listener to configure
+            esac
+            for broker in $order; do
+                if ! start_broker "$broker" "$sc" "$cfg"; then
+                    FAILURES=$((FAILURES + 1))
+                    stop_broker "$broker"
+                    continue
+                fi
+                run_bench "$rep" "$broker" "$sc" "$cfg" "${args[@]}" --host 127.0.0.1 \
+                    --port "$XPORT" --pid "$BPID"
                 stop_broker "$broker"
-                continue
-            fi
-            run_bench "$rep" "$broker" "$sc" "${args[@]}" --host 127.0.0.1 --port "$XPORT" \
-                --pid "$BPID"
-            stop_broker "$broker"
+            done
         done
     done
 done
@@ -313,44 +392,61 @@ ELAPSED=$(($(date +%s) - T0))
 "$PYTHON" - "$RUNS" "$OUT" "$STAMP" "$ELAPSED" "$REPS" "$DURATION" "$CONNS" "$WORKERS" \
     "$THREADS" "$(nproc)" "$QUEUE" "$QOS1_QUEUE" "$(
         "$MOSQUITTO" -h 2>/dev/null | head -n 1 || true
-    )" <<'PYEOF'
+    )" "${cfgs[*]}" "$SLOW_RATE" "$SLOW_SUB_RATE" <<'PYEOF'
 import json, statistics, sys
 
 (runs_path, out_path, stamp, elapsed, reps, duration, conns, workers, threads, cores, queue,
- qos1_queue, mosq) = sys.argv[1:14]
+ qos1_queue, mosq, cfgs, slow_rate, slow_sub_rate) = sys.argv[1:17]
+cfgs = cfgs.split()
 runs = [json.loads(l) for l in open(runs_path) if l.strip()]
 
-def med(id_, broker, key):
+def med(id_, broker, key, cfg):
     v = [r[key] for r in runs if r["id"] == id_ and r["broker"] == broker
-         and isinstance(r.get(key), (int, float))]
+         and r.get("config") in (cfg, "-") and isinstance(r.get(key), (int, float))]
     return statistics.median(v) if v else None
 
-# (scenario id, metric key, label, higher is better)
+# (scenario id, metric key, label, better: "higher", "lower" or "info", scale)
 METRICS = [
-    ("fanin_qos0", "msgs_per_s", "fanin QoS 0 msg/s", True),
-    ("fanin_qos0", "loss_pct", "fanin QoS 0 loss %", False),
-    ("fanin_qos1", "msgs_per_s", "fanin QoS 1 msg/s", True),
-    ("fanin_qos1", "loss", "fanin QoS 1 lost msgs (must be 0)", False),
-    ("fanin_qos1_persistent", "msgs_per_s", "fanin QoS 1 persistent msg/s (*)", True),
-    ("fanin_qos1_persistent", "loss", "fanin QoS 1 persistent lost msgs (must be 0)", False),
-    ("fanout", "deliveries_per_s", "fanout deliveries/s", True),
-    ("latency", "p50_us", "latency p50 us", False),
-    ("latency", "p99_us", "latency p99 us", False),
-    ("latency", "p999_us", "latency p99.9 us", False),
-    ("latency", "max_us", "latency max us", False),
-    ("conns", "connects_per_s", "conns connects/s", True),
-    ("conns", "bytes_per_conn", "conns bytes/conn (RSS)", False),
-    ("conns", "listen_overflows", "conns SYNs dropped (backlog full)", False),
-    ("conns_sub", "connects_per_s", "conns+subscribe connects/s", True),
-    ("conns_sub", "bytes_per_conn", "conns+subscribe bytes/conn (RSS)", False),
-    ("tls_fanin", "msgs_per_s", "TLS fanin QoS 0 msg/s", True),
-    ("tls_fanin", "loss_pct", "TLS fanin QoS 0 loss %", False),
-    ("tls_conns", "connects_per_s", "TLS connects/s", True),
-    ("ws_fanin", "msgs_per_s", "WebSocket fanin QoS 0 msg/s", True),
-    ("ws_fanin", "loss_pct", "WebSocket fanin QoS 0 loss %", False),
+    ("fanin_qos0", "msgs_per_s", "fanin QoS 0 msg/s", "higher"),
+    ("fanin_qos0", "loss_pct", "fanin QoS 0 loss %", "lower"),
+    ("fanin_qos1", "msgs_per_s", "fanin QoS 1 msg/s", "higher"),
+    ("fanin_qos1", "loss", "fanin QoS 1 lost msgs (must be 0)", "lower"),
+    ("fanin_qos1_persistent", "msgs_per_s", "fanin QoS 1 persistent msg/s (*)", "higher"),
+    ("fanin_qos1_persistent", "loss", "fanin QoS 1 persistent lost msgs (must be 0)", "lower"),
+    ("fanout", "deliveries_per_s", "fanout deliveries/s", "higher"),
+    ("latency", "p50_us", "latency p50 us", "lower"),
+    ("latency", "p99_us", "latency p99 us", "lower"),
+    ("latency", "p999_us", "latency p99.9 us", "lower"),
+    ("latency", "max_us", "latency max us", "lower"),
+    ("conns", "connects_per_s", "conns connects/s", "higher"),
+    ("conns", "bytes_per_conn", "conns bytes/conn (RSS)", "lower"),
+    ("conns", "listen_overflows", "conns SYNs dropped (backlog full)", "lower"),
+    ("conns_sub", "connects_per_s", "conns+subscribe connects/s", "higher"),
+    ("conns_sub", "bytes_per_conn", "conns+subscribe bytes/conn (RSS)", "lower"),
+    ("indep_qos0", "delivered_per_s", "indep QoS 0 delivered msg/s", "higher"),
+    ("indep_qos0", "dropped_pct", "indep QoS 0 dropped %", "lower"),
+    ("indep_qos1", "delivered_per_s", "indep QoS 1 delivered msg/s", "higher"),
+    ("indep_qos1", "acked_lost", "indep QoS 1 acked-but-lost msgs (must be 0)", "lower"),
+    ("slowsub", "delivered_per_s", "slowsub delivered msg/s", "higher"),
+    ("slowsub", "publish_per_s", "slowsub publishers msg/s", "info"),
+    ("slowsub", "dropped_pct", "slowsub dropped %", "lower"),
+    ("slowsub", "rss_end_kb", "slowsub broker RSS at end MB", "lower"),
+    ("slowsub_qos1", "delivered_per_s", "slowsub QoS 1 delivered msg/s", "higher"),
+    ("slowsub_qos1", "publish_per_s", "slowsub QoS 1 publishers msg/s", "info"),
+    ("slowsub_qos1", "dropped_pct", "slowsub QoS 1 dropped %", "lower"),
+    ("slowsub_qos1", "acked_lost", "slowsub QoS 1 acked-but-lost msgs (must be 0)", "lower"),
+    ("slowsub_qos1", "rss_end_kb", "slowsub QoS 1 broker RSS at end MB", "lower"),
+    ("tls_fanin", "msgs_per_s", "TLS fanin QoS 0 msg/s", "higher"),
+    ("tls_fanin", "loss_pct", "TLS fanin QoS 0 loss %", "lower"),
+    ("tls_conns", "connects_per_s", "TLS connects/s", "higher"),
+    ("ws_fanin", "msgs_per_s", "WebSocket fanin QoS 0 msg/s", "higher"),
+    ("ws_fanin", "loss_pct", "WebSocket fanin QoS 0 loss %", "lower"),
 ]
-CPU_IDS = ["fanin_qos0", "fanin_qos1", "fanin_qos1_persistent", "fanout", "latency", "conns",
-           "conns_sub", "tls_fanin", "tls_conns", "ws_fanin"]
+IDS = ["fanin_qos0", "fanin_qos1", "fanin_qos1_persistent", "fanout", "latency", "conns",
+       "conns_sub", "indep_qos0", "indep_qos1", "slowsub", "slowsub_qos1", "tls_fanin",
+       "tls_conns", "ws_fanin"]
+# the broker's peak memory in every scenario
+METRICS += [(i, "rss_peak_kb", f"{i} broker peak RSS MB", "lower") for i in IDS]
 
 def fmt(v):
     if v is None:
@@ -359,83 +455,134 @@ def fmt(v):
         return f"{v:,.0f}"
     return f"{v:.3g}" if v else "0"
 
-rows, summary = [], []
-for id_, key, label, higher in METRICS:
-    s, m = med(id_, "starling", key), med(id_, "mosquitto", key)
-    if s is None and m is None:
-        continue
-    ratio = s / m if s is not None and m else None
-    if s is None or m is None:
-        verdict = "-"
-    elif s == m:
-        verdict = "same"
-    else:
-        verdict = "Starling" if (s > m) == higher else "Mosquitto"
-    rows.append([label, "higher" if higher else "lower", fmt(s), fmt(m),
-                 f"{ratio:.2f}" if ratio is not None else "-", verdict])
-    summary.append({"scenario": id_, "metric": key, "better": "higher" if higher else "lower",
-                    "starling": s, "mosquitto": m, "ratio": ratio, "winner": verdict})
-s1, m1 = med("fanin_qos1", "starling", "msgs_per_s"), med("fanin_qos1", "mosquitto", "msgs_per_s")
-sp, mp = (med("fanin_qos1_persistent", "starling", "msgs_per_s"),
-          med("fanin_qos1_persistent", "mosquitto", "msgs_per_s"))
-if s1 and m1 and sp is not None and mp is not None:
-    # what a persistent subscriber costs each broker, next to the fanin rows
-    at = next(i for i, r in enumerate(rows) if r[0].startswith("fanin QoS 1 persistent lost")) + 1
-    rows.insert(at, ["fanin QoS 1 persistent / non-persistent", "info", f"{sp / s1:.2f}",
-                     f"{mp / m1:.2f}", "", ""])
-    summary.append({"scenario": "fanin_qos1_persistent", "metric": "ratio_to_fanin_qos1",
-                    "better": "info", "starling": sp / s1, "mosquitto": mp / m1})
-for id_ in CPU_IDS:
-    s, m = med(id_, "starling", "broker_cpu"), med(id_, "mosquitto", "broker_cpu")
-    gs, gm = med(id_, "starling", "bench_cpu"), med(id_, "mosquitto", "bench_cpu")
-    if s is None and m is None:
-        continue
-    rows.append([f"{id_} broker CPU (cores)", "info", fmt(s), fmt(m),
-                 f"{s / m:.2f}" if s is not None and m else "-",
-                 f"gen {fmt(gs)}/{fmt(gm)}"])
-    summary.append({"scenario": id_, "metric": "broker_cpu", "better": "info", "starling": s,
-                    "mosquitto": m, "bench_cpu_starling": gs, "bench_cpu_mosquitto": gm})
-for id_ in CPU_IDS:
-    s, m = med(id_, "starling", "steal_pct"), med(id_, "mosquitto", "steal_pct")
-    if s is None and m is None:
-        continue
-    if id_ == "latency":
-        # a hypervisor's steal time shows up directly in the latency tail
-        rows.append(["latency host steal % (**)", "info", fmt(s), fmt(m), "", ""])
-    summary.append({"scenario": id_, "metric": "steal_pct", "better": "info", "starling": s,
-                    "mosquitto": m})
-ceil = med("ceiling", "generator", "msgs_per_s")
-if ceil is not None:
-    rows.append(["generator ceiling msg/s", "info", fmt(ceil), "", "",
-                 f"gen cpu {fmt(med('ceiling', 'generator', 'bench_cpu'))}"])
-    summary.append({"scenario": "ceiling", "metric": "msgs_per_s", "better": "info",
-                    "generator": ceil})
+def mb(key, v):
+    return v / 1024 if v is not None and key.endswith("_kb") else v
 
-head = ["metric (median)", "better", "Starling", "Mosquitto", "S/M", "winner"]
+def verdict(s, m, better):
+    if better == "info" or s is None or m is None:
+        return ""
+    if s == m:
+        return "same"
+    return "Starling" if (s > m) == (better == "higher") else "Mosquitto"
+
+rows, summary = [], []
+def add_row(label, better, cells):
+    """cells: {cfg: (starling, mosquitto, ratio text, winner)}"""
+    row = [label, better]
+    for c in cfgs:
+        row += list(cells.get(c, ("-", "-", "", "")))
+    rows.append(row)
+
+for id_, key, label, better in METRICS:
+    cells, any_v = {}, False
+    for c in cfgs:
+        s, m = mb(key, med(id_, "starling", key, c)), mb(key, med(id_, "mosquitto", key, c))
+        if s is None and m is None:
+            continue
+        any_v = True
+        ratio = s / m if s is not None and m else None
+        w = verdict(s, m, better)
+        cells[c] = (fmt(s), fmt(m), f"{ratio:.2f}" if ratio is not None else "-", w)
+        summary.append({"config": c, "scenario": id_, "metric": key, "better": better,
+                        "starling": s, "mosquitto": m, "ratio": ratio, "winner": w})
+    if any_v:
+        add_row(label, better, cells)
+
+# what a persistent subscriber costs each broker, next to the fanin rows
+cells = {}
+for c in cfgs:
+    s1, m1 = med("fanin_qos1", "starling", "msgs_per_s", c), med("fanin_qos1", "mosquitto", "msgs_per_s", c)
+    sp, mp = (med("fanin_qos1_persistent", "starling", "msgs_per_s", c),
+              med("fanin_qos1_persistent", "mosquitto", "msgs_per_s", c))
+    if s1 and m1 and sp is not None and mp is not None:
+        cells[c] = (f"{sp / s1:.2f}", f"{mp / m1:.2f}", "", "")
+        summary.append({"config": c, "scenario": "fanin_qos1_persistent",
+                        "metric": "ratio_to_fanin_qos1", "better": "info",
+                        "starling": sp / s1, "mosquitto": mp / m1})
+if cells:
+    at = next(i for i, r in enumerate(rows) if r[0].startswith("fanin QoS 1 persistent lost")) + 1
+    n = len(rows)
+    add_row("fanin QoS 1 persistent / non-persistent", "info", cells)
+    rows.insert(at, rows.pop(n))
+
+for id_ in IDS:
+    cells = {}
+    for c in cfgs:
+        s, m = med(id_, "starling", "broker_cpu", c), med(id_, "mosquitto", "broker_cpu", c)
+        gs, gm = med(id_, "starling", "bench_cpu", c), med(id_, "mosquitto", "bench_cpu", c)
+        if s is None and m is None:
+            continue
+        cells[c] = (fmt(s), fmt(m), f"{s / m:.2f}" if s is not None and m else "-",
+                    f"gen {fmt(gs)}/{fmt(gm)}")
+        summary.append({"config": c, "scenario": id_, "metric": "broker_cpu", "better": "info",
+                        "starling": s, "mosquitto": m, "bench_cpu_starling": gs,
+                        "bench_cpu_mosquitto": gm})
+    if cells:
+        add_row(f"{id_} broker CPU (cores)", "info", cells)
+cells = {}
+for c in cfgs:
+    for id_ in IDS:
+        s, m = med(id_, "starling", "steal_pct", c), med(id_, "mosquitto", "steal_pct", c)
+        if s is None and m is None:
+            continue
+        if id_ == "latency":
+            # a hypervisor's steal time shows up directly in the latency tail
+            cells[c] = (fmt(s), fmt(m), "", "")
+        summary.append({"config": c, "scenario": id_, "metric": "steal_pct", "better": "info",
+                        "starling": s, "mosquitto": m})
+if cells:
+    add_row("latency host steal % (**)", "info", cells)
+ceil = med("ceiling", "generator", "msgs_per_s", "-")
+if ceil is not None:
+    row = ["generator ceiling msg/s", "info", fmt(ceil), "", "",
+           f"gen cpu {fmt(med('ceiling', 'generator', 'bench_cpu', '-'))}"]
+    rows.append(row + [""] * (len(rows[0]) - len(row) if rows else 0))
+    summary.append({"config": "-", "scenario": "ceiling", "metric": "msgs_per_s",
+                    "better": "info", "generator": ceil})
+
+head = ["metric (median)", "better"]
+for c in cfgs:
+    head += [f"Starling {c}", f"Mosquitto {c}", f"S/M {c}", f"winner {c}"]
+rows = [r + [""] * (len(head) - len(r)) for r in rows]
 w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) if i < 2 else str(c).rjust(w[i])
-                                   if i < 5 else str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
+def cell(i, c):
+    # label, better and winner columns left-aligned, numbers right-aligned
+    return str(c).ljust(w[i]) if i < 2 or (i - 2) % 4 == 3 else str(c).rjust(w[i])
+line = lambda r: "| " + " | ".join(cell(i, c) for i, c in enumerate(r)) + " |"
 print()
 print(f"Starling vs {mosq.strip() or 'Mosquitto'}: medians of {reps} runs, {duration} s each, "
-      f"{cores} cores shared by broker and generator; Starling workers {workers}; "
-      f"MQTT {next((r['mqtt'] for r in runs if r.get('mqtt')), '3.1.1')}; "
-      f"max_queued_messages {queue} (fanin runs: {qos1_queue})")
+      f"{cores} cores shared by broker and generator; "
+      f"MQTT {next((r['mqtt'] for r in runs if r.get('mqtt')), '3.1.1')}")
+if "tuned" in cfgs:
+    print(f"tuned: Starling workers {workers}, max_queued_messages {queue} (fanin runs: "
+          f"{qos1_queue}), max_inflight_messages 1000, persistence false (bench/README.md)")
+if "defaults" in cfgs:
+    print("defaults: Starling with no configuration file (-p PORT, STARLING_DATA_DIR, "
+          "STARLING_BIND_ADDRESS=127.0.0.1); Mosquitto with 'listener PORT 127.0.0.1' and "
+          "'allow_anonymous true' only")
+if any(r["id"].startswith("slowsub") for r in runs):
+    print(f"slowsub: 4 publishers at {slow_rate} msg/s each (0 = unpaced), one subscriber "
+          f"reading {slow_sub_rate} msg/s during the window, then all it can (drain)")
 print("S/M = Starling / Mosquitto; 'better' says which direction wins (latency, loss and "
       "memory: lower is better)")
 print(line(head))
 print("|" + "|".join("-" * (x + 2) for x in w) + "|")
 for r in rows:
     print(line(r))
-incomplete = [f"{r['id']}/{r['broker']}/rep{r['rep']}" for r in runs if not r.get("complete")]
-q1 = [r for r in runs if r["id"].startswith("fanin_qos1") and r.get("loss")]
+incomplete = [f"{r['id']}/{r['broker']}/{r.get('config')}/rep{r['rep']}" for r in runs
+              if not r.get("complete")]
 if incomplete:
     print("incomplete runs: " + ", ".join(incomplete))
-for r in q1:
-    print(f"WARNING: {r['broker']} lost {r['loss']} QoS 1 messages ({r['id']}, rep {r['rep']})")
+for r in runs:
+    lost = r.get("acked_lost", r.get("loss") if r["id"].startswith("fanin_qos1") else None)
+    if lost:
+        print(f"WARNING: {r['broker']} ({r.get('config')}) acknowledged {lost} QoS 1 messages "
+              f"that never reached the subscriber ({r['id']}, rep {r['rep']})")
 if any(r["id"] == "fanin_qos1_persistent" for r in runs):
     print("(*) persistent subscriber (clean session 0): Starling stores every message with "
           "sync always (fsync before PUBACK); Mosquitto keeps it in memory and writes its "
-          "database only periodically and at exit (no fsync per message)")
+          "database only periodically and at exit (no fsync per message; with its defaults "
+          "it does not persist at all)")
 if any(r["id"] == "latency" and r.get("steal_pct") is not None for r in runs):
     print("(**) CPU time the hypervisor gave to other guests during the run (the steal column "
           "of /proc/stat), in % of all cores: a run with more steal has a longer latency tail "
@@ -444,9 +591,11 @@ print(f"total time {elapsed} s; results: {out_path}")
 
 json.dump({"timestamp": stamp, "elapsed_s": int(elapsed), "reps": int(reps),
            "duration_s": float(duration), "conns": int(conns), "starling_workers": int(workers),
-           "generator_threads": int(threads), "cores": int(cores),
-           "max_queued_messages": int(queue), "qos1_max_queued_messages": int(qos1_queue), "mosquitto": mosq.strip(),
-           "summary": summary, "runs": runs}, open(out_path, "w"), indent=1)
+           "generator_threads": int(threads), "cores": int(cores), "configs": cfgs,
+           "max_queued_messages": int(queue), "qos1_max_queued_messages": int(qos1_queue),
+           "slowsub_publisher_rate": int(slow_rate), "slowsub_subscriber_rate": int(slow_sub_rate),
+           "mosquitto": mosq.strip(), "summary": summary, "runs": runs},
+          open(out_path, "w"), indent=1)
 PYEOF
 
 if [ "$FAILURES" -gt 0 ]; then

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# bench/smoke.sh - quick self-test of starling-bench (about 15 s, bounded).
+# bench/smoke.sh - quick self-test of starling-bench (about 25 s, bounded).
 #
-# Starts Starling on a free loopback port, runs every scenario for 1 second,
-# and checks that each prints one JSON line that parses, reports a complete
-# run, and that fanin at QoS 1 lost nothing. Exit status 0 on success.
+# Starts Starling on a free loopback port, runs every scenario for 1 or 2
+# seconds, and checks that each prints one JSON line that parses, reports a
+# complete run and the broker's memory, that fanin and indep at QoS 1 lost
+# nothing, that the exact counts add up (delivered + dropped = sent), and that
+# the slowsub subscriber read at its set rate while the publishers sent
+# faster. Ends with "smoke: N passed, M failed" (one per run); exit status 0
+# when nothing failed.
 #
 # Environment: STARLING_BIN (default build/release/node/starling),
 # STARLING_BENCH_BIN (default build/release/bench/starling-bench).
@@ -42,6 +46,7 @@ log_level warn
 max_queued_messages 10000000
 max_inflight_messages 1000
 sys_interval 0
+admin_port 0
 data_dir $TMP/data
 CONF
 "$BIN" -c "$TMP/starling.conf" >"$TMP/starling.log" 2>&1 &
@@ -59,14 +64,15 @@ done
 COMMON=(--host 127.0.0.1 --port "$PORT" --pid "$PID" --label starling --duration 1 --drain 2
     --deadline 12)
 : >"$TMP/out.jsonl"
-fail=0
+failed_runs=0
 run() {
-    local name=$1
+    local name=$1 rc=0
     shift
-    if ! timeout 15 "$BENCH" "$@" >>"$TMP/out.jsonl" 2>"$TMP/err"; then
-        echo "smoke: FAIL $name (exit status $?)" >&2
+    timeout 15 "$BENCH" "$@" >>"$TMP/out.jsonl" 2>"$TMP/err" || rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "smoke: FAIL $name (exit status $rc)" >&2
         cat "$TMP/err" >&2
-        fail=1
+        failed_runs=$((failed_runs + 1))
     fi
 }
 # QoS 1 first: the QoS 0 run leaves the broker busy with its backlog. The
@@ -76,6 +82,13 @@ run() {
 run fanin_qos1 fanin --qos 1 "${COMMON[@]}"
 run fanin_qos0 fanin --qos 0 "${COMMON[@]}"
 run fanin_qos1_v5_persistent fanin --qos 1 --mqtt 5 --persistent "${COMMON[@]}"
+run indep_qos1 indep --qos 1 "${COMMON[@]}"
+run indep_qos0 indep --qos 0 "${COMMON[@]}"
+# publishers 2 x 5000 msg/s, the subscriber reads 1000 msg/s for 2 s
+SLOW=(--publishers 2 --rate 5000 --sub-rate 1000 --host 127.0.0.1 --port "$PORT" --pid "$PID"
+    --label starling --duration 2 --drain 3 --deadline 12)
+run slowsub slowsub --qos 0 "${SLOW[@]}"
+run slowsub_qos1 slowsub --qos 1 "${SLOW[@]}"
 run fanout fanout --subscribers 20 "${COMMON[@]}"
 run latency latency --rate 2000 "${COMMON[@]}"
 run conns conns --conns 1000 --host 127.0.0.1 --port "$PORT" --pid "$PID" --label starling \
@@ -83,47 +96,82 @@ run conns conns --conns 1000 --host 127.0.0.1 --port "$PORT" --pid "$PID" --labe
 run conns_sub conns --conns 500 --subscribe --host 127.0.0.1 --port "$PORT" --pid "$PID" \
     --label starling --deadline 12
 run ceiling ceiling --duration 1
+alive=1
 kill -0 "$PID" 2>/dev/null || {
     echo "smoke: FAIL starling died during the runs" >&2
-    fail=1
+    alive=0
 }
 
-"$PYTHON" - "$TMP/out.jsonl" <<'PY' || fail=1
+# One verdict per expected run: a run that printed nothing counts as failed.
+"$PYTHON" - "$TMP/out.jsonl" "$failed_runs" "$alive" <<'PY'
 import json, sys
-want = ["fanin", "fanin", "fanin", "fanout", "latency", "conns", "conns", "ceiling"]
-lines = [l for l in open(sys.argv[1]) if l.strip()]
-runs = [json.loads(l) for l in lines]
-ok = True
+want = ["fanin", "fanin", "fanin", "indep", "indep", "slowsub", "slowsub", "fanout", "latency",
+        "conns", "conns", "ceiling"]
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+failed_runs, alive = int(sys.argv[2]), sys.argv[3] == "1"
+
+def check(r):
+    """The problems of one run (empty when it passed)."""
+    bad = []
+    sc = r["scenario"]
+    if not r.get("complete"):
+        bad.append(f"incomplete: {r.get('error')}")
+    if r.get("msgs_per_s", 1) <= 0 or r.get("connects_per_s", 1) <= 0:
+        bad.append("measured nothing")
+    if sc != "ceiling":
+        # the broker's memory, sampled during the run
+        peak, end, hwm = r.get("rss_peak_kb"), r.get("rss_end_kb"), r.get("rss_hwm_kb")
+        if not (isinstance(peak, int) and isinstance(end, int) and isinstance(hwm, int)
+                and 0 < end <= peak and hwm > 0):
+            bad.append(f"broker memory not sampled: peak {peak} end {end} hwm {hwm}")
+    if sc in ("fanin", "indep", "slowsub"):
+        if r["delivered"] + r["dropped"] != r["sent"] or r["delivered"] > r["received"]:
+            bad.append(f"exact counts do not add up: sent {r['sent']} delivered "
+                       f"{r['delivered']} dropped {r['dropped']} received {r['received']}")
+        if r["qos"] == 1 and (r["loss"] != 0 or r["acked_lost"] != 0 or r["acked"] == 0
+                              or r["received"] < r["acked"]):
+            bad.append(f"QoS 1 acknowledged messages lost: loss {r['loss']} acked_lost "
+                       f"{r['acked_lost']} acked {r['acked']} received {r['received']}")
+    if sc == "slowsub":
+        # the subscriber reads at its rate, the publishers send 10x faster,
+        # and what piled up arrives in the drain
+        if not 0.5 * r["sub_rate"] <= r["delivered_per_s"] <= 1.3 * r["sub_rate"]:
+            bad.append(f"subscriber read {r['delivered_per_s']} msg/s, set {r['sub_rate']}")
+        if r["publish_per_s"] < 3 * r["sub_rate"] or r["received_after_window"] <= 0:
+            bad.append(f"no backlog: published {r['publish_per_s']} msg/s, "
+                       f"{r['received_after_window']} received after the window")
+    if sc == "latency" and r["samples"] <= 0:
+        bad.append("no latency samples")
+    return bad
+
+passed = failed = 0
+for r in runs:
+    bad = check(r)
+    name = f"{r['scenario']} qos{r['qos']}"
+    if bad:
+        failed += 1
+        print(f"smoke: FAIL {name}: " + "; ".join(bad), file=sys.stderr)
+    else:
+        passed += 1
+        print(f"smoke: ok {name}: " +
+              ", ".join(f"{k}={r[k]}" for k in ("msgs_per_s", "connects_per_s", "loss",
+                                                 "dropped", "acked_lost", "p99_us",
+                                                 "rss_peak_kb") if k in r))
 got = [r["scenario"] for r in runs]
 if got != want:
     print(f"smoke: expected scenarios {want}, got {got}", file=sys.stderr)
-    ok = False
-for r in runs:
-    if not r.get("complete"):
-        print(f"smoke: incomplete {r['scenario']}: {r.get('error')}", file=sys.stderr)
-        ok = False
-    if r.get("msgs_per_s", 1) <= 0 or r.get("connects_per_s", 1) <= 0:
-        print(f"smoke: {r['scenario']} measured nothing", file=sys.stderr)
-        ok = False
+# runs that printed no result at all
+failed += max(len(want) - len(runs), 0)
 if not any(r["scenario"] == "conns" and r.get("subscribe") for r in runs):
-    print("smoke: no conns --subscribe run among the results", file=sys.stderr)
-    ok = False
+    print("smoke: FAIL no conns --subscribe run among the results", file=sys.stderr)
+    failed += 1
 if not any(r.get("mqtt") == "5" and r.get("persistent") for r in runs):
-    print("smoke: no MQTT 5.0 persistent run among the results", file=sys.stderr)
-    ok = False
-for r in runs:
-    if r["scenario"] == "fanin" and r["qos"] == 1:
-        if r["loss"] != 0 or r["received"] < r["acked"] or r["acked"] == 0:
-            print(f"smoke: fanin QoS 1 lost messages: {r}", file=sys.stderr)
-            ok = False
-    if r["scenario"] == "latency" and r["samples"] <= 0:
-        print("smoke: latency has no samples", file=sys.stderr)
-        ok = False
-for r in runs:
-    print(f"smoke: ok {r['scenario']} qos{r['qos']}: " +
-          ", ".join(f"{k}={r[k]}" for k in ("msgs_per_s", "connects_per_s", "loss", "p99_us")
-                    if k in r))
-sys.exit(0 if ok else 1)
+    print("smoke: FAIL no MQTT 5.0 persistent run among the results", file=sys.stderr)
+    failed += 1
+if not alive:
+    failed += 1
+# a run that exited non-zero but printed a complete-looking line
+failed = max(failed, failed_runs)
+print(f"smoke: {passed} passed, {failed} failed")
+sys.exit(0 if failed == 0 else 1)
 PY
-runs=$(grep -c . "$TMP/out.jsonl" || true)
-[ $fail -eq 0 ] && echo "smoke: $runs passed, 0 failed" || { echo "smoke: FAIL" >&2; exit 1; }

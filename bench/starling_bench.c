@@ -4,7 +4,8 @@
  *
  *   starling-bench SCENARIO --host H --port P [options]
  *
- * Scenarios: fanin, fanout, latency, conns, ceiling (see bench/README.md).
+ * Scenarios: fanin, fanout, latency, conns, ceiling, indep, slowsub (see
+ * bench/README.md).
  *
  * Design: G.n_threads generator threads, each with its own libuv loop, own
  * the client connections. Packets are encoded with the project codec
@@ -23,7 +24,19 @@
  * Payloads (at least 16 bytes) start with a tag: publisher index (u32),
  * sequence number (u32), CLOCK_MONOTONIC send time in ns (u64), so that
  * subscribers detect lost, duplicated and reordered messages and measure
- * latency.
+ * latency. With one subscriber (fanin, indep, slowsub) the subscriber keeps a
+ * bitmap of the sequence numbers it received from each publisher, and a QoS 1
+ * publisher one of the sequence numbers the broker acknowledged, so that the
+ * messages dropped (sent, never delivered) and the messages acknowledged but
+ * never delivered are counted exactly, message by message.
+ *
+ * slowsub: the subscriber reads at most --sub-rate messages per second by
+ * stopping its reads (uv_read_stop) and restarting them from a timer, so the
+ * TCP window towards it really fills and the broker has to hold, drop or push
+ * back.
+ *
+ * With --pid, the main thread samples the broker's VmRSS every 10 ms while
+ * the connections are set up, during the measurement and during the drain.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -53,8 +66,14 @@
 #define MAX_THREADS 16
 #define TICK_MS 1
 
-enum scenario { SC_FANIN, SC_FANOUT, SC_LATENCY, SC_CONNS, SC_CEILING };
-static const char *const scenario_names[] = {"fanin", "fanout", "latency", "conns", "ceiling"};
+enum scenario { SC_FANIN, SC_FANOUT, SC_LATENCY, SC_CONNS, SC_CEILING, SC_INDEP, SC_SLOWSUB };
+static const char *const scenario_names[] = {"fanin",   "fanout", "latency", "conns",
+                                             "ceiling", "indep",  "slowsub"};
+#define N_SCENARIOS ((int)(sizeof(scenario_names) / sizeof(scenario_names[0])))
+/* slowsub: bytes the throttled subscriber reads at most per read call */
+#define SLOW_CHUNK 4096u
+/* broker memory: sampling period of VmRSS */
+#define RSS_PERIOD_NS 10000000ull
 
 enum phase { PH_SETUP, PH_RUN, PH_DRAIN, PH_STOP };
 enum role { R_PUB, R_SUB, R_IDLE, R_SINK };
@@ -63,6 +82,12 @@ enum role { R_PUB, R_SUB, R_IDLE, R_SINK };
 enum cstate { C_INIT, C_CONNECTING, C_WAIT_CONNACK, C_WAIT_SUBACK, C_READY, C_RESETTING, C_DEAD };
 
 struct wkr;
+
+/* A growable bitmap of sequence numbers (one per publisher). */
+struct bits {
+    uint64_t *w;
+    uint32_t nwords;
+};
 
 struct client {
     uv_tcp_t tcp;
@@ -94,6 +119,13 @@ struct client {
     uint64_t recv, dups, gaps, bad_tag;
     uint32_t *expect; /* next sequence number per publisher */
     uint32_t n_expect;
+    struct bits *seen; /* exact accounting: sequence numbers received, per publisher */
+    uv_timer_t pause;  /* slowsub: restarts the paused reads */
+    bool pause_init;   /* the pause timer is initialised */
+    bool paused;       /* slowsub: reads are stopped */
+    /* exact accounting, QoS 1 publisher */
+    struct bits acked_bits; /* sequence numbers the broker acknowledged */
+    uint32_t ack_lo;        /* lowest sequence number not yet acknowledged */
     /* published for the main thread (relaxed stores by the owner) */
     _Atomic uint64_t a_sent, a_acked, a_recv;
     _Atomic uint32_t a_progress; /* subscriber: highest sequence + 1 from publisher 0 */
@@ -130,6 +162,8 @@ static struct {
     int pid;
     const char *label;
     int publishers, subscribers, size, qos, window, rate, conns, concurrency;
+    int sub_rate; /* slowsub: messages/s the subscriber reads */
+    bool exact;   /* per-message accounting (one subscriber, many publishers) */
     int n_threads, batch, lead, keepalive, src_addrs;
     bool persistent;                /* subscribers use clean session 0 and a fixed client id */
     uint8_t ver;                    /* MQTT_V311 or MQTT_V5 */
@@ -154,6 +188,9 @@ static struct {
     uint32_t *lat;
     size_t n_lat, cap_lat;
     uint64_t lat_overflow;
+    /* broker memory in kB (main thread only), -1 when unknown */
+    long rss_start, rss_peak, rss_end, rss_drained;
+    uint64_t rss_last_ns;
     char errmsg[256];
 } G;
 
@@ -273,8 +310,9 @@ static double steal_pct(double s0, double s1, double wall)
     return (s1 - s0) / (wall * (double)ncpu) * 100.0;
 }
 
-/* VmRSS of a process in kB, or -1. */
-static long rss_kb(int pid)
+/* A "Vm...:" field of /proc/PID/status in kB (VmRSS: resident now, VmHWM:
+ * the peak resident size since the process started), or -1. */
+static long status_kb(int pid, const char *field)
 {
     if (pid <= 0)
         return -1;
@@ -284,13 +322,86 @@ static long rss_kb(int pid)
     if (!f)
         return -1;
     long kb = -1;
+    size_t n = strlen(field);
     while (fgets(line, sizeof(line), f))
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kb = strtol(line + 6, NULL, 10);
+        if (strncmp(line, field, n) == 0) {
+            kb = strtol(line + n, NULL, 10);
             break;
         }
     fclose(f);
     return kb;
+}
+
+static long rss_kb(int pid)
+{
+    return status_kb(pid, "VmRSS:");
+}
+
+/* Main thread: sample the broker's VmRSS, at most every RSS_PERIOD_NS unless
+ * force, keep the peak, and return the sample (or -1). */
+static long rss_poll(bool force)
+{
+    if (G.pid <= 0)
+        return -1;
+    uint64_t t = now_ns();
+    if (!force && t - G.rss_last_ns < RSS_PERIOD_NS)
+        return -1;
+    G.rss_last_ns = t;
+    long kb = rss_kb(G.pid);
+    if (kb > G.rss_peak)
+        G.rss_peak = kb;
+    return kb;
+}
+
+/* ---- exact accounting ---------------------------------------------------- */
+
+/* Set bit i; returns true when it was already set. */
+static bool bits_set(struct bits *b, uint32_t i)
+{
+    uint32_t wi = i / 64;
+    if (wi >= b->nwords) {
+        uint32_t n = b->nwords ? b->nwords : 1024;
+        while (n <= wi)
+            n = n > UINT32_MAX / 2 ? UINT32_MAX : n * 2;
+        uint64_t *w = realloc(b->w, (size_t)n * sizeof(uint64_t));
+        if (!w) {
+            fprintf(stderr, "starling-bench: out of memory (sequence bitmap)\n");
+            exit(2);
+        }
+        memset(w + b->nwords, 0, (size_t)(n - b->nwords) * sizeof(uint64_t));
+        b->w = w;
+        b->nwords = n;
+    }
+    uint64_t m = 1ull << (i % 64);
+    bool was = (b->w[wi] & m) != 0;
+    b->w[wi] |= m;
+    return was;
+}
+
+static bool bits_get(const struct bits *b, uint32_t i)
+{
+    return i / 64 < b->nwords && (b->w[i / 64] >> (i % 64)) & 1u;
+}
+
+/* Bits set among 0..n-1. */
+static uint64_t bits_count(const struct bits *b, uint64_t n)
+{
+    uint64_t c = 0;
+    uint64_t full = n / 64;
+    for (uint64_t i = 0; i < full && i < b->nwords; i++)
+        c += (uint64_t)__builtin_popcountll(b->w[i]);
+    if (n % 64 && full < b->nwords)
+        c += (uint64_t)__builtin_popcountll(b->w[full] & ((1ull << (n % 64)) - 1));
+    return c;
+}
+
+/* Bits set in a but not in b. */
+static uint64_t bits_count_andnot(const struct bits *a, const struct bits *b)
+{
+    uint64_t c = 0;
+    for (uint32_t i = 0; i < a->nwords; i++)
+        c += (uint64_t)__builtin_popcountll(a->w[i] & ~(i < b->nwords ? b->w[i] : 0));
+    return c;
 }
 
 /* TcpExt ListenOverflows of this network namespace (SYNs dropped because a
@@ -360,6 +471,10 @@ static void client_reset(struct client *c)
 
 static void client_close(struct client *c)
 {
+    if (c->pause_init) {
+        c->pause_init = false;
+        uv_close((uv_handle_t *)&c->pause, NULL);
+    }
     if (c->closing || c->state == C_INIT)
         return;
     c->closing = true;
@@ -502,8 +617,10 @@ static void send_connect(struct client *c)
 static void send_subscribe(struct client *c)
 {
     char filter[64];
-    if (G.sc == SC_FANIN)
+    if (G.sc == SC_FANIN || G.sc == SC_SLOWSUB)
         snprintf(filter, sizeof(filter), "bench/#");
+    else if (G.sc == SC_INDEP)
+        snprintf(filter, sizeof(filter), "#");
     else if (G.sc == SC_FANOUT)
         snprintf(filter, sizeof(filter), "bench/fanout");
     else if (G.sc == SC_CONNS)
@@ -562,6 +679,8 @@ static void on_publish(struct client *c, const struct mqtt_publish *pub)
         c->bad_tag++;
         return;
     }
+    if (G.exact)
+        bits_set(&c->seen[from], seq);
     uint32_t want = c->expect[from];
     if (seq == want) {
         c->expect[from] = seq + 1;
@@ -660,6 +779,17 @@ static int handle_packet(struct client *c, const uint8_t *p, size_t n)
         }
         if (pkt.u.ack.packet_id != c->next_ack)
             c->ack_mismatch++;
+        if (G.exact && pkt.u.ack.packet_id > 0) {
+            /* the one unacknowledged sequence number with this packet id
+             * (packet id = seq % 65535 + 1, and the window is < 65535) */
+            uint32_t s =
+                c->ack_lo + (pkt.u.ack.packet_id - 1u + 65535u - c->ack_lo % 65535u) % 65535u;
+            if (s < c->seq) {
+                bits_set(&c->acked_bits, s);
+                while (c->ack_lo < c->seq && bits_get(&c->acked_bits, c->ack_lo))
+                    c->ack_lo++;
+            }
+        }
         c->next_ack = pkt.u.ack.packet_id == 65535 ? 1 : pkt.u.ack.packet_id + 1;
         break;
     default:
@@ -693,15 +823,66 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
     (void)suggested;
     struct client *c = h->data;
+    /* the throttled subscriber takes small bites, so its rate is smooth */
+    bool slow = G.sc == SC_SLOWSUB && c->role == R_SUB &&
+                atomic_load_explicit(&G.phase, memory_order_relaxed) == PH_RUN;
     if (c->in.len == 0 || c->x) {
-        *b = uv_buf_init((char *)c->w->rbuf, RBUF_SIZE);
+        *b = uv_buf_init((char *)c->w->rbuf, slow ? SLOW_CHUNK : RBUF_SIZE);
         return;
     }
     if (c->in.cap - c->in.len < 16384 && buf_reserve(&c->in, 65536)) {
         *b = uv_buf_init(NULL, 0);
         return;
     }
-    *b = uv_buf_init((char *)c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+    size_t room = c->in.cap - c->in.len;
+    if (slow && room > SLOW_CHUNK)
+        room = SLOW_CHUNK;
+    *b = uv_buf_init((char *)c->in.data + c->in.len, (unsigned)room);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
+
+/* slowsub: start reading again. */
+static void slow_resume(struct client *c)
+{
+    if (!c->paused || c->closing)
+        return;
+    c->paused = false;
+    if (c->pause_init)
+        uv_timer_stop(&c->pause);
+    int r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (r)
+        client_fail(c, uv_strerror(r), r);
+}
+
+static void on_pause_timer(uv_timer_t *t)
+{
+    slow_resume(t->data);
+}
+
+/* slowsub: after a read, stop reading while the subscriber is ahead of
+ * --sub-rate messages per second since the run began, and restart from a
+ * timer when it is due again. Only during the measurement window: in the
+ * drain the subscriber reads what the broker still holds at full speed. */
+static void slow_throttle(struct client *c)
+{
+    if (G.sc != SC_SLOWSUB || c->role != R_SUB || c->closing || c->paused || !c->pause_init ||
+        atomic_load_explicit(&G.phase, memory_order_relaxed) != PH_RUN)
+        return;
+    double elapsed = (double)(now_ns() - G.t0_ns) / 1e9;
+    double allowed = (double)G.sub_rate * elapsed;
+    if ((double)c->recv < allowed)
+        return;
+    /* due again when allowed reaches recv */
+    double wait_ms = ((double)c->recv / (double)G.sub_rate - elapsed) * 1000.0;
+    uint64_t ms = wait_ms < 1 ? 1 : (uint64_t)(wait_ms + 0.999);
+    int r = uv_read_stop((uv_stream_t *)&c->tcp);
+    if (r) {
+        client_fail(c, uv_strerror(r), r);
+        return;
+    }
+    c->paused = true;
+    uv_timer_start(&c->pause, on_pause_timer, ms, 0);
 }
 
 static void after_input(struct client *c)
@@ -764,6 +945,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         buf_consume(&c->in, (size_t)used);
     }
     after_input(c);
+    slow_throttle(c);
 }
 
 static void on_connect(uv_connect_t *req, int status)
@@ -814,6 +996,11 @@ static void client_start(struct client *c)
         if (r == 0)
             c->state = C_CONNECTING;
     }
+    if (r == 0 && G.sc == SC_SLOWSUB && c->role == R_SUB && !c->pause_init) {
+        uv_timer_init(&w->loop, &c->pause);
+        c->pause.data = c;
+        c->pause_init = true;
+    }
     if (r == 0) {
         uv_tcp_nodelay(&c->tcp, 1);
         r = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&G.addr, on_connect);
@@ -856,7 +1043,7 @@ static void pub_pump(struct client *c)
         return;
     uint64_t n = (uint64_t)G.batch;
     uint64_t t = 0;
-    if (G.sc == SC_LATENCY) {
+    if (G.sc == SC_LATENCY || (G.sc == SC_SLOWSUB && G.rate > 0)) {
         t = now_ns();
         uint64_t due = (uint64_t)((double)(t - G.t0_ns) * G.rate / 1e9) + 1;
         n = due > c->seq ? due - c->seq : 0;
@@ -963,6 +1150,10 @@ static void on_tick(uv_timer_t *t)
         for (uint32_t i = 0; i < w->ncl; i++)
             if (w->cl[i]->role == R_PUB)
                 pub_pump(w->cl[i]);
+    if (ph == PH_DRAIN && G.sc == SC_SLOWSUB)
+        for (uint32_t i = 0; i < w->ncl; i++)
+            if (w->cl[i]->role == R_SUB && w->cl[i]->paused)
+                slow_resume(w->cl[i]);
 }
 
 static void on_sink_conn(uv_stream_t *server, int status)
@@ -1059,6 +1250,11 @@ static struct client *new_client(uint32_t i, enum role role, uint32_t idx)
         c->expect = calloc(c->n_expect ? c->n_expect : 1, sizeof(uint32_t));
         if (!c->expect)
             exit(2);
+        if (G.exact) {
+            c->seen = calloc(c->n_expect ? c->n_expect : 1, sizeof(struct bits));
+            if (!c->seen)
+                exit(2);
+        }
     }
     return c;
 }
@@ -1086,8 +1282,11 @@ static void build_clients(void)
     }
     switch (G.sc) {
     case SC_FANIN:
+    case SC_INDEP:
+    case SC_SLOWSUB:
         G.n_pubs = (uint32_t)G.publishers;
         G.n_subs = 1;
+        G.exact = true;
         break;
     case SC_CEILING:
         G.n_pubs = (uint32_t)G.publishers;
@@ -1228,6 +1427,46 @@ static void print_cpu(FILE *f, double bench_cpu, double broker_cpu, double steal
         fprintf(f, ",\"steal_pct\":null");
 }
 
+/* The broker's memory: VmRSS with every connection open (start), sampled
+ * peak, at the end of the measurement window (end), after the drain, and the
+ * kernel's high-water mark VmHWM since the broker started. */
+static void print_mem(void)
+{
+    long hwm = status_kb(G.pid, "VmHWM:");
+    const char *names[] = {"rss_start_kb", "rss_peak_kb", "rss_end_kb", "rss_drained_kb",
+                           "rss_hwm_kb"};
+    long v[] = {G.rss_start, G.rss_peak, G.rss_end, G.rss_drained, hwm};
+    for (int i = 0; i < 5; i++)
+        if (v[i] >= 0)
+            printf(",\"%s\":%ld", names[i], v[i]);
+        else
+            printf(",\"%s\":null", names[i]);
+}
+
+/* Exact counts from the sequence bitmaps (one subscriber). */
+struct exact {
+    uint64_t delivered;  /* distinct messages the subscriber received */
+    uint64_t dropped;    /* sent and never received */
+    uint64_t acked_lost; /* QoS 1: acknowledged by the broker, never received */
+};
+
+static struct exact exact_totals(void)
+{
+    struct exact x = {0};
+    if (!G.exact || G.n_subs != 1)
+        return x;
+    const struct client *s = G.subs[0];
+    for (uint32_t i = 0; i < G.n_pubs; i++) {
+        const struct client *p = G.pubs[i];
+        uint64_t got = bits_count(&s->seen[i], p->sent);
+        x.delivered += got;
+        x.dropped += p->sent - got;
+        if (G.qos == 1)
+            x.acked_lost += bits_count_andnot(&p->acked_bits, &s->seen[i]);
+    }
+    return x;
+}
+
 static void print_head(void)
 {
     printf("{\"scenario\":\"%s\",\"broker\":\"%s\",\"qos\":%d", scenario_names[G.sc], G.label,
@@ -1267,6 +1506,7 @@ static bool wait_ready(void)
             set_err("setup: connections not ready before the deadline");
             return false;
         }
+        rss_poll(false);
         sleep_ms(2);
     }
     return true;
@@ -1303,8 +1543,11 @@ static int run_messages(void)
         if (!G.lat)
             exit(2);
     }
+    G.rss_start = rss_poll(true);
     start_threads();
     bool ok = wait_ready();
+    if (ok)
+        G.rss_start = rss_poll(true); /* with every connection open */
     uint64_t t0 = now_ns(), t1 = t0;
     double cpu0 = cpu_self_s(), bcpu0 = cpu_pid_s(G.pid), cpu1 = cpu0, bcpu1 = bcpu0;
     double st0 = steal_s(), st1 = st0;
@@ -1321,9 +1564,11 @@ static int run_messages(void)
                 ok = false;
                 break;
             }
+            rss_poll(false);
             sleep_ms(1);
         }
         t1 = now_ns();
+        G.rss_end = rss_poll(true);
         win = totals();
         win_sink = sink_msgs();
         cpu1 = cpu_self_s();
@@ -1366,9 +1611,11 @@ static int run_messages(void)
             if (n - last_change >= 1000000000ull || n - d0 >= (uint64_t)(G.drain_s * 1e9) ||
                 past_deadline())
                 break;
+            rss_poll(false);
             sleep_ms(2);
         }
         drain = (double)(now_ns() - d0) / 1e9;
+        G.rss_drained = rss_poll(true);
     }
     stop_threads();
     struct totals f = final_totals();
@@ -1402,7 +1649,7 @@ static int run_messages(void)
         expected *= G.n_subs;
     uint64_t loss = expected > unique ? expected - unique : 0;
     double loss_pct = expected ? 100.0 * (double)loss / (double)expected : 0;
-    if (G.sc == SC_FANIN || G.sc == SC_FANOUT) {
+    if (G.sc != SC_LATENCY) {
         double rate = (double)win.recv / wall;
         printf(",\"publishers\":%u,\"subscribers\":%u,\"payload\":%d", G.n_pubs, G.n_subs, G.size);
         if (G.qos == 1)
@@ -1420,8 +1667,35 @@ static int run_messages(void)
         if (G.qos == 1)
             printf(",\"unacked\":%" PRIu64 ",\"ack_order_errors\":%" PRIu64,
                    f.sent > f.acked ? f.sent - f.acked : 0, f.ack_mismatch);
+        struct exact x = exact_totals();
+        if (G.exact) {
+            if (G.sc == SC_SLOWSUB)
+                printf(",\"sub_rate\":%d,\"rate\":%d", G.sub_rate, G.rate);
+            printf(",\"delivered_per_s\":%.0f,\"publish_per_s\":%.0f,\"delivered\":%" PRIu64
+                   ",\"received_after_window\":%" PRIu64 ",\"dropped\":%" PRIu64
+                   ",\"dropped_pct\":%.4f",
+                   rate, (double)win.sent / wall, x.delivered, f.recv - win.recv, x.dropped,
+                   f.sent ? 100.0 * (double)x.dropped / (double)f.sent : 0.0);
+            if (G.qos == 1)
+                printf(",\"acked_lost\":%" PRIu64, x.acked_lost);
+        }
         print_cpu(stdout, bench_cpu, broker_cpu, steal);
+        print_mem();
         print_tail(complete);
+        if (G.sc == SC_INDEP || G.sc == SC_SLOWSUB) {
+            char al[48] = "";
+            if (G.qos == 1)
+                snprintf(al, sizeof(al), "  acked-lost %" PRIu64, x.acked_lost);
+            fprintf(stderr,
+                    "%-8s %-7s qos%d %10.0f delivered/s  %.0f published/s  sent %" PRIu64
+                    "  dropped %" PRIu64 " (%.2f%%)%s  broker rss peak %.1f MB end %.1f MB  "
+                    "broker cpu %.2f%s\n",
+                    G.label, scenario_names[G.sc], G.qos, rate, (double)win.sent / wall, f.sent,
+                    x.dropped, f.sent ? 100.0 * (double)x.dropped / (double)f.sent : 0.0, al,
+                    (double)G.rss_peak / 1024.0, (double)G.rss_end / 1024.0, broker_cpu,
+                    complete ? "" : "  INCOMPLETE");
+            return complete ? 0 : 1;
+        }
         fprintf(stderr,
                 "%-8s %-7s qos%d %10.0f %s  sent %" PRIu64 "  recv %" PRIu64 "  loss %" PRIu64
                 " (%.3f%%)  bench cpu %.2f  broker cpu %.2f%s\n",
@@ -1449,6 +1723,7 @@ static int run_messages(void)
            G.rate, G.size, (double)win.sent / wall, f.sent, f.recv, loss, f.gaps,
            drained ? "true" : "false", G.n_lat, p50, p99, p999, mx, mean);
     print_cpu(stdout, bench_cpu, broker_cpu, steal);
+    print_mem();
     print_tail(complete);
     fprintf(stderr,
             "%-8s latency qos0 %d msg/s  p50 %u us  p99 %u us  p99.9 %u us  max %u us  loss "
@@ -1461,7 +1736,8 @@ static int run_messages(void)
 static int run_conns(void)
 {
     build_clients();
-    long rss0 = rss_kb(G.pid);
+    long rss0 = rss_poll(true);
+    G.rss_start = rss0;
     long lo0 = listen_overflows();
     double cpu0 = cpu_self_s(), bcpu0 = cpu_pid_s(G.pid), st0 = steal_s();
     uint64_t t0 = now_ns();
@@ -1483,6 +1759,7 @@ static int run_conns(void)
             ok = false;
             break;
         }
+        rss_poll(false);
         sleep_ms(2);
     }
     uint64_t tl = t0;
@@ -1498,9 +1775,12 @@ static int run_conns(void)
     double wall_cpu = (double)(now_ns() - t0) / 1e9;
     /* let the broker settle, then read its memory with every connection open */
     uint64_t settle_end = now_ns() + 1000000000ull;
-    while (now_ns() < settle_end && !past_deadline())
+    while (now_ns() < settle_end && !past_deadline()) {
+        rss_poll(false);
         sleep_ms(10);
-    long rss1 = rss_kb(G.pid);
+    }
+    long rss1 = rss_poll(true);
+    G.rss_end = rss1;
     long lo1 = listen_overflows();
     int lost = atomic_load(&G.lost_conns);
     stop_threads();
@@ -1528,6 +1808,7 @@ static int run_conns(void)
      * 1 s: they show up here and explain a low connects_per_s */
     printf(",\"listen_overflows\":%ld", lo0 >= 0 && lo1 >= 0 ? lo1 - lo0 : -1);
     print_cpu(stdout, bench_cpu, broker_cpu, steal);
+    print_mem();
     print_tail(complete);
     fprintf(stderr,
             "%-8s conns   %u/%u connected  %.0f conn/s  %.0f B/conn (rss %ld -> %ld kB)  bench "
@@ -1542,13 +1823,14 @@ static int run_conns(void)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: starling-bench SCENARIO --host H --port P [options]\n"
-               "scenarios: fanin fanout latency conns ceiling\n"
+               "scenarios: fanin fanout latency conns ceiling indep slowsub\n"
                "  --host H           broker address (IPv4 literal, default 127.0.0.1)\n"
                "  --port P           broker port (default 1883; ignored by ceiling)\n"
-               "  --pid PID          broker process: report its CPU use and (conns) memory\n"
+               "  --pid PID          broker process: report its CPU use and memory (VmRSS\n"
+               "                     sampled every 10 ms: start, peak, end, after drain)\n"
                "  --label NAME       broker name in the output (default \"broker\")\n"
                "  --duration T       measurement seconds (default 5)\n"
-               "  --publishers P     fanin/ceiling publisher connections (default 8)\n"
+               "  --publishers P     fanin/indep/slowsub/ceiling publishers (default 8)\n"
                "  --subscribers N    fanout subscribers (default 100)\n"
                "  --size S           payload bytes, >= 16 (default 64)\n"
                "  --qos 0|1          publish and subscription QoS (default 0; latency: 0 only)\n"
@@ -1560,7 +1842,10 @@ static void usage(FILE *f)
                "  --window W         QoS 1 unacknowledged messages per publisher (default 64)\n"
                "  --lead L           fanout: max messages the publisher runs ahead of the\n"
                "                     slowest subscriber, 0 = unbounded (default 1000)\n"
-               "  --rate R           latency: messages per second (default 10000)\n"
+               "  --rate R           latency: messages per second (default 10000);\n"
+               "                     slowsub: per publisher, 0 = unpaced (default 0)\n"
+               "  --sub-rate N       slowsub: messages per second the subscriber reads\n"
+               "                     (default 2000)\n"
                "  --conns C          conns: connections (default 10000, at most 19000)\n"
                "  --concurrency K    conns: handshakes in flight (default 500)\n"
                "  --src-addrs K      spread client sockets over 127.0.0.1..K (default: auto)\n"
@@ -1605,7 +1890,7 @@ static void parse_args(int argc, char **argv)
         exit(argc < 2 ? 2 : 0);
     }
     int sc = -1;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < N_SCENARIOS; i++)
         if (!strcmp(argv[1], scenario_names[i]))
             sc = i;
     if (sc < 0) {
@@ -1622,7 +1907,9 @@ static void parse_args(int argc, char **argv)
     G.size = 64;
     G.window = 64;
     G.lead = -1;
-    G.rate = 10000;
+    G.rate = -1;
+    G.sub_rate = -1;
+    G.rss_start = G.rss_peak = G.rss_end = G.rss_drained = -1;
     G.conns = 10000;
     G.concurrency = 500;
     G.src_addrs = 0;
@@ -1676,7 +1963,9 @@ static void parse_args(int argc, char **argv)
         else if (!strcmp(o, "--lead"))
             G.lead = parse_int(o, v, 0, 100000000);
         else if (!strcmp(o, "--rate"))
-            G.rate = parse_int(o, v, 1, 10000000);
+            G.rate = parse_int(o, v, 0, 10000000);
+        else if (!strcmp(o, "--sub-rate"))
+            G.sub_rate = parse_int(o, v, 1, 10000000);
         else if (!strcmp(o, "--conns"))
             G.conns = parse_int(o, v, 1, 19000);
         else if (!strcmp(o, "--concurrency"))
@@ -1734,6 +2023,26 @@ static void parse_args(int argc, char **argv)
         exit(2);
     }
     if (G.persistent && (G.sc == SC_CONNS || G.sc == SC_CEILING)) {
+        fprintf(stderr, "starling-bench: --persistent applies to fanin, fanout and latency\n");
+        exit(2);
+    }
+    if (G.rate >= 0 && G.sc != SC_LATENCY && G.sc != SC_SLOWSUB) {
+        fprintf(stderr, "starling-bench: --rate applies to latency and slowsub\n");
+        exit(2);
+    }
+    if (G.sc == SC_LATENCY && G.rate == 0) {
+        fprintf(stderr, "starling-bench: latency needs --rate >= 1\n");
+        exit(2);
+    }
+    if (G.sub_rate >= 0 && G.sc != SC_SLOWSUB) {
+        fprintf(stderr, "starling-bench: --sub-rate applies to slowsub\n");
+        exit(2);
+    }
+    if (G.rate < 0)
+        G.rate = G.sc == SC_LATENCY ? 10000 : 0;
+    if (G.sub_rate < 0)
+        G.sub_rate = 2000;
+    if (G.persistent && G.sc == SC_SLOWSUB) {
         fprintf(stderr, "starling-bench: --persistent applies to fanin, fanout and latency\n");
         exit(2);
     }

@@ -1,7 +1,7 @@
 /*
  * ackq.h - a connection's acknowledgements (PUBACK, PUBREC, PUBREL,
- * PUBCOMP), sent in the order of the packets they answer [MQTT-4.6.0-2..4],
- * some of them only once the store committed what they promise.
+ * PUBCOMP), sent in the order of the packets they answer [MQTT-3.1.1 4.6.0-2..4,
+ * MQTT-5.0 4.6.0-2..4], some of them only once the store committed what they promise.
  *
  * An acknowledgement that is ready when nothing waits before it is encoded at
  * once; otherwise it joins the queue (struct conn_extra.acks), and the head

@@ -79,7 +79,7 @@ bool acl_filters_intersect(const char *a, size_t alen, const char *b, size_t ble
 {
     if (alen == 0 || blen == 0)
         return false;
-    /* [MQTT-4.7.2-1] first-level wildcards never match a "$" topic. */
+    /* [MQTT-3.1.1 4.7.2-1, MQTT-5.0 4.7.2-1] first-level wildcards never match a "$" topic. */
     if ((acl_first_is_wild(a, alen) && b[0] == '$') || (acl_first_is_wild(b, blen) && a[0] == '$'))
         return false;
     size_t ap = 0, bp = 0;

@@ -4,8 +4,8 @@
  * Publish path: match the topic in the subscription index under its read
  * lock, taking a reference on each matching session; merge the matches of
  * one session (overlapping subscriptions give one copy with the highest QoS
- * and every subscription identifier [MQTT-3.3.4-2], [MQTT-3.3.4-3]); hand
- * the message to each session, which queues it and gets its worker to flush.
+ * and every subscription identifier [MQTT-3.1.1 3.3.5-1, MQTT-5.0 3.3.4-2], [MQTT-5.0 3.3.4-3]);
+ * hand the message to each session, which queues it and gets its worker to flush.
  */
 #include "broker.h"
 
@@ -147,7 +147,7 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     if (!bt)
         bt = &local;
     if (m->retain && b->cfg.retain_available && !(flags & BROKER_PUB_LOCAL)) {
-        retain_set(b->retained, m); /* [MQTT-3.3.1-5], [MQTT-3.3.1-6] */
+        retain_set(b->retained, m); /* [MQTT-3.1.1 3.3.1-5/10, MQTT-5.0 3.3.1-5/6] */
         if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
             persist_retained(b, bt, m);
     }
@@ -190,13 +190,13 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
         }
         for (size_t k = i; k < j; k++) {
             uint8_t o = ms.v[k].options;
-            /* [MQTT-3.8.3-3] No Local: not to the session that published it */
+            /* [MQTT-5.0 3.8.3-3] No Local: not to the session that published it */
             if ((o & MQTT_SUBOPT_NO_LOCAL) && m->origin == s)
                 continue;
             int q = o & MQTT_SUBOPT_QOS_MASK;
             if (q > qos)
                 qos = q;
-            /* [MQTT-3.3.1-12], [MQTT-3.3.1-13] Retain As Published */
+            /* [MQTT-5.0 3.3.1-12/13] Retain As Published */
             if ((o & MQTT_SUBOPT_RAP) && m->retain)
                 retain = true;
             if (ms.v[k].sub_id)

@@ -43,7 +43,7 @@ static void codec_utf8_second_range(uint8_t c, uint8_t *lo, uint8_t *hi)
     if (c == 0xE0)
         *lo = 0xA0;
     else if (c == 0xED)
-        *hi = 0x9F; /* U+D800..U+DFFF are surrogates [MQTT-1.5.4-1] */
+        *hi = 0x9F; /* U+D800..U+DFFF are surrogates [MQTT-3.1.1 1.5.3-1, MQTT-5.0 1.5.4-1] */
     else if (c == 0xF0)
         *lo = 0x90;
     else if (c == 0xF4)
@@ -56,10 +56,10 @@ bool mqtt_utf8_valid(const uint8_t *s, size_t len)
     while (i < len) {
         uint8_t c = s[i];
         if (c == 0)
-            return false; /* [MQTT-1.5.4-2] no U+0000 */
+            return false; /* [MQTT-3.1.1 1.5.3-2, MQTT-5.0 1.5.4-2] no U+0000 */
         size_t n = codec_utf8_seq_len(c);
         if (n == 0 || n > len - i)
-            return false; /* [MQTT-1.5.4-1] ill-formed or truncated */
+            return false; /* [MQTT-3.1.1 1.5.3-1, MQTT-5.0 1.5.4-1] ill-formed or truncated */
         if (n > 1) {
             uint8_t lo, hi;
             codec_utf8_second_range(c, &lo, &hi);
@@ -156,7 +156,7 @@ static const struct codec_prop_def codec_props[MQTT_PROP_SHARED_SUB_AVAILABLE + 
     [MQTT_PROP_TOPIC_ALIAS_MAX] = {CODEC_PT_U16, 0,
                                    CODEC_CTX(MQTT_CONNECT) | CODEC_CTX(MQTT_CONNACK),
                                    CODEC_F(topic_alias_max)},
-    /* Topic alias 0 is a protocol error the broker checks [MQTT-3.3.2-8]. */
+    /* Topic alias 0 is a protocol error the broker checks [MQTT-5.0 3.3.2-8]. */
     [MQTT_PROP_TOPIC_ALIAS] = {CODEC_PT_U16, 0, CODEC_CTX(MQTT_PUBLISH), CODEC_F(topic_alias)},
     [MQTT_PROP_MAX_QOS] = {CODEC_PT_BYTE, 0, CODEC_CTX(MQTT_CONNACK), CODEC_F(max_qos)},
     [MQTT_PROP_RETAIN_AVAILABLE] = {CODEC_PT_BYTE, 0, CODEC_CTX(MQTT_CONNACK),
@@ -210,7 +210,7 @@ static int codec_varint_parse(const uint8_t *p, size_t len, uint32_t *v, size_t 
         uint8_t b = p[i];
         val |= (uint32_t)(b & 0x7F) << (7 * i);
         if (!(b & 0x80)) {
-            /* [MQTT-1.5.5-1] the encoding must use the minimum number of bytes */
+            /* [MQTT-5.0 1.5.5-1] the encoding must use the minimum number of bytes */
             if (i > 0 && b == 0)
                 return CODEC_MAL;
             *v = val;
@@ -272,7 +272,7 @@ static int codec_bin(struct codec_rd *r, struct mqtt_bytes *out)
     return 0;
 }
 
-/* UTF-8 encoded string [MQTT-1.5.4-1], [MQTT-1.5.4-2]: ill-formed is malformed. */
+/* UTF-8 encoded string [MQTT-3.1.1 1.5.3-1/2, MQTT-5.0 1.5.4-1/2]: ill-formed is malformed. */
 static int codec_str(struct codec_rd *r, struct mqtt_bytes *out)
 {
     if (codec_bin(r, out))
@@ -344,7 +344,7 @@ static int codec_prop_user(struct codec_rd *r, size_t start, struct mqtt_props *
     return 0;
 }
 
-/* A subscription identifier: 1..268435455 [MQTT-3.8.2.1.2]; several only
+/* A subscription identifier: 1..268435455 (MQTT 5.0 section 3.8.2.1.2); several only
  * in PUBLISH (server to client). */
 static int codec_prop_sub_id(struct codec_rd *r, unsigned ctx, struct mqtt_props *p)
 {
@@ -679,7 +679,7 @@ static const uint8_t codec_rc_auth[] = {0x00, 0x18, 0x19};
 #define CODEC_RCS(a) a, sizeof(a)
 
 /* The sender MUST use one of the reason codes listed for the packet
- * (e.g. [MQTT-3.4.2-1]); anything else is treated as a protocol error. */
+ * (e.g. [MQTT-5.0 3.4.2-1]); anything else is treated as a protocol error. */
 static int codec_reason_check(const uint8_t *list, size_t n, uint8_t rc)
 {
     return memchr(list, rc, n) ? 0 : CODEC_PERR;
@@ -689,16 +689,16 @@ static int codec_reason_check(const uint8_t *list, size_t n, uint8_t rc)
 /* Decoding packets                                                          */
 /* ------------------------------------------------------------------------ */
 
-/* [MQTT-2.1.3-1] reserved flags: 0x2 for PUBREL, SUBSCRIBE and UNSUBSCRIBE,
- * 0 for the others; PUBLISH carries DUP, QoS and RETAIN. */
+/* [MQTT-3.1.1 2.2.2-1/2, MQTT-5.0 2.1.3-1] reserved flags: 0x2 for PUBREL, SUBSCRIBE and
+ * UNSUBSCRIBE, 0 for the others; PUBLISH carries DUP, QoS and RETAIN. */
 static int codec_check_flags(enum mqtt_type type, uint8_t flags)
 {
     if (type == MQTT_PUBLISH) {
         uint8_t qos = (flags >> 1) & 3;
         if (qos == 3)
-            return CODEC_MAL; /* [MQTT-3.3.1-4] both QoS bits set */
+            return CODEC_MAL; /* [MQTT-3.1.1 3.3.1-4, MQTT-5.0 3.3.1-4] both QoS bits set */
         if (qos == 0 && (flags & 0x8))
-            return CODEC_MAL; /* [MQTT-3.3.1-2] DUP must be 0 for QoS 0 */
+            return CODEC_MAL; /* [MQTT-3.1.1 3.3.1-2, MQTT-5.0 3.3.1-2] DUP must be 0 for QoS 0 */
         return 0;
     }
     if (type == MQTT_PUBREL || type == MQTT_SUBSCRIBE || type == MQTT_UNSUBSCRIBE)
@@ -706,7 +706,7 @@ static int codec_check_flags(enum mqtt_type type, uint8_t flags)
     return flags == 0 ? 0 : CODEC_MAL;
 }
 
-/* [MQTT-2.2.1-3] SUBSCRIBE, UNSUBSCRIBE and PUBLISH (QoS > 0) and their
+/* [MQTT-3.1.1 2.3.1-1, MQTT-5.0 2.2.1-3] SUBSCRIBE, UNSUBSCRIBE and PUBLISH (QoS > 0) and their
  * acknowledgements carry a non-zero packet identifier. */
 static int codec_packet_id(struct codec_rd *r, uint16_t *id)
 {
@@ -736,7 +736,7 @@ static int codec_connect_protocol(struct codec_rd *r, struct mqtt_connect *c)
         return 0;
     if (codec_name_is(&c->protocol_name, "MQIsdp") && c->protocol_version == MQTT_V31)
         return 0;
-    /* [MQTT-3.1.2-2] unsupported protocol level */
+    /* [MQTT-3.1.1 3.1.2-2, MQTT-5.0 3.1.2-2] unsupported protocol level */
     return -MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION;
 }
 
@@ -747,7 +747,7 @@ static int codec_connect_flags(struct codec_rd *r, struct mqtt_connect *c)
     if (codec_u8(r, &f))
         return CODEC_MAL;
     if (f & 0x01)
-        return CODEC_MAL; /* [MQTT-3.1.2-3] reserved flag must be 0 */
+        return CODEC_MAL; /* [MQTT-3.1.1 3.1.2-3, MQTT-5.0 3.1.2-3] reserved flag must be 0 */
     c->clean_start = f & 0x02;
     c->will_flag = f & 0x04;
     c->will_qos = (f >> 3) & 3;
@@ -755,11 +755,11 @@ static int codec_connect_flags(struct codec_rd *r, struct mqtt_connect *c)
     c->password_flag = f & 0x40;
     c->username_flag = f & 0x80;
     if (c->will_qos == 3)
-        return CODEC_MAL; /* [MQTT-3.1.2-12] will QoS 3 is malformed */
-    /* [MQTT-3.1.2-11] [MQTT-3.1.2-13] without a will, will QoS and retain are 0 */
+        return CODEC_MAL; /* [MQTT-3.1.1 3.1.2-14, MQTT-5.0 3.1.2-12] will QoS 3 is malformed */
+    /* [MQTT-3.1.1 3.1.2-11, MQTT-5.0 3.1.2-11/13] without a will, will QoS and retain are 0 */
     if (!c->will_flag && (c->will_qos || c->will_retain))
         return CODEC_MAL;
-    /* [MQTT-3.1.2-22] 3.1.1: no password without a user name */
+    /* [MQTT-3.1.1 3.1.2-22] 3.1.1: no password without a user name */
     if (c->protocol_version == MQTT_V311 && c->password_flag && !c->username_flag)
         return CODEC_MAL;
     return 0;
@@ -769,17 +769,17 @@ static int codec_connect_payload(struct codec_rd *r, struct mqtt_connect *c)
 {
     bool v5 = c->protocol_version == MQTT_V5;
     int rc;
-    /* [MQTT-3.1.3-4] client identifier is a UTF-8 string */
+    /* [MQTT-3.1.1 3.1.3-4, MQTT-5.0 3.1.3-4] client identifier is a UTF-8 string */
     if (codec_str(r, &c->client_id))
         return CODEC_MAL;
     if (c->will_flag) {
         if (v5 && (rc = codec_props_decode(r, CODEC_CTX_WILL, &c->will_props)))
             return rc;
-        /* [MQTT-3.1.3-10] will topic is a UTF-8 string */
+        /* [MQTT-3.1.1 3.1.3-10, MQTT-5.0 3.1.3-11] will topic is a UTF-8 string */
         if (codec_str(r, &c->will_topic) || codec_bin(r, &c->will_payload))
             return CODEC_MAL;
     }
-    /* [MQTT-3.1.3-11] user name is a UTF-8 string */
+    /* [MQTT-3.1.1 3.1.3-11, MQTT-5.0 3.1.3-12] user name is a UTF-8 string */
     if (c->username_flag && codec_str(r, &c->username))
         return CODEC_MAL;
     if (c->password_flag && codec_bin(r, &c->password))
@@ -808,7 +808,7 @@ static int codec_dec_connack(struct codec_rd *r, bool v5, struct mqtt_connack *c
     int rc;
     if (codec_u8(r, &f) || codec_u8(r, &c->reason))
         return CODEC_MAL;
-    /* [MQTT-3.2.2-1] acknowledge flags bits 7-1 are reserved */
+    /* [MQTT-5.0 3.2.2-1] acknowledge flags bits 7-1 are reserved */
     if (f & 0xFE)
         return CODEC_MAL;
     c->session_present = f & 1;
@@ -822,7 +822,7 @@ static int codec_dec_connack(struct codec_rd *r, bool v5, struct mqtt_connack *c
     }
     if (rc)
         return rc;
-    /* [MQTT-3.2.2-4] [MQTT-3.2.2-6] session present is 0 with a failure code */
+    /* [MQTT-3.1.1 3.2.2-4, MQTT-5.0 3.2.2-6] session present is 0 with a failure code */
     if (c->reason && c->session_present)
         return CODEC_PERR;
     return codec_end(r);
@@ -834,7 +834,7 @@ static int codec_dec_publish(struct codec_rd *r, bool v5, uint8_t flags, struct 
     p->dup = flags & 0x8;
     p->qos = (flags >> 1) & 3;
     p->retain = flags & 1;
-    /* [MQTT-3.3.2-1] topic name is a UTF-8 string */
+    /* [MQTT-3.1.1 3.3.2-1, MQTT-5.0 3.3.2-1] topic name is a UTF-8 string */
     if (codec_str(r, &p->topic))
         return CODEC_MAL;
     if (p->qos && (rc = codec_packet_id(r, &p->packet_id)))
@@ -871,13 +871,13 @@ static int codec_dec_ack(struct codec_rd *r, bool v5, enum mqtt_type type, struc
 static int codec_sub_options(bool v5, uint8_t o)
 {
     if (!v5) {
-        /* [MQTT-3.8.3-4] 3.1.1: reserved bits 7-2 are 0 and QoS is 0, 1 or 2 */
+        /* [MQTT-3.1.1 3.8.3-4] 3.1.1: reserved bits 7-2 are 0 and QoS is 0, 1 or 2 */
         if ((o & 0xFC) || (o & MQTT_SUBOPT_QOS_MASK) == 3)
             return CODEC_MAL;
         return 0;
     }
     if (o & 0xC0)
-        return CODEC_MAL; /* [MQTT-3.8.3-5] reserved bits 6-7 must be 0 */
+        return CODEC_MAL; /* [MQTT-5.0 3.8.3-5] reserved bits 6-7 must be 0 */
     if ((o & MQTT_SUBOPT_QOS_MASK) == 3)
         return CODEC_PERR; /* 3.8.3.1: Maximum QoS 3 is a protocol error */
     if ((o & MQTT_SUBOPT_RH_MASK) >> MQTT_SUBOPT_RH_SHIFT == 3)
@@ -892,13 +892,15 @@ static int codec_sub_entries(struct codec_rd *r, bool v5, enum mqtt_type type,
     int rc;
     codec_rest(r, &s->entries);
     struct codec_rd er = {s->entries.data, s->entries.len, 0};
-    /* [MQTT-3.8.3-2] [MQTT-3.10.3-2] at least one topic filter */
+    /* [MQTT-3.1.1 3.8.3-3, MQTT-5.0 3.8.3-2], [MQTT-3.1.1 3.10.3-2, MQTT-5.0 3.10.3-2] at least one
+     * topic filter */
     if (er.end == 0)
         return CODEC_PERR;
     while (er.pos < er.end) {
         struct mqtt_bytes filter;
         uint8_t o;
-        /* [MQTT-3.8.3-1] [MQTT-3.10.3-1] topic filters are UTF-8 strings */
+        /* [MQTT-3.1.1 3.8.3-1/3.10.3-1, MQTT-5.0 3.8.3-1/3.10.3-1] topic filters are UTF-8 strings
+         */
         if (codec_str(&er, &filter))
             return CODEC_MAL;
         if (type == MQTT_SUBSCRIBE) {
@@ -1208,7 +1210,7 @@ static int codec_first_byte(uint8_t version, const struct mqtt_packet *p)
             return -EINVAL;
         b |= (uint8_t)(pub->qos << 1) | (pub->dup ? 0x8 : 0) | (pub->retain ? 1 : 0);
     } else if (p->type == MQTT_PUBREL || p->type == MQTT_SUBSCRIBE || p->type == MQTT_UNSUBSCRIBE) {
-        b |= 0x2; /* [MQTT-2.1.3-1] */
+        b |= 0x2; /* [MQTT-3.1.1 2.2.2-1, MQTT-5.0 2.1.3-1] */
     }
     return b;
 }

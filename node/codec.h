@@ -5,9 +5,9 @@
  * (struct mqtt_bytes) points into the caller's input buffer and is valid only
  * while that buffer is. Decoding validates everything the specification lets
  * a receiver validate from the bytes alone: reserved flags, remaining length
- * consistency, UTF-8 well-formedness [MQTT-1.5.4-1..3], property identifiers
- * allowed for the packet type, duplicated properties, property value ranges.
- * It does not know session state (packet identifiers in use, topic aliases).
+ * consistency, UTF-8 well-formedness [MQTT-3.1.1 1.5.3-1..3, MQTT-5.0 1.5.4-1..3], property
+ * identifiers allowed for the packet type, duplicated properties, property value ranges. It does
+ * not know session state (packet identifiers in use, topic aliases).
  *
  * Encoding appends one complete packet to a struct buf.
  *
@@ -339,7 +339,7 @@ size_t mqtt_props_size(const struct mqtt_props *p);
 int mqtt_props_encode(struct buf *out, const struct mqtt_props *p);
 
 /* Validate MQTT UTF-8: well-formed, no surrogates, no U+0000
- * [MQTT-1.5.4-1], [MQTT-1.5.4-2]. */
+ * [MQTT-3.1.1 1.5.3-1/2, MQTT-5.0 1.5.4-1/2]. */
 bool mqtt_utf8_valid(const uint8_t *s, size_t len);
 
 /* Text of a reason code, for logs. */

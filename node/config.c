@@ -39,6 +39,7 @@ enum key_type {
     T_TLS_VERSION, /* uint8_t 12 | 13 */
     T_XPORTS,      /* unsigned: comma list of tcp,tls,ws,wss */
     T_ANON,        /* allow_anonymous: bool + "was set" */
+    T_API_KEY,     /* char[200], KEY:SECRET */
 };
 
 struct key_def {
@@ -97,6 +98,10 @@ static const struct key_def keys[] = {
     KEY("max_subscriptions_per_client", T_U32, max_subscriptions_per_client, 0, 10000000),
     KEY("max_topic_length", T_U16, max_topic_length, 1, 65535),
     KEY("max_publish_rate", T_U32, max_publish_rate, 0, 10000000),
+    KEY("admin_port", T_U16, admin_port, 0, 65535),
+    KEY("admin_bind", T_ADDRESS, admin_bind, 0, 0),
+    KEY("api_key", T_API_KEY, api_key, 0, 0),
+    KEY("metrics_auth", T_BOOL, metrics_auth, 0, 0),
 };
 
 static const char *const xport_names[CONFIG_XPORT_COUNT] = {"tcp", "tls", "ws", "wss"};
@@ -143,6 +148,10 @@ void config_defaults(struct config *c)
     c->tls_min_version = 12;
     c->allow_anonymous = true;
     c->max_topic_length = 65535;
+    c->admin_port = 18083;
+    c->admin_bind[0] = '\0';
+    c->api_key[0] = '\0';
+    c->metrics_auth = false;
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -212,6 +221,29 @@ static int parse_bool(const char *s, bool *out)
     return -EINVAL;
 }
 
+/* NULL when v is KEY:SECRET as the admin API takes it (admin_api_key_valid
+ * in admin/keys.c checks the same): KEY 1..64 of [A-Za-z0-9._-], SECRET 8..128
+ * printable ASCII characters without blanks. Else the reason. */
+static const char *api_key_check(const char *v)
+{
+    const char *colon = strchr(v, ':');
+    if (!colon)
+        return "no ':' between the key and the secret";
+    size_t klen = (size_t)(colon - v);
+    if (klen < 1 || klen > 64)
+        return "the key must have 1 to 64 characters";
+    for (size_t i = 0; i < klen; i++)
+        if (!isalnum((unsigned char)v[i]) && v[i] != '.' && v[i] != '_' && v[i] != '-')
+            return "the key may hold only letters, digits, '.', '_' and '-'";
+    size_t slen = strlen(colon + 1);
+    if (slen < 8 || slen > 128)
+        return "the secret must have 8 to 128 characters";
+    for (const char *p = colon + 1; *p; p++)
+        if (*p <= ' ' || *p > '~')
+            return "the secret may hold only printable ASCII characters without blanks";
+    return NULL;
+}
+
 static int set_integer(struct config *c, const struct key_def *k, const char *value, char *err,
                        size_t errlen)
 {
@@ -266,7 +298,17 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
         unsigned char addr[16];
         if (inet_pton(AF_INET, value, addr) != 1 && inet_pton(AF_INET6, value, addr) != 1)
             return bad_value(err, errlen, k, value, "not an IP address", expected);
-        strcpy(c->bind_address, value);
+        strcpy(field, value); /* every T_ADDRESS field is char[64] */
+        return 0;
+    }
+    case T_API_KEY: {
+        /* the value is a secret: never quoted in an error */
+        const char *why = api_key_check(value);
+        if (why) {
+            set_err(err, errlen, "bad value for key '%s': %s (expected KEY:SECRET)", k->name, why);
+            return -EINVAL;
+        }
+        strcpy(field, value);
         return 0;
     }
     case T_BOOL: {

@@ -75,6 +75,11 @@ struct config {
     uint32_t max_subscriptions_per_client; /* subscriptions one session may hold */
     uint16_t max_topic_length;             /* bytes of a topic name or filter, default 65535 */
     uint32_t max_publish_rate;             /* PUBLISH packets per second per client */
+    /* The admin HTTP API (admin/admin.h, docs/api.md). */
+    uint16_t admin_port; /* admin_port, default 18083; 0 = no admin API */
+    char admin_bind[64]; /* admin_bind, default "" = bind_address */
+    char api_key[200];   /* api_key KEY:SECRET, default "" = none (only the public endpoints) */
+    bool metrics_auth;   /* metrics_auth, default false: GET /metrics needs no API key */
 };
 
 /* The transports (listener kinds), also the bits of proxy_protocol. */

@@ -196,7 +196,7 @@ void conn_check_timers(struct conn *c, uint64_t now)
         conn_close(c, 0, false);
     } else if (c->state == CONN_ACTIVE && c->keepalive &&
                now - c->last_rx >= (uint64_t)c->keepalive * 1500u) {
-        /* [MQTT-3.1.2-22] no packet within 1.5 x keep alive */
+        /* [MQTT-3.1.1 3.1.2-24, MQTT-5.0 3.1.2-22] no packet within 1.5 x keep alive */
         log_debug("%s: keep alive timeout", CONN_PEER(c));
         conn_close(c, MQTT_RC_KEEP_ALIVE_TIMEOUT, false);
     } else if (c->state == CONN_CLOSING && now - c->state_since >= CONN_CLOSE_GRACE_MS) {
@@ -218,12 +218,12 @@ static void conn_handle_first(struct conn *c, const uint8_t *data, size_t len)
     struct mqtt_packet pkt;
     int r = mqtt_decode(0, data, len, &pkt);
     if ((data[0] >> 4) != MQTT_CONNECT) {
-        /* [MQTT-3.1.0-1] the first packet must be CONNECT */
+        /* [MQTT-3.1.1 3.1.0-1, MQTT-5.0 3.1.0-1] the first packet must be CONNECT */
         conn_close(c, 0, false);
         return;
     }
     if (r == -MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION) {
-        /* [MQTT-3.1.2-2] unsupported protocol level */
+        /* [MQTT-3.1.1 3.1.2-2, MQTT-5.0 3.1.2-2] unsupported protocol level */
         if (pkt.u.connect.protocol_version == MQTT_V5)
             handle_connect_refuse(c, MQTT_V5, MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION);
         else
@@ -275,7 +275,7 @@ static void conn_handle_packet(struct conn *c, const uint8_t *data, size_t len)
         handle_disconnect(c, &pkt.u.disconnect);
         break;
     case MQTT_CONNECT:
-        /* [MQTT-3.1.0-2] a second CONNECT is a protocol error */
+        /* [MQTT-3.1.1 3.1.0-2, MQTT-5.0 3.1.0-2] a second CONNECT is a protocol error */
     case MQTT_AUTH:
         /* no enhanced authentication was started on this connection */
     default:
@@ -295,7 +295,7 @@ size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
         if (n == 0)
             break;
         if (n < 0) {
-            /* [MQTT-3.1.2-24]-style limit on what the server accepts */
+            /* [MQTT-5.0 3.2.2-15] limit on what the server accepts */
             if (c->state == CONN_NEW)
                 conn_close(c, 0, false);
             else

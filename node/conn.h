@@ -135,8 +135,8 @@ void conn_check_timers(struct conn *c, uint64_t now);
 size_t conn_process(struct conn *c, const uint8_t *data, size_t len);
 
 /* Encode p into c->out, honouring the client's Maximum Packet Size: reason
- * strings and user properties are dropped first [MQTT-3.1.2-25]; a packet
- * still too large is not sent. Returns 1 when queued, 0 when not. */
+ * strings and user properties are dropped first [MQTT-5.0 3.4.2-2/3]; a packet
+ * still too large is not sent [MQTT-5.0 3.1.2-24/25]. Returns 1 when queued, 0 when not. */
 int conn_send(struct conn *c, struct mqtt_packet *p);
 /* An acknowledgement packet (PUBACK, PUBREC, PUBREL, PUBCOMP). */
 void conn_send_ack(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason);

@@ -53,7 +53,7 @@ static int conn_publish_props(struct conn *c, const struct qmsg *q, bool dup, ui
     if (m->expiry_at) {
         if (m->expiry_at <= now_ms && !dup)
             return -1;
-        /* [MQTT-3.3.2-6] the interval sent is what is left of it */
+        /* [MQTT-5.0 3.3.2-6] the interval sent is what is left of it */
         uint64_t left = m->expiry_at > now_ms ? (m->expiry_at - now_ms + 999) / 1000 : 0;
         pr->message_expiry = left > UINT32_MAX ? UINT32_MAX : (uint32_t)left;
         pr->present |= MQTT_PF(MQTT_PROP_MESSAGE_EXPIRY);
@@ -122,7 +122,7 @@ static int conn_sink_publish(struct conn *c, const struct qmsg *q, bool dup, uin
     size_t before = c->out.len;
     long n = mqtt_encode(&c->out, c->version, &p);
     if (n < 0 || (c->version == MQTT_V5 && (uint64_t)n > c->client_max_packet)) {
-        /* [MQTT-3.1.2-25] a packet larger than the client's Maximum Packet
+        /* [MQTT-5.0 3.1.2-25] a packet larger than the client's Maximum Packet
          * Size is not sent; the message is discarded for this client */
         c->out.len = before;
         return n < 0 ? (int)n : SINK_SKIPPED;

@@ -46,7 +46,7 @@ static void handle_pubrel(struct conn *c, struct broker *b, const struct mqtt_ac
     if (found && s->stored)
         persist_qos2(b, &bt, s, a->packet_id, false);
     lock_release(&s->lock);
-    /* [MQTT-4.3.3-11] PUBCOMP, 0x92 when the id is unknown (5.0); after the
+    /* [MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-11] PUBCOMP, 0x92 when the id is unknown (5.0); after the
      * id is forgotten durably, so that it can be reused at once */
     ackq_after(c, &bt, MQTT_PUBCOMP, a->packet_id,
                found || c->version != MQTT_V5 ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND, NULL, NULL);

@@ -106,16 +106,16 @@ static uint8_t handle_connect_check(const struct config *cfg, const struct mqtt_
     if (!topic_name_valid((const char *)ck->will_topic.data, ck->will_topic.len))
         return v5 ? MQTT_RC_TOPIC_NAME_INVALID : MQTT3_CONNACK_ID_REJECTED;
     if (v5 && ck->will_qos > cfg->max_qos)
-        return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-3.2.2-12] */
+        return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-12] */
     if (v5 && ck->will_retain && !cfg->retain_available)
-        return MQTT_RC_RETAIN_NOT_SUPPORTED; /* [MQTT-3.2.2-13] */
+        return MQTT_RC_RETAIN_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-13] */
     if (v5 && (wp->present & MQTT_PF(MQTT_PROP_PAYLOAD_FORMAT)) && wp->payload_format == 1 &&
         !mqtt_utf8_valid(ck->will_payload.data, ck->will_payload.len))
         return MQTT_RC_PAYLOAD_FORMAT_INVALID;
     return 0;
 }
 
-/* The client id, or one assigned into cl->assigned [MQTT-3.1.3-6]. Returns
+/* The client id, or one assigned into cl->assigned [MQTT-3.1.1 3.1.3-6, MQTT-5.0 3.1.3-6]. Returns
  * the CONNACK reason that refuses it, 0 when accepted. */
 static uint8_t handle_connect_id(const struct config *cfg, const struct mqtt_connect *ck,
                                  struct connect_claim *cl, const char **id)
@@ -126,7 +126,7 @@ static uint8_t handle_connect_id(const struct config *cfg, const struct mqtt_con
     if (cl->id_len > 0)
         return 0;
     if (!v5 && !ck->clean_start)
-        return MQTT3_CONNACK_ID_REJECTED; /* [MQTT-3.1.3-8] an empty id needs clean session */
+        return MQTT3_CONNACK_ID_REJECTED; /* [MQTT-3.1.1 3.1.3-8] an empty id needs clean session */
     if (!cfg->allow_zero_length_clientid)
         return v5 ? MQTT_RC_CLIENT_ID_NOT_VALID : MQTT3_CONNACK_ID_REJECTED;
     static atomic_ulong counter;
@@ -168,7 +168,7 @@ static void handle_connect_params(struct conn *c, const struct config *cfg,
     }
     c->connect_expiry = cl->expiry = expiry;
     /* Keep alive: a 5.0 client asking for more than max_keepalive (or for
-     * none) is told the Server Keep Alive [MQTT-3.2.2-21]. */
+     * none) is told the Server Keep Alive [MQTT-5.0 3.2.2-21]. */
     c->keepalive = ck->keep_alive;
     if (ck->protocol_version == MQTT_V5 && cfg->max_keepalive < 65535 &&
         (ck->keep_alive == 0 || ck->keep_alive > cfg->max_keepalive)) {
@@ -211,7 +211,7 @@ static bool handle_connack(struct conn *c, const struct config *cfg, const struc
     memset(&p, 0, sizeof(p));
     p.type = MQTT_CONNACK;
     struct mqtt_connack *ca = &p.u.connack;
-    /* [MQTT-3.2.2-2], [MQTT-3.2.2-3] session present */
+    /* [MQTT-3.1.1 3.2.2-1..3, MQTT-5.0 3.2.2-2/3] session present */
     ca->session_present = present;
     ca->reason = 0;
     if (c->version == MQTT_V5) {
@@ -281,7 +281,7 @@ static void handle_connect_claimed(void *ud, int status, struct session *s)
             cl->user = NULL;
         }
         if (!handle_connack(c, &b->cfg, cl, status != REGISTRY_NEW)) {
-            /* [MQTT-3.1.2-24] even the smallest CONNACK exceeds the client's
+            /* [MQTT-5.0 3.1.2-24] even the smallest CONNACK exceeds the client's
              * Maximum Packet Size: close rather than leave it waiting */
             conn_close(c, 0, false);
         } else {

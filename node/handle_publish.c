@@ -50,7 +50,7 @@ static uint8_t handle_topic_alias(struct conn *c, uint16_t a, struct mqtt_bytes 
 {
     const struct config *cfg = &c->w->b->cfg;
     if (a == 0 || a > cfg->topic_alias_maximum)
-        return MQTT_RC_TOPIC_ALIAS_INVALID; /* [MQTT-3.3.2-8], [MQTT-3.3.2-9] */
+        return MQTT_RC_TOPIC_ALIAS_INVALID; /* [MQTT-5.0 3.3.2-8/9] */
     struct conn_extra *x = conn_x(c);
     if (x && !x->alias_in)
         x->alias_in = calloc(cfg->topic_alias_maximum, sizeof(*x->alias_in));
@@ -83,18 +83,19 @@ static uint8_t handle_publish_check(struct conn *c, const struct mqtt_publish *p
     const struct config *cfg = &c->w->b->cfg;
     bool v5 = c->version == MQTT_V5;
     if (topic->len == 0)
-        return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-3.3.2-1] a topic name is required */
+        return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-3.1.1 4.7.3-1, MQTT-5.0 4.7.3-1] a topic name is
+                                          required */
     if (!topic_name_valid((const char *)topic->data, topic->len))
-        return MQTT_RC_TOPIC_NAME_INVALID; /* [MQTT-3.3.2-2] no wildcards */
+        return MQTT_RC_TOPIC_NAME_INVALID; /* [MQTT-3.1.1 3.3.2-2, MQTT-5.0 3.3.2-2] no wildcards */
     if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_RESPONSE_TOPIC)) &&
         !topic_name_valid((const char *)p->props.response_topic.data, p->props.response_topic.len))
-        return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-3.3.2-14] Response Topic: no wildcards */
+        return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-5.0 3.3.2-14] Response Topic: no wildcards */
     if (v5 && p->props.n_sub_ids > 0)
-        return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-3.3.4-6] no subscription identifier */
+        return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-5.0 3.3.4-6] no subscription identifier */
     if (p->qos > cfg->max_qos)
-        return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-3.2.2-11] */
+        return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-11] */
     if (p->retain && !cfg->retain_available)
-        return MQTT_RC_RETAIN_NOT_SUPPORTED; /* [MQTT-3.2.2-14] */
+        return MQTT_RC_RETAIN_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-14] */
     if (topic->len > cfg->max_topic_length) {
         atomic_fetch_add_explicit(&c->w->b->stats.refused_topic_len, 1, memory_order_relaxed);
         return MQTT_RC_TOPIC_NAME_INVALID; /* max_topic_length */
@@ -121,12 +122,13 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
         persist_qos2(b, bt, s, pid, true);
     lock_release(&s->lock);
     if (over) {
-        /* [MQTT-3.3.4-8] more unacknowledged QoS 2 than Receive Maximum */
+        /* [MQTT-5.0 3.3.4-7] more unacknowledged QoS 2 than Receive Maximum */
         conn_close(c, MQTT_RC_RECEIVE_MAX_EXCEEDED, false);
         return -1;
     }
     if (dup) {
-        /* [MQTT-4.3.3-10] already received: acknowledge, do not deliver again */
+        /* [MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-10] already received: acknowledge, do not deliver
+         * again */
         ackq_push(c, MQTT_PUBREC, pid, 0, true);
         return 1;
     }
@@ -168,7 +170,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
         atomic_store(&m->hold, MSG_HELD);
     int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL);
     if (p->qos > 0)
-        /* [MQTT-4.3.2-2], [MQTT-4.3.3-2]: acknowledged once it is stored
+        /* [MQTT-3.1.1 4.3.2-2/4.3.3-2, MQTT-5.0 4.3.2-4/4.3.3-8]: acknowledged once it is stored
          * for every persistent session that must receive it */
         ackq_after(c, bt, ack, p->packet_id,
                    v5 && matched == 0 ? MQTT_RC_NO_MATCHING_SUBSCRIBERS : 0, hold ? m : NULL,

@@ -40,7 +40,7 @@ static void handle_collect_retained(void *ud, struct msg *m)
 }
 
 /* Queue the retained messages matching a new subscription to the session
- * [MQTT-3.3.1-9..11]; they are sent after the SUBACK (the session queue is
+ * [MQTT-3.1.1 3.3.1-6, MQTT-5.0 3.3.1-9..11]; they are sent after the SUBACK (the session queue is
  * flushed at the end of the loop turn). */
 static void handle_send_retained(struct conn *c, const char *filter, size_t len, uint8_t qos,
                                  uint32_t sub_id, struct store_batch **bt)
@@ -58,7 +58,7 @@ static void handle_send_retained(struct conn *c, const char *filter, size_t len,
             continue;
         }
         uint8_t q = m->qos < qos ? m->qos : qos;
-        /* [MQTT-3.3.1-8] retained messages sent on subscribe keep RETAIN=1 */
+        /* [MQTT-3.1.1 3.3.1-8] retained messages sent on subscribe keep RETAIN=1 */
         session_deliver(b, c->session, m, q, true, sub_id ? &sub_id : NULL, sub_id ? 1 : 0, c->w,
                         bt);
         msg_unref(m);
@@ -82,7 +82,7 @@ static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint
     if (shared < 0 || !topic_filter_valid(filter, f->len))
         return v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
     if (shared == 1 && (opts & MQTT_SUBOPT_NO_LOCAL))
-        return -1; /* [MQTT-3.8.3-4] No Local on a shared subscription */
+        return -1; /* [MQTT-5.0 3.8.3-4] No Local on a shared subscription */
     if (f->len > cfg->max_topic_length) {
         atomic_fetch_add_explicit(&b->stats.refused_topic_len, 1, memory_order_relaxed);
         return v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80; /* max_topic_length */
@@ -95,7 +95,8 @@ static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint
         return v5 ? MQTT_RC_NOT_AUTHORIZED : 0x80;
     uint8_t qos = opts & MQTT_SUBOPT_QOS_MASK;
     if (qos > cfg->max_qos)
-        qos = cfg->max_qos; /* [MQTT-3.9.3-?] grant what the server supports */
+        qos = cfg->max_qos; /* [MQTT-3.1.1 3.8.4-5, MQTT-5.0 3.2.2-10/3.8.4-7] grant what the server
+                               supports */
     opts = (uint8_t)((opts & ~MQTT_SUBOPT_QOS_MASK) | qos);
     lock_acquire(&s->lock);
     bool had = session_sub_find(s, filter, (uint16_t)f->len) != NULL;
@@ -166,7 +167,8 @@ void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
         rcs[i++] = (uint8_t)rc;
     }
     persist_session_sync(b, c->session, &bt);
-    /* [MQTT-3.8.4-1] SUBACK, before anything that the subscription delivers */
+    /* [MQTT-3.1.1 3.8.4-1, MQTT-5.0 3.8.4-1] SUBACK, before anything that the subscription delivers
+     */
     handle_send_suback(c, MQTT_SUBACK, sub->packet_id, rcs, i);
     if (rcs != stack_rc)
         free(rcs);
@@ -200,7 +202,7 @@ void handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *sub)
         rcs[i++] = had ? MQTT_RC_SUCCESS : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
     }
     persist_session_sync(b, s, NULL);
-    /* [MQTT-3.10.4-4] UNSUBACK */
+    /* [MQTT-3.1.1 3.10.4-4, MQTT-5.0 3.10.4-4] UNSUBACK */
     handle_send_suback(c, MQTT_UNSUBACK, sub->packet_id, v5 ? rcs : NULL, v5 ? i : 0);
     if (rcs != stack_rc)
         free(rcs);

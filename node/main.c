@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
+#include "admin_local.h"
 #include "broker.h"
 #include "config.h"
 #include "log.h"
@@ -24,6 +26,7 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: starling [-c FILE] [-p PORT] [-v] [-h]\n"
                  "       starling passwd [-c | -D] [-b] FILE USER [PASSWORD]\n"
+                 "       starling ctl [OPTIONS] COMMAND   (starling ctl --help)\n"
                  "\n"
                  "  -c, --config FILE  read the configuration file FILE\n"
                  "  -p, --port PORT    listen for MQTT on PORT (overrides the file and\n"
@@ -36,8 +39,58 @@ static void usage(FILE *out)
                  "STARLING_KEY; see docs/configuration.md.\n");
 }
 
+/* The admin API (admin/admin.h) on admin_bind (or bind_address) and
+ * admin_port, answering from this node through admin_local. */
+struct admin_run {
+    struct admin_local local;
+    struct admin_key_table *keys;
+    struct admin *server;
+};
+
+static int admin_run_start(struct admin_run *ar, struct broker *b, const struct config *cfg)
+{
+    memset(ar, 0, sizeof(*ar));
+    if (cfg->admin_port == 0)
+        return 0;
+    struct admin_provider p;
+    admin_local_init(&ar->local, b, &p);
+    ar->keys = admin_key_table_new();
+    if (!ar->keys || (cfg->api_key[0] && admin_key_table_add(ar->keys, cfg->api_key) < 0)) {
+        log_error("admin API: cannot set up the API keys");
+        return -1;
+    }
+    struct admin_options opt = {
+        .bind_address = cfg->admin_bind[0] ? cfg->admin_bind : cfg->bind_address,
+        .port = cfg->admin_port,
+        .metrics_auth = cfg->metrics_auth,
+    };
+    char err[256];
+    if (admin_start(&opt, &p, &admin_key_table_ops, ar->keys, &ar->server, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return -1;
+    }
+    log_info("admin API listening on %s:%u%s", opt.bind_address, admin_port(ar->server),
+             cfg->api_key[0] ? "" : " (no api_key: only /api/v1/health and /metrics answer)");
+    return 0;
+}
+
+/* After broker_run returned, before broker_cleanup: no request reads the
+ * broker any more. */
+static void admin_run_stop(struct admin_run *ar, const struct config *cfg)
+{
+    if (cfg->admin_port == 0)
+        return;
+    admin_stop(ar->server);
+    admin_local_detach(&ar->local);
+    admin_key_table_free(ar->keys);
+    ar->server = NULL;
+    ar->keys = NULL;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "ctl") == 0)
+        return ctl_main(argc - 1, argv + 1);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"port", required_argument, NULL, 'p'},
@@ -115,8 +168,17 @@ int main(int argc, char **argv)
     if (r == 0 && reg && strcmp(reg, "deferred") == 0)
         broker.registry_ops = &registry_deferred_ops;
 #endif
-    if (r == 0)
+    struct admin_run admin;
+    if (r == 0 && admin_run_start(&admin, &broker, &cfg) < 0) {
+        admin_run_stop(&admin, &cfg);
+        server_cleanup(&broker);
+        broker_cleanup(&broker);
+        return 1;
+    }
+    if (r == 0) {
         r = server_run(&broker);
+        admin_run_stop(&admin, &cfg);
+    }
     server_cleanup(&broker);
     broker_cleanup(&broker);
     if (r != 0) {

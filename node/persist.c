@@ -200,7 +200,7 @@ static int load_session(void *ud, const char *id, uint16_t len, const struct sto
     uint64_t offline_ms = l->now_real > off ? l->now_real - off : 0;
     if (rec->expiry_interval != UINT32_MAX &&
         offline_ms >= (uint64_t)rec->expiry_interval * 1000u) {
-        /* [MQTT-3.1.2-23] expired while the node was down */
+        /* [MQTT-5.0 3.1.2-23] expired while the node was down */
         store_session_del(persist_batch(b, &l->purge), id, len);
         l->expired++;
         return 0;

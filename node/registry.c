@@ -159,7 +159,7 @@ void registry_tick(struct broker *b, uint64_t now_mono_ms)
 /* ---- claim --------------------------------------------------------------- */
 
 /* End a session taken out of the table: a will it was still delaying goes
- * out now [MQTT-3.1.3-9], then its state goes. Drops the table's reference. */
+ * out now [MQTT-5.0 3.1.2-8], then its state goes. Drops the table's reference. */
 static void registry_end(struct broker *b, struct session *s, struct worker *cur)
 {
     lock_acquire(&s->lock);
@@ -193,21 +193,21 @@ static struct session *registry_take_over(struct broker *b, struct session *old,
 {
     lock_acquire(&old->lock);
     if (old->conn) {
-        /* [MQTT-3.1.4-3] the existing connection is closed */
+        /* [MQTT-3.1.1 3.1.4-2, MQTT-5.0 3.1.4-3] the existing connection is closed */
         b->sink->kick(old->w, old->conn, MQTT_RC_SESSION_TAKEN_OVER, !req->clean_start);
         old->conn = NULL;
         atomic_fetch_sub(&b->stats.clients_connected, 1);
     }
     lock_release(&old->lock);
     if (req->clean_start) {
-        /* [MQTT-3.1.2-4] clean start discards the existing session */
+        /* [MQTT-3.1.1 3.1.2-6, MQTT-5.0 3.1.2-4] clean start discards the existing session */
         registry_remove(&b->registry, old);
         *ending = old;
         return NULL;
     }
-    /* [MQTT-3.1.2-5] resume the existing session */
+    /* [MQTT-3.1.1 3.1.2-4, MQTT-5.0 3.1.2-5] resume the existing session */
     lock_acquire(&old->lock);
-    *dropped_will = old->pending_will; /* [MQTT-3.1.3-9] */
+    *dropped_will = old->pending_will; /* [MQTT-5.0 3.1.3-9] */
     old->pending_will = NULL;
     lock_release(&old->lock);
     return old;
@@ -305,7 +305,7 @@ static bool registry_go_offline(struct broker *b, struct session *s, struct sess
     if (persist_wanted(b, s) && !atomic_load(&b->stopping))
         persist_session_put(b, bt, s, false);
     if (will && will->msg && will->delay > 0) {
-        /* [MQTT-3.1.3-9] the will waits for its delay or the end of the
+        /* [MQTT-5.0 3.1.2-8] the will waits for its delay or the end of the
          * session, whichever comes first */
         msg_unref(s->pending_will);
         s->pending_will = will->msg;
@@ -349,7 +349,7 @@ void registry_local_release(struct broker *b, struct session *s, struct conn *c,
         atomic_fetch_sub(&b->stats.clients_connected, 1);
     struct msg *send = will ? will->msg : NULL;
     if (send && !attached && resumed && will->delay > 0) {
-        /* taken over within the delay [MQTT-3.1.3-9] */
+        /* taken over within the delay [MQTT-5.0 3.1.3-9] */
         msg_unref(send);
         send = NULL;
     }
@@ -453,7 +453,7 @@ void registry_local_tick(struct broker *b, uint64_t now)
             msg_unref(list[i].will);
         }
         if (list[i].s) {
-            /* [MQTT-3.1.2-23] the session expired */
+            /* [MQTT-5.0 3.1.2-23] the session expired */
             session_end(b, list[i].s);
             session_unref(list[i].s);
         }

@@ -104,7 +104,7 @@ struct registry_ops {
     void (*release)(void *ud, struct session *s, struct conn *c, struct session_will *will,
                     bool resumed, struct worker *cur);
     /* Housekeeping (the main thread, every 100 ms): publish delayed wills
-     * that are due, end sessions that expired offline [MQTT-3.1.2-23]. */
+     * that are due, end sessions that expired offline [MQTT-5.0 3.1.2-23]. */
     void (*tick)(void *ud, uint64_t now_mono_ms);
 };
 
@@ -141,9 +141,9 @@ void registry_remove(struct registry *r, struct session *s);
 
 /*
  * The local part of a claim, completed at once: take over the connection of
- * an existing session of this node [MQTT-3.1.4-3], discard it on clean start
- * [MQTT-3.1.2-4] or resume it [MQTT-3.1.2-5], or create one; attach
- * req->conn; store the session record. With `incoming` (not NULL, a session
+ * an existing session of this node [MQTT-3.1.1 3.1.4-2, MQTT-5.0 3.1.4-3], discard it on clean
+ * start [MQTT-3.1.1 3.1.2-6, MQTT-5.0 3.1.2-4] or resume it [MQTT-3.1.1 3.1.2-4, MQTT-5.0 3.1.2-5],
+ * or create one; attach req->conn; store the session record. With `incoming` (not NULL, a session
  * built from state sent by another node; the claim takes the caller's
  * reference) that session replaces any local one and the answer is
  * REGISTRY_TRANSFERRED. Calls done before returning, on the calling thread

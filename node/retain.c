@@ -225,8 +225,8 @@ int retain_set(struct retain_store *rs, struct msg *m)
     int r = 0;
     pthread_mutex_lock(&rs->lock);
     if (m->payload_len == 0) {
-        /* [MQTT-3.3.1-6] an empty retained payload removes the topic's
-         * retained message. [MQTT-3.3.1-7] and is not stored itself. */
+        /* [MQTT-3.1.1 3.3.1-10, MQTT-5.0 3.3.1-6] an empty retained payload removes the topic's
+         * retained message. [MQTT-3.1.1 3.3.1-11, MQTT-5.0 3.3.1-7] and is not stored itself. */
         struct retain_node *n = retain_lookup(rs, t, m->topic_len, false);
         if (n && n->msg) {
             msg_unref(n->msg);
@@ -235,7 +235,7 @@ int retain_set(struct retain_store *rs, struct msg *m)
             retain_prune(rs, n);
         }
     } else {
-        /* [MQTT-3.3.1-5] the message replaces any retained message of the
+        /* [MQTT-3.1.1 3.3.1-5/7, MQTT-5.0 3.3.1-5] the message replaces any retained message of the
          * topic. */
         struct retain_node *n = retain_lookup(rs, t, m->topic_len, true);
         if (!n) {
@@ -311,7 +311,7 @@ static void retain_visit(struct retain_walk *w, struct retain_node *n)
 }
 
 /* Does this child of the root stay hidden from a first-level wildcard?
- * [MQTT-4.7.2-1] */
+ * [MQTT-3.1.1 4.7.2-1, MQTT-5.0 4.7.2-1] */
 static bool retain_hidden(const struct retain_store *rs, const struct retain_node *parent,
                           const struct retain_node *c)
 {

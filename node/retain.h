@@ -2,7 +2,7 @@
  * retain.h - the retained message store.
  *
  * One message per topic name. Setting a message with an empty payload
- * removes the topic's retained message [MQTT-3.3.1-6]. The store holds a
+ * removes the topic's retained message [MQTT-3.1.1 3.3.1-10, MQTT-5.0 3.3.1-6]. The store holds a
  * reference on each message it keeps. All functions are thread safe.
  */
 #ifndef STARLING_RETAIN_H

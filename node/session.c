@@ -268,7 +268,7 @@ void session_flush_locked(struct broker *b, struct session *s)
         if (hold == MSG_HELD)
             break; /* not durable yet: it and what follows wait for the commit */
         if (hold == MSG_REJECTED || (q->m->expiry_at && q->m->expiry_at <= now)) {
-            /* [MQTT-3.3.2-5] an expired message is not delivered */
+            /* [MQTT-5.0 3.3.2-5] an expired message is not delivered */
             queue_pop(s);
             session_drop(b, s, q, &bt, false);
             continue;
@@ -322,11 +322,12 @@ void session_resume_locked(struct broker *b, struct session *s)
     while (q) {
         struct qmsg *next = q->next;
         if (q->state == MSG_STATE_WAIT_PUBCOMP) {
-            /* [MQTT-4.4.0-1] resend PUBREL for QoS 2 messages past PUBREC */
+            /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend PUBREL for QoS 2 messages past PUBREC
+             */
             b->sink->pubrel(c, q->pid);
             prev = q;
         } else if (b->sink->publish(c, q, true, now) > 0) {
-            /* [MQTT-4.4.0-1] resend unacknowledged PUBLISH with DUP set */
+            /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend unacknowledged PUBLISH with DUP set */
             prev = q;
         } else {
             /* cannot be sent to this connection any more: drop it */

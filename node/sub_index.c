@@ -650,7 +650,7 @@ static int sub_index_add_locked(struct sub_index *idx, const char *filter, size_
 
     struct sub_entry *s = sub_pair_find(idx, l, subscriber);
     if (s) {
-        /* [MQTT-3.8.4-3] a subscription with the same filter replaces the
+        /* [MQTT-3.1.1 3.8.4-3, MQTT-5.0 3.8.4-3] a subscription with the same filter replaces the
          * existing one (its options and identifier). */
         s->options = options;
         s->sub_id = sub_id;
@@ -746,8 +746,8 @@ struct sub_match_ctx {
 };
 
 /* One member of a shared group: round robin from the cursor, the first
- * eligible member, else the member at the cursor. [MQTT-4.8.2-3] each
- * message goes to only one member of the group. */
+ * eligible member, else the member at the cursor. Each message goes to only one
+ * member of the group (MQTT 5.0 section 4.8.2). */
 static struct sub_entry *sub_group_pick(struct sub_group *g, bool (*eligible)(void *))
 {
     size_t n = g->members.n;
@@ -801,7 +801,7 @@ static void sub_trie_match(struct sub_index *idx, const char *t, size_t len,
     struct sub_walk_item local[SUB_WALK_STACK];
     struct sub_walk_item *stack = local;
     size_t cap = SUB_WALK_STACK, top = 0;
-    /* [MQTT-4.7.2-1] no wildcard at the first level matches a '$' name. */
+    /* [MQTT-3.1.1 4.7.2-1, MQTT-5.0 4.7.2-1] no wildcard at the first level matches a '$' name. */
     bool dollar = t[0] == '$';
 
     stack[top++] = (struct sub_walk_item){idx->root, 0, false};

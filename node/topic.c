@@ -28,11 +28,12 @@ static bool topic_is_level(const char *s, size_t start, size_t end, char c)
 /* Length and characters common to names and filters. */
 static bool topic_common_valid(const char *s, size_t len)
 {
-    /* [MQTT-4.7.3-1] at least one character; [MQTT-4.7.3-3] at most 65535
+    /* [MQTT-3.1.1 4.7.3-1, MQTT-5.0 4.7.3-1] at least one character;
+     * [MQTT-3.1.1 4.7.3-3, MQTT-5.0 4.7.3-3] at most 65535
      * bytes once encoded. */
     if (!s || len == 0 || len > TOPIC_MAX_LEN)
         return false;
-    /* [MQTT-4.7.3-2] no null character. */
+    /* [MQTT-3.1.1 4.7.3-2, MQTT-5.0 4.7.3-2] no null character. */
     return memchr(s, '\0', len) == NULL;
 }
 
@@ -40,7 +41,7 @@ bool topic_name_valid(const char *t, size_t len)
 {
     if (!topic_common_valid(t, len))
         return false;
-    /* [MQTT-3.3.2-2] no wildcard characters in a topic name. */
+    /* [MQTT-3.1.1 3.3.2-2, MQTT-5.0 3.3.2-2] no wildcard characters in a topic name. */
     for (size_t i = 0; i < len; i++)
         if (t[i] == '+' || t[i] == '#')
             return false;
@@ -57,11 +58,11 @@ static bool topic_plain_filter_valid(const char *f, size_t len)
         size_t end = topic_level_end(f, len, pos);
         for (size_t i = pos; i < end; i++) {
             if (f[i] == '#') {
-                /* [MQTT-4.7.1-1] '#' alone in its level and last. */
+                /* [MQTT-3.1.1 4.7.1-2, MQTT-5.0 4.7.1-1] '#' alone in its level and last. */
                 if (end - pos != 1 || end != len)
                     return false;
             } else if (f[i] == '+') {
-                /* [MQTT-4.7.1-2] '+' occupies an entire level. */
+                /* [MQTT-3.1.1 4.7.1-3, MQTT-5.0 4.7.1-2] '+' occupies an entire level. */
                 if (end - pos != 1)
                     return false;
             }
@@ -82,14 +83,14 @@ int topic_share_parse(const char *f, size_t len, const char **group, size_t *gro
     size_t gend = topic_level_end(f, len, gpos);
     if (gend == len) /* "$share/g": no filter */
         return -1;
-    /* [MQTT-4.8.2-1] the ShareName is at least one character and contains
+    /* [MQTT-5.0 4.8.2-1] the ShareName is at least one character and contains
      * no '/', '+' or '#'. */
     if (gend == gpos)
         return -1;
     for (size_t i = gpos; i < gend; i++)
         if (f[i] == '+' || f[i] == '#')
             return -1;
-    /* [MQTT-4.8.2-2] the ShareName is followed by '/' and a Topic Filter. */
+    /* [MQTT-5.0 4.8.2-2] the ShareName is followed by '/' and a Topic Filter. */
     size_t fpos = gend + 1;
     if (!topic_plain_filter_valid(f + fpos, len - fpos))
         return -1;
@@ -116,7 +117,7 @@ bool topic_match(const char *f, size_t flen, const char *t, size_t tlen)
 {
     if (!f || !t || flen == 0 || tlen == 0)
         return false;
-    /* [MQTT-4.7.2-1] a filter starting with a wildcard does not match a
+    /* [MQTT-3.1.1 4.7.2-1, MQTT-5.0 4.7.2-1] a filter starting with a wildcard does not match a
      * topic name starting with '$'. */
     if (t[0] == '$' && (f[0] == '+' || f[0] == '#'))
         return false;

@@ -10,16 +10,17 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* A topic name for PUBLISH: non-empty, no '+' or '#' [MQTT-3.3.2-2]. */
+/* A topic name for PUBLISH: non-empty, no '+' or '#' [MQTT-3.1.1 3.3.2-2, MQTT-5.0 3.3.2-2]. */
 bool topic_name_valid(const char *t, size_t len);
 
 /* A topic filter for SUBSCRIBE/UNSUBSCRIBE: non-empty; '#' only as the last
- * whole level [MQTT-4.7.1-1]; '+' only as a whole level [MQTT-4.7.1-2].
+ * whole level [MQTT-3.1.1 4.7.1-2, MQTT-5.0 4.7.1-1]; '+' only as a whole
+ * level [MQTT-3.1.1 4.7.1-3, MQTT-5.0 4.7.1-2].
  * A "$share/..." filter is valid only as topic_share_parse accepts it. */
 bool topic_filter_valid(const char *f, size_t len);
 
 /* Does topic name t match filter f? Wildcards at the first level do not
- * match names beginning with '$' [MQTT-4.7.2-1]. f must not be a $share
+ * match names beginning with '$' [MQTT-3.1.1 4.7.2-1, MQTT-5.0 4.7.2-1]. f must not be a $share
  * filter (pass the inner filter). */
 bool topic_match(const char *f, size_t flen, const char *t, size_t tlen);
 
@@ -29,7 +30,7 @@ bool topic_has_wildcard(const char *f, size_t len);
 /*
  * Split "$share/{group}/{filter}". Returns 1 and sets group/filter (pointing
  * into f) for a well-formed shared subscription: a non-empty group without
- * '+', '#' or '/', and a non-empty valid filter [MQTT-4.8.2-1], [MQTT-4.8.2-2].
+ * '+', '#' or '/', and a non-empty valid filter [MQTT-5.0 4.8.2-1/2].
  * Returns 0 when f does not start with "$share/", -1 when it does but is
  * malformed.
  */

@@ -278,7 +278,7 @@ static void ws_frame_start_cb(wslay_event_context_ptr ctx,
 {
     struct ws_conn *c = user;
     c->opcode = arg->opcode;
-    /* [MQTT-6.0.0-1] MQTT travels in binary frames; any other data frame
+    /* [MQTT-3.1.1 6.0.0-1, MQTT-5.0 6.0.0-1] MQTT travels in binary frames; any other data frame
      * closes the connection. */
     if (arg->opcode == WSLAY_TEXT_FRAME) {
         c->text_frame = true;
@@ -358,7 +358,7 @@ static int ws_accept(struct ws_conn *c)
             return WS_ERR_HANDSHAKE;
         }
     }
-    /* [MQTT-6.0.0-3] the client offers "mqtt"; "mqttv3.1" is the name
+    /* [MQTT-3.1.1 6.0.0-3, MQTT-5.0 6.0.0-3] the client offers "mqtt"; "mqttv3.1" is the name
      * older clients use. No header at all is accepted (non-browser clients
      * that omit it); a list without either is refused. */
     c->protocol = "";

@@ -12,7 +12,7 @@
  * The opening handshake (an HTTP/1.1 GET with Upgrade) is parsed with
  * nodejs' http_parser (Debian's libhttp-parser-dev), frames with wslay
  * (libwslay-dev); the Sec-WebSocket-Accept digest with OpenSSL. The engine
- * answers pings, echoes a close, refuses text frames [MQTT-6.0.0-1], and
+ * answers pings, echoes a close, refuses text frames [MQTT-3.1.1 6.0.0-1, MQTT-5.0 6.0.0-1], and
  * bounds what it holds (WS_FEED_MAX). A refused handshake writes an HTTP
  * error response and ws_conn_feed returns WS_ERR_HANDSHAKE: send the
  * output, then close.

@@ -36,7 +36,11 @@ def run(cmd, timeout=120, check=True, **kw):
 
 
 def _fetch(script, what):
-    p = subprocess.run(["sh", os.path.join(HERE, script), TOOLS], stdout=subprocess.PIPE,
+    # pytest-xdist runs this from several processes at once: one fetch at a
+    # time (flock on a file beside the tools), the others then reuse it.
+    os.makedirs(TOOLS, exist_ok=True)
+    p = subprocess.run(["flock", os.path.join(TOOLS, ".fetch.lock"), "sh",
+                        os.path.join(HERE, script), TOOLS], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True, timeout=600)
     if p.returncode == SKIP_EXIT:
         pytest.skip(f"{what} cannot be had from npm here: {p.stderr.strip()}")
@@ -137,8 +141,11 @@ def free_port(host="127.0.0.1"):
 
 
 def clean_env(extra=None):
-    """The environment for a node: none of ours or the caller's STARLING_*."""
+    """The environment for a node: none of ours or the caller's STARLING_*,
+    and no admin API (STARLING_ADMIN_PORT=0: the default port 18083 would
+    collide between parallel runs) unless `extra` gives it a port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STARLING_")}
+    env["STARLING_ADMIN_PORT"] = "0"
     env.update(extra or {})
     return env
 

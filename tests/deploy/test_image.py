@@ -12,6 +12,7 @@ import pathlib
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -246,6 +247,12 @@ def test_installed_binary_serves_and_keeps_its_data(install_tree, df, open_tmp):
     prefix = []
     if os.geteuid() == 0 and shutil.which("setpriv"):
         os.chown(data, IMAGE_UID, IMAGE_UID)
+        # the image's user must reach the data directory and the binary:
+        # the temporary directories above them are 0700 (mkdtemp)
+        for path in (str(tmp_path), install_tree):
+            while path not in ("/", "/tmp", "/var/tmp"):
+                os.chmod(path, os.stat(path).st_mode | stat.S_IXOTH)
+                path = os.path.dirname(path)
         prefix = ["setpriv", f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups"]
     port = free_port()
     env = image_env(df)

@@ -3,7 +3,9 @@
 Selects the broker under test with STARLING_TEST_BROKER ("starling", the
 default, or "mosquitto" as a reference implementation) and provides the
 `broker` factory fixture: every call starts a fresh broker on 127.0.0.1 on a
-free port and returns a handle; all brokers a test started are stopped (and,
+free port and returns a handle (with `admin=True`, Starling also serves its
+admin API on another free port, `handle.admin_port`; otherwise the admin API
+is off, so that no test binds the default port 18083); all brokers a test started are stopped (and,
 for Starling, checked for a clean exit without sanitizer reports) when the
 test ends.
 
@@ -42,7 +44,7 @@ STARLING_KEYS = {
     "max_queued_bytes", "queue_full_policy", "queue_qos0_messages", "topic_alias_maximum",
     "max_keepalive", "connect_timeout", "sys_interval", "max_session_expiry",
     "retain_available", "max_qos", "allow_zero_length_clientid", "max_connections",
-    "log_level", "persistence", "data_dir", "sync",
+    "log_level", "persistence", "data_dir", "sync", "api_key", "metrics_auth", "admin_bind",
     # the front door (docs/security.md)
     "tls_port", "ws_port", "wss_port", "proxy_protocol", "tls_certfile", "tls_keyfile",
     "tls_cafile", "tls_require_certificate", "tls_use_identity_as_username", "tls_ciphers",
@@ -93,9 +95,12 @@ PASS_THROUGH = ("STARLING_TEST_REGISTRY",)
 
 def clean_env(extra=None):
     """The environment for a broker process: no STARLING_* variables but
-    those of PASS_THROUGH."""
+    those of PASS_THROUGH, and STARLING_ADMIN_PORT=0 (no admin API on the
+    default port 18083, which parallel test runs would fight over) unless
+    `extra` sets it."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("STARLING_") or k in PASS_THROUGH}
+    env["STARLING_ADMIN_PORT"] = "0"
     if extra:
         env.update(extra)
     return env
@@ -132,9 +137,10 @@ def pytest_report_header(config):
 class Broker:
     """One running broker process."""
 
-    def __init__(self, config, tmpdir):
+    def __init__(self, config, tmpdir, admin=False):
         self.host = "127.0.0.1"
         self.port = free_port()
+        self.admin_port = free_port() if admin else None
         self.config = dict(config)
         self.kind = BROKER_KIND
         self._tmpdir = tmpdir
@@ -151,10 +157,15 @@ class Broker:
             argv = self._mosquitto_conf()
         else:
             raise ValueError(f"STARLING_TEST_BROKER must be starling or mosquitto, not {self.kind!r}")
+        if admin and self.kind != "starling":
+            pytest.skip("the admin API is Starling's")
         self._stderr_file = open(self.stderr_path, "wb")
+        env = clean_env({"STARLING_ADMIN_PORT": str(self.admin_port)} if admin else None)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr_file,
-                                     stderr=self._stderr_file, env=clean_env(), cwd=tmpdir)
+                                     stderr=self._stderr_file, env=env, cwd=tmpdir)
         self._wait_ready()
+        if admin:
+            self._wait_healthy()
 
     def _starling_conf(self):
         if not os.path.exists(STARLING_BIN):
@@ -217,6 +228,33 @@ class Broker:
         pytest.fail(f"{self.kind} did not listen on {self.port} within {READY_TIMEOUT} s; "
                     f"stderr:\n{self.stderr_text()}")
 
+    def _wait_healthy(self):
+        """Wait until GET /api/v1/health on the admin port answers 200 (the
+        node's workers listen and its main loop runs)."""
+        import http.client
+        deadline = time.monotonic() + READY_TIMEOUT
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._stopped = True
+                self.returncode = self.proc.returncode
+                pytest.fail(f"starling exited with {self.proc.returncode}; "
+                            f"stderr:\n{self.stderr_text()}")
+            conn = http.client.HTTPConnection(self.host, self.admin_port, timeout=2)
+            try:
+                conn.request("GET", "/api/v1/health")
+                r = conn.getresponse()
+                last = (r.status, r.read())
+                if r.status == 200:
+                    return
+            except OSError as e:
+                last = e
+            finally:
+                conn.close()
+            time.sleep(0.01)
+        self._kill()
+        pytest.fail(f"starling's admin API not healthy within {READY_TIMEOUT} s: {last}")
+
     def _kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -268,12 +306,13 @@ class Broker:
 
 @pytest.fixture
 def broker(tmp_path_factory):
-    """Factory: broker(**config) starts a fresh broker and returns its handle."""
+    """Factory: broker(**config) starts a fresh broker and returns its handle;
+    broker(admin=True, **config) also serves the admin API on a free port."""
     started = []
     tmpdir = str(tmp_path_factory.mktemp("brokers"))
 
-    def start(**config):
-        b = Broker(config, tmpdir)
+    def start(admin=False, **config):
+        b = Broker(config, tmpdir, admin=admin)
         started.append(b)
         return b
 

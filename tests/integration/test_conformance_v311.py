@@ -40,8 +40,8 @@ def closed_no_connack_accept(c):
 
 # ================================================================ CONNECT
 
-def test_MQTT_3_1_2_22_password_without_username_closes(broker):
-    """[MQTT-3.1.2-22] if the User Name Flag is 0 the Password Flag must be
+def test_MQTT_311_3_1_2_22_password_without_username_closes(broker):
+    """[MQTT-3.1.1 3.1.2-22] if the User Name Flag is 0 the Password Flag must be
     0; a violating CONNECT is closed without being accepted."""
     b = broker()
     c = M.Client(b, version=V)
@@ -51,8 +51,8 @@ def test_MQTT_3_1_2_22_password_without_username_closes(broker):
 
 @pytest.mark.parametrize("flags", [0x02 | 0x08, 0x02 | 0x10, 0x02 | 0x20],
                          ids=["will-qos1", "will-qos2", "will-retain"])
-def test_MQTT_3_1_2_11_will_flag_0_requires_will_qos_and_retain_0(broker, flags):
-    """[MQTT-3.1.2-11/13/15] with Will Flag 0, Will QoS and Will Retain must
+def test_MQTT_311_3_1_2_11_will_flag_0_requires_will_qos_and_retain_0(broker, flags):
+    """[MQTT-3.1.1 3.1.2-11/13/15] with Will Flag 0, Will QoS and Will Retain must
     be 0; otherwise the CONNECT is malformed and the connection closed."""
     b = broker()
     c = M.Client(b, version=V)
@@ -60,8 +60,8 @@ def test_MQTT_3_1_2_11_will_flag_0_requires_will_qos_and_retain_0(broker, flags)
     closed_no_connack_accept(c)
 
 
-def test_MQTT_3_1_3_4_client_id_invalid_utf8_closes(broker):
-    """[MQTT-3.1.3-4] the client identifier must be valid UTF-8: the
+def test_MQTT_311_3_1_3_4_client_id_invalid_utf8_closes(broker):
+    """[MQTT-3.1.1 3.1.3-4] the client identifier must be valid UTF-8: the
     connection is closed (a CONNACK 0x02 before it is allowed)."""
     b = broker()
     c = M.Client(b, version=V)
@@ -70,8 +70,8 @@ def test_MQTT_3_1_3_4_client_id_invalid_utf8_closes(broker):
     assert all(p.reason_code == 0x02 for p in got), got
 
 
-def test_MQTT_3_1_3_5_long_client_id_accepted(broker):
-    """[MQTT-3.1.3-5] servers may accept ids longer than 23 bytes and other
+def test_MQTT_311_3_1_3_5_long_client_id_accepted(broker):
+    """[MQTT-3.1.1 3.1.3-5] servers may accept ids longer than 23 bytes and other
     characters; Starling accepts a 200-character id and serves it."""
     b = broker()
     cid = "x" * 100 + "-ÄÖü-" + "y" * 95
@@ -83,16 +83,16 @@ def test_MQTT_3_1_3_5_long_client_id_accepted(broker):
     assert got == [M.PUBLISH, M.PUBACK]
 
 
-def test_MQTT_3_1_2_9_will_topic_wildcard_refused(broker):
+def test_MQTT_311_4_7_1_1_will_topic_wildcard_refused(broker):
     """A will topic is a Topic Name and must not contain wildcards
-    [MQTT-3.1.3-11 / 4.7.1-1]: the connection is not accepted."""
+    [MQTT-3.1.1 4.7.1-1]: the connection is not accepted."""
     b = broker()
     c = M.Client(b, version=V)
     c.send(M.connect(uid(), version=V, will={"topic": "w/+", "payload": b"x"}))
     closed_no_connack_accept(c)
 
 
-def test_MQTT_3_1_3_10_username_and_password_accepted(broker):
+def test_MQTT_311_3_1_3_11_username_and_password_accepted(broker):
     """User name (UTF-8) and password (binary) fields are parsed; anonymous
     access is allowed so the CONNECT is accepted."""
     b = broker()
@@ -103,16 +103,16 @@ def test_MQTT_3_1_3_10_username_and_password_accepted(broker):
     assert c.expect(M.PINGRESP).body == b""
 
 
-def test_MQTT_3_2_2_1_connack_exact_bytes(broker):
-    """[MQTT-3.2.2-1] CleanSession 1: CONNACK is exactly 20 02 00 00."""
+def test_MQTT_311_3_2_2_1_connack_exact_bytes(broker):
+    """[MQTT-3.1.1 3.2.2-1] CleanSession 1: CONNACK is exactly 20 02 00 00."""
     b = broker()
     c = M.Client(b, version=V)
     ack = c.connect(uid(), clean=True)
     assert ack.raw == b"\x20\x02\x00\x00"
 
 
-def test_MQTT_3_2_2_2_session_present_with_clean_session_0(broker):
-    """[MQTT-3.2.2-2/3] CleanSession 0: Session Present 0 the first time,
+def test_MQTT_311_3_2_2_2_session_present_with_clean_session_0(broker):
+    """[MQTT-3.1.1 3.2.2-2/3] CleanSession 0: Session Present 0 the first time,
     1 when a stored session is resumed; CleanSession 1 afterwards gives 0."""
     b = broker()
     cid = uid()
@@ -129,8 +129,8 @@ def test_MQTT_3_2_2_2_session_present_with_clean_session_0(broker):
     assert c.connack.raw == b"\x20\x02\x00\x00", "clean session did not discard the session"
 
 
-def test_MQTT_3_1_4_2_takeover_then_old_socket_closed_new_works(broker):
-    """[MQTT-3.1.4-2] a second connection with the same id closes the first;
+def test_MQTT_311_3_1_4_2_takeover_then_old_socket_closed_new_works(broker):
+    """[MQTT-3.1.1 3.1.4-2] a second connection with the same id closes the first;
     the new one keeps working and the subscriptions of the persistent
     session are still there."""
     b = broker()
@@ -147,7 +147,7 @@ def test_MQTT_3_1_4_2_takeover_then_old_socket_closed_new_works(broker):
     assert p.payload == b"after takeover" and p.qos == 1
 
 
-def test_MQTT_3_1_2_24_keepalive_0_not_enforced(broker):
+def test_MQTT_311_3_1_2_24_keepalive_0_not_enforced(broker):
     """Keep Alive 0 turns the mechanism off: an idle connection stays open
     (proved by a PINGREQ answered after a pause longer than 1.5 s)."""
     b = broker()
@@ -159,31 +159,31 @@ def test_MQTT_3_1_2_24_keepalive_0_not_enforced(broker):
 
 # ================================================================ PUBLISH / QoS
 
-def test_MQTT_2_3_1_1_qos1_publish_packet_id_0_closes(broker):
-    """[MQTT-2.3.1-1] QoS > 0 PUBLISH must carry a non-zero packet id."""
+def test_MQTT_311_2_3_1_1_qos1_publish_packet_id_0_closes(broker):
+    """[MQTT-3.1.1 2.3.1-1] QoS > 0 PUBLISH must carry a non-zero packet id."""
     b = broker()
     c = r4(b)
     c.send(M.publish("pid0/t", b"x", qos=1, packet_id=0, version=V))
     c.expect_closed_without_disconnect()
 
 
-def test_MQTT_2_3_1_1_subscribe_packet_id_0_closes(broker):
-    """[MQTT-2.3.1-1] SUBSCRIBE must carry a non-zero packet id."""
+def test_MQTT_311_2_3_1_1_subscribe_packet_id_0_closes(broker):
+    """[MQTT-3.1.1 2.3.1-1] SUBSCRIBE must carry a non-zero packet id."""
     b = broker()
     c = r4(b)
     c.send(M.subscribe(0, [("a", 0)], version=V))
     c.expect_closed_without_disconnect()
 
 
-def test_MQTT_2_3_1_1_unsubscribe_packet_id_0_closes(broker):
+def test_MQTT_311_2_3_1_1_unsubscribe_packet_id_0_closes(broker):
     b = broker()
     c = r4(b)
     c.send(M.unsubscribe(0, ["a"], version=V))
     c.expect_closed_without_disconnect()
 
 
-def test_MQTT_3_3_1_2_qos0_publish_with_dup_closes_or_ignored(broker):
-    """[MQTT-3.3.1-2] DUP must be 0 for QoS 0. Servers treat it as malformed
+def test_MQTT_311_3_3_1_2_qos0_publish_with_dup_closes_or_ignored(broker):
+    """[MQTT-3.1.1 3.3.1-2] DUP must be 0 for QoS 0. Servers treat it as malformed
     (close) -- Starling must at least not deliver it as QoS > 0 or crash."""
     b = broker()
     c = r4(b)
@@ -197,8 +197,8 @@ def test_MQTT_3_3_1_2_qos0_publish_with_dup_closes_or_ignored(broker):
     assert b.alive()
 
 
-def test_MQTT_3_6_1_1_pubrel_bad_flags_closes(broker):
-    """[MQTT-3.6.1-1] PUBREL fixed header flags must be 0010; 0000 is
+def test_MQTT_311_3_6_1_1_pubrel_bad_flags_closes(broker):
+    """[MQTT-3.1.1 3.6.1-1] PUBREL fixed header flags must be 0010; 0000 is
     malformed and closes the connection."""
     b = broker()
     c = r4(b)
@@ -210,8 +210,8 @@ def test_MQTT_3_6_1_1_pubrel_bad_flags_closes(broker):
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 ignores reserved flags of these packets
 @pytest.mark.parametrize("ptype", [M.PUBACK, M.PUBREC, M.PUBCOMP, M.PINGREQ, M.DISCONNECT])
-def test_MQTT_2_2_2_2_reserved_flags_nonzero_closes(broker, ptype):
-    """[MQTT-2.2.2-2] reserved fixed-header flags that are not as specified
+def test_MQTT_311_2_2_2_2_reserved_flags_nonzero_closes(broker, ptype):
+    """[MQTT-3.1.1 2.2.2-2] reserved fixed-header flags that are not as specified
     make the packet malformed: the connection is closed."""
     b = broker()
     c = r4(b)
@@ -220,8 +220,8 @@ def test_MQTT_2_2_2_2_reserved_flags_nonzero_closes(broker, ptype):
     c.expect_closed_without_disconnect()
 
 
-def test_MQTT_4_3_2_qos1_exact_puback_bytes(broker):
-    """[MQTT-4.3.2-2] PUBACK for a QoS 1 PUBLISH carries its packet id:
+def test_MQTT_311_4_3_2_qos1_exact_puback_bytes(broker):
+    """[MQTT-3.1.1 4.3.2-2] PUBACK for a QoS 1 PUBLISH carries its packet id:
     exactly 40 02 <id>."""
     b = broker()
     c = r4(b)
@@ -229,7 +229,7 @@ def test_MQTT_4_3_2_qos1_exact_puback_bytes(broker):
     assert c.recv().raw == b"\x40\x02\x12\x34"
 
 
-def test_MQTT_4_3_3_qos2_exact_pubrec_pubcomp_bytes(broker):
+def test_MQTT_311_4_3_3_qos2_exact_pubrec_pubcomp_bytes(broker):
     b = broker()
     c = r4(b)
     c.publish("q2/t", b"x", qos=2, packet_id=0xABCD)
@@ -238,7 +238,7 @@ def test_MQTT_4_3_3_qos2_exact_pubrec_pubcomp_bytes(broker):
     assert c.recv().raw == b"\x70\x02\xab\xcd"
 
 
-def test_MQTT_4_3_3_qos2_delivered_to_subscriber_once_on_pubrel_or_publish(broker):
+def test_MQTT_311_4_3_3_qos2_delivered_to_subscriber_once_on_pubrel_or_publish(broker):
     """A QoS 2 message is forwarded exactly once even if the publisher
     resends the PUBLISH (DUP) and the PUBREL."""
     b = broker()
@@ -258,7 +258,7 @@ def test_MQTT_4_3_3_qos2_delivered_to_subscriber_once_on_pubrel_or_publish(broke
     raw_marker(sub, pub, "eo/marker")
 
 
-def test_MQTT_4_3_3_packet_id_reusable_after_pubcomp(broker):
+def test_MQTT_311_4_3_3_packet_id_reusable_after_pubcomp(broker):
     """After PUBCOMP the packet id is free: a new QoS 2 PUBLISH with the same
     id is a new message and is delivered again."""
     b = broker()
@@ -273,7 +273,7 @@ def test_MQTT_4_3_3_packet_id_reusable_after_pubcomp(broker):
         assert sub.recv_publish().payload == payload
 
 
-def test_MQTT_4_6_0_out_of_order_pubacks_from_subscriber(broker):
+def test_MQTT_311_4_6_0_out_of_order_pubacks_from_subscriber(broker):
     """The subscriber acknowledges QoS 1 messages out of order (3, 1, 2);
     the broker accepts it and later messages keep flowing."""
     b = broker()
@@ -294,7 +294,7 @@ def test_MQTT_4_6_0_out_of_order_pubacks_from_subscriber(broker):
     assert p.payload == b"m3" and not p.dup
 
 
-def test_MQTT_4_6_0_out_of_order_qos2_acks_from_subscriber(broker):
+def test_MQTT_311_4_6_0_out_of_order_qos2_acks_from_subscriber(broker):
     """QoS 2 to the subscriber, PUBRECs sent in reverse order: the broker
     sends a PUBREL for each and completes every flow."""
     b = broker()
@@ -319,7 +319,7 @@ def test_MQTT_4_6_0_out_of_order_qos2_acks_from_subscriber(broker):
     pub.expect(M.PUBREC)
 
 
-def test_MQTT_4_6_0_publisher_qos2_interleaved_flows(broker):
+def test_MQTT_311_4_6_0_publisher_qos2_interleaved_flows(broker):
     """The publisher keeps several QoS 2 flows open and releases them out of
     order; every message is delivered exactly once."""
     b = broker()
@@ -336,7 +336,7 @@ def test_MQTT_4_6_0_publisher_qos2_interleaved_flows(broker):
     assert got == [b"p1", b"p2", b"p3"]
 
 
-def test_MQTT_4_3_qos_downgrade_matrix(broker):
+def test_MQTT_311_4_3_qos_downgrade_matrix(broker):
     """Delivered QoS = min(published QoS, granted QoS) for all 9 pairs."""
     b = broker()
     subs = {}
@@ -359,8 +359,8 @@ def test_MQTT_4_3_qos_downgrade_matrix(broker):
             assert p.qos == min(pq, sq), (pq, sq, p)
 
 
-def test_MQTT_4_6_0_6_qos1_ordering_200_messages(broker):
-    """[MQTT-4.6.0-6] 200 QoS 1 messages from one publisher arrive in order
+def test_MQTT_311_4_6_0_6_qos1_ordering_200_messages(broker):
+    """[MQTT-3.1.1 4.6.0-6] 200 QoS 1 messages from one publisher arrive in order
     (with the inflight window refilled as acks come back)."""
     b = broker()
     sub = r4(b)
@@ -374,7 +374,7 @@ def test_MQTT_4_6_0_6_qos1_ordering_200_messages(broker):
     assert got == list(range(200))
 
 
-def test_MQTT_4_6_0_mixed_qos_ordering(broker):
+def test_MQTT_311_4_6_0_mixed_qos_ordering(broker):
     """Messages of QoS 0, 1, 2 on one topic reach a QoS 2 subscriber in the
     order they were published."""
     b = broker()
@@ -395,7 +395,7 @@ def test_MQTT_4_6_0_mixed_qos_ordering(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 does not enforce max_packet_size for 3.1.1
-def test_MQTT_3_3_5_large_payload_near_max_packet_size(broker):
+def test_MQTT_311_3_3_5_large_payload_near_max_packet_size(broker):
     """A PUBLISH of exactly max_packet_size is accepted and delivered intact;
     one byte more closes the connection."""
     b = broker(max_packet_size=65536)
@@ -416,7 +416,7 @@ def test_MQTT_3_3_5_large_payload_near_max_packet_size(broker):
     pub.expect_closed_without_disconnect()
 
 
-def test_MQTT_3_3_2_zero_length_payload_delivered(broker):
+def test_MQTT_311_3_3_2_zero_length_payload_delivered(broker):
     b = broker()
     sub = r4(b)
     sub.subscribe(("zl/t", 1))
@@ -427,7 +427,7 @@ def test_MQTT_3_3_2_zero_length_payload_delivered(broker):
     assert p.payload == b"" and p.topic == "zl/t"
 
 
-def test_MQTT_4_7_3_topic_name_odd_but_valid(broker):
+def test_MQTT_311_4_7_3_topic_name_odd_but_valid(broker):
     """Topic names with spaces, empty levels, leading and trailing '/', and
     multi-byte UTF-8 are ordinary topics delivered byte for byte."""
     b = broker()
@@ -442,7 +442,7 @@ def test_MQTT_4_7_3_topic_name_odd_but_valid(broker):
         assert p.topic == t and p.payload == t.encode()
 
 
-def test_MQTT_1_5_3_long_topic_65535_bytes(broker):
+def test_MQTT_311_1_5_3_long_topic_65535_bytes(broker):
     """A topic name of the maximum length (65535 bytes) is routed."""
     b = broker()
     t = "L/" + "x" * (65535 - 2)
@@ -456,7 +456,7 @@ def test_MQTT_1_5_3_long_topic_65535_bytes(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 limits topics to 200 levels
-def test_MQTT_4_7_deep_topic_hierarchy(broker):
+def test_MQTT_311_4_7_deep_topic_hierarchy(broker):
     """A topic of 1000 levels matches '#', a '+'-per-level filter prefix and
     an exact filter."""
     b = broker()
@@ -479,8 +479,8 @@ def test_MQTT_4_7_deep_topic_hierarchy(broker):
 
 # ================================================================ SUBSCRIBE / UNSUBSCRIBE
 
-def test_MQTT_3_8_4_4_suback_codes_in_order_for_multiple_filters(broker):
-    """[MQTT-3.8.4-4/5] one SUBACK with one code per filter, in order."""
+def test_MQTT_311_3_8_4_4_suback_codes_in_order_for_multiple_filters(broker):
+    """[MQTT-3.1.1 3.8.4-4/5] one SUBACK with one code per filter, in order."""
     b = broker()
     c = r4(b)
     ack = c.subscribe([("m/a", 2), ("m/b", 0), ("m/+/x", 1), ("m/c", 1)])
@@ -491,8 +491,8 @@ def test_MQTT_3_8_4_4_suback_codes_in_order_for_multiple_filters(broker):
 @pytest.mark.parametrize("flt", ["a/#/b", "a+", "a/b#", "+a/b", "#/", ""],
                          ids=["hash-middle", "plus-suffix", "hash-suffix", "plus-prefix",
                               "hash-then-level", "empty"])
-def test_MQTT_4_7_1_invalid_topic_filter_refused(broker, flt):
-    """[MQTT-4.7.1-2/3, 4.7.3-1] invalid filters: SUBACK 0x80 (or a close);
+def test_MQTT_311_4_7_1_invalid_topic_filter_refused(broker, flt):
+    """[MQTT-3.1.1 4.7.1-2/3/4.7.3-1] invalid filters: SUBACK 0x80 (or a close);
     never a grant."""
     b = broker()
     c = r4(b)
@@ -505,24 +505,24 @@ def test_MQTT_4_7_1_invalid_topic_filter_refused(broker, flt):
     assert p.reason_codes == [0x80]
 
 
-def test_MQTT_3_8_3_4_subscribe_qos_3_closes(broker):
-    """[MQTT-3-8.3-4] a Requested QoS of 3 (or reserved bits) is malformed."""
+def test_MQTT_311_3_8_3_4_subscribe_qos_3_closes(broker):
+    """[MQTT-3.1.1 3.8.3-4] a Requested QoS of 3 (or reserved bits) is malformed."""
     b = broker()
     c = r4(b)
     c.send(M.subscribe(1, [("a", 3)], version=V))
     c.expect_closed_without_disconnect()
 
 
-def test_MQTT_3_10_3_2_unsubscribe_without_filters_closes(broker):
-    """[MQTT-3.10.3-2] UNSUBSCRIBE must contain at least one filter."""
+def test_MQTT_311_3_10_3_2_unsubscribe_without_filters_closes(broker):
+    """[MQTT-3.1.1 3.10.3-2] UNSUBSCRIBE must contain at least one filter."""
     b = broker()
     c = r4(b)
     c.send(M.packet(M.UNSUBSCRIBE, 0x2, M.u16(5)))
     c.expect_closed_without_disconnect()
 
 
-def test_MQTT_3_10_4_5_unsuback_for_unknown_filter(broker):
-    """[MQTT-3.10.4-5] UNSUBACK even if nothing was unsubscribed: exactly
+def test_MQTT_311_3_10_4_5_unsuback_for_unknown_filter(broker):
+    """[MQTT-3.1.1 3.10.4-5] UNSUBACK even if nothing was unsubscribed: exactly
     B0 02 <id>."""
     b = broker()
     c = r4(b)
@@ -530,7 +530,7 @@ def test_MQTT_3_10_4_5_unsuback_for_unknown_filter(broker):
     assert c.recv().raw == b"\xb0\x02\x42\x42"
 
 
-def test_MQTT_3_10_4_1_unsubscribe_one_of_two_filters(broker):
+def test_MQTT_311_3_10_4_1_unsubscribe_one_of_two_filters(broker):
     """Unsubscribing one filter leaves the others in place."""
     b = broker()
     c = r4(b)
@@ -543,8 +543,8 @@ def test_MQTT_3_10_4_1_unsubscribe_one_of_two_filters(broker):
     assert p.topic == "us/b" and p.payload == b"kept"
 
 
-def test_MQTT_3_10_4_3_unsubscribe_with_qos1_in_flight_completes(broker):
-    """[MQTT-3.10.4-3] after UNSUBSCRIBE, QoS 1/2 messages already being
+def test_MQTT_311_3_10_4_3_unsubscribe_with_qos1_in_flight_completes(broker):
+    """[MQTT-3.1.1 3.10.4-3] after UNSUBSCRIBE, QoS 1/2 messages already being
     delivered are completed: the un-acked message can still be PUBACKed,
     and no new message on the topic is sent."""
     b = broker()
@@ -563,8 +563,8 @@ def test_MQTT_3_10_4_3_unsubscribe_with_qos1_in_flight_completes(broker):
     raw_marker(c, pub, "uif/marker")
 
 
-def test_MQTT_3_8_4_3_resubscribe_does_not_duplicate(broker):
-    """[MQTT-3.8.4-3] subscribing the same filter again replaces it: still
+def test_MQTT_311_3_8_4_3_resubscribe_does_not_duplicate(broker):
+    """[MQTT-3.1.1 3.8.4-3] subscribing the same filter again replaces it: still
     one copy per message, at the new QoS, and retained messages resent."""
     b = broker()
     pub = r4(b)
@@ -585,9 +585,9 @@ def test_MQTT_3_8_4_3_resubscribe_does_not_duplicate(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 delivers at the QoS of one subscription only
-def test_MQTT_3_3_4_overlapping_subscriptions_311(broker):
+def test_MQTT_311_3_3_5_1_overlapping_subscriptions_311(broker):
     """3.1.1 overlapping subscriptions: at least one copy arrives and the
-    copies together cover the maximum granted QoS [MQTT-3.3.5-1]."""
+    copies together cover the maximum granted QoS [MQTT-3.1.1 3.3.5-1]."""
     b = broker()
     c = r4(b)
     c.subscribe([("ov/#", 2), ("ov/+", 0), ("ov/t", 1), ("ovm", 0)])
@@ -625,8 +625,8 @@ def test_many_subscriptions_per_client(broker):
 
 # ================================================================ retained
 
-def test_MQTT_3_3_1_5_retained_delivered_with_retain_1_and_stored_qos(broker):
-    """[MQTT-3.3.1-5/8] a new subscription gets the retained message with
+def test_MQTT_311_3_3_1_5_retained_delivered_with_retain_1_and_stored_qos(broker):
+    """[MQTT-3.1.1 3.3.1-5/6/8] a new subscription gets the retained message with
     RETAIN 1 and QoS = min(stored, granted)."""
     b = broker()
     pub = r4(b)
@@ -641,8 +641,8 @@ def test_MQTT_3_3_1_5_retained_delivered_with_retain_1_and_stored_qos(broker):
         assert p.retain and p.payload == b"r2" and p.qos == q
 
 
-def test_MQTT_3_3_1_10_zero_length_retained_not_stored_and_forwarded(broker):
-    """[MQTT-3.3.1-10/11] an empty retained PUBLISH clears the topic, is
+def test_MQTT_311_3_3_1_10_zero_length_retained_not_stored_and_forwarded(broker):
+    """[MQTT-3.1.1 3.3.1-10/11] an empty retained PUBLISH clears the topic, is
     forwarded to current subscribers (retain 0 on live delivery) and is not
     itself stored."""
     b = broker()
@@ -661,7 +661,7 @@ def test_MQTT_3_3_1_10_zero_length_retained_not_stored_and_forwarded(broker):
     raw_marker(late, pub, "zrm")
 
 
-def test_MQTT_3_3_1_retained_with_persistent_session_reconnect(broker):
+def test_MQTT_311_3_3_1_retained_with_persistent_session_reconnect(broker):
     """Resuming a session does not resend retained messages (no new
     subscription is made)."""
     b = broker()
@@ -678,7 +678,7 @@ def test_MQTT_3_3_1_retained_with_persistent_session_reconnect(broker):
     raw_marker(c, pub, "rp/m")
 
 
-def test_MQTT_3_3_1_retained_for_each_matching_topic(broker):
+def test_MQTT_311_3_3_1_retained_for_each_matching_topic(broker):
     """A wildcard subscription gets one retained message per matching topic,
     with the latest payload of each."""
     b = broker()
@@ -697,7 +697,7 @@ def test_MQTT_3_3_1_retained_for_each_matching_topic(broker):
     assert got == {f"rm/{i}": b"v%d" % i for i in range(20)}
 
 
-def test_MQTT_3_3_1_retained_qos1_to_offline_persistent_subscriber(broker):
+def test_MQTT_311_3_3_1_retained_qos1_to_offline_persistent_subscriber(broker):
     """A retained QoS 1 message published while a persistent subscriber is
     offline is queued and delivered (retain 0: established subscription)
     on reconnect."""
@@ -717,8 +717,8 @@ def test_MQTT_3_3_1_retained_qos1_to_offline_persistent_subscriber(broker):
 
 # ================================================================ sessions / redelivery
 
-def test_MQTT_4_4_0_1_qos2_publish_redelivered_with_dup_then_completed(broker):
-    """[MQTT-4.4.0-1] a QoS 2 PUBLISH not PUBRECed is resent with DUP and the
+def test_MQTT_311_4_4_0_1_qos2_publish_redelivered_with_dup_then_completed(broker):
+    """[MQTT-3.1.1 4.4.0-1] a QoS 2 PUBLISH not PUBRECed is resent with DUP and the
     same packet id when the session resumes; completing it then works."""
     b = broker()
     cid = uid()
@@ -742,7 +742,7 @@ def test_MQTT_4_4_0_1_qos2_publish_redelivered_with_dup_then_completed(broker):
     raw_marker(c, pub, "rd2/m")
 
 
-def test_MQTT_4_4_0_1_publisher_qos2_state_survives_reconnect(broker):
+def test_MQTT_311_4_4_0_1_publisher_qos2_state_survives_reconnect(broker):
     """The server keeps the publisher's QoS 2 state (PUBREC sent) across a
     reconnect of a persistent session: the PUBLISH resent with DUP is not
     delivered twice and the PUBREL completes it."""
@@ -763,7 +763,7 @@ def test_MQTT_4_4_0_1_publisher_qos2_state_survives_reconnect(broker):
     raw_marker(sub, pub, "pq2/m")
 
 
-def test_MQTT_3_1_2_4_offline_qos1_qos2_queued_and_qos0_not(broker):
+def test_MQTT_311_3_1_2_5_offline_qos1_qos2_queued_and_qos0_not(broker):
     """Offline messages for a persistent session: QoS 1 and 2 are queued (in
     order, at their QoS), QoS 0 is not (default config)."""
     b = broker()
@@ -787,7 +787,7 @@ def test_MQTT_3_1_2_4_offline_qos1_qos2_queued_and_qos0_not(broker):
     raw_marker(c, pub, "oq/m")
 
 
-def test_MQTT_3_1_2_6_clean_session_1_does_not_get_queued_messages(broker):
+def test_MQTT_311_3_1_2_6_clean_session_1_does_not_get_queued_messages(broker):
     """Messages queued for an offline session are discarded when the client
     comes back with CleanSession 1."""
     b = broker()
@@ -804,7 +804,7 @@ def test_MQTT_3_1_2_6_clean_session_1_does_not_get_queued_messages(broker):
     raw_marker(c, pub, "cq/m")
 
 
-def test_MQTT_4_4_0_1_qos1_queue_and_inflight_redelivered_in_order(broker):
+def test_MQTT_311_4_4_0_1_qos1_queue_and_inflight_redelivered_in_order(broker):
     """Unacked in-flight and queued QoS 1 messages are all delivered on
     reconnect, in publish order, the in-flight ones with DUP 1."""
     b = broker(max_inflight_messages=2)
@@ -825,7 +825,7 @@ def test_MQTT_4_4_0_1_qos1_queue_and_inflight_redelivered_in_order(broker):
     assert not any(p.dup for p in got[2:])
 
 
-def test_MQTT_2_3_1_server_packet_ids_unique_across_wrap(broker):
+def test_MQTT_311_2_3_1_server_packet_ids_unique_across_wrap(broker):
     """66000 QoS 1 messages to one subscriber: the server's packet ids are
     never 0 and never reused while in flight, also after wrapping past
     65535; every message arrives in order (the queue is big enough for
@@ -870,7 +870,7 @@ def test_MQTT_2_3_1_server_packet_ids_unique_across_wrap(broker):
 
 # ================================================================ wills
 
-def test_MQTT_3_1_2_will_retained_stored(broker):
+def test_MQTT_311_3_1_2_will_retained_stored(broker):
     """A will with Will Retain 1 is published as a retained message: a later
     subscriber gets it with RETAIN 1."""
     b = broker()
@@ -886,7 +886,7 @@ def test_MQTT_3_1_2_will_retained_stored(broker):
     assert time.monotonic() < deadline
 
 
-def test_MQTT_3_1_2_will_not_retained_when_retain_0(broker):
+def test_MQTT_311_3_1_2_will_not_retained_when_retain_0(broker):
     """Will Retain 0: the will reaches current subscribers with RETAIN 0 and
     is not stored."""
     b = broker()
@@ -902,8 +902,8 @@ def test_MQTT_3_1_2_will_not_retained_when_retain_0(broker):
     raw_marker(late, live, "wn/m")
 
 
-def test_MQTT_3_1_2_10_will_removed_after_disconnect_then_takeover(broker):
-    """A will is published when a session is taken over by a new connection
+def test_MQTT_311_3_1_2_8_will_removed_after_disconnect_then_takeover(broker):
+    """[MQTT-3.1.1 3.1.2-8] a will is published when a session is taken over by a new connection
     (the old network connection closes without DISCONNECT)."""
     b = broker()
     live = r4(b)
@@ -917,7 +917,7 @@ def test_MQTT_3_1_2_10_will_removed_after_disconnect_then_takeover(broker):
     n.disconnect()
 
 
-def test_MQTT_3_1_2_10_will_after_malformed_packet(broker):
+def test_MQTT_311_3_1_2_8_will_after_malformed_packet(broker):
     """A will is published when the server closes the connection because of
     a malformed packet."""
     b = broker()
@@ -932,8 +932,8 @@ def test_MQTT_3_1_2_10_will_after_malformed_packet(broker):
 
 # ================================================================ $ topics
 
-def test_MQTT_4_7_2_1_plus_level_does_not_match_dollar(broker):
-    """[MQTT-4.7.2-1] '+/x' and '#' do not match '$x/x'; '$x/+' does."""
+def test_MQTT_311_4_7_2_1_plus_level_does_not_match_dollar(broker):
+    """[MQTT-3.1.1 4.7.2-1] '+/x' and '#' do not match '$x/x'; '$x/+' does."""
     b = broker()
     s = r4(b)
     s.subscribe([("+/x", 0), ("#", 0)])
@@ -951,7 +951,7 @@ def test_MQTT_4_7_2_1_plus_level_does_not_match_dollar(broker):
         pass
 
 
-def test_MQTT_4_7_2_client_may_publish_to_dollar_topic_not_sys(broker):
+def test_MQTT_311_4_7_2_client_may_publish_to_dollar_topic_not_sys(broker):
     """Publishing to a '$' topic other than $SYS works for subscribers of
     that exact topic."""
     b = broker()
@@ -1024,8 +1024,9 @@ def test_paho_v311_zero_length_clientid(broker):
 # ================================================================ more malformed CONNECT / PUBLISH
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_4_7_3_1_empty_will_topic_refused(broker, version):
-    """[MQTT-4.7.3-1] topic names are at least one character long: a will
+def test_MQTT_311_4_7_3_1_empty_will_topic_refused(broker, version):
+    """[MQTT-3.1.1 4.7.3-1, MQTT-5.0 4.7.3-1] topic names are at least one
+    character long: a will
     with an empty topic is not accepted."""
     b = broker()
     c = M.Client(b, version=version)
@@ -1034,8 +1035,8 @@ def test_MQTT_4_7_3_1_empty_will_topic_refused(broker, version):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_1_5_3_username_invalid_utf8_refused(broker, version):
-    """[MQTT-1.5.3-1] the User Name is a UTF-8 string: invalid bytes make
+def test_MQTT_311_1_5_3_username_invalid_utf8_refused(broker, version):
+    """[MQTT-3.1.1 1.5.3-1, MQTT-5.0 1.5.4-1] the User Name is a UTF-8 string: invalid bytes make
     the CONNECT malformed."""
     b = broker()
     c = M.Client(b, version=version)
@@ -1044,7 +1045,7 @@ def test_MQTT_1_5_3_username_invalid_utf8_refused(broker, version):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_1_5_3_will_topic_invalid_utf8_refused(broker, version):
+def test_MQTT_311_1_5_3_will_topic_invalid_utf8_refused(broker, version):
     b = broker()
     c = M.Client(b, version=version)
     c.send(M.connect(uid(), version=version, will={"topic": b"w/\xed\xa0\x80", "payload": b"x"}))
@@ -1052,7 +1053,7 @@ def test_MQTT_1_5_3_will_topic_invalid_utf8_refused(broker, version):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_1_connect_trailing_bytes_refused(broker, version):
+def test_MQTT_311_3_1_connect_trailing_bytes_refused(broker, version):
     """Bytes after the last CONNECT field (remaining length too long for the
     fields the flags announce) make the packet malformed."""
     b = broker()
@@ -1063,15 +1064,15 @@ def test_MQTT_3_1_connect_trailing_bytes_refused(broker, version):
     closed_no_connack_accept(c)
 
 
-def test_MQTT_4_7_3_1_publish_empty_topic_closes_311(broker):
-    """[MQTT-4.7.3-1] 3.1.1 PUBLISH with a zero-length topic: close."""
+def test_MQTT_311_4_7_3_1_publish_empty_topic_closes_311(broker):
+    """[MQTT-3.1.1 4.7.3-1] 3.1.1 PUBLISH with a zero-length topic: close."""
     b = broker()
     c = r4(b)
     c.send(M.publish("", b"x", version=V))
     c.expect_closed_without_disconnect()
 
 
-def test_MQTT_3_8_3_subscribe_truncated_filter_closes(broker):
+def test_MQTT_311_3_8_3_subscribe_truncated_filter_closes(broker):
     """A SUBSCRIBE whose last filter lacks its options byte is malformed."""
     b = broker()
     c = r4(b)
@@ -1079,7 +1080,7 @@ def test_MQTT_3_8_3_subscribe_truncated_filter_closes(broker):
     c.expect_closed_without_disconnect()
 
 
-def test_MQTT_3_1_3_connect_without_client_id_field_closes(broker):
+def test_MQTT_311_3_1_3_connect_without_client_id_field_closes(broker):
     """A CONNECT that ends before the Client Identifier is malformed."""
     b = broker()
     c = M.Client(b, version=V)
@@ -1088,8 +1089,8 @@ def test_MQTT_3_1_3_connect_without_client_id_field_closes(broker):
     closed_no_connack_accept(c)
 
 
-def test_MQTT_3_1_0_connect_flags_reserved_type_bits(broker):
-    """[MQTT-2.2.2-2] CONNECT fixed-header flags must be 0."""
+def test_MQTT_311_3_1_0_connect_flags_reserved_type_bits(broker):
+    """[MQTT-3.1.1 2.2.2-2] CONNECT fixed-header flags must be 0."""
     b = broker()
     c = M.Client(b, version=V)
     pkt = bytearray(M.connect(uid(), version=V))

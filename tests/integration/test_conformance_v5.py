@@ -32,7 +32,7 @@ def r5(b, cid=None, **kw):
 def refused(c, codes):
     """CONNECT refused: a CONNACK with a reason code in `codes` (or none at
     all), then the close; never a DISCONNECT before CONNACK
-    [MQTT-3.14.0-1]."""
+    [MQTT-5.0 3.14.0-1]."""
     got = c.expect_closed()
     assert all(p.type == M.CONNACK for p in got), got
     for p in got:
@@ -58,8 +58,8 @@ def qos2_publish(c, topic, payload, properties=None, retain=False):
     ("request_problem_information", 2),
     ("request_response_information", 2),
 ], ids=["receive-maximum-0", "maximum-packet-size-0", "request-problem-2", "request-response-2"])
-def test_MQTT_3_1_2_connect_property_value_protocol_error(broker, prop, value):
-    """[MQTT-3.1.2-x] Receive Maximum 0, Maximum Packet Size 0 and
+def test_MQTT_50_3_1_2_connect_property_value_protocol_error(broker, prop, value):
+    """(MQTT 5.0 sections 3.1.2.11.3-7) Receive Maximum 0, Maximum Packet Size 0 and
     Request Problem/Response Information other than 0/1 are protocol
     errors: CONNACK 0x82 (or 0x81) then close."""
     b = broker()
@@ -68,8 +68,8 @@ def test_MQTT_3_1_2_connect_property_value_protocol_error(broker, prop, value):
     refused(c, {PROTOCOL_ERROR, MALFORMED})
 
 
-def test_MQTT_2_2_2_2_duplicate_connect_property_protocol_error(broker):
-    """[MQTT-2.2.2-2] a property other than User Property twice: protocol
+def test_MQTT_50_2_2_2_duplicate_connect_property_protocol_error(broker):
+    """(MQTT 5.0 section 2.2.2.2) a property other than User Property twice: protocol
     error."""
     b = broker()
     c = M.Client(b, version=5)
@@ -78,7 +78,7 @@ def test_MQTT_2_2_2_2_duplicate_connect_property_protocol_error(broker):
     refused(c, {PROTOCOL_ERROR, MALFORMED})
 
 
-def test_MQTT_3_1_2_connect_publish_only_property_protocol_error(broker):
+def test_MQTT_50_3_1_2_connect_publish_only_property_protocol_error(broker):
     """A property that is not allowed in CONNECT (Topic Alias) is a protocol
     error (malformed per 2.2.2.2)."""
     b = broker()
@@ -87,7 +87,7 @@ def test_MQTT_3_1_2_connect_publish_only_property_protocol_error(broker):
     refused(c, {PROTOCOL_ERROR, MALFORMED})
 
 
-def test_MQTT_3_1_3_will_property_not_allowed_protocol_error(broker):
+def test_MQTT_50_3_1_3_will_property_not_allowed_protocol_error(broker):
     """Will Properties may only hold will properties; Session Expiry there is
     malformed/protocol error."""
     b = broker()
@@ -97,8 +97,8 @@ def test_MQTT_3_1_3_will_property_not_allowed_protocol_error(broker):
     refused(c, {PROTOCOL_ERROR, MALFORMED})
 
 
-def test_MQTT_3_1_3_will_payload_format_invalid_utf8(broker):
-    """[MQTT-3.1.3-11] Will Payload Format Indicator 1 with a payload that is
+def test_MQTT_50_3_1_3_will_payload_format_invalid_utf8(broker):
+    """(MQTT 5.0 section 3.1.3.2.3) Will Payload Format Indicator 1 with a payload that is
     not UTF-8: the server may refuse with 0x99; if it accepts, it must be
     consistent (never crash)."""
     b = broker()
@@ -110,7 +110,7 @@ def test_MQTT_3_1_3_will_payload_format_invalid_utf8(broker):
     assert b.alive()
 
 
-def test_MQTT_3_2_2_connack_v5_no_unexpected_properties(broker):
+def test_MQTT_50_3_2_2_connack_v5_no_unexpected_properties(broker):
     """CONNACK 5.0 for a plain CONNECT: reason 0, session present 0, and
     every property it carries is a CONNACK property, none twice."""
     b = broker()
@@ -129,8 +129,8 @@ def test_MQTT_3_2_2_connack_v5_no_unexpected_properties(broker):
     assert "assigned_client_identifier" not in names
 
 
-def test_MQTT_3_2_2_3_session_present_v5(broker):
-    """[MQTT-3.2.2-2/3] Clean Start 0 resuming a stored session: Session
+def test_MQTT_50_3_2_2_3_session_present_v5(broker):
+    """[MQTT-5.0 3.2.2-2/3] Clean Start 0 resuming a stored session: Session
     Present 1; Clean Start 1: Session Present 0."""
     b = broker()
     cid = uid()
@@ -144,7 +144,7 @@ def test_MQTT_3_2_2_3_session_present_v5(broker):
     assert c.connack.session_present is False
 
 
-def test_MQTT_3_2_2_16_assigned_client_id_resumable(broker):
+def test_MQTT_50_3_2_2_16_assigned_client_id_resumable(broker):
     """Paho test_assigned_clientid: the Assigned Client Identifier names a
     real session that can be resumed with Clean Start 0."""
     b = broker()
@@ -163,8 +163,8 @@ def test_MQTT_3_2_2_16_assigned_client_id_resumable(broker):
     assert c.recv_publish().payload == b"for assigned"
 
 
-def test_MQTT_3_1_2_11_session_expiry_absent_means_0(broker):
-    """[MQTT-3.1.2-11] no Session Expiry Interval: the session ends with the
+def test_MQTT_50_3_1_2_23_session_expiry_absent_means_0(broker):
+    """[MQTT-5.0 3.1.2-23] no Session Expiry Interval: the session ends with the
     network connection, even with Clean Start 0."""
     b = broker()
     cid = uid()
@@ -175,8 +175,8 @@ def test_MQTT_3_1_2_11_session_expiry_absent_means_0(broker):
     assert c.connack.session_present is False
 
 
-def test_MQTT_3_14_2_disconnect_session_expiry_after_0_protocol_error(broker):
-    """[MQTT-3.14.2-2] the client must not set a non-zero Session Expiry
+def test_MQTT_50_3_14_2_disconnect_session_expiry_after_0_protocol_error(broker):
+    """(MQTT 5.0 section 3.14.2.2.2) the client must not set a non-zero Session Expiry
     Interval in DISCONNECT when CONNECT had 0: the server answers with
     DISCONNECT 0x82 (and the session is not kept)."""
     b = broker()
@@ -188,7 +188,7 @@ def test_MQTT_3_14_2_disconnect_session_expiry_after_0_protocol_error(broker):
     assert c.connack.session_present is False
 
 
-def test_MQTT_3_14_2_disconnect_extends_session_expiry(broker):
+def test_MQTT_50_3_14_2_disconnect_extends_session_expiry(broker):
     """DISCONNECT may change a non-zero Session Expiry Interval: 1 -> 60
     keeps the session past the original 1 s."""
     b = broker()
@@ -202,7 +202,7 @@ def test_MQTT_3_14_2_disconnect_extends_session_expiry(broker):
     assert c.connack.session_present is True
 
 
-def test_MQTT_3_1_2_session_expiry_max_never_expires_and_queues(broker):
+def test_MQTT_50_3_1_2_session_expiry_max_never_expires_and_queues(broker):
     """Session Expiry 0xFFFFFFFF: the session never expires; QoS 1 messages
     are queued while offline and delivered on resume."""
     b = broker()
@@ -218,7 +218,7 @@ def test_MQTT_3_1_2_session_expiry_max_never_expires_and_queues(broker):
     assert c.recv_publish().payload == b"kept"
 
 
-def test_MQTT_3_2_2_server_keep_alive_for_keepalive_0(broker):
+def test_MQTT_50_3_2_2_server_keep_alive_for_keepalive_0(broker):
     """Keep Alive 0 with max_keepalive 30: CONNACK carries Server Keep Alive
     30."""
     b = broker(max_keepalive=30)
@@ -227,9 +227,9 @@ def test_MQTT_3_2_2_server_keep_alive_for_keepalive_0(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 does not publish the will of a taken-over connection
-def test_MQTT_3_1_4_takeover_v5_session_and_will(broker):
+def test_MQTT_50_3_1_4_takeover_v5_session_and_will(broker):
     """Takeover of a 5.0 connection: the old one gets DISCONNECT 0x8E; its
-    will (no delay) is published [MQTT-3.1.4-3]."""
+    will (no delay) is published [MQTT-5.0 3.1.4-3]."""
     b = broker()
     live = r5(b)
     live.subscribe(("tow/t", 0))
@@ -244,7 +244,7 @@ def test_MQTT_3_1_4_takeover_v5_session_and_will(broker):
 
 # ================================================================ will delay
 
-def test_MQTT_3_1_3_9_will_delay_longer_than_session_expiry(broker):
+def test_MQTT_50_3_1_3_9_will_delay_longer_than_session_expiry(broker):
     """The will is sent when the session ends, even if the Will Delay
     Interval is longer: session expiry 1, will delay 60 -> sent after ~1 s."""
     b = broker()
@@ -262,7 +262,7 @@ def test_MQTT_3_1_3_9_will_delay_longer_than_session_expiry(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 waits for the will delay although the session has ended
-def test_MQTT_3_1_3_9_will_delay_with_session_expiry_0_sent_at_close(broker):
+def test_MQTT_50_3_1_3_9_will_delay_with_session_expiry_0_sent_at_close(broker):
     """Will delay 60 but Session Expiry 0: the session ends with the
     connection, so the will is sent right away."""
     b = broker()
@@ -275,7 +275,7 @@ def test_MQTT_3_1_3_9_will_delay_with_session_expiry_0_sent_at_close(broker):
     assert live.recv_publish(timeout=2).payload == b"now"
 
 
-def test_MQTT_3_1_3_9_will_delay_not_sent_on_normal_disconnect(broker):
+def test_MQTT_50_3_1_3_9_will_delay_not_sent_on_normal_disconnect(broker):
     """DISCONNECT 0x00 removes the will even with a delay pending."""
     b = broker()
     live = r5(b)
@@ -289,7 +289,7 @@ def test_MQTT_3_1_3_9_will_delay_not_sent_on_normal_disconnect(broker):
     raw_marker(live, r5(b), "wdn/m")
 
 
-def test_MQTT_3_1_2_will_properties_user_props_and_retain(broker):
+def test_MQTT_50_3_1_2_will_properties_user_props_and_retain(broker):
     """Will with properties and Retain 1: a later subscriber gets it retained
     with the user properties, content type and response topic intact."""
     b = broker()
@@ -320,8 +320,8 @@ def test_MQTT_3_1_2_will_properties_user_props_and_retain(broker):
 # ================================================================ shared subscriptions
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 sends retained messages to shared subscriptions
-def test_MQTT_3_3_1_retained_not_sent_to_shared_subscription(broker):
-    """[MQTT-3.3.1-x, 4.8.2] retained messages are sent for new non-shared
+def test_MQTT_50_3_3_1_retained_not_sent_to_shared_subscription(broker):
+    """(MQTT 5.0 sections 3.3.1.3 and 4.8.2) retained messages are sent for new non-shared
     subscriptions only: subscribing $share/g/t does not deliver the
     retained message of t."""
     b = broker()
@@ -339,8 +339,8 @@ def test_MQTT_3_3_1_retained_not_sent_to_shared_subscription(broker):
                                  "$share/g/", "$share/g/a/#/b"],
                          ids=["no-filter", "empty-group", "plus-in-group", "hash-in-group",
                               "empty-filter", "bad-filter"])
-def test_MQTT_4_8_2_1_invalid_shared_filter(broker, flt):
-    """[MQTT-4.8.2-1/2] an invalid shared subscription filter: SUBACK 0x8F
+def test_MQTT_50_4_8_2_1_invalid_shared_filter(broker, flt):
+    """[MQTT-5.0 4.8.2-1/2] an invalid shared subscription filter: SUBACK 0x8F
     (Topic Filter invalid) or DISCONNECT 0x81/0x82 -- never a grant."""
     b = broker()
     c = r5(b)
@@ -355,7 +355,7 @@ def test_MQTT_4_8_2_1_invalid_shared_filter(broker, flt):
         assert p.type == M.SUBACK and p.reason_codes in ([0x8F], [0x80]), p
 
 
-def test_MQTT_4_8_2_shared_and_non_shared_both_deliver(broker):
+def test_MQTT_50_4_8_2_shared_and_non_shared_both_deliver(broker):
     """4.8.2: "If a Client has a Shared Subscription and a Non-shared
     Subscription and a message matches both of them, the Client will
     receive a copy of the message by virtue of it having the Non-shared
@@ -373,7 +373,7 @@ def test_MQTT_4_8_2_shared_and_non_shared_both_deliver(broker):
     raw_marker(c, pub, "sb/m")
 
 
-def test_MQTT_4_8_2_same_session_in_two_groups_gets_two_copies(broker):
+def test_MQTT_50_4_8_2_same_session_in_two_groups_gets_two_copies(broker):
     """Each Shared Subscription (group) delivers its own copy: a client that
     is the only member of groups a and b gets the message twice, each copy
     with the identifier of its subscription."""
@@ -391,7 +391,7 @@ def test_MQTT_4_8_2_same_session_in_two_groups_gets_two_copies(broker):
     raw_marker(c, pub, "tg/m")
 
 
-def test_MQTT_4_8_2_shared_qos1_load_balanced_and_complete(broker):
+def test_MQTT_50_4_8_2_shared_qos1_load_balanced_and_complete(broker):
     """100 QoS 1 messages to a group of two: every message is delivered once
     to exactly one member."""
     b = broker()
@@ -412,7 +412,7 @@ def test_MQTT_4_8_2_shared_qos1_load_balanced_and_complete(broker):
     assert sorted(got) == list(range(100))
 
 
-def test_MQTT_4_8_2_shared_member_leaves_messages_go_to_other(broker):
+def test_MQTT_50_4_8_2_shared_member_leaves_messages_go_to_other(broker):
     """After one member unsubscribes, the other gets every message."""
     b = broker()
     m1, m2 = r5(b), r5(b)
@@ -425,7 +425,7 @@ def test_MQTT_4_8_2_shared_member_leaves_messages_go_to_other(broker):
     assert [m2.recv_publish().payload for _ in range(10)] == [b"%d" % i for i in range(10)]
 
 
-def test_MQTT_4_8_2_shared_subscription_identifier(broker):
+def test_MQTT_50_4_8_2_shared_subscription_identifier(broker):
     """A Subscription Identifier on a shared subscription is delivered with
     the message."""
     b = broker()
@@ -438,7 +438,7 @@ def test_MQTT_4_8_2_shared_subscription_identifier(broker):
     assert p.properties.get("subscription_identifier") == [77]
 
 
-def test_MQTT_4_8_2_unsubscribe_shared_not_subscribed_0x11(broker):
+def test_MQTT_50_4_8_2_unsubscribe_shared_not_subscribed_0x11(broker):
     """UNSUBSCRIBE of a shared filter that is not subscribed: 0x11."""
     b = broker()
     c = r5(b)
@@ -449,7 +449,7 @@ def test_MQTT_4_8_2_unsubscribe_shared_not_subscribed_0x11(broker):
 
 # ================================================================ topic aliases
 
-def test_MQTT_3_3_2_topic_alias_with_topic_and_alias_updates_mapping(broker):
+def test_MQTT_50_3_3_2_topic_alias_with_topic_and_alias_updates_mapping(broker):
     """Topic + alias already mapped replaces the mapping; the empty-topic
     form then uses the new topic (paho test_client_topic_alias)."""
     b = broker(topic_alias_maximum=3)
@@ -467,7 +467,7 @@ def test_MQTT_3_3_2_topic_alias_with_topic_and_alias_updates_mapping(broker):
                    ("ta/3", b"e"), ("ta/3", b"f")]
 
 
-def test_MQTT_3_3_2_topic_alias_not_forwarded_to_subscriber(broker):
+def test_MQTT_50_3_3_2_topic_alias_not_forwarded_to_subscriber(broker):
     """The publisher's Topic Alias is not forwarded: a subscriber with Topic
     Alias Maximum 0 gets the full topic and no topic_alias property."""
     b = broker(topic_alias_maximum=3)
@@ -482,8 +482,8 @@ def test_MQTT_3_3_2_topic_alias_not_forwarded_to_subscriber(broker):
         assert "topic_alias" not in p.properties
 
 
-def test_MQTT_3_3_2_topic_alias_scoped_to_connection(broker):
-    """[MQTT-3.3.2-7] aliases do not survive a reconnect (even when the
+def test_MQTT_50_3_3_2_topic_alias_scoped_to_connection(broker):
+    """[MQTT-5.0 3.3.2-7] aliases do not survive a reconnect (even when the
     session does): using the old alias alone is a protocol error."""
     b = broker(topic_alias_maximum=3)
     cid = uid()
@@ -495,9 +495,9 @@ def test_MQTT_3_3_2_topic_alias_scoped_to_connection(broker):
     c.expect_disconnect(PROTOCOL_ERROR)
 
 
-def test_MQTT_3_3_2_topic_alias_when_maximum_0_is_invalid(broker):
+def test_MQTT_50_3_3_2_topic_alias_when_maximum_0_is_invalid(broker):
     """topic_alias_maximum 0: any Topic Alias from the client is invalid,
-    DISCONNECT 0x94 [MQTT-3.2.2-18]."""
+    DISCONNECT 0x94 [MQTT-5.0 3.2.2-18]."""
     b = broker(topic_alias_maximum=0)
     c = r5(b)
     assert c.connack.properties.get("topic_alias_maximum", 0) == 0
@@ -505,7 +505,7 @@ def test_MQTT_3_3_2_topic_alias_when_maximum_0_is_invalid(broker):
     c.expect_disconnect(0x94)
 
 
-def test_MQTT_3_3_2_server_alias_reused_for_second_publish(broker):
+def test_MQTT_50_3_3_2_server_alias_reused_for_second_publish(broker):
     """Server -> client aliases: the first PUBLISH carries topic + alias,
     the next one on the same topic an empty topic and the same alias."""
     b = broker()
@@ -530,9 +530,9 @@ def test_MQTT_3_3_2_server_alias_reused_for_second_publish(broker):
 
 # ================================================================ maximum packet size
 
-def test_MQTT_3_1_2_24_not_sent_to_client_over_max_and_later_ones_are(broker):
+def test_MQTT_50_3_1_2_24_not_sent_to_client_over_max_and_later_ones_are(broker):
     """A message too big for the client's Maximum Packet Size is discarded
-    [MQTT-3.1.2-25] (as if delivered, not queued); the next small one
+    [MQTT-5.0 3.1.2-25] (as if delivered, not queued); the next small one
     arrives."""
     b = broker()
     s = r5(b, properties={"maximum_packet_size": 200})
@@ -546,7 +546,7 @@ def test_MQTT_3_1_2_24_not_sent_to_client_over_max_and_later_ones_are(broker):
     assert p.payload == b"small"
 
 
-def test_MQTT_3_1_2_24_retained_over_client_max_not_sent(broker):
+def test_MQTT_50_3_1_2_24_retained_over_client_max_not_sent(broker):
     """The same limit applies to retained messages sent on subscribe."""
     b = broker()
     pub = r5(b)
@@ -561,22 +561,22 @@ def test_MQTT_3_1_2_24_retained_over_client_max_not_sent(broker):
     raw_marker(s, pub, "mpr/m")
 
 
-def test_MQTT_3_2_2_maximum_packet_size_announced(broker):
+def test_MQTT_50_3_2_2_maximum_packet_size_announced(broker):
     b = broker(max_packet_size=4096)
     c = r5(b)
     assert c.connack.properties.get("maximum_packet_size") == 4096
 
 
-def test_MQTT_4_13_packet_too_large_0x95(broker):
+def test_MQTT_50_4_13_packet_too_large_0x95(broker):
     """A PUBLISH larger than the announced Maximum Packet Size: DISCONNECT
-    0x95 [MQTT-3.2.2-15 from the server side]."""
+    0x95 [MQTT-5.0 3.2.2-15]."""
     b = broker(max_packet_size=1024)
     c = r5(b)
     c.publish("ptl/t", b"x" * 1100, qos=1)
     c.expect_disconnect(0x95)
 
 
-def test_MQTT_3_1_2_24_small_client_maximum_packet_size_acks_fit(broker):
+def test_MQTT_50_3_1_2_24_small_client_maximum_packet_size_acks_fit(broker):
     """With a client Maximum Packet Size of 64 every packet the server sends
     (CONNACK, SUBACK, PUBACK, PUBLISH) is at most 64 bytes."""
     b = broker()
@@ -590,10 +590,10 @@ def test_MQTT_3_1_2_24_small_client_maximum_packet_size_acks_fit(broker):
     assert all(len(p.raw) <= 64 for p in got)
 
 
-def test_MQTT_3_1_2_24_connack_larger_than_client_maximum_not_left_hanging(broker):
+def test_MQTT_50_3_1_2_24_connack_larger_than_client_maximum_not_left_hanging(broker):
     """A Maximum Packet Size smaller than the CONNACK the server would send
     (16 bytes): the server must not send the oversized CONNACK
-    [MQTT-3.1.2-24]; it must then not leave the client waiting forever
+    [MQTT-5.0 3.1.2-24]; it must then not leave the client waiting forever
     either -- it sends a CONNACK that fits, or closes the connection."""
     b = broker()
     c = M.Client(b, version=5)
@@ -607,7 +607,7 @@ def test_MQTT_3_1_2_24_connack_larger_than_client_maximum_not_left_hanging(broke
 
 # ================================================================ flow control
 
-def test_MQTT_4_9_0_2_receive_maximum_1_serialises_qos2(broker):
+def test_MQTT_50_4_9_0_2_receive_maximum_1_serialises_qos2(broker):
     """Client Receive Maximum 1: QoS 2 messages are sent one at a time;
     the next PUBLISH comes only after PUBCOMP."""
     b = broker()
@@ -629,7 +629,7 @@ def test_MQTT_4_9_0_2_receive_maximum_1_serialises_qos2(broker):
     assert s.recv_publish().payload == b"2"
 
 
-def test_MQTT_4_9_0_qos0_while_window_full_delivered(broker):
+def test_MQTT_50_4_9_0_qos0_while_window_full_delivered(broker):
     """Receive Maximum limits QoS 1/2; QoS 0 messages published while the
     window is full may be sent at once or held back (4.9 allows both) but
     are not lost: after the PUBACK everything arrives, each topic in
@@ -655,7 +655,7 @@ def test_MQTT_4_9_0_qos0_while_window_full_delivered(broker):
 
 
 @pytest.mark.starling_only  # mosquitto has no receive_maximum option in this harness
-def test_MQTT_3_3_4_9_server_receive_maximum_qos2_counts_until_pubcomp(broker):
+def test_MQTT_50_3_3_4_7_server_receive_maximum_qos2_counts_until_pubcomp(broker):
     """Server Receive Maximum 2: two QoS 2 PUBLISHes awaiting PUBREL fill the
     window; a third is 'Receive Maximum exceeded' (DISCONNECT 0x93)."""
     b = broker(receive_maximum=2)
@@ -669,7 +669,7 @@ def test_MQTT_3_3_4_9_server_receive_maximum_qos2_counts_until_pubcomp(broker):
     c.expect_disconnect(0x93)
 
 
-def test_MQTT_3_3_4_9_server_receive_maximum_window_frees_after_pubcomp(broker):
+def test_MQTT_50_3_3_4_7_server_receive_maximum_window_frees_after_pubcomp(broker):
     b = broker(receive_maximum=1)
     c = r5(b)
     for pid in (1, 2, 3):
@@ -683,7 +683,7 @@ def test_MQTT_3_3_4_9_server_receive_maximum_window_frees_after_pubcomp(broker):
 
 # ================================================================ request / response
 
-def test_MQTT_4_10_request_response_round_trip(broker):
+def test_MQTT_50_4_10_request_response_round_trip(broker):
     """Paho test_request_response: Response Topic and Correlation Data pass
     to the responder unchanged; the response reaches the requester."""
     b = broker()
@@ -705,8 +705,8 @@ def test_MQTT_4_10_request_response_round_trip(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 does not check the Response Topic either
-def test_MQTT_3_3_2_14_response_topic_wildcard_protocol_error(broker):
-    """[MQTT-3.3.2-14] the Response Topic must not contain wildcards:
+def test_MQTT_50_3_3_2_14_response_topic_wildcard_protocol_error(broker):
+    """[MQTT-5.0 3.3.2-14] the Response Topic must not contain wildcards:
     DISCONNECT 0x82 (malformed 0x81 accepted)."""
     b = broker()
     c = r5(b)
@@ -714,7 +714,7 @@ def test_MQTT_3_3_2_14_response_topic_wildcard_protocol_error(broker):
     c.expect_disconnect({PROTOCOL_ERROR, MALFORMED})
 
 
-def test_MQTT_3_1_2_28_request_response_information_1(broker):
+def test_MQTT_50_3_1_2_28_request_response_information_1(broker):
     """Request Response Information 1: the server may answer with a Response
     Information; if present it is a UTF-8 string."""
     b = broker()
@@ -725,7 +725,7 @@ def test_MQTT_3_1_2_28_request_response_information_1(broker):
 
 # ================================================================ subscribe options / identifiers
 
-def test_MQTT_3_8_3_1_no_local_false_delivers_own(broker):
+def test_MQTT_50_3_8_3_3_no_local_false_delivers_own(broker):
     b = broker()
     c = r5(b)
     c.subscribe(("nlf/t", M.sub_options(0, nl=False)))
@@ -733,7 +733,7 @@ def test_MQTT_3_8_3_1_no_local_false_delivers_own(broker):
     assert c.recv_publish().payload == b"own"
 
 
-def test_MQTT_3_8_3_no_local_with_wildcard_and_other_publisher(broker):
+def test_MQTT_50_3_8_3_no_local_with_wildcard_and_other_publisher(broker):
     """No Local drops only the client's own messages; other clients' still
     arrive."""
     b = broker()
@@ -748,7 +748,7 @@ def test_MQTT_3_8_3_no_local_with_wildcard_and_other_publisher(broker):
     assert p.payload == b"other"
 
 
-def test_MQTT_3_3_1_12_rap_on_retained_at_subscribe(broker):
+def test_MQTT_50_3_3_1_12_rap_on_retained_at_subscribe(broker):
     """Retained messages sent because of a new subscription always have
     RETAIN 1, with or without Retain As Published."""
     b = broker()
@@ -761,7 +761,7 @@ def test_MQTT_3_3_1_12_rap_on_retained_at_subscribe(broker):
         assert s.recv_publish().retain is True
 
 
-def test_MQTT_3_8_2_subscription_identifier_max_value(broker):
+def test_MQTT_50_3_8_2_subscription_identifier_max_value(broker):
     """Subscription Identifier 268435455 (the maximum) round-trips."""
     b = broker()
     c = r5(b)
@@ -770,7 +770,7 @@ def test_MQTT_3_8_2_subscription_identifier_max_value(broker):
     assert c.recv_publish().properties["subscription_identifier"] == [268435455]
 
 
-def test_MQTT_3_8_2_resubscribe_without_identifier_removes_it(broker):
+def test_MQTT_50_3_8_2_resubscribe_without_identifier_removes_it(broker):
     """Re-subscribing without an identifier replaces the subscription: the
     message then has no Subscription Identifier."""
     b = broker()
@@ -782,7 +782,7 @@ def test_MQTT_3_8_2_resubscribe_without_identifier_removes_it(broker):
     assert "subscription_identifier" not in p.properties
 
 
-def test_MQTT_3_3_4_3_subscription_identifier_on_retained_message(broker):
+def test_MQTT_50_3_3_4_3_subscription_identifier_on_retained_message(broker):
     """The identifier also accompanies a retained message sent on
     subscribe."""
     b = broker()
@@ -795,7 +795,7 @@ def test_MQTT_3_3_4_3_subscription_identifier_on_retained_message(broker):
     assert p.retain and p.properties.get("subscription_identifier") == [42]
 
 
-def test_MQTT_3_3_4_subscription_identifier_survives_session_resume(broker):
+def test_MQTT_50_3_3_4_subscription_identifier_survives_session_resume(broker):
     b = broker()
     cid = uid()
     c = r5(b, cid, clean=False, properties={"session_expiry_interval": 60})
@@ -810,7 +810,7 @@ def test_MQTT_3_3_4_subscription_identifier_survives_session_resume(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 accepts two Subscription Identifiers
-def test_MQTT_3_8_2_two_subscription_identifiers_protocol_error(broker):
+def test_MQTT_50_3_8_2_two_subscription_identifiers_protocol_error(broker):
     """More than one Subscription Identifier in SUBSCRIBE is a protocol
     error."""
     b = broker()
@@ -821,8 +821,8 @@ def test_MQTT_3_8_2_two_subscription_identifiers_protocol_error(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 accepts a Subscription Identifier in PUBLISH
-def test_MQTT_3_3_4_6_publish_with_subscription_identifier_protocol_error(broker):
-    """[MQTT-3.3.4-6] a PUBLISH from a client must not contain a
+def test_MQTT_50_3_3_4_6_publish_with_subscription_identifier_protocol_error(broker):
+    """[MQTT-5.0 3.3.4-6] a PUBLISH from a client must not contain a
     Subscription Identifier: protocol error."""
     b = broker()
     c = r5(b)
@@ -830,7 +830,7 @@ def test_MQTT_3_3_4_6_publish_with_subscription_identifier_protocol_error(broker
     c.expect_disconnect(PROTOCOL_ERROR)
 
 
-def test_MQTT_3_8_4_subscribe_no_local_shared_protocol_error_code(broker):
+def test_MQTT_50_3_8_4_subscribe_no_local_shared_protocol_error_code(broker):
     """SUBACK codes per filter: a mix of valid QoS grants and a wildcard
     filter."""
     b = broker()
@@ -840,7 +840,7 @@ def test_MQTT_3_8_4_subscribe_no_local_shared_protocol_error_code(broker):
     assert ack.reason_codes == [2, 1, 0]
 
 
-def test_MQTT_3_8_3_5_subscribe_options_reserved_bits_malformed(broker):
+def test_MQTT_50_3_8_3_5_subscribe_options_reserved_bits_malformed(broker):
     b = broker()
     c = r5(b)
     c.subscribe(("sor/t", 0x40), expect=False)
@@ -849,7 +849,7 @@ def test_MQTT_3_8_3_5_subscribe_options_reserved_bits_malformed(broker):
 
 # ================================================================ unsubscribe
 
-def test_MQTT_3_11_3_unsuback_codes(broker):
+def test_MQTT_50_3_11_3_unsuback_codes(broker):
     """UNSUBACK 5.0: one reason code per filter, 0x00 or 0x11, in order;
     an invalid filter gets 0x8F."""
     b = broker()
@@ -859,7 +859,7 @@ def test_MQTT_3_11_3_unsuback_codes(broker):
     assert ack.reason_codes == [0x00, 0x11, 0x00, 0x11]
 
 
-def test_MQTT_3_10_4_unsubscribe_invalid_filter(broker):
+def test_MQTT_50_3_10_4_unsubscribe_invalid_filter(broker):
     """An invalid filter in UNSUBSCRIBE: UNSUBACK 0x8F (or 0x11), or a
     DISCONNECT for a malformed packet; never a success."""
     b = broker()
@@ -874,8 +874,8 @@ def test_MQTT_3_10_4_unsubscribe_invalid_filter(broker):
 
 # ================================================================ user properties / payload format / expiry
 
-def test_MQTT_3_3_2_17_user_properties_order_and_duplicates(broker):
-    """[MQTT-3.3.2-17/18] user properties are forwarded unaltered, in order,
+def test_MQTT_50_3_3_2_17_user_properties_order_and_duplicates(broker):
+    """[MQTT-5.0 3.3.2-17/18] user properties are forwarded unaltered, in order,
     duplicates kept, including empty strings and UTF-8."""
     b = broker()
     s = r5(b)
@@ -888,7 +888,7 @@ def test_MQTT_3_3_2_17_user_properties_order_and_duplicates(broker):
     assert p.properties["user_property"] == ups
 
 
-def test_MQTT_3_3_2_payload_format_and_content_type_forwarded(broker):
+def test_MQTT_50_3_3_2_payload_format_and_content_type_forwarded(broker):
     b = broker()
     s = r5(b)
     s.subscribe(("pf/t", 1))
@@ -901,7 +901,7 @@ def test_MQTT_3_3_2_payload_format_and_content_type_forwarded(broker):
     assert p.properties["content_type"] == "text/x-é"
 
 
-def test_MQTT_3_3_2_expiry_on_retained_decremented(broker):
+def test_MQTT_50_3_3_2_expiry_on_retained_decremented(broker):
     """A retained message's Message Expiry Interval sent to a new subscriber
     is decremented by the time it has been stored."""
     b = broker()
@@ -916,7 +916,7 @@ def test_MQTT_3_3_2_expiry_on_retained_decremented(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 delivers the expired message
-def test_MQTT_3_3_2_expired_in_flight_queue_not_delivered(broker):
+def test_MQTT_50_3_3_2_expired_in_flight_queue_not_delivered(broker):
     """A message that expires while waiting behind a full receive window
     (online client) is not delivered."""
     b = broker()
@@ -939,7 +939,7 @@ def test_MQTT_3_3_2_expired_in_flight_queue_not_delivered(broker):
 
 # ================================================================ QoS flows / reason codes
 
-def test_MQTT_3_4_2_puback_no_matching_subscribers_0x10(broker):
+def test_MQTT_50_3_4_2_puback_no_matching_subscribers_0x10(broker):
     b = broker()
     c = r5(b)
     c.publish("nobody/here", b"x", qos=1, packet_id=5)
@@ -947,7 +947,7 @@ def test_MQTT_3_4_2_puback_no_matching_subscribers_0x10(broker):
     assert p.packet_id == 5 and p.reason_code in (0x00, 0x10)
 
 
-def test_MQTT_4_3_3_subscriber_pubrec_error_ends_flow(broker):
+def test_MQTT_50_4_3_3_subscriber_pubrec_error_ends_flow(broker):
     """A subscriber answering PUBLISH QoS 2 with PUBREC >= 0x80 ends the
     flow: no PUBREL follows, and the packet id is free again (the next
     message flows)."""
@@ -964,7 +964,7 @@ def test_MQTT_4_3_3_subscriber_pubrec_error_ends_flow(broker):
     assert p2.payload == b"next", p2
 
 
-def test_MQTT_4_3_2_subscriber_puback_error_code_accepted(broker):
+def test_MQTT_50_4_3_2_subscriber_puback_error_code_accepted(broker):
     """PUBACK with reason 0x80 from the subscriber ends the QoS 1 flow too."""
     b = broker()
     s = r5(b, properties={"receive_maximum": 1})
@@ -978,9 +978,9 @@ def test_MQTT_4_3_2_subscriber_puback_error_code_accepted(broker):
     assert s.recv_publish().payload == b"b"
 
 
-def test_MQTT_4_4_0_2_v5_pubrel_resent_on_resume_then_pubcomp(broker):
+def test_MQTT_50_4_4_0_1_v5_pubrel_resent_on_resume_then_pubcomp(broker):
     """A QoS 2 message PUBRECed but not PUBCOMPed: on resume the server sends
-    the PUBREL (not the PUBLISH) [MQTT-4.4.0-1/2]."""
+    the PUBREL (not the PUBLISH) [MQTT-5.0 4.4.0-1]."""
     b = broker()
     cid = uid()
     s = r5(b, cid, clean=False, properties={"session_expiry_interval": 60})
@@ -999,7 +999,7 @@ def test_MQTT_4_4_0_2_v5_pubrel_resent_on_resume_then_pubcomp(broker):
     raw_marker(s, pub, "prs/m")
 
 
-def test_MQTT_3_4_unexpected_puback_ignored_or_protocol_error(broker):
+def test_MQTT_50_3_4_unexpected_puback_ignored_or_protocol_error(broker):
     """A PUBACK for a packet id the server never used: ignored (connection
     usable) or a protocol error with DISCONNECT; never a crash."""
     b = broker()
@@ -1010,7 +1010,7 @@ def test_MQTT_3_4_unexpected_puback_ignored_or_protocol_error(broker):
     assert p.type == M.PINGRESP or (p.type == M.DISCONNECT and p.reason_code == PROTOCOL_ERROR)
 
 
-def test_MQTT_3_14_disconnect_reason_0x04_will_qos1_retained(broker):
+def test_MQTT_50_3_14_disconnect_reason_0x04_will_qos1_retained(broker):
     """DISCONNECT with 0x04 (with will) publishes the will with its QoS."""
     b = broker()
     live = r5(b)
@@ -1023,7 +1023,7 @@ def test_MQTT_3_14_disconnect_reason_0x04_will_qos1_retained(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 sends retained messages to shared subscriptions
-def test_MQTT_3_1_2_retain_handling_1_with_shared_ignored(broker):
+def test_MQTT_50_3_1_2_retain_handling_1_with_shared_ignored(broker):
     """Retain Handling does not bring retained messages to shared
     subscriptions either."""
     b = broker()
@@ -1079,7 +1079,7 @@ def test_paho_v5_user_properties(broker):
 
 # ================================================================ more CONNECT / capability checks
 
-def test_MQTT_3_1_2_9_v5_password_without_username_accepted(broker):
+def test_MQTT_50_3_1_2_19_v5_password_without_username_accepted(broker):
     """5.0 allows a Password without a User Name (3.1.2.9 changed from
     3.1.1): with anonymous access the CONNECT is accepted."""
     b = broker()
@@ -1088,8 +1088,8 @@ def test_MQTT_3_1_2_9_v5_password_without_username_accepted(broker):
     assert ack.reason_code == 0
 
 
-def test_MQTT_3_2_2_12_will_qos_above_maximum_qos_refused_0x9b(broker):
-    """[MQTT-3.2.2-12] a Will QoS above the server's Maximum QoS: the
+def test_MQTT_50_3_2_2_12_will_qos_above_maximum_qos_refused_0x9b(broker):
+    """[MQTT-5.0 3.2.2-12] a Will QoS above the server's Maximum QoS: the
     connection is rejected, with CONNACK 0x9B (QoS not supported)."""
     b = broker(max_qos=1)
     c = M.Client(b, version=5)
@@ -1098,8 +1098,8 @@ def test_MQTT_3_2_2_12_will_qos_above_maximum_qos_refused_0x9b(broker):
     assert got, "no CONNACK"
 
 
-def test_MQTT_3_2_2_13_will_retain_without_retain_available_refused_0x9a(broker):
-    """[MQTT-3.2.2-13] Will Retain 1 when retained messages are not
+def test_MQTT_50_3_2_2_13_will_retain_without_retain_available_refused_0x9a(broker):
+    """[MQTT-5.0 3.2.2-13] Will Retain 1 when retained messages are not
     supported: the connection is rejected, with CONNACK 0x9A."""
     b = broker(retain_available=False)
     c = M.Client(b, version=5)
@@ -1108,7 +1108,7 @@ def test_MQTT_3_2_2_13_will_retain_without_retain_available_refused_0x9a(broker)
     assert got, "no CONNACK"
 
 
-def test_MQTT_2_2_2_unknown_property_malformed(broker):
+def test_MQTT_50_2_2_2_unknown_property_malformed(broker):
     """An unknown property identifier makes the packet malformed: DISCONNECT
     0x81."""
     b = broker()
@@ -1119,7 +1119,7 @@ def test_MQTT_2_2_2_unknown_property_malformed(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 accepts Payload Format Indicator 2
-def test_MQTT_3_3_2_payload_format_indicator_2_protocol_error(broker):
+def test_MQTT_50_3_3_2_payload_format_indicator_2_protocol_error(broker):
     """Payload Format Indicator values other than 0 and 1 are a protocol
     error (or malformed)."""
     b = broker()
@@ -1129,7 +1129,7 @@ def test_MQTT_3_3_2_payload_format_indicator_2_protocol_error(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 does not validate the Response Topic
-def test_MQTT_1_5_4_response_topic_invalid_utf8_malformed(broker):
+def test_MQTT_50_1_5_4_response_topic_invalid_utf8_malformed(broker):
     b = broker()
     c = r5(b)
     c.publish("rti/t", b"x", properties={"response_topic": b"a\xff"})
@@ -1137,7 +1137,7 @@ def test_MQTT_1_5_4_response_topic_invalid_utf8_malformed(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 does not validate user property strings
-def test_MQTT_1_5_7_user_property_invalid_utf8_malformed(broker):
+def test_MQTT_50_1_5_7_user_property_invalid_utf8_malformed(broker):
     b = broker()
     c = r5(b)
     # a user property whose name is an overlong (invalid) UTF-8 encoding of '/'
@@ -1146,7 +1146,7 @@ def test_MQTT_1_5_7_user_property_invalid_utf8_malformed(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 ignores Authentication Data without a method
-def test_MQTT_4_12_authentication_data_without_method_protocol_error(broker):
+def test_MQTT_50_4_12_authentication_data_without_method_protocol_error(broker):
     """Authentication Data without Authentication Method in CONNECT is a
     protocol error: CONNACK 0x82 (or 0x81)."""
     b = broker()
@@ -1155,7 +1155,7 @@ def test_MQTT_4_12_authentication_data_without_method_protocol_error(broker):
     refused(c, {PROTOCOL_ERROR, MALFORMED})
 
 
-def test_MQTT_4_9_resumed_queue_respects_receive_maximum(broker):
+def test_MQTT_50_4_9_resumed_queue_respects_receive_maximum(broker):
     """Queued messages delivered on resume honour the new connection's
     Receive Maximum (2): only two PUBLISHes before an ack."""
     b = broker()
@@ -1177,7 +1177,7 @@ def test_MQTT_4_9_resumed_queue_respects_receive_maximum(broker):
     assert [p.payload for p in first + rest] == [b"%d" % i for i in range(5)]
 
 
-def test_MQTT_3_1_2_session_resumed_across_protocol_versions(broker):
+def test_MQTT_50_3_1_2_session_resumed_across_protocol_versions(broker):
     """A session created by a 5.0 client is resumed by a 3.1.1 client with
     the same id: subscriptions and queued messages carry over (properties
     are not sent to the 3.1.1 client)."""
@@ -1196,7 +1196,7 @@ def test_MQTT_3_1_2_session_resumed_across_protocol_versions(broker):
     assert p.body == M.utf8("xv/t") + M.u16(p.packet_id) + b"cross"
 
 
-def test_MQTT_3_3_1_3_v5_will_message_expiry_forwarded(broker):
+def test_MQTT_50_3_3_2_6_v5_will_message_expiry_forwarded(broker):
     """A will with a Message Expiry Interval is published with it."""
     b = broker()
     live = r5(b)
@@ -1209,7 +1209,7 @@ def test_MQTT_3_3_1_3_v5_will_message_expiry_forwarded(broker):
     assert 99 <= p.properties["message_expiry_interval"] <= 100
 
 
-def test_MQTT_3_8_3_1_max_qos_0_subscription_downgrades_retained(broker):
+def test_MQTT_50_3_8_4_8_max_qos_0_subscription_downgrades_retained(broker):
     """Retained QoS 2 message, subscription QoS 0 (5.0): delivered at QoS 0
     with RETAIN 1."""
     b = broker()
@@ -1222,9 +1222,9 @@ def test_MQTT_3_8_3_1_max_qos_0_subscription_downgrades_retained(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 keeps waiting for the will delay
-def test_MQTT_3_1_3_9_will_delay_reconnect_with_clean_start_ends_session_sends_will(broker):
+def test_MQTT_50_3_1_3_9_will_delay_reconnect_with_clean_start_ends_session_sends_will(broker):
     """Will Delay 30 s, session expiry 60 s, then the client reconnects with
-    Clean Start 1: the old Session ends [MQTT-3.1.2-4], so its will is
+    Clean Start 1: the old Session ends [MQTT-5.0 3.1.2-4], so its will is
     published at once (the will is delayed until the delay passes 'or the
     Session ends, whichever happens first')."""
     b = broker()
@@ -1241,9 +1241,9 @@ def test_MQTT_3_1_3_9_will_delay_reconnect_with_clean_start_ends_session_sends_w
     assert live.recv_publish(timeout=3).payload == b"session ended"
 
 
-def test_MQTT_3_1_3_9_will_delay_reconnect_clean_start_0_no_will(broker):
+def test_MQTT_50_3_1_3_9_will_delay_reconnect_clean_start_0_no_will(broker):
     """Will Delay 30 s and a reconnect with Clean Start 0 (same session)
-    before it passes: no will [MQTT-3.1.3-9]."""
+    before it passes: no will [MQTT-5.0 3.1.3-9]."""
     b = broker()
     live = r5(b)
     live.subscribe([("wdk/t", 0), ("wdk/m", 0)])
@@ -1260,10 +1260,10 @@ def test_MQTT_3_1_3_9_will_delay_reconnect_clean_start_0_no_will(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 publishes the will on takeover
-def test_MQTT_3_1_3_9_takeover_with_clean_start_0_does_not_send_delayed_will(broker):
+def test_MQTT_50_3_1_3_9_takeover_with_clean_start_0_does_not_send_delayed_will(broker):
     """Session takeover (the old connection still open) by a new connection
     with Clean Start 0 before the Will Delay Interval (30 s) has passed:
-    the Session continues, so the will must not be sent [MQTT-3.1.3-9]."""
+    the Session continues, so the will must not be sent [MQTT-5.0 3.1.3-9]."""
     b = broker()
     live = r5(b)
     live.subscribe([("wdt/t", 0), ("wdt/m", 0)])

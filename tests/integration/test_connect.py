@@ -11,8 +11,8 @@ from helpers import raw, raw_marker, uid
 
 # ------------------------------------------------------------ protocol name / level
 
-def test_MQTT_3_1_2_2_unsupported_level_gets_connack_0x01_and_close(broker):
-    """3.1.1 [MQTT-3.1.2-2]: an unsupported protocol level is answered with
+def test_MQTT_311_3_1_2_2_unsupported_level_gets_connack_0x01_and_close(broker):
+    """[MQTT-3.1.1 3.1.2-2]: an unsupported protocol level is answered with
     CONNACK return code 0x01 (in the 3.1.1 format, the client's version is
     unknown) and the connection is closed."""
     b = broker()
@@ -23,7 +23,7 @@ def test_MQTT_3_1_2_2_unsupported_level_gets_connack_0x01_and_close(broker):
     assert got[0].body == b"\x00\x01", got[0].raw
 
 
-def test_MQTT_3_1_2_2_mqisdp_with_level_4_refused(broker):
+def test_MQTT_311_3_1_2_2_mqisdp_with_level_4_refused(broker):
     """The 3.1 protocol name with a level other than 3 is refused with 0x01."""
     b = broker()
     c = M.Client(b, version=4)
@@ -33,7 +33,7 @@ def test_MQTT_3_1_2_2_mqisdp_with_level_4_refused(broker):
     assert got[0].reason_code == 0x01
 
 
-def test_MQTT_3_1_2_2_v5_level_with_mqisdp_name_refused(broker):
+def test_MQTT_50_3_1_2_2_v5_level_with_mqisdp_name_refused(broker):
     """A 5.0 CONNECT (level 5) under the 3.1 protocol name is refused: a
     CONNACK refusing it (3.1.1-form 0x01 or 5.0-form 0x84), then close."""
     b = broker()
@@ -45,8 +45,9 @@ def test_MQTT_3_1_2_2_v5_level_with_mqisdp_name_refused(broker):
         (got[0].body[:2] == b"\x00\x84"), got[0].raw
 
 
-def test_MQTT_3_1_2_1_bad_protocol_name_closed(broker):
-    """[MQTT-3.1.2-1] a protocol name that is not MQTT: the server may send a
+def test_MQTT_50_3_1_2_1_bad_protocol_name_closed(broker):
+    """[MQTT-3.1.1 3.1.2-1, MQTT-5.0 3.1.2-1]
+    a protocol name that is not MQTT: the server may send a
     refusing CONNACK, and must close the connection; it never accepts it."""
     b = broker()
     c = M.Client(b, version=4)
@@ -55,7 +56,7 @@ def test_MQTT_3_1_2_1_bad_protocol_name_closed(broker):
     assert all(p.type == M.CONNACK and p.reason_code != 0 for p in got), got
 
 
-def test_MQTT_3_1_mqtt31_mqisdp_accepted(broker):
+def test_MQTT_311_3_1_mqtt31_mqisdp_accepted(broker):
     """MQTT 3.1 (protocol name MQIsdp, level 3) clients are accepted and can
     publish and subscribe."""
     b = broker()
@@ -76,7 +77,7 @@ def test_MQTT_3_1_mqtt31_mqisdp_accepted(broker):
 @pytest.mark.parametrize("first", [M.pingreq(), M.publish("a", b"x", version=4),
                                    M.subscribe(1, [("a", 0)], version=4)],
                          ids=["pingreq", "publish", "subscribe"])
-def test_MQTT_3_1_0_1_first_packet_must_be_connect(broker, first):
+def test_MQTT_311_3_1_0_1_first_packet_must_be_connect(broker, first):
     b = broker()
     c = M.Client(b, version=4)
     c.send(first)
@@ -84,7 +85,7 @@ def test_MQTT_3_1_0_1_first_packet_must_be_connect(broker, first):
     assert got == [], f"server answered a non-CONNECT first packet: {got}"
 
 
-def test_MQTT_3_1_0_2_second_connect_closes_311(broker):
+def test_MQTT_311_3_1_0_2_second_connect_closes_311(broker):
     b = broker()
     c = raw(b, version=4)
     c.send(M.connect(uid(), version=4))
@@ -92,7 +93,7 @@ def test_MQTT_3_1_0_2_second_connect_closes_311(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 closes without sending DISCONNECT 0x82
-def test_MQTT_3_1_0_2_second_connect_protocol_error_v5(broker):
+def test_MQTT_50_3_1_0_2_second_connect_protocol_error_v5(broker):
     b = broker()
     c = raw(b, version=5)
     c.send(M.connect(uid(), version=5))
@@ -100,10 +101,10 @@ def test_MQTT_3_1_0_2_second_connect_protocol_error_v5(broker):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_1_2_3_reserved_connect_flag_closes(broker, version):
-    """[MQTT-3.1.2-3] the reserved CONNECT flag must be 0, otherwise the
+def test_MQTT_311_3_1_2_3_reserved_connect_flag_closes(broker, version):
+    """[MQTT-3.1.1 3.1.2-3, MQTT-5.0 3.1.2-3] the reserved CONNECT flag must be 0, otherwise the
     connection is closed (5.0: at most a CONNACK >= 0x80 first, never a
-    DISCONNECT before a successful CONNACK [MQTT-3.14.0-1])."""
+    DISCONNECT before a successful CONNACK [MQTT-5.0 3.14.0-1])."""
     b = broker()
     c = M.Client(b, version=version)
     c.send(M.connect(uid(), version=version, reserved_flag=True))
@@ -112,7 +113,7 @@ def test_MQTT_3_1_2_3_reserved_connect_flag_closes(broker, version):
                for p in got), got
 
 
-def test_MQTT_3_1_2_11_will_qos_3_closes(broker):
+def test_MQTT_311_3_1_2_14_will_qos_3_closes(broker):
     """Will QoS 3 is malformed: the connection is closed without acceptance."""
     b = broker()
     c = M.Client(b, version=4)
@@ -123,9 +124,9 @@ def test_MQTT_3_1_2_11_will_qos_3_closes(broker):
 
 # ------------------------------------------------------------ client identifier
 
-def test_MQTT_3_1_3_6_v5_empty_client_id_assigned(broker):
-    """5.0 [MQTT-3.1.3-6/7] an empty client id is accepted; the CONNACK carries
-    the Assigned Client Identifier [MQTT-3.2.2-16]."""
+def test_MQTT_50_3_1_3_6_v5_empty_client_id_assigned(broker):
+    """[MQTT-5.0 3.1.3-6/7] an empty client id is accepted; the CONNACK carries
+    the Assigned Client Identifier [MQTT-5.0 3.2.2-16]."""
     b = broker()
     c = M.Client(b, version=5)
     ack = c.connect("")
@@ -137,7 +138,7 @@ def test_MQTT_3_1_3_6_v5_empty_client_id_assigned(broker):
     assert ack2.properties["assigned_client_identifier"] != assigned
 
 
-def test_MQTT_3_1_3_7_311_empty_client_id_clean_session_accepted(broker):
+def test_MQTT_311_3_1_3_7_311_empty_client_id_clean_session_accepted(broker):
     b = broker()
     c = M.Client(b, version=4)
     ack = c.connect("", clean=True)
@@ -146,8 +147,8 @@ def test_MQTT_3_1_3_7_311_empty_client_id_clean_session_accepted(broker):
     assert c.recv().type == M.PINGRESP
 
 
-def test_MQTT_3_1_3_8_311_empty_client_id_persistent_refused(broker):
-    """[MQTT-3.1.3-8] empty client id with CleanSession 0: CONNACK 0x02
+def test_MQTT_311_3_1_3_8_311_empty_client_id_persistent_refused(broker):
+    """[MQTT-3.1.1 3.1.3-8] empty client id with CleanSession 0: CONNACK 0x02
     (identifier rejected), then close."""
     b = broker()
     c = M.Client(b, version=4)
@@ -161,7 +162,7 @@ def test_MQTT_3_1_3_8_311_empty_client_id_persistent_refused(broker):
     (4, 0x02),
     # mosquitto 2.0.11 answers a 5.0 client with 0x80 (unspecified) instead of 0x85
     pytest.param(5, 0x85, marks=pytest.mark.starling_only)])
-def test_MQTT_3_1_3_9_zero_length_clientid_disallowed(broker, version, code):
+def test_MQTT_311_3_1_3_9_zero_length_clientid_disallowed(broker, version, code):
     """With allow_zero_length_clientid false, an empty client id is refused:
     3.1.1 0x02 identifier rejected, 5.0 0x85 client identifier not valid."""
     b = broker(allow_zero_length_clientid=False)
@@ -174,7 +175,7 @@ def test_MQTT_3_1_3_9_zero_length_clientid_disallowed(broker, version, code):
 
 # ------------------------------------------------------------ sessions
 
-def test_MQTT_3_2_2_1_session_present_0_for_new_session(broker):
+def test_MQTT_311_3_2_2_3_session_present_0_for_new_session(broker):
     b = broker()
     c = raw(b, version=5, clean=False, properties={"session_expiry_interval": 60})
     assert c.connack.session_present is False
@@ -182,8 +183,8 @@ def test_MQTT_3_2_2_1_session_present_0_for_new_session(broker):
     assert c4.connack.body == b"\x00\x00"
 
 
-def test_MQTT_3_2_2_2_session_resumed_with_subscriptions_311(broker):
-    """[MQTT-3.2.2-2] CleanSession 0 resuming a session: session present 1 and
+def test_MQTT_311_3_2_2_2_session_resumed_with_subscriptions_311(broker):
+    """[MQTT-3.1.1 3.2.2-2] CleanSession 0 resuming a session: session present 1 and
     the subscriptions still deliver."""
     b = broker()
     cid = uid()
@@ -199,8 +200,8 @@ def test_MQTT_3_2_2_2_session_resumed_with_subscriptions_311(broker):
     assert (p.topic, p.payload, p.qos) == ("sess/311", b"after resume", 1)
 
 
-def test_MQTT_3_1_2_6_clean_session_discards_session_311(broker):
-    """[MQTT-3.1.2-6] CleanSession 1 discards the previous session: session
+def test_MQTT_311_3_1_2_6_clean_session_discards_session_311(broker):
+    """[MQTT-3.1.1 3.1.2-6] CleanSession 1 discards the previous session: session
     present 0 and the old subscription is gone (marker technique)."""
     b = broker()
     cid = uid()
@@ -214,8 +215,8 @@ def test_MQTT_3_1_2_6_clean_session_discards_session_311(broker):
     raw_marker(c, c, "sess/marker")
 
 
-def test_MQTT_3_1_2_4_clean_start_discards_session(broker):
-    """5.0 [MQTT-3.1.2-4] Clean Start 1 discards an existing session."""
+def test_MQTT_50_3_1_2_4_clean_start_discards_session(broker):
+    """[MQTT-5.0 3.1.2-4] Clean Start 1 discards an existing session."""
     b = broker()
     cid = uid()
     c = raw(b, cid, clean=False, properties={"session_expiry_interval": 60})
@@ -228,9 +229,9 @@ def test_MQTT_3_1_2_4_clean_start_discards_session(broker):
     raw_marker(c, c, "cs/marker")
 
 
-def test_MQTT_3_1_2_5_clean_start_0_resumes_session(broker):
-    """5.0 [MQTT-3.1.2-5] Clean Start 0 with an existing session resumes it:
-    session present 1 [MQTT-3.2.2-2], subscriptions kept."""
+def test_MQTT_50_3_1_2_5_clean_start_0_resumes_session(broker):
+    """[MQTT-5.0 3.1.2-5] Clean Start 0 with an existing session resumes it:
+    session present 1 [MQTT-5.0 3.2.2-3], subscriptions kept."""
     b = broker()
     cid = uid()
     c = raw(b, cid, clean=False, properties={"session_expiry_interval": 60})
@@ -245,9 +246,9 @@ def test_MQTT_3_1_2_5_clean_start_0_resumes_session(broker):
     assert (p.topic, p.payload) == ("cs/kept", b"kept")
 
 
-def test_MQTT_3_1_2_11_session_expiry_0_ends_session_at_disconnect(broker):
+def test_MQTT_50_3_1_2_23_session_expiry_0_ends_session_at_disconnect(broker):
     """5.0: without a Session Expiry Interval the session ends with the
-    connection [MQTT-3.1.2-11 / 3.1.2-23]."""
+    connection [MQTT-5.0 3.1.2-23]."""
     b = broker()
     cid = uid()
     c = raw(b, cid, clean=False)
@@ -257,7 +258,7 @@ def test_MQTT_3_1_2_11_session_expiry_0_ends_session_at_disconnect(broker):
     assert c.connack.session_present is False
 
 
-def test_MQTT_3_1_2_23_session_kept_until_expiry(broker):
+def test_MQTT_50_3_1_2_23_session_kept_until_expiry(broker):
     """5.0 Session Expiry Interval 1: the session survives a quick reconnect
     and is gone once the interval has passed."""
     b = broker()
@@ -278,7 +279,7 @@ def test_MQTT_3_1_2_23_session_kept_until_expiry(broker):
     raw_marker(c, pub, "sexp/marker")
 
 
-def test_MQTT_3_14_2_disconnect_session_expiry_0_ends_session(broker):
+def test_MQTT_50_3_14_2_disconnect_session_expiry_0_ends_session(broker):
     """5.0: a Session Expiry Interval of 60 at CONNECT changed to 0 in the
     DISCONNECT ends the session when the connection closes."""
     b = broker()
@@ -292,8 +293,8 @@ def test_MQTT_3_14_2_disconnect_session_expiry_0_ends_session(broker):
 
 # ------------------------------------------------------------ takeover
 
-def test_MQTT_3_1_4_3_takeover_closes_existing_311(broker):
-    """[MQTT-3.1.4-3] a second connection with the same client id closes the
+def test_MQTT_311_3_1_4_2_takeover_closes_existing_311(broker):
+    """[MQTT-3.1.1 3.1.4-2] a second connection with the same client id closes the
     first (3.1.1: no DISCONNECT)."""
     b = broker()
     cid = uid()
@@ -305,7 +306,7 @@ def test_MQTT_3_1_4_3_takeover_closes_existing_311(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 closes the old connection without DISCONNECT 0x8E
-def test_MQTT_3_1_4_3_takeover_disconnect_0x8e_v5(broker):
+def test_MQTT_50_3_1_4_3_takeover_disconnect_0x8e_v5(broker):
     """5.0: the existing connection gets DISCONNECT 0x8E session taken over."""
     b = broker()
     cid = uid()
@@ -316,7 +317,7 @@ def test_MQTT_3_1_4_3_takeover_disconnect_0x8e_v5(broker):
     assert c2.recv().type == M.PINGRESP
 
 
-def test_MQTT_3_1_4_3_takeover_keeps_session(broker):
+def test_MQTT_50_3_1_4_3_takeover_keeps_session(broker):
     """Takeover with Clean Start 0: session present 1 and the subscriptions
     made on the first connection deliver to the second."""
     b = broker()
@@ -339,8 +340,8 @@ def test_MQTT_3_1_4_3_takeover_keeps_session(broker):
 # mosquitto 2.0.11 checks keep alive only every ~5 s: keep alive 1 closes after ~5 s.
 @pytest.mark.starling_only
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_1_2_24_keep_alive_enforced(broker, version):
-    """[MQTT-3.1.2-24] a client silent for 1.5 x keep alive is disconnected
+def test_MQTT_311_3_1_2_24_keep_alive_enforced(broker, version):
+    """[MQTT-3.1.1 3.1.2-24, MQTT-5.0 3.1.2-22] a client silent for 1.5 x keep alive is disconnected
     (keep alive 1 s: closed between 1.5 and ~3 s; 5.0 may send DISCONNECT
     0x8D first)."""
     b = broker()
@@ -355,8 +356,8 @@ def test_MQTT_3_1_2_24_keep_alive_enforced(broker, version):
         assert got == []
 
 
-def test_MQTT_3_12_4_1_pingreq_keeps_connection_alive(broker):
-    """[MQTT-3.12.4-1] PINGREQ is answered with PINGRESP and keeps a keep
+def test_MQTT_311_3_12_4_1_pingreq_keeps_connection_alive(broker):
+    """[MQTT-3.1.1 3.12.4-1] PINGREQ is answered with PINGRESP and keeps a keep
     alive 1 s connection open for well over 1.5 s."""
     b = broker()
     c = raw(b, version=4, keepalive=1)
@@ -389,9 +390,9 @@ def test_connect_timeout_closes_silent_connection(broker):
     assert 0.8 <= elapsed <= 3.0, f"closed after {elapsed:.2f} s"
 
 
-def test_MQTT_3_1_2_21_server_keep_alive_caps_keepalive(broker):
+def test_MQTT_50_3_1_2_21_server_keep_alive_caps_keepalive(broker):
     """5.0: with max_keepalive 10 a client asking for 60 gets Server Keep
-    Alive 10 in the CONNACK [MQTT-3.2.2-21]."""
+    Alive 10 in the CONNACK [MQTT-5.0 3.2.2-21]."""
     b = broker(max_keepalive=10)
     c = raw(b, keepalive=60)
     assert c.connack.properties.get("server_keep_alive") == 10
@@ -399,7 +400,7 @@ def test_MQTT_3_1_2_21_server_keep_alive_caps_keepalive(broker):
 
 # ------------------------------------------------------------ CONNACK properties
 
-def test_MQTT_3_2_2_connack_properties_v5(broker):
+def test_MQTT_50_3_2_2_connack_properties_v5(broker):
     """CONNACK properties advertise the configured limits; features that are
     available are either absent (meaning available) or 1; Maximum QoS is
     absent when max_qos is 2 (a value of 2 would be a protocol error)."""
@@ -420,7 +421,7 @@ def test_MQTT_3_2_2_connack_properties_v5(broker):
 
 
 @pytest.mark.starling_only  # mosquitto's CONNACK Receive Maximum is max_inflight_messages
-def test_MQTT_3_2_2_connack_receive_maximum_is_configured(broker):
+def test_MQTT_50_3_2_2_connack_receive_maximum_is_configured(broker):
     b = broker(receive_maximum=7, topic_alias_maximum=3)
     c = raw(b)
     pr = c.connack.properties
@@ -431,20 +432,20 @@ def test_MQTT_3_2_2_connack_receive_maximum_is_configured(broker):
     assert pr.get("shared_subscription_available", 1) == 1
 
 
-def test_MQTT_3_2_2_9_maximum_qos_1_advertised(broker):
+def test_MQTT_50_3_2_2_9_maximum_qos_1_advertised(broker):
     b = broker(max_qos=1)
     c = raw(b)
     assert c.connack.properties.get("maximum_qos") == 1
 
 
-def test_MQTT_3_2_2_retain_not_available_advertised(broker):
+def test_MQTT_50_3_2_2_retain_not_available_advertised(broker):
     b = broker(retain_available=False)
     c = raw(b)
     assert c.connack.properties.get("retain_available") == 0
 
 
-def test_MQTT_4_12_0_1_unsupported_authentication_method(broker):
-    """[MQTT-4.12.0-1] an Authentication Method the server does not support:
+def test_MQTT_50_4_12_0_1_unsupported_authentication_method(broker):
+    """[MQTT-5.0 4.12.0-1] an Authentication Method the server does not support:
     CONNACK 0x8C bad authentication method, then close."""
     b = broker()
     c = M.Client(b)
@@ -456,9 +457,9 @@ def test_MQTT_4_12_0_1_unsupported_authentication_method(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 disconnects on an invalid filter instead of SUBACK 0x8F
-def test_MQTT_3_1_2_29_request_problem_information_0(broker):
+def test_MQTT_50_3_1_2_29_request_problem_information_0(broker):
     """Request Problem Information 0: no Reason String (nor User Property) in
-    a failing SUBACK [MQTT-3.1.2-29]."""
+    a failing SUBACK [MQTT-5.0 3.1.2-29]."""
     b = broker()
     c = raw(b, properties={"request_problem_information": 0})
     s = c.subscribe(("bad/#/filter", 0))
@@ -467,7 +468,7 @@ def test_MQTT_3_1_2_29_request_problem_information_0(broker):
 
 
 @pytest.mark.starling_only  # mosquitto has no max_session_expiry option
-def test_MQTT_3_2_2_max_session_expiry_caps_requested_interval(broker):
+def test_MQTT_50_3_2_2_max_session_expiry_caps_requested_interval(broker):
     """max_session_expiry 1: a client asking for 100 s is told 1 s in the
     CONNACK Session Expiry Interval, and the session expires after ~1 s."""
     b = broker(max_session_expiry=1)

@@ -386,7 +386,8 @@ class SlowSubscriber(threading.Thread):
                 old = self.awaiting_rel.get(p.packet_id)
                 if old is not None and (p.qos != 2 or old != seq):
                     # the server reuses a packet id whose QoS 2 exchange is not
-                    # complete [MQTT-2.2.1-3]: record it, take it as a new message
+                    # complete [MQTT-3.1.1 2.3.1-4, MQTT-5.0 2.2.1-4]:
+                    # record it, take it as a new message
                     self.violations.append(
                         f"packet id {p.packet_id} reused for message {seq} (QoS {p.qos}) while "
                         f"message {old} awaits PUBREL: {self.history[p.packet_id][-6:]}")
@@ -964,7 +965,7 @@ def test_disk_full(mounts, broker, tmp_path):
         stored_again = f"big/again/{i}"
 
         # the packet id of the QoS 2 publish refused with PUBREC 0x97 is free
-        # again [MQTT-4.3.3]: a new message with it is a new message
+        # again [MQTT-5.0 4.3.3-9]: a new message with it is a new message
         pub.publish("big/q2-reuse", b"new message, reused packet id", qos=2, packet_id=pid)
         rec = pub.expect(M.PUBREC, timeout=10)
         assert rec.reason_code == 0, f"PUBREC {rec.reason_code:#x} for the new QoS 2 message"

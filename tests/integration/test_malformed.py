@@ -38,7 +38,8 @@ CASES = {
     "subscribe-reserved-flags": (lambda v: M.subscribe(1, [("a", 0)], version=v, flags=0x0), MALFORMED, ()),
     "unsubscribe-reserved-flags": (lambda v: M.unsubscribe(1, ["a"], version=v, flags=0x0), MALFORMED, ()),
     "publish-qos3": (lambda v: M.packet(M.PUBLISH, 0x06, M.utf8("a") + b"\x00\x01" + (b"\x00" if v == 5 else b"") + b"x"), MALFORMED, ()),
-    # [MQTT-3.8.3-2] no filters is a protocol error; mosquitto 5.0 sends 0x81
+    # [MQTT-3.1.1 3.8.3-3, MQTT-5.0 3.8.3-2]
+    # no filters is a protocol error; mosquitto 5.0 sends 0x81
     "subscribe-no-filters": (lambda v: M.packet(M.SUBSCRIBE, 0x2, _sub_body(b"", v)), PROTOCOL_ERROR, {5}),
     "subscribe-options-reserved-bits": (lambda v: M.packet(M.SUBSCRIBE, 0x2, _sub_body(M.utf8("a") + b"\xc0", v)), MALFORMED, ()),
     # 5.0: QoS 3 and Retain Handling 3 in subscription options are protocol
@@ -64,8 +65,8 @@ def _case_params():
 
 
 @pytest.mark.parametrize("case,version", _case_params())
-def test_MQTT_4_13_malformed_packet(broker, case, version):
-    """[MQTT-4.13.1-1 / 3.1.1 MQTT-4.8.0-1] a malformed packet or protocol
+def test_MQTT_50_4_13_malformed_packet(broker, case, version):
+    """[MQTT-3.1.1 4.8.0-1, MQTT-5.0 4.13.1-1] a malformed packet or protocol
     error closes the connection; 5.0 with DISCONNECT carrying the reason."""
     build, code, _ = CASES[case]
     b = broker()
@@ -107,7 +108,7 @@ MOSQUITTO_DEVIATES = {
 @pytest.mark.parametrize("case", [
     pytest.param(n, marks=[pytest.mark.starling_only] if n in MOSQUITTO_DEVIATES else [])
     for n in sorted(PROP_CASES)])
-def test_MQTT_2_2_2_property_errors_v5(broker, case):
+def test_MQTT_50_2_2_2_property_errors_v5(broker, case):
     """Property errors in a 5.0 packet: duplicates and out-of-range values are
     protocol errors (0x82), unknown or misplaced identifiers malformed (0x81)."""
     data, code = PROP_CASES[case]

@@ -25,8 +25,8 @@ def _resume(b, cid):
     return s
 
 
-def test_MQTT_3_3_2_5_expired_message_not_delivered(broker):
-    """[MQTT-3.3.2-5] a message queued longer than its Message Expiry Interval
+def test_MQTT_50_3_3_2_5_expired_message_not_delivered(broker):
+    """[MQTT-5.0 3.3.2-5] a message queued longer than its Message Expiry Interval
     is not delivered; a non-expiring one queued after it is."""
     b = broker()
     cid = _offline_subscriber(b, "exp/t")
@@ -42,8 +42,8 @@ def test_MQTT_3_3_2_5_expired_message_not_delivered(broker):
     raw_marker(s, c, "exp/t/marker")
 
 
-def test_MQTT_3_3_2_6_expiry_interval_decremented(broker):
-    """[MQTT-3.3.2-6] the Message Expiry Interval sent on is the received value
+def test_MQTT_50_3_3_2_6_expiry_interval_decremented(broker):
+    """[MQTT-5.0 3.3.2-6] the Message Expiry Interval sent on is the received value
     minus the time the message waited in the server."""
     b = broker()
     cid = _offline_subscriber(b, "expd/t")
@@ -57,7 +57,7 @@ def test_MQTT_3_3_2_6_expiry_interval_decremented(broker):
     assert 1 <= p.properties["message_expiry_interval"] <= 29
 
 
-def test_MQTT_3_3_2_6_expiry_interval_forwarded_live(broker):
+def test_MQTT_50_3_3_2_6_expiry_interval_forwarded_live(broker):
     b = broker()
     s = raw(b)
     s.subscribe(("expl/t", 0))
@@ -67,7 +67,7 @@ def test_MQTT_3_3_2_6_expiry_interval_forwarded_live(broker):
     assert 99 <= p.properties["message_expiry_interval"] <= 100
 
 
-def test_MQTT_3_3_2_retained_message_expires(broker):
+def test_MQTT_50_3_3_2_retained_message_expires(broker):
     """A retained message whose expiry has passed is not sent to new subscribers."""
     b = broker()
     c = raw(b)
@@ -82,7 +82,7 @@ def test_MQTT_3_3_2_retained_message_expires(broker):
 
 # ------------------------------------------------------------ topic aliases, client -> server
 
-def test_MQTT_3_3_2_12_topic_alias_from_client(broker):
+def test_MQTT_50_3_3_2_12_topic_alias_from_client(broker):
     """A client sets alias 1 with a topic, then publishes with an empty topic
     and alias 1; both arrive on the full topic; an alias can be remapped."""
     b = broker(topic_alias_maximum=5)
@@ -101,8 +101,8 @@ def test_MQTT_3_3_2_12_topic_alias_from_client(broker):
 @pytest.mark.parametrize("alias", [
     # mosquitto 2.0.11 answers alias 0 with DISCONNECT 0x81 (malformed) instead of 0x94
     pytest.param(0, marks=pytest.mark.starling_only), 3])
-def test_MQTT_3_3_2_8_topic_alias_out_of_range(broker, alias):
-    """[MQTT-3.3.2-8/9] topic alias 0 or above the server's Topic Alias
+def test_MQTT_50_3_3_2_8_topic_alias_out_of_range(broker, alias):
+    """[MQTT-5.0 3.3.2-8/9] topic alias 0 or above the server's Topic Alias
     Maximum (2): DISCONNECT 0x94 topic alias invalid."""
     b = broker(topic_alias_maximum=2)
     c = raw(b)
@@ -110,7 +110,7 @@ def test_MQTT_3_3_2_8_topic_alias_out_of_range(broker, alias):
     c.expect_disconnect(0x94)
 
 
-def test_MQTT_3_3_4_unknown_topic_alias_protocol_error(broker):
+def test_MQTT_50_3_3_4_unknown_topic_alias_protocol_error(broker):
     """An empty topic with an alias that has no mapping is a protocol error:
     DISCONNECT 0x82."""
     b = broker(topic_alias_maximum=5)
@@ -119,7 +119,7 @@ def test_MQTT_3_3_4_unknown_topic_alias_protocol_error(broker):
     c.expect_disconnect(0x82)
 
 
-def test_MQTT_3_3_2_empty_topic_without_alias_protocol_error(broker):
+def test_MQTT_50_3_3_2_empty_topic_without_alias_protocol_error(broker):
     b = broker()
     c = raw(b)
     c.publish("", b"x")
@@ -129,7 +129,7 @@ def test_MQTT_3_3_2_empty_topic_without_alias_protocol_error(broker):
 # ------------------------------------------------------------ topic aliases, server -> client
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 never sends topic aliases to clients
-def test_MQTT_3_1_2_26_server_topic_alias_to_client(broker):
+def test_MQTT_50_3_1_2_26_server_topic_alias_to_client(broker):
     """A client announcing Topic Alias Maximum 5: the first PUBLISH on a topic
     carries the topic and an alias in 1..5, a later one on the same topic an
     empty topic and the same alias."""
@@ -150,7 +150,7 @@ def test_MQTT_3_1_2_26_server_topic_alias_to_client(broker):
         assert (p.topic, p.properties.get("topic_alias")) == ("", alias)
 
 
-def test_MQTT_3_1_2_27_no_alias_when_client_max_is_0(broker):
+def test_MQTT_50_3_1_2_27_no_alias_when_client_max_is_0(broker):
     """Without a client Topic Alias Maximum (default 0) the server sends
     no Topic Alias."""
     b = broker()
@@ -166,7 +166,7 @@ def test_MQTT_3_1_2_27_no_alias_when_client_max_is_0(broker):
 
 # ------------------------------------------------------------ maximum packet size
 
-def test_MQTT_3_2_2_maximum_packet_size_exceeded_v5(broker):
+def test_MQTT_50_3_2_2_maximum_packet_size_exceeded_v5(broker):
     """A PUBLISH larger than max_packet_size (300): DISCONNECT 0x95 packet too large."""
     b = broker(max_packet_size=300)
     c = raw(b)
@@ -175,14 +175,14 @@ def test_MQTT_3_2_2_maximum_packet_size_exceeded_v5(broker):
     c.expect_disconnect(0x95)
 
 
-def test_MQTT_3_2_2_maximum_packet_size_exceeded_311(broker):
+def test_MQTT_50_3_2_2_maximum_packet_size_exceeded_311(broker):
     b = broker(max_packet_size=300)
     c = raw(b, version=4)
     c.publish("big/t", b"x" * 400, qos=1)
     c.expect_closed_without_disconnect()
 
 
-def test_MQTT_3_2_2_packet_at_limit_accepted(broker):
+def test_MQTT_50_3_2_2_packet_at_limit_accepted(broker):
     b = broker(max_packet_size=300)
     s = raw(b)
     s.subscribe(("lim/t", 0))
@@ -193,8 +193,8 @@ def test_MQTT_3_2_2_packet_at_limit_accepted(broker):
     assert s.recv_publish().payload == b"y" * 200
 
 
-def test_MQTT_3_1_2_25_not_sent_above_client_maximum_packet_size(broker):
-    """[MQTT-3.1.2-25] a message larger than the subscriber's Maximum Packet
+def test_MQTT_50_3_1_2_25_not_sent_above_client_maximum_packet_size(broker):
+    """[MQTT-5.0 3.1.2-25] a message larger than the subscriber's Maximum Packet
     Size is not sent to it (the marker arrives first); a smaller one is."""
     b = broker()
     s = raw(b, properties={"maximum_packet_size": 128})
@@ -210,8 +210,8 @@ def test_MQTT_3_1_2_25_not_sent_above_client_maximum_packet_size(broker):
 
 # ------------------------------------------------------------ pass-through
 
-def test_MQTT_3_3_2_application_properties_passed_through(broker):
-    """[MQTT-3.3.2-4/15/16/18/20, 3.3.2-17] payload format indicator, content
+def test_MQTT_50_3_3_2_application_properties_passed_through(broker):
+    """[MQTT-5.0 3.3.2-4/15/16/17/18/20] payload format indicator, content
     type, response topic, correlation data and user properties (order and
     repeats kept) are forwarded unchanged."""
     b = broker()
@@ -234,7 +234,7 @@ def test_MQTT_3_3_2_application_properties_passed_through(broker):
     assert pr["user_property"] == users
 
 
-def test_MQTT_3_3_2_properties_passed_through_paho(broker):
+def test_MQTT_50_3_3_2_properties_passed_through_paho(broker):
     b = broker()
     s = paho(b)
     s.subscribe("pp/t", 1)
@@ -249,7 +249,7 @@ def test_MQTT_3_3_2_properties_passed_through_paho(broker):
     assert m.properties.ContentType == "x/y"
 
 
-def test_MQTT_3_3_2_properties_dropped_for_311_subscriber(broker):
+def test_MQTT_50_3_3_2_properties_dropped_for_311_subscriber(broker):
     """A 5.0 message with properties reaches a 3.1.1 subscriber as a valid
     3.1.1 PUBLISH (no property block)."""
     b = broker()
@@ -266,7 +266,7 @@ def test_MQTT_3_3_2_properties_dropped_for_311_subscriber(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 accepts it (PUBACK 0x00) and forwards the payload
-def test_MQTT_3_3_2_4_payload_format_invalid_utf8(broker):
+def test_MQTT_50_3_3_2_4_payload_format_invalid_utf8(broker):
     """Payload Format Indicator 1 with a payload that is not UTF-8: PUBACK
     0x99 payload format invalid, or DISCONNECT 0x99."""
     b = broker()
@@ -286,7 +286,7 @@ def test_MQTT_3_3_2_4_payload_format_invalid_utf8(broker):
 # ------------------------------------------------------------ AUTH, server DISCONNECT
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 closes the connection without DISCONNECT 0x82
-def test_MQTT_4_12_0_auth_without_method_protocol_error(broker):
+def test_MQTT_50_4_12_0_auth_without_method_protocol_error(broker):
     """AUTH from a client that did not use extended authentication:
     DISCONNECT 0x82 protocol error."""
     b = broker()
@@ -295,7 +295,7 @@ def test_MQTT_4_12_0_auth_without_method_protocol_error(broker):
     c.expect_disconnect(0x82)
 
 
-def test_MQTT_3_14_client_disconnect_reason_and_properties_accepted(broker):
+def test_MQTT_50_3_14_client_disconnect_reason_and_properties_accepted(broker):
     """A DISCONNECT with a reason code and properties (reason string, user
     property) closes cleanly: no will."""
     b = broker()
@@ -307,10 +307,10 @@ def test_MQTT_3_14_client_disconnect_reason_and_properties_accepted(broker):
     raw_marker(s, s, "dprop/marker")
 
 
-def test_MQTT_4_13_server_disconnect_has_no_forbidden_properties(broker):
+def test_MQTT_50_4_13_server_disconnect_has_no_forbidden_properties(broker):
     """A server DISCONNECT (here 0x95) carries at most a reason string, user
     properties or server reference; it never has a session expiry interval
-    [MQTT-3.14.2-2]."""
+    [MQTT-5.0 3.14.2-2]."""
     b = broker(max_packet_size=100)
     c = raw(b)
     c.publish("x", b"q" * 200)

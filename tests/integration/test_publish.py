@@ -13,8 +13,8 @@ NO_SUBSCRIBERS_OK = (0x00, 0x10)
 # ------------------------------------------------------------ client -> broker
 
 @pytest.mark.parametrize("version", [3, 4, 5])
-def test_MQTT_3_3_4_1_qos1_puback(broker, version):
-    """[MQTT-3.3.4-1] QoS 1 PUBLISH is answered with PUBACK carrying its
+def test_MQTT_311_3_3_4_1_qos1_puback(broker, version):
+    """[MQTT-3.1.1 3.3.4-1, MQTT-5.0 3.3.4-1] QoS 1 PUBLISH is answered with PUBACK carrying its
     packet identifier (5.0: reason 0x00, or 0x10 with no subscribers)."""
     b = broker()
     c = raw(b, version=version)
@@ -27,7 +27,7 @@ def test_MQTT_3_3_4_1_qos1_puback(broker, version):
         assert a.raw == b"\x40\x02\x12\x34"
 
 
-def test_MQTT_3_4_2_1_puback_success_with_subscriber_v5(broker):
+def test_MQTT_50_3_4_2_1_puback_success_with_subscriber_v5(broker):
     b = broker()
     s = raw(b)
     s.subscribe(("q1/sub", 1))
@@ -38,7 +38,7 @@ def test_MQTT_3_4_2_1_puback_success_with_subscriber_v5(broker):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_4_3_3_qos2_flow_from_client(broker, version):
+def test_MQTT_311_4_3_3_qos2_flow_from_client(broker, version):
     """QoS 2 from a client: PUBREC(id), PUBREL(id) -> PUBCOMP(id); the
     subscriber gets the message once."""
     b = broker()
@@ -57,7 +57,7 @@ def test_MQTT_4_3_3_qos2_flow_from_client(broker, version):
     assert (p.topic, p.payload, p.qos) == ("q2/in", b"exactly once", 2)
 
 
-def test_MQTT_4_3_3_qos2_no_subscribers_v5(broker):
+def test_MQTT_50_4_3_3_qos2_no_subscribers_v5(broker):
     b = broker()
     c = raw(b)
     c.publish("q2/nobody", b"x", qos=2, packet_id=3)
@@ -67,7 +67,7 @@ def test_MQTT_4_3_3_qos2_no_subscribers_v5(broker):
     assert (comp.packet_id, comp.reason_code) == (3, 0)
 
 
-def test_MQTT_4_3_3_qos2_duplicate_before_pubrel_delivered_once(broker):
+def test_MQTT_311_4_3_3_qos2_duplicate_before_pubrel_delivered_once(broker):
     """A QoS 2 PUBLISH resent with DUP before PUBREL (method B) is
     acknowledged again but delivered onward only once."""
     b = broker()
@@ -86,7 +86,7 @@ def test_MQTT_4_3_3_qos2_duplicate_before_pubrel_delivered_once(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 answers an unknown PUBREL with PUBCOMP 0x00
-def test_MQTT_3_7_2_pubrel_unknown_id_pubcomp_0x92(broker):
+def test_MQTT_50_3_7_2_pubrel_unknown_id_pubcomp_0x92(broker):
     """5.0: PUBREL for a packet identifier the server does not know is
     answered with PUBCOMP 0x92 packet identifier not found."""
     b = broker()
@@ -96,7 +96,7 @@ def test_MQTT_3_7_2_pubrel_unknown_id_pubcomp_0x92(broker):
     assert (comp.packet_id, comp.reason_code) == (77, 0x92)
 
 
-def test_MQTT_3_6_1_pubrel_unknown_id_pubcomp_311(broker):
+def test_MQTT_311_3_6_1_pubrel_unknown_id_pubcomp_311(broker):
     b = broker()
     c = raw(b, version=4)
     c.pubrel(77)
@@ -105,8 +105,8 @@ def test_MQTT_3_6_1_pubrel_unknown_id_pubcomp_311(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 answers PUBREC 0x97 (quota exceeded) and stays connected
-def test_MQTT_3_3_4_9_receive_maximum_exceeded(broker):
-    """[MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than the server's
+def test_MQTT_50_3_3_4_7_receive_maximum_exceeded(broker):
+    """[MQTT-5.0 3.3.4-7] more unacknowledged QoS 2 PUBLISHes than the server's
     Receive Maximum (2): DISCONNECT 0x93 receive maximum exceeded."""
     b = broker(receive_maximum=2, max_inflight_messages=2)
     c = raw(b)
@@ -119,8 +119,8 @@ def test_MQTT_3_3_4_9_receive_maximum_exceeded(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 sends DISCONNECT 0x82 instead of 0x90
-def test_MQTT_3_3_2_2_publish_wildcard_topic_v5(broker):
-    """[MQTT-3.3.2-2] the topic name of a PUBLISH must not contain wildcards:
+def test_MQTT_50_3_3_2_2_publish_wildcard_topic_v5(broker):
+    """[MQTT-5.0 3.3.2-2] the topic name of a PUBLISH must not contain wildcards:
     5.0 DISCONNECT 0x90 topic name invalid."""
     b = broker()
     c = raw(b)
@@ -129,7 +129,7 @@ def test_MQTT_3_3_2_2_publish_wildcard_topic_v5(broker):
 
 
 @pytest.mark.parametrize("topic", ["a/#", "a/+", "+"])
-def test_MQTT_3_3_2_2_publish_wildcard_topic_311(broker, topic):
+def test_MQTT_311_3_3_2_2_publish_wildcard_topic_311(broker, topic):
     b = broker()
     c = raw(b, version=4)
     c.publish(topic, b"x")
@@ -138,7 +138,7 @@ def test_MQTT_3_3_2_2_publish_wildcard_topic_311(broker, topic):
 
 # ------------------------------------------------------------ broker -> client
 
-def test_MQTT_4_3_1_qos0_delivery_paho(broker):
+def test_MQTT_311_4_3_1_qos0_delivery_paho(broker):
     b = broker()
     s = paho(b, version=4)
     assert s.subscribe("q0/t", 0) == [0]
@@ -148,7 +148,7 @@ def test_MQTT_4_3_1_qos0_delivery_paho(broker):
     assert (m.topic, m.payload, m.qos, m.retain) == ("q0/t", b"hello q0", 0, False)
 
 
-def test_MQTT_4_3_2_qos1_to_subscriber(broker):
+def test_MQTT_311_4_3_2_qos1_to_subscriber(broker):
     """QoS 1 delivery: PUBLISH with a non-zero packet identifier, DUP 0;
     the subscriber's PUBACK completes it."""
     b = broker()
@@ -164,7 +164,7 @@ def test_MQTT_4_3_2_qos1_to_subscriber(broker):
     assert s.recv().type == M.PINGRESP
 
 
-def test_MQTT_4_3_3_qos2_to_subscriber(broker):
+def test_MQTT_311_4_3_3_qos2_to_subscriber(broker):
     """QoS 2 delivery: PUBLISH -> PUBREC -> PUBREL (flags 0x2, same id) -> PUBCOMP."""
     b = broker()
     s = raw(b, version=4)
@@ -185,8 +185,8 @@ def test_MQTT_4_3_3_qos2_to_subscriber(broker):
 
 
 @pytest.mark.parametrize("pub_qos,sub_qos", [(2, 1), (2, 0), (1, 0), (0, 2), (1, 2)])
-def test_MQTT_3_8_4_8_qos_is_min_of_publish_and_subscription(broker, pub_qos, sub_qos):
-    """[MQTT-3.8.4-8 / 3.3.4] delivery QoS = min(published QoS, granted QoS)."""
+def test_MQTT_50_3_8_4_8_qos_is_min_of_publish_and_subscription(broker, pub_qos, sub_qos):
+    """[MQTT-3.1.1 3.8.4-6, MQTT-5.0 3.8.4-8] delivery QoS = min(published QoS, granted QoS)."""
     b = broker()
     s = raw(b)
     s.subscribe(("down/t", sub_qos))
@@ -197,8 +197,8 @@ def test_MQTT_3_8_4_8_qos_is_min_of_publish_and_subscription(broker, pub_qos, su
     assert (p.packet_id is None) == (p.qos == 0)
 
 
-def test_MQTT_2_2_1_2_distinct_packet_ids_in_flight(broker):
-    """[MQTT-2.2.1-2/3] concurrent unacknowledged QoS 1 PUBLISHes to a
+def test_MQTT_50_2_2_1_4_distinct_packet_ids_in_flight(broker):
+    """[MQTT-3.1.1 2.3.1-4, MQTT-5.0 2.2.1-4] concurrent unacknowledged QoS 1 PUBLISHes to a
     client use distinct non-zero packet identifiers."""
     b = broker()
     s = raw(b)
@@ -215,8 +215,8 @@ def test_MQTT_2_2_1_2_distinct_packet_ids_in_flight(broker):
         s.puback(p.packet_id)
 
 
-def test_MQTT_4_9_0_client_receive_maximum_honoured(broker):
-    """[MQTT-3.3.4-7/4.9.0] the server sends no more unacknowledged QoS 1
+def test_MQTT_50_4_9_0_client_receive_maximum_honoured(broker):
+    """[MQTT-5.0 3.3.4-9/4.9.0-2] the server sends no more unacknowledged QoS 1
     PUBLISHes than the client's Receive Maximum (2); more flow as it acks."""
     b = broker()
     s = raw(b, properties={"receive_maximum": 2})
@@ -259,7 +259,7 @@ def _persistent(b, cid, version=5, **kw):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_1_2_5_offline_messages_queued_in_order(broker, version):
+def test_MQTT_311_3_1_2_5_offline_messages_queued_in_order(broker, version):
     """Messages for an offline persistent session are delivered on resume,
     in publish order."""
     b = broker()
@@ -331,8 +331,8 @@ def test_queue_qos0_messages_queues_offline_qos0(broker):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_2_2_11_publish_above_maximum_qos(broker, version):
-    """[MQTT-3.2.2-11] with max_qos 1 a QoS 2 PUBLISH is refused: 5.0
+def test_MQTT_50_3_2_2_11_publish_above_maximum_qos(broker, version):
+    """[MQTT-5.0 3.2.2-11] with max_qos 1 a QoS 2 PUBLISH is refused: 5.0
     DISCONNECT 0x9B QoS not supported, 3.1.1 close."""
     b = broker(max_qos=1)
     c = raw(b, version=version)
@@ -343,7 +343,7 @@ def test_MQTT_3_2_2_11_publish_above_maximum_qos(broker, version):
         c.expect_closed_without_disconnect()
 
 
-def test_MQTT_4_3_1_qos0_not_queued_offline_by_default(broker):
+def test_MQTT_311_4_3_1_qos0_not_queued_offline_by_default(broker):
     """QoS 0 messages are not queued for an offline session by default."""
     b = broker()
     cid = uid()
@@ -360,8 +360,9 @@ def test_MQTT_4_3_1_qos0_not_queued_offline_by_default(broker):
 
 @pytest.mark.parametrize("version", [4, 5])
 @pytest.mark.parametrize("qos", [1, 2])
-def test_MQTT_4_4_0_1_unacked_redelivered_with_dup(broker, version, qos):
-    """[MQTT-4.4.0-1] on resuming a session, unacknowledged QoS 1/2 PUBLISHes
+def test_MQTT_311_4_4_0_1_unacked_redelivered_with_dup(broker, version, qos):
+    """[MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1]
+    on resuming a session, unacknowledged QoS 1/2 PUBLISHes
     are resent with DUP 1 and the same packet identifier."""
     b = broker()
     cid = uid()
@@ -393,8 +394,9 @@ def test_MQTT_4_4_0_1_unacked_redelivered_with_dup(broker, version, qos):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_4_4_0_1_pubrel_resent_on_resume(broker, version):
-    """[MQTT-4.4.0-1] a QoS 2 message in the PUBREC-received state: on resume
+def test_MQTT_311_4_4_0_1_pubrel_resent_on_resume(broker, version):
+    """[MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1]
+    a QoS 2 message in the PUBREC-received state: on resume
     the server resends PUBREL (not the PUBLISH)."""
     b = broker()
     cid = uid()
@@ -418,8 +420,8 @@ def test_MQTT_4_4_0_1_pubrel_resent_on_resume(broker, version):
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
-def test_MQTT_4_6_0_6_order_preserved_per_publisher(broker, qos):
-    """[MQTT-4.6.0-6] messages from one publisher on one topic arrive in the
+def test_MQTT_311_4_6_0_6_order_preserved_per_publisher(broker, qos):
+    """[MQTT-3.1.1 4.6.0-6, MQTT-5.0 4.6.0-5] messages from one publisher on one topic arrive in the
     order they were published."""
     b = broker()
     s = paho(b)
@@ -432,7 +434,7 @@ def test_MQTT_4_6_0_6_order_preserved_per_publisher(broker, qos):
     assert got == [b"%03d" % i for i in range(n)]
 
 
-def test_MQTT_4_6_0_order_across_topics_from_one_publisher(broker):
+def test_MQTT_311_4_6_0_order_across_topics_from_one_publisher(broker):
     """One publisher, two topics, one wildcard subscriber: QoS 1 messages
     arrive in publish order."""
     b = broker()

@@ -17,9 +17,9 @@ def _publish_retained(c, topic, payload, qos=1):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_3_1_6_retained_sent_to_new_subscriber(broker, version):
-    """[MQTT-3.3.1-5/6] a retained message is stored and sent to later
-    subscribers with RETAIN 1 [MQTT-3.3.1-8]."""
+def test_MQTT_311_3_3_1_6_retained_sent_to_new_subscriber(broker, version):
+    """[MQTT-3.1.1 3.3.1-5/6, MQTT-5.0 3.3.1-5/9] a retained message is stored and sent to later
+    subscribers with RETAIN 1 [MQTT-3.1.1 3.3.1-8]."""
     b = broker()
     c = raw(b, version=version)
     _publish_retained(c, "ret/a", b"stored")
@@ -29,7 +29,7 @@ def test_MQTT_3_3_1_6_retained_sent_to_new_subscriber(broker, version):
     assert (p.topic, p.payload, p.retain, p.qos) == ("ret/a", b"stored", True, 1)
 
 
-def test_MQTT_3_3_1_5_retained_replaced(broker):
+def test_MQTT_311_3_3_1_5_retained_replaced(broker):
     b = broker()
     c = raw(b)
     _publish_retained(c, "ret/rep", b"first")
@@ -42,8 +42,9 @@ def test_MQTT_3_3_1_5_retained_replaced(broker):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_3_1_10_empty_payload_clears_retained(broker, version):
-    """[MQTT-3.3.1-10/11] a retained PUBLISH with an empty payload removes the
+def test_MQTT_311_3_3_1_10_empty_payload_clears_retained(broker, version):
+    """[MQTT-3.1.1 3.3.1-10/11, MQTT-5.0 3.3.1-6/7]
+    a retained PUBLISH with an empty payload removes the
     retained message; it is not stored itself."""
     b = broker()
     c = raw(b, version=version)
@@ -54,8 +55,8 @@ def test_MQTT_3_3_1_10_empty_payload_clears_retained(broker, version):
     raw_marker(s, c, "ret/clr-marker")
 
 
-def test_MQTT_3_3_1_12_live_delivery_retain_flag_0(broker):
-    """[MQTT-3.3.1-12] (3.1.1 MQTT-3.3.1-9) a message delivered to an existing
+def test_MQTT_311_3_3_1_9_live_delivery_retain_flag_0(broker):
+    """[MQTT-3.1.1 3.3.1-9, MQTT-5.0 3.3.1-12] a message delivered to an existing
     subscription has RETAIN 0 even if published with RETAIN 1."""
     b = broker()
     s = paho(b, version=4)
@@ -71,7 +72,7 @@ def test_MQTT_3_3_1_12_live_delivery_retain_flag_0(broker):
 
 
 @pytest.mark.parametrize("sub_qos", [0, 1])
-def test_MQTT_3_3_1_retained_qos_downgraded(broker, sub_qos):
+def test_MQTT_311_3_3_1_retained_qos_downgraded(broker, sub_qos):
     """A retained QoS 2 message is sent at the subscription's QoS."""
     b = broker()
     c = raw(b)
@@ -82,7 +83,7 @@ def test_MQTT_3_3_1_retained_qos_downgraded(broker, sub_qos):
     assert (p.payload, p.qos, p.retain) == (b"q2", sub_qos, True)
 
 
-def test_MQTT_3_3_1_retained_wildcard_subscriber_gets_all(broker):
+def test_MQTT_311_3_3_1_retained_wildcard_subscriber_gets_all(broker):
     b = broker()
     c = raw(b)
     for t in ("retw/a", "retw/b/c", "retw"):
@@ -95,8 +96,8 @@ def test_MQTT_3_3_1_retained_wildcard_subscriber_gets_all(broker):
     raw_marker(s, c, "retw-marker")
 
 
-def test_MQTT_3_3_1_retained_qos0_stored(broker):
-    """QoS 0 retained messages are stored too [MQTT-3.3.1-7 in 3.1.1]."""
+def test_MQTT_311_3_3_1_retained_qos0_stored(broker):
+    """QoS 0 retained messages are stored too [MQTT-3.1.1 3.3.1-7]."""
     b = broker()
     c = raw(b, version=4)
     c.publish("ret/q0", b"zero", qos=0, retain=True)
@@ -108,7 +109,7 @@ def test_MQTT_3_3_1_retained_qos0_stored(broker):
     assert (p.payload, p.qos, p.retain) == (b"zero", 0, True)
 
 
-def test_MQTT_3_3_1_retained_not_matching_dollar_with_hash(broker):
+def test_MQTT_311_3_3_1_retained_not_matching_dollar_with_hash(broker):
     """Retained messages on '$' topics are not sent for a '#' subscription."""
     b = broker()
     c = raw(b)
@@ -122,7 +123,7 @@ def test_MQTT_3_3_1_retained_not_matching_dollar_with_hash(broker):
     assert p.topic == "retd-marker", p
 
 
-def test_MQTT_3_3_1_retain_not_available_disconnect_0x9a(broker):
+def test_MQTT_50_3_3_1_retain_not_available_disconnect_0x9a(broker):
     """retain_available false: a 5.0 PUBLISH with RETAIN 1 gets DISCONNECT
     0x9A retain not supported."""
     b = broker(retain_available=False)

@@ -474,7 +474,7 @@ def test_many_overlapping_subscriptions_with_identifiers(broker):
     """23 distinct overlapping filters, each with its own Subscription
     Identifier, all matching one topic: the copies together carry every
     identifier once, and one of them has the maximum QoS 2
-    [MQTT-3.3.4-2/3/4/5] (Starling sends one copy with all 23)."""
+    [MQTT-5.0 3.3.4-2/3/4/5] (Starling sends one copy with all 23)."""
     b = broker()
     c = raw(b, version=5)
     distinct = ["ol/a/b", "ol/+/b", "ol/#", "ol/a/#", "+/a/b", "#", "+/+/+", "ol/a/+",
@@ -554,7 +554,7 @@ def test_abort_then_immediate_resume_never_sends_delayed_will(broker):
     times, a client with Will Delay 30 s and Session Expiry 60 s resets
     its connection and immediately resumes its session (Clean Start 0).
     The session continues each time, so no will may ever be published
-    [MQTT-3.1.3-9] -- whichever of the reset and the new CONNECT the
+    [MQTT-5.0 3.1.3-9] -- whichever of the reset and the new CONNECT the
     broker handles first."""
     b = broker()
     live = raw(b, "live", version=5)

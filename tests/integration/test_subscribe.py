@@ -24,7 +24,7 @@ def _roundtrip(b, filters, publish_topics, version=5):
         got.append(p.topic)
 
 
-def test_MQTT_4_7_1_2_plus_matches_one_level(broker):
+def test_MQTT_50_4_7_1_2_plus_matches_one_level(broker):
     b = broker()
     got = _roundtrip(b, ["sport/+/player"], [
         "sport/tennis/player", "sport/tennis/x/player", "sport/player", "sport//player",
@@ -32,8 +32,9 @@ def test_MQTT_4_7_1_2_plus_matches_one_level(broker):
     assert got == ["sport/tennis/player", "sport//player"]
 
 
-def test_MQTT_4_7_1_2_multilevel_hash_matches_parent_and_children(broker):
-    """[MQTT-4.7.1-2] '#' matches the parent level and any number of children."""
+def test_MQTT_311_4_7_1_2_multilevel_hash_matches_parent_and_children(broker):
+    """[MQTT-3.1.1 4.7.1-2, MQTT-5.0 4.7.1-1]
+    '#' matches the parent level and any number of children."""
     b = broker()
     got = _roundtrip(b, ["sport/tennis/#"], [
         "sport/tennis", "sport/tennis/p1", "sport/tennis/p1/ranking", "sport/tennisx",
@@ -41,14 +42,14 @@ def test_MQTT_4_7_1_2_multilevel_hash_matches_parent_and_children(broker):
     assert got == ["sport/tennis", "sport/tennis/p1", "sport/tennis/p1/ranking"]
 
 
-def test_MQTT_4_7_1_plus_alone_and_leading_slash(broker):
+def test_MQTT_311_4_7_1_plus_alone_and_leading_slash(broker):
     b = broker()
     got = _roundtrip(b, ["+", "/+"], ["a", "/a", "a/b", "/a/b"])
     assert got == ["a", "/a"]
 
 
-def test_MQTT_4_7_2_1_dollar_topics_not_matched_by_wildcards(broker):
-    """[MQTT-4.7.2-1] '#' and '+/...' do not match topics starting with '$';
+def test_MQTT_311_4_7_2_1_dollar_topics_not_matched_by_wildcards(broker):
+    """[MQTT-3.1.1 4.7.2-1, MQTT-5.0 4.7.2-1] '#' and '+/...' do not match topics starting with '$';
     a filter starting with '$' does."""
     b = broker()
     s = raw(b)
@@ -63,7 +64,7 @@ def test_MQTT_4_7_2_1_dollar_topics_not_matched_by_wildcards(broker):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_8_4_suback_grants_requested_qos(broker, version):
+def test_MQTT_311_3_8_4_suback_grants_requested_qos(broker, version):
     """SUBACK carries one code per filter, in order, = the granted QoS."""
     b = broker()
     s = raw(b, version=version)
@@ -74,7 +75,7 @@ def test_MQTT_3_8_4_suback_grants_requested_qos(broker, version):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_8_4_suback_capped_by_max_qos(broker, version):
+def test_MQTT_311_3_8_4_suback_capped_by_max_qos(broker, version):
     """With max_qos 1 a QoS 2 subscription is granted QoS 1."""
     b = broker(max_qos=1)
     s = raw(b, version=version)
@@ -84,7 +85,7 @@ def test_MQTT_3_8_4_suback_capped_by_max_qos(broker, version):
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 disconnects on an invalid filter instead of a failure code
 @pytest.mark.parametrize("version,code", [(4, 0x80), (5, 0x8F)])
-def test_MQTT_3_8_4_invalid_filter_suback_failure(broker, version, code):
+def test_MQTT_311_3_8_4_invalid_filter_suback_failure(broker, version, code):
     """An invalid filter gets a failure code (3.1.1 0x80, 5.0 0x8F topic
     filter invalid); valid filters in the same SUBSCRIBE still work."""
     b = broker()
@@ -97,7 +98,7 @@ def test_MQTT_3_8_4_invalid_filter_suback_failure(broker, version, code):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_10_4_unsubscribe_stops_delivery(broker, version):
+def test_MQTT_311_3_10_4_unsubscribe_stops_delivery(broker, version):
     """UNSUBACK (5.0: 0x00 success / 0x11 no subscription existed); after it,
     nothing more is delivered for the filter."""
     b = broker()
@@ -114,8 +115,8 @@ def test_MQTT_3_10_4_unsubscribe_stops_delivery(broker, version):
     raw_marker(s, c, "un/marker")
 
 
-def test_MQTT_3_8_4_3_resubscribe_replaces_subscription(broker):
-    """[MQTT-3.8.4-3] a SUBSCRIBE with an existing filter replaces it: the new
+def test_MQTT_50_3_8_4_3_resubscribe_replaces_subscription(broker):
+    """[MQTT-5.0 3.8.4-3] a SUBSCRIBE with an existing filter replaces it: the new
     QoS applies, one copy per message, and retained messages are re-sent
     (retain handling 0)."""
     b = broker()
@@ -141,8 +142,8 @@ def test_MQTT_3_8_4_3_resubscribe_replaces_subscription(broker):
 
 # ------------------------------------------------------------ subscription options (5.0)
 
-def test_MQTT_3_8_3_3_no_local(broker):
-    """[MQTT-3.8.3-3] No Local: own messages are not forwarded back; other
+def test_MQTT_50_3_8_3_3_no_local(broker):
+    """[MQTT-5.0 3.8.3-3] No Local: own messages are not forwarded back; other
     clients' messages are."""
     b = broker()
     s = raw(b)
@@ -155,9 +156,9 @@ def test_MQTT_3_8_3_3_no_local(broker):
     raw_marker(s, s, "nl/marker")
 
 
-def test_MQTT_3_3_1_12_retain_as_published(broker):
+def test_MQTT_50_3_3_1_12_retain_as_published(broker):
     """Live delivery: RETAIN 0 unless Retain As Published is set, then the
-    flag as published [MQTT-3.3.1-12/13]."""
+    flag as published [MQTT-5.0 3.3.1-12/13]."""
     b = broker()
     rap = raw(b)
     rap.subscribe(("rap/t", M.sub_options(0, rap=True)))
@@ -179,7 +180,7 @@ def _retained_setup(b, topic):
     return c
 
 
-def test_MQTT_3_3_1_9_retain_handling_0_sends_on_every_subscribe(broker):
+def test_MQTT_50_3_3_1_9_retain_handling_0_sends_on_every_subscribe(broker):
     b = broker()
     _retained_setup(b, "rh0/t")
     s = raw(b)
@@ -189,8 +190,8 @@ def test_MQTT_3_3_1_9_retain_handling_0_sends_on_every_subscribe(broker):
         assert (p.payload, p.retain) == (b"kept", True)
 
 
-def test_MQTT_3_3_1_10_retain_handling_1_only_new_subscription(broker):
-    """[MQTT-3.3.1-10] Retain Handling 1: retained messages only when the
+def test_MQTT_50_3_3_1_10_retain_handling_1_only_new_subscription(broker):
+    """[MQTT-5.0 3.3.1-10] Retain Handling 1: retained messages only when the
     subscription did not exist."""
     b = broker()
     c = _retained_setup(b, "rh1/t")
@@ -203,8 +204,8 @@ def test_MQTT_3_3_1_10_retain_handling_1_only_new_subscription(broker):
     raw_marker(s, c, "rh1/marker")
 
 
-def test_MQTT_3_3_1_11_retain_handling_2_never(broker):
-    """[MQTT-3.3.1-11] Retain Handling 2: no retained messages at subscribe."""
+def test_MQTT_50_3_3_1_11_retain_handling_2_never(broker):
+    """[MQTT-5.0 3.3.1-11] Retain Handling 2: no retained messages at subscribe."""
     b = broker()
     c = _retained_setup(b, "rh2/t")
     s = raw(b)
@@ -212,8 +213,8 @@ def test_MQTT_3_3_1_11_retain_handling_2_never(broker):
     raw_marker(s, c, "rh2/marker")
 
 
-def test_MQTT_3_3_4_3_subscription_identifier_delivered(broker):
-    """[MQTT-3.3.4-3] the Subscription Identifier of the matching
+def test_MQTT_50_3_3_4_3_subscription_identifier_delivered(broker):
+    """[MQTT-5.0 3.3.4-3] the Subscription Identifier of the matching
     subscription is included in the PUBLISH; none when none was given."""
     b = broker()
     s = raw(b)
@@ -227,7 +228,7 @@ def test_MQTT_3_3_4_3_subscription_identifier_delivered(broker):
     assert "subscription_identifier" not in pb.properties
 
 
-def test_MQTT_3_8_2_subscription_identifier_0_protocol_error(broker):
+def test_MQTT_50_3_8_2_subscription_identifier_0_protocol_error(broker):
     """A Subscription Identifier of 0 is a protocol error."""
     b = broker()
     s = raw(b)
@@ -235,8 +236,8 @@ def test_MQTT_3_8_2_subscription_identifier_0_protocol_error(broker):
     s.expect_disconnect((0x81, 0x82))
 
 
-def test_MQTT_3_3_4_2_overlapping_subscriptions_max_qos(broker):
-    """[MQTT-3.3.4-2] overlapping subscriptions: the message is delivered
+def test_MQTT_50_3_3_4_2_overlapping_subscriptions_max_qos(broker):
+    """[MQTT-5.0 3.3.4-2] overlapping subscriptions: the message is delivered
     respecting the maximum QoS of the matching subscriptions (extra copies
     are allowed by the spec)."""
     b = broker()
@@ -258,8 +259,8 @@ def test_MQTT_3_3_4_2_overlapping_subscriptions_max_qos(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 sends one copy per matching subscription
-def test_MQTT_3_3_4_4_overlapping_one_copy_with_all_identifiers(broker):
-    """[MQTT-3.3.4-4/5] delivered as one copy: maximum QoS and every
+def test_MQTT_50_3_3_4_4_overlapping_one_copy_with_all_identifiers(broker):
+    """[MQTT-5.0 3.3.4-4/5] delivered as one copy: maximum QoS and every
     matching Subscription Identifier."""
     b = broker()
     s = raw(b)
@@ -277,8 +278,8 @@ def test_MQTT_3_3_4_4_overlapping_one_copy_with_all_identifiers(broker):
 
 # ------------------------------------------------------------ shared subscriptions
 
-def test_MQTT_4_8_2_shared_subscription_one_member_each(broker):
-    """[MQTT-4.8.2] each message to a shared group goes to exactly one member."""
+def test_MQTT_50_4_8_2_shared_subscription_one_member_each(broker):
+    """(MQTT 5.0 section 4.8.2) each message to a shared group goes to exactly one member."""
     b = broker()
     m1, m2 = raw(b), raw(b)
     for m in (m1, m2):
@@ -301,7 +302,7 @@ def test_MQTT_4_8_2_shared_subscription_one_member_each(broker):
     assert sorted(got) == sorted(b"%d" % i for i in range(n))
 
 
-def test_MQTT_4_8_2_two_groups_each_get_a_copy(broker):
+def test_MQTT_50_4_8_2_two_groups_each_get_a_copy(broker):
     b = broker()
     g1, g2, plain = raw(b), raw(b), raw(b)
     g1.subscribe(("$share/ga/two/t", 0))
@@ -314,7 +315,7 @@ def test_MQTT_4_8_2_two_groups_each_get_a_copy(broker):
         assert (p.topic, p.payload) == ("two/t", b"x")
 
 
-def test_MQTT_4_8_2_shared_wildcard_filter(broker):
+def test_MQTT_50_4_8_2_shared_wildcard_filter(broker):
     b = broker()
     s = raw(b)
     s.subscribe(("$share/gw/shw/#", 0))
@@ -324,15 +325,15 @@ def test_MQTT_4_8_2_shared_wildcard_filter(broker):
 
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 accepts it (SUBACK 0x00)
-def test_MQTT_3_8_3_4_no_local_on_shared_subscription(broker):
-    """[MQTT-3.8.3-4] No Local on a shared subscription is a protocol error."""
+def test_MQTT_50_3_8_3_4_no_local_on_shared_subscription(broker):
+    """[MQTT-5.0 3.8.3-4] No Local on a shared subscription is a protocol error."""
     b = broker()
     s = raw(b)
     s.subscribe(("$share/g/nlsh/t", M.sub_options(0, nl=True)), expect=False)
     s.expect_disconnect(0x82)
 
 
-def test_MQTT_4_8_2_unsubscribe_shared(broker):
+def test_MQTT_50_4_8_2_unsubscribe_shared(broker):
     b = broker()
     s = raw(b)
     s.subscribe([("$share/gu/shu/t", 0), ("shu/marker", 0)])

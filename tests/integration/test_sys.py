@@ -89,7 +89,7 @@ def test_sys_counters_increase(broker):
              and _int(d["$SYS/broker/messages/received"]) >= before + 20, timeout=5)
 
 
-def test_MQTT_4_7_2_1_sys_wildcard_subscription(broker):
+def test_MQTT_311_4_7_2_1_sys_wildcard_subscription(broker):
     """'$SYS/#' matches $SYS topics (while '#' alone would not)."""
     b = broker(sys_interval=1)
     s = raw(b)

@@ -23,8 +23,9 @@ def _will_client(b, topic, payload=b"will", version=5, **kw):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_1_2_8_will_sent_on_abnormal_close(broker, version):
-    """[MQTT-3.1.2-8] closing the socket without DISCONNECT publishes the will."""
+def test_MQTT_311_3_1_2_8_will_sent_on_abnormal_close(broker, version):
+    """[MQTT-3.1.1 3.1.2-8, MQTT-5.0 3.1.2-8]
+    closing the socket without DISCONNECT publishes the will."""
     b = broker()
     s = _watch(b, "will/abn", version=version)
     w = _will_client(b, "will/abn", b"gone", version=version)
@@ -33,7 +34,7 @@ def test_MQTT_3_1_2_8_will_sent_on_abnormal_close(broker, version):
     assert (p.topic, p.payload, p.retain) == ("will/abn", b"gone", False)
 
 
-def test_MQTT_3_1_2_8_will_sent_on_reset(broker):
+def test_MQTT_311_3_1_2_8_will_sent_on_reset(broker):
     b = broker()
     s = _watch(b, "will/rst")
     w = _will_client(b, "will/rst", b"reset")
@@ -46,8 +47,8 @@ def test_MQTT_3_1_2_8_will_sent_on_reset(broker):
     pytest.param(M.connect("again", version=4), marks=pytest.mark.starling_only, id="second-connect"),
     pytest.param(b"\x36\x05\x00\x01a\x00\x01", id="publish-qos3"),
 ])
-def test_MQTT_3_1_2_8_will_sent_on_protocol_error(broker, violation):
-    """[MQTT-3.1.2-8] a connection closed by the server for a protocol
+def test_MQTT_311_3_1_2_8_will_sent_on_protocol_error(broker, violation):
+    """[MQTT-3.1.1 3.1.2-8] a connection closed by the server for a protocol
     violation publishes its will."""
     b = broker()
     s = _watch(b, "will/perr", version=4)
@@ -57,7 +58,7 @@ def test_MQTT_3_1_2_8_will_sent_on_protocol_error(broker, violation):
     assert s.recv_publish().payload == b"violated"
 
 
-def test_MQTT_3_1_2_8_will_sent_on_keep_alive_timeout(broker):
+def test_MQTT_311_3_1_2_8_will_sent_on_keep_alive_timeout(broker):
     """The will is published when the server closes a silent keep alive 1 s
     connection (bounded wait; mosquitto 2.0.11 takes ~5 s)."""
     b = broker()
@@ -71,8 +72,8 @@ def test_MQTT_3_1_2_8_will_sent_on_keep_alive_timeout(broker):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_MQTT_3_1_2_10_no_will_after_normal_disconnect(broker, version):
-    """[MQTT-3.1.2-10] (3.1.1 MQTT-3.14.4-3) DISCONNECT (0x00) removes the
+def test_MQTT_311_3_1_2_10_no_will_after_normal_disconnect(broker, version):
+    """[MQTT-3.1.1 3.1.2-10/3.14.4-3, MQTT-5.0 3.1.2-10/3.14.4-3] DISCONNECT (0x00) removes the
     will: it is not published."""
     b = broker()
     s = _watch(b, "will/norm", version=version)
@@ -82,7 +83,7 @@ def test_MQTT_3_1_2_10_no_will_after_normal_disconnect(broker, version):
     raw_marker(s, s, "will/norm/marker")
 
 
-def test_MQTT_3_14_2_disconnect_with_will_message_0x04(broker):
+def test_MQTT_50_3_14_2_disconnect_with_will_message_0x04(broker):
     """5.0 DISCONNECT reason 0x04 (disconnect with will message): the will is
     published."""
     b = broker()
@@ -93,8 +94,8 @@ def test_MQTT_3_14_2_disconnect_with_will_message_0x04(broker):
     assert s.recv_publish().payload == b"asked for"
 
 
-def test_MQTT_3_1_2_16_will_qos_and_retain(broker):
-    """[MQTT-3.1.2-14/17] will QoS 1 delivered at QoS 1; will retain 1 stores
+def test_MQTT_311_3_1_2_17_will_qos_and_retain(broker):
+    """[MQTT-3.1.1 3.1.2-14/17] will QoS 1 delivered at QoS 1; will retain 1 stores
     it as a retained message."""
     b = broker()
     s = _watch(b, "will/qr", qos=2)
@@ -108,7 +109,7 @@ def test_MQTT_3_1_2_16_will_qos_and_retain(broker):
     assert (p.payload, p.qos, p.retain) == (b"retained will", 1, True)
 
 
-def test_MQTT_3_1_3_will_properties_passed_through(broker):
+def test_MQTT_50_3_1_3_will_properties_passed_through(broker):
     """5.0 will properties (payload format, content type, response topic,
     correlation data, user properties in order) reach the subscriber."""
     b = broker()
@@ -128,8 +129,8 @@ def test_MQTT_3_1_3_will_properties_passed_through(broker):
     assert pr.get("user_property") == users
 
 
-def test_MQTT_3_1_3_9_will_delay_sent_after_delay(broker):
-    """[MQTT-3.1.3-9] with Will Delay Interval 1 the will is published after
+def test_MQTT_50_3_1_3_9_will_delay_sent_after_delay(broker):
+    """[MQTT-5.0 3.1.3-9] with Will Delay Interval 1 the will is published after
     the delay, not at once."""
     b = broker()
     s = _watch(b, "will/delay")
@@ -143,8 +144,8 @@ def test_MQTT_3_1_3_9_will_delay_sent_after_delay(broker):
     assert 0.9 <= elapsed <= 4.0, f"will after {elapsed:.2f} s"
 
 
-def test_MQTT_3_1_3_9_will_delay_cancelled_by_reconnect(broker):
-    """[MQTT-3.1.3-9] the will is not published if the client reconnects
+def test_MQTT_50_3_1_3_9_will_delay_cancelled_by_reconnect(broker):
+    """[MQTT-5.0 3.1.3-9] the will is not published if the client reconnects
     (same session) before the Will Delay Interval passes."""
     b = broker()
     s = _watch(b, "will/cancel")
@@ -160,7 +161,7 @@ def test_MQTT_3_1_3_9_will_delay_cancelled_by_reconnect(broker):
     w2.disconnect(0)
 
 
-def test_MQTT_3_1_2_will_paho_v311(broker):
+def test_MQTT_311_3_1_2_will_paho_v311(broker):
     b = broker()
     s = paho(b, version=4)
     s.subscribe("will/paho", 1)

@@ -985,7 +985,7 @@ static void test_encode_appends(void)
 
 static void test_flags_pubrel(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x60, 2, 0, 1), MAL); /* [MQTT-2.1.3-1] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x60, 2, 0, 1), MAL); /* [MQTT-3.1.1 2.2.2-2] */
     CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x62, 2, 0, 1), 0);
 }
 
@@ -1014,13 +1014,13 @@ static void test_flags_others(void)
 
 static void test_publish_qos3(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x36, 5, 0, 1, 't', 0, 1), MAL); /* [MQTT-3.3.1-4] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x36, 5, 0, 1, 't', 0, 1), MAL); /* [MQTT-3.1.1 3.3.1-4] */
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x36, 6, 0, 1, 't', 0, 1, 0), MAL);
 }
 
 static void test_publish_dup_qos0(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x38, 3, 0, 1, 't'), MAL); /* [MQTT-3.3.1-2] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x38, 3, 0, 1, 't'), MAL); /* [MQTT-3.1.1 3.3.1-2] */
     CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x3A, 5, 0, 1, 't', 0, 1), 0);
 }
 
@@ -1053,7 +1053,7 @@ static void test_connect_bad_protocol_level(void)
 
 static void test_connect_reserved_flag(void)
 {
-    /* [MQTT-3.1.2-3] */
+    /* [MQTT-3.1.1 3.1.2-3, MQTT-5.0 3.1.2-3] */
     CU_ASSERT_EQUAL(DEC(0, 0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x03, 0, 0x3C, 0, 1, 'a'), MAL);
     CU_ASSERT_EQUAL(DEC(0, 0x10, 14, 0, 4, 'M', 'Q', 'T', 'T', 5, 0x01, 0, 0x3C, 0, 0, 1, 'a'),
                     MAL);
@@ -1068,20 +1068,20 @@ static void test_connect_will_qos3(void)
 
 static void test_connect_will_qos_without_will(void)
 {
-    /* [MQTT-3.1.2-11] */
+    /* [MQTT-3.1.1 3.1.2-13] */
     CU_ASSERT_EQUAL(DEC(0, 0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x0A, 0, 0x3C, 0, 1, 'a'), MAL);
 }
 
 static void test_connect_will_retain_without_will(void)
 {
-    /* [MQTT-3.1.2-13] */
+    /* [MQTT-3.1.1 3.1.2-15] */
     CU_ASSERT_EQUAL(DEC(0, 0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x22, 0, 0x3C, 0, 1, 'a'), MAL);
 }
 
 static void test_connect_password_without_username(void)
 {
     struct mqtt_packet pkt;
-    /* [MQTT-3.1.2-22] 3.1.1 */
+    /* [MQTT-3.1.1 3.1.2-22] */
     CU_ASSERT_EQUAL(
         DEC(0, 0x10, 16, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x42, 0, 0x3C, 0, 1, 'a', 0, 1, 'p'), MAL);
     /* allowed in 5.0 */
@@ -1340,7 +1340,7 @@ static void test_publish_topic_utf8(void)
 
 static void test_publish_packet_id_zero(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x32, 5, 0, 1, 't', 0, 0), PERR); /* [MQTT-2.2.1-3] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x32, 5, 0, 1, 't', 0, 0), PERR); /* [MQTT-3.1.1 2.3.1-1] */
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x34, 6, 0, 1, 't', 0, 0, 0), PERR);
 }
 
@@ -1392,7 +1392,7 @@ static void test_ack_v5_lengths(void)
 
 static void test_ack_v5_bad_reason(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x40, 3, 0, 1, 0x92), PERR); /* [MQTT-3.4.2-1] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x40, 3, 0, 1, 0x92), PERR); /* [MQTT-5.0 3.4.2-1] */
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x62, 3, 0, 1, 0x10), PERR);
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x70, 3, 0, 1, 0x80), PERR);
 }
@@ -1409,7 +1409,7 @@ static void test_subscribe_packet_id_zero(void)
 
 static void test_subscribe_no_entries(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x82, 2, 0, 1), PERR); /* [MQTT-3.8.3-2] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x82, 2, 0, 1), PERR); /* [MQTT-3.1.1 3.8.3-3] */
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x82, 3, 0, 1, 0), PERR);
 }
 
@@ -1427,7 +1427,7 @@ static void test_subscribe_missing_options(void)
 
 static void test_subscribe_v311_reserved_bits(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x82, 6, 0, 1, 0, 1, 't', 0x04), MAL); /* [MQTT-3.8.3-4] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x82, 6, 0, 1, 0, 1, 't', 0x04), MAL); /* [MQTT-3.1.1 3.8.3-4] */
     CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x82, 6, 0, 1, 0, 1, 't', 0x80), MAL);
 }
 
@@ -1438,7 +1438,7 @@ static void test_subscribe_v311_qos3(void)
 
 static void test_subscribe_v5_reserved_bits(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x82, 7, 0, 1, 0, 0, 1, 't', 0x40), MAL); /* [MQTT-3.8.3-5] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x82, 7, 0, 1, 0, 0, 1, 't', 0x40), MAL); /* [MQTT-5.0 3.8.3-5] */
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x82, 7, 0, 1, 0, 0, 1, 't', 0x80), MAL);
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x82, 7, 0, 1, 0, 0, 1, 't', 0x2E), 0);
 }
@@ -1463,7 +1463,7 @@ static void test_subscribe_v5_bad_prop(void)
 
 static void test_unsubscribe_no_entries(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0xA2, 2, 0, 1), PERR); /* [MQTT-3.10.3-2] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0xA2, 2, 0, 1), PERR); /* [MQTT-3.1.1 3.10.3-2] */
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0xA2, 3, 0, 1, 0), PERR);
 }
 
@@ -1479,7 +1479,7 @@ static void test_unsubscribe_filter_utf8(void)
 
 static void test_connack_reserved_flags(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x20, 2, 0x02, 0), MAL); /* [MQTT-3.2.2-1] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x20, 2, 0x02, 0), MAL); /* [MQTT-5.0 3.2.2-1] */
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x20, 3, 0x80, 0, 0), MAL);
 }
 
@@ -1500,7 +1500,7 @@ static void test_connack_bad_reason(void)
 
 static void test_connack_session_present_on_failure(void)
 {
-    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x20, 2, 1, 5), PERR); /* [MQTT-3.2.2-4] */
+    CU_ASSERT_EQUAL(DEC(MQTT_V311, 0x20, 2, 1, 5), PERR); /* [MQTT-3.1.1 3.2.2-4] */
     CU_ASSERT_EQUAL(DEC(MQTT_V5, 0x20, 3, 1, 0x87, 0), PERR);
 }
 
@@ -1583,7 +1583,7 @@ static void test_utf8_valid(void)
     CU_ASSERT(U8("\xED\x9F\xBF"));     /* U+D7FF */
     CU_ASSERT(U8("\xEE\x80\x80"));     /* U+E000 */
     CU_ASSERT(U8("\xEF\xBF\xBF"));     /* U+FFFF: a non-character, allowed */
-    CU_ASSERT(U8("\xEF\xBB\xBF"));     /* BOM [MQTT-1.5.4-3] */
+    CU_ASSERT(U8("\xEF\xBB\xBF"));     /* BOM [MQTT-3.1.1 1.5.3-3, MQTT-5.0 1.5.4-3] */
     CU_ASSERT(U8("\x01\x7F"));         /* control characters are allowed */
 }
 

@@ -511,6 +511,77 @@ static void test_env_errors(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "unknown key"));
 }
 
+/* admin_port, admin_bind, api_key, metrics_auth: the admin HTTP API. */
+static void test_admin_keys(void)
+{
+    struct config c;
+    config_defaults(&c);
+    CU_ASSERT_EQUAL(c.admin_port, 18083);
+    CU_ASSERT_STRING_EQUAL(c.admin_bind, "");
+    CU_ASSERT_STRING_EQUAL(c.api_key, "");
+    CU_ASSERT_FALSE(c.metrics_auth);
+
+    CU_ASSERT_EQUAL(load_string(&c,
+                                "bind_address 0.0.0.0\nadmin_port 0\nadmin_bind ::1\n"
+                                "api_key ops-1.a_b:s3cr3t:with:colons\nmetrics_auth yes\n",
+                                NULL),
+                    0);
+    CU_ASSERT_EQUAL(c.admin_port, 0);
+    CU_ASSERT_STRING_EQUAL(c.admin_bind, "::1");
+    CU_ASSERT_STRING_EQUAL(c.bind_address, "0.0.0.0"); /* admin_bind is its own field */
+    CU_ASSERT_STRING_EQUAL(c.api_key, "ops-1.a_b:s3cr3t:with:colons");
+    CU_ASSERT_TRUE(c.metrics_auth);
+
+    char *env[] = {"STARLING_ADMIN_PORT=28083", "STARLING_API_KEY=k:0123456789", NULL};
+    CU_ASSERT_EQUAL(config_load_env(&c, env, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.admin_port, 28083);
+    CU_ASSERT_STRING_EQUAL(c.api_key, "k:0123456789");
+
+    /* Errors name the line and the rule, but never quote the secret. */
+    config_defaults(&c);
+    struct config before = c;
+    static const struct {
+        const char *line, *why;
+    } bad[] = {
+        {"api_key nocolonsecret\n", "no ':' between the key and the secret"},
+        {"api_key :secretsecret\n", "the key must have 1 to 64 characters"},
+        {"api_key bad key:secretsecret\n", "the key may hold only letters"},
+        {"api_key k/1:secretsecret\n", "the key may hold only letters"},
+        {"api_key k:short\n", "the secret must have 8 to 128 characters"},
+        {"api_key k:secret\twith-tab\n", "printable ASCII characters without blanks"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *path;
+        CU_ASSERT_EQUAL(load_string(&c, bad[i].line, &path), -EINVAL);
+        char want[512];
+        snprintf(want, sizeof(want), "%s:1: bad value for key 'api_key': ", path);
+        CU_ASSERT_EQUAL(strncmp(err, want, strlen(want)), 0);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err, bad[i].why));
+        CU_ASSERT_PTR_NULL(strstr(err, "secret\twith"));
+        CU_ASSERT_PTR_NULL(strstr(err, "secretsecret"));
+        free(path);
+    }
+    char longkey[300];
+    memset(longkey, 'k', sizeof(longkey));
+    memcpy(longkey + 65, ":secretsecret", 14);
+    CU_ASSERT_EQUAL(config_set(&c, "api_key", longkey, err, sizeof(err)), -EINVAL);
+    memset(longkey, 's', sizeof(longkey) - 1);
+    longkey[sizeof(longkey) - 1] = '\0';
+    longkey[1] = ':'; /* a secret of 298 characters */
+    CU_ASSERT_EQUAL(config_set(&c, "api_key", longkey, err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "admin_port", "65536", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "admin_bind", "localhost", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "bad value 'localhost' for key 'admin_bind': not an IP address "
+                                "(expected an IPv4 or IPv6 address literal such as 0.0.0.0 or ::)");
+    CU_ASSERT_EQUAL(config_set(&c, "metrics_auth", "maybe", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0);
+
+    char *envbad[] = {"STARLING_API_KEY=k:tiny", NULL};
+    CU_ASSERT_EQUAL(config_load_env(&c, envbad, err, sizeof(err)), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "STARLING_API_KEY: bad value for key 'api_key': the secret must "
+                                "have 8 to 128 characters (expected KEY:SECRET)");
+}
+
 static void test_worker_count(void)
 {
     struct config c;
@@ -684,6 +755,7 @@ int main(void)
         {"file not found", test_file_not_found},
         {"environment", test_env},
         {"environment errors", test_env_errors},
+        {"admin API keys", test_admin_keys},
         {"worker count", test_worker_count},
         {"log level", test_log_level},
         {"log output", test_log_output},

@@ -140,8 +140,8 @@ static void test_claim_new_then_present(void)
     CU_ASSERT_PTR_EQUAL(a.s->w, W1);
     CU_ASSERT_EQUAL(atomic_load(&b.stats.clients_connected), 1);
     CU_ASSERT_EQUAL(registry_count(&b.registry), 1);
-    /* [MQTT-3.1.4-3] the same id again: the old connection is kicked with
-     * 0x8E; [MQTT-3.1.2-5] clean start 0 resumes the session */
+    /* [MQTT-5.0 3.1.4-3] the same id again: the old connection is kicked with
+     * 0x8E; [MQTT-5.0 3.1.2-5] clean start 0 resumes the session */
     struct answer a2 = claim(&b, "dev1", false, 60, CONN(conn_b));
     CU_ASSERT_EQUAL(a2.status, REGISTRY_PRESENT);
     CU_ASSERT_PTR_EQUAL(a2.s, a.s);
@@ -169,7 +169,7 @@ static void test_clean_start_discards(void)
     struct answer a = claim(&b, "dev2", false, 60, CONN(conn_a));
     registry_release(&b, a.s, CONN(conn_a), NULL, false, W1);
     struct session *old = session_ref(a.s); /* keep it to look at */
-    /* [MQTT-3.1.2-4] clean start discards the existing session */
+    /* [MQTT-5.0 3.1.2-4] clean start discards the existing session */
     struct answer a2 = claim(&b, "dev2", true, 0, CONN(conn_b));
     CU_ASSERT_EQUAL(a2.status, REGISTRY_NEW);
     CU_ASSERT_PTR_NOT_EQUAL(a2.s, old);
@@ -194,7 +194,7 @@ static void test_delayed_will_and_expiry(void)
     uint64_t t0 = broker_now_ms();
     registry_release(&b, a.s, CONN(conn_a), &sw, false, W1);
     CU_ASSERT_PTR_NULL(sw.msg); /* the registry took it */
-    /* [MQTT-3.1.3-9] the will waits for its delay */
+    /* [MQTT-5.0 3.1.2-8] the will waits for its delay */
     CU_ASSERT_PTR_EQUAL(a.s->pending_will, will);
     registry_tick(&b, t0 + 1000);
     CU_ASSERT_EQUAL(retain_count(b.retained), 0);
@@ -202,7 +202,7 @@ static void test_delayed_will_and_expiry(void)
     CU_ASSERT_EQUAL(retain_count(b.retained), 1); /* published (retained) */
     CU_ASSERT_PTR_NULL(a.s->pending_will);
     CU_ASSERT_EQUAL(registry_count(&b.registry), 1);
-    /* [MQTT-3.1.2-23] expired after 10 s offline */
+    /* [MQTT-5.0 3.1.2-23] expired after 10 s offline */
     registry_tick(&b, t0 + 11000);
     CU_ASSERT_EQUAL(registry_count(&b.registry), 0);
     broker_cleanup(&b);
@@ -216,7 +216,7 @@ static void test_will_dropped_on_takeover(void)
     struct answer a2 = claim(&b, "dev4", false, 60, CONN(conn_b));
     CU_ASSERT_EQUAL(a2.status, REGISTRY_PRESENT);
     /* the kicked connection closes with a delayed will: the session was
-     * resumed within the delay, so the will is dropped [MQTT-3.1.3-9] */
+     * resumed within the delay, so the will is dropped [MQTT-5.0 3.1.3-9] */
     struct msg *will = msg_new("w/t", 3, "gone", 4, NULL, 0, 0, true, 0, NULL);
     struct session_will sw = {.msg = will, .delay = 5, .expiry = 0};
     registry_release(&b, a.s, CONN(conn_a), &sw, true, W1);

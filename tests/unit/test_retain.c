@@ -79,7 +79,7 @@ static void test_set_replace_delete(void)
     CU_ASSERT_EQUAL(match(rs, "a/b", 0, &s), 1);
     CU_ASSERT_TRUE(has(&s, "a/b", "three"));
 
-    /* Empty payload deletes [MQTT-3.3.1-6]. */
+    /* Empty payload deletes [MQTT-3.1.1 3.3.1-10, MQTT-5.0 3.3.1-6]. */
     put(rs, "a/b", "", 0);
     CU_ASSERT_EQUAL(retain_count(rs), 1);
     CU_ASSERT_EQUAL(match(rs, "a/b", 0, &s), 0);
@@ -113,7 +113,7 @@ static void test_references(void)
     struct msg *del = mk("r", "", 0);
     CU_ASSERT_EQUAL(retain_set(rs, del), 0);
     CU_ASSERT_EQUAL(atomic_load(&m2->refs), 1);
-    /* The empty message itself is not kept [MQTT-3.3.1-7]. */
+    /* The empty message itself is not kept [MQTT-3.1.1 3.3.1-11, MQTT-5.0 3.3.1-7]. */
     CU_ASSERT_EQUAL(atomic_load(&del->refs), 1);
     CU_ASSERT_EQUAL(retain_count(rs), 0);
     CU_ASSERT_EQUAL(retain_set(rs, m2), 0);

@@ -269,7 +269,7 @@ static void test_match_dollar(void)
     sub_index_add(idx, S("$share/g/$SYS/#"), B, 0, 8);
 
     struct hits hs;
-    /* [MQTT-4.7.2-1]: no first-level wildcard matches "$SYS/x". */
+    /* [MQTT-3.1.1 4.7.2-1, MQTT-5.0 4.7.2-1]: no first-level wildcard matches "$SYS/x". */
     CU_ASSERT_EQUAL(match(idx, "$SYS/x", &hs), 4);
     CU_ASSERT_EQUAL(count_hit(&hs, A, 0, 4, false), 1);
     CU_ASSERT_EQUAL(count_hit(&hs, A, 0, 5, false), 1);

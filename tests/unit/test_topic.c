@@ -219,7 +219,7 @@ static const struct match_case match_cases[] = {
     {"/a", "a", false},
     {"a/", "a/", true},
     {"a/", "a", false},
-    /* '$' names [MQTT-4.7.2-1]. */
+    /* '$' names [MQTT-3.1.1 4.7.2-1, MQTT-5.0 4.7.2-1]. */
     {"#", "$SYS/x", false},
     {"+/x", "$SYS/x", false},
     {"+", "$SYS", false},

@@ -241,7 +241,7 @@ static void test_frames_with_request(void)
     ws_conn_free(c);
 }
 
-/* [MQTT-6.0.0-2] packets split across frames, several in one frame;
+/* [MQTT-3.1.1 6.0.0-2, MQTT-5.0 6.0.0-2] packets split across frames, several in one frame;
  * fragments (continuation frames); fed in every piece size. */
 static void test_mqtt_stream_over_frames(void)
 {
@@ -302,7 +302,7 @@ static void test_server_frames(void)
         const uint8_t *pl = NULL;
         size_t pn = 0;
         CU_ASSERT_EQUAL(unframe(out, n, &op, &fin, &pl, &pn), n);
-        CU_ASSERT_EQUAL(op, 2); /* [MQTT-6.0.0-1] binary */
+        CU_ASSERT_EQUAL(op, 2); /* [MQTT-3.1.1 6.0.0-1, MQTT-5.0 6.0.0-1] binary */
         CU_ASSERT_TRUE(fin);
         CU_ASSERT_EQUAL(pn, sizes[k]);
         CU_ASSERT_EQUAL(memcmp(pl, big, pn), 0);
@@ -353,7 +353,7 @@ static void test_close_handshake(void)
 static void test_protocol_errors(void)
 {
     uint8_t f[64], got[8];
-    /* [MQTT-6.0.0-1] a text frame closes the connection (1003). */
+    /* [MQTT-3.1.1 6.0.0-1, MQTT-5.0 6.0.0-1] a text frame closes the connection (1003). */
     struct ws_conn *c = open_conn(&cfg_default);
     size_t n = frame(f, true, 1, "hello", 5, true);
     CU_ASSERT_EQUAL(ws_conn_feed(c, f, n), WS_ERR_PROTO);

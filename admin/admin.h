@@ -1,0 +1,168 @@
+/*
+ * admin.h - the admin HTTP API of a node (docs/api.md) and `starling ctl`.
+ *
+ * The admin module serves /api/v1/... and /metrics on its own port with
+ * libmicrohttpd (one internal polling thread of its own) and jansson. It knows
+ * nothing of the broker: what it reports and does comes through two small
+ * interfaces that the node (and later the cluster) fills in:
+ *
+ *   struct admin_provider  - health, nodes, counters, publish, cluster
+ *                            membership; "the node" on a single node, "the
+ *                            whole cluster" once the cluster answers;
+ *   struct admin_keys_ops  - who may call the API (API key -> verified or
+ *                            not); today a static table holding the bootstrap
+ *                            key of the configuration, later the replicated
+ *                            API-key table.
+ *
+ * Threads: admin_start and admin_stop are called by main. Every provider and
+ * key function is called on the admin module's own thread(s), concurrently
+ * with the broker's threads: they must be thread safe and must not block for
+ * long (they answer an HTTP request).
+ */
+#ifndef STARLING_ADMIN_H
+#define STARLING_ADMIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- what the API reports: filled by the provider ----------------------- */
+
+#define ADMIN_NAME_MAX 128
+
+struct admin_health {
+    bool serving;       /* the node accepts MQTT clients */
+    bool clustered;     /* the node is part of a cluster */
+    bool has_leader;    /* clustered only: the cluster has a leader */
+    const char *reason; /* why not healthy (static string), or NULL */
+};
+
+/* One node of the cluster (on a single node: the node itself). */
+struct admin_node {
+    char name[ADMIN_NAME_MAX];
+    char address[ADMIN_NAME_MAX]; /* "host:port" other nodes reach it at */
+    const char *role;             /* static: "standalone", "voter", "standby", "spare" */
+    bool reachable;
+    bool leader;
+    bool self; /* the node answering the request */
+};
+
+/* A node's counters: the values of $SYS/broker/... (node/sys.c). */
+struct admin_stats {
+    char node[ADMIN_NAME_MAX];
+    char version[32];
+    uint64_t uptime_s;
+    uint64_t connections;       /* open TCP connections */
+    uint64_t clients_connected; /* connected MQTT clients */
+    uint64_t clients_maximum;   /* most clients connected at once */
+    uint64_t sessions;          /* sessions, connected or not */
+    uint64_t subscriptions;
+    uint64_t retained;
+    uint64_t msgs_received;
+    uint64_t msgs_sent;
+    uint64_t msgs_dropped;
+    uint64_t bytes_received;
+    uint64_t bytes_sent;
+};
+
+/* A message to publish (POST /api/v1/publish). topic is NUL-terminated,
+ * payload is payload_len bytes. */
+struct admin_publish {
+    const char *topic;
+    const void *payload;
+    size_t payload_len;
+    uint8_t qos;
+    bool retain;
+};
+
+/*
+ * The provider: a table of functions and their `ud`. A NULL function means
+ * "not available here" (e.g. cluster_leave on a node that is not clustered).
+ * Functions return 0 or a negative errno; on an error they may write a
+ * message for the client to err (errlen bytes).
+ */
+struct admin_provider {
+    void *ud;
+    void (*health)(void *ud, struct admin_health *out);
+    /* Fill v[0..cap) with the nodes of the cluster; returns how many there
+     * are (may exceed cap: the caller asks again with more room). */
+    int (*nodes)(void *ud, struct admin_node *v, size_t cap);
+    /* Fill v[0..cap) with the counters of this node (cluster_wide false, one
+     * entry) or of every node (cluster_wide true); returns how many nodes
+     * there are, like nodes. */
+    int (*stats)(void *ud, bool cluster_wide, struct admin_stats *v, size_t cap);
+    /* -EINVAL: bad topic; -EAGAIN: the node is not serving (stopping). */
+    int (*publish)(void *ud, const struct admin_publish *p, char *err, size_t errlen);
+    /* Membership (NULL when the node is not clustered). cluster_forget:
+     * -ENOENT unknown node, -EBUSY the node is alive or is this node. */
+    int (*cluster_leave)(void *ud, char *err, size_t errlen);
+    int (*cluster_forget)(void *ud, const char *node, char *err, size_t errlen);
+};
+
+/* ---- API keys ------------------------------------------------------------ */
+
+/* Key lookup: 0 when `secret` is the secret of API key `key`, -ENOENT for an
+ * unknown key, -EACCES for a wrong secret. Must take the same time whether
+ * the key exists or not (hash a dummy secret for an unknown key). */
+struct admin_keys_ops {
+    int (*verify)(void *ud, const char *key, const char *secret);
+};
+
+/* The stored form of a secret: "pbkdf2-sha512$ITERATIONS$SALT$HASH" (salt and
+ * hash in base64), ADMIN_SECRET_HASH_MAX bytes at most with the NUL. */
+#define ADMIN_SECRET_HASH_MAX 160
+int admin_secret_hash(const char *secret, char *out, size_t outlen);
+/* 0 if secret matches the stored form, -EACCES if not, -EINVAL for a stored
+ * form that cannot be read. Compares in constant time. */
+int admin_secret_verify(const char *secret, const char *stored);
+
+/* A fixed table of keys held in memory (the bootstrap key of the
+ * configuration). Any thread may call verify; add only before admin_start. */
+struct admin_key_table;
+struct admin_key_table *admin_key_table_new(void);
+void admin_key_table_free(struct admin_key_table *t);
+/* Add "KEY:SECRET" (the secret is stored hashed). 0, -EINVAL, -ENOMEM. */
+int admin_key_table_add(struct admin_key_table *t, const char *key_colon_secret);
+extern const struct admin_keys_ops admin_key_table_ops; /* ud: the table */
+
+/* "KEY:SECRET" is well formed: KEY 1..64 of [A-Za-z0-9._-], SECRET 8..128
+ * printable ASCII characters without blanks. Writes a reason to err. */
+bool admin_api_key_valid(const char *key_colon_secret, char *err, size_t errlen);
+
+/* ---- the server ---------------------------------------------------------- */
+
+struct admin_options {
+    const char *bind_address; /* IPv4 or IPv6 literal */
+    uint16_t port;            /* 0: ephemeral (the caller reads admin_port) */
+    bool metrics_auth;        /* /metrics needs an API key too */
+    unsigned max_connections; /* 0: ADMIN_DEFAULT_MAX_CONNECTIONS */
+    unsigned timeout_s;       /* idle connection timeout; 0: the default */
+    size_t max_body;          /* request body limit; 0: the default */
+};
+
+#define ADMIN_DEFAULT_MAX_CONNECTIONS 64
+#define ADMIN_DEFAULT_TIMEOUT_S 10
+#define ADMIN_DEFAULT_MAX_BODY 65536
+
+struct admin;
+
+/* Start serving. The provider and keys (copied by value; their ud must
+ * outlive the server) answer the requests. Returns 0 and sets *out, or a
+ * negative errno (-EADDRINUSE, -EINVAL for a bad address) with a reason in
+ * err. Main thread. */
+int admin_start(const struct admin_options *opt, const struct admin_provider *p,
+                const struct admin_keys_ops *keys, void *keys_ud, struct admin **out, char *err,
+                size_t errlen);
+/* The port the server listens on. */
+uint16_t admin_port(const struct admin *a);
+/* Stop: close the listener and every connection, join the thread, free a.
+ * No provider function runs after it returns. NULL is a no-op. */
+void admin_stop(struct admin *a);
+
+/* ---- starling ctl -------------------------------------------------------- */
+
+/* `starling ctl ARGS...` (argv[0] is "ctl"). Returns the exit code: 0 ok,
+ * 1 the API answered with an error, 2 usage, 3 cannot connect. */
+int ctl_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,862 @@
+/*
+ * channel.c - the forwarding channel (see channel.h).
+ *
+ * A struct peer is a node we send to: its queue of encoded frames (each
+ * with its u32be length prefix), the outgoing connection (struct conn) and a
+ * reconnect timer. Incoming connections are struct conns on c->incoming;
+ * they deliver frames to on_frame once the handshake is done. One mutex
+ * (c->mu) guards the peer list and the queues, because chan_send runs on
+ * any thread; everything else is the loop thread's. A send appends to the
+ * queue and wakes the loop (uv_async_send); the loop writes all that is
+ * queued for a peer in one uv_write (one writev), one write in flight per
+ * connection.
+ *
+ * Every libuv handle is counted in c->open; chan_stop closes them all and
+ * frees c when the count reaches 0.
+ */
+#include "channel.h"
+#include "channel.pb-c.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NONCE_LEN 16
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define READ_CHUNK 65536
+
+struct qframe {
+    struct qframe *next;
+    size_t len; /* prefix + frame */
+    unsigned char data[];
+};
+
+enum conn_state {
+    /* outgoing */
+    OUT_CONNECTING,
+    OUT_WAIT_HELLO,
+    OUT_WAIT_WELCOME,
+    OUT_READY,
+    /* incoming */
+    IN_WAIT_HELLO,
+    IN_WAIT_PROOF,
+    IN_READY,
+};
+
+struct peer;
+
+struct conn {
+    struct chan *c;
+    struct conn *next; /* c->incoming */
+    struct peer *peer; /* outgoing only */
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    enum conn_state state;
+    uint64_t remote; /* incoming: the node after its Hello */
+    unsigned char nonce[NONCE_LEN], peer_nonce[NONCE_LEN];
+    unsigned char *rbuf;
+    size_t rlen, rcap;
+    unsigned char chunk[READ_CHUNK];
+    bool closing;
+    /* the data write in flight (outgoing) */
+    uv_write_t wreq;
+    struct qframe *writing;
+    size_t writing_n;
+};
+
+struct peer {
+    struct peer *next;
+    struct chan *c;
+    uint64_t node;
+    char address[64];
+    struct sockaddr_in sa;
+    struct conn *conn;
+    uv_timer_t timer;
+    unsigned backoff_ms;
+    bool removed;
+    /* guarded by c->mu */
+    struct qframe *qhead, **qtail;
+    size_t qbytes;
+    struct chan_peer_stats st;
+};
+
+struct chan {
+    struct chan_options o;
+    char name[256], secret[256], self_name[256], address[64];
+    struct sockaddr_in self_sa;
+    uv_tcp_t listener;
+    uv_async_t async;
+    pthread_mutex_t mu;
+    struct peer *peers;
+    struct conn *incoming;
+    bool stopping;
+    unsigned open;
+    void (*done)(void *);
+    void *done_ud;
+    uint64_t refused;
+};
+
+static int parse_address(const char *address, struct sockaddr_in *sa)
+{
+    char ip[64];
+    const char *colon = strrchr(address, ':');
+    if (!colon || (size_t)(colon - address) >= sizeof ip || colon == address)
+        return -EINVAL;
+    memcpy(ip, address, (size_t)(colon - address));
+    ip[colon - address] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port <= 0 || port > 65535)
+        return -EINVAL;
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    return inet_pton(AF_INET, ip, &sa->sin_addr) == 1 ? 0 : -EINVAL;
+}
+
+static void maybe_done(struct chan *c)
+{
+    if (!c->stopping || c->open)
+        return;
+    while (c->peers) {
+        struct peer *p = c->peers;
+        c->peers = p->next;
+        while (p->qhead) {
+            struct qframe *q = p->qhead;
+            p->qhead = q->next;
+            free(q);
+        }
+        free(p);
+    }
+    pthread_mutex_destroy(&c->mu);
+    void (*done)(void *) = c->done;
+    void *ud = c->done_ud;
+    free(c);
+    if (done)
+        done(ud);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    struct chan *c = h->data;
+    c->open--;
+    maybe_done(c);
+}
+
+/* ---- frames ---- */
+
+static struct qframe *frame_pack(const Starling__Chan__Frame *f)
+{
+    size_t n = starling__chan__frame__get_packed_size(f);
+    struct qframe *q = malloc(sizeof *q + 4 + n);
+    if (!q)
+        return NULL;
+    q->next = NULL;
+    q->len = 4 + n;
+    q->data[0] = (unsigned char)(n >> 24);
+    q->data[1] = (unsigned char)(n >> 16);
+    q->data[2] = (unsigned char)(n >> 8);
+    q->data[3] = (unsigned char)n;
+    starling__chan__frame__pack(f, q->data + 4);
+    return q;
+}
+
+struct ctl_write {
+    uv_write_t req;
+    struct qframe *q;
+};
+
+static void ctl_written(uv_write_t *w, int status)
+{
+    (void)status;
+    struct ctl_write *cw = (struct ctl_write *)w;
+    free(cw->q);
+    free(cw);
+}
+
+static void conn_close(struct conn *k);
+
+/* Write a control frame (handshake, pong, error) now. */
+static void send_ctl(struct conn *k, const Starling__Chan__Frame *f)
+{
+    if (k->closing)
+        return;
+    struct ctl_write *cw = malloc(sizeof *cw);
+    struct qframe *q = frame_pack(f);
+    if (!cw || !q) {
+        free(cw);
+        free(q);
+        conn_close(k);
+        return;
+    }
+    cw->q = q;
+    uv_buf_t b = uv_buf_init((char *)q->data, (unsigned)q->len);
+    if (uv_write(&cw->req, (uv_stream_t *)&k->tcp, &b, 1, ctl_written) != 0) {
+        free(q);
+        free(cw);
+        conn_close(k);
+    }
+}
+
+static void proof(const struct chan *c, uint64_t node, const unsigned char *other_nonce,
+                  const unsigned char *own_nonce, unsigned char out[32])
+{
+    unsigned char msg[14 + 256 + 8 + 2 * NONCE_LEN];
+    size_t n = 0, nl = strlen(c->name);
+    memcpy(msg, "starling-hello", 14);
+    n = 14;
+    memcpy(msg + n, c->name, nl);
+    n += nl;
+    for (int i = 7; i >= 0; i--)
+        msg[n++] = (unsigned char)(node >> (8 * i));
+    memcpy(msg + n, other_nonce, NONCE_LEN);
+    n += NONCE_LEN;
+    memcpy(msg + n, own_nonce, NONCE_LEN);
+    n += NONCE_LEN;
+    unsigned int olen = 32;
+    HMAC(EVP_sha256(), c->secret, (int)strlen(c->secret), msg, n, out, &olen);
+}
+
+static void send_hello(struct conn *k, bool with_proof)
+{
+    struct chan *c = k->c;
+    Starling__Chan__Hello h = STARLING__CHAN__HELLO__INIT;
+    unsigned char pr[32];
+    h.cluster_name = c->name;
+    h.protocol_version = CHAN_PROTOCOL_VERSION;
+    h.node = c->o.self;
+    h.node_name = c->self_name;
+    h.nonce.data = k->nonce;
+    h.nonce.len = NONCE_LEN;
+    if (with_proof) {
+        proof(c, c->o.self, k->peer_nonce, k->nonce, pr);
+        h.has_proof = 1;
+        h.proof.data = pr;
+        h.proof.len = 32;
+    }
+    Starling__Chan__Frame f = STARLING__CHAN__FRAME__INIT;
+    f.frame_case = STARLING__CHAN__FRAME__FRAME_HELLO;
+    f.hello = &h;
+    send_ctl(k, &f);
+}
+
+static void refuse(struct conn *k, const char *why)
+{
+    __atomic_add_fetch(&k->c->refused, 1, __ATOMIC_RELAXED);
+    log_warn("cluster: forwarding channel: refused %s: %s",
+             k->peer ? k->peer->address : "an incoming connection", why);
+    Starling__Chan__Error e = STARLING__CHAN__ERROR__INIT;
+    e.code = 1;
+    e.reason = (char *)why;
+    Starling__Chan__Frame f = STARLING__CHAN__FRAME__INIT;
+    f.frame_case = STARLING__CHAN__FRAME__FRAME_ERROR;
+    f.error = &e;
+    send_ctl(k, &f);
+    conn_close(k);
+}
+
+/* Check a peer's Hello: name and version. */
+static bool hello_ok(struct conn *k, const Starling__Chan__Hello *h)
+{
+    if (strcmp(h->cluster_name, k->c->name) != 0) {
+        refuse(k, "another cluster name");
+        return false;
+    }
+    if (h->protocol_version != CHAN_PROTOCOL_VERSION) {
+        refuse(k, "another protocol version");
+        return false;
+    }
+    if (h->nonce.len != NONCE_LEN || h->node == 0) {
+        refuse(k, "malformed hello");
+        return false;
+    }
+    return true;
+}
+
+/* ---- outgoing data ---- */
+
+static void flush_peer(struct peer *p);
+
+static void data_written(uv_write_t *w, int status)
+{
+    struct conn *k = w->data;
+    struct chan *c = k->c;
+    struct peer *p = k->peer;
+    size_t bytes = 0;
+    while (k->writing) {
+        struct qframe *q = k->writing;
+        k->writing = q->next;
+        bytes += q->len;
+        free(q);
+    }
+    pthread_mutex_lock(&c->mu);
+    if (p) {
+        p->qbytes -= bytes;
+        if (status == 0)
+            p->st.sent += k->writing_n;
+    }
+    pthread_mutex_unlock(&c->mu);
+    k->writing_n = 0;
+    if (status != 0) {
+        conn_close(k);
+        return;
+    }
+    if (p)
+        flush_peer(p);
+}
+
+/* Write everything queued for p in one uv_write, if its connection is
+ * ready and idle. */
+static void flush_peer(struct peer *p)
+{
+    struct conn *k = p->conn;
+    if (!k || k->state != OUT_READY || k->writing || k->closing)
+        return;
+    struct chan *c = k->c;
+    pthread_mutex_lock(&c->mu);
+    struct qframe *list = p->qhead;
+    p->qhead = NULL;
+    p->qtail = &p->qhead;
+    pthread_mutex_unlock(&c->mu);
+    if (!list)
+        return;
+    size_t n = 0;
+    for (struct qframe *q = list; q; q = q->next)
+        n++;
+    uv_buf_t *bufs = malloc(n * sizeof *bufs);
+    if (!bufs) {
+        /* Put them back; try again on the next wake-up. */
+        pthread_mutex_lock(&c->mu);
+        struct qframe *last = list;
+        while (last->next)
+            last = last->next;
+        last->next = p->qhead;
+        p->qhead = list;
+        if (!last->next)
+            p->qtail = &last->next;
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
+    size_t i = 0;
+    for (struct qframe *q = list; q; q = q->next)
+        bufs[i++] = uv_buf_init((char *)q->data, (unsigned)q->len);
+    k->writing = list;
+    k->writing_n = n;
+    k->wreq.data = k;
+    int rc = uv_write(&k->wreq, (uv_stream_t *)&k->tcp, bufs, (unsigned)n, data_written);
+    free(bufs); /* libuv copies the buffer array */
+    if (rc != 0)
+        data_written(&k->wreq, rc);
+}
+
+static void on_async(uv_async_t *a)
+{
+    struct chan *c = a->data;
+    for (struct peer *p = c->peers; p; p = p->next)
+        flush_peer(p);
+}
+
+/* ---- reading ---- */
+
+static void handle_frame(struct conn *k, const Starling__Chan__Frame *f)
+{
+    struct chan *c = k->c;
+    if (f->frame_case == STARLING__CHAN__FRAME__FRAME_ERROR) {
+        /* The other side refused us or is closing: no answer, just close. */
+        log_warn("cluster: forwarding channel: %s: peer error: %s",
+                 k->peer ? k->peer->address : "incoming connection", f->error->reason);
+        conn_close(k);
+        return;
+    }
+    switch (k->state) {
+    case OUT_WAIT_HELLO: {
+        if (f->frame_case != STARLING__CHAN__FRAME__FRAME_HELLO) {
+            refuse(k, "expected hello");
+            return;
+        }
+        const Starling__Chan__Hello *h = f->hello;
+        if (!hello_ok(k, h))
+            return;
+        if (h->node != k->peer->node) {
+            refuse(k, "another node at this address");
+            return;
+        }
+        unsigned char want[32];
+        proof(c, h->node, k->nonce, h->nonce.data, want);
+        if (!h->has_proof || h->proof.len != 32 || CRYPTO_memcmp(want, h->proof.data, 32)) {
+            refuse(k, "bad cluster_secret proof");
+            return;
+        }
+        memcpy(k->peer_nonce, h->nonce.data, NONCE_LEN);
+        Starling__Chan__HelloProof hp = STARLING__CHAN__HELLO_PROOF__INIT;
+        unsigned char mine[32];
+        proof(c, c->o.self, k->peer_nonce, k->nonce, mine);
+        hp.proof.data = mine;
+        hp.proof.len = 32;
+        Starling__Chan__Frame out = STARLING__CHAN__FRAME__INIT;
+        out.frame_case = STARLING__CHAN__FRAME__FRAME_HELLO_PROOF;
+        out.hello_proof = &hp;
+        send_ctl(k, &out);
+        k->state = OUT_WAIT_WELCOME;
+        return;
+    }
+    case OUT_WAIT_WELCOME:
+        if (f->frame_case != STARLING__CHAN__FRAME__FRAME_PING || !f->ping->pong) {
+            refuse(k, "expected welcome");
+            return;
+        }
+        k->state = OUT_READY;
+        k->peer->backoff_ms = 0;
+        pthread_mutex_lock(&c->mu);
+        k->peer->st.connected = true;
+        k->peer->st.connects++;
+        pthread_mutex_unlock(&c->mu);
+        flush_peer(k->peer);
+        return;
+    case OUT_READY:
+        return; /* pongs and the like */
+    case IN_WAIT_HELLO: {
+        if (f->frame_case != STARLING__CHAN__FRAME__FRAME_HELLO) {
+            refuse(k, "expected hello");
+            return;
+        }
+        const Starling__Chan__Hello *h = f->hello;
+        if (!hello_ok(k, h))
+            return;
+        /* A known node must dial from its own address. */
+        pthread_mutex_lock(&c->mu);
+        struct sockaddr_in claimed = {0};
+        bool known = false;
+        for (struct peer *p = c->peers; p; p = p->next)
+            if (p->node == h->node && !p->removed) {
+                claimed = p->sa;
+                known = true;
+            }
+        pthread_mutex_unlock(&c->mu);
+        struct sockaddr_in from;
+        int flen = sizeof from;
+        if (known && (uv_tcp_getpeername(&k->tcp, (struct sockaddr *)&from, &flen) != 0 ||
+                      from.sin_addr.s_addr != claimed.sin_addr.s_addr)) {
+            refuse(k, "source address differs from the node's address");
+            return;
+        }
+        k->remote = h->node;
+        memcpy(k->peer_nonce, h->nonce.data, NONCE_LEN);
+        send_hello(k, true);
+        k->state = IN_WAIT_PROOF;
+        return;
+    }
+    case IN_WAIT_PROOF: {
+        if (f->frame_case != STARLING__CHAN__FRAME__FRAME_HELLO_PROOF) {
+            refuse(k, "expected hello proof");
+            return;
+        }
+        unsigned char want[32];
+        proof(c, k->remote, k->nonce, k->peer_nonce, want);
+        if (f->hello_proof->proof.len != 32 ||
+            CRYPTO_memcmp(want, f->hello_proof->proof.data, 32) != 0) {
+            refuse(k, "bad cluster_secret proof");
+            return;
+        }
+        k->state = IN_READY;
+        Starling__Chan__Ping pg = STARLING__CHAN__PING__INIT;
+        pg.nonce = 0;
+        pg.has_pong = 1;
+        pg.pong = 1;
+        Starling__Chan__Frame out = STARLING__CHAN__FRAME__INIT;
+        out.frame_case = STARLING__CHAN__FRAME__FRAME_PING;
+        out.ping = &pg;
+        send_ctl(k, &out);
+        return;
+    }
+    case IN_READY:
+        if (f->frame_case == STARLING__CHAN__FRAME__FRAME_PING && !f->ping->pong) {
+            Starling__Chan__Ping pg = STARLING__CHAN__PING__INIT;
+            pg.nonce = f->ping->nonce;
+            pg.has_pong = 1;
+            pg.pong = 1;
+            Starling__Chan__Frame out = STARLING__CHAN__FRAME__INIT;
+            out.frame_case = STARLING__CHAN__FRAME__FRAME_PING;
+            out.ping = &pg;
+            send_ctl(k, &out);
+        }
+        if (c->o.on_frame)
+            c->o.on_frame(c->o.ud, k->remote, f);
+        return;
+    case OUT_CONNECTING:
+        return;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)suggested;
+    struct conn *k = h->data;
+    *b = uv_buf_init((char *)k->chunk, READ_CHUNK);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    struct conn *k = s->data;
+    if (n < 0) {
+        conn_close(k);
+        return;
+    }
+    if (n == 0)
+        return;
+    if (k->rlen + (size_t)n > k->rcap) {
+        size_t cap = k->rcap ? k->rcap : READ_CHUNK;
+        while (cap < k->rlen + (size_t)n)
+            cap *= 2;
+        unsigned char *p = realloc(k->rbuf, cap);
+        if (!p) {
+            conn_close(k);
+            return;
+        }
+        k->rbuf = p;
+        k->rcap = cap;
+    }
+    memcpy(k->rbuf + k->rlen, b->base, (size_t)n);
+    k->rlen += (size_t)n;
+    size_t off = 0;
+    while (!k->closing && k->rlen - off >= 4) {
+        const unsigned char *p = k->rbuf + off;
+        size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+        if (len > k->c->o.max_frame) {
+            refuse(k, "frame too large");
+            return;
+        }
+        if (k->rlen - off - 4 < len)
+            break;
+        Starling__Chan__Frame *f = starling__chan__frame__unpack(NULL, len, p + 4);
+        off += 4 + len;
+        if (!f || f->frame_case == STARLING__CHAN__FRAME__FRAME__NOT_SET) {
+            if (f)
+                starling__chan__frame__free_unpacked(f, NULL);
+            refuse(k, "malformed frame");
+            return;
+        }
+        handle_frame(k, f);
+        starling__chan__frame__free_unpacked(f, NULL);
+    }
+    if (k->closing)
+        return;
+    memmove(k->rbuf, k->rbuf + off, k->rlen - off);
+    k->rlen -= off;
+    /* Give back memory after a large frame. */
+    if (k->rcap > 4 * READ_CHUNK && k->rlen < READ_CHUNK) {
+        unsigned char *p = realloc(k->rbuf, READ_CHUNK);
+        if (p) {
+            k->rbuf = p;
+            k->rcap = READ_CHUNK;
+        }
+    }
+}
+
+/* ---- connections ---- */
+
+static void schedule_reconnect(struct peer *p);
+
+static void conn_closed(uv_handle_t *h)
+{
+    struct conn *k = h->data;
+    struct chan *c = k->c;
+    struct peer *p = k->peer;
+    if (p) {
+        p->conn = NULL;
+        pthread_mutex_lock(&c->mu);
+        p->st.connected = false;
+        pthread_mutex_unlock(&c->mu);
+        if (!c->stopping && !p->removed)
+            schedule_reconnect(p);
+    } else {
+        for (struct conn **pp = &c->incoming; *pp; pp = &(*pp)->next)
+            if (*pp == k) {
+                *pp = k->next;
+                break;
+            }
+    }
+    free(k->rbuf);
+    free(k);
+    c->open--;
+    maybe_done(c);
+}
+
+static void conn_close(struct conn *k)
+{
+    if (k->closing)
+        return;
+    k->closing = true;
+    uv_close((uv_handle_t *)&k->tcp, conn_closed);
+}
+
+static struct conn *conn_new(struct chan *c, struct peer *p, enum conn_state st)
+{
+    struct conn *k = calloc(1, sizeof *k);
+    if (!k)
+        return NULL;
+    k->c = c;
+    k->peer = p;
+    k->state = st;
+    uv_tcp_init(c->o.loop, &k->tcp);
+    k->tcp.data = k;
+    c->open++;
+    if (RAND_bytes(k->nonce, NONCE_LEN) != 1) {
+        conn_close(k);
+        return NULL;
+    }
+    return k;
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    struct conn *k = req->data;
+    if (status != 0 || k->closing) {
+        conn_close(k);
+        return;
+    }
+    uv_tcp_nodelay(&k->tcp, 1);
+    k->state = OUT_WAIT_HELLO;
+    send_hello(k, false);
+    if (!k->closing && uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
+        conn_close(k);
+}
+
+static void dial(struct peer *p)
+{
+    struct chan *c = p->c;
+    if (p->conn || c->stopping || p->removed)
+        return;
+    struct conn *k = conn_new(c, p, OUT_CONNECTING);
+    if (!k) {
+        schedule_reconnect(p);
+        return;
+    }
+    p->conn = k;
+    /* Dial from this node's own address, any port. */
+    struct sockaddr_in src = c->self_sa;
+    src.sin_port = 0;
+    k->connect.data = k;
+    if (uv_tcp_bind(&k->tcp, (const struct sockaddr *)&src, 0) != 0 ||
+        uv_tcp_connect(&k->connect, &k->tcp, (const struct sockaddr *)&p->sa, on_connected) != 0)
+        conn_close(k);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    /* t->data is the chan (for handle_closed); the peer holds the timer. */
+    dial((struct peer *)(void *)((char *)t - offsetof(struct peer, timer)));
+}
+
+static void schedule_reconnect(struct peer *p)
+{
+    p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (p->backoff_ms > BACKOFF_MAX_MS)
+        p->backoff_ms = BACKOFF_MAX_MS;
+    uv_timer_start(&p->timer, on_timer, p->backoff_ms, 0);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct chan *c = server->data;
+    if (status != 0 || c->stopping)
+        return;
+    struct conn *k = conn_new(c, NULL, IN_WAIT_HELLO);
+    if (!k)
+        return;
+    k->next = c->incoming;
+    c->incoming = k;
+    if (uv_accept(server, (uv_stream_t *)&k->tcp) != 0 ||
+        uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0) {
+        conn_close(k);
+        return;
+    }
+    uv_tcp_nodelay(&k->tcp, 1);
+}
+
+/* ---- the interface ---- */
+
+int chan_start(struct chan **out, const struct chan_options *o, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct chan *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->o = *o;
+    if (!c->o.max_queue_bytes)
+        c->o.max_queue_bytes = 8u << 20;
+    if (!c->o.max_frame)
+        c->o.max_frame = 16u << 20;
+    if (!o->loop || !o->self || !o->address || !o->cluster_name ||
+        strlen(o->cluster_name) >= sizeof c->name ||
+        (o->cluster_secret && strlen(o->cluster_secret) >= sizeof c->secret) ||
+        strlen(o->address) >= sizeof c->address || parse_address(o->address, &c->self_sa)) {
+        snprintf(err, errlen, "forwarding channel: bad options (address \"a.b.c.d:port\")");
+        free(c);
+        return -EINVAL;
+    }
+    snprintf(c->name, sizeof c->name, "%s", o->cluster_name);
+    snprintf(c->secret, sizeof c->secret, "%s", o->cluster_secret ? o->cluster_secret : "");
+    snprintf(c->self_name, sizeof c->self_name, "%s", o->self_name ? o->self_name : "");
+    snprintf(c->address, sizeof c->address, "%s", o->address);
+    pthread_mutex_init(&c->mu, NULL);
+    uv_tcp_init(o->loop, &c->listener);
+    c->listener.data = c;
+    c->open++;
+    int rc = uv_tcp_bind(&c->listener, (const struct sockaddr *)&c->self_sa, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&c->listener, 128, on_connection);
+    if (rc != 0) {
+        snprintf(err, errlen, "forwarding channel: listen on %s: %s", c->address, uv_strerror(rc));
+        c->stopping = true;
+        uv_close((uv_handle_t *)&c->listener, handle_closed);
+        return rc;
+    }
+    uv_async_init(o->loop, &c->async, on_async);
+    c->async.data = c;
+    c->open++;
+    *out = c;
+    return 0;
+}
+
+void chan_stop(struct chan *c, void (*done)(void *ud), void *ud)
+{
+    c->done = done;
+    c->done_ud = ud;
+    pthread_mutex_lock(&c->mu);
+    c->stopping = true;
+    pthread_mutex_unlock(&c->mu);
+    uv_close((uv_handle_t *)&c->listener, handle_closed);
+    uv_close((uv_handle_t *)&c->async, handle_closed);
+    for (struct peer *p = c->peers; p; p = p->next) {
+        if (p->conn)
+            conn_close(p->conn);
+        if (!uv_is_closing((uv_handle_t *)&p->timer))
+            uv_close((uv_handle_t *)&p->timer, handle_closed);
+    }
+    for (struct conn *k = c->incoming; k; k = k->next)
+        conn_close(k);
+}
+
+int chan_peer_add(struct chan *c, uint64_t node, const char *address)
+{
+    struct sockaddr_in sa;
+    if (!node || !address || strlen(address) >= 64 || parse_address(address, &sa))
+        return -EINVAL;
+    for (struct peer *p = c->peers; p; p = p->next)
+        if (p->node == node && !p->removed)
+            return -EEXIST;
+    struct peer *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->node = node;
+    p->c = c;
+    snprintf(p->address, sizeof p->address, "%s", address);
+    p->sa = sa;
+    p->qtail = &p->qhead;
+    uv_timer_init(c->o.loop, &p->timer);
+    p->timer.data = c; /* handle_closed needs the chan */
+    c->open++;
+    pthread_mutex_lock(&c->mu);
+    p->next = c->peers;
+    c->peers = p;
+    pthread_mutex_unlock(&c->mu);
+    dial(p);
+    return 0;
+}
+
+int chan_peer_remove(struct chan *c, uint64_t node)
+{
+    pthread_mutex_lock(&c->mu);
+    struct peer *p = c->peers;
+    while (p && (p->node != node || p->removed))
+        p = p->next;
+    if (p) {
+        p->removed = true;
+        while (p->qhead) {
+            struct qframe *q = p->qhead;
+            p->qhead = q->next;
+            p->qbytes -= q->len;
+            free(q);
+        }
+        p->qtail = &p->qhead;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (!p)
+        return -ENOENT;
+    uv_timer_stop(&p->timer);
+    if (p->conn)
+        conn_close(p->conn);
+    /* The struct stays on the list (marked removed) until chan_stop: other
+     * threads may still be looking it up under the mutex. */
+    return 0;
+}
+
+int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len)
+{
+    if (len > c->o.max_frame)
+        return -EMSGSIZE;
+    struct qframe *q = malloc(sizeof *q + 4 + len);
+    if (!q)
+        return -ENOMEM;
+    q->next = NULL;
+    q->len = 4 + len;
+    q->data[0] = (unsigned char)(len >> 24);
+    q->data[1] = (unsigned char)(len >> 16);
+    q->data[2] = (unsigned char)(len >> 8);
+    q->data[3] = (unsigned char)len;
+    memcpy(q->data + 4, frame, len);
+    int rc = 0;
+    pthread_mutex_lock(&c->mu);
+    struct peer *p = c->peers;
+    while (p && (p->node != node || p->removed))
+        p = p->next;
+    if (c->stopping) {
+        rc = -ECANCELED;
+    } else if (!p) {
+        rc = -ENOENT;
+    } else if (p->qbytes + q->len > c->o.max_queue_bytes) {
+        p->st.dropped++;
+        rc = -ENOBUFS;
+    } else {
+        *p->qtail = q;
+        p->qtail = &q->next;
+        p->qbytes += q->len;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (rc) {
+        free(q);
+        return rc;
+    }
+    uv_async_send(&c->async);
+    return 0;
+}
+
+int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out)
+{
+    int rc = -ENOENT;
+    pthread_mutex_lock(&c->mu);
+    for (struct peer *p = c->peers; p; p = p->next)
+        if (p->node == node && !p->removed) {
+            *out = p->st;
+            out->queued_bytes = p->qbytes;
+            rc = 0;
+        }
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+uint64_t chan_refused(struct chan *c)
+{
+    return __atomic_load_n(&c->refused, __ATOMIC_RELAXED);
+}

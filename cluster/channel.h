@@ -1,0 +1,91 @@
+/*
+ * channel.h - the forwarding channel between nodes: length-prefixed
+ * protobuf frames (proto/channel.proto, starling.chan.Frame) over TCP.
+ *
+ * Each node dials every peer it knows once and keeps that connection up
+ * (reconnecting with exponential backoff, 100 ms to 5 s); frames to a peer go
+ * out on that connection, in the order they were sent. Frames from a peer
+ * arrive on the connection that peer dialled. So between two nodes there is
+ * one connection per direction, which needs no tie-breaking and lets each
+ * side's writes and reads run independently.
+ *
+ * Outgoing sockets are bound to the node's own address (port 0), so rules
+ * on address pairs cut two nodes apart (docs/cluster.md).
+ *
+ * Handshake (nothing else is accepted before it):
+ *   dialler  -> Hello{cluster_name, version, node, name, nonce_d}
+ *   acceptor -> Hello{..., nonce_a, proof_a}
+ *   dialler  -> HelloProof{proof_d}
+ *   acceptor -> Ping{nonce 0, pong true}       ("welcome": the dialler sends)
+ * where proof_x = HMAC-SHA256(cluster_secret, "starling-hello" ||
+ * cluster_name || u64be(node of x) || the other side's nonce || x's nonce).
+ * A peer with another cluster name, version, or a wrong proof gets an Error
+ * frame and is disconnected (counted).
+ *
+ * Backpressure: each peer's queue is bounded (max_queue_bytes, encoded
+ * bytes waiting or being written); chan_send refuses with -ENOBUFS beyond
+ * it and counts the drop. Delivery is at most once per connection: frames
+ * queued or written when a connection breaks may be lost, so the layers
+ * above acknowledge what they need (PublishAck, ProposeResult).
+ *
+ * Threads: chan_start, chan_stop, chan_peer_add and chan_peer_remove on the
+ * loop's thread; chan_send and chan_stats from any thread. on_frame runs on
+ * the loop's thread.
+ */
+#ifndef STARLING_CHANNEL_H
+#define STARLING_CHANNEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define CHAN_PROTOCOL_VERSION 1
+
+struct chan;
+
+/* A frame from node `from` (already authenticated): frame is a
+ * const Starling__Chan__Frame * (channel.pb-c.h), valid during the call. */
+typedef void (*chan_frame_fn)(void *ud, uint64_t from, const void *frame);
+
+struct chan_options {
+    uv_loop_t *loop;
+    uint64_t self;              /* this node's id (Raft id), not 0 */
+    const char *self_name;      /* node_name */
+    const char *address;        /* "a.b.c.d:port": listen here, dial from this IP */
+    const char *cluster_name;   /* required equal on every node */
+    const char *cluster_secret; /* "" = none (the proof then only checks the name) */
+    size_t max_queue_bytes;     /* per peer; 0 = 8 MiB */
+    size_t max_frame;           /* largest frame accepted; 0 = 16 MiB */
+    chan_frame_fn on_frame;
+    void *ud;
+};
+
+/* Listen and get ready. 0, or a negative errno with a message in err. */
+int chan_start(struct chan **out, const struct chan_options *o, char *err, size_t errlen);
+/* Close every connection and the listener; done(ud) runs on the loop once
+ * everything is closed and c is freed. */
+void chan_stop(struct chan *c, void (*done)(void *ud), void *ud);
+
+/* Know (and dial) peer `node` at "a.b.c.d:port". -EEXIST, -EINVAL. */
+int chan_peer_add(struct chan *c, uint64_t node, const char *address);
+/* Forget it (its queue is dropped). -ENOENT. */
+int chan_peer_remove(struct chan *c, uint64_t node);
+
+/* Queue an encoded starling.chan.Frame (copied) for node. -ENOENT unknown
+ * peer, -ENOBUFS queue full (counted), -EMSGSIZE larger than max_frame,
+ * -ECANCELED stopping. */
+int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len);
+
+struct chan_peer_stats {
+    bool connected;   /* our connection to it is past the handshake */
+    uint64_t sent;    /* frames written to the socket */
+    uint64_t dropped; /* frames refused because the queue was full */
+    uint64_t queued_bytes;
+    uint64_t connects; /* handshakes completed (1 + reconnections) */
+};
+int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out);
+/* Handshakes this node refused (bad name, version, proof). */
+uint64_t chan_refused(struct chan *c);
+
+#endif

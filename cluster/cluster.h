@@ -1,0 +1,83 @@
+/*
+ * cluster.h - this node's membership in the cluster: the replicated state
+ * machine (fsm.h), the Raft node (raft_node.h) and the forwarding channel
+ * (channel.h) together, on one cluster thread, with proposals that reach the
+ * leader from any node.
+ *
+ * What it adds to its parts:
+ *   - cluster_propose works on every node: a proposal that this node cannot
+ *     commit (not the leader) goes to the leader in a chan.Propose frame; the
+ *     leader proposes it and answers with chan.ProposeResult;
+ *   - membership metadata: every node makes sure the members table holds its
+ *     own record (name, address, ports), proposed through the leader, and
+ *     dials every member's forwarding channel (the channel address of a
+ *     node comes from its record);
+ *   - frames other than the cluster's own (Propose, ProposeResult) go to the
+ *     broker's on_frame (Publish, PublishAck, SessionRequest/State,
+ *     DivergenceCheck, ...).
+ *
+ * Layout under dir: "fsm" (the replicated tables) and "raft" (the log).
+ *
+ * Threads: cluster_start and cluster_stop from the owner thread;
+ * cluster_propose, cluster_send and the getters from any thread; callbacks
+ * (done, observer, on_frame) on the cluster thread, quick, handing work to
+ * their own threads.
+ */
+#ifndef STARLING_CLUSTER_H
+#define STARLING_CLUSTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "channel.h"
+#include "fsm.h"
+#include "raft_node.h"
+
+struct cluster;
+
+struct cluster_config {
+    const char *dir;       /* DATA_DIR/cluster */
+    const char *node_name; /* unique, stable */
+    const char *address;   /* cluster_address: an IPv4 literal */
+    unsigned raft_port;    /* Raft transport */
+    unsigned cluster_port; /* forwarding channel */
+    /* Raft addresses "a.b.c.d:raft_port" of the seed nodes (this node's own
+     * may be among them; see the bootstrap rule in raft_node.h). */
+    const char *const *seeds;
+    unsigned n_seeds;
+    const char *cluster_name;
+    const char *cluster_secret;
+    unsigned election_timeout_ms, heartbeat_ms, snapshot_threshold; /* 0 = defaults */
+    unsigned propose_timeout_ms; /* a forwarded proposal's answer; 0 = 5000 */
+    fsm_observer_fn observer;    /* applied commands (cluster thread), may be NULL */
+    void *observer_ud;
+    chan_frame_fn on_frame; /* the broker's frames (cluster thread), may be NULL */
+    void *frame_ud;
+};
+
+int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *err, size_t errlen);
+/* Stop the cluster thread (pending proposals end with -ECANCELED), close
+ * the tables, free c. */
+void cluster_stop(struct cluster *c);
+
+uint64_t cluster_self(struct cluster *c);
+struct fsm *cluster_fsm(struct cluster *c);
+struct raft_node *cluster_raft(struct cluster *c);
+
+/*
+ * Propose a Raft entry (cmd_batch_data of cluster/cmd.h; copied) from any
+ * node. done(ud, status, res, leader) runs once on the cluster thread, as
+ * for raft_node_propose, except that a proposal made on a follower is
+ * forwarded to the leader: -ENOTCONN / -EAGAIN come back only when no leader
+ * is known or reachable; -ETIMEDOUT when the leader did not answer within
+ * propose_timeout_ms (the entry may still commit: commands are idempotent).
+ * On success res->index is the entry's index and res->results the
+ * per-command results; res->checksum is 0 for forwarded proposals.
+ */
+int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
+                    void *ud);
+
+/* Send an encoded chan.Frame to a member (channel.h chan_send). */
+int cluster_send(struct cluster *c, uint64_t node, const void *frame, size_t len);
+
+#endif

@@ -1,0 +1,301 @@
+/*
+ * cmd.c - command batches (see cmd.h).
+ *
+ * The encoding of a repeated message field is the concatenation of its
+ * elements, each as tag (field 1, wire type 2 = 0x0a), varint length and the
+ * element's bytes; so a CommandBatch grows by appending one encoded Command
+ * per add, with no tree of protobuf-c structs kept around.
+ */
+#include "cmd.h"
+#include "raft_cmd.pb-c.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KEY_MAX 65535u
+
+struct cmd_batch {
+    uint8_t *p;
+    size_t len, cap;
+    size_t n;
+};
+
+struct cmd_batch *cmd_batch_new(void)
+{
+    return calloc(1, sizeof(struct cmd_batch));
+}
+
+void cmd_batch_free(struct cmd_batch *b)
+{
+    if (!b)
+        return;
+    free(b->p);
+    free(b);
+}
+
+size_t cmd_batch_count(const struct cmd_batch *b)
+{
+    return b->n;
+}
+
+/* Make room for `more` bytes of protobuf after what is there, plus the
+ * header and the largest padding. */
+static int reserve(struct cmd_batch *b, size_t more)
+{
+    size_t need = CMD_ENTRY_HEADER + b->len + more + 8;
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p)
+        return -ENOMEM;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void put_u32le(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static size_t pad8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
+
+const void *cmd_batch_data(struct cmd_batch *b, size_t *len)
+{
+    if (reserve(b, 0) != 0) {
+        *len = 0;
+        return NULL;
+    }
+    memcpy(b->p, "ST\x01\x00", 4);
+    put_u32le(b->p + 4, (uint32_t)b->len);
+    size_t total = pad8(CMD_ENTRY_HEADER + b->len);
+    memset(b->p + CMD_ENTRY_HEADER + b->len, 0, total - CMD_ENTRY_HEADER - b->len);
+    *len = total;
+    return b->p;
+}
+
+const void *cmd_batch_pb(const struct cmd_batch *b, size_t *len)
+{
+    *len = b->len;
+    return b->p ? (const void *)(b->p + CMD_ENTRY_HEADER) : (const void *)"";
+}
+
+int cmd_entry_unwrap(const void *entry, size_t len, const void **pb, size_t *pb_len)
+{
+    const uint8_t *p = entry;
+    if (len < CMD_ENTRY_HEADER || len % 8 != 0 || memcmp(p, "ST\x01\x00", 4) != 0)
+        return -EINVAL;
+    uint32_t n = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+    if (pad8(CMD_ENTRY_HEADER + (size_t)n) != len)
+        return -EINVAL;
+    *pb = p + CMD_ENTRY_HEADER;
+    *pb_len = n;
+    return 0;
+}
+
+int cmd_entry_wrap(const void *pb, size_t pb_len, void **entry, size_t *len)
+{
+    if (pb_len > UINT32_MAX - 16)
+        return -EINVAL;
+    size_t total = pad8(CMD_ENTRY_HEADER + pb_len);
+    uint8_t *p = calloc(1, total);
+    if (!p)
+        return -ENOMEM;
+    memcpy(p, "ST\x01\x00", 4);
+    put_u32le(p + 4, (uint32_t)pb_len);
+    memcpy(p + CMD_ENTRY_HEADER, pb, pb_len);
+    *entry = p;
+    *len = total;
+    return 0;
+}
+
+void cmd_batch_reset(struct cmd_batch *b)
+{
+    b->len = 0;
+    b->n = 0;
+}
+
+static int append(struct cmd_batch *b, const Starling__Cmd__Command *c)
+{
+    size_t n = starling__cmd__command__get_packed_size(c);
+    if (reserve(b, 11 + n) != 0)
+        return -ENOMEM;
+    uint8_t *q = b->p + CMD_ENTRY_HEADER;
+    q[b->len++] = 0x0a;
+    for (size_t v = n;; v >>= 7) {
+        if (v < 0x80) {
+            q[b->len++] = (uint8_t)v;
+            break;
+        }
+        q[b->len++] = (uint8_t)(v | 0x80);
+    }
+    starling__cmd__command__pack(c, q + b->len);
+    b->len += n;
+    b->n++;
+    return 0;
+}
+
+static int key_ok(const void *k, size_t len)
+{
+    return k && len > 0 && len <= KEY_MAX;
+}
+
+static ProtobufCBinaryData bin(const void *p, size_t len)
+{
+    return (ProtobufCBinaryData){len, (uint8_t *)p};
+}
+
+int cmd_route_add(struct cmd_batch *b, const char *filter, size_t len, uint64_t node)
+{
+    if (!key_ok(filter, len) || !node)
+        return -EINVAL;
+    Starling__Cmd__RouteAdd m = STARLING__CMD__ROUTE_ADD__INIT;
+    m.filter = bin(filter, len);
+    m.node = node;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_ROUTE_ADD;
+    c.route_add = &m;
+    return append(b, &c);
+}
+
+int cmd_route_remove(struct cmd_batch *b, const char *filter, size_t len, uint64_t node)
+{
+    if (!key_ok(filter, len) || !node)
+        return -EINVAL;
+    Starling__Cmd__RouteRemove m = STARLING__CMD__ROUTE_REMOVE__INIT;
+    m.filter = bin(filter, len);
+    m.node = node;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_ROUTE_REMOVE;
+    c.route_remove = &m;
+    return append(b, &c);
+}
+
+int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                      uint64_t epoch)
+{
+    if (!key_ok(client_id, len) || !node)
+        return -EINVAL;
+    Starling__Cmd__SessionClaim m = STARLING__CMD__SESSION_CLAIM__INIT;
+    m.client_id = bin(client_id, len);
+    m.node = node;
+    m.epoch = epoch;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_SESSION_CLAIM;
+    c.session_claim = &m;
+    return append(b, &c);
+}
+
+int cmd_session_release(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                        uint64_t epoch, int expired)
+{
+    if (!key_ok(client_id, len) || !node)
+        return -EINVAL;
+    Starling__Cmd__SessionRelease m = STARLING__CMD__SESSION_RELEASE__INIT;
+    m.client_id = bin(client_id, len);
+    m.node = node;
+    m.epoch = epoch;
+    m.has_expired = 1;
+    m.expired = expired != 0;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_SESSION_RELEASE;
+    c.session_release = &m;
+    return append(b, &c);
+}
+
+int cmd_retained_set(struct cmd_batch *b, const char *topic, size_t len, unsigned qos,
+                     const void *payload, size_t payload_len, const void *props, size_t props_len,
+                     uint64_t expiry_at_ms, uint64_t origin, uint64_t seq)
+{
+    if (!key_ok(topic, len) || qos > 2 || (payload_len && !payload) || (props_len && !props))
+        return -EINVAL;
+    Starling__Cmd__RetainedMessage rm = STARLING__CMD__RETAINED_MESSAGE__INIT;
+    rm.qos = qos;
+    rm.payload = bin(payload_len ? payload : "", payload_len);
+    if (props_len) {
+        rm.has_properties = 1;
+        rm.properties = bin(props, props_len);
+    }
+    if (expiry_at_ms) {
+        rm.has_expiry_at_ms = 1;
+        rm.expiry_at_ms = expiry_at_ms;
+    }
+    Starling__Cmd__RetainedSet m = STARLING__CMD__RETAINED_SET__INIT;
+    m.topic = bin(topic, len);
+    m.message = &rm;
+    m.origin = origin;
+    m.seq = seq;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_RETAINED_SET;
+    c.retained_set = &m;
+    return append(b, &c);
+}
+
+int cmd_retained_clear(struct cmd_batch *b, const char *topic, size_t len, uint64_t origin,
+                       uint64_t seq)
+{
+    if (!key_ok(topic, len))
+        return -EINVAL;
+    Starling__Cmd__RetainedClear m = STARLING__CMD__RETAINED_CLEAR__INIT;
+    m.topic = bin(topic, len);
+    m.origin = origin;
+    m.seq = seq;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_RETAINED_CLEAR;
+    c.retained_clear = &m;
+    return append(b, &c);
+}
+
+int cmd_member(struct cmd_batch *b, uint64_t node, const char *name, const char *address,
+               unsigned cluster_port, unsigned raft_port, enum cmd_role role, int left)
+{
+    if (!node || !name || !address || cluster_port > 65535 || raft_port > 65535 ||
+        (unsigned)role > CMD_ROLE_SPARE)
+        return -EINVAL;
+    Starling__Cmd__Member m = STARLING__CMD__MEMBER__INIT;
+    m.node = node;
+    m.name = (char *)name;
+    m.address = (char *)address;
+    m.cluster_port = cluster_port;
+    m.raft_port = raft_port;
+    m.has_role = 1;
+    m.role = (Starling__Cmd__NodeRole)role;
+    m.has_left = 1;
+    m.left = left != 0;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_MEMBER;
+    c.member = &m;
+    return append(b, &c);
+}
+
+int cmd_member_remove(struct cmd_batch *b, uint64_t node)
+{
+    if (!node)
+        return -EINVAL;
+    Starling__Cmd__MemberRemove m = STARLING__CMD__MEMBER_REMOVE__INIT;
+    m.node = node;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_MEMBER_REMOVE;
+    c.member_remove = &m;
+    return append(b, &c);
+}
+
+int cmd_node_purge(struct cmd_batch *b, uint64_t node)
+{
+    if (!node)
+        return -EINVAL;
+    Starling__Cmd__NodePurge m = STARLING__CMD__NODE_PURGE__INIT;
+    m.node = node;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_NODE_PURGE;
+    c.node_purge = &m;
+    return append(b, &c);
+}

@@ -1,0 +1,64 @@
+/*
+ * cmd.h - building the command batches that the cluster proposes.
+ *
+ * A struct cmd_batch collects commands (proto/raft_cmd.proto) and encodes
+ * them as one starling.cmd.CommandBatch: the payload of one Raft entry,
+ * applied by cluster/fsm.h. Each add function encodes its command at once
+ * (it copies its arguments), so a batch is one growing buffer.
+ *
+ * Threads: a batch belongs to one thread at a time; no global state.
+ * Errors: 0, -EINVAL (empty or too long key, node 0), -ENOMEM.
+ */
+#ifndef STARLING_CMD_H
+#define STARLING_CMD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cmd_batch;
+
+/* The role of a member (starling.cmd.NodeRole). */
+enum cmd_role { CMD_ROLE_VOTER = 0, CMD_ROLE_STANDBY = 1, CMD_ROLE_SPARE = 2 };
+
+struct cmd_batch *cmd_batch_new(void);
+void cmd_batch_free(struct cmd_batch *b);
+/* Number of commands added. */
+size_t cmd_batch_count(const struct cmd_batch *b);
+/*
+ * The Raft entry of the batch: a pointer into b (valid until b changes or is
+ * freed) and its length, or NULL when out of memory. An entry is
+ *   "ST" 0x01 0x00, u32le n, n bytes of encoded CommandBatch, zero padding
+ * to a multiple of 8 bytes: raft_uv 0.15 sends and stores entry buffers
+ * as 8-byte words (an entry of another length corrupts the stream of
+ * AppendEntries that carries it), and protobuf cannot be padded with zeros.
+ */
+#define CMD_ENTRY_HEADER 8
+const void *cmd_batch_data(struct cmd_batch *b, size_t *len);
+/* The encoded CommandBatch alone (for the channel's Propose frame). */
+const void *cmd_batch_pb(const struct cmd_batch *b, size_t *len);
+/* The CommandBatch inside an entry: 0, or -EINVAL for a malformed entry. */
+int cmd_entry_unwrap(const void *entry, size_t len, const void **pb, size_t *pb_len);
+/* An entry (malloc'ed, caller frees) around an encoded CommandBatch, e.g.
+ * one received in a Propose frame. */
+int cmd_entry_wrap(const void *pb, size_t pb_len, void **entry, size_t *len);
+/* Forget the commands, keep the buffer. */
+void cmd_batch_reset(struct cmd_batch *b);
+
+int cmd_route_add(struct cmd_batch *b, const char *filter, size_t len, uint64_t node);
+int cmd_route_remove(struct cmd_batch *b, const char *filter, size_t len, uint64_t node);
+int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                      uint64_t epoch);
+int cmd_session_release(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                        uint64_t epoch, int expired);
+/* props: encoded MQTT 5.0 properties (may be NULL/0); expiry_at_ms 0 = none. */
+int cmd_retained_set(struct cmd_batch *b, const char *topic, size_t len, unsigned qos,
+                     const void *payload, size_t payload_len, const void *props, size_t props_len,
+                     uint64_t expiry_at_ms, uint64_t origin, uint64_t seq);
+int cmd_retained_clear(struct cmd_batch *b, const char *topic, size_t len, uint64_t origin,
+                       uint64_t seq);
+int cmd_member(struct cmd_batch *b, uint64_t node, const char *name, const char *address,
+               unsigned cluster_port, unsigned raft_port, enum cmd_role role, int left);
+int cmd_member_remove(struct cmd_batch *b, uint64_t node);
+int cmd_node_purge(struct cmd_batch *b, uint64_t node);
+
+#endif

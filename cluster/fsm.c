@@ -1,0 +1,647 @@
+/*
+ * fsm.c - the replicated state machine (see fsm.h).
+ *
+ * Record encodings in the tables (storage/rtable.h):
+ *   routes:   key u64be node || filter                 value empty
+ *   registry: key client id                            value u64le node, u64le epoch
+ *   retained: key topic      value u64le origin, u64le seq, encoded RetainedMessage
+ *   members:  key u64be node                           value encoded Member
+ * The node id leads the route key so that NodePurge is one prefix scan.
+ *
+ * An entry is applied in one write transaction: decode, skip if already
+ * applied, apply each command, record the index, commit. When the map is
+ * full the transaction is abandoned, the map grown and the entry applied
+ * again from the start. Only after the commit does the in-memory matcher
+ * change and do the observers run, so that both reflect committed state.
+ */
+#include "fsm.h"
+#include "cmd.h"
+#include "raft_cmd.pb-c.h"
+#include "rtable.h"
+#include "topic.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct fsm {
+    struct rtable *t;
+    struct routes *routes;
+    bool broken;
+    fsm_observer_fn observer;
+    void *observer_ud;
+};
+
+static void be64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static uint64_t get_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void le64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static uint64_t get_le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* ---- loading the route matcher ---- */
+
+static int load_route(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)val;
+    (void)vlen;
+    struct routes *r = ud;
+    if (klen <= 8)
+        return -EIO;
+    int rc = routes_add(r, (const char *)key + 8, klen - 8, get_be64(key));
+    return rc < 0 ? rc : 0;
+}
+
+/* Rebuild f->routes from the route table. */
+static int routes_reload(struct fsm *f)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    routes_clear(f->routes);
+    rc = rtable_scan(x, RTABLE_ROUTES, NULL, 0, load_route, f->routes);
+    rtable_abort(x);
+    return rc;
+}
+
+int fsm_open(struct fsm **out, const struct fsm_options *o, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct fsm *f = calloc(1, sizeof *f);
+    if (!f)
+        return -ENOMEM;
+    f->observer = o->observer;
+    f->observer_ud = o->observer_ud;
+    f->routes = routes_new();
+    if (!f->routes) {
+        free(f);
+        return -ENOMEM;
+    }
+    struct rtable_options ro = {.dir = o->dir,
+                                .map_size = o->map_size,
+                                .max_map_size = o->max_map_size,
+                                .sync_every_commit = o->sync_every_commit};
+    int rc = rtable_open(&f->t, &ro, err, errlen);
+    if (rc == 0) {
+        rc = routes_reload(f);
+        if (rc)
+            snprintf(err, errlen, "%s: cannot load the route table: %s", o->dir, strerror(-rc));
+    }
+    if (rc) {
+        rtable_close(f->t);
+        routes_free(f->routes);
+        free(f);
+        return rc;
+    }
+    *out = f;
+    return 0;
+}
+
+void fsm_close(struct fsm *f)
+{
+    if (!f)
+        return;
+    rtable_close(f->t);
+    routes_free(f->routes);
+    free(f);
+}
+
+/* ---- commands ---- */
+
+static bool bytes_ok(const ProtobufCBinaryData *b)
+{
+    return b->len > 0 && b->len <= RTABLE_MAX_KEY;
+}
+
+static int route_key(unsigned char **key, size_t *klen, uint64_t node, const ProtobufCBinaryData *f)
+{
+    *klen = 8 + f->len;
+    *key = malloc(*klen);
+    if (!*key)
+        return -ENOMEM;
+    be64(*key, node);
+    memcpy(*key + 8, f->data, f->len);
+    return 0;
+}
+
+static int apply_route(struct rtable_txn *x, const ProtobufCBinaryData *filter, uint64_t node,
+                       bool add)
+{
+    if (node == 0 || !bytes_ok(filter) ||
+        !topic_filter_valid((const char *)filter->data, filter->len))
+        return FSM_INVALID;
+    unsigned char *key;
+    size_t klen;
+    if (route_key(&key, &klen, node, filter))
+        return -ENOMEM;
+    const void *v;
+    size_t vlen;
+    int rc = rtable_get(x, RTABLE_ROUTES, key, klen, &v, &vlen);
+    if (rc == 0 || rc == -ENOENT) {
+        bool exists = rc == 0;
+        if (add == exists)
+            rc = FSM_NOOP;
+        else if (add)
+            rc = rtable_put(x, RTABLE_ROUTES, key, klen, "", 0);
+        else
+            rc = rtable_del(x, RTABLE_ROUTES, key, klen);
+    }
+    free(key);
+    return rc; /* FSM_OK is 0 */
+}
+
+static int registry_read(struct rtable_txn *x, const ProtobufCBinaryData *id, uint64_t *node,
+                         uint64_t *epoch)
+{
+    const void *v;
+    size_t vlen;
+    int rc = rtable_get(x, RTABLE_REGISTRY, id->data, id->len, &v, &vlen);
+    if (rc)
+        return rc;
+    if (vlen != 16)
+        return -EIO;
+    *node = get_le64(v);
+    *epoch = get_le64((const unsigned char *)v + 8);
+    return 0;
+}
+
+/* [MQTT-3.1.4-3] a client id is connected at most once in the cluster: its
+ * registry record names the one node that owns it. */
+static int apply_claim(struct rtable_txn *x, const Starling__Cmd__SessionClaim *c)
+{
+    if (!bytes_ok(&c->client_id) || c->node == 0 || c->epoch == 0)
+        return FSM_INVALID;
+    uint64_t node, epoch;
+    int rc = registry_read(x, &c->client_id, &node, &epoch);
+    if (rc && rc != -ENOENT)
+        return rc;
+    if (rc == 0) {
+        if (node == c->node && epoch == c->epoch)
+            return FSM_NOOP;
+        if (c->epoch <= epoch)
+            return FSM_STALE_EPOCH;
+    }
+    unsigned char v[16];
+    le64(v, c->node);
+    le64(v + 8, c->epoch);
+    return rtable_put(x, RTABLE_REGISTRY, c->client_id.data, c->client_id.len, v, 16);
+}
+
+static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelease *c)
+{
+    if (!bytes_ok(&c->client_id) || c->node == 0)
+        return FSM_INVALID;
+    uint64_t node, epoch;
+    int rc = registry_read(x, &c->client_id, &node, &epoch);
+    if (rc == -ENOENT)
+        return FSM_NOOP;
+    if (rc)
+        return rc;
+    if (node != c->node || epoch != c->epoch)
+        return FSM_STALE_EPOCH;
+    return rtable_del(x, RTABLE_REGISTRY, c->client_id.data, c->client_id.len);
+}
+
+/* The (origin, seq) rule of RetainedSet/Clear: FSM_OK to go on, FSM_NOOP
+ * when there is no record (clear only), FSM_STALE_SEQ. */
+static int retained_check(struct rtable_txn *x, const ProtobufCBinaryData *topic, uint64_t origin,
+                          uint64_t seq, bool *exists)
+{
+    const void *v;
+    size_t vlen;
+    int rc = rtable_get(x, RTABLE_RETAINED, topic->data, topic->len, &v, &vlen);
+    *exists = rc == 0;
+    if (rc == -ENOENT)
+        return FSM_OK;
+    if (rc)
+        return rc;
+    if (vlen < 16)
+        return -EIO;
+    if (get_le64(v) == origin && seq <= get_le64((const unsigned char *)v + 8))
+        return FSM_STALE_SEQ;
+    return FSM_OK;
+}
+
+static int apply_retained_set(struct rtable_txn *x, const Starling__Cmd__RetainedSet *c)
+{
+    if (!bytes_ok(&c->topic) || !topic_name_valid((const char *)c->topic.data, c->topic.len) ||
+        !c->message || c->message->qos > 2)
+        return FSM_INVALID;
+    bool exists;
+    int rc = retained_check(x, &c->topic, c->origin, c->seq, &exists);
+    if (rc)
+        return rc;
+    size_t mlen = starling__cmd__retained_message__get_packed_size(c->message);
+    if (mlen > RTABLE_MAX_VALUE - 16)
+        return FSM_INVALID;
+    unsigned char *v = malloc(16 + mlen);
+    if (!v)
+        return -ENOMEM;
+    le64(v, c->origin);
+    le64(v + 8, c->seq);
+    starling__cmd__retained_message__pack(c->message, v + 16);
+    rc = rtable_put(x, RTABLE_RETAINED, c->topic.data, c->topic.len, v, 16 + mlen);
+    free(v);
+    return rc;
+}
+
+static int apply_retained_clear(struct rtable_txn *x, const Starling__Cmd__RetainedClear *c)
+{
+    if (!bytes_ok(&c->topic) || !topic_name_valid((const char *)c->topic.data, c->topic.len))
+        return FSM_INVALID;
+    bool exists;
+    int rc = retained_check(x, &c->topic, c->origin, c->seq, &exists);
+    if (rc)
+        return rc;
+    if (!exists)
+        return FSM_NOOP;
+    return rtable_del(x, RTABLE_RETAINED, c->topic.data, c->topic.len);
+}
+
+static int apply_member(struct rtable_txn *x, const Starling__Cmd__Member *c)
+{
+    if (c->node == 0)
+        return FSM_INVALID;
+    unsigned char key[8];
+    be64(key, c->node);
+    size_t len = starling__cmd__member__get_packed_size(c);
+    unsigned char *v = malloc(len ? len : 1);
+    if (!v)
+        return -ENOMEM;
+    starling__cmd__member__pack(c, v);
+    const void *old;
+    size_t olen;
+    int rc = rtable_get(x, RTABLE_MEMBERS, key, 8, &old, &olen);
+    if (rc == 0 && olen == len && memcmp(old, v, len) == 0)
+        rc = FSM_NOOP;
+    else if (rc == 0 || rc == -ENOENT)
+        rc = rtable_put(x, RTABLE_MEMBERS, key, 8, v, len);
+    free(v);
+    return rc;
+}
+
+static int apply_member_remove(struct rtable_txn *x, uint64_t node)
+{
+    if (node == 0)
+        return FSM_INVALID;
+    unsigned char key[8];
+    be64(key, node);
+    int rc = rtable_del(x, RTABLE_MEMBERS, key, 8);
+    return rc == -ENOENT ? FSM_NOOP : rc;
+}
+
+struct keylist {
+    unsigned char **keys;
+    size_t *lens;
+    size_t n, cap;
+};
+
+static int collect_key(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)val;
+    (void)vlen;
+    struct keylist *l = ud;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        unsigned char **k = realloc(l->keys, cap * sizeof *k);
+        if (!k)
+            return -ENOMEM;
+        l->keys = k;
+        size_t *n = realloc(l->lens, cap * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        l->lens = n;
+        l->cap = cap;
+    }
+    unsigned char *k = malloc(klen);
+    if (!k)
+        return -ENOMEM;
+    memcpy(k, key, klen);
+    l->keys[l->n] = k;
+    l->lens[l->n++] = klen;
+    return 0;
+}
+
+static int apply_purge(struct rtable_txn *x, uint64_t node)
+{
+    if (node == 0)
+        return FSM_INVALID;
+    unsigned char prefix[8];
+    be64(prefix, node);
+    struct keylist l = {0};
+    int rc = rtable_scan(x, RTABLE_ROUTES, prefix, 8, collect_key, &l);
+    for (size_t i = 0; rc == 0 && i < l.n; i++)
+        rc = rtable_del(x, RTABLE_ROUTES, l.keys[i], l.lens[i]);
+    if (rc == 0 && l.n == 0)
+        rc = FSM_NOOP;
+    for (size_t i = 0; i < l.n; i++)
+        free(l.keys[i]);
+    free(l.keys);
+    free(l.lens);
+    return rc;
+}
+
+/* Apply one command: a enum fsm_result (>= 0) or a negative errno (the
+ * transaction must be abandoned). */
+static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c)
+{
+    switch (c->cmd_case) {
+    case STARLING__CMD__COMMAND__CMD_ROUTE_ADD:
+        return apply_route(x, &c->route_add->filter, c->route_add->node, true);
+    case STARLING__CMD__COMMAND__CMD_ROUTE_REMOVE:
+        return apply_route(x, &c->route_remove->filter, c->route_remove->node, false);
+    case STARLING__CMD__COMMAND__CMD_SESSION_CLAIM:
+        return apply_claim(x, c->session_claim);
+    case STARLING__CMD__COMMAND__CMD_SESSION_RELEASE:
+        return apply_release(x, c->session_release);
+    case STARLING__CMD__COMMAND__CMD_RETAINED_SET:
+        return apply_retained_set(x, c->retained_set);
+    case STARLING__CMD__COMMAND__CMD_RETAINED_CLEAR:
+        return apply_retained_clear(x, c->retained_clear);
+    case STARLING__CMD__COMMAND__CMD_MEMBER:
+        return apply_member(x, c->member);
+    case STARLING__CMD__COMMAND__CMD_MEMBER_REMOVE:
+        return apply_member_remove(x, c->member_remove->node);
+    case STARLING__CMD__COMMAND__CMD_NODE_PURGE:
+        return apply_purge(x, c->node_purge->node);
+    default:
+        return FSM_INVALID;
+    }
+}
+
+/* After the commit: mirror route changes into the matcher, tell the
+ * observer. */
+static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__CommandBatch *b,
+                         const uint8_t *results)
+{
+    for (size_t i = 0; i < b->n_commands; i++) {
+        if (results[i] != FSM_OK)
+            continue;
+        const Starling__Cmd__Command *c = b->commands[i];
+        switch (c->cmd_case) {
+        case STARLING__CMD__COMMAND__CMD_ROUTE_ADD:
+            routes_add(f->routes, (const char *)c->route_add->filter.data, c->route_add->filter.len,
+                       c->route_add->node);
+            break;
+        case STARLING__CMD__COMMAND__CMD_ROUTE_REMOVE:
+            routes_remove(f->routes, (const char *)c->route_remove->filter.data,
+                          c->route_remove->filter.len, c->route_remove->node);
+            break;
+        case STARLING__CMD__COMMAND__CMD_NODE_PURGE:
+            routes_remove_node(f->routes, c->node_purge->node);
+            break;
+        default:
+            break;
+        }
+        if (f->observer)
+            f->observer(f->observer_ud, index, c);
+    }
+}
+
+int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
+              struct fsm_batch_result *res)
+{
+    struct fsm_batch_result local;
+    if (!res)
+        res = &local;
+    memset(res, 0, offsetof(struct fsm_batch_result, results));
+    res->index = index;
+    if (f->broken)
+        return -EIO;
+    const void *pb;
+    size_t pb_len;
+    Starling__Cmd__CommandBatch *b = NULL;
+    if (cmd_entry_unwrap(buf, len, &pb, &pb_len) == 0)
+        b = starling__cmd__command_batch__unpack(NULL, pb_len, pb);
+    if (b && b->n_commands > FSM_MAX_BATCH) {
+        starling__cmd__command_batch__free_unpacked(b, NULL);
+        b = NULL;
+    }
+    int rc;
+    for (;;) {
+        struct rtable_txn *x;
+        rc = rtable_begin(f->t, &x);
+        if (rc)
+            break;
+        if (rtable_txn_applied(x) >= index) {
+            rtable_abort(x);
+            res->skipped = true;
+            if (b)
+                starling__cmd__command_batch__free_unpacked(b, NULL);
+            return 0;
+        }
+        res->n = b ? (uint32_t)b->n_commands : 0;
+        for (uint32_t i = 0; rc == 0 && i < res->n; i++) {
+            int r = apply_one(x, b->commands[i]);
+            if (r < 0)
+                rc = r;
+            else
+                res->results[i] = (uint8_t)r;
+        }
+        if (rc == 0) {
+            rtable_txn_set_applied(x, index);
+            res->checksum = rtable_txn_checksum(x);
+            rc = rtable_commit(x);
+        } else {
+            rtable_abort(x);
+        }
+        if (rc == -ENOSPC && rtable_grow(f->t) == 0)
+            continue;
+        break;
+    }
+    if (rc) {
+        f->broken = true;
+    } else if (b) {
+        after_commit(f, index, b, res->results);
+    }
+    if (b)
+        starling__cmd__command_batch__free_unpacked(b, NULL);
+    return rc;
+}
+
+bool fsm_broken(struct fsm *f)
+{
+    return f->broken;
+}
+
+uint64_t fsm_applied(struct fsm *f)
+{
+    return rtable_applied(f->t);
+}
+
+uint64_t fsm_checksum(struct fsm *f)
+{
+    return rtable_checksum(f->t);
+}
+
+int fsm_state(struct fsm *f, uint64_t *applied, uint64_t *checksum)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    *applied = rtable_txn_applied(x);
+    *checksum = rtable_txn_checksum(x);
+    rtable_abort(x);
+    return 0;
+}
+
+int fsm_checksum_verify(struct fsm *f, uint64_t *computed)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    rc = rtable_checksum_compute(x, computed);
+    rtable_abort(x);
+    return rc;
+}
+
+int fsm_snapshot(struct fsm *f, void **buf, size_t *len)
+{
+    return rtable_snapshot(f->t, buf, len);
+}
+
+int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, bool *skipped)
+{
+    int rc;
+    uint64_t snap_applied, snap_sum;
+    if (skipped)
+        *skipped = false;
+    if (rtable_snapshot_header(buf, len, &snap_applied, &snap_sum) != 0)
+        return -EINVAL;
+    if (keep_newer && !f->broken) {
+        struct rtable_txn *x;
+        rc = rtable_begin_read(f->t, &x);
+        if (rc)
+            return rc;
+        uint64_t applied = rtable_txn_applied(x), sum = rtable_txn_checksum(x);
+        rtable_abort(x);
+        if (applied > snap_applied || (applied == snap_applied && sum == snap_sum)) {
+            if (skipped)
+                *skipped = true;
+            return 0;
+        }
+    }
+    while ((rc = rtable_restore(f->t, buf, len)) == -ENOSPC && rtable_grow(f->t) == 0)
+        ;
+    if (rc)
+        return rc;
+    rc = routes_reload(f);
+    if (rc == 0)
+        f->broken = false;
+    return rc;
+}
+
+struct routes *fsm_routes(struct fsm *f)
+{
+    return f->routes;
+}
+
+int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t *node,
+                     uint64_t *epoch)
+{
+    if (len == 0 || len > RTABLE_MAX_KEY)
+        return -EINVAL;
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    ProtobufCBinaryData id = {len, (uint8_t *)client_id};
+    rc = registry_read(x, &id, node, epoch);
+    rtable_abort(x);
+    return rc;
+}
+
+int fsm_retained_get(struct fsm *f, const char *topic, size_t len, void **msg, size_t *msg_len,
+                     uint64_t *origin, uint64_t *seq)
+{
+    if (len == 0 || len > RTABLE_MAX_KEY)
+        return -EINVAL;
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    const void *v;
+    size_t vlen;
+    rc = rtable_get(x, RTABLE_RETAINED, topic, len, &v, &vlen);
+    if (rc == 0 && vlen < 16)
+        rc = -EIO;
+    if (rc == 0) {
+        *origin = get_le64(v);
+        *seq = get_le64((const unsigned char *)v + 8);
+        *msg_len = vlen - 16;
+        *msg = malloc(vlen - 16 ? vlen - 16 : 1);
+        if (*msg)
+            memcpy(*msg, (const unsigned char *)v + 16, vlen - 16);
+        else
+            rc = -ENOMEM;
+    }
+    rtable_abort(x);
+    return rc;
+}
+
+struct member_visit {
+    int (*fn)(void *ud, uint64_t node, const void *member, size_t len);
+    void *ud;
+};
+
+static int visit_member(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    struct member_visit *m = ud;
+    if (klen != 8)
+        return -EIO;
+    return m->fn(m->ud, get_be64(key), val, vlen);
+}
+
+int fsm_members(struct fsm *f, int (*fn)(void *ud, uint64_t node, const void *member, size_t len),
+                void *ud)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    struct member_visit m = {fn, ud};
+    rc = rtable_scan(x, RTABLE_MEMBERS, NULL, 0, visit_member, &m);
+    rtable_abort(x);
+    return rc;
+}
+
+int fsm_counts(struct fsm *f, uint64_t *routes, uint64_t *sessions, uint64_t *retained,
+               uint64_t *members)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    *routes = rtable_count(x, RTABLE_ROUTES);
+    *sessions = rtable_count(x, RTABLE_REGISTRY);
+    *retained = rtable_count(x, RTABLE_RETAINED);
+    *members = rtable_count(x, RTABLE_MEMBERS);
+    rtable_abort(x);
+    return 0;
+}

@@ -1,0 +1,888 @@
+/*
+ * raft_node.c - libraft 0.15 on its own thread (see raft_node.h).
+ *
+ * The raft thread owns the uv loop, struct raft, its raft_uv I/O and the
+ * transport; nothing else touches them ("call raft_* only there"). Other
+ * threads append requests (proposals, additions) to a mutex-protected queue
+ * and wake the loop with uv_async_send. A 50 ms timer publishes the leader
+ * and applied index to atomics for other threads and makes a new leader
+ * append its barrier: section 8 of the Raft paper, "a leader must have the
+ * latest information on which entries are committed ... Raft handles this
+ * by having each leader commit a blank no-op entry into the log at the start
+ * of its term"; until that barrier is applied the node does not serve
+ * (proposals get -EAGAIN).
+ */
+#include "raft_node.h"
+#include "cmd.h"
+#include "fsm_raft.h"
+#include "log.h"
+#include "raft_transport.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <raft.h>
+#include <raft/uv.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+enum req_kind { REQ_PROPOSE, REQ_ADD, REQ_REMOVE };
+
+struct req {
+    struct req *next;
+    enum req_kind kind;
+    struct raft_node *n;
+    void *buf;
+    size_t len;
+    char addr[64];
+    uint64_t id; /* REQ_REMOVE */
+    raft_node_done_fn done;
+    void *ud;
+    struct raft_apply apply;
+};
+
+struct raft_node {
+    pthread_t thread;
+    uv_loop_t loop;
+    uv_async_t async;
+    uv_timer_t timer;
+    struct raft raft;
+    struct raft_io io;
+    struct raft_uv_transport transport;
+    struct fsm_raft adapter;
+    struct raft_node_config cfg;
+    char dir[512], address[64];
+    char (*seeds)[64];
+    uint64_t self;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct req *queue, **tail;
+    bool stopping, started;
+    int start_rc;
+    char err[256];
+
+    uint64_t leader, applied; /* atomics */
+    bool ready;               /* atomic */
+    bool diverged;            /* atomic */
+    uint64_t divergences;     /* atomic */
+    uint64_t checks_equal;    /* atomic */
+    raft_term barrier_term;   /* term whose barrier was applied */
+    bool barrier_pending;
+    struct raft_barrier barrier;
+    struct raft_change change;
+    struct req *change_req;
+    struct fsm_batch_result sub; /* a proposal's slice of its group's results */
+    unsigned max_voters;
+    /* the configuration as of the last tick, for other threads (mu) */
+    struct raft_node_member members[RAFT_NODE_MAX_MEMBERS];
+    unsigned n_members;
+    uint64_t change_id;
+};
+
+uint64_t raft_node_id_of(const char *addr)
+{
+    /* FNV-1a over the address; 0 is not a valid Raft id. */
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = addr; *p; p++) {
+        h ^= (unsigned char)*p;
+        h *= 1099511628211ull;
+    }
+    return h ? h : 1;
+}
+
+static int status_of(int raft_rc)
+{
+    switch (raft_rc) {
+    case 0:
+        return 0;
+    case RAFT_NOTLEADER:
+        return -ENOTCONN;
+    case RAFT_LEADERSHIPLOST:
+        return -ECONNABORTED;
+    case RAFT_SHUTDOWN:
+    case RAFT_CANCELED:
+        return -ECANCELED;
+    case RAFT_NOMEM:
+        return -ENOMEM;
+    case RAFT_BUSY:
+    case RAFT_CANTCHANGE:
+        return -EBUSY;
+    default:
+        return -EIO;
+    }
+}
+
+static uint64_t leader_id(struct raft_node *n)
+{
+    raft_id id = 0;
+    const char *addr = NULL;
+    raft_leader(&n->raft, &id, &addr);
+    return id;
+}
+
+static void req_done(struct req *r, int status, const struct fsm_batch_result *res)
+{
+    if (r->done)
+        r->done(r->ud, status, res, leader_id(r->n));
+    free(r->buf);
+    free(r);
+}
+
+/* ---- proposals ---- */
+
+/*
+ * Proposals waiting in the queue when the loop wakes up are combined into
+ * one entry (up to FSM_MAX_BATCH commands and GROUP_MAX_BYTES): one Raft
+ * round, one fsync and one LMDB transaction for all of them. A CommandBatch
+ * is a repeated field, so the concatenation of encoded batches is the
+ * encoded batch of all their commands, in order; each proposal gets back
+ * the slice of results of its own commands.
+ */
+#define GROUP_MAX_BYTES (1u << 20)
+
+struct group {
+    struct raft_apply apply;
+    struct raft_node *n;
+    unsigned count;
+    struct {
+        struct req *r;
+        uint32_t first, n;
+    } m[];
+};
+
+/* The commands of an entry made by cmd.h: 0 with *n, or -EINVAL. */
+static int count_commands(const void *entry, size_t len, uint32_t *n)
+{
+    const uint8_t *pb;
+    size_t pb_len;
+    if (cmd_entry_unwrap(entry, len, (const void **)&pb, &pb_len) != 0)
+        return -EINVAL;
+    uint32_t k = 0;
+    size_t i = 0;
+    while (i < pb_len) {
+        if (pb[i++] != 0x0a) /* field 1, length-delimited */
+            return -EINVAL;
+        uint64_t l = 0;
+        for (int shift = 0;; shift += 7) {
+            if (i >= pb_len || shift > 63)
+                return -EINVAL;
+            uint8_t b = pb[i++];
+            l |= (uint64_t)(b & 0x7f) << shift;
+            if (!(b & 0x80))
+                break;
+        }
+        if (l > pb_len - i)
+            return -EINVAL;
+        i += l;
+        k++;
+    }
+    *n = k;
+    return 0;
+}
+
+static void group_apply_cb(struct raft_apply *a, int status, void *result)
+{
+    struct group *g = a->data;
+    struct raft_node *n = g->n;
+    const struct fsm_batch_result *res = result;
+    for (unsigned i = 0; i < g->count; i++) {
+        struct req *r = g->m[i].r;
+        if (status != 0 || !res) {
+            req_done(r, status_of(status), NULL);
+            continue;
+        }
+        struct fsm_batch_result *sub = &n->sub;
+        sub->index = res->index;
+        sub->skipped = res->skipped;
+        sub->checksum = res->checksum;
+        uint32_t first = g->m[i].first, cnt = g->m[i].n;
+        if (first > res->n)
+            first = res->n;
+        if (cnt > res->n - first)
+            cnt = res->n - first;
+        sub->n = cnt;
+        memcpy(sub->results, res->results + first, cnt);
+        req_done(r, 0, sub);
+    }
+    free(g);
+}
+
+/* Propose reqs[0..count) as one entry (count >= 1). */
+static void propose_group(struct raft_node *n, struct req **reqs, const uint32_t *ncmds,
+                          unsigned count)
+{
+    struct group *g = malloc(sizeof *g + count * sizeof g->m[0]);
+    size_t pb_total = 0;
+    for (unsigned i = 0; i < count; i++)
+        pb_total += reqs[i]->len - CMD_ENTRY_HEADER; /* >= the batch, with padding */
+    struct raft_buffer b = {raft_malloc(CMD_ENTRY_HEADER + pb_total + 8), 0};
+    if (!g || !b.base) {
+        free(g);
+        raft_free(b.base);
+        for (unsigned i = 0; i < count; i++)
+            req_done(reqs[i], -ENOMEM, NULL);
+        return;
+    }
+    uint8_t *p = b.base;
+    size_t off = CMD_ENTRY_HEADER;
+    uint32_t first = 0;
+    for (unsigned i = 0; i < count; i++) {
+        const void *pb;
+        size_t pb_len;
+        cmd_entry_unwrap(reqs[i]->buf, reqs[i]->len, &pb, &pb_len);
+        memcpy(p + off, pb, pb_len);
+        off += pb_len;
+        g->m[i].r = reqs[i];
+        g->m[i].first = first;
+        g->m[i].n = ncmds[i];
+        first += ncmds[i];
+    }
+    size_t pb_len = off - CMD_ENTRY_HEADER;
+    memcpy(p, "ST\x01\x00", 4);
+    p[4] = (uint8_t)pb_len;
+    p[5] = (uint8_t)(pb_len >> 8);
+    p[6] = (uint8_t)(pb_len >> 16);
+    p[7] = (uint8_t)(pb_len >> 24);
+    size_t total = (off + 7) & ~(size_t)7;
+    memset(p + off, 0, total - off);
+    b.len = total;
+    g->n = n;
+    g->count = count;
+    g->apply.data = g;
+    int rc = raft_apply(&n->raft, &g->apply, &b, 1, group_apply_cb);
+    if (rc) {
+        raft_free(b.base);
+        for (unsigned i = 0; i < count; i++)
+            req_done(reqs[i], status_of(rc), NULL);
+        free(g);
+    }
+}
+
+/* Propose a run of REQ_PROPOSE requests, grouped. */
+static void start_proposals(struct raft_node *n, struct req **reqs, unsigned count)
+{
+    int refuse = 0;
+    if (raft_state(&n->raft) != RAFT_LEADER)
+        refuse = -ENOTCONN;
+    else if (!__atomic_load_n(&n->ready, __ATOMIC_ACQUIRE))
+        refuse = -EAGAIN;
+    uint32_t *ncmds = malloc((count ? count : 1) * sizeof *ncmds);
+    if (!refuse && !ncmds)
+        refuse = -ENOMEM;
+    if (refuse) {
+        for (unsigned i = 0; i < count; i++)
+            req_done(reqs[i], refuse, NULL);
+        free(ncmds);
+        return;
+    }
+    unsigned start = 0;
+    uint32_t cmds = 0;
+    size_t bytes = 0;
+    for (unsigned i = 0; i < count; i++) {
+        uint32_t k;
+        bool alone = count_commands(reqs[i]->buf, reqs[i]->len, &k) != 0 || k > FSM_MAX_BATCH ||
+                     reqs[i]->len > GROUP_MAX_BYTES;
+        if (i > start &&
+            (alone || cmds + k > FSM_MAX_BATCH || bytes + reqs[i]->len > GROUP_MAX_BYTES)) {
+            propose_group(n, reqs + start, ncmds + start, i - start);
+            start = i;
+            cmds = 0;
+            bytes = 0;
+        }
+        if (alone) {
+            /* Proposed as it is: the state machine judges it. */
+            struct raft_buffer b = {raft_malloc(reqs[i]->len ? reqs[i]->len : 1), reqs[i]->len};
+            struct group *g = malloc(sizeof *g + sizeof g->m[0]);
+            if (!b.base || !g) {
+                raft_free(b.base);
+                free(g);
+                req_done(reqs[i], -ENOMEM, NULL);
+            } else {
+                memcpy(b.base, reqs[i]->buf, reqs[i]->len);
+                g->n = n;
+                g->count = 1;
+                g->m[0].r = reqs[i];
+                g->m[0].first = 0;
+                g->m[0].n = FSM_MAX_BATCH;
+                g->apply.data = g;
+                int rc = raft_apply(&n->raft, &g->apply, &b, 1, group_apply_cb);
+                if (rc) {
+                    raft_free(b.base);
+                    free(g);
+                    req_done(reqs[i], status_of(rc), NULL);
+                }
+            }
+            start = i + 1;
+            continue;
+        }
+        ncmds[i] = k;
+        cmds += k;
+        bytes += reqs[i]->len;
+    }
+    if (start < count)
+        propose_group(n, reqs + start, ncmds + start, count - start);
+    free(ncmds);
+}
+
+/* ---- membership ---- */
+
+static void assign_cb(struct raft_change *c, int status)
+{
+    struct raft_node *n = c->data;
+    struct req *r = n->change_req;
+    n->change_req = NULL;
+    req_done(r, status_of(status), NULL);
+}
+
+static unsigned count_voters(struct raft_node *n)
+{
+    unsigned voters = 0;
+    for (unsigned i = 0; i < n->raft.configuration.n; i++)
+        voters += n->raft.configuration.servers[i].role == RAFT_VOTER;
+    return voters;
+}
+
+static void add_cb(struct raft_change *c, int status)
+{
+    struct raft_node *n = c->data;
+    struct req *r = n->change_req;
+    if (status != 0) {
+        n->change_req = NULL;
+        req_done(r, status_of(status), NULL);
+        return;
+    }
+    /* At most max_voters voters; libraft catches the new server up before
+     * it promotes it to voter. */
+    int role = count_voters(n) < n->max_voters ? RAFT_VOTER : RAFT_STANDBY;
+    n->change.data = n;
+    int rc = raft_assign(&n->raft, &n->change, n->change_id, role, assign_cb);
+    if (rc) {
+        n->change_req = NULL;
+        req_done(r, status_of(rc), NULL);
+    }
+}
+
+static void start_add(struct raft_node *n, struct req *r)
+{
+    if (raft_state(&n->raft) != RAFT_LEADER) {
+        req_done(r, -ENOTCONN, NULL);
+        return;
+    }
+    if (n->change_req) {
+        req_done(r, -EBUSY, NULL);
+        return;
+    }
+    n->change_req = r;
+    n->change_id = raft_node_id_of(r->addr);
+    n->change.data = n;
+    int rc = raft_add(&n->raft, &n->change, n->change_id, r->addr, add_cb);
+    if (rc) {
+        n->change_req = NULL;
+        req_done(r, status_of(rc), NULL);
+    }
+}
+
+static void remove_cb(struct raft_change *c, int status)
+{
+    struct raft_node *n = c->data;
+    struct req *r = n->change_req;
+    if (status != 0) {
+        n->change_req = NULL;
+        req_done(r, status_of(status), NULL);
+        return;
+    }
+    /* A voter went: promote a standby (the first in the configuration)
+     * while there are fewer than max_voters. */
+    if (count_voters(n) < n->max_voters) {
+        for (unsigned i = 0; i < n->raft.configuration.n; i++) {
+            const struct raft_server *sv = &n->raft.configuration.servers[i];
+            if (sv->role != RAFT_STANDBY)
+                continue;
+            n->change.data = n;
+            if (raft_assign(&n->raft, &n->change, sv->id, RAFT_VOTER, assign_cb) == 0) {
+                log_info("cluster: standby %016llx promoted to voter", (unsigned long long)sv->id);
+                return;
+            }
+        }
+    }
+    n->change_req = NULL;
+    req_done(r, 0, NULL);
+}
+
+static void start_remove(struct raft_node *n, struct req *r)
+{
+    if (raft_state(&n->raft) != RAFT_LEADER) {
+        req_done(r, -ENOTCONN, NULL);
+        return;
+    }
+    if (n->change_req) {
+        req_done(r, -EBUSY, NULL);
+        return;
+    }
+    n->change_req = r;
+    n->change.data = n;
+    int rc = raft_remove(&n->raft, &n->change, r->id, remove_cb);
+    if (rc) {
+        n->change_req = NULL;
+        req_done(r, rc == RAFT_BADID ? -ENOENT : status_of(rc), NULL);
+    }
+}
+
+/* ---- the loop ---- */
+
+static void barrier_cb(struct raft_barrier *b, int status)
+{
+    struct raft_node *n = b->data;
+    n->barrier_pending = false;
+    fsm_raft_flush(&n->adapter);
+    if (status == 0 && raft_state(&n->raft) == RAFT_LEADER) {
+        n->barrier_term = n->raft.current_term;
+        __atomic_store_n(&n->ready, true, __ATOMIC_RELEASE);
+        log_info("cluster: leader of term %llu, barrier applied, serving",
+                 (unsigned long long)n->barrier_term);
+    }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct raft_node *n = t->data;
+    pthread_mutex_lock(&n->mu);
+    n->n_members = 0;
+    for (unsigned i = 0; i < n->raft.configuration.n && i < RAFT_NODE_MAX_MEMBERS; i++) {
+        const struct raft_server *sv = &n->raft.configuration.servers[i];
+        struct raft_node_member *m = &n->members[n->n_members++];
+        m->id = sv->id;
+        m->role = sv->role == RAFT_VOTER     ? RAFT_NODE_VOTER
+                  : sv->role == RAFT_STANDBY ? RAFT_NODE_STANDBY
+                                             : RAFT_NODE_SPARE;
+        snprintf(m->address, sizeof m->address, "%s", sv->address);
+    }
+    pthread_mutex_unlock(&n->mu);
+    fsm_raft_flush(&n->adapter);
+    __atomic_store_n(&n->leader, leader_id(n), __ATOMIC_RELAXED);
+    __atomic_store_n(&n->applied, raft_last_applied(&n->raft), __ATOMIC_RELAXED);
+    bool leader = raft_state(&n->raft) == RAFT_LEADER;
+    if (!leader || n->barrier_term != n->raft.current_term)
+        __atomic_store_n(&n->ready, false, __ATOMIC_RELEASE);
+    if (leader && n->barrier_term != n->raft.current_term && !n->barrier_pending) {
+        n->barrier.data = n;
+        if (raft_barrier(&n->raft, &n->barrier, barrier_cb) == 0)
+            n->barrier_pending = true;
+    }
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void raft_closed(struct raft *r)
+{
+    struct raft_node *n = r->data;
+    uv_close((uv_handle_t *)&n->async, handle_closed);
+    uv_close((uv_handle_t *)&n->timer, handle_closed);
+}
+
+static void on_async(uv_async_t *a)
+{
+    struct raft_node *n = a->data;
+    pthread_mutex_lock(&n->mu);
+    struct req *q = n->queue;
+    n->queue = NULL;
+    n->tail = &n->queue;
+    bool stopping = n->stopping;
+    pthread_mutex_unlock(&n->mu);
+    /* Runs of proposals go out grouped; an addition ends a run, so the
+     * order of the queue is kept. */
+    struct req *run[256];
+    unsigned nrun = 0;
+    while (q) {
+        struct req *r = q;
+        q = q->next;
+        if (stopping) {
+            req_done(r, -ECANCELED, NULL);
+            continue;
+        }
+        if (r->kind == REQ_PROPOSE) {
+            run[nrun++] = r;
+            if (nrun == sizeof run / sizeof run[0]) {
+                start_proposals(n, run, nrun);
+                nrun = 0;
+            }
+            continue;
+        }
+        if (nrun) {
+            start_proposals(n, run, nrun);
+            nrun = 0;
+        }
+        if (r->kind == REQ_ADD)
+            start_add(n, r);
+        else
+            start_remove(n, r);
+    }
+    if (nrun)
+        start_proposals(n, run, nrun);
+    if (stopping && !uv_is_closing((uv_handle_t *)&n->timer)) {
+        if (n->cfg.on_stop)
+            n->cfg.on_stop(n->cfg.hook_ud);
+        uv_timer_stop(&n->timer);
+        raft_close(&n->raft, raft_closed);
+    }
+}
+
+static int addr_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* The bootstrap rule of raft_node.h. */
+static int bootstrap(struct raft_node *n)
+{
+    unsigned ns = n->cfg.n_seeds;
+    bool self_seed = false;
+    for (unsigned i = 0; i < ns; i++)
+        self_seed |= strcmp(n->seeds[i], n->address) == 0;
+    if (!self_seed)
+        return 0;
+    qsort(n->seeds, ns, sizeof *n->seeds, addr_cmp);
+    struct raft_configuration conf;
+    raft_configuration_init(&conf);
+    int rc = 0;
+    unsigned voters = 0;
+    for (unsigned i = 0; i < ns && rc == 0; i++) {
+        if (i > 0 && strcmp(n->seeds[i], n->seeds[i - 1]) == 0)
+            continue;
+        int role = voters < n->max_voters ? RAFT_VOTER : RAFT_STANDBY;
+        voters += role == RAFT_VOTER;
+        rc = raft_configuration_add(&conf, raft_node_id_of(n->seeds[i]), n->seeds[i], role);
+    }
+    if (rc == 0)
+        rc = raft_bootstrap(&n->raft, &conf);
+    raft_configuration_close(&conf);
+    if (rc == RAFT_CANTBOOTSTRAP)
+        rc = 0; /* state exists already: a restart */
+    return rc;
+}
+
+static void *thread_main(void *arg)
+{
+    struct raft_node *n = arg;
+    /* A write to a peer that went away must fail with EPIPE, not kill the
+     * process, whatever the embedding program did with SIGPIPE: block it on
+     * this thread (a SIGPIPE raised by a write is this thread's own). */
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    int rc = uv_loop_init(&n->loop);
+    const char *what = "uv_loop_init";
+    bool io_init = false, raft_init_done = false;
+    if (rc == 0) {
+        what = "transport";
+        rc = raft_transport_init(&n->transport, &n->loop, n->cfg.cluster_name,
+                                 n->cfg.cluster_secret);
+    }
+    if (rc == 0) {
+        what = "raft_uv_init";
+        rc = raft_uv_init(&n->io, &n->loop, n->dir, &n->transport);
+        io_init = rc == 0;
+    }
+    if (rc == 0) {
+        what = "raft_init";
+        fsm_raft_init(&n->adapter, n->cfg.fsm);
+        rc = raft_init(&n->raft, &n->io, &n->adapter.raft_fsm, n->self, n->address);
+        raft_init_done = rc == 0;
+    }
+    if (rc == 0) {
+        n->raft.data = n;
+        fsm_raft_bind(&n->adapter, &n->raft);
+        raft_set_election_timeout(&n->raft,
+                                  n->cfg.election_timeout_ms ? n->cfg.election_timeout_ms : 1000);
+        raft_set_heartbeat_timeout(&n->raft, n->cfg.heartbeat_ms ? n->cfg.heartbeat_ms : 100);
+        raft_set_snapshot_threshold(&n->raft,
+                                    n->cfg.snapshot_threshold ? n->cfg.snapshot_threshold : 1024);
+        raft_set_pre_vote(&n->raft, true);
+        what = "raft_bootstrap";
+        rc = bootstrap(n);
+    }
+    if (rc == 0) {
+        what = "raft_start";
+        rc = raft_start(&n->raft);
+    }
+    if (rc == 0 && n->cfg.on_start) {
+        what = "start hook";
+        int hrc = n->cfg.on_start(n->cfg.hook_ud, n, &n->loop);
+        if (hrc) {
+            snprintf(n->err, sizeof n->err, "%s: %s", n->address, strerror(-hrc));
+            rc = RAFT_IOERR;
+            n->start_rc = hrc;
+        }
+    }
+    if (rc == 0) {
+        uv_async_init(&n->loop, &n->async, on_async);
+        n->async.data = n;
+        uv_timer_init(&n->loop, &n->timer);
+        n->timer.data = n;
+        uv_timer_start(&n->timer, on_tick, 50, 50);
+    } else if (!n->err[0]) {
+        snprintf(n->err, sizeof n->err, "%s: %s: %s", n->address, what,
+                 raft_init_done ? raft_errmsg(&n->raft) : raft_strerror(rc));
+    }
+    pthread_mutex_lock(&n->mu);
+    n->started = true;
+    if (!n->start_rc)
+        n->start_rc = rc;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+    if (rc == 0) {
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+    } else if (raft_init_done) {
+        raft_close(&n->raft, NULL);
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+    }
+    if (io_init)
+        raft_uv_close(&n->io);
+    raft_transport_close(&n->transport);
+    uv_loop_close(&n->loop);
+    return NULL;
+}
+
+static int mkdirs(const char *dir)
+{
+    char p[512];
+    size_t len = strlen(dir);
+    if (len == 0 || len >= sizeof p)
+        return -ENAMETOOLONG;
+    memcpy(p, dir, len + 1);
+    for (size_t i = 1; i <= len; i++)
+        if (p[i] == '/' || p[i] == '\0') {
+            char c = p[i];
+            p[i] = '\0';
+            if (mkdir(p, 0700) != 0 && errno != EEXIST)
+                return -errno;
+            p[i] = c;
+        }
+    return 0;
+}
+
+int raft_node_start(struct raft_node **out, const struct raft_node_config *c, char *err,
+                    size_t errlen)
+{
+    *out = NULL;
+    if (!c->fsm || !c->address || strlen(c->address) >= 64 || !c->dir || strlen(c->dir) >= 512) {
+        snprintf(err, errlen, "raft node: missing or too long dir/address");
+        return -EINVAL;
+    }
+    int rc = mkdirs(c->dir);
+    if (rc) {
+        snprintf(err, errlen, "%s: %s", c->dir, strerror(-rc));
+        return rc;
+    }
+    struct raft_node *n = calloc(1, sizeof *n);
+    if (!n)
+        return -ENOMEM;
+    n->cfg = *c;
+    n->cfg.cluster_name = c->cluster_name ? c->cluster_name : "starling";
+    n->cfg.cluster_secret = c->cluster_secret ? c->cluster_secret : "";
+    snprintf(n->dir, sizeof n->dir, "%s", c->dir);
+    snprintf(n->address, sizeof n->address, "%s", c->address);
+    n->seeds = calloc(c->n_seeds ? c->n_seeds : 1, sizeof *n->seeds);
+    if (!n->seeds) {
+        free(n);
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < c->n_seeds; i++)
+        snprintf(n->seeds[i], sizeof n->seeds[i], "%s", c->seeds[i]);
+    n->self = raft_node_id_of(n->address);
+    n->max_voters = c->max_voters ? c->max_voters : RAFT_NODE_MAX_VOTERS;
+    n->tail = &n->queue;
+    pthread_mutex_init(&n->mu, NULL);
+    pthread_cond_init(&n->cv, NULL);
+    rc = pthread_create(&n->thread, NULL, thread_main, n);
+    if (rc) {
+        free(n->seeds);
+        free(n);
+        return -rc;
+    }
+    pthread_mutex_lock(&n->mu);
+    while (!n->started)
+        pthread_cond_wait(&n->cv, &n->mu);
+    pthread_mutex_unlock(&n->mu);
+    if (n->start_rc) {
+        snprintf(err, errlen, "%s", n->err);
+        rc = n->start_rc < 0 ? n->start_rc : -EIO;
+        pthread_join(n->thread, NULL);
+        pthread_mutex_destroy(&n->mu);
+        pthread_cond_destroy(&n->cv);
+        free(n->seeds);
+        free(n);
+        return rc;
+    }
+    *out = n;
+    return 0;
+}
+
+void raft_node_stop(struct raft_node *n)
+{
+    if (!n)
+        return;
+    pthread_mutex_lock(&n->mu);
+    n->stopping = true;
+    pthread_mutex_unlock(&n->mu);
+    uv_async_send(&n->async);
+    pthread_join(n->thread, NULL);
+    fsm_raft_close(&n->adapter);
+    pthread_mutex_destroy(&n->mu);
+    pthread_cond_destroy(&n->cv);
+    free(n->seeds);
+    free(n);
+}
+
+static int enqueue(struct raft_node *n, struct req *r)
+{
+    pthread_mutex_lock(&n->mu);
+    if (n->stopping) {
+        pthread_mutex_unlock(&n->mu);
+        free(r->buf);
+        free(r);
+        return -ECANCELED;
+    }
+    *n->tail = r;
+    n->tail = &r->next;
+    pthread_mutex_unlock(&n->mu);
+    uv_async_send(&n->async);
+    return 0;
+}
+
+int raft_node_propose(struct raft_node *n, const void *batch, size_t len, raft_node_done_fn done,
+                      void *ud)
+{
+    struct req *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->buf = malloc(len ? len : 1);
+    if (!r->buf) {
+        free(r);
+        return -ENOMEM;
+    }
+    memcpy(r->buf, batch, len);
+    r->len = len;
+    r->kind = REQ_PROPOSE;
+    r->n = n;
+    r->done = done;
+    r->ud = ud;
+    return enqueue(n, r);
+}
+
+int raft_node_add(struct raft_node *n, const char *addr, raft_node_done_fn done, void *ud)
+{
+    if (!addr || strlen(addr) >= 64)
+        return -EINVAL;
+    struct req *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    snprintf(r->addr, sizeof r->addr, "%s", addr);
+    r->kind = REQ_ADD;
+    r->n = n;
+    r->done = done;
+    r->ud = ud;
+    return enqueue(n, r);
+}
+
+uint64_t raft_node_self(struct raft_node *n)
+{
+    return n->self;
+}
+
+uint64_t raft_node_leader(struct raft_node *n)
+{
+    return __atomic_load_n(&n->leader, __ATOMIC_RELAXED);
+}
+
+bool raft_node_ready(struct raft_node *n)
+{
+    return __atomic_load_n(&n->ready, __ATOMIC_ACQUIRE);
+}
+
+uint64_t raft_node_applied(struct raft_node *n)
+{
+    return __atomic_load_n(&n->applied, __ATOMIC_RELAXED);
+}
+
+uint64_t raft_node_refused(struct raft_node *n)
+{
+    return raft_transport_refused(&n->transport);
+}
+
+void raft_node_checkpoint(struct raft_node *n, uint64_t *index, uint64_t *checksum)
+{
+    /* Both from one read transaction of the tables: a consistent pair. */
+    if (fsm_state(n->cfg.fsm, index, checksum) != 0)
+        *index = *checksum = 0;
+}
+
+int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum)
+{
+    uint64_t mine;
+    if (fsm_raft_checksum_at(&n->adapter, index, &mine) != 0)
+        return -ENOENT;
+    if (mine == checksum) {
+        __atomic_add_fetch(&n->checks_equal, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    __atomic_add_fetch(&n->divergences, 1, __ATOMIC_RELAXED);
+    if (!__atomic_exchange_n(&n->diverged, true, __ATOMIC_ACQ_REL))
+        log_error("cluster: DIVERGENCE: after entry %llu this node's replicated tables have "
+                  "checksum %016llx, a peer's %016llx; this node must be rebuilt from a "
+                  "snapshot (docs/cluster.md)",
+                  (unsigned long long)index, (unsigned long long)mine,
+                  (unsigned long long)checksum);
+    return 1;
+}
+
+bool raft_node_diverged(struct raft_node *n)
+{
+    return __atomic_load_n(&n->diverged, __ATOMIC_ACQUIRE);
+}
+
+void raft_node_stats(struct raft_node *n, struct raft_node_stats *o)
+{
+    struct fsm_raft *a = &n->adapter;
+    o->applied = __atomic_load_n(&a->n_applied, __ATOMIC_RELAXED);
+    o->replays_skipped = __atomic_load_n(&a->n_skipped, __ATOMIC_RELAXED);
+    o->snapshots = __atomic_load_n(&a->n_snapshots, __ATOMIC_RELAXED);
+    o->restores = __atomic_load_n(&a->n_restores, __ATOMIC_RELAXED);
+    o->restores_skipped = __atomic_load_n(&a->n_restores_skipped, __ATOMIC_RELAXED);
+    o->apply_errors = __atomic_load_n(&a->n_apply_errors, __ATOMIC_RELAXED);
+    o->refused = raft_node_refused(n);
+    o->divergences = __atomic_load_n(&n->divergences, __ATOMIC_RELAXED);
+    o->checks_equal = __atomic_load_n(&n->checks_equal, __ATOMIC_RELAXED);
+}
+
+int raft_node_remove(struct raft_node *n, uint64_t id, raft_node_done_fn done, void *ud)
+{
+    if (!id)
+        return -EINVAL;
+    struct req *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->kind = REQ_REMOVE;
+    r->id = id;
+    r->n = n;
+    r->done = done;
+    r->ud = ud;
+    return enqueue(n, r);
+}
+
+unsigned raft_node_members(struct raft_node *n, struct raft_node_member *out, unsigned max)
+{
+    pthread_mutex_lock(&n->mu);
+    unsigned k = n->n_members < max ? n->n_members : max;
+    memcpy(out, n->members, k * sizeof *out);
+    pthread_mutex_unlock(&n->mu);
+    return k;
+}

@@ -1,0 +1,147 @@
+/*
+ * raft_node.h - this node's member of the Raft group: libraft 0.15 on its own
+ * thread and libuv loop, raft_uv storage under a directory, the transport of
+ * cluster/raft_transport.h, the state machine of cluster/fsm.h.
+ *
+ * Bootstrap rule (docs/cluster.md): a node's Raft id is derived from its
+ * Raft address (raft_node_id_of). A node whose own address is in the seed
+ * list bootstraps, when its Raft directory is empty, the configuration made
+ * of every seed (sorted by address; the first 5 are voters, the others
+ * standbys), with the ids derived the same way; so every seed bootstraps the
+ * *identical* configuration and, in any start order, they form one cluster
+ * (libraft's rule: bootstrap by one node, or by all with an identical
+ * configuration). A node not in the seed list never bootstraps: it waits to
+ * be added by the leader (raft_node_add).
+ *
+ * Defences against 0.15's faults: pre-vote is on; a new leader appends a
+ * barrier and reports itself ready (raft_node_ready) only once the barrier
+ * is applied; proposals that fail with RAFT_LEADERSHIPLOST are reported as
+ * -ECONNABORTED (the entry may still commit: commands are idempotent).
+ *
+ * Threads: raft_node_start and raft_node_stop from one owner thread; every
+ * other function from any thread. Callbacks run on the raft thread.
+ */
+#ifndef STARLING_RAFT_NODE_H
+#define STARLING_RAFT_NODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "fsm.h"
+
+struct raft_node;
+
+#define RAFT_NODE_MAX_VOTERS 5
+#define RAFT_NODE_MAX_MEMBERS 64
+
+struct raft_node_config {
+    const char *dir;          /* Raft log and snapshots (created when missing) */
+    struct fsm *fsm;          /* the state machine (not owned) */
+    const char *address;      /* own Raft address "a.b.c.d:port" (IPv4 literal) */
+    const char *const *seeds; /* Raft addresses of the seed nodes ("a.b.c.d:port") */
+    unsigned n_seeds;
+    const char *cluster_name;     /* peers with another name are refused */
+    const char *cluster_secret;   /* shared secret ("" = none) */
+    unsigned election_timeout_ms; /* 0 = 1000 */
+    unsigned heartbeat_ms;        /* 0 = 100 */
+    unsigned snapshot_threshold;  /* entries between snapshots, 0 = 1024 */
+    unsigned max_voters;          /* 0 = RAFT_NODE_MAX_VOTERS (5); the same on every seed */
+    /* Hooks for what shares the raft thread's loop (cluster/cluster.h runs
+     * the forwarding channel there): on_start runs on the raft thread once
+     * Raft started, before raft_node_start returns; a non-zero return fails
+     * the start (a negative errno). on_stop runs on the raft thread when
+     * raft_node_stop begins: it must close every handle it opened on the
+     * loop (the thread ends when the loop has no handles left). */
+    int (*on_start)(void *ud, struct raft_node *n, uv_loop_t *loop);
+    void (*on_stop)(void *ud);
+    void *hook_ud;
+};
+
+/* The Raft id of the node with Raft address addr (never 0). */
+uint64_t raft_node_id_of(const char *addr);
+
+/* Start the raft thread; returns once Raft runs (or failed: a negative
+ * errno and a message in err). */
+int raft_node_start(struct raft_node **out, const struct raft_node_config *c, char *err,
+                    size_t errlen);
+/* Stop Raft and the thread, fail pending proposals with -ECANCELED, free n. */
+void raft_node_stop(struct raft_node *n);
+
+uint64_t raft_node_self(struct raft_node *n);
+/* Known leader id (0 = none), whether this node is the leader and has
+ * applied its barrier (it may serve), its last applied index. */
+uint64_t raft_node_leader(struct raft_node *n);
+bool raft_node_ready(struct raft_node *n);
+uint64_t raft_node_applied(struct raft_node *n);
+
+/*
+ * Propose an encoded CommandBatch (cluster/cmd.h; copied). done(ud, status,
+ * res, leader) runs once on the raft thread: status 0 with res (valid during
+ * the call) when the entry was committed and applied here; -ENOTCONN when
+ * this node is not the leader (leader = the known leader id or 0), -EAGAIN
+ * while a new leader has not applied its barrier, -ECONNABORTED when
+ * leadership was lost while the entry was pending (it may still commit),
+ * -ECANCELED at stop, -ENOMEM. done must be quick (hand the result to the
+ * caller's own thread).
+ */
+typedef void (*raft_node_done_fn)(void *ud, int status, const struct fsm_batch_result *res,
+                                  uint64_t leader);
+int raft_node_propose(struct raft_node *n, const void *batch, size_t len, raft_node_done_fn done,
+                      void *ud);
+
+/*
+ * Add the node with Raft address addr (leader only): raft_add (as spare),
+ * then raft_assign as voter while there are fewer than max_voters voters,
+ * else as standby. One change at a time: -EBUSY while one is in progress.
+ * done(ud, status, NULL, leader) as above (status 0 = in the configuration).
+ */
+int raft_node_add(struct raft_node *n, const char *addr, raft_node_done_fn done, void *ud);
+
+/*
+ * Remove server id from the configuration (leader only; an operator's
+ * "forget", or a node leaving - the leader may remove itself, and steps
+ * down once that is committed). When a voter went and there are fewer than
+ * max_voters, the first standby is promoted to voter. One change at a time
+ * (-EBUSY); -ENOTCONN not the leader; -ENOENT no such server.
+ */
+int raft_node_remove(struct raft_node *n, uint64_t id, raft_node_done_fn done, void *ud);
+
+/* The Raft configuration as of the last tick (50 ms). */
+enum raft_node_role { RAFT_NODE_VOTER, RAFT_NODE_STANDBY, RAFT_NODE_SPARE };
+struct raft_node_member {
+    uint64_t id;
+    enum raft_node_role role;
+    char address[64];
+};
+unsigned raft_node_members(struct raft_node *n, struct raft_node_member *out, unsigned max);
+
+/* Handshakes the transport refused (wrong cluster name/secret/source). */
+uint64_t raft_node_refused(struct raft_node *n);
+
+/*
+ * The divergence detector (docs/cluster.md). raft_node_checkpoint gives the
+ * last applied index and the checksum of the tables after it, which the
+ * node sends to its peers (channel.proto DivergenceCheck). A peer's pair
+ * goes to raft_node_divergence_check: 0 when this node's checksum after the
+ * same index is equal, -ENOENT when this node has no checksum for that index
+ * (not applied yet, or too long ago), 1 when they differ: then the node is
+ * marked diverged (raft_node_diverged, logged as an error): its tables are
+ * not the cluster's and it must be rebuilt from a snapshot (wipe its Raft
+ * and table directories, start again: the leader sends it a snapshot).
+ * Which side is wrong is not decided here: the side that differs from the
+ * leader is.
+ */
+void raft_node_checkpoint(struct raft_node *n, uint64_t *index, uint64_t *checksum);
+int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum);
+bool raft_node_diverged(struct raft_node *n);
+
+struct raft_node_stats {
+    uint64_t applied, replays_skipped, snapshots, restores, restores_skipped, apply_errors;
+    uint64_t refused, divergences, checks_equal;
+};
+void raft_node_stats(struct raft_node *n, struct raft_node_stats *out);
+
+#endif

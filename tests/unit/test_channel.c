@@ -1,0 +1,294 @@
+/*
+ * test_channel.c - the forwarding channel (cluster/channel.h) between
+ * nodes on 127.0.0.31.. with free ports, in one libuv loop: frames arrive
+ * in order and intact, both ways; a peer with another cluster_secret or
+ * cluster name is refused and gets nothing; a peer that goes away and comes
+ * back gets what was queued meanwhile (reconnect); a full queue refuses and
+ * counts; oversized frames are refused.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "channel.h"
+#include "channel.pb-c.h"
+
+static uv_loop_t loop;
+
+static int free_port(const char *ip)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    inet_pton(AF_INET, ip, &sa.sin_addr);
+    socklen_t len = sizeof sa;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* What a node received. */
+struct inbox {
+    uint64_t n, n_from[8];
+    uint64_t last_seq[8]; /* per origin index */
+    bool out_of_order, bad;
+};
+
+struct node {
+    uint64_t id;
+    char address[64];
+    struct chan *c;
+    struct inbox in;
+};
+
+static void on_frame(void *ud, uint64_t from, const void *frame)
+{
+    struct node *nd = ud;
+    const Starling__Chan__Frame *f = frame;
+    if (f->frame_case != STARLING__CHAN__FRAME__FRAME_PUBLISH) {
+        nd->in.bad = true;
+        return;
+    }
+    const Starling__Chan__Publish *p = f->publish;
+    unsigned o = (unsigned)(p->origin % 8);
+    if (p->origin != from)
+        nd->in.bad = true;
+    char want[64];
+    snprintf(want, sizeof want, "t/%llu/%llu", (unsigned long long)p->origin,
+             (unsigned long long)p->seq);
+    if (p->topic.len != strlen(want) || memcmp(p->topic.data, want, p->topic.len) != 0 ||
+        p->payload.len != p->seq % 300)
+        nd->in.bad = true;
+    if (p->seq != nd->in.last_seq[o] + 1)
+        nd->in.out_of_order = true;
+    nd->in.last_seq[o] = p->seq;
+    nd->in.n_from[o]++;
+    nd->in.n++;
+}
+
+static int start(struct node *nd, uint64_t id, const char *ip, int port, const char *name,
+                 const char *secret, size_t max_queue)
+{
+    memset(&nd->in, 0, sizeof nd->in);
+    nd->id = id;
+    if (port)
+        snprintf(nd->address, sizeof nd->address, "%s:%d", ip, port);
+    struct chan_options o = {.loop = &loop,
+                             .self = id,
+                             .self_name = "n",
+                             .address = nd->address,
+                             .cluster_name = name,
+                             .cluster_secret = secret,
+                             .max_queue_bytes = max_queue,
+                             .on_frame = on_frame,
+                             .ud = nd};
+    char err[256];
+    int rc = chan_start(&nd->c, &o, err, sizeof err);
+    if (rc)
+        fprintf(stderr, "%s\n", err);
+    return rc;
+}
+
+static bool stopped;
+static void on_stopped(void *ud)
+{
+    (void)ud;
+    stopped = true;
+}
+
+static bool timed_out;
+static void on_deadline(uv_timer_t *t)
+{
+    (void)t;
+    timed_out = true;
+}
+
+/* Run the loop until cond holds or ms pass. */
+#define RUN_UNTIL(cond, ms)                                                                        \
+    ({                                                                                             \
+        uv_timer_t t_;                                                                             \
+        uv_timer_init(&loop, &t_);                                                                 \
+        timed_out = false;                                                                         \
+        uv_timer_start(&t_, on_deadline, (ms), 0);                                                 \
+        while (!(cond) && !timed_out)                                                              \
+            uv_run(&loop, UV_RUN_ONCE);                                                            \
+        uv_close((uv_handle_t *)&t_, NULL);                                                        \
+        uv_run(&loop, UV_RUN_NOWAIT);                                                              \
+        (bool)(cond);                                                                              \
+    })
+
+static void stop(struct node *nd)
+{
+    stopped = false;
+    chan_stop(nd->c, on_stopped, NULL);
+    CU_ASSERT_TRUE(RUN_UNTIL(stopped, 5000));
+    nd->c = NULL;
+}
+
+static int send_publish(struct node *from, uint64_t to, uint64_t seq)
+{
+    char topic[64];
+    static unsigned char payload[300];
+    snprintf(topic, sizeof topic, "t/%llu/%llu", (unsigned long long)from->id,
+             (unsigned long long)seq);
+    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+    p.origin = from->id;
+    p.seq = seq;
+    p.topic.data = (uint8_t *)topic;
+    p.topic.len = strlen(topic);
+    p.payload.data = payload;
+    p.payload.len = seq % 300;
+    p.qos = 1;
+    Starling__Chan__Frame f = STARLING__CHAN__FRAME__INIT;
+    f.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+    f.publish = &p;
+    uint8_t buf[512];
+    size_t n = starling__chan__frame__pack(&f, buf);
+    return chan_send(from->c, to, buf, n);
+}
+
+static struct node a, b, c, d;
+
+static void test_order_both_ways_and_reconnect(void)
+{
+    CU_ASSERT_EQUAL_FATAL(start(&a, 1, "127.0.0.31", free_port("127.0.0.31"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&b, 2, "127.0.0.32", free_port("127.0.0.32"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&c, 3, "127.0.0.33", free_port("127.0.0.33"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(a.c, 2, b.address), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(a.c, 2, b.address), -EEXIST);
+    CU_ASSERT_EQUAL(chan_peer_add(a.c, 3, c.address), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(b.c, 1, a.address), 0);
+    CU_ASSERT_EQUAL(send_publish(&a, 9, 1), -ENOENT);
+    /* Sent before any connection is up: queued, then delivered in order. */
+    for (uint64_t s = 1; s <= 2000; s++)
+        CU_ASSERT_EQUAL(send_publish(&a, 2, s), 0);
+    for (uint64_t s = 1; s <= 10; s++)
+        CU_ASSERT_EQUAL(send_publish(&a, 3, s), 0);
+    for (uint64_t s = 1; s <= 500; s++)
+        CU_ASSERT_EQUAL(send_publish(&b, 1, s), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(b.in.n == 2000 && c.in.n == 10 && a.in.n == 500, 10000));
+    CU_ASSERT_EQUAL(b.in.n_from[1], 2000);
+    CU_ASSERT_EQUAL(c.in.n_from[1], 10);
+    CU_ASSERT_EQUAL(a.in.n_from[2], 500);
+    CU_ASSERT_FALSE(a.in.out_of_order || b.in.out_of_order || c.in.out_of_order);
+    CU_ASSERT_FALSE(a.in.bad || b.in.bad || c.in.bad);
+    struct chan_peer_stats st;
+    CU_ASSERT_EQUAL(chan_peer_stats(a.c, 2, &st), 0);
+    CU_ASSERT_TRUE(st.connected);
+    CU_ASSERT_EQUAL(st.sent, 2000);
+    CU_ASSERT_EQUAL(st.connects, 1);
+    CU_ASSERT_EQUAL(st.dropped, 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(a.c, 2, &st) == 0 && st.queued_bytes == 0, 2000));
+    CU_ASSERT_EQUAL(chan_refused(a.c) + chan_refused(b.c) + chan_refused(c.c), 0);
+
+    /* C goes away; what A sends meanwhile waits; C comes back on the same
+     * address and gets it, in order, on a new connection. */
+    stop(&c);
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(a.c, 3, &st) == 0 && !st.connected, 5000));
+    for (uint64_t s = 11; s <= 20; s++)
+        CU_ASSERT_EQUAL(send_publish(&a, 3, s), 0);
+    uint64_t before = c.in.last_seq[1];
+    CU_ASSERT_EQUAL_FATAL(start(&c, 3, NULL, 0, "t", "k", 0), 0);
+    c.in.last_seq[1] = before;
+    CU_ASSERT_TRUE(RUN_UNTIL(c.in.n == 10, 10000));
+    CU_ASSERT_EQUAL(c.in.last_seq[1], 20);
+    CU_ASSERT_FALSE(c.in.out_of_order || c.in.bad);
+    CU_ASSERT_EQUAL(chan_peer_stats(a.c, 3, &st), 0);
+    CU_ASSERT_EQUAL(st.connects, 2);
+
+    /* Removing a peer: sends to it are refused. */
+    CU_ASSERT_EQUAL(chan_peer_remove(a.c, 3), 0);
+    CU_ASSERT_EQUAL(chan_peer_remove(a.c, 3), -ENOENT);
+    CU_ASSERT_EQUAL(send_publish(&a, 3, 21), -ENOENT);
+    stop(&c);
+}
+
+static void test_wrong_secret_and_name(void)
+{
+    /* D has another secret: B's proof does not check out at D, D refuses,
+     * nothing of D's reaches B. */
+    CU_ASSERT_EQUAL_FATAL(start(&d, 4, "127.0.0.34", free_port("127.0.0.34"), "t", "other", 0), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(d.c, 2, b.address), 0);
+    CU_ASSERT_EQUAL(send_publish(&d, 2, 1), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_refused(d.c) > 0, 5000));
+    struct chan_peer_stats st;
+    CU_ASSERT_EQUAL(chan_peer_stats(d.c, 2, &st), 0);
+    CU_ASSERT_FALSE(st.connected);
+    CU_ASSERT_EQUAL(st.sent, 0);
+    CU_ASSERT_EQUAL(b.in.n_from[4], 0);
+    stop(&d);
+    /* Another cluster name: B refuses at the hello. */
+    uint64_t refused = chan_refused(b.c);
+    CU_ASSERT_EQUAL_FATAL(start(&d, 4, "127.0.0.34", free_port("127.0.0.34"), "u", "k", 0), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(d.c, 2, b.address), 0);
+    CU_ASSERT_EQUAL(send_publish(&d, 2, 1), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_refused(b.c) > refused, 5000));
+    CU_ASSERT_EQUAL(b.in.n_from[4], 0);
+    stop(&d);
+}
+
+static void test_queue_bound(void)
+{
+    /* A peer that never answers (nothing listens there): the queue fills
+     * to its bound, then sends are refused and counted. */
+    CU_ASSERT_EQUAL_FATAL(start(&d, 4, "127.0.0.34", free_port("127.0.0.34"), "t", "k", 4096), 0);
+    char nowhere[64];
+    snprintf(nowhere, sizeof nowhere, "127.0.0.35:%d", free_port("127.0.0.35"));
+    CU_ASSERT_EQUAL(chan_peer_add(d.c, 5, nowhere), 0);
+    int ok = 0, full = 0;
+    for (uint64_t s = 1; s <= 100; s++) {
+        int rc = send_publish(&d, 5, 299 + s * 300); /* 299-byte payloads */
+        ok += rc == 0;
+        full += rc == -ENOBUFS;
+    }
+    CU_ASSERT_EQUAL(ok + full, 100);
+    CU_ASSERT_TRUE(ok >= 10 && ok <= 13); /* 4096 / ~320 bytes */
+    struct chan_peer_stats st;
+    CU_ASSERT_EQUAL(chan_peer_stats(d.c, 5, &st), 0);
+    CU_ASSERT_EQUAL(st.dropped, (uint64_t)full);
+    CU_ASSERT_TRUE(st.queued_bytes <= 4096);
+    static unsigned char big[20 << 20];
+    CU_ASSERT_EQUAL(chan_send(d.c, 5, big, sizeof big), -EMSGSIZE);
+    stop(&d);
+    stop(&a);
+    stop(&b);
+}
+
+int main(void)
+{
+    uv_loop_init(&loop);
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    CU_pSuite s = CU_add_suite("channel", NULL, NULL);
+    if (!s) {
+        CU_cleanup_registry();
+        return 2;
+    }
+    CU_add_test(s, "order both ways, reconnect", test_order_both_ways_and_reconnect);
+    CU_add_test(s, "another secret or name is refused", test_wrong_secret_and_name);
+    CU_add_test(s, "bounded queue, oversized frames", test_queue_bound);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned fails = CU_get_number_of_failures();
+    CU_cleanup_registry();
+    uv_run(&loop, UV_RUN_NOWAIT);
+    int busy = uv_loop_close(&loop);
+    if (busy)
+        fprintf(stderr, "loop still has handles\n");
+    return fails || busy ? 1 : 0;
+}

@@ -1,0 +1,543 @@
+/*
+ * test_fsm.c - the replicated state machine (cluster/fsm.h) over its LMDB
+ * tables (storage/rtable.h), with batches built by cluster/cmd.h: apply,
+ * replay after reopen, idempotent commands, session epochs, retained
+ * (origin, seq), node purge, long keys, the checksum (incremental = recomputed,
+ * equal across environments), snapshot/restore, malformed input.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cmd.h"
+#include "fsm.h"
+
+#define S(x) (x), strlen(x)
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static char *tmpdir(void)
+{
+    const char *t = getenv("TMPDIR");
+    char *d = NULL;
+    if (asprintf(&d, "%s/test_fsm.XXXXXX", t && *t ? t : "/tmp") < 0)
+        d = NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(d));
+    return d;
+}
+
+static void rmdir_free(char *d)
+{
+    nftw(d, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(d);
+}
+
+static struct fsm *open_fsm(const char *dir)
+{
+    struct fsm_options o = {.dir = dir};
+    struct fsm *f = NULL;
+    char err[256];
+    int rc = fsm_open(&f, &o, err, sizeof err);
+    if (rc)
+        fprintf(stderr, "fsm_open: %s\n", err);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    return f;
+}
+
+static struct fsm_batch_result res;
+
+/* Apply batch b at index and reset b. */
+static int apply(struct fsm *f, uint64_t index, struct cmd_batch *b)
+{
+    size_t len;
+    const void *p = cmd_batch_data(b, &len);
+    int rc = fsm_apply(f, index, p, len, &res);
+    cmd_batch_reset(b);
+    return rc;
+}
+
+static void assert_checksum_consistent(struct fsm *f)
+{
+    uint64_t c = 1;
+    CU_ASSERT_EQUAL(fsm_checksum_verify(f, &c), 0);
+    CU_ASSERT_EQUAL(c, fsm_checksum(f));
+}
+
+static void test_apply_routes_and_replay(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    struct cmd_batch *b = cmd_batch_new();
+    CU_ASSERT_EQUAL(fsm_applied(f), 0);
+    CU_ASSERT_EQUAL(fsm_checksum(f), 0);
+    CU_ASSERT_EQUAL(cmd_route_add(b, S("a/+"), 1), 0);
+    CU_ASSERT_EQUAL(cmd_route_add(b, S("a/b"), 2), 0);
+    CU_ASSERT_EQUAL(cmd_route_add(b, S("a/+"), 1), 0); /* twice in one batch */
+    CU_ASSERT_EQUAL(cmd_batch_count(b), 3);
+    CU_ASSERT_EQUAL(apply(f, 5, b), 0);
+    CU_ASSERT_FALSE(res.skipped);
+    CU_ASSERT_EQUAL(res.index, 5);
+    CU_ASSERT_EQUAL(res.n, 3);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[2], FSM_NOOP);
+    CU_ASSERT_EQUAL(fsm_applied(f), 5);
+    CU_ASSERT_NOT_EQUAL(fsm_checksum(f), 0);
+    assert_checksum_consistent(f);
+    uint64_t n[4];
+    CU_ASSERT_EQUAL(routes_nodes(fsm_routes(f), S("a/b"), 0, n, 4), 2);
+
+    /* The same index again (a replay): skipped, nothing changes. */
+    uint64_t sum = fsm_checksum(f);
+    CU_ASSERT_EQUAL(cmd_route_remove(b, S("a/+"), 1), 0);
+    CU_ASSERT_EQUAL(apply(f, 5, b), 0);
+    CU_ASSERT_TRUE(res.skipped);
+    CU_ASSERT_EQUAL(cmd_route_remove(b, S("a/+"), 1), 0);
+    CU_ASSERT_EQUAL(apply(f, 4, b), 0);
+    CU_ASSERT_TRUE(res.skipped);
+    CU_ASSERT_EQUAL(fsm_checksum(f), sum);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 2);
+
+    /* Reopen: the applied index and the routes are back. */
+    fsm_close(f);
+    f = open_fsm(d);
+    CU_ASSERT_EQUAL(fsm_applied(f), 5);
+    CU_ASSERT_EQUAL(fsm_checksum(f), sum);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 2);
+    CU_ASSERT_EQUAL(routes_nodes(fsm_routes(f), S("a/x"), 0, n, 4), 1);
+    CU_ASSERT_EQUAL(n[0], 1);
+    CU_ASSERT_EQUAL(cmd_route_add(b, S("a/+"), 1), 0);
+    CU_ASSERT_EQUAL(apply(f, 5, b), 0);
+    CU_ASSERT_TRUE(res.skipped);
+
+    /* A remove, and a remove of what is not there. */
+    CU_ASSERT_EQUAL(cmd_route_remove(b, S("a/+"), 1), 0);
+    CU_ASSERT_EQUAL(cmd_route_remove(b, S("a/+"), 1), 0);
+    CU_ASSERT_EQUAL(apply(f, 6, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
+    CU_ASSERT_EQUAL(routes_nodes(fsm_routes(f), S("a/x"), 0, n, 4), 0);
+    assert_checksum_consistent(f);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
+static void test_session_epochs(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    struct cmd_batch *b = cmd_batch_new();
+    uint64_t node, epoch;
+    CU_ASSERT_EQUAL(fsm_registry_get(f, S("c1"), &node, &epoch), -ENOENT);
+    cmd_session_claim(b, S("c1"), 1, 1); /* OK */
+    cmd_session_claim(b, S("c1"), 1, 1); /* same claim: no-op */
+    cmd_session_claim(b, S("c1"), 2, 1); /* same epoch, other node */
+    cmd_session_claim(b, S("c1"), 2, 0); /* epoch 0 is invalid */
+    CU_ASSERT_EQUAL(apply(f, 1, b), 0);
+    CU_ASSERT_EQUAL(res.n, 4);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
+    CU_ASSERT_EQUAL(res.results[2], FSM_STALE_EPOCH);
+    CU_ASSERT_EQUAL(res.results[3], FSM_INVALID);
+    CU_ASSERT_EQUAL(fsm_registry_get(f, S("c1"), &node, &epoch), 0);
+    CU_ASSERT_EQUAL(node, 1);
+    CU_ASSERT_EQUAL(epoch, 1);
+
+    cmd_session_claim(b, S("c1"), 2, 5);      /* takeover: higher epoch */
+    cmd_session_claim(b, S("c1"), 1, 4);      /* lower epoch: rejected */
+    cmd_session_release(b, S("c1"), 1, 1, 0); /* old owner: rejected */
+    CU_ASSERT_EQUAL(apply(f, 2, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_STALE_EPOCH);
+    CU_ASSERT_EQUAL(res.results[2], FSM_STALE_EPOCH);
+    CU_ASSERT_EQUAL(fsm_registry_get(f, S("c1"), &node, &epoch), 0);
+    CU_ASSERT_EQUAL(node, 2);
+    CU_ASSERT_EQUAL(epoch, 5);
+
+    cmd_session_release(b, S("c1"), 2, 5, 1); /* the owner: removed */
+    cmd_session_release(b, S("c1"), 2, 5, 1); /* again: no-op */
+    CU_ASSERT_EQUAL(apply(f, 3, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
+    CU_ASSERT_EQUAL(fsm_registry_get(f, S("c1"), &node, &epoch), -ENOENT);
+    assert_checksum_consistent(f);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
+static void test_retained_origin_seq(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    struct cmd_batch *b = cmd_batch_new();
+    cmd_retained_set(b, S("r/1"), 1, "hello", 5, "\x01\x01", 2, 1234, 7, 10);
+    cmd_retained_set(b, S("r/1"), 1, "dup", 3, NULL, 0, 0, 7, 10); /* same (origin, seq) */
+    cmd_retained_set(b, S("r/1"), 1, "old", 3, NULL, 0, 0, 7, 9);  /* older */
+    cmd_retained_clear(b, S("r/2"), 7, 11);                        /* nothing to clear */
+    CU_ASSERT_EQUAL(apply(f, 1, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_STALE_SEQ);
+    CU_ASSERT_EQUAL(res.results[2], FSM_STALE_SEQ);
+    CU_ASSERT_EQUAL(res.results[3], FSM_NOOP);
+    void *m;
+    size_t mlen;
+    uint64_t origin, seq;
+    CU_ASSERT_EQUAL_FATAL(fsm_retained_get(f, S("r/1"), &m, &mlen, &origin, &seq), 0);
+    CU_ASSERT_EQUAL(origin, 7);
+    CU_ASSERT_EQUAL(seq, 10);
+    /* The stored message is the encoded RetainedMessage: qos 1 (field 1),
+     * payload "hello" (field 2), properties (field 3), expiry (field 4). */
+    const unsigned char want[] = {0x08, 0x01, 0x12, 0x05, 'h',  'e',  'l',  'l',
+                                  'o',  0x1a, 0x02, 0x01, 0x01, 0x20, 0xd2, 0x09};
+    CU_ASSERT_EQUAL(mlen, sizeof want);
+    CU_ASSERT_EQUAL(memcmp(m, want, sizeof want), 0);
+    free(m);
+
+    /* Another origin replaces it whatever its seq; then the same origin
+     * clears it with a newer seq. */
+    cmd_retained_set(b, S("r/1"), 0, "x", 1, NULL, 0, 0, 8, 1);
+    cmd_retained_clear(b, S("r/1"), 8, 1); /* stale */
+    cmd_retained_clear(b, S("r/1"), 8, 2);
+    cmd_retained_set(b, S("r/+"), 0, "x", 1, NULL, 0, 0, 8, 3); /* not a topic name */
+    CU_ASSERT_EQUAL(apply(f, 2, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_STALE_SEQ);
+    CU_ASSERT_EQUAL(res.results[2], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[3], FSM_INVALID);
+    CU_ASSERT_EQUAL(fsm_retained_get(f, S("r/1"), &m, &mlen, &origin, &seq), -ENOENT);
+    assert_checksum_consistent(f);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
+static int count_member(void *ud, uint64_t node, const void *m, size_t len)
+{
+    (void)m;
+    CU_ASSERT_TRUE(len > 0);
+    uint64_t *sum = ud;
+    *sum += node;
+    return 0;
+}
+
+static void test_members_and_purge(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    struct cmd_batch *b = cmd_batch_new();
+    char longf[1200];
+    memset(longf, 'x', sizeof longf);
+    memcpy(longf, "long/", 5);
+    cmd_member(b, 3, "n3", "127.0.0.13", 4370, 4371, CMD_ROLE_VOTER, 0);
+    cmd_member(b, 4, "n4", "127.0.0.14", 4370, 4371, CMD_ROLE_SPARE, 0);
+    cmd_member(b, 3, "n3", "127.0.0.13", 4370, 4371, CMD_ROLE_VOTER, 0); /* same */
+    cmd_route_add(b, S("a"), 3);
+    cmd_route_add(b, S("$share/g/b/#"), 3);
+    cmd_route_add(b, longf, sizeof longf, 3); /* hashed LMDB key */
+    cmd_route_add(b, S("a"), 4);
+    CU_ASSERT_EQUAL(apply(f, 1, b), 0);
+    CU_ASSERT_EQUAL(res.results[2], FSM_NOOP);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 4);
+    uint64_t sum = 0;
+    CU_ASSERT_EQUAL(fsm_members(f, count_member, &sum), 0);
+    CU_ASSERT_EQUAL(sum, 7);
+
+    cmd_node_purge(b, 3);
+    cmd_node_purge(b, 3);
+    cmd_member_remove(b, 4);
+    cmd_member_remove(b, 4);
+    CU_ASSERT_EQUAL(apply(f, 2, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
+    CU_ASSERT_EQUAL(res.results[2], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[3], FSM_NOOP);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 1);
+    uint64_t r, s, ret, m;
+    CU_ASSERT_EQUAL(fsm_counts(f, &r, &s, &ret, &m), 0);
+    CU_ASSERT_EQUAL(r, 1);
+    CU_ASSERT_EQUAL(m, 1);
+    sum = 0;
+    CU_ASSERT_EQUAL(fsm_members(f, count_member, &sum), 0);
+    CU_ASSERT_EQUAL(sum, 3);
+    assert_checksum_consistent(f);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
+static void test_long_keys(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    struct cmd_batch *b = cmd_batch_new();
+    /* Two 600-byte client ids that share their first 480 bytes. */
+    char id1[600], id2[600];
+    memset(id1, 'c', sizeof id1);
+    memcpy(id2, id1, sizeof id2);
+    id2[599] = 'd';
+    cmd_session_claim(b, id1, sizeof id1, 1, 1);
+    cmd_session_claim(b, id2, sizeof id2, 2, 1);
+    CU_ASSERT_EQUAL(apply(f, 1, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_OK);
+    uint64_t node, epoch;
+    CU_ASSERT_EQUAL(fsm_registry_get(f, id1, sizeof id1, &node, &epoch), 0);
+    CU_ASSERT_EQUAL(node, 1);
+    CU_ASSERT_EQUAL(fsm_registry_get(f, id2, sizeof id2, &node, &epoch), 0);
+    CU_ASSERT_EQUAL(node, 2);
+    assert_checksum_consistent(f);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
+static void test_malformed_entry(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    /* No entry header. */
+    const unsigned char junk[] = {0x0a, 0x7f, 0x01, 0, 0, 0, 0, 0};
+    CU_ASSERT_EQUAL(fsm_apply(f, 3, junk, sizeof junk, &res), 0);
+    CU_ASSERT_EQUAL(res.n, 0);
+    CU_ASSERT_FALSE(res.skipped);
+    CU_ASSERT_EQUAL(fsm_applied(f), 3);
+    CU_ASSERT_EQUAL(fsm_checksum(f), 0);
+    /* A header whose length does not fit the entry, a good header around
+     * bad protobuf. */
+    const unsigned char badlen[] = {'S', 'T', 1, 0, 9, 0, 0, 0, 0x0a, 0, 0, 0, 0, 0, 0, 0};
+    CU_ASSERT_EQUAL(fsm_apply(f, 4, badlen, sizeof badlen, &res), 0);
+    CU_ASSERT_EQUAL(res.n, 0);
+    void *e;
+    size_t elen;
+    CU_ASSERT_EQUAL_FATAL(cmd_entry_wrap("\x0a\x7f\x01", 3, &e, &elen), 0);
+    CU_ASSERT_EQUAL(elen, 16);
+    CU_ASSERT_EQUAL(fsm_apply(f, 5, e, elen, &res), 0);
+    CU_ASSERT_EQUAL(res.n, 0);
+    free(e);
+    /* An empty batch is an empty entry; entries are 8-byte words. */
+    struct cmd_batch *b = cmd_batch_new();
+    const void *p = cmd_batch_data(b, &elen);
+    CU_ASSERT_EQUAL(elen, 8);
+    CU_ASSERT_EQUAL(fsm_apply(f, 6, p, elen, &res), 0);
+    CU_ASSERT_EQUAL(res.n, 0);
+    CU_ASSERT_EQUAL(fsm_applied(f), 6);
+    CU_ASSERT_FALSE(fsm_broken(f));
+    /* wrap(pb of a batch) is the batch's own entry. */
+    cmd_route_add(b, S("w"), 1);
+    size_t pblen, blen;
+    const void *pb = cmd_batch_pb(b, &pblen);
+    CU_ASSERT_EQUAL_FATAL(cmd_entry_wrap(pb, pblen, &e, &elen), 0);
+    p = cmd_batch_data(b, &blen);
+    CU_ASSERT_EQUAL(blen % 8, 0);
+    CU_ASSERT_EQUAL(elen, blen);
+    CU_ASSERT_EQUAL(memcmp(e, p, elen), 0);
+    const void *in;
+    size_t inlen;
+    CU_ASSERT_EQUAL(cmd_entry_unwrap(e, elen, &in, &inlen), 0);
+    CU_ASSERT_EQUAL(inlen, pblen);
+    CU_ASSERT_EQUAL(cmd_entry_unwrap(e, elen - 8, &in, &inlen), -EINVAL);
+    free(e);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
+/* The same entries on two environments: equal checksums after each one. A
+ * third environment that reaches the same tables by another path (add and
+ * remove extra records) has the same checksum too. */
+static void test_checksum_across_environments(void)
+{
+    char *d1 = tmpdir(), *d2 = tmpdir(), *d3 = tmpdir();
+    struct fsm *f1 = open_fsm(d1), *f2 = open_fsm(d2), *f3 = open_fsm(d3);
+    struct cmd_batch *b = cmd_batch_new();
+    char s[32];
+    for (uint64_t i = 1; i <= 50; i++) {
+        snprintf(s, sizeof s, "t/%llu/#", (unsigned long long)i);
+        cmd_route_add(b, S(s), 1 + i % 3);
+        snprintf(s, sizeof s, "client-%llu", (unsigned long long)(i % 7));
+        cmd_session_claim(b, S(s), 1 + i % 3, i);
+        snprintf(s, sizeof s, "ret/%llu", (unsigned long long)(i % 5));
+        cmd_retained_set(b, S(s), 0, s, strlen(s), NULL, 0, 0, 1, i);
+        size_t len;
+        const void *p = cmd_batch_data(b, &len);
+        CU_ASSERT_EQUAL(fsm_apply(f1, i, p, len, NULL), 0);
+        CU_ASSERT_EQUAL(fsm_apply(f2, i, p, len, NULL), 0);
+        cmd_batch_reset(b);
+        CU_ASSERT_EQUAL(fsm_checksum(f1), fsm_checksum(f2));
+    }
+    /* f3: the same final state in one entry, after a detour. */
+    cmd_route_add(b, S("detour/+"), 9);
+    cmd_session_claim(b, S("detour"), 9, 1);
+    for (uint64_t i = 1; i <= 50; i++) {
+        snprintf(s, sizeof s, "t/%llu/#", (unsigned long long)i);
+        cmd_route_add(b, S(s), 1 + i % 3);
+    }
+    for (uint64_t i = 44; i <= 50; i++) {
+        snprintf(s, sizeof s, "client-%llu", (unsigned long long)(i % 7));
+        cmd_session_claim(b, S(s), 1 + i % 3, i);
+    }
+    for (uint64_t i = 46; i <= 50; i++) {
+        snprintf(s, sizeof s, "ret/%llu", (unsigned long long)(i % 5));
+        cmd_retained_set(b, S(s), 0, s, strlen(s), NULL, 0, 0, 1, i);
+    }
+    CU_ASSERT_EQUAL(apply(f3, 1, b), 0);
+    CU_ASSERT_NOT_EQUAL(fsm_checksum(f3), fsm_checksum(f1));
+    cmd_route_remove(b, S("detour/+"), 9);
+    cmd_session_release(b, S("detour"), 9, 1, 0);
+    CU_ASSERT_EQUAL(apply(f3, 2, b), 0);
+    CU_ASSERT_EQUAL(fsm_checksum(f3), fsm_checksum(f1));
+    assert_checksum_consistent(f1);
+    assert_checksum_consistent(f3);
+    cmd_batch_free(b);
+    fsm_close(f1);
+    fsm_close(f2);
+    fsm_close(f3);
+    rmdir_free(d1);
+    rmdir_free(d2);
+    rmdir_free(d3);
+}
+
+static void test_snapshot_restore(void)
+{
+    char *d1 = tmpdir(), *d2 = tmpdir();
+    struct fsm *f1 = open_fsm(d1), *f2 = open_fsm(d2);
+    struct cmd_batch *b = cmd_batch_new();
+    cmd_route_add(b, S("x/+"), 1);
+    cmd_route_add(b, S("$share/g/y"), 2);
+    cmd_session_claim(b, S("c"), 1, 3);
+    cmd_retained_set(b, S("r"), 2, "p", 1, NULL, 0, 0, 1, 1);
+    cmd_member(b, 1, "one", "127.0.0.11", 1, 2, CMD_ROLE_VOTER, 0);
+    CU_ASSERT_EQUAL(apply(f1, 10, b), 0);
+    /* f2 holds something else, which the restore must replace. */
+    cmd_route_add(b, S("other"), 5);
+    cmd_session_claim(b, S("other"), 5, 1);
+    CU_ASSERT_EQUAL(apply(f2, 20, b), 0);
+
+    void *snap;
+    size_t len;
+    CU_ASSERT_EQUAL_FATAL(fsm_snapshot(f1, &snap, &len), 0);
+    /* Malformed snapshots change nothing. */
+    uint64_t before = fsm_checksum(f2);
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len - 1, false, NULL), -EINVAL);
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, 10, false, NULL), -EINVAL);
+    unsigned char *bad = malloc(len);
+    memcpy(bad, snap, len);
+    bad[len - 1] ^= 1; /* a record byte: the checksum no longer adds up */
+    CU_ASSERT_EQUAL(fsm_restore(f2, bad, len, false, NULL), -EINVAL);
+    free(bad);
+    CU_ASSERT_EQUAL(fsm_checksum(f2), before);
+    CU_ASSERT_EQUAL(fsm_applied(f2), 20);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f2)), 1);
+
+    /* keep_newer: f2 applied a later index (20 > 10), nothing changes. */
+    bool skipped = false;
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len, true, &skipped), 0);
+    CU_ASSERT_TRUE(skipped);
+    CU_ASSERT_EQUAL(fsm_applied(f2), 20);
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len, false, &skipped), 0);
+    CU_ASSERT_FALSE(skipped);
+    /* Now f2 holds it: the same index and checksum is skipped too. */
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len, true, &skipped), 0);
+    CU_ASSERT_TRUE(skipped);
+    free(snap);
+    CU_ASSERT_EQUAL(fsm_applied(f2), 10);
+    CU_ASSERT_EQUAL(fsm_checksum(f2), fsm_checksum(f1));
+    assert_checksum_consistent(f2);
+    uint64_t node, epoch;
+    CU_ASSERT_EQUAL(fsm_registry_get(f2, S("other"), &node, &epoch), -ENOENT);
+    CU_ASSERT_EQUAL(fsm_registry_get(f2, S("c"), &node, &epoch), 0);
+    CU_ASSERT_EQUAL(epoch, 3);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f2)), 2);
+    uint64_t n[4];
+    CU_ASSERT_EQUAL(routes_nodes(fsm_routes(f2), S("y"), 0, n, 4), 1);
+    CU_ASSERT_EQUAL(n[0], 2);
+    CU_ASSERT_EQUAL(routes_nodes(fsm_routes(f2), S("other"), 0, n, 4), 0);
+    /* After the restore, the next entry applies on both alike. */
+    cmd_route_add(b, S("z"), 3);
+    size_t blen;
+    const void *p = cmd_batch_data(b, &blen);
+    CU_ASSERT_EQUAL(fsm_apply(f1, 11, p, blen, NULL), 0);
+    CU_ASSERT_EQUAL(fsm_apply(f2, 11, p, blen, NULL), 0);
+    CU_ASSERT_EQUAL(fsm_checksum(f2), fsm_checksum(f1));
+    cmd_batch_free(b);
+    fsm_close(f1);
+    fsm_close(f2);
+    rmdir_free(d1);
+    rmdir_free(d2);
+}
+
+/* Many routes: the map grows during an apply and nothing is lost. */
+static void test_map_growth(void)
+{
+    char *d = tmpdir();
+    struct fsm_options o = {.dir = d, .map_size = 1 << 20};
+    struct fsm *f = NULL;
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(fsm_open(&f, &o, err, sizeof err), 0);
+    struct cmd_batch *b = cmd_batch_new();
+    char s[64];
+    uint64_t index = 0;
+    for (int round = 0; round < 10; round++) {
+        for (int i = 0; i < 4000; i++) {
+            snprintf(s, sizeof s, "grow/%d/%d/%s", round, i, "padding-padding-padding");
+            cmd_route_add(b, S(s), 1);
+        }
+        CU_ASSERT_EQUAL_FATAL(apply(f, ++index, b), 0);
+    }
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 40000);
+    uint64_t r, x, y, z;
+    CU_ASSERT_EQUAL(fsm_counts(f, &r, &x, &y, &z), 0);
+    CU_ASSERT_EQUAL(r, 40000);
+    assert_checksum_consistent(f);
+    struct stat st;
+    CU_ASSERT_EQUAL(stat(d, &st), 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/data.mdb", d);
+    CU_ASSERT_EQUAL(stat(path, &st), 0);
+    CU_ASSERT_TRUE(st.st_size > (1 << 20)); /* the map grew past 1 MiB */
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
+int main(void)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    CU_pSuite s = CU_add_suite("fsm", NULL, NULL);
+    if (!s) {
+        CU_cleanup_registry();
+        return 2;
+    }
+    CU_add_test(s, "routes, replay skipped, reopen", test_apply_routes_and_replay);
+    CU_add_test(s, "session claims and epochs", test_session_epochs);
+    CU_add_test(s, "retained (origin, seq)", test_retained_origin_seq);
+    CU_add_test(s, "members and node purge", test_members_and_purge);
+    CU_add_test(s, "long keys", test_long_keys);
+    CU_add_test(s, "malformed entry", test_malformed_entry);
+    CU_add_test(s, "checksum across environments", test_checksum_across_environments);
+    CU_add_test(s, "snapshot and restore", test_snapshot_restore);
+    CU_add_test(s, "map growth", test_map_growth);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned fails = CU_get_number_of_failures();
+    CU_cleanup_registry();
+    return fails ? 1 : 0;
+}
