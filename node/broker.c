@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "acl.h"
 #include "codec.h"
 #include "log.h"
 #include "persist.h"
@@ -112,6 +113,33 @@ void broker_release(struct broker *b, struct msg *m, int state, struct pub_targe
     targets->n = targets->cap = 0;
 }
 
+bool broker_acl_allows(struct broker *b, const char *user, const char *client_id, size_t clen,
+                       const char *topic, size_t tlen, int access)
+{
+    if (!b->auth.has_acl)
+        return true;
+    struct acl *acl = auth_acl(&b->auth);
+    bool ok = acl_check(acl, user, user ? strlen(user) : 0, client_id, clen, topic, tlen,
+                        (enum acl_access)access);
+    acl_unref(acl);
+    if (!ok)
+        atomic_fetch_add_explicit(&b->stats.acl_denied, 1, memory_order_relaxed);
+    return ok;
+}
+
+/* ACL_READ of m for session s (its last client's user name). */
+static bool broker_acl_read(struct broker *b, const struct acl *acl, struct session *s,
+                            const struct msg *m)
+{
+    lock_acquire(&s->lock);
+    bool ok = acl_check(acl, s->user, s->user ? strlen(s->user) : 0, s->client_id, s->id_len,
+                        msg_topic(m), m->topic_len, ACL_READ);
+    lock_release(&s->lock);
+    if (!ok)
+        atomic_fetch_add_explicit(&b->stats.acl_denied, 1, memory_order_relaxed);
+    return ok;
+}
+
 int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
                    struct store_batch **bt, struct pub_targets *targets)
 {
@@ -137,6 +165,9 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     if (ms.n > 1 && !unique)
         qsort(ms.v, ms.n, sizeof(*ms.v), broker_match_cmp);
 
+    /* Every delivery is checked against the ACL (ACL_READ); without an
+     * acl_file nothing is. */
+    struct acl *acl = b->auth.has_acl && ms.n ? auth_acl(&b->auth) : NULL;
     int delivered = 0;
     uint32_t ids_stack[16];
     size_t i = 0;
@@ -171,6 +202,8 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
             if (ms.v[k].sub_id)
                 ids[n_ids++] = ms.v[k].sub_id;
         }
+        if (qos >= 0 && acl && !broker_acl_read(b, acl, s, m))
+            qos = -1;
         if (qos >= 0) {
             uint8_t dq = m->qos < qos ? m->qos : (uint8_t)qos;
             session_deliver(b, s, m, dq, retain, ids, n_ids, cur, bt);
@@ -189,6 +222,7 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
         session_unref(ms.v[i].s);
     if (ms.v != ms.stack)
         free(ms.v);
+    acl_unref(acl);
 
     /* The cluster seam: other nodes with a matching route. A single node has
      * none; the forwarding channel will send m once to each. A forwarded
@@ -241,6 +275,7 @@ void broker_cleanup(struct broker *b)
 {
     atomic_store(&b->stopping, true);
     registry_cleanup(b);
+    auth_free(&b->auth);
     if (b->index)
         sub_index_free(b->index);
     if (b->retained)

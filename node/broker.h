@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "config.h"
 #include "msg.h"
 #include "registry.h"
@@ -42,6 +43,14 @@ struct broker_stats {
     atomic_ulong bytes_received;
     atomic_ulong bytes_sent;
     atomic_ulong msgs_dropped;
+    /* the front door (docs/security.md) */
+    atomic_ulong auth_failed;       /* CONNECT refused: bad credentials, not authorized */
+    atomic_ulong acl_denied;        /* PUBLISH, SUBSCRIBE or delivery refused by the ACL */
+    atomic_ulong refused_listener;  /* max_connections_per_listener */
+    atomic_ulong refused_rate;      /* max_connection_rate */
+    atomic_ulong refused_subs;      /* max_subscriptions_per_client */
+    atomic_ulong refused_topic_len; /* max_topic_length */
+    atomic_ulong throttled;         /* max_publish_rate: reads paused */
 };
 
 struct broker {
@@ -67,6 +76,9 @@ struct broker {
     struct retain_store *retained;
     struct broker_stats stats;
     struct store *store; /* NULL when persistence is off */
+    /* Password file, ACL, TLS context: loaded by main (auth_load), swapped
+     * on SIGHUP. */
+    struct auth auth;
 
     /* The network side (server.h), while server_run runs; opaque here. */
     struct server *server;
@@ -115,6 +127,13 @@ void broker_release(struct broker *b, struct msg *m, int state, struct pub_targe
 /* Publish a will message (expiry: its Message Expiry Interval in seconds,
  * 0 = none, counted from now). Any thread. */
 void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, struct worker *cur);
+
+/* Does the ACL let this client (user NULL: anonymous) access topic (a
+ * topic name for ACL_READ / ACL_WRITE, a filter for ACL_SUBSCRIBE; enum
+ * acl_access)? Always true without an acl_file; a refusal is counted. Any
+ * thread. */
+bool broker_acl_allows(struct broker *b, const char *user, const char *client_id, size_t clen,
+                       const char *topic, size_t tlen, int access);
 
 /* $SYS topics (sys.c): publish the current values now. */
 void sys_publish(struct broker *b);

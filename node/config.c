@@ -35,7 +35,11 @@ enum key_type {
     T_QUEUE_POLICY,
     T_PATH, /* char[256] */
     T_SYNC,
-    T_API_KEY, /* char[200], KEY:SECRET */
+    T_FILE,        /* char[256], a file path; "" = unset */
+    T_TLS_VERSION, /* uint8_t 12 | 13 */
+    T_XPORTS,      /* unsigned: comma list of tcp,tls,ws,wss */
+    T_ANON,        /* allow_anonymous: bool + "was set" */
+    T_API_KEY,     /* char[200], KEY:SECRET */
 };
 
 struct key_def {
@@ -74,11 +78,43 @@ static const struct key_def keys[] = {
     KEY("persistence", T_BOOL, persistence, 0, 0),
     KEY("data_dir", T_PATH, data_dir, 0, 0),
     KEY("sync", T_SYNC, sync, 0, 0),
+    KEY("tls_port", T_U16, tls_port, 0, 65535),
+    KEY("ws_port", T_U16, ws_port, 0, 65535),
+    KEY("wss_port", T_U16, wss_port, 0, 65535),
+    KEY("proxy_protocol", T_XPORTS, proxy_protocol, 0, 0),
+    KEY("tls_certfile", T_FILE, tls_certfile, 0, 0),
+    KEY("tls_keyfile", T_FILE, tls_keyfile, 0, 0),
+    KEY("tls_cafile", T_FILE, tls_cafile, 0, 0),
+    KEY("tls_require_certificate", T_BOOL, tls_require_certificate, 0, 0),
+    KEY("tls_use_identity_as_username", T_BOOL, tls_use_identity_as_username, 0, 0),
+    KEY("tls_ciphers", T_FILE, tls_ciphers, 0, 0),
+    KEY("tls_min_version", T_TLS_VERSION, tls_min_version, 0, 0),
+    KEY("ws_origins", T_FILE, ws_origins, 0, 0),
+    KEY("allow_anonymous", T_ANON, allow_anonymous, 0, 0),
+    KEY("password_file", T_FILE, password_file, 0, 0),
+    KEY("acl_file", T_FILE, acl_file, 0, 0),
+    KEY("max_connections_per_listener", T_U32, max_connections_per_listener, 0, 10000000),
+    KEY("max_connection_rate", T_U32, max_connection_rate, 0, 1000000),
+    KEY("max_subscriptions_per_client", T_U32, max_subscriptions_per_client, 0, 10000000),
+    KEY("max_topic_length", T_U16, max_topic_length, 1, 65535),
+    KEY("max_publish_rate", T_U32, max_publish_rate, 0, 10000000),
     KEY("admin_port", T_U16, admin_port, 0, 65535),
     KEY("admin_bind", T_ADDRESS, admin_bind, 0, 0),
     KEY("api_key", T_API_KEY, api_key, 0, 0),
     KEY("metrics_auth", T_BOOL, metrics_auth, 0, 0),
 };
+
+static const char *const xport_names[CONFIG_XPORT_COUNT] = {"tcp", "tls", "ws", "wss"};
+
+const char *config_xport_name(int xport)
+{
+    return xport >= 0 && xport < CONFIG_XPORT_COUNT ? xport_names[xport] : "?";
+}
+
+bool config_allow_anonymous(const struct config *c)
+{
+    return c->allow_anonymous_set ? c->allow_anonymous : c->password_file[0] == '\0';
+}
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -109,6 +145,9 @@ void config_defaults(struct config *c)
     strcpy(c->data_dir, "./data");
     c->sync = SYNC_ALWAYS;
     c->sync_interval_ms = 0;
+    c->tls_min_version = 12;
+    c->allow_anonymous = true;
+    c->max_topic_length = 65535;
     c->admin_port = 18083;
     c->admin_bind[0] = '\0';
     c->api_key[0] = '\0';
@@ -328,6 +367,54 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
             return bad_value(err, errlen, k, value, *value ? "not a sync mode" : "empty value",
                              expected);
         }
+        return 0;
+    }
+    case T_FILE:
+        if (strlen(value) >= 256)
+            return bad_value(err, errlen, k, value, "too long", "at most 255 bytes");
+        strcpy(field, value);
+        return 0;
+    case T_TLS_VERSION: {
+        uint8_t v;
+        if (strcasecmp(value, "tlsv1.2") == 0 || strcmp(value, "1.2") == 0)
+            v = 12;
+        else if (strcasecmp(value, "tlsv1.3") == 0 || strcmp(value, "1.3") == 0)
+            v = 13;
+        else
+            return bad_value(err, errlen, k, value, "not a TLS version", "tlsv1.2|tlsv1.3");
+        *(uint8_t *)field = v;
+        return 0;
+    }
+    case T_XPORTS: {
+        unsigned bits = 0;
+        const char *p = value;
+        while (*p) {
+            while (*p == ' ' || *p == ',')
+                p++;
+            size_t n = strcspn(p, ", ");
+            if (n == 0)
+                break;
+            int found = -1;
+            for (int i = 0; i < CONFIG_XPORT_COUNT; i++)
+                if (strlen(xport_names[i]) == n && strncasecmp(p, xport_names[i], n) == 0)
+                    found = i;
+            if (found < 0 && !(n == 4 && strncasecmp(p, "none", 4) == 0))
+                return bad_value(err, errlen, k, value, "unknown listener",
+                                 "a comma list of tcp,tls,ws,wss (or none)");
+            if (found >= 0)
+                bits |= 1u << found;
+            p += n;
+        }
+        *(unsigned *)field = bits;
+        return 0;
+    }
+    case T_ANON: {
+        bool b;
+        if (parse_bool(value, &b) < 0)
+            return bad_value(err, errlen, k, value, *value ? "not a boolean" : "empty value",
+                             "true|false|yes|no|on|off|1|0");
+        c->allow_anonymous = b;
+        c->allow_anonymous_set = true;
         return 0;
     }
     default:

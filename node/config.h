@@ -49,12 +49,47 @@ struct config {
     enum sync_mode sync;                 /* sync: always (default) | interval MS | none */
     uint32_t sync_interval_ms;           /* the MS of "sync interval MS" */
 
+    /* Listeners besides `port` (docs/security.md); 0 = off. */
+    uint16_t tls_port;                 /* tls_port: MQTT over TLS, default 0 */
+    uint16_t ws_port;                  /* ws_port: MQTT over WebSocket (/mqtt), default 0 */
+    uint16_t wss_port;                 /* wss_port: WebSocket over TLS, default 0 */
+    unsigned proxy_protocol;           /* proxy_protocol: CONFIG_XPORT_* bits, default none */
+    char tls_certfile[256];            /* tls_certfile: PEM certificate (+ chain) */
+    char tls_keyfile[256];             /* tls_keyfile: PEM private key */
+    char tls_cafile[256];              /* tls_cafile: CAs of client certificates */
+    bool tls_require_certificate;      /* tls_require_certificate, default false */
+    bool tls_use_identity_as_username; /* tls_use_identity_as_username, default false */
+    uint8_t tls_min_version;           /* tls_min_version: 12 (default) or 13 */
+    char tls_ciphers[256];             /* tls_ciphers: OpenSSL list for TLS 1.2, "" = default */
+    char ws_origins[256]; /* ws_origins: comma list of allowed browser Origins, "" = any */
+    /* allow_anonymous: default true without password_file, false with one
+     * (config_allow_anonymous gives the effective value) */
+    bool allow_anonymous;
+    bool allow_anonymous_set;
+    char password_file[256]; /* password_file: Mosquitto format, "" = none */
+    char acl_file[256];      /* acl_file: Mosquitto aclfile, "" = none */
+
+    /* Limits (docs/security.md); 0 = unlimited. */
+    uint32_t max_connections_per_listener; /* per listener (tcp, tls, ws, wss) */
+    uint32_t max_connection_rate;          /* new connections per second per source address */
+    uint32_t max_subscriptions_per_client; /* subscriptions one session may hold */
+    uint16_t max_topic_length;             /* bytes of a topic name or filter, default 65535 */
+    uint32_t max_publish_rate;             /* PUBLISH packets per second per client */
     /* The admin HTTP API (admin/admin.h, docs/api.md). */
     uint16_t admin_port; /* admin_port, default 18083; 0 = no admin API */
     char admin_bind[64]; /* admin_bind, default "" = bind_address */
     char api_key[200];   /* api_key KEY:SECRET, default "" = none (only the public endpoints) */
     bool metrics_auth;   /* metrics_auth, default false: GET /metrics needs no API key */
 };
+
+/* The transports (listener kinds), also the bits of proxy_protocol. */
+enum config_xport { CONFIG_XPORT_TCP = 0, CONFIG_XPORT_TLS, CONFIG_XPORT_WS, CONFIG_XPORT_WSS };
+#define CONFIG_XPORT_COUNT 4
+/* "tcp", "tls", "ws", "wss" */
+const char *config_xport_name(int xport);
+
+/* The effective allow_anonymous: as set, else true only without a password_file. */
+bool config_allow_anonymous(const struct config *c);
 
 /* Fill c with the built-in defaults. */
 void config_defaults(struct config *c);

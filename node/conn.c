@@ -51,9 +51,11 @@ static void conn_free(struct conn *c)
 {
     buf_free(&c->in);
     buf_free(&c->out);
+    conn_io_xf_free(c);
     msg_unref(c->will);
     struct conn_extra *x = c->x;
     if (x) {
+        free(x->user);
         if (x->alias_in) {
             for (uint32_t i = 0; i < c->w->b->cfg.topic_alias_maximum; i++)
                 msg_unref(x->alias_in[i]);
@@ -199,6 +201,12 @@ void conn_check_timers(struct conn *c, uint64_t now)
         conn_close(c, MQTT_RC_KEEP_ALIVE_TIMEOUT, false);
     } else if (c->state == CONN_CLOSING && now - c->state_since >= CONN_CLOSE_GRACE_MS) {
         conn_io_close(c);
+    } else if (c->throttled && c->state == CONN_ACTIVE && now - c->x->rate_window >= 1000) {
+        /* max_publish_rate: a new window, reading again (and what waited) */
+        c->throttled = false;
+        c->x->rate_window = now;
+        c->x->rate_count = 0;
+        conn_io_start(c);
     }
 }
 
@@ -281,7 +289,7 @@ size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
     assert(sink_thread_worker == c->w);
     size_t off = 0;
     uint32_t max = c->w->b->cfg.max_packet_size;
-    while (off < len && (c->state == CONN_NEW || c->state == CONN_ACTIVE)) {
+    while (off < len && (c->state == CONN_NEW || c->state == CONN_ACTIVE) && !c->throttled) {
         uint32_t hdr = 0;
         long n = mqtt_frame(data + off, len - off, max, &hdr);
         if (n == 0)

@@ -36,6 +36,7 @@ struct session;
 struct msg;
 struct qmsg;
 struct conn_write;
+struct conn_xf;
 struct pending_ack;
 
 /* NEW: accepted, waiting for CONNECT; CLAIMING: CONNECT received, the
@@ -54,9 +55,13 @@ struct conn_extra {
     /* acknowledgements waiting for the store, sent in order (ackq.c) */
     struct pending_ack *acks;
     uint32_t acks_len, acks_cap;
+    char *user;           /* the user name the client authenticated as, or NULL */
     uint32_t will_delay;  /* Will Delay Interval, seconds */
     uint32_t will_expiry; /* will Message Expiry Interval, seconds (0 = none) */
     uint16_t n_alias_out;
+    /* max_publish_rate: PUBLISH packets in the window starting at rate_window */
+    uint64_t rate_window; /* worker loop ms */
+    uint32_t rate_count;
 };
 
 struct conn {
@@ -70,6 +75,7 @@ struct conn {
     struct conn_write *wr; /* the write in progress, if any */
     struct msg *will;
     struct conn_extra *x; /* see above */
+    struct conn_xf *xf;   /* PROXY / TLS / WebSocket filter (conn_io.c); NULL: plain TCP */
     struct buf in;        /* an incomplete packet */
     struct buf out;       /* output waiting for the next write */
     uint64_t last_rx;     /* worker loop ms */
@@ -83,18 +89,20 @@ struct conn {
     uint16_t client_receive_max;
     uint16_t client_alias_max;
     uint8_t version;
+    uint8_t xport; /* enum config_xport: the listener it came from */
     bool dirty;
     bool writing;
     bool write_failed;
     bool problem_info;
     bool normal_disconnect;
+    bool throttled; /* max_publish_rate reached: reading paused until the next window */
 };
 
 /* The sink of the network layer (conn_sink.c), installed by server_run. */
 extern const struct sink_ops conn_sink_ops;
 
-/* Accept a connection on w's listener. */
-void conn_accept(struct worker *w, uv_stream_t *server);
+/* Accept a connection on w's listener of kind xport (enum config_xport). */
+void conn_accept(struct worker *w, uv_stream_t *server, int xport);
 
 struct conn *conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
@@ -154,5 +162,11 @@ bool conn_try_write(struct conn *c);
 void conn_io_close(struct conn *c);
 /* Bytes waiting to be written to the client (for the slow consumer limit). */
 size_t conn_pending_bytes(const struct conn *c);
+/* Free the transport filter (connection freed). */
+void conn_io_xf_free(struct conn *c);
+/* The verified TLS client certificate's common name, or NULL. */
+const char *conn_tls_identity(const struct conn *c);
+/* Whether c came through TLS (tls or wss). */
+bool conn_is_tls(const struct conn *c);
 
 #endif

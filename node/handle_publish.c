@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "ackq.h"
+#include "acl.h"
 #include "broker.h"
 #include "conn.h"
 #include "handle.h"
@@ -95,6 +96,10 @@ static uint8_t handle_publish_check(struct conn *c, const struct mqtt_publish *p
         return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-11] */
     if (p->retain && !cfg->retain_available)
         return MQTT_RC_RETAIN_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-14] */
+    if (topic->len > cfg->max_topic_length) {
+        atomic_fetch_add_explicit(&c->w->b->stats.refused_topic_len, 1, memory_order_relaxed);
+        return MQTT_RC_TOPIC_NAME_INVALID; /* max_topic_length */
+    }
     return 0;
 }
 
@@ -175,6 +180,26 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     msg_unref(m);
 }
 
+/* max_publish_rate: count this PUBLISH; past the rate, stop reading the
+ * client until its next one-second window (conn_check_timers): the client
+ * is slowed down, no message is dropped. */
+static void handle_publish_rate(struct conn *c, uint32_t max)
+{
+    struct conn_extra *x = conn_x(c);
+    if (!x)
+        return;
+    uint64_t now = uv_now(&c->w->loop);
+    if (now - x->rate_window >= 1000) {
+        x->rate_window = now;
+        x->rate_count = 0;
+    }
+    if (++x->rate_count >= max && !c->throttled) {
+        c->throttled = true;
+        atomic_fetch_add_explicit(&c->w->b->stats.throttled, 1, memory_order_relaxed);
+        conn_io_stop(c);
+    }
+}
+
 void handle_publish(struct conn *c, struct mqtt_publish *p)
 {
     struct broker *b = c->w->b;
@@ -190,6 +215,8 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
         return;
     }
     atomic_fetch_add_explicit(&b->stats.msgs_received, 1, memory_order_relaxed);
+    if (b->cfg.max_publish_rate)
+        handle_publish_rate(c, b->cfg.max_publish_rate);
     enum mqtt_type ack = p->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
     if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_PAYLOAD_FORMAT)) &&
         p->props.payload_format == 1 && !mqtt_utf8_valid(p->payload.data, p->payload.len)) {
@@ -199,6 +226,17 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
             ackq_push(c, ack, p->packet_id, MQTT_RC_PAYLOAD_FORMAT_INVALID, true);
         return;
     }
+    /* The ACL: a refused message is dropped; a 5.0 client is told (0x87),
+     * a 3.1.1 client is acknowledged as usual (it has no way to hear it). */
+    bool allowed =
+        !b->auth.has_acl ||
+        broker_acl_allows(b, c->x ? c->x->user : NULL, c->session->client_id, c->session->id_len,
+                          (const char *)topic.data, topic.len, ACL_WRITE);
+    if (!allowed && v5) {
+        if (p->qos > 0)
+            ackq_push(c, ack, p->packet_id, MQTT_RC_NOT_AUTHORIZED, true);
+        return;
+    }
     struct store_batch *bt = NULL;
     if (p->qos == 2 && handle_qos2_receive(c, p->packet_id, &bt) != 0) {
         persist_submit(b, &bt, NULL, NULL);
@@ -206,7 +244,7 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
     }
     /* Clients do not publish into $SYS: the broker owns it. */
     bool sys = topic.len >= 4 && memcmp(topic.data, "$SYS", 4) == 0;
-    if (!sys)
+    if (!sys && allowed)
         handle_publish_deliver(c, p, &topic, ack, &bt);
     else if (p->qos > 0)
         ackq_after(c, &bt, ack, p->packet_id, 0, NULL, NULL);

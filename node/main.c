@@ -150,6 +150,12 @@ int main(int argc, char **argv)
      * knows that. */
     static struct broker broker;
     int r = broker_init(&broker, &cfg);
+    if (r == 0 && (r = auth_load(&broker.auth, &broker.cfg, err, sizeof(err))) < 0) {
+        /* a bad certificate, key, password or ACL file stops start-up */
+        log_error("%s", err);
+        broker_cleanup(&broker);
+        return 1;
+    }
     if (r == 0 && (r = persist_open(&broker, err, sizeof(err))) < 0) {
         log_error("%s", err);
         server_cleanup(&broker);

@@ -61,6 +61,7 @@ void session_free(struct session *s)
     free(s->subs);
     free(s->qos2_in);
     msg_unref(s->pending_will);
+    free(s->user);
     free(s);
 }
 

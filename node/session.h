@@ -88,6 +88,9 @@ struct session {
     /* a will waiting for its delay (offline only) */
     struct msg *pending_will;
     uint64_t will_at; /* monotonic ms */
+    /* the user name of the last client that attached (ACL of deliveries),
+     * NULL for an anonymous one */
+    char *user;
     uint32_t will_expiry;
     uint16_t id_len;
     bool in_table; /* registry lock */

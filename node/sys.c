@@ -46,4 +46,13 @@ void sys_publish(struct broker *b)
     sys_put_u64(b, "$SYS/broker/bytes/sent", atomic_load(&b->stats.bytes_sent));
     sys_put_u64(b, "$SYS/broker/subscriptions/count", sub_index_count(b->index));
     sys_put_u64(b, "$SYS/broker/retained messages/count", retain_count(b->retained));
+    /* the front door (docs/security.md) */
+    sys_put_u64(b, "$SYS/broker/security/auth_failed", atomic_load(&b->stats.auth_failed));
+    sys_put_u64(b, "$SYS/broker/security/acl_denied", atomic_load(&b->stats.acl_denied));
+    sys_put_u64(b, "$SYS/broker/limits/connections_per_listener",
+                atomic_load(&b->stats.refused_listener));
+    sys_put_u64(b, "$SYS/broker/limits/connection_rate", atomic_load(&b->stats.refused_rate));
+    sys_put_u64(b, "$SYS/broker/limits/subscriptions", atomic_load(&b->stats.refused_subs));
+    sys_put_u64(b, "$SYS/broker/limits/topic_length", atomic_load(&b->stats.refused_topic_len));
+    sys_put_u64(b, "$SYS/broker/limits/publish_throttled", atomic_load(&b->stats.throttled));
 }

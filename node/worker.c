@@ -73,7 +73,7 @@ static void worker_on_connection(uv_stream_t *server, int status)
         log_warn("accept: %s", uv_strerror(status));
         return;
     }
-    conn_accept(w, server);
+    conn_accept(w, server, (int)((uv_tcp_t *)server - w->listeners));
 }
 
 /* A TCP socket bound to addr:port, SO_REUSEPORT when `reuseport`. Returns
@@ -120,21 +120,23 @@ int worker_port_free(const char *addr, uint16_t port)
     return r;
 }
 
-int worker_listen(struct worker *w, const char *addr, uint16_t port)
+int worker_listen(struct worker *w, int xport, const char *addr, uint16_t port)
 {
     int fd;
     int r = bound_socket(addr, port, true, &fd);
     if (r != 0)
         return r;
-    r = uv_tcp_init(&w->loop, &w->listener);
+    uv_tcp_t *l = &w->listeners[xport];
+    r = uv_tcp_init(&w->loop, l);
     if (r == 0)
-        r = uv_tcp_open(&w->listener, fd);
+        r = uv_tcp_open(l, fd);
     if (r != 0) {
         close(fd);
         return r;
     }
-    w->listener.data = w;
-    r = uv_listen((uv_stream_t *)&w->listener, 1024, worker_on_connection);
+    w->listening[xport] = true;
+    l->data = w;
+    r = uv_listen((uv_stream_t *)l, 1024, worker_on_connection);
     return r;
 }
 
@@ -324,7 +326,9 @@ static void worker_stop(struct worker *w)
         c = next;
     }
     worker_on_check(&w->flush_check);
-    worker_close_handle((uv_handle_t *)&w->listener);
+    for (int i = 0; i < 4; i++)
+        if (w->listening[i])
+            worker_close_handle((uv_handle_t *)&w->listeners[i]);
     /* The tick keeps running: it closes connections whose client does not
      * read what is left to write (after the close grace period). */
     worker_conn_gone(w); /* no connection left: close the inbox now */

@@ -27,7 +27,9 @@ struct worker {
     int id;
     struct broker *b;
     uv_loop_t loop;
-    uv_tcp_t listener;
+    /* one listener per transport (enum config_xport), when configured */
+    uv_tcp_t listeners[4];
+    bool listening[4];
     uv_async_t wake;
     uv_timer_t tick;
     uv_check_t flush_check;
@@ -59,8 +61,9 @@ struct worker *worker_new(struct broker *b, int id);
  * SO_REUSEPORT group, which the workers' listeners would otherwise join and
  * silently share connections with. Returns 0 or a negative libuv error. */
 int worker_port_free(const char *addr, uint16_t port);
-/* Bind the listener (SO_REUSEPORT). Returns 0 or a negative libuv error. */
-int worker_listen(struct worker *w, const char *addr, uint16_t port);
+/* Bind the listener of transport xport (enum config_xport; SO_REUSEPORT).
+ * Returns 0 or a negative libuv error. */
+int worker_listen(struct worker *w, int xport, const char *addr, uint16_t port);
 int worker_start(struct worker *w);
 void worker_join(struct worker *w);
 void worker_free(struct worker *w);

@@ -45,6 +45,12 @@ STARLING_KEYS = {
     "max_keepalive", "connect_timeout", "sys_interval", "max_session_expiry",
     "retain_available", "max_qos", "allow_zero_length_clientid", "max_connections",
     "log_level", "persistence", "data_dir", "sync", "api_key", "metrics_auth", "admin_bind",
+    # the front door (docs/security.md)
+    "tls_port", "ws_port", "wss_port", "proxy_protocol", "tls_certfile", "tls_keyfile",
+    "tls_cafile", "tls_require_certificate", "tls_use_identity_as_username", "tls_ciphers",
+    "tls_min_version", "ws_origins", "allow_anonymous", "password_file", "acl_file",
+    "max_connections_per_listener", "max_connection_rate", "max_subscriptions_per_client",
+    "max_topic_length", "max_publish_rate",
 }
 
 # Starling key -> mosquitto key, for the options mosquitto has an equivalent of.

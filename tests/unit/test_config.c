@@ -127,6 +127,76 @@ static void test_every_key_from_file(void)
     CU_ASSERT_FALSE(c.allow_zero_length_clientid);
 }
 
+static void test_security_keys(void)
+{
+    struct config c;
+    config_defaults(&c);
+    CU_ASSERT_EQUAL(c.tls_port, 0);
+    CU_ASSERT_EQUAL(c.ws_port, 0);
+    CU_ASSERT_EQUAL(c.wss_port, 0);
+    CU_ASSERT_EQUAL(c.proxy_protocol, 0);
+    CU_ASSERT_EQUAL(c.tls_min_version, 12);
+    CU_ASSERT_EQUAL(c.max_topic_length, 65535);
+    CU_ASSERT_TRUE(config_allow_anonymous(&c));
+    const char *content = "tls_port 8883\n"
+                          "ws_port 8083\n"
+                          "wss_port 8084\n"
+                          "proxy_protocol tcp,wss\n"
+                          "tls_certfile /etc/s/cert.pem\n"
+                          "tls_keyfile /etc/s/key.pem\n"
+                          "tls_cafile /etc/s/ca.pem\n"
+                          "tls_require_certificate true\n"
+                          "tls_use_identity_as_username yes\n"
+                          "tls_ciphers ECDHE-ECDSA-AES128-GCM-SHA256\n"
+                          "tls_min_version tlsv1.3\n"
+                          "ws_origins https://a.example, https://b.example\n"
+                          "password_file /etc/s/passwd\n"
+                          "acl_file /etc/s/acl\n"
+                          "max_connections_per_listener 10\n"
+                          "max_connection_rate 5\n"
+                          "max_subscriptions_per_client 7\n"
+                          "max_topic_length 100\n"
+                          "max_publish_rate 50\n";
+    CU_ASSERT_EQUAL(load_string(&c, content, NULL), 0);
+    CU_ASSERT_EQUAL(c.tls_port, 8883);
+    CU_ASSERT_EQUAL(c.ws_port, 8083);
+    CU_ASSERT_EQUAL(c.wss_port, 8084);
+    CU_ASSERT_EQUAL(c.proxy_protocol, (1u << CONFIG_XPORT_TCP) | (1u << CONFIG_XPORT_WSS));
+    CU_ASSERT_STRING_EQUAL(c.tls_certfile, "/etc/s/cert.pem");
+    CU_ASSERT_STRING_EQUAL(c.tls_keyfile, "/etc/s/key.pem");
+    CU_ASSERT_STRING_EQUAL(c.tls_cafile, "/etc/s/ca.pem");
+    CU_ASSERT_TRUE(c.tls_require_certificate);
+    CU_ASSERT_TRUE(c.tls_use_identity_as_username);
+    CU_ASSERT_STRING_EQUAL(c.tls_ciphers, "ECDHE-ECDSA-AES128-GCM-SHA256");
+    CU_ASSERT_EQUAL(c.tls_min_version, 13);
+    CU_ASSERT_STRING_EQUAL(c.ws_origins, "https://a.example, https://b.example");
+    CU_ASSERT_STRING_EQUAL(c.password_file, "/etc/s/passwd");
+    CU_ASSERT_STRING_EQUAL(c.acl_file, "/etc/s/acl");
+    CU_ASSERT_EQUAL(c.max_connections_per_listener, 10);
+    CU_ASSERT_EQUAL(c.max_connection_rate, 5);
+    CU_ASSERT_EQUAL(c.max_subscriptions_per_client, 7);
+    CU_ASSERT_EQUAL(c.max_topic_length, 100);
+    CU_ASSERT_EQUAL(c.max_publish_rate, 50);
+    /* a password file turns anonymous access off unless said otherwise */
+    CU_ASSERT_FALSE(config_allow_anonymous(&c));
+    char err[256];
+    CU_ASSERT_EQUAL(config_set(&c, "allow_anonymous", "true", err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(config_allow_anonymous(&c));
+    CU_ASSERT_EQUAL(config_set(&c, "password_file", "", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(config_set(&c, "allow_anonymous", "false", err, sizeof(err)), 0);
+    CU_ASSERT_FALSE(config_allow_anonymous(&c));
+    CU_ASSERT_EQUAL(config_set(&c, "proxy_protocol", "none", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.proxy_protocol, 0);
+    CU_ASSERT_EQUAL(config_set(&c, "proxy_protocol", "tcp,udp", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "unknown listener"));
+    CU_ASSERT_EQUAL(config_set(&c, "tls_min_version", "tlsv1.1", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "tls_min_version"));
+    CU_ASSERT_EQUAL(config_set(&c, "allow_anonymous", "maybe", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "tls_port", "70000", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "max_topic_length", "0", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(config_xport_name(CONFIG_XPORT_WSS), "wss");
+}
+
 static void test_set_values(void)
 {
     struct config c;
@@ -675,6 +745,7 @@ int main(void)
     } tests[] = {
         {"defaults", test_defaults},
         {"every key from a file", test_every_key_from_file},
+        {"security and limit keys", test_security_keys},
         {"config_set good values", test_set_values},
         {"bad integers", test_bad_integers},
         {"bad words", test_bad_words},
