@@ -42,7 +42,8 @@ STARLING_KEYS = {
     "max_queued_bytes", "queue_full_policy", "queue_qos0_messages", "topic_alias_maximum",
     "max_keepalive", "connect_timeout", "sys_interval", "max_session_expiry",
     "retain_available", "max_qos", "allow_zero_length_clientid", "max_connections",
-    "log_level", "persistence", "data_dir", "sync",
+    "log_level", "persistence", "data_dir", "sync", "slow_subscriber_policy",
+    "max_publisher_pause", "max_write_buffer", "workers",
 }
 
 # Starling key -> mosquitto key, for the options mosquitto has an equivalent of.
