@@ -330,3 +330,47 @@ def test_publisher_never_waits_on_its_own_session(broker):
     assert codes == [0] * 7 + [0x97] * 3
     c.puback(first.packet_id)
     assert [c.recv_publish().payload for _ in range(6)] == [b"%d" % i for i in range(1, 7)]
+
+
+def test_refused_qos2_ends_the_exchange_and_frees_the_packet_id(broker):
+    """drop_new, a QoS 2 publisher: the message the full queue refuses gets
+    PUBREC 0x97 (the exchange ends there [MQTT-4.3.3]), and its packet id
+    can carry a new message at once, which is delivered once there is room
+    (not taken for a duplicate)."""
+    b = broker(slow_subscriber_policy="drop_new", max_queued_messages=1,
+               max_inflight_messages=1)
+    sub = stuck_subscriber(b, "q2/t")
+    pub = raw(b, version=5)
+    first = first_in_flight(sub, pub, "q2/t")
+    pub.publish("q2/t", b"1", qos=2, packet_id=7)
+    rec = pub.expect(M.PUBREC)
+    assert (rec.packet_id, rec.reason_code) == (7, 0)
+    pub.pubrel(7)
+    assert pub.expect(M.PUBCOMP).packet_id == 7
+    pub.publish("q2/t", b"2", qos=2, packet_id=8)  # the queue (1) is full
+    rec = pub.expect(M.PUBREC)
+    assert (rec.packet_id, rec.reason_code) == (8, 0x97)
+    assert drain(sub, first, 1) == [b"1"]
+    pub.publish("q2/t", b"3", qos=2, packet_id=8)  # same id, a new message
+    rec = pub.expect(M.PUBREC)
+    assert (rec.packet_id, rec.reason_code) == (8, 0)
+    pub.pubrel(8)
+    assert pub.expect(M.PUBCOMP).packet_id == 8
+    assert sub.recv_publish().payload == b"3"
+
+
+def test_refused_qos1_from_311_publisher_closes_without_puback(broker):
+    """drop_new, an MQTT 3.1.1 QoS 1 publisher: PUBACK has no reason code,
+    so a refused message is never acknowledged: the connection is closed
+    and the client publishes it again when it reconnects."""
+    b = broker(slow_subscriber_policy="drop_new", max_queued_messages=1,
+               max_inflight_messages=1)
+    sub = stuck_subscriber(b, "q311/t")
+    pub = raw(b, version=5)
+    first = first_in_flight(sub, pub, "q311/t")
+    assert publish_acks(pub, "q311/t", [1]) == [0]  # fills the queue
+    old = raw(b, version=4)
+    old.publish("q311/t", b"2", qos=1, packet_id=5)
+    got = old.expect_closed_without_disconnect(timeout=10)
+    assert not [p for p in got if p.type == M.PUBACK], got
+    assert drain(sub, first, 1) == [b"1"]
