@@ -25,6 +25,9 @@
 #include "session.h"
 #include "worker.h"
 
+_Static_assert(sizeof(((struct conn_flow *)0)->slow) / sizeof(struct session *) == PUB_FLOW_MAX,
+               "struct conn_flow holds what struct pub_flow collects");
+
 static void conn_flow_release(struct conn *c)
 {
     struct conn_flow *cf = c->flow;
