@@ -141,7 +141,7 @@ static bool broker_acl_read(struct broker *b, const struct acl *acl, struct sess
 }
 
 int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
-                   struct store_batch **bt, struct pub_targets *targets)
+                   struct store_batch **bt, struct pub_targets *targets, struct pub_flow *flow)
 {
     struct store_batch *local = NULL;
     if (!bt)
@@ -206,7 +206,7 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
             qos = -1;
         if (qos >= 0) {
             uint8_t dq = m->qos < qos ? m->qos : (uint8_t)qos;
-            session_deliver(b, s, m, dq, retain, ids, n_ids, cur, bt);
+            session_deliver(b, s, m, dq, retain, ids, n_ids, cur, bt, flow);
             if (targets)
                 broker_target_add(targets, s);
             delivered++;
@@ -239,7 +239,7 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
 void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, struct worker *cur)
 {
     if (!expiry) {
-        broker_publish(b, will, 0, cur, NULL, NULL);
+        broker_publish(b, will, 0, cur, NULL, NULL, NULL);
         return;
     }
     /* the expiry of a will counts from its publication */
@@ -248,7 +248,7 @@ void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, st
                             msg_clock_ms() + (uint64_t)expiry * 1000u, NULL);
     if (!m)
         return;
-    broker_publish(b, m, 0, cur, NULL, NULL);
+    broker_publish(b, m, 0, cur, NULL, NULL, NULL);
     msg_unref(m);
 }
 

@@ -51,6 +51,13 @@ struct broker_stats {
     atomic_ulong refused_subs;      /* max_subscriptions_per_client */
     atomic_ulong refused_topic_len; /* max_topic_length */
     atomic_ulong throttled;         /* max_publish_rate: reads paused */
+    /* by reason (enum session_drop): $SYS/broker/messages/dropped/... */
+    atomic_ulong dropped[4];
+    atomic_ulong slow_disconnects; /* clients closed by the disconnect policy */
+    atomic_ulong pause_expired;    /* max_publisher_pause ran out for a subscriber */
+    atomic_long publishers_paused; /* connections not read now (flow control) */
+    atomic_ullong slow_log_at;     /* monotonic ms of the last slow subscriber line */
+    atomic_ulong slow_log_skipped; /* lines left out since (rate limit) */
 };
 
 struct broker {
@@ -96,6 +103,18 @@ struct pub_targets {
     size_t n, cap;
 };
 
+/* What a client's publish tells it about the sessions it went to (flow
+ * control, see session.h): the sessions above their high-water mark (each
+ * holds a reference; at most PUB_FLOW_MAX, the first ones), and whether the
+ * message was refused by the full queue of a connected subscriber. Set
+ * n_slow = 0, refused = false before the call. */
+#define PUB_FLOW_MAX 8
+struct pub_flow {
+    struct session *slow[PUB_FLOW_MAX];
+    uint8_t n_slow;
+    bool refused;
+};
+
 /* broker_publish flags. */
 enum {
     /* Deliver to this node's subscribers only: a message another node
@@ -113,10 +132,11 @@ enum {
  * The caller keeps its reference on m. Store operations (the message for
  * persistent sessions, a retained message) go into *bt, which the caller
  * submits; with bt NULL they are submitted here. With targets, the sessions
- * are collected there (see broker_release).
+ * are collected there (see broker_release). `flow` (NULL for messages the
+ * broker makes itself): see struct pub_flow.
  */
 int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
-                   struct store_batch **bt, struct pub_targets *targets);
+                   struct store_batch **bt, struct pub_targets *targets, struct pub_flow *flow);
 
 /* Set m->hold to `state` (MSG_READY or MSG_REJECTED) and have the sessions in
  * targets flush (their queues may wait on m); releases targets. Any thread;

@@ -33,6 +33,7 @@ enum key_type {
     T_BOOL,
     T_LOG_LEVEL,
     T_QUEUE_POLICY,
+    T_SLOW_POLICY,
     T_PATH, /* char[256] */
     T_SYNC,
     T_FILE,        /* char[256], a file path; "" = unset */
@@ -67,6 +68,9 @@ static const struct key_def keys[] = {
     KEY("max_queued_bytes", T_U64, max_queued_bytes, 0, (uint64_t)1 << 40),
     KEY("queue_full_policy", T_QUEUE_POLICY, queue_full_policy, 0, 0),
     KEY("queue_qos0_messages", T_BOOL, queue_qos0_offline, 0, 0),
+    KEY("slow_subscriber_policy", T_SLOW_POLICY, slow_subscriber_policy, 0, 0),
+    KEY("max_publisher_pause", T_U32, max_publisher_pause_ms, 0, 3600000),
+    KEY("max_write_buffer", T_U32, max_write_buffer, 4096, 1073741824),
     KEY("topic_alias_maximum", T_U16, topic_alias_maximum, 0, 65535),
     KEY("max_keepalive", T_U16, max_keepalive, 1, 65535),
     KEY("connect_timeout", T_U32, connect_timeout, 1, 3600),
@@ -129,9 +133,12 @@ void config_defaults(struct config *c)
     c->max_connections = 0;
     c->receive_maximum = 65535;
     c->max_inflight = 20;
-    c->max_queued_messages = 1000;
-    c->max_queued_bytes = 67108864;
+    c->max_queued_messages = 1000000;
+    c->max_queued_bytes = 4194304;
     c->queue_full_policy = QUEUE_DROP_NEW;
+    c->slow_subscriber_policy = SLOW_BACKPRESSURE;
+    c->max_publisher_pause_ms = 5000;
+    c->max_write_buffer = 262144;
     c->queue_qos0_offline = false;
     c->topic_alias_maximum = 10;
     c->max_keepalive = 65535;
@@ -338,6 +345,19 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
                              "drop_new|drop_oldest");
         *(enum queue_policy *)field = p;
         return 0;
+    }
+    case T_SLOW_POLICY: {
+        static const char *const names[] = {"backpressure", "drop_new", "drop_oldest",
+                                            "disconnect"};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            if (strcasecmp(value, names[i]) == 0) {
+                *(enum slow_policy *)field = (enum slow_policy)i;
+                return 0;
+            }
+        }
+        return bad_value(err, errlen, k, value,
+                         *value ? "not a slow subscriber policy" : "empty value",
+                         "backpressure|drop_new|drop_oldest|disconnect");
     }
     case T_PATH:
         if (!*value)

@@ -20,6 +20,15 @@
 
 enum queue_policy { QUEUE_DROP_NEW = 0, QUEUE_DROP_OLDEST = 1 };
 
+/* What happens when a message finds a *connected* subscriber's queue full
+ * (docs/configuration.md says what each loses). */
+enum slow_policy {
+    SLOW_BACKPRESSURE = 0, /* pause the publishers feeding it (then drop_new) */
+    SLOW_DROP_NEW = 1,
+    SLOW_DROP_OLDEST = 2,
+    SLOW_DISCONNECT = 3,
+};
+
 /* When the storage of persistent sessions reaches the disk. */
 enum sync_mode { SYNC_ALWAYS = 0, SYNC_INTERVAL = 1, SYNC_NONE = 2 };
 
@@ -32,22 +41,25 @@ struct config {
     uint32_t max_connections;     /* max_connections, default 0 = unlimited */
     uint16_t receive_maximum;     /* receive_maximum, default 65535 (incoming QoS>0 window) */
     uint16_t max_inflight;        /* max_inflight_messages, default 20 (outgoing window) */
-    uint32_t max_queued_messages; /* max_queued_messages, default 1000 */
-    uint64_t max_queued_bytes;    /* max_queued_bytes, default 67108864; 0 = no byte limit */
+    uint32_t max_queued_messages; /* max_queued_messages, default 1000000 */
+    uint64_t max_queued_bytes;    /* max_queued_bytes, default 4194304; 0 = no byte limit */
     enum queue_policy queue_full_policy; /* queue_full_policy: drop_new (default) | drop_oldest */
-    bool queue_qos0_offline;             /* queue_qos0_messages, default false */
-    uint16_t topic_alias_maximum;        /* topic_alias_maximum, default 10 */
-    uint16_t max_keepalive;              /* max_keepalive, default 65535 */
-    uint32_t connect_timeout;            /* connect_timeout seconds, default 10 */
-    uint32_t sys_interval;               /* sys_interval seconds, default 10; 0 = off */
-    uint32_t max_session_expiry;         /* max_session_expiry seconds, default 0 = no cap */
-    bool retain_available;               /* retain_available, default true */
-    uint8_t max_qos;                     /* max_qos, default 2 */
-    bool allow_zero_length_clientid;     /* allow_zero_length_clientid, default true */
-    bool persistence;                    /* persistence, default true */
-    char data_dir[256];                  /* data_dir, default "./data" */
-    enum sync_mode sync;                 /* sync: always (default) | interval MS | none */
-    uint32_t sync_interval_ms;           /* the MS of "sync interval MS" */
+    enum slow_policy slow_subscriber_policy; /* slow_subscriber_policy, default backpressure */
+    uint32_t max_publisher_pause_ms;         /* max_publisher_pause (ms), default 5000 */
+    uint32_t max_write_buffer;               /* max_write_buffer bytes, default 262144 */
+    bool queue_qos0_offline;                 /* queue_qos0_messages, default false */
+    uint16_t topic_alias_maximum;            /* topic_alias_maximum, default 10 */
+    uint16_t max_keepalive;                  /* max_keepalive, default 65535 */
+    uint32_t connect_timeout;                /* connect_timeout seconds, default 10 */
+    uint32_t sys_interval;                   /* sys_interval seconds, default 10; 0 = off */
+    uint32_t max_session_expiry;             /* max_session_expiry seconds, default 0 = no cap */
+    bool retain_available;                   /* retain_available, default true */
+    uint8_t max_qos;                         /* max_qos, default 2 */
+    bool allow_zero_length_clientid;         /* allow_zero_length_clientid, default true */
+    bool persistence;                        /* persistence, default true */
+    char data_dir[256];                      /* data_dir, default "./data" */
+    enum sync_mode sync;                     /* sync: always (default) | interval MS | none */
+    uint32_t sync_interval_ms;               /* the MS of "sync interval MS" */
 
     /* Listeners besides `port` (docs/security.md); 0 = off. */
     uint16_t tls_port;                 /* tls_port: MQTT over TLS, default 0 */

@@ -67,6 +67,7 @@ static void conn_free(struct conn *c)
         ackq_free(c);
         free(x);
     }
+    conn_flow_free(c);
     free(c);
 }
 
@@ -194,7 +195,7 @@ void conn_check_timers(struct conn *c, uint64_t now)
         now - c->state_since >= (uint64_t)cfg->connect_timeout * 1000u) {
         log_debug("%s: no CONNECT within %" PRIu32 " s", CONN_PEER(c), cfg->connect_timeout);
         conn_close(c, 0, false);
-    } else if (c->state == CONN_ACTIVE && c->keepalive &&
+    } else if (c->state == CONN_ACTIVE && c->keepalive && !conn_flow_paused(c) &&
                now - c->last_rx >= (uint64_t)c->keepalive * 1500u) {
         /* [MQTT-3.1.1 3.1.2-24, MQTT-5.0 3.1.2-22] no packet within 1.5 x keep alive */
         log_debug("%s: keep alive timeout", CONN_PEER(c));
@@ -289,7 +290,10 @@ size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
     assert(sink_thread_worker == c->w);
     size_t off = 0;
     uint32_t max = c->w->b->cfg.max_packet_size;
-    while (off < len && (c->state == CONN_NEW || c->state == CONN_ACTIVE) && !c->throttled) {
+    /* a publisher paused by flow control (conn_flow.c) or by max_publish_rate
+     * handles no more packets: the rest waits in c->in */
+    while (off < len && (c->state == CONN_NEW || c->state == CONN_ACTIVE) && !c->throttled &&
+           !conn_flow_paused(c)) {
         uint32_t hdr = 0;
         long n = mqtt_frame(data + off, len - off, max, &hdr);
         if (n == 0)

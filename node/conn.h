@@ -64,6 +64,18 @@ struct conn_extra {
     uint32_t rate_count;
 };
 
+/* Flow control of a publisher (conn_flow.c): while paused, the connection is
+ * not read; it waits for the sessions its last message went to that were
+ * above their high-water mark (each referenced), at most max_publisher_pause
+ * ms. Allocated on the first pause. */
+struct conn_flow {
+    struct session *slow[8]; /* PUB_FLOW_MAX */
+    struct session *self;    /* c's own session while paused (referenced) */
+    uint8_t n_slow;
+    bool paused;
+    uint64_t since; /* worker loop ms */
+};
+
 struct conn {
     uv_tcp_t tcp;
     /* pointers first, then smaller fields: an idle client costs its
@@ -74,12 +86,13 @@ struct conn {
     struct session *session;
     struct conn_write *wr; /* the write in progress, if any */
     struct msg *will;
-    struct conn_extra *x; /* see above */
-    struct conn_xf *xf;   /* PROXY / TLS / WebSocket filter (conn_io.c); NULL: plain TCP */
-    struct buf in;        /* an incomplete packet */
-    struct buf out;       /* output waiting for the next write */
-    uint64_t last_rx;     /* worker loop ms */
-    uint64_t state_since; /* worker loop ms: accepted (NEW), closing (CLOSING) */
+    struct conn_extra *x;   /* see above */
+    struct conn_flow *flow; /* see above */
+    struct conn_xf *xf;     /* PROXY / TLS / WebSocket filter (conn_io.c); NULL: plain TCP */
+    struct buf in;          /* an incomplete packet */
+    struct buf out;         /* output waiting for the next write */
+    uint64_t last_rx;       /* worker loop ms */
+    uint64_t state_since;   /* worker loop ms: accepted (NEW), closing (CLOSING) */
     atomic_int refs;
     enum conn_state state;
     uint32_t connect_expiry; /* Session Expiry Interval asked in CONNECT */
@@ -144,6 +157,24 @@ void conn_send_ack(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t re
 /* "address:port" of the client, for log lines. */
 const char *conn_peer(const struct conn *c, char *out, size_t len);
 #define CONN_PEER(c) conn_peer((c), (char[64]){0}, 64)
+
+/* ---- flow control of publishers (conn_flow.c) ----------------------------- */
+
+struct pub_flow;
+/* After c's publish (worker thread): when sessions it went to are above
+ * their high-water mark (f->n_slow > 0), stop reading c until they drain.
+ * Takes over f's references. */
+void conn_flow_pause(struct conn *c, struct pub_flow *f);
+static inline bool conn_flow_paused(const struct conn *c)
+{
+    return c->flow && c->flow->paused;
+}
+/* On w's thread: resume the paused connections whose sessions drained, or
+ * that waited max_publisher_pause (then the slow subscriber policy applies
+ * to those sessions: session_flow_expire). now: loop ms. */
+void conn_flow_check(struct worker *w, uint64_t now);
+/* Release c's flow state (conn freed). */
+void conn_flow_free(struct conn *c);
 
 /* ---- the transport (conn_io.c) ------------------------------------------- */
 

@@ -124,6 +124,10 @@ static void conn_io_xf_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b
 
 void conn_io_start(struct conn *c)
 {
+    /* Two pauses may overlap (max_publish_rate and flow control): whichever
+     * ends last starts reading again. */
+    if (c->throttled || conn_flow_paused(c))
+        return;
     uv_read_start((uv_stream_t *)&c->tcp, conn_io_alloc_cb,
                   c->xf ? conn_io_xf_read_cb : conn_io_read_cb);
     if (c->in.len) {

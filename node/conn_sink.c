@@ -15,8 +15,6 @@
 #include "session.h"
 #include "worker.h"
 
-/* Output waiting for a slow client beyond which the queue is not pumped. */
-#define CONN_OUT_HIGH_WATER (256u * 1024u)
 /* Output written to the socket at once while flushing a long queue. */
 #define CONN_OUT_CHUNK (16u * 1024u)
 /* Broker -> client topic aliases kept per connection (at most). */
@@ -98,9 +96,12 @@ static int conn_alias_out_add(struct conn *c, struct msg *m)
 
 static int conn_sink_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t now_ms)
 {
-    if (!dup && c->out.len >= CONN_OUT_CHUNK && !conn_try_write(c) &&
-        conn_pending_bytes(c) > CONN_OUT_HIGH_WATER)
-        return SINK_BUSY; /* the socket is full */
+    /* Bytes waiting for the socket stay under max_write_buffer plus one
+     * chunk and one packet: a write is tried once a chunk accumulated */
+    uint32_t limit = c->w->b->cfg.max_write_buffer;
+    if (!dup && c->out.len >= (limit < CONN_OUT_CHUNK ? limit : CONN_OUT_CHUNK) &&
+        !conn_try_write(c) && conn_pending_bytes(c) >= limit)
+        return SINK_BUSY; /* the socket is full: the rest waits in the queue */
     struct msg *m = q->m;
     /* Only what a PUBLISH reads is set: this runs for every delivery, and
      * clearing the whole packet union (600 bytes) showed in the profile.
@@ -148,4 +149,5 @@ const struct sink_ops conn_sink_ops = {
     .wake = worker_wake_session,
     .kick = worker_post_kick,
     .call = worker_post_call,
+    .drained = worker_sink_drained,
 };

@@ -135,6 +135,33 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
     return 0;
 }
 
+/* A QoS 1/2 message that a connected subscriber's full queue dropped (the
+ * slow subscriber policy): it is never acknowledged as accepted. 5.0: the
+ * PUBACK / PUBREC says 0x97 (quota exceeded), and a refused QoS 2 exchange
+ * ends there; 3.1.1 has no such code: the connection is closed unanswered,
+ * and the client publishes again when it reconnects. */
+static void handle_publish_refused(struct conn *c, const struct mqtt_publish *p, enum mqtt_type ack,
+                                   struct store_batch **bt, struct msg *held,
+                                   struct pub_targets *targets)
+{
+    struct broker *b = c->w->b;
+    if (p->qos == 2) {
+        struct session *s = c->session;
+        lock_acquire(&s->lock);
+        if (session_qos2_remove(s, p->packet_id) && persist_wanted(b, s))
+            persist_qos2(b, bt, s, p->packet_id, false);
+        lock_release(&s->lock);
+    }
+    if (c->version == MQTT_V5) {
+        ackq_after(c, bt, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED, held, targets);
+        return;
+    }
+    persist_submit(b, bt, NULL, NULL);
+    if (held)
+        broker_release(b, held, MSG_READY, targets, c->w);
+    conn_close(c, 0, false);
+}
+
 /* Make the message and publish it; acknowledge a QoS 1/2 one once what the
  * acknowledgement promises is stored. */
 static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
@@ -168,8 +195,13 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     struct pub_targets targets = {0};
     if (hold)
         atomic_store(&m->hold, MSG_HELD);
-    int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL);
-    if (p->qos > 0)
+    struct pub_flow flow;
+    flow.n_slow = 0;
+    flow.refused = false;
+    int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL, &flow);
+    if (p->qos > 0 && flow.refused)
+        handle_publish_refused(c, p, ack, bt, hold ? m : NULL, &targets);
+    else if (p->qos > 0)
         /* [MQTT-3.1.1 4.3.2-2/4.3.3-2, MQTT-5.0 4.3.2-4/4.3.3-8]: acknowledged once it is stored
          * for every persistent session that must receive it */
         ackq_after(c, bt, ack, p->packet_id,
@@ -178,6 +210,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     else
         persist_submit(b, bt, NULL, NULL);
     msg_unref(m);
+    conn_flow_pause(c, &flow); /* sessions above their high-water mark */
 }
 
 /* max_publish_rate: count this PUBLISH; past the rate, stop reading the

@@ -60,7 +60,7 @@ static void handle_send_retained(struct conn *c, const char *filter, size_t len,
         uint8_t q = m->qos < qos ? m->qos : qos;
         /* [MQTT-3.1.1 3.3.1-8] retained messages sent on subscribe keep RETAIN=1 */
         session_deliver(b, c->session, m, q, true, sub_id ? &sub_id : NULL, sub_id ? 1 : 0, c->w,
-                        bt);
+                        bt, NULL);
         msg_unref(m);
     }
     free(rb.msgs);

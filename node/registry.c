@@ -196,6 +196,7 @@ static struct session *registry_take_over(struct broker *b, struct session *old,
         /* [MQTT-3.1.1 3.1.4-2, MQTT-5.0 3.1.4-3] the existing connection is closed */
         b->sink->kick(old->w, old->conn, MQTT_RC_SESSION_TAKEN_OVER, !req->clean_start);
         old->conn = NULL;
+        session_flow_release(b, old);
         atomic_fetch_sub(&b->stats.clients_connected, 1);
     }
     lock_release(&old->lock);
@@ -275,6 +276,7 @@ struct session *registry_local_surrender(struct broker *b, const char *id, uint1
         if (s->conn) {
             b->sink->kick(s->w, s->conn, MQTT_RC_SESSION_TAKEN_OVER, resumed);
             s->conn = NULL;
+            session_flow_release(b, s);
             atomic_fetch_sub(&b->stats.clients_connected, 1);
         }
         lock_release(&s->lock);
@@ -299,6 +301,7 @@ static bool registry_go_offline(struct broker *b, struct session *s, struct sess
                                 uint64_t now, struct store_batch **bt)
 {
     s->conn = NULL;
+    session_flow_release(b, s); /* an offline queue backpressures nobody */
     s->disconnected_at = now;
     if (s->expiry_interval == 0)
         return true;

@@ -23,6 +23,7 @@ struct conn;
 struct worker;
 struct session;
 struct qmsg;
+struct broker;
 
 /* What sink_ops.publish returns. */
 enum {
@@ -63,6 +64,10 @@ struct sink_ops {
      * once: on w's thread, or, when w stops first, on the thread that
      * discards w's inbox (w's loop runs no more then). */
     int (*call)(struct worker *w, void (*fn)(void *ud), void *ud);
+    /* Flow control: a session that publishers of the workers in `waiters`
+     * (bit id % 64) wait on drained (or stopped exerting backpressure): each
+     * of them re-checks its paused connections, through its inbox. */
+    void (*drained)(struct broker *b, uint64_t waiters);
 };
 
 /* The worker whose thread this is, NULL on other threads. Set by the network

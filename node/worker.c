@@ -25,12 +25,13 @@
 #include "broker.h"
 #include "conn.h"
 #include "log.h"
+#include "server.h"
 #include "session.h"
 
 #define WORKER_RBUF_SIZE (64u * 1024u)
 #define WORKER_TICK_MS 250
 
-enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_ACK, WCMD_CALL, WCMD_STOP };
+enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_ACK, WCMD_CALL, WCMD_FLOW, WCMD_STOP };
 
 struct wcmd {
     struct wcmd *next;
@@ -232,6 +233,29 @@ void worker_wake_session(struct worker *owner, struct session *s, struct worker 
         worker_post_flush(owner, s);
 }
 
+void worker_post_flow(struct worker *w)
+{
+    if (atomic_exchange(&w->flow_posted, true))
+        return;
+    struct wcmd *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd) {
+        atomic_store(&w->flow_posted, false); /* the tick checks anyway */
+        return;
+    }
+    cmd->type = WCMD_FLOW;
+    worker_post(w, cmd);
+}
+
+void worker_sink_drained(struct broker *b, uint64_t waiters)
+{
+    struct server *srv = b->server;
+    if (!srv || atomic_load(&b->stopping))
+        return;
+    for (int i = 0; i < srv->n_workers; i++)
+        if (srv->workers[i] && (waiters >> (i % 64)) & 1u)
+            worker_post_flow(srv->workers[i]);
+}
+
 void worker_post_stop(struct worker *w)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
@@ -359,6 +383,10 @@ static void worker_on_wake(uv_async_t *h)
             cmd->fn(cmd->ud);
             cmd->fn = NULL;
             break;
+        case WCMD_FLOW:
+            atomic_store(&w->flow_posted, false);
+            conn_flow_check(w, uv_now(&w->loop));
+            break;
         case WCMD_STOP:
             stop = true;
             break;
@@ -374,6 +402,8 @@ static void worker_on_tick(uv_timer_t *t)
 {
     struct worker *w = t->data;
     uint64_t now = uv_now(&w->loop);
+    if (w->n_paused) /* max_publisher_pause */
+        conn_flow_check(w, now);
     struct conn *c = w->conns;
     while (c) {
         struct conn *next = c->next;
@@ -449,6 +479,9 @@ void worker_free(struct worker *w)
     for (size_t i = 0; i < w->n_flush; i++)
         session_unref(w->flush[i]);
     free(w->flush);
+    for (size_t i = 0; i < w->n_paused; i++)
+        conn_unref(w->paused[i]);
+    free(w->paused);
     struct wcmd *cmd = w->inbox_head;
     while (cmd) {
         struct wcmd *next = cmd->next;

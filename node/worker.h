@@ -10,6 +10,7 @@
 #define STARLING_WORKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -50,6 +51,11 @@ struct worker {
     struct session **flush;
     size_t n_flush, cap_flush;
 
+    /* publishers paused by flow control (conn_flow.c), each referenced */
+    struct conn **paused;
+    size_t n_paused, cap_paused;
+    atomic_bool flow_posted; /* a flow check waits in the inbox */
+
     /* shared read buffer for all connections of this worker */
     char *rbuf;
     size_t rbuf_size;
@@ -84,6 +90,12 @@ int worker_post_call(struct worker *w, void (*fn)(void *ud), void *ud);
 /* Flush s on owner's thread: deferred to the end of the turn when owner is
  * cur (the calling worker), posted otherwise. Any thread (sink_ops.wake). */
 void worker_wake_session(struct worker *owner, struct session *s, struct worker *cur);
+/* Have w re-check its paused publishers (conn_flow_check) through its
+ * inbox; coalesced. Any thread. */
+void worker_post_flow(struct worker *w);
+/* sink_ops.drained: a flow check on each worker of `waiters` (bit id % 64).
+ * Any thread. */
+void worker_sink_drained(struct broker *b, uint64_t waiters);
 /* Ask w to close all its connections and stop its loop. Any thread. */
 void worker_post_stop(struct worker *w);
 

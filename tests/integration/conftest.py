@@ -51,6 +51,8 @@ STARLING_KEYS = {
     "tls_min_version", "ws_origins", "allow_anonymous", "password_file", "acl_file",
     "max_connections_per_listener", "max_connection_rate", "max_subscriptions_per_client",
     "max_topic_length", "max_publish_rate",
+    # flow control (docs/architecture.md)
+    "slow_subscriber_policy", "max_publisher_pause", "max_write_buffer", "workers",
 }
 
 # Starling key -> mosquitto key, for the options mosquitto has an equivalent of.

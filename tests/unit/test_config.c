@@ -66,9 +66,12 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL(c.max_connections, 0);
     CU_ASSERT_EQUAL(c.receive_maximum, 65535);
     CU_ASSERT_EQUAL(c.max_inflight, 20);
-    CU_ASSERT_EQUAL(c.max_queued_messages, 1000);
-    CU_ASSERT_EQUAL(c.max_queued_bytes, 67108864);
+    CU_ASSERT_EQUAL(c.max_queued_messages, 1000000);
+    CU_ASSERT_EQUAL(c.max_queued_bytes, 4194304);
     CU_ASSERT_EQUAL(c.queue_full_policy, QUEUE_DROP_NEW);
+    CU_ASSERT_EQUAL(c.slow_subscriber_policy, SLOW_BACKPRESSURE);
+    CU_ASSERT_EQUAL(c.max_publisher_pause_ms, 5000);
+    CU_ASSERT_EQUAL(c.max_write_buffer, 262144);
     CU_ASSERT_FALSE(c.queue_qos0_offline);
     CU_ASSERT_EQUAL(c.topic_alias_maximum, 10);
     CU_ASSERT_EQUAL(c.max_keepalive, 65535);
@@ -223,6 +226,12 @@ static void test_set_values(void)
     CU_ASSERT_EQUAL(c.max_qos, 0);
     CU_ASSERT_EQUAL(config_set(&c, "queue_full_policy", "drop_new", err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.queue_full_policy, QUEUE_DROP_NEW);
+    CU_ASSERT_EQUAL(config_set(&c, "slow_subscriber_policy", "Drop_Oldest", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.slow_subscriber_policy, SLOW_DROP_OLDEST);
+    CU_ASSERT_EQUAL(config_set(&c, "slow_subscriber_policy", "disconnect", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.slow_subscriber_policy, SLOW_DISCONNECT);
+    CU_ASSERT_EQUAL(config_set(&c, "max_publisher_pause", "0", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.max_publisher_pause_ms, 0);
     CU_ASSERT_EQUAL(config_set(&c, "port", "01883", err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.port, 1883);
 
@@ -287,6 +296,9 @@ static void test_bad_integers(void)
     expect_bad("max_queued_messages", "10000001", "out of range");
     expect_bad("max_queued_bytes", "1099511627777", "out of range");
     expect_bad("max_queued_bytes", "64M", "not a decimal integer");
+    expect_bad("slow_subscriber_policy", "sometimes", "not a slow subscriber policy");
+    expect_bad("max_publisher_pause", "3600001", "out of range");
+    expect_bad("max_write_buffer", "4095", "out of range");
     expect_bad("topic_alias_maximum", "65536", "out of range");
     expect_bad("max_keepalive", "0", "out of range");
     expect_bad("max_keepalive", "65536", "out of range");
