@@ -14,6 +14,7 @@
 #include "broker.h"
 #include "conn.h"
 #include "handle.h"
+#include "log.h"
 #include "persist.h"
 #include "session.h"
 #include "topic.h"
@@ -130,6 +131,18 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
     return 0;
 }
 
+/* Refuse a QoS 1/2 PUBLISH that was not done: 5.0 says why in its PUBACK /
+ * PUBREC (in order with the others); 3.1.1 has no way to, so the connection
+ * is closed and the client publishes again on its next one. */
+static void handle_publish_refuse(struct conn *c, enum mqtt_type ack, uint16_t pid, uint8_t reason)
+{
+    log_warn("%s: publish %u refused: %s", CONN_PEER(c), pid, mqtt_rc_str(reason));
+    if (c->version == MQTT_V5)
+        ackq_push(c, ack, pid, reason, true);
+    else
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+}
+
 /* Make the message and publish it; acknowledge a QoS 1/2 one once what the
  * acknowledgement promises is stored. */
 static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
@@ -200,6 +213,12 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
         return;
     }
     struct store_batch *bt = NULL;
+    if (p->qos > 0 && persist_batch_begin(b, &bt) < 0) {
+        /* out of memory before anything is stored: refused, not acknowledged */
+        handle_publish_refuse(c, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED);
+        return;
+    }
+    /* a duplicate or a refused QoS 2 id: persist_submit frees the batch */
     if (p->qos == 2 && handle_qos2_receive(c, p->packet_id, &bt) != 0) {
         persist_submit(b, &bt, NULL, NULL);
         return;
