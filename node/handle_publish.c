@@ -177,6 +177,24 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     if (hold)
         atomic_store(&m->hold, MSG_HELD);
     int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL);
+    if (matched < 0 && p->qos > 0) {
+        /* a matching session could not get it (out of memory): refused,
+         * and a held message is delivered by none of them */
+        if (hold)
+            broker_release(b, m, MSG_REJECTED, &targets, c->w);
+        if (p->qos == 2) { /* not received: the id is free again */
+            struct session *s = c->session;
+            lock_acquire(&s->lock);
+            session_qos2_remove(s, p->packet_id);
+            if (s->stored)
+                persist_qos2(b, bt, s, p->packet_id, false);
+            lock_release(&s->lock);
+        }
+        persist_submit(b, bt, NULL, NULL);
+        msg_unref(m);
+        handle_publish_refuse(c, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED);
+        return;
+    }
     if (p->qos > 0)
         /* [MQTT-3.1.1 4.3.2-2/4.3.3-2, MQTT-5.0 4.3.2-4/4.3.3-8]: acknowledged once it is stored
          * for every persistent session that must receive it */

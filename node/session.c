@@ -151,14 +151,14 @@ static struct qmsg *queue_admit(const struct config *cfg, struct session *s, str
     return q;
 }
 
-void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
-                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
-                     struct store_batch **bt)
+int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
+                    const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                    struct store_batch **bt)
 {
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
         atomic_fetch_add(&b->stats.msgs_dropped, 1);
-        return;
+        return -ENOMEM;
     }
     struct worker *target = NULL;
     struct qmsg *drop = NULL;
@@ -188,6 +188,7 @@ void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t
     qmsg_free(drop);
     if (target)
         b->sink->wake(target, s, cur);
+    return 0;
 }
 
 void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state)

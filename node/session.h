@@ -117,11 +117,12 @@ static inline void session_unref(struct session *s)
  * Offer m to s with the subscription's granted QoS and flags. Called from
  * any thread, without s->lock. `cur` is the calling worker or NULL. The
  * session takes its own reference on m if it keeps it. ids: subscription
- * identifiers (copied).
+ * identifiers (copied). Returns 0 (queued, or dropped by the queue limits
+ * and counted), or -ENOMEM: s does not have m.
  */
-void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
-                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
-                     struct store_batch **bt);
+int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
+                    const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                    struct store_batch **bt);
 
 /* Pump queued messages into the attached connection, within the inflight
  * window. Only the worker owning s->conn may call it; s->lock held. */
