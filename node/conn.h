@@ -88,6 +88,9 @@ struct conn {
     bool write_failed;
     bool problem_info;
     bool normal_disconnect;
+    /* worker_post_ack could not post a store result: the connection is
+     * closed by its worker (never left waiting for an acknowledgement) */
+    atomic_bool ack_lost;
 };
 
 /* The sink of the network layer (conn_sink.c), installed by server_run. */

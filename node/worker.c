@@ -173,6 +173,18 @@ static bool worker_post(struct worker *w, struct wcmd *cmd)
     return true;
 }
 
+/* Out of memory for a command: have w rescan its connections on its next
+ * turn (see struct worker.rescan). Any thread. */
+static void worker_post_rescan(struct worker *w)
+{
+    pthread_mutex_lock(&w->inbox_lock);
+    if (!w->inbox_closed) {
+        atomic_store(&w->rescan, true);
+        uv_async_send(&w->wake);
+    }
+    pthread_mutex_unlock(&w->inbox_lock);
+}
+
 void worker_post_flush(struct worker *w, struct session *s)
 {
     int want = w->id + 1;
@@ -180,8 +192,13 @@ void worker_post_flush(struct worker *w, struct session *s)
         return;
     atomic_store(&s->flush_posted, want);
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* not left marked as posted (it would never be flushed again):
+         * the rescan flushes it */
+        atomic_compare_exchange_strong(&s->flush_posted, &want, 0);
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_FLUSH;
     cmd->s = session_ref(s);
     worker_post(w, cmd);
@@ -202,8 +219,13 @@ void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool res
 void worker_post_ack(struct worker *w, struct conn *c, uint32_t token, int status)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* the result is lost: the connection is closed without the
+         * acknowledgement rather than left waiting for it */
+        atomic_store(&c->ack_lost, true);
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_ACK;
     cmd->c = conn_ref(c);
     cmd->token = token;
@@ -251,6 +273,7 @@ void worker_defer_flush(struct worker *w, struct session *s)
         struct session **p = realloc(w->flush, cap * sizeof(*p));
         if (!p) {
             atomic_store(&s->flush_posted, 0);
+            atomic_store(&w->rescan, true); /* flushed by this turn's rescan */
             return;
         }
         w->flush = p;
@@ -286,6 +309,16 @@ static void worker_on_check(uv_check_t *h)
         session_unref(w->flush[i]);
     }
     w->n_flush = 0;
+    if (atomic_exchange(&w->rescan, false)) {
+        /* commands were lost to failed allocations (struct worker.rescan) */
+        for (struct conn *k = w->conns, *next; k; k = next) {
+            next = k->next;
+            if (atomic_exchange(&k->ack_lost, false))
+                conn_close(k, MQTT_RC_UNSPECIFIED, false);
+            else if (k->state == CONN_ACTIVE && k->session)
+                worker_flush_session(w, k->session);
+        }
+    }
     struct conn *c = w->dirty;
     w->dirty = NULL;
     while (c) {

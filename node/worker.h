@@ -10,6 +10,7 @@
 #define STARLING_WORKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -38,6 +39,11 @@ struct worker {
     pthread_mutex_t inbox_lock;
     struct wcmd *inbox_head, *inbox_tail;
     bool inbox_closed;
+    /* A command could not be allocated (out of memory): at the end of its
+     * next loop turn the worker flushes every session it owns and closes
+     * the connections that lost an acknowledgement (conn.ack_lost). Set by
+     * any thread, which then wakes the loop (no allocation needed). */
+    atomic_bool rescan;
 
     /* connections of this worker (doubly linked) */
     struct conn *conns;
