@@ -242,8 +242,11 @@ void conn_accept(struct worker *w, uv_stream_t *server)
 {
     struct broker *b = w->b;
     struct conn *c = calloc(1, sizeof(*c));
-    if (!c)
+    if (!c) {
+        /* not accepted, the listener waits for it: retried on the next tick */
+        w->accept_retry = true;
         return;
+    }
     atomic_init(&c->refs, 1);
     c->w = w;
     c->client_max_packet = UINT32_MAX;

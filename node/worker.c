@@ -403,6 +403,10 @@ static void worker_on_tick(uv_timer_t *t)
 {
     struct worker *w = t->data;
     uint64_t now = uv_now(&w->loop);
+    if (w->accept_retry && !w->stopping) {
+        w->accept_retry = false;
+        conn_accept(w, (uv_stream_t *)&w->listener);
+    }
     struct conn *c = w->conns;
     while (c) {
         struct conn *next = c->next;

@@ -44,6 +44,9 @@ struct worker {
      * the connections that lost an acknowledgement (conn.ack_lost). Set by
      * any thread, which then wakes the loop (no allocation needed). */
     atomic_bool rescan;
+    /* conn_accept could not allocate a connection: libuv stops watching the
+     * listener until the pending one is accepted, so the tick retries it */
+    bool accept_retry;
 
     /* connections of this worker (doubly linked) */
     struct conn *conns;
