@@ -99,6 +99,12 @@ static struct mqtt_props *conn_droppable_props(struct mqtt_packet *p)
     }
 }
 
+void conn_fail_output(struct conn *c)
+{
+    c->write_failed = true;
+    worker_mark_dirty(c->w, c);
+}
+
 int conn_send(struct conn *c, struct mqtt_packet *p)
 {
     if (c->state == CONN_CLOSED)
@@ -107,6 +113,8 @@ int conn_send(struct conn *c, struct mqtt_packet *p)
     long n = mqtt_encode(&c->out, c->version ? c->version : MQTT_V311, p);
     if (n < 0) {
         c->out.len = before;
+        if (n == -ENOMEM)
+            conn_fail_output(c);
         return 0;
     }
     if ((uint64_t)n > c->client_max_packet && c->version == MQTT_V5) {
@@ -120,6 +128,8 @@ int conn_send(struct conn *c, struct mqtt_packet *p)
         n = mqtt_encode(&c->out, c->version, p);
         if (n < 0 || (uint64_t)n > c->client_max_packet) {
             c->out.len = before;
+            if (n == -ENOMEM)
+                conn_fail_output(c);
             return 0;
         }
     }

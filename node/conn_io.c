@@ -149,7 +149,12 @@ void conn_flush(struct conn *c)
     if (c->write_failed) {
         c->out.len = 0;
         if (conn_is_open(c)) {
-            conn_close(c, 0, false);
+            conn_close(c, 0, false); /* which flushes (closes) again */
+            return;
+        }
+        if (c->state == CONN_CLOSING) {
+            /* nothing more can be written: no grace period to wait out */
+            conn_io_close(c);
             return;
         }
     }

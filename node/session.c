@@ -291,6 +291,13 @@ void session_flush_locked(struct broker *b, struct session *s)
             q->state = MSG_STATE_QUEUED;
             break;
         }
+        if (r == -ENOMEM && q->qos > 0) {
+            /* out of memory: the connection closes (see sink_ops.publish),
+             * the message stays first in the queue for the next one */
+            q->state = MSG_STATE_QUEUED;
+            q->pid = 0;
+            break;
+        }
         queue_pop(s);
         if (r <= 0 || q->qos == 0) {
             session_drop(b, s, q, &bt, r <= 0);
@@ -321,13 +328,15 @@ void session_resume_locked(struct broker *b, struct session *s)
     struct qmsg *prev = NULL, *q = s->inflight.head;
     while (q) {
         struct qmsg *next = q->next;
+        int r = 0;
         if (q->state == MSG_STATE_WAIT_PUBCOMP) {
             /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend PUBREL for QoS 2 messages past PUBREC
              */
             b->sink->pubrel(c, q->pid);
             prev = q;
-        } else if (b->sink->publish(c, q, true, now) > 0) {
-            /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend unacknowledged PUBLISH with DUP set */
+        } else if ((r = b->sink->publish(c, q, true, now)) > 0 || r == -ENOMEM) {
+            /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend unacknowledged PUBLISH with DUP set;
+             * out of memory: kept for the next connection (this one closes) */
             prev = q;
         } else {
             /* cannot be sent to this connection any more: drop it */
