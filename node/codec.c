@@ -1099,7 +1099,9 @@ static void codec_enc_connect(struct codec_wr *w, uint8_t version, const struct 
 
 static void codec_enc_connack(struct codec_wr *w, uint8_t version, const struct mqtt_connack *c)
 {
-    codec_put_u8(w, c->session_present ? 1 : 0);
+    /* MQTT 3.1 (section 3.2) has no session present flag: the first byte
+     * of its CONNACK variable header is reserved, 0 */
+    codec_put_u8(w, c->session_present && version != MQTT_V31 ? 1 : 0);
     codec_put_u8(w, c->reason);
     codec_props_if_v5(w, version, &c->props);
 }

@@ -72,6 +72,25 @@ def test_MQTT_311_3_1_mqtt31_mqisdp_accepted(broker):
     assert M.PUBACK in got
 
 
+def test_MQTT_31_3_2_connack_byte_1_reserved_no_session_present(broker):
+    """MQTT 3.1 (section 3.2, CONNACK): the first byte of the variable header
+    is reserved ("not used") -- 3.1 has no session present flag, which came
+    with 3.1.1. A 3.1 client resuming its session (clean session 0) gets
+    0x00 there, not 0x01."""
+    b = broker()
+    cid = uid()
+    c = M.Client(b, version=3)
+    assert c.connect(cid, version=3, clean=False).body == b"\x00\x00"
+    c.subscribe(("t31/keep", 1))
+    c.disconnect()
+    c = M.Client(b, version=3)
+    assert c.connect(cid, version=3, clean=False).body == b"\x00\x00"
+    # the session was resumed all the same: its subscription is there
+    c.publish("t31/keep", b"kept", qos=1)
+    got = {p.type: p for p in (c.recv(), c.recv())}
+    assert got[M.PUBLISH].payload == b"kept"
+
+
 # ------------------------------------------------------------ first / second CONNECT
 
 @pytest.mark.parametrize("first", [M.pingreq(), M.publish("a", b"x", version=4),
