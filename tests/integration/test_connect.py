@@ -234,6 +234,28 @@ def test_MQTT_311_3_1_2_6_clean_session_discards_session_311(broker):
     raw_marker(c, c, "sess/marker")
 
 
+@pytest.mark.parametrize("version", [4, 5])
+def test_MQTT_311_3_1_2_6_clean_session_1_not_resumed_by_takeover(broker, version):
+    """[MQTT-3.1.1 3.1.2-6] a session started with CleanSession 1 lasts as
+    long as its network connection and its state is never reused (5.0: a
+    Session Expiry Interval of 0 ends the session with the connection, MQTT
+    5.0 section 3.1.2.11.2). A CleanSession 0 CONNECT with the same client id
+    that takes the connection over starts a new session: session present 0,
+    and the old subscription is gone."""
+    b = broker()
+    cid = uid()
+    old = raw(b, cid, version=version, clean=True)
+    old.subscribe(("sess/clean1", 1))
+    kw = {"properties": {"session_expiry_interval": 60}} if version == 5 else {}
+    new = raw(b, cid, version=version, clean=False, **kw)
+    assert new.connack.session_present is False
+    assert new.connack.reason_code == 0
+    old.expect_closed()
+    new.subscribe(("sess/marker", 0))
+    new.publish("sess/clean1", b"must not arrive")
+    raw_marker(new, new, "sess/marker")
+
+
 def test_MQTT_50_3_1_2_4_clean_start_discards_session(broker):
     """[MQTT-5.0 3.1.2-4] Clean Start 1 discards an existing session."""
     b = broker()
