@@ -92,6 +92,18 @@ def test_MQTT_311_4_7_1_1_will_topic_wildcard_refused(broker):
     closed_no_connack_accept(c)
 
 
+@pytest.mark.parametrize("topic", ["", "w/+", "w/#"], ids=["empty", "plus", "hash"])
+def test_MQTT_311_3_1_4_1_will_topic_not_a_topic_name_closed_without_connack(broker, topic):
+    """[MQTT-3.1.1 3.1.4-1] the Server MUST validate that the CONNECT packet
+    conforms to section 3.1 and close the Network Connection without
+    sending a CONNACK if it does not: a will topic that is empty
+    [MQTT-3.1.1 4.7.3-1] or holds wildcards is not a Topic Name."""
+    b = broker()
+    c = M.Client(b, version=V)
+    c.send(M.connect(uid(), version=V, will={"topic": topic, "payload": b"x"}))
+    assert c.expect_closed() == []
+
+
 def test_MQTT_311_3_1_3_11_username_and_password_accepted(broker):
     """User name (UTF-8) and password (binary) fields are parsed; anonymous
     access is allowed so the CONNECT is accepted."""
