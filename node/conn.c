@@ -224,6 +224,16 @@ static void conn_handle_first(struct conn *c, const uint8_t *data, size_t len)
         conn_close(c, 0, false);
         return;
     }
+    const struct mqtt_bytes *name = &pkt.u.connect.protocol_name;
+    if (r == -MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION &&
+        !(name->len == 4 && memcmp(name->data, "MQTT", 4) == 0) &&
+        !(name->len == 6 && memcmp(name->data, "MQIsdp", 6) == 0)) {
+        /* [MQTT-3.1.1 3.1.2-1, MQTT-5.0 3.1.2-1] not an MQTT protocol name:
+         * the server may disconnect and must not go on with this
+         * specification, so no CONNACK (which belongs to it) either */
+        conn_close(c, 0, false);
+        return;
+    }
     if (r == -MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION) {
         /* [MQTT-3.1.1 3.1.2-2, MQTT-5.0 3.1.2-2] unsupported protocol level */
         if (pkt.u.connect.protocol_version == MQTT_V5)

@@ -517,6 +517,38 @@ def test_MQTT_311_4_7_1_invalid_topic_filter_refused(broker, flt):
     assert p.reason_codes == [0x80]
 
 
+def test_MQTT_311_4_7_3_1_subscribe_empty_filter_closes(broker):
+    """[MQTT-3.1.1 4.7.3-1] topic filters are at least one character long; a
+    SUBSCRIBE with an empty one is a protocol violation, on which 3.1.1
+    closes the connection [MQTT-3.1.1 4.8.0-1] -- no SUBACK, and the valid
+    filter beside it is not subscribed either."""
+    b = broker()
+    c = r4(b)
+    c.subscribe([("ok/filter", 0), ("", 0)], expect=False)
+    assert c.expect_closed() == []
+
+
+def test_MQTT_311_4_7_3_1_unsubscribe_empty_filter_closes(broker):
+    """[MQTT-3.1.1 4.7.3-1/4.8.0-1] the same for UNSUBSCRIBE."""
+    b = broker()
+    c = r4(b)
+    c.subscribe(("ok/filter", 0))
+    c.unsubscribe(["", "ok/filter"], expect=False)
+    assert c.expect_closed() == []
+
+
+@pytest.mark.parametrize("name", ["MQTX", "mqtt", ""])
+def test_MQTT_311_3_1_2_1_wrong_protocol_name_closed_without_connack(broker, name):
+    """[MQTT-3.1.1 3.1.2-1, MQTT-5.0 3.1.2-1] if the protocol name is
+    incorrect the server may disconnect the client, and must not go on
+    processing the CONNECT in line with this specification: closed, without
+    a CONNACK."""
+    b = broker()
+    c = M.Client(b, version=V)
+    c.send(M.connect(uid(), version=V, protocol_name=name))
+    assert c.expect_closed() == []
+
+
 def test_MQTT_311_3_8_3_4_subscribe_qos_3_closes(broker):
     """[MQTT-3.1.1 3.8.3-4] a Requested QoS of 3 (or reserved bits) is malformed."""
     b = broker()
