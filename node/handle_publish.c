@@ -131,6 +131,13 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
     return 0;
 }
 
+/* Is topic $SYS or under it? */
+static bool handle_topic_is_sys(const struct mqtt_bytes *topic)
+{
+    return topic->len >= 4 && memcmp(topic->data, "$SYS", 4) == 0 &&
+           (topic->len == 4 || topic->data[4] == '/');
+}
+
 /* Refuse a QoS 1/2 PUBLISH that was not done: 5.0 says why in its PUBACK /
  * PUBREC (in order with the others); 3.1.1 has no way to, so the connection
  * is closed and the client publishes again on its next one. */
@@ -230,6 +237,14 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
             ackq_push(c, ack, p->packet_id, MQTT_RC_PAYLOAD_FORMAT_INVALID, true);
         return;
     }
+    if (v5 && p->qos > 0 && handle_topic_is_sys(&topic)) {
+        /* $SYS belongs to the broker: a client may not spoof its
+         * statistics (MQTT 5.0 section 4.7.2: the server may prevent
+         * clients from using $-topics to exchange messages with other
+         * clients) */
+        ackq_push(c, ack, p->packet_id, MQTT_RC_NOT_AUTHORIZED, true);
+        return;
+    }
     struct store_batch *bt = NULL;
     if (p->qos > 0 && persist_batch_begin(b, &bt) < 0) {
         /* out of memory before anything is stored: refused, not acknowledged */
@@ -241,8 +256,10 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
         persist_submit(b, &bt, NULL, NULL);
         return;
     }
-    /* Clients do not publish into $SYS: the broker owns it. */
-    bool sys = topic.len >= 4 && memcmp(topic.data, "$SYS", 4) == 0;
+    /* Clients do not publish into $SYS: the broker owns it (5.0 refuses
+     * with 0x87 above; 3.x has no way to say so, the message is dropped and
+     * acknowledged as Mosquitto does). */
+    bool sys = handle_topic_is_sys(&topic);
     if (!sys)
         handle_publish_deliver(c, p, &topic, ack, &bt);
     else if (p->qos > 0)
