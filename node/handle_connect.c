@@ -72,8 +72,10 @@ static int handle_connect_check(const struct config *cfg, const struct mqtt_conn
         return MQTT_RC_BAD_AUTH_METHOD;
     if (!ck->will_flag)
         return 0;
-    if (!topic_name_valid((const char *)ck->will_topic.data, ck->will_topic.len))
-        /* [MQTT-3.1.1 3.1.4-1] a 3.x CONNECT that does not conform (a will
+    if (!topic_name_valid((const char *)ck->will_topic.data, ck->will_topic.len) ||
+        handle_topic_too_deep(cfg, (const char *)ck->will_topic.data, ck->will_topic.len))
+        /* (deeper than max_topic_levels: refused like an invalid topic)
+         * [MQTT-3.1.1 3.1.4-1] a 3.x CONNECT that does not conform (a will
          * topic that is no topic name: empty [MQTT-3.1.1 4.7.3-1] or with
          * wildcards [MQTT-3.1.1 3.3.2-2]) is closed without a CONNACK; 5.0
          * answers 0x90 */

@@ -87,6 +87,9 @@ static uint8_t handle_publish_check(struct conn *c, const struct mqtt_publish *p
                                           required */
     if (!topic_name_valid((const char *)topic->data, topic->len))
         return MQTT_RC_TOPIC_NAME_INVALID; /* [MQTT-3.1.1 3.3.2-2, MQTT-5.0 3.3.2-2] no wildcards */
+    if (handle_topic_too_deep(cfg, (const char *)topic->data, topic->len))
+        return MQTT_RC_TOPIC_NAME_INVALID; /* more levels than max_topic_levels: refused like an
+                                              invalid name */
     if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_RESPONSE_TOPIC)) &&
         !topic_name_valid((const char *)p->props.response_topic.data, p->props.response_topic.len))
         return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-5.0 3.3.2-14] Response Topic: no wildcards */

@@ -82,7 +82,9 @@ static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint
     const char *group, *inner;
     size_t glen, ilen;
     int shared = topic_share_parse(filter, f->len, &group, &glen, &inner, &ilen);
-    if (shared < 0 || !topic_filter_valid(filter, f->len))
+    if (shared < 0 || !topic_filter_valid(filter, f->len) ||
+        handle_topic_too_deep(cfg, shared == 1 ? inner : filter, shared == 1 ? ilen : f->len))
+        /* (a filter deeper than max_topic_levels is refused the same way) */
         return v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
     if (shared == 1 && (opts & MQTT_SUBOPT_NO_LOCAL))
         return -1; /* [MQTT-5.0 3.8.3-4] No Local on a shared subscription */

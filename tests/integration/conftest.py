@@ -45,6 +45,7 @@ STARLING_KEYS = {
     "max_keepalive", "connect_timeout", "sys_interval", "max_session_expiry",
     "retain_available", "max_qos", "allow_zero_length_clientid", "max_connections",
     "log_level", "persistence", "data_dir", "sync", "api_key", "metrics_auth", "admin_bind",
+    "max_topic_levels",
 }
 
 # Starling key -> mosquitto key, for the options mosquitto has an equivalent of.
