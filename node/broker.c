@@ -122,9 +122,13 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     struct store_batch *local = NULL;
     if (!bt)
         bt = &local;
+    int failed = 0;
     if (m->retain && b->cfg.retain_available && !(flags & BROKER_PUB_LOCAL)) {
-        retain_set(b->retained, m); /* [MQTT-3.1.1 3.3.1-5/10, MQTT-5.0 3.3.1-5/6] */
-        if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
+        /* [MQTT-3.1.1 3.3.1-5/10, MQTT-5.0 3.3.1-5/6]; out of memory, it is
+         * not retained (nor stored) and the publish fails */
+        if (retain_set(b->retained, m) < 0)
+            failed = -ENOMEM;
+        else if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
             persist_retained(b, bt, m);
     }
 
@@ -142,7 +146,9 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     if (ms.n > 1 && !unique)
         qsort(ms.v, ms.n, sizeof(*ms.v), broker_match_cmp);
 
-    int delivered = 0, failed = ms.oom ? -ENOMEM : 0;
+    int delivered = 0;
+    if (ms.oom)
+        failed = -ENOMEM;
     uint32_t ids_stack[16];
     size_t i = 0;
     while (i < ms.n) {

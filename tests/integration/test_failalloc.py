@@ -21,7 +21,8 @@ that would have to be threaded through every allocation on those paths.
 What is checked: every QoS 1/2 PUBLISH acknowledged with success (PUBACK /
 PUBREC reason < 0x80) while allocations failed is delivered, after a
 restart of the broker from its store, to both persistent subscribers (one
-offline during the failures, one online); the broker refused some
+offline during the failures, one online), and every acknowledged retained
+one (one in five) is retained; the broker refused some
 publishes (5.0: 0x97; 3.1.1: closed) rather than none, and exits cleanly
 with no sanitizer report.
 """
@@ -45,6 +46,7 @@ SHIM = Path(os.environ.get(
     "STARLING_TEST_FAILALLOC",
     str(Path(STARLING_BIN).resolve().parents[1] / "tests" / "failalloc" / "libfailalloc.so")))
 TOPIC = "fa/t"
+FILTER = "fa/#"
 N_PER_CLIENT = 150
 # the failures are pseudo-random: a failing seed reproduces a failure
 SEED = int(os.environ.get("STARLING_TEST_FAILALLOC_SEED", "7"))
@@ -95,8 +97,10 @@ def publish_all(b, version, tag, n):
                 continue
         payload = f"{tag}-{i}".encode()
         qos = 1 + i % 2
+        # every 5th is retained, on a topic of its own
+        topic, retain = (f"fa/r/{tag}-{i}", True) if i % 5 == 0 else (TOPIC, False)
         try:
-            pid = c.publish(TOPIC, payload, qos=qos)
+            pid = c.publish(topic, payload, qos=qos, retain=retain)
             p = c.recv()
             while p.type not in (M.PUBACK, M.PUBREC):
                 p = c.recv()
@@ -125,6 +129,26 @@ def publish_all(b, version, tag, n):
     return acked, refused
 
 
+def retained_now(b, marker):
+    """The payloads retained under fa/r/# on b, as a new subscriber gets
+    them (before `marker`, published after it subscribed)."""
+    r = M.Client(b, version=5)
+    r.connect(uid("ret"))
+    r.subscribe([("fa/r/#", 1), ("fa/m", 1)])
+    p = M.Client(b, version=5)
+    p.connect(uid("pub"))
+    p.publish("fa/m", marker, qos=1)
+    assert p.expect(M.PUBACK).reason_code == 0
+    p.disconnect()
+    got = collect(r, marker)
+    r.disconnect()
+    return got
+
+
+def retained_of(acked):
+    return {x for x in acked if int(x.split(b"-")[-1]) % 5 == 0}
+
+
 def collect(c, marker):
     """Payloads received by c until `marker` (published after the rest)."""
     got = set()
@@ -147,7 +171,7 @@ def test_no_acknowledgement_without_its_write(broker):
         offline, online = uid("off"), uid("on")
         for cid in (offline, online):
             c, _ = subscriber(b, cid, 5)
-            c.subscribe((TOPIC, M.sub_options(qos=2)))
+            c.subscribe((FILTER, M.sub_options(qos=2)))
             if cid == offline:
                 c.disconnect()
             else:
@@ -158,6 +182,11 @@ def test_no_acknowledgement_without_its_write(broker):
         acked3, refused3 = publish_all(b, 4, "v311", N_PER_CLIENT)
         b.send_signal(signal.SIGUSR2)  # disarm
         live.close()
+        # every acknowledged retained message is retained (in memory)...
+        want = retained_of(acked5 | acked3)
+        assert want, "no retained message was acknowledged"
+        missing = sorted(want - retained_now(b, b"marker-" + uid().encode()))
+        assert not missing, f"acknowledged but not retained: {missing[:10]}"
         b.stop()
         failures = [l for l in b.stderr_text().splitlines() if l.startswith("failalloc:")]
         assert failures and failures[-1] != "failalloc: 0 allocations failed", failures
@@ -183,5 +212,9 @@ def test_no_acknowledgement_without_its_write(broker):
             missing = sorted(acked - got)
             assert not missing, f"{cid}: acknowledged but not delivered: {missing[:10]}"
             c.disconnect()
+        # ... and in the store
+        missing = sorted(want - retained_now(b2, b"marker-" + uid().encode()))
+        assert not missing, f"acknowledged but not retained after restart: {missing[:10]}"
+
     finally:
         shutil.rmtree(data, ignore_errors=True)
