@@ -207,8 +207,11 @@ void worker_post_flush(struct worker *w, struct session *s)
 void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool resumed)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* the rescan closes c: its session is no longer attached to it */
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_KICK;
     cmd->c = conn_ref(c);
     cmd->reason = reason;
@@ -255,8 +258,11 @@ void worker_wake_session(struct worker *owner, struct session *s, struct worker 
 void worker_post_stop(struct worker *w)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* the wake-up sees b->stopping (set before any stop is posted) */
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_STOP;
     worker_post(w, cmd);
 }
@@ -313,10 +319,20 @@ static void worker_on_check(uv_check_t *h)
         /* commands were lost to failed allocations (struct worker.rescan) */
         for (struct conn *k = w->conns, *next; k; k = next) {
             next = k->next;
-            if (atomic_exchange(&k->ack_lost, false))
+            if (atomic_exchange(&k->ack_lost, false)) {
                 conn_close(k, MQTT_RC_UNSPECIFIED, false);
-            else if (k->state == CONN_ACTIVE && k->session)
-                worker_flush_session(w, k->session);
+                continue;
+            }
+            struct session *s = k->session;
+            if (k->state != CONN_ACTIVE || !s)
+                continue;
+            lock_acquire(&s->lock);
+            bool taken_over = s->conn != k;
+            lock_release(&s->lock);
+            if (taken_over) /* [MQTT-3.1.1 3.1.4-2, MQTT-5.0 3.1.4-3] its kick was lost */
+                conn_close(k, MQTT_RC_SESSION_TAKEN_OVER, false);
+            else
+                worker_flush_session(w, s);
         }
     }
     struct conn *c = w->dirty;
@@ -395,7 +411,8 @@ static void worker_on_wake(uv_async_t *h)
         worker_free_cmd(cmd);
         cmd = next;
     }
-    if (stop)
+    /* b->stopping: also when the WCMD_STOP could not be allocated */
+    if (stop || atomic_load(&w->b->stopping))
         worker_stop(w);
 }
 
