@@ -301,6 +301,13 @@ static void test_v31_connack_has_no_session_present(void)
     const uint8_t expect[] = {0x20, 2, 0, 0};
     CU_ASSERT_EQUAL(g_out.len, sizeof(expect));
     CU_ASSERT(memcmp(g_out.data, expect, sizeof(expect)) == 0);
+    CU_ASSERT_FALSE(out.u.connack.session_present);
+    /* and a 3.1 CONNACK's first byte is ignored when decoded */
+    struct mqtt_packet pkt;
+    CU_ASSERT_EQUAL(DECP(MQTT_V31, &pkt, 0x20, 2, 0x01, 0), 0);
+    CU_ASSERT_FALSE(pkt.u.connack.session_present);
+    CU_ASSERT_EQUAL(DECP(MQTT_V311, &pkt, 0x20, 2, 0x01, 0), 0);
+    CU_ASSERT_TRUE(pkt.u.connack.session_present);
 }
 
 /* PUBLISH without properties takes mqtt_encode's direct path: exact bytes,
