@@ -82,7 +82,10 @@ void persist_session_sync(const struct broker *b, struct session *s, struct stor
 bool persist_submit(const struct broker *b, struct store_batch **bt,
                     void (*done)(void *ud, int status), void *ud);
 
-/* The packet identifier of the message with sequence number seq. */
+/* The packet identifier of the message with sequence number seq: 1..65535
+ * for seq 0..65534, then again from 1. A new session's sequence starts at
+ * 0 (its first packet identifier is 1); a restored one continues after the
+ * highest sequence number in the store, whose messages keep their ids. */
 static inline uint16_t persist_pid_of(uint64_t seq)
 {
     return (uint16_t)(seq % 65535u + 1u);

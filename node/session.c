@@ -29,7 +29,9 @@ struct session *session_new(const char *id, uint16_t len)
     s->id_len = len;
     atomic_init(&s->refs, 1);
     atomic_init(&s->flush_posted, 0);
-    s->next_seq = 1;
+    /* the first message gets sequence number 0, packet identifier 1
+     * (persist_pid_of), as clients and packet captures expect */
+    s->next_seq = 0;
     return s;
 }
 

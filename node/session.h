@@ -73,7 +73,7 @@ struct session {
     uint32_t expiry_interval; /* seconds; 0xFFFFFFFF = never */
     struct conn *conn;        /* attached connection (opaque: see sink.h), or NULL */
     struct worker *w;         /* the worker that owns conn (opaque) */
-    uint64_t next_seq;
+    uint64_t next_seq;        /* from 0 for a new session; restored: after the last stored one */
     uint64_t disconnected_at; /* monotonic ms, while offline */
     /* subscriptions */
     struct session_sub *subs;
