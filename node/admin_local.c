@@ -139,6 +139,8 @@ static int admin_local_publish(void *ud, const struct admin_publish *p, char *er
     }
     int n = broker_publish(b, m, 0, NULL, NULL, NULL, NULL);
     msg_unref(m);
+    if (n == -ENOMEM)
+        snprintf(err, errlen, "out of memory: a matching subscriber may not have the message");
     return n;
 }
 

@@ -39,6 +39,7 @@ struct match {
 struct match_set {
     struct match *v;
     size_t n, cap;
+    bool oom; /* a match was lost to a failed allocation */
     struct match stack[32];
 };
 
@@ -56,8 +57,10 @@ static void broker_on_match(void *ud, void *subscriber, uint8_t options, uint32_
         } else {
             p = realloc(ms->v, cap * sizeof(*p));
         }
-        if (!p)
+        if (!p) {
+            ms->oom = true; /* the publish fails: not acknowledged */
             return;
+        }
         ms->v = p;
         ms->cap = cap;
     }
@@ -82,17 +85,18 @@ static int broker_match_cmp(const void *a, const void *b)
     return (uintptr_t)x->s < (uintptr_t)y->s ? -1 : 1;
 }
 
-static void broker_target_add(struct pub_targets *t, struct session *s)
+static int broker_target_add(struct pub_targets *t, struct session *s)
 {
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 8;
         struct session **v = realloc(t->v, cap * sizeof(*v));
         if (!v)
-            return; /* that session flushes on its next trigger */
+            return -ENOMEM; /* s would not flush when the message is released */
         t->v = v;
         t->cap = cap;
     }
     t->v[t->n++] = session_ref(s);
+    return 0;
 }
 
 void broker_release(struct broker *b, struct msg *m, int state, struct pub_targets *targets,
@@ -146,9 +150,13 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     struct store_batch *local = NULL;
     if (!bt)
         bt = &local;
+    int failed = 0;
     if (m->retain && b->cfg.retain_available && !(flags & BROKER_PUB_LOCAL)) {
-        retain_set(b->retained, m); /* [MQTT-3.1.1 3.3.1-5/10, MQTT-5.0 3.3.1-5/6] */
-        if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
+        /* [MQTT-3.1.1 3.3.1-5/10, MQTT-5.0 3.3.1-5/6]; out of memory, it is
+         * not retained (nor stored) and the publish fails */
+        if (retain_set(b->retained, m) < 0)
+            failed = -ENOMEM;
+        else if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
             persist_retained(b, bt, m);
     }
 
@@ -156,6 +164,7 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     ms.v = ms.stack;
     ms.n = 0;
     ms.cap = sizeof(ms.stack) / sizeof(ms.stack[0]);
+    ms.oom = false;
     bool unique;
     sub_index_match_ex(b->index, msg_topic(m), m->topic_len, broker_session_online, broker_on_match,
                        &ms, &unique);
@@ -169,6 +178,8 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
      * acl_file nothing is. */
     struct acl *acl = b->auth.has_acl && ms.n ? auth_acl(&b->auth) : NULL;
     int delivered = 0;
+    if (ms.oom)
+        failed = -ENOMEM;
     uint32_t ids_stack[16];
     size_t i = 0;
     while (i < ms.n) {
@@ -185,8 +196,14 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
         uint16_t n_ids = 0;
         if (j - i > sizeof(ids_stack) / sizeof(ids_stack[0])) {
             ids = malloc((j - i) * sizeof(*ids));
-            if (!ids)
-                ids = ids_stack, j = i + sizeof(ids_stack) / sizeof(ids_stack[0]);
+            if (!ids) {
+                /* out of memory: this session does not get it */
+                failed = -ENOMEM;
+                for (size_t k = i; k < j; k++)
+                    session_unref(ms.v[k].s);
+                i = j;
+                continue;
+            }
         }
         for (size_t k = i; k < j; k++) {
             uint8_t o = ms.v[k].options;
@@ -206,9 +223,9 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
             qos = -1;
         if (qos >= 0) {
             uint8_t dq = m->qos < qos ? m->qos : (uint8_t)qos;
-            session_deliver(b, s, m, dq, retain, ids, n_ids, cur, bt, flow);
-            if (targets)
-                broker_target_add(targets, s);
+            if (session_deliver(b, s, m, dq, retain, ids, n_ids, cur, bt, flow) < 0 ||
+                (targets && broker_target_add(targets, s) < 0))
+                failed = -ENOMEM;
             delivered++;
         }
         if (ids != ids_stack)
@@ -217,9 +234,6 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
             session_unref(ms.v[k].s);
         i = j;
     }
-    /* sessions whose ids did not fit after a failed allocation */
-    for (; i < ms.n; i++)
-        session_unref(ms.v[i].s);
     if (ms.v != ms.stack)
         free(ms.v);
     acl_unref(acl);
@@ -233,7 +247,7 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     }
     if (local)
         persist_submit(b, &local, NULL, NULL);
-    return delivered;
+    return failed ? failed : delivered;
 }
 
 void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, struct worker *cur)

@@ -128,8 +128,11 @@ enum {
  * BROKER_PUB_LOCAL, learn from the route interface which other nodes have
  * one). `cur` is the calling worker (NULL for other threads): deliveries to
  * its own sessions are flushed at the end of its loop turn, others through
- * the owning worker's inbox. Returns the number of sessions that receive it.
- * The caller keeps its reference on m. Store operations (the message for
+ * the owning worker's inbox. Returns the number of sessions that receive it,
+ * or -ENOMEM when an allocation failed and a matching session may not have
+ * it: the caller must not acknowledge the publish (a held message is
+ * released MSG_REJECTED, so no session delivers it). The caller keeps its
+ * reference on m. Store operations (the message for
  * persistent sessions, a retained message) go into *bt, which the caller
  * submits; with bt NULL they are submitted here. With targets, the sessions
  * are collected there (see broker_release). `flow` (NULL for messages the

@@ -73,6 +73,7 @@ static const struct key_def keys[] = {
     KEY("max_write_buffer", T_U32, max_write_buffer, 4096, 1073741824),
     KEY("topic_alias_maximum", T_U16, topic_alias_maximum, 0, 65535),
     KEY("max_keepalive", T_U16, max_keepalive, 1, 65535),
+    KEY("max_topic_levels", T_U16, max_topic_levels, 0, 65535),
     KEY("connect_timeout", T_U32, connect_timeout, 1, 3600),
     KEY("sys_interval", T_U32, sys_interval, 0, 86400),
     KEY("max_session_expiry", T_U32, max_session_expiry, 0, 4294967295u),
@@ -142,6 +143,7 @@ void config_defaults(struct config *c)
     c->queue_qos0_offline = false;
     c->topic_alias_maximum = 10;
     c->max_keepalive = 65535;
+    c->max_topic_levels = 200;
     c->connect_timeout = 10;
     c->sys_interval = 10;
     c->max_session_expiry = 0;

@@ -50,6 +50,7 @@ struct config {
     bool queue_qos0_offline;                 /* queue_qos0_messages, default false */
     uint16_t topic_alias_maximum;            /* topic_alias_maximum, default 10 */
     uint16_t max_keepalive;                  /* max_keepalive, default 65535 */
+    uint16_t max_topic_levels;               /* max_topic_levels, default 200; 0 = no limit */
     uint32_t connect_timeout;                /* connect_timeout seconds, default 10 */
     uint32_t sys_interval;                   /* sys_interval seconds, default 10; 0 = off */
     uint32_t max_session_expiry;             /* max_session_expiry seconds, default 0 = no cap */

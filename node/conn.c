@@ -102,6 +102,12 @@ static struct mqtt_props *conn_droppable_props(struct mqtt_packet *p)
     }
 }
 
+void conn_fail_output(struct conn *c)
+{
+    c->write_failed = true;
+    worker_mark_dirty(c->w, c);
+}
+
 int conn_send(struct conn *c, struct mqtt_packet *p)
 {
     if (c->state == CONN_CLOSED)
@@ -110,6 +116,8 @@ int conn_send(struct conn *c, struct mqtt_packet *p)
     long n = mqtt_encode(&c->out, c->version ? c->version : MQTT_V311, p);
     if (n < 0) {
         c->out.len = before;
+        if (n == -ENOMEM)
+            conn_fail_output(c);
         return 0;
     }
     if ((uint64_t)n > c->client_max_packet && c->version == MQTT_V5) {
@@ -123,6 +131,8 @@ int conn_send(struct conn *c, struct mqtt_packet *p)
         n = mqtt_encode(&c->out, c->version, p);
         if (n < 0 || (uint64_t)n > c->client_max_packet) {
             c->out.len = before;
+            if (n == -ENOMEM)
+                conn_fail_output(c);
             return 0;
         }
     }
@@ -220,6 +230,16 @@ static void conn_handle_first(struct conn *c, const uint8_t *data, size_t len)
     int r = mqtt_decode(0, data, len, &pkt);
     if ((data[0] >> 4) != MQTT_CONNECT) {
         /* [MQTT-3.1.1 3.1.0-1, MQTT-5.0 3.1.0-1] the first packet must be CONNECT */
+        conn_close(c, 0, false);
+        return;
+    }
+    const struct mqtt_bytes *name = &pkt.u.connect.protocol_name;
+    if (r == -MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION &&
+        !(name->len == 4 && memcmp(name->data, "MQTT", 4) == 0) &&
+        !(name->len == 6 && memcmp(name->data, "MQIsdp", 6) == 0)) {
+        /* [MQTT-3.1.1 3.1.2-1, MQTT-5.0 3.1.2-1] not an MQTT protocol name:
+         * the server may disconnect and must not go on with this
+         * specification, so no CONNACK (which belongs to it) either */
         conn_close(c, 0, false);
         return;
     }

@@ -109,6 +109,9 @@ struct conn {
     bool problem_info;
     bool normal_disconnect;
     bool throttled; /* max_publish_rate reached: reading paused until the next window */
+    /* worker_post_ack could not post a store result: the connection is
+     * closed by its worker (never left waiting for an acknowledgement) */
+    atomic_bool ack_lost;
 };
 
 /* The sink of the network layer (conn_sink.c), installed by server_run. */
@@ -151,6 +154,11 @@ size_t conn_process(struct conn *c, const uint8_t *data, size_t len);
  * strings and user properties are dropped first [MQTT-5.0 3.4.2-2/3]; a packet
  * still too large is not sent [MQTT-5.0 3.1.2-24/25]. Returns 1 when queued, 0 when not. */
 int conn_send(struct conn *c, struct mqtt_packet *p);
+/* Out of memory for the output of c: what it should have received is lost,
+ * so c is closed at the end of the turn (by conn_flush, as after a failed
+ * write), never left waiting for a packet that will not come. Never closes
+ * from here (safe with a session lock held). */
+void conn_fail_output(struct conn *c);
 /* An acknowledgement packet (PUBACK, PUBREC, PUBREL, PUBCOMP). */
 void conn_send_ack(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason);
 

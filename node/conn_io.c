@@ -197,7 +197,12 @@ void conn_flush(struct conn *c)
         if (c->xf)
             c->xf->wire.len = 0;
         if (conn_is_open(c)) {
-            conn_close(c, 0, false);
+            conn_close(c, 0, false); /* which flushes (closes) again */
+            return;
+        }
+        if (c->state == CONN_CLOSING) {
+            /* nothing more can be written: no grace period to wait out */
+            conn_io_close(c);
             return;
         }
     }
@@ -620,8 +625,11 @@ void conn_accept(struct worker *w, uv_stream_t *server, int xport)
 {
     struct broker *b = w->b;
     struct conn *c = calloc(1, sizeof(*c));
-    if (!c)
+    if (!c) {
+        /* not accepted, the listener waits for it: retried on the next tick */
+        w->accept_retry |= 1u << xport;
         return;
+    }
     atomic_init(&c->refs, 1);
     c->w = w;
     c->xport = (uint8_t)xport;

@@ -126,10 +126,13 @@ static int conn_sink_publish(struct conn *c, const struct qmsg *q, bool dup, uin
         /* [MQTT-5.0 3.1.2-25] a packet larger than the client's Maximum Packet
          * Size is not sent; the message is discarded for this client */
         c->out.len = before;
+        if (n == -ENOMEM)
+            conn_fail_output(c);
         return n < 0 ? (int)n : SINK_SKIPPED;
     }
     if (new_alias && conn_alias_out_add(c, m) < 0) {
         c->out.len = before;
+        conn_fail_output(c);
         return -ENOMEM;
     }
     atomic_fetch_add_explicit(&c->w->b->stats.msgs_sent, 1, memory_order_relaxed);

@@ -84,8 +84,9 @@ void handle_connect_refuse(struct conn *c, uint8_t version, uint8_t reason)
 }
 
 /* What this server refuses in a CONNECT (before any state is made): returns
- * the CONNACK reason (5.0 reason code or 3.1.1 return code), 0 to accept. */
-static uint8_t handle_connect_check(const struct config *cfg, const struct mqtt_connect *ck)
+ * the CONNACK reason (5.0 reason code or 3.1.1 return code), 0 to accept,
+ * or -1: closed without a CONNACK. */
+static int handle_connect_check(const struct config *cfg, const struct mqtt_connect *ck)
 {
     bool v5 = ck->protocol_version == MQTT_V5;
     const struct mqtt_props *wp = &ck->will_props;
@@ -103,8 +104,14 @@ static uint8_t handle_connect_check(const struct config *cfg, const struct mqtt_
         return MQTT_RC_BAD_AUTH_METHOD;
     if (!ck->will_flag)
         return 0;
-    if (!topic_name_valid((const char *)ck->will_topic.data, ck->will_topic.len))
-        return v5 ? MQTT_RC_TOPIC_NAME_INVALID : MQTT3_CONNACK_ID_REJECTED;
+    if (!topic_name_valid((const char *)ck->will_topic.data, ck->will_topic.len) ||
+        handle_topic_too_deep(cfg, (const char *)ck->will_topic.data, ck->will_topic.len))
+        /* (deeper than max_topic_levels: refused like an invalid topic)
+         * [MQTT-3.1.1 3.1.4-1] a 3.x CONNECT that does not conform (a will
+         * topic that is no topic name: empty [MQTT-3.1.1 4.7.3-1] or with
+         * wildcards [MQTT-3.1.1 3.3.2-2]) is closed without a CONNACK; 5.0
+         * answers 0x90 */
+        return v5 ? MQTT_RC_TOPIC_NAME_INVALID : -1;
     if (v5 && ck->will_qos > cfg->max_qos)
         return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-12] */
     if (v5 && ck->will_retain && !cfg->retain_available)
@@ -461,9 +468,13 @@ void handle_connect(struct conn *c, const struct mqtt_connect *ck)
     const struct config *cfg = &c->w->b->cfg;
     uint8_t v = ck->protocol_version;
     c->version = v;
-    uint8_t rc = handle_connect_check(cfg, ck);
-    if (rc) {
-        handle_connect_refuse(c, v, rc);
+    int check = handle_connect_check(cfg, ck);
+    if (check < 0) {
+        conn_close(c, 0, false);
+        return;
+    }
+    if (check) {
+        handle_connect_refuse(c, v, (uint8_t)check);
         return;
     }
     struct connect_claim *cl = calloc(1, sizeof(*cl));
@@ -474,7 +485,7 @@ void handle_connect(struct conn *c, const struct mqtt_connect *ck)
     }
     cl->clean_start = ck->clean_start;
     cl->version = v;
-    rc = handle_connect_id(cfg, ck, cl, &id);
+    uint8_t rc = handle_connect_id(cfg, ck, cl, &id);
     if (rc) {
         connect_claim_free(cl);
         handle_connect_refuse(c, v, rc);

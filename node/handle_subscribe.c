@@ -66,6 +66,18 @@ static void handle_send_retained(struct conn *c, const char *filter, size_t len,
     free(rb.msgs);
 }
 
+/* Does sub (a SUBSCRIBE or UNSUBSCRIBE) hold an empty topic filter? */
+static bool handle_sub_has_empty_filter(const struct mqtt_subscribe *sub, enum mqtt_type type)
+{
+    uint32_t pos = 0;
+    struct mqtt_bytes f;
+    uint8_t opts;
+    while (mqtt_sub_next(sub, type, &pos, &f, &opts))
+        if (f.len == 0)
+            return true;
+    return false;
+}
+
 /* One filter of a SUBSCRIBE: returns its reason code, or -1 when the
  * connection must be closed (a protocol error). */
 static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint8_t opts,
@@ -79,7 +91,9 @@ static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint
     const char *group, *inner;
     size_t glen, ilen;
     int shared = topic_share_parse(filter, f->len, &group, &glen, &inner, &ilen);
-    if (shared < 0 || !topic_filter_valid(filter, f->len))
+    if (shared < 0 || !topic_filter_valid(filter, f->len) ||
+        handle_topic_too_deep(cfg, shared == 1 ? inner : filter, shared == 1 ? ilen : f->len))
+        /* (a filter deeper than max_topic_levels is refused the same way) */
         return v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
     if (shared == 1 && (opts & MQTT_SUBOPT_NO_LOCAL))
         return -1; /* [MQTT-5.0 3.8.3-4] No Local on a shared subscription */
@@ -143,6 +157,12 @@ void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
 {
     struct broker *b = c->w->b;
     uint32_t sub_id = 0;
+    if (c->version != MQTT_V5 && handle_sub_has_empty_filter(sub, MQTT_SUBSCRIBE)) {
+        /* [MQTT-3.1.1 4.7.3-1] a topic filter is at least one character long;
+         * 3.1.1 closes on a protocol violation [MQTT-3.1.1 4.8.0-1] */
+        conn_close(c, 0, false);
+        return;
+    }
     if (c->version == MQTT_V5 && sub->props.n_sub_ids)
         sub_id = sub->props.sub_id;
     uint8_t stack_rc[64];
@@ -179,6 +199,11 @@ void handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *sub)
     struct broker *b = c->w->b;
     struct session *s = c->session;
     bool v5 = c->version == MQTT_V5;
+    if (!v5 && handle_sub_has_empty_filter(sub, MQTT_UNSUBSCRIBE)) {
+        /* [MQTT-3.1.1 4.7.3-1/4.8.0-1] as for SUBSCRIBE */
+        conn_close(c, 0, false);
+        return;
+    }
     uint8_t stack_rc[64];
     uint8_t *rcs = sub->count <= sizeof(stack_rc) ? stack_rc : malloc(sub->count);
     if (!rcs) {

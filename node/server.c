@@ -162,6 +162,8 @@ int server_run(struct broker *b)
     for (int i = 0; i < srv->n_workers && r == 0; i++)
         r = worker_start(srv->workers[i]);
     if (r != 0) {
+        atomic_store(&b->stopping, true); /* as on a signal: a stop lost to a
+                                             failed allocation is seen anyway */
         for (int i = 0; i < srv->n_workers; i++) {
             if (srv->workers[i] && srv->workers[i]->started) {
                 worker_post_stop(srv->workers[i]);

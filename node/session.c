@@ -46,7 +46,9 @@ struct session *session_new(const char *id, uint16_t len)
     s->id_len = len;
     atomic_init(&s->refs, 1);
     atomic_init(&s->flush_posted, 0);
-    s->next_seq = 1;
+    /* the first message gets sequence number 0, packet identifier 1
+     * (persist_pid_of), as clients and packet captures expect */
+    s->next_seq = 0;
     return s;
 }
 
@@ -296,16 +298,16 @@ static const char *const session_drop_names[SESSION_DROP_N] = {
     "offline queue full", "slow subscriber: new message", "slow subscriber: oldest message",
     "slow subscriber: disconnected"};
 
-void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
-                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
-                     struct store_batch **bt, struct pub_flow *flow)
+int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
+                    const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                    struct store_batch **bt, struct pub_flow *flow)
 {
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
         atomic_fetch_add(&b->stats.msgs_dropped, 1);
         if (flow)
             flow->refused = true; /* out of memory: not acknowledged either */
-        return;
+        return -ENOMEM;
     }
     struct worker *target = NULL;
     struct qmsg *drop = NULL;
@@ -372,6 +374,7 @@ void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t
     qmsg_free(drop);
     if (target)
         b->sink->wake(target, s, cur);
+    return 0;
 }
 
 /* The queue of s drained to its low-water mark: publishers paused on it
@@ -510,6 +513,13 @@ void session_flush_locked(struct broker *b, struct session *s)
             q->state = MSG_STATE_QUEUED;
             break;
         }
+        if (r == -ENOMEM && q->qos > 0) {
+            /* out of memory: the connection closes (see sink_ops.publish),
+             * the message stays first in the queue for the next one */
+            q->state = MSG_STATE_QUEUED;
+            q->pid = 0;
+            break;
+        }
         queue_pop(s);
         if (r <= 0 || q->qos == 0) {
             session_drop(b, s, q, &bt, r <= 0);
@@ -542,13 +552,15 @@ void session_resume_locked(struct broker *b, struct session *s)
     struct qmsg *prev = NULL, *q = s->inflight.head;
     while (q) {
         struct qmsg *next = q->next;
+        int r = 0;
         if (q->state == MSG_STATE_WAIT_PUBCOMP) {
             /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend PUBREL for QoS 2 messages past PUBREC
              */
             b->sink->pubrel(c, q->pid);
             prev = q;
-        } else if (b->sink->publish(c, q, true, now) > 0) {
-            /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend unacknowledged PUBLISH with DUP set */
+        } else if ((r = b->sink->publish(c, q, true, now)) > 0 || r == -ENOMEM) {
+            /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend unacknowledged PUBLISH with DUP set;
+             * out of memory: kept for the next connection (this one closes) */
             prev = q;
         } else {
             /* cannot be sent to this connection any more: drop it */

@@ -95,7 +95,7 @@ struct session {
     uint32_t expiry_interval; /* seconds; 0xFFFFFFFF = never */
     struct conn *conn;        /* attached connection (opaque: see sink.h), or NULL */
     struct worker *w;         /* the worker that owns conn (opaque) */
-    uint64_t next_seq;
+    uint64_t next_seq;        /* from 0 for a new session; restored: after the last stored one */
     uint64_t disconnected_at; /* monotonic ms, while offline */
     /* subscriptions */
     struct session_sub *subs;
@@ -150,12 +150,13 @@ static inline void session_unref(struct session *s)
  * Offer m to s with the subscription's granted QoS and flags. Called from
  * any thread, without s->lock. `cur` is the calling worker or NULL. The
  * session takes its own reference on m if it keeps it. ids: subscription
- * identifiers (copied).
+ * identifiers (copied). Returns 0 (queued, or dropped by the queue limits
+ * and counted), or -ENOMEM: s does not have m.
  */
 struct pub_flow;
-void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
-                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
-                     struct store_batch **bt, struct pub_flow *flow);
+int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
+                    const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                    struct store_batch **bt, struct pub_flow *flow);
 
 /*
  * Flow control (docs/architecture.md, "Slow subscribers"). With `flow`

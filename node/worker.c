@@ -176,6 +176,18 @@ static bool worker_post(struct worker *w, struct wcmd *cmd)
     return true;
 }
 
+/* Out of memory for a command: have w rescan its connections on its next
+ * turn (see struct worker.rescan). Any thread. */
+static void worker_post_rescan(struct worker *w)
+{
+    pthread_mutex_lock(&w->inbox_lock);
+    if (!w->inbox_closed) {
+        atomic_store(&w->rescan, true);
+        uv_async_send(&w->wake);
+    }
+    pthread_mutex_unlock(&w->inbox_lock);
+}
+
 void worker_post_flush(struct worker *w, struct session *s)
 {
     int want = w->id + 1;
@@ -183,8 +195,13 @@ void worker_post_flush(struct worker *w, struct session *s)
         return;
     atomic_store(&s->flush_posted, want);
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* not left marked as posted (it would never be flushed again):
+         * the rescan flushes it */
+        atomic_compare_exchange_strong(&s->flush_posted, &want, 0);
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_FLUSH;
     cmd->s = session_ref(s);
     worker_post(w, cmd);
@@ -193,8 +210,11 @@ void worker_post_flush(struct worker *w, struct session *s)
 void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool resumed)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* the rescan closes c: its session is no longer attached to it */
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_KICK;
     cmd->c = conn_ref(c);
     cmd->reason = reason;
@@ -205,8 +225,13 @@ void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool res
 void worker_post_ack(struct worker *w, struct conn *c, uint32_t token, int status)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* the result is lost: the connection is closed without the
+         * acknowledgement rather than left waiting for it */
+        atomic_store(&c->ack_lost, true);
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_ACK;
     cmd->c = conn_ref(c);
     cmd->token = token;
@@ -259,8 +284,11 @@ void worker_sink_drained(struct broker *b, uint64_t waiters)
 void worker_post_stop(struct worker *w)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* the wake-up sees b->stopping (set before any stop is posted) */
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_STOP;
     worker_post(w, cmd);
 }
@@ -277,6 +305,7 @@ void worker_defer_flush(struct worker *w, struct session *s)
         struct session **p = realloc(w->flush, cap * sizeof(*p));
         if (!p) {
             atomic_store(&s->flush_posted, 0);
+            atomic_store(&w->rescan, true); /* flushed by this turn's rescan */
             return;
         }
         w->flush = p;
@@ -312,6 +341,26 @@ static void worker_on_check(uv_check_t *h)
         session_unref(w->flush[i]);
     }
     w->n_flush = 0;
+    if (atomic_exchange(&w->rescan, false)) {
+        /* commands were lost to failed allocations (struct worker.rescan) */
+        for (struct conn *k = w->conns, *next; k; k = next) {
+            next = k->next;
+            if (atomic_exchange(&k->ack_lost, false)) {
+                conn_close(k, MQTT_RC_UNSPECIFIED, false);
+                continue;
+            }
+            struct session *s = k->session;
+            if (k->state != CONN_ACTIVE || !s)
+                continue;
+            lock_acquire(&s->lock);
+            bool taken_over = s->conn != k;
+            lock_release(&s->lock);
+            if (taken_over) /* [MQTT-3.1.1 3.1.4-2, MQTT-5.0 3.1.4-3] its kick was lost */
+                conn_close(k, MQTT_RC_SESSION_TAKEN_OVER, false);
+            else
+                worker_flush_session(w, s);
+        }
+    }
     struct conn *c = w->dirty;
     w->dirty = NULL;
     while (c) {
@@ -394,7 +443,8 @@ static void worker_on_wake(uv_async_t *h)
         worker_free_cmd(cmd);
         cmd = next;
     }
-    if (stop)
+    /* b->stopping: also when the WCMD_STOP could not be allocated */
+    if (stop || atomic_load(&w->b->stopping))
         worker_stop(w);
 }
 
@@ -404,6 +454,15 @@ static void worker_on_tick(uv_timer_t *t)
     uint64_t now = uv_now(&w->loop);
     if (w->n_paused) /* max_publisher_pause */
         conn_flow_check(w, now);
+    if (w->accept_retry && !w->stopping) {
+        /* a connection the listener of that kind could not take for lack
+         * of memory waits in its backlog (conn_accept) */
+        unsigned retry = w->accept_retry;
+        w->accept_retry = 0;
+        for (int x = 0; x < CONFIG_XPORT_COUNT; x++)
+            if (retry & (1u << x))
+                conn_accept(w, (uv_stream_t *)&w->listeners[x], x);
+    }
     struct conn *c = w->conns;
     while (c) {
         struct conn *next = c->next;

@@ -41,6 +41,16 @@ struct worker {
     pthread_mutex_t inbox_lock;
     struct wcmd *inbox_head, *inbox_tail;
     bool inbox_closed;
+    /* A command could not be allocated (out of memory): at the end of its
+     * next loop turn the worker flushes every session it owns, closes the
+     * connections that lost an acknowledgement (conn.ack_lost) or whose
+     * session was taken over (a lost kick); a lost stop is seen on the
+     * wake-up (broker.stopping). Set by any thread, which then wakes the
+     * loop (no allocation needed). */
+    atomic_bool rescan;
+    /* conn_accept could not allocate a connection: libuv stops watching the
+     * listener until the pending one is accepted, so the tick retries it */
+    unsigned accept_retry; /* bit per listener kind: accept again on the next tick */
 
     /* connections of this worker (doubly linked) */
     struct conn *conns;

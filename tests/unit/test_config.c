@@ -75,6 +75,7 @@ static void test_defaults(void)
     CU_ASSERT_FALSE(c.queue_qos0_offline);
     CU_ASSERT_EQUAL(c.topic_alias_maximum, 10);
     CU_ASSERT_EQUAL(c.max_keepalive, 65535);
+    CU_ASSERT_EQUAL(c.max_topic_levels, 200);
     CU_ASSERT_EQUAL(c.connect_timeout, 10);
     CU_ASSERT_EQUAL(c.sys_interval, 10);
     CU_ASSERT_EQUAL(c.max_session_expiry, 0);
@@ -101,6 +102,7 @@ static void test_every_key_from_file(void)
                           "queue_qos0_messages true\n"
                           "topic_alias_maximum 0\n"
                           "max_keepalive 600\n"
+                          "max_topic_levels 0\n"
                           "connect_timeout 30\n"
                           "sys_interval 0\n"
                           "max_session_expiry 4294967295\n"
@@ -122,6 +124,7 @@ static void test_every_key_from_file(void)
     CU_ASSERT_TRUE(c.queue_qos0_offline);
     CU_ASSERT_EQUAL(c.topic_alias_maximum, 0);
     CU_ASSERT_EQUAL(c.max_keepalive, 600);
+    CU_ASSERT_EQUAL(c.max_topic_levels, 0);
     CU_ASSERT_EQUAL(c.connect_timeout, 30);
     CU_ASSERT_EQUAL(c.sys_interval, 0);
     CU_ASSERT_EQUAL(c.max_session_expiry, 4294967295u);
@@ -302,6 +305,8 @@ static void test_bad_integers(void)
     expect_bad("topic_alias_maximum", "65536", "out of range");
     expect_bad("max_keepalive", "0", "out of range");
     expect_bad("max_keepalive", "65536", "out of range");
+    expect_bad("max_topic_levels", "65536", "out of range");
+    expect_bad("max_topic_levels", "-1", NULL);
     expect_bad("connect_timeout", "0", "out of range");
     expect_bad("connect_timeout", "3601", "out of range");
     expect_bad("sys_interval", "86401", "out of range");
@@ -457,6 +462,7 @@ static void test_env(void)
                    "STARLINGPORT=3",
                    "starling_port=4",
                    "STARLING_BIND_ADDRESS=::",
+                   "STARLING_MAX_TOPIC_LEVELS=32",
                    NULL};
     CU_ASSERT_EQUAL(config_load_env(&c, env, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.port, 1999);
@@ -464,6 +470,7 @@ static void test_env(void)
     CU_ASSERT_EQUAL(c.log_level, LOG_ERROR);
     CU_ASSERT_EQUAL(c.queue_full_policy, QUEUE_DROP_OLDEST);
     CU_ASSERT_STRING_EQUAL(c.bind_address, "::");
+    CU_ASSERT_EQUAL(c.max_topic_levels, 32);
     CU_ASSERT_EQUAL(c.workers, 0);
 
     /* Environment overrides the file. */
