@@ -190,13 +190,11 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     if (ms.v != ms.stack)
         free(ms.v);
 
-    /* The cluster seam: other nodes with a matching route. A single node has
-     * none; the forwarding channel will send m once to each. A forwarded
-     * message is not forwarded again. */
-    if (!(flags & BROKER_PUB_LOCAL)) {
-        uint32_t nodes[8];
-        (void)b->route_ops->remote_nodes(b->route_ud, msg_topic(m), m->topic_len, nodes, 8);
-    }
+    /* The cluster seam: other nodes with a matching route get m once each
+     * over the forwarding channel (a single node has no forward). A
+     * forwarded message is not forwarded again. */
+    if (!(flags & BROKER_PUB_LOCAL) && b->route_ops->forward)
+        b->route_ops->forward(b->route_ud, m, cur);
     if (local)
         persist_submit(b, &local, NULL, NULL);
     return delivered;
