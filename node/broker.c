@@ -112,8 +112,25 @@ void broker_release(struct broker *b, struct msg *m, int state, struct pub_targe
     targets->n = targets->cap = 0;
 }
 
+static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
+                               struct store_batch **bt, struct pub_targets *targets,
+                               sub_index_group_fn group_ok, void *group_ud);
+
 int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
                    struct store_batch **bt, struct pub_targets *targets)
+{
+    return broker_publish_impl(b, m, flags, cur, bt, targets, NULL, NULL);
+}
+
+int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn group_ok,
+                             void *group_ud)
+{
+    return broker_publish_impl(b, m, BROKER_PUB_LOCAL, NULL, NULL, NULL, group_ok, group_ud);
+}
+
+static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
+                               struct store_batch **bt, struct pub_targets *targets,
+                               sub_index_group_fn group_ok, void *group_ud)
 {
     struct store_batch *local = NULL;
     if (!bt)
@@ -129,8 +146,8 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     ms.n = 0;
     ms.cap = sizeof(ms.stack) / sizeof(ms.stack[0]);
     bool unique;
-    sub_index_match_ex(b->index, msg_topic(m), m->topic_len, broker_session_online, broker_on_match,
-                       &ms, &unique);
+    sub_index_match_groups(b->index, msg_topic(m), m->topic_len, broker_session_online, group_ok,
+                           group_ud, broker_on_match, &ms, &unique);
     /* Sorting brings a session's matches together, so that it gets one copy
      * for all its non-shared subscriptions; from one filter there are none
      * to bring together (shared matches are one copy each either way). */

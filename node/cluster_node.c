@@ -590,6 +590,21 @@ static const struct route_ops cluster_route_ops = {
 
 /* ---- the receiving side (cluster thread) --------------------------------- */
 
+/* Whether the origin picked this node for shared group `group`: one of the
+ * frame's "$share/{group}/{filter}" strings names it. (Two groups of one name
+ * with different filters that both match are told apart by name only.) */
+static bool share_picked(void *ud, const char *group, size_t len)
+{
+    const Starling__Chan__Publish *p = ud;
+    for (size_t i = 0; i < p->n_shares; i++) {
+        const ProtobufCBinaryData *s = &p->shares[i];
+        if (s->len > 7 + len && memcmp(s->data, "$share/", 7) == 0 &&
+            memcmp(s->data + 7, group, len) == 0 && s->data[7 + len] == '/')
+            return true;
+    }
+    return false;
+}
+
 static void on_publish(struct cluster_node *cn, const Starling__Chan__Publish *p)
 {
     if (p->topic.len == 0 || p->topic.len > 65535)
@@ -602,7 +617,7 @@ static void on_publish(struct cluster_node *cn, const Starling__Chan__Publish *p
     if (!m)
         return;
     atomic_fetch_add(&cn->b->stats.msgs_received, 1);
-    broker_publish(cn->b, m, BROKER_PUB_LOCAL, NULL, NULL, NULL);
+    broker_publish_forwarded(cn->b, m, share_picked, (void *)p);
     msg_unref(m);
 }
 
