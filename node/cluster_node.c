@@ -22,7 +22,7 @@
  * on this node (this node's own members were served by the local delivery),
  * one node of the group, picked round robin, with the group in `shares`.
  */
-#include "cluster_node.h"
+#include "cluster_node_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -46,72 +46,6 @@
 #include "persist.h"
 #include "raft_cmd.pb-c.h"
 #include "retain.h"
-
-#define MAX_SEEDS 64
-#define MAX_PEERS 64
-#define REPORT_EVERY_MS 200
-#define RETRY_MS 100
-
-struct waiter {
-    struct waiter *next;
-    uint64_t ticket; /* route changes up to this one */
-    uint64_t index;  /* Raft index that holds them, 0 until committed */
-    void (*done)(void *arg);
-    void *arg;
-};
-
-struct peer {
-    uint64_t node;
-    uint64_t applied;
-    uint64_t seen_ms; /* 0 = never heard from */
-    char name[ADMIN_NAME_MAX];
-    char address[ADMIN_NAME_MAX];
-    bool left;
-};
-
-struct cluster_node {
-    struct broker *b;
-    struct cluster *c;
-    struct raft_node *raft;
-    struct fsm *fsm;
-    uint64_t self;
-    atomic_bool stopped;
-    char node_name[128];
-
-    pthread_t thread;
-    bool thread_started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool quit;                 /* mu */
-    struct cmd_batch *pending; /* mu: route commands not proposed yet */
-    bool purge_first;          /* mu: the first batch starts with NodePurge(self) */
-    uint64_t queued;           /* mu: last ticket taken */
-    uint64_t committed;        /* mu: last ticket committed */
-    uint64_t everywhere;       /* mu: last ticket applied on every live member */
-    struct waiter *waiters;    /* mu */
-    /* the batch in flight (mu) */
-    void *inflight;
-    size_t inflight_len;
-    uint64_t inflight_ticket;
-    bool inflight_busy;
-    uint64_t retry_at_ms;
-
-    struct peer peers[MAX_PEERS]; /* mu: the other members */
-    unsigned n_peers;
-
-    atomic_uint_fast64_t pub_seq; /* per-origin sequence of forwards */
-    atomic_uint_fast64_t pick;    /* shared group picks */
-
-    struct admin_local *admin;
-    struct admin_provider local; /* the per-node provider (stats, publish) */
-};
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ---- seeds ------------------------------------------------------------- */
 
@@ -155,7 +89,7 @@ static int seeds_from_list(const struct config *cfg, char (*seeds)[64], char *er
  * holds this node and another one, or 30 s passed. */
 static int seeds_from_dns(const struct config *cfg, char (*seeds)[64], char *err, size_t errlen)
 {
-    uint64_t deadline = mono_ms() + 30000;
+    uint64_t deadline = cn_mono_ms() + 30000;
     int n = 0;
     for (;;) {
         n = 0;
@@ -178,7 +112,7 @@ static int seeds_from_dns(const struct config *cfg, char (*seeds)[64], char *err
             }
             freeaddrinfo(res);
         }
-        if ((self && n >= 2) || mono_ms() >= deadline)
+        if ((self && n >= 2) || cn_mono_ms() >= deadline)
             break;
         log_info("cluster: %s gives %d address(es)%s; asking again", cfg->cluster_dns, n,
                  self ? "" : ", not this node's");
@@ -276,7 +210,7 @@ static void route_done(void *ud, int status, const struct fsm_batch_result *res,
     } else {
         if (status != -ECANCELED)
             log_debug("cluster: route batch not committed (%s); retrying", strerror(-status));
-        cn->retry_at_ms = mono_ms() + RETRY_MS;
+        cn->retry_at_ms = cn_mono_ms() + RETRY_MS;
     }
     cn->inflight_busy = false;
     pthread_cond_signal(&cn->cv);
@@ -631,6 +565,12 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
     case STARLING__CHAN__FRAME__FRAME_PUBLISH:
         on_publish(cn, f->publish);
         return;
+    case STARLING__CHAN__FRAME__FRAME_SESSION_REQUEST:
+        cn_registry_on_request(cn, from, f->session_request);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_SESSION_STATE:
+        cn_registry_on_state(cn, f->session_state);
+        return;
     case STARLING__CHAN__FRAME__FRAME_APPLIED: {
         pthread_mutex_lock(&cn->mu);
         bool known = false;
@@ -638,7 +578,7 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
             if (cn->peers[i].node == from) {
                 if (f->applied->index > cn->peers[i].applied)
                     cn->peers[i].applied = f->applied->index;
-                cn->peers[i].seen_ms = mono_ms();
+                cn->peers[i].seen_ms = cn_mono_ms();
                 known = true;
             }
         if (!known)
@@ -672,6 +612,13 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
     const Starling__Cmd__Command *k = cmd;
     struct broker *b = cn->b;
     switch (k->cmd_case) {
+    case STARLING__CMD__COMMAND__CMD_SESSION_CLAIM:
+        /* another node took a client id: kick and set aside the session */
+        if (k->session_claim->node != cn->self && !atomic_load(&cn->stopped) &&
+            k->session_claim->client_id.len <= 65535)
+            cn_registry_claimed_elsewhere(cn, (const char *)k->session_claim->client_id.data,
+                                          (uint16_t)k->session_claim->client_id.len);
+        return;
     case STARLING__CMD__COMMAND__CMD_RETAINED_SET: {
         const Starling__Cmd__RetainedSet *r = k->retained_set;
         if (r->origin == cn->self || r->topic.len == 0 || r->topic.len > 65535 || !r->message)
@@ -727,7 +674,7 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
  * mu; the callbacks run after it is released (returned list). */
 static struct waiter *waiters_ready(struct cluster_node *cn, uint64_t applied_self)
 {
-    uint64_t now = mono_ms();
+    uint64_t now = cn_mono_ms();
     uint64_t low = applied_self;
     for (unsigned i = 0; i < cn->n_peers; i++)
         if (peer_live(cn, &cn->peers[i], now) && cn->peers[i].applied < low)
@@ -754,7 +701,7 @@ static void *cn_thread(void *arg)
     uint64_t last_applied = 0, last_report = 0;
     pthread_mutex_lock(&cn->mu);
     while (!cn->quit) {
-        uint64_t now = mono_ms();
+        uint64_t now = cn_mono_ms();
         /* propose the next route batch */
         if (!cn->inflight_busy) {
             route_take(cn);
@@ -781,6 +728,9 @@ static void *cn_thread(void *arg)
             send_applied(cn, applied);
             pthread_mutex_lock(&cn->mu);
         }
+        pthread_mutex_unlock(&cn->mu);
+        cn_registry_poll(cn, now);
+        pthread_mutex_lock(&cn->mu);
         struct waiter *ready = waiters_ready(cn, applied);
         if (ready) {
             pthread_mutex_unlock(&cn->mu);
@@ -878,7 +828,7 @@ static int cn_nodes(void *ud, struct admin_node *v, size_t cap)
     }
     n++;
     pthread_mutex_lock(&cn->mu);
-    uint64_t now = mono_ms();
+    uint64_t now = cn_mono_ms();
     for (unsigned i = 0; i < cn->n_peers; i++) {
         struct peer *p = &cn->peers[i];
         if (p->left)
@@ -926,7 +876,7 @@ static int cn_forget(void *ud, const char *name, char *err, size_t errlen)
     for (unsigned i = 0; i < cn->n_peers; i++)
         if (strcmp(cn->peers[i].name, name) == 0) {
             node = cn->peers[i].node;
-            live = peer_live(cn, &cn->peers[i], mono_ms());
+            live = peer_live(cn, &cn->peers[i], cn_mono_ms());
         }
     pthread_mutex_unlock(&cn->mu);
     if (!node) {
@@ -991,6 +941,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     cn->b = b;
     snprintf(cn->node_name, sizeof(cn->node_name), "%s", cfg->node_name);
     pthread_mutex_init(&cn->mu, NULL);
+    pthread_mutex_init(&cn->reg_mu, NULL);
     pthread_cond_init(&cn->cv, NULL);
     cn->purge_first = true;
 
@@ -1010,6 +961,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .observer_ud = cn,
         .on_frame = on_frame,
         .frame_ud = cn,
+        .propose_timeout_ms = cfg->cluster_claim_timeout,
     };
     r = cluster_start(&cn->c, &cc, err, errlen);
     if (r < 0) {
@@ -1037,6 +989,8 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     b->route_ops = &cluster_route_ops;
     b->route_ud = cn;
     b->index = sub_index_new(b->route_ops, b->route_ud);
+    b->registry_ops = &cluster_registry_ops;
+    b->registry_ud = cn;
     if (!b->index) {
         cluster_node_stop(cn);
         cluster_node_free(cn);
@@ -1064,6 +1018,7 @@ void cluster_node_stop(struct cluster_node *cn)
     if (cn->c) {
         cluster_stop(cn->c);
         cn->c = NULL;
+        cn_registry_drain(cn);
     }
 }
 
@@ -1075,6 +1030,7 @@ void cluster_node_free(struct cluster_node *cn)
     cmd_batch_free(cn->pending);
     free(cn->inflight);
     pthread_mutex_destroy(&cn->mu);
+    pthread_mutex_destroy(&cn->reg_mu);
     pthread_cond_destroy(&cn->cv);
     free(cn);
 }
