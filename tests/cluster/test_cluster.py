@@ -213,3 +213,17 @@ def test_retained_across_nodes(cluster):
 def test_clean_shutdown(cluster):
     rcs = cluster.stop()
     assert rcs == {"n1": 0, "n2": 0, "n3": 0}
+
+
+def test_will_reaches_other_nodes(cluster):
+    a, b, c = cluster.nodes
+    topic = uid("will/t")
+    subs = [connect(b), connect(c)]
+    for s in subs:
+        assert s.subscribe(topic, qos=1) == [1]
+    w = PahoClient(a, uid("dying"), 5, will={"topic": topic, "payload": b"gone", "qos": 1})
+    w.connect()
+    w.stop()  # the connection drops without DISCONNECT: the will goes out
+    for s in subs:
+        m = s.get(WAIT)
+        assert (m.topic, m.payload, m.qos) == (topic, b"gone", 1)
