@@ -45,6 +45,7 @@
 #include "persist.h"
 #include "raft_cmd.pb-c.h"
 #include "session.h"
+#include "topic.h"
 
 #define CLAIM_RETRY_MS 100
 #define CLAIM_MAX_STALE 8
@@ -61,7 +62,8 @@ struct cl_claim {
     uint64_t epoch;       /* the epoch proposed */
     uint64_t prev_node;   /* owner before the claim (0: none) */
     bool awaiting_state;
-    uint64_t wait_index; /* won at this index, not applied here yet */
+    uint64_t wait_index; /* decided at this index, not applied here yet */
+    bool then_propose;   /* after wait_index: claim again (else: won) */
     int stale;
     int status; /* final: >= 0 won, REGISTRY_UNAVAILABLE */
     struct session *incoming;
@@ -189,7 +191,18 @@ static void claim_done(void *ud, int status, const struct fsm_batch_result *res,
             return;
         }
         if (r == FSM_STALE_EPOCH && ++k->stale < CLAIM_MAX_STALE) {
-            claim_propose(k); /* read the new owner, claim after it */
+            /* another claim won: read its epoch (once applied here) and claim
+             * after it */
+            if (fsm_applied(cn->fsm) < res->index) {
+                pthread_mutex_lock(&cn->reg_mu);
+                k->wait_index = res->index;
+                k->then_propose = true;
+                k->next = cn->claims;
+                cn->claims = k;
+                pthread_mutex_unlock(&cn->reg_mu);
+                return;
+            }
+            claim_propose(k);
             return;
         }
         log_warn("cluster: the claim of '%s' failed (result %d)", k->id, r);
@@ -312,7 +325,12 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now)
     while (won) {
         struct cl_claim *k = won;
         won = k->next;
-        claim_won(k);
+        if (k->then_propose) {
+            k->then_propose = false;
+            claim_propose(k);
+        } else {
+            claim_won(k);
+        }
     }
     while (retry) {
         struct cl_claim *k = retry;
@@ -482,6 +500,14 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
     const char *id = (const char *)r->client_id.data;
     uint16_t len = (uint16_t)r->client_id.len;
     struct session *s = NULL;
+    uint64_t owner = 0, epoch = 0;
+    if (fsm_registry_get(cn->fsm, id, len, &owner, &epoch) == 0 &&
+        (epoch > r->epoch || (epoch == r->epoch && owner != from))) {
+        /* a later claim won since (or the requester is not the owner):
+         * the session is not the requester's to take */
+        state_send(cn, from, &r->client_id, r->epoch, NULL);
+        return;
+    }
     pthread_mutex_lock(&cn->reg_mu);
     for (struct surrendered **pp = &cn->surrendered; *pp; pp = &(*pp)->next) {
         struct surrendered *x = *pp;
@@ -534,7 +560,8 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
     s->expiry_interval = st->expiry_interval;
     for (size_t i = 0; i < st->n_subs; i++) {
         const Starling__Chan__SessionSubscription *sub = st->subs[i];
-        if (sub->filter.len == 0 || sub->filter.len > 65535)
+        if (sub->filter.len == 0 || sub->filter.len > 65535 ||
+            !topic_filter_valid((const char *)sub->filter.data, sub->filter.len))
             continue;
         session_sub_set(s, (const char *)sub->filter.data, (uint16_t)sub->filter.len,
                         (uint8_t)sub->options, sub->sub_id);
