@@ -962,6 +962,11 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .on_frame = on_frame,
         .frame_ud = cn,
         .propose_timeout_ms = cfg->cluster_claim_timeout,
+        /* Followers learn that an entry committed from the leader's next
+         * AppendEntries: the heartbeat bounds how long a SUBACK (every live
+         * member applied the route) and a CONNECT on a follower (the claim
+         * applied there) wait after the commit. */
+        .heartbeat_ms = CN_HEARTBEAT_MS,
     };
     r = cluster_start(&cn->c, &cc, err, errlen);
     if (r < 0) {

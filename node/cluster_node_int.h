@@ -25,6 +25,7 @@ struct cmd_batch;
 #define MAX_PEERS 64
 #define REPORT_EVERY_MS 200
 #define RETRY_MS 100
+#define CN_HEARTBEAT_MS 15 /* Raft heartbeat (cluster_node.c) */
 
 struct waiter {
     struct waiter *next;
