@@ -144,8 +144,25 @@ static bool broker_acl_read(struct broker *b, const struct acl *acl, struct sess
     return ok;
 }
 
+static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
+                               struct store_batch **bt, struct pub_targets *targets,
+                               struct pub_flow *flow, sub_index_group_fn group_ok, void *group_ud);
+
 int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
                    struct store_batch **bt, struct pub_targets *targets, struct pub_flow *flow)
+{
+    return broker_publish_impl(b, m, flags, cur, bt, targets, flow, NULL, NULL);
+}
+
+int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn group_ok,
+                             void *group_ud)
+{
+    return broker_publish_impl(b, m, BROKER_PUB_LOCAL, NULL, NULL, NULL, NULL, group_ok, group_ud);
+}
+
+static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
+                               struct store_batch **bt, struct pub_targets *targets,
+                               struct pub_flow *flow, sub_index_group_fn group_ok, void *group_ud)
 {
     struct store_batch *local = NULL;
     if (!bt)
@@ -166,8 +183,8 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     ms.cap = sizeof(ms.stack) / sizeof(ms.stack[0]);
     ms.oom = false;
     bool unique;
-    sub_index_match_ex(b->index, msg_topic(m), m->topic_len, broker_session_online, broker_on_match,
-                       &ms, &unique);
+    sub_index_match_groups(b->index, msg_topic(m), m->topic_len, broker_session_online, group_ok,
+                           group_ud, broker_on_match, &ms, &unique);
     /* Sorting brings a session's matches together, so that it gets one copy
      * for all its non-shared subscriptions; from one filter there are none
      * to bring together (shared matches are one copy each either way). */
@@ -238,13 +255,11 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
         free(ms.v);
     acl_unref(acl);
 
-    /* The cluster seam: other nodes with a matching route. A single node has
-     * none; the forwarding channel will send m once to each. A forwarded
-     * message is not forwarded again. */
-    if (!(flags & BROKER_PUB_LOCAL)) {
-        uint32_t nodes[8];
-        (void)b->route_ops->remote_nodes(b->route_ud, msg_topic(m), m->topic_len, nodes, 8);
-    }
+    /* The cluster seam: other nodes with a matching route get m once each
+     * over the forwarding channel (a single node has no forward). A
+     * forwarded message is not forwarded again. */
+    if (!(flags & BROKER_PUB_LOCAL) && b->route_ops->forward)
+        b->route_ops->forward(b->route_ud, m, cur);
     if (local)
         persist_submit(b, &local, NULL, NULL);
     return failed ? failed : delivered;

@@ -141,6 +141,13 @@ enum {
 int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
                    struct store_batch **bt, struct pub_targets *targets, struct pub_flow *flow);
 
+/* broker_publish of a message another node of the cluster forwarded
+ * (BROKER_PUB_LOCAL, any thread), delivered to a shared group only when
+ * group_ok(group_ud, group, len) is true: the groups the forwarding node
+ * picked this node for. */
+int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn group_ok,
+                             void *group_ud);
+
 /* Set m->hold to `state` (MSG_READY or MSG_REJECTED) and have the sessions in
  * targets flush (their queues may wait on m); releases targets. Any thread;
  * cur is the calling worker or NULL. */

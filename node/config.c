@@ -41,6 +41,10 @@ enum key_type {
     T_XPORTS,      /* unsigned: comma list of tcp,tls,ws,wss */
     T_ANON,        /* allow_anonymous: bool + "was set" */
     T_API_KEY,     /* char[200], KEY:SECRET */
+    T_IPV4,        /* char[64], IPv4 literal */
+    T_STR,         /* char[max], printable, no blanks */
+    T_HOST,        /* char[max], a DNS name or IPv4 literal */
+    T_SEEDS,       /* char[max], host[:port],... */
 };
 
 struct key_def {
@@ -107,6 +111,16 @@ static const struct key_def keys[] = {
     KEY("admin_bind", T_ADDRESS, admin_bind, 0, 0),
     KEY("api_key", T_API_KEY, api_key, 0, 0),
     KEY("metrics_auth", T_BOOL, metrics_auth, 0, 0),
+    KEY("node_name", T_STR, node_name, 1, sizeof(((struct config *)0)->node_name)),
+    KEY("cluster_address", T_IPV4, cluster_address, 0, 0),
+    KEY("cluster_port", T_U16, cluster_port, 1, 65535),
+    KEY("raft_port", T_U16, raft_port, 1, 65535),
+    KEY("cluster_seeds", T_SEEDS, cluster_seeds, 0, sizeof(((struct config *)0)->cluster_seeds)),
+    KEY("cluster_dns", T_HOST, cluster_dns, 0, sizeof(((struct config *)0)->cluster_dns)),
+    KEY("cluster_name", T_STR, cluster_name, 1, sizeof(((struct config *)0)->cluster_name)),
+    KEY("cluster_secret", T_STR, cluster_secret, 0, sizeof(((struct config *)0)->cluster_secret)),
+    KEY("cluster_claim_timeout", T_U32, cluster_claim_timeout, 100, 600000),
+    KEY("cluster_down_after", T_U32, cluster_down_after, 100, 86400000),
 };
 
 static const char *const xport_names[CONFIG_XPORT_COUNT] = {"tcp", "tls", "ws", "wss"};
@@ -161,6 +175,16 @@ void config_defaults(struct config *c)
     c->admin_bind[0] = '\0';
     c->api_key[0] = '\0';
     c->metrics_auth = false;
+    c->node_name[0] = '\0';
+    c->cluster_address[0] = '\0';
+    c->cluster_port = 4370;
+    c->raft_port = 4371;
+    c->cluster_seeds[0] = '\0';
+    c->cluster_dns[0] = '\0';
+    strcpy(c->cluster_name, "starling");
+    c->cluster_secret[0] = '\0';
+    c->cluster_claim_timeout = 5000;
+    c->cluster_down_after = 5000;
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -253,6 +277,56 @@ static const char *api_key_check(const char *v)
     return NULL;
 }
 
+/* A DNS name (letters, digits, '-', '.', '_') or an IPv4 literal. */
+static bool host_valid(const char *h, size_t n)
+{
+    if (n == 0 || n > 253)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)h[i]) && h[i] != '-' && h[i] != '.' && h[i] != '_')
+            return false;
+    return true;
+}
+
+/* NULL when v is a list host[:port],... (blanks around items allowed), else
+ * the reason. */
+static const char *seeds_check(const char *v)
+{
+    const char *p = v;
+    while (*p) {
+        while (*p == ' ')
+            p++;
+        const char *start = p;
+        while (*p && *p != ',')
+            p++;
+        const char *end = p;
+        while (end > start && end[-1] == ' ')
+            end--;
+        if (end == start)
+            return "an empty item";
+        const char *colon = memchr(start, ':', (size_t)(end - start));
+        const char *hend = colon ? colon : end;
+        if (!host_valid(start, (size_t)(hend - start)))
+            return "a bad host name (expected a DNS name or an IPv4 address)";
+        if (colon) {
+            char port[8];
+            size_t pl = (size_t)(end - colon - 1);
+            uint64_t v64;
+            if (pl == 0 || pl >= sizeof(port))
+                return "a bad port";
+            memcpy(port, colon + 1, pl);
+            port[pl] = '\0';
+            if (parse_uint(port, &v64) < 0 || v64 < 1 || v64 > 65535)
+                return "a bad port";
+        }
+        if (*p == ',')
+            p++;
+        if (*p == '\0' && p > v && p[-1] == ',')
+            return "an empty item";
+    }
+    return NULL;
+}
+
 static int set_integer(struct config *c, const struct key_def *k, const char *value, char *err,
                        size_t errlen)
 {
@@ -308,6 +382,51 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
         if (inet_pton(AF_INET, value, addr) != 1 && inet_pton(AF_INET6, value, addr) != 1)
             return bad_value(err, errlen, k, value, "not an IP address", expected);
         strcpy(field, value); /* every T_ADDRESS field is char[64] */
+        return 0;
+    }
+    case T_IPV4: {
+        const char *expected = "an IPv4 address literal such as 10.0.0.5";
+        unsigned char addr[4];
+        if (!*value)
+            return bad_value(err, errlen, k, value, "empty value", expected);
+        if (strlen(value) >= 16 || inet_pton(AF_INET, value, addr) != 1)
+            return bad_value(err, errlen, k, value, "not an IPv4 address", expected);
+        strcpy(field, value);
+        return 0;
+    }
+    case T_STR: {
+        const char *expected = "printable ASCII characters without blanks";
+        size_t n = strlen(value);
+        if (n < k->min)
+            return bad_value(err, errlen, k, value, "empty value", expected);
+        if (n >= k->max)
+            return bad_value(err, errlen, k, value, "too long", expected);
+        for (const char *p = value; *p; p++)
+            if (*p <= ' ' || *p > '~') {
+                /* cluster_secret is a secret: never quoted */
+                if (strcmp(k->name, "cluster_secret") == 0) {
+                    set_err(err, errlen, "bad value for key '%s': not %s", k->name, expected);
+                    return -EINVAL;
+                }
+                return bad_value(err, errlen, k, value, "bad character", expected);
+            }
+        strcpy(field, value);
+        return 0;
+    }
+    case T_HOST: {
+        size_t n = strlen(value);
+        if (n && (n >= k->max || !host_valid(value, n)))
+            return bad_value(err, errlen, k, value, "not a host name", "a DNS name");
+        strcpy(field, value);
+        return 0;
+    }
+    case T_SEEDS: {
+        const char *why = seeds_check(value);
+        if (strlen(value) >= k->max)
+            why = "too long";
+        if (why)
+            return bad_value(err, errlen, k, value, why, "a comma-separated list of host[:port]");
+        strcpy(field, value);
         return 0;
     }
     case T_API_KEY: {
@@ -579,5 +698,67 @@ int config_worker_count(const struct config *c)
         return 1;
     if (n > 256)
         return 256;
+    return (int)n;
+}
+
+bool config_clustered(const struct config *c)
+{
+    return c->cluster_seeds[0] != '\0' || c->cluster_dns[0] != '\0';
+}
+
+int config_cluster_resolve(struct config *c, char *err, size_t errlen)
+{
+    if (!c->node_name[0]) {
+        if (gethostname(c->node_name, sizeof(c->node_name) - 1) != 0 || !c->node_name[0])
+            snprintf(c->node_name, sizeof(c->node_name), "starling");
+        c->node_name[sizeof(c->node_name) - 1] = '\0';
+    }
+    if (!c->cluster_address[0]) {
+        unsigned char addr[4];
+        if (inet_pton(AF_INET, c->bind_address, addr) != 1 ||
+            strcmp(c->bind_address, "0.0.0.0") == 0) {
+            set_err(err, errlen,
+                    "cluster_address is required: bind_address '%s' is not an IPv4 address other "
+                    "nodes can reach (set cluster_address to this node's IPv4 address)",
+                    c->bind_address);
+            return -EINVAL;
+        }
+        snprintf(c->cluster_address, sizeof(c->cluster_address), "%s", c->bind_address);
+    }
+    if (c->cluster_port == c->raft_port) {
+        set_err(err, errlen, "cluster_port and raft_port must differ (both are %u)",
+                c->cluster_port);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int config_seeds_split(const struct config *c, char (*out)[256], unsigned max, char *err,
+                       size_t errlen)
+{
+    const char *why = seeds_check(c->cluster_seeds);
+    if (why) {
+        set_err(err, errlen, "cluster_seeds: %s", why);
+        return -EINVAL;
+    }
+    unsigned n = 0;
+    const char *p = c->cluster_seeds;
+    while (*p && n < max) {
+        while (*p == ' ')
+            p++;
+        const char *start = p;
+        while (*p && *p != ',')
+            p++;
+        const char *end = p;
+        while (end > start && end[-1] == ' ')
+            end--;
+        if (memchr(start, ':', (size_t)(end - start)))
+            snprintf(out[n], 256, "%.*s", (int)(end - start), start);
+        else
+            snprintf(out[n], 256, "%.*s:%u", (int)(end - start), start, c->raft_port);
+        n++;
+        if (*p == ',')
+            p++;
+    }
     return (int)n;
 }

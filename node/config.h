@@ -93,6 +93,19 @@ struct config {
     char admin_bind[64]; /* admin_bind, default "" = bind_address */
     char api_key[200];   /* api_key KEY:SECRET, default "" = none (only the public endpoints) */
     bool metrics_auth;   /* metrics_auth, default false: GET /metrics needs no API key */
+
+    /* The cluster (docs/cluster.md). With neither cluster_seeds nor
+     * cluster_dns the node runs alone: no cluster thread, no extra port. */
+    char node_name[128];            /* node_name, default "" = the host name */
+    char cluster_address[64];       /* cluster_address (IPv4), default "" = bind_address */
+    uint16_t cluster_port;          /* cluster_port, default 4370 (forwarding channel) */
+    uint16_t raft_port;             /* raft_port, default 4371 */
+    char cluster_seeds[1024];       /* cluster_seeds host[:raft_port],...; default "" */
+    char cluster_dns[256];          /* cluster_dns NAME (A records), default "" */
+    char cluster_name[64];          /* cluster_name, default "starling" */
+    char cluster_secret[256];       /* cluster_secret, default "" */
+    uint32_t cluster_claim_timeout; /* cluster_claim_timeout ms, default 5000 */
+    uint32_t cluster_down_after;    /* cluster_down_after ms, default 5000 */
 };
 
 /* The transports (listener kinds), also the bits of proxy_protocol. */
@@ -103,6 +116,26 @@ const char *config_xport_name(int xport);
 
 /* The effective allow_anonymous: as set, else true only without a password_file. */
 bool config_allow_anonymous(const struct config *c);
+
+/* Whether the configuration asks for a cluster (cluster_seeds or
+ * cluster_dns set). */
+bool config_clustered(const struct config *c);
+
+/*
+ * Complete and check the cluster keys of a clustered configuration: an empty
+ * node_name becomes the host name; an empty cluster_address becomes
+ * bind_address, which must then be an IPv4 address that is not the
+ * wildcard 0.0.0.0. Returns 0, or -EINVAL with the reason in err.
+ */
+int config_cluster_resolve(struct config *c, char *err, size_t errlen);
+
+/*
+ * Split cluster_seeds into "host:port" strings (the port defaults to
+ * raft_port): out[i] holds at most 255 characters. Returns how many (at most
+ * max), or -EINVAL with the reason in err (empty item, bad port, bad host).
+ */
+int config_seeds_split(const struct config *c, char (*out)[256], unsigned max, char *err,
+                       size_t errlen);
 
 /* Fill c with the built-in defaults. */
 void config_defaults(struct config *c);

@@ -153,6 +153,58 @@ static void handle_send_suback(struct conn *c, enum mqtt_type type, uint16_t pid
     conn_send(c, &p);
 }
 
+/* A SUBACK that waits until the subscription's route is in effect on every
+ * live node of the cluster (route_ops.sync, docs/cluster.md). */
+struct suback_later {
+    struct conn *c; /* a reference */
+    uint16_t pid;
+    uint32_t n;
+    uint8_t rcs[];
+};
+
+/* On the connection's worker. */
+static void handle_suback_send_later(void *ud)
+{
+    struct suback_later *d = ud;
+    if (conn_is_open(d->c) && d->c->state == CONN_ACTIVE)
+        handle_send_suback(d->c, MQTT_SUBACK, d->pid, d->rcs, d->n);
+    conn_unref(d->c);
+    free(d);
+}
+
+/* Any thread: the routes are everywhere. */
+static void handle_suback_ready(void *arg)
+{
+    struct suback_later *d = arg;
+    struct broker *b = conn_broker(d->c);
+    if (b->sink->call(d->c->w, handle_suback_send_later, d) < 0) {
+        conn_unref(d->c); /* the worker is stopping: no SUBACK */
+        free(d);
+    }
+}
+
+/* Send the SUBACK now, or once the route seam says the routes are in effect
+ * everywhere. */
+static void handle_suback_when_routed(struct conn *c, uint16_t pid, uint8_t *rcs, uint32_t n)
+{
+    struct broker *b = c->w->b;
+    if (b->route_ops->sync) {
+        struct suback_later *d = malloc(sizeof(*d) + n);
+        if (d) {
+            d->c = conn_ref(c);
+            d->pid = pid;
+            d->n = n;
+            memcpy(d->rcs, rcs, n);
+            int r = b->route_ops->sync(b->route_ud, handle_suback_ready, d);
+            if (r == 1)
+                return;
+            conn_unref(c);
+            free(d);
+        }
+    }
+    handle_send_suback(c, MQTT_SUBACK, pid, rcs, n);
+}
+
 void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
 {
     struct broker *b = c->w->b;
@@ -187,9 +239,10 @@ void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
         rcs[i++] = (uint8_t)rc;
     }
     persist_session_sync(b, c->session, &bt);
-    /* [MQTT-3.1.1 3.8.4-1, MQTT-5.0 3.8.4-1] SUBACK, before anything that the subscription delivers
-     */
-    handle_send_suback(c, MQTT_SUBACK, sub->packet_id, rcs, i);
+    /* [MQTT-3.1.1 3.8.4-1, MQTT-5.0 3.8.4-1] SUBACK; in a cluster, once the routes are in effect on
+     * every live node (messages the subscription matches may go out first: the server "MAY start
+     * sending PUBLISH packets matching the Subscription before the Server sends the SUBACK") */
+    handle_suback_when_routed(c, sub->packet_id, rcs, i);
     if (rcs != stack_rc)
         free(rcs);
 }

@@ -14,6 +14,7 @@
 #include "admin.h"
 #include "admin_local.h"
 #include "broker.h"
+#include "cluster_node.h"
 #include "config.h"
 #include "log.h"
 #include "passwd.h"
@@ -47,13 +48,16 @@ struct admin_run {
     struct admin *server;
 };
 
-static int admin_run_start(struct admin_run *ar, struct broker *b, const struct config *cfg)
+static int admin_run_start(struct admin_run *ar, struct broker *b, const struct config *cfg,
+                           struct cluster_node *cn)
 {
     memset(ar, 0, sizeof(*ar));
     if (cfg->admin_port == 0)
         return 0;
     struct admin_provider p;
     admin_local_init(&ar->local, b, &p);
+    if (cn)
+        cluster_node_admin(cn, &ar->local, &p);
     ar->keys = admin_key_table_new();
     if (!ar->keys || (cfg->api_key[0] && admin_key_table_add(ar->keys, cfg->api_key) < 0)) {
         log_error("admin API: cannot set up the API keys");
@@ -156,10 +160,22 @@ int main(int argc, char **argv)
         broker_cleanup(&broker);
         return 1;
     }
-    if (r == 0 && (r = persist_open(&broker, err, sizeof(err))) < 0) {
+    /* The cluster (cluster_seeds or cluster_dns): before the store loads the
+     * persistent sessions, so that their routes are proposed. */
+    struct cluster_node *cn = NULL;
+    if (r == 0 && config_clustered(&cfg) &&
+        (r = cluster_node_start(&cn, &broker, err, sizeof(err))) < 0) {
         log_error("%s", err);
         server_cleanup(&broker);
         broker_cleanup(&broker);
+        return 1;
+    }
+    if (r == 0 && (r = persist_open(&broker, err, sizeof(err))) < 0) {
+        log_error("%s", err);
+        cluster_node_stop(cn);
+        server_cleanup(&broker);
+        broker_cleanup(&broker);
+        cluster_node_free(cn);
         return 1;
     }
 #ifndef NDEBUG
@@ -169,18 +185,22 @@ int main(int argc, char **argv)
         broker.registry_ops = &registry_deferred_ops;
 #endif
     struct admin_run admin;
-    if (r == 0 && admin_run_start(&admin, &broker, &cfg) < 0) {
+    if (r == 0 && admin_run_start(&admin, &broker, &cfg, cn) < 0) {
         admin_run_stop(&admin, &cfg);
+        cluster_node_stop(cn);
         server_cleanup(&broker);
         broker_cleanup(&broker);
+        cluster_node_free(cn);
         return 1;
     }
     if (r == 0) {
         r = server_run(&broker);
         admin_run_stop(&admin, &cfg);
     }
+    cluster_node_stop(cn);
     server_cleanup(&broker);
     broker_cleanup(&broker);
+    cluster_node_free(cn);
     if (r != 0) {
         log_error("start-up failed: %s", strerror(r < 0 ? -r : r));
         return 1;

@@ -18,12 +18,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct msg;
+struct worker;
+
 struct route_ops {
     void (*filter_added)(void *ud, const char *filter, size_t len);
     void (*filter_removed)(void *ud, const char *filter, size_t len);
-    /* Fill nodes[0..max) with ids of other nodes that have a route matching
-     * topic; return how many. */
-    int (*remote_nodes)(void *ud, const char *topic, size_t len, uint32_t *nodes, int max);
+    /* Fill nodes[0..max) with the ids (64-bit cluster node ids) of other
+     * nodes that have a route matching topic; return how many there are
+     * (may exceed max: then only max were written). */
+    int (*remote_nodes)(void *ud, const char *topic, size_t len, uint64_t *nodes, int max);
+    /* Optional (NULL on a single node). Send m, which this node accepted
+     * from a client (or a will), to the other nodes with a matching route,
+     * once per node. Called by broker_publish after the local delivery, on
+     * the publishing worker (cur) or any thread (cur NULL); must not block.
+     * The callee takes its own references. */
+    void (*forward)(void *ud, struct msg *m, struct worker *cur);
+    /* Optional (NULL on a single node). "A SUBACK means the route is
+     * everywhere": returns 0 when every route change made before this call
+     * is already in effect on every live node (done is not called), 1 when
+     * done(arg) will be called later, once it is (any thread, exactly once;
+     * also at shutdown), or a negative errno (done is not called). */
+    int (*sync)(void *ud, void (*done)(void *arg), void *arg);
 };
 
 /* The single-node implementation; ud must point to a struct route_local. */

@@ -22,7 +22,7 @@ static void local_filter_removed(void *ud, const char *filter, size_t len)
     rl->routes--;
 }
 
-static int local_remote_nodes(void *ud, const char *topic, size_t len, uint32_t *nodes, int max)
+static int local_remote_nodes(void *ud, const char *topic, size_t len, uint64_t *nodes, int max)
 {
     (void)ud;
     (void)topic;

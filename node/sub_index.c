@@ -742,7 +742,9 @@ struct sub_match_ctx {
     sub_index_match_cb cb;
     void *ud;
     int calls;
-    unsigned plain_nodes; /* nodes that reported non-shared subscriptions */
+    unsigned plain_nodes;        /* nodes that reported non-shared subscriptions */
+    sub_index_group_fn group_ok; /* NULL: every shared group */
+    void *group_ud;
 };
 
 /* One member of a shared group: round robin from the cursor, the first
@@ -776,7 +778,7 @@ static void sub_node_report(struct sub_match_ctx *c, struct sub_node *n)
         c->calls++;
     }
     for (struct sub_group *g = n->groups; g; g = g->next) {
-        if (g->members.n == 0)
+        if (g->members.n == 0 || (c->group_ok && !c->group_ok(c->group_ud, g->name, g->name_len)))
             continue;
         struct sub_entry *s = sub_group_pick(g, c->eligible);
         c->cb(c->ud, s->subscriber, s->options, s->sub_id, true);
@@ -856,11 +858,18 @@ int sub_index_match_ex(struct sub_index *idx, const char *t, size_t len,
                        bool (*eligible)(void *subscriber), sub_index_match_cb cb, void *ud,
                        bool *unique)
 {
+    return sub_index_match_groups(idx, t, len, eligible, NULL, NULL, cb, ud, unique);
+}
+
+int sub_index_match_groups(struct sub_index *idx, const char *t, size_t len,
+                           bool (*eligible)(void *subscriber), sub_index_group_fn group_ok,
+                           void *group_ud, sub_index_match_cb cb, void *ud, bool *unique)
+{
     if (unique)
         *unique = true;
     if (!t || len == 0 || !cb)
         return 0;
-    struct sub_match_ctx c = {eligible, cb, ud, 0, 0};
+    struct sub_match_ctx c = {eligible, cb, ud, 0, 0, group_ok, group_ud};
     pthread_rwlock_rdlock(&idx->lock);
     struct sub_exact *x = sub_exact_find(idx, t, len);
     if (x)

@@ -61,6 +61,15 @@ int sub_index_match_ex(struct sub_index *idx, const char *t, size_t len,
                        bool (*eligible)(void *subscriber), sub_index_match_cb cb, void *ud,
                        bool *unique);
 
+/* sub_index_match_ex, with shared groups limited to those for which
+ * group_ok(group_ud, group name, length) is true (group_ok NULL: all): a
+ * message forwarded by another node of the cluster goes only to the shared
+ * groups that node picked this one for. */
+typedef bool (*sub_index_group_fn)(void *ud, const char *group, size_t len);
+int sub_index_match_groups(struct sub_index *idx, const char *t, size_t len,
+                           bool (*eligible)(void *subscriber), sub_index_group_fn group_ok,
+                           void *group_ud, sub_index_match_cb cb, void *ud, bool *unique);
+
 /* Number of subscriptions (each subscriber x filter counts once). */
 size_t sub_index_count(struct sub_index *idx);
 

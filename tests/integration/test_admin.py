@@ -562,9 +562,12 @@ def test_metrics_checker_rejects_bad_text():
 # ---- the server's limits and life cycle --------------------------------------
 
 
-def test_health_503_while_shutting_down(node):
+def test_health_503_while_shutting_down(broker):
     """Between SIGTERM and exit (here: a client that does not read holds the
-    shutdown for its grace period), health is 503 and starling_up 0."""
+    shutdown for its grace period), health is 503 and starling_up 0. The
+    publisher must not be paused for that client (flow control would hold
+    its PUBACK): drop_new keeps the client's queue full instead."""
+    node = broker(admin=True, api_key=API_KEY, slow_subscriber_policy="drop_new")
     slow = raw(node, uid("slow"))
     slow.subscribe(("slow/#", 0))
     pub = paho(node, uid("pub"))

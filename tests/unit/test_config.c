@@ -601,6 +601,91 @@ static void test_admin_keys(void)
                                 "have 8 to 128 characters (expected KEY:SECRET)");
 }
 
+/* The cluster keys: defaults, values, errors, seeds, the derived values. */
+static void test_cluster_keys(void)
+{
+    struct config c;
+    config_defaults(&c);
+    CU_ASSERT_STRING_EQUAL(c.node_name, "");
+    CU_ASSERT_STRING_EQUAL(c.cluster_address, "");
+    CU_ASSERT_EQUAL(c.cluster_port, 4370);
+    CU_ASSERT_EQUAL(c.raft_port, 4371);
+    CU_ASSERT_STRING_EQUAL(c.cluster_seeds, "");
+    CU_ASSERT_STRING_EQUAL(c.cluster_dns, "");
+    CU_ASSERT_STRING_EQUAL(c.cluster_name, "starling");
+    CU_ASSERT_STRING_EQUAL(c.cluster_secret, "");
+    CU_ASSERT_EQUAL(c.cluster_claim_timeout, 5000);
+    CU_ASSERT_EQUAL(c.cluster_down_after, 5000);
+    CU_ASSERT_FALSE(config_clustered(&c));
+
+    CU_ASSERT_EQUAL(load_string(&c,
+                                "node_name n1\ncluster_address 127.0.0.11\ncluster_port 5370\n"
+                                "raft_port 5371\n"
+                                "cluster_seeds 127.0.0.11, 127.0.0.12:6000 ,seed-3.example\n"
+                                "cluster_name prod\ncluster_secret s3cr3t\n"
+                                "cluster_claim_timeout 250\ncluster_down_after 3000\n",
+                                NULL),
+                    0);
+    CU_ASSERT_STRING_EQUAL(c.node_name, "n1");
+    CU_ASSERT_STRING_EQUAL(c.cluster_address, "127.0.0.11");
+    CU_ASSERT_EQUAL(c.cluster_port, 5370);
+    CU_ASSERT_EQUAL(c.raft_port, 5371);
+    CU_ASSERT_STRING_EQUAL(c.cluster_name, "prod");
+    CU_ASSERT_STRING_EQUAL(c.cluster_secret, "s3cr3t");
+    CU_ASSERT_EQUAL(c.cluster_claim_timeout, 250);
+    CU_ASSERT_EQUAL(c.cluster_down_after, 3000);
+    CU_ASSERT_TRUE(config_clustered(&c));
+    char seeds[4][256];
+    CU_ASSERT_EQUAL(config_seeds_split(&c, seeds, 4, err, sizeof(err)), 3);
+    CU_ASSERT_STRING_EQUAL(seeds[0], "127.0.0.11:5371");
+    CU_ASSERT_STRING_EQUAL(seeds[1], "127.0.0.12:6000");
+    CU_ASSERT_STRING_EQUAL(seeds[2], "seed-3.example:5371");
+    CU_ASSERT_EQUAL(config_cluster_resolve(&c, err, sizeof(err)), 0);
+    CU_ASSERT_STRING_EQUAL(c.cluster_address, "127.0.0.11");
+
+    char *env[] = {"STARLING_CLUSTER_DNS=starling-headless.ns.svc", "STARLING_RAFT_PORT=7000",
+                   NULL};
+    CU_ASSERT_EQUAL(config_load_env(&c, env, err, sizeof(err)), 0);
+    CU_ASSERT_STRING_EQUAL(c.cluster_dns, "starling-headless.ns.svc");
+    CU_ASSERT_EQUAL(c.raft_port, 7000);
+
+    /* Defaults derived when clustering: the host name, bind_address. */
+    config_defaults(&c);
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_seeds", "10.0.0.1", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(config_cluster_resolve(&c, err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "cluster_address is required"));
+    CU_ASSERT_EQUAL(config_set(&c, "bind_address", "10.0.0.7", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(config_cluster_resolve(&c, err, sizeof(err)), 0);
+    CU_ASSERT_STRING_EQUAL(c.cluster_address, "10.0.0.7");
+    CU_ASSERT_NOT_EQUAL(c.node_name[0], '\0');
+    CU_ASSERT_EQUAL(config_set(&c, "raft_port", "4370", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(config_cluster_resolve(&c, err, sizeof(err)), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "cluster_port and raft_port must differ (both are 4370)");
+
+    /* Bad values: clear reasons, nothing changed. */
+    config_defaults(&c);
+    struct config before = c;
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_address", "::1", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "bad value '::1' for key 'cluster_address': not an IPv4 address "
+                                "(expected an IPv4 address literal such as 10.0.0.5)");
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_seeds", "a,,b", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "an empty item"));
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_seeds", "a,", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_seeds", "a:0", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "a bad port"));
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_seeds", "a:70000", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_seeds", "a b", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "a bad host name"));
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_dns", "bad/name", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "node_name", "two words", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "node_name", "", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_secret", "has space", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NULL(strstr(err, "has space"));
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_port", "0", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "cluster_claim_timeout", "10", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0);
+}
+
 static void test_worker_count(void)
 {
     struct config c;
@@ -775,6 +860,7 @@ int main(void)
         {"environment", test_env},
         {"environment errors", test_env_errors},
         {"admin API keys", test_admin_keys},
+        {"cluster keys", test_cluster_keys},
         {"worker count", test_worker_count},
         {"log level", test_log_level},
         {"log output", test_log_output},

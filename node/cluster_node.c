@@ -1,0 +1,1041 @@
+/*
+ * cluster_node.c - the glue between the broker and the cluster (see
+ * cluster_node.h, docs/cluster.md "How a subscription, a publish ... flow").
+ *
+ * Routes. filter_added/filter_removed (workers, under the index lock) append
+ * a RouteAdd/RouteRemove to `pending` and take a ticket (a sequence number
+ * of route changes). The own thread proposes `pending` as one batch, one
+ * batch at a time, so changes commit in the order they were made; a failed
+ * proposal (no leader yet, leader lost) is proposed again after 100 ms
+ * (commands are idempotent). The very first batch starts with
+ * NodePurge(self), so that the routes this node had before a restart are
+ * replaced by exactly the ones its sessions have now.
+ *
+ * SUBACK. route_ops.sync registers a waiter for the newest ticket. When the
+ * batch holding that ticket commits at index i, the waiter waits until every
+ * live member reported an applied index >= i (chan.Applied, sent by each
+ * node when its applied index moves and every 200 ms; a member is live when
+ * it reported within cluster_down_after), and this node applied i itself.
+ *
+ * Publishes. forward() walks the replicated route matcher: one chan.Publish
+ * per other node with a plain route; for each shared group with no member
+ * on this node (this node's own members were served by the local delivery),
+ * one node of the group, picked round robin, with the group in `shares`.
+ */
+#include "cluster_node_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "admin_local.h"
+#include "broker.h"
+#include "channel.pb-c.h"
+#include "cluster.h"
+#include "cmd.h"
+#include "log.h"
+#include "msg.h"
+#include "persist.h"
+#include "raft_cmd.pb-c.h"
+#include "retain.h"
+
+/* ---- seeds ------------------------------------------------------------- */
+
+/* "a.b.c.d" of host (an IPv4 literal or a name), or -1. */
+static int resolve4(const char *host, char *out, size_t outlen)
+{
+    struct in_addr a;
+    if (inet_pton(AF_INET, host, &a) == 1) {
+        snprintf(out, outlen, "%s", host);
+        return 0;
+    }
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+        return -1;
+    inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, out, (socklen_t)outlen);
+    freeaddrinfo(res);
+    return 0;
+}
+
+/* The seeds as Raft addresses "a.b.c.d:port". */
+static int seeds_from_list(const struct config *cfg, char (*seeds)[64], char *err, size_t errlen)
+{
+    static char items[MAX_SEEDS][256];
+    int n = config_seeds_split(cfg, items, MAX_SEEDS, err, errlen);
+    for (int i = 0; i < n; i++) {
+        char *colon = strrchr(items[i], ':');
+        *colon = '\0';
+        char ip[INET_ADDRSTRLEN];
+        if (resolve4(items[i], ip, sizeof(ip)) < 0) {
+            snprintf(err, errlen, "cluster_seeds: cannot resolve '%s' to an IPv4 address",
+                     items[i]);
+            return -EINVAL;
+        }
+        snprintf(seeds[i], 64, "%s:%s", ip, colon + 1);
+    }
+    return n;
+}
+
+/* cluster_dns: every A record, re-resolved each second until the answer
+ * holds this node and another one, or 30 s passed. */
+static int seeds_from_dns(const struct config *cfg, char (*seeds)[64], char *err, size_t errlen)
+{
+    uint64_t deadline = cn_mono_ms() + 30000;
+    int n = 0;
+    for (;;) {
+        n = 0;
+        bool self = false;
+        struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+        struct addrinfo *res = NULL;
+        if (getaddrinfo(cfg->cluster_dns, NULL, &hints, &res) == 0) {
+            for (struct addrinfo *a = res; a && n < MAX_SEEDS; a = a->ai_next) {
+                char ip[INET_ADDRSTRLEN];
+                inet_ntop(AF_INET, &((struct sockaddr_in *)a->ai_addr)->sin_addr, ip, sizeof(ip));
+                char s[64];
+                snprintf(s, sizeof(s), "%s:%u", ip, cfg->raft_port);
+                bool dup = false;
+                for (int i = 0; i < n; i++)
+                    dup = dup || strcmp(seeds[i], s) == 0;
+                if (dup)
+                    continue;
+                self = self || strcmp(ip, cfg->cluster_address) == 0;
+                snprintf(seeds[n++], 64, "%s", s);
+            }
+            freeaddrinfo(res);
+        }
+        if ((self && n >= 2) || cn_mono_ms() >= deadline)
+            break;
+        log_info("cluster: %s gives %d address(es)%s; asking again", cfg->cluster_dns, n,
+                 self ? "" : ", not this node's");
+        sleep(1);
+    }
+    if (n == 0) {
+        snprintf(err, errlen, "cluster_dns: %s has no A record", cfg->cluster_dns);
+        return -EINVAL;
+    }
+    return n;
+}
+
+/* ---- peers and applied indexes ------------------------------------------ */
+
+static int scan_member(void *ud, uint64_t node, const void *rec, size_t len)
+{
+    struct cluster_node *cn = ud;
+    if (node == cn->self || cn->n_peers >= MAX_PEERS)
+        return 0;
+    Starling__Cmd__Member *m = starling__cmd__member__unpack(NULL, len, rec);
+    if (!m)
+        return 0;
+    struct peer *p = NULL;
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        if (cn->peers[i].node == node)
+            p = &cn->peers[i];
+    if (!p) {
+        p = &cn->peers[cn->n_peers++];
+        memset(p, 0, sizeof(*p));
+        p->node = node;
+    }
+    snprintf(p->name, sizeof(p->name), "%s", m->name);
+    snprintf(p->address, sizeof(p->address), "%s:%u", m->address, m->cluster_port);
+    p->left = m->left;
+    starling__cmd__member__free_unpacked(m, NULL);
+    return 0;
+}
+
+/* Refresh the peers from the members table (keeping what they reported).
+ * Caller holds mu. */
+static void peers_refresh(struct cluster_node *cn)
+{
+    struct peer old[MAX_PEERS];
+    unsigned n_old = cn->n_peers;
+    memcpy(old, cn->peers, sizeof(old));
+    cn->n_peers = 0;
+    fsm_members(cn->fsm, scan_member, cn);
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        for (unsigned j = 0; j < n_old; j++)
+            if (old[j].node == cn->peers[i].node) {
+                cn->peers[i].applied = old[j].applied;
+                cn->peers[i].seen_ms = old[j].seen_ms;
+            }
+}
+
+static bool peer_live(const struct cluster_node *cn, const struct peer *p, uint64_t now)
+{
+    return !p->left && p->seen_ms && now - p->seen_ms <= cn->b->cfg.cluster_down_after;
+}
+
+static void send_applied(struct cluster_node *cn, uint64_t index)
+{
+    Starling__Chan__Applied a = STARLING__CHAN__APPLIED__INIT;
+    a.index = index;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_APPLIED;
+    fr.applied = &a;
+    uint8_t buf[32];
+    size_t n = starling__chan__frame__pack(&fr, buf);
+    uint64_t nodes[MAX_PEERS];
+    unsigned k = 0;
+    pthread_mutex_lock(&cn->mu);
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        if (!cn->peers[i].left)
+            nodes[k++] = cn->peers[i].node;
+    pthread_mutex_unlock(&cn->mu);
+    for (unsigned i = 0; i < k; i++)
+        cluster_send(cn->c, nodes[i], buf, n);
+}
+
+/* ---- routes ------------------------------------------------------------- */
+
+static void route_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    (void)leader;
+    struct cluster_node *cn = ud;
+    pthread_mutex_lock(&cn->mu);
+    if (status == 0 && res) {
+        cn->committed = cn->inflight_ticket;
+        for (struct waiter *w = cn->waiters; w; w = w->next)
+            if (!w->index && w->ticket <= cn->inflight_ticket)
+                w->index = res->index;
+        free(cn->inflight);
+        cn->inflight = NULL;
+    } else {
+        if (status != -ECANCELED)
+            log_debug("cluster: route batch not committed (%s); retrying", strerror(-status));
+        cn->retry_at_ms = cn_mono_ms() + RETRY_MS;
+    }
+    cn->inflight_busy = false;
+    pthread_cond_signal(&cn->cv);
+    pthread_mutex_unlock(&cn->mu);
+}
+
+/* Take pending into a new in-flight entry. Caller holds mu. */
+static void route_take(struct cluster_node *cn)
+{
+    if (cn->inflight || (cmd_batch_count(cn->pending) == 0 && !cn->purge_first))
+        return;
+    struct cmd_batch *b = cn->pending;
+    if (cn->purge_first) {
+        /* NodePurge(self), then the pending commands */
+        struct cmd_batch *nb = cmd_batch_new();
+        size_t pb_len;
+        const void *pb = cmd_batch_pb(b, &pb_len);
+        if (!nb || cmd_node_purge(nb, cn->self) < 0) {
+            cmd_batch_free(nb);
+            return;
+        }
+        size_t h_len;
+        const void *h = cmd_batch_pb(nb, &h_len);
+        /* concatenated CommandBatch encodings are one batch of all commands */
+        uint8_t *cat = malloc(h_len + pb_len + 1);
+        if (!cat) {
+            cmd_batch_free(nb);
+            return;
+        }
+        memcpy(cat, h, h_len);
+        if (pb_len)
+            memcpy(cat + h_len, pb, pb_len);
+        void *entry;
+        size_t len;
+        int r = cmd_entry_wrap(cat, h_len + pb_len, &entry, &len);
+        free(cat);
+        cmd_batch_free(nb);
+        if (r < 0)
+            return;
+        cn->inflight = entry;
+        cn->inflight_len = len;
+        cn->purge_first = false;
+    } else {
+        size_t len;
+        const void *e = cmd_batch_data(b, &len);
+        if (!e || !(cn->inflight = malloc(len)))
+            return;
+        memcpy(cn->inflight, e, len);
+        cn->inflight_len = len;
+    }
+    cn->inflight_ticket = cn->queued;
+    cmd_batch_reset(b);
+}
+
+static void route_queue(struct cluster_node *cn, const char *filter, size_t len, bool add)
+{
+    if (atomic_load(&cn->stopped))
+        return;
+    pthread_mutex_lock(&cn->mu);
+    int r = add ? cmd_route_add(cn->pending, filter, len, cn->self)
+                : cmd_route_remove(cn->pending, filter, len, cn->self);
+    if (r == 0) {
+        cn->queued++;
+        pthread_cond_signal(&cn->cv);
+    } else {
+        log_error("cluster: cannot queue the route of '%.*s': %s", (int)len, filter, strerror(-r));
+    }
+    pthread_mutex_unlock(&cn->mu);
+}
+
+static void cn_filter_added(void *ud, const char *filter, size_t len)
+{
+    route_queue(ud, filter, len, true);
+}
+
+static void cn_filter_removed(void *ud, const char *filter, size_t len)
+{
+    route_queue(ud, filter, len, false);
+}
+
+struct nodes_acc {
+    uint64_t self;
+    uint64_t *v;
+    int n, max;
+};
+
+static void nodes_visit(void *ud, uint64_t node, const char *share, size_t share_len)
+{
+    (void)share;
+    (void)share_len;
+    struct nodes_acc *a = ud;
+    if (node == a->self)
+        return;
+    for (int i = 0; i < a->n && i < a->max; i++)
+        if (a->v[i] == node)
+            return;
+    if (a->n < a->max)
+        a->v[a->n] = node;
+    a->n++;
+}
+
+static int cn_remote_nodes(void *ud, const char *topic, size_t len, uint64_t *nodes, int max)
+{
+    struct cluster_node *cn = ud;
+    struct nodes_acc a = {cn->self, nodes, 0, max};
+    if (routes_match(fsm_routes(cn->fsm), topic, len, nodes_visit, &a) < 0)
+        return 0;
+    return a.n;
+}
+
+static int cn_sync(void *ud, void (*done)(void *arg), void *arg)
+{
+    struct cluster_node *cn = ud;
+    if (atomic_load(&cn->stopped))
+        return 0;
+    struct waiter *w = calloc(1, sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    pthread_mutex_lock(&cn->mu);
+    if (cn->everywhere >= cn->queued) {
+        pthread_mutex_unlock(&cn->mu);
+        free(w);
+        return 0;
+    }
+    w->ticket = cn->queued;
+    w->done = done;
+    w->arg = arg;
+    w->next = cn->waiters;
+    cn->waiters = w;
+    pthread_cond_signal(&cn->cv);
+    pthread_mutex_unlock(&cn->mu);
+    return 1;
+}
+
+/* ---- publishes ----------------------------------------------------------- */
+
+#define MAX_SHARES 32
+
+struct fwd_group {
+    char share[256]; /* "$share/group/filter", copied during the walk */
+    size_t len;
+    uint64_t nodes[16];
+    unsigned n;
+    bool local;
+};
+
+struct fwd_acc {
+    uint64_t self;
+    uint64_t plain[MAX_PEERS];
+    unsigned n_plain;
+    struct fwd_group groups[MAX_SHARES];
+    unsigned n_groups;
+};
+
+static void fwd_visit(void *ud, uint64_t node, const char *share, size_t share_len)
+{
+    struct fwd_acc *a = ud;
+    if (!share) {
+        if (node == a->self)
+            return;
+        for (unsigned i = 0; i < a->n_plain; i++)
+            if (a->plain[i] == node)
+                return;
+        if (a->n_plain < MAX_PEERS)
+            a->plain[a->n_plain++] = node;
+        return;
+    }
+    struct fwd_group *g = NULL;
+    for (unsigned i = 0; i < a->n_groups; i++)
+        if (a->groups[i].len == share_len && memcmp(a->groups[i].share, share, share_len) == 0)
+            g = &a->groups[i];
+    if (!g) {
+        if (a->n_groups == MAX_SHARES || share_len >= sizeof(g->share))
+            return;
+        g = &a->groups[a->n_groups++];
+        g->n = 0;
+        g->local = false;
+        memcpy(g->share, share, share_len);
+        g->len = share_len;
+    }
+    if (node == a->self)
+        g->local = true;
+    else if (g->n < 16)
+        g->nodes[g->n++] = node; /* ascending: the matcher keeps ids sorted */
+}
+
+static int u64_cmp(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+static void cn_forward(void *ud, struct msg *m, struct worker *cur)
+{
+    (void)cur;
+    struct cluster_node *cn = ud;
+    if (atomic_load(&cn->stopped))
+        return;
+    const char *topic = msg_topic(m);
+    /* $SYS stays per node */
+    if (m->topic_len >= 4 && memcmp(topic, "$SYS", 4) == 0)
+        return;
+    uint64_t seq = atomic_fetch_add(&cn->pub_seq, 1) + 1;
+
+    if (m->retain && cn->b->cfg.retain_available) {
+        struct cmd_batch *b = cmd_batch_new();
+        int r = -ENOMEM;
+        if (b)
+            r = m->payload_len == 0 ? cmd_retained_clear(b, topic, m->topic_len, cn->self, seq)
+                                    : cmd_retained_set(b, topic, m->topic_len, m->qos,
+                                                       msg_payload(m), m->payload_len, msg_props(m),
+                                                       m->props_len, m->expiry_at, cn->self, seq);
+        size_t len;
+        const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
+        if (!e || cluster_propose(cn->c, e, len, NULL, NULL) < 0)
+            log_warn("cluster: the retained message of '%.*s' is not replicated", m->topic_len,
+                     topic);
+        cmd_batch_free(b);
+    }
+
+    /* The matcher's strings are valid only during the walk (its read lock):
+     * fwd_visit copies them. */
+    struct fwd_acc a;
+    a.self = cn->self;
+    a.n_plain = 0;
+    a.n_groups = 0;
+    if (routes_match(fsm_routes(cn->fsm), topic, m->topic_len, fwd_visit, &a) < 0)
+        return;
+    if (a.n_plain == 0 && a.n_groups == 0)
+        return;
+
+    /* destinations: plain nodes, plus one node per group without a local
+     * member */
+    uint64_t dest[MAX_PEERS];
+    unsigned n_dest = 0;
+    for (unsigned i = 0; i < a.n_plain; i++)
+        dest[n_dest++] = a.plain[i];
+    uint64_t pick = atomic_fetch_add(&cn->pick, 1);
+    uint64_t chosen[MAX_SHARES];
+    for (unsigned i = 0; i < a.n_groups; i++) {
+        struct fwd_group *g = &a.groups[i];
+        chosen[i] = 0;
+        if (g->local || g->n == 0)
+            continue;
+        qsort(g->nodes, g->n, sizeof(g->nodes[0]), u64_cmp);
+        chosen[i] = g->nodes[pick % g->n];
+        bool have = false;
+        for (unsigned k = 0; k < n_dest; k++)
+            have = have || dest[k] == chosen[i];
+        if (!have && n_dest < MAX_PEERS)
+            dest[n_dest++] = chosen[i];
+    }
+
+    for (unsigned d = 0; d < n_dest; d++) {
+        Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+        p.origin = cn->self;
+        p.seq = seq;
+        p.topic.data = (uint8_t *)topic;
+        p.topic.len = m->topic_len;
+        p.payload.data = (uint8_t *)msg_payload(m);
+        p.payload.len = m->payload_len;
+        p.qos = m->qos;
+        p.has_retain = true;
+        p.retain = m->retain;
+        if (m->props_len) {
+            p.has_properties = true;
+            p.properties.data = (uint8_t *)msg_props(m);
+            p.properties.len = m->props_len;
+        }
+        if (m->expiry_at) {
+            p.has_expiry_at_ms = true;
+            p.expiry_at_ms = m->expiry_at;
+        }
+        ProtobufCBinaryData shares[MAX_SHARES];
+        size_t n_shares = 0;
+        for (unsigned i = 0; i < a.n_groups; i++)
+            if (chosen[i] == dest[d]) {
+                shares[n_shares].data = (uint8_t *)a.groups[i].share;
+                shares[n_shares].len = a.groups[i].len;
+                n_shares++;
+            }
+        p.n_shares = n_shares;
+        p.shares = shares;
+        Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+        fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+        fr.publish = &p;
+        size_t n = starling__chan__frame__get_packed_size(&fr);
+        uint8_t stack[2048];
+        uint8_t *buf = n <= sizeof(stack) ? stack : malloc(n);
+        if (!buf)
+            continue;
+        starling__chan__frame__pack(&fr, buf);
+        int r = cluster_send(cn->c, dest[d], buf, n);
+        if (r < 0) {
+            atomic_fetch_add(&cn->b->stats.msgs_dropped, 1);
+            log_warn("cluster: publish on '%.*s' not forwarded to %016llx: %s", m->topic_len, topic,
+                     (unsigned long long)dest[d], strerror(-r));
+        }
+        if (buf != stack)
+            free(buf);
+    }
+}
+
+static const struct route_ops cluster_route_ops = {
+    .filter_added = cn_filter_added,
+    .filter_removed = cn_filter_removed,
+    .remote_nodes = cn_remote_nodes,
+    .forward = cn_forward,
+    .sync = cn_sync,
+};
+
+/* ---- the receiving side (cluster thread) --------------------------------- */
+
+/* Whether the origin picked this node for shared group `group`: one of the
+ * frame's "$share/{group}/{filter}" strings names it. (Two groups of one name
+ * with different filters that both match are told apart by name only.) */
+static bool share_picked(void *ud, const char *group, size_t len)
+{
+    const Starling__Chan__Publish *p = ud;
+    for (size_t i = 0; i < p->n_shares; i++) {
+        const ProtobufCBinaryData *s = &p->shares[i];
+        if (s->len > 7 + len && memcmp(s->data, "$share/", 7) == 0 &&
+            memcmp(s->data + 7, group, len) == 0 && s->data[7 + len] == '/')
+            return true;
+    }
+    return false;
+}
+
+static void on_publish(struct cluster_node *cn, const Starling__Chan__Publish *p)
+{
+    if (p->topic.len == 0 || p->topic.len > 65535)
+        return;
+    struct msg *m = msg_new(p->topic.data, (uint16_t)p->topic.len, p->payload.data,
+                            (uint32_t)p->payload.len, p->has_properties ? p->properties.data : NULL,
+                            p->has_properties ? (uint32_t)p->properties.len : 0,
+                            (uint8_t)(p->qos > 2 ? 2 : p->qos), p->has_retain && p->retain,
+                            p->has_expiry_at_ms ? p->expiry_at_ms : 0, NULL);
+    if (!m)
+        return;
+    atomic_fetch_add(&cn->b->stats.msgs_received, 1);
+    broker_publish_forwarded(cn->b, m, share_picked, (void *)p);
+    msg_unref(m);
+}
+
+static void on_frame(void *ud, uint64_t from, const void *frame)
+{
+    struct cluster_node *cn = ud;
+    const Starling__Chan__Frame *f = frame;
+    if (atomic_load(&cn->stopped))
+        return;
+    switch (f->frame_case) {
+    case STARLING__CHAN__FRAME__FRAME_PUBLISH:
+        on_publish(cn, f->publish);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_SESSION_REQUEST:
+        cn_registry_on_request(cn, from, f->session_request);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_SESSION_STATE:
+        cn_registry_on_state(cn, f->session_state);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_APPLIED: {
+        pthread_mutex_lock(&cn->mu);
+        bool known = false;
+        for (unsigned i = 0; i < cn->n_peers; i++)
+            if (cn->peers[i].node == from) {
+                if (f->applied->index > cn->peers[i].applied)
+                    cn->peers[i].applied = f->applied->index;
+                cn->peers[i].seen_ms = cn_mono_ms();
+                known = true;
+            }
+        if (!known)
+            peers_refresh(cn);
+        pthread_cond_signal(&cn->cv);
+        pthread_mutex_unlock(&cn->mu);
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+/* Store a retained message (or clear, empty payload) that another node
+ * published: in memory for subscribers here, on disk for restarts. */
+static void cn_retain_store(struct broker *b, struct msg *m)
+{
+    retain_set(b->retained, m);
+    struct store_batch *bt = NULL;
+    persist_retained(b, &bt, m);
+    if (bt)
+        persist_submit(b, &bt, NULL, NULL);
+}
+
+/* Retained messages that other nodes published, and membership changes the
+ * leader acts on (cluster thread, after each applied command). */
+static void on_applied(void *ud, uint64_t index, const void *cmd)
+{
+    (void)index;
+    struct cluster_node *cn = ud;
+    const Starling__Cmd__Command *k = cmd;
+    struct broker *b = cn->b;
+    switch (k->cmd_case) {
+    case STARLING__CMD__COMMAND__CMD_SESSION_CLAIM:
+        /* another node took a client id: kick and set aside the session */
+        if (k->session_claim->node != cn->self && !atomic_load(&cn->stopped) &&
+            k->session_claim->client_id.len <= 65535)
+            cn_registry_claimed_elsewhere(cn, (const char *)k->session_claim->client_id.data,
+                                          (uint16_t)k->session_claim->client_id.len);
+        return;
+    case STARLING__CMD__COMMAND__CMD_RETAINED_SET: {
+        const Starling__Cmd__RetainedSet *r = k->retained_set;
+        if (r->origin == cn->self || r->topic.len == 0 || r->topic.len > 65535 || !r->message)
+            return;
+        const Starling__Cmd__RetainedMessage *rm = r->message;
+        struct msg *m =
+            msg_new(r->topic.data, (uint16_t)r->topic.len, rm->payload.data,
+                    (uint32_t)rm->payload.len, rm->has_properties ? rm->properties.data : NULL,
+                    rm->has_properties ? (uint32_t)rm->properties.len : 0,
+                    (uint8_t)(rm->qos > 2 ? 2 : rm->qos), true,
+                    rm->has_expiry_at_ms ? rm->expiry_at_ms : 0, NULL);
+        if (!m)
+            return;
+        cn_retain_store(b, m);
+        msg_unref(m);
+        return;
+    }
+    case STARLING__CMD__COMMAND__CMD_RETAINED_CLEAR: {
+        const Starling__Cmd__RetainedClear *r = k->retained_clear;
+        if (r->origin == cn->self || r->topic.len == 0 || r->topic.len > 65535)
+            return;
+        struct msg *m =
+            msg_new(r->topic.data, (uint16_t)r->topic.len, NULL, 0, NULL, 0, 0, true, 0, NULL);
+        if (!m)
+            return;
+        cn_retain_store(b, m);
+        msg_unref(m);
+        return;
+    }
+    case STARLING__CMD__COMMAND__CMD_MEMBER:
+        /* a node that left: the leader takes it out of the configuration */
+        if (k->member->left && raft_node_leader(cn->raft) == cn->self)
+            raft_node_remove(cn->raft, k->member->node, NULL, NULL);
+        pthread_mutex_lock(&cn->mu);
+        peers_refresh(cn);
+        pthread_mutex_unlock(&cn->mu);
+        return;
+    case STARLING__CMD__COMMAND__CMD_MEMBER_REMOVE:
+        if (raft_node_leader(cn->raft) == cn->self && k->member_remove->node != cn->self)
+            raft_node_remove(cn->raft, k->member_remove->node, NULL, NULL);
+        pthread_mutex_lock(&cn->mu);
+        peers_refresh(cn);
+        pthread_mutex_unlock(&cn->mu);
+        return;
+    default:
+        return;
+    }
+}
+
+/* ---- the own thread ------------------------------------------------------ */
+
+/* Complete the waiters whose index every live member applied. Caller holds
+ * mu; the callbacks run after it is released (returned list). */
+static struct waiter *waiters_ready(struct cluster_node *cn, uint64_t applied_self)
+{
+    uint64_t now = cn_mono_ms();
+    uint64_t low = applied_self;
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        if (peer_live(cn, &cn->peers[i], now) && cn->peers[i].applied < low)
+            low = cn->peers[i].applied;
+    struct waiter *ready = NULL;
+    for (struct waiter **pp = &cn->waiters; *pp;) {
+        struct waiter *w = *pp;
+        if (w->index && w->index <= low) {
+            *pp = w->next;
+            if (w->ticket > cn->everywhere)
+                cn->everywhere = w->ticket;
+            w->next = ready;
+            ready = w;
+        } else {
+            pp = &w->next;
+        }
+    }
+    return ready;
+}
+
+static void *cn_thread(void *arg)
+{
+    struct cluster_node *cn = arg;
+    uint64_t last_applied = 0, last_report = 0;
+    pthread_mutex_lock(&cn->mu);
+    while (!cn->quit) {
+        uint64_t now = cn_mono_ms();
+        /* propose the next route batch */
+        if (!cn->inflight_busy) {
+            route_take(cn);
+            if (cn->inflight && now >= cn->retry_at_ms) {
+                cn->inflight_busy = true;
+                void *e = cn->inflight;
+                size_t len = cn->inflight_len;
+                pthread_mutex_unlock(&cn->mu);
+                int r = cluster_propose(cn->c, e, len, route_done, cn);
+                pthread_mutex_lock(&cn->mu);
+                if (r < 0) {
+                    cn->inflight_busy = false;
+                    cn->retry_at_ms = now + RETRY_MS;
+                }
+            }
+        }
+        /* report this node's applied index */
+        uint64_t applied = raft_node_applied(cn->raft);
+        bool report = applied != last_applied || now - last_report >= REPORT_EVERY_MS;
+        if (report) {
+            last_applied = applied;
+            last_report = now;
+            pthread_mutex_unlock(&cn->mu);
+            send_applied(cn, applied);
+            pthread_mutex_lock(&cn->mu);
+        }
+        pthread_mutex_unlock(&cn->mu);
+        cn_registry_poll(cn, now);
+        pthread_mutex_lock(&cn->mu);
+        struct waiter *ready = waiters_ready(cn, applied);
+        if (ready) {
+            pthread_mutex_unlock(&cn->mu);
+            while (ready) {
+                struct waiter *w = ready;
+                ready = w->next;
+                w->done(w->arg);
+                free(w);
+            }
+            pthread_mutex_lock(&cn->mu);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 5 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&cn->cv, &cn->mu, &ts);
+    }
+    /* shutdown: whoever still waits gets its answer (the connections are
+     * gone or going) */
+    struct waiter *w = cn->waiters;
+    cn->waiters = NULL;
+    pthread_mutex_unlock(&cn->mu);
+    while (w) {
+        struct waiter *next = w->next;
+        w->done(w->arg);
+        free(w);
+        w = next;
+    }
+    return NULL;
+}
+
+/* ---- admin --------------------------------------------------------------- */
+
+static int cn_stats(void *ud, bool cluster_wide, struct admin_stats *v, size_t cap)
+{
+    struct cluster_node *cn = ud;
+    return cn->local.stats(cn->local.ud, cluster_wide, v, cap);
+}
+
+static int cn_publish(void *ud, const struct admin_publish *p, char *err, size_t errlen)
+{
+    struct cluster_node *cn = ud;
+    return cn->local.publish(cn->local.ud, p, err, errlen);
+}
+
+static void cn_health(void *ud, struct admin_health *h)
+{
+    struct cluster_node *cn = ud;
+    memset(h, 0, sizeof(*h));
+    struct admin_local *l = cn->admin;
+    h->serving =
+        atomic_load(&l->serving) && !atomic_load(&cn->b->stopping) && !atomic_load(&cn->stopped);
+    h->clustered = true;
+    h->has_leader = raft_node_leader(cn->raft) != 0;
+    if (!h->serving)
+        h->reason = "the node is not serving clients";
+    else if (!h->has_leader)
+        h->reason = "the cluster has no leader";
+    else if (raft_node_diverged(cn->raft)) {
+        h->has_leader = false;
+        h->reason = "this node's replicated tables diverged from the cluster's";
+    }
+}
+
+static const char *role_name(struct raft_node_member *mv, unsigned n, uint64_t id)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (mv[i].id == id)
+            return mv[i].role == RAFT_NODE_VOTER     ? "voter"
+                   : mv[i].role == RAFT_NODE_STANDBY ? "standby"
+                                                     : "spare";
+    return "joining";
+}
+
+static int cn_nodes(void *ud, struct admin_node *v, size_t cap)
+{
+    struct cluster_node *cn = ud;
+    struct raft_node_member mv[MAX_PEERS];
+    unsigned nm = raft_node_members(cn->raft, mv, MAX_PEERS);
+    uint64_t leader = raft_node_leader(cn->raft);
+    size_t n = 0;
+    if (n < cap) {
+        memset(&v[n], 0, sizeof(v[n]));
+        snprintf(v[n].name, sizeof(v[n].name), "%s", cn->node_name);
+        snprintf(v[n].address, sizeof(v[n].address), "%s:%u", cn->b->cfg.cluster_address,
+                 cn->b->cfg.cluster_port);
+        v[n].role = role_name(mv, nm, cn->self);
+        v[n].reachable = true;
+        v[n].leader = leader == cn->self;
+        v[n].self = true;
+    }
+    n++;
+    pthread_mutex_lock(&cn->mu);
+    uint64_t now = cn_mono_ms();
+    for (unsigned i = 0; i < cn->n_peers; i++) {
+        struct peer *p = &cn->peers[i];
+        if (p->left)
+            continue;
+        if (n < cap) {
+            memset(&v[n], 0, sizeof(v[n]));
+            snprintf(v[n].name, sizeof(v[n].name), "%s", p->name);
+            snprintf(v[n].address, sizeof(v[n].address), "%s", p->address);
+            v[n].role = role_name(mv, nm, p->node);
+            v[n].reachable = peer_live(cn, p, now);
+            v[n].leader = leader == p->node;
+        }
+        n++;
+    }
+    pthread_mutex_unlock(&cn->mu);
+    return (int)n;
+}
+
+static int cn_leave(void *ud, char *err, size_t errlen)
+{
+    struct cluster_node *cn = ud;
+    struct cmd_batch *b = cmd_batch_new();
+    int r = b ? cmd_member(b, cn->self, cn->node_name, cn->b->cfg.cluster_address,
+                           cn->b->cfg.cluster_port, cn->b->cfg.raft_port, CMD_ROLE_SPARE, 1)
+              : -ENOMEM;
+    size_t len;
+    const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
+    r = e ? cluster_propose(cn->c, e, len, NULL, NULL) : -ENOMEM;
+    cmd_batch_free(b);
+    if (r < 0)
+        snprintf(err, errlen, "cannot propose the leave: %s", strerror(-r));
+    return r;
+}
+
+static int cn_forget(void *ud, const char *name, char *err, size_t errlen)
+{
+    struct cluster_node *cn = ud;
+    if (strcmp(name, cn->node_name) == 0) {
+        snprintf(err, errlen, "'%s' is this node: use leave", name);
+        return -EBUSY;
+    }
+    uint64_t node = 0;
+    bool live = false;
+    pthread_mutex_lock(&cn->mu);
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        if (strcmp(cn->peers[i].name, name) == 0) {
+            node = cn->peers[i].node;
+            live = peer_live(cn, &cn->peers[i], cn_mono_ms());
+        }
+    pthread_mutex_unlock(&cn->mu);
+    if (!node) {
+        snprintf(err, errlen, "no member is named '%s'", name);
+        return -ENOENT;
+    }
+    if (live) {
+        snprintf(err, errlen, "'%s' is alive: stop it first, or have it leave", name);
+        return -EBUSY;
+    }
+    struct cmd_batch *b = cmd_batch_new();
+    int r = b ? cmd_node_purge(b, node) : -ENOMEM;
+    if (r == 0)
+        r = cmd_member_remove(b, node);
+    size_t len;
+    const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
+    r = e ? cluster_propose(cn->c, e, len, NULL, NULL) : -ENOMEM;
+    cmd_batch_free(b);
+    if (r < 0)
+        snprintf(err, errlen, "cannot propose the removal: %s", strerror(-r));
+    return r;
+}
+
+void cluster_node_admin(struct cluster_node *cn, struct admin_local *l, struct admin_provider *p)
+{
+    cn->admin = l;
+    cn->local = *p;
+    p->ud = cn;
+    p->health = cn_health;
+    p->nodes = cn_nodes;
+    /* counters and publish: this node's (admin_local); a publish is
+     * forwarded like any other */
+    p->stats = cn->local.stats ? cn_stats : NULL;
+    p->publish = cn->local.publish ? cn_publish : NULL;
+    p->cluster_leave = cn_leave;
+    p->cluster_forget = cn_forget;
+}
+
+/* ---- start and stop ------------------------------------------------------ */
+
+int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct config *cfg = &b->cfg;
+    int r = config_cluster_resolve(cfg, err, errlen);
+    if (r < 0)
+        return r;
+    static char seeds[MAX_SEEDS][64];
+    int n = cfg->cluster_seeds[0] ? seeds_from_list(cfg, seeds, err, errlen)
+                                  : seeds_from_dns(cfg, seeds, err, errlen);
+    if (n < 0)
+        return n;
+    const char *seedp[MAX_SEEDS];
+    for (int i = 0; i < n; i++)
+        seedp[i] = seeds[i];
+
+    struct cluster_node *cn = calloc(1, sizeof(*cn));
+    if (!cn || !(cn->pending = cmd_batch_new())) {
+        free(cn);
+        return -ENOMEM;
+    }
+    cn->b = b;
+    snprintf(cn->node_name, sizeof(cn->node_name), "%s", cfg->node_name);
+    pthread_mutex_init(&cn->mu, NULL);
+    pthread_mutex_init(&cn->reg_mu, NULL);
+    pthread_cond_init(&cn->cv, NULL);
+    cn->purge_first = true;
+
+    char dir[512]; /* fsm and raft create their directories */
+    snprintf(dir, sizeof(dir), "%s/cluster", cfg->data_dir);
+    struct cluster_config cc = {
+        .dir = dir,
+        .node_name = cfg->node_name,
+        .address = cfg->cluster_address,
+        .raft_port = cfg->raft_port,
+        .cluster_port = cfg->cluster_port,
+        .seeds = seedp,
+        .n_seeds = (unsigned)n,
+        .cluster_name = cfg->cluster_name,
+        .cluster_secret = cfg->cluster_secret,
+        .observer = on_applied,
+        .observer_ud = cn,
+        .on_frame = on_frame,
+        .frame_ud = cn,
+        .propose_timeout_ms = cfg->cluster_claim_timeout,
+        /* Followers learn that an entry committed from the leader's next
+         * AppendEntries: the heartbeat bounds how long a SUBACK (every live
+         * member applied the route) and a CONNECT on a follower (the claim
+         * applied there) wait after the commit. */
+        .heartbeat_ms = CN_HEARTBEAT_MS,
+    };
+    r = cluster_start(&cn->c, &cc, err, errlen);
+    if (r < 0) {
+        cluster_node_free(cn);
+        return r;
+    }
+    cn->raft = cluster_raft(cn->c);
+    cn->fsm = cluster_fsm(cn->c);
+    cn->self = cluster_self(cn->c);
+    pthread_mutex_lock(&cn->mu);
+    peers_refresh(cn);
+    pthread_mutex_unlock(&cn->mu);
+    if (pthread_create(&cn->thread, NULL, cn_thread, cn) != 0) {
+        cluster_stop(cn->c);
+        cn->c = NULL;
+        cluster_node_free(cn);
+        snprintf(err, errlen, "cluster: cannot start a thread");
+        return -EAGAIN;
+    }
+    cn->thread_started = true;
+
+    /* The index is still empty (nothing is loaded yet): make it report to
+     * the cluster. */
+    sub_index_free(b->index);
+    b->route_ops = &cluster_route_ops;
+    b->route_ud = cn;
+    b->index = sub_index_new(b->route_ops, b->route_ud);
+    b->registry_ops = &cluster_registry_ops;
+    b->registry_ud = cn;
+    if (!b->index) {
+        cluster_node_stop(cn);
+        cluster_node_free(cn);
+        return -ENOMEM;
+    }
+    log_info("cluster: node %s (%016llx) on %s, raft %u, channel %u, %d seed(s)", cfg->node_name,
+             (unsigned long long)cn->self, cfg->cluster_address, cfg->raft_port, cfg->cluster_port,
+             n);
+    *out = cn;
+    return 0;
+}
+
+void cluster_node_stop(struct cluster_node *cn)
+{
+    if (!cn || atomic_exchange(&cn->stopped, true))
+        return;
+    if (cn->thread_started) {
+        pthread_mutex_lock(&cn->mu);
+        cn->quit = true;
+        pthread_cond_signal(&cn->cv);
+        pthread_mutex_unlock(&cn->mu);
+        pthread_join(cn->thread, NULL);
+        cn->thread_started = false;
+    }
+    if (cn->c) {
+        cluster_stop(cn->c);
+        cn->c = NULL;
+        cn_registry_drain(cn);
+    }
+}
+
+void cluster_node_free(struct cluster_node *cn)
+{
+    if (!cn)
+        return;
+    cluster_node_stop(cn);
+    cmd_batch_free(cn->pending);
+    free(cn->inflight);
+    pthread_mutex_destroy(&cn->mu);
+    pthread_mutex_destroy(&cn->reg_mu);
+    pthread_cond_destroy(&cn->cv);
+    free(cn);
+}

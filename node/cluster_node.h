@@ -1,0 +1,59 @@
+/*
+ * cluster_node.h - the glue between a node's broker and the cluster
+ * (cluster/cluster.h): what main() starts when cluster_seeds or cluster_dns
+ * is set. Nothing of it runs on a single node.
+ *
+ * It installs on the broker:
+ *   - a route_ops (node/route.h): filter_added/filter_removed become
+ *     RouteAdd/RouteRemove proposals, batched and retried in order until
+ *     committed; remote_nodes reads the replicated route matcher; forward
+ *     sends a publish once to each other node with a matching route
+ *     (chan.Publish, origin + per-origin seq), and replicates retained
+ *     messages (RetainedSet/RetainedClear); sync holds a SUBACK until the
+ *     routes it depends on are applied on every live member;
+ *   - the receiving side: a forwarded Publish is delivered with
+ *     broker_publish(..., BROKER_PUB_LOCAL, ...), retained messages that
+ *     other nodes published are stored in the node's retained store;
+ *   - an admin_provider (admin/admin.h) answering for the cluster: health
+ *     (serving and a leader known), every member with its role, whether it
+ *     is reachable and which one leads; leave and forget.
+ *
+ * Data lives under DATA_DIR/cluster ("fsm" tables, "raft" log).
+ *
+ * Threads: start, admin, stop and free on the main thread; the route ops
+ * on workers (under the subscription index lock: they only queue); one
+ * thread of its own proposes route batches, reports this node's applied
+ * index to its peers and completes waiting SUBACKs; frames and the state
+ * machine's observer on the cluster thread.
+ */
+#ifndef STARLING_CLUSTER_NODE_H
+#define STARLING_CLUSTER_NODE_H
+
+#include <stddef.h>
+
+struct admin_local;
+struct admin_provider;
+struct broker;
+struct cluster_node;
+
+/*
+ * After broker_init and before persist_open (so that the routes of the
+ * persistent sessions it loads are proposed): resolve the seeds (or
+ * cluster_dns), start the cluster and install the route ops. Returns 0, or
+ * a negative errno with the reason in err.
+ */
+int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, size_t errlen);
+
+/* Replace *p (the single-node provider filled by admin_local_init over l)
+ * with the cluster's provider, which uses l for what is per node. */
+void cluster_node_admin(struct cluster_node *cn, struct admin_local *l, struct admin_provider *p);
+
+/* After server_run returned: stop forwarding, the own thread and the
+ * cluster; the route ops become no-ops (the broker may still call them
+ * while it ends its sessions). */
+void cluster_node_stop(struct cluster_node *cn);
+
+/* After broker_cleanup. cn may be NULL. */
+void cluster_node_free(struct cluster_node *cn);
+
+#endif

@@ -1,0 +1,598 @@
+/*
+ * cluster_registry.c - the session registry of a clustered node (a
+ * registry_ops, node/registry.h), part of the glue of cluster_node.h.
+ *
+ * A CONNECT claims its client id through Raft: read the owner and epoch
+ * from the replicated registry, propose SessionClaim(id, self, epoch + 1).
+ *   - committed OK/NOOP: this node owns the id. When another node owned it
+ *     and the client asks to resume (clean start 0), ask that node for the
+ *     session (chan.SessionRequest); its answer (chan.SessionState) becomes
+ *     the session here (REGISTRY_TRANSFERRED, session present 1). No answer
+ *     within cluster_claim_timeout: a new session.
+ *   - STALE_EPOCH (a claim of another node committed first): read again and
+ *     claim again; the later CONNECT wins.
+ *   - no leader (-ENOTCONN/-EAGAIN, leadership lost): again every 100 ms
+ *     until cluster_claim_timeout, then REGISTRY_UNAVAILABLE (5.0 CONNACK
+ *     0x88, 3.1.1 return code 3).
+ * The old owner learns of the claim through the state machine's observer:
+ * registry_local_surrender kicks its connection (5.0 DISCONNECT 0x8E) and
+ * takes the session out of its table; the session is kept aside until the
+ * new owner asks for it (then its state is sent and it ends) or for 30 s.
+ *
+ * One owner: the worker completes a won claim only if the replicated
+ * registry still names this node with the claim's epoch, under `reg_mu`,
+ * which the observer also holds while it surrenders. Either the local claim
+ * happens first (and the observer kicks it), or the observer's claim is
+ * already applied (and this claim is refused).
+ *
+ * Releases and expiry stay local (registry_local_release/tick): a record of
+ * the replicated registry pointing at a node that no longer has the session
+ * costs the next claimant one SessionRequest answered "not found".
+ */
+#include "cluster_node_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "channel.pb-c.h"
+#include "cmd.h"
+#include "codec.h"
+#include "log.h"
+#include "msg.h"
+#include "persist.h"
+#include "raft_cmd.pb-c.h"
+#include "session.h"
+#include "topic.h"
+
+#define CLAIM_RETRY_MS 100
+#define CLAIM_MAX_STALE 8
+#define SURRENDER_KEEP_MS 30000
+
+struct cl_claim {
+    struct cl_claim *next; /* cn->claims (reg_mu): retrying or awaiting state */
+    struct cluster_node *cn;
+    struct registry_claim req;
+    registry_done_fn done;
+    void *done_ud;
+    uint64_t deadline_ms;
+    uint64_t retry_at_ms; /* 0: not waiting to retry */
+    uint64_t epoch;       /* the epoch proposed */
+    uint64_t prev_node;   /* owner before the claim (0: none) */
+    bool awaiting_state;
+    uint64_t wait_index; /* decided at this index, not applied here yet */
+    bool then_propose;   /* after wait_index: claim again (else: won) */
+    int stale;
+    int status; /* final: >= 0 won, REGISTRY_UNAVAILABLE */
+    struct session *incoming;
+    char id[];
+};
+
+struct surrendered {
+    struct surrendered *next;
+    struct session *s;
+    uint64_t until_ms;
+};
+
+static void claim_propose(struct cl_claim *k);
+
+/* ---- the end of a claim: on the claiming worker ---- */
+
+static void claim_on_worker(void *ud)
+{
+    struct cl_claim *k = ud;
+    struct cluster_node *cn = k->cn;
+    struct broker *b = cn->b;
+    if (k->status < 0) {
+        k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
+    } else {
+        pthread_mutex_lock(&cn->reg_mu);
+        uint64_t node = 0, epoch = 0;
+        if (fsm_registry_get(cn->fsm, k->id, k->req.id_len, &node, &epoch) < 0 ||
+            node != cn->self || epoch != k->epoch) {
+            pthread_mutex_unlock(&cn->reg_mu);
+            /* a later claim of another node won meanwhile */
+            log_info("cluster: the claim of '%s' was overtaken by a later one", k->id);
+            if (k->incoming) {
+                session_end(b, k->incoming);
+                session_unref(k->incoming);
+            }
+            k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
+        } else {
+            struct session *in = k->incoming;
+            if (in) {
+                /* the moved session's subscriptions join the index here */
+                lock_acquire(&in->lock);
+                uint32_t n = in->n_subs;
+                lock_release(&in->lock);
+                for (uint32_t i = 0; i < n; i++) {
+                    struct session_sub *sub = &in->subs[i];
+                    sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);
+                }
+            }
+            registry_local_claim(b, &k->req, in, k->done, k->done_ud);
+            pthread_mutex_unlock(&cn->reg_mu);
+        }
+    }
+    free(k);
+}
+
+/* Any thread (cn->reg_mu not held). */
+static void claim_finish(struct cl_claim *k, int status)
+{
+    k->status = status;
+    if (k->cn->b->sink->call(k->req.w, claim_on_worker, k) < 0) {
+        /* the worker is stopping: its connections are gone */
+        if (k->incoming) {
+            session_end(k->cn->b, k->incoming);
+            session_unref(k->incoming);
+        }
+        free(k);
+    }
+}
+
+/* ---- Raft ---- */
+
+/* The claim committed and is applied here. */
+static void claim_won(struct cl_claim *k)
+{
+    struct cluster_node *cn = k->cn;
+    if (k->prev_node && k->prev_node != cn->self && !k->req.clean_start) {
+        /* ask the old owner for the session */
+        Starling__Chan__SessionRequest q = STARLING__CHAN__SESSION_REQUEST__INIT;
+        q.client_id.data = (uint8_t *)k->id;
+        q.client_id.len = k->req.id_len;
+        q.epoch = k->epoch;
+        Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+        fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_REQUEST;
+        fr.session_request = &q;
+        size_t n = starling__chan__frame__get_packed_size(&fr);
+        uint8_t *buf = malloc(n);
+        if (!buf) {
+            claim_finish(k, REGISTRY_UNAVAILABLE);
+            return;
+        }
+        starling__chan__frame__pack(&fr, buf);
+        pthread_mutex_lock(&cn->reg_mu);
+        k->awaiting_state = true;
+        k->deadline_ms = cn_mono_ms() + cn->b->cfg.cluster_claim_timeout;
+        k->next = cn->claims;
+        cn->claims = k;
+        pthread_mutex_unlock(&cn->reg_mu);
+        cluster_send(cn->c, k->prev_node, buf, n);
+        free(buf);
+        return;
+    }
+    claim_finish(k, 0);
+}
+
+static void claim_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    (void)leader;
+    struct cl_claim *k = ud;
+    struct cluster_node *cn = k->cn;
+    uint64_t now = cn_mono_ms();
+    if (status == 0 && res && res->n == 1) {
+        int r = res->results[0];
+        if (r == FSM_OK || r == FSM_NOOP) {
+            if (fsm_applied(cn->fsm) < res->index) {
+                /* committed through the leader, not applied here yet: the
+                 * local check of the owner must see it */
+                pthread_mutex_lock(&cn->reg_mu);
+                k->wait_index = res->index;
+                k->next = cn->claims;
+                cn->claims = k;
+                pthread_mutex_unlock(&cn->reg_mu);
+                return;
+            }
+            claim_won(k);
+            return;
+        }
+        if (r == FSM_STALE_EPOCH && ++k->stale < CLAIM_MAX_STALE) {
+            /* another claim won: read its epoch (once applied here) and claim
+             * after it */
+            if (fsm_applied(cn->fsm) < res->index) {
+                pthread_mutex_lock(&cn->reg_mu);
+                k->wait_index = res->index;
+                k->then_propose = true;
+                k->next = cn->claims;
+                cn->claims = k;
+                pthread_mutex_unlock(&cn->reg_mu);
+                return;
+            }
+            claim_propose(k);
+            return;
+        }
+        log_warn("cluster: the claim of '%s' failed (result %d)", k->id, r);
+        claim_finish(k, REGISTRY_UNAVAILABLE);
+        return;
+    }
+    if ((status == -ENOTCONN || status == -EAGAIN || status == -ECONNABORTED) &&
+        now + CLAIM_RETRY_MS < k->deadline_ms) {
+        pthread_mutex_lock(&cn->reg_mu);
+        k->retry_at_ms = now + CLAIM_RETRY_MS;
+        k->next = cn->claims;
+        cn->claims = k;
+        pthread_mutex_unlock(&cn->reg_mu);
+        return;
+    }
+    log_warn("cluster: cannot claim '%s': %s", k->id,
+             status == -ENOTCONN || status == -EAGAIN ? "no leader" : strerror(-status));
+    claim_finish(k, REGISTRY_UNAVAILABLE);
+}
+
+static void claim_propose(struct cl_claim *k)
+{
+    struct cluster_node *cn = k->cn;
+    uint64_t node = 0, epoch = 0;
+    if (fsm_registry_get(cn->fsm, k->id, k->req.id_len, &node, &epoch) < 0)
+        node = epoch = 0;
+    k->prev_node = node;
+    k->epoch = epoch + 1;
+    struct cmd_batch *b = cmd_batch_new();
+    int r = b ? cmd_session_claim(b, k->id, k->req.id_len, cn->self, k->epoch) : -ENOMEM;
+    size_t len;
+    const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
+    r = e ? cluster_propose(cn->c, e, len, claim_done, k) : -ENOMEM;
+    cmd_batch_free(b);
+    if (r < 0)
+        claim_finish(k, REGISTRY_UNAVAILABLE);
+}
+
+static void cr_claim(void *ud, const struct registry_claim *req, registry_done_fn done,
+                     void *done_ud)
+{
+    struct cluster_node *cn = ud;
+    struct cl_claim *k = calloc(1, sizeof(*k) + (size_t)req->id_len + 1);
+    if (!k || atomic_load(&cn->stopped)) {
+        free(k);
+        done(done_ud, REGISTRY_UNAVAILABLE, NULL);
+        return;
+    }
+    k->cn = cn;
+    k->req = *req;
+    memcpy(k->id, req->id, req->id_len);
+    k->req.id = k->id;
+    k->done = done;
+    k->done_ud = done_ud;
+    k->deadline_ms = cn_mono_ms() + cn->b->cfg.cluster_claim_timeout;
+    claim_propose(k);
+}
+
+static void cr_release(void *ud, struct session *s, struct conn *c, struct session_will *will,
+                       bool resumed, struct worker *cur)
+{
+    struct cluster_node *cn = ud;
+    registry_local_release(cn->b, s, c, will, resumed, cur);
+}
+
+static void cr_tick(void *ud, uint64_t now_mono_ms)
+{
+    struct cluster_node *cn = ud;
+    registry_local_tick(cn->b, now_mono_ms);
+}
+
+const struct registry_ops cluster_registry_ops = {
+    .claim = cr_claim,
+    .release = cr_release,
+    .tick = cr_tick,
+};
+
+/* ---- the cluster node's thread: retries and deadlines ---- */
+
+void cn_registry_poll(struct cluster_node *cn, uint64_t now)
+{
+    struct cl_claim *retry = NULL, *expired = NULL, *won = NULL;
+    uint64_t applied = fsm_applied(cn->fsm);
+    struct surrendered *ended = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cl_claim **pp = &cn->claims; *pp;) {
+        struct cl_claim *k = *pp;
+        if (k->wait_index) {
+            if (k->wait_index <= applied) {
+                *pp = k->next;
+                k->wait_index = 0;
+                k->next = won;
+                won = k;
+            } else {
+                pp = &k->next;
+            }
+        } else if (!k->awaiting_state && k->retry_at_ms <= now) {
+            *pp = k->next;
+            k->next = retry;
+            retry = k;
+        } else if (k->awaiting_state && k->deadline_ms <= now) {
+            *pp = k->next;
+            k->next = expired;
+            expired = k;
+        } else {
+            pp = &k->next;
+        }
+    }
+    for (struct surrendered **pp = &cn->surrendered; *pp;) {
+        struct surrendered *x = *pp;
+        if (x->until_ms <= now) {
+            *pp = x->next;
+            x->next = ended;
+            ended = x;
+        } else {
+            pp = &x->next;
+        }
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
+    while (won) {
+        struct cl_claim *k = won;
+        won = k->next;
+        if (k->then_propose) {
+            k->then_propose = false;
+            claim_propose(k);
+        } else {
+            claim_won(k);
+        }
+    }
+    while (retry) {
+        struct cl_claim *k = retry;
+        retry = k->next;
+        k->retry_at_ms = 0;
+        claim_propose(k);
+    }
+    while (expired) {
+        struct cl_claim *k = expired;
+        expired = k->next;
+        log_warn("cluster: no session state for '%s' from its old node: a new session", k->id);
+        k->req.clean_start = true;
+        claim_finish(k, 0);
+    }
+    while (ended) {
+        struct surrendered *x = ended;
+        ended = x->next;
+        session_end(cn->b, x->s);
+        session_unref(x->s);
+        free(x);
+    }
+}
+
+/* At stop (after the cluster stopped: no callback runs any more). */
+void cn_registry_drain(struct cluster_node *cn)
+{
+    pthread_mutex_lock(&cn->reg_mu);
+    struct cl_claim *k = cn->claims;
+    cn->claims = NULL;
+    struct surrendered *x = cn->surrendered;
+    cn->surrendered = NULL;
+    pthread_mutex_unlock(&cn->reg_mu);
+    while (k) {
+        struct cl_claim *next = k->next;
+        claim_finish(k, REGISTRY_UNAVAILABLE);
+        k = next;
+    }
+    while (x) {
+        struct surrendered *next = x->next;
+        session_unref(x->s); /* stays in the store: the new owner has it */
+        free(x);
+        x = next;
+    }
+}
+
+/* ---- the old owner ---- */
+
+/* The observer saw SessionClaim(id, node != self) applied (cluster thread). */
+void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len)
+{
+    pthread_mutex_lock(&cn->reg_mu);
+    struct session *s = registry_local_surrender(cn->b, id, len, true);
+    if (s) {
+        struct surrendered *x = calloc(1, sizeof(*x));
+        if (x) {
+            x->s = s;
+            x->until_ms = cn_mono_ms() + SURRENDER_KEEP_MS;
+            x->next = cn->surrendered;
+            cn->surrendered = x;
+            s = NULL;
+        }
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
+    if (s) {
+        session_end(cn->b, s);
+        session_unref(s);
+    }
+}
+
+static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBinaryData *id,
+                       uint64_t epoch, struct session *s)
+{
+    Starling__Chan__SessionState st = STARLING__CHAN__SESSION_STATE__INIT;
+    st.client_id = *id;
+    st.epoch = epoch;
+    st.has_found = true;
+    st.found = s != NULL;
+    Starling__Chan__SessionSubscription *subs = NULL, **subp = NULL;
+    Starling__Chan__SessionMessage *msgs = NULL, **msgp = NULL;
+    uint32_t *q2 = NULL;
+    if (s) {
+        lock_acquire(&s->lock);
+        st.has_version = st.has_expiry_interval = true;
+        st.version = s->version;
+        st.expiry_interval = s->expiry_interval;
+        size_t n_msgs = s->inflight.len + s->queue.len;
+        subs = calloc(s->n_subs + 1, sizeof(*subs));
+        subp = calloc(s->n_subs + 1, sizeof(*subp));
+        msgs = calloc(n_msgs + 1, sizeof(*msgs));
+        msgp = calloc(n_msgs + 1, sizeof(*msgp));
+        q2 = calloc(s->n_qos2_in + 1, sizeof(*q2));
+        if (subs && subp && msgs && msgp && q2) {
+            for (uint32_t i = 0; i < s->n_subs; i++) {
+                starling__chan__session_subscription__init(&subs[i]);
+                subs[i].filter.data = (uint8_t *)s->subs[i].filter;
+                subs[i].filter.len = s->subs[i].len;
+                subs[i].options = s->subs[i].options;
+                subs[i].has_sub_id = true;
+                subs[i].sub_id = s->subs[i].sub_id;
+                subp[i] = &subs[i];
+            }
+            st.n_subs = s->n_subs;
+            st.subs = subp;
+            size_t k = 0;
+            /* in delivery order: what was sent first, then the queue */
+            const struct qlist *lists[2] = {&s->inflight, &s->queue};
+            for (int l = 0; l < 2; l++)
+                for (struct qmsg *q = lists[l]->head; q && k < n_msgs; q = q->next) {
+                    Starling__Chan__SessionMessage *m = &msgs[k];
+                    starling__chan__session_message__init(m);
+                    m->state = q->state;
+                    m->qos = q->qos;
+                    m->has_retain = true;
+                    m->retain = q->retain;
+                    m->n_sub_ids = q->n_ids;
+                    m->sub_ids = q->n_ids > 1 ? q->ids.many : &q->ids.one;
+                    m->topic.data = (uint8_t *)msg_topic(q->m);
+                    m->topic.len = q->m->topic_len;
+                    m->payload.data = (uint8_t *)msg_payload(q->m);
+                    m->payload.len = q->m->payload_len;
+                    m->msg_qos = q->m->qos;
+                    if (q->m->props_len) {
+                        m->has_properties = true;
+                        m->properties.data = (uint8_t *)msg_props(q->m);
+                        m->properties.len = q->m->props_len;
+                    }
+                    if (q->m->expiry_at) {
+                        m->has_expiry_at_ms = true;
+                        m->expiry_at_ms = q->m->expiry_at;
+                    }
+                    msgp[k++] = m;
+                }
+            st.n_msgs = k;
+            st.msgs = msgp;
+            for (uint32_t i = 0; i < s->n_qos2_in; i++)
+                q2[i] = s->qos2_in[i];
+            st.n_qos2_received = s->n_qos2_in;
+            st.qos2_received = q2;
+        }
+    }
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_STATE;
+    fr.session_state = &st;
+    size_t n = starling__chan__frame__get_packed_size(&fr);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (buf)
+        starling__chan__frame__pack(&fr, buf);
+    if (s)
+        lock_release(&s->lock);
+    if (buf && cluster_send(cn->c, to, buf, n) < 0)
+        log_warn("cluster: the session of '%.*s' could not be sent", (int)id->len,
+                 (const char *)id->data);
+    free(buf);
+    free(subs);
+    free(subp);
+    free(msgs);
+    free(msgp);
+    free(q2);
+}
+
+/* A SessionRequest from the node that won the claim (cluster thread). */
+void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
+                            const Starling__Chan__SessionRequest *r)
+{
+    if (r->client_id.len == 0 || r->client_id.len > 65535)
+        return;
+    const char *id = (const char *)r->client_id.data;
+    uint16_t len = (uint16_t)r->client_id.len;
+    struct session *s = NULL;
+    uint64_t owner = 0, epoch = 0;
+    if (fsm_registry_get(cn->fsm, id, len, &owner, &epoch) == 0 &&
+        (epoch > r->epoch || (epoch == r->epoch && owner != from))) {
+        /* a later claim won since (or the requester is not the owner):
+         * the session is not the requester's to take */
+        state_send(cn, from, &r->client_id, r->epoch, NULL);
+        return;
+    }
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct surrendered **pp = &cn->surrendered; *pp; pp = &(*pp)->next) {
+        struct surrendered *x = *pp;
+        if (x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0) {
+            *pp = x->next;
+            s = x->s;
+            free(x);
+            break;
+        }
+    }
+    if (!s) /* the request came before this node applied the claim */
+        s = registry_local_surrender(cn->b, id, len, true);
+    pthread_mutex_unlock(&cn->reg_mu);
+    state_send(cn, from, &r->client_id, r->epoch, s);
+    if (s) {
+        session_end(cn->b, s);
+        session_unref(s);
+    }
+}
+
+/* The old owner's answer (cluster thread). */
+void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__SessionState *st)
+{
+    struct cl_claim *k = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cl_claim **pp = &cn->claims; *pp; pp = &(*pp)->next) {
+        struct cl_claim *x = *pp;
+        if (x->awaiting_state && x->epoch == st->epoch && x->req.id_len == st->client_id.len &&
+            memcmp(x->id, st->client_id.data, st->client_id.len) == 0) {
+            *pp = x->next;
+            k = x;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
+    if (!k)
+        return; /* late: the claim went on without it */
+    if (!st->found) {
+        k->req.clean_start = true;
+        claim_finish(k, 0);
+        return;
+    }
+    struct session *s = session_new(k->id, k->req.id_len);
+    if (!s) {
+        claim_finish(k, REGISTRY_UNAVAILABLE);
+        return;
+    }
+    lock_acquire(&s->lock);
+    s->version = (uint8_t)st->version;
+    s->expiry_interval = st->expiry_interval;
+    for (size_t i = 0; i < st->n_subs; i++) {
+        const Starling__Chan__SessionSubscription *sub = st->subs[i];
+        if (sub->filter.len == 0 || sub->filter.len > 65535 ||
+            !topic_filter_valid((const char *)sub->filter.data, sub->filter.len))
+            continue;
+        session_sub_set(s, (const char *)sub->filter.data, (uint16_t)sub->filter.len,
+                        (uint8_t)sub->options, sub->sub_id);
+    }
+    for (size_t i = 0; i < st->n_msgs; i++) {
+        const Starling__Chan__SessionMessage *sm = st->msgs[i];
+        if (sm->topic.len == 0 || sm->topic.len > 65535)
+            continue;
+        struct msg *m = msg_new(
+            sm->topic.data, (uint16_t)sm->topic.len, sm->payload.data, (uint32_t)sm->payload.len,
+            sm->has_properties ? sm->properties.data : NULL,
+            sm->has_properties ? (uint32_t)sm->properties.len : 0,
+            (uint8_t)(sm->msg_qos > 2 ? 2 : sm->msg_qos), sm->retain, sm->expiry_at_ms, NULL);
+        if (!m)
+            continue;
+        struct qmsg *q = qmsg_new(m, (uint8_t)(sm->qos > 2 ? 2 : sm->qos), sm->retain, sm->sub_ids,
+                                  (uint16_t)(sm->n_sub_ids > 65535 ? 0 : sm->n_sub_ids));
+        msg_unref(m);
+        if (!q)
+            continue;
+        q->seq = s->next_seq;
+        uint8_t state =
+            sm->state == MSG_STATE_WAIT_PUBCOMP ? MSG_STATE_WAIT_PUBCOMP : MSG_STATE_QUEUED;
+        session_restore_msg(s, q, state);
+        q->stored = false; /* not in this node's store */
+    }
+    for (size_t i = 0; i < st->n_qos2_received; i++)
+        session_qos2_add(s, (uint16_t)st->qos2_received[i]);
+    lock_release(&s->lock);
+    log_info("cluster: the session of '%s' moved here: %zu subscription(s), %zu message(s)", k->id,
+             st->n_subs, st->n_msgs);
+    k->incoming = s;
+    claim_finish(k, 0);
+}

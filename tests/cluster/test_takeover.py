@@ -1,0 +1,131 @@
+"""The session registry across nodes (docs/cluster.md "Takeover"): a client
+id is owned by one node of the cluster; a CONNECT on another node kicks the
+old connection (5.0 DISCONNECT 0x8E) and, with clean start 0, moves the
+session there: session present 1, queued messages in order, none lost,
+none twice. Without a leader a CONNECT is refused after
+cluster_claim_timeout (5.0 CONNACK 0x88, 3.1.1 return code 3)."""
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+import mqttraw
+from helpers import PahoClient, uid
+
+WAIT = 10
+
+
+def expiry(seconds):
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = seconds
+    return p
+
+
+def test_takeover_across_nodes_moves_the_session(cluster):
+    a, b, c = cluster.nodes
+    cid = uid("mover")
+    topic = uid("tk/t")
+    x = PahoClient(a, cid, 5, clean=True, properties=expiry(300))
+    x.connect()
+    assert x.subscribe(topic, qos=1) == [1]
+    assert x.subscribe(topic + "/two", qos=2) == [2]
+    x.disconnect()
+    # a witness on node a: once it has every message, the forwards from
+    # node c have all reached node a (one ordered channel), and so has the
+    # offline session's queue (see docs/cluster.md: a forward still on its
+    # way while the session moves is the documented gap)
+    witness = PahoClient(a, uid("witness"), 5)
+    witness.connect()
+    assert witness.subscribe(topic + "/#", qos=1) == [1]
+    assert witness.subscribe(topic, qos=1) == [1]
+    # queued on node a for the offline session, published on node c
+    pub = PahoClient(c, uid("pub"), 5)
+    pub.connect()
+    sent = [f"q{i}".encode() for i in range(40)]
+    for i, p in enumerate(sent):
+        pub.publish(topic if i % 2 == 0 else topic + "/two", p, qos=1)
+    assert [witness.get(WAIT).payload for _ in sent] == sent
+    # the same client id resumes on node b
+    y = PahoClient(b, cid, 5, clean=False, properties=expiry(300))
+    y.connect()
+    assert y.session_present
+    got = [y.get(WAIT) for _ in sent]
+    assert [m.payload for m in got] == sent  # in order, none lost
+    assert [m.qos for m in got] == [1] * len(sent)
+    # the subscriptions moved too: a new publish (on node a) reaches node b
+    pa = PahoClient(a, uid("pub"), 5)
+    pa.connect()
+    pa.publish(topic, b"after", qos=1)
+    m = y.get(WAIT)
+    assert m.payload == b"after"  # and none twice: "after" is next
+    y.disconnect()
+
+
+def test_connect_on_another_node_kicks_with_0x8e(cluster):
+    a, b, _ = cluster.nodes
+    cid = uid("kick")
+    x = mqttraw.connected(a, cid, 5)
+    y = PahoClient(b, cid, 5)
+    y.connect()
+    x.expect_disconnect(0x8E, timeout=WAIT)  # Session taken over
+    assert not y.disconnected.is_set()
+    # y is alive and owns the id: it gets what is published for it
+    topic = uid("k/t")
+    assert y.subscribe(topic, qos=1) == [1]
+    p = PahoClient(a, uid("p"), 5)
+    p.connect()
+    p.publish(topic, b"to-y", qos=1)
+    assert y.get(WAIT).payload == b"to-y"
+
+
+def test_simultaneous_connects_exactly_one_survives(cluster):
+    a, b, c = cluster.nodes
+    for round_ in range(5):
+        cid = uid(f"race{round_}")
+        clients = [PahoClient(n, cid, 5) for n in (a, b, c)]
+        go = threading.Barrier(len(clients))
+
+        def run(cl):
+            go.wait()
+            cl.connect(expect_rc=None)
+
+        ts = [threading.Thread(target=run, args=(cl,)) for cl in clients]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(WAIT + 5)
+        # settle: every client that lost has been told (refused or kicked)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            alive = [cl for cl in clients
+                     if cl.connack and cl.connack["rc"] == 0 and not cl.disconnected.is_set()]
+            if len(alive) == 1:
+                break
+            time.sleep(0.05)
+        assert len(alive) == 1, [(cl.connack, cl.disconnect_rc) for cl in clients]
+        for cl in clients:
+            cl.stop()
+
+
+def test_connect_without_a_leader_is_refused(cluster_factory):
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "1500"})
+    c.start()
+    c.wait_healthy()
+    survivor = c.nodes[0]
+    c.nodes[1].stop()
+    c.nodes[2].stop()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and survivor.health() != 503:
+        time.sleep(0.1)
+    assert survivor.health() == 503
+    t0 = time.monotonic()
+    x = PahoClient(survivor, uid("nolead"), 5)
+    x.connect(timeout=WAIT, expect_rc=0x88)  # Server unavailable
+    assert time.monotonic() - t0 >= 1.0  # after waiting for a quorum
+    x.stop()
+    y = PahoClient(survivor, uid("nolead311"), 4)
+    y.connect(timeout=WAIT, expect_rc=3)  # 3.1.1: server unavailable
+    y.stop()
