@@ -31,6 +31,12 @@
 #                    unpaced publishers, one subscriber on '#', exact counts of
 #                    dropped and acknowledged-but-lost messages); slowsub*
 #                    has one subscriber reading at BENCH_SLOW_SUB_RATE msg/s
+#   BENCH_CLUSTER    1 (default) runs the cluster scenarios (cl_*), 0 skips them
+#   BENCH_CLUSTER_DURATION seconds of cl_fanin_qos0 and cl_latency (default 3)
+#   BENCH_CLUSTER_CONNS connections of cl_subs and cl_conns (default 5000)
+#   BENCH_CLUSTER_TAKEOVERS client ids taken over in cl_takeover (default 200)
+#   BENCH_CLUSTER_WORKERS workers of each cluster node (default 1: three
+#                    nodes and the generator share the cores)
 #   BENCH_SLOW_RATE  slowsub: messages/s of each of its 4 publishers, 0 =
 #                    unpaced (default 10000)
 #   BENCH_SLOW_SUB_RATE slowsub: messages/s the subscriber reads (default 2000)
@@ -51,6 +57,21 @@
 #                    with 100000 both drop acknowledged QoS 1 messages; QoS 0
 #                    publishers have no window at all, so the same large queue
 #                    makes QoS 0 loss the brokers' and not the queue limit's
+#
+# Cluster scenarios (BENCH_CLUSTER=1, or selected by name; "cluster" means all
+# five): a fresh 3-node Starling cluster on 127.0.0.31-33 (one free port each
+# for MQTT, the forwarding channel, Raft and the admin API, the same on every
+# address), side by side with a fresh single Starling (tuned) in the same
+# repetition:
+#   cl_fanin_qos0  fanin QoS 0, publishers on node 1, the subscriber on node 2
+#                  (and Mosquitto's single-node rate, for the 3x target)
+#   cl_latency     latency, publisher on node 1, subscriber on node 2
+#   cl_subs        conns --sub-burst spread over the 3 nodes: every connection
+#                  open, then all subscribe to their own topic at once: SUBACKs/s
+#   cl_conns       conns spread over the 3 nodes: each CONNECT claims its
+#                  client id through Raft
+#   cl_takeover    takeover: a client on node 1 reconnects with the same id and
+#                  clean start 0 to node 2; CONNECT -> CONNACK (session present 1)
 #
 # fanin_qos1_persistent is fanin QoS 1 with a persistent subscriber (clean
 # session 0, fixed client id): Starling with persistence true, sync always and
@@ -73,7 +94,13 @@ THREADS=${BENCH_THREADS:-2}
 MQTT=${BENCH_MQTT:-3.1.1}
 QUEUE=${BENCH_QUEUE:-100000}
 QOS1_QUEUE=${BENCH_QOS1_QUEUE:-10000000}
-SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns conns_sub indep_qos0 indep_qos1 slowsub ceiling tls_fanin tls_conns ws_fanin}
+SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns conns_sub indep_qos0 indep_qos1 slowsub ceiling tls_fanin tls_conns ws_fanin cluster}
+CLUSTER=${BENCH_CLUSTER:-1}
+CL_DURATION=${BENCH_CLUSTER_DURATION:-3}
+CL_CONNS=${BENCH_CLUSTER_CONNS:-5000}
+CL_TAKEOVERS=${BENCH_CLUSTER_TAKEOVERS:-200}
+CL_WORKERS=${BENCH_CLUSTER_WORKERS:-1}
+CL_ADDRS=(127.0.0.31 127.0.0.32 127.0.0.33)
 TLS_CONNS=${BENCH_TLS_CONNS:-2000}
 CONFIGS=${BENCH_CONFIGS:-tuned,defaults}
 SLOW_RATE=${BENCH_SLOW_RATE:-10000}
@@ -98,6 +125,11 @@ done
 [[ "$QOS1_QUEUE" =~ ^[0-9]+$ ]] || die "BENCH_QOS1_QUEUE must be an integer"
 [[ "$SLOW_RATE" =~ ^[0-9]+$ ]] || die "BENCH_SLOW_RATE must be an integer (0 = unpaced)"
 [[ "$SLOW_SUB_RATE" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SLOW_SUB_RATE must be a positive integer"
+[ "$CLUSTER" = 0 ] || [ "$CLUSTER" = 1 ] || die "BENCH_CLUSTER must be 0 or 1"
+[[ "$CL_DURATION" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_CLUSTER_DURATION must be a number of seconds"
+[[ "$CL_CONNS" =~ ^[1-9][0-9]*$ ]] && [ "$CL_CONNS" -le 19000 ] || die "BENCH_CLUSTER_CONNS must be 1..19000"
+[[ "$CL_TAKEOVERS" =~ ^[1-9][0-9]*$ ]] && [ "$CL_TAKEOVERS" -le 9000 ] || die "BENCH_CLUSTER_TAKEOVERS must be 1..9000"
+[[ "$CL_WORKERS" =~ ^[0-9]+$ ]] || die "BENCH_CLUSTER_WORKERS must be an integer"
 
 cfgs=()
 for c in ${CONFIGS//,/ }; do
@@ -116,6 +148,8 @@ for s in ${SCENARIOS//,/ }; do
     case "$s" in
     fanin) sel+=(fanin_qos0 fanin_qos1 fanin_qos1_persistent) ;;
     indep) sel+=(indep_qos0 indep_qos1) ;;
+    cluster) sel+=(cl_fanin_qos0 cl_latency cl_subs cl_conns cl_takeover) ;;
+    cl_fanin_qos0 | cl_latency | cl_subs | cl_conns | cl_takeover) sel+=("$s") ;;
     fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | conns_sub | \
         indep_qos0 | indep_qos1 | slowsub | slowsub_qos1 | ceiling | tls_fanin | tls_conns | ws_fanin)
         sel+=("$s")
@@ -123,6 +157,11 @@ for s in ${SCENARIOS//,/ }; do
     *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;;
     esac
 done
+if [ "$CLUSTER" = 0 ]; then # BENCH_CLUSTER=0 skips the cluster scenarios
+    keep=()
+    for s in "${sel[@]}"; do [[ "$s" == cl_* ]] || keep+=("$s"); done
+    sel=(${keep[@]+"${keep[@]}"})
+fi
 [ ${#sel[@]} -gt 0 ] || die "BENCH_SCENARIOS selects nothing"
 
 # Both brokers and the generator may hold many sockets.
@@ -145,10 +184,15 @@ tmpfs | ramfs)
 esac
 BPID=""
 BDATA=""
+CPIDS=()
 cleanup() {
     if [ -n "$BPID" ] && kill -0 "$BPID" 2>/dev/null; then
         kill -KILL "$BPID" 2>/dev/null || true
     fi
+    local p
+    for p in ${CPIDS[@]+"${CPIDS[@]}"}; do
+        kill -KILL "$p" 2>/dev/null || true
+    done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -313,6 +357,175 @@ stop_broker() {
     BDATA=""
 }
 
+# start_cluster: three fresh nodes on CL_ADDRS with the tuned settings (the
+# fanin runs' queues), each with CL_WORKERS workers; sets CPIDS and CPORT, and
+# returns 0 once every node lists three reachable members and a leader, or 1.
+start_cluster() {
+    local ports i key
+    # four ports free on all three addresses: MQTT, channel, Raft, admin
+    ports=$("$PYTHON" - "${CL_ADDRS[@]}" <<'PYEOF'
+import socket, sys
+addrs, ports = sys.argv[1:], []
+while len(ports) < 4:
+    s = socket.socket()
+    s.bind((addrs[0], 0))
+    p = s.getsockname()[1]
+    ok, held = p not in ports, [s]
+    for a in addrs[1:]:
+        t = socket.socket()
+        held.append(t)
+        try:
+            t.bind((a, p))
+        except OSError:
+            ok = False
+    for h in held:
+        h.close()
+    if ok:
+        ports.append(p)
+print(*ports)
+PYEOF
+)
+    # shellcheck disable=SC2086
+    set -- $ports
+    CPORT=$1
+    key="bench:$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+    CPIDS=()
+    for i in 1 2 3; do
+        mkdir -p "$TMP/cl$i"
+        cat >"$TMP/cl$i.conf" <<CONF
+bind_address ${CL_ADDRS[$((i - 1))]}
+port $1
+workers $CL_WORKERS
+log_level warn
+max_queued_messages $QOS1_QUEUE
+max_queued_bytes 0
+max_inflight_messages 1000
+sys_interval 0
+persistence false
+data_dir $TMP/cl$i
+admin_port $4
+api_key $key
+node_name bench$i
+cluster_port $2
+raft_port $3
+cluster_seeds $(
+            IFS=,
+            echo "${CL_ADDRS[*]}"
+        )
+cluster_name bench-$3
+cluster_secret bench-secret-$3
+CONF
+        "$STARLING" -c "$TMP/cl$i.conf" >"$TMP/cl$i.log" 2>&1 &
+        CPIDS+=($!)
+    done
+    if ! "$PYTHON" - "$4" "$key" "${CL_ADDRS[@]}" <<'PYEOF'; then
+import base64, json, sys, time, urllib.request
+port, key, addrs = sys.argv[1], sys.argv[2], sys.argv[3:]
+auth = "Basic " + base64.b64encode(key.encode()).decode()
+def get(a, path):
+    r = urllib.request.Request(f"http://{a}:{port}{path}", headers={"Authorization": auth})
+    with urllib.request.urlopen(r, timeout=2) as f:
+        return json.loads(f.read() or b"null")
+end = time.monotonic() + 40
+while time.monotonic() < end:
+    try:
+        docs = [get(a, "/api/v1/cluster") for a in addrs]
+        if all(len(d["nodes"]) == 3 and all(x["reachable"] for x in d["nodes"]) and d["leader"]
+               for d in docs):
+            [get(a, "/api/v1/health") for a in addrs]  # 200 on every node: serving
+            sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.1)
+sys.exit(1)
+PYEOF
+        echo "bench: the 3-node cluster did not form within 40 s; log tails:" >&2
+        for i in 1 2 3; do tail -n 5 "$TMP/cl$i.log" >&2; done
+        stop_cluster
+        return 1
+    fi
+    sleep 0.3 # let it settle
+}
+
+stop_cluster() {
+    local p i
+    for p in ${CPIDS[@]+"${CPIDS[@]}"}; do
+        if ! kill -0 "$p" 2>/dev/null; then
+            echo "bench: cluster node (pid $p) died during the run" >&2
+            FAILURES=$((FAILURES + 1))
+        fi
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in ${CPIDS[@]+"${CPIDS[@]}"}; do
+        for i in $(seq 100); do
+            kill -0 "$p" 2>/dev/null || break
+            sleep 0.05
+        done
+        if kill -0 "$p" 2>/dev/null; then
+            echo "bench: cluster node (pid $p) did not stop on SIGTERM within 5 s; killing it" >&2
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+        wait "$p" 2>/dev/null || true
+    done
+    CPIDS=()
+    rm -rf "$TMP"/cl[123]
+}
+
+# cluster_args SCENARIO WHERE: generator arguments of a cluster scenario, for
+# WHERE = single (one broker on 127.0.0.1:BPORT) or cluster (CL_ADDRS:CPORT).
+cluster_args() {
+    local h1=127.0.0.1 h2=127.0.0.1 port=${BPORT:-0} hosts=""
+    if [ "$2" = cluster ]; then
+        h1=${CL_ADDRS[0]}
+        h2=${CL_ADDRS[1]}
+        port=$CPORT
+        hosts="--hosts $(
+            IFS=,
+            echo "${CL_ADDRS[*]}"
+        )"
+    fi
+    case "$1" in
+    cl_fanin_qos0) echo "fanin --qos 0 --duration $CL_DURATION --host $h1 --sub-host $h2 --port $port" ;;
+    cl_latency) echo "latency --duration $CL_DURATION --host $h1 --sub-host $h2 --port $port" ;;
+    cl_subs) echo "conns --conns $CL_CONNS --sub-burst --host $h1 --port $port $hosts" ;;
+    cl_conns) echo "conns --conns $CL_CONNS --host $h1 --port $port $hosts" ;;
+    cl_takeover) echo "takeover --conns $CL_TAKEOVERS --host $h1 --sub-host $h2 --port $port" ;;
+    esac
+}
+
+# run_cluster_scenario REP SCENARIO: a single Starling (tuned; for
+# cl_fanin_qos0 also Mosquitto) and the 3-node cluster, which goes first
+# alternating with the repetition like the brokers above. Every run is
+# recorded with config "cluster"; the label says where it ran.
+run_cluster_scenario() {
+    local rep=$1 sc=$2 order="single cluster" where mapped=cl b
+    [ $((rep % 2)) -eq 1 ] || order="cluster single"
+    [ "$sc" != cl_fanin_qos0 ] || mapped=fanin_qos0 # the fanin runs' queues
+    for where in $order; do
+        if [ "$where" = cluster ]; then
+            if start_cluster; then
+                # shellcheck disable=SC2046
+                run_bench "$rep" cluster "$sc" cluster $(cluster_args "$sc" cluster) \
+                    --pid "${CPIDS[0]}"
+            else
+                FAILURES=$((FAILURES + 1))
+            fi
+            stop_cluster
+            continue
+        fi
+        for b in starling $([ "$sc" = cl_fanin_qos0 ] && echo mosquitto); do
+            if ! start_broker "$b" "$mapped" tuned; then
+                FAILURES=$((FAILURES + 1))
+                stop_broker "$b"
+                continue
+            fi
+            # shellcheck disable=SC2046
+            run_bench "$rep" "$b" "$sc" cluster $(cluster_args "$sc" single) --pid "$BPID"
+            stop_broker "$b"
+        done
+    done
+}
+
 # run_bench REP LABEL ID CONFIG ARGS...: one generator run, its JSON line appended.
 run_bench() {
     local rep=$1 label=$2 id=$3 cfg=$4
@@ -357,6 +570,9 @@ T0=$(date +%s)
 echo "bench: ${sel[*]} x $REPS reps x configurations ${cfgs[*]}, ${DURATION}s runs, $CONNS conns," \
     "Starling workers $WORKERS (tuned), generator threads $THREADS, MQTT $MQTT," \
     "tuned queues $QUEUE (fanin: $QOS1_QUEUE), $(nproc) cores" >&2
+[ "$CLUSTER" = 0 ] || echo "bench: cluster scenarios: 3 nodes on ${CL_ADDRS[*]}, workers" \
+    "$CL_WORKERS each, ${CL_DURATION}s runs, $CL_CONNS conns, $CL_TAKEOVERS takeovers" \
+    "(BENCH_CLUSTER=0 skips them)" >&2
 for rep in $(seq "$REPS"); do
     echo "bench: repetition $rep/$REPS" >&2
     for sc in "${sel[@]}"; do
@@ -364,6 +580,10 @@ for rep in $(seq "$REPS"); do
         args=($(scenario_args "$sc"))
         if [ "$sc" = ceiling ]; then
             run_bench "$rep" generator "$sc" - "${args[@]}"
+            continue
+        fi
+        if [[ "$sc" == cl_* ]]; then
+            run_cluster_scenario "$rep" "$sc"
             continue
         fi
         # ABBA: which broker goes first alternates with the repetition, so
@@ -392,11 +612,11 @@ ELAPSED=$(($(date +%s) - T0))
 "$PYTHON" - "$RUNS" "$OUT" "$STAMP" "$ELAPSED" "$REPS" "$DURATION" "$CONNS" "$WORKERS" \
     "$THREADS" "$(nproc)" "$QUEUE" "$QOS1_QUEUE" "$(
         "$MOSQUITTO" -h 2>/dev/null | head -n 1 || true
-    )" "${cfgs[*]}" "$SLOW_RATE" "$SLOW_SUB_RATE" <<'PYEOF'
+    )" "${cfgs[*]}" "$SLOW_RATE" "$SLOW_SUB_RATE" "$CL_WORKERS" <<'PYEOF'
 import json, statistics, sys
 
 (runs_path, out_path, stamp, elapsed, reps, duration, conns, workers, threads, cores, queue,
- qos1_queue, mosq, cfgs, slow_rate, slow_sub_rate) = sys.argv[1:17]
+ qos1_queue, mosq, cfgs, slow_rate, slow_sub_rate, cl_workers) = sys.argv[1:18]
 cfgs = cfgs.split()
 runs = [json.loads(l) for l in open(runs_path) if l.strip()]
 
@@ -565,10 +785,82 @@ if any(r["id"].startswith("slowsub") for r in runs):
           f"reading {slow_sub_rate} msg/s during the window, then all it can (drain)")
 print("S/M = Starling / Mosquitto; 'better' says which direction wins (latency, loss and "
       "memory: lower is better)")
-print(line(head))
-print("|" + "|".join("-" * (x + 2) for x in w) + "|")
-for r in rows:
-    print(line(r))
+if rows:
+    print(line(head))
+    print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    for r in rows:
+        print(line(r))
+
+# The cluster scenarios: one Starling against the 3-node cluster, same
+# repetitions, with issue 9's targets.
+def cmed(id_, where, key):
+    v = [r[key] for r in runs if r["id"] == id_ and r["broker"] == where
+         and isinstance(r.get(key), (int, float))]
+    return statistics.median(v) if v else None
+
+CL = [
+    # (id, key, label, better, target: (kind, factor) or None)
+    ("cl_fanin_qos0", "msgs_per_s", "fan-in QoS 0 msg/s (pubs node 1, sub node 2)", "higher",
+     ("x_single_ge", 0.5)),
+    ("cl_fanin_qos0", "msgs_per_s", "  same, cluster / Mosquitto single", "higher",
+     ("x_mosq_ge", 3.0)),
+    ("cl_fanin_qos0", "loss", "fan-in QoS 0 lost msgs", "lower", None),
+    ("cl_latency", "p50_us", "latency p50 us (pub node 1, sub node 2)", "lower", None),
+    ("cl_latency", "p99_us", "latency p99 us", "lower", ("x_single_le", 2.0)),
+    ("cl_latency", "p999_us", "latency p99.9 us", "lower", None),
+    ("cl_subs", "subacks_per_s", "subscriptions committed/s (SUBACKs/s)", "higher",
+     ("abs_ge", 10000)),
+    ("cl_subs", "connects_per_s", "  its connects/s (before subscribing)", "higher", None),
+    ("cl_conns", "connects_per_s", "connects/s (ids claimed through Raft)", "higher", None),
+    ("cl_takeover", "p50_us", "takeover CONNECT->CONNACK p50 us", "lower", None),
+    ("cl_takeover", "p99_us", "takeover CONNECT->CONNACK p99 us", "lower", None),
+    ("cl_takeover", "takeovers_per_s", "takeovers/s", "higher", None),
+]
+crow = []
+for id_, key, label, better, target in CL:
+    one, clu = cmed(id_, "starling", key), cmed(id_, "cluster", key)
+    if one is None and clu is None:
+        continue
+    base, ref = one, "single"
+    if target and target[0] == "x_mosq_ge":
+        base, ref = cmed(id_, "mosquitto", key), "Mosquitto"
+        one = base
+    ratio = clu / base if clu is not None and base else None
+    tgt, met = "", ""
+    if target:
+        kind, f = target
+        if kind == "abs_ge":
+            tgt = f">= {f:,.0f}"
+            ok = clu is not None and clu >= f
+        elif kind.endswith("_ge"):
+            tgt = f">= {f:g}x {ref}"
+            ok = ratio is not None and ratio >= f
+        else:
+            tgt = f"<= {f:g}x {ref}"
+            ok = ratio is not None and ratio <= f
+        met = "yes" if ok else "NO"
+        summary.append({"config": "cluster", "scenario": id_, "metric": key, "target": tgt,
+                        "met": ok, "single": base, "cluster": clu, "ratio": ratio})
+    else:
+        summary.append({"config": "cluster", "scenario": id_, "metric": key, "better": better,
+                        "single": one, "cluster": clu, "ratio": ratio})
+    crow.append([label, better, fmt(one), fmt(clu), f"{ratio:.2f}" if ratio is not None else "-",
+                 tgt, met])
+if crow:
+    ch = ["cluster metric (median)", "better", "single node", "3-node cluster", "cluster/single",
+          "target (issue 9)", "met"]
+    cw = [max(len(str(r[i])) for r in crow + [ch]) for i in range(len(ch))]
+    cl_line = lambda r: "| " + " | ".join(
+        str(c).ljust(cw[i]) if i in (0, 1, 5, 6) else str(c).rjust(cw[i])
+        for i, c in enumerate(r)) + " |"
+    print()
+    print(f"Starling single node vs a 3-node cluster on 127.0.0.31-33 (nodes with "
+          f"{cl_workers} worker(s) each, the single node as tuned above; 'single node' is "
+          f"Mosquitto in the '/ Mosquitto' row)")
+    print(cl_line(ch))
+    print("|" + "|".join("-" * (x + 2) for x in cw) + "|")
+    for r in crow:
+        print(cl_line(r))
 incomplete = [f"{r['id']}/{r['broker']}/{r.get('config')}/rep{r['rep']}" for r in runs
               if not r.get("complete")]
 if incomplete:

@@ -6,7 +6,9 @@
 # complete run and the broker's memory, that fanin and indep at QoS 1 lost
 # nothing, that the exact counts add up (delivered + dropped = sent), and that
 # the slowsub subscriber read at its set rate while the publishers sent
-# faster. Ends with "smoke: N passed, M failed" (one per run); exit status 0
+# faster. Then (unless BENCH_CLUSTER=0) a 3-node cluster on 127.0.0.31-33:
+# cross-node fan-in and latency, a burst of subscriptions over the three
+# nodes, and cross-node takeovers (a few seconds). Ends with "smoke: N passed, M failed" (one per run); exit status 0
 # when nothing failed.
 #
 # Environment: STARLING_BIN (default build/release/node/starling),
@@ -28,12 +30,18 @@ while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^STARLING_' || 
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/starling-smoke.XXXXXX")
 PID=""
+CPIDS=()
+stop_pids() {
+    local p
+    for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "$@"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+}
 cleanup() {
-    if [ -n "$PID" ]; then
-        kill -TERM "$PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PID" 2>/dev/null || true
-    fi
+    [ -z "$PID" ] || stop_pids "$PID"
+    [ ${#CPIDS[@]} -eq 0 ] || stop_pids "${CPIDS[@]}"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -101,12 +109,102 @@ kill -0 "$PID" 2>/dev/null || {
     echo "smoke: FAIL starling died during the runs" >&2
     alive=0
 }
+stop_pids "$PID"
+PID=""
+
+# The cluster scenarios of `make bench` (cl_*), briefly, on three nodes.
+CLUSTER=${BENCH_CLUSTER:-1}
+if [ "$CLUSTER" = 1 ]; then
+    ADDRS=(127.0.0.31 127.0.0.32 127.0.0.33)
+    # shellcheck disable=SC2046
+    set -- $("$PYTHON" - "${ADDRS[@]}" <<'PY'
+import socket, sys
+addrs, ports = sys.argv[1:], []
+while len(ports) < 4:
+    s = socket.socket()
+    s.bind((addrs[0], 0))
+    p = s.getsockname()[1]
+    ok, held = p not in ports, [s]
+    for a in addrs[1:]:
+        t = socket.socket()
+        held.append(t)
+        try:
+            t.bind((a, p))
+        except OSError:
+            ok = False
+    for h in held:
+        h.close()
+    if ok:
+        ports.append(p)
+print(*ports)
+PY
+)
+    for i in 1 2 3; do
+        cat >"$TMP/cl$i.conf" <<CONF
+bind_address ${ADDRS[$((i - 1))]}
+port $1
+workers 1
+log_level warn
+max_queued_messages 10000000
+max_inflight_messages 1000
+sys_interval 0
+persistence false
+data_dir $TMP/cl$i
+admin_port $4
+node_name smoke$i
+cluster_port $2
+raft_port $3
+cluster_seeds 127.0.0.31,127.0.0.32,127.0.0.33
+cluster_name smoke-$3
+CONF
+        "$BIN" -c "$TMP/cl$i.conf" >"$TMP/cl$i.log" 2>&1 &
+        CPIDS+=($!)
+    done
+    CPORT=$1
+    # serving once every node's health says 200 (a leader known)
+    formed=0
+    for _ in $(seq 300); do
+        n=0
+        for a in "${ADDRS[@]}"; do
+            "$PYTHON" -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=1)' \
+                "http://$a:$4/api/v1/health" 2>/dev/null && n=$((n + 1))
+        done
+        [ $n -lt 3 ] || {
+            formed=1
+            break
+        }
+        sleep 0.1
+    done
+    if [ $formed = 1 ]; then
+        CL=(--host 127.0.0.31 --sub-host 127.0.0.32 --port "$CPORT" --pid "${CPIDS[0]}"
+            --label cluster --deadline 12)
+        run cl_fanin_qos0 fanin --qos 0 --duration 1 --drain 2 "${CL[@]}"
+        run cl_latency latency --rate 2000 --duration 1 --drain 2 "${CL[@]}"
+        run cl_subs conns --conns 300 --sub-burst --hosts 127.0.0.31,127.0.0.32,127.0.0.33 \
+            --host 127.0.0.31 --port "$CPORT" --pid "${CPIDS[0]}" --label cluster --deadline 12
+        run cl_takeover takeover --conns 30 "${CL[@]}"
+    else
+        echo "smoke: FAIL the 3-node cluster did not form within 30 s" >&2
+        for i in 1 2 3; do tail -n 5 "$TMP/cl$i.log" >&2; done
+        failed_runs=$((failed_runs + 4))
+    fi
+    for p in "${CPIDS[@]}"; do
+        kill -0 "$p" 2>/dev/null || {
+            echo "smoke: FAIL a cluster node died during the runs" >&2
+            alive=0
+        }
+    done
+    stop_pids "${CPIDS[@]}"
+    CPIDS=()
+fi
 
 # One verdict per expected run: a run that printed nothing counts as failed.
-"$PYTHON" - "$TMP/out.jsonl" "$failed_runs" "$alive" <<'PY'
+"$PYTHON" - "$TMP/out.jsonl" "$failed_runs" "$alive" "$CLUSTER" <<'PY'
 import json, sys
 want = ["fanin", "fanin", "fanin", "indep", "indep", "slowsub", "slowsub", "fanout", "latency",
         "conns", "conns", "ceiling"]
+if sys.argv[4] == "1":
+    want += ["fanin", "latency", "conns", "takeover"]
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 failed_runs, alive = int(sys.argv[2]), sys.argv[3] == "1"
 
@@ -142,12 +240,17 @@ def check(r):
                        f"{r['received_after_window']} received after the window")
     if sc == "latency" and r["samples"] <= 0:
         bad.append("no latency samples")
+    if r.get("sub_burst") and not (r["subacked"] == r["conns"] and r["subacks_per_s"] > 0):
+        bad.append(f"{r['subacked']} of {r['conns']} SUBACKs")
+    if sc == "takeover" and not (r["taken"] == r["kicked"] == r["conns"] and r["p50_us"] > 0
+                                 and not r["same_node"]):
+        bad.append(f"takeover: {r['taken']} taken, {r['kicked']} kicked of {r['conns']}")
     return bad
 
 passed = failed = 0
 for r in runs:
     bad = check(r)
-    name = f"{r['scenario']} qos{r['qos']}"
+    name = f"{r['scenario']} qos{r['qos']}" + (" (cluster)" if r["broker"] == "cluster" else "")
     if bad:
         failed += 1
         print(f"smoke: FAIL {name}: " + "; ".join(bad), file=sys.stderr)
@@ -156,6 +259,7 @@ for r in runs:
         print(f"smoke: ok {name}: " +
               ", ".join(f"{k}={r[k]}" for k in ("msgs_per_s", "connects_per_s", "loss",
                                                  "dropped", "acked_lost", "p99_us",
+                                                 "subacks_per_s", "takeovers_per_s",
                                                  "rss_peak_kb") if k in r))
 got = [r["scenario"] for r in runs]
 if got != want:

@@ -4,8 +4,12 @@
  *
  *   starling-bench SCENARIO --host H --port P [options]
  *
- * Scenarios: fanin, fanout, latency, conns, ceiling, indep, slowsub (see
- * bench/README.md).
+ * Scenarios: fanin, fanout, latency, conns, ceiling, indep, slowsub, takeover
+ * (see bench/README.md).
+ *
+ * Clusters: --sub-host/--sub-port put the subscribers (and the takeover
+ * scenario's second connections) on another node than the publishers;
+ * --hosts spreads the conns connections over several nodes.
  *
  * Design: G.n_threads generator threads, each with its own libuv loop, own
  * the client connections. Packets are encoded with the project codec
@@ -41,6 +45,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -66,9 +71,20 @@
 #define MAX_THREADS 16
 #define TICK_MS 1
 
-enum scenario { SC_FANIN, SC_FANOUT, SC_LATENCY, SC_CONNS, SC_CEILING, SC_INDEP, SC_SLOWSUB };
+enum scenario {
+    SC_FANIN,
+    SC_FANOUT,
+    SC_LATENCY,
+    SC_CONNS,
+    SC_CEILING,
+    SC_INDEP,
+    SC_SLOWSUB,
+    SC_TAKEOVER
+};
 static const char *const scenario_names[] = {"fanin",   "fanout", "latency", "conns",
-                                             "ceiling", "indep",  "slowsub"};
+                                             "ceiling", "indep",  "slowsub", "takeover"};
+/* --hosts: at most this many addresses */
+#define MAX_HOSTS 16
 #define N_SCENARIOS ((int)(sizeof(scenario_names) / sizeof(scenario_names[0])))
 /* slowsub: bytes the throttled subscriber reads at most per read call */
 #define SLOW_CHUNK 4096u
@@ -76,7 +92,9 @@ static const char *const scenario_names[] = {"fanin",   "fanout", "latency", "co
 #define RSS_PERIOD_NS 10000000ull
 
 enum phase { PH_SETUP, PH_RUN, PH_DRAIN, PH_STOP };
-enum role { R_PUB, R_SUB, R_IDLE, R_SINK };
+/* takeover: R_OLD connects first (--host), R_NEW then takes its client id
+ * over (--sub-host); the broker closing an R_OLD connection is expected */
+enum role { R_PUB, R_SUB, R_IDLE, R_SINK, R_OLD, R_NEW };
 /* C_RESETTING: a --persistent subscriber sent DISCONNECT after its clean
  * session 1 connection and waits for the broker to close it */
 enum cstate { C_INIT, C_CONNECTING, C_WAIT_CONNACK, C_WAIT_SUBACK, C_READY, C_RESETTING, C_DEAD };
@@ -100,6 +118,7 @@ struct client {
     bool writing;
     bool closing;
     bool reset_done;   /* --persistent subscriber: the clean session 1 pass is over */
+    uint64_t start_ns; /* when CONNECT was queued (takeover time) */
     struct buf out[2]; /* out[cur] accumulates, out[cur ^ 1] is being written */
     int cur;
     struct buf in; /* tail of an incomplete packet */
@@ -152,6 +171,14 @@ struct wkr {
     _Atomic uint64_t a_sink_msgs, a_sink_bytes;
     _Atomic uint32_t a_connected, a_failed;
     _Atomic uint64_t a_last_connack_ns;
+    /* conns --sub-burst: this thread sent its SUBSCRIBEs; SUBACKs received */
+    bool sub_sent;
+    _Atomic uint32_t a_subacked;
+    _Atomic uint64_t a_last_suback_ns;
+    /* takeover: CONNECT-to-CONNACK times of the R_NEW clients (us) */
+    uint32_t *tk_lat;
+    uint32_t n_tk_lat;
+    _Atomic uint32_t a_taken, a_kicked;
 };
 
 static struct {
@@ -165,9 +192,17 @@ static struct {
     int sub_rate; /* slowsub: messages/s the subscriber reads */
     bool exact;   /* per-message accounting (one subscriber, many publishers) */
     int n_threads, batch, lead, keepalive, src_addrs;
-    bool persistent;                /* subscribers use clean session 0 and a fixed client id */
-    uint8_t ver;                    /* MQTT_V311 or MQTT_V5 */
-    bool conn_sub;                  /* conns: each connection subscribes to its own topic */
+    bool persistent;      /* subscribers use clean session 0 and a fixed client id */
+    uint8_t ver;          /* MQTT_V311 or MQTT_V5 */
+    bool conn_sub;        /* conns: each connection subscribes to its own topic */
+    bool sub_burst;       /* conns: connect all first, then all subscribe at once */
+    const char *sub_host; /* subscribers (takeover: second connections) */
+    int sub_port;
+    struct sockaddr_in sub_addr;
+    struct sockaddr_in hosts[MAX_HOSTS]; /* --hosts: conns connection i on i % n */
+    int n_hosts;
+    _Atomic uint32_t conn_limit;    /* conns/takeover: clients below it may start */
+    _Atomic int sub_go;             /* conns --sub-burst: subscribe now */
     enum bench_transport transport; /* --transport */
     double duration, deadline_s, drain_s, warmup_s;
     /* run state */
@@ -504,6 +539,12 @@ static void client_fail(struct client *c, const char *what, int code)
         client_reset(c);
         return;
     }
+    if (c->role == R_OLD && c->state == C_READY) {
+        /* taken over: the broker closes the first connection */
+        atomic_fetch_add_explicit(&c->w->a_kicked, 1, memory_order_relaxed);
+        client_close(c);
+        return;
+    }
     int ph = atomic_load(&G.phase);
     if (c->state == C_READY) {
         if (ph < PH_STOP) {
@@ -515,7 +556,7 @@ static void client_fail(struct client *c, const char *what, int code)
         atomic_fetch_add_explicit(&c->w->a_failed, 1, memory_order_relaxed);
         if (G.sc != SC_CONNS)
             set_err("connection failed: %s (%d)", what, code);
-        if (G.sc == SC_CONNS && c->w->conn_inflight)
+        if ((G.sc == SC_CONNS || G.sc == SC_TAKEOVER) && c->w->conn_inflight)
             c->w->conn_inflight--;
     }
     client_close(c);
@@ -591,8 +632,11 @@ static void send_connect(struct client *c)
     char id[48];
     bool persistent = G.persistent && c->role == R_SUB;
     int n;
+    bool takeover = c->role == R_OLD || c->role == R_NEW;
     if (persistent) /* fixed, so that the session is the same across runs */
         n = snprintf(id, sizeof(id), "sb-persistent-s%u", c->idx);
+    else if (takeover) /* both connections of a takeover pair share the id */
+        n = snprintf(id, sizeof(id), "sb%d-t%u", (int)getpid(), c->idx);
     else
         n = snprintf(id, sizeof(id), "sb%d-%c%u", (int)getpid(), "psis"[c->role], c -> idx);
     struct mqtt_packet p;
@@ -601,10 +645,10 @@ static void send_connect(struct client *c)
     p.u.connect.protocol_version = G.ver;
     /* a persistent subscriber first connects with clean session 1, which
      * discards whatever an earlier run left, then with clean session 0 */
-    p.u.connect.clean_start = !persistent || !c->reset_done;
+    p.u.connect.clean_start = !takeover && (!persistent || !c->reset_done);
     /* 5.0: the reset connection's session ends with it (expiry 0), the
      * second one's outlives the connection */
-    if (persistent && c->reset_done && G.ver == MQTT_V5) {
+    if (((persistent && c->reset_done) || takeover) && G.ver == MQTT_V5) {
         p.u.connect.props.present |= MQTT_PF(MQTT_PROP_SESSION_EXPIRY);
         p.u.connect.props.session_expiry = UINT32_MAX;
     }
@@ -648,9 +692,16 @@ static void send_subscribe(struct client *c)
 static void became_ready(struct client *c)
 {
     c->state = C_READY;
-    if (G.sc == SC_CONNS) {
+    if (G.sc == SC_CONNS || G.sc == SC_TAKEOVER) {
         struct wkr *w = c->w;
         w->conn_inflight--;
+        if (c->role == R_NEW) {
+            uint64_t us = (now_ns() - c->start_ns + 500) / 1000;
+            w->tk_lat[w->n_tk_lat++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+            atomic_fetch_add_explicit(&w->a_taken, 1, memory_order_release);
+            conns_pump(w);
+            return;
+        }
         atomic_fetch_add_explicit(&w->a_connected, 1, memory_order_relaxed);
         atomic_store_explicit(&w->a_last_connack_ns, now_ns(), memory_order_relaxed);
         conns_pump(w);
@@ -750,7 +801,12 @@ static int handle_packet(struct client *c, const uint8_t *p, size_t n)
             client_fail(c, "session present after the clean session reset", 1);
             return -1;
         }
-        if (c->role == R_SUB || (c->role == R_IDLE && G.conn_sub)) {
+        if (c->role == R_NEW && !pkt.u.connack.session_present) {
+            /* the session of the first connection must have moved here */
+            client_fail(c, "takeover: CONNACK with session present 0", 0);
+            return -1;
+        }
+        if (c->role == R_SUB || (c->role == R_IDLE && G.conn_sub && !G.sub_burst)) {
             send_subscribe(c);
             c->state = C_WAIT_SUBACK;
         } else {
@@ -766,6 +822,12 @@ static int handle_packet(struct client *c, const uint8_t *p, size_t n)
         if (pkt.u.suback.reasons[0] != G.qos) {
             client_fail(c, "SUBACK granted another QoS", pkt.u.suback.reasons[0]);
             return -1;
+        }
+        if (G.sub_burst) {
+            c->state = C_READY;
+            atomic_fetch_add_explicit(&c->w->a_subacked, 1, memory_order_relaxed);
+            atomic_store_explicit(&c->w->a_last_suback_ns, now_ns(), memory_order_relaxed);
+            break;
         }
         became_ready(c);
         break;
@@ -963,6 +1025,7 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     c->state = C_WAIT_CONNACK;
+    c->start_ns = now_ns();
     if (G.transport != BX_TCP && !(c->x = bench_xport_new(G.transport, G.host))) {
         client_fail(c, "out of memory", 0);
         return;
@@ -1003,14 +1066,19 @@ static void client_start(struct client *c)
     }
     if (r == 0) {
         uv_tcp_nodelay(&c->tcp, 1);
-        r = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&G.addr, on_connect);
+        const struct sockaddr_in *to = &G.addr;
+        if (c->role == R_SUB || c->role == R_NEW)
+            to = &G.sub_addr;
+        else if (c->role == R_IDLE && G.n_hosts > 0)
+            to = &G.hosts[c->idx % (uint32_t)G.n_hosts];
+        r = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)to, on_connect);
     }
     if (r) {
         if (c->state == C_INIT) {
             /* the handle was never initialised */
             atomic_fetch_add(&G.failed, 1);
             atomic_fetch_add_explicit(&w->a_failed, 1, memory_order_relaxed);
-            if (G.sc == SC_CONNS && w->conn_inflight)
+            if ((G.sc == SC_CONNS || G.sc == SC_TAKEOVER) && w->conn_inflight)
                 w->conn_inflight--;
             set_err("socket: %s (%d)", uv_strerror(r), r);
             c->state = C_DEAD;
@@ -1096,7 +1164,8 @@ static void pub_pump(struct client *c)
 static void conns_pump(struct wkr *w)
 {
     uint32_t step = (uint32_t)G.n_threads;
-    while (w->conn_next < G.n_clients && w->conn_inflight < w->conn_max_inflight) {
+    uint32_t limit = atomic_load_explicit(&G.conn_limit, memory_order_acquire);
+    while (w->conn_next < limit && w->conn_inflight < w->conn_max_inflight) {
         struct client *c = &G.clients[w->conn_next];
         w->conn_next += step;
         w->conn_inflight++;
@@ -1108,7 +1177,7 @@ static void close_all(struct wkr *w)
 {
     for (uint32_t i = 0; i < w->ncl; i++)
         client_close(w->cl[i]);
-    if (G.sc == SC_CONNS)
+    if (G.sc == SC_CONNS || G.sc == SC_TAKEOVER)
         for (uint32_t i = (uint32_t)w->id; i < G.n_clients; i += (uint32_t)G.n_threads)
             client_close(&G.clients[i]);
 }
@@ -1142,8 +1211,20 @@ static void on_tick(uv_timer_t *t)
     if (w->is_sink) {
         return;
     }
-    if (G.sc == SC_CONNS) {
+    if (G.sc == SC_CONNS || G.sc == SC_TAKEOVER) {
         conns_pump(w);
+        if (G.sub_burst && !w->sub_sent && atomic_load(&G.sub_go)) {
+            /* every connection of this thread subscribes at once */
+            w->sub_sent = true;
+            for (uint32_t i = (uint32_t)w->id; i < G.n_clients; i += (uint32_t)G.n_threads) {
+                struct client *c = &G.clients[i];
+                if (c->state != C_READY || c->closing)
+                    continue;
+                send_subscribe(c);
+                c->state = C_WAIT_SUBACK;
+                client_flush(c);
+            }
+        }
         return;
     }
     if (ph == PH_RUN)
@@ -1187,7 +1268,7 @@ static void on_sink_conn(uv_stream_t *server, int status)
 static void *wkr_main(void *arg)
 {
     struct wkr *w = arg;
-    if (!w->is_sink && G.sc != SC_CONNS)
+    if (!w->is_sink && G.sc != SC_CONNS && G.sc != SC_TAKEOVER)
         for (uint32_t i = 0; i < w->ncl; i++)
             client_start(w->cl[i]);
     uv_run(&w->loop, UV_RUN_DEFAULT);
@@ -1264,16 +1345,26 @@ static struct client *new_client(uint32_t i, enum role role, uint32_t idx)
 static void build_clients(void)
 {
     int nt = G.n_threads;
-    if (G.sc == SC_CONNS) {
-        G.n_clients = (uint32_t)G.conns;
+    if (G.sc == SC_CONNS || G.sc == SC_TAKEOVER) {
+        /* takeover: clients 0..N-1 connect first (R_OLD), N..2N-1 take
+         * their ids over (R_NEW) once conn_limit lets them */
+        uint32_t n = (uint32_t)G.conns;
+        G.n_clients = G.sc == SC_TAKEOVER ? 2 * n : n;
         G.clients = calloc(G.n_clients, sizeof(*G.clients));
         if (!G.clients)
             exit(2);
         for (uint32_t i = 0; i < G.n_clients; i++) {
-            G.clients[i].role = R_IDLE;
-            G.clients[i].idx = i;
+            G.clients[i].role = G.sc == SC_CONNS ? R_IDLE : i < n ? R_OLD : R_NEW;
+            G.clients[i].idx = i % n;
             G.clients[i].w = &G.w[i % (uint32_t)nt];
         }
+        atomic_store(&G.conn_limit, n);
+        if (G.sc == SC_TAKEOVER)
+            for (int t = 0; t < nt; t++) {
+                G.w[t].tk_lat = calloc(n, sizeof(uint32_t));
+                if (!G.w[t].tk_lat)
+                    exit(2);
+            }
         for (int t = 0; t < nt; t++) {
             G.w[t].conn_next = (uint32_t)t;
             G.w[t].conn_max_inflight = (uint32_t)((G.concurrency + nt - 1) / nt);
@@ -1768,6 +1859,40 @@ static int run_conns(void)
         if (x > tl)
             tl = x;
     }
+    /* --sub-burst: every connection is open; now all of them subscribe at
+     * once, and the rate is SUBACKs per second */
+    uint32_t subacked = 0;
+    double sub_wall = 0;
+    if (G.sub_burst && ok && failed == 0) {
+        uint64_t ts = now_ns();
+        atomic_store(&G.sub_go, 1);
+        for (;;) {
+            subacked = 0;
+            uint32_t f = 0;
+            for (int i = 0; i < G.n_threads; i++) {
+                subacked += atomic_load_explicit(&G.w[i].a_subacked, memory_order_relaxed);
+                f += atomic_load_explicit(&G.w[i].a_failed, memory_order_relaxed);
+            }
+            if (subacked >= connected || f > failed || atomic_load(&G.lost_conns) > 0)
+                break;
+            if (past_deadline()) {
+                set_err("conns: not all SUBACKs before the deadline");
+                ok = false;
+                break;
+            }
+            rss_poll(false);
+            sleep_ms(2);
+        }
+        uint64_t tsl = ts;
+        for (int i = 0; i < G.n_threads; i++) {
+            uint64_t x = atomic_load_explicit(&G.w[i].a_last_suback_ns, memory_order_relaxed);
+            if (x > tsl)
+                tsl = x;
+        }
+        sub_wall = (double)(tsl - ts) / 1e9;
+        if (subacked < connected)
+            ok = false;
+    }
     double cpu1 = cpu_self_s(), bcpu1 = cpu_pid_s(G.pid), st1 = steal_s();
     double wall = (double)(tl - t0) / 1e9;
     if (wall <= 0)
@@ -1786,6 +1911,11 @@ static int run_conns(void)
     stop_threads();
     if (failed > 0)
         set_err("conns: some connections failed");
+    if (G.sub_burst) { /* a refused SUBSCRIBE counts as a failed connection */
+        failed = 0;
+        for (int i = 0; i < G.n_threads; i++)
+            failed += atomic_load_explicit(&G.w[i].a_failed, memory_order_relaxed);
+    }
     bool complete = ok && failed == 0 && lost == 0;
     double rate = (double)connected / wall;
     double bench_cpu = (cpu1 - cpu0) / wall_cpu;
@@ -1793,6 +1923,12 @@ static int run_conns(void)
     double steal = steal_pct(st0, st1, wall_cpu);
     print_head();
     printf(",\"subscribe\":%s", G.conn_sub ? "true" : "false");
+    if (G.sub_burst)
+        printf(",\"sub_burst\":true,\"subacked\":%u,\"sub_duration_s\":%.3f"
+               ",\"subacks_per_s\":%.0f",
+               subacked, sub_wall, sub_wall > 0 ? (double)subacked / sub_wall : 0.0);
+    if (G.n_hosts > 0)
+        printf(",\"hosts\":%d", G.n_hosts);
     printf(",\"duration_s\":%.3f,\"conns\":%u,\"connected\":%u,\"failed\":%u,\"lost\":%d"
            ",\"concurrency\":%d,\"src_addrs\":%d,\"connects_per_s\":%.0f",
            wall, G.n_clients, connected, failed, lost, G.concurrency, G.src_addrs, rate);
@@ -1815,6 +1951,110 @@ static int run_conns(void)
             "cpu %.2f  broker cpu %.2f%s\n",
             G.label, connected, G.n_clients, rate, per_conn, rss0, rss1, bench_cpu, broker_cpu,
             complete ? "" : "  INCOMPLETE");
+    if (G.sub_burst)
+        fprintf(stderr, "%-8s subscribe burst  %u/%u SUBACKs in %.3f s  %.0f SUBACK/s\n", G.label,
+                subacked, connected, sub_wall, sub_wall > 0 ? (double)subacked / sub_wall : 0.0);
+    return complete ? 0 : 1;
+}
+
+/* Sum of a per-thread counter. */
+static uint32_t sum_wkr(size_t off)
+{
+    uint32_t n = 0;
+    for (int i = 0; i < G.n_threads; i++)
+        n +=
+            atomic_load_explicit((_Atomic uint32_t *)((char *)&G.w[i] + off), memory_order_acquire);
+    return n;
+}
+
+/* Wait until the per-thread counter at off reaches want, a connection
+ * failed, or the deadline passed. */
+static bool wait_counter(size_t off, uint32_t want, const char *what)
+{
+    while (sum_wkr(off) < want) {
+        if (sum_wkr(offsetof(struct wkr, a_failed)) > 0) {
+            set_err("takeover: a connection failed during %s", what);
+            return false;
+        }
+        if (past_deadline()) {
+            set_err("takeover: %s not done before the deadline", what);
+            return false;
+        }
+        rss_poll(false);
+        sleep_ms(1);
+    }
+    return true;
+}
+
+/* takeover: --conns clients connect to --host with clean start 0, then each
+ * connects again with the same client id and clean start 0 to --sub-host
+ * (another node of a cluster), --concurrency at a time. Result: the time from
+ * that CONNECT to its CONNACK with session present 1, p50/p99/max, and
+ * takeovers per second. */
+static int run_takeover(void)
+{
+    build_clients();
+    uint32_t n = (uint32_t)G.conns;
+    G.rss_start = rss_poll(true);
+    atomic_store(&G.phase, PH_RUN);
+    start_threads();
+    bool ok = wait_counter(offsetof(struct wkr, a_connected), n, "the first connections");
+    double cpu0 = cpu_self_s(), bcpu0 = cpu_pid_s(G.pid), st0 = steal_s();
+    uint64_t t0 = now_ns();
+    G.t0_ns = t0;
+    if (ok) {
+        atomic_store_explicit(&G.conn_limit, 2 * n, memory_order_release);
+        ok = wait_counter(offsetof(struct wkr, a_taken), n, "the takeovers");
+    }
+    uint64_t t1 = now_ns();
+    double cpu1 = cpu_self_s(), bcpu1 = cpu_pid_s(G.pid), st1 = steal_s();
+    /* every old connection must be closed by the broker (one owner) */
+    uint64_t kick_end = now_ns() + 2000000000ull;
+    while (ok && sum_wkr(offsetof(struct wkr, a_kicked)) < n && now_ns() < kick_end)
+        sleep_ms(2);
+    uint32_t kicked = sum_wkr(offsetof(struct wkr, a_kicked));
+    uint32_t taken = sum_wkr(offsetof(struct wkr, a_taken));
+    uint32_t failed = sum_wkr(offsetof(struct wkr, a_failed));
+    int lost = atomic_load(&G.lost_conns);
+    G.rss_end = rss_poll(true);
+    stop_threads();
+    if (ok && kicked < n)
+        set_err("takeover: %u old connections were not closed by the broker", n - kicked);
+    bool complete = ok && taken == n && kicked == n && failed == 0 && lost == 0;
+    /* the threads are stopped: their samples can be merged */
+    uint32_t *lat = malloc((size_t)n * sizeof(uint32_t) + 1);
+    size_t nl = 0;
+    if (!lat)
+        exit(2);
+    for (int i = 0; i < G.n_threads; i++)
+        for (uint32_t k = 0; k < G.w[i].n_tk_lat && nl < n; k++)
+            lat[nl++] = G.w[i].tk_lat[k];
+    qsort(lat, nl, sizeof(uint32_t), cmp_u32);
+    double wall = (double)(t1 - t0) / 1e9;
+    if (wall <= 0)
+        wall = 1e-9;
+    double bench_cpu = (cpu1 - cpu0) / wall;
+    double broker_cpu = (bcpu0 >= 0 && bcpu1 >= 0) ? (bcpu1 - bcpu0) / wall : -1;
+    double steal = steal_pct(st0, st1, wall);
+    uint32_t p50 = pct(lat, nl, 50), p99 = pct(lat, nl, 99), mx = nl ? lat[nl - 1] : 0;
+    print_head();
+    printf(",\"duration_s\":%.3f,\"conns\":%u,\"taken\":%u,\"kicked\":%u,\"failed\":%u"
+           ",\"lost\":%d,\"concurrency\":%d,\"same_node\":%s,\"takeovers_per_s\":%.0f"
+           ",\"p50_us\":%u,\"p99_us\":%u,\"max_us\":%u",
+           wall, n, taken, kicked, failed, lost, G.concurrency,
+           G.sub_addr.sin_addr.s_addr == G.addr.sin_addr.s_addr &&
+                   G.sub_addr.sin_port == G.addr.sin_port
+               ? "true"
+               : "false",
+           (double)taken / wall, p50, p99, mx);
+    print_cpu(stdout, bench_cpu, broker_cpu, steal);
+    print_mem();
+    print_tail(complete);
+    fprintf(stderr,
+            "%-8s takeover %u/%u taken, %u kicked  %.0f/s  p50 %u us  p99 %u us  max %u us%s\n",
+            G.label, taken, n, kicked, (double)taken / wall, p50, p99, mx,
+            complete ? "" : "  INCOMPLETE");
+    free(lat);
     return complete ? 0 : 1;
 }
 
@@ -1823,9 +2063,15 @@ static int run_conns(void)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: starling-bench SCENARIO --host H --port P [options]\n"
-               "scenarios: fanin fanout latency conns ceiling indep slowsub\n"
+               "scenarios: fanin fanout latency conns ceiling indep slowsub takeover\n"
                "  --host H           broker address (IPv4 literal, default 127.0.0.1)\n"
                "  --port P           broker port (default 1883; ignored by ceiling)\n"
+               "  --sub-host H       subscribers' broker (another cluster node; takeover:\n"
+               "                     where the second connections go; default --host)\n"
+               "  --sub-port P       port at --sub-host (default --port)\n"
+               "  --hosts H1,H2,..   conns: connection i goes to H(i mod n), port --port\n"
+               "  --sub-burst        conns: open every connection first, then all subscribe\n"
+               "                     to bench/conn/<i> at once; adds subacks_per_s\n"
                "  --pid PID          broker process: report its CPU use and memory (VmRSS\n"
                "                     sampled every 10 ms: start, peak, end, after drain)\n"
                "  --label NAME       broker name in the output (default \"broker\")\n"
@@ -1846,8 +2092,10 @@ static void usage(FILE *f)
                "                     slowsub: per publisher, 0 = unpaced (default 0)\n"
                "  --sub-rate N       slowsub: messages per second the subscriber reads\n"
                "                     (default 2000)\n"
-               "  --conns C          conns: connections (default 10000, at most 19000)\n"
-               "  --concurrency K    conns: handshakes in flight (default 500)\n"
+               "  --conns C          conns: connections (default 10000, at most 19000);\n"
+               "                     takeover: client ids taken over (default 200, <= 9000)\n"
+               "  --concurrency K    conns, takeover: handshakes in flight (default 500;\n"
+               "                     takeover: 4)\n"
                "  --src-addrs K      spread client sockets over 127.0.0.1..K (default: auto)\n"
                "  --mqtt 3.1.1|5     protocol version of every connection (default 3.1.1)\n"
                "  --transport T      tcp (default), tls, ws or wss (WebSocket on /mqtt)\n"
@@ -1921,6 +2169,8 @@ static void parse_args(int argc, char **argv)
     G.drain_s = 5;
     G.deadline_s = -1;
     G.warmup_s = 0.5;
+    const char *hosts = NULL;
+    int conns = -1, concurrency = -1;
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
         if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
@@ -1935,6 +2185,11 @@ static void parse_args(int argc, char **argv)
             G.conn_sub = true;
             continue;
         }
+        if (!strcmp(o, "--sub-burst")) {
+            G.conn_sub = true;
+            G.sub_burst = true;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "starling-bench: %s needs a value\n", o);
             exit(2);
@@ -1942,6 +2197,12 @@ static void parse_args(int argc, char **argv)
         const char *v = argv[++i];
         if (!strcmp(o, "--host"))
             G.host = v;
+        else if (!strcmp(o, "--sub-host"))
+            G.sub_host = v;
+        else if (!strcmp(o, "--sub-port"))
+            G.sub_port = parse_int(o, v, 1, 65535);
+        else if (!strcmp(o, "--hosts"))
+            hosts = v;
         else if (!strcmp(o, "--port"))
             G.port = parse_int(o, v, 1, 65535);
         else if (!strcmp(o, "--pid"))
@@ -1967,9 +2228,9 @@ static void parse_args(int argc, char **argv)
         else if (!strcmp(o, "--sub-rate"))
             G.sub_rate = parse_int(o, v, 1, 10000000);
         else if (!strcmp(o, "--conns"))
-            G.conns = parse_int(o, v, 1, 19000);
+            conns = parse_int(o, v, 1, 19000);
         else if (!strcmp(o, "--concurrency"))
-            G.concurrency = parse_int(o, v, 1, 19000);
+            concurrency = parse_int(o, v, 1, 19000);
         else if (!strcmp(o, "--src-addrs"))
             G.src_addrs = parse_int(o, v, 1, 254);
         else if (!strcmp(o, "--mqtt")) {
@@ -2018,11 +2279,54 @@ static void parse_args(int argc, char **argv)
         fprintf(stderr, "starling-bench: ceiling runs at QoS 0 (the sink sends no PUBACK)\n");
         exit(2);
     }
+    G.conns = conns > 0 ? conns : G.sc == SC_TAKEOVER ? 200 : 10000;
+    G.concurrency = concurrency > 0 ? concurrency : G.sc == SC_TAKEOVER ? 4 : 500;
+    if (G.sc == SC_TAKEOVER && G.conns > 9000) {
+        fprintf(stderr, "starling-bench: takeover takes at most 9000 --conns\n");
+        exit(2);
+    }
+    if (hosts && G.sc != SC_CONNS) {
+        fprintf(stderr, "starling-bench: --hosts applies to conns\n");
+        exit(2);
+    }
+    if ((G.sub_host || G.sub_port) && (G.sc == SC_CONNS || G.sc == SC_CEILING)) {
+        fprintf(stderr, "starling-bench: --sub-host/--sub-port do not apply to %s\n",
+                scenario_names[G.sc]);
+        exit(2);
+    }
+    if (hosts) {
+        char tmp[64];
+        const char *p = hosts;
+        while (*p) {
+            size_t k = strcspn(p, ",");
+            if (k == 0 || k >= sizeof(tmp) || G.n_hosts == MAX_HOSTS) {
+                fprintf(stderr,
+                        "starling-bench: --hosts takes 1..%d IPv4 addresses, "
+                        "comma-separated\n",
+                        MAX_HOSTS);
+                exit(2);
+            }
+            memcpy(tmp, p, k);
+            tmp[k] = 0;
+            if (strncmp(tmp, "127.", 4) != 0 && G.src_addrs > 1) {
+                fprintf(stderr, "starling-bench: --src-addrs needs 127.x.x.x hosts\n");
+                exit(2);
+            }
+            if (uv_ip4_addr(tmp, G.port, &G.hosts[G.n_hosts++])) {
+                fprintf(stderr, "starling-bench: --hosts: '%s' is not an IPv4 address literal\n",
+                        tmp);
+                exit(2);
+            }
+            p += k;
+            if (*p == ',')
+                p++;
+        }
+    }
     if (G.conn_sub && G.sc != SC_CONNS) {
         fprintf(stderr, "starling-bench: --subscribe applies to conns\n");
         exit(2);
     }
-    if (G.persistent && (G.sc == SC_CONNS || G.sc == SC_CEILING)) {
+    if (G.persistent && (G.sc == SC_CONNS || G.sc == SC_CEILING || G.sc == SC_TAKEOVER)) {
         fprintf(stderr, "starling-bench: --persistent applies to fanin, fanout and latency\n");
         exit(2);
     }
@@ -2051,9 +2355,9 @@ static void parse_args(int argc, char **argv)
     if (G.sc != SC_FANOUT)
         G.lead = 0;
     if (G.keepalive < 0)
-        G.keepalive = G.sc == SC_CONNS ? 300 : 60;
+        G.keepalive = G.sc == SC_CONNS || G.sc == SC_TAKEOVER ? 300 : 60;
     if (G.deadline_s < 0)
-        G.deadline_s = G.sc == SC_CONNS ? 60 : G.duration + 15;
+        G.deadline_s = G.sc == SC_CONNS || G.sc == SC_TAKEOVER ? 60 : G.duration + 15;
     if (G.sc == SC_LATENCY && G.duration <= G.warmup_s)
         G.warmup_s = 0;
     bool loopback = strncmp(G.host, "127.", 4) == 0;
@@ -2065,6 +2369,11 @@ static void parse_args(int argc, char **argv)
     }
     if (uv_ip4_addr(G.host, G.port, &G.addr)) {
         fprintf(stderr, "starling-bench: --host must be an IPv4 address literal\n");
+        exit(2);
+    }
+    if (uv_ip4_addr(G.sub_host ? G.sub_host : G.host, G.sub_port ? G.sub_port : G.port,
+                    &G.sub_addr)) {
+        fprintf(stderr, "starling-bench: --sub-host must be an IPv4 address literal\n");
         exit(2);
     }
 }
@@ -2092,8 +2401,9 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (G.sc == SC_CONNS && getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
-        rl.rlim_cur < (rlim_t)G.conns + 64) {
+    int nfd = G.sc == SC_TAKEOVER ? 2 * G.conns : G.conns;
+    if ((G.sc == SC_CONNS || G.sc == SC_TAKEOVER) && getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+        rl.rlim_cur < (rlim_t)nfd + 64) {
         fprintf(stderr, "starling-bench: %d connections need more file descriptors (limit %lu)\n",
                 G.conns, (unsigned long)rl.rlim_cur);
         return 2;
@@ -2103,6 +2413,6 @@ int main(int argc, char **argv)
     for (int i = 0; i < G.n_threads; i++)
         wkr_init(&G.w[i], i);
     G.n_wkr = G.n_threads;
-    int rc = G.sc == SC_CONNS ? run_conns() : run_messages();
+    int rc = G.sc == SC_CONNS ? run_conns() : G.sc == SC_TAKEOVER ? run_takeover() : run_messages();
     return rc;
 }

@@ -54,8 +54,8 @@ static int resolve4(const char *host, char *out, size_t outlen)
 {
     struct in_addr a;
     if (inet_pton(AF_INET, host, &a) == 1) {
-        snprintf(out, outlen, "%s", host);
-        return 0;
+        /* from the parsed address: gcc -O2 cannot bound strlen(host) */
+        return inet_ntop(AF_INET, &a, out, (socklen_t)outlen) ? 0 : -1;
     }
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res = NULL;
