@@ -34,6 +34,11 @@
 #   BENCH_SLOW_RATE  slowsub: messages/s of each of its 4 publishers, 0 =
 #                    unpaced (default 10000)
 #   BENCH_SLOW_SUB_RATE slowsub: messages/s the subscriber reads (default 2000)
+#                    tls_fanin tls_conns ws_fanin (in the default list too):
+#                    fanin_qos0 over TLS / WebSocket, and conns over TLS
+#                    (BENCH_TLS_CONNS connections, default 2000), each broker
+#                    with a TLS (P-256 certificate) or WebSocket listener;
+#                    they run with the tuned configuration set only
 #   BENCH_WORKERS    Starling worker threads (default: number of cores)
 #   BENCH_THREADS    generator threads (default 2)
 #   BENCH_MQTT       protocol version of the generator's connections, 3.1.1
@@ -68,7 +73,8 @@ THREADS=${BENCH_THREADS:-2}
 MQTT=${BENCH_MQTT:-3.1.1}
 QUEUE=${BENCH_QUEUE:-100000}
 QOS1_QUEUE=${BENCH_QOS1_QUEUE:-10000000}
-SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns conns_sub indep_qos0 indep_qos1 slowsub ceiling}
+SCENARIOS=${BENCH_SCENARIOS:-fanin_qos0 fanin_qos1 fanin_qos1_persistent fanout latency conns conns_sub indep_qos0 indep_qos1 slowsub ceiling tls_fanin tls_conns ws_fanin}
+TLS_CONNS=${BENCH_TLS_CONNS:-2000}
 CONFIGS=${BENCH_CONFIGS:-tuned,defaults}
 SLOW_RATE=${BENCH_SLOW_RATE:-10000}
 SLOW_SUB_RATE=${BENCH_SLOW_SUB_RATE:-2000}
@@ -111,7 +117,7 @@ for s in ${SCENARIOS//,/ }; do
     fanin) sel+=(fanin_qos0 fanin_qos1 fanin_qos1_persistent) ;;
     indep) sel+=(indep_qos0 indep_qos1) ;;
     fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | conns_sub | \
-        indep_qos0 | indep_qos1 | slowsub | slowsub_qos1 | ceiling)
+        indep_qos0 | indep_qos1 | slowsub | slowsub_qos1 | ceiling | tls_fanin | tls_conns | ws_fanin)
         sel+=("$s")
         ;;
     *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;;
@@ -156,16 +162,30 @@ RUNS=$TMP/runs.jsonl
 : >"$RUNS"
 FAILURES=0
 
+# The TLS scenarios' certificate (both brokers use the same one).
+make_cert() {
+    [ -f "$TMP/cert.pem" ] && return 0
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >/dev/null 2>&1 ||
+        die "openssl could not make the TLS scenarios' certificate"
+}
+
 free_port() {
     "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_broker NAME SCENARIO CONFIG: sets BPID and BPORT, or returns 1.
+# start_broker NAME SCENARIO CONFIG: sets BPID, BPORT and XPORT (the port
+# the generator uses: BPORT, or the TLS / WebSocket listener's), or returns 1.
 start_broker() {
     local name=$1 conf=$TMP/$1.conf log=$TMP/$1.log queue=$QUEUE qbytes=67108864
-    local persist=false data=""
+    local persist=false data="" xkind=""
+    case "$2" in
+    tls_*) xkind=tls ;;
+    ws_*) xkind=ws ;;
+    esac
     if [ "$3" = defaults ]; then
         BPORT=$(free_port)
+        XPORT=$BPORT
         if [ "$name" = starling ]; then
             # no configuration file: built-in defaults (persistence true,
             # sync always, max_queued_messages 1000, ...). Only the port, a
@@ -186,7 +206,7 @@ start_broker() {
         return
     fi
     case "$2" in
-    fanin_*) # every fanin run: see BENCH_QOS1_QUEUE above
+    fanin_* | tls_fanin | ws_fanin) # every fanin run: see BENCH_QOS1_QUEUE above
         queue=$QOS1_QUEUE
         qbytes=0
         ;;
@@ -196,6 +216,9 @@ start_broker() {
         data=$(mktemp -d "$TMP/$name-data.XXXXXX") # fresh store for every run
     fi
     BPORT=$(free_port)
+    XPORT=$BPORT
+    [ -z "$xkind" ] || XPORT=$(free_port)
+    [ "$xkind" != tls ] || make_cert
     if [ "$name" = starling ]; then
         cat >"$conf" <<EOF
 bind_address 127.0.0.1
@@ -210,6 +233,9 @@ admin_port 0
 persistence $persist
 EOF
         [ -z "$data" ] || printf 'data_dir %s\nsync always\n' "$data" >>"$conf"
+        [ "$xkind" != tls ] || printf 'tls_port %s\ntls_certfile %s\ntls_keyfile %s\n' \
+            "$XPORT" "$TMP/cert.pem" "$TMP/key.pem" >>"$conf"
+        [ "$xkind" != ws ] || printf 'ws_port %s\n' "$XPORT" >>"$conf"
         "$STARLING" -c "$conf" >"$log" 2>&1 &
     else
         cat >"$conf" <<EOF
@@ -225,6 +251,11 @@ log_type error
 log_type warning
 EOF
         [ -z "$data" ] || printf 'persistence_location %s/\n' "$data" >>"$conf"
+        # the same listener, after the plain one (run as us: the key is ours)
+        [ -z "$xkind" ] || printf 'user %s\nlistener %s 127.0.0.1\n' "$(id -un)" "$XPORT" >>"$conf"
+        [ "$xkind" != tls ] || printf 'certfile %s\nkeyfile %s\n' "$TMP/cert.pem" \
+            "$TMP/key.pem" >>"$conf"
+        [ "$xkind" != ws ] || printf 'protocol websockets\n' >>"$conf"
         "$MOSQUITTO" -c "$conf" >"$log" 2>&1 &
     fi
     BPID=$!
@@ -242,7 +273,8 @@ wait_listening() {
             BPID=""
             return 1
         fi
-        if [ -n "$(ss -Hltn "sport = :$BPORT" 2>/dev/null)" ]; then
+        if [ -n "$(ss -Hltn "sport = :$BPORT" 2>/dev/null)" ] &&
+            [ -n "$(ss -Hltn "sport = :$XPORT" 2>/dev/null)" ]; then
             sleep 0.3 # let it settle before the memory baseline
             return 0
         fi
@@ -315,6 +347,9 @@ scenario_args() {
             "--publishers 4 --rate $SLOW_RATE --sub-rate $SLOW_SUB_RATE"
         ;;
     ceiling) echo "ceiling --duration $DURATION" ;;
+    tls_fanin) echo "fanin --qos 0 --duration $DURATION --transport tls" ;;
+    tls_conns) echo "conns --conns $TLS_CONNS --transport tls" ;;
+    ws_fanin) echo "fanin --qos 0 --duration $DURATION --transport ws" ;;
     esac
 }
 
@@ -336,6 +371,9 @@ for rep in $(seq "$REPS"); do
         order="starling mosquitto"
         [ $((rep % 2)) -eq 1 ] || order="mosquitto starling"
         for cfg in "${cfgs[@]}"; do
+            case "$sc" in
+            tls_* | ws_*) [ "$cfg" = tuned ] || continue ;; # a listener to configure
+            esac
             for broker in $order; do
                 if ! start_broker "$broker" "$sc" "$cfg"; then
                     FAILURES=$((FAILURES + 1))
@@ -343,7 +381,7 @@ for rep in $(seq "$REPS"); do
                     continue
                 fi
                 run_bench "$rep" "$broker" "$sc" "$cfg" "${args[@]}" --host 127.0.0.1 \
-                    --port "$BPORT" --pid "$BPID"
+                    --port "$XPORT" --pid "$BPID"
                 stop_broker "$broker"
             done
         done
@@ -398,9 +436,15 @@ METRICS = [
     ("slowsub_qos1", "dropped_pct", "slowsub QoS 1 dropped %", "lower"),
     ("slowsub_qos1", "acked_lost", "slowsub QoS 1 acked-but-lost msgs (must be 0)", "lower"),
     ("slowsub_qos1", "rss_end_kb", "slowsub QoS 1 broker RSS at end MB", "lower"),
+    ("tls_fanin", "msgs_per_s", "TLS fanin QoS 0 msg/s", "higher"),
+    ("tls_fanin", "loss_pct", "TLS fanin QoS 0 loss %", "lower"),
+    ("tls_conns", "connects_per_s", "TLS connects/s", "higher"),
+    ("ws_fanin", "msgs_per_s", "WebSocket fanin QoS 0 msg/s", "higher"),
+    ("ws_fanin", "loss_pct", "WebSocket fanin QoS 0 loss %", "lower"),
 ]
 IDS = ["fanin_qos0", "fanin_qos1", "fanin_qos1_persistent", "fanout", "latency", "conns",
-       "conns_sub", "indep_qos0", "indep_qos1", "slowsub", "slowsub_qos1"]
+       "conns_sub", "indep_qos0", "indep_qos1", "slowsub", "slowsub_qos1", "tls_fanin",
+       "tls_conns", "ws_fanin"]
 # the broker's peak memory in every scenario
 METRICS += [(i, "rss_peak_kb", f"{i} broker peak RSS MB", "lower") for i in IDS]
 

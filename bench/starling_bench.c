@@ -57,6 +57,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "bench_xport.h"
 #include "buf.h"
 #include "codec.h"
 
@@ -102,6 +103,9 @@ struct client {
     struct buf out[2]; /* out[cur] accumulates, out[cur ^ 1] is being written */
     int cur;
     struct buf in; /* tail of an incomplete packet */
+    /* --transport tls|ws|wss (bench_xport.h): NULL for plain TCP */
+    struct bench_xport *x;
+    struct buf xwire; /* handshake and control bytes for the broker */
     /* publisher */
     char topic[32];
     uint16_t topic_len;
@@ -161,9 +165,10 @@ static struct {
     int sub_rate; /* slowsub: messages/s the subscriber reads */
     bool exact;   /* per-message accounting (one subscriber, many publishers) */
     int n_threads, batch, lead, keepalive, src_addrs;
-    bool persistent; /* subscribers use clean session 0 and a fixed client id */
-    uint8_t ver;     /* MQTT_V311 or MQTT_V5 */
-    bool conn_sub;   /* conns: each connection subscribes to its own topic */
+    bool persistent;                /* subscribers use clean session 0 and a fixed client id */
+    uint8_t ver;                    /* MQTT_V311 or MQTT_V5 */
+    bool conn_sub;                  /* conns: each connection subscribes to its own topic */
+    enum bench_transport transport; /* --transport */
     double duration, deadline_s, drain_s, warmup_s;
     /* run state */
     struct sockaddr_in addr;
@@ -446,6 +451,9 @@ static void on_reset_close(uv_handle_t *h)
     buf_reset(&c->in);
     buf_reset(&c->out[0]);
     buf_reset(&c->out[1]);
+    bench_xport_free(c->x);
+    c->x = NULL;
+    buf_reset(&c->xwire);
     if (atomic_load(&G.phase) >= PH_STOP) {
         c->state = C_DEAD;
         return;
@@ -481,6 +489,9 @@ static void on_close(uv_handle_t *h)
     buf_free(&c->in);
     buf_free(&c->out[0]);
     buf_free(&c->out[1]);
+    bench_xport_free(c->x);
+    c->x = NULL;
+    buf_free(&c->xwire);
 }
 
 /* A connection failed or was closed by the peer. */
@@ -510,10 +521,27 @@ static void client_fail(struct client *c, const char *what, int code)
     client_close(c);
 }
 
+/* --transport: frame / encrypt out[cur] (plaintext MQTT) behind the
+ * transport's own bytes; returns -1 on failure. */
+static int client_wrap(struct client *c)
+{
+    struct buf *b = &c->out[c->cur];
+    if (bench_xport_wrap(c->x, b->data, b->len, &c->xwire) < 0)
+        return -1;
+    buf_reset(b);
+    int r = buf_append(b, c->xwire.data, c->xwire.len);
+    buf_reset(&c->xwire);
+    return r < 0 ? -1 : 0;
+}
+
 static void client_flush(struct client *c)
 {
-    if (c->writing || c->closing || c->out[c->cur].len == 0)
+    if (c->writing || c->closing || (c->out[c->cur].len == 0 && c->xwire.len == 0))
         return;
+    if (c->x && client_wrap(c) < 0) {
+        client_fail(c, "transport error", 0);
+        return;
+    }
     struct buf *b = &c->out[c->cur];
     uv_buf_t ub = uv_buf_init((char *)b->data, (unsigned)b->len);
     int r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
@@ -542,7 +570,7 @@ static void on_write(uv_write_t *req, int status)
         c->wmsgs = 0;
         atomic_store_explicit(&c->a_sent, c->sent, memory_order_relaxed);
     }
-    if (c->out[c->cur].len)
+    if (c->out[c->cur].len || c->xwire.len)
         client_flush(c);
     else if (c->role == R_PUB)
         pub_pump(c);
@@ -798,7 +826,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     /* the throttled subscriber takes small bites, so its rate is smooth */
     bool slow = G.sc == SC_SLOWSUB && c->role == R_SUB &&
                 atomic_load_explicit(&G.phase, memory_order_relaxed) == PH_RUN;
-    if (c->in.len == 0) {
+    if (c->in.len == 0 || c->x) {
         *b = uv_buf_init((char *)c->w->rbuf, slow ? SLOW_CHUNK : RBUF_SIZE);
         return;
     }
@@ -887,7 +915,20 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         client_fail(c, nread == UV_EOF ? "closed by broker" : uv_strerror((int)nread), (int)nread);
         return;
     }
-    if ((uint8_t *)b->base == c->w->rbuf) {
+    if (c->x) {
+        /* --transport: unwrap into c->in, then as a buffered tail */
+        size_t before = c->in.len;
+        if (bench_xport_input(c->x, b->base, (size_t)nread, &c->in, &c->xwire) < 0) {
+            client_fail(c, "transport error", 0);
+            return;
+        }
+        if (c->in.len > before) {
+            long used = process(c, c->in.data, c->in.len);
+            if (used < 0)
+                return;
+            buf_consume(&c->in, (size_t)used);
+        }
+    } else if ((uint8_t *)b->base == c->w->rbuf) {
         long used = process(c, c->w->rbuf, (size_t)nread);
         if (used < 0)
             return;
@@ -922,6 +963,10 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     c->state = C_WAIT_CONNACK;
+    if (G.transport != BX_TCP && !(c->x = bench_xport_new(G.transport, G.host))) {
+        client_fail(c, "out of memory", 0);
+        return;
+    }
     send_connect(c);
     client_flush(c);
 }
@@ -1429,6 +1474,9 @@ static void print_head(void)
     if (G.persistent)
         printf(",\"persistent\":true");
     printf(",\"mqtt\":\"%s\"", G.ver == MQTT_V5 ? "5" : "3.1.1");
+    if (G.transport != BX_TCP)
+        printf(",\"transport\":\"%s\"",
+               (const char *const[]){"tcp", "tls", "ws", "wss"}[G.transport]);
 }
 
 static void print_tail(bool complete)
@@ -1802,6 +1850,7 @@ static void usage(FILE *f)
                "  --concurrency K    conns: handshakes in flight (default 500)\n"
                "  --src-addrs K      spread client sockets over 127.0.0.1..K (default: auto)\n"
                "  --mqtt 3.1.1|5     protocol version of every connection (default 3.1.1)\n"
+               "  --transport T      tcp (default), tls, ws or wss (WebSocket on /mqtt)\n"
                "  --keepalive S      keep alive seconds (default 60; conns: 300)\n"
                "  --threads N        generator threads (default 2)\n"
                "  --batch B          PUBLISH packets per write (default 512)\n"
@@ -1932,6 +1981,19 @@ static void parse_args(int argc, char **argv)
                 fprintf(stderr, "starling-bench: --mqtt takes 3.1.1 or 5\n");
                 exit(2);
             }
+        } else if (!strcmp(o, "--transport")) {
+            if (!strcmp(v, "tcp"))
+                G.transport = BX_TCP;
+            else if (!strcmp(v, "tls"))
+                G.transport = BX_TLS;
+            else if (!strcmp(v, "ws"))
+                G.transport = BX_WS;
+            else if (!strcmp(v, "wss"))
+                G.transport = BX_WSS;
+            else {
+                fprintf(stderr, "starling-bench: --transport takes tcp, tls, ws or wss\n");
+                exit(2);
+            }
         } else if (!strcmp(o, "--keepalive"))
             G.keepalive = parse_int(o, v, 0, 65535);
         else if (!strcmp(o, "--threads"))
@@ -2019,6 +2081,10 @@ static void on_watchdog(int sig)
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
+    if (bench_xport_init(G.transport) < 0) {
+        fprintf(stderr, "starling-bench: TLS client set-up failed\n");
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_watchdog);
     struct rlimit rl;

@@ -17,14 +17,23 @@ if echo "$libs" | grep -q 'not found'; then
 fi
 # "libuv.so.1 => /lib/x86_64-linux-gnu/libuv.so.1 (0x...)": the resolved path.
 paths=$(echo "$libs" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }')
+# dpkg knows a path as shipped (/usr/lib/... on a merged-/usr system, or
+# /lib/...): ask for every variant of every path in one dpkg-query call (one
+# call per path takes a minute on a busy machine), then map them back.
+variants=""
+for path in $paths; do
+    real=$(readlink -f "$path")
+    variants="$variants $path $real /usr$path ${path#/usr} /usr$real ${real#/usr}"
+done
+# "libuv1:amd64: /usr/lib/x86_64-linux-gnu/libuv.so.1" -> "path pkg"
+owners=$(dpkg-query -S $variants 2>/dev/null | awk -F': ' '{ sub(/:.*/, "", $1); print $2, $1 }')
 pkgs=""
 for path in $paths; do
     real=$(readlink -f "$path")
-    # dpkg knows the path as shipped (/usr/lib/... on a merged-/usr system,
-    # or /lib/...): try the path, its real path and both /usr variants.
     pkg=""
     for p in "$path" "$real" "/usr$path" "${path#/usr}" "/usr$real" "${real#/usr}"; do
-        pkg=$(dpkg-query -S "$p" 2>/dev/null | head -n1 | cut -d: -f1) && [ -n "$pkg" ] && break
+        pkg=$(echo "$owners" | awk -v p="$p" '$1 == p { print $2; exit }')
+        [ -n "$pkg" ] && break
     done
     if [ -z "$pkg" ]; then
         echo "runtime-packages.sh: no Debian package ships $path" >&2

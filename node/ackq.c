@@ -135,11 +135,11 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
                 uint8_t reason, struct msg *held, struct pub_targets *targets)
 {
     struct broker *b = conn_broker(c);
-    struct ack_wait *a = NULL;
-    if (*bt && store_batch_ops(*bt) > 0)
-        a = malloc(sizeof(*a));
+    /* a batch that lost an operation (out of memory) must fail through the
+     * store too: never acknowledged as if there were nothing to store */
+    bool stored = *bt && (store_batch_ops(*bt) > 0 || store_batch_error(*bt) < 0);
+    struct ack_wait *a = stored ? malloc(sizeof(*a)) : NULL;
     if (!a) {
-        bool stored = *bt && store_batch_ops(*bt) > 0;
         if (*bt)
             persist_submit(b, bt, NULL, NULL);
         if (held)

@@ -137,8 +137,10 @@ static int admin_local_publish(void *ud, const struct admin_publish *p, char *er
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    int n = broker_publish(b, m, 0, NULL, NULL, NULL);
+    int n = broker_publish(b, m, 0, NULL, NULL, NULL, NULL);
     msg_unref(m);
+    if (n == -ENOMEM)
+        snprintf(err, errlen, "out of memory: a matching subscriber may not have the message");
     return n;
 }
 

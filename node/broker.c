@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "acl.h"
 #include "codec.h"
 #include "log.h"
 #include "persist.h"
@@ -38,6 +39,7 @@ struct match {
 struct match_set {
     struct match *v;
     size_t n, cap;
+    bool oom; /* a match was lost to a failed allocation */
     struct match stack[32];
 };
 
@@ -55,8 +57,10 @@ static void broker_on_match(void *ud, void *subscriber, uint8_t options, uint32_
         } else {
             p = realloc(ms->v, cap * sizeof(*p));
         }
-        if (!p)
+        if (!p) {
+            ms->oom = true; /* the publish fails: not acknowledged */
             return;
+        }
         ms->v = p;
         ms->cap = cap;
     }
@@ -81,17 +85,18 @@ static int broker_match_cmp(const void *a, const void *b)
     return (uintptr_t)x->s < (uintptr_t)y->s ? -1 : 1;
 }
 
-static void broker_target_add(struct pub_targets *t, struct session *s)
+static int broker_target_add(struct pub_targets *t, struct session *s)
 {
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 8;
         struct session **v = realloc(t->v, cap * sizeof(*v));
         if (!v)
-            return; /* that session flushes on its next trigger */
+            return -ENOMEM; /* s would not flush when the message is released */
         t->v = v;
         t->cap = cap;
     }
     t->v[t->n++] = session_ref(s);
+    return 0;
 }
 
 void broker_release(struct broker *b, struct msg *m, int state, struct pub_targets *targets,
@@ -114,30 +119,61 @@ void broker_release(struct broker *b, struct msg *m, int state, struct pub_targe
 
 static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
                                struct store_batch **bt, struct pub_targets *targets,
-                               sub_index_group_fn group_ok, void *group_ud);
+                               struct pub_flow *flow, sub_index_group_fn group_ok, void *group_ud);
+
+bool broker_acl_allows(struct broker *b, const char *user, const char *client_id, size_t clen,
+                       const char *topic, size_t tlen, int access)
+{
+    if (!b->auth.has_acl)
+        return true;
+    struct acl *acl = auth_acl(&b->auth);
+    bool ok = acl_check(acl, user, user ? strlen(user) : 0, client_id, clen, topic, tlen,
+                        (enum acl_access)access);
+    acl_unref(acl);
+    if (!ok)
+        atomic_fetch_add_explicit(&b->stats.acl_denied, 1, memory_order_relaxed);
+    return ok;
+}
+
+/* ACL_READ of m for session s (its last client's user name). */
+static bool broker_acl_read(struct broker *b, const struct acl *acl, struct session *s,
+                            const struct msg *m)
+{
+    lock_acquire(&s->lock);
+    bool ok = acl_check(acl, s->user, s->user ? strlen(s->user) : 0, s->client_id, s->id_len,
+                        msg_topic(m), m->topic_len, ACL_READ);
+    lock_release(&s->lock);
+    if (!ok)
+        atomic_fetch_add_explicit(&b->stats.acl_denied, 1, memory_order_relaxed);
+    return ok;
+}
 
 int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
-                   struct store_batch **bt, struct pub_targets *targets)
+                   struct store_batch **bt, struct pub_targets *targets, struct pub_flow *flow)
 {
-    return broker_publish_impl(b, m, flags, cur, bt, targets, NULL, NULL);
+    return broker_publish_impl(b, m, flags, cur, bt, targets, flow, NULL, NULL);
 }
 
 int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn group_ok,
                              void *group_ud)
 {
-    return broker_publish_impl(b, m, BROKER_PUB_LOCAL, NULL, NULL, NULL, group_ok, group_ud);
+    return broker_publish_impl(b, m, BROKER_PUB_LOCAL, NULL, NULL, NULL, NULL, group_ok, group_ud);
 }
 
 static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
                                struct store_batch **bt, struct pub_targets *targets,
-                               sub_index_group_fn group_ok, void *group_ud)
+                               struct pub_flow *flow, sub_index_group_fn group_ok, void *group_ud)
 {
     struct store_batch *local = NULL;
     if (!bt)
         bt = &local;
+    int failed = 0;
     if (m->retain && b->cfg.retain_available && !(flags & BROKER_PUB_LOCAL)) {
-        retain_set(b->retained, m); /* [MQTT-3.1.1 3.3.1-5/10, MQTT-5.0 3.3.1-5/6] */
-        if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
+        /* [MQTT-3.1.1 3.3.1-5/10, MQTT-5.0 3.3.1-5/6]; out of memory, it is
+         * not retained (nor stored) and the publish fails */
+        if (retain_set(b->retained, m) < 0)
+            failed = -ENOMEM;
+        else if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
             persist_retained(b, bt, m);
     }
 
@@ -145,6 +181,7 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
     ms.v = ms.stack;
     ms.n = 0;
     ms.cap = sizeof(ms.stack) / sizeof(ms.stack[0]);
+    ms.oom = false;
     bool unique;
     sub_index_match_groups(b->index, msg_topic(m), m->topic_len, broker_session_online, group_ok,
                            group_ud, broker_on_match, &ms, &unique);
@@ -154,7 +191,12 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
     if (ms.n > 1 && !unique)
         qsort(ms.v, ms.n, sizeof(*ms.v), broker_match_cmp);
 
+    /* Every delivery is checked against the ACL (ACL_READ); without an
+     * acl_file nothing is. */
+    struct acl *acl = b->auth.has_acl && ms.n ? auth_acl(&b->auth) : NULL;
     int delivered = 0;
+    if (ms.oom)
+        failed = -ENOMEM;
     uint32_t ids_stack[16];
     size_t i = 0;
     while (i < ms.n) {
@@ -171,8 +213,14 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
         uint16_t n_ids = 0;
         if (j - i > sizeof(ids_stack) / sizeof(ids_stack[0])) {
             ids = malloc((j - i) * sizeof(*ids));
-            if (!ids)
-                ids = ids_stack, j = i + sizeof(ids_stack) / sizeof(ids_stack[0]);
+            if (!ids) {
+                /* out of memory: this session does not get it */
+                failed = -ENOMEM;
+                for (size_t k = i; k < j; k++)
+                    session_unref(ms.v[k].s);
+                i = j;
+                continue;
+            }
         }
         for (size_t k = i; k < j; k++) {
             uint8_t o = ms.v[k].options;
@@ -188,11 +236,13 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
             if (ms.v[k].sub_id)
                 ids[n_ids++] = ms.v[k].sub_id;
         }
+        if (qos >= 0 && acl && !broker_acl_read(b, acl, s, m))
+            qos = -1;
         if (qos >= 0) {
             uint8_t dq = m->qos < qos ? m->qos : (uint8_t)qos;
-            session_deliver(b, s, m, dq, retain, ids, n_ids, cur, bt);
-            if (targets)
-                broker_target_add(targets, s);
+            if (session_deliver(b, s, m, dq, retain, ids, n_ids, cur, bt, flow) < 0 ||
+                (targets && broker_target_add(targets, s) < 0))
+                failed = -ENOMEM;
             delivered++;
         }
         if (ids != ids_stack)
@@ -201,11 +251,9 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
             session_unref(ms.v[k].s);
         i = j;
     }
-    /* sessions whose ids did not fit after a failed allocation */
-    for (; i < ms.n; i++)
-        session_unref(ms.v[i].s);
     if (ms.v != ms.stack)
         free(ms.v);
+    acl_unref(acl);
 
     /* The cluster seam: other nodes with a matching route get m once each
      * over the forwarding channel (a single node has no forward). A
@@ -214,13 +262,13 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
         b->route_ops->forward(b->route_ud, m, cur);
     if (local)
         persist_submit(b, &local, NULL, NULL);
-    return delivered;
+    return failed ? failed : delivered;
 }
 
 void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, struct worker *cur)
 {
     if (!expiry) {
-        broker_publish(b, will, 0, cur, NULL, NULL);
+        broker_publish(b, will, 0, cur, NULL, NULL, NULL);
         return;
     }
     /* the expiry of a will counts from its publication */
@@ -229,7 +277,7 @@ void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, st
                             msg_clock_ms() + (uint64_t)expiry * 1000u, NULL);
     if (!m)
         return;
-    broker_publish(b, m, 0, cur, NULL, NULL);
+    broker_publish(b, m, 0, cur, NULL, NULL, NULL);
     msg_unref(m);
 }
 
@@ -256,6 +304,7 @@ void broker_cleanup(struct broker *b)
 {
     atomic_store(&b->stopping, true);
     registry_cleanup(b);
+    auth_free(&b->auth);
     if (b->index)
         sub_index_free(b->index);
     if (b->retained)

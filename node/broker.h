@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "config.h"
 #include "msg.h"
 #include "registry.h"
@@ -42,6 +43,21 @@ struct broker_stats {
     atomic_ulong bytes_received;
     atomic_ulong bytes_sent;
     atomic_ulong msgs_dropped;
+    /* the front door (docs/security.md) */
+    atomic_ulong auth_failed;       /* CONNECT refused: bad credentials, not authorized */
+    atomic_ulong acl_denied;        /* PUBLISH, SUBSCRIBE or delivery refused by the ACL */
+    atomic_ulong refused_listener;  /* max_connections_per_listener */
+    atomic_ulong refused_rate;      /* max_connection_rate */
+    atomic_ulong refused_subs;      /* max_subscriptions_per_client */
+    atomic_ulong refused_topic_len; /* max_topic_length */
+    atomic_ulong throttled;         /* max_publish_rate: reads paused */
+    /* by reason (enum session_drop): $SYS/broker/messages/dropped/... */
+    atomic_ulong dropped[4];
+    atomic_ulong slow_disconnects; /* clients closed by the disconnect policy */
+    atomic_ulong pause_expired;    /* max_publisher_pause ran out for a subscriber */
+    atomic_long publishers_paused; /* connections not read now (flow control) */
+    atomic_ullong slow_log_at;     /* monotonic ms of the last slow subscriber line */
+    atomic_ulong slow_log_skipped; /* lines left out since (rate limit) */
 };
 
 struct broker {
@@ -67,6 +83,9 @@ struct broker {
     struct retain_store *retained;
     struct broker_stats stats;
     struct store *store; /* NULL when persistence is off */
+    /* Password file, ACL, TLS context: loaded by main (auth_load), swapped
+     * on SIGHUP. */
+    struct auth auth;
 
     /* The network side (server.h), while server_run runs; opaque here. */
     struct server *server;
@@ -84,6 +103,18 @@ struct pub_targets {
     size_t n, cap;
 };
 
+/* What a client's publish tells it about the sessions it went to (flow
+ * control, see session.h): the sessions above their high-water mark (each
+ * holds a reference; at most PUB_FLOW_MAX, the first ones), and whether the
+ * message was refused by the full queue of a connected subscriber. Set
+ * n_slow = 0, refused = false before the call. */
+#define PUB_FLOW_MAX 8
+struct pub_flow {
+    struct session *slow[PUB_FLOW_MAX];
+    uint8_t n_slow;
+    bool refused;
+};
+
 /* broker_publish flags. */
 enum {
     /* Deliver to this node's subscribers only: a message another node
@@ -97,14 +128,18 @@ enum {
  * BROKER_PUB_LOCAL, learn from the route interface which other nodes have
  * one). `cur` is the calling worker (NULL for other threads): deliveries to
  * its own sessions are flushed at the end of its loop turn, others through
- * the owning worker's inbox. Returns the number of sessions that receive it.
- * The caller keeps its reference on m. Store operations (the message for
+ * the owning worker's inbox. Returns the number of sessions that receive it,
+ * or -ENOMEM when an allocation failed and a matching session may not have
+ * it: the caller must not acknowledge the publish (a held message is
+ * released MSG_REJECTED, so no session delivers it). The caller keeps its
+ * reference on m. Store operations (the message for
  * persistent sessions, a retained message) go into *bt, which the caller
  * submits; with bt NULL they are submitted here. With targets, the sessions
- * are collected there (see broker_release).
+ * are collected there (see broker_release). `flow` (NULL for messages the
+ * broker makes itself): see struct pub_flow.
  */
 int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
-                   struct store_batch **bt, struct pub_targets *targets);
+                   struct store_batch **bt, struct pub_targets *targets, struct pub_flow *flow);
 
 /* broker_publish of a message another node of the cluster forwarded
  * (BROKER_PUB_LOCAL, any thread), delivered to a shared group only when
@@ -122,6 +157,13 @@ void broker_release(struct broker *b, struct msg *m, int state, struct pub_targe
 /* Publish a will message (expiry: its Message Expiry Interval in seconds,
  * 0 = none, counted from now). Any thread. */
 void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, struct worker *cur);
+
+/* Does the ACL let this client (user NULL: anonymous) access topic (a
+ * topic name for ACL_READ / ACL_WRITE, a filter for ACL_SUBSCRIBE; enum
+ * acl_access)? Always true without an acl_file; a refusal is counted. Any
+ * thread. */
+bool broker_acl_allows(struct broker *b, const char *user, const char *client_id, size_t clen,
+                       const char *topic, size_t tlen, int access);
 
 /* $SYS topics (sys.c): publish the current values now. */
 void sys_publish(struct broker *b);

@@ -802,12 +802,15 @@ static int codec_dec_connect(struct codec_rd *r, struct mqtt_connect *c)
     return codec_connect_payload(r, c);
 }
 
-static int codec_dec_connack(struct codec_rd *r, bool v5, struct mqtt_connack *c)
+static int codec_dec_connack(struct codec_rd *r, uint8_t version, struct mqtt_connack *c)
 {
+    bool v5 = version == MQTT_V5;
     uint8_t f;
     int rc;
     if (codec_u8(r, &f) || codec_u8(r, &c->reason))
         return CODEC_MAL;
+    if (version == MQTT_V31)
+        f = 0; /* MQTT 3.1 section 3.2: the byte is reserved, not used */
     /* [MQTT-5.0 3.2.2-1] acknowledge flags bits 7-1 are reserved */
     if (f & 0xFE)
         return CODEC_MAL;
@@ -979,7 +982,7 @@ static int codec_dec_body(struct codec_rd *r, uint8_t version, struct mqtt_packe
     case MQTT_CONNECT:
         return codec_dec_connect(r, &out->u.connect);
     case MQTT_CONNACK:
-        return codec_dec_connack(r, v5, &out->u.connack);
+        return codec_dec_connack(r, version, &out->u.connack);
     case MQTT_PUBLISH:
         return codec_dec_publish(r, v5, out->flags, &out->u.publish);
     case MQTT_PUBACK:
@@ -1099,7 +1102,9 @@ static void codec_enc_connect(struct codec_wr *w, uint8_t version, const struct 
 
 static void codec_enc_connack(struct codec_wr *w, uint8_t version, const struct mqtt_connack *c)
 {
-    codec_put_u8(w, c->session_present ? 1 : 0);
+    /* MQTT 3.1 (section 3.2) has no session present flag: the first byte
+     * of its CONNACK variable header is reserved, 0 */
+    codec_put_u8(w, c->session_present && version != MQTT_V31 ? 1 : 0);
     codec_put_u8(w, c->reason);
     codec_props_if_v5(w, version, &c->props);
 }

@@ -33,13 +33,18 @@ enum key_type {
     T_BOOL,
     T_LOG_LEVEL,
     T_QUEUE_POLICY,
+    T_SLOW_POLICY,
     T_PATH, /* char[256] */
     T_SYNC,
-    T_API_KEY, /* char[200], KEY:SECRET */
-    T_IPV4,    /* char[64], IPv4 literal */
-    T_STR,     /* char[max], printable, no blanks */
-    T_HOST,    /* char[max], a DNS name or IPv4 literal */
-    T_SEEDS,   /* char[max], host[:port],... */
+    T_IPV4,        /* char[64], IPv4 literal */
+    T_STR,         /* char[max], printable, no blanks */
+    T_HOST,        /* char[max], a DNS name or IPv4 literal */
+    T_SEEDS,       /* char[max], host[:port],... */
+    T_FILE,        /* char[256], a file path; "" = unset */
+    T_TLS_VERSION, /* uint8_t 12 | 13 */
+    T_XPORTS,      /* unsigned: comma list of tcp,tls,ws,wss */
+    T_ANON,        /* allow_anonymous: bool + "was set" */
+    T_API_KEY,     /* char[200], KEY:SECRET */
 };
 
 struct key_def {
@@ -67,8 +72,12 @@ static const struct key_def keys[] = {
     KEY("max_queued_bytes", T_U64, max_queued_bytes, 0, (uint64_t)1 << 40),
     KEY("queue_full_policy", T_QUEUE_POLICY, queue_full_policy, 0, 0),
     KEY("queue_qos0_messages", T_BOOL, queue_qos0_offline, 0, 0),
+    KEY("slow_subscriber_policy", T_SLOW_POLICY, slow_subscriber_policy, 0, 0),
+    KEY("max_publisher_pause", T_U32, max_publisher_pause_ms, 0, 3600000),
+    KEY("max_write_buffer", T_U32, max_write_buffer, 4096, 1073741824),
     KEY("topic_alias_maximum", T_U16, topic_alias_maximum, 0, 65535),
     KEY("max_keepalive", T_U16, max_keepalive, 1, 65535),
+    KEY("max_topic_levels", T_U16, max_topic_levels, 0, 65535),
     KEY("connect_timeout", T_U32, connect_timeout, 1, 3600),
     KEY("sys_interval", T_U32, sys_interval, 0, 86400),
     KEY("max_session_expiry", T_U32, max_session_expiry, 0, 4294967295u),
@@ -78,6 +87,26 @@ static const struct key_def keys[] = {
     KEY("persistence", T_BOOL, persistence, 0, 0),
     KEY("data_dir", T_PATH, data_dir, 0, 0),
     KEY("sync", T_SYNC, sync, 0, 0),
+    KEY("tls_port", T_U16, tls_port, 0, 65535),
+    KEY("ws_port", T_U16, ws_port, 0, 65535),
+    KEY("wss_port", T_U16, wss_port, 0, 65535),
+    KEY("proxy_protocol", T_XPORTS, proxy_protocol, 0, 0),
+    KEY("tls_certfile", T_FILE, tls_certfile, 0, 0),
+    KEY("tls_keyfile", T_FILE, tls_keyfile, 0, 0),
+    KEY("tls_cafile", T_FILE, tls_cafile, 0, 0),
+    KEY("tls_require_certificate", T_BOOL, tls_require_certificate, 0, 0),
+    KEY("tls_use_identity_as_username", T_BOOL, tls_use_identity_as_username, 0, 0),
+    KEY("tls_ciphers", T_FILE, tls_ciphers, 0, 0),
+    KEY("tls_min_version", T_TLS_VERSION, tls_min_version, 0, 0),
+    KEY("ws_origins", T_FILE, ws_origins, 0, 0),
+    KEY("allow_anonymous", T_ANON, allow_anonymous, 0, 0),
+    KEY("password_file", T_FILE, password_file, 0, 0),
+    KEY("acl_file", T_FILE, acl_file, 0, 0),
+    KEY("max_connections_per_listener", T_U32, max_connections_per_listener, 0, 10000000),
+    KEY("max_connection_rate", T_U32, max_connection_rate, 0, 1000000),
+    KEY("max_subscriptions_per_client", T_U32, max_subscriptions_per_client, 0, 10000000),
+    KEY("max_topic_length", T_U16, max_topic_length, 1, 65535),
+    KEY("max_publish_rate", T_U32, max_publish_rate, 0, 10000000),
     KEY("admin_port", T_U16, admin_port, 0, 65535),
     KEY("admin_bind", T_ADDRESS, admin_bind, 0, 0),
     KEY("api_key", T_API_KEY, api_key, 0, 0),
@@ -94,6 +123,18 @@ static const struct key_def keys[] = {
     KEY("cluster_down_after", T_U32, cluster_down_after, 100, 86400000),
 };
 
+static const char *const xport_names[CONFIG_XPORT_COUNT] = {"tcp", "tls", "ws", "wss"};
+
+const char *config_xport_name(int xport)
+{
+    return xport >= 0 && xport < CONFIG_XPORT_COUNT ? xport_names[xport] : "?";
+}
+
+bool config_allow_anonymous(const struct config *c)
+{
+    return c->allow_anonymous_set ? c->allow_anonymous : c->password_file[0] == '\0';
+}
+
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
 void config_defaults(struct config *c)
@@ -107,12 +148,16 @@ void config_defaults(struct config *c)
     c->max_connections = 0;
     c->receive_maximum = 65535;
     c->max_inflight = 20;
-    c->max_queued_messages = 1000;
-    c->max_queued_bytes = 67108864;
+    c->max_queued_messages = 1000000;
+    c->max_queued_bytes = 4194304;
     c->queue_full_policy = QUEUE_DROP_NEW;
+    c->slow_subscriber_policy = SLOW_BACKPRESSURE;
+    c->max_publisher_pause_ms = 5000;
+    c->max_write_buffer = 262144;
     c->queue_qos0_offline = false;
     c->topic_alias_maximum = 10;
     c->max_keepalive = 65535;
+    c->max_topic_levels = 200;
     c->connect_timeout = 10;
     c->sys_interval = 10;
     c->max_session_expiry = 0;
@@ -123,6 +168,9 @@ void config_defaults(struct config *c)
     strcpy(c->data_dir, "./data");
     c->sync = SYNC_ALWAYS;
     c->sync_interval_ms = 0;
+    c->tls_min_version = 12;
+    c->allow_anonymous = true;
+    c->max_topic_length = 65535;
     c->admin_port = 18083;
     c->admin_bind[0] = '\0';
     c->api_key[0] = '\0';
@@ -419,6 +467,19 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
         *(enum queue_policy *)field = p;
         return 0;
     }
+    case T_SLOW_POLICY: {
+        static const char *const names[] = {"backpressure", "drop_new", "drop_oldest",
+                                            "disconnect"};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            if (strcasecmp(value, names[i]) == 0) {
+                *(enum slow_policy *)field = (enum slow_policy)i;
+                return 0;
+            }
+        }
+        return bad_value(err, errlen, k, value,
+                         *value ? "not a slow subscriber policy" : "empty value",
+                         "backpressure|drop_new|drop_oldest|disconnect");
+    }
     case T_PATH:
         if (!*value)
             return bad_value(err, errlen, k, value, "empty value", "a directory path");
@@ -447,6 +508,54 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
             return bad_value(err, errlen, k, value, *value ? "not a sync mode" : "empty value",
                              expected);
         }
+        return 0;
+    }
+    case T_FILE:
+        if (strlen(value) >= 256)
+            return bad_value(err, errlen, k, value, "too long", "at most 255 bytes");
+        strcpy(field, value);
+        return 0;
+    case T_TLS_VERSION: {
+        uint8_t v;
+        if (strcasecmp(value, "tlsv1.2") == 0 || strcmp(value, "1.2") == 0)
+            v = 12;
+        else if (strcasecmp(value, "tlsv1.3") == 0 || strcmp(value, "1.3") == 0)
+            v = 13;
+        else
+            return bad_value(err, errlen, k, value, "not a TLS version", "tlsv1.2|tlsv1.3");
+        *(uint8_t *)field = v;
+        return 0;
+    }
+    case T_XPORTS: {
+        unsigned bits = 0;
+        const char *p = value;
+        while (*p) {
+            while (*p == ' ' || *p == ',')
+                p++;
+            size_t n = strcspn(p, ", ");
+            if (n == 0)
+                break;
+            int found = -1;
+            for (int i = 0; i < CONFIG_XPORT_COUNT; i++)
+                if (strlen(xport_names[i]) == n && strncasecmp(p, xport_names[i], n) == 0)
+                    found = i;
+            if (found < 0 && !(n == 4 && strncasecmp(p, "none", 4) == 0))
+                return bad_value(err, errlen, k, value, "unknown listener",
+                                 "a comma list of tcp,tls,ws,wss (or none)");
+            if (found >= 0)
+                bits |= 1u << found;
+            p += n;
+        }
+        *(unsigned *)field = bits;
+        return 0;
+    }
+    case T_ANON: {
+        bool b;
+        if (parse_bool(value, &b) < 0)
+            return bad_value(err, errlen, k, value, *value ? "not a boolean" : "empty value",
+                             "true|false|yes|no|on|off|1|0");
+        c->allow_anonymous = b;
+        c->allow_anonymous_set = true;
         return 0;
     }
     default:

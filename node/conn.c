@@ -51,9 +51,11 @@ static void conn_free(struct conn *c)
 {
     buf_free(&c->in);
     buf_free(&c->out);
+    conn_io_xf_free(c);
     msg_unref(c->will);
     struct conn_extra *x = c->x;
     if (x) {
+        free(x->user);
         if (x->alias_in) {
             for (uint32_t i = 0; i < c->w->b->cfg.topic_alias_maximum; i++)
                 msg_unref(x->alias_in[i]);
@@ -65,6 +67,7 @@ static void conn_free(struct conn *c)
         ackq_free(c);
         free(x);
     }
+    conn_flow_free(c);
     free(c);
 }
 
@@ -99,6 +102,12 @@ static struct mqtt_props *conn_droppable_props(struct mqtt_packet *p)
     }
 }
 
+void conn_fail_output(struct conn *c)
+{
+    c->write_failed = true;
+    worker_mark_dirty(c->w, c);
+}
+
 int conn_send(struct conn *c, struct mqtt_packet *p)
 {
     if (c->state == CONN_CLOSED)
@@ -107,6 +116,8 @@ int conn_send(struct conn *c, struct mqtt_packet *p)
     long n = mqtt_encode(&c->out, c->version ? c->version : MQTT_V311, p);
     if (n < 0) {
         c->out.len = before;
+        if (n == -ENOMEM)
+            conn_fail_output(c);
         return 0;
     }
     if ((uint64_t)n > c->client_max_packet && c->version == MQTT_V5) {
@@ -120,6 +131,8 @@ int conn_send(struct conn *c, struct mqtt_packet *p)
         n = mqtt_encode(&c->out, c->version, p);
         if (n < 0 || (uint64_t)n > c->client_max_packet) {
             c->out.len = before;
+            if (n == -ENOMEM)
+                conn_fail_output(c);
             return 0;
         }
     }
@@ -192,13 +205,19 @@ void conn_check_timers(struct conn *c, uint64_t now)
         now - c->state_since >= (uint64_t)cfg->connect_timeout * 1000u) {
         log_debug("%s: no CONNECT within %" PRIu32 " s", CONN_PEER(c), cfg->connect_timeout);
         conn_close(c, 0, false);
-    } else if (c->state == CONN_ACTIVE && c->keepalive &&
+    } else if (c->state == CONN_ACTIVE && c->keepalive && !conn_flow_paused(c) &&
                now - c->last_rx >= (uint64_t)c->keepalive * 1500u) {
         /* [MQTT-3.1.1 3.1.2-24, MQTT-5.0 3.1.2-22] no packet within 1.5 x keep alive */
         log_debug("%s: keep alive timeout", CONN_PEER(c));
         conn_close(c, MQTT_RC_KEEP_ALIVE_TIMEOUT, false);
     } else if (c->state == CONN_CLOSING && now - c->state_since >= CONN_CLOSE_GRACE_MS) {
         conn_io_close(c);
+    } else if (c->throttled && c->state == CONN_ACTIVE && now - c->x->rate_window >= 1000) {
+        /* max_publish_rate: a new window, reading again (and what waited) */
+        c->throttled = false;
+        c->x->rate_window = now;
+        c->x->rate_count = 0;
+        conn_io_start(c);
     }
 }
 
@@ -211,6 +230,16 @@ static void conn_handle_first(struct conn *c, const uint8_t *data, size_t len)
     int r = mqtt_decode(0, data, len, &pkt);
     if ((data[0] >> 4) != MQTT_CONNECT) {
         /* [MQTT-3.1.1 3.1.0-1, MQTT-5.0 3.1.0-1] the first packet must be CONNECT */
+        conn_close(c, 0, false);
+        return;
+    }
+    const struct mqtt_bytes *name = &pkt.u.connect.protocol_name;
+    if (r == -MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION &&
+        !(name->len == 4 && memcmp(name->data, "MQTT", 4) == 0) &&
+        !(name->len == 6 && memcmp(name->data, "MQIsdp", 6) == 0)) {
+        /* [MQTT-3.1.1 3.1.2-1, MQTT-5.0 3.1.2-1] not an MQTT protocol name:
+         * the server may disconnect and must not go on with this
+         * specification, so no CONNACK (which belongs to it) either */
         conn_close(c, 0, false);
         return;
     }
@@ -281,7 +310,10 @@ size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
     assert(sink_thread_worker == c->w);
     size_t off = 0;
     uint32_t max = c->w->b->cfg.max_packet_size;
-    while (off < len && (c->state == CONN_NEW || c->state == CONN_ACTIVE)) {
+    /* a publisher paused by flow control (conn_flow.c) or by max_publish_rate
+     * handles no more packets: the rest waits in c->in */
+    while (off < len && (c->state == CONN_NEW || c->state == CONN_ACTIVE) && !c->throttled &&
+           !conn_flow_paused(c)) {
         uint32_t hdr = 0;
         long n = mqtt_frame(data + off, len - off, max, &hdr);
         if (n == 0)

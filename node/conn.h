@@ -36,6 +36,7 @@ struct session;
 struct msg;
 struct qmsg;
 struct conn_write;
+struct conn_xf;
 struct pending_ack;
 
 /* NEW: accepted, waiting for CONNECT; CLAIMING: CONNECT received, the
@@ -54,9 +55,25 @@ struct conn_extra {
     /* acknowledgements waiting for the store, sent in order (ackq.c) */
     struct pending_ack *acks;
     uint32_t acks_len, acks_cap;
+    char *user;           /* the user name the client authenticated as, or NULL */
     uint32_t will_delay;  /* Will Delay Interval, seconds */
     uint32_t will_expiry; /* will Message Expiry Interval, seconds (0 = none) */
     uint16_t n_alias_out;
+    /* max_publish_rate: PUBLISH packets in the window starting at rate_window */
+    uint64_t rate_window; /* worker loop ms */
+    uint32_t rate_count;
+};
+
+/* Flow control of a publisher (conn_flow.c): while paused, the connection is
+ * not read; it waits for the sessions its last message went to that were
+ * above their high-water mark (each referenced), at most max_publisher_pause
+ * ms. Allocated on the first pause. */
+struct conn_flow {
+    struct session *slow[8]; /* PUB_FLOW_MAX */
+    struct session *self;    /* c's own session while paused (referenced) */
+    uint8_t n_slow;
+    bool paused;
+    uint64_t since; /* worker loop ms */
 };
 
 struct conn {
@@ -69,11 +86,13 @@ struct conn {
     struct session *session;
     struct conn_write *wr; /* the write in progress, if any */
     struct msg *will;
-    struct conn_extra *x; /* see above */
-    struct buf in;        /* an incomplete packet */
-    struct buf out;       /* output waiting for the next write */
-    uint64_t last_rx;     /* worker loop ms */
-    uint64_t state_since; /* worker loop ms: accepted (NEW), closing (CLOSING) */
+    struct conn_extra *x;   /* see above */
+    struct conn_flow *flow; /* see above */
+    struct conn_xf *xf;     /* PROXY / TLS / WebSocket filter (conn_io.c); NULL: plain TCP */
+    struct buf in;          /* an incomplete packet */
+    struct buf out;         /* output waiting for the next write */
+    uint64_t last_rx;       /* worker loop ms */
+    uint64_t state_since;   /* worker loop ms: accepted (NEW), closing (CLOSING) */
     atomic_int refs;
     enum conn_state state;
     uint32_t connect_expiry; /* Session Expiry Interval asked in CONNECT */
@@ -83,18 +102,23 @@ struct conn {
     uint16_t client_receive_max;
     uint16_t client_alias_max;
     uint8_t version;
+    uint8_t xport; /* enum config_xport: the listener it came from */
     bool dirty;
     bool writing;
     bool write_failed;
     bool problem_info;
     bool normal_disconnect;
+    bool throttled; /* max_publish_rate reached: reading paused until the next window */
+    /* worker_post_ack could not post a store result: the connection is
+     * closed by its worker (never left waiting for an acknowledgement) */
+    atomic_bool ack_lost;
 };
 
 /* The sink of the network layer (conn_sink.c), installed by server_run. */
 extern const struct sink_ops conn_sink_ops;
 
-/* Accept a connection on w's listener. */
-void conn_accept(struct worker *w, uv_stream_t *server);
+/* Accept a connection on w's listener of kind xport (enum config_xport). */
+void conn_accept(struct worker *w, uv_stream_t *server, int xport);
 
 struct conn *conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
@@ -130,12 +154,35 @@ size_t conn_process(struct conn *c, const uint8_t *data, size_t len);
  * strings and user properties are dropped first [MQTT-5.0 3.4.2-2/3]; a packet
  * still too large is not sent [MQTT-5.0 3.1.2-24/25]. Returns 1 when queued, 0 when not. */
 int conn_send(struct conn *c, struct mqtt_packet *p);
+/* Out of memory for the output of c: what it should have received is lost,
+ * so c is closed at the end of the turn (by conn_flush, as after a failed
+ * write), never left waiting for a packet that will not come. Never closes
+ * from here (safe with a session lock held). */
+void conn_fail_output(struct conn *c);
 /* An acknowledgement packet (PUBACK, PUBREC, PUBREL, PUBCOMP). */
 void conn_send_ack(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason);
 
 /* "address:port" of the client, for log lines. */
 const char *conn_peer(const struct conn *c, char *out, size_t len);
 #define CONN_PEER(c) conn_peer((c), (char[64]){0}, 64)
+
+/* ---- flow control of publishers (conn_flow.c) ----------------------------- */
+
+struct pub_flow;
+/* After c's publish (worker thread): when sessions it went to are above
+ * their high-water mark (f->n_slow > 0), stop reading c until they drain.
+ * Takes over f's references. */
+void conn_flow_pause(struct conn *c, struct pub_flow *f);
+static inline bool conn_flow_paused(const struct conn *c)
+{
+    return c->flow && c->flow->paused;
+}
+/* On w's thread: resume the paused connections whose sessions drained, or
+ * that waited max_publisher_pause (then the slow subscriber policy applies
+ * to those sessions: session_flow_expire). now: loop ms. */
+void conn_flow_check(struct worker *w, uint64_t now);
+/* Release c's flow state (conn freed). */
+void conn_flow_free(struct conn *c);
 
 /* ---- the transport (conn_io.c) ------------------------------------------- */
 
@@ -154,5 +201,11 @@ bool conn_try_write(struct conn *c);
 void conn_io_close(struct conn *c);
 /* Bytes waiting to be written to the client (for the slow consumer limit). */
 size_t conn_pending_bytes(const struct conn *c);
+/* Free the transport filter (connection freed). */
+void conn_io_xf_free(struct conn *c);
+/* The verified TLS client certificate's common name, or NULL. */
+const char *conn_tls_identity(const struct conn *c);
+/* Whether c came through TLS (tls or wss). */
+bool conn_is_tls(const struct conn *c);
 
 #endif

@@ -15,8 +15,6 @@
 #include "session.h"
 #include "worker.h"
 
-/* Output waiting for a slow client beyond which the queue is not pumped. */
-#define CONN_OUT_HIGH_WATER (256u * 1024u)
 /* Output written to the socket at once while flushing a long queue. */
 #define CONN_OUT_CHUNK (16u * 1024u)
 /* Broker -> client topic aliases kept per connection (at most). */
@@ -98,9 +96,12 @@ static int conn_alias_out_add(struct conn *c, struct msg *m)
 
 static int conn_sink_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t now_ms)
 {
-    if (!dup && c->out.len >= CONN_OUT_CHUNK && !conn_try_write(c) &&
-        conn_pending_bytes(c) > CONN_OUT_HIGH_WATER)
-        return SINK_BUSY; /* the socket is full */
+    /* Bytes waiting for the socket stay under max_write_buffer plus one
+     * chunk and one packet: a write is tried once a chunk accumulated */
+    uint32_t limit = c->w->b->cfg.max_write_buffer;
+    if (!dup && c->out.len >= (limit < CONN_OUT_CHUNK ? limit : CONN_OUT_CHUNK) &&
+        !conn_try_write(c) && conn_pending_bytes(c) >= limit)
+        return SINK_BUSY; /* the socket is full: the rest waits in the queue */
     struct msg *m = q->m;
     /* Only what a PUBLISH reads is set: this runs for every delivery, and
      * clearing the whole packet union (600 bytes) showed in the profile.
@@ -125,10 +126,13 @@ static int conn_sink_publish(struct conn *c, const struct qmsg *q, bool dup, uin
         /* [MQTT-5.0 3.1.2-25] a packet larger than the client's Maximum Packet
          * Size is not sent; the message is discarded for this client */
         c->out.len = before;
+        if (n == -ENOMEM)
+            conn_fail_output(c);
         return n < 0 ? (int)n : SINK_SKIPPED;
     }
     if (new_alias && conn_alias_out_add(c, m) < 0) {
         c->out.len = before;
+        conn_fail_output(c);
         return -ENOMEM;
     }
     atomic_fetch_add_explicit(&c->w->b->stats.msgs_sent, 1, memory_order_relaxed);
@@ -148,4 +152,5 @@ const struct sink_ops conn_sink_ops = {
     .wake = worker_wake_session,
     .kick = worker_post_kick,
     .call = worker_post_call,
+    .drained = worker_sink_drained,
 };

@@ -18,10 +18,22 @@
 #ifndef STARLING_HANDLE_H
 #define STARLING_HANDLE_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "buf.h"
 #include "codec.h"
+#include "config.h"
+#include "topic.h"
 
 struct conn;
+
+/* Does a topic name or filter have more levels than max_topic_levels? Such
+ * topics are refused, as Mosquitto refuses more than 200 levels. */
+static inline bool handle_topic_too_deep(const struct config *cfg, const char *t, size_t len)
+{
+    return cfg->max_topic_levels && topic_levels(t, len) > cfg->max_topic_levels;
+}
 
 void handle_connect(struct conn *c, const struct mqtt_connect *ck);
 /* Answer a CONNECT with a refusing CONNACK (reason: 5.0 reason code or 3.1.1

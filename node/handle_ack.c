@@ -23,17 +23,22 @@ static void handle_pubrec(struct conn *c, struct broker *b, const struct mqtt_ac
     struct session *s = c->session;
     struct store_batch *bt = NULL;
     int found = -ENOENT;
+    if (persist_batch_begin(b, &bt) < 0) {
+        /* PUBREL only once PUBREC is stored: no batch, no PUBREL */
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
     lock_acquire(&s->lock);
     if (s->conn == c)
         found = session_pubrec_locked(b, s, a->packet_id, a->reason, &bt);
     lock_release(&s->lock);
     if (found == 0)
         ackq_after(c, &bt, MQTT_PUBREL, a->packet_id, 0, NULL, NULL);
-    else if (found < 0)
+    else
+        persist_submit(b, &bt, NULL, NULL); /* frees the batch begun above */
+    if (found < 0)
         ackq_push(c, MQTT_PUBREL, a->packet_id,
                   c->version == MQTT_V5 ? MQTT_RC_PACKET_ID_NOT_FOUND : 0, true);
-    else
-        persist_submit(b, &bt, NULL, NULL);
 }
 
 /* PUBREL from the client: the QoS 2 exchange of a message it published ends. */
@@ -41,6 +46,11 @@ static void handle_pubrel(struct conn *c, struct broker *b, const struct mqtt_ac
 {
     struct session *s = c->session;
     struct store_batch *bt = NULL;
+    if (persist_batch_begin(b, &bt) < 0) {
+        /* the id must be forgotten durably before PUBCOMP: keep it */
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
     lock_acquire(&s->lock);
     bool found = session_qos2_remove(s, a->packet_id);
     if (found && s->stored)

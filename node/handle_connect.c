@@ -3,23 +3,29 @@
  *
  * In order: refuse what the server does not support (each with its reason
  * code), take the connection's parameters (session expiry, receive maximum,
- * maximum packet size, topic aliases, keep alive), build the will, then
- * claim the client id from the session registry. The claim answers through
+ * maximum packet size, topic aliases, keep alive), build the will,
+ * authenticate the client (a password is verified on libuv's thread pool:
+ * PBKDF2 costs about a millisecond, which the worker's other clients must
+ * not wait for; meanwhile the connection is CONN_CLAIMING and reads
+ * nothing), then claim the client id from the session registry. The claim answers through
  * handle_connect_claimed, at once (a single node) or later (the cluster):
  * meanwhile the connection is CONN_CLAIMING and reads nothing, and it may
  * close; the claim holds a reference to it. Then CONNACK, and a resumed
  * session resends what was inflight and sends what is queued.
  */
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "acl.h"
 #include "broker.h"
 #include "conn.h"
 #include "handle.h"
 #include "log.h"
+#include "passwd.h"
 #include "registry.h"
 #include "session.h"
 #include "topic.h"
@@ -33,9 +39,35 @@ struct connect_claim {
     bool expiry_capped; /* the session expiry was lowered: tell the client */
     bool returned;      /* registry_claim has returned */
     bool answered;      /* handle_connect_claimed has run */
+    bool async;         /* the password was verified off the loop: reading was stopped */
+    bool clean_start;
+    uint8_t version;
     uint16_t id_len;
     char assigned[64]; /* a client id the server assigned, or "" */
+    char *id_copy;     /* the client id, kept while the password is verified */
+    char *user;        /* the authenticated user name, or NULL (anonymous) */
+    char *pw;          /* the password to verify (NULL: none given) */
+    size_t pw_len;
 };
+
+/* A password being verified on the thread pool. */
+struct connect_verify {
+    uv_work_t req;
+    struct connect_claim *cl;
+    struct passwd_db *db; /* a reference */
+    bool ok;
+};
+
+static void connect_claim_free(struct connect_claim *cl)
+{
+    free(cl->id_copy);
+    free(cl->user);
+    if (cl->pw) {
+        OPENSSL_cleanse(cl->pw, cl->pw_len);
+        free(cl->pw);
+    }
+    free(cl);
+}
 
 void handle_connect_refuse(struct conn *c, uint8_t version, uint8_t reason)
 {
@@ -52,8 +84,9 @@ void handle_connect_refuse(struct conn *c, uint8_t version, uint8_t reason)
 }
 
 /* What this server refuses in a CONNECT (before any state is made): returns
- * the CONNACK reason (5.0 reason code or 3.1.1 return code), 0 to accept. */
-static uint8_t handle_connect_check(const struct config *cfg, const struct mqtt_connect *ck)
+ * the CONNACK reason (5.0 reason code or 3.1.1 return code), 0 to accept,
+ * or -1: closed without a CONNACK. */
+static int handle_connect_check(const struct config *cfg, const struct mqtt_connect *ck)
 {
     bool v5 = ck->protocol_version == MQTT_V5;
     const struct mqtt_props *wp = &ck->will_props;
@@ -71,8 +104,14 @@ static uint8_t handle_connect_check(const struct config *cfg, const struct mqtt_
         return MQTT_RC_BAD_AUTH_METHOD;
     if (!ck->will_flag)
         return 0;
-    if (!topic_name_valid((const char *)ck->will_topic.data, ck->will_topic.len))
-        return v5 ? MQTT_RC_TOPIC_NAME_INVALID : MQTT3_CONNACK_ID_REJECTED;
+    if (!topic_name_valid((const char *)ck->will_topic.data, ck->will_topic.len) ||
+        handle_topic_too_deep(cfg, (const char *)ck->will_topic.data, ck->will_topic.len))
+        /* (deeper than max_topic_levels: refused like an invalid topic)
+         * [MQTT-3.1.1 3.1.4-1] a 3.x CONNECT that does not conform (a will
+         * topic that is no topic name: empty [MQTT-3.1.1 4.7.3-1] or with
+         * wildcards [MQTT-3.1.1 3.3.2-2]) is closed without a CONNACK; 5.0
+         * answers 0x90 */
+        return v5 ? MQTT_RC_TOPIC_NAME_INVALID : -1;
     if (v5 && ck->will_qos > cfg->max_qos)
         return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-12] */
     if (v5 && ck->will_retain && !cfg->retain_available)
@@ -238,6 +277,16 @@ static void handle_connect_claimed(void *ud, int status, struct session *s)
     } else {
         c->session = s;
         c->state = CONN_ACTIVE;
+        /* who the client is, for the ACL: the connection's packets and the
+         * session's deliveries */
+        lock_acquire(&s->lock);
+        free(s->user);
+        s->user = cl->user ? strdup(cl->user) : NULL;
+        lock_release(&s->lock);
+        if (cl->user && conn_x(c)) {
+            c->x->user = cl->user;
+            cl->user = NULL;
+        }
         if (!handle_connack(c, &b->cfg, cl, status != REGISTRY_NEW)) {
             /* [MQTT-5.0 3.1.2-24] even the smallest CONNACK exceeds the client's
              * Maximum Packet Size: close rather than leave it waiting */
@@ -260,7 +309,157 @@ static void handle_connect_claimed(void *ud, int status, struct session *s)
         if (c->state == CONN_ACTIVE)
             conn_io_start(c); /* and the packets that arrived meanwhile */
         conn_unref(c);
-        free(cl);
+        connect_claim_free(cl);
+    }
+}
+
+/* Claim the client id (cl holds a reference on c). */
+static void handle_connect_claim(struct conn *c, struct connect_claim *cl, const char *id)
+{
+    struct broker *b = c->w->b;
+    /* A will the ACL does not let the client publish is dropped. */
+    if (c->will && !broker_acl_allows(b, cl->user, id, cl->id_len, msg_topic(c->will),
+                                      c->will->topic_len, ACL_WRITE)) {
+        log_info("%s: will on '%.*s' refused by the ACL", CONN_PEER(c), (int)c->will->topic_len,
+                 msg_topic(c->will));
+        msg_unref(c->will);
+        c->will = NULL;
+    }
+    c->state = CONN_CLAIMING;
+    struct registry_claim req = {
+        .id = id,
+        .id_len = cl->id_len,
+        .clean_start = cl->clean_start,
+        .version = cl->version,
+        .expiry = cl->expiry,
+        .conn = c,
+        .w = c->w,
+    };
+    registry_claim(b, &req, handle_connect_claimed, cl);
+    cl->returned = true;
+    if (cl->answered) {
+        if (cl->async && c->state == CONN_ACTIVE)
+            conn_io_start(c); /* reading stopped for the password check */
+        conn_unref(c);
+        connect_claim_free(cl);
+    } else if (!cl->async) {
+        conn_io_stop(c); /* nothing is read until the registry answers */
+    }
+}
+
+/* Refuse a CONNECT for its credentials (counted in $SYS). */
+static void handle_connect_refuse_auth(struct conn *c, uint8_t reason)
+{
+    atomic_fetch_add_explicit(&c->w->b->stats.auth_failed, 1, memory_order_relaxed);
+    log_info("%s: CONNECT refused: %s", CONN_PEER(c),
+             c->version == MQTT_V5                     ? mqtt_rc_str(reason)
+             : reason == MQTT3_CONNACK_BAD_CREDENTIALS ? "bad user name or password"
+                                                       : "not authorized");
+    handle_connect_refuse(c, c->version, reason);
+}
+
+/*
+ * Who the client is. Returns 0 to go on (cl->user set, or NULL for an
+ * anonymous client), 1 when cl->pw must be verified against the password
+ * file, or the CONNACK reason that refuses it: 5.0 0x86 / 3.1.1 4 (bad user
+ * name or password), 5.0 0x87 / 3.1.1 5 (not authorized).
+ */
+static int handle_connect_auth(struct conn *c, const struct mqtt_connect *ck,
+                               struct connect_claim *cl)
+{
+    const struct config *cfg = &c->w->b->cfg;
+    bool v5 = ck->protocol_version == MQTT_V5;
+    uint8_t not_authorized = v5 ? MQTT_RC_NOT_AUTHORIZED : MQTT3_CONNACK_NOT_AUTHORIZED;
+    uint8_t bad_credentials = v5 ? MQTT_RC_BAD_USERNAME_OR_PASSWORD : MQTT3_CONNACK_BAD_CREDENTIALS;
+    if (cfg->tls_use_identity_as_username && conn_is_tls(c)) {
+        /* the certificate names the user; no password is asked for */
+        const char *id = conn_tls_identity(c);
+        if (!id)
+            return not_authorized;
+        cl->user = strdup(id);
+        return cl->user ? 0 : not_authorized;
+    }
+    bool anonymous_ok = config_allow_anonymous(cfg);
+    if (!ck->username_flag)
+        return anonymous_ok ? 0 : not_authorized;
+    if (memchr(ck->username.data, 0, ck->username.len))
+        return bad_credentials;
+    cl->user = strndup((const char *)ck->username.data, ck->username.len);
+    if (!cl->user)
+        return not_authorized;
+    if (!cfg->password_file[0])
+        /* no password file: a user name is taken as given (Mosquitto) */
+        return anonymous_ok ? 0 : not_authorized;
+    if (ck->password_flag) {
+        cl->pw = malloc(ck->password.len ? ck->password.len : 1);
+        if (!cl->pw)
+            return not_authorized;
+        memcpy(cl->pw, ck->password.data, ck->password.len);
+        cl->pw_len = ck->password.len;
+    }
+    return 1;
+}
+
+static void handle_connect_verify_work(uv_work_t *req)
+{
+    struct connect_verify *v = req->data;
+    struct connect_claim *cl = v->cl;
+    /* a user without a password is hashed all the same (the same time) */
+    bool ok = passwd_check(v->db, cl->user, strlen(cl->user), cl->pw ? cl->pw : "", cl->pw_len);
+    v->ok = ok && cl->pw;
+}
+
+static void handle_connect_verified(uv_work_t *req, int status)
+{
+    struct connect_verify *v = req->data;
+    struct connect_claim *cl = v->cl;
+    struct conn *c = cl->c;
+    passwd_unref(v->db);
+    bool ok = status == 0 && v->ok;
+    free(v);
+    if (c->state != CONN_CLAIMING) {
+        /* closed meanwhile */
+        conn_unref(c);
+        connect_claim_free(cl);
+        return;
+    }
+    if (!ok) {
+        handle_connect_refuse_auth(c, c->version == MQTT_V5 ? MQTT_RC_BAD_USERNAME_OR_PASSWORD
+                                                            : MQTT3_CONNACK_BAD_CREDENTIALS);
+        conn_unref(c);
+        connect_claim_free(cl);
+        return;
+    }
+    handle_connect_claim(c, cl, cl->assigned[0] ? cl->assigned : cl->id_copy);
+}
+
+/* Verify cl->pw on the thread pool, then claim. */
+static void handle_connect_verify(struct conn *c, struct connect_claim *cl, const char *id)
+{
+    struct broker *b = c->w->b;
+    struct connect_verify *v = calloc(1, sizeof(*v));
+    if (!cl->assigned[0])
+        cl->id_copy = strndup(id, cl->id_len);
+    if (!v || (!cl->assigned[0] && !cl->id_copy)) {
+        free(v);
+        connect_claim_free(cl);
+        conn_close(c, 0, false);
+        return;
+    }
+    v->cl = cl;
+    v->db = auth_passwd(&b->auth);
+    v->req.data = v;
+    cl->c = conn_ref(c);
+    cl->async = true;
+    c->state = CONN_CLAIMING; /* reads nothing until the answer */
+    conn_io_stop(c);
+    if (!v->db || uv_queue_work(&c->w->loop, &v->req, handle_connect_verify_work,
+                                handle_connect_verified) != 0) {
+        passwd_unref(v->db);
+        free(v);
+        conn_unref(c);
+        connect_claim_free(cl);
+        conn_close(c, 0, false);
     }
 }
 
@@ -269,9 +468,13 @@ void handle_connect(struct conn *c, const struct mqtt_connect *ck)
     const struct config *cfg = &c->w->b->cfg;
     uint8_t v = ck->protocol_version;
     c->version = v;
-    uint8_t rc = handle_connect_check(cfg, ck);
-    if (rc) {
-        handle_connect_refuse(c, v, rc);
+    int check = handle_connect_check(cfg, ck);
+    if (check < 0) {
+        conn_close(c, 0, false);
+        return;
+    }
+    if (check) {
+        handle_connect_refuse(c, v, (uint8_t)check);
         return;
     }
     struct connect_claim *cl = calloc(1, sizeof(*cl));
@@ -280,35 +483,30 @@ void handle_connect(struct conn *c, const struct mqtt_connect *ck)
         conn_close(c, 0, false);
         return;
     }
-    rc = handle_connect_id(cfg, ck, cl, &id);
+    cl->clean_start = ck->clean_start;
+    cl->version = v;
+    uint8_t rc = handle_connect_id(cfg, ck, cl, &id);
     if (rc) {
-        free(cl);
+        connect_claim_free(cl);
         handle_connect_refuse(c, v, rc);
+        return;
+    }
+    int auth = handle_connect_auth(c, ck, cl);
+    if (auth > 1) {
+        connect_claim_free(cl);
+        handle_connect_refuse_auth(c, (uint8_t)auth);
         return;
     }
     handle_connect_params(c, cfg, ck, cl);
     if (handle_connect_will(c, cfg, ck) < 0) {
-        free(cl);
+        connect_claim_free(cl);
         conn_close(c, 0, false);
         return;
     }
-    cl->c = conn_ref(c);
-    c->state = CONN_CLAIMING;
-    struct registry_claim req = {
-        .id = id,
-        .id_len = cl->id_len,
-        .clean_start = ck->clean_start,
-        .version = v,
-        .expiry = cl->expiry,
-        .conn = c,
-        .w = c->w,
-    };
-    registry_claim(c->w->b, &req, handle_connect_claimed, cl);
-    cl->returned = true;
-    if (cl->answered) {
-        conn_unref(c);
-        free(cl);
-    } else {
-        conn_io_stop(c); /* nothing is read until the registry answers */
+    if (auth == 1) {
+        handle_connect_verify(c, cl, id);
+        return;
     }
+    cl->c = conn_ref(c);
+    handle_connect_claim(c, cl, id);
 }

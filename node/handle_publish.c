@@ -11,9 +11,11 @@
 #include <string.h>
 
 #include "ackq.h"
+#include "acl.h"
 #include "broker.h"
 #include "conn.h"
 #include "handle.h"
+#include "log.h"
 #include "persist.h"
 #include "session.h"
 #include "topic.h"
@@ -86,6 +88,9 @@ static uint8_t handle_publish_check(struct conn *c, const struct mqtt_publish *p
                                           required */
     if (!topic_name_valid((const char *)topic->data, topic->len))
         return MQTT_RC_TOPIC_NAME_INVALID; /* [MQTT-3.1.1 3.3.2-2, MQTT-5.0 3.3.2-2] no wildcards */
+    if (handle_topic_too_deep(cfg, (const char *)topic->data, topic->len))
+        return MQTT_RC_TOPIC_NAME_INVALID; /* more levels than max_topic_levels: refused like an
+                                              invalid name */
     if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_RESPONSE_TOPIC)) &&
         !topic_name_valid((const char *)p->props.response_topic.data, p->props.response_topic.len))
         return MQTT_RC_PROTOCOL_ERROR; /* [MQTT-5.0 3.3.2-14] Response Topic: no wildcards */
@@ -95,6 +100,10 @@ static uint8_t handle_publish_check(struct conn *c, const struct mqtt_publish *p
         return MQTT_RC_QOS_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-11] */
     if (p->retain && !cfg->retain_available)
         return MQTT_RC_RETAIN_NOT_SUPPORTED; /* [MQTT-5.0 3.2.2-14] */
+    if (topic->len > cfg->max_topic_length) {
+        atomic_fetch_add_explicit(&c->w->b->stats.refused_topic_len, 1, memory_order_relaxed);
+        return MQTT_RC_TOPIC_NAME_INVALID; /* max_topic_length */
+    }
     return 0;
 }
 
@@ -130,6 +139,52 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
     return 0;
 }
 
+/* A QoS 1/2 message that a connected subscriber's full queue dropped (the
+ * slow subscriber policy): it is never acknowledged as accepted. 5.0: the
+ * PUBACK / PUBREC says 0x97 (quota exceeded), and a refused QoS 2 exchange
+ * ends there; 3.1.1 has no such code: the connection is closed unanswered,
+ * and the client publishes again when it reconnects. */
+static void handle_publish_refused(struct conn *c, const struct mqtt_publish *p, enum mqtt_type ack,
+                                   struct store_batch **bt, struct msg *held,
+                                   struct pub_targets *targets)
+{
+    struct broker *b = c->w->b;
+    if (p->qos == 2) {
+        struct session *s = c->session;
+        lock_acquire(&s->lock);
+        if (session_qos2_remove(s, p->packet_id) && persist_wanted(b, s))
+            persist_qos2(b, bt, s, p->packet_id, false);
+        lock_release(&s->lock);
+    }
+    if (c->version == MQTT_V5) {
+        ackq_after(c, bt, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED, held, targets);
+        return;
+    }
+    persist_submit(b, bt, NULL, NULL);
+    if (held)
+        broker_release(b, held, MSG_READY, targets, c->w);
+    conn_close(c, 0, false);
+}
+
+/* Is topic $SYS or under it? */
+static bool handle_topic_is_sys(const struct mqtt_bytes *topic)
+{
+    return topic->len >= 4 && memcmp(topic->data, "$SYS", 4) == 0 &&
+           (topic->len == 4 || topic->data[4] == '/');
+}
+
+/* Refuse a QoS 1/2 PUBLISH that was not done: 5.0 says why in its PUBACK /
+ * PUBREC (in order with the others); 3.1.1 has no way to, so the connection
+ * is closed and the client publishes again on its next one. */
+static void handle_publish_refuse(struct conn *c, enum mqtt_type ack, uint16_t pid, uint8_t reason)
+{
+    log_warn("%s: publish %u refused: %s", CONN_PEER(c), pid, mqtt_rc_str(reason));
+    if (c->version == MQTT_V5)
+        ackq_push(c, ack, pid, reason, true);
+    else
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+}
+
 /* Make the message and publish it; acknowledge a QoS 1/2 one once what the
  * acknowledgement promises is stored. */
 static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
@@ -163,8 +218,32 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     struct pub_targets targets = {0};
     if (hold)
         atomic_store(&m->hold, MSG_HELD);
-    int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL);
-    if (p->qos > 0)
+    struct pub_flow flow;
+    flow.n_slow = 0;
+    flow.refused = false;
+    int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL, &flow);
+    if (matched < 0 && p->qos > 0) {
+        /* a matching session could not get it (out of memory): refused,
+         * and a held message is delivered by none of them */
+        if (hold)
+            broker_release(b, m, MSG_REJECTED, &targets, c->w);
+        if (p->qos == 2) { /* not received: the id is free again */
+            struct session *s = c->session;
+            lock_acquire(&s->lock);
+            session_qos2_remove(s, p->packet_id);
+            if (s->stored)
+                persist_qos2(b, bt, s, p->packet_id, false);
+            lock_release(&s->lock);
+        }
+        persist_submit(b, bt, NULL, NULL);
+        msg_unref(m);
+        conn_flow_pause(c, &flow);
+        handle_publish_refuse(c, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED);
+        return;
+    }
+    if (p->qos > 0 && flow.refused)
+        handle_publish_refused(c, p, ack, bt, hold ? m : NULL, &targets);
+    else if (p->qos > 0)
         /* [MQTT-3.1.1 4.3.2-2/4.3.3-2, MQTT-5.0 4.3.2-4/4.3.3-8]: acknowledged once it is stored
          * for every persistent session that must receive it */
         ackq_after(c, bt, ack, p->packet_id,
@@ -173,6 +252,27 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     else
         persist_submit(b, bt, NULL, NULL);
     msg_unref(m);
+    conn_flow_pause(c, &flow); /* sessions above their high-water mark */
+}
+
+/* max_publish_rate: count this PUBLISH; past the rate, stop reading the
+ * client until its next one-second window (conn_check_timers): the client
+ * is slowed down, no message is dropped. */
+static void handle_publish_rate(struct conn *c, uint32_t max)
+{
+    struct conn_extra *x = conn_x(c);
+    if (!x)
+        return;
+    uint64_t now = uv_now(&c->w->loop);
+    if (now - x->rate_window >= 1000) {
+        x->rate_window = now;
+        x->rate_count = 0;
+    }
+    if (++x->rate_count >= max && !c->throttled) {
+        c->throttled = true;
+        atomic_fetch_add_explicit(&c->w->b->stats.throttled, 1, memory_order_relaxed);
+        conn_io_stop(c);
+    }
 }
 
 void handle_publish(struct conn *c, struct mqtt_publish *p)
@@ -190,6 +290,8 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
         return;
     }
     atomic_fetch_add_explicit(&b->stats.msgs_received, 1, memory_order_relaxed);
+    if (b->cfg.max_publish_rate)
+        handle_publish_rate(c, b->cfg.max_publish_rate);
     enum mqtt_type ack = p->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
     if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_PAYLOAD_FORMAT)) &&
         p->props.payload_format == 1 && !mqtt_utf8_valid(p->payload.data, p->payload.len)) {
@@ -199,14 +301,41 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
             ackq_push(c, ack, p->packet_id, MQTT_RC_PAYLOAD_FORMAT_INVALID, true);
         return;
     }
+    /* The ACL: a refused message is dropped; a 5.0 client is told (0x87),
+     * a 3.1.1 client is acknowledged as usual (it has no way to hear it). */
+    bool allowed =
+        !b->auth.has_acl ||
+        broker_acl_allows(b, c->x ? c->x->user : NULL, c->session->client_id, c->session->id_len,
+                          (const char *)topic.data, topic.len, ACL_WRITE);
+    if (v5 && p->qos > 0 && handle_topic_is_sys(&topic)) {
+        /* $SYS belongs to the broker: a client may not spoof its
+         * statistics (MQTT 5.0 section 4.7.2: the server may prevent
+         * clients from using $-topics to exchange messages with other
+         * clients) */
+        ackq_push(c, ack, p->packet_id, MQTT_RC_NOT_AUTHORIZED, true);
+        return;
+    }
+    if (!allowed && v5) {
+        if (p->qos > 0)
+            ackq_push(c, ack, p->packet_id, MQTT_RC_NOT_AUTHORIZED, true);
+        return;
+    }
     struct store_batch *bt = NULL;
+    if (p->qos > 0 && persist_batch_begin(b, &bt) < 0) {
+        /* out of memory before anything is stored: refused, not acknowledged */
+        handle_publish_refuse(c, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED);
+        return;
+    }
+    /* a duplicate or a refused QoS 2 id: persist_submit frees the batch */
     if (p->qos == 2 && handle_qos2_receive(c, p->packet_id, &bt) != 0) {
         persist_submit(b, &bt, NULL, NULL);
         return;
     }
-    /* Clients do not publish into $SYS: the broker owns it. */
-    bool sys = topic.len >= 4 && memcmp(topic.data, "$SYS", 4) == 0;
-    if (!sys)
+    /* Clients do not publish into $SYS: the broker owns it (5.0 refuses
+     * with 0x87 above; 3.x has no way to say so, the message is dropped and
+     * acknowledged as Mosquitto does). */
+    bool sys = handle_topic_is_sys(&topic);
+    if (!sys && allowed)
         handle_publish_deliver(c, p, &topic, ack, &bt);
     else if (p->qos > 0)
         ackq_after(c, &bt, ack, p->packet_id, 0, NULL, NULL);

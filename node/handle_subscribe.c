@@ -7,9 +7,11 @@
  * does not keep it either.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "acl.h"
 #include "broker.h"
 #include "conn.h"
 #include "handle.h"
@@ -48,13 +50,32 @@ static void handle_send_retained(struct conn *c, const char *filter, size_t len,
     retain_match(b->retained, filter, len, msg_clock_ms(), handle_collect_retained, &rb);
     for (size_t k = 0; k < rb.n; k++) {
         struct msg *m = rb.msgs[k];
+        /* the ACL decides for each retained message as for any delivery */
+        if (b->auth.has_acl &&
+            !broker_acl_allows(b, c->x ? c->x->user : NULL, c->session->client_id,
+                               c->session->id_len, msg_topic(m), m->topic_len, ACL_READ)) {
+            msg_unref(m);
+            continue;
+        }
         uint8_t q = m->qos < qos ? m->qos : qos;
         /* [MQTT-3.1.1 3.3.1-8] retained messages sent on subscribe keep RETAIN=1 */
         session_deliver(b, c->session, m, q, true, sub_id ? &sub_id : NULL, sub_id ? 1 : 0, c->w,
-                        bt);
+                        bt, NULL);
         msg_unref(m);
     }
     free(rb.msgs);
+}
+
+/* Does sub (a SUBSCRIBE or UNSUBSCRIBE) hold an empty topic filter? */
+static bool handle_sub_has_empty_filter(const struct mqtt_subscribe *sub, enum mqtt_type type)
+{
+    uint32_t pos = 0;
+    struct mqtt_bytes f;
+    uint8_t opts;
+    while (mqtt_sub_next(sub, type, &pos, &f, &opts))
+        if (f.len == 0)
+            return true;
+    return false;
 }
 
 /* One filter of a SUBSCRIBE: returns its reason code, or -1 when the
@@ -70,10 +91,22 @@ static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint
     const char *group, *inner;
     size_t glen, ilen;
     int shared = topic_share_parse(filter, f->len, &group, &glen, &inner, &ilen);
-    if (shared < 0 || !topic_filter_valid(filter, f->len))
+    if (shared < 0 || !topic_filter_valid(filter, f->len) ||
+        handle_topic_too_deep(cfg, shared == 1 ? inner : filter, shared == 1 ? ilen : f->len))
+        /* (a filter deeper than max_topic_levels is refused the same way) */
         return v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
     if (shared == 1 && (opts & MQTT_SUBOPT_NO_LOCAL))
         return -1; /* [MQTT-5.0 3.8.3-4] No Local on a shared subscription */
+    if (f->len > cfg->max_topic_length) {
+        atomic_fetch_add_explicit(&b->stats.refused_topic_len, 1, memory_order_relaxed);
+        return v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80; /* max_topic_length */
+    }
+    /* The ACL, on the filter itself (of a shared subscription: its topic
+     * filter part) */
+    if (b->auth.has_acl && !broker_acl_allows(b, c->x ? c->x->user : NULL, s->client_id, s->id_len,
+                                              shared == 1 ? inner : filter,
+                                              shared == 1 ? ilen : f->len, ACL_SUBSCRIBE))
+        return v5 ? MQTT_RC_NOT_AUTHORIZED : 0x80;
     uint8_t qos = opts & MQTT_SUBOPT_QOS_MASK;
     if (qos > cfg->max_qos)
         qos = cfg->max_qos; /* [MQTT-3.1.1 3.8.4-5, MQTT-5.0 3.2.2-10/3.8.4-7] grant what the server
@@ -81,8 +114,16 @@ static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint
     opts = (uint8_t)((opts & ~MQTT_SUBOPT_QOS_MASK) | qos);
     lock_acquire(&s->lock);
     bool had = session_sub_find(s, filter, (uint16_t)f->len) != NULL;
-    int r = session_sub_set(s, filter, (uint16_t)f->len, opts, sub_id);
+    /* max_subscriptions_per_client: a new filter past the limit is refused
+     * (5.0 0x97 quota exceeded, 3.1.1 0x80); replacing one is not */
+    bool over =
+        !had && cfg->max_subscriptions_per_client && s->n_subs >= cfg->max_subscriptions_per_client;
+    int r = over ? 0 : session_sub_set(s, filter, (uint16_t)f->len, opts, sub_id);
     lock_release(&s->lock);
+    if (over) {
+        atomic_fetch_add_explicit(&b->stats.refused_subs, 1, memory_order_relaxed);
+        return v5 ? MQTT_RC_QUOTA_EXCEEDED : 0x80;
+    }
     int existed = r < 0 ? r : sub_index_add(b->index, filter, f->len, s, opts, sub_id);
     if (existed < 0) {
         if (r == 0 && !had) { /* the session keeps only what the index has */
@@ -168,6 +209,12 @@ void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
 {
     struct broker *b = c->w->b;
     uint32_t sub_id = 0;
+    if (c->version != MQTT_V5 && handle_sub_has_empty_filter(sub, MQTT_SUBSCRIBE)) {
+        /* [MQTT-3.1.1 4.7.3-1] a topic filter is at least one character long;
+         * 3.1.1 closes on a protocol violation [MQTT-3.1.1 4.8.0-1] */
+        conn_close(c, 0, false);
+        return;
+    }
     if (c->version == MQTT_V5 && sub->props.n_sub_ids)
         sub_id = sub->props.sub_id;
     uint8_t stack_rc[64];
@@ -205,6 +252,11 @@ void handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *sub)
     struct broker *b = c->w->b;
     struct session *s = c->session;
     bool v5 = c->version == MQTT_V5;
+    if (!v5 && handle_sub_has_empty_filter(sub, MQTT_UNSUBSCRIBE)) {
+        /* [MQTT-3.1.1 4.7.3-1/4.8.0-1] as for SUBSCRIBE */
+        conn_close(c, 0, false);
+        return;
+    }
     uint8_t stack_rc[64];
     uint8_t *rcs = sub->count <= sizeof(stack_rc) ? stack_rc : malloc(sub->count);
     if (!rcs) {

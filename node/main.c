@@ -154,6 +154,12 @@ int main(int argc, char **argv)
      * knows that. */
     static struct broker broker;
     int r = broker_init(&broker, &cfg);
+    if (r == 0 && (r = auth_load(&broker.auth, &broker.cfg, err, sizeof(err))) < 0) {
+        /* a bad certificate, key, password or ACL file stops start-up */
+        log_error("%s", err);
+        broker_cleanup(&broker);
+        return 1;
+    }
     /* The cluster (cluster_seeds or cluster_dns): before the store loads the
      * persistent sessions, so that their routes are proposed. */
     struct cluster_node *cn = NULL;

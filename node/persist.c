@@ -35,6 +35,13 @@ struct store_batch *persist_batch(const struct broker *b, struct store_batch **b
     return *bt;
 }
 
+int persist_batch_begin(const struct broker *b, struct store_batch **bt)
+{
+    if (b->store && !*bt && !(*bt = store_batch_new()))
+        return -ENOMEM;
+    return 0;
+}
+
 void persist_session_put(const struct broker *br, struct store_batch **bt, struct session *s,
                          bool connected)
 {
@@ -48,6 +55,7 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
         subs = malloc(s->n_subs * sizeof(*subs));
         if (!subs) {
             log_error("out of memory: session '%s' not stored", s->client_id);
+            store_batch_fail(b, -ENOMEM); /* the batch fails as a whole */
             return;
         }
     }
@@ -149,7 +157,7 @@ bool persist_submit(const struct broker *br, struct store_batch **bt,
 {
     struct store_batch *b = *bt;
     *bt = NULL;
-    if (!b || store_batch_ops(b) == 0 || !br->store) {
+    if (!b || (store_batch_ops(b) == 0 && store_batch_error(b) == 0) || !br->store) {
         if (b)
             store_batch_free(b);
         if (done)

@@ -43,8 +43,15 @@ void persist_close(struct broker *b);
 /* Is s stored (persistent, with a store)? s->lock held. */
 bool persist_wanted(const struct broker *b, const struct session *s);
 
-/* The batch *bt, created on first use. NULL when there is no store. */
+/* The batch *bt, created on first use. NULL when there is no store, or
+ * when it cannot be allocated: an operation is then lost without a trace,
+ * so whoever acknowledges what a batch stores creates it first with
+ * persist_batch_begin. */
 struct store_batch *persist_batch(const struct broker *b, struct store_batch **bt);
+/* Create *bt now if there is a store and it does not exist yet. Returns 0
+ * (also without a store), or -ENOMEM: the caller refuses the work that
+ * needed the batch instead of acknowledging it. */
+int persist_batch_begin(const struct broker *b, struct store_batch **bt);
 
 /* Write the session record (with its subscriptions). s->lock held. */
 void persist_session_put(const struct broker *b, struct store_batch **bt, struct session *s,
@@ -69,11 +76,16 @@ void persist_session_sync(const struct broker *b, struct session *s, struct stor
 
 /* Submit *bt (if any) and reset it. done(ud, status) runs on the store's
  * writer thread after the commit; it is called at once with status 0 when
- * there is nothing to commit (returns false then, true when submitted). */
+ * there is nothing to commit (returns false then, true when submitted). A
+ * batch that lost an operation (store_batch_error) is always submitted, so
+ * that done gets its error. */
 bool persist_submit(const struct broker *b, struct store_batch **bt,
                     void (*done)(void *ud, int status), void *ud);
 
-/* The packet identifier of the message with sequence number seq. */
+/* The packet identifier of the message with sequence number seq: 1..65535
+ * for seq 0..65534, then again from 1. A new session's sequence starts at
+ * 0 (its first packet identifier is 1); a restored one continues after the
+ * highest sequence number in the store, whose messages keep their ids. */
 static inline uint16_t persist_pid_of(uint64_t seq)
 {
     return (uint16_t)(seq % 65535u + 1u);

@@ -185,21 +185,27 @@ static void registry_count_connected(struct broker *b)
 
 /* Under the registry lock: the old session of req->id loses its connection
  * (kicked, 5.0: DISCONNECT 0x8E) and is either kept for resumption (returned)
- * or taken out of the table (*ending) on clean start. *dropped_will: a will
+ * or taken out of the table (*ending) on clean start or when it was to end
+ * with its connection (expiry 0). *dropped_will: a will
  * it was delaying, which its resumption cancels. */
 static struct session *registry_take_over(struct broker *b, struct session *old,
                                           const struct registry_claim *req, struct session **ending,
                                           struct msg **dropped_will)
 {
     lock_acquire(&old->lock);
+    /* [MQTT-3.1.1 3.1.2-6] a session started with clean session 1 (5.0:
+     * Session Expiry 0, MQTT 5.0 section 3.1.2.11.2) lasts as long as its
+     * connection: taking that over ends it, it is never resumed */
+    bool fresh = req->clean_start || old->expiry_interval == 0;
     if (old->conn) {
         /* [MQTT-3.1.1 3.1.4-2, MQTT-5.0 3.1.4-3] the existing connection is closed */
-        b->sink->kick(old->w, old->conn, MQTT_RC_SESSION_TAKEN_OVER, !req->clean_start);
+        b->sink->kick(old->w, old->conn, MQTT_RC_SESSION_TAKEN_OVER, !fresh);
         old->conn = NULL;
+        session_flow_release(b, old);
         atomic_fetch_sub(&b->stats.clients_connected, 1);
     }
     lock_release(&old->lock);
-    if (req->clean_start) {
+    if (fresh) {
         /* [MQTT-3.1.1 3.1.2-6, MQTT-5.0 3.1.2-4] clean start discards the existing session */
         registry_remove(&b->registry, old);
         *ending = old;
@@ -275,6 +281,7 @@ struct session *registry_local_surrender(struct broker *b, const char *id, uint1
         if (s->conn) {
             b->sink->kick(s->w, s->conn, MQTT_RC_SESSION_TAKEN_OVER, resumed);
             s->conn = NULL;
+            session_flow_release(b, s);
             atomic_fetch_sub(&b->stats.clients_connected, 1);
         }
         lock_release(&s->lock);
@@ -299,6 +306,7 @@ static bool registry_go_offline(struct broker *b, struct session *s, struct sess
                                 uint64_t now, struct store_batch **bt)
 {
     s->conn = NULL;
+    session_flow_release(b, s); /* an offline queue backpressures nobody */
     s->disconnected_at = now;
     if (s->expiry_interval == 0)
         return true;

@@ -6,8 +6,16 @@
  * and the worker that owns the attached connection moves messages from the
  * queue into the connection's output (session_flush), QoS 1/2 ones into the
  * inflight list while the window allows. The queue is bounded by
- * max_queued_messages and max_queued_bytes; when full, queue_full_policy
- * decides which message is dropped, and the drop is counted.
+ * max_queued_messages and max_queued_bytes. When the queue of an offline
+ * session is full, queue_full_policy decides which message is dropped; for a
+ * connected session slow_subscriber_policy decides, by default backpressure:
+ * the message is queued above the bound (the high-water mark) and the
+ * publishers that fed it pause until the queue is below half of it (the
+ * low-water mark). Every drop is counted, per session and per reason.
+ *
+ * A queued message is charged its topic, payload and properties plus
+ * QMSG_OVERHEAD (its struct qmsg and struct msg), so that max_queued_bytes
+ * bounds memory even for tiny messages.
  */
 #include "session.h"
 
@@ -17,7 +25,16 @@
 #include <string.h>
 
 #include "broker.h"
+#include "codec.h"
+#include "log.h"
 #include "persist.h"
+
+/* What a queued message costs beyond its bytes (see qmsg_size). */
+#define QMSG_OVERHEAD (sizeof(struct qmsg) + sizeof(struct msg))
+/* At most one log line per slow session per this many ms, and one per node
+ * per SESSION_LOG_MS (10,000 stuck subscribers must not flood the log). */
+#define SESSION_DROP_LOG_MS 10000u
+#define SESSION_LOG_MS 1000u
 
 struct session *session_new(const char *id, uint16_t len)
 {
@@ -29,7 +46,9 @@ struct session *session_new(const char *id, uint16_t len)
     s->id_len = len;
     atomic_init(&s->refs, 1);
     atomic_init(&s->flush_posted, 0);
-    s->next_seq = 1;
+    /* the first message gets sequence number 0, packet identifier 1
+     * (persist_pid_of), as clients and packet captures expect */
+    s->next_seq = 0;
     return s;
 }
 
@@ -61,6 +80,7 @@ void session_free(struct session *s)
     free(s->subs);
     free(s->qos2_in);
     msg_unref(s->pending_will);
+    free(s->user);
     free(s);
 }
 
@@ -88,7 +108,7 @@ struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *i
 
 static size_t qmsg_size(const struct qmsg *q)
 {
-    return (size_t)q->m->topic_len + q->m->payload_len + q->m->props_len;
+    return (size_t)q->m->topic_len + q->m->payload_len + q->m->props_len + QMSG_OVERHEAD;
 }
 
 static void qlist_push(struct qlist *l, struct qmsg *q)
@@ -151,25 +171,161 @@ static struct qmsg *queue_admit(const struct config *cfg, struct session *s, str
     return q;
 }
 
-void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
-                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
-                     struct store_batch **bt)
+/* Whether s's queue with one more message of `add` bytes exceeds `mult`
+ * times its bound (max_queued_messages 0: no bound by count). */
+static bool queue_over(const struct config *cfg, const struct session *s, size_t add, unsigned mult)
+{
+    if (cfg->max_queued_messages &&
+        (uint64_t)s->queue.len + 1 > (uint64_t)cfg->max_queued_messages * mult)
+        return true;
+    return cfg->max_queued_bytes && s->queue_bytes + add > cfg->max_queued_bytes * mult;
+}
+
+/* Whether s's queue is at or below its low-water mark (half the bound). */
+static bool queue_low(const struct config *cfg, const struct session *s)
+{
+    if (cfg->max_queued_messages && s->queue.len > cfg->max_queued_messages / 2)
+        return false;
+    return !cfg->max_queued_bytes || s->queue_bytes <= cfg->max_queued_bytes / 2;
+}
+
+static void pub_flow_add(struct pub_flow *flow, struct session *s)
+{
+    for (uint8_t i = 0; i < flow->n_slow; i++)
+        if (flow->slow[i] == s)
+            return;
+    if (flow->n_slow < PUB_FLOW_MAX)
+        flow->slow[flow->n_slow++] = session_ref(s);
+}
+
+/* The slow subscriber policy: q for a connected session. Returns the message
+ * to drop (q, the oldest queued one, or NULL to queue q) and its reason in
+ * *why; *kick: the connection to close (disconnect policy); *expired: how
+ * long s was above its mark when max_publisher_pause ran out now (ms).
+ * s->lock held. */
+static struct qmsg *queue_admit_online(struct broker *b, struct session *s, struct qmsg *q,
+                                       struct pub_flow *flow, int *why, struct conn **kick,
+                                       uint64_t *expired)
+{
+    const struct config *cfg = &b->cfg;
+    size_t add = qmsg_size(q);
+    if (!queue_over(cfg, s, add, 1))
+        return NULL;
+    switch (cfg->slow_subscriber_policy) {
+    case SLOW_BACKPRESSURE: {
+        if (s->flow_exempt)
+            break; /* max_publisher_pause ran out: drop_new until it drains */
+        uint64_t now = broker_now_ms();
+        if (!atomic_load(&s->flow_high)) {
+            atomic_store(&s->flow_high, true);
+            s->high_since = now;
+        } else if (cfg->max_publisher_pause_ms &&
+                   now - s->high_since >= cfg->max_publisher_pause_ms) {
+            /* above its mark for max_publisher_pause: nobody is paused for
+             * it any more (the publishers waiting on it are let go by their
+             * worker, conn_flow.c) */
+            *expired = now - s->high_since + 1;
+            s->flow_exempt = true;
+            session_flow_release(b, s);
+            break;
+        }
+        /* a publisher never waits on its own session, nor on one whose
+         * connection is paused itself (it may not drain before that one
+         * resumes: waiting on it could close a cycle) */
+        if (flow && q->m->origin != s && !atomic_load(&s->reading_paused))
+            pub_flow_add(flow, s);
+        /* above the high-water mark, below the hard bound (twice it): kept,
+         * the publisher pauses after this message */
+        if (!queue_over(cfg, s, add, 2))
+            return NULL;
+        break;
+    }
+    case SLOW_DROP_OLDEST:
+        if (s->queue.head) {
+            *why = SESSION_DROP_SLOW_OLDEST;
+            return queue_pop(s);
+        }
+        break;
+    case SLOW_DISCONNECT:
+        if (s->kicked != s->conn) {
+            s->kicked = s->conn;
+            *kick = s->conn;
+        }
+        *why = SESSION_DROP_DISCONNECT;
+        if (flow)
+            flow->refused = true;
+        return q;
+    case SLOW_DROP_NEW:
+        break;
+    }
+    *why = SESSION_DROP_SLOW_NEW;
+    if (flow)
+        flow->refused = true;
+    return q;
+}
+
+/* Whether the node may log a slow subscriber line now; *skipped: how many it
+ * left out since the last one. */
+static bool session_log_allowed(struct broker *b, unsigned long *skipped)
+{
+    uint64_t now = broker_now_ms();
+    unsigned long long last = atomic_load(&b->stats.slow_log_at);
+    if ((last && now - last < SESSION_LOG_MS) ||
+        !atomic_compare_exchange_strong(&b->stats.slow_log_at, &last, now)) {
+        atomic_fetch_add(&b->stats.slow_log_skipped, 1);
+        return false;
+    }
+    *skipped = atomic_exchange(&b->stats.slow_log_skipped, 0);
+    return true;
+}
+
+static void session_flow_expired_log(struct broker *b, struct session *s, uint64_t high_ms)
+{
+    atomic_fetch_add(&b->stats.pause_expired, 1);
+    unsigned long skipped;
+    if (!session_log_allowed(b, &skipped))
+        return;
+    if (skipped)
+        log_warn("%lu more slow subscriber events in the last second (see $SYS/broker/"
+                 "messages/dropped/# and $SYS/broker/publishers/#)",
+                 skipped);
+    log_warn("slow subscriber '%s': its publishers were paused %llu ms "
+             "(max_publisher_pause): messages for it are dropped until it catches up",
+             s->client_id, (unsigned long long)high_ms);
+}
+
+static const char *const session_drop_names[SESSION_DROP_N] = {
+    "offline queue full", "slow subscriber: new message", "slow subscriber: oldest message",
+    "slow subscriber: disconnected"};
+
+int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
+                    const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                    struct store_batch **bt, struct pub_flow *flow)
 {
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
         atomic_fetch_add(&b->stats.msgs_dropped, 1);
-        return;
+        if (flow)
+            flow->refused = true; /* out of memory: not acknowledged either */
+        return -ENOMEM;
     }
     struct worker *target = NULL;
     struct qmsg *drop = NULL;
-    bool counted = false;
+    int why = -1;
+    struct conn *kick = NULL;
+    uint64_t log_dropped = 0, expired = 0;
     lock_acquire(&s->lock);
     if (s->ended || (!s->conn && qos == 0 && !b->cfg.queue_qos0_offline)) {
         /* QoS 0 messages are not kept for offline sessions unless configured */
         drop = q;
     } else {
-        drop = queue_admit(&b->cfg, s, q);
-        counted = drop != NULL;
+        if (s->conn) {
+            drop = queue_admit_online(b, s, q, flow, &why, &kick, &expired);
+        } else {
+            drop = queue_admit(&b->cfg, s, q);
+            if (drop)
+                why = SESSION_DROP_OFFLINE;
+        }
         if (drop != q) {
             q->seq = s->next_seq++;
             queue_push(s, q);
@@ -179,15 +335,82 @@ void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t
         }
         if (drop && drop != q && drop->stored)
             persist_msg_del(b, bt, s, drop);
+        if (why >= 0) {
+            s->dropped[why]++;
+            uint64_t now = broker_now_ms();
+            if (why != SESSION_DROP_OFFLINE &&
+                (!s->drop_logged_at || now - s->drop_logged_at >= SESSION_DROP_LOG_MS)) {
+                s->drop_logged_at = now;
+                log_dropped = s->dropped[SESSION_DROP_SLOW_NEW] +
+                              s->dropped[SESSION_DROP_SLOW_OLDEST] +
+                              s->dropped[SESSION_DROP_DISCONNECT];
+            }
+        }
+        if (kick) /* under the lock: the connection is still attached */
+            b->sink->kick(s->w, kick, MQTT_RC_QUOTA_EXCEEDED, false);
         if (s->conn)
             target = s->w;
     }
     lock_release(&s->lock);
-    if (counted)
+    if (expired)
+        session_flow_expired_log(b, s, expired);
+    if (why >= 0) {
         atomic_fetch_add(&b->stats.msgs_dropped, 1);
+        atomic_fetch_add(&b->stats.dropped[why], 1);
+        if (kick)
+            atomic_fetch_add(&b->stats.slow_disconnects, 1);
+        /* rate-limited: at most one line per session per 10 s, one per node
+         * per second */
+        unsigned long skipped = 0;
+        if (log_dropped && session_log_allowed(b, &skipped)) {
+            if (skipped)
+                log_warn("%lu more slow subscriber events in the last second (see "
+                         "$SYS/broker/messages/dropped/# and $SYS/broker/publishers/#)",
+                         skipped);
+            log_warn("slow subscriber '%s': %s (%llu dropped for it so far)", s->client_id,
+                     session_drop_names[why], (unsigned long long)log_dropped);
+        }
+    }
     qmsg_free(drop);
     if (target)
         b->sink->wake(target, s, cur);
+    return 0;
+}
+
+/* The queue of s drained to its low-water mark: publishers paused on it
+ * resume, and an exempt session is under backpressure again. s->lock held. */
+static void session_flow_drained(struct broker *b, struct session *s)
+{
+    if (!queue_low(&b->cfg, s))
+        return;
+    s->flow_exempt = false;
+    session_flow_release(b, s);
+}
+
+void session_flow_release(struct broker *b, struct session *s)
+{
+    assert(lock_held(&s->lock));
+    if (!atomic_load(&s->flow_high))
+        return;
+    /* cleared before the waiters are taken: a publisher that registers
+     * after this sees flow_high false and does not pause (see conn_flow.c) */
+    atomic_store(&s->flow_high, false);
+    uint64_t waiters = atomic_exchange(&s->flow_waiters, 0);
+    if (waiters)
+        b->sink->drained(b, waiters);
+}
+
+void session_flow_expire(struct broker *b, struct session *s, uint64_t paused_ms)
+{
+    lock_acquire(&s->lock);
+    bool expired = atomic_load(&s->flow_high) && s->conn;
+    if (expired) {
+        s->flow_exempt = true;
+        session_flow_release(b, s);
+    }
+    lock_release(&s->lock);
+    if (expired)
+        session_flow_expired_log(b, s, paused_ms);
 }
 
 void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state)
@@ -290,6 +513,13 @@ void session_flush_locked(struct broker *b, struct session *s)
             q->state = MSG_STATE_QUEUED;
             break;
         }
+        if (r == -ENOMEM && q->qos > 0) {
+            /* out of memory: the connection closes (see sink_ops.publish),
+             * the message stays first in the queue for the next one */
+            q->state = MSG_STATE_QUEUED;
+            q->pid = 0;
+            break;
+        }
         queue_pop(s);
         if (r <= 0 || q->qos == 0) {
             session_drop(b, s, q, &bt, r <= 0);
@@ -299,6 +529,8 @@ void session_flush_locked(struct broker *b, struct session *s)
     }
     if (bt)
         persist_submit(b, &bt, NULL, NULL);
+    if (s->flow_exempt || atomic_load_explicit(&s->flow_high, memory_order_relaxed))
+        session_flow_drained(b, s);
 }
 
 void session_flush_owned(struct broker *b, struct session *s, struct worker *w)
@@ -320,13 +552,15 @@ void session_resume_locked(struct broker *b, struct session *s)
     struct qmsg *prev = NULL, *q = s->inflight.head;
     while (q) {
         struct qmsg *next = q->next;
+        int r = 0;
         if (q->state == MSG_STATE_WAIT_PUBCOMP) {
             /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend PUBREL for QoS 2 messages past PUBREC
              */
             b->sink->pubrel(c, q->pid);
             prev = q;
-        } else if (b->sink->publish(c, q, true, now) > 0) {
-            /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend unacknowledged PUBLISH with DUP set */
+        } else if ((r = b->sink->publish(c, q, true, now)) > 0 || r == -ENOMEM) {
+            /* [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] resend unacknowledged PUBLISH with DUP set;
+             * out of memory: kept for the next connection (this one closes) */
             prev = q;
         } else {
             /* cannot be sent to this connection any more: drop it */
@@ -489,6 +723,7 @@ void session_end(struct broker *b, struct session *s)
     s->queue.len = s->inflight.len = 0;
     s->queue_bytes = 0;
     s->n_qos2_in = 0;
+    session_flow_release(b, s);
     lock_release(&s->lock);
     for (uint32_t i = 0; i < n; i++) {
         sub_index_remove(b->index, subs[i].filter, subs[i].len, s);

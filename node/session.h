@@ -55,6 +55,17 @@ struct qlist {
     uint32_t len;
 };
 
+/* Why a message for a session was dropped (struct session.dropped, and the
+ * node's totals in $SYS/broker/messages/dropped/...). */
+enum session_drop {
+    SESSION_DROP_OFFLINE = 0,     /* queue_full_policy, offline session */
+    SESSION_DROP_SLOW_NEW = 1,    /* connected: the arriving message (drop_new, or
+                                   * backpressure after max_publisher_pause) */
+    SESSION_DROP_SLOW_OLDEST = 2, /* connected: the oldest queued (drop_oldest) */
+    SESSION_DROP_DISCONNECT = 3,  /* connected: disconnect policy */
+    SESSION_DROP_N
+};
+
 struct session_sub {
     char *filter;
     uint16_t len;
@@ -67,13 +78,24 @@ struct session {
     struct session *hnext; /* registry table chain (registry lock) */
     atomic_int refs;
     atomic_int flush_posted; /* id + 1 of the worker a flush is pending on */
+    /* Flow control (any thread, no lock): flow_high is set while the queue
+     * of the connected session is above its high-water mark and publishers
+     * pause; flow_waiters has bit (id % 64) of each worker with a publisher
+     * paused on it, told through its inbox once the queue drains (or the
+     * session goes offline, or the pause expires). */
+    atomic_bool flow_high;
+    atomic_ullong flow_waiters;
+    /* Its own connection is paused (it publishes to a slow session): nobody
+     * waits on this session then, since it may be unable to drain (its
+     * acknowledgements are not read), which would make a cycle. */
+    atomic_bool reading_paused;
 
     /* everything from here on is guarded by lock */
     struct lock lock;
     uint32_t expiry_interval; /* seconds; 0xFFFFFFFF = never */
     struct conn *conn;        /* attached connection (opaque: see sink.h), or NULL */
     struct worker *w;         /* the worker that owns conn (opaque) */
-    uint64_t next_seq;
+    uint64_t next_seq;        /* from 0 for a new session; restored: after the last stored one */
     uint64_t disconnected_at; /* monotonic ms, while offline */
     /* subscriptions */
     struct session_sub *subs;
@@ -82,12 +104,23 @@ struct session {
     struct qlist queue;    /* not sent yet, in order */
     struct qlist inflight; /* sent, waiting for PUBACK / PUBREC / PUBCOMP */
     uint64_t queue_bytes;
+    /* slow subscriber: messages dropped, by reason (kept for the admin API);
+     * the last rate-limited log line (monotonic ms) */
+    uint64_t dropped[SESSION_DROP_N];
+    uint64_t drop_logged_at;
+    uint64_t high_since; /* monotonic ms flow_high was set */
+    struct conn *kicked; /* the connection the disconnect policy closed */
+    bool flow_exempt;    /* max_publisher_pause ran out: the policy drops, no
+                          * backpressure, until the queue drains */
     /* incoming QoS 2 packet ids awaiting PUBREL */
     uint16_t *qos2_in;
     uint32_t n_qos2_in, cap_qos2_in;
     /* a will waiting for its delay (offline only) */
     struct msg *pending_will;
     uint64_t will_at; /* monotonic ms */
+    /* the user name of the last client that attached (ACL of deliveries),
+     * NULL for an anonymous one */
+    char *user;
     uint32_t will_expiry;
     uint16_t id_len;
     bool in_table; /* registry lock */
@@ -117,11 +150,29 @@ static inline void session_unref(struct session *s)
  * Offer m to s with the subscription's granted QoS and flags. Called from
  * any thread, without s->lock. `cur` is the calling worker or NULL. The
  * session takes its own reference on m if it keeps it. ids: subscription
- * identifiers (copied).
+ * identifiers (copied). Returns 0 (queued, or dropped by the queue limits
+ * and counted), or -ENOMEM: s does not have m.
  */
-void session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
-                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
-                     struct store_batch **bt);
+struct pub_flow;
+int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
+                    const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                    struct store_batch **bt, struct pub_flow *flow);
+
+/*
+ * Flow control (docs/architecture.md, "Slow subscribers"). With `flow`
+ * (the publish of a client), session_deliver adds s to flow->slow when its
+ * queue is above the high-water mark under the backpressure policy, and sets
+ * flow->refused when the message was dropped for the full queue of a
+ * connected session (the publisher's QoS 1/2 acknowledgement must say so).
+ *
+ * session_flow_release: s no longer exerts backpressure (it went offline, or
+ * ended); the workers waiting on it are told. s->lock held.
+ * session_flow_expire: a publisher waited max_publisher_pause on s: the
+ * policy applies to s (it drops instead of pausing) until its queue is below
+ * the low-water mark; counted and logged. Any thread, takes s->lock.
+ */
+void session_flow_release(struct broker *b, struct session *s);
+void session_flow_expire(struct broker *b, struct session *s, uint64_t paused_ms);
 
 /* Pump queued messages into the attached connection, within the inflight
  * window. Only the worker owning s->conn may call it; s->lock held. */

@@ -23,6 +23,7 @@ struct conn;
 struct worker;
 struct session;
 struct qmsg;
+struct broker;
 
 /* What sink_ops.publish returns. */
 enum {
@@ -42,7 +43,9 @@ struct sink_ops {
     /* Encode a PUBLISH of q (q->pid, q->qos, q->retain, subscription ids,
      * topic alias, remaining expiry, DUP = dup) into c's output. Returns
      * SINK_SENT, SINK_SKIPPED, SINK_BUSY (only for dup false: a resend is
-     * always written), or another negative errno (dropped). */
+     * always written), -ENOMEM (c closes at the end of the turn: the
+     * session keeps q for its next connection), or another negative errno
+     * (dropped). */
     int (*publish)(struct conn *c, const struct qmsg *q, bool dup, uint64_t now_real_ms);
     /* Encode a PUBREL for pid into c's output. */
     void (*pubrel)(struct conn *c, uint16_t pid);
@@ -63,6 +66,10 @@ struct sink_ops {
      * once: on w's thread, or, when w stops first, on the thread that
      * discards w's inbox (w's loop runs no more then). */
     int (*call)(struct worker *w, void (*fn)(void *ud), void *ud);
+    /* Flow control: a session that publishers of the workers in `waiters`
+     * (bit id % 64) wait on drained (or stopped exerting backpressure): each
+     * of them re-checks its paused connections, through its inbox. */
+    void (*drained)(struct broker *b, uint64_t waiters);
 };
 
 /* The worker whose thread this is, NULL on other threads. Set by the network

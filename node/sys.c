@@ -15,7 +15,7 @@ static void sys_put(struct broker *b, const char *topic, const char *value)
                             0, true, 0, NULL);
     if (!m)
         return;
-    broker_publish(b, m, 0, NULL, NULL, NULL);
+    broker_publish(b, m, 0, NULL, NULL, NULL, NULL);
     msg_unref(m);
 }
 
@@ -42,8 +42,27 @@ void sys_publish(struct broker *b)
     sys_put_u64(b, "$SYS/broker/messages/received", atomic_load(&b->stats.msgs_received));
     sys_put_u64(b, "$SYS/broker/messages/sent", atomic_load(&b->stats.msgs_sent));
     sys_put_u64(b, "$SYS/broker/messages/dropped", atomic_load(&b->stats.msgs_dropped));
+    sys_put_u64(b, "$SYS/broker/messages/dropped/offline", atomic_load(&b->stats.dropped[0]));
+    sys_put_u64(b, "$SYS/broker/messages/dropped/slow_new", atomic_load(&b->stats.dropped[1]));
+    sys_put_u64(b, "$SYS/broker/messages/dropped/slow_oldest", atomic_load(&b->stats.dropped[2]));
+    sys_put_u64(b, "$SYS/broker/messages/dropped/slow_disconnect",
+                atomic_load(&b->stats.dropped[3]));
+    sys_put_u64(b, "$SYS/broker/clients/slow_disconnected",
+                atomic_load(&b->stats.slow_disconnects));
+    long paused = atomic_load(&b->stats.publishers_paused);
+    sys_put_u64(b, "$SYS/broker/publishers/paused", paused > 0 ? (uint64_t)paused : 0);
+    sys_put_u64(b, "$SYS/broker/publishers/pause_expired", atomic_load(&b->stats.pause_expired));
     sys_put_u64(b, "$SYS/broker/bytes/received", atomic_load(&b->stats.bytes_received));
     sys_put_u64(b, "$SYS/broker/bytes/sent", atomic_load(&b->stats.bytes_sent));
     sys_put_u64(b, "$SYS/broker/subscriptions/count", sub_index_count(b->index));
     sys_put_u64(b, "$SYS/broker/retained messages/count", retain_count(b->retained));
+    /* the front door (docs/security.md) */
+    sys_put_u64(b, "$SYS/broker/security/auth_failed", atomic_load(&b->stats.auth_failed));
+    sys_put_u64(b, "$SYS/broker/security/acl_denied", atomic_load(&b->stats.acl_denied));
+    sys_put_u64(b, "$SYS/broker/limits/connections_per_listener",
+                atomic_load(&b->stats.refused_listener));
+    sys_put_u64(b, "$SYS/broker/limits/connection_rate", atomic_load(&b->stats.refused_rate));
+    sys_put_u64(b, "$SYS/broker/limits/subscriptions", atomic_load(&b->stats.refused_subs));
+    sys_put_u64(b, "$SYS/broker/limits/topic_length", atomic_load(&b->stats.refused_topic_len));
+    sys_put_u64(b, "$SYS/broker/limits/publish_throttled", atomic_load(&b->stats.throttled));
 }

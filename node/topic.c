@@ -13,6 +13,14 @@
 #define TOPIC_SHARE_PREFIX_LEN (sizeof(TOPIC_SHARE_PREFIX) - 1)
 #define TOPIC_MAX_LEN 65535u
 
+size_t topic_levels(const char *t, size_t len)
+{
+    size_t n = 1;
+    for (const char *p = t, *end = t + len; (p = memchr(p, '/', (size_t)(end - p))); p++)
+        n++;
+    return n;
+}
+
 /* End of the level starting at pos: the index of the next '/' or len. */
 static size_t topic_level_end(const char *s, size_t len, size_t pos)
 {

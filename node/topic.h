@@ -24,6 +24,10 @@ bool topic_filter_valid(const char *f, size_t len);
  * filter (pass the inner filter). */
 bool topic_match(const char *f, size_t flen, const char *t, size_t tlen);
 
+/* The number of levels of a topic name or filter: one more than its '/'
+ * ("a" 1, "a/b" 2, "/" 2, "" 1). Compared with max_topic_levels. */
+size_t topic_levels(const char *t, size_t len);
+
 /* Does the filter contain '+' or '#'? */
 bool topic_has_wildcard(const char *f, size_t len);
 

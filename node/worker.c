@@ -25,12 +25,13 @@
 #include "broker.h"
 #include "conn.h"
 #include "log.h"
+#include "server.h"
 #include "session.h"
 
 #define WORKER_RBUF_SIZE (64u * 1024u)
 #define WORKER_TICK_MS 250
 
-enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_ACK, WCMD_CALL, WCMD_STOP };
+enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_ACK, WCMD_CALL, WCMD_FLOW, WCMD_STOP };
 
 struct wcmd {
     struct wcmd *next;
@@ -73,7 +74,7 @@ static void worker_on_connection(uv_stream_t *server, int status)
         log_warn("accept: %s", uv_strerror(status));
         return;
     }
-    conn_accept(w, server);
+    conn_accept(w, server, (int)((uv_tcp_t *)server - w->listeners));
 }
 
 /* A TCP socket bound to addr:port, SO_REUSEPORT when `reuseport`. Returns
@@ -120,21 +121,23 @@ int worker_port_free(const char *addr, uint16_t port)
     return r;
 }
 
-int worker_listen(struct worker *w, const char *addr, uint16_t port)
+int worker_listen(struct worker *w, int xport, const char *addr, uint16_t port)
 {
     int fd;
     int r = bound_socket(addr, port, true, &fd);
     if (r != 0)
         return r;
-    r = uv_tcp_init(&w->loop, &w->listener);
+    uv_tcp_t *l = &w->listeners[xport];
+    r = uv_tcp_init(&w->loop, l);
     if (r == 0)
-        r = uv_tcp_open(&w->listener, fd);
+        r = uv_tcp_open(l, fd);
     if (r != 0) {
         close(fd);
         return r;
     }
-    w->listener.data = w;
-    r = uv_listen((uv_stream_t *)&w->listener, 1024, worker_on_connection);
+    w->listening[xport] = true;
+    l->data = w;
+    r = uv_listen((uv_stream_t *)l, 1024, worker_on_connection);
     return r;
 }
 
@@ -173,6 +176,18 @@ static bool worker_post(struct worker *w, struct wcmd *cmd)
     return true;
 }
 
+/* Out of memory for a command: have w rescan its connections on its next
+ * turn (see struct worker.rescan). Any thread. */
+static void worker_post_rescan(struct worker *w)
+{
+    pthread_mutex_lock(&w->inbox_lock);
+    if (!w->inbox_closed) {
+        atomic_store(&w->rescan, true);
+        uv_async_send(&w->wake);
+    }
+    pthread_mutex_unlock(&w->inbox_lock);
+}
+
 void worker_post_flush(struct worker *w, struct session *s)
 {
     int want = w->id + 1;
@@ -180,8 +195,13 @@ void worker_post_flush(struct worker *w, struct session *s)
         return;
     atomic_store(&s->flush_posted, want);
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* not left marked as posted (it would never be flushed again):
+         * the rescan flushes it */
+        atomic_compare_exchange_strong(&s->flush_posted, &want, 0);
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_FLUSH;
     cmd->s = session_ref(s);
     worker_post(w, cmd);
@@ -190,8 +210,11 @@ void worker_post_flush(struct worker *w, struct session *s)
 void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool resumed)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* the rescan closes c: its session is no longer attached to it */
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_KICK;
     cmd->c = conn_ref(c);
     cmd->reason = reason;
@@ -202,8 +225,13 @@ void worker_post_kick(struct worker *w, struct conn *c, uint8_t reason, bool res
 void worker_post_ack(struct worker *w, struct conn *c, uint32_t token, int status)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* the result is lost: the connection is closed without the
+         * acknowledgement rather than left waiting for it */
+        atomic_store(&c->ack_lost, true);
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_ACK;
     cmd->c = conn_ref(c);
     cmd->token = token;
@@ -230,11 +258,37 @@ void worker_wake_session(struct worker *owner, struct session *s, struct worker 
         worker_post_flush(owner, s);
 }
 
+void worker_post_flow(struct worker *w)
+{
+    if (atomic_exchange(&w->flow_posted, true))
+        return;
+    struct wcmd *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd) {
+        atomic_store(&w->flow_posted, false); /* the tick checks anyway */
+        return;
+    }
+    cmd->type = WCMD_FLOW;
+    worker_post(w, cmd);
+}
+
+void worker_sink_drained(struct broker *b, uint64_t waiters)
+{
+    struct server *srv = b->server;
+    if (!srv || atomic_load(&b->stopping))
+        return;
+    for (int i = 0; i < srv->n_workers; i++)
+        if (srv->workers[i] && (waiters >> (i % 64)) & 1u)
+            worker_post_flow(srv->workers[i]);
+}
+
 void worker_post_stop(struct worker *w)
 {
     struct wcmd *cmd = calloc(1, sizeof(*cmd));
-    if (!cmd)
+    if (!cmd) {
+        /* the wake-up sees b->stopping (set before any stop is posted) */
+        worker_post_rescan(w);
         return;
+    }
     cmd->type = WCMD_STOP;
     worker_post(w, cmd);
 }
@@ -251,6 +305,7 @@ void worker_defer_flush(struct worker *w, struct session *s)
         struct session **p = realloc(w->flush, cap * sizeof(*p));
         if (!p) {
             atomic_store(&s->flush_posted, 0);
+            atomic_store(&w->rescan, true); /* flushed by this turn's rescan */
             return;
         }
         w->flush = p;
@@ -286,6 +341,26 @@ static void worker_on_check(uv_check_t *h)
         session_unref(w->flush[i]);
     }
     w->n_flush = 0;
+    if (atomic_exchange(&w->rescan, false)) {
+        /* commands were lost to failed allocations (struct worker.rescan) */
+        for (struct conn *k = w->conns, *next; k; k = next) {
+            next = k->next;
+            if (atomic_exchange(&k->ack_lost, false)) {
+                conn_close(k, MQTT_RC_UNSPECIFIED, false);
+                continue;
+            }
+            struct session *s = k->session;
+            if (k->state != CONN_ACTIVE || !s)
+                continue;
+            lock_acquire(&s->lock);
+            bool taken_over = s->conn != k;
+            lock_release(&s->lock);
+            if (taken_over) /* [MQTT-3.1.1 3.1.4-2, MQTT-5.0 3.1.4-3] its kick was lost */
+                conn_close(k, MQTT_RC_SESSION_TAKEN_OVER, false);
+            else
+                worker_flush_session(w, s);
+        }
+    }
     struct conn *c = w->dirty;
     w->dirty = NULL;
     while (c) {
@@ -324,7 +399,9 @@ static void worker_stop(struct worker *w)
         c = next;
     }
     worker_on_check(&w->flush_check);
-    worker_close_handle((uv_handle_t *)&w->listener);
+    for (int i = 0; i < 4; i++)
+        if (w->listening[i])
+            worker_close_handle((uv_handle_t *)&w->listeners[i]);
     /* The tick keeps running: it closes connections whose client does not
      * read what is left to write (after the close grace period). */
     worker_conn_gone(w); /* no connection left: close the inbox now */
@@ -355,6 +432,10 @@ static void worker_on_wake(uv_async_t *h)
             cmd->fn(cmd->ud);
             cmd->fn = NULL;
             break;
+        case WCMD_FLOW:
+            atomic_store(&w->flow_posted, false);
+            conn_flow_check(w, uv_now(&w->loop));
+            break;
         case WCMD_STOP:
             stop = true;
             break;
@@ -362,7 +443,8 @@ static void worker_on_wake(uv_async_t *h)
         worker_free_cmd(cmd);
         cmd = next;
     }
-    if (stop)
+    /* b->stopping: also when the WCMD_STOP could not be allocated */
+    if (stop || atomic_load(&w->b->stopping))
         worker_stop(w);
 }
 
@@ -370,6 +452,17 @@ static void worker_on_tick(uv_timer_t *t)
 {
     struct worker *w = t->data;
     uint64_t now = uv_now(&w->loop);
+    if (w->n_paused) /* max_publisher_pause */
+        conn_flow_check(w, now);
+    if (w->accept_retry && !w->stopping) {
+        /* a connection the listener of that kind could not take for lack
+         * of memory waits in its backlog (conn_accept) */
+        unsigned retry = w->accept_retry;
+        w->accept_retry = 0;
+        for (int x = 0; x < CONFIG_XPORT_COUNT; x++)
+            if (retry & (1u << x))
+                conn_accept(w, (uv_stream_t *)&w->listeners[x], x);
+    }
     struct conn *c = w->conns;
     while (c) {
         struct conn *next = c->next;
@@ -445,6 +538,9 @@ void worker_free(struct worker *w)
     for (size_t i = 0; i < w->n_flush; i++)
         session_unref(w->flush[i]);
     free(w->flush);
+    for (size_t i = 0; i < w->n_paused; i++)
+        conn_unref(w->paused[i]);
+    free(w->paused);
     struct wcmd *cmd = w->inbox_head;
     while (cmd) {
         struct wcmd *next = cmd->next;

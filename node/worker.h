@@ -10,6 +10,7 @@
 #define STARLING_WORKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -27,7 +28,9 @@ struct worker {
     int id;
     struct broker *b;
     uv_loop_t loop;
-    uv_tcp_t listener;
+    /* one listener per transport (enum config_xport), when configured */
+    uv_tcp_t listeners[4];
+    bool listening[4];
     uv_async_t wake;
     uv_timer_t tick;
     uv_check_t flush_check;
@@ -38,6 +41,16 @@ struct worker {
     pthread_mutex_t inbox_lock;
     struct wcmd *inbox_head, *inbox_tail;
     bool inbox_closed;
+    /* A command could not be allocated (out of memory): at the end of its
+     * next loop turn the worker flushes every session it owns, closes the
+     * connections that lost an acknowledgement (conn.ack_lost) or whose
+     * session was taken over (a lost kick); a lost stop is seen on the
+     * wake-up (broker.stopping). Set by any thread, which then wakes the
+     * loop (no allocation needed). */
+    atomic_bool rescan;
+    /* conn_accept could not allocate a connection: libuv stops watching the
+     * listener until the pending one is accepted, so the tick retries it */
+    unsigned accept_retry; /* bit per listener kind: accept again on the next tick */
 
     /* connections of this worker (doubly linked) */
     struct conn *conns;
@@ -47,6 +60,11 @@ struct worker {
     /* sessions to flush at the end of this loop turn */
     struct session **flush;
     size_t n_flush, cap_flush;
+
+    /* publishers paused by flow control (conn_flow.c), each referenced */
+    struct conn **paused;
+    size_t n_paused, cap_paused;
+    atomic_bool flow_posted; /* a flow check waits in the inbox */
 
     /* shared read buffer for all connections of this worker */
     char *rbuf;
@@ -59,8 +77,9 @@ struct worker *worker_new(struct broker *b, int id);
  * SO_REUSEPORT group, which the workers' listeners would otherwise join and
  * silently share connections with. Returns 0 or a negative libuv error. */
 int worker_port_free(const char *addr, uint16_t port);
-/* Bind the listener (SO_REUSEPORT). Returns 0 or a negative libuv error. */
-int worker_listen(struct worker *w, const char *addr, uint16_t port);
+/* Bind the listener of transport xport (enum config_xport; SO_REUSEPORT).
+ * Returns 0 or a negative libuv error. */
+int worker_listen(struct worker *w, int xport, const char *addr, uint16_t port);
 int worker_start(struct worker *w);
 void worker_join(struct worker *w);
 void worker_free(struct worker *w);
@@ -81,6 +100,12 @@ int worker_post_call(struct worker *w, void (*fn)(void *ud), void *ud);
 /* Flush s on owner's thread: deferred to the end of the turn when owner is
  * cur (the calling worker), posted otherwise. Any thread (sink_ops.wake). */
 void worker_wake_session(struct worker *owner, struct session *s, struct worker *cur);
+/* Have w re-check its paused publishers (conn_flow_check) through its
+ * inbox; coalesced. Any thread. */
+void worker_post_flow(struct worker *w);
+/* sink_ops.drained: a flow check on each worker of `waiters` (bit id % 64).
+ * Any thread. */
+void worker_sink_drained(struct broker *b, uint64_t waiters);
 /* Ask w to close all its connections and stop its loop. Any thread. */
 void worker_post_stop(struct worker *w);
 

@@ -189,6 +189,17 @@ size_t store_batch_ops(const struct store_batch *b)
     return b->nops;
 }
 
+int store_batch_error(const struct store_batch *b)
+{
+    return b->err;
+}
+
+void store_batch_fail(struct store_batch *b, int err)
+{
+    if (b && !b->err && err < 0)
+        b->err = err;
+}
+
 /* Start an operation: returns it with koff set, or NULL (batch poisoned). */
 static struct op *op_begin(struct store_batch *b, enum op_kind kind, enum db db)
 {

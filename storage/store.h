@@ -139,6 +139,13 @@ struct store_batch *store_batch_new(void);
 void store_batch_free(struct store_batch *b);
 /* Number of operations in b. */
 size_t store_batch_ops(const struct store_batch *b);
+/* 0, or the error of the first operation that failed on b (-ENOMEM,
+ * -EINVAL): such a batch has lost an operation and fails as a whole when
+ * submitted, even with no operation left in it. */
+int store_batch_error(const struct store_batch *b);
+/* Mark b failed with err (< 0) when the caller could not even build an
+ * operation for it: store_submit then fails b as a whole. */
+void store_batch_fail(struct store_batch *b, int err);
 
 /* Create or replace the session of client_id (id_len bytes, any length). */
 int store_session_put(struct store_batch *b, const char *client_id, uint16_t id_len,

@@ -26,51 +26,86 @@ void rbuf_free(struct rbuf *b)
     buf_free(&b->b);
 }
 
+/* Room for n more bytes, written by the caller: a pointer to them, or NULL
+ * (and the buffer marked out of memory). One capacity check per field, no
+ * memcpy call for a 1-8 byte integer: records are encoded on the store's
+ * hot path (a QoS 1/2 message to a persistent session). */
+static inline uint8_t *rbuf_room(struct rbuf *b, size_t n)
+{
+    if (b->oom)
+        return NULL;
+    if (b->b.cap - b->b.len < n && buf_reserve(&b->b, n) < 0) {
+        b->oom = true;
+        return NULL;
+    }
+    uint8_t *p = b->b.data + b->b.len;
+    b->b.len += n;
+    return p;
+}
+
 void rbuf_put(struct rbuf *b, const void *d, size_t n)
 {
-    if (!b->oom && buf_append(&b->b, d, n) < 0)
-        b->oom = true;
+    if (n == 0)
+        return;
+    uint8_t *p = rbuf_room(b, n);
+    if (p)
+        memcpy(p, d, n);
 }
 
 void rbuf_u8(struct rbuf *b, uint8_t v)
 {
-    rbuf_put(b, &v, 1);
+    uint8_t *p = rbuf_room(b, 1);
+    if (p)
+        p[0] = v;
+}
+
+static inline void rbuf_le(struct rbuf *b, uint64_t v, int n)
+{
+    uint8_t *p = rbuf_room(b, (size_t)n);
+    if (p)
+        for (int i = 0; i < n; i++)
+            p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void rbuf_be(struct rbuf *b, uint64_t v, int n)
+{
+    uint8_t *p = rbuf_room(b, (size_t)n);
+    if (p)
+        for (int i = 0; i < n; i++)
+            p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
 }
 
 void rbuf_le16(struct rbuf *b, uint16_t v)
 {
-    uint8_t x[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
-    rbuf_put(b, x, 2);
+    rbuf_le(b, v, 2);
 }
 
 void rbuf_le32(struct rbuf *b, uint32_t v)
 {
-    uint8_t x[4];
-    for (int i = 0; i < 4; i++)
-        x[i] = (uint8_t)(v >> (8 * i));
-    rbuf_put(b, x, 4);
+    rbuf_le(b, v, 4);
 }
 
 void rbuf_le64(struct rbuf *b, uint64_t v)
 {
-    uint8_t x[8];
-    for (int i = 0; i < 8; i++)
-        x[i] = (uint8_t)(v >> (8 * i));
-    rbuf_put(b, x, 8);
+    rbuf_le(b, v, 8);
 }
 
 void rbuf_be16(struct rbuf *b, uint16_t v)
 {
-    uint8_t x[2] = {(uint8_t)(v >> 8), (uint8_t)v};
-    rbuf_put(b, x, 2);
+    rbuf_be(b, v, 2);
 }
 
 void rbuf_be64(struct rbuf *b, uint64_t v)
 {
-    uint8_t x[8];
-    for (int i = 0; i < 8; i++)
-        x[i] = (uint8_t)(v >> (56 - 8 * i));
-    rbuf_put(b, x, 8);
+    rbuf_be(b, v, 8);
+}
+
+/* Reserve a whole record at once (one realloc at most), so the fields
+ * below only check the capacity. */
+static void rbuf_expect(struct rbuf *b, size_t n)
+{
+    if (!b->oom && buf_reserve(&b->b, n) < 0)
+        b->oom = true;
 }
 
 void rec_put_idkey(struct rbuf *b, const void *id, uint16_t len)
@@ -109,17 +144,21 @@ void rec_put_session(struct rbuf *b, const struct store_session *rec)
 
 void rec_put_message(struct rbuf *b, const struct msg *m)
 {
+    size_t data = (size_t)m->topic_len + m->payload_len + m->props_len;
+    rbuf_expect(b, 20 + data);
     rbuf_u8(b, m->qos);
     rbuf_u8(b, m->retain ? 1 : 0);
     rbuf_le64(b, m->expiry_at);
     rbuf_le16(b, m->topic_len);
     rbuf_le32(b, m->payload_len);
     rbuf_le32(b, m->props_len);
-    rbuf_put(b, m->data, (size_t)m->topic_len + m->payload_len + m->props_len);
+    rbuf_put(b, m->data, data);
 }
 
 void rec_put_msg(struct rbuf *b, const struct store_msg *rec)
 {
+    const struct msg *m = rec->m;
+    rbuf_expect(b, 7 + 4 * (size_t)rec->n_ids + 20 + m->topic_len + m->payload_len + m->props_len);
     rbuf_u8(b, rec->state);
     rbuf_le16(b, rec->pid);
     rbuf_u8(b, rec->qos);

@@ -45,6 +45,15 @@ STARLING_KEYS = {
     "max_keepalive", "connect_timeout", "sys_interval", "max_session_expiry",
     "retain_available", "max_qos", "allow_zero_length_clientid", "max_connections",
     "log_level", "persistence", "data_dir", "sync", "api_key", "metrics_auth", "admin_bind",
+    # the front door (docs/security.md)
+    "tls_port", "ws_port", "wss_port", "proxy_protocol", "tls_certfile", "tls_keyfile",
+    "tls_cafile", "tls_require_certificate", "tls_use_identity_as_username", "tls_ciphers",
+    "tls_min_version", "ws_origins", "allow_anonymous", "password_file", "acl_file",
+    "max_connections_per_listener", "max_connection_rate", "max_subscriptions_per_client",
+    "max_topic_length", "max_publish_rate",
+    # flow control (docs/architecture.md)
+    "slow_subscriber_policy", "max_publisher_pause", "max_write_buffer", "workers",
+    "max_topic_levels",
 }
 
 # Starling key -> mosquitto key, for the options mosquitto has an equivalent of.
@@ -131,7 +140,7 @@ def pytest_report_header(config):
 class Broker:
     """One running broker process."""
 
-    def __init__(self, config, tmpdir, admin=False):
+    def __init__(self, config, tmpdir, admin=False, env=None):
         self.host = "127.0.0.1"
         self.port = free_port()
         self.admin_port = free_port() if admin else None
@@ -154,7 +163,10 @@ class Broker:
         if admin and self.kind != "starling":
             pytest.skip("the admin API is Starling's")
         self._stderr_file = open(self.stderr_path, "wb")
-        env = clean_env({"STARLING_ADMIN_PORT": str(self.admin_port)} if admin else None)
+        extra = dict(env or {})
+        if admin:
+            extra["STARLING_ADMIN_PORT"] = str(self.admin_port)
+        env = clean_env(extra)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr_file,
                                      stderr=self._stderr_file, env=env, cwd=tmpdir)
         self._wait_ready()
@@ -301,12 +313,13 @@ class Broker:
 @pytest.fixture
 def broker(tmp_path_factory):
     """Factory: broker(**config) starts a fresh broker and returns its handle;
-    broker(admin=True, **config) also serves the admin API on a free port."""
+    broker(admin=True, **config) also serves the admin API on a free port;
+    `_env` adds variables to the broker's environment."""
     started = []
     tmpdir = str(tmp_path_factory.mktemp("brokers"))
 
-    def start(admin=False, **config):
-        b = Broker(config, tmpdir, admin=admin)
+    def start(admin=False, _env=None, **config):
+        b = Broker(config, tmpdir, admin=admin, env=_env)
         started.append(b)
         return b
 

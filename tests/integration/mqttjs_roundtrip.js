@@ -9,7 +9,7 @@ const [url, ca] = process.argv.slice(2);
 const topic = "fd/mqttjs";
 const payload = Buffer.alloc(70000, 7);
 const fail = (why) => { console.error(why); process.exit(1); };
-const timer = setTimeout(() => fail("timeout"), 10000);
+const timer = setTimeout(() => fail("timeout"), 25000);
 
 const client = mqtt.connect(url, {
   protocolVersion: 4, clientId: "fd-mqttjs", reconnectPeriod: 0,

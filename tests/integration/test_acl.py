@@ -1,4 +1,4 @@
-"""The ACL decision table agrees with a real Mosquitto.
+"""The ACL decision table agrees with a real Mosquitto -- and Starling with both.
 
 tests/data/acl/cases.txt lists (user, client id, access, topic, allow|deny)
 for tests/data/acl/aclfile. tests/unit/test_acl.c checks Starling's acl.c
@@ -11,6 +11,11 @@ are not sent to Mosquitto.)
 read: the client subscribes to the topic and to "marker/<client id>" (which
 the aclfile lets it read); `feed` publishes the topic, then the marker, both
 QoS 1; once the marker arrives, the topic has arrived or never will.
+The same cases run against a Starling node given the same password and ACL
+files (the `acl_broker` fixture is parametrized: mosquitto, starling).
+Starling may also refuse the SUBSCRIBE of a topic the client can never read
+(0x80), which is the same outcome: nothing arrives.
+
 write: the client publishes the topic (QoS 1, PUBACK awaited), then `feed`
 publishes a marker; `watch` (read #) reports whether the topic came first.
 """
@@ -24,7 +29,7 @@ import tempfile
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import REPO
+from conftest import REPO, Broker
 from mosquitto_ref import RefMosquitto
 
 DATA = REPO / "tests" / "data" / "acl"
@@ -58,10 +63,11 @@ class Client:
         self.c.loop_start()
         assert self.acks.get(timeout=WAIT) == ("connack", 0)
 
-    def subscribe(self, filters):
+    def subscribe(self, filters, refusable=()):
         self.c.subscribe([(f, 1) for f in filters])
         kind, granted = self.acks.get(timeout=WAIT)
-        assert kind == "suback" and all(g == 1 for g in granted)
+        assert kind == "suback" and all(g == 1 or (g == 0x80 and f in refusable)
+                                        for f, g in zip(filters, granted)), granted
 
     def publish(self, topic):
         info = self.c.publish(topic, b"x", qos=1)
@@ -80,16 +86,23 @@ class Client:
         self.c.loop_stop()
 
 
-@pytest.fixture(scope="module")
-def mosquitto():
+@pytest.fixture(scope="module", params=["mosquitto", "starling"])
+def mosquitto(request):
     scratch = tempfile.mkdtemp(prefix="starling_acl_")
     pw = os.path.join(scratch, "pw")
     users = ["alice", "bob", "carol", "root", "feed", "watch"]
     for i, u in enumerate(users):
         subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", pw, u, u],
                        check=True)
-    m = RefMosquitto(scratch, f"allow_anonymous true\npassword_file {pw}\n"
-                              f"acl_file {DATA / 'aclfile'}\n")
+    if request.param == "mosquitto":
+        m = RefMosquitto(scratch, f"allow_anonymous true\npassword_file {pw}\n"
+                                  f"acl_file {DATA / 'aclfile'}\n")
+        m.refusable = False
+    else:
+        m = Broker({"allow_anonymous": True, "password_file": pw,
+                    "acl_file": DATA / "aclfile", "persistence": False}, scratch)
+        m.read_log = m.stderr_text
+        m.refusable = True
     yield m
     m.stop()
     shutil.rmtree(scratch, ignore_errors=True)
@@ -112,7 +125,7 @@ def test_case_agrees_with_mosquitto(mosquitto, user, cid, access, topic, allowed
                 except queue.Empty:
                     got = []
             else:
-                sub.subscribe([topic, marker])
+                sub.subscribe([topic, marker], refusable=[topic] if mosquitto.refusable else [])
                 feed.publish(topic)
                 feed.publish(marker)
                 got = sub.topics_until(marker)

@@ -92,6 +92,18 @@ def test_MQTT_311_4_7_1_1_will_topic_wildcard_refused(broker):
     closed_no_connack_accept(c)
 
 
+@pytest.mark.parametrize("topic", ["", "w/+", "w/#"], ids=["empty", "plus", "hash"])
+def test_MQTT_311_3_1_4_1_will_topic_not_a_topic_name_closed_without_connack(broker, topic):
+    """[MQTT-3.1.1 3.1.4-1] the Server MUST validate that the CONNECT packet
+    conforms to section 3.1 and close the Network Connection without
+    sending a CONNACK if it does not: a will topic that is empty
+    [MQTT-3.1.1 4.7.3-1] or holds wildcards is not a Topic Name."""
+    b = broker()
+    c = M.Client(b, version=V)
+    c.send(M.connect(uid(), version=V, will={"topic": topic, "payload": b"x"}))
+    assert c.expect_closed() == []
+
+
 def test_MQTT_311_3_1_3_11_username_and_password_accepted(broker):
     """User name (UTF-8) and password (binary) fields are parsed; anonymous
     access is allowed so the CONNECT is accepted."""
@@ -457,10 +469,11 @@ def test_MQTT_311_1_5_3_long_topic_65535_bytes(broker):
 
 @pytest.mark.starling_only  # mosquitto 2.0.11 limits topics to 200 levels
 def test_MQTT_311_4_7_deep_topic_hierarchy(broker):
-    """A topic of 1000 levels matches '#', a '+'-per-level filter prefix and
-    an exact filter."""
+    """A topic of 200 levels (the most max_topic_levels allows by default,
+    as Mosquitto) matches '#', a '+'-per-level filter prefix and an exact
+    filter."""
     b = broker()
-    levels = ["l%d" % i for i in range(1000)]
+    levels = ["l%d" % i for i in range(200)]
     t = "/".join(levels)
     sub = r4(b)
     sub.subscribe([(t, 0), ("l0/+/l2/#", 0)])
@@ -503,6 +516,38 @@ def test_MQTT_311_4_7_1_invalid_topic_filter_refused(broker, flt):
         return
     assert p.type == M.SUBACK and p.packet_id == pid
     assert p.reason_codes == [0x80]
+
+
+def test_MQTT_311_4_7_3_1_subscribe_empty_filter_closes(broker):
+    """[MQTT-3.1.1 4.7.3-1] topic filters are at least one character long; a
+    SUBSCRIBE with an empty one is a protocol violation, on which 3.1.1
+    closes the connection [MQTT-3.1.1 4.8.0-1] -- no SUBACK, and the valid
+    filter beside it is not subscribed either."""
+    b = broker()
+    c = r4(b)
+    c.subscribe([("ok/filter", 0), ("", 0)], expect=False)
+    assert c.expect_closed() == []
+
+
+def test_MQTT_311_4_7_3_1_unsubscribe_empty_filter_closes(broker):
+    """[MQTT-3.1.1 4.7.3-1/4.8.0-1] the same for UNSUBSCRIBE."""
+    b = broker()
+    c = r4(b)
+    c.subscribe(("ok/filter", 0))
+    c.unsubscribe(["", "ok/filter"], expect=False)
+    assert c.expect_closed() == []
+
+
+@pytest.mark.parametrize("name", ["MQTX", "mqtt", ""])
+def test_MQTT_311_3_1_2_1_wrong_protocol_name_closed_without_connack(broker, name):
+    """[MQTT-3.1.1 3.1.2-1, MQTT-5.0 3.1.2-1] if the protocol name is
+    incorrect the server may disconnect the client, and must not go on
+    processing the CONNECT in line with this specification: closed, without
+    a CONNACK."""
+    b = broker()
+    c = M.Client(b, version=V)
+    c.send(M.connect(uid(), version=V, protocol_name=name))
+    assert c.expect_closed() == []
 
 
 def test_MQTT_311_3_8_3_4_subscribe_qos_3_closes(broker):

@@ -72,6 +72,25 @@ def test_MQTT_311_3_1_mqtt31_mqisdp_accepted(broker):
     assert M.PUBACK in got
 
 
+def test_MQTT_31_3_2_connack_byte_1_reserved_no_session_present(broker):
+    """MQTT 3.1 (section 3.2, CONNACK): the first byte of the variable header
+    is reserved ("not used") -- 3.1 has no session present flag, which came
+    with 3.1.1. A 3.1 client resuming its session (clean session 0) gets
+    0x00 there, not 0x01."""
+    b = broker()
+    cid = uid()
+    c = M.Client(b, version=3)
+    assert c.connect(cid, version=3, clean=False).body == b"\x00\x00"
+    c.subscribe(("t31/keep", 1))
+    c.disconnect()
+    c = M.Client(b, version=3)
+    assert c.connect(cid, version=3, clean=False).body == b"\x00\x00"
+    # the session was resumed all the same: its subscription is there
+    c.publish("t31/keep", b"kept", qos=1)
+    got = {p.type: p for p in (c.recv(), c.recv())}
+    assert got[M.PUBLISH].payload == b"kept"
+
+
 # ------------------------------------------------------------ first / second CONNECT
 
 @pytest.mark.parametrize("first", [M.pingreq(), M.publish("a", b"x", version=4),
@@ -213,6 +232,28 @@ def test_MQTT_311_3_1_2_6_clean_session_discards_session_311(broker):
     c.subscribe(("sess/marker", 0))
     c.publish("sess/gone", b"must not arrive")
     raw_marker(c, c, "sess/marker")
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_MQTT_311_3_1_2_6_clean_session_1_not_resumed_by_takeover(broker, version):
+    """[MQTT-3.1.1 3.1.2-6] a session started with CleanSession 1 lasts as
+    long as its network connection and its state is never reused (5.0: a
+    Session Expiry Interval of 0 ends the session with the connection, MQTT
+    5.0 section 3.1.2.11.2). A CleanSession 0 CONNECT with the same client id
+    that takes the connection over starts a new session: session present 0,
+    and the old subscription is gone."""
+    b = broker()
+    cid = uid()
+    old = raw(b, cid, version=version, clean=True)
+    old.subscribe(("sess/clean1", 1))
+    kw = {"properties": {"session_expiry_interval": 60}} if version == 5 else {}
+    new = raw(b, cid, version=version, clean=False, **kw)
+    assert new.connack.session_present is False
+    assert new.connack.reason_code == 0
+    old.expect_closed()
+    new.subscribe(("sess/marker", 0))
+    new.publish("sess/clean1", b"must not arrive")
+    raw_marker(new, new, "sess/marker")
 
 
 def test_MQTT_50_3_1_2_4_clean_start_discards_session(broker):

@@ -674,6 +674,47 @@ def test_sigterm_restart_keeps_sessions_subscriptions_retained(broker, tmp_path)
         c.disconnect()
 
 
+def test_restart_packet_ids_continue_after_the_stored_messages(broker, tmp_path):
+    """A persistent session's first packet identifier is 1; after a restart
+    from the store, a message left unacknowledged is resent with its packet
+    id, a queued one keeps the id that follows, and new messages go on
+    from there: the sequence a restored session continues is the one its
+    stored messages carry."""
+    data = str(tmp_path / "data")
+    b = broker(data_dir=data)
+    cid = uid("dur-pid")
+    s = raw(b, cid, 5, properties=SESSION_5)
+    s.subscribe(("pidr/t", M.sub_options(qos=1)))
+    pub = raw(b, uid("pub"), 5)
+    for payload in (b"a", b"b"):
+        pub.publish("pidr/t", payload, qos=1)
+        assert pub.expect(M.PUBACK).reason_code == 0
+    a = s.recv_publish()  # acknowledged
+    p = s.recv_publish(ack=False)  # left inflight
+    assert [(a.payload, a.packet_id), (p.payload, p.packet_id)] == [(b"a", 1), (b"b", 2)]
+    s.pingreq()  # the PUBACK of "a" was read before the connection goes
+    assert s.expect(M.PINGRESP)
+    s.close()
+    pub.publish("pidr/t", b"c", qos=1)  # queued while offline
+    assert pub.expect(M.PUBACK).reason_code == 0
+    pub.disconnect()
+    b.stop()
+
+    b2 = broker(data_dir=data)
+    s = raw(b2, cid, 5, clean=False, properties=SESSION_5)
+    assert s.connack.session_present
+    got = [s.recv_publish() for _ in range(2)]
+    # (the resend of "b" comes from the restored queue: DUP is not asserted)
+    assert [(q.payload, q.packet_id) for q in got] == [(b"b", 2), (b"c", 3)]
+    pub = raw(b2, uid("pub"), 5)
+    pub.publish("pidr/t", b"d", qos=1)
+    assert pub.expect(M.PUBACK).reason_code == 0
+    d = s.recv_publish()
+    assert (d.payload, d.packet_id) == (b"d", 4)
+    for c in (s, pub):
+        c.disconnect()
+
+
 # ---------------------------------------------------------------- 3. expiry while down
 
 def test_expiry_while_down(broker, tmp_path):

@@ -1,47 +1,42 @@
-"""The front-door engines with independent clients, on real sockets.
+"""The transports of the real broker with independent clients, on real sockets.
 
-tests/tools/frontdoor_harness stacks the PROXY parser, the TLS engine and the
-WebSocket engine in front of a plain Mosquitto (the backend), as a Starling
-listener will: mosquitto_pub/mosquitto_sub with --cafile, --cert/--key, paho
-over websockets (ws and wss), and raw sockets sending PROXY headers talk to
-it. Certificates are made with the `openssl` command in a temporary
+A Starling node with its TLS, WebSocket and secure WebSocket listeners (and
+the PROXY protocol on some of them): mosquitto_pub/mosquitto_sub with
+--cafile, --cert/--key, paho over websockets (ws and wss), MQTT.js over ws
+and wss, raw sockets sending PROXY headers, and malformed input on every
+listener. Certificates are made with the `openssl` command in a temporary
 directory removed afterwards.
 """
 
 import os
-import queue
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import STARLING_BIN
-from mosquitto_ref import RefMosquitto
+import queue
+from conftest import STARLING_BIN, clean_env, free_port, is_starling
 
-HARNESS = Path(STARLING_BIN).resolve().parents[1] / "tests" / "tools" / "frontdoor_harness"
 WAIT = 10
 # MQTT.js from npm (`make npm-deps` installs it here).
 NODE_MODULES = Path(os.environ.get("STARLING_TEST_NODE_MODULES",
                                    Path(__file__).resolve().parents[2] / "build" / "npm" /
                                    "node_modules"))
 
-pytestmark = pytest.mark.skipif(
-    not HARNESS.exists(), reason=f"{HARNESS} not built (it sits next to the tested starling)")
+pytestmark = pytest.mark.starling_only
 
 CONNECT_311 = bytes([0x10, 0x10, 0x00, 0x04]) + b"MQTT" + bytes([0x04, 0x02, 0x00, 0x3C,
                                                                    0x00, 0x04]) + b"fd-1"
+CONNACK_OK = b"\x20\x02\x00\x00"
 
-
-@pytest.fixture(scope="module")
-def certs():
-    d = tempfile.mkdtemp(prefix="starling_frontdoor_")
-    script = r"""
+CERT_SCRIPT = r"""
 set -e; exec >openssl.log 2>&1
 key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1; }
 ca() { key $1.key; openssl req -x509 -new -key $1.key -out $1.pem -days 2 -subj "/CN=$2"; }
@@ -51,63 +46,25 @@ leaf() { key $1.key; openssl req -new -key $1.key -out $1.csr -subj "/CN=$3"
     -extfile $1.ext -out $1.pem; }
 ca ca 'Test CA'; ca ca2 'Other CA'
 leaf server ca localhost 'DNS:localhost,IP:127.0.0.1'
+leaf server2 ca2 localhost 'DNS:localhost,IP:127.0.0.1'
 leaf client ca client1 'DNS:client1.example'
 leaf other ca2 intruder 'DNS:intruder.example'
 """
-    subprocess.run(["sh", "-c", script], cwd=d, check=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def certs():
+    d = tempfile.mkdtemp(prefix="starling_frontdoor_")
+    subprocess.run(["sh", "-c", CERT_SCRIPT], cwd=d, check=True, timeout=60)
     yield Path(d)
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def backend():
-    d = tempfile.mkdtemp(prefix="starling_frontdoor_mq_")
-    m = RefMosquitto(d, "allow_anonymous true\n")
-    yield m
-    m.stop()
-    shutil.rmtree(d, ignore_errors=True)
-
-
-class Harness:
-    def __init__(self, backend, *args):
-        self.proc = subprocess.Popen([str(HARNESS), "-b", str(backend.port), *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        first = self.lines.get(timeout=WAIT)
-        assert first.startswith("listening "), first
-        self.port = int(first.split()[1])
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def expect(self, line):
-        got = self.lines.get(timeout=WAIT)
-        assert got == line
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(WAIT)
-        rest = []
-        while not self.lines.empty():
-            rest.append(self.lines.get())
-        bad = [l for l in rest if "Sanitizer" in l or "runtime error" in l]
-        assert not bad, "\n".join(rest)
-
-
-@pytest.fixture
-def harness(backend):
-    started = []
-
-    def start(*args):
-        h = Harness(backend, *args)
-        started.append(h)
-        return h
-
-    yield start
-    for h in started:
-        h.stop()
+def tls_conf(certs, **kw):
+    conf = dict(tls_port=free_port(), tls_certfile=certs / "server.pem",
+                tls_keyfile=certs / "server.key")
+    conf.update(kw)
+    return conf
 
 
 def mosq(tool, port, *args):
@@ -115,33 +72,82 @@ def mosq(tool, port, *args):
                           capture_output=True, text=True, timeout=30)
 
 
-def test_tls_with_mosquitto_clients(certs, harness):
-    h = harness("-t", certs / "server.pem", certs / "server.key")
+def wait_log(b, text, timeout=WAIT):
+    """Wait (bounded) until the broker's log contains text."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in b.stderr_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the log:\n{b.stderr_text()[-3000:]}")
+
+
+def test_tls_with_mosquitto_clients(certs, broker):
+    conf = tls_conf(certs)
+    b = broker(**conf)
+    port = conf["tls_port"]
     tls = ["--cafile", str(certs / "ca.pem")]
-    r = mosq("mosquitto_pub", h.port, *tls, "-t", "fd/tls", "-m", "over tls", "-r", "-q", "1")
+    r = mosq("mosquitto_pub", port, *tls, "-t", "fd/tls", "-m", "over tls", "-r", "-q", "1")
     assert r.returncode == 0, r.stderr
-    r = mosq("mosquitto_sub", h.port, *tls, "-t", "fd/tls", "-C", "1", "-W", "10")
+    r = mosq("mosquitto_sub", port, *tls, "-t", "fd/tls", "-C", "1", "-W", "10")
+    assert r.returncode == 0 and r.stdout == "over tls\n", r.stderr
+    # The plain listener sees the same broker: the retained message is there.
+    r = mosq("mosquitto_sub", b.port, "-t", "fd/tls", "-C", "1", "-W", "10")
     assert r.returncode == 0 and r.stdout == "over tls\n", r.stderr
     # A client that does not trust the server's CA gives up.
-    r = mosq("mosquitto_pub", h.port, "--cafile", str(certs / "ca2.pem"), "-t", "x", "-m", "y")
+    r = mosq("mosquitto_pub", port, "--cafile", str(certs / "ca2.pem"), "-t", "x", "-m", "y")
     assert r.returncode != 0
 
 
-def test_mutual_tls(certs, harness):
-    h = harness("-t", certs / "server.pem", certs / "server.key", "-a", certs / "ca.pem", "-r")
+def test_mutual_tls(certs, broker):
+    conf = tls_conf(certs, tls_cafile=certs / "ca.pem", tls_require_certificate=True)
+    broker(**conf)
+    port = conf["tls_port"]
     tls = ["--cafile", str(certs / "ca.pem")]
-    r = mosq("mosquitto_pub", h.port, *tls, "--cert", str(certs / "client.pem"), "--key",
+    r = mosq("mosquitto_pub", port, *tls, "--cert", str(certs / "client.pem"), "--key",
              str(certs / "client.key"), "-t", "fd/mtls", "-m", "m", "-q", "1")
     assert r.returncode == 0, r.stderr
-    h.expect("identity client1")
-    r = mosq("mosquitto_pub", h.port, *tls, "-t", "fd/mtls", "-m", "m")
+    r = mosq("mosquitto_pub", port, *tls, "-t", "fd/mtls", "-m", "m")
     assert r.returncode != 0
-    h.expect("refused peer did not return a certificate")
-    r = mosq("mosquitto_pub", h.port, *tls, "--cert", str(certs / "other.pem"), "--key",
+    r = mosq("mosquitto_pub", port, *tls, "--cert", str(certs / "other.pem"), "--key",
              str(certs / "other.key"), "-t", "fd/mtls", "-m", "m")
     assert r.returncode != 0
-    line = h.lines.get(timeout=WAIT)
-    assert line.startswith("refused certificate verify failed"), line
+
+
+def test_identity_as_username_with_acl(certs, broker, tmp_path):
+    acl = tmp_path / "acl"
+    acl.write_text("user client1\ntopic readwrite id/client1/#\n")
+    conf = tls_conf(certs, tls_cafile=certs / "ca.pem", tls_require_certificate=True,
+                    tls_use_identity_as_username=True, acl_file=acl, allow_anonymous=False)
+    b = broker(**conf)
+    port = conf["tls_port"]
+    mtls = ["--cafile", str(certs / "ca.pem"), "--cert", str(certs / "client.pem"), "--key",
+            str(certs / "client.key")]
+    got = queue.Queue()
+    c = mqtt.Client(client_id="fd-id", protocol=mqtt.MQTTv311)
+    c.tls_set(ca_certs=str(certs / "ca.pem"), certfile=str(certs / "client.pem"),
+              keyfile=str(certs / "client.key"))
+    c.on_connect = lambda cl, u, f, rc: got.put(("connack", rc))
+    c.on_subscribe = lambda cl, u, mid, g: got.put(("suback", g))
+    c.on_message = lambda cl, u, m: got.put(("msg", m.topic, m.payload))
+    c.connect("localhost", port)
+    c.loop_start()
+    try:
+        assert got.get(timeout=WAIT) == ("connack", 0)
+        c.subscribe("id/#", 1)
+        assert got.get(timeout=WAIT) == ("suback", (1,))
+        # The user client1 may write id/client1/x but not id/other.
+        r = mosq("mosquitto_pub", port, *mtls, "-t", "id/other", "-m", "no", "-q", "1")
+        assert r.returncode == 0, r.stderr
+        r = mosq("mosquitto_pub", port, *mtls, "-t", "id/client1/x", "-m", "yes", "-q", "1")
+        assert r.returncode == 0, r.stderr
+        assert got.get(timeout=WAIT) == ("msg", "id/client1/x", b"yes")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    # Plain TCP, anonymous: refused (3.1.1 return code 5, not authorised).
+    r = mosq("mosquitto_pub", b.port, "-t", "id/client1/x", "-m", "m")
+    assert r.returncode != 0 and "not authorised" in (r.stdout + r.stderr).lower()
 
 
 def paho_roundtrip(port, topic, tls_ca=None):
@@ -168,14 +174,16 @@ def paho_roundtrip(port, topic, tls_ca=None):
         c.loop_stop()
 
 
-def test_websocket_with_paho(harness):
-    h = harness("-w")
-    paho_roundtrip(h.port, "fd/ws")
+def test_websocket_with_paho(broker):
+    port = free_port()
+    broker(ws_port=port)
+    paho_roundtrip(port, "fd/ws")
 
 
-def test_secure_websocket_with_paho(certs, harness):
-    h = harness("-t", certs / "server.pem", certs / "server.key", "-w")
-    paho_roundtrip(h.port, "fd/wss", tls_ca=certs / "ca.pem")
+def test_secure_websocket_with_paho(certs, broker):
+    port = free_port()
+    broker(wss_port=port, tls_certfile=certs / "server.pem", tls_keyfile=certs / "server.key")
+    paho_roundtrip(port, "fd/wss", tls_ca=certs / "ca.pem")
 
 
 def connack_after(port, first, wrap=None):
@@ -196,43 +204,197 @@ def connack_after(port, first, wrap=None):
         s.close()
 
 
-def test_proxy_protocol_v1_and_v2(harness):
-    h = harness("-p")
-    assert connack_after(h.port, b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 1883\r\n") == \
-        b"\x20\x02\x00\x00"
-    h.expect("client 198.51.100.9:40000")
+def test_proxy_protocol_v1_and_v2(broker):
+    b = broker(proxy_protocol="tcp", log_level="debug")
+    assert connack_after(b.port, b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 1883\r\n") == CONNACK_OK
+    wait_log(b, "198.51.100.9:40000: client 'fd-1' connected")
     v2 = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x21\x00\x24" + socket.inet_pton(socket.AF_INET6, "2001:db8::7")
           + socket.inet_pton(socket.AF_INET6, "::1") + b"\x30\x39\x07\x5b")
-    assert connack_after(h.port, v2) == b"\x20\x02\x00\x00"
-    h.expect("client [2001:db8::7]:12345")
+    assert connack_after(b.port, v2) == CONNACK_OK
+    wait_log(b, "[2001:db8::7]:12345: client 'fd-1' connected")
     # No header: closed without an answer.
-    assert connack_after(h.port, b"") == b""
-    h.expect("refused no PROXY protocol header")
+    assert connack_after(b.port, b"") == b""
+    wait_log(b, "closed: ")
 
 
-def test_proxy_protocol_under_tls(certs, harness):
-    h = harness("-p", "-t", certs / "server.pem", certs / "server.key")
+def test_proxy_protocol_under_tls(certs, broker):
+    conf = tls_conf(certs, proxy_protocol="tls", log_level="debug")
+    b = broker(**conf)
     ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
     v2 = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 7, 127, 0, 0, 1])
           + b"\xdb\xf0\x22\xb3")
-    got = connack_after(h.port, v2, wrap=lambda s: ctx.wrap_socket(s, server_hostname="localhost"))
-    assert got == b"\x20\x02\x00\x00"
-    h.expect("client 203.0.113.7:56304")
+    got = connack_after(conf["tls_port"], v2,
+                        wrap=lambda s: ctx.wrap_socket(s, server_hostname="localhost"))
+    assert got == CONNACK_OK
+    wait_log(b, "203.0.113.7:56304: client 'fd-1' connected")
+    # The plain listener expects no header.
+    assert connack_after(b.port, b"") == CONNACK_OK
 
 
 def mqttjs(url, ca=None):
     env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
     return subprocess.run(["node", str(Path(__file__).parent / "mqttjs_roundtrip.js"), url,
                            *([str(ca)] if ca else [])],
-                          capture_output=True, text=True, timeout=30, env=env)
+                          capture_output=True, text=True, timeout=40, env=env)
 
 
 @pytest.mark.skipif(not (NODE_MODULES / "mqtt").exists() or not shutil.which("node"),
                     reason="MQTT.js not installed: make npm-deps")
-def test_websocket_with_mqtt_js(certs, harness):
-    h = harness("-w")
-    r = mqttjs(f"ws://127.0.0.1:{h.port}/mqtt")
+def test_websocket_with_mqtt_js(certs, broker):
+    ws, wss = free_port(), free_port()
+    broker(ws_port=ws, wss_port=wss, tls_certfile=certs / "server.pem",
+           tls_keyfile=certs / "server.key")
+    r = mqttjs(f"ws://127.0.0.1:{ws}/mqtt")
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
-    h = harness("-t", certs / "server.pem", certs / "server.key", "-w")
-    r = mqttjs(f"wss://localhost:{h.port}/mqtt", certs / "ca.pem")
+    r = mqttjs(f"wss://localhost:{wss}/mqtt", certs / "ca.pem")
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+
+
+def read_until_closed(s, limit=65536):
+    data = b""
+    s.settimeout(WAIT)
+    while len(data) < limit:
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_malformed_input_on_every_listener(certs, broker):
+    ws, wss = free_port(), free_port()
+    # connect_timeout closes what is a valid prefix of something (an
+    # incomplete MQTT packet, TLS record or HTTP request)
+    conf = tls_conf(certs, ws_port=ws, wss_port=wss, connect_timeout=1)
+    b = broker(**conf)
+    garbage = [b"\x16\x03\x01\x00\x05hello", b"GET / HTTP/1.1\r\n\r\n", b"\xff" * 300,
+               b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Version: 13\r\n\r\n", b"\x10\xff\xff\xff\xff\x7f"]
+    for port in (b.port, conf["tls_port"], ws, wss):
+        for g in garbage:
+            s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+            s.sendall(g)
+            try:
+                read_until_closed(s)  # the node closes (an alert, an HTTP error, nothing)
+            except TimeoutError:
+                raise AssertionError(f"port {port} {g!r}: not closed")
+            s.close()
+    # WebSocket: a text frame after a good upgrade is a protocol error.
+    s = socket.create_connection(("127.0.0.1", ws), timeout=WAIT)
+    s.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Protocol: mqtt\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1024)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    s.sendall(b"\x81\x82abcd" + bytes([ord("h") ^ ord("a"), ord("i") ^ ord("b")]))
+    read_until_closed(s)
+    s.close()
+    # Still serving on every listener.
+    assert connack_after(b.port, b"") == CONNACK_OK
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    assert connack_after(conf["tls_port"], b"",
+                         wrap=lambda s: ctx.wrap_socket(s, server_hostname="localhost")) \
+        == CONNACK_OK
+    paho_roundtrip(ws, "fd/after-garbage")
+
+
+def start_raw(conf_lines, tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("\n".join(["bind_address 127.0.0.1", f"port {free_port()}",
+                               f"data_dir {tmp_path / 'data'}", *conf_lines]) + "\n")
+    return subprocess.run([STARLING_BIN, "-c", str(conf)], capture_output=True, text=True,
+                          timeout=30, env=clean_env())
+
+
+@pytest.mark.skipif(not is_starling(), reason="starling start-up")
+def test_bad_certificate_or_key_stops_start_up(certs, tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    port = free_port()
+    r = start_raw([f"tls_port {port}", f"tls_certfile {bad}",
+                   f"tls_keyfile {certs / 'server.key'}"], tmp_path)
+    assert r.returncode == 1 and str(bad) in r.stderr and "tls_certfile" in r.stderr, r.stderr
+    r = start_raw([f"tls_port {port}", f"tls_certfile {certs / 'server.pem'}",
+                   f"tls_keyfile {certs / 'client.key'}"], tmp_path)
+    assert r.returncode == 1 and "client.key" in r.stderr, r.stderr
+    r = start_raw([f"tls_port {port}", f"tls_certfile {certs / 'server.pem'}",
+                   f"tls_keyfile {tmp_path / 'missing.key'}"], tmp_path)
+    assert r.returncode == 1 and "missing.key" in r.stderr, r.stderr
+    r = start_raw([f"tls_port {port}"], tmp_path)
+    assert r.returncode == 1 and "tls_certfile" in r.stderr, r.stderr
+
+
+def test_sighup_swaps_the_certificate_without_dropping_connections(certs, broker, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(certs / "server.pem", cert)
+    shutil.copy(certs / "server.key", key)
+    conf = tls_conf(certs, tls_certfile=cert, tls_keyfile=key)
+    b = broker(**conf)
+    port = conf["tls_port"]
+    got = queue.Queue()
+    c = mqtt.Client(client_id="fd-kept", protocol=mqtt.MQTTv311)
+    c.tls_set(ca_certs=str(certs / "ca.pem"))
+    c.on_connect = lambda cl, u, f, rc: got.put(("connack", rc))
+    c.on_subscribe = lambda cl, u, mid, g: got.put(("suback", g))
+    c.on_message = lambda cl, u, m: got.put(("msg", m.payload))
+    c.connect("localhost", port)
+    c.loop_start()
+    try:
+        assert got.get(timeout=WAIT) == ("connack", 0)
+        c.subscribe("fd/kept", 1)
+        assert got.get(timeout=WAIT) == ("suback", (1,))
+        # A certificate from another CA, then SIGHUP.
+        shutil.copy(certs / "server2.pem", cert)
+        shutil.copy(certs / "server2.key", key)
+        b.send_signal(signal.SIGHUP)
+        wait_log(b, "reload: TLS certificate")
+        r = mosq("mosquitto_pub", port, "--cafile", str(certs / "ca2.pem"), "-t", "fd/kept",
+                 "-m", "new cert", "-q", "1")
+        assert r.returncode == 0, r.stderr
+        r = mosq("mosquitto_pub", port, "--cafile", str(certs / "ca.pem"), "-t", "x", "-m", "y")
+        assert r.returncode != 0
+        # The connection made with the old certificate is still there.
+        assert got.get(timeout=WAIT) == ("msg", b"new cert")
+        # A broken key file: the old certificate stays.
+        key.write_text("garbage\n")
+        b.send_signal(signal.SIGHUP)
+        wait_log(b, "the old certificate stays")
+        r = mosq("mosquitto_pub", port, "--cafile", str(certs / "ca2.pem"), "-t", "fd/kept",
+                 "-m", "still", "-q", "1")
+        assert r.returncode == 0, r.stderr
+        assert got.get(timeout=WAIT) == ("msg", b"still")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def ws_upgrade_status(port, origin=None):
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    try:
+        s.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Protocol: mqtt\r\n" +
+                  (f"Origin: {origin}\r\n".encode() if origin else b"") + b"\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(1024)
+            if not chunk:
+                break
+            head += chunk
+        return head.split(b" ")[1] if head else b""
+    finally:
+        s.close()
+
+
+def test_websocket_origin_allow_list(broker):
+    port = free_port()
+    broker(ws_port=port, ws_origins="https://app.example, https://other.example")
+    assert ws_upgrade_status(port, "https://app.example") == b"101"
+    assert ws_upgrade_status(port, "https://other.example") == b"101"
+    assert ws_upgrade_status(port, "https://evil.example") == b"403"
+    assert ws_upgrade_status(port) == b"101"  # not a browser

@@ -215,6 +215,45 @@ def test_MQTT_50_2_2_1_4_distinct_packet_ids_in_flight(broker):
         s.puback(p.packet_id)
 
 
+def _receive_ids(s, n):
+    """Receive n PUBLISHes on s, completing each; returns their packet ids."""
+    return [s.recv_publish().packet_id for _ in range(n)]
+
+
+def _publish_all(c, topic, qoses):
+    """Publish one message per QoS of `qoses` on c, each completed."""
+    for i, qos in enumerate(qoses):
+        pid = c.publish(topic, b"%d" % i, qos=qos)
+        if qos == 1:
+            assert c.expect(M.PUBACK).packet_id == pid
+        else:
+            assert c.expect(M.PUBREC).packet_id == pid
+            c.pubrel(pid)
+            assert c.expect(M.PUBCOMP).packet_id == pid
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_new_session_packet_ids_start_at_1(broker, version):
+    """A new session's first packet identifier is 1, then 2, 3, ... (QoS 1
+    and 2 share the sequence), as clients, packet captures and other
+    brokers' test suites expect; a session started again with clean start
+    begins at 1 again."""
+    b = broker()
+    cid = uid("pid1")
+    s = raw(b, cid, version)
+    s.subscribe(("pid1/t", 2))
+    c = raw(b, uid("pub"), version)
+    _publish_all(c, "pid1/t", (1, 2, 1))
+    assert _receive_ids(s, 3) == [1, 2, 3]
+    s.disconnect()
+    s = raw(b, cid, version, clean=True)
+    s.subscribe(("pid1/t", 2))
+    _publish_all(c, "pid1/t", (2,))
+    assert _receive_ids(s, 1) == [1]
+    s.disconnect()
+    c.disconnect()
+
+
 def test_MQTT_50_4_9_0_client_receive_maximum_honoured(broker):
     """[MQTT-5.0 3.3.4-9/4.9.0-2] the server sends no more unacknowledged QoS 1
     PUBLISHes than the client's Receive Maximum (2); more flow as it acks."""

@@ -62,8 +62,11 @@ def test_slow_consumer_memory_bounded_and_others_unaffected(broker):
     """A QoS 0 subscriber that stops reading while a publisher sends 20 MB:
     the broker's RSS stays under 200 MB, and another subscriber on the same
     topic keeps receiving (QoS 0 may be dropped for it too if it falls
-    behind, but a QoS 1 marker published after the flood arrives)."""
-    b = broker()
+    behind, but a QoS 1 marker published after the flood arrives). The
+    publisher is paused for the slow one (backpressure) at most
+    max_publisher_pause (1 s here, below the client's 5 s socket timeout),
+    then the slow subscriber's messages are dropped."""
+    b = broker(max_publisher_pause=1000)
     slow = raw(b, version=4)
     slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.subscribe(("slow/t", 0))
@@ -107,8 +110,10 @@ def test_slow_consumer_memory_bounded_and_others_unaffected(broker):
 def test_shutdown_with_non_reading_client_finishes(broker):
     """SIGTERM while a subscriber that stopped reading has megabytes of
     output pending: the broker still exits (cleanly, within the 10 s the
-    harness allows; it documents a 5 s grace for such clients)."""
-    b = broker()
+    harness allows; it documents a 5 s grace for such clients). The
+    publisher is paused for the stuck subscriber at most 1 s
+    (max_publisher_pause) before its messages are dropped for it."""
+    b = broker(max_publisher_pause=1000)
     slow = raw(b, version=4)
     slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.subscribe(("sd/t", 0))
@@ -126,21 +131,33 @@ def test_shutdown_with_non_reading_client_finishes(broker):
 
 @pytest.mark.starling_only
 def test_slow_consumer_qos1_queue_bounded(broker):
-    """A QoS 1 subscriber that never acknowledges: messages beyond the
-    inflight window and the session queue are dropped, memory stays
-    bounded, and the publisher's PUBACKs keep coming."""
-    b = broker(max_queued_messages=100)
+    """A QoS 1 subscriber that does not acknowledge, slow_subscriber_policy
+    drop_new: messages beyond the inflight window (20) and the session queue
+    (100) are refused with PUBACK 0x97 (never acknowledged as accepted and
+    then dropped), memory stays bounded, the publisher's PUBACKs keep
+    coming, and every message accepted reaches the subscriber once it
+    reads. (Before flow control this test expected every PUBACK to accept
+    the message, and the subscriber lost most of them.)"""
+    b = broker(max_queued_messages=100, slow_subscriber_policy="drop_new")
     slow = raw(b, version=5)
     slow.subscribe(("slowq/t", 1))
     pub = raw(b, version=5)
-    payload = b"y" * 10000
+    pad = b"y" * 10000
+    accepted = []
     for k in range(10):
-        data = b"".join(M.publish("slowq/t", payload, qos=1, packet_id=k * 100 + i + 1)
-                        for i in range(100))
+        data = b"".join(M.publish("slowq/t", b"%d " % (k * 100 + i) + pad, qos=1,
+                                  packet_id=k * 100 + i + 1) for i in range(100))
         pub.send(data)
         for i in range(100):
-            assert pub.expect(M.PUBACK).packet_id == k * 100 + i + 1
+            ack = pub.expect(M.PUBACK)
+            assert ack.packet_id == k * 100 + i + 1
+            assert ack.reason_code in (0, 0x97)
+            if ack.reason_code == 0:
+                accepted.append(k * 100 + i)
+    assert 100 <= len(accepted) <= 120, len(accepted)
     assert rss_mb(b) < 200
+    got = [int(slow.recv_publish().payload.split(b" ")[0]) for _ in range(len(accepted))]
+    assert got == accepted
     check_works(b, "slowq")
 
 

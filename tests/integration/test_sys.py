@@ -96,3 +96,70 @@ def test_MQTT_311_4_7_2_1_sys_wildcard_subscription(broker):
     s.subscribe(("$SYS/#", 0))
     p = s.recv_publish(timeout=5)
     assert p.topic.startswith("$SYS/")
+
+
+SPOOF = "$SYS/broker/clients/connected"
+
+
+def _spoof_and_marker(b, version):
+    """A subscriber of $SYS/# and of a marker topic; a client of `version`
+    publishes a spoofed statistic at QoS 0, 1 and 2 (retained), then the
+    marker. Returns (the acknowledgement packets the publisher got, what
+    the subscriber received before the marker, what a later subscriber of
+    $SYS/# gets retained before its marker)."""
+    sub = raw(b)
+    sub.subscribe([("$SYS/#", 2), ("sys-test/marker", 0)])
+    pub = raw(b, version=version)
+    acks = []
+    for qos in (0, 1, 2):
+        pid = pub.publish(SPOOF, b"999", qos=qos, retain=True)
+        if qos:
+            p = pub.recv()
+            acks.append(p)
+            assert p.packet_id == pid
+            if p.type == M.PUBREC and p.reason_code < 0x80:
+                pub.pubrel(pid)
+                assert pub.expect(M.PUBCOMP).packet_id == pid
+    pub.publish("sys-test/marker", b"m", qos=1)
+    assert pub.expect(M.PUBACK).reason_code in (0, 0x10)
+    before = []
+    while True:
+        p = sub.recv_publish()
+        if p.topic == "sys-test/marker":
+            break
+        before.append(p)
+    late = raw(b)
+    late.subscribe([("$SYS/#", 0), ("sys-test/marker", 0)])
+    pub.publish("sys-test/marker", b"m2", qos=1)
+    pub.expect(M.PUBACK)
+    retained = []
+    while True:
+        p = late.recv_publish()
+        if p.topic == "sys-test/marker":
+            break
+        retained.append(p)
+    return acks, before, retained
+
+
+def test_MQTT_50_4_7_2_client_publish_to_sys_refused_0x87(broker):
+    """(MQTT 5.0 section 4.7.2) the server should prevent clients from using
+    $-topics to exchange messages with other clients; $SYS is the broker's.
+    A 5.0 client's QoS 1/2 PUBLISH there is refused with 0x87 (Not
+    authorized), QoS 0 is dropped; no subscriber sees the spoofed value,
+    and nothing is retained."""
+    b = broker(sys_interval=0)
+    acks, before, retained = _spoof_and_marker(b, 5)
+    assert [(p.type, p.reason_code) for p in acks] == [(M.PUBACK, 0x87), (M.PUBREC, 0x87)]
+    assert before == [] and retained == []
+
+
+def test_MQTT_311_4_7_2_client_publish_to_sys_dropped(broker):
+    """(MQTT 3.1.1 section 4.7.2) $-topics are the server's; 3.1.1 has no
+    reason code to refuse a PUBLISH: as Mosquitto does, a
+    client's PUBLISH to $SYS is acknowledged normally (PUBACK; PUBREC,
+    PUBREL, PUBCOMP) and dropped: no subscriber sees it, nothing is
+    retained."""
+    b = broker(sys_interval=0)
+    acks, before, retained = _spoof_and_marker(b, 4)
+    assert [(p.type, p.reason_code) for p in acks] == [(M.PUBACK, 0), (M.PUBREC, 0)]
+    assert before == [] and retained == []

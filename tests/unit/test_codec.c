@@ -292,6 +292,24 @@ static void test_v311_connack(void)
     CU_ASSERT(memcmp(g_out.data, expect, 4) == 0);
 }
 
+/* MQTT 3.1 has no session present flag: the byte is reserved, 0. */
+static void test_v31_connack_has_no_session_present(void)
+{
+    struct mqtt_packet in = {.type = MQTT_CONNACK}, out;
+    in.u.connack.session_present = true;
+    CU_ASSERT_EQUAL_FATAL(roundtrip(MQTT_V31, &in, &out), 0);
+    const uint8_t expect[] = {0x20, 2, 0, 0};
+    CU_ASSERT_EQUAL(g_out.len, sizeof(expect));
+    CU_ASSERT(memcmp(g_out.data, expect, sizeof(expect)) == 0);
+    CU_ASSERT_FALSE(out.u.connack.session_present);
+    /* and a 3.1 CONNACK's first byte is ignored when decoded */
+    struct mqtt_packet pkt;
+    CU_ASSERT_EQUAL(DECP(MQTT_V31, &pkt, 0x20, 2, 0x01, 0), 0);
+    CU_ASSERT_FALSE(pkt.u.connack.session_present);
+    CU_ASSERT_EQUAL(DECP(MQTT_V311, &pkt, 0x20, 2, 0x01, 0), 0);
+    CU_ASSERT_TRUE(pkt.u.connack.session_present);
+}
+
 /* PUBLISH without properties takes mqtt_encode's direct path: exact bytes,
  * a two-byte remaining length, appending after earlier output, and the
  * same bytes as the general path gives once a property is present. */
@@ -1667,6 +1685,7 @@ static const struct test_def tests[] = {
     T(test_v311_connect),
     T(test_v31_connect),
     T(test_v311_connack),
+    T(test_v31_connack_has_no_session_present),
     T(test_publish_plain_bytes),
     T(test_v311_publish),
     T(test_v311_acks),

@@ -66,12 +66,16 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL(c.max_connections, 0);
     CU_ASSERT_EQUAL(c.receive_maximum, 65535);
     CU_ASSERT_EQUAL(c.max_inflight, 20);
-    CU_ASSERT_EQUAL(c.max_queued_messages, 1000);
-    CU_ASSERT_EQUAL(c.max_queued_bytes, 67108864);
+    CU_ASSERT_EQUAL(c.max_queued_messages, 1000000);
+    CU_ASSERT_EQUAL(c.max_queued_bytes, 4194304);
     CU_ASSERT_EQUAL(c.queue_full_policy, QUEUE_DROP_NEW);
+    CU_ASSERT_EQUAL(c.slow_subscriber_policy, SLOW_BACKPRESSURE);
+    CU_ASSERT_EQUAL(c.max_publisher_pause_ms, 5000);
+    CU_ASSERT_EQUAL(c.max_write_buffer, 262144);
     CU_ASSERT_FALSE(c.queue_qos0_offline);
     CU_ASSERT_EQUAL(c.topic_alias_maximum, 10);
     CU_ASSERT_EQUAL(c.max_keepalive, 65535);
+    CU_ASSERT_EQUAL(c.max_topic_levels, 200);
     CU_ASSERT_EQUAL(c.connect_timeout, 10);
     CU_ASSERT_EQUAL(c.sys_interval, 10);
     CU_ASSERT_EQUAL(c.max_session_expiry, 0);
@@ -98,6 +102,7 @@ static void test_every_key_from_file(void)
                           "queue_qos0_messages true\n"
                           "topic_alias_maximum 0\n"
                           "max_keepalive 600\n"
+                          "max_topic_levels 0\n"
                           "connect_timeout 30\n"
                           "sys_interval 0\n"
                           "max_session_expiry 4294967295\n"
@@ -119,12 +124,83 @@ static void test_every_key_from_file(void)
     CU_ASSERT_TRUE(c.queue_qos0_offline);
     CU_ASSERT_EQUAL(c.topic_alias_maximum, 0);
     CU_ASSERT_EQUAL(c.max_keepalive, 600);
+    CU_ASSERT_EQUAL(c.max_topic_levels, 0);
     CU_ASSERT_EQUAL(c.connect_timeout, 30);
     CU_ASSERT_EQUAL(c.sys_interval, 0);
     CU_ASSERT_EQUAL(c.max_session_expiry, 4294967295u);
     CU_ASSERT_FALSE(c.retain_available);
     CU_ASSERT_EQUAL(c.max_qos, 1);
     CU_ASSERT_FALSE(c.allow_zero_length_clientid);
+}
+
+static void test_security_keys(void)
+{
+    struct config c;
+    config_defaults(&c);
+    CU_ASSERT_EQUAL(c.tls_port, 0);
+    CU_ASSERT_EQUAL(c.ws_port, 0);
+    CU_ASSERT_EQUAL(c.wss_port, 0);
+    CU_ASSERT_EQUAL(c.proxy_protocol, 0);
+    CU_ASSERT_EQUAL(c.tls_min_version, 12);
+    CU_ASSERT_EQUAL(c.max_topic_length, 65535);
+    CU_ASSERT_TRUE(config_allow_anonymous(&c));
+    const char *content = "tls_port 8883\n"
+                          "ws_port 8083\n"
+                          "wss_port 8084\n"
+                          "proxy_protocol tcp,wss\n"
+                          "tls_certfile /etc/s/cert.pem\n"
+                          "tls_keyfile /etc/s/key.pem\n"
+                          "tls_cafile /etc/s/ca.pem\n"
+                          "tls_require_certificate true\n"
+                          "tls_use_identity_as_username yes\n"
+                          "tls_ciphers ECDHE-ECDSA-AES128-GCM-SHA256\n"
+                          "tls_min_version tlsv1.3\n"
+                          "ws_origins https://a.example, https://b.example\n"
+                          "password_file /etc/s/passwd\n"
+                          "acl_file /etc/s/acl\n"
+                          "max_connections_per_listener 10\n"
+                          "max_connection_rate 5\n"
+                          "max_subscriptions_per_client 7\n"
+                          "max_topic_length 100\n"
+                          "max_publish_rate 50\n";
+    CU_ASSERT_EQUAL(load_string(&c, content, NULL), 0);
+    CU_ASSERT_EQUAL(c.tls_port, 8883);
+    CU_ASSERT_EQUAL(c.ws_port, 8083);
+    CU_ASSERT_EQUAL(c.wss_port, 8084);
+    CU_ASSERT_EQUAL(c.proxy_protocol, (1u << CONFIG_XPORT_TCP) | (1u << CONFIG_XPORT_WSS));
+    CU_ASSERT_STRING_EQUAL(c.tls_certfile, "/etc/s/cert.pem");
+    CU_ASSERT_STRING_EQUAL(c.tls_keyfile, "/etc/s/key.pem");
+    CU_ASSERT_STRING_EQUAL(c.tls_cafile, "/etc/s/ca.pem");
+    CU_ASSERT_TRUE(c.tls_require_certificate);
+    CU_ASSERT_TRUE(c.tls_use_identity_as_username);
+    CU_ASSERT_STRING_EQUAL(c.tls_ciphers, "ECDHE-ECDSA-AES128-GCM-SHA256");
+    CU_ASSERT_EQUAL(c.tls_min_version, 13);
+    CU_ASSERT_STRING_EQUAL(c.ws_origins, "https://a.example, https://b.example");
+    CU_ASSERT_STRING_EQUAL(c.password_file, "/etc/s/passwd");
+    CU_ASSERT_STRING_EQUAL(c.acl_file, "/etc/s/acl");
+    CU_ASSERT_EQUAL(c.max_connections_per_listener, 10);
+    CU_ASSERT_EQUAL(c.max_connection_rate, 5);
+    CU_ASSERT_EQUAL(c.max_subscriptions_per_client, 7);
+    CU_ASSERT_EQUAL(c.max_topic_length, 100);
+    CU_ASSERT_EQUAL(c.max_publish_rate, 50);
+    /* a password file turns anonymous access off unless said otherwise */
+    CU_ASSERT_FALSE(config_allow_anonymous(&c));
+    char err[256];
+    CU_ASSERT_EQUAL(config_set(&c, "allow_anonymous", "true", err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(config_allow_anonymous(&c));
+    CU_ASSERT_EQUAL(config_set(&c, "password_file", "", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(config_set(&c, "allow_anonymous", "false", err, sizeof(err)), 0);
+    CU_ASSERT_FALSE(config_allow_anonymous(&c));
+    CU_ASSERT_EQUAL(config_set(&c, "proxy_protocol", "none", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.proxy_protocol, 0);
+    CU_ASSERT_EQUAL(config_set(&c, "proxy_protocol", "tcp,udp", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "unknown listener"));
+    CU_ASSERT_EQUAL(config_set(&c, "tls_min_version", "tlsv1.1", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "tls_min_version"));
+    CU_ASSERT_EQUAL(config_set(&c, "allow_anonymous", "maybe", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "tls_port", "70000", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(config_set(&c, "max_topic_length", "0", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(config_xport_name(CONFIG_XPORT_WSS), "wss");
 }
 
 static void test_set_values(void)
@@ -153,6 +229,12 @@ static void test_set_values(void)
     CU_ASSERT_EQUAL(c.max_qos, 0);
     CU_ASSERT_EQUAL(config_set(&c, "queue_full_policy", "drop_new", err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.queue_full_policy, QUEUE_DROP_NEW);
+    CU_ASSERT_EQUAL(config_set(&c, "slow_subscriber_policy", "Drop_Oldest", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.slow_subscriber_policy, SLOW_DROP_OLDEST);
+    CU_ASSERT_EQUAL(config_set(&c, "slow_subscriber_policy", "disconnect", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.slow_subscriber_policy, SLOW_DISCONNECT);
+    CU_ASSERT_EQUAL(config_set(&c, "max_publisher_pause", "0", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.max_publisher_pause_ms, 0);
     CU_ASSERT_EQUAL(config_set(&c, "port", "01883", err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.port, 1883);
 
@@ -217,9 +299,14 @@ static void test_bad_integers(void)
     expect_bad("max_queued_messages", "10000001", "out of range");
     expect_bad("max_queued_bytes", "1099511627777", "out of range");
     expect_bad("max_queued_bytes", "64M", "not a decimal integer");
+    expect_bad("slow_subscriber_policy", "sometimes", "not a slow subscriber policy");
+    expect_bad("max_publisher_pause", "3600001", "out of range");
+    expect_bad("max_write_buffer", "4095", "out of range");
     expect_bad("topic_alias_maximum", "65536", "out of range");
     expect_bad("max_keepalive", "0", "out of range");
     expect_bad("max_keepalive", "65536", "out of range");
+    expect_bad("max_topic_levels", "65536", "out of range");
+    expect_bad("max_topic_levels", "-1", NULL);
     expect_bad("connect_timeout", "0", "out of range");
     expect_bad("connect_timeout", "3601", "out of range");
     expect_bad("sys_interval", "86401", "out of range");
@@ -375,6 +462,7 @@ static void test_env(void)
                    "STARLINGPORT=3",
                    "starling_port=4",
                    "STARLING_BIND_ADDRESS=::",
+                   "STARLING_MAX_TOPIC_LEVELS=32",
                    NULL};
     CU_ASSERT_EQUAL(config_load_env(&c, env, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.port, 1999);
@@ -382,6 +470,7 @@ static void test_env(void)
     CU_ASSERT_EQUAL(c.log_level, LOG_ERROR);
     CU_ASSERT_EQUAL(c.queue_full_policy, QUEUE_DROP_OLDEST);
     CU_ASSERT_STRING_EQUAL(c.bind_address, "::");
+    CU_ASSERT_EQUAL(c.max_topic_levels, 32);
     CU_ASSERT_EQUAL(c.workers, 0);
 
     /* Environment overrides the file. */
@@ -760,6 +849,7 @@ int main(void)
     } tests[] = {
         {"defaults", test_defaults},
         {"every key from a file", test_every_key_from_file},
+        {"security and limit keys", test_security_keys},
         {"config_set good values", test_set_values},
         {"bad integers", test_bad_integers},
         {"bad words", test_bad_words},

@@ -257,6 +257,25 @@ static void test_match_lengths(void)
     CU_ASSERT_TRUE(topic_match("a/#zzz", 3, "a/b/c!", 5));
 }
 
+static void test_levels(void)
+{
+    CU_ASSERT_EQUAL(topic_levels("a", 1), 1);
+    CU_ASSERT_EQUAL(topic_levels("", 0), 1);
+    CU_ASSERT_EQUAL(topic_levels("a/b", 3), 2);
+    CU_ASSERT_EQUAL(topic_levels("/", 1), 2);
+    CU_ASSERT_EQUAL(topic_levels("a//b/", 5), 4);
+    CU_ASSERT_EQUAL(topic_levels("+/#", 3), 2);
+    /* explicit length: what follows is not counted */
+    CU_ASSERT_EQUAL(topic_levels("a/b/c", 3), 2);
+    char deep[401];
+    for (int i = 0; i < 200; i++) {
+        deep[2 * i] = 'x';
+        deep[2 * i + 1] = '/';
+    }
+    CU_ASSERT_EQUAL(topic_levels(deep, 399), 200);
+    CU_ASSERT_EQUAL(topic_levels(deep, 400), 201);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -272,6 +291,7 @@ int main(void)
     CU_add_test(s, "filter invalid", test_filter_invalid);
     CU_add_test(s, "share parse", test_share_parse);
     CU_add_test(s, "has wildcard", test_has_wildcard);
+    CU_add_test(s, "levels", test_levels);
     CU_add_test(s, "match table", test_match_table);
     CU_add_test(s, "match explicit lengths", test_match_lengths);
     CU_basic_set_mode(CU_BRM_VERBOSE);

@@ -1,0 +1,214 @@
+/*
+ * failalloc.c - an allocator that fails on demand, for LD_PRELOAD.
+ *
+ * malloc, calloc and realloc return NULL (errno ENOMEM) when the shim is
+ * armed and the caller is code of the main executable (Starling's own code:
+ * the broker links its modules statically), so that the failures land on
+ * the broker's paths and not inside libc, libuv or LMDB, whose own handling
+ * of an allocation failure is not what is tested. Everything else is passed
+ * to the next allocator in the lookup order: glibc's, or AddressSanitizer's
+ * when the broker is an ASan build (then ASAN_OPTIONS must contain
+ * verify_asan_link_order=0, as this library comes before the ASan runtime).
+ *
+ * Controlled by environment variables, read once:
+ *   FAILALLOC_ARMED=1    armed from the start (default: not armed)
+ *   FAILALLOC_EVERY=N    when armed, every N-th eligible call fails (N >= 1)
+ *   FAILALLOC_PROB=P     when armed, each eligible call fails with
+ *                        probability P (0..1); with FAILALLOC_EVERY unset
+ *   FAILALLOC_SEED=S     seed of the pseudo-random sequence (default 1)
+ * SIGUSR2 toggles "armed", so that a test arms it only after the broker has
+ * started and its clients are connected. Failures so far are counted in
+ * the exported `failalloc_failures`, and written to stderr on exit as
+ * "failalloc: N allocations failed".
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <link.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void *(*next_malloc)(size_t);
+static void *(*next_calloc)(size_t, size_t);
+static void *(*next_realloc)(void *, size_t);
+static void (*next_free)(void *);
+
+/* dlsym may allocate before the next allocator is known: served from here,
+ * never freed. */
+static _Alignas(16) unsigned char boot[4096];
+static atomic_size_t boot_used;
+
+static atomic_bool armed;
+static unsigned long every;
+static double prob;
+static atomic_uint_fast64_t rng = 1;
+static atomic_ulong eligible;
+atomic_ulong failalloc_failures;
+
+/* The main executable's address range (its PT_LOAD segments). */
+static atomic_uintptr_t exe_lo, exe_hi;
+
+static int exe_range_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    (void)data;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD)
+            continue;
+        uintptr_t a = info->dlpi_addr + ph->p_vaddr;
+        if (a < lo)
+            lo = a;
+        if (a + ph->p_memsz > hi)
+            hi = a + ph->p_memsz;
+    }
+    atomic_store(&exe_lo, lo);
+    atomic_store(&exe_hi, hi);
+    return 1; /* the first object is the main program */
+}
+
+static void *boot_alloc(size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    size_t off = atomic_fetch_add(&boot_used, n);
+    if (off + n > sizeof(boot))
+        return NULL;
+    return boot + off;
+}
+
+static int in_boot(const void *p)
+{
+    return (const unsigned char *)p >= boot && (const unsigned char *)p < boot + sizeof(boot);
+}
+
+static void on_usr2(int sig)
+{
+    (void)sig;
+    atomic_store(&armed, !atomic_load(&armed));
+}
+
+static void report(void)
+{
+    char line[80];
+    int n = snprintf(line, sizeof(line), "failalloc: %lu allocations failed\n",
+                     atomic_load(&failalloc_failures));
+    if (n > 0 && write(2, line, (size_t)n) < 0)
+        return;
+}
+
+static atomic_int resolving;
+
+static void resolve(void)
+{
+    if (next_free || atomic_exchange(&resolving, 1))
+        return;
+    next_malloc = dlsym(RTLD_NEXT, "malloc");
+    next_calloc = dlsym(RTLD_NEXT, "calloc");
+    next_realloc = dlsym(RTLD_NEXT, "realloc");
+    next_free = dlsym(RTLD_NEXT, "free");
+}
+
+__attribute__((constructor)) static void failalloc_init(void)
+{
+    resolve();
+    const char *v = getenv("FAILALLOC_EVERY");
+    every = v ? strtoul(v, NULL, 10) : 0;
+    v = getenv("FAILALLOC_PROB");
+    prob = v ? strtod(v, NULL) : 0.0;
+    v = getenv("FAILALLOC_SEED");
+    atomic_store(&rng, v ? strtoull(v, NULL, 10) | 1u : 1u);
+    v = getenv("FAILALLOC_ARMED");
+    atomic_store(&armed, v && strcmp(v, "1") == 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_usr2;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR2, &sa, NULL);
+    atexit(report);
+}
+
+/* Should this call, made from `caller`, fail? */
+static int should_fail(const void *caller)
+{
+    if (!atomic_load_explicit(&armed, memory_order_relaxed))
+        return 0;
+    if (atomic_load(&exe_hi) == 0)
+        dl_iterate_phdr(exe_range_cb, NULL);
+    uintptr_t a = (uintptr_t)caller;
+    if (a < atomic_load(&exe_lo) || a >= atomic_load(&exe_hi))
+        return 0;
+    unsigned long n = atomic_fetch_add(&eligible, 1) + 1;
+    int fail;
+    if (every) {
+        fail = n % every == 0;
+    } else {
+        /* xorshift64: good enough to spread the failures */
+        uint_fast64_t x = atomic_load(&rng), y;
+        do {
+            y = x;
+            y ^= y << 13;
+            y ^= y >> 7;
+            y ^= y << 17;
+        } while (!atomic_compare_exchange_weak(&rng, &x, y));
+        fail = (double)(y >> 11) / 9007199254740992.0 < prob;
+    }
+    if (fail) {
+        atomic_fetch_add(&failalloc_failures, 1);
+        errno = ENOMEM;
+    }
+    return fail;
+}
+
+void *malloc(size_t n)
+{
+    if (!next_malloc) {
+        resolve();
+        if (!next_malloc)
+            return boot_alloc(n);
+    }
+    if (should_fail(__builtin_return_address(0)))
+        return NULL;
+    return next_malloc(n);
+}
+
+void *calloc(size_t n, size_t size)
+{
+    if (!next_calloc) {
+        resolve();
+        if (!next_calloc)
+            return boot_alloc(n * size); /* boot is zeroed and never reused */
+    }
+    if (should_fail(__builtin_return_address(0)))
+        return NULL;
+    return next_calloc(n, size);
+}
+
+void *realloc(void *p, size_t n)
+{
+    if (!next_realloc)
+        resolve();
+    if (in_boot(p) || !next_realloc) {
+        void *q = n ? malloc(n) : NULL;
+        if (q && p)
+            memcpy(q, p, n); /* boot blocks are never reallocated in practice */
+        return q;
+    }
+    if (should_fail(__builtin_return_address(0)))
+        return NULL;
+    return next_realloc(p, n);
+}
+
+void free(void *p)
+{
+    if (!p || in_boot(p))
+        return;
+    if (!next_free)
+        resolve();
+    if (next_free)
+        next_free(p);
+}

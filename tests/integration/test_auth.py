@@ -1,0 +1,293 @@
+"""Authentication and authorization on the real broker.
+
+Password files are made by Debian's `mosquitto_passwd` (and `starling
+passwd`), ACL files are written in Mosquitto's syntax; clients are
+mosquitto_pub / mosquitto_sub with -u/-P and paho (3.1.1 and 5.0).
+"""
+
+import os
+import signal
+import subprocess
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+import mqttraw
+from conftest import STARLING_BIN
+from helpers import PahoClient, uid
+
+pytestmark = pytest.mark.starling_only
+
+WAIT = 10
+
+ACL = """\
+# anonymous clients
+topic read public/#
+
+user alice
+topic readwrite test/#
+topic deny test/nosubscribe
+topic read r/only
+topic write w/only
+
+user root
+topic readwrite #
+topic read $SYS/#
+"""
+
+
+def mosquitto_passwd(path, user, password, create=False):
+    subprocess.run(["mosquitto_passwd", *(["-c"] if create else []), "-b", str(path), user,
+                    password], check=True, timeout=30)
+
+
+@pytest.fixture
+def files(tmp_path):
+    pw = tmp_path / "passwd"
+    mosquitto_passwd(pw, "alice", "alice-pw", create=True)
+    mosquitto_passwd(pw, "root", "root-pw")
+    acl = tmp_path / "acl"
+    acl.write_text(ACL)
+    return pw, acl
+
+
+def mosq(tool, port, *args, version="mqttv311"):
+    return subprocess.run([tool, "-h", "127.0.0.1", "-p", str(port), "-V", version, *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def client(b, user=None, password=None, version=5, **kw):
+    c = PahoClient(b, uid(user or "anon"), version, **kw)
+    if user is not None:
+        c.c.username_pw_set(user, password)
+    return c
+
+
+def wait_log(b, text, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in b.stderr_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the log:\n{b.stderr_text()[-3000:]}")
+
+
+def test_password_file_from_mosquitto_passwd(broker, files):
+    pw, _ = files
+    b = broker(password_file=pw)
+    r = mosq("mosquitto_pub", b.port, "-u", "alice", "-P", "alice-pw", "-t", "t", "-m", "m",
+             "-q", "1")
+    assert r.returncode == 0, r.stderr
+    # wrong password, unknown user: 3.1.1 return code 4
+    for u, p in (("alice", "nope"), ("mallory", "alice-pw")):
+        c = client(b, u, p, version=4)
+        assert c.connect(expect_rc=None)["rc"] == 4
+        c.stop()
+    # no user name: anonymous, off by default with a password file: return code 5
+    c = client(b, version=4)
+    assert c.connect(expect_rc=None)["rc"] == 5
+    c.stop()
+    r = mosq("mosquitto_pub", b.port, "-t", "t", "-m", "m")
+    assert r.returncode != 0 and "not authorised" in (r.stdout + r.stderr).lower()
+    # MQTT 5.0: 0x86 bad user name or password, 0x87 not authorized
+    c = client(b, "alice", "nope", version=5)
+    assert c.connect(expect_rc=None)["rc"] == 0x86
+    c.stop()
+    c = client(b, version=5)
+    assert c.connect(expect_rc=None)["rc"] == 0x87
+    c.stop()
+    c = client(b, "alice", "alice-pw", version=5)
+    c.connect()
+    c.disconnect()
+
+
+def test_user_without_password_is_refused(broker, files):
+    pw, _ = files
+    b = broker(password_file=pw)
+    raw = mqttraw.Client(b)
+    assert raw.connect("nopw", version=4, username="alice").reason_code == 4
+    raw.close()
+
+
+def test_allow_anonymous_with_password_file(broker, files):
+    pw, _ = files
+    b = broker(password_file=pw, allow_anonymous=True)
+    r = mosq("mosquitto_pub", b.port, "-t", "t", "-m", "m", "-q", "1")
+    assert r.returncode == 0, r.stderr
+    # a user name still needs its password
+    r = mosq("mosquitto_pub", b.port, "-u", "alice", "-P", "bad", "-t", "t", "-m", "m")
+    assert r.returncode != 0
+
+
+def test_starling_passwd_file(broker, tmp_path):
+    pw = tmp_path / "pw"
+    subprocess.run([STARLING_BIN, "passwd", "-c", "-b", str(pw), "sam", "sam pw"], check=True,
+                   timeout=30)
+    b = broker(password_file=pw)
+    r = mosq("mosquitto_pub", b.port, "-u", "sam", "-P", "sam pw", "-t", "t", "-m", "m", "-q", "1")
+    assert r.returncode == 0, r.stderr
+
+
+def test_bad_password_or_acl_file_stops_start_up(tmp_path):
+    from conftest import clean_env, free_port
+    bad = tmp_path / "pw"
+    bad.write_text("alice:$6$abcd$efgh\n")
+    for key, path, why in (("password_file", bad, "line 1"),
+                           ("password_file", tmp_path / "missing", "missing"),
+                           ("acl_file", tmp_path / "acl", "line 1")):
+        if key == "acl_file":
+            path.write_text("topic sometimes x/#\n")
+        conf = tmp_path / "c.conf"
+        conf.write_text(f"bind_address 127.0.0.1\nport {free_port()}\n{key} {path}\n"
+                        f"data_dir {tmp_path / 'data'}\n")
+        r = subprocess.run([STARLING_BIN, "-c", str(conf)], capture_output=True, text=True,
+                           timeout=30, env=clean_env())
+        assert r.returncode == 1, r.stderr
+        assert key in r.stderr and str(path) in r.stderr and why in r.stderr, r.stderr
+
+
+def test_subscribe_acl_311_and_5(broker, files):
+    pw, acl = files
+    b = broker(password_file=pw, acl_file=acl)
+    c = client(b, "alice", "alice-pw", version=4)
+    c.connect()
+    # [issue 11] test/nosubscribe is refused with 0x80 in 3.1.1
+    assert c.subscribe("test/nosubscribe", 1) == [0x80]
+    assert c.subscribe("test/ok", 1) == [1]
+    assert c.subscribe("w/only", 0) == [0x80]  # write-only: could never deliver
+    c.disconnect()
+    c = client(b, "alice", "alice-pw", version=5)
+    c.connect()
+    assert c.subscribe("test/nosubscribe", 1) == [0x87]
+    assert c.subscribe("$share/g/test/nosubscribe", 1) == [0x87]
+    assert c.subscribe("r/only", 1) == [1]
+    c.disconnect()
+
+
+def test_publish_acl_and_delivery(broker, files):
+    pw, acl = files
+    b = broker(password_file=pw, acl_file=acl)
+    root = client(b, "root", "root-pw")
+    root.connect()
+    assert root.subscribe("#", 1) == [1]
+    alice5 = client(b, "alice", "alice-pw", version=5)
+    alice5.connect()
+    # 5.0: PUBACK 0x87, and the message is dropped
+    info = alice5.c.publish("r/only", b"no", qos=1)
+    info.wait_for_publish(WAIT)
+    assert info.is_published()
+    alice5.publish("w/only", b"yes", qos=1)
+    m = root.get()
+    assert (m.topic, m.payload) == ("w/only", b"yes")
+    # 3.1.1: acknowledged, dropped
+    alice4 = client(b, "alice", "alice-pw", version=4)
+    alice4.connect()
+    alice4.publish("r/only", b"no", qos=1)
+    alice4.publish("r/only", b"no", qos=2)
+    alice4.publish("test/x", b"yes", qos=2)
+    m = root.get()
+    assert (m.topic, m.payload) == ("test/x", b"yes")
+    # deliveries: alice subscribed to test/# and r/only gets neither w/only
+    # nor anything else root publishes outside them
+    assert alice4.subscribe("#", 1) == [1]
+    root.publish("w/only", b"hidden", qos=1)
+    root.publish("other/t", b"hidden", qos=1)
+    root.publish("r/only", b"seen", qos=1)
+    m = alice4.get()
+    assert (m.topic, m.payload) == ("r/only", b"seen")
+    for c in (root, alice5, alice4):
+        c.disconnect()
+
+
+def test_reason_code_0x87_on_puback(broker, files):
+    pw, acl = files
+    b = broker(password_file=pw, acl_file=acl)
+    raw = mqttraw.Client(b)
+    assert raw.connect("alice-raw", version=5, username="alice",
+                       password=b"alice-pw").reason_code == 0
+    raw.publish("r/only", b"x", qos=1, packet_id=7)
+    ack = raw.expect(mqttraw.PUBACK)
+    assert (ack.packet_id, ack.reason_code) == (7, 0x87)
+    raw.publish("r/only", b"x", qos=2, packet_id=8)
+    ack = raw.expect(mqttraw.PUBREC)
+    assert (ack.packet_id, ack.reason_code) == (8, 0x87)
+    raw.close()
+
+
+def test_retained_messages_and_will_pass_the_acl(broker, files):
+    pw, acl = files
+    b = broker(password_file=pw, acl_file=acl)
+    root = client(b, "root", "root-pw")
+    root.connect()
+    root.publish("w/only", b"retained hidden", qos=1, retain=True)
+    root.publish("test/r", b"retained seen", qos=1, retain=True)
+    alice = client(b, "alice", "alice-pw")
+    alice.connect()
+    assert alice.subscribe("#", 1) == [1]
+    m = alice.get()
+    assert (m.topic, m.payload) == ("test/r", b"retained seen")
+    alice.assert_nothing_before_marker("test/marker", publisher=root)
+    # wills: one the ACL lets alice write, one it does not
+    assert root.subscribe("r/#", 1, rh=2) == [1] and root.subscribe("test/#", 1, rh=2) == [1]
+    for topic in ("r/only", "test/will"):
+        w = client(b, "alice", "alice-pw", will={"topic": topic, "payload": b"gone", "qos": 1})
+        w.connect()
+        w.stop()  # no DISCONNECT: the will is due
+    m = root.get()
+    assert (m.topic, m.payload) == ("test/will", b"gone")
+    root.assert_nothing_before_marker("test/marker2")
+    for c in (root, alice):
+        c.disconnect()
+
+
+def test_sighup_reloads_passwords_and_acl(broker, files):
+    pw, acl = files
+    b = broker(password_file=pw, acl_file=acl)
+    alice = client(b, "alice", "alice-pw")
+    alice.connect()
+    assert alice.subscribe("test/a", 1) == [1]
+    c = client(b, "carol", "carol-pw", version=4)
+    assert c.connect(expect_rc=None)["rc"] == 4
+    c.stop()
+    mosquitto_passwd(pw, "carol", "carol-pw")
+    acl.write_text(ACL + "\nuser carol\ntopic readwrite carol/#\n")
+    b.send_signal(signal.SIGHUP)
+    wait_log(b, "reload: acl_file")
+    c = client(b, "carol", "carol-pw", version=4)
+    c.connect()
+    assert c.subscribe("carol/x", 1) == [1]
+    assert c.subscribe("test/a", 1) == [0x80]
+    # alice's connection went on through the reload
+    alice.publish("test/a", b"still here", qos=1)
+    m = alice.get()
+    assert (m.topic, m.payload) == ("test/a", b"still here")
+    # a broken file keeps the old one
+    pw.write_text("carol:garbage\n")
+    b.send_signal(signal.SIGHUP)
+    wait_log(b, "the old one stays")
+    c2 = client(b, "carol", "carol-pw", version=4)
+    c2.connect()
+    for x in (alice, c, c2):
+        x.disconnect()
+
+
+def test_sys_counts_refusals(broker, files):
+    pw, acl = files
+    b = broker(password_file=pw, acl_file=acl, sys_interval=1)
+    c = client(b, "alice", "wrong", version=4)
+    assert c.connect(expect_rc=None)["rc"] == 4
+    c.stop()
+    root = client(b, "root", "root-pw")
+    root.connect()
+    assert root.subscribe("$SYS/broker/security/#", 0) == [0]
+    seen = {}
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline and not (
+            seen.get("$SYS/broker/security/auth_failed", 0) >= 1):
+        m = root.get()
+        seen[m.topic] = int(m.payload)
+    assert seen["$SYS/broker/security/auth_failed"] == 1
+    root.disconnect()
