@@ -9,10 +9,10 @@ PACKAGES := build-essential cmake pkg-config libuv1-dev libssl-dev \
 # pytest (+ xdist) and paho for the integration tests, Mosquitto's clients and
 # broker (interoperability, reference runs, `make bench`), python3-lmdb (store
 # edits), mount/mkfs/fsfreeze (durability), ss (bench smoke), nftables (the
-# cluster's network fault tests).
+# cluster's network fault tests), haproxy (load-balanced ingestion, tests/deploy).
 TEST_PACKAGES := clang libcunit1-dev python3-pytest python3-pytest-xdist \
 	python3-paho-mqtt python3-lmdb mosquitto-clients mosquitto iproute2 procps \
-	e2fsprogs util-linux nftables python3-yaml lmdb-utils openssl
+	e2fsprogs util-linux nftables python3-yaml lmdb-utils openssl haproxy
 
 PYTHON := /usr/bin/python3
 JOBS := $(shell nproc 2>/dev/null || echo 2)

@@ -148,7 +148,11 @@ void admin_local_init(struct admin_local *l, struct broker *b, struct admin_prov
 {
     memset(l, 0, sizeof(*l));
     l->b = b;
-    if (gethostname(l->name, sizeof(l->name) - 1) != 0 || !l->name[0])
+    /* node_name when set (a clustered node always has it: the name that
+     * /api/v1/cluster lists), else the host name */
+    if (b->cfg.node_name[0])
+        snprintf(l->name, sizeof(l->name), "%.*s", (int)sizeof(l->name) - 1, b->cfg.node_name);
+    else if (gethostname(l->name, sizeof(l->name) - 1) != 0 || !l->name[0])
         snprintf(l->name, sizeof(l->name), "starling");
     const char *addr = b->cfg.bind_address;
     bool v6 = strchr(addr, ':') != NULL;

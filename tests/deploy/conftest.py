@@ -179,7 +179,8 @@ class Node:
                                      stdout=subprocess.DEVNULL, stderr=self._err)
 
     def stderr(self):
-        self._err.flush()
+        if not self._err.closed:
+            self._err.flush()
         with open(self.stderr_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 

@@ -17,6 +17,7 @@ StatefulSet as it is):
 The binary must have the cluster (issue 9) and the admin API for this: until
 it accepts `cluster_seeds` and `admin_port`, the test skips and says so."""
 
+import base64
 import json
 import os
 import shutil
@@ -61,7 +62,8 @@ def pod_env(sts, ordinal, ip, ports, secrets):
     assert dns.startswith(sts["spec"]["serviceName"] + ".")
     env["STARLING_BIND_ADDRESS"] = ip
     env.update({k: str(ports[k]) for k in PORT_VARS})
-    env["STARLING_CLUSTER_SEEDS"] = ",".join(f"{a}:{ports['STARLING_CLUSTER_PORT']}"
+    # a seed's port is its Raft port (docs/configuration.md, cluster_seeds)
+    env["STARLING_CLUSTER_SEEDS"] = ",".join(f"{a}:{ports['STARLING_RAFT_PORT']}"
                                              for a in ADDRS)
     env["STARLING_WORKERS"] = "1"
     return pod_name, env
@@ -111,7 +113,7 @@ def test_pod_env_is_the_rendered_env_with_only_the_local_substitutions(render):
     assert env["STARLING_CLUSTER_ADDRESS"] == ADDRS[2] == env["STARLING_BIND_ADDRESS"]
     assert env["STARLING_CLUSTER_SECRET"] == "test-cluster-secret"
     assert env["STARLING_API_KEY"] == "admin:test-secret"
-    assert env["STARLING_CLUSTER_SEEDS"] == ",".join(f"{a}:20002" for a in ADDRS)
+    assert env["STARLING_CLUSTER_SEEDS"] == ",".join(f"{a}:20003" for a in ADDRS)
     assert "STARLING_CLUSTER_DNS" not in env
     (c,) = sts["spec"]["template"]["spec"]["containers"]
     rendered = {e["name"] for e in c["env"]}
@@ -142,9 +144,13 @@ def binary_lacks(binary, key, value):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def http_get(url, timeout=2):
+def http_get(url, timeout=2, api_key=None):
+    """(status, body) of GET url; with api_key, as HTTP Basic KEY:SECRET."""
+    req = urllib.request.Request(url)
+    if api_key:
+        req.add_header("Authorization", "Basic " + base64.b64encode(api_key.encode()).decode())
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -193,15 +199,34 @@ def test_three_rendered_pods_form_one_cluster_and_pass_their_probes(render, rele
                 assert n.alive(), f"{n.name} exited:\n{n.stderr()}"
             return all(http_get(f"http://{ip}:{admin}{ready['path']}")[0] == 200 for ip in ADDRS)
 
-        wait_for(all_ready, 90, "three nodes to answer 200 on the readiness probe")
+        try:
+            wait_for(all_ready, 90, "three nodes to answer 200 on the readiness probe")
+        except pytest.fail.Exception as e:
+            pytest.fail(f"{e}\n" + "\n".join(f"--- {n.name}\n{n.stderr()[-3000:]}"
+                                               for n in nodes))
         for ip in ADDRS:
             assert http_get(f"http://{ip}:{admin}{live['path']}")[0] == 200
-        # One cluster: every node names all three pods.
-        for ip in ADDRS:
-            status, body = http_get(f"http://{ip}:{admin}/api/v1/cluster")
-            assert status == 200, body
-            names = set(strings_in(json.loads(body)))
-            assert {f"starling-{i}" for i in range(3)} <= names, body
+        # One cluster: every node names all three pods. A node is ready once
+        # it serves with a leader; the membership it lists completes as the
+        # joins are applied, so this waits (bounded) for all three names.
+        key = SECRETS[("starling-admin", "api-key")]
+        views = {}
+
+        def one_cluster():
+            for ip in ADDRS:
+                # the probes are open; the cluster view needs the API key
+                assert http_get(f"http://{ip}:{admin}/api/v1/cluster")[0] == 401
+                status, body = http_get(f"http://{ip}:{admin}/api/v1/cluster", api_key=key)
+                assert status == 200, body
+                views[ip] = body
+            return all({f"starling-{i}" for i in range(3)} <= set(strings_in(json.loads(b)))
+                       for b in views.values())
+
+        try:
+            wait_for(one_cluster, 60, "every node to list the three pods")
+        except pytest.fail.Exception as e:
+            pytest.fail(f"{e}\n{views}\n" + "\n".join(f"--- {n.name}\n{n.stderr()[-3000:]}"
+                                                      for n in nodes))
         # A message published on the last node reaches a subscriber on the first.
         port = ports["STARLING_PORT"]
         got, subscribed = [], threading.Event()
