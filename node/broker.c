@@ -160,6 +160,9 @@ int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn
     return broker_publish_impl(b, m, BROKER_PUB_LOCAL, NULL, NULL, NULL, NULL, group_ok, group_ud);
 }
 
+/* One function on purpose (about 100 lines): this is the hot path of every
+ * PUBLISH, and it reads top to bottom in the order a message goes through it.
+ * Helpers would pass most of its locals back and forth for no gain. */
 static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
                                struct store_batch **bt, struct pub_targets *targets,
                                struct pub_flow *flow, sub_index_group_fn group_ok, void *group_ud)

@@ -403,6 +403,103 @@ static int u64_cmp(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
+/* Proposes m's retained message (or its clearing) to the cluster. */
+static void cn_replicate_retained(struct cluster_node *cn, struct msg *m, uint64_t seq)
+{
+    const char *topic = msg_topic(m);
+    struct cmd_batch *b = cmd_batch_new();
+    int r = -ENOMEM;
+    if (b)
+        r = m->payload_len == 0
+                ? cmd_retained_clear(b, topic, m->topic_len, cn->self, seq)
+                : cmd_retained_set(b, topic, m->topic_len, m->qos, msg_payload(m), m->payload_len,
+                                   msg_props(m), m->props_len, m->expiry_at, cn->self, seq);
+    size_t len;
+    const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
+    if (!e || cluster_propose(cn->c, e, len, NULL, NULL) < 0)
+        log_warn("cluster: the retained message of '%.*s' is not replicated", m->topic_len, topic);
+    cmd_batch_free(b);
+}
+
+/* Fills dest with the nodes to forward to: every plain node of a, plus one
+ * node per shared group without a local member, picked round robin;
+ * chosen[i] is group i's pick (0: none). Returns the number of nodes. */
+static unsigned cn_pick_destinations(struct cluster_node *cn, struct fwd_acc *a,
+                                     uint64_t dest[MAX_PEERS], uint64_t chosen[MAX_SHARES])
+{
+    unsigned n_dest = 0;
+    for (unsigned i = 0; i < a->n_plain; i++)
+        dest[n_dest++] = a->plain[i];
+    uint64_t pick = atomic_fetch_add(&cn->pick, 1);
+    for (unsigned i = 0; i < a->n_groups; i++) {
+        struct fwd_group *g = &a->groups[i];
+        chosen[i] = 0;
+        if (g->local || g->n == 0)
+            continue;
+        qsort(g->nodes, g->n, sizeof(g->nodes[0]), u64_cmp);
+        chosen[i] = g->nodes[pick % g->n];
+        bool have = false;
+        for (unsigned k = 0; k < n_dest; k++)
+            have = have || dest[k] == chosen[i];
+        if (!have && n_dest < MAX_PEERS)
+            dest[n_dest++] = chosen[i];
+    }
+    return n_dest;
+}
+
+/* Sends m to node, with the shares of the groups whose pick is that node. */
+static void cn_send_publish(struct cluster_node *cn, struct msg *m, uint64_t seq,
+                            const struct fwd_acc *a, const uint64_t *chosen, uint64_t node)
+{
+    const char *topic = msg_topic(m);
+    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+    p.origin = cn->self;
+    p.seq = seq;
+    p.topic.data = (uint8_t *)topic;
+    p.topic.len = m->topic_len;
+    p.payload.data = (uint8_t *)msg_payload(m);
+    p.payload.len = m->payload_len;
+    p.qos = m->qos;
+    p.has_retain = true;
+    p.retain = m->retain;
+    if (m->props_len) {
+        p.has_properties = true;
+        p.properties.data = (uint8_t *)msg_props(m);
+        p.properties.len = m->props_len;
+    }
+    if (m->expiry_at) {
+        p.has_expiry_at_ms = true;
+        p.expiry_at_ms = m->expiry_at;
+    }
+    ProtobufCBinaryData shares[MAX_SHARES];
+    size_t n_shares = 0;
+    for (unsigned i = 0; i < a->n_groups; i++)
+        if (chosen[i] == node) {
+            shares[n_shares].data = (uint8_t *)a->groups[i].share;
+            shares[n_shares].len = a->groups[i].len;
+            n_shares++;
+        }
+    p.n_shares = n_shares;
+    p.shares = shares;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+    fr.publish = &p;
+    size_t n = starling__chan__frame__get_packed_size(&fr);
+    uint8_t stack[2048];
+    uint8_t *buf = n <= sizeof(stack) ? stack : malloc(n);
+    if (!buf)
+        return;
+    starling__chan__frame__pack(&fr, buf);
+    int r = cluster_send(cn->c, node, buf, n);
+    if (r < 0) {
+        atomic_fetch_add(&cn->b->stats.msgs_dropped, 1);
+        log_warn("cluster: publish on '%.*s' not forwarded to %016llx: %s", m->topic_len, topic,
+                 (unsigned long long)node, strerror(-r));
+    }
+    if (buf != stack)
+        free(buf);
+}
+
 static void cn_forward(void *ud, struct msg *m, struct worker *cur)
 {
     (void)cur;
@@ -415,21 +512,8 @@ static void cn_forward(void *ud, struct msg *m, struct worker *cur)
         return;
     uint64_t seq = atomic_fetch_add(&cn->pub_seq, 1) + 1;
 
-    if (m->retain && cn->b->cfg.retain_available) {
-        struct cmd_batch *b = cmd_batch_new();
-        int r = -ENOMEM;
-        if (b)
-            r = m->payload_len == 0 ? cmd_retained_clear(b, topic, m->topic_len, cn->self, seq)
-                                    : cmd_retained_set(b, topic, m->topic_len, m->qos,
-                                                       msg_payload(m), m->payload_len, msg_props(m),
-                                                       m->props_len, m->expiry_at, cn->self, seq);
-        size_t len;
-        const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
-        if (!e || cluster_propose(cn->c, e, len, NULL, NULL) < 0)
-            log_warn("cluster: the retained message of '%.*s' is not replicated", m->topic_len,
-                     topic);
-        cmd_batch_free(b);
-    }
+    if (m->retain && cn->b->cfg.retain_available)
+        cn_replicate_retained(cn, m, seq);
 
     /* The matcher's strings are valid only during the walk (its read lock):
      * fwd_visit copies them. */
@@ -442,76 +526,11 @@ static void cn_forward(void *ud, struct msg *m, struct worker *cur)
     if (a.n_plain == 0 && a.n_groups == 0)
         return;
 
-    /* destinations: plain nodes, plus one node per group without a local
-     * member */
     uint64_t dest[MAX_PEERS];
-    unsigned n_dest = 0;
-    for (unsigned i = 0; i < a.n_plain; i++)
-        dest[n_dest++] = a.plain[i];
-    uint64_t pick = atomic_fetch_add(&cn->pick, 1);
     uint64_t chosen[MAX_SHARES];
-    for (unsigned i = 0; i < a.n_groups; i++) {
-        struct fwd_group *g = &a.groups[i];
-        chosen[i] = 0;
-        if (g->local || g->n == 0)
-            continue;
-        qsort(g->nodes, g->n, sizeof(g->nodes[0]), u64_cmp);
-        chosen[i] = g->nodes[pick % g->n];
-        bool have = false;
-        for (unsigned k = 0; k < n_dest; k++)
-            have = have || dest[k] == chosen[i];
-        if (!have && n_dest < MAX_PEERS)
-            dest[n_dest++] = chosen[i];
-    }
-
-    for (unsigned d = 0; d < n_dest; d++) {
-        Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
-        p.origin = cn->self;
-        p.seq = seq;
-        p.topic.data = (uint8_t *)topic;
-        p.topic.len = m->topic_len;
-        p.payload.data = (uint8_t *)msg_payload(m);
-        p.payload.len = m->payload_len;
-        p.qos = m->qos;
-        p.has_retain = true;
-        p.retain = m->retain;
-        if (m->props_len) {
-            p.has_properties = true;
-            p.properties.data = (uint8_t *)msg_props(m);
-            p.properties.len = m->props_len;
-        }
-        if (m->expiry_at) {
-            p.has_expiry_at_ms = true;
-            p.expiry_at_ms = m->expiry_at;
-        }
-        ProtobufCBinaryData shares[MAX_SHARES];
-        size_t n_shares = 0;
-        for (unsigned i = 0; i < a.n_groups; i++)
-            if (chosen[i] == dest[d]) {
-                shares[n_shares].data = (uint8_t *)a.groups[i].share;
-                shares[n_shares].len = a.groups[i].len;
-                n_shares++;
-            }
-        p.n_shares = n_shares;
-        p.shares = shares;
-        Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
-        fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
-        fr.publish = &p;
-        size_t n = starling__chan__frame__get_packed_size(&fr);
-        uint8_t stack[2048];
-        uint8_t *buf = n <= sizeof(stack) ? stack : malloc(n);
-        if (!buf)
-            continue;
-        starling__chan__frame__pack(&fr, buf);
-        int r = cluster_send(cn->c, dest[d], buf, n);
-        if (r < 0) {
-            atomic_fetch_add(&cn->b->stats.msgs_dropped, 1);
-            log_warn("cluster: publish on '%.*s' not forwarded to %016llx: %s", m->topic_len, topic,
-                     (unsigned long long)dest[d], strerror(-r));
-        }
-        if (buf != stack)
-            free(buf);
-    }
+    unsigned n_dest = cn_pick_destinations(cn, &a, dest, chosen);
+    for (unsigned d = 0; d < n_dest; d++)
+        cn_send_publish(cn, m, seq, &a, chosen, dest[d]);
 }
 
 static const struct route_ops cluster_route_ops = {

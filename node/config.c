@@ -363,6 +363,243 @@ static int set_integer(struct config *c, const struct key_def *k, const char *va
     return 0;
 }
 
+/* One parser per key type below: each checks value for key k and, when it is
+ * valid, stores it in field (the key's member of the config). */
+
+static int set_address(const struct key_def *k, char *field, const char *value, char *err,
+                       size_t errlen)
+{
+    const char *expected = "an IPv4 or IPv6 address literal such as 0.0.0.0 or ::";
+    if (!*value)
+        return bad_value(err, errlen, k, value, "empty value", expected);
+    if (strlen(value) >= sizeof(((struct config *)0)->bind_address))
+        return bad_value(err, errlen, k, value, "too long", expected);
+    unsigned char addr[16];
+    if (inet_pton(AF_INET, value, addr) != 1 && inet_pton(AF_INET6, value, addr) != 1)
+        return bad_value(err, errlen, k, value, "not an IP address", expected);
+    strcpy(field, value); /* every T_ADDRESS field is char[64] */
+    return 0;
+}
+
+static int set_ipv4(const struct key_def *k, char *field, const char *value, char *err,
+                    size_t errlen)
+{
+    const char *expected = "an IPv4 address literal such as 10.0.0.5";
+    unsigned char addr[4];
+    if (!*value)
+        return bad_value(err, errlen, k, value, "empty value", expected);
+    if (strlen(value) >= 16 || inet_pton(AF_INET, value, addr) != 1)
+        return bad_value(err, errlen, k, value, "not an IPv4 address", expected);
+    strcpy(field, value);
+    return 0;
+}
+
+static int set_str(const struct key_def *k, char *field, const char *value, char *err,
+                   size_t errlen)
+{
+    const char *expected = "printable ASCII characters without blanks";
+    size_t n = strlen(value);
+    if (n < k->min)
+        return bad_value(err, errlen, k, value, "empty value", expected);
+    if (n >= k->max)
+        return bad_value(err, errlen, k, value, "too long", expected);
+    for (const char *p = value; *p; p++)
+        if (*p <= ' ' || *p > '~') {
+            /* cluster_secret is a secret: never quoted */
+            if (strcmp(k->name, "cluster_secret") == 0) {
+                set_err(err, errlen, "bad value for key '%s': not %s", k->name, expected);
+                return -EINVAL;
+            }
+            return bad_value(err, errlen, k, value, "bad character", expected);
+        }
+    strcpy(field, value);
+    return 0;
+}
+
+static int set_host(const struct key_def *k, char *field, const char *value, char *err,
+                    size_t errlen)
+{
+    size_t n = strlen(value);
+    if (n && (n >= k->max || !host_valid(value, n)))
+        return bad_value(err, errlen, k, value, "not a host name", "a DNS name");
+    strcpy(field, value);
+    return 0;
+}
+
+static int set_seeds(const struct key_def *k, char *field, const char *value, char *err,
+                     size_t errlen)
+{
+    const char *why = seeds_check(value);
+    if (strlen(value) >= k->max)
+        why = "too long";
+    if (why)
+        return bad_value(err, errlen, k, value, why, "a comma-separated list of host[:port]");
+    strcpy(field, value);
+    return 0;
+}
+
+static int set_api_key(const struct key_def *k, char *field, const char *value, char *err,
+                       size_t errlen)
+{
+    /* the value is a secret: never quoted in an error */
+    const char *why = api_key_check(value);
+    if (why) {
+        set_err(err, errlen, "bad value for key '%s': %s (expected KEY:SECRET)", k->name, why);
+        return -EINVAL;
+    }
+    strcpy(field, value);
+    return 0;
+}
+
+static int set_bool(const struct key_def *k, bool *field, const char *value, char *err,
+                    size_t errlen)
+{
+    bool b;
+    if (parse_bool(value, &b) < 0)
+        return bad_value(err, errlen, k, value, *value ? "not a boolean" : "empty value",
+                         "true|false|yes|no|on|off|1|0");
+    *field = b;
+    return 0;
+}
+
+static int set_log_level(const struct key_def *k, enum log_level *field, const char *value,
+                         char *err, size_t errlen)
+{
+    enum log_level l;
+    if (log_level_parse(value, &l) < 0)
+        return bad_value(err, errlen, k, value, *value ? "not a log level" : "empty value",
+                         "error|warn|info|debug");
+    *field = l;
+    return 0;
+}
+
+static int set_queue_policy(const struct key_def *k, enum queue_policy *field, const char *value,
+                            char *err, size_t errlen)
+{
+    enum queue_policy p;
+    if (strcasecmp(value, "drop_new") == 0)
+        p = QUEUE_DROP_NEW;
+    else if (strcasecmp(value, "drop_oldest") == 0)
+        p = QUEUE_DROP_OLDEST;
+    else
+        return bad_value(err, errlen, k, value, *value ? "not a queue policy" : "empty value",
+                         "drop_new|drop_oldest");
+    *field = p;
+    return 0;
+}
+
+static int set_slow_policy(const struct key_def *k, enum slow_policy *field, const char *value,
+                           char *err, size_t errlen)
+{
+    static const char *const names[] = {"backpressure", "drop_new", "drop_oldest", "disconnect"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcasecmp(value, names[i]) == 0) {
+            *field = (enum slow_policy)i;
+            return 0;
+        }
+    }
+    return bad_value(err, errlen, k, value, *value ? "not a slow subscriber policy" : "empty value",
+                     "backpressure|drop_new|drop_oldest|disconnect");
+}
+
+static int set_path(const struct key_def *k, char *field, const char *value, char *err,
+                    size_t errlen)
+{
+    if (!*value)
+        return bad_value(err, errlen, k, value, "empty value", "a directory path");
+    if (strlen(value) >= sizeof(((struct config *)0)->data_dir))
+        return bad_value(err, errlen, k, value, "too long", "a path of at most 255 bytes");
+    strcpy(field, value);
+    return 0;
+}
+
+static int set_sync(struct config *c, const struct key_def *k, const char *value, char *err,
+                    size_t errlen)
+{
+    const char *expected = "always|none|interval MS (MS from 1 to 3600000)";
+    if (strcasecmp(value, "always") == 0) {
+        c->sync = SYNC_ALWAYS;
+        c->sync_interval_ms = 0;
+    } else if (strcasecmp(value, "none") == 0) {
+        c->sync = SYNC_NONE;
+        c->sync_interval_ms = 0;
+    } else if (strncasecmp(value, "interval", 8) == 0 && isspace((unsigned char)value[8])) {
+        const char *ms = value + 8;
+        while (isspace((unsigned char)*ms))
+            ms++;
+        uint64_t v;
+        if (parse_uint(ms, &v) < 0 || v < 1 || v > 3600000)
+            return bad_value(err, errlen, k, value, "bad interval", expected);
+        c->sync = SYNC_INTERVAL;
+        c->sync_interval_ms = (uint32_t)v;
+    } else {
+        return bad_value(err, errlen, k, value, *value ? "not a sync mode" : "empty value",
+                         expected);
+    }
+    return 0;
+}
+
+static int set_file(const struct key_def *k, char *field, const char *value, char *err,
+                    size_t errlen)
+{
+    if (strlen(value) >= 256)
+        return bad_value(err, errlen, k, value, "too long", "at most 255 bytes");
+    strcpy(field, value);
+    return 0;
+}
+
+static int set_tls_version(const struct key_def *k, uint8_t *field, const char *value, char *err,
+                           size_t errlen)
+{
+    uint8_t v;
+    if (strcasecmp(value, "tlsv1.2") == 0 || strcmp(value, "1.2") == 0)
+        v = 12;
+    else if (strcasecmp(value, "tlsv1.3") == 0 || strcmp(value, "1.3") == 0)
+        v = 13;
+    else
+        return bad_value(err, errlen, k, value, "not a TLS version", "tlsv1.2|tlsv1.3");
+    *field = v;
+    return 0;
+}
+
+static int set_xports(const struct key_def *k, unsigned *field, const char *value, char *err,
+                      size_t errlen)
+{
+    unsigned bits = 0;
+    const char *p = value;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        if (n == 0)
+            break;
+        int found = -1;
+        for (int i = 0; i < CONFIG_XPORT_COUNT; i++)
+            if (strlen(xport_names[i]) == n && strncasecmp(p, xport_names[i], n) == 0)
+                found = i;
+        if (found < 0 && !(n == 4 && strncasecmp(p, "none", 4) == 0))
+            return bad_value(err, errlen, k, value, "unknown listener",
+                             "a comma list of tcp,tls,ws,wss (or none)");
+        if (found >= 0)
+            bits |= 1u << found;
+        p += n;
+    }
+    *field = bits;
+    return 0;
+}
+
+static int set_anon(struct config *c, const struct key_def *k, const char *value, char *err,
+                    size_t errlen)
+{
+    bool b;
+    if (parse_bool(value, &b) < 0)
+        return bad_value(err, errlen, k, value, *value ? "not a boolean" : "empty value",
+                         "true|false|yes|no|on|off|1|0");
+    c->allow_anonymous = b;
+    c->allow_anonymous_set = true;
+    return 0;
+}
+
 int config_set(struct config *c, const char *key, const char *value, char *err, size_t errlen)
 {
     const struct key_def *k = find_key(key);
@@ -372,192 +609,38 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
     }
     char *field = (char *)c + k->offset;
     switch (k->type) {
-    case T_ADDRESS: {
-        const char *expected = "an IPv4 or IPv6 address literal such as 0.0.0.0 or ::";
-        if (!*value)
-            return bad_value(err, errlen, k, value, "empty value", expected);
-        if (strlen(value) >= sizeof(c->bind_address))
-            return bad_value(err, errlen, k, value, "too long", expected);
-        unsigned char addr[16];
-        if (inet_pton(AF_INET, value, addr) != 1 && inet_pton(AF_INET6, value, addr) != 1)
-            return bad_value(err, errlen, k, value, "not an IP address", expected);
-        strcpy(field, value); /* every T_ADDRESS field is char[64] */
-        return 0;
-    }
-    case T_IPV4: {
-        const char *expected = "an IPv4 address literal such as 10.0.0.5";
-        unsigned char addr[4];
-        if (!*value)
-            return bad_value(err, errlen, k, value, "empty value", expected);
-        if (strlen(value) >= 16 || inet_pton(AF_INET, value, addr) != 1)
-            return bad_value(err, errlen, k, value, "not an IPv4 address", expected);
-        strcpy(field, value);
-        return 0;
-    }
-    case T_STR: {
-        const char *expected = "printable ASCII characters without blanks";
-        size_t n = strlen(value);
-        if (n < k->min)
-            return bad_value(err, errlen, k, value, "empty value", expected);
-        if (n >= k->max)
-            return bad_value(err, errlen, k, value, "too long", expected);
-        for (const char *p = value; *p; p++)
-            if (*p <= ' ' || *p > '~') {
-                /* cluster_secret is a secret: never quoted */
-                if (strcmp(k->name, "cluster_secret") == 0) {
-                    set_err(err, errlen, "bad value for key '%s': not %s", k->name, expected);
-                    return -EINVAL;
-                }
-                return bad_value(err, errlen, k, value, "bad character", expected);
-            }
-        strcpy(field, value);
-        return 0;
-    }
-    case T_HOST: {
-        size_t n = strlen(value);
-        if (n && (n >= k->max || !host_valid(value, n)))
-            return bad_value(err, errlen, k, value, "not a host name", "a DNS name");
-        strcpy(field, value);
-        return 0;
-    }
-    case T_SEEDS: {
-        const char *why = seeds_check(value);
-        if (strlen(value) >= k->max)
-            why = "too long";
-        if (why)
-            return bad_value(err, errlen, k, value, why, "a comma-separated list of host[:port]");
-        strcpy(field, value);
-        return 0;
-    }
-    case T_API_KEY: {
-        /* the value is a secret: never quoted in an error */
-        const char *why = api_key_check(value);
-        if (why) {
-            set_err(err, errlen, "bad value for key '%s': %s (expected KEY:SECRET)", k->name, why);
-            return -EINVAL;
-        }
-        strcpy(field, value);
-        return 0;
-    }
-    case T_BOOL: {
-        bool b;
-        if (parse_bool(value, &b) < 0)
-            return bad_value(err, errlen, k, value, *value ? "not a boolean" : "empty value",
-                             "true|false|yes|no|on|off|1|0");
-        *(bool *)field = b;
-        return 0;
-    }
-    case T_LOG_LEVEL: {
-        enum log_level l;
-        if (log_level_parse(value, &l) < 0)
-            return bad_value(err, errlen, k, value, *value ? "not a log level" : "empty value",
-                             "error|warn|info|debug");
-        *(enum log_level *)field = l;
-        return 0;
-    }
-    case T_QUEUE_POLICY: {
-        enum queue_policy p;
-        if (strcasecmp(value, "drop_new") == 0)
-            p = QUEUE_DROP_NEW;
-        else if (strcasecmp(value, "drop_oldest") == 0)
-            p = QUEUE_DROP_OLDEST;
-        else
-            return bad_value(err, errlen, k, value, *value ? "not a queue policy" : "empty value",
-                             "drop_new|drop_oldest");
-        *(enum queue_policy *)field = p;
-        return 0;
-    }
-    case T_SLOW_POLICY: {
-        static const char *const names[] = {"backpressure", "drop_new", "drop_oldest",
-                                            "disconnect"};
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-            if (strcasecmp(value, names[i]) == 0) {
-                *(enum slow_policy *)field = (enum slow_policy)i;
-                return 0;
-            }
-        }
-        return bad_value(err, errlen, k, value,
-                         *value ? "not a slow subscriber policy" : "empty value",
-                         "backpressure|drop_new|drop_oldest|disconnect");
-    }
+    case T_ADDRESS:
+        return set_address(k, field, value, err, errlen);
+    case T_IPV4:
+        return set_ipv4(k, field, value, err, errlen);
+    case T_STR:
+        return set_str(k, field, value, err, errlen);
+    case T_HOST:
+        return set_host(k, field, value, err, errlen);
+    case T_SEEDS:
+        return set_seeds(k, field, value, err, errlen);
+    case T_API_KEY:
+        return set_api_key(k, field, value, err, errlen);
+    case T_BOOL:
+        return set_bool(k, (bool *)field, value, err, errlen);
+    case T_LOG_LEVEL:
+        return set_log_level(k, (enum log_level *)field, value, err, errlen);
+    case T_QUEUE_POLICY:
+        return set_queue_policy(k, (enum queue_policy *)field, value, err, errlen);
+    case T_SLOW_POLICY:
+        return set_slow_policy(k, (enum slow_policy *)field, value, err, errlen);
     case T_PATH:
-        if (!*value)
-            return bad_value(err, errlen, k, value, "empty value", "a directory path");
-        if (strlen(value) >= sizeof(c->data_dir))
-            return bad_value(err, errlen, k, value, "too long", "a path of at most 255 bytes");
-        strcpy(field, value);
-        return 0;
-    case T_SYNC: {
-        const char *expected = "always|none|interval MS (MS from 1 to 3600000)";
-        if (strcasecmp(value, "always") == 0) {
-            c->sync = SYNC_ALWAYS;
-            c->sync_interval_ms = 0;
-        } else if (strcasecmp(value, "none") == 0) {
-            c->sync = SYNC_NONE;
-            c->sync_interval_ms = 0;
-        } else if (strncasecmp(value, "interval", 8) == 0 && isspace((unsigned char)value[8])) {
-            const char *ms = value + 8;
-            while (isspace((unsigned char)*ms))
-                ms++;
-            uint64_t v;
-            if (parse_uint(ms, &v) < 0 || v < 1 || v > 3600000)
-                return bad_value(err, errlen, k, value, "bad interval", expected);
-            c->sync = SYNC_INTERVAL;
-            c->sync_interval_ms = (uint32_t)v;
-        } else {
-            return bad_value(err, errlen, k, value, *value ? "not a sync mode" : "empty value",
-                             expected);
-        }
-        return 0;
-    }
+        return set_path(k, field, value, err, errlen);
+    case T_SYNC:
+        return set_sync(c, k, value, err, errlen);
     case T_FILE:
-        if (strlen(value) >= 256)
-            return bad_value(err, errlen, k, value, "too long", "at most 255 bytes");
-        strcpy(field, value);
-        return 0;
-    case T_TLS_VERSION: {
-        uint8_t v;
-        if (strcasecmp(value, "tlsv1.2") == 0 || strcmp(value, "1.2") == 0)
-            v = 12;
-        else if (strcasecmp(value, "tlsv1.3") == 0 || strcmp(value, "1.3") == 0)
-            v = 13;
-        else
-            return bad_value(err, errlen, k, value, "not a TLS version", "tlsv1.2|tlsv1.3");
-        *(uint8_t *)field = v;
-        return 0;
-    }
-    case T_XPORTS: {
-        unsigned bits = 0;
-        const char *p = value;
-        while (*p) {
-            while (*p == ' ' || *p == ',')
-                p++;
-            size_t n = strcspn(p, ", ");
-            if (n == 0)
-                break;
-            int found = -1;
-            for (int i = 0; i < CONFIG_XPORT_COUNT; i++)
-                if (strlen(xport_names[i]) == n && strncasecmp(p, xport_names[i], n) == 0)
-                    found = i;
-            if (found < 0 && !(n == 4 && strncasecmp(p, "none", 4) == 0))
-                return bad_value(err, errlen, k, value, "unknown listener",
-                                 "a comma list of tcp,tls,ws,wss (or none)");
-            if (found >= 0)
-                bits |= 1u << found;
-            p += n;
-        }
-        *(unsigned *)field = bits;
-        return 0;
-    }
-    case T_ANON: {
-        bool b;
-        if (parse_bool(value, &b) < 0)
-            return bad_value(err, errlen, k, value, *value ? "not a boolean" : "empty value",
-                             "true|false|yes|no|on|off|1|0");
-        c->allow_anonymous = b;
-        c->allow_anonymous_set = true;
-        return 0;
-    }
+        return set_file(k, field, value, err, errlen);
+    case T_TLS_VERSION:
+        return set_tls_version(k, (uint8_t *)field, value, err, errlen);
+    case T_XPORTS:
+        return set_xports(k, (unsigned *)field, value, err, errlen);
+    case T_ANON:
+        return set_anon(c, k, value, err, errlen);
     default:
         return set_integer(c, k, value, err, errlen);
     }

@@ -91,10 +91,10 @@ static void admin_run_stop(struct admin_run *ar, const struct config *cfg)
     ar->keys = NULL;
 }
 
-int main(int argc, char **argv)
+/* Parses the command line into *file and *port. Returns -1 to go on, else the
+ * exit status. */
+static int main_parse_args(int argc, char **argv, const char **file, const char **port)
 {
-    if (argc >= 2 && strcmp(argv[1], "ctl") == 0)
-        return ctl_main(argc - 1, argv + 1);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"port", required_argument, NULL, 'p'},
@@ -102,17 +102,14 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *file = NULL, *port = NULL;
     int ch;
-    if (argc >= 2 && strcmp(argv[1], "passwd") == 0)
-        return passwd_main(argc - 1, argv + 1);
     while ((ch = getopt_long(argc, argv, "c:p:vh", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
-            file = optarg;
+            *file = optarg;
             break;
         case 'p':
-            port = optarg;
+            *port = optarg;
             break;
         case 'v':
             printf("starling %s\n", STARLING_VERSION);
@@ -130,22 +127,75 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    return -1;
+}
+
+/* Fills cfg from the defaults, the file (if any), the environment and -p, in
+ * that order. Returns 0, or -1 with the reason printed. */
+static int main_load_config(struct config *cfg, const char *file, const char *port)
+{
+    char err[512];
+    config_defaults(cfg);
+    if (file && config_load_file(cfg, file, err, sizeof(err)) < 0) {
+        fprintf(stderr, "starling: %s\n", err);
+        return -1;
+    }
+    if (config_load_env(cfg, environ, err, sizeof(err)) < 0) {
+        fprintf(stderr, "starling: %s\n", err);
+        return -1;
+    }
+    if (port && config_set(cfg, "port", port, err, sizeof(err)) < 0) {
+        fprintf(stderr, "starling: -p: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Starts what cfg asks for on top of the initialised broker b: the
+ * authentication files, the cluster (*cn) and the store. Returns 0, or -1
+ * with the reason logged and everything started undone. */
+static int main_start_parts(struct broker *b, const struct config *cfg, struct cluster_node **cn)
+{
+    char err[512];
+    if (auth_load(&b->auth, &b->cfg, err, sizeof(err)) < 0) {
+        /* a bad certificate, key, password or ACL file stops start-up */
+        log_error("%s", err);
+        broker_cleanup(b);
+        return -1;
+    }
+    /* The cluster (cluster_seeds or cluster_dns): before the store loads the
+     * persistent sessions, so that their routes are proposed. */
+    if (config_clustered(cfg) && cluster_node_start(cn, b, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        server_cleanup(b);
+        broker_cleanup(b);
+        return -1;
+    }
+    if (persist_open(b, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        cluster_node_stop(*cn);
+        server_cleanup(b);
+        broker_cleanup(b);
+        cluster_node_free(*cn);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "ctl") == 0)
+        return ctl_main(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "passwd") == 0)
+        return passwd_main(argc - 1, argv + 1);
+    const char *file = NULL, *port = NULL;
+    int rc = main_parse_args(argc, argv, &file, &port);
+    if (rc >= 0)
+        return rc;
 
     struct config cfg;
-    char err[512];
-    config_defaults(&cfg);
-    if (file && config_load_file(&cfg, file, err, sizeof(err)) < 0) {
-        fprintf(stderr, "starling: %s\n", err);
+    if (main_load_config(&cfg, file, port) < 0)
         return 1;
-    }
-    if (config_load_env(&cfg, environ, err, sizeof(err)) < 0) {
-        fprintf(stderr, "starling: %s\n", err);
-        return 1;
-    }
-    if (port && config_set(&cfg, "port", port, err, sizeof(err)) < 0) {
-        fprintf(stderr, "starling: -p: %s\n", err);
-        return 1;
-    }
     log_set_level(cfg.log_level);
     /* A client that resets its connection must cost an EPIPE, not the node. */
     signal(SIGPIPE, SIG_IGN);
@@ -153,31 +203,10 @@ int main(int argc, char **argv)
     /* The node's broker: the only one in this process, but nothing below
      * knows that. */
     static struct broker broker;
-    int r = broker_init(&broker, &cfg);
-    if (r == 0 && (r = auth_load(&broker.auth, &broker.cfg, err, sizeof(err))) < 0) {
-        /* a bad certificate, key, password or ACL file stops start-up */
-        log_error("%s", err);
-        broker_cleanup(&broker);
-        return 1;
-    }
-    /* The cluster (cluster_seeds or cluster_dns): before the store loads the
-     * persistent sessions, so that their routes are proposed. */
     struct cluster_node *cn = NULL;
-    if (r == 0 && config_clustered(&cfg) &&
-        (r = cluster_node_start(&cn, &broker, err, sizeof(err))) < 0) {
-        log_error("%s", err);
-        server_cleanup(&broker);
-        broker_cleanup(&broker);
+    int r = broker_init(&broker, &cfg);
+    if (r == 0 && main_start_parts(&broker, &cfg, &cn) < 0)
         return 1;
-    }
-    if (r == 0 && (r = persist_open(&broker, err, sizeof(err))) < 0) {
-        log_error("%s", err);
-        cluster_node_stop(cn);
-        server_cleanup(&broker);
-        broker_cleanup(&broker);
-        cluster_node_free(cn);
-        return 1;
-    }
 #ifndef NDEBUG
     /* Tests of a registry that answers later (registry.h). */
     const char *reg = getenv("STARLING_TEST_REGISTRY");

@@ -158,27 +158,32 @@ static int passwd_append(char **buf, size_t *len, size_t *cap, const char *s, si
     return 0;
 }
 
-int passwd_main(int argc, char **argv)
+struct passwd_opts {
+    bool create, del, batch, sha512;
+};
+
+/* Parses the options and checks the argument count. Returns -1 to go on (the
+ * operands start at optind), else the exit status. */
+static int passwd_parse_opts(int argc, char **argv, struct passwd_opts *o)
 {
-    bool create = false, del = false, batch = false, sha512 = false;
     int ch;
     optind = 1;
     while ((ch = getopt(argc, argv, "+bcDH:h")) != -1) {
         switch (ch) {
         case 'b':
-            batch = true;
+            o->batch = true;
             break;
         case 'c':
-            create = true;
+            o->create = true;
             break;
         case 'D':
-            del = true;
+            o->del = true;
             break;
         case 'H':
             if (strcmp(optarg, "sha512") == 0) {
-                sha512 = true;
+                o->sha512 = true;
             } else if (strcmp(optarg, "sha512-pbkdf2") == 0) {
-                sha512 = false;
+                o->sha512 = false;
             } else {
                 fprintf(stderr, "starling passwd: unknown hash '%s'\n", optarg);
                 return 2;
@@ -192,58 +197,87 @@ int passwd_main(int argc, char **argv)
             return 2;
         }
     }
-    if (create && del) {
+    if (o->create && o->del) {
         fprintf(stderr, "starling passwd: -c and -D cannot be used together\n");
         return 2;
     }
-    int want = 2 + (batch && !del);
+    int want = 2 + (o->batch && !o->del);
     if (argc - optind != want) {
         passwd_usage(stderr);
         return 2;
     }
-    const char *file = argv[optind], *user = argv[optind + 1];
-    size_t ulen = strlen(user);
-    if (ulen == 0 || strpbrk(user, ":\r\n") || user[0] == '#') {
-        fprintf(stderr, "starling passwd: a user name must be non-empty, must not start with "
-                        "'#' and must not contain ':' or a line break\n");
-        return 1;
-    }
+    return -1;
+}
 
-    char pw[PASSWD_PW_MAX], again[PASSWD_PW_MAX];
-    pw[0] = '\0';
-    if (!del) {
-        if (batch) {
-            if (strlen(argv[optind + 2]) >= sizeof(pw)) {
-                fprintf(stderr, "starling passwd: password longer than %d bytes\n",
-                        PASSWD_PW_MAX - 1);
-                return 1;
-            }
-            strcpy(pw, argv[optind + 2]);
-        } else {
-            if (passwd_read_line("Password: ", pw, sizeof(pw)) < 0 ||
-                passwd_read_line("Reenter password: ", again, sizeof(again)) < 0) {
-                fprintf(stderr, "starling passwd: no password read\n");
-                return 1;
-            }
-            int same = strcmp(pw, again) == 0;
-            OPENSSL_cleanse(again, sizeof(again));
-            if (!same) {
-                OPENSSL_cleanse(pw, sizeof(pw));
-                fprintf(stderr, "starling passwd: the passwords do not match\n");
-                return 1;
-            }
+/* Fills pw (PASSWD_PW_MAX bytes) from the command line (batch_pw, for -b) or
+ * from two prompts that must agree. Returns 0, or 1 (the exit status). */
+static int passwd_get_password(const char *batch_pw, char *pw)
+{
+    char again[PASSWD_PW_MAX];
+    if (batch_pw) {
+        if (strlen(batch_pw) >= PASSWD_PW_MAX) {
+            fprintf(stderr, "starling passwd: password longer than %d bytes\n", PASSWD_PW_MAX - 1);
+            return 1;
         }
-        if (pw[0] == '\0' || strpbrk(pw, "\r\n")) {
-            fprintf(stderr, "starling passwd: empty password or one with a line break\n");
+        strcpy(pw, batch_pw);
+    } else {
+        if (passwd_read_line("Password: ", pw, PASSWD_PW_MAX) < 0 ||
+            passwd_read_line("Reenter password: ", again, sizeof(again)) < 0) {
+            fprintf(stderr, "starling passwd: no password read\n");
+            return 1;
+        }
+        int same = strcmp(pw, again) == 0;
+        OPENSSL_cleanse(again, sizeof(again));
+        if (!same) {
+            OPENSSL_cleanse(pw, PASSWD_PW_MAX);
+            fprintf(stderr, "starling passwd: the passwords do not match\n");
             return 1;
         }
     }
+    if (pw[0] == '\0' || strpbrk(pw, "\r\n")) {
+        fprintf(stderr, "starling passwd: empty password or one with a line break\n");
+        return 1;
+    }
+    return 0;
+}
 
+/* Appends to out every line of text but USER's; the first of USER's lines is
+ * replaced by entry (unless del). Sets *found when USER had a line. Returns 0
+ * or -ENOMEM. */
+static int passwd_copy_lines(const char *text, size_t len, const char *user, const char *entry,
+                             size_t elen, bool del, char **out, size_t *olen, size_t *ocap,
+                             bool *found)
+{
+    size_t ulen = strlen(user);
+    for (const char *p = text, *end = text + len; p && p < end;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *next = nl ? nl + 1 : end;
+        bool mine = (size_t)(next - p) > ulen && memcmp(p, user, ulen) == 0 && p[ulen] == ':';
+        if (mine) {
+            if (!*found && !del && passwd_append(out, olen, ocap, entry, elen) < 0)
+                return -ENOMEM;
+            *found = true;
+        } else {
+            if (passwd_append(out, olen, ocap, p, (size_t)(next - p)) < 0)
+                return -ENOMEM;
+            if (!nl && passwd_append(out, olen, ocap, "\n", 1) < 0)
+                return -ENOMEM;
+        }
+        p = next;
+    }
+    return 0;
+}
+
+/* Rewrites file with USER's entry set to pw's hash (or removed, for -D).
+ * Returns the exit status. */
+static int passwd_rewrite(const struct passwd_opts *o, const char *file, const char *user,
+                          const char *pw)
+{
     char *text = NULL, *out = NULL;
     size_t len = 0, olen = 0, ocap = 0;
     struct stat st;
     int rc = 1;
-    if (!create) {
+    if (!o->create) {
         int r = passwd_read_file(file, &text, &len, &st);
         if (r < 0) {
             fprintf(stderr, "starling passwd: %s: %s\n", file, strerror(-r));
@@ -261,10 +295,10 @@ int passwd_main(int argc, char **argv)
     /* Copy every line but USER's; its new entry replaces the old one. */
     char entry[PASSWD_HASH_MAX + PASSWD_PW_MAX];
     size_t elen = 0;
-    if (!del) {
+    if (!o->del) {
         char hash[PASSWD_HASH_MAX];
-        int r = sha512 ? passwd_hash_make_sha512(pw, strlen(pw), hash, sizeof(hash))
-                       : passwd_hash_make(pw, strlen(pw), PASSWD_ITERATIONS, hash, sizeof(hash));
+        int r = o->sha512 ? passwd_hash_make_sha512(pw, strlen(pw), hash, sizeof(hash))
+                          : passwd_hash_make(pw, strlen(pw), PASSWD_ITERATIONS, hash, sizeof(hash));
         if (r < 0) {
             fprintf(stderr, "starling passwd: hashing failed: %s\n", strerror(-r));
             goto done;
@@ -272,29 +306,15 @@ int passwd_main(int argc, char **argv)
         elen = (size_t)snprintf(entry, sizeof(entry), "%s:%s\n", user, hash);
     }
     bool found = false;
-    for (const char *p = text, *end = text + len; p && p < end;) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *next = nl ? nl + 1 : end;
-        bool mine = (size_t)(next - p) > ulen && memcmp(p, user, ulen) == 0 && p[ulen] == ':';
-        if (mine) {
-            if (!found && !del && passwd_append(&out, &olen, &ocap, entry, elen) < 0)
-                goto nomem;
-            found = true;
-        } else {
-            if (passwd_append(&out, &olen, &ocap, p, (size_t)(next - p)) < 0)
-                goto nomem;
-            if (!nl && passwd_append(&out, &olen, &ocap, "\n", 1) < 0)
-                goto nomem;
-        }
-        p = next;
-    }
-    if (del && !found) {
+    if (passwd_copy_lines(text, len, user, entry, elen, o->del, &out, &olen, &ocap, &found) < 0)
+        goto nomem;
+    if (o->del && !found) {
         fprintf(stderr, "starling passwd: user %s not found in %s\n", user, file);
         goto done;
     }
-    if (!found && !del && passwd_append(&out, &olen, &ocap, entry, elen) < 0)
+    if (!found && !o->del && passwd_append(&out, &olen, &ocap, entry, elen) < 0)
         goto nomem;
-    int r = passwd_write_file(file, out ? out : "", olen, create ? NULL : &st);
+    int r = passwd_write_file(file, out ? out : "", olen, o->create ? NULL : &st);
     if (r < 0) {
         fprintf(stderr, "starling passwd: %s: %s\n", file, strerror(-r));
         goto done;
@@ -304,11 +324,33 @@ int passwd_main(int argc, char **argv)
 nomem:
     fprintf(stderr, "starling passwd: out of memory\n");
 done:
-    OPENSSL_cleanse(pw, sizeof(pw));
     OPENSSL_cleanse(entry, sizeof(entry));
     if (out)
         OPENSSL_cleanse(out, olen);
     free(out);
     free(text);
+    return rc;
+}
+
+int passwd_main(int argc, char **argv)
+{
+    struct passwd_opts o = {0};
+    int rc = passwd_parse_opts(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    const char *file = argv[optind], *user = argv[optind + 1];
+    size_t ulen = strlen(user);
+    if (ulen == 0 || strpbrk(user, ":\r\n") || user[0] == '#') {
+        fprintf(stderr, "starling passwd: a user name must be non-empty, must not start with "
+                        "'#' and must not contain ':' or a line break\n");
+        return 1;
+    }
+
+    char pw[PASSWD_PW_MAX];
+    pw[0] = '\0';
+    if (!o.del && passwd_get_password(o.batch ? argv[optind + 2] : NULL, pw) != 0)
+        return 1;
+    rc = passwd_rewrite(&o, file, user, pw);
+    OPENSSL_cleanse(pw, sizeof(pw));
     return rc;
 }
