@@ -113,7 +113,10 @@ void ackq_free(struct conn *c)
 struct ack_wait {
     struct conn *c;
     uint32_t token;
-    struct msg *held; /* a published message waiting for the same commit */
+    uint16_t pid;
+    uint8_t type;
+    struct session *s; /* a reference, for a PUBREC (see ackq_on_commit) */
+    struct msg *held;  /* a published message waiting for the same commit */
     struct pub_targets targets;
 };
 
@@ -126,6 +129,16 @@ static void ackq_on_commit(void *ud, int status)
         broker_release(b, a->held, status < 0 ? MSG_REJECTED : MSG_READY, &a->targets, NULL);
         msg_unref(a->held);
     }
+    if (a->s && status < 0) {
+        /* not received after all: the id is free for the client's resend
+         * now, also when the result below cannot reach the worker and the
+         * connection closes without it (ackq_done does the same again) */
+        lock_acquire(&a->s->lock);
+        session_qos2_remove(a->s, a->pid);
+        lock_release(&a->s->lock);
+    }
+    if (a->s)
+        session_unref(a->s);
     worker_post_ack(a->c->w, a->c, a->token, status);
     conn_unref(a->c);
     free(a);
@@ -139,6 +152,24 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
      * store too: never acknowledged as if there were nothing to store */
     bool stored = *bt && (store_batch_ops(*bt) > 0 || store_batch_error(*bt) < 0);
     struct ack_wait *a = stored ? malloc(sizeof(*a)) : NULL;
+    bool publish = type == MQTT_PUBACK || type == MQTT_PUBREC;
+    if (!a && stored && publish) {
+        /* out of memory: the outcome of the commit could not be waited
+         * for, so the message is not received at all: nothing of it is
+         * stored or delivered, a QoS 2 id is forgotten, and the client
+         * publishes it again on its next connection */
+        store_batch_free(*bt);
+        *bt = NULL;
+        if (held)
+            broker_release(b, held, MSG_REJECTED, targets, c->w);
+        if (type == MQTT_PUBREC && c->session) {
+            lock_acquire(&c->session->lock);
+            session_qos2_remove(c->session, pid);
+            lock_release(&c->session->lock);
+        }
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
     if (!a) {
         if (*bt)
             persist_submit(b, bt, NULL, NULL);
@@ -152,6 +183,9 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
     }
     a->token = ackq_push(c, type, pid, reason, false);
     a->c = conn_ref(c);
+    a->pid = pid;
+    a->type = (uint8_t)type;
+    a->s = type == MQTT_PUBREC && c->session ? session_ref(c->session) : NULL;
     a->held = held ? msg_ref(held) : NULL;
     if (targets) {
         a->targets = *targets;
