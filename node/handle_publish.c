@@ -132,8 +132,9 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
     }
     if (dup) {
         /* [MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-10] already received: acknowledge, do not deliver
-         * again */
-        ackq_push(c, MQTT_PUBREC, pid, 0, true);
+         * again; but only once the original's store outcome is known (its
+         * commit may still fail, and then it was not received at all) */
+        ackq_after_dup(c, bt, pid);
         return 1;
     }
     return 0;
