@@ -3,6 +3,7 @@
  */
 #include "ackq.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +22,12 @@ struct pending_ack {
     uint8_t reason;
     bool ready;
     bool failed;
+    bool dup; /* the PUBREC of a duplicate QoS 2 PUBLISH (ackq_after_dup) */
 };
+
+/* The status of a duplicate's PUBREC whose original was not received after
+ * all (its commit failed). */
+#define ACKQ_ORIGINAL_FAILED (-ECANCELED)
 
 /* Send the acknowledgements at the head of the queue that are ready. */
 static void ackq_drain(struct conn *c)
@@ -85,7 +91,24 @@ void ackq_done(struct conn *c, uint32_t token, int status)
         if (a->token != token)
             continue;
         a->ready = true;
-        if (status < 0 && (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
+        if (status < 0 && a->dup && status != ACKQ_ORIGINAL_FAILED) {
+            /* the duplicate's own commit failed: whether the original was
+             * received is unknown here, so neither PUBREC nor a refusal;
+             * the client resends on its next connection */
+            log_warn("%s: store failed (%s): duplicate publish %u not answered", CONN_PEER(c),
+                     store_strerror(status), a->pid);
+            x->acks_len = 0;
+            conn_close(c, MQTT_RC_UNSPECIFIED, false);
+            return;
+        }
+        if (status < 0 && a->dup) {
+            /* [MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-8] the original was not
+             * stored: the duplicate is refused like it (its id is already
+             * forgotten), never acknowledged as received */
+            log_warn("%s: publish %u not stored: its duplicate is refused", CONN_PEER(c), a->pid);
+            a->failed = true;
+            a->reason = MQTT_RC_QUOTA_EXCEEDED;
+        } else if (status < 0 && (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
             /* the message could not be stored: not acknowledged as received */
             log_warn("%s: store failed (%s): publish %u refused", CONN_PEER(c),
                      store_strerror(status), a->pid);
@@ -113,7 +136,11 @@ void ackq_free(struct conn *c)
 struct ack_wait {
     struct conn *c;
     uint32_t token;
-    struct msg *held; /* a published message waiting for the same commit */
+    uint16_t pid;
+    uint8_t type;
+    bool dup;          /* waits for the original of a duplicate (ackq_after_dup) */
+    struct session *s; /* a reference, for a PUBREC (see ackq_on_commit) */
+    struct msg *held;  /* a published message waiting for the same commit */
     struct pub_targets targets;
 };
 
@@ -126,6 +153,25 @@ static void ackq_on_commit(void *ud, int status)
         broker_release(b, a->held, status < 0 ? MSG_REJECTED : MSG_READY, &a->targets, NULL);
         msg_unref(a->held);
     }
+    if (a->dup && status == 0) {
+        /* the commits run in submission order: the original's came first,
+         * and a failed one forgot the id (below); still recorded, the
+         * original is stored */
+        lock_acquire(&a->s->lock);
+        if (!session_qos2_has(a->s, a->pid))
+            status = ACKQ_ORIGINAL_FAILED;
+        lock_release(&a->s->lock);
+    }
+    if (a->s && status < 0 && !a->dup) {
+        /* not received after all: the id is free for the client's resend
+         * now, also when the result below cannot reach the worker and the
+         * connection closes without it (ackq_done does the same again) */
+        lock_acquire(&a->s->lock);
+        session_qos2_remove(a->s, a->pid);
+        lock_release(&a->s->lock);
+    }
+    if (a->s)
+        session_unref(a->s);
     worker_post_ack(a->c->w, a->c, a->token, status);
     conn_unref(a->c);
     free(a);
@@ -139,6 +185,24 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
      * store too: never acknowledged as if there were nothing to store */
     bool stored = *bt && (store_batch_ops(*bt) > 0 || store_batch_error(*bt) < 0);
     struct ack_wait *a = stored ? malloc(sizeof(*a)) : NULL;
+    bool publish = type == MQTT_PUBACK || type == MQTT_PUBREC;
+    if (!a && stored && publish) {
+        /* out of memory: the outcome of the commit could not be waited
+         * for, so the message is not received at all: nothing of it is
+         * stored or delivered, a QoS 2 id is forgotten, and the client
+         * publishes it again on its next connection */
+        store_batch_free(*bt);
+        *bt = NULL;
+        if (held)
+            broker_release(b, held, MSG_REJECTED, targets, c->w);
+        if (type == MQTT_PUBREC && c->session) {
+            lock_acquire(&c->session->lock);
+            session_qos2_remove(c->session, pid);
+            lock_release(&c->session->lock);
+        }
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
     if (!a) {
         if (*bt)
             persist_submit(b, bt, NULL, NULL);
@@ -150,8 +214,14 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
             ackq_push(c, type, pid, reason, true);
         return;
     }
+    /* the session first: ackq_push closes the connection (and detaches
+     * it) when out of memory, and a failed commit must still forget the id */
+    a->s = type == MQTT_PUBREC && c->session ? session_ref(c->session) : NULL;
     a->token = ackq_push(c, type, pid, reason, false);
     a->c = conn_ref(c);
+    a->pid = pid;
+    a->type = (uint8_t)type;
+    a->dup = false;
     a->held = held ? msg_ref(held) : NULL;
     if (targets) {
         a->targets = *targets;
@@ -160,4 +230,43 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
         memset(&a->targets, 0, sizeof(a->targets));
     }
     persist_submit(b, bt, ackq_on_commit, a);
+}
+
+void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid)
+{
+    struct broker *b = conn_broker(c);
+    if (!b->store || !c->session) {
+        /* nothing is committed: the original was answered at once too */
+        persist_submit(b, bt, NULL, NULL);
+        ackq_push(c, MQTT_PUBREC, pid, 0, true);
+        return;
+    }
+    if (!*bt)
+        *bt = store_batch_new();
+    struct ack_wait *a = *bt ? malloc(sizeof(*a)) : NULL;
+    if (!a) {
+        /* out of memory: not answered; the client resends on its next
+         * connection */
+        if (*bt)
+            store_batch_free(*bt);
+        *bt = NULL;
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
+    memset(a, 0, sizeof(*a));
+    /* before ackq_push, which closes the connection (and detaches the
+     * session) when out of memory */
+    a->s = session_ref(c->session);
+    a->token = ackq_push(c, MQTT_PUBREC, pid, 0, false);
+    struct conn_extra *x = c->x;
+    if (x && x->acks_len && x->acks[x->acks_len - 1].token == a->token)
+        x->acks[x->acks_len - 1].dup = true;
+    a->c = conn_ref(c);
+    a->pid = pid;
+    a->type = MQTT_PUBREC;
+    a->dup = true;
+    /* an empty batch: committed after every batch submitted before it,
+     * among them the original's */
+    store_submit(b->store, *bt, ackq_on_commit, a);
+    *bt = NULL;
 }

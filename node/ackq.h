@@ -41,6 +41,13 @@ void ackq_done(struct conn *c, uint32_t token, int status);
 void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, uint16_t pid,
                 uint8_t reason, struct msg *held, struct pub_targets *targets);
 
+/* The PUBREC of a duplicate QoS 2 PUBLISH (its id is recorded): sent once
+ * the original's commit is known to have succeeded, by submitting *bt (an
+ * empty batch) after it; when the original's commit failed (its id was
+ * forgotten meanwhile), the duplicate is refused like a failed store
+ * (ackq_done). Without a store it is sent at once. */
+void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid);
+
 /* Free the queue (connection freed). */
 void ackq_free(struct conn *c);
 

@@ -132,8 +132,9 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
     }
     if (dup) {
         /* [MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-10] already received: acknowledge, do not deliver
-         * again */
-        ackq_push(c, MQTT_PUBREC, pid, 0, true);
+         * again; but only once the original's store outcome is known (its
+         * commit may still fail, and then it was not received at all) */
+        ackq_after_dup(c, bt, pid);
         return 1;
     }
     return 0;
@@ -185,6 +186,24 @@ static void handle_publish_refuse(struct conn *c, enum mqtt_type ack, uint16_t p
         conn_close(c, MQTT_RC_UNSPECIFIED, false);
 }
 
+/* A QoS 2 PUBLISH that was not received after all (refused, or its
+ * connection closes): its id is forgotten, also in the store (into *bt), so
+ * that the client's resend is taken as a new message, not as a duplicate
+ * that would be acknowledged and never delivered. */
+static void handle_qos2_forget(struct conn *c, const struct mqtt_publish *p,
+                               struct store_batch **bt)
+{
+    if (p->qos != 2)
+        return;
+    struct broker *b = c->w->b;
+    struct session *s = c->session;
+    lock_acquire(&s->lock);
+    session_qos2_remove(s, p->packet_id);
+    if (s->stored)
+        persist_qos2(b, bt, s, p->packet_id, false);
+    lock_release(&s->lock);
+}
+
 /* Make the message and publish it; acknowledge a QoS 1/2 one once what the
  * acknowledgement promises is stored. */
 static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
@@ -196,6 +215,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     struct buf props = {0};
     if (v5 && handle_passthrough_props(&p->props, &props) < 0) {
         buf_free(&props);
+        handle_qos2_forget(c, p, bt);
         persist_submit(b, bt, NULL, NULL);
         conn_close(c, MQTT_RC_UNSPECIFIED, false);
         return;
@@ -208,6 +228,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
                 (uint32_t)props.len, p->qos, p->retain, expiry_at, c->session);
     buf_free(&props);
     if (!m) {
+        handle_qos2_forget(c, p, bt);
         persist_submit(b, bt, NULL, NULL);
         conn_close(c, MQTT_RC_UNSPECIFIED, false);
         return;
@@ -227,14 +248,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
          * and a held message is delivered by none of them */
         if (hold)
             broker_release(b, m, MSG_REJECTED, &targets, c->w);
-        if (p->qos == 2) { /* not received: the id is free again */
-            struct session *s = c->session;
-            lock_acquire(&s->lock);
-            session_qos2_remove(s, p->packet_id);
-            if (s->stored)
-                persist_qos2(b, bt, s, p->packet_id, false);
-            lock_release(&s->lock);
-        }
+        handle_qos2_forget(c, p, bt); /* not received: the id is free again */
         persist_submit(b, bt, NULL, NULL);
         msg_unref(m);
         conn_flow_pause(c, &flow);

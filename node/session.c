@@ -423,6 +423,14 @@ void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state)
         q->state = MSG_STATE_WAIT_PUBCOMP;
         qlist_push(&s->inflight, q);
     } else {
+        /* The store does not record that a message was sent (no write per
+         * delivery): a restored one might have been, before the restart,
+         * so its first PUBLISH now is a possible re-delivery and carries
+         * DUP 1 [MQTT-3.1.1 3.3.1-1, MQTT-5.0 3.3.1-1]. A queued message
+         * whose state is not MSG_STATE_QUEUED says so (session_flush). */
+        q->state = q->qos == 1   ? MSG_STATE_WAIT_PUBACK
+                   : q->qos == 2 ? MSG_STATE_WAIT_PUBREC
+                                 : MSG_STATE_QUEUED;
         queue_push(s, q);
     }
 }
@@ -505,21 +513,21 @@ void session_flush_locked(struct broker *b, struct session *s)
             if (pid_in_use(s, pid))
                 break;
             q->pid = pid;
-            q->state = q->qos == 1 ? MSG_STATE_WAIT_PUBACK : MSG_STATE_WAIT_PUBREC;
         }
-        int r = b->sink->publish(c, q, false, now);
-        if (r == SINK_BUSY) {
-            /* the socket is full: resumed when the write completes */
-            q->state = MSG_STATE_QUEUED;
-            break;
-        }
+        /* a message restored from the store might have been sent before
+         * the restart (session_restore_msg): DUP 1 */
+        bool again = q->qos > 0 && q->state != MSG_STATE_QUEUED;
+        int r = b->sink->publish(c, q, again, now);
+        if (r == SINK_BUSY)
+            break; /* the socket is full: resumed when the write completes */
         if (r == -ENOMEM && q->qos > 0) {
             /* out of memory: the connection closes (see sink_ops.publish),
              * the message stays first in the queue for the next one */
-            q->state = MSG_STATE_QUEUED;
             q->pid = 0;
             break;
         }
+        if (q->qos > 0)
+            q->state = q->qos == 1 ? MSG_STATE_WAIT_PUBACK : MSG_STATE_WAIT_PUBREC;
         queue_pop(s);
         if (r <= 0 || q->qos == 0) {
             session_drop(b, s, q, &bt, r <= 0);

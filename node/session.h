@@ -197,7 +197,10 @@ int session_pubrec_locked(struct broker *b, struct session *s, uint16_t pid, uin
 int session_pubcomp_locked(struct broker *b, struct session *s, uint16_t pid,
                            struct store_batch **bt);
 
-/* Append a message recovered from the store (start-up only). */
+/* Append a message recovered from the store (start-up only). One past
+ * PUBREC goes back inflight (its PUBREL is resent); any other is queued and
+ * its next PUBLISH carries DUP 1, since it might have been sent before the
+ * restart (the store does not record sends). */
 void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state);
 struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *ids, uint16_t n_ids);
 

@@ -43,7 +43,8 @@ struct sink_ops {
     /* Encode a PUBLISH of q (q->pid, q->qos, q->retain, subscription ids,
      * topic alias, remaining expiry, DUP = dup) into c's output. Returns
      * SINK_SENT, SINK_SKIPPED, SINK_BUSY (only for dup false: a resend is
-     * always written), -ENOMEM (c closes at the end of the turn: the
+     * always written; the session sends at most its inflight window of
+     * them), -ENOMEM (c closes at the end of the turn: the
      * session keeps q for its next connection), or another negative errno
      * (dropped). */
     int (*publish)(struct conn *c, const struct qmsg *q, bool dup, uint64_t now_real_ms);

@@ -677,9 +677,12 @@ def test_sigterm_restart_keeps_sessions_subscriptions_retained(broker, tmp_path)
 def test_restart_packet_ids_continue_after_the_stored_messages(broker, tmp_path):
     """A persistent session's first packet identifier is 1; after a restart
     from the store, a message left unacknowledged is resent with its packet
-    id, a queued one keeps the id that follows, and new messages go on
-    from there: the sequence a restored session continues is the one its
-    stored messages carry."""
+    id and DUP 1, a queued one keeps the id that follows, and new messages
+    go on from there with DUP 0: the sequence a restored session continues
+    is the one its stored messages carry. [MQTT-3.1.1 3.3.1-1, MQTT-5.0
+    3.3.1-1] DUP is 1 when a PUBLISH might be a re-delivery: the store
+    does not record that a message was sent, so every message restored
+    from it might have been, the one queued while offline too."""
     data = str(tmp_path / "data")
     b = broker(data_dir=data)
     cid = uid("dur-pid")
@@ -704,13 +707,47 @@ def test_restart_packet_ids_continue_after_the_stored_messages(broker, tmp_path)
     s = raw(b2, cid, 5, clean=False, properties=SESSION_5)
     assert s.connack.session_present
     got = [s.recv_publish() for _ in range(2)]
-    # (the resend of "b" comes from the restored queue: DUP is not asserted)
-    assert [(q.payload, q.packet_id) for q in got] == [(b"b", 2), (b"c", 3)]
+    assert [(q.payload, q.packet_id, q.dup) for q in got] == [(b"b", 2, True), (b"c", 3, True)]
     pub = raw(b2, uid("pub"), 5)
     pub.publish("pidr/t", b"d", qos=1)
     assert pub.expect(M.PUBACK).reason_code == 0
     d = s.recv_publish()
-    assert (d.payload, d.packet_id) == (b"d", 4)
+    assert (d.payload, d.packet_id, d.dup) == (b"d", 4, False)
+    for c in (s, pub):
+        c.disconnect()
+
+
+
+def test_MQTT_311_3_3_1_1_publish_unacknowledged_at_a_crash_resent_with_dup(broker, tmp_path):
+    """[MQTT-3.1.1 3.3.1-1, MQTT-5.0 3.3.1-1] DUP is 1 when the server
+    attempts to re-deliver a PUBLISH. A QoS 2 message sent to a 3.1.1
+    persistent session and left without PUBREC when the broker is killed is
+    sent again after the restart with DUP 1 and its packet id; a message
+    published after the restart comes with DUP 0."""
+    data = str(tmp_path / "data")
+    b = broker(data_dir=data)
+    cid = uid("dur-dup")
+    s = raw(b, cid, 4, clean=False)
+    s.subscribe(("dupr/t", 2))
+    pub = raw(b, uid("pub"), 4)
+    pub.publish("dupr/t", b"x", qos=2)
+    assert pub.expect(M.PUBREC)
+    first = s.recv_publish(ack=False)  # no PUBREC: left waiting
+    assert (first.payload, first.qos, first.dup) == (b"x", 2, False), first
+    kill(b)
+
+    b2 = broker(data_dir=data)
+    s = raw(b2, cid, 4, clean=False)
+    assert s.connack.session_present
+    again = s.recv_publish()
+    assert (again.payload, again.qos, again.packet_id, again.dup) == \
+        (b"x", 2, first.packet_id, True), again
+    pub = raw(b2, uid("pub"), 4)
+    pub.publish("dupr/t", b"y", qos=2)
+    assert pub.expect(M.PUBREC)
+    new = s.recv_publish()
+    assert (new.payload, new.qos, new.dup) == (b"y", 2, False), new
+    assert new.packet_id != first.packet_id
     for c in (s, pub):
         c.disconnect()
 

@@ -129,6 +129,63 @@ def publish_all(b, version, tag, n):
     return acked, refused
 
 
+def publish_resending(b, version, tag, n):
+    """Publish n QoS 1/2 messages as a client with a persistent session
+    does: when the broker closes the connection, reconnect to the same
+    session and resend the unacknowledged PUBLISH with DUP and its packet
+    id, or the PUBREL of one past PUBREC [MQTT-3.1.1 4.4.0-1, MQTT-5.0
+    4.4.0-1]. Returns the acknowledged payloads (a 5.0 refusal, 0x97, ends
+    a message's attempts)."""
+    cid = uid("pubr")
+    acked = set()
+    c = None
+    deadline = time.monotonic() + 120
+    for i in range(n):
+        payload = f"{tag}-{i}".encode()
+        qos, pid = 1 + i % 2, i + 1  # ids never repeat: no stale id is hit
+        dup, phase = False, "pub"
+        while phase != "done":
+            assert time.monotonic() < deadline, f"published only {i} of {n} within the time limit"
+            if c is None:
+                try:
+                    c = M.Client(b, version=version)
+                    kw = {"properties": SESSION_EXPIRY} if version == 5 else {}
+                    ack = c.connect(cid, clean=False, **kw)
+                except (M.MQTTError, OSError, AssertionError):
+                    c = None
+                    continue
+                if ack.reason_code != 0:
+                    c.close()
+                    c = None
+                    continue
+            try:
+                if phase == "pub":
+                    c.publish(TOPIC, payload, qos=qos, dup=dup, packet_id=pid)
+                    p = c.recv()
+                    while p.type not in (M.PUBACK, M.PUBREC):
+                        p = c.recv()
+                    assert p.packet_id == pid, p
+                    if p.reason_code >= 0x80:
+                        assert version == 5 and p.reason_code == 0x97, p
+                        phase = "done"
+                        continue
+                    acked.add(payload)
+                    phase = "rel" if qos == 2 else "done"
+                if phase == "rel":
+                    c.pubrel(pid)
+                    q = c.recv()
+                    while q.type != M.PUBCOMP:
+                        q = c.recv()
+                    phase = "done"
+            except (M.MQTTError, OSError):
+                c.close()
+                c = None
+                dup = True
+    if c is not None:
+        c.disconnect()
+    return acked
+
+
 def retained_now(b, marker):
     """The payloads retained under fa/r/# on b, as a new subscriber gets
     them (before `marker`, published after it subscribed)."""
@@ -180,6 +237,9 @@ def test_no_acknowledgement_without_its_write(broker):
         b.send_signal(signal.SIGUSR2)  # arm
         acked5, refused5 = publish_all(b, 5, "v5", N_PER_CLIENT)
         acked3, refused3 = publish_all(b, 4, "v311", N_PER_CLIENT)
+        # a persistent publisher resends what was not acknowledged
+        resent = publish_resending(b, 4, "v311r", N_PER_CLIENT)
+        resent |= publish_resending(b, 5, "v5r", N_PER_CLIENT)
         b.send_signal(signal.SIGUSR2)  # disarm
         live.close()
         # every acknowledged retained message is retained (in memory)...
@@ -191,7 +251,7 @@ def test_no_acknowledgement_without_its_write(broker):
         failures = [l for l in b.stderr_text().splitlines() if l.startswith("failalloc:")]
         assert failures and failures[-1] != "failalloc: 0 allocations failed", failures
 
-        acked = acked5 | acked3
+        acked = acked5 | acked3 | resent
         assert acked, "nothing was acknowledged: the test proves nothing"
         assert refused5 or refused3, "nothing was refused: no failure reached the publish path"
 
