@@ -65,7 +65,7 @@ struct cluster {
     bool stopping;        /* atomic */
 };
 
-static uint64_t now_ms(void)
+static uint64_t now_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -111,7 +111,7 @@ static int forward(struct cluster *c, struct fwd *f, uint64_t leader)
     if (rc)
         return rc;
     unsigned timeout = c->cfg.propose_timeout_ms ? c->cfg.propose_timeout_ms : 5000;
-    f->deadline_ms = now_ms() + timeout;
+    f->deadline_ms = now_mono_ms() + timeout;
     f->next = c->waiting;
     c->waiting = f;
     return 0;
@@ -413,7 +413,7 @@ static void on_timer(uv_timer_t *t)
     if (++c->ticks % CHECKPOINT_EVERY == 0)
         send_checkpoint(c);
     retry_checks(c);
-    uint64_t now = now_ms();
+    uint64_t now = now_mono_ms();
     for (struct fwd **pp = &c->waiting; *pp;) {
         struct fwd *f = *pp;
         if (f->deadline_ms <= now) {

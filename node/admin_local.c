@@ -88,7 +88,7 @@ static int admin_local_stats(void *ud, bool cluster_wide, struct admin_stats *v,
     memset(s, 0, sizeof(*s));
     snprintf(s->node, sizeof(s->node), "%s", l->name);
     snprintf(s->version, sizeof(s->version), "%s", STARLING_VERSION);
-    s->uptime_s = (broker_now_ms() - b->started_at_ms) / 1000u;
+    s->uptime_s = (broker_now_mono_ms() - b->started_at_ms) / 1000u;
     struct server *srv = b->server;
     long conns = srv ? atomic_load(&srv->connections) : 0;
     s->connections = conns > 0 ? (uint64_t)conns : 0;

@@ -20,7 +20,7 @@
 #include "persist.h"
 #include "session.h"
 
-uint64_t broker_now_ms(void)
+uint64_t broker_now_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -277,7 +277,7 @@ void broker_publish_will(struct broker *b, struct msg *will, uint32_t expiry, st
     /* the expiry of a will counts from its publication */
     struct msg *m = msg_new(msg_topic(will), will->topic_len, msg_payload(will), will->payload_len,
                             msg_props(will), will->props_len, will->qos, will->retain,
-                            msg_clock_ms() + (uint64_t)expiry * 1000u, NULL);
+                            msg_now_real_ms() + (uint64_t)expiry * 1000u, NULL);
     if (!m)
         return;
     broker_publish(b, m, 0, cur, NULL, NULL, NULL);
@@ -290,7 +290,7 @@ int broker_init(struct broker *b, const struct config *cfg)
 {
     memset(b, 0, sizeof(*b));
     b->cfg = *cfg;
-    b->started_at_ms = broker_now_ms();
+    b->started_at_ms = broker_now_mono_ms();
     int r = registry_init(&b->registry);
     b->registry_ops = &registry_local_ops;
     b->registry_ud = b;

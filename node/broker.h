@@ -169,6 +169,6 @@ bool broker_acl_allows(struct broker *b, const char *user, const char *client_id
 void sys_publish(struct broker *b);
 
 /* Monotonic milliseconds. */
-uint64_t broker_now_ms(void);
+uint64_t broker_now_mono_ms(void);
 
 #endif

@@ -143,7 +143,7 @@ void config_defaults(struct config *c)
     strcpy(c->bind_address, "0.0.0.0");
     c->port = 1883;
     c->workers = 0;
-    c->log_level = LOG_INFO;
+    c->log_level = LOG_LEVEL_INFO;
     c->max_packet_size = 1048576;
     c->max_connections = 0;
     c->receive_maximum = 65535;

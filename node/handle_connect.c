@@ -139,7 +139,7 @@ static uint8_t handle_connect_id(const struct config *cfg, const struct mqtt_con
     static atomic_ulong counter;
     unsigned long n = atomic_fetch_add(&counter, 1);
     snprintf(cl->assigned, sizeof(cl->assigned), "starling-%016" PRIx64 "-%lu",
-             broker_now_ms() ^ (uint64_t)(uintptr_t)cl, n);
+             broker_now_mono_ms() ^ (uint64_t)(uintptr_t)cl, n);
     *id = cl->assigned;
     cl->id_len = (uint16_t)strlen(cl->assigned);
     return 0;

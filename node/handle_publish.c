@@ -222,7 +222,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     }
     uint64_t expiry_at = 0;
     if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_MESSAGE_EXPIRY)))
-        expiry_at = msg_clock_ms() + (uint64_t)p->props.message_expiry * 1000u;
+        expiry_at = msg_now_real_ms() + (uint64_t)p->props.message_expiry * 1000u;
     struct msg *m =
         msg_new(topic->data, (uint16_t)topic->len, p->payload.data, p->payload.len, props.data,
                 (uint32_t)props.len, p->qos, p->retain, expiry_at, c->session);

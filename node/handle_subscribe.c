@@ -47,7 +47,7 @@ static void handle_send_retained(struct conn *c, const char *filter, size_t len,
 {
     struct broker *b = c->w->b;
     struct retained_batch rb = {0};
-    retain_match(b->retained, filter, len, msg_clock_ms(), handle_collect_retained, &rb);
+    retain_match(b->retained, filter, len, msg_now_real_ms(), handle_collect_retained, &rb);
     for (size_t k = 0; k < rb.n; k++) {
         struct msg *m = rb.msgs[k];
         /* the ACL decides for each retained message as for any delivery */

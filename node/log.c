@@ -21,7 +21,7 @@
 
 #define LOG_LINE_MAX PIPE_BUF
 
-static _Atomic int current_level = LOG_INFO;
+static _Atomic int current_level = LOG_LEVEL_INFO;
 
 static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
@@ -52,8 +52,8 @@ void log_msg(enum log_level level, const char *fmt, ...)
     if ((int)level > atomic_load_explicit(&current_level, memory_order_relaxed))
         return;
     int saved_errno = errno; /* for "%m" and for the caller */
-    if ((int)level < 0 || level > LOG_DEBUG)
-        level = LOG_ERROR;
+    if ((int)level < 0 || level > LOG_LEVEL_DEBUG)
+        level = LOG_LEVEL_ERROR;
 
     char line[LOG_LINE_MAX];
     struct timespec ts;

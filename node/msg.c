@@ -32,7 +32,7 @@ struct msg *msg_new(const void *topic, uint16_t topic_len, const void *payload,
     return m;
 }
 
-uint64_t msg_clock_ms(void)
+uint64_t msg_now_real_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -88,6 +88,6 @@ static inline const uint8_t *msg_props(const struct msg *m)
 }
 
 /* Milliseconds of the realtime clock (for expiry that survives restarts). */
-uint64_t msg_clock_ms(void);
+uint64_t msg_now_real_ms(void);
 
 #endif

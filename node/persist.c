@@ -68,7 +68,7 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
     struct store_session rec = {
         .version = s->version,
         .expiry_interval = s->expiry_interval,
-        .disconnected_at_ms = connected ? 0 : msg_clock_ms(),
+        .disconnected_at_ms = connected ? 0 : msg_now_real_ms(),
         .n_subs = s->n_subs,
         .subs = subs,
     };
@@ -301,7 +301,7 @@ int persist_open(struct broker *b, char *err, size_t errlen)
         b->store = NULL;
         return r;
     }
-    struct loader l = {.b = b, .now_real = msg_clock_ms(), .now_mono = broker_now_ms()};
+    struct loader l = {.b = b, .now_real = msg_now_real_ms(), .now_mono = broker_now_mono_ms()};
     struct store_loader sl = {
         .ud = &l,
         .session = load_session,

@@ -331,7 +331,7 @@ void registry_local_release(struct broker *b, struct session *s, struct conn *c,
                             struct session_will *will, bool resumed, struct worker *cur)
 {
     struct registry *r = &b->registry;
-    uint64_t now = broker_now_ms();
+    uint64_t now = broker_now_mono_ms();
     bool attached = false, ends = false;
     struct store_batch *bt = NULL;
     pthread_mutex_lock(&r->lock);

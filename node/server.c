@@ -22,7 +22,7 @@
 static void server_on_housekeeping(uv_timer_t *t)
 {
     struct broker *b = t->data;
-    registry_tick(b, broker_now_ms());
+    registry_tick(b, broker_now_mono_ms());
 }
 
 static void server_on_sys(uv_timer_t *t)

@@ -215,7 +215,7 @@ static struct qmsg *queue_admit_online(struct broker *b, struct session *s, stru
     case SLOW_BACKPRESSURE: {
         if (s->flow_exempt)
             break; /* max_publisher_pause ran out: drop_new until it drains */
-        uint64_t now = broker_now_ms();
+        uint64_t now = broker_now_mono_ms();
         if (!atomic_load(&s->flow_high)) {
             atomic_store(&s->flow_high, true);
             s->high_since = now;
@@ -268,7 +268,7 @@ static struct qmsg *queue_admit_online(struct broker *b, struct session *s, stru
  * left out since the last one. */
 static bool session_log_allowed(struct broker *b, unsigned long *skipped)
 {
-    uint64_t now = broker_now_ms();
+    uint64_t now = broker_now_mono_ms();
     unsigned long long last = atomic_load(&b->stats.slow_log_at);
     if ((last && now - last < SESSION_LOG_MS) ||
         !atomic_compare_exchange_strong(&b->stats.slow_log_at, &last, now)) {
@@ -337,7 +337,7 @@ int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t 
             persist_msg_del(b, bt, s, drop);
         if (why >= 0) {
             s->dropped[why]++;
-            uint64_t now = broker_now_ms();
+            uint64_t now = broker_now_mono_ms();
             if (why != SESSION_DROP_OFFLINE &&
                 (!s->drop_logged_at || now - s->drop_logged_at >= SESSION_DROP_LOG_MS)) {
                 s->drop_logged_at = now;
@@ -487,7 +487,7 @@ void session_flush_locked(struct broker *b, struct session *s)
     uint16_t receive_max = 0;
     if (!c || !b->sink->ready(c, &receive_max))
         return;
-    uint64_t now = msg_clock_ms();
+    uint64_t now = msg_now_real_ms();
     uint16_t window = b->cfg.max_inflight;
     if (receive_max && receive_max < window)
         window = receive_max;
@@ -556,7 +556,7 @@ void session_resume_locked(struct broker *b, struct session *s)
     struct conn *c = s->conn;
     if (!c)
         return;
-    uint64_t now = msg_clock_ms();
+    uint64_t now = msg_now_real_ms();
     struct qmsg *prev = NULL, *q = s->inflight.head;
     while (q) {
         struct qmsg *next = q->next;

@@ -31,7 +31,8 @@ void sys_publish(struct broker *b)
     char s[64];
     snprintf(s, sizeof(s), "starling version %s", STARLING_VERSION);
     sys_put(b, "$SYS/broker/version", s);
-    snprintf(s, sizeof(s), "%" PRIu64 " seconds", (broker_now_ms() - b->started_at_ms) / 1000u);
+    snprintf(s, sizeof(s), "%" PRIu64 " seconds",
+             (broker_now_mono_ms() - b->started_at_ms) / 1000u);
     sys_put(b, "$SYS/broker/uptime", s);
     size_t total = registry_count(&b->registry);
     uint64_t connected = atomic_load(&b->stats.clients_connected);

@@ -663,7 +663,7 @@ static uint64_t run_round(struct store *s, struct store_batch *list, bool *commi
     return n;
 }
 
-static uint64_t mono_ms(void)
+static uint64_t now_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -688,7 +688,7 @@ static void *writer_main(void *arg)
 
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        if (dirty && mono_ms() >= sync_due_ms) {
+        if (dirty && now_mono_ms() >= sync_due_ms) {
             pthread_mutex_unlock(&s->mu);
             writer_sync(s);
             dirty = false;
@@ -702,14 +702,14 @@ static void *writer_main(void *arg)
             uint64_t n = run_round(s, list, &committed);
             if (committed && s->sync == STORE_SYNC_INTERVAL && !dirty) {
                 dirty = true;
-                sync_due_ms = mono_ms() + s->sync_interval_ms;
+                sync_due_ms = now_mono_ms() + s->sync_interval_ms;
             }
             /* Take the disk reserve back once there is room again. */
-            if (s->reserve_released && mono_ms() >= s->reserve_retry_ms) {
+            if (s->reserve_released && now_mono_ms() >= s->reserve_retry_ms) {
                 if (reserve_fill(s))
                     s->reserve_released = false;
                 else
-                    s->reserve_retry_ms = mono_ms() + 10000;
+                    s->reserve_retry_ms = now_mono_ms() + 10000;
             }
             pthread_mutex_lock(&s->mu);
             s->completed += n;

@@ -61,7 +61,7 @@ static void test_defaults(void)
     CU_ASSERT_STRING_EQUAL(c.bind_address, "0.0.0.0");
     CU_ASSERT_EQUAL(c.port, 1883);
     CU_ASSERT_EQUAL(c.workers, 0);
-    CU_ASSERT_EQUAL(c.log_level, LOG_INFO);
+    CU_ASSERT_EQUAL(c.log_level, LOG_LEVEL_INFO);
     CU_ASSERT_EQUAL(c.max_packet_size, 1048576);
     CU_ASSERT_EQUAL(c.max_connections, 0);
     CU_ASSERT_EQUAL(c.receive_maximum, 65535);
@@ -113,7 +113,7 @@ static void test_every_key_from_file(void)
     CU_ASSERT_STRING_EQUAL(c.bind_address, "127.0.0.1");
     CU_ASSERT_EQUAL(c.port, 1884);
     CU_ASSERT_EQUAL(c.workers, 3);
-    CU_ASSERT_EQUAL(c.log_level, LOG_DEBUG);
+    CU_ASSERT_EQUAL(c.log_level, LOG_LEVEL_DEBUG);
     CU_ASSERT_EQUAL(c.max_packet_size, 65536);
     CU_ASSERT_EQUAL(c.max_connections, 5000);
     CU_ASSERT_EQUAL(c.receive_maximum, 100);
@@ -420,7 +420,7 @@ static void test_file_comments_blank(void)
                           "bind_address ::1"; /* no final newline */
     CU_ASSERT_EQUAL(load_string(&c, content, NULL), 0);
     CU_ASSERT_EQUAL(c.port, 1886);
-    CU_ASSERT_EQUAL(c.log_level, LOG_WARN);
+    CU_ASSERT_EQUAL(c.log_level, LOG_LEVEL_WARN);
     CU_ASSERT_STRING_EQUAL(c.bind_address, "::1");
 
     /* Empty file: nothing changes. */
@@ -467,7 +467,7 @@ static void test_env(void)
     CU_ASSERT_EQUAL(config_load_env(&c, env, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.port, 1999);
     CU_ASSERT_EQUAL(c.max_packet_size, 4096);
-    CU_ASSERT_EQUAL(c.log_level, LOG_ERROR);
+    CU_ASSERT_EQUAL(c.log_level, LOG_LEVEL_ERROR);
     CU_ASSERT_EQUAL(c.queue_full_policy, QUEUE_DROP_OLDEST);
     CU_ASSERT_STRING_EQUAL(c.bind_address, "::");
     CU_ASSERT_EQUAL(c.max_topic_levels, 32);
@@ -703,19 +703,19 @@ static void test_log_level(void)
 {
     enum log_level l;
     CU_ASSERT_EQUAL(log_level_parse("error", &l), 0);
-    CU_ASSERT_EQUAL(l, LOG_ERROR);
+    CU_ASSERT_EQUAL(l, LOG_LEVEL_ERROR);
     CU_ASSERT_EQUAL(log_level_parse("warn", &l), 0);
-    CU_ASSERT_EQUAL(l, LOG_WARN);
+    CU_ASSERT_EQUAL(l, LOG_LEVEL_WARN);
     CU_ASSERT_EQUAL(log_level_parse("info", &l), 0);
-    CU_ASSERT_EQUAL(l, LOG_INFO);
+    CU_ASSERT_EQUAL(l, LOG_LEVEL_INFO);
     CU_ASSERT_EQUAL(log_level_parse("debug", &l), 0);
-    CU_ASSERT_EQUAL(l, LOG_DEBUG);
+    CU_ASSERT_EQUAL(l, LOG_LEVEL_DEBUG);
     CU_ASSERT_EQUAL(log_level_parse("trace", &l), -EINVAL);
     CU_ASSERT_EQUAL(log_level_parse("", &l), -EINVAL);
 
     enum log_level old = log_get_level();
-    log_set_level(LOG_DEBUG);
-    CU_ASSERT_EQUAL(log_get_level(), LOG_DEBUG);
+    log_set_level(LOG_LEVEL_DEBUG);
+    CU_ASSERT_EQUAL(log_get_level(), LOG_LEVEL_DEBUG);
     log_set_level(old);
 }
 
@@ -747,12 +747,12 @@ static char *capture_stderr(void (*fn)(void))
 
 static void emit_levels(void)
 {
-    log_set_level(LOG_WARN);
+    log_set_level(LOG_LEVEL_WARN);
     log_error("an error %d", 42);
     log_warn("a warning\n");
     log_info("not shown");
     log_debug("not shown either");
-    log_set_level(LOG_INFO);
+    log_set_level(LOG_LEVEL_INFO);
 }
 
 static void emit_long(void)
@@ -816,7 +816,7 @@ static void emit_threads(void)
 
 static void test_log_threads(void)
 {
-    log_set_level(LOG_INFO);
+    log_set_level(LOG_LEVEL_INFO);
     char *out = capture_stderr(emit_threads);
     CU_ASSERT_PTR_NOT_NULL_FATAL(out);
     int lines = 0, good = 0;
