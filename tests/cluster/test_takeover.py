@@ -129,3 +129,41 @@ def test_connect_without_a_leader_is_refused(cluster_factory):
     y = PahoClient(survivor, uid("nolead311"), 4)
     y.connect(timeout=WAIT, expect_rc=3)  # 3.1.1: server unavailable
     y.stop()
+
+
+def test_takeover_across_nodes_keeps_packet_ids(cluster):
+    # [MQTT-5.0 4.4.0-1] a resumed session resends what was unacknowledged
+    # (and the PUBREL of a QoS 2 message past PUBREC) with the original
+    # packet identifiers, also when the session moved to another node
+    a, b, c = cluster.nodes
+    cid = uid("pids")
+    topic = uid("tk/p")
+    x = mqttraw.connected(a, cid, 5, clean=True,
+                          properties={"session_expiry_interval": 300})
+    x.subscribe((topic, mqttraw.sub_options(qos=2)))
+    pub = PahoClient(c, uid("pub"), 5)
+    pub.connect()
+    # three acknowledged first, so that the packet ids are past 1..3
+    for i in range(3):
+        pub.publish(topic, f"done{i}".encode(), qos=1)
+        assert x.recv_publish(timeout=WAIT).payload == f"done{i}".encode()
+    pub.publish(topic, b"released", qos=2)
+    p2 = x.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert (p2.payload, p2.qos) == (b"released", 2)
+    x.pubrec(p2.packet_id)
+    assert x.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == p2.packet_id
+    pub.publish(topic, b"unacked", qos=1)
+    p1 = x.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert (p1.payload, p1.qos) == (b"unacked", 1)
+    assert p1.packet_id != p2.packet_id and p2.packet_id > 1
+    x.close()
+    y = mqttraw.connected(b, cid, 5, clean=False,
+                          properties={"session_expiry_interval": 300})
+    assert y.connack.session_present
+    rel = y.expect(mqttraw.PUBREL, timeout=WAIT)
+    assert rel.packet_id == p2.packet_id
+    again = y.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert (again.payload, again.packet_id) == (b"unacked", p1.packet_id)
+    y.pubcomp(p2.packet_id)
+    y.puback(p1.packet_id)
+    y.disconnect()
