@@ -7,8 +7,9 @@
  *   - committed OK/NOOP: this node owns the id. When another node owned it
  *     and the client asks to resume (clean start 0), ask that node for the
  *     session (chan.SessionRequest); its answer (chan.SessionState) becomes
- *     the session here (REGISTRY_TRANSFERRED, session present 1). No answer
- *     within cluster_claim_timeout: a new session.
+ *     the session here (REGISTRY_TRANSFERRED, session present 1) once the
+ *     routes of its subscriptions are in effect on every live node (as for
+ *     a SUBACK). No answer within cluster_claim_timeout: a new session.
  *   - STALE_EPOCH (a claim of another node committed first): read again and
  *     claim again; the later CONNECT wins.
  *   - no leader (-ENOTCONN/-EAGAIN, leadership lost): again every 100 ms
