@@ -7,8 +7,9 @@
  *   - committed OK/NOOP: this node owns the id. When another node owned it
  *     and the client asks to resume (clean start 0), ask that node for the
  *     session (chan.SessionRequest); its answer (chan.SessionState) becomes
- *     the session here (REGISTRY_TRANSFERRED, session present 1). No answer
- *     within cluster_claim_timeout: a new session.
+ *     the session here (REGISTRY_TRANSFERRED, session present 1) once the
+ *     routes of its subscriptions are in effect on every live node (as for
+ *     a SUBACK). No answer within cluster_claim_timeout: a new session.
  *   - STALE_EPOCH (a claim of another node committed first): read again and
  *     claim again; the later CONNECT wins.
  *   - no leader (-ENOTCONN/-EAGAIN, leadership lost): again every 100 ms
@@ -67,6 +68,7 @@ struct cl_claim {
     int stale;
     int status; /* final: >= 0 won, REGISTRY_UNAVAILABLE */
     struct session *incoming;
+    bool routed; /* the incoming session's subscriptions are in the index */
     char id[];
 };
 
@@ -80,11 +82,50 @@ static void claim_propose(struct cl_claim *k);
 
 /* ---- the end of a claim: on the claiming worker ---- */
 
+static void claim_on_worker(void *ud);
+
+/* Any thread: the routes of the moved subscriptions are in effect on every
+ * live node (route_ops.sync); the claim completes on its worker. */
+static void claim_routed(void *ud)
+{
+    struct cl_claim *k = ud;
+    struct broker *b = k->cn->b;
+    if (b->sink->call(k->req.w, claim_on_worker, k) < 0) {
+        /* the worker is stopping: its connections are gone */
+        session_end(b, k->incoming);
+        session_unref(k->incoming);
+        free(k);
+    }
+}
+
+/* The moved session's subscriptions join the index here. As for a SUBACK,
+ * the CONNACK (session present 1) waits until their routes are in effect on
+ * every live node: else a message published on another node right after the
+ * CONNACK (even on the old owner, whose own routes go with the session)
+ * finds no route to this node and is lost. Returns true when the claim
+ * continues later (claim_routed). */
+static bool claim_route_incoming(struct cl_claim *k)
+{
+    struct broker *b = k->cn->b;
+    struct session *in = k->incoming;
+    k->routed = true;
+    lock_acquire(&in->lock);
+    uint32_t n = in->n_subs;
+    lock_release(&in->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        struct session_sub *sub = &in->subs[i];
+        sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);
+    }
+    return n > 0 && b->route_ops->sync && b->route_ops->sync(b->route_ud, claim_routed, k) == 1;
+}
+
 static void claim_on_worker(void *ud)
 {
     struct cl_claim *k = ud;
     struct cluster_node *cn = k->cn;
     struct broker *b = cn->b;
+    if (k->status >= 0 && k->incoming && !k->routed && claim_route_incoming(k))
+        return;
     if (k->status < 0) {
         k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
     } else {
@@ -101,18 +142,7 @@ static void claim_on_worker(void *ud)
             }
             k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
         } else {
-            struct session *in = k->incoming;
-            if (in) {
-                /* the moved session's subscriptions join the index here */
-                lock_acquire(&in->lock);
-                uint32_t n = in->n_subs;
-                lock_release(&in->lock);
-                for (uint32_t i = 0; i < n; i++) {
-                    struct session_sub *sub = &in->subs[i];
-                    sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);
-                }
-            }
-            registry_local_claim(b, &k->req, in, k->done, k->done_ud);
+            registry_local_claim(b, &k->req, k->incoming, k->done, k->done_ud);
             pthread_mutex_unlock(&cn->reg_mu);
         }
     }
@@ -442,6 +472,12 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
                     Starling__Chan__SessionMessage *m = &msgs[k];
                     starling__chan__session_message__init(m);
                     m->state = q->state;
+                    if (q->state != MSG_STATE_QUEUED && q->pid) {
+                        /* sent already: resent (or released) with its
+                         * packet id [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] */
+                        m->has_packet_id = true;
+                        m->packet_id = q->pid;
+                    }
                     m->qos = q->qos;
                     m->has_retain = true;
                     m->retain = q->retain;
@@ -528,6 +564,16 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
     }
 }
 
+/* The first sequence number from next on whose packet id (persist_pid_of)
+ * is pid: a message the old owner had sent keeps its packet id here, and
+ * what follows is numbered after it. pid 0 (never sent): next. */
+static uint64_t pid_seq(uint64_t next, uint32_t pid)
+{
+    if (pid == 0 || pid > 65535)
+        return next;
+    return next + ((uint64_t)(pid - 1) + 65535u - next % 65535u) % 65535u;
+}
+
 /* The old owner's answer (cluster thread). */
 void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__SessionState *st)
 {
@@ -582,7 +628,7 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
         msg_unref(m);
         if (!q)
             continue;
-        q->seq = s->next_seq;
+        q->seq = pid_seq(s->next_seq, sm->has_packet_id ? sm->packet_id : 0);
         uint8_t state =
             sm->state == MSG_STATE_WAIT_PUBCOMP ? MSG_STATE_WAIT_PUBCOMP : MSG_STATE_QUEUED;
         session_restore_msg(s, q, state);

@@ -48,19 +48,20 @@ def test_takeover_across_nodes_moves_the_session(cluster):
     for i, p in enumerate(sent):
         pub.publish(topic if i % 2 == 0 else topic + "/two", p, qos=1)
     assert [witness.get(WAIT).payload for _ in sent] == sent
+    pa = PahoClient(a, uid("pub"), 5)
+    pa.connect()
     # the same client id resumes on node b
     y = PahoClient(b, cid, 5, clean=False, properties=expiry(300))
     y.connect()
     assert y.session_present
-    got = [y.get(WAIT) for _ in sent]
-    assert [m.payload for m in got] == sent  # in order, none lost
-    assert [m.qos for m in got] == [1] * len(sent)
-    # the subscriptions moved too: a new publish (on node a) reaches node b
-    pa = PahoClient(a, uid("pub"), 5)
-    pa.connect()
+    # the subscriptions moved too, and their routes are in effect on every
+    # node by the CONNACK (as by a SUBACK): a publish on node a right after
+    # it reaches node b
     pa.publish(topic, b"after", qos=1)
-    m = y.get(WAIT)
-    assert m.payload == b"after"  # and none twice: "after" is next
+    got = [y.get(WAIT) for _ in range(len(sent) + 1)]
+    # in order, none lost, and none twice: "after" is next
+    assert [m.payload for m in got] == sent + [b"after"]
+    assert [m.qos for m in got] == [1] * (len(sent) + 1)
     y.disconnect()
 
 
@@ -129,3 +130,41 @@ def test_connect_without_a_leader_is_refused(cluster_factory):
     y = PahoClient(survivor, uid("nolead311"), 4)
     y.connect(timeout=WAIT, expect_rc=3)  # 3.1.1: server unavailable
     y.stop()
+
+
+def test_takeover_across_nodes_keeps_packet_ids(cluster):
+    # [MQTT-5.0 4.4.0-1] a resumed session resends what was unacknowledged
+    # (and the PUBREL of a QoS 2 message past PUBREC) with the original
+    # packet identifiers, also when the session moved to another node
+    a, b, c = cluster.nodes
+    cid = uid("pids")
+    topic = uid("tk/p")
+    x = mqttraw.connected(a, cid, 5, clean=True,
+                          properties={"session_expiry_interval": 300})
+    x.subscribe((topic, mqttraw.sub_options(qos=2)))
+    pub = PahoClient(c, uid("pub"), 5)
+    pub.connect()
+    # three acknowledged first, so that the packet ids are past 1..3
+    for i in range(3):
+        pub.publish(topic, f"done{i}".encode(), qos=1)
+        assert x.recv_publish(timeout=WAIT).payload == f"done{i}".encode()
+    pub.publish(topic, b"released", qos=2)
+    p2 = x.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert (p2.payload, p2.qos) == (b"released", 2)
+    x.pubrec(p2.packet_id)
+    assert x.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == p2.packet_id
+    pub.publish(topic, b"unacked", qos=1)
+    p1 = x.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert (p1.payload, p1.qos) == (b"unacked", 1)
+    assert p1.packet_id != p2.packet_id and p2.packet_id > 1
+    x.close()
+    y = mqttraw.connected(b, cid, 5, clean=False,
+                          properties={"session_expiry_interval": 300})
+    assert y.connack.session_present
+    rel = y.expect(mqttraw.PUBREL, timeout=WAIT)
+    assert rel.packet_id == p2.packet_id
+    again = y.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert (again.payload, again.packet_id) == (b"unacked", p1.packet_id)
+    y.pubcomp(p2.packet_id)
+    y.puback(p1.packet_id)
+    y.disconnect()
