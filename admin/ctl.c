@@ -199,7 +199,7 @@ static void ctl_usage(FILE *out)
                  "  --port P            its admin port (default: admin_port, 18083)\n"
                  "  --api-key KEY:SECRET  the API key (default: api_key, STARLING_API_KEY)\n"
                  "  --json              print the API's JSON answer as it is\n"
-                 "  --timeout S         give up after S seconds (default 10)\n"
+                 "  --timeout S         give up after S seconds (default 30)\n"
                  "  -h, --help          print this help\n\n"
                  "Commands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++) {
@@ -379,7 +379,7 @@ int ctl_main(int argc, char **argv)
         {"json", no_argument, NULL, 'j'},         {"timeout", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
-    struct ctl_opts o = {.port = -1, .timeout_s = 10};
+    struct ctl_opts o = {.port = -1, .timeout_s = 30};
     const char *file = NULL;
     optind = 1;
     int ch;

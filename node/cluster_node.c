@@ -866,6 +866,63 @@ static int cn_nodes(void *ud, struct admin_node *v, size_t cap)
     return (int)n;
 }
 
+/* An admin operation's proposal, waited for: the admin API's thread blocks
+ * until the entry committed, retrying while there is no leader (the one
+ * that was just killed, say) until cluster_claim_timeout. done runs once
+ * per attempt on the cluster thread; the waiter owns the struct and waits
+ * for that call before it returns, so the struct outlives every call. */
+struct cn_sync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int status;
+};
+
+static void cn_sync_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    (void)res;
+    (void)leader;
+    struct cn_sync *w = ud;
+    pthread_mutex_lock(&w->mu);
+    w->status = status;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static int cn_propose_wait(struct cluster_node *cn, const void *e, size_t len)
+{
+    struct cn_sync w = {.done = false, .status = 0};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    /* twice the claim timeout: a proposal forwarded to a leader that just
+     * died times out once (cluster_claim_timeout), the next one reaches the
+     * new leader */
+    uint64_t deadline = cn_mono_ms() + 2 * (uint64_t)cn->b->cfg.cluster_claim_timeout;
+    int r;
+    for (;;) {
+        w.done = false;
+        r = cluster_propose(cn->c, e, len, cn_sync_done, &w);
+        if (r == 0) {
+            pthread_mutex_lock(&w.mu);
+            while (!w.done)
+                pthread_cond_wait(&w.cv, &w.mu);
+            r = w.status;
+            pthread_mutex_unlock(&w.mu);
+        }
+        /* no leader yet, or one lost while the entry was pending (the
+         * commands are idempotent: proposing again is safe) */
+        if ((r != -ENOTCONN && r != -EAGAIN && r != -ECONNABORTED && r != -ETIMEDOUT) ||
+            cn_mono_ms() >= deadline)
+            break;
+        struct timespec nap = {0, 100 * 1000 * 1000}; /* a leader is being elected */
+        nanosleep(&nap, NULL);
+    }
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    return r;
+}
+
 static int cn_leave(void *ud, char *err, size_t errlen)
 {
     struct cluster_node *cn = ud;
@@ -875,10 +932,10 @@ static int cn_leave(void *ud, char *err, size_t errlen)
               : -ENOMEM;
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
-    r = e ? cluster_propose(cn->c, e, len, NULL, NULL) : -ENOMEM;
+    r = e ? cn_propose_wait(cn, e, len) : -ENOMEM;
     cmd_batch_free(b);
     if (r < 0)
-        snprintf(err, errlen, "cannot propose the leave: %s", strerror(-r));
+        snprintf(err, errlen, "the leave was not committed: %s", strerror(-r));
     return r;
 }
 
@@ -912,10 +969,10 @@ static int cn_forget(void *ud, const char *name, char *err, size_t errlen)
         r = cmd_member_remove(b, node);
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
-    r = e ? cluster_propose(cn->c, e, len, NULL, NULL) : -ENOMEM;
+    r = e ? cn_propose_wait(cn, e, len) : -ENOMEM;
     cmd_batch_free(b);
     if (r < 0)
-        snprintf(err, errlen, "cannot propose the removal: %s", strerror(-r));
+        snprintf(err, errlen, "the removal was not committed: %s", strerror(-r));
     return r;
 }
 
