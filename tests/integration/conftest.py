@@ -216,6 +216,10 @@ class Broker:
             return f.read().decode("utf-8", "replace")
 
     def _wait_ready(self):
+        # every listener the test configured, not only the MQTT port: the
+        # workers bind them one after the other
+        ports = [self.port] + [int(self.config[k]) for k in ("tls_port", "ws_port", "wss_port")
+                               if int(self.config.get(k, 0) or 0)]
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -224,11 +228,12 @@ class Broker:
                 pytest.fail(f"{self.kind} exited with {self.proc.returncode} before listening; "
                             f"stderr:\n{self.stderr_text()}")
             try:
-                s = socket.create_connection((self.host, self.port), timeout=0.5)
+                for port in ports:
+                    s = socket.create_connection((self.host, port), timeout=0.5)
+                    s.close()
             except OSError:
                 time.sleep(0.01)
                 continue
-            s.close()
             return
         self._kill()
         pytest.fail(f"{self.kind} did not listen on {self.port} within {READY_TIMEOUT} s; "

@@ -186,9 +186,21 @@ def publish_resending(b, version, tag, n):
     return acked
 
 
-def retained_now(b, marker):
+def retained_now(b, marker, tries=3):
     """The payloads retained under fa/r/# on b, as a new subscriber gets
-    them (before `marker`, published after it subscribed)."""
+    them (before `marker`, published after it subscribed). A connection the
+    broker closes right after the failures were disarmed is tried again
+    (bounded; seen once under load, not understood yet: see the closing
+    note of issue 8's stop)."""
+    for attempt in range(tries):
+        try:
+            return _retained_now(b, marker + b"-%d" % attempt)
+        except M.ConnectionClosed:
+            if attempt == tries - 1:
+                raise
+
+
+def _retained_now(b, marker):
     r = M.Client(b, version=5)
     r.connect(uid("ret"))
     r.subscribe([("fa/r/#", 1), ("fa/m", 1)])
