@@ -6,6 +6,7 @@
  * mask of access bits; `deny` is the empty mask.
  */
 #include "acl.h"
+#include "fileio.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -334,38 +335,17 @@ int acl_parse(const char *text, size_t len, struct acl **out, char *err, size_t 
 
 int acl_load(const char *path, struct acl **out, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        acl_errf(err, errlen, "%s: %s", path, strerror(e));
-        return -e;
+    char *text;
+    size_t len;
+    int r = file_read_all(path, ACL_FILE_MAX, &text, &len);
+    if (r == -EFBIG || r == -ENOMEM)
+        acl_errf(err, errlen, "%s: %s", path, r == -EFBIG ? "larger than 64 MiB" : "out of memory");
+    else if (r == -EIO)
+        acl_errf(err, errlen, "%s: read error", path);
+    else if (r < 0) {
+        acl_errf(err, errlen, "%s: %s", path, strerror(-r));
+        return r;
     }
-    char *text = NULL;
-    size_t len = 0, cap = 0;
-    int r = 0;
-    for (;;) {
-        if (len == cap) {
-            char *nt = cap < ACL_FILE_MAX ? realloc(text, cap ? cap * 2 : 4096) : NULL;
-            if (!nt) {
-                r = cap < ACL_FILE_MAX ? -ENOMEM : -EFBIG;
-                acl_errf(err, errlen, "%s: %s", path,
-                         r == -EFBIG ? "larger than 64 MiB" : "out of memory");
-                break;
-            }
-            text = nt;
-            cap = cap ? cap * 2 : 4096;
-        }
-        size_t n = fread(text + len, 1, cap - len, f);
-        len += n;
-        if (n == 0) {
-            if (ferror(f)) {
-                r = -EIO;
-                acl_errf(err, errlen, "%s: read error", path);
-            }
-            break;
-        }
-    }
-    fclose(f);
     if (r == 0) {
         char why[512] = "";
         r = acl_parse(text, len, out, why, sizeof(why));

@@ -8,6 +8,7 @@
  * costs.
  */
 #include "passwd.h"
+#include "fileio.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -297,42 +298,19 @@ fail:
 
 int passwd_load(const char *path, struct passwd_db **out, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        passwd_errf(err, errlen, "%s: %s", path, strerror(e));
-        return -e;
+    char *text;
+    size_t len;
+    int r = file_read_all(path, PASSWD_FILE_MAX, &text, &len);
+    if (r == -EFBIG)
+        passwd_errf(err, errlen, "%s: larger than %u bytes", path, PASSWD_FILE_MAX);
+    else if (r == -ENOMEM)
+        passwd_errf(err, errlen, "%s: out of memory", path);
+    else if (r == -EIO)
+        passwd_errf(err, errlen, "%s: read error", path);
+    else if (r < 0) {
+        passwd_errf(err, errlen, "%s: %s", path, strerror(-r));
+        return r;
     }
-    char *text = NULL;
-    size_t len = 0, cap = 0;
-    int r = 0;
-    for (;;) {
-        if (len == cap) {
-            if (cap >= PASSWD_FILE_MAX) {
-                passwd_errf(err, errlen, "%s: larger than %u bytes", path, PASSWD_FILE_MAX);
-                r = -EFBIG;
-                break;
-            }
-            cap = cap ? cap * 2 : 4096;
-            char *nt = realloc(text, cap);
-            if (!nt) {
-                r = -ENOMEM;
-                passwd_errf(err, errlen, "%s: out of memory", path);
-                break;
-            }
-            text = nt;
-        }
-        size_t n = fread(text + len, 1, cap - len, f);
-        len += n;
-        if (n == 0) {
-            if (ferror(f)) {
-                r = -EIO;
-                passwd_errf(err, errlen, "%s: read error", path);
-            }
-            break;
-        }
-    }
-    fclose(f);
     if (r == 0) {
         char why[256] = "";
         r = passwd_parse(text, len, out, why, sizeof(why));
