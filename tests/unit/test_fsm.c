@@ -17,18 +17,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "test_util.h"
+
 #include "cmd.h"
 #include "fsm.h"
 
 #define S(x) (x), strlen(x)
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static char *tmpdir(void)
 {
@@ -43,7 +37,7 @@ static char *tmpdir(void)
 
 static void rmdir_free(char *d)
 {
-    nftw(d, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(d);
     free(d);
 }
 
