@@ -18,7 +18,9 @@
 #include "log.h"
 #include "raft_cmd.pb-c.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,7 @@ struct fwd {
     void *ud;
     uint64_t id;
     uint64_t deadline_ms;
+    unsigned hops; /* 1: relayed for another node (not relayed again) */
 };
 
 struct remote_req {
@@ -43,10 +46,16 @@ struct remote_req {
 
 #define MAX_CHECKS 16       /* peers whose last checkpoint waits to be compared */
 #define CHECKPOINT_EVERY 10 /* timer ticks (100 ms): a checkpoint a second */
+#define JOIN_EVERY 10       /* timer ticks between two requests to be added */
+#define MAX_SEEDS 64
 
 struct cluster {
     struct cluster_config cfg;
-    char name[256], node_name[256], secret[256], address[64], raft_addr[64], chan_addr[64];
+    char name[256], node_name[256], secret[256], address[64], chan_addr[64];
+    char advertise[256], raft_addr[RAFT_NODE_ADDR_MAX];
+    char (*seeds)[RAFT_NODE_ADDR_MAX]; /* copies of cfg.seeds */
+    unsigned n_seeds, next_seed;
+    bool adding; /* leader: a raft_node_add in flight */
     struct fsm *fsm;
     struct raft_node *raft;
     struct chan *chan;
@@ -96,6 +105,8 @@ static int forward(struct cluster *c, struct fwd *f, uint64_t leader)
     Starling__Chan__Propose p = STARLING__CHAN__PROPOSE__INIT;
     p.id = f->id;
     p.batch = b;
+    p.has_hops = f->hops != 0;
+    p.hops = f->hops;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_PROPOSE;
     fr.propose = &p;
@@ -134,8 +145,8 @@ static void local_done(void *ud, int status, const struct fsm_batch_result *res,
     fwd_finish(f, status, res, leader);
 }
 
-int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
-                    void *ud)
+static int propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
+                   void *ud, unsigned hops)
 {
     struct fwd *f = calloc(1, sizeof *f);
     if (!f)
@@ -150,12 +161,19 @@ int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_
     f->c = c;
     f->done = done;
     f->ud = ud;
+    f->hops = hops;
     int rc = raft_node_propose(c->raft, entry, len, local_done, f);
     if (rc) {
         free(f->entry);
         free(f);
     }
     return rc;
+}
+
+int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
+                    void *ud)
+{
+    return propose(c, entry, len, done, ud, 0);
 }
 
 /* ---- the leader's side ---- */
@@ -219,7 +237,10 @@ static void on_propose(struct cluster *c, uint64_t from, const Starling__Chan__P
     free(pb);
     if (rc == 0) {
         *q = (struct remote_req){c, from, p->id};
-        rc = raft_node_propose(c->raft, entry, elen, remote_done, q);
+        /* Not the leader: relay it there once (a node that is not a member
+         * yet knows only its seeds). */
+        rc = p->hops ? raft_node_propose(c->raft, entry, elen, remote_done, q)
+                     : propose(c, entry, elen, remote_done, q, 1);
         free(entry);
         if (rc == 0)
             return;
@@ -316,9 +337,11 @@ static int scan_member(void *ud, uint64_t node, const void *rec, size_t len)
     if (!m)
         return 0;
     if (node == c->self) {
-        s->self_ok = strcmp(m->name, c->cfg.node_name) == 0 &&
-                     strcmp(m->address, c->address) == 0 &&
-                     m->cluster_port == c->cfg.cluster_port && m->raft_port == c->cfg.raft_port;
+        s->self_ok =
+            strcmp(m->name, c->cfg.node_name) == 0 && strcmp(m->address, c->address) == 0 &&
+            m->cluster_port == c->cfg.cluster_port && m->raft_port == c->cfg.raft_port &&
+            strcmp(m->raft_address ? m->raft_address : "", c->advertise[0] ? c->raft_addr : "") ==
+                0;
     } else {
         add_peer(c, node, m->address, m->cluster_port, false);
         if (c->n_members < sizeof c->members / sizeof c->members[0])
@@ -337,6 +360,74 @@ static void member_done(void *ud, int status, const struct fsm_batch_result *res
     c->member_inflight = false;
 }
 
+static void join_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    (void)res;
+    (void)leader;
+    struct cluster *c = ud;
+    c->member_inflight = false;
+    if (status)
+        log_info("cluster: asking to be added: %s; asking again", strerror(-status));
+}
+
+/* Whether this node is in the Raft configuration it knows. */
+static bool in_configuration(struct cluster *c)
+{
+    struct raft_node_member mv[RAFT_NODE_MAX_MEMBERS];
+    unsigned n = raft_node_members(c->raft, mv, RAFT_NODE_MAX_MEMBERS);
+    for (unsigned i = 0; i < n; i++)
+        if (mv[i].id == c->self)
+            return true;
+    return false;
+}
+
+/* A node in no configuration (a new node, not a seed) knows no leader: it
+ * sends its Member record to a seed (in turn), which relays it to the
+ * leader; the leader adds the node to Raft once the record is applied
+ * (reconcile). The seed's channel is host:cluster_port; a host name is
+ * resolved here (at most once a second, on the cluster thread: only while
+ * joining). */
+static void join_via_seed(struct cluster *c, const void *entry, size_t len)
+{
+    if (c->n_seeds == 0)
+        return;
+    const char *seed = c->seeds[c->next_seed++ % c->n_seeds];
+    uint64_t id = raft_node_id_of(seed);
+    if (id == c->self)
+        return;
+    char host[RAFT_NODE_ADDR_MAX];
+    snprintf(host, sizeof host, "%s", seed);
+    char *colon = strrchr(host, ':');
+    if (colon)
+        *colon = '\0';
+    struct in_addr ip;
+    char ipbuf[INET_ADDRSTRLEN];
+    if (inet_pton(AF_INET, host, &ip) != 1) {
+        struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+        struct addrinfo *res = NULL;
+        if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+            return;
+        ip = ((struct sockaddr_in *)res->ai_addr)->sin_addr;
+        freeaddrinfo(res);
+    }
+    inet_ntop(AF_INET, &ip, ipbuf, sizeof ipbuf);
+    add_peer(c, id, ipbuf, c->cfg.cluster_port, false);
+    struct fwd *f = calloc(1, sizeof *f);
+    if (!f || !(f->entry = malloc(len))) {
+        free(f);
+        return;
+    }
+    memcpy(f->entry, entry, len);
+    f->len = len;
+    f->c = c;
+    f->done = join_done;
+    f->ud = c;
+    c->member_inflight = true;
+    int rc = forward(c, f, id);
+    if (rc)
+        fwd_finish(f, rc, NULL, 0);
+}
+
 /* Dial every member (those known from an earlier run too), and make sure
  * the members table holds this node's own record. */
 static void ensure_member(struct cluster *c)
@@ -344,7 +435,10 @@ static void ensure_member(struct cluster *c)
     struct member_scan s = {c, false};
     c->n_members = 0;
     fsm_members(c->fsm, scan_member, &s);
-    if (s.self_ok || c->member_inflight || !raft_node_leader(c->raft))
+    if (s.self_ok || c->member_inflight)
+        return;
+    bool leader = raft_node_leader(c->raft) != 0;
+    if (!leader && (c->ticks % JOIN_EVERY != 0 || in_configuration(c)))
         return;
     struct cmd_batch *b = cmd_batch_new();
     if (!b)
@@ -352,11 +446,75 @@ static void ensure_member(struct cluster *c)
     size_t len;
     const void *e = NULL;
     if (cmd_member(b, c->self, c->cfg.node_name, c->address, c->cfg.cluster_port, c->cfg.raft_port,
-                   CMD_ROLE_VOTER, 0) == 0)
+                   c->advertise[0] ? c->raft_addr : NULL, CMD_ROLE_VOTER, 0) == 0)
         e = cmd_batch_data(b, &len);
-    if (e && cluster_propose(c, e, len, member_done, c) == 0)
+    if (e && !leader)
+        join_via_seed(c, e, len);
+    else if (e && cluster_propose(c, e, len, member_done, c) == 0)
         c->member_inflight = true;
     cmd_batch_free(b);
+}
+
+/* ---- the leader adds members that are not in the Raft configuration ---- */
+
+struct reconcile_scan {
+    struct cluster *c;
+    struct raft_node_member mv[RAFT_NODE_MAX_MEMBERS];
+    unsigned n;
+    char addr[RAFT_NODE_ADDR_MAX]; /* the first member to add, or "" */
+};
+
+static int scan_missing(void *ud, uint64_t node, const void *rec, size_t len)
+{
+    struct reconcile_scan *r = ud;
+    if (r->addr[0])
+        return 0;
+    for (unsigned i = 0; i < r->n; i++)
+        if (r->mv[i].id == node && r->mv[i].role != RAFT_NODE_SPARE)
+            return 0;
+    Starling__Cmd__Member *m = starling__cmd__member__unpack(NULL, len, rec);
+    if (!m)
+        return 0;
+    if (!m->left) {
+        if (m->raft_address)
+            snprintf(r->addr, sizeof r->addr, "%s", m->raft_address);
+        else
+            snprintf(r->addr, sizeof r->addr, "%s:%u", m->address, m->raft_port);
+        if (raft_node_id_of(r->addr) != node)
+            r->addr[0] = '\0'; /* a record whose id is not its address's */
+    }
+    starling__cmd__member__free_unpacked(m, NULL);
+    return 0;
+}
+
+static void add_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    (void)res;
+    (void)leader;
+    struct cluster *c = ud;
+    c->adding = false;
+    if (status && status != -EBUSY && status != -ENOTCONN)
+        log_warn("cluster: adding a member to Raft: %s", strerror(-status));
+}
+
+/* One node at a time: a member record (applied: the node asked to join)
+ * whose node is not in the Raft configuration, or only as a spare, is
+ * added (voter while there are fewer than max_voters, else standby). */
+static void reconcile(struct cluster *c)
+{
+    if (c->adding || !raft_node_ready(c->raft))
+        return;
+    struct reconcile_scan *r = calloc(1, sizeof *r);
+    if (!r)
+        return;
+    r->c = c;
+    r->n = raft_node_members(c->raft, r->mv, RAFT_NODE_MAX_MEMBERS);
+    fsm_members(c->fsm, scan_missing, r);
+    if (r->addr[0]) {
+        log_info("cluster: adding %s to the Raft configuration", r->addr);
+        c->adding = raft_node_add(c->raft, r->addr, add_done, c) == 0;
+    }
+    free(r);
 }
 
 /* ---- the divergence detector's traffic ---- */
@@ -424,6 +582,7 @@ static void on_timer(uv_timer_t *t)
         }
     }
     ensure_member(c);
+    reconcile(c);
 }
 
 /* ---- start and stop (hooks of raft_node, on the cluster thread) ---- */
@@ -475,7 +634,8 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
 {
     *out = NULL;
     if (!cfg->dir || !cfg->node_name || !cfg->address || !cfg->raft_port || !cfg->cluster_port ||
-        strlen(cfg->address) > 15 || strlen(cfg->dir) > 400) {
+        strlen(cfg->address) > 15 || strlen(cfg->dir) > 400 ||
+        (cfg->advertise && strlen(cfg->advertise) > 253)) {
         snprintf(err, errlen, "cluster: dir, node_name, address and ports are required");
         return -EINVAL;
     }
@@ -490,10 +650,20 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
     c->cfg.cluster_name = c->name;
     c->cfg.node_name = c->node_name;
     c->cfg.cluster_secret = c->secret;
-    c->cfg.seeds = NULL; /* copied by raft_node */
+    c->cfg.seeds = NULL; /* copied below */
     c->cfg.address = c->address;
     snprintf(c->address, sizeof c->address, "%s", cfg->address);
-    snprintf(c->raft_addr, sizeof c->raft_addr, "%s:%u", cfg->address, cfg->raft_port);
+    snprintf(c->advertise, sizeof c->advertise, "%s", cfg->advertise ? cfg->advertise : "");
+    c->cfg.advertise = c->advertise;
+    snprintf(c->raft_addr, sizeof c->raft_addr, "%s:%u",
+             c->advertise[0] ? c->advertise : cfg->address, cfg->raft_port);
+    c->seeds = calloc(cfg->n_seeds ? cfg->n_seeds : 1, sizeof *c->seeds);
+    if (!c->seeds) {
+        free(c);
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < cfg->n_seeds && i < MAX_SEEDS; i++)
+        snprintf(c->seeds[c->n_seeds++], sizeof c->seeds[0], "%s", cfg->seeds[i]);
     snprintf(c->chan_addr, sizeof c->chan_addr, "%s:%u", cfg->address, cfg->cluster_port);
     c->self = raft_node_id_of(c->raft_addr);
     char dir[512];
@@ -501,6 +671,7 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
     struct fsm_options fo = {.dir = dir, .observer = observer, .observer_ud = c};
     int rc = fsm_open(&c->fsm, &fo, err, errlen);
     if (rc) {
+        free(c->seeds);
         free(c);
         return rc;
     }
@@ -508,6 +679,7 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
     struct raft_node_config rc_cfg = {.dir = dir,
                                       .fsm = c->fsm,
                                       .address = c->raft_addr,
+                                      .bind_ip = c->address,
                                       .seeds = cfg->seeds,
                                       .n_seeds = cfg->n_seeds,
                                       .cluster_name = c->name,
@@ -521,6 +693,7 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
     rc = raft_node_start(&c->raft, &rc_cfg, err, errlen);
     if (rc) {
         fsm_close(c->fsm);
+        free(c->seeds);
         free(c);
         return rc;
     }
@@ -534,6 +707,7 @@ void cluster_stop(struct cluster *c)
         return;
     raft_node_stop(c->raft);
     fsm_close(c->fsm);
+    free(c->seeds);
     free(c);
 }
 

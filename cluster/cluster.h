@@ -39,10 +39,17 @@ struct cluster_config {
     const char *dir;       /* DATA_DIR/cluster */
     const char *node_name; /* unique, stable */
     const char *address;   /* cluster_address: an IPv4 literal */
+    /* cluster_advertise: the host name other nodes reach this node by, or
+     * NULL. Set, the node's Raft address (and so its id) is
+     * "advertise:raft_port", which stays when its IP changes (a restarted
+     * pod); unset, it is "address:raft_port". */
+    const char *advertise;
     unsigned raft_port;    /* Raft transport */
-    unsigned cluster_port; /* forwarding channel */
-    /* Raft addresses "a.b.c.d:raft_port" of the seed nodes (this node's own
-     * may be among them; see the bootstrap rule in raft_node.h). */
+    unsigned cluster_port; /* forwarding channel, the same on every node */
+    /* Raft addresses "host:raft_port" of the seed nodes (this node's own
+     * may be among them; see the bootstrap rule in raft_node.h). A node
+     * that is in no Raft configuration yet asks a seed to be added (its
+     * forwarding channel at host:cluster_port). */
     const char *const *seeds;
     unsigned n_seeds;
     const char *cluster_name;

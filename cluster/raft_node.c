@@ -37,7 +37,7 @@ struct req {
     struct raft_node *n;
     void *buf;
     size_t len;
-    char addr[64];
+    char addr[RAFT_NODE_ADDR_MAX];
     uint64_t id; /* REQ_REMOVE */
     raft_node_done_fn done;
     void *ud;
@@ -54,8 +54,8 @@ struct raft_node {
     struct raft_uv_transport transport;
     struct fsm_raft adapter;
     struct raft_node_config cfg;
-    char dir[512], address[64];
-    char (*seeds)[64];
+    char dir[512], address[RAFT_NODE_ADDR_MAX], bind_ip[16];
+    char (*seeds)[RAFT_NODE_ADDR_MAX];
     uint64_t self;
 
     pthread_mutex_t mu;
@@ -63,7 +63,7 @@ struct raft_node {
     struct req *queue, **tail;
     bool stopping, started;
     int start_rc;
-    char err[256];
+    char err[640];
 
     uint64_t leader, applied; /* atomics */
     bool ready;               /* atomic */
@@ -111,6 +111,8 @@ static int status_of(int raft_rc)
     case RAFT_BUSY:
     case RAFT_CANTCHANGE:
         return -EBUSY;
+    case RAFT_DUPLICATEID:
+        return -EEXIST;
     default:
         return -EIO;
     }
@@ -366,6 +368,15 @@ static void add_cb(struct raft_change *c, int status)
     }
 }
 
+static const struct raft_server *configuration_get(const struct raft_configuration *conf,
+                                                   raft_id id)
+{
+    for (unsigned i = 0; i < conf->n; i++)
+        if (conf->servers[i].id == id)
+            return &conf->servers[i];
+    return NULL;
+}
+
 static void start_add(struct raft_node *n, struct req *r)
 {
     if (raft_state(&n->raft) != RAFT_LEADER) {
@@ -379,7 +390,14 @@ static void start_add(struct raft_node *n, struct req *r)
     n->change_req = r;
     n->change_id = raft_node_id_of(r->addr);
     n->change.data = n;
-    int rc = raft_add(&n->raft, &n->change, n->change_id, r->addr, add_cb);
+    /* Already a spare (an add whose promotion was cut short by a change
+     * of leader): promote it now. */
+    const struct raft_server *sv = configuration_get(&n->raft.configuration, n->change_id);
+    if (sv && sv->role == RAFT_SPARE) {
+        add_cb(&n->change, 0);
+        return;
+    }
+    int rc = sv ? RAFT_DUPLICATEID : raft_add(&n->raft, &n->change, n->change_id, r->addr, add_cb);
     if (rc) {
         n->change_req = NULL;
         req_done(r, status_of(rc), NULL);
@@ -584,7 +602,7 @@ static void *thread_main(void *arg)
     if (rc == 0) {
         what = "transport";
         rc = raft_transport_init(&n->transport, &n->loop, n->cfg.cluster_name,
-                                 n->cfg.cluster_secret);
+                                 n->cfg.cluster_secret, n->bind_ip);
     }
     if (rc == 0) {
         what = "raft_uv_init";
@@ -673,7 +691,8 @@ int raft_node_start(struct raft_node **out, const struct raft_node_config *c, ch
                     size_t errlen)
 {
     *out = NULL;
-    if (!c->fsm || !c->address || strlen(c->address) >= 64 || !c->dir || strlen(c->dir) >= 512) {
+    if (!c->fsm || !c->address || strlen(c->address) >= RAFT_NODE_ADDR_MAX || !c->dir ||
+        strlen(c->dir) >= 512 || (c->bind_ip && strlen(c->bind_ip) >= 16)) {
         snprintf(err, errlen, "raft node: missing or too long dir/address");
         return -EINVAL;
     }
@@ -690,6 +709,7 @@ int raft_node_start(struct raft_node **out, const struct raft_node_config *c, ch
     n->cfg.cluster_secret = c->cluster_secret ? c->cluster_secret : "";
     snprintf(n->dir, sizeof n->dir, "%s", c->dir);
     snprintf(n->address, sizeof n->address, "%s", c->address);
+    snprintf(n->bind_ip, sizeof n->bind_ip, "%s", c->bind_ip ? c->bind_ip : "");
     n->seeds = calloc(c->n_seeds ? c->n_seeds : 1, sizeof *n->seeds);
     if (!n->seeds) {
         free(n);
@@ -780,7 +800,7 @@ int raft_node_propose(struct raft_node *n, const void *batch, size_t len, raft_n
 
 int raft_node_add(struct raft_node *n, const char *addr, raft_node_done_fn done, void *ud)
 {
-    if (!addr || strlen(addr) >= 64)
+    if (!addr || strlen(addr) >= RAFT_NODE_ADDR_MAX)
         return -EINVAL;
     struct req *r = calloc(1, sizeof *r);
     if (!r)

@@ -35,13 +35,19 @@
 struct raft_node;
 
 #define RAFT_NODE_MAX_VOTERS 5
+/* Longest Raft address: "host:port", host an IPv4 literal or a DNS name
+ * (RAFT_TRANSPORT_ADDR_MAX). */
+#define RAFT_NODE_ADDR_MAX 264
 #define RAFT_NODE_MAX_MEMBERS 64
 
 struct raft_node_config {
     const char *dir;          /* Raft log and snapshots (created when missing) */
     struct fsm *fsm;          /* the state machine (not owned) */
-    const char *address;      /* own Raft address "a.b.c.d:port" (IPv4 literal) */
-    const char *const *seeds; /* Raft addresses of the seed nodes ("a.b.c.d:port") */
+    const char *address;      /* own Raft address "a.b.c.d:port" or "name:port"; its
+                               * hash is the node's Raft id */
+    const char *bind_ip;      /* IPv4 to listen on and send from; NULL: the host of
+                               * address (then an IPv4 literal) */
+    const char *const *seeds; /* Raft addresses of the seed nodes, as given */
     unsigned n_seeds;
     const char *cluster_name;     /* peers with another name are refused */
     const char *cluster_secret;   /* shared secret ("" = none) */
@@ -114,7 +120,7 @@ enum raft_node_role { RAFT_NODE_VOTER, RAFT_NODE_STANDBY, RAFT_NODE_SPARE };
 struct raft_node_member {
     uint64_t id;
     enum raft_node_role role;
-    char address[64];
+    char address[RAFT_NODE_ADDR_MAX];
 };
 unsigned raft_node_members(struct raft_node *n, struct raft_node_member *out, unsigned max);
 

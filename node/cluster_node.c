@@ -66,12 +66,16 @@ static int resolve4(const char *host, char *out, size_t outlen)
     return 0;
 }
 
-/* The seeds as Raft addresses "a.b.c.d:port". */
-static int seeds_from_list(const struct config *cfg, char (*seeds)[64], char *err, size_t errlen)
+/* The seeds as Raft addresses "a.b.c.d:port" (with cluster_advertise:
+ * "host:port" as given, names being identities then). */
+static int seeds_from_list(const struct config *cfg, char (*seeds)[RAFT_NODE_ADDR_MAX], char *err,
+                           size_t errlen)
 {
     static char items[MAX_SEEDS][256];
     int n = config_seeds_split(cfg, items, MAX_SEEDS, err, errlen);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n && cfg->cluster_advertise[0]; i++)
+        snprintf(seeds[i], RAFT_NODE_ADDR_MAX, "%.255s", items[i]);
+    for (int i = 0; i < n && !cfg->cluster_advertise[0]; i++) {
         char *colon = strrchr(items[i], ':');
         *colon = '\0';
         char ip[INET_ADDRSTRLEN];
@@ -80,14 +84,15 @@ static int seeds_from_list(const struct config *cfg, char (*seeds)[64], char *er
                      items[i]);
             return -EINVAL;
         }
-        snprintf(seeds[i], 64, "%s:%s", ip, colon + 1);
+        snprintf(seeds[i], RAFT_NODE_ADDR_MAX, "%s:%s", ip, colon + 1);
     }
     return n;
 }
 
 /* cluster_dns: every A record, re-resolved each second until the answer
  * holds this node and another one, or 30 s passed. */
-static int seeds_from_dns(const struct config *cfg, char (*seeds)[64], char *err, size_t errlen)
+static int seeds_from_dns(const struct config *cfg, char (*seeds)[RAFT_NODE_ADDR_MAX], char *err,
+                          size_t errlen)
 {
     uint64_t deadline = cn_mono_ms() + 30000;
     int n = 0;
@@ -108,7 +113,7 @@ static int seeds_from_dns(const struct config *cfg, char (*seeds)[64], char *err
                 if (dup)
                     continue;
                 self = self || strcmp(ip, cfg->cluster_address) == 0;
-                snprintf(seeds[n++], 64, "%s", s);
+                snprintf(seeds[n++], RAFT_NODE_ADDR_MAX, "%s", s);
             }
             freeaddrinfo(res);
         }
@@ -927,8 +932,13 @@ static int cn_leave(void *ud, char *err, size_t errlen)
 {
     struct cluster_node *cn = ud;
     struct cmd_batch *b = cmd_batch_new();
+    char raft_addr[RAFT_NODE_ADDR_MAX] = "";
+    if (cn->b->cfg.cluster_advertise[0])
+        snprintf(raft_addr, sizeof(raft_addr), "%s:%u", cn->b->cfg.cluster_advertise,
+                 cn->b->cfg.raft_port);
     int r = b ? cmd_member(b, cn->self, cn->node_name, cn->b->cfg.cluster_address,
-                           cn->b->cfg.cluster_port, cn->b->cfg.raft_port, CMD_ROLE_SPARE, 1)
+                           cn->b->cfg.cluster_port, cn->b->cfg.raft_port,
+                           raft_addr[0] ? raft_addr : NULL, CMD_ROLE_SPARE, 1)
               : -ENOMEM;
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
@@ -1000,7 +1010,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     int r = config_cluster_resolve(cfg, err, errlen);
     if (r < 0)
         return r;
-    static char seeds[MAX_SEEDS][64];
+    static char seeds[MAX_SEEDS][RAFT_NODE_ADDR_MAX];
     int n = cfg->cluster_seeds[0] ? seeds_from_list(cfg, seeds, err, errlen)
                                   : seeds_from_dns(cfg, seeds, err, errlen);
     if (n < 0)
@@ -1027,6 +1037,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .dir = dir,
         .node_name = cfg->node_name,
         .address = cfg->cluster_address,
+        .advertise = cfg->cluster_advertise[0] ? cfg->cluster_advertise : NULL,
         .raft_port = cfg->raft_port,
         .cluster_port = cfg->cluster_port,
         .seeds = seedp,

@@ -113,6 +113,8 @@ static const struct key_def keys[] = {
     KEY("metrics_auth", T_BOOL, metrics_auth, 0, 0),
     KEY("node_name", T_STR, node_name, 1, sizeof(((struct config *)0)->node_name)),
     KEY("cluster_address", T_IPV4, cluster_address, 0, 0),
+    KEY("cluster_advertise", T_HOST, cluster_advertise, 0,
+        sizeof(((struct config *)0)->cluster_advertise)),
     KEY("cluster_port", T_U16, cluster_port, 1, 65535),
     KEY("raft_port", T_U16, raft_port, 1, 65535),
     KEY("cluster_seeds", T_SEEDS, cluster_seeds, 0, sizeof(((struct config *)0)->cluster_seeds)),
@@ -177,6 +179,7 @@ void config_defaults(struct config *c)
     c->metrics_auth = false;
     c->node_name[0] = '\0';
     c->cluster_address[0] = '\0';
+    c->cluster_advertise[0] = '\0';
     c->cluster_port = 4370;
     c->raft_port = 4371;
     c->cluster_seeds[0] = '\0';

@@ -98,6 +98,7 @@ struct config {
      * cluster_dns the node runs alone: no cluster thread, no extra port. */
     char node_name[128];            /* node_name, default "" = the host name */
     char cluster_address[64];       /* cluster_address (IPv4), default "" = bind_address */
+    char cluster_advertise[256];    /* cluster_advertise host name, default "" = none */
     uint16_t cluster_port;          /* cluster_port, default 4370 (forwarding channel) */
     uint16_t raft_port;             /* raft_port, default 4371 */
     char cluster_seeds[1024];       /* cluster_seeds host[:raft_port],...; default "" */

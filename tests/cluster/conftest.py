@@ -26,12 +26,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("STARLING_TEST_BIN", os.path.join(ROOT, "build", "asan", "node", "starling"))
 ADDRS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+# Addresses a test may move a node to or add a node on: ports are free there too.
+SPARE_ADDRS = ["127.0.0.14"]
 API_KEY = "test:cluster-secret-key"
 FORM_TIMEOUT = 30.0
 
 
 def free_ports(n):
-    """n ports that are free on every address of ADDRS at once."""
+    """n ports that are free on every address of ADDRS and SPARE_ADDRS at once."""
     ports = []
     while len(ports) < n:
         s = socket.socket()
@@ -39,7 +41,7 @@ def free_ports(n):
         port = s.getsockname()[1]
         ok = port not in ports
         held = [s]
-        for a in ADDRS[1:]:
+        for a in ADDRS[1:] + SPARE_ADDRS:
             t = socket.socket()
             try:
                 t.bind((a, port))
