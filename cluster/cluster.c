@@ -20,12 +20,15 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <netdb.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct fwd {
     struct fwd *next;
@@ -44,9 +47,11 @@ struct remote_req {
     uint64_t from, id;
 };
 
-#define MAX_CHECKS 16       /* peers whose last checkpoint waits to be compared */
-#define CHECKPOINT_EVERY 10 /* timer ticks (100 ms): a checkpoint a second */
-#define JOIN_EVERY 10       /* timer ticks between two requests to be added */
+#define MAX_CHECKS 16         /* peers whose last checkpoint waits to be compared */
+#define CHECKPOINT_EVERY 10   /* timer ticks (100 ms): a checkpoint a second */
+#define JOIN_EVERY 10         /* timer ticks between two requests to be added */
+#define VERDICT_FRESH_MS 5000 /* a peer's agreement counts for this long */
+#define VERDICT_REPEAT_MS 5000
 #define MAX_SEEDS 64
 
 struct cluster {
@@ -56,6 +61,16 @@ struct cluster {
     char (*seeds)[RAFT_NODE_ADDR_MAX]; /* copies of cfg.seeds */
     unsigned n_seeds, next_seed;
     bool adding; /* leader: a raft_node_add in flight */
+    char dir[512];
+    bool no_bootstrap; /* rebuilt: the NO_BOOTSTRAP mark is there until we are a member */
+    bool leaving;      /* atomic: this process asked to leave */
+    bool rebuild_asked;
+    /* the divergence detector's verdicts on the peers' checkpoints */
+    struct verdict {
+        uint64_t node, agree_ms, differ_ms, told_ms;
+    } verdicts[64];
+    unsigned n_verdicts;
+    uint64_t doubt_ms; /* leader: last time no majority agreed with it */
     struct fsm *fsm;
     struct raft_node *raft;
     struct chan *chan;
@@ -269,6 +284,7 @@ static void on_result(struct cluster *c, const Starling__Chan__ProposeResult *r)
 }
 
 static void check_or_keep(struct cluster *c, uint64_t from, uint64_t index, uint64_t checksum);
+static void on_rebuild(struct cluster *c, uint64_t from, const Starling__Chan__Rebuild *rb);
 
 static void on_frame(void *ud, uint64_t from, const void *frame)
 {
@@ -283,6 +299,9 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
         return;
     case STARLING__CHAN__FRAME__FRAME_DIVERGENCE_CHECK:
         check_or_keep(c, from, f->divergence_check->applied_index, f->divergence_check->checksum);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_REBUILD:
+        on_rebuild(c, from, f->rebuild);
         return;
     default:
         if (c->cfg.on_frame)
@@ -341,7 +360,8 @@ static int scan_member(void *ud, uint64_t node, const void *rec, size_t len)
             strcmp(m->name, c->cfg.node_name) == 0 && strcmp(m->address, c->address) == 0 &&
             m->cluster_port == c->cfg.cluster_port && m->raft_port == c->cfg.raft_port &&
             strcmp(m->raft_address ? m->raft_address : "", c->advertise[0] ? c->raft_addr : "") ==
-                0;
+                0 &&
+            (!m->left || __atomic_load_n(&c->leaving, __ATOMIC_ACQUIRE));
     } else {
         add_peer(c, node, m->address, m->cluster_port, false);
         if (c->n_members < sizeof c->members / sizeof c->members[0])
@@ -462,20 +482,26 @@ struct reconcile_scan {
     struct raft_node_member mv[RAFT_NODE_MAX_MEMBERS];
     unsigned n;
     char addr[RAFT_NODE_ADDR_MAX]; /* the first member to add, or "" */
+    uint64_t gone;                 /* the first member that left but is in it, or 0 */
 };
 
 static int scan_missing(void *ud, uint64_t node, const void *rec, size_t len)
 {
     struct reconcile_scan *r = ud;
-    if (r->addr[0])
+    if (r->addr[0] || r->gone)
         return 0;
+    bool in = false, active = false;
     for (unsigned i = 0; i < r->n; i++)
-        if (r->mv[i].id == node && r->mv[i].role != RAFT_NODE_SPARE)
-            return 0;
+        if (r->mv[i].id == node) {
+            in = true;
+            active = r->mv[i].role != RAFT_NODE_SPARE;
+        }
     Starling__Cmd__Member *m = starling__cmd__member__unpack(NULL, len, rec);
     if (!m)
         return 0;
-    if (!m->left) {
+    if (m->left && in)
+        r->gone = node;
+    else if (!m->left && !active) {
         if (m->raft_address)
             snprintf(r->addr, sizeof r->addr, "%s", m->raft_address);
         else
@@ -510,7 +536,12 @@ static void reconcile(struct cluster *c)
     r->c = c;
     r->n = raft_node_members(c->raft, r->mv, RAFT_NODE_MAX_MEMBERS);
     fsm_members(c->fsm, scan_missing, r);
-    if (r->addr[0]) {
+    if (r->gone) {
+        /* a member that left (its record says so) and is still in the
+         * configuration: the removal made when the record was applied may
+         * have met another change in flight */
+        c->adding = raft_node_remove(c->raft, r->gone, add_done, c) == 0;
+    } else if (r->addr[0]) {
         log_info("cluster: adding %s to the Raft configuration", r->addr);
         c->adding = raft_node_add(c->raft, r->addr, add_done, c) == 0;
     }
@@ -519,11 +550,101 @@ static void reconcile(struct cluster *c)
 
 /* ---- the divergence detector's traffic ---- */
 
+static struct verdict *verdict_of(struct cluster *c, uint64_t node)
+{
+    for (unsigned i = 0; i < c->n_verdicts; i++)
+        if (c->verdicts[i].node == node)
+            return &c->verdicts[i];
+    if (c->n_verdicts == sizeof c->verdicts / sizeof c->verdicts[0])
+        return NULL;
+    struct verdict *v = &c->verdicts[c->n_verdicts++];
+    memset(v, 0, sizeof *v);
+    v->node = node;
+    return v;
+}
+
+static void send_rebuild(struct cluster *c, uint64_t to, uint64_t index, uint64_t mine,
+                         uint64_t theirs)
+{
+    Starling__Chan__Rebuild rb = STARLING__CHAN__REBUILD__INIT;
+    rb.applied_index = index;
+    rb.leader_checksum = mine;
+    rb.member_checksum = theirs;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_REBUILD;
+    fr.rebuild = &rb;
+    uint8_t buf[64];
+    size_t n = starling__chan__frame__pack(&fr, buf);
+    chan_send(c->chan, to, buf, n);
+}
+
+/* The leader judges a peer whose checksum differs from its own after the
+ * same entry: if a majority of the voters (the leader, and the others whose
+ * checkpoints agreed with it lately) share the leader's tables, the peer is
+ * the one that diverged and is told to rebuild; if not, the leader may be
+ * the wrong one: it says so and hands leadership to another voter, which
+ * judges again. */
+static void judge(struct cluster *c, uint64_t peer, uint64_t index, uint64_t mine, uint64_t theirs)
+{
+    if (raft_node_leader(c->raft) != c->self || !raft_node_ready(c->raft))
+        return;
+    uint64_t now = now_mono_ms();
+    struct raft_node_member mv[RAFT_NODE_MAX_MEMBERS];
+    unsigned n = raft_node_members(c->raft, mv, RAFT_NODE_MAX_MEMBERS);
+    unsigned voters = 0, agree = 1; /* the leader itself */
+    for (unsigned i = 0; i < n; i++) {
+        if (mv[i].role != RAFT_NODE_VOTER)
+            continue;
+        voters++;
+        if (mv[i].id == c->self || mv[i].id == peer)
+            continue;
+        struct verdict *o = verdict_of(c, mv[i].id);
+        if (o && o->agree_ms && now - o->agree_ms <= VERDICT_FRESH_MS &&
+            o->agree_ms >= o->differ_ms)
+            agree++;
+    }
+    struct verdict *v = verdict_of(c, peer);
+    if (agree >= voters / 2 + 1) {
+        if (v && (!v->told_ms || now - v->told_ms >= VERDICT_REPEAT_MS)) {
+            v->told_ms = now;
+            log_error("cluster: node %016llx's replicated tables differ from this leader's and "
+                      "a majority's after entry %llu: told it to rebuild",
+                      (unsigned long long)peer, (unsigned long long)index);
+            send_rebuild(c, peer, index, mine, theirs);
+        }
+    } else if (!c->doubt_ms || now - c->doubt_ms >= VERDICT_REPEAT_MS) {
+        c->doubt_ms = now;
+        log_error("cluster: node %016llx's replicated tables differ from this leader's after "
+                  "entry %llu and no majority agrees with the leader: handing leadership over",
+                  (unsigned long long)peer, (unsigned long long)index);
+        raft_node_step_down(c->raft);
+    }
+}
+
+/* Compare a peer's checkpoint with this node's checksum after the same
+ * entry and keep the verdict: -ENOENT (not comparable), 0 equal, 1 not. */
+static int compare(struct cluster *c, uint64_t from, uint64_t index, uint64_t checksum)
+{
+    int rc = raft_node_divergence_check(c->raft, index, checksum, false);
+    struct verdict *v = verdict_of(c, from);
+    if (!v || rc < 0)
+        return rc;
+    if (rc == 0) {
+        v->agree_ms = now_mono_ms();
+        return rc;
+    }
+    v->differ_ms = now_mono_ms();
+    uint64_t mine = 0;
+    raft_node_checksum_at(c->raft, index, &mine);
+    judge(c, from, index, mine, checksum);
+    return rc;
+}
+
 /* Compare a peer's checkpoint now, or keep it until this node has applied
  * that index (one pending checkpoint per peer, the latest). */
 static void check_or_keep(struct cluster *c, uint64_t from, uint64_t index, uint64_t checksum)
 {
-    int rc = raft_node_divergence_check(c->raft, index, checksum);
+    int rc = compare(c, from, index, checksum);
     int slot = -1;
     for (int i = 0; i < MAX_CHECKS; i++)
         if (c->checks[i].from == from || (slot < 0 && c->checks[i].from == 0))
@@ -545,9 +666,26 @@ static void retry_checks(struct cluster *c)
         if (!c->checks[i].from || c->checks[i].index > raft_node_applied(c->raft))
             continue;
         /* Applied now (or skipped past): compare once, then forget. */
-        raft_node_divergence_check(c->raft, c->checks[i].index, c->checks[i].checksum);
+        uint64_t from = c->checks[i].from;
         c->checks[i].from = 0;
+        compare(c, from, c->checks[i].index, c->checks[i].checksum);
     }
+}
+
+/* The leader says this node diverged: mark it (health 503) and let the
+ * broker rebuild it (once). */
+static void on_rebuild(struct cluster *c, uint64_t from, const Starling__Chan__Rebuild *rb)
+{
+    if (from != raft_node_leader(c->raft) || c->rebuild_asked)
+        return;
+    c->rebuild_asked = true;
+    raft_node_set_diverged(c->raft);
+    log_error("cluster: DIVERGENCE: the leader says this node's replicated tables differ from "
+              "the cluster's after entry %llu (leader %016llx, this node %016llx): rebuilding",
+              (unsigned long long)rb->applied_index, (unsigned long long)rb->leader_checksum,
+              (unsigned long long)rb->member_checksum);
+    if (c->cfg.on_rebuild)
+        c->cfg.on_rebuild(c->cfg.rebuild_ud);
 }
 
 static void send_checkpoint(struct cluster *c)
@@ -583,6 +721,13 @@ static void on_timer(uv_timer_t *t)
     }
     ensure_member(c);
     reconcile(c);
+    if (c->no_bootstrap && in_configuration(c)) {
+        /* a member again after a rebuild: from now on, like any member */
+        char path[600];
+        snprintf(path, sizeof path, "%s/NO_BOOTSTRAP", c->dir);
+        if (unlink(path) == 0 || errno == ENOENT)
+            c->no_bootstrap = false;
+    }
 }
 
 /* ---- start and stop (hooks of raft_node, on the cluster thread) ---- */
@@ -630,6 +775,87 @@ static void hook_stop(void *ud)
     }
 }
 
+/* ---- rebuilding a diverged node ---- */
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* Create path durably (contents: why). */
+static int mark_write(const char *path, const char *why)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    size_t n = strlen(why);
+    int rc = write(fd, why, n) == (ssize_t)n && fsync(fd) == 0 ? 0 : -EIO;
+    close(fd);
+    return rc;
+}
+
+static bool exists(const char *dir, const char *name)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+/* The rebuild mark is there: move the tables and the Raft directory aside
+ * (replacing what an earlier rebuild set aside), and mark the node as one
+ * that must join, not bootstrap. */
+static int rebuild_set_aside(const char *dir, char *err, size_t errlen)
+{
+    static const char *const parts[] = {"fsm", "raft"};
+    char from[600], to[640];
+    for (int i = 0; i < 2; i++) {
+        snprintf(from, sizeof from, "%s/%s", dir, parts[i]);
+        snprintf(to, sizeof to, "%s/%s.diverged", dir, parts[i]);
+        nftw(to, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        if (rename(from, to) != 0 && errno != ENOENT) {
+            snprintf(err, errlen, "cluster: rebuild: cannot move %s aside: %s", from,
+                     strerror(errno));
+            return -errno;
+        }
+    }
+    snprintf(from, sizeof from, "%s/NO_BOOTSTRAP", dir);
+    int rc = mark_write(from, "rebuilt after a divergence: join, do not bootstrap\n");
+    snprintf(to, sizeof to, "%s/REBUILD", dir);
+    if (rc == 0 && unlink(to) != 0)
+        rc = -errno;
+    if (rc) {
+        snprintf(err, errlen, "cluster: rebuild: %s", strerror(-rc));
+        return rc;
+    }
+    log_warn("cluster: rebuilding: the replicated tables and the Raft log of this node were "
+             "set aside in %s/{fsm,raft}.diverged; joining the cluster again as a new member",
+             dir);
+    return 0;
+}
+
+int cluster_rebuild_mark(struct cluster *c)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/REBUILD", c->dir);
+    int rc = mark_write(path, "the leader found this node's replicated tables diverged\n");
+    if (rc == 0) {
+        int fd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) {
+            fsync(fd);
+            close(fd);
+        }
+    }
+    return rc;
+}
+
+void cluster_leaving(struct cluster *c)
+{
+    __atomic_store_n(&c->leaving, true, __ATOMIC_RELEASE);
+}
+
 int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *err, size_t errlen)
 {
     *out = NULL;
@@ -666,6 +892,13 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
         snprintf(c->seeds[c->n_seeds++], sizeof c->seeds[0], "%s", cfg->seeds[i]);
     snprintf(c->chan_addr, sizeof c->chan_addr, "%s:%u", cfg->address, cfg->cluster_port);
     c->self = raft_node_id_of(c->raft_addr);
+    snprintf(c->dir, sizeof c->dir, "%s", cfg->dir);
+    if (exists(c->dir, "REBUILD") && rebuild_set_aside(c->dir, err, errlen) != 0) {
+        free(c->seeds);
+        free(c);
+        return -EIO;
+    }
+    c->no_bootstrap = exists(c->dir, "NO_BOOTSTRAP");
     char dir[512];
     snprintf(dir, sizeof dir, "%s/fsm", cfg->dir);
     struct fsm_options fo = {.dir = dir, .observer = observer, .observer_ud = c};
@@ -687,6 +920,7 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
                                       .election_timeout_ms = cfg->election_timeout_ms,
                                       .heartbeat_ms = cfg->heartbeat_ms,
                                       .snapshot_threshold = cfg->snapshot_threshold,
+                                      .no_bootstrap = c->no_bootstrap,
                                       .on_start = hook_start,
                                       .on_stop = hook_stop,
                                       .hook_ud = c};

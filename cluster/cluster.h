@@ -60,9 +60,24 @@ struct cluster_config {
     void *observer_ud;
     chan_frame_fn on_frame; /* the broker's frames (cluster thread), may be NULL */
     void *frame_ud;
+    /* The leader found this node's tables diverged and asked it to rebuild
+     * (cluster thread, once), may be NULL: see cluster_rebuild_mark. */
+    void (*on_rebuild)(void *ud);
+    void *rebuild_ud;
 };
 
+/* When the data directory holds a rebuild mark (cluster_rebuild_mark), the
+ * tables and the Raft directory are first set aside (fsm.diverged,
+ * raft.diverged, replacing older ones) and the node starts empty and never
+ * bootstraps: it joins again like a new node and catches up from the
+ * leader. */
 int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *err, size_t errlen);
+/* Write the rebuild mark (durably): the next cluster_start sets this node's
+ * replicated state aside. Any thread. 0 or a negative errno. */
+int cluster_rebuild_mark(struct cluster *c);
+/* This process asked to leave (its member record says so): do not propose
+ * the record again as a member. Any thread. */
+void cluster_leaving(struct cluster *c);
 /* Stop the cluster thread (pending proposals end with -ECANCELED), close
  * the tables, free c. */
 void cluster_stop(struct cluster *c);

@@ -75,6 +75,8 @@ struct raft_node {
     struct raft_barrier barrier;
     struct raft_change change;
     struct req *change_req;
+    struct raft_transfer transfer;
+    bool transferring;
     struct fsm_batch_result sub; /* a proposal's slice of its group's results */
     unsigned max_voters;
     /* the configuration as of the last tick, for other threads (mu) */
@@ -564,7 +566,7 @@ static int bootstrap(struct raft_node *n)
     bool self_seed = false;
     for (unsigned i = 0; i < ns; i++)
         self_seed |= strcmp(n->seeds[i], n->address) == 0;
-    if (!self_seed)
+    if (!self_seed || n->cfg.no_bootstrap)
         return 0;
     qsort(n->seeds, ns, sizeof *n->seeds, addr_cmp);
     struct raft_configuration conf;
@@ -845,7 +847,7 @@ void raft_node_checkpoint(struct raft_node *n, uint64_t *index, uint64_t *checks
         *index = *checksum = 0;
 }
 
-int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum)
+int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum, bool mark)
 {
     uint64_t mine;
     if (fsm_raft_checksum_at(&n->adapter, index, &mine) != 0)
@@ -855,13 +857,43 @@ int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t che
         return 0;
     }
     __atomic_add_fetch(&n->divergences, 1, __ATOMIC_RELAXED);
-    if (!__atomic_exchange_n(&n->diverged, true, __ATOMIC_ACQ_REL))
+    if (mark && !__atomic_exchange_n(&n->diverged, true, __ATOMIC_ACQ_REL))
         log_error("cluster: DIVERGENCE: after entry %llu this node's replicated tables have "
-                  "checksum %016llx, a peer's %016llx; this node must be rebuilt from a "
-                  "snapshot (docs/cluster.md)",
+                  "checksum %016llx, the leader's %016llx: this node's tables are not the "
+                  "cluster's and it must be rebuilt from a snapshot (docs/cluster.md)",
                   (unsigned long long)index, (unsigned long long)mine,
                   (unsigned long long)checksum);
     return 1;
+}
+
+static void transfer_cb(struct raft_transfer *t)
+{
+    struct raft_node *n = t->data;
+    n->transferring = false;
+}
+
+int raft_node_step_down(struct raft_node *n)
+{
+    if (raft_state(&n->raft) != RAFT_LEADER)
+        return -ENOTCONN;
+    if (n->transferring)
+        return -EBUSY;
+    n->transfer.data = n;
+    int rc = raft_transfer(&n->raft, &n->transfer, 0, transfer_cb);
+    if (rc)
+        return status_of(rc);
+    n->transferring = true;
+    return 0;
+}
+
+int raft_node_checksum_at(struct raft_node *n, uint64_t index, uint64_t *out)
+{
+    return fsm_raft_checksum_at(&n->adapter, index, out) == 0 ? 0 : -ENOENT;
+}
+
+void raft_node_set_diverged(struct raft_node *n)
+{
+    __atomic_store_n(&n->diverged, true, __ATOMIC_RELEASE);
 }
 
 bool raft_node_diverged(struct raft_node *n)

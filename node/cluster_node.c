@@ -942,11 +942,57 @@ static int cn_leave(void *ud, char *err, size_t errlen)
               : -ENOMEM;
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
+    if (e)
+        cluster_leaving(cn->c); /* do not propose the record as a member again */
     r = e ? cn_propose_wait(cn, e, len) : -ENOMEM;
     cmd_batch_free(b);
     if (r < 0)
         snprintf(err, errlen, "the leave was not committed: %s", strerror(-r));
     return r;
+}
+
+/* The rebuild of a diverged node (cluster_auto_rebuild): leave the cluster
+ * (the leader takes the node out of the Raft configuration, so that a node
+ * that lost its log never counts as a voter), mark the data directory, and
+ * stop the node as SIGTERM does (broker.stop_requested); main exits with status 75 and the
+ * supervisor starts it again, when cluster_start sets the old state aside. */
+static void *cn_rebuild_thread(void *arg)
+{
+    struct cluster_node *cn = arg;
+    char err[256] = "";
+    if (cn_leave(cn, err, sizeof(err)) < 0)
+        log_warn("cluster: rebuild: %s (the leader removes the node when it is forgotten)", err);
+    int r = cluster_rebuild_mark(cn->c);
+    if (r < 0) {
+        log_error("cluster: rebuild: cannot mark the data directory: %s; rebuild this node by "
+                  "hand (docs/cluster.md)",
+                  strerror(-r));
+        return NULL;
+    }
+    log_error("cluster: stopping to rebuild this node's replicated state (exit status 75)");
+    atomic_store(&cn->b->stop_requested, true);
+    return NULL;
+}
+
+static void cn_on_rebuild(void *ud)
+{
+    struct cluster_node *cn = ud;
+    if (!cn->b->cfg.cluster_auto_rebuild) {
+        log_error("cluster: cluster_auto_rebuild is off: this node stays marked diverged (health "
+                  "503) until it is rebuilt by hand (docs/cluster.md)");
+        return;
+    }
+    if (atomic_exchange(&cn->rebuilding, true))
+        return;
+    if (pthread_create(&cn->rebuild_thread, NULL, cn_rebuild_thread, cn) != 0) {
+        atomic_store(&cn->rebuilding, false);
+        log_error("cluster: cannot start the rebuild: %s", strerror(errno));
+    }
+}
+
+bool cluster_node_rebuilding(const struct cluster_node *cn)
+{
+    return cn && atomic_load(&cn->rebuilding);
 }
 
 static int cn_forget(void *ud, const char *name, char *err, size_t errlen)
@@ -1049,6 +1095,8 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .on_frame = on_frame,
         .frame_ud = cn,
         .propose_timeout_ms = cfg->cluster_claim_timeout,
+        .on_rebuild = cn_on_rebuild,
+        .rebuild_ud = cn,
         /* Followers learn that an entry committed from the leader's next
          * AppendEntries: the heartbeat bounds how long a SUBACK (every live
          * member applied the route) and a CONNECT on a follower (the claim
@@ -1062,6 +1110,11 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     }
     cn->raft = cluster_raft(cn->c);
     cn->fsm = cluster_fsm(cn->c);
+#ifndef NDEBUG
+    /* Tests of the divergence detector (tests/cluster/test_divergence.py). */
+    if (getenv("STARLING_TEST_CORRUPT_TABLES") && fsm_test_corrupt(cn->fsm) == 0)
+        log_warn("cluster: STARLING_TEST_CORRUPT_TABLES: a record written outside Raft");
+#endif
     cn->self = cluster_self(cn->c);
     pthread_mutex_lock(&cn->mu);
     peers_refresh(cn);
@@ -1107,6 +1160,8 @@ void cluster_node_stop(struct cluster_node *cn)
         pthread_join(cn->thread, NULL);
         cn->thread_started = false;
     }
+    if (atomic_load(&cn->rebuilding))
+        pthread_join(cn->rebuild_thread, NULL);
     if (cn->c) {
         cluster_stop(cn->c);
         cn->c = NULL;

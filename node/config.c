@@ -123,6 +123,7 @@ static const struct key_def keys[] = {
     KEY("cluster_secret", T_STR, cluster_secret, 0, sizeof(((struct config *)0)->cluster_secret)),
     KEY("cluster_claim_timeout", T_U32, cluster_claim_timeout, 100, 600000),
     KEY("cluster_down_after", T_U32, cluster_down_after, 100, 86400000),
+    KEY("cluster_auto_rebuild", T_BOOL, cluster_auto_rebuild, 0, 0),
 };
 
 static const char *const xport_names[CONFIG_XPORT_COUNT] = {"tcp", "tls", "ws", "wss"};
@@ -188,6 +189,7 @@ void config_defaults(struct config *c)
     c->cluster_secret[0] = '\0';
     c->cluster_claim_timeout = 5000;
     c->cluster_down_after = 5000;
+    c->cluster_auto_rebuild = true;
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)

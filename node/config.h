@@ -107,6 +107,7 @@ struct config {
     char cluster_secret[256];       /* cluster_secret, default "" */
     uint32_t cluster_claim_timeout; /* cluster_claim_timeout ms, default 5000 */
     uint32_t cluster_down_after;    /* cluster_down_after ms, default 5000 */
+    bool cluster_auto_rebuild;      /* cluster_auto_rebuild, default true */
 };
 
 /* The transports (listener kinds), also the bits of proxy_protocol. */

@@ -193,3 +193,43 @@ def cluster(cluster_factory):
     c.start()
     c.wait_healthy()
     return c
+
+
+WAIT = 30.0
+
+
+def wait_for(cond, timeout=WAIT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def members(node):
+    try:
+        st, doc = node.http("GET", "/api/v1/cluster")
+    except OSError:
+        return None
+    return doc if st == 200 else None
+
+
+def settled(nodes, want):
+    """Every node lists exactly the members of `want` ({name: address}), all
+    reachable, all voters, and names one leader: returns the documents."""
+    docs = [members(n) for n in nodes]
+    if not all(docs):
+        return None
+    for d in docs:
+        got = {x["name"]: x for x in d["nodes"]}
+        if set(got) != set(want) or not d["leader"]:
+            return None
+        for name, addr in want.items():
+            x = got[name]
+            if not x["reachable"] or x["role"] != "voter" or not x["address"].startswith(addr + ":"):
+                return None
+    if len({d["leader"] for d in docs}) != 1:
+        return None
+    return docs

@@ -8,52 +8,11 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ADDRS, BIN, Node
-
-WAIT = 30.0
-
-
-def wait_for(cond, timeout=WAIT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def members(node):
-    try:
-        st, doc = node.http("GET", "/api/v1/cluster")
-    except OSError:
-        return None
-    return doc if st == 200 else None
-
-
-def settled(nodes, want):
-    """Every node lists exactly the members of `want` ({name: address}), all
-    reachable, all voters, and names one leader: returns the documents."""
-    docs = [members(n) for n in nodes]
-    if not all(docs):
-        return None
-    for d in docs:
-        got = {x["name"]: x for x in d["nodes"]}
-        if set(got) != set(want) or not d["leader"]:
-            return None
-        for name, addr in want.items():
-            x = got[name]
-            if not x["reachable"] or x["role"] != "voter" or not x["address"].startswith(addr + ":"):
-                return None
-    if len({d["leader"] for d in docs}) != 1:
-        return None
-    return docs
-
+from conftest import ADDRS, BIN, WAIT, Node, members, settled, wait_for
 
 class Receiver:
     def __init__(self, host, port, cid, topic):

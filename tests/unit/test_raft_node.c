@@ -272,14 +272,16 @@ static void test_three_nodes(void)
     raft_node_checkpoint(nodes[0].raft, &idx, &cks);
     CU_ASSERT_EQUAL(cks, sum);
     for (int i = 1; i < N; i++)
-        CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[i].raft, idx, cks), 0);
-    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx + 1000, cks), -ENOENT);
+        CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[i].raft, idx, cks, true), 0);
+    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx + 1000, cks, true), -ENOENT);
     CU_ASSERT_FALSE(raft_node_diverged(nodes[1].raft));
-    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx, cks ^ 1), 1);
+    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx, cks ^ 1, false), 1);
+    CU_ASSERT_FALSE(raft_node_diverged(nodes[1].raft)); /* not the leader's: counted only */
+    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx, cks ^ 1, true), 1);
     CU_ASSERT_TRUE(raft_node_diverged(nodes[1].raft));
     struct raft_node_stats st;
     raft_node_stats(nodes[1].raft, &st);
-    CU_ASSERT_EQUAL(st.divergences, 1);
+    CU_ASSERT_EQUAL(st.divergences, 2); /* counted with and without mark */
     CU_ASSERT_EQUAL(st.applied, 15);
     CU_ASSERT_EQUAL(st.apply_errors, 0);
     raft_node_stats(nodes[0].raft, &st);
