@@ -202,7 +202,8 @@ static void group_apply_cb(struct raft_apply *a, int status, void *result)
     struct group *g = a->data;
     struct raft_node *n = g->n;
     const struct fsm_batch_result *res = result;
-    n->groups_inflight--;
+    if (n->groups_inflight)
+        n->groups_inflight--;
     if (n->held) { /* the queue's turn (from the loop, not inside libraft) */
         n->held = false;
         uv_async_send(&n->async);
@@ -490,6 +491,15 @@ static void on_tick(uv_timer_t *t)
     bool leader = raft_state(&n->raft) == RAFT_LEADER;
     if (!leader || n->barrier_term != n->raft.current_term)
         __atomic_store_n(&n->ready, false, __ATOMIC_RELEASE);
+    if (!leader) {
+        /* libraft ends a lost leader's entries (RAFT_LEADERSHIPLOST); should
+         * one not be answered, group commit must not hold a later term */
+        n->groups_inflight = 0;
+        if (n->held) {
+            n->held = false;
+            uv_async_send(&n->async);
+        }
+    }
     if (leader && n->barrier_term != n->raft.current_term && !n->barrier_pending) {
         n->barrier.data = n;
         if (raft_barrier(&n->raft, &n->barrier, barrier_cb) == 0)
@@ -513,7 +523,8 @@ static void on_async(uv_async_t *a)
 {
     struct raft_node *n = a->data;
     pthread_mutex_lock(&n->mu);
-    if (!n->stopping && n->groups_inflight >= GROUPS_INFLIGHT && n->queue) {
+    if (!n->stopping && n->groups_inflight >= GROUPS_INFLIGHT && n->queue &&
+        raft_state(&n->raft) == RAFT_LEADER) {
         /* group commit: group_apply_cb wakes the loop again */
         n->held = true;
         pthread_mutex_unlock(&n->mu);
