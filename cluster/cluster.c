@@ -343,6 +343,13 @@ static void observer(void *ud, uint64_t index, const void *cmd)
         c->cfg.observer(c->cfg.observer_ud, index, cmd);
 }
 
+static void entry_applied(void *ud, uint64_t index)
+{
+    struct cluster *c = ud;
+    if (c->cfg.on_entry)
+        c->cfg.on_entry(c->cfg.observer_ud, index);
+}
+
 struct member_scan {
     struct cluster *c;
     bool self_ok;
@@ -901,7 +908,8 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
     c->no_bootstrap = exists(c->dir, "NO_BOOTSTRAP");
     char dir[512];
     snprintf(dir, sizeof dir, "%s/fsm", cfg->dir);
-    struct fsm_options fo = {.dir = dir, .observer = observer, .observer_ud = c};
+    struct fsm_options fo = {
+        .dir = dir, .observer = observer, .observer_ud = c, .on_entry = entry_applied};
     int rc = fsm_open(&c->fsm, &fo, err, errlen);
     if (rc) {
         free(c->seeds);

@@ -58,6 +58,7 @@ struct cluster_config {
     unsigned propose_timeout_ms; /* a forwarded proposal's answer; 0 = 5000 */
     fsm_observer_fn observer;    /* applied commands (cluster thread), may be NULL */
     void *observer_ud;
+    fsm_entry_fn on_entry;  /* each entry in effect (fsm.h; cluster thread, observer_ud) */
     chan_frame_fn on_frame; /* the broker's frames (cluster thread), may be NULL */
     void *frame_ud;
     /* The leader found this node's tables diverged and asked it to rebuild

@@ -32,7 +32,17 @@ struct fsm {
     bool broken;
     fsm_observer_fn observer;
     void *observer_ud;
+    fsm_entry_fn on_entry;
+    uint64_t visible; /* atomic: fsm_visible */
 };
+
+/* The entry at index is wholly in effect: publish it, tell the hook. */
+static void set_visible(struct fsm *f, uint64_t index)
+{
+    __atomic_store_n(&f->visible, index, __ATOMIC_RELEASE);
+    if (f->on_entry)
+        f->on_entry(f->observer_ud, index);
+}
 
 static void be64(unsigned char *p, uint64_t v)
 {
@@ -96,6 +106,7 @@ int fsm_open(struct fsm **out, const struct fsm_options *o, char *err, size_t er
         return -ENOMEM;
     f->observer = o->observer;
     f->observer_ud = o->observer_ud;
+    f->on_entry = o->on_entry;
     f->routes = routes_new();
     if (!f->routes) {
         free(f);
@@ -117,6 +128,7 @@ int fsm_open(struct fsm **out, const struct fsm_options *o, char *err, size_t er
         free(f);
         return rc;
     }
+    f->visible = rtable_applied(f->t);
     *out = f;
     return 0;
 }
@@ -452,6 +464,8 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
             res->skipped = true;
             if (b)
                 starling__cmd__command_batch__free_unpacked(b, NULL);
+            if (index > __atomic_load_n(&f->visible, __ATOMIC_ACQUIRE))
+                set_visible(f, index);
             return 0;
         }
         res->n = b ? (uint32_t)b->n_commands : 0;
@@ -475,8 +489,10 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
     }
     if (rc) {
         f->broken = true;
-    } else if (b) {
-        after_commit(f, index, b, res->results);
+    } else {
+        if (b)
+            after_commit(f, index, b, res->results);
+        set_visible(f, index);
     }
     if (b)
         starling__cmd__command_batch__free_unpacked(b, NULL);
@@ -491,6 +507,11 @@ bool fsm_broken(struct fsm *f)
 uint64_t fsm_applied(struct fsm *f)
 {
     return rtable_applied(f->t);
+}
+
+uint64_t fsm_visible(struct fsm *f)
+{
+    return __atomic_load_n(&f->visible, __ATOMIC_ACQUIRE);
 }
 
 uint64_t fsm_checksum(struct fsm *f)
@@ -552,8 +573,10 @@ int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, boo
     if (rc)
         return rc;
     rc = routes_reload(f);
-    if (rc == 0)
+    if (rc == 0) {
         f->broken = false;
+        set_visible(f, rtable_applied(f->t));
+    }
     return rc;
 }
 

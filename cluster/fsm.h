@@ -68,6 +68,14 @@ struct fsm_batch_result {
  */
 typedef void (*fsm_observer_fn)(void *ud, uint64_t index, const void *cmd);
 
+/*
+ * Entry hook: called on the applying thread once an entry is wholly in
+ * effect (its transaction committed, the route matcher updated, the
+ * observers told), and after a restore; `index` is then fsm_visible(). It
+ * lets other threads wait for an index without polling. Must be quick.
+ */
+typedef void (*fsm_entry_fn)(void *ud, uint64_t index);
+
 struct fsm_options {
     const char *dir;       /* the LMDB environment (created when missing) */
     uint64_t map_size;     /* initial LMDB map, 0 = 32 MiB (grows by doubling) */
@@ -75,6 +83,7 @@ struct fsm_options {
     bool sync_every_commit;
     fsm_observer_fn observer; /* may be NULL */
     void *observer_ud;
+    fsm_entry_fn on_entry; /* may be NULL; gets observer_ud */
 };
 
 /* Open the tables in o->dir and load the route matcher from them. */
@@ -102,6 +111,11 @@ bool fsm_broken(struct fsm *f);
 /* The last applied index and the checksum of the tables at that index. */
 uint64_t fsm_applied(struct fsm *f);
 uint64_t fsm_checksum(struct fsm *f);
+/* The last index whose entry is wholly in effect here: in the tables and in
+ * the route matcher, its observers told (fsm_applied may be ahead of it
+ * while an entry's routes are being mirrored). An atomic read, any thread:
+ * what a node reports as applied when a SUBACK waits for its routes. */
+uint64_t fsm_visible(struct fsm *f);
 /* Both at once, from one read transaction (a consistent pair). */
 int fsm_state(struct fsm *f, uint64_t *applied, uint64_t *checksum);
 /* Recompute the checksum from every record; 0 or an error. */

@@ -78,6 +78,8 @@ struct raft_node {
     struct raft_transfer transfer;
     bool transferring;
     struct fsm_batch_result sub; /* a proposal's slice of its group's results */
+    unsigned groups_inflight;    /* entries proposed, not applied yet (loop) */
+    bool held;                   /* the queue waits for one of them (loop) */
     unsigned max_voters;
     /* the configuration as of the last tick, for other threads (mu) */
     struct raft_node_member members[RAFT_NODE_MAX_MEMBERS];
@@ -148,6 +150,17 @@ static void req_done(struct req *r, int status, const struct fsm_batch_result *r
  */
 #define GROUP_MAX_BYTES (1u << 20)
 
+/*
+ * Group commit: while GROUPS_INFLIGHT entries are proposed and not applied
+ * yet, new proposals wait in the queue; the next entry takes all of them
+ * when one of those completes. Every entry costs each node a log write and
+ * an LMDB commit with its fsync on the loop thread, so on a slow disk many
+ * small entries (CONNECTs arriving a few at a time, each claiming its id)
+ * cost far more than one entry per round; an idle node still proposes at
+ * once.
+ */
+#define GROUPS_INFLIGHT 1
+
 struct group {
     struct raft_apply apply;
     struct raft_node *n;
@@ -193,6 +206,12 @@ static void group_apply_cb(struct raft_apply *a, int status, void *result)
     struct group *g = a->data;
     struct raft_node *n = g->n;
     const struct fsm_batch_result *res = result;
+    if (n->groups_inflight)
+        n->groups_inflight--;
+    if (n->held) { /* the queue's turn (from the loop, not inside libraft) */
+        n->held = false;
+        uv_async_send(&n->async);
+    }
     for (unsigned i = 0; i < g->count; i++) {
         struct req *r = g->m[i].r;
         if (status != 0 || !res) {
@@ -263,7 +282,9 @@ static void propose_group(struct raft_node *n, struct req **reqs, const uint32_t
         for (unsigned i = 0; i < count; i++)
             req_done(reqs[i], status_of(rc), NULL);
         free(g);
+        return;
     }
+    n->groups_inflight++;
 }
 
 /* Propose a run of REQ_PROPOSE requests, grouped. */
@@ -318,6 +339,8 @@ static void start_proposals(struct raft_node *n, struct req **reqs, unsigned cou
                     raft_free(b.base);
                     free(g);
                     req_done(reqs[i], status_of(rc), NULL);
+                } else {
+                    n->groups_inflight++;
                 }
             }
             start = i + 1;
@@ -488,6 +511,15 @@ static void on_tick(uv_timer_t *t)
     bool leader = raft_state(&n->raft) == RAFT_LEADER;
     if (!leader || n->barrier_term != n->raft.current_term)
         __atomic_store_n(&n->ready, false, __ATOMIC_RELEASE);
+    if (!leader) {
+        /* libraft ends a lost leader's entries (RAFT_LEADERSHIPLOST); should
+         * one not be answered, group commit must not hold a later term */
+        n->groups_inflight = 0;
+        if (n->held) {
+            n->held = false;
+            uv_async_send(&n->async);
+        }
+    }
     if (leader && n->barrier_term != n->raft.current_term && !n->barrier_pending) {
         n->barrier.data = n;
         if (raft_barrier(&n->raft, &n->barrier, barrier_cb) == 0)
@@ -511,6 +543,13 @@ static void on_async(uv_async_t *a)
 {
     struct raft_node *n = a->data;
     pthread_mutex_lock(&n->mu);
+    if (!n->stopping && n->groups_inflight >= GROUPS_INFLIGHT && n->queue &&
+        raft_state(&n->raft) == RAFT_LEADER) {
+        /* group commit: group_apply_cb wakes the loop again */
+        n->held = true;
+        pthread_mutex_unlock(&n->mu);
+        return;
+    }
     struct req *q = n->queue;
     n->queue = NULL;
     n->tail = &n->queue;

@@ -218,7 +218,7 @@ static void route_done(void *ud, int status, const struct fsm_batch_result *res,
         cn->retry_at_ms = cn_mono_ms() + RETRY_MS;
     }
     cn->inflight_busy = false;
-    pthread_cond_signal(&cn->cv);
+    cn_kick(cn);
     pthread_mutex_unlock(&cn->mu);
 }
 
@@ -279,7 +279,7 @@ static void route_queue(struct cluster_node *cn, const char *filter, size_t len,
                 : cmd_route_remove(cn->pending, filter, len, cn->self);
     if (r == 0) {
         cn->queued++;
-        pthread_cond_signal(&cn->cv);
+        cn_kick(cn);
     } else {
         log_error("cluster: cannot queue the route of '%.*s': %s", (int)len, filter, strerror(-r));
     }
@@ -345,7 +345,7 @@ static int cn_sync(void *ud, void (*done)(void *arg), void *arg)
     w->arg = arg;
     w->next = cn->waiters;
     cn->waiters = w;
-    pthread_cond_signal(&cn->cv);
+    cn_kick(cn);
     pthread_mutex_unlock(&cn->mu);
     return 1;
 }
@@ -607,7 +607,7 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
             }
         if (!known)
             peers_refresh(cn);
-        pthread_cond_signal(&cn->cv);
+        cn_kick(cn);
         pthread_mutex_unlock(&cn->mu);
         return;
     }
@@ -694,6 +694,17 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
 
 /* ---- the own thread ------------------------------------------------------ */
 
+/* An entry is wholly in effect here (cluster thread): report it and
+ * complete what waited for it (SUBACKs, claims) now, not at the next poll. */
+static void on_entry(void *ud, uint64_t index)
+{
+    (void)index;
+    struct cluster_node *cn = ud;
+    pthread_mutex_lock(&cn->mu);
+    cn_kick(cn);
+    pthread_mutex_unlock(&cn->mu);
+}
+
 /* Complete the waiters whose index every live member applied. Caller holds
  * mu; the callbacks run after it is released (returned list). */
 static struct waiter *waiters_ready(struct cluster_node *cn, uint64_t applied_self)
@@ -742,8 +753,9 @@ static void *cn_thread(void *arg)
                 }
             }
         }
-        /* report this node's applied index */
-        uint64_t applied = raft_node_applied(cn->raft);
+        /* report this node's applied index: entries wholly in effect here,
+         * routes in the matcher (the entry hook wakes this thread) */
+        uint64_t applied = fsm_visible(cn->fsm);
         bool report = applied != last_applied || now - last_report >= REPORT_EVERY_MS;
         if (report) {
             last_applied = applied;
@@ -767,14 +779,21 @@ static void *cn_thread(void *arg)
             pthread_mutex_lock(&cn->mu);
             continue;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 5 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
+        /* Sleep until kicked (a route change, a SUBSCRIBE waiting, a batch
+         * committed, an entry applied here, a peer's report), or for the
+         * timed work: retries (100 ms), reports (200 ms), claims' retries
+         * and deadlines, peers going silent. */
+        if (!cn->kick) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += CN_IDLE_WAIT_MS * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&cn->cv, &cn->mu, &ts);
         }
-        pthread_cond_timedwait(&cn->cv, &cn->mu, &ts);
+        cn->kick = false;
     }
     /* shutdown: whoever still waits gets its answer (the connections are
      * gone or going) */
@@ -1092,6 +1111,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .cluster_secret = cfg->cluster_secret,
         .observer = on_applied,
         .observer_ud = cn,
+        .on_entry = on_entry,
         .on_frame = on_frame,
         .frame_ud = cn,
         .propose_timeout_ms = cfg->cluster_claim_timeout,
@@ -1155,7 +1175,7 @@ void cluster_node_stop(struct cluster_node *cn)
     if (cn->thread_started) {
         pthread_mutex_lock(&cn->mu);
         cn->quit = true;
-        pthread_cond_signal(&cn->cv);
+        cn_kick(cn);
         pthread_mutex_unlock(&cn->mu);
         pthread_join(cn->thread, NULL);
         cn->thread_started = false;

@@ -25,6 +25,7 @@ struct cmd_batch;
 #define MAX_PEERS 64
 #define REPORT_EVERY_MS 200
 #define RETRY_MS 100
+#define CN_IDLE_WAIT_MS 20 /* the glue's thread, when nothing kicks it */
 #define CN_HEARTBEAT_MS 15 /* Raft heartbeat (cluster_node.c) */
 
 struct waiter {
@@ -58,6 +59,7 @@ struct cluster_node {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool quit;                 /* mu */
+    bool kick;                 /* mu: something changed, the thread looks again (cn_kick) */
     struct cmd_batch *pending; /* mu: route commands not proposed yet */
     bool purge_first;          /* mu: the first batch starts with NodePurge(self) */
     uint64_t queued;           /* mu: last ticket taken */
@@ -90,6 +92,14 @@ struct cluster_node {
     pthread_t rebuild_thread;
     atomic_bool rebuilding;
 };
+
+/* Wake the glue's thread: it runs its loop once more before it sleeps
+ * (a signal alone is lost while the thread is busy). Caller holds mu. */
+static inline void cn_kick(struct cluster_node *cn)
+{
+    cn->kick = true;
+    pthread_cond_signal(&cn->cv);
+}
 
 static inline uint64_t cn_mono_ms(void)
 {

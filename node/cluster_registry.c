@@ -207,7 +207,7 @@ static void claim_done(void *ud, int status, const struct fsm_batch_result *res,
     if (status == 0 && res && res->n == 1) {
         int r = res->results[0];
         if (r == FSM_OK || r == FSM_NOOP) {
-            if (fsm_applied(cn->fsm) < res->index) {
+            if (fsm_visible(cn->fsm) < res->index) {
                 /* committed through the leader, not applied here yet: the
                  * local check of the owner must see it */
                 pthread_mutex_lock(&cn->reg_mu);
@@ -223,7 +223,7 @@ static void claim_done(void *ud, int status, const struct fsm_batch_result *res,
         if (r == FSM_STALE_EPOCH && ++k->stale < CLAIM_MAX_STALE) {
             /* another claim won: read its epoch (once applied here) and claim
              * after it */
-            if (fsm_applied(cn->fsm) < res->index) {
+            if (fsm_visible(cn->fsm) < res->index) {
                 pthread_mutex_lock(&cn->reg_mu);
                 k->wait_index = res->index;
                 k->then_propose = true;
@@ -315,7 +315,7 @@ const struct registry_ops cluster_registry_ops = {
 void cn_registry_poll(struct cluster_node *cn, uint64_t now)
 {
     struct cl_claim *retry = NULL, *expired = NULL, *won = NULL;
-    uint64_t applied = fsm_applied(cn->fsm);
+    uint64_t applied = fsm_visible(cn->fsm);
     struct surrendered *ended = NULL;
     pthread_mutex_lock(&cn->reg_mu);
     for (struct cl_claim **pp = &cn->claims; *pp;) {

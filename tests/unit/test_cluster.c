@@ -4,8 +4,9 @@
  * free ports: every node's member record is replicated and every node dials
  * every other; a proposal made on any node - leader or not - is applied
  * everywhere, with its per-command results (a stale claim made on a follower
- * comes back STALE_EPOCH); a broker frame sent to a member reaches its
- * on_frame.
+ * comes back STALE_EPOCH); proposals share entries (made at once from
+ * several threads, or one at a time while an entry is in flight); a broker
+ * frame sent to a member reaches its on_frame.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -17,6 +18,7 @@
 #include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -182,6 +184,45 @@ static void *burst(void *arg)
     return NULL;
 }
 
+/* Group commit: proposals made one at a time on the leader while an entry
+ * is in flight wait for it and go together in the next entry. */
+#define TRICKLE 300
+static _Atomic int trickle_done, trickle_ok;
+
+static void trickle_cb(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    (void)ud;
+    (void)leader;
+    if (status == 0 && res && res->n == 1 && res->results[0] == FSM_OK)
+        trickle_ok++;
+    trickle_done++;
+}
+
+static void test_group_commit(struct member *leader)
+{
+    uint64_t before = fsm_visible(cluster_fsm(leader->c));
+    struct cmd_batch *b = cmd_batch_new();
+    char f[64];
+    for (int k = 0; k < TRICKLE; k++) {
+        snprintf(f, sizeof f, "trickle/%d", k);
+        cmd_route_add(b, f, strlen(f), 8);
+        size_t len;
+        const void *e = cmd_batch_data(b, &len);
+        CU_ASSERT_EQUAL(cluster_propose(leader->c, e, len, trickle_cb, NULL), 0);
+        cmd_batch_reset(b);
+        sched_yield(); /* let the Raft thread run between two proposals */
+    }
+    cmd_batch_free(b);
+    CU_ASSERT_TRUE(WAIT_UNTIL(trickle_done == TRICKLE, 30000));
+    CU_ASSERT_EQUAL(trickle_ok, TRICKLE);
+    uint64_t entries = fsm_visible(cluster_fsm(leader->c)) - before;
+    printf("\n  %d proposals one at a time on the leader: %llu Raft entries\n", TRICKLE,
+           (unsigned long long)entries);
+    /* one per Raft round (a log write and a replication round trip), not one
+     * per proposal */
+    CU_ASSERT_TRUE(entries >= 1 && entries <= TRICKLE / 10);
+}
+
 static bool all_checked(void)
 {
     for (int i = 0; i < N; i++) {
@@ -309,6 +350,16 @@ static void test_three_members(void)
     CU_ASSERT_TRUE(entries < 4 * BURST);
     for (int i = 0; i < N; i++)
         CU_ASSERT_EQUAL(routes_count(fsm_routes(cluster_fsm(m[i].c))), 9 + 4 * BURST);
+
+    int lead = -1;
+    for (int i = 0; i < N; i++)
+        if (raft_node_leader(cluster_raft(m[i].c)) == cluster_self(m[i].c))
+            lead = i;
+    CU_ASSERT_TRUE_FATAL(lead >= 0);
+    test_group_commit(&m[lead]);
+    for (int i = 0; i < N; i++)
+        CU_ASSERT_TRUE(WAIT_UNTIL(
+            routes_count(fsm_routes(cluster_fsm(m[i].c))) == 9 + 4 * BURST + TRICKLE, 10000));
 
     /* The divergence detector runs: each node compared a peer's checkpoint
      * with its own (once a second) and found them equal. */

@@ -3,7 +3,8 @@
  * tables (storage/rtable.h), with batches built by cluster/cmd.h: apply,
  * replay after reopen, idempotent commands, session epochs, retained
  * (origin, seq), node purge, long keys, the checksum (incremental = recomputed,
- * equal across environments), snapshot/restore, malformed input.
+ * equal across environments), snapshot/restore, malformed input, the entry
+ * hook and fsm_visible.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -477,6 +478,81 @@ static void test_snapshot_restore(void)
     rmdir_free(d2);
 }
 
+/* The entry hook: called once per entry in effect (and after a restore),
+ * when the route matcher already shows the entry's routes and fsm_visible
+ * gives its index; never for a replay. */
+struct hook_rec {
+    struct fsm *f;
+    unsigned calls;
+    uint64_t last, visible_at_call;
+    int routes_at_call;
+};
+
+static void entry_hook(void *ud, uint64_t index)
+{
+    struct hook_rec *h = ud;
+    h->calls++;
+    h->last = index;
+    h->visible_at_call = fsm_visible(h->f);
+    uint64_t n[4];
+    h->routes_at_call = routes_nodes(fsm_routes(h->f), S("h/b"), 0, n, 4);
+}
+
+static void test_entry_hook(void)
+{
+    char *d = tmpdir(), *d2 = tmpdir();
+    struct hook_rec h = {0};
+    struct fsm_options o = {.dir = d, .observer_ud = &h, .on_entry = entry_hook};
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(fsm_open(&h.f, &o, err, sizeof err), 0);
+    CU_ASSERT_EQUAL(fsm_visible(h.f), 0);
+    CU_ASSERT_EQUAL(h.calls, 0);
+    struct cmd_batch *b = cmd_batch_new();
+    /* the last command's route is in the matcher when the hook runs */
+    cmd_route_add(b, S("h/a"), 1);
+    cmd_route_add(b, S("h/+"), 2);
+    cmd_route_add(b, S("h/b"), 3);
+    CU_ASSERT_EQUAL(apply(h.f, 3, b), 0);
+    CU_ASSERT_EQUAL(h.calls, 1);
+    CU_ASSERT_EQUAL(h.last, 3);
+    CU_ASSERT_EQUAL(h.visible_at_call, 3);
+    CU_ASSERT_EQUAL(h.routes_at_call, 2);
+    CU_ASSERT_EQUAL(fsm_visible(h.f), 3);
+    /* an entry whose commands change nothing still counts */
+    cmd_route_add(b, S("h/a"), 1);
+    CU_ASSERT_EQUAL(apply(h.f, 4, b), 0);
+    CU_ASSERT_EQUAL(h.calls, 2);
+    CU_ASSERT_EQUAL(fsm_visible(h.f), 4);
+    /* a replay: no call, nothing goes back */
+    cmd_route_remove(b, S("h/a"), 1);
+    CU_ASSERT_EQUAL(apply(h.f, 4, b), 0);
+    CU_ASSERT_TRUE(res.skipped);
+    CU_ASSERT_EQUAL(h.calls, 2);
+    CU_ASSERT_EQUAL(fsm_visible(h.f), 4);
+    /* reopened: fsm_visible starts at the applied index */
+    fsm_close(h.f);
+    CU_ASSERT_EQUAL_FATAL(fsm_open(&h.f, &o, err, sizeof err), 0);
+    CU_ASSERT_EQUAL(fsm_visible(h.f), 4);
+    /* a restore (here to an earlier index): the hook tells its index */
+    struct fsm *f2 = open_fsm(d2);
+    cmd_route_add(b, S("z"), 9);
+    CU_ASSERT_EQUAL(apply(f2, 2, b), 0);
+    void *snap;
+    size_t len;
+    CU_ASSERT_EQUAL_FATAL(fsm_snapshot(f2, &snap, &len), 0);
+    CU_ASSERT_EQUAL(fsm_restore(h.f, snap, len, false, NULL), 0);
+    free(snap);
+    CU_ASSERT_EQUAL(h.calls, 3);
+    CU_ASSERT_EQUAL(h.last, 2);
+    CU_ASSERT_EQUAL(fsm_visible(h.f), 2);
+    CU_ASSERT_EQUAL(h.routes_at_call, 0);
+    cmd_batch_free(b);
+    fsm_close(f2);
+    fsm_close(h.f);
+    rmdir_free(d);
+    rmdir_free(d2);
+}
+
 /* Many routes: the map grows during an apply and nothing is lost. */
 static void test_map_growth(void)
 {
@@ -529,6 +605,7 @@ int main(void)
     CU_add_test(s, "checksum across environments", test_checksum_across_environments);
     CU_add_test(s, "snapshot and restore", test_snapshot_restore);
     CU_add_test(s, "map growth", test_map_growth);
+    CU_add_test(s, "entry hook and fsm_visible", test_entry_hook);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
