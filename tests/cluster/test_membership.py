@@ -154,7 +154,10 @@ def test_a_node_named_by_cluster_advertise_keeps_its_identity_under_a_new_ip(clu
     # It still votes: with n2 gone, n1 and the moved n3 are a majority that
     # keeps (or elects) a leader and serves.
     c.nodes[1].stop(signal.SIGKILL)
-    wait_for(lambda: c.nodes[0].health() == 200 and n3.health() == 200,
-             what="n1 and n3 keep a leader without n2")
-    doc = members(c.nodes[0])
-    assert doc["leader"] in ("n1", "n3")
+
+    def new_leader():
+        docs = [members(n) for n in (c.nodes[0], n3)]
+        return (all(d and d["leader"] in ("n1", "n3") for d in docs)
+                and c.nodes[0].health() == 200 and n3.health() == 200)
+
+    wait_for(new_leader, what="n1 and n3 to have a leader among themselves without n2")
