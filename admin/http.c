@@ -431,7 +431,7 @@ static int admin_pem_read(const char *key, const char *path, char **out, char *e
     char *text = NULL;
     size_t len = 0;
     int rc = file_read_all(path, ADMIN_PEM_MAX, &text, &len);
-    if (rc == 0 && (len == 0 || memchr(text, '\0', len) || !strstr(text, "-----BEGIN ")))
+    if (rc == 0 && (len == 0 || memchr(text, '\0', len)))
         rc = -EINVAL;
     char *s = rc == 0 ? malloc(len + 1) : NULL;
     if (rc == 0 && !s)
@@ -439,6 +439,12 @@ static int admin_pem_read(const char *key, const char *path, char **out, char *e
     if (rc == 0) {
         memcpy(s, text, len);
         s[len] = '\0';
+        if (!strstr(s, "-----BEGIN ")) {
+            free(s);
+            rc = -EINVAL;
+        }
+    }
+    if (rc == 0) {
         *out = s;
     } else {
         snprintf(err, errlen, "admin API: %s %s: %s", key, path,
