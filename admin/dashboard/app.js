@@ -361,7 +361,7 @@
   async function refreshSubs() {
     const qs = new URLSearchParams({ limit: '1000' });
     const client = $('subs-client').value.trim(), topic = $('subs-topic').value.trim();
-    if (client) qs.set('clientid', client);
+    if (client) qs.set('client', client);
     if (topic) qs.set('topic', topic);
     try {
       const doc = await api('GET', '/api/v1/subscriptions?' + qs);
