@@ -182,12 +182,15 @@ static void conn_detach(struct conn *c, bool resumed)
     c->will = NULL;
 }
 
-/* One line per connected client that goes: "disconnect" with why, or
- * "takeover" when another connection took its session. */
+/* One line per connected client that goes: "disconnect" with why,
+ * "takeover" when another connection took its session, "kick" when an
+ * operator closed it (reason 0x98, administrative action: the admin API's
+ * DELETE /api/v1/clients/{id}). */
 static void conn_log_disconnect(struct conn *c, uint8_t reason)
 {
     const struct session *s = c->session;
     bool taken = reason == MQTT_RC_SESSION_TAKEN_OVER;
+    bool kicked = reason == MQTT_RC_ADMIN_ACTION;
     const char *why =
         taken ? "session taken over"
         : c->peer_disconnect
@@ -195,8 +198,11 @@ static void conn_log_disconnect(struct conn *c, uint8_t reason)
         : reason >= 0x80                 ? mqtt_rc_str(reason)
         : c->ack_lost || c->write_failed ? "network error"
                                          : "connection closed";
-    log_event(LOG_LEVEL_INFO, taken ? "takeover" : "disconnect", s->client_id, s->id_len,
-              CONN_PEER(c), why, "MQTT %s",
+    log_event(LOG_LEVEL_INFO,
+              taken    ? "takeover"
+              : kicked ? "kick"
+                       : "disconnect",
+              s->client_id, s->id_len, CONN_PEER(c), why, "MQTT %s",
               c->version == MQTT_V5     ? "5.0"
               : c->version == MQTT_V311 ? "3.1.1"
                                         : "3.1");

@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -206,6 +207,12 @@ def test_dashboard_kicks_a_client(cluster, watched_client, tmp_path):
     assert rep["clients_available"], rep["clients_status"]
     assert "dash-kick-me" in rep["client_ids"], rep["client_ids"]
     assert rep.get("kicked"), rep
-    # the client of node 2, kicked from the page of node 3, is disconnected
+    # the client of node 2, kicked from the page of node 3, is disconnected,
+    # and node 2 logs it as a kick
     assert gone.wait(10), "the kicked client is still connected"
+    n2 = cluster.nodes[1]
+    deadline = time.monotonic() + 10
+    while "kick client 'dash-kick-me'" not in n2.logtext():
+        assert time.monotonic() < deadline, n2.logtext()[-3000:]
+        time.sleep(0.05)
     assert_not_blank(tmp_path / "kicked.png")
