@@ -111,10 +111,11 @@
     table.tBodies[0].replaceChildren();
   }
 
-  // A table of objects, the columns from `cols` (if given) then any others.
-  // actions(row) may return extra cells' content (buttons).
+  // A table of objects: the columns of `cols` that some row has first, then
+  // the rows' other scalar fields. actions(row) may return extra cells'
+  // content (buttons).
   function fillTable(table, rows, cols, onRow, actions) {
-    const keys = cols ? cols.slice() : [];
+    const keys = (cols || []).filter((k) => rows.some((r) => k in r));
     for (const r of rows)
       for (const k of Object.keys(r))
         if (!keys.includes(k) && (typeof r[k] !== 'object' || r[k] === null)) keys.push(k);
