@@ -1,8 +1,9 @@
 /*
  * admin.h - the admin HTTP API of a node (docs/api.md) and `starling ctl`.
  *
- * The admin module serves /api/v1/... and /metrics on its own port with
- * libmicrohttpd (one internal polling thread of its own) and jansson. It knows
+ * The admin module serves /api/v1/..., /metrics and the web dashboard (/,
+ * /dashboard/...) on its own port, over HTTP or HTTPS, with libmicrohttpd
+ * (one internal polling thread of its own) and jansson. It knows
  * nothing of the broker: what it reports and does comes through two small
  * interfaces that the node (and later the cluster) fills in:
  *

@@ -8,8 +8,12 @@
  * and headers (libmicrohttpd answers longer ones itself), and a request body
  * of at most max_body bytes.
  *
+ * With admin_tls the daemon speaks HTTPS only (libmicrohttpd's GnuTLS
+ * support), with the PEM certificate and key read once at start.
+ *
  * A request's life, in on_request's calls:
- *   1. headers complete: find the route (404, 405), check the API key (401),
+ *   1. headers complete: a dashboard file (static.c) is answered at once,
+ *      without a key; else find the route (404, 405), check the API key (401),
  *      the query parameters (400) and the announced body size (413); any of
  *      these answers at once, before a byte of the body is read;
  *   2. each chunk of the body: appended while it fits; past max_body (a
