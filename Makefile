@@ -9,10 +9,11 @@ PACKAGES := build-essential cmake pkg-config libuv1-dev libssl-dev \
 # pytest (+ xdist) and paho for the integration tests, Mosquitto's clients and
 # broker (interoperability, reference runs, `make bench`), python3-lmdb (store
 # edits), mount/mkfs/fsfreeze (durability), ss (bench smoke), nftables (the
-# cluster's network fault tests), haproxy (load-balanced ingestion, tests/deploy).
+# cluster's network fault tests), haproxy (load-balanced ingestion, tests/deploy),
+# chromium (the dashboard's tests, headless, driven by puppeteer-core).
 TEST_PACKAGES := clang libcunit1-dev python3-pytest python3-pytest-xdist \
 	python3-paho-mqtt python3-lmdb mosquitto-clients mosquitto iproute2 procps \
-	e2fsprogs util-linux nftables python3-yaml lmdb-utils openssl haproxy
+	e2fsprogs util-linux nftables python3-yaml lmdb-utils openssl haproxy chromium
 
 PYTHON := /usr/bin/python3
 JOBS := $(shell nproc 2>/dev/null || echo 2)
@@ -41,11 +42,14 @@ define install_missing
 	fi
 endef
 
-# MQTT.js (npm "mqtt"), the browser client the WebSocket tests use.
+# MQTT.js (npm "mqtt"), the browser client the WebSocket tests use, and
+# puppeteer-core (no browser download: it drives Debian's chromium) for the
+# dashboard's tests.
 NPM_DIR := build/npm
+NPM_PACKAGES := mqtt@5 puppeteer-core@24
 npm-deps:
-	@test -d $(NPM_DIR)/node_modules/mqtt || \
-		(mkdir -p $(NPM_DIR) && cd $(NPM_DIR) && npm install --no-audit --no-fund --silent mqtt@5)
+	@test -d $(NPM_DIR)/node_modules/mqtt -a -d $(NPM_DIR)/node_modules/puppeteer-core || \
+		(mkdir -p $(NPM_DIR) && cd $(NPM_DIR) && npm install --no-audit --no-fund --silent $(NPM_PACKAGES))
 
 ifdef NODEPS
 deps deps-test:

@@ -1,8 +1,9 @@
 /*
  * admin.h - the admin HTTP API of a node (docs/api.md) and `starling ctl`.
  *
- * The admin module serves /api/v1/... and /metrics on its own port with
- * libmicrohttpd (one internal polling thread of its own) and jansson. It knows
+ * The admin module serves /api/v1/..., /metrics and the web dashboard (/,
+ * /dashboard/...) on its own port, over HTTP or HTTPS, with libmicrohttpd
+ * (one internal polling thread of its own) and jansson. It knows
  * nothing of the broker: what it reports and does comes through two small
  * interfaces that the node (and later the cluster) fills in:
  *
@@ -138,6 +139,11 @@ struct admin_options {
     unsigned max_connections; /* 0: ADMIN_DEFAULT_MAX_CONNECTIONS */
     unsigned timeout_s;       /* idle connection timeout; 0: the default */
     size_t max_body;          /* request body limit; 0: the default */
+    /* HTTPS (libmicrohttpd with GnuTLS) when both are set: PEM files of the
+     * certificate (+ chain) and its private key, read once at start. NULL:
+     * plain HTTP. */
+    const char *tls_certfile;
+    const char *tls_keyfile;
 };
 
 #define ADMIN_DEFAULT_MAX_CONNECTIONS 64
@@ -153,6 +159,8 @@ struct admin;
 int admin_start(const struct admin_options *opt, const struct admin_provider *p,
                 const struct admin_keys_ops *keys, void *keys_ud, struct admin **out, char *err,
                 size_t errlen);
+/* Whether the server speaks HTTPS. */
+bool admin_tls(const struct admin *a);
 /* The port the server listens on. */
 uint16_t admin_port(const struct admin *a);
 /* Stop: close the listener and every connection, join the thread, free a.

@@ -8,6 +8,8 @@
  *   api.c      the endpoints and their route table
  *   metrics.c  the Prometheus text exposition of a node's counters
  *   keys.c     hashed API secrets and the static key table
+ *   static.c   the dashboard's static files (embedded by embed.cmake into
+ *              dashboard_assets.c) and the security headers of every answer
  *   ctl.c      `starling ctl` (libcurl)
  */
 #ifndef STARLING_ADMIN_INT_H
@@ -96,6 +98,8 @@ struct admin {
     bool metrics_auth;
     size_t max_body;
     uint16_t port;
+    bool tls;
+    char *tls_cert, *tls_key; /* the PEM texts, alive as long as the daemon */
     atomic_bool started;      /* MHD_start_daemon returned */
     atomic_ulong requests[6]; /* answered requests by status class: [2] = 2xx ... [5] = 5xx */
 };
@@ -113,6 +117,7 @@ struct admin_req {
     bool too_large;
     bool responded;
     const char *allow;   /* an Allow header for the reply being made */
+    bool page;           /* the reply is a dashboard file (its CSP) */
     char **query_values; /* handed out by admin_req_query */
     size_t n_query_values;
 };
@@ -121,6 +126,11 @@ struct admin_req {
  * memory). Owned by the request until it ends. */
 const char *admin_req_query(struct admin_req *r, const char *name);
 
+struct MHD_Response;
+/* Queue resp (taking it) with the common headers: Content-Type, no-store,
+ * the security headers, WWW-Authenticate on a 401, Allow. */
+void admin_reply_response(struct admin_req *r, unsigned status, struct MHD_Response *resp,
+                          const char *content_type);
 /* Reply with a JSON document (takes the reference on doc). */
 void admin_reply_json(struct admin_req *r, unsigned status, json_t *doc);
 /* Reply {"code": code, "message": message} with status. */
@@ -133,6 +143,25 @@ void admin_reply_text(struct admin_req *r, unsigned status, const char *content_
 
 extern const struct admin_route admin_routes[];
 extern const size_t admin_n_routes;
+
+/* ---- the dashboard's files (static.c, dashboard_assets.c) --------------- */
+
+struct admin_asset {
+    const char *name; /* "app.js" */
+    const unsigned char *data;
+    size_t len;
+};
+/* Generated at build time from admin/dashboard (embed.cmake). */
+extern const struct admin_asset admin_assets[];
+extern const size_t admin_n_assets;
+
+/* The file served at path ("/", "/index.html", "/dashboard/NAME"), or NULL. */
+const struct admin_asset *admin_asset_find(const char *path);
+/* Add the security headers: the dashboard's Content-Security-Policy when
+ * page, the API's otherwise; no framing, no sniffing, no referrer. */
+void admin_security_headers(struct MHD_Response *resp, bool page);
+/* Reply 200 with the file. */
+void admin_reply_asset(struct admin_req *r, const struct admin_asset *as);
 
 /* ---- metrics (metrics.c) ------------------------------------------------- */
 

@@ -2,12 +2,14 @@
  * ctl.c - `starling ctl`: the admin API from the command line (libcurl).
  *
  *   starling ctl [-c FILE] [--host H] [--port P] [--api-key KEY:SECRET]
- *                [--json] [--timeout S] COMMAND...
+ *                [--tls] [--cacert FILE] [--json] [--timeout S] COMMAND...
  *
  * Where to connect and with which key come, like the node's own settings,
  * from the node's configuration (-c FILE, then STARLING_* variables: inside
  * a node's container `starling ctl cluster status` just works), and the
- * options override them.
+ * options override them. HTTPS when the node's configuration says
+ * admin_tls, or with --tls / --cacert; the server's certificate is verified
+ * against the system's CAs or --cacert FILE, and its name against --host.
  *
  * Every command is one line of the table `commands`: its words, the name of
  * its argument (if any), the HTTP method and path ("{}" is replaced by the
@@ -198,6 +200,9 @@ static void ctl_usage(FILE *out)
                  "                      bind_address, a wildcard meaning 127.0.0.1 / ::1)\n"
                  "  --port P            its admin port (default: admin_port, 18083)\n"
                  "  --api-key KEY:SECRET  the API key (default: api_key, STARLING_API_KEY)\n"
+                 "  --tls               HTTPS (default: when the configuration has admin_tls)\n"
+                 "  --cacert FILE       verify the node's certificate with the CAs of FILE\n"
+                 "                      (PEM; implies --tls; default: the system's CAs)\n"
                  "  --json              print the API's JSON answer as it is\n"
                  "  --timeout S         give up after S seconds (default 30)\n"
                  "  -h, --help          print this help\n\n"
@@ -266,6 +271,8 @@ struct ctl_opts {
     long port;
     const char *api_key;
     bool json;
+    bool tls;
+    const char *cacert;
     long timeout_s;
 };
 
@@ -289,12 +296,14 @@ static int ctl_request(const struct ctl_opts *o, const struct ctl_command *cmd, 
     }
     bool v6 = strchr(o->host, ':') != NULL;
     char url[1400];
-    snprintf(url, sizeof(url), "http://%s%s%s:%ld%s", v6 ? "[" : "", o->host, v6 ? "]" : "",
-             o->port, path);
+    snprintf(url, sizeof(url), "%s://%s%s%s:%ld%s", o->tls ? "https" : "http", v6 ? "[" : "",
+             o->host, v6 ? "]" : "", o->port, path);
     struct ctl_buf body = {0};
     char errbuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, o->tls ? "https" : "http");
+    if (o->cacert)
+        curl_easy_setopt(c, CURLOPT_CAINFO, o->cacert);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, o->timeout_s);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, ctl_on_data);
@@ -377,10 +386,12 @@ int ctl_main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"host", required_argument, NULL, 'H'},
         {"port", required_argument, NULL, 'P'},   {"api-key", required_argument, NULL, 'k'},
         {"json", no_argument, NULL, 'j'},         {"timeout", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},         {"tls", no_argument, NULL, 'T'},
+        {"cacert", required_argument, NULL, 'C'}, {NULL, 0, NULL, 0},
     };
     struct ctl_opts o = {.port = -1, .timeout_s = 30};
     const char *file = NULL;
+    bool tls_opt = false;
     optind = 1;
     int ch;
     char *end;
@@ -404,6 +415,13 @@ int ctl_main(int argc, char **argv)
             break;
         case 'j':
             o.json = true;
+            break;
+        case 'T':
+            tls_opt = true;
+            break;
+        case 'C':
+            o.cacert = optarg;
+            tls_opt = true;
             break;
         case 't':
             o.timeout_s = strtol(optarg, &end, 10);
@@ -435,6 +453,7 @@ int ctl_main(int argc, char **argv)
         }
         o.port = cfg.admin_port;
     }
+    o.tls = tls_opt || cfg.admin_tls;
     if (!o.api_key && cfg.api_key[0])
         o.api_key = cfg.api_key;
     if (o.api_key && !strchr(o.api_key, ':')) {

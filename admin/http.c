@@ -8,8 +8,12 @@
  * and headers (libmicrohttpd answers longer ones itself), and a request body
  * of at most max_body bytes.
  *
+ * With admin_tls the daemon speaks HTTPS only (libmicrohttpd's GnuTLS
+ * support), with the PEM certificate and key read once at start.
+ *
  * A request's life, in on_request's calls:
- *   1. headers complete: find the route (404, 405), check the API key (401),
+ *   1. headers complete: a dashboard file (static.c) is answered at once,
+ *      without a key; else find the route (404, 405), check the API key (401),
  *      the query parameters (400) and the announced body size (413); any of
  *      these answers at once, before a byte of the body is read;
  *   2. each chunk of the body: appended while it fits; past max_body (a
@@ -32,13 +36,17 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
+#include <openssl/crypto.h>
 
 #include "admin_int.h"
+#include "fileio.h"
 #include "log.h"
 
 /* Bytes of an oversized body read and thrown away before the connection is
  * closed instead of answered. */
 #define ADMIN_DISCARD_MAX (1u << 20)
+/* The largest certificate or key file read. */
+#define ADMIN_PEM_MAX (1u << 20)
 
 static void admin_count(struct admin_req *r, unsigned status)
 {
@@ -47,8 +55,8 @@ static void admin_count(struct admin_req *r, unsigned status)
         atomic_fetch_add(&r->a->requests[cls], 1);
 }
 
-static void admin_queue(struct admin_req *r, unsigned status, struct MHD_Response *resp,
-                        const char *content_type)
+void admin_reply_response(struct admin_req *r, unsigned status, struct MHD_Response *resp,
+                          const char *content_type)
 {
     if (!resp) {
         log_warn("admin: out of memory for a response");
@@ -56,7 +64,12 @@ static void admin_queue(struct admin_req *r, unsigned status, struct MHD_Respons
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    if (status == MHD_HTTP_UNAUTHORIZED)
+    admin_security_headers(resp, r->page);
+    /* A script (the dashboard) that says so gets no WWW-Authenticate: the
+     * browser would open its own log-in dialog over the page. */
+    const char *xrw = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Requested-With");
+    bool script = xrw && strcasecmp(xrw, "XMLHttpRequest") == 0;
+    if (status == MHD_HTTP_UNAUTHORIZED && !script)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                 "Basic realm=\"starling\", charset=\"UTF-8\"");
     if (r->allow)
@@ -73,7 +86,7 @@ void admin_reply_text(struct admin_req *r, unsigned status, const char *content_
 {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, (void *)text, MHD_RESPMEM_MUST_COPY);
-    admin_queue(r, status, resp, content_type);
+    admin_reply_response(r, status, resp, content_type);
 }
 
 void admin_reply_json(struct admin_req *r, unsigned status, json_t *doc)
@@ -90,7 +103,7 @@ void admin_reply_json(struct admin_req *r, unsigned status, json_t *doc)
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
     if (!resp)
         free(text);
-    admin_queue(r, status, resp, "application/json");
+    admin_reply_response(r, status, resp, "application/json");
 }
 
 void admin_reply_error(struct admin_req *r, unsigned status, const char *code, const char *fmt, ...)
@@ -203,6 +216,17 @@ static void admin_req_begin(struct admin_req *r, const char *url)
     struct admin *a = r->a;
     int status = 404;
     char allow[64];
+    const struct admin_asset *as = admin_asset_find(url);
+    if (as) {
+        if (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0) {
+            admin_reply_asset(r, as);
+        } else {
+            r->allow = "GET, HEAD";
+            admin_reply_error(r, 405, "method_not_allowed", "%s allows only GET, HEAD", url);
+            r->allow = NULL;
+        }
+        return;
+    }
     r->route = admin_router_find(admin_routes, admin_n_routes, r->method, url, &r->params, &status,
                                  allow, sizeof(allow));
     if (!r->route) {
@@ -395,6 +419,66 @@ static int admin_probe(const struct sockaddr *sa, socklen_t len)
     return rc;
 }
 
+static void admin_free(struct admin *a)
+{
+    if (a->tls_key) {
+        OPENSSL_cleanse(a->tls_key, strlen(a->tls_key));
+        free(a->tls_key);
+    }
+    free(a->tls_cert);
+    free(a);
+}
+
+/* Read one PEM file into *out (NUL-terminated). */
+static int admin_pem_read(const char *key, const char *path, char **out, char *err, size_t errlen)
+{
+    char *text = NULL;
+    size_t len = 0;
+    int rc = file_read_all(path, ADMIN_PEM_MAX, &text, &len);
+    if (rc == 0 && (len == 0 || memchr(text, '\0', len)))
+        rc = -EINVAL;
+    char *s = rc == 0 ? malloc(len + 1) : NULL;
+    if (rc == 0 && !s)
+        rc = -ENOMEM;
+    if (rc == 0) {
+        memcpy(s, text, len);
+        s[len] = '\0';
+        if (!strstr(s, "-----BEGIN ")) {
+            free(s);
+            rc = -EINVAL;
+        }
+    }
+    if (rc == 0) {
+        *out = s;
+    } else {
+        snprintf(err, errlen, "admin API: %s %s: %s", key, path,
+                 rc == -EINVAL  ? "not a PEM file"
+                 : rc == -EFBIG ? "larger than 1 MiB"
+                                : strerror(-rc));
+    }
+    if (text) {
+        OPENSSL_cleanse(text, len);
+        free(text);
+    }
+    return rc;
+}
+
+/* HTTPS: the certificate and key, and a library built with TLS. */
+static int admin_tls_load(struct admin *a, const struct admin_options *opt, char *err,
+                          size_t errlen)
+{
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        snprintf(err, errlen, "admin API: this libmicrohttpd is built without TLS");
+        return -ENOTSUP;
+    }
+    int rc = admin_pem_read("tls_certfile", opt->tls_certfile, &a->tls_cert, err, errlen);
+    if (rc == 0)
+        rc = admin_pem_read("tls_keyfile", opt->tls_keyfile, &a->tls_key, err, errlen);
+    if (rc == 0)
+        a->tls = true;
+    return rc;
+}
+
 int admin_start(const struct admin_options *opt, const struct admin_provider *p,
                 const struct admin_keys_ops *keys, void *keys_ud, struct admin **out, char *err,
                 size_t errlen)
@@ -433,6 +517,14 @@ int admin_start(const struct admin_options *opt, const struct admin_provider *p,
     a->keys_ud = keys_ud;
     a->metrics_auth = opt->metrics_auth;
     a->max_body = opt->max_body ? opt->max_body : ADMIN_DEFAULT_MAX_BODY;
+    if (opt->tls_certfile && opt->tls_keyfile) {
+        rc = admin_tls_load(a, opt, err, errlen);
+        if (rc < 0) {
+            admin_free(a);
+            return rc;
+        }
+        flags |= MHD_USE_TLS;
+    }
     unsigned max_conn = opt->max_connections ? opt->max_connections : ADMIN_DEFAULT_MAX_CONNECTIONS;
     unsigned timeout = opt->timeout_s ? opt->timeout_s : ADMIN_DEFAULT_TIMEOUT_S;
     a->daemon = MHD_start_daemon(
@@ -440,11 +532,15 @@ int admin_start(const struct admin_options *opt, const struct admin_provider *p,
         admin_mhd_log, a, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
         max_conn, MHD_OPTION_CONNECTION_TIMEOUT, timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)32768, MHD_OPTION_NOTIFY_COMPLETED, admin_on_completed, NULL,
-        MHD_OPTION_UNESCAPE_CALLBACK, admin_no_unescape, NULL, MHD_OPTION_END);
+        MHD_OPTION_UNESCAPE_CALLBACK, admin_no_unescape, NULL,
+        /* ignored without MHD_USE_TLS; NULL ends the list there */
+        a->tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, a->tls_key, MHD_OPTION_HTTPS_MEM_CERT,
+        a->tls_cert, MHD_OPTION_END);
     if (!a->daemon) {
-        snprintf(err, errlen, "admin API: cannot start the HTTP server on %s:%u", opt->bind_address,
-                 opt->port);
-        free(a);
+        snprintf(err, errlen, "admin API: cannot start the HTTP%s server on %s:%u%s",
+                 a->tls ? "S" : "", opt->bind_address, opt->port,
+                 a->tls ? " (is the TLS key that of the certificate?)" : "");
+        admin_free(a);
         return -EIO;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(a->daemon, MHD_DAEMON_INFO_BIND_PORT);
@@ -452,6 +548,11 @@ int admin_start(const struct admin_options *opt, const struct admin_provider *p,
     atomic_store(&a->started, true);
     *out = a;
     return 0;
+}
+
+bool admin_tls(const struct admin *a)
+{
+    return a->tls;
 }
 
 uint16_t admin_port(const struct admin *a)
@@ -464,5 +565,5 @@ void admin_stop(struct admin *a)
     if (!a)
         return;
     MHD_stop_daemon(a->daemon);
-    free(a);
+    admin_free(a);
 }

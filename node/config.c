@@ -32,6 +32,7 @@ enum key_type {
     T_INT,
     T_BOOL,
     T_LOG_LEVEL,
+    T_LOG_FORMAT,
     T_QUEUE_POLICY,
     T_SLOW_POLICY,
     T_PATH, /* char[256] */
@@ -64,6 +65,7 @@ static const struct key_def keys[] = {
     KEY("port", T_U16, port, 1, 65535),
     KEY("workers", T_INT, workers, 0, 256),
     KEY("log_level", T_LOG_LEVEL, log_level, 0, 0),
+    KEY("log_format", T_LOG_FORMAT, log_format, 0, 0),
     KEY("max_packet_size", T_U32, max_packet_size, 64, 268435455),
     KEY("max_connections", T_U32, max_connections, 0, 10000000),
     KEY("receive_maximum", T_U16, receive_maximum, 1, 65535),
@@ -111,6 +113,7 @@ static const struct key_def keys[] = {
     KEY("admin_bind", T_ADDRESS, admin_bind, 0, 0),
     KEY("api_key", T_API_KEY, api_key, 0, 0),
     KEY("metrics_auth", T_BOOL, metrics_auth, 0, 0),
+    KEY("admin_tls", T_BOOL, admin_tls, 0, 0),
     KEY("node_name", T_STR, node_name, 1, sizeof(((struct config *)0)->node_name)),
     KEY("cluster_address", T_IPV4, cluster_address, 0, 0),
     KEY("cluster_advertise", T_HOST, cluster_advertise, 0,
@@ -478,6 +481,17 @@ static int set_log_level(const struct key_def *k, enum log_level *field, const c
     return 0;
 }
 
+static int set_log_format(const struct key_def *k, enum log_format *field, const char *value,
+                          char *err, size_t errlen)
+{
+    enum log_format f;
+    if (log_format_parse(value, &f) < 0)
+        return bad_value(err, errlen, k, value, *value ? "not a log format" : "empty value",
+                         "text|json");
+    *field = f;
+    return 0;
+}
+
 static int set_queue_policy(const struct key_def *k, enum queue_policy *field, const char *value,
                             char *err, size_t errlen)
 {
@@ -630,6 +644,8 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
         return set_bool(k, (bool *)field, value, err, errlen);
     case T_LOG_LEVEL:
         return set_log_level(k, (enum log_level *)field, value, err, errlen);
+    case T_LOG_FORMAT:
+        return set_log_format(k, (enum log_format *)field, value, err, errlen);
     case T_QUEUE_POLICY:
         return set_queue_policy(k, (enum queue_policy *)field, value, err, errlen);
     case T_SLOW_POLICY:

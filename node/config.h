@@ -37,6 +37,7 @@ struct config {
     uint16_t port;                /* port, default 1883 */
     int workers;                  /* workers, default 0 = number of cores */
     enum log_level log_level;     /* log_level, default info */
+    enum log_format log_format;   /* log_format: text (default) | json */
     uint32_t max_packet_size;     /* max_packet_size, default 1048576 */
     uint32_t max_connections;     /* max_connections, default 0 = unlimited */
     uint16_t receive_maximum;     /* receive_maximum, default 65535 (incoming QoS>0 window) */
@@ -93,6 +94,7 @@ struct config {
     char admin_bind[64]; /* admin_bind, default "" = bind_address */
     char api_key[200];   /* api_key KEY:SECRET, default "" = none (only the public endpoints) */
     bool metrics_auth;   /* metrics_auth, default false: GET /metrics needs no API key */
+    bool admin_tls;      /* admin_tls, default false: HTTPS with tls_certfile/tls_keyfile */
 
     /* The cluster (docs/cluster.md). With neither cluster_seeds nor
      * cluster_dns the node runs alone: no cluster thread, no extra port. */

@@ -24,6 +24,7 @@
 #include "broker.h"
 #include "handle.h"
 #include "log.h"
+#include "session.h"
 #include "registry.h"
 #include "worker.h"
 
@@ -181,6 +182,32 @@ static void conn_detach(struct conn *c, bool resumed)
     c->will = NULL;
 }
 
+/* One line per connected client that goes: "disconnect" with why,
+ * "takeover" when another connection took its session, "kick" when an
+ * operator closed it (reason 0x98, administrative action: the admin API's
+ * DELETE /api/v1/clients/{id}). */
+static void conn_log_disconnect(struct conn *c, uint8_t reason)
+{
+    const struct session *s = c->session;
+    bool taken = reason == MQTT_RC_SESSION_TAKEN_OVER;
+    bool kicked = reason == MQTT_RC_ADMIN_ACTION;
+    const char *why =
+        taken ? "session taken over"
+        : c->peer_disconnect
+            ? (c->normal_disconnect ? "client disconnected" : "client disconnected with will")
+        : reason >= 0x80                 ? mqtt_rc_str(reason)
+        : c->ack_lost || c->write_failed ? "network error"
+                                         : "connection closed";
+    log_event(LOG_LEVEL_INFO,
+              taken    ? "takeover"
+              : kicked ? "kick"
+                       : "disconnect",
+              s->client_id, s->id_len, CONN_PEER(c), why, "MQTT %s",
+              c->version == MQTT_V5     ? "5.0"
+              : c->version == MQTT_V311 ? "3.1.1"
+                                        : "3.1");
+}
+
 void conn_close(struct conn *c, uint8_t reason, bool resumed)
 {
     assert(sink_thread_worker == c->w);
@@ -191,6 +218,8 @@ void conn_close(struct conn *c, uint8_t reason, bool resumed)
         conn_send_disconnect(c, reason);
     if (reason >= 0x80)
         log_debug("%s: closing connection: %s", CONN_PEER(c), mqtt_rc_str(reason));
+    if (was_active && c->session)
+        conn_log_disconnect(c, reason);
     c->state = CONN_CLOSING;
     c->state_since = uv_now(&c->w->loop);
     conn_io_stop(c);

@@ -108,7 +108,8 @@ struct conn {
     bool write_failed;
     bool problem_info;
     bool normal_disconnect;
-    bool throttled; /* max_publish_rate reached: reading paused until the next window */
+    bool peer_disconnect; /* the client sent DISCONNECT (for the log) */
+    bool throttled;       /* max_publish_rate reached: reading paused until the next window */
     /* worker_post_ack could not post a store result: the connection is
      * closed by its worker (never left waiting for an acknowledgement) */
     atomic_bool ack_lost;

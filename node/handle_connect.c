@@ -292,12 +292,12 @@ static void handle_connect_claimed(void *ud, int status, struct session *s)
              * Maximum Packet Size: close rather than leave it waiting */
             conn_close(c, 0, false);
         } else {
-            log_debug("%s: client '%.*s' connected (MQTT %s, session present %d)", CONN_PEER(c),
-                      (int)s->id_len, s->client_id,
+            log_event(LOG_LEVEL_INFO, "connect", s->client_id, s->id_len, CONN_PEER(c), NULL,
+                      "MQTT %s, %s, keep alive %u s, session present %d",
                       c->version == MQTT_V5     ? "5.0"
                       : c->version == MQTT_V311 ? "3.1.1"
                                                 : "3.1",
-                      status != REGISTRY_NEW);
+                      config_xport_name(c->xport), c->keepalive, status != REGISTRY_NEW);
             /* Resume: resend what was inflight, then what is queued. */
             lock_acquire(&s->lock);
             if (s->conn == c)
@@ -348,13 +348,15 @@ static void handle_connect_claim(struct conn *c, struct connect_claim *cl, const
 }
 
 /* Refuse a CONNECT for its credentials (counted in $SYS). */
-static void handle_connect_refuse_auth(struct conn *c, uint8_t reason)
+static void handle_connect_refuse_auth(struct conn *c, uint8_t reason, const char *id,
+                                       size_t id_len, const char *user)
 {
     atomic_fetch_add_explicit(&c->w->b->stats.auth_failed, 1, memory_order_relaxed);
-    log_info("%s: CONNECT refused: %s", CONN_PEER(c),
-             c->version == MQTT_V5                     ? mqtt_rc_str(reason)
-             : reason == MQTT3_CONNACK_BAD_CREDENTIALS ? "bad user name or password"
-                                                       : "not authorized");
+    log_event(LOG_LEVEL_INFO, "auth_failure", id, id_len, CONN_PEER(c),
+              c->version == MQTT_V5                     ? mqtt_rc_str(reason)
+              : reason == MQTT3_CONNACK_BAD_CREDENTIALS ? "bad user name or password"
+                                                        : "not authorized",
+              "CONNECT refused%s", user ? " (with a user name)" : "");
     handle_connect_refuse(c, c->version, reason);
 }
 
@@ -424,8 +426,11 @@ static void handle_connect_verified(uv_work_t *req, int status)
         return;
     }
     if (!ok) {
-        handle_connect_refuse_auth(c, c->version == MQTT_V5 ? MQTT_RC_BAD_USERNAME_OR_PASSWORD
-                                                            : MQTT3_CONNACK_BAD_CREDENTIALS);
+        const char *id = cl->assigned[0] ? cl->assigned : cl->id_copy;
+        handle_connect_refuse_auth(c,
+                                   c->version == MQTT_V5 ? MQTT_RC_BAD_USERNAME_OR_PASSWORD
+                                                         : MQTT3_CONNACK_BAD_CREDENTIALS,
+                                   id, id ? strlen(id) : 0, cl->user);
         conn_unref(c);
         connect_claim_free(cl);
         return;
@@ -493,8 +498,8 @@ void handle_connect(struct conn *c, const struct mqtt_connect *ck)
     }
     int auth = handle_connect_auth(c, ck, cl);
     if (auth > 1) {
+        handle_connect_refuse_auth(c, (uint8_t)auth, id, cl->id_len, cl->user);
         connect_claim_free(cl);
-        handle_connect_refuse_auth(c, (uint8_t)auth);
         return;
     }
     handle_connect_params(c, cfg, ck, cl);

@@ -39,5 +39,6 @@ void handle_disconnect(struct conn *c, const struct mqtt_disconnect *d)
     /* [MQTT-3.1.1 3.14.4-3, MQTT-5.0 3.14.4-3] a normal DISCONNECT discards the will; 0x04 keeps it
      */
     c->normal_disconnect = !(c->version == MQTT_V5 && d->reason == MQTT_RC_DISCONNECT_WITH_WILL);
+    c->peer_disconnect = true;
     conn_close(c, 0, false);
 }

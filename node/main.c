@@ -68,12 +68,22 @@ static int admin_run_start(struct admin_run *ar, struct broker *b, const struct 
         .port = cfg->admin_port,
         .metrics_auth = cfg->metrics_auth,
     };
-    char err[256];
+    if (cfg->admin_tls) {
+        /* HTTPS with the MQTT listeners' certificate and key */
+        if (!cfg->tls_certfile[0] || !cfg->tls_keyfile[0]) {
+            log_error("admin_tls needs tls_certfile and tls_keyfile");
+            return -1;
+        }
+        opt.tls_certfile = cfg->tls_certfile;
+        opt.tls_keyfile = cfg->tls_keyfile;
+    }
+    char err[512];
     if (admin_start(&opt, &p, &admin_key_table_ops, ar->keys, &ar->server, err, sizeof(err)) < 0) {
         log_error("%s", err);
         return -1;
     }
-    log_info("admin API listening on %s:%u%s", opt.bind_address, admin_port(ar->server),
+    log_info("admin API listening on %s:%u (%s)%s", opt.bind_address, admin_port(ar->server),
+             admin_tls(ar->server) ? "HTTPS" : "HTTP",
              cfg->api_key[0] ? "" : " (no api_key: only /api/v1/health and /metrics answer)");
     return 0;
 }
@@ -197,6 +207,7 @@ int main(int argc, char **argv)
     if (main_load_config(&cfg, file, port) < 0)
         return 1;
     log_set_level(cfg.log_level);
+    log_set_format(cfg.log_format);
     /* A client that resets its connection must cost an EPIPE, not the node. */
     signal(SIGPIPE, SIG_IGN);
 

@@ -342,7 +342,7 @@ def test_client_addresses_from_the_proxy_header_are_logged(lb_cluster):
 
         def all_logged():
             for n in nodes:
-                for m in re.finditer(r"(\S+):(\d+): client 'lb-client-(\d)' connected",
+                for m in re.finditer(r"(\S+):(\d+): connect client 'lb-client-(\d)'",
                                      n.logtext()):
                     seen[int(m.group(3))] = (n.name, m.group(1), int(m.group(2)))
             return len(seen) == len(CLIENT_ADDRS)

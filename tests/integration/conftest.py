@@ -45,6 +45,7 @@ STARLING_KEYS = {
     "max_keepalive", "connect_timeout", "sys_interval", "max_session_expiry",
     "retain_available", "max_qos", "allow_zero_length_clientid", "max_connections",
     "log_level", "persistence", "data_dir", "sync", "api_key", "metrics_auth", "admin_bind",
+    "admin_tls", "log_format",
     # the front door (docs/security.md)
     "tls_port", "ws_port", "wss_port", "proxy_protocol", "tls_certfile", "tls_keyfile",
     "tls_cafile", "tls_require_certificate", "tls_use_identity_as_username", "tls_ciphers",
@@ -251,7 +252,12 @@ class Broker:
                 self.returncode = self.proc.returncode
                 pytest.fail(f"starling exited with {self.proc.returncode}; "
                             f"stderr:\n{self.stderr_text()}")
-            conn = http.client.HTTPConnection(self.host, self.admin_port, timeout=2)
+            if self.config.get("admin_tls") in (True, "true", "on"):
+                import ssl  # HTTPS: readiness only, the tests verify the certificate
+                conn = http.client.HTTPSConnection(self.host, self.admin_port, timeout=2,
+                                                   context=ssl._create_unverified_context())
+            else:
+                conn = http.client.HTTPConnection(self.host, self.admin_port, timeout=2)
             try:
                 conn.request("GET", "/api/v1/health")
                 r = conn.getresponse()

@@ -134,11 +134,56 @@ def test_metrics_auth(broker):
 
 
 def test_unknown_path_404(node):
-    for path in ("/", "/api/v1", "/api/v1/healthz", "/api/v1/health/", "/api/v2/health",
+    for path in ("/api/v1", "/api/v1/healthz", "/api/v1/health/", "/api/v2/health",
                  "/api/v1/cluster/nodes"):
         assert_error(request(node, "GET", path), 404, "not_found")
     # unknown paths are 404 without a key too (nothing to protect)
     assert_error(request(node, "GET", "/nope", auth=None), 404, "not_found")
+
+
+def test_dashboard_files_need_no_key_and_carry_security_headers(node):
+    """The dashboard (admin/dashboard, embedded at build time) at / and
+    /dashboard/NAME, without an API key, with its security headers."""
+    pages = {"/": ("text/html; charset=utf-8", b"<!DOCTYPE html>"),
+             "/index.html": ("text/html; charset=utf-8", b"<!DOCTYPE html>"),
+             "/dashboard/index.html": ("text/html; charset=utf-8", b"<!DOCTYPE html>"),
+             "/dashboard/app.js": ("text/javascript; charset=utf-8", b"'use strict';"),
+             "/dashboard/style.css": ("text/css; charset=utf-8", b":root")}
+    for path, (ctype, part) in pages.items():
+        st, h, data = request(node, "GET", path, auth=None)
+        assert st == 200 and h["content-type"] == ctype, (path, st, h)
+        assert part in data, path
+        csp = h["content-security-policy"]
+        # no inline script, nothing from elsewhere, no framing
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp, csp
+        assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, csp
+        assert h["x-frame-options"] == "DENY" and h["x-content-type-options"] == "nosniff"
+    # the page's own files are what it loads, and it has no inline script
+    st, _, html = request(node, "GET", "/", auth=None)
+    assert b'<script src="/dashboard/app.js"' in html and b"<script>" not in html
+    assert b'href="/dashboard/style.css"' in html
+    st, h, _ = request(node, "HEAD", "/dashboard/app.js", auth=None)
+    assert st == 200 and h["content-type"].startswith("text/javascript"), (st, h)
+    st, h, data = request(node, "POST", "/", auth=None)
+    assert_error((st, h, data), 405, "method_not_allowed")
+    assert h["allow"] == "GET, HEAD"
+    for path in ("/dashboard/", "/dashboard/nope.js", "/dashboard/../index.html", "/index.htm"):
+        assert_error(request(node, "GET", path, auth=None), 404, "not_found")
+    # API answers carry the restrictive policy of a JSON document
+    st, h, _ = request(node, "GET", "/api/v1/health", auth=None)
+    assert h["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+
+
+def test_dashboard_requests_get_no_basic_challenge(node):
+    """A 401 asks for Basic credentials (WWW-Authenticate), except to a
+    script that says X-Requested-With: XMLHttpRequest (the dashboard), for
+    which the browser would open its own log-in dialog."""
+    st, h, _ = request(node, "GET", "/api/v1/cluster", auth=None)
+    assert st == 401 and h["www-authenticate"].startswith("Basic realm="), h
+    st, h, data = request(node, "GET", "/api/v1/cluster", auth="test:wrong-secret",
+                          headers={"X-Requested-With": "XMLHttpRequest"})
+    assert_error((st, h, data), 401, "unauthorized")
+    assert "www-authenticate" not in h, h
 
 
 def test_wrong_method_405(node):

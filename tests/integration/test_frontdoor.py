@@ -207,11 +207,11 @@ def connack_after(port, first, wrap=None):
 def test_proxy_protocol_v1_and_v2(broker):
     b = broker(proxy_protocol="tcp", log_level="debug")
     assert connack_after(b.port, b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 1883\r\n") == CONNACK_OK
-    wait_log(b, "198.51.100.9:40000: client 'fd-1' connected")
+    wait_log(b, "198.51.100.9:40000: connect client 'fd-1'")
     v2 = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x21\x00\x24" + socket.inet_pton(socket.AF_INET6, "2001:db8::7")
           + socket.inet_pton(socket.AF_INET6, "::1") + b"\x30\x39\x07\x5b")
     assert connack_after(b.port, v2) == CONNACK_OK
-    wait_log(b, "[2001:db8::7]:12345: client 'fd-1' connected")
+    wait_log(b, "[2001:db8::7]:12345: connect client 'fd-1'")
     # No header: closed without an answer.
     assert connack_after(b.port, b"") == b""
     wait_log(b, "closed: ")
@@ -226,7 +226,7 @@ def test_proxy_protocol_under_tls(certs, broker):
     got = connack_after(conf["tls_port"], v2,
                         wrap=lambda s: ctx.wrap_socket(s, server_hostname="localhost"))
     assert got == CONNACK_OK
-    wait_log(b, "203.0.113.7:56304: client 'fd-1' connected")
+    wait_log(b, "203.0.113.7:56304: connect client 'fd-1'")
     # The plain listener expects no header.
     assert connack_after(b.port, b"") == CONNACK_OK
 

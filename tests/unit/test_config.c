@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "config.h"
 #include "log.h"
 
@@ -794,6 +796,91 @@ static void test_log_output(void)
     CU_ASSERT(len >= 4 && strcmp(out + len - 4, "...\n") == 0);
 }
 
+static void emit_json(void)
+{
+    log_set_format(LOG_FORMAT_JSON);
+    log_warn("a \"quoted\" \\ message\twith a tab");
+    /* a client id is bytes: 0xff is no UTF-8, a newline must not split the line */
+    log_event(LOG_LEVEL_INFO, "connect", "id\xff\nx", 5, "127.0.0.1:1234", NULL, "MQTT %s", "5.0");
+    log_event(LOG_LEVEL_INFO, "disconnect", "caf\xc3\xa9", 5, "[::1]:99", "keep alive timeout",
+              "%s", "");
+    static char big[10000];
+    memset(big, '"', sizeof(big) - 1); /* each one escaped: twice as long */
+    log_error("%s", big);
+    log_debug("not shown");
+    log_set_format(LOG_FORMAT_TEXT);
+}
+
+static void emit_event_text(void)
+{
+    log_event(LOG_LEVEL_INFO, "auth_failure", "c1", 2, "10.0.0.1:5", "not authorized", "%s",
+              "CONNECT refused");
+    log_event(LOG_LEVEL_DEBUG, "connect", "c2", 2, "10.0.0.1:6", NULL, "not shown");
+}
+
+static void test_log_json(void)
+{
+    enum log_format f;
+    CU_ASSERT_EQUAL(log_format_parse("json", &f), 0);
+    CU_ASSERT_EQUAL(f, LOG_FORMAT_JSON);
+    CU_ASSERT_EQUAL(log_format_parse("TEXT", &f), 0);
+    CU_ASSERT_EQUAL(f, LOG_FORMAT_TEXT);
+    CU_ASSERT_EQUAL(log_format_parse("xml", &f), -EINVAL);
+    struct config c;
+    config_defaults(&c);
+    CU_ASSERT_EQUAL(c.log_format, LOG_FORMAT_TEXT);
+    CU_ASSERT_EQUAL(config_set(&c, "log_format", "json", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.log_format, LOG_FORMAT_JSON);
+    CU_ASSERT_EQUAL(config_set(&c, "log_format", "yaml", err, sizeof(err)), -EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "text|json"));
+
+    log_set_level(LOG_LEVEL_INFO);
+    char *out = capture_stderr(emit_json);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    json_t *doc[4] = {NULL};
+    int n = 0;
+    for (char *line = out, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
+        *nl = '\0';
+        CU_ASSERT(strlen(line) < 4096);
+        if (n < 4)
+            doc[n] = json_loads(line, 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL(doc[n < 4 ? n : 3]);
+        n++;
+    }
+    CU_ASSERT_EQUAL_FATAL(n, 4);
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT_PTR_NOT_NULL_FATAL(doc[i]);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(doc[0], "level")), "warn");
+    CU_ASSERT_TRUE(is_timestamp(json_string_value(json_object_get(doc[0], "time"))));
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(doc[0], "msg")),
+                           "a \"quoted\" \\ message\twith a tab");
+    CU_ASSERT_PTR_NULL(json_object_get(doc[0], "event"));
+
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(doc[1], "event")), "connect");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(doc[1], "client_id")), "id??x");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(doc[1], "address")), "127.0.0.1:1234");
+    CU_ASSERT_PTR_NULL(json_object_get(doc[1], "reason"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(json_string_value(json_object_get(doc[1], "msg")), "MQTT 5.0"));
+
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(doc[2], "client_id")), "caf\xc3\xa9");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(doc[2], "reason")),
+                           "keep alive timeout");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(doc[2], "msg")),
+                           "[::1]:99: disconnect client 'caf\xc3\xa9' (keep alive timeout)");
+
+    /* too long for one line: the message is shortened, the line stays JSON */
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(doc[3], "level")), "error");
+    CU_ASSERT(json_string_length(json_object_get(doc[3], "msg")) < 4000);
+    for (int i = 0; i < 4; i++)
+        json_decref(doc[i]);
+
+    out = capture_stderr(emit_event_text);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    CU_ASSERT_TRUE(is_timestamp(out));
+    CU_ASSERT_STRING_EQUAL(out + 24, " INFO 10.0.0.1:5: auth_failure client 'c1' (not authorized): "
+                                     "CONNECT refused\n");
+}
+
 #define LOG_THREADS 8
 #define LOG_LINES 200
 
@@ -865,6 +952,7 @@ int main(void)
         {"log level", test_log_level},
         {"log output", test_log_output},
         {"log from many threads", test_log_threads},
+        {"log format json and client events", test_log_json},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         if (!CU_add_test(s, tests[i].name, tests[i].fn)) {
