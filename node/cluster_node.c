@@ -1043,6 +1043,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
          * member applied the route) and a CONNECT on a follower (the claim
          * applied there) wait after the commit. */
         .heartbeat_ms = CN_HEARTBEAT_MS,
+        .election_timeout_ms = CN_ELECTION_TIMEOUT_MS,
     };
     r = cluster_start(&cn->c, &cc, err, errlen);
     if (r < 0) {
