@@ -271,6 +271,18 @@ class Subscriber(_Client):
         self._close()
 
 
+def _ranges(seqs, most=8):
+    """[1, 2, 3, 7] -> "1..3, 7" (the first `most` runs)."""
+    runs = []
+    for x in seqs:
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    text = ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in runs[:most])
+    return text + (f" (+{len(runs) - most} runs)" if len(runs) > most else "")
+
+
 class Traffic:
     """Publishers and subscribers on a cluster; start(), faults, stop(),
     wait_delivered(), check()."""
@@ -353,9 +365,15 @@ class Traffic:
         """Wait (bounded) until every subscriber has every acknowledged
         message; returns the missing counts then (zeros, or what is lost)."""
         deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
         while True:
             m = self.missing()
-            if not any(m.values()) or time.monotonic() > deadline:
+            if m != last:
+                last, since = m, time.monotonic()
+            # done, out of time, or nothing arrived for 10 s (what is
+            # missing then stays missing: a bounded wait, not a longer one)
+            if not any(m.values()) or time.monotonic() > deadline or \
+                    time.monotonic() - since > 10:
                 return m
             time.sleep(0.2)
 
@@ -401,11 +419,11 @@ class Traffic:
                         r["samples"].append(f"{s.cid}: {pub}:{seq} after {pub}:{last[pub]}")
                 last[pub] = max(seq, last.get(pub, -1))
             for p in self.publishers:
-                for seq, _ in p.acked:
-                    if (p.cid, seq) not in seen:
-                        r["lost"] += 1
-                        if len(r["samples"]) < 30:
-                            r["samples"].append(f"{s.cid}: acknowledged {p.cid}:{seq} lost")
+                lost = [seq for seq, _ in p.acked if (p.cid, seq) not in seen]
+                r["lost"] += len(lost)
+                if lost:
+                    r["samples"].append(f"{s.cid}: {len(lost)} acknowledged of {p.cid} lost: "
+                                        f"{_ranges(lost)}")
         return r
 
     def owners_ok(self, cluster_tables):
