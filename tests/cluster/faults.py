@@ -103,8 +103,28 @@ def wait_healthy(cluster, timeout=HEALTHY_TIMEOUT):
                 raise AssertionError(f"{n.name} exited {n.proc.returncode}:\n{n.logtext()[-4000:]}")
         return all(node_healthy(n, cluster) for n in cluster.nodes if alive(n))
     t0 = time.monotonic()
-    wait_until(ok, timeout, "a healthy cluster")
+    try:
+        wait_until(ok, timeout, "a healthy cluster")
+    except AssertionError as e:
+        raise AssertionError(f"{e}:\n{describe(cluster)}") from None
     return time.monotonic() - t0
+
+
+def describe(cluster, log_tail=1500):
+    """Each node's health, view of the cluster and last log lines."""
+    out = []
+    for n in cluster.nodes:
+        if not alive(n):
+            out.append(f"--- {n.name}: not running")
+            continue
+        try:
+            st, doc = n.http("GET", "/api/v1/cluster", timeout=2)
+            view = f"leader {doc.get('leader')} " + " ".join(
+                f"{x['name']}:{x['role']}:{'up' if x['reachable'] else 'DOWN'}" for x in doc["nodes"])
+        except Exception as e:  # a diagnosis must not fail
+            view = f"no answer ({e})"
+        out.append(f"--- {n.name}: health {n.health()} {view}\n{n.logtext()[-log_tail:]}")
+    return "\n".join(out)
 
 
 def restart(node, sig=signal.SIGTERM, wait=True):

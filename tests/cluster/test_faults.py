@@ -551,11 +551,15 @@ def test_whole_cluster_killed_and_restarted_in_another_order(fault_cluster):
     for i, w in enumerate(witnesses):  # the forwards are all on their node
         assert [w.get(WAIT).payload for _ in sent[i]] == sent[i]
         w.disconnect()
+    # the retained messages are proposed after their PUBACK: wait until the
+    # three are applied everywhere before taking the tables
+    wait_until(lambda: all(f"wc/ret/{i}" in faults.tables(n)["retained"]
+                           for i in range(3) for n in c.nodes), WAIT, "the retained messages")
     before = converged_tables(c)
     for n in c.nodes:
         kill(n)
     c.start(order=(2, 0, 1))
-    wait_healthy(c)
+    print(f"\n[whole cluster] healthy {wait_healthy(c):.1f} s after the start")
     after = converged_tables(c)
     assert after["routes"] == before["routes"], (before["routes"] ^ after["routes"])
     assert after["registry"] == before["registry"]

@@ -287,7 +287,7 @@ class Traffic:
     """Publishers and subscribers on a cluster; start(), faults, stop(),
     wait_delivered(), check()."""
 
-    def __init__(self, cluster, pubs_per_node=(1, 1), rate=40.0, ack_timeout=8.0,
+    def __init__(self, cluster, pubs_per_node=(1, 1), rate=20.0, ack_timeout=8.0,
                  keepalive=4, session_expiry=600, subscribers_on=None):
         self.cluster = cluster
         self.prefix = f"ft/{uuid.uuid4().hex[:8]}"
