@@ -149,7 +149,7 @@ def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
 
 def test_leader_killed_new_leader_quickly_nothing_committed_lost(fault_cluster):
     c = fault_cluster
-    name = wait_until(lambda: faults.leader(c), 10, "a leader")
+    name = wait_until(lambda: faults.leader(c), 20, "a leader")
     old = faults.node_named(c, name)
     survivors = [n for n in c.nodes if n is not old]
     # committed state: routes, registrations (persistent sessions), retained
