@@ -17,6 +17,7 @@ test's teardown even when the test fails.
 Every wait is bounded; nothing here sleeps as synchronisation.
 """
 
+import atexit
 import itertools
 import os
 import shutil
@@ -230,6 +231,8 @@ class Partition:
                   f"  chain out {{ type filter hook output priority 0; policy accept;\n"
                   + "".join(f"    {r}\n" for r in rules) + "  }\n}\n")
         self._nft("-f", "-", script=script)
+        if not self.made:
+            atexit.register(self.heal)  # even if the test process dies in between
         self.made = True
         self.cuts.append(([n.name for n in group_a], [n.name for n in group_b]))
 

@@ -145,6 +145,25 @@ def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
         f"a persistent session came back without its state: {t.summary_events()}"
 
 
+@pytest.mark.xfail(reason=f"needs {ROUTE_PURGE}", strict=False)
+def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
+    c = fault_cluster
+    down = c.nodes[2]
+    plain = uid("purge/plain")
+    x = PahoClient(down, uid("pp"), 5)
+    x.connect()
+    assert x.subscribe(plain, qos=1) == [1]
+    me = faults.node_id(down)
+    assert (me, plain) in converged_tables(c)["routes"]
+    kill(down)
+    t0 = time.monotonic()
+    # a non-persistent subscriber's route goes once the node has been down
+    # for cluster_down_after (5 s), bounded here by 3 times that
+    wait_until(lambda: (me, plain) not in faults.tables(c.nodes[0])["routes"], 3 * DOWN_AFTER,
+               f"the route of {down.name}'s {plain} purged")
+    print(f"\n[purge] {down.name}'s route purged {time.monotonic() - t0:.1f} s after its death")
+
+
 # ------------------------------------------------------------ 2. leader killed
 
 def test_leader_killed_new_leader_quickly_nothing_committed_lost(fault_cluster):
