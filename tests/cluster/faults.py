@@ -174,6 +174,26 @@ def leader(cluster, among=None):
     return name if any(n.name == name for n in among) else None
 
 
+def leader_serving_since(node, after):
+    """The wall-clock time (time.time()) at which `node` logged that it
+    leads and serves ("cluster: leader of term N, barrier applied,
+    serving") at or after `after`, or None. The node's own timestamp: a
+    measure of the election that the test's polling under load does not
+    lengthen."""
+    import datetime
+    for line in node.logtext().splitlines():
+        if "leader of term" not in line or "serving" not in line:
+            continue
+        try:
+            ts = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+        except ValueError:
+            continue
+        if ts >= after:
+            return ts
+    return None
+
+
 def node_named(cluster, name):
     return next(n for n in cluster.nodes if n.name == name)
 

@@ -166,8 +166,8 @@ def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
 
 # ------------------------------------------------------------ 2. leader killed
 
-def test_leader_killed_new_leader_quickly_nothing_committed_lost(fault_cluster):
-    c = fault_cluster
+def test_leader_killed_new_leader_quickly_nothing_committed_lost(cluster):
+    c = cluster  # the default cluster_claim_timeout (5 s): a CONNECT may wait that long
     name = wait_until(lambda: faults.leader(c), 20, "a leader")
     old = faults.node_named(c, name)
     survivors = [n for n in c.nodes if n is not old]
@@ -178,7 +178,7 @@ def test_leader_killed_new_leader_quickly_nothing_committed_lost(fault_cluster):
         cid = uid(f"lk{i}")
         x = PahoClient(n, cid, 5, properties=session_props())
         x.connect()
-        assert x.subscribe(f"lk/{cid}/#", qos=1) == [1]
+        assert x.subscribe(f"lk/{cid}/#", qos=1, timeout=WAIT) == [1]
         x.disconnect()
         keep.append(cid)
         topic = uid(f"lk/ret{i}")
@@ -187,6 +187,9 @@ def test_leader_killed_new_leader_quickly_nothing_committed_lost(fault_cluster):
         p.publish(topic, f"kept-{i}".encode(), qos=1, retain=True)
         p.disconnect()
         topics.append(topic)
+    # retained messages are proposed after their PUBACK: wait until applied
+    wait_until(lambda: all(t in faults.tables(n)["retained"] for t in topics for n in c.nodes),
+               WAIT, "the retained messages in every node's tables")
     before = converged_tables(c)
     for cid in keep:
         assert cid in before["registry"]
@@ -219,10 +222,15 @@ def test_leader_killed_new_leader_quickly_nothing_committed_lost(fault_cluster):
     wait_until(lambda: len(stalls) >= 3, 20, "CONNECT/SUBSCRIBE before the kill")
     n_before = len(stalls)
     t0 = time.monotonic()
+    wall0 = time.time()
     kill(old)
     new = wait_until(lambda: faults.leader(c, survivors), 10, "a new leader", interval=0.01)
-    elected = time.monotonic() - t0
-    print(f"\n[leader killed] {old.name} killed, {new} leads after {elected:.3f} s")
+    seen = time.monotonic() - t0
+    since = faults.leader_serving_since(faults.node_named(c, new), wall0)
+    assert since is not None, f"{new} never logged that it leads"
+    elected = since - wall0
+    print(f"\n[leader killed] {old.name} killed, {new} leads and serves after {elected:.3f} s "
+          f"(its log); both survivors name it after {seen:.3f} s (the admin API)")
     # probes that ran during the election, and a few after it
     wait_until(lambda: len(stalls) >= n_before + 5, 30, "CONNECT/SUBSCRIBE after the election")
     stop.set()
@@ -234,12 +242,12 @@ def test_leader_killed_new_leader_quickly_nothing_committed_lost(fault_cluster):
     assert new != old.name
     assert elected < 2.0, f"a new leader after {elected:.3f} s (wanted < 2 s)"
     assert not failures, failures
-    assert worst_c < elected + 1.0, \
+    assert worst_c < seen + 1.0, \
         f"CONNECT stalled {worst_c:.3f} s, the election took {elected:.3f} s"
     # a SUBACK also waits for every live member (docs/cluster.md, "Routes
     # and SUBACK"): the dead leader counts as live for cluster_down_after
     # (5 s); test_subscribe_stall_with_a_dead_member holds issue 10's bound
-    assert worst_s < max(elected, DOWN_AFTER) + 1.5, \
+    assert worst_s < max(seen, DOWN_AFTER) + 1.5, \
         f"SUBSCRIBE stalled {worst_s:.3f} s, the election took {elected:.3f} s"
     # nothing committed is lost on the survivors
     after = converged_tables(c)
