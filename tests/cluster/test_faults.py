@@ -271,6 +271,33 @@ def test_leader_killed_new_leader_quickly_nothing_committed_lost(cluster):
         {cid: before["registry"][cid] for cid in keep}
 
 
+def test_retained_published_during_the_election_is_replicated(cluster):
+    """A retained message acknowledged while there is no leader is proposed
+    again until it commits: every node has it once a leader is back."""
+    c = cluster
+    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    survivors = [n for n in c.nodes if n is not lead]
+    pubs = [PahoClient(n, uid("rp"), 5) for n in survivors]
+    for p in pubs:
+        p.connect()
+    kill(lead)
+    topics = []
+    for i in range(10):  # during the election (and a little after)
+        topic = uid(f"re/{i}")
+        pubs[i % 2].publish(topic, f"during-{i}".encode(), qos=1, retain=True)
+        topics.append(topic)
+    wait_until(lambda: faults.leader(c, survivors), 20, "a new leader")
+    try:
+        wait_until(lambda: all(t in faults.tables(n)["retained"] for t in topics
+                               for n in survivors), 15, "the retained messages everywhere")
+    except AssertionError:
+        missing = {n.name: [t for t in topics if t not in faults.tables(n)["retained"]]
+                   for n in survivors}
+        raise AssertionError(f"acknowledged retained messages not replicated: {missing}") from None
+    for p in pubs:
+        p.disconnect()
+
+
 @pytest.mark.xfail(reason="a SUBACK waits for a dead member until cluster_down_after (5 s, "
                    "docs/cluster.md 'Routes and SUBACK'); issue 10 wants SUBSCRIBE to stall "
                    "at most for an election: needs a shorter liveness for the SUBACK wait "
