@@ -368,6 +368,9 @@ def test_partition_minority_refuses_majority_goes_on(fault_cluster, partition_fa
         x.stop()
         assert waited >= CLAIM_TIMEOUT_MS / 1000 * 0.9, f"refused after {waited:.2f} s only"
         assert waited < CLAIM_TIMEOUT_MS / 1000 + 3, f"refused after {waited:.2f} s"
+    # its health says 503 (no leader known): a load balancer sends new
+    # clients elsewhere
+    wait_until(lambda: minority.health() == 503, WAIT, f"health 503 on the cut {minority.name}")
     # clients already connected there keep working locally
     for i in range(10):
         local_pub.publish("local/x", f"l{i}".encode(), qos=1)
