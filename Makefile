@@ -25,7 +25,7 @@ ARGS ?=
 FUZZ_SECONDS ?= 20
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: all deps deps-test build build-asan build-fuzz run test unit integration cluster fuzz \
+.PHONY: all deps deps-test build build-asan build-fuzz run test unit integration cluster chaos fuzz \
 	bench bench-smoke bench-crosscheck format clean npm-deps image test-deploy
 
 all: build
@@ -100,6 +100,17 @@ cluster: deps-test
 
 fuzz: deps-test
 	$(PYTHON) tests/run_all.py fuzz
+
+# The seeded chaos runner of tests/cluster (docs/cluster.md "Faults"): random
+# faults under QoS 1/2 traffic for MINUTES on the ASan node, then healed and
+# checked. The seed is printed (a run without SEED picks one); the same SEED
+# gives the same sequence of faults. Needs root for the nftables cuts.
+SEED ?=
+MINUTES ?= 5
+chaos: deps-test
+	$(MAKE) --no-print-directory NODEPS=1 build-asan
+	STARLING_TEST_BIN=$(CURDIR)/$(ASAN_DIR)/node/starling STARLING_TEST_WORKERS=2 \
+		$(PYTHON) tests/cluster/chaos.py --minutes $(MINUTES) $(if $(SEED),--seed $(SEED))
 
 # The load generator checks itself against a Release node (a few seconds).
 bench-smoke: deps-test

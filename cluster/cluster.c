@@ -38,6 +38,7 @@ struct fwd {
     raft_node_done_fn done;
     void *ud;
     uint64_t id;
+    uint64_t to; /* the leader it was forwarded to */
     uint64_t deadline_ms;
     unsigned hops; /* 1: relayed for another node (not relayed again) */
 };
@@ -117,6 +118,7 @@ static int forward(struct cluster *c, struct fwd *f, uint64_t leader)
     if (!b)
         return -EINVAL;
     f->id = ++c->next_id;
+    f->to = leader;
     Starling__Chan__Propose p = STARLING__CHAN__PROPOSE__INIT;
     p.id = f->id;
     p.batch = b;
@@ -717,11 +719,21 @@ static void on_timer(uv_timer_t *t)
         send_checkpoint(c);
     retry_checks(c);
     uint64_t now = now_mono_ms();
+    uint64_t leader = raft_node_leader(c->raft);
     for (struct fwd **pp = &c->waiting; *pp;) {
         struct fwd *f = *pp;
         if (f->deadline_ms <= now) {
             *pp = f->next;
-            fwd_finish(f, -ETIMEDOUT, NULL, raft_node_leader(c->raft));
+            fwd_finish(f, -ETIMEDOUT, NULL, leader);
+        } else if (leader && leader != f->to) {
+            /* Another node leads now: the one we forwarded to died or lost
+             * its leadership, and may never answer. The entry may still
+             * commit (as after RAFT_LEADERSHIPLOST); the caller proposes it
+             * again (commands are idempotent) to the new leader at once,
+             * rather than after the whole propose timeout: a CONNECT made
+             * just before the leader died waits for the election only. */
+            *pp = f->next;
+            fwd_finish(f, -ECONNABORTED, NULL, leader);
         } else {
             pp = &f->next;
         }

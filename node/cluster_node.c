@@ -408,6 +408,51 @@ static int u64_cmp(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
+/* A retained message's proposal, kept until it commits: the message was
+ * acknowledged to its publisher, so a proposal that fails because there is
+ * no leader (an election) is made again, every RETRY_MS, until it commits.
+ * Proposing it twice is harmless: RetainedSet/Clear carry (origin, seq) and
+ * an older or equal seq of the same origin is STALE_SEQ. */
+struct ret_retry {
+    struct ret_retry *next;
+    struct cluster_node *cn;
+    uint64_t at_ms;
+    size_t len;
+    unsigned char entry[];
+};
+
+static void retained_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    struct ret_retry *r = ud;
+    struct cluster_node *cn = r->cn;
+    (void)res;
+    (void)leader;
+    if (status == -ENOTCONN || status == -EAGAIN || status == -ECONNABORTED ||
+        status == -ETIMEDOUT || status == -ENOBUFS) {
+        pthread_mutex_lock(&cn->mu);
+        if (!cn->quit && cn->n_ret_retry < RETAINED_RETRY_MAX) {
+            r->at_ms = cn_mono_ms() + RETRY_MS;
+            r->next = cn->ret_retry;
+            cn->ret_retry = r;
+            cn->n_ret_retry++;
+            pthread_mutex_unlock(&cn->mu);
+            return;
+        }
+        pthread_mutex_unlock(&cn->mu);
+    }
+    if (status != 0)
+        log_warn("cluster: a retained message is not replicated: %s", strerror(-status));
+    free(r);
+}
+
+/* Proposes r; its callback keeps it for a retry or frees it. Not under mu. */
+static void retained_propose(struct cluster_node *cn, struct ret_retry *r)
+{
+    int rc = cluster_propose(cn->c, r->entry, r->len, retained_done, r);
+    if (rc < 0)
+        retained_done(r, rc, NULL, 0);
+}
+
 /* Proposes m's retained message (or its clearing) to the cluster. */
 static void cn_replicate_retained(struct cluster_node *cn, struct msg *m, uint64_t seq)
 {
@@ -421,8 +466,15 @@ static void cn_replicate_retained(struct cluster_node *cn, struct msg *m, uint64
                                    msg_props(m), m->props_len, m->expiry_at, cn->self, seq);
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
-    if (!e || cluster_propose(cn->c, e, len, NULL, NULL) < 0)
+    struct ret_retry *rr = e ? malloc(sizeof *rr + len) : NULL;
+    if (rr) {
+        rr->cn = cn;
+        rr->len = len;
+        memcpy(rr->entry, e, len);
+        retained_propose(cn, rr);
+    } else {
         log_warn("cluster: the retained message of '%.*s' is not replicated", m->topic_len, topic);
+    }
     cmd_batch_free(b);
 }
 
@@ -752,6 +804,28 @@ static void *cn_thread(void *arg)
                     cn->retry_at_ms = now + RETRY_MS;
                 }
             }
+        }
+        /* retained messages whose proposal failed, due again */
+        struct ret_retry *due = NULL;
+        for (struct ret_retry **pp = &cn->ret_retry; *pp;) {
+            struct ret_retry *r = *pp;
+            if (r->at_ms <= now) {
+                *pp = r->next;
+                r->next = due;
+                due = r;
+                cn->n_ret_retry--;
+            } else {
+                pp = &r->next;
+            }
+        }
+        if (due) {
+            pthread_mutex_unlock(&cn->mu);
+            while (due) {
+                struct ret_retry *next = due->next;
+                retained_propose(cn, due);
+                due = next;
+            }
+            pthread_mutex_lock(&cn->mu);
         }
         /* report this node's applied index: entries wholly in effect here,
          * routes in the matcher (the entry hook wakes this thread) */
@@ -1122,6 +1196,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
          * member applied the route) and a CONNECT on a follower (the claim
          * applied there) wait after the commit. */
         .heartbeat_ms = CN_HEARTBEAT_MS,
+        .election_timeout_ms = CN_ELECTION_TIMEOUT_MS,
     };
     r = cluster_start(&cn->c, &cc, err, errlen);
     if (r < 0) {
@@ -1196,6 +1271,11 @@ void cluster_node_free(struct cluster_node *cn)
     cluster_node_stop(cn);
     cmd_batch_free(cn->pending);
     free(cn->inflight);
+    while (cn->ret_retry) {
+        struct ret_retry *next = cn->ret_retry->next;
+        free(cn->ret_retry);
+        cn->ret_retry = next;
+    }
     pthread_mutex_destroy(&cn->mu);
     pthread_mutex_destroy(&cn->reg_mu);
     pthread_cond_destroy(&cn->cv);

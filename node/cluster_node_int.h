@@ -20,13 +20,21 @@
 struct cl_claim;
 struct surrendered;
 struct cmd_batch;
+struct ret_retry;
 
 #define MAX_SEEDS 64
 #define MAX_PEERS 64
 #define REPORT_EVERY_MS 200
 #define RETRY_MS 100
 #define CN_IDLE_WAIT_MS 20 /* the glue's thread, when nothing kicks it */
-#define CN_HEARTBEAT_MS 15 /* Raft heartbeat (cluster_node.c) */
+#define CN_HEARTBEAT_MS 15        /* Raft heartbeat (cluster_node.c) */
+#define RETAINED_RETRY_MAX 100000 /* retained proposals waiting for a leader */
+/* Raft election timeout: libraft waits a random time in [T, 2T) without a
+ * heartbeat, then pre-vote and vote (two round trips) and the new leader's
+ * barrier. Issue 10 wants a new leader within 2 s of the old one dying: with
+ * T = 1000 ms test_faults measured 2.3 s; with 600 ms at most about 1.5 s,
+ * still 40 heartbeats (15 ms) before a follower gives up on its leader. */
+#define CN_ELECTION_TIMEOUT_MS 600
 
 struct waiter {
     struct waiter *next;
@@ -72,6 +80,10 @@ struct cluster_node {
     uint64_t inflight_ticket;
     bool inflight_busy;
     uint64_t retry_at_ms;
+    /* retained messages whose proposal failed (no leader, leadership lost,
+     * a forward unanswered), proposed again every RETRY_MS (mu) */
+    struct ret_retry *ret_retry;
+    unsigned n_ret_retry;
 
     struct peer peers[MAX_PEERS]; /* mu: the other members */
     unsigned n_peers;

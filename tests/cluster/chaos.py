@@ -1,0 +1,266 @@
+#!/usr/bin/python3
+"""The seeded chaos runner of issue 10: a random sequence of faults under
+continuous QoS 1/2 traffic on a 3-node cluster, then everything healed and
+checked.
+
+    chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--keep]
+    make chaos SEED=N MINUTES=M
+
+The faults (each held 2..8 s, then undone; 1..3 s between two):
+SIGKILL of a node (then started again on its data), SIGKILL of the leader,
+a node cut off with nftables (the leader or not; skipped without root/nft),
+SIGSTOP of a node for --stop-seconds (default 10), a clean restart (SIGTERM),
+and (rarely) SIGKILL of every node, started again in a random order.
+Clients behave as behind a load balancer with health checks: they connect
+to the next node that is up (a stopped or dead one is skipped).
+
+At the end: health within 30 s of the last heal, every acknowledged QoS 1
+delivered at least once and QoS 2 exactly once to every persistent
+subscriber, per-publisher order outside the fault windows (plus 5 s), one
+owner per client id (each subscriber connected on the node the registry
+names), the same routes and registry on every node. The seed is printed
+first: the same seed gives the same fault sequence (timings vary).
+Exit 0 when every check passed, 1 otherwise (the report says which).
+"""
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+import importlib.util  # noqa: E402
+
+import faults  # noqa: E402
+from traffic import Traffic  # noqa: E402
+
+
+def _cluster_class():
+    """conftest.Cluster of this directory (loaded by path: under pytest,
+    "conftest" may name another directory's)."""
+    spec = importlib.util.spec_from_file_location("starling_cluster_conftest",
+                                                  os.path.join(HERE, "conftest.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.Cluster
+
+
+Cluster = _cluster_class()
+
+HEAL_HEALTHY = 30.0
+
+
+class Chaos:
+    def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
+                 claim_timeout_ms=2000):
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.seconds = seconds
+        self.stop_seconds = stop_seconds
+        self.log = log
+        self.own_base = base is None
+        self.base = base or tempfile.mkdtemp(prefix="starling-chaos-")
+        self.cluster = Cluster(os.path.join(self.base, "c"),
+                               extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": str(claim_timeout_ms)})
+        os.makedirs(self.cluster.base, exist_ok=True)
+        self.nft = faults.nft_available()
+        self.partition = None
+        self.traffic = None
+        self.t0 = time.monotonic()
+        self.faults_done = []
+
+    def say(self, text):
+        self.log(f"[chaos {time.monotonic() - self.t0:7.1f} s] {text}")
+
+    # ---- the faults: each returns when it is undone and the cluster healthy
+    def _hold(self):
+        return self.rng.uniform(2.0, 8.0)
+
+    def _healthy(self, what):
+        took = faults.wait_healthy(self.cluster, HEAL_HEALTHY)
+        self.say(f"  healthy {took:.1f} s after {what}")
+
+    def f_kill(self, leader=False):
+        c = self.cluster
+        if leader:
+            name = faults.wait_until(lambda: faults.leader(c), 15, "a leader")
+            n = faults.node_named(c, name)
+        else:
+            n = self.rng.choice(c.nodes)
+        hold = self._hold()
+        self.say(f"SIGKILL {n.name}{' (the leader)' if leader else ''} for {hold:.1f} s")
+        faults.kill(n)
+        self._wait(hold)
+        n.start()
+        self._healthy(f"{n.name} restarted")
+
+    def f_partition(self):
+        c = self.cluster
+        n = self.rng.choice(c.nodes)
+        hold = self._hold()
+        lead = faults.leader(c)
+        self.say(f"cut {n.name}{' (the leader)' if lead == n.name else ''} off for {hold:.1f} s")
+        self.partition = faults.Partition(c)
+        self.partition.isolate(n)
+        self.traffic.avoid = [n]  # a load balancer's health check sees 503 soon
+        self._wait(hold)
+        self.partition.heal()
+        self.partition = None
+        self.traffic.avoid = []
+        self._healthy(f"the cut of {n.name} healed")
+
+    def f_stop(self):
+        n = self.rng.choice(self.cluster.nodes)
+        self.say(f"SIGSTOP {n.name} for {self.stop_seconds:.1f} s")
+        faults.pause(n)
+        self._wait(self.stop_seconds)
+        faults.resume(n)
+        self._healthy(f"SIGCONT {n.name}")
+
+    def f_restart(self):
+        n = self.rng.choice(self.cluster.nodes)
+        self.say(f"restart {n.name} (SIGTERM)")
+        rc = n.stop(signal.SIGTERM)
+        if rc != 0:
+            raise AssertionError(f"{n.name} exited {rc} on SIGTERM:\n{n.logtext()[-3000:]}")
+        n.start()
+        self._healthy(f"{n.name} restarted")
+
+    def f_restart_all(self):
+        order = list(range(len(self.cluster.nodes)))
+        self.rng.shuffle(order)
+        self.say(f"SIGKILL every node, start them in the order {[self.cluster.nodes[i].name for i in order]}")
+        for n in self.cluster.nodes:
+            faults.kill(n)
+        self.cluster.start(order=tuple(order))
+        self._healthy("the whole cluster restarted")
+
+    def _wait(self, seconds):
+        """The fault lasts `seconds` (the traffic goes on meanwhile)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(min(0.1, end - time.monotonic()))
+            for e in self.traffic.errors:
+                raise AssertionError(f"traffic error: {e}")
+
+    def menu(self):
+        m = [("kill", self.f_kill, 3), ("kill-leader", lambda: self.f_kill(leader=True), 2),
+             ("stop", self.f_stop, 2), ("restart", self.f_restart, 2),
+             ("restart-all", self.f_restart_all, 1)]
+        if self.nft is None:
+            m.append(("partition", self.f_partition, 3))
+        return m
+
+    # ---- the run
+    def run(self):
+        """Returns (ok, report dict)."""
+        c = self.cluster
+        self.say(f"seed {self.seed}, {self.seconds:.0f} s of faults, SIGSTOP {self.stop_seconds:.0f} s, "
+                 f"data in {self.base}")
+        if self.nft:
+            self.say(f"no partitions: {self.nft}")
+        c.start()
+        c.wait_healthy()
+        self.traffic = t = Traffic(c).start()
+        t.wait_progress(30)
+        menu = self.menu()
+        names = [x[0] for x in menu]
+        weights = [x[2] for x in menu]
+        end = time.monotonic() + self.seconds
+        problems = []
+        try:
+            while time.monotonic() < end:
+                k = self.rng.choices(range(len(menu)), weights)[0]
+                start = time.monotonic()
+                menu[k][1]()
+                t.window(start)
+                self.faults_done.append(names[k])
+                self._wait(self.rng.uniform(1.0, 3.0))
+            self.say(f"faults done: {self.faults_done}; healing everything")
+        except AssertionError as e:
+            problems.append(f"during the faults: {e}")
+        # heal everything that may still be broken
+        heal_t = time.monotonic()
+        if self.partition:
+            self.partition.heal()
+        t.avoid = []
+        for n in c.nodes:
+            faults.resume(n)
+            if n.proc is None or n.proc.poll() is not None:
+                if n.proc is not None:
+                    n.stop()
+                n.start()
+        try:
+            took = faults.wait_healthy(c, HEAL_HEALTHY)
+            self.say(f"healthy {took:.1f} s after the last heal")
+        except AssertionError as e:
+            problems.append(f"not healthy within {HEAL_HEALTHY:.0f} s of the last heal: {e}")
+        t.window(heal_t)
+        r = {}
+        try:
+            t.wait_progress(20, timeout=30)
+            t.stop_publishing()
+            missing = t.wait_delivered(30)
+            self.say(f"still missing after 30 s: {missing}")
+            tabs = faults.converged_tables(c)
+            problems += [f"owner: {p}" for p in t.owners_ok(tabs)]
+        except AssertionError as e:
+            problems.append(str(e))
+        finally:
+            t.stop()
+        r = t.check()
+        r["problems"] = problems
+        r["faults"] = self.faults_done
+        r["seed"] = self.seed
+        self.say(f"acknowledged {r['acknowledged']} lost {r['lost']} QoS2-duplicates {r['dup2']} "
+                 f"QoS1-redeliveries {r['dup1']} misorder {r['misorder']} "
+                 f"(in fault windows {r['misorder_in_windows']}) sessions lost {r['sessions_lost']}")
+        for s in r["samples"][:15]:
+            self.say(f"  {s}")
+        for p in problems + r["errors"]:
+            self.say(f"PROBLEM {p}")
+        ok = not problems and not r["errors"] and r["lost"] == 0 and r["dup2"] == 0 \
+            and r["misorder"] == 0 and r["acknowledged"] > 0
+        self.say(f"seed {self.seed}: {'PASSED' if ok else 'FAILED'}")
+        return ok, r
+
+    def close(self, keep=False):
+        if self.partition:
+            self.partition.heal()
+        for n in self.cluster.nodes:
+            faults.resume(n)
+        rcs = self.cluster.stop()
+        if not keep and self.own_base:
+            shutil.rmtree(self.base, ignore_errors=True)
+        return rcs
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--stop-seconds", type=float, default=10.0)
+    ap.add_argument("--keep", action="store_true", help="keep the data and the logs")
+    a = ap.parse_args(argv)
+    seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
+    print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
+    ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
+               log=lambda s: print(s, flush=True))
+    try:
+        ok, _ = ch.run()
+    finally:
+        ch.close(keep=a.keep)
+        if a.keep:
+            print(f"data and logs kept in {ch.base}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

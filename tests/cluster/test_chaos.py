@@ -1,0 +1,45 @@
+"""A short seeded run of the chaos runner (chaos.py) in `make test`: about
+45 s of random faults (SIGKILL, leader SIGKILL, nftables cut, SIGSTOP 5 s,
+SIGTERM restart, whole-cluster SIGKILL) under QoS 1/2 traffic, then healed
+and checked. The seed is printed; STARLING_CHAOS_SEED picks it,
+STARLING_CHAOS_SECONDS the length. `make chaos SEED=... MINUTES=...` runs a
+long one (SIGSTOP 10 s).
+
+What must hold on this branch is asserted: healthy within 30 s of the last
+heal, the same routes and registry on every node, one owner per client id
+(each subscriber connected where the registry says), no traffic error.
+What the pending pieces of issue 10 bring (nothing acknowledged lost, QoS 2
+exactly once, order) makes the test xfail, naming what was counted; once
+they are merged, pass `pending=False` (see PENDING below)."""
+
+import os
+import random
+
+import pytest
+
+from chaos import Chaos
+
+# Lost, duplicated or misordered messages are expected until durable
+# forwards and sessions that survive a dead node are merged (issue 10).
+PENDING = True
+
+
+def test_chaos_short(tmp_path):
+    seed = int(os.environ.get("STARLING_CHAOS_SEED") or random.SystemRandom().randrange(1, 2**31))
+    seconds = float(os.environ.get("STARLING_CHAOS_SECONDS", "45"))
+    print(f"\nchaos seed {seed} (rerun: STARLING_CHAOS_SEED={seed}, or make chaos SEED={seed})")
+    ch = Chaos(seed, seconds, stop_seconds=5.0, base=str(tmp_path / "chaos"),
+               log=lambda s: print(s, flush=True))
+    try:
+        ok, r = ch.run()
+    finally:
+        ch.close()
+    assert not r["problems"], f"seed {seed}: {r['problems']}"
+    assert not r["errors"], f"seed {seed}: {r['errors']}"
+    assert r["acknowledged"] > 0
+    counts = (f"seed {seed}: {r['lost']} acknowledged lost, {r['dup2']} QoS 2 duplicates, "
+              f"{r['misorder']} misordered, {r['sessions_lost']} sessions lost; faults {r['faults']}")
+    if not ok and PENDING:
+        pytest.xfail("needs durable QoS 1/2 forwards and persistent sessions that survive a "
+                     "dead node: " + counts)
+    assert ok, counts

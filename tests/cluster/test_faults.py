@@ -1,0 +1,643 @@
+"""The faults of issue 10 (docs/cluster.md "Faults"), each with real
+clients that count what was acknowledged against what arrived: a node
+killed under QoS 1/2 traffic, the leader killed, a partition, a rolling
+restart, a stalled node, a full disk, the whole cluster killed.
+
+Tests marked xfail need work that is not on this branch (named in the
+reason): the marks go once it is merged. Every fault is undone by the
+fixtures even when a test fails (nodes continued, nftables table deleted,
+tmpfs unmounted, every process stopped).
+
+STARLING_FAULT_STOP_SECONDS: how long the stalled-node test keeps its node
+stopped (default 5; the chaos runner uses 10)."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import faults
+import mqttraw
+from faults import kill, pause, resume, converged_tables, wait_healthy, wait_until
+from helpers import PahoClient, uid
+from traffic import Traffic
+
+WAIT = 10
+CLAIM_TIMEOUT_MS = 2000
+DOWN_AFTER = 5.0  # cluster_down_after's default, seconds
+CUT_SECONDS = 8.0  # how long test_partition_nothing_acknowledged_lost cuts a node off
+STOP_SECONDS = float(os.environ.get("STARLING_FAULT_STOP_SECONDS", "5"))
+
+# The pieces of issue 10 other branches build (the reasons of the marks).
+DURABLE_FORWARDS = ("durable QoS 1/2 forwards (origin outbox held until the destination "
+                    "acknowledges, resend after a broken connection)")
+SESSIONS_SURVIVE = ("persistent sessions that survive a dead node (replicated subscriptions, "
+                    "late messages following the session)")
+ROUTE_PURGE = "routes of a node down for cluster_down_after purged"
+
+FAULT_ENV = {"STARLING_CLUSTER_CLAIM_TIMEOUT": str(CLAIM_TIMEOUT_MS)}
+
+
+def session_props(seconds=600):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = seconds
+    return p
+
+
+@pytest.fixture
+def fault_cluster(cluster_factory):
+    """A formed 3-node cluster with a short claim timeout; every paused node
+    is continued before the cluster is stopped."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV))
+    c.start()
+    c.wait_healthy()
+    yield c
+    for n in c.nodes:
+        resume(n)
+
+
+@pytest.fixture
+def traffic_factory():
+    made = []
+
+    def make(cluster, **kw):
+        t = Traffic(cluster, **kw)
+        made.append(t)
+        return t
+    yield make
+    for t in made:
+        t.stop()
+
+
+@pytest.fixture
+def partition_factory():
+    reason = faults.nft_available()
+    if reason:
+        pytest.skip(reason)
+    made = []
+
+    def make(cluster):
+        p = faults.Partition(cluster)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.heal()
+
+
+def report(name, r):
+    print(f"\n[{name}] acknowledged {r['acknowledged']} lost {r['lost']} QoS2-duplicates "
+          f"{r['dup2']} QoS1-redeliveries {r['dup1']} misorder {r['misorder']} "
+          f"(in fault windows {r['misorder_in_windows']}) sessions lost {r['sessions_lost']}")
+    for s in r["samples"][:10]:
+        print("   ", s)
+
+
+def assert_clean(r, what):
+    assert not r["errors"], r["errors"]
+    assert r["acknowledged"] > 0, f"{what}: nothing was acknowledged"
+    assert r["dup2"] == 0, f"{what}: {r['dup2']} QoS 2 duplicates: {r['samples'][:10]}"
+    assert r["lost"] == 0, f"{what}: {r['lost']} acknowledged messages lost: {r['samples'][:10]}"
+
+
+def finish(t, cluster, name, timeout=30):
+    """Stop publishing, wait (bounded) for every acknowledged message, check
+    the owners and the tables, stop the clients; the counts."""
+    t.stop_publishing()
+    t.wait_delivered(timeout)
+    tabs = converged_tables(cluster)
+    owners = t.owners_ok(tabs)
+    t.stop()
+    r = t.check()
+    report(name, r)
+    return r, owners, tabs
+
+
+# ------------------------------------------------------------ 1. node killed
+
+@pytest.mark.xfail(reason=f"needs {SESSIONS_SURVIVE} and {DURABLE_FORWARDS}", strict=False)
+def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
+    c = fault_cluster
+    t = traffic_factory(c).start()
+    t.wait_progress(60)
+    victim = c.nodes[1]
+    moved = [s for s in t.subscribers if s.node is victim]
+    t0 = time.monotonic()
+    kill(victim)
+    # the cluster goes on: messages keep being acknowledged
+    t.wait_progress(60, timeout=30)
+    # the victim's subscriber is back elsewhere with its session
+    for s in moved:
+        wait_until(lambda: s.node is not None and s.node is not victim, 30,
+                   f"{s.cid} connected to another node")
+    victim.start()
+    wait_healthy(c)
+    t.window(t0)
+    t.wait_progress(30)
+    r, owners, _ = finish(t, c, "node killed")
+    assert not owners, owners
+    assert_clean(r, "SIGKILL of a node")
+    assert r["sessions_lost"] == 0, \
+        f"a persistent session came back without its state: {t.summary_events()}"
+
+
+@pytest.mark.xfail(reason=f"needs {ROUTE_PURGE}", strict=False)
+def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
+    c = fault_cluster
+    down = c.nodes[2]
+    plain = uid("purge/plain")
+    x = PahoClient(down, uid("pp"), 5)
+    x.connect()
+    assert x.subscribe(plain, qos=1) == [1]
+    me = faults.node_id(down)
+    assert (me, plain) in converged_tables(c)["routes"]
+    kill(down)
+    t0 = time.monotonic()
+    # a non-persistent subscriber's route goes once the node has been down
+    # for cluster_down_after (5 s), bounded here by 3 times that
+    wait_until(lambda: (me, plain) not in faults.tables(c.nodes[0])["routes"], 3 * DOWN_AFTER,
+               f"the route of {down.name}'s {plain} purged")
+    print(f"\n[purge] {down.name}'s route purged {time.monotonic() - t0:.1f} s after its death")
+
+
+# ------------------------------------------------------------ 2. leader killed
+
+def test_leader_killed_new_leader_quickly_nothing_committed_lost(cluster):
+    c = cluster  # the default cluster_claim_timeout (5 s): a CONNECT may wait that long
+    name = wait_until(lambda: faults.leader(c), 20, "a leader")
+    old = faults.node_named(c, name)
+    survivors = [n for n in c.nodes if n is not old]
+    # committed state: routes, registrations (persistent sessions), retained
+    keep = []
+    topics = []
+    for i, n in enumerate(c.nodes):
+        cid = uid(f"lk{i}")
+        x = PahoClient(n, cid, 5, properties=session_props())
+        x.connect()
+        assert x.subscribe(f"lk/{cid}/#", qos=1, timeout=WAIT) == [1]
+        x.disconnect()
+        keep.append(cid)
+        topic = uid(f"lk/ret{i}")
+        p = PahoClient(n, uid("lkp"), 5)
+        p.connect()
+        p.publish(topic, f"kept-{i}".encode(), qos=1, retain=True)
+        p.disconnect()
+        topics.append(topic)
+    # retained messages are proposed after their PUBACK: wait until applied
+    wait_until(lambda: all(t in faults.tables(n)["retained"] for t in topics for n in c.nodes),
+               WAIT, "the retained messages in every node's tables")
+    before = converged_tables(c)
+    for cid in keep:
+        assert cid in before["registry"]
+    for topic in topics:
+        assert topic in before["retained"]
+
+    # CONNECT + SUBSCRIBE on a survivor throughout the election
+    stalls = []  # (CONNECT seconds, SUBSCRIBE seconds)
+    failures = []
+    stop = threading.Event()
+
+    def probe():
+        k = 0
+        while not stop.is_set():
+            k += 1
+            t1 = time.monotonic()
+            try:
+                x = PahoClient(survivors[k % 2], uid("probe"), 5)
+                x.connect(timeout=WAIT)
+                t2 = time.monotonic()
+                x.subscribe(uid("probe/t"), qos=1, timeout=WAIT)
+                stalls.append((t2 - t1, time.monotonic() - t2))
+                x.disconnect()
+            except AssertionError as e:
+                failures.append(str(e))
+                x.stop()
+
+    th = threading.Thread(target=probe, daemon=True)
+    th.start()
+    wait_until(lambda: len(stalls) >= 3, 20, "CONNECT/SUBSCRIBE before the kill")
+    n_before = len(stalls)
+    t0 = time.monotonic()
+    wall0 = time.time()
+    kill(old)
+    new = wait_until(lambda: faults.leader(c, survivors), 10, "a new leader", interval=0.01)
+    seen = time.monotonic() - t0
+    since = faults.leader_serving_since(faults.node_named(c, new), wall0)
+    assert since is not None, f"{new} never logged that it leads"
+    elected = since - wall0
+    print(f"\n[leader killed] {old.name} killed, {new} leads and serves after {elected:.3f} s "
+          f"(its log); both survivors name it after {seen:.3f} s (the admin API)")
+    # probes that ran during the election, and a few after it
+    wait_until(lambda: len(stalls) >= n_before + 5, 30, "CONNECT/SUBSCRIBE after the election")
+    stop.set()
+    th.join(2 * WAIT)
+    worst_c = max(x[0] for x in stalls[n_before:])
+    worst_s = max(x[1] for x in stalls[n_before:])
+    print(f"[leader killed] longest CONNECT across the election {worst_c:.3f} s, "
+          f"longest SUBSCRIBE {worst_s:.3f} s")
+    assert new != old.name
+    assert elected < 2.0, f"a new leader after {elected:.3f} s (wanted < 2 s)"
+    assert not failures, failures
+    assert worst_c < seen + 1.0, \
+        f"CONNECT stalled {worst_c:.3f} s, the election took {elected:.3f} s"
+    # a SUBACK also waits for every live member (docs/cluster.md, "Routes
+    # and SUBACK"): the dead leader counts as live for cluster_down_after
+    # (5 s); test_subscribe_stall_with_a_dead_member holds issue 10's bound
+    assert worst_s < max(seen, DOWN_AFTER) + 1.5, \
+        f"SUBSCRIBE stalled {worst_s:.3f} s, the election took {elected:.3f} s"
+    # nothing committed is lost on the survivors
+    after = converged_tables(c)
+    assert before["routes"] <= after["routes"], before["routes"] - after["routes"]
+    for cid in keep:
+        assert after["registry"].get(cid) == before["registry"][cid]
+    for topic in topics:
+        assert after["retained"].get(topic) == before["retained"][topic]
+    for n in survivors:
+        s = PahoClient(n, uid("lkr"), 5)
+        s.connect()
+        s.subscribe("lk/#", qos=1)
+        got = sorted(s.get(WAIT).payload for _ in topics)
+        assert got == sorted(f"kept-{i}".encode() for i in range(3)), got
+        s.disconnect()
+    # and the old leader comes back as a follower with the same tables
+    old.start()
+    wait_healthy(c)
+    final = converged_tables(c)
+    assert {cid: final["registry"].get(cid) for cid in keep} == \
+        {cid: before["registry"][cid] for cid in keep}
+
+
+def test_retained_published_during_the_election_is_replicated(cluster):
+    """A retained message acknowledged while there is no leader is proposed
+    again until it commits: every node has it once a leader is back."""
+    c = cluster
+    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    survivors = [n for n in c.nodes if n is not lead]
+    pubs = [PahoClient(n, uid("rp"), 5) for n in survivors]
+    for p in pubs:
+        p.connect()
+    kill(lead)
+    topics = []
+    for i in range(10):  # during the election (and a little after)
+        topic = uid(f"re/{i}")
+        pubs[i % 2].publish(topic, f"during-{i}".encode(), qos=1, retain=True)
+        topics.append(topic)
+    wait_until(lambda: faults.leader(c, survivors), 20, "a new leader")
+    try:
+        wait_until(lambda: all(t in faults.tables(n)["retained"] for t in topics
+                               for n in survivors), 15, "the retained messages everywhere")
+    except AssertionError:
+        missing = {n.name: [t for t in topics if t not in faults.tables(n)["retained"]]
+                   for n in survivors}
+        raise AssertionError(f"acknowledged retained messages not replicated: {missing}") from None
+    for p in pubs:
+        p.disconnect()
+
+
+@pytest.mark.xfail(reason="a SUBACK waits for a dead member until cluster_down_after (5 s, "
+                   "docs/cluster.md 'Routes and SUBACK'); issue 10 wants SUBSCRIBE to stall "
+                   "at most for an election: needs a shorter liveness for the SUBACK wait "
+                   "(lead's decision, with the route purge of cluster_down_after)", strict=False)
+def test_subscribe_stall_with_a_dead_member(fault_cluster):
+    c = fault_cluster
+    lead = wait_until(lambda: faults.leader(c), 10, "a leader")
+    dead = next(n for n in c.nodes if n.name != lead)
+    other = next(n for n in c.nodes if n.name != lead and n is not dead)
+    x = PahoClient(other, uid("st"), 5)
+    x.connect()
+    kill(dead)
+    worst = 0.0
+    for i in range(5):
+        t1 = time.monotonic()
+        assert x.subscribe(uid(f"st/{i}"), qos=1, timeout=WAIT) == [1]
+        worst = max(worst, time.monotonic() - t1)
+    print(f"\n[dead member] longest SUBSCRIBE right after {dead.name} died: {worst:.3f} s")
+    x.disconnect()
+    assert worst < 2.0, f"SUBSCRIBE stalled {worst:.3f} s with a dead member"
+
+
+# ------------------------------------------------------------ 3. partition
+
+def test_partition_minority_refuses_majority_goes_on(fault_cluster, partition_factory):
+    c = fault_cluster
+    lead = wait_until(lambda: faults.leader(c), 10, "a leader")
+    minority = next(n for n in c.nodes if n.name != lead)  # a follower (chaos.py cuts leaders)
+    majority = [n for n in c.nodes if n is not minority]
+    # clients on the minority before the cut: local traffic, and a
+    # persistent session that the majority will take over
+    local_sub = PahoClient(minority, uid("msub"), 5)
+    local_sub.connect()
+    assert local_sub.subscribe("local/#", qos=1) == [1]
+    local_pub = PahoClient(minority, uid("mpub"), 5)
+    local_pub.connect()
+    owned = uid("owned")
+    stale = PahoClient(minority, owned, 5, properties=session_props())
+    stale.connect()
+
+    part = partition_factory(c)
+    t_cut = time.monotonic()
+    part.isolate(minority)
+    # the majority has (or elects) a leader of its own and goes on
+    wait_until(lambda: faults.leader(c, majority), 15, "a leader in the majority")
+    print(f"\n[partition] majority leader after {time.monotonic() - t_cut:.2f} s")
+    s = PahoClient(majority[0], uid("maj"), 5)
+    s.connect(timeout=WAIT)
+    topic = uid("maj/t")
+    assert s.subscribe(topic, qos=1) == [1]
+    p = PahoClient(majority[1], uid("majp"), 5)
+    p.connect(timeout=WAIT)
+    for i in range(20):
+        p.publish(topic, f"m{i}".encode(), qos=1)
+    assert [s.get(WAIT).payload for _ in range(20)] == [f"m{i}".encode() for i in range(20)]
+    # a takeover in the majority of a session whose connection is on the
+    # minority: accepted (the registry lives with the majority)
+    taker = PahoClient(majority[0], owned, 5, clean=False, properties=session_props())
+    taker.connect(timeout=WAIT + CLAIM_TIMEOUT_MS / 1000)
+
+    # the minority refuses a CONNECT that needs the registry, after the
+    # claim timeout: 5.0 0x88, 3.1.1 return code 3
+    for version, rc in ((5, 0x88), (4, 3)):
+        t1 = time.monotonic()
+        x = PahoClient(minority, uid("minor"), version)
+        x.connect(timeout=WAIT + CLAIM_TIMEOUT_MS / 1000, expect_rc=rc)
+        waited = time.monotonic() - t1
+        x.stop()
+        assert waited >= CLAIM_TIMEOUT_MS / 1000 * 0.9, f"refused after {waited:.2f} s only"
+        assert waited < CLAIM_TIMEOUT_MS / 1000 + 3, f"refused after {waited:.2f} s"
+    # its health says 503 (no leader known): a load balancer sends new
+    # clients elsewhere
+    wait_until(lambda: minority.health() == 503, WAIT, f"health 503 on the cut {minority.name}")
+    # clients already connected there keep working locally
+    for i in range(10):
+        local_pub.publish("local/x", f"l{i}".encode(), qos=1)
+    assert [local_sub.get(WAIT).payload for _ in range(10)] == [f"l{i}".encode()
+                                                               for i in range(10)]
+
+    part.heal()
+    t_heal = time.monotonic()
+    wait_healthy(c)
+    print(f"[partition] healthy {time.monotonic() - t_heal:.2f} s after the heal")
+    # one owner per client id: the minority's connection of `owned` goes
+    assert stale.disconnected.wait(WAIT), "the minority's stale connection of a client id " \
+        "taken over in the majority is still connected after the heal"
+    assert not taker.disconnected.is_set(), f"the majority's owner was kicked: {taker.disconnect_rc}"
+    tabs = converged_tables(c)
+    assert faults.node_of_id(c, tabs["registry"][owned][0]) == majority[0].name, \
+        f"{owned} owned by {faults.node_of_id(c, tabs['registry'][owned][0])}, " \
+        f"taken over on {majority[0].name}, minority {minority.name}"
+    # and the cluster works across the healed cut
+    q = PahoClient(minority, uid("after"), 5)
+    q.connect(timeout=WAIT)
+    q.publish(topic, b"healed", qos=1)
+    assert s.get(WAIT).payload == b"healed"
+    for x in (local_sub, local_pub, s, p, taker, q):
+        x.disconnect()
+
+
+def test_partition_nothing_acknowledged_lost(fault_cluster, traffic_factory, partition_factory):
+    c = fault_cluster
+    t = traffic_factory(c).start()
+    t.wait_progress(60)
+    minority = c.nodes[2]
+    majority = c.nodes[:2]
+    part = partition_factory(c)
+    t0 = time.monotonic()
+    part.isolate(minority)
+    wait_until(lambda: faults.leader(c, majority), 15, "a leader in the majority")
+    t.wait_progress(60, timeout=30)  # the majority goes on
+    # the cut lasts past cluster_down_after and the channel's liveness, so
+    # that the connections across it break (a short cut is hidden by TCP)
+    while time.monotonic() < t0 + CUT_SECONDS:
+        time.sleep(0.1)
+    part.heal()
+    wait_healthy(c)
+    t.window(t0)
+    t.wait_progress(30)
+    r, owners, _ = finish(t, c, "partition")
+    assert not owners, owners
+    assert_clean(r, "partition of one node")
+
+
+# ------------------------------------------------------------ 4. rolling restart
+
+@pytest.mark.xfail(reason=f"needs {SESSIONS_SURVIVE} and {DURABLE_FORWARDS}", strict=False)
+def test_rolling_restart_persistent_subscribers_follow(fault_cluster, traffic_factory):
+    c = fault_cluster
+    t = traffic_factory(c).start()
+    t.wait_progress(60)
+    t0 = time.monotonic()
+    rcs = faults.rolling_restart(c, after_start=lambda n: t.wait_progress(30, timeout=30))
+    t.window(t0)
+    assert rcs == {"n1": 0, "n2": 0, "n3": 0}, rcs
+    r, owners, _ = finish(t, c, "rolling restart")
+    assert not owners, owners
+    assert_clean(r, "rolling restart")
+
+
+# ------------------------------------------------------------ 5. stalled node
+
+def test_stalled_node_others_go_on_nothing_silently_dropped(fault_cluster, traffic_factory):
+    c = fault_cluster
+    stalled = c.nodes[2]
+    # traffic among the two other nodes; one subscriber of the same topics
+    # waits on the stalled node with a long keepalive (it stays connected)
+    t = traffic_factory(c, subscribers_on=[0, 1])
+    t.avoid = [stalled]
+    far = PahoClient(stalled, uid("far"), 5, keepalive=120)
+    far.connect()
+    assert far.subscribe(f"{t.prefix}/#", qos=2) == [2]
+    t.start()
+    t.wait_progress(40)
+    dropped0 = sum(faults.stats(n)["messages_dropped"] for n in c.nodes)
+    t1 = time.monotonic()
+    n1 = t.acked_count()
+    pause(stalled)
+    # while it is stopped, the others' clients go on
+    deadline = time.monotonic() + STOP_SECONDS
+    t.wait_progress(20, timeout=STOP_SECONDS + 5)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # the stall lasts STOP_SECONDS (that is the fault)
+    during = t.acked_count() - n1
+    rate_before = n1 / max(0.001, t1 - min(p.acked[0][1] for p in t.publishers if p.acked))
+    resume(stalled)
+    t.window(t1)
+    print(f"\n[stalled node] {stalled.name} stopped {STOP_SECONDS:.0f} s: {during} acknowledged "
+          f"meanwhile ({during / STOP_SECONDS:.0f}/s; before {rate_before:.0f}/s)")
+    wait_healthy(c)
+    t.wait_progress(20)
+    r, owners, _ = finish(t, c, "stalled node")
+    assert not owners, owners
+    assert_clean(r, "a node stalled (others)")
+    assert during / STOP_SECONDS >= rate_before / 4, "the other nodes were slowed by the stall"
+    # the stalled node's subscriber: everything acknowledged arrives, or
+    # what does not is counted as dropped
+    acked = {(p.cid, s) for p in t.publishers for s, _ in p.acked}
+    have = set()
+    deadline = time.monotonic() + 30
+    while not acked <= have and time.monotonic() < deadline:
+        try:
+            m = far.messages.get(timeout=0.5)
+        except Exception:
+            continue
+        pub, seq = m.payload.decode().rsplit(":", 1)
+        have.add((pub, int(seq)))
+    missing = len(acked - have)
+    dropped = sum(faults.stats(n)["messages_dropped"] for n in c.nodes) - dropped0
+    print(f"[stalled node] its subscriber misses {missing} of {len(acked)}; dropped counted {dropped}")
+    assert missing <= dropped, f"{missing} messages silently dropped for the stalled node"
+    far.disconnect()
+
+
+# ------------------------------------------------------------ 6. disk full
+
+def test_disk_full_on_one_node(cluster_factory, tmp_path):
+    disk = faults.SmallDisk(str(tmp_path), size="48m")
+    disk.mount()
+    c = None
+    try:
+        c = cluster_factory(extra_env=dict(FAULT_ENV))
+        full = c.nodes[2]
+        full.dir = os.path.join(disk.mnt, "n3")
+        c.start()
+        c.wait_healthy()
+        # a persistent session on the full node, so that QoS 1/2 there must be stored
+        sid = uid("dfs")
+        s = mqttraw.connected(full, sid, 5, properties={"session_expiry_interval": 600})
+        s.subscribe(("df/#", mqttraw.sub_options(qos=2)))
+        s.disconnect()
+        # and a subscriber of the same topics on a healthy node
+        other = PahoClient(c.nodes[0], uid("dfo"), 5)
+        other.connect()
+        assert other.subscribe("df/#", qos=1) == [1]
+        left = disk.fill()
+        print(f"\n[disk full] {full.name}'s disk filled ({left} bytes free)")
+        pub = mqttraw.connected(full, uid("dfp"), 5)
+        codes = []
+        for i in range(100):
+            pid = pub.publish(f"df/{i}", bytes(64 * 1024), qos=1)
+            ack = pub.expect(mqttraw.PUBACK, timeout=WAIT)
+            assert ack.packet_id == pid
+            codes.append(ack.reason_code)
+            if ack.reason_code == 0x97:
+                break
+        assert codes[-1] == 0x97, f"no PUBACK 0x97 (quota exceeded) on a full disk: {codes}"
+        pid = pub.publish("df/q2", bytes(64 * 1024), qos=2)
+        rec = pub.expect(mqttraw.PUBREC, timeout=WAIT)
+        assert (rec.packet_id, rec.reason_code) == (pid, 0x97), rec
+        # the rest of the cluster goes on: connects (registry), subscribes
+        # (routes), publishes between the healthy nodes
+        x = PahoClient(c.nodes[1], uid("dfx"), 5)
+        x.connect(timeout=WAIT)
+        t2 = uid("df2/t")
+        assert x.subscribe(t2, qos=1) == [1]
+        y = PahoClient(c.nodes[0], uid("dfy"), 5)
+        y.connect(timeout=WAIT)
+        for i in range(10):
+            y.publish(t2, f"ok{i}".encode(), qos=1)
+        assert [x.get(WAIT).payload for _ in range(10)] == [f"ok{i}".encode() for i in range(10)]
+        # room again: the node stores QoS 1 again, its Raft log intact
+        disk.unfill()
+        ok = False
+        for i in range(50):
+            pid = pub.publish("df/again", b"stored", qos=1)
+            if pub.expect(mqttraw.PUBACK, timeout=WAIT).reason_code == 0:
+                ok = True
+                break
+            time.sleep(0.1)  # pacing between attempts while space is given back
+        assert ok, "QoS 1 still refused after the disk was freed"
+        pub.disconnect()
+        wait_healthy(c)
+        converged_tables(c)
+        # a crash right after: the node restarts from its log and catches up
+        faults.restart(full, sig=signal.SIGKILL)
+        tabs = converged_tables(c)
+        assert sid in tabs["registry"]
+        s = mqttraw.connected(full, sid, 5, clean=False,
+                              properties={"session_expiry_interval": 600})
+        assert s.connack.session_present
+        got = []
+        while True:
+            m = s.recv_publish(timeout=WAIT)
+            got.append(m.topic)
+            if m.topic == "df/again":
+                break
+        accepted = [f"df/{i}" for i, rc in enumerate(codes) if rc == 0]
+        assert got == accepted + ["df/again"], got
+        s.disconnect()
+        for z in (other, x, y):
+            z.disconnect()
+    finally:
+        if c is not None:
+            c.stop()
+        disk.cleanup()
+
+
+# ------------------------------------------------------------ 7. whole cluster
+
+def test_whole_cluster_killed_and_restarted_in_another_order(fault_cluster):
+    c = fault_cluster
+    sessions = {}
+    witnesses = []
+    for i, n in enumerate(c.nodes):
+        cid = uid(f"wc{i}")
+        x = PahoClient(n, cid, 5, properties=session_props())
+        x.connect()
+        assert x.subscribe(f"wc/{i}/#", qos=1) == [1]
+        assert x.subscribe(f"wc/{i}/two/#", qos=2) == [2]
+        x.disconnect()
+        w = PahoClient(n, uid("wcw"), 5)
+        w.connect()
+        w.subscribe(f"wc/{i}/#", qos=1)
+        witnesses.append(w)
+        sessions[cid] = (n, i)
+    # queued for the offline sessions, published on the other nodes
+    sent = {i: [] for i in range(3)}
+    for i in range(3):
+        p = PahoClient(c.nodes[(i + 1) % 3], uid("wcp"), 5)
+        p.connect()
+        for k in range(20):
+            topic = f"wc/{i}/m" if k % 2 == 0 else f"wc/{i}/two/m"
+            p.publish(topic, f"{i}-{k}".encode(), qos=1 if k % 2 == 0 else 2)
+            sent[i].append(f"{i}-{k}".encode())
+        p.publish(f"wc/ret/{i}", f"retained-{i}".encode(), qos=1, retain=True)
+        p.disconnect()
+    for i, w in enumerate(witnesses):  # the forwards are all on their node
+        assert [w.get(WAIT).payload for _ in sent[i]] == sent[i]
+        w.disconnect()
+    # the retained messages are proposed after their PUBACK: wait until the
+    # three are applied everywhere before taking the tables
+    wait_until(lambda: all(f"wc/ret/{i}" in faults.tables(n)["retained"]
+                           for i in range(3) for n in c.nodes), WAIT, "the retained messages")
+    before = converged_tables(c)
+    for n in c.nodes:
+        kill(n)
+    c.start(order=(2, 0, 1))
+    print(f"\n[whole cluster] healthy {wait_healthy(c):.1f} s after the start")
+    after = converged_tables(c)
+    assert after["routes"] == before["routes"], (before["routes"] ^ after["routes"])
+    assert after["registry"] == before["registry"]
+    assert after["retained"] == before["retained"]
+    for cid, (n, i) in sessions.items():
+        y = PahoClient(n, cid, 5, clean=False, properties=session_props())
+        y.connect(timeout=WAIT)
+        assert y.session_present, f"{cid} lost its session on {n.name}"
+        got = [y.get(WAIT) for _ in sent[i]]
+        # every message once, in order on each topic (an ordered topic,
+        # [MQTT-4.6.0-6]; two topics at two QoS are not ordered between them)
+        for topic, parity in ((f"wc/{i}/m", 0), (f"wc/{i}/two/m", 1)):
+            assert [m.payload for m in got if m.topic == topic] == \
+                [p for k, p in enumerate(sent[i]) if k % 2 == parity], \
+                (topic, [m.payload for m in got])
+        assert sorted(m.payload for m in got) == sorted(sent[i])
+        print(f"[whole cluster] {cid}: {[m.payload.decode() for m in got]}")
+        y.disconnect()
+    s = PahoClient(c.nodes[1], uid("wcr"), 5)
+    s.connect()
+    s.subscribe("wc/ret/#", qos=1)
+    assert sorted(s.get(WAIT).payload for _ in range(3)) == \
+        [f"retained-{i}".encode() for i in range(3)]
+    s.disconnect()
