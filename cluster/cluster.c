@@ -34,6 +34,7 @@ struct fwd {
     void *ud;
     uint64_t id;
     uint64_t deadline_ms;
+    uint64_t leader; /* the node it was sent to */
 };
 
 struct remote_req {
@@ -112,6 +113,7 @@ static int forward(struct cluster *c, struct fwd *f, uint64_t leader)
         return rc;
     unsigned timeout = c->cfg.propose_timeout_ms ? c->cfg.propose_timeout_ms : 5000;
     f->deadline_ms = now_mono_ms() + timeout;
+    f->leader = leader;
     f->next = c->waiting;
     c->waiting = f;
     return 0;
@@ -414,11 +416,19 @@ static void on_timer(uv_timer_t *t)
         send_checkpoint(c);
     retry_checks(c);
     uint64_t now = now_mono_ms();
+    uint64_t leader = raft_node_leader(c->raft);
     for (struct fwd **pp = &c->waiting; *pp;) {
         struct fwd *f = *pp;
         if (f->deadline_ms <= now) {
             *pp = f->next;
-            fwd_finish(f, -ETIMEDOUT, NULL, raft_node_leader(c->raft));
+            fwd_finish(f, -ETIMEDOUT, NULL, leader);
+        } else if (leader && leader != f->leader) {
+            /* another leader was elected (the one it went to died, say):
+             * the entry may have committed, or not; the caller may propose
+             * again at once (commands are idempotent) rather than wait for
+             * an answer that will not come */
+            *pp = f->next;
+            fwd_finish(f, -ECONNABORTED, NULL, leader);
         } else {
             pp = &f->next;
         }
