@@ -726,6 +726,12 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
         peers_refresh(cn);
         pthread_mutex_unlock(&cn->mu);
         return;
+    case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
+        /* this node was taken for dead (a NodeDown raced with its return):
+         * its routes are proposed again */
+        if (k->node_down->node == cn->self)
+            atomic_store(&cn->reannounce, true);
+        return;
     case STARLING__CMD__COMMAND__CMD_MEMBER_REMOVE:
         if (raft_node_leader(cn->raft) == cn->self && k->member_remove->node != cn->self)
             raft_node_remove(cn->raft, k->member_remove->node, NULL, NULL);

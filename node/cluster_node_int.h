@@ -92,6 +92,7 @@ struct cluster_node {
     struct cn_incoming *incoming; /* reg_mu: sessions that moved here, for their late messages */
     uint64_t started_ms;
     atomic_bool loaded;       /* the store loaded the sessions */
+    atomic_bool reannounce;   /* NodeDown(self) applied: propose this node's routes again */
     atomic_bool restart_done; /* the start-up pass over stored sessions ran */
     uint64_t restart_target;  /* the leader's applied index to reach first */
 

@@ -485,6 +485,34 @@ static void restart_pass(struct cluster_node *cn)
                  moved);
 }
 
+/* ---- this node taken for dead ------------------------------------------------------ */
+
+/* A NodeDown(self) applied while this node runs (it was proposed just
+ * before this node's reports reached the leader): RouteAdd for every filter
+ * of the sessions here (idempotent: those that stayed are no-ops). */
+static void reannounce_routes(struct cluster_node *cn)
+{
+    struct broker *b = cn->b;
+    struct registry *r = &b->registry;
+    struct cmd_batch *bt = cmd_batch_new();
+    if (!bt)
+        return;
+    size_t n = 0;
+    pthread_mutex_lock(&r->lock);
+    for (size_t k = 0; k < r->n_buckets; k++)
+        for (struct session *s = r->buckets[k]; s; s = s->hnext) {
+            lock_acquire(&s->lock);
+            for (uint32_t i = 0; i < s->n_subs; i++)
+                if (cmd_route_add(bt, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
+                    n++;
+            lock_release(&s->lock);
+        }
+    pthread_mutex_unlock(&r->lock);
+    if (n && cn_queue_batch(cn, bt) == 0)
+        log_warn("cluster: this node was taken for dead: %zu route(s) proposed again", n);
+    cmd_batch_free(bt);
+}
+
 /* ---- dead nodes (the leader) ------------------------------------------------------ */
 
 static void node_down_poll(struct cluster_node *cn, uint64_t now)
@@ -525,6 +553,8 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         restart_pass(cn);
     }
     node_down_poll(cn, now);
+    if (atomic_exchange(&cn->reannounce, false))
+        reannounce_routes(cn);
 
     struct cn_moving *ending = NULL;
     struct cn_incoming *dropped = NULL;
