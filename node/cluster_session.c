@@ -591,6 +591,11 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         s->subs = NULL;
         s->n_subs = s->cap_subs = 0;
         lock_release(&s->lock);
+        /* a shared group's message came here because its origin picked this
+         * node, whatever routes it had: those all go */
+        bool shared = false;
+        for (uint32_t i = 0; i < n; i++)
+            shared = shared || (subs[i].len > 7 && memcmp(subs[i].filter, "$share/", 7) == 0);
         for (uint32_t i = 0; i < n; i++) {
             sub_index_remove(cn->b->index, subs[i].filter, subs[i].len, s);
             free(subs[i].filter);
@@ -604,7 +609,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         log_debug("cluster: the old copy of '%s' ends (%s)", s->client_id,
                   x->routed ? "its new owner's routes are everywhere" : "timeout");
         msgs_send(cn, x->to, s->client_id, s->id_len, x->epoch, late,
-                  x->routed ? x->route_index : 0);
+                  x->routed && !shared ? x->route_index : 0);
         session_end(cn->b, s);
         session_unref(s);
         free(x);
