@@ -145,8 +145,10 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s);
 struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len);
 /* The old owner: s (taken out of the table, with its reference) sent its
  * state to `to` (claim `epoch`); what still arrives for it goes there until
- * SessionRouted (or a deadline), then s ends. `now`: send what it holds
- * and end it at the next poll. */
+ * SessionRouted (or a deadline), then s ends. `now` (no state was sent:
+ * a session claimed away while this node was down, or whose claimant
+ * never asked): what it holds and what still comes for it within the
+ * channels' reconnection grace all go to `to`, then s ends. */
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
                    bool now);
 /* The new owner: s came from another node with claim `epoch`. */

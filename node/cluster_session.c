@@ -45,6 +45,8 @@
 #include "topic.h"
 
 #define INCOMING_KEEP_MS 60000
+/* the channel reconnects with a backoff of at most 5 s (cluster/channel.h) */
+#define CHAN_RECONNECT_GRACE_MS 6000
 
 struct cn_moving {
     struct cn_moving *next;
@@ -64,25 +66,42 @@ struct cn_incoming {
 
 /* ---- session records ----------------------------------------------------- */
 
+/* Whether the encoded record rec says what s would write (its owner's
+ * node and epoch aside: the state machine checks the registry's owner, and
+ * nothing reads those). s->lock held. */
+static bool record_same(const void *rec, size_t len, const struct session *s)
+{
+    Starling__Cmd__SessionRecord *r = starling__cmd__session_record__unpack(NULL, len, rec);
+    if (!r)
+        return false;
+    bool same = r->expiry_interval == s->expiry_interval && r->has_version &&
+                r->version == s->version && !r->username == !s->user &&
+                (!s->user || strcmp(r->username, s->user) == 0) && r->n_subs == s->n_subs;
+    for (size_t i = 0; same && i < r->n_subs; i++) {
+        const Starling__Cmd__SessionSub *x = r->subs[i];
+        const struct session_sub *y = &s->subs[i];
+        same = x->filter.len == y->len && memcmp(x->filter.data, y->filter, y->len) == 0 &&
+               x->options == y->options && (x->has_sub_id ? x->sub_id : 0) == y->sub_id;
+    }
+    starling__cmd__session_record__free_unpacked(r, NULL);
+    return same;
+}
+
 void cn_session_record_queue(struct cluster_node *cn, struct session *s)
 {
+    void *old = NULL;
+    size_t olen = 0;
+    bool have = fsm_session_record_get(cn->fsm, s->client_id, s->id_len, &old, &olen) == 0;
     struct cmd_batch *b = cmd_batch_new();
-    if (!b)
-        return;
     int r = 0;
     lock_acquire(&s->lock);
     uint64_t epoch = s->epoch;
     uint32_t expiry = s->expiry_interval;
-    bool skip = epoch == 0 || s->ended;
-    if (!skip && expiry == 0) {
-        /* a session that ends with its connection needs no record: delete
-         * the one a persistent session of this id left (if any) */
-        void *rec;
-        size_t len;
-        skip = fsm_session_record_get(cn->fsm, s->client_id, s->id_len, &rec, &len) != 0;
-        if (!skip)
-            free(rec);
-    }
+    /* a session that ends with its connection needs no record (one that a
+     * persistent session of this id left is deleted); an unchanged record
+     * is not written again (a persistent session's reconnection) */
+    bool skip = !b || epoch == 0 || s->ended || (expiry == 0 && !have) ||
+                (expiry != 0 && have && record_same(old, olen, s));
     if (!skip) {
         struct cmd_session_sub *subs = calloc(s->n_subs + 1, sizeof(*subs));
         if (subs) {
@@ -90,13 +109,14 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s)
                 subs[i] = (struct cmd_session_sub){s->subs[i].filter, s->subs[i].len,
                                                    s->subs[i].options, s->subs[i].sub_id};
             r = cmd_session_record(b, s->client_id, s->id_len, cn->self, epoch, expiry, s->version,
-                                   s->user, subs, s->n_subs);
+                                   s->user, subs, expiry ? s->n_subs : 0);
             free(subs);
         } else {
             r = -ENOMEM;
         }
     }
     lock_release(&s->lock);
+    free(old);
     if (!skip && r == 0)
         r = cn_queue_batch(cn, b);
     if (!skip && r < 0 && r != -ECANCELED)
@@ -266,6 +286,9 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
                    bool now)
 {
+    log_debug("cluster: the session of '%s' moved to %016llx (claim %llu)%s", s->client_id,
+              (unsigned long long)to, (unsigned long long)epoch,
+              now ? ": what it holds follows it" : "");
     struct cn_moving *x = calloc(1, sizeof(*x));
     if (!x) {
         session_end(cn->b, s);
@@ -275,9 +298,12 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
     x->s = s;
     x->to = to;
     x->epoch = epoch;
-    x->routed = now;
-    /* the new owner's claim completes within about cluster_claim_timeout */
-    x->until_ms = cn_mono_ms() + 2 * (uint64_t)cn->b->cfg.cluster_claim_timeout;
+    /* the new owner's claim completes within about cluster_claim_timeout;
+     * without a claim in progress (`now`), forwards that other nodes held
+     * for this node while it was down still come, once their channels
+     * reconnect (with a backoff of up to 5 s): they go too */
+    x->until_ms = cn_mono_ms() +
+                  (now ? CHAN_RECONNECT_GRACE_MS : 2 * (uint64_t)cn->b->cfg.cluster_claim_timeout);
     pthread_mutex_lock(&cn->reg_mu);
     x->next = cn->moving;
     cn->moving = x;
@@ -607,7 +633,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         /* without the new owner's word (timeout, or a stored session sent on
          * at start-up), everything goes: at least once */
         log_debug("cluster: the old copy of '%s' ends (%s)", s->client_id,
-                  x->routed ? "its new owner's routes are everywhere" : "timeout");
+                  x->routed ? "its new owner's routes are everywhere" : "grace period over");
         msgs_send(cn, x->to, s->client_id, s->id_len, x->epoch, late,
                   x->routed && !shared ? x->route_index : 0);
         session_end(cn->b, s);
