@@ -192,8 +192,8 @@ int cmd_route_remove(struct cmd_batch *b, const char *filter, size_t len, uint64
     return append(b, &c);
 }
 
-int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
-                      uint64_t epoch)
+int cmd_session_claim_clean(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                            uint64_t epoch, int clean_start)
 {
     if (!key_ok(client_id, len) || !node)
         return -EINVAL;
@@ -201,10 +201,20 @@ int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, ui
     m.client_id = bin(client_id, len);
     m.node = node;
     m.epoch = epoch;
+    if (clean_start) {
+        m.has_clean_start = 1;
+        m.clean_start = 1;
+    }
     Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
     c.cmd_case = STARLING__CMD__COMMAND__CMD_SESSION_CLAIM;
     c.session_claim = &m;
     return append(b, &c);
+}
+
+int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                      uint64_t epoch)
+{
+    return cmd_session_claim_clean(b, client_id, len, node, epoch, 0);
 }
 
 int cmd_session_release(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,

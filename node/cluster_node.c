@@ -687,7 +687,9 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
             k->session_claim->client_id.len <= 65535)
             cn_registry_claimed_elsewhere(cn, (const char *)k->session_claim->client_id.data,
                                           (uint16_t)k->session_claim->client_id.len,
-                                          k->session_claim->node, k->session_claim->epoch);
+                                          k->session_claim->node, k->session_claim->epoch,
+                                          k->session_claim->has_clean_start &&
+                                              k->session_claim->clean_start);
         return;
     case STARLING__CMD__COMMAND__CMD_RETAINED_SET: {
         const Starling__Cmd__RetainedSet *r = k->retained_set;

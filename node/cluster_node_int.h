@@ -126,7 +126,7 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now);
 void cn_registry_drain(struct cluster_node *cn);
 /* Cluster thread: the observer saw a claim of another node applied. */
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t node, uint64_t epoch);
+                                   uint64_t node, uint64_t epoch, bool clean_start);
 void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionRequest *r);
 void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__SessionState *st);

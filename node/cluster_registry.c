@@ -310,7 +310,9 @@ static void claim_propose(struct cl_claim *k)
     k->prev_node = node;
     k->epoch = epoch + 1;
     struct cmd_batch *b = cmd_batch_new();
-    int r = b ? cmd_session_claim(b, k->id, k->req.id_len, cn->self, k->epoch) : -ENOMEM;
+    int r =
+        b ? cmd_session_claim_clean(b, k->id, k->req.id_len, cn->self, k->epoch, k->req.clean_start)
+          : -ENOMEM;
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
     r = e ? cluster_propose(cn->c, e, len, claim_done, k) : -ENOMEM;
@@ -467,8 +469,17 @@ void cn_registry_drain(struct cluster_node *cn)
 
 /* The observer saw SessionClaim(id, node != self) applied (cluster thread). */
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t node, uint64_t epoch)
+                                   uint64_t node, uint64_t epoch, bool clean_start)
 {
+    if (clean_start) {
+        /* [MQTT-3.1.2-4] the claimant discards the session: it ends here */
+        struct session *s = registry_local_surrender(cn->b, id, len, false);
+        if (s) {
+            session_end(cn->b, s);
+            session_unref(s);
+        }
+        return;
+    }
     if (!atomic_load(&cn->restart_done)) {
         /* catching up after a start: a claim made while this node was
          * down, whose claimant went on without this node's answer; what the

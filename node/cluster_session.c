@@ -450,6 +450,21 @@ static bool caught_up(struct cluster_node *cn)
     return fsm_applied(cn->fsm) >= cn->restart_target;
 }
 
+/* The user name of id's session record (malloc'ed), or NULL. */
+static char *record_user(struct cluster_node *cn, const char *id, uint16_t len)
+{
+    void *buf;
+    size_t blen;
+    if (fsm_session_record_get(cn->fsm, id, len, &buf, &blen) != 0)
+        return NULL;
+    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, blen, buf);
+    free(buf);
+    char *user = rec && rec->username ? strdup(rec->username) : NULL;
+    if (rec)
+        starling__cmd__session_record__free_unpacked(rec, NULL);
+    return user;
+}
+
 struct idlist {
     struct session **v;
     size_t n, cap;
@@ -485,10 +500,18 @@ static void restart_pass(struct cluster_node *cn)
         lock_release(&s->lock);
         if (!known && fsm_registry_get(cn->fsm, s->client_id, s->id_len, &node, &epoch) == 0) {
             if (node == cn->self) {
+                /* the store keeps no user name: the record does (the ACL of
+                 * its deliveries until its client is back) */
+                char *user = record_user(cn, s->client_id, s->id_len);
                 lock_acquire(&s->lock);
                 if (s->epoch == 0)
                     s->epoch = epoch;
+                if (!s->user) {
+                    s->user = user;
+                    user = NULL;
+                }
                 lock_release(&s->lock);
+                free(user);
             } else {
                 /* taken over while this node was down */
                 struct session *gone = registry_local_surrender(b, s->client_id, s->id_len, true);

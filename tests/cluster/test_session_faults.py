@@ -228,3 +228,44 @@ def test_messages_published_while_a_session_moves_all_arrive(cluster_factory):
     missing = sorted(want - set(got), key=lambda p: int(p[1:]))
     assert not missing, f"{len(missing)} acknowledged message(s) lost: {missing[:20]}"
     y.disconnect()
+
+
+def subscriptions(node):
+    status, doc = node.http("GET", "/api/v1/stats")
+    assert status == 200
+    return {n["node"]: n for n in doc["nodes"]}[node.name]["subscriptions"]
+
+
+def test_clean_start_elsewhere_ends_the_old_session_at_once(cluster_factory):
+    # [MQTT-5.0 3.1.2-4] a clean start discards the session: its old node
+    # ends its copy as soon as it applies the claim (neither kept for a
+    # request that will not come, nor sent on to the new node)
+    c = cluster_factory(extra_env=ENV)
+    c.start()
+    c.wait_healthy()
+    a, b, third = c.nodes
+    cid = uid("fresh")
+    topic = uid("sf/f")
+    x = PahoClient(a, cid, 5, clean=True, properties=expiry(300))
+    x.connect()
+    assert x.subscribe(topic, qos=1) == [1]
+    x.disconnect()
+    witness = PahoClient(a, uid("witness"), 5)
+    witness.connect()
+    assert witness.subscribe(topic, qos=1) == [1]
+    pub = PahoClient(third, uid("pub"), 5)
+    pub.connect()
+    for i in range(5):
+        pub.publish(topic, f"old{i}".encode(), qos=1)
+    assert [witness.get(WAIT).payload for _ in range(5)] == [f"old{i}".encode() for i in range(5)]
+    assert subscriptions(a) == 2
+    y = PahoClient(b, cid, 5, clean=True, properties=expiry(300))
+    y.connect()
+    assert not y.session_present
+    # (within 3 s: the copy of a claim that resumes is kept up to
+    # cluster_claim_timeout + 1 s = 6 s)
+    wait_for("the old copy to end", lambda: subscriptions(a) == 1, timeout=3)
+    assert y.subscribe(topic, qos=1) == [1]
+    pub.publish(topic, b"new", qos=1)
+    assert y.get(WAIT).payload == b"new"
+    y.disconnect()
