@@ -871,6 +871,19 @@ static int count_one(void *ud, const void *key, size_t klen, const void *val, si
     return 0;
 }
 
+uint64_t fsm_node_routes(struct fsm *f, uint64_t node)
+{
+    struct rtable_txn *x;
+    if (rtable_begin_read(f->t, &x))
+        return 0;
+    unsigned char prefix[8];
+    be64(prefix, node);
+    uint64_t n = 0;
+    rtable_scan(x, RTABLE_ROUTES, prefix, 8, count_one, &n);
+    rtable_abort(x);
+    return n;
+}
+
 int fsm_node_counts(struct fsm *f, uint64_t node, uint64_t *routes, uint64_t *sessions)
 {
     struct rtable_txn *x;

@@ -158,6 +158,8 @@ int fsm_session_record_get(struct fsm *f, const char *client_id, size_t len, voi
 /* The routes of `node` and the registry records that name it (a scan of the
  * registry: for the admin API, not for a hot path). */
 int fsm_node_counts(struct fsm *f, uint64_t node, uint64_t *routes, uint64_t *sessions);
+/* The number of routes of `node` (a prefix scan; 0 on error). */
+uint64_t fsm_node_routes(struct fsm *f, uint64_t node);
 
 /* Number of session registry records / retained messages (for stats). */
 int fsm_counts(struct fsm *f, uint64_t *routes, uint64_t *sessions, uint64_t *retained,

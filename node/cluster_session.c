@@ -582,6 +582,8 @@ static void node_down_poll(struct cluster_node *cn, uint64_t now)
     }
     pthread_mutex_unlock(&cn->mu);
     for (unsigned i = 0; i < n; i++) {
+        if (fsm_node_routes(cn->fsm, down[i]) == 0)
+            continue; /* nothing to remove: no entry */
         struct cmd_batch *b = cmd_batch_new();
         size_t len;
         const void *e = b && cmd_node_down(b, down[i]) == 0 ? cmd_batch_data(b, &len) : NULL;
