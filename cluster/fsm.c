@@ -901,3 +901,21 @@ int fsm_node_counts(struct fsm *f, uint64_t node, uint64_t *routes, uint64_t *se
     rtable_abort(x);
     return rc;
 }
+
+#ifndef NDEBUG
+int fsm_test_corrupt(struct fsm *f)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin(f->t, &x);
+    if (rc)
+        return rc;
+    static const char key[] = "starling-test-corruption";
+    unsigned char v[16] = {1};
+    rc = rtable_put(x, RTABLE_REGISTRY, key, sizeof key - 1, v, sizeof v);
+    if (rc) {
+        rtable_abort(x);
+        return rc;
+    }
+    return rtable_commit(x);
+}
+#endif

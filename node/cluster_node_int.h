@@ -98,6 +98,11 @@ struct cluster_node {
 
     struct admin_local *admin;
     struct admin_provider local; /* the per-node provider (stats, publish) */
+
+    /* rebuild after a divergence: a thread leaves the cluster, marks the
+     * data directory and stops the process */
+    pthread_t rebuild_thread;
+    atomic_bool rebuilding;
 };
 
 static inline uint64_t cn_mono_ms(void)
