@@ -46,6 +46,11 @@ struct admin_node {
     bool reachable;
     bool leader;
     bool self; /* the node answering the request */
+    /* clustered: the replicated routes of the node and the registry records
+     * that name it (the answering node's tables) */
+    bool has_counts;
+    uint64_t routes;
+    uint64_t sessions;
 };
 
 /* A node's counters: the values of $SYS/broker/... (node/sys.c). */

@@ -47,8 +47,14 @@ static struct admin_node *api_nodes(struct admin_req *r, size_t *n)
 
 static json_t *api_node_json(const struct admin_node *n)
 {
-    return json_pack("{s:s, s:s, s:s, s:b, s:b}", "name", n->name, "address", n->address, "role",
-                     n->role ? n->role : "unknown", "reachable", n->reachable, "leader", n->leader);
+    json_t *o =
+        json_pack("{s:s, s:s, s:s, s:b, s:b}", "name", n->name, "address", n->address, "role",
+                  n->role ? n->role : "unknown", "reachable", n->reachable, "leader", n->leader);
+    if (o && n->has_counts) {
+        json_object_set_new(o, "routes", json_integer((json_int_t)n->routes));
+        json_object_set_new(o, "sessions", json_integer((json_int_t)n->sessions));
+    }
+    return o;
 }
 
 static json_t *api_stats_json(const struct admin_stats *s, bool with_node)

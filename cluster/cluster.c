@@ -38,9 +38,10 @@ struct fwd {
     raft_node_done_fn done;
     void *ud;
     uint64_t id;
-    uint64_t to; /* the leader it was forwarded to */
     uint64_t deadline_ms;
-    unsigned hops; /* 1: relayed for another node (not relayed again) */
+    uint64_t leader; /* the node it was sent to */
+    bool to_leader;  /* ... as the leader (not a seed relaying a join) */
+    unsigned hops;   /* 1: relayed for another node (not relayed again) */
 };
 
 struct remote_req {
@@ -118,7 +119,6 @@ static int forward(struct cluster *c, struct fwd *f, uint64_t leader)
     if (!b)
         return -EINVAL;
     f->id = ++c->next_id;
-    f->to = leader;
     Starling__Chan__Propose p = STARLING__CHAN__PROPOSE__INIT;
     p.id = f->id;
     p.batch = b;
@@ -140,6 +140,7 @@ static int forward(struct cluster *c, struct fwd *f, uint64_t leader)
         return rc;
     unsigned timeout = c->cfg.propose_timeout_ms ? c->cfg.propose_timeout_ms : 5000;
     f->deadline_ms = now_mono_ms() + timeout;
+    f->leader = leader;
     f->next = c->waiting;
     c->waiting = f;
     return 0;
@@ -151,6 +152,7 @@ static void local_done(void *ud, int status, const struct fsm_batch_result *res,
     struct cluster *c = f->c;
     if ((status == -ENOTCONN || status == -EAGAIN) && leader && leader != c->self && c->chan &&
         !__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
+        f->to_leader = true;
         int rc = forward(c, f, leader);
         if (rc == 0)
             return;
@@ -725,13 +727,11 @@ static void on_timer(uv_timer_t *t)
         if (f->deadline_ms <= now) {
             *pp = f->next;
             fwd_finish(f, -ETIMEDOUT, NULL, leader);
-        } else if (leader && leader != f->to) {
-            /* Another node leads now: the one we forwarded to died or lost
-             * its leadership, and may never answer. The entry may still
-             * commit (as after RAFT_LEADERSHIPLOST); the caller proposes it
-             * again (commands are idempotent) to the new leader at once,
-             * rather than after the whole propose timeout: a CONNECT made
-             * just before the leader died waits for the election only. */
+        } else if (f->to_leader && leader && leader != f->leader) {
+            /* another leader was elected (the one it went to died, say):
+             * the entry may have committed, or not; the caller may propose
+             * again at once (commands are idempotent) rather than wait for
+             * an answer that will not come */
             *pp = f->next;
             fwd_finish(f, -ECONNABORTED, NULL, leader);
         } else {

@@ -117,6 +117,19 @@ int cmd_entry_wrap(const void *pb, size_t pb_len, void **entry, size_t *len)
     return 0;
 }
 
+int cmd_batch_append(struct cmd_batch *dst, const struct cmd_batch *src)
+{
+    if (src->len == 0)
+        return 0;
+    if (reserve(dst, src->len) != 0)
+        return -ENOMEM;
+    /* concatenated CommandBatch encodings are one batch of all commands */
+    memcpy(dst->p + CMD_ENTRY_HEADER + dst->len, src->p + CMD_ENTRY_HEADER, src->len);
+    dst->len += src->len;
+    dst->n += src->n;
+    return 0;
+}
+
 void cmd_batch_reset(struct cmd_batch *b)
 {
     b->len = 0;
@@ -179,8 +192,8 @@ int cmd_route_remove(struct cmd_batch *b, const char *filter, size_t len, uint64
     return append(b, &c);
 }
 
-int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
-                      uint64_t epoch)
+int cmd_session_claim_clean(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                            uint64_t epoch, int clean_start)
 {
     if (!key_ok(client_id, len) || !node)
         return -EINVAL;
@@ -188,10 +201,20 @@ int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, ui
     m.client_id = bin(client_id, len);
     m.node = node;
     m.epoch = epoch;
+    if (clean_start) {
+        m.has_clean_start = 1;
+        m.clean_start = 1;
+    }
     Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
     c.cmd_case = STARLING__CMD__COMMAND__CMD_SESSION_CLAIM;
     c.session_claim = &m;
     return append(b, &c);
+}
+
+int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                      uint64_t epoch)
+{
+    return cmd_session_claim_clean(b, client_id, len, node, epoch, 0);
 }
 
 int cmd_session_release(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
@@ -299,5 +322,62 @@ int cmd_node_purge(struct cmd_batch *b, uint64_t node)
     Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
     c.cmd_case = STARLING__CMD__COMMAND__CMD_NODE_PURGE;
     c.node_purge = &m;
+    return append(b, &c);
+}
+
+int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                       uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
+                       const struct cmd_session_sub *subs, size_t n_subs)
+{
+    if (!key_ok(client_id, len) || !node || !epoch || (n_subs && !subs))
+        return -EINVAL;
+    for (size_t i = 0; i < n_subs; i++)
+        if (!key_ok(subs[i].filter, subs[i].len))
+            return -EINVAL;
+    Starling__Cmd__SessionSub *sv = calloc(n_subs + 1, sizeof(*sv));
+    Starling__Cmd__SessionSub **sp = calloc(n_subs + 1, sizeof(*sp));
+    if (!sv || !sp) {
+        free(sv);
+        free(sp);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n_subs; i++) {
+        starling__cmd__session_sub__init(&sv[i]);
+        sv[i].filter = bin(subs[i].filter, subs[i].len);
+        sv[i].options = subs[i].options;
+        if (subs[i].sub_id) {
+            sv[i].has_sub_id = 1;
+            sv[i].sub_id = subs[i].sub_id;
+        }
+        sp[i] = &sv[i];
+    }
+    Starling__Cmd__SessionRecord m = STARLING__CMD__SESSION_RECORD__INIT;
+    m.client_id = bin(client_id, len);
+    m.node = node;
+    m.epoch = epoch;
+    m.expiry_interval = expiry;
+    m.has_version = 1;
+    m.version = version;
+    m.username = (char *)username;
+    m.n_subs = n_subs;
+    m.subs = sp;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_SESSION_RECORD;
+    c.session_record = &m;
+    int r = append(b, &c);
+    free(sv);
+    free(sp);
+    return r;
+}
+
+int cmd_node_down(struct cmd_batch *b, uint64_t node)
+{
+    if (!node)
+        return -EINVAL;
+    Starling__Cmd__NodeDown m = STARLING__CMD__NODE_DOWN__INIT;
+    m.node = node;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_NODE_DOWN;
+    c.node_down = &m;
     return append(b, &c);
 }

@@ -41,6 +41,8 @@ int cmd_entry_unwrap(const void *entry, size_t len, const void **pb, size_t *pb_
 /* An entry (malloc'ed, caller frees) around an encoded CommandBatch, e.g.
  * one received in a Propose frame. */
 int cmd_entry_wrap(const void *pb, size_t pb_len, void **entry, size_t *len);
+/* Append every command of src to dst. 0 or -ENOMEM. */
+int cmd_batch_append(struct cmd_batch *dst, const struct cmd_batch *src);
 /* Forget the commands, keep the buffer. */
 void cmd_batch_reset(struct cmd_batch *b);
 
@@ -48,6 +50,9 @@ int cmd_route_add(struct cmd_batch *b, const char *filter, size_t len, uint64_t 
 int cmd_route_remove(struct cmd_batch *b, const char *filter, size_t len, uint64_t node);
 int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                       uint64_t epoch);
+/* The same, saying whether the claimant starts a new session. */
+int cmd_session_claim_clean(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                            uint64_t epoch, int clean_start);
 int cmd_session_release(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                         uint64_t epoch, int expired);
 /* props: encoded MQTT 5.0 properties (may be NULL/0); expiry_at_ms 0 = none. */
@@ -63,5 +68,22 @@ int cmd_member(struct cmd_batch *b, uint64_t node, const char *name, const char 
                enum cmd_role role, int left);
 int cmd_member_remove(struct cmd_batch *b, uint64_t node);
 int cmd_node_purge(struct cmd_batch *b, uint64_t node);
+
+/* A subscription of a session record (the filter is copied by the add). */
+struct cmd_session_sub {
+    const char *filter;
+    size_t len;
+    uint8_t options;
+    uint32_t sub_id;
+};
+/* SessionRecord: the subscriptions, expiry and user of a persistent session
+ * owned by (node, epoch); expiry 0 deletes the record. username may be
+ * NULL (anonymous). */
+int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                       uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
+                       const struct cmd_session_sub *subs, size_t n_subs);
+/* NodeDown: the routes of a node that stopped reporting go, except those
+ * its persistent sessions need. */
+int cmd_node_down(struct cmd_batch *b, uint64_t node);
 
 #endif

@@ -6,6 +6,7 @@
  *   registry: key client id                            value u64le node, u64le epoch
  *   retained: key topic      value u64le origin, u64le seq, encoded RetainedMessage
  *   members:  key u64be node                           value encoded Member
+ *   sessions: key client id                            value encoded SessionRecord
  * The node id leads the route key so that NodePurge is one prefix scan.
  *
  * An entry is applied in one write transaction: decode, skip if already
@@ -21,6 +22,7 @@
 #include "topic.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +31,7 @@
 struct fsm {
     struct rtable *t;
     struct routes *routes;
+    _Atomic uint64_t routes_index; /* the matcher reflects every entry up to it */
     bool broken;
     fsm_observer_fn observer;
     void *observer_ud;
@@ -98,6 +101,20 @@ static int routes_reload(struct fsm *f)
     return rc;
 }
 
+/* The matcher's routes of one node, again from the table (after NodeDown
+ * removed some of them). */
+static void routes_reload_node(struct fsm *f, uint64_t node)
+{
+    routes_remove_node(f->routes, node);
+    struct rtable_txn *x;
+    if (rtable_begin_read(f->t, &x))
+        return;
+    unsigned char prefix[8];
+    be64(prefix, node);
+    rtable_scan(x, RTABLE_ROUTES, prefix, 8, load_route, f->routes);
+    rtable_abort(x);
+}
+
 int fsm_open(struct fsm **out, const struct fsm_options *o, char *err, size_t errlen)
 {
     *out = NULL;
@@ -119,6 +136,7 @@ int fsm_open(struct fsm **out, const struct fsm_options *o, char *err, size_t er
     int rc = rtable_open(&f->t, &ro, err, errlen);
     if (rc == 0) {
         rc = routes_reload(f);
+        atomic_init(&f->routes_index, rtable_applied(f->t));
         if (rc)
             snprintf(err, errlen, "%s: cannot load the route table: %s", o->dir, strerror(-rc));
     }
@@ -235,7 +253,51 @@ static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelea
         return rc;
     if (node != c->node || epoch != c->epoch)
         return FSM_STALE_EPOCH;
+    rc = rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len);
+    if (rc && rc != -ENOENT)
+        return rc;
     return rtable_del(x, RTABLE_REGISTRY, c->client_id.data, c->client_id.len);
+}
+
+/* SessionRecord: written only by the owner the registry names. */
+static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__SessionRecord *c)
+{
+    if (!bytes_ok(&c->client_id) || c->node == 0 || c->epoch == 0)
+        return FSM_INVALID;
+    for (size_t i = 0; i < c->n_subs; i++)
+        if (!bytes_ok(&c->subs[i]->filter) ||
+            !topic_filter_valid((const char *)c->subs[i]->filter.data, c->subs[i]->filter.len))
+            return FSM_INVALID;
+    uint64_t node, epoch;
+    int rc = registry_read(x, &c->client_id, &node, &epoch);
+    if (rc == -ENOENT)
+        return FSM_STALE_EPOCH; /* released (or never claimed) */
+    if (rc)
+        return rc;
+    if (node != c->node || epoch != c->epoch)
+        return FSM_STALE_EPOCH;
+    const void *old;
+    size_t olen;
+    rc = rtable_get(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len, &old, &olen);
+    if (rc && rc != -ENOENT)
+        return rc;
+    bool exists = rc == 0;
+    if (c->expiry_interval == 0)
+        return exists ? rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len)
+                      : FSM_NOOP;
+    size_t len = starling__cmd__session_record__get_packed_size(c);
+    if (len > RTABLE_MAX_VALUE)
+        return FSM_INVALID;
+    unsigned char *v = malloc(len ? len : 1);
+    if (!v)
+        return -ENOMEM;
+    starling__cmd__session_record__pack(c, v);
+    if (exists && olen == len && memcmp(old, v, len) == 0)
+        rc = FSM_NOOP;
+    else
+        rc = rtable_put(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len, v, len);
+    free(v);
+    return rc;
 }
 
 /* The (origin, seq) rule of RetainedSet/Clear: FSM_OK to go on, FSM_NOOP
@@ -377,6 +439,104 @@ static int apply_purge(struct rtable_txn *x, uint64_t node)
     return rc;
 }
 
+static int cmp_key(const void *a, const void *b, size_t alen, size_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    return c ? c : (alen > blen) - (alen < blen);
+}
+
+struct keyref {
+    const unsigned char *p;
+    size_t len;
+};
+
+static int keyref_cmp(const void *a, const void *b)
+{
+    const struct keyref *x = a, *y = b;
+    return cmp_key(x->p, y->p, x->len, y->len);
+}
+
+/* The filters that the session records owned by `node` need (each a copy,
+ * freed with the list). */
+static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist *kept)
+{
+    struct keylist recs = {0};
+    int rc = rtable_scan(x, RTABLE_SESSIONS, NULL, 0, collect_key, &recs);
+    /* the values again, in the same key order */
+    for (size_t i = 0; rc == 0 && i < recs.n; i++) {
+        const void *v;
+        size_t vlen;
+        rc = rtable_get(x, RTABLE_SESSIONS, recs.keys[i], recs.lens[i], &v, &vlen);
+        if (rc)
+            break;
+        ProtobufCBinaryData id = {recs.lens[i], recs.keys[i]};
+        uint64_t owner, epoch;
+        int r = registry_read(x, &id, &owner, &epoch);
+        if (r == -ENOENT || (r == 0 && owner != node))
+            continue;
+        if (r) {
+            rc = r;
+            break;
+        }
+        Starling__Cmd__SessionRecord *sr = starling__cmd__session_record__unpack(NULL, vlen, v);
+        if (!sr)
+            continue; /* cannot happen: written by apply_session_record */
+        for (size_t k = 0; rc == 0 && k < sr->n_subs; k++)
+            rc = collect_key(kept, sr->subs[k]->filter.data, sr->subs[k]->filter.len, NULL, 0);
+        starling__cmd__session_record__free_unpacked(sr, NULL);
+    }
+    for (size_t i = 0; i < recs.n; i++)
+        free(recs.keys[i]);
+    free(recs.keys);
+    free(recs.lens);
+    return rc;
+}
+
+/* NodeDown: the routes of node go, but for the filters of the persistent
+ * sessions it still owns (their messages are held for them). */
+static int apply_node_down(struct rtable_txn *x, uint64_t node)
+{
+    if (node == 0)
+        return FSM_INVALID;
+    struct keylist kept = {0}, routes = {0};
+    int rc = node_kept_filters(x, node, &kept);
+    struct keyref *ks = NULL;
+    if (rc == 0 && kept.n) {
+        ks = malloc(kept.n * sizeof(*ks));
+        if (!ks)
+            rc = -ENOMEM;
+        for (size_t i = 0; ks && i < kept.n; i++)
+            ks[i] = (struct keyref){kept.keys[i], kept.lens[i]};
+        if (ks)
+            qsort(ks, kept.n, sizeof(*ks), keyref_cmp);
+    }
+    unsigned char prefix[8];
+    be64(prefix, node);
+    if (rc == 0)
+        rc = rtable_scan(x, RTABLE_ROUTES, prefix, 8, collect_key, &routes);
+    size_t removed = 0;
+    for (size_t i = 0; rc == 0 && i < routes.n; i++) {
+        struct keyref f = {routes.keys[i] + 8, routes.lens[i] - 8};
+        if (kept.n && bsearch(&f, ks, kept.n, sizeof(*ks), keyref_cmp))
+            continue;
+        /* the matcher follows after the commit (after_commit) */
+        rc = rtable_del(x, RTABLE_ROUTES, routes.keys[i], routes.lens[i]);
+        removed++;
+    }
+    if (rc == 0 && removed == 0)
+        rc = FSM_NOOP;
+    free(ks);
+    for (size_t i = 0; i < kept.n; i++)
+        free(kept.keys[i]);
+    free(kept.keys);
+    free(kept.lens);
+    for (size_t i = 0; i < routes.n; i++)
+        free(routes.keys[i]);
+    free(routes.keys);
+    free(routes.lens);
+    return rc;
+}
+
 /* Apply one command: a enum fsm_result (>= 0) or a negative errno (the
  * transaction must be abandoned). */
 static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c)
@@ -400,6 +560,10 @@ static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c)
         return apply_member_remove(x, c->member_remove->node);
     case STARLING__CMD__COMMAND__CMD_NODE_PURGE:
         return apply_purge(x, c->node_purge->node);
+    case STARLING__CMD__COMMAND__CMD_SESSION_RECORD:
+        return apply_session_record(x, c->session_record);
+    case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
+        return apply_node_down(x, c->node_down->node);
     default:
         return FSM_INVALID;
     }
@@ -425,6 +589,9 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
             break;
         case STARLING__CMD__COMMAND__CMD_NODE_PURGE:
             routes_remove_node(f->routes, c->node_purge->node);
+            break;
+        case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
+            routes_reload_node(f, c->node_down->node);
             break;
         default:
             break;
@@ -494,6 +661,8 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
             after_commit(f, index, b, res->results);
         set_visible(f, index);
     }
+    if (rc == 0)
+        atomic_store(&f->routes_index, index);
     if (b)
         starling__cmd__command_batch__free_unpacked(b, NULL);
     return rc;
@@ -576,8 +745,14 @@ int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, boo
     if (rc == 0) {
         f->broken = false;
         set_visible(f, rtable_applied(f->t));
+        atomic_store(&f->routes_index, rtable_applied(f->t));
     }
     return rc;
+}
+
+uint64_t fsm_routes_index(struct fsm *f)
+{
+    return atomic_load(&f->routes_index);
 }
 
 struct routes *fsm_routes(struct fsm *f)
@@ -667,6 +842,86 @@ int fsm_counts(struct fsm *f, uint64_t *routes, uint64_t *sessions, uint64_t *re
     *members = rtable_count(x, RTABLE_MEMBERS);
     rtable_abort(x);
     return 0;
+}
+
+int fsm_session_record_get(struct fsm *f, const char *client_id, size_t len, void **rec,
+                           size_t *rec_len)
+{
+    if (len == 0 || len > RTABLE_MAX_KEY)
+        return -EINVAL;
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    const void *v;
+    size_t vlen;
+    rc = rtable_get(x, RTABLE_SESSIONS, client_id, len, &v, &vlen);
+    if (rc == 0) {
+        *rec = malloc(vlen ? vlen : 1);
+        if (*rec) {
+            memcpy(*rec, v, vlen);
+            *rec_len = vlen;
+        } else {
+            rc = -ENOMEM;
+        }
+    }
+    rtable_abort(x);
+    return rc;
+}
+
+struct owner_count {
+    uint64_t node, n;
+};
+
+static int count_owned(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)key;
+    (void)klen;
+    struct owner_count *c = ud;
+    if (vlen == 16 && get_le64(val) == c->node)
+        c->n++;
+    return 0;
+}
+
+static int count_one(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)key;
+    (void)klen;
+    (void)val;
+    (void)vlen;
+    (*(uint64_t *)ud)++;
+    return 0;
+}
+
+uint64_t fsm_node_routes(struct fsm *f, uint64_t node)
+{
+    struct rtable_txn *x;
+    if (rtable_begin_read(f->t, &x))
+        return 0;
+    unsigned char prefix[8];
+    be64(prefix, node);
+    uint64_t n = 0;
+    rtable_scan(x, RTABLE_ROUTES, prefix, 8, count_one, &n);
+    rtable_abort(x);
+    return n;
+}
+
+int fsm_node_counts(struct fsm *f, uint64_t node, uint64_t *routes, uint64_t *sessions)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    unsigned char prefix[8];
+    be64(prefix, node);
+    *routes = 0;
+    rc = rtable_scan(x, RTABLE_ROUTES, prefix, 8, count_one, routes);
+    struct owner_count c = {node, 0};
+    if (rc == 0)
+        rc = rtable_scan(x, RTABLE_REGISTRY, NULL, 0, count_owned, &c);
+    *sessions = c.n;
+    rtable_abort(x);
+    return rc;
 }
 
 #ifndef NDEBUG

@@ -13,7 +13,12 @@
  *   - SessionClaim: the owner changes only to a higher epoch; the same
  *     (node, epoch) again is a no-op; a lower or equal epoch of another
  *     claim is rejected (FSM_STALE_EPOCH);
- *   - SessionRelease: only the current (node, epoch) may release;
+ *   - SessionRelease: only the current (node, epoch) may release; the
+ *     session record goes with it;
+ *   - SessionRecord: written only by the current (node, epoch); expiry 0
+ *     deletes it;
+ *   - NodeDown: a node's routes go, but for those its persistent sessions
+ *     (session records whose registry owner it is) need;
  *   - RetainedSet/Clear: a repeated or older (origin, seq) is a no-op
  *     (FSM_STALE_SEQ);
  *   - Member/MemberRemove/NodePurge: replace/remove.
@@ -137,6 +142,10 @@ int fsm_snapshot(struct fsm *f, void **buf, size_t *len);
  */
 int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, bool *skipped);
 
+/* The index up to which every entry is reflected in the route matcher
+ * (any thread, one atomic load). */
+uint64_t fsm_routes_index(struct fsm *f);
+
 /* The route matcher (owned by f, valid until fsm_close). */
 struct routes *fsm_routes(struct fsm *f);
 
@@ -160,6 +169,17 @@ int fsm_retained_get(struct fsm *f, const char *topic, size_t len, void **msg, s
  * order. fn returns 0 to go on. */
 int fsm_members(struct fsm *f, int (*fn)(void *ud, uint64_t node, const void *member, size_t len),
                 void *ud);
+
+/* The session record of client_id (an encoded starling.cmd.SessionRecord,
+ * malloc'ed, caller frees): 0, or -ENOENT. */
+int fsm_session_record_get(struct fsm *f, const char *client_id, size_t len, void **rec,
+                           size_t *rec_len);
+
+/* The routes of `node` and the registry records that name it (a scan of the
+ * registry: for the admin API, not for a hot path). */
+int fsm_node_counts(struct fsm *f, uint64_t node, uint64_t *routes, uint64_t *sessions);
+/* The number of routes of `node` (a prefix scan; 0 on error). */
+uint64_t fsm_node_routes(struct fsm *f, uint64_t node);
 
 /* Number of session registry records / retained messages (for stats). */
 int fsm_counts(struct fsm *f, uint64_t *routes, uint64_t *sessions, uint64_t *retained,

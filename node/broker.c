@@ -180,6 +180,11 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
             persist_retained(b, bt, m);
     }
 
+    /* cluster: the route table this publish is routed with (before the
+     * local delivery: a moving session's old copy compares it) */
+    if (!(flags & BROKER_PUB_LOCAL) && b->route_ops->routed_at)
+        m->route_index = b->route_ops->routed_at(b->route_ud);
+
     struct match_set ms;
     ms.v = ms.stack;
     ms.n = 0;

@@ -170,6 +170,7 @@ static void peers_refresh(struct cluster_node *cn)
             if (old[j].node == cn->peers[i].node) {
                 cn->peers[i].applied = old[j].applied;
                 cn->peers[i].seen_ms = old[j].seen_ms;
+                cn->peers[i].down_ms = old[j].down_ms;
             }
 }
 
@@ -286,6 +287,32 @@ static void route_queue(struct cluster_node *cn, const char *filter, size_t len,
     pthread_mutex_unlock(&cn->mu);
 }
 
+int cn_queue_batch(struct cluster_node *cn, const struct cmd_batch *cmds)
+{
+    if (atomic_load(&cn->stopped))
+        return -ECANCELED;
+    pthread_mutex_lock(&cn->mu);
+    int r = cmd_batch_append(cn->pending, cmds);
+    if (r == 0) {
+        cn->queued++;
+        pthread_cond_signal(&cn->cv);
+    }
+    pthread_mutex_unlock(&cn->mu);
+    return r;
+}
+
+bool cn_peer_live(struct cluster_node *cn, uint64_t node)
+{
+    bool live = false;
+    pthread_mutex_lock(&cn->mu);
+    uint64_t now = cn_mono_ms();
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        if (cn->peers[i].node == node)
+            live = peer_live(cn, &cn->peers[i], now);
+    pthread_mutex_unlock(&cn->mu);
+    return live;
+}
+
 static void cn_filter_added(void *ud, const char *filter, size_t len)
 {
     route_queue(ud, filter, len, true);
@@ -328,7 +355,11 @@ static int cn_remote_nodes(void *ud, const char *topic, size_t len, uint64_t *no
 
 static int cn_sync(void *ud, void (*done)(void *arg), void *arg)
 {
-    struct cluster_node *cn = ud;
+    return cn_sync_index(ud, done, arg, NULL);
+}
+
+int cn_sync_index(struct cluster_node *cn, void (*done)(void *arg), void *arg, uint64_t *index)
+{
     if (atomic_load(&cn->stopped))
         return 0;
     struct waiter *w = calloc(1, sizeof(*w));
@@ -343,6 +374,7 @@ static int cn_sync(void *ud, void (*done)(void *arg), void *arg)
     w->ticket = cn->queued;
     w->done = done;
     w->arg = arg;
+    w->index_out = index;
     w->next = cn->waiters;
     cn->waiters = w;
     cn_kick(cn);
@@ -538,6 +570,10 @@ static void cn_send_publish(struct cluster_node *cn, struct msg *m, uint64_t seq
         }
     p.n_shares = n_shares;
     p.shares = shares;
+    if (m->route_index) {
+        p.has_route_index = true;
+        p.route_index = m->route_index;
+    }
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
     fr.publish = &p;
@@ -590,12 +626,19 @@ static void cn_forward(void *ud, struct msg *m, struct worker *cur)
         cn_send_publish(cn, m, seq, &a, chosen, dest[d]);
 }
 
+static uint64_t cn_routed_at(void *ud)
+{
+    struct cluster_node *cn = ud;
+    return fsm_routes_index(cn->fsm);
+}
+
 static const struct route_ops cluster_route_ops = {
     .filter_added = cn_filter_added,
     .filter_removed = cn_filter_removed,
     .remote_nodes = cn_remote_nodes,
     .forward = cn_forward,
     .sync = cn_sync,
+    .routed_at = cn_routed_at,
 };
 
 /* ---- the receiving side (cluster thread) --------------------------------- */
@@ -626,6 +669,7 @@ static void on_publish(struct cluster_node *cn, const Starling__Chan__Publish *p
                             p->has_expiry_at_ms ? p->expiry_at_ms : 0, NULL);
     if (!m)
         return;
+    m->route_index = p->has_route_index ? p->route_index : 0;
     atomic_fetch_add(&cn->b->stats.msgs_received, 1);
     broker_publish_forwarded(cn->b, m, share_picked, (void *)p);
     msg_unref(m);
@@ -646,6 +690,12 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
         return;
     case STARLING__CHAN__FRAME__FRAME_SESSION_STATE:
         cn_registry_on_state(cn, f->session_state);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES:
+        cn_session_on_messages(cn, from, f->session_messages);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_SESSION_ROUTED:
+        cn_session_on_routed(cn, from, f->session_routed);
         return;
     case STARLING__CHAN__FRAME__FRAME_APPLIED: {
         pthread_mutex_lock(&cn->mu);
@@ -693,7 +743,10 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
         if (k->session_claim->node != cn->self && !atomic_load(&cn->stopped) &&
             k->session_claim->client_id.len <= 65535)
             cn_registry_claimed_elsewhere(cn, (const char *)k->session_claim->client_id.data,
-                                          (uint16_t)k->session_claim->client_id.len);
+                                          (uint16_t)k->session_claim->client_id.len,
+                                          k->session_claim->node, k->session_claim->epoch,
+                                          k->session_claim->has_clean_start &&
+                                              k->session_claim->clean_start);
         return;
     case STARLING__CMD__COMMAND__CMD_RETAINED_SET: {
         const Starling__Cmd__RetainedSet *r = k->retained_set;
@@ -731,6 +784,12 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
         pthread_mutex_lock(&cn->mu);
         peers_refresh(cn);
         pthread_mutex_unlock(&cn->mu);
+        return;
+    case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
+        /* this node was taken for dead (a NodeDown raced with its return):
+         * its routes are proposed again */
+        if (k->node_down->node == cn->self)
+            atomic_store(&cn->reannounce, true);
         return;
     case STARLING__CMD__COMMAND__CMD_MEMBER_REMOVE:
         if (raft_node_leader(cn->raft) == cn->self && k->member_remove->node != cn->self)
@@ -773,6 +832,8 @@ static struct waiter *waiters_ready(struct cluster_node *cn, uint64_t applied_se
             *pp = w->next;
             if (w->ticket > cn->everywhere)
                 cn->everywhere = w->ticket;
+            if (w->index_out)
+                *w->index_out = w->index;
             w->next = ready;
             ready = w;
         } else {
@@ -840,6 +901,7 @@ static void *cn_thread(void *arg)
         }
         pthread_mutex_unlock(&cn->mu);
         cn_registry_poll(cn, now);
+        cn_session_poll(cn, now);
         pthread_mutex_lock(&cn->mu);
         struct waiter *ready = waiters_ready(cn, applied);
         if (ready) {
@@ -932,6 +994,7 @@ static int cn_nodes(void *ud, struct admin_node *v, size_t cap)
     struct raft_node_member mv[MAX_PEERS];
     unsigned nm = raft_node_members(cn->raft, mv, MAX_PEERS);
     uint64_t leader = raft_node_leader(cn->raft);
+    uint64_t node_ids[MAX_PEERS + 1] = {0};
     size_t n = 0;
     if (n < cap) {
         memset(&v[n], 0, sizeof(v[n]));
@@ -942,6 +1005,7 @@ static int cn_nodes(void *ud, struct admin_node *v, size_t cap)
         v[n].reachable = true;
         v[n].leader = leader == cn->self;
         v[n].self = true;
+        v[n].has_counts = fsm_node_counts(cn->fsm, cn->self, &v[n].routes, &v[n].sessions) == 0;
     }
     n++;
     pthread_mutex_lock(&cn->mu);
@@ -957,10 +1021,14 @@ static int cn_nodes(void *ud, struct admin_node *v, size_t cap)
             v[n].role = role_name(mv, nm, p->node);
             v[n].reachable = peer_live(cn, p, now);
             v[n].leader = leader == p->node;
+            node_ids[n] = p->node;
         }
         n++;
     }
     pthread_mutex_unlock(&cn->mu);
+    /* the counts scan the tables: not under mu */
+    for (size_t i = 1; i < n && i < cap && i < MAX_PEERS + 1; i++)
+        v[i].has_counts = fsm_node_counts(cn->fsm, node_ids[i], &v[i].routes, &v[i].sessions) == 0;
     return (int)n;
 }
 
@@ -1169,6 +1237,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     pthread_mutex_init(&cn->reg_mu, NULL);
     pthread_cond_init(&cn->cv, NULL);
     cn->purge_first = true;
+    cn->started_ms = cn_mono_ms();
 
     char dir[512]; /* fsm and raft create their directories */
     snprintf(dir, sizeof(dir), "%s/cluster", cfg->data_dir);
@@ -1261,6 +1330,7 @@ void cluster_node_stop(struct cluster_node *cn)
         cluster_stop(cn->c);
         cn->c = NULL;
         cn_registry_drain(cn);
+        cn_session_drain(cn);
     }
 }
 

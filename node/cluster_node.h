@@ -44,6 +44,12 @@ struct cluster_node;
  */
 int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, size_t errlen);
 
+/* After persist_open: the stored sessions are in the table. Those that the
+ * registry gives to other nodes (taken over while this node was down) send
+ * them their messages and end, once this node has caught up. cn may be
+ * NULL. */
+void cluster_node_sessions_loaded(struct cluster_node *cn);
+
 /* Replace *p (the single-node provider filled by admin_local_init over l)
  * with the cluster's provider, which uses l for what is per node. */
 void cluster_node_admin(struct cluster_node *cn, struct admin_local *l, struct admin_provider *p);

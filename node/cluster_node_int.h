@@ -21,6 +21,9 @@ struct cl_claim;
 struct surrendered;
 struct cmd_batch;
 struct ret_retry;
+struct cn_moving;
+struct cn_incoming;
+struct qmsg;
 
 #define MAX_SEEDS 64
 #define MAX_PEERS 64
@@ -42,6 +45,7 @@ struct waiter {
     uint64_t index;  /* Raft index that holds them, 0 until committed */
     void (*done)(void *arg);
     void *arg;
+    uint64_t *index_out; /* NULL, or where the index goes before done */
 };
 
 struct peer {
@@ -51,6 +55,7 @@ struct peer {
     char name[ADMIN_NAME_MAX];
     char address[ADMIN_NAME_MAX];
     bool left;
+    uint64_t down_ms; /* the leader's last NodeDown for it (cluster_session.c) */
 };
 
 struct cluster_node {
@@ -96,6 +101,15 @@ struct cluster_node {
     struct cl_claim *claims;         /* reg_mu: retrying, or awaiting state */
     struct surrendered *surrendered; /* reg_mu: sessions given up, kept for their claimant */
 
+    /* persistent sessions across faults (cluster_session.c) */
+    struct cn_moving *moving;     /* reg_mu: old copies whose late messages follow the session */
+    struct cn_incoming *incoming; /* reg_mu: sessions that moved here, for their late messages */
+    uint64_t started_ms;
+    atomic_bool loaded;       /* the store loaded the sessions */
+    atomic_bool reannounce;   /* NodeDown(self) applied: propose this node's routes again */
+    atomic_bool restart_done; /* the start-up pass over stored sessions ran */
+    uint64_t restart_target;  /* the leader's applied index to reach first */
+
     struct admin_local *admin;
     struct admin_provider local; /* the per-node provider (stats, publish) */
 
@@ -120,6 +134,17 @@ static inline uint64_t cn_mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* cluster_node.c */
+/* Queue commands with the route changes (proposed in order with them,
+ * retried until committed; route_ops.sync waits for them too). Any thread;
+ * takes mu. 0, -ENOMEM, -ECANCELED after stop. */
+int cn_queue_batch(struct cluster_node *cn, const struct cmd_batch *cmds);
+/* Whether `node` reported within cluster_down_after. Takes mu. */
+bool cn_peer_live(struct cluster_node *cn, uint64_t node);
+/* route_ops.sync, and *index (may be NULL) gets the Raft index that holds
+ * the route changes waited for (set before done runs). */
+int cn_sync_index(struct cluster_node *cn, void (*done)(void *arg), void *arg, uint64_t *index);
+
 /* cluster_registry.c */
 extern const struct registry_ops cluster_registry_ops;
 /* Retries and deadlines (the glue's thread, no lock held). */
@@ -127,9 +152,46 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now);
 /* After the cluster stopped. */
 void cn_registry_drain(struct cluster_node *cn);
 /* Cluster thread: the observer saw a claim of another node applied. */
-void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len);
+void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
+                                   uint64_t node, uint64_t epoch, bool clean_start);
 void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionRequest *r);
 void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__SessionState *st);
+
+void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q);
+
+/* cluster_session.c: persistent sessions across faults */
+/* registry_ops.changed / .ended */
+void cn_session_changed(void *ud, struct session *s);
+void cn_session_ended(void *ud, struct session *s);
+/* Queue s's SessionRecord (its epoch, subscriptions, expiry, user) with the
+ * route changes; an expiry of 0 deletes a record that exists. */
+void cn_session_record_queue(struct cluster_node *cn, struct session *s);
+/* A session built from the replicated record of id (not in the table, one
+ * reference), or NULL when there is none. */
+struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len);
+/* The old owner: s (taken out of the table, with its reference) sent its
+ * state to `to` (claim `epoch`); what still arrives for it goes there until
+ * SessionRouted (or a deadline), then s ends. `now` (no state was sent:
+ * a session claimed away while this node was down, or whose claimant
+ * never asked): what it holds and what still comes for it within the
+ * channels' reconnection grace all go to `to`, then s ends. */
+void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
+                   bool now);
+/* The new owner: s came from another node with claim `epoch`. */
+void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch);
+void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,
+                            uint64_t epoch, uint64_t route_index);
+/* Take the messages s holds (inflight, then queued; a QoS 2 message past
+ * PUBREC is freed: its client has it). s->lock held. A list, oldest first. */
+struct qmsg *cn_session_take_msgs(struct session *s);
+void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
+                            const Starling__Chan__SessionMessages *m);
+void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
+                          const Starling__Chan__SessionRouted *r);
+/* The glue's thread: late messages, the start-up pass, NodeDown. */
+void cn_session_poll(struct cluster_node *cn, uint64_t now);
+/* After the cluster stopped. */
+void cn_session_drain(struct cluster_node *cn);
 
 #endif

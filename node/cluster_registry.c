@@ -50,7 +50,6 @@
 
 #define CLAIM_RETRY_MS 100
 #define CLAIM_MAX_STALE 8
-#define SURRENDER_KEEP_MS 30000
 
 struct cl_claim {
     struct cl_claim *next; /* cn->claims (reg_mu): retrying or awaiting state */
@@ -68,7 +67,9 @@ struct cl_claim {
     int stale;
     int status; /* final: >= 0 won, REGISTRY_UNAVAILABLE */
     struct session *incoming;
-    bool routed; /* the incoming session's subscriptions are in the index */
+    bool routed;          /* the incoming session's subscriptions are in the index */
+    bool from_record;     /* incoming came from the replicated record (old owner down) */
+    uint64_t route_index; /* the index by which incoming's routes are everywhere */
     char id[];
 };
 
@@ -110,13 +111,33 @@ static bool claim_route_incoming(struct cl_claim *k)
     struct session *in = k->incoming;
     k->routed = true;
     lock_acquire(&in->lock);
+    in->epoch = k->epoch;
     uint32_t n = in->n_subs;
     lock_release(&in->lock);
+    /* its record names this node, covered by the same wait as its routes */
+    cn_session_record_queue(k->cn, in);
     for (uint32_t i = 0; i < n; i++) {
         struct session_sub *sub = &in->subs[i];
         sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);
     }
-    return n > 0 && b->route_ops->sync && b->route_ops->sync(b->route_ud, claim_routed, k) == 1;
+    if (cn_sync_index(k->cn, claim_routed, k, &k->route_index) == 1)
+        return true;
+    k->route_index = fsm_routes_index(k->cn->fsm); /* nothing to wait for */
+    return false;
+}
+
+/* registry_local_claim's answer (on the worker, under reg_mu): the session
+ * learns its claim's epoch and its record follows it. */
+static void claim_granted(void *ud, int status, struct session *s)
+{
+    struct cl_claim *k = ud;
+    if (s && status >= 0) {
+        lock_acquire(&s->lock);
+        s->epoch = k->epoch;
+        lock_release(&s->lock);
+        cn_session_record_queue(k->cn, s);
+    }
+    k->done(k->done_ud, status, s);
 }
 
 static void claim_on_worker(void *ud)
@@ -142,8 +163,13 @@ static void claim_on_worker(void *ud)
             }
             k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
         } else {
-            registry_local_claim(b, &k->req, k->incoming, k->done, k->done_ud);
+            bool moved = k->incoming && !k->from_record;
+            registry_local_claim(b, &k->req, k->incoming, claim_granted, k);
             pthread_mutex_unlock(&cn->reg_mu);
+            /* the old owner sends what still arrives for it, then ends it */
+            if (moved)
+                cn_session_routed_send(cn, k->prev_node, k->id, k->req.id_len, k->epoch,
+                                       k->route_index);
         }
     }
     free(k);
@@ -166,9 +192,31 @@ static void claim_finish(struct cl_claim *k, int status)
 /* ---- Raft ---- */
 
 /* The claim committed and is applied here. */
+/* The old owner does not answer: resume from the replicated record (a new
+ * session when there is none). */
+static void claim_from_record(struct cl_claim *k)
+{
+    struct session *s = cn_session_from_record(k->cn, k->id, k->req.id_len);
+    if (s) {
+        k->incoming = s;
+        k->from_record = true;
+        cn_incoming_add(k->cn, s, k->epoch);
+    } else {
+        k->req.clean_start = true;
+    }
+    claim_finish(k, 0);
+}
+
 static void claim_won(struct cl_claim *k)
 {
     struct cluster_node *cn = k->cn;
+    if (k->prev_node && k->prev_node != cn->self && !k->req.clean_start &&
+        !cn_peer_live(cn, k->prev_node)) {
+        log_info("cluster: '%s' was owned by %016llx, which is down", k->id,
+                 (unsigned long long)k->prev_node);
+        claim_from_record(k);
+        return;
+    }
     if (k->prev_node && k->prev_node != cn->self && !k->req.clean_start) {
         /* ask the old owner for the session */
         Starling__Chan__SessionRequest q = STARLING__CHAN__SESSION_REQUEST__INIT;
@@ -262,7 +310,9 @@ static void claim_propose(struct cl_claim *k)
     k->prev_node = node;
     k->epoch = epoch + 1;
     struct cmd_batch *b = cmd_batch_new();
-    int r = b ? cmd_session_claim(b, k->id, k->req.id_len, cn->self, k->epoch) : -ENOMEM;
+    int r =
+        b ? cmd_session_claim_clean(b, k->id, k->req.id_len, cn->self, k->epoch, k->req.clean_start)
+          : -ENOMEM;
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
     r = e ? cluster_propose(cn->c, e, len, claim_done, k) : -ENOMEM;
@@ -308,6 +358,8 @@ const struct registry_ops cluster_registry_ops = {
     .claim = cr_claim,
     .release = cr_release,
     .tick = cr_tick,
+    .changed = cn_session_changed,
+    .ended = cn_session_ended,
 };
 
 /* ---- the cluster node's thread: retries and deadlines ---- */
@@ -371,15 +423,22 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now)
     while (expired) {
         struct cl_claim *k = expired;
         expired = k->next;
-        log_warn("cluster: no session state for '%s' from its old node: a new session", k->id);
-        k->req.clean_start = true;
-        claim_finish(k, 0);
+        log_warn("cluster: no session state for '%s' from its old node: its record", k->id);
+        claim_from_record(k);
     }
     while (ended) {
         struct surrendered *x = ended;
         ended = x->next;
-        session_end(cn->b, x->s);
-        session_unref(x->s);
+        /* no request came (its claimant resumed it from the record, or gave
+         * up waiting): what it holds goes to the current owner */
+        uint64_t node = 0, epoch = 0;
+        if (fsm_registry_get(cn->fsm, x->s->client_id, x->s->id_len, &node, &epoch) == 0 &&
+            node != cn->self) {
+            cn_moving_add(cn, x->s, node, epoch, true);
+        } else {
+            session_end(cn->b, x->s);
+            session_unref(x->s);
+        }
         free(x);
     }
 }
@@ -409,15 +468,37 @@ void cn_registry_drain(struct cluster_node *cn)
 /* ---- the old owner ---- */
 
 /* The observer saw SessionClaim(id, node != self) applied (cluster thread). */
-void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len)
+void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
+                                   uint64_t node, uint64_t epoch, bool clean_start)
 {
+    if (clean_start) {
+        /* [MQTT-3.1.2-4] the claimant discards the session: it ends here */
+        struct session *s = registry_local_surrender(cn->b, id, len, false);
+        if (s) {
+            session_end(cn->b, s);
+            session_unref(s);
+        }
+        return;
+    }
+    if (!atomic_load(&cn->restart_done)) {
+        /* catching up after a start: a claim made while this node was
+         * down, whose claimant went on without this node's answer; what the
+         * stored session holds follows it now */
+        struct session *s = registry_local_surrender(cn->b, id, len, true);
+        if (s)
+            cn_moving_add(cn, s, node, epoch, true);
+        return;
+    }
     pthread_mutex_lock(&cn->reg_mu);
     struct session *s = registry_local_surrender(cn->b, id, len, true);
+    if (s)
+        log_debug("cluster: '%.*s' was claimed by another node", (int)len, id);
     if (s) {
         struct surrendered *x = calloc(1, sizeof(*x));
         if (x) {
             x->s = s;
-            x->until_ms = cn_mono_ms() + SURRENDER_KEEP_MS;
+            /* a claimant waits for the state cluster_claim_timeout at most */
+            x->until_ms = cn_mono_ms() + (uint64_t)cn->b->cfg.cluster_claim_timeout + 1000u;
             x->next = cn->surrendered;
             cn->surrendered = x;
             s = NULL;
@@ -427,6 +508,37 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
     if (s) {
         session_end(cn->b, s);
         session_unref(s);
+    }
+}
+
+void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q)
+{
+    starling__chan__session_message__init(m);
+    m->state = q->state;
+    if (q->state != MSG_STATE_QUEUED && q->pid) {
+        /* sent already: resent (or released) with its
+         * packet id [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] */
+        m->has_packet_id = true;
+        m->packet_id = q->pid;
+    }
+    m->qos = q->qos;
+    m->has_retain = true;
+    m->retain = q->retain;
+    m->n_sub_ids = q->n_ids;
+    m->sub_ids = q->n_ids > 1 ? q->ids.many : (uint32_t *)&q->ids.one;
+    m->topic.data = (uint8_t *)msg_topic(q->m);
+    m->topic.len = q->m->topic_len;
+    m->payload.data = (uint8_t *)msg_payload(q->m);
+    m->payload.len = q->m->payload_len;
+    m->msg_qos = q->m->qos;
+    if (q->m->props_len) {
+        m->has_properties = true;
+        m->properties.data = (uint8_t *)msg_props(q->m);
+        m->properties.len = q->m->props_len;
+    }
+    if (q->m->expiry_at) {
+        m->has_expiry_at_ms = true;
+        m->expiry_at_ms = q->m->expiry_at;
     }
 }
 
@@ -446,6 +558,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
         st.has_version = st.has_expiry_interval = true;
         st.version = s->version;
         st.expiry_interval = s->expiry_interval;
+        st.username = s->user; /* NULL: absent */
         size_t n_msgs = s->inflight.len + s->queue.len;
         subs = calloc(s->n_subs + 1, sizeof(*subs));
         subp = calloc(s->n_subs + 1, sizeof(*subp));
@@ -470,33 +583,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
             for (int l = 0; l < 2; l++)
                 for (struct qmsg *q = lists[l]->head; q && k < n_msgs; q = q->next) {
                     Starling__Chan__SessionMessage *m = &msgs[k];
-                    starling__chan__session_message__init(m);
-                    m->state = q->state;
-                    if (q->state != MSG_STATE_QUEUED && q->pid) {
-                        /* sent already: resent (or released) with its
-                         * packet id [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] */
-                        m->has_packet_id = true;
-                        m->packet_id = q->pid;
-                    }
-                    m->qos = q->qos;
-                    m->has_retain = true;
-                    m->retain = q->retain;
-                    m->n_sub_ids = q->n_ids;
-                    m->sub_ids = q->n_ids > 1 ? q->ids.many : &q->ids.one;
-                    m->topic.data = (uint8_t *)msg_topic(q->m);
-                    m->topic.len = q->m->topic_len;
-                    m->payload.data = (uint8_t *)msg_payload(q->m);
-                    m->payload.len = q->m->payload_len;
-                    m->msg_qos = q->m->qos;
-                    if (q->m->props_len) {
-                        m->has_properties = true;
-                        m->properties.data = (uint8_t *)msg_props(q->m);
-                        m->properties.len = q->m->props_len;
-                    }
-                    if (q->m->expiry_at) {
-                        m->has_expiry_at_ms = true;
-                        m->expiry_at_ms = q->m->expiry_at;
-                    }
+                    cn_msg_fill(m, q);
                     msgp[k++] = m;
                 }
             st.n_msgs = k;
@@ -514,8 +601,16 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     uint8_t *buf = malloc(n ? n : 1);
     if (buf)
         starling__chan__frame__pack(&fr, buf);
+    /* what it held is in the frame: whatever arrives from now on is a late
+     * message (cluster_session.c) */
+    struct qmsg *sent = s && buf && st.msgs ? cn_session_take_msgs(s) : NULL;
     if (s)
         lock_release(&s->lock);
+    while (sent) {
+        struct qmsg *next = sent->next;
+        qmsg_free(sent);
+        sent = next;
+    }
     if (buf && cluster_send(cn->c, to, buf, n) < 0)
         log_warn("cluster: the session of '%.*s' could not be sent", (int)id->len,
                  (const char *)id->data);
@@ -558,10 +653,8 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
         s = registry_local_surrender(cn->b, id, len, true);
     pthread_mutex_unlock(&cn->reg_mu);
     state_send(cn, from, &r->client_id, r->epoch, s);
-    if (s) {
-        session_end(cn->b, s);
-        session_unref(s);
-    }
+    if (s) /* what still arrives for it follows it (cluster_session.c) */
+        cn_moving_add(cn, s, from, r->epoch, false);
 }
 
 /* The first sequence number from next on whose packet id (persist_pid_of)
@@ -604,6 +697,8 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
     lock_acquire(&s->lock);
     s->version = (uint8_t)st->version;
     s->expiry_interval = st->expiry_interval;
+    if (st->username) /* the ACL of its deliveries until its client is attached */
+        s->user = strdup(st->username);
     for (size_t i = 0; i < st->n_subs; i++) {
         const Starling__Chan__SessionSubscription *sub = st->subs[i];
         if (sub->filter.len == 0 || sub->filter.len > 65535 ||
@@ -640,5 +735,6 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
     log_info("cluster: the session of '%s' moved here: %zu subscription(s), %zu message(s)", k->id,
              st->n_subs, st->n_msgs);
     k->incoming = s;
+    cn_incoming_add(cn, s, k->epoch);
     claim_finish(k, 0);
 }

@@ -239,6 +239,7 @@ void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
         rcs[i++] = (uint8_t)rc;
     }
     persist_session_sync(b, c->session, &bt);
+    registry_changed(b, c->session);
     /* [MQTT-3.1.1 3.8.4-1, MQTT-5.0 3.8.4-1] SUBACK; in a cluster, once the routes are in effect on
      * every live node (messages the subscription matches may go out first: the server "MAY start
      * sending PUBLISH packets matching the Subscription before the Server sends the SUBACK") */
@@ -280,6 +281,7 @@ void handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *sub)
         rcs[i++] = had ? MQTT_RC_SUCCESS : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
     }
     persist_session_sync(b, s, NULL);
+    registry_changed(b, s);
     /* [MQTT-3.1.1 3.10.4-4, MQTT-5.0 3.10.4-4] UNSUBACK */
     handle_send_suback(c, MQTT_UNSUBACK, sub->packet_id, v5 ? rcs : NULL, v5 ? i : 0);
     if (rcs != stack_rc)

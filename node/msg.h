@@ -49,6 +49,9 @@ struct msg {
     /* The session that published it (for No Local); compared, never
      * dereferenced. NULL for messages the broker makes itself. */
     const void *origin;
+    /* Cluster: the Raft index the route table was at (at least) when this
+     * message's destinations were chosen on its origin node; 0 = unknown. */
+    uint64_t route_index;
     /* topic (not NUL-terminated), then payload, then the encoded MQTT 5.0
      * properties passed through to subscribers unchanged (payload format,
      * content type, response topic, correlation data, user properties). */

@@ -156,6 +156,12 @@ void registry_tick(struct broker *b, uint64_t now_mono_ms)
     b->registry_ops->tick(b->registry_ud, now_mono_ms);
 }
 
+void registry_changed(struct broker *b, struct session *s)
+{
+    if (b->registry_ops->changed)
+        b->registry_ops->changed(b->registry_ud, s);
+}
+
 /* ---- claim --------------------------------------------------------------- */
 
 /* End a session taken out of the table: a will it was still delaying goes

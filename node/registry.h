@@ -106,6 +106,14 @@ struct registry_ops {
     /* Housekeeping (the main thread, every 100 ms): publish delayed wills
      * that are due, end sessions that expired offline [MQTT-5.0 3.1.2-23]. */
     void (*tick)(void *ud, uint64_t now_mono_ms);
+    /* Optional (NULL: nothing to do). changed: s's subscriptions changed
+     * (SUBSCRIBE, UNSUBSCRIBE; the owning worker, no lock held), called
+     * before the SUBACK waits for its routes (route_ops.sync), so that what
+     * the registry records with them is covered by the same wait. ended:
+     * s ends for good (session_end, any thread, s->lock not held; not at
+     * shutdown). */
+    void (*changed)(void *ud, struct session *s);
+    void (*ended)(void *ud, struct session *s);
 };
 
 /* The single-node registry; ud is the struct broker. */
@@ -121,6 +129,7 @@ void registry_claim(struct broker *b, const struct registry_claim *req, registry
 void registry_release(struct broker *b, struct session *s, struct conn *c,
                       struct session_will *will, bool resumed, struct worker *cur);
 void registry_tick(struct broker *b, uint64_t now_mono_ms);
+void registry_changed(struct broker *b, struct session *s);
 
 /* ---- the table ----------------------------------------------------------- */
 

@@ -40,6 +40,10 @@ struct route_ops {
      * done(arg) will be called later, once it is (any thread, exactly once;
      * also at shutdown), or a negative errno (done is not called). */
     int (*sync)(void *ud, void (*done)(void *arg), void *arg);
+    /* Optional. The index of the route table a forward made now sees at
+     * least (recorded on the message before its local delivery, see
+     * struct msg.route_index). Any thread; must be cheap. */
+    uint64_t (*routed_at)(void *ud);
 };
 
 /* The single-node implementation; ud must point to a struct route_local. */

@@ -715,6 +715,8 @@ bool session_sub_del(struct session *s, const char *f, uint16_t len)
 
 void session_end(struct broker *b, struct session *s)
 {
+    if (b->registry_ops && b->registry_ops->ended && !atomic_load(&b->stopping))
+        b->registry_ops->ended(b->registry_ud, s);
     lock_acquire(&s->lock);
     s->ended = true;
     if (s->stored && !atomic_load(&b->stopping)) {

@@ -121,6 +121,9 @@ struct session {
     /* the user name of the last client that attached (ACL of deliveries),
      * NULL for an anonymous one */
     char *user;
+    /* the cluster registry's epoch of the claim this session was last
+     * granted with (0: none, or not clustered) */
+    uint64_t epoch;
     uint32_t will_expiry;
     uint16_t id_len;
     bool in_table; /* registry lock */

@@ -2,8 +2,9 @@
  * rtable.h - the replicated tables of the cluster, over LMDB.
  *
  * What it is for: the state that the Raft group replicates (routes, session
- * registry, retained messages, members) lives in its own LMDB environment on
- * every node (DATA_DIR/cluster/fsm, next to the Raft log), written only by
+ * registry, retained messages, members, persistent session records) lives
+ * in its own LMDB environment on every node (DATA_DIR/cluster/fsm, next to
+ * the Raft log), written only by
  * the state machine (cluster/fsm.h), on the Raft thread. This module knows
  * nothing of commands: it stores records (table, key, value) and keeps, in
  * the same transactions:
@@ -44,8 +45,9 @@ enum rtable_db {
     RTABLE_REGISTRY = 2, /* client id -> u64le node, u64le epoch */
     RTABLE_RETAINED = 3, /* topic -> u64le origin, u64le seq, encoded RetainedMessage */
     RTABLE_MEMBERS = 4,  /* u64be node -> encoded Member */
+    RTABLE_SESSIONS = 5, /* client id -> encoded SessionRecord (persistent sessions) */
 };
-#define RTABLE_N_DB 4
+#define RTABLE_N_DB 5
 
 struct rtable;
 struct rtable_txn;

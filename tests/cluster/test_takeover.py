@@ -33,21 +33,14 @@ def test_takeover_across_nodes_moves_the_session(cluster):
     assert x.subscribe(topic, qos=1) == [1]
     assert x.subscribe(topic + "/two", qos=2) == [2]
     x.disconnect()
-    # a witness on node a: once it has every message, the forwards from
-    # node c have all reached node a (one ordered channel), and so has the
-    # offline session's queue (see docs/cluster.md: a forward still on its
-    # way while the session moves is the documented gap)
-    witness = PahoClient(a, uid("witness"), 5)
-    witness.connect()
-    assert witness.subscribe(topic + "/#", qos=1) == [1]
-    assert witness.subscribe(topic, qos=1) == [1]
-    # queued on node a for the offline session, published on node c
+    # queued on node a for the offline session, published on node c; the
+    # client moves at once, with forwards still on their way to node a:
+    # those follow the session to node b (late messages, docs/cluster.md)
     pub = PahoClient(c, uid("pub"), 5)
     pub.connect()
     sent = [f"q{i}".encode() for i in range(40)]
     for i, p in enumerate(sent):
         pub.publish(topic if i % 2 == 0 else topic + "/two", p, qos=1)
-    assert [witness.get(WAIT).payload for _ in sent] == sent
     pa = PahoClient(a, uid("pub"), 5)
     pa.connect()
     # the same client id resumes on node b
@@ -59,9 +52,14 @@ def test_takeover_across_nodes_moves_the_session(cluster):
     # it reaches node b
     pa.publish(topic, b"after", qos=1)
     got = [y.get(WAIT) for _ in range(len(sent) + 1)]
-    # in order, none lost, and none twice: "after" is next
-    assert [m.payload for m in got] == sent + [b"after"]
+    # none lost and none twice; the queued ones in order ("after" may come
+    # before late ones: see the ordering of late messages)
+    assert sorted(m.payload for m in got) == sorted(sent + [b"after"])
+    assert [m.payload for m in got if m.payload != b"after"] == sent
     assert [m.qos for m in got] == [1] * (len(sent) + 1)
+    # and nothing more comes
+    pa.publish(topic, b"marker", qos=1)
+    assert y.get(WAIT).payload == b"marker"
     y.disconnect()
 
 

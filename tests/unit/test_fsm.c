@@ -22,6 +22,7 @@
 
 #include "cmd.h"
 #include "fsm.h"
+#include "raft_cmd.pb-c.h"
 
 #define S(x) (x), strlen(x)
 
@@ -272,6 +273,141 @@ static void test_members_and_purge(void)
     CU_ASSERT_EQUAL(fsm_members(f, count_member, &sum), 0);
     CU_ASSERT_EQUAL(sum, 3);
     assert_checksum_consistent(f);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
+/* Decode the session record of id: its filters joined by ',' into out. */
+static int record_filters(struct fsm *f, const char *id, char *out, size_t cap, uint32_t *expiry,
+                          char *user, size_t ucap)
+{
+    void *buf;
+    size_t len;
+    int rc = fsm_session_record_get(f, id, strlen(id), &buf, &len);
+    if (rc)
+        return rc;
+    Starling__Cmd__SessionRecord *r = starling__cmd__session_record__unpack(NULL, len, buf);
+    free(buf);
+    if (!r)
+        return -EIO;
+    out[0] = '\0';
+    for (size_t i = 0; i < r->n_subs; i++)
+        snprintf(out + strlen(out), cap - strlen(out), "%s%.*s:%u:%u", i ? "," : "",
+                 (int)r->subs[i]->filter.len, (const char *)r->subs[i]->filter.data,
+                 r->subs[i]->options, r->subs[i]->sub_id);
+    *expiry = r->expiry_interval;
+    snprintf(user, ucap, "%s", r->username ? r->username : "(none)");
+    starling__cmd__session_record__free_unpacked(r, NULL);
+    return 0;
+}
+
+static void test_session_records_and_node_down(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    struct cmd_batch *b = cmd_batch_new();
+    struct cmd_session_sub subs[] = {{S("p/#"), 1, 7}, {S("$share/g/q"), 2, 0}};
+    char got[256], user[32];
+    uint32_t expiry = 0;
+    /* written only by the owner the registry names */
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2); /* no claim yet */
+    cmd_session_claim(b, S("c1"), 1, 1);
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2);
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2); /* same: no-op */
+    cmd_session_record(b, S("c1"), 2, 1, 300, 5, NULL, subs, 1);    /* not the owner */
+    CU_ASSERT_EQUAL(apply(f, 1, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_STALE_EPOCH);
+    CU_ASSERT_EQUAL(res.results[1], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[2], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[3], FSM_NOOP);
+    CU_ASSERT_EQUAL(res.results[4], FSM_STALE_EPOCH);
+    CU_ASSERT_EQUAL(record_filters(f, "c1", got, sizeof got, &expiry, user, sizeof user), 0);
+    CU_ASSERT_STRING_EQUAL(got, "p/#:1:7,$share/g/q:2:0");
+    CU_ASSERT_EQUAL(expiry, 300);
+    CU_ASSERT_STRING_EQUAL(user, "alice");
+
+    /* a takeover keeps the record (the claimant resumes from it) until the
+     * new owner writes its own */
+    cmd_session_claim(b, S("c1"), 2, 2);
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, NULL, subs, 1); /* old owner: refused */
+    CU_ASSERT_EQUAL(apply(f, 2, b), 0);
+    CU_ASSERT_EQUAL(res.results[1], FSM_STALE_EPOCH);
+    CU_ASSERT_EQUAL(record_filters(f, "c1", got, sizeof got, &expiry, user, sizeof user), 0);
+    CU_ASSERT_STRING_EQUAL(got, "p/#:1:7,$share/g/q:2:0");
+    cmd_session_record(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1);
+    CU_ASSERT_EQUAL(apply(f, 3, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(record_filters(f, "c1", got, sizeof got, &expiry, user, sizeof user), 0);
+    CU_ASSERT_STRING_EQUAL(got, "p/#:1:7");
+    CU_ASSERT_EQUAL(expiry, 60);
+    CU_ASSERT_STRING_EQUAL(user, "(none)");
+
+    /* expiry 0 deletes the record; the release deletes both */
+    cmd_session_claim(b, S("c2"), 1, 1);
+    cmd_session_record(b, S("c2"), 1, 1, 10, 4, NULL, subs + 1, 1);
+    CU_ASSERT_EQUAL(apply(f, 4, b), 0);
+    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0);
+    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0);
+    cmd_session_release(b, S("c1"), 2, 2, 0);
+    CU_ASSERT_EQUAL(apply(f, 5, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
+    CU_ASSERT_EQUAL(res.results[2], FSM_OK);
+    CU_ASSERT_EQUAL(record_filters(f, "c2", got, sizeof got, &expiry, user, sizeof user), -ENOENT);
+    CU_ASSERT_EQUAL(record_filters(f, "c1", got, sizeof got, &expiry, user, sizeof user), -ENOENT);
+    uint64_t node, epoch;
+    CU_ASSERT_EQUAL(fsm_registry_get(f, S("c1"), &node, &epoch), -ENOENT);
+    CU_ASSERT_EQUAL(fsm_registry_get(f, S("c2"), &node, &epoch), 0);
+
+    /* NodeDown(3): its routes go, but those of the persistent sessions it
+     * still owns (c3); c4's record names node 3 but node 4 owns it now */
+    cmd_route_add(b, S("keep/+"), 3);
+    cmd_route_add(b, S("$share/g/k"), 3);
+    cmd_route_add(b, S("gone"), 3);
+    cmd_route_add(b, S("moved"), 3);
+    cmd_route_add(b, S("gone"), 4);
+    cmd_session_claim(b, S("c3"), 3, 1);
+    struct cmd_session_sub keep[] = {{S("keep/+"), 1, 0}, {S("$share/g/k"), 0, 0}};
+    cmd_session_record(b, S("c3"), 3, 1, 100, 5, NULL, keep, 2);
+    cmd_session_claim(b, S("c4"), 3, 1);
+    struct cmd_session_sub moved[] = {{S("moved"), 1, 0}};
+    cmd_session_record(b, S("c4"), 3, 1, 100, 5, NULL, moved, 1);
+    cmd_session_claim(b, S("c4"), 4, 2);
+    CU_ASSERT_EQUAL(apply(f, 6, b), 0);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 5);
+    uint64_t nr = 0, ns = 0;
+    CU_ASSERT_EQUAL(fsm_node_counts(f, 3, &nr, &ns), 0);
+    CU_ASSERT_EQUAL(nr, 4);
+    CU_ASSERT_EQUAL(ns, 1);
+    cmd_node_down(b, 3);
+    cmd_node_down(b, 3);
+    CU_ASSERT_EQUAL(cmd_node_down(b, 0), -EINVAL);
+    CU_ASSERT_EQUAL(apply(f, 7, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
+    CU_ASSERT_EQUAL(fsm_node_counts(f, 3, &nr, &ns), 0);
+    CU_ASSERT_EQUAL(nr, 2);
+    /* the matcher follows the table */
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 3);
+    assert_checksum_consistent(f);
+    CU_ASSERT_EQUAL(fsm_routes_index(f), 7);
+
+    /* the records travel in snapshots */
+    void *snap;
+    size_t len;
+    CU_ASSERT_EQUAL_FATAL(fsm_snapshot(f, &snap, &len), 0);
+    char *d2 = tmpdir();
+    struct fsm *f2 = open_fsm(d2);
+    CU_ASSERT_EQUAL(fsm_restore(f2, snap, len, false, NULL), 0);
+    CU_ASSERT_EQUAL(fsm_checksum(f2), fsm_checksum(f));
+    CU_ASSERT_EQUAL(record_filters(f2, "c3", got, sizeof got, &expiry, user, sizeof user), 0);
+    CU_ASSERT_STRING_EQUAL(got, "keep/+:1:0,$share/g/k:0:0");
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f2)), 3);
+    CU_ASSERT_EQUAL(fsm_routes_index(f2), 7);
+    free(snap);
+    fsm_close(f2);
+    rmdir_free(d2);
     cmd_batch_free(b);
     fsm_close(f);
     rmdir_free(d);
@@ -600,6 +736,7 @@ int main(void)
     CU_add_test(s, "session claims and epochs", test_session_epochs);
     CU_add_test(s, "retained (origin, seq)", test_retained_origin_seq);
     CU_add_test(s, "members and node purge", test_members_and_purge);
+    CU_add_test(s, "session records and node down", test_session_records_and_node_down);
     CU_add_test(s, "long keys", test_long_keys);
     CU_add_test(s, "malformed entry", test_malformed_entry);
     CU_add_test(s, "checksum across environments", test_checksum_across_environments);

@@ -1,0 +1,702 @@
+/*
+ * cluster_session.c - persistent sessions across node faults, part of the
+ * glue of cluster_node.h (docs/cluster.md "Faults").
+ *
+ * Session records. The owner of a persistent session (expiry > 0) keeps
+ * its subscriptions, expiry and user in the replicated `sessions` table
+ * (SessionRecord, written with the route changes: on claim, SUBSCRIBE and
+ * UNSUBSCRIBE, so the SUBACK's wait covers it). A claimant whose previous
+ * owner is down (not reported within cluster_down_after, or no SessionState
+ * within cluster_claim_timeout) resumes the session from it
+ * (cluster_registry.c). A session that ends for good proposes
+ * SessionRelease(id, self, its epoch): the registry record and the session
+ * record go.
+ *
+ * Late messages. The old owner keeps its copy subscribed after it sent the
+ * SessionState, and sends what still arrives for it (SessionMessages) to
+ * the new owner until that one says its routes are in effect everywhere
+ * (SessionRouted), then ends it. A node that starts with stored sessions
+ * that the registry gives to another node sends their messages to that node
+ * and ends them. The new owner appends them to the session's queue.
+ *
+ * Dead nodes. The leader proposes NodeDown for a member that has not
+ * reported for cluster_down_after (again every cluster_down_after while it
+ * stays down): its routes go, but for those of the persistent sessions it
+ * still owns.
+ *
+ * Threads: the registry hooks run on workers (changed) or anywhere (ended);
+ * frames on the cluster thread; the poll on the glue's thread. The lists
+ * are under cn->reg_mu.
+ */
+#include "cluster_node_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "channel.pb-c.h"
+#include "cmd.h"
+#include "log.h"
+#include "msg.h"
+#include "persist.h"
+#include "raft_cmd.pb-c.h"
+#include "session.h"
+#include "topic.h"
+
+#define INCOMING_KEEP_MS 60000
+/* the channel reconnects with a backoff of at most 5 s (cluster/channel.h) */
+#define CHAN_RECONNECT_GRACE_MS 6000
+
+struct cn_moving {
+    struct cn_moving *next;
+    struct session *s; /* out of the table, still subscribed (a reference) */
+    uint64_t to, epoch;
+    uint64_t until_ms;    /* end at the latest then */
+    bool routed;          /* the new owner's routes are everywhere: end now */
+    uint64_t route_index; /* ... since this index (0: unknown) */
+};
+
+struct cn_incoming {
+    struct cn_incoming *next;
+    struct session *s; /* a reference */
+    uint64_t epoch;
+    uint64_t until_ms;
+};
+
+/* ---- session records ----------------------------------------------------- */
+
+/* Whether the encoded record rec says what s would write (its owner's
+ * node and epoch aside: the state machine checks the registry's owner, and
+ * nothing reads those). s->lock held. */
+static bool record_same(const void *rec, size_t len, const struct session *s)
+{
+    Starling__Cmd__SessionRecord *r = starling__cmd__session_record__unpack(NULL, len, rec);
+    if (!r)
+        return false;
+    bool same = r->expiry_interval == s->expiry_interval && r->has_version &&
+                r->version == s->version && !r->username == !s->user &&
+                (!s->user || strcmp(r->username, s->user) == 0) && r->n_subs == s->n_subs;
+    for (size_t i = 0; same && i < r->n_subs; i++) {
+        const Starling__Cmd__SessionSub *x = r->subs[i];
+        const struct session_sub *y = &s->subs[i];
+        same = x->filter.len == y->len && memcmp(x->filter.data, y->filter, y->len) == 0 &&
+               x->options == y->options && (x->has_sub_id ? x->sub_id : 0) == y->sub_id;
+    }
+    starling__cmd__session_record__free_unpacked(r, NULL);
+    return same;
+}
+
+void cn_session_record_queue(struct cluster_node *cn, struct session *s)
+{
+    void *old = NULL;
+    size_t olen = 0;
+    bool have = fsm_session_record_get(cn->fsm, s->client_id, s->id_len, &old, &olen) == 0;
+    struct cmd_batch *b = cmd_batch_new();
+    int r = 0;
+    lock_acquire(&s->lock);
+    uint64_t epoch = s->epoch;
+    uint32_t expiry = s->expiry_interval;
+    /* a session that ends with its connection needs no record (one that a
+     * persistent session of this id left is deleted); an unchanged record
+     * is not written again (a persistent session's reconnection) */
+    bool skip = !b || epoch == 0 || s->ended || (expiry == 0 && !have) ||
+                (expiry != 0 && have && record_same(old, olen, s));
+    if (!skip) {
+        struct cmd_session_sub *subs = calloc(s->n_subs + 1, sizeof(*subs));
+        if (subs) {
+            for (uint32_t i = 0; i < s->n_subs; i++)
+                subs[i] = (struct cmd_session_sub){s->subs[i].filter, s->subs[i].len,
+                                                   s->subs[i].options, s->subs[i].sub_id};
+            r = cmd_session_record(b, s->client_id, s->id_len, cn->self, epoch, expiry, s->version,
+                                   s->user, subs, expiry ? s->n_subs : 0);
+            free(subs);
+        } else {
+            r = -ENOMEM;
+        }
+    }
+    lock_release(&s->lock);
+    free(old);
+    if (!skip && r == 0)
+        r = cn_queue_batch(cn, b);
+    if (!skip && r < 0 && r != -ECANCELED)
+        log_warn("cluster: the session record of '%s' is not replicated: %s", s->client_id,
+                 strerror(-r));
+    cmd_batch_free(b);
+}
+
+void cn_session_changed(void *ud, struct session *s)
+{
+    cn_session_record_queue(ud, s);
+}
+
+void cn_session_ended(void *ud, struct session *s)
+{
+    struct cluster_node *cn = ud;
+    lock_acquire(&s->lock);
+    uint64_t epoch = s->epoch;
+    bool ended = s->ended;
+    lock_release(&s->lock);
+    uint64_t node = 0, cur = 0;
+    /* only the session of the current claim releases it: a copy that a
+     * newer claim (here or elsewhere) replaced does not */
+    if (epoch == 0 || ended ||
+        fsm_registry_get(cn->fsm, s->client_id, s->id_len, &node, &cur) != 0 || node != cn->self ||
+        cur != epoch)
+        return;
+    struct cmd_batch *b = cmd_batch_new();
+    int r = b ? cmd_session_release(b, s->client_id, s->id_len, cn->self, epoch, 0) : -ENOMEM;
+    if (r == 0)
+        r = cn_queue_batch(cn, b);
+    if (r < 0 && r != -ECANCELED)
+        log_warn("cluster: the release of '%s' is not replicated: %s", s->client_id, strerror(-r));
+    cmd_batch_free(b);
+}
+
+struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len)
+{
+    void *buf;
+    size_t blen;
+    if (fsm_session_record_get(cn->fsm, id, len, &buf, &blen) != 0)
+        return NULL;
+    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, blen, buf);
+    free(buf);
+    if (!rec)
+        return NULL;
+    struct session *s = session_new(id, len);
+    if (s) {
+        lock_acquire(&s->lock);
+        s->version = (uint8_t)(rec->has_version ? rec->version : 4);
+        s->expiry_interval = rec->expiry_interval;
+        if (rec->username)
+            s->user = strdup(rec->username);
+        for (size_t i = 0; i < rec->n_subs; i++) {
+            const Starling__Cmd__SessionSub *sub = rec->subs[i];
+            if (sub->filter.len == 0 || sub->filter.len > 65535 ||
+                !topic_filter_valid((const char *)sub->filter.data, sub->filter.len))
+                continue;
+            session_sub_set(s, (const char *)sub->filter.data, (uint16_t)sub->filter.len,
+                            (uint8_t)sub->options, sub->sub_id);
+        }
+        lock_release(&s->lock);
+        log_info("cluster: the session of '%s' resumed from its record (node %016llx down): %zu "
+                 "subscription(s)",
+                 s->client_id, (unsigned long long)rec->node, rec->n_subs);
+    }
+    starling__cmd__session_record__free_unpacked(rec, NULL);
+    return s;
+}
+
+/* ---- late messages ---------------------------------------------------------- */
+
+/* Takes the messages s holds (inflight then queued, in delivery order; a
+ * QoS 2 message past PUBREC stays: its client has it). Returns the list,
+ * oldest first, or NULL. s->lock held. */
+struct qmsg *cn_session_take_msgs(struct session *s)
+{
+    struct qmsg *head = NULL, **tail = &head;
+    struct qlist *lists[2] = {&s->inflight, &s->queue};
+    for (int l = 0; l < 2; l++) {
+        struct qmsg *q = lists[l]->head;
+        lists[l]->head = lists[l]->tail = NULL;
+        lists[l]->len = 0;
+        while (q) {
+            struct qmsg *next = q->next;
+            q->next = NULL;
+            if (q->state == MSG_STATE_WAIT_PUBCOMP) {
+                qmsg_free(q);
+            } else {
+                *tail = q;
+                tail = &q->next;
+            }
+            q = next;
+        }
+    }
+    s->queue_bytes = 0;
+    return head;
+}
+
+/* Send msgs (a list, freed here) for session id to node `to`, but those
+ * routed with a route table at or past `direct` (not 0), which reached `to`
+ * directly. */
+static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,
+                      uint64_t epoch, struct qmsg *msgs, uint64_t direct)
+{
+    size_t n = 0, skipped = 0;
+    for (struct qmsg **pp = &msgs; *pp;) {
+        struct qmsg *q = *pp;
+        if (direct && q->m->route_index >= direct) {
+            *pp = q->next;
+            qmsg_free(q);
+            skipped++;
+        } else {
+            pp = &q->next;
+            n++;
+        }
+    }
+    if (skipped)
+        log_debug("cluster: %zu late message(s) of '%.*s' reached %016llx directly", skipped,
+                  (int)len, id, (unsigned long long)to);
+    if (n == 0)
+        return;
+    Starling__Chan__SessionMessage *mv = calloc(n, sizeof(*mv));
+    Starling__Chan__SessionMessage **mp = calloc(n, sizeof(*mp));
+    size_t k = 0;
+    if (mv && mp)
+        for (struct qmsg *q = msgs; q; q = q->next, k++) {
+            cn_msg_fill(&mv[k], q);
+            mv[k].has_packet_id = false; /* numbered by the new owner */
+            mv[k].state = MSG_STATE_QUEUED;
+            mp[k] = &mv[k];
+        }
+    Starling__Chan__SessionMessages sm = STARLING__CHAN__SESSION_MESSAGES__INIT;
+    sm.client_id.data = (uint8_t *)id;
+    sm.client_id.len = len;
+    sm.epoch = epoch;
+    sm.n_msgs = k;
+    sm.msgs = mp;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
+    fr.session_messages = &sm;
+    size_t sz = starling__chan__frame__get_packed_size(&fr);
+    uint8_t *buf = k == n ? malloc(sz) : NULL;
+    int r = -ENOMEM;
+    if (buf) {
+        starling__chan__frame__pack(&fr, buf);
+        r = cluster_send(cn->c, to, buf, sz);
+    }
+    if (r < 0) {
+        atomic_fetch_add(&cn->b->stats.msgs_dropped, n);
+        log_warn("cluster: %zu late message(s) of '%.*s' not sent to %016llx: %s", n, (int)len, id,
+                 (unsigned long long)to, strerror(-r));
+    } else {
+        log_info("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
+                 id, (unsigned long long)to);
+    }
+    free(buf);
+    free(mv);
+    free(mp);
+    while (msgs) {
+        struct qmsg *next = msgs->next;
+        qmsg_free(msgs);
+        msgs = next;
+    }
+}
+
+void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
+                   bool now)
+{
+    log_debug("cluster: the session of '%s' moved to %016llx (claim %llu)%s", s->client_id,
+              (unsigned long long)to, (unsigned long long)epoch,
+              now ? ": what it holds follows it" : "");
+    struct cn_moving *x = calloc(1, sizeof(*x));
+    if (!x) {
+        session_end(cn->b, s);
+        session_unref(s);
+        return;
+    }
+    x->s = s;
+    x->to = to;
+    x->epoch = epoch;
+    /* the new owner's claim completes within about cluster_claim_timeout;
+     * without a claim in progress (`now`), forwards that other nodes held
+     * for this node while it was down still come, once their channels
+     * reconnect (with a backoff of up to 5 s): they go too */
+    x->until_ms = cn_mono_ms() +
+                  (now ? CHAN_RECONNECT_GRACE_MS : 2 * (uint64_t)cn->b->cfg.cluster_claim_timeout);
+    pthread_mutex_lock(&cn->reg_mu);
+    x->next = cn->moving;
+    cn->moving = x;
+    pthread_mutex_unlock(&cn->reg_mu);
+}
+
+void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
+                          const Starling__Chan__SessionRouted *r)
+{
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving *x = cn->moving; x; x = x->next)
+        if (x->to == from && x->epoch == r->epoch && x->s->id_len == r->client_id.len &&
+            memcmp(x->s->client_id, r->client_id.data, r->client_id.len) == 0) {
+            x->routed = true;
+            x->route_index = r->has_route_index ? r->route_index : 0;
+        }
+    pthread_mutex_unlock(&cn->reg_mu);
+}
+
+void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,
+                            uint64_t epoch, uint64_t route_index)
+{
+    Starling__Chan__SessionRouted r = STARLING__CHAN__SESSION_ROUTED__INIT;
+    r.client_id.data = (uint8_t *)id;
+    r.client_id.len = len;
+    r.epoch = epoch;
+    r.has_route_index = route_index != 0;
+    r.route_index = route_index;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_ROUTED;
+    fr.session_routed = &r;
+    size_t n = starling__chan__frame__get_packed_size(&fr);
+    uint8_t *buf = malloc(n);
+    if (!buf)
+        return;
+    starling__chan__frame__pack(&fr, buf);
+    cluster_send(cn->c, to, buf, n);
+    free(buf);
+}
+
+void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch)
+{
+    struct cn_incoming *x = calloc(1, sizeof(*x));
+    if (!x)
+        return;
+    x->s = session_ref(s);
+    x->epoch = epoch;
+    x->until_ms = cn_mono_ms() + INCOMING_KEEP_MS;
+    pthread_mutex_lock(&cn->reg_mu);
+    x->next = cn->incoming;
+    cn->incoming = x;
+    pthread_mutex_unlock(&cn->reg_mu);
+}
+
+/* The session of id here with claim `epoch` (a reference), or NULL. */
+static struct session *owned_session(struct cluster_node *cn, const char *id, size_t len,
+                                     uint64_t epoch)
+{
+    struct session *s = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_incoming *x = cn->incoming; x && !s; x = x->next)
+        if (x->epoch == epoch && x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0)
+            s = session_ref(x->s);
+    pthread_mutex_unlock(&cn->reg_mu);
+    if (!s) {
+        struct registry *r = &cn->b->registry;
+        pthread_mutex_lock(&r->lock);
+        s = registry_find(r, id, len);
+        if (s)
+            session_ref(s);
+        pthread_mutex_unlock(&r->lock);
+    }
+    if (s) {
+        lock_acquire(&s->lock);
+        bool ok = s->epoch == epoch && !s->ended;
+        lock_release(&s->lock);
+        if (!ok) {
+            session_unref(s);
+            s = NULL;
+        }
+    }
+    return s;
+}
+
+void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
+                            const Starling__Chan__SessionMessages *sm)
+{
+    if (sm->client_id.len == 0 || sm->client_id.len > 65535)
+        return;
+    struct broker *b = cn->b;
+    struct session *s =
+        owned_session(cn, (const char *)sm->client_id.data, sm->client_id.len, sm->epoch);
+    if (!s) {
+        atomic_fetch_add(&b->stats.msgs_dropped, sm->n_msgs);
+        log_warn("cluster: %zu late message(s) from %016llx for '%.*s' (claim %llu), which is not "
+                 "here: dropped",
+                 sm->n_msgs, (unsigned long long)from, (int)sm->client_id.len,
+                 (const char *)sm->client_id.data, (unsigned long long)sm->epoch);
+        return;
+    }
+    struct store_batch *bt = NULL;
+    for (size_t i = 0; i < sm->n_msgs; i++) {
+        const Starling__Chan__SessionMessage *q = sm->msgs[i];
+        if (q->topic.len == 0 || q->topic.len > 65535)
+            continue;
+        struct msg *m =
+            msg_new(q->topic.data, (uint16_t)q->topic.len, q->payload.data,
+                    (uint32_t)q->payload.len, q->has_properties ? q->properties.data : NULL,
+                    q->has_properties ? (uint32_t)q->properties.len : 0,
+                    (uint8_t)(q->msg_qos > 2 ? 2 : q->msg_qos), q->retain, q->expiry_at_ms, NULL);
+        if (!m)
+            continue;
+        session_deliver(b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain, q->sub_ids,
+                        (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids), NULL, &bt, NULL);
+        msg_unref(m);
+    }
+    persist_submit(b, &bt, NULL, NULL);
+    log_info("cluster: %zu late message(s) of '%s' came from %016llx", sm->n_msgs, s->client_id,
+             (unsigned long long)from);
+    session_unref(s);
+}
+
+/* ---- the start-up pass ---------------------------------------------------------- */
+
+/* Whether this node's tables have caught up with the leader's as it was
+ * when first seen (so that claims made while this node was down are
+ * applied here). */
+static bool caught_up(struct cluster_node *cn)
+{
+    uint64_t leader = raft_node_leader(cn->raft);
+    if (!leader)
+        return false;
+    if (leader == cn->self)
+        return raft_node_ready(cn->raft);
+    if (!cn->restart_target) {
+        pthread_mutex_lock(&cn->mu);
+        for (unsigned i = 0; i < cn->n_peers; i++)
+            if (cn->peers[i].node == leader && cn->peers[i].seen_ms >= cn->started_ms)
+                cn->restart_target = cn->peers[i].applied;
+        pthread_mutex_unlock(&cn->mu);
+        if (!cn->restart_target)
+            return false;
+    }
+    return fsm_applied(cn->fsm) >= cn->restart_target;
+}
+
+/* The user name of id's session record (malloc'ed), or NULL. */
+static char *record_user(struct cluster_node *cn, const char *id, uint16_t len)
+{
+    void *buf;
+    size_t blen;
+    if (fsm_session_record_get(cn->fsm, id, len, &buf, &blen) != 0)
+        return NULL;
+    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, blen, buf);
+    free(buf);
+    char *user = rec && rec->username ? strdup(rec->username) : NULL;
+    if (rec)
+        starling__cmd__session_record__free_unpacked(rec, NULL);
+    return user;
+}
+
+struct idlist {
+    struct session **v;
+    size_t n, cap;
+};
+
+/* Stored sessions: those the registry gives to this node learn their
+ * epoch; those it gives to another node send it their messages and end. */
+static void restart_pass(struct cluster_node *cn)
+{
+    struct broker *b = cn->b;
+    struct registry *r = &b->registry;
+    struct idlist l = {0};
+    pthread_mutex_lock(&r->lock);
+    for (size_t k = 0; k < r->n_buckets; k++)
+        for (struct session *s = r->buckets[k]; s; s = s->hnext) {
+            if (l.n == l.cap) {
+                size_t cap = l.cap ? 2 * l.cap : 64;
+                struct session **v = realloc(l.v, cap * sizeof(*v));
+                if (!v)
+                    break;
+                l.v = v;
+                l.cap = cap;
+            }
+            l.v[l.n++] = session_ref(s);
+        }
+    pthread_mutex_unlock(&r->lock);
+    size_t moved = 0;
+    for (size_t i = 0; i < l.n; i++) {
+        struct session *s = l.v[i];
+        uint64_t node = 0, epoch = 0;
+        lock_acquire(&s->lock);
+        bool known = s->epoch != 0;
+        lock_release(&s->lock);
+        if (!known && fsm_registry_get(cn->fsm, s->client_id, s->id_len, &node, &epoch) == 0) {
+            if (node == cn->self) {
+                /* the store keeps no user name: the record does (the ACL of
+                 * its deliveries until its client is back) */
+                char *user = record_user(cn, s->client_id, s->id_len);
+                lock_acquire(&s->lock);
+                if (s->epoch == 0)
+                    s->epoch = epoch;
+                if (!s->user) {
+                    s->user = user;
+                    user = NULL;
+                }
+                lock_release(&s->lock);
+                free(user);
+            } else {
+                /* taken over while this node was down */
+                struct session *gone = registry_local_surrender(b, s->client_id, s->id_len, true);
+                if (gone == s) {
+                    cn_moving_add(cn, gone, node, epoch, true);
+                    moved++;
+                } else if (gone) {
+                    session_end(b, gone);
+                    session_unref(gone);
+                }
+            }
+        }
+        session_unref(s);
+    }
+    free(l.v);
+    log_debug("cluster: start-up pass over %zu stored session(s)", l.n);
+    if (moved)
+        log_info("cluster: %zu stored session(s) moved to other nodes while this one was down: "
+                 "their messages follow them",
+                 moved);
+}
+
+/* ---- this node taken for dead ------------------------------------------------------ */
+
+/* A NodeDown(self) applied while this node runs (it was proposed just
+ * before this node's reports reached the leader): RouteAdd for every filter
+ * of the sessions here (idempotent: those that stayed are no-ops). */
+static void reannounce_routes(struct cluster_node *cn)
+{
+    struct broker *b = cn->b;
+    struct registry *r = &b->registry;
+    struct cmd_batch *bt = cmd_batch_new();
+    if (!bt)
+        return;
+    size_t n = 0;
+    pthread_mutex_lock(&r->lock);
+    for (size_t k = 0; k < r->n_buckets; k++)
+        for (struct session *s = r->buckets[k]; s; s = s->hnext) {
+            lock_acquire(&s->lock);
+            for (uint32_t i = 0; i < s->n_subs; i++)
+                if (cmd_route_add(bt, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
+                    n++;
+            lock_release(&s->lock);
+        }
+    pthread_mutex_unlock(&r->lock);
+    if (n && cn_queue_batch(cn, bt) == 0)
+        log_warn("cluster: this node was taken for dead: %zu route(s) proposed again", n);
+    cmd_batch_free(bt);
+}
+
+/* ---- dead nodes (the leader) ------------------------------------------------------ */
+
+static void node_down_poll(struct cluster_node *cn, uint64_t now)
+{
+    if (raft_node_leader(cn->raft) != cn->self || !raft_node_ready(cn->raft))
+        return;
+    uint64_t down_after = cn->b->cfg.cluster_down_after;
+    uint64_t down[MAX_PEERS];
+    unsigned n = 0;
+    pthread_mutex_lock(&cn->mu);
+    for (unsigned i = 0; i < cn->n_peers; i++) {
+        struct peer *p = &cn->peers[i];
+        uint64_t last = p->seen_ms > cn->started_ms ? p->seen_ms : cn->started_ms;
+        if (p->left || now - last <= down_after || now - p->down_ms < down_after)
+            continue;
+        p->down_ms = now;
+        down[n++] = p->node;
+    }
+    pthread_mutex_unlock(&cn->mu);
+    for (unsigned i = 0; i < n; i++) {
+        if (fsm_node_routes(cn->fsm, down[i]) == 0)
+            continue; /* nothing to remove: no entry */
+        struct cmd_batch *b = cmd_batch_new();
+        size_t len;
+        const void *e = b && cmd_node_down(b, down[i]) == 0 ? cmd_batch_data(b, &len) : NULL;
+        if (!e || cluster_propose(cn->c, e, len, NULL, NULL) < 0)
+            log_warn("cluster: NodeDown(%016llx) not proposed", (unsigned long long)down[i]);
+        cmd_batch_free(b);
+    }
+}
+
+/* ---- the poll ---------------------------------------------------------------------- */
+
+void cn_session_poll(struct cluster_node *cn, uint64_t now)
+{
+    if (!cn->started_ms)
+        cn->started_ms = now;
+    if (!atomic_load(&cn->restart_done) && atomic_load(&cn->loaded) && caught_up(cn)) {
+        atomic_store(&cn->restart_done, true);
+        restart_pass(cn);
+    }
+    node_down_poll(cn, now);
+    if (atomic_exchange(&cn->reannounce, false))
+        reannounce_routes(cn);
+
+    struct cn_moving *ending = NULL;
+    struct cn_incoming *dropped = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving **pp = &cn->moving; *pp;) {
+        struct cn_moving *x = *pp;
+        if (x->routed || x->until_ms <= now) {
+            *pp = x->next;
+            x->next = ending;
+            ending = x;
+        } else {
+            pp = &x->next;
+        }
+    }
+    for (struct cn_incoming **pp = &cn->incoming; *pp;) {
+        struct cn_incoming *x = *pp;
+        if (x->until_ms <= now) {
+            *pp = x->next;
+            x->next = dropped;
+            dropped = x;
+        } else {
+            pp = &x->next;
+        }
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
+    while (ending) {
+        struct cn_moving *x = ending;
+        ending = x->next;
+        /* out of the index first, so that nothing arrives after the send */
+        struct session *s = x->s;
+        lock_acquire(&s->lock);
+        uint32_t n = s->n_subs;
+        struct session_sub *subs = s->subs;
+        s->subs = NULL;
+        s->n_subs = s->cap_subs = 0;
+        lock_release(&s->lock);
+        /* a shared group's message came here because its origin picked this
+         * node, whatever routes it had: those all go */
+        bool shared = false;
+        for (uint32_t i = 0; i < n; i++)
+            shared = shared || (subs[i].len > 7 && memcmp(subs[i].filter, "$share/", 7) == 0);
+        for (uint32_t i = 0; i < n; i++) {
+            sub_index_remove(cn->b->index, subs[i].filter, subs[i].len, s);
+            free(subs[i].filter);
+        }
+        free(subs);
+        lock_acquire(&s->lock);
+        struct qmsg *late = cn_session_take_msgs(s);
+        lock_release(&s->lock);
+        /* without the new owner's word (timeout, or a stored session sent on
+         * at start-up), everything goes: at least once */
+        log_debug("cluster: the old copy of '%s' ends (%s)", s->client_id,
+                  x->routed ? "its new owner's routes are everywhere" : "grace period over");
+        msgs_send(cn, x->to, s->client_id, s->id_len, x->epoch, late,
+                  x->routed && !shared ? x->route_index : 0);
+        session_end(cn->b, s);
+        session_unref(s);
+        free(x);
+    }
+    while (dropped) {
+        struct cn_incoming *x = dropped;
+        dropped = x->next;
+        session_unref(x->s);
+        free(x);
+    }
+}
+
+void cluster_node_sessions_loaded(struct cluster_node *cn)
+{
+    if (cn)
+        atomic_store(&cn->loaded, true);
+}
+
+void cn_session_drain(struct cluster_node *cn)
+{
+    pthread_mutex_lock(&cn->reg_mu);
+    struct cn_moving *m = cn->moving;
+    cn->moving = NULL;
+    struct cn_incoming *in = cn->incoming;
+    cn->incoming = NULL;
+    pthread_mutex_unlock(&cn->reg_mu);
+    while (m) {
+        struct cn_moving *next = m->next;
+        session_unref(m->s); /* stays in the store: sent again at the next start */
+        free(m);
+        m = next;
+    }
+    while (in) {
+        struct cn_incoming *next = in->next;
+        session_unref(in->s);
+        free(in);
+        in = next;
+    }
+}
