@@ -69,7 +69,7 @@ struct cl_claim {
     int status; /* final: >= 0 won, REGISTRY_UNAVAILABLE */
     struct session *incoming;
     bool routed; /* the incoming session's subscriptions are in the index */
-    char id[];
+    char id[];   /* the client id, then req.user (see cr_claim) */
 };
 
 struct surrendered {
@@ -275,7 +275,9 @@ static void cr_claim(void *ud, const struct registry_claim *req, registry_done_f
                      void *done_ud)
 {
     struct cluster_node *cn = ud;
-    struct cl_claim *k = calloc(1, sizeof(*k) + (size_t)req->id_len + 1);
+    /* id, then the user name, each NUL-terminated */
+    size_t ulen = req->user ? strlen(req->user) + 1 : 0;
+    struct cl_claim *k = calloc(1, sizeof(*k) + (size_t)req->id_len + 1 + ulen);
     if (!k || atomic_load(&cn->stopped)) {
         free(k);
         done(done_ud, REGISTRY_UNAVAILABLE, NULL);
@@ -285,6 +287,10 @@ static void cr_claim(void *ud, const struct registry_claim *req, registry_done_f
     k->req = *req;
     memcpy(k->id, req->id, req->id_len);
     k->req.id = k->id;
+    if (req->user) {
+        k->req.user = k->id + req->id_len + 1;
+        memcpy(k->id + req->id_len + 1, req->user, ulen);
+    }
     k->done = done;
     k->done_ud = done_ud;
     k->deadline_ms = cn_mono_ms() + cn->b->cfg.cluster_claim_timeout;
