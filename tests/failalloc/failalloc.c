@@ -33,6 +33,12 @@
  * "failalloc: failed call K". Failures so far are counted in the exported
  * `failalloc_failures`, and written to stderr on exit as
  * "failalloc: N allocations failed".
+ *
+ * A test program into which the shim is preloaded (a unit test) can also
+ * call it directly, found with dlsym(RTLD_DEFAULT, ...):
+ *   void failalloc_fail_nth(unsigned long k)  only the k-th eligible call
+ *                                             from now fails (armed)
+ *   void failalloc_off(void)                  disarmed
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -204,6 +210,23 @@ static int should_fail(const void *caller)
         errno = ENOMEM;
     }
     return fail;
+}
+
+void failalloc_fail_nth(unsigned long k);
+void failalloc_off(void);
+
+void failalloc_fail_nth(unsigned long k)
+{
+    atomic_store(&armed, false);
+    atomic_store(&nth, k);
+    atomic_store(&armings, 1); /* not a sweep: k stays */
+    atomic_store(&eligible, 0);
+    atomic_store(&armed, true);
+}
+
+void failalloc_off(void)
+{
+    atomic_store(&armed, false);
 }
 
 void *malloc(size_t n)
