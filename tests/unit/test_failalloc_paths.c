@@ -133,9 +133,8 @@ static void test_sub_index_match_whole_or_enomem(void)
         n_subs++;
     }
     int calls = 0;
-    CU_ASSERT_EQUAL(sub_index_match_groups(idx, topic, tlen, NULL, NULL, NULL, match_cb, &calls,
-                                           NULL),
-                    n_subs);
+    CU_ASSERT_EQUAL(
+        sub_index_match_groups(idx, topic, tlen, NULL, NULL, NULL, match_cb, &calls, NULL), n_subs);
     CU_ASSERT_EQUAL(calls, n_subs);
     int refused = 0;
     unsigned long k;
@@ -143,8 +142,7 @@ static void test_sub_index_match_whole_or_enomem(void)
         calls = 0;
         unsigned long before = failures();
         fail_nth(k);
-        int r =
-            sub_index_match_groups(idx, topic, tlen, NULL, NULL, NULL, match_cb, &calls, NULL);
+        int r = sub_index_match_groups(idx, topic, tlen, NULL, NULL, NULL, match_cb, &calls, NULL);
         fail_off();
         bool failed = failures() > before;
         if (r < 0) {
