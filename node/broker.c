@@ -191,8 +191,9 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
     ms.cap = sizeof(ms.stack) / sizeof(ms.stack[0]);
     ms.oom = false;
     bool unique;
-    sub_index_match_groups(b->index, msg_topic(m), m->topic_len, broker_session_online, group_ok,
-                           group_ud, broker_on_match, &ms, &unique);
+    if (sub_index_match_groups(b->index, msg_topic(m), m->topic_len, broker_session_online,
+                               group_ok, group_ud, broker_on_match, &ms, &unique) < 0)
+        ms.oom = true; /* a subscriber was not found: the publish fails */
     /* Sorting brings a session's matches together, so that it gets one copy
      * for all its non-shared subscriptions; from one filter there are none
      * to bring together (shared matches are one copy each either way). */

@@ -70,7 +70,7 @@ struct cl_claim {
     bool routed;          /* the incoming session's subscriptions are in the index */
     bool from_record;     /* incoming came from the replicated record (old owner down) */
     uint64_t route_index; /* the index by which incoming's routes are everywhere */
-    char id[];
+    char id[];            /* the client id, then req.user (see cr_claim) */
 };
 
 struct surrendered {
@@ -325,7 +325,9 @@ static void cr_claim(void *ud, const struct registry_claim *req, registry_done_f
                      void *done_ud)
 {
     struct cluster_node *cn = ud;
-    struct cl_claim *k = calloc(1, sizeof(*k) + (size_t)req->id_len + 1);
+    /* id, then the user name, each NUL-terminated */
+    size_t ulen = req->user ? strlen(req->user) + 1 : 0;
+    struct cl_claim *k = calloc(1, sizeof(*k) + (size_t)req->id_len + 1 + ulen);
     if (!k || atomic_load(&cn->stopped)) {
         free(k);
         done(done_ud, REGISTRY_UNAVAILABLE, NULL);
@@ -335,6 +337,10 @@ static void cr_claim(void *ud, const struct registry_claim *req, registry_done_f
     k->req = *req;
     memcpy(k->id, req->id, req->id_len);
     k->req.id = k->id;
+    if (req->user) {
+        k->req.user = k->id + req->id_len + 1;
+        memcpy(k->id + req->id_len + 1, req->user, ulen);
+    }
     k->done = done;
     k->done_ud = done_ud;
     k->deadline_ms = cn_mono_ms() + cn->b->cfg.cluster_claim_timeout;

@@ -52,8 +52,11 @@ struct conn_xf {
     char *identity;               /* the client certificate's CN, once verified */
     bool proxied;                 /* peer is set */
     bool identity_done;
-    uint8_t linger; /* closing: 1 goodbye queued, 2 half-closed, reading to EOF */
-    bool peer_eof;  /* the peer closed (or reset) its side: no lingering */
+    uint8_t linger;  /* closing: 1 goodbye queued, 2 half-closed, reading to EOF,
+                      * 3 waiting for the client's WebSocket Close frame */
+    bool peer_eof;   /* the peer closed (or reset) its side: no lingering */
+    bool ws_waited;  /* the wait for the client's Close frame is over */
+    bool tls_closed; /* close_notify queued */
     uv_shutdown_t shutdown;
 };
 
@@ -355,38 +358,120 @@ static void conn_io_xf_drain_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *
     }
 }
 
+/* Bytes of a closing WebSocket connection that waits for the client's
+ * Close frame (linger 3), and with len 0 what its engines hold already
+ * (the Close frame may have come with the DISCONNECT, read by TLS but not
+ * yet passed on): through TLS and the WebSocket engine, whose MQTT payload
+ * is dropped. Returns true when the wait is over: the Close frame came, or
+ * an error. */
+static bool conn_io_xf_close_input(struct conn *c, const uint8_t *data, size_t len)
+{
+    struct conn_xf *xf = c->xf;
+    uint8_t plain[16384];
+    bool over = false;
+    if (xf->tls && len && tls_conn_feed(xf->tls, data, len) < 0)
+        over = true;
+    for (;;) {
+        if (xf->tls && !over) {
+            long m = tls_conn_read(xf->tls, plain, sizeof(plain));
+            if (m <= 0) {
+                over = m < 0;
+                break;
+            }
+            data = plain;
+            len = (size_t)m;
+        }
+        if (len && ws_conn_feed(xf->ws, data, len) < 0)
+            over = true;
+        while (ws_conn_read(xf->ws, plain, sizeof(plain)) > 0)
+            ; /* MQTT after DISCONNECT: dropped */
+        if (!xf->tls || over)
+            break;
+    }
+    conn_io_xf_pump(c, false);
+    return over || ws_conn_finished(xf->ws);
+}
+
+/* The socket's bytes while waiting for the client's Close frame; once it
+ * came, the goodbye goes on (conn_io_xf_linger). */
+static void conn_io_xf_close_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+    struct conn *c = st->data;
+    struct conn_xf *xf = c->xf;
+    if (nread == 0 || c->state != CONN_CLOSING || xf->linger != 3)
+        return;
+    if (nread < 0) {
+        xf->peer_eof = true;
+        conn_io_close(c);
+        return;
+    }
+    if (!conn_io_xf_close_input(c, (const uint8_t *)b->base, (size_t)nread))
+        return;
+    uv_read_stop(st);
+    xf->ws_waited = true;
+    xf->linger = 1;
+    conn_flush(c); /* on to the TLS goodbye and the half-close */
+}
+
 /*
  * A framed connection in CLOSING has written everything: say goodbye at the
- * transport's level (a WebSocket close frame, TLS close_notify), half-close,
- * and read (dropping it) until the peer closes or the grace period ends
- * (conn_check_timers). Closing at once would leave the peer's own goodbye
- * (a WebSocket client sends its close frame after DISCONNECT) unread, and
- * the kernel would answer it with a reset. Returns true while the
- * connection lingers (the caller does not close it).
+ * transport's level, half-close, and read (dropping it) until the peer
+ * closes or the grace period ends (conn_check_timers). Closing at once
+ * would leave the peer's own goodbye (a WebSocket client sends its close
+ * frame after DISCONNECT) unread, and the kernel would answer it with a
+ * reset. The WebSocket Close frame goes first, and the end of the TLS
+ * stream (close_notify) and of the TCP one (FIN) only once the client's
+ * Close frame came back [RFC 6455 7.1.1: the server closes the connection
+ * after sending and receiving a Close frame]: a client that sees the end
+ * of the stream before it answered ends its socket, and its answer then
+ * fails (MQTT.js over wss: write EPIPE). Returns true while the connection
+ * lingers (the caller does not close it).
  */
 static bool conn_io_xf_linger(struct conn *c)
 {
     struct conn_xf *xf = c->xf;
     if (xf->peer_eof)
         return false; /* nothing left to read, nobody to say goodbye to */
+    if (xf->linger == 2 || xf->linger == 3)
+        return true;
     if (xf->linger == 0) {
         xf->linger = 1;
         if (xf->ws && ws_conn_open(xf->ws) && !ws_conn_finished(xf->ws))
             ws_conn_close(xf->ws, 1000);
-        if (xf->tls && tls_conn_handshake_done(xf->tls))
-            tls_conn_close(xf->tls);
         conn_io_xf_pump(c, false);
         if (xf->wire.len) {
             conn_flush(c); /* comes back here (linger 1) once written */
             return true;
         }
     }
-    if (xf->linger == 1) {
-        xf->linger = 2;
-        if (uv_shutdown(&xf->shutdown, (uv_stream_t *)&c->tcp, conn_io_xf_shutdown_cb) != 0 ||
-            uv_read_start((uv_stream_t *)&c->tcp, conn_io_alloc_cb, conn_io_xf_drain_cb) != 0)
-            return false;
+    /* linger 1: what was queued is written */
+    if (xf->ws && ws_conn_open(xf->ws) && !xf->ws_waited) {
+        if (!conn_io_xf_close_input(c, NULL, 0)) {
+            xf->linger = 3;
+            if (uv_read_start((uv_stream_t *)&c->tcp, conn_io_alloc_cb, conn_io_xf_close_read_cb) !=
+                0)
+                return false;
+            return true;
+        }
+        xf->ws_waited = true;
+        if (xf->wire.len) {
+            conn_flush(c); /* back here (linger 1) once written */
+            return true;
+        }
     }
+    if (xf->tls && tls_conn_handshake_done(xf->tls) && !xf->tls_closed) {
+        xf->tls_closed = true;
+        tls_conn_close(xf->tls);
+        conn_io_xf_pump(c, false);
+        if (xf->wire.len) {
+            conn_flush(c); /* back here (linger 1) once written */
+            return true;
+        }
+    }
+    xf->linger = 2;
+    if (uv_shutdown(&xf->shutdown, (uv_stream_t *)&c->tcp, conn_io_xf_shutdown_cb) != 0 ||
+        uv_read_start((uv_stream_t *)&c->tcp, conn_io_alloc_cb, conn_io_xf_drain_cb) != 0)
+        return false;
     return true;
 }
 

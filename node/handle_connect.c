@@ -277,12 +277,8 @@ static void handle_connect_claimed(void *ud, int status, struct session *s)
     } else {
         c->session = s;
         c->state = CONN_ACTIVE;
-        /* who the client is, for the ACL: the connection's packets and the
-         * session's deliveries */
-        lock_acquire(&s->lock);
-        free(s->user);
-        s->user = cl->user ? strdup(cl->user) : NULL;
-        lock_release(&s->lock);
+        /* who the client is, for the ACL of the connection's packets (the
+         * session's deliveries: s->user, set by the claim) */
         if (cl->user && conn_x(c)) {
             c->x->user = cl->user;
             cl->user = NULL;
@@ -331,6 +327,7 @@ static void handle_connect_claim(struct conn *c, struct connect_claim *cl, const
         .id_len = cl->id_len,
         .clean_start = cl->clean_start,
         .version = cl->version,
+        .user = cl->user,
         .expiry = cl->expiry,
         .conn = c,
         .w = c->w,

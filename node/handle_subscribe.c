@@ -15,6 +15,7 @@
 #include "broker.h"
 #include "conn.h"
 #include "handle.h"
+#include "log.h"
 #include "persist.h"
 #include "session.h"
 #include "topic.h"
@@ -23,6 +24,7 @@
 struct retained_batch {
     struct msg **msgs;
     size_t n, cap;
+    bool lost; /* out of memory: a matching message was not collected */
 };
 
 static void handle_collect_retained(void *ud, struct msg *m)
@@ -31,8 +33,10 @@ static void handle_collect_retained(void *ud, struct msg *m)
     if (rb->n == rb->cap) {
         size_t cap = rb->cap ? rb->cap * 2 : 16;
         struct msg **p = realloc(rb->msgs, cap * sizeof(*p));
-        if (!p)
+        if (!p) {
+            rb->lost = true;
             return;
+        }
         rb->msgs = p;
         rb->cap = cap;
     }
@@ -41,13 +45,19 @@ static void handle_collect_retained(void *ud, struct msg *m)
 
 /* Queue the retained messages matching a new subscription to the session
  * [MQTT-3.1.1 3.3.1-6, MQTT-5.0 3.3.1-9..11]; they are sent after the SUBACK (the session queue is
- * flushed at the end of the loop turn). */
-static void handle_send_retained(struct conn *c, const char *filter, size_t len, uint8_t qos,
-                                 uint32_t sub_id, struct store_batch **bt)
+ * flushed at the end of the loop turn). Returns 0, or -ENOMEM when one of
+ * them could not be found or queued (out of memory): the caller must not
+ * acknowledge the subscription as if they had all been sent. */
+static int handle_send_retained(struct conn *c, const char *filter, size_t len, uint8_t qos,
+                                uint32_t sub_id, struct store_batch **bt)
 {
     struct broker *b = c->w->b;
     struct retained_batch rb = {0};
-    retain_match(b->retained, filter, len, msg_now_real_ms(), handle_collect_retained, &rb);
+    int r = 0;
+    if (retain_match(b->retained, filter, len, msg_now_real_ms(), handle_collect_retained, &rb) <
+            0 ||
+        rb.lost)
+        r = -ENOMEM;
     for (size_t k = 0; k < rb.n; k++) {
         struct msg *m = rb.msgs[k];
         /* the ACL decides for each retained message as for any delivery */
@@ -59,11 +69,13 @@ static void handle_send_retained(struct conn *c, const char *filter, size_t len,
         }
         uint8_t q = m->qos < qos ? m->qos : qos;
         /* [MQTT-3.1.1 3.3.1-8] retained messages sent on subscribe keep RETAIN=1 */
-        session_deliver(b, c->session, m, q, true, sub_id ? &sub_id : NULL, sub_id ? 1 : 0, c->w,
-                        bt, NULL);
+        if (r == 0 && session_deliver(b, c->session, m, q, true, sub_id ? &sub_id : NULL,
+                                      sub_id ? 1 : 0, c->w, bt, NULL) < 0)
+            r = -ENOMEM;
         msg_unref(m);
     }
     free(rb.msgs);
+    return r;
 }
 
 /* Does sub (a SUBSCRIBE or UNSUBSCRIBE) hold an empty topic filter? */
@@ -78,8 +90,12 @@ static bool handle_sub_has_empty_filter(const struct mqtt_subscribe *sub, enum m
     return false;
 }
 
-/* One filter of a SUBSCRIBE: returns its reason code, or -1 when the
- * connection must be closed (a protocol error). */
+/* What handle_subscribe_one returns when the connection must be closed. */
+#define HANDLE_SUB_PROTOCOL_ERROR (-1)
+#define HANDLE_SUB_NO_MEMORY (-2)
+
+/* One filter of a SUBSCRIBE: returns its reason code, or one of the
+ * HANDLE_SUB_* above when the connection must be closed. */
 static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint8_t opts,
                                 uint32_t sub_id, struct store_batch **bt)
 {
@@ -96,7 +112,8 @@ static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint
         /* (a filter deeper than max_topic_levels is refused the same way) */
         return v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
     if (shared == 1 && (opts & MQTT_SUBOPT_NO_LOCAL))
-        return -1; /* [MQTT-5.0 3.8.3-4] No Local on a shared subscription */
+        return HANDLE_SUB_PROTOCOL_ERROR; /* [MQTT-5.0 3.8.3-4] No Local on a shared
+                                             subscription */
     if (f->len > cfg->max_topic_length) {
         atomic_fetch_add_explicit(&b->stats.refused_topic_len, 1, memory_order_relaxed);
         return v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80; /* max_topic_length */
@@ -135,8 +152,24 @@ static int handle_subscribe_one(struct conn *c, const struct mqtt_bytes *f, uint
     }
     /* Retained messages, per Retain Handling; none for shared subscriptions. */
     uint8_t rh = (opts & MQTT_SUBOPT_RH_MASK) >> MQTT_SUBOPT_RH_SHIFT;
-    if (!(shared == 1 || rh == 2 || (rh == 1 && existed == 1) || !cfg->retain_available))
-        handle_send_retained(c, filter, f->len, qos, sub_id, bt);
+    if (!(shared == 1 || rh == 2 || (rh == 1 && existed == 1) || !cfg->retain_available) &&
+        handle_send_retained(c, filter, f->len, qos, sub_id, bt) < 0) {
+        /* Out of memory: a retained message the subscription must get was
+         * not queued. Never acknowledged as if it had been: the connection
+         * is closed without a SUBACK, and a new subscription is taken back
+         * (a persistent session does not keep it without its retained
+         * messages); the client subscribes again on its next connection. */
+        log_warn("%s: out of memory queueing the retained messages of '%.*s': subscription "
+                 "refused",
+                 CONN_PEER(c), (int)f->len, filter);
+        if (!had) {
+            sub_index_remove(b->index, filter, f->len, s);
+            lock_acquire(&s->lock);
+            session_sub_del(s, filter, (uint16_t)f->len);
+            lock_release(&s->lock);
+        }
+        return HANDLE_SUB_NO_MEMORY;
+    }
     return qos;
 }
 
@@ -232,8 +265,11 @@ void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
         if (rc < 0) {
             if (rcs != stack_rc)
                 free(rcs);
-            persist_submit(b, &bt, NULL, NULL);
-            conn_close(c, MQTT_RC_PROTOCOL_ERROR, false);
+            /* the session's record with what it kept, and the messages
+             * queued so far */
+            persist_session_sync(b, c->session, &bt);
+            conn_close(c, rc == HANDLE_SUB_NO_MEMORY ? MQTT_RC_UNSPECIFIED : MQTT_RC_PROTOCOL_ERROR,
+                       false);
             return;
         }
         rcs[i++] = (uint8_t)rc;

@@ -71,6 +71,9 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
         .disconnected_at_ms = connected ? 0 : msg_now_real_ms(),
         .n_subs = s->n_subs,
         .subs = subs,
+        /* the ACL of its deliveries after a restart (issue 11) */
+        .user = s->user,
+        .user_len = s->user ? (uint16_t)strnlen(s->user, UINT16_MAX) : 0,
     };
     store_session_put(b, s->client_id, s->id_len, &rec);
     s->stored = true;
@@ -218,6 +221,10 @@ static int load_session(void *ud, const char *id, uint16_t len, const struct sto
         return -ENOMEM;
     s->version = rec->version;
     s->expiry_interval = rec->expiry_interval;
+    if (rec->user && !(s->user = strndup(rec->user, rec->user_len))) {
+        session_unref(s);
+        return -ENOMEM;
+    }
     s->disconnected_at = l->now_mono - (offline_ms < l->now_mono ? offline_ms : 0);
     s->stored = true;
     for (uint32_t i = 0; i < rec->n_subs; i++) {

@@ -233,6 +233,18 @@ void registry_local_claim(struct broker *b, const struct registry_claim *req,
     struct session *s = NULL, *ending = NULL;
     struct msg *dropped_will = NULL;
     int status = REGISTRY_NEW;
+    /* the session's copy of who the client is, made before anything
+     * changes: out of memory, the claim is refused, never granted with the
+     * wrong user name for the ACL */
+    char *user = req->user ? strdup(req->user) : NULL;
+    if (req->user && !user) {
+        if (incoming) {
+            session_end(b, incoming);
+            session_unref(incoming);
+        }
+        done(done_ud, REGISTRY_UNAVAILABLE, NULL);
+        return;
+    }
     pthread_mutex_lock(&r->lock);
     struct session *old = registry_find(r, req->id, req->id_len);
     if (old && incoming) {
@@ -252,6 +264,7 @@ void registry_local_claim(struct broker *b, const struct registry_claim *req,
     } else if (!s) {
         s = session_new(req->id, req->id_len);
         if (!s) {
+            free(user);
             pthread_mutex_unlock(&r->lock);
             if (ending)
                 registry_end(b, ending, req->w);
@@ -265,6 +278,11 @@ void registry_local_claim(struct broker *b, const struct registry_claim *req,
     s->w = req->w;
     s->version = req->version;
     s->expiry_interval = req->expiry;
+    /* who the client is, for the ACL of the session's deliveries; stored
+     * with the session (persist_session_sync below) so that a restart
+     * keeps it */
+    free(s->user);
+    s->user = user;
     lock_release(&s->lock);
     session_ref(s); /* the connection's */
     registry_count_connected(b);
@@ -495,7 +513,7 @@ struct deferred_claim {
     struct registry_claim req;
     registry_done_fn done;
     void *done_ud;
-    char id[]; /* req.id points here */
+    char id[]; /* req.id points here, req.user after it */
 };
 
 static void registry_deferred_run(void *ud)
@@ -512,7 +530,8 @@ static void registry_deferred_claim(void *ud, const struct registry_claim *req,
                                     registry_done_fn done, void *done_ud)
 {
     struct broker *b = ud;
-    struct deferred_claim *d = malloc(sizeof(*d) + (size_t)req->id_len + 1);
+    size_t ulen = req->user ? strlen(req->user) + 1 : 0;
+    struct deferred_claim *d = malloc(sizeof(*d) + (size_t)req->id_len + 1 + ulen);
     if (!d) {
         done(done_ud, REGISTRY_UNAVAILABLE, NULL);
         return;
@@ -522,6 +541,10 @@ static void registry_deferred_claim(void *ud, const struct registry_claim *req,
     memcpy(d->id, req->id, req->id_len);
     d->id[req->id_len] = '\0';
     d->req.id = d->id;
+    if (req->user) {
+        d->req.user = d->id + req->id_len + 1;
+        memcpy(d->id + req->id_len + 1, req->user, ulen);
+    }
     d->done = done;
     d->done_ud = done_ud;
     log_debug("registry: the claim of '%s' is answered later", d->id);

@@ -71,6 +71,11 @@ struct registry_claim {
     uint16_t id_len;
     bool clean_start;
     uint8_t version;   /* MQTT protocol level of the connection */
+    const char *user;  /* who the client is for the ACL: its user name, or
+                        * its certificate's identity with
+                        * tls_use_identity_as_username; NULL: anonymous.
+                        * Valid during the call: copy it (the session keeps
+                        * its own copy, s->user, stored with it) */
     uint32_t expiry;   /* Session Expiry Interval the session gets, seconds
                         * (0xFFFFFFFF = never) */
     struct conn *conn; /* the connection to attach (opaque) */

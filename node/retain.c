@@ -290,6 +290,7 @@ struct retain_walk {
     void (*cb)(void *ud, struct msg *m);
     void *ud;
     int calls;
+    bool lost;                 /* out of memory: part of the walk was not visited */
     struct retain_vec expired; /* of struct retain_node *, in visit order */
 };
 
@@ -323,8 +324,10 @@ static void retain_walk(struct retain_walk *w, const char *f, size_t flen)
     struct retain_store *rs = w->rs;
     struct retain_vec stack = {.size = sizeof(struct retain_item)};
     struct retain_item it = {rs->root, 0, false, false};
-    if (!retain_vec_push(&stack, &it))
+    if (!retain_vec_push(&stack, &it)) {
+        w->lost = true;
         return;
+    }
     while (stack.n) {
         it = ((struct retain_item *)stack.v)[--stack.n];
         struct retain_node *n = it.node;
@@ -368,6 +371,9 @@ static void retain_walk(struct retain_walk *w, const char *f, size_t flen)
                 retain_vec_push(&stack, &ci);
         }
     }
+    /* a branch that could not be pushed was not visited */
+    if (stack.failed)
+        w->lost = true;
     free(stack.v);
 }
 
@@ -376,7 +382,7 @@ int retain_match(struct retain_store *rs, const char *f, size_t flen, uint64_t n
 {
     if (!f || flen == 0 || !cb)
         return 0;
-    struct retain_walk w = {rs, now_ms, cb, ud, 0, {.size = sizeof(struct retain_node *)}};
+    struct retain_walk w = {rs, now_ms, cb, ud, 0, false, {.size = sizeof(struct retain_node *)}};
     pthread_mutex_lock(&rs->lock);
     bool wild = memchr(f, '+', flen) || memchr(f, '#', flen);
     if (!wild) {
@@ -396,7 +402,7 @@ int retain_match(struct retain_store *rs, const char *f, size_t flen, uint64_t n
     }
     free(w.expired.v);
     pthread_mutex_unlock(&rs->lock);
-    return w.calls;
+    return w.lost ? -ENOMEM : w.calls;
 }
 
 size_t retain_count(struct retain_store *rs)

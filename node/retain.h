@@ -25,7 +25,9 @@ int retain_set(struct retain_store *rs, struct msg *m);
 /* Call cb for every retained message whose topic matches filter f (not a
  * $share filter), skipping messages whose expiry_at is past now_ms (and
  * removing them). cb is called with the store locked and must not call into
- * the store; it may take references. Returns the number of callbacks. */
+ * the store; it may take references. Returns the number of callbacks, or
+ * -ENOMEM when the walk of a wildcard filter could not be completed (out of
+ * memory; some matching messages were then not passed to cb, never silently). */
 int retain_match(struct retain_store *rs, const char *f, size_t flen, uint64_t now_ms,
                  void (*cb)(void *ud, struct msg *m), void *ud);
 

@@ -745,6 +745,7 @@ struct sub_match_ctx {
     unsigned plain_nodes;        /* nodes that reported non-shared subscriptions */
     sub_index_group_fn group_ok; /* NULL: every shared group */
     void *group_ud;
+    bool lost; /* out of memory: a branch of the trie was not walked */
 };
 
 /* One member of a shared group: round robin from the cursor, the first
@@ -833,8 +834,10 @@ static void sub_trie_match(struct sub_index *idx, const char *t, size_t len,
         if (top + nk > cap) {
             size_t ncap = cap * 2;
             struct sub_walk_item *ns = malloc(ncap * sizeof(*ns));
-            if (!ns)
-                break; /* out of memory: stop matching deeper */
+            if (!ns) {
+                c->lost = true; /* out of memory: the caller is told */
+                break;
+            }
             memcpy(ns, stack, top * sizeof(*ns));
             if (stack != local)
                 free(stack);
@@ -869,7 +872,7 @@ int sub_index_match_groups(struct sub_index *idx, const char *t, size_t len,
         *unique = true;
     if (!t || len == 0 || !cb)
         return 0;
-    struct sub_match_ctx c = {eligible, cb, ud, 0, 0, group_ok, group_ud};
+    struct sub_match_ctx c = {eligible, cb, ud, 0, 0, group_ok, group_ud, false};
     pthread_rwlock_rdlock(&idx->lock);
     struct sub_exact *x = sub_exact_find(idx, t, len);
     if (x)
@@ -880,7 +883,7 @@ int sub_index_match_groups(struct sub_index *idx, const char *t, size_t len,
      * repeat a subscriber only when they came from several filters. */
     if (unique)
         *unique = c.plain_nodes <= 1;
-    return c.calls;
+    return c.lost ? -ENOMEM : c.calls;
 }
 
 size_t sub_index_count(struct sub_index *idx)

@@ -47,7 +47,9 @@ int sub_index_remove(struct sub_index *idx, const char *filter, size_t len, void
  * held (cb must not call into the index; it may take a reference on the
  * subscriber). For a shared group, cb is called once, for the member picked.
  * `shared` tells whether the match comes from a shared subscription.
- * eligible may be NULL. Returns the number of callbacks made.
+ * eligible may be NULL. Returns the number of callbacks made, or -ENOMEM
+ * when the walk could not be completed (out of memory, a topic of many
+ * levels): some matching subscriptions were then not reported.
  */
 typedef void (*sub_index_match_cb)(void *ud, void *subscriber, uint8_t options, uint32_t sub_id,
                                    bool shared);

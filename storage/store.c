@@ -263,7 +263,7 @@ int store_session_put(struct store_batch *b, const char *client_id, uint16_t id_
         return b->err;
     rec_put_idkey(&b->buf, client_id, id_len);
     op_key_done(b, op);
-    rec_put_header(&b->buf, client_id, id_len);
+    rec_put_header(&b->buf, REC_SESSION_VERSION, client_id, id_len);
     rec_put_session(&b->buf, rec);
     return op_end(b, op);
 }
@@ -291,7 +291,7 @@ int store_msg_put(struct store_batch *b, const char *client_id, uint16_t id_len,
     rec_put_idkey(&b->buf, client_id, id_len);
     rbuf_be64(&b->buf, seq);
     op_key_done(b, op);
-    rec_put_header(&b->buf, client_id, id_len);
+    rec_put_header(&b->buf, REC_VERSION, client_id, id_len);
     rec_put_msg(&b->buf, rec);
     return op_end(b, op);
 }
@@ -319,7 +319,7 @@ int store_qos2_put(struct store_batch *b, const char *client_id, uint16_t id_len
     rec_put_idkey(&b->buf, client_id, id_len);
     rbuf_be16(&b->buf, pid);
     op_key_done(b, op);
-    rec_put_header(&b->buf, client_id, id_len);
+    rec_put_header(&b->buf, REC_VERSION, client_id, id_len);
     return op_end(b, op);
 }
 
@@ -1015,11 +1015,12 @@ static int load_sessions(const struct store_loader *l, MDB_cursor *c)
         uint16_t len;
         struct store_session rec;
         struct store_sub *subs;
-        int r = rec_get_id(&kd, &vd, &id, &len);
+        uint8_t version;
+        int r = rec_get_id(&kd, &vd, REC_SESSION_VERSION, &version, &id, &len);
         if (r == 0 && kd.n != 0)
             r = -EIO;
         if (r == 0)
-            r = rec_get_session(&vd, &rec, &subs);
+            r = rec_get_session(&vd, version, &rec, &subs);
         if (r)
             return r;
         r = l->session(l->ud, id, len, &rec);
@@ -1041,7 +1042,8 @@ static int load_msgs(const struct store_loader *l, MDB_cursor *c)
         uint16_t len;
         struct store_msg rec;
         uint32_t *ids;
-        int r = rec_get_id(&kd, &vd, &id, &len);
+        uint8_t version;
+        int r = rec_get_id(&kd, &vd, REC_VERSION, &version, &id, &len);
         uint64_t seq = rdec_be64(&kd);
         if (r == 0 && (kd.bad || kd.n != 0))
             r = -EIO;
@@ -1067,7 +1069,8 @@ static int load_qos2(const struct store_loader *l, MDB_cursor *c)
         struct rdec kd = {k.mv_data, k.mv_size, false}, vd = {v.mv_data, v.mv_size, false};
         const char *id;
         uint16_t len;
-        int r = rec_get_id(&kd, &vd, &id, &len);
+        uint8_t version;
+        int r = rec_get_id(&kd, &vd, REC_VERSION, &version, &id, &len);
         uint16_t pid = rdec_be16(&kd);
         if (r == 0 && (kd.bad || kd.n != 0 || vd.n != 0))
             r = -EIO;

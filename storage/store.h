@@ -85,6 +85,12 @@ struct store_session {
     uint64_t disconnected_at_ms; /* realtime clock ms, 0 = connected */
     uint32_t n_subs;
     const struct store_sub *subs; /* n_subs entries */
+    /* Who the session's client is, for the ACL of its deliveries (its user
+     * name, or its certificate's identity): user_len bytes, not
+     * NUL-terminated; NULL = anonymous (also for a record written before
+     * the user name was stored, record version 1). */
+    const char *user;
+    uint16_t user_len;
 };
 
 /* A queued or inflight outgoing message of a session. */

@@ -6,7 +6,8 @@
  *
  *   session:  u8 mqtt version, u32 expiry_interval, u64 disconnected_at_ms,
  *             u32 n_subs, then n_subs x (u16 len, u8 options, u32 sub_id,
- *             len bytes of filter)
+ *             len bytes of filter); record version 2 (REC_SESSION_VERSION)
+ *             adds u8 has_user, then when 1: u16 user_len, user bytes
  *   msg:      u8 state, u16 pid, u8 qos, u8 flags (bit 0 retain), u16 n_ids,
  *             n_ids x u32, then a message
  *   qos2:     nothing more
@@ -120,9 +121,9 @@ void rec_put_idkey(struct rbuf *b, const void *id, uint16_t len)
     }
 }
 
-void rec_put_header(struct rbuf *b, const void *id, uint16_t len)
+void rec_put_header(struct rbuf *b, uint8_t version, const void *id, uint16_t len)
 {
-    rbuf_u8(b, REC_VERSION);
+    rbuf_u8(b, version);
     if (rec_hashed(len))
         rbuf_put(b, id, len);
 }
@@ -139,6 +140,12 @@ void rec_put_session(struct rbuf *b, const struct store_session *rec)
         rbuf_u8(b, s->options);
         rbuf_le32(b, s->sub_id);
         rbuf_put(b, s->filter, s->len);
+    }
+    /* REC_SESSION_VERSION 2 */
+    rbuf_u8(b, rec->user ? 1 : 0);
+    if (rec->user) {
+        rbuf_le16(b, rec->user_len);
+        rbuf_put(b, rec->user, rec->user_len);
     }
 }
 
@@ -219,14 +226,15 @@ uint64_t rdec_be64(struct rdec *d)
     return rdec_int(d, 8, true);
 }
 
-int rec_get_id(struct rdec *key, struct rdec *val, const char **id, uint16_t *len)
+int rec_get_id(struct rdec *key, struct rdec *val, uint8_t max_version, uint8_t *version,
+               const char **id, uint16_t *len)
 {
     uint16_t n = rdec_be16(key);
     const uint8_t *kid = rdec_bytes(key, rec_hashed(n) ? REC_HASH_LEN : n);
-    uint8_t version = rdec_u8(val);
+    *version = rdec_u8(val);
     if (key->bad || val->bad)
         return -EIO;
-    if (version != REC_VERSION)
+    if (*version < 1 || *version > max_version)
         return -EPROTO;
     if (rec_hashed(n)) {
         const uint8_t *full = rdec_bytes(val, n);
@@ -243,9 +251,12 @@ int rec_get_id(struct rdec *key, struct rdec *val, const char **id, uint16_t *le
     return 0;
 }
 
-int rec_get_session(struct rdec *val, struct store_session *rec, struct store_sub **subs)
+int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec,
+                    struct store_sub **subs)
 {
     *subs = NULL;
+    rec->user = NULL;
+    rec->user_len = 0;
     rec->version = rdec_u8(val);
     rec->expiry_interval = rdec_le32(val);
     rec->disconnected_at_ms = rdec_le64(val);
@@ -272,7 +283,22 @@ int rec_get_session(struct rdec *val, struct store_session *rec, struct store_su
         *subs = s;
         rec->subs = s;
     }
-    return val->n == 0 ? 0 : -EIO;
+    if (version >= 2) {
+        uint8_t has_user = rdec_u8(val);
+        if (has_user == 1) {
+            rec->user_len = rdec_le16(val);
+            rec->user = (const char *)rdec_bytes(val, rec->user_len);
+        } else if (has_user != 0) {
+            val->bad = true;
+        }
+    }
+    if (val->bad || val->n != 0) {
+        free(*subs);
+        *subs = NULL;
+        rec->subs = NULL;
+        return -EIO;
+    }
+    return 0;
 }
 
 int rec_get_message(struct rdec *val, struct msg **out)

@@ -29,6 +29,10 @@
 #include "store.h"
 
 #define REC_VERSION 1
+/* Session records are version 2 since they hold the user name (version 1,
+ * without it, is still read: the session is then anonymous). A binary that
+ * knows only version 1 refuses them (-EPROTO) rather than misread them. */
+#define REC_SESSION_VERSION 2
 /* Longest id or topic kept verbatim in a key. LMDB's default maximum key
  * size is 511 bytes; 2 + 400 + 8 leaves room. */
 #define REC_INLINE_MAX 400
@@ -60,8 +64,9 @@ static inline bool rec_hashed(uint16_t len)
 
 /* Append idkey(id) to b. */
 void rec_put_idkey(struct rbuf *b, const void *id, uint16_t len);
-/* Append a value header: version, then the id when it is hashed. */
-void rec_put_header(struct rbuf *b, const void *id, uint16_t len);
+/* Append a value header: version (REC_VERSION, or REC_SESSION_VERSION for
+ * a session), then the id when it is hashed. */
+void rec_put_header(struct rbuf *b, uint8_t version, const void *id, uint16_t len);
 /* Append the body of a session / message value. */
 void rec_put_session(struct rbuf *b, const struct store_session *rec);
 void rec_put_msg(struct rbuf *b, const struct store_msg *rec);
@@ -85,15 +90,19 @@ const uint8_t *rdec_bytes(struct rdec *d, size_t n);
 
 /*
  * Parse the idkey at the start of key (advancing it) and the header of the
- * value (advancing it): checks the version byte and, for a hashed id, that
- * the full id in the value hashes to the key. Sets *id / *len to the full id.
- * Returns 0, -EIO (corrupt) or -EPROTO (unknown record version).
+ * value (advancing it): checks the version byte (1 to max_version, stored
+ * in *version) and, for a hashed id, that the full id in the value hashes
+ * to the key. Sets *id / *len to the full id. Returns 0, -EIO (corrupt) or
+ * -EPROTO (unknown record version).
  */
-int rec_get_id(struct rdec *key, struct rdec *val, const char **id, uint16_t *len);
+int rec_get_id(struct rdec *key, struct rdec *val, uint8_t max_version, uint8_t *version,
+               const char **id, uint16_t *len);
 
-/* Decode the body of a session value; *subs is malloc'ed (free it), filters
- * point into the value. Returns 0, -EIO or -ENOMEM. */
-int rec_get_session(struct rdec *val, struct store_session *rec, struct store_sub **subs);
+/* Decode the body of a session value of record version `version`; *subs is
+ * malloc'ed (free it), filters and the user name point into the value.
+ * Returns 0, -EIO or -ENOMEM. */
+int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec,
+                    struct store_sub **subs);
 /* Decode the body of a message value; *ids is malloc'ed (free it), rec->m
  * is a new struct msg (unref it). Returns 0, -EIO or -ENOMEM. */
 int rec_get_msg(struct rdec *val, struct store_msg *rec, uint32_t **ids);

@@ -13,19 +13,39 @@
  * Controlled by environment variables, read once:
  *   FAILALLOC_ARMED=1    armed from the start (default: not armed)
  *   FAILALLOC_EVERY=N    when armed, every N-th eligible call fails (N >= 1)
+ *   FAILALLOC_NTH=K      a sweep: the first time the shim is armed, only
+ *                        the K-th eligible call fails (K >= 1); the next
+ *                        time, only the (K+1)-th, and so on. A test that
+ *                        arms, does one operation and disarms, over and
+ *                        over, fails each allocation of that operation in
+ *                        turn, one per round
  *   FAILALLOC_PROB=P     when armed, each eligible call fails with
- *                        probability P (0..1); with FAILALLOC_EVERY unset
+ *                        probability P (0..1); with FAILALLOC_EVERY and
+ *                        FAILALLOC_NTH unset
  *   FAILALLOC_SEED=S     seed of the pseudo-random sequence (default 1)
  * SIGUSR2 toggles "armed", so that a test arms it only after the broker has
- * started and its clients are connected. Failures so far are counted in
- * the exported `failalloc_failures`, and written to stderr on exit as
+ * started and its clients are connected; arming restarts the count of
+ * eligible calls. The signal is handled by whichever thread the kernel
+ * picks, possibly after the broker's other threads ran on: the handler
+ * writes "failalloc: armed" or "failalloc: disarmed" to stderr once the
+ * new state is in effect, and a test waits for that line before it counts
+ * on the new state. With FAILALLOC_NTH, the failing call writes
+ * "failalloc: failed call K". Failures so far are counted in the exported
+ * `failalloc_failures`, and written to stderr on exit as
  * "failalloc: N allocations failed".
+ *
+ * A test program into which the shim is preloaded (a unit test) can also
+ * call it directly, found with dlsym(RTLD_DEFAULT, ...):
+ *   void failalloc_fail_nth(unsigned long k)  only the k-th eligible call
+ *                                             from now fails (armed)
+ *   void failalloc_off(void)                  disarmed
  */
 #include <dlfcn.h>
 #include <errno.h>
 #include <link.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +64,8 @@ static atomic_size_t boot_used;
 
 static atomic_bool armed;
 static unsigned long every;
+static atomic_ulong nth; /* moved on by the SIGUSR2 handler */
+static atomic_ulong armings;
 static double prob;
 static atomic_uint_fast64_t rng = 1;
 static atomic_ulong eligible;
@@ -86,10 +108,26 @@ static int in_boot(const void *p)
     return (const unsigned char *)p >= boot && (const unsigned char *)p < boot + sizeof(boot);
 }
 
+/* write(2) of a constant line; async-signal-safe. */
+static void say(const char *line)
+{
+    if (write(2, line, strlen(line)) < 0)
+        return;
+}
+
 static void on_usr2(int sig)
 {
     (void)sig;
-    atomic_store(&armed, !atomic_load(&armed));
+    int saved = errno;
+    bool now = !atomic_load(&armed);
+    if (now) {
+        atomic_store(&eligible, 0);
+        if (nth && atomic_fetch_add(&armings, 1) > 0)
+            nth++; /* the next allocation of the sweep */
+    }
+    atomic_store(&armed, now);
+    say(now ? "failalloc: armed\n" : "failalloc: disarmed\n");
+    errno = saved;
 }
 
 static void report(void)
@@ -118,6 +156,8 @@ __attribute__((constructor)) static void failalloc_init(void)
     resolve();
     const char *v = getenv("FAILALLOC_EVERY");
     every = v ? strtoul(v, NULL, 10) : 0;
+    v = getenv("FAILALLOC_NTH");
+    nth = v ? strtoul(v, NULL, 10) : 0;
     v = getenv("FAILALLOC_PROB");
     prob = v ? strtod(v, NULL) : 0.0;
     v = getenv("FAILALLOC_SEED");
@@ -144,7 +184,15 @@ static int should_fail(const void *caller)
         return 0;
     unsigned long n = atomic_fetch_add(&eligible, 1) + 1;
     int fail;
-    if (every) {
+    if (nth) {
+        fail = n == nth;
+        if (fail) {
+            char line[64];
+            int len = snprintf(line, sizeof(line), "failalloc: failed call %lu\n", n);
+            if (len > 0 && write(2, line, (size_t)len) < 0)
+                fail = 1;
+        }
+    } else if (every) {
         fail = n % every == 0;
     } else {
         /* xorshift64: good enough to spread the failures */
@@ -162,6 +210,23 @@ static int should_fail(const void *caller)
         errno = ENOMEM;
     }
     return fail;
+}
+
+void failalloc_fail_nth(unsigned long k);
+void failalloc_off(void);
+
+void failalloc_fail_nth(unsigned long k)
+{
+    atomic_store(&armed, false);
+    atomic_store(&nth, k);
+    atomic_store(&armings, 1); /* not a sweep: k stays */
+    atomic_store(&eligible, 0);
+    atomic_store(&armed, true);
+}
+
+void failalloc_off(void)
+{
+    atomic_store(&armed, false);
 }
 
 void *malloc(size_t n)

@@ -235,10 +235,39 @@ class Broker:
             except OSError:
                 time.sleep(0.01)
                 continue
+            if not all(self._owns_port(port) for port in ports):
+                # another process (a test session running beside this one)
+                # took the port free_port() chose: this broker cannot bind
+                # it and exits (reported above), never taken for ready
+                time.sleep(0.01)
+                continue
             return
         self._kill()
         pytest.fail(f"{self.kind} did not listen on {self.port} within {READY_TIMEOUT} s; "
                     f"stderr:\n{self.stderr_text()}")
+
+    def _owns_port(self, port):
+        """Does this broker's process hold a socket listening on port?
+        (/proc: its socket inodes against the listening TCP sockets.)"""
+        try:
+            mine = set()
+            for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    mine.add(link[8:-1])
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                with open(table) as f:
+                    for line in f.readlines()[1:]:
+                        fields = line.split()
+                        if (fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+                                and fields[9] in mine):
+                            return True
+        except OSError:
+            return True  # no /proc to look in: the connection has to do
+        return False
 
     def _wait_healthy(self):
         """Wait until GET /api/v1/health on the admin port answers 200 (the

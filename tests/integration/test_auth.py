@@ -291,3 +291,80 @@ def test_sys_counts_refusals(broker, files):
         seen[m.topic] = int(m.payload)
     assert seen["$SYS/broker/security/auth_failed"] == 1
     root.disconnect()
+
+
+RESTART_ACL = """\
+user alice
+topic read a/#
+topic write a/#
+
+user root
+topic readwrite #
+
+pattern read p/%u/#
+"""
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_acl_of_a_persistent_session_survives_a_crash(broker, tmp_path, version):
+    """Who a persistent session's client is (its user name) is stored with
+    the session: after SIGKILL and a restart on the same data_dir, the
+    messages published while its client is away are checked against that
+    user's read rules ('a/#', and the pattern 'p/%u/#'), not an anonymous
+    client's (which may read nothing here)."""
+    pw = tmp_path / "passwd"
+    mosquitto_passwd(pw, "alice", "alice-pw", create=True)
+    mosquitto_passwd(pw, "root", "root-pw")
+    acl = tmp_path / "acl"
+    acl.write_text(RESTART_ACL)
+    conf = dict(password_file=pw, acl_file=acl, persistence=True,
+                data_dir=str(tmp_path / "store"), log_level="error")
+    props = {"session_expiry_interval": 3600} if version == 5 else None
+    cid = uid("alice")
+
+    def alice():
+        c = mqttraw.Client(broker_now, version=version)
+        kw = {"properties": props} if props else {}
+        ack = c.connect(cid, clean=False, username="alice", password=b"alice-pw", **kw)
+        assert ack.reason_code == 0, ack
+        return c, ack
+
+    broker_now = broker(**conf)
+    c, ack = alice()
+    assert not ack.session_present
+    granted = c.subscribe([("#", 1)]).reason_codes
+    assert granted == [1], granted
+    c.disconnect()
+    # The SUBACK does not wait for the store: a retained message's PUBACK
+    # does, and the store commits in submission order, so once it is here
+    # the session and its subscription are on disk.
+    root = mqttraw.Client(broker_now, version=5)
+    assert root.connect(uid("root"), username="root", password=b"root-pw").reason_code == 0
+    root.publish("z/sync", b"s", qos=1, retain=True)
+    assert root.expect(mqttraw.PUBACK).reason_code < 0x80
+    root.disconnect()
+    broker_now.stop(signal.SIGKILL, check=False)  # a crash
+
+    broker_now = broker(**conf)
+    root = mqttraw.Client(broker_now, version=5)
+    assert root.connect(uid("root"), username="root", password=b"root-pw").reason_code == 0
+    for topic in ("a/x", "p/alice/x", "p/bob/x", "other/t", "a/end"):
+        root.publish(topic, topic.encode(), qos=1)
+        assert root.expect(mqttraw.PUBACK).reason_code < 0x80
+    root.disconnect()
+
+    c, ack = alice()
+    assert ack.session_present
+    got = []
+    while not got or got[-1] != "a/end":
+        got.append(c.recv_publish(timeout=WAIT).topic)
+    assert got == ["a/x", "p/alice/x", "a/end"], got
+    # and the user's rules still apply to what the session gets from now on
+    root = mqttraw.Client(broker_now, version=5)
+    assert root.connect(uid("root"), username="root", password=b"root-pw").reason_code == 0
+    for topic in ("other/t", "p/bob/y", "p/alice/y"):
+        root.publish(topic, topic.encode(), qos=1)
+        assert root.expect(mqttraw.PUBACK).reason_code < 0x80
+    root.disconnect()
+    assert c.recv_publish(timeout=WAIT).topic == "p/alice/y"
+    c.disconnect()

@@ -398,3 +398,102 @@ def test_websocket_origin_allow_list(broker):
     assert ws_upgrade_status(port, "https://other.example") == b"101"
     assert ws_upgrade_status(port, "https://evil.example") == b"403"
     assert ws_upgrade_status(port) == b"101"  # not a browser
+
+
+def ws_frame(opcode, payload):
+    """A masked client frame (payload < 126 bytes)."""
+    mask = b"\x01\x02\x03\x04"
+    return (bytes([0x80 | opcode, 0x80 | len(payload)]) + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def ws_read_frame(s, buf):
+    """The next server frame (opcode, payload) from socket s; buf holds what
+    was read past the previous one. b"" from the socket raises EOFError."""
+    def need(n):
+        while len(buf) < n:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise EOFError("the server closed its side")
+            buf.extend(chunk)
+    need(2)
+    n, off = buf[1] & 0x7F, 2
+    if n == 126:
+        need(4)
+        n, off = int.from_bytes(buf[2:4], "big"), 4
+    need(off + n)
+    frame = (buf[0] & 0x0F, bytes(buf[off:off + n]))
+    del buf[:off + n]
+    return frame
+
+
+# well below the grace period a closing connection is given (5 s)
+PROMPT = 2.5
+
+
+@pytest.mark.parametrize("secure", [False, True])
+@pytest.mark.parametrize("together", [False, True])
+def test_websocket_close_waits_for_the_clients_close_frame(certs, broker, secure, together):
+    """After DISCONNECT the server sends its WebSocket Close frame and then
+    waits for the client's before it ends the stream (TLS close_notify, TCP
+    FIN) [RFC 6455 7.1.1]. A client that sees the end of the stream first
+    ends its own socket, and its Close frame then fails to go out (MQTT.js
+    over wss: "write EPIPE", about 2 runs in 5 on a loaded machine). Once
+    the client's Close frame is in, also when it came with the DISCONNECT
+    (`together`, as MQTT.js sends them), the stream ends promptly, not at
+    the end of the grace period."""
+    port = free_port()
+    conf = dict(tls_certfile=certs / "server.pem", tls_keyfile=certs / "server.key")
+    conf["wss_port" if secure else "ws_port"] = port
+    broker(**conf)
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    if secure:
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+    try:
+        s.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Protocol: mqtt\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        buf = bytearray()
+        s.sendall(ws_frame(2, b"\x10\x11\x00\x04MQTT\x04\x02\x00\x3c\x00\x05ws-cl"))
+        assert ws_read_frame(s, buf) == (2, b"\x20\x02\x00\x00")  # CONNACK
+        if together:
+            s.sendall(ws_frame(2, b"\xe0\x00") + ws_frame(8, b"\x03\xe8"))
+        else:
+            s.sendall(ws_frame(2, b"\xe0\x00"))  # DISCONNECT
+        opcode, payload = ws_read_frame(s, buf)
+        assert opcode == 8 and payload[:2] == b"\x03\xe8", (opcode, payload)  # Close, 1000
+        if not together:
+            # The stream stays open until the client answers: nothing more
+            # arrives (no EOF, no close_notify) while it has not.
+            s.settimeout(1.0)
+            try:
+                more = s.recv(4096)
+                raise AssertionError(f"the server ended the stream before the client's Close "
+                                     f"frame: {more!r}")
+            except (socket.timeout, TimeoutError):
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError) as e:
+                raise AssertionError(f"the server ended the stream before the client's Close "
+                                     f"frame: {e!r}")
+            s.settimeout(WAIT)
+            s.sendall(ws_frame(8, b"\x03\xe8"))
+        # ... and ends it once the client did (TLS: close_notify, then EOF)
+        deadline = time.monotonic() + PROMPT
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, "not closed promptly after the client's Close frame"
+            s.settimeout(left)
+            try:
+                if not s.recv(4096):
+                    break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            except (socket.timeout, TimeoutError):
+                raise AssertionError("not closed promptly after the client's Close frame")
+    finally:
+        s.close()

@@ -136,6 +136,12 @@ static char *desc_session(const char *id, uint16_t len, const struct store_sessi
         fwrite(r->subs[i].filter, 1, r->subs[i].len, f);
         fprintf(f, " o%u i%u]", r->subs[i].options, r->subs[i].sub_id);
     }
+    if (r->user) {
+        fprintf(f, " u%u:", r->user_len);
+        fwrite(r->user, 1, r->user_len, f);
+    } else {
+        fprintf(f, " anonymous");
+    }
     fclose(f);
     return s;
 }
@@ -277,8 +283,9 @@ static void test_roundtrip(void)
     struct list want = {0}, got = {0};
 
     struct store_sub subs[] = {{"a/+/c", 5, 0x21, 7}, {"#", 1, 2, 0}, {"$share/g/x", 10, 1, 0}};
-    struct store_session s1 = {5, 3600, 1234567890123ull, 3, subs};
-    struct store_session s2 = {4, 0, 0, 0, NULL};
+    struct store_session s1 = {5, 3600, 1234567890123ull, 3, subs, "alice", 5};
+    struct store_session s2 = {4, 0, 0, 0, NULL, NULL, 0};
+    struct store_session s3 = {4, 0, 0, 0, NULL, "", 0}; /* an empty user name is one */
     uint32_t ids[] = {1, 268435455, 42};
     struct msg *m1 = mkmsg(ID("t/1"), 100, 1, "\x01\x00\x00\x00\x01", 1, false, 0);
     struct msg *m2 = mkmsg(ID("t/2"), 0, 2, NULL, 2, true, 99999999999ull);
@@ -292,18 +299,20 @@ static void test_roundtrip(void)
     CU_ASSERT_EQUAL(store_session_put(b, ID("client-1"), &s1), 0);
     CU_ASSERT_EQUAL(store_session_put(b, ID("c2"), &s2), 0);
     CU_ASSERT_EQUAL(store_session_put(b, "", 0, &s2), 0);
+    CU_ASSERT_EQUAL(store_session_put(b, ID("c3"), &s3), 0);
     CU_ASSERT_EQUAL(store_msg_put(b, ID("client-1"), 1, &r1), 0);
     CU_ASSERT_EQUAL(store_msg_put(b, ID("client-1"), 2, &r2), 0);
     CU_ASSERT_EQUAL(store_msg_put(b, ID("c2"), 5, &r3), 0);
     CU_ASSERT_EQUAL(store_qos2_put(b, ID("client-1"), 77), 0);
     CU_ASSERT_EQUAL(store_qos2_put(b, ID("c2"), 1), 0);
     CU_ASSERT_EQUAL(store_retained_put(b, rm), 0);
-    CU_ASSERT_EQUAL(store_batch_ops(b), 9);
+    CU_ASSERT_EQUAL(store_batch_ops(b), 10);
     CU_ASSERT_EQUAL(commit(s, b), 0);
 
     /* Load order: sessions by (id length, id), then messages, qos2, retained. */
     list_add(&want, desc_session("", 0, &s2));
     list_add(&want, desc_session(ID("c2"), &s2));
+    list_add(&want, desc_session(ID("c3"), &s3));
     list_add(&want, desc_session(ID("client-1"), &s1));
     list_add(&want, desc_msg(ID("c2"), 5, &r3));
     list_add(&want, desc_msg(ID("client-1"), 1, &r1));
@@ -330,7 +339,7 @@ static void test_roundtrip(void)
     CU_ASSERT_EQUAL(commit(s, b), 0);
     s = reopen(s, dir, &got);
     CU_ASSERT_EQUAL(got.n, want.n - 2);
-    CU_ASSERT_PTR_NULL(strstr(got.v[3], "#1 "));
+    CU_ASSERT_PTR_NULL(strstr(got.v[4], "#1 "));
     list_free(&got);
 
     struct store_stats st;
@@ -382,7 +391,7 @@ static void test_session_del(void)
     char *dir = tmpdir();
     struct store *s = open_store(dir, 0, 0);
     struct list got = {0};
-    struct store_session rec = {5, 60, 0, 0, NULL};
+    struct store_session rec = {5, 60, 0, 0, NULL, NULL, 0};
     struct msg *m = mkmsg(ID("x"), 3, 0, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_WAIT_PUBACK, 1, 1, false, 0, NULL, m};
     const char *idv[] = {"a", "ab", "b", "a\x01"};
@@ -504,7 +513,7 @@ static void test_long_keys(void)
     char *filter = long_str(3000, 'f', '#');
 
     struct store_sub sub = {filter, 3000, 1, 0};
-    struct store_session rec = {5, 10, 0, 1, &sub};
+    struct store_session rec = {5, 10, 0, 1, &sub, NULL, 0};
     struct msg *m = mkmsg(t1, 1500, 50, 9, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
     struct msg *rt1 = mkmsg(t1, 1500, 5, 1, NULL, 1, true, 0);
@@ -645,6 +654,75 @@ static void test_format_version(void)
     CU_ASSERT_EQUAL(store_open(&s, &o, err, sizeof(err)), -EPROTO);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "not a Starling store"));
 
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Put one raw value into the sessions table of the store in dir. */
+static void raw_session_put(const char *dir, const void *key, size_t klen, const void *val,
+                            size_t vlen)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    CU_ASSERT_EQUAL_FATAL(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    CU_ASSERT_EQUAL_FATAL(mdb_env_open(env, dir, 0, 0600), 0);
+    CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    CU_ASSERT_EQUAL_FATAL(mdb_dbi_open(txn, "sessions", 0, &dbi), 0);
+    MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
+    CU_ASSERT_EQUAL_FATAL(mdb_put(txn, dbi, &k, &v, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+/* A session record of version 1 (before the user name was stored) loads,
+ * anonymous; one of a version this build does not know is refused. */
+static void test_session_record_v1(void)
+{
+    char *dir = tmpdir();
+    struct store *s = open_store(dir, 0, 0);
+    store_close(s);
+    /* idkey("old"); v1: version 4, expiry 60, connected, one subscription
+     * "a/#" QoS 1, no subscription id */
+    static const unsigned char key[] = "\x00\x03old";
+    static const unsigned char v1[] = "\x01\x04\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+                                      "\x01\x00\x00\x00\x03\x00\x01\x00\x00\x00\x00"
+                                      "a/#"; /* a literal of its own: "\x00a" is one byte */
+    raw_session_put(dir, key, sizeof(key) - 1, v1, sizeof(v1) - 1);
+    struct list got = {0};
+    s = open_store(dir, 0, 0);
+    load_all(s, &got);
+    CU_ASSERT_EQUAL(got.n, 1);
+    if (got.n == 1)
+        CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v4 x60 d0 n1 [a/# o1 i0] anonymous");
+    list_free(&got);
+    /* written again by this build: version 2, with the user name */
+    struct store_sub sub = {"a/#", 3, 1, 0};
+    struct store_session rec = {4, 60, 0, 1, &sub, "bob", 3};
+    struct store_batch *b = store_batch_new();
+    CU_ASSERT_EQUAL(store_session_put(b, "old", 3, &rec), 0);
+    CU_ASSERT_EQUAL(commit(s, b), 0);
+    s = reopen(s, dir, &got);
+    CU_ASSERT_EQUAL(got.n, 1);
+    if (got.n == 1)
+        CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v4 x60 d0 n1 [a/# o1 i0] u3:bob");
+    list_free(&got);
+    store_close(s);
+
+    /* version 3 is unknown: refused, not misread */
+    unsigned char v3[sizeof(v1)];
+    memcpy(v3, v1, sizeof(v1));
+    v3[0] = 3;
+    raw_session_put(dir, key, sizeof(key) - 1, v3, sizeof(v3) - 1);
+    struct store_options o = {.dir = dir, .sync = STORE_SYNC_ALWAYS};
+    char err[512] = "";
+    CU_ASSERT_EQUAL_FATAL(store_open(&s, &o, err, sizeof(err)), 0);
+    struct store_loader l = {
+        .ud = &got, .session = ld_session, .msg = ld_msg, .qos2 = ld_qos2, .retained = ld_retained};
+    CU_ASSERT_EQUAL(store_load(s, &l), -EPROTO);
+    list_free(&got);
+    store_close(s);
     rm_rf(dir);
     free(dir);
 }
@@ -1165,6 +1243,7 @@ int main(int argc, char **argv)
     CU_add_test(s, "retained put, replace, delete", test_retained);
     CU_add_test(s, "long client ids and topics", test_long_keys);
     CU_add_test(s, "unknown format version", test_format_version);
+    CU_add_test(s, "session record version 1 (no user name)", test_session_record_v1);
     CU_add_test(s, "corrupt data.mdb", test_corrupt);
     CU_add_test(s, "unwritable directory, busy directory", test_unwritable);
     CU_add_test(s, "map growth", test_map_growth);
