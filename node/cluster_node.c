@@ -179,6 +179,21 @@ static bool peer_live(const struct cluster_node *cn, const struct peer *p, uint6
     return !p->left && p->seen_ms && now - p->seen_ms <= cn->b->cfg.cluster_down_after;
 }
 
+/* Whether a SUBACK (or a takeover) waits for p to apply its route: p
+ * reported within CN_SYNC_LIVE_MS (and cluster_down_after). Members report
+ * on every applied entry and every REPORT_EVERY_MS, so one silent for that
+ * long is dead or cut off; waiting for it longer than an election would
+ * stall every SUBSCRIBE behind a dead node (issue 10: at most for the
+ * election). A member that was only starved of CPU that long may accept a
+ * publish before it applies the route (docs/cluster.md). */
+static bool peer_answering(const struct cluster_node *cn, const struct peer *p, uint64_t now)
+{
+    uint64_t window = cn->b->cfg.cluster_down_after;
+    if (window > CN_SYNC_LIVE_MS)
+        window = CN_SYNC_LIVE_MS;
+    return !p->left && p->seen_ms && now - p->seen_ms <= window;
+}
+
 static void send_applied(struct cluster_node *cn, uint64_t index)
 {
     Starling__Chan__Applied a = STARLING__CHAN__APPLIED__INIT;
@@ -823,7 +838,7 @@ static struct waiter *waiters_ready(struct cluster_node *cn, uint64_t applied_se
     uint64_t now = cn_mono_ms();
     uint64_t low = applied_self;
     for (unsigned i = 0; i < cn->n_peers; i++)
-        if (peer_live(cn, &cn->peers[i], now) && cn->peers[i].applied < low)
+        if (peer_answering(cn, &cn->peers[i], now) && cn->peers[i].applied < low)
             low = cn->peers[i].applied;
     struct waiter *ready = NULL;
     for (struct waiter **pp = &cn->waiters; *pp;) {

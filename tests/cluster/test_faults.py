@@ -35,7 +35,6 @@ DURABLE_FORWARDS = ("durable QoS 1/2 forwards (origin outbox held until the dest
                     "acknowledges, resend after a broken connection)")
 SESSIONS_SURVIVE = ("persistent sessions that survive a dead node (replicated subscriptions, "
                     "late messages following the session)")
-ROUTE_PURGE = "routes of a node down for cluster_down_after purged"
 
 FAULT_ENV = {"STARLING_CLUSTER_CLAIM_TIMEOUT": str(CLAIM_TIMEOUT_MS)}
 
@@ -145,7 +144,6 @@ def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
         f"a persistent session came back without its state: {t.summary_events()}"
 
 
-@pytest.mark.xfail(reason=f"needs {ROUTE_PURGE}", strict=False)
 def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
     c = fault_cluster
     down = c.nodes[2]
@@ -298,10 +296,6 @@ def test_retained_published_during_the_election_is_replicated(cluster):
         p.disconnect()
 
 
-@pytest.mark.xfail(reason="a SUBACK waits for a dead member until cluster_down_after (5 s, "
-                   "docs/cluster.md 'Routes and SUBACK'); issue 10 wants SUBSCRIBE to stall "
-                   "at most for an election: needs a shorter liveness for the SUBACK wait "
-                   "(lead's decision, with the route purge of cluster_down_after)", strict=False)
 def test_subscribe_stall_with_a_dead_member(fault_cluster):
     c = fault_cluster
     lead = wait_until(lambda: faults.leader(c), 10, "a leader")
