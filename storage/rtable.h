@@ -44,8 +44,9 @@ enum rtable_db {
     RTABLE_REGISTRY = 2, /* client id -> u64le node, u64le epoch */
     RTABLE_RETAINED = 3, /* topic -> u64le origin, u64le seq, encoded RetainedMessage */
     RTABLE_MEMBERS = 4,  /* u64be node -> encoded Member */
+    RTABLE_ADMIN = 5,    /* u8 table || key -> JSON text (node/tables.h) */
 };
-#define RTABLE_N_DB 4
+#define RTABLE_N_DB 5
 
 struct rtable;
 struct rtable_txn;
