@@ -291,7 +291,8 @@ void api_clients_list(struct admin_req *r)
     json_t *data = api_slice(merged, first, limit);
     json_t *meta = api_meta(page, limit, count, hasnext, api_missing(all));
     if (meta && hasnext && json_array_size(data)) {
-        char *cur = api_cursor_encode(jstr(json_array_get(data, json_array_size(data) - 1), "clientid"));
+        char *cur =
+            api_cursor_encode(jstr(json_array_get(data, json_array_size(data) - 1), "clientid"));
         json_object_set_new(meta, "cursor", cur ? json_string(cur) : json_null());
         free(cur);
     }
@@ -315,9 +316,8 @@ void api_client_show(struct admin_req *r)
     {
         json_t *c = json_object_get(json_object_get(e, "result"), "client");
         /* a connected session wins over an offline one of another node */
-        if (json_is_object(c) &&
-            (!found || (json_is_true(json_object_get(c, "connected")) &&
-                        !json_is_true(json_object_get(found, "connected")))))
+        if (json_is_object(c) && (!found || (json_is_true(json_object_get(c, "connected")) &&
+                                             !json_is_true(json_object_get(found, "connected")))))
             found = c;
     }
     if (!found)
@@ -359,7 +359,8 @@ void api_subscriptions(struct admin_req *r)
     if (api_paging(r, &page, &limit) < 0)
         return;
     size_t first = (size_t)(page - 1) * limit;
-    json_t *q = json_pack("{s:s, s:I}", "op", "subscriptions", "limit", (json_int_t)(first + limit));
+    json_t *q =
+        json_pack("{s:s, s:I}", "op", "subscriptions", "limit", (json_int_t)(first + limit));
     const char *v;
     if ((v = admin_req_query(r, "clientid")))
         json_object_set_new(q, "client", json_string(v));
@@ -374,8 +375,8 @@ void api_subscriptions(struct admin_req *r)
     json_int_t count = api_concat(all, merged);
     api_sort(merged, cmp_sub);
     json_t *data = api_slice(merged, first, limit);
-    json_t *meta = api_meta(page, limit, count, (json_int_t)(first + limit) < count,
-                            api_missing(all));
+    json_t *meta =
+        api_meta(page, limit, count, (json_int_t)(first + limit) < count, api_missing(all));
     json_decref(merged);
     json_decref(all);
     admin_reply_json(r, 200, json_pack("{s:o, s:o}", "data", data, "meta", meta));
@@ -494,8 +495,8 @@ void api_retained_list(struct admin_req *r)
     if (api_paging(r, &page, &limit) < 0)
         return;
     size_t first = (size_t)(page - 1) * limit;
-    json_t *res =
-        api_local(r, json_pack("{s:s, s:I}", "op", "retained", "limit", (json_int_t)(first + limit)));
+    json_t *res = api_local(
+        r, json_pack("{s:s, s:I}", "op", "retained", "limit", (json_int_t)(first + limit)));
     if (!res)
         return;
     json_t *all = json_object_get(res, "data");

@@ -159,8 +159,7 @@ static int api_check_fields(struct admin_req *r, const char *const *fields)
 
 static bool ban_kind_ok(const char *as)
 {
-    return strcmp(as, "clientid") == 0 || strcmp(as, "username") == 0 ||
-           strcmp(as, "address") == 0;
+    return strcmp(as, "clientid") == 0 || strcmp(as, "username") == 0 || strcmp(as, "address") == 0;
 }
 
 /* An expired ban is not shown (nor enforced). */
@@ -254,8 +253,8 @@ void api_banned_delete(struct admin_req *r)
     char why[256] = "";
     int rc = p->table_del(p->ud, ADMIN_TABLE_BANNED, key, why, sizeof(why));
     if (rc == 0)
-        admin_reply_json(r, 200, json_pack("{s:s, s:s, s:s}", "as", as, "who", who, "result",
-                                           "deleted"));
+        admin_reply_json(r, 200,
+                         json_pack("{s:s, s:s, s:s}", "as", as, "who", who, "result", "deleted"));
     else if (rc == -ENOENT)
         admin_reply_error(r, 404, "not_found", "%s '%.200s' is not banned", as, who);
     else
@@ -292,8 +291,8 @@ void api_user_show(struct admin_req *r)
 }
 
 /* Hash and store the password of user; created_at kept from old. Replies. */
-static void api_user_store(struct admin_req *r, const char *user, const char *password,
-                           json_t *old, unsigned status)
+static void api_user_store(struct admin_req *r, const char *user, const char *password, json_t *old,
+                           unsigned status)
 {
     char hash[PASSWD_HASH_MAX];
     if (passwd_hash_make(password, strlen(password), PASSWD_ITERATIONS, hash, sizeof(hash)) < 0) {
@@ -363,9 +362,9 @@ void api_user_delete(struct admin_req *r)
 
 static json_t *apikey_show(const char *key, json_t *rec)
 {
-    json_t *o = json_pack("{s:s, s:O?, s:O?}", "key", key, "created_at",
-                          json_object_get(rec, "created_at"), "description",
-                          json_object_get(rec, "description"));
+    json_t *o =
+        json_pack("{s:s, s:O?, s:O?}", "key", key, "created_at", json_object_get(rec, "created_at"),
+                  "description", json_object_get(rec, "description"));
     return o;
 }
 
@@ -424,8 +423,8 @@ void api_apikey_create(struct admin_req *r)
         return;
     }
     int64_t now = now_s();
-    json_t *rec = json_pack("{s:s, s:I, s:s}", "secret_hash", stored, "created_at",
-                            (json_int_t)now, "description", desc ? desc : "");
+    json_t *rec = json_pack("{s:s, s:I, s:s}", "secret_hash", stored, "created_at", (json_int_t)now,
+                            "description", desc ? desc : "");
     int rc = api_table_store(r, ADMIN_TABLE_APIKEYS, key, rec);
     json_decref(rec);
     if (rc == 0)

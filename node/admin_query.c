@@ -79,11 +79,10 @@ static int qclient_cmp(const void *x, const void *y)
 /* MQTT protocol level -> the version an operator knows: 3 (3.1), 4 (3.1.1), 5. */
 static json_t *client_json(const struct qclient *c, const char *node)
 {
-    json_t *o = json_pack("{s:s%, s:s, s:b, s:i, s:I, s:i, s:i, s:i}", "clientid", c->id,
-                          c->id_len, "node", node, "connected", c->connected, "proto_ver",
-                          (int)c->version, "expiry_interval", (json_int_t)c->expiry,
-                          "subscriptions", (int)c->subs, "inflight", (int)c->inflight, "queued",
-                          (int)c->queued);
+    json_t *o = json_pack("{s:s%, s:s, s:b, s:i, s:I, s:i, s:i, s:i}", "clientid", c->id, c->id_len,
+                          "node", node, "connected", c->connected, "proto_ver", (int)c->version,
+                          "expiry_interval", (json_int_t)c->expiry, "subscriptions", (int)c->subs,
+                          "inflight", (int)c->inflight, "queued", (int)c->queued);
     if (!o)
         return NULL;
     json_object_set_new(o, "username", c->user ? json_string(c->user) : json_null());
@@ -561,7 +560,8 @@ static json_t *query_retained(struct admin_local *l, json_t *q, char *err, size_
     } else if (one) {
         json_t *m = NULL;
         for (size_t i = 0; i < a.n && !m; i++)
-            if (a.v[i]->topic_len == strlen(one) && memcmp(msg_topic(a.v[i]), one, a.v[i]->topic_len) == 0)
+            if (a.v[i]->topic_len == strlen(one) &&
+                memcmp(msg_topic(a.v[i]), one, a.v[i]->topic_len) == 0)
                 m = retained_json(a.v[i]);
         res = json_pack("{s:o}", "message", m ? m : json_null());
     } else {

@@ -302,8 +302,9 @@ json_t *cn_gather(struct cluster_node *cn, json_t *q, char *err, size_t errlen)
             json_array_append_new(out, json_pack("{s:s, s:o}", "node", names[i], "result", res));
         else
             json_array_append_new(
-                out, json_pack("{s:s, s:s}", "node", names[i], "error",
-                               call->errors[i] ? call->errors[i] : "the node did not answer in time"));
+                out,
+                json_pack("{s:s, s:s}", "node", names[i], "error",
+                          call->errors[i] ? call->errors[i] : "the node did not answer in time"));
         free(call->answers[i]);
         free(call->errors[i]);
     }
