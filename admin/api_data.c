@@ -280,7 +280,8 @@ void api_clients_list(struct admin_req *r)
         json_object_set_new(q, "proto", json_integer(v[0] - '0'));
     }
     size_t first = (size_t)(page - 1) * limit;
-    json_object_set_new(q, "limit", json_integer((json_int_t)(first + limit)));
+    /* one more than the page needs: whether there is a next page */
+    json_object_set_new(q, "limit", json_integer((json_int_t)(first + limit + 1)));
     json_t *all = api_gather(r, q);
     if (!all)
         return;
