@@ -233,6 +233,36 @@ static int api_query_bool(const char *v, bool *out)
 
 /* ---- GET /api/v1/clients ------------------------------------------------- */
 
+static int cmp_str(const void *x, const void *y)
+{
+    json_t *a = *(json_t *const *)x, *b = *(json_t *const *)y;
+    return strcmp(json_string_value(a) ? json_string_value(a) : "",
+                  json_string_value(b) ? json_string_value(b) : "");
+}
+
+/* Page `page` > 1 without a cursor: ask for the client ids of the pages
+ * before it only (cheap), and start the page after the last of them, as a
+ * cursor would ("after" set in q). When there are fewer, q is left as is
+ * (the page is empty). 0, or -1 with a reply made. */
+static int api_clients_seek(struct admin_req *r, json_t *q, size_t first)
+{
+    json_t *ids_q = json_deep_copy(q);
+    json_object_set_new(ids_q, "ids_only", json_true());
+    json_object_set_new(ids_q, "limit", json_integer((json_int_t)first));
+    json_t *all = api_gather(r, ids_q);
+    if (!all)
+        return -1;
+    json_t *ids = json_array();
+    api_concat(all, ids);
+    json_decref(all);
+    if (json_array_size(ids) >= first) {
+        api_sort(ids, cmp_str);
+        json_object_set(q, "after", json_array_get(ids, first - 1));
+    }
+    json_decref(ids);
+    return 0;
+}
+
 void api_clients_list(struct admin_req *r)
 {
     unsigned page, limit;
@@ -280,6 +310,10 @@ void api_clients_list(struct admin_req *r)
         json_object_set_new(q, "proto", json_integer(v[0] - '0'));
     }
     size_t first = (size_t)(page - 1) * limit;
+    if (first > 0 && api_clients_seek(r, q, first) < 0)
+        return; /* replied */
+    if (json_object_get(q, "after"))
+        first = 0; /* a page that starts after a client: like a cursor */
     /* one more than the page needs: whether there is a next page */
     json_object_set_new(q, "limit", json_integer((json_int_t)(first + limit + 1)));
     json_t *all = api_gather(r, q);

@@ -8,7 +8,8 @@
  *   {"op": "clients", "limit": N, "after": ID?, "node": NAME?,
  *    "username": U?, "prefix": P?, "connected": B?, "proto": V?}
  *      -> {"count": MATCHING, "data": [CLIENT...]}: the first N matching
- *         clients whose id sorts after ID (byte order), sorted;
+ *         clients whose id sorts after ID (byte order), sorted; with
+ *         "ids_only": true, data holds only their client ids;
  *   {"op": "client", "id": ID}     -> {"client": DETAILS or null}
  *   {"op": "kick", "id": ID}       -> {"result": "kicked" | "not_connected" | "not_found"}
  *   {"op": "subscriptions", "limit": N, "client": ID?, "topic": F?, "node": NAME?}
@@ -70,12 +71,6 @@ static int bytes_cmp(const char *a, size_t al, const char *b, size_t bl)
     return c ? c : (al < bl ? -1 : al > bl);
 }
 
-static int qclient_cmp(const void *x, const void *y)
-{
-    const struct qclient *a = x, *b = y;
-    return bytes_cmp(a->id, a->id_len, b->id, b->id_len);
-}
-
 /* MQTT protocol level -> the version an operator knows: 3 (3.1), 4 (3.1.1), 5. */
 static json_t *client_json(const struct qclient *c, const char *node)
 {
@@ -91,41 +86,6 @@ static json_t *client_json(const struct qclient *c, const char *node)
     return o;
 }
 
-/* Every session of the node (*n), a malloc'd array. */
-static struct qclient *snapshot_clients(struct broker *b, size_t *n)
-{
-    struct registry *r = &b->registry;
-    pthread_mutex_lock(&r->lock);
-    size_t cap = r->n_sessions ? r->n_sessions : 1, k = 0;
-    struct qclient *v = calloc(cap, sizeof(*v));
-    for (size_t i = 0; v && i < r->n_buckets; i++) {
-        for (struct session *s = r->buckets[i]; s && k < cap; s = s->hnext) {
-            struct qclient *c = &v[k];
-            lock_acquire(&s->lock);
-            c->id_len = s->id_len;
-            c->id = malloc(s->id_len + 1u);
-            if (c->id)
-                memcpy(c->id, s->client_id, s->id_len + 1u);
-            c->user = s->user ? strdup(s->user) : NULL;
-            c->connected = s->conn != NULL;
-            c->version = s->version;
-            c->expiry = s->expiry_interval;
-            c->subs = s->n_subs;
-            c->inflight = s->inflight.len;
-            c->queued = s->queue.len;
-            c->connected_at = s->connected_at;
-            lock_release(&s->lock);
-            if (c->id)
-                k++;
-            else
-                free(c->user);
-        }
-    }
-    pthread_mutex_unlock(&r->lock);
-    *n = k;
-    return v;
-}
-
 static const char *q_str(json_t *q, const char *name)
 {
     json_t *v = json_object_get(q, name);
@@ -139,42 +99,115 @@ static size_t q_limit(json_t *q)
     return n < 0 ? 0 : (size_t)n;
 }
 
+/* A session that matches a clients query: referenced (its client id never
+ * changes, so it sorts without a copy), its counters read under its lock. */
+struct qref {
+    struct session *s;
+    struct qclient c; /* id, user NULL until shown */
+};
+
+static int qref_cmp(const void *x, const void *y)
+{
+    const struct qref *a = x, *b = y;
+    return bytes_cmp(a->s->client_id, a->s->id_len, b->s->client_id, b->s->id_len);
+}
+
+struct client_filter {
+    const char *user, *prefix;
+    size_t plen;
+    int connected; /* -1: any */
+    int proto;     /* -1: any */
+};
+
+/* The sessions that match f (*n of them, referenced), or NULL. One pass
+ * under the registry lock; nothing is allocated per session. */
+static struct qref *select_clients(struct broker *b, const struct client_filter *f, size_t *n)
+{
+    struct registry *r = &b->registry;
+    pthread_mutex_lock(&r->lock);
+    size_t cap = r->n_sessions ? r->n_sessions : 1, k = 0;
+    struct qref *v = malloc(cap * sizeof(*v));
+    for (size_t i = 0; v && i < r->n_buckets; i++) {
+        for (struct session *s = r->buckets[i]; s && k < cap; s = s->hnext) {
+            if (f->prefix && (s->id_len < f->plen || memcmp(s->client_id, f->prefix, f->plen)))
+                continue;
+            lock_acquire(&s->lock);
+            bool match = (!f->user || (s->user && strcmp(s->user, f->user) == 0)) &&
+                         (f->connected < 0 || f->connected == (s->conn != NULL)) &&
+                         (f->proto < 0 || f->proto == s->version);
+            if (match) {
+                struct qclient *c = &v[k].c;
+                memset(c, 0, sizeof(*c));
+                c->connected = s->conn != NULL;
+                c->version = s->version;
+                c->expiry = s->expiry_interval;
+                c->subs = s->n_subs;
+                c->inflight = s->inflight.len;
+                c->queued = s->queue.len;
+                c->connected_at = s->connected_at;
+                v[k++].s = session_ref(s);
+            }
+            lock_release(&s->lock);
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    *n = k;
+    return v;
+}
+
 static json_t *query_clients(struct admin_local *l, json_t *q, char *err, size_t errlen)
 {
-    const char *node = q_str(q, "node"), *user = q_str(q, "username");
-    const char *prefix = q_str(q, "prefix"), *after = q_str(q, "after");
+    const char *node = q_str(q, "node"), *after = q_str(q, "after");
     json_t *connected = json_object_get(q, "connected"), *proto = json_object_get(q, "proto");
+    struct client_filter f = {
+        .user = q_str(q, "username"),
+        .prefix = q_str(q, "prefix"),
+        .connected = json_is_boolean(connected) ? json_is_true(connected) : -1,
+        .proto = json_is_integer(proto) ? (int)json_integer_value(proto) : -1,
+    };
+    f.plen = f.prefix ? strlen(f.prefix) : 0;
     size_t limit = q_limit(q);
     json_t *data = json_array();
     if (node && strcmp(node, l->name) != 0)
         return json_pack("{s:i, s:o}", "count", 0, "data", data);
     size_t n;
-    struct qclient *v = snapshot_clients(l->b, &n);
+    struct qref *v = select_clients(l->b, &f, &n);
     if (!v) {
         json_decref(data);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    qsort(v, n, sizeof(*v), qclient_cmp);
-    size_t count = 0, plen = prefix ? strlen(prefix) : 0, alen = after ? strlen(after) : 0;
-    for (size_t i = 0; i < n; i++) {
-        struct qclient *c = &v[i];
-        bool match = (!user || (c->user && strcmp(c->user, user) == 0)) &&
-                     (!prefix || (c->id_len >= plen && memcmp(c->id, prefix, plen) == 0)) &&
-                     (!json_is_boolean(connected) || json_is_true(connected) == c->connected) &&
-                     (!json_is_integer(proto) || json_integer_value(proto) == c->version);
-        if (!match)
+    if (n > 1)
+        qsort(v, n, sizeof(*v), qref_cmp);
+    /* the first one after the cursor: binary search */
+    size_t lo = 0, hi = n, alen = after ? strlen(after) : 0;
+    while (after && lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (bytes_cmp(v[mid].s->client_id, v[mid].s->id_len, after, alen) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    bool ids_only = json_is_true(json_object_get(q, "ids_only"));
+    for (size_t i = after ? lo : 0; i < n && json_array_size(data) < limit; i++) {
+        if (ids_only) {
+            json_array_append_new(data, json_stringn(v[i].s->client_id, v[i].s->id_len));
             continue;
-        count++;
-        if (after && bytes_cmp(c->id, c->id_len, after, alen) <= 0)
-            continue;
-        if (json_array_size(data) < limit)
-            json_array_append_new(data, client_json(c, l->name));
+        }
+        struct qclient *c = &v[i].c;
+        struct session *s = v[i].s;
+        c->id = s->client_id;
+        c->id_len = s->id_len;
+        lock_acquire(&s->lock);
+        c->user = s->user ? strdup(s->user) : NULL;
+        lock_release(&s->lock);
+        json_array_append_new(data, client_json(c, l->name));
+        free(c->user);
     }
     for (size_t i = 0; i < n; i++)
-        qclient_clear(&v[i]);
+        session_unref(v[i].s);
     free(v);
-    return json_pack("{s:I, s:o}", "count", (json_int_t)count, "data", data);
+    return json_pack("{s:I, s:o}", "count", (json_int_t)n, "data", data);
 }
 
 /* ---- one client ---------------------------------------------------------- */

@@ -1,6 +1,9 @@
 """GET /api/v1/clients with 10,000 connected clients answers a page of 100
-within 200 ms (issue 13). Heavy: 10,000 sockets, so make test runs it in its
-memory-bound part, alone on the machine (STARLING_TEST_HEAVY=1)."""
+within 200 ms (issue 13). Heavy: 10,000 sockets, so make test runs it in a
+part of its own against the Release binary, alone on the machine
+(admin-heavy in tests/run_all.py, STARLING_TEST_HEAVY=1). Against a
+sanitizer build (several times slower) the bound is 10 times looser: it then
+only catches a pathological slowdown."""
 
 import http.client
 import json
@@ -13,6 +16,7 @@ import time
 import pytest
 
 import mqttraw
+from conftest import STARLING_BIN
 from test_admin import API_KEY, basic
 
 pytestmark = pytest.mark.starling_only
@@ -20,6 +24,13 @@ pytestmark = pytest.mark.starling_only
 N_CLIENTS = 10000
 PAGE = 100
 BUDGET_MS = 200.0
+SANITIZED_FACTOR = 10.0
+
+
+def sanitized(path):
+    """Whether the binary at path is built with AddressSanitizer."""
+    with open(path, "rb") as f:
+        return b"__asan_init" in f.read()
 CONNECT_TIMEOUT = 120.0
 
 
@@ -27,6 +38,7 @@ def connect_many(host, port, n):
     """n MQTT 5.0 clients, connected (CONNACK 0 read), as open sockets."""
     socks = []
     waiting = {}
+    poller = select.poll()  # select() stops at descriptor 1023
     deadline = time.monotonic() + CONNECT_TIMEOUT
     for i in range(n):
         s = socket.create_connection((host, port), timeout=10)
@@ -34,11 +46,11 @@ def connect_many(host, port, n):
         s.setblocking(False)
         socks.append(s)
         waiting[s.fileno()] = (s, bytearray())
+        poller.register(s.fileno(), select.POLLIN)
         if len(waiting) >= 500 or i == n - 1:
             while waiting and (len(waiting) >= 250 or i == n - 1):
                 assert time.monotonic() < deadline, f"{len(waiting)} CONNACKs missing"
-                r, _, _ = select.select(list(waiting), [], [], 1.0)
-                for fd in r:
+                for fd, _ in poller.poll(1000):
                     s2, buf = waiting[fd]
                     data = s2.recv(64)
                     assert data, "connection closed before its CONNACK"
@@ -46,6 +58,7 @@ def connect_many(host, port, n):
                     if len(buf) >= 4:
                         assert buf[0] == 0x20 and buf[3] == 0, f"CONNACK {bytes(buf)!r}"
                         del waiting[fd]
+                        poller.unregister(fd)
     return socks
 
 
@@ -91,7 +104,9 @@ def test_clients_page_with_10000_clients(broker):
         times.append(ms)
         print(f"\nGET /api/v1/clients, a page of {PAGE} of {N_CLIENTS} connected clients: "
               + ", ".join(f"{t:.1f}" for t in times) + " ms")
-        assert max(times) < BUDGET_MS, times
+        budget = BUDGET_MS * (SANITIZED_FACTOR if sanitized(STARLING_BIN) else 1.0)
+        print(f"budget {budget:.0f} ms")
+        assert max(times) < budget, times
     finally:
         for s in socks:
             s.close()
