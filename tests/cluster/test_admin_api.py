@@ -5,6 +5,7 @@ made on one node is enforced on another, a user created on one node logs in
 on another, a client on one node is kicked from another."""
 
 import base64
+import signal
 import json
 import time
 import urllib.error
@@ -208,3 +209,24 @@ def test_api_key_created_on_one_node_works_on_another(cluster):
     assert st == 200
     wait_for(lambda: call(n3, "GET", "/api/v1/stats", auth=key)[0] == 401,
              what="the deleted key refused on n3")
+
+
+def test_a_dead_node_is_named_missing(cluster_factory):
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_DOWN_AFTER": "1000"})
+    c.start()
+    c.wait_healthy()
+    n1, n2, n3 = c.nodes
+    one, three = Client(n1, "one"), Client(n3, "three")
+    try:
+        doc = same_everywhere(c, "/api/v1/clients")
+        assert [x["clientid"] for x in doc["data"]] == ["one", "three"]
+        assert "missing" not in doc["meta"]
+        n3.stop(sig=signal.SIGKILL)
+        three.close()
+        st, doc = call(n1, "GET", "/api/v1/clients")
+        assert st == 200, doc
+        assert [x["clientid"] for x in doc["data"]] == ["one"]
+        assert doc["meta"]["missing"] == ["n3"]
+    finally:
+        one.close()
+        three.close()
