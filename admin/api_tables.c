@@ -248,8 +248,12 @@ void api_banned_delete(struct admin_req *r)
                           "the kind must be \"clientid\", \"username\" or \"address\"");
         return;
     }
+    if (strlen(who) > 1000) {
+        admin_reply_error(r, 404, "not_found", "%s '%.200s...' is not banned", as, who);
+        return;
+    }
     char key[1100];
-    snprintf(key, sizeof(key), "%s:%.1000s", as, who);
+    snprintf(key, sizeof(key), "%s:%s", as, who);
     char why[256] = "";
     int rc = p->table_del(p->ud, ADMIN_TABLE_BANNED, key, why, sizeof(why));
     if (rc == 0)

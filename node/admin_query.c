@@ -38,6 +38,7 @@
 
 #include "broker.h"
 #include "conn.h"
+#include "log.h"
 #include "registry.h"
 #include "retain.h"
 #include "session.h"
@@ -366,6 +367,7 @@ static json_t *query_kick(struct admin_local *l, json_t *q, char *err, size_t er
             /* [MQTT-5.0 3.14.2.1] 0x98 Administrative action */
             b->sink->kick(s->w, s->conn, MQTT_RC_ADMIN_ACTION, false);
             result = "kicked";
+            log_info("admin: client '%s' kicked", s->client_id);
         } else {
             result = "not_connected";
         }

@@ -505,7 +505,7 @@ static void test_admin_tables(void)
     CU_ASSERT_TRUE(fsm_admin_empty(f, 1));
     cmd_admin_put(b, 1, S("clientid:x"), S("{\"a\":1}"));
     cmd_admin_put(b, 1, S("address:1.2.3.4"), S("{}"));
-    cmd_admin_put(b, 1, S("clientid:x"), S("{\"a\":1}")); /* same again */
+    cmd_admin_put(b, 1, S("clientid:x"), S("{\"a\":1}"));    /* same again */
     cmd_admin_put(b, 2, S("clientid:x"), S("{\"user\":1}")); /* another table */
     cmd_admin_delete(b, 3, S("nobody"));
     CU_ASSERT_EQUAL(apply(f, 1, b), 0);
