@@ -9,6 +9,7 @@
  * (node/passwd.c, the password file's format), an API key's secret as a
  * PBKDF2 hash (keys.c) and shown once, when the key is created.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,6 +194,20 @@ void api_banned_create(struct admin_req *r)
         admin_reply_error(r, 400, "bad_request",
                           "'as' must be \"clientid\", \"username\" or \"address\"");
         return;
+    }
+    /* an address in the form the node compares: inet_ntop's */
+    char addr[INET6_ADDRSTRLEN];
+    if (strcmp(as, "address") == 0) {
+        unsigned char raw[16];
+        if (inet_pton(AF_INET, who, raw) == 1)
+            inet_ntop(AF_INET, raw, addr, sizeof(addr));
+        else if (inet_pton(AF_INET6, who, raw) == 1)
+            inet_ntop(AF_INET6, raw, addr, sizeof(addr));
+        else {
+            admin_reply_error(r, 400, "bad_request", "'who' must be an IPv4 or IPv6 address");
+            return;
+        }
+        who = addr;
     }
     json_t *until = json_object_get(r->body, "until");
     json_t *duration = json_object_get(r->body, "duration");

@@ -312,6 +312,8 @@ def test_banned(node):
 
 @pytest.mark.parametrize("body,part", [
     ({"as": "ip", "who": "x"}, "'as'"),
+    ({"as": "address", "who": "localhost"}, "IPv4 or IPv6"),
+    ({"as": "address", "who": "1.2.3.4:5"}, "IPv4 or IPv6"),
     ({"as": "clientid"}, "'who'"),
     ({"as": "clientid", "who": ""}, "'who'"),
     ({"as": "clientid", "who": "x", "until": 5}, "'until'"),
