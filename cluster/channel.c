@@ -433,7 +433,10 @@ static void handle_frame(struct conn *k, const Starling__Chan__Frame *f)
         const Starling__Chan__Hello *h = f->hello;
         if (!hello_ok(k, h))
             return;
-        /* A known node must dial from its own address. */
+        /* A known node must dial from its own address; with a
+         * cluster_secret, whose proof follows, a known node may come from
+         * another one (its IP changed: a restarted pod, whose new Member
+         * record cannot be proposed before it is let in). */
         pthread_mutex_lock(&c->mu);
         struct sockaddr_in claimed = {0};
         bool known = false;
@@ -447,8 +450,13 @@ static void handle_frame(struct conn *k, const Starling__Chan__Frame *f)
         int flen = sizeof from;
         if (known && (uv_tcp_getpeername(&k->tcp, (struct sockaddr *)&from, &flen) != 0 ||
                       from.sin_addr.s_addr != claimed.sin_addr.s_addr)) {
-            refuse(k, "source address differs from the node's address");
-            return;
+            if (!c->secret[0]) {
+                refuse(k, "source address differs from the node's address");
+                return;
+            }
+            char ip[INET_ADDRSTRLEN] = "?";
+            inet_ntop(AF_INET, &from.sin_addr, ip, sizeof ip);
+            log_info("cluster: node %s connects from a new address %s", h->node_name, ip);
         }
         k->remote = h->node;
         memcpy(k->peer_nonce, h->nonce.data, NONCE_LEN);

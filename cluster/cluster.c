@@ -18,12 +18,17 @@
 #include "log.h"
 #include "raft_cmd.pb-c.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netdb.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct fwd {
     struct fwd *next;
@@ -34,6 +39,7 @@ struct fwd {
     void *ud;
     uint64_t id;
     uint64_t deadline_ms;
+    unsigned hops; /* 1: relayed for another node (not relayed again) */
 };
 
 struct remote_req {
@@ -41,12 +47,30 @@ struct remote_req {
     uint64_t from, id;
 };
 
-#define MAX_CHECKS 16       /* peers whose last checkpoint waits to be compared */
-#define CHECKPOINT_EVERY 10 /* timer ticks (100 ms): a checkpoint a second */
+#define MAX_CHECKS 16         /* peers whose last checkpoint waits to be compared */
+#define CHECKPOINT_EVERY 10   /* timer ticks (100 ms): a checkpoint a second */
+#define JOIN_EVERY 10         /* timer ticks between two requests to be added */
+#define VERDICT_FRESH_MS 5000 /* a peer's agreement counts for this long */
+#define VERDICT_REPEAT_MS 5000
+#define MAX_SEEDS 64
 
 struct cluster {
     struct cluster_config cfg;
-    char name[256], node_name[256], secret[256], address[64], raft_addr[64], chan_addr[64];
+    char name[256], node_name[256], secret[256], address[64], chan_addr[64];
+    char advertise[256], raft_addr[RAFT_NODE_ADDR_MAX];
+    char (*seeds)[RAFT_NODE_ADDR_MAX]; /* copies of cfg.seeds */
+    unsigned n_seeds, next_seed;
+    bool adding; /* leader: a raft_node_add in flight */
+    char dir[512];
+    bool no_bootstrap; /* rebuilt: the NO_BOOTSTRAP mark is there until we are a member */
+    bool leaving;      /* atomic: this process asked to leave */
+    bool rebuild_asked;
+    /* the divergence detector's verdicts on the peers' checkpoints */
+    struct verdict {
+        uint64_t node, agree_ms, differ_ms, told_ms;
+    } verdicts[64];
+    unsigned n_verdicts;
+    uint64_t doubt_ms; /* leader: last time no majority agreed with it */
     struct fsm *fsm;
     struct raft_node *raft;
     struct chan *chan;
@@ -96,6 +120,8 @@ static int forward(struct cluster *c, struct fwd *f, uint64_t leader)
     Starling__Chan__Propose p = STARLING__CHAN__PROPOSE__INIT;
     p.id = f->id;
     p.batch = b;
+    p.has_hops = f->hops != 0;
+    p.hops = f->hops;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_PROPOSE;
     fr.propose = &p;
@@ -134,8 +160,8 @@ static void local_done(void *ud, int status, const struct fsm_batch_result *res,
     fwd_finish(f, status, res, leader);
 }
 
-int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
-                    void *ud)
+static int propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
+                   void *ud, unsigned hops)
 {
     struct fwd *f = calloc(1, sizeof *f);
     if (!f)
@@ -150,12 +176,19 @@ int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_
     f->c = c;
     f->done = done;
     f->ud = ud;
+    f->hops = hops;
     int rc = raft_node_propose(c->raft, entry, len, local_done, f);
     if (rc) {
         free(f->entry);
         free(f);
     }
     return rc;
+}
+
+int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
+                    void *ud)
+{
+    return propose(c, entry, len, done, ud, 0);
 }
 
 /* ---- the leader's side ---- */
@@ -219,7 +252,10 @@ static void on_propose(struct cluster *c, uint64_t from, const Starling__Chan__P
     free(pb);
     if (rc == 0) {
         *q = (struct remote_req){c, from, p->id};
-        rc = raft_node_propose(c->raft, entry, elen, remote_done, q);
+        /* Not the leader: relay it there once (a node that is not a member
+         * yet knows only its seeds). */
+        rc = p->hops ? raft_node_propose(c->raft, entry, elen, remote_done, q)
+                     : propose(c, entry, elen, remote_done, q, 1);
         free(entry);
         if (rc == 0)
             return;
@@ -248,6 +284,7 @@ static void on_result(struct cluster *c, const Starling__Chan__ProposeResult *r)
 }
 
 static void check_or_keep(struct cluster *c, uint64_t from, uint64_t index, uint64_t checksum);
+static void on_rebuild(struct cluster *c, uint64_t from, const Starling__Chan__Rebuild *rb);
 
 static void on_frame(void *ud, uint64_t from, const void *frame)
 {
@@ -262,6 +299,9 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
         return;
     case STARLING__CHAN__FRAME__FRAME_DIVERGENCE_CHECK:
         check_or_keep(c, from, f->divergence_check->applied_index, f->divergence_check->checksum);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_REBUILD:
+        on_rebuild(c, from, f->rebuild);
         return;
     default:
         if (c->cfg.on_frame)
@@ -316,9 +356,12 @@ static int scan_member(void *ud, uint64_t node, const void *rec, size_t len)
     if (!m)
         return 0;
     if (node == c->self) {
-        s->self_ok = strcmp(m->name, c->cfg.node_name) == 0 &&
-                     strcmp(m->address, c->address) == 0 &&
-                     m->cluster_port == c->cfg.cluster_port && m->raft_port == c->cfg.raft_port;
+        s->self_ok =
+            strcmp(m->name, c->cfg.node_name) == 0 && strcmp(m->address, c->address) == 0 &&
+            m->cluster_port == c->cfg.cluster_port && m->raft_port == c->cfg.raft_port &&
+            strcmp(m->raft_address ? m->raft_address : "", c->advertise[0] ? c->raft_addr : "") ==
+                0 &&
+            (!m->left || __atomic_load_n(&c->leaving, __ATOMIC_ACQUIRE));
     } else {
         add_peer(c, node, m->address, m->cluster_port, false);
         if (c->n_members < sizeof c->members / sizeof c->members[0])
@@ -337,6 +380,74 @@ static void member_done(void *ud, int status, const struct fsm_batch_result *res
     c->member_inflight = false;
 }
 
+static void join_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    (void)res;
+    (void)leader;
+    struct cluster *c = ud;
+    c->member_inflight = false;
+    if (status)
+        log_info("cluster: asking to be added: %s; asking again", strerror(-status));
+}
+
+/* Whether this node is in the Raft configuration it knows. */
+static bool in_configuration(struct cluster *c)
+{
+    struct raft_node_member mv[RAFT_NODE_MAX_MEMBERS];
+    unsigned n = raft_node_members(c->raft, mv, RAFT_NODE_MAX_MEMBERS);
+    for (unsigned i = 0; i < n; i++)
+        if (mv[i].id == c->self)
+            return true;
+    return false;
+}
+
+/* A node in no configuration (a new node, not a seed) knows no leader: it
+ * sends its Member record to a seed (in turn), which relays it to the
+ * leader; the leader adds the node to Raft once the record is applied
+ * (reconcile). The seed's channel is host:cluster_port; a host name is
+ * resolved here (at most once a second, on the cluster thread: only while
+ * joining). */
+static void join_via_seed(struct cluster *c, const void *entry, size_t len)
+{
+    if (c->n_seeds == 0)
+        return;
+    const char *seed = c->seeds[c->next_seed++ % c->n_seeds];
+    uint64_t id = raft_node_id_of(seed);
+    if (id == c->self)
+        return;
+    char host[RAFT_NODE_ADDR_MAX];
+    snprintf(host, sizeof host, "%s", seed);
+    char *colon = strrchr(host, ':');
+    if (colon)
+        *colon = '\0';
+    struct in_addr ip;
+    char ipbuf[INET_ADDRSTRLEN];
+    if (inet_pton(AF_INET, host, &ip) != 1) {
+        struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+        struct addrinfo *res = NULL;
+        if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+            return;
+        ip = ((struct sockaddr_in *)res->ai_addr)->sin_addr;
+        freeaddrinfo(res);
+    }
+    inet_ntop(AF_INET, &ip, ipbuf, sizeof ipbuf);
+    add_peer(c, id, ipbuf, c->cfg.cluster_port, false);
+    struct fwd *f = calloc(1, sizeof *f);
+    if (!f || !(f->entry = malloc(len))) {
+        free(f);
+        return;
+    }
+    memcpy(f->entry, entry, len);
+    f->len = len;
+    f->c = c;
+    f->done = join_done;
+    f->ud = c;
+    c->member_inflight = true;
+    int rc = forward(c, f, id);
+    if (rc)
+        fwd_finish(f, rc, NULL, 0);
+}
+
 /* Dial every member (those known from an earlier run too), and make sure
  * the members table holds this node's own record. */
 static void ensure_member(struct cluster *c)
@@ -344,7 +455,10 @@ static void ensure_member(struct cluster *c)
     struct member_scan s = {c, false};
     c->n_members = 0;
     fsm_members(c->fsm, scan_member, &s);
-    if (s.self_ok || c->member_inflight || !raft_node_leader(c->raft))
+    if (s.self_ok || c->member_inflight)
+        return;
+    bool leader = raft_node_leader(c->raft) != 0;
+    if (!leader && (c->ticks % JOIN_EVERY != 0 || in_configuration(c)))
         return;
     struct cmd_batch *b = cmd_batch_new();
     if (!b)
@@ -352,20 +466,185 @@ static void ensure_member(struct cluster *c)
     size_t len;
     const void *e = NULL;
     if (cmd_member(b, c->self, c->cfg.node_name, c->address, c->cfg.cluster_port, c->cfg.raft_port,
-                   CMD_ROLE_VOTER, 0) == 0)
+                   c->advertise[0] ? c->raft_addr : NULL, CMD_ROLE_VOTER, 0) == 0)
         e = cmd_batch_data(b, &len);
-    if (e && cluster_propose(c, e, len, member_done, c) == 0)
+    if (e && !leader)
+        join_via_seed(c, e, len);
+    else if (e && cluster_propose(c, e, len, member_done, c) == 0)
         c->member_inflight = true;
     cmd_batch_free(b);
 }
 
+/* ---- the leader adds members that are not in the Raft configuration ---- */
+
+struct reconcile_scan {
+    struct cluster *c;
+    struct raft_node_member mv[RAFT_NODE_MAX_MEMBERS];
+    unsigned n;
+    char addr[RAFT_NODE_ADDR_MAX]; /* the first member to add, or "" */
+    uint64_t gone;                 /* the first member that left but is in it, or 0 */
+};
+
+static int scan_missing(void *ud, uint64_t node, const void *rec, size_t len)
+{
+    struct reconcile_scan *r = ud;
+    if (r->addr[0] || r->gone)
+        return 0;
+    bool in = false, active = false;
+    for (unsigned i = 0; i < r->n; i++)
+        if (r->mv[i].id == node) {
+            in = true;
+            active = r->mv[i].role != RAFT_NODE_SPARE;
+        }
+    Starling__Cmd__Member *m = starling__cmd__member__unpack(NULL, len, rec);
+    if (!m)
+        return 0;
+    if (m->left && in)
+        r->gone = node;
+    else if (!m->left && !active) {
+        if (m->raft_address)
+            snprintf(r->addr, sizeof r->addr, "%s", m->raft_address);
+        else
+            snprintf(r->addr, sizeof r->addr, "%s:%u", m->address, m->raft_port);
+        if (raft_node_id_of(r->addr) != node)
+            r->addr[0] = '\0'; /* a record whose id is not its address's */
+    }
+    starling__cmd__member__free_unpacked(m, NULL);
+    return 0;
+}
+
+static void add_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    (void)res;
+    (void)leader;
+    struct cluster *c = ud;
+    c->adding = false;
+    if (status && status != -EBUSY && status != -ENOTCONN)
+        log_warn("cluster: adding a member to Raft: %s", strerror(-status));
+}
+
+/* One node at a time: a member record (applied: the node asked to join)
+ * whose node is not in the Raft configuration, or only as a spare, is
+ * added (voter while there are fewer than max_voters, else standby). */
+static void reconcile(struct cluster *c)
+{
+    if (c->adding || !raft_node_ready(c->raft))
+        return;
+    struct reconcile_scan *r = calloc(1, sizeof *r);
+    if (!r)
+        return;
+    r->c = c;
+    r->n = raft_node_members(c->raft, r->mv, RAFT_NODE_MAX_MEMBERS);
+    fsm_members(c->fsm, scan_missing, r);
+    if (r->gone) {
+        /* a member that left (its record says so) and is still in the
+         * configuration: the removal made when the record was applied may
+         * have met another change in flight */
+        c->adding = raft_node_remove(c->raft, r->gone, add_done, c) == 0;
+    } else if (r->addr[0]) {
+        log_info("cluster: adding %s to the Raft configuration", r->addr);
+        c->adding = raft_node_add(c->raft, r->addr, add_done, c) == 0;
+    }
+    free(r);
+}
+
 /* ---- the divergence detector's traffic ---- */
+
+static struct verdict *verdict_of(struct cluster *c, uint64_t node)
+{
+    for (unsigned i = 0; i < c->n_verdicts; i++)
+        if (c->verdicts[i].node == node)
+            return &c->verdicts[i];
+    if (c->n_verdicts == sizeof c->verdicts / sizeof c->verdicts[0])
+        return NULL;
+    struct verdict *v = &c->verdicts[c->n_verdicts++];
+    memset(v, 0, sizeof *v);
+    v->node = node;
+    return v;
+}
+
+static void send_rebuild(struct cluster *c, uint64_t to, uint64_t index, uint64_t mine,
+                         uint64_t theirs)
+{
+    Starling__Chan__Rebuild rb = STARLING__CHAN__REBUILD__INIT;
+    rb.applied_index = index;
+    rb.leader_checksum = mine;
+    rb.member_checksum = theirs;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_REBUILD;
+    fr.rebuild = &rb;
+    uint8_t buf[64];
+    size_t n = starling__chan__frame__pack(&fr, buf);
+    chan_send(c->chan, to, buf, n);
+}
+
+/* The leader judges a peer whose checksum differs from its own after the
+ * same entry: if a majority of the voters (the leader, and the others whose
+ * checkpoints agreed with it lately) share the leader's tables, the peer is
+ * the one that diverged and is told to rebuild; if not, the leader may be
+ * the wrong one: it says so and hands leadership to another voter, which
+ * judges again. */
+static void judge(struct cluster *c, uint64_t peer, uint64_t index, uint64_t mine, uint64_t theirs)
+{
+    if (raft_node_leader(c->raft) != c->self || !raft_node_ready(c->raft))
+        return;
+    uint64_t now = now_mono_ms();
+    struct raft_node_member mv[RAFT_NODE_MAX_MEMBERS];
+    unsigned n = raft_node_members(c->raft, mv, RAFT_NODE_MAX_MEMBERS);
+    unsigned voters = 0, agree = 1; /* the leader itself */
+    for (unsigned i = 0; i < n; i++) {
+        if (mv[i].role != RAFT_NODE_VOTER)
+            continue;
+        voters++;
+        if (mv[i].id == c->self || mv[i].id == peer)
+            continue;
+        struct verdict *o = verdict_of(c, mv[i].id);
+        if (o && o->agree_ms && now - o->agree_ms <= VERDICT_FRESH_MS &&
+            o->agree_ms >= o->differ_ms)
+            agree++;
+    }
+    struct verdict *v = verdict_of(c, peer);
+    if (agree >= voters / 2 + 1) {
+        if (v && (!v->told_ms || now - v->told_ms >= VERDICT_REPEAT_MS)) {
+            v->told_ms = now;
+            log_error("cluster: node %016llx's replicated tables differ from this leader's and "
+                      "a majority's after entry %llu: told it to rebuild",
+                      (unsigned long long)peer, (unsigned long long)index);
+            send_rebuild(c, peer, index, mine, theirs);
+        }
+    } else if (!c->doubt_ms || now - c->doubt_ms >= VERDICT_REPEAT_MS) {
+        c->doubt_ms = now;
+        log_error("cluster: node %016llx's replicated tables differ from this leader's after "
+                  "entry %llu and no majority agrees with the leader: handing leadership over",
+                  (unsigned long long)peer, (unsigned long long)index);
+        raft_node_step_down(c->raft);
+    }
+}
+
+/* Compare a peer's checkpoint with this node's checksum after the same
+ * entry and keep the verdict: -ENOENT (not comparable), 0 equal, 1 not. */
+static int compare(struct cluster *c, uint64_t from, uint64_t index, uint64_t checksum)
+{
+    int rc = raft_node_divergence_check(c->raft, index, checksum, false);
+    struct verdict *v = verdict_of(c, from);
+    if (!v || rc < 0)
+        return rc;
+    if (rc == 0) {
+        v->agree_ms = now_mono_ms();
+        return rc;
+    }
+    v->differ_ms = now_mono_ms();
+    uint64_t mine = 0;
+    raft_node_checksum_at(c->raft, index, &mine);
+    judge(c, from, index, mine, checksum);
+    return rc;
+}
 
 /* Compare a peer's checkpoint now, or keep it until this node has applied
  * that index (one pending checkpoint per peer, the latest). */
 static void check_or_keep(struct cluster *c, uint64_t from, uint64_t index, uint64_t checksum)
 {
-    int rc = raft_node_divergence_check(c->raft, index, checksum);
+    int rc = compare(c, from, index, checksum);
     int slot = -1;
     for (int i = 0; i < MAX_CHECKS; i++)
         if (c->checks[i].from == from || (slot < 0 && c->checks[i].from == 0))
@@ -387,9 +666,26 @@ static void retry_checks(struct cluster *c)
         if (!c->checks[i].from || c->checks[i].index > raft_node_applied(c->raft))
             continue;
         /* Applied now (or skipped past): compare once, then forget. */
-        raft_node_divergence_check(c->raft, c->checks[i].index, c->checks[i].checksum);
+        uint64_t from = c->checks[i].from;
         c->checks[i].from = 0;
+        compare(c, from, c->checks[i].index, c->checks[i].checksum);
     }
+}
+
+/* The leader says this node diverged: mark it (health 503) and let the
+ * broker rebuild it (once). */
+static void on_rebuild(struct cluster *c, uint64_t from, const Starling__Chan__Rebuild *rb)
+{
+    if (from != raft_node_leader(c->raft) || c->rebuild_asked)
+        return;
+    c->rebuild_asked = true;
+    raft_node_set_diverged(c->raft);
+    log_error("cluster: DIVERGENCE: the leader says this node's replicated tables differ from "
+              "the cluster's after entry %llu (leader %016llx, this node %016llx): rebuilding",
+              (unsigned long long)rb->applied_index, (unsigned long long)rb->leader_checksum,
+              (unsigned long long)rb->member_checksum);
+    if (c->cfg.on_rebuild)
+        c->cfg.on_rebuild(c->cfg.rebuild_ud);
 }
 
 static void send_checkpoint(struct cluster *c)
@@ -424,6 +720,14 @@ static void on_timer(uv_timer_t *t)
         }
     }
     ensure_member(c);
+    reconcile(c);
+    if (c->no_bootstrap && in_configuration(c)) {
+        /* a member again after a rebuild: from now on, like any member */
+        char path[600];
+        snprintf(path, sizeof path, "%s/NO_BOOTSTRAP", c->dir);
+        if (unlink(path) == 0 || errno == ENOENT)
+            c->no_bootstrap = false;
+    }
 }
 
 /* ---- start and stop (hooks of raft_node, on the cluster thread) ---- */
@@ -471,11 +775,93 @@ static void hook_stop(void *ud)
     }
 }
 
+/* ---- rebuilding a diverged node ---- */
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* Create path durably (contents: why). */
+static int mark_write(const char *path, const char *why)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    size_t n = strlen(why);
+    int rc = write(fd, why, n) == (ssize_t)n && fsync(fd) == 0 ? 0 : -EIO;
+    close(fd);
+    return rc;
+}
+
+static bool exists(const char *dir, const char *name)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+/* The rebuild mark is there: move the tables and the Raft directory aside
+ * (replacing what an earlier rebuild set aside), and mark the node as one
+ * that must join, not bootstrap. */
+static int rebuild_set_aside(const char *dir, char *err, size_t errlen)
+{
+    static const char *const parts[] = {"fsm", "raft"};
+    char from[600], to[640];
+    for (int i = 0; i < 2; i++) {
+        snprintf(from, sizeof from, "%s/%s", dir, parts[i]);
+        snprintf(to, sizeof to, "%s/%s.diverged", dir, parts[i]);
+        nftw(to, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        if (rename(from, to) != 0 && errno != ENOENT) {
+            snprintf(err, errlen, "cluster: rebuild: cannot move %s aside: %s", from,
+                     strerror(errno));
+            return -errno;
+        }
+    }
+    snprintf(from, sizeof from, "%s/NO_BOOTSTRAP", dir);
+    int rc = mark_write(from, "rebuilt after a divergence: join, do not bootstrap\n");
+    snprintf(to, sizeof to, "%s/REBUILD", dir);
+    if (rc == 0 && unlink(to) != 0)
+        rc = -errno;
+    if (rc) {
+        snprintf(err, errlen, "cluster: rebuild: %s", strerror(-rc));
+        return rc;
+    }
+    log_warn("cluster: rebuilding: the replicated tables and the Raft log of this node were "
+             "set aside in %s/{fsm,raft}.diverged; joining the cluster again as a new member",
+             dir);
+    return 0;
+}
+
+int cluster_rebuild_mark(struct cluster *c)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/REBUILD", c->dir);
+    int rc = mark_write(path, "the leader found this node's replicated tables diverged\n");
+    if (rc == 0) {
+        int fd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) {
+            fsync(fd);
+            close(fd);
+        }
+    }
+    return rc;
+}
+
+void cluster_leaving(struct cluster *c)
+{
+    __atomic_store_n(&c->leaving, true, __ATOMIC_RELEASE);
+}
+
 int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *err, size_t errlen)
 {
     *out = NULL;
     if (!cfg->dir || !cfg->node_name || !cfg->address || !cfg->raft_port || !cfg->cluster_port ||
-        strlen(cfg->address) > 15 || strlen(cfg->dir) > 400) {
+        strlen(cfg->address) > 15 || strlen(cfg->dir) > 400 ||
+        (cfg->advertise && strlen(cfg->advertise) > 253)) {
         snprintf(err, errlen, "cluster: dir, node_name, address and ports are required");
         return -EINVAL;
     }
@@ -490,17 +876,35 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
     c->cfg.cluster_name = c->name;
     c->cfg.node_name = c->node_name;
     c->cfg.cluster_secret = c->secret;
-    c->cfg.seeds = NULL; /* copied by raft_node */
+    c->cfg.seeds = NULL; /* copied below */
     c->cfg.address = c->address;
     snprintf(c->address, sizeof c->address, "%s", cfg->address);
-    snprintf(c->raft_addr, sizeof c->raft_addr, "%s:%u", cfg->address, cfg->raft_port);
+    snprintf(c->advertise, sizeof c->advertise, "%s", cfg->advertise ? cfg->advertise : "");
+    c->cfg.advertise = c->advertise;
+    snprintf(c->raft_addr, sizeof c->raft_addr, "%s:%u",
+             c->advertise[0] ? c->advertise : cfg->address, cfg->raft_port);
+    c->seeds = calloc(cfg->n_seeds ? cfg->n_seeds : 1, sizeof *c->seeds);
+    if (!c->seeds) {
+        free(c);
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < cfg->n_seeds && i < MAX_SEEDS; i++)
+        snprintf(c->seeds[c->n_seeds++], sizeof c->seeds[0], "%s", cfg->seeds[i]);
     snprintf(c->chan_addr, sizeof c->chan_addr, "%s:%u", cfg->address, cfg->cluster_port);
     c->self = raft_node_id_of(c->raft_addr);
+    snprintf(c->dir, sizeof c->dir, "%s", cfg->dir);
+    if (exists(c->dir, "REBUILD") && rebuild_set_aside(c->dir, err, errlen) != 0) {
+        free(c->seeds);
+        free(c);
+        return -EIO;
+    }
+    c->no_bootstrap = exists(c->dir, "NO_BOOTSTRAP");
     char dir[512];
     snprintf(dir, sizeof dir, "%s/fsm", cfg->dir);
     struct fsm_options fo = {.dir = dir, .observer = observer, .observer_ud = c};
     int rc = fsm_open(&c->fsm, &fo, err, errlen);
     if (rc) {
+        free(c->seeds);
         free(c);
         return rc;
     }
@@ -508,6 +912,7 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
     struct raft_node_config rc_cfg = {.dir = dir,
                                       .fsm = c->fsm,
                                       .address = c->raft_addr,
+                                      .bind_ip = c->address,
                                       .seeds = cfg->seeds,
                                       .n_seeds = cfg->n_seeds,
                                       .cluster_name = c->name,
@@ -515,12 +920,14 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
                                       .election_timeout_ms = cfg->election_timeout_ms,
                                       .heartbeat_ms = cfg->heartbeat_ms,
                                       .snapshot_threshold = cfg->snapshot_threshold,
+                                      .no_bootstrap = c->no_bootstrap,
                                       .on_start = hook_start,
                                       .on_stop = hook_stop,
                                       .hook_ud = c};
     rc = raft_node_start(&c->raft, &rc_cfg, err, errlen);
     if (rc) {
         fsm_close(c->fsm);
+        free(c->seeds);
         free(c);
         return rc;
     }
@@ -534,6 +941,7 @@ void cluster_stop(struct cluster *c)
         return;
     raft_node_stop(c->raft);
     fsm_close(c->fsm);
+    free(c->seeds);
     free(c);
 }
 

@@ -39,10 +39,17 @@ struct cluster_config {
     const char *dir;       /* DATA_DIR/cluster */
     const char *node_name; /* unique, stable */
     const char *address;   /* cluster_address: an IPv4 literal */
+    /* cluster_advertise: the host name other nodes reach this node by, or
+     * NULL. Set, the node's Raft address (and so its id) is
+     * "advertise:raft_port", which stays when its IP changes (a restarted
+     * pod); unset, it is "address:raft_port". */
+    const char *advertise;
     unsigned raft_port;    /* Raft transport */
-    unsigned cluster_port; /* forwarding channel */
-    /* Raft addresses "a.b.c.d:raft_port" of the seed nodes (this node's own
-     * may be among them; see the bootstrap rule in raft_node.h). */
+    unsigned cluster_port; /* forwarding channel, the same on every node */
+    /* Raft addresses "host:raft_port" of the seed nodes (this node's own
+     * may be among them; see the bootstrap rule in raft_node.h). A node
+     * that is in no Raft configuration yet asks a seed to be added (its
+     * forwarding channel at host:cluster_port). */
     const char *const *seeds;
     unsigned n_seeds;
     const char *cluster_name;
@@ -53,9 +60,24 @@ struct cluster_config {
     void *observer_ud;
     chan_frame_fn on_frame; /* the broker's frames (cluster thread), may be NULL */
     void *frame_ud;
+    /* The leader found this node's tables diverged and asked it to rebuild
+     * (cluster thread, once), may be NULL: see cluster_rebuild_mark. */
+    void (*on_rebuild)(void *ud);
+    void *rebuild_ud;
 };
 
+/* When the data directory holds a rebuild mark (cluster_rebuild_mark), the
+ * tables and the Raft directory are first set aside (fsm.diverged,
+ * raft.diverged, replacing older ones) and the node starts empty and never
+ * bootstraps: it joins again like a new node and catches up from the
+ * leader. */
 int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *err, size_t errlen);
+/* Write the rebuild mark (durably): the next cluster_start sets this node's
+ * replicated state aside. Any thread. 0 or a negative errno. */
+int cluster_rebuild_mark(struct cluster *c);
+/* This process asked to leave (its member record says so): do not propose
+ * the record again as a member. Any thread. */
+void cluster_leaving(struct cluster *c);
 /* Stop the cluster thread (pending proposals end with -ECANCELED), close
  * the tables, free c. */
 void cluster_stop(struct cluster *c);

@@ -255,7 +255,8 @@ int cmd_retained_clear(struct cmd_batch *b, const char *topic, size_t len, uint6
 }
 
 int cmd_member(struct cmd_batch *b, uint64_t node, const char *name, const char *address,
-               unsigned cluster_port, unsigned raft_port, enum cmd_role role, int left)
+               unsigned cluster_port, unsigned raft_port, const char *raft_address,
+               enum cmd_role role, int left)
 {
     if (!node || !name || !address || cluster_port > 65535 || raft_port > 65535 ||
         (unsigned)role > CMD_ROLE_SPARE)
@@ -266,6 +267,7 @@ int cmd_member(struct cmd_batch *b, uint64_t node, const char *name, const char 
     m.address = (char *)address;
     m.cluster_port = cluster_port;
     m.raft_port = raft_port;
+    m.raft_address = (char *)raft_address;
     m.has_role = 1;
     m.role = (Starling__Cmd__NodeRole)role;
     m.has_left = 1;

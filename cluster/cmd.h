@@ -56,8 +56,11 @@ int cmd_retained_set(struct cmd_batch *b, const char *topic, size_t len, unsigne
                      uint64_t expiry_at_ms, uint64_t origin, uint64_t seq);
 int cmd_retained_clear(struct cmd_batch *b, const char *topic, size_t len, uint64_t origin,
                        uint64_t seq);
+/* raft_address: the node's Raft address when it is not "address:raft_port"
+ * (a host name, cluster_advertise), else NULL. */
 int cmd_member(struct cmd_batch *b, uint64_t node, const char *name, const char *address,
-               unsigned cluster_port, unsigned raft_port, enum cmd_role role, int left);
+               unsigned cluster_port, unsigned raft_port, const char *raft_address,
+               enum cmd_role role, int left);
 int cmd_member_remove(struct cmd_batch *b, uint64_t node);
 int cmd_node_purge(struct cmd_batch *b, uint64_t node);
 /* The operator's tables (AdminPut / AdminDelete). */

@@ -780,3 +780,20 @@ bool fsm_admin_empty(struct fsm *f, unsigned table)
     rtable_abort(x);
     return !any;
 }
+#ifndef NDEBUG
+int fsm_test_corrupt(struct fsm *f)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin(f->t, &x);
+    if (rc)
+        return rc;
+    static const char key[] = "starling-test-corruption";
+    unsigned char v[16] = {1};
+    rc = rtable_put(x, RTABLE_REGISTRY, key, sizeof key - 1, v, sizeof v);
+    if (rc) {
+        rtable_abort(x);
+        return rc;
+    }
+    return rtable_commit(x);
+}
+#endif

@@ -126,6 +126,12 @@ int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, boo
 /* The route matcher (owned by f, valid until fsm_close). */
 struct routes *fsm_routes(struct fsm *f);
 
+#ifndef NDEBUG
+/* Tests of the divergence detector only: write a registry record outside
+ * any Raft entry, so that this node's checksums differ from then on. */
+int fsm_test_corrupt(struct fsm *f);
+#endif
+
 /* The owner of client_id: 0 with node and epoch set, or -ENOENT. */
 int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t *node,
                      uint64_t *epoch);

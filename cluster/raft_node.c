@@ -37,7 +37,7 @@ struct req {
     struct raft_node *n;
     void *buf;
     size_t len;
-    char addr[64];
+    char addr[RAFT_NODE_ADDR_MAX];
     uint64_t id; /* REQ_REMOVE */
     raft_node_done_fn done;
     void *ud;
@@ -54,8 +54,8 @@ struct raft_node {
     struct raft_uv_transport transport;
     struct fsm_raft adapter;
     struct raft_node_config cfg;
-    char dir[512], address[64];
-    char (*seeds)[64];
+    char dir[512], address[RAFT_NODE_ADDR_MAX], bind_ip[16];
+    char (*seeds)[RAFT_NODE_ADDR_MAX];
     uint64_t self;
 
     pthread_mutex_t mu;
@@ -63,7 +63,7 @@ struct raft_node {
     struct req *queue, **tail;
     bool stopping, started;
     int start_rc;
-    char err[256];
+    char err[640];
 
     uint64_t leader, applied; /* atomics */
     bool ready;               /* atomic */
@@ -75,6 +75,8 @@ struct raft_node {
     struct raft_barrier barrier;
     struct raft_change change;
     struct req *change_req;
+    struct raft_transfer transfer;
+    bool transferring;
     struct fsm_batch_result sub; /* a proposal's slice of its group's results */
     unsigned max_voters;
     /* the configuration as of the last tick, for other threads (mu) */
@@ -111,6 +113,8 @@ static int status_of(int raft_rc)
     case RAFT_BUSY:
     case RAFT_CANTCHANGE:
         return -EBUSY;
+    case RAFT_DUPLICATEID:
+        return -EEXIST;
     default:
         return -EIO;
     }
@@ -366,6 +370,15 @@ static void add_cb(struct raft_change *c, int status)
     }
 }
 
+static const struct raft_server *configuration_get(const struct raft_configuration *conf,
+                                                   raft_id id)
+{
+    for (unsigned i = 0; i < conf->n; i++)
+        if (conf->servers[i].id == id)
+            return &conf->servers[i];
+    return NULL;
+}
+
 static void start_add(struct raft_node *n, struct req *r)
 {
     if (raft_state(&n->raft) != RAFT_LEADER) {
@@ -379,7 +392,14 @@ static void start_add(struct raft_node *n, struct req *r)
     n->change_req = r;
     n->change_id = raft_node_id_of(r->addr);
     n->change.data = n;
-    int rc = raft_add(&n->raft, &n->change, n->change_id, r->addr, add_cb);
+    /* Already a spare (an add whose promotion was cut short by a change
+     * of leader): promote it now. */
+    const struct raft_server *sv = configuration_get(&n->raft.configuration, n->change_id);
+    if (sv && sv->role == RAFT_SPARE) {
+        add_cb(&n->change, 0);
+        return;
+    }
+    int rc = sv ? RAFT_DUPLICATEID : raft_add(&n->raft, &n->change, n->change_id, r->addr, add_cb);
     if (rc) {
         n->change_req = NULL;
         req_done(r, status_of(rc), NULL);
@@ -546,7 +566,7 @@ static int bootstrap(struct raft_node *n)
     bool self_seed = false;
     for (unsigned i = 0; i < ns; i++)
         self_seed |= strcmp(n->seeds[i], n->address) == 0;
-    if (!self_seed)
+    if (!self_seed || n->cfg.no_bootstrap)
         return 0;
     qsort(n->seeds, ns, sizeof *n->seeds, addr_cmp);
     struct raft_configuration conf;
@@ -584,7 +604,7 @@ static void *thread_main(void *arg)
     if (rc == 0) {
         what = "transport";
         rc = raft_transport_init(&n->transport, &n->loop, n->cfg.cluster_name,
-                                 n->cfg.cluster_secret);
+                                 n->cfg.cluster_secret, n->bind_ip);
     }
     if (rc == 0) {
         what = "raft_uv_init";
@@ -673,7 +693,8 @@ int raft_node_start(struct raft_node **out, const struct raft_node_config *c, ch
                     size_t errlen)
 {
     *out = NULL;
-    if (!c->fsm || !c->address || strlen(c->address) >= 64 || !c->dir || strlen(c->dir) >= 512) {
+    if (!c->fsm || !c->address || strlen(c->address) >= RAFT_NODE_ADDR_MAX || !c->dir ||
+        strlen(c->dir) >= 512 || (c->bind_ip && strlen(c->bind_ip) >= 16)) {
         snprintf(err, errlen, "raft node: missing or too long dir/address");
         return -EINVAL;
     }
@@ -690,6 +711,7 @@ int raft_node_start(struct raft_node **out, const struct raft_node_config *c, ch
     n->cfg.cluster_secret = c->cluster_secret ? c->cluster_secret : "";
     snprintf(n->dir, sizeof n->dir, "%s", c->dir);
     snprintf(n->address, sizeof n->address, "%s", c->address);
+    snprintf(n->bind_ip, sizeof n->bind_ip, "%s", c->bind_ip ? c->bind_ip : "");
     n->seeds = calloc(c->n_seeds ? c->n_seeds : 1, sizeof *n->seeds);
     if (!n->seeds) {
         free(n);
@@ -780,7 +802,7 @@ int raft_node_propose(struct raft_node *n, const void *batch, size_t len, raft_n
 
 int raft_node_add(struct raft_node *n, const char *addr, raft_node_done_fn done, void *ud)
 {
-    if (!addr || strlen(addr) >= 64)
+    if (!addr || strlen(addr) >= RAFT_NODE_ADDR_MAX)
         return -EINVAL;
     struct req *r = calloc(1, sizeof *r);
     if (!r)
@@ -825,7 +847,7 @@ void raft_node_checkpoint(struct raft_node *n, uint64_t *index, uint64_t *checks
         *index = *checksum = 0;
 }
 
-int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum)
+int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum, bool mark)
 {
     uint64_t mine;
     if (fsm_raft_checksum_at(&n->adapter, index, &mine) != 0)
@@ -835,13 +857,43 @@ int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t che
         return 0;
     }
     __atomic_add_fetch(&n->divergences, 1, __ATOMIC_RELAXED);
-    if (!__atomic_exchange_n(&n->diverged, true, __ATOMIC_ACQ_REL))
+    if (mark && !__atomic_exchange_n(&n->diverged, true, __ATOMIC_ACQ_REL))
         log_error("cluster: DIVERGENCE: after entry %llu this node's replicated tables have "
-                  "checksum %016llx, a peer's %016llx; this node must be rebuilt from a "
-                  "snapshot (docs/cluster.md)",
+                  "checksum %016llx, the leader's %016llx: this node's tables are not the "
+                  "cluster's and it must be rebuilt from a snapshot (docs/cluster.md)",
                   (unsigned long long)index, (unsigned long long)mine,
                   (unsigned long long)checksum);
     return 1;
+}
+
+static void transfer_cb(struct raft_transfer *t)
+{
+    struct raft_node *n = t->data;
+    n->transferring = false;
+}
+
+int raft_node_step_down(struct raft_node *n)
+{
+    if (raft_state(&n->raft) != RAFT_LEADER)
+        return -ENOTCONN;
+    if (n->transferring)
+        return -EBUSY;
+    n->transfer.data = n;
+    int rc = raft_transfer(&n->raft, &n->transfer, 0, transfer_cb);
+    if (rc)
+        return status_of(rc);
+    n->transferring = true;
+    return 0;
+}
+
+int raft_node_checksum_at(struct raft_node *n, uint64_t index, uint64_t *out)
+{
+    return fsm_raft_checksum_at(&n->adapter, index, out) == 0 ? 0 : -ENOENT;
+}
+
+void raft_node_set_diverged(struct raft_node *n)
+{
+    __atomic_store_n(&n->diverged, true, __ATOMIC_RELEASE);
 }
 
 bool raft_node_diverged(struct raft_node *n)

@@ -35,13 +35,19 @@
 struct raft_node;
 
 #define RAFT_NODE_MAX_VOTERS 5
+/* Longest Raft address: "host:port", host an IPv4 literal or a DNS name
+ * (RAFT_TRANSPORT_ADDR_MAX). */
+#define RAFT_NODE_ADDR_MAX 264
 #define RAFT_NODE_MAX_MEMBERS 64
 
 struct raft_node_config {
     const char *dir;          /* Raft log and snapshots (created when missing) */
     struct fsm *fsm;          /* the state machine (not owned) */
-    const char *address;      /* own Raft address "a.b.c.d:port" (IPv4 literal) */
-    const char *const *seeds; /* Raft addresses of the seed nodes ("a.b.c.d:port") */
+    const char *address;      /* own Raft address "a.b.c.d:port" or "name:port"; its
+                               * hash is the node's Raft id */
+    const char *bind_ip;      /* IPv4 to listen on and send from; NULL: the host of
+                               * address (then an IPv4 literal) */
+    const char *const *seeds; /* Raft addresses of the seed nodes, as given */
     unsigned n_seeds;
     const char *cluster_name;     /* peers with another name are refused */
     const char *cluster_secret;   /* shared secret ("" = none) */
@@ -49,6 +55,8 @@ struct raft_node_config {
     unsigned heartbeat_ms;        /* 0 = 100 */
     unsigned snapshot_threshold;  /* entries between snapshots, 0 = 1024 */
     unsigned max_voters;          /* 0 = RAFT_NODE_MAX_VOTERS (5); the same on every seed */
+    bool no_bootstrap;            /* never bootstrap (a node rebuilt after a divergence
+                                   * joins like a new node) */
     /* Hooks for what shares the raft thread's loop (cluster/cluster.h runs
      * the forwarding channel there): on_start runs on the raft thread once
      * Raft started, before raft_node_start returns; a non-zero return fails
@@ -114,7 +122,7 @@ enum raft_node_role { RAFT_NODE_VOTER, RAFT_NODE_STANDBY, RAFT_NODE_SPARE };
 struct raft_node_member {
     uint64_t id;
     enum raft_node_role role;
-    char address[64];
+    char address[RAFT_NODE_ADDR_MAX];
 };
 unsigned raft_node_members(struct raft_node *n, struct raft_node_member *out, unsigned max);
 
@@ -127,15 +135,22 @@ uint64_t raft_node_refused(struct raft_node *n);
  * node sends to its peers (channel.proto DivergenceCheck). A peer's pair
  * goes to raft_node_divergence_check: 0 when this node's checksum after the
  * same index is equal, -ENOENT when this node has no checksum for that index
- * (not applied yet, or too long ago), 1 when they differ: then the node is
- * marked diverged (raft_node_diverged, logged as an error): its tables are
- * not the cluster's and it must be rebuilt from a snapshot (wipe its Raft
- * and table directories, start again: the leader sends it a snapshot).
- * Which side is wrong is not decided here: the side that differs from the
- * leader is.
+ * (not applied yet, or too long ago), 1 when they differ (counted). With
+ * `mark` (the pair is the leader's), a difference also marks this node
+ * diverged (raft_node_diverged, logged as an error): its tables are not the
+ * cluster's and it must be rebuilt from a snapshot. Which side is wrong is
+ * not decided here (cluster.c: the side that differs from the leader and a
+ * majority); raft_node_set_diverged marks the node for other reasons.
  */
 void raft_node_checkpoint(struct raft_node *n, uint64_t *index, uint64_t *checksum);
-int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum);
+int raft_node_divergence_check(struct raft_node *n, uint64_t index, uint64_t checksum, bool mark);
+void raft_node_set_diverged(struct raft_node *n);
+/* This node's checksum of the tables after entry index (0), or -ENOENT. */
+int raft_node_checksum_at(struct raft_node *n, uint64_t index, uint64_t *out);
+/* Hand leadership to another voter (raft_transfer picks the most up to date
+ * one). On the raft thread only (cluster.c runs there); -ENOTCONN when not
+ * the leader, -EBUSY while a transfer runs. */
+int raft_node_step_down(struct raft_node *n);
 bool raft_node_diverged(struct raft_node *n);
 
 struct raft_node_stats {

@@ -24,6 +24,7 @@
 
 #define HS_FIXED 52 /* magic 4, version 4, id 8, lengths 2+2, proof 32 */
 #define HS_MAX_VAR 512
+#define HOST_MAX 256
 
 struct outgoing;
 struct incoming;
@@ -32,7 +33,8 @@ struct tr {
     uv_loop_t *loop;
     char *name, *secret;
     raft_id id;
-    char address[64];
+    char address[RAFT_TRANSPORT_ADDR_MAX];
+    char bind_ip[INET_ADDRSTRLEN];
     struct sockaddr_in self;
     uv_tcp_t listener;
     bool listening;
@@ -51,6 +53,9 @@ struct outgoing {
     struct outgoing *next, **pprev;
     struct raft_uv_connect *req;
     uv_tcp_t *tcp; /* raft_malloc'ed: libraft frees it once it owns it */
+    uv_getaddrinfo_t gai;
+    bool resolving; /* gai pending: tcp not initialised yet */
+    struct sockaddr_in peer;
     uv_connect_t conn;
     uv_write_t write;
     unsigned char hs[HS_FIXED + HS_MAX_VAR];
@@ -64,24 +69,28 @@ struct incoming {
     uv_tcp_t *tcp;
     unsigned char buf[HS_FIXED + HS_MAX_VAR];
     size_t want, got;
+    uv_getaddrinfo_t gai;
+    bool resolving; /* the claimed host name is being resolved */
+    bool closed;    /* tcp closed while resolving: the callback frees i */
+    raft_id id;
+    char address[RAFT_TRANSPORT_ADDR_MAX];
 };
 
-static int parse_address(const char *address, struct sockaddr_in *sa)
+/* Split "host:port" (host an IPv4 literal or a DNS name). */
+static int split_address(const char *address, char host[HOST_MAX], uint16_t *port)
 {
-    char ip[64];
     const char *colon = strrchr(address, ':');
     size_t n = colon ? (size_t)(colon - address) : strlen(address);
-    if (n == 0 || n >= sizeof ip)
+    if (n == 0 || n >= HOST_MAX)
         return -EINVAL;
-    memcpy(ip, address, n);
-    ip[n] = '\0';
-    long port = colon ? strtol(colon + 1, NULL, 10) : 8080;
-    if (port <= 0 || port > 65535)
+    memcpy(host, address, n);
+    host[n] = '\0';
+    char *end = NULL;
+    long p = colon ? strtol(colon + 1, &end, 10) : 8080;
+    if (p <= 0 || p > 65535 || (colon && *end != '\0'))
         return -EINVAL;
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    return inet_pton(AF_INET, ip, &sa->sin_addr) == 1 ? 0 : -EINVAL;
+    *port = (uint16_t)p;
+    return 0;
 }
 
 static void put_be(unsigned char *p, uint64_t v, int n)
@@ -153,6 +162,10 @@ static void out_closed(uv_handle_t *h)
 
 static void out_fail(struct outgoing *o)
 {
+    if (o->resolving) {
+        uv_cancel((uv_req_t *)&o->gai); /* on_resolved finishes o */
+        return;
+    }
     if (!uv_is_closing((uv_handle_t *)o->tcp))
         uv_close((uv_handle_t *)o->tcp, out_closed);
 }
@@ -204,15 +217,65 @@ static size_t handshake_encode(const struct tr *tr, unsigned char *hs)
     return HS_FIXED + alen + nlen;
 }
 
+/* Bind to this node's IP and connect to o->peer. */
+static void out_start(struct outgoing *o)
+{
+    struct tr *tr = o->tr;
+    struct sockaddr_in src = tr->self;
+    uv_tcp_init(tr->loop, o->tcp);
+    o->tcp->data = o;
+    /* The source address of every inter-node connection is the node's own
+     * (any port), so that rules on address pairs can cut two nodes apart. */
+    src.sin_port = 0;
+    int rc = uv_tcp_bind(o->tcp, (const struct sockaddr *)&src, 0);
+    o->conn.data = o;
+    if (rc == 0)
+        rc = uv_tcp_connect(&o->conn, o->tcp, (const struct sockaddr *)&o->peer, out_connected);
+    if (rc != 0) {
+        /* Report through the callback, like any failed attempt. */
+        out_fail(o);
+    }
+}
+
+/* A peer's address given by name (its IP may change: a restarted pod) is
+ * resolved at every connection attempt. */
+static void out_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res)
+{
+    struct outgoing *o = g->data;
+    struct tr *tr = o->tr;
+    o->resolving = false;
+    bool found = false;
+    for (struct addrinfo *a = status == 0 ? res : NULL; a && !found; a = a->ai_next)
+        if (a->ai_family == AF_INET) {
+            uint16_t port = o->peer.sin_port;
+            memcpy(&o->peer, a->ai_addr, sizeof o->peer);
+            o->peer.sin_port = port;
+            found = true;
+        }
+    uv_freeaddrinfo(res);
+    if (found && !tr->closing) {
+        out_start(o);
+        return;
+    }
+    out_unlink(o);
+    o->cb_done = true;
+    o->req->cb(o->req, NULL, tr->closing ? RAFT_CANCELED : RAFT_NOCONNECTION);
+    raft_free(o->tcp);
+    free(o);
+    tr->open--;
+    maybe_closed(tr);
+}
+
 static int tr_connect(struct raft_uv_transport *t, struct raft_uv_connect *req, raft_id id,
                       const char *address, raft_uv_connect_cb cb)
 {
     (void)id;
     struct tr *tr = t->impl;
-    struct sockaddr_in peer, src = tr->self;
+    char host[HOST_MAX];
+    uint16_t port;
     if (tr->closing)
         return RAFT_CANCELED;
-    if (parse_address(address, &peer) != 0)
+    if (split_address(address, host, &port) != 0)
         return RAFT_INVALID;
     struct outgoing *o = calloc(1, sizeof *o);
     uv_tcp_t *tcp = raft_malloc(sizeof *tcp);
@@ -226,25 +289,26 @@ static int tr_connect(struct raft_uv_transport *t, struct raft_uv_connect *req, 
     o->req = req;
     o->tcp = tcp;
     o->hs_len = handshake_encode(tr, o->hs);
-    uv_tcp_init(tr->loop, tcp);
-    tcp->data = o;
+    o->peer.sin_family = AF_INET;
+    o->peer.sin_port = htons(port);
+    if (inet_pton(AF_INET, host, &o->peer.sin_addr) != 1) {
+        struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+        o->gai.data = o;
+        if (uv_getaddrinfo(tr->loop, &o->gai, out_resolved, host, NULL, &hints) != 0) {
+            free(o);
+            raft_free(tcp);
+            return RAFT_NOCONNECTION;
+        }
+        o->resolving = true;
+    }
     tr->open++;
     o->next = tr->out;
     if (tr->out)
         tr->out->pprev = &o->next;
     o->pprev = &tr->out;
     tr->out = o;
-    /* The source address of every inter-node connection is the node's own
-     * (any port), so that rules on address pairs can cut two nodes apart. */
-    src.sin_port = 0;
-    int rc = uv_tcp_bind(tcp, (const struct sockaddr *)&src, 0);
-    o->conn.data = o;
-    if (rc == 0)
-        rc = uv_tcp_connect(&o->conn, tcp, (const struct sockaddr *)&peer, out_connected);
-    if (rc != 0) {
-        /* Report through the callback, like any failed attempt. */
-        out_fail(o);
-    }
+    if (!o->resolving)
+        out_start(o);
     return 0;
 }
 
@@ -260,19 +324,30 @@ static void in_unlink(struct incoming *i)
     }
 }
 
-static void in_closed(uv_handle_t *h)
+static void in_free(struct incoming *i)
 {
-    struct incoming *i = h->data;
     struct tr *tr = i->tr;
-    raft_free(h);
     in_unlink(i);
     free(i);
     tr->open--;
     maybe_closed(tr);
 }
 
+static void in_closed(uv_handle_t *h)
+{
+    struct incoming *i = h->data;
+    raft_free(h);
+    if (i->resolving) {
+        i->closed = true; /* in_resolved frees i */
+        return;
+    }
+    in_free(i);
+}
+
 static void in_drop(struct incoming *i)
 {
+    if (i->resolving)
+        uv_cancel((uv_req_t *)&i->gai);
     if (!uv_is_closing((uv_handle_t *)i->tcp))
         uv_close((uv_handle_t *)i->tcp, in_closed);
 }
@@ -292,6 +367,53 @@ static void in_refuse(struct incoming *i, const char *why)
     in_drop(i);
 }
 
+/* The handshake is valid and the source address is the claimed one: hand
+ * the stream to libraft. */
+static void in_accept(struct incoming *i)
+{
+    struct tr *tr = i->tr;
+    uv_read_stop((uv_stream_t *)i->tcp);
+    in_unlink(i);
+    tr->open--;
+    uv_stream_t *stream = (uv_stream_t *)i->tcp;
+    stream->data = NULL;
+    raft_id id = i->id;
+    char address[RAFT_TRANSPORT_ADDR_MAX];
+    snprintf(address, sizeof address, "%s", i->address);
+    free(i);
+    tr->accept_cb(tr->t, id, address, stream);
+}
+
+static bool in_from(struct incoming *i, const struct in_addr *ip)
+{
+    struct sockaddr_in from;
+    int flen = sizeof from;
+    return uv_tcp_getpeername(i->tcp, (struct sockaddr *)&from, &flen) == 0 &&
+           from.sin_family == AF_INET && from.sin_addr.s_addr == ip->s_addr;
+}
+
+/* A peer that names itself by host name must connect from one of the
+ * name's current addresses. */
+static void in_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res)
+{
+    struct incoming *i = g->data;
+    i->resolving = false;
+    bool ok = false;
+    for (struct addrinfo *a = status == 0 ? res : NULL; a && !ok; a = a->ai_next)
+        if (a->ai_family == AF_INET && !i->closed)
+            ok = in_from(i, &((struct sockaddr_in *)a->ai_addr)->sin_addr);
+    uv_freeaddrinfo(res);
+    if (i->closed)
+        in_free(i);
+    else if (i->tr->closing)
+        in_drop(i);
+    else if (ok)
+        in_accept(i);
+    else
+        in_refuse(i, status == 0 ? "source address is not an address of the claimed name"
+                                 : "the claimed host name does not resolve");
+}
+
 static void in_check(struct incoming *i)
 {
     struct tr *tr = i->tr;
@@ -300,38 +422,46 @@ static void in_check(struct incoming *i)
     const char *name = addr + alen;
     raft_id id = get_be(i->buf + 8, 8);
     unsigned char want[32];
-    char address[64];
-    if (alen == 0 || alen >= sizeof address) {
+    if (alen == 0 || alen >= sizeof i->address) {
         in_refuse(i, "bad address");
         return;
     }
-    memcpy(address, addr, alen);
-    address[alen] = '\0';
+    memcpy(i->address, addr, alen);
+    i->address[alen] = '\0';
+    i->id = id;
     if (nlen != strlen(tr->name) || memcmp(name, tr->name, nlen) != 0) {
         in_refuse(i, "another cluster name");
         return;
     }
-    proof(tr, id, address, alen, want);
+    proof(tr, id, i->address, alen, want);
     if (CRYPTO_memcmp(want, i->buf + 20, 32) != 0) {
         in_refuse(i, "bad cluster_secret proof");
         return;
     }
-    /* The peer must connect from the IP it claims. */
-    struct sockaddr_in claimed, from;
-    int flen = sizeof from;
-    if (parse_address(address, &claimed) != 0 ||
-        uv_tcp_getpeername(i->tcp, (struct sockaddr *)&from, &flen) != 0 ||
-        from.sin_family != AF_INET || from.sin_addr.s_addr != claimed.sin_addr.s_addr) {
-        in_refuse(i, "source address differs from the claimed address");
+    /* The peer must connect from the IP it claims (or an IP of the name it
+     * claims). */
+    char host[HOST_MAX];
+    uint16_t port;
+    struct in_addr ip;
+    if (split_address(i->address, host, &port) != 0) {
+        in_refuse(i, "bad address");
+        return;
+    }
+    if (inet_pton(AF_INET, host, &ip) == 1) {
+        if (in_from(i, &ip))
+            in_accept(i);
+        else
+            in_refuse(i, "source address differs from the claimed address");
         return;
     }
     uv_read_stop((uv_stream_t *)i->tcp);
-    in_unlink(i);
-    tr->open--;
-    uv_stream_t *stream = (uv_stream_t *)i->tcp;
-    stream->data = NULL;
-    free(i);
-    tr->accept_cb(tr->t, id, address, stream);
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+    i->gai.data = i;
+    if (uv_getaddrinfo(tr->loop, &i->gai, in_resolved, host, NULL, &hints) != 0) {
+        in_refuse(i, "cannot resolve the claimed host name");
+        return;
+    }
+    i->resolving = true;
 }
 
 static void in_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
@@ -395,10 +525,16 @@ static void on_connection(uv_stream_t *server, int status)
 static int tr_init(struct raft_uv_transport *t, raft_id id, const char *address)
 {
     struct tr *tr = t->impl;
-    if (strlen(address) >= sizeof tr->address || parse_address(address, &tr->self) != 0) {
-        snprintf(t->errmsg, sizeof t->errmsg, "bad raft address %s (IPv4:port)", address);
+    char host[HOST_MAX];
+    uint16_t port;
+    if (strlen(address) >= sizeof tr->address || split_address(address, host, &port) != 0 ||
+        inet_pton(AF_INET, tr->bind_ip[0] ? tr->bind_ip : host, &tr->self.sin_addr) != 1) {
+        snprintf(t->errmsg, sizeof t->errmsg,
+                 "bad raft address %.160s (IPv4:port, or name:port with a bind IP)", address);
         return RAFT_INVALID;
     }
+    tr->self.sin_family = AF_INET;
+    tr->self.sin_port = htons(port);
     tr->id = id;
     snprintf(tr->address, sizeof tr->address, "%s", address);
     return 0;
@@ -416,7 +552,7 @@ static int tr_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&tr->listener, 64, on_connection);
     if (rc != 0) {
-        snprintf(t->errmsg, sizeof t->errmsg, "listen on %s: %s", tr->address, uv_strerror(rc));
+        snprintf(t->errmsg, sizeof t->errmsg, "listen on %.200s: %s", tr->address, uv_strerror(rc));
         return RAFT_IOERR;
     }
     return 0;
@@ -446,7 +582,7 @@ static void tr_close(struct raft_uv_transport *t, raft_uv_transport_close_cb cb)
 }
 
 int raft_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const char *cluster_name,
-                        const char *cluster_secret)
+                        const char *cluster_secret, const char *bind_ip)
 {
     memset(t, 0, sizeof *t);
     struct tr *tr = calloc(1, sizeof *tr);
@@ -456,6 +592,7 @@ int raft_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const char
     tr->t = t;
     tr->name = strdup(cluster_name ? cluster_name : "");
     tr->secret = strdup(cluster_secret ? cluster_secret : "");
+    snprintf(tr->bind_ip, sizeof tr->bind_ip, "%s", bind_ip ? bind_ip : "");
     if (!tr->name || !tr->secret || strlen(tr->name) > 255) {
         free(tr->name);
         free(tr->secret);

@@ -10,6 +10,9 @@
  * stray process) from talking. This transport:
  *   - listens on the node's own address and binds every outgoing socket to
  *     the same IP (port 0) before connecting;
+ *   - takes Raft addresses as "a.b.c.d:port" or "host.name:port": a name is
+ *     resolved (A records) at every connection attempt, so that a node whose
+ *     IP changes (a restarted Kubernetes pod) keeps its Raft address and id;
  *   - opens each connection with a handshake:
  *       "STRF" u32be version, u64be server id, u16be address length,
  *       u16be cluster name length, 32 bytes proof, address, cluster name
@@ -17,7 +20,8 @@
  *     address || cluster name) (an empty secret still yields a proof; it
  *     only checks the name then);
  *   - refuses a peer whose version, cluster name or proof differ, or whose
- *     source IP is not the IP of the address it claims.
+ *     source IP is not the IP of the address it claims (for a name: not one
+ *     of the name's addresses when it connects).
  * The proof is not bound to a nonce (a captured handshake can be replayed);
  * the Raft port belongs on the cluster network only (docs/cluster.md).
  *
@@ -31,11 +35,15 @@
 #include <stdint.h>
 
 #define RAFT_TRANSPORT_VERSION 1
+/* Longest Raft address, "host:port" with a DNS name of up to 253 bytes. */
+#define RAFT_TRANSPORT_ADDR_MAX 264
 
 /* Set up t (zeroed by the caller's storage or not) to run on loop. name and
- * secret are copied. Returns 0 or RAFT_NOMEM. */
+ * secret are copied. bind_ip is the IPv4 address to listen on and to send
+ * from; NULL or "" means the host of the node's Raft address, which must
+ * then be an IPv4 literal. Returns 0 or RAFT_NOMEM. */
 int raft_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const char *cluster_name,
-                        const char *cluster_secret);
+                        const char *cluster_secret, const char *bind_ip);
 /* Free t's memory after libraft closed it (raft_uv_close). */
 void raft_transport_close(struct raft_uv_transport *t);
 

@@ -64,6 +64,9 @@ struct broker_stats {
 struct broker {
     struct config cfg;
     atomic_bool stopping;
+    /* Set by any thread (broker_request_stop) to stop the node as SIGTERM
+     * does; the main loop's housekeeping acts on it within 100 ms. */
+    atomic_bool stop_requested;
     uint64_t started_at_ms;
 
     struct sub_index *index;

@@ -66,12 +66,16 @@ static int resolve4(const char *host, char *out, size_t outlen)
     return 0;
 }
 
-/* The seeds as Raft addresses "a.b.c.d:port". */
-static int seeds_from_list(const struct config *cfg, char (*seeds)[64], char *err, size_t errlen)
+/* The seeds as Raft addresses "a.b.c.d:port" (with cluster_advertise:
+ * "host:port" as given, names being identities then). */
+static int seeds_from_list(const struct config *cfg, char (*seeds)[RAFT_NODE_ADDR_MAX], char *err,
+                           size_t errlen)
 {
     static char items[MAX_SEEDS][256];
     int n = config_seeds_split(cfg, items, MAX_SEEDS, err, errlen);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n && cfg->cluster_advertise[0]; i++)
+        snprintf(seeds[i], RAFT_NODE_ADDR_MAX, "%.255s", items[i]);
+    for (int i = 0; i < n && !cfg->cluster_advertise[0]; i++) {
         char *colon = strrchr(items[i], ':');
         *colon = '\0';
         char ip[INET_ADDRSTRLEN];
@@ -80,14 +84,15 @@ static int seeds_from_list(const struct config *cfg, char (*seeds)[64], char *er
                      items[i]);
             return -EINVAL;
         }
-        snprintf(seeds[i], 64, "%s:%s", ip, colon + 1);
+        snprintf(seeds[i], RAFT_NODE_ADDR_MAX, "%s:%s", ip, colon + 1);
     }
     return n;
 }
 
 /* cluster_dns: every A record, re-resolved each second until the answer
  * holds this node and another one, or 30 s passed. */
-static int seeds_from_dns(const struct config *cfg, char (*seeds)[64], char *err, size_t errlen)
+static int seeds_from_dns(const struct config *cfg, char (*seeds)[RAFT_NODE_ADDR_MAX], char *err,
+                          size_t errlen)
 {
     uint64_t deadline = cn_mono_ms() + 30000;
     int n = 0;
@@ -108,7 +113,7 @@ static int seeds_from_dns(const struct config *cfg, char (*seeds)[64], char *err
                 if (dup)
                     continue;
                 self = self || strcmp(ip, cfg->cluster_address) == 0;
-                snprintf(seeds[n++], 64, "%s", s);
+                snprintf(seeds[n++], RAFT_NODE_ADDR_MAX, "%s", s);
             }
             freeaddrinfo(res);
         }
@@ -942,16 +947,67 @@ static int cn_leave(void *ud, char *err, size_t errlen)
 {
     struct cluster_node *cn = ud;
     struct cmd_batch *b = cmd_batch_new();
+    char raft_addr[RAFT_NODE_ADDR_MAX] = "";
+    if (cn->b->cfg.cluster_advertise[0])
+        snprintf(raft_addr, sizeof(raft_addr), "%s:%u", cn->b->cfg.cluster_advertise,
+                 cn->b->cfg.raft_port);
     int r = b ? cmd_member(b, cn->self, cn->node_name, cn->b->cfg.cluster_address,
-                           cn->b->cfg.cluster_port, cn->b->cfg.raft_port, CMD_ROLE_SPARE, 1)
+                           cn->b->cfg.cluster_port, cn->b->cfg.raft_port,
+                           raft_addr[0] ? raft_addr : NULL, CMD_ROLE_SPARE, 1)
               : -ENOMEM;
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
+    if (e)
+        cluster_leaving(cn->c); /* do not propose the record as a member again */
     r = e ? cn_propose_wait(cn, e, len) : -ENOMEM;
     cmd_batch_free(b);
     if (r < 0)
         snprintf(err, errlen, "the leave was not committed: %s", strerror(-r));
     return r;
+}
+
+/* The rebuild of a diverged node (cluster_auto_rebuild): leave the cluster
+ * (the leader takes the node out of the Raft configuration, so that a node
+ * that lost its log never counts as a voter), mark the data directory, and
+ * stop the node as SIGTERM does (broker.stop_requested); main exits with status 75 and the
+ * supervisor starts it again, when cluster_start sets the old state aside. */
+static void *cn_rebuild_thread(void *arg)
+{
+    struct cluster_node *cn = arg;
+    char err[256] = "";
+    if (cn_leave(cn, err, sizeof(err)) < 0)
+        log_warn("cluster: rebuild: %s (the leader removes the node when it is forgotten)", err);
+    int r = cluster_rebuild_mark(cn->c);
+    if (r < 0) {
+        log_error("cluster: rebuild: cannot mark the data directory: %s; rebuild this node by "
+                  "hand (docs/cluster.md)",
+                  strerror(-r));
+        return NULL;
+    }
+    log_error("cluster: stopping to rebuild this node's replicated state (exit status 75)");
+    atomic_store(&cn->b->stop_requested, true);
+    return NULL;
+}
+
+static void cn_on_rebuild(void *ud)
+{
+    struct cluster_node *cn = ud;
+    if (!cn->b->cfg.cluster_auto_rebuild) {
+        log_error("cluster: cluster_auto_rebuild is off: this node stays marked diverged (health "
+                  "503) until it is rebuilt by hand (docs/cluster.md)");
+        return;
+    }
+    if (atomic_exchange(&cn->rebuilding, true))
+        return;
+    if (pthread_create(&cn->rebuild_thread, NULL, cn_rebuild_thread, cn) != 0) {
+        atomic_store(&cn->rebuilding, false);
+        log_error("cluster: cannot start the rebuild: %s", strerror(errno));
+    }
+}
+
+bool cluster_node_rebuilding(const struct cluster_node *cn)
+{
+    return cn && atomic_load(&cn->rebuilding);
 }
 
 static int cn_forget(void *ud, const char *name, char *err, size_t errlen)
@@ -1075,7 +1131,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     int r = config_cluster_resolve(cfg, err, errlen);
     if (r < 0)
         return r;
-    static char seeds[MAX_SEEDS][64];
+    static char seeds[MAX_SEEDS][RAFT_NODE_ADDR_MAX];
     int n = cfg->cluster_seeds[0] ? seeds_from_list(cfg, seeds, err, errlen)
                                   : seeds_from_dns(cfg, seeds, err, errlen);
     if (n < 0)
@@ -1102,6 +1158,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .dir = dir,
         .node_name = cfg->node_name,
         .address = cfg->cluster_address,
+        .advertise = cfg->cluster_advertise[0] ? cfg->cluster_advertise : NULL,
         .raft_port = cfg->raft_port,
         .cluster_port = cfg->cluster_port,
         .seeds = seedp,
@@ -1113,6 +1170,8 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .on_frame = on_frame,
         .frame_ud = cn,
         .propose_timeout_ms = cfg->cluster_claim_timeout,
+        .on_rebuild = cn_on_rebuild,
+        .rebuild_ud = cn,
         /* Followers learn that an entry committed from the leader's next
          * AppendEntries: the heartbeat bounds how long a SUBACK (every live
          * member applied the route) and a CONNECT on a follower (the claim
@@ -1126,6 +1185,11 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     }
     cn->raft = cluster_raft(cn->c);
     cn->fsm = cluster_fsm(cn->c);
+#ifndef NDEBUG
+    /* Tests of the divergence detector (tests/cluster/test_divergence.py). */
+    if (getenv("STARLING_TEST_CORRUPT_TABLES") && fsm_test_corrupt(cn->fsm) == 0)
+        log_warn("cluster: STARLING_TEST_CORRUPT_TABLES: a record written outside Raft");
+#endif
     cn->self = cluster_self(cn->c);
     pthread_mutex_lock(&cn->mu);
     peers_refresh(cn);
@@ -1180,6 +1244,8 @@ void cluster_node_stop(struct cluster_node *cn)
         cn->thread_started = false;
     }
     cn_admin_stop(cn);
+    if (atomic_load(&cn->rebuilding))
+        pthread_join(cn->rebuild_thread, NULL);
     if (cn->c) {
         cluster_stop(cn->c);
         cn->c = NULL;

@@ -53,6 +53,10 @@ void cluster_node_admin(struct cluster_node *cn, struct admin_local *l, struct a
  * while it ends its sessions). */
 void cluster_node_stop(struct cluster_node *cn);
 
+/* Whether the node stopped itself to be rebuilt (a divergence: see
+ * cluster_auto_rebuild); main then exits with status 75. cn may be NULL. */
+bool cluster_node_rebuilding(const struct cluster_node *cn);
+
 /* After broker_cleanup. cn may be NULL. */
 void cluster_node_free(struct cluster_node *cn);
 

@@ -89,6 +89,11 @@ struct cluster_node {
     struct admin_local *admin;
     struct admin_provider local; /* the per-node provider (stats, publish) */
     struct cn_admin *adm;        /* cluster_admin.c */
+
+    /* rebuild after a divergence: a thread leaves the cluster, marks the
+     * data directory and stops the process */
+    pthread_t rebuild_thread;
+    atomic_bool rebuilding;
 };
 
 static inline uint64_t cn_mono_ms(void)

@@ -113,6 +113,8 @@ static const struct key_def keys[] = {
     KEY("metrics_auth", T_BOOL, metrics_auth, 0, 0),
     KEY("node_name", T_STR, node_name, 1, sizeof(((struct config *)0)->node_name)),
     KEY("cluster_address", T_IPV4, cluster_address, 0, 0),
+    KEY("cluster_advertise", T_HOST, cluster_advertise, 0,
+        sizeof(((struct config *)0)->cluster_advertise)),
     KEY("cluster_port", T_U16, cluster_port, 1, 65535),
     KEY("raft_port", T_U16, raft_port, 1, 65535),
     KEY("cluster_seeds", T_SEEDS, cluster_seeds, 0, sizeof(((struct config *)0)->cluster_seeds)),
@@ -121,6 +123,7 @@ static const struct key_def keys[] = {
     KEY("cluster_secret", T_STR, cluster_secret, 0, sizeof(((struct config *)0)->cluster_secret)),
     KEY("cluster_claim_timeout", T_U32, cluster_claim_timeout, 100, 600000),
     KEY("cluster_down_after", T_U32, cluster_down_after, 100, 86400000),
+    KEY("cluster_auto_rebuild", T_BOOL, cluster_auto_rebuild, 0, 0),
 };
 
 static const char *const xport_names[CONFIG_XPORT_COUNT] = {"tcp", "tls", "ws", "wss"};
@@ -177,6 +180,7 @@ void config_defaults(struct config *c)
     c->metrics_auth = false;
     c->node_name[0] = '\0';
     c->cluster_address[0] = '\0';
+    c->cluster_advertise[0] = '\0';
     c->cluster_port = 4370;
     c->raft_port = 4371;
     c->cluster_seeds[0] = '\0';
@@ -185,6 +189,7 @@ void config_defaults(struct config *c)
     c->cluster_secret[0] = '\0';
     c->cluster_claim_timeout = 5000;
     c->cluster_down_after = 5000;
+    c->cluster_auto_rebuild = true;
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)

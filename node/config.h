@@ -98,6 +98,7 @@ struct config {
      * cluster_dns the node runs alone: no cluster thread, no extra port. */
     char node_name[128];            /* node_name, default "" = the host name */
     char cluster_address[64];       /* cluster_address (IPv4), default "" = bind_address */
+    char cluster_advertise[256];    /* cluster_advertise host name, default "" = none */
     uint16_t cluster_port;          /* cluster_port, default 4370 (forwarding channel) */
     uint16_t raft_port;             /* raft_port, default 4371 */
     char cluster_seeds[1024];       /* cluster_seeds host[:raft_port],...; default "" */
@@ -106,6 +107,7 @@ struct config {
     char cluster_secret[256];       /* cluster_secret, default "" */
     uint32_t cluster_claim_timeout; /* cluster_claim_timeout ms, default 5000 */
     uint32_t cluster_down_after;    /* cluster_down_after ms, default 5000 */
+    bool cluster_auto_rebuild;      /* cluster_auto_rebuild, default true */
 };
 
 /* The transports (listener kinds), also the bits of proxy_protocol. */

@@ -251,10 +251,13 @@ int main(int argc, char **argv)
     cluster_node_stop(cn);
     server_cleanup(&broker);
     broker_cleanup(&broker);
+    /* stopped to rebuild its replicated state: EX_TEMPFAIL, for the
+     * supervisor to start it again */
+    bool rebuild = cluster_node_rebuilding(cn);
     cluster_node_free(cn);
     if (r != 0) {
         log_error("start-up failed: %s", strerror(r < 0 ? -r : r));
         return 1;
     }
-    return 0;
+    return rebuild ? 75 : 0;
 }

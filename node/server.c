@@ -19,9 +19,15 @@
 
 #define HOUSEKEEPING_MS 100
 
+static void server_stop(struct broker *b, const char *why);
+
 static void server_on_housekeeping(uv_timer_t *t)
 {
     struct broker *b = t->data;
+    if (atomic_load(&b->stop_requested) && !atomic_load(&b->stopping)) {
+        server_stop(b, "stop requested");
+        return;
+    }
     registry_tick(b, broker_now_mono_ms());
 }
 
@@ -37,9 +43,16 @@ static void server_close_cb(uv_handle_t *h)
 
 static void server_on_signal(uv_signal_t *sig, int signum)
 {
-    struct broker *b = sig->data;
+    char why[32];
+    snprintf(why, sizeof(why), "signal %d", signum);
+    server_stop(sig->data, why);
+}
+
+/* Stop every worker and close the main loop's handles: server_run returns. */
+static void server_stop(struct broker *b, const char *why)
+{
     struct server *srv = b->server;
-    log_info("signal %d: shutting down", signum);
+    log_info("%s: shutting down", why);
     atomic_store(&b->stopping, true);
     for (int i = 0; i < srv->n_workers; i++)
         worker_post_stop(srv->workers[i]);

@@ -26,12 +26,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("STARLING_TEST_BIN", os.path.join(ROOT, "build", "asan", "node", "starling"))
 ADDRS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+# Addresses a test may move a node to or add a node on: ports are free there too.
+SPARE_ADDRS = ["127.0.0.14"]
 API_KEY = "test:cluster-secret-key"
 FORM_TIMEOUT = 30.0
 
 
 def free_ports(n):
-    """n ports that are free on every address of ADDRS at once."""
+    """n ports that are free on every address of ADDRS and SPARE_ADDRS at once."""
     ports = []
     while len(ports) < n:
         s = socket.socket()
@@ -39,7 +41,7 @@ def free_ports(n):
         port = s.getsockname()[1]
         ok = port not in ports
         held = [s]
-        for a in ADDRS[1:]:
+        for a in ADDRS[1:] + SPARE_ADDRS:
             t = socket.socket()
             try:
                 t.bind((a, port))
@@ -191,3 +193,43 @@ def cluster(cluster_factory):
     c.start()
     c.wait_healthy()
     return c
+
+
+WAIT = 30.0
+
+
+def wait_for(cond, timeout=WAIT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def members(node):
+    try:
+        st, doc = node.http("GET", "/api/v1/cluster")
+    except OSError:
+        return None
+    return doc if st == 200 else None
+
+
+def settled(nodes, want):
+    """Every node lists exactly the members of `want` ({name: address}), all
+    reachable, all voters, and names one leader: returns the documents."""
+    docs = [members(n) for n in nodes]
+    if not all(docs):
+        return None
+    for d in docs:
+        got = {x["name"]: x for x in d["nodes"]}
+        if set(got) != set(want) or not d["leader"]:
+            return None
+        for name, addr in want.items():
+            x = got[name]
+            if not x["reachable"] or x["role"] != "voter" or not x["address"].startswith(addr + ":"):
+                return None
+    if len({d["leader"] for d in docs}) != 1:
+        return None
+    return docs

@@ -20,8 +20,8 @@ FULL, HEADLESS = "starling", "starling-headless"
 # Configuration keys the chart may set: those documented today, and those of
 # the cluster (issue 9), admin API and security (issue 11) work.
 NEW_KEYS = {
-    "node_name", "cluster_address", "cluster_port", "raft_port", "cluster_seeds",
-    "cluster_dns", "cluster_secret", "admin_port", "api_key", "tls_port", "ws_port",
+    "node_name", "cluster_address", "cluster_advertise", "cluster_port", "raft_port",
+    "cluster_seeds", "cluster_dns", "cluster_secret", "admin_port", "api_key", "tls_port", "ws_port",
     "wss_port", "tls_certfile", "tls_keyfile", "tls_cafile", "tls_require_certificate",
     "password_file", "acl_file", "allow_anonymous", "proxy_protocol",
 }
@@ -98,6 +98,7 @@ def test_defaults_render_the_objects_of_a_cluster(render):
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in r.objects)
     assert kinds == [
         ("PodDisruptionBudget", FULL),
+        ("Secret", FULL + "-cluster"),
         ("Service", FULL),
         ("Service", HEADLESS),
         ("ServiceAccount", FULL),
@@ -135,7 +136,7 @@ def test_pod_labels_match_the_selectors(render):
     assert selects(r.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
 
 
-def test_headless_service_publishes_not_ready_pods_for_cluster_dns(render):
+def test_headless_service_gives_every_pod_a_stable_name_that_is_its_identity(render):
     r = render()
     h = r.one("Service", HEADLESS)
     assert h["spec"]["clusterIP"] == "None"
@@ -145,7 +146,18 @@ def test_headless_service_publishes_not_ready_pods_for_cluster_dns(render):
     assert ports["raft"] == (4371, "raft")
     assert ports["admin"] == (18083, "admin")
     env = env_of(r)
-    assert env["STARLING_CLUSTER_DNS"] == f"{HEADLESS}.{NAMESPACE}.svc.cluster.local"
+    domain = f"{HEADLESS}.{NAMESPACE}.svc.cluster.local"
+    # The pod's stable name (after $(STARLING_NODE_NAME), the pod name, is
+    # expanded by the kubelet) is its Raft identity; the seeds are the first
+    # cluster.seedCount pods by the same names. No cluster_dns: its records
+    # are pod IPs, which change when a pod restarts.
+    names = [e["name"] for e in container(r)["env"]]
+    assert names.index("STARLING_NODE_NAME") < names.index("STARLING_CLUSTER_ADVERTISE")
+    assert env["STARLING_CLUSTER_ADVERTISE"] == f"$(STARLING_NODE_NAME).{domain}"
+    assert env["STARLING_CLUSTER_SEEDS"] == ",".join(f"{FULL}-{i}.{domain}" for i in range(3))
+    assert "STARLING_CLUSTER_DNS" not in env
+    assert env["STARLING_CLUSTER_SECRET"] == {
+        "secretKeyRef": {"name": FULL + "-cluster", "key": "cluster-secret"}}
     assert env["STARLING_CLUSTER_PORT"] == "4370"
     assert env["STARLING_RAFT_PORT"] == "4371"
     # Every port a Service targets by name is a port of the container.
@@ -411,6 +423,7 @@ def test_storage_class_dash_means_no_class(render):
 @pytest.mark.parametrize("values, message", [
     ({"listeners.mqtts.enabled": True}, "need tls.enabled=true"),
     ({"tls.enabled": True, "listeners.mqtts.enabled": True}, "needs tls.existingSecret"),
+    ({"replicaCount": 1}, "replicaCount must be at least cluster.seedCount"),
     ({"tls.enabled": True, "tls.existingSecret": "s"}, "neither listeners.mqtts nor"),
     ({"tls.enabled": True, "tls.existingSecret": "s", "listeners.mqtts.enabled": True,
       "tls.requireCertificate": True}, "needs tls.caKey"),

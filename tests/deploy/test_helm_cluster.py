@@ -9,9 +9,11 @@ StatefulSet as it is):
   become that address;
 * the ports are free ports of this machine (the same on every node, as in the
   pods), not the fixed defaults other tests on this machine might use;
-* `STARLING_CLUSTER_DNS` names the headless Service, which does not exist here:
-  its stand-in is `STARLING_CLUSTER_SEEDS` with the three addresses, the A
-  records the Service would publish;
+* the pods' stable names under the headless Service (`cluster_advertise` and
+  `cluster_seeds`) are resolved by a hosts file that maps each name to its
+  node's address, bind-mounted on /etc/hosts in a mount namespace of each
+  node (`unshare -m`, as root); where namespaces are not available, the names
+  in the environment are replaced by the addresses they would resolve to;
 * `/data` is a scratch directory per node; `workers` is 1 (2 shared cores).
 
 The binary must have the cluster (issue 9) and the admin API for this: until
@@ -20,8 +22,10 @@ it accepts `cluster_seeds` and `admin_port`, the test skips and says so."""
 import base64
 import json
 import os
+import re
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import urllib.request
@@ -47,7 +51,8 @@ def pod_env(sts, ordinal, ip, ports, secrets):
     env = {}
     for e in c["env"]:
         if "value" in e:
-            env[e["name"]] = e["value"]
+            # $(VAR) names a variable defined before it (the kubelet's expansion)
+            env[e["name"]] = re.sub(r"\$\(([A-Z_]+)\)", lambda m: env[m.group(1)], e["value"])
             continue
         src = e["valueFrom"]
         if "fieldRef" in src:
@@ -58,15 +63,34 @@ def pod_env(sts, ordinal, ip, ports, secrets):
             env[e["name"]] = secrets[(ref["name"], ref["key"])]
         else:
             raise AssertionError(f"unexpected valueFrom {src}")
-    dns = env.pop("STARLING_CLUSTER_DNS")
-    assert dns.startswith(sts["spec"]["serviceName"] + ".")
     env["STARLING_BIND_ADDRESS"] = ip
     env.update({k: str(ports[k]) for k in PORT_VARS})
-    # a seed's port is its Raft port (docs/configuration.md, cluster_seeds)
-    env["STARLING_CLUSTER_SEEDS"] = ",".join(f"{a}:{ports['STARLING_RAFT_PORT']}"
-                                             for a in ADDRS)
     env["STARLING_WORKERS"] = "1"
     return pod_name, env
+
+
+def pod_fqdn(sts, ordinal):
+    """The stable DNS name the headless Service gives pod `ordinal`."""
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    adv = next(e["value"] for e in c["env"] if e["name"] == "STARLING_CLUSTER_ADVERTISE")
+    return adv.replace("$(STARLING_NODE_NAME)", f"{sts['metadata']['name']}-{ordinal}")
+
+
+def namespaces_work():
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+def names_to_addresses(env, names):
+    """The fallback without mount namespaces: every pod name in the
+    environment replaced by its address."""
+    out = dict(env)
+    for k, v in out.items():
+        for name, ip in names.items():
+            v = v.replace(name, ip)
+        out[k] = v
+    return out
 
 
 def free_ports_on_all(addrs, names):
@@ -113,16 +137,20 @@ def test_pod_env_is_the_rendered_env_with_only_the_local_substitutions(render):
     assert env["STARLING_CLUSTER_ADDRESS"] == ADDRS[2] == env["STARLING_BIND_ADDRESS"]
     assert env["STARLING_CLUSTER_SECRET"] == "test-cluster-secret"
     assert env["STARLING_API_KEY"] == "admin:test-secret"
-    assert env["STARLING_CLUSTER_SEEDS"] == ",".join(f"{a}:20003" for a in ADDRS)
-    assert "STARLING_CLUSTER_DNS" not in env
+    domain = "starling-headless.mqtt.svc.cluster.local"
+    assert env["STARLING_CLUSTER_ADVERTISE"] == f"starling-2.{domain}" == pod_fqdn(sts, 2)
+    assert env["STARLING_CLUSTER_SEEDS"] == ",".join(f"starling-{i}.{domain}" for i in range(3))
     (c,) = sts["spec"]["template"]["spec"]["containers"]
     rendered = {e["name"] for e in c["env"]}
-    changed = {"STARLING_CLUSTER_DNS", "STARLING_CLUSTER_SEEDS", "STARLING_BIND_ADDRESS",
-               "STARLING_WORKERS", *PORT_VARS}
+    changed = {"STARLING_CLUSTER_ADVERTISE", "STARLING_BIND_ADDRESS", "STARLING_WORKERS",
+               *PORT_VARS}
     for e in c["env"]:
         if "value" in e and e["name"] not in changed:
             assert env[e["name"]] == e["value"], e["name"]
-    assert set(env) == rendered - {"STARLING_CLUSTER_DNS"} | {"STARLING_CLUSTER_SEEDS"}
+    assert set(env) == rendered
+    fallback = names_to_addresses(env, {pod_fqdn(sts, i): a for i, a in enumerate(ADDRS)})
+    assert fallback["STARLING_CLUSTER_SEEDS"] == ",".join(ADDRS)
+    assert fallback["STARLING_CLUSTER_ADVERTISE"] == ADDRS[2]
 
 
 def binary_lacks(binary, key, value):
@@ -185,6 +213,13 @@ def test_three_rendered_pods_form_one_cluster_and_pass_their_probes(render, rele
     ports = free_ports_on_all(ADDRS, PORT_VARS)
     admin = ports["STARLING_ADMIN_PORT"]
     root = tempfile.mkdtemp(prefix="starling-pods-")
+    names = {pod_fqdn(sts, i): ip for i, ip in enumerate(ADDRS)}
+    hosts = os.path.join(root, "hosts")
+    with open(hosts, "w") as f:
+        f.writelines(f"{ip} {name}\n" for name, ip in names.items())
+    in_namespaces = namespaces_work()
+    if not in_namespaces:
+        print("no mount namespaces here: the pods' names are replaced by their addresses")
     nodes = []
     try:
         for i, ip in enumerate(ADDRS):
@@ -192,7 +227,14 @@ def test_three_rendered_pods_form_one_cluster_and_pass_their_probes(render, rele
             data = os.path.join(root, name)
             os.makedirs(data)
             env["STARLING_DATA_DIR"] = data
-            nodes.append(Node(binary, clean_env(env), data, name=name))
+            if in_namespaces:
+                nodes.append(Node("unshare", clean_env(env), data, name=name,
+                                  args=["-m", "sh", "-c",
+                                        'mount --bind "$0" /etc/hosts && exec "$1"', hosts,
+                                        binary]))
+            else:
+                nodes.append(Node(binary, clean_env(names_to_addresses(env, names)), data,
+                                  name=name))
 
         def all_ready():
             for n in nodes:

@@ -81,8 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_error_t je;
     json_t *body = json_loadb(p, (size_t)(end - p), JSON_REJECT_DUPLICATES, &je);
     if (json_is_object(body)) {
-        static const char *const fields[] = {"topic", "payload", "encoding", "qos", "retain",
-                                             NULL};
+        static const char *const fields[] = {"topic", "payload", "encoding", "qos", "retain", NULL};
         if (admin_json_check_fields(body, fields, why, sizeof(why)) < 0)
             FUZZ_CHECK(strncmp(why, "unknown field", 13) == 0);
     }

@@ -21,26 +21,12 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "test_util.h"
+
 #include "channel.h"
 #include "channel.pb-c.h"
 
 static uv_loop_t loop;
-
-static int free_port(const char *ip)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    inet_pton(AF_INET, ip, &sa.sin_addr);
-    socklen_t len = sizeof sa;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(sa.sin_port);
-}
 
 /* What a node received. */
 struct inbox {
@@ -166,9 +152,9 @@ static struct node a, b, c, d;
 
 static void test_order_both_ways_and_reconnect(void)
 {
-    CU_ASSERT_EQUAL_FATAL(start(&a, 1, "127.0.0.31", free_port("127.0.0.31"), "t", "k", 0), 0);
-    CU_ASSERT_EQUAL_FATAL(start(&b, 2, "127.0.0.32", free_port("127.0.0.32"), "t", "k", 0), 0);
-    CU_ASSERT_EQUAL_FATAL(start(&c, 3, "127.0.0.33", free_port("127.0.0.33"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&a, 1, "127.0.0.31", test_free_port("127.0.0.31"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&b, 2, "127.0.0.32", test_free_port("127.0.0.32"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&c, 3, "127.0.0.33", test_free_port("127.0.0.33"), "t", "k", 0), 0);
     CU_ASSERT_EQUAL(chan_peer_add(a.c, 2, b.address), 0);
     CU_ASSERT_EQUAL(chan_peer_add(a.c, 2, b.address), -EEXIST);
     CU_ASSERT_EQUAL(chan_peer_add(a.c, 3, c.address), 0);
@@ -222,7 +208,8 @@ static void test_wrong_secret_and_name(void)
 {
     /* D has another secret: B's proof does not check out at D, D refuses,
      * nothing of D's reaches B. */
-    CU_ASSERT_EQUAL_FATAL(start(&d, 4, "127.0.0.34", free_port("127.0.0.34"), "t", "other", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&d, 4, "127.0.0.34", test_free_port("127.0.0.34"), "t", "other", 0),
+                          0);
     CU_ASSERT_EQUAL(chan_peer_add(d.c, 2, b.address), 0);
     CU_ASSERT_EQUAL(send_publish(&d, 2, 1), 0);
     CU_ASSERT_TRUE(RUN_UNTIL(chan_refused(d.c) > 0, 5000));
@@ -234,7 +221,7 @@ static void test_wrong_secret_and_name(void)
     stop(&d);
     /* Another cluster name: B refuses at the hello. */
     uint64_t refused = chan_refused(b.c);
-    CU_ASSERT_EQUAL_FATAL(start(&d, 4, "127.0.0.34", free_port("127.0.0.34"), "u", "k", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&d, 4, "127.0.0.34", test_free_port("127.0.0.34"), "u", "k", 0), 0);
     CU_ASSERT_EQUAL(chan_peer_add(d.c, 2, b.address), 0);
     CU_ASSERT_EQUAL(send_publish(&d, 2, 1), 0);
     CU_ASSERT_TRUE(RUN_UNTIL(chan_refused(b.c) > refused, 5000));
@@ -246,9 +233,10 @@ static void test_queue_bound(void)
 {
     /* A peer that never answers (nothing listens there): the queue fills
      * to its bound, then sends are refused and counted. */
-    CU_ASSERT_EQUAL_FATAL(start(&d, 4, "127.0.0.34", free_port("127.0.0.34"), "t", "k", 4096), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&d, 4, "127.0.0.34", test_free_port("127.0.0.34"), "t", "k", 4096),
+                          0);
     char nowhere[64];
-    snprintf(nowhere, sizeof nowhere, "127.0.0.35:%d", free_port("127.0.0.35"));
+    snprintf(nowhere, sizeof nowhere, "127.0.0.35:%d", test_free_port("127.0.0.35"));
     CU_ASSERT_EQUAL(chan_peer_add(d.c, 5, nowhere), 0);
     int ok = 0, full = 0;
     for (uint64_t s = 1; s <= 100; s++) {

@@ -25,55 +25,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "test_util.h"
+
 #include "channel.pb-c.h"
 #include "cluster.h"
 #include "cmd.h"
 
 #define S(x) (x), strlen(x)
 #define N 3
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static int free_port(const char *ip)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    inet_pton(AF_INET, ip, &sa.sin_addr);
-    socklen_t len = sizeof sa;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Poll cond (cheap reads) every 10 ms until it holds or timeout_ms pass. */
-#define WAIT_UNTIL(cond, timeout_ms)                                                               \
-    ({                                                                                             \
-        uint64_t deadline_ = now_ms() + (timeout_ms);                                              \
-        bool ok_;                                                                                  \
-        while (!(ok_ = (cond)) && now_ms() < deadline_) {                                          \
-            struct timespec ts_ = {0, 10 * 1000 * 1000};                                           \
-            nanosleep(&ts_, NULL);                                                                 \
-        }                                                                                          \
-        ok_;                                                                                       \
-    })
 
 struct member {
     char ip[16], dir[300];
@@ -241,8 +200,8 @@ static void test_three_members(void)
     for (int i = 0; i < N; i++) {
         snprintf(m[i].ip, sizeof m[i].ip, "127.0.0.%d", 41 + i);
         snprintf(m[i].dir, sizeof m[i].dir, "%s/n%d", base, i + 1);
-        raft_port[i] = free_port(m[i].ip);
-        chan_port[i] = free_port(m[i].ip);
+        raft_port[i] = test_free_port(m[i].ip);
+        chan_port[i] = test_free_port(m[i].ip);
         CU_ASSERT_TRUE_FATAL(raft_port[i] > 0 && chan_port[i] > 0 && raft_port[i] != chan_port[i]);
         snprintf(seed_addr[i], sizeof seed_addr[i], "%.15s:%d", m[i].ip, raft_port[i]);
         seeds[i] = seed_addr[i];
@@ -331,14 +290,14 @@ static void test_three_members(void)
     /* Many proposals at once, from 4 threads on all nodes: each gets the
      * results of its own commands; they share Raft entries. */
     uint64_t applied_before = raft_node_applied(cluster_raft(m[0].c));
-    uint64_t t0 = now_ms();
+    uint64_t t0 = test_now_ms();
     pthread_t th[4];
     for (int i = 0; i < 4; i++)
         pthread_create(&th[i], NULL, burst, (void *)(intptr_t)i);
     for (int i = 0; i < 4; i++)
         pthread_join(th[i], NULL);
     CU_ASSERT_TRUE(WAIT_UNTIL(burst_done == 4 * BURST, 30000));
-    uint64_t ms = now_ms() - t0;
+    uint64_t ms = test_now_ms() - t0;
     CU_ASSERT_EQUAL(burst_ok, 4 * BURST);
     CU_ASSERT_EQUAL(burst_bad, 0);
     CU_ASSERT_TRUE(WAIT_UNTIL(all_equal(), 10000));
@@ -364,7 +323,7 @@ static void test_three_members(void)
     cmd_batch_free(b);
     for (int i = 0; i < N; i++)
         cluster_stop(m[i].c);
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(base);
 }
 
 int main(void)

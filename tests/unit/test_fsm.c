@@ -17,18 +17,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "test_util.h"
+
 #include "cmd.h"
 #include "fsm.h"
 
 #define S(x) (x), strlen(x)
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static char *tmpdir(void)
 {
@@ -43,7 +37,7 @@ static char *tmpdir(void)
 
 static void rmdir_free(char *d)
 {
-    nftw(d, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(d);
     free(d);
 }
 
@@ -245,9 +239,9 @@ static void test_members_and_purge(void)
     char longf[1200];
     memset(longf, 'x', sizeof longf);
     memcpy(longf, "long/", 5);
-    cmd_member(b, 3, "n3", "127.0.0.13", 4370, 4371, CMD_ROLE_VOTER, 0);
-    cmd_member(b, 4, "n4", "127.0.0.14", 4370, 4371, CMD_ROLE_SPARE, 0);
-    cmd_member(b, 3, "n3", "127.0.0.13", 4370, 4371, CMD_ROLE_VOTER, 0); /* same */
+    cmd_member(b, 3, "n3", "127.0.0.13", 4370, 4371, NULL, CMD_ROLE_VOTER, 0);
+    cmd_member(b, 4, "n4", "127.0.0.14", 4370, 4371, NULL, CMD_ROLE_SPARE, 0);
+    cmd_member(b, 3, "n3", "127.0.0.13", 4370, 4371, NULL, CMD_ROLE_VOTER, 0); /* same */
     cmd_route_add(b, S("a"), 3);
     cmd_route_add(b, S("$share/g/b/#"), 3);
     cmd_route_add(b, longf, sizeof longf, 3); /* hashed LMDB key */
@@ -423,7 +417,7 @@ static void test_snapshot_restore(void)
     cmd_route_add(b, S("$share/g/y"), 2);
     cmd_session_claim(b, S("c"), 1, 3);
     cmd_retained_set(b, S("r"), 2, "p", 1, NULL, 0, 0, 1, 1);
-    cmd_member(b, 1, "one", "127.0.0.11", 1, 2, CMD_ROLE_VOTER, 0);
+    cmd_member(b, 1, "one", "127.0.0.11", 1, 2, NULL, CMD_ROLE_VOTER, 0);
     CU_ASSERT_EQUAL(apply(f1, 10, b), 0);
     /* f2 holds something else, which the restore must replace. */
     cmd_route_add(b, S("other"), 5);

@@ -21,20 +21,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "test_util.h"
+
 #include "cmd.h"
 #include "fsm.h"
 #include "fsm_raft.h"
 
 #define S(x) (x), strlen(x)
 #define MAX_N 5
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 /* Where the nodes' directories go: $TMPDIR, or a scratch directory below
  * it (the Figure 8 child). */
@@ -91,7 +85,7 @@ static void cluster_teardown(struct cluster *c)
     for (unsigned i = 0; i < c->n; i++) {
         fsm_raft_close(&c->a[i]);
         fsm_close(c->fsm[i]);
-        nftw(c->dir[i], rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        test_rm_tree(c->dir[i]);
     }
 }
 
@@ -516,7 +510,7 @@ static void run_figure8(bool guard)
     CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
     CU_ASSERT_TRUE(WIFEXITED(status));
     CU_ASSERT_EQUAL(WEXITSTATUS(status), 0);
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(base);
     dir_base = NULL;
 }
 
@@ -591,8 +585,8 @@ static void test_deferred_entries_in_snapshots(void)
     fsm_raft_close(&a2);
     fsm_close(f1);
     fsm_close(f2);
-    nftw(d1, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    nftw(d2, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(d1);
+    test_rm_tree(d2);
 }
 
 int main(void)

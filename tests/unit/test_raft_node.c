@@ -25,58 +25,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "test_util.h"
+
 #include "cmd.h"
 #include "fsm.h"
 #include "raft_node.h"
 
 #define S(x) (x), strlen(x)
 #define N 3
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-/* A free TCP port on ip (bound then released; the kernel does not hand it
- * out again at once). */
-static int free_port(const char *ip)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    inet_pton(AF_INET, ip, &sa.sin_addr);
-    socklen_t len = sizeof sa;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Poll cond (a cheap read of atomics) every 10 ms until it holds or
- * timeout_ms pass. */
-#define WAIT_UNTIL(cond, timeout_ms)                                                               \
-    ({                                                                                             \
-        uint64_t deadline_ = now_ms() + (timeout_ms);                                              \
-        bool ok_;                                                                                  \
-        while (!(ok_ = (cond)) && now_ms() < deadline_) {                                          \
-            struct timespec ts_ = {0, 10 * 1000 * 1000};                                           \
-            nanosleep(&ts_, NULL);                                                                 \
-        }                                                                                          \
-        ok_;                                                                                       \
-    })
 
 struct node {
     char dir[300];
@@ -252,7 +208,7 @@ static void test_three_nodes(void)
     for (int i = 0; i < N; i++) {
         char ip[16];
         snprintf(ip, sizeof ip, "127.0.0.%d", 11 + i);
-        int port = free_port(ip);
+        int port = test_free_port(ip);
         CU_ASSERT_TRUE_FATAL(port > 0);
         snprintf(nodes[i].address, sizeof nodes[i].address, "%s:%d", ip, port);
         snprintf(nodes[i].dir, sizeof nodes[i].dir, "%s/n%d", base, i + 1);
@@ -316,14 +272,16 @@ static void test_three_nodes(void)
     raft_node_checkpoint(nodes[0].raft, &idx, &cks);
     CU_ASSERT_EQUAL(cks, sum);
     for (int i = 1; i < N; i++)
-        CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[i].raft, idx, cks), 0);
-    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx + 1000, cks), -ENOENT);
+        CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[i].raft, idx, cks, true), 0);
+    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx + 1000, cks, true), -ENOENT);
     CU_ASSERT_FALSE(raft_node_diverged(nodes[1].raft));
-    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx, cks ^ 1), 1);
+    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx, cks ^ 1, false), 1);
+    CU_ASSERT_FALSE(raft_node_diverged(nodes[1].raft)); /* not the leader's: counted only */
+    CU_ASSERT_EQUAL(raft_node_divergence_check(nodes[1].raft, idx, cks ^ 1, true), 1);
     CU_ASSERT_TRUE(raft_node_diverged(nodes[1].raft));
     struct raft_node_stats st;
     raft_node_stats(nodes[1].raft, &st);
-    CU_ASSERT_EQUAL(st.divergences, 1);
+    CU_ASSERT_EQUAL(st.divergences, 2); /* counted with and without mark */
     CU_ASSERT_EQUAL(st.applied, 15);
     CU_ASSERT_EQUAL(st.apply_errors, 0);
     raft_node_stats(nodes[0].raft, &st);
@@ -371,7 +329,7 @@ static void test_three_nodes(void)
      * with max_voters 3 already reached, makes it a standby; it catches up
      * and applies the same. */
     struct node *x = &nodes[N];
-    int port = free_port("127.0.0.14");
+    int port = test_free_port("127.0.0.14");
     CU_ASSERT_TRUE_FATAL(port > 0);
     snprintf(x->address, sizeof x->address, "127.0.0.14:%d", port);
     snprintf(x->dir, sizeof x->dir, "%s/n4", base);
@@ -413,7 +371,7 @@ static void test_three_nodes(void)
     for (int i = 0; i < N; i++)
         if (nodes[i].raft)
             stop_node(&nodes[i]);
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(base);
 }
 
 /* Two seeds whose cluster_secret differ: each refuses the other's
@@ -428,7 +386,7 @@ static void test_wrong_secret_refused(void)
     for (int i = 0; i < 2; i++) {
         char ip[16];
         snprintf(ip, sizeof ip, "127.0.0.%d", 21 + i);
-        int port = free_port(ip);
+        int port = test_free_port(ip);
         CU_ASSERT_TRUE_FATAL(port > 0);
         snprintf(two[i].address, sizeof two[i].address, "%s:%d", ip, port);
         snprintf(two[i].dir, sizeof two[i].dir, "%s/n%d", dir, i + 1);
@@ -443,7 +401,7 @@ static void test_wrong_secret_refused(void)
     CU_ASSERT_FALSE(raft_node_ready(two[0].raft) || raft_node_ready(two[1].raft));
     for (int i = 0; i < 2; i++)
         stop_node(&two[i]);
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(dir);
 }
 
 int main(void)

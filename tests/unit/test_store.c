@@ -28,21 +28,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "test_util.h"
+
 #include "store.h"
 
 /* ---- helpers ---- */
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void rm_rf(const char *dir)
 {
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(dir);
 }
 
 /* Set by a test that could not run; main() then exits with 77. */

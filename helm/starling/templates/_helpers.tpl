@@ -22,6 +22,25 @@
 {{- printf "%s-headless" (include "starling.fullname" .) -}}
 {{- end -}}
 
+{{/* The DNS domain of the pods' stable names: <pod>.<this>. */}}
+{{- define "starling.domain" -}}
+{{- printf "%s.%s.svc.%s" (include "starling.headless" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/* cluster_seeds: the stable names of the first cluster.seedCount pods. */}}
+{{- define "starling.seeds" -}}
+{{- $seeds := list -}}
+{{- range $i := until (int .Values.cluster.seedCount) -}}
+{{- $seeds = append $seeds (printf "%s-%d.%s" (include "starling.fullname" $) $i (include "starling.domain" $)) -}}
+{{- end -}}
+{{- join "," $seeds -}}
+{{- end -}}
+
+{{/* The Secret holding cluster_secret: the user's, or the one the chart makes. */}}
+{{- define "starling.clusterSecret" -}}
+{{- default (printf "%s-cluster" (include "starling.fullname" .)) .Values.cluster.secret.existingSecret -}}
+{{- end -}}
+
 {{- define "starling.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -80,6 +99,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- if and .Values.tls.requireCertificate (not .Values.tls.caKey) -}}
 {{- fail "tls.requireCertificate=true needs tls.caKey: the key of the CA certificate in tls.existingSecret" -}}
+{{- end -}}
+{{- if lt (int .Values.replicaCount) (int .Values.cluster.seedCount) -}}
+{{- fail "replicaCount must be at least cluster.seedCount: the seeds are the first cluster.seedCount pods, and they form the cluster" -}}
 {{- end -}}
 {{- if and .Values.tls.enabled (not (or $l.mqtts.enabled $l.wss.enabled)) -}}
 {{- fail "tls.enabled=true but neither listeners.mqtts nor listeners.wss is enabled" -}}
