@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 /* ---- what the API reports: filled by the provider ----------------------- */
 
 #define ADMIN_NAME_MAX 128
@@ -103,6 +105,42 @@ struct admin_provider {
      * -ENOENT unknown node, -EBUSY the node is alive or is this node. */
     int (*cluster_leave)(void *ud, char *err, size_t errlen);
     int (*cluster_forget)(void *ud, const char *node, char *err, size_t errlen);
+
+    /*
+     * Queries answered by each node for its own part (its clients, their
+     * subscriptions; docs/api.md lists the queries: node/admin_query.c).
+     * A query is a JSON object {"op": NAME, ...}. query_local answers it on
+     * this node (a new JSON object, or NULL with err). gather asks every
+     * node of the cluster, this one included, and returns a new JSON array
+     * with one element per node, in node name order: {"node": NAME,
+     * "result": ANSWER}, or {"node": NAME, "error": MESSAGE} for a node
+     * that did not answer in time; NULL with err when it cannot ask.
+     */
+    json_t *(*query_local)(void *ud, json_t *q, char *err, size_t errlen);
+    json_t *(*gather)(void *ud, json_t *q, char *err, size_t errlen);
+
+    /*
+     * The operator's tables (ADMIN_TABLE_*; replicated on a cluster):
+     * records are a text key and a JSON object text. table_get: 0 with *val
+     * (malloc'd) or -ENOENT. table_list: a new JSON object key -> record
+     * (parsed), or NULL. table_put / table_del: 0 once committed; -ENOENT
+     * (del of an absent key), -EAGAIN (no quorum), -EINVAL, with err.
+     */
+    int (*table_get)(void *ud, int table, const char *key, char **val);
+    json_t *(*table_list)(void *ud, int table);
+    int (*table_put)(void *ud, int table, const char *key, const char *val, char *err,
+                     size_t errlen);
+    int (*table_del)(void *ud, int table, const char *key, char *err, size_t errlen);
+
+    /* Remove the retained message of topic (no delivery): 0, -ENOENT. */
+    int (*retained_delete)(void *ud, const char *topic, char *err, size_t errlen);
+};
+
+/* The tables (equal to node/tables.h's enum tables_id). */
+enum {
+    ADMIN_TABLE_BANNED = 1,
+    ADMIN_TABLE_USERS = 2,
+    ADMIN_TABLE_APIKEYS = 3,
 };
 
 /* ---- API keys ------------------------------------------------------------ */

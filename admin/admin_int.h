@@ -6,6 +6,8 @@
  *   http.c     the libmicrohttpd server: request life cycle, bounded
  *              bodies, authentication, JSON replies and errors
  *   api.c      the endpoints and their route table
+ *   api_data.c clients, subscriptions, routes, topics, retained messages
+ *   api_tables.c  banned clients, users, API keys (replicated tables)
  *   metrics.c  the Prometheus text exposition of a node's counters
  *   keys.c     hashed API secrets and the static key table
  *   static.c   the dashboard's static files (embedded by embed.cmake into
@@ -32,9 +34,10 @@ struct admin_req;
 typedef void (*admin_handler_fn)(struct admin_req *r);
 
 enum {
-    ROUTE_PUBLIC = 1 << 0,  /* no API key needed */
-    ROUTE_METRICS = 1 << 1, /* public unless metrics_auth */
-    ROUTE_BODY = 1 << 2,    /* takes a JSON object body */
+    ROUTE_PUBLIC = 1 << 0,     /* no API key needed */
+    ROUTE_METRICS = 1 << 1,    /* public unless metrics_auth */
+    ROUTE_BODY = 1 << 2,       /* takes a JSON object body */
+    ROUTE_BODY_ARRAY = 1 << 3, /* with ROUTE_BODY: the body is a JSON array instead */
 };
 
 struct admin_route {
@@ -162,6 +165,30 @@ const struct admin_asset *admin_asset_find(const char *path);
 void admin_security_headers(struct MHD_Response *resp, bool page);
 /* Reply 200 with the file. */
 void admin_reply_asset(struct admin_req *r, const struct admin_asset *as);
+
+/* api_data.c: clients, subscriptions, routes, topics, retained messages */
+void api_clients_list(struct admin_req *r);
+void api_client_show(struct admin_req *r);
+void api_client_kick(struct admin_req *r);
+void api_subscriptions(struct admin_req *r);
+void api_routes(struct admin_req *r);
+void api_topics(struct admin_req *r);
+void api_retained_list(struct admin_req *r);
+void api_retained_show(struct admin_req *r);
+void api_retained_delete(struct admin_req *r);
+
+/* api_tables.c: banned clients, users, API keys */
+void api_banned_list(struct admin_req *r);
+void api_banned_create(struct admin_req *r);
+void api_banned_delete(struct admin_req *r);
+void api_users_list(struct admin_req *r);
+void api_user_create(struct admin_req *r);
+void api_user_show(struct admin_req *r);
+void api_user_update(struct admin_req *r);
+void api_user_delete(struct admin_req *r);
+void api_apikeys_list(struct admin_req *r);
+void api_apikey_create(struct admin_req *r);
+void api_apikey_delete(struct admin_req *r);
 
 /* ---- metrics (metrics.c) ------------------------------------------------- */
 

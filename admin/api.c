@@ -252,29 +252,34 @@ static int api_base64_decode(const char *in, size_t len, unsigned char *out)
     return n;
 }
 
-static void api_publish(struct admin_req *r)
+/* Check and publish one message of a POST /publish body. Returns 0 with
+ * *res set (what the reply shows), or the HTTP status of the failure with
+ * its code and message in code / why. */
+static unsigned api_publish_one(struct admin_req *r, json_t *b, json_t **res, const char **code,
+                                char *why, size_t whylen)
 {
     static const char *const fields[] = {"topic", "payload", "encoding", "qos", "retain", NULL};
     const struct admin_provider *p = &r->a->provider;
-    char why[256];
-    json_t *b = r->body;
-    if (admin_json_check_fields(b, fields, why, sizeof(why)) < 0) {
-        admin_reply_error(r, 400, "bad_request", "%s", why);
-        return;
+    *code = "bad_request";
+    if (!json_is_object(b)) {
+        snprintf(why, whylen, "a message must be a JSON object");
+        return 400;
     }
+    if (admin_json_check_fields(b, fields, why, whylen) < 0)
+        return 400;
     json_t *topic = json_object_get(b, "topic"), *payload = json_object_get(b, "payload");
     json_t *enc = json_object_get(b, "encoding"), *qos = json_object_get(b, "qos");
     json_t *retain = json_object_get(b, "retain");
     if (!json_is_string(topic) || json_string_length(topic) == 0 ||
         json_string_length(topic) > 65535 ||
         strlen(json_string_value(topic)) != json_string_length(topic)) {
-        admin_reply_error(r, 400, "bad_request",
-                          "'topic' must be a non-empty string of at most 65535 bytes without NUL");
-        return;
+        snprintf(why, whylen,
+                 "'topic' must be a non-empty string of at most 65535 bytes without NUL");
+        return 400;
     }
     if (payload && !json_is_string(payload)) {
-        admin_reply_error(r, 400, "bad_request", "'payload' must be a string");
-        return;
+        snprintf(why, whylen, "'payload' must be a string");
+        return 400;
     }
     bool base64 = false;
     if (enc) {
@@ -282,22 +287,23 @@ static void api_publish(struct admin_req *r)
         if (strcmp(e, "base64") == 0)
             base64 = true;
         else if (strcmp(e, "plain") != 0) {
-            admin_reply_error(r, 400, "bad_request", "'encoding' must be \"plain\" or \"base64\"");
-            return;
+            snprintf(why, whylen, "'encoding' must be \"plain\" or \"base64\"");
+            return 400;
         }
     }
     if (qos &&
         (!json_is_integer(qos) || json_integer_value(qos) < 0 || json_integer_value(qos) > 2)) {
-        admin_reply_error(r, 400, "bad_request", "'qos' must be 0, 1 or 2");
-        return;
+        snprintf(why, whylen, "'qos' must be 0, 1 or 2");
+        return 400;
     }
     if (retain && !json_is_boolean(retain)) {
-        admin_reply_error(r, 400, "bad_request", "'retain' must be true or false");
-        return;
+        snprintf(why, whylen, "'retain' must be true or false");
+        return 400;
     }
     if (!p->publish) {
-        admin_reply_error(r, 501, "not_implemented", "this node cannot publish");
-        return;
+        *code = "not_implemented";
+        snprintf(why, whylen, "this node cannot publish");
+        return 501;
     }
     const char *text = payload ? json_string_value(payload) : "";
     size_t text_len = payload ? json_string_length(payload) : 0;
@@ -314,25 +320,96 @@ static void api_publish(struct admin_req *r)
         int n = raw ? api_base64_decode(text, text_len, raw) : -1;
         if (n < 0) {
             free(raw);
-            admin_reply_error(r, 400, "bad_request", "'payload' is not valid base64");
-            return;
+            snprintf(why, whylen, "'payload' is not valid base64");
+            return 400;
         }
         pub.payload = raw;
         pub.payload_len = (size_t)n;
     }
     why[0] = '\0';
-    int rc = p->publish(p->ud, &pub, why, sizeof(why));
+    int rc = p->publish(p->ud, &pub, why, whylen);
     free(raw);
-    if (rc == -EINVAL)
-        admin_reply_error(r, 400, "bad_request", "%s", why[0] ? why : "the message was refused");
-    else if (rc == -EAGAIN)
-        admin_reply_error(r, 503, "unavailable", "%s", why[0] ? why : "the node does not serve");
-    else if (rc < 0)
-        admin_reply_error(r, 500, "internal_error", "%s", why[0] ? why : strerror(-rc));
+    if (rc == -EINVAL) {
+        if (!why[0])
+            snprintf(why, whylen, "the message was refused");
+        return 400;
+    }
+    if (rc == -EAGAIN) {
+        *code = "unavailable";
+        if (!why[0])
+            snprintf(why, whylen, "the node does not serve");
+        return 503;
+    }
+    if (rc < 0) {
+        *code = "internal_error";
+        if (!why[0])
+            snprintf(why, whylen, "%s", strerror(-rc));
+        return 500;
+    }
+    *res = json_pack("{s:s, s:i, s:b, s:i}", "topic", pub.topic, "qos", pub.qos, "retain",
+                     pub.retain, "delivered", rc);
+    return 0;
+}
+
+static void api_publish(struct admin_req *r)
+{
+    char why[256];
+    const char *code;
+    json_t *res = NULL;
+    unsigned st = api_publish_one(r, r->body, &res, &code, why, sizeof(why));
+    if (st)
+        admin_reply_error(r, st, code, "%s", why);
     else
-        admin_reply_json(r, 200,
-                         json_pack("{s:s, s:i, s:b, s:i}", "topic", pub.topic, "qos", pub.qos,
-                                   "retain", pub.retain, "delivered", rc));
+        admin_reply_json(r, 200, res);
+}
+
+/* ---- POST /api/v1/publish/batch ------------------------------------------ */
+
+#define ADMIN_BATCH_MAX 100
+
+/* A JSON array of messages, each as POST /publish takes it. Every message
+ * is checked before any is published: a bad one refuses the whole batch
+ * (400, naming its index). The answer lists each message's result. */
+static void api_publish_batch(struct admin_req *r)
+{
+    json_t *b = r->body;
+    size_t n = json_array_size(b);
+    if (!json_is_array(b) || n == 0 || n > ADMIN_BATCH_MAX) {
+        admin_reply_error(r, 400, "bad_request", "the body must be an array of 1 to %d messages",
+                          ADMIN_BATCH_MAX);
+        return;
+    }
+    static const char *const fields[] = {"topic", "payload", "encoding", "qos", "retain", NULL};
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(b, i);
+        json_t *topic = json_object_get(m, "topic");
+        char why[200];
+        if (!json_is_object(m) || admin_json_check_fields(m, fields, why, sizeof(why)) < 0 ||
+            !json_is_string(topic)) {
+            admin_reply_error(r, 400, "bad_request",
+                              "message %zu: must be an object with a 'topic' and known fields", i);
+            return;
+        }
+    }
+    json_t *out = json_array();
+    for (size_t i = 0; i < n; i++) {
+        char why[256];
+        const char *code;
+        json_t *res = NULL;
+        unsigned st = api_publish_one(r, json_array_get(b, i), &res, &code, why, sizeof(why));
+        if (st) {
+            if (i == 0) {
+                json_decref(out);
+                admin_reply_error(r, st, code, "message 0: %s", why);
+                return;
+            }
+            res = json_pack("{s:s, s:s, s:s}", "topic",
+                            json_string_value(json_object_get(json_array_get(b, i), "topic")),
+                            "code", code, "message", why);
+        }
+        json_array_append_new(out, res);
+    }
+    admin_reply_json(r, 200, json_pack("{s:o}", "data", out));
 }
 
 /* ---- cluster membership -------------------------------------------------- */
@@ -375,6 +452,11 @@ static void api_cluster_forget(struct admin_req *r)
 /* ---- the route table ----------------------------------------------------- */
 
 static const char *const paging_query[] = {"page", "limit", NULL};
+static const char *const clients_query[] = {"page",      "limit",     "cursor",
+                                            "node",      "username",  "clientid_prefix",
+                                            "connected", "proto_ver", NULL};
+static const char *const subs_query[] = {"page", "limit", "clientid", "topic", "node", NULL};
+static const char *const routes_query[] = {"page", "limit", "topic", NULL};
 
 const struct admin_route admin_routes[] = {
     {"GET", "/api/v1/health", api_health, ROUTE_PUBLIC, NULL},
@@ -384,6 +466,27 @@ const struct admin_route admin_routes[] = {
     {"GET", "/api/v1/nodes", api_nodes_list, 0, paging_query},
     {"GET", "/api/v1/stats", api_stats, 0, NULL},
     {"POST", "/api/v1/publish", api_publish, ROUTE_BODY, NULL},
+    {"POST", "/api/v1/publish/batch", api_publish_batch, ROUTE_BODY | ROUTE_BODY_ARRAY, NULL},
+    {"GET", "/api/v1/clients", api_clients_list, 0, clients_query},
+    {"GET", "/api/v1/clients/{id}", api_client_show, 0, NULL},
+    {"DELETE", "/api/v1/clients/{id}", api_client_kick, 0, NULL},
+    {"GET", "/api/v1/subscriptions", api_subscriptions, 0, subs_query},
+    {"GET", "/api/v1/routes", api_routes, 0, routes_query},
+    {"GET", "/api/v1/topics", api_topics, 0, paging_query},
+    {"GET", "/api/v1/retained", api_retained_list, 0, paging_query},
+    {"GET", "/api/v1/retained/{topic}", api_retained_show, 0, NULL},
+    {"DELETE", "/api/v1/retained/{topic}", api_retained_delete, 0, NULL},
+    {"GET", "/api/v1/banned", api_banned_list, 0, paging_query},
+    {"POST", "/api/v1/banned", api_banned_create, ROUTE_BODY, NULL},
+    {"DELETE", "/api/v1/banned/{as}/{who}", api_banned_delete, 0, NULL},
+    {"GET", "/api/v1/users", api_users_list, 0, paging_query},
+    {"POST", "/api/v1/users", api_user_create, ROUTE_BODY, NULL},
+    {"GET", "/api/v1/users/{name}", api_user_show, 0, NULL},
+    {"PUT", "/api/v1/users/{name}", api_user_update, ROUTE_BODY, NULL},
+    {"DELETE", "/api/v1/users/{name}", api_user_delete, 0, NULL},
+    {"GET", "/api/v1/apikeys", api_apikeys_list, 0, paging_query},
+    {"POST", "/api/v1/apikeys", api_apikey_create, ROUTE_BODY, NULL},
+    {"DELETE", "/api/v1/apikeys/{key}", api_apikey_delete, 0, NULL},
     {"GET", "/metrics", api_metrics, ROUTE_METRICS, NULL},
 };
 

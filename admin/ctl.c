@@ -41,13 +41,59 @@ extern char **environ;
 
 typedef void (*ctl_print_fn)(json_t *doc);
 
+/* The options a command may take after its words (--name VALUE, or a
+ * flag): collected by getopt with the global ones, checked per command. */
+enum ctl_copt {
+    CO_PAGE,
+    CO_LIMIT,
+    CO_CURSOR,
+    CO_NODE,
+    CO_USERNAME,
+    CO_PREFIX,
+    CO_CONNECTED,
+    CO_PROTO,
+    CO_CLIENTID,
+    CO_TOPIC,
+    CO_QOS,
+    CO_RETAIN,
+    CO_ENCODING,
+    CO_REASON,
+    CO_DURATION,
+    CO_UNTIL,
+    CO_DESCRIPTION,
+    CO_KEY,
+    CO_N
+};
+
+/* Option names, and the query parameter each one is ("" for a body field). */
+static const char *const copt_names[CO_N] = {
+    "page",      "limit",     "cursor",   "node",  "username",    "clientid-prefix",
+    "connected", "proto-ver", "clientid", "topic", "qos",         "retain",
+    "encoding",  "reason",    "duration", "until", "description", "key",
+};
+static const char *const copt_query[CO_N] = {
+    "page",      "limit",     "cursor",   "node",  "username", "clientid_prefix",
+    "connected", "proto_ver", "clientid", "topic", "",         "",
+    "",          "",          "",         "",      "",         "",
+};
+
+struct ctl_args {
+    char *const *pos; /* the positional arguments after the words */
+    int npos;
+    const char *opt[CO_N];
+};
+
+typedef json_t *(*ctl_body_fn)(const struct ctl_args *a, char *err, size_t errlen);
+
 struct ctl_command {
     const char *words; /* "cluster status" */
-    const char *arg;   /* name of the one argument ("NODE"), or NULL */
+    const char *arg;   /* names of the positional arguments ("NODE", "AS WHO"), or NULL */
     const char *method;
-    const char *path; /* "{}" stands for the argument */
+    const char *path; /* each "{}" stands for the next argument */
     ctl_print_fn print;
     const char *help;
+    unsigned opts;    /* bit (1 << CO_x) for each option it takes */
+    ctl_body_fn body; /* the JSON body it sends, or NULL */
 };
 
 /* ---- printing ------------------------------------------------------------ */
@@ -174,18 +220,279 @@ static void print_result(json_t *doc)
     printf("%s\n", str(doc, "result"));
 }
 
+/* A JSON value as a table cell. */
+static char *cell_text(json_t *v)
+{
+    char buf[64];
+    if (!v || json_is_null(v))
+        return strdup("-");
+    if (json_is_string(v))
+        return strdup(json_string_value(v));
+    if (json_is_true(v))
+        return strdup("yes");
+    if (json_is_false(v))
+        return strdup("no");
+    if (json_is_integer(v)) {
+        snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return strdup(buf);
+    }
+    if (json_is_array(v)) {
+        size_t len = 1, i;
+        json_t *e;
+        json_array_foreach(v, i, e)
+        {
+            char *t = cell_text(e);
+            len += (t ? strlen(t) : 0) + 1;
+            free(t);
+        }
+        char *out = calloc(1, len);
+        json_array_foreach(v, i, e)
+        {
+            char *t = cell_text(e);
+            if (out && t) {
+                if (i)
+                    strcat(out, ",");
+                strcat(out, t);
+            }
+            free(t);
+        }
+        return out;
+    }
+    return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+}
+
+/* A list answer {"data": [...], "meta": {...}} as a table of the columns
+ * cols ("HEADER=field" pairs), then a line on the paging. */
+static void print_list(json_t *doc, const char *const *cols, size_t nc)
+{
+    json_t *data = json_object_get(doc, "data");
+    struct table t;
+    if (table_init(&t, json_array_size(data) + 1, nc) < 0)
+        return;
+    for (size_t c = 0; c < nc; c++) {
+        const char *eq = strchr(cols[c], '=');
+        t.cell[c] = strndup(cols[c], (size_t)(eq - cols[c]));
+    }
+    size_t i;
+    json_t *row;
+    json_array_foreach(data, i, row)
+    {
+        for (size_t c = 0; c < nc; c++)
+            t.cell[(i + 1) * nc + c] = cell_text(json_object_get(row, strchr(cols[c], '=') + 1));
+    }
+    for (size_t k = 0; k < t.rows * t.cols; k++)
+        if (!t.cell[k])
+            t.cell[k] = strdup("?");
+    table_print(&t);
+    table_free(&t);
+    json_t *meta = json_object_get(doc, "meta");
+    if (meta) {
+        json_int_t count = json_integer_value(json_object_get(meta, "count"));
+        printf("(%zu shown of %" JSON_INTEGER_FORMAT ", page %" JSON_INTEGER_FORMAT ")\n",
+               json_array_size(data), count, json_integer_value(json_object_get(meta, "page")));
+        const char *cur = json_string_value(json_object_get(meta, "cursor"));
+        if (cur)
+            printf("next page: --cursor %s\n", cur);
+        json_t *missing = json_object_get(meta, "missing");
+        if (json_array_size(missing)) {
+            char *m = cell_text(missing);
+            printf("nodes that did not answer: %s\n", m ? m : "?");
+            free(m);
+        }
+    }
+}
+
+#define PRINT_LIST(name, ...)                                                                      \
+    static void name(json_t *doc)                                                                  \
+    {                                                                                              \
+        static const char *const cols[] = {__VA_ARGS__};                                           \
+        print_list(doc, cols, sizeof(cols) / sizeof(cols[0]));                                     \
+    }
+
+PRINT_LIST(print_clients, "CLIENT ID=clientid", "NODE=node", "CONNECTED=connected",
+           "PROTO=proto_ver", "USERNAME=username", "SUBS=subscriptions", "QUEUED=queued",
+           "INFLIGHT=inflight")
+PRINT_LIST(print_subs, "CLIENT ID=clientid", "TOPIC=topic", "QOS=qos", "NODE=node")
+PRINT_LIST(print_routes, "TOPIC=topic", "NODE=node")
+PRINT_LIST(print_topics, "TOPIC=topic", "NODES=nodes")
+PRINT_LIST(print_retained, "TOPIC=topic", "QOS=qos", "SIZE=size", "PAYLOAD=payload")
+PRINT_LIST(print_banned, "AS=as", "WHO=who", "UNTIL=until", "REASON=reason")
+PRINT_LIST(print_users, "USERNAME=username", "CREATED=created_at")
+PRINT_LIST(print_apikeys, "KEY=key", "CREATED=created_at", "DESCRIPTION=description")
+
+/* One object: "field: value" lines. */
+static void print_object(json_t *doc)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(doc, k, v)
+    {
+        char *t = cell_text(v);
+        printf("%s: %s\n", k, t ? t : "?");
+        free(t);
+    }
+}
+
+/* ---- request bodies ------------------------------------------------------ */
+
+/* A decimal option in lo..hi, or -EINVAL with err. */
+static int opt_int(const char *v, const char *name, long long lo, long long hi, long long *out,
+                   char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || *end || end == v || n < lo || n > hi) {
+        snprintf(err, errlen, "--%s must be an integer from %lld to %lld", name, lo, hi);
+        return -EINVAL;
+    }
+    *out = n;
+    return 0;
+}
+
+static json_t *body_publish(const struct ctl_args *a, char *err, size_t errlen)
+{
+    json_t *b = json_pack("{s:s, s:s}", "topic", a->pos[0], "payload", a->pos[1]);
+    long long q;
+    if (a->opt[CO_QOS]) {
+        if (opt_int(a->opt[CO_QOS], "qos", 0, 2, &q, err, errlen) < 0) {
+            json_decref(b);
+            return NULL;
+        }
+        json_object_set_new(b, "qos", json_integer(q));
+    }
+    if (a->opt[CO_RETAIN])
+        json_object_set_new(b, "retain", json_true());
+    if (a->opt[CO_ENCODING])
+        json_object_set_new(b, "encoding", json_string(a->opt[CO_ENCODING]));
+    return b;
+}
+
+static json_t *body_ban(const struct ctl_args *a, char *err, size_t errlen)
+{
+    json_t *b = json_pack("{s:s, s:s}", "as", a->pos[0], "who", a->pos[1]);
+    long long n;
+    if (a->opt[CO_REASON])
+        json_object_set_new(b, "reason", json_string(a->opt[CO_REASON]));
+    if (a->opt[CO_DURATION]) {
+        if (opt_int(a->opt[CO_DURATION], "duration", 1, 3153600000LL, &n, err, errlen) < 0) {
+            json_decref(b);
+            return NULL;
+        }
+        json_object_set_new(b, "duration", json_integer(n));
+    }
+    if (a->opt[CO_UNTIL]) {
+        if (opt_int(a->opt[CO_UNTIL], "until", 1, 253402300799LL, &n, err, errlen) < 0) {
+            json_decref(b);
+            return NULL;
+        }
+        json_object_set_new(b, "until", json_integer(n));
+    }
+    return b;
+}
+
+static json_t *body_user_add(const struct ctl_args *a, char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    return json_pack("{s:s, s:s}", "username", a->pos[0], "password", a->pos[1]);
+}
+
+static json_t *body_user_passwd(const struct ctl_args *a, char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    return json_pack("{s:s}", "password", a->pos[1]);
+}
+
+static json_t *body_apikey(const struct ctl_args *a, char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    json_t *b = json_object();
+    if (a->opt[CO_KEY])
+        json_object_set_new(b, "key", json_string(a->opt[CO_KEY]));
+    if (a->opt[CO_DESCRIPTION])
+        json_object_set_new(b, "description", json_string(a->opt[CO_DESCRIPTION]));
+    return b;
+}
+
+static void print_apikey_created(json_t *doc)
+{
+    printf("key: %s\nsecret: %s\n(the secret is shown only now: use KEY:SECRET as --api-key)\n",
+           str(doc, "key"), str(doc, "secret"));
+}
+
 /* ---- the commands -------------------------------------------------------- */
 
+#define O(x) (1u << CO_##x)
+#define PAGING (O(PAGE) | O(LIMIT))
+
 static const struct ctl_command commands[] = {
+    {"clients list", NULL, "GET", "/api/v1/clients", print_clients,
+     "the clients of the cluster (--node --username --clientid-prefix --connected true|false "
+     "--proto-ver 3|4|5 --page --limit --cursor)",
+     PAGING | O(CURSOR) | O(NODE) | O(USERNAME) | O(PREFIX) | O(CONNECTED) | O(PROTO), NULL},
+    {"clients show", "CLIENTID", "GET", "/api/v1/clients/{}", print_object, "a client's details", 0,
+     NULL},
+    {"clients kick", "CLIENTID", "DELETE", "/api/v1/clients/{}", print_result,
+     "disconnect a client (5.0: DISCONNECT 0x98)", 0, NULL},
+    {"subscriptions", NULL, "GET", "/api/v1/subscriptions", print_subs,
+     "the subscriptions (--clientid --topic --node --page --limit)",
+     PAGING | O(CLIENTID) | O(TOPIC) | O(NODE), NULL},
+    {"routes", NULL, "GET", "/api/v1/routes", print_routes,
+     "topic filters and the nodes that have subscribers (--topic)", PAGING | O(TOPIC), NULL},
+    {"topics", NULL, "GET", "/api/v1/topics", print_topics, "topic filters with subscribers",
+     PAGING, NULL},
+    {"retained list", NULL, "GET", "/api/v1/retained", print_retained, "the retained messages",
+     PAGING, NULL},
+    {"retained show", "TOPIC", "GET", "/api/v1/retained/{}", print_object,
+     "the retained message of a topic", 0, NULL},
+    {"retained delete", "TOPIC", "DELETE", "/api/v1/retained/{}", print_result,
+     "remove the retained message of a topic", 0, NULL},
+    {"publish", "TOPIC PAYLOAD", "POST", "/api/v1/publish", print_object,
+     "publish a message (--qos 0|1|2 --retain --encoding plain|base64)",
+     O(QOS) | O(RETAIN) | O(ENCODING), body_publish},
+    {"banned list", NULL, "GET", "/api/v1/banned", print_banned, "the bans in force", PAGING, NULL},
+    {"banned add", "AS WHO", "POST", "/api/v1/banned", print_object,
+     "ban a clientid, username or address (--reason --duration S | --until EPOCH)",
+     O(REASON) | O(DURATION) | O(UNTIL), body_ban},
+    {"banned delete", "AS WHO", "DELETE", "/api/v1/banned/{}/{}", print_result, "lift a ban", 0,
+     NULL},
+    {"users list", NULL, "GET", "/api/v1/users", print_users, "the users of the user table", PAGING,
+     NULL},
+    {"users show", "USERNAME", "GET", "/api/v1/users/{}", print_object, "one user", 0, NULL},
+    {"users add", "USERNAME PASSWORD", "POST", "/api/v1/users", print_object, "add a user", 0,
+     body_user_add},
+    {"users passwd", "USERNAME PASSWORD", "PUT", "/api/v1/users/{}", print_object,
+     "change a user's password", 0, body_user_passwd},
+    {"users delete", "USERNAME", "DELETE", "/api/v1/users/{}", print_result, "remove a user", 0,
+     NULL},
+    {"apikey list", NULL, "GET", "/api/v1/apikeys", print_apikeys, "the API keys (no secrets)",
+     PAGING, NULL},
+    {"apikey create", NULL, "POST", "/api/v1/apikeys", print_apikey_created,
+     "a new API key and its secret, shown once (--key NAME --description TEXT)",
+     O(KEY) | O(DESCRIPTION), body_apikey},
+    {"apikey delete", "KEY", "DELETE", "/api/v1/apikeys/{}", print_result, "remove an API key", 0,
+     NULL},
     {"cluster status", NULL, "GET", "/api/v1/cluster", print_cluster,
-     "the nodes of the cluster, their roles and the leader"},
+     "the nodes of the cluster, their roles and the leader", 0, NULL},
     {"cluster leave", NULL, "POST", "/api/v1/cluster/leave", print_result,
-     "make the node answering leave its cluster"},
+     "make the node answering leave its cluster", 0, NULL},
     {"cluster forget", "NODE", "DELETE", "/api/v1/cluster/nodes/{}", print_result,
-     "remove a dead node from the cluster"},
-    {"stats", NULL, "GET", "/api/v1/stats", print_stats, "the counters of every node"},
-    {"health", NULL, "GET", "/api/v1/health", print_health, "ok (exit 0) or unavailable (exit 1)"},
+     "remove a dead node from the cluster", 0, NULL},
+    {"stats", NULL, "GET", "/api/v1/stats", print_stats, "the counters of every node", 0, NULL},
+    {"health", NULL, "GET", "/api/v1/health", print_health, "ok (exit 0) or unavailable (exit 1)",
+     0, NULL},
 };
+
+/* Number of positional arguments of cmd. */
+static int ctl_nargs(const struct ctl_command *cmd)
+{
+    if (!cmd->arg)
+        return 0;
+    int n = 1;
+    for (const char *p = cmd->arg; *p; p++)
+        n += *p == ' ';
+    return n;
+}
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -211,7 +518,7 @@ static void ctl_usage(FILE *out)
         char w[64];
         snprintf(w, sizeof(w), "%s%s%s", commands[i].words, commands[i].arg ? " " : "",
                  commands[i].arg ? commands[i].arg : "");
-        fprintf(out, "  %-22s%s\n", w, commands[i].help);
+        fprintf(out, "  %-34s%s\n", w, commands[i].help);
     }
     fprintf(out, "\nExit codes: 0 ok, 1 the API answered with an error, 2 usage,\n"
                  "3 the admin API could not be reached.\n");
@@ -277,25 +584,52 @@ struct ctl_opts {
 };
 
 /* Run one request; returns the exit code. */
-static int ctl_request(const struct ctl_opts *o, const struct ctl_command *cmd, const char *arg)
+static int ctl_request(const struct ctl_opts *o, const struct ctl_command *cmd,
+                       const struct ctl_args *a)
 {
+    char why[256] = "";
+    json_t *jbody = NULL;
+    if (cmd->body && !(jbody = cmd->body(a, why, sizeof(why)))) {
+        fprintf(stderr, "starling ctl: %s\n", why[0] ? why : "out of memory");
+        return CTL_EXIT_USAGE;
+    }
+    char *body_text = jbody ? json_dumps(jbody, JSON_COMPACT) : NULL;
+    json_decref(jbody);
     CURL *c = curl_easy_init();
     if (!c) {
+        free(body_text);
         fprintf(stderr, "starling ctl: cannot initialise libcurl\n");
         return CTL_EXIT_CONNECT;
     }
-    char path[1024];
-    const char *hole = strstr(cmd->path, "{}");
-    if (hole) {
-        char *esc = curl_easy_escape(c, arg, 0);
-        snprintf(path, sizeof(path), "%.*s%s%s", (int)(hole - cmd->path), cmd->path, esc ? esc : "",
-                 hole + 2);
+    /* the path, each "{}" an argument (percent-encoded), then the query */
+    char path[4096];
+    size_t used = 0;
+    int k = 0;
+    for (const char *p = cmd->path; *p && used < sizeof(path) - 1;) {
+        if (p[0] == '{' && p[1] == '}' && k < a->npos) {
+            char *esc = curl_easy_escape(c, a->pos[k++], 0);
+            used += (size_t)snprintf(path + used, sizeof(path) - used, "%s", esc ? esc : "");
+            curl_free(esc);
+            p += 2;
+        } else {
+            path[used++] = *p++;
+        }
+        if (used >= sizeof(path))
+            used = sizeof(path) - 1;
+    }
+    path[used] = '\0';
+    char sep = '?';
+    for (int i = 0; i < CO_N; i++) {
+        if (!a->opt[i] || !copt_query[i][0])
+            continue;
+        char *esc = curl_easy_escape(c, a->opt[i], 0);
+        size_t n = strlen(path);
+        snprintf(path + n, sizeof(path) - n, "%c%s=%s", sep, copt_query[i], esc ? esc : "");
         curl_free(esc);
-    } else {
-        snprintf(path, sizeof(path), "%s", cmd->path);
+        sep = '&';
     }
     bool v6 = strchr(o->host, ':') != NULL;
-    char url[1400];
+    char url[4096 + 400];
     snprintf(url, sizeof(url), "%s://%s%s%s:%ld%s", o->tls ? "https" : "http", v6 ? "[" : "",
              o->host, v6 ? "]" : "", o->port, path);
     struct ctl_buf body = {0};
@@ -314,13 +648,23 @@ static int ctl_request(const struct ctl_opts *o, const struct ctl_command *cmd, 
         curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
         curl_easy_setopt(c, CURLOPT_USERPWD, o->api_key);
     }
-    if (strcmp(cmd->method, "POST") == 0) {
+    struct curl_slist *headers = NULL;
+    if (body_text) {
+        headers = curl_slist_append(headers, "Content-Type: application/json");
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body_text);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body_text));
+        if (strcmp(cmd->method, "POST") != 0)
+            curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, cmd->method);
+    } else if (strcmp(cmd->method, "POST") == 0) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
     } else if (strcmp(cmd->method, "GET") != 0) {
         curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, cmd->method);
     }
     CURLcode rc = curl_easy_perform(c);
+    curl_slist_free_all(headers);
+    free(body_text);
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(c);
@@ -383,12 +727,37 @@ static int ctl_load_config(struct config *cfg, const char *file)
 int ctl_main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"host", required_argument, NULL, 'H'},
-        {"port", required_argument, NULL, 'P'},   {"api-key", required_argument, NULL, 'k'},
-        {"json", no_argument, NULL, 'j'},         {"timeout", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},         {"tls", no_argument, NULL, 'T'},
-        {"cacert", required_argument, NULL, 'C'}, {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"host", required_argument, NULL, 'H'},
+        {"port", required_argument, NULL, 'P'},
+        {"api-key", required_argument, NULL, 'k'},
+        {"json", no_argument, NULL, 'j'},
+        {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {"tls", no_argument, NULL, 'T'},
+        {"cacert", required_argument, NULL, 'C'},
+        /* the commands' options: 256 + enum ctl_copt */
+        {"page", required_argument, NULL, 256 + CO_PAGE},
+        {"limit", required_argument, NULL, 256 + CO_LIMIT},
+        {"cursor", required_argument, NULL, 256 + CO_CURSOR},
+        {"node", required_argument, NULL, 256 + CO_NODE},
+        {"username", required_argument, NULL, 256 + CO_USERNAME},
+        {"clientid-prefix", required_argument, NULL, 256 + CO_PREFIX},
+        {"connected", required_argument, NULL, 256 + CO_CONNECTED},
+        {"proto-ver", required_argument, NULL, 256 + CO_PROTO},
+        {"clientid", required_argument, NULL, 256 + CO_CLIENTID},
+        {"topic", required_argument, NULL, 256 + CO_TOPIC},
+        {"qos", required_argument, NULL, 256 + CO_QOS},
+        {"retain", no_argument, NULL, 256 + CO_RETAIN},
+        {"encoding", required_argument, NULL, 256 + CO_ENCODING},
+        {"reason", required_argument, NULL, 256 + CO_REASON},
+        {"duration", required_argument, NULL, 256 + CO_DURATION},
+        {"until", required_argument, NULL, 256 + CO_UNTIL},
+        {"description", required_argument, NULL, 256 + CO_DESCRIPTION},
+        {"key", required_argument, NULL, 256 + CO_KEY},
+        {NULL, 0, NULL, 0},
     };
+    struct ctl_args ca = {0};
     struct ctl_opts o = {.port = -1, .timeout_s = 30};
     const char *file = NULL;
     bool tls_opt = false;
@@ -434,6 +803,10 @@ int ctl_main(int argc, char **argv)
             ctl_usage(stdout);
             return CTL_EXIT_OK;
         default:
+            if (ch >= 256 && ch < 256 + CO_N) {
+                ca.opt[ch - 256] = optarg ? optarg : "true";
+                break;
+            }
             ctl_usage(stderr);
             return CTL_EXIT_USAGE;
         }
@@ -473,23 +846,30 @@ int ctl_main(int argc, char **argv)
         return CTL_EXIT_USAGE;
     }
     int nargs = rest - used;
-    if (nargs != (cmd->arg ? 1 : 0)) {
+    if (nargs != ctl_nargs(cmd)) {
         if (cmd->arg)
             fprintf(stderr, "starling ctl: usage: starling ctl %s %s\n", cmd->words, cmd->arg);
         else
             fprintf(stderr, "starling ctl: %s takes no argument\n", cmd->words);
         return CTL_EXIT_USAGE;
     }
-    const char *arg = cmd->arg ? argv[optind + used] : NULL;
-    if (arg && !*arg) {
-        fprintf(stderr, "starling ctl: %s must not be empty\n", cmd->arg);
-        return CTL_EXIT_USAGE;
-    }
+    ca.pos = argv + optind + used;
+    ca.npos = nargs;
+    for (int i = 0; i < nargs; i++)
+        if (!*ca.pos[i]) {
+            fprintf(stderr, "starling ctl: %s: an argument must not be empty\n", cmd->words);
+            return CTL_EXIT_USAGE;
+        }
+    for (int i = 0; i < CO_N; i++)
+        if (ca.opt[i] && !(cmd->opts & (1u << i))) {
+            fprintf(stderr, "starling ctl: %s takes no --%s\n", cmd->words, copt_names[i]);
+            return CTL_EXIT_USAGE;
+        }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fprintf(stderr, "starling ctl: cannot initialise libcurl\n");
         return CTL_EXIT_CONNECT;
     }
-    rc = ctl_request(&o, cmd, arg);
+    rc = ctl_request(&o, cmd, &ca);
     curl_global_cleanup();
     return rc;
 }

@@ -307,8 +307,10 @@ static void admin_req_finish(struct admin_req *r)
                               je.column, je.text);
             return;
         }
-        if (!json_is_object(r->body)) {
-            admin_reply_error(r, 400, "bad_json", "the body must be a JSON object");
+        if ((r->route->flags & ROUTE_BODY_ARRAY) ? !json_is_array(r->body)
+                                                 : !json_is_object(r->body)) {
+            admin_reply_error(r, 400, "bad_json", "the body must be a JSON %s",
+                              (r->route->flags & ROUTE_BODY_ARRAY) ? "array" : "object");
             return;
         }
     }

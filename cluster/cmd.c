@@ -325,6 +325,34 @@ int cmd_node_purge(struct cmd_batch *b, uint64_t node)
     return append(b, &c);
 }
 
+int cmd_admin_put(struct cmd_batch *b, unsigned table, const char *key, size_t klen,
+                  const char *val, size_t vlen)
+{
+    if (!table || table > 255 || !key_ok(key, klen) || vlen > (64u << 20))
+        return -EINVAL;
+    Starling__Cmd__AdminPut m = STARLING__CMD__ADMIN_PUT__INIT;
+    m.table = table;
+    m.key = bin(key, klen);
+    m.value = bin(val, vlen);
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_ADMIN_PUT;
+    c.admin_put = &m;
+    return append(b, &c);
+}
+
+int cmd_admin_delete(struct cmd_batch *b, unsigned table, const char *key, size_t klen)
+{
+    if (!table || table > 255 || !key_ok(key, klen))
+        return -EINVAL;
+    Starling__Cmd__AdminDelete m = STARLING__CMD__ADMIN_DELETE__INIT;
+    m.table = table;
+    m.key = bin(key, klen);
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_ADMIN_DELETE;
+    c.admin_delete = &m;
+    return append(b, &c);
+}
+
 int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                        uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
                        const struct cmd_session_sub *subs, size_t n_subs)

@@ -68,6 +68,10 @@ int cmd_member(struct cmd_batch *b, uint64_t node, const char *name, const char 
                enum cmd_role role, int left);
 int cmd_member_remove(struct cmd_batch *b, uint64_t node);
 int cmd_node_purge(struct cmd_batch *b, uint64_t node);
+/* The operator's tables (AdminPut / AdminDelete). */
+int cmd_admin_put(struct cmd_batch *b, unsigned table, const char *key, size_t klen,
+                  const char *val, size_t vlen);
+int cmd_admin_delete(struct cmd_batch *b, unsigned table, const char *key, size_t klen);
 
 /* A subscription of a session record (the filter is copied by the add). */
 struct cmd_session_sub {

@@ -438,6 +438,48 @@ static int apply_purge(struct rtable_txn *x, uint64_t node)
     free(l.lens);
     return rc;
 }
+/* ---- the operator's tables (AdminPut / AdminDelete) ---- */
+
+/* key "u8 table || key" of the RTABLE_ADMIN record, malloc'd. */
+static unsigned char *admin_key(unsigned table, const ProtobufCBinaryData *k, size_t *klen)
+{
+    if (table == 0 || table > 255 || !bytes_ok(k) || k->len >= RTABLE_MAX_KEY)
+        return NULL;
+    unsigned char *key = malloc(k->len + 1);
+    if (!key)
+        return NULL;
+    key[0] = (unsigned char)table;
+    memcpy(key + 1, k->data, k->len);
+    *klen = k->len + 1;
+    return key;
+}
+
+static int apply_admin(struct rtable_txn *x, const Starling__Cmd__Command *c)
+{
+    bool put = c->cmd_case == STARLING__CMD__COMMAND__CMD_ADMIN_PUT;
+    unsigned table = put ? c->admin_put->table : c->admin_delete->table;
+    size_t klen;
+    unsigned char *key = admin_key(table, put ? &c->admin_put->key : &c->admin_delete->key, &klen);
+    if (!key)
+        return FSM_INVALID;
+    const void *old;
+    size_t olen;
+    int rc = rtable_get(x, RTABLE_ADMIN, key, klen, &old, &olen);
+    if (rc == 0 || rc == -ENOENT) {
+        bool exists = rc == 0;
+        const ProtobufCBinaryData *v = put ? &c->admin_put->value : NULL;
+        if (put && exists && olen == v->len && memcmp(old, v->data, olen) == 0)
+            rc = FSM_NOOP;
+        else if (put)
+            rc = v->len <= RTABLE_MAX_VALUE
+                     ? rtable_put(x, RTABLE_ADMIN, key, klen, v->data, v->len)
+                     : FSM_INVALID;
+        else
+            rc = exists ? rtable_del(x, RTABLE_ADMIN, key, klen) : FSM_NOOP;
+    }
+    free(key);
+    return rc;
+}
 
 static int cmp_key(const void *a, const void *b, size_t alen, size_t blen)
 {
@@ -564,6 +606,9 @@ static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c)
         return apply_session_record(x, c->session_record);
     case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
         return apply_node_down(x, c->node_down->node);
+    case STARLING__CMD__COMMAND__CMD_ADMIN_PUT:
+    case STARLING__CMD__COMMAND__CMD_ADMIN_DELETE:
+        return apply_admin(x, c);
     default:
         return FSM_INVALID;
     }
@@ -842,6 +887,94 @@ int fsm_counts(struct fsm *f, uint64_t *routes, uint64_t *sessions, uint64_t *re
     *members = rtable_count(x, RTABLE_MEMBERS);
     rtable_abort(x);
     return 0;
+}
+/* ---- the operator's tables: readers ---- */
+
+int fsm_admin_get(struct fsm *f, unsigned table, const char *key, size_t klen, char **val)
+{
+    ProtobufCBinaryData k = {klen, (uint8_t *)key};
+    size_t kl;
+    unsigned char *ak = admin_key(table, &k, &kl);
+    if (!ak)
+        return -EINVAL;
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc) {
+        free(ak);
+        return rc;
+    }
+    const void *v;
+    size_t vlen;
+    rc = rtable_get(x, RTABLE_ADMIN, ak, kl, &v, &vlen);
+    if (rc == 0) {
+        *val = malloc(vlen + 1);
+        if (*val) {
+            memcpy(*val, v, vlen);
+            (*val)[vlen] = '\0';
+        } else {
+            rc = -ENOMEM;
+        }
+    }
+    rtable_abort(x);
+    free(ak);
+    return rc;
+}
+
+struct admin_visit {
+    int (*fn)(void *ud, const char *key, const char *val);
+    void *ud;
+};
+
+static int visit_admin(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    struct admin_visit *a = ud;
+    char *k = malloc(klen), *v = malloc(vlen + 1);
+    int rc = -ENOMEM;
+    if (k && v) {
+        memcpy(k, (const char *)key + 1, klen - 1);
+        k[klen - 1] = '\0';
+        memcpy(v, val, vlen);
+        v[vlen] = '\0';
+        rc = a->fn(a->ud, k, v);
+    }
+    free(k);
+    free(v);
+    return rc;
+}
+
+int fsm_admin_scan(struct fsm *f, unsigned table,
+                   int (*fn)(void *ud, const char *key, const char *val), void *ud)
+{
+    if (table == 0 || table > 255)
+        return -EINVAL;
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    unsigned char prefix = (unsigned char)table;
+    struct admin_visit a = {fn, ud};
+    rc = rtable_scan(x, RTABLE_ADMIN, &prefix, 1, visit_admin, &a);
+    rtable_abort(x);
+    return rc;
+}
+
+static int admin_any(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)key, (void)klen, (void)val, (void)vlen;
+    *(bool *)ud = true;
+    return 1; /* stop */
+}
+
+bool fsm_admin_empty(struct fsm *f, unsigned table)
+{
+    struct rtable_txn *x;
+    if (table == 0 || table > 255 || rtable_begin_read(f->t, &x) != 0)
+        return true;
+    unsigned char prefix = (unsigned char)table;
+    bool any = false;
+    rtable_scan(x, RTABLE_ADMIN, &prefix, 1, admin_any, &any);
+    rtable_abort(x);
+    return !any;
 }
 
 int fsm_session_record_get(struct fsm *f, const char *client_id, size_t len, void **rec,

@@ -169,6 +169,13 @@ int fsm_retained_get(struct fsm *f, const char *topic, size_t len, void **msg, s
  * order. fn returns 0 to go on. */
 int fsm_members(struct fsm *f, int (*fn)(void *ud, uint64_t node, const void *member, size_t len),
                 void *ud);
+/* The operator's tables (RTABLE_ADMIN, node/tables.h). get: 0 with *val
+ * (malloc'd, NUL-terminated) or -ENOENT; scan: each record of table in key
+ * order (fn returns 0 to go on); empty: whether table has no record. */
+int fsm_admin_get(struct fsm *f, unsigned table, const char *key, size_t klen, char **val);
+int fsm_admin_scan(struct fsm *f, unsigned table,
+                   int (*fn)(void *ud, const char *key, const char *val), void *ud);
+bool fsm_admin_empty(struct fsm *f, unsigned table);
 
 /* The session record of client_id (an encoded starling.cmd.SessionRecord,
  * malloc'ed, caller frees): 0, or -ENOENT. */

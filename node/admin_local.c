@@ -20,8 +20,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "admin_query.h"
 #include "broker.h"
 #include "msg.h"
+#include "persist.h"
+#include "retain.h"
+#include "tables.h"
 #include "topic.h"
 #include "registry.h"
 #include "server.h"
@@ -144,6 +148,137 @@ static int admin_local_publish(void *ud, const struct admin_publish *p, char *er
     return n;
 }
 
+/* ---- queries and tables -------------------------------------------------- */
+
+static json_t *admin_local_query(void *ud, json_t *q, char *err, size_t errlen)
+{
+    return admin_query_run(ud, q, err, errlen);
+}
+
+/* One node: the node's own answer. */
+static json_t *admin_local_gather(void *ud, json_t *q, char *err, size_t errlen)
+{
+    struct admin_local *l = ud;
+    char why[256] = "";
+    json_t *res = admin_query_run(l, q, why, sizeof(why));
+    if (!res) {
+        snprintf(err, errlen, "%s", why);
+        return NULL;
+    }
+    return json_pack("[{s:s, s:o}]", "node", l->name, "result", res);
+}
+
+static int admin_local_table_get(void *ud, int table, const char *key, char **val)
+{
+    struct admin_local *l = ud;
+    struct broker *b = l->b;
+    if (!b->tables)
+        return -ENOENT;
+    return b->tables->get(b->tables_ud, table, key, val);
+}
+
+static int admin_local_list_one(void *ud, const char *key, const char *val)
+{
+    json_t *doc = json_loads(val, 0, NULL);
+    if (json_is_object(doc))
+        json_object_set_new(ud, key, doc);
+    else
+        json_decref(doc);
+    return 0;
+}
+
+static json_t *admin_local_table_list(void *ud, int table)
+{
+    struct admin_local *l = ud;
+    struct broker *b = l->b;
+    json_t *o = json_object();
+    if (o && b->tables && b->tables->scan(b->tables_ud, table, admin_local_list_one, o) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int admin_local_table_put(void *ud, int table, const char *key, const char *val, char *err,
+                                 size_t errlen)
+{
+    struct admin_local *l = ud;
+    struct broker *b = l->b;
+    if (!b->tables) {
+        snprintf(err, errlen, "no tables on this node");
+        return -ENOSYS;
+    }
+    return b->tables->put(b->tables_ud, table, key, val, err, errlen);
+}
+
+static int admin_local_table_del(void *ud, int table, const char *key, char *err, size_t errlen)
+{
+    struct admin_local *l = ud;
+    struct broker *b = l->b;
+    if (!b->tables) {
+        snprintf(err, errlen, "no tables on this node");
+        return -ENOSYS;
+    }
+    return b->tables->del(b->tables_ud, table, key, err, errlen);
+}
+
+static void admin_local_count(void *ud, struct msg *m)
+{
+    (void)m;
+    (*(int *)ud)++;
+}
+
+int admin_local_retained_clear(struct admin_local *l, const char *topic, char *err, size_t errlen)
+{
+    struct broker *b = l->b;
+    size_t tlen = strlen(topic);
+    if (tlen == 0 || tlen > 65535 || !topic_name_valid(topic, tlen)) {
+        snprintf(err, errlen, "'%.100s' is not a topic name", topic);
+        return -EINVAL;
+    }
+    int found = 0;
+    retain_match(b->retained, topic, tlen, msg_now_real_ms(), admin_local_count, &found);
+    if (!found) {
+        snprintf(err, errlen, "no retained message on '%.100s'", topic);
+        return -ENOENT;
+    }
+    /* an empty retained message removes the topic's [MQTT-3.3.1-6] */
+    struct msg *m = msg_new(topic, (uint16_t)tlen, NULL, 0, NULL, 0, 0, true, 0, NULL);
+    if (!m || retain_set(b->retained, m) < 0) {
+        msg_unref(m);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    struct store_batch *bt = NULL;
+    persist_retained(b, &bt, m);
+    if (bt)
+        persist_submit(b, &bt, NULL, NULL);
+    msg_unref(m);
+    return 0;
+}
+
+static int admin_local_retained_delete(void *ud, const char *topic, char *err, size_t errlen)
+{
+    return admin_local_retained_clear(ud, topic, err, errlen);
+}
+
+int admin_local_key_verify(struct admin_local *l, const char *key, const char *secret)
+{
+    char *val = NULL;
+    struct broker *b = l->b;
+    int rc = -ENOENT;
+    if (b->tables && !b->tables->empty(b->tables_ud, TABLES_APIKEYS))
+        rc = b->tables->get(b->tables_ud, TABLES_APIKEYS, key, &val);
+    if (rc < 0)
+        return -ENOENT;
+    json_t *doc = json_loads(val, 0, NULL);
+    free(val);
+    json_t *h = json_object_get(doc, "secret_hash");
+    rc = json_is_string(h) && admin_secret_verify(secret, json_string_value(h)) == 0 ? 0 : -EACCES;
+    json_decref(doc);
+    return rc;
+}
+
 void admin_local_init(struct admin_local *l, struct broker *b, struct admin_provider *p)
 {
     memset(l, 0, sizeof(*l));
@@ -170,6 +305,13 @@ void admin_local_init(struct admin_local *l, struct broker *b, struct admin_prov
     p->nodes = admin_local_nodes;
     p->stats = admin_local_stats;
     p->publish = admin_local_publish;
+    p->query_local = admin_local_query;
+    p->gather = admin_local_gather;
+    p->table_get = admin_local_table_get;
+    p->table_list = admin_local_table_list;
+    p->table_put = admin_local_table_put;
+    p->table_del = admin_local_table_del;
+    p->retained_delete = admin_local_retained_delete;
     /* not clustered: no cluster_leave, no cluster_forget */
 }
 

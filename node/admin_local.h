@@ -32,6 +32,14 @@ struct admin_local {
 /* Fill *p with the provider for broker b (after broker_init, before
  * broker_run) and watch b's main loop to learn when it serves clients. */
 void admin_local_init(struct admin_local *l, struct broker *b, struct admin_provider *p);
+/* Remove the retained message of topic on this node, without a delivery:
+ * 0, -ENOENT (none), -EINVAL (not a topic name) with err. */
+int admin_local_retained_clear(struct admin_local *l, const char *topic, char *err, size_t errlen);
+
+/* The API key table (tables.h, TABLES_APIKEYS): 0 when secret is key's,
+ * -ENOENT for an unknown key, -EACCES for a wrong secret. */
+int admin_local_key_verify(struct admin_local *l, const char *key, const char *secret);
+
 /* After broker_run returned: release what admin_local_init set up. */
 void admin_local_detach(struct admin_local *l);
 

@@ -8,6 +8,7 @@
  * hand the message to each session, which queues it and gets its worker to flush.
  */
 #include "broker.h"
+#include "tables.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -314,6 +315,7 @@ void broker_cleanup(struct broker *b)
     atomic_store(&b->stopping, true);
     registry_cleanup(b);
     auth_free(&b->auth);
+    tables_local_close(b);
     if (b->index)
         sub_index_free(b->index);
     if (b->retained)

@@ -34,6 +34,7 @@ struct worker;
 struct session;
 struct store;
 struct store_batch;
+struct tables_ops;
 
 struct broker_stats {
     atomic_ulong clients_connected;
@@ -89,6 +90,10 @@ struct broker {
     /* Password file, ACL, TLS context: loaded by main (auth_load), swapped
      * on SIGHUP. */
     struct auth auth;
+    /* The operator's tables (tables.h: banned clients, users, API keys):
+     * tables_local_ops on a single node, the cluster's replicated ones. */
+    const struct tables_ops *tables;
+    void *tables_ud;
 
     /* The network side (server.h), while server_run runs; opaque here. */
     struct server *server;

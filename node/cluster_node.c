@@ -712,6 +712,12 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
     case STARLING__CHAN__FRAME__FRAME_SESSION_ROUTED:
         cn_session_on_routed(cn, from, f->session_routed);
         return;
+    case STARLING__CHAN__FRAME__FRAME_ADMIN_QUERY:
+        cn_admin_on_query(cn, from, f->admin_query);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_ADMIN_ANSWER:
+        cn_admin_on_answer(cn, from, f->admin_answer);
+        return;
     case STARLING__CHAN__FRAME__FRAME_APPLIED: {
         pthread_mutex_lock(&cn->mu);
         bool known = false;
@@ -1057,14 +1063,16 @@ struct cn_sync {
     pthread_cond_t cv;
     bool done;
     int status;
+    uint64_t index;
 };
 
 static void cn_sync_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
 {
-    (void)res;
     (void)leader;
     struct cn_sync *w = ud;
     pthread_mutex_lock(&w->mu);
+    if (status == 0 && res)
+        w->index = res->index;
     w->status = status;
     w->done = true;
     pthread_cond_signal(&w->cv);
@@ -1073,7 +1081,13 @@ static void cn_sync_done(void *ud, int status, const struct fsm_batch_result *re
 
 static int cn_propose_wait(struct cluster_node *cn, const void *e, size_t len)
 {
-    struct cn_sync w = {.done = false, .status = 0};
+    uint64_t index;
+    return cn_propose_wait_index(cn, e, len, &index);
+}
+
+int cn_propose_wait_index(struct cluster_node *cn, const void *e, size_t len, uint64_t *index)
+{
+    struct cn_sync w = {.done = false, .status = 0, .index = 0};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
     /* twice the claim timeout: a proposal forwarded to a leader that just
@@ -1101,6 +1115,7 @@ static int cn_propose_wait(struct cluster_node *cn, const void *e, size_t len)
     }
     pthread_cond_destroy(&w.cv);
     pthread_mutex_destroy(&w.mu);
+    *index = w.index;
     return r;
 }
 
@@ -1208,6 +1223,59 @@ static int cn_forget(void *ud, const char *name, char *err, size_t errlen)
     return r;
 }
 
+/* The per-node parts of the provider go to admin_local (its ud); the
+ * queries of every node through cluster_admin.c. */
+static json_t *cn_query_local(void *ud, json_t *q, char *err, size_t errlen)
+{
+    struct cluster_node *cn = ud;
+    return cn->local.query_local(cn->local.ud, q, err, errlen);
+}
+
+static json_t *cn_gather_any(void *ud, json_t *q, char *err, size_t errlen)
+{
+    return cn_gather(ud, q, err, errlen);
+}
+
+static int cn_table_get(void *ud, int table, const char *key, char **val)
+{
+    struct cluster_node *cn = ud;
+    return cn->local.table_get(cn->local.ud, table, key, val);
+}
+
+static json_t *cn_table_list(void *ud, int table)
+{
+    struct cluster_node *cn = ud;
+    return cn->local.table_list(cn->local.ud, table);
+}
+
+static int cn_table_put(void *ud, int table, const char *key, const char *val, char *err,
+                        size_t errlen)
+{
+    struct cluster_node *cn = ud;
+    return cn->local.table_put(cn->local.ud, table, key, val, err, errlen);
+}
+
+static int cn_table_del(void *ud, int table, const char *key, char *err, size_t errlen)
+{
+    struct cluster_node *cn = ud;
+    return cn->local.table_del(cn->local.ud, table, key, err, errlen);
+}
+
+/* Cleared here, then replicated (RetainedClear) like a client's clearing. */
+static int cn_retained_delete(void *ud, const char *topic, char *err, size_t errlen)
+{
+    struct cluster_node *cn = ud;
+    int r = admin_local_retained_clear(cn->admin, topic, err, errlen);
+    if (r < 0)
+        return r;
+    struct msg *m = msg_new(topic, (uint16_t)strlen(topic), NULL, 0, NULL, 0, 0, true, 0, NULL);
+    if (!m)
+        return -ENOMEM;
+    cn_replicate_retained(cn, m, atomic_fetch_add(&cn->pub_seq, 1) + 1);
+    msg_unref(m);
+    return 0;
+}
+
 void cluster_node_admin(struct cluster_node *cn, struct admin_local *l, struct admin_provider *p)
 {
     cn->admin = l;
@@ -1221,6 +1289,13 @@ void cluster_node_admin(struct cluster_node *cn, struct admin_local *l, struct a
     p->publish = cn->local.publish ? cn_publish : NULL;
     p->cluster_leave = cn_leave;
     p->cluster_forget = cn_forget;
+    p->query_local = cn->local.query_local ? cn_query_local : NULL;
+    p->gather = cn->local.query_local ? cn_gather_any : NULL;
+    p->table_get = cn->local.table_get ? cn_table_get : NULL;
+    p->table_list = cn->local.table_list ? cn_table_list : NULL;
+    p->table_put = cn->local.table_put ? cn_table_put : NULL;
+    p->table_del = cn->local.table_del ? cn_table_del : NULL;
+    p->retained_delete = cn->local.retained_delete ? cn_retained_delete : NULL;
 }
 
 /* ---- start and stop ------------------------------------------------------ */
@@ -1306,6 +1381,14 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         return -EAGAIN;
     }
     cn->thread_started = true;
+    if (cn_admin_start(cn) < 0) {
+        cluster_node_stop(cn);
+        cluster_node_free(cn);
+        snprintf(err, errlen, "cluster: cannot start the admin query thread");
+        return -EAGAIN;
+    }
+    b->tables = &cluster_tables_ops;
+    b->tables_ud = cn;
 
     /* The index is still empty (nothing is loaded yet): make it report to
      * the cluster. */
@@ -1339,6 +1422,7 @@ void cluster_node_stop(struct cluster_node *cn)
         pthread_join(cn->thread, NULL);
         cn->thread_started = false;
     }
+    cn_admin_stop(cn);
     if (atomic_load(&cn->rebuilding))
         pthread_join(cn->rebuild_thread, NULL);
     if (cn->c) {
@@ -1354,6 +1438,7 @@ void cluster_node_free(struct cluster_node *cn)
     if (!cn)
         return;
     cluster_node_stop(cn);
+    cn_admin_free(cn);
     cmd_batch_free(cn->pending);
     free(cn->inflight);
     while (cn->ret_retry) {

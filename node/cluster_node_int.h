@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "admin.h"
 #include "channel.pb-c.h"
 #include "cluster.h"
@@ -24,6 +26,8 @@ struct ret_retry;
 struct cn_moving;
 struct cn_incoming;
 struct qmsg;
+struct cn_admin;
+struct tables_ops;
 
 #define MAX_SEEDS 64
 #define MAX_PEERS 64
@@ -113,6 +117,7 @@ struct cluster_node {
 
     struct admin_local *admin;
     struct admin_provider local; /* the per-node provider (stats, publish) */
+    struct cn_admin *adm;        /* cluster_admin.c */
 
     /* rebuild after a divergence: a thread leaves the cluster, marks the
      * data directory and stops the process */
@@ -194,5 +199,19 @@ void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
 void cn_session_poll(struct cluster_node *cn, uint64_t now);
 /* After the cluster stopped. */
 void cn_session_drain(struct cluster_node *cn);
+/* cluster_node.c: propose an entry and wait until it committed (retrying
+ * while there is no leader); *index: its Raft index. */
+int cn_propose_wait_index(struct cluster_node *cn, const void *e, size_t len, uint64_t *index);
+
+/* cluster_admin.c: the admin API's queries to every node, the operator's
+ * replicated tables (installed as b->tables). */
+int cn_admin_start(struct cluster_node *cn);
+void cn_admin_stop(struct cluster_node *cn);
+void cn_admin_free(struct cluster_node *cn);
+void cn_admin_on_query(struct cluster_node *cn, uint64_t from, const Starling__Chan__AdminQuery *f);
+void cn_admin_on_answer(struct cluster_node *cn, uint64_t from,
+                        const Starling__Chan__AdminAnswer *f);
+json_t *cn_gather(struct cluster_node *cn, json_t *q, char *err, size_t errlen);
+extern const struct tables_ops cluster_tables_ops;
 
 #endif

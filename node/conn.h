@@ -92,7 +92,10 @@ struct conn {
     struct buf in;          /* an incomplete packet */
     struct buf out;         /* output waiting for the next write */
     uint64_t last_rx;       /* worker loop ms */
-    uint64_t state_since;   /* worker loop ms: accepted (NEW), closing (CLOSING) */
+    /* traffic of this connection (the admin API's client details) */
+    uint64_t bytes_in, bytes_out;
+    uint64_t msgs_in, msgs_out; /* PUBLISH packets */
+    uint64_t state_since;       /* worker loop ms: accepted (NEW), closing (CLOSING) */
     atomic_int refs;
     enum conn_state state;
     uint32_t connect_expiry; /* Session Expiry Interval asked in CONNECT */

@@ -117,6 +117,7 @@ static void conn_io_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     }
     atomic_fetch_add_explicit(&c->w->b->stats.bytes_received, (unsigned long)nread,
                               memory_order_relaxed);
+    c->bytes_in += (uint64_t)nread;
     c->last_rx = uv_now(&c->w->loop);
     conn_ref(c);
     conn_io_input(c, (const uint8_t *)b->base, (size_t)nread);
@@ -176,6 +177,7 @@ bool conn_try_write(struct conn *c)
         }
         atomic_fetch_add_explicit(&c->w->b->stats.bytes_sent, (unsigned long)r,
                                   memory_order_relaxed);
+        c->bytes_out += (uint64_t)r;
         buf_consume(ob, (size_t)r);
     }
     buf_free(ob); /* an idle connection holds no output buffer */
@@ -230,6 +232,7 @@ void conn_flush(struct conn *c)
     wr->req.data = c;
     uv_buf_t b = uv_buf_init((char *)wr->data.data, (unsigned)wr->data.len);
     atomic_fetch_add_explicit(&c->w->b->stats.bytes_sent, wr->data.len, memory_order_relaxed);
+    c->bytes_out += wr->data.len;
     c->writing = true;
     c->wr = wr;
     conn_ref(c);
@@ -578,6 +581,7 @@ static void conn_io_xf_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b
     }
     atomic_fetch_add_explicit(&c->w->b->stats.bytes_received, (unsigned long)nread,
                               memory_order_relaxed);
+    c->bytes_in += (uint64_t)nread;
     c->last_rx = uv_now(&c->w->loop);
     conn_ref(c);
     conn_io_xf_input(c, (const uint8_t *)b->base, (size_t)nread);

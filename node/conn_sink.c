@@ -136,6 +136,7 @@ static int conn_sink_publish(struct conn *c, const struct qmsg *q, bool dup, uin
         return -ENOMEM;
     }
     atomic_fetch_add_explicit(&c->w->b->stats.msgs_sent, 1, memory_order_relaxed);
+    c->msgs_out++;
     worker_mark_dirty(c->w, c);
     return SINK_SENT;
 }

@@ -28,6 +28,7 @@
 #include "passwd.h"
 #include "registry.h"
 #include "session.h"
+#include "tables.h"
 #include "topic.h"
 #include "worker.h"
 
@@ -48,6 +49,7 @@ struct connect_claim {
     char *user;        /* the authenticated user name, or NULL (anonymous) */
     char *pw;          /* the password to verify (NULL: none given) */
     size_t pw_len;
+    char *table_hash; /* the user's hash in the user table (tables.h), or NULL */
 };
 
 /* A password being verified on the thread pool. */
@@ -62,6 +64,7 @@ static void connect_claim_free(struct connect_claim *cl)
 {
     free(cl->id_copy);
     free(cl->user);
+    free(cl->table_hash);
     if (cl->pw) {
         OPENSSL_cleanse(cl->pw, cl->pw_len);
         free(cl->pw);
@@ -344,6 +347,43 @@ static void handle_connect_claim(struct conn *c, struct connect_claim *cl, const
     }
 }
 
+/* Whether a ban of the operator's (tables.h) names the client id (NULL: an
+ * assigned one), the user name or the address of the client. */
+static bool handle_connect_banned(struct conn *c, const struct mqtt_connect *ck, const char *id,
+                                  size_t id_len)
+{
+    struct broker *b = c->w->b;
+    if (!b->tables || b->tables->empty(b->tables_ud, TABLES_BANNED))
+        return false;
+    char user[TABLES_KEY_MAX + 1];
+    bool has_user = ck->username_flag && ck->username.len < sizeof(user) &&
+                    !memchr(ck->username.data, 0, ck->username.len);
+    if (has_user) {
+        memcpy(user, ck->username.data, ck->username.len);
+        user[ck->username.len] = '\0';
+    }
+    /* the address without its port: "1.2.3.4:5" or "[::1]:5" */
+    char addr[64];
+    conn_peer(c, addr, sizeof(addr));
+    char *host = addr;
+    if (addr[0] == '[') {
+        host = addr + 1;
+        char *e = strchr(host, ']');
+        if (e)
+            *e = '\0';
+    } else {
+        char *e = strrchr(addr, ':');
+        if (e)
+            *e = '\0';
+    }
+    bool banned =
+        tables_banned(b, id, id ? id_len : 0, has_user ? user : NULL, host, msg_now_real_ms());
+    if (banned)
+        log_event(LOG_LEVEL_INFO, "ban", id, id ? id_len : 0, CONN_PEER(c), "banned",
+                  "CONNECT refused: banned");
+    return banned;
+}
+
 /* Refuse a CONNECT for its credentials (counted in $SYS). */
 static void handle_connect_refuse_auth(struct conn *c, uint8_t reason, const char *id,
                                        size_t id_len, const char *user)
@@ -386,7 +426,9 @@ static int handle_connect_auth(struct conn *c, const struct mqtt_connect *ck,
     cl->user = strndup((const char *)ck->username.data, ck->username.len);
     if (!cl->user)
         return not_authorized;
-    if (!cfg->password_file[0])
+    /* a user of the user table (tables.h) is verified against it first */
+    cl->table_hash = tables_user_hash(c->w->b, cl->user);
+    if (!cfg->password_file[0] && !cl->table_hash)
         /* no password file: a user name is taken as given (Mosquitto) */
         return anonymous_ok ? 0 : not_authorized;
     if (ck->password_flag) {
@@ -404,7 +446,11 @@ static void handle_connect_verify_work(uv_work_t *req)
     struct connect_verify *v = req->data;
     struct connect_claim *cl = v->cl;
     /* a user without a password is hashed all the same (the same time) */
-    bool ok = passwd_check(v->db, cl->user, strlen(cl->user), cl->pw ? cl->pw : "", cl->pw_len);
+    bool ok;
+    if (cl->table_hash)
+        ok = passwd_hash_verify(cl->table_hash, cl->pw ? cl->pw : "", cl->pw_len) == 1;
+    else
+        ok = passwd_check(v->db, cl->user, strlen(cl->user), cl->pw ? cl->pw : "", cl->pw_len);
     v->ok = ok && cl->pw;
 }
 
@@ -455,8 +501,9 @@ static void handle_connect_verify(struct conn *c, struct connect_claim *cl, cons
     cl->async = true;
     c->state = CONN_CLAIMING; /* reads nothing until the answer */
     conn_io_stop(c);
-    if (!v->db || uv_queue_work(&c->w->loop, &v->req, handle_connect_verify_work,
-                                handle_connect_verified) != 0) {
+    if ((!v->db && !cl->table_hash) ||
+        uv_queue_work(&c->w->loop, &v->req, handle_connect_verify_work, handle_connect_verified) !=
+            0) {
         passwd_unref(v->db);
         free(v);
         conn_unref(c);
@@ -491,6 +538,11 @@ void handle_connect(struct conn *c, const struct mqtt_connect *ck)
     if (rc) {
         connect_claim_free(cl);
         handle_connect_refuse(c, v, rc);
+        return;
+    }
+    if (handle_connect_banned(c, ck, cl->assigned[0] ? NULL : id, cl->id_len)) {
+        connect_claim_free(cl);
+        handle_connect_refuse(c, v, v == MQTT_V5 ? MQTT_RC_BANNED : MQTT3_CONNACK_NOT_AUTHORIZED);
         return;
     }
     int auth = handle_connect_auth(c, ck, cl);

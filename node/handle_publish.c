@@ -304,6 +304,7 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
         return;
     }
     atomic_fetch_add_explicit(&b->stats.msgs_received, 1, memory_order_relaxed);
+    c->msgs_in++;
     if (b->cfg.max_publish_rate)
         handle_publish_rate(c, b->cfg.max_publish_rate);
     enum mqtt_type ack = p->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;

@@ -15,6 +15,7 @@
 #include "admin_local.h"
 #include "broker.h"
 #include "cluster_node.h"
+#include "tables.h"
 #include "config.h"
 #include "log.h"
 #include "passwd.h"
@@ -48,6 +49,19 @@ struct admin_run {
     struct admin *server;
 };
 
+/* An API key: the bootstrap key of the configuration, else the API key
+ * table (tables.h). */
+static int admin_run_verify(void *ud, const char *key, const char *secret)
+{
+    struct admin_run *ar = ud;
+    int rc = admin_key_table_ops.verify(ar->keys, key, secret);
+    if (rc != -ENOENT)
+        return rc;
+    return admin_local_key_verify(&ar->local, key, secret);
+}
+
+static const struct admin_keys_ops admin_run_keys = {.verify = admin_run_verify};
+
 static int admin_run_start(struct admin_run *ar, struct broker *b, const struct config *cfg,
                            struct cluster_node *cn)
 {
@@ -78,7 +92,7 @@ static int admin_run_start(struct admin_run *ar, struct broker *b, const struct 
         opt.tls_keyfile = cfg->tls_keyfile;
     }
     char err[512];
-    if (admin_start(&opt, &p, &admin_key_table_ops, ar->keys, &ar->server, err, sizeof(err)) < 0) {
+    if (admin_start(&opt, &p, &admin_run_keys, ar, &ar->server, err, sizeof(err)) < 0) {
         log_error("%s", err);
         return -1;
     }
@@ -176,6 +190,14 @@ static int main_start_parts(struct broker *b, const struct config *cfg, struct c
     /* The cluster (cluster_seeds or cluster_dns): before the store loads the
      * persistent sessions, so that their routes are proposed. */
     if (config_clustered(cfg) && cluster_node_start(cn, b, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        server_cleanup(b);
+        broker_cleanup(b);
+        return -1;
+    }
+    /* The operator's tables: replicated on a cluster (installed by
+     * cluster_node_start), kept in DATA_DIR/tables.json on a single node. */
+    if (!*cn && tables_local_open(b, err, sizeof(err)) < 0) {
         log_error("%s", err);
         server_cleanup(b);
         broker_cleanup(b);

@@ -276,6 +276,7 @@ void registry_local_claim(struct broker *b, const struct registry_claim *req,
     lock_acquire(&s->lock);
     s->conn = req->conn;
     s->w = req->w;
+    s->connected_at = msg_now_real_ms();
     s->version = req->version;
     s->expiry_interval = req->expiry;
     /* who the client is, for the ACL of the session's deliveries; stored

@@ -97,6 +97,7 @@ struct session {
     struct worker *w;         /* the worker that owns conn (opaque) */
     uint64_t next_seq;        /* from 0 for a new session; restored: after the last stored one */
     uint64_t disconnected_at; /* monotonic ms, while offline */
+    uint64_t connected_at;    /* realtime ms the last connection attached (admin API) */
     /* subscriptions */
     struct session_sub *subs;
     uint32_t n_subs, cap_subs;

@@ -27,8 +27,8 @@
 #define HASHED_LEN 490u
 #define META_DB 0
 
-static const char *const db_names[RTABLE_N_DB + 1] = {"meta",     "routes",  "registry",
-                                                      "retained", "members", "sessions"};
+static const char *const db_names[RTABLE_N_DB + 1] = {"meta",    "routes",   "registry", "retained",
+                                                      "members", "sessions", "admin"};
 
 struct rtable {
     MDB_env *env;

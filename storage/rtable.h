@@ -46,8 +46,9 @@ enum rtable_db {
     RTABLE_RETAINED = 3, /* topic -> u64le origin, u64le seq, encoded RetainedMessage */
     RTABLE_MEMBERS = 4,  /* u64be node -> encoded Member */
     RTABLE_SESSIONS = 5, /* client id -> encoded SessionRecord (persistent sessions) */
+    RTABLE_ADMIN = 6,    /* u8 table || key -> JSON text (node/tables.h) */
 };
-#define RTABLE_N_DB 5
+#define RTABLE_N_DB 6
 
 struct rtable;
 struct rtable_txn;

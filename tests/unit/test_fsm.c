@@ -613,6 +613,79 @@ static void test_snapshot_restore(void)
     rmdir_free(d1);
     rmdir_free(d2);
 }
+/* The operator's tables (AdminPut / AdminDelete): set semantics, per table
+ * key spaces, scans in key order, carried by snapshots. */
+struct admin_rows {
+    char text[512];
+};
+
+static int admin_row(void *ud, const char *key, const char *val)
+{
+    struct admin_rows *r = ud;
+    size_t n = strlen(r->text);
+    snprintf(r->text + n, sizeof(r->text) - n, "%s=%s;", key, val);
+    return 0;
+}
+
+static void test_admin_tables(void)
+{
+    char *d1 = tmpdir(), *d2 = tmpdir();
+    struct fsm *f = open_fsm(d1), *g = open_fsm(d2);
+    struct cmd_batch *b = cmd_batch_new();
+    CU_ASSERT_TRUE(fsm_admin_empty(f, 1));
+    cmd_admin_put(b, 1, S("clientid:x"), S("{\"a\":1}"));
+    cmd_admin_put(b, 1, S("address:1.2.3.4"), S("{}"));
+    cmd_admin_put(b, 1, S("clientid:x"), S("{\"a\":1}"));    /* same again */
+    cmd_admin_put(b, 2, S("clientid:x"), S("{\"user\":1}")); /* another table */
+    cmd_admin_delete(b, 3, S("nobody"));
+    CU_ASSERT_EQUAL(apply(f, 1, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[2], FSM_NOOP);
+    CU_ASSERT_EQUAL(res.results[3], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[4], FSM_NOOP);
+    CU_ASSERT_FALSE(fsm_admin_empty(f, 1));
+    CU_ASSERT_FALSE(fsm_admin_empty(f, 2));
+    CU_ASSERT_TRUE(fsm_admin_empty(f, 3));
+    char *v = NULL;
+    CU_ASSERT_EQUAL(fsm_admin_get(f, 1, S("clientid:x"), &v), 0);
+    CU_ASSERT_STRING_EQUAL(v, "{\"a\":1}");
+    free(v);
+    CU_ASSERT_EQUAL(fsm_admin_get(f, 3, S("clientid:x"), &v), -ENOENT);
+    struct admin_rows rows = {""};
+    CU_ASSERT_EQUAL(fsm_admin_scan(f, 1, admin_row, &rows), 0);
+    CU_ASSERT_STRING_EQUAL(rows.text, "address:1.2.3.4={};clientid:x={\"a\":1};");
+    /* a changed value, a delete */
+    cmd_admin_put(b, 1, S("clientid:x"), S("{\"a\":2}"));
+    cmd_admin_delete(b, 1, S("address:1.2.3.4"));
+    cmd_admin_delete(b, 1, S("address:1.2.3.4"));
+    CU_ASSERT_EQUAL(apply(f, 2, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[2], FSM_NOOP);
+    rows.text[0] = '\0';
+    CU_ASSERT_EQUAL(fsm_admin_scan(f, 1, admin_row, &rows), 0);
+    CU_ASSERT_STRING_EQUAL(rows.text, "clientid:x={\"a\":2};");
+    /* bad commands are refused by the builder */
+    CU_ASSERT_EQUAL(cmd_admin_put(b, 0, S("k"), S("{}")), -EINVAL);
+    CU_ASSERT_EQUAL(cmd_admin_put(b, 1, "", 0, S("{}")), -EINVAL);
+    assert_checksum_consistent(f);
+    /* a snapshot carries the table */
+    void *snap;
+    size_t len;
+    CU_ASSERT_EQUAL_FATAL(fsm_snapshot(f, &snap, &len), 0);
+    CU_ASSERT_EQUAL(fsm_restore(g, snap, len, false, NULL), 0);
+    free(snap);
+    CU_ASSERT_EQUAL(fsm_checksum(g), fsm_checksum(f));
+    rows.text[0] = '\0';
+    CU_ASSERT_EQUAL(fsm_admin_scan(g, 2, admin_row, &rows), 0);
+    CU_ASSERT_STRING_EQUAL(rows.text, "clientid:x={\"user\":1};");
+    cmd_batch_free(b);
+    fsm_close(f);
+    fsm_close(g);
+    rmdir_free(d1);
+    rmdir_free(d2);
+}
 
 /* The entry hook: called once per entry in effect (and after a restore),
  * when the route matcher already shows the entry's routes and fsm_visible
@@ -743,6 +816,7 @@ int main(void)
     CU_add_test(s, "snapshot and restore", test_snapshot_restore);
     CU_add_test(s, "map growth", test_map_growth);
     CU_add_test(s, "entry hook and fsm_visible", test_entry_hook);
+    CU_add_test(s, "operator tables (AdminPut, AdminDelete)", test_admin_tables);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
