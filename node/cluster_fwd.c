@@ -50,36 +50,39 @@ struct row {
 struct fwd_out {
     uint64_t node;
     pthread_mutex_t mu;
-    uint64_t next;   /* mu: last seq taken */
-    uint64_t sent;   /* mu: last seq handed to the channel (next prev) */
-    uint64_t cursor; /* mu: replay: last seq handled (sent or skipped) */
-    uint64_t acked;  /* mu: highest seq the node acknowledged */
-    bool replay;     /* mu */
-    bool slow;       /* mu: above the pause mark (counted in fwd_slow_peers) */
+    uint64_t next;        /* mu: last seq taken */
+    uint64_t sent;        /* mu: last seq handed to the channel (next prev) */
+    uint64_t cursor;      /* mu: replay: last seq handled (sent or skipped) */
+    uint64_t acked;       /* mu: highest seq the node acknowledged */
+    bool replay;          /* mu */
+    bool slow;            /* mu: above the pause mark (counted in fwd_slow_peers) */
     uint64_t progress_ms; /* mu: when acked last moved, or rows appeared */
     struct row *ring;     /* mu: the outbox rows, ascending seq */
     size_t cap, head, n;
-    uint64_t bytes;       /* mu: their sizes */
-    uint64_t deleted;     /* poll: highest seq range-deleted */
-    uint64_t connects;    /* poll: the channel's handshakes seen */
+    uint64_t bytes;        /* mu: their sizes */
+    uint64_t deleted;      /* poll: highest seq range-deleted */
+    uint64_t connects;     /* poll: the channel's handshakes seen */
+    uint64_t replays;      /* mu: live sends the channel refused */
+    uint64_t replays_seen; /* poll: replays logged */
+    uint64_t log_ms;       /* poll: last logged */
 };
 
 struct fwd_in {
     uint64_t origin;
-    uint64_t hwm;                  /* cluster thread: highest seq applied */
-    uint64_t resend_ms;            /* cluster thread: last resend asked */
-    _Atomic uint64_t committed;    /* highest seq whose batch committed */
-    atomic_bool ack_due;           /* a duplicate came: acknowledge again */
-    uint64_t acked;                /* poll: last acknowledged */
+    uint64_t hwm;               /* cluster thread: highest seq applied */
+    uint64_t resend_ms;         /* cluster thread: last resend asked */
+    _Atomic uint64_t committed; /* highest seq whose batch committed */
+    atomic_bool ack_due;        /* a duplicate came: acknowledge again */
+    uint64_t acked;             /* poll: last acknowledged */
 };
 
 struct cluster_fwd {
     struct broker *b;
     struct cluster *c;
     uint64_t self;
-    atomic_bool ready; /* attached to the store */
-    bool durable;      /* there is a store */
-    uint64_t base;     /* boot << 32: seqs of this run start above it */
+    atomic_bool ready;  /* attached to the store */
+    bool durable;       /* there is a store */
+    uint64_t base;      /* boot << 32: seqs of this run start above it */
     pthread_mutex_t mu; /* adding peers */
     struct fwd_out *outs[FWD_MAX_PEERS];
     atomic_uint n_out;
@@ -356,6 +359,7 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
             /* the row is sent from the outbox once it is committed */
             o->replay = true;
             o->cursor = o->sent;
+            o->replays++;
         }
     }
     out_update_slow(f, o);
@@ -460,8 +464,8 @@ static void out_replay(struct cluster_fwd *f, struct fwd_out *o)
         int rc = store_outbox_scan(f->b->store, o->node, after, k + 16, replay_row, &r);
         atomic_fetch_add(&f->b->stats.fwd_resent, r.sent);
         if (rc < 0) {
-            log_error("cluster: cannot read the outbox of %016llx: %s",
-                      (unsigned long long)o->node, store_strerror(rc));
+            log_error("cluster: cannot read the outbox of %016llx: %s", (unsigned long long)o->node,
+                      store_strerror(rc));
             return;
         }
         if (r.blocked)
@@ -638,7 +642,18 @@ void cluster_fwd_poll(struct cluster_fwd *f, uint64_t now)
         }
         uint64_t acked = o->acked;
         bool replay = o->replay;
+        uint64_t refused = 0;
+        if (o->replays != o->replays_seen && now - o->log_ms >= 1000) {
+            refused = o->replays - o->replays_seen; /* at most a line a second */
+            o->replays_seen = o->replays;
+            o->log_ms = now;
+        }
+        size_t held = o->n;
         pthread_mutex_unlock(&o->mu);
+        if (refused)
+            log_info("cluster: the channel to %016llx was full or down %llu time(s): %zu "
+                     "forward(s) wait in its outbox",
+                     (unsigned long long)o->node, (unsigned long long)refused, held);
         if (acked > o->deleted) {
             if (!del)
                 del = store_batch_new();

@@ -65,8 +65,7 @@ void cluster_fwd_start(struct cluster_fwd *f, struct cluster *c, uint64_t self);
  * forwards stay at most once): take the next boot counter, load the
  * outboxes (replayed to their peers) and the highest seqs applied.
  * *seq_base is boot << 32 (0 without a store). 0 or a negative errno. */
-int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *err,
-                             size_t errlen);
+int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *err, size_t errlen);
 
 /* Forward p (every field set but seq and prev) to node. QoS 1/2 with a
  * store: into node's outbox through *bt (created if NULL), then to the
@@ -75,8 +74,7 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
                       struct store_batch **bt, struct pub_flow *flow);
 
 /* A frame from node `from`. */
-void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from,
-                            const Starling__Chan__Publish *p);
+void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling__Chan__Publish *p);
 void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Chan__PublishAck *a);
 
 /* Acknowledgements, range deletes, replays, reconnections (every few ms). */
