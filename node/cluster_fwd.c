@@ -393,8 +393,12 @@ void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Ch
     }
     /* the node missed a frame after a->seq: from there again, unless a
      * replay that has not passed it yet is on its way */
-    if (a->has_resend && a->resend && !(o->replay && o->cursor <= a->seq))
+    if (a->has_resend && a->resend && !(o->replay && o->cursor <= a->seq)) {
         out_replay_from(o, a->seq > o->acked ? a->seq : o->acked);
+        /* the first frame names what the node has: a node that lost its
+         * store (a->seq below what it acknowledged) takes what is left */
+        o->sent = a->seq;
+    }
     pthread_mutex_unlock(&o->mu);
 }
 
@@ -556,7 +560,7 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
             return;
         }
         uint64_t prev = p->has_prev ? p->prev : 0;
-        if (in->hwm && prev > in->hwm) {
+        if (prev > in->hwm) {
             uint64_t now = mono_ms();
             if (now - in->resend_ms >= FWD_RESEND_EVERY_MS) {
                 in->resend_ms = now;
