@@ -17,6 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 import pytest
 
+import mqttraw
 from helpers import PahoClient, uid
 
 PUBLISHERS = 4
@@ -248,4 +249,41 @@ def test_origin_killed_and_restarted_resends_its_outbox(big):
     a.start()
     got = collect(sub, pubs, timeout=120)
     assert check(pubs, got, 2) == 0
+    sub.disconnect()
+
+
+def test_full_outbox_pauses_publishers_then_refuses_with_0x97(cluster_factory):
+    """cluster_outbox_messages 16, node b stopped: a 5.0 publisher on node a
+    gets its first 16 QoS 1 messages acknowledged, paused
+    (max_publisher_pause) from 12 on, then PUBACK 0x97 Quota exceeded;
+    counted; the 16 reach b's subscriber once b runs again."""
+    c = cluster_factory(extra_env=dict(BIG_QUEUES, STARLING_CLUSTER_OUTBOX_MESSAGES="16",
+                                       STARLING_MAX_PUBLISHER_PAUSE="400"))
+    c.start()
+    c.wait_healthy()
+    a, b, _ = c.nodes
+    topic = uid("fwd/bound")
+    sub = PahoClient(b, uid("bsub"), 5, clean=True, properties=expiry(600), keepalive=120)
+    sub.connect()
+    assert sub.subscribe(topic, qos=1) == [1]
+    p = mqttraw.connected(a, uid("bpub"), 5)
+    codes, at = [], []
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(24):
+            pid = p.publish(topic, f"m{i}".encode(), qos=1)
+            ack = p.expect(mqttraw.PUBACK, timeout=15)
+            assert ack.packet_id == pid
+            codes.append(ack.reason_code)
+            at.append(time.monotonic())
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    # accepted (0x10: no subscriber on node a itself), then refused
+    assert all(rc in (0, 0x10) for rc in codes[:16]), codes
+    assert codes[16:] == [0x97] * 8, codes
+    # from the 12th row on (3/4 of 16) the publisher is not read for
+    # max_publisher_pause after each message: four pauses before the 16th
+    assert at[15] - at[11] >= 4 * 0.4 - 0.05, at
+    assert [sub.get(30).payload for _ in range(16)] == [f"m{i}".encode() for i in range(16)]
+    p.close()
     sub.disconnect()
