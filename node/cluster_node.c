@@ -223,6 +223,12 @@ static void route_take(struct cluster_node *cn)
 {
     if (cn->inflight || (cmd_batch_count(cn->pending) == 0 && !cn->purge_first))
         return;
+    /* NodePurge(self) and the routes of the persistent sessions go in one
+     * entry: proposed before the store loaded them, the purge would leave
+     * this node without routes until the next entry (forwards to it lost
+     * meanwhile) */
+    if (cn->purge_first && !cn->loaded)
+        return;
     struct cmd_batch *b = cn->pending;
     if (cn->purge_first) {
         /* NodePurge(self), then the pending commands */
@@ -1053,6 +1059,10 @@ int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen)
     if (!cn)
         return 0;
     uint64_t base = 0;
+    pthread_mutex_lock(&cn->mu);
+    cn->loaded = true; /* the first route batch may go */
+    pthread_cond_signal(&cn->cv);
+    pthread_mutex_unlock(&cn->mu);
     int r = cluster_fwd_attach_store(cn->fwd, &base, err, errlen);
     /* retained messages: (origin, seq) above every one of the last run */
     if (r == 0 && base)

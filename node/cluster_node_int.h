@@ -61,6 +61,7 @@ struct cluster_node {
     bool quit;                 /* mu */
     struct cmd_batch *pending; /* mu: route commands not proposed yet */
     bool purge_first;          /* mu: the first batch starts with NodePurge(self) */
+    bool loaded;               /* mu: the store's sessions are loaded (attach_store) */
     uint64_t queued;           /* mu: last ticket taken */
     uint64_t committed;        /* mu: last ticket committed */
     uint64_t everywhere;       /* mu: last ticket applied on every live member */
