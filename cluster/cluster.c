@@ -986,3 +986,10 @@ int cluster_send(struct cluster *c, uint64_t node, const void *frame, size_t len
         return -ECANCELED;
     return chan_send(c->chan, node, frame, len);
 }
+
+int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out)
+{
+    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
+        return -ECANCELED;
+    return chan_peer_stats(c->chan, node, out);
+}

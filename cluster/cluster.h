@@ -103,5 +103,7 @@ int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_
 
 /* Send an encoded chan.Frame to a member (channel.h chan_send). */
 int cluster_send(struct cluster *c, uint64_t node, const void *frame, size_t len);
+/* The channel's counters of our connection to node (chan_peer_stats). */
+int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out);
 
 #endif

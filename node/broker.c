@@ -156,9 +156,9 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
 }
 
 int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn group_ok,
-                             void *group_ud)
+                             void *group_ud, struct store_batch **bt, struct pub_targets *targets)
 {
-    return broker_publish_impl(b, m, BROKER_PUB_LOCAL, NULL, NULL, NULL, NULL, group_ok, group_ud);
+    return broker_publish_impl(b, m, BROKER_PUB_LOCAL, NULL, bt, targets, NULL, group_ok, group_ud);
 }
 
 /* One function on purpose (about 100 lines): this is the hot path of every
@@ -266,10 +266,11 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
     acl_unref(acl);
 
     /* The cluster seam: other nodes with a matching route get m once each
-     * over the forwarding channel (a single node has no forward). A
+     * over the forwarding channel (a single node has no forward); a QoS 1/2
+     * forward joins *bt, so that the acknowledgement waits for it. A
      * forwarded message is not forwarded again. */
     if (!(flags & BROKER_PUB_LOCAL) && b->route_ops->forward)
-        b->route_ops->forward(b->route_ud, m, cur);
+        b->route_ops->forward(b->route_ud, m, cur, bt, flow);
     if (local)
         persist_submit(b, &local, NULL, NULL);
     return failed ? failed : delivered;

@@ -59,6 +59,12 @@ struct broker_stats {
     atomic_long publishers_paused; /* connections not read now (flow control) */
     atomic_ullong slow_log_at;     /* monotonic ms of the last slow subscriber line */
     atomic_ulong slow_log_skipped; /* lines left out since (rate limit) */
+    /* the cluster's forwards (node/cluster_fwd.c) */
+    atomic_ulong fwd_refused;      /* QoS 1/2 publishes refused: a node's outbox full */
+    atomic_ulong fwd_qos0_dropped; /* QoS 0 forwards dropped (channel queue full) */
+    atomic_ulong fwd_resent;       /* forwards sent again from the outbox */
+    atomic_ulong fwd_duplicates;   /* forwards received twice (dropped) */
+    atomic_long fwd_slow_peers;    /* nodes whose outbox is above its pause mark */
 };
 
 struct broker {
@@ -113,14 +119,18 @@ struct pub_targets {
 
 /* What a client's publish tells it about the sessions it went to (flow
  * control, see session.h): the sessions above their high-water mark (each
- * holds a reference; at most PUB_FLOW_MAX, the first ones), and whether the
- * message was refused by the full queue of a connected subscriber. Set
- * n_slow = 0, refused = false before the call. */
+ * holds a reference; at most PUB_FLOW_MAX, the first ones), whether the
+ * message was refused by the full queue of a connected subscriber or the
+ * full outbox of a node it is forwarded to, and whether such an outbox is
+ * above its pause mark (fwd_slow: the publisher waits while
+ * broker.fwd_slow_peers is not 0). Set n_slow = 0, refused = false,
+ * fwd_slow = false before the call. */
 #define PUB_FLOW_MAX 8
 struct pub_flow {
     struct session *slow[PUB_FLOW_MAX];
     uint8_t n_slow;
     bool refused;
+    bool fwd_slow;
 };
 
 /* broker_publish flags. */
@@ -152,9 +162,9 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
 /* broker_publish of a message another node of the cluster forwarded
  * (BROKER_PUB_LOCAL, any thread), delivered to a shared group only when
  * group_ok(group_ud, group, len) is true: the groups the forwarding node
- * picked this node for. */
+ * picked this node for. bt and targets as for broker_publish. */
 int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn group_ok,
-                             void *group_ud);
+                             void *group_ud, struct store_batch **bt, struct pub_targets *targets);
 
 /* Set m->hold to `state` (MSG_READY or MSG_REJECTED) and have the sessions in
  * targets flush (their queues may wait on m); releases targets. Any thread;

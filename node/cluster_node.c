@@ -40,6 +40,7 @@
 #include "broker.h"
 #include "channel.pb-c.h"
 #include "cluster.h"
+#include "cluster_fwd.h"
 #include "cmd.h"
 #include "log.h"
 #include "msg.h"
@@ -242,6 +243,12 @@ static void route_done(void *ud, int status, const struct fsm_batch_result *res,
 static void route_take(struct cluster_node *cn)
 {
     if (cn->inflight || (cmd_batch_count(cn->pending) == 0 && !cn->purge_first))
+        return;
+    /* NodePurge(self) and the routes of the persistent sessions go in one
+     * entry: proposed before the store loaded them, the purge would leave
+     * this node without routes until the next entry (forwards to it lost
+     * meanwhile) */
+    if (cn->purge_first && !cn->loaded)
         return;
     struct cmd_batch *b = cn->pending;
     if (cn->purge_first) {
@@ -551,14 +558,15 @@ static unsigned cn_pick_destinations(struct cluster_node *cn, struct fwd_acc *a,
     return n_dest;
 }
 
-/* Sends m to node, with the shares of the groups whose pick is that node. */
-static void cn_send_publish(struct cluster_node *cn, struct msg *m, uint64_t seq,
-                            const struct fwd_acc *a, const uint64_t *chosen, uint64_t node)
+/* Sends m to node, with the shares of the groups whose pick is that node
+ * (node/cluster_fwd.h: a QoS 1/2 forward goes into *bt). */
+static void cn_send_publish(struct cluster_node *cn, struct msg *m, const struct fwd_acc *a,
+                            const uint64_t *chosen, uint64_t node, struct store_batch **bt,
+                            struct pub_flow *flow)
 {
     const char *topic = msg_topic(m);
     Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
     p.origin = cn->self;
-    p.seq = seq;
     p.topic.data = (uint8_t *)topic;
     p.topic.len = m->topic_len;
     p.payload.data = (uint8_t *)msg_payload(m);
@@ -589,26 +597,11 @@ static void cn_send_publish(struct cluster_node *cn, struct msg *m, uint64_t seq
         p.has_route_index = true;
         p.route_index = m->route_index;
     }
-    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
-    fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
-    fr.publish = &p;
-    size_t n = starling__chan__frame__get_packed_size(&fr);
-    uint8_t stack[2048];
-    uint8_t *buf = n <= sizeof(stack) ? stack : malloc(n);
-    if (!buf)
-        return;
-    starling__chan__frame__pack(&fr, buf);
-    int r = cluster_send(cn->c, node, buf, n);
-    if (r < 0) {
-        atomic_fetch_add(&cn->b->stats.msgs_dropped, 1);
-        log_warn("cluster: publish on '%.*s' not forwarded to %016llx: %s", m->topic_len, topic,
-                 (unsigned long long)node, strerror(-r));
-    }
-    if (buf != stack)
-        free(buf);
+    cluster_fwd_send(cn->fwd, node, &p, bt, flow);
 }
 
-static void cn_forward(void *ud, struct msg *m, struct worker *cur)
+static void cn_forward(void *ud, struct msg *m, struct worker *cur, struct store_batch **bt,
+                       struct pub_flow *flow)
 {
     (void)cur;
     struct cluster_node *cn = ud;
@@ -618,10 +611,8 @@ static void cn_forward(void *ud, struct msg *m, struct worker *cur)
     /* $SYS stays per node */
     if (m->topic_len >= 4 && memcmp(topic, "$SYS", 4) == 0)
         return;
-    uint64_t seq = atomic_fetch_add(&cn->pub_seq, 1) + 1;
-
     if (m->retain && cn->b->cfg.retain_available)
-        cn_replicate_retained(cn, m, seq);
+        cn_replicate_retained(cn, m, atomic_fetch_add(&cn->pub_seq, 1) + 1);
 
     /* The matcher's strings are valid only during the walk (its read lock):
      * fwd_visit copies them. */
@@ -638,7 +629,7 @@ static void cn_forward(void *ud, struct msg *m, struct worker *cur)
     uint64_t chosen[MAX_SHARES];
     unsigned n_dest = cn_pick_destinations(cn, &a, dest, chosen);
     for (unsigned d = 0; d < n_dest; d++)
-        cn_send_publish(cn, m, seq, &a, chosen, dest[d]);
+        cn_send_publish(cn, m, &a, chosen, dest[d], bt, flow);
 }
 
 static uint64_t cn_routed_at(void *ud)
@@ -658,38 +649,6 @@ static const struct route_ops cluster_route_ops = {
 
 /* ---- the receiving side (cluster thread) --------------------------------- */
 
-/* Whether the origin picked this node for shared group `group`: one of the
- * frame's "$share/{group}/{filter}" strings names it. (Two groups of one name
- * with different filters that both match are told apart by name only.) */
-static bool share_picked(void *ud, const char *group, size_t len)
-{
-    const Starling__Chan__Publish *p = ud;
-    for (size_t i = 0; i < p->n_shares; i++) {
-        const ProtobufCBinaryData *s = &p->shares[i];
-        if (s->len > 7 + len && memcmp(s->data, "$share/", 7) == 0 &&
-            memcmp(s->data + 7, group, len) == 0 && s->data[7 + len] == '/')
-            return true;
-    }
-    return false;
-}
-
-static void on_publish(struct cluster_node *cn, const Starling__Chan__Publish *p)
-{
-    if (p->topic.len == 0 || p->topic.len > 65535)
-        return;
-    struct msg *m = msg_new(p->topic.data, (uint16_t)p->topic.len, p->payload.data,
-                            (uint32_t)p->payload.len, p->has_properties ? p->properties.data : NULL,
-                            p->has_properties ? (uint32_t)p->properties.len : 0,
-                            (uint8_t)(p->qos > 2 ? 2 : p->qos), p->has_retain && p->retain,
-                            p->has_expiry_at_ms ? p->expiry_at_ms : 0, NULL);
-    if (!m)
-        return;
-    m->route_index = p->has_route_index ? p->route_index : 0;
-    atomic_fetch_add(&cn->b->stats.msgs_received, 1);
-    broker_publish_forwarded(cn->b, m, share_picked, (void *)p);
-    msg_unref(m);
-}
-
 static void on_frame(void *ud, uint64_t from, const void *frame)
 {
     struct cluster_node *cn = ud;
@@ -698,7 +657,10 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
         return;
     switch (f->frame_case) {
     case STARLING__CHAN__FRAME__FRAME_PUBLISH:
-        on_publish(cn, f->publish);
+        cluster_fwd_on_publish(cn->fwd, from, f->publish);
+        return;
+    case STARLING__CHAN__FRAME__FRAME_PUBLISH_ACK:
+        cluster_fwd_on_ack(cn->fwd, from, f->publish_ack);
         return;
     case STARLING__CHAN__FRAME__FRAME_SESSION_REQUEST:
         cn_registry_on_request(cn, from, f->session_request);
@@ -923,6 +885,7 @@ static void *cn_thread(void *arg)
         pthread_mutex_unlock(&cn->mu);
         cn_registry_poll(cn, now);
         cn_session_poll(cn, now);
+        cluster_fwd_poll(cn->fwd, now);
         pthread_mutex_lock(&cn->mu);
         struct waiter *ready = waiters_ready(cn, applied);
         if (ready) {
@@ -1328,6 +1291,11 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     pthread_cond_init(&cn->cv, NULL);
     cn->purge_first = true;
     cn->started_ms = cn_mono_ms();
+    /* before the cluster starts: frames may come at once */
+    if (!(cn->fwd = cluster_fwd_new(b))) {
+        cluster_node_free(cn);
+        return -ENOMEM;
+    }
 
     char dir[512]; /* fsm and raft create their directories */
     snprintf(dir, sizeof(dir), "%s/cluster", cfg->data_dir);
@@ -1370,6 +1338,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         log_warn("cluster: STARLING_TEST_CORRUPT_TABLES: a record written outside Raft");
 #endif
     cn->self = cluster_self(cn->c);
+    cluster_fwd_start(cn->fwd, cn->c, cn->self);
     pthread_mutex_lock(&cn->mu);
     peers_refresh(cn);
     pthread_mutex_unlock(&cn->mu);
@@ -1410,6 +1379,22 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     return 0;
 }
 
+int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen)
+{
+    if (!cn)
+        return 0;
+    uint64_t base = 0;
+    pthread_mutex_lock(&cn->mu);
+    cn->loaded = true; /* the first route batch may go */
+    pthread_cond_signal(&cn->cv);
+    pthread_mutex_unlock(&cn->mu);
+    int r = cluster_fwd_attach_store(cn->fwd, &base, err, errlen);
+    /* retained messages: (origin, seq) above every one of the last run */
+    if (r == 0 && base)
+        atomic_store(&cn->pub_seq, base);
+    return r;
+}
+
 void cluster_node_stop(struct cluster_node *cn)
 {
     if (!cn || atomic_exchange(&cn->stopped, true))
@@ -1439,6 +1424,7 @@ void cluster_node_free(struct cluster_node *cn)
         return;
     cluster_node_stop(cn);
     cn_admin_free(cn);
+    cluster_fwd_free(cn->fwd);
     cmd_batch_free(cn->pending);
     free(cn->inflight);
     while (cn->ret_retry) {

@@ -8,7 +8,8 @@
  *     RouteAdd/RouteRemove proposals, batched and retried in order until
  *     committed; remote_nodes reads the replicated route matcher; forward
  *     sends a publish once to each other node with a matching route
- *     (chan.Publish, origin + per-origin seq), and replicates retained
+ *     (chan.Publish through node/cluster_fwd.h: QoS 1/2 held in an outbox
+ *     until the node acknowledged it), and replicates retained
  *     messages (RetainedSet/RetainedClear); sync holds a SUBACK until the
  *     routes it depends on are applied on every live member;
  *   - the receiving side: a forwarded Publish is delivered with
@@ -49,6 +50,14 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
  * them their messages and end, once this node has caught up. cn may be
  * NULL. */
 void cluster_node_sessions_loaded(struct cluster_node *cn);
+
+/* After persist_open (also with persistence off): the first route batch
+ * (NodePurge of this node and the loaded sessions' routes, one entry) may
+ * be proposed - until then no route is; forwards of QoS 1/2 messages
+ * become durable (node/cluster_fwd.h: the outbox is loaded and replayed,
+ * the seqs of this run start above the last run's). cn may be NULL. 0 or a
+ * negative errno with the reason in err. */
+int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen);
 
 /* Replace *p (the single-node provider filled by admin_local_init over l)
  * with the cluster's provider, which uses l for what is per node. */

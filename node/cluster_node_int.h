@@ -28,6 +28,7 @@ struct cn_incoming;
 struct qmsg;
 struct cn_admin;
 struct tables_ops;
+struct cluster_fwd;
 
 #define MAX_SEEDS 64
 #define MAX_PEERS 64
@@ -98,7 +99,8 @@ struct cluster_node {
     struct peer peers[MAX_PEERS]; /* mu: the other members */
     unsigned n_peers;
 
-    atomic_uint_fast64_t pub_seq; /* per-origin sequence of forwards */
+    atomic_uint_fast64_t pub_seq; /* per-origin sequence of retained messages */
+    struct cluster_fwd *fwd;      /* forwards: outbox, resend, acks */
     atomic_uint_fast64_t pick;    /* shared group picks */
 
     /* the registry (cluster_registry.c) */

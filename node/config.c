@@ -127,6 +127,8 @@ static const struct key_def keys[] = {
     KEY("cluster_claim_timeout", T_U32, cluster_claim_timeout, 100, 600000),
     KEY("cluster_down_after", T_U32, cluster_down_after, 100, 86400000),
     KEY("cluster_auto_rebuild", T_BOOL, cluster_auto_rebuild, 0, 0),
+    KEY("cluster_outbox_messages", T_U64, cluster_outbox_messages, 16, 1000000000),
+    KEY("cluster_outbox_bytes", T_U64, cluster_outbox_bytes, 65536, (uint64_t)1 << 40),
 };
 
 static const char *const xport_names[CONFIG_XPORT_COUNT] = {"tcp", "tls", "ws", "wss"};
@@ -193,6 +195,8 @@ void config_defaults(struct config *c)
     c->cluster_claim_timeout = 5000;
     c->cluster_down_after = 5000;
     c->cluster_auto_rebuild = true;
+    c->cluster_outbox_messages = 1000000;
+    c->cluster_outbox_bytes = 256ull << 20;
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)

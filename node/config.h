@@ -110,6 +110,10 @@ struct config {
     uint32_t cluster_claim_timeout; /* cluster_claim_timeout ms, default 5000 */
     uint32_t cluster_down_after;    /* cluster_down_after ms, default 5000 */
     bool cluster_auto_rebuild;      /* cluster_auto_rebuild, default true */
+    /* per destination node: QoS 1/2 forwards not acknowledged yet
+     * (node/cluster_fwd.c) */
+    uint64_t cluster_outbox_messages; /* cluster_outbox_messages, default 1000000 */
+    uint64_t cluster_outbox_bytes;    /* cluster_outbox_bytes, default 256 MiB */
 };
 
 /* The transports (listener kinds), also the bits of proxy_protocol. */

@@ -73,6 +73,7 @@ struct conn_flow {
     struct session *self;    /* c's own session while paused (referenced) */
     uint8_t n_slow;
     bool paused;
+    bool fwd;       /* waits for the cluster's outboxes (broker stats.fwd_slow_peers) */
     uint64_t since; /* worker loop ms */
 };
 

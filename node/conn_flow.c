@@ -9,6 +9,11 @@
  * stops reading (uv_read_stop on it only); what was already read waits in
  * c->in. The loop and the worker's other connections go on.
  *
+ * A publisher whose message went into a cluster outbox above its pause
+ * mark (pub_flow.fwd_slow, node/cluster_fwd.c) waits the same way while
+ * any outbox is above its mark (stats.fwd_slow_peers); the worker's tick
+ * looks again.
+ *
  * Resuming: the worker that flushes a session below its low-water mark (or
  * detaches or ends it) posts a flow check to every waiting worker, which
  * resumes each paused connection whose sessions are all below their mark.
@@ -34,6 +39,7 @@ static void conn_flow_release(struct conn *c)
     for (uint8_t i = 0; i < cf->n_slow; i++)
         session_unref(cf->slow[i]);
     cf->n_slow = 0;
+    cf->fwd = false;
     if (cf->paused) {
         cf->paused = false;
         atomic_fetch_sub(&c->w->b->stats.publishers_paused, 1);
@@ -61,7 +67,7 @@ static bool conn_flow_list_add(struct worker *w, struct conn *c)
 
 void conn_flow_pause(struct conn *c, struct pub_flow *f)
 {
-    if (!f->n_slow)
+    if (!f->n_slow && !f->fwd_slow)
         return;
     struct worker *w = c->w;
     uint64_t bit = 1ull << (w->id % 64);
@@ -83,9 +89,13 @@ void conn_flow_pause(struct conn *c, struct pub_flow *f)
         session_unref(s);
     }
     f->n_slow = 0;
-    if (!n)
+    bool fwd = f->fwd_slow && cf && !cf->paused && c->state == CONN_ACTIVE &&
+               atomic_load(&w->b->stats.fwd_slow_peers) > 0;
+    f->fwd_slow = false;
+    if (!n && !fwd)
         return;
     cf->n_slow = n;
+    cf->fwd = fwd;
     if (!conn_flow_list_add(w, c)) {
         conn_flow_release(c); /* out of memory: not paused */
         return;
@@ -110,6 +120,8 @@ static bool conn_flow_waiting(struct conn *c, uint64_t now)
     for (uint8_t i = 0; i < cf->n_slow; i++)
         if (atomic_load(&cf->slow[i]->flow_high))
             waiting = true;
+    if (cf->fwd && atomic_load(&b->stats.fwd_slow_peers) > 0)
+        waiting = true;
     uint64_t max = b->cfg.max_publisher_pause_ms;
     if (waiting && max && now - cf->since >= max) {
         for (uint8_t i = 0; i < cf->n_slow; i++)

@@ -203,7 +203,10 @@ static int main_start_parts(struct broker *b, const struct config *cfg, struct c
         broker_cleanup(b);
         return -1;
     }
-    if (persist_open(b, err, sizeof(err)) < 0) {
+    /* then the cluster's forwards become durable (their outbox is in the
+     * store) */
+    if (persist_open(b, err, sizeof(err)) < 0 ||
+        cluster_node_attach_store(*cn, err, sizeof(err)) < 0) {
         log_error("%s", err);
         cluster_node_stop(*cn);
         server_cleanup(b);

@@ -19,6 +19,8 @@
 #include <stdint.h>
 
 struct msg;
+struct pub_flow;
+struct store_batch;
 struct worker;
 
 struct route_ops {
@@ -32,8 +34,13 @@ struct route_ops {
      * from a client (or a will), to the other nodes with a matching route,
      * once per node. Called by broker_publish after the local delivery, on
      * the publishing worker (cur) or any thread (cur NULL); must not block.
-     * The callee takes its own references. */
-    void (*forward)(void *ud, struct msg *m, struct worker *cur);
+     * The callee takes its own references. A QoS 1/2 forward is written into
+     * *bt (created if NULL; the caller submits it): the publisher's
+     * acknowledgement waits for it. flow (may be NULL): set flow->fwd_slow
+     * when the publisher should be paused, flow->refused when the message
+     * could not be forwarded to some node (see struct pub_flow). */
+    void (*forward)(void *ud, struct msg *m, struct worker *cur, struct store_batch **bt,
+                    struct pub_flow *flow);
     /* Optional (NULL on a single node). "A SUBACK means the route is
      * everywhere": returns 0 when every route change made before this call
      * is already in effect on every live node (done is not called), 1 when

@@ -53,6 +53,13 @@ void sys_publish(struct broker *b)
     long paused = atomic_load(&b->stats.publishers_paused);
     sys_put_u64(b, "$SYS/broker/publishers/paused", paused > 0 ? (uint64_t)paused : 0);
     sys_put_u64(b, "$SYS/broker/publishers/pause_expired", atomic_load(&b->stats.pause_expired));
+    /* the cluster's forwards (node/cluster_fwd.c; 0 on a single node) */
+    sys_put_u64(b, "$SYS/broker/cluster/forwards/refused", atomic_load(&b->stats.fwd_refused));
+    sys_put_u64(b, "$SYS/broker/cluster/forwards/qos0_dropped",
+                atomic_load(&b->stats.fwd_qos0_dropped));
+    sys_put_u64(b, "$SYS/broker/cluster/forwards/resent", atomic_load(&b->stats.fwd_resent));
+    sys_put_u64(b, "$SYS/broker/cluster/forwards/duplicates",
+                atomic_load(&b->stats.fwd_duplicates));
     sys_put_u64(b, "$SYS/broker/bytes/received", atomic_load(&b->stats.bytes_received));
     sys_put_u64(b, "$SYS/broker/bytes/sent", atomic_load(&b->stats.bytes_sent));
     sys_put_u64(b, "$SYS/broker/subscriptions/count", sub_index_count(b->index));

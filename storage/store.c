@@ -61,13 +61,22 @@
 #define DEFAULT_SYNC_INTERVAL_MS 1000u
 #define DEFAULT_RESERVE (1ull << 20)
 
-enum db { DB_META, DB_SESSIONS, DB_MSGS, DB_QOS2, DB_RETAINED, DB_COUNT };
-static const char *const db_names[DB_COUNT] = {"meta", "sessions", "msgs", "qos2", "retained"};
+enum db { DB_META, DB_SESSIONS, DB_MSGS, DB_QOS2, DB_RETAINED, DB_OUTBOX, DB_FWD_IN, DB_COUNT };
+static const char *const db_names[DB_COUNT] = {"meta",     "sessions", "msgs",  "qos2",
+                                               "retained", "outbox",   "fwd_in"};
 
 enum op_kind {
     OP_PUT,
     OP_DEL,
     OP_SESSION_DEL, /* key = idkey: session, then msgs and qos2 by prefix */
+    OP_DEL_UPTO,    /* key = u64be node, u64be seq: every row of node up to seq */
+};
+
+/* A function run once the batch is committed or failed (store_batch_hook). */
+struct store_hook {
+    void (*fn)(void *ud, uint64_t arg, int status);
+    void *ud;
+    uint64_t arg;
 };
 
 /* One operation; key and value are byte ranges of the batch buffer. */
@@ -89,6 +98,8 @@ struct store_batch {
     struct rbuf buf;
     uint64_t put_bytes; /* key + value bytes of the puts */
     bool has_puts;      /* false: only deletions (may use the reserve) */
+    struct store_hook *hooks;
+    size_t nhooks, caphooks;
 };
 
 struct store {
@@ -175,10 +186,19 @@ struct store_batch *store_batch_new(void)
     return calloc(1, sizeof(struct store_batch));
 }
 
+static void run_hooks(struct store_batch *b, int status)
+{
+    for (size_t i = 0; i < b->nhooks; i++)
+        b->hooks[i].fn(b->hooks[i].ud, b->hooks[i].arg, status);
+    b->nhooks = 0;
+}
+
 void store_batch_free(struct store_batch *b)
 {
     if (!b)
         return;
+    run_hooks(b, -ECANCELED); /* never submitted */
+    free(b->hooks);
     rbuf_free(&b->buf);
     free(b->ops);
     free(b);
@@ -362,6 +382,74 @@ int store_retained_del(struct store_batch *b, const char *topic, uint16_t len)
     return op_end(b, op);
 }
 
+int store_batch_hook(struct store_batch *b, void (*fn)(void *ud, uint64_t arg, int status),
+                     void *ud, uint64_t arg)
+{
+    if (!b || !fn)
+        return bad_arg(b);
+    if (b->nhooks == b->caphooks) {
+        size_t cap = b->caphooks ? b->caphooks * 2 : 4;
+        struct store_hook *v = realloc(b->hooks, cap * sizeof(*v));
+        if (!v) {
+            if (!b->err)
+                b->err = -ENOMEM;
+            fn(ud, arg, -ENOMEM);
+            return -ENOMEM;
+        }
+        b->hooks = v;
+        b->caphooks = cap;
+    }
+    b->hooks[b->nhooks++] = (struct store_hook){fn, ud, arg};
+    return 0;
+}
+
+/* ---- the forwarding outbox and inbox of the cluster ---- */
+
+static void put_node_seq(struct rbuf *buf, uint64_t node, uint64_t seq)
+{
+    rbuf_be64(buf, node);
+    rbuf_be64(buf, seq);
+}
+
+int store_outbox_put(struct store_batch *b, uint64_t node, uint64_t seq, const void *data,
+                     size_t len)
+{
+    if (!b || (!data && len) || len > UINT32_MAX)
+        return bad_arg(b);
+    struct op *op = op_begin(b, OP_PUT, DB_OUTBOX);
+    if (!op)
+        return b->err;
+    put_node_seq(&b->buf, node, seq);
+    op_key_done(b, op);
+    rbuf_put(&b->buf, data, len);
+    return op_end(b, op);
+}
+
+int store_outbox_del_upto(struct store_batch *b, uint64_t node, uint64_t seq)
+{
+    if (!b)
+        return bad_arg(b);
+    struct op *op = op_begin(b, OP_DEL_UPTO, DB_OUTBOX);
+    if (!op)
+        return b->err;
+    put_node_seq(&b->buf, node, seq);
+    op_key_done(b, op);
+    return op_end(b, op);
+}
+
+int store_fwd_in_put(struct store_batch *b, uint64_t origin, uint64_t seq)
+{
+    if (!b)
+        return bad_arg(b);
+    struct op *op = op_begin(b, OP_PUT, DB_FWD_IN);
+    if (!op)
+        return b->err;
+    rbuf_be64(&b->buf, origin);
+    op_key_done(b, op);
+    rbuf_le64(&b->buf, seq);
+    return op_end(b, op);
+}
+
 /* ---- submission (any thread) ---- */
 
 void store_submit(struct store *s, struct store_batch *b, void (*done)(void *ud, int status),
@@ -425,6 +513,38 @@ static int del_prefix(MDB_txn *txn, MDB_dbi dbi, const MDB_val *prefix)
     return rc;
 }
 
+/* Delete the rows of node (key[0..8)) whose seq (key[8..16)) is at most
+ * the one in key. */
+static int del_upto(MDB_txn *txn, MDB_dbi dbi, const MDB_val *key)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, dbi, &c);
+    if (rc)
+        return rc;
+    uint8_t first[16];
+    memcpy(first, key->mv_data, 8);
+    memset(first + 8, 0, 8);
+    for (;;) {
+        MDB_val k = {16, first}, v;
+        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        if (rc == MDB_NOTFOUND) {
+            rc = 0;
+            break;
+        }
+        if (rc)
+            break;
+        /* same node, and big-endian seq not above the bound */
+        if (k.mv_size != 16 || memcmp(k.mv_data, key->mv_data, 8) != 0 ||
+            memcmp((const uint8_t *)k.mv_data + 8, (const uint8_t *)key->mv_data + 8, 8) > 0)
+            break;
+        rc = mdb_cursor_del(c, 0);
+        if (rc)
+            break;
+    }
+    mdb_cursor_close(c);
+    return rc;
+}
+
 /* Apply the operations of b in txn. Returns 0 or an LMDB/errno code. */
 static int apply_batch(struct store *s, MDB_txn *txn, const struct store_batch *b)
 {
@@ -446,6 +566,9 @@ static int apply_batch(struct store *s, MDB_txn *txn, const struct store_batch *
                 rc = del_prefix(txn, s->dbi[DB_MSGS], &k);
             if (rc == 0)
                 rc = del_prefix(txn, s->dbi[DB_QOS2], &k);
+            break;
+        case OP_DEL_UPTO:
+            rc = k.mv_size == 16 ? del_upto(txn, s->dbi[op->db], &k) : EINVAL;
             break;
         default:
             rc = EINVAL;
@@ -656,6 +779,7 @@ static uint64_t run_round(struct store *s, struct store_batch *list, bool *commi
     while (list) {
         struct store_batch *b = list;
         list = b->next;
+        run_hooks(b, b->status);
         if (b->done)
             b->done(b->ud, b->status);
         store_batch_free(b);
@@ -1128,7 +1252,7 @@ int store_load(struct store *s, const struct store_loader *l)
         pthread_mutex_unlock(&s->map_mu);
         return load_error(rc);
     }
-    for (int db = DB_SESSIONS; db < DB_COUNT && rc == 0; db++) {
+    for (int db = DB_SESSIONS; db <= DB_RETAINED && rc == 0; db++) {
         MDB_cursor *c;
         if ((db == DB_SESSIONS && !l->session) || (db == DB_MSGS && !l->msg) ||
             (db == DB_QOS2 && !l->qos2) || (db == DB_RETAINED && !l->retained))
@@ -1157,4 +1281,159 @@ int store_load(struct store *s, const struct store_loader *l)
     mdb_txn_abort(txn);
     pthread_mutex_unlock(&s->map_mu);
     return rc;
+}
+
+/* ---- the forwarding outbox and inbox: reading ---- */
+
+/* Run fn on each row of db from key `from` (klen bytes) on, while fn
+ * returns 0; rows whose key does not start with the first plen bytes of
+ * from end the scan. */
+static int scan_rows(struct store *s, enum db db, const uint8_t *from, size_t klen, size_t plen,
+                     int (*fn)(void *ud, const MDB_val *k, const MDB_val *v), void *ud)
+{
+    pthread_mutex_lock(&s->map_mu);
+    if (s->broken) {
+        pthread_mutex_unlock(&s->map_mu);
+        return -EIO;
+    }
+    MDB_txn *txn = NULL;
+    MDB_cursor *c = NULL;
+    int fn_err = 0;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc == 0)
+        rc = mdb_cursor_open(txn, s->dbi[db], &c);
+    if (rc == 0) {
+        MDB_val k = {klen, (void *)from}, v;
+        MDB_cursor_op op = klen ? MDB_SET_RANGE : MDB_FIRST;
+        for (;;) {
+            rc = mdb_cursor_get(c, &k, &v, op);
+            op = MDB_NEXT;
+            if (rc)
+                break;
+            if (plen && (k.mv_size < plen || memcmp(k.mv_data, from, plen) != 0))
+                break;
+            int r = fn(ud, &k, &v);
+            if (r < 0)
+                fn_err = r;
+            if (r)
+                break;
+        }
+        mdb_cursor_close(c);
+    }
+    if (txn)
+        mdb_txn_abort(txn);
+    pthread_mutex_unlock(&s->map_mu);
+    return fn_err ? fn_err : load_error(rc);
+}
+
+struct outbox_scan {
+    uint64_t node;
+    size_t left;
+    store_outbox_fn fn;
+    void *ud;
+};
+
+static int outbox_row(void *ud, const MDB_val *k, const MDB_val *v)
+{
+    struct outbox_scan *o = ud;
+    if (k->mv_size != 16)
+        return -EIO;
+    struct rdec d = {k->mv_data, 16, false};
+    uint64_t node = rdec_be64(&d), seq = rdec_be64(&d);
+    if (o->left == 0)
+        return 1;
+    o->left--;
+    int r = o->fn(o->ud, node, seq, v->mv_data, v->mv_size);
+    return r;
+}
+
+int store_outbox_scan(struct store *s, uint64_t node, uint64_t after, size_t max,
+                      store_outbox_fn fn, void *ud)
+{
+    if (!s || !fn)
+        return -EINVAL;
+    struct outbox_scan o = {node, max ? max : SIZE_MAX, fn, ud};
+    uint8_t from[16];
+    size_t klen = 0, plen = 0;
+    if (node) {
+        if (after == UINT64_MAX)
+            return 0;
+        struct rbuf b = {0};
+        rbuf_be64(&b, node);
+        rbuf_be64(&b, after + 1);
+        if (b.oom) {
+            rbuf_free(&b);
+            return -ENOMEM;
+        }
+        memcpy(from, b.b.data, 16);
+        rbuf_free(&b);
+        klen = 16;
+        plen = 8;
+    }
+    return scan_rows(s, DB_OUTBOX, from, klen, plen, outbox_row, &o);
+}
+
+struct fwd_in_scan {
+    int (*fn)(void *ud, uint64_t origin, uint64_t seq);
+    void *ud;
+};
+
+static int fwd_in_row(void *ud, const MDB_val *k, const MDB_val *v)
+{
+    struct fwd_in_scan *o = ud;
+    if (k->mv_size != 8 || v->mv_size != 8)
+        return -EIO;
+    struct rdec dk = {k->mv_data, 8, false}, dv = {v->mv_data, 8, false};
+    uint64_t origin = rdec_be64(&dk);
+    return o->fn(o->ud, origin, rdec_le64(&dv));
+}
+
+int store_fwd_in_scan(struct store *s, int (*fn)(void *ud, uint64_t origin, uint64_t seq), void *ud)
+{
+    if (!s || !fn)
+        return -EINVAL;
+    struct fwd_in_scan o = {fn, ud};
+    return scan_rows(s, DB_FWD_IN, NULL, 0, 0, fwd_in_row, &o);
+}
+
+static void boot_done(void *ud, int status)
+{
+    *(int *)ud = status;
+}
+
+int store_boot_next(struct store *s, uint64_t floor, uint64_t *out)
+{
+    uint64_t old = 0;
+    pthread_mutex_lock(&s->map_mu);
+    MDB_txn *txn;
+    int rc = s->broken ? EIO : mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc == 0) {
+        MDB_val k = {4, "boot"}, v;
+        rc = mdb_get(txn, s->dbi[DB_META], &k, &v);
+        if (rc == 0 && v.mv_size == 8) {
+            struct rdec d = {v.mv_data, 8, false};
+            old = rdec_le64(&d);
+        }
+        mdb_txn_abort(txn);
+    }
+    pthread_mutex_unlock(&s->map_mu);
+    if (rc && rc != MDB_NOTFOUND)
+        return load_error(rc);
+    uint64_t boot = old + 1 > floor ? old + 1 : floor;
+    struct store_batch *b = store_batch_new();
+    if (!b)
+        return -ENOMEM;
+    struct op *op = op_begin(b, OP_PUT, DB_META);
+    if (op) {
+        rbuf_put(&b->buf, "boot", 4);
+        op_key_done(b, op);
+        rbuf_le64(&b->buf, boot);
+        op_end(b, op);
+    }
+    int status = 1;
+    store_submit(s, b, boot_done, &status);
+    store_flush(s);
+    if (status == 0)
+        *out = boot;
+    return status;
 }

@@ -223,6 +223,46 @@ struct store_loader {
  * -EPROTO on a record of an unknown version, or -ENOMEM. */
 int store_load(struct store *s, const struct store_loader *l);
 
+/*
+ * The cluster's forwarding channel (node/cluster_fwd.c). The outbox holds
+ * the QoS 1/2 forwards a destination has not acknowledged yet: key u64be
+ * destination node, u64be seq (so one node's rows are in seq order), value
+ * the caller's bytes. The inbox holds per origin node the highest seq
+ * applied here (key u64be origin, value u64le seq).
+ */
+/* Create or replace row (node, seq) of the outbox. */
+int store_outbox_put(struct store_batch *b, uint64_t node, uint64_t seq, const void *data,
+                     size_t len);
+/* Delete every outbox row of node with a seq at most `seq` (idempotent). */
+int store_outbox_del_upto(struct store_batch *b, uint64_t node, uint64_t seq);
+/* Record that seq is the highest applied from origin. */
+int store_fwd_in_put(struct store_batch *b, uint64_t origin, uint64_t seq);
+
+/* Run fn on the committed outbox rows of node whose seq is above `after`, in
+ * seq order, at most max of them (0: no limit); node 0: every row of every
+ * node (node, then seq order; `after` is ignored). One read transaction, any
+ * thread except the writer's; fn must not use the store. fn returns 0 to go
+ * on, > 0 to stop (the scan returns 0), < 0 to stop with that error.
+ * Returns 0, -EIO (corrupt row) or -ENOMEM. */
+typedef int (*store_outbox_fn)(void *ud, uint64_t node, uint64_t seq, const void *data, size_t len);
+int store_outbox_scan(struct store *s, uint64_t node, uint64_t after, size_t max,
+                      store_outbox_fn fn, void *ud);
+/* Run fn on every (origin, seq) of the inbox (same rules). */
+int store_fwd_in_scan(struct store *s, int (*fn)(void *ud, uint64_t origin, uint64_t seq),
+                      void *ud);
+
+/* The node's boot counter: max(stored + 1, floor), stored and committed
+ * before this returns (*out). Start-up code, not the writer thread.
+ * 0 or a negative errno (then nothing changed). */
+int store_boot_next(struct store *s, uint64_t floor, uint64_t *out);
+
+/* Run fn(ud, arg, status) on the writer thread once b's commit is decided
+ * (status as for store_submit's done, before done), or with -ECANCELED when
+ * b is freed without being submitted. Quick, and only the functions done
+ * may call. 0, or -ENOMEM (fn was then called with -ENOMEM and b fails). */
+int store_batch_hook(struct store_batch *b, void (*fn)(void *ud, uint64_t arg, int status),
+                     void *ud, uint64_t arg);
+
 /* Counters since store_open (for $SYS and benchmarks). */
 struct store_stats {
     uint64_t commits;       /* successful write transactions */

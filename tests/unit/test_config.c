@@ -618,6 +618,8 @@ static void test_cluster_keys(void)
     CU_ASSERT_STRING_EQUAL(c.cluster_secret, "");
     CU_ASSERT_EQUAL(c.cluster_claim_timeout, 5000);
     CU_ASSERT_EQUAL(c.cluster_down_after, 5000);
+    CU_ASSERT_EQUAL(c.cluster_outbox_messages, 1000000);
+    CU_ASSERT_EQUAL(c.cluster_outbox_bytes, 256ull << 20);
     CU_ASSERT_FALSE(config_clustered(&c));
 
     CU_ASSERT_EQUAL(load_string(&c,
@@ -625,9 +627,17 @@ static void test_cluster_keys(void)
                                 "raft_port 5371\n"
                                 "cluster_seeds 127.0.0.11, 127.0.0.12:6000 ,seed-3.example\n"
                                 "cluster_name prod\ncluster_secret s3cr3t\n"
-                                "cluster_claim_timeout 250\ncluster_down_after 3000\n",
+                                "cluster_claim_timeout 250\ncluster_down_after 3000\n"
+                                "cluster_outbox_messages 5000\ncluster_outbox_bytes 1048576\n",
                                 NULL),
                     0);
+    CU_ASSERT_EQUAL(c.cluster_outbox_messages, 5000);
+    CU_ASSERT_EQUAL(c.cluster_outbox_bytes, 1048576);
+    /* below their minimum: refused */
+    struct config bad;
+    config_defaults(&bad);
+    CU_ASSERT(load_string(&bad, "cluster_outbox_messages 15\n", NULL) < 0);
+    CU_ASSERT(load_string(&bad, "cluster_outbox_bytes 65535\n", NULL) < 0);
     CU_ASSERT_STRING_EQUAL(c.node_name, "n1");
     CU_ASSERT_STRING_EQUAL(c.cluster_address, "127.0.0.11");
     CU_ASSERT_EQUAL(c.cluster_port, 5370);

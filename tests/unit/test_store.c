@@ -1227,6 +1227,118 @@ static void test_disk_full(void)
     free(mnt);
 }
 
+/* ---- the cluster's forwarding outbox and inbox ---- */
+
+struct rows {
+    char text[4096];
+    size_t len;
+    int n;
+};
+
+static int row_text(void *ud, uint64_t node, uint64_t seq, const void *data, size_t len)
+{
+    struct rows *r = ud;
+    r->len += (size_t)snprintf(r->text + r->len, sizeof(r->text) - r->len, "%llu/%llu=%.*s;",
+                               (unsigned long long)node, (unsigned long long)seq, (int)len,
+                               (const char *)data);
+    r->n++;
+    return 0;
+}
+
+static char *outbox_text(struct store *s, uint64_t node, uint64_t after, size_t max)
+{
+    static struct rows r;
+    memset(&r, 0, sizeof(r));
+    CU_ASSERT_EQUAL(store_outbox_scan(s, node, after, max, row_text, &r), 0);
+    return r.text;
+}
+
+static int in_text(void *ud, uint64_t origin, uint64_t seq)
+{
+    struct rows *r = ud;
+    r->len += (size_t)snprintf(r->text + r->len, sizeof(r->text) - r->len, "%llu:%llu;",
+                               (unsigned long long)origin, (unsigned long long)seq);
+    return 0;
+}
+
+static void hook_count(void *ud, uint64_t arg, int status)
+{
+    int *v = ud;
+    v[0] += (int)arg;
+    v[1] = status;
+}
+
+static void test_outbox(void)
+{
+    char *dir = tmpdir();
+    struct store *s = open_store(dir, 0, 0);
+    struct store_batch *b = store_batch_new();
+    /* inserted out of order, across nodes; seqs that differ in every byte */
+    CU_ASSERT_EQUAL(store_outbox_put(b, 2, 0x100, "c", 1), 0);
+    CU_ASSERT_EQUAL(store_outbox_put(b, 2, 5, "b", 1), 0);
+    CU_ASSERT_EQUAL(store_outbox_put(b, 2, 1, "a", 1), 0);
+    CU_ASSERT_EQUAL(store_outbox_put(b, 1, 7, "x", 1), 0);
+    CU_ASSERT_EQUAL(store_outbox_put(b, 3, 1ull << 40, "z", 1), 0);
+    CU_ASSERT_EQUAL(store_fwd_in_put(b, 9, 40), 0);
+    int hk[2] = {0, 1};
+    CU_ASSERT_EQUAL(store_batch_hook(b, hook_count, hk, 3), 0);
+    CU_ASSERT_EQUAL(store_batch_hook(b, hook_count, hk, 4), 0);
+    CU_ASSERT_EQUAL(commit(s, b), 0);
+    CU_ASSERT_EQUAL(hk[0], 7); /* both hooks ran, with the commit's status */
+    CU_ASSERT_EQUAL(hk[1], 0);
+    CU_ASSERT_STRING_EQUAL(outbox_text(s, 2, 0, 0), "2/1=a;2/5=b;2/256=c;");
+    CU_ASSERT_STRING_EQUAL(outbox_text(s, 2, 1, 0), "2/5=b;2/256=c;");
+    CU_ASSERT_STRING_EQUAL(outbox_text(s, 2, 0, 2), "2/1=a;2/5=b;");
+    CU_ASSERT_STRING_EQUAL(outbox_text(s, 2, 256, 0), "");
+    CU_ASSERT_STRING_EQUAL(outbox_text(s, 4, 0, 0), "");
+    CU_ASSERT_STRING_EQUAL(outbox_text(s, 0, 0, 0), "1/7=x;2/1=a;2/5=b;2/256=c;3/1099511627776=z;");
+
+    /* range delete: up to 5 of node 2 only; again (idempotent); beyond the
+     * last row of node 1; a node without rows */
+    b = store_batch_new();
+    CU_ASSERT_EQUAL(store_outbox_del_upto(b, 2, 5), 0);
+    CU_ASSERT_EQUAL(store_outbox_del_upto(b, 2, 5), 0);
+    CU_ASSERT_EQUAL(store_outbox_del_upto(b, 1, UINT64_MAX), 0);
+    CU_ASSERT_EQUAL(store_outbox_del_upto(b, 7, 100), 0);
+    CU_ASSERT_EQUAL(store_fwd_in_put(b, 9, 41), 0);
+    CU_ASSERT_EQUAL(store_fwd_in_put(b, 8, 2), 0);
+    CU_ASSERT_EQUAL(commit(s, b), 0);
+    CU_ASSERT_STRING_EQUAL(outbox_text(s, 0, 0, 0), "2/256=c;3/1099511627776=z;");
+
+    /* a hook of a batch that is freed unsubmitted hears -ECANCELED */
+    b = store_batch_new();
+    hk[0] = 0;
+    CU_ASSERT_EQUAL(store_batch_hook(b, hook_count, hk, 1), 0);
+    store_batch_free(b);
+    CU_ASSERT_EQUAL(hk[0], 1);
+    CU_ASSERT_EQUAL(hk[1], -ECANCELED);
+
+    /* boot counter: above the floor, then one more than stored */
+    uint64_t boot = 0;
+    CU_ASSERT_EQUAL(store_boot_next(s, 1000, &boot), 0);
+    CU_ASSERT_EQUAL(boot, 1000);
+    CU_ASSERT_EQUAL(store_boot_next(s, 10, &boot), 0);
+    CU_ASSERT_EQUAL(boot, 1001);
+
+    /* everything survives a reopen, and the sessions' load ignores it */
+    store_close(s);
+    s = open_store(dir, 0, 0);
+    struct list got = {0};
+    load_all(s, &got);
+    CU_ASSERT_EQUAL(got.n, 0);
+    list_free(&got);
+    CU_ASSERT_STRING_EQUAL(outbox_text(s, 0, 0, 0), "2/256=c;3/1099511627776=z;");
+    struct rows r;
+    memset(&r, 0, sizeof(r));
+    CU_ASSERT_EQUAL(store_fwd_in_scan(s, in_text, &r), 0);
+    CU_ASSERT_STRING_EQUAL(r.text, "8:2;9:41;");
+    CU_ASSERT_EQUAL(store_boot_next(s, 10, &boot), 0);
+    CU_ASSERT_EQUAL(boot, 1002);
+    store_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
 int main(int argc, char **argv)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -1251,6 +1363,7 @@ int main(int argc, char **argv)
     CU_add_test(s, "group commit from 4 threads", test_group_commit);
     CU_add_test(s, "sync modes", test_sync_modes);
     CU_add_test(s, "poisoned, empty and chained batches", test_batches);
+    CU_add_test(s, "cluster outbox and inbox", test_outbox);
     CU_add_test(disk, "disk full (tmpfs)", test_disk_full);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     if (argc > 1) {

@@ -1,0 +1,767 @@
+/*
+ * cluster_fwd.c - the outbox, resend and acknowledgement of forwards (see
+ * cluster_fwd.h, docs/cluster.md "The forwarding channel").
+ *
+ * Origin. struct fwd_out per destination node: under its mutex the seq
+ * counter, the last seq handed to the channel (`sent`, the next frame's
+ * prev), the replay cursor, the highest acknowledged seq, and an in-memory
+ * index of the outbox rows (seq, size, state: pending until the
+ * publisher's batch commits, committed, or failed), which counts the rows
+ * for the bounds and tells the replay which rows it may read from the
+ * store (a pending row is waited for, a failed one skipped). The stored
+ * value is the encoded Publish (with its seq); `prev` is appended when the
+ * frame is sent (fields of a protobuf message may come in any order).
+ *
+ * Receiver. struct fwd_in per origin: the highest seq applied (cluster
+ * thread), the highest committed (writer thread), the last one
+ * acknowledged (poll).
+ */
+#include "cluster_fwd.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "broker.h"
+#include "cluster.h"
+#include "log.h"
+#include "msg.h"
+#include "persist.h"
+#include "store.h"
+
+#define FWD_MAX_PEERS 64
+#define FWD_ACK_TIMEOUT_MS 3000 /* no acknowledgement while some are due: replay */
+#define FWD_RESEND_EVERY_MS 200 /* a receiver asks again at most this often */
+#define FWD_REPLAY_BATCH 256    /* rows read per store transaction */
+#define FWD_REPLAY_BUDGET 8192  /* rows sent per peer per poll */
+
+enum row_state { ROW_PENDING, ROW_COMMITTED, ROW_FAILED };
+
+struct row {
+    uint64_t seq;
+    uint32_t len;
+    uint8_t state;
+};
+
+struct fwd_out {
+    uint64_t node;
+    pthread_mutex_t mu;
+    uint64_t next;        /* mu: last seq taken */
+    uint64_t sent;        /* mu: last seq handed to the channel (next prev) */
+    uint64_t cursor;      /* mu: replay: last seq handled (sent or skipped) */
+    uint64_t acked;       /* mu: highest seq the node acknowledged */
+    bool replay;          /* mu */
+    bool slow;            /* mu: above the pause mark (counted in fwd_slow_peers) */
+    uint64_t progress_ms; /* mu: when acked last moved, or rows appeared */
+    struct row *ring;     /* mu: the outbox rows, ascending seq */
+    size_t cap, head, n;
+    uint64_t bytes;        /* mu: their sizes */
+    uint64_t deleted;      /* poll: highest seq range-deleted */
+    uint64_t connects;     /* poll: the channel's handshakes seen */
+    uint64_t replays;      /* mu: live sends the channel refused */
+    uint64_t replays_seen; /* poll: replays logged */
+    uint64_t log_ms;       /* poll: last logged */
+};
+
+struct fwd_in {
+    uint64_t origin;
+    uint64_t hwm;               /* cluster thread: highest seq applied */
+    uint64_t resend_ms;         /* cluster thread: last resend asked */
+    _Atomic uint64_t committed; /* highest seq whose batch committed */
+    atomic_bool ack_due;        /* a duplicate came: acknowledge again */
+    uint64_t acked;             /* poll: last acknowledged */
+};
+
+struct cluster_fwd {
+    struct broker *b;
+    struct cluster *c;
+    uint64_t self;
+    atomic_bool ready;  /* attached to the store */
+    bool durable;       /* there is a store */
+    uint64_t base;      /* boot << 32: seqs of this run start above it */
+    pthread_mutex_t mu; /* adding peers */
+    struct fwd_out *outs[FWD_MAX_PEERS];
+    atomic_uint n_out;
+    struct fwd_in *ins[FWD_MAX_PEERS];
+    atomic_uint n_in;
+    _Atomic uint64_t log_ms; /* rate limit of the refusal warning */
+};
+
+/* ---- the row index ------------------------------------------------------- */
+
+static struct row *ring_at(struct fwd_out *o, size_t i)
+{
+    return &o->ring[(o->head + i) % o->cap];
+}
+
+static int ring_push(struct fwd_out *o, uint64_t seq, uint32_t len, uint8_t state)
+{
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 64;
+        struct row *v = malloc(cap * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        for (size_t i = 0; i < o->n; i++)
+            v[i] = *ring_at(o, i);
+        free(o->ring);
+        o->ring = v;
+        o->cap = cap;
+        o->head = 0;
+    }
+    *ring_at(o, o->n) = (struct row){seq, len, state};
+    o->n++;
+    o->bytes += len;
+    return 0;
+}
+
+/* Index of the first row with a seq above seq (o->n if none). */
+static size_t ring_after(struct fwd_out *o, uint64_t seq)
+{
+    size_t lo = 0, hi = o->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ring_at(o, mid)->seq <= seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Whether o is above its pause mark; keeps broker stats.fwd_slow_peers.
+ * Caller holds o->mu. */
+static void out_update_slow(struct cluster_fwd *f, struct fwd_out *o)
+{
+    const struct config *cfg = &f->b->cfg;
+    if (!o->slow && (o->n >= cfg->cluster_outbox_messages / 4 * 3 ||
+                     o->bytes >= cfg->cluster_outbox_bytes / 4 * 3)) {
+        o->slow = true;
+        atomic_fetch_add(&f->b->stats.fwd_slow_peers, 1);
+    } else if (o->slow && o->n < cfg->cluster_outbox_messages / 2 &&
+               o->bytes < cfg->cluster_outbox_bytes / 2) {
+        o->slow = false;
+        atomic_fetch_sub(&f->b->stats.fwd_slow_peers, 1);
+    }
+}
+
+/* Rows up to o->acked leave the index. Caller holds o->mu. */
+static void out_pop_acked(struct cluster_fwd *f, struct fwd_out *o)
+{
+    while (o->n && o->ring[o->head].seq <= o->acked) {
+        o->bytes -= o->ring[o->head].len;
+        o->head = (o->head + 1) % o->cap;
+        o->n--;
+    }
+    out_update_slow(f, o);
+}
+
+/* Writer thread: the publisher's batch holding row seq of o is decided. */
+static void row_done(void *ud, uint64_t seq, int status)
+{
+    struct fwd_out *o = ud;
+    pthread_mutex_lock(&o->mu);
+    size_t i = ring_after(o, seq - 1);
+    if (i < o->n && ring_at(o, i)->seq == seq)
+        ring_at(o, i)->state = status == 0 ? ROW_COMMITTED : ROW_FAILED;
+    pthread_mutex_unlock(&o->mu);
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- peers ---------------------------------------------------------------- */
+
+static struct fwd_out *out_find(struct cluster_fwd *f, uint64_t node)
+{
+    unsigned n = atomic_load_explicit(&f->n_out, memory_order_acquire);
+    for (unsigned i = 0; i < n; i++)
+        if (f->outs[i]->node == node)
+            return f->outs[i];
+    return NULL;
+}
+
+static struct fwd_out *out_get(struct cluster_fwd *f, uint64_t node)
+{
+    struct fwd_out *o = out_find(f, node);
+    if (o)
+        return o;
+    pthread_mutex_lock(&f->mu);
+    o = out_find(f, node);
+    unsigned n = atomic_load(&f->n_out);
+    if (!o && n < FWD_MAX_PEERS && (o = calloc(1, sizeof(*o)))) {
+        o->node = node;
+        o->next = f->base;
+        pthread_mutex_init(&o->mu, NULL);
+        f->outs[n] = o;
+        atomic_store_explicit(&f->n_out, n + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return o;
+}
+
+static struct fwd_in *in_find(struct cluster_fwd *f, uint64_t origin)
+{
+    unsigned n = atomic_load_explicit(&f->n_in, memory_order_acquire);
+    for (unsigned i = 0; i < n; i++)
+        if (f->ins[i]->origin == origin)
+            return f->ins[i];
+    return NULL;
+}
+
+static struct fwd_in *in_get(struct cluster_fwd *f, uint64_t origin)
+{
+    struct fwd_in *in = in_find(f, origin);
+    if (in)
+        return in;
+    pthread_mutex_lock(&f->mu);
+    in = in_find(f, origin);
+    unsigned n = atomic_load(&f->n_in);
+    if (!in && n < FWD_MAX_PEERS && (in = calloc(1, sizeof(*in)))) {
+        in->origin = origin;
+        f->ins[n] = in;
+        atomic_store_explicit(&f->n_in, n + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return in;
+}
+
+/* ---- sending ---------------------------------------------------------------- */
+
+static size_t varint_put(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    do {
+        uint8_t byte = v & 0x7f;
+        v >>= 7;
+        p[n++] = byte | (v ? 0x80 : 0);
+    } while (v);
+    return n;
+}
+
+/* Send the encoded Publish pub as a Frame, with prev appended (field 16,
+ * varint). Returns cluster_send's answer. */
+static int frame_send(struct cluster_fwd *f, uint64_t node, const void *pub, size_t len,
+                      uint64_t prev)
+{
+    uint8_t tail[16];
+    size_t tn = 0;
+    if (prev) {
+        tail[0] = 0x80; /* field 16, wire type 0 */
+        tail[1] = 0x01;
+        tn = 2 + varint_put(tail + 2, prev);
+    }
+    uint8_t head[16];
+    head[0] = 0x1a; /* Frame.publish: field 3, length-delimited */
+    size_t hn = 1 + varint_put(head + 1, len + tn);
+    uint8_t stack[2048];
+    size_t total = hn + len + tn;
+    uint8_t *buf = total <= sizeof(stack) ? stack : malloc(total);
+    if (!buf)
+        return -ENOMEM;
+    memcpy(buf, head, hn);
+    memcpy(buf + hn, pub, len);
+    memcpy(buf + hn + len, tail, tn);
+    int r = cluster_send(f->c, node, buf, total);
+    if (buf != stack)
+        free(buf);
+    return r;
+}
+
+static void warn_refused(struct cluster_fwd *f, uint64_t node, const char *why)
+{
+    uint64_t now = mono_ms(), last = atomic_load(&f->log_ms);
+    if (now - last >= 1000 && atomic_compare_exchange_strong(&f->log_ms, &last, now))
+        log_warn("cluster: a publish for node %016llx is refused: %s", (unsigned long long)node,
+                 why);
+}
+
+/* At most once: QoS 0, or no store. */
+static void send_unsequenced(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publish *p)
+{
+    p->seq = 0;
+    p->has_prev = false;
+    size_t n = starling__chan__publish__get_packed_size(p);
+    uint8_t stack[2048];
+    uint8_t *buf = n <= sizeof(stack) ? stack : malloc(n);
+    if (!buf)
+        return;
+    starling__chan__publish__pack(p, buf);
+    int r = frame_send(f, node, buf, n, 0);
+    if (buf != stack)
+        free(buf);
+    if (r < 0) {
+        atomic_fetch_add(&f->b->stats.msgs_dropped, 1);
+        if (p->qos == 0)
+            atomic_fetch_add(&f->b->stats.fwd_qos0_dropped, 1);
+        log_debug("cluster: a forward to %016llx is dropped: %s", (unsigned long long)node,
+                  strerror(-r));
+    }
+}
+
+void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publish *p,
+                      struct store_batch **bt, struct pub_flow *flow)
+{
+    struct broker *b = f->b;
+    if (p->qos == 0 || !atomic_load(&f->ready) || !f->durable) {
+        send_unsequenced(f, node, p);
+        return;
+    }
+    struct fwd_out *o = out_get(f, node);
+    struct store_batch *batch = persist_batch(b, bt);
+    if (!o || !batch) {
+        if (batch)
+            store_batch_fail(batch, -ENOMEM);
+        return;
+    }
+    p->has_prev = false;
+    p->seq = UINT64_MAX; /* the largest size a seq takes */
+    size_t max = starling__chan__publish__get_packed_size(p);
+    uint8_t *buf = malloc(max);
+    if (!buf) {
+        store_batch_fail(batch, -ENOMEM);
+        return;
+    }
+    const struct config *cfg = &b->cfg;
+    pthread_mutex_lock(&o->mu);
+    if (o->n >= cfg->cluster_outbox_messages || o->bytes + max > cfg->cluster_outbox_bytes) {
+        pthread_mutex_unlock(&o->mu);
+        free(buf);
+        atomic_fetch_add(&b->stats.fwd_refused, 1);
+        if (flow)
+            flow->refused = true;
+        warn_refused(f, node, "its outbox is full");
+        return;
+    }
+    uint64_t seq = ++o->next;
+    p->seq = seq;
+    size_t n = starling__chan__publish__pack(p, buf);
+    if (ring_push(o, seq, (uint32_t)n, ROW_PENDING) < 0) {
+        o->next--;
+        pthread_mutex_unlock(&o->mu);
+        free(buf);
+        store_batch_fail(batch, -ENOMEM);
+        return;
+    }
+    if (o->n == 1)
+        o->progress_ms = mono_ms();
+    if (!o->replay) {
+        if (frame_send(f, node, buf, n, o->sent) == 0) {
+            o->sent = o->cursor = seq;
+        } else {
+            /* the row is sent from the outbox once it is committed */
+            o->replay = true;
+            o->cursor = o->sent;
+            o->replays++;
+        }
+    }
+    out_update_slow(f, o);
+    if (o->slow && flow)
+        flow->fwd_slow = true;
+    pthread_mutex_unlock(&o->mu);
+    /* outside the lock: a hook that cannot be added runs at once */
+    if (store_outbox_put(batch, node, seq, buf, n) == 0)
+        store_batch_hook(batch, row_done, o, seq);
+    free(buf);
+}
+
+/* Send again what o holds above `from`. Caller holds o->mu. */
+static void out_replay_from(struct fwd_out *o, uint64_t from)
+{
+    o->replay = true;
+    o->sent = o->cursor = from;
+    o->progress_ms = mono_ms();
+}
+
+void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Chan__PublishAck *a)
+{
+    struct fwd_out *o = out_find(f, from);
+    if (!o || a->origin != f->self)
+        return;
+    pthread_mutex_lock(&o->mu);
+    if (a->seq > o->acked && a->seq <= o->next) {
+        o->acked = a->seq;
+        o->progress_ms = mono_ms();
+        out_pop_acked(f, o);
+    }
+    /* the node missed a frame after a->seq: from there again, unless a
+     * replay that has not passed it yet is on its way */
+    if (a->has_resend && a->resend && !(o->replay && o->cursor <= a->seq)) {
+        out_replay_from(o, a->seq > o->acked ? a->seq : o->acked);
+        /* the first frame names what the node has: a node that lost its
+         * store (a->seq below what it acknowledged) takes what is left */
+        o->sent = a->seq;
+    }
+    pthread_mutex_unlock(&o->mu);
+}
+
+/* ---- replay (the poll's thread) --------------------------------------------- */
+
+struct replay {
+    struct cluster_fwd *f;
+    struct fwd_out *o;
+    uint64_t last; /* the last row collected */
+    unsigned sent;
+    bool blocked; /* the channel refused: later */
+};
+
+static int replay_row(void *ud, uint64_t node, uint64_t seq, const void *data, size_t len)
+{
+    (void)node;
+    struct replay *r = ud;
+    struct fwd_out *o = r->o;
+    if (seq > r->last)
+        return 1;
+    pthread_mutex_lock(&o->mu);
+    int stop = 0;
+    if (o->replay && seq > o->cursor) {
+        if (frame_send(r->f, o->node, data, len, o->sent) == 0) {
+            o->sent = o->cursor = seq;
+            r->sent++;
+        } else {
+            r->blocked = true;
+            stop = 1;
+        }
+    }
+    pthread_mutex_unlock(&o->mu);
+    return stop;
+}
+
+/* Send committed rows after the cursor, in order, until caught up (then
+ * live), a pending row, the channel's bound or the budget. */
+static void out_replay(struct cluster_fwd *f, struct fwd_out *o)
+{
+    unsigned budget = FWD_REPLAY_BUDGET;
+    while (budget) {
+        pthread_mutex_lock(&o->mu);
+        if (!o->replay) {
+            pthread_mutex_unlock(&o->mu);
+            return;
+        }
+        if (o->acked > o->cursor)
+            o->sent = o->cursor = o->acked;
+        size_t i = ring_after(o, o->cursor);
+        while (i < o->n && ring_at(o, i)->state == ROW_FAILED)
+            o->cursor = ring_at(o, i++)->seq; /* its publish was refused */
+        if (i == o->n) {
+            o->replay = false; /* caught up: workers send from now on */
+            pthread_mutex_unlock(&o->mu);
+            return;
+        }
+        size_t k = 0;
+        while (i + k < o->n && k < FWD_REPLAY_BATCH && ring_at(o, i + k)->state == ROW_COMMITTED)
+            k++;
+        if (k == 0) { /* a publisher's batch is not committed yet */
+            pthread_mutex_unlock(&o->mu);
+            return;
+        }
+        uint64_t after = o->cursor;
+        struct replay r = {f, o, ring_at(o, i + k - 1)->seq, 0, false};
+        pthread_mutex_unlock(&o->mu);
+        int rc = store_outbox_scan(f->b->store, o->node, after, k + 16, replay_row, &r);
+        atomic_fetch_add(&f->b->stats.fwd_resent, r.sent);
+        if (rc < 0) {
+            log_error("cluster: cannot read the outbox of %016llx: %s", (unsigned long long)o->node,
+                      store_strerror(rc));
+            return;
+        }
+        if (r.blocked)
+            return;
+        pthread_mutex_lock(&o->mu);
+        if (o->replay && o->cursor < r.last && r.sent == 0) {
+            /* committed rows that are gone (acknowledged meanwhile) */
+            o->cursor = r.last;
+        }
+        pthread_mutex_unlock(&o->mu);
+        budget = budget > k ? budget - (unsigned)k : 0;
+    }
+}
+
+/* ---- the receiving side ------------------------------------------------------ */
+
+/* Whether the origin picked this node for shared group `group`: one of the
+ * frame's "$share/{group}/{filter}" strings names it. (Two groups of one name
+ * with different filters that both match are told apart by name only.) */
+static bool share_picked(void *ud, const char *group, size_t len)
+{
+    const Starling__Chan__Publish *p = ud;
+    for (size_t i = 0; i < p->n_shares; i++) {
+        const ProtobufCBinaryData *s = &p->shares[i];
+        if (s->len > 7 + len && memcmp(s->data, "$share/", 7) == 0 &&
+            memcmp(s->data + 7, group, len) == 0 && s->data[7 + len] == '/')
+            return true;
+    }
+    return false;
+}
+
+struct in_commit {
+    struct cluster_fwd *f;
+    struct fwd_in *in;
+    uint64_t seq;
+    struct msg *m;
+    struct pub_targets targets;
+};
+
+/* Writer thread: the deliveries of frame seq and the new highest seq are
+ * committed (or not: then they stay in memory only, see docs/cluster.md). */
+static void in_done(void *ud, int status)
+{
+    struct in_commit *ic = ud;
+    broker_release(ic->f->b, ic->m, MSG_READY, &ic->targets, NULL);
+    msg_unref(ic->m);
+    if (status == 0) {
+        uint64_t c = atomic_load(&ic->in->committed);
+        while (c < ic->seq && !atomic_compare_exchange_weak(&ic->in->committed, &c, ic->seq))
+            ;
+    } else {
+        log_error("cluster: a forward from %016llx is not stored: %s",
+                  (unsigned long long)ic->in->origin, store_strerror(status));
+    }
+    free(ic);
+}
+
+static void send_ack(struct cluster_fwd *f, uint64_t origin, uint64_t seq, bool resend)
+{
+    Starling__Chan__PublishAck a = STARLING__CHAN__PUBLISH_ACK__INIT;
+    a.origin = origin;
+    a.seq = seq;
+    a.has_resend = resend;
+    a.resend = resend;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH_ACK;
+    fr.publish_ack = &a;
+    uint8_t buf[64];
+    size_t n = starling__chan__frame__pack(&fr, buf);
+    cluster_send(f->c, origin, buf, n);
+}
+
+void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling__Chan__Publish *p)
+{
+    (void)from;
+    struct broker *b = f->b;
+    if (p->topic.len == 0 || p->topic.len > 65535)
+        return;
+    struct fwd_in *in = NULL;
+    if (p->seq) {
+        /* before the store is loaded nothing is known of what was applied:
+         * the origin sends it again (its next frame shows the gap) */
+        if (!atomic_load(&f->ready) || !(in = in_get(f, p->origin)))
+            return;
+        if (p->seq <= in->hwm) {
+            atomic_fetch_add(&b->stats.fwd_duplicates, 1);
+            atomic_store(&in->ack_due, true);
+            return;
+        }
+        uint64_t prev = p->has_prev ? p->prev : 0;
+        if (prev > in->hwm) {
+            uint64_t now = mono_ms();
+            if (now - in->resend_ms >= FWD_RESEND_EVERY_MS) {
+                in->resend_ms = now;
+                send_ack(f, p->origin, in->hwm, true);
+            }
+            return;
+        }
+    }
+    struct msg *m = msg_new(p->topic.data, (uint16_t)p->topic.len, p->payload.data,
+                            (uint32_t)p->payload.len, p->has_properties ? p->properties.data : NULL,
+                            p->has_properties ? (uint32_t)p->properties.len : 0,
+                            (uint8_t)(p->qos > 2 ? 2 : p->qos), p->has_retain && p->retain,
+                            p->has_expiry_at_ms ? p->expiry_at_ms : 0, NULL);
+    if (!m)
+        return; /* not applied: the origin sends it again (sequenced) */
+    m->route_index = p->has_route_index ? p->route_index : 0;
+    atomic_fetch_add(&b->stats.msgs_received, 1);
+    if (!in) {
+        broker_publish_forwarded(b, m, share_picked, (void *)p, NULL, NULL);
+        msg_unref(m);
+        return;
+    }
+    if (!b->store) {
+        in->hwm = p->seq;
+        broker_publish_forwarded(b, m, share_picked, (void *)p, NULL, NULL);
+        msg_unref(m);
+        atomic_store(&in->committed, p->seq);
+        return;
+    }
+    struct in_commit *ic = calloc(1, sizeof(*ic));
+    struct store_batch *bt = store_batch_new();
+    if (!ic || !bt) {
+        free(ic);
+        store_batch_free(bt);
+        msg_unref(m); /* not applied: the origin sends it again */
+        return;
+    }
+    in->hwm = p->seq;
+    store_fwd_in_put(bt, p->origin, p->seq);
+    /* held until committed, like a client's publish (struct msg.hold) */
+    atomic_store(&m->hold, MSG_HELD);
+    broker_publish_forwarded(b, m, share_picked, (void *)p, &bt, &ic->targets);
+    ic->f = f;
+    ic->in = in;
+    ic->seq = p->seq;
+    ic->m = m;
+    store_submit(b->store, bt, in_done, ic);
+}
+
+/* ---- the poll ------------------------------------------------------------------ */
+
+void cluster_fwd_poll(struct cluster_fwd *f, uint64_t now)
+{
+    if (!atomic_load(&f->ready))
+        return;
+    unsigned n_in = atomic_load_explicit(&f->n_in, memory_order_acquire);
+    for (unsigned i = 0; i < n_in; i++) {
+        struct fwd_in *in = f->ins[i];
+        uint64_t c = atomic_load(&in->committed);
+        if (c > in->acked || (atomic_exchange(&in->ack_due, false) && c)) {
+            in->acked = c;
+            send_ack(f, in->origin, c, false);
+        }
+    }
+    if (!f->durable)
+        return;
+    struct store_batch *del = NULL;
+    unsigned n_out = atomic_load_explicit(&f->n_out, memory_order_acquire);
+    for (unsigned i = 0; i < n_out; i++) {
+        struct fwd_out *o = f->outs[i];
+        struct chan_peer_stats st;
+        bool up = cluster_peer_stats(f->c, o->node, &st) == 0 && st.connected;
+        pthread_mutex_lock(&o->mu);
+        if (up && st.connects != o->connects) {
+            /* a new connection: what the old one carried may be lost */
+            o->connects = st.connects;
+            out_replay_from(o, o->acked);
+        } else if (up && !o->replay && o->sent > o->acked &&
+                   now - o->progress_ms >= FWD_ACK_TIMEOUT_MS) {
+            /* frames, or their acknowledgement, lost without a new
+             * connection (the tail of a stream: no later frame shows the
+             * gap) */
+            out_replay_from(o, o->acked);
+        }
+        uint64_t acked = o->acked;
+        bool replay = o->replay;
+        uint64_t refused = 0;
+        if (o->replays != o->replays_seen && now - o->log_ms >= 1000) {
+            refused = o->replays - o->replays_seen; /* at most a line a second */
+            o->replays_seen = o->replays;
+            o->log_ms = now;
+        }
+        size_t held = o->n;
+        pthread_mutex_unlock(&o->mu);
+        if (refused)
+            log_info("cluster: the channel to %016llx was full or down %llu time(s): %zu "
+                     "forward(s) wait in its outbox",
+                     (unsigned long long)o->node, (unsigned long long)refused, held);
+        if (acked > o->deleted) {
+            if (!del)
+                del = store_batch_new();
+            if (del && store_outbox_del_upto(del, o->node, acked) == 0)
+                o->deleted = acked;
+        }
+        if (replay && up)
+            out_replay(f, o);
+    }
+    if (del)
+        store_submit(f->b->store, del, NULL, NULL);
+}
+
+/* ---- life cycle ---------------------------------------------------------------- */
+
+struct cluster_fwd *cluster_fwd_new(struct broker *b)
+{
+    struct cluster_fwd *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    f->b = b;
+    pthread_mutex_init(&f->mu, NULL);
+    return f;
+}
+
+void cluster_fwd_start(struct cluster_fwd *f, struct cluster *c, uint64_t self)
+{
+    f->c = c;
+    f->self = self;
+}
+
+static int load_row(void *ud, uint64_t node, uint64_t seq, const void *data, size_t len)
+{
+    (void)data;
+    struct cluster_fwd *f = ud;
+    struct fwd_out *o = out_get(f, node);
+    if (!o)
+        return -ENOMEM;
+    /* no lock needed: no other thread uses o yet (ready is false) */
+    if (ring_push(o, seq, (uint32_t)len, ROW_COMMITTED) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
+static int load_in(void *ud, uint64_t origin, uint64_t seq)
+{
+    struct cluster_fwd *f = ud;
+    struct fwd_in *in = in_get(f, origin);
+    if (!in)
+        return -ENOMEM;
+    in->hwm = seq;
+    atomic_store(&in->committed, seq);
+    in->acked = 0; /* acknowledged again once */
+    return 0;
+}
+
+int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *err, size_t errlen)
+{
+    *seq_base = 0;
+    struct store *s = f->b->store;
+    if (!s) {
+        atomic_store(&f->ready, true);
+        return 0;
+    }
+    uint64_t boot = 0;
+    int r = store_boot_next(s, (uint64_t)time(NULL), &boot);
+    if (r == 0)
+        r = store_outbox_scan(s, 0, 0, 0, load_row, f);
+    if (r == 0)
+        r = store_fwd_in_scan(s, load_in, f);
+    if (r < 0) {
+        snprintf(err, errlen, "cluster: cannot load the forwarding outbox: %s", store_strerror(r));
+        return r;
+    }
+    *seq_base = f->base = boot << 32;
+    size_t rows = 0;
+    unsigned n_out = atomic_load(&f->n_out);
+    for (unsigned i = 0; i < n_out; i++) {
+        struct fwd_out *o = f->outs[i];
+        o->next = *seq_base;
+        o->replay = o->n > 0;
+        o->progress_ms = mono_ms();
+        out_update_slow(f, o);
+        rows += o->n;
+    }
+    f->durable = true;
+    atomic_store(&f->ready, true);
+    if (rows)
+        log_info("cluster: %zu forward(s) to %u node(s) wait in the outbox", rows, n_out);
+    return 0;
+}
+
+void cluster_fwd_free(struct cluster_fwd *f)
+{
+    if (!f)
+        return;
+    for (unsigned i = 0; i < atomic_load(&f->n_out); i++) {
+        pthread_mutex_destroy(&f->outs[i]->mu);
+        free(f->outs[i]->ring);
+        free(f->outs[i]);
+    }
+    for (unsigned i = 0; i < atomic_load(&f->n_in); i++)
+        free(f->ins[i]);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}

@@ -1,0 +1,86 @@
+/*
+ * cluster_fwd.h - publishes forwarded between nodes: QoS 1/2 forwards are
+ * never lost nor applied twice, and a slow node holds publishers back
+ * instead of losing their messages (docs/cluster.md "The forwarding
+ * channel").
+ *
+ * Origin side. A QoS 1/2 forward to node N gets the next seq of (this
+ * node, N), taken under N's lock together with its hand-over to the
+ * channel, so seqs reach N in increasing order. It is written to N's
+ * outbox (storage/store.h) in the publisher's store batch, so the PUBACK /
+ * PUBREC waits for it, and stays there until N acknowledges it. Seqs start
+ * at boot << 32 after each start (boot: a durable counter, at least the
+ * time in seconds), so they grow across restarts. Each frame names the seq
+ * sent before it to N (`prev`).
+ *
+ * A peer is "live" (frames go to the channel at once) or "replaying" (the
+ * poll sends the committed outbox rows after a cursor, in order, then goes
+ * live under the same lock that workers take: no frame falls in between).
+ * It replays after a (re)connection, after a start (everything in the
+ * outbox), when the channel queue is full (-ENOBUFS), when N asks for it
+ * (PublishAck.resend) and when N acknowledged nothing for 3 s.
+ *
+ * Receiver side (the cluster thread). Per origin, the highest seq applied:
+ * a frame at or below it is a duplicate (dropped); a frame whose prev is
+ * above it follows a lost one (dropped, and a resend is asked for). An
+ * applied frame is delivered with its deliveries and the new highest seq in
+ * one store batch, committed asynchronously; its subscribers get it once
+ * that committed; then the cumulative PublishAck is sent (coalesced, by the
+ * poll). QoS 0 forwards have seq 0: at most once, counted when dropped.
+ *
+ * Bounds: a peer's outbox holds at most cluster_outbox_messages rows and
+ * cluster_outbox_bytes bytes; beyond, a QoS 1/2 publish for it is refused
+ * (pub_flow.refused: 5.0 PUBACK/PUBREC 0x97, 3.1.1 connection closed),
+ * counted in stats.fwd_refused. From 3/4 of either bound its publishers are
+ * paused (pub_flow.fwd_slow, conn_flow.c) until it is below 1/2 again or
+ * max_publisher_pause ran out.
+ *
+ * Threads: cluster_fwd_send from any worker; _on_publish and _on_ack on the
+ * cluster thread; _poll on the glue's own thread; _new, _attach_store and
+ * _free on the owner.
+ */
+#ifndef STARLING_CLUSTER_FWD_H
+#define STARLING_CLUSTER_FWD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "channel.pb-c.h"
+
+struct broker;
+struct cluster;
+struct pub_flow;
+struct store_batch;
+
+struct cluster_fwd;
+
+/* NULL when out of memory. Frames may arrive from then on (QoS 0 ones are
+ * delivered, sequenced ones wait for the store: the origin resends). */
+struct cluster_fwd *cluster_fwd_new(struct broker *b);
+/* Once the cluster runs (before any publish). Forwards are at most once
+ * until cluster_fwd_attach_store. */
+void cluster_fwd_start(struct cluster_fwd *f, struct cluster *c, uint64_t self);
+
+/* Once the store is open and loaded (b->store; NULL with persistence off:
+ * forwards stay at most once): take the next boot counter, load the
+ * outboxes (replayed to their peers) and the highest seqs applied.
+ * *seq_base is boot << 32 (0 without a store). 0 or a negative errno. */
+int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *err, size_t errlen);
+
+/* Forward p (every field set but seq and prev) to node. QoS 1/2 with a
+ * store: into node's outbox through *bt (created if NULL), then to the
+ * channel; flow (may be NULL) learns about bounds. */
+void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publish *p,
+                      struct store_batch **bt, struct pub_flow *flow);
+
+/* A frame from node `from`. */
+void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling__Chan__Publish *p);
+void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Chan__PublishAck *a);
+
+/* Acknowledgements, range deletes, replays, reconnections (every few ms). */
+void cluster_fwd_poll(struct cluster_fwd *f, uint64_t now_ms);
+
+/* After the store closed (no commit callback can run any more). */
+void cluster_fwd_free(struct cluster_fwd *f);
+
+#endif
