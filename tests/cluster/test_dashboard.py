@@ -199,7 +199,6 @@ def test_dashboard_overview_of_three_nodes(cluster, watched_client, tmp_path):
         shutil.copy(tmp_path / "overview.png", Path(ROOT) / "docs" / "dashboard.png")
 
 
-@pytest.mark.xfail(strict=False, reason="DELETE /api/v1/clients/{id} lands with branch opsapi")
 def test_dashboard_kicks_a_client(cluster, watched_client, tmp_path):
     _, gone = watched_client
     n3 = cluster.nodes[2]
