@@ -92,9 +92,12 @@ static void claim_routed(void *ud)
     struct cl_claim *k = ud;
     struct broker *b = k->cn->b;
     if (b->sink->call(k->req.w, claim_on_worker, k) < 0) {
-        /* the worker is stopping: its connections are gone */
+        /* the worker's loop ended (its inbox is closed): refuse the claim
+         * here, as registry_deferred_ops does, so that the connection's
+         * reference is released */
         session_end(b, k->incoming);
         session_unref(k->incoming);
+        k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
         free(k);
     }
 }
@@ -180,11 +183,14 @@ static void claim_finish(struct cl_claim *k, int status)
 {
     k->status = status;
     if (k->cn->b->sink->call(k->req.w, claim_on_worker, k) < 0) {
-        /* the worker is stopping: its connections are gone */
+        /* the worker's loop ended (its inbox is closed): refuse the claim
+         * here, as registry_deferred_ops does, so that the connection's
+         * reference is released */
         if (k->incoming) {
             session_end(k->cn->b, k->incoming);
             session_unref(k->incoming);
         }
+        k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
         free(k);
     }
 }
