@@ -394,8 +394,39 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
     if (sm->client_id.len == 0 || sm->client_id.len > 65535)
         return;
     struct broker *b = cn->b;
-    struct session *s =
-        owned_session(cn, (const char *)sm->client_id.data, sm->client_id.len, sm->epoch);
+    const char *id = (const char *)sm->client_id.data;
+    struct session *s = owned_session(cn, id, sm->client_id.len, sm->epoch);
+    uint64_t node = 0, epoch = 0;
+    if (!s && fsm_registry_get(cn->fsm, id, sm->client_id.len, &node, &epoch) == 0 &&
+        epoch > sm->epoch) {
+        /* the session moved on since (a later claim): its messages follow
+         * it, to this node's copy of the later claim or to its node (epochs
+         * only grow, so this ends) */
+        if (node == cn->self) {
+            s = owned_session(cn, id, sm->client_id.len, epoch);
+        } else if (node != from) {
+            Starling__Chan__SessionMessages on = *sm;
+            on.epoch = epoch;
+            Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+            fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
+            fr.session_messages = &on;
+            size_t n = starling__chan__frame__get_packed_size(&fr);
+            uint8_t *buf = malloc(n ? n : 1);
+            if (buf) {
+                starling__chan__frame__pack(&fr, buf);
+                int r = cluster_send(cn->c, node, buf, n);
+                free(buf);
+                if (r == 0) {
+                    log_info("cluster: %zu late message(s) for '%.*s' (claim %llu) passed on "
+                             "to its owner %016llx (claim %llu)",
+                             sm->n_msgs, (int)sm->client_id.len, id,
+                             (unsigned long long)sm->epoch, (unsigned long long)node,
+                             (unsigned long long)epoch);
+                    return;
+                }
+            }
+        }
+    }
     if (!s) {
         atomic_fetch_add(&b->stats.msgs_dropped, sm->n_msgs);
         log_warn("cluster: %zu late message(s) from %016llx for '%.*s' (claim %llu), which is not "

@@ -10,9 +10,9 @@ Through HAProxy only:
   subscriber, exactly once, across nodes;
 * each node's admin API (`/api/v1/stats`) shows the clients it served;
 * clients with their own source addresses (127.0.0.31-33) show up in the
-  nodes' logs with those addresses (from the PROXY header), never with
-  HAProxy's (127.0.0.40). The admin API has no per-client endpoint yet, so
-  the log is where a client's address is visible.
+  nodes' logs and in the admin API (`GET /api/v1/clients/{id}` on any node)
+  with those addresses (from the PROXY header), never with HAProxy's
+  (127.0.0.40).
 
 The fan-in rate through HAProxy is printed (docs/performance.md). The Release
 build is used (build/release, `make build`), or $STARLING_TEST_BIN.
@@ -317,7 +317,7 @@ def test_unpaced_fan_in_through_haproxy_loses_nothing(lb_cluster, release_build)
     assert res["loss"] == 0, f"{res['loss']} of {res['acked']} acknowledged messages lost"
 
 
-def test_client_addresses_from_the_proxy_header_are_logged(lb_cluster):
+def test_client_addresses_from_the_proxy_header_are_logged_and_in_the_api(lb_cluster):
     """Three clients with their own source addresses, through HAProxy: each
     lands on a node (round-robin: one on each), which logs the client's real
     address and port, not HAProxy's."""
@@ -348,6 +348,14 @@ def test_client_addresses_from_the_proxy_header_are_logged(lb_cluster):
         assert sorted(v[0] for v in seen.values()) == [n.name for n in nodes], seen
         for n in nodes:
             assert f"{HAPROXY_SOURCE}:" not in n.logtext(), n.name
+        # the admin API of any node shows each client's own address
+        for i, c in enumerate(clients):
+            local = c.socket().getsockname()
+            for n in nodes:
+                status, doc = n.http(f"/api/v1/clients/lb-client-{i}")
+                assert status == 200, (n.name, status)
+                doc = doc.get("data", doc)
+                assert doc["address"] == f"{CLIENT_ADDRS[i]}:{local[1]}", (n.name, doc)
     finally:
         for c in clients:
             c.disconnect()
