@@ -224,6 +224,7 @@ static void route_done(void *ud, int status, const struct fsm_batch_result *res,
     pthread_mutex_lock(&cn->mu);
     if (status == 0 && res) {
         cn->committed = cn->inflight_ticket;
+        cn->committed_index = res->index;
         for (struct waiter *w = cn->waiters; w; w = w->next)
             if (!w->index && w->ticket <= cn->inflight_ticket)
                 w->index = res->index;
@@ -317,7 +318,7 @@ int cn_queue_batch(struct cluster_node *cn, const struct cmd_batch *cmds)
     int r = cmd_batch_append(cn->pending, cmds);
     if (r == 0) {
         cn->queued++;
-        pthread_cond_signal(&cn->cv);
+        cn_kick(cn);
     }
     pthread_mutex_unlock(&cn->mu);
     return r;
@@ -394,6 +395,11 @@ int cn_sync_index(struct cluster_node *cn, void (*done)(void *arg), void *arg, u
         return 0;
     }
     w->ticket = cn->queued;
+    /* its route changes committed already (this waiter came after that
+     * batch's answer): it waits for that batch's index, which route_done
+     * will not give it any more */
+    if (w->ticket <= cn->committed)
+        w->index = cn->committed_index;
     w->done = done;
     w->arg = arg;
     w->index_out = index;
@@ -1386,7 +1392,7 @@ int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen)
     uint64_t base = 0;
     pthread_mutex_lock(&cn->mu);
     cn->loaded = true; /* the first route batch may go */
-    pthread_cond_signal(&cn->cv);
+    cn_kick(cn);
     pthread_mutex_unlock(&cn->mu);
     int r = cluster_fwd_attach_store(cn->fwd, &base, err, errlen);
     /* retained messages: (origin, seq) above every one of the last run */

@@ -83,6 +83,7 @@ struct cluster_node {
     bool purge_first;          /* mu: the first batch starts with NodePurge(self) */
     uint64_t queued;           /* mu: last ticket taken */
     uint64_t committed;        /* mu: last ticket committed */
+    uint64_t committed_index;  /* mu: Raft index of the batch that committed it */
     uint64_t everywhere;       /* mu: last ticket applied on every live member */
     struct waiter *waiters;    /* mu */
     /* the batch in flight (mu) */

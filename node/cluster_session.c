@@ -419,9 +419,8 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                 if (r == 0) {
                     log_info("cluster: %zu late message(s) for '%.*s' (claim %llu) passed on "
                              "to its owner %016llx (claim %llu)",
-                             sm->n_msgs, (int)sm->client_id.len, id,
-                             (unsigned long long)sm->epoch, (unsigned long long)node,
-                             (unsigned long long)epoch);
+                             sm->n_msgs, (int)sm->client_id.len, id, (unsigned long long)sm->epoch,
+                             (unsigned long long)node, (unsigned long long)epoch);
                     return;
                 }
             }
