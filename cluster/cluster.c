@@ -164,16 +164,14 @@ static void local_done(void *ud, int status, const struct fsm_batch_result *res,
     fwd_finish(f, status, res, leader);
 }
 
-static int propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
-                   void *ud, unsigned hops)
+/* A proposal to follow (a copy of entry), or NULL. */
+static struct fwd *fwd_new(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
+                           void *ud, unsigned hops)
 {
     struct fwd *f = calloc(1, sizeof *f);
-    if (!f)
-        return -ENOMEM;
-    f->entry = malloc(len ? len : 1);
-    if (!f->entry) {
+    if (!f || !(f->entry = malloc(len ? len : 1))) {
         free(f);
-        return -ENOMEM;
+        return NULL;
     }
     memcpy(f->entry, entry, len);
     f->len = len;
@@ -181,6 +179,15 @@ static int propose(struct cluster *c, const void *entry, size_t len, raft_node_d
     f->done = done;
     f->ud = ud;
     f->hops = hops;
+    return f;
+}
+
+static int propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
+                   void *ud, unsigned hops)
+{
+    struct fwd *f = fwd_new(c, entry, len, done, ud, hops);
+    if (!f)
+        return -ENOMEM;
     int rc = raft_node_propose(c->raft, entry, len, local_done, f);
     if (rc) {
         free(f->entry);
@@ -443,16 +450,9 @@ static void join_via_seed(struct cluster *c, const void *entry, size_t len)
     }
     inet_ntop(AF_INET, &ip, ipbuf, sizeof ipbuf);
     add_peer(c, id, ipbuf, c->cfg.cluster_port, false);
-    struct fwd *f = calloc(1, sizeof *f);
-    if (!f || !(f->entry = malloc(len))) {
-        free(f);
+    struct fwd *f = fwd_new(c, entry, len, join_done, c, 0);
+    if (!f)
         return;
-    }
-    memcpy(f->entry, entry, len);
-    f->len = len;
-    f->c = c;
-    f->done = join_done;
-    f->ud = c;
     c->member_inflight = true;
     int rc = forward(c, f, id);
     if (rc)

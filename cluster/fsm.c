@@ -820,31 +820,50 @@ int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t 
     return rc;
 }
 
-int fsm_retained_get(struct fsm *f, const char *topic, size_t len, void **msg, size_t *msg_len,
-                     uint64_t *origin, uint64_t *seq)
+/* A copy of the value of key in db from a read transaction (malloc'ed, one
+ * NUL byte after it, caller frees): 0, -ENOENT or another error. The first
+ * `skip` bytes (a header) go to head instead, when the value has them
+ * (-EIO when not). */
+static int get_copy(struct fsm *f, enum rtable_db db, const void *key, size_t klen, size_t skip,
+                    unsigned char *head, void **out, size_t *out_len)
 {
-    if (len == 0 || len > RTABLE_MAX_KEY)
-        return -EINVAL;
     struct rtable_txn *x;
     int rc = rtable_begin_read(f->t, &x);
     if (rc)
         return rc;
     const void *v;
     size_t vlen;
-    rc = rtable_get(x, RTABLE_RETAINED, topic, len, &v, &vlen);
-    if (rc == 0 && vlen < 16)
+    rc = rtable_get(x, db, key, klen, &v, &vlen);
+    if (rc == 0 && vlen < skip)
         rc = -EIO;
     if (rc == 0) {
-        *origin = get_le64(v);
-        *seq = get_le64((const unsigned char *)v + 8);
-        *msg_len = vlen - 16;
-        *msg = malloc(vlen - 16 ? vlen - 16 : 1);
-        if (*msg)
-            memcpy(*msg, (const unsigned char *)v + 16, vlen - 16);
-        else
+        unsigned char *c = malloc(vlen - skip + 1);
+        if (c) {
+            if (skip)
+                memcpy(head, v, skip);
+            memcpy(c, (const unsigned char *)v + skip, vlen - skip);
+            c[vlen - skip] = '\0';
+            *out = c;
+            *out_len = vlen - skip;
+        } else {
             rc = -ENOMEM;
+        }
     }
     rtable_abort(x);
+    return rc;
+}
+
+int fsm_retained_get(struct fsm *f, const char *topic, size_t len, void **msg, size_t *msg_len,
+                     uint64_t *origin, uint64_t *seq)
+{
+    if (len == 0 || len > RTABLE_MAX_KEY)
+        return -EINVAL;
+    unsigned char head[16];
+    int rc = get_copy(f, RTABLE_RETAINED, topic, len, sizeof head, head, msg, msg_len);
+    if (rc == 0) {
+        *origin = get_le64(head);
+        *seq = get_le64(head + 8);
+    }
     return rc;
 }
 
@@ -893,29 +912,14 @@ int fsm_counts(struct fsm *f, uint64_t *routes, uint64_t *sessions, uint64_t *re
 int fsm_admin_get(struct fsm *f, unsigned table, const char *key, size_t klen, char **val)
 {
     ProtobufCBinaryData k = {klen, (uint8_t *)key};
-    size_t kl;
+    size_t kl, vlen;
     unsigned char *ak = admin_key(table, &k, &kl);
     if (!ak)
         return -EINVAL;
-    struct rtable_txn *x;
-    int rc = rtable_begin_read(f->t, &x);
-    if (rc) {
-        free(ak);
-        return rc;
-    }
-    const void *v;
-    size_t vlen;
-    rc = rtable_get(x, RTABLE_ADMIN, ak, kl, &v, &vlen);
-    if (rc == 0) {
-        *val = malloc(vlen + 1);
-        if (*val) {
-            memcpy(*val, v, vlen);
-            (*val)[vlen] = '\0';
-        } else {
-            rc = -ENOMEM;
-        }
-    }
-    rtable_abort(x);
+    void *v;
+    int rc = get_copy(f, RTABLE_ADMIN, ak, kl, 0, NULL, &v, &vlen);
+    if (rc == 0)
+        *val = v; /* NUL-terminated */
     free(ak);
     return rc;
 }
@@ -982,24 +986,7 @@ int fsm_session_record_get(struct fsm *f, const char *client_id, size_t len, voi
 {
     if (len == 0 || len > RTABLE_MAX_KEY)
         return -EINVAL;
-    struct rtable_txn *x;
-    int rc = rtable_begin_read(f->t, &x);
-    if (rc)
-        return rc;
-    const void *v;
-    size_t vlen;
-    rc = rtable_get(x, RTABLE_SESSIONS, client_id, len, &v, &vlen);
-    if (rc == 0) {
-        *rec = malloc(vlen ? vlen : 1);
-        if (*rec) {
-            memcpy(*rec, v, vlen);
-            *rec_len = vlen;
-        } else {
-            rc = -ENOMEM;
-        }
-    }
-    rtable_abort(x);
-    return rc;
+    return get_copy(f, RTABLE_SESSIONS, client_id, len, 0, NULL, rec, rec_len);
 }
 
 struct owner_count {

@@ -94,14 +94,8 @@ static void send_answer(struct cluster_node *cn, uint64_t to, uint64_t id, const
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_ADMIN_ANSWER;
     fr.admin_answer = &a;
-    size_t len = starling__chan__frame__get_packed_size(&fr);
-    uint8_t *buf = malloc(len);
-    if (!buf)
-        return;
-    starling__chan__frame__pack(&fr, buf);
-    if (cluster_send(cn->c, to, buf, len) < 0)
+    if (cn_send_frame(cn, to, &fr) < 0)
         log_warn("cluster: cannot send an admin answer to %016llx", (unsigned long long)to);
-    free(buf);
 }
 
 static void answer_one(struct cluster_node *cn, struct cn_query *q)

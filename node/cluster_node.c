@@ -336,6 +336,18 @@ bool cn_peer_live(struct cluster_node *cn, uint64_t node)
     return live;
 }
 
+int cn_send_frame(struct cluster_node *cn, uint64_t to, const Starling__Chan__Frame *fr)
+{
+    size_t n = starling__chan__frame__get_packed_size(fr);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf)
+        return -ENOMEM;
+    starling__chan__frame__pack(fr, buf);
+    int r = cluster_send(cn->c, to, buf, n);
+    free(buf);
+    return r;
+}
+
 static void cn_filter_added(void *ud, const char *filter, size_t len)
 {
     route_queue(ud, filter, len, true);

@@ -205,6 +205,9 @@ void cn_session_drain(struct cluster_node *cn);
 /* cluster_node.c: propose an entry and wait until it committed (retrying
  * while there is no leader); *index: its Raft index. */
 int cn_propose_wait_index(struct cluster_node *cn, const void *e, size_t len, uint64_t *index);
+/* cluster_node.c: pack fr and queue it for node `to` (cluster_send): 0, or
+ * -ENOMEM or cluster_send's error. Any thread. */
+int cn_send_frame(struct cluster_node *cn, uint64_t to, const Starling__Chan__Frame *fr);
 
 /* cluster_admin.c: the admin API's queries to every node, the operator's
  * replicated tables (installed as b->tables). */

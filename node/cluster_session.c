@@ -258,13 +258,7 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
     fr.session_messages = &sm;
-    size_t sz = starling__chan__frame__get_packed_size(&fr);
-    uint8_t *buf = k == n ? malloc(sz) : NULL;
-    int r = -ENOMEM;
-    if (buf) {
-        starling__chan__frame__pack(&fr, buf);
-        r = cluster_send(cn->c, to, buf, sz);
-    }
+    int r = k == n ? cn_send_frame(cn, to, &fr) : -ENOMEM;
     if (r < 0) {
         atomic_fetch_add(&cn->b->stats.msgs_dropped, n);
         log_warn("cluster: %zu late message(s) of '%.*s' not sent to %016llx: %s", n, (int)len, id,
@@ -273,7 +267,6 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
         log_info("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
                  id, (unsigned long long)to);
     }
-    free(buf);
     free(mv);
     free(mp);
     while (msgs) {
@@ -335,13 +328,7 @@ void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_ROUTED;
     fr.session_routed = &r;
-    size_t n = starling__chan__frame__get_packed_size(&fr);
-    uint8_t *buf = malloc(n);
-    if (!buf)
-        return;
-    starling__chan__frame__pack(&fr, buf);
-    cluster_send(cn->c, to, buf, n);
-    free(buf);
+    cn_send_frame(cn, to, &fr);
 }
 
 void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch)
@@ -410,19 +397,12 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
             Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
             fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
             fr.session_messages = &on;
-            size_t n = starling__chan__frame__get_packed_size(&fr);
-            uint8_t *buf = malloc(n ? n : 1);
-            if (buf) {
-                starling__chan__frame__pack(&fr, buf);
-                int r = cluster_send(cn->c, node, buf, n);
-                free(buf);
-                if (r == 0) {
-                    log_info("cluster: %zu late message(s) for '%.*s' (claim %llu) passed on "
-                             "to its owner %016llx (claim %llu)",
-                             sm->n_msgs, (int)sm->client_id.len, id, (unsigned long long)sm->epoch,
-                             (unsigned long long)node, (unsigned long long)epoch);
-                    return;
-                }
+            if (cn_send_frame(cn, node, &fr) == 0) {
+                log_info("cluster: %zu late message(s) for '%.*s' (claim %llu) passed on to its "
+                         "owner %016llx (claim %llu)",
+                         sm->n_msgs, (int)sm->client_id.len, id, (unsigned long long)sm->epoch,
+                         (unsigned long long)node, (unsigned long long)epoch);
+                return;
             }
         }
     }
