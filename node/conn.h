@@ -105,6 +105,10 @@ struct conn {
     uint16_t keepalive;  /* seconds, enforced at 1.5x */
     uint16_t client_receive_max;
     uint16_t client_alias_max;
+    /* SUBACK/UNSUBACKs waiting for their session's commit: the session's
+     * messages wait too (conn_sink_ready), so that a subscription's
+     * retained messages come after its SUBACK (handle_subscribe.c) */
+    uint16_t acks_held;
     uint8_t version;
     uint8_t xport; /* enum config_xport: the listener it came from */
     bool dirty;

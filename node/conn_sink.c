@@ -23,7 +23,7 @@
 static bool conn_sink_ready(struct conn *c, uint16_t *receive_max)
 {
     *receive_max = c->client_receive_max;
-    return c->state == CONN_ACTIVE;
+    return c->state == CONN_ACTIVE && !c->acks_held;
 }
 
 static struct msg *conn_alias_out_find(struct conn *c, const struct msg *m, uint16_t *alias)

@@ -186,23 +186,38 @@ static void handle_send_suback(struct conn *c, enum mqtt_type type, uint16_t pid
     conn_send(c, &p);
 }
 
-/* A SUBACK that waits until the subscription's route is in effect on every
- * live node of the cluster (route_ops.sync, docs/cluster.md). */
+/* A SUBACK or UNSUBACK waits until the session's record with the changed
+ * subscriptions is committed (a persistent session's subscription is
+ * acknowledged only once it survives a crash: nothing to commit for a clean
+ * session, and then nothing waits), and a SUBACK in a cluster then until the
+ * subscription's route is in effect on every live node (route_ops.sync,
+ * docs/cluster.md). */
 struct suback_later {
-    struct conn *c; /* a reference */
+    struct conn *c;   /* a reference */
+    _Atomic int step; /* SUBACK_* below: who goes on after the commit */
+    int status;       /* the commit's */
     uint16_t pid;
+    uint8_t type; /* MQTT_SUBACK or MQTT_UNSUBACK */
+    bool held;    /* counted in c->acks_held while committing */
     uint32_t n;
     uint8_t rcs[];
 };
 
-/* On the connection's worker. */
+enum { SUBACK_SUBMITTING, SUBACK_COMMITTED, SUBACK_WAITING };
+
+static void handle_suback_free(struct suback_later *d)
+{
+    conn_unref(d->c);
+    free(d);
+}
+
+/* On the connection's worker: the routes are in effect, send it. */
 static void handle_suback_send_later(void *ud)
 {
     struct suback_later *d = ud;
     if (conn_is_open(d->c) && d->c->state == CONN_ACTIVE)
-        handle_send_suback(d->c, MQTT_SUBACK, d->pid, d->rcs, d->n);
-    conn_unref(d->c);
-    free(d);
+        handle_send_suback(d->c, (enum mqtt_type)d->type, d->pid, d->rcs, d->n);
+    handle_suback_free(d);
 }
 
 /* Any thread: the routes are everywhere. */
@@ -210,32 +225,82 @@ static void handle_suback_ready(void *arg)
 {
     struct suback_later *d = arg;
     struct broker *b = conn_broker(d->c);
-    if (b->sink->call(d->c->w, handle_suback_send_later, d) < 0) {
-        conn_unref(d->c); /* the worker is stopping: no SUBACK */
-        free(d);
-    }
+    if (b->sink->call(d->c->w, handle_suback_send_later, d) < 0)
+        handle_suback_free(d); /* the worker is stopping: no SUBACK */
 }
 
-/* Send the SUBACK now, or once the route seam says the routes are in effect
- * everywhere. */
-static void handle_suback_when_routed(struct conn *c, uint16_t pid, uint8_t *rcs, uint32_t n)
+/* On the connection's worker, once committed: send it now, or once the
+ * route seam says the routes are in effect everywhere. */
+static void handle_suback_committed_here(void *ud)
+{
+    struct suback_later *d = ud;
+    struct conn *c = d->c;
+    struct broker *b = conn_broker(c);
+    if (d->held && --c->acks_held == 0 && c->session && conn_is_open(c))
+        worker_defer_flush(c->w, c->session); /* what waited behind it */
+    if (!conn_is_open(c) || c->state != CONN_ACTIVE) {
+        handle_suback_free(d);
+        return;
+    }
+    if (d->status < 0) {
+        /* not stored: never acknowledged as if it were; the client
+         * subscribes again on its next connection */
+        log_warn("%s: the session's subscriptions could not be stored (%s): no %s", CONN_PEER(c),
+                 strerror(-d->status), d->type == MQTT_SUBACK ? "SUBACK" : "UNSUBACK");
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        handle_suback_free(d);
+        return;
+    }
+    if (d->type == MQTT_SUBACK && b->route_ops->sync &&
+        b->route_ops->sync(b->route_ud, handle_suback_ready, d) == 1)
+        return;
+    handle_suback_send_later(d);
+}
+
+/* Store thread (or the caller's, when there was nothing to commit). */
+static void handle_suback_on_commit(void *ud, int status)
+{
+    struct suback_later *d = ud;
+    d->status = status;
+    if (atomic_exchange(&d->step, SUBACK_COMMITTED) != SUBACK_WAITING)
+        return; /* the caller has not returned yet: it goes on itself */
+    struct broker *b = conn_broker(d->c);
+    if (b->sink->call(d->c->w, handle_suback_committed_here, d) < 0)
+        handle_suback_free(d);
+}
+
+/* Store the session's record (with *bt) and send the SUBACK/UNSUBACK with
+ * n reason codes once it is committed (see struct suback_later). Out of
+ * memory: the connection is closed without it. */
+static void handle_suback_after_commit(struct conn *c, struct store_batch **bt, enum mqtt_type type,
+                                       uint16_t pid, const uint8_t *rcs, uint32_t n)
 {
     struct broker *b = c->w->b;
-    if (b->route_ops->sync) {
-        struct suback_later *d = malloc(sizeof(*d) + n);
-        if (d) {
-            d->c = conn_ref(c);
-            d->pid = pid;
-            d->n = n;
-            memcpy(d->rcs, rcs, n);
-            int r = b->route_ops->sync(b->route_ud, handle_suback_ready, d);
-            if (r == 1)
-                return;
-            conn_unref(c);
-            free(d);
-        }
+    struct suback_later *d = malloc(sizeof(*d) + n);
+    if (!d) {
+        persist_session_sync(b, c->session, bt);
+        registry_changed(b, c->session);
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
     }
-    handle_send_suback(c, MQTT_SUBACK, pid, rcs, n);
+    d->c = conn_ref(c);
+    atomic_init(&d->step, SUBACK_SUBMITTING);
+    d->status = 0;
+    d->pid = pid;
+    d->type = (uint8_t)type;
+    d->held = false;
+    d->n = n;
+    if (n)
+        memcpy(d->rcs, rcs, n);
+    persist_session_sync_then(b, c->session, bt, handle_suback_on_commit, d);
+    registry_changed(b, c->session);
+    /* the worker goes on below, or once the store thread posted the commit:
+     * d->held is read after that post */
+    d->held = atomic_load(&d->step) == SUBACK_SUBMITTING;
+    if (d->held)
+        c->acks_held++;
+    if (atomic_exchange(&d->step, SUBACK_WAITING) == SUBACK_COMMITTED)
+        handle_suback_committed_here(d); /* committed already (or nothing to) */
 }
 
 void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
@@ -274,12 +339,11 @@ void handle_subscribe(struct conn *c, const struct mqtt_subscribe *sub)
         }
         rcs[i++] = (uint8_t)rc;
     }
-    persist_session_sync(b, c->session, &bt);
-    registry_changed(b, c->session);
-    /* [MQTT-3.1.1 3.8.4-1, MQTT-5.0 3.8.4-1] SUBACK; in a cluster, once the routes are in effect on
-     * every live node (messages the subscription matches may go out first: the server "MAY start
-     * sending PUBLISH packets matching the Subscription before the Server sends the SUBACK") */
-    handle_suback_when_routed(c, sub->packet_id, rcs, i);
+    /* [MQTT-3.1.1 3.8.4-1, MQTT-5.0 3.8.4-1] SUBACK, once stored; in a cluster, once the routes
+     * are in effect on every live node (messages the subscription matches may go out first: the
+     * server "MAY start sending PUBLISH packets matching the Subscription before the Server sends
+     * the SUBACK") */
+    handle_suback_after_commit(c, &bt, MQTT_SUBACK, sub->packet_id, rcs, i);
     if (rcs != stack_rc)
         free(rcs);
 }
@@ -316,10 +380,9 @@ void handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *sub)
             sub_index_remove(b->index, filter, f.len, s);
         rcs[i++] = had ? MQTT_RC_SUCCESS : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
     }
-    persist_session_sync(b, s, NULL);
-    registry_changed(b, s);
-    /* [MQTT-3.1.1 3.10.4-4, MQTT-5.0 3.10.4-4] UNSUBACK */
-    handle_send_suback(c, MQTT_UNSUBACK, sub->packet_id, v5 ? rcs : NULL, v5 ? i : 0);
+    /* [MQTT-3.1.1 3.10.4-4, MQTT-5.0 3.10.4-4] UNSUBACK, once stored */
+    struct store_batch *bt = NULL;
+    handle_suback_after_commit(c, &bt, MQTT_UNSUBACK, sub->packet_id, rcs, v5 ? i : 0);
     if (rcs != stack_rc)
         free(rcs);
 }

@@ -173,6 +173,12 @@ bool persist_submit(const struct broker *br, struct store_batch **bt,
 
 void persist_session_sync(const struct broker *b, struct session *s, struct store_batch **bt)
 {
+    persist_session_sync_then(b, s, bt, NULL, NULL);
+}
+
+void persist_session_sync_then(const struct broker *b, struct session *s, struct store_batch **bt,
+                               void (*done)(void *ud, int status), void *ud)
+{
     struct store_batch *own = NULL;
     if (!bt)
         bt = &own;
@@ -182,7 +188,7 @@ void persist_session_sync(const struct broker *b, struct session *s, struct stor
     else if (s->stored)
         persist_session_del(b, bt, s);
     lock_release(&s->lock);
-    persist_submit(b, bt, NULL, NULL);
+    persist_submit(b, bt, done, ud);
 }
 
 /* ---- loading ------------------------------------------------------------ */

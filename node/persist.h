@@ -73,6 +73,10 @@ void persist_retained(const struct broker *b, struct store_batch **bt, const str
  * or at CONNECT), or delete it for a session no longer persistent, into *bt
  * (NULL: a batch of its own), and submit *bt. Takes s->lock. */
 void persist_session_sync(const struct broker *b, struct session *s, struct store_batch **bt);
+/* The same, then done(ud, status) as persist_submit's (below) once *bt is
+ * committed: an acknowledgement that must not go out before it. */
+void persist_session_sync_then(const struct broker *b, struct session *s, struct store_batch **bt,
+                               void (*done)(void *ud, int status), void *ud);
 
 /* Submit *bt (if any) and reset it. done(ud, status) runs on the store's
  * writer thread after the commit; it is called at once with status 0 when

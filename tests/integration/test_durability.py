@@ -1194,6 +1194,73 @@ def test_qos2_not_forwarded_before_commit(mounts, broker, tmp_path):
         holder[0].stop(signal.SIGKILL, check=False)
 
 
+def test_suback_only_once_the_subscription_is_stored(mounts, broker, tmp_path):
+    """A SUBACK tells a persistent session's client that its subscription is
+    kept (and an UNSUBACK that it is gone), so neither goes out before the
+    session's record is committed: otherwise a crash right after the SUBACK
+    loses a subscription the client was told it has, and it misses every
+    message for it after the restart. With the store's file system frozen
+    the SUBACK and UNSUBACK wait; a clean session (nothing to store) is
+    answered at once; thawed, they come, and the subscription survives a
+    SIGKILL."""
+    d = mounts.ext4()
+    data = str(d / "data")
+    holder = [broker(data_dir=data)]
+    b = holder[0]
+    sub = clean = pub = None
+    try:
+        sub = raw(b, "dur-sa-sub", 5, properties=SESSION_5)
+        clean = raw(b, uid("sa-clean"), 5)
+        assert sub.subscribe(("sa/warm", M.sub_options(qos=1)), timeout=10).reason_codes == [1]
+        mounts.freeze(d)
+        pid = sub.subscribe(("sa/kept", M.sub_options(qos=1)), expect=False)
+        # a clean session has nothing to store: its SUBACK does not wait
+        assert clean.subscribe(("sa/clean", M.sub_options(qos=1)), timeout=10).reason_codes == [1]
+        # a bounded wait that sees nothing is the held outcome: the store is
+        # frozen, nothing can commit the record
+        try:
+            early = sub.recv(2)
+        except M.Timeout:
+            early = None
+        assert early is None, f"SUBACK before the subscription was stored: {early}"
+        mounts.thaw(d)
+        ack = sub.expect(M.SUBACK, 10)
+        assert (ack.packet_id, ack.reason_codes) == (pid, [1])
+        mounts.freeze(d)
+        upid = sub.unsubscribe("sa/warm", expect=False)
+        try:
+            early = sub.recv(2)
+        except M.Timeout:
+            early = None
+        assert early is None, f"UNSUBACK before the session's record was stored: {early}"
+        mounts.thaw(d)
+        assert sub.expect(M.UNSUBACK, 10).packet_id == upid
+        os.kill(b.proc.pid, signal.SIGKILL)
+        kill(b, already=True)
+        sub.close()
+        clean.close()
+        b = holder[0] = broker(data_dir=data)
+        sub = raw(b, "dur-sa-sub", 5, clean=False, properties=SESSION_5)
+        assert sub.connack.session_present
+        pub = raw(b, uid("sa-pub"), 5)
+        # published in this order by one client: the first the session gets
+        # must be sa/kept (sa/warm was unsubscribed)
+        pub.publish("sa/warm", b"unsubscribed", qos=1)
+        assert pub.expect(M.PUBACK, 10).reason_code in (0x00, 0x10)
+        pub.publish("sa/kept", b"kept", qos=1)
+        assert pub.expect(M.PUBACK, 10).reason_code == 0
+        p = sub.recv_publish(10)
+        assert (p.topic, p.payload) == ("sa/kept", b"kept")
+        sub.disconnect()
+        pub.disconnect()
+    finally:
+        mounts.thaw(d)
+        for c in (sub, clean, pub):
+            if c is not None:
+                c.close()
+        holder[0].stop(signal.SIGKILL, check=False)
+
+
 # ---------------------------------------------------------------- 6. sync modes
 
 @pytest.mark.parametrize("mode", ["none", "interval 50"])
