@@ -695,12 +695,12 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
         } else {
             rtable_abort(x);
         }
-        if (rc == -ENOSPC && rtable_grow(f->t) == 0)
+        if (rc == -EFBIG && rtable_grow(f->t) == 0)
             continue;
         break;
     }
     if (rc) {
-        f->broken = true;
+        __atomic_store_n(&f->broken, true, __ATOMIC_RELEASE);
     } else {
         if (b)
             after_commit(f, index, b, res->results);
@@ -715,7 +715,7 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
 
 bool fsm_broken(struct fsm *f)
 {
-    return f->broken;
+    return __atomic_load_n(&f->broken, __ATOMIC_ACQUIRE);
 }
 
 uint64_t fsm_applied(struct fsm *f)
@@ -782,7 +782,7 @@ int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, boo
             return 0;
         }
     }
-    while ((rc = rtable_restore(f->t, buf, len)) == -ENOSPC && rtable_grow(f->t) == 0)
+    while ((rc = rtable_restore(f->t, buf, len)) == -EFBIG && rtable_grow(f->t) == 0)
         ;
     if (rc)
         return rc;

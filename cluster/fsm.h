@@ -110,7 +110,7 @@ void fsm_close(struct fsm *f);
 int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
               struct fsm_batch_result *res);
 
-/* True after a failed apply, until a successful restore. */
+/* True after a failed apply, until a successful restore. Any thread. */
 bool fsm_broken(struct fsm *f);
 
 /* The last applied index and the checksum of the tables at that index. */

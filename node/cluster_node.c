@@ -844,6 +844,22 @@ static struct waiter *waiters_ready(struct cluster_node *cn, uint64_t applied_se
     return ready;
 }
 
+/* Glue thread: an entry could not be applied to the replicated tables (the
+ * disk is full or failing; libraft then stops this node's Raft server). The
+ * node stops as SIGTERM does and main exits with status 74: left running it
+ * would still count as a live member whose SUBACK reports never come, and
+ * its clients would get no cluster service. Its LMDB environment is as the
+ * last good commit left it, so once started again with room on its disk it
+ * applies what it missed from its Raft log and the leader. */
+static void cn_check_tables(struct cluster_node *cn)
+{
+    if (!fsm_broken(cn->fsm) || atomic_exchange(&cn->failed, true))
+        return;
+    log_error("cluster: this node cannot write its replicated tables (see the error above): it "
+              "stops (exit status 74); start it again once its disk has room, it then catches up");
+    atomic_store(&cn->b->stop_requested, true);
+}
+
 static void *cn_thread(void *arg)
 {
     struct cluster_node *cn = arg;
@@ -893,6 +909,10 @@ static void *cn_thread(void *arg)
          * routes in the matcher (the entry hook wakes this thread) */
         uint64_t applied = fsm_visible(cn->fsm);
         bool report = applied != last_applied || now - last_report >= REPORT_EVERY_MS;
+        if (fsm_broken(cn->fsm)) {
+            report = false; /* never counted as a member that applies */
+            cn_check_tables(cn);
+        }
         if (report) {
             last_applied = applied;
             last_report = now;
@@ -977,6 +997,9 @@ static void cn_health(void *ud, struct admin_health *h)
     else if (raft_node_diverged(cn->raft)) {
         h->has_leader = false;
         h->reason = "this node's replicated tables diverged from the cluster's";
+    } else if (fsm_broken(cn->fsm)) {
+        h->has_leader = false;
+        h->reason = "this node cannot write its replicated tables (disk full or failing)";
     }
 }
 
@@ -1165,6 +1188,11 @@ static void cn_on_rebuild(void *ud)
 bool cluster_node_rebuilding(const struct cluster_node *cn)
 {
     return cn && atomic_load(&cn->rebuilding);
+}
+
+bool cluster_node_failed(const struct cluster_node *cn)
+{
+    return cn && atomic_load(&cn->failed);
 }
 
 static int cn_forget(void *ud, const char *name, char *err, size_t errlen)

@@ -126,6 +126,8 @@ struct cluster_node {
      * data directory and stops the process */
     pthread_t rebuild_thread;
     atomic_bool rebuilding;
+    /* the replicated tables could not be written (fsm_broken): stopping */
+    atomic_bool failed;
 };
 
 /* Wake the glue's thread: it runs its loop once more before it sleeps

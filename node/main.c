@@ -269,10 +269,12 @@ int main(int argc, char **argv)
     /* stopped to rebuild its replicated state: EX_TEMPFAIL, for the
      * supervisor to start it again */
     bool rebuild = cluster_node_rebuilding(cn);
+    bool failed = cluster_node_failed(cn);
     cluster_node_free(cn);
     if (r != 0) {
         log_error("start-up failed: %s", strerror(r < 0 ? -r : r));
         return 1;
     }
-    return rebuild ? 75 : 0;
+    /* (74: EX_IOERR, the replicated tables could not be written) */
+    return rebuild ? 75 : failed ? 74 : 0;
 }

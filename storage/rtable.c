@@ -57,8 +57,10 @@ static int from_mdb(int rc)
         return -ENOENT;
     case MDB_MAP_FULL:
     case MDB_TXN_FULL:
+        return -EFBIG; /* the map: rtable_grow */
     case ENOSPC:
-        return -ENOSPC;
+    case EDQUOT:
+        return -ENOSPC; /* the disk: growing the map would not help */
     case ENOMEM:
         return -ENOMEM;
     case EACCES:
@@ -361,13 +363,13 @@ int rtable_grow(struct rtable *t)
     if (t->max_map_size && want > t->max_map_size)
         want = t->max_map_size;
     if (want <= t->map_size)
-        return -ENOSPC;
+        return -EFBIG;
     pthread_rwlock_wrlock(&t->map_mu);
     int rc = mdb_env_set_mapsize(t->env, (size_t)want);
     if (rc == 0)
         t->map_size = want;
     pthread_rwlock_unlock(&t->map_mu);
-    return rc ? -ENOSPC : 0;
+    return rc ? -EFBIG : 0;
 }
 
 static uint64_t read_meta(struct rtable *t, bool checksum)

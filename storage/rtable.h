@@ -56,7 +56,7 @@ struct rtable_txn;
 struct rtable_options {
     const char *dir;       /* created (with parents) when missing */
     uint64_t map_size;     /* initial map size, 0 = 32 MiB; doubles when full */
-    uint64_t max_map_size; /* 0 = no bound; beyond it commits fail -ENOSPC */
+    uint64_t max_map_size; /* 0 = no bound; beyond it commits fail -EFBIG */
     /* true: every commit is fsync'ed. false (default): the meta page is
      * written without fsync (MDB_NOMETASYNC): a machine crash may undo the
      * last commits, never corrupt the tables; Raft replays what was undone
@@ -80,12 +80,12 @@ uint64_t rtable_checksum(struct rtable *t);
 int rtable_begin(struct rtable *t, struct rtable_txn **out);
 int rtable_begin_read(struct rtable *t, struct rtable_txn **out);
 /* Commit (write) or end (read) the transaction and free x. A failed commit
- * leaves nothing changed: -ENOSPC means the map is full (call rtable_grow
- * and redo the work) or the disk is full. */
+ * leaves nothing changed: -EFBIG means the map is full (call rtable_grow
+ * and redo the work), -ENOSPC that the disk is full. */
 int rtable_commit(struct rtable_txn *x);
 /* Abandon x (nothing written) and free it. x may be NULL. */
 void rtable_abort(struct rtable_txn *x);
-/* Double the map (up to max_map_size): -ENOSPC when it cannot. Writer thread,
+/* Double the map (up to max_map_size): -EFBIG when it cannot. Writer thread,
  * with no transaction of this thread open. Read transactions of other threads
  * are waited for. */
 int rtable_grow(struct rtable *t);
@@ -100,11 +100,11 @@ void rtable_txn_set_applied(struct rtable_txn *x, uint64_t index);
  * ends or writes. Returns 0, or -ENOENT. */
 int rtable_get(struct rtable_txn *x, enum rtable_db db, const void *key, size_t klen,
                const void **val, size_t *vlen);
-/* Create or replace. Returns 0, -EINVAL (too long), -ENOSPC (map full: abort,
- * grow, redo), -EIO, -EROFS (read transaction). */
+/* Create or replace. Returns 0, -EINVAL (too long), -EFBIG (map full: abort,
+ * grow, redo), -ENOSPC (disk full), -EIO, -EROFS (read transaction). */
 int rtable_put(struct rtable_txn *x, enum rtable_db db, const void *key, size_t klen,
                const void *val, size_t vlen);
-/* Delete. Returns 0, -ENOENT, -ENOSPC, -EIO, -EROFS. */
+/* Delete. Returns 0, -ENOENT, -EFBIG, -ENOSPC, -EIO, -EROFS. */
 int rtable_del(struct rtable_txn *x, enum rtable_db db, const void *key, size_t klen);
 
 /* Call fn for every record of db whose key starts with prefix (plen <= 8, or
