@@ -822,7 +822,9 @@ static int hook_start(void *ud, struct raft_node *n, uv_loop_t *loop)
                              .cluster_name = c->name,
                              .cluster_secret = c->cfg.cluster_secret,
                              .on_frame = on_frame,
-                             .ud = c};
+                             .ud = c,
+                             .defer = c->cfg.defer,
+                             .defer_ud = c->cfg.defer_ud};
     char err[256];
     int rc = chan_start(&c->chan, &o, err, sizeof err);
     if (rc) {
@@ -1048,6 +1050,12 @@ int cluster_send(struct cluster *c, uint64_t node, const void *frame, size_t len
     if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
         return -ECANCELED;
     return chan_send(c->chan, node, frame, len);
+}
+
+void cluster_flush_here(struct cluster *c)
+{
+    if (!__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) && c->chan)
+        chan_flush_here(c->chan);
 }
 
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out)
