@@ -11,6 +11,17 @@
  * queued for a peer in one uv_write (one writev), one write in flight per
  * connection.
  *
+ * Writes from the sending thread (chan_flush_here): a thread that said so
+ * (chan_options.defer: a broker worker, at the end of its loop turn) writes
+ * what it queued itself, in one sendmsg per peer, when the peer's
+ * connection is ready and nothing else writes to it (peer.fd, .direct,
+ * .loop_writing under c->mu); whatever the socket does not take stays at
+ * the head of the queue (peer.head_off: bytes of the first frame already
+ * written) and the loop is woken for it. That saves the loop's wake-up (a
+ * thread hand-off) on every message that finds the channel idle, and keeps
+ * one system call per batch under load. The loop closes a connection's
+ * socket only once no other thread writes to it (c->cv).
+ *
  * Every libuv handle is counted in c->open; chan_stop closes them all and
  * frees c when the count reaches 0.
  */
@@ -29,6 +40,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #define NONCE_LEN 16
 #define BACKOFF_MIN_MS 100
@@ -87,6 +100,10 @@ struct peer {
     /* guarded by c->mu */
     struct qframe *qhead, **qtail;
     size_t qbytes;
+    size_t head_off;   /* bytes of qhead already written (a partial write) */
+    int fd;            /* the ready connection's socket, or -1 */
+    bool loop_writing; /* the loop's uv_write is in flight */
+    bool direct;       /* another thread writes to fd (chan_flush_here) */
     struct chan_peer_stats st;
 };
 
@@ -97,6 +114,7 @@ struct chan {
     uv_tcp_t listener;
     uv_async_t async;
     pthread_mutex_t mu;
+    pthread_cond_t cv; /* a direct write ended (a close waits for it) */
     struct peer *peers;
     struct conn *incoming;
     bool stopping;
@@ -139,6 +157,7 @@ static void maybe_done(struct chan *c)
         free(p);
     }
     pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
     void (*done)(void *) = c->done;
     void *ud = c->done_ud;
     free(c);
@@ -302,6 +321,7 @@ static void data_written(uv_write_t *w, int status)
     pthread_mutex_lock(&c->mu);
     if (p) {
         p->qbytes -= bytes;
+        p->loop_writing = false;
         if (status == 0)
             p->st.sent += k->writing_n;
     }
@@ -324,9 +344,17 @@ static void flush_peer(struct peer *p)
         return;
     struct chan *c = k->c;
     pthread_mutex_lock(&c->mu);
+    if (p->direct) {
+        /* another thread writes; it wakes the loop for what it leaves */
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
     struct qframe *list = p->qhead;
+    size_t off = p->head_off;
     p->qhead = NULL;
     p->qtail = &p->qhead;
+    p->head_off = 0;
+    p->loop_writing = list != NULL;
     pthread_mutex_unlock(&c->mu);
     if (!list)
         return;
@@ -342,6 +370,8 @@ static void flush_peer(struct peer *p)
             last = last->next;
         last->next = p->qhead;
         p->qhead = list;
+        p->head_off = off;
+        p->loop_writing = false;
         if (!last->next)
             p->qtail = &last->next;
         pthread_mutex_unlock(&c->mu);
@@ -350,6 +380,8 @@ static void flush_peer(struct peer *p)
     size_t i = 0;
     for (struct qframe *q = list; q; q = q->next)
         bufs[i++] = uv_buf_init((char *)q->data, (unsigned)q->len);
+    bufs[0].base += off;
+    bufs[0].len -= off;
     k->writing = list;
     k->writing_n = n;
     k->wreq.data = k;
@@ -417,9 +449,12 @@ static void handle_frame(struct conn *k, const Starling__Chan__Frame *f)
         }
         k->state = OUT_READY;
         k->peer->backoff_ms = 0;
+        uv_os_fd_t fd;
         pthread_mutex_lock(&c->mu);
         k->peer->st.connected = true;
         k->peer->st.connects++;
+        if (uv_fileno((uv_handle_t *)&k->tcp, &fd) == 0)
+            k->peer->fd = fd;
         pthread_mutex_unlock(&c->mu);
         flush_peer(k->peer);
         return;
@@ -605,6 +640,19 @@ static void conn_close(struct conn *k)
     if (k->closing)
         return;
     k->closing = true;
+    struct peer *p = k->peer;
+    if (p) {
+        /* no other thread writes to the socket from now on: it is closed
+         * (and its number reused) only after a write in progress ended */
+        struct chan *c = k->c;
+        pthread_mutex_lock(&c->mu);
+        if (p->conn == k) {
+            p->fd = -1;
+            while (p->direct)
+                pthread_cond_wait(&c->cv, &c->mu);
+        }
+        pthread_mutex_unlock(&c->mu);
+    }
     uv_close((uv_handle_t *)&k->tcp, conn_closed);
 }
 
@@ -718,6 +766,7 @@ int chan_start(struct chan **out, const struct chan_options *o, char *err, size_
     snprintf(c->self_name, sizeof c->self_name, "%s", o->self_name ? o->self_name : "");
     snprintf(c->address, sizeof c->address, "%s", o->address);
     pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
     uv_tcp_init(o->loop, &c->listener);
     c->listener.data = c;
     c->open++;
@@ -772,6 +821,7 @@ int chan_peer_add(struct chan *c, uint64_t node, const char *address)
     snprintf(p->address, sizeof p->address, "%s", address);
     p->sa = sa;
     p->qtail = &p->qhead;
+    p->fd = -1;
     uv_timer_init(c->o.loop, &p->timer);
     p->timer.data = c; /* handle_closed needs the chan */
     c->open++;
@@ -798,6 +848,7 @@ int chan_peer_remove(struct chan *c, uint64_t node)
             free(q);
         }
         p->qtail = &p->qhead;
+        p->head_off = 0;
     }
     pthread_mutex_unlock(&c->mu);
     if (!p)
@@ -846,8 +897,88 @@ int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len)
         free(q);
         return rc;
     }
-    uv_async_send(&c->async);
+    /* a thread that calls chan_flush_here before it sleeps writes it */
+    if (!c->o.defer || !c->o.defer(c->o.defer_ud))
+        uv_async_send(&c->async);
     return 0;
+}
+
+/* Write p's queue from this thread: one sendmsg of up to 64 frames at
+ * a time, until it is empty or the socket is full. Called with c->mu held
+ * and p->direct set; releases the lock around the writes. What is left goes
+ * back to the head of the queue (frames queued meanwhile stay behind it). */
+static void write_direct(struct chan *c, struct peer *p)
+{
+    struct qframe *list = p->qhead;
+    size_t off = p->head_off;
+    int fd = p->fd;
+    p->qhead = NULL;
+    p->qtail = &p->qhead;
+    p->head_off = 0;
+    pthread_mutex_unlock(&c->mu);
+    struct iovec iov[64];
+    size_t freed = 0, sent = 0;
+    while (list) {
+        size_t n = 0, total = 0;
+        for (struct qframe *q = list; q && n < sizeof iov / sizeof iov[0]; q = q->next, n++) {
+            iov[n].iov_base = q->data + (n ? 0 : off);
+            iov[n].iov_len = q->len - (n ? 0 : off);
+            total += iov[n].iov_len;
+        }
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = n};
+        ssize_t w = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w <= 0)
+            break; /* full, or broken: the loop writes it (and sees the error) */
+        size_t left = (size_t)w;
+        while (list && left >= list->len - off) {
+            struct qframe *q = list;
+            left -= q->len - off;
+            off = 0;
+            list = q->next;
+            freed += q->len;
+            sent++;
+            free(q);
+        }
+        off += left;
+        if ((size_t)w < total)
+            break; /* the socket took part of it: full */
+    }
+    pthread_mutex_lock(&c->mu);
+    p->direct = false;
+    p->qbytes -= freed;
+    p->st.sent += sent;
+    if (list) {
+        struct qframe *last = list;
+        while (last->next)
+            last = last->next;
+        last->next = p->qhead;
+        if (!p->qhead)
+            p->qtail = &last->next;
+        p->qhead = list;
+        p->head_off = off;
+    }
+    pthread_cond_broadcast(&c->cv);
+}
+
+void chan_flush_here(struct chan *c)
+{
+    bool wake = false;
+    pthread_mutex_lock(&c->mu);
+    for (struct peer *p = c->peers; p && !c->stopping; p = p->next) {
+        if (!p->qhead || p->removed)
+            continue;
+        if (p->fd < 0 || p->loop_writing || p->direct) {
+            wake = true; /* the loop writes it (when the connection is up) */
+            continue;
+        }
+        p->direct = true;
+        write_direct(c, p);
+        if (p->qhead)
+            wake = true;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (wake)
+        uv_async_send(&c->async);
 }
 
 int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out)

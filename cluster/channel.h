@@ -29,7 +29,8 @@
  * above acknowledge what they need (PublishAck, ProposeResult).
  *
  * Threads: chan_start, chan_stop, chan_peer_add and chan_peer_remove on the
- * loop's thread; chan_send and chan_stats from any thread. on_frame runs on
+ * loop's thread; chan_send and chan_stats from any thread, chan_flush_here
+ * from any thread but the loop's. on_frame runs on
  * the loop's thread.
  */
 #ifndef STARLING_CHANNEL_H
@@ -59,6 +60,12 @@ struct chan_options {
     size_t max_frame;           /* largest frame accepted; 0 = 16 MiB */
     chan_frame_fn on_frame;
     void *ud;
+    /* Optional, called by chan_send on the sending thread: true when that
+     * thread calls chan_flush_here soon (a broker worker, at the end of its
+     * loop turn; docs/cluster.md "The forwarding channel"), so the loop is
+     * not woken for the frame. */
+    bool (*defer)(void *defer_ud);
+    void *defer_ud;
 };
 
 /* Listen and get ready. 0, or a negative errno with a message in err. */
@@ -76,6 +83,11 @@ int chan_peer_remove(struct chan *c, uint64_t node);
  * peer, -ENOBUFS queue full (counted), -EMSGSIZE larger than max_frame,
  * -ECANCELED stopping. */
 int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len);
+/* Write what is queued for every peer whose connection is ready and idle
+ * from the calling thread (one system call per peer and batch), and wake
+ * the loop for the rest. Any thread but the loop's; never blocks on the
+ * network. */
+void chan_flush_here(struct chan *c);
 
 struct chan_peer_stats {
     bool connected;   /* our connection to it is past the handshake */

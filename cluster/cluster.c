@@ -10,7 +10,10 @@
  * chan.ProposeResult with the same id or its deadline. The leader proposes
  * what it receives and answers when its own proposal completes - after the
  * entry was applied there, so a node's own Member record is applied (and its
- * channel peer known) before the answer to it is sent.
+ * channel peer known) before the answer to it is sent. Other proposals of a
+ * new node may commit before its Member record (its first route batch, made
+ * at start, does): their answers wait (`parked`) until the node's channel
+ * peer is known, or until the proposer has given up on them.
  */
 #include "cluster.h"
 #include "channel.pb-c.h"
@@ -49,12 +52,21 @@ struct remote_req {
     uint64_t from, id;
 };
 
+/* An answer to a node whose channel peer is not known yet. */
+struct parked {
+    struct parked *next;
+    uint64_t to, until_ms;
+    size_t len;
+    uint8_t frame[];
+};
+
 #define MAX_CHECKS 16         /* peers whose last checkpoint waits to be compared */
 #define CHECKPOINT_EVERY 10   /* timer ticks (100 ms): a checkpoint a second */
 #define JOIN_EVERY 10         /* timer ticks between two requests to be added */
 #define VERDICT_FRESH_MS 5000 /* a peer's agreement counts for this long */
 #define VERDICT_REPEAT_MS 5000
 #define MAX_SEEDS 64
+#define MAX_PARKED 256 /* answers waiting for their node's Member record */
 
 struct cluster {
     struct cluster_config cfg;
@@ -80,6 +92,8 @@ struct cluster {
     uv_timer_t timer;
     uint64_t self;
     struct fwd *waiting;
+    struct parked *parked; /* answers to nodes not known yet, oldest last */
+    unsigned n_parked;
     uint64_t next_id;
     bool member_inflight;
     unsigned ticks;
@@ -230,14 +244,53 @@ static void send_result(struct cluster *c, uint64_t to, uint64_t id, int status,
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_PROPOSE_RESULT;
     fr.propose_result = &r;
     size_t n = starling__chan__frame__get_packed_size(&fr);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (buf) {
-        starling__chan__frame__pack(&fr, buf);
-        if (c->chan && chan_send(c->chan, to, buf, n) != 0)
-            log_warn("cluster: cannot answer a proposal of node %016llx", (unsigned long long)to);
-        free(buf);
+    struct parked *pk = malloc(sizeof *pk + (n ? n : 1));
+    if (pk) {
+        starling__chan__frame__pack(&fr, pk->frame);
+        int rc = c->chan ? chan_send(c->chan, to, pk->frame, n) : 0;
+        if (rc == -ENOENT && c->n_parked < MAX_PARKED) {
+            /* The node's Member record is not applied here yet (a new
+             * node's first proposals race with it): answer once it is,
+             * rather than leave it waiting for its whole timeout. */
+            unsigned timeout = c->cfg.propose_timeout_ms ? c->cfg.propose_timeout_ms : 5000;
+            log_debug("cluster: the answer to a proposal of node %016llx waits for its Member "
+                      "record",
+                      (unsigned long long)to);
+            pk->to = to;
+            pk->until_ms = now_mono_ms() + timeout;
+            pk->len = n;
+            pk->next = c->parked;
+            c->parked = pk;
+            c->n_parked++;
+            pk = NULL;
+        } else if (rc) {
+            log_warn("cluster: cannot answer a proposal of node %016llx: %s",
+                     (unsigned long long)to, strerror(-rc));
+        }
+        free(pk);
     }
     free(results);
+}
+
+/* Send the answers parked for node (its channel peer is known now), and
+ * drop those whose proposer has given up (node 0: only that). */
+static void parked_flush(struct cluster *c, uint64_t node)
+{
+    uint64_t now = now_mono_ms();
+    for (struct parked **pp = &c->parked; *pp;) {
+        struct parked *pk = *pp;
+        bool expired = pk->until_ms <= now;
+        if (!expired && (!node || pk->to != node)) {
+            pp = &pk->next;
+            continue;
+        }
+        if (!expired && c->chan && chan_send(c->chan, pk->to, pk->frame, pk->len) != 0)
+            log_warn("cluster: cannot answer a proposal of node %016llx",
+                     (unsigned long long)pk->to);
+        *pp = pk->next;
+        c->n_parked--;
+        free(pk);
+    }
 }
 
 static void remote_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
@@ -339,6 +392,8 @@ static void add_peer(struct cluster *c, uint64_t node, const char *address, unsi
     if (rc && rc != -EEXIST)
         log_warn("cluster: cannot add peer %016llx at %s: %s", (unsigned long long)node, addr,
                  strerror(-rc));
+    if (rc == 0 && c->parked)
+        parked_flush(c, node);
 }
 
 static void observer(void *ud, uint64_t index, const void *cmd)
@@ -738,6 +793,8 @@ static void on_timer(uv_timer_t *t)
             pp = &f->next;
         }
     }
+    if (c->parked)
+        parked_flush(c, 0);
     ensure_member(c);
     reconcile(c);
     if (c->no_bootstrap && in_configuration(c)) {
@@ -765,7 +822,9 @@ static int hook_start(void *ud, struct raft_node *n, uv_loop_t *loop)
                              .cluster_name = c->name,
                              .cluster_secret = c->cfg.cluster_secret,
                              .on_frame = on_frame,
-                             .ud = c};
+                             .ud = c,
+                             .defer = c->cfg.defer,
+                             .defer_ud = c->cfg.defer_ud};
     char err[256];
     int rc = chan_start(&c->chan, &o, err, sizeof err);
     if (rc) {
@@ -787,6 +846,12 @@ static void hook_stop(void *ud)
         c->waiting = f->next;
         fwd_finish(f, -ECANCELED, NULL, 0);
     }
+    while (c->parked) {
+        struct parked *pk = c->parked;
+        c->parked = pk->next;
+        free(pk);
+    }
+    c->n_parked = 0;
     if (c->chan) {
         uv_close((uv_handle_t *)&c->timer, NULL);
         chan_stop(c->chan, NULL, NULL);
@@ -985,6 +1050,12 @@ int cluster_send(struct cluster *c, uint64_t node, const void *frame, size_t len
     if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
         return -ECANCELED;
     return chan_send(c->chan, node, frame, len);
+}
+
+void cluster_flush_here(struct cluster *c)
+{
+    if (!__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) && c->chan)
+        chan_flush_here(c->chan);
 }
 
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out)

@@ -65,6 +65,10 @@ struct cluster_config {
      * (cluster thread, once), may be NULL: see cluster_rebuild_mark. */
     void (*on_rebuild)(void *ud);
     void *rebuild_ud;
+    /* chan_options.defer (channel.h): true when the calling thread calls
+     * cluster_flush_here soon, may be NULL */
+    bool (*defer)(void *ud);
+    void *defer_ud;
 };
 
 /* When the data directory holds a rebuild mark (cluster_rebuild_mark), the
@@ -103,6 +107,9 @@ int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_
 
 /* Send an encoded chan.Frame to a member (channel.h chan_send). */
 int cluster_send(struct cluster *c, uint64_t node, const void *frame, size_t len);
+/* Write what this thread queued (channel.h chan_flush_here); the thread
+ * that cfg.defer said would. */
+void cluster_flush_here(struct cluster *c);
 /* The channel's counters of our connection to node (chan_peer_stats). */
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out);
 

@@ -47,6 +47,7 @@
 #include "persist.h"
 #include "raft_cmd.pb-c.h"
 #include "retain.h"
+#include "sink.h"
 
 /* ---- seeds ------------------------------------------------------------- */
 
@@ -664,6 +665,25 @@ static const struct route_ops cluster_route_ops = {
     .sync = cn_sync,
     .routed_at = cn_routed_at,
 };
+
+/* A worker's forwards (and other frames) of one loop turn are written by
+ * that worker at the end of the turn, in one system call per peer when the
+ * channel is idle (channel.h chan_flush_here), rather than handed to the
+ * cluster thread: one thread hand-off less on the way to another node. */
+static void cn_turn_end(void *ud)
+{
+    struct cluster_node *cn = ud;
+    if (cn->c)
+        cluster_flush_here(cn->c);
+}
+
+static bool cn_defer(void *ud)
+{
+    struct cluster_node *cn = ud;
+    /* only a worker's thread reads b->sink (set before any worker runs) */
+    return sink_thread_worker && cn->b->sink->at_turn_end &&
+           cn->b->sink->at_turn_end(cn_turn_end, cn);
+}
 
 /* ---- the receiving side (cluster thread) --------------------------------- */
 
@@ -1364,6 +1384,8 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .propose_timeout_ms = cfg->cluster_claim_timeout,
         .on_rebuild = cn_on_rebuild,
         .rebuild_ud = cn,
+        .defer = cn_defer,
+        .defer_ud = cn,
         /* Followers learn that an entry committed from the leader's next
          * AppendEntries: the heartbeat bounds how long a SUBACK (every live
          * member applied the route) and a CONNECT on a follower (the claim

@@ -154,4 +154,5 @@ const struct sink_ops conn_sink_ops = {
     .kick = worker_post_kick,
     .call = worker_post_call,
     .drained = worker_sink_drained,
+    .at_turn_end = worker_at_turn_end,
 };

@@ -71,6 +71,12 @@ struct sink_ops {
      * (bit id % 64) wait on drained (or stopped exerting backpressure): each
      * of them re-checks its paused connections, through its inbox. */
     void (*drained)(struct broker *b, uint64_t waiters);
+    /* Call fn(ud) once at the end of the calling worker's current loop turn,
+     * before it sleeps (the same fn and ud asked twice: once): the cluster
+     * writes the forwards of a turn in one system call. false on a thread
+     * that is no worker, or when the worker cannot take it (stopping, or
+     * its few slots taken): the caller does the work now. */
+    bool (*at_turn_end)(void (*fn)(void *ud), void *ud);
 };
 
 /* The worker whose thread this is, NULL on other threads. Set by the network

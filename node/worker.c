@@ -332,9 +332,48 @@ static void worker_flush_session(struct worker *w, struct session *s)
     session_flush_owned(w->b, s, w);
 }
 
+static void worker_on_turn_idle(uv_idle_t *h)
+{
+    (void)h; /* only there so that the loop polls without sleeping */
+}
+
+bool worker_at_turn_end(void (*fn)(void *ud), void *ud)
+{
+    struct worker *w = sink_thread_worker;
+    if (!w || !w->turn_end_ok)
+        return false;
+    for (unsigned i = 0; i < w->n_turn_end; i++)
+        if (w->turn_end[i].fn == fn && w->turn_end[i].ud == ud)
+            return true;
+    if (w->n_turn_end == sizeof(w->turn_end) / sizeof(w->turn_end[0]))
+        return false;
+    if (w->n_turn_end == 0)
+        uv_idle_start(&w->turn_idle, worker_on_turn_idle);
+    w->turn_end[w->n_turn_end].fn = fn;
+    w->turn_end[w->n_turn_end].ud = ud;
+    w->n_turn_end++;
+    return true;
+}
+
+/* The calls asked for during this turn (and those they ask for). */
+static void worker_run_turn_end(struct worker *w)
+{
+    while (w->n_turn_end) {
+        void (*fn)(void *ud) = w->turn_end[0].fn;
+        void *ud = w->turn_end[0].ud;
+        w->n_turn_end--;
+        memmove(&w->turn_end[0], &w->turn_end[1], w->n_turn_end * sizeof(w->turn_end[0]));
+        fn(ud);
+    }
+    uv_idle_stop(&w->turn_idle);
+}
+
 static void worker_on_check(uv_check_t *h)
 {
     struct worker *w = h->data;
+    /* First what this turn left for the cluster: forwards to other nodes go
+     * out before the local deliveries are written. */
+    worker_run_turn_end(w);
     /* Sessions first: flushing fills connection buffers and marks them dirty. */
     for (size_t i = 0; i < w->n_flush; i++) {
         worker_flush_session(w, w->flush[i]);
@@ -371,6 +410,7 @@ static void worker_on_check(uv_check_t *h)
         conn_unref(c);
         c = next;
     }
+    worker_run_turn_end(w); /* forwards made by the flushes (wills of closes) */
 }
 
 static void worker_close_handle(uv_handle_t *h)
@@ -492,6 +532,9 @@ int worker_start(struct worker *w)
     uv_check_init(&w->loop, &w->flush_check);
     w->flush_check.data = w;
     uv_check_start(&w->flush_check, worker_on_check);
+    uv_idle_init(&w->loop, &w->turn_idle);
+    w->turn_idle.data = w;
+    w->turn_end_ok = true;
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
         return UV_EAGAIN;
     w->started = true;
@@ -513,6 +556,9 @@ void worker_conn_gone(struct worker *w)
         worker_free_cmd(cmd);
         cmd = next;
     }
+    worker_run_turn_end(w);
+    w->turn_end_ok = false; /* no check phase any more: callers do it now */
+    worker_close_handle((uv_handle_t *)&w->turn_idle);
     worker_close_handle((uv_handle_t *)&w->wake);
     uv_timer_stop(&w->tick);
     worker_close_handle((uv_handle_t *)&w->tick);

@@ -34,6 +34,16 @@ struct worker {
     uv_async_t wake;
     uv_timer_t tick;
     uv_check_t flush_check;
+    /* calls at the end of this loop turn (sink_ops.at_turn_end); the idle
+     * handle runs while there are any, so that the loop does not sleep
+     * before the check phase makes them */
+    uv_idle_t turn_idle;
+    struct {
+        void (*fn)(void *ud);
+        void *ud;
+    } turn_end[4];
+    unsigned n_turn_end;
+    bool turn_end_ok; /* the check phase still runs */
     pthread_t thread;
     bool started;
     bool stopping;
@@ -113,6 +123,8 @@ void worker_post_stop(struct worker *w);
 void worker_defer_flush(struct worker *w, struct session *s);
 /* On w's own thread: write c's pending output at the end of this turn. */
 void worker_mark_dirty(struct worker *w, struct conn *c);
+/* sink_ops.at_turn_end: on the calling thread's worker, if any. */
+bool worker_at_turn_end(void (*fn)(void *ud), void *ud);
 
 /* On w's own thread: a connection was freed; when the worker is stopping and
  * it was the last one, the worker closes its inbox and its loop ends. */

@@ -4,7 +4,9 @@
  * in order and intact, both ways; a peer with another cluster_secret or
  * cluster name is refused and gets nothing; a peer that goes away and comes
  * back gets what was queued meanwhile (reconnect); a full queue refuses and
- * counts; oversized frames are refused.
+ * counts; oversized frames are refused; a sender that writes its own frames
+ * (chan_flush_here) gets them out at once, and what the socket does not take
+ * follows through the loop, in order.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -67,8 +69,16 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
     nd->in.n++;
 }
 
-static int start(struct node *nd, uint64_t id, const char *ip, int port, const char *name,
-                 const char *secret, size_t max_queue)
+static unsigned deferred; /* chan_send calls that the defer hook took */
+static bool defer_yes(void *ud)
+{
+    (void)ud;
+    deferred++;
+    return true;
+}
+
+static int start_opt(struct node *nd, uint64_t id, const char *ip, int port, const char *name,
+                     const char *secret, size_t max_queue, bool defer)
 {
     memset(&nd->in, 0, sizeof nd->in);
     nd->id = id;
@@ -82,12 +92,19 @@ static int start(struct node *nd, uint64_t id, const char *ip, int port, const c
                              .cluster_secret = secret,
                              .max_queue_bytes = max_queue,
                              .on_frame = on_frame,
-                             .ud = nd};
+                             .ud = nd,
+                             .defer = defer ? defer_yes : NULL};
     char err[256];
     int rc = chan_start(&nd->c, &o, err, sizeof err);
     if (rc)
         fprintf(stderr, "%s\n", err);
     return rc;
+}
+
+static int start(struct node *nd, uint64_t id, const char *ip, int port, const char *name,
+                 const char *secret, size_t max_queue)
+{
+    return start_opt(nd, id, ip, port, name, secret, max_queue, false);
 }
 
 static bool stopped;
@@ -257,6 +274,53 @@ static void test_queue_bound(void)
     stop(&b);
 }
 
+static void test_writes_from_the_sending_thread(void)
+{
+    struct node e, f;
+    CU_ASSERT_EQUAL_FATAL(
+        start_opt(&e, 6, "127.0.0.36", test_free_port("127.0.0.36"), "t", "k", 0, true), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&f, 7, "127.0.0.37", test_free_port("127.0.0.37"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(e.c, 7, f.address), 0);
+    struct chan_peer_stats st;
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(e.c, 7, &st) == 0 && st.connected, 5000));
+    /* One frame: the defer hook takes it, chan_flush_here writes it here
+     * and now (no loop turn in between). */
+    deferred = 0;
+    CU_ASSERT_EQUAL(send_publish(&e, 7, 1), 0);
+    CU_ASSERT_EQUAL(deferred, 1);
+    CU_ASSERT_EQUAL(chan_peer_stats(e.c, 7, &st), 0);
+    CU_ASSERT_EQUAL(st.sent, 0);
+    chan_flush_here(e.c);
+    CU_ASSERT_EQUAL(chan_peer_stats(e.c, 7, &st), 0);
+    CU_ASSERT_EQUAL(st.sent, 1);
+    CU_ASSERT_EQUAL(st.queued_bytes, 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(f.in.n == 1, 5000));
+    /* More than the socket takes while the receiver does not read (three
+     * times 10,000 frames, about 5 MB): what it does not take stays queued
+     * and the loop writes it; frames sent meanwhile, written from here or
+     * by the loop, follow in order. */
+    uint64_t seq = 1;
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 10000; i++)
+            CU_ASSERT_EQUAL(send_publish(&e, 7, ++seq), 0);
+        chan_flush_here(e.c);
+        if (round == 0) {
+            CU_ASSERT_EQUAL(chan_peer_stats(e.c, 7, &st), 0);
+            CU_ASSERT_TRUE(st.sent > 1);
+        }
+        uv_run(&loop, UV_RUN_NOWAIT);
+    }
+    CU_ASSERT_TRUE(RUN_UNTIL(f.in.n == seq, 20000));
+    CU_ASSERT_EQUAL(f.in.last_seq[6], seq);
+    CU_ASSERT_FALSE(f.in.out_of_order || f.in.bad);
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(e.c, 7, &st) == 0 && st.queued_bytes == 0, 5000));
+    CU_ASSERT_EQUAL(st.sent, seq);
+    CU_ASSERT_EQUAL(st.dropped, 0);
+    CU_ASSERT_EQUAL(st.connects, 1);
+    stop(&e);
+    stop(&f);
+}
+
 int main(void)
 {
     uv_loop_init(&loop);
@@ -270,6 +334,7 @@ int main(void)
     CU_add_test(s, "order both ways, reconnect", test_order_both_ways_and_reconnect);
     CU_add_test(s, "another secret or name is refused", test_wrong_secret_and_name);
     CU_add_test(s, "bounded queue, oversized frames", test_queue_bound);
+    CU_add_test(s, "writes from the sending thread", test_writes_from_the_sending_thread);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
