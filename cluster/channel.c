@@ -87,6 +87,7 @@ struct peer {
     /* guarded by c->mu */
     struct qframe *qhead, **qtail;
     size_t qbytes;
+    size_t qframes; /* frames waiting or being written */
     struct chan_peer_stats st;
 };
 
@@ -292,18 +293,22 @@ static void data_written(uv_write_t *w, int status)
     struct conn *k = w->data;
     struct chan *c = k->c;
     struct peer *p = k->peer;
-    size_t bytes = 0;
+    size_t bytes = 0, frames = 0;
     while (k->writing) {
         struct qframe *q = k->writing;
         k->writing = q->next;
         bytes += q->len;
+        frames++;
         free(q);
     }
     pthread_mutex_lock(&c->mu);
     if (p) {
         p->qbytes -= bytes;
-        if (status == 0)
+        p->qframes -= frames;
+        if (status == 0) {
             p->st.sent += k->writing_n;
+            p->st.bytes_sent += bytes;
+        }
     }
     pthread_mutex_unlock(&c->mu);
     k->writing_n = 0;
@@ -795,6 +800,7 @@ int chan_peer_remove(struct chan *c, uint64_t node)
             struct qframe *q = p->qhead;
             p->qhead = q->next;
             p->qbytes -= q->len;
+            p->qframes--;
             free(q);
         }
         p->qtail = &p->qhead;
@@ -840,6 +846,7 @@ int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len)
         *p->qtail = q;
         p->qtail = &q->next;
         p->qbytes += q->len;
+        p->qframes++;
     }
     pthread_mutex_unlock(&c->mu);
     if (rc) {
@@ -858,6 +865,7 @@ int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out)
         if (p->node == node && !p->removed) {
             *out = p->st;
             out->queued_bytes = p->qbytes;
+            out->queued_frames = p->qframes;
             rc = 0;
         }
     pthread_mutex_unlock(&c->mu);

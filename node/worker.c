@@ -551,3 +551,16 @@ void worker_free(struct worker *w)
     free(w->rbuf);
     free(w);
 }
+
+void worker_metrics_add(struct worker *w, struct worker_metrics_sum *acc)
+{
+    const struct worker_metrics *m = &w->metrics;
+    for (int q = 0; q < 3; q++) {
+        acc->msgs_in[q] += metric_read(&m->msgs_in[q]);
+        acc->bytes_in[q] += metric_read(&m->bytes_in[q]);
+        acc->msgs_out[q] += metric_read(&m->msgs_out[q]);
+        acc->bytes_out[q] += metric_read(&m->bytes_out[q]);
+    }
+    acc->no_subscribers += metric_read(&m->no_subscribers);
+    metric_hist_add_to(&m->delivery, &acc->delivery);
+}
