@@ -85,11 +85,13 @@ struct worker {
     size_t n_paused, cap_paused;
     atomic_bool flow_posted; /* a flow check waits in the inbox */
 
-    struct worker_metrics metrics;
-
     /* shared read buffer for all connections of this worker */
     char *rbuf;
     size_t rbuf_size;
+
+    /* Last and on cache lines of their own: other threads write the inbox
+     * and flow fields above, only this worker writes these. */
+    _Alignas(64) struct worker_metrics metrics;
 };
 
 /* Workers' metrics added up: plain numbers. */
