@@ -206,14 +206,24 @@ def connect_clients(node, n):
     return socks
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process pid so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cost(node, n):
     def measure(label):
         for p in PATHS:
             for _ in range(3):
                 node.get(p)  # warm up
-            t = sorted(node.get(p) * 1000 for _ in range(20))
+            cpu0 = cpu_seconds(node.proc.pid)
+            t = sorted(node.get(p) * 1000 for _ in range(200))
+            cpu = (cpu_seconds(node.proc.pid) - cpu0) / 200 * 1000
             print(f"{label} GET {p}: median {statistics.median(t):.2f} ms, "
-                  f"max {t[-1]:.2f} ms (20 requests, each on a new connection)", flush=True)
+                  f"p90 {t[179]:.2f} ms (200 requests, each on a new connection); "
+                  f"the node's CPU time {cpu:.2f} ms per request", flush=True)
     measure("0 clients:")
     socks = connect_clients(node, n)
     try:
