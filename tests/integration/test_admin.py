@@ -581,6 +581,13 @@ def test_metrics_drops_queues_inflight(broker):
         p = slow.recv_publish(ack=False)
         assert p.topic == "i/x"
     pub.publish("nobody/here", b"", qos=1)
+    # [MQTT-5.0 3.1.2-25] larger than the client's Maximum Packet Size: not
+    # sent; the small message after it is
+    small = raw(node, uid("small"), properties={"maximum_packet_size": 64})
+    small.subscribe(("big/#", 0))
+    pub.publish("big/x", b"x" * 200, qos=1)
+    pub.publish("big/y", b"small", qos=1)
+    assert small.recv_publish().topic == "big/y"
 
     def settled():
         m = metrics(node)
@@ -589,12 +596,23 @@ def test_metrics_drops_queues_inflight(broker):
     m = wait_until(settled, "5 queued and 3 inflight messages")
     assert dropped(m, "queue_full_offline") == 3
     assert dropped(m, "no_subscribers") == 1
-    for reason in DROP_REASONS - {"queue_full_offline", "no_subscribers"}:
+    assert dropped(m, "too_large") == 1
+    for reason in DROP_REASONS - {"queue_full_offline", "no_subscribers", "too_large"}:
         assert dropped(m, reason) == 0, reason
     # the persistent session's messages were stored
     assert one(m, "starling_store_commits_total") >= 1
     slow.disconnect()
+    small.disconnect()
     pub.disconnect()
+
+
+def test_metrics_without_persistence(broker):
+    """persistence false: the store's families are left out, the others stay."""
+    node = broker(admin=True, api_key=API_KEY, persistence=False)
+    m, types = metrics_typed(node)
+    store = {f for f in SINGLE_NODE_FAMILIES if f.startswith("starling_store_")}
+    assert len(store) == 5
+    assert types == {f: t for f, t in SINGLE_NODE_FAMILIES.items() if f not in store}
 
 
 def test_metrics_checker_rejects_bad_text():
