@@ -113,6 +113,7 @@ struct admin_metrics {
     bool clustered;
     bool raft_leader; /* this node leads */
     uint64_t raft_term, raft_commit_index, raft_applied_index, raft_leader_changes;
+    uint64_t routes; /* (filter, node) pairs of the replicated route table */
     struct admin_peer_metrics peers[ADMIN_PEERS_MAX];
     unsigned n_peers;
 };

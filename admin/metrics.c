@@ -111,6 +111,9 @@ static void render_cluster(FILE *f, const struct admin_metrics *m)
     metric(f, "starling_raft_leader_changes_total", "counter",
            "Times this node saw a new Raft leader (the first one included).",
            m->raft_leader_changes);
+    metric(f, "starling_routes", "gauge",
+           "Routes (topic filter, node) in this node's copy of the replicated route table.",
+           m->routes);
     if (!m->n_peers)
         return;
     head(f, "starling_cluster_peer_connected", "gauge",

@@ -969,6 +969,7 @@ static void cn_metrics(void *ud, struct admin_metrics *m)
     m->raft_applied_index = rs.last_applied;
     m->raft_leader_changes = rs.leader_changes;
     m->raft_leader = raft_node_leader(cn->raft) == cn->self;
+    m->routes = routes_count(fsm_routes(cn->fsm));
     struct {
         uint64_t node;
         char name[ADMIN_NAME_MAX];

@@ -238,7 +238,7 @@ def test_a_dead_node_is_named_missing(cluster_factory):
 CLUSTER_FAMILIES = {
     "starling_raft_term": "gauge", "starling_raft_commit_index": "gauge",
     "starling_raft_applied_index": "gauge", "starling_raft_leader": "gauge",
-    "starling_raft_leader_changes_total": "counter",
+    "starling_raft_leader_changes_total": "counter", "starling_routes": "gauge",
     "starling_cluster_peer_connected": "gauge",
     "starling_forward_queue_frames": "gauge", "starling_forward_queue_bytes": "gauge",
     "starling_forward_outbox_messages": "gauge", "starling_forward_outbox_bytes": "gauge",
@@ -331,6 +331,8 @@ def test_metrics_on_every_node(cluster):
             peer(b1, "starling_forward_bytes_sent_total", n2.name) >= n * 55
         assert peer(a1, "starling_forward_frames_dropped_total", n2.name) == 0
         assert peer(a1, "starling_forward_outbox_bytes", n2.name) == 0
+        # n2's subscription is a route n1 knows (it forwarded along it)
+        assert a1["starling_routes"][()] >= b1["starling_routes"][()] >= 1
     finally:
         sub.loop_stop()
         sub.disconnect()
