@@ -29,6 +29,8 @@
 
 #include <jansson.h>
 
+#include "metric.h"
+
 /* ---- what the API reports: filled by the provider ----------------------- */
 
 #define ADMIN_NAME_MAX 128
@@ -73,6 +75,49 @@ struct admin_stats {
     uint64_t bytes_sent;
 };
 
+/* What GET /metrics reports beyond struct admin_stats (the families are
+ * listed in docs/operations.md). The caller zeroes it; the provider fills
+ * what the node has. */
+#define ADMIN_DROP_REASONS_MAX 16
+#define ADMIN_PEERS_MAX 64
+
+struct admin_drop_count {
+    const char *reason; /* static: a label value ([a-z_]+) */
+    uint64_t n;
+};
+
+/* Clustered: this node's forwarding to one other node. */
+struct admin_peer_metrics {
+    char name[ADMIN_NAME_MAX]; /* its node_name */
+    bool connected;            /* this node's channel to it is up */
+    uint64_t queue_frames;     /* channel frames waiting or being written */
+    uint64_t queue_bytes;
+    uint64_t outbox_msgs; /* QoS 1/2 forwards it has not acknowledged */
+    uint64_t outbox_bytes;
+    uint64_t frames_sent; /* counters since the node started */
+    uint64_t bytes_sent;
+    uint64_t frames_dropped; /* refused: the channel queue was full */
+};
+
+struct admin_metrics {
+    /* PUBLISH packets and their topic + payload bytes, by QoS: received
+     * from clients and other nodes, sent to clients */
+    uint64_t msgs_in[3], bytes_in[3], msgs_out[3], bytes_out[3];
+    struct admin_drop_count dropped[ADMIN_DROP_REASONS_MAX];
+    unsigned n_dropped;
+    uint64_t inflight, queued;        /* messages in the sessions, all of them */
+    struct metric_hist_snap delivery; /* publish-to-delivery latency (sampled) */
+    bool has_store;                   /* persistence is on */
+    uint64_t store_commits, store_failed, store_fsyncs;
+    struct metric_hist_snap store_commit, store_sync;
+    bool clustered;
+    bool raft_leader; /* this node leads */
+    uint64_t raft_term, raft_commit_index, raft_applied_index, raft_leader_changes;
+    uint64_t routes; /* (filter, node) pairs of the replicated route table */
+    struct admin_peer_metrics peers[ADMIN_PEERS_MAX];
+    unsigned n_peers;
+};
+
 /* A message to publish (POST /api/v1/publish). topic is NUL-terminated,
  * payload is payload_len bytes. */
 struct admin_publish {
@@ -99,6 +144,10 @@ struct admin_provider {
      * entry) or of every node (cluster_wide true); returns how many nodes
      * there are, like nodes. */
     int (*stats)(void *ud, bool cluster_wide, struct admin_stats *v, size_t cap);
+    /* Fill *out (zeroed) with this node's metrics for GET /metrics: sums
+     * read without stopping the data plane (may take locks the data plane
+     * takes only briefly: the session table's, each session's). */
+    void (*metrics)(void *ud, struct admin_metrics *out);
     /* -EINVAL: bad topic; -EAGAIN: the node is not serving (stopping). */
     int (*publish)(void *ud, const struct admin_publish *p, char *err, size_t errlen);
     /* Membership (NULL when the node is not clustered). cluster_forget:

@@ -192,10 +192,11 @@ void api_apikey_delete(struct admin_req *r);
 
 /* ---- metrics (metrics.c) ------------------------------------------------- */
 
-/* The Prometheus text exposition (version 0.0.4) of a node's counters and
- * of the admin API's request counts (requests[2..5], may be NULL). Returns a
- * malloc'd NUL-terminated text and its length, or NULL. */
+/* The Prometheus text exposition (version 0.0.4) of a node's counters, its
+ * metrics (m; NULL: only the totals of s, unlabelled) and the admin API's
+ * request counts (requests[2..5], may be NULL). Returns a malloc'd
+ * NUL-terminated text and its length, or NULL. */
 char *admin_metrics_render(const struct admin_stats *s, const struct admin_health *h,
-                           const uint64_t *requests, size_t *len);
+                           const struct admin_metrics *m, const uint64_t *requests, size_t *len);
 
 #endif

@@ -213,11 +213,20 @@ static void api_metrics(struct admin_req *r)
     }
     if (p->health)
         p->health(p->ud, &h);
+    struct admin_metrics *m = NULL;
+    if (p->metrics) {
+        if (!(m = calloc(1, sizeof(*m)))) {
+            admin_reply_error(r, 500, "internal_error", "out of memory");
+            return;
+        }
+        p->metrics(p->ud, m);
+    }
     uint64_t req[6];
     for (int i = 0; i < 6; i++)
         req[i] = atomic_load(&r->a->requests[i]);
     size_t len;
-    char *text = admin_metrics_render(&s, &h, req, &len);
+    char *text = admin_metrics_render(&s, &h, m, req, &len);
+    free(m);
     if (!text) {
         admin_reply_error(r, 500, "internal_error", "out of memory");
         return;

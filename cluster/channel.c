@@ -100,6 +100,7 @@ struct peer {
     /* guarded by c->mu */
     struct qframe *qhead, **qtail;
     size_t qbytes;
+    size_t qframes;    /* frames waiting or being written */
     size_t head_off;   /* bytes of qhead already written (a partial write) */
     int fd;            /* the ready connection's socket, or -1 */
     bool loop_writing; /* the loop's uv_write is in flight */
@@ -311,19 +312,23 @@ static void data_written(uv_write_t *w, int status)
     struct conn *k = w->data;
     struct chan *c = k->c;
     struct peer *p = k->peer;
-    size_t bytes = 0;
+    size_t bytes = 0, frames = 0;
     while (k->writing) {
         struct qframe *q = k->writing;
         k->writing = q->next;
         bytes += q->len;
+        frames++;
         free(q);
     }
     pthread_mutex_lock(&c->mu);
     if (p) {
         p->qbytes -= bytes;
         p->loop_writing = false;
-        if (status == 0)
+        p->qframes -= frames;
+        if (status == 0) {
             p->st.sent += k->writing_n;
+            p->st.bytes_sent += bytes;
+        }
     }
     pthread_mutex_unlock(&c->mu);
     k->writing_n = 0;
@@ -845,6 +850,7 @@ int chan_peer_remove(struct chan *c, uint64_t node)
             struct qframe *q = p->qhead;
             p->qhead = q->next;
             p->qbytes -= q->len;
+            p->qframes--;
             free(q);
         }
         p->qtail = &p->qhead;
@@ -891,6 +897,7 @@ int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len)
         *p->qtail = q;
         p->qtail = &q->next;
         p->qbytes += q->len;
+        p->qframes++;
     }
     pthread_mutex_unlock(&c->mu);
     if (rc) {
@@ -946,7 +953,9 @@ static void write_direct(struct chan *c, struct peer *p)
     pthread_mutex_lock(&c->mu);
     p->direct = false;
     p->qbytes -= freed;
+    p->qframes -= sent;
     p->st.sent += sent;
+    p->st.bytes_sent += freed;
     if (list) {
         struct qframe *last = list;
         while (last->next)
@@ -989,6 +998,7 @@ int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out)
         if (p->node == node && !p->removed) {
             *out = p->st;
             out->queued_bytes = p->qbytes;
+            out->queued_frames = p->qframes;
             rc = 0;
         }
     pthread_mutex_unlock(&c->mu);

@@ -90,11 +90,13 @@ int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len);
 void chan_flush_here(struct chan *c);
 
 struct chan_peer_stats {
-    bool connected;   /* our connection to it is past the handshake */
-    uint64_t sent;    /* frames written to the socket */
-    uint64_t dropped; /* frames refused because the queue was full */
-    uint64_t queued_bytes;
-    uint64_t connects; /* handshakes completed (1 + reconnections) */
+    bool connected;         /* our connection to it is past the handshake */
+    uint64_t sent;          /* frames written to the socket */
+    uint64_t dropped;       /* frames refused because the queue was full */
+    uint64_t queued_bytes;  /* frames waiting or being written: their bytes */
+    uint64_t queued_frames; /* and their number */
+    uint64_t bytes_sent;    /* bytes of the frames written (length prefix included) */
+    uint64_t connects;      /* handshakes completed (1 + reconnections) */
 };
 int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out);
 /* Handshakes this node refused (bad name, version, proof). */

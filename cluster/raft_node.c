@@ -66,6 +66,9 @@ struct raft_node {
     char err[640];
 
     uint64_t leader, applied; /* atomics */
+    uint64_t term, commit;    /* atomics: as of the last tick */
+    uint64_t leader_changes;  /* atomic: a new leader seen by a tick */
+    uint64_t last_leader;     /* loop: the leader the last tick saw (0: none) */
     bool ready;               /* atomic */
     bool diverged;            /* atomic */
     uint64_t divergences;     /* atomic */
@@ -506,8 +509,15 @@ static void on_tick(uv_timer_t *t)
     }
     pthread_mutex_unlock(&n->mu);
     fsm_raft_flush(&n->adapter);
-    __atomic_store_n(&n->leader, leader_id(n), __ATOMIC_RELAXED);
+    uint64_t leader_now = leader_id(n);
+    if (leader_now && leader_now != n->last_leader) {
+        __atomic_fetch_add(&n->leader_changes, 1, __ATOMIC_RELAXED);
+        n->last_leader = leader_now;
+    }
+    __atomic_store_n(&n->leader, leader_now, __ATOMIC_RELAXED);
     __atomic_store_n(&n->applied, raft_last_applied(&n->raft), __ATOMIC_RELAXED);
+    __atomic_store_n(&n->term, (uint64_t)n->raft.current_term, __ATOMIC_RELAXED);
+    __atomic_store_n(&n->commit, (uint64_t)n->raft.commit_index, __ATOMIC_RELAXED);
     bool leader = raft_state(&n->raft) == RAFT_LEADER;
     if (!leader || n->barrier_term != n->raft.current_term)
         __atomic_store_n(&n->ready, false, __ATOMIC_RELEASE);
@@ -952,6 +962,10 @@ void raft_node_stats(struct raft_node *n, struct raft_node_stats *o)
     o->refused = raft_node_refused(n);
     o->divergences = __atomic_load_n(&n->divergences, __ATOMIC_RELAXED);
     o->checks_equal = __atomic_load_n(&n->checks_equal, __ATOMIC_RELAXED);
+    o->term = __atomic_load_n(&n->term, __ATOMIC_RELAXED);
+    o->commit_index = __atomic_load_n(&n->commit, __ATOMIC_RELAXED);
+    o->last_applied = __atomic_load_n(&n->applied, __ATOMIC_RELAXED);
+    o->leader_changes = __atomic_load_n(&n->leader_changes, __ATOMIC_RELAXED);
 }
 
 int raft_node_remove(struct raft_node *n, uint64_t id, raft_node_done_fn done, void *ud)

@@ -156,6 +156,10 @@ bool raft_node_diverged(struct raft_node *n);
 struct raft_node_stats {
     uint64_t applied, replays_skipped, snapshots, restores, restores_skipped, apply_errors;
     uint64_t refused, divergences, checks_equal;
+    /* as of the last tick (50 ms): the current term, the commit index, the
+     * last applied index, and how often the tick saw a leader other than
+     * the one before (the first one included) */
+    uint64_t term, commit_index, last_applied, leader_changes;
 };
 void raft_node_stats(struct raft_node *n, struct raft_node_stats *out);
 

@@ -29,6 +29,8 @@
 #include "topic.h"
 #include "registry.h"
 #include "server.h"
+#include "session.h"
+#include "store.h"
 #include "worker.h"
 
 static void admin_local_closed(uv_handle_t *h)
@@ -107,6 +109,74 @@ static int admin_local_stats(void *ud, bool cluster_wide, struct admin_stats *v,
     s->bytes_received = atomic_load(&b->stats.bytes_received);
     s->bytes_sent = atomic_load(&b->stats.bytes_sent);
     return 1;
+}
+
+/* Label values of enum broker_drop (docs/operations.md). */
+static const char *const admin_local_drop_names[BROKER_DROP_N] = {
+    [BROKER_DROP_OFFLINE] = "queue_full_offline",
+    [BROKER_DROP_SLOW_NEW] = "queue_full_new",
+    [BROKER_DROP_SLOW_OLDEST] = "queue_full_oldest",
+    [BROKER_DROP_SLOW_DISCONNECT] = "queue_full_disconnect",
+    [BROKER_DROP_EXPIRED] = "expired",
+    [BROKER_DROP_TOO_LARGE] = "too_large",
+    [BROKER_DROP_NO_MEMORY] = "no_memory",
+    [BROKER_DROP_ACL] = "acl_denied",
+    [BROKER_DROP_PEER_QUEUE_FULL] = "peer_queue_full",
+    [BROKER_DROP_PEER_UNAVAILABLE] = "peer_unavailable",
+    [BROKER_DROP_OUTBOX_FULL] = "outbox_full",
+    [BROKER_DROP_SESSION_MOVED] = "session_moved",
+};
+_Static_assert(BROKER_DROP_N + 1 <= ADMIN_DROP_REASONS_MAX, "room for every reason");
+
+/* The messages in every session: one pass under the session table's lock,
+ * each session's lock held while its two lengths are read. */
+static void admin_local_session_totals(struct broker *b, uint64_t *inflight, uint64_t *queued)
+{
+    struct registry *r = &b->registry;
+    pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < r->n_buckets; i++)
+        for (struct session *s = r->buckets[i]; s; s = s->hnext) {
+            lock_acquire(&s->lock);
+            *inflight += s->inflight.len;
+            *queued += s->queue.len;
+            lock_release(&s->lock);
+        }
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void admin_local_metrics(void *ud, struct admin_metrics *m)
+{
+    struct admin_local *l = ud;
+    struct broker *b = l->b;
+    struct worker_metrics_sum w = {0};
+    struct server *srv = b->server;
+    /* the workers exist from `serving` until after the admin API stopped */
+    if (atomic_load(&l->serving) && srv)
+        for (int i = 0; i < srv->n_workers; i++)
+            worker_metrics_add(srv->workers[i], &w);
+    for (int q = 0; q < 3; q++) {
+        m->msgs_in[q] = w.msgs_in[q] + metric_read(&b->stats.fwd_msgs_in[q]);
+        m->bytes_in[q] = w.bytes_in[q] + metric_read(&b->stats.fwd_bytes_in[q]);
+        m->msgs_out[q] = w.msgs_out[q];
+        m->bytes_out[q] = w.bytes_out[q];
+    }
+    m->delivery = w.delivery;
+    for (int i = 0; i < BROKER_DROP_N; i++)
+        m->dropped[m->n_dropped++] = (struct admin_drop_count){
+            admin_local_drop_names[i],
+            atomic_load_explicit(&b->stats.dropped[i], memory_order_relaxed)};
+    m->dropped[m->n_dropped++] = (struct admin_drop_count){"no_subscribers", w.no_subscribers};
+    admin_local_session_totals(b, &m->inflight, &m->queued);
+    if (b->store) {
+        struct store_stats st;
+        store_get_stats(b->store, &st);
+        m->has_store = true;
+        m->store_commits = st.commits;
+        m->store_failed = st.failed;
+        m->store_fsyncs = st.fsyncs;
+        m->store_commit = st.commit_time;
+        m->store_sync = st.sync_time;
+    }
 }
 
 static int admin_local_publish(void *ud, const struct admin_publish *p, char *err, size_t errlen)
@@ -304,6 +374,7 @@ void admin_local_init(struct admin_local *l, struct broker *b, struct admin_prov
     p->health = admin_local_health;
     p->nodes = admin_local_nodes;
     p->stats = admin_local_stats;
+    p->metrics = admin_local_metrics;
     p->publish = admin_local_publish;
     p->query_local = admin_local_query;
     p->gather = admin_local_gather;

@@ -140,8 +140,10 @@ static bool broker_acl_read(struct broker *b, const struct acl *acl, struct sess
     bool ok = acl_check(acl, s->user, s->user ? strlen(s->user) : 0, s->client_id, s->id_len,
                         msg_topic(m), m->topic_len, ACL_READ);
     lock_release(&s->lock);
-    if (!ok)
+    if (!ok) {
         atomic_fetch_add_explicit(&b->stats.acl_denied, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->stats.dropped[BROKER_DROP_ACL], 1, memory_order_relaxed);
+    }
     return ok;
 }
 

@@ -22,6 +22,7 @@
 
 #include "auth.h"
 #include "config.h"
+#include "metric.h"
 #include "msg.h"
 #include "registry.h"
 #include "retain.h"
@@ -35,6 +36,25 @@ struct session;
 struct store;
 struct store_batch;
 struct tables_ops;
+
+/* Why a message, or its copy for one session, was not delivered (counted
+ * in broker_stats.dropped; admin_local.c names them for /metrics). The
+ * first four are enum session_drop's. */
+enum broker_drop {
+    BROKER_DROP_OFFLINE = 0,         /* an offline session's queue was full */
+    BROKER_DROP_SLOW_NEW = 1,        /* connected, queue full: the new message */
+    BROKER_DROP_SLOW_OLDEST = 2,     /* connected, queue full: the oldest queued */
+    BROKER_DROP_SLOW_DISCONNECT = 3, /* connected, queue full: client disconnected */
+    BROKER_DROP_EXPIRED,             /* its Message Expiry Interval ran out */
+    BROKER_DROP_TOO_LARGE,           /* above the client's Maximum Packet Size */
+    BROKER_DROP_NO_MEMORY,           /* an allocation failed */
+    BROKER_DROP_ACL,                 /* the ACL refused the PUBLISH or the delivery */
+    BROKER_DROP_PEER_QUEUE_FULL,     /* QoS 0 forward: the channel's queue was full */
+    BROKER_DROP_PEER_UNAVAILABLE,    /* QoS 0 forward: the channel refused it otherwise */
+    BROKER_DROP_OUTBOX_FULL,         /* QoS 1/2 forward refused: the node's outbox was full */
+    BROKER_DROP_SESSION_MOVED,       /* cluster: late messages of a moved session lost */
+    BROKER_DROP_N
+};
 
 struct broker_stats {
     atomic_ulong clients_connected;
@@ -52,8 +72,9 @@ struct broker_stats {
     atomic_ulong refused_subs;      /* max_subscriptions_per_client */
     atomic_ulong refused_topic_len; /* max_topic_length */
     atomic_ulong throttled;         /* max_publish_rate: reads paused */
-    /* by reason (enum session_drop): $SYS/broker/messages/dropped/... */
-    atomic_ulong dropped[4];
+    /* by reason (enum broker_drop; the first four are $SYS/broker/messages/
+     * dropped/...): starling_messages_dropped_total{reason} */
+    atomic_ulong dropped[BROKER_DROP_N];
     atomic_ulong slow_disconnects; /* clients closed by the disconnect policy */
     atomic_ulong pause_expired;    /* max_publisher_pause ran out for a subscriber */
     atomic_long publishers_paused; /* connections not read now (flow control) */
@@ -65,6 +86,9 @@ struct broker_stats {
     atomic_ulong fwd_resent;       /* forwards sent again from the outbox */
     atomic_ulong fwd_duplicates;   /* forwards received twice (dropped) */
     atomic_long fwd_slow_peers;    /* nodes whose outbox is above its pause mark */
+    /* publishes forwarded by other nodes, by QoS (the cluster thread) */
+    metric_counter fwd_msgs_in[3];
+    metric_counter fwd_bytes_in[3]; /* their topic and payload bytes */
 };
 
 struct broker {

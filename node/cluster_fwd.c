@@ -188,6 +188,19 @@ static struct fwd_out *out_find(struct cluster_fwd *f, uint64_t node)
     return NULL;
 }
 
+int cluster_fwd_outbox(struct cluster_fwd *f, uint64_t node, uint64_t *msgs, uint64_t *bytes)
+{
+    struct fwd_out *o = out_find(f, node);
+    *msgs = *bytes = 0;
+    if (!o)
+        return -ENOENT;
+    pthread_mutex_lock(&o->mu);
+    *msgs = o->n;
+    *bytes = o->bytes;
+    pthread_mutex_unlock(&o->mu);
+    return 0;
+}
+
 static struct fwd_out *out_get(struct cluster_fwd *f, uint64_t node)
 {
     struct fwd_out *o = out_find(f, node);
@@ -299,6 +312,9 @@ static void send_unsequenced(struct cluster_fwd *f, uint64_t node, Starling__Cha
         free(buf);
     if (r < 0) {
         atomic_fetch_add(&f->b->stats.msgs_dropped, 1);
+        atomic_fetch_add(&f->b->stats.dropped[r == -ENOBUFS ? BROKER_DROP_PEER_QUEUE_FULL
+                                                            : BROKER_DROP_PEER_UNAVAILABLE],
+                         1);
         if (p->qos == 0)
             atomic_fetch_add(&f->b->stats.fwd_qos0_dropped, 1);
         log_debug("cluster: a forward to %016llx is dropped: %s", (unsigned long long)node,
@@ -335,6 +351,7 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
         pthread_mutex_unlock(&o->mu);
         free(buf);
         atomic_fetch_add(&b->stats.fwd_refused, 1);
+        atomic_fetch_add(&b->stats.dropped[BROKER_DROP_OUTBOX_FULL], 1);
         if (flow)
             flow->refused = true;
         warn_refused(f, node, "its outbox is full");
@@ -578,6 +595,8 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
         return; /* not applied: the origin sends it again (sequenced) */
     m->route_index = p->has_route_index ? p->route_index : 0;
     atomic_fetch_add(&b->stats.msgs_received, 1);
+    metric_add_shared(&b->stats.fwd_msgs_in[m->qos], 1);
+    metric_add_shared(&b->stats.fwd_bytes_in[m->qos], (uint64_t)m->topic_len + m->payload_len);
     if (!in) {
         broker_publish_forwarded(b, m, share_picked, (void *)p, NULL, NULL);
         msg_unref(m);

@@ -80,6 +80,11 @@ void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Ch
 /* Acknowledgements, range deletes, replays, reconnections (every few ms). */
 void cluster_fwd_poll(struct cluster_fwd *f, uint64_t now_ms);
 
+/* node's outbox: the QoS 1/2 forwards it has not acknowledged yet and
+ * their bytes. 0, or -ENOENT when nothing was ever forwarded to it. Any
+ * thread (takes the outbox's lock briefly: /metrics). */
+int cluster_fwd_outbox(struct cluster_fwd *f, uint64_t node, uint64_t *msgs, uint64_t *bytes);
+
 /* After the store closed (no commit callback can run any more). */
 void cluster_fwd_free(struct cluster_fwd *f);
 

@@ -995,6 +995,54 @@ static int cn_stats(void *ud, bool cluster_wide, struct admin_stats *v, size_t c
     return cn->local.stats(cn->local.ud, cluster_wide, v, cap);
 }
 
+/* The node's metrics (admin_local), then Raft's and the forwarding to each
+ * other member's. */
+static void cn_metrics(void *ud, struct admin_metrics *m)
+{
+    struct cluster_node *cn = ud;
+    cn->local.metrics(cn->local.ud, m);
+    m->clustered = true;
+    struct raft_node_stats rs;
+    raft_node_stats(cn->raft, &rs);
+    m->raft_term = rs.term;
+    m->raft_commit_index = rs.commit_index;
+    m->raft_applied_index = rs.last_applied;
+    m->raft_leader_changes = rs.leader_changes;
+    m->raft_leader = raft_node_leader(cn->raft) == cn->self;
+    m->routes = routes_count(fsm_routes(cn->fsm));
+    struct {
+        uint64_t node;
+        char name[ADMIN_NAME_MAX];
+    } peers[MAX_PEERS];
+    unsigned n = 0;
+    pthread_mutex_lock(&cn->mu);
+    for (unsigned i = 0; i < cn->n_peers && n < MAX_PEERS; i++) {
+        if (cn->peers[i].left)
+            continue;
+        peers[n].node = cn->peers[i].node;
+        memcpy(peers[n].name, cn->peers[i].name, sizeof(peers[n].name));
+        n++;
+    }
+    pthread_mutex_unlock(&cn->mu);
+    for (unsigned i = 0; i < n && m->n_peers < ADMIN_PEERS_MAX; i++) {
+        struct admin_peer_metrics *p = &m->peers[m->n_peers++];
+        if (peers[i].name[0])
+            memcpy(p->name, peers[i].name, sizeof(p->name));
+        else /* not introduced yet: its Raft id */
+            snprintf(p->name, sizeof(p->name), "%016llx", (unsigned long long)peers[i].node);
+        struct chan_peer_stats cs;
+        if (cluster_peer_stats(cn->c, peers[i].node, &cs) == 0) {
+            p->connected = cs.connected;
+            p->queue_frames = cs.queued_frames;
+            p->queue_bytes = cs.queued_bytes;
+            p->frames_sent = cs.sent;
+            p->bytes_sent = cs.bytes_sent;
+            p->frames_dropped = cs.dropped;
+        }
+        cluster_fwd_outbox(cn->fwd, peers[i].node, &p->outbox_msgs, &p->outbox_bytes);
+    }
+}
+
 static int cn_publish(void *ud, const struct admin_publish *p, char *err, size_t errlen)
 {
     struct cluster_node *cn = ud;
@@ -1315,6 +1363,7 @@ void cluster_node_admin(struct cluster_node *cn, struct admin_local *l, struct a
     /* counters and publish: this node's (admin_local); a publish is
      * forwarded like any other */
     p->stats = cn->local.stats ? cn_stats : NULL;
+    p->metrics = cn->local.metrics ? cn_metrics : NULL;
     p->publish = cn->local.publish ? cn_publish : NULL;
     p->cluster_leave = cn_leave;
     p->cluster_forget = cn_forget;

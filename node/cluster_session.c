@@ -261,6 +261,7 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     int r = k == n ? cn_send_frame(cn, to, &fr) : -ENOMEM;
     if (r < 0) {
         atomic_fetch_add(&cn->b->stats.msgs_dropped, n);
+        atomic_fetch_add(&cn->b->stats.dropped[BROKER_DROP_SESSION_MOVED], n);
         log_warn("cluster: %zu late message(s) of '%.*s' not sent to %016llx: %s", n, (int)len, id,
                  (unsigned long long)to, strerror(-r));
     } else {
@@ -408,6 +409,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
     }
     if (!s) {
         atomic_fetch_add(&b->stats.msgs_dropped, sm->n_msgs);
+        atomic_fetch_add(&b->stats.dropped[BROKER_DROP_SESSION_MOVED], sm->n_msgs);
         log_warn("cluster: %zu late message(s) from %016llx for '%.*s' (claim %llu), which is not "
                  "here: dropped",
                  sm->n_msgs, (unsigned long long)from, (int)sm->client_id.len,

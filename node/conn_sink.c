@@ -137,6 +137,14 @@ static int conn_sink_publish(struct conn *c, const struct qmsg *q, bool dup, uin
     }
     atomic_fetch_add_explicit(&c->w->b->stats.msgs_sent, 1, memory_order_relaxed);
     c->msgs_out++;
+    struct worker_metrics *wm = &c->w->metrics;
+    metric_add(&wm->msgs_out[q->qos], 1);
+    metric_add(&wm->bytes_out[q->qos], (uint64_t)m->topic_len + m->payload_len);
+    /* a sampled message's first sending to this client (a resend, or a
+     * retained message sent on subscribe, would measure its age; the
+     * RETAIN flag also marks 5.0 Retain As Published, left out too) */
+    if (m->born_ns && !dup && !q->retain)
+        metric_hist_observe(&wm->delivery, metric_now_ns() - m->born_ns);
     worker_mark_dirty(c->w, c);
     return SINK_SENT;
 }

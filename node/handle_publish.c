@@ -233,6 +233,9 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
         conn_close(c, MQTT_RC_UNSPECIFIED, false);
         return;
     }
+    struct worker_metrics *wm = &c->w->metrics;
+    if (wm->sample++ % WORKER_DELIVERY_SAMPLE == 0)
+        m->born_ns = metric_now_ns();
     /* With a store, a QoS 1/2 message waits in the subscribers' queues
      * until it is durable (see struct msg.hold). */
     bool hold = p->qos > 0 && b->store;
@@ -256,6 +259,8 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
         handle_publish_refuse(c, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED);
         return;
     }
+    if (matched == 0)
+        metric_add(&wm->no_subscribers, 1);
     if (p->qos > 0 && flow.refused)
         handle_publish_refused(c, p, ack, bt, hold ? m : NULL, &targets);
     else if (p->qos > 0)
@@ -306,6 +311,9 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
     }
     atomic_fetch_add_explicit(&b->stats.msgs_received, 1, memory_order_relaxed);
     c->msgs_in++;
+    struct worker_metrics *wm = &c->w->metrics;
+    metric_add(&wm->msgs_in[p->qos], 1);
+    metric_add(&wm->bytes_in[p->qos], topic.len + p->payload.len);
     if (b->cfg.max_publish_rate)
         handle_publish_rate(c, b->cfg.max_publish_rate);
     enum mqtt_type ack = p->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
@@ -331,6 +339,8 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
         ackq_push(c, ack, p->packet_id, MQTT_RC_NOT_AUTHORIZED, true);
         return;
     }
+    if (!allowed)
+        atomic_fetch_add_explicit(&b->stats.dropped[BROKER_DROP_ACL], 1, memory_order_relaxed);
     if (!allowed && v5) {
         if (p->qos > 0)
             ackq_push(c, ack, p->packet_id, MQTT_RC_NOT_AUTHORIZED, true);

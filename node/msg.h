@@ -52,6 +52,10 @@ struct msg {
     /* Cluster: the Raft index the route table was at (at least) when this
      * message's destinations were chosen on its origin node; 0 = unknown. */
     uint64_t route_index;
+    /* Monotonic ns (metric.h) when a client's PUBLISH of it was decoded, for
+     * the publish-to-delivery histogram; 0 when it is not one of the sampled
+     * messages (worker.h, WORKER_DELIVERY_SAMPLE). */
+    uint64_t born_ns;
     /* topic (not NUL-terminated), then payload, then the encoded MQTT 5.0
      * properties passed through to subscribers unchanged (payload format,
      * content type, response topic, correlation data, user properties). */

@@ -305,6 +305,7 @@ int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t 
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
         atomic_fetch_add(&b->stats.msgs_dropped, 1);
+        atomic_fetch_add(&b->stats.dropped[BROKER_DROP_NO_MEMORY], 1);
         if (flow)
             flow->refused = true; /* out of memory: not acknowledged either */
         return -ENOMEM;
@@ -468,12 +469,21 @@ static struct qmsg *inflight_find(struct session *s, uint16_t pid)
 #define SESSION_ASSERT_OWNER(s)                                                                    \
     assert(!(s)->conn || sink_thread_worker == NULL || sink_thread_worker == (s)->w)
 
-/* Drop q, which left the queue or the inflight list. */
+_Static_assert((int)SESSION_DROP_OFFLINE == (int)BROKER_DROP_OFFLINE &&
+                   (int)SESSION_DROP_SLOW_NEW == (int)BROKER_DROP_SLOW_NEW &&
+                   (int)SESSION_DROP_SLOW_OLDEST == (int)BROKER_DROP_SLOW_OLDEST &&
+                   (int)SESSION_DROP_DISCONNECT == (int)BROKER_DROP_SLOW_DISCONNECT,
+               "enum session_drop is the start of enum broker_drop");
+
+/* Drop q, which left the queue or the inflight list; counted under `why`
+ * (enum broker_drop) unless it is -1 (delivered, or refused knowingly). */
 static void session_drop(struct broker *b, struct session *s, struct qmsg *q,
-                         struct store_batch **bt, bool count)
+                         struct store_batch **bt, int why)
 {
-    if (count)
-        atomic_fetch_add(&b->stats.msgs_dropped, 1);
+    if (why >= 0) {
+        atomic_fetch_add_explicit(&b->stats.msgs_dropped, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->stats.dropped[why], 1, memory_order_relaxed);
+    }
     if (q->stored)
         persist_msg_del(b, bt, s, q);
     qmsg_free(q);
@@ -500,7 +510,7 @@ void session_flush_locked(struct broker *b, struct session *s)
         if (hold == MSG_REJECTED || (q->m->expiry_at && q->m->expiry_at <= now)) {
             /* [MQTT-5.0 3.3.2-5] an expired message is not delivered */
             queue_pop(s);
-            session_drop(b, s, q, &bt, false);
+            session_drop(b, s, q, &bt, hold == MSG_REJECTED ? -1 : BROKER_DROP_EXPIRED);
             continue;
         }
         if (q->qos > 0) {
@@ -530,7 +540,10 @@ void session_flush_locked(struct broker *b, struct session *s)
             q->state = q->qos == 1 ? MSG_STATE_WAIT_PUBACK : MSG_STATE_WAIT_PUBREC;
         queue_pop(s);
         if (r <= 0 || q->qos == 0) {
-            session_drop(b, s, q, &bt, r <= 0);
+            session_drop(b, s, q, &bt,
+                         r > 0          ? -1
+                         : r == -ENOMEM ? BROKER_DROP_NO_MEMORY
+                                        : BROKER_DROP_TOO_LARGE);
             continue;
         }
         qlist_push(&s->inflight, q);
@@ -574,7 +587,7 @@ void session_resume_locked(struct broker *b, struct session *s)
             /* cannot be sent to this connection any more: drop it */
             qlist_unlink(&s->inflight, prev, q);
             struct store_batch *bt = NULL;
-            session_drop(b, s, q, &bt, false);
+            session_drop(b, s, q, &bt, BROKER_DROP_TOO_LARGE);
             persist_submit(b, &bt, NULL, NULL);
         }
         q = next;
@@ -589,7 +602,7 @@ int session_puback_locked(struct broker *b, struct session *s, uint16_t pid,
     struct qmsg *q = inflight_take(s, pid, MSG_STATE_WAIT_PUBACK);
     if (!q)
         return -ENOENT;
-    session_drop(b, s, q, bt, false);
+    session_drop(b, s, q, bt, -1);
     session_flush_locked(b, s);
     return 0;
 }
@@ -604,7 +617,7 @@ int session_pubrec_locked(struct broker *b, struct session *s, uint16_t pid, uin
     if (reason >= 0x80) {
         /* 5.0: a PUBREC with an error ends the exchange */
         q = inflight_take(s, pid, q->state);
-        session_drop(b, s, q, bt, false);
+        session_drop(b, s, q, bt, -1);
         session_flush_locked(b, s);
         return 1;
     }
@@ -625,7 +638,7 @@ int session_pubcomp_locked(struct broker *b, struct session *s, uint16_t pid,
     struct qmsg *q = inflight_take(s, pid, MSG_STATE_WAIT_PUBCOMP);
     if (!q)
         return -ENOENT;
-    session_drop(b, s, q, bt, false);
+    session_drop(b, s, q, bt, -1);
     session_flush_locked(b, s);
     return 0;
 }

@@ -50,9 +50,11 @@ _Thread_local struct worker *sink_thread_worker;
 
 struct worker *worker_new(struct broker *b, int id)
 {
-    struct worker *w = calloc(1, sizeof(*w));
+    /* aligned: the metrics' cache lines are the worker's own */
+    struct worker *w = aligned_alloc(_Alignof(struct worker), sizeof(*w));
     if (!w)
         return NULL;
+    memset(w, 0, sizeof(*w));
     w->id = id;
     w->b = b;
     w->rbuf_size = WORKER_RBUF_SIZE;
@@ -596,4 +598,17 @@ void worker_free(struct worker *w)
     pthread_mutex_destroy(&w->inbox_lock);
     free(w->rbuf);
     free(w);
+}
+
+void worker_metrics_add(struct worker *w, struct worker_metrics_sum *acc)
+{
+    const struct worker_metrics *m = &w->metrics;
+    for (int q = 0; q < 3; q++) {
+        acc->msgs_in[q] += metric_read(&m->msgs_in[q]);
+        acc->bytes_in[q] += metric_read(&m->bytes_in[q]);
+        acc->msgs_out[q] += metric_read(&m->msgs_out[q]);
+        acc->bytes_out[q] += metric_read(&m->bytes_out[q]);
+    }
+    acc->no_subscribers += metric_read(&m->no_subscribers);
+    metric_hist_add_to(&m->delivery, &acc->delivery);
 }

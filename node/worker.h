@@ -17,12 +17,31 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "metric.h"
 
 struct broker;
 struct conn;
 struct session;
 
 struct wcmd;
+
+/* One client PUBLISH in WORKER_DELIVERY_SAMPLE is timed from its decoding
+ * to its deliveries (a clock read costs ~70 ns on a virtual machine: every
+ * message would be measurable). */
+#define WORKER_DELIVERY_SAMPLE 16
+
+/* What a worker counts for /metrics (metric.h): written by the worker's
+ * thread only, summed by the admin thread (server_metrics). */
+struct worker_metrics {
+    metric_counter msgs_in[3];     /* PUBLISH packets from clients, by QoS */
+    metric_counter bytes_in[3];    /* their topic and payload bytes */
+    metric_counter msgs_out[3];    /* PUBLISH packets to clients, by QoS (as sent) */
+    metric_counter bytes_out[3];   /* their topic and payload bytes */
+    metric_counter no_subscribers; /* client publishes that matched nobody */
+    /* decode of a sampled client PUBLISH to its encoding for a subscriber */
+    struct metric_hist delivery;
+    uint32_t sample; /* publishes decoded, for the sampling */
+};
 
 struct worker {
     int id;
@@ -79,7 +98,19 @@ struct worker {
     /* shared read buffer for all connections of this worker */
     char *rbuf;
     size_t rbuf_size;
+
+    /* Last and on cache lines of their own: other threads write the inbox
+     * and flow fields above, only this worker writes these. */
+    _Alignas(64) struct worker_metrics metrics;
 };
+
+/* Workers' metrics added up: plain numbers. */
+struct worker_metrics_sum {
+    uint64_t msgs_in[3], bytes_in[3], msgs_out[3], bytes_out[3], no_subscribers;
+    struct metric_hist_snap delivery;
+};
+/* Add w's metrics into *acc. Any thread, while w exists. */
+void worker_metrics_add(struct worker *w, struct worker_metrics_sum *acc);
 
 struct worker *worker_new(struct broker *b, int id);
 /* Whether addr:port can be bound by a socket without SO_REUSEPORT: fails

@@ -726,6 +726,17 @@ static int commit_range(struct store *s, struct store_batch *first, struct store
     }
 }
 
+/* commit_range, its time observed on lat when it succeeded. */
+static int commit_timed(struct store *s, struct store_batch *first, struct store_batch *end,
+                        struct metric_hist_snap *lat)
+{
+    uint64_t t0 = metric_now_ns();
+    int rc = commit_range(s, first, end);
+    if (rc == 0)
+        metric_snap_observe(lat, metric_now_ns() - t0);
+    return rc;
+}
+
 /* Commit one round of batches, run their callbacks, free them.
  * Returns the number of batches; *committed tells whether anything was. */
 static uint64_t run_round(struct store *s, struct store_batch *list, bool *committed)
@@ -736,7 +747,8 @@ static uint64_t run_round(struct store *s, struct store_batch *list, bool *commi
         n++;
         valid += b->err ? 0 : 1;
     }
-    int rc = valid ? commit_range(s, list, NULL) : 0;
+    struct metric_hist_snap lat = {0};
+    int rc = valid ? commit_timed(s, list, NULL, &lat) : 0;
     if (rc == 0) {
         commits += valid ? 1 : 0;
         for (struct store_batch *b = list; b; b = b->next)
@@ -751,7 +763,7 @@ static uint64_t run_round(struct store *s, struct store_batch *list, bool *commi
                 b->status = b->err;
                 continue;
             }
-            b->status = commit_range(s, b, b->next);
+            b->status = commit_timed(s, b, b->next, &lat);
             commits += b->status == 0 ? 1 : 0;
         }
     }
@@ -774,6 +786,7 @@ static uint64_t run_round(struct store *s, struct store_batch *list, bool *commi
     s->stats.failed += failed;
     s->stats.ops += ops;
     s->stats.bytes_written += bytes;
+    metric_snap_add_to(&lat, &s->stats.commit_time);
     pthread_mutex_unlock(&s->mu);
 
     while (list) {
@@ -798,9 +811,12 @@ static void writer_sync(struct store *s)
 {
     if (s->broken)
         return;
+    uint64_t t0 = metric_now_ns();
     mdb_env_sync(s->env, 1);
+    uint64_t took = metric_now_ns() - t0;
     pthread_mutex_lock(&s->mu);
     s->stats.fsyncs++;
+    metric_snap_observe(&s->stats.sync_time, took);
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metric.h"
+
 #include "msg.h"
 
 /* The version of the on-disk format this build reads and writes. */
@@ -273,6 +275,9 @@ struct store_stats {
     uint64_t map_size;      /* current size of the memory map */
     uint64_t fsyncs;        /* sync points: one per commit with ALWAYS,
                                one per interval sync with INTERVAL */
+    /* How long a successful write transaction took to apply and commit
+     * (its fsync included with ALWAYS), and an interval sync (INTERVAL). */
+    struct metric_hist_snap commit_time, sync_time;
 };
 
 /* Copy the counters into *out. Any thread. */

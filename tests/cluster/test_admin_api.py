@@ -14,6 +14,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 
 import mqttraw
+import promtext
 
 from conftest import API_KEY
 
@@ -230,3 +231,110 @@ def test_a_dead_node_is_named_missing(cluster_factory):
     finally:
         one.close()
         three.close()
+
+
+# ---- GET /metrics on every node ----------------------------------------------
+
+CLUSTER_FAMILIES = {
+    "starling_raft_term": "gauge", "starling_raft_commit_index": "gauge",
+    "starling_raft_applied_index": "gauge", "starling_raft_leader": "gauge",
+    "starling_raft_leader_changes_total": "counter", "starling_routes": "gauge",
+    "starling_cluster_peer_connected": "gauge",
+    "starling_forward_queue_frames": "gauge", "starling_forward_queue_bytes": "gauge",
+    "starling_forward_outbox_messages": "gauge", "starling_forward_outbox_bytes": "gauge",
+    "starling_forward_frames_sent_total": "counter", "starling_forward_bytes_sent_total": "counter",
+    "starling_forward_frames_dropped_total": "counter",
+}
+PEER_FAMILIES = [f for f in CLUSTER_FAMILIES if f.startswith(("starling_forward_",
+                                                               "starling_cluster_peer_"))]
+
+
+def scrape(node):
+    """GET /metrics (no key: public by default), read strictly: (samples, types)."""
+    url = f"http://{node.host}:{node.admin_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return promtext.check(r.read().decode("utf-8"))
+
+
+def peer(m, family, name):
+    return m[family][(("peer", name),)]
+
+
+def test_metrics_on_every_node(cluster):
+    """Every node reports Raft (one term, one leader, commit and applied
+    indexes) and its forwarding to each other node, by name; QoS 1
+    publishes forwarded from n1 to a subscriber on n2 move n1's counters for
+    peer n2 and n2's received counters, and n1's outbox for n2 drains."""
+    nodes = cluster.nodes
+
+    def consistent():
+        res = [scrape(n) for n in nodes]
+        ms = [m for m, _ in res]
+        ok = (len({m["starling_raft_term"][()] for m in ms}) == 1
+              and sum(m["starling_raft_leader"][()] for m in ms) == 1
+              and all(m["starling_raft_applied_index"][()] > 0 for m in ms)
+              and all(v == 1 for m in ms for v in m["starling_cluster_peer_connected"].values()))
+        return res if ok else None
+    res = wait_for(consistent, what="one term, one leader, every channel up")
+    for n, (m, types) in zip(nodes, res):
+        for fam, t in CLUSTER_FAMILIES.items():
+            assert types.get(fam) == t, (n.name, fam)
+        others = {o.name for o in nodes if o is not n}
+        for fam in PEER_FAMILIES:
+            assert {dict(k)["peer"] for k in m[fam]} == others, (n.name, fam, m[fam])
+        assert m["starling_raft_term"][()] >= 1
+        assert m["starling_raft_commit_index"][()] >= m["starling_raft_applied_index"][()] >= 1
+        assert m["starling_raft_leader_changes_total"][()] >= 1
+        # Raft and forwarding on every node; the node families too
+        assert types["starling_delivery_latency_seconds"] == "histogram"
+
+    n1, n2 = nodes[0], nodes[1]
+    got = []
+    sub = mqtt.Client(client_id="metrics-sub", protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, msg: got.append(msg.payload)
+    subacked = []
+    sub.on_subscribe = lambda *a: subacked.append(1)
+    sub.connect(n2.host, n2.port, 30)
+    sub.loop_start()
+    pub = None
+    try:
+        sub.subscribe("fwd/#", 1)
+        wait_for(lambda: subacked, what="SUBACK")
+        b1, b2 = scrape(n1)[0], scrape(n2)[0]
+        pub = Client(n1, "metrics-pub")
+        n = 20
+        infos = [pub.c.publish("fwd/x", b"p" * 50, qos=1) for _ in range(n)]
+        for info in infos:
+            info.wait_for_publish(WAIT)
+        wait_for(lambda: len(got) == n, what=f"{n} forwarded messages")
+
+        def settled():
+            a1, a2 = scrape(n1)[0], scrape(n2)[0]
+            return (a1, a2) if (
+                a2["starling_messages_sent_total"][(("qos", "1"),)] -
+                b2["starling_messages_sent_total"][(("qos", "1"),)] == n
+                and peer(a1, "starling_forward_outbox_messages", n2.name) == 0) else None
+        a1, a2 = wait_for(settled, what="the counters to move and the outbox to drain")
+        q1 = (("qos", "1"),)
+        assert a1["starling_messages_received_total"][q1] - \
+            b1["starling_messages_received_total"][q1] == n
+        # forwarded in: counted on n2 too
+        assert a2["starling_messages_received_total"][q1] - \
+            b2["starling_messages_received_total"][q1] == n
+        assert a2["starling_message_bytes_received_total"][q1] - \
+            b2["starling_message_bytes_received_total"][q1] == n * (5 + 50)
+        assert peer(a1, "starling_forward_frames_sent_total", n2.name) - \
+            peer(b1, "starling_forward_frames_sent_total", n2.name) >= n
+        assert peer(a1, "starling_forward_bytes_sent_total", n2.name) - \
+            peer(b1, "starling_forward_bytes_sent_total", n2.name) >= n * 55
+        assert peer(a1, "starling_forward_frames_dropped_total", n2.name) == 0
+        assert peer(a1, "starling_forward_outbox_bytes", n2.name) == 0
+        # n2's subscription is a route n1 knows (it forwarded along it)
+        assert a1["starling_routes"][()] >= b1["starling_routes"][()] >= 1
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+        if pub:
+            pub.close()

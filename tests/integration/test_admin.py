@@ -4,7 +4,6 @@ real binary: each test starts a node with its admin API on a free port."""
 import base64
 import http.client
 import json
-import math
 import os
 import re
 import signal
@@ -17,6 +16,7 @@ import pytest
 
 from conftest import SANITIZER_MARKERS, STARLING_BIN, clean_env, free_port
 from helpers import paho, raw, uid
+import promtext
 
 pytestmark = pytest.mark.starling_only
 
@@ -416,119 +416,50 @@ def test_membership_not_clustered(node):
 
 
 # ---- /metrics in the Prometheus text format ---------------------------------
+# The strict reader of the text format is promtext.py (shared with
+# tests/cluster/test_admin_api.py).
 
-NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
-LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
-
-
-def parse_value(s):
-    if s in ("NaN", "+Inf", "-Inf", "Inf"):
-        return float(s.replace("Inf", "inf"))
-    if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", s):
-        raise AssertionError(f"bad sample value {s!r}")
-    return float(s)
-
-
-def parse_labels(s, lineno):
-    """`s` starts after '{'; returns (labels dict, rest after '}')."""
-    labels = {}
-    i = 0
-    while True:
-        if s[i:i + 1] == "}":
-            return labels, s[i + 1:]
-        j = s.index("=", i)
-        name = s[i:j]
-        assert LABEL_RE.match(name) and not name.startswith("__"), f"line {lineno}: label {name!r}"
-        assert name not in labels, f"line {lineno}: label {name} twice"
-        assert s[j + 1] == '"', f"line {lineno}: label value not quoted"
-        k = j + 2
-        value = []
-        while s[k] != '"':
-            if s[k] == "\\":
-                esc = s[k + 1]
-                assert esc in ('\\', '"', 'n'), f"line {lineno}: bad escape \\{esc}"
-                value.append("\n" if esc == "n" else esc)
-                k += 2
-            else:
-                assert s[k] != "\n"
-                value.append(s[k])
-                k += 1
-        labels[name] = "".join(value)
-        k += 1
-        if s[k] == ",":
-            k += 1
-        else:
-            assert s[k] == "}", f"line {lineno}: expected ',' or '}}' after a label"
-        i = k
+# A single node with persistence (the default): no Raft or forwarding family.
+SINGLE_NODE_FAMILIES = {
+    "starling_info": "gauge", "starling_up": "gauge", "starling_uptime_seconds": "gauge",
+    "starling_connections": "gauge", "starling_clients_connected": "gauge",
+    "starling_clients_maximum": "gauge", "starling_sessions": "gauge",
+    "starling_subscriptions": "gauge", "starling_retained_messages": "gauge",
+    "starling_messages_received_total": "counter", "starling_messages_sent_total": "counter",
+    "starling_message_bytes_received_total": "counter",
+    "starling_message_bytes_sent_total": "counter",
+    "starling_messages_dropped_total": "counter",
+    "starling_messages_inflight": "gauge", "starling_messages_queued": "gauge",
+    "starling_delivery_latency_seconds": "histogram",
+    "starling_store_commits_total": "counter", "starling_store_commit_failures_total": "counter",
+    "starling_store_fsyncs_total": "counter",
+    "starling_store_commit_duration_seconds": "histogram",
+    "starling_store_sync_duration_seconds": "histogram",
+    "starling_bytes_received_total": "counter", "starling_bytes_sent_total": "counter",
+    "starling_admin_requests_total": "counter",
+}
+DROP_REASONS = {
+    "queue_full_offline", "queue_full_new", "queue_full_oldest", "queue_full_disconnect",
+    "expired", "too_large", "no_memory", "acl_denied", "peer_queue_full", "peer_unavailable",
+    "outbox_full", "session_moved", "no_subscribers",
+}
+BY_QOS = ("starling_messages_received_total", "starling_messages_sent_total",
+          "starling_message_bytes_received_total", "starling_message_bytes_sent_total")
 
 
 def parse_metrics(text):
-    """A strict reading of the text exposition format 0.0.4 as Starling
-    writes it: returns {family: {"type", "help", "samples": {labels: value}}}."""
-    assert text.endswith("\n"), "the text must end with a line feed"
-    families = {}
-    current = None
-    seen_samples = set()
-    for lineno, line in enumerate(text[:-1].split("\n"), 1):
-        assert line, f"line {lineno}: empty line"
-        assert line == line.strip(), f"line {lineno}: leading or trailing blanks"
-        if line.startswith("#"):
-            parts = line.split(" ", 3)
-            assert parts[0] == "#" and parts[1] in ("HELP", "TYPE"), f"line {lineno}: {line!r}"
-            assert len(parts) == 4, f"line {lineno}: {line!r}"
-            _, kind, name, rest = parts
-            assert NAME_RE.match(name), f"line {lineno}: metric name {name!r}"
-            f = families.setdefault(name, {"type": None, "help": None, "samples": {}})
-            assert not f["samples"], f"line {lineno}: {kind} after the samples of {name}"
-            if kind == "TYPE":
-                assert f["type"] is None, f"line {lineno}: second TYPE for {name}"
-                assert rest in TYPES, f"line {lineno}: type {rest!r}"
-                f["type"] = rest
-            else:
-                assert f["help"] is None, f"line {lineno}: second HELP for {name}"
-                assert rest and "\n" not in rest
-                f["help"] = rest
-            current = name
-            continue
-        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(.*)\Z", line)
-        assert m, f"line {lineno}: {line!r}"
-        name, rest = m.group(1), m.group(2)
-        labels = {}
-        if rest.startswith("{"):
-            labels, rest = parse_labels(rest[1:], lineno)
-        assert rest.startswith(" "), f"line {lineno}: no blank before the value"
-        fields = rest[1:].split(" ")
-        assert 1 <= len(fields) <= 2, f"line {lineno}: {line!r}"
-        value = parse_value(fields[0])
-        if len(fields) == 2:
-            assert re.fullmatch(r"-?\d+", fields[1]), f"line {lineno}: bad timestamp"
-        assert name == current, f"line {lineno}: sample of {name} outside its family"
-        key = (name, tuple(sorted(labels.items())))
-        assert key not in seen_samples, f"line {lineno}: duplicate sample {key}"
-        seen_samples.add(key)
-        families[name]["samples"][tuple(sorted(labels.items()))] = value
-    return families
+    return promtext.parse(text)
 
 
-def metrics(b, auth=None):
+def metrics_typed(b, auth=None):
     st, h, data = request(b, "GET", "/metrics", auth=auth)
     assert st == 200, data
     assert h["content-type"].startswith("text/plain; version=0.0.4"), h
-    fams = parse_metrics(data.decode("utf-8"))
-    for name, f in fams.items():
-        assert name.startswith("starling_"), name
-        assert f["type"] and f["help"], f"{name}: HELP and TYPE lines"
-        assert f["samples"], f"{name}: no samples"
-        if f["type"] == "counter":
-            assert name.endswith("_total"), name
-        else:
-            assert not name.endswith("_total"), name
-        for v in f["samples"].values():
-            assert not math.isnan(v)
-            if f["type"] == "counter":
-                assert v >= 0 and v == int(v)
-    return {name: f["samples"] for name, f in fams.items()}
+    return promtext.check(data.decode("utf-8"))
+
+
+def metrics(b, auth=None):
+    return metrics_typed(b, auth)[0]
 
 
 def one(m, name):
@@ -536,22 +467,32 @@ def one(m, name):
     return m[name][()]
 
 
+def qos(m, name, q):
+    return m[name][(("qos", str(q)),)]
+
+
+def dropped(m, reason):
+    return m["starling_messages_dropped_total"][(("reason", reason),)]
+
+
+def hist(m, name):
+    (labels, h), = m[name].items()
+    assert labels == ()
+    return h
+
+
 def test_metrics_text_format_and_values(node):
-    m = metrics(node)
-    expected = {
-        "starling_info": "gauge", "starling_up": "gauge", "starling_uptime_seconds": "gauge",
-        "starling_connections": "gauge", "starling_clients_connected": "gauge",
-        "starling_clients_maximum": "gauge", "starling_sessions": "gauge",
-        "starling_subscriptions": "gauge", "starling_retained_messages": "gauge",
-        "starling_messages_received_total": "counter", "starling_messages_sent_total": "counter",
-        "starling_messages_dropped_total": "counter", "starling_bytes_received_total": "counter",
-        "starling_bytes_sent_total": "counter", "starling_admin_requests_total": "counter",
-    }
-    assert set(m) == set(expected), set(m) ^ set(expected)
+    m, types = metrics_typed(node)
+    assert types == SINGLE_NODE_FAMILIES, set(types.items()) ^ set(SINGLE_NODE_FAMILIES.items())
+    for name in BY_QOS:
+        assert set(m[name]) == {(("qos", q),) for q in "012"}, m[name]
+    assert {dict(k)["reason"] for k in m["starling_messages_dropped_total"]} == DROP_REASONS
     (info_labels, info_value), = m["starling_info"].items()
     assert info_value == 1 and dict(info_labels)["node"] == socket.gethostname()
     assert one(m, "starling_up") == 1
     assert one(m, "starling_connections") == 0
+    lat = hist(m, "starling_delivery_latency_seconds")
+    assert lat.count == 0 and [le for le, _ in lat.buckets][:2] == [0.000025, 0.00005]
     before = m
 
     sub = paho(node, uid("sub"))
@@ -565,26 +506,124 @@ def test_metrics_text_format_and_values(node):
 
     def moved():
         m = metrics(node)
-        return m if one(m, "starling_messages_sent_total") == 4 and \
+        return m if qos(m, "starling_messages_sent_total", 1) == 4 and \
             one(m, "starling_bytes_sent_total") >= one(before, "starling_bytes_sent_total") + 400 \
             else None
     m = wait_until(moved, "the counters to move")
-    assert one(m, "starling_messages_received_total") == 4
+    assert [qos(m, "starling_messages_received_total", q) for q in range(3)] == [0, 4, 0]
+    assert [qos(m, "starling_messages_sent_total", q) for q in range(3)] == [0, 4, 0]
+    assert qos(m, "starling_message_bytes_received_total", 1) == 3 * (3 + 100) + 6 + 4
+    assert qos(m, "starling_message_bytes_sent_total", 1) == 3 * (3 + 100) + 6 + 4
     assert one(m, "starling_bytes_received_total") >= 400
     assert one(m, "starling_connections") == 2
     assert one(m, "starling_clients_connected") == 2
     assert one(m, "starling_sessions") == 2
     assert one(m, "starling_subscriptions") == 1
     assert one(m, "starling_retained_messages") == one(before, "starling_retained_messages") + 1
+    # the retained message is stored: at least one commit, timed
+    assert one(m, "starling_store_commits_total") >= 1
+    commit = hist(m, "starling_store_commit_duration_seconds")
+    assert commit.count >= 1 and commit.sum > 0
     assert m["starling_admin_requests_total"][(("status", "2xx"),)] >= 1
     sub.disconnect()
     pub.disconnect()
 
 
+def test_metrics_qos_counts_and_delivery_latency(node):
+    """N QoS 1 publishes from one client: the QoS 1 counters grow by N, and
+    the latency histogram by the sampled ones (the 1st and the 17th of a
+    worker's publishes: 2 of 32)."""
+    n = 32
+    sub = paho(node, uid("sub"))
+    sub.subscribe("lat/#", qos=1)
+    pub = paho(node, uid("pub"))
+    before = metrics(node)
+    for i in range(n):
+        pub.publish("lat/t", b"0123456789", qos=1)
+    for _ in range(n):
+        assert sub.get().payload == b"0123456789"
+
+    def moved():
+        m = metrics(node)
+        return m if qos(m, "starling_messages_sent_total", 1) == n else None
+    m = wait_until(moved, "the QoS 1 counters to move")
+    for name in ("starling_messages_received_total", "starling_messages_sent_total"):
+        assert [qos(m, name, q) - qos(before, name, q) for q in range(3)] == [0, n, 0], name
+    assert qos(m, "starling_message_bytes_received_total", 1) == n * (5 + 10)
+    assert qos(m, "starling_message_bytes_sent_total", 1) == n * (5 + 10)
+    lat = hist(m, "starling_delivery_latency_seconds")
+    assert lat.count == 2, lat
+    assert 0 < lat.sum < 2 * TIMEOUT
+    # every observation is in a finite bucket (under 10 s)
+    assert lat.buckets[-2][1] == 2
+    sub.disconnect()
+    pub.disconnect()
+
+
+def test_metrics_drops_queues_inflight(broker):
+    """A queue-full drop is counted under its reason, the queued and inflight
+    gauges count the sessions' messages, a publish nobody subscribed to is
+    counted as no_subscribers."""
+    node = broker(admin=True, api_key=API_KEY, max_queued_messages=5)
+    # an offline persistent session with room for 5 messages
+    off = paho(node, uid("off"), version=4, clean=False)
+    off.subscribe("q/#", qos=1)
+    off.disconnect()
+    # a subscriber that never acknowledges
+    slow = raw(node, uid("slow"))
+    slow.subscribe(("i/#", 1))
+    pub = paho(node, uid("pub"))
+    for _ in range(8):
+        pub.publish("q/x", b"queued", qos=1)
+    for _ in range(3):
+        pub.publish("i/x", b"inflight", qos=1)
+    for _ in range(3):
+        p = slow.recv_publish(ack=False)
+        assert p.topic == "i/x"
+    pub.publish("nobody/here", b"", qos=1)
+    # [MQTT-5.0 3.1.2-25] larger than the client's Maximum Packet Size: not
+    # sent; the small message after it is
+    small = raw(node, uid("small"), properties={"maximum_packet_size": 64})
+    small.subscribe(("big/#", 0))
+    pub.publish("big/x", b"x" * 200, qos=1)
+    pub.publish("big/y", b"small", qos=1)
+    assert small.recv_publish().topic == "big/y"
+
+    def settled():
+        m = metrics(node)
+        return m if one(m, "starling_messages_queued") == 5 and \
+            one(m, "starling_messages_inflight") == 3 else None
+    m = wait_until(settled, "5 queued and 3 inflight messages")
+    assert dropped(m, "queue_full_offline") == 3
+    assert dropped(m, "no_subscribers") == 1
+    assert dropped(m, "too_large") == 1
+    for reason in DROP_REASONS - {"queue_full_offline", "no_subscribers", "too_large"}:
+        assert dropped(m, reason) == 0, reason
+    # the persistent session's messages were stored
+    assert one(m, "starling_store_commits_total") >= 1
+    slow.disconnect()
+    small.disconnect()
+    pub.disconnect()
+
+
+def test_metrics_without_persistence(broker):
+    """persistence false: the store's families are left out, the others stay."""
+    node = broker(admin=True, api_key=API_KEY, persistence=False)
+    m, types = metrics_typed(node)
+    store = {f for f in SINGLE_NODE_FAMILIES if f.startswith("starling_store_")}
+    assert len(store) == 5
+    assert types == {f: t for f, t in SINGLE_NODE_FAMILIES.items() if f not in store}
+
+
 def test_metrics_checker_rejects_bad_text():
-    """The checker above must fail on what the format forbids."""
+    """The checker must fail on what the format forbids."""
     good = "# HELP starling_x_total X.\n# TYPE starling_x_total counter\nstarling_x_total 1\n"
     parse_metrics(good)
+    hist_good = ("# HELP starling_h_seconds H.\n# TYPE starling_h_seconds histogram\n"
+                 "starling_h_seconds_bucket{le=\"0.5\"} 1\n"
+                 "starling_h_seconds_bucket{le=\"+Inf\"} 2\n"
+                 "starling_h_seconds_sum 1.25\nstarling_h_seconds_count 2\n")
+    promtext.check(hist_good)
     bad = [
         good[:-1],                                             # no final line feed
         good.replace("counter", "countr"),                     # unknown type
@@ -598,10 +637,22 @@ def test_metrics_checker_rejects_bad_text():
         good + "starling_y 1\n",                               # sample outside its family
         good.replace("starling_x_total 1", "starling-x 1"),
         good + "\n",                                           # empty line
+        hist_good.replace("+Inf\"} 2", "+Inf\"} 3"),            # +Inf bucket != count
+        hist_good.replace("} 1\n", "} 3\n"),                   # buckets not cumulative
+        hist_good.replace("le=\"+Inf\"", "le=\"9\""),           # no +Inf bucket
+        hist_good.replace("le=\"0.5\"", "le=\"+Inf\""),         # le not ascending
+        hist_good.replace("starling_h_seconds_sum 1.25\n", ""),  # no _sum
+        hist_good.replace("_bucket{le=\"0.5\"}", "_bucket"),     # a bucket without le
+        hist_good.replace("starling_h_seconds_count", "starling_h_total"),
     ]
     for text in bad:
         with pytest.raises((AssertionError, ValueError, IndexError)):
-            parse_metrics(text)
+            promtext.check(text)
+    # and Starling's naming promises
+    for text in (good.replace("_total", "_sum"),                # a counter without _total
+                 hist_good.replace("_seconds", "_ms")):         # a histogram not in seconds
+        with pytest.raises(AssertionError):
+            promtext.check(text)
 
 
 # ---- the server's limits and life cycle --------------------------------------

@@ -195,7 +195,7 @@ static void test_metrics_render(void)
     struct admin_health h = {.serving = true};
     uint64_t req[6] = {0, 0, 5, 0, 2, 1};
     size_t len;
-    char *text = admin_metrics_render(&s, &h, req, &len);
+    char *text = admin_metrics_render(&s, &h, NULL, req, &len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
     CU_ASSERT_EQUAL(strlen(text), len);
     CU_ASSERT_PTR_NOT_NULL(
@@ -208,9 +208,53 @@ static void test_metrics_render(void)
     CU_ASSERT_EQUAL(text[len - 1], '\n');
     free(text);
     h.serving = false;
-    text = admin_metrics_render(&s, &h, NULL, &len);
+    text = admin_metrics_render(&s, &h, NULL, NULL, &len);
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nstarling_up 0\n"));
     CU_ASSERT_PTR_NULL(strstr(text, "starling_admin_requests_total"));
+    free(text);
+}
+
+static void test_metrics_render_families(void)
+{
+    struct admin_stats s = {0};
+    strcpy(s.node, "n1");
+    strcpy(s.version, "1.2.3");
+    struct admin_health h = {.serving = true, .clustered = true, .has_leader = true};
+    static struct admin_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.msgs_in[1] = 7;
+    m.dropped[m.n_dropped++] = (struct admin_drop_count){"expired", 3};
+    metric_snap_observe(&m.delivery, 25000);       /* the first bucket: le is inclusive */
+    metric_snap_observe(&m.delivery, 1000000000);  /* 1 s */
+    metric_snap_observe(&m.delivery, 500000000);   /* 0.5 s */
+    metric_snap_observe(&m.delivery, 20000000000); /* 20 s: +Inf only */
+    m.clustered = true;
+    m.raft_term = 4;
+    m.n_peers = 1;
+    strcpy(m.peers[0].name, "b\"x");
+    m.peers[0].connected = true;
+    m.peers[0].queue_bytes = 99;
+    size_t len;
+    char *text = admin_metrics_render(&s, &h, &m, NULL, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nstarling_messages_received_total{qos=\"1\"} 7\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(text, "\nstarling_messages_dropped_total{reason=\"expired\"} 3\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(text, "\nstarling_delivery_latency_seconds_bucket{le=\"0.000025\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(text, "\nstarling_delivery_latency_seconds_bucket{le=\"0.25\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(text, "\nstarling_delivery_latency_seconds_bucket{le=\"1\"} 3\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nstarling_delivery_latency_seconds_bucket{le=\"10\"} 3\n"
+                                        "starling_delivery_latency_seconds_bucket{le=\"+Inf\"} 4\n"
+                                        "starling_delivery_latency_seconds_sum 21.500025\n"
+                                        "starling_delivery_latency_seconds_count 4\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nstarling_raft_term 4\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nstarling_cluster_peer_connected{peer=\"b\\\"x\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nstarling_forward_queue_bytes{peer=\"b\\\"x\"} 99\n"));
+    /* no store: no store family */
+    CU_ASSERT_PTR_NULL(strstr(text, "starling_store_"));
     free(text);
 }
 
@@ -233,6 +277,7 @@ int main(void)
         {"secret hash and verify", test_secret_hash},
         {"key table", test_key_table},
         {"metrics text", test_metrics_render},
+        {"metrics families", test_metrics_render_families},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         if (!CU_add_test(s, tests[i].name, tests[i].fn)) {
