@@ -717,6 +717,8 @@ static void send_checkpoint(struct cluster *c)
 static void on_timer(uv_timer_t *t)
 {
     struct cluster *c = t->data;
+    if (c->chan)
+        chan_poll(c->chan);
     if (++c->ticks % CHECKPOINT_EVERY == 0)
         send_checkpoint(c);
     retry_checks(c);
@@ -751,6 +753,13 @@ static void on_timer(uv_timer_t *t)
 
 /* ---- start and stop (hooks of raft_node, on the cluster thread) ---- */
 
+static void on_chan_drained(void *ud)
+{
+    struct cluster *c = ud;
+    if (c->cfg.on_drained)
+        c->cfg.on_drained(c->cfg.drained_ud);
+}
+
 static int hook_start(void *ud, struct raft_node *n, uv_loop_t *loop)
 {
     struct cluster *c = ud;
@@ -765,6 +774,7 @@ static int hook_start(void *ud, struct raft_node *n, uv_loop_t *loop)
                              .cluster_name = c->name,
                              .cluster_secret = c->cfg.cluster_secret,
                              .on_frame = on_frame,
+                             .on_drained = on_chan_drained,
                              .ud = c};
     char err[256];
     int rc = chan_start(&c->chan, &o, err, sizeof err);
@@ -985,6 +995,20 @@ int cluster_send(struct cluster *c, uint64_t node, const void *frame, size_t len
     if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
         return -ECANCELED;
     return chan_send(c->chan, node, frame, len);
+}
+
+int cluster_send_flow(struct cluster *c, uint64_t node, const void *frame, size_t len, bool *busy)
+{
+    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
+        return -ECANCELED;
+    return chan_send_flow(c->chan, node, frame, len, busy);
+}
+
+bool cluster_busy(struct cluster *c)
+{
+    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
+        return false;
+    return chan_busy(c->chan);
 }
 
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out)

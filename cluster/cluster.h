@@ -26,6 +26,7 @@
 #ifndef STARLING_CLUSTER_H
 #define STARLING_CLUSTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,6 +66,10 @@ struct cluster_config {
      * (cluster thread, once), may be NULL: see cluster_rebuild_mark. */
     void (*on_rebuild)(void *ud);
     void *rebuild_ud;
+    /* A busy peer of the channel drained (chan_options.on_drained; cluster
+     * thread), may be NULL. */
+    void (*on_drained)(void *ud);
+    void *drained_ud;
 };
 
 /* When the data directory holds a rebuild mark (cluster_rebuild_mark), the
@@ -103,6 +108,11 @@ int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_
 
 /* Send an encoded chan.Frame to a member (channel.h chan_send). */
 int cluster_send(struct cluster *c, uint64_t node, const void *frame, size_t len);
+/* cluster_send, and *busy set when node's queue is busy and draining
+ * (chan_send_flow). */
+int cluster_send_flow(struct cluster *c, uint64_t node, const void *frame, size_t len, bool *busy);
+/* Whether the channel has a busy, draining peer (chan_busy). */
+bool cluster_busy(struct cluster *c);
 /* The channel's counters of our connection to node (chan_peer_stats). */
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out);
 
