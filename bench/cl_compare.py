@@ -38,7 +38,7 @@ CONNS = os.environ.get("CONNS", "5000")
 DUR = os.environ.get("DUR", "3")
 REPS = int(os.environ.get("REPS", "2"))
 TAKE = os.environ.get("TAKE", "200")
-KEYS = ("p50", "p99", "per_s", "error", "lost", "duration", "failed")
+KEYS = ("p50", "p99", "per_s", "error", "lost", "loss", "duration", "failed")
 
 
 def free_ports(n):

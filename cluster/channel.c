@@ -42,6 +42,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #define NONCE_LEN 16
 #define BACKOFF_MIN_MS 100
@@ -100,11 +101,14 @@ struct peer {
     /* guarded by c->mu */
     struct qframe *qhead, **qtail;
     size_t qbytes;
-    size_t qframes;    /* frames waiting or being written */
-    size_t head_off;   /* bytes of qhead already written (a partial write) */
-    int fd;            /* the ready connection's socket, or -1 */
-    bool loop_writing; /* the loop's uv_write is in flight */
-    bool direct;       /* another thread writes to fd (chan_flush_here) */
+    size_t qframes;      /* frames waiting or being written */
+    size_t head_off;     /* bytes of qhead already written (a partial write) */
+    int fd;              /* the ready connection's socket, or -1 */
+    bool loop_writing;   /* the loop's uv_write is in flight */
+    bool direct;         /* another thread writes to fd (chan_flush_here) */
+    bool busy;           /* went above half the bound, no write completed below it since */
+    uint64_t drained_ms; /* when it last took bytes (or had taken all) */
+    size_t last_wq;      /* loop thread: bytes of the write in flight at chan_poll */
     struct chan_peer_stats st;
 };
 
@@ -141,6 +145,19 @@ static int parse_address(const char *address, struct sockaddr_in *sa)
     sa->sin_family = AF_INET;
     sa->sin_port = htons((uint16_t)port);
     return inet_pton(AF_INET, ip, &sa->sin_addr) == 1 ? 0 : -EINVAL;
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Whether p is busy and draining (caller holds c->mu). */
+static bool peer_pressing(const struct peer *p, uint64_t now)
+{
+    return p->busy && !p->removed && p->st.connected && now - p->drained_ms <= CHAN_STALL_MS;
 }
 
 static void maybe_done(struct chan *c)
@@ -320,6 +337,7 @@ static void data_written(uv_write_t *w, int status)
         frames++;
         free(q);
     }
+    bool drained = false;
     pthread_mutex_lock(&c->mu);
     if (p) {
         p->qbytes -= bytes;
@@ -328,10 +346,17 @@ static void data_written(uv_write_t *w, int status)
         if (status == 0) {
             p->st.sent += k->writing_n;
             p->st.bytes_sent += bytes;
+            p->drained_ms = mono_ms();
+        }
+        if (p->busy && p->qbytes <= c->o.max_queue_bytes / 2) {
+            p->busy = false;
+            drained = true;
         }
     }
     pthread_mutex_unlock(&c->mu);
     k->writing_n = 0;
+    if (drained && c->o.on_drained)
+        c->o.on_drained(c->o.ud);
     if (status != 0) {
         conn_close(k);
         return;
@@ -360,6 +385,8 @@ static void flush_peer(struct peer *p)
     p->qtail = &p->qhead;
     p->head_off = 0;
     p->loop_writing = list != NULL;
+    if (list)
+        p->drained_ms = mono_ms(); /* the clock of this write's progress */
     pthread_mutex_unlock(&c->mu);
     if (!list)
         return;
@@ -460,6 +487,7 @@ static void handle_frame(struct conn *k, const Starling__Chan__Frame *f)
         k->peer->st.connects++;
         if (uv_fileno((uv_handle_t *)&k->tcp, &fd) == 0)
             k->peer->fd = fd;
+        k->peer->drained_ms = mono_ms(); /* its writes start now */
         pthread_mutex_unlock(&c->mu);
         flush_peer(k->peer);
         return;
@@ -869,6 +897,11 @@ int chan_peer_remove(struct chan *c, uint64_t node)
 
 int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len)
 {
+    return chan_send_flow(c, node, frame, len, NULL);
+}
+
+int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len, bool *busy)
+{
     if (len > c->o.max_frame)
         return -EMSGSIZE;
     struct qframe *q = malloc(sizeof *q + 4 + len);
@@ -893,11 +926,24 @@ int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len)
     } else if (p->qbytes + q->len > c->o.max_queue_bytes) {
         p->st.dropped++;
         rc = -ENOBUFS;
+        if (busy && peer_pressing(p, mono_ms()))
+            *busy = true;
     } else {
+        if (!p->qbytes)
+            p->drained_ms = mono_ms(); /* it had taken everything */
         *p->qtail = q;
         p->qtail = &q->next;
         p->qbytes += q->len;
         p->qframes++;
+        if (p->qbytes > c->o.max_queue_bytes / 2) {
+            /* above the high-water mark: the sender should wait while the
+             * peer drains (not while it stalls: then overflow is dropped) */
+            uint64_t now = mono_ms();
+            if (!p->busy && now - p->drained_ms <= CHAN_STALL_MS)
+                p->busy = true;
+            if (busy && peer_pressing(p, now))
+                *busy = true;
+        }
     }
     pthread_mutex_unlock(&c->mu);
     if (rc) {
@@ -913,8 +959,9 @@ int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len)
 /* Write p's queue from this thread: one sendmsg of up to 64 frames at
  * a time, until it is empty or the socket is full. Called with c->mu held
  * and p->direct set; releases the lock around the writes. What is left goes
- * back to the head of the queue (frames queued meanwhile stay behind it). */
-static void write_direct(struct chan *c, struct peer *p)
+ * back to the head of the queue (frames queued meanwhile stay behind it).
+ * Returns whether a busy peer drained (on_drained is due). */
+static bool write_direct(struct chan *c, struct peer *p)
 {
     struct qframe *list = p->qhead;
     size_t off = p->head_off;
@@ -956,6 +1003,13 @@ static void write_direct(struct chan *c, struct peer *p)
     p->qframes -= sent;
     p->st.sent += sent;
     p->st.bytes_sent += freed;
+    bool drained = false;
+    if (freed || off)
+        p->drained_ms = mono_ms(); /* it took bytes */
+    if (p->busy && p->qbytes <= c->o.max_queue_bytes / 2) {
+        p->busy = false;
+        drained = true;
+    }
     if (list) {
         struct qframe *last = list;
         while (last->next)
@@ -967,11 +1021,12 @@ static void write_direct(struct chan *c, struct peer *p)
         p->head_off = off;
     }
     pthread_cond_broadcast(&c->cv);
+    return drained;
 }
 
 void chan_flush_here(struct chan *c)
 {
-    bool wake = false;
+    bool wake = false, drained = false;
     pthread_mutex_lock(&c->mu);
     for (struct peer *p = c->peers; p && !c->stopping; p = p->next) {
         if (!p->qhead || p->removed)
@@ -981,13 +1036,15 @@ void chan_flush_here(struct chan *c)
             continue;
         }
         p->direct = true;
-        write_direct(c, p);
+        drained |= write_direct(c, p);
         if (p->qhead)
             wake = true;
     }
     pthread_mutex_unlock(&c->mu);
     if (wake)
         uv_async_send(&c->async);
+    if (drained && c->o.on_drained)
+        c->o.on_drained(c->o.ud);
 }
 
 int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out)
@@ -1003,6 +1060,32 @@ int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out)
         }
     pthread_mutex_unlock(&c->mu);
     return rc;
+}
+
+void chan_poll(struct chan *c)
+{
+    uint64_t now = mono_ms();
+    for (struct peer *p = c->peers; p; p = p->next) {
+        struct conn *k = p->conn;
+        size_t wq = k && k->writing ? uv_stream_get_write_queue_size((uv_stream_t *)&k->tcp) : 0;
+        if (wq && wq < p->last_wq) { /* a write in flight moved on */
+            pthread_mutex_lock(&c->mu);
+            p->drained_ms = now;
+            pthread_mutex_unlock(&c->mu);
+        }
+        p->last_wq = wq;
+    }
+}
+
+bool chan_busy(struct chan *c)
+{
+    bool any = false;
+    uint64_t now = mono_ms();
+    pthread_mutex_lock(&c->mu);
+    for (struct peer *p = c->peers; p && !any; p = p->next)
+        any = peer_pressing(p, now);
+    pthread_mutex_unlock(&c->mu);
+    return any;
 }
 
 uint64_t chan_refused(struct chan *c)

@@ -28,6 +28,20 @@
  * queued or written when a connection breaks may be lost, so the layers
  * above acknowledge what they need (PublishAck, ProposeResult).
  *
+ * Pressure: a peer whose queue (bytes queued and being written) went
+ * above half its bound while it drains (connected, and within
+ * CHAN_STALL_MS its queue was empty, a write to it started or completed,
+ * or the one in flight moved on as chan_poll saw) is "busy" until a write
+ * to it completes with at most half the bound left: chan_send_flow tells
+ * the sender so, so that it can slow its own sources down (the broker
+ * pauses the publishing connection) instead of overrunning the queue, and
+ * on_drained runs when a busy peer is not busy any more. (The whole queue
+ * goes out in one write: resuming when the write completes with up to
+ * half the bound queued behind it keeps the socket busy while the senders
+ * wake up; a lower mark left the link idle, measured.) A peer that
+ * stopped draining (a stalled process, a cut link) is not busy: its
+ * overflow is refused and counted, the senders are never held back by it.
+ *
  * Threads: chan_start, chan_stop, chan_peer_add and chan_peer_remove on the
  * loop's thread; chan_send and chan_stats from any thread, chan_flush_here
  * from any thread but the loop's. on_frame runs on
@@ -42,6 +56,8 @@
 #include <uv.h>
 
 #define CHAN_PROTOCOL_VERSION 1
+/* A peer that took no bytes for this long is stalled, not busy. */
+#define CHAN_STALL_MS 400
 
 struct chan;
 
@@ -59,6 +75,9 @@ struct chan_options {
     size_t max_queue_bytes;     /* per peer; 0 = 8 MiB */
     size_t max_frame;           /* largest frame accepted; 0 = 16 MiB */
     chan_frame_fn on_frame;
+    /* A busy peer's queue is back below the low-water mark (the loop
+     * thread, or the thread in chan_flush_here; may be NULL). */
+    void (*on_drained)(void *ud);
     void *ud;
     /* Optional, called by chan_send on the sending thread: true when that
      * thread calls chan_flush_here soon (a broker worker, at the end of its
@@ -88,6 +107,15 @@ int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len);
  * the loop for the rest. Any thread but the loop's; never blocks on the
  * network. */
 void chan_flush_here(struct chan *c);
+
+/* chan_send, and *busy set (never cleared) when the peer is busy and
+ * draining after this frame (see "Pressure" above); busy may be NULL. */
+int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len, bool *busy);
+/* Note which peers' writes in flight moved on since the last call (their
+ * progress for "Pressure"); call every 100 ms or so. Loop thread. */
+void chan_poll(struct chan *c);
+/* Whether some peer is busy and draining now. Any thread. */
+bool chan_busy(struct chan *c);
 
 struct chan_peer_stats {
     bool connected;         /* our connection to it is past the handshake */

@@ -772,6 +772,8 @@ static void send_checkpoint(struct cluster *c)
 static void on_timer(uv_timer_t *t)
 {
     struct cluster *c = t->data;
+    if (c->chan)
+        chan_poll(c->chan);
     if (++c->ticks % CHECKPOINT_EVERY == 0)
         send_checkpoint(c);
     retry_checks(c);
@@ -808,6 +810,13 @@ static void on_timer(uv_timer_t *t)
 
 /* ---- start and stop (hooks of raft_node, on the cluster thread) ---- */
 
+static void on_chan_drained(void *ud)
+{
+    struct cluster *c = ud;
+    if (c->cfg.on_drained)
+        c->cfg.on_drained(c->cfg.drained_ud);
+}
+
 static int hook_start(void *ud, struct raft_node *n, uv_loop_t *loop)
 {
     struct cluster *c = ud;
@@ -824,7 +833,8 @@ static int hook_start(void *ud, struct raft_node *n, uv_loop_t *loop)
                              .on_frame = on_frame,
                              .ud = c,
                              .defer = c->cfg.defer,
-                             .defer_ud = c->cfg.defer_ud};
+                             .defer_ud = c->cfg.defer_ud,
+                             .on_drained = on_chan_drained};
     char err[256];
     int rc = chan_start(&c->chan, &o, err, sizeof err);
     if (rc) {
@@ -1056,6 +1066,20 @@ void cluster_flush_here(struct cluster *c)
 {
     if (!__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) && c->chan)
         chan_flush_here(c->chan);
+}
+
+int cluster_send_flow(struct cluster *c, uint64_t node, const void *frame, size_t len, bool *busy)
+{
+    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
+        return -ECANCELED;
+    return chan_send_flow(c->chan, node, frame, len, busy);
+}
+
+bool cluster_busy(struct cluster *c)
+{
+    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
+        return false;
+    return chan_busy(c->chan);
 }
 
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out)

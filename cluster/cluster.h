@@ -26,6 +26,7 @@
 #ifndef STARLING_CLUSTER_H
 #define STARLING_CLUSTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -69,6 +70,10 @@ struct cluster_config {
      * cluster_flush_here soon, may be NULL */
     bool (*defer)(void *ud);
     void *defer_ud;
+    /* A busy peer of the channel drained (chan_options.on_drained: the
+     * cluster thread or a worker writing its forwards), may be NULL. */
+    void (*on_drained)(void *ud);
+    void *drained_ud;
 };
 
 /* When the data directory holds a rebuild mark (cluster_rebuild_mark), the
@@ -110,6 +115,11 @@ int cluster_send(struct cluster *c, uint64_t node, const void *frame, size_t len
 /* Write what this thread queued (channel.h chan_flush_here); the thread
  * that cfg.defer said would. */
 void cluster_flush_here(struct cluster *c);
+/* cluster_send, and *busy set when node's queue is busy and draining
+ * (chan_send_flow). */
+int cluster_send_flow(struct cluster *c, uint64_t node, const void *frame, size_t len, bool *busy);
+/* Whether the channel has a busy, draining peer (chan_busy). */
+bool cluster_busy(struct cluster *c);
 /* The channel's counters of our connection to node (chan_peer_stats). */
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out);
 

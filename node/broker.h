@@ -105,6 +105,9 @@ struct broker {
     const struct route_ops *route_ops;
     void *route_ud;
     struct route_local route;
+    /* Workers with a publisher paused by route_ops.forward_busy (bit
+     * id % 64): the cluster's drained notice checks them (conn_flow.c). */
+    atomic_ullong fwd_busy_waiters;
     /* The session registry: the node's sessions (the table) and the
      * interface that claims, releases and expires them: registry_local_ops
      * (ud: this broker) unless the cluster installs its own. */
@@ -145,16 +148,20 @@ struct pub_targets {
  * control, see session.h): the sessions above their high-water mark (each
  * holds a reference; at most PUB_FLOW_MAX, the first ones), whether the
  * message was refused by the full queue of a connected subscriber or the
- * full outbox of a node it is forwarded to, and whether such an outbox is
+ * full outbox of a node it is forwarded to, whether such an outbox is
  * above its pause mark (fwd_slow: the publisher waits while
- * broker.fwd_slow_peers is not 0). Set n_slow = 0, refused = false,
- * fwd_slow = false before the call. */
+ * broker.fwd_slow_peers is not 0), and whether the channel queue of a node
+ * it was forwarded to is above its high-water mark while that node drains
+ * (fwd_busy: the publisher waits while route_ops.forward_busy says so).
+ * Set n_slow = 0, refused = false, fwd_slow = false, fwd_busy = false
+ * before the call. */
 #define PUB_FLOW_MAX 8
 struct pub_flow {
     struct session *slow[PUB_FLOW_MAX];
     uint8_t n_slow;
     bool refused;
     bool fwd_slow;
+    bool fwd_busy;
 };
 
 /* broker_publish flags. */

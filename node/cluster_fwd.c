@@ -260,9 +260,10 @@ static size_t varint_put(uint8_t *p, uint64_t v)
 }
 
 /* Send the encoded Publish pub as a Frame, with prev appended (field 16,
- * varint). Returns cluster_send's answer. */
+ * varint). Returns cluster_send's answer; *busy (may be NULL) set when the
+ * node's channel queue is busy while it drains (cluster_send_flow). */
 static int frame_send(struct cluster_fwd *f, uint64_t node, const void *pub, size_t len,
-                      uint64_t prev)
+                      uint64_t prev, bool *busy)
 {
     uint8_t tail[16];
     size_t tn = 0;
@@ -282,7 +283,7 @@ static int frame_send(struct cluster_fwd *f, uint64_t node, const void *pub, siz
     memcpy(buf, head, hn);
     memcpy(buf + hn, pub, len);
     memcpy(buf + hn + len, tail, tn);
-    int r = cluster_send(f->c, node, buf, total);
+    int r = cluster_send_flow(f->c, node, buf, total, busy);
     if (buf != stack)
         free(buf);
     return r;
@@ -296,8 +297,10 @@ static void warn_refused(struct cluster_fwd *f, uint64_t node, const char *why)
                  why);
 }
 
-/* At most once: QoS 0, or no store. */
-static void send_unsequenced(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publish *p)
+/* At most once: QoS 0, or no store. A full channel queue drops it
+ * (counted); a busy one pauses the publisher (flow->fwd_busy). */
+static void send_unsequenced(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publish *p,
+                             struct pub_flow *flow)
 {
     p->seq = 0;
     p->has_prev = false;
@@ -307,7 +310,7 @@ static void send_unsequenced(struct cluster_fwd *f, uint64_t node, Starling__Cha
     if (!buf)
         return;
     starling__chan__publish__pack(p, buf);
-    int r = frame_send(f, node, buf, n, 0);
+    int r = frame_send(f, node, buf, n, 0, flow ? &flow->fwd_busy : NULL);
     if (buf != stack)
         free(buf);
     if (r < 0) {
@@ -327,7 +330,7 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
 {
     struct broker *b = f->b;
     if (p->qos == 0 || !atomic_load(&f->ready) || !f->durable) {
-        send_unsequenced(f, node, p);
+        send_unsequenced(f, node, p, flow);
         return;
     }
     struct fwd_out *o = out_get(f, node);
@@ -370,7 +373,7 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
     if (o->n == 1)
         o->progress_ms = mono_ms();
     if (!o->replay) {
-        if (frame_send(f, node, buf, n, o->sent) == 0) {
+        if (frame_send(f, node, buf, n, o->sent, flow ? &flow->fwd_busy : NULL) == 0) {
             o->sent = o->cursor = seq;
         } else {
             /* the row is sent from the outbox once it is committed */
@@ -439,7 +442,7 @@ static int replay_row(void *ud, uint64_t node, uint64_t seq, const void *data, s
     pthread_mutex_lock(&o->mu);
     int stop = 0;
     if (o->replay && seq > o->cursor) {
-        if (frame_send(r->f, o->node, data, len, o->sent) == 0) {
+        if (frame_send(r->f, o->node, data, len, o->sent, NULL) == 0) {
             o->sent = o->cursor = seq;
             r->sent++;
         } else {

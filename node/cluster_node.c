@@ -657,6 +657,25 @@ static uint64_t cn_routed_at(void *ud)
     return fsm_routes_index(cn->fsm);
 }
 
+/* route_ops.forward_busy: a node's channel queue is above its high-water
+ * mark while it drains (cluster/channel.h "Pressure"). Any thread. */
+static bool cn_forward_busy(void *ud)
+{
+    struct cluster_node *cn = ud;
+    return !atomic_load(&cn->stopped) && cn->c && cluster_busy(cn->c);
+}
+
+/* The channel's busy queue drained: the workers with publishers paused for
+ * it check them (cluster thread). */
+static void cn_on_drained(void *ud)
+{
+    struct cluster_node *cn = ud;
+    struct broker *b = cn->b;
+    uint64_t waiters = atomic_exchange(&b->fwd_busy_waiters, 0);
+    if (waiters)
+        b->sink->drained(b, waiters);
+}
+
 static const struct route_ops cluster_route_ops = {
     .filter_added = cn_filter_added,
     .filter_removed = cn_filter_removed,
@@ -664,6 +683,7 @@ static const struct route_ops cluster_route_ops = {
     .forward = cn_forward,
     .sync = cn_sync,
     .routed_at = cn_routed_at,
+    .forward_busy = cn_forward_busy,
 };
 
 /* A worker's forwards (and other frames) of one loop turn are written by
@@ -1435,6 +1455,8 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .rebuild_ud = cn,
         .defer = cn_defer,
         .defer_ud = cn,
+        .on_drained = cn_on_drained,
+        .drained_ud = cn,
         /* Followers learn that an entry committed from the leader's next
          * AppendEntries: the heartbeat bounds how long a SUBACK (every live
          * member applied the route) and a CONNECT on a follower (the claim

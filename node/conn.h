@@ -74,6 +74,7 @@ struct conn_flow {
     uint8_t n_slow;
     bool paused;
     bool fwd;       /* waits for the cluster's outboxes (broker stats.fwd_slow_peers) */
+    bool busy;      /* waits for a busy channel queue (route_ops.forward_busy) */
     uint64_t since; /* worker loop ms */
 };
 

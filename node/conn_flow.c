@@ -14,6 +14,15 @@
  * any outbox is above its mark (stats.fwd_slow_peers); the worker's tick
  * looks again.
  *
+ * A publisher whose message went to a node whose channel queue is above
+ * its high-water mark while that node drains (pub_flow.fwd_busy) waits
+ * while route_ops.forward_busy says so: it registers its worker in
+ * broker.fwd_busy_waiters, then asks again (as for a session); the
+ * cluster posts a flow check to those workers when a write leaves the
+ * queue at or below half its bound, and a node that stops draining
+ * (stalled) is not busy any more: the tick lets its publishers go and the
+ * overflow is dropped and counted (cluster/channel.h "Pressure").
+ *
  * Resuming: the worker that flushes a session below its low-water mark (or
  * detaches or ends it) posts a flow check to every waiting worker, which
  * resumes each paused connection whose sessions are all below their mark.
@@ -40,6 +49,7 @@ static void conn_flow_release(struct conn *c)
         session_unref(cf->slow[i]);
     cf->n_slow = 0;
     cf->fwd = false;
+    cf->busy = false;
     if (cf->paused) {
         cf->paused = false;
         atomic_fetch_sub(&c->w->b->stats.publishers_paused, 1);
@@ -65,9 +75,20 @@ static bool conn_flow_list_add(struct worker *w, struct conn *c)
     return true;
 }
 
+/* Whether a busy channel queue holds publishers back; registers w first
+ * (a drain after the registration posts a check to w). */
+static bool conn_flow_busy(struct worker *w)
+{
+    struct broker *b = w->b;
+    if (!b->route_ops->forward_busy)
+        return false;
+    atomic_fetch_or(&b->fwd_busy_waiters, 1ull << (w->id % 64));
+    return b->route_ops->forward_busy(b->route_ud);
+}
+
 void conn_flow_pause(struct conn *c, struct pub_flow *f)
 {
-    if (!f->n_slow && !f->fwd_slow)
+    if (!f->n_slow && !f->fwd_slow && !f->fwd_busy)
         return;
     struct worker *w = c->w;
     uint64_t bit = 1ull << (w->id % 64);
@@ -92,10 +113,13 @@ void conn_flow_pause(struct conn *c, struct pub_flow *f)
     bool fwd = f->fwd_slow && cf && !cf->paused && c->state == CONN_ACTIVE &&
                atomic_load(&w->b->stats.fwd_slow_peers) > 0;
     f->fwd_slow = false;
-    if (!n && !fwd)
+    bool busy = f->fwd_busy && cf && !cf->paused && c->state == CONN_ACTIVE && conn_flow_busy(w);
+    f->fwd_busy = false;
+    if (!n && !fwd && !busy)
         return;
     cf->n_slow = n;
     cf->fwd = fwd;
+    cf->busy = busy;
     if (!conn_flow_list_add(w, c)) {
         conn_flow_release(c); /* out of memory: not paused */
         return;
@@ -121,6 +145,8 @@ static bool conn_flow_waiting(struct conn *c, uint64_t now)
         if (atomic_load(&cf->slow[i]->flow_high))
             waiting = true;
     if (cf->fwd && atomic_load(&b->stats.fwd_slow_peers) > 0)
+        waiting = true;
+    if (cf->busy && conn_flow_busy(c->w))
         waiting = true;
     uint64_t max = b->cfg.max_publisher_pause_ms;
     if (waiting && max && now - cf->since >= max) {

@@ -246,6 +246,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     flow.n_slow = 0;
     flow.refused = false;
     flow.fwd_slow = false;
+    flow.fwd_busy = false;
     int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL, &flow);
     if (matched < 0 && p->qos > 0) {
         /* a matching session could not get it (out of memory): refused,

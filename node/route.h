@@ -15,6 +15,7 @@
 #ifndef STARLING_ROUTE_H
 #define STARLING_ROUTE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,6 +52,12 @@ struct route_ops {
      * least (recorded on the message before its local delivery, see
      * struct msg.route_index). Any thread; must be cheap. */
     uint64_t (*routed_at)(void *ud);
+    /* Optional. Whether the channel queue of some node is above its
+     * high-water mark while that node drains (flow->fwd_busy was set by
+     * forward): publishers paused for it stay paused. The cluster calls
+     * sink->drained with broker.fwd_busy_waiters when it is not any more.
+     * Any thread; cheap. */
+    bool (*forward_busy)(void *ud);
 };
 
 /* The single-node implementation; ud must point to a struct route_local. */

@@ -428,9 +428,25 @@ def test_rolling_restart_persistent_subscribers_follow(fault_cluster, traffic_fa
 
 # ------------------------------------------------------------ 5. stalled node
 
-@pytest.mark.xfail(reason="open (issue 10): 20-35 of ~1,200 messages for the stalled node's clean-session subscriber go missing since durable forwards merged, not counted as dropped; cause not found yet", strict=False)
-def test_stalled_node_others_go_on_nothing_silently_dropped(fault_cluster, traffic_factory):
-    c = fault_cluster
+@pytest.fixture
+def stall_cluster(cluster_factory):
+    """fault_cluster, with cluster_down_after above the stall: a stall of
+    cluster_down_after or more is a death to the others (NodeDown removes
+    the stalled node's routes of clean sessions, and publishes until its
+    routes are proposed again do not go there: docs/cluster.md "A stalled
+    node"); this one tests a stall."""
+    env = dict(FAULT_ENV)
+    env["STARLING_CLUSTER_DOWN_AFTER"] = str(int((STOP_SECONDS + 10) * 1000))
+    c = cluster_factory(extra_env=env)
+    c.start()
+    c.wait_healthy()
+    yield c
+    for n in c.nodes:
+        resume(n)
+
+
+def test_stalled_node_others_go_on_nothing_silently_dropped(stall_cluster, traffic_factory):
+    c = stall_cluster
     stalled = c.nodes[2]
     # traffic among the two other nodes; one subscriber of the same topics
     # waits on the stalled node with a long keepalive (it stays connected)
@@ -477,7 +493,9 @@ def test_stalled_node_others_go_on_nothing_silently_dropped(fault_cluster, traff
     missing = len(acked - have)
     dropped = sum(faults.stats(n)["messages_dropped"] for n in c.nodes) - dropped0
     print(f"[stalled node] its subscriber misses {missing} of {len(acked)}; dropped counted {dropped}")
-    assert missing <= dropped, f"{missing} messages silently dropped for the stalled node"
+    assert missing <= dropped, \
+        f"{missing} messages silently dropped for the stalled node: {sorted(acked - have)[:10]}"
+    assert "taken for dead" not in stalled.logtext(), "the stall was taken for a death"
     far.disconnect()
 
 

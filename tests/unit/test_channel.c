@@ -69,6 +69,13 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
     nd->in.n++;
 }
 
+static unsigned drained_calls;
+static void on_drained(void *ud)
+{
+    (void)ud;
+    drained_calls++;
+}
+
 static unsigned deferred; /* chan_send calls that the defer hook took */
 static bool defer_yes(void *ud)
 {
@@ -93,6 +100,7 @@ static int start_opt(struct node *nd, uint64_t id, const char *ip, int port, con
                              .max_queue_bytes = max_queue,
                              .on_frame = on_frame,
                              .ud = nd,
+                             .on_drained = on_drained,
                              .defer = defer ? defer_yes : NULL};
     char err[256];
     int rc = chan_start(&nd->c, &o, err, sizeof err);
@@ -267,6 +275,13 @@ static void test_queue_bound(void)
     CU_ASSERT_EQUAL(chan_peer_stats(d.c, 5, &st), 0);
     CU_ASSERT_EQUAL(st.dropped, (uint64_t)full);
     CU_ASSERT_TRUE(st.queued_bytes <= 4096);
+    /* a peer that takes nothing (not connected) is never busy: its
+     * overflow is refused, the sender is not told to wait */
+    bool busy = false;
+    static uint8_t frame[400];
+    CU_ASSERT_EQUAL(chan_send_flow(d.c, 5, frame, sizeof frame, &busy), -ENOBUFS);
+    CU_ASSERT_FALSE(busy);
+    CU_ASSERT_FALSE(chan_busy(d.c));
     static unsigned char big[20 << 20];
     CU_ASSERT_EQUAL(chan_send(d.c, 5, big, sizeof big), -EMSGSIZE);
     stop(&d);
@@ -321,6 +336,55 @@ static void test_writes_from_the_sending_thread(void)
     stop(&f);
 }
 
+static struct node e, f;
+
+/* Pressure: a connected peer that drains is busy while its queue is above
+ * half the bound; once a write completes below it, on_drained runs and it
+ * is not busy any more; every frame arrives. */
+static void test_pressure(void)
+{
+    CU_ASSERT_EQUAL_FATAL(
+        start(&e, 6, "127.0.0.36", test_free_port("127.0.0.36"), "t", "k", 64 * 1024), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&f, 7, "127.0.0.37", test_free_port("127.0.0.37"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(e.c, 7, f.address), 0);
+    struct chan_peer_stats st = {0};
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(e.c, 7, &st) == 0 && st.connected, 5000));
+    CU_ASSERT_FALSE(chan_busy(e.c));
+    /* without running the loop: nothing is written meanwhile */
+    uint64_t sent = 0, busy_at = 0;
+    for (uint64_t s = 1; s <= 1000 && !busy_at; s++) {
+        char topic[64];
+        static unsigned char payload[300];
+        snprintf(topic, sizeof topic, "t/6/%llu", (unsigned long long)s);
+        Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+        p.origin = 6;
+        p.seq = s;
+        p.topic.data = (uint8_t *)topic;
+        p.topic.len = strlen(topic);
+        p.payload.data = payload;
+        p.payload.len = s % 300;
+        Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+        fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+        fr.publish = &p;
+        uint8_t buf[512];
+        size_t n = starling__chan__frame__pack(&fr, buf);
+        bool busy = false;
+        CU_ASSERT_EQUAL(chan_send_flow(e.c, 7, buf, n, &busy), 0);
+        sent++;
+        if (busy && !busy_at)
+            busy_at = s;
+    }
+    CU_ASSERT_TRUE(chan_peer_stats(e.c, 7, &st) == 0 && st.queued_bytes > 32 * 1024 &&
+                   st.queued_bytes <= 33 * 1024); /* busy from half the bound */
+    CU_ASSERT_TRUE(chan_busy(e.c));
+    drained_calls = 0;
+    CU_ASSERT_TRUE(RUN_UNTIL(f.in.n == sent && drained_calls > 0, 5000));
+    CU_ASSERT_FALSE(chan_busy(e.c));
+    CU_ASSERT_FALSE(f.in.bad || f.in.out_of_order);
+    stop(&e);
+    stop(&f);
+}
+
 int main(void)
 {
     uv_loop_init(&loop);
@@ -335,6 +399,7 @@ int main(void)
     CU_add_test(s, "another secret or name is refused", test_wrong_secret_and_name);
     CU_add_test(s, "bounded queue, oversized frames", test_queue_bound);
     CU_add_test(s, "writes from the sending thread", test_writes_from_the_sending_thread);
+    CU_add_test(s, "pressure: busy while draining", test_pressure);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
