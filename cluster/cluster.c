@@ -49,6 +49,24 @@ struct remote_req {
     uint64_t from, id;
 };
 
+/* An answer to a proposal of a node whose channel this node cannot reach
+ * yet: its Member record is not applied here, so the channel does not know
+ * its address (chan_send: -ENOENT). A new node's first proposals (its
+ * first route batch with NodePurge, say) may commit before its member
+ * record is applied here: their answers were dropped ("cannot answer a
+ * proposal"), and the proposer waited propose_timeout (5 s) for them, its
+ * route pipeline with it: on a fresh cluster, every SUBACK on that node in
+ * its first 5 s took up to 5 s (found by tests/cluster/test_blackbox.py).
+ * They are kept (bounded, for propose_timeout at most, in order) and sent
+ * once add_peer adds the node. Cluster thread. */
+struct held_answer {
+    struct held_answer *next;
+    uint64_t to, until_ms;
+    size_t len;
+    uint8_t frame[];
+};
+#define MAX_HELD_ANSWERS 256
+
 #define MAX_CHECKS 16         /* peers whose last checkpoint waits to be compared */
 #define CHECKPOINT_EVERY 10   /* timer ticks (100 ms): a checkpoint a second */
 #define JOIN_EVERY 10         /* timer ticks between two requests to be added */
@@ -81,6 +99,8 @@ struct cluster {
     uint64_t self;
     struct fwd *waiting;
     uint64_t next_id;
+    struct held_answer *held, **held_tail; /* in the order they were made */
+    unsigned n_held;
     bool member_inflight;
     unsigned ticks;
     uint64_t members[64]; /* other members' ids, from the last scan */
@@ -204,6 +224,48 @@ int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_
 
 /* ---- the leader's side ---- */
 
+static int hold_answer(struct cluster *c, uint64_t to, const uint8_t *frame, size_t len)
+{
+    if (c->n_held >= MAX_HELD_ANSWERS)
+        return -ENOBUFS;
+    struct held_answer *h = malloc(sizeof *h + len);
+    if (!h)
+        return -ENOMEM;
+    h->next = NULL;
+    h->to = to;
+    h->until_ms = now_mono_ms() + (c->cfg.propose_timeout_ms ? c->cfg.propose_timeout_ms : 5000);
+    h->len = len;
+    memcpy(h->frame, frame, len);
+    if (!c->held)
+        c->held_tail = &c->held;
+    *c->held_tail = h;
+    c->held_tail = &h->next;
+    c->n_held++;
+    return 0;
+}
+
+/* Sends the held answers for node (to = 0: none), drops the expired ones. */
+static void release_held(struct cluster *c, uint64_t to)
+{
+    uint64_t now = now_mono_ms();
+    struct held_answer **pp = &c->held;
+    c->held_tail = &c->held;
+    while (*pp) {
+        struct held_answer *h = *pp;
+        bool send = to && h->to == to;
+        if (send || h->until_ms <= now) {
+            if (send && now < h->until_ms && c->chan)
+                chan_send(c->chan, h->to, h->frame, h->len);
+            *pp = h->next;
+            free(h);
+            c->n_held--;
+        } else {
+            c->held_tail = &h->next;
+            pp = &h->next;
+        }
+    }
+}
+
 static void send_result(struct cluster *c, uint64_t to, uint64_t id, int status,
                         const struct fsm_batch_result *res, uint64_t leader)
 {
@@ -233,8 +295,12 @@ static void send_result(struct cluster *c, uint64_t to, uint64_t id, int status,
     uint8_t *buf = malloc(n ? n : 1);
     if (buf) {
         starling__chan__frame__pack(&fr, buf);
-        if (c->chan && chan_send(c->chan, to, buf, n) != 0)
-            log_warn("cluster: cannot answer a proposal of node %016llx", (unsigned long long)to);
+        int rc = c->chan ? chan_send(c->chan, to, buf, n) : -ENOTCONN;
+        if (rc == -ENOENT)
+            rc = hold_answer(c, to, buf, n);
+        if (rc)
+            log_warn("cluster: cannot answer a proposal of node %016llx: %s",
+                     (unsigned long long)to, strerror(-rc));
         free(buf);
     }
     free(results);
@@ -339,6 +405,8 @@ static void add_peer(struct cluster *c, uint64_t node, const char *address, unsi
     if (rc && rc != -EEXIST)
         log_warn("cluster: cannot add peer %016llx at %s: %s", (unsigned long long)node, addr,
                  strerror(-rc));
+    if (rc == 0 && c->held)
+        release_held(c, node);
 }
 
 static void observer(void *ud, uint64_t index, const void *cmd)
@@ -720,6 +788,8 @@ static void on_timer(uv_timer_t *t)
     if (++c->ticks % CHECKPOINT_EVERY == 0)
         send_checkpoint(c);
     retry_checks(c);
+    if (c->held)
+        release_held(c, 0);
     uint64_t now = now_mono_ms();
     uint64_t leader = raft_node_leader(c->raft);
     for (struct fwd **pp = &c->waiting; *pp;) {
@@ -961,6 +1031,11 @@ void cluster_stop(struct cluster *c)
         return;
     raft_node_stop(c->raft);
     fsm_close(c->fsm);
+    while (c->held) {
+        struct held_answer *h = c->held;
+        c->held = h->next;
+        free(h);
+    }
     free(c->seeds);
     free(c);
 }
