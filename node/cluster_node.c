@@ -490,9 +490,111 @@ struct ret_retry {
     struct ret_retry *next;
     struct cluster_node *cn;
     uint64_t at_ms;
+    uint64_t seq;
+    char *topic; /* in the same allocation, after entry */
+    uint16_t topic_len;
     size_t len;
     unsigned char entry[];
 };
+
+/* ---- own retained ------------------------------------------------------
+ * A retained message published here is stored here at once (for local
+ * subscribers) and replicated afterwards; another node's RetainedSet/Clear
+ * of the same topic may commit before ours, and its observer here would
+ * overwrite our newer local copy: this node then served the older value
+ * for good while every other node served ours (found by the black-box
+ * checker: writes one after the other from different nodes ended with the
+ * last writer's node holding the previous value). So the local copy
+ * follows the Raft order like everywhere else: while one of our own
+ * messages of a topic is not applied here, another node's is not stored
+ * (ours comes later in the log and wins); when ours is applied it is
+ * stored again (a foreign one may have been applied between our local
+ * store and ret_own_note), unless a newer one of ours is on its way. */
+struct ret_own {
+    struct ret_own *next;
+    uint64_t seq;
+    uint16_t len;
+    char topic[];
+};
+
+static struct ret_own **ret_own_slot(struct cluster_node *cn, const void *topic, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ ((const unsigned char *)topic)[i]) * 1099511628211ull;
+    struct ret_own **pp = &cn->ret_own[h % CN_RET_OWN_BUCKETS];
+    while (*pp && !((*pp)->len == len && memcmp((*pp)->topic, topic, len) == 0))
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* Our message seq of topic is being replicated (before it is proposed). */
+static void ret_own_note(struct cluster_node *cn, const char *topic, uint16_t len, uint64_t seq)
+{
+    pthread_mutex_lock(&cn->ret_mu);
+    struct ret_own **pp = ret_own_slot(cn, topic, len);
+    if (*pp) {
+        if (seq > (*pp)->seq)
+            (*pp)->seq = seq;
+    } else {
+        struct ret_own *o = malloc(sizeof *o + len);
+        if (o) { /* out of memory: the local copy is overwritten as before */
+            o->next = NULL;
+            o->seq = seq;
+            o->len = len;
+            memcpy(o->topic, topic, len);
+            *pp = o;
+        }
+    }
+    pthread_mutex_unlock(&cn->ret_mu);
+}
+
+/* The proposal of our message seq of topic completed: applied by the node
+ * that answered (for a forwarded proposal, perhaps not yet here: the entries
+ * before it that this node applies meanwhile are then stored, and ours after
+ * them), applied without effect, or given up. */
+static void ret_own_done(struct cluster_node *cn, const char *topic, uint16_t len, uint64_t seq)
+{
+    pthread_mutex_lock(&cn->ret_mu);
+    struct ret_own **pp = ret_own_slot(cn, topic, len);
+    if (*pp && (*pp)->seq == seq) {
+        struct ret_own *o = *pp;
+        *pp = o->next;
+        free(o);
+    }
+    pthread_mutex_unlock(&cn->ret_mu);
+}
+
+/* A RetainedSet/Clear of (origin, seq) was applied: whether this node's
+ * retained store takes it (cluster thread). */
+static bool ret_own_applied(struct cluster_node *cn, const void *topic, size_t len, uint64_t origin,
+                            uint64_t seq)
+{
+    bool store = true;
+    pthread_mutex_lock(&cn->ret_mu);
+    struct ret_own **pp = ret_own_slot(cn, topic, len);
+    if (*pp) {
+        if (origin != cn->self || (*pp)->seq > seq) {
+            store = false; /* a newer one of ours follows in the log */
+        } else {
+            struct ret_own *o = *pp;
+            *pp = o->next;
+            free(o);
+        }
+    }
+    pthread_mutex_unlock(&cn->ret_mu);
+    return store;
+}
+
+static void ret_own_free(struct cluster_node *cn)
+{
+    for (unsigned i = 0; i < CN_RET_OWN_BUCKETS; i++)
+        while (cn->ret_own[i]) {
+            struct ret_own *o = cn->ret_own[i];
+            cn->ret_own[i] = o->next;
+            free(o);
+        }
+}
 
 static void retained_done(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
 {
@@ -515,6 +617,9 @@ static void retained_done(void *ud, int status, const struct fsm_batch_result *r
     }
     if (status != 0)
         log_warn("cluster: a retained message is not replicated: %s", strerror(-status));
+    /* applied (perhaps not here yet, or as a NOOP / STALE_SEQ that the
+     * observer does not see) or given up */
+    ret_own_done(cn, r->topic, r->topic_len, r->seq);
     free(r);
 }
 
@@ -539,11 +644,16 @@ static void cn_replicate_retained(struct cluster_node *cn, struct msg *m, uint64
                                    msg_props(m), m->props_len, m->expiry_at, cn->self, seq);
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
-    struct ret_retry *rr = e ? malloc(sizeof *rr + len) : NULL;
+    struct ret_retry *rr = e ? malloc(sizeof *rr + len + m->topic_len) : NULL;
     if (rr) {
         rr->cn = cn;
         rr->len = len;
         memcpy(rr->entry, e, len);
+        rr->seq = seq;
+        rr->topic = (char *)rr->entry + len;
+        rr->topic_len = m->topic_len;
+        memcpy(rr->topic, topic, m->topic_len);
+        ret_own_note(cn, topic, m->topic_len, seq);
         retained_propose(cn, rr);
     } else {
         log_warn("cluster: the retained message of '%.*s' is not replicated", m->topic_len, topic);
@@ -791,7 +901,8 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
         return;
     case STARLING__CMD__COMMAND__CMD_RETAINED_SET: {
         const Starling__Cmd__RetainedSet *r = k->retained_set;
-        if (r->origin == cn->self || r->topic.len == 0 || r->topic.len > 65535 || !r->message)
+        if (r->topic.len == 0 || r->topic.len > 65535 || !r->message ||
+            !ret_own_applied(cn, r->topic.data, r->topic.len, r->origin, r->seq))
             return;
         const Starling__Cmd__RetainedMessage *rm = r->message;
         struct msg *m =
@@ -808,7 +919,8 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
     }
     case STARLING__CMD__COMMAND__CMD_RETAINED_CLEAR: {
         const Starling__Cmd__RetainedClear *r = k->retained_clear;
-        if (r->origin == cn->self || r->topic.len == 0 || r->topic.len > 65535)
+        if (r->topic.len == 0 || r->topic.len > 65535 ||
+            !ret_own_applied(cn, r->topic.data, r->topic.len, r->origin, r->seq))
             return;
         struct msg *m =
             msg_new(r->topic.data, (uint16_t)r->topic.len, NULL, 0, NULL, 0, 0, true, 0, NULL);
@@ -1422,6 +1534,7 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     cn->b = b;
     snprintf(cn->node_name, sizeof(cn->node_name), "%s", cfg->node_name);
     pthread_mutex_init(&cn->mu, NULL);
+    pthread_mutex_init(&cn->ret_mu, NULL);
     pthread_mutex_init(&cn->reg_mu, NULL);
     pthread_cond_init(&cn->cv, NULL);
     cn->purge_first = true;
@@ -1571,6 +1684,8 @@ void cluster_node_free(struct cluster_node *cn)
         free(cn->ret_retry);
         cn->ret_retry = next;
     }
+    ret_own_free(cn);
+    pthread_mutex_destroy(&cn->ret_mu);
     pthread_mutex_destroy(&cn->mu);
     pthread_mutex_destroy(&cn->reg_mu);
     pthread_cond_destroy(&cn->cv);

@@ -23,6 +23,8 @@ struct cl_claim;
 struct surrendered;
 struct cmd_batch;
 struct ret_retry;
+struct ret_own;
+#define CN_RET_OWN_BUCKETS 256
 struct cn_moving;
 struct cn_incoming;
 struct qmsg;
@@ -96,6 +98,10 @@ struct cluster_node {
      * a forward unanswered), proposed again every RETRY_MS (mu) */
     struct ret_retry *ret_retry;
     unsigned n_ret_retry;
+    /* retained messages published here and not applied here yet: per
+     * topic the newest seq (ret_mu; cluster_node.c, "own retained") */
+    pthread_mutex_t ret_mu;
+    struct ret_own *ret_own[CN_RET_OWN_BUCKETS];
 
     struct peer peers[MAX_PEERS]; /* mu: the other members */
     unsigned n_peers;
