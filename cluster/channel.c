@@ -76,7 +76,8 @@ struct conn {
     uv_tcp_t tcp;
     uv_connect_t connect;
     enum conn_state state;
-    uint64_t remote; /* incoming: the node after its Hello */
+    uint64_t remote;   /* incoming: the node after its Hello */
+    struct peer *from; /* incoming, ready: that node's peer (heard_ms), or NULL */
     unsigned char nonce[NONCE_LEN], peer_nonce[NONCE_LEN];
     unsigned char *rbuf;
     size_t rlen, rcap;
@@ -98,6 +99,9 @@ struct peer {
     uv_timer_t timer;
     unsigned backoff_ms;
     bool removed;
+    /* when its incoming connection last brought bytes (atomic: written by
+     * the loop thread, read by chan_heard_ms on any) */
+    uint64_t heard_ms;
     /* guarded by c->mu */
     struct qframe *qhead, **qtail;
     size_t qbytes;
@@ -545,6 +549,11 @@ static void handle_frame(struct conn *k, const Starling__Chan__Frame *f)
             return;
         }
         k->state = IN_READY;
+        pthread_mutex_lock(&c->mu);
+        for (struct peer *p = c->peers; p; p = p->next)
+            if (p->node == k->remote && !p->removed)
+                k->from = p; /* peers stay allocated until chan_stop */
+        pthread_mutex_unlock(&c->mu);
         Starling__Chan__Ping pg = STARLING__CHAN__PING__INIT;
         pg.nonce = 0;
         pg.has_pong = 1;
@@ -590,6 +599,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
     if (n == 0)
         return;
+    if (k->from) /* once per read, not per frame */
+        __atomic_store_n(&k->from->heard_ms, mono_ms(), __ATOMIC_RELAXED);
     if (k->rlen + (size_t)n > k->rcap) {
         size_t cap = k->rcap ? k->rcap : READ_CHUNK;
         while (cap < k->rlen + (size_t)n)
@@ -1045,6 +1056,17 @@ void chan_flush_here(struct chan *c)
         uv_async_send(&c->async);
     if (drained && c->o.on_drained)
         c->o.on_drained(c->o.ud);
+}
+
+uint64_t chan_heard_ms(struct chan *c, uint64_t node)
+{
+    uint64_t t = 0;
+    pthread_mutex_lock(&c->mu);
+    for (struct peer *p = c->peers; p; p = p->next)
+        if (p->node == node && !p->removed)
+            t = __atomic_load_n(&p->heard_ms, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&c->mu);
+    return t;
 }
 
 int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out)

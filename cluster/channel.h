@@ -127,6 +127,10 @@ struct chan_peer_stats {
     uint64_t connects;      /* handshakes completed (1 + reconnections) */
 };
 int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out);
+/* When node's connection to this one last brought bytes (any frame: a
+ * forward, a report, a ping), CLOCK_MONOTONIC milliseconds; 0 if never.
+ * Any thread. */
+uint64_t chan_heard_ms(struct chan *c, uint64_t node);
 /* Handshakes this node refused (bad name, version, proof). */
 uint64_t chan_refused(struct chan *c);
 

@@ -1082,6 +1082,13 @@ bool cluster_busy(struct cluster *c)
     return chan_busy(c->chan);
 }
 
+uint64_t cluster_heard_ms(struct cluster *c, uint64_t node)
+{
+    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
+        return 0;
+    return chan_heard_ms(c->chan, node);
+}
+
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out)
 {
     if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)

@@ -122,5 +122,7 @@ int cluster_send_flow(struct cluster *c, uint64_t node, const void *frame, size_
 bool cluster_busy(struct cluster *c);
 /* The channel's counters of our connection to node (chan_peer_stats). */
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out);
+/* When node last sent this node anything on the channel (chan_heard_ms). */
+uint64_t cluster_heard_ms(struct cluster *c, uint64_t node);
 
 #endif
