@@ -577,6 +577,10 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
     if (!m)
         return; /* not applied: the origin sends it again (sequenced) */
     m->route_index = p->has_route_index ? p->route_index : 0;
+    if (p->has_pub_id && p->pub_id) {
+        m->id_node = p->origin;
+        m->id_seq = p->pub_id;
+    }
     atomic_fetch_add(&b->stats.msgs_received, 1);
     if (!in) {
         broker_publish_forwarded(b, m, share_picked, (void *)p, NULL, NULL);

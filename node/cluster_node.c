@@ -615,6 +615,10 @@ static void cn_send_publish(struct cluster_node *cn, struct msg *m, const struct
         p.has_route_index = true;
         p.route_index = m->route_index;
     }
+    if (m->id_node == cn->self && m->id_seq) {
+        p.has_pub_id = true;
+        p.pub_id = m->id_seq;
+    }
     cluster_fwd_send(cn->fwd, node, &p, bt, flow);
 }
 
@@ -656,6 +660,15 @@ static uint64_t cn_routed_at(void *ud)
     return fsm_routes_index(cn->fsm);
 }
 
+/* A QoS 1/2 message published here: (this node, its next publish
+ * number), the identity it keeps on every path (node/msg_seen.h). */
+static void cn_identify(void *ud, struct msg *m)
+{
+    struct cluster_node *cn = ud;
+    m->id_node = cn->self;
+    m->id_seq = atomic_fetch_add(&cn->pub_seq, 1) + 1;
+}
+
 static const struct route_ops cluster_route_ops = {
     .filter_added = cn_filter_added,
     .filter_removed = cn_filter_removed,
@@ -663,6 +676,7 @@ static const struct route_ops cluster_route_ops = {
     .forward = cn_forward,
     .sync = cn_sync,
     .routed_at = cn_routed_at,
+    .identify = cn_identify,
 };
 
 /* ---- the receiving side (cluster thread) --------------------------------- */
@@ -1303,6 +1317,10 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         return -ENOMEM;
     }
     cn->b = b;
+    /* publish numbers (message identities, retained seqs) of this run;
+     * without a store the clock keeps them above the last run's; with one,
+     * the store's boot counter does (cluster_node_attach_store) */
+    atomic_store(&cn->pub_seq, (uint64_t)time(NULL) << 32);
     snprintf(cn->node_name, sizeof(cn->node_name), "%s", cfg->node_name);
     pthread_mutex_init(&cn->mu, NULL);
     pthread_mutex_init(&cn->reg_mu, NULL);

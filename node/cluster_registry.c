@@ -43,6 +43,7 @@
 #include "codec.h"
 #include "log.h"
 #include "msg.h"
+#include "msg_seen.h"
 #include "persist.h"
 #include "raft_cmd.pb-c.h"
 #include "session.h"
@@ -552,6 +553,11 @@ void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q)
         m->has_expiry_at_ms = true;
         m->expiry_at_ms = q->m->expiry_at;
     }
+    if (q->m->id_node && q->m->id_seq) {
+        m->has_origin = m->has_pub_id = true;
+        m->origin = q->m->id_node;
+        m->pub_id = q->m->id_seq;
+    }
 }
 
 static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBinaryData *id,
@@ -707,6 +713,8 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
         return;
     }
     lock_acquire(&s->lock);
+    /* until the old copy's last late messages came: each message once */
+    s->seen = msg_seen_new();
     s->version = (uint8_t)st->version;
     s->expiry_interval = st->expiry_interval;
     if (st->username) /* the ACL of its deliveries until its client is attached */
@@ -730,6 +738,12 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
             (uint8_t)(sm->msg_qos > 2 ? 2 : sm->msg_qos), sm->retain, sm->expiry_at_ms, NULL);
         if (!m)
             continue;
+        if (sm->has_origin && sm->has_pub_id && sm->origin && sm->pub_id) {
+            m->id_node = sm->origin;
+            m->id_seq = sm->pub_id;
+            if (s->seen) /* a copy that comes directly too is not taken again */
+                msg_seen_add(s->seen, m->id_node, m->id_seq);
+        }
         struct qmsg *q = qmsg_new(m, (uint8_t)(sm->qos > 2 ? 2 : sm->qos), sm->retain, sm->sub_ids,
                                   (uint16_t)(sm->n_sub_ids > 65535 ? 0 : sm->n_sub_ids));
         msg_unref(m);

@@ -51,6 +51,10 @@ struct route_ops {
      * least (recorded on the message before its local delivery, see
      * struct msg.route_index). Any thread; must be cheap. */
     uint64_t (*routed_at)(void *ud);
+    /* Optional. Gives a QoS 1/2 message published here its identity
+     * (struct msg.id_node, id_seq) before its local delivery. Any thread;
+     * must be cheap. */
+    void (*identify)(void *ud, struct msg *m);
 };
 
 /* The single-node implementation; ud must point to a struct route_local. */

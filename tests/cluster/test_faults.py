@@ -111,7 +111,6 @@ def finish(t, cluster, name, timeout=30):
 
 # ------------------------------------------------------------ 1. node killed
 
-@pytest.mark.xfail(reason="open (issue 10): QoS 2 is at least once across a node's death - messages held for the dead node's kept routes also reach the session's new node, and come again as late messages when the dead node returns (docs/cluster.md 'What is not guaranteed yet')", strict=False)
 def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
     c = fault_cluster
     t = traffic_factory(c).start()
