@@ -703,8 +703,13 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
     if (!k)
         return; /* late: the claim went on without it */
     if (!st->found) {
-        k->req.clean_start = true;
-        claim_finish(k, 0);
+        /* the old owner has no copy (it restarted and has not loaded its
+         * sessions yet, or lost them): resume from the record, as when it
+         * does not answer (without a record, a new session); a copy it
+         * loads later follows as late messages (cluster_session.c) */
+        log_info("cluster: %016llx has no session '%s' to hand over",
+                 (unsigned long long)k->prev_node, k->id);
+        claim_from_record(k);
         return;
     }
     struct session *s = session_new(k->id, k->req.id_len);

@@ -459,7 +459,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
         }
         msg_seen_free(seen);
     }
-    if (sm->n_msgs)
+    if (sm->n_msgs || (sm->has_last && sm->last))
         log_info("cluster: %zu late message(s) of '%s' came from %016llx, %zu of them had come "
                  "directly (not again)%s",
                  sm->n_msgs, s->client_id, (unsigned long long)from, dups,
