@@ -209,6 +209,7 @@ static void claim_from_record(struct cl_claim *k)
         k->from_record = true;
         cn_incoming_add(k->cn, s, k->epoch);
     } else {
+        log_info("cluster: no session record of '%s': a new session", k->id);
         k->req.clean_start = true;
     }
     claim_finish(k, 0);
@@ -571,8 +572,20 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     Starling__Chan__SessionSubscription *subs = NULL, **subp = NULL;
     Starling__Chan__SessionMessage *msgs = NULL, **msgp = NULL;
     uint32_t *q2 = NULL;
+    Starling__Chan__SeenRange *seen = NULL, **seenp = NULL;
     if (s) {
         lock_acquire(&s->lock);
+        size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
+        if (n_seen && (seen = calloc(n_seen, sizeof(*seen))) &&
+            (seenp = calloc(n_seen, sizeof(*seenp)))) {
+            for (size_t i = 0; i < n_seen; i++) {
+                starling__chan__seen_range__init(&seen[i]);
+                msg_seen_range(s->seen, i, &seen[i].node, &seen[i].lo, &seen[i].hi);
+                seenp[i] = &seen[i];
+            }
+            st.n_seen = n_seen;
+            st.seen = seenp;
+        }
         st.has_version = st.has_expiry_interval = true;
         st.version = s->version;
         st.expiry_interval = s->expiry_interval;
@@ -638,6 +651,8 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     free(msgs);
     free(msgp);
     free(q2);
+    free(seen);
+    free(seenp);
 }
 
 /* A SessionRequest from the node that won the claim (cluster thread). */
@@ -718,8 +733,12 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
         return;
     }
     lock_acquire(&s->lock);
-    /* until the old copy's last late messages came: each message once */
-    s->seen = msg_seen_new();
+    /* each message once, whatever path it comes by (and what the old copy
+     * knew it had got) */
+    session_seen_start(s, broker_now_mono_ms());
+    for (size_t i = 0; s->seen && i < st->n_seen; i++)
+        if (st->seen[i]->lo <= st->seen[i]->hi)
+            msg_seen_add_range(s->seen, st->seen[i]->node, st->seen[i]->lo, st->seen[i]->hi);
     s->version = (uint8_t)st->version;
     s->expiry_interval = st->expiry_interval;
     if (st->username) /* the ACL of its deliveries until its client is attached */

@@ -168,8 +168,8 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
     if (s) {
         lock_acquire(&s->lock);
         /* the old node may hold messages for it that come here directly
-         * too (its kept routes): each once, until its late messages came */
-        s->seen = msg_seen_new();
+         * too (its kept routes): each once */
+        session_seen_start(s, broker_now_mono_ms());
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
         if (rec->username)
@@ -397,7 +397,9 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
          * only grow, so this ends) */
         if (node == cn->self) {
             s = owned_session(cn, id, sm->client_id.len, epoch);
-        } else if (node != from) {
+        } else {
+            /* also back to the sender: the session may have moved to it
+             * since it took these (the new epoch is its own claim's) */
             Starling__Chan__SessionMessages on = *sm;
             on.epoch = epoch;
             Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
@@ -447,18 +449,12 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
     persist_submit(b, &bt, NULL, NULL);
     bool full = false;
     size_t ranges = 0;
-    if (sm->has_last && sm->last) {
-        /* nothing more comes from the old copy: stop recording */
-        lock_acquire(&s->lock);
-        struct msg_seen *seen = s->seen;
-        s->seen = NULL;
-        lock_release(&s->lock);
-        if (seen) {
-            full = msg_seen_full(seen);
-            ranges = msg_seen_ranges(seen);
-        }
-        msg_seen_free(seen);
+    lock_acquire(&s->lock);
+    if (s->seen) {
+        full = msg_seen_full(s->seen);
+        ranges = msg_seen_ranges(s->seen);
     }
+    lock_release(&s->lock);
     if (sm->n_msgs || (sm->has_last && sm->last))
         log_info("cluster: %zu late message(s) of '%s' came from %016llx, %zu of them had come "
                  "directly (not again)%s",

@@ -52,6 +52,19 @@ bool msg_seen_has(const struct msg_seen *x, uint64_t node, uint64_t seq)
     return i > 0 && x->v[i - 1].node == node && x->v[i - 1].hi >= seq;
 }
 
+static int seen_grow(struct msg_seen *x)
+{
+    if (x->n < x->cap)
+        return 0;
+    size_t cap = x->cap ? 2 * x->cap : 4;
+    struct seen_range *v = realloc(x->v, cap * sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    x->v = v;
+    x->cap = cap;
+    return 0;
+}
+
 int msg_seen_add(struct msg_seen *x, uint64_t node, uint64_t seq)
 {
     size_t i = seen_upper(x, node, seq);
@@ -79,18 +92,55 @@ int msg_seen_add(struct msg_seen *x, uint64_t node, uint64_t seq)
         x->full = true;
         return -ENOSPC;
     }
-    if (x->n == x->cap) {
-        size_t cap = x->cap ? 2 * x->cap : 4;
-        struct seen_range *v = realloc(x->v, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        x->v = v;
-        x->cap = cap;
-    }
+    if (seen_grow(x) < 0)
+        return -ENOMEM;
     memmove(&x->v[i + 1], &x->v[i], (x->n - i) * sizeof(*x->v));
     x->v[i] = (struct seen_range){node, seq, seq};
     x->n++;
     return 0;
+}
+
+int msg_seen_add_range(struct msg_seen *x, uint64_t node, uint64_t lo, uint64_t hi)
+{
+    if (lo > hi)
+        return -EINVAL;
+    /* j: the first range that is not wholly before lo..hi (and not adjacent) */
+    size_t j = 0;
+    while (j < x->n && (x->v[j].node < node ||
+                        (x->v[j].node == node && x->v[j].hi < lo && x->v[j].hi + 1 < lo)))
+        j++;
+    /* j..k-1 overlap or touch lo..hi: they become one */
+    size_t k = j;
+    while (k < x->n && x->v[k].node == node && (hi == UINT64_MAX || x->v[k].lo <= hi + 1)) {
+        if (x->v[k].lo < lo)
+            lo = x->v[k].lo;
+        if (x->v[k].hi > hi)
+            hi = x->v[k].hi;
+        k++;
+    }
+    if (k > j) {
+        x->v[j] = (struct seen_range){node, lo, hi};
+        memmove(&x->v[j + 1], &x->v[k], (x->n - k) * sizeof(*x->v));
+        x->n -= k - j - 1;
+        return 0;
+    }
+    if (x->n == MSG_SEEN_MAX_RANGES) {
+        x->full = true;
+        return -ENOSPC;
+    }
+    if (seen_grow(x) < 0)
+        return -ENOMEM;
+    memmove(&x->v[j + 1], &x->v[j], (x->n - j) * sizeof(*x->v));
+    x->v[j] = (struct seen_range){node, lo, hi};
+    x->n++;
+    return 0;
+}
+
+void msg_seen_range(const struct msg_seen *x, size_t i, uint64_t *node, uint64_t *lo, uint64_t *hi)
+{
+    *node = x->v[i].node;
+    *lo = x->v[i].lo;
+    *hi = x->v[i].hi;
 }
 
 size_t msg_seen_ranges(const struct msg_seen *x)

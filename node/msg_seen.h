@@ -36,6 +36,13 @@ void msg_seen_free(struct msg_seen *x);
  * 0 when recorded, -ENOSPC when the set is full (not recorded), -ENOMEM. */
 int msg_seen_add(struct msg_seen *x, uint64_t node, uint64_t seq);
 
+/* Record every seq of node from lo to hi (lo <= hi): the ranges of another
+ * node's set. Returns 0, -ENOSPC when full (not recorded), -EINVAL, -ENOMEM. */
+int msg_seen_add_range(struct msg_seen *x, uint64_t node, uint64_t lo, uint64_t hi);
+
+/* The i-th range (i < msg_seen_ranges), in order. */
+void msg_seen_range(const struct msg_seen *x, size_t i, uint64_t *node, uint64_t *lo, uint64_t *hi);
+
 /* Whether (node, seq) is in the set. */
 bool msg_seen_has(const struct msg_seen *x, uint64_t node, uint64_t seq);
 

@@ -311,6 +311,14 @@ int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t 
     return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true);
 }
 
+int session_seen_start(struct session *s, uint64_t now_ms)
+{
+    if (!s->seen && !(s->seen = msg_seen_new()))
+        return -ENOMEM;
+    s->seen_until = now_ms + SESSION_SEEN_RECORD_MS;
+    return 0;
+}
+
 int session_deliver_retained(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
                              const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                              struct store_batch **bt)
@@ -325,7 +333,11 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
     if (once && m->id_node) {
         /* a moved session: a message it had already (another path) */
         lock_acquire(&s->lock);
-        bool dup = s->seen && !s->ended && msg_seen_add(s->seen, m->id_node, m->id_seq) == 1;
+        bool dup = false;
+        if (s->seen && !s->ended)
+            dup = broker_now_mono_ms() < s->seen_until
+                      ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
+                      : msg_seen_has(s->seen, m->id_node, m->id_seq);
         lock_release(&s->lock);
         if (dup)
             return 1;

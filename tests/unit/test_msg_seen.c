@@ -68,6 +68,54 @@ static void test_bound(void)
     msg_seen_free(x);
 }
 
+static void test_add_range(void)
+{
+    struct msg_seen *x = msg_seen_new();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    CU_ASSERT_EQUAL(msg_seen_add_range(x, 1, 10, 20), 0);
+    CU_ASSERT_EQUAL(msg_seen_add_range(x, 1, 30, 40), 0);
+    CU_ASSERT_EQUAL(msg_seen_add_range(x, 2, 10, 20), 0);
+    CU_ASSERT_EQUAL(msg_seen_add_range(x, 1, 5, 3), -EINVAL);
+    CU_ASSERT_EQUAL(msg_seen_ranges(x), 3);
+    CU_ASSERT_TRUE(msg_seen_has(x, 1, 10));
+    CU_ASSERT_TRUE(msg_seen_has(x, 1, 20));
+    CU_ASSERT_FALSE(msg_seen_has(x, 1, 25));
+    /* one that touches two merges them */
+    CU_ASSERT_EQUAL(msg_seen_add_range(x, 1, 21, 29), 0);
+    CU_ASSERT_EQUAL(msg_seen_ranges(x), 2);
+    CU_ASSERT_TRUE(msg_seen_has(x, 1, 25));
+    /* one that covers several and more */
+    CU_ASSERT_EQUAL(msg_seen_add_range(x, 1, 50, 60), 0);
+    CU_ASSERT_EQUAL(msg_seen_add_range(x, 1, 0, 100), 0);
+    CU_ASSERT_EQUAL(msg_seen_ranges(x), 2);
+    uint64_t node, lo, hi;
+    msg_seen_range(x, 0, &node, &lo, &hi);
+    CU_ASSERT_EQUAL(node, 1);
+    CU_ASSERT_EQUAL(lo, 0);
+    CU_ASSERT_EQUAL(hi, 100);
+    msg_seen_range(x, 1, &node, &lo, &hi);
+    CU_ASSERT_EQUAL(node, 2);
+    CU_ASSERT_EQUAL(lo, 10);
+    CU_ASSERT_EQUAL(hi, 20);
+    /* the ranges copied into another set say the same */
+    struct msg_seen *y = msg_seen_new();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+    CU_ASSERT_EQUAL(msg_seen_add(y, 2, 21), 0);
+    for (size_t i = 0; i < msg_seen_ranges(x); i++) {
+        msg_seen_range(x, i, &node, &lo, &hi);
+        CU_ASSERT_EQUAL(msg_seen_add_range(y, node, lo, hi), 0);
+    }
+    CU_ASSERT_EQUAL(msg_seen_ranges(y), 2);
+    CU_ASSERT_EQUAL(msg_seen_add(y, 2, 15), 1);
+    CU_ASSERT_EQUAL(msg_seen_add(y, 2, 21), 1);
+    CU_ASSERT_EQUAL(msg_seen_add(y, 1, 101), 0);
+    CU_ASSERT_EQUAL(msg_seen_ranges(y), 2);
+    CU_ASSERT_EQUAL(msg_seen_add_range(y, 3, 0, UINT64_MAX), 0);
+    CU_ASSERT_TRUE(msg_seen_has(y, 3, UINT64_MAX));
+    msg_seen_free(y);
+    msg_seen_free(x);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -80,6 +128,7 @@ int main(void)
     CU_add_test(s, "each identity once", test_once);
     CU_add_test(s, "ranges merge", test_ranges_merge);
     CU_add_test(s, "bound", test_bound);
+    CU_add_test(s, "add range", test_add_range);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
