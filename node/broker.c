@@ -187,6 +187,8 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
      * local delivery: a moving session's old copy compares it) */
     if (!(flags & BROKER_PUB_LOCAL) && b->route_ops->routed_at)
         m->route_index = b->route_ops->routed_at(b->route_ud);
+    if (!(flags & BROKER_PUB_LOCAL) && m->qos && b->route_ops->identify)
+        b->route_ops->identify(b->route_ud, m);
 
     struct match_set ms;
     ms.v = ms.stack;

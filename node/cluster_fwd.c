@@ -597,6 +597,10 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
     if (!m)
         return; /* not applied: the origin sends it again (sequenced) */
     m->route_index = p->has_route_index ? p->route_index : 0;
+    if (p->has_pub_id && p->pub_id) {
+        m->id_node = p->origin;
+        m->id_seq = p->pub_id;
+    }
     atomic_fetch_add(&b->stats.msgs_received, 1);
     metric_add_shared(&b->stats.fwd_msgs_in[m->qos], 1);
     metric_add_shared(&b->stats.fwd_bytes_in[m->qos], (uint64_t)m->topic_len + m->payload_len);

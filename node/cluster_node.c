@@ -726,6 +726,10 @@ static void cn_send_publish(struct cluster_node *cn, struct msg *m, const struct
         p.has_route_index = true;
         p.route_index = m->route_index;
     }
+    if (m->id_node == cn->self && m->id_seq) {
+        p.has_pub_id = true;
+        p.pub_id = m->id_seq;
+    }
     cluster_fwd_send(cn->fwd, node, &p, bt, flow);
 }
 
@@ -786,6 +790,15 @@ static void cn_on_drained(void *ud)
         b->sink->drained(b, waiters);
 }
 
+/* A QoS 1/2 message published here: (this node, its next publish
+ * number), the identity it keeps on every path (node/msg_seen.h). */
+static void cn_identify(void *ud, struct msg *m)
+{
+    struct cluster_node *cn = ud;
+    m->id_node = cn->self;
+    m->id_seq = atomic_fetch_add(&cn->pub_seq, 1) + 1;
+}
+
 static const struct route_ops cluster_route_ops = {
     .filter_added = cn_filter_added,
     .filter_removed = cn_filter_removed,
@@ -794,6 +807,7 @@ static const struct route_ops cluster_route_ops = {
     .sync = cn_sync,
     .routed_at = cn_routed_at,
     .forward_busy = cn_forward_busy,
+    .identify = cn_identify,
 };
 
 /* A worker's forwards (and other frames) of one loop turn are written by
@@ -1532,6 +1546,10 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         return -ENOMEM;
     }
     cn->b = b;
+    /* publish numbers (message identities, retained seqs) of this run;
+     * without a store the clock keeps them above the last run's; with one,
+     * the store's boot counter does (cluster_node_attach_store) */
+    atomic_store(&cn->pub_seq, (uint64_t)time(NULL) << 32);
     snprintf(cn->node_name, sizeof(cn->node_name), "%s", cfg->node_name);
     pthread_mutex_init(&cn->mu, NULL);
     pthread_mutex_init(&cn->ret_mu, NULL);

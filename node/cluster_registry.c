@@ -43,6 +43,7 @@
 #include "codec.h"
 #include "log.h"
 #include "msg.h"
+#include "msg_seen.h"
 #include "persist.h"
 #include "raft_cmd.pb-c.h"
 #include "session.h"
@@ -125,7 +126,12 @@ static bool claim_route_incoming(struct cl_claim *k)
     }
     if (cn_sync_index(k->cn, claim_routed, k, &k->route_index) == 1)
         return true;
-    k->route_index = fsm_routes_index(k->cn->fsm); /* nothing to wait for */
+    /* nothing to wait for: this node's routes were there already, so no
+     * entry tells which messages found the session here (one routed with
+     * the current table may have come before the session joined the
+     * index): the old copy sends everything, the session takes each
+     * message once (its identity) */
+    k->route_index = 0;
     return false;
 }
 
@@ -208,6 +214,7 @@ static void claim_from_record(struct cl_claim *k)
         k->from_record = true;
         cn_incoming_add(k->cn, s, k->epoch);
     } else {
+        log_info("cluster: no session record of '%s': a new session", k->id);
         k->req.clean_start = true;
     }
     claim_finish(k, 0);
@@ -552,6 +559,11 @@ void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q)
         m->has_expiry_at_ms = true;
         m->expiry_at_ms = q->m->expiry_at;
     }
+    if (q->m->id_node && q->m->id_seq) {
+        m->has_origin = m->has_pub_id = true;
+        m->origin = q->m->id_node;
+        m->pub_id = q->m->id_seq;
+    }
 }
 
 static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBinaryData *id,
@@ -565,8 +577,20 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     Starling__Chan__SessionSubscription *subs = NULL, **subp = NULL;
     Starling__Chan__SessionMessage *msgs = NULL, **msgp = NULL;
     uint32_t *q2 = NULL;
+    Starling__Chan__SeenRange *seen = NULL, **seenp = NULL;
     if (s) {
         lock_acquire(&s->lock);
+        size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
+        if (n_seen && (seen = calloc(n_seen, sizeof(*seen))) &&
+            (seenp = calloc(n_seen, sizeof(*seenp)))) {
+            for (size_t i = 0; i < n_seen; i++) {
+                starling__chan__seen_range__init(&seen[i]);
+                msg_seen_range(s->seen, i, &seen[i].node, &seen[i].lo, &seen[i].hi);
+                seenp[i] = &seen[i];
+            }
+            st.n_seen = n_seen;
+            st.seen = seenp;
+        }
         st.has_version = st.has_expiry_interval = true;
         st.version = s->version;
         st.expiry_interval = s->expiry_interval;
@@ -632,6 +656,8 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     free(msgs);
     free(msgp);
     free(q2);
+    free(seen);
+    free(seenp);
 }
 
 /* A SessionRequest from the node that won the claim (cluster thread). */
@@ -697,8 +723,13 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
     if (!k)
         return; /* late: the claim went on without it */
     if (!st->found) {
-        k->req.clean_start = true;
-        claim_finish(k, 0);
+        /* the old owner has no copy (it restarted and has not loaded its
+         * sessions yet, or lost them): resume from the record, as when it
+         * does not answer (without a record, a new session); a copy it
+         * loads later follows as late messages (cluster_session.c) */
+        log_info("cluster: %016llx has no session '%s' to hand over",
+                 (unsigned long long)k->prev_node, k->id);
+        claim_from_record(k);
         return;
     }
     struct session *s = session_new(k->id, k->req.id_len);
@@ -707,6 +738,12 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
         return;
     }
     lock_acquire(&s->lock);
+    /* each message once, whatever path it comes by (and what the old copy
+     * knew it had got) */
+    session_seen_start(s, broker_now_mono_ms());
+    for (size_t i = 0; s->seen && i < st->n_seen; i++)
+        if (st->seen[i]->lo <= st->seen[i]->hi)
+            msg_seen_add_range(s->seen, st->seen[i]->node, st->seen[i]->lo, st->seen[i]->hi);
     s->version = (uint8_t)st->version;
     s->expiry_interval = st->expiry_interval;
     if (st->username) /* the ACL of its deliveries until its client is attached */
@@ -730,6 +767,12 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
             (uint8_t)(sm->msg_qos > 2 ? 2 : sm->msg_qos), sm->retain, sm->expiry_at_ms, NULL);
         if (!m)
             continue;
+        if (sm->has_origin && sm->has_pub_id && sm->origin && sm->pub_id) {
+            m->id_node = sm->origin;
+            m->id_seq = sm->pub_id;
+            if (s->seen) /* a copy that comes directly too is not taken again */
+                msg_seen_add(s->seen, m->id_node, m->id_seq);
+        }
         struct qmsg *q = qmsg_new(m, (uint8_t)(sm->qos > 2 ? 2 : sm->qos), sm->retain, sm->sub_ids,
                                   (uint16_t)(sm->n_sub_ids > 65535 ? 0 : sm->n_sub_ids));
         msg_unref(m);

@@ -39,6 +39,7 @@
 #include "cmd.h"
 #include "log.h"
 #include "msg.h"
+#include "msg_seen.h"
 #include "persist.h"
 #include "raft_cmd.pb-c.h"
 #include "session.h"
@@ -166,6 +167,9 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
     struct session *s = session_new(id, len);
     if (s) {
         lock_acquire(&s->lock);
+        /* the old node may hold messages for it that come here directly
+         * too (its kept routes): each once */
+        session_seen_start(s, broker_now_mono_ms());
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
         if (rec->username)
@@ -237,10 +241,10 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     if (skipped)
         log_debug("cluster: %zu late message(s) of '%.*s' reached %016llx directly", skipped,
                   (int)len, id, (unsigned long long)to);
-    if (n == 0)
-        return;
-    Starling__Chan__SessionMessage *mv = calloc(n, sizeof(*mv));
-    Starling__Chan__SessionMessage **mp = calloc(n, sizeof(*mp));
+    /* sent also without messages: the owner then stops recording what the
+     * session got (its msg_seen) */
+    Starling__Chan__SessionMessage *mv = calloc(n ? n : 1, sizeof(*mv));
+    Starling__Chan__SessionMessage **mp = calloc(n ? n : 1, sizeof(*mp));
     size_t k = 0;
     if (mv && mp)
         for (struct qmsg *q = msgs; q; q = q->next, k++) {
@@ -255,6 +259,8 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     sm.epoch = epoch;
     sm.n_msgs = k;
     sm.msgs = mp;
+    sm.has_last = true;
+    sm.last = true;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
     fr.session_messages = &sm;
@@ -264,7 +270,7 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
         atomic_fetch_add(&cn->b->stats.dropped[BROKER_DROP_SESSION_MOVED], n);
         log_warn("cluster: %zu late message(s) of '%.*s' not sent to %016llx: %s", n, (int)len, id,
                  (unsigned long long)to, strerror(-r));
-    } else {
+    } else if (n) {
         log_info("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
                  id, (unsigned long long)to);
     }
@@ -392,7 +398,9 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
          * only grow, so this ends) */
         if (node == cn->self) {
             s = owned_session(cn, id, sm->client_id.len, epoch);
-        } else if (node != from) {
+        } else {
+            /* also back to the sender: the session may have moved to it
+             * since it took these (the new epoch is its own claim's) */
             Starling__Chan__SessionMessages on = *sm;
             on.epoch = epoch;
             Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
@@ -417,6 +425,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
         return;
     }
     struct store_batch *bt = NULL;
+    size_t dups = 0;
     for (size_t i = 0; i < sm->n_msgs; i++) {
         const Starling__Chan__SessionMessage *q = sm->msgs[i];
         if (q->topic.len == 0 || q->topic.len > 65535)
@@ -428,13 +437,32 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                     (uint8_t)(q->msg_qos > 2 ? 2 : q->msg_qos), q->retain, q->expiry_at_ms, NULL);
         if (!m)
             continue;
-        session_deliver(b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain, q->sub_ids,
-                        (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids), NULL, &bt, NULL);
+        if (q->has_origin && q->has_pub_id && q->origin && q->pub_id) {
+            m->id_node = q->origin;
+            m->id_seq = q->pub_id;
+        }
+        /* 1: the session had it (it came here directly too) */
+        if (session_deliver(b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain, q->sub_ids,
+                            (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids), NULL, &bt,
+                            NULL) == 1)
+            dups++;
         msg_unref(m);
     }
     persist_submit(b, &bt, NULL, NULL);
-    log_info("cluster: %zu late message(s) of '%s' came from %016llx", sm->n_msgs, s->client_id,
-             (unsigned long long)from);
+    bool full = false;
+    size_t ranges = 0;
+    lock_acquire(&s->lock);
+    if (s->seen) {
+        full = msg_seen_full(s->seen);
+        ranges = msg_seen_ranges(s->seen);
+    }
+    lock_release(&s->lock);
+    if (sm->n_msgs || (sm->has_last && sm->last))
+        log_info("cluster: %zu late message(s) of '%s' came from %016llx, %zu of them had come "
+                 "directly (not again)%s",
+                 sm->n_msgs, s->client_id, (unsigned long long)from, dups,
+                 full ? "; its record of identities was full: later ones at least once" : "");
+    log_debug("cluster: '%s' had %zu identity range(s) recorded", s->client_id, ranges);
     session_unref(s);
 }
 

@@ -69,8 +69,8 @@ static int handle_send_retained(struct conn *c, const char *filter, size_t len, 
         }
         uint8_t q = m->qos < qos ? m->qos : qos;
         /* [MQTT-3.1.1 3.3.1-8] retained messages sent on subscribe keep RETAIN=1 */
-        if (r == 0 && session_deliver(b, c->session, m, q, true, sub_id ? &sub_id : NULL,
-                                      sub_id ? 1 : 0, c->w, bt, NULL) < 0)
+        if (r == 0 && session_deliver_retained(b, c->session, m, q, sub_id ? &sub_id : NULL,
+                                               sub_id ? 1 : 0, c->w, bt) < 0)
             r = -ENOMEM;
         msg_unref(m);
     }

@@ -56,6 +56,11 @@ struct msg {
      * the publish-to-delivery histogram; 0 when it is not one of the sampled
      * messages (worker.h, WORKER_DELIVERY_SAMPLE). */
     uint64_t born_ns;
+    /* Cluster: the message's identity, the same on every path (forwards,
+     * late messages of a moved session): the node that received the PUBLISH
+     * and that node's own publish number (node/msg_seen.h). 0: none (QoS 0,
+     * a single node, or a message read back from a store). */
+    uint64_t id_node, id_seq;
     /* topic (not NUL-terminated), then payload, then the encoded MQTT 5.0
      * properties passed through to subscribers unchanged (payload format,
      * content type, response topic, correlation data, user properties). */

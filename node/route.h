@@ -58,6 +58,10 @@ struct route_ops {
      * sink->drained with broker.fwd_busy_waiters when it is not any more.
      * Any thread; cheap. */
     bool (*forward_busy)(void *ud);
+    /* Optional. Gives a QoS 1/2 message published here its identity
+     * (struct msg.id_node, id_seq) before its local delivery. Any thread;
+     * must be cheap. */
+    void (*identify)(void *ud, struct msg *m);
 };
 
 /* The single-node implementation; ud must point to a struct route_local. */

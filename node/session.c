@@ -27,6 +27,7 @@
 #include "broker.h"
 #include "codec.h"
 #include "log.h"
+#include "msg_seen.h"
 #include "persist.h"
 
 /* What a queued message costs beyond its bytes (see qmsg_size). */
@@ -73,6 +74,7 @@ static void qmsg_list_free(struct qmsg *q)
 
 void session_free(struct session *s)
 {
+    msg_seen_free(s->seen);
     qmsg_list_free(s->queue.head);
     qmsg_list_free(s->inflight.head);
     for (uint32_t i = 0; i < s->n_subs; i++)
@@ -298,10 +300,48 @@ static const char *const session_drop_names[SESSION_DROP_N] = {
     "offline queue full", "slow subscriber: new message", "slow subscriber: oldest message",
     "slow subscriber: disconnected"};
 
+static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
+                   const uint32_t *ids, uint16_t n_ids, struct worker *cur, struct store_batch **bt,
+                   struct pub_flow *flow, bool once);
+
 int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                     struct store_batch **bt, struct pub_flow *flow)
 {
+    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true);
+}
+
+int session_seen_start(struct session *s, uint64_t now_ms)
+{
+    if (!s->seen && !(s->seen = msg_seen_new()))
+        return -ENOMEM;
+    s->seen_until = now_ms + SESSION_SEEN_RECORD_MS;
+    return 0;
+}
+
+int session_deliver_retained(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
+                             const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                             struct store_batch **bt)
+{
+    return deliver(b, s, m, qos, true, ids, n_ids, cur, bt, NULL, false);
+}
+
+static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
+                   const uint32_t *ids, uint16_t n_ids, struct worker *cur, struct store_batch **bt,
+                   struct pub_flow *flow, bool once)
+{
+    if (once && m->id_node) {
+        /* a moved session: a message it had already (another path) */
+        lock_acquire(&s->lock);
+        bool dup = false;
+        if (s->seen && !s->ended)
+            dup = broker_now_mono_ms() < s->seen_until
+                      ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
+                      : msg_seen_has(s->seen, m->id_node, m->id_seq);
+        lock_release(&s->lock);
+        if (dup)
+            return 1;
+    }
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
         atomic_fetch_add(&b->stats.msgs_dropped, 1);

@@ -125,6 +125,14 @@ struct session {
     /* the cluster registry's epoch of the claim this session was last
      * granted with (0: none, or not clustered) */
     uint64_t epoch;
+    /* cluster: set once the session moved here (it may get a message both
+     * directly and as a late message of an older copy): the identities it
+     * got, each taken once (node/msg_seen.h); NULL otherwise. New
+     * identities are recorded until seen_until (monotonic ms: the window in
+     * which a message can take both paths), checked as long as it lives;
+     * it follows the session when it moves on (SessionState). */
+    struct msg_seen *seen;
+    uint64_t seen_until;
     uint32_t will_expiry;
     uint16_t id_len;
     bool in_table; /* registry lock */
@@ -155,12 +163,25 @@ static inline void session_unref(struct session *s)
  * any thread, without s->lock. `cur` is the calling worker or NULL. The
  * session takes its own reference on m if it keeps it. ids: subscription
  * identifiers (copied). Returns 0 (queued, or dropped by the queue limits
- * and counted), or -ENOMEM: s does not have m.
+ * and counted), 1 when s->seen shows s had m already (m's identity: not
+ * queued again), or -ENOMEM: s does not have m.
  */
 struct pub_flow;
 int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                     struct store_batch **bt, struct pub_flow *flow);
+/* How long a session that moved records the identities it gets (ms). */
+#define SESSION_SEEN_RECORD_MS 60000
+
+/* The session moved here: record the identities it gets from now on (for
+ * SESSION_SEEN_RECORD_MS). s->lock held. Returns 0 or -ENOMEM. */
+int session_seen_start(struct session *s, uint64_t now_ms);
+
+/* The same for a retained message sent on SUBSCRIBE: sent whatever s->seen
+ * says (a retained message comes again with each subscription). */
+int session_deliver_retained(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
+                             const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                             struct store_batch **bt);
 
 /*
  * Flow control (docs/architecture.md, "Slow subscribers"). With `flow`

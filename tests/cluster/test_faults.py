@@ -112,7 +112,6 @@ def finish(t, cluster, name, timeout=30):
 
 # ------------------------------------------------------------ 1. node killed
 
-@pytest.mark.xfail(reason="open (issue 10): QoS 2 is at least once across a node's death - messages held for the dead node's kept routes also reach the session's new node, and come again as late messages when the dead node returns (docs/cluster.md 'What is not guaranteed yet')", strict=False)
 def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
     c = fault_cluster
     t = traffic_factory(c).start()
@@ -136,6 +135,51 @@ def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
     assert_clean(r, "SIGKILL of a node")
     assert r["sessions_lost"] == 0, \
         f"a persistent session came back without its state: {t.summary_events()}"
+
+
+def test_session_resumed_elsewhere_gets_what_its_dead_node_held_once(fault_cluster):
+    """A persistent QoS 2 subscriber's node is killed and the subscriber
+    resumes on another node from its record; messages published then (before
+    NodeDown) go both to the new node and, for the dead node's kept route, to
+    the publisher's outbox. The node returns and moves what it got for the
+    session as late messages: each message arrives exactly once (their
+    identity, node/msg_seen.h)."""
+    c = fault_cluster
+    home, new, pubnode = c.nodes[1], c.nodes[0], c.nodes[2]
+    cid = uid("once")
+    topic = uid("once/t")
+    s = PahoClient(home, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    s.disconnect()
+    p = PahoClient(pubnode, uid("oncep"), 5)
+    p.connect()
+    kill(home)
+    t0 = time.monotonic()
+    s2 = PahoClient(new, cid, 5, clean=False, properties=session_props())
+    s2.connect(timeout=30)
+    assert s2.session_present
+    sent = [f"m{k}".encode() for k in range(30)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    if time.monotonic() - t0 >= DOWN_AFTER:
+        pytest.skip("the publishes ended after NodeDown could have removed the dead node's route")
+    home.start()
+    wait_healthy(c)
+    # the returning node hands over what it held (the new node logs it)
+    wait_until(lambda: f"of '{cid}' came from" in new.logtext(), 30,
+               f"the late messages of {cid} on {new.name}")
+    marker = uid("marker").encode()
+    p.publish(topic + "/marker", marker, qos=2)
+    got = [m.payload for m in s2.get_until(topic + "/marker", 30)]
+    assert got[-1] == marker
+    got = got[:-1]
+    dups = sorted({m for m in got if got.count(m) > 1})
+    assert not dups, f"QoS 2 messages delivered twice: {dups}"
+    assert sorted(got) == sorted(sent), f"missing: {sorted(set(sent) - set(got))}"
+    print(f"\n[resumed once] {len(got)} of {len(sent)} once")
+    s2.disconnect()
+    p.disconnect()
 
 
 def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
@@ -412,7 +456,7 @@ def test_partition_nothing_acknowledged_lost(fault_cluster, traffic_factory, par
 
 # ------------------------------------------------------------ 4. rolling restart
 
-@pytest.mark.xfail(reason="open (issue 10): late messages for a session whose claim is not done on the new node yet are dropped ('which is not here'), QoS 2 late messages may come twice, and a node stopped while a CONNECT's claim is in flight leaks that connection (ASan exit 1)", strict=False)
+@pytest.mark.xfail(reason="open (issue 10): with nodes restarted ~2 s apart, a few messages are still lost (cause not found) and some runs have QoS 2 duplicates: the identities a session got on a stopped node are forgotten with it, and a returning node's copies collect messages the owner had (docs/cluster.md 'A rolling restart')", strict=False)
 def test_rolling_restart_persistent_subscribers_follow(fault_cluster, traffic_factory):
     c = fault_cluster
     t = traffic_factory(c).start()
