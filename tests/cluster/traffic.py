@@ -402,7 +402,7 @@ class Traffic:
         r = {"acknowledged": self.acked_count(), "lost": 0, "dup2": 0, "dup1": 0,
              "misorder": 0, "misorder_in_windows": 0,
              "sessions_lost": sum(s.sessions_lost for s in self.subscribers),
-             "errors": list(self.errors), "samples": []}
+             "errors": list(self.errors), "samples": [], "lost_acked_at": []}
         pubs = {p.cid: p for p in self.publishers}
         for s in self.subscribers:
             seen = {}
@@ -426,6 +426,7 @@ class Traffic:
                 last[pub] = max(seq, last.get(pub, -1))
             for p in self.publishers:
                 lost = [seq for seq, _ in p.acked if (p.cid, seq) not in seen]
+                r["lost_acked_at"] += [t for seq, t in p.acked if (p.cid, seq) not in seen]
                 r["lost"] += len(lost)
                 if lost:
                     r["samples"].append(f"{s.cid}: {len(lost)} acknowledged of {p.cid} lost: "

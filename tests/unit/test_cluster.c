@@ -219,8 +219,9 @@ static void test_group_commit(struct member *leader)
     printf("\n  %d proposals one at a time on the leader: %llu Raft entries\n", TRICKLE,
            (unsigned long long)entries);
     /* one per Raft round (a log write and a replication round trip), not one
-     * per proposal */
-    CU_ASSERT_TRUE(entries >= 1 && entries <= TRICKLE / 10);
+     * per proposal: 13-35 entries measured (the more load on the machine, the
+     * more rounds); without group commit each proposal is an entry (300) */
+    CU_ASSERT_TRUE(entries >= 1 && entries <= TRICKLE / 3);
 }
 
 static bool all_checked(void)
