@@ -206,8 +206,15 @@ struct admin_keys_ops {
 #define ADMIN_SECRET_HASH_MAX 160
 int admin_secret_hash(const char *secret, char *out, size_t outlen);
 /* 0 if secret matches the stored form, -EACCES if not, -EINVAL for a stored
- * form that cannot be read. Compares in constant time. */
+ * form that cannot be read. Compares in constant time. A match is
+ * remembered for ADMIN_VERIFIED_TTL_S (a SHA-256 of the stored form and the
+ * secret, a few entries): a client that sends the same key with every
+ * request (a scraper, the dashboard) pays the derivation once a minute, not
+ * per request; a wrong secret always pays it. Any thread. */
 int admin_secret_verify(const char *secret, const char *stored);
+#define ADMIN_VERIFIED_TTL_S 60
+/* Derivations made so far (tests). */
+unsigned long admin_secret_derivations(void);
 
 /* A fixed table of keys held in memory (the bootstrap key of the
  * configuration). Any thread may call verify; add only before admin_start. */

@@ -4,12 +4,16 @@
  *
  * A secret is stored as PBKDF2-HMAC-SHA512 over a random 16-byte salt
  * (OpenSSL): "pbkdf2-sha512$ITERATIONS$SALT$HASH", salt and hash in base64.
- * Every request with a key costs one derivation, so the iteration count is
- * a compromise between a stolen table's resistance and the API's latency
- * (ADMIN_PBKDF2_ITERATIONS, a few milliseconds). Comparisons use
+ * A request with a key costs one derivation (a few milliseconds,
+ * ADMIN_PBKDF2_ITERATIONS) unless the same key and secret matched in the
+ * last minute (admin_secret_verify's cache), so the iteration count is a
+ * compromise between a stolen table's resistance and the cost of wrong
+ * secrets and first requests. Comparisons use
  * CRYPTO_memcmp; an unknown key costs the same derivation as a known one.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +21,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <time.h>
 
 #include "admin.h"
 
@@ -28,9 +34,17 @@
 #define SECRET_MIN 8
 #define SECRET_MAX 128
 
+static atomic_ulong n_derivations;
+
+unsigned long admin_secret_derivations(void)
+{
+    return atomic_load(&n_derivations);
+}
+
 static int derive(const char *secret, const unsigned char *salt, size_t salt_len,
                   unsigned iterations, unsigned char out[HASH_LEN])
 {
+    atomic_fetch_add(&n_derivations, 1);
     if (PKCS5_PBKDF2_HMAC(secret, (int)strlen(secret), salt, (int)salt_len, (int)iterations,
                           EVP_sha512(), HASH_LEN, out) != 1)
         return -EIO;
@@ -72,8 +86,65 @@ static int b64_decode(const char *s, size_t slen, unsigned char *out, size_t wan
     return 0;
 }
 
+/* Matches verified lately: SHA-256(stored NUL secret), until when
+ * (CLOCK_MONOTONIC s). A stored form changes with the secret, and a deleted
+ * key is not looked up, so an entry can only ever confirm a pair that
+ * matched; it only saves the derivation. */
+#define VERIFIED_SLOTS 16
+static struct {
+    unsigned char id[SHA256_DIGEST_LENGTH];
+    time_t until;
+} verified[VERIFIED_SLOTS];
+static unsigned verified_next;
+static pthread_mutex_t verified_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static time_t mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+/* Fails (false) only when EVP does: the caller then derives. */
+static bool verified_id(const char *secret, const char *stored,
+                        unsigned char id[SHA256_DIGEST_LENGTH])
+{
+    EVP_MD_CTX *h = EVP_MD_CTX_new();
+    bool ok = h && EVP_DigestInit_ex(h, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(h, stored, strlen(stored) + 1) == 1 &&
+              EVP_DigestUpdate(h, secret, strlen(secret)) == 1 &&
+              EVP_DigestFinal_ex(h, id, NULL) == 1;
+    EVP_MD_CTX_free(h);
+    return ok;
+}
+
+static bool verified_lately(const unsigned char id[SHA256_DIGEST_LENGTH])
+{
+    bool hit = false;
+    time_t now = mono_s();
+    pthread_mutex_lock(&verified_mu);
+    for (unsigned i = 0; i < VERIFIED_SLOTS && !hit; i++)
+        hit =
+            verified[i].until > now && CRYPTO_memcmp(verified[i].id, id, SHA256_DIGEST_LENGTH) == 0;
+    pthread_mutex_unlock(&verified_mu);
+    return hit;
+}
+
+static void verified_note(const unsigned char id[SHA256_DIGEST_LENGTH])
+{
+    pthread_mutex_lock(&verified_mu);
+    unsigned slot = verified_next++ % VERIFIED_SLOTS;
+    memcpy(verified[slot].id, id, SHA256_DIGEST_LENGTH);
+    verified[slot].until = mono_s() + ADMIN_VERIFIED_TTL_S;
+    pthread_mutex_unlock(&verified_mu);
+}
+
 int admin_secret_verify(const char *secret, const char *stored)
 {
+    unsigned char id[SHA256_DIGEST_LENGTH];
+    bool have_id = verified_id(secret, stored, id);
+    if (have_id && verified_lately(id))
+        return 0;
     static const char prefix[] = "pbkdf2-sha512$";
     if (strncmp(stored, prefix, sizeof(prefix) - 1) != 0)
         return -EINVAL;
@@ -95,6 +166,8 @@ int admin_secret_verify(const char *secret, const char *stored)
         return -EIO;
     int same = CRYPTO_memcmp(got, want, HASH_LEN) == 0;
     OPENSSL_cleanse(got, sizeof(got));
+    if (same && have_id)
+        verified_note(id);
     return same ? 0 : -EACCES;
 }
 

@@ -142,10 +142,23 @@ static void test_secret_hash(void)
     CU_ASSERT_EQUAL(strncmp(h1, "pbkdf2-sha512$10000$", 20), 0);
     CU_ASSERT_PTR_NULL(strstr(h1, "correct"));
     CU_ASSERT_STRING_NOT_EQUAL(h1, h2); /* salted */
+    unsigned long d0 = admin_secret_derivations();
     CU_ASSERT_EQUAL(admin_secret_verify("correct horse", h1), 0);
     CU_ASSERT_EQUAL(admin_secret_verify("correct horse", h2), 0);
+    CU_ASSERT_EQUAL(admin_secret_derivations(), d0 + 2);
+    /* a match is remembered: the same pair again costs no derivation */
+    CU_ASSERT_EQUAL(admin_secret_verify("correct horse", h1), 0);
+    CU_ASSERT_EQUAL(admin_secret_verify("correct horse", h2), 0);
+    CU_ASSERT_EQUAL(admin_secret_derivations(), d0 + 2);
+    /* a wrong secret always pays, also right after a match, and still fails */
+    CU_ASSERT_EQUAL(admin_secret_verify("correct hors", h1), -EACCES);
     CU_ASSERT_EQUAL(admin_secret_verify("correct hors", h1), -EACCES);
     CU_ASSERT_EQUAL(admin_secret_verify("", h1), -EACCES);
+    CU_ASSERT_EQUAL(admin_secret_derivations(), d0 + 5);
+    /* the remembered match is of that stored form only */
+    char h3[ADMIN_SECRET_HASH_MAX];
+    CU_ASSERT_EQUAL(admin_secret_hash("another one", h3, sizeof(h3)), 0);
+    CU_ASSERT_EQUAL(admin_secret_verify("correct horse", h3), -EACCES);
     CU_ASSERT_EQUAL(admin_secret_verify("correct horse", "sha1$1$abc$def"), -EINVAL);
     CU_ASSERT_EQUAL(admin_secret_verify("correct horse", "pbkdf2-sha512$0$AAAA$AAAA"), -EINVAL);
     CU_ASSERT_EQUAL(admin_secret_verify("correct horse", "pbkdf2-sha512$10$AAAA"), -EINVAL);
