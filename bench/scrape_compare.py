@@ -19,7 +19,8 @@ cost of the data plane's counters: a build against another). Environment:
 BIN (the starling binary, default build/release/node/starling), BIN_B, GEN
 (starling-bench), REPS (4), DUR
 (seconds per run, 5), WORKERS (default: the number of cores), INTERVAL
-(seconds between scrapes, 1). Prints one line per run, then per scenario and
+(seconds between scrapes, 1), SCRAPE_PATHS (comma-separated, default
+/metrics,/api/v1/stats). Prints one line per run, then per scenario and
 figure the median and range with and without the scraper and the ratio of
 the medians (with / without). Every process it starts is stopped and its
 directory removed at the end.
@@ -50,7 +51,7 @@ SCENARIOS = {
     "fanin_qos1": (["fanin", "--qos", "1"], ["msgs_per_s"]),
     "latency": (["latency"], ["p50_us", "p99_us"]),
 }
-PATHS = ("/metrics", "/api/v1/stats")
+PATHS = tuple(os.environ.get("SCRAPE_PATHS", "/metrics,/api/v1/stats").split(","))
 
 
 def free_port():
