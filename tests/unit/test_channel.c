@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -198,6 +199,17 @@ static void test_order_both_ways_and_reconnect(void)
     CU_ASSERT_EQUAL(a.in.n_from[2], 500);
     CU_ASSERT_FALSE(a.in.out_of_order || b.in.out_of_order || c.in.out_of_order);
     CU_ASSERT_FALSE(a.in.bad || b.in.bad || c.in.bad);
+    /* What came in on a peer's connection marks it heard (the leader's
+     * sign of life, chan_heard_ms): B and A heard each other; C has no peer
+     * for A, and A none from C (C never dials it). */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t now_ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+    CU_ASSERT_TRUE(chan_heard_ms(b.c, 1) > 0 && chan_heard_ms(b.c, 1) <= now_ms);
+    CU_ASSERT_TRUE(chan_heard_ms(a.c, 2) > 0 && chan_heard_ms(a.c, 2) <= now_ms);
+    CU_ASSERT_EQUAL(chan_heard_ms(c.c, 1), 0);
+    CU_ASSERT_EQUAL(chan_heard_ms(a.c, 3), 0);
+    CU_ASSERT_EQUAL(chan_heard_ms(a.c, 9), 0);
     struct chan_peer_stats st;
     CU_ASSERT_EQUAL(chan_peer_stats(a.c, 2, &st), 0);
     CU_ASSERT_TRUE(st.connected);
