@@ -143,34 +143,38 @@ class Broker:
 
     def __init__(self, config, tmpdir, admin=False, env=None):
         self.host = "127.0.0.1"
-        self.port = free_port()
-        self.admin_port = free_port() if admin else None
         self.config = dict(config)
         self.kind = BROKER_KIND
         self._tmpdir = tmpdir
-        self._stopped = False
-        self.returncode = None
-        self.conf_path = os.path.join(tmpdir, f"broker-{self.port}.conf")
-        self.stderr_path = os.path.join(tmpdir, f"broker-{self.port}.stderr")
         unknown = set(self.config) - STARLING_KEYS
         if unknown:
             raise ValueError(f"unknown broker config keys: {sorted(unknown)}")
-        if self.kind == "starling":
-            argv = self._starling_conf()
-        elif self.kind == "mosquitto":
-            argv = self._mosquitto_conf()
-        else:
+        if self.kind not in ("starling", "mosquitto"):
             raise ValueError(f"STARLING_TEST_BROKER must be starling or mosquitto, not {self.kind!r}")
         if admin and self.kind != "starling":
             pytest.skip("the admin API is Starling's")
-        self._stderr_file = open(self.stderr_path, "wb")
-        extra = dict(env or {})
-        if admin:
-            extra["STARLING_ADMIN_PORT"] = str(self.admin_port)
-        env = clean_env(extra)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr_file,
-                                     stderr=self._stderr_file, env=env, cwd=tmpdir)
-        self._wait_ready()
+        # The ports this fixture picks (free_port) can be taken by another
+        # test session between the pick and the broker's bind: then the
+        # broker exits "address already in use" and is started again on
+        # new ones (never for a port the test chose itself).
+        for attempt in range(3):
+            self.port = free_port()
+            self.admin_port = free_port() if admin else None
+            self._stopped = False
+            self.returncode = None
+            self.conf_path = os.path.join(tmpdir, f"broker-{self.port}.conf")
+            self.stderr_path = os.path.join(tmpdir, f"broker-{self.port}.stderr")
+            argv = self._starling_conf() if self.kind == "starling" else self._mosquitto_conf()
+            self._stderr_file = open(self.stderr_path, "wb")
+            extra = dict(env or {})
+            if admin:
+                extra["STARLING_ADMIN_PORT"] = str(self.admin_port)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr_file,
+                                         stderr=self._stderr_file, env=clean_env(extra),
+                                         cwd=tmpdir)
+            if self._wait_ready(may_retry=attempt < 2):
+                break
+            self._stderr_file.close()
         if admin:
             self._wait_healthy()
 
@@ -216,7 +220,15 @@ class Broker:
         with open(self.stderr_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
-    def _wait_ready(self):
+    def _lost_own_port(self):
+        """The broker exited because a port this fixture picked was taken."""
+        text = self.stderr_text()
+        return "address already in use" in text.lower() and any(
+            f":{p}" in text for p in (self.port, self.admin_port) if p)
+
+    def _wait_ready(self, may_retry=False):
+        """True once listening; False (may_retry) when the broker lost a port
+        this fixture picked to another process and should be started again."""
         # every listener the test configured, not only the MQTT port: the
         # workers bind them one after the other
         ports = [self.port] + [int(self.config[k]) for k in ("tls_port", "ws_port", "wss_port")
@@ -226,6 +238,8 @@ class Broker:
             if self.proc.poll() is not None:
                 self._stopped = True
                 self.returncode = self.proc.returncode
+                if may_retry and self._lost_own_port():
+                    return False
                 pytest.fail(f"{self.kind} exited with {self.proc.returncode} before listening; "
                             f"stderr:\n{self.stderr_text()}")
             try:
@@ -241,7 +255,7 @@ class Broker:
                 # it and exits (reported above), never taken for ready
                 time.sleep(0.01)
                 continue
-            return
+            return True
         self._kill()
         pytest.fail(f"{self.kind} did not listen on {self.port} within {READY_TIMEOUT} s; "
                     f"stderr:\n{self.stderr_text()}")
