@@ -119,6 +119,9 @@ def test_messages_held_by_a_dead_node_follow_the_session(cluster_factory):
     assert y.get(WAIT).payload == b"while-down"
     # node a returns: what it held for the session goes to node b
     a.start()
+    # (an ASan node on a loaded machine may take a while to start and catch
+    # up: the wait for its messages starts once it serves)
+    c.wait_healthy()
     got = [y.get(20).payload for _ in sent]
     assert sorted(got) == sorted(sent)  # every acknowledged message, once
     assert got == sent  # and in their order
@@ -146,8 +149,11 @@ def test_routes_of_a_dead_node_go_but_its_sessions_keep_theirs(cluster_factory):
     t0 = time.monotonic()
     wait_for("node a's routes to go", lambda: members(b)["n1"]["routes"] == 1)
     assert time.monotonic() - t0 >= DOWN_AFTER / 1000 - 0.2
-    # only the persistent session's route is left, on every node
+    # only the persistent session's route is left, on every node (the third
+    # applies the NodeDown when it applies it: waited for, bounded)
     for n in (b, c.nodes[2]):
+        wait_for(f"{n.name} to show node a unreachable with 1 route",
+                 lambda: (lambda m: not m["reachable"] and m["routes"] == 1)(members(n)["n1"]))
         m = members(n)["n1"]
         assert not m["reachable"]
         assert m["routes"] == 1
