@@ -89,6 +89,8 @@ struct cluster_fwd {
     struct fwd_in *ins[FWD_MAX_PEERS];
     atomic_uint n_in;
     _Atomic uint64_t log_ms; /* rate limit of the refusal warning */
+    unsigned lose_every;     /* tests: lose every Nth sequenced forward received */
+    unsigned lose_count;     /* cluster thread */
 };
 
 /* ---- the row index ------------------------------------------------------- */
@@ -406,14 +408,20 @@ void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Ch
     if (!o || a->origin != f->self)
         return;
     pthread_mutex_lock(&o->mu);
-    if (a->seq > o->acked && a->seq <= o->next) {
+    /* A resend request names what the node has applied, not what it has
+     * stored: its batch may not be committed yet, and a node killed then
+     * has not got them (tests/cluster/test_forward.py, the destination
+     * killed while traffic flows: rows dropped here on such a request were
+     * lost). Only a plain acknowledgement (committed) drops rows. */
+    bool resend = a->has_resend && a->resend;
+    if (!resend && a->seq > o->acked && a->seq <= o->next) {
         o->acked = a->seq;
         o->progress_ms = mono_ms();
         out_pop_acked(f, o);
     }
     /* the node missed a frame after a->seq: from there again, unless a
      * replay that has not passed it yet is on its way */
-    if (a->has_resend && a->resend && !(o->replay && o->cursor <= a->seq)) {
+    if (resend && !(o->replay && o->cursor <= a->seq)) {
         out_replay_from(o, a->seq > o->acked ? a->seq : o->acked);
         /* the first frame names what the node has: a node that lost its
          * store (a->seq below what it acknowledged) takes what is left */
@@ -585,9 +593,15 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
             if (now - in->resend_ms >= FWD_RESEND_EVERY_MS) {
                 in->resend_ms = now;
                 send_ack(f, p->origin, in->hwm, true);
+                log_debug("cluster: forward %llu from %016llx follows %llu, applied up to %llu: "
+                          "resend asked",
+                          (unsigned long long)p->seq, (unsigned long long)p->origin,
+                          (unsigned long long)prev, (unsigned long long)in->hwm);
             }
             return;
         }
+        if (f->lose_every && ++f->lose_count % f->lose_every == 0)
+            return; /* tests: lost on the way (the next frame shows the gap) */
     }
     struct msg *m = msg_new(p->topic.data, (uint16_t)p->topic.len, p->payload.data,
                             (uint32_t)p->payload.len, p->has_properties ? p->properties.data : NULL,
@@ -707,6 +721,16 @@ struct cluster_fwd *cluster_fwd_new(struct broker *b)
         return NULL;
     f->b = b;
     pthread_mutex_init(&f->mu, NULL);
+#ifndef NDEBUG
+    /* Tests of resend requests (tests/cluster/test_forward.py): every Nth
+     * sequenced forward received is lost as if its connection broke. */
+    const char *lose = getenv("STARLING_TEST_FWD_LOSE_EVERY");
+    if (lose && atoi(lose) > 1) {
+        f->lose_every = (unsigned)atoi(lose);
+        log_warn("cluster: STARLING_TEST_FWD_LOSE_EVERY: every %u-th forward received is lost",
+                 f->lose_every);
+    }
+#endif
     return f;
 }
 

@@ -820,6 +820,21 @@ static void writer_sync(struct store *s)
     pthread_mutex_unlock(&s->mu);
 }
 
+#ifndef NDEBUG
+/* Tests (debug builds only): while the file that STARLING_TEST_STORE_HOLD
+ * names exists, the writer commits nothing, like a disk that does not
+ * answer (fsfreeze would also block the readers' slots in lock.mdb). */
+static void writer_test_hold(void)
+{
+    const char *path = getenv("STARLING_TEST_STORE_HOLD");
+    struct timespec ts = {0, 2000000};
+    while (path && access(path, F_OK) == 0)
+        nanosleep(&ts, NULL);
+}
+#else
+static void writer_test_hold(void) {}
+#endif
+
 static void *writer_main(void *arg)
 {
     struct store *s = arg;
@@ -838,6 +853,7 @@ static void *writer_main(void *arg)
             struct store_batch *list = s->head;
             s->head = s->tail = NULL;
             pthread_mutex_unlock(&s->mu);
+            writer_test_hold();
             bool committed = false;
             uint64_t n = run_round(s, list, &committed);
             if (committed && s->sync == STORE_SYNC_INTERVAL && !dirty) {

@@ -378,3 +378,59 @@ def test_qos0_fan_in_burst_arrives_complete_when_the_subscriber_keeps_up(big):
           f"drained in {r['drain_s']} s; dropped (counted) {dropped}")
     assert r["sent"] > 0 and r["drained"], r
     assert (r["loss"], r["duplicates"], dropped) == (0, 0, 0), r
+
+
+# ------------------------------------------------------ resend requests
+
+def test_a_resend_request_acknowledges_nothing(cluster_factory, tmp_path):
+    """Node b applies forwards whose store batch does not reach the disk
+    (its writer holds every commit: STARLING_TEST_STORE_HOLD, debug builds),
+    and loses every 7th forward on the way (STARLING_TEST_FWD_LOSE_EVERY),
+    as a broken connection would: the next frame shows the gap, and b asks
+    node a for a resend, naming the highest seq it *applied*. That is no
+    acknowledgement: b is killed before its batch is on disk, and every
+    message a acknowledged still reaches b's persistent session, once and
+    in order, when b is back. (Before, a dropped the rows up to the named
+    seq from its outbox and they were lost: 179-265 acknowledged messages
+    in test_destination_killed_while_traffic_flows on a loaded machine.)"""
+    from conftest import Node
+    c = cluster_factory()
+    a, b, _ = c.nodes
+    hold = tmp_path / "hold-b-commits"
+    b.env = lambda: {**Node.env(b), "STARLING_TEST_FWD_LOSE_EVERY": "7",
+                     "STARLING_TEST_STORE_HOLD": str(hold), "STARLING_LOG_LEVEL": "debug"}
+    c.start()
+    c.wait_healthy()
+    topic = uid("fwd/resend")
+    cid = uid("rsub")
+    sub = PahoClient(b, cid, 5, clean=True, properties=expiry(600))
+    sub.connect()
+    assert sub.subscribe(topic, qos=1) == [1]
+    sub.disconnect()
+    pub = PahoClient(a, uid("rpub"), 5)
+    pub.connect()
+    hold.touch()
+    try:
+        sent = [f"r-{i}".encode() for i in range(40)]
+        for payload in sent:
+            pub.publish(topic, payload, qos=1)  # PUBACK: in a's outbox, on a's disk
+        wait_for(lambda: "resend asked" in b.logtext(), 30, "node b asking for a resend")
+        b.stop(signal.SIGKILL)
+    finally:
+        hold.unlink(missing_ok=True)
+    pub.disconnect()
+    b.start()
+    c.wait_healthy(60)
+    sub = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
+    sub.connect()
+    assert sub.session_present
+    got = []
+    try:
+        while len(got) < len(sent):
+            got.append(sub.get(30).payload)
+    except AssertionError:
+        pass  # what is missing shows below
+    assert got == sent
+    with pytest.raises(AssertionError):  # and nothing twice
+        sub.get(1)
+    sub.disconnect()
