@@ -4,6 +4,7 @@
 #include "ackq.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,7 @@ struct pending_ack {
     uint8_t type;
     uint8_t reason;
     bool ready;
+    bool gated; /* also waits for an ack_gate */
     bool failed;
     bool dup; /* the PUBREC of a duplicate QoS 2 PUBLISH (ackq_after_dup) */
 };
@@ -29,6 +31,68 @@ struct pending_ack {
  * all (its commit failed). */
 #define ACKQ_ORIGINAL_FAILED (-ECANCELED)
 
+/* The status ack_gate_open posts: the gate, not the commit. */
+#define ACKQ_GATE_OPEN 1
+
+struct ack_gate {
+    pthread_mutex_t mu;
+    int refs;       /* mu */
+    bool open;      /* mu */
+    struct conn *c; /* mu: armed (a reference) */
+    uint32_t token;
+};
+
+struct ack_gate *ack_gate_new(void)
+{
+    struct ack_gate *g = calloc(1, sizeof(*g));
+    if (!g)
+        return NULL;
+    pthread_mutex_init(&g->mu, NULL);
+    g->refs = 2;
+    return g;
+}
+
+void ack_gate_unref(struct ack_gate *g)
+{
+    if (!g)
+        return;
+    pthread_mutex_lock(&g->mu);
+    bool last = --g->refs == 0;
+    pthread_mutex_unlock(&g->mu);
+    if (last) {
+        pthread_mutex_destroy(&g->mu);
+        free(g);
+    }
+}
+
+void ack_gate_open(struct ack_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = true;
+    struct conn *c = g->c;
+    g->c = NULL;
+    pthread_mutex_unlock(&g->mu);
+    if (c) {
+        worker_post_ack(c->w, c, g->token, ACKQ_GATE_OPEN);
+        conn_unref(c);
+    }
+    ack_gate_unref(g);
+}
+
+/* Worker: acknowledgement `token` of c waits for g (unless it is open). */
+static void ack_gate_arm(struct ack_gate *g, struct conn *c, uint32_t token)
+{
+    pthread_mutex_lock(&g->mu);
+    bool open = g->open;
+    if (!open) {
+        g->c = conn_ref(c);
+        g->token = token;
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (open)
+        ackq_done(c, token, ACKQ_GATE_OPEN);
+}
+
 /* Send the acknowledgements at the head of the queue that are ready. */
 static void ackq_drain(struct conn *c)
 {
@@ -36,7 +100,7 @@ static void ackq_drain(struct conn *c)
     if (!x)
         return;
     uint32_t n = 0;
-    while (n < x->acks_len && x->acks[n].ready) {
+    while (n < x->acks_len && x->acks[n].ready && !x->acks[n].gated) {
         struct pending_ack *a = &x->acks[n++];
         if (a->failed && c->version != MQTT_V5 &&
             (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
@@ -54,10 +118,11 @@ static void ackq_drain(struct conn *c)
     }
 }
 
-uint32_t ackq_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason, bool ready)
+static uint32_t ackq_push_gated(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
+                                bool ready, bool gated)
 {
     uint32_t token = ++c->next_token;
-    if (ready && (!c->x || c->x->acks_len == 0)) {
+    if (ready && !gated && (!c->x || c->x->acks_len == 0)) {
         conn_send_ack(c, type, pid, reason);
         return token;
     }
@@ -76,9 +141,18 @@ uint32_t ackq_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t re
         x->acks = p;
         x->acks_cap = cap;
     }
-    x->acks[x->acks_len++] = (struct pending_ack){
-        .token = token, .pid = pid, .type = (uint8_t)type, .reason = reason, .ready = ready};
+    x->acks[x->acks_len++] = (struct pending_ack){.token = token,
+                                                  .pid = pid,
+                                                  .type = (uint8_t)type,
+                                                  .reason = reason,
+                                                  .ready = ready,
+                                                  .gated = gated};
     return token;
+}
+
+uint32_t ackq_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason, bool ready)
+{
+    return ackq_push_gated(c, type, pid, reason, ready, false);
 }
 
 void ackq_done(struct conn *c, uint32_t token, int status)
@@ -90,6 +164,10 @@ void ackq_done(struct conn *c, uint32_t token, int status)
         struct pending_ack *a = &x->acks[i];
         if (a->token != token)
             continue;
+        if (status == ACKQ_GATE_OPEN) {
+            a->gated = false;
+            break;
+        }
         a->ready = true;
         if (status < 0 && a->dup && status != ACKQ_ORIGINAL_FAILED) {
             /* the duplicate's own commit failed: whether the original was
@@ -178,7 +256,8 @@ static void ackq_on_commit(void *ud, int status)
 }
 
 void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, uint16_t pid,
-                uint8_t reason, struct msg *held, struct pub_targets *targets)
+                uint8_t reason, struct msg *held, struct pub_targets *targets,
+                struct ack_gate *gate)
 {
     struct broker *b = conn_broker(c);
     /* a batch that lost an operation (out of memory) must fail through the
@@ -208,16 +287,21 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
             persist_submit(b, bt, NULL, NULL);
         if (held)
             broker_release(b, held, MSG_READY, targets, c->w);
-        if (stored) /* out of memory: no acknowledgement without the commit */
+        if (stored) { /* out of memory: no acknowledgement without the commit */
             conn_close(c, MQTT_RC_UNSPECIFIED, false);
-        else
-            ackq_push(c, type, pid, reason, true);
+        } else {
+            uint32_t token = ackq_push_gated(c, type, pid, reason, true, gate != NULL);
+            if (gate && c->state == CONN_ACTIVE)
+                ack_gate_arm(gate, c, token);
+        }
         return;
     }
     /* the session first: ackq_push closes the connection (and detaches
      * it) when out of memory, and a failed commit must still forget the id */
     a->s = type == MQTT_PUBREC && c->session ? session_ref(c->session) : NULL;
-    a->token = ackq_push(c, type, pid, reason, false);
+    a->token = ackq_push_gated(c, type, pid, reason, false, gate != NULL);
+    if (gate && c->state == CONN_ACTIVE)
+        ack_gate_arm(gate, c, a->token);
     a->c = conn_ref(c);
     a->pid = pid;
     a->type = (uint8_t)type;

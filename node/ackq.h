@@ -34,12 +34,31 @@ uint32_t ackq_push(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t re
  * client will publish again). */
 void ackq_done(struct conn *c, uint32_t token, int status);
 
-/* Queue an acknowledgement that may be sent only once *bt has committed, and
- * submit *bt (an empty batch: sent at once). `held` (with its targets), if
- * not NULL, is a published message released by the same commit
- * (broker_release); targets are taken over. */
+/* A condition an acknowledgement waits for besides its store commit: on a
+ * cluster, that a retained message's proposal committed (so that of two
+ * retained messages of a topic published one after the other's PUBACK,
+ * the later one is the one every node keeps; docs/cluster.md). Made with
+ * two references: the opener's (ack_gate_open drops it) and the waiter's
+ * (ack_gate_unref, after ackq_after took the gate, or instead of it). */
+struct ack_gate;
+
+struct ack_gate *ack_gate_new(void);
+
+/* Any thread: the condition holds (or is given up): an acknowledgement
+ * that waits for it goes once its commit is done too. Drops the opener's
+ * reference. */
+void ack_gate_open(struct ack_gate *g);
+
+void ack_gate_unref(struct ack_gate *g);
+
+/* Queue an acknowledgement that may be sent only once *bt has committed
+ * (and, with a gate, once the gate is open), and submit *bt (an empty
+ * batch: at once). `held` (with its targets), if not NULL, is a published
+ * message released by the same commit (broker_release); targets are taken
+ * over. The gate stays the caller's reference. */
 void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, uint16_t pid,
-                uint8_t reason, struct msg *held, struct pub_targets *targets);
+                uint8_t reason, struct msg *held, struct pub_targets *targets,
+                struct ack_gate *gate);
 
 /* The PUBREC of a duplicate QoS 2 PUBLISH (its id is recorded): sent once
  * the original's commit is known to have succeeded, by submitting *bt (an

@@ -153,15 +153,21 @@ struct pub_targets {
  * broker.fwd_slow_peers is not 0), and whether the channel queue of a node
  * it was forwarded to is above its high-water mark while that node drains
  * (fwd_busy: the publisher waits while route_ops.forward_busy says so).
- * Set n_slow = 0, refused = false, fwd_slow = false, fwd_busy = false
- * before the call. */
+ * With want_gate (a QoS 1/2 client publish), the route seam may set gate:
+ * the acknowledgement also waits for it (ackq.h; the cluster's retained
+ * messages), and the caller drops its reference (ack_gate_unref).
+ * Set n_slow = 0, refused = false, fwd_slow = false, fwd_busy = false,
+ * gate = NULL and want_gate before the call. */
 #define PUB_FLOW_MAX 8
+struct ack_gate;
 struct pub_flow {
     struct session *slow[PUB_FLOW_MAX];
     uint8_t n_slow;
     bool refused;
     bool fwd_slow;
     bool fwd_busy;
+    bool want_gate;
+    struct ack_gate *gate;
 };
 
 /* broker_publish flags. */

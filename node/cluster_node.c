@@ -37,6 +37,7 @@
 
 #include "admin.h"
 #include "admin_local.h"
+#include "ackq.h"
 #include "broker.h"
 #include "channel.pb-c.h"
 #include "cluster.h"
@@ -491,6 +492,10 @@ struct ret_retry {
     struct cluster_node *cn;
     uint64_t at_ms;
     uint64_t seq;
+    /* the publisher's acknowledgement waits for the commit (ackq.h), at
+     * most until gate_until_ms (cluster_claim_timeout: no leader) */
+    struct ack_gate *gate;
+    uint64_t gate_until_ms;
     char *topic; /* in the same allocation, after entry */
     uint16_t topic_len;
     size_t len;
@@ -604,6 +609,12 @@ static void retained_done(void *ud, int status, const struct fsm_batch_result *r
     (void)leader;
     if (status == -ENOTCONN || status == -EAGAIN || status == -ECONNABORTED ||
         status == -ETIMEDOUT || status == -ENOBUFS) {
+        if (r->gate && cn_mono_ms() >= r->gate_until_ms) {
+            /* no leader for that long: the publisher is answered, the
+             * order of its retained message is no longer promised */
+            ack_gate_open(r->gate);
+            r->gate = NULL;
+        }
         pthread_mutex_lock(&cn->mu);
         if (!cn->quit && cn->n_ret_retry < RETAINED_RETRY_MAX) {
             r->at_ms = cn_mono_ms() + RETRY_MS;
@@ -620,6 +631,8 @@ static void retained_done(void *ud, int status, const struct fsm_batch_result *r
     /* applied (perhaps not here yet, or as a NOOP / STALE_SEQ that the
      * observer does not see) or given up */
     ret_own_done(cn, r->topic, r->topic_len, r->seq);
+    if (r->gate)
+        ack_gate_open(r->gate);
     free(r);
 }
 
@@ -631,8 +644,13 @@ static void retained_propose(struct cluster_node *cn, struct ret_retry *r)
         retained_done(r, rc, NULL, 0);
 }
 
-/* Proposes m's retained message (or its clearing) to the cluster. */
-static void cn_replicate_retained(struct cluster_node *cn, struct msg *m, uint64_t seq)
+/* Proposes m's retained message (or its clearing) to the cluster. With
+ * flow->want_gate (a client's QoS 1/2 publish), its acknowledgement waits
+ * for the commit (flow->gate): a retained message published after that
+ * acknowledgement, on any node, is proposed after this one committed, and
+ * so is the one every node keeps (docs/cluster.md, "Retained messages"). */
+static void cn_replicate_retained(struct cluster_node *cn, struct msg *m, uint64_t seq,
+                                  struct pub_flow *flow)
 {
     const char *topic = msg_topic(m);
     struct cmd_batch *b = cmd_batch_new();
@@ -653,6 +671,10 @@ static void cn_replicate_retained(struct cluster_node *cn, struct msg *m, uint64
         rr->topic = (char *)rr->entry + len;
         rr->topic_len = m->topic_len;
         memcpy(rr->topic, topic, m->topic_len);
+        rr->gate = flow && flow->want_gate && !flow->gate ? ack_gate_new() : NULL;
+        rr->gate_until_ms = cn_mono_ms() + cn->b->cfg.cluster_claim_timeout;
+        if (rr->gate)
+            flow->gate = rr->gate;
         ret_own_note(cn, topic, m->topic_len, seq);
         retained_propose(cn, rr);
     } else {
@@ -745,7 +767,7 @@ static void cn_forward(void *ud, struct msg *m, struct worker *cur, struct store
     if (m->topic_len >= 4 && memcmp(topic, "$SYS", 4) == 0)
         return;
     if (m->retain && cn->b->cfg.retain_available)
-        cn_replicate_retained(cn, m, atomic_fetch_add(&cn->pub_seq, 1) + 1);
+        cn_replicate_retained(cn, m, atomic_fetch_add(&cn->pub_seq, 1) + 1, flow);
 
     /* The matcher's strings are valid only during the walk (its read lock):
      * fwd_visit copies them. */
@@ -1494,7 +1516,7 @@ static int cn_retained_delete(void *ud, const char *topic, char *err, size_t err
     struct msg *m = msg_new(topic, (uint16_t)strlen(topic), NULL, 0, NULL, 0, 0, true, 0, NULL);
     if (!m)
         return -ENOMEM;
-    cn_replicate_retained(cn, m, atomic_fetch_add(&cn->pub_seq, 1) + 1);
+    cn_replicate_retained(cn, m, atomic_fetch_add(&cn->pub_seq, 1) + 1, NULL);
     msg_unref(m);
     return 0;
 }
@@ -1686,6 +1708,13 @@ void cluster_node_stop(struct cluster_node *cn)
         cn_registry_drain(cn);
         cn_session_drain(cn);
     }
+    /* publishers waiting for a retained message's commit are answered (the
+     * workers' inboxes are closed by now: the connections close without) */
+    for (struct ret_retry *r = cn->ret_retry; r; r = r->next)
+        if (r->gate) {
+            ack_gate_open(r->gate);
+            r->gate = NULL;
+        }
 }
 
 void cluster_node_free(struct cluster_node *cn)

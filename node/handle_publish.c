@@ -158,7 +158,7 @@ static void handle_publish_refused(struct conn *c, const struct mqtt_publish *p,
         lock_release(&s->lock);
     }
     if (c->version == MQTT_V5) {
-        ackq_after(c, bt, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED, held, targets);
+        ackq_after(c, bt, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED, held, targets, NULL);
         return;
     }
     persist_submit(b, bt, NULL, NULL);
@@ -247,6 +247,8 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     flow.refused = false;
     flow.fwd_slow = false;
     flow.fwd_busy = false;
+    flow.want_gate = p->qos > 0;
+    flow.gate = NULL;
     int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL, &flow);
     if (matched < 0 && p->qos > 0) {
         /* a matching session could not get it (out of memory): refused,
@@ -255,6 +257,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
             broker_release(b, m, MSG_REJECTED, &targets, c->w);
         handle_qos2_forget(c, p, bt); /* not received: the id is free again */
         persist_submit(b, bt, NULL, NULL);
+        ack_gate_unref(flow.gate);
         msg_unref(m);
         conn_flow_pause(c, &flow);
         handle_publish_refuse(c, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED);
@@ -269,9 +272,10 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
          * for every persistent session that must receive it */
         ackq_after(c, bt, ack, p->packet_id,
                    v5 && matched == 0 ? MQTT_RC_NO_MATCHING_SUBSCRIBERS : 0, hold ? m : NULL,
-                   &targets);
+                   &targets, flow.gate);
     else
         persist_submit(b, bt, NULL, NULL);
+    ack_gate_unref(flow.gate);
     msg_unref(m);
     conn_flow_pause(c, &flow); /* sessions above their high-water mark */
 }
@@ -365,7 +369,7 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
     if (!sys && allowed)
         handle_publish_deliver(c, p, &topic, ack, &bt);
     else if (p->qos > 0)
-        ackq_after(c, &bt, ack, p->packet_id, 0, NULL, NULL);
+        ackq_after(c, &bt, ack, p->packet_id, 0, NULL, NULL, NULL);
     else
         persist_submit(b, &bt, NULL, NULL);
 }

@@ -210,6 +210,36 @@ def test_retained_across_nodes(cluster):
                 break
 
 
+def test_retained_is_acknowledged_once_it_is_in_the_leaders_store(cluster):
+    """A QoS 1/2 retained publish is acknowledged once its RetainedSet has
+    committed (docs/cluster.md, "Retained messages"): right after the
+    PUBACK, a new subscriber on the leader gets that very message, whichever
+    node it was published on. So of writes made one after the other's
+    PUBACK, from any nodes, the last is the one the log orders last, and
+    the one every node keeps (before, the PUBACK came first and an older
+    write's slower proposal could win everywhere)."""
+    import faults
+    pytest.importorskip("lmdb", reason="python3-lmdb reads the leader's tables")
+    name = faults.wait_until(lambda: faults.leader(cluster), 20, "a leader")
+    leader = faults.node_named(cluster, name)
+    topic = uid("r/acked")
+    pubs = [connect(n) for n in cluster.nodes]
+    for k in range(30):
+        v = f"{topic}-v{k}".encode()
+        pubs[k % 3].publish(topic, v, qos=1 + k % 2, retain=True)
+        # the leader's replicated table, read at once (LMDB, read-only)
+        kept = faults.tables(leader)["retained"].get(topic, b"")
+        assert v in kept, f"write {k} from {cluster.nodes[k % 3].name} acknowledged before " \
+                          f"the leader had it"
+    s = connect(leader)
+    s.subscribe(topic, qos=1)
+    m = s.get(WAIT)
+    assert (m.payload, m.retain) == (v, True)
+    s.disconnect()
+    for p in pubs:
+        p.disconnect()
+
+
 def test_clean_shutdown(cluster):
     rcs = cluster.stop()
     assert rcs == {"n1": 0, "n2": 0, "n3": 0}

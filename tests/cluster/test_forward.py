@@ -143,12 +143,24 @@ def collect(sub, pubs, timeout=120):
     return got
 
 
+def ranges(v):
+    """[1, 2, 3, 7] -> '1-3 7'."""
+    out = []
+    for i in v:
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return " ".join(f"{a}-{b}" if a != b else str(a) for a, b in out)
+
+
 def check(pubs, got, qos):
     lost = {p.name: sorted(set(p.acked) - set(got[p.name])) for p in pubs}
     dups = {p.name: len(got[p.name]) - len(set(got[p.name])) for p in pubs}
     n_lost = sum(len(v) for v in lost.values())
     assert n_lost == 0, f"{n_lost} acknowledged messages lost: " + \
-        ", ".join(f"{k}: {v[:10]}..." for k, v in lost.items() if v)
+        ", ".join(f"{k}: {ranges(v)} (received {ranges(sorted(set(got[k])))[:200]})"
+                  for k, v in lost.items() if v)
     for p in pubs:
         first = []
         for i in got[p.name]:
@@ -326,6 +338,7 @@ def test_destination_killed_while_traffic_flows(big, qos):
     assert all(p.done.is_set() for p in pubs)
     big.wait_healthy(60)
     assert sub.disconnected.wait(10)
+    before_kill = sub.messages.qsize()
     sub.c.loop_stop()
     sub.connected.clear()
     sub.c.reconnect()
@@ -334,6 +347,10 @@ def test_destination_killed_while_traffic_flows(big, qos):
     assert sub.connack["rc"] == 0 and sub.connack["flags"]["session present"], sub.connack
     sub2 = sub
     got = collect(sub2, pubs, timeout=180)
+    if any(set(p.acked) - set(got[p.name]) for p in pubs):
+        # what node b holds for the session, for the failure's message
+        print(f"received {before_kill} before the kill; node b's view of the subscriber:",
+              b.http("GET", "/api/v1/clients/" + sub.client_id)[1], faults.stats(b))
     dups = check(pubs, got, qos)
     if qos == 2:
         # paho hands a QoS 2 message over at PUBREL; one b had sent without
