@@ -341,7 +341,13 @@ static void on_result(struct cluster *c, const Starling__Chan__ProposeResult *r)
         res.n = r->n_results > FSM_MAX_BATCH ? FSM_MAX_BATCH : (uint32_t)r->n_results;
         for (uint32_t i = 0; i < res.n; i++)
             res.results[i] = (uint8_t)r->results[i];
-        fwd_finish(f, r->status, r->status == 0 ? &res : NULL, r->has_leader ? r->leader : 0);
+        /* -ECANCELED there means that node is stopping (its queued
+         * proposals end so), not this one: to the caller, the leader it
+         * went to is lost before the entry committed, so it proposes again
+         * (the retained messages queued on a leader that failed its disk
+         * and stopped were given up, though acknowledged). */
+        int status = r->status == -ECANCELED ? -ECONNABORTED : r->status;
+        fwd_finish(f, status, status == 0 ? &res : NULL, r->has_leader ? r->leader : 0);
         return;
     }
     /* An answer after its deadline: the caller was told -ETIMEDOUT. */

@@ -104,8 +104,10 @@ struct raft_node *cluster_raft(struct cluster *c);
  * is known or reachable; -ETIMEDOUT when the leader did not answer within
  * propose_timeout_ms (the entry may still commit: commands are idempotent);
  * -ECONNABORTED when another leader was elected before the one it was sent
- * to answered (likewise). On success res->index is the entry's index and res->results the
- * per-command results; res->checksum is 0 for forwarded proposals.
+ * to answered, or when that node answered that it is stopping (likewise;
+ * -ECANCELED comes back only when this node stops). On success res->index
+ * is the entry's index and res->results the per-command results;
+ * res->checksum is 0 for forwarded proposals.
  */
 int cluster_propose(struct cluster *c, const void *entry, size_t len, raft_node_done_fn done,
                     void *ud);

@@ -6,7 +6,8 @@
  * everywhere, with its per-command results (a stale claim made on a follower
  * comes back STALE_EPOCH); proposals share entries (made at once from
  * several threads, or one at a time while an entry is in flight); a broker
- * frame sent to a member reaches its on_frame.
+ * frame sent to a member reaches its on_frame; a follower's proposals to a
+ * leader that stops end committed or to be proposed again, never canceled.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -116,6 +117,62 @@ static int propose_wait(struct member *me, struct cmd_batch *b, struct outcome *
     pthread_mutex_destroy(&o->mu);
     pthread_cond_destroy(&o->cv);
     return o->done ? o->status : -ETIMEDOUT;
+}
+
+/* The leader stops under a follower's proposals (lost_leader). */
+#define LOST 2000
+static _Atomic int lost_done, lost_ok, lost_again, lost_canceled, lost_other;
+
+static void lost_cb(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
+{
+    (void)ud;
+    (void)res;
+    (void)leader;
+    if (status == 0)
+        lost_ok++;
+    else if (status == -ECONNABORTED || status == -ETIMEDOUT || status == -ENOTCONN ||
+             status == -EAGAIN)
+        lost_again++;
+    else if (status == -ECANCELED)
+        lost_canceled++;
+    else
+        lost_other++;
+    lost_done++;
+}
+
+/* The leader stops (as a node whose disk failed does) while a follower's
+ * proposals are on their way to it or queued there: each ends committed or
+ * with a status that tells its caller to propose again; none with
+ * -ECANCELED, which means that the proposing node itself stops (a retained
+ * message acknowledged to its publisher was given up on it). The stopped
+ * member's c is NULL after. */
+static void lost_leader(int lead)
+{
+    int from = (lead + 1) % N;
+    struct cmd_batch *b = cmd_batch_new();
+    char f[64];
+    for (int k = 0; k < LOST; k++) {
+        snprintf(f, sizeof f, "lost/%d", k);
+        cmd_route_add(b, f, strlen(f), 9);
+        size_t len;
+        const void *e = cmd_batch_data(b, &len);
+        int rc = cluster_propose(m[from].c, e, len, lost_cb, NULL);
+        if (rc) /* refused at once: its status, as from the callback */
+            lost_cb(NULL, rc, NULL, 0);
+        cmd_batch_reset(b);
+    }
+    cmd_batch_free(b);
+    cluster_stop(m[lead].c);
+    m[lead].c = NULL;
+    /* the two others elect a leader; a proposal the stopped one took
+     * without answering ends with -ECONNABORTED then, or -ETIMEDOUT */
+    CU_ASSERT_TRUE(WAIT_UNTIL(lost_done == LOST, 30000));
+    printf("\n  leader stopped under %d forwarded proposals: %d committed, %d to propose again, "
+           "%d canceled, %d other\n",
+           LOST, (int)lost_ok, (int)lost_again, (int)lost_canceled, (int)lost_other);
+    CU_ASSERT_EQUAL(lost_canceled, 0);
+    CU_ASSERT_EQUAL(lost_other, 0);
+    CU_ASSERT_EQUAL(lost_ok + lost_again, LOST);
 }
 
 static bool all_members_known(void)
@@ -373,8 +430,10 @@ static void test_three_members(void)
     }
 
     cmd_batch_free(b);
+    lost_leader(lead);
     for (int i = 0; i < N; i++)
-        cluster_stop(m[i].c);
+        if (m[i].c)
+            cluster_stop(m[i].c);
     test_rm_tree(base);
 }
 
