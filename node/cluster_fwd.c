@@ -55,6 +55,7 @@ struct fwd_out {
     uint64_t cursor;      /* mu: replay: last seq handled (sent or skipped) */
     uint64_t acked;       /* mu: highest seq the node acknowledged */
     bool replay;          /* mu */
+    uint64_t replay_gen;  /* mu: replays started (a scan of an older one stops) */
     bool slow;            /* mu: above the pause mark (counted in fwd_slow_peers) */
     uint64_t progress_ms; /* mu: when acked last moved, or rows appeared */
     struct row *ring;     /* mu: the outbox rows, ascending seq */
@@ -397,7 +398,11 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
 /* Send again what o holds above `from`. Caller holds o->mu. */
 static void out_replay_from(struct fwd_out *o, uint64_t from)
 {
+    log_debug("cluster: forwards to %016llx replayed from %llu (acknowledged %llu, last %llu)",
+              (unsigned long long)o->node, (unsigned long long)from, (unsigned long long)o->acked,
+              (unsigned long long)o->next);
     o->replay = true;
+    o->replay_gen++;
     o->sent = o->cursor = from;
     o->progress_ms = mono_ms();
 }
@@ -435,6 +440,7 @@ void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Ch
 struct replay {
     struct cluster_fwd *f;
     struct fwd_out *o;
+    uint64_t gen;  /* the replay this scan belongs to */
     uint64_t last; /* the last row collected */
     unsigned sent;
     bool blocked; /* the channel refused: later */
@@ -449,7 +455,16 @@ static int replay_row(void *ud, uint64_t node, uint64_t seq, const void *data, s
         return 1;
     pthread_mutex_lock(&o->mu);
     int stop = 0;
-    if (o->replay && seq > o->cursor) {
+    if (o->replay_gen != r->gen) {
+        /* a resend request started the replay again meanwhile (the cluster
+         * thread, while this scan read the store outside the lock): its
+         * rows go from its own cursor. Sent on, this row would carry the
+         * new cursor as its prev and skip every row between them at the
+         * destination, which would then take them for duplicates (seen:
+         * 216 acknowledged messages lost after a destination's restart) */
+        r->blocked = true;
+        stop = 1;
+    } else if (o->replay && seq > o->cursor) {
         if (frame_send(r->f, o->node, data, len, o->sent, NULL) == 0) {
             o->sent = o->cursor = seq;
             r->sent++;
@@ -491,7 +506,7 @@ static void out_replay(struct cluster_fwd *f, struct fwd_out *o)
             return;
         }
         uint64_t after = o->cursor;
-        struct replay r = {f, o, ring_at(o, i + k - 1)->seq, 0, false};
+        struct replay r = {f, o, o->replay_gen, ring_at(o, i + k - 1)->seq, 0, false};
         pthread_mutex_unlock(&o->mu);
         int rc = store_outbox_scan(f->b->store, o->node, after, k + 16, replay_row, &r);
         atomic_fetch_add(&f->b->stats.fwd_resent, r.sent);
@@ -580,10 +595,16 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
     if (p->seq) {
         /* before the store is loaded nothing is known of what was applied:
          * the origin sends it again (its next frame shows the gap) */
-        if (!atomic_load(&f->ready) || !(in = in_get(f, p->origin)))
+        if (!atomic_load(&f->ready) || !(in = in_get(f, p->origin))) {
+            log_debug("cluster: forward %llu from %016llx before the store is loaded: dropped",
+                      (unsigned long long)p->seq, (unsigned long long)p->origin);
             return;
+        }
         if (p->seq <= in->hwm) {
-            atomic_fetch_add(&b->stats.fwd_duplicates, 1);
+            if (atomic_fetch_add(&b->stats.fwd_duplicates, 1) % 64 == 0)
+                log_debug("cluster: forward %llu from %016llx again (applied up to %llu): dropped",
+                          (unsigned long long)p->seq, (unsigned long long)p->origin,
+                          (unsigned long long)in->hwm);
             atomic_store(&in->ack_due, true);
             return;
         }
