@@ -97,6 +97,7 @@ struct admin_peer_metrics {
     uint64_t frames_sent; /* counters since the node started */
     uint64_t bytes_sent;
     uint64_t frames_dropped; /* refused: the channel queue was full */
+    uint64_t stalls;         /* its queue above half while it did not drain */
 };
 
 struct admin_metrics {

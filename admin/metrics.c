@@ -144,6 +144,10 @@ static void render_cluster(FILE *f, const struct admin_metrics *m)
     by_peer(f, "starling_forward_frames_dropped_total", "counter",
             "Frames for the peer refused because its channel queue was full.", m,
             offsetof(struct admin_peer_metrics, frames_dropped));
+    by_peer(f, "starling_forward_peer_stalls_total", "counter",
+            "Times the channel queue to the peer went above half while the peer took nothing "
+            "(stalled or not connected): publishers were not paused for it.",
+            m, offsetof(struct admin_peer_metrics, stalls));
 }
 
 static void render_metrics(FILE *f, const struct admin_metrics *m)

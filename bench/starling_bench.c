@@ -204,7 +204,7 @@ static struct {
     _Atomic uint32_t conn_limit;    /* conns/takeover: clients below it may start */
     _Atomic int sub_go;             /* conns --sub-burst: subscribe now */
     enum bench_transport transport; /* --transport */
-    double duration, deadline_s, drain_s, warmup_s;
+    double duration, deadline_s, drain_s, quiet_s, warmup_s;
     /* run state */
     struct sockaddr_in addr;
     struct wkr w[MAX_THREADS + 1];
@@ -1666,7 +1666,7 @@ static int run_messages(void)
         bcpu1 = cpu_pid_s(G.pid);
         st1 = steal_s();
         atomic_store(&G.phase, PH_DRAIN);
-        /* drain: until everything arrived, nothing arrived for 1 s, or drain_s */
+        /* drain: until everything arrived, nothing arrived for quiet_s, or drain_s */
         uint64_t d0 = now_ns(), last_change = d0;
         uint64_t last_recv = UINT64_MAX, prev_sent = UINT64_MAX;
         int done_polls = 0;
@@ -1699,8 +1699,8 @@ static int run_messages(void)
                 last_recv = got;
                 last_change = n;
             }
-            if (n - last_change >= 1000000000ull || n - d0 >= (uint64_t)(G.drain_s * 1e9) ||
-                past_deadline())
+            if (n - last_change >= (uint64_t)(G.quiet_s * 1e9) ||
+                n - d0 >= (uint64_t)(G.drain_s * 1e9) || past_deadline())
                 break;
             rss_poll(false);
             sleep_ms(2);
@@ -2103,6 +2103,8 @@ static void usage(FILE *f)
                "  --threads N        generator threads (default 2)\n"
                "  --batch B          PUBLISH packets per write (default 512)\n"
                "  --drain S          max seconds to wait for in-flight messages (default 5)\n"
+               "  --quiet S          the drain ends earlier when nothing arrived for S\n"
+               "                     seconds (default 1)\n"
                "  --deadline S       abort after S seconds (default duration + 15; conns 60)\n");
 }
 
@@ -2167,6 +2169,7 @@ static void parse_args(int argc, char **argv)
     G.batch = 512;
     G.duration = 5;
     G.drain_s = 5;
+    G.quiet_s = 1;
     G.deadline_s = -1;
     G.warmup_s = 0.5;
     const char *hosts = NULL;
@@ -2263,6 +2266,8 @@ static void parse_args(int argc, char **argv)
             G.batch = parse_int(o, v, 1, 1000000);
         else if (!strcmp(o, "--drain"))
             G.drain_s = parse_double(o, v, 0, 600);
+        else if (!strcmp(o, "--quiet"))
+            G.quiet_s = parse_double(o, v, 0.01, 600);
         else if (!strcmp(o, "--deadline"))
             G.deadline_s = parse_double(o, v, 1, 7200);
         else {

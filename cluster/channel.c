@@ -113,6 +113,7 @@ struct peer {
     bool busy;           /* went above half the bound, no write completed below it since */
     uint64_t drained_ms; /* when it last took bytes (or had taken all) */
     size_t last_wq;      /* loop thread: bytes of the write in flight at chan_poll */
+    uint64_t stall_at;   /* drained_ms when the last stall was counted (st.stalls) */
     struct chan_peer_stats st;
 };
 
@@ -156,6 +157,18 @@ static uint64_t mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Count a stall of p (caller holds c->mu): its queue is above half its
+ * bound while it is not draining (not connected, or it took nothing for
+ * CHAN_STALL_MS), so its senders are not held back and its overflow is
+ * dropped. Once per stall: a peer that took bytes since is a new one. */
+static void peer_note_stall(struct peer *p, uint64_t now)
+{
+    if ((p->st.connected && now - p->drained_ms <= CHAN_STALL_MS) || p->stall_at == p->drained_ms)
+        return;
+    p->stall_at = p->drained_ms;
+    p->st.stalls++;
 }
 
 /* Whether p is busy and draining (caller holds c->mu). */
@@ -935,9 +948,11 @@ int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len,
     } else if (!p) {
         rc = -ENOENT;
     } else if (p->qbytes + q->len > c->o.max_queue_bytes) {
+        uint64_t now = mono_ms();
         p->st.dropped++;
         rc = -ENOBUFS;
-        if (busy && peer_pressing(p, mono_ms()))
+        peer_note_stall(p, now);
+        if (busy && peer_pressing(p, now))
             *busy = true;
     } else {
         if (!p->qbytes)
@@ -952,6 +967,7 @@ int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len,
             uint64_t now = mono_ms();
             if (!p->busy && now - p->drained_ms <= CHAN_STALL_MS)
                 p->busy = true;
+            peer_note_stall(p, now);
             if (busy && peer_pressing(p, now))
                 *busy = true;
         }

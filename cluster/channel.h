@@ -125,6 +125,10 @@ struct chan_peer_stats {
     uint64_t queued_frames; /* and their number */
     uint64_t bytes_sent;    /* bytes of the frames written (length prefix included) */
     uint64_t connects;      /* handshakes completed (1 + reconnections) */
+    /* times its queue went above half its bound while it did not drain
+     * (not connected, or it took nothing for CHAN_STALL_MS): its senders
+     * were not held back, its overflow was dropped ("Pressure") */
+    uint64_t stalls;
 };
 int chan_peer_stats(struct chan *c, uint64_t node, struct chan_peer_stats *out);
 /* When node's connection to this one last brought bytes (any frame: a

@@ -1206,6 +1206,7 @@ static void cn_metrics(void *ud, struct admin_metrics *m)
             p->frames_sent = cs.sent;
             p->bytes_sent = cs.bytes_sent;
             p->frames_dropped = cs.dropped;
+            p->stalls = cs.stalls;
         }
         cluster_fwd_outbox(cn->fwd, peers[i].node, &p->outbox_msgs, &p->outbox_bytes);
     }

@@ -30,6 +30,9 @@
 
 #define WORKER_RBUF_SIZE (64u * 1024u)
 #define WORKER_TICK_MS 250
+/* Connections a worker accepts in one loop turn, per worker (see
+ * struct worker.accept_deferred). */
+#define WORKER_ACCEPTS_PER_TURN 32
 
 enum wcmd_type { WCMD_FLUSH, WCMD_KICK, WCMD_ACK, WCMD_CALL, WCMD_FLOW, WCMD_STOP };
 
@@ -76,7 +79,29 @@ static void worker_on_connection(uv_stream_t *server, int status)
         log_warn("accept: %s", uv_strerror(status));
         return;
     }
-    conn_accept(w, server, (int)((uv_tcp_t *)server - w->listeners));
+    int x = (int)((uv_tcp_t *)server - w->listeners);
+    if (w->accepts >= WORKER_ACCEPTS_PER_TURN) {
+        /* libuv keeps it and stops watching the listener until then */
+        w->accept_deferred |= 1u << x;
+        return;
+    }
+    w->accepts++;
+    conn_accept(w, server, x);
+}
+
+/* End of a loop turn: the next turn may accept again; take the connection
+ * each deferred listener holds (uv_accept watches the listener again, so
+ * the rest of its backlog comes up in the next turn's poll). */
+static void worker_accept_deferred(struct worker *w)
+{
+    unsigned deferred = w->accept_deferred;
+    w->accept_deferred = 0;
+    w->accepts = 0;
+    for (int x = 0; x < CONFIG_XPORT_COUNT; x++)
+        if ((deferred & (1u << x)) && !w->stopping) {
+            w->accepts++;
+            conn_accept(w, (uv_stream_t *)&w->listeners[x], x);
+        }
 }
 
 /* A TCP socket bound to addr:port, SO_REUSEPORT when `reuseport`. Returns
@@ -413,6 +438,7 @@ static void worker_on_check(uv_check_t *h)
         c = next;
     }
     worker_run_turn_end(w); /* forwards made by the flushes (wills of closes) */
+    worker_accept_deferred(w);
 }
 
 static void worker_close_handle(uv_handle_t *h)

@@ -80,6 +80,13 @@ struct worker {
     /* conn_accept could not allocate a connection: libuv stops watching the
      * listener until the pending one is accepted, so the tick retries it */
     unsigned accept_retry; /* bit per listener kind: accept again on the next tick */
+    /* Accepts are bounded per loop turn (WORKER_ACCEPTS_PER_TURN): past
+     * the bound, a listener's pending connection is left to libuv (which
+     * then stops watching that listener) and accepted at the end of the
+     * turn, so a connection flood waits in the kernel's backlog while the
+     * connections already open are served every turn. */
+    unsigned accepts;         /* this turn's */
+    unsigned accept_deferred; /* bit per listener kind: accept at the end of the turn */
 
     /* connections of this worker (doubly linked) */
     struct conn *conns;

@@ -244,6 +244,7 @@ CLUSTER_FAMILIES = {
     "starling_forward_outbox_messages": "gauge", "starling_forward_outbox_bytes": "gauge",
     "starling_forward_frames_sent_total": "counter", "starling_forward_bytes_sent_total": "counter",
     "starling_forward_frames_dropped_total": "counter",
+    "starling_forward_peer_stalls_total": "counter",
 }
 PEER_FAMILIES = [f for f in CLUSTER_FAMILIES if f.startswith(("starling_forward_",
                                                                "starling_cluster_peer_"))]
@@ -330,6 +331,7 @@ def test_metrics_on_every_node(cluster):
         assert peer(a1, "starling_forward_bytes_sent_total", n2.name) - \
             peer(b1, "starling_forward_bytes_sent_total", n2.name) >= n * 55
         assert peer(a1, "starling_forward_frames_dropped_total", n2.name) == 0
+        assert peer(a1, "starling_forward_peer_stalls_total", n2.name) == 0
         assert peer(a1, "starling_forward_outbox_bytes", n2.name) == 0
         # n2's subscription is a route n1 knows (it forwarded along it)
         assert a1["starling_routes"][()] >= b1["starling_routes"][()] >= 1

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -370,6 +371,19 @@ def bench_binary():
         os.path.dirname(os.path.dirname(BIN)), "bench", "starling-bench")
 
 
+def peer_stalls(node, peer):
+    """starling_forward_peer_stalls_total{peer} of node's /metrics: how often
+    its channel queue to peer went above half while peer took nothing for
+    CHAN_STALL_MS (cluster/channel.h "Pressure")."""
+    with urllib.request.urlopen(f"http://{node.host}:{node.admin_port}/metrics",
+                                timeout=10) as r:
+        text = r.read().decode()
+    want = f'starling_forward_peer_stalls_total{{peer="{peer.name}"}} '
+    values = [int(line[len(want):]) for line in text.splitlines() if line.startswith(want)]
+    assert len(values) == 1, f"no {want!r} in {node.name}'s /metrics"
+    return values[0]
+
+
 def test_qos0_fan_in_burst_arrives_complete_when_the_subscriber_keeps_up(big):
     """Eight unpaced QoS 0 publishers (starling-bench fanin, 1 s, 1 KiB
     payloads: several times what a channel queue holds) on node a, their
@@ -377,24 +391,43 @@ def test_qos0_fan_in_burst_arrives_complete_when_the_subscriber_keeps_up(big):
     pauses its publishers while b's queue is above its high-water mark
     instead of dropping (cluster/channel.h "Pressure"): every message
     arrives, none is counted as dropped (issue 9; before, about 40 % were
-    dropped here)."""
+    dropped here).
+
+    What docs/cluster.md promises for QoS 0 is at most once with every drop
+    counted: a destination that takes nothing for CHAN_STALL_MS (400 ms) is
+    stalled, not busy, and its queue's overflow is dropped (counted) rather
+    than holding the publishers back. On a loaded machine an ASan node b
+    can take nothing for that long (seen: 1.5 s, a Raft election
+    meanwhile); node a counts each such stall
+    (starling_forward_peer_stalls_total). So: without a stall nothing is
+    lost; with one, exactly the counted drops are missing. Never a
+    duplicate, never a silent loss."""
     a, b, _ = big.nodes
     bench = bench_binary()
     if not os.path.exists(bench):
         pytest.skip(f"no {bench} (make build-asan builds it)")
     dropped0 = sum(faults.stats(n)["messages_dropped"] for n in big.nodes)
+    stalls0 = peer_stalls(a, b)
+    # the drain: up to 60 s, over earlier only once nothing arrived for 10 s
+    # (a loaded machine can hold node b back for more than a second), within
+    # the deadline (which counts from the start)
     p = subprocess.run([bench, "fanin", "--qos", "0", "--duration", "1", "--publishers", "8",
                         "--host", a.host, "--port", str(a.port), "--sub-host", b.host,
-                        "--size", "1024", "--drain", "30", "--src-addrs", "1", "--label", "fwd0"],
-                       capture_output=True, text=True, timeout=120)
+                        "--size", "1024", "--drain", "60", "--quiet", "10", "--deadline", "90",
+                        "--src-addrs", "1", "--label", "fwd0"],
+                       capture_output=True, text=True, timeout=150)
     lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
     assert lines, f"starling-bench printed nothing ({p.returncode}):\n{p.stderr}"
     r = json.loads(lines[-1])
     dropped = sum(faults.stats(n)["messages_dropped"] for n in big.nodes) - dropped0
+    stalls = peer_stalls(a, b) - stalls0
     print(f"\n[qos0 fan-in] sent {r['sent']} received {r['received']} lost {r['loss']}, "
-          f"drained in {r['drain_s']} s; dropped (counted) {dropped}")
-    assert r["sent"] > 0 and r["drained"], r
-    assert (r["loss"], r["duplicates"], dropped) == (0, 0, 0), r
+          f"drained in {r['drain_s']} s; dropped (counted) {dropped}; {b.name} stalled {stalls}x")
+    assert r["sent"] > 0 and r["duplicates"] == 0, r
+    if stalls == 0:
+        assert r["drained"] and (r["loss"], dropped) == (0, 0), r
+    else:
+        assert r["loss"] == dropped, r
 
 
 # ------------------------------------------------------ resend requests

@@ -294,6 +294,9 @@ static void test_queue_bound(void)
     CU_ASSERT_EQUAL(chan_send_flow(d.c, 5, frame, sizeof frame, &busy), -ENOBUFS);
     CU_ASSERT_FALSE(busy);
     CU_ASSERT_FALSE(chan_busy(d.c));
+    /* counted as one stall (its queue above half while it took nothing) */
+    CU_ASSERT_EQUAL(chan_peer_stats(d.c, 5, &st), 0);
+    CU_ASSERT_EQUAL(st.stalls, 1);
     static unsigned char big[20 << 20];
     CU_ASSERT_EQUAL(chan_send(d.c, 5, big, sizeof big), -EMSGSIZE);
     stop(&d);
@@ -389,6 +392,7 @@ static void test_pressure(void)
     CU_ASSERT_TRUE(chan_peer_stats(e.c, 7, &st) == 0 && st.queued_bytes > 32 * 1024 &&
                    st.queued_bytes <= 33 * 1024); /* busy from half the bound */
     CU_ASSERT_TRUE(chan_busy(e.c));
+    CU_ASSERT_EQUAL(st.stalls, 0); /* a connected peer that drains */
     drained_calls = 0;
     CU_ASSERT_TRUE(RUN_UNTIL(f.in.n == sent && drained_calls > 0, 5000));
     CU_ASSERT_FALSE(chan_busy(e.c));
