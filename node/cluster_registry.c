@@ -504,12 +504,8 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
          * down, whose claimant went on without this node's answer; what the
          * stored session holds follows it now */
         struct session *s = registry_local_surrender(cn->b, id, len, true);
-        if (s) {
-            log_info("cluster: the stored session of '%.*s' was claimed by %016llx while this "
-                     "node was down: what it holds follows it",
-                     (int)len, id, (unsigned long long)node);
+        if (s)
             cn_moving_add(cn, s, node, epoch, true);
-        }
         return;
     }
     pthread_mutex_lock(&cn->reg_mu);

@@ -291,9 +291,9 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
                    bool now)
 {
-    log_debug("cluster: the session of '%s' moved to %016llx (claim %llu)%s", s->client_id,
-              (unsigned long long)to, (unsigned long long)epoch,
-              now ? ": what it holds follows it" : "");
+    log_info("cluster: the session of '%s' moved to %016llx (claim %llu)%s", s->client_id,
+             (unsigned long long)to, (unsigned long long)epoch,
+             now ? ": what it holds follows it" : "");
     struct cn_moving *x = calloc(1, sizeof(*x));
     if (!x) {
         session_end(cn->b, s);
