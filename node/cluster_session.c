@@ -471,14 +471,6 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                  (const char *)sm->client_id.data, (unsigned long long)sm->epoch);
         return;
     }
-    if (sm->n_seen) {
-        /* what the sender's client had (it may have moved from there) */
-        lock_acquire(&s->lock);
-        for (size_t i = 0; s->seen && i < sm->n_seen; i++)
-            if (sm->seen[i]->lo <= sm->seen[i]->hi)
-                msg_seen_add_range(s->seen, sm->seen[i]->node, sm->seen[i]->lo, sm->seen[i]->hi);
-        lock_release(&s->lock);
-    }
     struct store_batch *bt = NULL;
     size_t dups = 0;
     for (size_t i = 0; i < sm->n_msgs; i++) {
@@ -507,6 +499,13 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
     bool full = false;
     size_t ranges = 0;
     lock_acquire(&s->lock);
+    /* What the sender's copy got, after its messages: its identities are of
+     * what was queued to it, its own late messages too (those it did not
+     * send went to its client, or were dropped there); merged first, they
+     * would drop its own messages here. Later copies of them are not taken. */
+    for (size_t i = 0; s->seen && i < sm->n_seen; i++)
+        if (sm->seen[i]->lo <= sm->seen[i]->hi)
+            msg_seen_add_range(s->seen, sm->seen[i]->node, sm->seen[i]->lo, sm->seen[i]->hi);
     if (s->seen) {
         full = msg_seen_full(s->seen);
         ranges = msg_seen_ranges(s->seen);
