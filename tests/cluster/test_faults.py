@@ -468,7 +468,7 @@ def test_partition_nothing_acknowledged_lost(fault_cluster, traffic_factory, par
 
 # ------------------------------------------------------------ 4. rolling restart
 
-@pytest.mark.xfail(reason="open (issue 10): with nodes restarted ~2 s apart, a few messages are still lost (cause not found) and some runs have QoS 2 duplicates: the identities a session got on a stopped node are forgotten with it, and a returning node's copies collect messages the owner had (docs/cluster.md 'A rolling restart')", strict=False)
+@pytest.mark.xfail(reason="open (issue 10): with nodes restarted ~2 s apart, a few messages are still lost (cause not found) and some runs have QoS 2 duplicates: some runs lose a session (session present 0), whose old copies' messages then come again, and a returning node's copies collect messages the owner had (docs/cluster.md 'A rolling restart')", strict=False)
 def test_rolling_restart_persistent_subscribers_follow(fault_cluster, traffic_factory):
     c = fault_cluster
     t = traffic_factory(c).start()
