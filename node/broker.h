@@ -94,6 +94,9 @@ struct broker_stats {
 struct broker {
     struct config cfg;
     atomic_bool stopping;
+    /* When the stop began (monotonic ms, 0 while running): a session
+     * disconnected since was connected when the node stopped (persist_close). */
+    _Atomic uint64_t stopping_since;
     /* Set by any thread (broker_request_stop) to stop the node as SIGTERM
      * does; the main loop's housekeeping acts on it within 100 ms. */
     atomic_bool stop_requested;

@@ -870,7 +870,7 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
         cn_registry_on_request(cn, from, f->session_request);
         return;
     case STARLING__CHAN__FRAME__FRAME_SESSION_STATE:
-        cn_registry_on_state(cn, f->session_state);
+        cn_registry_on_state(cn, from, f->session_state);
         return;
     case STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES:
         cn_session_on_messages(cn, from, f->session_messages);

@@ -173,7 +173,8 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
                                    uint64_t node, uint64_t epoch, bool clean_start);
 void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionRequest *r);
-void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__SessionState *st);
+void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
+                          const Starling__Chan__SessionState *st);
 
 void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q);
 
@@ -195,6 +196,14 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
  * channels' reconnection grace all go to `to`, then s ends. */
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
                    bool now);
+/* A `now` copy of id (no state sent yet) moving to `to` for claim `epoch`,
+ * taken out of the moving list (its reference), or NULL: the claimant asks
+ * for its state after all (a stored session the start-up pass found claimed
+ * away before the claimant's request came), so it is handed over whole,
+ * with the identities it got (its msg_seen), instead of as late messages
+ * after a resume from the record. cn->reg_mu held. */
+struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t len, uint64_t to,
+                               uint64_t epoch);
 /* The new owner: s came from another node with claim `epoch`. */
 void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch);
 void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,
@@ -202,6 +211,11 @@ void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id
 /* Take the messages s holds (inflight, then queued; a QoS 2 message past
  * PUBREC is freed: its client has it). s->lock held. A list, oldest first. */
 struct qmsg *cn_session_take_msgs(struct session *s);
+/* The claimant: a SessionState (found) that came after its claim went on
+ * without it (resumed from the record): its messages and identities are
+ * taken as late messages, not dropped. */
+void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
+                              const Starling__Chan__SessionState *st);
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionMessages *m);
 void cn_session_on_routed(struct cluster_node *cn, uint64_t from,

@@ -689,6 +689,8 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
     }
     if (!s) /* the request came before this node applied the claim */
         s = registry_local_surrender(cn->b, id, len, true);
+    if (!s) /* a stored copy that the start-up pass found claimed away */
+        s = cn_moving_take(cn, id, len, from, r->epoch);
     pthread_mutex_unlock(&cn->reg_mu);
     state_send(cn, from, &r->client_id, r->epoch, s);
     if (s) /* what still arrives for it follows it (cluster_session.c) */
@@ -706,7 +708,8 @@ static uint64_t pid_seq(uint64_t next, uint32_t pid)
 }
 
 /* The old owner's answer (cluster thread). */
-void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__SessionState *st)
+void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
+                          const Starling__Chan__SessionState *st)
 {
     struct cl_claim *k = NULL;
     pthread_mutex_lock(&cn->reg_mu);
@@ -720,8 +723,13 @@ void cn_registry_on_state(struct cluster_node *cn, const Starling__Chan__Session
         }
     }
     pthread_mutex_unlock(&cn->reg_mu);
-    if (!k)
-        return; /* late: the claim went on without it */
+    if (!k) {
+        /* late: the claim went on without it (what the old copy held
+         * follows as late messages) */
+        if (st->found)
+            cn_session_on_late_state(cn, from, st);
+        return;
+    }
     if (!st->found) {
         /* the old owner has no copy (it restarted and has not loaded its
          * sessions yet, or lost them): resume from the record, as when it

@@ -18,6 +18,7 @@
 
 #include "broker.h"
 #include "log.h"
+#include "msg_seen.h"
 #include "session.h"
 #include "store.h"
 
@@ -65,6 +66,18 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
         subs[i].options = s->subs[i].options;
         subs[i].sub_id = s->subs[i].sub_id;
     }
+    /* what it got since it moved (cluster): taken once after a restart too */
+    size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
+    struct store_seen *seen = n_seen ? malloc(n_seen * sizeof(*seen)) : NULL;
+    if (n_seen && !seen) {
+        log_error("out of memory: session '%s' not stored", s->client_id);
+        store_batch_fail(b, -ENOMEM);
+        if (subs != stack)
+            free(subs);
+        return;
+    }
+    for (size_t i = 0; i < n_seen; i++)
+        msg_seen_range(s->seen, i, &seen[i].node, &seen[i].lo, &seen[i].hi);
     struct store_session rec = {
         .version = s->version,
         .expiry_interval = s->expiry_interval,
@@ -74,11 +87,14 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
         /* the ACL of its deliveries after a restart (issue 11) */
         .user = s->user,
         .user_len = s->user ? (uint16_t)strnlen(s->user, UINT16_MAX) : 0,
+        .n_seen = (uint32_t)n_seen,
+        .seen = seen,
     };
     store_session_put(b, s->client_id, s->id_len, &rec);
     s->stored = true;
     if (subs != stack)
         free(subs);
+    free(seen);
 }
 
 void persist_session_del(const struct broker *br, struct store_batch **bt, struct session *s)
@@ -233,6 +249,19 @@ static int load_session(void *ud, const char *id, uint16_t len, const struct sto
     }
     s->disconnected_at = l->now_mono - (offline_ms < l->now_mono ? offline_ms : 0);
     s->stored = true;
+    if (rec->n_seen) {
+        /* checked, not recorded (seen_until 0): a move starts recording */
+        if (!(s->seen = msg_seen_new())) {
+            session_unref(s);
+            return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < rec->n_seen; i++)
+            if (msg_seen_add_range(s->seen, rec->seen[i].node, rec->seen[i].lo, rec->seen[i].hi) ==
+                -ENOMEM) {
+                session_unref(s);
+                return -ENOMEM;
+            }
+    }
     for (uint32_t i = 0; i < rec->n_subs; i++) {
         const struct store_sub *sub = &rec->subs[i];
         lock_acquire(&s->lock);
@@ -337,10 +366,38 @@ int persist_open(struct broker *b, char *err, size_t errlen)
     return 0;
 }
 
+/* The identities each moved session got (its msg_seen) into its record, so
+ * that a copy that comes again after the restart is taken once (cluster,
+ * docs/cluster.md "Faults"): written at connect, subscribe and disconnect,
+ * but not at a shutdown's disconnect, nor on every delivery. */
+static void seen_store_all(struct broker *b)
+{
+    uint64_t since = atomic_load(&b->stopping_since);
+    struct store_batch *bt = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&b->registry.lock);
+    for (size_t k = 0; k < b->registry.n_buckets; k++)
+        for (struct session *s = b->registry.buckets[k]; s; s = s->hnext) {
+            lock_acquire(&s->lock);
+            if (s->seen && msg_seen_ranges(s->seen) && !s->ended && persist_wanted(b, s)) {
+                /* disconnected by the stop: connected, as its record says */
+                bool connected = s->conn || (since && s->disconnected_at >= since);
+                persist_session_put(b, &bt, s, connected);
+                n++;
+            }
+            lock_release(&s->lock);
+        }
+    pthread_mutex_unlock(&b->registry.lock);
+    persist_submit(b, &bt, NULL, NULL);
+    if (n)
+        log_debug("store: the message identities of %zu session(s) stored", n);
+}
+
 void persist_close(struct broker *b)
 {
     if (!b->store)
         return;
+    seen_store_all(b);
     store_close(b->store);
     b->store = NULL;
 }

@@ -53,6 +53,7 @@ static void server_stop(struct broker *b, const char *why)
 {
     struct server *srv = b->server;
     log_info("%s: shutting down", why);
+    atomic_store(&b->stopping_since, broker_now_mono_ms());
     atomic_store(&b->stopping, true);
     for (int i = 0; i < srv->n_workers; i++)
         worker_post_stop(srv->workers[i]);

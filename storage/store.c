@@ -311,7 +311,7 @@ int store_msg_put(struct store_batch *b, const char *client_id, uint16_t id_len,
     rec_put_idkey(&b->buf, client_id, id_len);
     rbuf_be64(&b->buf, seq);
     op_key_done(b, op);
-    rec_put_header(&b->buf, REC_VERSION, client_id, id_len);
+    rec_put_header(&b->buf, REC_MSG_VERSION, client_id, id_len);
     rec_put_msg(&b->buf, rec);
     return op_end(b, op);
 }
@@ -1171,16 +1171,18 @@ static int load_sessions(const struct store_loader *l, MDB_cursor *c)
         uint16_t len;
         struct store_session rec;
         struct store_sub *subs;
+        struct store_seen *seen;
         uint8_t version;
         int r = rec_get_id(&kd, &vd, REC_SESSION_VERSION, &version, &id, &len);
         if (r == 0 && kd.n != 0)
             r = -EIO;
         if (r == 0)
-            r = rec_get_session(&vd, version, &rec, &subs);
+            r = rec_get_session(&vd, version, &rec, &subs, &seen);
         if (r)
             return r;
         r = l->session(l->ud, id, len, &rec);
         free(subs);
+        free(seen);
         if (r)
             return r;
     }
@@ -1199,12 +1201,12 @@ static int load_msgs(const struct store_loader *l, MDB_cursor *c)
         struct store_msg rec;
         uint32_t *ids;
         uint8_t version;
-        int r = rec_get_id(&kd, &vd, REC_VERSION, &version, &id, &len);
+        int r = rec_get_id(&kd, &vd, REC_MSG_VERSION, &version, &id, &len);
         uint64_t seq = rdec_be64(&kd);
         if (r == 0 && (kd.bad || kd.n != 0))
             r = -EIO;
         if (r == 0)
-            r = rec_get_msg(&vd, &rec, &ids);
+            r = rec_get_msg(&vd, version, &rec, &ids);
         if (r)
             return r;
         r = l->msg(l->ud, id, len, seq, &rec);

@@ -80,6 +80,12 @@ struct store_sub {
     uint32_t sub_id; /* subscription identifier, 0 = none */
 };
 
+/* A range of message identities a session got (node/msg_seen.h): the
+ * publish numbers lo..hi of origin node `node`. */
+struct store_seen {
+    uint64_t node, lo, hi;
+};
+
 /* A persistent session. */
 struct store_session {
     uint8_t version;             /* MQTT protocol level: 3, 4 or 5 */
@@ -93,6 +99,12 @@ struct store_session {
      * the user name was stored, record version 1). */
     const char *user;
     uint16_t user_len;
+    /* The identities of the messages it got since it last moved between
+     * cluster nodes, so that a copy of one that comes again after a restart
+     * is still taken once (node/msg_seen.h); n_seen 0 for a record written
+     * before they were stored (record version 1 and 2). */
+    uint32_t n_seen;
+    const struct store_seen *seen;
 };
 
 /* A queued or inflight outgoing message of a session. */
@@ -103,7 +115,10 @@ struct store_msg {
     bool retain;    /* RETAIN flag of the delivery */
     uint16_t n_ids; /* subscription identifiers to send with it */
     const uint32_t *ids;
-    const struct msg *m; /* topic, payload, properties, expiry_at */
+    /* topic, payload, properties, expiry_at, and the message's cluster
+     * identity m->id_node / m->id_seq (0: none, also for a record written
+     * before it was stored, record version 1) */
+    const struct msg *m;
 };
 
 /*

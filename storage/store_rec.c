@@ -7,9 +7,12 @@
  *   session:  u8 mqtt version, u32 expiry_interval, u64 disconnected_at_ms,
  *             u32 n_subs, then n_subs x (u16 len, u8 options, u32 sub_id,
  *             len bytes of filter); record version 2 (REC_SESSION_VERSION)
- *             adds u8 has_user, then when 1: u16 user_len, user bytes
+ *             adds u8 has_user, then when 1: u16 user_len, user bytes;
+ *             record version 3 adds u32 n_seen, then n_seen x (u64 node,
+ *             u64 lo, u64 hi): the message identities the session got
  *   msg:      u8 state, u16 pid, u8 qos, u8 flags (bit 0 retain), u16 n_ids,
- *             n_ids x u32, then a message
+ *             n_ids x u32, then a message; record version 2
+ *             (REC_MSG_VERSION) adds u64 origin node, u64 publish number
  *   qos2:     nothing more
  *   retained: a message
  *   message:  u8 qos, u8 flags (bit 0 retain), u64 expiry_at, u16 topic_len,
@@ -147,6 +150,13 @@ void rec_put_session(struct rbuf *b, const struct store_session *rec)
         rbuf_le16(b, rec->user_len);
         rbuf_put(b, rec->user, rec->user_len);
     }
+    /* REC_SESSION_VERSION 3 */
+    rbuf_le32(b, rec->n_seen);
+    for (uint32_t i = 0; i < rec->n_seen; i++) {
+        rbuf_le64(b, rec->seen[i].node);
+        rbuf_le64(b, rec->seen[i].lo);
+        rbuf_le64(b, rec->seen[i].hi);
+    }
 }
 
 void rec_put_message(struct rbuf *b, const struct msg *m)
@@ -165,7 +175,8 @@ void rec_put_message(struct rbuf *b, const struct msg *m)
 void rec_put_msg(struct rbuf *b, const struct store_msg *rec)
 {
     const struct msg *m = rec->m;
-    rbuf_expect(b, 7 + 4 * (size_t)rec->n_ids + 20 + m->topic_len + m->payload_len + m->props_len);
+    rbuf_expect(b, 7 + 4 * (size_t)rec->n_ids + 20 + m->topic_len + m->payload_len + m->props_len +
+                       16);
     rbuf_u8(b, rec->state);
     rbuf_le16(b, rec->pid);
     rbuf_u8(b, rec->qos);
@@ -174,6 +185,9 @@ void rec_put_msg(struct rbuf *b, const struct store_msg *rec)
     for (uint16_t i = 0; i < rec->n_ids; i++)
         rbuf_le32(b, rec->ids[i]);
     rec_put_message(b, rec->m);
+    /* REC_MSG_VERSION 2 */
+    rbuf_le64(b, m->id_node);
+    rbuf_le64(b, m->id_seq);
 }
 
 const uint8_t *rdec_bytes(struct rdec *d, size_t n)
@@ -252,11 +266,14 @@ int rec_get_id(struct rdec *key, struct rdec *val, uint8_t max_version, uint8_t 
 }
 
 int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec,
-                    struct store_sub **subs)
+                    struct store_sub **subs, struct store_seen **seen)
 {
     *subs = NULL;
+    *seen = NULL;
     rec->user = NULL;
     rec->user_len = 0;
+    rec->n_seen = 0;
+    rec->seen = NULL;
     rec->version = rdec_u8(val);
     rec->expiry_interval = rdec_le32(val);
     rec->disconnected_at_ms = rdec_le64(val);
@@ -292,10 +309,38 @@ int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec
             val->bad = true;
         }
     }
+    if (version >= 3) {
+        rec->n_seen = rdec_le32(val);
+        /* 24 bytes each: reject absurd counts before allocating */
+        if (!val->bad && rec->n_seen > val->n / 24)
+            val->bad = true;
+        if (!val->bad && rec->n_seen) {
+            struct store_seen *x = calloc(rec->n_seen, sizeof(*x));
+            if (!x) {
+                free(*subs);
+                *subs = NULL;
+                rec->subs = NULL;
+                return -ENOMEM;
+            }
+            for (uint32_t i = 0; i < rec->n_seen; i++) {
+                x[i].node = rdec_le64(val);
+                x[i].lo = rdec_le64(val);
+                x[i].hi = rdec_le64(val);
+                if (x[i].lo > x[i].hi)
+                    val->bad = true;
+            }
+            *seen = x;
+            rec->seen = x;
+        }
+    }
     if (val->bad || val->n != 0) {
         free(*subs);
         *subs = NULL;
         rec->subs = NULL;
+        free(*seen);
+        *seen = NULL;
+        rec->seen = NULL;
+        rec->n_seen = 0;
         return -EIO;
     }
     return 0;
@@ -319,7 +364,7 @@ int rec_get_message(struct rdec *val, struct msg **out)
     return *out ? 0 : -ENOMEM;
 }
 
-int rec_get_msg(struct rdec *val, struct store_msg *rec, uint32_t **ids)
+int rec_get_msg(struct rdec *val, uint8_t version, struct store_msg *rec, uint32_t **ids)
 {
     *ids = NULL;
     rec->m = NULL;
@@ -342,7 +387,11 @@ int rec_get_msg(struct rdec *val, struct store_msg *rec, uint32_t **ids)
     }
     struct msg *m;
     int rc = rec_get_message(val, &m);
-    if (rc == 0 && val->n != 0) {
+    if (rc == 0 && version >= 2) {
+        m->id_node = rdec_le64(val);
+        m->id_seq = rdec_le64(val);
+    }
+    if (rc == 0 && (val->bad || val->n != 0)) {
         msg_unref(m);
         rc = -EIO;
     }

@@ -32,7 +32,12 @@
 /* Session records are version 2 since they hold the user name (version 1,
  * without it, is still read: the session is then anonymous). A binary that
  * knows only version 1 refuses them (-EPROTO) rather than misread them. */
-#define REC_SESSION_VERSION 2
+#define REC_SESSION_VERSION 3
+/* Version 3 adds the message identities the session got (n_seen, seen);
+ * versions 1 and 2 are read with none. */
+/* Message records are version 2 since they hold the message's cluster
+ * identity (origin node, publish number); version 1 is read without it. */
+#define REC_MSG_VERSION 2
 /* Longest id or topic kept verbatim in a key. LMDB's default maximum key
  * size is 511 bytes; 2 + 400 + 8 leaves room. */
 #define REC_INLINE_MAX 400
@@ -98,14 +103,15 @@ const uint8_t *rdec_bytes(struct rdec *d, size_t n);
 int rec_get_id(struct rdec *key, struct rdec *val, uint8_t max_version, uint8_t *version,
                const char **id, uint16_t *len);
 
-/* Decode the body of a session value of record version `version`; *subs is
- * malloc'ed (free it), filters and the user name point into the value.
- * Returns 0, -EIO or -ENOMEM. */
+/* Decode the body of a session value of record version `version`; *subs and
+ * *seen are malloc'ed (free them), filters and the user name point into the
+ * value. Returns 0, -EIO or -ENOMEM. */
 int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec,
-                    struct store_sub **subs);
-/* Decode the body of a message value; *ids is malloc'ed (free it), rec->m
- * is a new struct msg (unref it). Returns 0, -EIO or -ENOMEM. */
-int rec_get_msg(struct rdec *val, struct store_msg *rec, uint32_t **ids);
+                    struct store_sub **subs, struct store_seen **seen);
+/* Decode the body of a message value of record version `version`; *ids is
+ * malloc'ed (free it), rec->m is a new struct msg (unref it). Returns 0,
+ * -EIO or -ENOMEM. */
+int rec_get_msg(struct rdec *val, uint8_t version, struct store_msg *rec, uint32_t **ids);
 /* Decode an encoded struct msg into a new one. Returns 0, -EIO or -ENOMEM. */
 int rec_get_message(struct rdec *val, struct msg **out);
 

@@ -168,7 +168,9 @@ class Chaos:
             self.say(f"no partitions: {self.nft}")
         c.start()
         c.wait_healthy()
-        self.traffic = t = Traffic(c).start()
+        self.traffic = t = Traffic(c)
+        t.t0 = self.t0  # one clock for the log and the samples
+        t.start()
         t.wait_progress(30)
         menu = self.menu()
         names = [x[0] for x in menu]

@@ -226,6 +226,7 @@ class Subscriber(_Client):
     def __init__(self, traffic, cid, home):
         super().__init__(traffic, cid, home, clean=False, keepalive=traffic.keepalive)
         self.got = []  # (publisher, seq, qos, time)
+        self.via = []  # (node name, DUP flag) of each of got: where it came from
         self.sessions_lost = 0
         self.subscribed = threading.Event()
         self.c.on_message = self._on_message
@@ -236,6 +237,7 @@ class Subscriber(_Client):
         try:
             pub, seq = msg.payload.decode().rsplit(":", 1)
             self.got.append((pub, int(seq), msg.qos, time.monotonic()))
+            self.via.append((self.node.name if self.node else "-", int(msg.dup)))
         except ValueError:
             self.t.errors.append(f"{self.cid}: unexpected payload {msg.payload!r} on {msg.topic}")
 
@@ -306,6 +308,7 @@ class Traffic:
         self.avoid = []  # nodes clients do not connect to (e.g. a minority)
         self.errors = []
         self.windows = []  # (start, end) of faults: misorder there is documented
+        self.t0 = time.monotonic()  # the times in check()'s samples count from here
         n = len(cluster.nodes)
         tag = self.prefix.split("/")[1]
         self.subscribers = [Subscriber(self, f"fs{i}-{tag}", i)
@@ -406,14 +409,20 @@ class Traffic:
         pubs = {p.cid: p for p in self.publishers}
         for s in self.subscribers:
             seen = {}
+            first = {}
             last = {}
-            for pub, seq, qos, t in s.got:
+            for i, (pub, seq, qos, t) in enumerate(s.got):
                 key = (pub, seq)
                 seen[key] = seen.get(key, 0) + 1
+                first.setdefault(key, i)
                 if seen[key] > 1:
                     if pubs[pub].qos == 2:
                         r["dup2"] += 1
-                        r["samples"].append(f"{s.cid}: QoS 2 {pub}:{seq} delivered again")
+                        a, b = first[key], i
+                        r["samples"].append(
+                            f"{s.cid}: QoS 2 {pub}:{seq} delivered again (first via "
+                            f"{s.via[a][0]} at {s.got[a][3] - self.t0:.1f} s, again via "
+                            f"{s.via[b][0]} at {t - self.t0:.1f} s dup {s.via[b][1]})")
                     else:
                         r["dup1"] += 1
                     continue

@@ -142,6 +142,9 @@ static char *desc_session(const char *id, uint16_t len, const struct store_sessi
     } else {
         fprintf(f, " anonymous");
     }
+    for (uint32_t i = 0; i < r->n_seen; i++)
+        fprintf(f, " seen %llx:%llu-%llu", (unsigned long long)r->seen[i].node,
+                (unsigned long long)r->seen[i].lo, (unsigned long long)r->seen[i].hi);
     fclose(f);
     return s;
 }
@@ -158,6 +161,9 @@ static char *desc_msg(const char *id, uint16_t len, uint64_t seq, const struct s
     for (uint16_t i = 0; i < r->n_ids; i++)
         fprintf(f, ",%u", r->ids[i]);
     put_msg(f, r->m);
+    if (r->m->id_node || r->m->id_seq)
+        fprintf(f, " id %llx/%llu", (unsigned long long)r->m->id_node,
+                (unsigned long long)r->m->id_seq);
     fclose(f);
     return s;
 }
@@ -283,13 +289,20 @@ static void test_roundtrip(void)
     struct list want = {0}, got = {0};
 
     struct store_sub subs[] = {{"a/+/c", 5, 0x21, 7}, {"#", 1, 2, 0}, {"$share/g/x", 10, 1, 0}};
-    struct store_session s1 = {5, 3600, 1234567890123ull, 3, subs, "alice", 5};
-    struct store_session s2 = {4, 0, 0, 0, NULL, NULL, 0};
-    struct store_session s3 = {4, 0, 0, 0, NULL, "", 0}; /* an empty user name is one */
+    /* the message identities a moved session got (record version 3) */
+    struct store_seen seen[] = {{0x1122334455667788ull, 1, 40}, {0xffffffffffffffffull, 7, 7}};
+    struct store_session s1 = {5, 3600, 1234567890123ull, 3, subs, "alice", 5, 2, seen};
+    struct store_session s2 = {4, 0, 0, 0, NULL, NULL, 0, 0, NULL};
+    struct store_session s3 = {4, 0, 0, 0, NULL, "", 0, 0, NULL}; /* an empty user name is one */
     uint32_t ids[] = {1, 268435455, 42};
     struct msg *m1 = mkmsg(ID("t/1"), 100, 1, "\x01\x00\x00\x00\x01", 1, false, 0);
     struct msg *m2 = mkmsg(ID("t/2"), 0, 2, NULL, 2, true, 99999999999ull);
     struct msg *m3 = mkmsg(ID("t/3"), 70000, 3, NULL, 2, false, 0);
+    /* a message's cluster identity (record version 2) */
+    m1->id_node = 0xabcdef0123456789ull;
+    m1->id_seq = 1ull << 40;
+    m3->id_node = 5;
+    m3->id_seq = 9;
     struct store_msg r1 = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m1};
     struct store_msg r2 = {MSG_STATE_WAIT_PUBREC, 65535, 2, true, 3, ids, m2};
     struct store_msg r3 = {MSG_STATE_WAIT_PUBCOMP, 9, 1, false, 1, ids, m3};
@@ -391,7 +404,7 @@ static void test_session_del(void)
     char *dir = tmpdir();
     struct store *s = open_store(dir, 0, 0);
     struct list got = {0};
-    struct store_session rec = {5, 60, 0, 0, NULL, NULL, 0};
+    struct store_session rec = {5, 60, 0, 0, NULL, NULL, 0, 0, NULL};
     struct msg *m = mkmsg(ID("x"), 3, 0, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_WAIT_PUBACK, 1, 1, false, 0, NULL, m};
     const char *idv[] = {"a", "ab", "b", "a\x01"};
@@ -513,7 +526,7 @@ static void test_long_keys(void)
     char *filter = long_str(3000, 'f', '#');
 
     struct store_sub sub = {filter, 3000, 1, 0};
-    struct store_session rec = {5, 10, 0, 1, &sub, NULL, 0};
+    struct store_session rec = {5, 10, 0, 1, &sub, NULL, 0, 0, NULL};
     struct msg *m = mkmsg(t1, 1500, 50, 9, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
     struct msg *rt1 = mkmsg(t1, 1500, 5, 1, NULL, 1, true, 0);
@@ -658,9 +671,9 @@ static void test_format_version(void)
     free(dir);
 }
 
-/* Put one raw value into the sessions table of the store in dir. */
-static void raw_session_put(const char *dir, const void *key, size_t klen, const void *val,
-                            size_t vlen)
+/* Put one raw value into table db of the store in dir. */
+static void raw_put(const char *dir, const char *db, const void *key, size_t klen, const void *val,
+                    size_t vlen)
 {
     MDB_env *env;
     MDB_txn *txn;
@@ -669,7 +682,7 @@ static void raw_session_put(const char *dir, const void *key, size_t klen, const
     mdb_env_set_maxdbs(env, 8);
     CU_ASSERT_EQUAL_FATAL(mdb_env_open(env, dir, 0, 0600), 0);
     CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    CU_ASSERT_EQUAL_FATAL(mdb_dbi_open(txn, "sessions", 0, &dbi), 0);
+    CU_ASSERT_EQUAL_FATAL(mdb_dbi_open(txn, db, 0, &dbi), 0);
     MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
     CU_ASSERT_EQUAL_FATAL(mdb_put(txn, dbi, &k, &v, 0), 0);
     CU_ASSERT_EQUAL_FATAL(mdb_txn_commit(txn), 0);
@@ -677,7 +690,9 @@ static void raw_session_put(const char *dir, const void *key, size_t klen, const
 }
 
 /* A session record of version 1 (before the user name was stored) loads,
- * anonymous; one of a version this build does not know is refused. */
+ * anonymous, and a message record of version 1 (before the message identity
+ * was stored) without an identity; one of a version this build does not
+ * know is refused. */
 static void test_session_record_v1(void)
 {
     char *dir = tmpdir();
@@ -689,17 +704,32 @@ static void test_session_record_v1(void)
     static const unsigned char v1[] = "\x01\x04\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
                                       "\x01\x00\x00\x00\x03\x00\x01\x00\x00\x00\x00"
                                       "a/#"; /* a literal of its own: "\x00a" is one byte */
-    raw_session_put(dir, key, sizeof(key) - 1, v1, sizeof(v1) - 1);
+    raw_put(dir, "sessions", key, sizeof(key) - 1, v1, sizeof(v1) - 1);
+    /* a message record of version 1 (before the message identity was
+     * stored): seq 1, queued, QoS 1, topic "t", payload "x" */
+    static const unsigned char mkey[] = "\x00\x03old\x00\x00\x00\x00\x00\x00\x00\x01";
+    static const unsigned char m1[] = "\x01\x00\x00\x00\x01\x00\x00\x00"
+                                      "\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+                                      "\x01\x00\x01\x00\x00\x00\x00\x00\x00\x00"
+                                      "tx";
+    raw_put(dir, "msgs", mkey, sizeof(mkey) - 1, m1, sizeof(m1) - 1);
     struct list got = {0};
     s = open_store(dir, 0, 0);
     load_all(s, &got);
-    CU_ASSERT_EQUAL(got.n, 1);
-    if (got.n == 1)
+    CU_ASSERT_EQUAL(got.n, 2);
+    if (got.n == 2) {
         CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v4 x60 d0 n1 [a/# o1 i0] anonymous");
+        /* read, without an identity */
+        CU_ASSERT_PTR_NOT_NULL(strstr(got.v[1], "M 3:old #1 s0 p0 q1 r0 ids"));
+        CU_ASSERT_PTR_NULL(strstr(got.v[1], " id "));
+    }
     list_free(&got);
-    /* written again by this build: version 2, with the user name */
+    struct store_batch *d = store_batch_new();
+    CU_ASSERT_EQUAL(store_msg_del(d, "old", 3, 1), 0);
+    CU_ASSERT_EQUAL(commit(s, d), 0);
+    /* written again by this build: version 3, with the user name */
     struct store_sub sub = {"a/#", 3, 1, 0};
-    struct store_session rec = {4, 60, 0, 1, &sub, "bob", 3};
+    struct store_session rec = {4, 60, 0, 1, &sub, "bob", 3, 0, NULL};
     struct store_batch *b = store_batch_new();
     CU_ASSERT_EQUAL(store_session_put(b, "old", 3, &rec), 0);
     CU_ASSERT_EQUAL(commit(s, b), 0);
@@ -710,11 +740,11 @@ static void test_session_record_v1(void)
     list_free(&got);
     store_close(s);
 
-    /* version 3 is unknown: refused, not misread */
-    unsigned char v3[sizeof(v1)];
-    memcpy(v3, v1, sizeof(v1));
-    v3[0] = 3;
-    raw_session_put(dir, key, sizeof(key) - 1, v3, sizeof(v3) - 1);
+    /* version 4 is unknown: refused, not misread */
+    unsigned char v4[sizeof(v1)];
+    memcpy(v4, v1, sizeof(v1));
+    v4[0] = 4;
+    raw_put(dir, "sessions", key, sizeof(key) - 1, v4, sizeof(v4) - 1);
     struct store_options o = {.dir = dir, .sync = STORE_SYNC_ALWAYS};
     char err[512] = "";
     CU_ASSERT_EQUAL_FATAL(store_open(&s, &o, err, sizeof(err)), 0);
