@@ -1216,6 +1216,14 @@ def test_session_moves_under_traffic(nodes, version):
     mk = [pubs[(i, 1)].publish(f"{topic}/{i}/1", f"{i}:1:end".encode(), 1) for i in range(3)]
     publish_all(mk)
     sub.wait(lambda: sum(1 for m in sub.msgs if m[1].endswith(b":end")) >= 3, WAIT, "markers")
+    # late messages of a move may come after the markers (they are not
+    # ordered, docs/cluster.md): a loaded machine gets a bounded while
+    # longer before what is missing counts as lost
+    try:
+        sub.wait(lambda: len({m[1] for m in sub.msgs}) >= total + 3, WAIT,
+                 "every acknowledged message")
+    except AssertionError:
+        pass  # counted below
     counts = {"lost_qos1": 0, "lost_qos2": 0, "dup_qos2": 0, "dup_qos1": 0, "misordered": 0}
     seen = {}
     for t, payload, qos, dup, retain, subids in sub.taken():

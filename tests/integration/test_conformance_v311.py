@@ -1016,8 +1016,11 @@ def test_paho_v311_offline_message_queueing(broker):
     while a persistent subscriber is offline; 2 (QoS 1, 2) or 3 arrive."""
     b = broker()
     cid = uid()
-    c = paho(b, cid, version=4, clean=False)
-    c.subscribe("paho/fromb/#", 2)
+    # a raw client's disconnect waits until the broker closed its side: the
+    # session is offline before the publishes (paho's returns at once, and
+    # a QoS 0 message matched while it was still online may be queued)
+    c = raw(b, cid, version=4, clean=False)
+    c.subscribe(("paho/fromb/#", 2))
     c.disconnect()
     p = paho(b, version=4)
     p.publish("paho/fromb/qos0", b"qos 0", 0)
