@@ -62,6 +62,8 @@ struct raft_node {
     pthread_cond_t cv;
     struct req *queue, **tail;
     bool stopping, started;
+    bool closing;           /* loop: raft_close was called */
+    uint64_t stop_deadline; /* loop: when a stop stops waiting for entries (0: no stop) */
     int start_rc;
     char err[640];
 
@@ -211,7 +213,9 @@ static void group_apply_cb(struct raft_apply *a, int status, void *result)
     const struct fsm_batch_result *res = result;
     if (n->groups_inflight)
         n->groups_inflight--;
-    if (n->held) { /* the queue's turn (from the loop, not inside libraft) */
+    if (n->held || (n->stop_deadline && !n->groups_inflight)) {
+        /* the queue's turn, or the stop's (from the loop, not inside
+         * libraft) */
         n->held = false;
         uv_async_send(&n->async);
     }
@@ -493,6 +497,8 @@ static void barrier_cb(struct raft_barrier *b, int status)
     }
 }
 
+static void stop_step(struct raft_node *n);
+
 static void on_tick(uv_timer_t *t)
 {
     struct raft_node *n = t->data;
@@ -530,6 +536,10 @@ static void on_tick(uv_timer_t *t)
             uv_async_send(&n->async);
         }
     }
+    if (n->stop_deadline) {
+        stop_step(n);
+        return;
+    }
     if (leader && n->barrier_term != n->raft.current_term && !n->barrier_pending) {
         n->barrier.data = n;
         if (raft_barrier(&n->raft, &n->barrier, barrier_cb) == 0)
@@ -547,6 +557,34 @@ static void raft_closed(struct raft *r)
     struct raft_node *n = r->data;
     uv_close((uv_handle_t *)&n->async, handle_closed);
     uv_close((uv_handle_t *)&n->timer, handle_closed);
+}
+
+/*
+ * A stop closes Raft once the entries this leader proposed are applied, or
+ * after STOP_DRAIN_MS (a leader without a majority): libraft 0.15's
+ * raft_close on a leader whose entries are in flight crashed (a NULL read
+ * inside libraft, tests/unit/test_raft_node "stopped under 2,000
+ * proposals"). Their proposers get their outcome rather than -ECANCELED.
+ * Called again by group_apply_cb (through the async) and by the tick until
+ * it closes; raft_close is called once (group_apply_cb, run by raft_close
+ * itself, wakes the loop again before raft_closed closed the handles).
+ */
+#define STOP_DRAIN_MS 2000
+
+static void stop_step(struct raft_node *n)
+{
+    if (n->closing)
+        return;
+    uint64_t now = uv_now(n->timer.loop);
+    if (!n->stop_deadline)
+        n->stop_deadline = now + STOP_DRAIN_MS;
+    if (n->groups_inflight && raft_state(&n->raft) == RAFT_LEADER && now < n->stop_deadline)
+        return;
+    n->closing = true;
+    if (n->cfg.on_stop)
+        n->cfg.on_stop(n->cfg.hook_ud);
+    uv_timer_stop(&n->timer);
+    raft_close(&n->raft, raft_closed);
 }
 
 static void on_async(uv_async_t *a)
@@ -595,12 +633,8 @@ static void on_async(uv_async_t *a)
     }
     if (nrun)
         start_proposals(n, run, nrun);
-    if (stopping && !uv_is_closing((uv_handle_t *)&n->timer)) {
-        if (n->cfg.on_stop)
-            n->cfg.on_stop(n->cfg.hook_ud);
-        uv_timer_stop(&n->timer);
-        raft_close(&n->raft, raft_closed);
-    }
+    if (stopping)
+        stop_step(n);
 }
 
 static int addr_cmp(const void *a, const void *b)

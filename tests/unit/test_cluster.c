@@ -120,7 +120,7 @@ static int propose_wait(struct member *me, struct cmd_batch *b, struct outcome *
 }
 
 /* The leader stops under a follower's proposals (lost_leader). */
-#define LOST 500
+#define LOST 2000
 static _Atomic int lost_done, lost_ok, lost_again, lost_canceled, lost_other;
 
 static void lost_cb(void *ud, int status, const struct fsm_batch_result *res, uint64_t leader)
