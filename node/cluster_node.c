@@ -174,6 +174,7 @@ static void peers_refresh(struct cluster_node *cn)
                 cn->peers[i].applied = old[j].applied;
                 cn->peers[i].seen_ms = old[j].seen_ms;
                 cn->peers[i].down_ms = old[j].down_ms;
+                cn->peers[i].down_told = old[j].down_told;
             }
 }
 
@@ -199,6 +200,8 @@ static bool peer_answering(const struct cluster_node *cn, const struct peer *p, 
 
 static void send_applied(struct cluster_node *cn, uint64_t index)
 {
+    if (cluster_test_reports_held())
+        return;
     Starling__Chan__Applied a = STARLING__CHAN__APPLIED__INIT;
     a.index = index;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
@@ -1178,6 +1181,9 @@ static void cn_metrics(void *ud, struct admin_metrics *m)
     m->raft_leader_changes = rs.leader_changes;
     m->raft_leader = raft_node_leader(cn->raft) == cn->self;
     m->routes = routes_count(fsm_routes(cn->fsm));
+    m->nodes_down = atomic_load(&cn->nodes_down);
+    m->taken_for_dead = atomic_load(&cn->taken_for_dead);
+    m->dead_sessions_ended = atomic_load(&cn->dead_sessions_ended);
     struct {
         uint64_t node;
         char name[ADMIN_NAME_MAX];
