@@ -354,6 +354,39 @@ def test_a_node_taken_for_dead_ends_its_clean_subscribers(cluster_factory, tmp_p
     clean3.close()
 
 
+def test_a_stalled_leader_takes_nobody_for_dead(cluster_factory, tmp_path):
+    """The leader stopped (SIGSTOP) for three times cluster_down_after: the
+    others elect another leader and take the stopped one for dead; the old
+    leader, running again, reads their bytes late, but its judgement counts
+    its own running time, not the time it was stopped: it takes neither
+    follower for dead (their clean subscribers stay connected)."""
+    down_after = 2.0
+    c = down_cluster(cluster_factory, tmp_path, int(down_after * 1000))
+    old = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    others = [n for n in c.nodes if n is not old]
+    subs = []
+    for n in others:
+        s = mqttraw.connected(n, uid("ls"), keepalive=120)
+        assert s.subscribe([(uid("ls/t"), mqttraw.sub_options(qos=1))]).reason_codes == [1]
+        subs.append(s)
+    pause(old)
+    try:
+        wait_until(lambda: faults.leader(c, others), 20, "a new leader")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3 * down_after:
+            time.sleep(0.1)  # the stall lasts that long (that is the fault)
+    finally:
+        resume(old)
+    wait_healthy(c)
+    for n in others:
+        assert "this node was taken for dead" not in n.logtext(), f"{n.name} taken for dead"
+    assert "(NodeDown)" not in old.logtext(), "the old leader took a follower for dead"
+    for s in subs:
+        s.pingreq()
+        assert s.recv(timeout=WAIT).type == mqttraw.PINGRESP
+        s.close()
+
+
 # ------------------------------------------------------------ 2. leader killed
 
 def test_leader_killed_new_leader_quickly_nothing_committed_lost(cluster):
