@@ -230,6 +230,8 @@ static void route_done(void *ud, int status, const struct fsm_batch_result *res,
     if (status == 0 && res) {
         cn->committed = cn->inflight_ticket;
         cn->committed_index = res->index;
+        if (!cn->first_routes_index)
+            cn->first_routes_index = res->index;
         for (struct waiter *w = cn->waiters; w; w = w->next)
             if (!w->index && w->ticket <= cn->inflight_ticket)
                 w->index = res->index;
@@ -923,7 +925,6 @@ static void cn_retain_store(struct broker *b, struct msg *m)
  * leader acts on (cluster thread, after each applied command). */
 static void on_applied(void *ud, uint64_t index, const void *cmd)
 {
-    (void)index;
     struct cluster_node *cn = ud;
     const Starling__Cmd__Command *k = cmd;
     struct broker *b = cn->b;
@@ -980,8 +981,18 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
     case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
         /* this node was taken for dead (a NodeDown raced with its return):
          * its routes are proposed again */
-        if (k->node_down->node == cn->self)
+        if (k->node_down->node == cn->self) {
+            /* applied before this node caught up after its start and
+             * before its first route batch of this run: proposed while it
+             * was down (its sessions' routes come after it in the log);
+             * otherwise while it ran (cluster_session.c) */
+            pthread_mutex_lock(&cn->mu);
+            uint64_t first = cn->first_routes_index;
+            pthread_mutex_unlock(&cn->mu);
+            if (atomic_load(&cn->restart_done) || (first && index > first))
+                atomic_store(&cn->reannounce_running, true);
             atomic_store(&cn->reannounce, true);
+        }
         return;
     case STARLING__CMD__COMMAND__CMD_MEMBER_REMOVE:
         if (raft_node_leader(cn->raft) == cn->self && k->member_remove->node != cn->self)

@@ -122,6 +122,9 @@ struct cluster_node {
     uint64_t started_ms;
     atomic_bool loaded;     /* the store loaded the sessions */
     atomic_bool reannounce; /* NodeDown(self) applied: propose this node's routes again */
+    /* ... once caught up after the start: taken for dead while running */
+    atomic_bool reannounce_running;
+    uint64_t first_routes_index; /* mu: index of this run's first route batch, 0 before */
     /* counters (docs/operations.md): NodeDowns this node proposed as the
      * leader, once per silence of a member; NodeDown(self) seen applied
      * while running; clean sessions ended for it (cluster_session.c) */

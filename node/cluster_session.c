@@ -648,12 +648,18 @@ static void restart_pass(struct cluster_node *cn)
  * sessions kept their routes. The routes of the sessions that stay are
  * proposed again (RouteAdd for each filter, idempotent: those that stayed
  * are no-ops); those of the ended sessions go with them.
+ *
+ * A NodeDown(self) applied before this node caught up after its start (not
+ * `running`) was proposed while it was down or starting: its routes and
+ * sessions of now came after it in the log and missed nothing; their
+ * routes are proposed again all the same (idempotent), nothing ends.
  */
-static void taken_for_dead(struct cluster_node *cn)
+static void taken_for_dead(struct cluster_node *cn, bool running)
 {
     struct broker *b = cn->b;
     struct registry *r = &b->registry;
-    atomic_fetch_add(&cn->taken_for_dead, 1);
+    if (running)
+        atomic_fetch_add(&cn->taken_for_dead, 1);
     struct cmd_batch *bt = cmd_batch_new();
     if (!bt)
         return;
@@ -662,7 +668,7 @@ static void taken_for_dead(struct cluster_node *cn)
     for (size_t k = 0; k < r->n_buckets; k++)
         for (struct session *s = r->buckets[k]; s; s = s->hnext) {
             lock_acquire(&s->lock);
-            if (s->expiry_interval == 0 && s->n_subs > 0 && s->conn) {
+            if (running && s->expiry_interval == 0 && s->n_subs > 0 && s->conn) {
                 b->sink->kick(s->w, s->conn, MQTT_RC_SERVER_BUSY, false);
                 ended++;
             } else {
@@ -676,9 +682,14 @@ static void taken_for_dead(struct cluster_node *cn)
     atomic_fetch_add(&cn->dead_sessions_ended, ended);
     if (n && cn_queue_batch(cn, bt) != 0)
         n = 0;
-    log_warn("cluster: this node was taken for dead: %zu route(s) proposed again, %zu clean "
-             "session(s) with subscriptions ended (their clients may have missed messages)",
-             n, ended);
+    if (running)
+        log_warn("cluster: this node was taken for dead: %zu route(s) proposed again, %zu clean "
+                 "session(s) with subscriptions ended (their clients may have missed messages)",
+                 n, ended);
+    else if (n)
+        log_info("cluster: a NodeDown of this node from before it caught up applied: %zu "
+                 "route(s) proposed again",
+                 n);
     cmd_batch_free(bt);
 }
 
@@ -782,7 +793,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
     }
     node_down_poll(cn, now);
     if (atomic_exchange(&cn->reannounce, false))
-        taken_for_dead(cn);
+        taken_for_dead(cn, atomic_exchange(&cn->reannounce_running, false));
 
     struct cn_moving *ending = NULL;
     struct cn_incoming *dropped = NULL;
