@@ -1036,10 +1036,9 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
         return -EINVAL;
     }
     struct cluster *c = calloc(1, sizeof *c);
-    if (c)
-        c->quiet_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
     if (!c)
         return -ENOMEM;
+    c->quiet_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
     c->cfg = *cfg;
     /* Keep copies: the caller's strings need not outlive this call. */
     snprintf(c->name, sizeof c->name, "%s", cfg->cluster_name ? cfg->cluster_name : "starling");
@@ -1115,6 +1114,7 @@ void cluster_stop(struct cluster *c)
     raft_node_stop(c->raft);
     fsm_close(c->fsm);
     free(c->seeds);
+    pthread_mutex_destroy(&c->quiet_mu);
     free(c);
 }
 

@@ -979,13 +979,13 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
         pthread_mutex_unlock(&cn->mu);
         return;
     case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
-        /* this node was taken for dead (a NodeDown raced with its return):
-         * its routes are proposed again */
+        /* this node was taken for dead: its routes are proposed again.
+         * Applied before it caught up after its start and before its first
+         * route batch of this run, the NodeDown was proposed while it was
+         * down (its sessions' routes come after it in the log); otherwise
+         * while it ran: its clean subscribers may have missed messages
+         * (cluster_session.c) */
         if (k->node_down->node == cn->self) {
-            /* applied before this node caught up after its start and
-             * before its first route batch of this run: proposed while it
-             * was down (its sessions' routes come after it in the log);
-             * otherwise while it ran (cluster_session.c) */
             pthread_mutex_lock(&cn->mu);
             uint64_t first = cn->first_routes_index;
             pthread_mutex_unlock(&cn->mu);
