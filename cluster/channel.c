@@ -624,9 +624,14 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
     if (n == 0)
         return;
-    if (!k->from && k->state == IN_READY)
+    if (!k->from && k->state == IN_READY) {
         conn_link_from(k); /* its node became a peer after the handshake */
-    if (k->from)           /* once per read, not per frame */
+        if (k->from)
+            log_debug("channel: the connection from %016llx counts as heard from now on (its "
+                      "node became a peer after the handshake)",
+                      (unsigned long long)k->remote);
+    }
+    if (k->from) /* once per read, not per frame */
         __atomic_store_n(&k->from->heard_ms, mono_ms(), __ATOMIC_RELAXED);
     if (k->rlen + (size_t)n > k->rcap) {
         size_t cap = k->rcap ? k->rcap : READ_CHUNK;
