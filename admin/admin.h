@@ -115,6 +115,10 @@ struct admin_metrics {
     bool raft_leader; /* this node leads */
     uint64_t raft_term, raft_commit_index, raft_applied_index, raft_leader_changes;
     uint64_t routes; /* (filter, node) pairs of the replicated route table */
+    /* members this node, leading, took for dead (NodeDown, once per
+     * silence); NodeDown(this node) applied while it ran; clean sessions
+     * ended for that (docs/cluster.md "A node taken for dead while it runs") */
+    uint64_t nodes_down, taken_for_dead, dead_sessions_ended;
     struct admin_peer_metrics peers[ADMIN_PEERS_MAX];
     unsigned n_peers;
 };

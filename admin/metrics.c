@@ -114,6 +114,18 @@ static void render_cluster(FILE *f, const struct admin_metrics *m)
     metric(f, "starling_routes", "gauge",
            "Routes (topic filter, node) in this node's copy of the replicated route table.",
            m->routes);
+    metric(f, "starling_cluster_nodes_down_total", "counter",
+           "Members this node, as the Raft leader, took for dead (NodeDown): silent on the "
+           "channel and to Raft for cluster_down_after; once per silence.",
+           m->nodes_down);
+    metric(f, "starling_cluster_taken_for_dead_total", "counter",
+           "Times this node saw the cluster take it for dead (a NodeDown of itself applied) "
+           "while it ran.",
+           m->taken_for_dead);
+    metric(f, "starling_cluster_sessions_ended_taken_for_dead_total", "counter",
+           "Clean sessions with subscriptions that this node ended (5.0: DISCONNECT 0x89) "
+           "because it was taken for dead: their clients may have missed messages.",
+           m->dead_sessions_ended);
     if (!m->n_peers)
         return;
     head(f, "starling_cluster_peer_connected", "gauge",

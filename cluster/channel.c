@@ -240,6 +240,22 @@ static void ctl_written(uv_write_t *w, int status)
 
 static void conn_close(struct conn *k);
 
+/* An incoming, ready connection: the peer of its node (for heard_ms), once
+ * that node is a peer. A connection that completed its handshake before its
+ * node was known (a node dials the others before its members table tells
+ * them about it, and at start before the table is read) was never linked,
+ * so nothing it brought counted as heard (chan_heard_ms stayed 0) and the
+ * leader judged that node by its chan.Applied reports alone. */
+static void conn_link_from(struct conn *k)
+{
+    struct chan *c = k->c;
+    pthread_mutex_lock(&c->mu);
+    for (struct peer *p = c->peers; p; p = p->next)
+        if (p->node == k->remote && !p->removed)
+            k->from = p; /* peers stay allocated until chan_stop */
+    pthread_mutex_unlock(&c->mu);
+}
+
 /* Write a control frame (handshake, pong, error) now. */
 static void send_ctl(struct conn *k, const Starling__Chan__Frame *f)
 {
@@ -562,11 +578,7 @@ static void handle_frame(struct conn *k, const Starling__Chan__Frame *f)
             return;
         }
         k->state = IN_READY;
-        pthread_mutex_lock(&c->mu);
-        for (struct peer *p = c->peers; p; p = p->next)
-            if (p->node == k->remote && !p->removed)
-                k->from = p; /* peers stay allocated until chan_stop */
-        pthread_mutex_unlock(&c->mu);
+        conn_link_from(k);
         Starling__Chan__Ping pg = STARLING__CHAN__PING__INIT;
         pg.nonce = 0;
         pg.has_pong = 1;
@@ -612,6 +624,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
     if (n == 0)
         return;
+    if (!k->from && k->state == IN_READY) {
+        conn_link_from(k); /* its node became a peer after the handshake */
+        if (k->from)
+            log_debug("channel: the connection from %016llx counts as heard from now on (its "
+                      "node became a peer after the handshake)",
+                      (unsigned long long)k->remote);
+    }
     if (k->from) /* once per read, not per frame */
         __atomic_store_n(&k->from->heard_ms, mono_ms(), __ATOMIC_RELAXED);
     if (k->rlen + (size_t)n > k->rcap) {

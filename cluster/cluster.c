@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +68,10 @@ struct parked {
 #define VERDICT_REPEAT_MS 5000
 #define MAX_SEEDS 64
 #define MAX_PARKED 256 /* answers waiting for their node's Member record */
+/* The silence of a member grows by at most this much per timer tick (100
+ * ms): time this thread did not run (stalled in a commit, the process
+ * stopped) is not silence of the others (cluster_quiet_ms). */
+#define QUIET_STEP_MAX_MS 500
 
 struct cluster {
     struct cluster_config cfg;
@@ -103,6 +108,14 @@ struct cluster {
         uint64_t from, index, checksum;
     } checks[MAX_CHECKS]; /* peers' checkpoints not yet comparable */
     bool stopping;        /* atomic */
+    /* how long each member has been silent on both the channel and Raft
+     * (cluster_quiet_ms); written by the timer, read from any thread */
+    pthread_mutex_t quiet_mu;
+    struct quiet {
+        uint64_t node, heard_ms, quiet_ms;
+    } quiet[64];
+    unsigned n_quiet;
+    uint64_t quiet_tick_ms; /* the timer's last update */
 };
 
 static uint64_t now_mono_ms(void)
@@ -760,8 +773,23 @@ static void on_rebuild(struct cluster *c, uint64_t from, const Starling__Chan__R
         c->cfg.on_rebuild(c->cfg.rebuild_ud);
 }
 
+#ifndef NDEBUG
+bool cluster_test_reports_held(void)
+{
+    const char *path = getenv("STARLING_TEST_REPORTS_HOLD");
+    return path && access(path, F_OK) == 0;
+}
+#else
+bool cluster_test_reports_held(void)
+{
+    return false;
+}
+#endif
+
 static void send_checkpoint(struct cluster *c)
 {
+    if (cluster_test_reports_held())
+        return;
     Starling__Chan__DivergenceCheck d = STARLING__CHAN__DIVERGENCE_CHECK__INIT;
     raft_node_checkpoint(c->raft, &d.applied_index, &d.checksum);
     if (!d.applied_index)
@@ -773,6 +801,46 @@ static void send_checkpoint(struct cluster *c)
     size_t n = starling__chan__frame__pack(&fr, buf);
     for (unsigned i = 0; i < c->n_members; i++)
         chan_send(c->chan, c->members[i], buf, n);
+}
+
+/*
+ * The members' silence, for the leader's judgement of who is dead
+ * (NodeDown, node/cluster_session.c). A member is heard when the channel
+ * brought bytes from it (any frame: reports, checkpoints, forwards) or when
+ * Raft received a message from it (this node leading: libraft's own
+ * contact flag, raft_node_heard_recently); either resets its silence to 0.
+ * Otherwise its silence grows by the time since the last update, at most
+ * QUIET_STEP_MAX_MS: an update that comes late because this thread itself
+ * did not run (a slow fdatasync of the tables, a stopped process, a starved
+ * thread) counts for little, since the others' bytes wait unread meanwhile
+ * (the timer runs before the loop reads them). A member new to the list
+ * starts at 0.
+ */
+static void quiet_update(struct cluster *c, uint64_t now)
+{
+    uint64_t step = c->quiet_tick_ms && now > c->quiet_tick_ms ? now - c->quiet_tick_ms : 0;
+    if (step > QUIET_STEP_MAX_MS)
+        step = QUIET_STEP_MAX_MS;
+    c->quiet_tick_ms = now;
+    struct quiet next[sizeof c->quiet / sizeof c->quiet[0]];
+    unsigned n = 0;
+    for (unsigned i = 0; i < c->n_members && n < sizeof next / sizeof next[0]; i++) {
+        uint64_t node = c->members[i];
+        const struct quiet *old = NULL;
+        for (unsigned j = 0; j < c->n_quiet; j++)
+            if (c->quiet[j].node == node)
+                old = &c->quiet[j];
+        uint64_t heard = chan_heard_ms(c->chan, node);
+        bool raft = raft_node_heard_recently(c->raft, node);
+        next[n].node = node;
+        next[n].heard_ms = heard;
+        next[n].quiet_ms = !old || raft || heard != old->heard_ms ? 0 : old->quiet_ms + step;
+        n++;
+    }
+    pthread_mutex_lock(&c->quiet_mu);
+    memcpy(c->quiet, next, n * sizeof next[0]);
+    c->n_quiet = n;
+    pthread_mutex_unlock(&c->quiet_mu);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -804,6 +872,8 @@ static void on_timer(uv_timer_t *t)
     if (c->parked)
         parked_flush(c, 0);
     ensure_member(c);
+    if (c->chan)
+        quiet_update(c, now);
     reconcile(c);
     if (c->no_bootstrap && in_configuration(c)) {
         /* a member again after a rebuild: from now on, like any member */
@@ -968,6 +1038,7 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
     struct cluster *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
+    c->quiet_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
     c->cfg = *cfg;
     /* Keep copies: the caller's strings need not outlive this call. */
     snprintf(c->name, sizeof c->name, "%s", cfg->cluster_name ? cfg->cluster_name : "starling");
@@ -1043,6 +1114,7 @@ void cluster_stop(struct cluster *c)
     raft_node_stop(c->raft);
     fsm_close(c->fsm);
     free(c->seeds);
+    pthread_mutex_destroy(&c->quiet_mu);
     free(c);
 }
 
@@ -1086,6 +1158,17 @@ bool cluster_busy(struct cluster *c)
     if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
         return false;
     return chan_busy(c->chan);
+}
+
+uint64_t cluster_quiet_ms(struct cluster *c, uint64_t node)
+{
+    uint64_t q = 0;
+    pthread_mutex_lock(&c->quiet_mu);
+    for (unsigned i = 0; i < c->n_quiet; i++)
+        if (c->quiet[i].node == node)
+            q = c->quiet[i].quiet_ms;
+    pthread_mutex_unlock(&c->quiet_mu);
+    return q;
 }
 
 uint64_t cluster_heard_ms(struct cluster *c, uint64_t node)

@@ -124,6 +124,18 @@ int cluster_send_flow(struct cluster *c, uint64_t node, const void *frame, size_
 bool cluster_busy(struct cluster *c);
 /* The channel's counters of our connection to node (chan_peer_stats). */
 int cluster_peer_stats(struct cluster *c, uint64_t node, struct chan_peer_stats *out);
+/* How long member `node` has been silent, in milliseconds of this node's
+ * own running time: neither its channel connection brought bytes nor (this
+ * node leading) did Raft receive a message from it, measured by the cluster
+ * thread's timer in steps of at most 500 ms, so that time this node's
+ * cluster thread did not run (a slow commit, SIGSTOP) counts for little.
+ * 0 for a node not known as a member (yet). Any thread. */
+uint64_t cluster_quiet_ms(struct cluster *c, uint64_t node);
+/* Tests (debug builds only; false otherwise): while the file that
+ * STARLING_TEST_REPORTS_HOLD names exists, this node sends neither its
+ * checkpoints nor its chan.Applied reports, so that the channel carries
+ * nothing from it while Raft goes on (tests/cluster/test_faults.py). */
+bool cluster_test_reports_held(void);
 /* When node last sent this node anything on the channel (chan_heard_ms). */
 uint64_t cluster_heard_ms(struct cluster *c, uint64_t node);
 

@@ -969,6 +969,25 @@ int raft_node_step_down(struct raft_node *n)
     return 0;
 }
 
+bool raft_node_heard_recently(struct raft_node *n, uint64_t id)
+{
+    /* libraft 0.15 has no call for this; its leader keeps, in the public
+     * struct raft of <raft.h>, one struct raft_progress per server of
+     * r->configuration (same order), whose documented recent_recv is "a msg
+     * was received within election timeout": set on each message from that
+     * server, cleared when the leader checks its contact with a majority,
+     * once per election timeout. Only the documented fields are read
+     * (state, configuration, leader_state.progress[i].recent_recv), on the
+     * raft thread that owns them. */
+    struct raft *r = &n->raft;
+    if (raft_state(r) != RAFT_LEADER || !r->leader_state.progress)
+        return false;
+    for (unsigned i = 0; i < r->configuration.n; i++)
+        if (r->configuration.servers[i].id == id)
+            return r->leader_state.progress[i].recent_recv;
+    return false;
+}
+
 int raft_node_checksum_at(struct raft_node *n, uint64_t index, uint64_t *out)
 {
     return fsm_raft_checksum_at(&n->adapter, index, out) == 0 ? 0 : -ENOENT;

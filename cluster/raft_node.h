@@ -152,6 +152,12 @@ int raft_node_checksum_at(struct raft_node *n, uint64_t index, uint64_t *out);
  * the leader, -EBUSY while a transfer runs. */
 int raft_node_step_down(struct raft_node *n);
 bool raft_node_diverged(struct raft_node *n);
+/* Whether this node leads and Raft received a message from server id
+ * within the last election timeout or two (libraft's own contact check: an
+ * answer to a heartbeat or an append). On the raft thread only (cluster.c
+ * runs there); false when not the leader or id is not in the
+ * configuration. */
+bool raft_node_heard_recently(struct raft_node *n, uint64_t id);
 
 struct raft_node_stats {
     uint64_t applied, replays_skipped, snapshots, restores, restores_skipped, apply_errors;

@@ -174,6 +174,7 @@ static void peers_refresh(struct cluster_node *cn)
                 cn->peers[i].applied = old[j].applied;
                 cn->peers[i].seen_ms = old[j].seen_ms;
                 cn->peers[i].down_ms = old[j].down_ms;
+                cn->peers[i].down_told = old[j].down_told;
             }
 }
 
@@ -199,6 +200,8 @@ static bool peer_answering(const struct cluster_node *cn, const struct peer *p, 
 
 static void send_applied(struct cluster_node *cn, uint64_t index)
 {
+    if (cluster_test_reports_held())
+        return;
     Starling__Chan__Applied a = STARLING__CHAN__APPLIED__INIT;
     a.index = index;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
@@ -227,6 +230,8 @@ static void route_done(void *ud, int status, const struct fsm_batch_result *res,
     if (status == 0 && res) {
         cn->committed = cn->inflight_ticket;
         cn->committed_index = res->index;
+        if (!cn->first_routes_index)
+            cn->first_routes_index = res->index;
         for (struct waiter *w = cn->waiters; w; w = w->next)
             if (!w->index && w->ticket <= cn->inflight_ticket)
                 w->index = res->index;
@@ -920,7 +925,6 @@ static void cn_retain_store(struct broker *b, struct msg *m)
  * leader acts on (cluster thread, after each applied command). */
 static void on_applied(void *ud, uint64_t index, const void *cmd)
 {
-    (void)index;
     struct cluster_node *cn = ud;
     const Starling__Cmd__Command *k = cmd;
     struct broker *b = cn->b;
@@ -975,10 +979,20 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
         pthread_mutex_unlock(&cn->mu);
         return;
     case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
-        /* this node was taken for dead (a NodeDown raced with its return):
-         * its routes are proposed again */
-        if (k->node_down->node == cn->self)
+        /* this node was taken for dead: its routes are proposed again.
+         * Applied before it caught up after its start and before its first
+         * route batch of this run, the NodeDown was proposed while it was
+         * down (its sessions' routes come after it in the log); otherwise
+         * while it ran: its clean subscribers may have missed messages
+         * (cluster_session.c) */
+        if (k->node_down->node == cn->self) {
+            pthread_mutex_lock(&cn->mu);
+            uint64_t first = cn->first_routes_index;
+            pthread_mutex_unlock(&cn->mu);
+            if (atomic_load(&cn->restart_done) || (first && index > first))
+                atomic_store(&cn->reannounce_running, true);
             atomic_store(&cn->reannounce, true);
+        }
         return;
     case STARLING__CMD__COMMAND__CMD_MEMBER_REMOVE:
         if (raft_node_leader(cn->raft) == cn->self && k->member_remove->node != cn->self)
@@ -1178,6 +1192,9 @@ static void cn_metrics(void *ud, struct admin_metrics *m)
     m->raft_leader_changes = rs.leader_changes;
     m->raft_leader = raft_node_leader(cn->raft) == cn->self;
     m->routes = routes_count(fsm_routes(cn->fsm));
+    m->nodes_down = atomic_load(&cn->nodes_down);
+    m->taken_for_dead = atomic_load(&cn->taken_for_dead);
+    m->dead_sessions_ended = atomic_load(&cn->dead_sessions_ended);
     struct {
         uint64_t node;
         char name[ADMIN_NAME_MAX];

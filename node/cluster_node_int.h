@@ -64,6 +64,7 @@ struct peer {
     char address[ADMIN_NAME_MAX];
     bool left;
     uint64_t down_ms; /* the leader's last NodeDown for it (cluster_session.c) */
+    bool down_told;   /* ... logged and counted for this silence */
 };
 
 struct cluster_node {
@@ -119,8 +120,15 @@ struct cluster_node {
     struct cn_moving *moving;     /* reg_mu: old copies whose late messages follow the session */
     struct cn_incoming *incoming; /* reg_mu: sessions that moved here, for their late messages */
     uint64_t started_ms;
-    atomic_bool loaded;       /* the store loaded the sessions */
-    atomic_bool reannounce;   /* NodeDown(self) applied: propose this node's routes again */
+    atomic_bool loaded;     /* the store loaded the sessions */
+    atomic_bool reannounce; /* NodeDown(self) applied: propose this node's routes again */
+    /* ... once caught up after the start: taken for dead while running */
+    atomic_bool reannounce_running;
+    uint64_t first_routes_index; /* mu: index of this run's first route batch, 0 before */
+    /* counters (docs/operations.md): NodeDowns this node proposed as the
+     * leader, once per silence of a member; NodeDown(self) seen applied
+     * while running; clean sessions ended for it (cluster_session.c) */
+    atomic_uint_fast64_t nodes_down, taken_for_dead, dead_sessions_ended;
     atomic_bool restart_done; /* the start-up pass over stored sessions ran */
     uint64_t restart_target;  /* the leader's applied index to reach first */
 

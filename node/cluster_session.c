@@ -38,6 +38,7 @@
 #include "broker.h"
 #include "channel.pb-c.h"
 #include "cmd.h"
+#include "codec.h"
 #include "log.h"
 #include "msg.h"
 #include "msg_seen.h"
@@ -630,74 +631,130 @@ static void restart_pass(struct cluster_node *cn)
 
 /* ---- this node taken for dead ------------------------------------------------------ */
 
-/* A NodeDown(self) applied while this node runs (it was proposed just
- * before this node's reports reached the leader): RouteAdd for every filter
- * of the sessions here (idempotent: those that stayed are no-ops). */
-static void reannounce_routes(struct cluster_node *cn)
+/*
+ * A NodeDown(self) applied while this node runs: the leader heard nothing
+ * from it for cluster_down_after (it was stopped, cut off, or its cluster
+ * thread stalled) and its routes went, but for those of its persistent
+ * sessions. What other nodes published for its clean sessions between that
+ * commit and the commit of the routes proposed again here did not come:
+ * their clients would see a gap without a sign. So those clean sessions
+ * that subscribed to something end here, their connections closed (5.0:
+ * DISCONNECT 0x89 "Server busy", [MQTT-5.0 3.14.2.1]: this node could not
+ * serve them as it should; 3.1.1: the connection closes), and their
+ * clients see a new session (session present 0) when they connect again,
+ * to this node or another, and subscribe again. Counted in
+ * starling_cluster_sessions_ended_taken_for_dead_total. Clean sessions
+ * without subscriptions missed nothing and stay, and the persistent
+ * sessions kept their routes. The routes of the sessions that stay are
+ * proposed again (RouteAdd for each filter, idempotent: those that stayed
+ * are no-ops); those of the ended sessions go with them.
+ *
+ * A NodeDown(self) applied before this node caught up after its start (not
+ * `running`) was proposed while it was down or starting: its routes and
+ * sessions of now came after it in the log and missed nothing; their
+ * routes are proposed again all the same (idempotent), nothing ends.
+ */
+static void taken_for_dead(struct cluster_node *cn, bool running)
 {
     struct broker *b = cn->b;
     struct registry *r = &b->registry;
+    if (running)
+        atomic_fetch_add(&cn->taken_for_dead, 1);
     struct cmd_batch *bt = cmd_batch_new();
     if (!bt)
         return;
-    size_t n = 0;
+    size_t n = 0, ended = 0;
     pthread_mutex_lock(&r->lock);
     for (size_t k = 0; k < r->n_buckets; k++)
         for (struct session *s = r->buckets[k]; s; s = s->hnext) {
             lock_acquire(&s->lock);
-            for (uint32_t i = 0; i < s->n_subs; i++)
-                if (cmd_route_add(bt, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
-                    n++;
+            if (running && s->expiry_interval == 0 && s->n_subs > 0 && s->conn) {
+                b->sink->kick(s->w, s->conn, MQTT_RC_SERVER_BUSY, false);
+                ended++;
+            } else {
+                for (uint32_t i = 0; i < s->n_subs; i++)
+                    if (cmd_route_add(bt, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
+                        n++;
+            }
             lock_release(&s->lock);
         }
     pthread_mutex_unlock(&r->lock);
-    if (n && cn_queue_batch(cn, bt) == 0)
-        log_warn("cluster: this node was taken for dead: %zu route(s) proposed again", n);
+    atomic_fetch_add(&cn->dead_sessions_ended, ended);
+    if (n && cn_queue_batch(cn, bt) != 0)
+        n = 0;
+    if (running)
+        log_warn("cluster: this node was taken for dead: %zu route(s) proposed again, %zu clean "
+                 "session(s) with subscriptions ended (their clients may have missed messages)",
+                 n, ended);
+    else if (n)
+        log_info("cluster: a NodeDown of this node from before it caught up applied: %zu "
+                 "route(s) proposed again",
+                 n);
     cmd_batch_free(bt);
 }
 
 /* ---- dead nodes (the leader) ------------------------------------------------------ */
 
+/*
+ * Who is dead. A member is taken for dead when it has been silent for
+ * cluster_down_after on every path the leader hears it by: its channel
+ * connection (chan.Applied reports every 200 ms, checkpoints every second,
+ * forwards, acknowledgements) and Raft (its answers to heartbeats), as
+ * cluster_quiet_ms measures it: in this node's own running time, so that a
+ * leader whose cluster thread was stalled (a slow fdatasync, SIGSTOP) does
+ * not take the others' unread bytes for their silence. Before, the channel
+ * alone judged, against the glue's clock: on the loaded test machine live,
+ * serving followers were taken for dead every 30 s or so while Raft
+ * heartbeats went on, and messages to their clean sessions were lost
+ * (test_blackbox.py, docs/cluster.md "A node taken for dead while it
+ * runs").
+ */
 static void node_down_poll(struct cluster_node *cn, uint64_t now)
 {
     if (raft_node_leader(cn->raft) != cn->self || !raft_node_ready(cn->raft))
         return;
     uint64_t down_after = cn->b->cfg.cluster_down_after;
-    uint64_t down[MAX_PEERS];
+    uint64_t down[MAX_PEERS], silent[MAX_PEERS], quiet[MAX_PEERS];
     unsigned n = 0;
     pthread_mutex_lock(&cn->mu);
-    /* Heard from no member for down_after: this node's own cluster thread
-     * is the one that did not read their reports (stalled: on the loaded
-     * test machine both followers were taken for dead at once, without an
-     * election, and lost their routes; test_blackbox.py). Not a judgement
-     * to make now; and were they all dead, nothing could commit anyway. */
-    uint64_t freshest = 0;
     for (unsigned i = 0; i < cn->n_peers; i++)
-        if (!cn->peers[i].left && cn->peers[i].seen_ms > freshest)
-            freshest = cn->peers[i].seen_ms;
-    if (freshest && now - freshest > down_after) {
+        quiet[i] = cluster_quiet_ms(cn->c, cn->peers[i].node);
+    /* Heard from no member for down_after: this node's own cluster thread
+     * is the likelier one not to have read their bytes. Not a judgement to
+     * make now; and were they all dead, nothing could commit anyway. */
+    bool any_heard = false, any = false;
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        if (!cn->peers[i].left) {
+            any = true;
+            any_heard |= quiet[i] <= down_after;
+        }
+    if (any && !any_heard) {
         pthread_mutex_unlock(&cn->mu);
         return;
     }
     for (unsigned i = 0; i < cn->n_peers; i++) {
         struct peer *p = &cn->peers[i];
-        uint64_t last = p->seen_ms > cn->started_ms ? p->seen_ms : cn->started_ms;
-        /* Its reports may wait behind its forwards in the channel's queue
-         * (a loaded node: tests/cluster/test_blackbox.py saw live followers
-         * taken for dead every 30 s at load 20-25, and their clean
-         * sessions' messages lost meanwhile): anything it sent counts. */
-        uint64_t heard = cluster_heard_ms(cn->c, p->node);
-        if (heard > last)
-            last = heard;
-        if (p->left || now - last <= down_after || now - p->down_ms < down_after)
+        if (quiet[i] <= down_after)
+            p->down_told = false; /* heard again */
+        if (p->left || quiet[i] <= down_after || now - p->down_ms < down_after)
             continue;
         p->down_ms = now;
+        silent[n] = p->down_told ? 0 : quiet[i]; /* 0: told already */
+        p->down_told = true;
         down[n++] = p->node;
     }
     pthread_mutex_unlock(&cn->mu);
     for (unsigned i = 0; i < n; i++) {
         if (fsm_node_routes(cn->fsm, down[i]) == 0)
             continue; /* nothing to remove: no entry */
+        if (silent[i]) {
+            /* once per silence (NodeDown repeats every down_after while
+             * the routes of its persistent sessions stay) */
+            log_warn("cluster: member %016llx silent for %llu ms (channel and Raft): its routes "
+                     "go (NodeDown)",
+                     (unsigned long long)down[i], (unsigned long long)silent[i]);
+            atomic_fetch_add(&cn->nodes_down, 1);
+        }
         struct cmd_batch *b = cmd_batch_new();
         size_t len;
         const void *e = b && cmd_node_down(b, down[i]) == 0 ? cmd_batch_data(b, &len) : NULL;
@@ -736,7 +793,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
     }
     node_down_poll(cn, now);
     if (atomic_exchange(&cn->reannounce, false))
-        reannounce_routes(cn);
+        taken_for_dead(cn, atomic_exchange(&cn->reannounce_running, false));
 
     struct cn_moving *ending = NULL;
     struct cn_incoming *dropped = NULL;

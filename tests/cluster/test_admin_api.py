@@ -239,6 +239,9 @@ CLUSTER_FAMILIES = {
     "starling_raft_term": "gauge", "starling_raft_commit_index": "gauge",
     "starling_raft_applied_index": "gauge", "starling_raft_leader": "gauge",
     "starling_raft_leader_changes_total": "counter", "starling_routes": "gauge",
+    "starling_cluster_nodes_down_total": "counter",
+    "starling_cluster_taken_for_dead_total": "counter",
+    "starling_cluster_sessions_ended_taken_for_dead_total": "counter",
     "starling_cluster_peer_connected": "gauge",
     "starling_forward_queue_frames": "gauge", "starling_forward_queue_bytes": "gauge",
     "starling_forward_outbox_messages": "gauge", "starling_forward_outbox_bytes": "gauge",
@@ -288,6 +291,10 @@ def test_metrics_on_every_node(cluster):
         assert m["starling_raft_term"][()] >= 1
         assert m["starling_raft_commit_index"][()] >= m["starling_raft_applied_index"][()] >= 1
         assert m["starling_raft_leader_changes_total"][()] >= 1
+        # a formed cluster where no node stopped: nobody taken for dead
+        assert m["starling_cluster_nodes_down_total"][()] == 0
+        assert m["starling_cluster_taken_for_dead_total"][()] == 0
+        assert m["starling_cluster_sessions_ended_taken_for_dead_total"][()] == 0
         # Raft and forwarding on every node; the node families too
         assert types["starling_delivery_latency_seconds"] == "histogram"
 

@@ -175,9 +175,10 @@ def diagnosis(nodes):
 class known_open:
     """Around a test's final assertions: a failure while a node logged that
     it was taken for dead while alive (docs/cluster.md, "What is not
-    guaranteed yet": a live node taken for dead under load loses its
-    subscribers' messages until it proposes its routes again) is that open
-    item, reported as an xfail with the failure; any other failure fails."""
+    guaranteed yet": a node taken for dead while it runs loses its clean
+    subscribers' messages until it proposes its routes again, and ends
+    those sessions: their clients are disconnected) is that open item,
+    reported as an xfail with the failure; any other failure fails."""
 
     def __init__(self, nodes):
         self.nodes = nodes

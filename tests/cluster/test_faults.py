@@ -210,6 +210,183 @@ def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
     print(f"\n[purge] {down.name}'s route purged {time.monotonic() - t0:.1f} s after its death")
 
 
+def metric_value(node, name):
+    """A counter or gauge without labels from node's GET /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://{node.host}:{node.admin_port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return int(float(line.split()[1]))
+    raise AssertionError(f"{name} not in {node.name}'s /metrics")
+
+
+def down_cluster(cluster_factory, tmp_path, down_after_ms):
+    """fault_cluster with a shorter cluster_down_after, each node reading
+    STARLING_TEST_REPORTS_HOLD=tmp_path/reports-held-NAME (debug builds):
+    while that file exists the node sends neither its chan.Applied reports
+    nor its checkpoints, so the channel carries nothing from it to the
+    leader while Raft goes on."""
+    from conftest import Node
+    env = dict(FAULT_ENV)
+    env["STARLING_CLUSTER_DOWN_AFTER"] = str(down_after_ms)
+    c = cluster_factory(extra_env=env)
+    for n in c.nodes:
+        n.env = (lambda n=n: {**Node.env(n),
+                              "STARLING_TEST_REPORTS_HOLD": str(tmp_path / f"reports-held-{n.name}")})
+    c.start()
+    c.wait_healthy()
+    return c
+
+
+def test_a_node_silent_on_the_channel_but_heard_by_raft_is_not_taken_for_dead(cluster_factory,
+                                                                            tmp_path):
+    """A follower that serves, answers Raft, but sends the leader nothing on
+    the forwarding channel for three times cluster_down_after (its reports
+    and checkpoints held back: on a loaded machine they were late behind a
+    slow thread, and live followers were taken for dead every 30 s or so,
+    their clean subscribers losing messages silently) is not taken for
+    dead: the leader judges by Raft too. Its clean subscriber gets every
+    message published meanwhile on another node."""
+    down_after = 3.0  # well above a loaded node's pauses: only the hold may count
+    c = down_cluster(cluster_factory, tmp_path, int(down_after * 1000))
+    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    held, other = [n for n in c.nodes if n is not lead]
+    topic = uid("alive/t")
+    sub = PahoClient(held, uid("asub"), 5, keepalive=120)
+    sub.connect()
+    assert sub.subscribe(topic, qos=1) == [1]
+    me = faults.node_id(held)
+    assert (me, topic) in converged_tables(c)["routes"]
+    pub = PahoClient(other, uid("apub"), 5, keepalive=120)
+    pub.connect()
+    hold = tmp_path / f"reports-held-{held.name}"
+    hold.touch()
+    sent = 0
+    try:
+        # (nothing here asks the admin API, whose answers would go over the
+        # channel: the held node must send the leader nothing)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3 * down_after:
+            pub.publish(topic, f"m{sent}".encode(), qos=1)
+            sent += 1
+            time.sleep(0.1)  # the pace of the publishes during the fault
+    finally:
+        hold.unlink()
+    got = set()
+    deadline = time.monotonic() + WAIT
+    while len(got) < sent and time.monotonic() < deadline:
+        try:
+            got.add(sub.messages.get(timeout=0.5).payload.decode())
+        except Exception:
+            continue
+    print(f"\n[silent channel] {held.name}'s reports held {3 * down_after:.0f} s "
+          f"(cluster_down_after {down_after:.0f} s): its subscriber got {len(got)} of {sent}")
+    assert "this node was taken for dead" not in held.logtext(), "a live node was taken for dead"
+    assert "(NodeDown)" not in lead.logtext()
+    assert metric_value(lead, "starling_cluster_nodes_down_total") == 0
+    assert (me, topic) in converged_tables(c)["routes"]
+    assert len(got) == sent, f"{sent - len(got)} of {sent} missing"
+    sub.disconnect()
+    pub.disconnect()
+
+
+def test_a_node_taken_for_dead_ends_its_clean_subscribers(cluster_factory, tmp_path):
+    """A follower stopped (SIGSTOP) beyond cluster_down_after is taken for
+    dead: the leader removes the routes of its clean sessions (those of its
+    persistent sessions stay). Once it runs again, it learns it, and ends
+    its clean sessions that subscribed (they may have missed messages): the
+    5.0 client gets DISCONNECT 0x89 (Server busy), the 3.1.1 one a closed
+    connection; its persistent session and a clean session without
+    subscriptions stay connected; the counters say so, and a client that
+    subscribes again there gets what is published."""
+    down_after = 2.0
+    c = down_cluster(cluster_factory, tmp_path, int(down_after * 1000))
+    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    x, other = [n for n in c.nodes if n is not lead]
+    t_clean, t_kept = uid("dead/clean"), uid("dead/kept")
+    # raw clients: to see the DISCONNECT and its reason code
+    clean5 = mqttraw.connected(x, uid("c5"), keepalive=120)
+    assert clean5.subscribe([(t_clean, mqttraw.sub_options(qos=1))]).reason_codes == [1]
+    clean3 = mqttraw.connected(x, uid("c3"), version=4, keepalive=120)
+    assert clean3.subscribe([(t_clean, mqttraw.sub_options(qos=1))]).reason_codes == [1]
+    kept = PahoClient(x, uid("p5"), 5, keepalive=120, properties=session_props())
+    kept.connect()
+    assert kept.subscribe(t_kept, qos=1) == [1]
+    idle = PahoClient(x, uid("idle"), 5, keepalive=120)
+    idle.connect()
+    me = faults.node_id(x)
+    routes = converged_tables(c)["routes"]
+    assert (me, t_clean) in routes and (me, t_kept) in routes
+    pause(x)
+    try:
+        t0 = time.monotonic()
+        wait_until(lambda: (me, t_clean) not in faults.tables(lead)["routes"], 5 * down_after + WAIT,
+                   f"{x.name}'s clean route removed (NodeDown)")
+        gone = time.monotonic() - t0
+        assert (me, t_kept) in faults.tables(lead)["routes"], "a persistent session's route went"
+    finally:
+        resume(x)
+    print(f"\n[taken for dead] {x.name} stopped: its clean route went {gone:.1f} s after the stop "
+          f"(cluster_down_after {down_after:.0f} s)")
+    clean5.expect_disconnect(0x89, timeout=WAIT)
+    clean3.expect_closed_without_disconnect(timeout=WAIT)
+    wait_until(lambda: "2 clean session(s) with subscriptions ended" in x.logtext(), WAIT,
+               f"{x.name}'s log line")
+    assert not kept.disconnected.is_set() and not idle.disconnected.is_set()
+    assert metric_value(x, "starling_cluster_taken_for_dead_total") >= 1
+    assert metric_value(x, "starling_cluster_sessions_ended_taken_for_dead_total") == 2
+    assert metric_value(lead, "starling_cluster_nodes_down_total") >= 1
+    # the node serves as before: its persistent subscriber and a new clean
+    # subscriber get what another node publishes
+    wait_healthy(c)
+    again = PahoClient(x, uid("c5b"), 5, keepalive=120)
+    again.connect()
+    assert again.subscribe(t_clean, qos=1) == [1]
+    pub = PahoClient(other, uid("dpub"), 5)
+    pub.connect()
+    pub.publish(t_clean, b"after", qos=1)
+    pub.publish(t_kept, b"kept", qos=1)
+    assert again.get().payload == b"after"
+    assert kept.get().payload == b"kept"
+    for k in (again, pub, kept, idle):
+        k.stop()
+    clean5.close()
+    clean3.close()
+
+
+def test_a_stalled_leader_takes_nobody_for_dead(cluster_factory, tmp_path):
+    """The leader stopped (SIGSTOP) for three times cluster_down_after: the
+    others elect another leader and take the stopped one for dead; the old
+    leader, running again, reads their bytes late, but its judgement counts
+    its own running time, not the time it was stopped: it takes neither
+    follower for dead (their clean subscribers stay connected)."""
+    down_after = 3.0
+    c = down_cluster(cluster_factory, tmp_path, int(down_after * 1000))
+    old = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    others = [n for n in c.nodes if n is not old]
+    subs = []
+    for n in others:
+        s = mqttraw.connected(n, uid("ls"), keepalive=120)
+        assert s.subscribe([(uid("ls/t"), mqttraw.sub_options(qos=1))]).reason_codes == [1]
+        subs.append(s)
+    pause(old)
+    try:
+        wait_until(lambda: faults.leader(c, others), 20, "a new leader")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3 * down_after:
+            time.sleep(0.1)  # the stall lasts that long (that is the fault)
+    finally:
+        resume(old)
+    wait_healthy(c)
+    for n in others:
+        assert "this node was taken for dead" not in n.logtext(), f"{n.name} taken for dead"
+    assert "(NodeDown)" not in old.logtext(), "the old leader took a follower for dead"
+    for s in subs:
+        s.pingreq()
+        assert s.recv(timeout=WAIT).type == mqttraw.PINGRESP
+        s.close()
+
+
 # ------------------------------------------------------------ 2. leader killed
 
 def test_leader_killed_new_leader_quickly_nothing_committed_lost(cluster):

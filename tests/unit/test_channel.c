@@ -210,6 +210,20 @@ static void test_order_both_ways_and_reconnect(void)
     CU_ASSERT_EQUAL(chan_heard_ms(c.c, 1), 0);
     CU_ASSERT_EQUAL(chan_heard_ms(a.c, 3), 0);
     CU_ASSERT_EQUAL(chan_heard_ms(a.c, 9), 0);
+    /* A connection whose node becomes a peer only after its handshake (a
+     * node dials the others before their members tables name it) marks it
+     * heard once it is one (it never did: the leader then judged that node
+     * by its reports alone). */
+    CU_ASSERT_EQUAL(chan_peer_add(c.c, 2, b.address), 0);
+    CU_ASSERT_EQUAL(send_publish(&c, 2, 1), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(b.in.n_from[3] == 1, 5000));
+    CU_ASSERT_EQUAL(chan_heard_ms(b.c, 3), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(b.c, 3, c.address), 0);
+    CU_ASSERT_EQUAL(send_publish(&c, 2, 2), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(b.in.n_from[3] == 2, 5000));
+    CU_ASSERT_TRUE(chan_heard_ms(b.c, 3) > 0);
+    CU_ASSERT_EQUAL(chan_peer_remove(b.c, 3), 0);
+    CU_ASSERT_EQUAL(chan_peer_remove(c.c, 2), 0);
     struct chan_peer_stats st;
     CU_ASSERT_EQUAL(chan_peer_stats(a.c, 2, &st), 0);
     CU_ASSERT_TRUE(st.connected);
