@@ -69,15 +69,16 @@ struct cn_incoming {
 
 /* ---- session records ----------------------------------------------------- */
 
-/* Whether the encoded record rec says what s would write (its owner's
- * node and epoch aside: the state machine checks the registry's owner, and
- * nothing reads those). s->lock held. */
-static bool record_same(const void *rec, size_t len, const struct session *s)
+/* Whether the encoded record rec says what s would write on node `self`
+ * (its epoch aside: the state machine checks the registry's owner). The
+ * node counts: NodeDown keeps the routes of a node that a record still
+ * names, so a new owner always writes its own. s->lock held. */
+static bool record_same(const void *rec, size_t len, const struct session *s, uint64_t self)
 {
     Starling__Cmd__SessionRecord *r = starling__cmd__session_record__unpack(NULL, len, rec);
     if (!r)
         return false;
-    bool same = r->expiry_interval == s->expiry_interval && r->has_version &&
+    bool same = r->node == self && r->expiry_interval == s->expiry_interval && r->has_version &&
                 r->version == s->version && !r->username == !s->user &&
                 (!s->user || strcmp(r->username, s->user) == 0) && r->n_subs == s->n_subs;
     for (size_t i = 0; same && i < r->n_subs; i++) {
@@ -104,7 +105,7 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s)
      * persistent session of this id left is deleted); an unchanged record
      * is not written again (a persistent session's reconnection) */
     bool skip = !b || epoch == 0 || s->ended || (expiry == 0 && !have) ||
-                (expiry != 0 && have && record_same(old, olen, s));
+                (expiry != 0 && have && record_same(old, olen, s, cn->self));
     if (!skip) {
         struct cmd_session_sub *subs = calloc(s->n_subs + 1, sizeof(*subs));
         if (subs) {
@@ -353,6 +354,14 @@ void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
     log_info("cluster: the session state of '%.*s' from %016llx came after its claim went on: "
              "%zu message(s) taken as late ones",
              (int)st->client_id.len, (const char *)st->client_id.data, (unsigned long long)from, k);
+    for (size_t i = 0; i < st->n_msgs; i++)
+        if (st->msgs[i]->state == MSG_STATE_WAIT_PUBCOMP)
+            log_debug("cluster: the state of '%.*s' from %016llx had packet id %u past PUBREC "
+                      "(origin %016llx, publish %llu): not taken",
+                      (int)st->client_id.len, (const char *)st->client_id.data,
+                      (unsigned long long)from, st->msgs[i]->packet_id,
+                      (unsigned long long)st->msgs[i]->origin,
+                      (unsigned long long)st->msgs[i]->pub_id);
     cn_session_on_messages(cn, from, &sm);
     free(mp);
 }
