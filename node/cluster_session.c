@@ -610,7 +610,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
     lock_release(&s->lock);
     if (sm->n_msgs || (sm->has_last && sm->last))
         log_info("cluster: %zu late message(s) of '%s' came from %016llx, %zu of them had come "
-                 "directly (not again), %zu past PUBREC (its client's)%s",
+                 "directly (not again), %zu past PUBREC not taken%s",
                  sm->n_msgs, s->client_id, (unsigned long long)from, dups, past,
                  full ? "; its record of identities was full: later ones at least once" : "");
     log_debug("cluster: '%s' had %zu identity range(s) recorded", s->client_id, ranges);
