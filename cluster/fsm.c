@@ -498,8 +498,16 @@ static int keyref_cmp(const void *a, const void *b)
     return cmp_key(x->p, y->p, x->len, y->len);
 }
 
-/* The filters that the session records owned by `node` need (each a copy,
- * freed with the list). */
+/* The filters that the session records of `node` need (each a copy, freed
+ * with the list): those of the sessions it owns, and those of the sessions
+ * claimed away from it whose new owner has not written its record yet. The
+ * new owner writes it in the entry of its routes or after it (its routes
+ * are queued first), so until then those routes may not be in effect and
+ * its copy may not be in its index yet: messages routed to `node` are held
+ * for it (by their origins, then moved as late messages), where removing
+ * the route lost them (a claim that waited for the stopped node's answer
+ * across NodeDown: tests/cluster/test_faults.py, docs/cluster.md "A stalled
+ * node"). */
 static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist *kept)
 {
     struct keylist recs = {0};
@@ -514,7 +522,7 @@ static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist
         ProtobufCBinaryData id = {recs.lens[i], recs.keys[i]};
         uint64_t owner, epoch;
         int r = registry_read(x, &id, &owner, &epoch);
-        if (r == -ENOENT || (r == 0 && owner != node))
+        if (r == -ENOENT)
             continue;
         if (r) {
             rc = r;
@@ -523,6 +531,10 @@ static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist
         Starling__Cmd__SessionRecord *sr = starling__cmd__session_record__unpack(NULL, vlen, v);
         if (!sr)
             continue; /* cannot happen: written by apply_session_record */
+        if (owner != node && sr->node != node) {
+            starling__cmd__session_record__free_unpacked(sr, NULL);
+            continue;
+        }
         for (size_t k = 0; rc == 0 && k < sr->n_subs; k++)
             rc = collect_key(kept, sr->subs[k]->filter.data, sr->subs[k]->filter.len, NULL, 0);
         starling__cmd__session_record__free_unpacked(sr, NULL);
@@ -535,7 +547,8 @@ static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist
 }
 
 /* NodeDown: the routes of node go, but for the filters of the persistent
- * sessions it still owns (their messages are held for them). */
+ * sessions it still owns or whose new owner has not written their record
+ * yet (their messages are held for them). */
 static int apply_node_down(struct rtable_txn *x, uint64_t node)
 {
     if (node == 0)

@@ -118,12 +118,15 @@ static bool claim_route_incoming(struct cl_claim *k)
     in->epoch = k->epoch;
     uint32_t n = in->n_subs;
     lock_release(&in->lock);
-    /* its record names this node, covered by the same wait as its routes */
-    cn_session_record_queue(k->cn, in);
     for (uint32_t i = 0; i < n; i++) {
         struct session_sub *sub = &in->subs[i];
         sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);
     }
+    /* its record names this node, covered by the same wait as its routes,
+     * and queued after them: NodeDown keeps the old node's routes for the
+     * session until the record names this node (cluster/fsm.c), so at no
+     * point are neither in effect */
+    cn_session_record_queue(k->cn, in);
     if (cn_sync_index(k->cn, claim_routed, k, &k->route_index) == 1)
         return true;
     /* nothing to wait for: this node's routes were there already, so no

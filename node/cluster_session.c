@@ -33,6 +33,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -70,15 +71,16 @@ struct cn_incoming {
 
 /* ---- session records ----------------------------------------------------- */
 
-/* Whether the encoded record rec says what s would write (its owner's
- * node and epoch aside: the state machine checks the registry's owner, and
- * nothing reads those). s->lock held. */
-static bool record_same(const void *rec, size_t len, const struct session *s)
+/* Whether the encoded record rec says what s would write on node `self`
+ * (its epoch aside: the state machine checks the registry's owner). The
+ * node counts: NodeDown keeps the routes of a node that a record still
+ * names, so a new owner always writes its own. s->lock held. */
+static bool record_same(const void *rec, size_t len, const struct session *s, uint64_t self)
 {
     Starling__Cmd__SessionRecord *r = starling__cmd__session_record__unpack(NULL, len, rec);
     if (!r)
         return false;
-    bool same = r->expiry_interval == s->expiry_interval && r->has_version &&
+    bool same = r->node == self && r->expiry_interval == s->expiry_interval && r->has_version &&
                 r->version == s->version && !r->username == !s->user &&
                 (!s->user || strcmp(r->username, s->user) == 0) && r->n_subs == s->n_subs;
     for (size_t i = 0; same && i < r->n_subs; i++) {
@@ -105,7 +107,7 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s)
      * persistent session of this id left is deleted); an unchanged record
      * is not written again (a persistent session's reconnection) */
     bool skip = !b || epoch == 0 || s->ended || (expiry == 0 && !have) ||
-                (expiry != 0 && have && record_same(old, olen, s));
+                (expiry != 0 && have && record_same(old, olen, s, cn->self));
     if (!skip) {
         struct cmd_session_sub *subs = calloc(s->n_subs + 1, sizeof(*subs));
         if (subs) {
@@ -173,6 +175,14 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
         /* the old node may hold messages for it that come here directly
          * too (its kept routes): each once */
         session_seen_start(s, broker_now_mono_ms());
+        /* its packet ids start at a random place: the unfinished QoS 2
+         * exchanges of an older copy, which come later, keep theirs unless
+         * this one used them meanwhile (session_adopt_exchange) */
+        uint64_t r = 0;
+        if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+            r = broker_now_mono_ms();
+        s->next_seq = r % 65535u;
+        s->record_seq = s->next_seq + 1;
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
         if (rec->username)
@@ -197,8 +207,9 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
 /* ---- late messages ---------------------------------------------------------- */
 
 /* Takes the messages s holds (inflight then queued, in delivery order; a
- * QoS 2 message past PUBREC stays: its client has it). Returns the list,
- * oldest first, or NULL. s->lock held. */
+ * QoS 2 message past PUBREC too: the owner completes its exchange or drops
+ * it, cn_session_on_messages). Returns the list, oldest first, or NULL.
+ * s->lock held. */
 struct qmsg *cn_session_take_msgs(struct session *s)
 {
     struct qmsg *head = NULL, **tail = &head;
@@ -210,12 +221,8 @@ struct qmsg *cn_session_take_msgs(struct session *s)
         while (q) {
             struct qmsg *next = q->next;
             q->next = NULL;
-            if (q->state == MSG_STATE_WAIT_PUBCOMP) {
-                qmsg_free(q);
-            } else {
-                *tail = q;
-                tail = &q->next;
-            }
+            *tail = q;
+            tail = &q->next;
             q = next;
         }
     }
@@ -252,9 +259,10 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     size_t k = 0;
     if (mv && mp)
         for (struct qmsg *q = msgs; q; q = q->next, k++) {
+            /* an exchange its client may not have finished keeps its
+             * packet id and state (cn_session_on_messages); the others are
+             * numbered by the new owner */
             cn_msg_fill(&mv[k], q);
-            mv[k].has_packet_id = false; /* numbered by the new owner */
-            mv[k].state = MSG_STATE_QUEUED;
             mp[k] = &mv[k];
         }
     Starling__Chan__SessionMessages sm = STARLING__CHAN__SESSION_MESSAGES__INIT;
@@ -336,26 +344,20 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
 void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
                               const Starling__Chan__SessionState *st)
 {
-    /* a QoS 2 message past PUBREC is its client's already */
-    Starling__Chan__SessionMessage **mp = calloc(st->n_msgs + 1, sizeof(*mp));
-    if (!mp)
-        return;
-    size_t k = 0;
-    for (size_t i = 0; i < st->n_msgs; i++)
-        if (st->msgs[i]->state != MSG_STATE_WAIT_PUBCOMP)
-            mp[k++] = st->msgs[i];
+    /* its unfinished QoS 2 exchanges too: cn_session_on_messages
+     * completes them or drops them */
     Starling__Chan__SessionMessages sm = STARLING__CHAN__SESSION_MESSAGES__INIT;
     sm.client_id = st->client_id;
     sm.epoch = st->epoch;
-    sm.n_msgs = k;
-    sm.msgs = mp;
+    sm.n_msgs = st->n_msgs;
+    sm.msgs = st->msgs;
     sm.n_seen = st->n_seen;
     sm.seen = st->seen;
     log_info("cluster: the session state of '%.*s' from %016llx came after its claim went on: "
              "%zu message(s) taken as late ones",
-             (int)st->client_id.len, (const char *)st->client_id.data, (unsigned long long)from, k);
+             (int)st->client_id.len, (const char *)st->client_id.data, (unsigned long long)from,
+             st->n_msgs);
     cn_session_on_messages(cn, from, &sm);
-    free(mp);
 }
 
 void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
@@ -430,6 +432,77 @@ static struct session *owned_session(struct cluster_node *cn, const char *id, si
     return s;
 }
 
+/* Packet ids of adopted exchanges to send on the session's connection. */
+struct late_resend {
+    struct broker *b;
+    struct session *s; /* a reference */
+    size_t n;
+    uint16_t pids[];
+};
+
+/* On the worker that owns the session's connection. */
+static void late_resend_on_worker(void *ud)
+{
+    struct late_resend *rs = ud;
+    struct session *s = rs->s;
+    lock_acquire(&s->lock);
+    if (s->conn && sink_thread_worker && s->w == sink_thread_worker)
+        for (size_t i = 0; i < rs->n; i++)
+            session_resend_locked(rs->b, s, rs->pids[i]);
+    lock_release(&s->lock);
+    session_unref(s);
+    free(rs);
+}
+
+/* The adopted exchanges go to the client now when it is connected (else
+ * with the resumption of its next connection). Takes rs. */
+static void late_resend_post(struct broker *b, struct session *s, struct late_resend *rs)
+{
+    rs->b = b;
+    rs->s = session_ref(s);
+    lock_acquire(&s->lock);
+    struct worker *w = s->conn ? s->w : NULL;
+    lock_release(&s->lock);
+    if (!w || b->sink->call(w, late_resend_on_worker, rs) < 0) {
+        session_unref(s);
+        free(rs);
+    }
+}
+
+/* A late message q (m) of s that an older copy had sent to its client and
+ * whose QoS 2 exchange was not finished: s, resumed from its record, takes
+ * it over with its packet id (session_adopt_exchange). Returns 1 (adopted:
+ * its PUBLISH or PUBREL is to be sent), 2 (s had it already: not taken),
+ * 0 (not adopted: the caller goes on as with any late message). */
+static int late_exchange_adopt(struct session *s, const Starling__Chan__SessionMessage *q,
+                               struct msg *m)
+{
+    if (q->qos != 2 || !q->has_packet_id || q->packet_id == 0 || q->packet_id > 65535 ||
+        (q->state != MSG_STATE_WAIT_PUBREC && q->state != MSG_STATE_WAIT_PUBCOMP))
+        return 0;
+    lock_acquire(&s->lock);
+    int r = 0;
+    if (!s->record_seq) {
+        r = 0;
+    } else if (m->id_node && s->seen && msg_seen_has(s->seen, m->id_node, m->id_seq)) {
+        /* its client got it from this copy: completing the old exchange
+         * would deliver it twice */
+        r = 2;
+    } else {
+        struct qmsg *x = qmsg_new(m, 2, q->retain, q->sub_ids,
+                                  (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids));
+        if (x && session_adopt_exchange(s, x, (uint16_t)q->packet_id, (uint8_t)q->state) == 0) {
+            if (m->id_node && s->seen)
+                msg_seen_add(s->seen, m->id_node, m->id_seq);
+            r = 1;
+        } else {
+            qmsg_free(x);
+        }
+    }
+    lock_release(&s->lock);
+    return r;
+}
+
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionMessages *sm)
 {
@@ -473,7 +546,8 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
         return;
     }
     struct store_batch *bt = NULL;
-    size_t dups = 0;
+    size_t dups = 0, past = 0;
+    struct late_resend *rs = calloc(1, sizeof(*rs) + (sm->n_msgs + 1) * sizeof(uint16_t));
     for (size_t i = 0; i < sm->n_msgs; i++) {
         const Starling__Chan__SessionMessage *q = sm->msgs[i];
         if (q->topic.len == 0 || q->topic.len > 65535)
@@ -489,14 +563,37 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
             m->id_node = q->origin;
             m->id_seq = q->pub_id;
         }
-        /* 1: the session had it (it came here directly too) */
-        if (session_deliver(b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain, q->sub_ids,
-                            (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids), NULL, &bt,
-                            NULL) == 1)
+        int r = late_exchange_adopt(s, q, m);
+        if (r == 1 && rs) {
+            rs->pids[rs->n++] = (uint16_t)q->packet_id;
+        } else if (r == 2) {
             dups++;
+        } else if (r == 0 && q->state == MSG_STATE_WAIT_PUBCOMP) {
+            /* past PUBREC and not adopted: its client has it (or this
+             * session used its packet id since: it cannot be completed) */
+            past++;
+            log_debug("cluster: a late message of '%s' past PUBREC (packet id %u, origin "
+                      "%016llx, publish %llu) not taken",
+                      s->client_id, q->packet_id, (unsigned long long)q->origin,
+                      (unsigned long long)q->pub_id);
+        } else if (r == 0 &&
+                   /* 1: the session had it (it came here directly too) */
+                   session_deliver(b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain,
+                                   q->sub_ids, (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids),
+                                   NULL, &bt, NULL) == 1) {
+            dups++;
+        }
         msg_unref(m);
     }
     persist_submit(b, &bt, NULL, NULL);
+    if (rs && rs->n) {
+        log_info("cluster: %zu unfinished QoS 2 exchange(s) of '%s' from %016llx taken with "
+                 "their packet ids",
+                 rs->n, s->client_id, (unsigned long long)from);
+        late_resend_post(b, s, rs);
+    } else {
+        free(rs);
+    }
     bool full = false;
     size_t ranges = 0;
     lock_acquire(&s->lock);
@@ -514,8 +611,8 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
     lock_release(&s->lock);
     if (sm->n_msgs || (sm->has_last && sm->last))
         log_info("cluster: %zu late message(s) of '%s' came from %016llx, %zu of them had come "
-                 "directly (not again)%s",
-                 sm->n_msgs, s->client_id, (unsigned long long)from, dups,
+                 "directly (not again), %zu past PUBREC not taken%s",
+                 sm->n_msgs, s->client_id, (unsigned long long)from, dups, past,
                  full ? "; its record of identities was full: later ones at least once" : "");
     log_debug("cluster: '%s' had %zu identity range(s) recorded", s->client_id, ranges);
     session_unref(s);

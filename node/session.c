@@ -635,6 +635,47 @@ void session_resume_locked(struct broker *b, struct session *s)
     session_flush_locked(b, s);
 }
 
+/* Whether s used packet id pid since it was resumed from its record. */
+static bool pid_used_since_record(const struct session *s, uint16_t pid)
+{
+    uint64_t from = s->record_seq - 1;
+    uint64_t used = s->next_seq - from;
+    if (used >= 65535u)
+        return true;
+    uint64_t d = ((uint64_t)pid - 1u + 65535u - from % 65535u) % 65535u;
+    return d < used;
+}
+
+int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint8_t state)
+{
+    assert(lock_held(&s->lock));
+    if (!s->record_seq || s->ended || pid == 0 || q->qos != 2 ||
+        (state != MSG_STATE_WAIT_PUBREC && state != MSG_STATE_WAIT_PUBCOMP))
+        return -EINVAL;
+    if (pid_in_use(s, pid) || pid_used_since_record(s, pid))
+        return -EEXIST;
+    q->pid = pid;
+    q->state = state;
+    q->stored = false; /* not in this node's store (as a moved session's) */
+    qlist_push(&s->inflight, q);
+    return 0;
+}
+
+int session_resend_locked(struct broker *b, struct session *s, uint16_t pid)
+{
+    assert(lock_held(&s->lock));
+    SESSION_ASSERT_OWNER(s);
+    struct conn *c = s->conn;
+    struct qmsg *q = c ? inflight_find(s, pid) : NULL;
+    if (!q)
+        return -ENOENT;
+    if (q->state == MSG_STATE_WAIT_PUBCOMP)
+        b->sink->pubrel(c, pid);
+    else if (q->state == MSG_STATE_WAIT_PUBREC)
+        b->sink->publish(c, q, true, msg_now_real_ms());
+    return 0;
+}
+
 int session_puback_locked(struct broker *b, struct session *s, uint16_t pid,
                           struct store_batch **bt)
 {

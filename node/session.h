@@ -133,6 +133,11 @@ struct session {
      * it follows the session when it moves on (SessionState). */
     struct msg_seen *seen;
     uint64_t seen_until;
+    /* cluster: 1 + next_seq when the session was resumed here from its
+     * replicated record (0: it was not). The packet ids it used are those
+     * of its sequence numbers from there on; an older copy's unfinished
+     * QoS 2 exchanges may join with their own (session_adopt_exchange). */
+    uint64_t record_seq;
     uint32_t will_expiry;
     uint16_t id_len;
     bool in_table; /* registry lock */
@@ -228,6 +233,21 @@ int session_pubcomp_locked(struct broker *b, struct session *s, uint16_t pid,
  * restart (the store does not record sends). */
 void session_restore_msg(struct session *s, struct qmsg *q, uint8_t state);
 struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *ids, uint16_t n_ids);
+
+/* An older copy's unfinished QoS 2 exchange of q (a copy on another node
+ * that sent it with packet id pid and is in state MSG_STATE_WAIT_PUBREC or
+ * MSG_STATE_WAIT_PUBCOMP) joins the inflight list of s with that packet id,
+ * s being a session resumed from its replicated record (record_seq): its
+ * client may hold that PUBLISH awaiting PUBREL, which only pid completes
+ * [MQTT-5.0 4.3.3, 4.4.0-1]. Returns 0 (s owns q now), -EEXIST when s has
+ * used pid itself since (the client's state of it is s's then), -EINVAL
+ * when s is no such session. s->lock held. */
+int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint8_t state);
+/* Send the next packet of the inflight exchange pid on the attached
+ * connection: the PUBLISH again (DUP) or its PUBREL (an adopted exchange,
+ * whose client is connected already). Returns 0 or -ENOENT. Owning worker
+ * only; s->lock held. */
+int session_resend_locked(struct broker *b, struct session *s, uint16_t pid);
 
 /* Incoming QoS 2 ids (s->lock held). */
 bool session_qos2_has(struct session *s, uint16_t pid);

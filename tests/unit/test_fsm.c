@@ -361,7 +361,8 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_EQUAL(fsm_registry_get(f, S("c2"), &node, &epoch), 0);
 
     /* NodeDown(3): its routes go, but those of the persistent sessions it
-     * still owns (c3); c4's record names node 3 but node 4 owns it now */
+     * still owns (c3) and of those claimed away whose new owner has not
+     * written its record yet (c4: node 4 owns it, its record names node 3) */
     cmd_route_add(b, S("keep/+"), 3);
     cmd_route_add(b, S("$share/g/k"), 3);
     cmd_route_add(b, S("gone"), 3);
@@ -387,11 +388,20 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
     CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
     CU_ASSERT_EQUAL(fsm_node_counts(f, 3, &nr, &ns), 0);
-    CU_ASSERT_EQUAL(nr, 2);
+    CU_ASSERT_EQUAL(nr, 3);
     /* the matcher follows the table */
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 4);
+    /* once node 4 wrote c4's record, the next NodeDown(3) takes "moved" */
+    cmd_session_record(b, S("c4"), 4, 2, 100, 5, NULL, moved, 1);
+    cmd_node_down(b, 3);
+    CU_ASSERT_EQUAL(apply(f, 8, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_OK);
+    CU_ASSERT_EQUAL(fsm_node_counts(f, 3, &nr, &ns), 0);
+    CU_ASSERT_EQUAL(nr, 2);
     CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 3);
     assert_checksum_consistent(f);
-    CU_ASSERT_EQUAL(fsm_routes_index(f), 7);
+    CU_ASSERT_EQUAL(fsm_routes_index(f), 8);
 
     /* the records travel in snapshots */
     void *snap;
@@ -404,7 +414,7 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_EQUAL(record_filters(f2, "c3", got, sizeof got, &expiry, user, sizeof user), 0);
     CU_ASSERT_STRING_EQUAL(got, "keep/+:1:0,$share/g/k:0:0");
     CU_ASSERT_EQUAL(routes_count(fsm_routes(f2)), 3);
-    CU_ASSERT_EQUAL(fsm_routes_index(f2), 7);
+    CU_ASSERT_EQUAL(fsm_routes_index(f2), 8);
     free(snap);
     fsm_close(f2);
     rmdir_free(d2);

@@ -27,6 +27,9 @@ static struct {
     uint8_t kick_reason;
     bool kick_resumed;
     int wakes;
+    int publishes, pubrels;
+    bool last_dup;
+    uint16_t last_pid;
     /* calls queued by sink.call, run by run_calls() */
     void (*fn[8])(void *);
     void *ud[8];
@@ -41,12 +44,17 @@ static bool fake_ready(struct conn *c, uint16_t *rm)
 }
 static int fake_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t now)
 {
-    (void)c, (void)q, (void)dup, (void)now;
+    (void)c, (void)now;
+    rec.publishes++;
+    rec.last_dup = dup;
+    rec.last_pid = q->pid;
     return SINK_SENT;
 }
 static void fake_pubrel(struct conn *c, uint16_t pid)
 {
-    (void)c, (void)pid;
+    (void)c;
+    rec.pubrels++;
+    rec.last_pid = pid;
 }
 static void fake_wake(struct worker *owner, struct session *s, struct worker *cur)
 {
@@ -316,6 +324,58 @@ static void test_two_brokers(void)
     broker_cleanup(&b2);
 }
 
+/* A session resumed from its record (cluster) takes over an older copy's
+ * unfinished QoS 2 exchanges with their packet ids, unless it used them. */
+static void test_adopt_exchange(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct msg *m =
+        msg_new((const uint8_t *)"t", 1, (const uint8_t *)"x", 1, NULL, 0, 2, false, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    struct session *s = session_new("ad", 2);
+    struct qmsg *q = qmsg_new(m, 2, false, NULL, 0);
+    lock_acquire(&s->lock);
+    /* not resumed from a record: no adoption */
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 7, MSG_STATE_WAIT_PUBCOMP), -EINVAL);
+    /* resumed at sequence 65530 (packet id 65531), 10 used since: packet
+     * ids 65531..65535 and 1..5 (the numbering wraps) are its own */
+    s->next_seq = 65530;
+    s->record_seq = s->next_seq + 1;
+    s->next_seq += 10;
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 65531, MSG_STATE_WAIT_PUBCOMP), -EEXIST);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 5, MSG_STATE_WAIT_PUBCOMP), -EEXIST);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 7, MSG_STATE_QUEUED), -EINVAL);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 7, MSG_STATE_WAIT_PUBCOMP), 0);
+    struct qmsg *q2 = qmsg_new(m, 2, false, NULL, 0);
+    /* 7 is inflight now */
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q2, 7, MSG_STATE_WAIT_PUBREC), -EEXIST);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q2, 65530, MSG_STATE_WAIT_PUBREC), 0);
+    CU_ASSERT_EQUAL(s->inflight.len, 2);
+    /* sent on the connection: the PUBREL of one, the PUBLISH (DUP) of the other */
+    s->conn = CONN(conn_a);
+    s->w = W1;
+    CU_ASSERT_EQUAL(session_resend_locked(&b, s, 7), 0);
+    CU_ASSERT_EQUAL(rec.pubrels, 1);
+    CU_ASSERT_EQUAL(rec.last_pid, 7);
+    CU_ASSERT_EQUAL(session_resend_locked(&b, s, 65530), 0);
+    CU_ASSERT_EQUAL(rec.publishes, 1);
+    CU_ASSERT(rec.last_dup);
+    CU_ASSERT_EQUAL(rec.last_pid, 65530);
+    CU_ASSERT_EQUAL(session_resend_locked(&b, s, 8), -ENOENT);
+    /* the client completes them */
+    struct store_batch *bt = NULL;
+    CU_ASSERT_EQUAL(session_pubcomp_locked(&b, s, 7, &bt), 0);
+    CU_ASSERT_EQUAL(session_pubrec_locked(&b, s, 65530, 0, &bt), 0);
+    CU_ASSERT_EQUAL(session_pubcomp_locked(&b, s, 65530, &bt), 0);
+    CU_ASSERT_EQUAL(s->inflight.len, 0);
+    s->conn = NULL;
+    lock_release(&s->lock);
+    session_unref(s);
+    msg_unref(m);
+    broker_cleanup(&b);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -333,6 +393,7 @@ int main(void)
     CU_add_test(s, "a session from another node", test_transferred);
     CU_add_test(s, "surrender to another node", test_surrender);
     CU_add_test(s, "two brokers in one process", test_two_brokers);
+    CU_add_test(s, "an older copy's QoS 2 exchange adopted", test_adopt_exchange);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
