@@ -478,6 +478,8 @@ def test_rolling_restart_persistent_subscribers_follow(fault_cluster, traffic_fa
     t.window(t0)
     assert rcs == {"n1": 0, "n2": 0, "n3": 0}, rcs
     r, owners, _ = finish(t, c, "rolling restart")
+    if os.environ.get("STARLING_TEST_KEEP_TMP"):
+        t.dump(os.path.join(c.base, "traffic.txt"))
     assert not owners, owners
     assert_clean(r, "rolling restart")
 
