@@ -55,10 +55,23 @@ struct cn_moving {
     struct session *s; /* out of the table, still subscribed (a reference) */
     uint64_t to, epoch;
     uint64_t until_ms;    /* end at the latest then */
-    bool routed;          /* the new owner's routes are everywhere: end now */
+    bool routed;          /* the new owner's routes are everywhere: send, end soon */
+    bool graced;          /* routed seen: until_ms is the end of the grace (LATE_GRACE_MS) */
     bool now;             /* no state was sent (cn_moving_add) */
     uint64_t route_index; /* ... since this index (0: unknown) */
 };
+
+/* A routed copy still sends, for this long, what arrives for it routed
+ * before the new owner's routes: forwards that were on their way to this
+ * node, held in their origin's outbox while this node was away or while
+ * the channel reconnected (with a backoff of up to 5 s), arrive after the
+ * SessionRouted. Ended at once, the copy was no longer in the index when
+ * they came, and they matched nothing here: acknowledged messages lost
+ * (test_rolling_restart_persistent_subscribers_follow: 71 of one
+ * subscriber's, published on the claimant itself while this node
+ * restarted; the claimant's SessionRouted overtook its own outbox's
+ * replay). */
+#define LATE_GRACE_MS CHAN_RECONNECT_GRACE_MS
 
 struct cn_incoming {
     struct cn_incoming *next;
@@ -226,7 +239,7 @@ struct qmsg *cn_session_take_msgs(struct session *s)
  * routed with a route table at or past `direct` (not 0), which reached `to`
  * directly. */
 static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,
-                      uint64_t epoch, struct qmsg *msgs, uint64_t direct,
+                      uint64_t epoch, struct qmsg *msgs, uint64_t direct, bool last,
                       Starling__Chan__SeenRange **seen, size_t n_seen)
 {
     size_t n = 0, skipped = 0;
@@ -262,14 +275,14 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     sm.epoch = epoch;
     sm.n_msgs = k;
     sm.msgs = mp;
-    sm.has_last = true;
-    sm.last = true;
+    sm.has_last = last;
+    sm.last = last;
     sm.n_seen = n_seen;
     sm.seen = seen;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
     fr.session_messages = &sm;
-    int r = k == n ? cn_send_frame(cn, to, &fr) : -ENOMEM;
+    int r = k == n ? (n || last ? cn_send_frame(cn, to, &fr) : 0) : -ENOMEM;
     if (r < 0) {
         atomic_fetch_add(&cn->b->stats.msgs_dropped, n);
         atomic_fetch_add(&cn->b->stats.dropped[BROKER_DROP_SESSION_MOVED], n);
@@ -726,6 +739,36 @@ static bool moving_test_hold(void)
 }
 #endif
 
+/* A routed copy in its grace period (LATE_GRACE_MS): what it collected
+ * since the last poll goes to the new owner now, but for what was routed
+ * with the new owner's routes (it reached it directly). */
+struct late_flush {
+    struct session *s; /* a reference */
+    uint64_t to, epoch, route_index;
+};
+#define LATE_FLUSH_MAX 64
+
+static bool subs_shared(const struct session *s)
+{
+    for (uint32_t i = 0; i < s->n_subs; i++)
+        if (s->subs[i].len > 7 && memcmp(s->subs[i].filter, "$share/", 7) == 0)
+            return true;
+    return false;
+}
+
+static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
+{
+    struct session *s = f->s;
+    lock_acquire(&s->lock);
+    bool shared = subs_shared(s);
+    struct qmsg *late = s->inflight.head || s->queue.head ? cn_session_take_msgs(s) : NULL;
+    lock_release(&s->lock);
+    if (late)
+        msgs_send(cn, f->to, s->client_id, s->id_len, f->epoch, late, shared ? 0 : f->route_index,
+                  false, NULL, 0);
+    session_unref(s);
+}
+
 void cn_session_poll(struct cluster_node *cn, uint64_t now)
 {
     if (!cn->started_ms)
@@ -740,17 +783,26 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
 
     struct cn_moving *ending = NULL;
     struct cn_incoming *dropped = NULL;
+    struct late_flush flush[LATE_FLUSH_MAX];
+    size_t n_flush = 0;
     bool hold = moving_test_hold();
     pthread_mutex_lock(&cn->reg_mu);
     for (struct cn_moving **pp = &cn->moving; *pp;) {
         struct cn_moving *x = *pp;
-        if ((x->routed || x->until_ms <= now) && !hold) {
+        if (x->routed && !x->graced) {
+            x->graced = true;
+            x->until_ms = now + LATE_GRACE_MS;
+        }
+        if (x->until_ms <= now && !hold) {
             *pp = x->next;
             x->next = ending;
             ending = x;
-        } else {
-            pp = &x->next;
+            continue;
         }
+        if (x->routed && !hold && n_flush < LATE_FLUSH_MAX)
+            flush[n_flush++] =
+                (struct late_flush){session_ref(x->s), x->to, x->epoch, x->route_index};
+        pp = &x->next;
     }
     for (struct cn_incoming **pp = &cn->incoming; *pp;) {
         struct cn_incoming *x = *pp;
@@ -763,6 +815,8 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         }
     }
     pthread_mutex_unlock(&cn->reg_mu);
+    for (size_t i = 0; i < n_flush; i++)
+        late_flush_send(cn, &flush[i]);
     while (ending) {
         struct cn_moving *x = ending;
         ending = x->next;
@@ -803,7 +857,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         log_debug("cluster: the old copy of '%s' ends (%s)", s->client_id,
                   x->routed ? "its new owner's routes are everywhere" : "grace period over");
         msgs_send(cn, x->to, s->client_id, s->id_len, x->epoch, late,
-                  x->routed && !shared ? x->route_index : 0, seenp, n_seen);
+                  x->routed && !shared ? x->route_index : 0, true, seenp, n_seen);
         free(seen);
         free(seenp);
         session_end(cn->b, s);
