@@ -479,6 +479,14 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now)
     }
 }
 
+size_t cn_registry_surrendered(struct cluster_node *cn)
+{
+    size_t n = 0;
+    for (struct surrendered *x = cn->surrendered; x; x = x->next)
+        n++;
+    return n;
+}
+
 /* At stop (after the cluster stopped: no callback runs any more). */
 void cn_registry_drain(struct cluster_node *cn)
 {

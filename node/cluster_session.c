@@ -33,6 +33,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -870,6 +871,64 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         session_unref(x->s);
         free(x);
     }
+}
+
+/* ---- handing sessions over at a stop --------------------------------------------- */
+
+/* What cluster_node_hand_over still waits for: persistent sessions that
+ * the stop disconnected and that are still here, unclaimed; sessions
+ * surrendered to a claim whose request has not come; copies whose state
+ * was sent and whose new owner's routes are not everywhere yet. */
+static size_t hand_over_pending(struct cluster_node *cn, uint64_t since)
+{
+    struct broker *b = cn->b;
+    struct registry *r = &b->registry;
+    size_t n = 0;
+    pthread_mutex_lock(&r->lock);
+    for (size_t k = 0; k < r->n_buckets; k++)
+        for (struct session *s = r->buckets[k]; s; s = s->hnext) {
+            lock_acquire(&s->lock);
+            if (s->expiry_interval && !s->ended && !s->conn && s->disconnected_at >= since)
+                n++;
+            lock_release(&s->lock);
+        }
+    pthread_mutex_unlock(&r->lock);
+    pthread_mutex_lock(&cn->reg_mu);
+    n += cn_registry_surrendered(cn);
+    for (struct cn_moving *x = cn->moving; x; x = x->next)
+        if (!x->now && !x->graced)
+            n++;
+    pthread_mutex_unlock(&cn->reg_mu);
+    return n;
+}
+
+void cluster_node_hand_over(struct cluster_node *cn)
+{
+    if (!cn || !cn->c || atomic_load(&cn->stopped) || atomic_load(&cn->rebuilding) ||
+        atomic_load(&cn->failed))
+        return;
+    struct broker *b = cn->b;
+    bool others = false;
+    pthread_mutex_lock(&cn->mu);
+    uint64_t now = cn_mono_ms();
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        others = others || (!cn->peers[i].left && cn->peers[i].seen_ms &&
+                            now - cn->peers[i].seen_ms <= b->cfg.cluster_down_after);
+    pthread_mutex_unlock(&cn->mu);
+    uint64_t since = atomic_load(&b->stopping_since);
+    size_t first = hand_over_pending(cn, since), left = first;
+    if (!others || !first)
+        return;
+    log_info("cluster: waiting for %zu persistent session(s) to be claimed elsewhere", first);
+    uint64_t start = cn_mono_ms(), deadline = start + b->cfg.cluster_claim_timeout;
+    while (left && cn_mono_ms() < deadline) {
+        struct timespec ts = {0, 20 * 1000 * 1000}; /* the glue's thread does the work */
+        nanosleep(&ts, NULL);
+        left = hand_over_pending(cn, since);
+    }
+    log_info("cluster: %zu of %zu persistent session(s) handed over in %llu ms%s", first - left,
+             first, (unsigned long long)(cn_mono_ms() - start),
+             left ? "; the others resume from their records" : "");
 }
 
 void cluster_node_sessions_loaded(struct cluster_node *cn)
