@@ -108,6 +108,8 @@ def finish(t, cluster, name, timeout=30):
     t.stop()
     r = t.check()
     report(name, r)
+    if os.environ.get("STARLING_TEST_KEEP_TMP"):  # beside the nodes' logs
+        t.dump(os.path.join(cluster.base, "traffic.txt"))
     return r, owners, tabs
 
 
@@ -484,8 +486,6 @@ def test_rolling_restart_persistent_subscribers_follow(fault_cluster, traffic_fa
     t.window(t0)
     assert rcs == {"n1": 0, "n2": 0, "n3": 0}, rcs
     r, owners, _ = finish(t, c, "rolling restart")
-    if os.environ.get("STARLING_TEST_KEEP_TMP"):
-        t.dump(os.path.join(c.base, "traffic.txt"))
     assert not owners, owners
     assert_clean(r, "rolling restart")
 
