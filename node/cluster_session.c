@@ -289,9 +289,12 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
         atomic_fetch_add(&cn->b->stats.dropped[BROKER_DROP_SESSION_MOVED], n);
         log_warn("cluster: %zu late message(s) of '%.*s' not sent to %016llx: %s", n, (int)len, id,
                  (unsigned long long)to, strerror(-r));
-    } else if (n) {
+    } else if (n && last) {
         log_info("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
                  id, (unsigned long long)to);
+    } else if (n) { /* a routed copy's grace (LATE_GRACE_MS): every poll */
+        log_debug("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
+                  id, (unsigned long long)to);
     }
     free(mv);
     free(mp);
@@ -525,11 +528,16 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
         ranges = msg_seen_ranges(s->seen);
     }
     lock_release(&s->lock);
-    if (sm->n_msgs || (sm->has_last && sm->last))
+    /* a routed copy's grace sends what comes every poll: a line when
+     * something was new, and for the last frame */
+    if ((sm->has_last && sm->last) || sm->n_msgs > dups)
         log_info("cluster: %zu late message(s) of '%s' came from %016llx, %zu of them had come "
                  "directly (not again)%s",
                  sm->n_msgs, s->client_id, (unsigned long long)from, dups,
                  full ? "; its record of identities was full: later ones at least once" : "");
+    else if (sm->n_msgs)
+        log_debug("cluster: %zu late message(s) of '%s' came from %016llx, all had come directly",
+                  sm->n_msgs, s->client_id, (unsigned long long)from);
     log_debug("cluster: '%s' had %zu identity range(s) recorded", s->client_id, ranges);
     session_unref(s);
 }
