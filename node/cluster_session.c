@@ -15,9 +15,13 @@
  * Late messages. The old owner keeps its copy subscribed after it sent the
  * SessionState, and sends what still arrives for it (SessionMessages) to
  * the new owner until that one says its routes are in effect everywhere
- * (SessionRouted), then ends it. A node that starts with stored sessions
- * that the registry gives to another node sends their messages to that node
- * and ends them. The new owner appends them to the session's queue.
+ * (SessionRouted), and for LATE_GRACE_MS after (forwards still on their
+ * way), then ends it. A node that starts with stored sessions that the
+ * registry gives to another node sends their messages to that node and
+ * ends them. The new owner appends them to the session's queue.
+ *
+ * A stop (SIGTERM) waits, bounded, until the sessions of the clients it
+ * disconnected were claimed elsewhere and handed over (cluster_node_hand_over).
  *
  * Dead nodes. The leader proposes NodeDown for a member that has not
  * reported for cluster_down_after (again every cluster_down_after while it
