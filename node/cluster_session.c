@@ -928,8 +928,10 @@ void cluster_node_hand_over(struct cluster_node *cn)
                             now - cn->peers[i].seen_ms <= b->cfg.cluster_down_after);
     pthread_mutex_unlock(&cn->mu);
     uint64_t since = atomic_load(&b->stopping_since);
+    if (!others || !since) /* nobody to hand over to; or not a stop's disconnections */
+        return;
     size_t first = hand_over_pending(cn, since), left = first;
-    if (!others || !first)
+    if (!first)
         return;
     log_info("cluster: waiting for %zu persistent session(s) to be claimed elsewhere", first);
     uint64_t start = cn_mono_ms(), deadline = start + b->cfg.cluster_claim_timeout;
