@@ -63,6 +63,15 @@ int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen)
  * with the cluster's provider, which uses l for what is per node. */
 void cluster_node_admin(struct cluster_node *cn, struct admin_local *l, struct admin_provider *p);
 
+/* After server_run returned (SIGTERM: the clients were disconnected), before
+ * cluster_node_stop: wait, at most cluster_claim_timeout, until every
+ * persistent session whose client the stop disconnected was claimed on
+ * another node and handed over (its SessionState sent, and the new owner's
+ * SessionRouted came), so that it moves whole: its messages inflight with
+ * their packet ids, its QoS 2 state. Returns at once without another live
+ * member. cn may be NULL. Main thread. */
+void cluster_node_hand_over(struct cluster_node *cn);
+
 /* After server_run returned: stop forwarding, the own thread and the
  * cluster; the route ops become no-ops (the broker may still call them
  * while it ends its sessions). */

@@ -176,6 +176,8 @@ extern const struct registry_ops cluster_registry_ops;
 void cn_registry_poll(struct cluster_node *cn, uint64_t now);
 /* After the cluster stopped. */
 void cn_registry_drain(struct cluster_node *cn);
+/* Sessions surrendered to a claim whose request has not come. reg_mu held. */
+size_t cn_registry_surrendered(struct cluster_node *cn);
 /* Cluster thread: the observer saw a claim of another node applied. */
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t node, uint64_t epoch, bool clean_start);

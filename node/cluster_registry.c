@@ -62,6 +62,7 @@ struct cl_claim {
     uint64_t retry_at_ms; /* 0: not waiting to retry */
     uint64_t epoch;       /* the epoch proposed */
     uint64_t prev_node;   /* owner before the claim (0: none) */
+    uint64_t maybe_epoch; /* an attempt with this epoch may have committed (0: none) */
     bool awaiting_state;
     uint64_t wait_index; /* decided at this index, not applied here yet */
     bool then_propose;   /* after wait_index: claim again (else: won) */
@@ -305,6 +306,9 @@ static void claim_done(void *ud, int status, const struct fsm_batch_result *res,
     }
     if ((status == -ENOTCONN || status == -EAGAIN || status == -ECONNABORTED) &&
         now + CLAIM_RETRY_MS < k->deadline_ms) {
+        /* the entry may still commit (a leader that stops or steps down
+         * after appending it answers so): the next attempt looks for it */
+        k->maybe_epoch = k->epoch;
         pthread_mutex_lock(&cn->reg_mu);
         k->retry_at_ms = now + CLAIM_RETRY_MS;
         k->next = cn->claims;
@@ -323,6 +327,19 @@ static void claim_propose(struct cl_claim *k)
     uint64_t node = 0, epoch = 0;
     if (fsm_registry_get(cn->fsm, k->id, k->req.id_len, &node, &epoch) < 0)
         node = epoch = 0;
+    if (k->maybe_epoch && node == cn->self && epoch == k->maybe_epoch) {
+        /* an earlier attempt whose answer was lost (its leader stopped)
+         * committed after all: this claim won, from the owner read then.
+         * Claimed again, it would find itself the owner and start a new
+         * session (session present 0; seen in rolling restarts when the
+         * leader was the node stopped) */
+        log_info("cluster: the claim of '%s' (%llu) had committed before it was made again", k->id,
+                 (unsigned long long)epoch);
+        k->epoch = epoch;
+        k->maybe_epoch = 0;
+        claim_won(k);
+        return;
+    }
     k->prev_node = node;
     k->epoch = epoch + 1;
     struct cmd_batch *b = cmd_batch_new();
@@ -463,6 +480,14 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now)
         }
         free(x);
     }
+}
+
+size_t cn_registry_surrendered(struct cluster_node *cn)
+{
+    size_t n = 0;
+    for (struct surrendered *x = cn->surrendered; x; x = x->next)
+        n++;
+    return n;
 }
 
 /* At stop (after the cluster stopped: no callback runs any more). */

@@ -15,9 +15,13 @@
  * Late messages. The old owner keeps its copy subscribed after it sent the
  * SessionState, and sends what still arrives for it (SessionMessages) to
  * the new owner until that one says its routes are in effect everywhere
- * (SessionRouted), then ends it. A node that starts with stored sessions
- * that the registry gives to another node sends their messages to that node
- * and ends them. The new owner appends them to the session's queue.
+ * (SessionRouted), and for LATE_GRACE_MS after (forwards still on their
+ * way), then ends it. A node that starts with stored sessions that the
+ * registry gives to another node sends their messages to that node and
+ * ends them. The new owner appends them to the session's queue.
+ *
+ * A stop (SIGTERM) waits, bounded, until the sessions of the clients it
+ * disconnected were claimed elsewhere and handed over (cluster_node_hand_over).
  *
  * Dead nodes. The leader proposes NodeDown for a member that has not
  * reported for cluster_down_after (again every cluster_down_after while it
@@ -34,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -57,10 +62,23 @@ struct cn_moving {
     struct session *s; /* out of the table, still subscribed (a reference) */
     uint64_t to, epoch;
     uint64_t until_ms;    /* end at the latest then */
-    bool routed;          /* the new owner's routes are everywhere: end now */
+    bool routed;          /* the new owner's routes are everywhere: send, end soon */
+    bool graced;          /* routed seen: until_ms is the end of the grace (LATE_GRACE_MS) */
     bool now;             /* no state was sent (cn_moving_add) */
     uint64_t route_index; /* ... since this index (0: unknown) */
 };
+
+/* A routed copy still sends, for this long, what arrives for it routed
+ * before the new owner's routes: forwards that were on their way to this
+ * node, held in their origin's outbox while this node was away or while
+ * the channel reconnected (with a backoff of up to 5 s), arrive after the
+ * SessionRouted. Ended at once, the copy was no longer in the index when
+ * they came, and they matched nothing here: acknowledged messages lost
+ * (test_rolling_restart_persistent_subscribers_follow: 71 of one
+ * subscriber's, published on the claimant itself while this node
+ * restarted; the claimant's SessionRouted overtook its own outbox's
+ * replay). */
+#define LATE_GRACE_MS CHAN_RECONNECT_GRACE_MS
 
 struct cn_incoming {
     struct cn_incoming *next;
@@ -234,7 +252,7 @@ struct qmsg *cn_session_take_msgs(struct session *s)
  * routed with a route table at or past `direct` (not 0), which reached `to`
  * directly. */
 static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,
-                      uint64_t epoch, struct qmsg *msgs, uint64_t direct,
+                      uint64_t epoch, struct qmsg *msgs, uint64_t direct, bool last,
                       Starling__Chan__SeenRange **seen, size_t n_seen)
 {
     size_t n = 0, skipped = 0;
@@ -271,22 +289,25 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     sm.epoch = epoch;
     sm.n_msgs = k;
     sm.msgs = mp;
-    sm.has_last = true;
-    sm.last = true;
+    sm.has_last = last;
+    sm.last = last;
     sm.n_seen = n_seen;
     sm.seen = seen;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
     fr.session_messages = &sm;
-    int r = k == n ? cn_send_frame(cn, to, &fr) : -ENOMEM;
+    int r = k == n ? (n || last ? cn_send_frame(cn, to, &fr) : 0) : -ENOMEM;
     if (r < 0) {
         atomic_fetch_add(&cn->b->stats.msgs_dropped, n);
         atomic_fetch_add(&cn->b->stats.dropped[BROKER_DROP_SESSION_MOVED], n);
         log_warn("cluster: %zu late message(s) of '%.*s' not sent to %016llx: %s", n, (int)len, id,
                  (unsigned long long)to, strerror(-r));
-    } else if (n) {
+    } else if (n && last) {
         log_info("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
                  id, (unsigned long long)to);
+    } else if (n) { /* a routed copy's grace (LATE_GRACE_MS): every poll */
+        log_debug("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
+                  id, (unsigned long long)to);
     }
     free(mv);
     free(mp);
@@ -609,11 +630,16 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
         ranges = msg_seen_ranges(s->seen);
     }
     lock_release(&s->lock);
-    if (sm->n_msgs || (sm->has_last && sm->last))
+    /* a routed copy's grace sends what comes every poll: a line when
+     * something was new, and for the last frame */
+    if ((sm->has_last && sm->last) || sm->n_msgs > dups)
         log_info("cluster: %zu late message(s) of '%s' came from %016llx, %zu of them had come "
                  "directly (not again), %zu past PUBREC not taken%s",
                  sm->n_msgs, s->client_id, (unsigned long long)from, dups, past,
                  full ? "; its record of identities was full: later ones at least once" : "");
+    else if (sm->n_msgs)
+        log_debug("cluster: %zu late message(s) of '%s' came from %016llx, all had come directly",
+                  sm->n_msgs, s->client_id, (unsigned long long)from);
     log_debug("cluster: '%s' had %zu identity range(s) recorded", s->client_id, ranges);
     session_unref(s);
 }
@@ -880,6 +906,36 @@ static bool moving_test_hold(void)
 }
 #endif
 
+/* A routed copy in its grace period (LATE_GRACE_MS): what it collected
+ * since the last poll goes to the new owner now, but for what was routed
+ * with the new owner's routes (it reached it directly). */
+struct late_flush {
+    struct session *s; /* a reference */
+    uint64_t to, epoch, route_index;
+};
+#define LATE_FLUSH_MAX 64
+
+static bool subs_shared(const struct session *s)
+{
+    for (uint32_t i = 0; i < s->n_subs; i++)
+        if (s->subs[i].len > 7 && memcmp(s->subs[i].filter, "$share/", 7) == 0)
+            return true;
+    return false;
+}
+
+static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
+{
+    struct session *s = f->s;
+    lock_acquire(&s->lock);
+    bool shared = subs_shared(s);
+    struct qmsg *late = s->inflight.head || s->queue.head ? cn_session_take_msgs(s) : NULL;
+    lock_release(&s->lock);
+    if (late)
+        msgs_send(cn, f->to, s->client_id, s->id_len, f->epoch, late, shared ? 0 : f->route_index,
+                  false, NULL, 0);
+    session_unref(s);
+}
+
 void cn_session_poll(struct cluster_node *cn, uint64_t now)
 {
     if (!cn->started_ms)
@@ -894,17 +950,26 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
 
     struct cn_moving *ending = NULL;
     struct cn_incoming *dropped = NULL;
+    struct late_flush flush[LATE_FLUSH_MAX];
+    size_t n_flush = 0;
     bool hold = moving_test_hold();
     pthread_mutex_lock(&cn->reg_mu);
     for (struct cn_moving **pp = &cn->moving; *pp;) {
         struct cn_moving *x = *pp;
-        if ((x->routed || x->until_ms <= now) && !hold) {
+        if (x->routed && !x->graced) {
+            x->graced = true;
+            x->until_ms = now + LATE_GRACE_MS;
+        }
+        if (x->until_ms <= now && !hold) {
             *pp = x->next;
             x->next = ending;
             ending = x;
-        } else {
-            pp = &x->next;
+            continue;
         }
+        if (x->routed && !hold && n_flush < LATE_FLUSH_MAX)
+            flush[n_flush++] =
+                (struct late_flush){session_ref(x->s), x->to, x->epoch, x->route_index};
+        pp = &x->next;
     }
     for (struct cn_incoming **pp = &cn->incoming; *pp;) {
         struct cn_incoming *x = *pp;
@@ -917,6 +982,8 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         }
     }
     pthread_mutex_unlock(&cn->reg_mu);
+    for (size_t i = 0; i < n_flush; i++)
+        late_flush_send(cn, &flush[i]);
     while (ending) {
         struct cn_moving *x = ending;
         ending = x->next;
@@ -957,7 +1024,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         log_debug("cluster: the old copy of '%s' ends (%s)", s->client_id,
                   x->routed ? "its new owner's routes are everywhere" : "grace period over");
         msgs_send(cn, x->to, s->client_id, s->id_len, x->epoch, late,
-                  x->routed && !shared ? x->route_index : 0, seenp, n_seen);
+                  x->routed && !shared ? x->route_index : 0, true, seenp, n_seen);
         free(seen);
         free(seenp);
         session_end(cn->b, s);
@@ -970,6 +1037,66 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         session_unref(x->s);
         free(x);
     }
+}
+
+/* ---- handing sessions over at a stop --------------------------------------------- */
+
+/* What cluster_node_hand_over still waits for: persistent sessions that
+ * the stop disconnected and that are still here, unclaimed; sessions
+ * surrendered to a claim whose request has not come; copies whose state
+ * was sent and whose new owner's routes are not everywhere yet. */
+static size_t hand_over_pending(struct cluster_node *cn, uint64_t since)
+{
+    struct broker *b = cn->b;
+    struct registry *r = &b->registry;
+    size_t n = 0;
+    pthread_mutex_lock(&r->lock);
+    for (size_t k = 0; k < r->n_buckets; k++)
+        for (struct session *s = r->buckets[k]; s; s = s->hnext) {
+            lock_acquire(&s->lock);
+            if (s->expiry_interval && !s->ended && !s->conn && s->disconnected_at >= since)
+                n++;
+            lock_release(&s->lock);
+        }
+    pthread_mutex_unlock(&r->lock);
+    pthread_mutex_lock(&cn->reg_mu);
+    n += cn_registry_surrendered(cn);
+    for (struct cn_moving *x = cn->moving; x; x = x->next)
+        if (!x->now && !x->graced)
+            n++;
+    pthread_mutex_unlock(&cn->reg_mu);
+    return n;
+}
+
+void cluster_node_hand_over(struct cluster_node *cn)
+{
+    if (!cn || !cn->c || atomic_load(&cn->stopped) || atomic_load(&cn->rebuilding) ||
+        atomic_load(&cn->failed))
+        return;
+    struct broker *b = cn->b;
+    bool others = false;
+    pthread_mutex_lock(&cn->mu);
+    uint64_t now = cn_mono_ms();
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        others = others || (!cn->peers[i].left && cn->peers[i].seen_ms &&
+                            now - cn->peers[i].seen_ms <= b->cfg.cluster_down_after);
+    pthread_mutex_unlock(&cn->mu);
+    uint64_t since = atomic_load(&b->stopping_since);
+    if (!others || !since) /* nobody to hand over to; or not a stop's disconnections */
+        return;
+    size_t first = hand_over_pending(cn, since), left = first;
+    if (!first)
+        return;
+    log_info("cluster: waiting for %zu persistent session(s) to be claimed elsewhere", first);
+    uint64_t start = cn_mono_ms(), deadline = start + b->cfg.cluster_claim_timeout;
+    while (left && cn_mono_ms() < deadline) {
+        struct timespec ts = {0, 20 * 1000 * 1000}; /* the glue's thread does the work */
+        nanosleep(&ts, NULL);
+        left = hand_over_pending(cn, since);
+    }
+    log_info("cluster: %zu of %zu persistent session(s) handed over in %llu ms%s", first - left,
+             first, (unsigned long long)(cn_mono_ms() - start),
+             left ? "; the others resume from their records" : "");
 }
 
 void cluster_node_sessions_loaded(struct cluster_node *cn)

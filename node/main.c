@@ -261,6 +261,10 @@ int main(int argc, char **argv)
     }
     if (r == 0) {
         r = server_run(&broker);
+        /* the persistent sessions of the clients just disconnected move
+         * whole to where those reconnect (bounded) */
+        if (r == 0)
+            cluster_node_hand_over(cn);
         admin_run_stop(&admin, &cfg);
     }
     cluster_node_stop(cn);

@@ -218,6 +218,8 @@ class Chaos:
         finally:
             t.stop()
         r = t.check()
+        if os.environ.get("STARLING_TEST_KEEP_TMP"):  # beside the nodes' logs
+            t.dump(os.path.join(self.cluster.base, "traffic.txt"))
         r["problems"] = problems
         r["faults"] = self.faults_done
         r["seed"] = self.seed

@@ -309,6 +309,7 @@ class Traffic:
         self.errors = []
         self.windows = []  # (start, end) of faults: misorder there is documented
         self.t0 = time.monotonic()  # the times in check()'s samples count from here
+        self.t0_wall = time.time()  # the same moment on the wall clock (the nodes' logs)
         n = len(cluster.nodes)
         tag = self.prefix.split("/")[1]
         self.subscribers = [Subscriber(self, f"fs{i}-{tag}", i)
@@ -441,6 +442,40 @@ class Traffic:
                     r["samples"].append(f"{s.cid}: {len(lost)} acknowledged of {p.cid} lost: "
                                         f"{_ranges(lost)}")
         return r
+
+    def wall(self, t):
+        """A monotonic time as the nodes' logs write it (UTC, ms)."""
+        w = self.t0_wall + (t - self.t0)
+        return time.strftime("%H:%M:%S", time.gmtime(w)) + f".{int(w * 1000) % 1000:03d}"
+
+    def dump(self, path):
+        """Everything check() counts from, with wall-clock times, to read
+        beside the nodes' logs: per subscriber its events and, for each
+        acknowledged message it lacks or got twice, when it was acknowledged
+        and on which node its publisher was then."""
+        with open(path, "w") as f:
+            for c in self.subscribers + self.publishers:
+                f.write(f"== {c.cid}\n")
+                for t, what, node, detail in c.events:
+                    f.write(f"  {self.wall(t)} {what} {node} {detail}\n")
+            for s in self.subscribers:
+                count = {}
+                for i, (pub, seq, qos, t) in enumerate(s.got):
+                    count.setdefault((pub, seq), []).append(
+                        f"{self.wall(t)} via {s.via[i][0]} dup {s.via[i][1]}")
+                held = [f"{m.mid}:{m.payload.decode(errors='replace')}"
+                        for m in list(s.c._in_messages.values())]
+                f.write(f"== {s.cid}: paho holds awaiting PUBREL: {', '.join(held)}\n")
+                f.write(f"== {s.cid}: lost / duplicated\n")
+                for p in self.publishers:
+                    for seq, t in p.acked:
+                        got = count.get((p.cid, seq), [])
+                        if len(got) != 1 and not (len(got) > 1 and p.qos == 1):
+                            where = [n for tt, what, n, _ in p.events
+                                     if what == "connected" and tt <= t]
+                            f.write(f"  {p.cid}:{seq} acked {self.wall(t)} "
+                                    f"(publisher on {where[-1] if where else p.home}) "
+                                    f"got {len(got)}: {'; '.join(got)}\n")
 
     def owners_ok(self, cluster_tables):
         """Every subscriber connected on one node, and the registry (equal
