@@ -60,7 +60,7 @@ def make(target):
 
 
 def pytest(path):
-    argv = [PYTHON, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider"]
+    argv = [PYTHON, "-m", "pytest", "-q", "-rfEsxX", "-p", "no:cacheprovider"]
     if XDIST > 0:
         argv += ["-n", str(XDIST)]
     return argv + [path]
@@ -111,12 +111,12 @@ PARTS = [
     Part("integration-w2", pytest("tests/integration"), needs=["build-asan", "npm-deps"],
          env=integration_env(2),
          what="pytest tests/integration against the ASan node, 2 worker threads"),
-    Part("memory-bound", [PYTHON, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
+    Part("memory-bound", [PYTHON, "-m", "pytest", "-q", "-rfEsxX", "-p", "no:cacheprovider",
                           "tests/integration/test_flow_memory.py"],
          needs=["integration-w1", "integration-w2"], cost=BUDGET,
          env=dict(integration_env(2), STARLING_TEST_HEAVY="1"),
          what="10,000 stuck subscribers: the memory bound, alone on the machine"),
-    Part("admin-heavy", [PYTHON, "-m", "pytest", "-q", "-rfEs", "-s", "-p", "no:cacheprovider",
+    Part("admin-heavy", [PYTHON, "-m", "pytest", "-q", "-rfEsxX", "-s", "-p", "no:cacheprovider",
                          "tests/integration/test_admin_heavy.py"],
          needs=["build-release", "memory-bound"], cost=BUDGET,
          env={"STARLING_TEST_BIN": str(ROOT / "build/release/node/starling"),
