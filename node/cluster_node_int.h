@@ -214,6 +214,21 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
  * after a resume from the record. cn->reg_mu held. */
 struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t len, uint64_t to,
                                uint64_t epoch);
+/* This node claims id again (its new session, not `keep`, is about to be
+ * installed and stored) while old copies of id are still in the moving list
+ * (their late messages not sent yet): they are taken out of it and end now
+ * (out of the index, their records out of the store before the new
+ * session's are written, so that their end does not delete those and their
+ * leftovers do not load into the new session at the next start); what they
+ * held stays with them, in memory, for cn_moving_fold. Returns the list
+ * (or NULL). cn->reg_mu held. */
+struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
+                                   const struct session *keep);
+/* Then, once the new session is in the registry: what the detached copies
+ * held is delivered to it as late messages (cn_session_on_messages: each
+ * identity once), instead of going to the node they were moving to and
+ * back; the list is freed. cn->reg_mu not held. */
+void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list);
 /* The new owner: s came from another node with claim `epoch`. */
 void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch);
 void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,

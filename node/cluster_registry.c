@@ -177,8 +177,12 @@ static void claim_on_worker(void *ud)
             k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
         } else {
             bool moved = k->incoming && !k->from_record;
+            /* an old copy still moving out of here: what it holds comes
+             * back to the session */
+            struct cn_moving *back = cn_moving_detach(cn, k->id, k->req.id_len, k->incoming);
             registry_local_claim(b, &k->req, k->incoming, claim_granted, k);
             pthread_mutex_unlock(&cn->reg_mu);
+            cn_moving_fold(cn, back);
             /* the old owner sends what still arrives for it, then ends it */
             if (moved)
                 cn_session_routed_send(cn, k->prev_node, k->id, k->req.id_len, k->epoch,

@@ -66,6 +66,10 @@ struct cn_moving {
     bool graced;          /* routed seen: until_ms is the end of the grace (LATE_GRACE_MS) */
     bool now;             /* no state was sent (cn_moving_add) */
     uint64_t route_index; /* ... since this index (0: unknown) */
+    /* cn_moving_detach: what the ended copy held, for cn_moving_fold */
+    struct qmsg *late;
+    Starling__Chan__SeenRange *seen, **seenp;
+    size_t n_seen;
 };
 
 /* A routed copy still sends, for this long, what arrives for it routed
@@ -296,7 +300,18 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
     fr.session_messages = &sm;
-    int r = k == n ? (n || last ? cn_send_frame(cn, to, &fr) : 0) : -ENOMEM;
+    int r = k != n ? -ENOMEM : 0;
+    uint64_t node = 0, cur = 0;
+    if (r == 0 && to == cn->self) {
+        /* the session came back here (cn_moving_fold): to its current
+         * claim's copy, never to an older one that an old claim's epoch
+         * would still find */
+        if (fsm_registry_get(cn->fsm, id, len, &node, &cur) == 0 && node == cn->self)
+            sm.epoch = cur;
+        cn_session_on_messages(cn, to, &sm);
+    } else if (r == 0 && (n || last)) {
+        r = cn_send_frame(cn, to, &fr);
+    }
     if (r < 0) {
         atomic_fetch_add(&cn->b->stats.msgs_dropped, n);
         atomic_fetch_add(&cn->b->stats.dropped[BROKER_DROP_SESSION_MOVED], n);
@@ -889,6 +904,109 @@ static void node_down_poll(struct cluster_node *cn, uint64_t now)
 
 /* ---- the poll ---------------------------------------------------------------------- */
 
+/* Takes the old copy x's subscriptions out of the index and what it holds
+ * (x->late, x->seen): x->s is unsubscribed, its lists empty. */
+static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shared)
+{
+    /* out of the index first, so that nothing arrives after the send */
+    struct session *s = x->s;
+    lock_acquire(&s->lock);
+    uint32_t n = s->n_subs;
+    struct session_sub *subs = s->subs;
+    s->subs = NULL;
+    s->n_subs = s->cap_subs = 0;
+    lock_release(&s->lock);
+    /* a shared group's message came here because its origin picked this
+     * node, whatever routes it had: those all go */
+    *shared = false;
+    for (uint32_t i = 0; i < n; i++)
+        *shared = *shared || (subs[i].len > 7 && memcmp(subs[i].filter, "$share/", 7) == 0);
+    for (uint32_t i = 0; i < n; i++) {
+        sub_index_remove(cn->b->index, subs[i].filter, subs[i].len, s);
+        free(subs[i].filter);
+    }
+    free(subs);
+    lock_acquire(&s->lock);
+    x->late = cn_session_take_msgs(s);
+    /* what its client had: the owner takes those once */
+    size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
+    x->seen = n_seen ? calloc(n_seen, sizeof(*x->seen)) : NULL;
+    x->seenp = n_seen ? calloc(n_seen, sizeof(*x->seenp)) : NULL;
+    if (!x->seen || !x->seenp)
+        n_seen = 0;
+    for (size_t i = 0; i < n_seen; i++) {
+        starling__chan__seen_range__init(&x->seen[i]);
+        msg_seen_range(s->seen, i, &x->seen[i].node, &x->seen[i].lo, &x->seen[i].hi);
+        x->seenp[i] = &x->seen[i];
+    }
+    x->n_seen = n_seen;
+    lock_release(&s->lock);
+}
+
+/* What x->late holds goes to `to` (its new owner, or this node:
+ * cn_moving_fold); x is freed. */
+static void moving_send(struct cluster_node *cn, struct cn_moving *x, uint64_t to, uint64_t direct)
+{
+    msgs_send(cn, to, x->s->client_id, x->s->id_len, x->epoch, x->late, direct, true, x->seenp,
+              x->n_seen);
+    free(x->seen);
+    free(x->seenp);
+    session_unref(x->s);
+    free(x);
+}
+
+/* The old copy x (out of cn->moving) ends; what it held goes to its new
+ * owner. */
+static void moving_end(struct cluster_node *cn, struct cn_moving *x)
+{
+    bool shared;
+    moving_take(cn, x, &shared);
+    /* without the new owner's word (timeout, or a stored session sent on
+     * at start-up), everything goes: at least once */
+    log_debug("cluster: the old copy of '%s' ends (%s)", x->s->client_id,
+              x->routed ? "its new owner's routes are everywhere" : "grace period over");
+    session_end(cn->b, x->s);
+    moving_send(cn, x, x->to, x->routed && !shared ? x->route_index : 0);
+}
+
+struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
+                                   const struct session *keep)
+{
+    struct cn_moving *found = NULL;
+    for (struct cn_moving **pp = &cn->moving; *pp;) {
+        struct cn_moving *x = *pp;
+        if (x->s != keep && x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0) {
+            *pp = x->next;
+            x->next = found;
+            found = x;
+        } else {
+            pp = &x->next;
+        }
+    }
+    for (struct cn_moving *x = found; x; x = x->next) {
+        log_info("cluster: '%s' is claimed here again while its old copy (claim %llu) is still "
+                 "moving out: that copy ends now, what it holds goes to the new session",
+                 x->s->client_id, (unsigned long long)x->epoch);
+        bool shared;
+        moving_take(cn, x, &shared);
+        /* out of the store now (a delete of every record of the id), before
+         * the new session's records are written: neither its end later
+         * nor its leftovers at the next start touch the new session's */
+        session_end(cn->b, x->s);
+    }
+    return found;
+}
+
+void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list)
+{
+    while (list) {
+        struct cn_moving *x = list;
+        list = x->next;
+        /* everything goes: the new session takes each identity once */
+        moving_send(cn, x, cn->self, 0);
+    }
+}
+
 #ifndef NDEBUG
 /* Tests (debug builds only): while the file that STARLING_TEST_MOVING_HOLD
  * names exists, the old copies of moved sessions keep collecting and are not
@@ -987,49 +1105,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
     while (ending) {
         struct cn_moving *x = ending;
         ending = x->next;
-        /* out of the index first, so that nothing arrives after the send */
-        struct session *s = x->s;
-        lock_acquire(&s->lock);
-        uint32_t n = s->n_subs;
-        struct session_sub *subs = s->subs;
-        s->subs = NULL;
-        s->n_subs = s->cap_subs = 0;
-        lock_release(&s->lock);
-        /* a shared group's message came here because its origin picked this
-         * node, whatever routes it had: those all go */
-        bool shared = false;
-        for (uint32_t i = 0; i < n; i++)
-            shared = shared || (subs[i].len > 7 && memcmp(subs[i].filter, "$share/", 7) == 0);
-        for (uint32_t i = 0; i < n; i++) {
-            sub_index_remove(cn->b->index, subs[i].filter, subs[i].len, s);
-            free(subs[i].filter);
-        }
-        free(subs);
-        lock_acquire(&s->lock);
-        struct qmsg *late = cn_session_take_msgs(s);
-        /* what its client had: the owner takes those once */
-        size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
-        Starling__Chan__SeenRange *seen = n_seen ? calloc(n_seen, sizeof(*seen)) : NULL;
-        Starling__Chan__SeenRange **seenp = n_seen ? calloc(n_seen, sizeof(*seenp)) : NULL;
-        if (!seen || !seenp)
-            n_seen = 0;
-        for (size_t i = 0; i < n_seen; i++) {
-            starling__chan__seen_range__init(&seen[i]);
-            msg_seen_range(s->seen, i, &seen[i].node, &seen[i].lo, &seen[i].hi);
-            seenp[i] = &seen[i];
-        }
-        lock_release(&s->lock);
-        /* without the new owner's word (timeout, or a stored session sent on
-         * at start-up), everything goes: at least once */
-        log_debug("cluster: the old copy of '%s' ends (%s)", s->client_id,
-                  x->routed ? "its new owner's routes are everywhere" : "grace period over");
-        msgs_send(cn, x->to, s->client_id, s->id_len, x->epoch, late,
-                  x->routed && !shared ? x->route_index : 0, true, seenp, n_seen);
-        free(seen);
-        free(seenp);
-        session_end(cn->b, s);
-        session_unref(s);
-        free(x);
+        moving_end(cn, x);
     }
     while (dropped) {
         struct cn_incoming *x = dropped;

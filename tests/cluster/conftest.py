@@ -86,6 +86,8 @@ class Node:
             "STARLING_CLUSTER_SECRET": "s3cret-" + str(c.raft_port),
             "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "detect_leaks=1"),
         })
+        if os.environ.get("STARLING_TEST_LOG_LEVEL"):  # e.g. debug, for a failing run
+            e["STARLING_LOG_LEVEL"] = os.environ["STARLING_TEST_LOG_LEVEL"]
         e.update(c.extra_env)
         return e
 

@@ -87,7 +87,8 @@ def report(name, r):
     print(f"\n[{name}] acknowledged {r['acknowledged']} lost {r['lost']} QoS2-duplicates "
           f"{r['dup2']} QoS1-redeliveries {r['dup1']} misorder {r['misorder']} "
           f"(in fault windows {r['misorder_in_windows']}) sessions lost {r['sessions_lost']}")
-    for s in r["samples"][:10]:
+    lost = [s for s in r["samples"] if " lost: " in s]
+    for s in ([s for s in r["samples"] if " lost: " not in s][:10] + lost[:10]):
         print("   ", s)
 
 
@@ -147,6 +148,58 @@ def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
         pytest.xfail(f"open: {r['lost']} message(s) acknowledged within 1 s of the SIGKILL lost: "
                      f"{r['samples'][:4]}")
     assert_clean(r, "SIGKILL of a node")
+
+
+KILLS = int(os.environ.get("STARLING_FAULT_KILLS", "4"))
+
+
+def test_killed_nodes_subscribers_resumed_elsewhere_repeatedly(fault_cluster, traffic_factory):
+    """A persistent QoS 2 and a persistent QoS 1 subscriber on one node,
+    publishers on every node; the subscribers' node is SIGKILLed mid-stream
+    KILLS times (the subscribers resume elsewhere from their records, the
+    node returns and moves its copies' messages as late ones; then they
+    move back to it, from a live node): every
+    acknowledged message arrives at least once, each QoS 2 one once."""
+    c = fault_cluster
+    victim = c.nodes[2]
+    t = traffic_factory(c, subscribers_on=[2, 2], subscriber_qos=[2, 1], pubs_per_node=(1, 2),
+                        rate=30.0).start()
+    t.wait_progress(60)
+    kills = []
+    for k in range(KILLS):
+        if k:
+            # back to the victim (a takeover from a live node: exact)
+            for s in t.subscribers:
+                s.move_to(victim)
+            for s in t.subscribers:
+                wait_until(s.moved, 30, f"{s.cid} back on {victim.name} (kill {k})")
+            t.wait_progress(60)
+        assert all(s.node is victim for s in t.subscribers), t.summary_events()
+        t0 = time.monotonic()
+        kills.append(t0)
+        kill(victim)
+        for s in t.subscribers:
+            wait_until(lambda: s.node is not None and s.node is not victim, 30,
+                       f"{s.cid} connected to another node (kill {k})")
+        t.wait_progress(30, timeout=30)
+        victim.start()
+        wait_healthy(c)
+        t.window(t0)
+        t.wait_progress(60)
+    r, owners, _ = finish(t, c, f"subscribers' node killed {KILLS} times")
+    assert not owners, owners
+    assert r["sessions_lost"] == 0, \
+        f"a persistent session came back without its state: {t.summary_events()}"
+    # Open (as in test_node_killed_under_qos12_traffic): a few messages
+    # acknowledged within 1 s of a SIGKILL, for the killed node's
+    # subscribers, may not arrive. Any other loss, and any QoS 2 duplicate,
+    # fails.
+    at_kill = [a for a in r["lost_acked_at"] if any(k - 1.0 <= a <= k + 1.0 for k in kills)]
+    if r["lost"] and len(at_kill) == r["lost"] and r["lost"] <= 2 * len(t.publishers) * KILLS \
+            and not r["dup2"] and not r["errors"]:
+        pytest.xfail(f"open: {r['lost']} message(s) acknowledged within 1 s of a SIGKILL lost: "
+                     f"{[x for x in r['samples'] if ' lost: ' in x][:6]}")
+    assert_clean(r, f"{KILLS} SIGKILLs of the subscribers' node")
 
 
 def test_session_resumed_elsewhere_gets_what_its_dead_node_held_once(fault_cluster):

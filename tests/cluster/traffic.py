@@ -12,8 +12,9 @@ client driven by client.loop() (no paho background thread):
   with the next seq on the next node that accepts it (the unacknowledged
   message may or may not arrive: it is not counted either way);
 * persistent-session subscribers (MQTT 5.0, session expiry 600 s, clean
-  start 0 after the first CONNECT), subscribed to `PREFIX/#` at QoS 2, one
-  per node; one whose connection fails reconnects to the next node that
+  start 0 after the first CONNECT), subscribed to `PREFIX/#` at QoS 2 (or
+  the QoS given in subscriber_qos), one per node (or on the nodes given in
+  subscribers_on); one whose connection fails reconnects to the next node that
   accepts it, with the same paho client (so a QoS 2 message past PUBREC is
   completed, not delivered again). A CONNACK with session present 0 after
   the first is counted (`sessions_lost`) and the subscription made again.
@@ -223,8 +224,9 @@ class Publisher(_Client):
 
 
 class Subscriber(_Client):
-    def __init__(self, traffic, cid, home):
+    def __init__(self, traffic, cid, home, qos=2):
         super().__init__(traffic, cid, home, clean=False, keepalive=traffic.keepalive)
+        self.qos = qos  # of its subscription
         self.got = []  # (publisher, seq, qos, time)
         self.via = []  # (node name, DUP flag) of each of got: where it came from
         self.sessions_lost = 0
@@ -250,19 +252,45 @@ class Subscriber(_Client):
                 self.sessions_lost += 1
                 self.event("session-lost")
             self._suback = None
-            self.c.subscribe(f"{self.t.prefix}/#", options=SubscribeOptions(qos=2))
+            self.c.subscribe(f"{self.t.prefix}/#", options=SubscribeOptions(qos=self.qos))
             deadline = time.monotonic() + CONNECT_TIMEOUT
             while self._suback is None and time.monotonic() < deadline:
                 if self.c.loop(0.05) != mqtt.MQTT_ERR_SUCCESS:
                     break
-            if self._suback != [2]:
+            if self._suback != [self.qos]:
                 self.event("suback-missing", str(self._suback))
                 self._close()
                 return
         self.subscribed.set()
 
+    def move_to(self, node):
+        """Ask the subscriber's thread to DISCONNECT and resume its session
+        on node (a takeover of a live node's session); moved() tells."""
+        self._move_to = node
+
+    def moved(self):
+        return self._move_to is None and self.node is not None
+
+    _move_to = None
+
     def run(self):
         while not self.t.stopping.is_set():
+            target = self._move_to
+            if target is not None and self.node is not None and self.node is not target:
+                self.c.disconnect()
+                for _ in range(10):
+                    if self.c.loop(0.05) != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                self._close()
+            if target is not None and self.node is None:
+                if self._connect_to(target):
+                    self.last = target
+                    self._move_to = None
+                else:
+                    time.sleep(0.2)  # pacing: the node may still be starting
+                continue
+            if target is not None and self.node is target:
+                self._move_to = None
             if self.node is None:
                 self.connect_somewhere()
                 continue
@@ -296,7 +324,7 @@ class Traffic:
     wait_delivered(), check()."""
 
     def __init__(self, cluster, pubs_per_node=(1, 1), rate=20.0, ack_timeout=8.0,
-                 keepalive=4, session_expiry=600, subscribers_on=None):
+                 keepalive=4, session_expiry=600, subscribers_on=None, subscriber_qos=None):
         self.cluster = cluster
         self.prefix = f"ft/{uuid.uuid4().hex[:8]}"
         self.rate = rate  # messages per second per publisher (at most)
@@ -312,8 +340,10 @@ class Traffic:
         self.t0_wall = time.time()  # the same moment on the wall clock (the nodes' logs)
         n = len(cluster.nodes)
         tag = self.prefix.split("/")[1]
-        self.subscribers = [Subscriber(self, f"fs{i}-{tag}", i)
-                            for i in (subscribers_on if subscribers_on is not None else range(n))]
+        on = list(subscribers_on if subscribers_on is not None else range(n))
+        qos = list(subscriber_qos) if subscriber_qos is not None else [2] * len(on)
+        self.subscribers = [Subscriber(self, f"fs{k}-{tag}", i, q)
+                            for k, (i, q) in enumerate(zip(on, qos))]
         self.publishers = []
         for i in range(n):
             for qos, count in zip((1, 2), pubs_per_node):
@@ -417,7 +447,7 @@ class Traffic:
                 seen[key] = seen.get(key, 0) + 1
                 first.setdefault(key, i)
                 if seen[key] > 1:
-                    if pubs[pub].qos == 2:
+                    if min(pubs[pub].qos, s.qos) == 2:
                         r["dup2"] += 1
                         a, b = first[key], i
                         r["samples"].append(
