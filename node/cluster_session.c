@@ -539,6 +539,45 @@ static int late_exchange_adopt(struct session *s, const Starling__Chan__SessionM
     return r;
 }
 
+/* Late messages addressed to a claim of this node that the session has
+ * left since: this node's own old copy of it, moving out (after a restart,
+ * restored from the store with the identities its client got here),
+ * knows which of them its client had; those are left out of what is
+ * passed on (the copy's own queued ones follow with its state). kept gets
+ * the others, in order; returns how many were left out. Before, a session
+ * resumed elsewhere from its record got them again (chaos seed 44: a
+ * restarted node's copy had collected what the owner also got directly;
+ * the owner was SIGKILLed, and its late messages went through it). */
+static size_t late_seen_here(struct cluster_node *cn, const Starling__Chan__SessionMessages *sm,
+                             Starling__Chan__SessionMessage **kept, size_t *n_kept)
+{
+    struct session *copy = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving *x = cn->moving; x && !copy; x = x->next)
+        if (x->s->id_len == sm->client_id.len &&
+            memcmp(x->s->client_id, sm->client_id.data, sm->client_id.len) == 0)
+            copy = session_ref(x->s);
+    pthread_mutex_unlock(&cn->reg_mu);
+    size_t left = 0;
+    *n_kept = 0;
+    if (copy)
+        lock_acquire(&copy->lock);
+    for (size_t i = 0; i < sm->n_msgs; i++) {
+        const Starling__Chan__SessionMessage *q = sm->msgs[i];
+        if (copy && copy->seen && q->has_origin && q->has_pub_id && q->origin && q->pub_id &&
+            msg_seen_has(copy->seen, q->origin, q->pub_id)) {
+            left++;
+            continue;
+        }
+        kept[(*n_kept)++] = sm->msgs[i];
+    }
+    if (copy) {
+        lock_release(&copy->lock);
+        session_unref(copy);
+    }
+    return left;
+}
+
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionMessages *sm)
 {
@@ -560,14 +599,24 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
              * since it took these (the new epoch is its own claim's) */
             Starling__Chan__SessionMessages on = *sm;
             on.epoch = epoch;
+            Starling__Chan__SessionMessage **kept =
+                sm->n_msgs ? malloc(sm->n_msgs * sizeof(*kept)) : NULL;
+            size_t left = 0;
+            if (kept) {
+                left = late_seen_here(cn, sm, kept, &on.n_msgs);
+                on.msgs = kept;
+            }
             Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
             fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
             fr.session_messages = &on;
-            if (cn_send_frame(cn, node, &fr) == 0) {
+            int sent = cn_send_frame(cn, node, &fr);
+            free(kept);
+            if (sent == 0) {
                 log_info("cluster: %zu late message(s) for '%.*s' (claim %llu) passed on to its "
-                         "owner %016llx (claim %llu)",
-                         sm->n_msgs, (int)sm->client_id.len, id, (unsigned long long)sm->epoch,
-                         (unsigned long long)node, (unsigned long long)epoch);
+                         "owner %016llx (claim %llu), %zu left out (its client had them here)",
+                         sm->n_msgs - left, (int)sm->client_id.len, id,
+                         (unsigned long long)sm->epoch, (unsigned long long)node,
+                         (unsigned long long)epoch, left);
                 return;
             }
         }

@@ -142,6 +142,16 @@ void persist_msg_del(const struct broker *br, struct store_batch **bt, struct se
         return;
     store_msg_del(b, s->client_id, s->id_len, q->seq);
     q->stored = false;
+    /* A moved session records the identities it gets (node/msg_seen.h),
+     * and each stays durable with its message until that leaves the store:
+     * then the session's record carries it, written in the same batch.
+     * Before, only the record's own writes (connect, subscribe, disconnect,
+     * shutdown) carried them, so after a SIGKILL this node's copy forgot
+     * what its client got since, and the late messages of another copy of
+     * the session came twice (chaos seed 44). Only while the session
+     * records (SESSION_SEEN_RECORD_MS after a move). */
+    if (q->m->id_node && s->seen && broker_now_mono_ms() < s->seen_until)
+        persist_session_put(br, bt, s, s->conn != NULL);
 }
 
 void persist_qos2(const struct broker *br, struct store_batch **bt, struct session *s, uint16_t pid,

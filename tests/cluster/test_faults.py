@@ -848,6 +848,85 @@ def test_restarted_nodes_copies_of_a_session_deliver_each_qos2_message_once(clus
     p.disconnect()
 
 
+def test_killed_owners_copy_judges_late_messages_passed_through_it(cluster_factory, tmp_path):
+    """Chaos seed 44, made deterministic: a persistent QoS 2 subscriber S
+    on node B; B restarts while S moves to A, and B's stored copy of S
+    (claimed away) collects M0..M19 (held by STARLING_TEST_MOVING_HOLD)
+    while S gets them on A. A is SIGKILLed; S resumes on C from its
+    replicated record, which knows nothing of M0..M19. B's copy sends its
+    20 late messages to A, its addressee; A, back, passes them on to C.
+    A's own stored copy of S knows S had them (the identities are written
+    with the session's record whenever one of its messages leaves the
+    store), so A leaves them out: C delivers none again. Before, A's store
+    held the identities of S's connect only (a SIGKILL forgot those got
+    since), A passed all 20 on, and C delivered all 20 a second time."""
+    hold = tmp_path / "moving-hold"
+    env = dict(FAULT_ENV, STARLING_TEST_MOVING_HOLD=str(hold))
+    c = cluster_factory(extra_env=env)
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    cid = uid("through")
+    topic = uid("through/t")
+    s = PahoClient(b, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    assert b.stop(signal.SIGTERM) == 0
+    s.stop()
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    hold.write_text("")
+    b.start()
+    wait_healthy(c)
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
+    p = PahoClient(cn, uid("throughp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    got = [s.get(WAIT).payload for _ in sent]
+    assert sorted(got) == sorted(sent)
+    # every exchange finished on A (its PUBCOMPs in), then a later batch
+    # committed there (a persistent session's SUBACK waits for its record's
+    # commit; batches commit in order): what S got is on A's disk before
+    # the SIGKILL
+
+    def settled():
+        st, doc = a.http("GET", "/api/v1/clients/" + cid)
+        return st == 200 and doc.get("inflight") == 0 and doc.get("queued") == 0
+    wait_until(settled, 30, f"{cid}'s exchanges finished on {a.name}")
+    later = PahoClient(a, uid("later"), 5, clean=False, properties=session_props())
+    later.connect()
+    assert later.subscribe(uid("later/t"), qos=1) == [1]
+    kill(a)
+    later.stop()
+    s.stop()
+    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    # B's copy sends what it collected to A, its addressee, which is down
+    hold.unlink()
+    sent_b = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' sent to its owner")
+    wait_until(lambda: any(int(n) >= len(sent) for n in sent_b.findall(b.logtext())), 30,
+               f"{b.name} sending its copy's late messages of {cid}")
+    a.start()
+    wait_healthy(c)
+    passed = re.compile(rf"(\d+) late message\(s\) for '{re.escape(cid)}' \(claim \d+\) "
+                        rf"passed on to its owner \S+ \(claim \d+\), (\d+) left out")
+    wait_until(lambda: passed.findall(a.logtext()), 30,
+               f"{a.name} passing on B's late messages of {cid}")
+    marker = uid("marker").encode()
+    p.publish(topic + "/marker", marker, qos=2)
+    again = [m.payload for m in s.get_until(topic + "/marker", 30)][:-1]
+    print(f"\n[through a killed owner] {len(again)} delivered again on {cn.name}; passed on, "
+          f"left out: {passed.findall(a.logtext())}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
 # ------------------------------------------------------------ 5. stalled node
 
 @pytest.fixture
