@@ -141,7 +141,9 @@ def watched_client(cluster):
     the broker closes its connection."""
     gone = threading.Event()
     connected = threading.Event()
-    c = mqtt.Client(client_id="dash-kick-me")
+    # no automatic reconnection (paho's loop thread reconnects by default):
+    # a client back before the page lists the clients again stays listed
+    c = mqtt.Client(client_id="dash-kick-me", reconnect_on_failure=False)
     c.on_connect = lambda *a: connected.set()
     c.on_disconnect = lambda *a: gone.set()
     n2 = cluster.nodes[1]
