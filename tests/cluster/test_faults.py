@@ -781,31 +781,24 @@ def test_sigterm_hands_a_persistent_session_over_whole(fault_cluster):
     pub.disconnect()
 
 
-def test_restarted_nodes_copies_of_a_session_deliver_each_qos2_message_once(cluster_factory,
-                                                                             tmp_path):
-    """Seed 101 of the chaos runner (SIGTERM restarts), made deterministic:
-    a persistent QoS 2 subscriber S on node B; B restarts while S moves to
-    A, and B's stored copy of S (claimed away while B was down) collects
-    what is published for S until its messages follow S (held here by the
-    debug hook STARLING_TEST_MOVING_HOLD). S gets M0..M19 on A; then A
-    restarts and S moves to C. When B's copy sends M0..M19 as late
-    messages, none may reach S again: S had them on A, so A, passing them
-    on, leaves them out (its own old copy of S knows), or C drops them
-    (before: the identities
-    S got on A were in A's memory only, lost with its restart, and C
-    delivered all 20 a second time)."""
+def copy_collecting_what_s_got(cluster_factory, tmp_path, name):
+    """The start of the two tests below: a persistent QoS 2 subscriber S
+    on node B; B restarts (SIGTERM) while S moves to A (resumed from its
+    record); B's stored copy of S, claimed away, collects what is published
+    for S, held by STARLING_TEST_MOVING_HOLD (the file `hold`); S gets
+    M0..M19 (`sent`, published by p on C) on A. Returns (c, hold, cid,
+    topic, s, p, sent)."""
     hold = tmp_path / "moving-hold"
     env = dict(FAULT_ENV, STARLING_TEST_MOVING_HOLD=str(hold))
     c = cluster_factory(extra_env=env)
     c.start()
     c.wait_healthy()
     a, b, cn = c.nodes
-    cid = uid("twice")
-    topic = uid("twice/t")
+    cid = uid(name)
+    topic = uid(name + "/t")
     s = PahoClient(b, cid, 5, properties=session_props())
     s.connect()
     assert s.subscribe(topic + "/#", qos=2) == [2]
-    # B restarts; S moves to A meanwhile (resumed from its record)
     assert b.stop(signal.SIGTERM) == 0
     s.stop()
     s = PahoClient(a, cid, 5, clean=False, properties=session_props())
@@ -819,13 +812,31 @@ def test_restarted_nodes_copies_of_a_session_deliver_each_qos2_message_once(clus
     # for S, held
     moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
     wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
-    p = PahoClient(cn, uid("twicep"), 5)
+    p = PahoClient(cn, uid(name + "p"), 5)
     p.connect()
     sent = [f"m{k}".encode() for k in range(20)]
     for m in sent:
         p.publish(topic + "/x", m, qos=2)
     got = [s.get(WAIT).payload for _ in sent]
     assert sorted(got) == sorted(sent)
+    return c, hold, cid, topic, s, p, sent
+
+
+def test_restarted_nodes_copies_of_a_session_deliver_each_qos2_message_once(cluster_factory,
+                                                                             tmp_path):
+    """Seed 101 of the chaos runner (SIGTERM restarts), made deterministic:
+    a persistent QoS 2 subscriber S on node B; B restarts while S moves to
+    A, and B's stored copy of S (claimed away while B was down) collects
+    what is published for S until its messages follow S (held here by the
+    debug hook STARLING_TEST_MOVING_HOLD). S gets M0..M19 on A; then A
+    restarts and S moves to C. When B's copy sends M0..M19 as late
+    messages, none may reach S again: S had them on A, so A, passing them
+    on, leaves them out (its own old copy of S knows), or C drops them
+    (before: the identities
+    S got on A were in A's memory only, lost with its restart, and C
+    delivered all 20 a second time)."""
+    c, hold, cid, topic, s, p, sent = copy_collecting_what_s_got(cluster_factory, tmp_path, "twice")
+    a, _, cn = c.nodes
     # A restarts; S moves to C
     assert a.stop(signal.SIGTERM) == 0
     s.stop()
@@ -873,34 +884,9 @@ def test_killed_owners_copy_judges_late_messages_passed_through_it(cluster_facto
     store), so A leaves them out: C delivers none again. Before, A's store
     held the identities of S's connect only (a SIGKILL forgot those got
     since), A passed all 20 on, and C delivered all 20 a second time."""
-    hold = tmp_path / "moving-hold"
-    env = dict(FAULT_ENV, STARLING_TEST_MOVING_HOLD=str(hold))
-    c = cluster_factory(extra_env=env)
-    c.start()
-    c.wait_healthy()
+    c, hold, cid, topic, s, p, sent = copy_collecting_what_s_got(cluster_factory, tmp_path,
+                                                                 "through")
     a, b, cn = c.nodes
-    cid = uid("through")
-    topic = uid("through/t")
-    s = PahoClient(b, cid, 5, properties=session_props())
-    s.connect()
-    assert s.subscribe(topic + "/#", qos=2) == [2]
-    assert b.stop(signal.SIGTERM) == 0
-    s.stop()
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
-    hold.write_text("")
-    b.start()
-    wait_healthy(c)
-    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
-    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
-    p = PahoClient(cn, uid("throughp"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(20)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    got = [s.get(WAIT).payload for _ in sent]
-    assert sorted(got) == sorted(sent)
     # every exchange finished on A (its PUBCOMPs in), then a later batch
     # committed there (a persistent session's SUBACK waits for its record's
     # commit; batches commit in order): what S got is on A's disk before
