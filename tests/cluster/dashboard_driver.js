@@ -94,7 +94,11 @@ async function main() {
     report.steps.push("clients");
 
     // Publish through the page.
+    // The view is shown by the page's hashchange handler, a task after the
+    // click: typing before it runs focuses a hidden field, the keys go
+    // nowhere, and the empty required topic stops the form's submit.
     await page.click('#nav a[data-view="publish"]');
+    await page.waitForSelector("#view-publish:not([hidden])", { timeout: T });
     await page.type("#pub-topic", "dash/test");
     await page.type("#pub-payload", "from the dashboard");
     await page.click('#publish-form button[type="submit"]');
