@@ -506,7 +506,16 @@ void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch)
     pthread_mutex_unlock(&cn->reg_mu);
 }
 
-/* The session of id here with claim `epoch` (a reference), or NULL. */
+/* The session of id here with claim `epoch` (a reference), or NULL. Before
+ * the start-up pass, a stored session does not know its claim yet (epoch
+ * 0): it takes late messages of any claim, and the pass (or the claims
+ * applied while catching up) keeps it here or sends what it holds on to
+ * its owner. Before, late messages that came in that moment were dropped
+ * when this node's tables still named its old claim: chaos seed 28098917,
+ * 813 late messages of a session, sent to this node while it was down
+ * (held by the sender), dropped as it started again; 116 of them were
+ * nowhere else (acknowledged while the session's previous node was dead,
+ * kept by that node's copy). */
 static struct session *owned_session(struct cluster_node *cn, const char *id, size_t len,
                                      uint64_t epoch)
 {
@@ -525,8 +534,9 @@ static struct session *owned_session(struct cluster_node *cn, const char *id, si
         pthread_mutex_unlock(&r->lock);
     }
     if (s) {
+        bool early = !atomic_load(&cn->restart_done);
         lock_acquire(&s->lock);
-        bool ok = s->epoch == epoch && !s->ended;
+        bool ok = (s->epoch == epoch || (early && s->epoch == 0)) && !s->ended;
         lock_release(&s->lock);
         if (!ok) {
             session_unref(s);
