@@ -333,9 +333,72 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     }
 }
 
+/* Whether s has a shared subscription: a shared group's message came here
+ * because its origin picked this node, whatever routes it had. s->lock
+ * held. */
+static bool subs_shared(const struct session *s)
+{
+    for (uint32_t i = 0; i < s->n_subs; i++)
+        if (s->subs[i].len > 7 && memcmp(s->subs[i].filter, "$share/", 7) == 0)
+            return true;
+    return false;
+}
+
+/* For an old copy of id moving out to `to` without a claim in progress: the
+ * first route table index at which the new owner's routes are certainly in
+ * effect, or 0 when not known. The session record names the owner only
+ * once its routes have committed (queued after them, cluster_registry.c;
+ * an owner's reconnection keeps its record, of an older epoch, when
+ * nothing changed), so when the registry and the record name `to`, every
+ * table from the current index on has them (+ 1: the record's entry may
+ * be committed and its index not yet published to fsm_routes_index). */
+static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint16_t len,
+                                   uint64_t to)
+{
+    uint64_t node = 0, epoch = 0;
+    if (fsm_registry_get(cn->fsm, id, len, &node, &epoch) != 0 || node != to)
+        return 0;
+    void *buf;
+    size_t blen;
+    if (fsm_session_record_get(cn->fsm, id, len, &buf, &blen) != 0)
+        return 0;
+    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, blen, buf);
+    free(buf);
+    bool named = rec && rec->node == to;
+    if (rec)
+        starling__cmd__session_record__free_unpacked(rec, NULL);
+    return named ? fsm_routes_index(cn->fsm) + 1 : 0;
+}
+
+/* s, an old copy moving out to `to`, takes no more what reaches its owner
+ * directly, once that is known (owner_routed_index). */
+static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64_t to)
+{
+    uint64_t direct = owner_routed_index(cn, s->client_id, s->id_len, to);
+    lock_acquire(&s->lock);
+    if (!s->direct_from && !subs_shared(s))
+        s->direct_from = direct;
+    direct = s->direct_from;
+    lock_release(&s->lock);
+    if (direct)
+        log_debug("cluster: the old copy of '%s' takes nothing routed from index %llu on (it "
+                  "reaches %016llx directly)",
+                  s->client_id, (unsigned long long)direct, (unsigned long long)to);
+}
+
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
                    bool now)
 {
+    /* A stored copy sent on at start-up collects, until it ends, what
+     * arrives for it here: forwards held for this node while it was down
+     * (sent on: the new owner may not have them), but also what is
+     * published now, which the new owner gets directly. Those came twice
+     * when the owner had stopped recording identities, e.g. after it was
+     * restarted too (chaos seed 572744100: every node SIGKILLed, the old
+     * node's copies sent 368 late messages per session after the restart,
+     * 222 of them duplicates). Once the new owner's routes are known to be
+     * everywhere (its record), what is routed from then on is not taken
+     * here. */
     log_info("cluster: the session of '%s' moved to %016llx (claim %llu)%s", s->client_id,
              (unsigned long long)to, (unsigned long long)epoch,
              now ? ": what it holds follows it" : "");
@@ -345,6 +408,11 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
         session_unref(s);
         return;
     }
+    lock_acquire(&s->lock);
+    s->direct_from = 0;
+    lock_release(&s->lock);
+    if (now)
+        moving_direct_set(cn, s, to);
     x->s = s;
     x->to = to;
     x->epoch = epoch;
@@ -438,7 +506,16 @@ void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch)
     pthread_mutex_unlock(&cn->reg_mu);
 }
 
-/* The session of id here with claim `epoch` (a reference), or NULL. */
+/* The session of id here with claim `epoch` (a reference), or NULL. Before
+ * the start-up pass, a stored session does not know its claim yet (epoch
+ * 0): it takes late messages of any claim, and the pass (or the claims
+ * applied while catching up) keeps it here or sends what it holds on to
+ * its owner. Before, late messages that came in that moment were dropped
+ * when this node's tables still named its old claim: chaos seed 28098917,
+ * 813 late messages of a session, sent to this node while it was down
+ * (held by the sender), dropped as it started again; 116 of them were
+ * nowhere else (acknowledged while the session's previous node was dead,
+ * kept by that node's copy). */
 static struct session *owned_session(struct cluster_node *cn, const char *id, size_t len,
                                      uint64_t epoch)
 {
@@ -457,8 +534,9 @@ static struct session *owned_session(struct cluster_node *cn, const char *id, si
         pthread_mutex_unlock(&r->lock);
     }
     if (s) {
+        bool early = !atomic_load(&cn->restart_done);
         lock_acquire(&s->lock);
-        bool ok = s->epoch == epoch && !s->ended;
+        bool ok = (s->epoch == epoch || (early && s->epoch == 0)) && !s->ended;
         lock_release(&s->lock);
         if (!ok) {
             session_unref(s);
@@ -809,6 +887,27 @@ static void restart_pass(struct cluster_node *cn)
         session_unref(s);
     }
     free(l.v);
+    /* copies sent on while this node caught up (cn_registry_claimed_elsewhere)
+     * met their claim before the owner's record: the tables are current now */
+    struct idlist c = {0};
+    uint64_t *to = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving *x = cn->moving; x; x = x->next)
+        c.cap += x->now;
+    c.v = c.cap ? calloc(c.cap, sizeof(*c.v)) : NULL;
+    to = c.cap ? calloc(c.cap, sizeof(*to)) : NULL;
+    for (struct cn_moving *x = cn->moving; x && c.v && to; x = x->next)
+        if (x->now) {
+            to[c.n] = x->to;
+            c.v[c.n++] = session_ref(x->s);
+        }
+    pthread_mutex_unlock(&cn->reg_mu);
+    for (size_t i = 0; i < c.n; i++) {
+        moving_direct_set(cn, c.v[i], to[i]);
+        session_unref(c.v[i]);
+    }
+    free(c.v);
+    free(to);
     log_debug("cluster: start-up pass over %zu stored session(s)", l.n);
     if (moved)
         log_info("cluster: %zu stored session(s) moved to other nodes while this one was down: "
@@ -1011,11 +1110,15 @@ static void moving_end(struct cluster_node *cn, struct cn_moving *x)
     bool shared;
     moving_take(cn, x, &shared);
     /* without the new owner's word (timeout, or a stored session sent on
-     * at start-up), everything goes: at least once */
+     * at start-up before the owner's record was in), everything goes: at
+     * least once */
     log_debug("cluster: the old copy of '%s' ends (%s)", x->s->client_id,
               x->routed ? "its new owner's routes are everywhere" : "grace period over");
     session_end(cn->b, x->s);
-    moving_send(cn, x, x->to, x->routed && !shared ? x->route_index : 0);
+    lock_acquire(&x->s->lock);
+    uint64_t direct = x->routed ? x->route_index : x->s->direct_from;
+    lock_release(&x->s->lock);
+    moving_send(cn, x, x->to, shared ? 0 : direct);
 }
 
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
@@ -1091,14 +1194,6 @@ struct late_flush {
     uint64_t to, epoch, route_index;
 };
 #define LATE_FLUSH_MAX 64
-
-static bool subs_shared(const struct session *s)
-{
-    for (uint32_t i = 0; i < s->n_subs; i++)
-        if (s->subs[i].len > 7 && memcmp(s->subs[i].filter, "$share/", 7) == 0)
-            return true;
-    return false;
-}
 
 static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
 {

@@ -334,7 +334,9 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
         /* a moved session: a message it had already (another path) */
         lock_acquire(&s->lock);
         bool dup = false;
-        if (s->seen && !s->ended)
+        if (s->direct_from && m->route_index >= s->direct_from)
+            dup = true; /* an old copy: m reached its new owner directly */
+        else if (s->seen && !s->ended)
             dup = broker_now_mono_ms() < s->seen_until
                       ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
                       : msg_seen_has(s->seen, m->id_node, m->id_seq);

@@ -133,6 +133,11 @@ struct session {
      * it follows the session when it moves on (SessionState). */
     struct msg_seen *seen;
     uint64_t seen_until;
+    /* cluster: an old copy moving out whose new owner's routes are in
+     * every route table from this index on (0: unknown, or not moving out):
+     * a message routed with such a table reached the owner directly and is
+     * not queued here (session_deliver returns 1). Set by cn_moving_add. */
+    uint64_t direct_from;
     /* cluster: 1 + next_seq when the session was resumed here from its
      * replicated record (0: it was not). The packet ids it used are those
      * of its sequence numbers from there on; an older copy's unfinished
@@ -169,7 +174,8 @@ static inline void session_unref(struct session *s)
  * session takes its own reference on m if it keeps it. ids: subscription
  * identifiers (copied). Returns 0 (queued, or dropped by the queue limits
  * and counted), 1 when s->seen shows s had m already (m's identity: not
- * queued again), or -ENOMEM: s does not have m.
+ * queued again) or s is an old copy whose new owner got m directly
+ * (s->direct_from), or -ENOMEM: s does not have m.
  */
 struct pub_flow;
 int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,

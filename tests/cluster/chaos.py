@@ -170,6 +170,9 @@ class Chaos:
         c.wait_healthy()
         self.traffic = t = Traffic(c)
         t.t0 = self.t0  # one clock for the log and the samples
+        # and for traffic.txt's wall-clock times (read beside the nodes'
+        # logs): before, they were ahead by the cluster's start-up time
+        t.t0_wall = time.time() - (time.monotonic() - self.t0)
         t.start()
         t.wait_progress(30)
         menu = self.menu()

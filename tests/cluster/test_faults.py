@@ -926,6 +926,71 @@ def test_killed_owners_copy_judges_late_messages_passed_through_it(cluster_facto
     p.disconnect()
 
 
+def test_returning_copy_leaves_out_what_its_restarted_owner_got_directly(cluster_factory,
+                                                                       tmp_path):
+    """Chaos seed 572744100 (every node SIGKILLed), made deterministic: a
+    persistent QoS 2 subscriber S on node B; B stops (SIGTERM) and S
+    resumes on A from its record, B's store keeps its copy. A is SIGKILLed
+    and started again (B still down): S reconnects to A, its owner, whose
+    session comes from A's store and no longer records the identities it
+    gets (that is for SESSION_SEEN_RECORD_MS after a move). B starts: its
+    stored copy, claimed away, stays subscribed until it ends (held here by
+    STARLING_TEST_MOVING_HOLD) and collects M0..M19, which S gets directly
+    on A. Then the copy sends what it holds to A. Before, it sent M0..M19
+    and A delivered all 20 a second time (nothing told it S had them); now
+    the copy knows the owner's routes were everywhere when it found its
+    session claimed away (the owner's session record), so what was routed
+    since reached the owner directly and is not taken: none comes again."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_TEST_MOVING_HOLD=str(hold)))
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    cid = uid("direct")
+    topic = uid("direct/t")
+    s = PahoClient(b, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    assert b.stop(signal.SIGTERM) == 0
+    s.stop()
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    kill(a)
+    s.stop()
+    a.start()
+    wait_until(lambda: faults.leader(c), 30, "a leader of A and C")
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    hold.write_text("")
+    b.start()
+    wait_healthy(c)
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
+    p = PahoClient(cn, uid("directp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    got = [s.get(WAIT).payload for _ in sent]
+    assert sorted(got) == sorted(sent)
+    # B's copy ends and sends what it holds to A (its last frame, also when
+    # empty: A logs it)
+    hold.unlink()
+    late = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
+                      rf"{faults.node_id(b):016x}")
+    wait_until(lambda: late.findall(a.logtext()), 30, f"{a.name} taking B's late messages of {cid}")
+    marker = uid("marker").encode()
+    p.publish(topic + "/marker", marker, qos=2)
+    again = [m.payload for m in s.get_until(topic + "/marker", 30)][:-1]
+    print(f"\n[returning copy] {len(again)} delivered again on {a.name}; late messages: "
+          f"{late.findall(a.logtext())}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
 # ------------------------------------------------------------ 5. stalled node
 
 @pytest.fixture
