@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #define DEFAULT_MAP_SIZE (32ull << 20)
 #define LITERAL_MAX 480u
@@ -320,6 +322,29 @@ int rtable_begin_read(struct rtable *t, struct rtable_txn **out)
     return begin(t, false, out);
 }
 
+#ifndef NDEBUG
+/* Tests (debug builds only): while the file that STARLING_TEST_TABLES_SYNC_HOLD
+ * names exists, a wait of the tables for their disk (an fdatasync) does not
+ * return, like a disk that does not answer. Called where the tables sync.
+ * A held sync creates PATH.held, so that a test knows the hold took. */
+static void test_sync_hold(void)
+{
+    const char *path = getenv("STARLING_TEST_TABLES_SYNC_HOLD");
+    if (!path || access(path, F_OK) != 0)
+        return;
+    char held[4096];
+    snprintf(held, sizeof held, "%s.held", path);
+    FILE *f = fopen(held, "w");
+    if (f)
+        fclose(f);
+    struct timespec ts = {0, 2000000};
+    while (access(path, F_OK) == 0)
+        nanosleep(&ts, NULL);
+}
+#else
+static void test_sync_hold(void) {}
+#endif
+
 static void txn_free(struct rtable_txn *x)
 {
     pthread_rwlock_unlock(&x->t->map_mu);
@@ -343,6 +368,7 @@ int rtable_commit(struct rtable_txn *x)
     if (rc) {
         mdb_txn_abort(x->txn);
     } else {
+        test_sync_hold(); /* the commit fdatasyncs the pages it wrote */
         rc = from_mdb(mdb_txn_commit(x->txn));
     }
     txn_free(x);
