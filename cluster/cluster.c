@@ -1080,6 +1080,10 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
         free(c);
         return rc;
     }
+    if (fsm_tables_reset(c->fsm))
+        log_warn("cluster: the replicated tables in %s were open when the machine stopped (or "
+                 "their sync failed): they start empty and are rebuilt from the Raft log",
+                 dir);
     snprintf(dir, sizeof dir, "%s/raft", cfg->dir);
     struct raft_node_config rc_cfg = {.dir = dir,
                                       .fsm = c->fsm,

@@ -349,8 +349,6 @@ def test_a_node_silent_on_the_channel_but_heard_by_raft_is_not_taken_for_dead(cl
     pub.disconnect()
 
 
-@pytest.mark.xfail(reason="the tables' LMDB commit, with its fdatasync, runs on the Raft "
-                          "loop thread (docs/cluster.md, issues 9 and 10)", strict=True)
 def test_a_node_whose_tables_wait_for_the_disk_is_not_taken_for_dead(cluster_factory, tmp_path):
     """A follower whose replicated tables wait for their disk (an fdatasync
     that does not return) for three times cluster_down_after is alive: it
