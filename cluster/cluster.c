@@ -811,8 +811,9 @@ static void send_checkpoint(struct cluster *c)
  * contact flag, raft_node_heard_recently); either resets its silence to 0.
  * Otherwise its silence grows by the time since the last update, at most
  * QUIET_STEP_MAX_MS: an update that comes late because this thread itself
- * did not run (a slow fdatasync of the tables, a stopped process, a starved
- * thread) counts for little, since the others' bytes wait unread meanwhile
+ * did not run (a stopped process, a starved thread; before the tables' sync
+ * moved to their own thread, a slow fdatasync of the tables
+ * too) counts for little, since the others' bytes wait unread meanwhile
  * (the timer runs before the loop reads them). A member new to the list
  * starts at 0.
  */

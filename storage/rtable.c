@@ -320,11 +320,10 @@ static void *syncer_main(void *arg)
         pthread_mutex_unlock(&t->sync_mu);
         test_sync_hold();
         int rc = mdb_env_sync(t->env, 1);
-        pthread_mutex_lock(&t->sync_mu);
-        if (rc && !t->sync_err) {
+        if (rc) {
             /* What the disk holds is unknown now: the tables are deleted at
-             * the next open, and refuse every commit until then. */
-            t->sync_err = from_mdb(rc);
+             * the next open, and refuse every commit until then. (The mark
+             * is written outside sync_mu: commits never wait for a disk.) */
             char dir[600];
             snprintf(dir, sizeof dir, "%s", t->mark);
             char *slash = strrchr(dir, '/');
@@ -332,6 +331,9 @@ static void *syncer_main(void *arg)
                 *slash = 0;
             mark_write(t->mark, dir, SYNC_FAILED);
         }
+        pthread_mutex_lock(&t->sync_mu);
+        if (rc && !t->sync_err)
+            t->sync_err = from_mdb(rc);
         t->synced = upto;
     }
     pthread_mutex_unlock(&t->sync_mu);

@@ -403,6 +403,44 @@ def test_a_node_whose_tables_wait_for_the_disk_is_not_taken_for_dead(cluster_fac
     pub.disconnect()
 
 
+def test_tables_open_when_the_machine_stopped_are_rebuilt_from_the_raft_log(fault_cluster):
+    """The replicated tables' commits do not wait for their disk (a thread
+    syncs after them), so a machine that stops may leave them torn on disk;
+    while they are open they carry the mark of the running boot. A node
+    killed (the same boot) keeps them; a node whose tables carry the mark
+    of another boot (as after a machine stop) starts them empty and
+    rebuilds them from its Raft snapshot and log: equal to the others', and
+    it serves from them (a retained message, a route)."""
+    c = fault_cluster
+    x = c.nodes[2]
+    topic_r, topic = uid("boot/r"), uid("boot/t")
+    pub = PahoClient(c.nodes[0], uid("bpub"), 5)
+    pub.connect()
+    pub.publish(topic_r, b"kept", qos=1, retain=True)
+    before = converged_tables(c)
+    assert topic_r in before["retained"]
+    kill(x)
+    mark = os.path.join(x.dir, "cluster", "fsm", "OPEN")
+    assert os.path.exists(mark), "a killed node's tables have no mark"
+    with open(mark, "w") as f:
+        f.write("another boot\n")
+    x.start()
+    wait_until(lambda: "were open when the machine stopped" in x.logtext(), WAIT,
+               f"{x.name} starting its tables empty")
+    wait_healthy(c)
+    after = converged_tables(c)
+    assert topic_r in after["retained"] and after["applied"] >= before["applied"]
+    sub = PahoClient(x, uid("bsub"), 5)
+    sub.connect()
+    assert sub.subscribe(topic_r, qos=1) == [1]
+    assert sub.get().payload == b"kept"
+    assert sub.subscribe(topic, qos=1) == [1]
+    pub.publish(topic, b"after", qos=1)
+    assert sub.get().payload == b"after"
+    sub.disconnect()
+    pub.disconnect()
+
+
 def test_a_node_taken_for_dead_ends_its_clean_subscribers(cluster_factory, tmp_path):
     """A follower stopped (SIGSTOP) beyond cluster_down_after is taken for
     dead: the leader removes the routes of its clean sessions (those of its
