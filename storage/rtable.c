@@ -239,8 +239,18 @@ static void test_sync_hold(void)
     while (access(path, F_OK) == 0)
         nanosleep(&ts, NULL);
 }
+/* Tests: with STARLING_TEST_TABLES_SYNC_FAIL set, the syncer's fdatasyncs
+ * fail (EIO), like a disk that lost writes. */
+static int test_sync_fail(void)
+{
+    return getenv("STARLING_TEST_TABLES_SYNC_FAIL") ? EIO : 0;
+}
 #else
 static void test_sync_hold(void) {}
+static int test_sync_fail(void)
+{
+    return 0;
+}
 #endif
 
 /* The running kernel's boot id ("" when unknown). */
@@ -320,6 +330,8 @@ static void *syncer_main(void *arg)
         pthread_mutex_unlock(&t->sync_mu);
         test_sync_hold();
         int rc = mdb_env_sync(t->env, 1);
+        if (rc == 0)
+            rc = test_sync_fail();
         if (rc) {
             /* What the disk holds is unknown now: the tables are deleted at
              * the next open, and refuse every commit until then. (The mark

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "test_util.h"
 
@@ -872,7 +873,35 @@ static void test_machine_stopped_while_open(void)
     assert_checksum_consistent(f);
     fsm_close(f);
 
-    /* A sync that failed leaves its mark: the same. */
+    /* A sync that fails (debug builds: STARLING_TEST_TABLES_SYNC_FAIL):
+     * the commits after it fail (-EIO: the state machine is broken), the
+     * mark says so, and the next open starts empty. */
+#ifndef NDEBUG
+    f = open_fsm(d);
+    setenv("STARLING_TEST_TABLES_SYNC_FAIL", "1", 1);
+    int rc = 0;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* commits until the syncer has failed (bounded: 30 s) */
+    for (uint64_t i = 10; rc == 0; i++) {
+        CU_ASSERT_EQUAL(cmd_route_add(b, S("m/f"), i), 0);
+        rc = apply(f, i, b);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (t.tv_sec - t0.tv_sec > 30)
+            break;
+    }
+    unsetenv("STARLING_TEST_TABLES_SYNC_FAIL");
+    CU_ASSERT_EQUAL(rc, -EIO);
+    CU_ASSERT_TRUE(fsm_broken(f));
+    fsm_close(f);
+    CU_ASSERT_TRUE(mark_exists(d));
+    f = open_fsm(d);
+    CU_ASSERT_TRUE(fsm_tables_reset(f));
+    CU_ASSERT_EQUAL(fsm_applied(f), 0);
+    fsm_close(f);
+    CU_ASSERT_FALSE(mark_exists(d));
+#endif
+    /* The mark of a failed sync from an earlier run: the same. */
     write_mark(d, "sync failed\n");
     f = open_fsm(d);
     CU_ASSERT_TRUE(fsm_tables_reset(f));
