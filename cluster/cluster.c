@@ -811,8 +811,9 @@ static void send_checkpoint(struct cluster *c)
  * contact flag, raft_node_heard_recently); either resets its silence to 0.
  * Otherwise its silence grows by the time since the last update, at most
  * QUIET_STEP_MAX_MS: an update that comes late because this thread itself
- * did not run (a slow fdatasync of the tables, a stopped process, a starved
- * thread) counts for little, since the others' bytes wait unread meanwhile
+ * did not run (a stopped process, a starved thread; before the tables' sync
+ * moved to their own thread, a slow fdatasync of the tables
+ * too) counts for little, since the others' bytes wait unread meanwhile
  * (the timer runs before the loop reads them). A member new to the list
  * starts at 0.
  */
@@ -1080,6 +1081,10 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
         free(c);
         return rc;
     }
+    if (fsm_tables_reset(c->fsm))
+        log_warn("cluster: the replicated tables in %s were open when the machine stopped (or "
+                 "their sync failed): they start empty and are rebuilt from the Raft log",
+                 dir);
     snprintf(dir, sizeof dir, "%s/raft", cfg->dir);
     struct raft_node_config rc_cfg = {.dir = dir,
                                       .fsm = c->fsm,

@@ -726,6 +726,11 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
     return rc;
 }
 
+bool fsm_tables_reset(struct fsm *f)
+{
+    return rtable_was_reset(f->t);
+}
+
 bool fsm_broken(struct fsm *f)
 {
     return __atomic_load_n(&f->broken, __ATOMIC_ACQUIRE);

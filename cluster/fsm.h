@@ -110,6 +110,11 @@ void fsm_close(struct fsm *f);
 int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
               struct fsm_batch_result *res);
 
+/* Whether fsm_open found the tables torn by a machine stop (or a failed
+ * sync) and started them empty (storage/rtable.h): the owner's Raft
+ * snapshot and log rebuild them. */
+bool fsm_tables_reset(struct fsm *f);
+
 /* True after a failed apply, until a successful restore. Any thread. */
 bool fsm_broken(struct fsm *f);
 

@@ -10,10 +10,24 @@
  * it for reading while open; rtable_grow takes it for writing, because
  * mdb_env_set_mapsize may only be called with no transaction active in the
  * process.
+ *
+ * Syncing (unless sync_every_commit): the environment is opened with
+ * MDB_NOSYNC, so a commit writes its pages to the page cache and returns
+ * without waiting for the disk; the syncer thread then fdatasyncs the file
+ * (mdb_env_sync), one sync for every commit made since the last one. A
+ * process that dies keeps every commit (the page cache is the kernel's); a
+ * machine that stops may leave the file torn. So, while the tables are
+ * open, the file OPEN_MARK holds the boot id of the running kernel
+ * (written and fsync'ed before the environment opens, removed after the
+ * last sync at close): found at open with another boot id (the machine
+ * stopped while they were open) or "sync failed", the tables are deleted
+ * and start empty: the state machine's owner rebuilds them from Raft's
+ * snapshot and log, which are durable (see rtable_was_reset).
  */
 #include "rtable.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -21,11 +35,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #define DEFAULT_MAP_SIZE (32ull << 20)
 #define LITERAL_MAX 480u
 #define HASHED_LEN 490u
 #define META_DB 0
+#define OPEN_MARK "OPEN"
+#define SYNC_FAILED "sync failed\n"
 
 static const char *const db_names[RTABLE_N_DB + 1] = {"meta",    "routes",   "registry", "retained",
                                                       "members", "sessions", "admin"};
@@ -35,6 +53,16 @@ struct rtable {
     MDB_dbi dbi[RTABLE_N_DB + 1];
     pthread_rwlock_t map_mu;
     uint64_t map_size, max_map_size;
+    bool reset; /* the tables were deleted at open (OPEN_MARK) */
+    /* the syncer (unless sync_every_commit); sync_mu guards the fields */
+    bool syncer_on;
+    pthread_t syncer;
+    pthread_mutex_t sync_mu;
+    pthread_cond_t sync_cv;
+    uint64_t commits, synced; /* commits made / covered by a sync */
+    bool stop;
+    int sync_err; /* the first failed sync's negative errno, then sticky */
+    char mark[600];
 };
 
 struct rtable_txn {
@@ -192,6 +220,138 @@ static int mkdirs(const char *dir)
     return 0;
 }
 
+#ifndef NDEBUG
+/* Tests (debug builds only): while the file that STARLING_TEST_TABLES_SYNC_HOLD
+ * names exists, a wait of the tables for their disk (an fdatasync) does not
+ * return, like a disk that does not answer. Called where the tables sync.
+ * A held sync creates PATH.held, so that a test knows the hold took. */
+static void test_sync_hold(void)
+{
+    const char *path = getenv("STARLING_TEST_TABLES_SYNC_HOLD");
+    if (!path || access(path, F_OK) != 0)
+        return;
+    char held[4096];
+    snprintf(held, sizeof held, "%s.held", path);
+    FILE *f = fopen(held, "w");
+    if (f)
+        fclose(f);
+    struct timespec ts = {0, 2000000};
+    while (access(path, F_OK) == 0)
+        nanosleep(&ts, NULL);
+}
+/* Tests: with STARLING_TEST_TABLES_SYNC_FAIL set, the syncer's fdatasyncs
+ * fail (EIO), like a disk that lost writes. */
+static int test_sync_fail(void)
+{
+    return getenv("STARLING_TEST_TABLES_SYNC_FAIL") ? EIO : 0;
+}
+#else
+static void test_sync_hold(void) {}
+static int test_sync_fail(void)
+{
+    return 0;
+}
+#endif
+
+/* The running kernel's boot id ("" when unknown). */
+static void boot_id(char *out, size_t n)
+{
+    out[0] = 0;
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (!f)
+        return;
+    if (!fgets(out, (int)n, f))
+        out[0] = 0;
+    fclose(f);
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+/* Write text to path (replacing it) and make it durable. */
+static int mark_write(const char *path, const char *dir, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        return -errno;
+    size_t n = strlen(text);
+    int rc = write(fd, text, n) == (ssize_t)n ? 0 : -EIO;
+    if (rc == 0 && fsync(fd) != 0)
+        rc = -errno;
+    close(fd);
+    return rc ? rc : fsync_dir(dir);
+}
+
+/* Before the environment opens: when the mark of an earlier opening is
+ * there and does not name this boot (the machine stopped while commits may
+ * not have been on disk) or a sync failed, delete the tables; then write
+ * this opening's mark. */
+static int mark_open(struct rtable *t, const char *dir)
+{
+    char now[64], was[64] = "";
+    boot_id(now, sizeof now);
+    snprintf(t->mark, sizeof t->mark, "%s/%s", dir, OPEN_MARK);
+    FILE *f = fopen(t->mark, "r");
+    if (f) {
+        if (!fgets(was, sizeof was, f))
+            was[0] = 0;
+        fclose(f);
+        if (!now[0] || strcmp(was, now) != 0) {
+            static const char *const files[] = {"data.mdb", "lock.mdb"};
+            char p[640];
+            for (int i = 0; i < 2; i++) {
+                snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+                if (unlink(p) != 0 && errno != ENOENT)
+                    return -errno;
+            }
+            t->reset = true;
+        }
+    }
+    return mark_write(t->mark, dir, now[0] ? now : "unknown boot\n");
+}
+
+static void *syncer_main(void *arg)
+{
+    struct rtable *t = arg;
+    pthread_mutex_lock(&t->sync_mu);
+    for (;;) {
+        while (t->commits == t->synced && !t->stop)
+            pthread_cond_wait(&t->sync_cv, &t->sync_mu);
+        if (t->commits == t->synced)
+            break; /* stopping, nothing left */
+        uint64_t upto = t->commits;
+        pthread_mutex_unlock(&t->sync_mu);
+        test_sync_hold();
+        int rc = mdb_env_sync(t->env, 1);
+        if (rc == 0)
+            rc = test_sync_fail();
+        if (rc) {
+            /* What the disk holds is unknown now: the tables are deleted at
+             * the next open, and refuse every commit until then. (The mark
+             * is written outside sync_mu: commits never wait for a disk.) */
+            char dir[600];
+            snprintf(dir, sizeof dir, "%s", t->mark);
+            char *slash = strrchr(dir, '/');
+            if (slash)
+                *slash = 0;
+            mark_write(t->mark, dir, SYNC_FAILED);
+        }
+        pthread_mutex_lock(&t->sync_mu);
+        if (rc && !t->sync_err)
+            t->sync_err = from_mdb(rc);
+        t->synced = upto;
+    }
+    pthread_mutex_unlock(&t->sync_mu);
+    return NULL;
+}
+
 int rtable_open(struct rtable **out, const struct rtable_options *o, char *err, size_t errlen)
 {
     *out = NULL;
@@ -204,6 +364,8 @@ int rtable_open(struct rtable **out, const struct rtable_options *o, char *err, 
     if (!t)
         return -ENOMEM;
     pthread_rwlock_init(&t->map_mu, NULL);
+    pthread_mutex_init(&t->sync_mu, NULL);
+    pthread_cond_init(&t->sync_cv, NULL);
     t->map_size = o->map_size ? o->map_size : DEFAULT_MAP_SIZE;
     t->max_map_size = o->max_map_size;
     MDB_txn *txn = NULL;
@@ -213,9 +375,16 @@ int rtable_open(struct rtable **out, const struct rtable_options *o, char *err, 
         goto fail;
     mdb_env_set_maxdbs(t->env, RTABLE_N_DB + 1);
     mdb_env_set_mapsize(t->env, (size_t)t->map_size);
+    if (!o->sync_every_commit) {
+        rc = mark_open(t, o->dir);
+        if (rc) {
+            snprintf(err, errlen, "%s: cannot write %s: %s", o->dir, OPEN_MARK, strerror(-rc));
+            mdb_env_close(t->env);
+            goto out_free;
+        }
+    }
     what = "mdb_env_open";
-    rc =
-        mdb_env_open(t->env, o->dir, MDB_NOTLS | (o->sync_every_commit ? 0 : MDB_NOMETASYNC), 0600);
+    rc = mdb_env_open(t->env, o->dir, MDB_NOTLS | (o->sync_every_commit ? 0 : MDB_NOSYNC), 0600);
     if (rc)
         goto fail;
     MDB_envinfo info;
@@ -248,15 +417,28 @@ int rtable_open(struct rtable **out, const struct rtable_options *o, char *err, 
         snprintf(err, errlen, "%s: replicated tables of an unknown format", o->dir);
         mdb_txn_abort(txn);
         mdb_env_close(t->env);
-        pthread_rwlock_destroy(&t->map_mu);
-        free(t);
-        return -EPROTO;
+        rc = -EPROTO;
+        goto out_free;
     }
     what = "mdb_txn_commit";
     rc = mdb_txn_commit(txn);
     txn = NULL;
     if (rc)
         goto fail;
+    if (!o->sync_every_commit) {
+        what = "mdb_env_sync";
+        rc = mdb_env_sync(t->env, 1);
+        if (rc)
+            goto fail;
+        rc = pthread_create(&t->syncer, NULL, syncer_main, t);
+        if (rc) {
+            snprintf(err, errlen, "%s: cannot start the syncer thread: %s", o->dir, strerror(rc));
+            mdb_env_close(t->env);
+            rc = -rc;
+            goto out_free;
+        }
+        t->syncer_on = true;
+    }
     *out = t;
     return 0;
 fail:
@@ -265,19 +447,50 @@ fail:
         mdb_txn_abort(txn);
     if (t->env)
         mdb_env_close(t->env);
+    rc = from_mdb(rc) == -ENOENT ? -EIO : from_mdb(rc);
+out_free:
+    pthread_cond_destroy(&t->sync_cv);
+    pthread_mutex_destroy(&t->sync_mu);
     pthread_rwlock_destroy(&t->map_mu);
     free(t);
-    return from_mdb(rc) == -ENOENT ? -EIO : from_mdb(rc);
+    return rc;
 }
 
 void rtable_close(struct rtable *t)
 {
     if (!t)
         return;
-    mdb_env_sync(t->env, 1);
+    bool clean = true;
+    if (t->syncer_on) {
+        pthread_mutex_lock(&t->sync_mu);
+        t->stop = true;
+        pthread_cond_signal(&t->sync_cv);
+        pthread_mutex_unlock(&t->sync_mu);
+        pthread_join(t->syncer, NULL);
+        clean = t->sync_err == 0;
+    }
+    test_sync_hold();
+    if (mdb_env_sync(t->env, 1) != 0)
+        clean = false;
     mdb_env_close(t->env);
+    /* Every commit is on disk: the mark goes (after a failed sync it stays,
+     * and the tables are deleted at the next open). */
+    if (t->syncer_on && clean && unlink(t->mark) == 0) {
+        char *slash = strrchr(t->mark, '/');
+        if (slash) {
+            *slash = 0;
+            fsync_dir(t->mark);
+        }
+    }
+    pthread_cond_destroy(&t->sync_cv);
+    pthread_mutex_destroy(&t->sync_mu);
     pthread_rwlock_destroy(&t->map_mu);
     free(t);
+}
+
+bool rtable_was_reset(const struct rtable *t)
+{
+    return t->reset;
 }
 
 static int begin(struct rtable *t, bool write, struct rtable_txn **out)
@@ -340,9 +553,25 @@ int rtable_commit(struct rtable_txn *x)
         if (rc == 0)
             rc = meta_put_u64(x->txn, x->t->dbi[META_DB], "checksum", x->checksum);
     }
+    struct rtable *t = x->t;
+    if (rc == 0 && t->syncer_on) {
+        pthread_mutex_lock(&t->sync_mu);
+        rc = t->sync_err ? -EIO : 0;
+        pthread_mutex_unlock(&t->sync_mu);
+    }
     if (rc) {
         mdb_txn_abort(x->txn);
+    } else if (t->syncer_on) {
+        /* no wait for the disk: the syncer fdatasyncs after it */
+        rc = from_mdb(mdb_txn_commit(x->txn));
+        if (rc == 0) {
+            pthread_mutex_lock(&t->sync_mu);
+            t->commits++;
+            pthread_cond_signal(&t->sync_cv);
+            pthread_mutex_unlock(&t->sync_mu);
+        }
     } else {
+        test_sync_hold(); /* the commit fdatasyncs the pages it wrote */
         rc = from_mdb(mdb_txn_commit(x->txn));
     }
     txn_free(x);

@@ -25,7 +25,9 @@
  * LMDB value holds the full key, so iteration returns the real key.
  *
  * Threads: one writer thread (the Raft thread) opens write transactions;
- * any thread may open read transactions (each used by one thread at a time).
+ * any thread may open read transactions (each used by one thread at a time);
+ * a thread of the tables' own fdatasyncs them after commits (see
+ * rtable_options.sync_every_commit).
  * Errors are 0 or a negative errno.
  */
 #ifndef STARLING_RTABLE_H
@@ -57,18 +59,28 @@ struct rtable_options {
     const char *dir;       /* created (with parents) when missing */
     uint64_t map_size;     /* initial map size, 0 = 32 MiB; doubles when full */
     uint64_t max_map_size; /* 0 = no bound; beyond it commits fail -EFBIG */
-    /* true: every commit is fsync'ed. false (default): the meta page is
-     * written without fsync (MDB_NOMETASYNC): a machine crash may undo the
-     * last commits, never corrupt the tables; Raft replays what was undone
-     * (its log is durable), so this is safe for the state machine. */
+    /* true: every commit waits for its fdatasync (LMDB's default).
+     * false (default): a commit does not wait for the disk (MDB_NOSYNC); a
+     * thread of the tables fdatasyncs after the commits, one sync for all
+     * those made since the last. A process that dies loses nothing; a
+     * machine that stops while the tables are open may leave them torn, so
+     * the next open finds the mark of that boot and starts from empty
+     * tables (rtable_was_reset): the owner rebuilds them from its durable
+     * log (Raft's snapshot and log, for the state machine). A failed sync
+     * makes every later commit fail with -EIO, and the next open start
+     * empty too. */
     bool sync_every_commit;
 };
 
 /* Open or create. On failure a one-line message goes to err. -EPROTO: the
  * directory holds tables of another format version. */
 int rtable_open(struct rtable **out, const struct rtable_options *o, char *err, size_t errlen);
-/* Close; no transaction may be open. t may be NULL. */
+/* Close (after a last fdatasync); no transaction may be open. t may be
+ * NULL. */
 void rtable_close(struct rtable *t);
+/* Whether rtable_open deleted the tables it found: the machine had stopped
+ * while they were open, or a sync had failed (sync_every_commit false). */
+bool rtable_was_reset(const struct rtable *t);
 
 /* Last applied Raft index and the checksum as of the last commit (any
  * thread; read from a short read transaction). */

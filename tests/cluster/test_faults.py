@@ -280,14 +280,18 @@ def down_cluster(cluster_factory, tmp_path, down_after_ms):
     STARLING_TEST_REPORTS_HOLD=tmp_path/reports-held-NAME (debug builds):
     while that file exists the node sends neither its chan.Applied reports
     nor its checkpoints, so the channel carries nothing from it to the
-    leader while Raft goes on."""
+    leader while Raft goes on; and
+    STARLING_TEST_TABLES_SYNC_HOLD=tmp_path/sync-held-NAME: while that file
+    exists, an fdatasync of the node's replicated tables does not return
+    (a disk that does not answer); a held sync creates sync-held-NAME.held."""
     from conftest import Node
     env = dict(FAULT_ENV)
     env["STARLING_CLUSTER_DOWN_AFTER"] = str(down_after_ms)
     c = cluster_factory(extra_env=env)
     for n in c.nodes:
         n.env = (lambda n=n: {**Node.env(n),
-                              "STARLING_TEST_REPORTS_HOLD": str(tmp_path / f"reports-held-{n.name}")})
+                              "STARLING_TEST_REPORTS_HOLD": str(tmp_path / f"reports-held-{n.name}"),
+                              "STARLING_TEST_TABLES_SYNC_HOLD": str(tmp_path / f"sync-held-{n.name}")})
     c.start()
     c.wait_healthy()
     return c
@@ -341,6 +345,98 @@ def test_a_node_silent_on_the_channel_but_heard_by_raft_is_not_taken_for_dead(cl
     assert metric_value(lead, "starling_cluster_nodes_down_total") == 0
     assert (me, topic) in converged_tables(c)["routes"]
     assert len(got) == sent, f"{sent - len(got)} of {sent} missing"
+    sub.disconnect()
+    pub.disconnect()
+
+
+def test_a_node_whose_tables_wait_for_the_disk_is_not_taken_for_dead(cluster_factory, tmp_path):
+    """A follower whose replicated tables wait for their disk (an fdatasync
+    that does not return) for three times cluster_down_after is alive: it
+    is not taken for dead (the thread that answers Raft and the channel
+    does not wait for the tables' disk), its clean subscriber stays
+    connected, and gets every message another node published meanwhile."""
+    down_after = 3.0
+    c = down_cluster(cluster_factory, tmp_path, int(down_after * 1000))
+    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    held, other = [n for n in c.nodes if n is not lead]
+    topic = uid("disk/t")
+    sub = PahoClient(held, uid("dsub"), 5, keepalive=120)
+    sub.connect()
+    assert sub.subscribe(topic, qos=1) == [1]
+    me = faults.node_id(held)
+    assert (me, topic) in converged_tables(c)["routes"]
+    pub = PahoClient(other, uid("dpub"), 5, keepalive=120)
+    pub.connect()
+    hold = tmp_path / f"sync-held-{held.name}"
+    took = tmp_path / f"sync-held-{held.name}.held"
+    hold.touch()
+    sent = 0
+    try:
+        # a Raft entry (a retained message), so that the held node's tables
+        # commit, and wait for their sync
+        pub.publish(uid("disk/r"), b"r", qos=1, retain=True)
+        wait_until(took.exists, WAIT, f"{held.name}'s tables' sync held")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3 * down_after:
+            pub.publish(topic, f"m{sent}".encode(), qos=1)
+            sent += 1
+            time.sleep(0.1)  # the pace of the publishes during the fault
+    finally:
+        hold.unlink()
+    got = set()
+    deadline = time.monotonic() + WAIT
+    while len(got) < sent and time.monotonic() < deadline:
+        try:
+            got.add(sub.messages.get(timeout=0.5).payload.decode())
+        except Exception:
+            continue
+    print(f"\n[tables' disk] {held.name}'s tables' sync held {3 * down_after:.0f} s "
+          f"(cluster_down_after {down_after:.0f} s): its subscriber got {len(got)} of {sent}, "
+          f"{'disconnected' if sub.disconnected.is_set() else 'connected'}")
+    assert "this node was taken for dead" not in held.logtext(), "a live node was taken for dead"
+    assert "(NodeDown)" not in lead.logtext()
+    assert metric_value(lead, "starling_cluster_nodes_down_total") == 0
+    assert not sub.disconnected.is_set(), "the clean subscriber was disconnected"
+    assert (me, topic) in converged_tables(c)["routes"]
+    assert len(got) == sent, f"{sent - len(got)} of {sent} missing"
+    sub.disconnect()
+    pub.disconnect()
+
+
+def test_tables_open_when_the_machine_stopped_are_rebuilt_from_the_raft_log(fault_cluster):
+    """The replicated tables' commits do not wait for their disk (a thread
+    syncs after them), so a machine that stops may leave them torn on disk;
+    while they are open they carry the mark of the running boot. A node
+    killed (the same boot) keeps them; a node whose tables carry the mark
+    of another boot (as after a machine stop) starts them empty and
+    rebuilds them from its Raft snapshot and log: equal to the others', and
+    it serves from them (a retained message, a route)."""
+    c = fault_cluster
+    x = c.nodes[2]
+    topic_r, topic = uid("boot/r"), uid("boot/t")
+    pub = PahoClient(c.nodes[0], uid("bpub"), 5)
+    pub.connect()
+    pub.publish(topic_r, b"kept", qos=1, retain=True)
+    before = converged_tables(c)
+    assert topic_r in before["retained"]
+    kill(x)
+    mark = os.path.join(x.dir, "cluster", "fsm", "OPEN")
+    assert os.path.exists(mark), "a killed node's tables have no mark"
+    with open(mark, "w") as f:
+        f.write("another boot\n")
+    x.start()
+    wait_until(lambda: "were open when the machine stopped" in x.logtext(), WAIT,
+               f"{x.name} starting its tables empty")
+    wait_healthy(c)
+    after = converged_tables(c)
+    assert topic_r in after["retained"] and after["applied"] >= before["applied"]
+    sub = PahoClient(x, uid("bsub"), 5)
+    sub.connect()
+    assert sub.subscribe(topic_r, qos=1) == [1]
+    assert sub.get().payload == b"kept"
+    assert sub.subscribe(topic, qos=1) == [1]
+    pub.publish(topic, b"after", qos=1)
+    assert sub.get().payload == b"after"
     sub.disconnect()
     pub.disconnect()
 

@@ -192,6 +192,10 @@ static bool all_equal(void)
         uint64_t a, c;
         if (fsm_state(cluster_fsm(m[i].c), &a, &c) != 0)
             return false;
+        /* and wholly in effect: the route matcher is updated after the
+         * commit (fsm.h, fsm_visible) */
+        if (fsm_visible(cluster_fsm(m[i].c)) < a)
+            return false;
         if (i == 0) {
             a0 = a;
             c0 = c;

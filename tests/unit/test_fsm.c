@@ -4,7 +4,8 @@
  * replay after reopen, idempotent commands, session epochs, retained
  * (origin, seq), node purge, long keys, the checksum (incremental = recomputed,
  * equal across environments), snapshot/restore, malformed input, the entry
- * hook and fsm_visible.
+ * hook and fsm_visible, the tables of a machine that stopped while they were
+ * open (the mark of another boot: they start empty).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "test_util.h"
 
@@ -806,6 +808,112 @@ static void test_map_growth(void)
     rmdir_free(d);
 }
 
+/* Write text to dir/OPEN, the mark of open tables (storage/rtable.c). */
+static void write_mark(const char *dir, const char *text)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/OPEN", dir);
+    FILE *m = fopen(p, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    fputs(text, m);
+    fclose(m);
+}
+
+static bool mark_exists(const char *dir)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/OPEN", dir);
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static void test_machine_stopped_while_open(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    CU_ASSERT_FALSE(fsm_tables_reset(f));
+    CU_ASSERT_TRUE(mark_exists(d)); /* open: marked with this boot */
+    struct cmd_batch *b = cmd_batch_new();
+    CU_ASSERT_EQUAL(cmd_route_add(b, S("m/a"), 1), 0);
+    CU_ASSERT_EQUAL(apply(f, 3, b), 0);
+    fsm_close(f);
+    CU_ASSERT_FALSE(mark_exists(d)); /* closed: every commit synced */
+
+    /* The process died (the mark of this boot left behind): the page cache
+     * held every commit, the tables are kept. */
+    char boot[64] = "";
+    FILE *bf = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (bf) {
+        if (!fgets(boot, sizeof boot, bf))
+            boot[0] = 0;
+        fclose(bf);
+    }
+    if (boot[0]) {
+        write_mark(d, boot);
+        f = open_fsm(d);
+        CU_ASSERT_FALSE(fsm_tables_reset(f));
+        CU_ASSERT_EQUAL(fsm_applied(f), 3);
+        CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 1);
+        fsm_close(f);
+    }
+
+    /* The machine stopped while they were open (the mark of another boot):
+     * they may be torn on disk; they start empty (Raft's log rebuilds
+     * them), and an entry applies as in new tables. */
+    write_mark(d, "another boot\n");
+    f = open_fsm(d);
+    CU_ASSERT_TRUE(fsm_tables_reset(f));
+    CU_ASSERT_EQUAL(fsm_applied(f), 0);
+    CU_ASSERT_EQUAL(fsm_checksum(f), 0);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 0);
+    CU_ASSERT_EQUAL(cmd_route_add(b, S("m/a"), 1), 0);
+    CU_ASSERT_EQUAL(apply(f, 3, b), 0);
+    CU_ASSERT_FALSE(res.skipped);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    assert_checksum_consistent(f);
+    fsm_close(f);
+
+    /* A sync that fails (debug builds: STARLING_TEST_TABLES_SYNC_FAIL):
+     * the commits after it fail (-EIO: the state machine is broken), the
+     * mark says so, and the next open starts empty. */
+#ifndef NDEBUG
+    f = open_fsm(d);
+    setenv("STARLING_TEST_TABLES_SYNC_FAIL", "1", 1);
+    int rc = 0;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* commits until the syncer has failed (bounded: 30 s) */
+    for (uint64_t i = 10; rc == 0; i++) {
+        CU_ASSERT_EQUAL(cmd_route_add(b, S("m/f"), i), 0);
+        rc = apply(f, i, b);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (t.tv_sec - t0.tv_sec > 30)
+            break;
+    }
+    unsetenv("STARLING_TEST_TABLES_SYNC_FAIL");
+    CU_ASSERT_EQUAL(rc, -EIO);
+    CU_ASSERT_TRUE(fsm_broken(f));
+    fsm_close(f);
+    CU_ASSERT_TRUE(mark_exists(d));
+    f = open_fsm(d);
+    CU_ASSERT_TRUE(fsm_tables_reset(f));
+    CU_ASSERT_EQUAL(fsm_applied(f), 0);
+    fsm_close(f);
+    CU_ASSERT_FALSE(mark_exists(d));
+#endif
+    /* The mark of a failed sync from an earlier run: the same. */
+    write_mark(d, "sync failed\n");
+    f = open_fsm(d);
+    CU_ASSERT_TRUE(fsm_tables_reset(f));
+    CU_ASSERT_EQUAL(fsm_applied(f), 0);
+    fsm_close(f);
+    f = open_fsm(d);
+    CU_ASSERT_FALSE(fsm_tables_reset(f));
+    fsm_close(f);
+    cmd_batch_free(b);
+    rmdir_free(d);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -827,6 +935,7 @@ int main(void)
     CU_add_test(s, "map growth", test_map_growth);
     CU_add_test(s, "entry hook and fsm_visible", test_entry_hook);
     CU_add_test(s, "operator tables (AdminPut, AdminDelete)", test_admin_tables);
+    CU_add_test(s, "tables open when the machine stopped", test_machine_stopped_while_open);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
