@@ -262,6 +262,16 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     size_t n = 0, skipped = 0;
     for (struct qmsg **pp = &msgs; *pp;) {
         struct qmsg *q = *pp;
+        if (log_get_level() >= LOG_LEVEL_DEBUG) {
+            char tag[MSG_TAG_LEN];
+            log_debug("cluster: late message of '%.*s' (%016llx/%llu, '%s', state %u) to "
+                      "%016llx: %s",
+                      (int)len, id, (unsigned long long)q->m->id_node,
+                      (unsigned long long)q->m->id_seq,
+                      msg_tag(msg_payload(q->m), q->m->payload_len, tag), (unsigned)q->state,
+                      (unsigned long long)to,
+                      direct && q->m->route_index >= direct ? "reached it directly" : "sent");
+        }
         if (direct && q->m->route_index >= direct) {
             *pp = q->next;
             qmsg_free(q);
@@ -649,6 +659,18 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
             m->id_seq = q->pub_id;
         }
         int r = late_exchange_adopt(s, q, m);
+        if (log_get_level() >= LOG_LEVEL_DEBUG) {
+            char tag[MSG_TAG_LEN];
+            log_debug("cluster: late message of '%s' (%016llx/%llu, '%s', state %u, packet id "
+                      "%u) from %016llx: %s",
+                      s->client_id, (unsigned long long)m->id_node, (unsigned long long)m->id_seq,
+                      msg_tag(q->payload.data, q->payload.len, tag), (unsigned)q->state,
+                      (unsigned)(q->has_packet_id ? q->packet_id : 0), (unsigned long long)from,
+                      r == 1                               ? "exchange adopted"
+                      : r == 2                             ? "had it (exchange)"
+                      : q->state == MSG_STATE_WAIT_PUBCOMP ? "past PUBREC, not taken"
+                                                           : "to deliver");
+        }
         if (r == 1 && rs) {
             rs->pids[rs->n++] = (uint16_t)q->packet_id;
         } else if (r == 2) {
