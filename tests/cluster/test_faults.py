@@ -247,6 +247,56 @@ def test_session_resumed_elsewhere_gets_what_its_dead_node_held_once(fault_clust
     p.disconnect()
 
 
+def test_taken_over_sessions_messages_survive_a_kill_of_its_new_node(fault_cluster):
+    """A persistent QoS 1 subscriber S, offline on A with M0..M9 queued,
+    resumes on B (a takeover: A sends its state, with the messages, and
+    drops them from its copy) with Receive Maximum 1, so that B holds
+    M1..M9 undelivered; B is SIGKILLed. S resumes on C from its record; B
+    comes back and moves what its copy held: S gets every message. Before,
+    B held moved messages in memory only (not in its store until
+    delivered): M0..M9 were lost (the same loss, on a few messages, made
+    test_killed_nodes_subscribers_resumed_elsewhere_repeatedly an xfail)."""
+    c = fault_cluster
+    a, b, cn = c.nodes
+    cid, topic = uid("tk"), uid("tk/t")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.connected(a, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=1))).reason_codes == [1]
+    s.disconnect()
+    p = mqttraw.connected(cn, uid("tkp"), 5)
+    sent = [f"m{k}".encode() for k in range(10)]
+    for k, m in enumerate(sent):
+        p.publish(f"{topic}/x", m, qos=1, packet_id=k + 1)
+        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == k + 1
+    s2 = mqttraw.connected(b, cid, 5, clean=False,
+                           properties=dict(props, receive_maximum=1))
+    assert s2.connack.session_present, s2.connack
+    first = s2.expect(mqttraw.PUBLISH, timeout=WAIT)  # not acknowledged
+    assert first.payload == sent[0], first
+    # a QoS 1 publish on B whose PUBACK waits for its store batch, committed
+    # after the claim's (one writer, in order): the moved state is on disk
+    q = mqttraw.connected(b, uid("tkq"), 5)
+    q.publish(f"{topic}/sync", b"sync", qos=1, packet_id=1)
+    assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
+    kill(b)
+    s3 = mqttraw.connected(cn, cid, 5, clean=False, properties=props, timeout=30)
+    assert s3.connack.session_present, s3.connack
+    b.start()
+    wait_healthy(c)
+    want = set(sent) | {b"sync"}
+    got = []
+    deadline = time.monotonic() + 30
+    while not want <= set(got) and time.monotonic() < deadline:
+        try:
+            got.append(s3.recv_publish(timeout=max(0.1, deadline - time.monotonic())).payload)
+        except mqttraw.Timeout:
+            break
+    assert want <= set(got), f"missing: {sorted(want - set(got))} (got {got})"
+    print(f"\n[taken over, new node killed] {len(got)} delivered, {len(want)} expected")
+    for x in (s3, p):
+        x.disconnect()
+
+
 def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
     c = fault_cluster
     down = c.nodes[2]
