@@ -297,6 +297,61 @@ def test_taken_over_sessions_messages_survive_a_kill_of_its_new_node(fault_clust
         x.disconnect()
 
 
+def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster):
+    """A persistent QoS 2 subscriber S on A got M0's PUBLISH (packet id P)
+    and its PUBREL, and has not completed it (as a client whose PUBREL was
+    lost in the kill would hold M0, awaiting it); A is SIGKILLed. S resumes
+    on B from its record: B numbers its PUBLISHes half the packet id space
+    away from A's next id in the record, so they do not reuse P, which the
+    client still holds (paho replaces such a held message by a new PUBLISH
+    of the same id: lost). A returns, B takes the unfinished exchange over
+    with P and sends its PUBREL. Before, B started at a random place: a
+    kill now and then lost a message that way (the open item of
+    test_node_killed_under_qos12_traffic)."""
+    c = fault_cluster
+    a, b, cn = c.nodes
+    cid, topic = uid("pk"), uid("pk/t")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.connected(a, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=2))).reason_codes == [2]
+    p = mqttraw.connected(cn, uid("pkp"), 5)
+
+    def publish(payload, k):
+        p.publish(f"{topic}/x", payload, qos=2, packet_id=k)
+        assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == k
+        p.pubrel(k)
+        assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == k
+
+    publish(b"m0", 1)
+    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert m0.payload == b"m0", m0
+    s.pubrec(m0.packet_id)
+    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
+    # a QoS 1 publish on A whose PUBACK waits for its store batch, committed
+    # after the one of the PUBREC (one writer, in order)
+    q = mqttraw.connected(a, uid("pkq"), 5)
+    q.publish(f"{uid('pk/none')}", b"sync", qos=1, packet_id=1)
+    assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
+    kill(a)
+    s2 = mqttraw.connected(b, cid, 5, clean=False, properties=props, timeout=30)
+    assert s2.connack.session_present, s2.connack
+    publish(b"m1", 2)
+    m1 = s2.recv_publish(timeout=WAIT)
+    assert m1.payload == b"m1", m1
+    d = (m1.packet_id - m0.packet_id) % 65535
+    assert min(d, 65535 - d) > 30000, \
+        f"packet id {m1.packet_id} on {b.name} near {m0.packet_id}, held from {a.name}"
+    a.start()
+    wait_healthy(c)
+    rel = s2.expect(mqttraw.PUBREL, timeout=30)
+    assert rel.packet_id == m0.packet_id, rel
+    s2.pubcomp(rel.packet_id)
+    print(f"\n[packet ids] {a.name} used {m0.packet_id}, {b.name} {m1.packet_id}; "
+          f"PUBREL {rel.packet_id} after the return")
+    for x in (s2, p):
+        x.disconnect()
+
+
 def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
     c = fault_cluster
     down = c.nodes[2]
