@@ -72,6 +72,23 @@ struct cn_moving {
     size_t n_seen;
 };
 
+/* After a start, the old copies of sessions that moved away while this
+ * node was down stay (collecting, then sent on) until every member has
+ * been heard from in this run for this long, or until RESTART_SETTLE_CAP_MS
+ * after the start (a member that stays down). A member replays its outbox
+ * for this node once its channel connects (with a backoff of up to 5 s
+ * after this node's start), and a frame that came before this node loaded
+ * its store is sent again once a later one shows the gap or within
+ * FWD_ACK_TIMEOUT_MS (3 s, node/cluster_fwd.c). Ended on their own timers
+ * alone (CHAN_RECONNECT_GRACE_MS after the start-up pass, or
+ * 2 cluster_claim_timeout after a late request's state), the copies were
+ * gone when such a replay came: its messages matched nothing here and
+ * were lost (test_killed_nodes_subscribers_resumed_elsewhere_repeatedly:
+ * 190 messages of one node's publishers, held in its outbox and replayed
+ * 0.7 s after the copy ended). */
+#define RESTART_SETTLE_MS 4000
+#define RESTART_SETTLE_CAP_MS 30000
+
 /* A routed copy still sends, for this long, what arrives for it routed
  * before the new owner's routes: forwards that were on their way to this
  * node, held in their origin's outbox while this node was away or while
@@ -1145,6 +1162,34 @@ static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
     session_unref(s);
 }
 
+/* Whether the forwards that other members held for this node while it was
+ * down have come (RESTART_SETTLE_MS); latched. Glue's thread. */
+static bool restart_settled(struct cluster_node *cn, uint64_t now)
+{
+    if (cn->settled)
+        return true;
+    bool all = true;
+    uint64_t last = 0;
+    pthread_mutex_lock(&cn->mu);
+    for (unsigned i = 0; i < cn->n_peers; i++) {
+        const struct peer *p = &cn->peers[i];
+        if (p->left)
+            continue;
+        if (!p->run_seen_ms)
+            all = false;
+        else if (p->run_seen_ms > last)
+            last = p->run_seen_ms;
+    }
+    pthread_mutex_unlock(&cn->mu);
+    if ((all && now >= last + RESTART_SETTLE_MS) || now >= cn->started_ms + RESTART_SETTLE_CAP_MS) {
+        cn->settled = true;
+        log_debug("cluster: %s %llu ms after the start: old copies of moved sessions may end",
+                  all ? "every member heard from" : "not every member heard from",
+                  (unsigned long long)(now - cn->started_ms));
+    }
+    return cn->settled;
+}
+
 void cn_session_poll(struct cluster_node *cn, uint64_t now)
 {
     if (!cn->started_ms)
@@ -1162,6 +1207,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
     struct late_flush flush[LATE_FLUSH_MAX];
     size_t n_flush = 0;
     bool hold = moving_test_hold();
+    bool settled = restart_settled(cn, now);
     pthread_mutex_lock(&cn->reg_mu);
     for (struct cn_moving **pp = &cn->moving; *pp;) {
         struct cn_moving *x = *pp;
@@ -1169,7 +1215,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
             x->graced = true;
             x->until_ms = now + LATE_GRACE_MS;
         }
-        if (x->until_ms <= now && !hold) {
+        if (x->until_ms <= now && !hold && settled) {
             *pp = x->next;
             x->next = ending;
             ending = x;
