@@ -1168,9 +1168,10 @@ static bool restart_settled(struct cluster_node *cn, uint64_t now)
 {
     if (cn->settled)
         return true;
-    bool all = true;
     uint64_t last = 0;
     pthread_mutex_lock(&cn->mu);
+    /* no member known yet (the members table not read): not settled */
+    bool all = cn->n_peers > 0;
     for (unsigned i = 0; i < cn->n_peers; i++) {
         const struct peer *p = &cn->peers[i];
         if (p->left)
