@@ -355,7 +355,7 @@ int cmd_admin_delete(struct cmd_batch *b, unsigned table, const char *key, size_
 
 int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                        uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
-                       const struct cmd_session_sub *subs, size_t n_subs)
+                       const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid)
 {
     if (!key_ok(client_id, len) || !node || !epoch || (n_subs && !subs))
         return -EINVAL;
@@ -389,6 +389,8 @@ int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, u
     m.username = (char *)username;
     m.n_subs = n_subs;
     m.subs = sp;
+    m.has_next_packet_id = next_pid != 0;
+    m.next_packet_id = next_pid;
     Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
     c.cmd_case = STARLING__CMD__COMMAND__CMD_SESSION_RECORD;
     c.session_record = &m;

@@ -389,6 +389,12 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
     if (o->slow && flow)
         flow->fwd_slow = true;
     pthread_mutex_unlock(&o->mu);
+    if (log_get_level() >= LOG_LEVEL_DEBUG) {
+        char tag[MSG_TAG_LEN];
+        log_debug("cluster: forward %llu to %016llx (publish %llu, '%s')", (unsigned long long)seq,
+                  (unsigned long long)node, (unsigned long long)(p->has_pub_id ? p->pub_id : 0),
+                  msg_tag(p->payload.data, p->payload.len, tag));
+    }
     /* outside the lock: a hook that cannot be added runs at once */
     if (store_outbox_put(batch, node, seq, buf, n) == 0)
         store_batch_hook(batch, row_done, o, seq);
@@ -420,6 +426,8 @@ void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Ch
      * lost). Only a plain acknowledgement (committed) drops rows. */
     bool resend = a->has_resend && a->resend;
     if (!resend && a->seq > o->acked && a->seq <= o->next) {
+        log_debug("cluster: forwards to %016llx acknowledged up to %llu", (unsigned long long)from,
+                  (unsigned long long)a->seq);
         o->acked = a->seq;
         o->progress_ms = mono_ms();
         out_pop_acked(f, o);
@@ -663,7 +671,15 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
     store_fwd_in_put(bt, p->origin, p->seq);
     /* held until committed, like a client's publish (struct msg.hold) */
     atomic_store(&m->hold, MSG_HELD);
-    broker_publish_forwarded(b, m, share_picked, (void *)p, &bt, &ic->targets);
+    int delivered = broker_publish_forwarded(b, m, share_picked, (void *)p, &bt, &ic->targets);
+    if (log_get_level() >= LOG_LEVEL_DEBUG) {
+        char tag[MSG_TAG_LEN];
+        log_debug("cluster: forward %llu from %016llx (publish %llu, '%s') applied: %d "
+                  "session(s)",
+                  (unsigned long long)p->seq, (unsigned long long)p->origin,
+                  (unsigned long long)m->id_seq, msg_tag(p->payload.data, p->payload.len, tag),
+                  delivered);
+    }
     ic->f = f;
     ic->in = in;
     ic->seq = p->seq;

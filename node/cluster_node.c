@@ -173,6 +173,7 @@ static void peers_refresh(struct cluster_node *cn)
             if (old[j].node == cn->peers[i].node) {
                 cn->peers[i].applied = old[j].applied;
                 cn->peers[i].seen_ms = old[j].seen_ms;
+                cn->peers[i].run_seen_ms = old[j].run_seen_ms;
                 cn->peers[i].down_ms = old[j].down_ms;
                 cn->peers[i].down_told = old[j].down_told;
             }
@@ -897,6 +898,8 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
                 if (f->applied->index > cn->peers[i].applied)
                     cn->peers[i].applied = f->applied->index;
                 cn->peers[i].seen_ms = cn_mono_ms();
+                if (!cn->peers[i].run_seen_ms)
+                    cn->peers[i].run_seen_ms = cn->peers[i].seen_ms;
                 known = true;
             }
         if (!known)

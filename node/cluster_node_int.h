@@ -59,7 +59,8 @@ struct waiter {
 struct peer {
     uint64_t node;
     uint64_t applied;
-    uint64_t seen_ms; /* 0 = never heard from */
+    uint64_t seen_ms;     /* 0 = never heard from */
+    uint64_t run_seen_ms; /* first heard from in this run: its channel to this node is up */
     char name[ADMIN_NAME_MAX];
     char address[ADMIN_NAME_MAX];
     bool left;
@@ -120,6 +121,10 @@ struct cluster_node {
     struct cn_moving *moving;     /* reg_mu: old copies whose late messages follow the session */
     struct cn_incoming *incoming; /* reg_mu: sessions that moved here, for their late messages */
     uint64_t started_ms;
+    /* glue's thread: every member heard from in this run long enough ago
+     * that what it held for this node while it was down has come
+     * (cluster_session.c, restart_settled) */
+    bool settled;
     atomic_bool loaded;     /* the store loaded the sessions */
     atomic_bool reannounce; /* NodeDown(self) applied: propose this node's routes again */
     /* ... once caught up after the start: taken for dead while running */

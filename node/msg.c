@@ -41,3 +41,13 @@ uint64_t msg_now_real_ms(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+const char *msg_tag(const void *payload, size_t len, char buf[MSG_TAG_LEN])
+{
+    const unsigned char *p = payload;
+    size_t n = len < MSG_TAG_LEN - 1 ? len : MSG_TAG_LEN - 1;
+    for (size_t i = 0; i < n; i++)
+        buf[i] = p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '.';
+    buf[n] = '\0';
+    return buf;
+}

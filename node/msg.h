@@ -102,4 +102,10 @@ static inline const uint8_t *msg_props(const struct msg *m)
 /* Milliseconds of the realtime clock (for expiry that survives restarts). */
 uint64_t msg_now_real_ms(void);
 
+/* Debug logs: the first bytes of a payload, printable (others as '.'),
+ * NUL-terminated in buf, which it returns: follows one message through the
+ * nodes' logs (the test clients' payloads name publisher and number). */
+#define MSG_TAG_LEN 33
+const char *msg_tag(const void *payload, size_t len, char buf[MSG_TAG_LEN]);
+
 #endif

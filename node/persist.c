@@ -133,6 +133,22 @@ void persist_msg_put(const struct broker *br, struct store_batch **bt, struct se
     q->stored = true;
 }
 
+void persist_session_contents(const struct broker *br, struct store_batch **bt, struct session *s)
+{
+    assert(lock_held(&s->lock));
+    if (!persist_wanted(br, s))
+        return;
+    const struct qlist *lists[2] = {&s->inflight, &s->queue};
+    for (int l = 0; l < 2; l++)
+        for (struct qmsg *q = lists[l]->head; q; q = q->next)
+            if (q->qos > 0)
+                persist_msg_put(br, bt, s, q,
+                                q->state == MSG_STATE_WAIT_PUBCOMP ? MSG_STATE_WAIT_PUBCOMP
+                                                                   : MSG_STATE_QUEUED);
+    for (uint32_t i = 0; i < s->n_qos2_in; i++)
+        persist_qos2(br, bt, s, s->qos2_in[i], true);
+}
+
 void persist_msg_del(const struct broker *br, struct store_batch **bt, struct session *s,
                      struct qmsg *q)
 {

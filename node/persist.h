@@ -61,6 +61,13 @@ void persist_session_del(const struct broker *b, struct store_batch **bt, struct
 /* A message for s (state: enum msg_state). s->lock held. */
 void persist_msg_put(const struct broker *b, struct store_batch **bt, struct session *s,
                      struct qmsg *q, uint8_t state);
+/* Every QoS 1/2 message s holds, with its state (inflight past PUBREC,
+ * else queued), and its incoming QoS 2 ids, written again: a session that
+ * came from another node (the messages of its state came in memory; what
+ * was delivered to it directly before its claim completed was stored, but
+ * the end of an older copy of the id here then deleted every record of the
+ * id). s->lock held. */
+void persist_session_contents(const struct broker *b, struct store_batch **bt, struct session *s);
 void persist_msg_del(const struct broker *b, struct store_batch **bt, struct session *s,
                      struct qmsg *q);
 /* Incoming QoS 2 packet ids. s->lock held. */

@@ -291,7 +291,23 @@ void registry_local_claim(struct broker *b, const struct registry_claim *req,
     msg_unref(dropped_will);
     if (ending) /* the old session ends now */
         registry_end(b, ending, req->w);
-    persist_session_sync(b, s, NULL);
+    /* A session that came from another node (cluster): the messages of its
+     * state came in memory (the old node took them out of its copy when it
+     * sent them; its stored rows go when that copy ends), and what was
+     * delivered to it directly before its claim completed was stored, but
+     * the end of an older copy of the id here (cn_moving_detach, just
+     * before) deleted every record of the id. All written with its record
+     * now, so that a SIGKILL of this node before they are delivered does
+     * not lose them: they come back with the node (issue 10;
+     * test_killed_nodes_subscribers_resumed_elsewhere_repeatedly kills the
+     * node right after such a move). */
+    struct store_batch *bt = NULL;
+    if (incoming) {
+        lock_acquire(&s->lock);
+        persist_session_contents(b, &bt, s);
+        lock_release(&s->lock);
+    }
+    persist_session_sync(b, s, &bt);
     done(done_ud, status, s);
 }
 

@@ -341,6 +341,12 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
                       ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
                       : msg_seen_has(s->seen, m->id_node, m->id_seq);
         lock_release(&s->lock);
+        if (dup && log_get_level() >= LOG_LEVEL_DEBUG) {
+            char tag[MSG_TAG_LEN];
+            log_debug("'%s' had %016llx/%llu ('%s') already: not again", s->client_id,
+                      (unsigned long long)m->id_node, (unsigned long long)m->id_seq,
+                      msg_tag(msg_payload(m), m->payload_len, tag));
+        }
         if (dup)
             return 1;
     }
@@ -361,6 +367,12 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
     if (s->ended || (!s->conn && qos == 0 && !b->cfg.queue_qos0_offline)) {
         /* QoS 0 messages are not kept for offline sessions unless configured */
         drop = q;
+        if (qos > 0 && log_get_level() >= LOG_LEVEL_DEBUG) {
+            char tag[MSG_TAG_LEN];
+            log_debug("'%s' has ended: %016llx/%llu ('%s') dropped", s->client_id,
+                      (unsigned long long)m->id_node, (unsigned long long)m->id_seq,
+                      msg_tag(msg_payload(m), m->payload_len, tag));
+        }
     } else {
         if (s->conn) {
             drop = queue_admit_online(b, s, q, flow, &why, &kick, &expired);

@@ -138,10 +138,12 @@ def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
     assert not owners, owners
     assert r["sessions_lost"] == 0, \
         f"a persistent session came back without its state: {t.summary_events()}"
-    # Open: now and then (2 runs of about 15) one message acknowledged at
+    # Open: now and then (2 runs of about 15; after the fixes of
+    # 2026-12-02, 1 run of 11: 2 QoS 2 messages) a message acknowledged at
     # the moment of the SIGKILL, for a subscriber of the killed node, does
-    # not arrive (docs/cluster.md, "A node is killed"). Any other loss, and
-    # any QoS 2 duplicate, fails.
+    # not arrive (docs/cluster.md, "A node is killed", "Messages
+    # acknowledged at the moment of a kill"). Any other loss, and any QoS 2
+    # duplicate, fails.
     at_kill = [a for a in r["lost_acked_at"] if t0 - 1.0 <= a <= t0 + 1.0]
     if r["lost"] and len(at_kill) == r["lost"] and r["lost"] <= 2 and not r["dup2"] \
             and not r["errors"]:
@@ -192,7 +194,9 @@ def test_killed_nodes_subscribers_resumed_elsewhere_repeatedly(fault_cluster, tr
         f"a persistent session came back without its state: {t.summary_events()}"
     # Open (as in test_node_killed_under_qos12_traffic): a few messages
     # acknowledged within 1 s of a SIGKILL, for the killed node's
-    # subscribers, may not arrive. Any other loss, and any QoS 2 duplicate,
+    # subscribers, may not arrive (three causes of it fixed on 2026-12-02:
+    # none seen in 10 runs after them, but the other test's remaining loss
+    # can happen here too). Any other loss, and any QoS 2 duplicate,
     # fails.
     at_kill = [a for a in r["lost_acked_at"] if any(k - 1.0 <= a <= k + 1.0 for k in kills)]
     if r["lost"] and len(at_kill) == r["lost"] and r["lost"] <= 2 * len(t.publishers) * KILLS \
@@ -245,6 +249,111 @@ def test_session_resumed_elsewhere_gets_what_its_dead_node_held_once(fault_clust
     print(f"\n[resumed once] {len(got)} of {len(sent)} once")
     s2.disconnect()
     p.disconnect()
+
+
+def test_taken_over_sessions_messages_survive_a_kill_of_its_new_node(fault_cluster):
+    """A persistent QoS 1 subscriber S, offline on A with M0..M9 queued,
+    resumes on B (a takeover: A sends its state, with the messages, and
+    drops them from its copy) with Receive Maximum 1, so that B holds
+    M1..M9 undelivered; B is SIGKILLed. S resumes on C from its record; B
+    comes back and moves what its copy held: S gets every message. Before,
+    B held moved messages in memory only (not in its store until
+    delivered): M0..M9 were lost (the same loss, on a few messages, made
+    test_killed_nodes_subscribers_resumed_elsewhere_repeatedly an xfail)."""
+    c = fault_cluster
+    a, b, cn = c.nodes
+    cid, topic = uid("tk"), uid("tk/t")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.connected(a, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=1))).reason_codes == [1]
+    s.disconnect()
+    p = mqttraw.connected(cn, uid("tkp"), 5)
+    sent = [f"m{k}".encode() for k in range(10)]
+    for k, m in enumerate(sent):
+        p.publish(f"{topic}/x", m, qos=1, packet_id=k + 1)
+        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == k + 1
+    s2 = mqttraw.connected(b, cid, 5, clean=False,
+                           properties=dict(props, receive_maximum=1))
+    assert s2.connack.session_present, s2.connack
+    first = s2.expect(mqttraw.PUBLISH, timeout=WAIT)  # not acknowledged
+    assert first.payload == sent[0], first
+    # a QoS 1 publish on B whose PUBACK waits for its store batch, committed
+    # after the claim's (one writer, in order): the moved state is on disk
+    q = mqttraw.connected(b, uid("tkq"), 5)
+    q.publish(f"{topic}/sync", b"sync", qos=1, packet_id=1)
+    assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
+    kill(b)
+    s3 = mqttraw.connected(cn, cid, 5, clean=False, properties=props, timeout=30)
+    assert s3.connack.session_present, s3.connack
+    b.start()
+    wait_healthy(c)
+    want = set(sent) | {b"sync"}
+    got = []
+    deadline = time.monotonic() + 30
+    while not want <= set(got) and time.monotonic() < deadline:
+        try:
+            got.append(s3.recv_publish(timeout=max(0.1, deadline - time.monotonic())).payload)
+        except mqttraw.Timeout:
+            break
+    assert want <= set(got), f"missing: {sorted(want - set(got))} (got {got})"
+    print(f"\n[taken over, new node killed] {len(got)} delivered, {len(want)} expected")
+    for x in (s3, p):
+        x.disconnect()
+
+
+def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster):
+    """A persistent QoS 2 subscriber S on A got M0's PUBLISH (packet id P)
+    and its PUBREL, and has not completed it (as a client whose PUBREL was
+    lost in the kill would hold M0, awaiting it); A is SIGKILLed. S resumes
+    on B from its record: B numbers its PUBLISHes half the packet id space
+    away from A's next id in the record, so they do not reuse P, which the
+    client still holds (paho replaces such a held message by a new PUBLISH
+    of the same id: lost). A returns, B takes the unfinished exchange over
+    with P and sends its PUBREL. Before, B started at a random place: a
+    kill now and then lost a message that way (the open item of
+    test_node_killed_under_qos12_traffic)."""
+    c = fault_cluster
+    a, b, cn = c.nodes
+    cid, topic = uid("pk"), uid("pk/t")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.connected(a, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=2))).reason_codes == [2]
+    p = mqttraw.connected(cn, uid("pkp"), 5)
+
+    def publish(payload, k):
+        p.publish(f"{topic}/x", payload, qos=2, packet_id=k)
+        assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == k
+        p.pubrel(k)
+        assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == k
+
+    publish(b"m0", 1)
+    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert m0.payload == b"m0", m0
+    s.pubrec(m0.packet_id)
+    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
+    # a QoS 1 publish on A whose PUBACK waits for its store batch, committed
+    # after the one of the PUBREC (one writer, in order)
+    q = mqttraw.connected(a, uid("pkq"), 5)
+    q.publish(f"{uid('pk/none')}", b"sync", qos=1, packet_id=1)
+    assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
+    kill(a)
+    s2 = mqttraw.connected(b, cid, 5, clean=False, properties=props, timeout=30)
+    assert s2.connack.session_present, s2.connack
+    publish(b"m1", 2)
+    m1 = s2.recv_publish(timeout=WAIT)
+    assert m1.payload == b"m1", m1
+    d = (m1.packet_id - m0.packet_id) % 65535
+    assert min(d, 65535 - d) > 30000, \
+        f"packet id {m1.packet_id} on {b.name} near {m0.packet_id}, held from {a.name}"
+    a.start()
+    wait_healthy(c)
+    rel = s2.expect(mqttraw.PUBREL, timeout=30)
+    assert rel.packet_id == m0.packet_id, rel
+    s2.pubcomp(rel.packet_id)
+    print(f"\n[packet ids] {a.name} used {m0.packet_id}, {b.name} {m1.packet_id}; "
+          f"PUBREL {rel.packet_id} after the return")
+    for x in (s2, p):
+        x.disconnect()
 
 
 def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):

@@ -313,11 +313,11 @@ static void test_session_records_and_node_down(void)
     char got[256], user[32];
     uint32_t expiry = 0;
     /* written only by the owner the registry names */
-    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2); /* no claim yet */
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2, 0); /* no claim yet */
     cmd_session_claim(b, S("c1"), 1, 1);
-    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2);
-    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2); /* same: no-op */
-    cmd_session_record(b, S("c1"), 2, 1, 300, 5, NULL, subs, 1);    /* not the owner */
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2, 0);
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2, 0); /* same: no-op */
+    cmd_session_record(b, S("c1"), 2, 1, 300, 5, NULL, subs, 1, 0);    /* not the owner */
     CU_ASSERT_EQUAL(apply(f, 1, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_STALE_EPOCH);
     CU_ASSERT_EQUAL(res.results[1], FSM_OK);
@@ -332,25 +332,36 @@ static void test_session_records_and_node_down(void)
     /* a takeover keeps the record (the claimant resumes from it) until the
      * new owner writes its own */
     cmd_session_claim(b, S("c1"), 2, 2);
-    cmd_session_record(b, S("c1"), 1, 1, 300, 5, NULL, subs, 1); /* old owner: refused */
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, NULL, subs, 1, 0); /* old owner: refused */
     CU_ASSERT_EQUAL(apply(f, 2, b), 0);
     CU_ASSERT_EQUAL(res.results[1], FSM_STALE_EPOCH);
     CU_ASSERT_EQUAL(record_filters(f, "c1", got, sizeof got, &expiry, user, sizeof user), 0);
     CU_ASSERT_STRING_EQUAL(got, "p/#:1:7,$share/g/q:2:0");
-    cmd_session_record(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1);
+    cmd_session_record(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000);
     CU_ASSERT_EQUAL(apply(f, 3, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
     CU_ASSERT_EQUAL(record_filters(f, "c1", got, sizeof got, &expiry, user, sizeof user), 0);
     CU_ASSERT_STRING_EQUAL(got, "p/#:1:7");
     CU_ASSERT_EQUAL(expiry, 60);
     CU_ASSERT_STRING_EQUAL(user, "(none)");
+    /* the owner's next packet id goes with it (a copy resumed from the
+     * record numbers its own away from it); the first record had none */
+    void *rv;
+    size_t rlen;
+    CU_ASSERT_EQUAL(fsm_session_record_get(f, S("c1"), &rv, &rlen), 0);
+    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, rlen, rv);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
+    CU_ASSERT_TRUE(rec->has_next_packet_id);
+    CU_ASSERT_EQUAL(rec->next_packet_id, 40000);
+    starling__cmd__session_record__free_unpacked(rec, NULL);
+    free(rv);
 
     /* expiry 0 deletes the record; the release deletes both */
     cmd_session_claim(b, S("c2"), 1, 1);
-    cmd_session_record(b, S("c2"), 1, 1, 10, 4, NULL, subs + 1, 1);
+    cmd_session_record(b, S("c2"), 1, 1, 10, 4, NULL, subs + 1, 1, 0);
     CU_ASSERT_EQUAL(apply(f, 4, b), 0);
-    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0);
-    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0);
+    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0, 0);
+    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0, 0);
     cmd_session_release(b, S("c1"), 2, 2, 0);
     CU_ASSERT_EQUAL(apply(f, 5, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
@@ -372,10 +383,10 @@ static void test_session_records_and_node_down(void)
     cmd_route_add(b, S("gone"), 4);
     cmd_session_claim(b, S("c3"), 3, 1);
     struct cmd_session_sub keep[] = {{S("keep/+"), 1, 0}, {S("$share/g/k"), 0, 0}};
-    cmd_session_record(b, S("c3"), 3, 1, 100, 5, NULL, keep, 2);
+    cmd_session_record(b, S("c3"), 3, 1, 100, 5, NULL, keep, 2, 0);
     cmd_session_claim(b, S("c4"), 3, 1);
     struct cmd_session_sub moved[] = {{S("moved"), 1, 0}};
-    cmd_session_record(b, S("c4"), 3, 1, 100, 5, NULL, moved, 1);
+    cmd_session_record(b, S("c4"), 3, 1, 100, 5, NULL, moved, 1, 0);
     cmd_session_claim(b, S("c4"), 4, 2);
     CU_ASSERT_EQUAL(apply(f, 6, b), 0);
     CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 5);
@@ -394,7 +405,7 @@ static void test_session_records_and_node_down(void)
     /* the matcher follows the table */
     CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 4);
     /* once node 4 wrote c4's record, the next NodeDown(3) takes "moved" */
-    cmd_session_record(b, S("c4"), 4, 2, 100, 5, NULL, moved, 1);
+    cmd_session_record(b, S("c4"), 4, 2, 100, 5, NULL, moved, 1, 0);
     cmd_node_down(b, 3);
     CU_ASSERT_EQUAL(apply(f, 8, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
