@@ -50,6 +50,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+import paho_trace
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("STARLING_TEST_BIN", os.path.join(ROOT, "build", "asan", "node", "starling"))
 ADDRS = os.environ.get("STARLING_BB_ADDRS", "127.0.0.21,127.0.0.22,127.0.0.23").split(",")
@@ -1160,6 +1162,7 @@ def test_session_moves_under_traffic(nodes, version):
             sub.hop_of.append(sub.hop)
         orig(c, u, m)
     sub.c.on_message = on_msg
+    paho_trace.maybe_trace(sub.c, cid)  # STARLING_TEST_PAHO_TRACE
     sub.connect()
     assert sub.subscribe(topic + "/#", 2) == 2
     pubs = {(i, q): Client(nodes[i], version=5).connect() for i in range(3) for q in (1, 2)}

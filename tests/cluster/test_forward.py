@@ -23,6 +23,7 @@ import pytest
 
 import faults
 import mqttraw
+import paho_trace
 from helpers import PahoClient, uid
 
 PUBLISHERS = 4
@@ -325,6 +326,7 @@ def test_destination_killed_while_traffic_flows(big, qos):
     # clean start 0 from the first CONNECT: paho's reconnect() resumes the
     # session with the client's own state (QoS 2 messages awaiting PUBREL)
     sub = PahoClient(b, uid("midsub"), 5, clean=False, properties=expiry(600))
+    paho_trace.maybe_trace(sub.c, sub.client_id)  # STARLING_TEST_PAHO_TRACE
     sub.connect()
     assert sub.subscribe(topic, qos=qos) == [qos]
     pubs = publishers(a, qos, n=1000)
