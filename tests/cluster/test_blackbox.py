@@ -117,6 +117,8 @@ class BBNode:
             "STARLING_DATA_DIR": self.dir,
             "STARLING_API_KEY": API_KEY,
         })
+        if os.environ.get("STARLING_BB_LOG_LEVEL"):  # e.g. debug, to follow a message
+            env["STARLING_LOG_LEVEL"] = os.environ["STARLING_BB_LOG_LEVEL"]
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([BIN], env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
