@@ -49,6 +49,38 @@ struct routes {
     size_t count;
 };
 
+/* The matcher whose write lock this thread holds for a batch
+ * (routes_write_begin), or NULL. */
+static _Thread_local struct routes *batch_held;
+
+/* Take the write lock unless this thread holds it for a batch; returns
+ * whether it was taken (for wunlock). */
+static bool wlock(struct routes *r)
+{
+    if (batch_held == r)
+        return false;
+    pthread_rwlock_wrlock(&r->lock);
+    return true;
+}
+
+static void wunlock(struct routes *r, bool taken)
+{
+    if (taken)
+        pthread_rwlock_unlock(&r->lock);
+}
+
+void routes_write_begin(struct routes *r)
+{
+    pthread_rwlock_wrlock(&r->lock);
+    batch_held = r;
+}
+
+void routes_write_end(struct routes *r)
+{
+    batch_held = NULL;
+    pthread_rwlock_unlock(&r->lock);
+}
+
 /* ---- node sets ---- */
 
 static int nodeset_find(const struct nodeset *s, uint64_t id, bool *found)
@@ -305,7 +337,7 @@ int routes_add(struct routes *r, const char *filter, size_t len, uint64_t node)
     const char *group, *inner = filter;
     size_t glen = 0, ilen = len;
     bool shared = topic_share_parse(filter, len, &group, &glen, &inner, &ilen) == 1;
-    pthread_rwlock_wrlock(&r->lock);
+    bool taken = wlock(r);
     bool oom;
     int rc;
     struct tnode *t = walk(r, inner, ilen, true, &oom);
@@ -346,7 +378,7 @@ int routes_add(struct routes *r, const char *filter, size_t len, uint64_t node)
     if (rc == 1)
         r->count++;
 out:
-    pthread_rwlock_unlock(&r->lock);
+    wunlock(r, taken);
     return rc;
 }
 
@@ -357,7 +389,7 @@ int routes_remove(struct routes *r, const char *filter, size_t len, uint64_t nod
     const char *group, *inner = filter;
     size_t glen = 0, ilen = len;
     bool shared = topic_share_parse(filter, len, &group, &glen, &inner, &ilen) == 1;
-    pthread_rwlock_wrlock(&r->lock);
+    bool taken = wlock(r);
     bool oom;
     int rc = 0;
     struct tnode *t = walk(r, inner, ilen, false, &oom);
@@ -379,7 +411,7 @@ int routes_remove(struct routes *r, const char *filter, size_t len, uint64_t nod
             r->count--;
         prune(t);
     }
-    pthread_rwlock_unlock(&r->lock);
+    wunlock(r, taken);
     return rc;
 }
 
@@ -429,19 +461,19 @@ static size_t remove_node_rec(struct tnode *t, uint64_t node)
 
 size_t routes_remove_node(struct routes *r, uint64_t node)
 {
-    pthread_rwlock_wrlock(&r->lock);
+    bool taken = wlock(r);
     size_t n = remove_node_rec(&r->root, node);
     r->count -= n;
-    pthread_rwlock_unlock(&r->lock);
+    wunlock(r, taken);
     return n;
 }
 
 void routes_clear(struct routes *r)
 {
-    pthread_rwlock_wrlock(&r->lock);
+    bool taken = wlock(r);
     tnode_free(&r->root, false);
     r->count = 0;
-    pthread_rwlock_unlock(&r->lock);
+    wunlock(r, taken);
 }
 
 size_t routes_count(struct routes *r)

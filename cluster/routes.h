@@ -44,6 +44,20 @@ int routes_remove(struct routes *r, const char *filter, size_t len, uint64_t nod
 size_t routes_remove_node(struct routes *r, uint64_t node);
 /* Remove everything. */
 void routes_clear(struct routes *r);
+
+/*
+ * Several changes that readers see at once. Between routes_write_begin and
+ * routes_write_end the calling thread holds the write lock, and its
+ * routes_add, _remove, _remove_node and _clear join that hold: no walk
+ * sees a state in between. The state machine applies the route changes of
+ * one committed entry so (a returning node's NodePurge and the RouteAdds
+ * of its sessions; NodeDown, which reloads the routes a node keeps): made
+ * one at a time, a publish on another thread could find the node without
+ * the routes it keeps, and its forward was never made. Not nested; the
+ * thread calls no reader (routes_match, _nodes, _count) in between.
+ */
+void routes_write_begin(struct routes *r);
+void routes_write_end(struct routes *r);
 /* Number of (filter, node) routes. */
 size_t routes_count(struct routes *r);
 

@@ -330,26 +330,6 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
                    const uint32_t *ids, uint16_t n_ids, struct worker *cur, struct store_batch **bt,
                    struct pub_flow *flow, bool once)
 {
-    if (once && m->id_node) {
-        /* a moved session: a message it had already (another path) */
-        lock_acquire(&s->lock);
-        bool dup = false;
-        if (s->direct_from && m->route_index >= s->direct_from)
-            dup = true; /* an old copy: m reached its new owner directly */
-        else if (s->seen && !s->ended)
-            dup = broker_now_mono_ms() < s->seen_until
-                      ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
-                      : msg_seen_has(s->seen, m->id_node, m->id_seq);
-        lock_release(&s->lock);
-        if (dup && log_get_level() >= LOG_LEVEL_DEBUG) {
-            char tag[MSG_TAG_LEN];
-            log_debug("'%s' had %016llx/%llu ('%s') already: not again", s->client_id,
-                      (unsigned long long)m->id_node, (unsigned long long)m->id_seq,
-                      msg_tag(msg_payload(m), m->payload_len, tag));
-        }
-        if (dup)
-            return 1;
-    }
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
         atomic_fetch_add(&b->stats.msgs_dropped, 1);
@@ -364,6 +344,32 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
     struct conn *kick = NULL;
     uint64_t log_dropped = 0, expired = 0;
     lock_acquire(&s->lock);
+    bool dup = false;
+    if (once && m->id_node) {
+        /* a moved session: a message it had already (another path). In the
+         * same hold of the lock as the queueing: a SessionState taken in
+         * between (state_send, under this lock) had the identity in its
+         * seen ranges but not the message, and the new owner then took
+         * the message for one it had, by every path (issue 10: a message
+         * published on the old owner during a move, lost) */
+        if (s->direct_from && m->route_index >= s->direct_from)
+            dup = true; /* an old copy: m reached its new owner directly */
+        else if (s->seen && !s->ended)
+            dup = broker_now_mono_ms() < s->seen_until
+                      ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
+                      : msg_seen_has(s->seen, m->id_node, m->id_seq);
+    }
+    if (dup) {
+        lock_release(&s->lock);
+        qmsg_free(q);
+        if (log_get_level() >= LOG_LEVEL_DEBUG) {
+            char tag[MSG_TAG_LEN];
+            log_debug("'%s' had %016llx/%llu ('%s') already: not again", s->client_id,
+                      (unsigned long long)m->id_node, (unsigned long long)m->id_seq,
+                      msg_tag(msg_payload(m), m->payload_len, tag));
+        }
+        return 1;
+    }
     if (s->ended || (!s->conn && qos == 0 && !b->cfg.queue_qos0_offline)) {
         /* QoS 0 messages are not kept for offline sessions unless configured */
         drop = q;

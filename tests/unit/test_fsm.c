@@ -5,7 +5,8 @@
  * (origin, seq), node purge, long keys, the checksum (incremental = recomputed,
  * equal across environments), snapshot/restore, malformed input, the entry
  * hook and fsm_visible, the tables of a machine that stopped while they were
- * open (the mark of another boot: they start empty).
+ * open (the mark of another boot: they start empty), an entry's route
+ * changes seen at once by a reader.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -14,6 +15,7 @@
 #include <CUnit/CUnit.h>
 #include <errno.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,7 @@
 
 #include "cmd.h"
 #include "fsm.h"
+#include "routes.h"
 #include "raft_cmd.pb-c.h"
 
 #define S(x) (x), strlen(x)
@@ -925,6 +928,70 @@ static void test_machine_stopped_while_open(void)
     rmdir_free(d);
 }
 
+/* A reader on another thread (a publish) during entries that change a
+ * node's routes as a whole: it always finds the route the node keeps. */
+struct route_reader {
+    struct fsm *f;
+    volatile int stop;
+    unsigned long reads, misses;
+};
+
+static void *route_reader_run(void *ud)
+{
+    struct route_reader *r = ud;
+    while (!r->stop) {
+        uint64_t nodes[4];
+        int n = routes_nodes(fsm_routes(r->f), S("k/x"), 0, nodes, 4);
+        if (n != 1 || nodes[0] != 3)
+            r->misses++;
+        r->reads++;
+    }
+    return NULL;
+}
+
+static void test_node_routes_changed_at_once(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    struct cmd_batch *b = cmd_batch_new();
+    struct cmd_session_sub subs[] = {{S("k/#"), 1, 0}};
+    cmd_session_claim(b, S("c1"), 3, 1);
+    cmd_session_record(b, S("c1"), 3, 1, 300, 5, NULL, subs, 1, 0);
+    cmd_route_add(b, S("k/#"), 3);
+    uint64_t index = 1;
+    CU_ASSERT_EQUAL_FATAL(apply(f, index++, b), 0);
+    struct route_reader r = {.f = f};
+    pthread_t th;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, route_reader_run, &r), 0);
+    for (int i = 0; i < 400; i++) {
+        if (i % 2 == 0) {
+            /* a returning node: NodePurge(self) and the routes of its
+             * sessions in one entry (cluster_node.c route_take) */
+            cmd_node_purge(b, 3);
+            char filter[16];
+            for (int k = 0; k < 40; k++) {
+                snprintf(filter, sizeof filter, "z/%d", k);
+                cmd_route_add(b, filter, strlen(filter), 3);
+            }
+            cmd_route_add(b, S("k/#"), 3);
+        } else {
+            /* NodeDown keeps the filters of the node's session records */
+            cmd_node_down(b, 3);
+        }
+        CU_ASSERT_EQUAL(apply(f, index++, b), 0);
+    }
+    r.stop = 1;
+    pthread_join(th, NULL);
+    CU_ASSERT(r.reads > 0);
+    CU_ASSERT_EQUAL(r.misses, 0);
+    if (r.misses)
+        fprintf(stderr, "\n%lu of %lu reads found no route to node 3\n", r.misses, r.reads);
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 1);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -947,6 +1014,7 @@ int main(void)
     CU_add_test(s, "entry hook and fsm_visible", test_entry_hook);
     CU_add_test(s, "operator tables (AdminPut, AdminDelete)", test_admin_tables);
     CU_add_test(s, "tables open when the machine stopped", test_machine_stopped_while_open);
+    CU_add_test(s, "a node's routes changed at once for readers", test_node_routes_changed_at_once);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
