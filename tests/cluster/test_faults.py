@@ -34,6 +34,22 @@ STOP_SECONDS = float(os.environ.get("STARLING_FAULT_STOP_SECONDS", "5"))
 FAULT_ENV = {"STARLING_CLUSTER_CLAIM_TIMEOUT": str(CLAIM_TIMEOUT_MS)}
 
 
+def connected_after_fault(node, client_id, version=5, tries=5, **kw):
+    """An mqttraw client connected to node right after a fault: a CONNECT
+    whose claim waits for an election (the leader was killed or stopped)
+    is refused with 0x88 (Server unavailable) after cluster_claim_timeout,
+    and the client tries again, as clients do."""
+    for _ in range(tries):
+        cl = mqttraw.Client(node, version=version)
+        ack = cl.connect(client_id, **kw)
+        if ack.reason_code != 0x88:
+            break
+        cl.close()
+    assert ack.reason_code == 0, f"CONNACK {ack}"
+    cl.connack = ack
+    return cl
+
+
 def session_props(seconds=600):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -283,7 +299,7 @@ def test_taken_over_sessions_messages_survive_a_kill_of_its_new_node(fault_clust
     q.publish(f"{topic}/sync", b"sync", qos=1, packet_id=1)
     assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
     kill(b)
-    s3 = mqttraw.connected(cn, cid, 5, clean=False, properties=props, timeout=30)
+    s3 = connected_after_fault(cn, cid, 5, clean=False, properties=props, timeout=30)
     assert s3.connack.session_present, s3.connack
     b.start()
     wait_healthy(c)
@@ -337,7 +353,7 @@ def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster
     q.publish(f"{uid('pk/none')}", b"sync", qos=1, packet_id=1)
     assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
     kill(a)
-    s2 = mqttraw.connected(b, cid, 5, clean=False, properties=props, timeout=30)
+    s2 = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
     assert s2.connack.session_present, s2.connack
     publish(b"m1", 2)
     m1 = s2.recv_publish(timeout=WAIT)
@@ -1581,13 +1597,7 @@ def test_disk_full_replicated_tables_cannot_grow(cluster_factory, tmp_path):
         # when it was the leader it stops there, and a CONNECT made before
         # the other two elect again is refused with 0x88 (Server
         # unavailable, after cluster_claim_timeout); the client tries again.
-        for attempt in range(5):
-            pub = mqttraw.Client(c.nodes[0], version=5)
-            ack = pub.connect(uid("dfr"))
-            if ack.reason_code != 0x88:
-                break
-            pub.close()
-        assert ack.reason_code == 0, f"CONNACK {ack}"
+        pub = connected_after_fault(c.nodes[0], uid("dfr"))
         for i in range(n_retained):
             pid = pub.publish(f"dfr/{i}", bytes([i % 251]) * (64 * 1024), qos=1, retain=True)
             ack = pub.expect(mqttraw.PUBACK, timeout=WAIT)
