@@ -633,9 +633,7 @@ static int late_exchange_adopt(struct session *s, const Starling__Chan__SessionM
         return 0;
     lock_acquire(&s->lock);
     int r = 0;
-    if (!s->record_seq) {
-        r = 0;
-    } else if (m->id_node && s->seen && msg_seen_has(s->seen, m->id_node, m->id_seq)) {
+    if (m->id_node && s->seen && msg_seen_has(s->seen, m->id_node, m->id_seq)) {
         /* its client got it from this copy: completing the old exchange
          * would deliver it twice */
         r = 2;

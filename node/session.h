@@ -242,12 +242,13 @@ struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *i
 
 /* An older copy's unfinished QoS 2 exchange of q (a copy on another node
  * that sent it with packet id pid and is in state MSG_STATE_WAIT_PUBREC or
- * MSG_STATE_WAIT_PUBCOMP) joins the inflight list of s with that packet id,
- * s being a session resumed from its replicated record (record_seq): its
- * client may hold that PUBLISH awaiting PUBREL, which only pid completes
- * [MQTT-5.0 4.3.3, 4.4.0-1]. Returns 0 (s owns q now), -EEXIST when s has
- * used pid itself since (the client's state of it is s's then), -EINVAL
- * when s is no such session. s->lock held. */
+ * MSG_STATE_WAIT_PUBCOMP, or this node's own old copy after a restart)
+ * joins the inflight list of s with that packet id: its client may hold
+ * that PUBLISH awaiting PUBREL, which only pid completes [MQTT-5.0 4.3.3,
+ * 4.4.0-1]. Returns 0 (s owns q now), -EEXIST when s has pid in flight, or
+ * used it since it was resumed from its replicated record (record_seq; the
+ * client's state of it is s's then), -EINVAL when s has ended or q is no
+ * such exchange. s->lock held. */
 int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint8_t state);
 /* Send the next packet of the inflight exchange pid on the attached
  * connection: the PUBLISH again (DUP) or its PUBREL (an adopted exchange,

@@ -328,8 +328,9 @@ static void test_two_brokers(void)
     broker_cleanup(&b2);
 }
 
-/* A session resumed from its record (cluster) takes over an older copy's
- * unfinished QoS 2 exchanges with their packet ids, unless it used them. */
+/* A session (cluster) takes over an older copy's unfinished QoS 2 exchanges
+ * with their packet ids, unless it has them in flight or, resumed from its
+ * record, used them since. */
 static void test_adopt_exchange(void)
 {
     struct broker b;
@@ -340,8 +341,13 @@ static void test_adopt_exchange(void)
     struct session *s = session_new("ad", 2);
     struct qmsg *q = qmsg_new(m, 2, false, NULL, 0);
     lock_acquire(&s->lock);
-    /* not resumed from a record: no adoption */
-    CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 7, MSG_STATE_WAIT_PUBCOMP), -EINVAL);
+    /* not resumed from a record (it came whole, its own old copy here is
+     * folded into it): adopted unless the packet id is in flight */
+    struct qmsg *q0 = qmsg_new(m, 2, false, NULL, 0);
+    struct qmsg *q1 = qmsg_new(m, 2, false, NULL, 0);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q0, 9, MSG_STATE_WAIT_PUBCOMP), 0);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q1, 9, MSG_STATE_WAIT_PUBREC), -EEXIST);
+    qmsg_free(q1);
     /* resumed at sequence 65530 (packet id 65531), 10 used since: packet
      * ids 65531..65535 and 1..5 (the numbering wraps) are its own */
     s->next_seq = 65530;
@@ -355,7 +361,7 @@ static void test_adopt_exchange(void)
     /* 7 is inflight now */
     CU_ASSERT_EQUAL(session_adopt_exchange(s, q2, 7, MSG_STATE_WAIT_PUBREC), -EEXIST);
     CU_ASSERT_EQUAL(session_adopt_exchange(s, q2, 65530, MSG_STATE_WAIT_PUBREC), 0);
-    CU_ASSERT_EQUAL(s->inflight.len, 2);
+    CU_ASSERT_EQUAL(s->inflight.len, 3);
     /* sent on the connection: the PUBREL of one, the PUBLISH (DUP) of the other */
     s->conn = CONN(conn_a);
     s->w = W1;
@@ -372,6 +378,7 @@ static void test_adopt_exchange(void)
     CU_ASSERT_EQUAL(session_pubcomp_locked(&b, s, 7, &bt), 0);
     CU_ASSERT_EQUAL(session_pubrec_locked(&b, s, 65530, 0, &bt), 0);
     CU_ASSERT_EQUAL(session_pubcomp_locked(&b, s, 65530, &bt), 0);
+    CU_ASSERT_EQUAL(session_pubcomp_locked(&b, s, 9, &bt), 0);
     CU_ASSERT_EQUAL(s->inflight.len, 0);
     s->conn = NULL;
     lock_release(&s->lock);
