@@ -50,6 +50,30 @@ def connected_after_fault(node, client_id, version=5, tries=5, **kw):
     return cl
 
 
+def raw_persistent_subscriber(node, name, qos):
+    """An mqttraw 5.0 client on node with a session of 600 s, subscribed to
+    topic/# at qos. Returns (cid, topic, props, client)."""
+    cid, topic = uid(name), uid(name + "/t")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.connected(node, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=qos))).reason_codes == [qos]
+    return cid, topic, props, s
+
+
+def stored_then_killed(node, sync_topic, to, cid, props):
+    """A QoS 1 publish to sync_topic on node, whose PUBACK waits for its
+    store batch (committed after every earlier one: one writer, in order),
+    then node SIGKILLed; cid resumes on node `to` with session present 1.
+    Returns its client."""
+    q = mqttraw.connected(node, uid("sync"), 5)
+    q.publish(sync_topic, b"sync", qos=1, packet_id=1)
+    assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
+    kill(node)
+    s = connected_after_fault(to, cid, 5, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present, s.connack
+    return s
+
+
 def session_props(seconds=600):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -278,10 +302,7 @@ def test_taken_over_sessions_messages_survive_a_kill_of_its_new_node(fault_clust
     test_killed_nodes_subscribers_resumed_elsewhere_repeatedly an xfail)."""
     c = fault_cluster
     a, b, cn = c.nodes
-    cid, topic = uid("tk"), uid("tk/t")
-    props = {"session_expiry_interval": 600}
-    s = mqttraw.connected(a, cid, 5, properties=props)
-    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=1))).reason_codes == [1]
+    cid, topic, props, s = raw_persistent_subscriber(a, "tk", 1)
     s.disconnect()
     p = mqttraw.connected(cn, uid("tkp"), 5)
     sent = [f"m{k}".encode() for k in range(10)]
@@ -295,12 +316,7 @@ def test_taken_over_sessions_messages_survive_a_kill_of_its_new_node(fault_clust
     assert first.payload == sent[0], first
     # a QoS 1 publish on B whose PUBACK waits for its store batch, committed
     # after the claim's (one writer, in order): the moved state is on disk
-    q = mqttraw.connected(b, uid("tkq"), 5)
-    q.publish(f"{topic}/sync", b"sync", qos=1, packet_id=1)
-    assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
-    kill(b)
-    s3 = connected_after_fault(cn, cid, 5, clean=False, properties=props, timeout=30)
-    assert s3.connack.session_present, s3.connack
+    s3 = stored_then_killed(b, f"{topic}/sync", cn, cid, props)
     b.start()
     wait_healthy(c)
     want = set(sent) | {b"sync"}
@@ -330,10 +346,7 @@ def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster
     test_node_killed_under_qos12_traffic)."""
     c = fault_cluster
     a, b, cn = c.nodes
-    cid, topic = uid("pk"), uid("pk/t")
-    props = {"session_expiry_interval": 600}
-    s = mqttraw.connected(a, cid, 5, properties=props)
-    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=2))).reason_codes == [2]
+    cid, topic, props, s = raw_persistent_subscriber(a, "pk", 2)
     p = mqttraw.connected(cn, uid("pkp"), 5)
 
     def publish(payload, k):
@@ -349,12 +362,7 @@ def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster
     assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
     # a QoS 1 publish on A whose PUBACK waits for its store batch, committed
     # after the one of the PUBREC (one writer, in order)
-    q = mqttraw.connected(a, uid("pkq"), 5)
-    q.publish(f"{uid('pk/none')}", b"sync", qos=1, packet_id=1)
-    assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
-    kill(a)
-    s2 = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
-    assert s2.connack.session_present, s2.connack
+    s2 = stored_then_killed(a, uid("pk/none"), b, cid, props)
     publish(b"m1", 2)
     m1 = s2.recv_publish(timeout=WAIT)
     assert m1.payload == b"m1", m1
@@ -422,6 +430,54 @@ def down_cluster(cluster_factory, tmp_path, down_after_ms):
     return c
 
 
+class HeldFollower:
+    """A follower of a down_cluster with a clean QoS 1 subscriber, and a
+    publisher on the other follower: the two tests of a live node that a
+    fault makes look silent."""
+
+    def __init__(self, c, prefix):
+        self.c = c
+        self.lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+        self.held, other = [n for n in c.nodes if n is not self.lead]
+        self.topic = uid(f"{prefix}/t")
+        self.sub = PahoClient(self.held, uid(f"{prefix}sub"), 5, keepalive=120)
+        self.sub.connect()
+        assert self.sub.subscribe(self.topic, qos=1) == [1]
+        self.me = faults.node_id(self.held)
+        assert (self.me, self.topic) in converged_tables(c)["routes"]
+        self.pub = PahoClient(other, uid(f"{prefix}pub"), 5, keepalive=120)
+        self.pub.connect()
+        self.sent = 0
+
+    def publish_for(self, seconds):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            self.pub.publish(self.topic, f"m{self.sent}".encode(), qos=1)
+            self.sent += 1
+            time.sleep(0.1)  # the pace of the publishes during the fault
+
+    def received(self):
+        got = set()
+        deadline = time.monotonic() + WAIT
+        while len(got) < self.sent and time.monotonic() < deadline:
+            try:
+                got.add(self.sub.messages.get(timeout=0.5).payload.decode())
+            except Exception:
+                continue
+        return got
+
+    def assert_alive(self, got):
+        assert "this node was taken for dead" not in self.held.logtext(), \
+            "a live node was taken for dead"
+        assert "(NodeDown)" not in self.lead.logtext()
+        assert metric_value(self.lead, "starling_cluster_nodes_down_total") == 0
+        assert not self.sub.disconnected.is_set(), "the clean subscriber was disconnected"
+        assert (self.me, self.topic) in converged_tables(self.c)["routes"]
+        assert len(got) == self.sent, f"{self.sent - len(got)} of {self.sent} missing"
+        self.sub.disconnect()
+        self.pub.disconnect()
+
+
 def test_a_node_silent_on_the_channel_but_heard_by_raft_is_not_taken_for_dead(cluster_factory,
                                                                             tmp_path):
     """A follower that serves, answers Raft, but sends the leader nothing on
@@ -432,46 +488,19 @@ def test_a_node_silent_on_the_channel_but_heard_by_raft_is_not_taken_for_dead(cl
     dead: the leader judges by Raft too. Its clean subscriber gets every
     message published meanwhile on another node."""
     down_after = 3.0  # well above a loaded node's pauses: only the hold may count
-    c = down_cluster(cluster_factory, tmp_path, int(down_after * 1000))
-    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
-    held, other = [n for n in c.nodes if n is not lead]
-    topic = uid("alive/t")
-    sub = PahoClient(held, uid("asub"), 5, keepalive=120)
-    sub.connect()
-    assert sub.subscribe(topic, qos=1) == [1]
-    me = faults.node_id(held)
-    assert (me, topic) in converged_tables(c)["routes"]
-    pub = PahoClient(other, uid("apub"), 5, keepalive=120)
-    pub.connect()
-    hold = tmp_path / f"reports-held-{held.name}"
+    h = HeldFollower(down_cluster(cluster_factory, tmp_path, int(down_after * 1000)), "alive")
+    hold = tmp_path / f"reports-held-{h.held.name}"
     hold.touch()
-    sent = 0
     try:
         # (nothing here asks the admin API, whose answers would go over the
         # channel: the held node must send the leader nothing)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 3 * down_after:
-            pub.publish(topic, f"m{sent}".encode(), qos=1)
-            sent += 1
-            time.sleep(0.1)  # the pace of the publishes during the fault
+        h.publish_for(3 * down_after)
     finally:
         hold.unlink()
-    got = set()
-    deadline = time.monotonic() + WAIT
-    while len(got) < sent and time.monotonic() < deadline:
-        try:
-            got.add(sub.messages.get(timeout=0.5).payload.decode())
-        except Exception:
-            continue
-    print(f"\n[silent channel] {held.name}'s reports held {3 * down_after:.0f} s "
-          f"(cluster_down_after {down_after:.0f} s): its subscriber got {len(got)} of {sent}")
-    assert "this node was taken for dead" not in held.logtext(), "a live node was taken for dead"
-    assert "(NodeDown)" not in lead.logtext()
-    assert metric_value(lead, "starling_cluster_nodes_down_total") == 0
-    assert (me, topic) in converged_tables(c)["routes"]
-    assert len(got) == sent, f"{sent - len(got)} of {sent} missing"
-    sub.disconnect()
-    pub.disconnect()
+    got = h.received()
+    print(f"\n[silent channel] {h.held.name}'s reports held {3 * down_after:.0f} s "
+          f"(cluster_down_after {down_after:.0f} s): its subscriber got {len(got)} of {h.sent}")
+    h.assert_alive(got)
 
 
 def test_a_node_whose_tables_wait_for_the_disk_is_not_taken_for_dead(cluster_factory, tmp_path):
@@ -481,51 +510,23 @@ def test_a_node_whose_tables_wait_for_the_disk_is_not_taken_for_dead(cluster_fac
     does not wait for the tables' disk), its clean subscriber stays
     connected, and gets every message another node published meanwhile."""
     down_after = 3.0
-    c = down_cluster(cluster_factory, tmp_path, int(down_after * 1000))
-    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
-    held, other = [n for n in c.nodes if n is not lead]
-    topic = uid("disk/t")
-    sub = PahoClient(held, uid("dsub"), 5, keepalive=120)
-    sub.connect()
-    assert sub.subscribe(topic, qos=1) == [1]
-    me = faults.node_id(held)
-    assert (me, topic) in converged_tables(c)["routes"]
-    pub = PahoClient(other, uid("dpub"), 5, keepalive=120)
-    pub.connect()
-    hold = tmp_path / f"sync-held-{held.name}"
-    took = tmp_path / f"sync-held-{held.name}.held"
+    h = HeldFollower(down_cluster(cluster_factory, tmp_path, int(down_after * 1000)), "disk")
+    hold = tmp_path / f"sync-held-{h.held.name}"
+    took = tmp_path / f"sync-held-{h.held.name}.held"
     hold.touch()
-    sent = 0
     try:
         # a Raft entry (a retained message), so that the held node's tables
         # commit, and wait for their sync
-        pub.publish(uid("disk/r"), b"r", qos=1, retain=True)
-        wait_until(took.exists, WAIT, f"{held.name}'s tables' sync held")
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 3 * down_after:
-            pub.publish(topic, f"m{sent}".encode(), qos=1)
-            sent += 1
-            time.sleep(0.1)  # the pace of the publishes during the fault
+        h.pub.publish(uid("disk/r"), b"r", qos=1, retain=True)
+        wait_until(took.exists, WAIT, f"{h.held.name}'s tables' sync held")
+        h.publish_for(3 * down_after)
     finally:
         hold.unlink()
-    got = set()
-    deadline = time.monotonic() + WAIT
-    while len(got) < sent and time.monotonic() < deadline:
-        try:
-            got.add(sub.messages.get(timeout=0.5).payload.decode())
-        except Exception:
-            continue
-    print(f"\n[tables' disk] {held.name}'s tables' sync held {3 * down_after:.0f} s "
-          f"(cluster_down_after {down_after:.0f} s): its subscriber got {len(got)} of {sent}, "
-          f"{'disconnected' if sub.disconnected.is_set() else 'connected'}")
-    assert "this node was taken for dead" not in held.logtext(), "a live node was taken for dead"
-    assert "(NodeDown)" not in lead.logtext()
-    assert metric_value(lead, "starling_cluster_nodes_down_total") == 0
-    assert not sub.disconnected.is_set(), "the clean subscriber was disconnected"
-    assert (me, topic) in converged_tables(c)["routes"]
-    assert len(got) == sent, f"{sent - len(got)} of {sent} missing"
-    sub.disconnect()
-    pub.disconnect()
+    got = h.received()
+    print(f"\n[tables' disk] {h.held.name}'s tables' sync held {3 * down_after:.0f} s "
+          f"(cluster_down_after {down_after:.0f} s): its subscriber got {len(got)} of {h.sent}, "
+          f"{'disconnected' if h.sub.disconnected.is_set() else 'connected'}")
+    h.assert_alive(got)
 
 
 def test_tables_open_when_the_machine_stopped_are_rebuilt_from_the_raft_log(fault_cluster):
@@ -1002,19 +1003,17 @@ def test_sigterm_hands_a_persistent_session_over_whole(fault_cluster):
     pub.disconnect()
 
 
-def copy_collecting_what_s_got(cluster_factory, tmp_path, name):
-    """The start of the two tests below: a persistent QoS 2 subscriber S
-    on node B; B restarts (SIGTERM) while S moves to A (resumed from its
-    record); B's stored copy of S, claimed away, collects what is published
-    for S, held by STARLING_TEST_MOVING_HOLD (the file `hold`); S gets
-    M0..M19 (`sent`, published by p on C) on A. Returns (c, hold, cid,
-    topic, s, p, sent)."""
+def resumed_on_a(cluster_factory, tmp_path, name):
+    """A cluster whose nodes hold old copies of moved sessions while the
+    file `hold` exists (STARLING_TEST_MOVING_HOLD), and a persistent QoS 2
+    subscriber S of topic/# that was on node B: B stopped (SIGTERM, its
+    store keeps S's copy) and S resumed on A from its record. Returns (c,
+    hold, cid, topic, s); B is down."""
     hold = tmp_path / "moving-hold"
-    env = dict(FAULT_ENV, STARLING_TEST_MOVING_HOLD=str(hold))
-    c = cluster_factory(extra_env=env)
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_TEST_MOVING_HOLD=str(hold)))
     c.start()
     c.wait_healthy()
-    a, b, cn = c.nodes
+    a, b, _ = c.nodes
     cid = uid(name)
     topic = uid(name + "/t")
     s = PahoClient(b, cid, 5, properties=session_props())
@@ -1025,6 +1024,33 @@ def copy_collecting_what_s_got(cluster_factory, tmp_path, name):
     s = PahoClient(a, cid, 5, clean=False, properties=session_props())
     s.connect(timeout=30)
     assert s.session_present
+    return c, hold, cid, topic, s
+
+
+def delivered_before_a_marker(s, p, topic):
+    """What subscriber s gets before a marker that p publishes (QoS 2) on
+    topic/marker: after everything else it was to get."""
+    p.publish(topic + "/marker", uid("marker").encode(), qos=2)
+    return [m.payload for m in s.get_until(topic + "/marker", 30)][:-1]
+
+
+def copy_collecting_what_s_got(cluster_factory, tmp_path, name):
+    """The start of the two tests below: a persistent QoS 2 subscriber S
+    on node B; B restarts (SIGTERM) while S moves to A (resumed from its
+    record); B's stored copy of S, claimed away, collects what is published
+    for S, held by STARLING_TEST_MOVING_HOLD (the file `hold`); S gets
+    M0..M19 (`sent`, published by p on C) on A. Returns (c, hold, cid,
+    topic, s, p, sent)."""
+    c, hold, cid, topic, s = resumed_on_a(cluster_factory, tmp_path, name)
+    p, sent = b_returns_collecting(c, hold, cid, topic, s, name)
+    return c, hold, cid, topic, s, p, sent
+
+
+def b_returns_collecting(c, hold, cid, topic, s, name):
+    """B (down, its stored copy of S claimed away by A) starts with the
+    copies held; S, on A, gets M0..M19 (`sent`), published by p on C, which
+    the held copy collects too. Returns (p, sent)."""
+    a, b, cn = c.nodes
     hold.write_text("")
     b.start()
     wait_healthy(c)
@@ -1040,7 +1066,7 @@ def copy_collecting_what_s_got(cluster_factory, tmp_path, name):
         p.publish(topic + "/x", m, qos=2)
     got = [s.get(WAIT).payload for _ in sent]
     assert sorted(got) == sorted(sent)
-    return c, hold, cid, topic, s, p, sent
+    return p, sent
 
 
 def test_restarted_nodes_copies_of_a_session_deliver_each_qos2_message_once(cluster_factory,
@@ -1082,9 +1108,7 @@ def test_restarted_nodes_copies_of_a_session_deliver_each_qos2_message_once(clus
                    for n, left in passed.findall(a.logtext()))
     wait_until(judged, 30, f"B's {len(sent)} late messages of {cid} judged on {a.name} or "
                f"{cn.name}")
-    marker = uid("marker").encode()
-    p.publish(topic + "/marker", marker, qos=2)
-    again = [m.payload for m in s.get_until(topic + "/marker", 30)][:-1]
+    again = delivered_before_a_marker(s, p, topic)
     print(f"\n[restarted copies] {len(again)} delivered again on {cn.name}; late messages "
           f"(count, had come directly): {late.findall(cn.logtext())}; passed on by "
           f"{a.name} (count, left out): {passed.findall(a.logtext())}")
@@ -1137,9 +1161,7 @@ def test_killed_owners_copy_judges_late_messages_passed_through_it(cluster_facto
                         rf"passed on to its owner \S+ \(claim \d+\), (\d+) left out")
     wait_until(lambda: passed.findall(a.logtext()), 30,
                f"{a.name} passing on B's late messages of {cid}")
-    marker = uid("marker").encode()
-    p.publish(topic + "/marker", marker, qos=2)
-    again = [m.payload for m in s.get_until(topic + "/marker", 30)][:-1]
+    again = delivered_before_a_marker(s, p, topic)
     print(f"\n[through a killed owner] {len(again)} delivered again on {cn.name}; passed on, "
           f"left out: {passed.findall(a.logtext())}")
     assert again == [], f"QoS 2 messages delivered twice: {again}"
@@ -1162,21 +1184,8 @@ def test_returning_copy_leaves_out_what_its_restarted_owner_got_directly(cluster
     the copy knows the owner's routes were everywhere when it found its
     session claimed away (the owner's session record), so what was routed
     since reached the owner directly and is not taken: none comes again."""
-    hold = tmp_path / "moving-hold"
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_TEST_MOVING_HOLD=str(hold)))
-    c.start()
-    c.wait_healthy()
-    a, b, cn = c.nodes
-    cid = uid("direct")
-    topic = uid("direct/t")
-    s = PahoClient(b, cid, 5, properties=session_props())
-    s.connect()
-    assert s.subscribe(topic + "/#", qos=2) == [2]
-    assert b.stop(signal.SIGTERM) == 0
-    s.stop()
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    c, hold, cid, topic, s = resumed_on_a(cluster_factory, tmp_path, "direct")
+    a, b, _ = c.nodes
     kill(a)
     s.stop()
     a.start()
@@ -1184,27 +1193,14 @@ def test_returning_copy_leaves_out_what_its_restarted_owner_got_directly(cluster
     s = PahoClient(a, cid, 5, clean=False, properties=session_props())
     s.connect(timeout=30)
     assert s.session_present
-    hold.write_text("")
-    b.start()
-    wait_healthy(c)
-    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
-    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
-    p = PahoClient(cn, uid("directp"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(20)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    got = [s.get(WAIT).payload for _ in sent]
-    assert sorted(got) == sorted(sent)
+    p, _ = b_returns_collecting(c, hold, cid, topic, s, "direct")
     # B's copy ends and sends what it holds to A (its last frame, also when
     # empty: A logs it)
     hold.unlink()
     late = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
                       rf"{faults.node_id(b):016x}")
     wait_until(lambda: late.findall(a.logtext()), 30, f"{a.name} taking B's late messages of {cid}")
-    marker = uid("marker").encode()
-    p.publish(topic + "/marker", marker, qos=2)
-    again = [m.payload for m in s.get_until(topic + "/marker", 30)][:-1]
+    again = delivered_before_a_marker(s, p, topic)
     print(f"\n[returning copy] {len(again)} delivered again on {a.name}; late messages: "
           f"{late.findall(a.logtext())}")
     assert again == [], f"QoS 2 messages delivered twice: {again}"

@@ -239,29 +239,43 @@ static bool all_applied_equal(void)
     return a > 0;
 }
 
-static void test_three_nodes(void)
+/* Nodes 1..N on 127.0.0.11.. with a free port each, their directories under
+ * base, and the seed list of all of them. */
+static bool name_nodes(void)
 {
-    CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(base, sizeof base, "test_raft_node"));
     for (int i = 0; i < N; i++) {
         char ip[16];
         snprintf(ip, sizeof ip, "127.0.0.%d", 11 + i);
         int port = test_free_port(ip);
-        CU_ASSERT_TRUE_FATAL(port > 0);
+        if (port <= 0)
+            return false;
         snprintf(nodes[i].address, sizeof nodes[i].address, "%s:%d", ip, port);
         snprintf(nodes[i].dir, sizeof nodes[i].dir, "%s/n%d", base, i + 1);
         seeds[i] = nodes[i].address;
     }
+    return true;
+}
+
+/* Whether all N nodes name the same leader within ms. */
+static bool one_leader(int ms)
+{
+    return WAIT_UNTIL(raft_node_leader(nodes[0].raft) != 0 &&
+                          raft_node_leader(nodes[0].raft) == raft_node_leader(nodes[1].raft) &&
+                          raft_node_leader(nodes[1].raft) == raft_node_leader(nodes[2].raft),
+                      ms);
+}
+
+static void test_three_nodes(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(base, sizeof base, "test_raft_node"));
+    CU_ASSERT_TRUE_FATAL(name_nodes());
     /* Start order 3, 1, 2. */
     int order[N] = {2, 0, 1};
     for (int k = 0; k < N; k++)
         CU_ASSERT_EQUAL_FATAL(start_node(&nodes[order[k]], "s3cret", seeds, N), 0);
     CU_ASSERT_TRUE_FATAL(WAIT_UNTIL(any_ready(), 15000));
     /* One cluster: all three name the same leader. */
-    CU_ASSERT_TRUE(
-        WAIT_UNTIL(raft_node_leader(nodes[0].raft) != 0 &&
-                       raft_node_leader(nodes[0].raft) == raft_node_leader(nodes[1].raft) &&
-                       raft_node_leader(nodes[1].raft) == raft_node_leader(nodes[2].raft),
-                   5000));
+    CU_ASSERT_TRUE(one_leader(5000));
 
     struct cmd_batch *b = cmd_batch_new();
     char s[64];
@@ -511,23 +525,11 @@ static void test_follower_catches_up_past_a_segment(void)
 {
     CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(base, sizeof base, "test_raft_node"));
     snapshot_threshold = 4096;
-    for (int i = 0; i < N; i++) {
-        char ip[16];
-        snprintf(ip, sizeof ip, "127.0.0.%d", 11 + i);
-        int port = test_free_port(ip);
-        CU_ASSERT_TRUE_FATAL(port > 0);
-        snprintf(nodes[i].address, sizeof nodes[i].address, "%s:%d", ip, port);
-        snprintf(nodes[i].dir, sizeof nodes[i].dir, "%s/n%d", base, i + 1);
-        seeds[i] = nodes[i].address;
-    }
+    CU_ASSERT_TRUE_FATAL(name_nodes());
     for (int i = 0; i < N; i++)
         CU_ASSERT_EQUAL_FATAL(start_node(&nodes[i], "s3cret", seeds, N), 0);
     CU_ASSERT_TRUE_FATAL(WAIT_UNTIL(any_ready(), 15000));
-    CU_ASSERT_TRUE_FATAL(
-        WAIT_UNTIL(raft_node_leader(nodes[0].raft) != 0 &&
-                       raft_node_leader(nodes[0].raft) == raft_node_leader(nodes[1].raft) &&
-                       raft_node_leader(nodes[1].raft) == raft_node_leader(nodes[2].raft),
-                   10000));
+    CU_ASSERT_TRUE_FATAL(one_leader(10000));
     struct node *l = ready_leader();
     CU_ASSERT_PTR_NOT_NULL_FATAL(l);
     struct node *f = l == &nodes[0] ? &nodes[1] : &nodes[0];
