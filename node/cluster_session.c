@@ -1106,16 +1106,14 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
     /* out of the index first, so that nothing arrives after the send */
     struct session *s = x->s;
     lock_acquire(&s->lock);
+    /* a shared group's message came here because its origin picked this
+     * node, whatever routes it had: those all go */
+    *shared = subs_shared(s);
     uint32_t n = s->n_subs;
     struct session_sub *subs = s->subs;
     s->subs = NULL;
     s->n_subs = s->cap_subs = 0;
     lock_release(&s->lock);
-    /* a shared group's message came here because its origin picked this
-     * node, whatever routes it had: those all go */
-    *shared = false;
-    for (uint32_t i = 0; i < n; i++)
-        *shared = *shared || (subs[i].len > 7 && memcmp(subs[i].filter, "$share/", 7) == 0);
     for (uint32_t i = 0; i < n; i++) {
         sub_index_remove(cn->b->index, subs[i].filter, subs[i].len, s);
         free(subs[i].filter);

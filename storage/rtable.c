@@ -61,8 +61,9 @@ struct rtable {
     pthread_cond_t sync_cv;
     uint64_t commits, synced; /* commits made / covered by a sync */
     bool stop;
-    int sync_err; /* the first failed sync's negative errno, then sticky */
-    char mark[600];
+    int sync_err;   /* the first failed sync's negative errno, then sticky */
+    char dir[600];  /* the environment's directory */
+    char mark[608]; /* dir/OPEN_MARK */
 };
 
 struct rtable_txn {
@@ -297,6 +298,7 @@ static int mark_open(struct rtable *t, const char *dir)
 {
     char now[64], was[64] = "";
     boot_id(now, sizeof now);
+    snprintf(t->dir, sizeof t->dir, "%s", dir);
     snprintf(t->mark, sizeof t->mark, "%s/%s", dir, OPEN_MARK);
     FILE *f = fopen(t->mark, "r");
     if (f) {
@@ -336,12 +338,7 @@ static void *syncer_main(void *arg)
             /* What the disk holds is unknown now: the tables are deleted at
              * the next open, and refuse every commit until then. (The mark
              * is written outside sync_mu: commits never wait for a disk.) */
-            char dir[600];
-            snprintf(dir, sizeof dir, "%s", t->mark);
-            char *slash = strrchr(dir, '/');
-            if (slash)
-                *slash = 0;
-            mark_write(t->mark, dir, SYNC_FAILED);
+            mark_write(t->mark, t->dir, SYNC_FAILED);
         }
         pthread_mutex_lock(&t->sync_mu);
         if (rc && !t->sync_err)
@@ -475,13 +472,8 @@ void rtable_close(struct rtable *t)
     mdb_env_close(t->env);
     /* Every commit is on disk: the mark goes (after a failed sync it stays,
      * and the tables are deleted at the next open). */
-    if (t->syncer_on && clean && unlink(t->mark) == 0) {
-        char *slash = strrchr(t->mark, '/');
-        if (slash) {
-            *slash = 0;
-            fsync_dir(t->mark);
-        }
-    }
+    if (t->syncer_on && clean && unlink(t->mark) == 0)
+        fsync_dir(t->dir);
     pthread_cond_destroy(&t->sync_cv);
     pthread_mutex_destroy(&t->sync_mu);
     pthread_rwlock_destroy(&t->map_mu);
