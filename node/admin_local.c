@@ -125,6 +125,7 @@ static const char *const admin_local_drop_names[BROKER_DROP_N] = {
     [BROKER_DROP_PEER_UNAVAILABLE] = "peer_unavailable",
     [BROKER_DROP_OUTBOX_FULL] = "outbox_full",
     [BROKER_DROP_SESSION_MOVED] = "session_moved",
+    [BROKER_DROP_NODE_FORGOTTEN] = "node_forgotten",
 };
 _Static_assert(BROKER_DROP_N + 1 <= ADMIN_DROP_REASONS_MAX, "room for every reason");
 

@@ -53,6 +53,7 @@ enum broker_drop {
     BROKER_DROP_PEER_UNAVAILABLE,    /* QoS 0 forward: the channel refused it otherwise */
     BROKER_DROP_OUTBOX_FULL,         /* QoS 1/2 forward refused: the node's outbox was full */
     BROKER_DROP_SESSION_MOVED,       /* cluster: late messages of a moved session lost */
+    BROKER_DROP_NODE_FORGOTTEN,      /* cluster: held for a node removed for good */
     BROKER_DROP_N
 };
 

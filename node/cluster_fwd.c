@@ -749,6 +749,22 @@ void cluster_fwd_poll(struct cluster_fwd *f, uint64_t now)
         store_submit(f->b->store, del, NULL, NULL);
 }
 
+size_t cluster_fwd_forget(struct cluster_fwd *f, uint64_t node)
+{
+    struct fwd_out *o = out_find(f, node);
+    if (!o)
+        return 0;
+    pthread_mutex_lock(&o->mu);
+    size_t n = o->n;
+    /* as if acknowledged: the poll range-deletes the rows; should the node
+     * come back under the same id, its forwards start after them */
+    o->acked = o->sent = o->cursor = o->next;
+    o->replay = false;
+    out_pop_acked(f, o);
+    pthread_mutex_unlock(&o->mu);
+    return n;
+}
+
 /* ---- life cycle ---------------------------------------------------------------- */
 
 struct cluster_fwd *cluster_fwd_new(struct broker *b)

@@ -85,6 +85,12 @@ void cluster_fwd_poll(struct cluster_fwd *f, uint64_t now_ms);
  * thread (takes the outbox's lock briefly: /metrics). */
 int cluster_fwd_outbox(struct cluster_fwd *f, uint64_t node, uint64_t *msgs, uint64_t *bytes);
 
+/* node was removed from the cluster for good (forgotten): the forwards in
+ * its outbox can never be delivered. They leave the index now and the
+ * store at the next poll (their range delete); returns how many there
+ * were. Cluster thread. */
+size_t cluster_fwd_forget(struct cluster_fwd *f, uint64_t node);
+
 /* After the store closed (no commit callback can run any more). */
 void cluster_fwd_free(struct cluster_fwd *f);
 

@@ -1000,6 +1000,18 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
     case STARLING__CMD__COMMAND__CMD_MEMBER_REMOVE:
         if (raft_node_leader(cn->raft) == cn->self && k->member_remove->node != cn->self)
             raft_node_remove(cn->raft, k->member_remove->node, NULL, NULL);
+        /* a node forgotten now (not an old removal met again while this
+         * node catches up: the id may have come back since) never takes
+         * what its outbox holds */
+        if (k->member_remove->node != cn->self && atomic_load(&cn->restart_done)) {
+            size_t n = cluster_fwd_forget(cn->fwd, k->member_remove->node);
+            if (n) {
+                atomic_fetch_add(&b->stats.msgs_dropped, n);
+                atomic_fetch_add(&b->stats.dropped[BROKER_DROP_NODE_FORGOTTEN], n);
+                log_warn("cluster: %zu forward(s) held for %016llx dropped: it was forgotten", n,
+                         (unsigned long long)k->member_remove->node);
+            }
+        }
         pthread_mutex_lock(&cn->mu);
         peers_refresh(cn);
         pthread_mutex_unlock(&cn->mu);

@@ -441,7 +441,7 @@ SINGLE_NODE_FAMILIES = {
 DROP_REASONS = {
     "queue_full_offline", "queue_full_new", "queue_full_oldest", "queue_full_disconnect",
     "expired", "too_large", "no_memory", "acl_denied", "peer_queue_full", "peer_unavailable",
-    "outbox_full", "session_moved", "no_subscribers",
+    "outbox_full", "session_moved", "node_forgotten", "no_subscribers",
 }
 BY_QOS = ("starling_messages_received_total", "starling_messages_sent_total",
           "starling_message_bytes_received_total", "starling_message_bytes_sent_total")
