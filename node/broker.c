@@ -274,7 +274,7 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
      * forward joins *bt, so that the acknowledgement waits for it. A
      * forwarded message is not forwarded again. */
     if (!(flags & BROKER_PUB_LOCAL) && b->route_ops->forward)
-        b->route_ops->forward(b->route_ud, m, cur, bt, flow);
+        delivered += (int)b->route_ops->forward(b->route_ud, m, cur, bt, flow);
     if (local)
         persist_submit(b, &local, NULL, NULL);
     return failed ? failed : delivered;

@@ -187,15 +187,14 @@ enum {
  * BROKER_PUB_LOCAL, learn from the route interface which other nodes have
  * one). `cur` is the calling worker (NULL for other threads): deliveries to
  * its own sessions are flushed at the end of its loop turn, others through
- * the owning worker's inbox. Returns the number of sessions that receive it,
- * or -ENOMEM when an allocation failed and a matching session may not have
- * it: the caller must not acknowledge the publish (a held message is
- * released MSG_REJECTED, so no session delivers it). The caller keeps its
- * reference on m. Store operations (the message for
- * persistent sessions, a retained message) go into *bt, which the caller
- * submits; with bt NULL they are submitted here. With targets, the sessions
- * are collected there (see broker_release). `flow` (NULL for messages the
- * broker makes itself): see struct pub_flow.
+ * the owning worker's inbox. Returns the number of sessions here that
+ * receive it plus the number of other nodes it was forwarded to, or -ENOMEM when an allocation
+ * failed and a matching session may not have it: the caller must not acknowledge the publish (a
+ * held message is released MSG_REJECTED, so no session delivers it). The caller keeps its reference
+ * on m. Store operations (the message for persistent sessions, a retained message) go into *bt,
+ * which the caller submits; with bt NULL they are submitted here. With targets, the sessions are
+ * collected there (see broker_release). `flow` (NULL for messages the broker makes itself): see
+ * struct pub_flow.
  */
 int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worker *cur,
                    struct store_batch **bt, struct pub_targets *targets, struct pub_flow *flow);

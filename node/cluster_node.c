@@ -761,17 +761,17 @@ static void cn_send_publish(struct cluster_node *cn, struct msg *m, const struct
     cluster_fwd_send(cn->fwd, node, &p, bt, flow);
 }
 
-static void cn_forward(void *ud, struct msg *m, struct worker *cur, struct store_batch **bt,
-                       struct pub_flow *flow)
+static unsigned cn_forward(void *ud, struct msg *m, struct worker *cur, struct store_batch **bt,
+                           struct pub_flow *flow)
 {
     (void)cur;
     struct cluster_node *cn = ud;
     if (atomic_load(&cn->stopped))
-        return;
+        return 0;
     const char *topic = msg_topic(m);
     /* $SYS stays per node */
     if (m->topic_len >= 4 && memcmp(topic, "$SYS", 4) == 0)
-        return;
+        return 0;
     if (m->retain && cn->b->cfg.retain_available)
         cn_replicate_retained(cn, m, atomic_fetch_add(&cn->pub_seq, 1) + 1, flow);
 
@@ -782,15 +782,16 @@ static void cn_forward(void *ud, struct msg *m, struct worker *cur, struct store
     a.n_plain = 0;
     a.n_groups = 0;
     if (routes_match(fsm_routes(cn->fsm), topic, m->topic_len, fwd_visit, &a) < 0)
-        return;
+        return 0;
     if (a.n_plain == 0 && a.n_groups == 0)
-        return;
+        return 0;
 
     uint64_t dest[MAX_PEERS];
     uint64_t chosen[MAX_SHARES];
     unsigned n_dest = cn_pick_destinations(cn, &a, dest, chosen);
     for (unsigned d = 0; d < n_dest; d++)
         cn_send_publish(cn, m, &a, chosen, dest[d], bt, flow);
+    return n_dest;
 }
 
 static uint64_t cn_routed_at(void *ud)

@@ -39,9 +39,11 @@ struct route_ops {
      * *bt (created if NULL; the caller submits it): the publisher's
      * acknowledgement waits for it. flow (may be NULL): set flow->fwd_slow
      * when the publisher should be paused, flow->refused when the message
-     * could not be forwarded to some node (see struct pub_flow). */
-    void (*forward)(void *ud, struct msg *m, struct worker *cur, struct store_batch **bt,
-                    struct pub_flow *flow);
+     * could not be forwarded to some node (see struct pub_flow). Returns
+     * the number of nodes m went to (its subscribers there are subscribers
+     * of the publish: no "no matching subscribers" for it). */
+    unsigned (*forward)(void *ud, struct msg *m, struct worker *cur, struct store_batch **bt,
+                        struct pub_flow *flow);
     /* Optional (NULL on a single node). "A SUBACK means the route is
      * everywhere": returns 0 when every route change made before this call
      * is already in effect on every live node (done is not called), 1 when

@@ -296,8 +296,8 @@ def test_full_outbox_pauses_publishers_then_refuses_with_0x97(cluster_factory):
             at.append(time.monotonic())
     finally:
         b.proc.send_signal(signal.SIGCONT)
-    # accepted (0x10: no subscriber on node a itself), then refused
-    assert all(rc in (0, 0x10) for rc in codes[:16]), codes
+    # accepted (its subscriber is on node b), then refused
+    assert codes[:16] == [0] * 16, codes
     assert codes[16:] == [0x97] * 8, codes
     # from the 12th row on (3/4 of 16) the publisher is not read for
     # max_publisher_pause after each message: four pauses before the 16th
@@ -511,3 +511,32 @@ def test_forwards_lost_on_the_way_under_load_all_arrive_once(cluster_factory):
     got = collect(sub, pubs)
     assert check(pubs, got, 1) == 0  # b applies each once
     sub.disconnect()
+
+
+def test_puback_says_no_matching_subscribers_only_when_no_node_has_one(cluster):
+    """A 5.0 QoS 1/2 publish whose only subscriber is on another node is
+    acknowledged with reason 0 (Success), not 0x10 No matching subscribers
+    [MQTT-5.0 3.4.2.1, 3.5.2.1]: the cluster has a subscriber. A topic no
+    node subscribes to is 0x10. Before, the origin counted only its own
+    subscribers: every cross-node publish was 0x10 and counted as
+    no_subscribers."""
+    a, b, _ = cluster.nodes
+    topic = uid("fwd/rc")
+    sub = mqttraw.connected(b, uid("rcsub"), 5)
+    assert sub.subscribe((topic, mqttraw.sub_options(qos=2))).reason_codes == [2]
+    p = mqttraw.connected(a, uid("rcpub"), 5)
+    pid = p.publish(topic, b"one", qos=1)
+    ack = p.expect(mqttraw.PUBACK, timeout=30)
+    assert (ack.packet_id, ack.reason_code) == (pid, 0), ack
+    pid = p.publish(topic, b"two", qos=2)
+    rec = p.expect(mqttraw.PUBREC, timeout=30)
+    assert (rec.packet_id, rec.reason_code) == (pid, 0), rec
+    p.pubrel(pid)
+    assert p.expect(mqttraw.PUBCOMP, timeout=30).packet_id == pid
+    pid = p.publish(uid("fwd/nobody"), b"none", qos=1)
+    ack = p.expect(mqttraw.PUBACK, timeout=30)
+    assert (ack.packet_id, ack.reason_code) == (pid, 0x10), ack
+    got = [sub.recv_publish(timeout=30) for _ in range(2)]
+    assert [g.payload for g in got] == [b"one", b"two"]
+    p.disconnect()
+    sub.close()
