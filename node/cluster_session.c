@@ -1083,9 +1083,11 @@ static void node_down_poll(struct cluster_node *cn, uint64_t now)
         if (silent[i]) {
             /* once per silence (NodeDown repeats every down_after while
              * the routes of its persistent sessions stay) */
-            log_warn("cluster: member %016llx silent for %llu ms (channel and Raft): its routes "
-                     "go (NodeDown)",
-                     (unsigned long long)down[i], (unsigned long long)silent[i]);
+            uint64_t heard = cluster_heard_ms(cn->c, down[i]), t = cn_mono_ms();
+            log_warn("cluster: member %016llx silent for %llu ms (channel and Raft; last byte on "
+                     "the channel %lld ms ago): its routes go (NodeDown)",
+                     (unsigned long long)down[i], (unsigned long long)silent[i],
+                     heard ? (long long)(t - heard) : -1LL);
             atomic_fetch_add(&cn->nodes_down, 1);
         }
         struct cmd_batch *b = cmd_batch_new();
