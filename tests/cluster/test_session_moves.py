@@ -10,6 +10,7 @@ old copy's last frame, as a loaded machine did.
 """
 
 import os
+import time
 
 import faults
 from helpers import PahoClient, uid
@@ -76,3 +77,41 @@ def test_a_message_skipped_by_the_old_copy_as_direct_is_not_taken_for_had(cluste
     assert got == [b"M", b"marker"], got
     s.stop()
     p.disconnect()
+
+
+def test_a_claim_slower_than_connect_timeout_gets_a_connack(cluster_factory):
+    """A persistent session's client comes back on node B while its old
+    node A is stopped (SIGSTOP): B's claim waits for A's answer (up to
+    cluster_claim_timeout), longer than connect_timeout (2 s here). The
+    client gets a CONNACK: 0x88 Server unavailable [MQTT-5.0 3.2.2.2] once
+    its claim has not answered within connect_timeout of the CONNECT, and
+    it may connect again. Before, connect_timeout counted from the accept
+    for a connection waiting for its claim too, and closed it without a
+    CONNACK (test_blackbox.py::test_session_moves_under_traffic under
+    heavy load: "timed out waiting for CONNACK")."""
+    c = cluster_factory(extra_env={"STARLING_CONNECT_TIMEOUT": "2",
+                                   "STARLING_CLUSTER_CLAIM_TIMEOUT": "8000"})
+    c.start()
+    c.wait_healthy()
+    a, b, _ = c.nodes
+    cid = uid("slow")
+    s = PahoClient(a, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(uid("slow/t") + "/#", qos=1) == [1]
+    s.stop()
+    faults.pause(a)
+    try:
+        s2 = PahoClient(b, cid, 5, clean=False, properties=session_props())
+        t0 = time.monotonic()
+        ack = s2.connect(timeout=WAIT, expect_rc=None)
+        took = time.monotonic() - t0
+        assert ack["rc"] == 0x88, (ack, took)
+        s2.stop()
+    finally:
+        faults.resume(a)
+    faults.wait_healthy(c)
+    # A answers again: the client gets its session back on B
+    s3 = PahoClient(b, cid, 5, clean=False, properties=session_props())
+    s3.connect(timeout=WAIT)
+    assert s3.session_present
+    s3.disconnect()
