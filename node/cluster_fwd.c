@@ -773,7 +773,7 @@ struct cluster_fwd *cluster_fwd_new(struct broker *b)
         log_warn("cluster: STARLING_TEST_FWD_LOSE_EVERY: every %u-th forward received is lost",
                  f->lose_every);
     }
-    /* Tests of late frames (tests/cluster/test_faults.py): while the file
+    /* Tests of late frames (tests/cluster/test_session_moves.py): while the file
      * that STARLING_TEST_FWD_HOLD names exists, this node's QoS 1/2
      * forwards are refused by the channel as if it were full: they wait in
      * their outbox and are replayed once it is gone. */
