@@ -72,6 +72,7 @@ struct parked {
  * ms): time this thread did not run (stalled in a commit, the process
  * stopped) is not silence of the others (cluster_quiet_ms). */
 #define QUIET_STEP_MAX_MS 500
+#define QUIET_LATE_LOG_MS 1000 /* a timer tick this late is logged */
 
 struct cluster {
     struct cluster_config cfg;
@@ -820,6 +821,12 @@ static void send_checkpoint(struct cluster *c)
 static void quiet_update(struct cluster *c, uint64_t now)
 {
     uint64_t step = c->quiet_tick_ms && now > c->quiet_tick_ms ? now - c->quiet_tick_ms : 0;
+    if (step >= QUIET_LATE_LOG_MS)
+        /* for judging a NodeDown afterwards (docs/cluster.md, "A live node
+         * taken for dead under load"): this thread did not run */
+        log_info("cluster: this node's cluster thread ran its 100 ms timer %llu ms after the "
+                 "last time",
+                 (unsigned long long)step);
     if (step > QUIET_STEP_MAX_MS)
         step = QUIET_STEP_MAX_MS;
     c->quiet_tick_ms = now;

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "broker.h"
 #include "cluster.h"
@@ -92,6 +93,7 @@ struct cluster_fwd {
     _Atomic uint64_t log_ms; /* rate limit of the refusal warning */
     unsigned lose_every;     /* tests: lose every Nth sequenced forward received */
     unsigned lose_count;     /* cluster thread */
+    char *hold_path;         /* tests: forwards wait in the outbox while it exists */
 };
 
 /* ---- the row index ------------------------------------------------------- */
@@ -268,6 +270,10 @@ static size_t varint_put(uint8_t *p, uint64_t v)
 static int frame_send(struct cluster_fwd *f, uint64_t node, const void *pub, size_t len,
                       uint64_t prev, bool *busy)
 {
+#ifndef NDEBUG
+    if (f->hold_path && access(f->hold_path, F_OK) == 0)
+        return -ENOBUFS; /* as a full channel: the row waits in the outbox */
+#endif
     uint8_t tail[16];
     size_t tn = 0;
     if (prev) {
@@ -783,6 +789,15 @@ struct cluster_fwd *cluster_fwd_new(struct broker *b)
         log_warn("cluster: STARLING_TEST_FWD_LOSE_EVERY: every %u-th forward received is lost",
                  f->lose_every);
     }
+    /* Tests of late frames (tests/cluster/test_session_moves.py): while the file
+     * that STARLING_TEST_FWD_HOLD names exists, this node's QoS 1/2
+     * forwards are refused by the channel as if it were full: they wait in
+     * their outbox and are replayed once it is gone. */
+    const char *hold = getenv("STARLING_TEST_FWD_HOLD");
+    if (hold && *hold) {
+        f->hold_path = strdup(hold);
+        log_warn("cluster: STARLING_TEST_FWD_HOLD: forwards wait while %s exists", hold);
+    }
 #endif
     return f;
 }
@@ -866,5 +881,6 @@ void cluster_fwd_free(struct cluster_fwd *f)
     for (unsigned i = 0; i < atomic_load(&f->n_in); i++)
         free(f->ins[i]);
     pthread_mutex_destroy(&f->mu);
+    free(f->hold_path);
     free(f);
 }

@@ -1081,10 +1081,16 @@ static void cn_check_tables(struct cluster_node *cn)
 static void *cn_thread(void *arg)
 {
     struct cluster_node *cn = arg;
-    uint64_t last_applied = 0, last_report = 0;
+    uint64_t last_applied = 0, last_report = 0, last_turn = 0;
     pthread_mutex_lock(&cn->mu);
     while (!cn->quit) {
         uint64_t now = cn_mono_ms();
+        if (last_turn && now - last_turn >= CN_LATE_LOG_MS)
+            /* its reports to the leader waited as long (docs/cluster.md, "A
+             * live node taken for dead under load") */
+            log_info("cluster: the glue's thread ran %llu ms after its last turn",
+                     (unsigned long long)(now - last_turn));
+        last_turn = now;
         /* propose the next route batch */
         if (!cn->inflight_busy) {
             route_take(cn);

@@ -37,6 +37,7 @@ struct cluster_fwd;
 #define REPORT_EVERY_MS 200
 #define RETRY_MS 100
 #define CN_IDLE_WAIT_MS 20        /* the glue's thread, when nothing kicks it */
+#define CN_LATE_LOG_MS 1000       /* a turn of the glue's thread this late is logged */
 #define CN_SYNC_LIVE_MS 1500      /* a SUBACK waits for members heard from this recently */
 #define CN_HEARTBEAT_MS 15        /* Raft heartbeat (cluster_node.c) */
 #define RETAINED_RETRY_MAX 100000 /* retained proposals waiting for a leader */

@@ -381,6 +381,28 @@ static bool subs_shared(const struct session *s)
     return false;
 }
 
+/* An old copy's messages that msgs_send will leave out as having reached
+ * the new owner directly (routed at or past `direct`, not 0) were recorded
+ * in its identities (s->seen) when they came, but its client never had
+ * them: those identities go, so that the set it sends with its last frame
+ * (what its client got, merged by the owner) does not claim them. Kept,
+ * they made the receiver drop the message when its own direct copy came
+ * after that frame (a forward waiting in its origin's outbox, a node whose
+ * copy moved on meanwhile): "had it already: not again", and nobody had it
+ * (test_blackbox.py::test_session_moves_under_traffic, 3 QoS 1 and 3 QoS 2
+ * messages of one publisher under load; test_session_moves.py). A message
+ * already sent to a client (inflight) keeps its identity: its client may
+ * have it. s->lock held. */
+static void seen_forget_direct(struct session *s, const struct qmsg *late, uint64_t direct)
+{
+    if (!s->seen || !direct)
+        return;
+    for (const struct qmsg *q = late; q; q = q->next)
+        if (q->m->route_index >= direct && q->state == MSG_STATE_QUEUED && q->m->id_node &&
+            q->m->id_seq)
+            msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
+}
+
 /* For an old copy of id moving out to `to` without a claim in progress: the
  * first route table index at which the new owner's routes are certainly in
  * effect, or 0 when not known. The session record names the owner only
@@ -1083,9 +1105,11 @@ static void node_down_poll(struct cluster_node *cn, uint64_t now)
         if (silent[i]) {
             /* once per silence (NodeDown repeats every down_after while
              * the routes of its persistent sessions stay) */
-            log_warn("cluster: member %016llx silent for %llu ms (channel and Raft): its routes "
-                     "go (NodeDown)",
-                     (unsigned long long)down[i], (unsigned long long)silent[i]);
+            uint64_t heard = cluster_heard_ms(cn->c, down[i]), t = cn_mono_ms();
+            log_warn("cluster: member %016llx silent for %llu ms (channel and Raft; last byte on "
+                     "the channel %lld ms ago): its routes go (NodeDown)",
+                     (unsigned long long)down[i], (unsigned long long)silent[i],
+                     heard ? (long long)(t - heard) : -1LL);
             atomic_fetch_add(&cn->nodes_down, 1);
         }
         struct cmd_batch *b = cmd_batch_new();
@@ -1100,8 +1124,12 @@ static void node_down_poll(struct cluster_node *cn, uint64_t now)
 /* ---- the poll ---------------------------------------------------------------------- */
 
 /* Takes the old copy x's subscriptions out of the index and what it holds
- * (x->late, x->seen): x->s is unsubscribed, its lists empty. */
-static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shared)
+ * (x->late, x->seen): x->s is unsubscribed, its lists empty. With `direct`
+ * (not NULL): *direct is where its messages reached the owner directly
+ * from (0: none, every one is sent), and their identities are not in
+ * x->seen (seen_forget_direct). */
+static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shared,
+                        uint64_t *direct)
 {
     /* out of the index first, so that nothing arrives after the send */
     struct session *s = x->s;
@@ -1121,6 +1149,10 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
     free(subs);
     lock_acquire(&s->lock);
     x->late = cn_session_take_msgs(s);
+    if (direct) {
+        *direct = *shared ? 0 : x->routed ? x->route_index : s->direct_from;
+        seen_forget_direct(s, x->late, *direct);
+    }
     /* what its client had: the owner takes those once */
     size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
     x->seen = n_seen ? calloc(n_seen, sizeof(*x->seen)) : NULL;
@@ -1153,17 +1185,15 @@ static void moving_send(struct cluster_node *cn, struct cn_moving *x, uint64_t t
 static void moving_end(struct cluster_node *cn, struct cn_moving *x)
 {
     bool shared;
-    moving_take(cn, x, &shared);
+    uint64_t direct = 0;
     /* without the new owner's word (timeout, or a stored session sent on
      * at start-up before the owner's record was in), everything goes: at
      * least once */
+    moving_take(cn, x, &shared, &direct);
     log_debug("cluster: the old copy of '%s' ends (%s)", x->s->client_id,
               x->routed ? "its new owner's routes are everywhere" : "grace period over");
     session_end(cn->b, x->s);
-    lock_acquire(&x->s->lock);
-    uint64_t direct = x->routed ? x->route_index : x->s->direct_from;
-    lock_release(&x->s->lock);
-    moving_send(cn, x, x->to, shared ? 0 : direct);
+    moving_send(cn, x, x->to, direct);
 }
 
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
@@ -1185,7 +1215,7 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
                  "moving out: that copy ends now, what it holds goes to the new session",
                  x->s->client_id, (unsigned long long)x->epoch);
         bool shared;
-        moving_take(cn, x, &shared);
+        moving_take(cn, x, &shared, NULL);
         /* out of the store now (a delete of every record of the id), before
          * the new session's records are written: neither its end later
          * nor its leftovers at the next start touch the new session's */
@@ -1246,6 +1276,7 @@ static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
     lock_acquire(&s->lock);
     bool shared = subs_shared(s);
     struct qmsg *late = s->inflight.head || s->queue.head ? cn_session_take_msgs(s) : NULL;
+    seen_forget_direct(s, late, shared ? 0 : f->route_index);
     lock_release(&s->lock);
     if (late)
         msgs_send(cn, f->to, s->client_id, s->id_len, f->epoch, late, shared ? 0 : f->route_index,

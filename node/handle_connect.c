@@ -325,6 +325,8 @@ static void handle_connect_claim(struct conn *c, struct connect_claim *cl, const
         c->will = NULL;
     }
     c->state = CONN_CLAIMING;
+    /* the claim has connect_timeout of its own from here (conn_check_timers) */
+    c->state_since = uv_now(&c->w->loop);
     struct registry_claim req = {
         .id = id,
         .id_len = cl->id_len,

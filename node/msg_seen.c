@@ -136,6 +136,33 @@ int msg_seen_add_range(struct msg_seen *x, uint64_t node, uint64_t lo, uint64_t 
     return 0;
 }
 
+int msg_seen_del(struct msg_seen *x, uint64_t node, uint64_t seq)
+{
+    size_t i = seen_upper(x, node, seq);
+    if (i == 0 || x->v[i - 1].node != node || x->v[i - 1].hi < seq)
+        return 0;
+    struct seen_range *r = &x->v[i - 1];
+    if (r->lo == seq && r->hi == seq) {
+        memmove(r, r + 1, (x->n - i) * sizeof(*x->v));
+        x->n--;
+    } else if (r->lo == seq) {
+        r->lo = seq + 1;
+    } else if (r->hi == seq) {
+        r->hi = seq - 1;
+    } else if (x->n == MSG_SEEN_MAX_RANGES || seen_grow(x) < 0) {
+        r->hi = seq - 1; /* no room to split: the rest goes too */
+        x->full = true;
+        return -ENOSPC;
+    } else {
+        r = &x->v[i - 1]; /* seen_grow may have moved it */
+        memmove(&x->v[i + 1], &x->v[i], (x->n - i) * sizeof(*x->v));
+        x->v[i] = (struct seen_range){node, seq + 1, r->hi};
+        r->hi = seq - 1;
+        x->n++;
+    }
+    return 0;
+}
+
 void msg_seen_range(const struct msg_seen *x, size_t i, uint64_t *node, uint64_t *lo, uint64_t *hi)
 {
     *node = x->v[i].node;

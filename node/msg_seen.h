@@ -40,6 +40,14 @@ int msg_seen_add(struct msg_seen *x, uint64_t node, uint64_t seq);
  * node's set. Returns 0, -ENOSPC when full (not recorded), -EINVAL, -ENOMEM. */
 int msg_seen_add_range(struct msg_seen *x, uint64_t node, uint64_t lo, uint64_t hi);
 
+/* Forget (node, seq): a message the set's owner recorded but neither
+ * delivered nor passed on (an old copy's message that reached the new owner
+ * directly), so that a set sent on does not claim it. Returns 0 (also when
+ * it was not there), or -ENOSPC when the set is full and the range it was in
+ * had to be cut short instead of split: identities above seq in that range
+ * are forgotten too (at least once for those, msg_seen_full). */
+int msg_seen_del(struct msg_seen *x, uint64_t node, uint64_t seq);
+
 /* The i-th range (i < msg_seen_ranges), in order. */
 void msg_seen_range(const struct msg_seen *x, size_t i, uint64_t *node, uint64_t *lo, uint64_t *hi);
 

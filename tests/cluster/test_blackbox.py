@@ -321,7 +321,8 @@ class Client:
         self.c.connect(self.node.host, self.node.port, 60, **kw)
         self.c.loop_start()
         self.wait(lambda: self.connack is not None, what="CONNACK")
-        assert self.connack == expect, (self.cid, self.node.name, self.connack)
+        if expect is not None:
+            assert self.connack == expect, (self.cid, self.node.name, self.connack)
         return self
 
     def subscribe(self, topic, qos, subid=None):
@@ -1191,6 +1192,7 @@ def test_session_moves_under_traffic(nodes, version):
     for th in threads:
         th.start()
     hops = []
+    refused = 0  # CONNACKs Server unavailable, connected again
     try:
         for m in range(moves):
             # about 20 messages per publisher between two moves
@@ -1201,10 +1203,18 @@ def test_session_moves_under_traffic(nodes, version):
                 sub.c.disconnect()  # a clean DISCONNECT, then elsewhere
                 sub.wait(lambda: sub.disconnected is not None, WAIT, "the DISCONNECT")
             # else: the connection just drops (connect() closes the socket)
-            sub.c.loop_stop()
-            sub.node, sub.connack, sub.disconnected = dest, None, None
             sub.hop = f"{dest.name}#{m}"
-            sub.connect()
+            for attempt in range(6):
+                sub.c.loop_stop()
+                sub.node, sub.connack, sub.disconnected = dest, None, None
+                sub.connect(expect=None)
+                # a claim not answered within connect_timeout of the CONNECT
+                # (a loaded machine, a session with thousands of messages):
+                # 0x88 / 3 Server unavailable, and a client connects again
+                if sub.connack not in (0x88, 3) or attempt == 5:
+                    break
+                refused += 1
+            assert sub.connack == 0, (cid, dest.name, sub.connack)
             hops.append((dest.name, sub.session_present))
     finally:
         stop.set()
@@ -1254,7 +1264,7 @@ def test_session_moves_under_traffic(nodes, version):
     for p in pubs.values():
         p.close()
     print(f"\nsession moving under traffic (MQTT {version}): {total} messages, "
-          f"{len(hops)} moves {hops}; counts {counts}")
+          f"{len(hops)} moves {hops}, {refused} CONNACK(s) Server unavailable; counts {counts}")
     assert all(sp for _, sp in hops), hops
     lost = counts["lost_qos1"] + counts["lost_qos2"]
     if 0 < lost <= 2:

@@ -116,6 +116,42 @@ static void test_add_range(void)
     msg_seen_free(x);
 }
 
+static void test_del(void)
+{
+    struct msg_seen *x = msg_seen_new();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    CU_ASSERT_EQUAL(msg_seen_add_range(x, 5, 10, 20), 0);
+    CU_ASSERT_EQUAL(msg_seen_add(x, 6, 1), 0);
+    CU_ASSERT_EQUAL(msg_seen_del(x, 5, 15), 0); /* split */
+    CU_ASSERT_EQUAL(msg_seen_ranges(x), 3);
+    CU_ASSERT_FALSE(msg_seen_has(x, 5, 15));
+    CU_ASSERT_TRUE(msg_seen_has(x, 5, 14));
+    CU_ASSERT_TRUE(msg_seen_has(x, 5, 16));
+    CU_ASSERT_EQUAL(msg_seen_del(x, 5, 10), 0); /* an end */
+    CU_ASSERT_EQUAL(msg_seen_del(x, 5, 20), 0);
+    CU_ASSERT_FALSE(msg_seen_has(x, 5, 10));
+    CU_ASSERT_FALSE(msg_seen_has(x, 5, 20));
+    CU_ASSERT_TRUE(msg_seen_has(x, 5, 11));
+    CU_ASSERT_TRUE(msg_seen_has(x, 5, 19));
+    CU_ASSERT_EQUAL(msg_seen_del(x, 5, 99), 0); /* not there */
+    CU_ASSERT_EQUAL(msg_seen_del(x, 7, 1), 0);
+    CU_ASSERT_EQUAL(msg_seen_del(x, 6, 1), 0); /* a whole range */
+    CU_ASSERT_FALSE(msg_seen_has(x, 6, 1));
+    CU_ASSERT_EQUAL(msg_seen_ranges(x), 2);
+    CU_ASSERT_EQUAL(msg_seen_add(x, 5, 15), 0); /* back: one range again */
+    CU_ASSERT_EQUAL(msg_seen_ranges(x), 1);
+    CU_ASSERT_FALSE(msg_seen_full(x));
+    /* full: no room to split, the rest of the range goes */
+    for (uint64_t s = 0; msg_seen_ranges(x) < MSG_SEEN_MAX_RANGES; s += 2)
+        CU_ASSERT_EQUAL(msg_seen_add(x, 9, s), 0);
+    CU_ASSERT_EQUAL(msg_seen_del(x, 5, 13), -ENOSPC);
+    CU_ASSERT_TRUE(msg_seen_has(x, 5, 12));
+    CU_ASSERT_FALSE(msg_seen_has(x, 5, 13));
+    CU_ASSERT_FALSE(msg_seen_has(x, 5, 14));
+    CU_ASSERT_TRUE(msg_seen_full(x));
+    msg_seen_free(x);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -129,6 +165,7 @@ int main(void)
     CU_add_test(s, "ranges merge", test_ranges_merge);
     CU_add_test(s, "bound", test_bound);
     CU_add_test(s, "add range", test_add_range);
+    CU_add_test(s, "del", test_del);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();

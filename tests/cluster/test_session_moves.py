@@ -1,0 +1,117 @@
+"""A persistent session that moves on while its old copy still collects
+(docs/cluster.md, "How a takeover flows", late messages, and *Messages
+missing after session moves under heavy load*): what its client sees,
+counted by payload.
+
+Each test starts its own 3-node cluster (conftest.py); the debug-build hook
+STARLING_TEST_FWD_HOLD holds the nodes' QoS 1/2 forwards in their outboxes
+while a file exists (as a full channel would), to put a forward behind the
+old copy's last frame, as a loaded machine did.
+"""
+
+import os
+import time
+
+import faults
+from helpers import PahoClient, uid
+
+WAIT = 30.0
+
+
+def session_props(seconds=600):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = seconds
+    return p
+
+
+def test_a_message_skipped_by_the_old_copy_as_direct_is_not_taken_for_had(cluster_factory,
+                                                                          tmp_path):
+    """A persistent QoS 1 subscriber S moves C -> A -> B. A's copy, moving
+    out, still collects what is published on A for S during its grace, and
+    does not send on what was routed with B's routes in effect (it reaches
+    B directly): M, published on A, whose forward to B waits in A's outbox
+    (held: a full channel). Its last frame (the identities of what it got)
+    reaches B before that forward. S on B must get M.
+
+    Before, the identities sent with that frame included M's, though the
+    copy had neither delivered M to a client nor sent it on: B took them as
+    "its client had them" and dropped M when its forward came ("had it
+    already: not again"). test_blackbox.py::test_session_moves_under_traffic
+    lost 6 messages of one publisher that way (3 QoS 1, 3 QoS 2) with
+    STARLING_BB_SCALE=4 on a loaded machine."""
+    hold = tmp_path / "fwd-hold"
+    c = cluster_factory(extra_env={"STARLING_TEST_FWD_HOLD": str(hold)})
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    cid = uid("mv")
+    topic = uid("mv/t")
+    s = PahoClient(cn, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=1) == [1]
+    s.stop()
+    # on A it records the identities of what it gets (a session that moved)
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=WAIT)
+    assert s.session_present
+    p = PahoClient(a, uid("mvp"), 5)
+    p.connect()
+    s.stop()
+    s = PahoClient(b, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=WAIT)
+    assert s.session_present
+    # B's routes are in effect everywhere (the CONNACK waited for them): A's
+    # copy, in its grace, collects M and skips it (it reached B directly)
+    hold.write_text("")
+    p.publish(topic + "/x", b"M", qos=1)
+    # the copy's last frame, with its identities, reaches B (LATE_GRACE_MS
+    # after B's routes: 6 s)
+    last = f"late message(s) of '{cid}' came from {faults.node_id(a):016x}"
+    faults.wait_until(lambda: last in b.logtext(), WAIT, f"{b.name} getting the last frame of "
+                      f"{a.name}'s copy of {cid}")
+    os.unlink(hold)  # M's forward goes to B now
+    p.publish(topic + "/marker", b"marker", qos=1)
+    got = [m.payload for m in s.get_until(topic + "/marker", WAIT)]
+    assert got == [b"M", b"marker"], got
+    s.stop()
+    p.disconnect()
+
+
+def test_a_claim_slower_than_connect_timeout_gets_a_connack(cluster_factory):
+    """A persistent session's client comes back on node B while its old
+    node A is stopped (SIGSTOP): B's claim waits for A's answer (up to
+    cluster_claim_timeout), longer than connect_timeout (2 s here). The
+    client gets a CONNACK: 0x88 Server unavailable [MQTT-5.0 3.2.2.2] once
+    its claim has not answered within connect_timeout of the CONNECT, and
+    it may connect again. Before, connect_timeout counted from the accept
+    for a connection waiting for its claim too, and closed it without a
+    CONNACK (test_blackbox.py::test_session_moves_under_traffic under
+    heavy load: "timed out waiting for CONNACK")."""
+    c = cluster_factory(extra_env={"STARLING_CONNECT_TIMEOUT": "2",
+                                   "STARLING_CLUSTER_CLAIM_TIMEOUT": "8000"})
+    c.start()
+    c.wait_healthy()
+    a, b, _ = c.nodes
+    cid = uid("slow")
+    s = PahoClient(a, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(uid("slow/t") + "/#", qos=1) == [1]
+    s.stop()
+    faults.pause(a)
+    try:
+        s2 = PahoClient(b, cid, 5, clean=False, properties=session_props())
+        t0 = time.monotonic()
+        ack = s2.connect(timeout=WAIT, expect_rc=None)
+        took = time.monotonic() - t0
+        assert ack["rc"] == 0x88, (ack, took)
+        s2.stop()
+    finally:
+        faults.resume(a)
+    faults.wait_healthy(c)
+    # A answers again: the client gets its session back on B
+    s3 = PahoClient(b, cid, 5, clean=False, properties=session_props())
+    s3.connect(timeout=WAIT)
+    assert s3.session_present
+    s3.disconnect()
