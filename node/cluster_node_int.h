@@ -235,6 +235,14 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
  * identity once), instead of going to the node they were moving to and
  * back; the list is freed. cn->reg_mu not held. */
 void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list);
+/* A claim of s's id made here was overtaken by a later one, claim `epoch`
+ * of `node` (this node too: its client's next CONNECT after a refusal):
+ * s, the claim's session (one reference, not in the table: what the old
+ * owner sent, late messages that came for the claim), moves to it as an
+ * old copy does (cn_moving_add); to a session of this node at once when it
+ * is in place, else when its claim completes here (cn_moving_detach) or
+ * the copy's grace ends. cn->reg_mu not held. */
+void cn_overtaken_add(struct cluster_node *cn, struct session *s, uint64_t node, uint64_t epoch);
 /* The new owner: s came from another node with claim `epoch`. */
 void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch);
 void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,

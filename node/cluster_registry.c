@@ -170,7 +170,12 @@ static void claim_on_worker(void *ud)
             pthread_mutex_unlock(&cn->reg_mu);
             /* a later claim of another node won meanwhile */
             log_info("cluster: the claim of '%s' was overtaken by a later one", k->id);
-            if (k->incoming) {
+            /* what it brought follows the claim that won: else lost (a
+             * client that connects again after a refusal, its next claim
+             * resumed from the record: test_session_moves.py) */
+            if (k->incoming && node)
+                cn_overtaken_add(cn, k->incoming, node, epoch);
+            else if (k->incoming) {
                 session_end(b, k->incoming);
                 session_unref(k->incoming);
             }

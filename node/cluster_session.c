@@ -470,7 +470,7 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
     lock_acquire(&s->lock);
     s->direct_from = 0;
     lock_release(&s->lock);
-    if (now)
+    if (now && to != cn->self) /* this node: one index, nothing comes "directly" */
         moving_direct_set(cn, s, to);
     x->s = s;
     x->to = to;
@@ -1242,6 +1242,25 @@ void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list)
             x->n_seen = 0;
         moving_send(cn, x, cn->self, 0);
     }
+}
+
+void cn_overtaken_add(struct cluster_node *cn, struct session *s, uint64_t node, uint64_t epoch)
+{
+    /* the copy is the moving list's from here on (the poll may end it) */
+    uint16_t len = s->id_len;
+    char *id = node == cn->self ? malloc(len ? len : 1) : NULL;
+    if (id)
+        memcpy(id, s->client_id, len);
+    cn_moving_add(cn, s, node, epoch, true);
+    struct session *w = id ? owned_session(cn, id, len, epoch) : NULL;
+    if (w) {
+        pthread_mutex_lock(&cn->reg_mu);
+        struct cn_moving *back = cn_moving_detach(cn, id, len, w);
+        pthread_mutex_unlock(&cn->reg_mu);
+        session_unref(w);
+        cn_moving_fold(cn, back);
+    }
+    free(id);
 }
 
 #ifndef NDEBUG

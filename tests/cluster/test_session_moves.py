@@ -115,3 +115,47 @@ def test_a_claim_slower_than_connect_timeout_gets_a_connack(cluster_factory):
     s3.connect(timeout=WAIT)
     assert s3.session_present
     s3.disconnect()
+
+
+def test_a_claim_overtaken_by_its_clients_next_connect_hands_on_what_it_got(cluster_factory):
+    """A persistent QoS 1 session on node A holds M0..M9 offline; A is
+    stopped (SIGSTOP) and the client comes back on B: B's claim waits for
+    A's answer past connect_timeout, so the client gets 0x88 and connects
+    to B again at once, a second claim. A runs again and answers the first
+    claim with the session and its messages; that claim finds itself
+    overtaken by the second. The client must get every message in the
+    session it ends up with: before, the overtaken claim ended its session
+    with them (test_blackbox.py under heavy load: 17,339 of 28,381
+    missing)."""
+    import mqttraw
+    c = cluster_factory(extra_env={"STARLING_CONNECT_TIMEOUT": "2",
+                                   "STARLING_CLUSTER_CLAIM_TIMEOUT": "8000"})
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    cid, topic = uid("over"), uid("over/t")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.connected(a, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=1))).reason_codes == [1]
+    s.disconnect()
+    p = mqttraw.connected(cn, uid("overp"), 5)
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        pid = p.publish(f"{topic}/x", m, qos=1)
+        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == pid
+    faults.pause(a)
+    try:
+        s2 = mqttraw.Client(b)
+        ack = s2.connect(cid, clean=False, properties=props, timeout=WAIT)
+        assert ack.reason_code == 0x88, ack
+        s2.close()
+        s3 = mqttraw.Client(b)
+        s3.connect(cid, clean=False, properties=props, expect=False)
+    finally:
+        faults.resume(a)
+    ack = s3.expect(mqttraw.CONNACK, timeout=WAIT)
+    assert ack.reason_code == 0 and ack.session_present, ack
+    got = [s3.recv_publish(timeout=WAIT).payload for _ in sent]
+    assert sorted(got) == sorted(sent), got
+    s3.disconnect()
+    p.disconnect()
