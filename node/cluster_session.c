@@ -1238,6 +1238,16 @@ static void moving_end(struct cluster_node *cn, struct cn_moving *x)
     moving_send(cn, x, x->to, shared ? 0 : direct);
 }
 
+bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len)
+{
+    bool held = false;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving *x = cn->moving; x && !held; x = x->next)
+        held = x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0;
+    pthread_mutex_unlock(&cn->reg_mu);
+    return held;
+}
+
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
                                    const struct session *keep)
 {

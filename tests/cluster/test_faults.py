@@ -1273,6 +1273,55 @@ def test_late_messages_acknowledged_before_their_store_are_not_given_again(clust
     p.disconnect()
 
 
+def test_forwards_routed_before_a_session_moved_to_their_node_are_not_given_again(
+        cluster_factory, partition_factory):
+    """Chaos seed 1081842757, made deterministic: a persistent QoS 2
+    subscriber S on node B (the leader), another subscriber T of the same
+    topics on C, a publisher on A. A is cut off from C (B still hears both):
+    S gets M0..M19 on B, their forwards to C (for T) wait in A's outbox. S
+    moves to C (a takeover from live B). The cut heals and A's forwards,
+    routed before S's claim, reach C: T gets them; S had them on B and must
+    not get them again (before: all 20 a second time; in the chaos run the
+    outbox was held by a whole-cluster SIGKILL)."""
+    c = cluster_factory(extra_env=FAULT_ENV)
+    c.start()
+    c.wait_healthy()
+    wait_until(lambda: faults.leader(c), 30, "a leader")
+    b = faults.node_named(c, faults.leader(c))
+    a, cn = [n for n in c.nodes if n is not b]
+    cid = uid("routedbefore")
+    topic = uid("routedbefore/t")
+    s = PahoClient(b, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    t = PahoClient(cn, uid("routedbeforet"), 5, properties=session_props())
+    t.connect()
+    assert t.subscribe(topic + "/#", qos=2) == [2]
+    p = PahoClient(a, uid("routedbeforep"), 5)
+    p.connect()
+    part = partition_factory(c)
+    part.cut([a], [cn])
+    sent = [f"m{k}".encode() for k in range(20)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    got = [s.get(WAIT).payload for _ in sent]
+    assert sorted(got) == sorted(sent)
+    s.disconnect()
+    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    part.heal()
+    # T gets them once A's forwards reach C
+    got_t = [t.get(30).payload for _ in sent]
+    assert sorted(got_t) == sorted(sent)
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[routed before the move] {len(again)} delivered again on {cn.name}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    t.disconnect()
+    p.disconnect()
+
+
 # ------------------------------------------------------------ 5. stalled node
 
 @pytest.fixture
