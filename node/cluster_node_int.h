@@ -230,6 +230,8 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
  * (or NULL). cn->reg_mu held. */
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
                                    const struct session *keep);
+/* Whether an old copy of id is in the moving list. Takes cn->reg_mu. */
+bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len);
 /* Then, once the new session is in the registry: what the detached copies
  * held is delivered to it as late messages (cn_session_on_messages: each
  * identity once), instead of going to the node they were moving to and

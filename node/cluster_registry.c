@@ -82,6 +82,7 @@ struct surrendered {
 };
 
 static void claim_propose(struct cl_claim *k);
+static bool held_here(struct cluster_node *cn, const char *id, uint16_t len);
 
 /* ---- the end of a claim: on the claiming worker ---- */
 
@@ -115,9 +116,18 @@ static bool claim_route_incoming(struct cl_claim *k)
     struct broker *b = k->cn->b;
     struct session *in = k->incoming;
     k->routed = true;
+    /* no copy of it here (an old one would take what was routed to this
+     * node before): forwards routed before its claim applied here went to
+     * its old owner (session.h, routed_from) */
+    bool copy_here =
+        held_here(k->cn, k->id, k->req.id_len) || cn_moving_held(k->cn, k->id, k->req.id_len);
     lock_acquire(&in->lock);
     in->epoch = k->epoch;
     uint32_t n = in->n_subs;
+    bool shared = false;
+    for (uint32_t i = 0; i < n && !shared; i++)
+        shared = in->subs[i].len > 7 && memcmp(in->subs[i].filter, "$share/", 7) == 0;
+    in->routed_from = copy_here || shared ? 0 : fsm_visible(k->cn->fsm);
     lock_release(&in->lock);
     for (uint32_t i = 0; i < n; i++) {
         struct session_sub *sub = &in->subs[i];

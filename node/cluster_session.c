@@ -35,6 +35,7 @@
 #include "cluster_node_int.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -51,6 +52,7 @@
 #include "persist.h"
 #include "raft_cmd.pb-c.h"
 #include "session.h"
+#include "store.h"
 #include "topic.h"
 
 #define INCOMING_KEEP_MS 60000
@@ -713,6 +715,67 @@ static size_t late_seen_here(struct cluster_node *cn, const Starling__Chan__Sess
     return left;
 }
 
+/* The late messages queued by one SessionMessages frame, held (struct
+ * msg.hold) until the batch that stores them has committed. Queued and
+ * released at once, a message went to the client while the cluster thread
+ * still queued the rest of the frame, and the delete of its acknowledgement
+ * (a batch of the session's worker) was submitted before the batch that
+ * stores it: the row stayed, and after a SIGKILL the node's copy of the
+ * session held it again, delivered twice (chaos seed 7: 8 QoS 2
+ * duplicates). The store commits batches in the order they are submitted. */
+struct late_commit {
+    struct broker *b;
+    struct session *s; /* a reference */
+    size_t n;
+    struct msg *m[]; /* references */
+};
+
+/* persist_submit's done: the messages go (also when the commit failed:
+ * delivered from memory, as before, rather than lost). Any thread. */
+static void late_commit_done(void *ud, int status)
+{
+    struct late_commit *lc = ud;
+    if (status != 0)
+        log_error("cluster: late messages of '%s' not stored: %s", lc->s->client_id,
+                  store_strerror(status));
+    for (size_t i = 0; i < lc->n; i++) {
+        atomic_store(&lc->m[i]->hold, MSG_READY);
+        msg_unref(lc->m[i]);
+    }
+    lock_acquire(&lc->s->lock);
+    struct worker *w = lc->s->conn ? lc->s->w : NULL;
+    lock_release(&lc->s->lock);
+    if (w && lc->n)
+        lc->b->sink->wake(w, lc->s, NULL);
+    session_unref(lc->s);
+    free(lc);
+}
+
+/* Hold m until lc's batch commits (before it is queued). Returns true. */
+static bool late_hold(struct late_commit *lc, struct msg *m)
+{
+    atomic_store(&m->hold, MSG_HELD);
+    lc->m[lc->n++] = msg_ref(m);
+    return true;
+}
+
+#ifndef NDEBUG
+/* Tests (debug builds only): STARLING_TEST_LATE_SUBMIT_DELAY_MS delays the
+ * submission of the batch that stores a frame's late messages (the window
+ * in which their client could acknowledge them before it, widened). */
+static void late_test_delay(void)
+{
+    const char *v = getenv("STARLING_TEST_LATE_SUBMIT_DELAY_MS");
+    long ms = v ? strtol(v, NULL, 10) : 0;
+    if (ms > 0 && ms <= 10000) {
+        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+#else
+static void late_test_delay(void) {}
+#endif
+
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionMessages *sm)
 {
@@ -768,6 +831,11 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
     struct store_batch *bt = NULL;
     size_t dups = 0, past = 0;
     struct late_resend *rs = calloc(1, sizeof(*rs) + (sm->n_msgs + 1) * sizeof(uint16_t));
+    struct late_commit *lc = calloc(1, sizeof(*lc) + (sm->n_msgs + 1) * sizeof(struct msg *));
+    if (lc) {
+        lc->b = b;
+        lc->s = session_ref(s);
+    }
     for (size_t i = 0; i < sm->n_msgs; i++) {
         const Starling__Chan__SessionMessage *q = sm->msgs[i];
         if (q->topic.len == 0 || q->topic.len > 65535)
@@ -808,7 +876,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                       "%016llx, publish %llu) not taken",
                       s->client_id, q->packet_id, (unsigned long long)q->origin,
                       (unsigned long long)q->pub_id);
-        } else if (r == 0 &&
+        } else if (r == 0 && (!lc || late_hold(lc, m)) &&
                    /* 1: the session had it (it came here directly too) */
                    session_deliver(b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain,
                                    q->sub_ids, (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids),
@@ -817,7 +885,11 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
         }
         msg_unref(m);
     }
-    persist_submit(b, &bt, NULL, NULL);
+    late_test_delay();
+    if (lc)
+        persist_submit(b, &bt, late_commit_done, lc);
+    else
+        persist_submit(b, &bt, NULL, NULL);
     if (rs && rs->n) {
         log_info("cluster: %zu unfinished QoS 2 exchange(s) of '%s' from %016llx taken with "
                  "their packet ids",
@@ -1194,6 +1266,16 @@ static void moving_end(struct cluster_node *cn, struct cn_moving *x)
               x->routed ? "its new owner's routes are everywhere" : "grace period over");
     session_end(cn->b, x->s);
     moving_send(cn, x, x->to, direct);
+}
+
+bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len)
+{
+    bool held = false;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving *x = cn->moving; x && !held; x = x->next)
+        held = x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0;
+    pthread_mutex_unlock(&cn->reg_mu);
+    return held;
 }
 
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,

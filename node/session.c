@@ -354,6 +354,8 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
          * published on the old owner during a move, lost) */
         if (s->direct_from && m->route_index >= s->direct_from)
             dup = true; /* an old copy: m reached its new owner directly */
+        else if (s->routed_from && m->route_index && m->route_index < s->routed_from)
+            dup = true; /* routed to its old owner, which has it (routed_from) */
         else if (s->seen && !s->ended)
             dup = broker_now_mono_ms() < s->seen_until
                       ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
@@ -800,6 +802,8 @@ int session_sub_set(struct session *s, const char *f, uint16_t len, uint8_t opti
                     uint32_t sub_id)
 {
     struct session_sub *sub = session_sub_find(s, f, len);
+    if (len > 7 && memcmp(f, "$share/", 7) == 0)
+        s->routed_from = 0; /* a shared group's message may be for it alone */
     if (!sub) {
         if (s->n_subs == s->cap_subs) {
             uint32_t cap = s->cap_subs ? s->cap_subs * 2 : 1; /* most devices: one */

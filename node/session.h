@@ -138,6 +138,16 @@ struct session {
      * a message routed with such a table reached the owner directly and is
      * not queued here (session_deliver returns 1). Set by cn_moving_add. */
     uint64_t direct_from;
+    /* cluster: a session that came here from another node (taken over or
+     * resumed from its record, no copy of it here): the route table index
+     * at which its claim was applied here (0: none). A forward routed with
+     * an older table went to the node that owned the session then (its
+     * routes stay until this node's are everywhere), which gives it to the
+     * client or passes it on as a late message: taken here too, it came
+     * twice (chaos seed 1081842757: forwards held in an outbox across a
+     * restart, replayed after the session had moved to their destination).
+     * Not for shared subscriptions. Set by the claim (cluster_registry.c). */
+    uint64_t routed_from;
     /* cluster: 1 + next_seq when the session was resumed here from its
      * replicated record (0: it was not). The packet ids it used are those
      * of its sequence numbers from there on; an older copy's unfinished

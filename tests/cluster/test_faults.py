@@ -29,6 +29,7 @@ CLAIM_TIMEOUT_MS = 2000
 DOWN_AFTER = 5.0  # cluster_down_after's default, seconds
 CUT_SECONDS = 8.0  # how long test_partition_nothing_acknowledged_lost cuts a node off
 N_BIG_RETAINED = 48  # test_disk_full_replicated_tables_cannot_grow: entries of 64 KiB
+N_LATE = 200  # test_late_messages_acknowledged_before_their_store_are_not_given_again
 STOP_SECONDS = float(os.environ.get("STARLING_FAULT_STOP_SECONDS", "5"))
 
 FAULT_ENV = {"STARLING_CLUSTER_CLAIM_TIMEOUT": str(CLAIM_TIMEOUT_MS)}
@@ -1205,6 +1206,119 @@ def test_returning_copy_leaves_out_what_its_restarted_owner_got_directly(cluster
           f"{late.findall(a.logtext())}")
     assert again == [], f"QoS 2 messages delivered twice: {again}"
     s.disconnect()
+    p.disconnect()
+
+
+def test_late_messages_acknowledged_before_their_store_are_not_given_again(cluster_factory):
+    """Chaos seed 7, made deterministic: a persistent QoS 2 subscriber S
+    on node B; B is SIGKILLed; N_LATE messages, published on C, wait in
+    C's outbox for B; S resumes on A from its record. B comes back: its
+    stored copy of S, claimed away, takes them and sends them to A as late
+    messages, which S gets there. The batch that stores them on A was
+    submitted after the whole frame was queued (here also delayed by the
+    debug hook STARLING_TEST_LATE_SUBMIT_DELAY_MS), so S's
+    acknowledgements (deleting them) could reach the store before it and
+    their rows stayed. A is then SIGKILLed and started again and S
+    reconnects there: before, A's copy of S held the early ones again and
+    S got them a second time (main: 20 of 200); now late messages wait for
+    their commit before they go out, and none comes again."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_TEST_LATE_SUBMIT_DELAY_MS="500"))
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    cid = uid("lateack")
+    topic = uid("lateack/t")
+    s = PahoClient(b, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    kill(b)
+    s.stop()
+    p = PahoClient(cn, uid("lateackp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(N_LATE)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    b.start()
+    got = [s.get(30).payload for _ in sent]
+    assert sorted(got) == sorted(sent)
+    late = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
+                      rf"{faults.node_id(b):016x}")
+    assert late.findall(a.logtext()), f"the messages did not come to {a.name} as late messages"
+
+    # every exchange finished on A, then a later batch committed there (a
+    # persistent session's SUBACK waits for its record's commit; batches
+    # commit in order): what S acknowledged is on A's disk
+    def settled():
+        st, doc = a.http("GET", "/api/v1/clients/" + cid)
+        return st == 200 and doc.get("inflight") == 0 and doc.get("queued") == 0
+    wait_until(settled, 30, f"{cid}'s exchanges finished on {a.name}")
+    later = PahoClient(a, uid("later"), 5, clean=False, properties=session_props())
+    later.connect()
+    assert later.subscribe(uid("later/t"), qos=1) == [1]
+    kill(a)
+    later.stop()
+    s.stop()
+    a.start()
+    wait_healthy(c)
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[late messages acknowledged early] {len(again)} delivered again on {a.name}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
+def test_forwards_routed_before_a_session_moved_to_their_node_are_not_given_again(
+        cluster_factory, partition_factory):
+    """Chaos seed 1081842757, made deterministic: a persistent QoS 2
+    subscriber S on node B (the leader), another subscriber T of the same
+    topics on C, a publisher on A. A is cut off from C (B still hears both):
+    S gets M0..M19 on B, their forwards to C (for T) wait in A's outbox. S
+    moves to C (a takeover from live B). The cut heals and A's forwards,
+    routed before S's claim, reach C: T gets them; S had them on B and must
+    not get them again (before: all 20 a second time; in the chaos run the
+    outbox was held by a whole-cluster SIGKILL)."""
+    c = cluster_factory(extra_env=FAULT_ENV)
+    c.start()
+    c.wait_healthy()
+    wait_until(lambda: faults.leader(c), 30, "a leader")
+    b = faults.node_named(c, faults.leader(c))
+    a, cn = [n for n in c.nodes if n is not b]
+    cid = uid("routedbefore")
+    topic = uid("routedbefore/t")
+    s = PahoClient(b, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    t = PahoClient(cn, uid("routedbeforet"), 5, properties=session_props())
+    t.connect()
+    assert t.subscribe(topic + "/#", qos=2) == [2]
+    p = PahoClient(a, uid("routedbeforep"), 5)
+    p.connect()
+    part = partition_factory(c)
+    part.cut([a], [cn])
+    sent = [f"m{k}".encode() for k in range(20)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    got = [s.get(WAIT).payload for _ in sent]
+    assert sorted(got) == sorted(sent)
+    s.disconnect()
+    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    part.heal()
+    # T gets them once A's forwards reach C
+    got_t = [t.get(30).payload for _ in sent]
+    assert sorted(got_t) == sorted(sent)
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[routed before the move] {len(again)} delivered again on {cn.name}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    t.disconnect()
     p.disconnect()
 
 
