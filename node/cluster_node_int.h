@@ -243,7 +243,8 @@ void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list);
  * owner sent, late messages that came for the claim), moves to it as an
  * old copy does (cn_moving_add); to a session of this node at once when it
  * is in place, else when its claim completes here (cn_moving_detach) or
- * the copy's grace ends. cn->reg_mu not held. */
+ * the copy's grace ends; nothing when that session began clean
+ * (session.clean_epoch). cn->reg_mu not held. */
 void cn_overtaken_add(struct cluster_node *cn, struct session *s, uint64_t node, uint64_t epoch);
 /* The new owner: s came from another node with claim `epoch`. */
 void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch);

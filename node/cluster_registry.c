@@ -157,6 +157,8 @@ static void claim_granted(void *ud, int status, struct session *s)
     if (s && status >= 0) {
         lock_acquire(&s->lock);
         s->epoch = k->epoch;
+        if (k->req.clean_start)
+            s->clean_epoch = k->epoch;
         lock_release(&s->lock);
         cn_session_record_queue(k->cn, s);
     }

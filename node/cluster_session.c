@@ -281,6 +281,22 @@ struct qmsg *cn_session_take_msgs(struct session *s)
     return head;
 }
 
+static struct session *owned_session(struct cluster_node *cn, const char *id, size_t len,
+                                     uint64_t epoch);
+
+/* Whether this node's session of id for claim `epoch` began clean. */
+static bool began_clean(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch)
+{
+    struct session *s = owned_session(cn, id, len, epoch);
+    if (!s)
+        return false;
+    lock_acquire(&s->lock);
+    bool clean = s->clean_epoch == epoch;
+    lock_release(&s->lock);
+    session_unref(s);
+    return clean;
+}
+
 /* Send msgs (a list, freed here) for session id to node `to`, but those
  * routed with a route table at or past `direct` (not 0), which reached `to`
  * directly. */
@@ -344,9 +360,18 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     if (r == 0 && to == cn->self) {
         /* the session came back here (cn_moving_fold): to its current
          * claim's copy, never to an older one that an old claim's epoch
-         * would still find */
-        if (fsm_registry_get(cn->fsm, id, len, &node, &cur) == 0 && node == cn->self)
+         * would still find; nothing to one that a later claim began clean
+         * (the client discarded the state: [MQTT-3.1.2-4]) */
+        if (fsm_registry_get(cn->fsm, id, len, &node, &cur) == 0 && node == cn->self) {
+            if (cur > epoch && began_clean(cn, id, len, cur)) {
+                log_info("cluster: %zu message(s) of an older copy of '%.*s' discarded: its "
+                         "client started clean (claim %llu)",
+                         n, (int)len, id, (unsigned long long)cur);
+                sm.n_msgs = 0;
+                sm.n_seen = 0;
+            }
             sm.epoch = cur;
+        }
         cn_session_on_messages(cn, to, &sm);
     } else if (r == 0 && (n || last)) {
         r = cn_send_frame(cn, to, &fr);
@@ -1333,7 +1358,12 @@ void cn_overtaken_add(struct cluster_node *cn, struct session *s, uint64_t node,
     char *id = node == cn->self ? malloc(len ? len : 1) : NULL;
     if (id)
         memcpy(id, s->client_id, len);
-    cn_moving_add(cn, s, node, epoch, true);
+    /* to this node: under its own (older) claim, so that a winner that
+     * began clean takes none of it (msgs_send) */
+    lock_acquire(&s->lock);
+    uint64_t own = s->epoch;
+    lock_release(&s->lock);
+    cn_moving_add(cn, s, node, node == cn->self ? own : epoch, true);
     struct session *w = id ? owned_session(cn, id, len, epoch) : NULL;
     if (w) {
         pthread_mutex_lock(&cn->reg_mu);

@@ -125,6 +125,11 @@ struct session {
     /* the cluster registry's epoch of the claim this session was last
      * granted with (0: none, or not clustered) */
     uint64_t epoch;
+    /* cluster: the epoch of the claim with which this session began clean
+     * (clean start, [MQTT-3.1.2-4]; 0: it did not): what older copies or
+     * claims of the id still hold was discarded with them and is not
+     * handed on to it (cluster_session.c, msgs_send). */
+    uint64_t clean_epoch;
     /* cluster: set once the session moved here (it may get a message both
      * directly and as a late message of an older copy): the identities it
      * got, each taken once (node/msg_seen.h); NULL otherwise. New

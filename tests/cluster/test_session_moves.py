@@ -159,3 +159,45 @@ def test_a_claim_overtaken_by_its_clients_next_connect_hands_on_what_it_got(clus
     assert sorted(got) == sorted(sent), got
     s3.disconnect()
     p.disconnect()
+
+
+def test_a_claim_overtaken_by_a_clean_start_hands_on_nothing(cluster_factory):
+    """As above, but the client's next CONNECT asks for a clean start: the
+    session the first claim brought is discarded [MQTT-3.1.2-4], so the new
+    session gets none of its messages (the first thing it receives is a
+    marker published to its own new subscription)."""
+    import mqttraw
+    c = cluster_factory(extra_env={"STARLING_CONNECT_TIMEOUT": "2",
+                                   "STARLING_CLUSTER_CLAIM_TIMEOUT": "8000"})
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    cid, topic = uid("overc"), uid("overc/t")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.connected(a, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=1))).reason_codes == [1]
+    s.disconnect()
+    p = mqttraw.connected(cn, uid("overcp"), 5)
+    for k in range(10):
+        pid = p.publish(f"{topic}/x", f"m{k}".encode(), qos=1)
+        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == pid
+    faults.pause(a)
+    try:
+        s2 = mqttraw.Client(b)
+        ack = s2.connect(cid, clean=False, properties=props, timeout=WAIT)
+        assert ack.reason_code == 0x88, ack
+        s2.close()
+        s3 = mqttraw.Client(b)
+        s3.connect(cid, clean=True, properties=props, expect=False)
+    finally:
+        faults.resume(a)
+    ack = s3.expect(mqttraw.CONNACK, timeout=WAIT)
+    assert ack.reason_code == 0 and not ack.session_present, ack
+    mark = uid("overc/mark")
+    assert s3.subscribe((mark, mqttraw.sub_options(qos=1))).reason_codes == [1]
+    pid = p.publish(mark, b"marker", qos=1)
+    assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == pid
+    first = s3.recv_publish(timeout=WAIT)
+    assert (first.topic, first.payload) == (mark, b"marker"), first
+    s3.disconnect()
+    p.disconnect()
