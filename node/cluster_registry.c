@@ -516,11 +516,16 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now)
         struct surrendered *x = ended;
         ended = x->next;
         /* no request came (its claimant resumed it from the record, or gave
-         * up waiting): what it holds goes to the current owner */
+         * up waiting): what it holds goes to the current owner, also when
+         * that is this node again (the client came back here and resumed
+         * from the record: chaos seed 1454584382 lost 4 when this copy
+         * ended with them) */
         uint64_t node = 0, epoch = 0;
         if (fsm_registry_get(cn->fsm, x->s->client_id, x->s->id_len, &node, &epoch) == 0 &&
             node != cn->self) {
             cn_moving_add(cn, x->s, node, epoch, true);
+        } else if (node == cn->self) {
+            cn_overtaken_add(cn, x->s, node, epoch);
         } else {
             session_end(cn->b, x->s);
             session_unref(x->s);
