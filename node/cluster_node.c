@@ -344,6 +344,15 @@ bool cn_peer_live(struct cluster_node *cn, uint64_t node)
     return live;
 }
 
+bool cn_test_lose_frame(struct cluster_node *cn, bool state)
+{
+    bool lose = atomic_exchange(state ? &cn->test_lose_state : &cn->test_lose_msgs, false);
+    if (lose)
+        log_warn("cluster: STARLING_TEST_SESSION_FRAME_LOSE: this %s is lost on the way",
+                 state ? "SessionState" : "SessionMessages");
+    return lose;
+}
+
 int cn_send_frame(struct cluster_node *cn, uint64_t to, const Starling__Chan__Frame *fr)
 {
     size_t n = starling__chan__frame__get_packed_size(fr);
@@ -1649,6 +1658,15 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     /* Tests of the divergence detector (tests/cluster/test_divergence.py). */
     if (getenv("STARLING_TEST_CORRUPT_TABLES") && fsm_test_corrupt(cn->fsm) == 0)
         log_warn("cluster: STARLING_TEST_CORRUPT_TABLES: a record written outside Raft");
+    /* Tests of moved sessions' messages (tests/cluster/test_session_faults.py):
+     * "state", "messages" or "both": the first SessionState / SessionMessages
+     * with messages this node sends is lost on the way, as if the channel
+     * connection broke with it queued. */
+    const char *lose = getenv("STARLING_TEST_SESSION_FRAME_LOSE");
+    if (lose) {
+        atomic_store(&cn->test_lose_state, !strcmp(lose, "state") || !strcmp(lose, "both"));
+        atomic_store(&cn->test_lose_msgs, !strcmp(lose, "messages") || !strcmp(lose, "both"));
+    }
 #endif
     cn->self = cluster_self(cn->c);
     cluster_fwd_start(cn->fwd, cn->c, cn->self);

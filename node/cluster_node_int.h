@@ -135,6 +135,10 @@ struct cluster_node {
      * while running; clean sessions ended for it (cluster_session.c) */
     atomic_uint_fast64_t nodes_down, taken_for_dead, dead_sessions_ended;
     atomic_bool restart_done; /* the start-up pass over stored sessions ran */
+    /* tests (debug builds, STARLING_TEST_SESSION_FRAME_LOSE): the next
+     * SessionState / SessionMessages with messages is lost on the way, as
+     * if its channel connection broke with it queued (cn_test_lose_frame) */
+    atomic_bool test_lose_state, test_lose_msgs;
     uint64_t restart_target;  /* the leader's applied index to reach first */
 
     struct admin_local *admin;
@@ -174,6 +178,11 @@ bool cn_peer_live(struct cluster_node *cn, uint64_t node);
 /* route_ops.sync, and *index (may be NULL) gets the Raft index that holds
  * the route changes waited for (set before done runs). */
 int cn_sync_index(struct cluster_node *cn, void (*done)(void *arg), void *arg, uint64_t *index);
+
+/* Tests (debug builds): whether the session frame about to be sent (a
+ * SessionState when `state`, else a SessionMessages) is to be lost on the
+ * way; true once per kind that STARLING_TEST_SESSION_FRAME_LOSE names. */
+bool cn_test_lose_frame(struct cluster_node *cn, bool state);
 
 /* cluster_registry.c */
 extern const struct registry_ops cluster_registry_ops;
