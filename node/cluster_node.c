@@ -344,15 +344,6 @@ bool cn_peer_live(struct cluster_node *cn, uint64_t node)
     return live;
 }
 
-bool cn_test_lose_frame(struct cluster_node *cn, bool state)
-{
-    bool lose = atomic_exchange(state ? &cn->test_lose_state : &cn->test_lose_msgs, false);
-    if (lose)
-        log_warn("cluster: STARLING_TEST_SESSION_FRAME_LOSE: this %s is lost on the way",
-                 state ? "SessionState" : "SessionMessages");
-    return lose;
-}
-
 int cn_send_frame(struct cluster_node *cn, uint64_t to, const Starling__Chan__Frame *fr)
 {
     size_t n = starling__chan__frame__get_packed_size(fr);
@@ -884,12 +875,26 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
     case STARLING__CHAN__FRAME__FRAME_SESSION_REQUEST:
         cn_registry_on_request(cn, from, f->session_request);
         return;
-    case STARLING__CHAN__FRAME__FRAME_SESSION_STATE:
-        cn_registry_on_state(cn, from, f->session_state);
+    case STARLING__CHAN__FRAME__FRAME_SESSION_STATE: {
+        /* sequenced: applied once, acknowledged once what it built is
+         * committed (node/cluster_fwd.h) */
+        const Starling__Chan__SessionState *st = f->session_state;
+        struct cluster_fwd_seq sq;
+        int r = cluster_fwd_in_accept(cn->fwd, from, st->has_seq ? st->seq : 0,
+                                      st->has_prev ? st->prev : 0, "session state", &sq);
+        if (r != 0)
+            cn_registry_on_state(cn, from, st, r > 0 ? &sq : NULL);
         return;
-    case STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES:
-        cn_session_on_messages(cn, from, f->session_messages);
+    }
+    case STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES: {
+        const Starling__Chan__SessionMessages *sm = f->session_messages;
+        struct cluster_fwd_seq sq;
+        int r = cluster_fwd_in_accept(cn->fwd, from, sm->has_seq ? sm->seq : 0,
+                                      sm->has_prev ? sm->prev : 0, "late messages", &sq);
+        if (r != 0)
+            cn_session_on_messages(cn, from, sm, r > 0 ? &sq : NULL);
         return;
+    }
     case STARLING__CHAN__FRAME__FRAME_SESSION_ROUTED:
         cn_session_on_routed(cn, from, f->session_routed);
         return;
@@ -1658,15 +1663,6 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
     /* Tests of the divergence detector (tests/cluster/test_divergence.py). */
     if (getenv("STARLING_TEST_CORRUPT_TABLES") && fsm_test_corrupt(cn->fsm) == 0)
         log_warn("cluster: STARLING_TEST_CORRUPT_TABLES: a record written outside Raft");
-    /* Tests of moved sessions' messages (tests/cluster/test_session_faults.py):
-     * "state", "messages" or "both": the first SessionState / SessionMessages
-     * with messages this node sends is lost on the way, as if the channel
-     * connection broke with it queued. */
-    const char *lose = getenv("STARLING_TEST_SESSION_FRAME_LOSE");
-    if (lose) {
-        atomic_store(&cn->test_lose_state, !strcmp(lose, "state") || !strcmp(lose, "both"));
-        atomic_store(&cn->test_lose_msgs, !strcmp(lose, "messages") || !strcmp(lose, "both"));
-    }
 #endif
     cn->self = cluster_self(cn->c);
     cluster_fwd_start(cn->fwd, cn->c, cn->self);

@@ -16,6 +16,7 @@
 #include "admin.h"
 #include "channel.pb-c.h"
 #include "cluster.h"
+#include "cluster_fwd.h"
 #include "cluster_node.h"
 #include "registry.h"
 
@@ -135,10 +136,6 @@ struct cluster_node {
      * while running; clean sessions ended for it (cluster_session.c) */
     atomic_uint_fast64_t nodes_down, taken_for_dead, dead_sessions_ended;
     atomic_bool restart_done; /* the start-up pass over stored sessions ran */
-    /* tests (debug builds, STARLING_TEST_SESSION_FRAME_LOSE): the next
-     * SessionState / SessionMessages with messages is lost on the way, as
-     * if its channel connection broke with it queued (cn_test_lose_frame) */
-    atomic_bool test_lose_state, test_lose_msgs;
     uint64_t restart_target;  /* the leader's applied index to reach first */
 
     struct admin_local *admin;
@@ -179,11 +176,6 @@ bool cn_peer_live(struct cluster_node *cn, uint64_t node);
  * the route changes waited for (set before done runs). */
 int cn_sync_index(struct cluster_node *cn, void (*done)(void *arg), void *arg, uint64_t *index);
 
-/* Tests (debug builds): whether the session frame about to be sent (a
- * SessionState when `state`, else a SessionMessages) is to be lost on the
- * way; true once per kind that STARLING_TEST_SESSION_FRAME_LOSE names. */
-bool cn_test_lose_frame(struct cluster_node *cn, bool state);
-
 /* cluster_registry.c */
 extern const struct registry_ops cluster_registry_ops;
 /* Retries and deadlines (the glue's thread, no lock held). */
@@ -197,10 +189,16 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
                                    uint64_t node, uint64_t epoch, bool clean_start);
 void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionRequest *r);
+/* The old owner's answer; sq (NULL: not sequenced) is staged into the
+ * store batch that writes what it brought (cluster_fwd_in_stage). */
 void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
-                          const Starling__Chan__SessionState *st);
+                          const Starling__Chan__SessionState *st, const struct cluster_fwd_seq *sq);
 
 void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q);
+/* Whether a claim of id runs on this node (retrying, or awaiting its
+ * state from another node than `from`: a frame from `from` that waited for
+ * the claim would hold back the state behind it). Takes reg_mu. */
+bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uint64_t from);
 
 /* cluster_session.c: persistent sessions across faults */
 /* registry_ops.changed / .ended */
@@ -254,9 +252,25 @@ struct qmsg *cn_session_take_msgs(struct session *s);
  * without it (resumed from the record): its messages and identities are
  * taken as late messages, not dropped. */
 void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
-                              const Starling__Chan__SessionState *st);
+                              const Starling__Chan__SessionState *st,
+                              const struct cluster_fwd_seq *sq);
+/* A moved session's messages go in frames of at most MOVE_CHUNK_BYTES of
+ * messages (or one message): how many of msgs[0..n) the first frame takes
+ * (at least one when n > 0). */
+#define MOVE_CHUNK_BYTES (512u * 1024u)
+size_t cn_msgs_chunk(Starling__Chan__SessionMessage *const *msgs, size_t n);
+/* Send sm (its msgs, seen and last) to `to` in frames of cn_msgs_chunk's
+ * size, sequenced through *bt (cluster_fwd_send_frame), seen and last on
+ * the last one. sm is changed. The lowest answer of cluster_fwd_send_frame
+ * (1: all sequenced). */
+int cn_send_msgs_chunked(struct cluster_node *cn, uint64_t to, Starling__Chan__SessionMessages *sm,
+                         struct store_batch **bt);
+/* sq (may be NULL) applied with nothing of its own to store. */
+void cn_seq_applied(struct cluster_node *cn, const struct cluster_fwd_seq *sq);
+/* Late messages for a session owned here; sq as for cn_registry_on_state. */
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
-                            const Starling__Chan__SessionMessages *m);
+                            const Starling__Chan__SessionMessages *m,
+                            const struct cluster_fwd_seq *sq);
 void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
                           const Starling__Chan__SessionRouted *r);
 /* The glue's thread: late messages, the start-up pass, NodeDown. */

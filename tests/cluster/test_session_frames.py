@@ -106,21 +106,24 @@ def killed_holder_resumed_elsewhere(c, lose_env=None):
     return y, sent, cid, topic
 
 
-def test_late_messages_lost_on_the_way_are_sent_again(cluster_factory):
+def test_messages_of_a_returning_node_lost_on_the_way_are_sent_again(cluster_factory):
     """Node a is killed holding 12 acknowledged messages of an offline
-    session, which is resumed on node b; when a returns, the SessionMessages
-    that carries them to b is lost on the way: they arrive all the same."""
+    session, which is resumed on node b; when a returns, the frame that
+    carries them to b is lost on the way: they arrive all the same. (That
+    frame is a SessionMessages from a's start-up pass, or a SessionState
+    when b's request for the session, queued for a while it was down,
+    reaches a first: both are lost once.)"""
     from conftest import Node
     c = cluster_factory()
     a = c.nodes[0]
-    a.env = lambda: {**Node.env(a), "STARLING_TEST_SESSION_FRAME_LOSE": "messages"}
+    a.env = lambda: {**Node.env(a), "STARLING_TEST_SESSION_FRAME_LOSE": "both"}
     c.start()
     c.wait_healthy()
     y, sent, _, _ = killed_holder_resumed_elsewhere(c)
     a.start()
     c.wait_healthy(60)
     assert collect(y, len(sent), timeout=40) == sent
-    assert "this SessionMessages is lost on the way" in a.logtext()
+    assert "is lost on the way" in a.logtext()
     y.disconnect()
 
 
@@ -146,6 +149,50 @@ def test_late_messages_survive_a_receiver_killed_before_its_commit(cluster_facto
         b.stop(sig=signal.SIGKILL)
     finally:
         hold.unlink(missing_ok=True)
+    b.start()
+    c.wait_healthy(60)
+    z = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
+    z.connect(timeout=WAIT + 10)
+    assert z.session_present
+    assert collect(z, len(sent), timeout=40) == sent
+    z.disconnect()
+
+
+def test_session_state_survives_a_claimant_killed_before_its_commit(cluster_factory, tmp_path):
+    """The client of an offline session that node a holds with 12
+    acknowledged messages connects on node b: b's claim gets a's
+    SessionState, but b's store commits nothing (STARLING_TEST_STORE_HOLD)
+    and its claim waits for its routes on the third node (stopped), so no
+    CONNACK comes; b is SIGKILLed. Once b is back, the client resumes the
+    session there and gets all 12, once and in order."""
+    import socket
+
+    import mqttraw
+    from conftest import Node
+    c = cluster_factory()
+    a, b, third = c.nodes
+    hold = tmp_path / "hold-b-commits"
+    b.env = lambda: {**Node.env(b), "STARLING_TEST_STORE_HOLD": str(hold)}
+    c.start()
+    c.wait_healthy()
+    cid = uid("claimant-killed")
+    topic = uid("sfr/c")
+    sent = queued_offline(a, third, cid, topic, 12, "ck")
+    hold.touch()
+    third.proc.send_signal(signal.SIGSTOP)
+    raw = None
+    try:
+        raw = socket.create_connection((b.host, b.port), timeout=WAIT)
+        raw.sendall(mqttraw.connect(cid, 5, clean=False,
+                                    properties={"session_expiry_interval": 600}))
+        moved = f"the session of '{cid}' moved here"
+        wait_for("node b getting the session state", lambda: moved in b.logtext(), 60)
+        b.stop(sig=signal.SIGKILL)
+    finally:
+        third.proc.send_signal(signal.SIGCONT)
+        hold.unlink(missing_ok=True)
+        if raw is not None:
+            raw.close()
     b.start()
     c.wait_healthy(60)
     z = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
