@@ -200,3 +200,40 @@ def test_session_state_survives_a_claimant_killed_before_its_commit(cluster_fact
     assert z.session_present
     assert collect(z, len(sent), timeout=40) == sent
     z.disconnect()
+
+
+def test_a_session_state_larger_than_the_channel_queue_arrives(cluster_factory):
+    """An offline session on node a holds 12 MiB of acknowledged messages
+    (120 of 100 KiB; max_queued_bytes raised to 32 MiB): more than the
+    channel's queue bound (8 MiB), so a SessionState that carried them all
+    was refused by the channel and lost. They go in frames of a bounded
+    size: its client, connected on node b, gets all 120, once and in
+    order."""
+    c = cluster_factory(extra_env={"STARLING_MAX_QUEUED_BYTES": str(32 << 20)})
+    c.start()
+    c.wait_healthy()
+    a, b, third = c.nodes
+    cid = uid("big-state")
+    topic = uid("sfr/b")
+    x = PahoClient(a, cid, 5, clean=True, properties=expiry(600))
+    x.connect()
+    assert x.subscribe(topic, qos=1) == [1]
+    x.disconnect()
+    witness = PahoClient(a, uid("witness"), 5)
+    witness.connect()
+    assert witness.subscribe(topic, qos=1) == [1]
+    pub = PahoClient(third, uid("pub"), 5)
+    pub.connect()
+    sent = [b"%04d" % i + bytes(100 * 1024 - 4) for i in range(120)]
+    for payload in sent:
+        pub.publish(topic, payload, qos=1)  # acknowledged
+    assert [witness.get(30).payload[:4] for _ in sent] == [p[:4] for p in sent]
+    witness.disconnect()
+    pub.disconnect()
+    y = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
+    y.connect(timeout=WAIT + 10)
+    assert y.session_present
+    got = collect(y, len(sent), timeout=40)
+    assert [p[:4] for p in got] == [p[:4] for p in sent]
+    assert got == sent
+    y.disconnect()
