@@ -42,6 +42,12 @@
 
 enum row_state { ROW_PENDING, ROW_COMMITTED, ROW_FAILED };
 
+/* The first byte of an outbox row that holds a moved session's frame (an
+ * encoded Publish begins with 0x08: its field 1, which protobuf-c packs
+ * first). */
+#define ROW_SESSION_STATE 0x01
+#define ROW_SESSION_MESSAGES 0x02
+
 struct row {
     uint64_t seq;
     uint32_t len;
@@ -94,6 +100,9 @@ struct cluster_fwd {
     unsigned lose_every;     /* tests: lose every Nth sequenced forward received */
     unsigned lose_count;     /* cluster thread */
     char *hold_path;         /* tests: forwards wait in the outbox while it exists */
+    /* tests: the next SessionState / SessionMessages with messages is lost
+     * on the way (STARLING_TEST_SESSION_FRAME_LOSE) */
+    atomic_bool lose_state, lose_msgs;
 };
 
 /* ---- the row index ------------------------------------------------------- */
@@ -264,33 +273,56 @@ static size_t varint_put(uint8_t *p, uint64_t v)
     return n;
 }
 
-/* Send the encoded Publish pub as a Frame, with prev appended (field 16,
- * varint). Returns cluster_send's answer; *busy (may be NULL) set when the
- * node's channel queue is busy while it drains (cluster_send_flow). */
-static int frame_send(struct cluster_fwd *f, uint64_t node, const void *pub, size_t len,
+/* Send the outbox row (or live frame) `row` as a Frame, with prev
+ * appended: an encoded Publish (the Frame's field 3, prev its field 16), or
+ * after a kind byte an encoded SessionState (ROW_SESSION_STATE: field 8,
+ * prev 19) or SessionMessages (ROW_SESSION_MESSAGES: field 20, prev 7).
+ * Returns cluster_send's answer; *busy (may be NULL) set when the node's
+ * channel queue is busy while it drains (cluster_send_flow). */
+static int frame_send(struct cluster_fwd *f, uint64_t node, const void *row, size_t len,
                       uint64_t prev, bool *busy)
 {
 #ifndef NDEBUG
     if (f->hold_path && access(f->hold_path, F_OK) == 0)
         return -ENOBUFS; /* as a full channel: the row waits in the outbox */
 #endif
+    const uint8_t *body = row;
+    uint8_t frame_tag[2], prev_tag[2];
+    size_t ftn = 1, ptn = 1;
+    if (len && body[0] == ROW_SESSION_STATE) {
+        frame_tag[0] = 0x42; /* field 8, length-delimited */
+        prev_tag[0] = 0x98;  /* field 19, varint */
+        prev_tag[1] = 0x01;
+        ptn = 2;
+        body++, len--;
+    } else if (len && body[0] == ROW_SESSION_MESSAGES) {
+        frame_tag[0] = 0xa2; /* field 20, length-delimited */
+        frame_tag[1] = 0x01;
+        ftn = 2;
+        prev_tag[0] = 0x38; /* field 7, varint */
+        body++, len--;
+    } else {
+        frame_tag[0] = 0x1a; /* Frame.publish: field 3, length-delimited */
+        prev_tag[0] = 0x80;  /* field 16, varint */
+        prev_tag[1] = 0x01;
+        ptn = 2;
+    }
     uint8_t tail[16];
     size_t tn = 0;
     if (prev) {
-        tail[0] = 0x80; /* field 16, wire type 0 */
-        tail[1] = 0x01;
-        tn = 2 + varint_put(tail + 2, prev);
+        memcpy(tail, prev_tag, ptn);
+        tn = ptn + varint_put(tail + ptn, prev);
     }
     uint8_t head[16];
-    head[0] = 0x1a; /* Frame.publish: field 3, length-delimited */
-    size_t hn = 1 + varint_put(head + 1, len + tn);
+    memcpy(head, frame_tag, ftn);
+    size_t hn = ftn + varint_put(head + ftn, len + tn);
     uint8_t stack[2048];
     size_t total = hn + len + tn;
     uint8_t *buf = total <= sizeof(stack) ? stack : malloc(total);
     if (!buf)
         return -ENOMEM;
     memcpy(buf, head, hn);
-    memcpy(buf + hn, pub, len);
+    memcpy(buf + hn, body, len);
     memcpy(buf + hn + len, tail, tn);
     int r = cluster_send_flow(f->c, node, buf, total, busy);
     if (buf != stack)
@@ -405,6 +437,104 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
     if (store_outbox_put(batch, node, seq, buf, n) == 0)
         store_batch_hook(batch, row_done, o, seq);
     free(buf);
+}
+
+/* Tests: whether this session frame is to be lost on the way (once per
+ * kind, STARLING_TEST_SESSION_FRAME_LOSE). */
+static bool test_lose(struct cluster_fwd *f, bool state, size_t n_msgs)
+{
+    if (!n_msgs || !atomic_exchange(state ? &f->lose_state : &f->lose_msgs, false))
+        return false;
+    log_warn("cluster: STARLING_TEST_SESSION_FRAME_LOSE: this %s is lost on the way",
+             state ? "SessionState" : "SessionMessages");
+    return true;
+}
+
+int cluster_fwd_send_frame(struct cluster_fwd *f, uint64_t node, Starling__Chan__Frame *fr,
+                           struct store_batch **bt)
+{
+    struct broker *b = f->b;
+    ProtobufCMessage *msg;
+    uint64_t *seq;
+    protobuf_c_boolean *has_seq, *has_prev;
+    uint8_t kind;
+    size_t n_msgs;
+    if (fr->frame_case == STARLING__CHAN__FRAME__FRAME_SESSION_STATE) {
+        Starling__Chan__SessionState *st = fr->session_state;
+        msg = &st->base;
+        seq = &st->seq, has_seq = &st->has_seq, has_prev = &st->has_prev;
+        kind = ROW_SESSION_STATE;
+        n_msgs = st->n_msgs;
+    } else if (fr->frame_case == STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES) {
+        Starling__Chan__SessionMessages *sm = fr->session_messages;
+        msg = &sm->base;
+        seq = &sm->seq, has_seq = &sm->has_seq, has_prev = &sm->has_prev;
+        kind = ROW_SESSION_MESSAGES;
+        n_msgs = sm->n_msgs;
+    } else {
+        return -EINVAL;
+    }
+    bool lose = test_lose(f, kind == ROW_SESSION_STATE, n_msgs);
+    *has_prev = false;
+    struct fwd_out *o = NULL;
+    struct store_batch *batch = NULL;
+    if (!atomic_load(&f->ready) || !f->durable || !(o = out_get(f, node)) ||
+        !(batch = persist_batch(b, bt))) {
+        /* at most once: no store (or no memory for the outbox) */
+        *has_seq = false;
+        size_t n = starling__chan__frame__get_packed_size(fr);
+        uint8_t *buf = malloc(n ? n : 1);
+        if (!buf)
+            return -ENOMEM;
+        starling__chan__frame__pack(fr, buf);
+        int r = lose ? 0 : cluster_send(f->c, node, buf, n);
+        free(buf);
+        return r;
+    }
+    *has_seq = true;
+    *seq = UINT64_MAX; /* the largest size a seq takes */
+    size_t max = 1 + protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = malloc(max);
+    if (!buf) {
+        store_batch_fail(batch, -ENOMEM);
+        return -ENOMEM;
+    }
+    /* Not refused at the bounds: these messages were acknowledged to their
+     * publishers long ago. They count against them (publishers of new
+     * forwards to node are paused, then refused, meanwhile). */
+    pthread_mutex_lock(&o->mu);
+    uint64_t sq = ++o->next;
+    *seq = sq;
+    buf[0] = kind;
+    size_t n = 1 + protobuf_c_message_pack(msg, buf + 1);
+    if (ring_push(o, sq, (uint32_t)n, ROW_PENDING) < 0) {
+        o->next--;
+        pthread_mutex_unlock(&o->mu);
+        free(buf);
+        store_batch_fail(batch, -ENOMEM);
+        return -ENOMEM;
+    }
+    if (o->n == 1)
+        o->progress_ms = mono_ms();
+    if (!o->replay) {
+        if (lose || frame_send(f, node, buf, n, o->sent, NULL) == 0) {
+            /* (lost: as if handed to a connection that broke) */
+            o->sent = o->cursor = sq;
+        } else {
+            o->replay = true; /* sent from the outbox once committed */
+            o->cursor = o->sent;
+            o->replays++;
+        }
+    }
+    out_update_slow(f, o);
+    pthread_mutex_unlock(&o->mu);
+    log_debug("cluster: %s %llu to %016llx (%zu message(s)) in the outbox",
+              kind == ROW_SESSION_STATE ? "session state" : "late messages", (unsigned long long)sq,
+              (unsigned long long)node, n_msgs);
+    if (store_outbox_put(batch, node, sq, buf, n) == 0)
+        store_batch_hook(batch, row_done, o, sq);
+    free(buf);
+    return 1;
 }
 
 /* Send again what o holds above `from`. Caller holds o->mu. */
@@ -599,6 +729,100 @@ static void send_ack(struct cluster_fwd *f, uint64_t origin, uint64_t seq, bool 
     cluster_send(f->c, origin, buf, n);
 }
 
+/* Whether the sequenced frame seq (after prev) from origin is to be
+ * applied now (*inp: its origin's state; the highest applied is seq
+ * then): not when it was applied already (acknowledged again), when it
+ * follows a frame that was lost (a resend is asked), or before the store
+ * is loaded (the origin sends it again). Cluster thread. */
+static bool in_accept(struct cluster_fwd *f, uint64_t origin, uint64_t seq, uint64_t prev,
+                      const char *what, struct fwd_in **inp)
+{
+    struct fwd_in *in;
+    /* before the store is loaded nothing is known of what was applied:
+     * the origin sends it again (its next frame shows the gap) */
+    if (!atomic_load(&f->ready) || !(in = in_get(f, origin))) {
+        log_debug("cluster: %s %llu from %016llx before the store is loaded: dropped", what,
+                  (unsigned long long)seq, (unsigned long long)origin);
+        return false;
+    }
+    if (seq <= in->hwm) {
+        if (atomic_fetch_add(&f->b->stats.fwd_duplicates, 1) % 64 == 0)
+            log_debug("cluster: %s %llu from %016llx again (applied up to %llu): dropped", what,
+                      (unsigned long long)seq, (unsigned long long)origin,
+                      (unsigned long long)in->hwm);
+        atomic_store(&in->ack_due, true);
+        return false;
+    }
+    if (prev > in->hwm) {
+        uint64_t now = mono_ms();
+        if (now - in->resend_ms >= FWD_RESEND_EVERY_MS) {
+            in->resend_ms = now;
+            send_ack(f, origin, in->hwm, true);
+            log_debug("cluster: %s %llu from %016llx follows %llu, applied up to %llu: "
+                      "resend asked",
+                      what, (unsigned long long)seq, (unsigned long long)origin,
+                      (unsigned long long)prev, (unsigned long long)in->hwm);
+        }
+        return false;
+    }
+    *inp = in;
+    return true;
+}
+
+/* Writer thread: the batch that stored what sequenced session frame
+ * `seq` brought is decided. */
+static void in_seq_done(void *ud, uint64_t seq, int status)
+{
+    struct fwd_in *in = ud;
+    if (status == 0) {
+        uint64_t c = atomic_load(&in->committed);
+        while (c < seq && !atomic_compare_exchange_weak(&in->committed, &c, seq))
+            ;
+    } else {
+        log_error("cluster: a session frame from %016llx is not stored: %s",
+                  (unsigned long long)in->origin, store_strerror(status));
+    }
+}
+
+int cluster_fwd_in_accept(struct cluster_fwd *f, uint64_t from, uint64_t seq, uint64_t prev,
+                          const char *what, struct cluster_fwd_seq *sq)
+{
+    sq->in = NULL;
+    sq->seq = 0;
+    if (!seq)
+        return -1;
+    if (!in_accept(f, from, seq, prev, what, &sq->in))
+        return 0;
+    sq->seq = seq;
+    sq->before = sq->in->hwm;
+    sq->in->hwm = seq;
+    return 1;
+}
+
+void cluster_fwd_in_defer(struct cluster_fwd *f, const struct cluster_fwd_seq *sq)
+{
+    (void)f;
+    if (sq && sq->in && sq->in->hwm == sq->seq)
+        sq->in->hwm = sq->before;
+}
+
+void cluster_fwd_in_stage(struct cluster_fwd *f, const struct cluster_fwd_seq *sq,
+                          struct store_batch **bt)
+{
+    if (!sq || !sq->in)
+        return;
+    struct store_batch *batch = persist_batch(f->b, bt);
+    if (!batch) {
+        /* no store: applied is committed */
+        uint64_t c = atomic_load(&sq->in->committed);
+        while (c < sq->seq && !atomic_compare_exchange_weak(&sq->in->committed, &c, sq->seq))
+            ;
+        return;
+    }
+    if (store_fwd_in_put(batch, sq->in->origin, sq->seq) == 0)
+        store_batch_hook(batch, in_seq_done, sq->in, sq->seq);
+}
+
 void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling__Chan__Publish *p)
 {
     (void)from;
@@ -607,34 +831,8 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
         return;
     struct fwd_in *in = NULL;
     if (p->seq) {
-        /* before the store is loaded nothing is known of what was applied:
-         * the origin sends it again (its next frame shows the gap) */
-        if (!atomic_load(&f->ready) || !(in = in_get(f, p->origin))) {
-            log_debug("cluster: forward %llu from %016llx before the store is loaded: dropped",
-                      (unsigned long long)p->seq, (unsigned long long)p->origin);
+        if (!in_accept(f, p->origin, p->seq, p->has_prev ? p->prev : 0, "forward", &in))
             return;
-        }
-        if (p->seq <= in->hwm) {
-            if (atomic_fetch_add(&b->stats.fwd_duplicates, 1) % 64 == 0)
-                log_debug("cluster: forward %llu from %016llx again (applied up to %llu): dropped",
-                          (unsigned long long)p->seq, (unsigned long long)p->origin,
-                          (unsigned long long)in->hwm);
-            atomic_store(&in->ack_due, true);
-            return;
-        }
-        uint64_t prev = p->has_prev ? p->prev : 0;
-        if (prev > in->hwm) {
-            uint64_t now = mono_ms();
-            if (now - in->resend_ms >= FWD_RESEND_EVERY_MS) {
-                in->resend_ms = now;
-                send_ack(f, p->origin, in->hwm, true);
-                log_debug("cluster: forward %llu from %016llx follows %llu, applied up to %llu: "
-                          "resend asked",
-                          (unsigned long long)p->seq, (unsigned long long)p->origin,
-                          (unsigned long long)prev, (unsigned long long)in->hwm);
-            }
-            return;
-        }
         if (f->lose_every && ++f->lose_count % f->lose_every == 0)
             return; /* tests: lost on the way (the next frame shows the gap) */
     }
@@ -797,6 +995,15 @@ struct cluster_fwd *cluster_fwd_new(struct broker *b)
     if (hold && *hold) {
         f->hold_path = strdup(hold);
         log_warn("cluster: STARLING_TEST_FWD_HOLD: forwards wait while %s exists", hold);
+    }
+    /* Tests of moved sessions' messages (tests/cluster/test_session_frames.py):
+     * "state", "messages" or "both": the first SessionState / SessionMessages
+     * with messages this node sends is lost on the way, as if its channel
+     * connection broke with it queued. */
+    const char *lose_frame = getenv("STARLING_TEST_SESSION_FRAME_LOSE");
+    if (lose_frame) {
+        atomic_store(&f->lose_state, !strcmp(lose_frame, "state") || !strcmp(lose_frame, "both"));
+        atomic_store(&f->lose_msgs, !strcmp(lose_frame, "messages") || !strcmp(lose_frame, "both"));
     }
 #endif
     return f;

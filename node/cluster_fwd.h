@@ -35,6 +35,10 @@
  * paused (pub_flow.fwd_slow, conn_flow.c) until it is below 1/2 again or
  * max_publisher_pause ran out.
  *
+ * Moved sessions' messages (SessionState, SessionMessages) take the same
+ * way: cluster_fwd_send_frame puts them in the same sequence and outbox,
+ * and the receiver applies them with cluster_fwd_in_accept / _in_stage.
+ *
  * Threads: cluster_fwd_send from any worker; _on_publish and _on_ack on the
  * cluster thread; _poll on the glue's own thread; _new, _attach_store and
  * _free on the owner.
@@ -72,6 +76,42 @@ int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *er
  * channel; flow (may be NULL) learns about bounds. */
 void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publish *p,
                       struct store_batch **bt, struct pub_flow *flow);
+
+/* A moved session's messages to node: fr is a SessionState that was found
+ * or a SessionMessages (docs/cluster.md "Moved messages that must
+ * arrive"). With a store, sequenced like a QoS 1/2 forward, in the same
+ * sequence: its seq and prev are set in fr's message, it goes into node's
+ * outbox through *bt (created if NULL; the caller writes into the same
+ * batch the removal of these messages from its own stored copy, then
+ * submits it) and to the channel, and stays until node acknowledges that
+ * it committed what it built from it. Never refused at the outbox's bounds
+ * (its messages were acknowledged to their publishers long ago), but
+ * counted in them. Returns 1 (sequenced), 0 (no store: sent at most once)
+ * or a negative errno (not sent). Any thread. */
+int cluster_fwd_send_frame(struct cluster_fwd *f, uint64_t node, Starling__Chan__Frame *fr,
+                           struct store_batch **bt);
+
+/* The receiving side of a sequenced session frame (cluster thread). */
+struct fwd_in;
+struct cluster_fwd_seq {
+    struct fwd_in *in; /* NULL: nothing to stage */
+    uint64_t seq;
+    uint64_t before; /* the highest applied before it */
+};
+/* Frame seq (after prev; seq 0: not sequenced) from node `from`: 1 apply it
+ * and stage *sq (cluster_fwd_in_stage) into the store batch that holds what
+ * it brought; 0 drop it (applied already: acknowledged again; it follows a
+ * lost frame: a resend is asked; the store is not loaded yet); -1 not
+ * sequenced: apply it, *sq stages nothing. `what` names it in the log. */
+int cluster_fwd_in_accept(struct cluster_fwd *f, uint64_t from, uint64_t seq, uint64_t prev,
+                          const char *what, struct cluster_fwd_seq *sq);
+/* Not applied after all (it cannot be yet): forgotten, so that the
+ * origin sends it again (the next frame shows the gap, or its timeout). */
+void cluster_fwd_in_defer(struct cluster_fwd *f, const struct cluster_fwd_seq *sq);
+/* Write that sq was applied into *bt (created if NULL; the caller submits
+ * it): once it committed, the frame is acknowledged. sq may be NULL. */
+void cluster_fwd_in_stage(struct cluster_fwd *f, const struct cluster_fwd_seq *sq,
+                          struct store_batch **bt);
 
 /* A frame from node `from`. */
 void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling__Chan__Publish *p);

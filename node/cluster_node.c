@@ -876,12 +876,26 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
     case STARLING__CHAN__FRAME__FRAME_SESSION_REQUEST:
         cn_registry_on_request(cn, from, f->session_request);
         return;
-    case STARLING__CHAN__FRAME__FRAME_SESSION_STATE:
-        cn_registry_on_state(cn, from, f->session_state);
+    case STARLING__CHAN__FRAME__FRAME_SESSION_STATE: {
+        /* sequenced: applied once, acknowledged once what it built is
+         * committed (node/cluster_fwd.h) */
+        const Starling__Chan__SessionState *st = f->session_state;
+        struct cluster_fwd_seq sq;
+        int r = cluster_fwd_in_accept(cn->fwd, from, st->has_seq ? st->seq : 0,
+                                      st->has_prev ? st->prev : 0, "session state", &sq);
+        if (r != 0)
+            cn_registry_on_state(cn, from, st, r > 0 ? &sq : NULL);
         return;
-    case STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES:
-        cn_session_on_messages(cn, from, f->session_messages);
+    }
+    case STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES: {
+        const Starling__Chan__SessionMessages *sm = f->session_messages;
+        struct cluster_fwd_seq sq;
+        int r = cluster_fwd_in_accept(cn->fwd, from, sm->has_seq ? sm->seq : 0,
+                                      sm->has_prev ? sm->prev : 0, "late messages", &sq);
+        if (r != 0)
+            cn_session_on_messages(cn, from, sm, r > 0 ? &sq : NULL);
         return;
+    }
     case STARLING__CHAN__FRAME__FRAME_SESSION_ROUTED:
         cn_session_on_routed(cn, from, f->session_routed);
         return;

@@ -16,6 +16,7 @@
 #include "admin.h"
 #include "channel.pb-c.h"
 #include "cluster.h"
+#include "cluster_fwd.h"
 #include "cluster_node.h"
 #include "registry.h"
 
@@ -189,10 +190,16 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
                                    uint64_t node, uint64_t epoch, bool clean_start);
 void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionRequest *r);
+/* The old owner's answer; sq (NULL: not sequenced) is staged into the
+ * store batch that writes what it brought (cluster_fwd_in_stage). */
 void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
-                          const Starling__Chan__SessionState *st);
+                          const Starling__Chan__SessionState *st, const struct cluster_fwd_seq *sq);
 
 void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q);
+/* Whether a claim of id runs on this node (retrying, or awaiting its
+ * state from another node than `from`: a frame from `from` that waited for
+ * the claim would hold back the state behind it). Takes reg_mu. */
+bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uint64_t from);
 
 /* cluster_session.c: persistent sessions across faults */
 /* registry_ops.changed / .ended */
@@ -237,6 +244,11 @@ bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len);
  * identity once), instead of going to the node they were moving to and
  * back; the list is freed. cn->reg_mu not held. */
 void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list);
+/* s, a copy of a session about to end, beside another session of the same
+ * id in this node's table: the store's records of the id are that
+ * session's, so s's end must not delete them (s and its messages are
+ * marked not stored; rows only s had stay until the id's next end). */
+void cn_session_unstore_beside(struct broker *b, struct session *s);
 /* A claim of s's id made here was overtaken by a later one, claim `epoch`
  * of `node` (this node too: its client's next CONNECT after a refusal):
  * s, the claim's session (one reference, not in the table: what the old
@@ -257,9 +269,25 @@ struct qmsg *cn_session_take_msgs(struct session *s);
  * without it (resumed from the record): its messages and identities are
  * taken as late messages, not dropped. */
 void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
-                              const Starling__Chan__SessionState *st);
+                              const Starling__Chan__SessionState *st,
+                              const struct cluster_fwd_seq *sq);
+/* A moved session's messages go in frames of at most MOVE_CHUNK_BYTES of
+ * messages (or one message): how many of msgs[0..n) the first frame takes
+ * (at least one when n > 0). */
+#define MOVE_CHUNK_BYTES (512u * 1024u)
+size_t cn_msgs_chunk(Starling__Chan__SessionMessage *const *msgs, size_t n);
+/* Send sm (its msgs, seen and last) to `to` in frames of cn_msgs_chunk's
+ * size, sequenced through *bt (cluster_fwd_send_frame), seen and last on
+ * the last one. sm is changed. The lowest answer of cluster_fwd_send_frame
+ * (1: all sequenced). */
+int cn_send_msgs_chunked(struct cluster_node *cn, uint64_t to, Starling__Chan__SessionMessages *sm,
+                         struct store_batch **bt);
+/* sq (may be NULL) applied with nothing of its own to store. */
+void cn_seq_applied(struct cluster_node *cn, const struct cluster_fwd_seq *sq);
+/* Late messages for a session owned here; sq as for cn_registry_on_state. */
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
-                            const Starling__Chan__SessionMessages *m);
+                            const Starling__Chan__SessionMessages *m,
+                            const struct cluster_fwd_seq *sq);
 void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
                           const Starling__Chan__SessionRouted *r);
 /* The glue's thread: late messages, the start-up pass, NodeDown. */

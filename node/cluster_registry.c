@@ -88,6 +88,34 @@ static bool held_here(struct cluster_node *cn, const char *id, uint16_t len);
 
 static void claim_on_worker(void *ud);
 
+/* End a claim's incoming session that is not installed. Its record and
+ * messages were written when its state came (cn_registry_on_state): they
+ * go with it, but for another session of the id in this node's table (a
+ * later claim here), whose records have the same keys. */
+void cn_session_unstore_beside(struct broker *b, struct session *s)
+{
+    struct registry *r = &b->registry;
+    pthread_mutex_lock(&r->lock);
+    struct session *other = registry_find(r, s->client_id, s->id_len);
+    pthread_mutex_unlock(&r->lock);
+    if (other && other != s) {
+        lock_acquire(&s->lock);
+        s->stored = false;
+        for (struct qmsg *q = s->queue.head; q; q = q->next)
+            q->stored = false;
+        for (struct qmsg *q = s->inflight.head; q; q = q->next)
+            q->stored = false;
+        lock_release(&s->lock);
+    }
+}
+
+static void incoming_end(struct broker *b, struct session *s)
+{
+    cn_session_unstore_beside(b, s);
+    session_end(b, s);
+    session_unref(s);
+}
+
 /* Any thread: the routes of the moved subscriptions are in effect on every
  * live node (route_ops.sync); the claim completes on its worker. */
 static void claim_routed(void *ud)
@@ -98,8 +126,7 @@ static void claim_routed(void *ud)
         /* the worker's loop ended (its inbox is closed): refuse the claim
          * here, as registry_deferred_ops does, so that the connection's
          * reference is released */
-        session_end(b, k->incoming);
-        session_unref(k->incoming);
+        incoming_end(b, k->incoming);
         k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
         free(k);
     }
@@ -187,10 +214,8 @@ static void claim_on_worker(void *ud)
              * resumed from the record: test_session_moves.py) */
             if (k->incoming && node)
                 cn_overtaken_add(cn, k->incoming, node, epoch);
-            else if (k->incoming) {
-                session_end(b, k->incoming);
-                session_unref(k->incoming);
-            }
+            else if (k->incoming)
+                incoming_end(b, k->incoming);
             k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
         } else {
             bool moved = k->incoming && !k->from_record;
@@ -217,10 +242,8 @@ static void claim_finish(struct cl_claim *k, int status)
         /* the worker's loop ended (its inbox is closed): refuse the claim
          * here, as registry_deferred_ops does, so that the connection's
          * reference is released */
-        if (k->incoming) {
-            session_end(k->cn->b, k->incoming);
-            session_unref(k->incoming);
-        }
+        if (k->incoming)
+            incoming_end(k->cn->b, k->incoming);
         k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
         free(k);
     }
@@ -713,24 +736,61 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_STATE;
     fr.session_state = &st;
-    size_t n = starling__chan__frame__get_packed_size(&fr);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (buf)
-        starling__chan__frame__pack(&fr, buf);
-    /* what it held is in the frame: whatever arrives from now on is a late
-     * message (cluster_session.c) */
-    struct qmsg *sent = s && buf && st.msgs ? cn_session_take_msgs(s) : NULL;
-    if (s)
+    int r;
+    struct store_batch *bt = NULL;
+    struct qmsg *sent = NULL;
+    if (s) {
+        /* Sequenced like a QoS 1/2 forward (node/cluster_fwd.h): into the
+         * outbox for `to` until it acknowledges that it committed the
+         * session, in the same store batch that takes these messages out of
+         * this node's stored copy, so that they are on this node's disk or
+         * on the receiver's at every moment (docs/cluster.md "Moved
+         * messages that must arrive"). Before, the frame was sent at most
+         * once and the copy dropped them: a channel connection that broke
+         * with it queued, or a receiver killed before its commit, lost
+         * them. */
+        size_t all = st.n_msgs;
+        st.n_msgs = cn_msgs_chunk(st.msgs, all);
+        Starling__Chan__SessionMessages rest = STARLING__CHAN__SESSION_MESSAGES__INIT;
+        if (st.n_msgs < all) {
+            /* the rest follows in SessionMessages frames of a bounded size
+             * (a frame above the channel queue's bound would never be
+             * taken), right behind it in the same sequence; what the copy
+             * got (seen) comes with the last, after the messages (merged
+             * first, it would drop them at the new owner as had) */
+            rest.client_id = *id;
+            rest.epoch = epoch;
+            rest.msgs = st.msgs + st.n_msgs;
+            rest.n_msgs = all - st.n_msgs;
+            rest.n_seen = st.n_seen;
+            rest.seen = st.seen;
+            st.n_seen = 0;
+        }
+        r = cluster_fwd_send_frame(cn->fwd, to, &fr, &bt);
+        if (r >= 0 && rest.n_msgs) {
+            int r2 = cn_send_msgs_chunked(cn, to, &rest, &bt);
+            r = r2 < 0 ? r2 : r;
+        }
+        /* what it held is in the frames: whatever arrives from now on is a
+         * late message (cluster_session.c) */
+        if (r >= 0 && st.msgs) {
+            sent = cn_session_take_msgs(s);
+            for (struct qmsg *q = sent; r == 1 && q; q = q->next)
+                persist_msg_del(cn->b, &bt, s, q);
+        }
         lock_release(&s->lock);
+        persist_submit(cn->b, &bt, NULL, NULL);
+    } else {
+        r = cn_send_frame(cn, to, &fr);
+    }
     while (sent) {
         struct qmsg *next = sent->next;
         qmsg_free(sent);
         sent = next;
     }
-    if (buf && cluster_send(cn->c, to, buf, n) < 0)
-        log_warn("cluster: the session of '%.*s' could not be sent", (int)id->len,
-                 (const char *)id->data);
-    free(buf);
+    if (r < 0)
+        log_warn("cluster: the session of '%.*s' could not be sent: %s", (int)id->len,
+                 (const char *)id->data, strerror(-r));
     free(subs);
     free(subp);
     free(msgs);
@@ -787,9 +847,20 @@ static uint64_t pid_seq(uint64_t next, uint32_t pid)
     return next + ((uint64_t)(pid - 1) + 65535u - next % 65535u) % 65535u;
 }
 
+bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uint64_t from)
+{
+    bool found = false;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cl_claim *x = cn->claims; x && !found; x = x->next)
+        found = x->req.id_len == len && memcmp(x->id, id, len) == 0 &&
+                !(x->awaiting_state && x->prev_node == from);
+    pthread_mutex_unlock(&cn->reg_mu);
+    return found;
+}
+
 /* The old owner's answer (cluster thread). */
 void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
-                          const Starling__Chan__SessionState *st)
+                          const Starling__Chan__SessionState *st, const struct cluster_fwd_seq *sq)
 {
     struct cl_claim *k = NULL;
     pthread_mutex_lock(&cn->reg_mu);
@@ -807,7 +878,9 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
         /* late: the claim went on without it (what the old copy held
          * follows as late messages) */
         if (st->found)
-            cn_session_on_late_state(cn, from, st);
+            cn_session_on_late_state(cn, from, st, sq);
+        else
+            cn_seq_applied(cn, sq);
         return;
     }
     if (!st->found) {
@@ -817,11 +890,13 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
          * loads later follows as late messages (cluster_session.c) */
         log_info("cluster: %016llx has no session '%s' to hand over",
                  (unsigned long long)k->prev_node, k->id);
+        cn_seq_applied(cn, sq);
         claim_from_record(k);
         return;
     }
     struct session *s = session_new(k->id, k->req.id_len);
     if (!s) {
+        cluster_fwd_in_defer(cn->fwd, sq); /* sent again: a late state then */
         claim_finish(k, REGISTRY_UNAVAILABLE);
         return;
     }
@@ -874,7 +949,20 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
     }
     for (size_t i = 0; i < st->n_qos2_received; i++)
         session_qos2_add(s, (uint16_t)st->qos2_received[i]);
+    /* On this node's disk before the old owner lets go of them: the
+     * session with its messages, in the batch that records the frame as
+     * applied (acknowledged once committed). The registry gives the
+     * session to this node already (the claim committed before it asked),
+     * so after a SIGKILL it comes back with this node's sessions; its
+     * claim's own write (registry_local_claim) writes the same again. */
+    struct store_batch *bt = NULL;
+    if (sq && persist_wanted(cn->b, s)) {
+        persist_session_put(cn->b, &bt, s, false);
+        persist_session_contents(cn->b, &bt, s);
+    }
     lock_release(&s->lock);
+    cluster_fwd_in_stage(cn->fwd, sq, &bt);
+    persist_submit(cn->b, &bt, NULL, NULL);
     log_info("cluster: the session of '%s' moved here: %zu subscription(s), %zu message(s)", k->id,
              st->n_subs, st->n_msgs);
     k->incoming = s;

@@ -299,11 +299,21 @@ static bool began_clean(struct cluster_node *cn, const char *id, uint16_t len, u
 
 /* Send msgs (a list, freed here) for session id to node `to`, but those
  * routed with a route table at or past `direct` (not 0), which reached `to`
- * directly. */
-static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,
-                      uint64_t epoch, struct qmsg *msgs, uint64_t direct, bool last,
+ * directly. To another node, sequenced (node/cluster_fwd.h): the frame goes
+ * into the outbox for `to` in the store batch that takes msgs out of the
+ * stored rows of `from` (the copy they were taken from; NULL: none), so
+ * they are on this node's disk or on the owner's at every moment. */
+static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to, const char *id,
+                      uint16_t len, uint64_t epoch, struct qmsg *msgs, uint64_t direct, bool last,
                       Starling__Chan__SeenRange **seen, size_t n_seen)
 {
+    struct store_batch *bt = NULL;
+    if (from && to != cn->self && msgs) {
+        lock_acquire(&from->lock);
+        for (struct qmsg *q = msgs; q; q = q->next)
+            persist_msg_del(cn->b, &bt, from, q);
+        lock_release(&from->lock);
+    }
     size_t n = 0, skipped = 0;
     for (struct qmsg **pp = &msgs; *pp;) {
         struct qmsg *q = *pp;
@@ -352,9 +362,6 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
     sm.last = last;
     sm.n_seen = n_seen;
     sm.seen = seen;
-    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
-    fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
-    fr.session_messages = &sm;
     int r = k != n ? -ENOMEM : 0;
     uint64_t node = 0, cur = 0;
     if (r == 0 && to == cn->self) {
@@ -372,10 +379,13 @@ static void msgs_send(struct cluster_node *cn, uint64_t to, const char *id, uint
             }
             sm.epoch = cur;
         }
-        cn_session_on_messages(cn, to, &sm);
+        cn_session_on_messages(cn, to, &sm, NULL);
     } else if (r == 0 && (n || last)) {
-        r = cn_send_frame(cn, to, &fr);
+        r = cn_send_msgs_chunked(cn, to, &sm, &bt);
+        if (r > 0)
+            r = 0;
     }
+    persist_submit(cn->b, &bt, NULL, NULL);
     if (r < 0) {
         atomic_fetch_add(&cn->b->stats.msgs_dropped, n);
         atomic_fetch_add(&cn->b->stats.dropped[BROKER_DROP_SESSION_MOVED], n);
@@ -532,7 +542,8 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
 }
 
 void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
-                              const Starling__Chan__SessionState *st)
+                              const Starling__Chan__SessionState *st,
+                              const struct cluster_fwd_seq *sq)
 {
     /* its unfinished QoS 2 exchanges too: cn_session_on_messages
      * completes them or drops them */
@@ -547,7 +558,7 @@ void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
              "%zu message(s) taken as late ones",
              (int)st->client_id.len, (const char *)st->client_id.data, (unsigned long long)from,
              st->n_msgs);
-    cn_session_on_messages(cn, from, &sm);
+    cn_session_on_messages(cn, from, &sm, sq);
 }
 
 void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
@@ -801,11 +812,108 @@ static void late_test_delay(void)
 static void late_test_delay(void) {}
 #endif
 
-void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
-                            const Starling__Chan__SessionMessages *sm)
+size_t cn_msgs_chunk(Starling__Chan__SessionMessage *const *msgs, size_t n)
 {
-    if (sm->client_id.len == 0 || sm->client_id.len > 65535)
+    size_t k = 0, bytes = 0;
+    while (k < n) {
+        bytes += starling__chan__session_message__get_packed_size(msgs[k]) + 8;
+        if (k > 0 && bytes > MOVE_CHUNK_BYTES)
+            break;
+        k++;
+    }
+    return k;
+}
+
+int cn_send_msgs_chunked(struct cluster_node *cn, uint64_t to, Starling__Chan__SessionMessages *sm,
+                         struct store_batch **bt)
+{
+    Starling__Chan__SessionMessage **msgs = sm->msgs;
+    size_t left = sm->n_msgs, n_seen = sm->n_seen;
+    bool last = sm->has_last && sm->last;
+    int worst = 1;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
+    fr.session_messages = sm;
+    do {
+        size_t k = cn_msgs_chunk(msgs, left);
+        sm->msgs = msgs;
+        sm->n_msgs = k;
+        bool final = k == left;
+        sm->n_seen = final ? n_seen : 0;
+        sm->has_last = final && last;
+        sm->last = final && last;
+        int r = cluster_fwd_send_frame(cn->fwd, to, &fr, bt);
+        if (r < worst)
+            worst = r;
+        msgs += k;
+        left -= k;
+    } while (left);
+    return worst;
+}
+
+/* A sequenced frame for id, which the registry gives to this node at
+ * `epoch`, finds no session here, and no claim of id runs here: this node
+ * lost it (killed before the batch that stored it committed: the session
+ * built from a SessionState is written at once, but a SIGKILL before that
+ * commit leaves nothing; the old owner then sends its state again, which
+ * comes here as a late state). Rebuilt from its replicated record as a
+ * disconnected session of this node (table, index, record, store), so
+ * that what the frame brings is kept for its client, who resumes it here.
+ * A reference, or NULL (no record: a session of expiry 0). */
+static struct session *adopt_lost(struct cluster_node *cn, const char *id, uint16_t len,
+                                  uint64_t epoch)
+{
+    struct broker *b = cn->b;
+    struct session *s = cn_session_from_record(cn, id, len);
+    if (!s)
+        return NULL;
+    lock_acquire(&s->lock);
+    s->epoch = epoch;
+    s->disconnected_at = broker_now_mono_ms();
+    bool keep = s->expiry_interval != 0;
+    lock_release(&s->lock);
+    pthread_mutex_lock(&b->registry.lock);
+    if (!keep || registry_find(&b->registry, id, len)) {
+        pthread_mutex_unlock(&b->registry.lock);
+        session_unref(s);
+        return NULL;
+    }
+    registry_insert(&b->registry, session_ref(s)); /* the table's reference */
+    pthread_mutex_unlock(&b->registry.lock);
+    lock_acquire(&s->lock);
+    uint32_t n = s->n_subs;
+    lock_release(&s->lock);
+    for (uint32_t i = 0; i < n; i++) /* its routes (filter_added) */
+        sub_index_add(b->index, s->subs[i].filter, s->subs[i].len, s, s->subs[i].options,
+                      s->subs[i].sub_id);
+    cn_session_record_queue(cn, s);
+    struct store_batch *bt = NULL;
+    lock_acquire(&s->lock);
+    persist_session_put(b, &bt, s, false);
+    lock_release(&s->lock);
+    persist_submit(b, &bt, NULL, NULL);
+    log_info("cluster: the session of '%s' (claim %llu) is not here, though the registry gives it "
+             "to this node (lost in a stop before it was stored): rebuilt from its record for what "
+             "comes for it",
+             s->client_id, (unsigned long long)epoch);
+    return s;
+}
+
+void cn_seq_applied(struct cluster_node *cn, const struct cluster_fwd_seq *sq)
+{
+    struct store_batch *bt = NULL;
+    cluster_fwd_in_stage(cn->fwd, sq, &bt);
+    persist_submit(cn->b, &bt, NULL, NULL);
+}
+
+void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
+                            const Starling__Chan__SessionMessages *sm,
+                            const struct cluster_fwd_seq *sq)
+{
+    if (sm->client_id.len == 0 || sm->client_id.len > 65535) {
+        cn_seq_applied(cn, sq);
         return;
+    }
     struct broker *b = cn->b;
     const char *id = (const char *)sm->client_id.data;
     struct session *s = owned_session(cn, id, sm->client_id.len, sm->epoch);
@@ -832,9 +940,16 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
             Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
             fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
             fr.session_messages = &on;
-            int sent = cn_send_frame(cn, node, &fr);
+            /* sequenced on (its own seq to that node), in the batch that
+             * records this frame as applied: acknowledged once this node
+             * holds them in its outbox */
+            struct store_batch *bt = NULL;
+            int sent =
+                kept || !sm->n_msgs ? cluster_fwd_send_frame(cn->fwd, node, &fr, &bt) : -ENOMEM;
             free(kept);
-            if (sent == 0) {
+            if (sent >= 0) {
+                cluster_fwd_in_stage(cn->fwd, sq, &bt);
+                persist_submit(cn->b, &bt, NULL, NULL);
                 log_info("cluster: %zu late message(s) for '%.*s' (claim %llu) passed on to its "
                          "owner %016llx (claim %llu), %zu left out (its client had them here)",
                          sm->n_msgs - left, (int)sm->client_id.len, id,
@@ -842,9 +957,22 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                          (unsigned long long)epoch, left);
                 return;
             }
+            if (bt)
+                store_batch_free(bt);
         }
     }
+    if (!s && sq && cn_claim_pending(cn, id, (uint16_t)sm->client_id.len, from)) {
+        /* its client connects here now: the session comes with its claim
+         * (from its record or an old owner); sent again meanwhile */
+        cluster_fwd_in_defer(cn->fwd, sq);
+        log_debug("cluster: %zu late message(s) for '%.*s' (claim %llu) wait for its claim here",
+                  sm->n_msgs, (int)sm->client_id.len, id, (unsigned long long)sm->epoch);
+        return;
+    }
+    if (!s && sq && node == cn->self && epoch >= sm->epoch)
+        s = adopt_lost(cn, id, (uint16_t)sm->client_id.len, epoch);
     if (!s) {
+        cn_seq_applied(cn, sq);
         atomic_fetch_add(&b->stats.msgs_dropped, sm->n_msgs);
         atomic_fetch_add(&b->stats.dropped[BROKER_DROP_SESSION_MOVED], sm->n_msgs);
         log_warn("cluster: %zu late message(s) from %016llx for '%.*s' (claim %llu), which is not "
@@ -911,6 +1039,9 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
         msg_unref(m);
     }
     late_test_delay();
+    /* what they brought and that they were applied: one batch (the frame
+     * is acknowledged once it committed); its messages are held until then */
+    cluster_fwd_in_stage(cn->fwd, sq, &bt);
     if (lc)
         persist_submit(b, &bt, late_commit_done, lc);
     else
@@ -1269,8 +1400,8 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
  * cn_moving_fold); x is freed. */
 static void moving_send(struct cluster_node *cn, struct cn_moving *x, uint64_t to, uint64_t direct)
 {
-    msgs_send(cn, to, x->s->client_id, x->s->id_len, x->epoch, x->late, direct, true, x->seenp,
-              x->n_seen);
+    msgs_send(cn, x->s, to, x->s->client_id, x->s->id_len, x->epoch, x->late, direct, true,
+              x->seenp, x->n_seen);
     free(x->seen);
     free(x->seenp);
     session_unref(x->s);
@@ -1289,8 +1420,17 @@ static void moving_end(struct cluster_node *cn, struct cn_moving *x)
     moving_take(cn, x, &shared, &direct);
     log_debug("cluster: the old copy of '%s' ends (%s)", x->s->client_id,
               x->routed ? "its new owner's routes are everywhere" : "grace period over");
-    session_end(cn->b, x->s);
+    struct session *s = session_ref(x->s);
+    bool x_to_self = x->to == cn->self;
+    /* sent first: the outbox row and the removal of these messages from
+     * the copy's stored rows commit before the batch of its end, which
+     * deletes every record of the id (the other way round, a SIGKILL
+     * between the two commits lost them) */
     moving_send(cn, x, x->to, direct);
+    if (x_to_self)
+        cn_session_unstore_beside(cn->b, s); /* the session it went to here */
+    session_end(cn->b, s);
+    session_unref(s);
 }
 
 bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len)
@@ -1363,15 +1503,19 @@ void cn_overtaken_add(struct cluster_node *cn, struct session *s, uint64_t node,
     lock_acquire(&s->lock);
     uint64_t own = s->epoch;
     lock_release(&s->lock);
+    session_ref(s); /* ours, while we look at it below */
     cn_moving_add(cn, s, node, node == cn->self ? own : epoch, true);
     struct session *w = id ? owned_session(cn, id, len, epoch) : NULL;
     if (w) {
+        /* its end (in cn_moving_detach) must leave w's stored records */
+        cn_session_unstore_beside(cn->b, s);
         pthread_mutex_lock(&cn->reg_mu);
         struct cn_moving *back = cn_moving_detach(cn, id, len, w);
         pthread_mutex_unlock(&cn->reg_mu);
         session_unref(w);
         cn_moving_fold(cn, back);
     }
+    session_unref(s);
     free(id);
 }
 
@@ -1410,8 +1554,8 @@ static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
     seen_forget_direct(s, late, shared ? 0 : f->route_index);
     lock_release(&s->lock);
     if (late)
-        msgs_send(cn, f->to, s->client_id, s->id_len, f->epoch, late, shared ? 0 : f->route_index,
-                  false, NULL, 0);
+        msgs_send(cn, s, f->to, s->client_id, s->id_len, f->epoch, late,
+                  shared ? 0 : f->route_index, false, NULL, 0);
     session_unref(s);
 }
 

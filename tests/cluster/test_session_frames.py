@@ -1,0 +1,239 @@
+"""The messages of a moved session cross between nodes in frames that are
+acknowledged (docs/cluster.md "Moved messages that must arrive"): the
+old owner's SessionState on a takeover and the SessionMessages of a copy
+that still got messages for a session that moved. A frame lost on the way
+(a channel connection that broke with it queued: the debug hook
+STARLING_TEST_SESSION_FRAME_LOSE) is sent again, and a receiver killed
+before its store committed what it got (STARLING_TEST_STORE_HOLD) gets it
+again once it is back: every acknowledged message reaches the client, once
+and in order."""
+
+import signal
+import time
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from helpers import PahoClient, uid
+
+WAIT = 10
+
+
+def expiry(seconds):
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = seconds
+    return p
+
+
+def wait_for(what, cond, timeout):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def collect(client, n, timeout=30):
+    """Up to n payloads (fewer when they stop coming), then nothing more
+    within a second (nothing twice)."""
+    got = []
+    try:
+        while len(got) < n:
+            got.append(client.get(timeout).payload)
+        got.append(client.get(1).payload)  # one too many: a duplicate
+    except AssertionError:
+        pass
+    return got
+
+
+def queued_offline(a, pub_node, cid, topic, n, tag):
+    """A persistent QoS 1 session cid on node a that is offline and holds n
+    acknowledged messages published on pub_node; returns their payloads."""
+    x = PahoClient(a, cid, 5, clean=True, properties=expiry(600))
+    x.connect()
+    assert x.subscribe(topic, qos=1) == [1]
+    x.disconnect()
+    # a witness on node a: once it has every message, so has the offline
+    # session there (one ordered channel from the publisher's node)
+    witness = PahoClient(a, uid("witness"), 5)
+    witness.connect()
+    assert witness.subscribe(topic, qos=1) == [1]
+    pub = PahoClient(pub_node, uid("pub"), 5)
+    pub.connect()
+    sent = [f"{tag}-{i}".encode() for i in range(n)]
+    for payload in sent:
+        pub.publish(topic, payload, qos=1)  # acknowledged
+    assert [witness.get(WAIT).payload for _ in sent] == sent
+    witness.disconnect()
+    pub.disconnect()
+    return sent
+
+
+def test_a_session_state_lost_on_the_way_is_sent_again(cluster_factory):
+    """Node a, which holds the offline session with 12 acknowledged
+    messages, loses its SessionState to node b on the way (as a channel
+    connection that breaks with the frame queued would): the session's
+    client, connected on b, still gets all 12, once and in order."""
+    from conftest import Node
+    c = cluster_factory()
+    a, b, third = c.nodes
+    a.env = lambda: {**Node.env(a), "STARLING_TEST_SESSION_FRAME_LOSE": "state"}
+    c.start()
+    c.wait_healthy()
+    cid = uid("lost-state")
+    topic = uid("sfr/s")
+    sent = queued_offline(a, third, cid, topic, 12, "st")
+    y = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
+    y.connect(timeout=WAIT + 10)
+    assert y.session_present
+    assert "this SessionState is lost on the way" in a.logtext()
+    assert collect(y, len(sent)) == sent
+    y.disconnect()
+
+
+def killed_holder_resumed_elsewhere(c, lose_env=None):
+    """Node a holds the offline session's acknowledged messages and is
+    killed; the client resumes the session on node b (from its record);
+    node a returns with `lose_env` and sends b what it held (late
+    messages). Returns (client on b, payloads, cid, topic)."""
+    a, b, third = c.nodes
+    cid = uid("held")
+    topic = uid("sfr/h")
+    sent = queued_offline(a, third, cid, topic, 12, "late")
+    a.stop(sig=signal.SIGKILL)
+    y = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
+    y.connect(timeout=WAIT + 10)
+    assert y.session_present
+    return y, sent, cid, topic
+
+
+def test_messages_of_a_returning_node_lost_on_the_way_are_sent_again(cluster_factory):
+    """Node a is killed holding 12 acknowledged messages of an offline
+    session, which is resumed on node b; when a returns, the frame that
+    carries them to b is lost on the way: they arrive all the same. (That
+    frame is a SessionMessages from a's start-up pass, or a SessionState
+    when b's request for the session, queued for a while it was down,
+    reaches a first: both are lost once.)"""
+    from conftest import Node
+    c = cluster_factory()
+    a = c.nodes[0]
+    a.env = lambda: {**Node.env(a), "STARLING_TEST_SESSION_FRAME_LOSE": "both"}
+    c.start()
+    c.wait_healthy()
+    y, sent, _, _ = killed_holder_resumed_elsewhere(c)
+    a.start()
+    c.wait_healthy(60)
+    assert collect(y, len(sent), timeout=40) == sent
+    assert "is lost on the way" in a.logtext()
+    y.disconnect()
+
+
+def test_late_messages_survive_a_receiver_killed_before_its_commit(cluster_factory, tmp_path):
+    """As above, but the client is offline on node b when node a returns,
+    and b's store commits nothing (STARLING_TEST_STORE_HOLD) when a's late
+    messages come: b is killed after it got them and before they were on
+    its disk. Once b is back, the client resumes there and gets all 12."""
+    from conftest import Node
+    c = cluster_factory()
+    a, b, _ = c.nodes
+    hold = tmp_path / "hold-b-commits"
+    b.env = lambda: {**Node.env(b), "STARLING_TEST_STORE_HOLD": str(hold)}
+    c.start()
+    c.wait_healthy()
+    y, sent, cid, _ = killed_holder_resumed_elsewhere(c)
+    y.disconnect()  # offline on b, stored there
+    hold.touch()
+    try:
+        a.start()
+        got_them = f"late message(s) of '{cid}' came from"
+        wait_for("node b getting the late messages", lambda: got_them in b.logtext(), 60)
+        b.stop(sig=signal.SIGKILL)
+    finally:
+        hold.unlink(missing_ok=True)
+    b.start()
+    c.wait_healthy(60)
+    z = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
+    z.connect(timeout=WAIT + 10)
+    assert z.session_present
+    assert collect(z, len(sent), timeout=40) == sent
+    z.disconnect()
+
+
+def test_session_state_survives_a_claimant_killed_before_its_commit(cluster_factory, tmp_path):
+    """The client of an offline session that node a holds with 12
+    acknowledged messages connects on node b: b's claim gets a's
+    SessionState, but b's store commits nothing (STARLING_TEST_STORE_HOLD)
+    and its claim waits for its routes on the third node (stopped), so no
+    CONNACK comes; b is SIGKILLed. Once b is back, the client resumes the
+    session there and gets all 12, once and in order."""
+    import socket
+
+    import mqttraw
+    from conftest import Node
+    c = cluster_factory()
+    a, b, third = c.nodes
+    hold = tmp_path / "hold-b-commits"
+    b.env = lambda: {**Node.env(b), "STARLING_TEST_STORE_HOLD": str(hold)}
+    c.start()
+    c.wait_healthy()
+    cid = uid("claimant-killed")
+    topic = uid("sfr/c")
+    sent = queued_offline(a, third, cid, topic, 12, "ck")
+    hold.touch()
+    third.proc.send_signal(signal.SIGSTOP)
+    raw = None
+    try:
+        raw = socket.create_connection((b.host, b.port), timeout=WAIT)
+        raw.sendall(mqttraw.connect(cid, 5, clean=False,
+                                    properties={"session_expiry_interval": 600}))
+        moved = f"the session of '{cid}' moved here"
+        wait_for("node b getting the session state", lambda: moved in b.logtext(), 60)
+        b.stop(sig=signal.SIGKILL)
+    finally:
+        third.proc.send_signal(signal.SIGCONT)
+        hold.unlink(missing_ok=True)
+        if raw is not None:
+            raw.close()
+    b.start()
+    c.wait_healthy(60)
+    z = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
+    z.connect(timeout=WAIT + 10)
+    assert z.session_present
+    assert collect(z, len(sent), timeout=40) == sent
+    z.disconnect()
+
+
+def test_a_session_state_larger_than_the_channel_queue_arrives(cluster_factory):
+    """An offline session on node a holds 12 MiB of acknowledged messages
+    (120 of 100 KiB; max_queued_bytes raised to 32 MiB): more than the
+    channel's queue bound (8 MiB), so a SessionState that carried them all
+    was refused by the channel and lost. They go in frames of a bounded
+    size: its client, connected on node b, gets all 120, once and in
+    order."""
+    c = cluster_factory(extra_env={"STARLING_MAX_QUEUED_BYTES": str(32 << 20)})
+    c.start()
+    c.wait_healthy()
+    a, b, third = c.nodes
+    cid = uid("big-state")
+    topic = uid("sfr/b")
+    x = PahoClient(a, cid, 5, clean=True, properties=expiry(600))
+    x.connect()
+    assert x.subscribe(topic, qos=1) == [1]
+    x.disconnect()
+    witness = PahoClient(a, uid("witness"), 5)
+    witness.connect()
+    assert witness.subscribe(topic, qos=1) == [1]
+    pub = PahoClient(third, uid("pub"), 5)
+    pub.connect()
+    sent = [b"%04d" % i + bytes(100 * 1024 - 4) for i in range(120)]
+    for payload in sent:
+        pub.publish(topic, payload, qos=1)  # acknowledged
+    assert [witness.get(30).payload[:4] for _ in sent] == [p[:4] for p in sent]
+    witness.disconnect()
+    pub.disconnect()
+    y = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
+    y.connect(timeout=WAIT + 10)
+    assert y.session_present
+    got = collect(y, len(sent), timeout=40)
+    assert [p[:4] for p in got] == [p[:4] for p in sent]
+    assert got == sent
+    y.disconnect()
