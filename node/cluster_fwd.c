@@ -279,11 +279,26 @@ static size_t varint_put(uint8_t *p, uint64_t v)
  * prev 19) or SessionMessages (ROW_SESSION_MESSAGES: field 20, prev 7).
  * Returns cluster_send's answer; *busy (may be NULL) set when the node's
  * channel queue is busy while it drains (cluster_send_flow). */
+#ifndef NDEBUG
+/* STARLING_TEST_FWD_HOLD: whether the file exists and names node (its id
+ * in hex) or nothing (every node). */
+static bool fwd_test_held(const char *path, uint64_t node)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return false;
+    char buf[32] = "";
+    bool any = !fgets(buf, sizeof(buf), fp) || buf[0] == '\n' || buf[0] == 0;
+    fclose(fp);
+    return any || strtoull(buf, NULL, 16) == node;
+}
+#endif
+
 static int frame_send(struct cluster_fwd *f, uint64_t node, const void *row, size_t len,
                       uint64_t prev, bool *busy)
 {
 #ifndef NDEBUG
-    if (f->hold_path && access(f->hold_path, F_OK) == 0)
+    if (f->hold_path && fwd_test_held(f->hold_path, node))
         return -ENOBUFS; /* as a full channel: the row waits in the outbox */
 #endif
     const uint8_t *body = row;
@@ -988,9 +1003,11 @@ struct cluster_fwd *cluster_fwd_new(struct broker *b)
                  f->lose_every);
     }
     /* Tests of late frames (tests/cluster/test_session_moves.py): while the file
-     * that STARLING_TEST_FWD_HOLD names exists, this node's QoS 1/2
-     * forwards are refused by the channel as if it were full: they wait in
-     * their outbox and are replayed once it is gone. */
+     * that STARLING_TEST_FWD_HOLD names exists, this node's sequenced
+     * frames (QoS 1/2 forwards, moved messages) to the node whose id (hex)
+     * it holds, or to every node when it is empty, are refused by the
+     * channel as if it were full: they wait in their outbox and are
+     * replayed once it is gone. */
     const char *hold = getenv("STARLING_TEST_FWD_HOLD");
     if (hold && *hold) {
         f->hold_path = strdup(hold);

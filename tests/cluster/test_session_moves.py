@@ -29,11 +29,13 @@ def session_props(seconds=600):
 def test_a_message_skipped_by_the_old_copy_as_direct_is_not_taken_for_had(cluster_factory,
                                                                           tmp_path):
     """A persistent QoS 1 subscriber S moves C -> A -> B. A's copy, moving
-    out, still collects what is published on A for S during its grace, and
+    out, still collects what is forwarded to A for S during its grace, and
     does not send on what was routed with B's routes in effect (it reaches
-    B directly): M, published on A, whose forward to B waits in A's outbox
-    (held: a full channel). Its last frame (the identities of what it got)
-    reaches B before that forward. S on B must get M.
+    B directly): M, published on C, whose forward to B waits in C's outbox
+    (held: a full channel). A's last frame (the identities of what it got)
+    reaches B before that forward. S on B must get M. (Published on A
+    itself, M's forward and A's frames to B share one sequence since
+    moved messages are sequenced too, and the frame cannot pass it.)
 
     Before, the identities sent with that frame included M's, though the
     copy had neither delivered M to a client nor sent it on: B took them as
@@ -41,11 +43,13 @@ def test_a_message_skipped_by_the_old_copy_as_direct_is_not_taken_for_had(cluste
     already: not again"). test_blackbox.py::test_session_moves_under_traffic
     lost 6 messages of one publisher that way (3 QoS 1, 3 QoS 2) with
     STARLING_BB_SCALE=4 on a loaded machine."""
+    from conftest import Node
     hold = tmp_path / "fwd-hold"
-    c = cluster_factory(extra_env={"STARLING_TEST_FWD_HOLD": str(hold)})
+    c = cluster_factory()
+    a, b, cn = c.nodes
+    cn.env = lambda: {**Node.env(cn), "STARLING_TEST_FWD_HOLD": str(hold)}
     c.start()
     c.wait_healthy()
-    a, b, cn = c.nodes
     cid = uid("mv")
     topic = uid("mv/t")
     s = PahoClient(cn, cid, 5, properties=session_props())
@@ -56,7 +60,7 @@ def test_a_message_skipped_by_the_old_copy_as_direct_is_not_taken_for_had(cluste
     s = PahoClient(a, cid, 5, clean=False, properties=session_props())
     s.connect(timeout=WAIT)
     assert s.session_present
-    p = PahoClient(a, uid("mvp"), 5)
+    p = PahoClient(cn, uid("mvp"), 5)
     p.connect()
     s.stop()
     s = PahoClient(b, cid, 5, clean=False, properties=session_props())
@@ -64,14 +68,14 @@ def test_a_message_skipped_by_the_old_copy_as_direct_is_not_taken_for_had(cluste
     assert s.session_present
     # B's routes are in effect everywhere (the CONNACK waited for them): A's
     # copy, in its grace, collects M and skips it (it reached B directly)
-    hold.write_text("")
+    hold.write_text(f"{faults.node_id(b):016x}\n")  # C's frames to B wait, to A not
     p.publish(topic + "/x", b"M", qos=1)
     # the copy's last frame, with its identities, reaches B (LATE_GRACE_MS
     # after B's routes: 6 s)
     last = f"late message(s) of '{cid}' came from {faults.node_id(a):016x}"
     faults.wait_until(lambda: last in b.logtext(), WAIT, f"{b.name} getting the last frame of "
                       f"{a.name}'s copy of {cid}")
-    os.unlink(hold)  # M's forward goes to B now
+    os.unlink(hold)  # M's forward goes from C to B now
     p.publish(topic + "/marker", b"marker", qos=1)
     got = [m.payload for m in s.get_until(topic + "/marker", WAIT)]
     assert got == [b"M", b"marker"], got
