@@ -16,6 +16,7 @@
 
 #include "broker.h"
 #include "msg_seen.h"
+#include "persist.h"
 #include "registry.h"
 #include "session.h"
 
@@ -387,6 +388,46 @@ static void test_adopt_exchange(void)
     broker_cleanup(&b);
 }
 
+/* An adopted exchange is numbered so that the store gives it back with its
+ * packet id (the packet id of a stored message follows from its sequence
+ * number), and new messages of the session skip that number: stored under
+ * the same key, one would replace the other. Before, an adopted exchange
+ * was in memory only (issue 10). */
+static void test_adopt_exchange_numbered(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct msg *m =
+        msg_new((const uint8_t *)"t", 1, (const uint8_t *)"x", 1, NULL, 0, 2, false, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    struct session *s = session_new("an", 2);
+    s->expiry_interval = 60;
+    lock_acquire(&s->lock);
+    s->next_seq = 100; /* the next new message: packet id 101 */
+    struct qmsg *a = qmsg_new(m, 2, false, NULL, 0);
+    struct qmsg *z = qmsg_new(m, 2, false, NULL, 0);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, a, 101, MSG_STATE_WAIT_PUBCOMP), 0);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, z, 99, MSG_STATE_WAIT_PUBREC), 0);
+    CU_ASSERT_EQUAL(persist_pid_of(a->seq), 101);
+    CU_ASSERT_EQUAL(persist_pid_of(z->seq), 99);
+    CU_ASSERT(a->seq >= 100 && z->seq >= 100);
+    CU_ASSERT_EQUAL(s->next_seq, 100); /* the ids it used stay as they were */
+    lock_release(&s->lock);
+    /* offline: two new messages are queued, numbered around a's */
+    for (int i = 0; i < 2; i++)
+        CU_ASSERT_EQUAL(session_deliver(&b, s, m, 2, false, NULL, 0, NULL, NULL, NULL), 0);
+    lock_acquire(&s->lock);
+    CU_ASSERT_EQUAL_FATAL(s->queue.len, 2);
+    CU_ASSERT_EQUAL(s->queue.head->seq, 101);
+    CU_ASSERT_EQUAL(s->queue.head->next->seq, 102);
+    CU_ASSERT_NOT_EQUAL(s->queue.head->seq, a->seq);
+    lock_release(&s->lock);
+    session_end(&b, s);
+    session_unref(s);
+    msg_unref(m);
+    broker_cleanup(&b);
+}
+
 /* A moved session's identities change with its queue, in one hold of its
  * lock: whoever holds it (the old owner taking the SessionState,
  * cluster_registry.c state_send) never sees the identity of a message
@@ -489,6 +530,7 @@ int main(void)
     CU_add_test(s, "surrender to another node", test_surrender);
     CU_add_test(s, "two brokers in one process", test_two_brokers);
     CU_add_test(s, "an older copy's QoS 2 exchange adopted", test_adopt_exchange);
+    CU_add_test(s, "an adopted exchange numbered for the store", test_adopt_exchange_numbered);
     CU_add_test(s, "a moved session's identities change with its queue", test_seen_with_queue);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
