@@ -442,6 +442,42 @@ def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster
         x.disconnect()
 
 
+def test_adopted_exchange_survives_a_kill_of_its_new_owner(fault_cluster):
+    """A persistent QoS 2 subscriber S on A holds M0 (packet id P) awaiting
+    PUBREL; A is SIGKILLed, S resumes on B from its record; A returns and
+    B takes the unfinished exchange over (adopted, P) and sends its PUBREL,
+    which S does not complete. B is SIGKILLed, S resumes on C; B returns:
+    the exchange comes back with B's store and C sends the PUBREL of P
+    again. Before, an adopted exchange was in B's memory only: C never sent
+    it, and M0, which S holds until that PUBREL, was lost."""
+    c = fault_cluster
+    a, b, cn = c.nodes
+    cid, topic, props, s = raw_persistent_subscriber(a, "ax", 2)
+    p = mqttraw.connected(cn, uid("axp"), 5)
+    p.publish(f"{topic}/x", b"m0", qos=2, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
+    p.pubrel(1)
+    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
+    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert m0.payload == b"m0", m0
+    s.pubrec(m0.packet_id)
+    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
+    s2 = stored_then_killed(a, uid("ax/none"), b, cid, props)
+    a.start()
+    wait_healthy(c)
+    rel = s2.expect(mqttraw.PUBREL, timeout=30)  # B adopted the exchange
+    assert rel.packet_id == m0.packet_id, rel
+    s3 = stored_then_killed(b, uid("ax/none"), cn, cid, props)
+    b.start()
+    wait_healthy(c)
+    rel = s3.expect(mqttraw.PUBREL, timeout=30)
+    assert rel.packet_id == m0.packet_id, rel
+    s3.pubcomp(rel.packet_id)
+    print(f"\n[adopted exchange] PUBREL {rel.packet_id} from {cn.name} after {b.name}'s return")
+    for x in (s3, p):
+        x.disconnect()
+
+
 def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
     c = fault_cluster
     down = c.nodes[2]
