@@ -354,6 +354,21 @@ int registry_local_stage(struct broker *b, const struct registry_claim *req,
     if (ending)
         registry_end(b, ending, req->w);
     lock_acquire(&incoming->lock);
+    if (log_get_level() >= LOG_LEVEL_DEBUG) {
+        uint64_t lo = UINT64_MAX, hi = 0;
+        const struct qlist *lists[2] = {&incoming->inflight, &incoming->queue};
+        for (int l = 0; l < 2; l++)
+            for (const struct qmsg *q = lists[l]->head; q; q = q->next) {
+                lo = q->seq < lo ? q->seq : lo;
+                hi = q->seq > hi ? q->seq : hi;
+            }
+        log_debug("'%s' (claim %llu) stored with %u inflight and %u queued message(s), sequence "
+                  "%llu..%llu, next %llu",
+                  incoming->client_id, (unsigned long long)incoming->epoch,
+                  (unsigned)incoming->inflight.len, (unsigned)incoming->queue.len,
+                  (unsigned long long)lo, (unsigned long long)hi,
+                  (unsigned long long)incoming->next_seq);
+    }
     persist_session_contents(b, bt, incoming);
     if (persist_wanted(b, incoming))
         persist_session_put(b, bt, incoming, true);

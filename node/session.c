@@ -885,6 +885,8 @@ void session_end(struct broker *b, struct session *s)
     s->ended = true;
     if (s->stored && !atomic_load(&b->stopping)) {
         struct store_batch *bt = NULL;
+        log_debug("'%s' (claim %llu) ended: every record of its id leaves the store", s->client_id,
+                  (unsigned long long)s->epoch);
         persist_session_del(b, &bt, s);
         persist_submit(b, &bt, NULL, NULL);
     }
