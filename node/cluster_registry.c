@@ -47,6 +47,7 @@
 #include "persist.h"
 #include "raft_cmd.pb-c.h"
 #include "session.h"
+#include "store.h"
 #include "topic.h"
 
 #define CLAIM_RETRY_MS 100
@@ -72,6 +73,8 @@ struct cl_claim {
     bool routed;          /* the incoming session's subscriptions are in the index */
     bool from_record;     /* incoming came from the replicated record (old owner down) */
     uint64_t route_index; /* the index by which incoming's routes are everywhere */
+    bool staged;          /* incoming is in the table offline, its store batch submitted */
+    int store_status;     /* ... and its commit's result (claim_stored) */
     char id[];            /* the client id, then req.user (see cr_claim) */
 };
 
@@ -192,11 +195,92 @@ static void claim_granted(void *ud, int status, struct session *s)
     k->done(k->done_ud, status, s);
 }
 
+/* Store writer thread: the batch of a staged claim (and everything
+ * submitted before it) committed; the claim completes on its worker. */
+static void claim_stored(void *ud, int status)
+{
+    struct cl_claim *k = ud;
+    k->store_status = status;
+    if (k->cn->b->sink->call(k->req.w, claim_on_worker, k) < 0) {
+        /* the worker's loop ended: the session stays in the table
+         * (offline), the connection is refused */
+        session_unref(k->incoming);
+        k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
+        free(k);
+    }
+}
+
+/* Under cn->reg_mu, the claim won and still current: the session that
+ * came from another node (or from its record) joins the table offline and
+ * its contents and record go to the store; its client is answered once
+ * they are committed (claim_stored, then claim_attach). Before, the
+ * CONNACK went out with the batch submitted but not committed, and the
+ * old owner was told to let its copy go (SessionRouted): a SIGKILL within
+ * that commit lost the messages the session had brought (issue 10).
+ * Returns false when the claim cannot be staged (out of memory). */
+static bool claim_stage(struct cl_claim *k)
+{
+    struct broker *b = k->cn->b;
+    struct store_batch *bt = NULL;
+    if (registry_local_stage(b, &k->req, k->incoming, &bt) < 0) {
+        store_batch_free(bt);
+        return false;
+    }
+    session_ref(k->incoming); /* k's, until the attach */
+    k->staged = true;
+    persist_submit(b, &bt, NULL, NULL);
+    return true;
+}
+
+/* The staged session's batch committed: its client is attached and
+ * answered, and the old owner may let its copy go. */
+static void claim_attach(struct cl_claim *k)
+{
+    struct cluster_node *cn = k->cn;
+    struct broker *b = cn->b;
+    struct session *s = k->incoming;
+    bool moved = !k->from_record;
+    pthread_mutex_lock(&cn->reg_mu);
+    uint64_t node = 0, epoch = 0;
+    bool current = fsm_registry_get(cn->fsm, k->id, k->req.id_len, &node, &epoch) == 0 &&
+                   node == cn->self && epoch == k->epoch;
+    if (!current) {
+        pthread_mutex_unlock(&cn->reg_mu);
+        /* a later claim won meanwhile: the session (in the table) went
+         * with it */
+        log_info("cluster: the claim of '%s' was overtaken by a later one while it was stored",
+                 k->id);
+        k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
+        moved = false;
+    } else if (k->store_status < 0) {
+        pthread_mutex_unlock(&cn->reg_mu);
+        /* not stored: not answered as resumed; the session stays here
+         * offline, the client's next CONNECT resumes it */
+        log_warn("cluster: the session of '%s' that moved here was not stored (%s): CONNECT "
+                 "refused",
+                 k->id, store_strerror(k->store_status));
+        k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
+        moved = false;
+    } else {
+        registry_local_attach(b, &k->req, s, claim_granted, k);
+        pthread_mutex_unlock(&cn->reg_mu);
+    }
+    /* the old owner sends what still arrives for it, then ends it */
+    if (moved)
+        cn_session_routed_send(cn, k->prev_node, k->id, k->req.id_len, k->epoch, k->route_index);
+    session_unref(s);
+    free(k);
+}
+
 static void claim_on_worker(void *ud)
 {
     struct cl_claim *k = ud;
     struct cluster_node *cn = k->cn;
     struct broker *b = cn->b;
+    if (k->staged) {
+        claim_attach(k);
+        return;
+    }
     if (k->status >= 0 && k->incoming && !k->routed && claim_route_incoming(k))
         return;
     if (k->status < 0) {
@@ -222,6 +306,21 @@ static void claim_on_worker(void *ud)
             /* an old copy still moving out of here: what it holds comes
              * back to the session */
             struct cn_moving *back = cn_moving_detach(cn, k->id, k->req.id_len, k->incoming);
+            /* (a session that ends with its connection stores nothing,
+             * and offline it would expire at once) */
+            if (k->incoming && b->store && k->req.expiry != 0 && claim_stage(k)) {
+                pthread_mutex_unlock(&cn->reg_mu);
+                cn_moving_fold(cn, back);
+                /* an empty batch after the claim's and the fold's:
+                 * committed once they are (commits complete in submission
+                 * order) */
+                struct store_batch *bar = store_batch_new();
+                if (bar)
+                    store_submit(b->store, bar, claim_stored, k);
+                else
+                    claim_stored(k, -ENOMEM);
+                return;
+            }
             registry_local_claim(b, &k->req, k->incoming, claim_granted, k);
             pthread_mutex_unlock(&cn->reg_mu);
             cn_moving_fold(cn, back);

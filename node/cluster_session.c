@@ -685,8 +685,9 @@ static void late_resend_post(struct broker *b, struct session *s, struct late_re
  * it over with its packet id (session_adopt_exchange). Returns 1 (adopted:
  * its PUBLISH or PUBREL is to be sent), 2 (s had it already: not taken),
  * 0 (not adopted: the caller goes on as with any late message). */
-static int late_exchange_adopt(struct session *s, const Starling__Chan__SessionMessage *q,
-                               struct msg *m)
+static int late_exchange_adopt(struct broker *b, struct session *s,
+                               const Starling__Chan__SessionMessage *q, struct msg *m,
+                               struct store_batch **bt)
 {
     if (q->qos != 2 || !q->has_packet_id || q->packet_id == 0 || q->packet_id > 65535 ||
         (q->state != MSG_STATE_WAIT_PUBREC && q->state != MSG_STATE_WAIT_PUBCOMP))
@@ -700,7 +701,9 @@ static int late_exchange_adopt(struct session *s, const Starling__Chan__SessionM
     } else {
         struct qmsg *x = qmsg_new(m, 2, q->retain, q->sub_ids,
                                   (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids));
-        if (x && session_adopt_exchange(s, x, (uint16_t)q->packet_id, (uint8_t)q->state) == 0) {
+        /* stored with its packet id, as the session's own inflight ones */
+        if (x && session_adopt_exchange_stored(b, s, x, (uint16_t)q->packet_id, (uint8_t)q->state,
+                                               bt) == 0) {
             if (m->id_node && s->seen)
                 msg_seen_add(s->seen, m->id_node, m->id_seq);
             r = 1;
@@ -1004,7 +1007,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
             m->id_node = q->origin;
             m->id_seq = q->pub_id;
         }
-        int r = late_exchange_adopt(s, q, m);
+        int r = late_exchange_adopt(b, s, q, m, &bt);
         if (log_get_level() >= LOG_LEVEL_DEBUG) {
             char tag[MSG_TAG_LEN];
             log_debug("cluster: late message of '%s' (%016llx/%llu, '%s', state %u, packet id "

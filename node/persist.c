@@ -43,6 +43,33 @@ int persist_batch_begin(const struct broker *b, struct store_batch **bt)
     return 0;
 }
 
+/* Take identity (node, seq) out of the n ranges of seen (room for one more
+ * range); returns the new count. */
+static size_t seen_punch(struct store_seen *seen, size_t n, uint64_t node, uint64_t seq)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct store_seen *r = &seen[i];
+        if (r->node != node || seq < r->lo || seq > r->hi)
+            continue;
+        if (r->lo == r->hi) {
+            memmove(r, r + 1, (n - i - 1) * sizeof(*r));
+            return n - 1;
+        }
+        if (seq == r->lo) {
+            r->lo++;
+        } else if (seq == r->hi) {
+            r->hi--;
+        } else {
+            memmove(r + 2, r + 1, (n - i - 1) * sizeof(*r));
+            r[1] = (struct store_seen){node, seq + 1, r->hi};
+            r->hi = seq - 1;
+            return n + 1;
+        }
+        return n;
+    }
+    return n;
+}
+
 void persist_session_put(const struct broker *br, struct store_batch **bt, struct session *s,
                          bool connected)
 {
@@ -68,7 +95,10 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
     }
     /* what it got since it moved (cluster): taken once after a restart too */
     size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
-    struct store_seen *seen = n_seen ? malloc(n_seen * sizeof(*seen)) : NULL;
+    size_t n_held = 0;
+    for (const struct qmsg *q = n_seen ? s->queue.head : NULL; q; q = q->next)
+        n_held += q->m->id_node && atomic_load(&q->m->hold) == MSG_HELD;
+    struct store_seen *seen = n_seen ? malloc((n_seen + n_held) * sizeof(*seen)) : NULL;
     if (n_seen && !seen) {
         log_error("out of memory: session '%s' not stored", s->client_id);
         store_batch_fail(b, -ENOMEM);
@@ -78,6 +108,16 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
     }
     for (size_t i = 0; i < n_seen; i++)
         msg_seen_range(s->seen, i, &seen[i].node, &seen[i].lo, &seen[i].hi);
+    /* but not the identities of messages whose own batch has not committed
+     * yet (held, struct msg.hold): this record may commit first, and a
+     * SIGKILL in between left the identity without the message, which its
+     * next copy (the origin resends an uncommitted forward) then met as
+     * one the session had: lost (issue 10,
+     * test_killed_nodes_subscribers_resumed_elsewhere_repeatedly). Such a
+     * message's row carries its identity: load_msg takes it back. */
+    for (const struct qmsg *q = n_held ? s->queue.head : NULL; q; q = q->next)
+        if (q->m->id_node && atomic_load(&q->m->hold) == MSG_HELD)
+            n_seen = seen_punch(seen, n_seen, q->m->id_node, q->m->id_seq);
     struct store_session rec = {
         .version = s->version,
         .expiry_interval = s->expiry_interval,
@@ -227,8 +267,11 @@ void persist_session_sync_then(const struct broker *b, struct session *s, struct
     lock_acquire(&s->lock);
     if (persist_wanted(b, s))
         persist_session_put(b, bt, s, true);
-    else if (s->stored)
+    else if (s->stored) {
+        log_debug("'%s' is no longer persistent: every record of its id leaves the store",
+                  s->client_id);
         persist_session_del(b, bt, s);
+    }
     lock_release(&s->lock);
     persist_submit(b, bt, done, ud);
 }
@@ -322,6 +365,14 @@ static int load_msg(void *ud, const char *id, uint16_t len, uint64_t seq,
     if (!q)
         return -ENOMEM;
     q->seq = seq;
+    /* a moved session had it: its identity may be missing from the
+     * session's record (persist_session_put leaves out those of messages
+     * not committed yet) */
+    if (s->seen && q->m->id_node) {
+        lock_acquire(&s->lock);
+        msg_seen_add(s->seen, q->m->id_node, q->m->id_seq);
+        lock_release(&s->lock);
+    }
     session_restore_msg(s, q, rec->state);
     l->msgs++;
     return 0;

@@ -311,6 +311,96 @@ void registry_local_claim(struct broker *b, const struct registry_claim *req,
     done(done_ud, status, s);
 }
 
+/* Cluster: a session that came from another node goes into the table
+ * offline, and its contents and record into one batch, submitted into *bt
+ * (see registry.h). */
+int registry_local_stage(struct broker *b, const struct registry_claim *req,
+                         struct session *incoming, struct store_batch **bt)
+{
+    assert(sink_thread_worker == NULL || sink_thread_worker == req->w);
+    struct registry *r = &b->registry;
+    struct session *ending = NULL;
+    struct msg *dropped_will = NULL;
+    char *user = req->user ? strdup(req->user) : NULL;
+    if (req->user && !user)
+        return -ENOMEM;
+    if (persist_batch_begin(b, bt) < 0) {
+        free(user);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&r->lock);
+    struct session *old = registry_find(r, req->id, req->id_len);
+    if (old) {
+        /* the state came from another node: it replaces what is here */
+        struct registry_claim clean = *req;
+        clean.clean_start = true;
+        registry_take_over(b, old, &clean, &ending, &dropped_will);
+    }
+    registry_insert(r, incoming); /* the caller's reference: the table's */
+    lock_acquire(&incoming->lock);
+    incoming->conn = NULL;
+    incoming->version = req->version;
+    incoming->expiry_interval = req->expiry;
+    /* offline until its client is attached (registry_local_attach): its
+     * expiry counts from now meanwhile */
+    incoming->disconnected_at = broker_now_mono_ms();
+    free(incoming->user);
+    incoming->user = user;
+    lock_release(&incoming->lock);
+    pthread_mutex_unlock(&r->lock);
+    msg_unref(dropped_will);
+    /* the end of the replaced session deletes every record of the id: its
+     * batch goes first */
+    if (ending)
+        registry_end(b, ending, req->w);
+    lock_acquire(&incoming->lock);
+    if (log_get_level() >= LOG_LEVEL_DEBUG) {
+        uint64_t lo = UINT64_MAX, hi = 0;
+        const struct qlist *lists[2] = {&incoming->inflight, &incoming->queue};
+        for (int l = 0; l < 2; l++)
+            for (const struct qmsg *q = lists[l]->head; q; q = q->next) {
+                lo = q->seq < lo ? q->seq : lo;
+                hi = q->seq > hi ? q->seq : hi;
+            }
+        log_debug("'%s' (claim %llu) stored with %u inflight and %u queued message(s), sequence "
+                  "%llu..%llu, next %llu",
+                  incoming->client_id, (unsigned long long)incoming->epoch,
+                  (unsigned)incoming->inflight.len, (unsigned)incoming->queue.len,
+                  (unsigned long long)lo, (unsigned long long)hi,
+                  (unsigned long long)incoming->next_seq);
+    }
+    persist_session_contents(b, bt, incoming);
+    if (persist_wanted(b, incoming))
+        persist_session_put(b, bt, incoming, true);
+    lock_release(&incoming->lock);
+    return 0;
+}
+
+void registry_local_attach(struct broker *b, const struct registry_claim *req, struct session *s,
+                           registry_done_fn done, void *done_ud)
+{
+    assert(sink_thread_worker == NULL || sink_thread_worker == req->w);
+    struct registry *r = &b->registry;
+    pthread_mutex_lock(&r->lock);
+    lock_acquire(&s->lock);
+    bool here = s->in_table && !s->ended && !s->conn;
+    if (here) {
+        s->conn = req->conn;
+        s->w = req->w;
+        s->connected_at = msg_now_real_ms();
+    }
+    lock_release(&s->lock);
+    if (here) {
+        session_ref(s); /* the connection's */
+        registry_count_connected(b);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (here)
+        done(done_ud, REGISTRY_TRANSFERRED, s);
+    else
+        done(done_ud, REGISTRY_UNAVAILABLE, NULL);
+}
+
 struct session *registry_local_surrender(struct broker *b, const char *id, uint16_t id_len,
                                          bool resumed)
 {

@@ -40,6 +40,7 @@ struct broker;
 struct conn;
 struct msg;
 struct session;
+struct store_batch;
 struct worker;
 
 /* The node's sessions. */
@@ -165,6 +166,24 @@ void registry_remove(struct registry *r, struct session *s);
  */
 void registry_local_claim(struct broker *b, const struct registry_claim *req,
                           struct session *incoming, registry_done_fn done, void *done_ud);
+/*
+ * The same for a session that came from another node, in two steps, so
+ * that its client is answered only once the store has it (issue 10: a
+ * SIGKILL right after the CONNACK lost what the session held). Stage:
+ * `incoming` replaces any local session of its id and joins the table
+ * offline (the caller's reference becomes the table's; what arrives
+ * meanwhile is queued and stored as for any offline session), and every
+ * message it holds, its incoming QoS 2 ids and its record go into *bt
+ * (created if NULL; the caller submits it). 0, or -ENOMEM (nothing
+ * changed). Attach, on req->w once *bt committed: req->conn becomes the
+ * session's connection and done gets REGISTRY_TRANSFERRED, or
+ * REGISTRY_UNAVAILABLE when the session left the table meanwhile (it
+ * expired, or was taken over or surrendered). Both on req->w's thread.
+ */
+int registry_local_stage(struct broker *b, const struct registry_claim *req,
+                         struct session *incoming, struct store_batch **bt);
+void registry_local_attach(struct broker *b, const struct registry_claim *req, struct session *s,
+                           registry_done_fn done, void *done_ud);
 /*
  * Another node claimed `id`: kick this node's connection of it (5.0:
  * DISCONNECT 0x8E; `resumed`: the other node resumes the session, so a

@@ -200,6 +200,28 @@ static void pub_flow_add(struct pub_flow *flow, struct session *s)
         flow->slow[flow->n_slow++] = session_ref(s);
 }
 
+/* The sequence number of a new message of s: the next one, past those
+ * that adopted exchanges hold (session_adopt_exchange). s->lock held. */
+static uint64_t session_next_seq(struct session *s)
+{
+    while (s->next_seq < s->adopt_seq_end) {
+        /* (only adopted exchanges are numbered at or after next_seq) */
+        bool held = false, ahead = false;
+        for (const struct qmsg *q = s->inflight.head; q && !held; q = q->next) {
+            ahead |= q->seq >= s->next_seq;
+            held = q->seq == s->next_seq;
+        }
+        if (!ahead)
+            s->adopt_seq_end = 0; /* none left in flight */
+        if (!held)
+            break;
+        s->next_seq++;
+    }
+    if (s->next_seq >= s->adopt_seq_end)
+        s->adopt_seq_end = 0;
+    return s->next_seq++;
+}
+
 /* The slow subscriber policy: q for a connected session. Returns the message
  * to drop (q, the oldest queued one, or NULL to queue q) and its reason in
  * *why; *kick: the connection to close (disconnect policy); *expired: how
@@ -390,7 +412,7 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
                 why = SESSION_DROP_OFFLINE;
         }
         if (drop != q) {
-            q->seq = s->next_seq++;
+            q->seq = session_next_seq(s);
             queue_push(s, q);
             /* durable before the publisher's acknowledgement */
             if (qos > 0 && persist_wanted(b, s))
@@ -668,6 +690,18 @@ static bool pid_used_since_record(const struct session *s, uint16_t pid)
     return d < used;
 }
 
+int session_adopt_exchange_stored(struct broker *b, struct session *s, struct qmsg *q, uint16_t pid,
+                                  uint8_t state, struct store_batch **bt)
+{
+    assert(lock_held(&s->lock));
+    int r = session_adopt_exchange(s, q, pid, state);
+    if (r == 0 && persist_wanted(b, s))
+        persist_msg_put(b, bt, s, q,
+                        state == MSG_STATE_WAIT_PUBCOMP ? MSG_STATE_WAIT_PUBCOMP
+                                                        : MSG_STATE_QUEUED);
+    return r;
+}
+
 int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint8_t state)
 {
     assert(lock_held(&s->lock));
@@ -686,6 +720,15 @@ int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint
     q->pid = pid;
     q->state = state;
     q->stored = false; /* not in this node's store (as a moved session's) */
+    /* the first sequence number from next_seq on whose packet id is pid:
+     * stored under it, the exchange comes back with pid after a restart
+     * (session_restore_msg), and no message of s has it (those before
+     * next_seq are older; another adopted exchange with it would have pid
+     * in flight). New messages skip it (session_next_seq). next_seq itself
+     * stays: it tells which ids this session used (pid_used_since_record). */
+    q->seq = s->next_seq + ((uint64_t)pid - 1u + 65535u - s->next_seq % 65535u) % 65535u;
+    if (q->seq >= s->adopt_seq_end)
+        s->adopt_seq_end = q->seq + 1;
     qlist_push(&s->inflight, q);
     return 0;
 }
@@ -846,6 +889,8 @@ void session_end(struct broker *b, struct session *s)
     s->ended = true;
     if (s->stored && !atomic_load(&b->stopping)) {
         struct store_batch *bt = NULL;
+        log_debug("'%s' (claim %llu) ended: every record of its id leaves the store", s->client_id,
+                  (unsigned long long)s->epoch);
         persist_session_del(b, &bt, s);
         persist_submit(b, &bt, NULL, NULL);
     }

@@ -158,6 +158,10 @@ struct session {
      * of its sequence numbers from there on; an older copy's unfinished
      * QoS 2 exchanges may join with their own (session_adopt_exchange). */
     uint64_t record_seq;
+    /* 1 + the highest sequence number an adopted exchange took (at or
+     * after next_seq then: session_adopt_exchange; 0: none): new messages
+     * skip the ones such exchanges still hold, up to it */
+    uint64_t adopt_seq_end;
     uint32_t will_expiry;
     uint16_t id_len;
     bool in_table; /* registry lock */
@@ -265,6 +269,12 @@ struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *i
  * client's state of it is s's then), -EINVAL when s has ended or q is no
  * such exchange. s->lock held. */
 int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint8_t state);
+/* session_adopt_exchange, and q into the store (into *bt) with its state,
+ * under a sequence number that gives pid back after a restart, as the
+ * session's own inflight messages are: before, an adopted exchange was in
+ * memory only, and a SIGKILL of this node lost it (issue 10). */
+int session_adopt_exchange_stored(struct broker *b, struct session *s, struct qmsg *q, uint16_t pid,
+                                  uint8_t state, struct store_batch **bt);
 /* Send the next packet of the inflight exchange pid on the attached
  * connection: the PUBLISH again (DUP) or its PUBREL (an adopted exchange,
  * whose client is connected already). Returns 0 or -ENOENT. Owning worker

@@ -334,6 +334,68 @@ def test_taken_over_sessions_messages_survive_a_kill_of_its_new_node(fault_clust
         x.disconnect()
 
 
+def test_taken_over_session_answered_once_its_new_node_stored_it(cluster_factory, tmp_path):
+    """A persistent QoS 1 subscriber S, offline on A with M0..M9 queued,
+    resumes on B, whose store holds every commit (STARLING_TEST_STORE_HOLD,
+    debug builds): the CONNACK (session present 1) waits for B's commit of
+    the session with the messages it brought, so once S has it, a SIGKILL
+    of B loses none of them (S resumes on C; B returns and moves them).
+    Before, B answered with the commit submitted, not done: B killed while
+    its disk had not answered lost M0..M9 (A had let them go with the
+    state it sent)."""
+    from conftest import Node
+    c = cluster_factory(extra_env=dict(FAULT_ENV))
+    a, b, cn = c.nodes
+    hold = tmp_path / "hold-b-commits"
+    b.env = lambda: {**Node.env(b), "STARLING_TEST_STORE_HOLD": str(hold)}
+    c.start()
+    c.wait_healthy()
+    cid, topic, props, s = raw_persistent_subscriber(a, "cs", 1)
+    s.disconnect()
+    p = mqttraw.connected(cn, uid("csp"), 5)
+    sent = [f"m{k}".encode() for k in range(10)]
+    for k, m in enumerate(sent):
+        p.publish(f"{topic}/x", m, qos=1, packet_id=k + 1)
+        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == k + 1
+    hold.touch()
+    early = None
+    try:
+        s2 = mqttraw.Client(b)
+        s2.connect(cid, expect=False, clean=False, properties=props)
+        wait_until(lambda: f"the session of '{cid}' moved here" in b.logtext(), 30,
+                   f"the state of {cid} on {b.name}")
+        try:  # a CONNACK that does not wait for the store comes now
+            early = s2.recv(timeout=5)
+        except mqttraw.Timeout:
+            pass
+        if early is not None:
+            kill(b)  # its store still holds the commit of the session
+    finally:
+        hold.unlink(missing_ok=True)
+    ack = early
+    if ack is None:
+        ack = s2.expect(mqttraw.CONNACK, timeout=WAIT)
+        kill(b)
+    assert ack.type == mqttraw.CONNACK and ack.reason_code == 0 and ack.session_present, ack
+    s3 = connected_after_fault(cn, cid, 5, clean=False, properties=props, timeout=30)
+    assert s3.connack.session_present, s3.connack
+    b.start()
+    wait_healthy(c)
+    got = []
+    deadline = time.monotonic() + 30
+    while not set(sent) <= set(got) and time.monotonic() < deadline:
+        try:
+            got.append(s3.recv_publish(timeout=max(0.1, deadline - time.monotonic())).payload)
+        except mqttraw.Timeout:
+            break
+    assert set(sent) <= set(got), \
+        f"missing: {sorted(set(sent) - set(got))} (got {got}; CONNACK before the commit: " \
+        f"{early is not None})"
+    assert early is None, f"CONNACK while {b.name}'s store held the session's commit: {early}"
+    for x in (s3, p):
+        x.disconnect()
+
+
 def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster):
     """A persistent QoS 2 subscriber S on A got M0's PUBLISH (packet id P)
     and its PUBREL, and has not completed it (as a client whose PUBREL was
@@ -378,6 +440,42 @@ def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster
     print(f"\n[packet ids] {a.name} used {m0.packet_id}, {b.name} {m1.packet_id}; "
           f"PUBREL {rel.packet_id} after the return")
     for x in (s2, p):
+        x.disconnect()
+
+
+def test_adopted_exchange_survives_a_kill_of_its_new_owner(fault_cluster):
+    """A persistent QoS 2 subscriber S on A holds M0 (packet id P) awaiting
+    PUBREL; A is SIGKILLed, S resumes on B from its record; A returns and
+    B takes the unfinished exchange over (adopted, P) and sends its PUBREL,
+    which S does not complete. B is SIGKILLed, S resumes on C; B returns:
+    the exchange comes back with B's store and C sends the PUBREL of P
+    again. Before, an adopted exchange was in B's memory only: C never sent
+    it, and M0, which S holds until that PUBREL, was lost."""
+    c = fault_cluster
+    a, b, cn = c.nodes
+    cid, topic, props, s = raw_persistent_subscriber(a, "ax", 2)
+    p = mqttraw.connected(cn, uid("axp"), 5)
+    p.publish(f"{topic}/x", b"m0", qos=2, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
+    p.pubrel(1)
+    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
+    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert m0.payload == b"m0", m0
+    s.pubrec(m0.packet_id)
+    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
+    s2 = stored_then_killed(a, uid("ax/none"), b, cid, props)
+    a.start()
+    wait_healthy(c)
+    rel = s2.expect(mqttraw.PUBREL, timeout=30)  # B adopted the exchange
+    assert rel.packet_id == m0.packet_id, rel
+    s3 = stored_then_killed(b, uid("ax/none"), cn, cid, props)
+    b.start()
+    wait_healthy(c)
+    rel = s3.expect(mqttraw.PUBREL, timeout=30)
+    assert rel.packet_id == m0.packet_id, rel
+    s3.pubcomp(rel.packet_id)
+    print(f"\n[adopted exchange] PUBREL {rel.packet_id} from {cn.name} after {b.name}'s return")
+    for x in (s3, p):
         x.disconnect()
 
 
