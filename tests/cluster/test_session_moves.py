@@ -13,6 +13,7 @@ import os
 import time
 
 import faults
+import mqttraw
 from helpers import PahoClient, uid
 
 WAIT = 30.0
@@ -121,28 +122,25 @@ def test_a_claim_slower_than_connect_timeout_gets_a_connack(cluster_factory):
     s3.disconnect()
 
 
-def test_a_claim_overtaken_by_its_clients_next_connect_hands_on_what_it_got(cluster_factory):
-    """A persistent QoS 1 session on node A holds M0..M9 offline; A is
+def overtaken_claim(cluster_factory, name, clean):
+    """A persistent QoS 1 session on node A holds m0..m9 offline; A is
     stopped (SIGSTOP) and the client comes back on B: B's claim waits for
     A's answer past connect_timeout, so the client gets 0x88 and connects
-    to B again at once, a second claim. A runs again and answers the first
-    claim with the session and its messages; that claim finds itself
-    overtaken by the second. The client must get every message in the
-    session it ends up with: before, the overtaken claim ended its session
-    with them (test_blackbox.py under heavy load: 17,339 of 28,381
-    missing)."""
-    import mqttraw
+    to B again at once (clean start `clean`), a second claim; then A runs
+    again and answers the first claim, which finds itself overtaken.
+    Returns (topic, sent, publisher on the third node, the second client
+    with its CONNACK read)."""
     c = cluster_factory(extra_env={"STARLING_CONNECT_TIMEOUT": "2",
                                    "STARLING_CLUSTER_CLAIM_TIMEOUT": "8000"})
     c.start()
     c.wait_healthy()
     a, b, cn = c.nodes
-    cid, topic = uid("over"), uid("over/t")
+    cid, topic = uid(name), uid(name + "/t")
     props = {"session_expiry_interval": 600}
     s = mqttraw.connected(a, cid, 5, properties=props)
     assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=1))).reason_codes == [1]
     s.disconnect()
-    p = mqttraw.connected(cn, uid("overp"), 5)
+    p = mqttraw.connected(cn, uid(name + "p"), 5)
     sent = [f"m{k}".encode() for k in range(10)]
     for m in sent:
         pid = p.publish(f"{topic}/x", m, qos=1)
@@ -154,11 +152,20 @@ def test_a_claim_overtaken_by_its_clients_next_connect_hands_on_what_it_got(clus
         assert ack.reason_code == 0x88, ack
         s2.close()
         s3 = mqttraw.Client(b)
-        s3.connect(cid, clean=False, properties=props, expect=False)
+        s3.connect(cid, clean=clean, properties=props, expect=False)
     finally:
         faults.resume(a)
-    ack = s3.expect(mqttraw.CONNACK, timeout=WAIT)
-    assert ack.reason_code == 0 and ack.session_present, ack
+    s3.connack = s3.expect(mqttraw.CONNACK, timeout=WAIT)
+    return topic, sent, p, s3
+
+
+def test_a_claim_overtaken_by_its_clients_next_connect_hands_on_what_it_got(cluster_factory):
+    """overtaken_claim with the session resumed: the client must get every
+    message in the session it ends up with. Before, the overtaken claim
+    ended its session with them (test_blackbox.py under heavy load: 17,339
+    of 28,381 missing)."""
+    _, sent, p, s3 = overtaken_claim(cluster_factory, "over", clean=False)
+    assert s3.connack.reason_code == 0 and s3.connack.session_present, s3.connack
     got = [s3.recv_publish(timeout=WAIT).payload for _ in sent]
     assert sorted(got) == sorted(sent), got
     s3.disconnect()
@@ -166,37 +173,12 @@ def test_a_claim_overtaken_by_its_clients_next_connect_hands_on_what_it_got(clus
 
 
 def test_a_claim_overtaken_by_a_clean_start_hands_on_nothing(cluster_factory):
-    """As above, but the client's next CONNECT asks for a clean start: the
-    session the first claim brought is discarded [MQTT-3.1.2-4], so the new
-    session gets none of its messages (the first thing it receives is a
-    marker published to its own new subscription)."""
-    import mqttraw
-    c = cluster_factory(extra_env={"STARLING_CONNECT_TIMEOUT": "2",
-                                   "STARLING_CLUSTER_CLAIM_TIMEOUT": "8000"})
-    c.start()
-    c.wait_healthy()
-    a, b, cn = c.nodes
-    cid, topic = uid("overc"), uid("overc/t")
-    props = {"session_expiry_interval": 600}
-    s = mqttraw.connected(a, cid, 5, properties=props)
-    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=1))).reason_codes == [1]
-    s.disconnect()
-    p = mqttraw.connected(cn, uid("overcp"), 5)
-    for k in range(10):
-        pid = p.publish(f"{topic}/x", f"m{k}".encode(), qos=1)
-        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == pid
-    faults.pause(a)
-    try:
-        s2 = mqttraw.Client(b)
-        ack = s2.connect(cid, clean=False, properties=props, timeout=WAIT)
-        assert ack.reason_code == 0x88, ack
-        s2.close()
-        s3 = mqttraw.Client(b)
-        s3.connect(cid, clean=True, properties=props, expect=False)
-    finally:
-        faults.resume(a)
-    ack = s3.expect(mqttraw.CONNACK, timeout=WAIT)
-    assert ack.reason_code == 0 and not ack.session_present, ack
+    """overtaken_claim with a clean start: the session the first claim
+    brought is discarded [MQTT-3.1.2-4], so the new session gets none of
+    its messages (the first thing it receives is a marker published to
+    its own new subscription)."""
+    _, _, p, s3 = overtaken_claim(cluster_factory, "overc", clean=True)
+    assert s3.connack.reason_code == 0 and not s3.connack.session_present, s3.connack
     mark = uid("overc/mark")
     assert s3.subscribe((mark, mqttraw.sub_options(qos=1))).reason_codes == [1]
     pid = p.publish(mark, b"marker", qos=1)
