@@ -45,9 +45,10 @@ def collect(client, n, timeout=30):
     return got
 
 
-def queued_offline(a, pub_node, cid, topic, n, tag):
+def queued_offline(a, pub_node, cid, topic, n, tag, size=0):
     """A persistent QoS 1 session cid on node a that is offline and holds n
-    acknowledged messages published on pub_node; returns their payloads."""
+    acknowledged messages published on pub_node (payloads "tag-i", or of
+    `size` bytes starting with i in 4 digits); returns their payloads."""
     x = PahoClient(a, cid, 5, clean=True, properties=expiry(600))
     x.connect()
     assert x.subscribe(topic, qos=1) == [1]
@@ -59,10 +60,10 @@ def queued_offline(a, pub_node, cid, topic, n, tag):
     assert witness.subscribe(topic, qos=1) == [1]
     pub = PahoClient(pub_node, uid("pub"), 5)
     pub.connect()
-    sent = [f"{tag}-{i}".encode() for i in range(n)]
+    sent = [b"%04d" % i + bytes(size - 4) if size else f"{tag}-{i}".encode() for i in range(n)]
     for payload in sent:
         pub.publish(topic, payload, qos=1)  # acknowledged
-    assert [witness.get(WAIT).payload for _ in sent] == sent
+    assert [witness.get(WAIT).payload[:16] for _ in sent] == [p[:16] for p in sent]
     witness.disconnect()
     pub.disconnect()
     return sent
@@ -214,22 +215,7 @@ def test_a_session_state_larger_than_the_channel_queue_arrives(cluster_factory):
     c.wait_healthy()
     a, b, third = c.nodes
     cid = uid("big-state")
-    topic = uid("sfr/b")
-    x = PahoClient(a, cid, 5, clean=True, properties=expiry(600))
-    x.connect()
-    assert x.subscribe(topic, qos=1) == [1]
-    x.disconnect()
-    witness = PahoClient(a, uid("witness"), 5)
-    witness.connect()
-    assert witness.subscribe(topic, qos=1) == [1]
-    pub = PahoClient(third, uid("pub"), 5)
-    pub.connect()
-    sent = [b"%04d" % i + bytes(100 * 1024 - 4) for i in range(120)]
-    for payload in sent:
-        pub.publish(topic, payload, qos=1)  # acknowledged
-    assert [witness.get(30).payload[:4] for _ in sent] == [p[:4] for p in sent]
-    witness.disconnect()
-    pub.disconnect()
+    sent = queued_offline(a, third, cid, uid("sfr/b"), 120, "big", size=100 * 1024)
     y = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
     y.connect(timeout=WAIT + 10)
     assert y.session_present
