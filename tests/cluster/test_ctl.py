@@ -73,7 +73,7 @@ def outbox_rows(node):
     read from its LMDB environment while it is stopped."""
     import lmdb
     envs = [d for d, _, files in os.walk(node.dir) if "data.mdb" in files
-            and os.sep + "cluster" + os.sep not in d + os.sep]
+            and os.path.relpath(d, node.dir).split(os.sep)[0] != "cluster"]
     assert len(envs) == 1, envs
     env = lmdb.open(envs[0], readonly=True, max_dbs=16, lock=False, subdir=True)
     try:
