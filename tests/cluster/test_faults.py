@@ -75,6 +75,22 @@ def stored_then_killed(node, sync_topic, to, cid, props):
     return s
 
 
+def stored_on_then_killed(a, cid):
+    """Every exchange of cid's session finished on node a (its PUBACKs and
+    PUBCOMPs in), then a later batch committed there (a persistent
+    session's SUBACK waits for its record's commit; batches commit in
+    order): what cid's client got is on a's disk; then a is SIGKILLed."""
+    def settled():
+        st, doc = a.http("GET", "/api/v1/clients/" + cid)
+        return st == 200 and doc.get("inflight") == 0 and doc.get("queued") == 0
+    wait_until(settled, 30, f"{cid}'s exchanges finished on {a.name}")
+    later = PahoClient(a, uid("later"), 5, clean=False, properties=session_props())
+    later.connect()
+    assert later.subscribe(uid("later/t"), qos=1) == [1]
+    kill(a)
+    later.stop()
+
+
 def session_props(seconds=600):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -1231,20 +1247,7 @@ def test_killed_owners_copy_judges_late_messages_passed_through_it(cluster_facto
     c, hold, cid, topic, s, p, sent = copy_collecting_what_s_got(cluster_factory, tmp_path,
                                                                  "through")
     a, b, cn = c.nodes
-    # every exchange finished on A (its PUBCOMPs in), then a later batch
-    # committed there (a persistent session's SUBACK waits for its record's
-    # commit; batches commit in order): what S got is on A's disk before
-    # the SIGKILL
-
-    def settled():
-        st, doc = a.http("GET", "/api/v1/clients/" + cid)
-        return st == 200 and doc.get("inflight") == 0 and doc.get("queued") == 0
-    wait_until(settled, 30, f"{cid}'s exchanges finished on {a.name}")
-    later = PahoClient(a, uid("later"), 5, clean=False, properties=session_props())
-    later.connect()
-    assert later.subscribe(uid("later/t"), qos=1) == [1]
-    kill(a)
-    later.stop()
+    stored_on_then_killed(a, cid)
     s.stop()
     s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
     s.connect(timeout=30)
@@ -1346,18 +1349,7 @@ def test_late_messages_acknowledged_before_their_store_are_not_given_again(clust
                       rf"{faults.node_id(b):016x}")
     assert late.findall(a.logtext()), f"the messages did not come to {a.name} as late messages"
 
-    # every exchange finished on A, then a later batch committed there (a
-    # persistent session's SUBACK waits for its record's commit; batches
-    # commit in order): what S acknowledged is on A's disk
-    def settled():
-        st, doc = a.http("GET", "/api/v1/clients/" + cid)
-        return st == 200 and doc.get("inflight") == 0 and doc.get("queued") == 0
-    wait_until(settled, 30, f"{cid}'s exchanges finished on {a.name}")
-    later = PahoClient(a, uid("later"), 5, clean=False, properties=session_props())
-    later.connect()
-    assert later.subscribe(uid("later/t"), qos=1) == [1]
-    kill(a)
-    later.stop()
+    stored_on_then_killed(a, cid)
     s.stop()
     a.start()
     wait_healthy(c)
