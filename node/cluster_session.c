@@ -1496,30 +1496,26 @@ void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list)
 
 void cn_overtaken_add(struct cluster_node *cn, struct session *s, uint64_t node, uint64_t epoch)
 {
-    /* the copy is the moving list's from here on (the poll may end it) */
-    uint16_t len = s->id_len;
-    char *id = node == cn->self ? malloc(len ? len : 1) : NULL;
-    if (id)
-        memcpy(id, s->client_id, len);
     /* to this node: under its own (older) claim, so that a winner that
      * began clean takes none of it (msgs_send) */
     lock_acquire(&s->lock);
     uint64_t own = s->epoch;
     lock_release(&s->lock);
-    session_ref(s); /* ours, while we look at it below */
+    /* ours, while we look at it below: from here on the copy is the moving
+     * list's (the poll may end it) */
+    session_ref(s);
     cn_moving_add(cn, s, node, node == cn->self ? own : epoch, true);
-    struct session *w = id ? owned_session(cn, id, len, epoch) : NULL;
+    struct session *w = node == cn->self ? owned_session(cn, s->client_id, s->id_len, epoch) : NULL;
     if (w) {
         /* its end (in cn_moving_detach) must leave w's stored records */
         cn_session_unstore_beside(cn->b, s);
         pthread_mutex_lock(&cn->reg_mu);
-        struct cn_moving *back = cn_moving_detach(cn, id, len, w);
+        struct cn_moving *back = cn_moving_detach(cn, s->client_id, s->id_len, w);
         pthread_mutex_unlock(&cn->reg_mu);
         session_unref(w);
         cn_moving_fold(cn, back);
     }
     session_unref(s);
-    free(id);
 }
 
 #ifndef NDEBUG

@@ -69,6 +69,24 @@ def queued_offline(a, pub_node, cid, topic, n, tag, size=0):
     return sent
 
 
+def resumed_on(node, cid):
+    """cid's client resumes its session on node (session present 1)."""
+    y = PahoClient(node, cid, 5, clean=False, properties=expiry(600))
+    y.connect(timeout=WAIT + 10)
+    assert y.session_present
+    return y
+
+
+def restarted_gets_all(c, b, cid, sent):
+    """Node b, killed, starts again; cid resumes there and gets every
+    message of `sent` once, in order."""
+    b.start()
+    c.wait_healthy(60)
+    z = resumed_on(b, cid)
+    assert collect(z, len(sent), timeout=40) == sent
+    z.disconnect()
+
+
 def test_a_session_state_lost_on_the_way_is_sent_again(cluster_factory):
     """Node a, which holds the offline session with 12 acknowledged
     messages, loses its SessionState to node b on the way (as a channel
@@ -83,9 +101,7 @@ def test_a_session_state_lost_on_the_way_is_sent_again(cluster_factory):
     cid = uid("lost-state")
     topic = uid("sfr/s")
     sent = queued_offline(a, third, cid, topic, 12, "st")
-    y = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
-    y.connect(timeout=WAIT + 10)
-    assert y.session_present
+    y = resumed_on(b, cid)
     assert "this SessionState is lost on the way" in a.logtext()
     assert collect(y, len(sent)) == sent
     y.disconnect()
@@ -101,9 +117,7 @@ def killed_holder_resumed_elsewhere(c, lose_env=None):
     topic = uid("sfr/h")
     sent = queued_offline(a, third, cid, topic, 12, "late")
     a.stop(sig=signal.SIGKILL)
-    y = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
-    y.connect(timeout=WAIT + 10)
-    assert y.session_present
+    y = resumed_on(b, cid)
     return y, sent, cid, topic
 
 
@@ -150,13 +164,7 @@ def test_late_messages_survive_a_receiver_killed_before_its_commit(cluster_facto
         b.stop(sig=signal.SIGKILL)
     finally:
         hold.unlink(missing_ok=True)
-    b.start()
-    c.wait_healthy(60)
-    z = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
-    z.connect(timeout=WAIT + 10)
-    assert z.session_present
-    assert collect(z, len(sent), timeout=40) == sent
-    z.disconnect()
+    restarted_gets_all(c, b, cid, sent)
 
 
 def test_session_state_survives_a_claimant_killed_before_its_commit(cluster_factory, tmp_path):
@@ -194,13 +202,7 @@ def test_session_state_survives_a_claimant_killed_before_its_commit(cluster_fact
         hold.unlink(missing_ok=True)
         if raw is not None:
             raw.close()
-    b.start()
-    c.wait_healthy(60)
-    z = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
-    z.connect(timeout=WAIT + 10)
-    assert z.session_present
-    assert collect(z, len(sent), timeout=40) == sent
-    z.disconnect()
+    restarted_gets_all(c, b, cid, sent)
 
 
 def test_a_session_state_larger_than_the_channel_queue_arrives(cluster_factory):
@@ -216,9 +218,7 @@ def test_a_session_state_larger_than_the_channel_queue_arrives(cluster_factory):
     a, b, third = c.nodes
     cid = uid("big-state")
     sent = queued_offline(a, third, cid, uid("sfr/b"), 120, "big", size=100 * 1024)
-    y = PahoClient(b, cid, 5, clean=False, properties=expiry(600))
-    y.connect(timeout=WAIT + 10)
-    assert y.session_present
+    y = resumed_on(b, cid)
     got = collect(y, len(sent), timeout=40)
     assert [p[:4] for p in got] == [p[:4] for p in sent]
     assert got == sent
