@@ -943,7 +943,7 @@ static uint64_t pid_seq(uint64_t next, uint32_t pid)
 {
     if (pid == 0 || pid > 65535)
         return next;
-    return next + ((uint64_t)(pid - 1) + 65535u - next % 65535u) % 65535u;
+    return persist_seq_of_pid(next, (uint16_t)pid);
 }
 
 bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uint64_t from)

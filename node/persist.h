@@ -102,4 +102,11 @@ static inline uint16_t persist_pid_of(uint64_t seq)
     return (uint16_t)(seq % 65535u + 1u);
 }
 
+/* The first sequence number from `from` on whose packet identifier
+ * (persist_pid_of) is pid, 1..65535. */
+static inline uint64_t persist_seq_of_pid(uint64_t from, uint16_t pid)
+{
+    return from + ((uint64_t)pid - 1u + 65535u - from % 65535u) % 65535u;
+}
+
 #endif

@@ -686,8 +686,7 @@ static bool pid_used_since_record(const struct session *s, uint16_t pid)
     uint64_t used = s->next_seq - from;
     if (used >= 65535u)
         return true;
-    uint64_t d = ((uint64_t)pid - 1u + 65535u - from % 65535u) % 65535u;
-    return d < used;
+    return persist_seq_of_pid(from, pid) - from < used;
 }
 
 int session_adopt_exchange_stored(struct broker *b, struct session *s, struct qmsg *q, uint16_t pid,
@@ -726,7 +725,7 @@ int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint
      * next_seq are older; another adopted exchange with it would have pid
      * in flight). New messages skip it (session_next_seq). next_seq itself
      * stays: it tells which ids this session used (pid_used_since_record). */
-    q->seq = s->next_seq + ((uint64_t)pid - 1u + 65535u - s->next_seq % 65535u) % 65535u;
+    q->seq = persist_seq_of_pid(s->next_seq, pid);
     if (q->seq >= s->adopt_seq_end)
         s->adopt_seq_end = q->seq + 1;
     qlist_push(&s->inflight, q);
