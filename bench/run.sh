@@ -59,7 +59,7 @@
 #                    makes QoS 0 loss the brokers' and not the queue limit's
 #
 # Cluster scenarios (BENCH_CLUSTER=1, or selected by name; "cluster" means all
-# five): a fresh 3-node Starling cluster on 127.0.0.31-33 (one free port each
+# eight): a fresh 3-node Starling cluster on 127.0.0.31-33 (one free port each
 # for MQTT, the forwarding channel, Raft and the admin API, the same on every
 # address), side by side with a fresh single Starling (tuned) in the same
 # repetition:
@@ -72,6 +72,15 @@
 #                  client id through Raft
 #   cl_takeover    takeover: a client on node 1 reconnects with the same id and
 #                  clean start 0 to node 2; CONNECT -> CONNACK (session present 1)
+#   cl_fanin_qos1  fanin QoS 1 as cl_fanin_qos0, persistence false: a forward
+#                  is sent at most once (no outbox without a store)
+#   cl_fanin_qos1_persistent  the same with a persistent subscriber and, on
+#                  every node (and the single one), persistence true and sync
+#                  always: the origin's PUBACK waits for its outbox row, the
+#                  destination acknowledges a forward once stored (issue 10's
+#                  cost of the cross-node guarantees)
+#   cl_takeover_persistent  cl_takeover with persistence true and sync always:
+#                  the CONNACK waits for the claim's store write
 #
 # fanin_qos1_persistent is fanin QoS 1 with a persistent subscriber (clean
 # session 0, fixed client id): Starling with persistence true, sync always and
@@ -148,8 +157,14 @@ for s in ${SCENARIOS//,/ }; do
     case "$s" in
     fanin) sel+=(fanin_qos0 fanin_qos1 fanin_qos1_persistent) ;;
     indep) sel+=(indep_qos0 indep_qos1) ;;
-    cluster) sel+=(cl_fanin_qos0 cl_latency cl_subs cl_conns cl_takeover) ;;
-    cl_fanin_qos0 | cl_latency | cl_subs | cl_conns | cl_takeover) sel+=("$s") ;;
+    cluster)
+        sel+=(cl_fanin_qos0 cl_latency cl_subs cl_conns cl_takeover cl_fanin_qos1
+            cl_fanin_qos1_persistent cl_takeover_persistent)
+        ;;
+    cl_fanin_qos0 | cl_latency | cl_subs | cl_conns | cl_takeover | cl_fanin_qos1 | \
+        cl_fanin_qos1_persistent | cl_takeover_persistent)
+        sel+=("$s")
+        ;;
     fanin_qos0 | fanin_qos1 | fanin_qos1_persistent | fanout | latency | conns | conns_sub | \
         indep_qos0 | indep_qos1 | slowsub | slowsub_qos1 | ceiling | tls_fanin | tls_conns | ws_fanin)
         sel+=("$s")
@@ -175,7 +190,7 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/starling-bench.XXXXXX")
 case "$(findmnt -n -o FSTYPE -T "$TMP" 2>/dev/null || true)" in
 tmpfs | ramfs)
     case " ${sel[*]} " in
-    *" fanin_qos1_persistent "*)
+    *" fanin_qos1_persistent "* | *"_persistent "*)
         echo "bench: WARNING: $TMP is on a tmpfs; the persistent runs do not touch a disk" \
             "(set TMPDIR to a directory on a disk)" >&2
         ;;
@@ -255,7 +270,7 @@ start_broker() {
         qbytes=0
         ;;
     esac
-    if [ "$2" = fanin_qos1_persistent ]; then
+    if [[ "$2" == *_persistent ]]; then # fanin_qos1_persistent, cl_*_persistent
         persist=true
         data=$(mktemp -d "$TMP/$name-data.XXXXXX") # fresh store for every run
     fi
@@ -357,11 +372,15 @@ stop_broker() {
     BDATA=""
 }
 
-# start_cluster: three fresh nodes on CL_ADDRS with the tuned settings (the
-# fanin runs' queues), each with CL_WORKERS workers; sets CPIDS and CPORT, and
-# returns 0 once every node lists three reachable members and a leader, or 1.
+# start_cluster [PERSIST]: three fresh nodes on CL_ADDRS with the tuned
+# settings (the fanin runs' queues), each with CL_WORKERS workers, persistence
+# false or, with PERSIST true, persistence true and sync always in a fresh
+# data_dir (the cross-node guarantees: QoS 1/2 forwards in the origin's outbox
+# until the destination stored them, claims stored before their CONNACK); sets
+# CPIDS and CPORT, and returns 0 once every node lists three reachable members
+# and a leader, or 1.
 start_cluster() {
-    local ports i key
+    local ports i key persist=${1:-false}
     # four ports free on all three addresses: MQTT, channel, Raft, admin
     ports=$("$PYTHON" - "${CL_ADDRS[@]}" <<'PYEOF'
 import socket, sys
@@ -401,7 +420,8 @@ max_queued_messages $QOS1_QUEUE
 max_queued_bytes 0
 max_inflight_messages 1000
 sys_interval 0
-persistence false
+persistence $persist
+sync always
 data_dir $TMP/cl$i
 admin_port $4
 api_key $key
@@ -489,7 +509,13 @@ cluster_args() {
     cl_latency) echo "latency --duration $CL_DURATION --host $h1 --sub-host $h2 --port $port" ;;
     cl_subs) echo "conns --conns $CL_CONNS --sub-burst --host $h1 --port $port $hosts" ;;
     cl_conns) echo "conns --conns $CL_CONNS --host $h1 --port $port $hosts" ;;
-    cl_takeover) echo "takeover --conns $CL_TAKEOVERS --host $h1 --sub-host $h2 --port $port" ;;
+    cl_takeover | cl_takeover_persistent)
+        echo "takeover --conns $CL_TAKEOVERS --host $h1 --sub-host $h2 --port $port"
+        ;;
+    cl_fanin_qos1) echo "fanin --qos 1 --duration $CL_DURATION --host $h1 --sub-host $h2 --port $port" ;;
+    cl_fanin_qos1_persistent)
+        echo "fanin --qos 1 --persistent --duration $CL_DURATION --host $h1 --sub-host $h2 --port $port"
+        ;;
     esac
 }
 
@@ -498,12 +524,16 @@ cluster_args() {
 # alternating with the repetition like the brokers above. Every run is
 # recorded with config "cluster"; the label says where it ran.
 run_cluster_scenario() {
-    local rep=$1 sc=$2 order="single cluster" where mapped=cl b
+    local rep=$1 sc=$2 order="single cluster" where mapped=cl b persist=false
     [ $((rep % 2)) -eq 1 ] || order="cluster single"
-    [ "$sc" != cl_fanin_qos0 ] || mapped=fanin_qos0 # the fanin runs' queues
+    case "$sc" in # the single node's settings: the fanin runs' queues, persistence
+    cl_fanin_*) mapped=${sc#cl_} ;;
+    cl_*_persistent) mapped=$sc ;;
+    esac
+    [[ "$sc" != *_persistent ]] || persist=true
     for where in $order; do
         if [ "$where" = cluster ]; then
-            if start_cluster; then
+            if start_cluster "$persist"; then
                 # shellcheck disable=SC2046
                 run_bench "$rep" cluster "$sc" cluster $(cluster_args "$sc" cluster) \
                     --pid "${CPIDS[0]}"
@@ -815,6 +845,20 @@ CL = [
     ("cl_takeover", "p50_us", "takeover CONNECT->CONNACK p50 us", "lower", None),
     ("cl_takeover", "p99_us", "takeover CONNECT->CONNACK p99 us", "lower", None),
     ("cl_takeover", "takeovers_per_s", "takeovers/s", "higher", None),
+    # issue 10: what the cross-node guarantees cost. Without persistence a
+    # forward is sent at most once and a claim answers at its commit; with it
+    # (sync always) the origin's PUBACK waits for the outbox row, the
+    # destination acknowledges a forward once stored, and a takeover's CONNACK
+    # waits for the claim's store write (docs/cluster.md)
+    ("cl_fanin_qos1", "msgs_per_s", "fan-in QoS 1 msg/s, persistence false", "higher", None),
+    ("cl_fanin_qos1", "loss", "  its lost msgs (at most once without a store)", "lower", None),
+    ("cl_fanin_qos1_persistent", "msgs_per_s",
+     "fan-in QoS 1 msg/s, persistent sub, sync always", "higher", None),
+    ("cl_fanin_qos1_persistent", "loss", "  its lost msgs (must be 0)", "lower", None),
+    ("cl_takeover_persistent", "p50_us", "takeover p50 us, persistence true", "lower", None),
+    ("cl_takeover_persistent", "p99_us", "takeover p99 us, persistence true", "lower", None),
+    ("cl_takeover_persistent", "takeovers_per_s", "takeovers/s, persistence true", "higher",
+     None),
 ]
 crow = []
 for id_, key, label, better, target in CL:
@@ -846,6 +890,21 @@ for id_, key, label, better, target in CL:
                         "single": one, "cluster": clu, "ratio": ratio})
     crow.append([label, better, fmt(one), fmt(clu), f"{ratio:.2f}" if ratio is not None else "-",
                  tgt, met])
+# the guarantees' cost on each side: persistent / non-persistent
+for id_, base_id, key, label in [
+        ("cl_fanin_qos1_persistent", "cl_fanin_qos1", "msgs_per_s",
+         "fan-in QoS 1, persistent / persistence false"),
+        ("cl_takeover_persistent", "cl_takeover", "p50_us",
+         "takeover p50, persistence true / false")]:
+    r = []
+    for where in ("starling", "cluster"):
+        p, q = cmed(id_, where, key), cmed(base_id, where, key)
+        r.append(p / q if p is not None and q else None)
+    if any(x is not None for x in r):
+        crow.append([label, "info"] + [f"{x:.2f}" if x is not None else "-" for x in r] +
+                    ["", "", ""])
+        summary.append({"config": "cluster", "scenario": id_, "metric": key + "_ratio_to_" + base_id,
+                        "better": "info", "single": r[0], "cluster": r[1]})
 if crow:
     ch = ["cluster metric (median)", "better", "single node", "3-node cluster", "cluster/single",
           "target (issue 9)", "met"]
@@ -866,7 +925,8 @@ incomplete = [f"{r['id']}/{r['broker']}/{r.get('config')}/rep{r['rep']}" for r i
 if incomplete:
     print("incomplete runs: " + ", ".join(incomplete))
 for r in runs:
-    lost = r.get("acked_lost", r.get("loss") if r["id"].startswith("fanin_qos1") else None)
+    lost = r.get("acked_lost", r.get("loss") if r["id"].startswith("fanin_qos1") or
+                 r["id"] == "cl_fanin_qos1_persistent" else None)
     if lost:
         print(f"WARNING: {r['broker']} ({r.get('config')}) acknowledged {lost} QoS 1 messages "
               f"that never reached the subscriber ({r['id']}, rep {r['rep']})")
