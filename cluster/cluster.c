@@ -315,6 +315,15 @@ static void remote_done(void *ud, int status, const struct fsm_batch_result *res
     free(q);
 }
 
+/* Whether node is another member (from the last scan of the members table). */
+static bool is_member(const struct cluster *c, uint64_t node)
+{
+    for (unsigned i = 0; i < c->n_members; i++)
+        if (c->members[i] == node)
+            return true;
+    return false;
+}
+
 static void on_propose(struct cluster *c, uint64_t from, const Starling__Chan__Propose *p)
 {
     size_t n = starling__cmd__command_batch__get_packed_size(p->batch);
@@ -330,10 +339,26 @@ static void on_propose(struct cluster *c, uint64_t from, const Starling__Chan__P
     free(pb);
     if (rc == 0) {
         *q = (struct remote_req){c, from, p->id};
-        /* Not the leader: relay it there once (a node that is not a member
-         * yet knows only its seeds). */
-        rc = p->hops ? raft_node_propose(c->raft, entry, elen, remote_done, q)
-                     : propose(c, entry, elen, remote_done, q, 1);
+        /* Not the leader: relay it there once, for a node that is not a
+         * member yet (it knows only its seeds). A member's proposal is not
+         * relayed: it was sent to this node as the leader, and one that
+         * comes to a node that is no longer the leader may be old - held
+         * in TCP across a cut, say - and its proposer, told -ECONNABORTED
+         * or -ETIMEDOUT meanwhile, may have proposed it again and gone on.
+         * Relayed then, it committed after later entries of that node: a
+         * route batch's RouteRemove (or first batch's NodePurge) undid the
+         * RouteAdds made since, and the node had no route for its
+         * subscribers' filters until its routes changed again (issue 10,
+         * chaos seed 1875013960; docs/cluster.md, "A proposal held across
+         * a cut"). Answered "not the leader" instead; the proposer, if it
+         * still waits, proposes it again to the leader it knows. */
+        bool member = is_member(c, from);
+        if (member && !p->hops && raft_node_leader(c->raft) != c->self)
+            log_info("cluster: a proposal of %016llx came here, not to the leader: answered, not "
+                     "relayed (it may be old)",
+                     (unsigned long long)from);
+        rc = p->hops || member ? raft_node_propose(c->raft, entry, elen, remote_done, q)
+                               : propose(c, entry, elen, remote_done, q, 1);
         free(entry);
         if (rc == 0)
             return;

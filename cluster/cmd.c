@@ -10,6 +10,9 @@
 #include "raft_cmd.pb-c.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -410,4 +413,142 @@ int cmd_node_down(struct cmd_batch *b, uint64_t node)
     c.cmd_case = STARLING__CMD__COMMAND__CMD_NODE_DOWN;
     c.node_down = &m;
     return append(b, &c);
+}
+
+/* ---- describing route changes for the log ---- */
+
+#define DESCRIBE_NODES 4
+
+struct describe_node {
+    uint64_t node;
+    size_t adds, removes, noops;
+    const ProtobufCBinaryData *add_f[CMD_DESCRIBE_FILTERS], *rem_f[CMD_DESCRIBE_FILTERS];
+};
+
+struct out {
+    char *p;
+    size_t len, at;
+};
+
+static void outf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void outf(struct out *o, const char *fmt, ...)
+{
+    if (o->at + 1 >= o->len)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(o->p + o->at, o->len - o->at, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        o->at = o->at + (size_t)n < o->len ? o->at + (size_t)n : o->len - 1;
+}
+
+/* " [f1, f2, ...]": the first filters (each cut at 64 bytes), "..." when
+ * there are more than those. */
+static void out_filters(struct out *o, const ProtobufCBinaryData *const *f, size_t n)
+{
+    size_t shown = n < CMD_DESCRIBE_FILTERS ? n : CMD_DESCRIBE_FILTERS;
+    outf(o, " [");
+    for (size_t i = 0; i < shown; i++)
+        outf(o, "%s%.*s", i ? ", " : "", (int)(f[i]->len < 64 ? f[i]->len : 64),
+             (const char *)f[i]->data);
+    outf(o, "%s]", n > shown ? ", ..." : "");
+}
+
+int cmd_routes_describe(const struct Starling__Cmd__CommandBatch *b, const unsigned char *changed,
+                        char *out, size_t outlen)
+{
+    struct describe_node nodes[DESCRIBE_NODES];
+    size_t n_nodes = 0, other_nodes = 0, n_marks = 0;
+    int mask = 0;
+    struct out o = {out, outlen, 0};
+    if (outlen)
+        out[0] = 0;
+    for (size_t i = 0; i < b->n_commands; i++) {
+        const Starling__Cmd__Command *c = b->commands[i];
+        bool add = c->cmd_case == STARLING__CMD__COMMAND__CMD_ROUTE_ADD;
+        if (!add && c->cmd_case != STARLING__CMD__COMMAND__CMD_ROUTE_REMOVE)
+            continue;
+        uint64_t node = add ? c->route_add->node : c->route_remove->node;
+        const ProtobufCBinaryData *f = add ? &c->route_add->filter : &c->route_remove->filter;
+        size_t k = 0;
+        while (k < n_nodes && nodes[k].node != node)
+            k++;
+        if (k == n_nodes) {
+            if (n_nodes == DESCRIBE_NODES) {
+                other_nodes++;
+                mask |= add ? CMD_ROUTES_ADD : CMD_ROUTES_GONE;
+                continue;
+            }
+            memset(&nodes[k], 0, sizeof(nodes[k]));
+            nodes[k].node = node;
+            n_nodes++;
+        }
+        struct describe_node *d = &nodes[k];
+        if (changed && !changed[i]) {
+            d->noops++;
+            continue;
+        }
+        if (add) {
+            if (d->adds < CMD_DESCRIBE_FILTERS)
+                d->add_f[d->adds] = f;
+            d->adds++;
+            mask |= CMD_ROUTES_ADD;
+        } else {
+            if (d->removes < CMD_DESCRIBE_FILTERS)
+                d->rem_f[d->removes] = f;
+            d->removes++;
+            mask |= CMD_ROUTES_GONE;
+        }
+    }
+    for (size_t i = 0; i < b->n_commands; i++) {
+        const Starling__Cmd__Command *c = b->commands[i];
+        const char *what = c->cmd_case == STARLING__CMD__COMMAND__CMD_NODE_PURGE  ? "NodePurge"
+                           : c->cmd_case == STARLING__CMD__COMMAND__CMD_NODE_DOWN ? "NodeDown"
+                                                                                  : NULL;
+        if (!what)
+            continue;
+        uint64_t node = c->cmd_case == STARLING__CMD__COMMAND__CMD_NODE_PURGE ? c->node_purge->node
+                                                                              : c->node_down->node;
+        outf(&o, "%s%s(%016llx)%s", o.at ? "; " : "", what, (unsigned long long)node,
+             changed && !changed[i] ? " no-op" : "");
+        n_marks++;
+        if (!changed || changed[i])
+            mask |= CMD_ROUTES_GONE;
+    }
+    for (size_t k = 0; k < n_nodes; k++) {
+        const struct describe_node *d = &nodes[k];
+        outf(&o, "%s%016llx", o.at ? "; " : "", (unsigned long long)d->node);
+        if (d->adds) {
+            outf(&o, " +%zu", d->adds);
+            out_filters(&o, d->add_f, d->adds);
+        }
+        if (d->removes) {
+            outf(&o, " -%zu", d->removes);
+            out_filters(&o, d->rem_f, d->removes);
+        }
+        if (d->noops)
+            outf(&o, " (%zu no-op)", d->noops);
+    }
+    if (other_nodes)
+        outf(&o, "; %zu more of other nodes", other_nodes);
+    if (!mask && (n_nodes || n_marks)) /* only no-ops */
+        mask = CMD_ROUTES_ADD;
+    return mask;
+}
+
+int cmd_entry_routes_describe(const void *entry, size_t len, char *out, size_t outlen)
+{
+    const void *pb;
+    size_t pb_len;
+    if (outlen)
+        out[0] = 0;
+    if (cmd_entry_unwrap(entry, len, &pb, &pb_len) < 0)
+        return -EINVAL;
+    Starling__Cmd__CommandBatch *b = starling__cmd__command_batch__unpack(NULL, pb_len, pb);
+    if (!b)
+        return -EINVAL;
+    int mask = cmd_routes_describe(b, NULL, out, outlen);
+    starling__cmd__command_batch__free_unpacked(b, NULL);
+    return mask;
 }

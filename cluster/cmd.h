@@ -91,4 +91,25 @@ int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, u
  * its persistent sessions need. */
 int cmd_node_down(struct cmd_batch *b, uint64_t node);
 
+/*
+ * For the log (docs/cluster.md, "Route changes in the log"): a bounded
+ * description of the route commands of a batch, per node the RouteAdds and
+ * RouteRemoves (counts and the first CMD_DESCRIBE_FILTERS filters of
+ * each), then each NodePurge and NodeDown. `changed`, when not NULL, holds
+ * per command whether it changed the table (the state machine's result):
+ * the others are only counted, as no-ops. Writes at most outlen bytes
+ * (always terminated) and returns a mask of CMD_ROUTES_ADD (a route added,
+ * or only no-ops) and CMD_ROUTES_GONE (a route removed, a NodePurge or a
+ * NodeDown that changed the table); 0 when the batch has no route command
+ * (out is then "").
+ */
+#define CMD_DESCRIBE_FILTERS 3
+#define CMD_ROUTES_ADD 1
+#define CMD_ROUTES_GONE 2
+struct Starling__Cmd__CommandBatch;
+int cmd_routes_describe(const struct Starling__Cmd__CommandBatch *b, const unsigned char *changed,
+                        char *out, size_t outlen);
+/* The same for an entry (cmd_batch_data's layout): -EINVAL when it does
+ * not decode. */
+int cmd_entry_routes_describe(const void *entry, size_t len, char *out, size_t outlen);
 #endif

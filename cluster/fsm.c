@@ -17,6 +17,7 @@
  */
 #include "fsm.h"
 #include "cmd.h"
+#include "log.h"
 #include "raft_cmd.pb-c.h"
 #include "rtable.h"
 #include "topic.h"
@@ -104,18 +105,39 @@ static int routes_reload(struct fsm *f)
     return rc;
 }
 
+/* What a NodeDown left in the matcher, for the log. */
+struct kept_routes {
+    struct routes *r;
+    size_t before, after;
+    char shown[256]; /* the first few filters kept */
+};
+
+static int load_kept_route(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    struct kept_routes *k = ud;
+    int rc = load_route(k->r, key, klen, val, vlen);
+    if (rc == 0 && k->after < 3) {
+        size_t at = strlen(k->shown);
+        snprintf(k->shown + at, sizeof(k->shown) - at, "%s%.*s", at ? ", " : "",
+                 (int)(klen - 8 < 64 ? klen - 8 : 64), (const char *)key + 8);
+    }
+    k->after++;
+    return rc;
+}
+
 /* The matcher's routes of one node, again from the table (after NodeDown
  * removed some of them). */
-static void routes_reload_node(struct fsm *f, uint64_t node)
+static void routes_reload_node(struct fsm *f, uint64_t node, struct kept_routes *k)
 {
     /* (within the entry's routes_write_begin: readers see the result only) */
-    routes_remove_node(f->routes, node);
+    k->r = f->routes;
+    k->before = routes_remove_node(f->routes, node);
     struct rtable_txn *x;
     if (rtable_begin_read(f->t, &x))
         return;
     unsigned char prefix[8];
     be64(prefix, node);
-    rtable_scan(x, RTABLE_ROUTES, prefix, 8, load_route, f->routes);
+    rtable_scan(x, RTABLE_ROUTES, prefix, 8, load_kept_route, k);
     rtable_abort(x);
 }
 
@@ -141,6 +163,9 @@ int fsm_open(struct fsm **out, const struct fsm_options *o, char *err, size_t er
     if (rc == 0) {
         rc = routes_reload(f);
         atomic_init(&f->routes_index, rtable_applied(f->t));
+        if (rc == 0)
+            log_info("cluster: route matcher loaded (entry %llu): %zu route(s)",
+                     (unsigned long long)rtable_applied(f->t), routes_count(f->routes));
         if (rc)
             snprintf(err, errlen, "%s: cannot load the route table: %s", o->dir, strerror(-rc));
     }
@@ -631,6 +656,29 @@ static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c)
     }
 }
 
+/* The route changes of an entry in the log (docs/cluster.md, "Route
+ * changes in the log"): at info when a route went (a RouteRemove, a
+ * NodePurge, a NodeDown), at debug when routes were only added, nothing
+ * for an entry without route commands. `total`: the matcher's routes
+ * after the entry; `gone`: what NodePurge/NodeDown took from the matcher. */
+static void log_routes_applied(uint64_t index, const Starling__Cmd__CommandBatch *b,
+                               const uint8_t *results, size_t total, const char *gone)
+{
+    if (log_get_level() < LOG_LEVEL_INFO)
+        return;
+    unsigned char changed[FSM_MAX_BATCH];
+    for (size_t i = 0; i < b->n_commands; i++)
+        changed[i] = results[i] == FSM_OK;
+    char d[1024];
+    int mask = cmd_routes_describe(b, changed, d, sizeof(d));
+    if (mask & CMD_ROUTES_GONE)
+        log_info("cluster: entry %llu applied, routes: %s%s (%zu in the matcher)",
+                 (unsigned long long)index, d, gone, total);
+    else if (mask)
+        log_debug("cluster: entry %llu applied, routes: %s (%zu in the matcher)",
+                  (unsigned long long)index, d, total);
+}
+
 /* After the commit: mirror route changes into the matcher, tell the
  * observer. */
 static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__CommandBatch *b,
@@ -643,6 +691,10 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
      * found no route to that node, and its forward was never made (one
      * acknowledged QoS 2 message lost now and then when a destination
      * restarted under traffic, test_forward.py). */
+    /* what went from the matcher at a NodePurge / NodeDown, for the log */
+    char gone[512];
+    size_t at = 0;
+    gone[0] = 0;
     routes_write_begin(f->routes);
     for (size_t i = 0; i < b->n_commands; i++) {
         if (results[i] != FSM_OK)
@@ -657,17 +709,31 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
             routes_remove(f->routes, (const char *)c->route_remove->filter.data,
                           c->route_remove->filter.len, c->route_remove->node);
             break;
-        case STARLING__CMD__COMMAND__CMD_NODE_PURGE:
-            routes_remove_node(f->routes, c->node_purge->node);
+        case STARLING__CMD__COMMAND__CMD_NODE_PURGE: {
+            size_t n = routes_remove_node(f->routes, c->node_purge->node);
+            if (at < sizeof(gone))
+                at +=
+                    (size_t)snprintf(gone + at, sizeof(gone) - at, "; NodePurge(%016llx): %zu gone",
+                                     (unsigned long long)c->node_purge->node, n);
             break;
-        case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
-            routes_reload_node(f, c->node_down->node);
+        }
+        case STARLING__CMD__COMMAND__CMD_NODE_DOWN: {
+            struct kept_routes k = {0};
+            routes_reload_node(f, c->node_down->node, &k);
+            if (at < sizeof(gone))
+                at += (size_t)snprintf(gone + at, sizeof(gone) - at,
+                                       "; NodeDown(%016llx): %zu gone, %zu kept [%s%s]",
+                                       (unsigned long long)c->node_down->node,
+                                       k.before > k.after ? k.before - k.after : 0, k.after,
+                                       k.shown, k.after > 3 ? ", ..." : "");
             break;
+        }
         default:
             break;
         }
     }
     routes_write_end(f->routes);
+    log_routes_applied(index, b, results, routes_count(f->routes), gone);
     /* the observers (which may publish, and so match routes) after */
     for (size_t i = 0; f->observer && i < b->n_commands; i++)
         if (results[i] == FSM_OK)
@@ -820,6 +886,9 @@ int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, boo
     if (rc)
         return rc;
     rc = routes_reload(f);
+    if (rc == 0)
+        log_info("cluster: route matcher loaded from a snapshot (entry %llu): %zu route(s)",
+                 (unsigned long long)rtable_applied(f->t), routes_count(f->routes));
     if (rc == 0) {
         f->broken = false;
         set_visible(f, rtable_applied(f->t));

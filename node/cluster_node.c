@@ -229,6 +229,8 @@ static void route_done(void *ud, int status, const struct fsm_batch_result *res,
     struct cluster_node *cn = ud;
     pthread_mutex_lock(&cn->mu);
     if (status == 0 && res) {
+        log_debug("cluster: route batch (ticket %llu) committed at entry %llu",
+                  (unsigned long long)cn->inflight_ticket, (unsigned long long)res->index);
         cn->committed = cn->inflight_ticket;
         cn->committed_index = res->index;
         if (!cn->first_routes_index)
@@ -300,6 +302,16 @@ static void route_take(struct cluster_node *cn)
     }
     cn->inflight_ticket = cn->queued;
     cmd_batch_reset(b);
+    /* in the log (docs/cluster.md, "Route changes in the log"): at info
+     * when a route goes, at debug when routes are only added */
+    char d[1024];
+    int mask = log_get_level() >= LOG_LEVEL_INFO
+                   ? cmd_entry_routes_describe(cn->inflight, cn->inflight_len, d, sizeof(d))
+                   : 0;
+    if (mask > 0)
+        log_msg(mask & CMD_ROUTES_GONE ? LOG_LEVEL_INFO : LOG_LEVEL_DEBUG,
+                "cluster: route batch (ticket %llu) proposed: %s", (unsigned long long)cn->queued,
+                d);
 }
 
 static void route_queue(struct cluster_node *cn, const char *filter, size_t len, bool add)

@@ -297,6 +297,89 @@ static bool began_clean(struct cluster_node *cn, const char *id, uint16_t len, u
     return clean;
 }
 
+/* Sequence numbers of msgs (taken out of an old copy), malloc'd; *n
+ * their count. */
+static uint64_t *copy_seqs(const struct qmsg *msgs, size_t *n)
+{
+    size_t k = 0;
+    for (const struct qmsg *q = msgs; q; q = q->next)
+        k++;
+    uint64_t *v = malloc((k ? k : 1) * sizeof(*v));
+    *n = 0;
+    for (const struct qmsg *q = msgs; v && q; q = q->next)
+        v[(*n)++] = q->seq;
+    return v;
+}
+
+static int seq_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * An old copy `from` of id folded into this node's own session w of the id
+ * (cn_moving_fold, cn_overtaken_add, a copy whose wait ended here): the
+ * rows of its messages (`seqs`, its sequence numbers) leave the store,
+ * after the fold's batch that stored them in w (submitted before: the
+ * store commits in order). The copy and w share the store's keys (client
+ * id, sequence number), so the copy ends without deleting its records
+ * (cn_session_unstore_beside), and its rows stayed: after a restart they
+ * loaded into w, whose client had had those messages, and were given
+ * again, a QoS 2 message twice (issue 10: the kill test, the long chaos
+ * run of seed 1946164343, docs/cluster.md "QoS 2 messages of a copy folded
+ * on its node"). Only the numbers below w's next one that w does not hold
+ * go: w never takes them again, and a row of w's there is one w deleted
+ * already; a number at or past w's next may be w's next message, whose
+ * row a worker may write before this batch is submitted.
+ */
+static void copy_rows_del(struct cluster_node *cn, struct session *from, const char *id,
+                          uint16_t len, uint64_t *seqs, size_t n)
+{
+    struct broker *b = cn->b;
+    if (!seqs || !n)
+        return;
+    pthread_mutex_lock(&b->registry.lock);
+    struct session *w = registry_find(&b->registry, id, len);
+    if (w == from)
+        w = NULL;
+    if (w)
+        session_ref(w);
+    pthread_mutex_unlock(&b->registry.lock);
+    if (!w)
+        return;
+    lock_acquire(&w->lock);
+    uint64_t next = w->next_seq;
+    size_t held_n = w->inflight.len + w->queue.len, k = 0;
+    uint64_t *held = malloc((held_n ? held_n : 1) * sizeof(*held));
+    const struct qlist *lists[2] = {&w->inflight, &w->queue};
+    for (int l = 0; held && l < 2; l++)
+        for (const struct qmsg *q = lists[l]->head; q && k < held_n; q = q->next)
+            held[k++] = q->seq;
+    lock_release(&w->lock);
+    session_unref(w);
+    if (!held)
+        return;
+    qsort(held, k, sizeof(*held), seq_cmp);
+    struct store_batch *bt = NULL;
+    size_t gone = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (seqs[i] >= next || bsearch(&seqs[i], held, k, sizeof(*held), seq_cmp))
+            continue;
+        struct store_batch *x = persist_batch(b, &bt);
+        if (!x)
+            break;
+        store_msg_del(x, id, len, seqs[i]);
+        gone++;
+    }
+    free(held);
+    if (bt)
+        persist_submit(b, &bt, NULL, NULL);
+    if (gone)
+        log_debug("cluster: %zu row(s) of the old copy of '%.*s' folded here leave the store", gone,
+                  (int)len, id);
+}
+
 /* Send msgs (a list, freed here) for session id to node `to`, but those
  * routed with a route table at or past `direct` (not 0), which reached `to`
  * directly. To another node, sequenced (node/cluster_fwd.h): the frame goes
@@ -314,6 +397,9 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
             persist_msg_del(cn->b, &bt, from, q);
         lock_release(&from->lock);
     }
+    /* folded into this node's session: the copy's rows go after the fold */
+    size_t n_seqs = 0;
+    uint64_t *seqs = from && to == cn->self ? copy_seqs(msgs, &n_seqs) : NULL;
     size_t n = 0, skipped = 0;
     for (struct qmsg **pp = &msgs; *pp;) {
         struct qmsg *q = *pp;
@@ -380,6 +466,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
             sm.epoch = cur;
         }
         cn_session_on_messages(cn, to, &sm, NULL);
+        copy_rows_del(cn, from, id, len, seqs, n_seqs);
     } else if (r == 0 && (n || last)) {
         r = cn_send_msgs_chunked(cn, to, &sm, &bt);
         if (r > 0)
@@ -398,6 +485,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
         log_debug("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
                   id, (unsigned long long)to);
     }
+    free(seqs);
     free(mv);
     free(mp);
     while (msgs) {

@@ -1035,6 +1035,55 @@ def test_partition_nothing_acknowledged_lost(fault_cluster, traffic_factory, par
     assert_clean(r, "partition of one node")
 
 
+def test_a_route_change_held_across_a_cut_is_not_applied_after_later_ones(fault_cluster,
+                                                                          partition_factory):
+    """Issue 10 (chaos seed 1875013960: a node without a route for its own
+    subscriber's filter for 12 s, 104 lost). A follower P's route batch
+    (the RouteRemove of an UNSUBSCRIBE) goes to the leader L just as L is
+    cut off, and waits in TCP. P, told of the new leader, proposes it there
+    again and goes on: the client subscribes again, SUBACK. After the heal
+    TCP brought the old batch to L, a follower by then, which relayed it to
+    the new leader: the RouteRemove committed after the RouteAdd, and what
+    was published on the third node for P's subscriber matched no route
+    (acknowledged, lost) until P's routes changed again. Every message
+    published on Q for the next 8 s (TCP resends the held bytes within a few
+    seconds of the heal) must arrive."""
+    c = fault_cluster
+    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 10, "a leader"))
+    p_node, q_node = [n for n in c.nodes if n is not lead]
+    topic = uid("held/t")
+    s = PahoClient(p_node, uid("heldsub"), 5)
+    s.connect()
+    assert s.subscribe(topic, qos=1) == [1]
+    pub = PahoClient(q_node, uid("heldpub"), 5)
+    pub.connect()
+    part = partition_factory(c)
+    part.isolate(lead)
+    s.unsubscribe(topic)  # its RouteRemove goes to the cut leader
+    wait_until(lambda: faults.leader(c, [p_node, q_node]), 15, "a leader of the other two")
+    assert s.subscribe(topic, qos=1) == [1]  # the RouteAdd is in effect on P and Q
+    pub.publish(topic, b"before the heal", qos=1)
+    assert s.get(WAIT).payload == b"before the heal"
+    part.heal()
+    wait_healthy(c)
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() < t0 + 8.0:  # each message waits for the one before
+        payload = f"m{i}".encode()
+        pub.publish(topic, payload, qos=1)  # PUBACK: acknowledged
+        try:
+            got = s.get(WAIT).payload
+        except AssertionError:
+            got = None
+        assert got == payload, f"message {i}, published on {q_node.name} " \
+            f"{time.monotonic() - t0:.1f} s after the cluster was healthy again and " \
+            f"acknowledged, did not reach the subscriber on {p_node.name} (got {got!r})"
+        i += 1
+    print(f"\n[held route batch] {i} messages after the heal, all delivered")
+    s.disconnect()
+    pub.disconnect()
+
+
 # ------------------------------------------------------------ 4. rolling restart
 
 def test_rolling_restart_persistent_subscribers_follow(fault_cluster, traffic_factory):

@@ -6,7 +6,7 @@
  * equal across environments), snapshot/restore, malformed input, the entry
  * hook and fsm_visible, the tables of a machine that stopped while they were
  * open (the mark of another boot: they start empty), an entry's route
- * changes seen at once by a reader.
+ * changes seen at once by a reader, and described for the log.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -992,6 +992,69 @@ static void test_node_routes_changed_at_once(void)
     rmdir_free(d);
 }
 
+/* The log's description of an entry's route changes (cmd_routes_describe):
+ * per node counts and the first filters, no-ops counted apart, NodePurge
+ * and NodeDown named, the mask saying whether a route went. */
+static void test_routes_described(void)
+{
+    struct cmd_batch *b = cmd_batch_new();
+    char d[512];
+    size_t len;
+    const void *e;
+    cmd_route_add(b, S("a"), 3);
+    cmd_route_add(b, S("b/+"), 3);
+    cmd_session_claim(b, S("c1"), 3, 1); /* not a route */
+    cmd_route_add(b, S("c/#"), 3);
+    cmd_route_add(b, S("d"), 3);
+    cmd_route_remove(b, S("x"), 4);
+    e = cmd_batch_data(b, &len);
+    CU_ASSERT_EQUAL(cmd_entry_routes_describe(e, len, d, sizeof d),
+                    CMD_ROUTES_ADD | CMD_ROUTES_GONE);
+    CU_ASSERT_STRING_EQUAL(d, "0000000000000003 +4 [a, b/+, c/#, ...]; 0000000000000004 -1 [x]");
+    cmd_batch_reset(b);
+    cmd_route_add(b, S("a"), 3);
+    e = cmd_batch_data(b, &len);
+    CU_ASSERT_EQUAL(cmd_entry_routes_describe(e, len, d, sizeof d), CMD_ROUTES_ADD);
+    cmd_batch_reset(b);
+    cmd_session_claim(b, S("c1"), 3, 1);
+    e = cmd_batch_data(b, &len);
+    CU_ASSERT_EQUAL(cmd_entry_routes_describe(e, len, d, sizeof d), 0);
+    CU_ASSERT_STRING_EQUAL(d, "");
+    /* as applied: the no-op counted apart; a NodePurge and a NodeDown */
+    cmd_batch_reset(b);
+    cmd_node_purge(b, 5);
+    cmd_route_add(b, S("a"), 5);
+    cmd_route_add(b, S("b"), 5);
+    cmd_node_down(b, 6);
+    e = cmd_batch_data(b, &len);
+    const void *pb;
+    size_t pb_len;
+    CU_ASSERT_EQUAL_FATAL(cmd_entry_unwrap(e, len, &pb, &pb_len), 0);
+    Starling__Cmd__CommandBatch *cb = starling__cmd__command_batch__unpack(NULL, pb_len, pb);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cb);
+    unsigned char changed[4] = {1, 1, 0, 0};
+    CU_ASSERT_EQUAL(cmd_routes_describe(cb, changed, d, sizeof d),
+                    CMD_ROUTES_ADD | CMD_ROUTES_GONE);
+    CU_ASSERT_STRING_EQUAL(d, "NodePurge(0000000000000005); NodeDown(0000000000000006) no-op; "
+                              "0000000000000005 +1 [a] (1 no-op)");
+    /* bounded: a short buffer is cut, terminated */
+    CU_ASSERT_EQUAL(cmd_routes_describe(cb, NULL, d, 10), CMD_ROUTES_ADD | CMD_ROUTES_GONE);
+    CU_ASSERT_STRING_EQUAL(d, "NodePurge");
+    /* a NodeDown that changed nothing alone: not a route gone */
+    cmd_batch_reset(b);
+    cmd_node_down(b, 6);
+    e = cmd_batch_data(b, &len);
+    starling__cmd__command_batch__free_unpacked(cb, NULL);
+    CU_ASSERT_EQUAL_FATAL(cmd_entry_unwrap(e, len, &pb, &pb_len), 0);
+    cb = starling__cmd__command_batch__unpack(NULL, pb_len, pb);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cb);
+    unsigned char unchanged[1] = {0};
+    CU_ASSERT_EQUAL(cmd_routes_describe(cb, unchanged, d, sizeof d), CMD_ROUTES_ADD);
+    CU_ASSERT_STRING_EQUAL(d, "NodeDown(0000000000000006) no-op");
+    starling__cmd__command_batch__free_unpacked(cb, NULL);
+    cmd_batch_free(b);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -1015,6 +1078,7 @@ int main(void)
     CU_add_test(s, "operator tables (AdminPut, AdminDelete)", test_admin_tables);
     CU_add_test(s, "tables open when the machine stopped", test_machine_stopped_while_open);
     CU_add_test(s, "a node's routes changed at once for readers", test_node_routes_changed_at_once);
+    CU_add_test(s, "an entry's route changes described for the log", test_routes_described);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
