@@ -48,6 +48,9 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define READ_CHUNK 65536
+/* a connection's frames in one turn of the loop: then the rest of the loop
+ * runs (conn_parse) */
+#define READ_TURN_NS (10u * 1000u * 1000u)
 
 struct qframe {
     struct qframe *next;
@@ -83,6 +86,7 @@ struct conn {
     size_t rlen, rcap;
     unsigned char chunk[READ_CHUNK];
     bool closing;
+    bool paused; /* frames left in rbuf for the next turn: not reading meanwhile */
     /* the data write in flight (outgoing) */
     uv_write_t wreq;
     struct qframe *writing;
@@ -123,6 +127,7 @@ struct chan {
     struct sockaddr_in self_sa;
     uv_tcp_t listener;
     uv_async_t async;
+    uv_idle_t resume; /* active while a connection has frames left for the next turn */
     pthread_mutex_t mu;
     pthread_cond_t cv; /* a direct write ended (a close waits for it) */
     struct peer *peers;
@@ -608,11 +613,77 @@ static void handle_frame(struct conn *k, const Starling__Chan__Frame *f)
     }
 }
 
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
+static void on_resume(uv_idle_t *h);
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
     (void)suggested;
     struct conn *k = h->data;
     *b = uv_buf_init((char *)k->chunk, READ_CHUNK);
+}
+
+/* Handle the whole frames of k->rbuf in order, for at most READ_TURN_NS
+ * of this thread's time (at least one frame): the loop also runs Raft, its
+ * timers and the other connections, and a burst of heavy frames (a moved
+ * session's messages, applied by the frame handler) would otherwise hold
+ * them all for as long as it takes (issues 9 and 10: 8 to 17 s, a leader
+ * lost). What is left waits in rbuf, the connection not read meanwhile (TCP
+ * pushes back on its sender), for the loop's next turn (on_resume). */
+static void conn_parse(struct conn *k)
+{
+    struct chan *c = k->c;
+    uint64_t t0 = uv_hrtime();
+    size_t off = 0;
+    bool more = false;
+    if (k->paused && k->from) /* bytes it brought, taken in turns */
+        __atomic_store_n(&k->from->heard_ms, mono_ms(), __ATOMIC_RELAXED);
+    while (!k->closing && k->rlen - off >= 4) {
+        if (off && uv_hrtime() - t0 >= READ_TURN_NS) {
+            more = true;
+            break;
+        }
+        const unsigned char *p = k->rbuf + off;
+        size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+        if (len > c->o.max_frame) {
+            refuse(k, "frame too large");
+            return;
+        }
+        if (k->rlen - off - 4 < len)
+            break;
+        Starling__Chan__Frame *f = starling__chan__frame__unpack(NULL, len, p + 4);
+        off += 4 + len;
+        if (!f || f->frame_case == STARLING__CHAN__FRAME__FRAME__NOT_SET) {
+            if (f)
+                starling__chan__frame__free_unpacked(f, NULL);
+            refuse(k, "malformed frame");
+            return;
+        }
+        handle_frame(k, f);
+        starling__chan__frame__free_unpacked(f, NULL);
+    }
+    if (k->closing)
+        return;
+    memmove(k->rbuf, k->rbuf + off, k->rlen - off);
+    k->rlen -= off;
+    /* Give back memory after a large frame. */
+    if (!more && k->rcap > 4 * READ_CHUNK && k->rlen < READ_CHUNK) {
+        unsigned char *p = realloc(k->rbuf, READ_CHUNK);
+        if (p) {
+            k->rbuf = p;
+            k->rcap = READ_CHUNK;
+        }
+    }
+    if (more && !k->paused) {
+        k->paused = true;
+        uv_read_stop((uv_stream_t *)&k->tcp);
+        if (!c->stopping)
+            uv_idle_start(&c->resume, on_resume);
+    } else if (!more && k->paused) {
+        k->paused = false;
+        if (uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
+            conn_close(k);
+    }
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
@@ -647,42 +718,37 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
     memcpy(k->rbuf + k->rlen, b->base, (size_t)n);
     k->rlen += (size_t)n;
-    size_t off = 0;
-    while (!k->closing && k->rlen - off >= 4) {
-        const unsigned char *p = k->rbuf + off;
-        size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
-        if (len > k->c->o.max_frame) {
-            refuse(k, "frame too large");
-            return;
-        }
-        if (k->rlen - off - 4 < len)
-            break;
-        Starling__Chan__Frame *f = starling__chan__frame__unpack(NULL, len, p + 4);
-        off += 4 + len;
-        if (!f || f->frame_case == STARLING__CHAN__FRAME__FRAME__NOT_SET) {
-            if (f)
-                starling__chan__frame__free_unpacked(f, NULL);
-            refuse(k, "malformed frame");
-            return;
-        }
-        handle_frame(k, f);
-        starling__chan__frame__free_unpacked(f, NULL);
-    }
-    if (k->closing)
-        return;
-    memmove(k->rbuf, k->rbuf + off, k->rlen - off);
-    k->rlen -= off;
-    /* Give back memory after a large frame. */
-    if (k->rcap > 4 * READ_CHUNK && k->rlen < READ_CHUNK) {
-        unsigned char *p = realloc(k->rbuf, READ_CHUNK);
-        if (p) {
-            k->rbuf = p;
-            k->rcap = READ_CHUNK;
-        }
-    }
+    conn_parse(k);
 }
 
-/* ---- connections ---- */
+/* The idle phase of the loop: the connections with frames left from their
+ * last turn take another. Runs once per loop turn while one is left, with
+ * the loop's timers and I/O (Raft's too) in between. */
+static void on_resume(uv_idle_t *h)
+{
+    struct chan *c = h->data;
+    /* gathered first: a frame's handler may add peers; connections are
+     * freed only in their close callbacks, never during this turn */
+    struct conn *ks[2 * 64];
+    unsigned n = 0;
+    for (struct peer *p = c->peers; p && n < sizeof ks / sizeof ks[0]; p = p->next)
+        if (p->conn && p->conn->paused)
+            ks[n++] = p->conn;
+    for (struct conn *k = c->incoming; k && n < sizeof ks / sizeof ks[0]; k = k->next)
+        if (k->paused)
+            ks[n++] = k;
+    for (unsigned i = 0; i < n; i++)
+        conn_parse(ks[i]);
+    bool left = false;
+    for (struct peer *p = c->peers; p && !left; p = p->next)
+        left = p->conn && p->conn->paused && !p->conn->closing;
+    for (struct conn *k = c->incoming; k && !left; k = k->next)
+        left = k->paused && !k->closing;
+    if (!left)
+        uv_idle_stop(h);
+}
+
+/* ---- connections ---- */ /* ---- connections ---- */
 
 static void schedule_reconnect(struct peer *p);
 
@@ -858,6 +924,9 @@ int chan_start(struct chan **out, const struct chan_options *o, char *err, size_
     uv_async_init(o->loop, &c->async, on_async);
     c->async.data = c;
     c->open++;
+    uv_idle_init(o->loop, &c->resume);
+    c->resume.data = c;
+    c->open++;
     *out = c;
     return 0;
 }
@@ -871,6 +940,7 @@ void chan_stop(struct chan *c, void (*done)(void *ud), void *ud)
     pthread_mutex_unlock(&c->mu);
     uv_close((uv_handle_t *)&c->listener, handle_closed);
     uv_close((uv_handle_t *)&c->async, handle_closed);
+    uv_close((uv_handle_t *)&c->resume, handle_closed);
     for (struct peer *p = c->peers; p; p = p->next) {
         if (p->conn)
             conn_close(p->conn);

@@ -272,9 +272,14 @@ void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
                               const Starling__Chan__SessionState *st,
                               const struct cluster_fwd_seq *sq);
 /* A moved session's messages go in frames of at most MOVE_CHUNK_BYTES of
- * messages (or one message): how many of msgs[0..n) the first frame takes
- * (at least one when n > 0). */
+ * messages (or one message) and at most MOVE_CHUNK_MSGS messages: how many
+ * of msgs[0..n) the first frame takes (at least one when n > 0). The
+ * receiver applies a frame at once on its cluster thread, which also runs
+ * Raft and the channel, and yields between frames (channel.c, conn_parse):
+ * the frame is the slice, so its count bounds the stall (docs/cluster.md,
+ * *A live node taken for dead under load*). */
 #define MOVE_CHUNK_BYTES (512u * 1024u)
+#define MOVE_CHUNK_MSGS 256u
 size_t cn_msgs_chunk(Starling__Chan__SessionMessage *const *msgs, size_t n);
 /* Send sm (its msgs, seen and last) to `to` in frames of cn_msgs_chunk's
  * size, sequenced through *bt (cluster_fwd_send_frame), seen and last on

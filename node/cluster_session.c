@@ -710,6 +710,21 @@ static struct session *owned_session(struct cluster_node *cn, const char *id, si
         if (x->epoch == epoch && x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0)
             s = session_ref(x->s);
     pthread_mutex_unlock(&cn->reg_mu);
+    if (s) {
+        /* the session its claim built, which learns the claim's epoch only
+         * when its worker routes it (claim_route_incoming): the frames that
+         * follow its state (its messages beyond the first frame's) may come
+         * before that. Before, such a frame found no session, rebuilt one
+         * from the record beside the claim, and the claim then failed as
+         * overtaken (CONNACK 0x88) */
+        lock_acquire(&s->lock);
+        bool ok = (s->epoch == epoch || s->epoch == 0) && !s->ended;
+        lock_release(&s->lock);
+        if (ok)
+            return s;
+        session_unref(s);
+        s = NULL;
+    }
     if (!s) {
         struct registry *r = &cn->b->registry;
         pthread_mutex_lock(&r->lock);
@@ -908,7 +923,7 @@ size_t cn_msgs_chunk(Starling__Chan__SessionMessage *const *msgs, size_t n)
     size_t k = 0, bytes = 0;
     while (k < n) {
         bytes += starling__chan__session_message__get_packed_size(msgs[k]) + 8;
-        if (k > 0 && bytes > MOVE_CHUNK_BYTES)
+        if (k > 0 && (bytes > MOVE_CHUNK_BYTES || k >= MOVE_CHUNK_MSGS))
             break;
         k++;
     }

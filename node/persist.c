@@ -96,8 +96,10 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
     /* what it got since it moved (cluster): taken once after a restart too */
     size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
     size_t n_held = 0;
-    for (const struct qmsg *q = n_seen ? s->queue.head : NULL; q; q = q->next)
+    for (const struct qmsg *q = n_seen && s->held_hint ? s->queue.head : NULL; q; q = q->next)
         n_held += q->m->id_node && atomic_load(&q->m->hold) == MSG_HELD;
+    if (n_seen && !n_held)
+        s->held_hint = 0; /* none held now: none until one is queued held */
     struct store_seen *seen = n_seen ? malloc((n_seen + n_held) * sizeof(*seen)) : NULL;
     if (n_seen && !seen) {
         log_error("out of memory: session '%s' not stored", s->client_id);
@@ -187,6 +189,107 @@ void persist_session_contents(const struct broker *br, struct store_batch **bt, 
                                                                    : MSG_STATE_QUEUED);
     for (uint32_t i = 0; i < s->n_qos2_in; i++)
         persist_qos2(br, bt, s, s->qos2_in[i], true);
+}
+
+struct persist_row {
+    struct msg *m; /* a reference */
+    uint64_t seq;
+    uint8_t state, qos;
+    bool retain;
+    uint16_t pid, n_ids;
+    uint32_t one;
+    uint32_t *many; /* n_ids > 1: a copy */
+};
+
+int persist_contents_copy(const struct broker *br, struct session *s, struct persist_copy *out)
+{
+    assert(lock_held(&s->lock));
+    memset(out, 0, sizeof *out);
+    out->id = s->client_id;
+    out->id_len = s->id_len;
+    if (!persist_wanted(br, s))
+        return 0;
+    size_t n = (size_t)s->inflight.len + s->queue.len;
+    out->rows = n ? calloc(n, sizeof *out->rows) : NULL;
+    out->qos2 = s->n_qos2_in ? malloc(s->n_qos2_in * sizeof *out->qos2) : NULL;
+    if ((n && !out->rows) || (s->n_qos2_in && !out->qos2)) {
+        free(out->rows);
+        free(out->qos2);
+        memset(out, 0, sizeof *out);
+        return -ENOMEM;
+    }
+    /* the copies of subscription ids first: nothing is marked stored
+     * unless the whole copy is made */
+    const struct qlist *lists[2] = {&s->inflight, &s->queue};
+    size_t k = 0;
+    for (int l = 0; l < 2; l++)
+        for (struct qmsg *q = lists[l]->head; q && k < n; q = q->next) {
+            if (q->qos == 0)
+                continue;
+            struct persist_row *w = &out->rows[k];
+            w->n_ids = q->n_ids;
+            if (q->n_ids == 1) {
+                w->one = q->ids.one;
+            } else if (q->n_ids > 1) {
+                w->many = malloc(q->n_ids * sizeof *w->many);
+                if (!w->many) {
+                    out->n = k;
+                    persist_contents_free(out);
+                    return -ENOMEM;
+                }
+                memcpy(w->many, q->ids.many, q->n_ids * sizeof *w->many);
+            }
+            w->m = msg_ref(q->m);
+            w->seq = q->seq;
+            w->state =
+                q->state == MSG_STATE_WAIT_PUBCOMP ? MSG_STATE_WAIT_PUBCOMP : MSG_STATE_QUEUED;
+            w->pid = w->state ? q->pid : 0;
+            w->qos = q->qos;
+            w->retain = q->retain;
+            k++;
+        }
+    out->n = k;
+    for (int l = 0; l < 2; l++)
+        for (struct qmsg *q = lists[l]->head; q; q = q->next)
+            if (q->qos > 0)
+                q->stored = true; /* its row is in the batch persist_contents_write fills */
+    out->n_qos2 = s->n_qos2_in;
+    if (s->n_qos2_in)
+        memcpy(out->qos2, s->qos2_in, s->n_qos2_in * sizeof *out->qos2);
+    return 0;
+}
+
+void persist_contents_free(struct persist_copy *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        msg_unref(c->rows[i].m);
+        free(c->rows[i].many);
+    }
+    free(c->rows);
+    free(c->qos2);
+    memset(c, 0, sizeof *c);
+}
+
+void persist_contents_write(const struct broker *br, struct store_batch **bt,
+                            struct persist_copy *c)
+{
+    struct store_batch *b = c->n || c->n_qos2 ? persist_batch(br, bt) : NULL;
+    for (size_t i = 0; b && i < c->n; i++) {
+        const struct persist_row *w = &c->rows[i];
+        struct store_msg rec = {
+            .state = w->state,
+            .pid = w->pid,
+            .qos = w->qos,
+            .retain = w->retain,
+            .n_ids = w->n_ids,
+            .ids = w->n_ids == 1 ? &w->one : w->many,
+            .m = w->m,
+        };
+        store_msg_put(b, c->id, c->id_len, w->seq, &rec);
+    }
+    for (uint32_t i = 0; b && i < c->n_qos2; i++)
+        store_qos2_put(b, c->id, c->id_len, c->qos2[i]);
+    persist_contents_free(c);
 }
 
 void persist_msg_del(const struct broker *br, struct store_batch **bt, struct session *s,

@@ -68,6 +68,30 @@ void persist_msg_put(const struct broker *b, struct store_batch **bt, struct ses
  * the end of an older copy of the id here then deleted every record of the
  * id). s->lock held. */
 void persist_session_contents(const struct broker *b, struct store_batch **bt, struct session *s);
+/* persist_session_contents in two steps, so that the session's lock is
+ * not held while a large session is written (a claim's write of a session
+ * that moved here with tens of thousands of messages held every thread
+ * that delivers to it for seconds: docs/cluster.md, *A live node taken for
+ * dead under load*). persist_contents_copy, s->lock held: the rows it
+ * would write, copied (each message referenced), and the messages marked
+ * stored; 0, or -ENOMEM (nothing copied: write under the lock instead).
+ * persist_contents_write, no lock needed: those rows into *bt (s's id
+ * must stay valid: the caller holds a reference), and the copy freed. */
+struct persist_row;
+struct persist_copy {
+    const char *id;
+    uint16_t id_len;
+    size_t n;
+    struct persist_row *rows;
+    uint32_t n_qos2;
+    uint16_t *qos2;
+};
+int persist_contents_copy(const struct broker *b, struct session *s, struct persist_copy *out);
+/* The copy given up without writing it (its messages stay marked stored:
+ * the caller writes them otherwise). */
+void persist_contents_free(struct persist_copy *c);
+void persist_contents_write(const struct broker *b, struct store_batch **bt,
+                            struct persist_copy *c);
 void persist_msg_del(const struct broker *b, struct store_batch **bt, struct session *s,
                      struct qmsg *q);
 /* Incoming QoS 2 packet ids. s->lock held. */

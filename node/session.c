@@ -151,6 +151,8 @@ static void queue_push(struct session *s, struct qmsg *q)
 {
     qlist_push(&s->queue, q);
     s->queue_bytes += qmsg_size(q);
+    if (atomic_load(&q->m->hold) == MSG_HELD && s->held_hint < UINT32_MAX)
+        s->held_hint++;
 }
 
 /* Apply the queue limits for one more message; returns the message to drop

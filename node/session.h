@@ -138,6 +138,11 @@ struct session {
      * it follows the session when it moves on (SessionState). */
     struct msg_seen *seen;
     uint64_t seen_until;
+    /* messages queued while held (struct msg.hold) since persist_session_put
+     * last found none held in the queue: it walks the queue for them only
+     * when this is not 0 (a walk per acknowledgement made delivering a
+     * moved session of 31,000 messages quadratic, its lock held each time). */
+    uint32_t held_hint;
     /* cluster: an old copy moving out whose new owner's routes are in
      * every route table from this index on (0: unknown, or not moving out):
      * a message routed with such a table reached the owner directly and is
