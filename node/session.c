@@ -981,10 +981,15 @@ static struct worker *late_end_locked(struct session *s, const char *why)
     uint32_t held = 0;
     for (const struct qmsg *q = late_first_held(s); q; q = q->next)
         held++;
-    uint64_t ms = broker_now_mono_ms() - s->late_hold_since;
+    uint64_t ms = broker_now_mono_ms() - s->late_hold_since, now = msg_now_real_ms();
+    /* what its client waited: since it was answered (connected_at) */
+    long long client = s->conn && s->connected_at && now >= s->connected_at
+                           ? (long long)(now - s->connected_at)
+                           : -1;
     session_late_clear_locked(s);
-    log_info("'%s': %u message(s) that came directly were held %llu ms, %s", s->client_id, held,
-             (unsigned long long)ms, why);
+    log_info("'%s': %u message(s) that came directly were held %llu ms (%lld ms after its client "
+             "was answered), %s",
+             s->client_id, held, (unsigned long long)ms, client, why);
     return s->conn ? s->w : NULL;
 }
 
