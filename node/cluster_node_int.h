@@ -295,6 +295,17 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                             const struct cluster_fwd_seq *sq);
 void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
                           const Starling__Chan__SessionRouted *r);
+/* The order of late messages (docs/cluster.md, "Ordering of late
+ * messages"). cn_session_late_hold: s, which came here with the
+ * SessionState of node `from` for claim `epoch`, holds what reaches it
+ * directly from now on (call before it joins the index), for at most
+ * twice cluster_claim_timeout. cn_session_late_in: after the late messages
+ * of sm (from node `from`) were queued to s, which ends the hold when sm
+ * is that node's complete (or last) batch for the claim. Any thread. */
+void cn_session_late_hold(struct cluster_node *cn, struct session *s, uint64_t from,
+                          uint64_t epoch);
+void cn_session_late_in(struct cluster_node *cn, struct session *s, uint64_t from,
+                        const Starling__Chan__SessionMessages *sm);
 /* The glue's thread: late messages, the start-up pass, NodeDown. */
 void cn_session_poll(struct cluster_node *cn, uint64_t now);
 /* After the cluster stopped. */

@@ -159,6 +159,10 @@ static bool claim_route_incoming(struct cl_claim *k)
         shared = in->subs[i].len > 7 && memcmp(in->subs[i].filter, "$share/", 7) == 0;
     in->routed_from = copy_here || shared ? 0 : fsm_visible(k->cn->fsm);
     lock_release(&in->lock);
+    /* what reaches it directly from now on waits for what its old owner
+     * collected before (docs/cluster.md, "Ordering of late messages") */
+    if (!k->from_record)
+        cn_session_late_hold(k->cn, in, k->prev_node, k->epoch);
     for (uint32_t i = 0; i < n; i++) {
         struct session_sub *sub = &in->subs[i];
         sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);

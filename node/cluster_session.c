@@ -67,6 +67,7 @@ struct cn_moving {
     bool routed;          /* the new owner's routes are everywhere: send, end soon */
     bool graced;          /* routed seen: until_ms is the end of the grace (LATE_GRACE_MS) */
     bool now;             /* no state was sent (cn_moving_add) */
+    bool complete_sent;   /* routed: the first batch after it went (SessionMessages.complete) */
     uint64_t route_index; /* ... since this index (0: unknown) */
     /* cn_moving_detach: what the ended copy held, for cn_moving_fold */
     struct qmsg *late;
@@ -103,11 +104,22 @@ struct cn_moving {
  * replay). */
 #define LATE_GRACE_MS CHAN_RECONNECT_GRACE_MS
 
+/* A session that moved here holds what reaches it directly until its old
+ * owner's first batch of late messages after SessionRouted is in
+ * (session_late_hold), for at most as long as the old owner waits for the
+ * SessionRouted before it sends everything it collected (cn_moving_add):
+ * twice cluster_claim_timeout from its state, which came before the hold
+ * began. Past it (the old owner dead or cut off, or the claim not
+ * completed) the held ones go, and what the old owner sends later comes
+ * after them. */
+#define LATE_HOLD_MS(cn) (2 * (uint64_t)(cn)->b->cfg.cluster_claim_timeout)
+
 struct cn_incoming {
     struct cn_incoming *next;
     struct session *s; /* a reference */
     uint64_t epoch;
     uint64_t until_ms;
+    uint64_t late_hold_ms; /* its hold of direct messages ends then at the latest (0: none) */
 };
 
 /* ---- session records ----------------------------------------------------- */
@@ -278,6 +290,8 @@ struct qmsg *cn_session_take_msgs(struct session *s)
         }
     }
     s->queue_bytes = 0;
+    /* the held ones follow the late ones in this order (session_late_hold) */
+    session_late_clear_locked(s);
     return head;
 }
 
@@ -388,7 +402,7 @@ static void copy_rows_del(struct cluster_node *cn, struct session *from, const c
  * they are on this node's disk or on the owner's at every moment. */
 static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to, const char *id,
                       uint16_t len, uint64_t epoch, struct qmsg *msgs, uint64_t direct, bool last,
-                      Starling__Chan__SeenRange **seen, size_t n_seen)
+                      bool complete, Starling__Chan__SeenRange **seen, size_t n_seen)
 {
     struct store_batch *bt = NULL;
     if (from && to != cn->self && msgs) {
@@ -446,6 +460,8 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
     sm.msgs = mp;
     sm.has_last = last;
     sm.last = last;
+    sm.has_complete = complete;
+    sm.complete = complete;
     sm.n_seen = n_seen;
     sm.seen = seen;
     int r = k != n ? -ENOMEM : 0;
@@ -467,7 +483,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
         }
         cn_session_on_messages(cn, to, &sm, NULL);
         copy_rows_del(cn, from, id, len, seqs, n_seqs);
-    } else if (r == 0 && (n || last)) {
+    } else if (r == 0 && (n || last || complete)) {
         r = cn_send_msgs_chunked(cn, to, &sm, &bt);
         if (r > 0)
             r = 0;
@@ -660,6 +676,11 @@ void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
             x->route_index = r->has_route_index ? r->route_index : 0;
         }
     pthread_mutex_unlock(&cn->reg_mu);
+    /* the first batch after it goes at the poll: now (the new owner holds
+     * what reaches it directly until it is in) */
+    pthread_mutex_lock(&cn->mu);
+    cn_kick(cn);
+    pthread_mutex_unlock(&cn->mu);
 }
 
 void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,
@@ -744,6 +765,37 @@ static struct session *owned_session(struct cluster_node *cn, const char *id, si
         }
     }
     return s;
+}
+
+/* ---- the order of late messages ---- */
+
+void cn_session_late_hold(struct cluster_node *cn, struct session *s, uint64_t from, uint64_t epoch)
+{
+    if (!from || from == cn->self)
+        return;
+    uint64_t now = cn_mono_ms(), until = now + LATE_HOLD_MS(cn);
+    session_late_hold(s, from, epoch, now, until);
+    /* the poll ends it then (cn_incoming_add came with its state) */
+    bool listed = false;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_incoming *x = cn->incoming; x; x = x->next)
+        if (x->s == s) {
+            x->late_hold_ms = until;
+            listed = true;
+        }
+    pthread_mutex_unlock(&cn->reg_mu);
+    if (!listed) { /* not a session of a state (cn_registry_on_state): no hold */
+        lock_acquire(&s->lock);
+        session_late_clear_locked(s);
+        lock_release(&s->lock);
+    }
+}
+
+void cn_session_late_in(struct cluster_node *cn, struct session *s, uint64_t from,
+                        const Starling__Chan__SessionMessages *sm)
+{
+    if ((sm->has_complete && sm->complete) || (sm->has_last && sm->last))
+        session_late_release(cn->b, s, from, sm->epoch);
 }
 
 /* Packet ids of adopted exchanges to send on the session's connection. */
@@ -936,6 +988,7 @@ int cn_send_msgs_chunked(struct cluster_node *cn, uint64_t to, Starling__Chan__S
     Starling__Chan__SessionMessage **msgs = sm->msgs;
     size_t left = sm->n_msgs, n_seen = sm->n_seen;
     bool last = sm->has_last && sm->last;
+    bool complete = sm->has_complete && sm->complete;
     int worst = 1;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
@@ -948,6 +1001,8 @@ int cn_send_msgs_chunked(struct cluster_node *cn, uint64_t to, Starling__Chan__S
         sm->n_seen = final ? n_seen : 0;
         sm->has_last = final && last;
         sm->last = final && last;
+        sm->has_complete = final && complete;
+        sm->complete = final && complete;
         int r = cluster_fwd_send_frame(cn->fwd, to, &fr, bt);
         if (r < worst)
             worst = r;
@@ -1036,6 +1091,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
              * since it took these (the new epoch is its own claim's) */
             Starling__Chan__SessionMessages on = *sm;
             on.epoch = epoch;
+            on.has_complete = on.complete = false; /* of the sender's claim, not this one's */
             Starling__Chan__SessionMessage **kept =
                 sm->n_msgs ? malloc(sm->n_msgs * sizeof(*kept)) : NULL;
             size_t left = 0;
@@ -1137,13 +1193,14 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                       (unsigned long long)q->pub_id);
         } else if (r == 0 && (!lc || late_hold(lc, m)) &&
                    /* 1: the session had it (it came here directly too) */
-                   session_deliver(b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain,
-                                   q->sub_ids, (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids),
-                                   NULL, &bt, NULL) == 1) {
+                   session_deliver_late(
+                       b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain, q->sub_ids,
+                       (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids), &bt) == 1) {
             dups++;
         }
         msg_unref(m);
     }
+    cn_session_late_in(cn, s, from, sm);
     late_test_delay();
     /* what they brought and that they were applied: one batch (the frame
      * is acknowledged once it committed); its messages are held until then */
@@ -1506,7 +1563,7 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
  * cn_moving_fold); x is freed. */
 static void moving_send(struct cluster_node *cn, struct cn_moving *x, uint64_t to, uint64_t direct)
 {
-    msgs_send(cn, x->s, to, x->s->client_id, x->s->id_len, x->epoch, x->late, direct, true,
+    msgs_send(cn, x->s, to, x->s->client_id, x->s->id_len, x->epoch, x->late, direct, true, false,
               x->seenp, x->n_seen);
     free(x->seen);
     free(x->seenp);
@@ -1644,6 +1701,7 @@ static bool moving_test_hold(void)
 struct late_flush {
     struct session *s; /* a reference */
     uint64_t to, epoch, route_index;
+    bool complete; /* the first after the SessionRouted: sent also when empty */
 };
 #define LATE_FLUSH_MAX 64
 
@@ -1655,9 +1713,12 @@ static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
     struct qmsg *late = s->inflight.head || s->queue.head ? cn_session_take_msgs(s) : NULL;
     seen_forget_direct(s, late, shared ? 0 : f->route_index);
     lock_release(&s->lock);
-    if (late)
+    /* the first one tells the owner that what the copy collected before
+     * its routes were everywhere is in (the owner holds what reached it
+     * directly meanwhile until then: session_late_hold) */
+    if (late || f->complete)
         msgs_send(cn, s, f->to, s->client_id, s->id_len, f->epoch, late,
-                  shared ? 0 : f->route_index, false, NULL, 0);
+                  shared ? 0 : f->route_index, false, f->complete, NULL, 0);
     session_unref(s);
 }
 
@@ -1721,13 +1782,21 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
             ending = x;
             continue;
         }
-        if (x->routed && !hold && n_flush < LATE_FLUSH_MAX)
-            flush[n_flush++] =
-                (struct late_flush){session_ref(x->s), x->to, x->epoch, x->route_index};
+        if (x->routed && !hold && n_flush < LATE_FLUSH_MAX) {
+            flush[n_flush++] = (struct late_flush){session_ref(x->s), x->to, x->epoch,
+                                                   x->route_index, !x->complete_sent};
+            x->complete_sent = true;
+        }
         pp = &x->next;
     }
     for (struct cn_incoming **pp = &cn->incoming; *pp;) {
         struct cn_incoming *x = *pp;
+        /* a session that moved here holds what came directly for at most
+         * LATE_HOLD_MS (session_late_hold) */
+        if (x->late_hold_ms && x->late_hold_ms <= now) {
+            x->late_hold_ms = 0;
+            session_late_expire(cn->b, x->s, now);
+        }
         if (x->until_ms <= now) {
             *pp = x->next;
             x->next = dropped;

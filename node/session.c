@@ -144,7 +144,34 @@ static struct qmsg *queue_pop(struct session *s)
         return NULL;
     qlist_unlink(&s->queue, NULL, q);
     s->queue_bytes -= qmsg_size(q);
+    if (q == s->late_last) /* late ones go at the head now */
+        s->late_last = NULL;
     return q;
+}
+
+/* A late message while s holds what came directly (session_late_hold):
+ * after the earlier late ones, before the held ones. */
+static void queue_insert_late(struct session *s, struct qmsg *q)
+{
+    struct qmsg *after = s->late_last;
+    q->next = after ? after->next : s->queue.head;
+    if (after)
+        after->next = q;
+    else
+        s->queue.head = q;
+    if (s->queue.tail == after)
+        s->queue.tail = q;
+    s->queue.len++;
+    s->queue_bytes += qmsg_size(q);
+    s->late_last = q;
+}
+
+/* The first message s holds back (session_late_hold), or NULL. */
+static const struct qmsg *late_first_held(const struct session *s)
+{
+    if (!s->late_hold_until)
+        return NULL;
+    return s->late_last ? s->late_last->next : s->queue.head;
 }
 
 static void queue_push(struct session *s, struct qmsg *q)
@@ -326,13 +353,19 @@ static const char *const session_drop_names[SESSION_DROP_N] = {
 
 static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                    const uint32_t *ids, uint16_t n_ids, struct worker *cur, struct store_batch **bt,
-                   struct pub_flow *flow, bool once);
+                   struct pub_flow *flow, bool once, bool late);
 
 int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                     struct store_batch **bt, struct pub_flow *flow)
 {
-    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true);
+    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true, false);
+}
+
+int session_deliver_late(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
+                         bool retain, const uint32_t *ids, uint16_t n_ids, struct store_batch **bt)
+{
+    return deliver(b, s, m, qos, retain, ids, n_ids, NULL, bt, NULL, true, true);
 }
 
 int session_seen_start(struct session *s, uint64_t now_ms)
@@ -347,12 +380,12 @@ int session_deliver_retained(struct broker *b, struct session *s, struct msg *m,
                              const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                              struct store_batch **bt)
 {
-    return deliver(b, s, m, qos, true, ids, n_ids, cur, bt, NULL, false);
+    return deliver(b, s, m, qos, true, ids, n_ids, cur, bt, NULL, false, false);
 }
 
 static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                    const uint32_t *ids, uint16_t n_ids, struct worker *cur, struct store_batch **bt,
-                   struct pub_flow *flow, bool once)
+                   struct pub_flow *flow, bool once, bool late)
 {
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
@@ -415,7 +448,10 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
         }
         if (drop != q) {
             q->seq = session_next_seq(s);
-            queue_push(s, q);
+            if (late && s->late_hold_until)
+                queue_insert_late(s, q); /* before those held (session_late_hold) */
+            else
+                queue_push(s, q);
             /* durable before the publisher's acknowledgement */
             if (qos > 0 && persist_wanted(b, s))
                 persist_msg_put(b, bt, s, q, MSG_STATE_QUEUED);
@@ -593,6 +629,8 @@ void session_flush_locked(struct broker *b, struct session *s)
         unsigned char hold = atomic_load(&q->m->hold);
         if (hold == MSG_HELD)
             break; /* not durable yet: it and what follows wait for the commit */
+        if (q == late_first_held(s))
+            break; /* came directly: waits for the late ones (session_late_hold) */
         if (hold == MSG_REJECTED || (q->m->expiry_at && q->m->expiry_at <= now)) {
             /* [MQTT-5.0 3.3.2-5] an expired message is not delivered */
             queue_pop(s);
@@ -903,6 +941,7 @@ void session_end(struct broker *b, struct session *s)
     s->queue.head = s->queue.tail = s->inflight.head = s->inflight.tail = NULL;
     s->queue.len = s->inflight.len = 0;
     s->queue_bytes = 0;
+    session_late_clear_locked(s);
     s->n_qos2_in = 0;
     session_flow_release(b, s);
     lock_release(&s->lock);
@@ -913,4 +952,76 @@ void session_end(struct broker *b, struct session *s)
     free(subs);
     qmsg_list_free(queue);
     qmsg_list_free(inflight);
+}
+
+/* ---- the order of late messages (cluster) ---------------------------------- */
+
+void session_late_hold(struct session *s, uint64_t from, uint64_t epoch, uint64_t now_ms,
+                       uint64_t until_ms)
+{
+    lock_acquire(&s->lock);
+    if (!s->ended) {
+        s->late_last = s->queue.tail;
+        s->late_hold_until = until_ms ? until_ms : 1;
+        s->late_hold_since = now_ms;
+        s->late_hold_node = from;
+        s->late_hold_epoch = epoch;
+    }
+    lock_release(&s->lock);
+}
+
+void session_late_clear_locked(struct session *s)
+{
+    assert(lock_held(&s->lock));
+    s->late_last = NULL;
+    s->late_hold_until = 0;
+}
+
+/* End the hold of s (s->lock held): the worker to wake, or NULL. */
+static struct worker *late_end_locked(struct session *s, const char *why)
+{
+    uint32_t held = 0;
+    for (const struct qmsg *q = late_first_held(s); q; q = q->next)
+        held++;
+    uint64_t ms = broker_now_mono_ms() - s->late_hold_since, now = msg_now_real_ms();
+    /* what its client waited: since it was answered (connected_at) */
+    long long client = s->conn && s->connected_at && now >= s->connected_at
+                           ? (long long)(now - s->connected_at)
+                           : -1;
+    session_late_clear_locked(s);
+    log_info("'%s': %u message(s) that came directly were held %llu ms (%lld ms after its client "
+             "was answered), %s",
+             s->client_id, held, (unsigned long long)ms, client, why);
+    return s->conn ? s->w : NULL;
+}
+
+bool session_late_release(struct broker *b, struct session *s, uint64_t from, uint64_t epoch)
+{
+    struct worker *w = NULL;
+    bool ended = false;
+    lock_acquire(&s->lock);
+    if (s->late_hold_until && s->late_hold_node == from && s->late_hold_epoch == epoch) {
+        w = late_end_locked(s, "until the late messages of their old owner were queued");
+        ended = true;
+    }
+    lock_release(&s->lock);
+    if (w)
+        b->sink->wake(w, s, NULL);
+    return ended;
+}
+
+bool session_late_expire(struct broker *b, struct session *s, uint64_t now_ms)
+{
+    struct worker *w = NULL;
+    bool ended = false;
+    lock_acquire(&s->lock);
+    if (s->late_hold_until && s->late_hold_until <= now_ms) {
+        w = late_end_locked(s, "and their old owner's late messages did not come (timeout): "
+                               "what comes from it later comes after them");
+        ended = true;
+    }
+    lock_release(&s->lock);
+    if (w)
+        b->sink->wake(w, s, NULL);
+    return ended;
 }

@@ -167,6 +167,18 @@ struct session {
      * after next_seq then: session_adopt_exchange; 0: none): new messages
      * skip the ones such exchanges still hold, up to it */
     uint64_t adopt_seq_end;
+    /* cluster: the order of late messages (docs/cluster.md, "Ordering of
+     * late messages"). A session that came here with its old owner's
+     * SessionState holds what reaches it directly (it stays queued, not
+     * sent) until that owner's first batch of late messages after
+     * SessionRouted is in (late_hold_node, late_hold_epoch), or until
+     * late_hold_until (monotonic ms; 0: no hold); the late messages are
+     * queued before the held ones, after late_last (the last queued message
+     * before them; NULL: the held ones begin at the head). late_hold_since:
+     * when the hold began (logged). session_late_hold and the functions
+     * after it. */
+    struct qmsg *late_last;
+    uint64_t late_hold_until, late_hold_since, late_hold_node, late_hold_epoch;
     uint32_t will_expiry;
     uint16_t id_len;
     bool in_table; /* registry lock */
@@ -211,6 +223,30 @@ int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t 
 /* The session moved here: record the identities it gets from now on (for
  * SESSION_SEEN_RECORD_MS). s->lock held. Returns 0 or -ENOMEM. */
 int session_seen_start(struct session *s, uint64_t now_ms);
+
+/*
+ * The order of late messages (cluster, docs/cluster.md "Ordering of late
+ * messages"). A session that moved here from node `from` (its SessionState
+ * queued, its claim `epoch`) and is about to join the index begins a hold
+ * (session_late_hold): what reaches it directly from then on is queued
+ * (stored, counted against the queue limits) but not sent; late messages
+ * (session_deliver_late, otherwise as session_deliver) go before those,
+ * after the earlier late ones. session_late_release ends the hold when the
+ * batch that `from` says is complete (SessionMessages.complete or .last,
+ * for `epoch`) has been queued, session_late_expire once until_ms
+ * (monotonic) has passed; both wake the session's worker and return true
+ * when a hold ended. session_late_clear_locked ends it without a word, for
+ * a session whose messages are taken (they move on in their queue's
+ * order) or that ends. The first three and session_late_expire take
+ * s->lock; session_late_clear_locked needs it held.
+ */
+void session_late_hold(struct session *s, uint64_t from, uint64_t epoch, uint64_t now_ms,
+                       uint64_t until_ms);
+int session_deliver_late(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
+                         bool retain, const uint32_t *ids, uint16_t n_ids, struct store_batch **bt);
+bool session_late_release(struct broker *b, struct session *s, uint64_t from, uint64_t epoch);
+bool session_late_expire(struct broker *b, struct session *s, uint64_t now_ms);
+void session_late_clear_locked(struct session *s);
 
 /* The same for a retained message sent on SUBSCRIBE: sent whatever s->seen
  * says (a retained message comes again with each subscription). */

@@ -37,6 +37,9 @@ static struct {
     int publishes, pubrels;
     bool last_dup;
     uint16_t last_pid;
+    bool ready;    /* fake_ready's answer (false: nothing is written) */
+    char sent[16]; /* the first payload byte of each PUBLISH, in order */
+    int n_sent;
     /* calls queued by sink.call, run by run_calls() */
     void (*fn[8])(void *);
     void *ud[8];
@@ -47,7 +50,7 @@ static bool fake_ready(struct conn *c, uint16_t *rm)
 {
     (void)c;
     *rm = 0;
-    return false; /* nothing is written in these tests */
+    return rec.ready; /* false: nothing is written */
 }
 static int fake_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t now)
 {
@@ -55,6 +58,8 @@ static int fake_publish(struct conn *c, const struct qmsg *q, bool dup, uint64_t
     rec.publishes++;
     rec.last_dup = dup;
     rec.last_pid = q->pid;
+    if (rec.n_sent < (int)sizeof(rec.sent) && q->m->payload_len)
+        rec.sent[rec.n_sent++] = (char)msg_payload(q->m)[0];
     return SINK_SENT;
 }
 static void fake_pubrel(struct conn *c, uint16_t pid)
@@ -334,6 +339,104 @@ static void test_two_brokers(void)
 /* A session (cluster) takes over an older copy's unfinished QoS 2 exchanges
  * with their packet ids, unless it has them in flight or, resumed from its
  * record, used them since. */
+/* A message with payload p (one byte) and identity (node 7, id). */
+static struct msg *late_msg(char p, uint64_t id)
+{
+    struct msg *m =
+        msg_new((const uint8_t *)"t", 1, (const uint8_t *)&p, 1, NULL, 0, 1, false, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    m->id_node = 7;
+    m->id_seq = id;
+    return m;
+}
+
+/* The order of late messages (docs/cluster.md): a session that moved here
+ * holds what comes directly until its old owner's complete batch of late
+ * messages is queued; those go first, then the held ones. */
+static void test_late_hold_order(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct session *s = session_new("lh", 2);
+    struct store_batch *bt = NULL;
+    s->conn = CONN(conn_a);
+    s->w = W1;
+    /* the state's message, then the hold begins (old owner 42, claim 5) */
+    struct msg *st = late_msg('s', 1);
+    CU_ASSERT_EQUAL(session_deliver(&b, s, st, 1, false, NULL, 0, NULL, &bt, NULL), 0);
+    session_late_hold(s, 42, 5, 1000, 2000);
+    /* direct ones and late ones, interleaved */
+    struct msg *d1 = late_msg('D', 10), *l1 = late_msg('a', 2), *d2 = late_msg('E', 11),
+               *l2 = late_msg('b', 3), *l3 = late_msg('c', 4);
+    CU_ASSERT_EQUAL(session_deliver(&b, s, d1, 1, false, NULL, 0, NULL, &bt, NULL), 0);
+    CU_ASSERT_EQUAL(session_deliver_late(&b, s, l1, 1, false, NULL, 0, &bt), 0);
+    CU_ASSERT_EQUAL(session_deliver(&b, s, d2, 1, false, NULL, 0, NULL, &bt, NULL), 0);
+    CU_ASSERT_EQUAL(session_deliver_late(&b, s, l2, 1, false, NULL, 0, &bt), 0);
+    /* only what is before the held ones is sent */
+    rec.ready = true;
+    lock_acquire(&s->lock);
+    session_flush_locked(&b, s);
+    lock_release(&s->lock);
+    CU_ASSERT_EQUAL(rec.n_sent, 3);
+    CU_ASSERT_NSTRING_EQUAL(rec.sent, "sab", 3);
+    /* late ones go at the head once those before them were sent */
+    CU_ASSERT_EQUAL(session_deliver_late(&b, s, l3, 1, false, NULL, 0, &bt), 0);
+    lock_acquire(&s->lock);
+    session_flush_locked(&b, s);
+    lock_release(&s->lock);
+    CU_ASSERT_EQUAL(rec.n_sent, 4);
+    /* another node's or claim's batch does not release, the old owner's does */
+    CU_ASSERT_FALSE(session_late_release(&b, s, 43, 5));
+    CU_ASSERT_FALSE(session_late_release(&b, s, 42, 4));
+    CU_ASSERT_FALSE(session_late_expire(&b, s, 1999));
+    int wakes = rec.wakes;
+    CU_ASSERT_TRUE(session_late_release(&b, s, 42, 5));
+    CU_ASSERT_EQUAL(rec.wakes, wakes + 1);
+    CU_ASSERT_FALSE(session_late_release(&b, s, 42, 5));
+    lock_acquire(&s->lock);
+    session_flush_locked(&b, s);
+    lock_release(&s->lock);
+    CU_ASSERT_EQUAL(rec.n_sent, 6);
+    CU_ASSERT_NSTRING_EQUAL(rec.sent, "sabcDE", 6);
+    /* without a hold, late ones are appended; a hold ends at its time */
+    struct msg *l4 = late_msg('d', 5), *d3 = late_msg('F', 12), *l5 = late_msg('e', 6);
+    CU_ASSERT_EQUAL(session_deliver_late(&b, s, l4, 1, false, NULL, 0, &bt), 0);
+    session_late_hold(s, 42, 6, 3000, 4000);
+    CU_ASSERT_EQUAL(session_deliver(&b, s, d3, 1, false, NULL, 0, NULL, &bt, NULL), 0);
+    CU_ASSERT_EQUAL(session_deliver_late(&b, s, l5, 1, false, NULL, 0, &bt), 0);
+    lock_acquire(&s->lock);
+    session_flush_locked(&b, s);
+    lock_release(&s->lock);
+    CU_ASSERT_NSTRING_EQUAL(rec.sent, "sabcDEde", 8);
+    CU_ASSERT_TRUE(session_late_expire(&b, s, 4000));
+    lock_acquire(&s->lock);
+    session_flush_locked(&b, s);
+    lock_release(&s->lock);
+    CU_ASSERT_EQUAL(rec.n_sent, 9);
+    CU_ASSERT_NSTRING_EQUAL(rec.sent, "sabcDEdeF", 9);
+    /* a held queue taken whole (the session moves on) keeps that order and
+     * ends the hold */
+    struct msg *d4 = late_msg('G', 13), *l6 = late_msg('f', 7);
+    session_late_hold(s, 42, 7, 5000, 6000);
+    CU_ASSERT_EQUAL(session_deliver(&b, s, d4, 1, false, NULL, 0, NULL, &bt, NULL), 0);
+    CU_ASSERT_EQUAL(session_deliver_late(&b, s, l6, 1, false, NULL, 0, &bt), 0);
+    lock_acquire(&s->lock);
+    CU_ASSERT_EQUAL(s->queue.len, 2);
+    CU_ASSERT_EQUAL(msg_payload(s->queue.head->m)[0], 'f');
+    CU_ASSERT_EQUAL(msg_payload(s->queue.tail->m)[0], 'G');
+    s->conn = NULL;
+    lock_release(&s->lock);
+    session_end(&b, s);
+    CU_ASSERT_FALSE(session_late_expire(&b, s, 7000));
+    rec.ready = false;
+    store_batch_free(bt);
+    struct msg *all[] = {st, d1, l1, d2, l2, l3, l4, d3, l5, d4, l6};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        msg_unref(all[i]);
+    session_unref(s);
+    broker_cleanup(&b);
+}
+
 static void test_adopt_exchange(void)
 {
     struct broker b;
@@ -612,6 +715,7 @@ int main(void)
     CU_add_test(s, "surrender to another node", test_surrender);
     CU_add_test(s, "two brokers in one process", test_two_brokers);
     CU_add_test(s, "an older copy's QoS 2 exchange adopted", test_adopt_exchange);
+    CU_add_test(s, "late messages go before those held after a move", test_late_hold_order);
     CU_add_test(s, "an adopted exchange numbered for the store", test_adopt_exchange_numbered);
     CU_add_test(s, "a record leaves out the identities of held messages",
                 test_seen_of_held_messages);
