@@ -23,6 +23,8 @@
 #include <raft.h>
 #include <raft/uv.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +44,14 @@ struct req {
     raft_node_done_fn done;
     void *ud;
     struct raft_apply apply;
+};
+
+/* An append of the Raft log in flight (watched_append). */
+struct append_watch {
+    struct append_watch *next;
+    struct raft_io_append *req;
+    raft_io_append_cb cb;
+    int held; /* the failed write's status, kept from libraft until the close */
 };
 
 struct raft_node {
@@ -90,6 +100,13 @@ struct raft_node {
     struct raft_node_member members[RAFT_NODE_MAX_MEMBERS];
     unsigned n_members;
     uint64_t change_id;
+    /* The Raft log's writes: raft_uv's append, wrapped by watched_append */
+    int (*io_append)(struct raft_io *io, struct raft_io_append *req,
+                     const struct raft_entry entries[], unsigned n, raft_io_append_cb cb);
+    struct append_watch *appends; /* loop: in flight */
+    uint64_t unstored_since;      /* loop: check_log_stall (0: stored) */
+    bool failed;                  /* atomic: the log cannot be written (raft_node_failed) */
+    char failure[256];            /* why; written once, before failed */
 };
 
 uint64_t raft_node_id_of(const char *addr)
@@ -482,6 +499,159 @@ static void start_remove(struct raft_node *n, struct req *r)
     }
 }
 
+/* ---- the log's own failures ---- */
+
+/*
+ * A full or failing disk under the Raft directory (docs/cluster.md, "A full
+ * disk on one node"). libraft 0.15 mishandles a failed write of its log
+ * and does not tell its user. A follower answers the leader with a
+ * rejection but keeps the entries in its in-memory log, unwritten: the
+ * leader sends them again, the follower finds them already there and
+ * answers with its last *stored* index, which never moves again; the node
+ * looks healthy and applies nothing more. A leader drops the entries from
+ * its in-memory log although its followers have them, finds "missing entry
+ * -> send snapshot" for them at the next heartbeat and, without a snapshot
+ * yet, reads freed memory (SIGSEGV inside libraft, seen with the Raft
+ * directory on a full tmpfs). An error when a write is submitted stops the
+ * server instead (state RAFT_UNAVAILABLE), silently too.
+ *
+ * So raft_uv's append is wrapped (watched_append): a write that failed is
+ * not handed back to libraft, which goes on as if it were still in flight
+ * (a leader commits with its followers, a follower answers heartbeats), and
+ * the node reports itself failed (raft_node_failed) for its owner to stop
+ * it, as when the tables cannot be written; the failed writes are handed
+ * back once raft_close made the server unavailable, where libraft only
+ * releases them. The tick looks for a server that stopped by itself.
+ */
+static void transfer_cb(struct raft_transfer *t);
+static _Thread_local struct raft_node *tls_node; /* the raft thread's node */
+
+static void mark_failed(struct raft_node *n, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void mark_failed(struct raft_node *n, const char *fmt, ...)
+{
+    if (__atomic_load_n(&n->failed, __ATOMIC_ACQUIRE))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(n->failure, sizeof n->failure, fmt, ap);
+    va_end(ap);
+    log_error("cluster: this node's Raft server cannot go on: %s", n->failure);
+    __atomic_store_n(&n->failed, true, __ATOMIC_RELEASE);
+}
+
+static void watched_append_cb(struct raft_io_append *req, int status)
+{
+    struct raft_node *n = tls_node;
+    struct append_watch **pp = &n->appends;
+    while (*pp && (*pp)->req != req)
+        pp = &(*pp)->next;
+    struct append_watch *w = *pp;
+    if (!w)
+        return; /* never: every watched write is in the list */
+    if (status != 0 && !n->closing) {
+        mark_failed(n, "a write of its Raft log failed: %s, %d (%s)", raft_strerror(status), status,
+                    n->io.errmsg);
+        w->held = status; /* handed back at the close (release_held) */
+        /* A leader commits no entry past its own stored ones (0.15 counts
+         * the quorum up to its last stored index): hand leadership to the
+         * most up-to-date follower, which has the entries. */
+        if (raft_state(&n->raft) == RAFT_LEADER && !n->transferring) {
+            n->transfer.data = n;
+            if (raft_transfer(&n->raft, &n->transfer, 0, transfer_cb) == 0)
+                n->transferring = true;
+        }
+        return;
+    }
+    *pp = w->next;
+    raft_io_append_cb cb = w->cb;
+    free(w);
+    cb(req, status);
+}
+
+/* Hand the failed writes back to libraft once the server is unavailable
+ * (raft_close): it releases their entries and requests. */
+static void release_held(struct raft_node *n)
+{
+    for (struct append_watch **pp = &n->appends; *pp;) {
+        struct append_watch *w = *pp;
+        if (!w->held) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        raft_io_append_cb cb = w->cb;
+        struct raft_io_append *req = w->req;
+        int status = w->held;
+        free(w);
+        cb(req, status);
+    }
+}
+
+static int watched_append(struct raft_io *io, struct raft_io_append *req,
+                          const struct raft_entry entries[], unsigned count, raft_io_append_cb cb)
+{
+    struct raft_node *n = (struct raft_node *)((char *)io - offsetof(struct raft_node, io));
+    struct append_watch *w = calloc(1, sizeof *w);
+    if (!w)
+        return n->io_append(io, req, entries, count, cb); /* not watched */
+    w->req = req;
+    w->cb = cb;
+    w->next = n->appends;
+    n->appends = w;
+    int rc = n->io_append(io, req, entries, count, watched_append_cb);
+    if (rc) {
+        for (struct append_watch **pp = &n->appends; *pp; pp = &(*pp)->next)
+            if (*pp == w) {
+                *pp = w->next;
+                free(w);
+                break;
+            }
+        if (!n->closing)
+            mark_failed(n, "its Raft log refused a write: %s, %d (%s)", raft_strerror(rc), rc,
+                        io->errmsg);
+    }
+    return rc;
+}
+
+/*
+ * On the tick: the log stopped growing. Entries in libraft's in-memory log
+ * past its last stored one, with no write of ours in flight, are entries
+ * that will never be written: the state a failed follower write leaves
+ * (above), whatever the write's failure was. Seen for LOG_STALL_MS in a
+ * row, the node fails too. (While a snapshot is installed the stored index
+ * is 0 for as long as its write takes; 30 s is far longer.)
+ */
+#define LOG_STALL_MS 30000
+
+static void check_log_stall(struct raft_node *n)
+{
+    bool writing = false;
+    for (struct append_watch *w = n->appends; w && !writing; w = w->next)
+        writing = !w->held;
+    raft_index last = raft_last_index(&n->raft), stored = n->raft.last_stored;
+    if (writing || last <= stored || raft_state(&n->raft) == RAFT_UNAVAILABLE) {
+        n->unstored_since = 0;
+        return;
+    }
+    uint64_t now = uv_now(&n->loop);
+    if (!n->unstored_since)
+        n->unstored_since = now;
+    else if (now - n->unstored_since >= LOG_STALL_MS)
+        mark_failed(n,
+                    "its Raft log stopped growing: entries up to %llu are in memory, stored up "
+                    "to %llu, and nothing has been written for %u s",
+                    (unsigned long long)last, (unsigned long long)stored, LOG_STALL_MS / 1000);
+}
+
+/* On the tick: libraft stopped the server (not for a stop of ours, nor for
+ * the tables' failure, which the owner sees by itself: fsm_broken). */
+static void check_stopped(struct raft_node *n)
+{
+    if (!n->closing && raft_state(&n->raft) == RAFT_UNAVAILABLE && !fsm_broken(n->cfg.fsm))
+        mark_failed(n, "libraft stopped it: %s", raft_errmsg(&n->raft));
+}
+
 /* ---- the loop ---- */
 
 static void barrier_cb(struct raft_barrier *b, int status)
@@ -515,6 +685,9 @@ static void on_tick(uv_timer_t *t)
     }
     pthread_mutex_unlock(&n->mu);
     fsm_raft_flush(&n->adapter);
+    check_stopped(n);
+    if (!n->closing)
+        check_log_stall(n);
     uint64_t leader_now = leader_id(n);
     if (leader_now && leader_now != n->last_leader) {
         __atomic_fetch_add(&n->leader_changes, 1, __ATOMIC_RELAXED);
@@ -585,6 +758,7 @@ static void stop_step(struct raft_node *n)
         n->cfg.on_stop(n->cfg.hook_ud);
     uv_timer_stop(&n->timer);
     raft_close(&n->raft, raft_closed);
+    release_held(n);
 }
 
 static void on_async(uv_async_t *a)
@@ -695,6 +869,11 @@ static void *thread_main(void *arg)
         io_init = rc == 0;
     }
     if (rc == 0) {
+        tls_node = n;
+        n->io_append = n->io.append;
+        n->io.append = watched_append;
+    }
+    if (rc == 0) {
         what = "raft_init";
         fsm_raft_init(&n->adapter, n->cfg.fsm);
         rc = raft_init(&n->raft, &n->io, &n->adapter.raft_fsm, n->self, n->address);
@@ -749,6 +928,11 @@ static void *thread_main(void *arg)
     }
     if (io_init)
         raft_uv_close(&n->io);
+    while (n->appends) { /* none once raft_uv closed; never leaked */
+        struct append_watch *w = n->appends;
+        n->appends = w->next;
+        free(w);
+    }
     raft_transport_close(&n->transport);
     uv_loop_close(&n->loop);
     return NULL;
@@ -996,6 +1180,15 @@ int raft_node_checksum_at(struct raft_node *n, uint64_t index, uint64_t *out)
 void raft_node_set_diverged(struct raft_node *n)
 {
     __atomic_store_n(&n->diverged, true, __ATOMIC_RELEASE);
+}
+
+bool raft_node_failed(struct raft_node *n, char *why, size_t len)
+{
+    if (!__atomic_load_n(&n->failed, __ATOMIC_ACQUIRE))
+        return false;
+    if (why && len)
+        snprintf(why, len, "%s", n->failure);
+    return true;
 }
 
 bool raft_node_diverged(struct raft_node *n)

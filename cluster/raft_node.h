@@ -152,6 +152,14 @@ int raft_node_checksum_at(struct raft_node *n, uint64_t index, uint64_t *out);
  * the leader, -EBUSY while a transfer runs. */
 int raft_node_step_down(struct raft_node *n);
 bool raft_node_diverged(struct raft_node *n);
+/* Whether this node's Raft server cannot go on (docs/cluster.md, "A full
+ * disk on one node"): a write of its log failed (a full or failing disk;
+ * 0.15 would leave a follower that never stores again), or libraft stopped
+ * it (state unavailable) for another reason than the tables' failure
+ * (fsm_broken) or raft_node_stop. Logged once as an error; why (may be
+ * NULL) gets the reason. The owner must stop the node: Raft does not come
+ * back without a restart. */
+bool raft_node_failed(struct raft_node *n, char *why, size_t len);
 /* Whether this node leads and Raft received a message from server id
  * within the last election timeout or two (libraft's own contact check: an
  * answer to a heartbeat or an append). On the raft thread only (cluster.c

@@ -1104,6 +1104,18 @@ static void cn_check_tables(struct cluster_node *cn)
     atomic_store(&cn->b->stop_requested, true);
 }
 
+/* Glue thread: the same for the Raft log (a full or failing disk under the
+ * Raft directory: a write of the log failed, or libraft stopped the
+ * server; raft_node_failed). */
+static void cn_check_raft(struct cluster_node *cn)
+{
+    if (!raft_node_failed(cn->raft, NULL, 0) || atomic_exchange(&cn->failed, true))
+        return;
+    log_error("cluster: this node's Raft server cannot go on (see the error above): it stops "
+              "(exit status 74); start it again once its disk has room, it then catches up");
+    atomic_store(&cn->b->stop_requested, true);
+}
+
 static void *cn_thread(void *arg)
 {
     struct cluster_node *cn = arg;
@@ -1162,6 +1174,9 @@ static void *cn_thread(void *arg)
         if (fsm_broken(cn->fsm)) {
             report = false; /* never counted as a member that applies */
             cn_check_tables(cn);
+        } else if (raft_node_failed(cn->raft, NULL, 0)) {
+            report = false;
+            cn_check_raft(cn);
         }
         if (report) {
             last_applied = applied;
@@ -1302,6 +1317,9 @@ static void cn_health(void *ud, struct admin_health *h)
     } else if (fsm_broken(cn->fsm)) {
         h->has_leader = false;
         h->reason = "this node cannot write its replicated tables (disk full or failing)";
+    } else if (raft_node_failed(cn->raft, NULL, 0)) {
+        h->has_leader = false;
+        h->reason = "this node's Raft server cannot go on (its log cannot be written)";
     }
 }
 

@@ -82,7 +82,8 @@ void cluster_node_stop(struct cluster_node *cn);
 bool cluster_node_rebuilding(const struct cluster_node *cn);
 
 /* Whether the node stopped itself because it cannot write its replicated
- * tables (a full or failing disk); main then exits with status 74. */
+ * tables or its Raft log (a full or failing disk); main then exits with
+ * status 74. */
 bool cluster_node_failed(const struct cluster_node *cn);
 
 /* After broker_cleanup. cn may be NULL. */

@@ -273,19 +273,22 @@ class Partition:
 # ------------------------------------------------------------------------ disk
 
 class SmallDisk:
-    """A node's data_dir on a tmpfs of its own (root only: skipped else).
-    fill() takes every free byte with a filler file; unfill() deletes it."""
+    """A node's data_dir on a tmpfs of its own (root only: skipped else);
+    with `at`, the tmpfs is mounted there instead (e.g. a node's Raft
+    directory, DATA_DIR/cluster/raft). fill() takes every free byte with a
+    filler file; unfill() deletes it."""
 
-    def __init__(self, base, size="64m"):
+    def __init__(self, base, size="64m", at=None):
         self.base = base
         self.size = size
+        self.at = at
         self.mnt = None
         self.filler = None
 
     def mount(self):
         if os.geteuid() != 0:
             pytest.skip("a small disk (tmpfs) for one node needs root")
-        self.mnt = os.path.join(self.base, f"disk{os.getpid()}")
+        self.mnt = self.at or os.path.join(self.base, f"disk{os.getpid()}")
         os.makedirs(self.mnt, exist_ok=True)
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", self.mnt],
                            capture_output=True, text=True, timeout=20)

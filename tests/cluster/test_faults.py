@@ -29,6 +29,9 @@ CLAIM_TIMEOUT_MS = 2000
 DOWN_AFTER = 5.0  # cluster_down_after's default, seconds
 CUT_SECONDS = 8.0  # how long test_partition_nothing_acknowledged_lost cuts a node off
 N_BIG_RETAINED = 48  # test_disk_full_replicated_tables_cannot_grow: entries of 64 KiB
+RAFT_DISK_MIB = 32  # test_disk_full_raft_log_cannot_grow: the full node's Raft directory
+N_RAFT_FILL = 600  # and at most this many entries of 64 KiB (37.5 MiB) to fill it
+ROLE_TRIES = 10  # restarts to make that node the leader or a follower
 N_LATE = 200  # test_late_messages_acknowledged_before_their_store_are_not_given_again
 STOP_SECONDS = float(os.environ.get("STARLING_FAULT_STOP_SECONDS", "5"))
 
@@ -1898,6 +1901,87 @@ def test_disk_full_replicated_tables_cannot_grow(cluster_factory, tmp_path):
     finally:
         if c is not None:
             c.stop()
+        disk.cleanup()
+
+
+@pytest.mark.parametrize("role", ["follower", "leader"])
+def test_disk_full_raft_log_cannot_grow(cluster_factory, tmp_path, role):
+    """The full disk holds the full node's Raft log only (its Raft
+    directory is a small filesystem of its own; its tables have room):
+    retained messages of 64 KiB, published on a healthy node to a few
+    topics (the tables stay small), fill the open segment that libraft
+    allocated before the fill, and the next segment cannot be allocated.
+    libraft 0.15 fails the write without telling its user: a follower
+    answers the leader with a rejection and never stores again (healthy,
+    applying nothing), a leader drops the entries its followers already
+    have and then crashes reading a snapshot it does not have. The node
+    must see it and stop as when its tables cannot be written (exit status
+    74, its clients go elsewhere); the rest of the cluster goes on, and
+    started again once there is room it catches up and its tables equal the
+    others'. Run with the full node as a follower and as the leader."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV))
+    full = c.nodes[2]
+    disk = faults.SmallDisk(str(tmp_path), size=f"{RAFT_DISK_MIB}m",
+                            at=os.path.join(full.dir, "cluster", "raft"))
+    disk.mount()
+    try:
+        c.start()
+        c.wait_healthy()
+        # the role: restart the full node while it leads (follower), or
+        # the leader while it is another node (leader)
+        for _ in range(ROLE_TRIES):
+            now = wait_until(lambda: faults.leader(c), 30, "a leader")
+            if (now == full.name) == (role == "leader"):
+                break
+            faults.restart(full if role == "follower" else
+                           next(n for n in c.nodes if n.name == now))
+        else:
+            pytest.skip(f"{full.name} was not made the {role} in {ROLE_TRIES} restarts")
+        left = disk.fill()
+        print(f"\n[raft disk full] {full.name}'s Raft directory filled ({left} bytes free)")
+        pub = connected_after_fault(c.nodes[0], uid("dfl"))
+        sent = {}
+        for i in range(N_RAFT_FILL):
+            if full.proc.poll() is not None:
+                break
+            topic, payload = f"dfl/{i % 4}", bytes([i % 251]) * (64 * 1024)
+            pid = pub.publish(topic, payload, qos=1, retain=True)
+            ack = pub.expect(mqttraw.PUBACK, timeout=WAIT)
+            assert (ack.packet_id, ack.reason_code) in ((pid, 0), (pid, 0x10)), ack
+            sent[topic] = payload
+        pub.disconnect()
+        wait_until(lambda: full.proc.poll() is not None, 60,
+                   f"{full.name} to stop (its Raft log cannot grow)")
+        log = full.logtext()
+        rc = full.stop()
+        assert rc == 74, f"{full.name} exited {rc}:\n{log[-3000:]}"
+        assert "Raft server cannot go on" in log, log[-3000:]
+        print(f"[raft disk full] {full.name} ({role}) stopped (exit 74): "
+              f"{log.split('cannot go on: ')[1].splitlines()[0] if 'cannot go on: ' in log else '?'}")
+        healthy = [n for n in c.nodes if n is not full]
+        wait_until(lambda: all(n.health() == 200 for n in healthy), 30,
+                   "the other nodes healthy (a leader)")
+        def held(tabs):  # a retained record ends with its payload
+            return {t: v[-len(sent[t]):] for t, v in tabs["retained"].items() if t in sent}
+        wait_until(lambda: all(held(faults.tables(n)) == sent for n in healthy), 60,
+                   "the retained messages on the healthy nodes")
+        # the rest goes on: a connect, a subscription, a publish between them
+        x = connected_after_fault(c.nodes[1], uid("dflx"))
+        t2 = uid("dfl2/t")
+        assert x.subscribe((t2, mqttraw.sub_options(qos=1))).reason_codes == [1]
+        y = connected_after_fault(c.nodes[0], uid("dfly"))
+        pid = y.publish(t2, b"ok", qos=1)
+        assert y.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == pid
+        assert x.recv_publish(timeout=WAIT).payload == b"ok"
+        x.disconnect()
+        y.disconnect()
+        # room again: started, it catches up and its tables equal the others'
+        disk.unfill()
+        full.start()
+        wait_healthy(c)
+        assert held(converged_tables(c)) == sent
+    finally:
+        c.stop()
         disk.cleanup()
 
 
