@@ -1,25 +1,28 @@
-"""A persistent session with a large queue (30,000 QoS 1 and 1,000 QoS 2
-messages) moves to another node (docs/cluster.md, *Moved messages that
-must arrive* and *A live node taken for dead under load*): while the node
-that receives it applies what came, its other clients and the cluster must
-go on as before, and the moved session must get every message once, in
-order.
+"""A persistent session with a large queue (49,000 QoS 1 and 1,000 QoS 2
+messages) moves to another node (docs/cluster.md, *A large moved session*):
+while the node that receives it applies what came, its other clients and
+the cluster must go on as before, and the moved session must get every
+message once, in order.
 
 The receiving node B is the Raft leader. A probe client on B subscribes to
-a new filter (its SUBACK waits for a Raft commit and for the route on every
-node), publishes to it (QoS 1) and pings, again and again, while the
-session comes: each answer must come within PROBE_BOUND, well below
-`cluster_down_after` (5 s) and near Raft's election timeout (600 ms to
-1.2 s without a heartbeat), and no leader may be elected and no member
-taken for dead meanwhile. Before, B unpacked and delivered every message of
-the frames on its cluster thread at once (8 to 17 s for 20,000 to 30,000
-messages under load), which also runs Raft and the channel, and the claim
-wrote the whole session to the store under its lock.
+a new filter (its SUBACK waits for a Raft commit and for the route applied
+on every node), publishes to it (QoS 1) and pings, again and again, while
+the session comes; its answers must come within PROBE_BOUND (below
+`cluster_down_after`, 5 s), no leader may be elected (Raft's election
+timeout is 600 ms to 1.2 s without a heartbeat) and no member taken for
+dead meanwhile, and B's cluster thread must not run its 100 ms timer a
+second or more late. Before, B unpacked and delivered every message of the
+frames in its buffer on its cluster thread at once, which also runs Raft
+and the channel (8 to 17 s for 20,000 to 30,000 messages under heavy
+load), and the claim wrote the whole session to the store under its lock.
+The nodes log at debug level (a line per moved message), as in the runs
+that measured those stalls.
 
 Two ways the session comes: the old owner's SessionState on the takeover,
 and the same state coming late (the old owner stopped with SIGSTOP past
 `cluster_claim_timeout`, so the claim resumes the session from its record
-and the state follows as late messages into the attached session).
+and the state follows as late messages into the attached session: all of
+its frames reach B at once when the old owner runs again).
 """
 
 import threading
@@ -35,8 +38,10 @@ QOS2_EVERY = 50  # every 50th message is QoS 2: 1,000 of them
 # seconds for a probe's answer: PINGRESP and its own publish come from B's
 # workers; its SUBACK waits for a Raft commit on the leader B and for every
 # live node to report the route applied, and the old owner's report comes on
-# the same channel connection as the session's frames, behind them
-PROBE_BOUND = {"pingresp": 1.0, "puback+publish": 1.0, "suback": 3.0}
+# the same channel connection as the session's frames, behind them (and the
+# old owner's own cluster thread may be late around the hand-over: open,
+# docs/cluster.md *A large moved session*)
+PROBE_BOUND = {"pingresp": 1.0, "puback+publish": 1.0, "suback": 4.0}
 WINDOW = 500  # publishes in flight at once
 
 
