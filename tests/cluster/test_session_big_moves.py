@@ -285,3 +285,49 @@ def test_a_large_session_state_that_comes_late_leaves_its_node_answering(cluster
     old owner stopped past cluster_claim_timeout): taken as late messages
     into the attached session."""
     big_move(cluster_factory, late=True)
+
+
+def test_a_large_session_taken_over_again_before_its_frames_came_hands_them_on(
+        cluster_factory, tmp_path):
+    """The session's client resumes on B from the record (its old node A
+    stopped past cluster_claim_timeout), then moves on to C while A's
+    frames of the session to B still wait in A's outbox (the debug hook
+    STARLING_TEST_FWD_HOLD, as a full channel would hold them). When they
+    reach B, the session is C's: B must hand what they bring on to C, and
+    the client on C must get all 20,000 messages once, in order."""
+    hold = tmp_path / "hold-to-b"
+    c = cluster_factory(extra_env={"STARLING_MAX_QUEUED_BYTES": str(64 << 20),
+                                   "STARLING_CLUSTER_CLAIM_TIMEOUT": "1500",
+                                   "STARLING_TEST_FWD_HOLD": str(hold)})
+    c.start()
+    c.wait_healthy()
+    a, b, third = c.nodes
+    cid, topic = uid("bigon"), uid("bigon/t")
+    offline_session(a, cid, topic)
+    msgs = payloads(20000)
+    publish_all(a, topic, msgs)
+    props = {"session_expiry_interval": 600, "receive_maximum": 65535}
+    faults.pause(a)
+    try:
+        s = mqttraw.Client(b)
+        ack = s.connect(cid, clean=False, properties=props, timeout=WAIT)
+        assert ack.reason_code == 0 and ack.session_present, ack
+    finally:
+        hold.write_text(f"{faults.node_id(b):016x}\n")  # A's frames to B wait
+        faults.resume(a)
+    faults.wait_until(lambda: f"the session of '{cid}' moved to" in a.logtext(), WAIT,
+                      f"{a.name} sending the session of {cid}")
+    s.disconnect()
+    s = mqttraw.Client(third)
+    ack = s.connect(cid, clean=False, properties=props, timeout=WAIT)
+    assert ack.reason_code == 0 and ack.session_present, ack
+    hold.unlink()  # A's frames reach B now, and go on to C
+    got = receive_all(s, len(msgs), timeout=120)
+    s.disconnect()
+    want = [p for p, _ in msgs]
+    assert len(got) == len(want) and got == want, (
+        f"{len(got)} of {len(want)}; first difference at "
+        f"{next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))}")
+    # they came to C from B, after the move (B's copy of the session,
+    # surrendered to C, collects what still comes for it and sends it on)
+    assert f"late message(s) of '{cid}' came from {faults.node_id(b):016x}" in third.logtext()
