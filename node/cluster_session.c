@@ -342,10 +342,10 @@ static int seq_cmp(const void *a, const void *b)
  * loaded into w, whose client had had those messages, and were given
  * again, a QoS 2 message twice (issue 10: the kill test, the long chaos
  * run of seed 1946164343, docs/cluster.md "QoS 2 messages of a copy folded
- * on its node"). Only the numbers below w's next one that w does not hold
- * go: w never takes them again, and a row of w's there is one w deleted
- * already; a number at or past w's next may be w's next message, whose
- * row a worker may write before this batch is submitted.
+ * on its node"). w's next number is first moved past the copy's (under
+ * its lock), so that w never takes one of them later (a worker could
+ * write such a row before this batch is submitted); then every number w
+ * does not hold goes: a row of w's there is one w deleted already.
  */
 static void copy_rows_del(struct cluster_node *cn, struct session *from, const char *id,
                           uint16_t len, uint64_t *seqs, size_t n)
@@ -362,7 +362,13 @@ static void copy_rows_del(struct cluster_node *cn, struct session *from, const c
     pthread_mutex_unlock(&b->registry.lock);
     if (!w)
         return;
+    uint64_t top = 0;
+    for (size_t i = 0; i < n; i++)
+        if (seqs[i] > top)
+            top = seqs[i];
     lock_acquire(&w->lock);
+    if (w->next_seq <= top && top < UINT64_MAX)
+        w->next_seq = top + 1;
     uint64_t next = w->next_seq;
     size_t held_n = w->inflight.len + w->queue.len, k = 0;
     uint64_t *held = malloc((held_n ? held_n : 1) * sizeof(*held));
