@@ -540,6 +540,12 @@ static void mark_failed(struct raft_node *n, const char *fmt, ...)
     __atomic_store_n(&n->failed, true, __ATOMIC_RELEASE);
 }
 
+/* raft_strerror of 0.15 does not know RAFT_NOSPACE */
+static const char *io_strerror(int rv)
+{
+    return rv == RAFT_NOSPACE ? "no space left on the disk" : raft_strerror(rv);
+}
+
 static void watched_append_cb(struct raft_io_append *req, int status)
 {
     struct raft_node *n = tls_node;
@@ -550,7 +556,7 @@ static void watched_append_cb(struct raft_io_append *req, int status)
     if (!w)
         return; /* never: every watched write is in the list */
     if (status != 0 && !n->closing) {
-        mark_failed(n, "a write of its Raft log failed: %s, %d (%s)", raft_strerror(status), status,
+        mark_failed(n, "a write of its Raft log failed: %s (%s)", io_strerror(status),
                     n->io.errmsg);
         w->held = status; /* handed back at the close (release_held) */
         /* A leader commits no entry past its own stored ones (0.15 counts
@@ -608,8 +614,7 @@ static int watched_append(struct raft_io *io, struct raft_io_append *req,
                 break;
             }
         if (!n->closing)
-            mark_failed(n, "its Raft log refused a write: %s, %d (%s)", raft_strerror(rc), rc,
-                        io->errmsg);
+            mark_failed(n, "its Raft log refused a write: %s (%s)", io_strerror(rc), io->errmsg);
     }
     return rc;
 }

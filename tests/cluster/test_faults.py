@@ -20,7 +20,7 @@ import pytest
 
 import faults
 import mqttraw
-from faults import kill, pause, resume, converged_tables, wait_healthy, wait_until
+from faults import alive, kill, pause, resume, converged_tables, wait_healthy, wait_until
 from helpers import PahoClient, uid
 from traffic import Traffic
 
@@ -1821,6 +1821,37 @@ def test_disk_full_on_one_node(cluster_factory, tmp_path):
         disk.cleanup()
 
 
+def caught_up_or_restarted(c, node):
+    """The tables once `node`, just started, caught up. Should its Raft log
+    stop growing during the catch-up (docs/cluster.md, "A full disk on one
+    node": the open item of 2 runs in 85), it logs why and stops with exit
+    status 74 within 30 s; it is started again once, as its supervisor
+    would, and must then catch up. Printed when that happens."""
+    def done():
+        if not alive(node):
+            return "stopped"
+        try:
+            return converged_tables(c, timeout=0.5)
+        except AssertionError:
+            return None
+    wait_healthy(c)
+    try:
+        r = wait_until(done, 75, f"{node.name} caught up, or stopped")
+    except AssertionError:
+        converged_tables(c, timeout=0.5)  # says which node applied what
+        raise
+    if r == "stopped":
+        log = node.logtext()
+        rc = node.stop()
+        assert rc == 74 and "Raft server cannot go on" in log, f"{node.name} exited {rc}:\n{log[-3000:]}"
+        print(f"[catch-up] {node.name} stopped (exit 74) during its catch-up: "
+              f"{log.split('cannot go on: ')[-1].splitlines()[0]}; started again")
+        node.start()
+        wait_healthy(c)
+        r = converged_tables(c)
+    return r
+
+
 def test_disk_full_replicated_tables_cannot_grow(cluster_factory, tmp_path):
     """The full node must write more of the replicated state than its disk
     holds (the test above fits in what was allocated before the fill):
@@ -1893,8 +1924,7 @@ def test_disk_full_replicated_tables_cannot_grow(cluster_factory, tmp_path):
         # room again: started, it catches up from its log and the leader
         disk.unfill()
         full.start()
-        wait_healthy(c)
-        tabs = converged_tables(c)
+        tabs = caught_up_or_restarted(c, full)
         got = {t: v for t, v in tabs["retained"].items() if t.startswith("dfr/")}
         assert len(got) == n_retained
         assert all(v.endswith(bytes([int(t.split("/")[1]) % 251]) * (64 * 1024)) for t, v in got.items())
