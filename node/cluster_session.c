@@ -718,6 +718,20 @@ void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch)
     pthread_mutex_unlock(&cn->reg_mu);
 }
 
+/* The session of id that came here with claim `epoch` and is still listed
+ * as incoming (cn->incoming), a reference, or NULL. */
+static struct session *incoming_find(struct cluster_node *cn, const char *id, size_t len,
+                                     uint64_t epoch)
+{
+    struct session *s = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_incoming *x = cn->incoming; x && !s; x = x->next)
+        if (x->epoch == epoch && x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0)
+            s = session_ref(x->s);
+    pthread_mutex_unlock(&cn->reg_mu);
+    return s;
+}
+
 /* The session of id here with claim `epoch` (a reference), or NULL. Before
  * the start-up pass, a stored session does not know its claim yet (epoch
  * 0): it takes late messages of any claim, and the pass (or the claims
@@ -731,12 +745,7 @@ void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch)
 static struct session *owned_session(struct cluster_node *cn, const char *id, size_t len,
                                      uint64_t epoch)
 {
-    struct session *s = NULL;
-    pthread_mutex_lock(&cn->reg_mu);
-    for (struct cn_incoming *x = cn->incoming; x && !s; x = x->next)
-        if (x->epoch == epoch && x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0)
-            s = session_ref(x->s);
-    pthread_mutex_unlock(&cn->reg_mu);
+    struct session *s = incoming_find(cn, id, len, epoch);
     if (!s) {
         struct registry *r = &cn->b->registry;
         pthread_mutex_lock(&r->lock);
@@ -799,12 +808,7 @@ void cn_session_late_in(struct cluster_node *cn, struct session *s, uint64_t fro
 static struct session *unrouted_session(struct cluster_node *cn, const char *id, size_t len,
                                         uint64_t epoch)
 {
-    struct session *s = NULL;
-    pthread_mutex_lock(&cn->reg_mu);
-    for (struct cn_incoming *x = cn->incoming; x && !s; x = x->next)
-        if (x->epoch == epoch && x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0)
-            s = session_ref(x->s);
-    pthread_mutex_unlock(&cn->reg_mu);
+    struct session *s = incoming_find(cn, id, len, epoch);
     if (s) {
         lock_acquire(&s->lock);
         bool ok = s->epoch == 0 && !s->ended;

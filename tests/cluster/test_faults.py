@@ -1860,6 +1860,20 @@ def caught_up_or_restarted(c, node):
     return r
 
 
+def stopped_for_its_disk(c, full, says):
+    """The full node stops by itself with exit 74, its log saying `says`;
+    the other two are healthy (a leader). Returns its log and the others."""
+    wait_until(lambda: full.proc.poll() is not None, 60, f"{full.name} to stop ({says})")
+    log = full.logtext()
+    rc = full.stop()
+    assert rc == 74, f"{full.name} exited {rc}:\n{log[-3000:]}"
+    assert says in log, log[-3000:]
+    healthy = [n for n in c.nodes if n is not full]
+    wait_until(lambda: all(n.health() == 200 for n in healthy), 30,
+               "the other nodes healthy (a leader)")
+    return log, healthy
+
+
 def test_disk_full_replicated_tables_cannot_grow(cluster_factory, tmp_path):
     """The full node must write more of the replicated state than its disk
     holds (the test above fits in what was allocated before the fill):
@@ -1894,16 +1908,9 @@ def test_disk_full_replicated_tables_cannot_grow(cluster_factory, tmp_path):
             ack = pub.expect(mqttraw.PUBACK, timeout=WAIT)
             assert (ack.packet_id, ack.reason_code) in ((pid, 0), (pid, 0x10)), ack
         pub.disconnect()
-        wait_until(lambda: full.proc.poll() is not None, 60, f"{full.name} to stop")
-        log = full.logtext()
-        rc = full.stop()
-        assert rc == 74, f"{full.name} exited {rc}:\n{log[-3000:]}"
-        assert "cannot write its replicated tables" in log, log[-3000:]
+        log, healthy = stopped_for_its_disk(c, full, "cannot write its replicated tables")
         print(f"[disk full] {full.name} stopped (exit 74) after entry "
               f"{log.split('cannot apply entry ')[1].split()[0] if 'cannot apply entry ' in log else '?'}")
-        healthy = [n for n in c.nodes if n is not full]
-        wait_until(lambda: all(n.health() == 200 for n in healthy), 30,
-                   "the other nodes healthy (a leader)")
 
         def replicated():
             return all(len([t for t in faults.tables(n)["retained"] if t.startswith("dfr/")])
@@ -1988,17 +1995,9 @@ def test_disk_full_raft_log_cannot_grow(cluster_factory, tmp_path, role):
             assert (ack.packet_id, ack.reason_code) in ((pid, 0), (pid, 0x10)), ack
             sent[topic] = payload
         pub.disconnect()
-        wait_until(lambda: full.proc.poll() is not None, 60,
-                   f"{full.name} to stop (its Raft log cannot grow)")
-        log = full.logtext()
-        rc = full.stop()
-        assert rc == 74, f"{full.name} exited {rc}:\n{log[-3000:]}"
-        assert "Raft server cannot go on" in log, log[-3000:]
+        log, healthy = stopped_for_its_disk(c, full, "Raft server cannot go on")
         print(f"[raft disk full] {full.name} ({role}) stopped (exit 74): "
               f"{log.split('cannot go on: ')[1].splitlines()[0] if 'cannot go on: ' in log else '?'}")
-        healthy = [n for n in c.nodes if n is not full]
-        wait_until(lambda: all(n.health() == 200 for n in healthy), 30,
-                   "the other nodes healthy (a leader)")
         def held(tabs):  # a retained record ends with its payload
             return {t: v[-len(sent[t]):] for t, v in tabs["retained"].items() if t in sent}
         wait_until(lambda: all(held(faults.tables(n)) == sent for n in healthy), 60,
