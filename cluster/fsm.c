@@ -289,7 +289,29 @@ static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelea
 }
 
 /* SessionRecord: written only by the owner the registry names. */
-static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__SessionRecord *c)
+#define RECORD_OWNERS_MAX 4
+
+/* The owners a record names, oldest first (SessionRecord.owners): the old
+ * record's, and this one's node with `index` when it names another node
+ * than the old one; at most RECORD_OWNERS_MAX (the oldest go). `keep`
+ * receives the pointers (into old and mine), *n their number. */
+static void record_owners(const Starling__Cmd__SessionRecord *old, uint64_t node,
+                          Starling__Cmd__RecordOwner *mine,
+                          Starling__Cmd__RecordOwner *keep[RECORD_OWNERS_MAX], size_t *n)
+{
+    size_t k = 0, have = old ? old->n_owners : 0;
+    bool moved = !old || have == 0 || old->owners[have - 1]->node != node;
+    size_t want = have + moved;
+    size_t from = want > RECORD_OWNERS_MAX ? want - RECORD_OWNERS_MAX : 0;
+    for (size_t i = from; i < have; i++)
+        keep[k++] = old->owners[i];
+    if (moved)
+        keep[k++] = mine;
+    *n = k;
+}
+
+static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__SessionRecord *c,
+                                uint64_t index)
 {
     if (!bytes_ok(&c->client_id) || c->node == 0 || c->epoch == 0)
         return FSM_INVALID;
@@ -314,13 +336,33 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
     if (c->expiry_interval == 0)
         return exists ? rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len)
                       : FSM_NOOP;
-    size_t len = starling__cmd__session_record__get_packed_size(c);
-    if (len > RTABLE_MAX_VALUE)
+    Starling__Cmd__SessionRecord *was =
+        exists ? starling__cmd__session_record__unpack(NULL, olen, old) : NULL;
+    Starling__Cmd__RecordOwner mine = STARLING__CMD__RECORD_OWNER__INIT;
+    mine.node = c->node;
+    mine.epoch = c->epoch;
+    mine.index = index;
+    Starling__Cmd__RecordOwner *owners[RECORD_OWNERS_MAX];
+    Starling__Cmd__SessionRecord w = *c;
+    /* (a record written before owners were kept starts its list here:
+     * the owner's routes are everywhere from this index on, if not before) */
+    record_owners(was, c->node, &mine, owners, &w.n_owners);
+    w.owners = owners;
+    size_t len = starling__cmd__session_record__get_packed_size(&w);
+    if (len > RTABLE_MAX_VALUE) {
+        if (was)
+            starling__cmd__session_record__free_unpacked(was, NULL);
         return FSM_INVALID;
+    }
     unsigned char *v = malloc(len ? len : 1);
-    if (!v)
+    if (!v) {
+        if (was)
+            starling__cmd__session_record__free_unpacked(was, NULL);
         return -ENOMEM;
-    starling__cmd__session_record__pack(c, v);
+    }
+    starling__cmd__session_record__pack(&w, v);
+    if (was)
+        starling__cmd__session_record__free_unpacked(was, NULL);
     if (exists && olen == len && memcmp(old, v, len) == 0)
         rc = FSM_NOOP;
     else
@@ -623,7 +665,7 @@ static int apply_node_down(struct rtable_txn *x, uint64_t node)
 
 /* Apply one command: a enum fsm_result (>= 0) or a negative errno (the
  * transaction must be abandoned). */
-static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c)
+static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c, uint64_t index)
 {
     switch (c->cmd_case) {
     case STARLING__CMD__COMMAND__CMD_ROUTE_ADD:
@@ -645,7 +687,7 @@ static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c)
     case STARLING__CMD__COMMAND__CMD_NODE_PURGE:
         return apply_purge(x, c->node_purge->node);
     case STARLING__CMD__COMMAND__CMD_SESSION_RECORD:
-        return apply_session_record(x, c->session_record);
+        return apply_session_record(x, c->session_record, index);
     case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
         return apply_node_down(x, c->node_down->node);
     case STARLING__CMD__COMMAND__CMD_ADMIN_PUT:
@@ -776,7 +818,7 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
         }
         res->n = b ? (uint32_t)b->n_commands : 0;
         for (uint32_t i = 0; rc == 0 && i < res->n; i++) {
-            int r = apply_one(x, b->commands[i]);
+            int r = apply_one(x, b->commands[i], index);
             if (r < 0)
                 rc = r;
             else

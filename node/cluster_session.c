@@ -559,20 +559,38 @@ static void seen_forget_direct(struct session *s, const struct qmsg *late, uint6
  * table from the current index on has them (+ 1: the record's entry may
  * be committed and its index not yet published to fsm_routes_index). */
 static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t to)
+                                   uint64_t to, uint64_t own)
 {
-    uint64_t node = 0, epoch = 0;
-    if (fsm_registry_get(cn->fsm, id, len, &node, &epoch) != 0 || node != to)
-        return 0;
     void *buf;
     size_t blen;
     if (fsm_session_record_get(cn->fsm, id, len, &buf, &blen) != 0)
         return 0;
     Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, blen, buf);
     free(buf);
-    bool named = rec && rec->node == to;
-    if (rec)
-        starling__cmd__session_record__free_unpacked(rec, NULL);
+    if (!rec)
+        return 0;
+    /* The first owner after the copy's own claim, as the record's list of
+     * owners says (SessionRecord.owners, written by the state machine):
+     * from the index of its first record on, every route table had its
+     * routes, so what was routed since reached it (or a later owner),
+     * though it may have died since, or the copy be sent on to another
+     * owner. Before, the index was the one at which the copy looked: a
+     * copy on a node stopped while its session moved twice took what the
+     * first new owner had delivered and gave it to the second, which
+     * delivered it again (chaos seeds 937187427 and 1946164343, QoS 2
+     * duplicates). A copy whose claim is not known (0) uses the rule
+     * below. */
+    uint64_t from = 0;
+    for (size_t i = 0; own && i < rec->n_owners && !from; i++)
+        if (rec->owners[i]->epoch > own && rec->owners[i]->node != cn->self)
+            from = rec->owners[i]->index;
+    bool named = rec->node == to;
+    starling__cmd__session_record__free_unpacked(rec, NULL);
+    if (from)
+        return from;
+    uint64_t node = 0, epoch = 0;
+    if (fsm_registry_get(cn->fsm, id, len, &node, &epoch) != 0 || node != to)
+        return 0;
     return named ? fsm_routes_index(cn->fsm) + 1 : 0;
 }
 
@@ -580,7 +598,10 @@ static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint
  * directly, once that is known (owner_routed_index). */
 static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64_t to)
 {
-    uint64_t direct = owner_routed_index(cn, s->client_id, s->id_len, to);
+    lock_acquire(&s->lock);
+    uint64_t own = s->epoch;
+    lock_release(&s->lock);
+    uint64_t direct = owner_routed_index(cn, s->client_id, s->id_len, to, own);
     lock_acquire(&s->lock);
     if (!s->direct_from && !subs_shared(s))
         s->direct_from = direct;

@@ -2091,3 +2091,72 @@ def test_whole_cluster_killed_and_restarted_in_another_order(fault_cluster):
     assert sorted(s.get(WAIT).payload for _ in range(3)) == \
         [f"retained-{i}".encode() for i in range(3)]
     s.disconnect()
+
+
+def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
+    """Chaos seeds 937187427 and 1946164343 (QoS 2 duplicates), made
+    deterministic: a persistent QoS 2 subscriber S, offline, on node B; B
+    is SIGSTOPped and taken for dead (NodeDown keeps its route for S, whose
+    record names B); S resumes on A from its record and gets M0..M19,
+    published on C, which C also holds for B (that route). B continues
+    and applies A's claim: its copy of S, claimed away, takes M0..M19 from
+    C's outbox and waits for A's request. A is SIGKILLed and S resumes on
+    C from its record, which knows nothing of M0..M19; the copy's wait
+    over, it sends what it took to S's owner, C. Before, the copy left out
+    only what was routed after the moment it looked (when its owner's
+    record was there), and C delivered all 20 a second time (main's build:
+    3 of 3 runs); now it leaves out what was routed after the first owner
+    after it (A) had its routes everywhere (SessionRecord.owners): none
+    comes again."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    cn = faults.node_named(c, ld)
+    b, a = [n for n in c.nodes if n is not cn]
+    cid = uid("third")
+    topic = uid("tc/t")
+    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    s.disconnect()
+    pause(b)
+    try:
+        # the leader takes B for dead (its NodeDown is in the log before
+        # A's claim: proposed by the leader before the claim reaches it)
+        silent = f"member {faults.node_id(b):016x} silent for"
+        wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
+        s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+        s.connect(timeout=30)
+        assert s.session_present
+        p = PahoClient(cn, uid("thirdp"), 5)
+        p.connect()
+        sent = [f"m{k}".encode() for k in range(20)]
+        for m in sent:
+            p.publish(topic + "/x", m, qos=2)
+        got = [s.get(WAIT).payload for _ in sent]
+        assert got == sent
+    finally:
+        resume(b)
+    # B applies A's claim: its copy of S waits for A's request for
+    # cluster_claim_timeout + 1 s (none comes: A resumed S from its record),
+    # collecting; meanwhile A dies and S resumes on C, so that the copy's
+    # wait ends with C the owner
+    claimed = f"'{cid}' was claimed by another node"
+    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
+    kill(a)
+    s.stop()
+    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    # B's copy takes M0..M19 (C's outbox) and sends what it holds to C
+    came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
+                      rf"{faults.node_id(b):016x}")
+    wait_until(lambda: came.findall(cn.logtext()), 40,
+               f"{cn.name} taking {b.name}'s late messages of {cid}")
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[third copy] {len(again)} delivered again on {cn.name}; late messages from "
+          f"{b.name}: {came.findall(cn.logtext())}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()

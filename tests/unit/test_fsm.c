@@ -356,6 +356,15 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
     CU_ASSERT_TRUE(rec->has_next_packet_id);
     CU_ASSERT_EQUAL(rec->next_packet_id, 40000);
+    /* the owners it named, each with the entry of its first record (the
+     * same owner writing again adds none) */
+    CU_ASSERT_EQUAL_FATAL(rec->n_owners, 2);
+    CU_ASSERT_EQUAL(rec->owners[0]->node, 1);
+    CU_ASSERT_EQUAL(rec->owners[0]->epoch, 1);
+    CU_ASSERT_EQUAL(rec->owners[0]->index, 1);
+    CU_ASSERT_EQUAL(rec->owners[1]->node, 2);
+    CU_ASSERT_EQUAL(rec->owners[1]->epoch, 2);
+    CU_ASSERT_EQUAL(rec->owners[1]->index, 3);
     starling__cmd__session_record__free_unpacked(rec, NULL);
     free(rv);
 
