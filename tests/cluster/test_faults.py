@@ -1201,6 +1201,22 @@ def delivered_before_a_marker(s, p, topic):
     return [m.payload for m in s.get_until(topic + "/marker", 30)][:-1]
 
 
+def none_again_after_late_messages(sender, owner, cid, s, p, topic, what, timeout):
+    """Once `owner` has taken late messages of cid from `sender` (its log
+    says so, also for an empty last frame), subscriber s gets none of them
+    again: nothing comes before a marker that p publishes."""
+    came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
+                      rf"{faults.node_id(sender):016x}")
+    wait_until(lambda: came.findall(owner.logtext()), timeout,
+               f"{owner.name} taking {sender.name}'s late messages of {cid}")
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[{what}] {len(again)} delivered again on {owner.name}; late messages from "
+          f"{sender.name}: {came.findall(owner.logtext())}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
 def copy_collecting_what_s_got(cluster_factory, tmp_path, name):
     """The start of the two tests below: a persistent QoS 2 subscriber S
     on node B; B restarts (SIGTERM) while S moves to A (resumed from its
@@ -1359,15 +1375,7 @@ def test_returning_copy_leaves_out_what_its_restarted_owner_got_directly(cluster
     # B's copy ends and sends what it holds to A (its last frame, also when
     # empty: A logs it)
     hold.unlink()
-    late = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
-                      rf"{faults.node_id(b):016x}")
-    wait_until(lambda: late.findall(a.logtext()), 30, f"{a.name} taking B's late messages of {cid}")
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[returning copy] {len(again)} delivered again on {a.name}; late messages: "
-          f"{late.findall(a.logtext())}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_again_after_late_messages(b, a, cid, s, p, topic, "returning copy", 30)
 
 
 def test_late_messages_acknowledged_before_their_store_are_not_given_again(cluster_factory):
@@ -2150,13 +2158,4 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     s.connect(timeout=30)
     assert s.session_present
     # B's copy takes M0..M19 (C's outbox) and sends what it holds to C
-    came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
-                      rf"{faults.node_id(b):016x}")
-    wait_until(lambda: came.findall(cn.logtext()), 40,
-               f"{cn.name} taking {b.name}'s late messages of {cid}")
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[third copy] {len(again)} delivered again on {cn.name}; late messages from "
-          f"{b.name}: {came.findall(cn.logtext())}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_again_after_late_messages(b, cn, cid, s, p, topic, "third copy", 40)
