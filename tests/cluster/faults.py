@@ -198,6 +198,13 @@ def node_named(cluster, name):
     return next(n for n in cluster.nodes if n.name == name)
 
 
+def store_held(node, path):
+    """Debug builds: node's store commits nothing while the file `path`
+    exists (STARLING_TEST_STORE_HOLD), from its next start on."""
+    base = node.env
+    node.env = lambda: {**base(), "STARLING_TEST_STORE_HOLD": str(path)}
+
+
 # --------------------------------------------------------------------- network
 
 def nft_available():

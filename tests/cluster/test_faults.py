@@ -311,6 +311,16 @@ def test_session_resumed_elsewhere_gets_what_its_dead_node_held_once(fault_clust
     p.disconnect()
 
 
+def acked_qos1(p, topic, n):
+    """mqttraw client p publishes m0..m<n-1> to topic at QoS 1, one at a
+    time, each acknowledged; returns their payloads."""
+    sent = [f"m{k}".encode() for k in range(n)]
+    for k, m in enumerate(sent):
+        p.publish(topic, m, qos=1, packet_id=k + 1)
+        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == k + 1
+    return sent
+
+
 def test_taken_over_sessions_messages_survive_a_kill_of_its_new_node(fault_cluster):
     """A persistent QoS 1 subscriber S, offline on A with M0..M9 queued,
     resumes on B (a takeover: A sends its state, with the messages, and
@@ -325,10 +335,7 @@ def test_taken_over_sessions_messages_survive_a_kill_of_its_new_node(fault_clust
     cid, topic, props, s = raw_persistent_subscriber(a, "tk", 1)
     s.disconnect()
     p = mqttraw.connected(cn, uid("tkp"), 5)
-    sent = [f"m{k}".encode() for k in range(10)]
-    for k, m in enumerate(sent):
-        p.publish(f"{topic}/x", m, qos=1, packet_id=k + 1)
-        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == k + 1
+    sent = acked_qos1(p, f"{topic}/x", 10)
     s2 = mqttraw.connected(b, cid, 5, clean=False,
                            properties=dict(props, receive_maximum=1))
     assert s2.connack.session_present, s2.connack
@@ -362,20 +369,16 @@ def test_taken_over_session_answered_once_its_new_node_stored_it(cluster_factory
     Before, B answered with the commit submitted, not done: B killed while
     its disk had not answered lost M0..M9 (A had let them go with the
     state it sent)."""
-    from conftest import Node
     c = cluster_factory(extra_env=dict(FAULT_ENV))
     a, b, cn = c.nodes
     hold = tmp_path / "hold-b-commits"
-    b.env = lambda: {**Node.env(b), "STARLING_TEST_STORE_HOLD": str(hold)}
+    faults.store_held(b, hold)
     c.start()
     c.wait_healthy()
     cid, topic, props, s = raw_persistent_subscriber(a, "cs", 1)
     s.disconnect()
     p = mqttraw.connected(cn, uid("csp"), 5)
-    sent = [f"m{k}".encode() for k in range(10)]
-    for k, m in enumerate(sent):
-        p.publish(f"{topic}/x", m, qos=1, packet_id=k + 1)
-        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == k + 1
+    sent = acked_qos1(p, f"{topic}/x", 10)
     hold.touch()
     early = None
     try:

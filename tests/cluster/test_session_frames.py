@@ -14,6 +14,7 @@ import time
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+import faults
 from helpers import PahoClient, uid
 
 WAIT = 10
@@ -147,11 +148,10 @@ def test_late_messages_survive_a_receiver_killed_before_its_commit(cluster_facto
     and b's store commits nothing (STARLING_TEST_STORE_HOLD) when a's late
     messages come: b is killed after it got them and before they were on
     its disk. Once b is back, the client resumes there and gets all 12."""
-    from conftest import Node
     c = cluster_factory()
     a, b, _ = c.nodes
     hold = tmp_path / "hold-b-commits"
-    b.env = lambda: {**Node.env(b), "STARLING_TEST_STORE_HOLD": str(hold)}
+    faults.store_held(b, hold)
     c.start()
     c.wait_healthy()
     y, sent, cid, _ = killed_holder_resumed_elsewhere(c)
@@ -177,11 +177,10 @@ def test_session_state_survives_a_claimant_killed_before_its_commit(cluster_fact
     import socket
 
     import mqttraw
-    from conftest import Node
     c = cluster_factory()
     a, b, third = c.nodes
     hold = tmp_path / "hold-b-commits"
-    b.env = lambda: {**Node.env(b), "STARLING_TEST_STORE_HOLD": str(hold)}
+    faults.store_held(b, hold)
     c.start()
     c.wait_healthy()
     cid = uid("claimant-killed")
