@@ -194,6 +194,13 @@ static void claim_granted(void *ud, int status, struct session *s)
         if (k->req.clean_start)
             s->clean_epoch = k->epoch;
         lock_release(&s->lock);
+        /* the store record written at CONNECT (registry_local_claim) has
+         * the previous claim's epoch: this one's, for a copy of it that a
+         * restart finds claimed away (cluster_session.c,
+         * owner_routed_index). A session that came with the claim was
+         * stored with it already. */
+        if (!k->incoming)
+            persist_session_sync(k->cn->b, s, NULL);
         cn_session_record_queue(k->cn, s);
     }
     k->done(k->done_ud, status, s);

@@ -69,8 +69,10 @@ struct cn_moving {
     bool now;             /* no state was sent (cn_moving_add) */
     bool complete_sent;   /* routed: the first batch after it went (SessionMessages.complete) */
     uint64_t route_index; /* ... since this index (0: unknown) */
-    /* cn_moving_detach: what the ended copy held, for cn_moving_fold */
+    /* cn_moving_detach: what the ended copy held, for cn_moving_fold, and
+     * the index from which what was routed reached its owner directly */
     struct qmsg *late;
+    uint64_t fold_direct;
     Starling__Chan__SeenRange *seen, **seenp;
     size_t n_seen;
 };
@@ -559,7 +561,7 @@ static void seen_forget_direct(struct session *s, const struct qmsg *late, uint6
  * table from the current index on has them (+ 1: the record's entry may
  * be committed and its index not yet published to fsm_routes_index). */
 static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t to, uint64_t own)
+                                   uint64_t to, uint64_t own, uint64_t stored)
 {
     void *buf;
     size_t blen;
@@ -578,18 +580,55 @@ static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint
      * copy on a node stopped while its session moved twice took what the
      * first new owner had delivered and gave it to the second, which
      * delivered it again (chaos seeds 937187427 and 1946164343, QoS 2
-     * duplicates). A copy whose claim is not known (0) uses the rule
-     * below. */
+     * duplicates).
+     *
+     * A stored copy found at a restart does not know its claim (`own` 0:
+     * the start-up pass names only an owner's). It takes the later of the
+     * epoch its store record held (`stored`, written with the record) and
+     * that of the last owner the record names that is this node: each is
+     * at most its claim. The first guards against a claim granted here
+     * whose record never named this node; the second against one whose
+     * store write had not committed when the node died (a record written
+     * at CONNECT, before the claim's epoch was set). Too low, the copy
+     * would leave out what was routed while it owned the session again:
+     * that came to this node alone (lost); too high, it keeps what a later
+     * owner had (QoS 2 duplicates, as before). Before, such a copy used
+     * the rule at the end: a copy on a node SIGKILLed after its session
+     * was resumed elsewhere took what that owner had delivered (the
+     * forwards NodeDown's kept routes brought it), and gave it to the
+     * session when its client came back to this node (chaos seed
+     * 288425677: 2,256 QoS 2 duplicates). An epoch at or past the
+     * current claim's is not one of this record's (the id was released
+     * and claimed again since): not known.
+     *
+     * The list keeps the last RECORD_OWNERS_MAX (cluster/fsm.c): when the
+     * first owner after the copy's claim is no longer in it, the first
+     * one listed after it is taken, whose index is later. The copy then
+     * keeps more than it needs (duplicates, at least once), never less. */
+    uint64_t node = 0, epoch = 0;
+    if (fsm_registry_get(cn->fsm, id, len, &node, &epoch) != 0)
+        node = epoch = 0;
+    uint64_t mine = own;
+    if (!mine) {
+        mine = stored;
+        for (size_t i = 0; i < rec->n_owners; i++)
+            if (rec->owners[i]->node == cn->self && rec->owners[i]->epoch > mine)
+                mine = rec->owners[i]->epoch;
+        if (mine >= epoch)
+            mine = 0;
+    }
     uint64_t from = 0;
-    for (size_t i = 0; own && i < rec->n_owners && !from; i++)
-        if (rec->owners[i]->epoch > own && rec->owners[i]->node != cn->self)
+    for (size_t i = 0; mine && i < rec->n_owners && !from; i++)
+        if (rec->owners[i]->epoch > mine && rec->owners[i]->node != cn->self)
             from = rec->owners[i]->index;
     bool named = rec->node == to;
     starling__cmd__session_record__free_unpacked(rec, NULL);
+    if (from && !own)
+        log_debug("cluster: the stored copy of '%.*s' takes its claim for %llu (stored %llu)",
+                  (int)len, id, (unsigned long long)mine, (unsigned long long)stored);
     if (from)
         return from;
-    uint64_t node = 0, epoch = 0;
-    if (fsm_registry_get(cn->fsm, id, len, &node, &epoch) != 0 || node != to)
+    if (node != to)
         return 0;
     return named ? fsm_routes_index(cn->fsm) + 1 : 0;
 }
@@ -599,9 +638,9 @@ static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint
 static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64_t to)
 {
     lock_acquire(&s->lock);
-    uint64_t own = s->epoch;
+    uint64_t own = s->epoch, stored = s->stored_epoch;
     lock_release(&s->lock);
-    uint64_t direct = owner_routed_index(cn, s->client_id, s->id_len, to, own);
+    uint64_t direct = owner_routed_index(cn, s->client_id, s->id_len, to, own, stored);
     lock_acquire(&s->lock);
     if (!s->direct_from && !subs_shared(s))
         s->direct_from = direct;
@@ -1671,7 +1710,16 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
                  "moving out: that copy ends now, what it holds goes to the new session",
                  x->s->client_id, (unsigned long long)x->epoch);
         bool shared;
-        moving_take(cn, x, &shared, NULL);
+        /* what reached its owner directly stays out of the fold too, as
+         * out of what the copy sends that owner (moving_end): the new
+         * session takes it from that owner (its state, its late messages,
+         * its stored copy once it returns) if its client did not have it.
+         * Before, the fold took everything, and the new session each
+         * identity once: a message the owner had delivered after it
+         * stopped recording identities (60 s after its move), or whose
+         * identities the new session never got (resumed from the record),
+         * came twice (chaos seed 288425677) */
+        moving_take(cn, x, &shared, &x->fold_direct);
         /* out of the store now (a delete of every record of the id), before
          * the new session's records are written: neither its end later
          * nor its leftovers at the next start touch the new session's */
@@ -1696,7 +1744,7 @@ void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list)
          * at least once there. */
         if (x->routed)
             x->n_seen = 0;
-        moving_send(cn, x, cn->self, 0);
+        moving_send(cn, x, cn->self, x->fold_direct);
     }
 }
 

@@ -131,6 +131,10 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
         .user_len = s->user ? (uint16_t)strnlen(s->user, UINT16_MAX) : 0,
         .n_seen = (uint32_t)n_seen,
         .seen = seen,
+        /* its claim (cluster): a copy of it claimed away while this node
+         * was down or stopped still knows, after a restart, which owners
+         * came after it (docs/cluster.md, *Faults*) */
+        .epoch = s->epoch ? s->epoch : s->stored_epoch,
     };
     store_session_put(b, s->client_id, s->id_len, &rec);
     s->stored = true;
@@ -421,6 +425,7 @@ static int load_session(void *ud, const char *id, uint16_t len, const struct sto
     }
     s->disconnected_at = l->now_mono - (offline_ms < l->now_mono ? offline_ms : 0);
     s->stored = true;
+    s->stored_epoch = rec->epoch;
     if (rec->n_seen) {
         /* checked, not recorded (seen_until 0): a move starts recording */
         if (!(s->seen = msg_seen_new())) {

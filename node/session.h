@@ -125,6 +125,12 @@ struct session {
     /* the cluster registry's epoch of the claim this session was last
      * granted with (0: none, or not clustered) */
     uint64_t epoch;
+    /* cluster: the epoch its store record held when it was loaded at a
+     * start (0: none, or not loaded): a stored copy's claim, which it
+     * knows only as `epoch` once the start-up pass names it the owner
+     * (cluster_session.c, owner_routed_index); written again with the
+     * record while `epoch` is 0 (persist.c). */
+    uint64_t stored_epoch;
     /* cluster: the epoch of the claim with which this session began clean
      * (clean start, [MQTT-3.1.2-4]; 0: it did not): what older copies or
      * claims of the id still hold was discarded with them and is not

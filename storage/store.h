@@ -105,6 +105,11 @@ struct store_session {
      * before they were stored (record version 1 and 2). */
     uint32_t n_seen;
     const struct store_seen *seen;
+    /* The epoch of the cluster claim the session was last granted with (0:
+     * none known, also for a record written before it was stored, record
+     * version 1 to 3): a copy of it claimed away judges after a restart, as
+     * before it, what a later owner had (node/cluster_session.c). */
+    uint64_t epoch;
 };
 
 /* A queued or inflight outgoing message of a session. */
@@ -115,9 +120,10 @@ struct store_msg {
     bool retain;    /* RETAIN flag of the delivery */
     uint16_t n_ids; /* subscription identifiers to send with it */
     const uint32_t *ids;
-    /* topic, payload, properties, expiry_at, and the message's cluster
+    /* topic, payload, properties, expiry_at, the message's cluster
      * identity m->id_node / m->id_seq (0: none, also for a record written
-     * before it was stored, record version 1) */
+     * before it was stored, record version 1) and its route table index
+     * m->route_index (0: unknown, also for record versions 1 and 2) */
     const struct msg *m;
 };
 

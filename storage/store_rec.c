@@ -6,13 +6,16 @@
  *
  *   session:  u8 mqtt version, u32 expiry_interval, u64 disconnected_at_ms,
  *             u32 n_subs, then n_subs x (u16 len, u8 options, u32 sub_id,
- *             len bytes of filter); record version 2 (REC_SESSION_VERSION)
- *             adds u8 has_user, then when 1: u16 user_len, user bytes;
- *             record version 3 adds u32 n_seen, then n_seen x (u64 node,
- *             u64 lo, u64 hi): the message identities the session got
+ *             len bytes of filter); record version 2 adds u8 has_user,
+ *             then when 1: u16 user_len, user bytes; record version 3 adds
+ *             u32 n_seen, then n_seen x (u64 node, u64 lo, u64 hi): the
+ *             message identities the session got; record version 4
+ *             (REC_SESSION_VERSION) adds u64 epoch, its cluster claim's
+ *             (0: none known)
  *   msg:      u8 state, u16 pid, u8 qos, u8 flags (bit 0 retain), u16 n_ids,
- *             n_ids x u32, then a message; record version 2
- *             (REC_MSG_VERSION) adds u64 origin node, u64 publish number
+ *             n_ids x u32, then a message; record version 2 adds u64
+ *             origin node, u64 publish number; record version 3
+ *             (REC_MSG_VERSION) adds u64 route_index
  *   qos2:     nothing more
  *   retained: a message
  *   message:  u8 qos, u8 flags (bit 0 retain), u64 expiry_at, u16 topic_len,
@@ -157,6 +160,8 @@ void rec_put_session(struct rbuf *b, const struct store_session *rec)
         rbuf_le64(b, rec->seen[i].lo);
         rbuf_le64(b, rec->seen[i].hi);
     }
+    /* REC_SESSION_VERSION 4 */
+    rbuf_le64(b, rec->epoch);
 }
 
 void rec_put_message(struct rbuf *b, const struct msg *m)
@@ -176,7 +181,7 @@ void rec_put_msg(struct rbuf *b, const struct store_msg *rec)
 {
     const struct msg *m = rec->m;
     rbuf_expect(b, 7 + 4 * (size_t)rec->n_ids + 20 + m->topic_len + m->payload_len + m->props_len +
-                       16);
+                       24);
     rbuf_u8(b, rec->state);
     rbuf_le16(b, rec->pid);
     rbuf_u8(b, rec->qos);
@@ -188,6 +193,8 @@ void rec_put_msg(struct rbuf *b, const struct store_msg *rec)
     /* REC_MSG_VERSION 2 */
     rbuf_le64(b, m->id_node);
     rbuf_le64(b, m->id_seq);
+    /* REC_MSG_VERSION 3 */
+    rbuf_le64(b, m->route_index);
 }
 
 const uint8_t *rdec_bytes(struct rdec *d, size_t n)
@@ -274,6 +281,7 @@ int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec
     rec->user_len = 0;
     rec->n_seen = 0;
     rec->seen = NULL;
+    rec->epoch = 0;
     rec->version = rdec_u8(val);
     rec->expiry_interval = rdec_le32(val);
     rec->disconnected_at_ms = rdec_le64(val);
@@ -333,6 +341,8 @@ int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec
             rec->seen = x;
         }
     }
+    if (version >= 4)
+        rec->epoch = rdec_le64(val);
     if (val->bad || val->n != 0) {
         free(*subs);
         *subs = NULL;
@@ -391,6 +401,8 @@ int rec_get_msg(struct rdec *val, uint8_t version, struct store_msg *rec, uint32
         m->id_node = rdec_le64(val);
         m->id_seq = rdec_le64(val);
     }
+    if (rc == 0 && version >= 3)
+        m->route_index = rdec_le64(val);
     if (rc == 0 && (val->bad || val->n != 0)) {
         msg_unref(m);
         rc = -EIO;

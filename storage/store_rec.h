@@ -32,12 +32,15 @@
 /* Session records are version 2 since they hold the user name (version 1,
  * without it, is still read: the session is then anonymous). A binary that
  * knows only version 1 refuses them (-EPROTO) rather than misread them. */
-#define REC_SESSION_VERSION 3
+#define REC_SESSION_VERSION 4
 /* Version 3 adds the message identities the session got (n_seen, seen);
- * versions 1 and 2 are read with none. */
+ * versions 1 and 2 are read with none. Version 4 adds the epoch of the
+ * session's cluster claim (epoch); older versions are read with 0. */
 /* Message records are version 2 since they hold the message's cluster
- * identity (origin node, publish number); version 1 is read without it. */
-#define REC_MSG_VERSION 2
+ * identity (origin node, publish number); version 1 is read without it.
+ * Version 3 adds the route table index of the message (route_index);
+ * older versions are read with 0 (unknown). */
+#define REC_MSG_VERSION 3
 /* Longest id or topic kept verbatim in a key. LMDB's default maximum key
  * size is 511 bytes; 2 + 400 + 8 leaves room. */
 #define REC_INLINE_MAX 400

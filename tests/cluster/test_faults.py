@@ -2162,3 +2162,85 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     assert s.session_present
     # B's copy takes M0..M19 (C's outbox) and sends what it holds to C
     none_again_after_late_messages(b, cn, cid, s, p, topic, "third copy", 40)
+
+
+def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory, tmp_path):
+    """Chaos seed 288425677 (2,256 QoS 2 duplicates), made deterministic: a
+    persistent QoS 2 subscriber S, offline, on node B; B is SIGSTOPped and
+    taken for dead (NodeDown keeps its route for S); S resumes on A from
+    its record and gets M0..M19, published on C, which C also holds for B.
+    B continues, applies A's claim, and its copy of S, claimed away, takes
+    M0..M19 from C's outbox and stores them; it sends nothing (held:
+    STARLING_TEST_MOVING_HOLD). B and A are SIGKILLed, B starts again, and
+    S's client comes back to B: resumed there from its record (A is dead),
+    with B's stored copy folded into it. Before, the copy had forgotten its
+    claim with the restart and kept everything, and B delivered M0..M19 a
+    second time; now the store keeps the claim's epoch and each message's
+    route table index, and the copy leaves out what was routed once A, the
+    owner after it, had its routes everywhere."""
+    hold = tmp_path / "moving-hold"
+    hold.write_text("")
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    cn = faults.node_named(c, ld)
+    b, a = [n for n in c.nodes if n is not cn]
+    cid = uid("restcopy")
+    topic = uid("rc/t")
+    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    s.disconnect()
+    p = PahoClient(cn, uid("restcopyp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    pause(b)
+    try:
+        silent = f"member {faults.node_id(b):016x} silent for"
+        wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
+        s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+        s.connect(timeout=30)
+        assert s.session_present
+        for m in sent:
+            p.publish(topic + "/x", m, qos=2)
+        assert [s.get(WAIT).payload for _ in sent] == sent
+        s.disconnect()
+    finally:
+        resume(b)
+    claimed = f"'{cid}' was claimed by another node"
+    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
+    # B's copy took M0..M19 from C's outbox, in order before a marker that
+    # C forwards to a persistent subscriber on B after them: once that is
+    # delivered, its batch and every earlier one are on B's disk
+    sync = uid("rc/sync")
+    q = PahoClient(b, uid("restcopyq"), 5, clean=True, properties=session_props())
+    q.connect()
+    assert q.subscribe(sync, qos=1) == [1]
+    p.publish(sync, b"sync", qos=1)
+    assert q.get(30).payload == b"sync"
+    q.stop()
+    kill(b)
+    kill(a)
+    start = len(b.logtext())
+    b.start()
+    wait_until(lambda: "start-up pass over" in b.logtext()[start:], 60,
+               f"{b.name}'s start-up pass")
+    # S comes back to B (its CONNECT may be refused while A's claim waits
+    # for the dead A, as a client is refused and tries again)
+    for attempt in range(5):
+        s = PahoClient(b, cid, 5, clean=False, properties=session_props())
+        s.connect(timeout=30, expect_rc=None)
+        if s.connack["rc"] == 0:
+            break
+        s.stop()
+    assert s.connack["rc"] == 0, s.connack
+    assert s.session_present
+    again = delivered_before_a_marker(s, p, topic)
+    leaves = re.findall(rf"the old copy of '{re.escape(cid)}' takes nothing routed from index "
+                        r"\d+", b.logtext()[start:])
+    print(f"\n[restarted copy] {len(again)} delivered again on {b.name}; {leaves}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()

@@ -145,6 +145,8 @@ static char *desc_session(const char *id, uint16_t len, const struct store_sessi
     for (uint32_t i = 0; i < r->n_seen; i++)
         fprintf(f, " seen %llx:%llu-%llu", (unsigned long long)r->seen[i].node,
                 (unsigned long long)r->seen[i].lo, (unsigned long long)r->seen[i].hi);
+    if (r->epoch)
+        fprintf(f, " epoch %llu", (unsigned long long)r->epoch);
     fclose(f);
     return s;
 }
@@ -164,6 +166,8 @@ static char *desc_msg(const char *id, uint16_t len, uint64_t seq, const struct s
     if (r->m->id_node || r->m->id_seq)
         fprintf(f, " id %llx/%llu", (unsigned long long)r->m->id_node,
                 (unsigned long long)r->m->id_seq);
+    if (r->m->route_index)
+        fprintf(f, " routed %llu", (unsigned long long)r->m->route_index);
     fclose(f);
     return s;
 }
@@ -291,9 +295,10 @@ static void test_roundtrip(void)
     struct store_sub subs[] = {{"a/+/c", 5, 0x21, 7}, {"#", 1, 2, 0}, {"$share/g/x", 10, 1, 0}};
     /* the message identities a moved session got (record version 3) */
     struct store_seen seen[] = {{0x1122334455667788ull, 1, 40}, {0xffffffffffffffffull, 7, 7}};
-    struct store_session s1 = {5, 3600, 1234567890123ull, 3, subs, "alice", 5, 2, seen};
-    struct store_session s2 = {4, 0, 0, 0, NULL, NULL, 0, 0, NULL};
-    struct store_session s3 = {4, 0, 0, 0, NULL, "", 0, 0, NULL}; /* an empty user name is one */
+    /* and the epoch of its cluster claim (record version 4) */
+    struct store_session s1 = {5, 3600, 1234567890123ull, 3, subs, "alice", 5, 2, seen, 1ull << 50};
+    struct store_session s2 = {4, 0, 0, 0, NULL, NULL, 0, 0, NULL, 0};
+    struct store_session s3 = {4, 0, 0, 0, NULL, "", 0, 0, NULL, 7}; /* an empty user name is one */
     uint32_t ids[] = {1, 268435455, 42};
     struct msg *m1 = mkmsg(ID("t/1"), 100, 1, "\x01\x00\x00\x00\x01", 1, false, 0);
     struct msg *m2 = mkmsg(ID("t/2"), 0, 2, NULL, 2, true, 99999999999ull);
@@ -303,6 +308,9 @@ static void test_roundtrip(void)
     m1->id_seq = 1ull << 40;
     m3->id_node = 5;
     m3->id_seq = 9;
+    /* and its route table index (record version 3) */
+    m1->route_index = 0x0102030405060708ull;
+    m3->route_index = 1;
     struct store_msg r1 = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m1};
     struct store_msg r2 = {MSG_STATE_WAIT_PUBREC, 65535, 2, true, 3, ids, m2};
     struct store_msg r3 = {MSG_STATE_WAIT_PUBCOMP, 9, 1, false, 1, ids, m3};
@@ -404,7 +412,7 @@ static void test_session_del(void)
     char *dir = tmpdir();
     struct store *s = open_store(dir, 0, 0);
     struct list got = {0};
-    struct store_session rec = {5, 60, 0, 0, NULL, NULL, 0, 0, NULL};
+    struct store_session rec = {5, 60, 0, 0, NULL, NULL, 0, 0, NULL, 0};
     struct msg *m = mkmsg(ID("x"), 3, 0, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_WAIT_PUBACK, 1, 1, false, 0, NULL, m};
     const char *idv[] = {"a", "ab", "b", "a\x01"};
@@ -526,7 +534,7 @@ static void test_long_keys(void)
     char *filter = long_str(3000, 'f', '#');
 
     struct store_sub sub = {filter, 3000, 1, 0};
-    struct store_session rec = {5, 10, 0, 1, &sub, NULL, 0, 0, NULL};
+    struct store_session rec = {5, 10, 0, 1, &sub, NULL, 0, 0, NULL, 0};
     struct msg *m = mkmsg(t1, 1500, 50, 9, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
     struct msg *rt1 = mkmsg(t1, 1500, 5, 1, NULL, 1, true, 0);
@@ -727,24 +735,25 @@ static void test_session_record_v1(void)
     struct store_batch *d = store_batch_new();
     CU_ASSERT_EQUAL(store_msg_del(d, "old", 3, 1), 0);
     CU_ASSERT_EQUAL(commit(s, d), 0);
-    /* written again by this build: version 3, with the user name */
+    /* written again by this build: version 4, with the user name and the
+     * claim's epoch */
     struct store_sub sub = {"a/#", 3, 1, 0};
-    struct store_session rec = {4, 60, 0, 1, &sub, "bob", 3, 0, NULL};
+    struct store_session rec = {4, 60, 0, 1, &sub, "bob", 3, 0, NULL, 12};
     struct store_batch *b = store_batch_new();
     CU_ASSERT_EQUAL(store_session_put(b, "old", 3, &rec), 0);
     CU_ASSERT_EQUAL(commit(s, b), 0);
     s = reopen(s, dir, &got);
     CU_ASSERT_EQUAL(got.n, 1);
     if (got.n == 1)
-        CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v4 x60 d0 n1 [a/# o1 i0] u3:bob");
+        CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v4 x60 d0 n1 [a/# o1 i0] u3:bob epoch 12");
     list_free(&got);
     store_close(s);
 
-    /* version 4 is unknown: refused, not misread */
-    unsigned char v4[sizeof(v1)];
-    memcpy(v4, v1, sizeof(v1));
-    v4[0] = 4;
-    raw_put(dir, "sessions", key, sizeof(key) - 1, v4, sizeof(v4) - 1);
+    /* version 5 is unknown: refused, not misread */
+    unsigned char v5[sizeof(v1)];
+    memcpy(v5, v1, sizeof(v1));
+    v5[0] = 5;
+    raw_put(dir, "sessions", key, sizeof(key) - 1, v5, sizeof(v5) - 1);
     struct store_options o = {.dir = dir, .sync = STORE_SYNC_ALWAYS};
     char err[512] = "";
     CU_ASSERT_EQUAL_FATAL(store_open(&s, &o, err, sizeof(err)), 0);
@@ -752,6 +761,70 @@ static void test_session_record_v1(void)
         .ud = &got, .session = ld_session, .msg = ld_msg, .qos2 = ld_qos2, .retained = ld_retained};
     CU_ASSERT_EQUAL(store_load(s, &l), -EPROTO);
     list_free(&got);
+    store_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* A session record of version 3 (before the claim's epoch was stored)
+ * loads with epoch 0 (not known), and a message record of version 2
+ * (before its route table index was stored) with route_index 0. */
+static void test_records_before_the_claim_epoch(void)
+{
+    char *dir = tmpdir();
+    struct store *s = open_store(dir, 0, 0);
+    store_close(s);
+    /* idkey("old"); v3: version 5, expiry 60, connected, one subscription
+     * "a/#" QoS 1, no user, one identity range (node 2, 3..4) */
+    static const unsigned char key[] = "\x00\x03old";
+    static const unsigned char v3[] = "\x03\x05\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+                                      "\x01\x00\x00\x00\x03\x00\x01\x00\x00\x00\x00"
+                                      "a/#"
+                                      "\x00\x01\x00\x00\x00"
+                                      "\x02\x00\x00\x00\x00\x00\x00\x00"
+                                      "\x03\x00\x00\x00\x00\x00\x00\x00"
+                                      "\x04\x00\x00\x00\x00\x00\x00\x00";
+    raw_put(dir, "sessions", key, sizeof(key) - 1, v3, sizeof(v3) - 1);
+    /* v2: seq 1, queued, QoS 1, topic "t", payload "x", identity 9/8 */
+    static const unsigned char mkey[] = "\x00\x03old\x00\x00\x00\x00\x00\x00\x00\x01";
+    static const unsigned char m2[] = "\x02\x00\x00\x00\x01\x00\x00\x00"
+                                      "\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+                                      "\x01\x00\x01\x00\x00\x00\x00\x00\x00\x00"
+                                      "tx"
+                                      "\x09\x00\x00\x00\x00\x00\x00\x00"
+                                      "\x08\x00\x00\x00\x00\x00\x00\x00";
+    raw_put(dir, "msgs", mkey, sizeof(mkey) - 1, m2, sizeof(m2) - 1);
+    struct list got = {0};
+    s = open_store(dir, 0, 0);
+    load_all(s, &got);
+    CU_ASSERT_EQUAL(got.n, 2);
+    if (got.n == 2) {
+        CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v5 x60 d0 n1 [a/# o1 i0] anonymous seen 2:3-4");
+        CU_ASSERT_PTR_NOT_NULL(strstr(got.v[1], "M 3:old #1 s0 p0 q1 r0 ids"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(got.v[1], " id 9/8"));
+        CU_ASSERT_PTR_NULL(strstr(got.v[1], " routed "));
+    }
+    list_free(&got);
+    /* written again by this build: both kept */
+    struct store_sub sub = {"a/#", 3, 1, 0};
+    struct store_session rec = {5, 60, 0, 1, &sub, NULL, 0, 0, NULL, 41};
+    struct msg *m = mkmsg(ID("t"), 1, 'x', NULL, 1, false, 0);
+    m->id_node = 9;
+    m->id_seq = 8;
+    m->route_index = 1234;
+    struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
+    struct store_batch *b = store_batch_new();
+    CU_ASSERT_EQUAL(store_session_put(b, "old", 3, &rec), 0);
+    CU_ASSERT_EQUAL(store_msg_put(b, "old", 3, 1, &r), 0);
+    CU_ASSERT_EQUAL(commit(s, b), 0);
+    s = reopen(s, dir, &got);
+    CU_ASSERT_EQUAL(got.n, 2);
+    if (got.n == 2) {
+        CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v5 x60 d0 n1 [a/# o1 i0] anonymous epoch 41");
+        CU_ASSERT_PTR_NOT_NULL(strstr(got.v[1], " id 9/8 routed 1234"));
+    }
+    list_free(&got);
+    msg_unref(m);
     store_close(s);
     rm_rf(dir);
     free(dir);
@@ -1386,6 +1459,8 @@ int main(int argc, char **argv)
     CU_add_test(s, "long client ids and topics", test_long_keys);
     CU_add_test(s, "unknown format version", test_format_version);
     CU_add_test(s, "session record version 1 (no user name)", test_session_record_v1);
+    CU_add_test(s, "records before the claim's epoch and the route index",
+                test_records_before_the_claim_epoch);
     CU_add_test(s, "corrupt data.mdb", test_corrupt);
     CU_add_test(s, "unwritable directory, busy directory", test_unwritable);
     CU_add_test(s, "map growth", test_map_growth);
