@@ -2225,8 +2225,7 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     kill(a)
     start = len(b.logtext())
     b.start()
-    wait_until(lambda: "start-up pass over" in b.logtext()[start:], 60,
-               f"{b.name}'s start-up pass")
+    wait_until(lambda: "(MQTT" in b.logtext()[start:], 60, f"{b.name} listening again")
     # S comes back to B (its CONNECT may be refused while A's claim waits
     # for the dead A, as a client is refused and tries again)
     for attempt in range(5):
