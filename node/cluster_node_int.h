@@ -233,10 +233,12 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
  * (out of the index, their records out of the store before the new
  * session's are written, so that their end does not delete those and their
  * leftovers do not load into the new session at the next start); what they
- * held stays with them, in memory, for cn_moving_fold. Returns the list
- * (or NULL). cn->reg_mu held. */
+ * held stays with them, in memory, for cn_moving_fold. `whole_from`: the
+ * node whose state the new session brought (a takeover; 0: none): a copy
+ * moving out to that node leaves out of the fold what reached it directly.
+ * Returns the list (or NULL). cn->reg_mu held. */
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
-                                   const struct session *keep);
+                                   const struct session *keep, uint64_t whole_from);
 /* Whether an old copy of id is in the moving list. Takes cn->reg_mu. */
 bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len);
 /* Then, once the new session is in the registry: what the detached copies

@@ -133,7 +133,8 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
         .seen = seen,
         /* its claim (cluster): a copy of it claimed away while this node
          * was down or stopped still knows, after a restart, which owners
-         * came after it (docs/cluster.md, *Faults*) */
+         * came after it (docs/cluster.md, *A stored copy's claim across a
+         * restart*) */
         .epoch = s->epoch ? s->epoch : s->stored_epoch,
     };
     store_session_put(b, s->client_id, s->id_len, &rec);
