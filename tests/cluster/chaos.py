@@ -59,8 +59,9 @@ HEAL_HEALTHY = 30.0
 
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
-                 claim_timeout_ms=2000):
+                 claim_timeout_ms=2000, more=False):
         self.seed = seed
+        self.more = more
         self.rng = random.Random(seed)
         self.seconds = seconds
         self.stop_seconds = stop_seconds
@@ -133,6 +134,42 @@ class Chaos:
         n.start()
         self._healthy(f"{n.name} restarted")
 
+    def f_stop_leader(self):
+        c = self.cluster
+        name = faults.wait_until(lambda: faults.leader(c), 15, "a leader")
+        n = faults.node_named(c, name)
+        self.say(f"SIGSTOP {n.name} (the leader) for {self.stop_seconds:.1f} s")
+        faults.pause(n)
+        self._wait(self.stop_seconds)
+        faults.resume(n)
+        self._healthy(f"SIGCONT {n.name}")
+
+    def f_cut_leader(self):
+        c = self.cluster
+        name = faults.wait_until(lambda: faults.leader(c), 15, "a leader")
+        n = faults.node_named(c, name)
+        hold = self._hold()
+        self.say(f"cut {n.name} (the leader) off for {hold:.1f} s")
+        self.partition = faults.Partition(c)
+        self.partition.isolate(n)
+        self.traffic.avoid = [n]
+        self._wait(hold)
+        self.partition.heal()
+        self.partition = None
+        self.traffic.avoid = []
+        self._healthy(f"the cut of {n.name} healed")
+
+    def f_rolling_kill(self):
+        """A rolling restart with SIGKILL: each node in turn killed and
+        started again at once, the next one when the cluster is healthy."""
+        order = list(self.cluster.nodes)
+        self.rng.shuffle(order)
+        self.say(f"rolling SIGKILL restart {[n.name for n in order]}")
+        for n in order:
+            faults.kill(n)
+            n.start()
+            self._healthy(f"{n.name} killed and restarted")
+
     def f_restart_all(self):
         order = list(range(len(self.cluster.nodes)))
         self.rng.shuffle(order)
@@ -156,7 +193,23 @@ class Chaos:
              ("restart-all", self.f_restart_all, 1)]
         if self.nft is None:
             m.append(("partition", self.f_partition, 3))
+        if self.more:  # faults an outside checker may use (--more)
+            m += [("stop-leader", self.f_stop_leader, 2), ("rolling-kill", self.f_rolling_kill, 2)]
+            if self.nft is None:
+                m.append(("cut-leader", self.f_cut_leader, 2))
         return m
+
+    def listed_owners(self):
+        """Problems of GET /api/v1/clients (every node's sessions): a client
+        id listed by two nodes, or connected on two."""
+        c = self.cluster
+        st, doc = c.nodes[0].http("GET", "/api/v1/clients?limit=1000", timeout=10)
+        if st != 200:
+            return [f"GET /api/v1/clients answered {st}"]
+        where = {}
+        for x in doc["data"]:
+            where.setdefault(x["clientid"], []).append((x["node"], x["connected"]))
+        return [f"{cid} listed on {w}" for cid, w in sorted(where.items()) if len(w) > 1]
 
     # ---- the run
     def run(self):
@@ -216,6 +269,7 @@ class Chaos:
             self.say(f"still missing after 30 s: {missing}")
             tabs = faults.converged_tables(c)
             problems += [f"owner: {p}" for p in t.owners_ok(tabs)]
+            problems += [f"owner: {p}" for p in self.listed_owners()]
         except AssertionError as e:
             problems.append(str(e))
         finally:
@@ -255,11 +309,14 @@ def main(argv):
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--stop-seconds", type=float, default=10.0)
     ap.add_argument("--keep", action="store_true", help="keep the data and the logs")
+    ap.add_argument("--more", action="store_true",
+                    help="add SIGSTOP and cut of the leader and a rolling SIGKILL restart "
+                         "to the faults (another sequence for the same seed)")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
-               log=lambda s: print(s, flush=True))
+               log=lambda s: print(s, flush=True), more=a.more)
     try:
         ok, _ = ch.run()
     finally:
