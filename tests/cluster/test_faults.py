@@ -2162,3 +2162,92 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     assert s.session_present
     # B's copy takes M0..M19 (C's outbox) and sends what it holds to C
     none_again_after_late_messages(b, cn, cid, s, p, topic, "third copy", 40)
+
+
+class _HoldingSubscriber:
+    """QoS 2 receipt as paho 1.6 does it: a PUBLISH is kept by packet id
+    (a later PUBLISH with that id replaces it) and given to the application
+    at its PUBREL. `got` is what the application got, in order."""
+
+    def __init__(self, cl):
+        self.cl, self.held, self.got = cl, {}, []
+
+    def step(self, timeout):
+        p = self.cl.recv(timeout)
+        if p.type == mqttraw.PUBLISH and p.qos == 2:
+            self.held[p.packet_id] = p.payload
+            self.cl.pubrec(p.packet_id)
+        elif p.type == mqttraw.PUBREL:
+            if p.packet_id in self.held:
+                self.got.append(self.held.pop(p.packet_id))
+            self.cl.pubcomp(p.packet_id)
+        return p
+
+
+def test_moved_sessions_packet_ids_go_on_from_its_old_copys(cluster_factory):
+    """Chaos seed 501923417 (1 acknowledged QoS 2 message lost), made
+    deterministic. S on A gets M0 (packet id P) and answers PUBREC; A sends
+    PUBREL, which S does not get (its connection breaks): S holds M0
+    awaiting PUBREL. A is SIGSTOPped; S resumes on B from its record (B
+    numbers half the id space away from A's ids), leaves, and connects to
+    C, which takes B's session whole: it has no message in flight, so its
+    state carried no packet id, and C numbered from 1 again: M1.. got A's
+    ids, and S replaced the M0 it held by M1 (P). A continues; its copy's
+    unfinished exchange of M0 goes to C, which has P free and sends its
+    PUBREL: S has nothing under P: M0 lost (main's build). Now the state
+    carries the old copy's next packet id and C goes on from there: S gets
+    M0 at that PUBREL, once."""
+    c = cluster_factory(extra_env=FAULT_ENV)
+    c.start()
+    c.wait_healthy()
+    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
+    a, b = [n for n in c.nodes if n is not ld]
+    cid, topic, props, s = raw_persistent_subscriber(a, "pidfar", 2)
+    p = mqttraw.connected(ld, uid("pidfarp"), 5)
+    p.publish(topic + "/x", b"m0", qos=2, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
+    p.pubrel(1)
+    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
+    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert m0.payload == b"m0" and m0.qos == 2
+    s.pubrec(m0.packet_id)
+    # A has the PUBREC (state past PUBREC): the PUBREL it sends is what S
+    # misses as its connection breaks
+    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
+    s.close()
+    pause(a)
+    try:
+        s = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
+        assert s.connack.session_present
+        s.disconnect()
+        s = connected_after_fault(ld, cid, 5, clean=False, properties=props, timeout=30)
+        assert s.connack.session_present
+        h = _HoldingSubscriber(s)
+        h.held[m0.packet_id] = m0.payload  # what S holds from A
+        sent = [f"m{k}".encode() for k in range(1, 6)]
+        for k, m in enumerate(sent):
+            p.publish(topic + "/x", m, qos=2, packet_id=k + 2)
+            assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == k + 2
+            p.pubrel(k + 2)
+            assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == k + 2
+        end = time.monotonic() + 30
+        while not all(m in h.got for m in sent) and time.monotonic() < end:
+            h.step(WAIT)
+        assert h.got == sent, h.got
+    finally:
+        resume(a)
+    # A's copy hands what it holds on to S's owner: its unfinished exchange
+    # of M0 (packet id P) comes to the leader, which completes it
+    came = re.compile(rf"unfinished QoS 2 exchange\(s\) of '{cid}'|late message\(s\) of '{cid}' "
+                      rf"came from \S+, \d+ of them had come directly \(not again\), [1-9]")
+    wait_until(lambda: came.search(ld.logtext()), 60, f"{ld.name} meeting A's exchange of M0")
+    end = time.monotonic() + 10
+    while b"m0" not in h.got and time.monotonic() < end:
+        try:
+            h.step(max(0.1, end - time.monotonic()))
+        except mqttraw.Timeout:
+            break
+    assert h.got.count(b"m0") == 1, f"S got {h.got}, holds {h.held}"
+    assert h.got.count(b"m1") == 1
+    s.disconnect()
+    p.disconnect()
