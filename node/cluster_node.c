@@ -163,6 +163,13 @@ static int scan_member(void *ud, uint64_t node, const void *rec, size_t len)
  * Caller holds mu. */
 static void peers_refresh(struct cluster_node *cn)
 {
+    /* a member's frame that came in as the cluster started, before this
+     * node had its tables (cluster_node_start refreshes them then): before,
+     * fsm_members(NULL), a SIGSEGV (chaos seed 1188520366 with --more: a
+     * node SIGKILLed and started again at once, its peers' Applied frames
+     * already there) */
+    if (!cn->fsm)
+        return;
     struct peer old[MAX_PEERS];
     unsigned n_old = cn->n_peers;
     memcpy(old, cn->peers, sizeof(old));
@@ -1706,8 +1713,21 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         cluster_node_free(cn);
         return r;
     }
+#ifndef NDEBUG
+    /* Tests: the moment between the start of the cluster's thread (frames
+     * of the other members come in from then on) and the fields below. */
+    const char *hold = getenv("STARLING_TEST_START_HOLD_MS");
+    if (hold && atoi(hold) > 0) {
+        struct timespec nap = {atoi(hold) / 1000, (long)(atoi(hold) % 1000) * 1000000L};
+        nanosleep(&nap, NULL);
+    }
+#endif
+    /* Under mu: the cluster's thread runs already, and the members' frames
+     * refresh the peers (peers_refresh) from the tables. */
+    pthread_mutex_lock(&cn->mu);
     cn->raft = cluster_raft(cn->c);
     cn->fsm = cluster_fsm(cn->c);
+    pthread_mutex_unlock(&cn->mu);
 #ifndef NDEBUG
     /* Tests of the divergence detector (tests/cluster/test_divergence.py). */
     if (getenv("STARLING_TEST_CORRUPT_TABLES") && fsm_test_corrupt(cn->fsm) == 0)

@@ -2251,3 +2251,30 @@ def test_moved_sessions_packet_ids_go_on_from_its_old_copys(cluster_factory):
     assert h.got.count(b"m1") == 1
     s.disconnect()
     p.disconnect()
+
+
+def test_node_started_again_at_once_takes_its_peers_early_frames(cluster_factory):
+    """Chaos seed 1188520366 with --more (a rolling restart with SIGKILL:
+    each node killed and started again at once): n2 stopped on its start
+    with a null-pointer access (fsm_members of the peers' refresh). The
+    other members' Applied frames came in on the cluster's thread as soon
+    as it ran, before the node had its tables, and an unknown member's
+    frame refreshes the peers from them. The moment is widened here
+    (STARLING_TEST_START_HOLD_MS, debug builds): main's code with that hook
+    stopped in each run; now the node starts and the cluster is healthy."""
+    c = cluster_factory(extra_env=FAULT_ENV)
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    n = [x for x in c.nodes if x.name != ld][0]
+    kill(n)
+    c.extra_env["STARLING_TEST_START_HOLD_MS"] = "1500"
+    try:
+        n.start()
+    finally:
+        del c.extra_env["STARLING_TEST_START_HOLD_MS"]
+    wait_healthy(c, 30)  # fails when a node exited
+    assert alive(n)
+    # and it serves: a client's session there
+    s = mqttraw.connected(n, uid("early"), 5)
+    s.disconnect()
