@@ -2253,28 +2253,43 @@ def test_moved_sessions_packet_ids_go_on_from_its_old_copys(cluster_factory):
     p.disconnect()
 
 
-def test_node_started_again_at_once_takes_its_peers_early_frames(cluster_factory):
+def test_node_started_again_at_once_takes_early_frames_and_entries(cluster_factory):
     """Chaos seed 1188520366 with --more (a rolling restart with SIGKILL:
     each node killed and started again at once): n2 stopped on its start
     with a null-pointer access (fsm_members of the peers' refresh). The
-    other members' Applied frames came in on the cluster's thread as soon
-    as it ran, before the node had its tables, and an unknown member's
-    frame refreshes the peers from them. The moment is widened here
-    (STARLING_TEST_START_HOLD_MS, debug builds): main's code with that hook
-    stopped in each run; now the node starts and the cluster is healthy."""
+    cluster's thread runs from inside cluster_start: the other members'
+    Applied frames, and the entries the node catches up on (here a claim
+    and a subscription made while it was down), came to its callbacks
+    before cluster_node_start had set the tables, the Raft node and its own
+    id. The moment is widened here (STARLING_TEST_START_HOLD_MS, debug
+    builds: 3 s): main's code with that hook stopped in each run (the
+    peers' refresh, or the claim's registry read); now those are set before
+    the thread runs (cluster.h on_ready): the node starts, the cluster is
+    healthy and the session that moved away while it was down is not
+    there."""
     c = cluster_factory(extra_env=FAULT_ENV)
     c.start()
     c.wait_healthy()
     ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
     n = [x for x in c.nodes if x.name != ld][0]
+    cid, topic, props, s = raw_persistent_subscriber(n, "early", 2)
+    s.close()
     kill(n)
-    c.extra_env["STARLING_TEST_START_HOLD_MS"] = "1500"
+    other = [x for x in c.nodes if x is not n][0]
+    s = connected_after_fault(other, cid, 5, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present
+    s2 = mqttraw.connected(other, uid("early2"), 5, properties=props)
+    assert s2.subscribe((f"{topic}/#", mqttraw.sub_options(qos=1))).reason_codes == [1]
+    c.extra_env["STARLING_TEST_START_HOLD_MS"] = "3000"
     try:
         n.start()
     finally:
         del c.extra_env["STARLING_TEST_START_HOLD_MS"]
     wait_healthy(c, 30)  # fails when a node exited
     assert alive(n)
-    # and it serves: a client's session there
-    s = mqttraw.connected(n, uid("early"), 5)
+    # it serves, and the session is where its client is
     s.disconnect()
+    s = mqttraw.connected(n, cid, 5, clean=False, properties=props)
+    assert s.connack.session_present
+    s.disconnect()
+    s2.disconnect()
