@@ -59,9 +59,10 @@ HEAL_HEALTHY = 30.0
 
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
-                 claim_timeout_ms=2000, more=False):
+                 claim_timeout_ms=2000, more=False, lb=True):
         self.seed = seed
         self.more = more
+        self.lb = lb  # clients keep off a cut-off node (a load balancer's health check)
         self.rng = random.Random(seed)
         self.seconds = seconds
         self.stop_seconds = stop_seconds
@@ -110,7 +111,7 @@ class Chaos:
         self.say(f"cut {n.name}{' (the leader)' if lead == n.name else ''} off for {hold:.1f} s")
         self.partition = faults.Partition(c)
         self.partition.isolate(n)
-        self.traffic.avoid = [n]  # a load balancer's health check sees 503 soon
+        self.traffic.avoid = [n] if self.lb else []  # a load balancer's health check sees 503 soon
         self._wait(hold)
         self.partition.heal()
         self.partition = None
@@ -152,7 +153,7 @@ class Chaos:
         self.say(f"cut {n.name} (the leader) off for {hold:.1f} s")
         self.partition = faults.Partition(c)
         self.partition.isolate(n)
-        self.traffic.avoid = [n]
+        self.traffic.avoid = [n] if self.lb else []
         self._wait(hold)
         self.partition.heal()
         self.partition = None
@@ -312,11 +313,13 @@ def main(argv):
     ap.add_argument("--more", action="store_true",
                     help="add SIGSTOP and cut of the leader and a rolling SIGKILL restart "
                          "to the faults (another sequence for the same seed)")
+    ap.add_argument("--no-lb", action="store_true",
+                    help="clients connect to a cut-off node too (no load balancer keeping them off)")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
-               log=lambda s: print(s, flush=True), more=a.more)
+               log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb)
     try:
         ok, _ = ch.run()
     finally:
