@@ -693,6 +693,21 @@ void cn_registry_drain(struct cluster_node *cn)
 /* ---- the old owner ---- */
 
 /* The observer saw SessionClaim(id, node != self) applied (cluster thread). */
+size_t cn_surrendered_copies(struct cluster_node *cn, struct session ***out)
+{
+    size_t n = 0, cap = 0;
+    *out = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct surrendered *x = cn->surrendered; x; x = x->next)
+        cap++;
+    struct session **v = cap ? malloc(cap * sizeof(*v)) : NULL;
+    for (struct surrendered *x = cn->surrendered; v && x && n < cap; x = x->next)
+        v[n++] = session_ref(x->s);
+    pthread_mutex_unlock(&cn->reg_mu);
+    *out = v;
+    return n;
+}
+
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t node, uint64_t epoch, bool clean_start)
 {

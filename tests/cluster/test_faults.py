@@ -2293,3 +2293,48 @@ def test_node_started_again_at_once_takes_early_frames_and_entries(cluster_facto
     assert s.connack.session_present
     s.disconnect()
     s2.disconnect()
+
+
+def test_node_taken_for_dead_routes_a_filter_its_claimed_away_copy_held(cluster_factory):
+    """Chaos seed 1093382011 (about 1,300 lost): S1's session on A; A is
+    SIGSTOPped, taken for dead (its route goes), and S1 resumes on B. A
+    continues: its copy of S1, claimed away, stays subscribed until its
+    claimant's wait is over, and A re-proposes the routes of its sessions
+    only (none). S2 subscribes to the same filter on A meanwhile: the
+    filter has a local subscriber already (the copy), so no route is
+    proposed, and when the copy ends none goes either: main's build left A
+    without a route while S2 was there, and M, published on B, never came.
+    Now the routes of such copies are proposed again too (they keep them
+    until they end, as copies moving out do): S2 gets M."""
+    c = cluster_factory(extra_env=FAULT_ENV)
+    c.start()
+    c.wait_healthy()
+    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
+    a, b = [n for n in c.nodes if n is not ld]
+    cid, topic, props, s1 = raw_persistent_subscriber(a, "downcopy", 1)
+    s1.close()
+    pause(a)
+    try:
+        # S1 resumes on B from its record before A is taken for dead, so
+        # that the NodeDown keeps no route of A's (the record names B)
+        s1 = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
+        assert s1.connack.session_present
+        down = f"NodeDown({faults.node_id(a):016x}): 1 gone"
+        wait_until(lambda: down in ld.logtext(), 30, f"{ld.name} taking {a.name}'s route")
+    finally:
+        resume(a)
+    wait_until(lambda: "this node was taken for dead" in a.logtext(), 30,
+               f"{a.name} applying its NodeDown")
+    s2 = mqttraw.connected(a, uid("downcopy2"), 5)
+    assert s2.subscribe((f"{topic}/#", mqttraw.sub_options(qos=1))).reason_codes == [1]
+    wait_until(lambda: f"the session of '{cid}' moved to" in a.logtext(), 30,
+               f"{a.name} letting its copy of {cid} go")
+    p = mqttraw.connected(b, uid("downcopyp"), 5)
+    for k in range(3):
+        p.publish(f"{topic}/x", f"m{k}".encode(), qos=1, packet_id=k + 1)
+        assert p.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == k + 1
+    got = [s2.recv_publish(timeout=WAIT).payload for _ in range(3)]
+    assert got == [b"m0", b"m1", b"m2"]
+    s1.disconnect()
+    s2.disconnect()
+    p.disconnect()
