@@ -3,7 +3,7 @@
 continuous QoS 1/2 traffic on a 3-node cluster, then everything healed and
 checked.
 
-    chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--keep]
+    chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--keep] [--more] [--no-lb]
     make chaos SEED=N MINUTES=M
 
 The faults (each held 2..8 s, then undone; 1..3 s between two):
@@ -12,7 +12,9 @@ a node cut off with nftables (the leader or not; skipped without root/nft),
 SIGSTOP of a node for --stop-seconds (default 10), a clean restart (SIGTERM),
 and (rarely) SIGKILL of every node, started again in a random order.
 Clients behave as behind a load balancer with health checks: they connect
-to the next node that is up (a stopped or dead one is skipped).
+to the next node that is up (a stopped or dead one is skipped; a cut-off
+one too, but with --no-lb). --more adds SIGSTOP of the leader, a cut of the
+leader and a rolling restart with SIGKILL (another sequence for a seed).
 
 At the end: health within 30 s of the last heal, every acknowledged QoS 1
 delivered at least once and QoS 2 exactly once to every persistent
