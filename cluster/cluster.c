@@ -953,6 +953,8 @@ static int hook_start(void *ud, struct raft_node *n, uv_loop_t *loop)
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
     uv_timer_start(&c->timer, on_timer, 100, 100);
+    if (c->cfg.on_ready)
+        c->cfg.on_ready(c->cfg.ready_ud, c);
     return 0;
 }
 

@@ -74,6 +74,11 @@ struct cluster_config {
      * cluster thread or a worker writing its forwards), may be NULL. */
     void (*on_drained)(void *ud);
     void *drained_ud;
+    /* The cluster's thread is about to run (cluster thread, inside
+     * cluster_start, before any frame or entry comes to the callbacks
+     * above): the cluster is usable from here on, may be NULL. */
+    void (*on_ready)(void *ud, struct cluster *c);
+    void *ready_ud;
 };
 
 /* When the data directory holds a rebuild mark (cluster_rebuild_mark), the

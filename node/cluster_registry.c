@@ -702,6 +702,21 @@ void cn_registry_drain(struct cluster_node *cn)
 /* ---- the old owner ---- */
 
 /* The observer saw SessionClaim(id, node != self) applied (cluster thread). */
+size_t cn_surrendered_copies(struct cluster_node *cn, struct session ***out)
+{
+    size_t n = 0, cap = 0;
+    *out = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct surrendered *x = cn->surrendered; x; x = x->next)
+        cap++;
+    struct session **v = cap ? malloc(cap * sizeof(*v)) : NULL;
+    for (struct surrendered *x = cn->surrendered; v && x && n < cap; x = x->next)
+        v[n++] = session_ref(x->s);
+    pthread_mutex_unlock(&cn->reg_mu);
+    *out = v;
+    return n;
+}
+
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t node, uint64_t epoch, bool clean_start)
 {
@@ -810,6 +825,8 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
         st.version = s->version;
         st.expiry_interval = s->expiry_interval;
         st.username = s->user; /* NULL: absent */
+        st.has_next_packet_id = true;
+        st.next_packet_id = persist_pid_of(s->next_seq);
         size_t n_msgs = s->inflight.len + s->queue.len;
         subs = calloc(s->n_subs + 1, sizeof(*subs));
         subp = calloc(s->n_subs + 1, sizeof(*subp));
@@ -1059,6 +1076,17 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
         session_restore_msg(s, q, state);
         q->stored = false; /* not in this node's store */
     }
+    /* Its packet ids go on from the old copy's next one (the messages it
+     * had sent keep theirs, before it). Before, a session whose state
+     * carried no packet id (nothing in flight: a copy resumed from its
+     * record, which numbers half the id space away from an older copy's
+     * ids, and had no client yet) started at 1 here, among the older
+     * copy's ids; that copy's unfinished QoS 2 exchange, coming later, was
+     * completed with a PUBREL for an id the client had used since for
+     * another message: the message it held awaiting PUBREL was lost (chaos
+     * seed 501923417). */
+    if (st->has_next_packet_id && st->next_packet_id >= 1 && st->next_packet_id <= 65535)
+        s->next_seq = persist_seq_of_pid(s->next_seq, (uint16_t)st->next_packet_id);
     for (size_t i = 0; i < st->n_qos2_received; i++)
         session_qos2_add(s, (uint16_t)st->qos2_received[i]);
     /* On this node's disk before the old owner lets go of them: the

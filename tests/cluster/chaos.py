@@ -3,7 +3,7 @@
 continuous QoS 1/2 traffic on a 3-node cluster, then everything healed and
 checked.
 
-    chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--keep]
+    chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--keep] [--more] [--no-lb]
     make chaos SEED=N MINUTES=M
 
 The faults (each held 2..8 s, then undone; 1..3 s between two):
@@ -12,7 +12,9 @@ a node cut off with nftables (the leader or not; skipped without root/nft),
 SIGSTOP of a node for --stop-seconds (default 10), a clean restart (SIGTERM),
 and (rarely) SIGKILL of every node, started again in a random order.
 Clients behave as behind a load balancer with health checks: they connect
-to the next node that is up (a stopped or dead one is skipped).
+to the next node that is up (a stopped or dead one is skipped; a cut-off
+one too, but with --no-lb). --more adds SIGSTOP of the leader, a cut of the
+leader and a rolling restart with SIGKILL (another sequence for a seed).
 
 At the end: health within 30 s of the last heal, every acknowledged QoS 1
 delivered at least once and QoS 2 exactly once to every persistent
@@ -59,8 +61,10 @@ HEAL_HEALTHY = 30.0
 
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
-                 claim_timeout_ms=2000):
+                 claim_timeout_ms=2000, more=False, lb=True):
         self.seed = seed
+        self.more = more
+        self.lb = lb  # clients keep off a cut-off node (a load balancer's health check)
         self.rng = random.Random(seed)
         self.seconds = seconds
         self.stop_seconds = stop_seconds
@@ -109,7 +113,7 @@ class Chaos:
         self.say(f"cut {n.name}{' (the leader)' if lead == n.name else ''} off for {hold:.1f} s")
         self.partition = faults.Partition(c)
         self.partition.isolate(n)
-        self.traffic.avoid = [n]  # a load balancer's health check sees 503 soon
+        self.traffic.avoid = [n] if self.lb else []  # a load balancer's health check sees 503 soon
         self._wait(hold)
         self.partition.heal()
         self.partition = None
@@ -132,6 +136,42 @@ class Chaos:
             raise AssertionError(f"{n.name} exited {rc} on SIGTERM:\n{n.logtext()[-3000:]}")
         n.start()
         self._healthy(f"{n.name} restarted")
+
+    def f_stop_leader(self):
+        c = self.cluster
+        name = faults.wait_until(lambda: faults.leader(c), 15, "a leader")
+        n = faults.node_named(c, name)
+        self.say(f"SIGSTOP {n.name} (the leader) for {self.stop_seconds:.1f} s")
+        faults.pause(n)
+        self._wait(self.stop_seconds)
+        faults.resume(n)
+        self._healthy(f"SIGCONT {n.name}")
+
+    def f_cut_leader(self):
+        c = self.cluster
+        name = faults.wait_until(lambda: faults.leader(c), 15, "a leader")
+        n = faults.node_named(c, name)
+        hold = self._hold()
+        self.say(f"cut {n.name} (the leader) off for {hold:.1f} s")
+        self.partition = faults.Partition(c)
+        self.partition.isolate(n)
+        self.traffic.avoid = [n] if self.lb else []
+        self._wait(hold)
+        self.partition.heal()
+        self.partition = None
+        self.traffic.avoid = []
+        self._healthy(f"the cut of {n.name} healed")
+
+    def f_rolling_kill(self):
+        """A rolling restart with SIGKILL: each node in turn killed and
+        started again at once, the next one when the cluster is healthy."""
+        order = list(self.cluster.nodes)
+        self.rng.shuffle(order)
+        self.say(f"rolling SIGKILL restart {[n.name for n in order]}")
+        for n in order:
+            faults.kill(n)
+            n.start()
+            self._healthy(f"{n.name} killed and restarted")
 
     def f_restart_all(self):
         order = list(range(len(self.cluster.nodes)))
@@ -156,7 +196,23 @@ class Chaos:
              ("restart-all", self.f_restart_all, 1)]
         if self.nft is None:
             m.append(("partition", self.f_partition, 3))
+        if self.more:  # faults an outside checker may use (--more)
+            m += [("stop-leader", self.f_stop_leader, 2), ("rolling-kill", self.f_rolling_kill, 2)]
+            if self.nft is None:
+                m.append(("cut-leader", self.f_cut_leader, 2))
         return m
+
+    def listed_owners(self):
+        """Problems of GET /api/v1/clients (every node's sessions): a client
+        id listed by two nodes, or connected on two."""
+        c = self.cluster
+        st, doc = c.nodes[0].http("GET", "/api/v1/clients?limit=1000", timeout=10)
+        if st != 200:
+            return [f"GET /api/v1/clients answered {st}"]
+        where = {}
+        for x in doc["data"]:
+            where.setdefault(x["clientid"], []).append((x["node"], x["connected"]))
+        return [f"{cid} listed on {w}" for cid, w in sorted(where.items()) if len(w) > 1]
 
     # ---- the run
     def run(self):
@@ -216,6 +272,7 @@ class Chaos:
             self.say(f"still missing after 30 s: {missing}")
             tabs = faults.converged_tables(c)
             problems += [f"owner: {p}" for p in t.owners_ok(tabs)]
+            problems += [f"owner: {p}" for p in self.listed_owners()]
         except AssertionError as e:
             problems.append(str(e))
         finally:
@@ -255,11 +312,16 @@ def main(argv):
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--stop-seconds", type=float, default=10.0)
     ap.add_argument("--keep", action="store_true", help="keep the data and the logs")
+    ap.add_argument("--more", action="store_true",
+                    help="add SIGSTOP and cut of the leader and a rolling SIGKILL restart "
+                         "to the faults (another sequence for the same seed)")
+    ap.add_argument("--no-lb", action="store_true",
+                    help="clients connect to a cut-off node too (no load balancer keeping them off)")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
-               log=lambda s: print(s, flush=True))
+               log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb)
     try:
         ok, _ = ch.run()
     finally:
