@@ -2229,6 +2229,7 @@ def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_
     hold.write_text("")
     kill(b)
     b.start()
+    wait_healthy(c)
     moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
     wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
     wait_until(lambda: outbox_for(cn, b.name) == 0, 30, f"{cn.name}'s outbox for {b.name} sent")
