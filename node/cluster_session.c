@@ -1471,6 +1471,20 @@ static void taken_for_dead(struct cluster_node *cn, bool running)
             lock_release(&s->lock);
         }
     pthread_mutex_unlock(&r->lock);
+    /* and those of the old copies of sessions moved away, still in the
+     * index: a NodeDown's counted route goes with the record that left
+     * this node (NodeDown.keepers), and a session claimed back here meanwhile
+     * would join the index beside the copy without a route proposed */
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving *x = cn->moving; x; x = x->next) {
+        struct session *s = x->s;
+        lock_acquire(&s->lock);
+        for (uint32_t i = 0; i < s->n_subs; i++)
+            if (cmd_route_add(bt, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
+                n++;
+        lock_release(&s->lock);
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
     atomic_fetch_add(&cn->dead_sessions_ended, ended);
     if (n && cn_queue_batch(cn, bt) != 0)
         n = 0;

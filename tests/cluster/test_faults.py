@@ -2249,3 +2249,62 @@ def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_
     assert again == [], f"QoS 2 messages delivered twice: {again}"
     s.disconnect()
     p.disconnect()
+
+
+def test_session_back_on_its_returning_node_gets_what_is_published(cluster_factory):
+    """The other side of NodeDown.keepers: a persistent QoS 2 subscriber S
+    of node B; B is SIGSTOPped and taken for dead; S resumes on A from its
+    record, which takes B's counted route for S. B continues: its copy of
+    S, claimed away, still holds S's filter in B's index. S's client comes
+    back to B at once: the session built there joins the index beside the
+    copy, so B proposes no route for the filter, and with the route gone
+    nothing published elsewhere would reach S any more once A's copy ended.
+    B, taken for dead, proposes again the routes of the copies it holds
+    too: S gets everything published, before and after A's copy ended."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    cn = faults.node_named(c, ld)
+    b, a = [n for n in c.nodes if n is not cn]
+    bid = f"{faults.node_id(b):016x}"
+    cid = uid("back")
+    topic = uid("bk/t")
+    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    s.disconnect()
+    pause(b)
+    try:
+        down = re.compile(rf"entry \d+ applied, routes: .*NodeDown\({bid}\)")
+        wait_until(lambda: down.search(cn.logtext()), 30, f"{cn.name} taking {b.name} for dead")
+        s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+        s.connect(timeout=30)
+        assert s.session_present
+        s.disconnect()
+    finally:
+        resume(b)
+    claimed = f"'{cid}' was claimed by another node"
+    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
+    s = PahoClient(b, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    p = PahoClient(cn, uid("backp"), 5)
+    p.connect()
+    first = [f"m{k}".encode() for k in range(10)]
+    for m in first:
+        p.publish(topic + "/x", m, qos=2)
+    # A's copy of S (taken over by B) ends: from then on only routes to B
+    # bring S anything
+    ended = f"the old copy of '{cid}' ends"
+    wait_until(lambda: ended in a.logtext(), 30, f"{a.name}'s copy of {cid} ending")
+    then = [f"n{k}".encode() for k in range(10)]
+    for m in then:
+        p.publish(topic + "/x", m, qos=2)
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[back on B] got {len(again)} of {len(first) + len(then)}: "
+          f"lost {sorted(set(first + then) - set(again))}")
+    assert sorted(set(again)) == sorted(first + then), "messages lost"
+    assert len(again) == len(first + then), "QoS 2 messages delivered twice"
+    s.disconnect()
+    p.disconnect()
