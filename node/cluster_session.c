@@ -1476,6 +1476,7 @@ static void taken_for_dead(struct cluster_node *cn, bool running)
      * this node (NodeDown.keepers), and a session claimed back here meanwhile
      * would join the index beside the copy without a route proposed */
     pthread_mutex_lock(&cn->reg_mu);
+    n += cn_registry_surrendered_routes(cn, bt, NULL, 0);
     for (struct cn_moving *x = cn->moving; x; x = x->next) {
         struct session *s = x->s;
         lock_acquire(&s->lock);
