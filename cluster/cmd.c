@@ -409,6 +409,8 @@ int cmd_node_down(struct cmd_batch *b, uint64_t node)
         return -EINVAL;
     Starling__Cmd__NodeDown m = STARLING__CMD__NODE_DOWN__INIT;
     m.node = node;
+    m.has_keepers = 1;
+    m.keepers = 1;
     Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
     c.cmd_case = STARLING__CMD__COMMAND__CMD_NODE_DOWN;
     c.node_down = &m;

@@ -88,7 +88,8 @@ int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, u
                        uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
                        const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid);
 /* NodeDown: the routes of a node that stopped reporting go, except those
- * its persistent sessions need. */
+ * its persistent sessions need, each counted (NodeDown.keepers): a record
+ * that stops naming the node takes its routes with it. */
 int cmd_node_down(struct cmd_batch *b, uint64_t node);
 
 /*

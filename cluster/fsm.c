@@ -2,12 +2,15 @@
  * fsm.c - the replicated state machine (see fsm.h).
  *
  * Record encodings in the tables (storage/rtable.h):
- *   routes:   key u64be node || filter                 value empty
+ *   routes:   key u64be node || filter                 value empty, or u32le keepers
  *   registry: key client id                            value u64le node, u64le epoch
  *   retained: key topic      value u64le origin, u64le seq, encoded RetainedMessage
  *   members:  key u64be node                           value encoded Member
  *   sessions: key client id                            value encoded SessionRecord
- * The node id leads the route key so that NodePurge is one prefix scan.
+ * The node id leads the route key so that NodePurge is one prefix scan. A
+ * route that a NodeDown (with `keepers`) kept holds the number of session
+ * records that need it; a record that stops naming the dead node takes one
+ * off each of its filters' counts, and the route goes at 0 (keepers_drop).
  *
  * An entry is applied in one write transaction: decode, skip if already
  * applied, apply each command, record the index, commit. When the map is
@@ -38,6 +41,10 @@ struct fsm {
     void *observer_ud;
     fsm_entry_fn on_entry;
     uint64_t visible; /* atomic: fsm_visible */
+    /* per command of the entry being applied: the node whose kept routes
+     * the command's record took (keepers_drop), 0 for none; the matcher
+     * follows in after_commit */
+    uint64_t pruned[FSM_MAX_BATCH];
 };
 
 /* The entry at index is wholly in effect: publish it, tell the hook. */
@@ -222,7 +229,13 @@ static int apply_route(struct rtable_txn *x, const ProtobufCBinaryData *filter, 
     int rc = rtable_get(x, RTABLE_ROUTES, key, klen, &v, &vlen);
     if (rc == 0 || rc == -ENOENT) {
         bool exists = rc == 0;
-        if (add == exists)
+        if (add && exists && vlen != 0) {
+            /* kept by a NodeDown, counted: the node adds it itself, it is
+             * its own again (a NOOP for the route) */
+            rc = rtable_put(x, RTABLE_ROUTES, key, klen, "", 0);
+            if (rc == 0)
+                rc = FSM_NOOP;
+        } else if (add == exists)
             rc = FSM_NOOP;
         else if (add)
             rc = rtable_put(x, RTABLE_ROUTES, key, klen, "", 0);
@@ -270,7 +283,79 @@ static int apply_claim(struct rtable_txn *x, const Starling__Cmd__SessionClaim *
     return rtable_put(x, RTABLE_REGISTRY, c->client_id.data, c->client_id.len, v, 16);
 }
 
-static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelease *c)
+static uint32_t get_le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void le32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+/* A session record `was` that named `node` stopped naming it (another
+ * owner wrote its own, or it was deleted): each route of node that a
+ * NodeDown kept and counted (NodeDown.keepers) has one keeper less, and
+ * goes when none is left. The new owner's routes commit before its record
+ * (the record is queued after them, node/cluster_registry.c), so they are
+ * in this entry's table or an earlier one's: from this entry on, nothing
+ * for the session is forwarded to the dead node, whose copy, claimed away,
+ * would only collect what reached the new owner directly. Routes without a
+ * count (the node's own: added since, or kept by a NodeDown of a build
+ * before the counts) are left. *gone: routes removed. */
+static int keepers_drop(struct rtable_txn *x, uint64_t node,
+                        const Starling__Cmd__SessionRecord *was, size_t *gone)
+{
+    for (size_t i = 0; i < was->n_subs; i++) {
+        const ProtobufCBinaryData *filter = &was->subs[i]->filter;
+        if (!bytes_ok(filter))
+            continue;
+        unsigned char *key;
+        size_t klen;
+        if (route_key(&key, &klen, node, filter))
+            return -ENOMEM;
+        const void *v;
+        size_t vlen;
+        int rc = rtable_get(x, RTABLE_ROUTES, key, klen, &v, &vlen);
+        if (rc == 0 && vlen == 4) {
+            uint32_t n = get_le32(v);
+            if (n <= 1) {
+                rc = rtable_del(x, RTABLE_ROUTES, key, klen);
+                (*gone)++;
+            } else {
+                unsigned char nv[4];
+                le32(nv, n - 1);
+                rc = rtable_put(x, RTABLE_ROUTES, key, klen, nv, 4);
+            }
+        } else if (rc == -ENOENT || rc == 0) {
+            rc = 0; /* absent, or not counted */
+        }
+        free(key);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* After a command changed the record `was` (NULL: there was none) that the
+ * writer `writer` replaced or deleted: the counted routes of the node it
+ * named, when another one (keepers_drop). *pruned: that node when a route
+ * went. */
+static int record_left(struct rtable_txn *x, const Starling__Cmd__SessionRecord *was,
+                       uint64_t writer, uint64_t *pruned)
+{
+    if (!was || was->node == writer || was->node == 0)
+        return 0;
+    size_t gone = 0;
+    int rc = keepers_drop(x, was->node, was, &gone);
+    if (rc == 0 && gone)
+        *pruned = was->node;
+    return rc;
+}
+
+static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelease *c,
+                         uint64_t *pruned)
 {
     if (!bytes_ok(&c->client_id) || c->node == 0)
         return FSM_INVALID;
@@ -282,8 +367,19 @@ static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelea
         return rc;
     if (node != c->node || epoch != c->epoch)
         return FSM_STALE_EPOCH;
-    rc = rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len);
-    if (rc && rc != -ENOENT)
+    const void *old;
+    size_t olen;
+    Starling__Cmd__SessionRecord *was = NULL;
+    rc = rtable_get(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len, &old, &olen);
+    if (rc == 0) {
+        was = starling__cmd__session_record__unpack(NULL, olen, old);
+        rc = rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len);
+    }
+    if (rc == 0 || rc == -ENOENT)
+        rc = record_left(x, was, c->node, pruned);
+    if (was)
+        starling__cmd__session_record__free_unpacked(was, NULL);
+    if (rc)
         return rc;
     return rtable_del(x, RTABLE_REGISTRY, c->client_id.data, c->client_id.len);
 }
@@ -311,7 +407,7 @@ static void record_owners(const Starling__Cmd__SessionRecord *old, uint64_t node
 }
 
 static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__SessionRecord *c,
-                                uint64_t index)
+                                uint64_t index, uint64_t *pruned)
 {
     if (!bytes_ok(&c->client_id) || c->node == 0 || c->epoch == 0)
         return FSM_INVALID;
@@ -333,11 +429,17 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
     if (rc && rc != -ENOENT)
         return rc;
     bool exists = rc == 0;
-    if (c->expiry_interval == 0)
-        return exists ? rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len)
-                      : FSM_NOOP;
     Starling__Cmd__SessionRecord *was =
         exists ? starling__cmd__session_record__unpack(NULL, olen, old) : NULL;
+    if (c->expiry_interval == 0) {
+        rc =
+            exists ? rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len) : FSM_NOOP;
+        if (rc == 0)
+            rc = record_left(x, was, c->node, pruned);
+        if (was)
+            starling__cmd__session_record__free_unpacked(was, NULL);
+        return rc;
+    }
     Starling__Cmd__RecordOwner mine = STARLING__CMD__RECORD_OWNER__INIT;
     mine.node = c->node;
     mine.epoch = c->epoch;
@@ -361,13 +463,15 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
         return -ENOMEM;
     }
     starling__cmd__session_record__pack(&w, v);
-    if (was)
-        starling__cmd__session_record__free_unpacked(was, NULL);
     if (exists && olen == len && memcmp(old, v, len) == 0)
         rc = FSM_NOOP;
     else
         rc = rtable_put(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len, v, len);
     free(v);
+    if (rc == 0)
+        rc = record_left(x, was, c->node, pruned);
+    if (was)
+        starling__cmd__session_record__free_unpacked(was, NULL);
     return rc;
 }
 
@@ -619,8 +723,10 @@ static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist
 
 /* NodeDown: the routes of node go, but for the filters of the persistent
  * sessions it still owns or whose new owner has not written their record
- * yet (their messages are held for them). */
-static int apply_node_down(struct rtable_txn *x, uint64_t node)
+ * yet (their messages are held for them). With `keepers`, each route kept
+ * holds the number of those records that need it (keepers_drop takes
+ * them away one by one): OK also when only a count changed. */
+static int apply_node_down(struct rtable_txn *x, uint64_t node, bool keepers)
 {
     if (node == 0)
         return FSM_INVALID;
@@ -640,16 +746,35 @@ static int apply_node_down(struct rtable_txn *x, uint64_t node)
     be64(prefix, node);
     if (rc == 0)
         rc = rtable_scan(x, RTABLE_ROUTES, prefix, 8, collect_key, &routes);
-    size_t removed = 0;
+    size_t removed = 0, counted = 0;
     for (size_t i = 0; rc == 0 && i < routes.n; i++) {
         struct keyref f = {routes.keys[i] + 8, routes.lens[i] - 8};
-        if (kept.n && bsearch(&f, ks, kept.n, sizeof(*ks), keyref_cmp))
+        struct keyref *hit = kept.n ? bsearch(&f, ks, kept.n, sizeof(*ks), keyref_cmp) : NULL;
+        if (hit && keepers) {
+            /* the records that need it: the run of equal filters */
+            size_t lo = (size_t)(hit - ks), hi = lo + 1;
+            while (lo > 0 && keyref_cmp(&ks[lo - 1], &f) == 0)
+                lo--;
+            while (hi < kept.n && keyref_cmp(&ks[hi], &f) == 0)
+                hi++;
+            unsigned char nv[4];
+            le32(nv, (uint32_t)(hi - lo));
+            const void *v;
+            size_t vlen;
+            rc = rtable_get(x, RTABLE_ROUTES, routes.keys[i], routes.lens[i], &v, &vlen);
+            if (rc == 0 && !(vlen == 4 && memcmp(v, nv, 4) == 0)) {
+                rc = rtable_put(x, RTABLE_ROUTES, routes.keys[i], routes.lens[i], nv, 4);
+                counted++;
+            }
+            continue;
+        }
+        if (hit)
             continue;
         /* the matcher follows after the commit (after_commit) */
         rc = rtable_del(x, RTABLE_ROUTES, routes.keys[i], routes.lens[i]);
         removed++;
     }
-    if (rc == 0 && removed == 0)
+    if (rc == 0 && removed == 0 && counted == 0)
         rc = FSM_NOOP;
     free(ks);
     for (size_t i = 0; i < kept.n; i++)
@@ -665,7 +790,8 @@ static int apply_node_down(struct rtable_txn *x, uint64_t node)
 
 /* Apply one command: a enum fsm_result (>= 0) or a negative errno (the
  * transaction must be abandoned). */
-static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c, uint64_t index)
+static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c, uint64_t index,
+                     uint64_t *pruned)
 {
     switch (c->cmd_case) {
     case STARLING__CMD__COMMAND__CMD_ROUTE_ADD:
@@ -675,7 +801,7 @@ static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c, uint
     case STARLING__CMD__COMMAND__CMD_SESSION_CLAIM:
         return apply_claim(x, c->session_claim);
     case STARLING__CMD__COMMAND__CMD_SESSION_RELEASE:
-        return apply_release(x, c->session_release);
+        return apply_release(x, c->session_release, pruned);
     case STARLING__CMD__COMMAND__CMD_RETAINED_SET:
         return apply_retained_set(x, c->retained_set);
     case STARLING__CMD__COMMAND__CMD_RETAINED_CLEAR:
@@ -687,9 +813,10 @@ static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c, uint
     case STARLING__CMD__COMMAND__CMD_NODE_PURGE:
         return apply_purge(x, c->node_purge->node);
     case STARLING__CMD__COMMAND__CMD_SESSION_RECORD:
-        return apply_session_record(x, c->session_record, index);
+        return apply_session_record(x, c->session_record, index, pruned);
     case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
-        return apply_node_down(x, c->node_down->node);
+        return apply_node_down(x, c->node_down->node,
+                               c->node_down->has_keepers && c->node_down->keepers);
     case STARLING__CMD__COMMAND__CMD_ADMIN_PUT:
     case STARLING__CMD__COMMAND__CMD_ADMIN_DELETE:
         return apply_admin(x, c);
@@ -713,9 +840,9 @@ static void log_routes_applied(uint64_t index, const Starling__Cmd__CommandBatch
         changed[i] = results[i] == FSM_OK;
     char d[1024];
     int mask = cmd_routes_describe(b, changed, d, sizeof(d));
-    if (mask & CMD_ROUTES_GONE)
+    if ((mask & CMD_ROUTES_GONE) || gone[0])
         log_info("cluster: entry %llu applied, routes: %s%s (%zu in the matcher)",
-                 (unsigned long long)index, d, gone, total);
+                 (unsigned long long)index, d, d[0] ? gone : gone + (gone[0] ? 2 : 0), total);
     else if (mask)
         log_debug("cluster: entry %llu applied, routes: %s (%zu in the matcher)",
                   (unsigned long long)index, d, total);
@@ -739,9 +866,23 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
     gone[0] = 0;
     routes_write_begin(f->routes);
     for (size_t i = 0; i < b->n_commands; i++) {
+        const Starling__Cmd__Command *c = b->commands[i];
+        if (f->pruned[i]) {
+            /* a record left a dead node: its counted routes (keepers_drop) */
+            struct kept_routes k = {0};
+            routes_reload_node(f, f->pruned[i], &k);
+            bool rel = c->cmd_case == STARLING__CMD__COMMAND__CMD_SESSION_RELEASE;
+            const ProtobufCBinaryData *id =
+                rel ? &c->session_release->client_id : &c->session_record->client_id;
+            if (at < sizeof(gone))
+                at += (size_t)snprintf(
+                    gone + at, sizeof(gone) - at, "; %s('%.*s') left %016llx: %zu gone, %zu kept",
+                    rel ? "SessionRelease" : "SessionRecord", (int)(id->len < 64 ? id->len : 64),
+                    (const char *)id->data, (unsigned long long)f->pruned[i],
+                    k.before > k.after ? k.before - k.after : 0, k.after);
+        }
         if (results[i] != FSM_OK)
             continue;
-        const Starling__Cmd__Command *c = b->commands[i];
         switch (c->cmd_case) {
         case STARLING__CMD__COMMAND__CMD_ROUTE_ADD:
             routes_add(f->routes, (const char *)c->route_add->filter.data, c->route_add->filter.len,
@@ -818,7 +959,8 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
         }
         res->n = b ? (uint32_t)b->n_commands : 0;
         for (uint32_t i = 0; rc == 0 && i < res->n; i++) {
-            int r = apply_one(x, b->commands[i], index);
+            f->pruned[i] = 0;
+            int r = apply_one(x, b->commands[i], index, &f->pruned[i]);
             if (r < 0)
                 rc = r;
             else

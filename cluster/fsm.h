@@ -18,7 +18,10 @@
  *   - SessionRecord: written only by the current (node, epoch); expiry 0
  *     deletes it;
  *   - NodeDown: a node's routes go, but for those its persistent sessions
- *     (session records whose registry owner it is) need;
+ *     (session records whose registry owner it is, or that name it) need,
+ *     each counted (NodeDown.keepers): a record that stops naming the node
+ *     (another owner's record, a deletion, a release) takes one off the
+ *     counts of its filters, and a route at 0 goes in that entry;
  *   - RetainedSet/Clear: a repeated or older (origin, seq) is a no-op
  *     (FSM_STALE_SEQ);
  *   - Member/MemberRemove/NodePurge: replace/remove.

@@ -185,11 +185,13 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now);
 void cn_registry_drain(struct cluster_node *cn);
 /* Sessions surrendered to a claim whose request has not come. reg_mu held. */
 size_t cn_registry_surrendered(struct cluster_node *cn);
+/* reg_mu held. With id: 1 when the session of id is among them (b
+ * untouched, may be NULL), else 0. Without (NULL): a RouteAdd of this node
+ * for each filter of each of them into b; returns how many. */
+struct cmd_batch;
+size_t cn_registry_surrendered_routes(struct cluster_node *cn, struct cmd_batch *b, const char *id,
+                                      uint16_t len);
 /* Cluster thread: the observer saw a claim of another node applied. */
-/* References to the sessions this node surrendered to a claimant and
- * keeps (still subscribed) until it asks: *out (malloc'd, NULL when none),
- * the count returned; the caller unrefs each and frees *out. */
-size_t cn_surrendered_copies(struct cluster_node *cn, struct session ***out);
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t node, uint64_t epoch, bool clean_start);
 void cn_registry_on_request(struct cluster_node *cn, uint64_t from,

@@ -167,6 +167,27 @@ static bool claim_route_incoming(struct cl_claim *k)
         struct session_sub *sub = &in->subs[i];
         sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);
     }
+    /* a copy of it here holds its filters in the index, so that joining
+     * it proposed no route; but that copy's routes may have gone with the
+     * record that left this node while it was taken for dead
+     * (NodeDown.keepers, cluster/fsm.c): proposed again, under the same
+     * wait */
+    pthread_mutex_lock(&k->cn->reg_mu);
+    bool aside = cn_registry_surrendered_routes(k->cn, NULL, k->id, k->req.id_len) != 0;
+    pthread_mutex_unlock(&k->cn->reg_mu);
+    if ((copy_here || aside) && n) {
+        struct cmd_batch *rb = cmd_batch_new();
+        int r = rb ? 0 : -ENOMEM;
+        lock_acquire(&in->lock);
+        for (uint32_t i = 0; r == 0 && i < in->n_subs; i++)
+            r = cmd_route_add(rb, in->subs[i].filter, in->subs[i].len, k->cn->self);
+        lock_release(&in->lock);
+        if (r == 0)
+            r = cn_queue_batch(k->cn, rb);
+        if (r < 0 && r != -ECANCELED)
+            log_warn("cluster: the routes of '%s' are not proposed again: %s", k->id, strerror(-r));
+        cmd_batch_free(rb);
+    }
     /* its record names this node, covered by the same wait as its routes,
      * and queued after them: NodeDown keeps the old node's routes for the
      * session until the record names this node (cluster/fsm.c), so at no
@@ -677,6 +698,26 @@ size_t cn_registry_surrendered(struct cluster_node *cn)
     return n;
 }
 
+size_t cn_registry_surrendered_routes(struct cluster_node *cn, struct cmd_batch *b, const char *id,
+                                      uint16_t len)
+{
+    size_t n = 0;
+    for (struct surrendered *x = cn->surrendered; x; x = x->next) {
+        struct session *s = x->s;
+        if (id) {
+            if (s->id_len == len && memcmp(s->client_id, id, len) == 0)
+                return 1;
+            continue;
+        }
+        lock_acquire(&s->lock);
+        for (uint32_t i = 0; !s->ended && i < s->n_subs; i++)
+            if (cmd_route_add(b, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
+                n++;
+        lock_release(&s->lock);
+    }
+    return n;
+}
+
 /* At stop (after the cluster stopped: no callback runs any more). */
 void cn_registry_drain(struct cluster_node *cn)
 {
@@ -702,21 +743,6 @@ void cn_registry_drain(struct cluster_node *cn)
 /* ---- the old owner ---- */
 
 /* The observer saw SessionClaim(id, node != self) applied (cluster thread). */
-size_t cn_surrendered_copies(struct cluster_node *cn, struct session ***out)
-{
-    size_t n = 0, cap = 0;
-    *out = NULL;
-    pthread_mutex_lock(&cn->reg_mu);
-    for (struct surrendered *x = cn->surrendered; x; x = x->next)
-        cap++;
-    struct session **v = cap ? malloc(cap * sizeof(*v)) : NULL;
-    for (struct surrendered *x = cn->surrendered; v && x && n < cap; x = x->next)
-        v[n++] = session_ref(x->s);
-    pthread_mutex_unlock(&cn->reg_mu);
-    *out = v;
-    return n;
-}
-
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t node, uint64_t epoch, bool clean_start)
 {

@@ -1510,38 +1510,29 @@ static void taken_for_dead(struct cluster_node *cn, bool running)
             lock_release(&s->lock);
         }
     pthread_mutex_unlock(&r->lock);
-    /* and those of its copies still subscribed (claimed away, moving out):
-     * their subscriptions count in the subscription index, so a session
-     * that subscribes to one of those filters here before they end
-     * proposes no route (the filter had a local subscriber), and when they
-     * end, none goes: the route stayed missing while this node had a
-     * subscriber (chaos seed 1093382011: a session moved whole to n2 while
-     * n2's copy of another, claimed away while n2 was SIGSTOPped, still
-     * held the same filter; what was published on the other nodes for it
-     * for 23 s, about 1,300 messages, never came). They keep their route
-     * until they end, as copies moving out do. */
-    struct session **held = NULL;
-    size_t n_held = cn_surrendered_copies(cn, &held), n_moving = 0;
+    /* and those of its old copies still subscribed (claimed away, moving
+     * out), still in the subscription index: a session that subscribes
+     * here to one of their filters before they end proposes no route (the
+     * filter had a local subscriber), and when they end none goes, so the
+     * route stayed missing while this node had a subscriber (chaos seed
+     * 1093382011: a session moved whole to n2 while n2's copy of another,
+     * claimed away while n2 was SIGSTOPped, still held the same filter;
+     * about 1,300 messages published elsewhere for it in 23 s never came).
+     * Also a NodeDown's counted route goes with the record that left this
+     * node (NodeDown.keepers), and a session claimed back here meanwhile
+     * joins the index beside the copy without a route proposed. They keep
+     * their route until they end, as copies moving out do. */
     pthread_mutex_lock(&cn->reg_mu);
-    for (struct cn_moving *x = cn->moving; x; x = x->next)
-        n_moving++;
-    struct session **all = realloc(held, (n_held + n_moving + 1) * sizeof(*all));
-    if (all) {
-        held = all;
-        for (struct cn_moving *x = cn->moving; x && n_moving; x = x->next, n_moving--)
-            held[n_held++] = session_ref(x->s);
-    }
-    pthread_mutex_unlock(&cn->reg_mu);
-    for (size_t k = 0; k < n_held; k++) {
-        struct session *s = held[k];
+    n += cn_registry_surrendered_routes(cn, bt, NULL, 0);
+    for (struct cn_moving *x = cn->moving; x; x = x->next) {
+        struct session *s = x->s;
         lock_acquire(&s->lock);
         for (uint32_t i = 0; !s->ended && i < s->n_subs; i++)
             if (cmd_route_add(bt, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
                 n++;
         lock_release(&s->lock);
-        session_unref(s);
     }
-    free(held);
+    pthread_mutex_unlock(&cn->reg_mu);
     atomic_fetch_add(&cn->dead_sessions_ended, ended);
     if (n && cn_queue_batch(cn, bt) != 0)
         n = 0;

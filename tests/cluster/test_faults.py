@@ -2416,3 +2416,149 @@ def test_node_taken_for_dead_routes_a_filter_its_claimed_away_copy_held(cluster_
     s1.disconnect()
     s2.disconnect()
     p.disconnect()
+
+
+def outbox_for(node, peer):
+    """What node holds in its outbox for peer (the node's name):
+    starling_forward_outbox_messages{peer=...} of its GET /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://{node.host}:{node.admin_port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("starling_forward_outbox_messages{") and \
+                    f'peer="{peer}"' in line:
+                return int(float(line.split()[-1]))
+    return 0
+
+
+def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_path):
+    """Issue 10, the third copy at its source (chaos seed 288425677): a
+    persistent QoS 2 subscriber S of node B; B is SIGSTOPped and taken for
+    dead (NodeDown keeps its route for S, whose record names B); S resumes
+    on A from its record and gets M0..M19, published on C. Before, B's kept
+    route stayed until the next NodeDown (cluster_down_after later), so C
+    also held M0..M19 for B. B is SIGKILLed (still stopped) and restarts:
+    its stored copy of S, claimed away (its claim no longer known after
+    the restart), takes what C held for it (kept here by the debug hook
+    STARLING_TEST_MOVING_HOLD); A dies and S's client comes back to B,
+    where S resumes from A's record, which knows nothing of M0..M19, and
+    B's copy is folded into it: all 20 delivered again. Now the route goes
+    with the record (the count NodeDown.keepers put on it): C routes
+    nothing more to B once A's record names A, holds nothing for it, and
+    nothing comes twice."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    cn = faults.node_named(c, ld)
+    b, a = [n for n in c.nodes if n is not cn]
+    bid = f"{faults.node_id(b):016x}"
+    cid = uid("gone")
+    topic = uid("kr/t")
+    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    s.disconnect()
+    pause(b)
+    # the leader's NodeDown(B) applied (B's route for S kept: a count
+    # written, or nothing changed)
+    down = re.compile(rf"entry \d+ applied, routes: .*NodeDown\({bid}\)")
+    wait_until(lambda: down.search(cn.logtext()), 30, f"{cn.name} taking {b.name} for dead")
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    p = PahoClient(cn, uid("gonep"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    got = [s.get(WAIT).payload for _ in sent]
+    assert got == sent
+    held = outbox_for(cn, b.name)
+    left = re.findall(rf"SessionRecord\('{re.escape(cid)}'\) left {bid}: \d+ gone",
+                      cn.logtext())
+    # B restarts, its copies of moved sessions held; its copy of S, claimed
+    # away by A, takes what C held for B
+    hold.write_text("")
+    kill(b)
+    b.start()
+    wait_healthy(c)
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
+    wait_until(lambda: outbox_for(cn, b.name) == 0, 30, f"{cn.name}'s outbox for {b.name} sent")
+    # A dies; S's client comes back to B: S resumes there from A's record,
+    # which knows nothing of M0..M19, and B's copy is folded into it
+    kill(a)
+    s.stop()
+    s = PahoClient(b, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    hold.unlink()
+    again = delivered_before_a_marker(s, p, topic)
+    folded = re.findall(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from {bid}",
+                        b.logtext())
+    print(f"\n[kept route] {held} held for {b.name} on {cn.name}; record left {b.name}: {left}; "
+          f"late messages of its copy: {folded}; {len(again)} delivered again")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
+def test_session_back_on_its_returning_node_gets_what_is_published(cluster_factory):
+    """The other side of NodeDown.keepers: a persistent QoS 2 subscriber S
+    of node B; B is SIGSTOPped and taken for dead; S resumes on A from its
+    record, which takes B's counted route for S. B continues: its copy of
+    S, claimed away, still holds S's filter in B's index. S's client comes
+    back to B at once: the session built there joins the index beside the
+    copy, so B proposes no route for the filter, and with the route gone
+    nothing published elsewhere would reach S any more once A's copy ended.
+    B, taken for dead, proposes again the routes of the copies it holds
+    too: S gets everything published, before and after A's copy ended."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    cn = faults.node_named(c, ld)
+    b, a = [n for n in c.nodes if n is not cn]
+    bid = f"{faults.node_id(b):016x}"
+    cid = uid("back")
+    topic = uid("bk/t")
+    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    s.disconnect()
+    pause(b)
+    try:
+        down = re.compile(rf"entry \d+ applied, routes: .*NodeDown\({bid}\)")
+        wait_until(lambda: down.search(cn.logtext()), 30, f"{cn.name} taking {b.name} for dead")
+        s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+        s.connect(timeout=30)
+        assert s.session_present
+        s.disconnect()
+    finally:
+        resume(b)
+    claimed = f"'{cid}' was claimed by another node"
+    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
+    s = PahoClient(b, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    p = PahoClient(cn, uid("backp"), 5)
+    p.connect()
+    first = [f"m{k}".encode() for k in range(10)]
+    for m in first:
+        p.publish(topic + "/x", m, qos=2)
+    # A's copy of S (taken over by B) ends: from then on only routes to B
+    # bring S anything
+    ended = f"the old copy of '{cid}' ends"
+    wait_until(lambda: ended in a.logtext(), 30, f"{a.name}'s copy of {cid} ending")
+    then = [f"n{k}".encode() for k in range(10)]
+    for m in then:
+        p.publish(topic + "/x", m, qos=2)
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[back on B] got {len(again)} of {len(first) + len(then)}: "
+          f"lost {sorted(set(first + then) - set(again))}")
+    assert sorted(set(again)) == sorted(first + then), "messages lost"
+    assert len(again) == len(first + then), "QoS 2 messages delivered twice"
+    s.disconnect()
+    p.disconnect()

@@ -416,12 +416,14 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_EQUAL(nr, 3);
     /* the matcher follows the table */
     CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 4);
-    /* once node 4 wrote c4's record, the next NodeDown(3) takes "moved" */
+    /* once node 4 wrote c4's record, "moved" goes with it (its count,
+     * NodeDown.keepers: test_node_down_keepers); a NodeDown after it finds
+     * nothing more to take */
     cmd_session_record(b, S("c4"), 4, 2, 100, 5, NULL, moved, 1, 0);
     cmd_node_down(b, 3);
     CU_ASSERT_EQUAL(apply(f, 8, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
-    CU_ASSERT_EQUAL(res.results[1], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
     CU_ASSERT_EQUAL(fsm_node_counts(f, 3, &nr, &ns), 0);
     CU_ASSERT_EQUAL(nr, 2);
     CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 3);
@@ -446,6 +448,224 @@ static void test_session_records_and_node_down(void)
     cmd_batch_free(b);
     fsm_close(f);
     rmdir_free(d);
+}
+
+/* A NodeDown as a build before NodeDown.keepers wrote it (no count). */
+static int apply_old_node_down(struct fsm *f, uint64_t index, uint64_t node)
+{
+    Starling__Cmd__NodeDown m = STARLING__CMD__NODE_DOWN__INIT;
+    m.node = node;
+    Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
+    c.cmd_case = STARLING__CMD__COMMAND__CMD_NODE_DOWN;
+    c.node_down = &m;
+    Starling__Cmd__Command *cs[1] = {&c};
+    Starling__Cmd__CommandBatch bt = STARLING__CMD__COMMAND_BATCH__INIT;
+    bt.n_commands = 1;
+    bt.commands = cs;
+    size_t n = starling__cmd__command_batch__get_packed_size(&bt);
+    unsigned char *pb = malloc(n);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pb);
+    starling__cmd__command_batch__pack(&bt, pb);
+    void *e;
+    size_t elen;
+    CU_ASSERT_EQUAL_FATAL(cmd_entry_wrap(pb, n, &e, &elen), 0);
+    int rc = fsm_apply(f, index, e, elen, &res);
+    free(e);
+    free(pb);
+    return rc;
+}
+
+/* The entries of test_node_down_keepers, one per index (1..KEEPERS_N). */
+#define KEEPERS_N 7
+static void keepers_entry(struct cmd_batch *b, int i)
+{
+    struct cmd_session_sub s1[] = {{S("a/#"), 2, 0}, {S("sh/+"), 2, 0}};
+    struct cmd_session_sub s2[] = {{S("b"), 1, 0}, {S("sh/+"), 1, 0}};
+    struct cmd_session_sub s3[] = {{S("own"), 1, 0}};
+    switch (i) {
+    case 1: /* node 3 with three persistent sessions and a route of none */
+        cmd_route_add(b, S("a/#"), 3);
+        cmd_route_add(b, S("sh/+"), 3);
+        cmd_route_add(b, S("b"), 3);
+        cmd_route_add(b, S("own"), 3);
+        cmd_route_add(b, S("clean"), 3);
+        cmd_session_claim(b, S("k1"), 3, 1);
+        cmd_session_record(b, S("k1"), 3, 1, 100, 5, NULL, s1, 2, 0);
+        cmd_session_claim(b, S("k2"), 3, 1);
+        cmd_session_record(b, S("k2"), 3, 1, 100, 5, NULL, s2, 2, 0);
+        cmd_session_claim(b, S("k3"), 3, 1);
+        cmd_session_record(b, S("k3"), 3, 1, 100, 5, NULL, s3, 1, 0);
+        break;
+    case 2: /* taken for dead */
+        cmd_node_down(b, 3);
+        break;
+    case 3: /* k1 resumed on node 4 from its record: its routes, then its
+             * record (cluster_registry.c queues them so) */
+        cmd_session_claim(b, S("k1"), 4, 2);
+        cmd_route_add(b, S("a/#"), 4);
+        cmd_route_add(b, S("sh/+"), 4);
+        break;
+    case 4:
+        cmd_session_record(b, S("k1"), 4, 2, 100, 5, NULL, s1, 2, 0);
+        break;
+    case 5: /* node 3 adds "own" itself (it came back): no longer counted;
+             * k3 moves to node 4 */
+        cmd_route_add(b, S("own"), 3);
+        cmd_session_claim(b, S("k3"), 4, 2);
+        cmd_route_add(b, S("own"), 4);
+        cmd_session_record(b, S("k3"), 4, 2, 100, 5, NULL, s3, 1, 0);
+        break;
+    case 6: /* k2 claimed by node 4 and ended there before its record */
+        cmd_session_claim(b, S("k2"), 4, 2);
+        cmd_session_release(b, S("k2"), 4, 2, 0);
+        break;
+    case 7: /* the next NodeDown (node 3 silent again): "own" goes, no
+             * record needs it */
+        cmd_node_down(b, 3);
+        break;
+    }
+}
+
+static uint64_t route_count_of(struct fsm *f, const char *topic, uint64_t node)
+{
+    uint64_t n[8];
+    int k = routes_nodes(fsm_routes(f), topic, strlen(topic), 0, n, 8);
+    uint64_t hits = 0;
+    for (int i = 0; i < k && i < 8; i++)
+        hits += n[i] == node;
+    return hits;
+}
+
+/*
+ * NodeDown.keepers: the routes a NodeDown keeps for a dead node's
+ * persistent sessions go as those sessions' records leave it (written by
+ * the new owner after its routes, deleted, released), in the same entry,
+ * on every node alike (tables, matcher, checksum; across a snapshot and a
+ * reopen); a route the node adds itself again is its own; a NodeDown of a
+ * build before the counts keeps its routes until the next NodeDown, as
+ * that build did.
+ */
+static void test_node_down_keepers(void)
+{
+    char *d = tmpdir(), *d2 = tmpdir(), *d3 = tmpdir();
+    struct fsm *f = open_fsm(d), *f2 = open_fsm(d2), *f3 = open_fsm(d3);
+    struct cmd_batch *b = cmd_batch_new();
+    uint64_t nr = 0, ns = 0;
+    void *snap = NULL;
+    size_t snap_len = 0;
+    for (int i = 1; i <= KEEPERS_N; i++) {
+        keepers_entry(b, i);
+        size_t len;
+        const void *p = cmd_batch_data(b, &len);
+        CU_ASSERT_EQUAL_FATAL(fsm_apply(f2, (uint64_t)i, p, len, NULL), 0);
+        CU_ASSERT_EQUAL_FATAL(apply(f, (uint64_t)i, b), 0);
+        CU_ASSERT_EQUAL(fsm_checksum(f2), fsm_checksum(f));
+        switch (i) {
+        case 2:
+            /* "clean" went, the four others are kept (counts: sh/+ 2) */
+            CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+            CU_ASSERT_EQUAL(fsm_node_counts(f, 3, &nr, &ns), 0);
+            CU_ASSERT_EQUAL(nr, 4);
+            CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 4);
+            /* the snapshot of a table with counts (restored into f3 below) */
+            CU_ASSERT_EQUAL_FATAL(fsm_snapshot(f, &snap, &snap_len), 0);
+            break;
+        case 3:
+            /* the claim alone takes nothing: node 4's routes may not be in
+             * effect (here they are in the same entry, but its record comes
+             * after) */
+            CU_ASSERT_EQUAL(fsm_node_counts(f, 3, &nr, &ns), 0);
+            CU_ASSERT_EQUAL(nr, 4);
+            CU_ASSERT_EQUAL(route_count_of(f, "a/x", 3), 1);
+            CU_ASSERT_EQUAL(route_count_of(f, "a/x", 4), 1);
+            break;
+        case 4:
+            /* k1's record names node 4: a/# of node 3 went, sh/+ stays for
+             * k2, and a publish on a/x goes to node 4 only */
+            CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+            CU_ASSERT_EQUAL(fsm_node_counts(f, 3, &nr, &ns), 0);
+            CU_ASSERT_EQUAL(nr, 3);
+            CU_ASSERT_EQUAL(route_count_of(f, "a/x", 3), 0);
+            CU_ASSERT_EQUAL(route_count_of(f, "a/x", 4), 1);
+            CU_ASSERT_EQUAL(route_count_of(f, "sh/x", 3), 1);
+            break;
+        case 5:
+            /* "own", added by node 3 itself, stays when k3 leaves */
+            CU_ASSERT_EQUAL(res.results[0], FSM_NOOP);
+            CU_ASSERT_EQUAL(route_count_of(f, "own", 3), 1);
+            CU_ASSERT_EQUAL(route_count_of(f, "own", 4), 1);
+            break;
+        case 6:
+            /* k2's record (naming node 3) went with its release: b and
+             * sh/+ of node 3 go */
+            CU_ASSERT_EQUAL(res.results[1], FSM_OK);
+            CU_ASSERT_EQUAL(fsm_node_counts(f, 3, &nr, &ns), 0);
+            CU_ASSERT_EQUAL(nr, 1);
+            CU_ASSERT_EQUAL(route_count_of(f, "sh/x", 3), 0);
+            CU_ASSERT_EQUAL(route_count_of(f, "b", 3), 0);
+            break;
+        case 7:
+            CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+            CU_ASSERT_EQUAL(fsm_node_routes(f, 3), 0);
+            CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 3); /* own, a/#, sh/+ of node 4 */
+            break;
+        }
+        assert_checksum_consistent(f);
+    }
+    /* from the snapshot with the counts, the later entries give the same */
+    CU_ASSERT_EQUAL(fsm_restore(f3, snap, snap_len, false, NULL), 0);
+    CU_ASSERT_EQUAL(fsm_node_routes(f3, 3), 4);
+    for (int i = 3; i <= KEEPERS_N; i++) {
+        keepers_entry(b, i);
+        CU_ASSERT_EQUAL_FATAL(apply(f3, (uint64_t)i, b), 0);
+    }
+    CU_ASSERT_EQUAL(fsm_checksum(f3), fsm_checksum(f));
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f3)), routes_count(fsm_routes(f)));
+    /* and across a reopen: the counts are in the table */
+    fsm_close(f3);
+    f3 = open_fsm(d3);
+    CU_ASSERT_EQUAL(fsm_checksum(f3), fsm_checksum(f));
+    CU_ASSERT_EQUAL(routes_count(fsm_routes(f3)), 3);
+    assert_checksum_consistent(f3);
+    free(snap);
+
+    /* a NodeDown of the build before (no keepers): the routes stay when
+     * the record leaves, until the next NodeDown, as that build applied
+     * it; replayed twice alike */
+    for (int run = 0; run < 2; run++) {
+        struct fsm *g = run ? f3 : f2;
+        char *gd = run ? d3 : d2;
+        fsm_close(g);
+        test_rm_tree(gd);
+        CU_ASSERT_EQUAL_FATAL(mkdir(gd, 0700), 0);
+        g = open_fsm(gd);
+        keepers_entry(b, 1);
+        CU_ASSERT_EQUAL_FATAL(apply(g, 1, b), 0);
+        CU_ASSERT_EQUAL_FATAL(apply_old_node_down(g, 2, 3), 0);
+        CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+        for (int i = 3; i <= 4; i++) {
+            keepers_entry(b, i);
+            CU_ASSERT_EQUAL_FATAL(apply(g, (uint64_t)i, b), 0);
+        }
+        CU_ASSERT_EQUAL(route_count_of(g, "a/x", 3), 1);
+        CU_ASSERT_EQUAL(fsm_node_routes(g, 3), 4);
+        CU_ASSERT_EQUAL_FATAL(apply_old_node_down(g, 5, 3), 0);
+        CU_ASSERT_EQUAL(route_count_of(g, "a/x", 3), 0);
+        CU_ASSERT_EQUAL(fsm_node_routes(g, 3), 3);
+        assert_checksum_consistent(g);
+        if (run)
+            f3 = g;
+        else
+            f2 = g;
+    }
+    CU_ASSERT_EQUAL(fsm_checksum(f2), fsm_checksum(f3));
+    cmd_batch_free(b);
+    fsm_close(f);
+    fsm_close(f2);
+    fsm_close(f3);
+    rmdir_free(d);
+    rmdir_free(d2);
+    rmdir_free(d3);
 }
 
 static void test_long_keys(void)
@@ -1078,6 +1298,7 @@ int main(void)
     CU_add_test(s, "retained (origin, seq)", test_retained_origin_seq);
     CU_add_test(s, "members and node purge", test_members_and_purge);
     CU_add_test(s, "session records and node down", test_session_records_and_node_down);
+    CU_add_test(s, "node down: counted routes go with their records", test_node_down_keepers);
     CU_add_test(s, "long keys", test_long_keys);
     CU_add_test(s, "malformed entry", test_malformed_entry);
     CU_add_test(s, "checksum across environments", test_checksum_across_environments);
