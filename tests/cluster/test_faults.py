@@ -2430,6 +2430,32 @@ def outbox_for(node, peer):
     return 0
 
 
+def resumed_while_taken_for_dead(c, name):
+    """Starts cluster c; a persistent QoS 2 subscriber S (client id
+    uid(name)) of node B, a follower, offline; B SIGSTOPped until the
+    leader's NodeDown(B) applied (B's route for S kept: a count written, or
+    nothing changed); S resumed on A from its record. Returns the leader,
+    B (still stopped), A, S's client id and topic, and S's client on A."""
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    cn = faults.node_named(c, ld)
+    b, a = [n for n in c.nodes if n is not cn]
+    bid = f"{faults.node_id(b):016x}"
+    cid, topic = uid(name), uid(name + "/t")
+    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    s.disconnect()
+    pause(b)
+    down = re.compile(rf"entry \d+ applied, routes: .*NodeDown\({bid}\)")
+    wait_until(lambda: down.search(cn.logtext()), 30, f"{cn.name} taking {b.name} for dead")
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    return cn, b, a, cid, topic, s
+
+
 def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_path):
     """Issue 10, the third copy at its source (chaos seed 288425677): a
     persistent QoS 2 subscriber S of node B; B is SIGSTOPped and taken for
@@ -2448,26 +2474,8 @@ def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
-    c.start()
-    c.wait_healthy()
-    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
-    cn = faults.node_named(c, ld)
-    b, a = [n for n in c.nodes if n is not cn]
+    cn, b, a, cid, topic, s = resumed_while_taken_for_dead(c, "gone")
     bid = f"{faults.node_id(b):016x}"
-    cid = uid("gone")
-    topic = uid("kr/t")
-    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
-    s.connect()
-    assert s.subscribe(topic + "/#", qos=2) == [2]
-    s.disconnect()
-    pause(b)
-    # the leader's NodeDown(B) applied (B's route for S kept: a count
-    # written, or nothing changed)
-    down = re.compile(rf"entry \d+ applied, routes: .*NodeDown\({bid}\)")
-    wait_until(lambda: down.search(cn.logtext()), 30, f"{cn.name} taking {b.name} for dead")
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
     p = PahoClient(cn, uid("gonep"), 5)
     p.connect()
     sent = [f"m{k}".encode() for k in range(20)]
@@ -2516,28 +2524,9 @@ def test_session_back_on_its_returning_node_gets_what_is_published(cluster_facto
     B, taken for dead, proposes again the routes of the copies it holds
     too: S gets everything published, before and after A's copy ended."""
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
-    c.start()
-    c.wait_healthy()
-    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
-    cn = faults.node_named(c, ld)
-    b, a = [n for n in c.nodes if n is not cn]
-    bid = f"{faults.node_id(b):016x}"
-    cid = uid("back")
-    topic = uid("bk/t")
-    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
-    s.connect()
-    assert s.subscribe(topic + "/#", qos=2) == [2]
+    cn, b, a, cid, topic, s = resumed_while_taken_for_dead(c, "back")
     s.disconnect()
-    pause(b)
-    try:
-        down = re.compile(rf"entry \d+ applied, routes: .*NodeDown\({bid}\)")
-        wait_until(lambda: down.search(cn.logtext()), 30, f"{cn.name} taking {b.name} for dead")
-        s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-        s.connect(timeout=30)
-        assert s.session_present
-        s.disconnect()
-    finally:
-        resume(b)
+    resume(b)
     claimed = f"'{cid}' was claimed by another node"
     wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
     s = PahoClient(b, cid, 5, clean=False, properties=session_props())
