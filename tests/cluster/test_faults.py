@@ -2104,6 +2104,23 @@ def test_whole_cluster_killed_and_restarted_in_another_order(fault_cluster):
     s.disconnect()
 
 
+def subscriber_on_a_follower(c, name, topic):
+    """Starts cluster c and gives a follower B a persistent QoS 2 subscriber
+    S of uid(topic)/# (client id uid(name)), offline. Returns the leader, B,
+    the other follower A, S's client id and topic."""
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    cn = faults.node_named(c, ld)
+    b, a = [n for n in c.nodes if n is not cn]
+    cid, topic = uid(name), uid(topic)
+    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    s.disconnect()
+    return cn, b, a, cid, topic
+
+
 def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     """Chaos seeds 937187427 and 1946164343 (QoS 2 duplicates), made
     deterministic: a persistent QoS 2 subscriber S, offline, on node B; B
@@ -2120,17 +2137,7 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     after it (A) had its routes everywhere (SessionRecord.owners): none
     comes again."""
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
-    c.start()
-    c.wait_healthy()
-    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
-    cn = faults.node_named(c, ld)
-    b, a = [n for n in c.nodes if n is not cn]
-    cid = uid("third")
-    topic = uid("tc/t")
-    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
-    s.connect()
-    assert s.subscribe(topic + "/#", qos=2) == [2]
-    s.disconnect()
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "third", "tc/t")
     pause(b)
     try:
         # the leader takes B for dead (its NodeDown is in the log before
@@ -2183,17 +2190,7 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     hold.write_text("")
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
-    c.start()
-    c.wait_healthy()
-    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
-    cn = faults.node_named(c, ld)
-    b, a = [n for n in c.nodes if n is not cn]
-    cid = uid("restcopy")
-    topic = uid("rc/t")
-    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
-    s.connect()
-    assert s.subscribe(topic + "/#", qos=2) == [2]
-    s.disconnect()
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "restcopy", "rc/t")
     p = PahoClient(cn, uid("restcopyp"), 5)
     p.connect()
     sent = [f"m{k}".encode() for k in range(20)]
@@ -2436,17 +2433,8 @@ def resumed_while_taken_for_dead(c, name):
     leader's NodeDown(B) applied (B's route for S kept: a count written, or
     nothing changed); S resumed on A from its record. Returns the leader,
     B (still stopped), A, S's client id and topic, and S's client on A."""
-    c.start()
-    c.wait_healthy()
-    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
-    cn = faults.node_named(c, ld)
-    b, a = [n for n in c.nodes if n is not cn]
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, name, name + "/t")
     bid = f"{faults.node_id(b):016x}"
-    cid, topic = uid(name), uid(name + "/t")
-    s = PahoClient(b, cid, 5, clean=True, properties=session_props())
-    s.connect()
-    assert s.subscribe(topic + "/#", qos=2) == [2]
-    s.disconnect()
     pause(b)
     down = re.compile(rf"entry \d+ applied, routes: .*NodeDown\({bid}\)")
     wait_until(lambda: down.search(cn.logtext()), 30, f"{cn.name} taking {b.name} for dead")
