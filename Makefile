@@ -105,12 +105,15 @@ fuzz: deps-test
 # faults under QoS 1/2 traffic for MINUTES on the ASan node, then healed and
 # checked. The seed is printed (a run without SEED picks one); the same SEED
 # gives the same sequence of faults. Needs root for the nftables cuts.
+# CHAOS_ARGS passes options on (--more: also SIGSTOP and cut of the leader
+# and rolling SIGKILL restarts; --no-lb; --keep).
 SEED ?=
 MINUTES ?= 5
+CHAOS_ARGS ?=
 chaos: deps-test
 	$(MAKE) --no-print-directory NODEPS=1 build-asan
 	STARLING_TEST_BIN=$(CURDIR)/$(ASAN_DIR)/node/starling STARLING_TEST_WORKERS=2 \
-		$(PYTHON) tests/cluster/chaos.py --minutes $(MINUTES) $(if $(SEED),--seed $(SEED))
+		$(PYTHON) tests/cluster/chaos.py --minutes $(MINUTES) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
 # The load generator checks itself against a Release node (a few seconds).
 bench-smoke: deps-test

@@ -185,12 +185,15 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now);
 void cn_registry_drain(struct cluster_node *cn);
 /* Sessions surrendered to a claim whose request has not come. reg_mu held. */
 size_t cn_registry_surrendered(struct cluster_node *cn);
-/* reg_mu held. With id: 1 when the session of id is among them (b
- * untouched, may be NULL), else 0. Without (NULL): a RouteAdd of this node
- * for each filter of each of them into b; returns how many. */
+/* Whether the session of id is among them. reg_mu held. */
+bool cn_registry_surrendered_has(struct cluster_node *cn, const char *id, uint16_t len);
+/* A RouteAdd of this node for each filter of each of them into b; returns
+ * how many. reg_mu held. */
 struct cmd_batch;
-size_t cn_registry_surrendered_routes(struct cluster_node *cn, struct cmd_batch *b, const char *id,
-                                      uint16_t len);
+size_t cn_registry_surrendered_routes(struct cluster_node *cn, struct cmd_batch *b);
+/* A RouteAdd of this node for each filter of s (none once it ended) into
+ * b; returns how many. s->lock held. */
+size_t cn_session_routes_add(struct cluster_node *cn, struct cmd_batch *b, const struct session *s);
 /* Cluster thread: the observer saw a claim of another node applied. */
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t node, uint64_t epoch, bool clean_start);

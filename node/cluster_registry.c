@@ -173,15 +173,17 @@ static bool claim_route_incoming(struct cl_claim *k)
      * (NodeDown.keepers, cluster/fsm.c): proposed again, under the same
      * wait */
     pthread_mutex_lock(&k->cn->reg_mu);
-    bool aside = cn_registry_surrendered_routes(k->cn, NULL, k->id, k->req.id_len) != 0;
+    bool aside = cn_registry_surrendered_has(k->cn, k->id, k->req.id_len);
     pthread_mutex_unlock(&k->cn->reg_mu);
     if ((copy_here || aside) && n) {
         struct cmd_batch *rb = cmd_batch_new();
         int r = rb ? 0 : -ENOMEM;
-        lock_acquire(&in->lock);
-        for (uint32_t i = 0; r == 0 && i < in->n_subs; i++)
-            r = cmd_route_add(rb, in->subs[i].filter, in->subs[i].len, k->cn->self);
-        lock_release(&in->lock);
+        if (rb) {
+            lock_acquire(&in->lock);
+            if (cn_session_routes_add(k->cn, rb, in) != in->n_subs)
+                r = -ENOMEM;
+            lock_release(&in->lock);
+        }
         if (r == 0)
             r = cn_queue_batch(k->cn, rb);
         if (r < 0 && r != -ECANCELED)
@@ -698,22 +700,21 @@ size_t cn_registry_surrendered(struct cluster_node *cn)
     return n;
 }
 
-size_t cn_registry_surrendered_routes(struct cluster_node *cn, struct cmd_batch *b, const char *id,
-                                      uint16_t len)
+bool cn_registry_surrendered_has(struct cluster_node *cn, const char *id, uint16_t len)
+{
+    for (struct surrendered *x = cn->surrendered; x; x = x->next)
+        if (x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0)
+            return true;
+    return false;
+}
+
+size_t cn_registry_surrendered_routes(struct cluster_node *cn, struct cmd_batch *b)
 {
     size_t n = 0;
     for (struct surrendered *x = cn->surrendered; x; x = x->next) {
-        struct session *s = x->s;
-        if (id) {
-            if (s->id_len == len && memcmp(s->client_id, id, len) == 0)
-                return 1;
-            continue;
-        }
-        lock_acquire(&s->lock);
-        for (uint32_t i = 0; !s->ended && i < s->n_subs; i++)
-            if (cmd_route_add(b, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
-                n++;
-        lock_release(&s->lock);
+        lock_acquire(&x->s->lock);
+        n += cn_session_routes_add(cn, b, x->s);
+        lock_release(&x->s->lock);
     }
     return n;
 }

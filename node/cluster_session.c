@@ -1462,6 +1462,15 @@ static void restart_pass(struct cluster_node *cn)
 
 /* ---- this node taken for dead ------------------------------------------------------ */
 
+size_t cn_session_routes_add(struct cluster_node *cn, struct cmd_batch *b, const struct session *s)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; !s->ended && i < s->n_subs; i++)
+        if (cmd_route_add(b, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
+            n++;
+    return n;
+}
+
 /*
  * A NodeDown(self) applied while this node runs: the leader heard nothing
  * from it for cluster_down_after (it was stopped, cut off, or its cluster
@@ -1503,9 +1512,7 @@ static void taken_for_dead(struct cluster_node *cn, bool running)
                 b->sink->kick(s->w, s->conn, MQTT_RC_SERVER_BUSY, false);
                 ended++;
             } else {
-                for (uint32_t i = 0; i < s->n_subs; i++)
-                    if (cmd_route_add(bt, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
-                        n++;
+                n += cn_session_routes_add(cn, bt, s);
             }
             lock_release(&s->lock);
         }
@@ -1523,14 +1530,11 @@ static void taken_for_dead(struct cluster_node *cn, bool running)
      * joins the index beside the copy without a route proposed. They keep
      * their route until they end, as copies moving out do. */
     pthread_mutex_lock(&cn->reg_mu);
-    n += cn_registry_surrendered_routes(cn, bt, NULL, 0);
+    n += cn_registry_surrendered_routes(cn, bt);
     for (struct cn_moving *x = cn->moving; x; x = x->next) {
-        struct session *s = x->s;
-        lock_acquire(&s->lock);
-        for (uint32_t i = 0; !s->ended && i < s->n_subs; i++)
-            if (cmd_route_add(bt, s->subs[i].filter, s->subs[i].len, cn->self) == 0)
-                n++;
-        lock_release(&s->lock);
+        lock_acquire(&x->s->lock);
+        n += cn_session_routes_add(cn, bt, x->s);
+        lock_release(&x->s->lock);
     }
     pthread_mutex_unlock(&cn->reg_mu);
     atomic_fetch_add(&cn->dead_sessions_ended, ended);
