@@ -1091,6 +1091,28 @@ struct routes *fsm_routes(struct fsm *f)
     return f->routes;
 }
 
+int fsm_route_own(struct fsm *f, uint64_t node, const char *filter, size_t len)
+{
+    if (len == 0 || len > RTABLE_MAX_KEY)
+        return -EINVAL;
+    unsigned char *key;
+    size_t klen;
+    ProtobufCBinaryData fb = {len, (uint8_t *)filter};
+    if (route_key(&key, &klen, node, &fb))
+        return -ENOMEM;
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc == 0) {
+        const void *v;
+        size_t vlen;
+        rc = rtable_get(x, RTABLE_ROUTES, key, klen, &v, &vlen);
+        rc = rc == 0 ? vlen == 0 : rc == -ENOENT ? 0 : rc;
+        rtable_abort(x);
+    }
+    free(key);
+    return rc;
+}
+
 int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t *node,
                      uint64_t *epoch)
 {
