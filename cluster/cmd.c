@@ -411,6 +411,8 @@ int cmd_node_down(struct cmd_batch *b, uint64_t node)
     m.node = node;
     m.has_keepers = 1;
     m.keepers = 1;
+    m.has_owners_marked = 1;
+    m.owners_marked = 1;
     Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
     c.cmd_case = STARLING__CMD__COMMAND__CMD_NODE_DOWN;
     c.node_down = &m;

@@ -44,7 +44,7 @@ struct fsm {
     /* per command of the entry being applied: the node whose kept routes
      * the command's record took (keepers_drop), 0 for none; the matcher
      * follows in after_commit */
-    uint64_t pruned[FSM_MAX_BATCH];
+    uint64_t pruned[FSM_MAX_BATCH][2];
 };
 
 /* The entry at index is wholly in effect: publish it, tell the hook. */
@@ -340,17 +340,28 @@ static int keepers_drop(struct rtable_txn *x, uint64_t node,
 
 /* After a command changed the record `was` (NULL: there was none) that the
  * writer `writer` replaced or deleted: the counted routes of the node it
- * named, when another one (keepers_drop). *pruned: that node when a route
- * went. */
+ * named, when another one, and of the node a NodeDown counted it for as
+ * the registry's owner (kept_for), when another one (keepers_drop).
+ * pruned[0], pruned[1]: those nodes when a route of theirs went. */
 static int record_left(struct rtable_txn *x, const Starling__Cmd__SessionRecord *was,
                        uint64_t writer, uint64_t *pruned)
 {
-    if (!was || was->node == writer || was->node == 0)
+    if (!was)
         return 0;
+    int rc = 0;
     size_t gone = 0;
-    int rc = keepers_drop(x, was->node, was, &gone);
-    if (rc == 0 && gone)
-        *pruned = was->node;
+    if (was->node != writer && was->node != 0) {
+        rc = keepers_drop(x, was->node, was, &gone);
+        if (rc == 0 && gone)
+            pruned[0] = was->node;
+    }
+    uint64_t k = was->has_kept_for ? was->kept_for : 0;
+    if (rc == 0 && k && k != writer && k != was->node) {
+        gone = 0;
+        rc = keepers_drop(x, k, was, &gone);
+        if (rc == 0 && gone)
+            pruned[1] = k;
+    }
     return rc;
 }
 
@@ -446,6 +457,8 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
     mine.index = index;
     Starling__Cmd__RecordOwner *owners[RECORD_OWNERS_MAX];
     Starling__Cmd__SessionRecord w = *c;
+    w.has_kept_for = false; /* written by the state machine only */
+    w.kept_for = 0;
     /* (a record written before owners were kept starts its list here:
      * the owner's routes are everywhere from this index on, if not before) */
     record_owners(was, c->node, &mine, owners, &w.n_owners);
@@ -673,6 +686,26 @@ static int keyref_cmp(const void *a, const void *b)
     return cmp_key(x->p, y->p, x->len, y->len);
 }
 
+/* NodeDown(node) counted the record sr (key id) for node, the registry's
+ * owner, while it names another node: marked (kept_for), so that its
+ * counts go when it moves on (record_left). A record marked for another
+ * node keeps that mark (its counts for node stay until the next NodeDown:
+ * the old window). */
+static int record_mark(struct rtable_txn *x, const void *id, size_t id_len,
+                       Starling__Cmd__SessionRecord *sr, uint64_t node)
+{
+    sr->has_kept_for = true;
+    sr->kept_for = node;
+    size_t len = starling__cmd__session_record__get_packed_size(sr);
+    unsigned char *v = malloc(len ? len : 1);
+    if (!v)
+        return -ENOMEM;
+    starling__cmd__session_record__pack(sr, v);
+    int rc = rtable_put(x, RTABLE_SESSIONS, id, id_len, v, len);
+    free(v);
+    return rc;
+}
+
 /* The filters that the session records of `node` need (each a copy, freed
  * with the list): those of the sessions it owns, and those of the sessions
  * claimed away from it whose new owner has not written its record yet. The
@@ -683,7 +716,7 @@ static int keyref_cmp(const void *a, const void *b)
  * the route lost them (a claim that waited for the stopped node's answer
  * across NodeDown: tests/cluster/test_faults.py, docs/cluster.md "A stalled
  * node"). */
-static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist *kept)
+static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist *kept, bool mark)
 {
     struct keylist recs = {0};
     int rc = rtable_scan(x, RTABLE_SESSIONS, NULL, 0, collect_key, &recs);
@@ -712,6 +745,8 @@ static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist
         }
         for (size_t k = 0; rc == 0 && k < sr->n_subs; k++)
             rc = collect_key(kept, sr->subs[k]->filter.data, sr->subs[k]->filter.len, NULL, 0);
+        if (rc == 0 && mark && sr->node != node && sr->n_subs && !sr->has_kept_for)
+            rc = record_mark(x, recs.keys[i], recs.lens[i], sr, node);
         starling__cmd__session_record__free_unpacked(sr, NULL);
     }
     for (size_t i = 0; i < recs.n; i++)
@@ -726,12 +761,12 @@ static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist
  * yet (their messages are held for them). With `keepers`, each route kept
  * holds the number of those records that need it (keepers_drop takes
  * them away one by one): OK also when only a count changed. */
-static int apply_node_down(struct rtable_txn *x, uint64_t node, bool keepers)
+static int apply_node_down(struct rtable_txn *x, uint64_t node, bool keepers, bool mark)
 {
     if (node == 0)
         return FSM_INVALID;
     struct keylist kept = {0}, routes = {0};
-    int rc = node_kept_filters(x, node, &kept);
+    int rc = node_kept_filters(x, node, &kept, keepers && mark);
     struct keyref *ks = NULL;
     if (rc == 0 && kept.n) {
         ks = malloc(kept.n * sizeof(*ks));
@@ -816,7 +851,8 @@ static int apply_one(struct rtable_txn *x, const Starling__Cmd__Command *c, uint
         return apply_session_record(x, c->session_record, index, pruned);
     case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
         return apply_node_down(x, c->node_down->node,
-                               c->node_down->has_keepers && c->node_down->keepers);
+                               c->node_down->has_keepers && c->node_down->keepers,
+                               c->node_down->has_owners_marked && c->node_down->owners_marked);
     case STARLING__CMD__COMMAND__CMD_ADMIN_PUT:
     case STARLING__CMD__COMMAND__CMD_ADMIN_DELETE:
         return apply_admin(x, c);
@@ -867,10 +903,12 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
     routes_write_begin(f->routes);
     for (size_t i = 0; i < b->n_commands; i++) {
         const Starling__Cmd__Command *c = b->commands[i];
-        if (f->pruned[i]) {
+        for (int j = 0; j < 2; j++) {
+            if (!f->pruned[i][j])
+                continue;
             /* a record left a dead node: its counted routes (keepers_drop) */
             struct kept_routes k = {0};
-            routes_reload_node(f, f->pruned[i], &k);
+            routes_reload_node(f, f->pruned[i][j], &k);
             bool rel = c->cmd_case == STARLING__CMD__COMMAND__CMD_SESSION_RELEASE;
             const ProtobufCBinaryData *id =
                 rel ? &c->session_release->client_id : &c->session_record->client_id;
@@ -878,7 +916,7 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
                 at += (size_t)snprintf(
                     gone + at, sizeof(gone) - at, "; %s('%.*s') left %016llx: %zu gone, %zu kept",
                     rel ? "SessionRelease" : "SessionRecord", (int)(id->len < 64 ? id->len : 64),
-                    (const char *)id->data, (unsigned long long)f->pruned[i],
+                    (const char *)id->data, (unsigned long long)f->pruned[i][j],
                     k.before > k.after ? k.before - k.after : 0, k.after);
         }
         if (results[i] != FSM_OK)
@@ -959,8 +997,8 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
         }
         res->n = b ? (uint32_t)b->n_commands : 0;
         for (uint32_t i = 0; rc == 0 && i < res->n; i++) {
-            f->pruned[i] = 0;
-            int r = apply_one(x, b->commands[i], index, &f->pruned[i]);
+            f->pruned[i][0] = f->pruned[i][1] = 0;
+            int r = apply_one(x, b->commands[i], index, f->pruned[i]);
             if (r < 0)
                 rc = r;
             else
@@ -1089,6 +1127,28 @@ uint64_t fsm_routes_index(struct fsm *f)
 struct routes *fsm_routes(struct fsm *f)
 {
     return f->routes;
+}
+
+int fsm_route_own(struct fsm *f, uint64_t node, const char *filter, size_t len)
+{
+    if (len == 0 || len > RTABLE_MAX_KEY)
+        return -EINVAL;
+    unsigned char *key;
+    size_t klen;
+    ProtobufCBinaryData fb = {len, (uint8_t *)filter};
+    if (route_key(&key, &klen, node, &fb))
+        return -ENOMEM;
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc == 0) {
+        const void *v;
+        size_t vlen;
+        rc = rtable_get(x, RTABLE_ROUTES, key, klen, &v, &vlen);
+        rc = rc == 0 ? vlen == 0 : rc == -ENOENT ? 0 : rc;
+        rtable_abort(x);
+    }
+    free(key);
+    return rc;
 }
 
 int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t *node,

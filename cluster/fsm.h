@@ -163,6 +163,11 @@ struct routes *fsm_routes(struct fsm *f);
 int fsm_test_corrupt(struct fsm *f);
 #endif
 
+/* Whether the route table holds node's route of filter as the node's own:
+ * 1 yes; 0 when it holds none, or one a NodeDown kept and counted (it goes
+ * with the records that keep it, NodeDown.keepers); or a negative errno. */
+int fsm_route_own(struct fsm *f, uint64_t node, const char *filter, size_t len);
+
 /* The owner of client_id: 0 with node and epoch set, or -ENOENT. */
 int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t *node,
                      uint64_t *epoch);

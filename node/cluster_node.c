@@ -323,6 +323,11 @@ static void route_queue(struct cluster_node *cn, const char *filter, size_t len,
                 : cmd_route_remove(cn->pending, filter, len, cn->self);
     if (r == 0) {
         cn->queued++;
+        if (add && len <= sizeof(cn->last_add)) {
+            memcpy(cn->last_add, filter, len);
+            cn->last_add_len = len;
+            cn->last_add_ticket = cn->queued;
+        }
         cn_kick(cn);
     } else {
         log_error("cluster: cannot queue the route of '%.*s': %s", (int)len, filter, strerror(-r));
@@ -376,6 +381,40 @@ static void cn_filter_added(void *ud, const char *filter, size_t len)
 static void cn_filter_removed(void *ud, const char *filter, size_t len)
 {
     route_queue(ud, filter, len, false);
+}
+
+/* route_ops.filter_joined: another local subscriber of a filter. Its
+ * SUBACK waits only for this node's queued route changes, so the route
+ * must be among them or in the table as this node's own. It may be
+ * neither: a NodeDown of this node applied while it ran takes the routes
+ * no session record keeps, and a record that left this node takes the
+ * counted ones (NodeDown.keepers), while the filter stays in the index
+ * for an old copy of a moved session (claimed away, moving out) or a
+ * session the NodeDown answer (taken_for_dead) has not looked at yet.
+ * Without a route proposed, main's build answered such a subscriber's
+ * SUBACK at once, and what other nodes published never came until the
+ * routes were proposed again (seconds when the glue's thread was late) or
+ * the copy ended and it subscribed again. Now the route is proposed again
+ * (idempotent; a route counted by a NodeDown becomes this node's own),
+ * and the SUBACK waits for it everywhere. One read of the table per
+ * subscriber joining; none while the filter's last RouteAdd is still to
+ * commit (a burst of subscribers to one filter). */
+static void cn_filter_joined(void *ud, const char *filter, size_t len)
+{
+    struct cluster_node *cn = ud;
+    if (atomic_load(&cn->stopped))
+        return;
+    pthread_mutex_lock(&cn->mu);
+    bool pending = cn->last_add_ticket > cn->committed && cn->last_add_len == len &&
+                   memcmp(cn->last_add, filter, len) == 0;
+    pthread_mutex_unlock(&cn->mu);
+    if (pending)
+        return;
+    /* before the cluster's start (the store loading): the first batch
+     * holds every filter of the index */
+    if (!cn->fsm || fsm_route_own(cn->fsm, cn->self, filter, len) == 1)
+        return;
+    route_queue(cn, filter, len, true);
 }
 
 struct nodes_acc {
@@ -843,6 +882,7 @@ static void cn_identify(void *ud, struct msg *m)
 static const struct route_ops cluster_route_ops = {
     .filter_added = cn_filter_added,
     .filter_removed = cn_filter_removed,
+    .filter_joined = cn_filter_joined,
     .remote_nodes = cn_remote_nodes,
     .forward = cn_forward,
     .sync = cn_sync,

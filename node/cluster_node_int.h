@@ -91,7 +91,13 @@ struct cluster_node {
     uint64_t committed;        /* mu: last ticket committed */
     uint64_t committed_index;  /* mu: Raft index of the batch that committed it */
     uint64_t everywhere;       /* mu: last ticket applied on every live member */
-    struct waiter *waiters;    /* mu */
+    /* mu: the filter of the last RouteAdd queued and its ticket: a
+     * subscriber joining it before that commits needs no other
+     * (cluster_node.c, cn_filter_joined) */
+    char last_add[256];
+    size_t last_add_len;
+    uint64_t last_add_ticket;
+    struct waiter *waiters; /* mu */
     /* the batch in flight (mu) */
     void *inflight;
     size_t inflight_len;

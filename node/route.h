@@ -3,7 +3,8 @@
  *
  * The subscription index calls filter_added when the node gains its first
  * local subscriber of a filter and filter_removed when it loses its last one
- * (shared subscriptions count per "$share/group/filter" string). The publish
+ * (shared subscriptions count per "$share/group/filter" string), and
+ * filter_joined (optional) for every other subscriber it gains. The publish
  * path calls remote_nodes to learn which other nodes have a matching route.
  * On a single node the local implementation (route_local_ops) keeps a count of
  * routes and reports no remote nodes; the cluster replaces it with the
@@ -27,6 +28,13 @@ struct worker;
 struct route_ops {
     void (*filter_added)(void *ud, const char *filter, size_t len);
     void (*filter_removed)(void *ud, const char *filter, size_t len);
+    /* Optional. A subscriber joined a filter that had a local subscriber
+     * already: the cluster proposes the route again when the replicated
+     * table does not hold it as this node's own (it may have gone with a
+     * NodeDown of this node or a record that left it, while an old copy of
+     * a moved session held the filter here): "a SUBACK means the route is
+     * everywhere" for every subscriber, not only the first. */
+    void (*filter_joined)(void *ud, const char *filter, size_t len);
     /* Fill nodes[0..max) with the ids (64-bit cluster node ids) of other
      * nodes that have a route matching topic; return how many there are
      * (may exceed max: then only max were written). */

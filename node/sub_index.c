@@ -613,6 +613,12 @@ static void sub_route_added(struct sub_index *idx, const char *filter, size_t le
         idx->ops->filter_added(idx->ud, filter, len);
 }
 
+static void sub_route_joined(struct sub_index *idx, const char *filter, size_t len)
+{
+    if (idx->ops && idx->ops->filter_joined)
+        idx->ops->filter_joined(idx->ud, filter, len);
+}
+
 static void sub_route_removed(struct sub_index *idx, const char *filter, size_t len)
 {
     if (idx->ops && idx->ops->filter_removed)
@@ -673,6 +679,8 @@ static int sub_index_add_locked(struct sub_index *idx, const char *filter, size_
     idx->count++;
     if (l->n == 1)
         sub_route_added(idx, filter, len);
+    else
+        sub_route_joined(idx, filter, len);
     return 0;
 }
 

@@ -2539,3 +2539,57 @@ def test_session_back_on_its_returning_node_gets_what_is_published(cluster_facto
     assert len(again) == len(first + then), "QoS 2 messages delivered twice"
     s.disconnect()
     p.disconnect()
+
+
+
+def test_subscriber_beside_a_returning_nodes_copy_gets_what_is_published(cluster_factory,
+                                                                          tmp_path):
+    """Issue 10, "a SUBACK means the route is everywhere" after a node's
+    return: a persistent QoS 2 subscriber S of node B; B is SIGSTOPped and
+    taken for dead (NodeDown counts B's route for S, whose record names
+    B); S resumes on A from its record, which takes that route. B
+    continues: its copy of S, claimed away, still holds S's filter in B's
+    index (held here by STARLING_TEST_MOVING_HOLD), and B has not proposed
+    its routes again yet (its glue's thread late, as under load: held by
+    STARLING_TEST_REANNOUNCE_HOLD). Another client S2 subscribes on B to
+    the same filter: the index had a local subscriber of it already, so
+    main's build proposed no route, answered the SUBACK at once, and what
+    C published then never reached S2. Now a subscriber joining a filter
+    whose route this node does not hold as its own proposes it again, and
+    the SUBACK waits for it: S2 gets everything, while the copy is there
+    and after it ended."""
+    hold = tmp_path / "moving-hold"
+    again = tmp_path / "reannounce-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold),
+                                       STARLING_TEST_REANNOUNCE_HOLD=str(again)))
+    cn, b, a, cid, topic, s = resumed_while_taken_for_dead(c, "beside")
+    bid = f"{faults.node_id(b):016x}"
+    hold.write_text("")
+    again.write_text("")
+    resume(b)
+    # B applied A's record of S, which took B's route for S's filter
+    left = f"SessionRecord('{cid}') left {bid}: 1 gone"
+    wait_until(lambda: left in b.logtext(), 30, f"{b.name} applying A's record of {cid}")
+    s2 = PahoClient(b, uid("beside2"), 5, clean=True, properties=session_props())
+    s2.connect()
+    assert s2.subscribe(topic + "/#", qos=2) == [2]
+    p = PahoClient(cn, uid("besidep"), 5)
+    p.connect()
+    first = [f"m{k}".encode() for k in range(10)]
+    for m in first:
+        p.publish(topic + "/x", m, qos=2)
+    got = delivered_before_a_marker(s2, p, topic)
+    # B answers its NodeDown, the copy ends: only S2 holds the filter on B
+    again.unlink()
+    hold.unlink()
+    ended = f"the old copy of '{cid}' ends"
+    wait_until(lambda: ended in b.logtext(), 30, f"{b.name}'s copy of {cid} ending")
+    then = [f"n{k}".encode() for k in range(10)]
+    for m in then:
+        p.publish(topic + "/x", m, qos=2)
+    got += delivered_before_a_marker(s2, p, topic)
+    assert got == first + then
+    s.disconnect()
+    s2.disconnect()
+    p.disconnect()

@@ -450,11 +450,14 @@ static void test_session_records_and_node_down(void)
     rmdir_free(d);
 }
 
-/* A NodeDown as a build before NodeDown.keepers wrote it (no count). */
-static int apply_old_node_down(struct fsm *f, uint64_t index, uint64_t node)
+/* A NodeDown as a build before NodeDown.keepers wrote it (no count), or
+ * (keepers) before NodeDown.owners_marked. */
+static int apply_node_down_of(struct fsm *f, uint64_t index, uint64_t node, bool keepers)
 {
     Starling__Cmd__NodeDown m = STARLING__CMD__NODE_DOWN__INIT;
     m.node = node;
+    m.has_keepers = keepers;
+    m.keepers = keepers;
     Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
     c.cmd_case = STARLING__CMD__COMMAND__CMD_NODE_DOWN;
     c.node_down = &m;
@@ -477,6 +480,11 @@ static int apply_old_node_down(struct fsm *f, uint64_t index, uint64_t node)
 
 /* The entries of test_node_down_keepers, one per index (1..KEEPERS_N). */
 #define KEEPERS_N 7
+static int apply_old_node_down(struct fsm *f, uint64_t index, uint64_t node)
+{
+    return apply_node_down_of(f, index, node, false);
+}
+
 static void keepers_entry(struct cmd_batch *b, int i)
 {
     struct cmd_session_sub s1[] = {{S("a/#"), 2, 0}, {S("sh/+"), 2, 0}};
@@ -666,6 +674,91 @@ static void test_node_down_keepers(void)
     rmdir_free(d);
     rmdir_free(d2);
     rmdir_free(d3);
+}
+
+/*
+ * NodeDown.owners_marked: a record that the registry gives to the dead
+ * node while it still names another one (the node claimed the session and
+ * died before writing its own record) keeps the dead node's route, counted;
+ * when the session moves on (a third node's record), that count goes too,
+ * on every node alike. A NodeDown of the build before (keepers, no marks)
+ * kept the route until the next NodeDown, and replays so.
+ */
+static void test_node_down_owner_kept(void)
+{
+    struct cmd_session_sub s1[] = {{S("m/#"), 2, 0}};
+    char *d = tmpdir(), *d2 = tmpdir();
+    struct fsm *f = open_fsm(d), *f2 = open_fsm(d2);
+    struct cmd_batch *b = cmd_batch_new();
+    for (int run = 0; run < 2; run++) {
+        struct fsm *g = run ? f2 : f;
+        /* m1 owned by node 6 (its record), then claimed by node 5, whose
+         * routes commit, and which dies before its record */
+        cmd_route_add(b, S("m/#"), 6);
+        cmd_session_claim(b, S("m1"), 6, 1);
+        cmd_session_record(b, S("m1"), 6, 1, 100, 5, NULL, s1, 1, 0);
+        cmd_session_claim(b, S("m1"), 5, 2);
+        cmd_route_add(b, S("m/#"), 5);
+        CU_ASSERT_EQUAL_FATAL(apply(g, 1, b), 0);
+        if (run) {
+            CU_ASSERT_EQUAL_FATAL(apply_node_down_of(g, 2, 5, true), 0);
+        } else {
+            cmd_node_down(b, 5);
+            CU_ASSERT_EQUAL_FATAL(apply(g, 2, b), 0);
+        }
+        CU_ASSERT_EQUAL(route_count_of(g, "m/x", 5), 1); /* kept for m1 */
+        /* m1 resumed on node 7 from its record: routes, then record */
+        cmd_session_claim(b, S("m1"), 7, 3);
+        cmd_route_add(b, S("m/#"), 7);
+        CU_ASSERT_EQUAL_FATAL(apply(g, 3, b), 0);
+        CU_ASSERT_EQUAL(route_count_of(g, "m/x", 5), 1); /* a claim takes nothing */
+        cmd_session_record(b, S("m1"), 7, 3, 100, 5, NULL, s1, 1, 0);
+        CU_ASSERT_EQUAL_FATAL(apply(g, 4, b), 0);
+        CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+        /* the marked record took node 5's count: nothing more for m1 is
+         * forwarded to node 5; the build before kept it */
+        CU_ASSERT_EQUAL(route_count_of(g, "m/x", 5), run ? 1 : 0);
+        CU_ASSERT_EQUAL(route_count_of(g, "m/x", 7), 1);
+        CU_ASSERT_EQUAL(fsm_node_routes(g, 5), run ? 1 : 0);
+        assert_checksum_consistent(g);
+    }
+    /* the same entries on another machine: the same tables */
+    char *d3 = tmpdir();
+    struct fsm *f3 = open_fsm(d3);
+    cmd_route_add(b, S("m/#"), 6);
+    cmd_session_claim(b, S("m1"), 6, 1);
+    cmd_session_record(b, S("m1"), 6, 1, 100, 5, NULL, s1, 1, 0);
+    cmd_session_claim(b, S("m1"), 5, 2);
+    cmd_route_add(b, S("m/#"), 5);
+    CU_ASSERT_EQUAL_FATAL(apply(f3, 1, b), 0);
+    cmd_node_down(b, 5);
+    CU_ASSERT_EQUAL_FATAL(apply(f3, 2, b), 0);
+    void *snap;
+    size_t snap_len;
+    CU_ASSERT_EQUAL_FATAL(fsm_snapshot(f3, &snap, &snap_len), 0);
+    struct fsm *f4 = NULL;
+    char *d4 = tmpdir();
+    f4 = open_fsm(d4);
+    CU_ASSERT_EQUAL(fsm_restore(f4, snap, snap_len, false, NULL), 0);
+    free(snap);
+    for (struct fsm **g = (struct fsm *[]){f3, f4, NULL}; *g; g++) {
+        cmd_session_claim(b, S("m1"), 7, 3);
+        cmd_route_add(b, S("m/#"), 7);
+        CU_ASSERT_EQUAL_FATAL(apply(*g, 3, b), 0);
+        cmd_session_record(b, S("m1"), 7, 3, 100, 5, NULL, s1, 1, 0);
+        CU_ASSERT_EQUAL_FATAL(apply(*g, 4, b), 0);
+        CU_ASSERT_EQUAL(fsm_checksum(*g), fsm_checksum(f));
+        CU_ASSERT_EQUAL(route_count_of(*g, "m/x", 5), 0);
+    }
+    cmd_batch_free(b);
+    fsm_close(f);
+    fsm_close(f2);
+    fsm_close(f3);
+    fsm_close(f4);
+    rmdir_free(d);
+    rmdir_free(d2);
+    rmdir_free(d3);
+    rmdir_free(d4);
 }
 
 static void test_long_keys(void)
@@ -1299,6 +1392,7 @@ int main(void)
     CU_add_test(s, "members and node purge", test_members_and_purge);
     CU_add_test(s, "session records and node down", test_session_records_and_node_down);
     CU_add_test(s, "node down: counted routes go with their records", test_node_down_keepers);
+    CU_add_test(s, "node down: a record counted for its registry owner", test_node_down_owner_kept);
     CU_add_test(s, "long keys", test_long_keys);
     CU_add_test(s, "malformed entry", test_malformed_entry);
     CU_add_test(s, "checksum across environments", test_checksum_across_environments);
