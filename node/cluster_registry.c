@@ -1003,8 +1003,16 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
     }
     if (!s) /* the request came before this node applied the claim */
         s = registry_local_surrender(cn->b, id, len, true);
-    if (!s) /* a stored copy that the start-up pass found claimed away */
+    bool known = false; /* s's claim known (in memory), or s found claimed away */
+    if (s) {
+        lock_acquire(&s->lock);
+        known = s->epoch != 0;
+        lock_release(&s->lock);
+    }
+    if (!s) { /* a stored copy that the start-up pass found claimed away */
         s = cn_moving_take(cn, id, len, from, r->epoch);
+        known = s != NULL;
+    }
     pthread_mutex_unlock(&cn->reg_mu);
     /* A copy of an older claim than the last owner's before the claimant
      * (a stored one that the start-up pass sent on, and whose claimant's
@@ -1013,8 +1021,11 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
      * one directly, and is not handed on (as the copy's late messages
      * leave it out: cluster_session.c, owner_routed_index). The session
      * the registry named this node's (its claim the last before this one)
-     * is not concerned: no owner came after it. */
-    uint64_t direct = s ? cn_copy_owners_index(cn, s, from) : 0;
+     * is not concerned: no owner came after it. Nor a stored session
+     * asked before the start-up pass named it this node's (its claim not
+     * known yet: a stored epoch lower than its last claim would leave out
+     * what came to this node alone): everything goes, at least once. */
+    uint64_t direct = known ? cn_copy_owners_index(cn, s, from) : 0;
     state_send(cn, from, &r->client_id, r->epoch, s, direct);
     if (s) /* what still arrives for it follows it (cluster_session.c) */
         cn_moving_add(cn, s, from, r->epoch, false);
