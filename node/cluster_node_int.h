@@ -234,6 +234,11 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
  * channels' reconnection grace all go to `to`, then s ends. */
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
                    bool now);
+/* For s, a copy going to `to`: the route table index from which a later
+ * owner than s's own claim had its routes everywhere (the record's owners),
+ * so that what was routed since reached that owner directly; 0 when none
+ * is known (or s has a shared subscription). */
+uint64_t cn_copy_owners_index(struct cluster_node *cn, struct session *s, uint64_t to);
 /* A `now` copy of id (no state sent yet) moving to `to` for claim `epoch`,
  * taken out of the moving list (its reference), or NULL: the claimant asks
  * for its state after all (a stored session the start-up pass found claimed

@@ -823,8 +823,13 @@ void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q)
     }
 }
 
+/* The state of s (NULL: not found) to `to`, claimant of `epoch`. Left out:
+ * s's queued messages routed at or past `direct` (not 0), which reached a
+ * later owner than s's claim directly (cn_copy_owners_index), and their
+ * identities, which the claimant would otherwise take for had when that
+ * owner passes them on. Those sent to s's client keep their exchange. */
 static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBinaryData *id,
-                       uint64_t epoch, struct session *s)
+                       uint64_t epoch, struct session *s, uint64_t direct)
 {
     Starling__Chan__SessionState st = STARLING__CHAN__SESSION_STATE__INIT;
     st.client_id = *id;
@@ -835,8 +840,15 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     Starling__Chan__SessionMessage *msgs = NULL, **msgp = NULL;
     uint32_t *q2 = NULL;
     Starling__Chan__SeenRange *seen = NULL, **seenp = NULL;
+    size_t left_out = 0;
     if (s) {
         lock_acquire(&s->lock);
+        for (struct qmsg *q = direct ? s->queue.head : NULL; q; q = q->next)
+            if (q->state == MSG_STATE_QUEUED && q->m->route_index >= direct) {
+                left_out++;
+                if (s->seen && q->m->id_node && q->m->id_seq)
+                    msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
+            }
         size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
         if (n_seen && (seen = calloc(n_seen, sizeof(*seen))) &&
             (seenp = calloc(n_seen, sizeof(*seenp)))) {
@@ -877,6 +889,8 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
             const struct qlist *lists[2] = {&s->inflight, &s->queue};
             for (int l = 0; l < 2; l++)
                 for (struct qmsg *q = lists[l]->head; q && k < n_msgs; q = q->next) {
+                    if (direct && q->state == MSG_STATE_QUEUED && q->m->route_index >= direct)
+                        continue;
                     Starling__Chan__SessionMessage *m = &msgs[k];
                     cn_msg_fill(m, q);
                     msgp[k++] = m;
@@ -947,6 +961,10 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     if (r < 0)
         log_warn("cluster: the session of '%.*s' could not be sent: %s", (int)id->len,
                  (const char *)id->data, strerror(-r));
+    else if (left_out)
+        log_info("cluster: %zu message(s) of '%.*s' left out of its state: routed from index "
+                 "%llu on, they reached a later owner than this copy's claim directly",
+                 left_out, (int)id->len, (const char *)id->data, (unsigned long long)direct);
     free(subs);
     free(subp);
     free(msgs);
@@ -970,7 +988,7 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
         (epoch > r->epoch || (epoch == r->epoch && owner != from))) {
         /* a later claim won since (or the requester is not the owner):
          * the session is not the requester's to take */
-        state_send(cn, from, &r->client_id, r->epoch, NULL);
+        state_send(cn, from, &r->client_id, r->epoch, NULL, 0);
         return;
     }
     pthread_mutex_lock(&cn->reg_mu);
@@ -985,10 +1003,30 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
     }
     if (!s) /* the request came before this node applied the claim */
         s = registry_local_surrender(cn->b, id, len, true);
-    if (!s) /* a stored copy that the start-up pass found claimed away */
+    bool known = false; /* s's claim known (in memory), or s found claimed away */
+    if (s) {
+        lock_acquire(&s->lock);
+        known = s->epoch != 0;
+        lock_release(&s->lock);
+    }
+    if (!s) { /* a stored copy that the start-up pass found claimed away */
         s = cn_moving_take(cn, id, len, from, r->epoch);
+        known = s != NULL;
+    }
     pthread_mutex_unlock(&cn->reg_mu);
-    state_send(cn, from, &r->client_id, r->epoch, s);
+    /* A copy of an older claim than the last owner's before the claimant
+     * (a stored one that the start-up pass sent on, and whose claimant's
+     * request, held in the channel while this node was down, came after
+     * all): what was routed once a later owner had its routes reached that
+     * one directly, and is not handed on (as the copy's late messages
+     * leave it out: cluster_session.c, owner_routed_index). The session
+     * the registry named this node's (its claim the last before this one)
+     * is not concerned: no owner came after it. Nor a stored session
+     * asked before the start-up pass named it this node's (its claim not
+     * known yet: a stored epoch lower than its last claim would leave out
+     * what came to this node alone): everything goes, at least once. */
+    uint64_t direct = known ? cn_copy_owners_index(cn, s, from) : 0;
+    state_send(cn, from, &r->client_id, r->epoch, s, direct);
     if (s) /* what still arrives for it follows it (cluster_session.c) */
         cn_moving_add(cn, s, from, r->epoch, false);
 }

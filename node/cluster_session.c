@@ -561,7 +561,7 @@ static void seen_forget_direct(struct session *s, const struct qmsg *late, uint6
  * table from the current index on has them (+ 1: the record's entry may
  * be committed and its index not yet published to fsm_routes_index). */
 static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t to, uint64_t own, uint64_t stored)
+                                   uint64_t to, uint64_t own, uint64_t stored, bool owners_only)
 {
     void *buf;
     size_t blen;
@@ -626,21 +626,32 @@ static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint
     if (from && !own)
         log_debug("cluster: the stored copy of '%.*s' takes its claim for %llu (stored %llu)",
                   (int)len, id, (unsigned long long)mine, (unsigned long long)stored);
-    if (from)
+    if (from || owners_only)
         return from;
     if (node != to)
         return 0;
     return named ? fsm_routes_index(cn->fsm) + 1 : 0;
 }
 
+uint64_t cn_copy_owners_index(struct cluster_node *cn, struct session *s, uint64_t to)
+{
+    lock_acquire(&s->lock);
+    uint64_t own = s->epoch, stored = s->stored_epoch;
+    bool shared = subs_shared(s);
+    lock_release(&s->lock);
+    return shared ? 0 : owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, true);
+}
+
 /* s, an old copy moving out to `to`, takes no more what reaches its owner
- * directly, once that is known (owner_routed_index). */
-static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64_t to)
+ * directly, once that is known (owner_routed_index; `owners_only`: by the
+ * owners rule alone). */
+static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64_t to,
+                              bool owners_only)
 {
     lock_acquire(&s->lock);
     uint64_t own = s->epoch, stored = s->stored_epoch;
     lock_release(&s->lock);
-    uint64_t direct = owner_routed_index(cn, s->client_id, s->id_len, to, own, stored);
+    uint64_t direct = owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, owners_only);
     lock_acquire(&s->lock);
     if (!s->direct_from && !subs_shared(s))
         s->direct_from = direct;
@@ -677,8 +688,18 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
     lock_acquire(&s->lock);
     s->direct_from = 0;
     lock_release(&s->lock);
-    if (now && to != cn->self) /* this node: one index, nothing comes "directly" */
-        moving_direct_set(cn, s, to);
+    /* this node: one index, nothing comes "directly". A copy whose state
+     * went to its claimant (not `now`) by the owners rule alone: what was
+     * routed once a later owner than its own claim had its routes reached
+     * that owner (cn_registry_on_request). Before, such a copy (a stored
+     * one, sent on at start-up, then asked for its state after all) lost
+     * the rule with its state and took everything that came for it
+     * afterwards, among it what the claimant had got directly (forwards
+     * held for this node while it was down), and sent it on as late
+     * messages: chaos seed 1188520366 with --more, 312 QoS 2 duplicates
+     * once the claimant, restarted, no longer knew their identities. */
+    if (to != cn->self)
+        moving_direct_set(cn, s, to, !now);
     x->s = s;
     x->to = to;
     x->epoch = epoch;
@@ -1448,7 +1469,7 @@ static void restart_pass(struct cluster_node *cn)
         }
     pthread_mutex_unlock(&cn->reg_mu);
     for (size_t i = 0; i < c.n; i++) {
-        moving_direct_set(cn, c.v[i], to[i]);
+        moving_direct_set(cn, c.v[i], to[i], false);
         session_unref(c.v[i]);
     }
     free(c.v);

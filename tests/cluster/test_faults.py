@@ -2593,3 +2593,55 @@ def test_subscriber_beside_a_returning_nodes_copy_gets_what_is_published(cluster
     s.disconnect()
     s2.disconnect()
     p.disconnect()
+SEEN_RECORD_S = 60  # SESSION_SEEN_RECORD_MS (node/session.h)
+
+
+def test_restarted_copy_asked_for_its_state_leaves_out_what_its_claimant_had(cluster_factory,
+                                                                             tmp_path):
+    """Chaos seed 1188520366 with --more (312 QoS 2 duplicates), made
+    deterministic: a persistent QoS 2 subscriber S, offline, on node B. B
+    is SIGKILLed; S's client connects to A at once, whose claim asks B for
+    the state (B is not taken for dead: no NodeDown, B's route stays), gets
+    no answer and resumes S from its record. B starts again: its stored
+    copy of S, claimed away, is sent on to A, and then A's request, held in
+    the channel while B was down, comes: the copy goes to A as a state
+    after all, and collects what still comes for it (its end held by
+    STARLING_TEST_MOVING_HOLD). Once A's session no longer records the
+    identities it gets (SESSION_SEEN_RECORD_MS after the state came: in the
+    chaos run, A was restarted and its session rebuilt from the record
+    instead), S gets M0..M19, published on C, on A; B's copy gets them too.
+    Before, the copy lost the owners rule with its state, took M0..M19 and
+    sent them to A, which delivered all 20 again; now a copy of an older
+    claim than the last owner's leaves out, from its state and from what
+    it collects, what was routed once that owner had its routes
+    everywhere."""
+    moving_hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_CLUSTER_DOWN_AFTER="120000",
+                                       STARLING_TEST_MOVING_HOLD=str(moving_hold)))
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "askedcopy", "ak/t")
+    bid, aid = f"{faults.node_id(b):016x}", f"{faults.node_id(a):016x}"
+    moving_hold.write_text("")
+    kill(b)
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    assert f"no session state for '{cid}' from its old node" in a.logtext()
+    start = len(b.logtext())
+    b.start()
+    # B answers A's request with its stored copy (a state that came late)
+    late_state = f"the session state of '{cid}' from {bid} came after its claim went on"
+    wait_until(lambda: late_state in a.logtext(), 60, f"{b.name} answering {a.name}'s request")
+    assert re.search(rf"the session of '{re.escape(cid)}' moved to {aid} \(claim \d+\)\n",
+                     b.logtext()[start:])
+    # a fixed window of the broker's (no event tells its end): A's session
+    # records no identity from then on
+    time.sleep(SEEN_RECORD_S + 2)
+    p = PahoClient(cn, uid("askedcopyp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [s.get(WAIT).payload for _ in sent] == sent
+    moving_hold.unlink()  # B's copy sends what it holds to A
+    none_again_after_late_messages(b, a, cid, s, p, topic, "asked copy", 60)
