@@ -246,8 +246,7 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
             r = (uint64_t)rec->next_packet_id - 1u + 65535u / 2u;
         else if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
             r = broker_now_mono_ms();
-        s->next_seq = r % 65535u;
-        s->record_seq = s->next_seq + 1;
+        session_record_resume(s, r % 65535u);
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
         if (rec->username)
