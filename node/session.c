@@ -229,10 +229,10 @@ static void pub_flow_add(struct pub_flow *flow, struct session *s)
         flow->slow[flow->n_slow++] = session_ref(s);
 }
 
-/* The sequence number of a new message of s: the next one, past those
- * that adopted exchanges hold (session_adopt_exchange). s->lock held. */
 static void pids_used_note(struct session *s, uint64_t lo, uint64_t hi);
 
+/* The sequence number of a new message of s: the next one, past those
+ * that adopted exchanges hold (session_adopt_exchange). s->lock held. */
 static uint64_t session_next_seq(struct session *s)
 {
     uint64_t from = s->next_seq;
@@ -807,7 +807,8 @@ int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint
      * (session_restore_msg), and no message of s has it (those before
      * next_seq are older; another adopted exchange with it would have pid
      * in flight). New messages skip it (session_next_seq). next_seq itself
-     * stays: it tells which ids this session used (pids_used). */
+     * stays (the adopted id is not one this session handed out:
+     * pids_used). */
     q->seq = persist_seq_of_pid(s->next_seq, pid);
     if (q->seq >= s->adopt_seq_end)
         s->adopt_seq_end = q->seq + 1;

@@ -174,7 +174,8 @@ struct session {
     uint64_t record_seq;
     /* cluster: the sequence numbers a session resumed from its record
      * handed out since (session_next_seq), as ranges [lo, hi) in order;
-     * their packet ids are the ones it used (pid_used_since_record). Kept
+     * their packet ids are the ones it used
+     * (session_pid_used_since_record). Kept
      * apart from next_seq, which a fold moves past an old copy's stored
      * rows (copy_rows_del) without using the ids in between: counted as
      * used, they refused the dead owner's exchanges past PUBREC when it
