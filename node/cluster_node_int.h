@@ -254,8 +254,10 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
  * session's are written, so that their end does not delete those and their
  * leftovers do not load into the new session at the next start); what they
  * held stays with them, in memory, for cn_moving_fold. `whole_from`: the
- * node whose state the new session brought (a takeover; 0: none): a copy
- * moving out to that node leaves out of the fold what reached it directly.
+ * node that owned the session before this claim (whose state the new
+ * session brought, or, dead, whose record it resumed from; 0: none): a
+ * copy moving out to that node leaves out of the fold what reached it
+ * directly.
  * Returns the list (or NULL). cn->reg_mu held. */
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
                                    const struct session *keep, uint64_t whole_from);

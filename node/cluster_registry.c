@@ -339,9 +339,8 @@ static void claim_on_worker(void *ud)
             bool moved = k->incoming && !k->from_record;
             /* an old copy still moving out of here: what it holds comes
              * back to the session */
-            struct cn_moving *back =
-                cn_moving_detach(cn, k->id, k->req.id_len, k->incoming,
-                                 k->incoming && !k->from_record ? k->prev_node : 0);
+            struct cn_moving *back = cn_moving_detach(cn, k->id, k->req.id_len, k->incoming,
+                                                      k->incoming ? k->prev_node : 0);
             /* (a session that ends with its connection stores nothing,
              * and offline it would expire at once) */
             if (k->incoming && b->store && k->req.expiry != 0 && claim_stage(k)) {

@@ -246,8 +246,7 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
             r = (uint64_t)rec->next_packet_id - 1u + 65535u / 2u;
         else if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
             r = broker_now_mono_ms();
-        s->next_seq = r % 65535u;
-        s->record_seq = s->next_seq + 1;
+        session_record_resume(s, r % 65535u);
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
         if (rec->username)
@@ -369,8 +368,11 @@ static void copy_rows_del(struct cluster_node *cn, struct session *from, const c
         if (seqs[i] > top)
             top = seqs[i];
     lock_acquire(&w->lock);
-    if (w->next_seq <= top && top < UINT64_MAX)
-        w->next_seq = top + 1;
+    /* by whole turns of the id space: w's packet ids go on where they were
+     * (a session resumed from its record keeps its distance from the dead
+     * owner's ids; which ids it used is pids_used, not next_seq) */
+    if (w->next_seq <= top && top < UINT64_MAX - 65535u)
+        w->next_seq += (top - w->next_seq) / 65535u * 65535u + 65535u;
     uint64_t next = w->next_seq;
     size_t held_n = w->inflight.len + w->queue.len, k = 0;
     uint64_t *held = malloc((held_n ? held_n : 1) * sizeof(*held));
@@ -1765,13 +1767,16 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
          * id), or its client had it, or that node's copy passes it on when
          * it comes there late. Before, the fold took everything, and the
          * new session each identity once: it knows them only for what that
-         * node got in the 60 s after its move. Not after a resumption from
-         * the record: that node may have died with an exchange past PUBREC
-         * that the new session cannot take over (its packet id used
-         * since), and the fold's copy is then the only one its client gets
-         * (a fold that left such copies out lost up to 6 QoS 2 messages in
-         * 3 of 7 runs of test_killed_nodes_subscribers_resumed_elsewhere_
-         * repeatedly): at least once there. */
+         * node got in the 60 s after its move. After a resumption from the
+         * record (that node dead) too: its exchanges past PUBREC come back
+         * with it and are taken over, since the new session knows which
+         * packet ids it used (pids_used). Before that, a fold moved its
+         * next sequence number past this copy's rows and every id in
+         * between counted as used: such exchanges were refused, and with
+         * the fold leaving them out they were lost (up to 6 QoS 2 messages
+         * in 3 of 7 runs of test_killed_nodes_subscribers_resumed_
+         * elsewhere_repeatedly), so the rule was narrow and such a fold
+         * gave what that node had delivered again. */
         x->fold_direct = 0;
         moving_take(cn, x, &shared, whole_from && x->to == whole_from ? &x->fold_direct : NULL);
         /* out of the store now (a delete of every record of the id), before

@@ -229,10 +229,13 @@ static void pub_flow_add(struct pub_flow *flow, struct session *s)
         flow->slow[flow->n_slow++] = session_ref(s);
 }
 
+static void pids_used_note(struct session *s, uint64_t lo, uint64_t hi);
+
 /* The sequence number of a new message of s: the next one, past those
  * that adopted exchanges hold (session_adopt_exchange). s->lock held. */
 static uint64_t session_next_seq(struct session *s)
 {
+    uint64_t from = s->next_seq;
     while (s->next_seq < s->adopt_seq_end) {
         /* (only adopted exchanges are numbered at or after next_seq) */
         bool held = false, ahead = false;
@@ -248,6 +251,8 @@ static uint64_t session_next_seq(struct session *s)
     }
     if (s->next_seq >= s->adopt_seq_end)
         s->adopt_seq_end = 0;
+    /* the numbers skipped for adopted exchanges too: their ids are in use */
+    pids_used_note(s, from, s->next_seq + 1);
     return s->next_seq++;
 }
 
@@ -719,14 +724,52 @@ void session_resume_locked(struct broker *b, struct session *s)
     session_flush_locked(b, s);
 }
 
-/* Whether s used packet id pid since it was resumed from its record. */
-static bool pid_used_since_record(const struct session *s, uint16_t pid)
+void session_record_resume(struct session *s, uint64_t seq)
 {
-    uint64_t from = s->record_seq - 1;
-    uint64_t used = s->next_seq - from;
-    if (used >= 65535u)
-        return true;
-    return persist_seq_of_pid(from, pid) - from < used;
+    s->next_seq = seq;
+    s->record_seq = seq + 1;
+    s->n_pids_used = 0;
+}
+
+/* Sequence numbers [lo, hi) were handed out by s (session_next_seq). */
+static void pids_used_note(struct session *s, uint64_t lo, uint64_t hi)
+{
+    if (!s->record_seq || lo >= hi)
+        return;
+    struct seq_range *r = s->pids_used;
+    uint8_t n = s->n_pids_used;
+    if (n && r[n - 1].hi >= lo) {
+        if (hi > r[n - 1].hi)
+            r[n - 1].hi = hi;
+        return;
+    }
+    if (n == SESSION_PIDS_USED_MAX) {
+        /* the two nearest ranges become one, the gap between them used */
+        uint8_t k = 0;
+        for (uint8_t i = 1; i + 1 < n; i++)
+            if (r[i + 1].lo - r[i].hi < r[k + 1].lo - r[k].hi)
+                k = i;
+        r[k].hi = r[k + 1].hi;
+        memmove(&r[k + 1], &r[k + 2], (size_t)(n - k - 2) * sizeof(*r));
+        n--;
+    }
+    r[n].lo = lo;
+    r[n].hi = hi;
+    s->n_pids_used = (uint8_t)(n + 1);
+}
+
+bool session_pid_used_since_record(const struct session *s, uint16_t pid)
+{
+    if (!s->record_seq)
+        return false;
+    uint64_t total = 0;
+    for (uint8_t i = 0; i < s->n_pids_used; i++) {
+        const struct seq_range *r = &s->pids_used[i];
+        total += r->hi - r->lo;
+        if (persist_seq_of_pid(r->lo, pid) < r->hi)
+            return true;
+    }
+    return total >= 65535u;
 }
 
 int session_adopt_exchange_stored(struct broker *b, struct session *s, struct qmsg *q, uint16_t pid,
@@ -754,7 +797,7 @@ int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint
      * after a restart: left out, their clients kept the PUBLISH awaiting a
      * PUBREL that never came (test_killed_nodes_subscribers_resumed_
      * elsewhere_repeatedly, lost past PUBREC). */
-    if (pid_in_use(s, pid) || (s->record_seq && pid_used_since_record(s, pid)))
+    if (pid_in_use(s, pid) || session_pid_used_since_record(s, pid))
         return -EEXIST;
     q->pid = pid;
     q->state = state;
@@ -764,7 +807,8 @@ int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint
      * (session_restore_msg), and no message of s has it (those before
      * next_seq are older; another adopted exchange with it would have pid
      * in flight). New messages skip it (session_next_seq). next_seq itself
-     * stays: it tells which ids this session used (pid_used_since_record). */
+     * stays (the adopted id is not one this session handed out:
+     * pids_used). */
     q->seq = persist_seq_of_pid(s->next_seq, pid);
     if (q->seq >= s->adopt_seq_end)
         s->adopt_seq_end = q->seq + 1;

@@ -66,6 +66,9 @@ enum session_drop {
     SESSION_DROP_N
 };
 
+/* ranges of struct session.pids_used */
+#define SESSION_PIDS_USED_MAX 4
+
 struct session_sub {
     char *filter;
     uint16_t len;
@@ -165,10 +168,23 @@ struct session {
      * Not for shared subscriptions. Set by the claim (cluster_registry.c). */
     uint64_t routed_from;
     /* cluster: 1 + next_seq when the session was resumed here from its
-     * replicated record (0: it was not). The packet ids it used are those
-     * of its sequence numbers from there on; an older copy's unfinished
-     * QoS 2 exchanges may join with their own (session_adopt_exchange). */
+     * replicated record (0: it was not). The packet ids it used since are
+     * those of pids_used; an older copy's unfinished QoS 2 exchanges may
+     * join with their own (session_adopt_exchange). */
     uint64_t record_seq;
+    /* cluster: the sequence numbers a session resumed from its record
+     * handed out since (session_next_seq), as ranges [lo, hi) in order;
+     * their packet ids are the ones it used
+     * (session_pid_used_since_record). Kept
+     * apart from next_seq, which a fold moves past an old copy's stored
+     * rows (copy_rows_del) without using the ids in between: counted as
+     * used, they refused the dead owner's exchanges past PUBREC when it
+     * came back. More ranges than fit merge the two nearest (the gap
+     * counts as used: a refusal, never a packet id taken twice). */
+    struct seq_range {
+        uint64_t lo, hi;
+    } pids_used[SESSION_PIDS_USED_MAX];
+    uint8_t n_pids_used;
     /* 1 + the highest sequence number an adopted exchange took (at or
      * after next_seq then: session_adopt_exchange; 0: none): new messages
      * skip the ones such exchanges still hold, up to it */
@@ -316,6 +332,13 @@ struct qmsg *qmsg_new(struct msg *m, uint8_t qos, bool retain, const uint32_t *i
  * client's state of it is s's then), -EINVAL when s has ended or q is no
  * such exchange. s->lock held. */
 int session_adopt_exchange(struct session *s, struct qmsg *q, uint16_t pid, uint8_t state);
+/* s is resumed from its replicated record: its next new message gets
+ * sequence number seq, and the packet ids it uses from there on are
+ * recorded (record_seq, pids_used). s->lock held (or s not shared yet). */
+void session_record_resume(struct session *s, uint64_t seq);
+/* Whether s, resumed from its record, handed out packet id pid since
+ * (false for a session that was not). s->lock held. */
+bool session_pid_used_since_record(const struct session *s, uint16_t pid);
 /* session_adopt_exchange, and q into the store (into *bt) with its state,
  * under a sequence number that gives pid back after a restart, as the
  * session's own inflight messages are: before, an adopted exchange was in

@@ -2239,6 +2239,64 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     none_again_after_late_messages(b, cn, cid, s, p, topic, f"restarted copy {leaves}", 60)
 
 
+def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owner_had(
+        cluster_factory, tmp_path):
+    """The shape of test_killed_nodes_subscribers_resumed_elsewhere_
+    repeatedly and of chaos seed 1188520366 --more (QoS 2 duplicates after
+    a rolling SIGKILL), made deterministic: a persistent QoS 2 subscriber
+    S, offline, on node B; S's client connects to A, which takes S over
+    from B; B's copy of S, moving out to A, is held there
+    (STARLING_TEST_MOVING_HOLD) and collects M0..M19, published on C, which
+    S gets on A. A is SIGKILLed and S's client comes back to B: S resumes
+    there from A's record, and B's copy is folded into it. Before, such a
+    fold (after a resumption from the record, unlike one after a takeover)
+    took the copy's messages whole, and B delivered M0..M19 a second time.
+    Leaving them out had lost messages: the fold moved the session's next
+    sequence number past the copy's rows, every packet id in between
+    counted as used since the record, and A's exchanges past PUBREC were
+    refused. Now the session knows the ids it handed out (pids_used), and
+    the fold leaves out what reached A directly: nothing comes twice."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "foldrec", "fr/t")
+    hold.write_text("")
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
+    p = PahoClient(cn, uid("foldrecp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [s.get(WAIT).payload for _ in sent] == sent
+    # B's copy took M0..M19 once a marker forwarded after them reaches a
+    # subscriber on B (C's forwards to B come in order)
+    sync = uid("fr/sync")
+    q = PahoClient(b, uid("foldrecq"), 5, clean=True, properties=session_props())
+    q.connect()
+    assert q.subscribe(sync, qos=1) == [1]
+    p.publish(sync, b"sync", qos=1)
+    assert q.get(30).payload == b"sync"
+    q.stop()
+    kill(a)
+    s.stop()
+    s = PahoClient(b, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    hold.unlink()
+    log = b.logtext()
+    assert f"the session of '{cid}' resumed from its record" in log
+    assert f"'{cid}' is claimed here again while its old copy" in log
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[fold after the record] {len(again)} delivered again on {b.name}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
 class _HoldingSubscriber:
     """QoS 2 receipt as paho 1.6 does it: a PUBLISH is kept by packet id
     (a later PUBLISH with that id replaces it) and given to the application

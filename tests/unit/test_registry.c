@@ -456,9 +456,12 @@ static void test_adopt_exchange(void)
     qmsg_free(q1);
     /* resumed at sequence 65530 (packet id 65531), 10 used since: packet
      * ids 65531..65535 and 1..5 (the numbering wraps) are its own */
-    s->next_seq = 65530;
-    s->record_seq = s->next_seq + 1;
-    s->next_seq += 10;
+    session_record_resume(s, 65530);
+    lock_release(&s->lock);
+    for (int i = 0; i < 10; i++)
+        CU_ASSERT_EQUAL(session_deliver(&b, s, m, 2, false, NULL, 0, NULL, NULL, NULL), 0);
+    lock_acquire(&s->lock);
+    CU_ASSERT_EQUAL(s->next_seq, 65540);
     CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 65531, MSG_STATE_WAIT_PUBCOMP), -EEXIST);
     CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 5, MSG_STATE_WAIT_PUBCOMP), -EEXIST);
     CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 7, MSG_STATE_QUEUED), -EINVAL);
@@ -488,6 +491,93 @@ static void test_adopt_exchange(void)
     CU_ASSERT_EQUAL(s->inflight.len, 0);
     s->conn = NULL;
     lock_release(&s->lock);
+    session_unref(s);
+    msg_unref(m);
+    broker_cleanup(&b);
+}
+
+/* The packet ids a session resumed from its record used are those it
+ * handed out, not every one between its first sequence number there and
+ * its next: a fold moves the next past an old copy's stored rows
+ * (copy_rows_del: 3,121 to 37,134 in one trace) without using the ids in
+ * between, and counted as used they refused the dead owner's exchanges
+ * past PUBREC when it came back ("past PUBREC, not taken"). More ranges
+ * than are kept merge the two nearest: the gap then counts as used. */
+static void deliver_n(struct broker *b, struct session *s, struct msg *m, int n)
+{
+    for (int i = 0; i < n; i++)
+        CU_ASSERT_EQUAL(session_deliver(b, s, m, 2, false, NULL, 0, NULL, NULL, NULL), 0);
+}
+
+static void test_pids_used_since_record(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct msg *m =
+        msg_new((const uint8_t *)"t", 1, (const uint8_t *)"x", 1, NULL, 0, 2, false, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    struct session *s = session_new("pu", 2);
+    lock_acquire(&s->lock);
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 1)); /* not resumed */
+    session_record_resume(s, 3120);                       /* packet ids from 3121 */
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 3121));
+    lock_release(&s->lock);
+    deliver_n(&b, s, m, 5); /* 3121..3125 */
+    lock_acquire(&s->lock);
+    s->next_seq = 37133; /* a fold's jump (copy_rows_del) */
+    lock_release(&s->lock);
+    deliver_n(&b, s, m, 3); /* 37134..37136 */
+    lock_acquire(&s->lock);
+    CU_ASSERT_EQUAL(s->n_pids_used, 2);
+    CU_ASSERT(session_pid_used_since_record(s, 3121));
+    CU_ASSERT(session_pid_used_since_record(s, 3125));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 3126));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 20000));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 37133));
+    CU_ASSERT(session_pid_used_since_record(s, 37134));
+    CU_ASSERT(session_pid_used_since_record(s, 37136));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 37137));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 3120));
+    /* the dead owner's exchange with an id in the jump's gap is taken over */
+    struct qmsg *q = qmsg_new(m, 2, false, NULL, 0);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q, 20000, MSG_STATE_WAIT_PUBCOMP), 0);
+    struct qmsg *q2 = qmsg_new(m, 2, false, NULL, 0);
+    CU_ASSERT_EQUAL(session_adopt_exchange(s, q2, 3122, MSG_STATE_WAIT_PUBCOMP), -EEXIST);
+    qmsg_free(q2);
+    /* three more jumps: five ranges, the two nearest merge (37,134..37,136
+     * and 40,001..40,001, gap 37,137..40,000) */
+    uint64_t jump[3] = {40000, 50000, 60000};
+    for (int i = 0; i < 3; i++) {
+        s->next_seq = jump[i];
+        lock_release(&s->lock);
+        deliver_n(&b, s, m, 1);
+        lock_acquire(&s->lock);
+    }
+    CU_ASSERT_EQUAL(s->n_pids_used, SESSION_PIDS_USED_MAX);
+    CU_ASSERT(session_pid_used_since_record(s, 3123));
+    CU_ASSERT(session_pid_used_since_record(s, 38000)); /* in the merged gap */
+    CU_ASSERT(session_pid_used_since_record(s, 40001));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 40002));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 45000));
+    CU_ASSERT(session_pid_used_since_record(s, 50001));
+    CU_ASSERT(session_pid_used_since_record(s, 60001));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 60002));
+    /* numbers past a wrap of the id space: the ids wrap with them */
+    s->next_seq = 65535u * 2u + 65530u;
+    lock_release(&s->lock);
+    deliver_n(&b, s, m, 10); /* ids 65531..65535, 1..5 */
+    lock_acquire(&s->lock);
+    CU_ASSERT(session_pid_used_since_record(s, 65535));
+    CU_ASSERT(session_pid_used_since_record(s, 5));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 6));
+    CU_ASSERT_FALSE(session_pid_used_since_record(s, 20001));
+    /* a whole turn of the id space handed out: every id is used */
+    session_record_resume(s, 7);
+    s->pids_used[0] = (struct seq_range){7, 7 + 65535u};
+    s->n_pids_used = 1;
+    CU_ASSERT(session_pid_used_since_record(s, 3));
+    lock_release(&s->lock);
+    session_end(&b, s);
     session_unref(s);
     msg_unref(m);
     broker_cleanup(&b);
@@ -717,6 +807,8 @@ int main(void)
     CU_add_test(s, "an older copy's QoS 2 exchange adopted", test_adopt_exchange);
     CU_add_test(s, "late messages go before those held after a move", test_late_hold_order);
     CU_add_test(s, "an adopted exchange numbered for the store", test_adopt_exchange_numbered);
+    CU_add_test(s, "packet ids used since the record, apart from a fold's jump",
+                test_pids_used_since_record);
     CU_add_test(s, "a record leaves out the identities of held messages",
                 test_seen_of_held_messages);
     CU_add_test(s, "a moved session's identities change with its queue", test_seen_with_queue);
