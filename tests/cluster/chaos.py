@@ -61,8 +61,9 @@ HEAL_HEALTHY = 30.0
 
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
-                 claim_timeout_ms=2000, more=False, lb=True):
+                 claim_timeout_ms=2000, more=False, lb=True, keep=False):
         self.seed = seed
+        self.keep = keep  # traffic.txt and the subscribers' packet traces beside the logs
         self.more = more
         self.lb = lb  # clients keep off a cut-off node (a load balancer's health check)
         self.rng = random.Random(seed)
@@ -74,6 +75,8 @@ class Chaos:
         self.cluster = Cluster(os.path.join(self.base, "c"),
                                extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": str(claim_timeout_ms)})
         os.makedirs(self.cluster.base, exist_ok=True)
+        if keep:  # paho_trace: <base>/<subscriber>.trace (read by Traffic's subscribers)
+            os.environ.setdefault("STARLING_TEST_PAHO_TRACE", self.base)
         self.nft = faults.nft_available()
         self.partition = None
         self.traffic = None
@@ -278,7 +281,7 @@ class Chaos:
         finally:
             t.stop()
         r = t.check()
-        if os.environ.get("STARLING_TEST_KEEP_TMP"):  # beside the nodes' logs
+        if self.keep or os.environ.get("STARLING_TEST_KEEP_TMP"):  # beside the nodes' logs
             t.dump(os.path.join(self.cluster.base, "traffic.txt"))
         r["problems"] = problems
         r["faults"] = self.faults_done
@@ -311,7 +314,8 @@ def main(argv):
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--stop-seconds", type=float, default=10.0)
-    ap.add_argument("--keep", action="store_true", help="keep the data and the logs")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the data, the logs, traffic.txt and the subscribers' packet traces")
     ap.add_argument("--more", action="store_true",
                     help="add SIGSTOP and cut of the leader and a rolling SIGKILL restart "
                          "to the faults (another sequence for the same seed)")
@@ -321,7 +325,8 @@ def main(argv):
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
-               log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb)
+               log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb,
+               keep=a.keep)
     try:
         ok, _ = ch.run()
     finally:

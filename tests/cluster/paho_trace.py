@@ -1,12 +1,14 @@
 """What a paho client receives, packet by packet, for following one lost or
 duplicated message (issue 10). Off unless STARLING_TEST_PAHO_TRACE names a
 directory: then `maybe_trace(client, name)` writes <dir>/<name>.trace with a
-line per PUBLISH received (packet id, DUP, QoS, the payload's head and, for
-QoS 2, what paho held at that packet id awaiting PUBREL: a PUBLISH with a
-packet id paho still holds replaces that message), per PUBREL (the message
+line per PUBLISH received (packet id, DUP, QoS, the payload's first 32
+bytes, a traffic.py payload whole, and, for QoS 2, what paho held at that
+packet id awaiting PUBREL: a PUBLISH with a packet id paho still holds
+replaces that message), per PUBREL (the message
 paho hands over, or UNKNOWN: paho answers PUBCOMP without a message) and
 per CONNACK (what paho holds awaiting PUBREL when the connection starts).
-Times are time.monotonic(). Wraps paho 1.6's packet handlers (Debian's
+Times are time.monotonic(), then the wall clock's HH:MM:SS.mmm (UTC, as
+the nodes' logs). Wraps paho 1.6's packet handlers (Debian's
 python3-paho-mqtt); a diagnostic, not used by any assertion."""
 
 import os
@@ -24,8 +26,13 @@ def maybe_trace(client, name):
     c = client
     on_publish, on_pubrel, on_connack = c._handle_publish, c._handle_pubrel, c._handle_connack
 
+    def stamp():
+        t = time.time()
+        wall = time.strftime("%H:%M:%S", time.gmtime(t))
+        return f"{time.monotonic():.3f} {wall}.{int(t * 1000) % 1000:03d}"
+
     def head(m):
-        return repr(m.payload[:16]) if m is not None else "UNKNOWN"
+        return repr(m.payload[:32]) if m is not None else "UNKNOWN"
 
     def publish():
         pkt, cmd = c._in_packet["packet"], c._in_packet["command"]
@@ -35,19 +42,19 @@ def maybe_trace(client, name):
         held = c._in_messages.get(mid) if qos == 2 else None
         rc = on_publish()
         now = c._in_messages.get(mid) if qos == 2 else None
-        out.write(f"{time.monotonic():.3f} PUBLISH m{mid} d{dup} q{qos} "
+        out.write(f"{stamp()} PUBLISH m{mid} d{dup} q{qos} "
                   f"{head(now) if qos == 2 else ''}"
                   f"{' replaces ' + head(held) if held is not None else ''}\n")
         return rc
 
     def pubrel():
         mid, = struct.unpack("!H", c._in_packet["packet"][:2])
-        out.write(f"{time.monotonic():.3f} PUBREL m{mid} {head(c._in_messages.get(mid))}\n")
+        out.write(f"{stamp()} PUBREL m{mid} {head(c._in_messages.get(mid))}\n")
         return on_pubrel()
 
     def connack():
-        held = [(k, v.payload[:16]) for k, v in c._in_messages.items()]
-        out.write(f"{time.monotonic():.3f} CONNACK holding {held}\n")
+        held = [(k, v.payload[:32]) for k, v in c._in_messages.items()]
+        out.write(f"{stamp()} CONNACK holding {held}\n")
         return on_connack()
 
     c._handle_publish, c._handle_pubrel, c._handle_connack = publish, pubrel, connack

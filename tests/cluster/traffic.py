@@ -30,6 +30,7 @@ import time
 import uuid
 
 import paho.mqtt.client as mqtt
+import paho_trace
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -234,6 +235,7 @@ class Subscriber(_Client):
         self.c.on_message = self._on_message
         self.c.on_subscribe = self._on_subscribe
         self._suback = None
+        paho_trace.maybe_trace(self.c, cid)  # STARLING_TEST_PAHO_TRACE
 
     def _on_message(self, client, userdata, msg):
         try:
