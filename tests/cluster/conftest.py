@@ -1,8 +1,9 @@
 """Three-node clusters for tests/cluster: node processes on 127.0.0.11,
 127.0.0.12 and 127.0.0.13, each on its own address with the same ports,
-chosen free for each test (other suites run at the same time; the default
-ports 1883/4370/4371/18083 are never used). Every wait is bounded; the
-fixture stops every node it started and removes their data directories.
+reserved for each test (tests/ports.py: other suites run at the same time;
+the default ports 1883/4370/4371/18083 are never used). Every wait is
+bounded; the fixture stops every node it started and removes their data
+directories.
 
 The binary is $STARLING_TEST_BIN (build/asan/node/starling by default).
 """
@@ -12,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +22,9 @@ import urllib.request
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # tests/: ports.py
+
+import ports  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("STARLING_TEST_BIN", os.path.join(ROOT, "build", "asan", "node", "starling"))
@@ -33,26 +36,11 @@ FORM_TIMEOUT = 30.0
 
 
 def free_ports(n):
-    """n ports that are free on every address of ADDRS and SPARE_ADDRS at once."""
-    ports = []
-    while len(ports) < n:
-        s = socket.socket()
-        s.bind((ADDRS[0], 0))
-        port = s.getsockname()[1]
-        ok = port not in ports
-        held = [s]
-        for a in ADDRS[1:] + SPARE_ADDRS:
-            t = socket.socket()
-            try:
-                t.bind((a, port))
-                held.append(t)
-            except OSError:
-                ok = False
-        for h in held:
-            h.close()
-        if ok:
-            ports.append(port)
-    return ports
+    """n ports free on every address (ADDRS and SPARE_ADDRS included),
+    reserved for this test or, outside pytest (chaos.py), this process:
+    tests/ports.py. They are outside the ephemeral range, which matters
+    here: the nodes bind their own outgoing connections to 127.0.0.x:0."""
+    return ports.reserve(n)
 
 
 class Node:

@@ -51,6 +51,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 import paho_trace
+import ports
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("STARLING_TEST_BIN", os.path.join(ROOT, "build", "asan", "node", "starling"))
@@ -71,26 +72,9 @@ def uid(prefix):
 # ---- the cluster, as README.md starts it ---------------------------------
 
 def free_ports(n):
-    """n ports free on every address of ADDRS at once (never the defaults)."""
-    ports = []
-    while len(ports) < n:
-        held, ok = [], True
-        s = socket.socket()
-        s.bind((ADDRS[0], 0))
-        port = s.getsockname()[1]
-        held.append(s)
-        for a in ADDRS[1:]:
-            t = socket.socket()
-            try:
-                t.bind((a, port))
-            except OSError:
-                ok = False
-            held.append(t)
-        for h in held:
-            h.close()
-        if ok and port not in ports and port not in (1883, 4370, 4371, 18083):
-            ports.append(port)
-    return ports
+    """n ports free on every address of ADDRS, never the defaults, reserved
+    against other test processes until release (tests/ports.py)."""
+    return ports.reserve(n)
 
 
 class BBNode:
@@ -214,8 +198,8 @@ def wait_until(cond, timeout=WAIT, what="condition", step=0.05):
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("blackbox"))
-    ports = free_ports(4)
-    ns = [BBNode(i, base, ports) for i in range(3)]
+    port_list = free_ports(4)
+    ns = [BBNode(i, base, port_list) for i in range(3)]
     for n in ns:
         n.start()
 
@@ -239,6 +223,7 @@ def nodes(tmp_path_factory):
         yield ns
     finally:
         rcs = {n.name: n.stop() for n in ns}
+        ports.release(*port_list)
         logs = {n.name: n.logtext() for n in ns}
         if not os.environ.get("STARLING_TEST_KEEP_TMP"):
             shutil.rmtree(base, ignore_errors=True)

@@ -4,7 +4,8 @@ Selects the broker under test with STARLING_TEST_BROKER ("starling", the
 default, or "mosquitto" as a reference implementation) and provides the
 `broker` factory fixture: every call starts a fresh broker on 127.0.0.1 on a
 free port and returns a handle (with `admin=True`, Starling also serves its
-admin API on another free port, `handle.admin_port`; otherwise the admin API
+admin API on another free port, `handle.admin_port`; free ports come from
+free_port(), see tests/ports.py; otherwise the admin API
 is off, so that no test binds the default port 18083); all brokers a test started are stopped (and,
 for Starling, checked for a clean exit without sanitizer reports) when the
 test ends.
@@ -29,6 +30,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # tests/: ports.py
+
+import ports  # noqa: E402
 
 BROKER_KIND = os.environ.get("STARLING_TEST_BROKER", "starling").strip().lower()
 STARLING_BIN = os.environ.get("STARLING_TEST_BIN", str(REPO / "build" / "asan" / "node" / "starling"))
@@ -83,12 +87,11 @@ def is_mosquitto():
 
 
 def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A port for a node, reserved for this test (tests/ports.py): outside
+    the ephemeral range, so no client connection or port-0 bind of any
+    process is given it, and no other test process picks it until the test
+    ends."""
+    return ports.reserve(1)[0]
 
 
 # Passed through to the broker (debug builds): STARLING_TEST_REGISTRY=deferred
@@ -153,10 +156,12 @@ class Broker:
             raise ValueError(f"STARLING_TEST_BROKER must be starling or mosquitto, not {self.kind!r}")
         if admin and self.kind != "starling":
             pytest.skip("the admin API is Starling's")
-        # The ports this fixture picks (free_port) can be taken by another
-        # test session between the pick and the broker's bind: then the
-        # broker exits "address already in use" and is started again on
-        # new ones (never for a port the test chose itself).
+        # The ports this fixture and the tests pick (free_port) are reserved
+        # against every other test process and never handed out by the
+        # kernel (tests/ports.py). A program outside the tests may still
+        # bind one first: then the broker exits "address already in use"
+        # and is started again on new ones (never for a port the test
+        # chose itself).
         for attempt in range(3):
             self.port = free_port()
             self.admin_port = free_port() if admin else None
