@@ -189,13 +189,15 @@ WAIT = 30.0
 
 
 def wait_for(cond, timeout=WAIT, what="condition"):
+    """cond()'s first true value, polled until timeout seconds have passed."""
     deadline = time.monotonic() + timeout
+    v = None
     while time.monotonic() < deadline:
         v = cond()
         if v:
             return v
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what} (last: {v!r})")
 
 
 def members(node):

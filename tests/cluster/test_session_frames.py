@@ -11,19 +11,9 @@ and in order."""
 import signal
 import time
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 import faults
-from helpers import PahoClient, uid
-
-WAIT = 10
-
-
-def expiry(seconds):
-    p = Properties(PacketTypes.CONNECT)
-    p.SessionExpiryInterval = seconds
-    return p
+from helpers import uid
+from sessions import WAIT, queued_offline, resumed_on
 
 
 def wait_for(what, cond, timeout):
@@ -46,38 +36,6 @@ def collect(client, n, timeout=30):
     return got
 
 
-def queued_offline(a, pub_node, cid, topic, n, tag, size=0):
-    """A persistent QoS 1 session cid on node a that is offline and holds n
-    acknowledged messages published on pub_node (payloads "tag-i", or of
-    `size` bytes starting with i in 4 digits); returns their payloads."""
-    x = PahoClient(a, cid, 5, clean=True, properties=expiry(600))
-    x.connect()
-    assert x.subscribe(topic, qos=1) == [1]
-    x.disconnect()
-    # a witness on node a: once it has every message, so has the offline
-    # session there (one ordered channel from the publisher's node)
-    witness = PahoClient(a, uid("witness"), 5)
-    witness.connect()
-    assert witness.subscribe(topic, qos=1) == [1]
-    pub = PahoClient(pub_node, uid("pub"), 5)
-    pub.connect()
-    sent = [b"%04d" % i + bytes(size - 4) if size else f"{tag}-{i}".encode() for i in range(n)]
-    for payload in sent:
-        pub.publish(topic, payload, qos=1)  # acknowledged
-    assert [witness.get(WAIT).payload[:16] for _ in sent] == [p[:16] for p in sent]
-    witness.disconnect()
-    pub.disconnect()
-    return sent
-
-
-def resumed_on(node, cid):
-    """cid's client resumes its session on node (session present 1)."""
-    y = PahoClient(node, cid, 5, clean=False, properties=expiry(600))
-    y.connect(timeout=WAIT + 10)
-    assert y.session_present
-    return y
-
-
 def restarted_gets_all(c, b, cid, sent):
     """Node b, killed, starts again; cid resumes there and gets every
     message of `sent` once, in order."""
@@ -88,17 +46,36 @@ def restarted_gets_all(c, b, cid, sent):
     z.disconnect()
 
 
+def losing_frames(cluster_factory, what):
+    """A formed cluster whose node a loses its session frames of kind `what`
+    on the way once (STARLING_TEST_SESSION_FRAME_LOSE)."""
+    from conftest import Node
+    c = cluster_factory()
+    a = c.nodes[0]
+    a.env = lambda: {**Node.env(a), "STARLING_TEST_SESSION_FRAME_LOSE": what}
+    c.start()
+    c.wait_healthy()
+    return c
+
+
+def holding_commits_of_b(cluster_factory, tmp_path):
+    """A formed cluster whose node b's store commits nothing while the
+    returned file exists (STARLING_TEST_STORE_HOLD): returns (cluster, file)."""
+    c = cluster_factory()
+    hold = tmp_path / "hold-b-commits"
+    faults.store_held(c.nodes[1], hold)
+    c.start()
+    c.wait_healthy()
+    return c, hold
+
+
 def test_a_session_state_lost_on_the_way_is_sent_again(cluster_factory):
     """Node a, which holds the offline session with 12 acknowledged
     messages, loses its SessionState to node b on the way (as a channel
     connection that breaks with the frame queued would): the session's
     client, connected on b, still gets all 12, once and in order."""
-    from conftest import Node
-    c = cluster_factory()
+    c = losing_frames(cluster_factory, "state")
     a, b, third = c.nodes
-    a.env = lambda: {**Node.env(a), "STARLING_TEST_SESSION_FRAME_LOSE": "state"}
-    c.start()
-    c.wait_healthy()
     cid = uid("lost-state")
     topic = uid("sfr/s")
     sent = queued_offline(a, third, cid, topic, 12, "st")
@@ -129,12 +106,8 @@ def test_messages_of_a_returning_node_lost_on_the_way_are_sent_again(cluster_fac
     frame is a SessionMessages from a's start-up pass, or a SessionState
     when b's request for the session, queued for a while it was down,
     reaches a first: both are lost once.)"""
-    from conftest import Node
-    c = cluster_factory()
+    c = losing_frames(cluster_factory, "both")
     a = c.nodes[0]
-    a.env = lambda: {**Node.env(a), "STARLING_TEST_SESSION_FRAME_LOSE": "both"}
-    c.start()
-    c.wait_healthy()
     y, sent, _, _ = killed_holder_resumed_elsewhere(c)
     a.start()
     c.wait_healthy(60)
@@ -148,12 +121,8 @@ def test_late_messages_survive_a_receiver_killed_before_its_commit(cluster_facto
     and b's store commits nothing (STARLING_TEST_STORE_HOLD) when a's late
     messages come: b is killed after it got them and before they were on
     its disk. Once b is back, the client resumes there and gets all 12."""
-    c = cluster_factory()
+    c, hold = holding_commits_of_b(cluster_factory, tmp_path)
     a, b, _ = c.nodes
-    hold = tmp_path / "hold-b-commits"
-    faults.store_held(b, hold)
-    c.start()
-    c.wait_healthy()
     y, sent, cid, _ = killed_holder_resumed_elsewhere(c)
     y.disconnect()  # offline on b, stored there
     hold.touch()
@@ -177,12 +146,8 @@ def test_session_state_survives_a_claimant_killed_before_its_commit(cluster_fact
     import socket
 
     import mqttraw
-    c = cluster_factory()
+    c, hold = holding_commits_of_b(cluster_factory, tmp_path)
     a, b, third = c.nodes
-    hold = tmp_path / "hold-b-commits"
-    faults.store_held(b, hold)
-    c.start()
-    c.wait_healthy()
     cid = uid("claimant-killed")
     topic = uid("sfr/c")
     sent = queued_offline(a, third, cid, topic, 12, "ck")
