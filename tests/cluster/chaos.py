@@ -23,6 +23,10 @@ owner per client id (each subscriber connected on the node the registry
 names), the same routes and registry on every node. The seed is printed
 first: the same seed gives the same fault sequence (timings vary).
 Exit 0 when every check passed, 1 otherwise (the report says which).
+--keep keeps the run's directory (printed at the end): the nodes' data and
+logs, and traffic.txt, the clients' trace (every client's events and each
+lost or duplicated message on the nodes' log clock), without
+STARLING_TEST_KEEP_TMP=1.
 """
 
 import argparse
@@ -61,8 +65,9 @@ HEAL_HEALTHY = 30.0
 
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
-                 claim_timeout_ms=2000, more=False, lb=True):
+                 claim_timeout_ms=2000, more=False, lb=True, keep=False):
         self.seed = seed
+        self.keep = keep  # write traffic.txt beside the nodes' logs
         self.more = more
         self.lb = lb  # clients keep off a cut-off node (a load balancer's health check)
         self.rng = random.Random(seed)
@@ -278,7 +283,7 @@ class Chaos:
         finally:
             t.stop()
         r = t.check()
-        if os.environ.get("STARLING_TEST_KEEP_TMP"):  # beside the nodes' logs
+        if self.keep or os.environ.get("STARLING_TEST_KEEP_TMP"):  # beside the nodes' logs
             t.dump(os.path.join(self.cluster.base, "traffic.txt"))
         r["problems"] = problems
         r["faults"] = self.faults_done
@@ -311,7 +316,9 @@ def main(argv):
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--stop-seconds", type=float, default=10.0)
-    ap.add_argument("--keep", action="store_true", help="keep the data and the logs")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the run's directory: the nodes' data and logs and the clients' "
+                         "trace traffic.txt (no need for STARLING_TEST_KEEP_TMP=1)")
     ap.add_argument("--more", action="store_true",
                     help="add SIGSTOP and cut of the leader and a rolling SIGKILL restart "
                          "to the faults (another sequence for the same seed)")
@@ -321,13 +328,13 @@ def main(argv):
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
-               log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb)
+               log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb, keep=a.keep)
     try:
         ok, _ = ch.run()
     finally:
         ch.close(keep=a.keep)
         if a.keep:
-            print(f"data and logs kept in {ch.base}")
+            print(f"data, logs and traffic.txt kept in {ch.cluster.base}")
     return 0 if ok else 1
 
 
