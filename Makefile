@@ -106,7 +106,8 @@ fuzz: deps-test
 # checked. The seed is printed (a run without SEED picks one); the same SEED
 # gives the same sequence of faults. Needs root for the nftables cuts.
 # CHAOS_ARGS passes options on (--more: also SIGSTOP and cut of the leader
-# and rolling SIGKILL restarts; --no-lb; --keep).
+# and rolling SIGKILL restarts; --no-lb; --keep: the nodes' data and logs and
+# the clients' trace traffic.txt kept, the path printed).
 SEED ?=
 MINUTES ?= 5
 CHAOS_ARGS ?=

@@ -23,6 +23,10 @@ owner per client id (each subscriber connected on the node the registry
 names), the same routes and registry on every node. The seed is printed
 first: the same seed gives the same fault sequence (timings vary).
 Exit 0 when every check passed, 1 otherwise (the report says which).
+--keep keeps the run's directory (printed at the end): the nodes' data and
+logs, and traffic.txt, the clients' trace (every client's events and each
+lost or duplicated message on the nodes' log clock), without
+STARLING_TEST_KEEP_TMP=1.
 """
 
 import argparse
@@ -332,7 +336,7 @@ def main(argv):
     finally:
         ch.close(keep=a.keep)
         if a.keep:
-            print(f"data and logs kept in {ch.base}")
+            print(f"data, logs and traffic.txt kept in {ch.cluster.base}")
     return 0 if ok else 1
 
 
