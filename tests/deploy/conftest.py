@@ -12,10 +12,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 import yaml
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import ports as test_ports  # noqa: E402  (tests/ports.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -132,12 +136,11 @@ def install_tree(release_build, tmp_path_factory):
 
 
 def free_port(host="127.0.0.1"):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A port for a node, free on every address and reserved for this test
+    process (tests/ports.py: outside the ephemeral range, so no client
+    connection or bind of port 0 elsewhere in `make test` is given it)."""
+    del host  # free on every address
+    return test_ports.reserve(1)[0]
 
 
 def clean_env(extra=None):

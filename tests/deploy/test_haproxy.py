@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -35,7 +34,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import RELEASE_DIR, run
+from conftest import RELEASE_DIR, run, test_ports
 
 ADDRS = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
 CLIENT_ADDRS = ["127.0.0.31", "127.0.0.32", "127.0.0.33"]
@@ -45,26 +44,10 @@ FORM_TIMEOUT = 60.0
 
 
 def free_ports_on_all(addrs, n):
-    """n distinct ports, each free on every address of addrs."""
-    ports = []
-    while len(ports) < n:
-        s0 = socket.socket()
-        s0.bind((addrs[0], 0))
-        port = s0.getsockname()[1]
-        held, ok = [s0], port not in ports
-        for a in addrs[1:]:
-            s = socket.socket()
-            try:
-                s.bind((a, port))
-                held.append(s)
-            except OSError:
-                ok = False
-                s.close()
-        for s in held:
-            s.close()
-        if ok:
-            ports.append(port)
-    return ports
+    """n distinct ports, each free on every address of addrs (tests/ports.py
+    reserves them for this process)."""
+    del addrs  # reserve() takes ports free on every address
+    return test_ports.reserve(n)
 
 
 def wait_until(cond, timeout, what):

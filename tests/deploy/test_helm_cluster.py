@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -33,7 +32,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import Node, clean_env, run, wait_for
+from conftest import Node, clean_env, run, test_ports, wait_for
 
 ADDRS = ["127.0.14.1", "127.0.14.2", "127.0.14.3"]
 SECRETS = {("starling-cluster", "cluster-secret"): "test-cluster-secret",
@@ -94,31 +93,10 @@ def names_to_addresses(env, names):
 
 
 def free_ports_on_all(addrs, names):
-    """One port per name, free on every address."""
-    ports, socks = {}, []
-    try:
-        for name in names:
-            while True:
-                s0 = socket.socket()
-                s0.bind((addrs[0], 0))
-                port = s0.getsockname()[1]
-                group = [s0]
-                try:
-                    for a in addrs[1:]:
-                        s = socket.socket()
-                        s.bind((a, port))
-                        group.append(s)
-                except OSError:
-                    for s in group:
-                        s.close()
-                    continue
-                socks += group
-                ports[name] = port
-                break
-    finally:
-        for s in socks:
-            s.close()
-    return ports
+    """One port per name, free on every address (tests/ports.py reserves
+    them for this process)."""
+    del addrs  # reserve() takes ports free on every address
+    return dict(zip(names, test_ports.reserve(len(names))))
 
 
 def rendered_sts(render):
