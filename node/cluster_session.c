@@ -502,7 +502,9 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
         atomic_fetch_add(&cn->b->stats.dropped[BROKER_DROP_SESSION_MOVED], n);
         log_warn("cluster: %zu late message(s) of '%.*s' not sent to %016llx: %s", n, (int)len, id,
                  (unsigned long long)to, strerror(-r));
-    } else if (n && last) {
+    } else if (last && (n || to != cn->self)) {
+        /* (also none: a copy that left out everything it collected as
+         * having reached its owner directly) */
         log_info("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
                  id, (unsigned long long)to);
     } else if (n) { /* a routed copy's grace (LATE_GRACE_MS): every poll */
