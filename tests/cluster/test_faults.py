@@ -2251,16 +2251,18 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     none_again_after_late_messages(b, cn, cid, s, p, topic, f"restarted copy {leaves}", 60)
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
 def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owner_had(
-        cluster_factory, tmp_path):
-    """The shape of test_killed_nodes_subscribers_resumed_elsewhere_
-    repeatedly and of chaos seed 1188520366 --more (QoS 2 duplicates after
-    a rolling SIGKILL), made deterministic: a persistent QoS 2 subscriber
-    S, offline, on node B; S's client connects to A, which takes S over
-    from B; B's copy of S, moving out to A, is held there
-    (STARLING_TEST_MOVING_HOLD) and collects M0..M19, published on C, which
-    S gets on A. A is SIGKILLed and S's client comes back to B: S resumes
-    there from A's record, and B's copy is folded into it. Before, such a
+        cluster_factory, tmp_path, restart):
+    """The folds of test_killed_nodes_subscribers_resumed_elsewhere_
+    repeatedly (after a resumption from the record), made deterministic: a
+    persistent QoS 2 subscriber S, offline, on node B; S's client connects
+    to A, which takes S over from B; B's copy of S, moving out to A, is
+    held there (STARLING_TEST_MOVING_HOLD) and collects M0..M19, published
+    on C, which S gets on A; B is SIGKILLed and started again, its stored
+    copy held (`restarted`), or not. A is SIGKILLed and S's client comes
+    back to B: S resumes there from A's record, and B's copy is folded
+    into it. Before, such a
     fold (after a resumption from the record, unlike one after a takeover)
     took the copy's messages whole, and B delivered M0..M19 a second time.
     Leaving them out had lost messages: the fold moved the session's next
@@ -2293,17 +2295,26 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
     p.publish(sync, b"sync", qos=1)
     assert q.get(30).payload == b"sync"
     q.stop()
+    start = 0
+    if restart:
+        kill(b)
+        start = len(b.logtext())
+        b.start()
+        wait_healthy(c)
+        wait_until(lambda: moved in b.logtext()[start:], 60,
+                   f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
     kill(a)
     s.stop()
     s = PahoClient(b, cid, 5, clean=False, properties=session_props())
     s.connect(timeout=30)
     assert s.session_present
     hold.unlink()
-    log = b.logtext()
+    log = b.logtext()[start:]
     assert f"the session of '{cid}' resumed from its record" in log
     assert f"'{cid}' is claimed here again while its old copy" in log
     again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[fold after the record] {len(again)} delivered again on {b.name}")
+    print(f"\n[fold after the record, {'restarted' if restart else 'running'}] "
+          f"{len(again)} delivered again on {b.name}")
     assert again == [], f"QoS 2 messages delivered twice: {again}"
     s.disconnect()
     p.disconnect()
