@@ -361,18 +361,6 @@ bool cn_peer_live(struct cluster_node *cn, uint64_t node)
     return live;
 }
 
-bool cn_peer_answering(struct cluster_node *cn, uint64_t node)
-{
-    bool answering = false;
-    pthread_mutex_lock(&cn->mu);
-    uint64_t now = cn_mono_ms();
-    for (unsigned i = 0; i < cn->n_peers; i++)
-        if (cn->peers[i].node == node)
-            answering = peer_answering(cn, &cn->peers[i], now);
-    pthread_mutex_unlock(&cn->mu);
-    return answering;
-}
-
 int cn_send_frame(struct cluster_node *cn, uint64_t to, const Starling__Chan__Frame *fr)
 {
     size_t n = starling__chan__frame__get_packed_size(fr);

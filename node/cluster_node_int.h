@@ -179,9 +179,6 @@ static inline uint64_t cn_mono_ms(void)
 int cn_queue_batch(struct cluster_node *cn, const struct cmd_batch *cmds);
 /* Whether `node` reported within cluster_down_after. Takes mu. */
 bool cn_peer_live(struct cluster_node *cn, uint64_t node);
-/* Whether `node` reported within CN_SYNC_LIVE_MS (and cluster_down_after):
- * one silent that long is dead or cut off. Takes mu. */
-bool cn_peer_answering(struct cluster_node *cn, uint64_t node);
 /* route_ops.sync, and *index (may be NULL) gets the Raft index that holds
  * the route changes waited for (set before done runs). */
 int cn_sync_index(struct cluster_node *cn, void (*done)(void *arg), void *arg, uint64_t *index);

@@ -1683,32 +1683,6 @@ static void moving_send(struct cluster_node *cn, struct cn_moving *x, uint64_t t
     free(x);
 }
 
-/* Where the old copy x's messages go when it ends: its new owner x->to;
- * but when a later claim took the session to another node since and
- * x->to is not live, to that node. A restarted node's stored copy is
- * sent on to the owner the registry named at its start-up; that one may
- * have died since and the session moved on (resumed from its record
- * elsewhere): sent to it, the messages waited in this node's outbox
- * until it came back and passed them on, and for good when it never did.
- * "Down": not heard from within CN_SYNC_LIVE_MS (cluster_down_after is
- * longer than a claim that resumes the session from its record).
- * The later owner takes them under x's claim (cn_session_on_messages:
- * its own claim is the later one). A live x->to passes them on itself,
- * leaving out what its client had there. */
-static uint64_t moving_dest(struct cluster_node *cn, const struct cn_moving *x)
-{
-    uint64_t node = 0, epoch = 0;
-    if (x->to == cn->self ||
-        fsm_registry_get(cn->fsm, x->s->client_id, x->s->id_len, &node, &epoch) != 0 ||
-        epoch <= x->epoch || node == cn->self || node == x->to || cn_peer_answering(cn, x->to))
-        return x->to;
-    log_info("cluster: the old copy of '%s' (claim %llu) sends what it holds to %016llx "
-             "(claim %llu), not to %016llx, which is down",
-             x->s->client_id, (unsigned long long)x->epoch, (unsigned long long)node,
-             (unsigned long long)epoch, (unsigned long long)x->to);
-    return node;
-}
-
 /* The old copy x (out of cn->moving) ends; what it held goes to its new
  * owner. */
 static void moving_end(struct cluster_node *cn, struct cn_moving *x)
@@ -1727,7 +1701,7 @@ static void moving_end(struct cluster_node *cn, struct cn_moving *x)
      * the copy's stored rows commit before the batch of its end, which
      * deletes every record of the id (the other way round, a SIGKILL
      * between the two commits lost them) */
-    moving_send(cn, x, moving_dest(cn, x), direct);
+    moving_send(cn, x, x->to, direct);
     if (x_to_self)
         cn_session_unstore_beside(cn->b, s); /* the session it went to here */
     session_end(cn->b, s);

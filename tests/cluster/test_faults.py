@@ -2595,16 +2595,22 @@ def test_subscriber_beside_a_returning_nodes_copy_gets_what_is_published(cluster
     p.disconnect()
 
 
+@pytest.mark.xfail(strict=True, reason="open (docs/cluster.md, What is not guaranteed yet): "
+                   "a restarted node's copy sends its late messages to the owner it saw at "
+                   "its start-up, also when that one died since")
 def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_factory, tmp_path):
-    """Issue 10: a persistent QoS 2 subscriber S of node B, offline; B is
-    SIGKILLed and C holds M0..M9, published for S, for B (S's record names
-    B); S resumes on A from its record. B restarts: its stored copy of S,
-    claimed away, takes M0..M9 from C and is to send them to A, the owner
-    at B's start (the copy held by STARLING_TEST_MOVING_HOLD). A dies and S
-    resumes on C from A's record. When B's copy ends, main's build sent
-    M0..M9 to A, dead: they waited in B's outbox, and S never got them
-    while A stayed down. Now a copy whose owner is down sends them to the
-    owner the registry names now: S gets each of them once."""
+    """Issue 10, open: a persistent QoS 2 subscriber S of node B, offline;
+    B is SIGKILLed and C holds M0..M9, published for S, for B (S's record
+    names B); S resumes on A from its record. B restarts: its stored copy
+    of S, claimed away, takes M0..M9 from C and is to send them to A, the
+    owner at B's start (the copy held by STARLING_TEST_MOVING_HOLD). A dies
+    and S resumes on C from A's record. When B's copy ends, it sends
+    M0..M9 to A, dead: they wait in B's outbox, and S does not get them
+    while A stays down. Sending them to C instead (tried) gives QoS 2
+    duplicates where A's client had had them
+    (test_killed_owners_copy_judges_late_messages_passed_through_it: only A
+    knows); what is left is to send C only what was routed before A's
+    routes were in effect."""
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
