@@ -41,9 +41,10 @@ struct fsm {
     void *observer_ud;
     fsm_entry_fn on_entry;
     uint64_t visible; /* atomic: fsm_visible */
-    /* per command of the entry being applied: the node whose kept routes
-     * the command's record took (keepers_drop), 0 for none; the matcher
-     * follows in after_commit */
+    /* per command of the entry being applied: the nodes whose kept routes
+     * the command's record took (keepers_drop: the node it named, the
+     * registry owner it was counted for), 0 for none; the matcher follows
+     * in after_commit */
     uint64_t pruned[FSM_MAX_BATCH][2];
 };
 

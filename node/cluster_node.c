@@ -391,12 +391,12 @@ static void cn_filter_removed(void *ud, const char *filter, size_t len)
  * counted ones (NodeDown.keepers), while the filter stays in the index
  * for an old copy of a moved session (claimed away, moving out) or a
  * session the NodeDown answer (taken_for_dead) has not looked at yet.
- * Without a route proposed, main's build answered such a subscriber's
- * SUBACK at once, and what other nodes published never came until the
- * routes were proposed again (seconds when the glue's thread was late) or
- * the copy ended and it subscribed again. Now the route is proposed again
- * (idempotent; a route counted by a NodeDown becomes this node's own),
- * and the SUBACK waits for it everywhere. One read of the table per
+ * Without a route proposed, such a subscriber had its SUBACK at once, and
+ * what other nodes published did not come until the routes were proposed
+ * again (seconds when the glue's thread was late) or the copy ended and
+ * it subscribed again. So the route is proposed again (idempotent; a
+ * route counted by a NodeDown becomes this node's own), and the SUBACK
+ * waits for it everywhere. One read of the table per
  * subscriber joining; none while the filter's last RouteAdd is still to
  * commit (a burst of subscribers to one filter). */
 static void cn_filter_joined(void *ud, const char *filter, size_t len)

@@ -2746,6 +2746,8 @@ def test_subscriber_beside_a_returning_nodes_copy_gets_what_is_published(cluster
     s.disconnect()
     s2.disconnect()
     p.disconnect()
+
+
 SEEN_RECORD_S = 60  # SESSION_SEEN_RECORD_MS (node/session.h)
 
 
@@ -2798,3 +2800,60 @@ def test_restarted_copy_asked_for_its_state_leaves_out_what_its_claimant_had(clu
     assert [s.get(WAIT).payload for _ in sent] == sent
     moving_hold.unlink()  # B's copy sends what it holds to A
     none_again_after_late_messages(b, a, cid, s, p, topic, "asked copy", 60)
+
+
+@pytest.mark.xfail(strict=True, reason="open (docs/cluster.md, What is not guaranteed yet): "
+                   "a restarted node's copy sends its late messages to the owner it saw at "
+                   "its start-up, also when that one died since")
+def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_factory, tmp_path):
+    """Issue 10, open: a persistent QoS 2 subscriber S of node B, offline;
+    B is SIGKILLed and C holds M0..M9, published for S, for B (S's record
+    names B); S resumes on A from its record. B restarts: its stored copy
+    of S, claimed away, takes M0..M9 from C and is to send them to A, the
+    owner at B's start (the copy held by STARLING_TEST_MOVING_HOLD). A dies
+    and S resumes on C from A's record. When B's copy ends, it sends
+    M0..M9 to A, dead: they wait in B's outbox, and S does not get them
+    while A stays down. Sending them to C instead (tried) gives QoS 2
+    duplicates where A's client had had them
+    (test_killed_owners_copy_judges_late_messages_passed_through_it: only A
+    knows); what is left is to send C only what was routed before A's
+    routes were in effect."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "ownernow", "ownernow/t")
+    kill(b)
+    p = PahoClient(cn, uid("ownernowp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert outbox_for(cn, b.name) == len(sent)
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+    hold.write_text("")
+    b.start()
+    wait_healthy(c)
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
+    wait_until(lambda: outbox_for(cn, b.name) == 0, 30, f"{cn.name}'s outbox for {b.name} sent")
+    kill(a)
+    s.stop()
+    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
+    s.connect(timeout=30)
+    assert s.session_present
+
+    def a_down_for_b():
+        st, doc = b.http("GET", "/api/v1/cluster", timeout=2)
+        return st == 200 and any(not x["reachable"] for x in doc["nodes"])  # A, the only one
+    wait_until(a_down_for_b, 30, f"{b.name} listing {a.name} as unreachable")
+    hold.unlink()
+    ended = f"the old copy of '{cid}' ends"
+    wait_until(lambda: ended in b.logtext(), 30, f"{b.name}'s copy of {cid} ending")
+    got = [s.get(30).payload for _ in sent]
+    assert sorted(got) == sorted(sent)
+    again = delivered_before_a_marker(s, p, topic)
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
