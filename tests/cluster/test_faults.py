@@ -2340,6 +2340,59 @@ class _HoldingSubscriber:
         return p
 
 
+def holding_m0_awaiting_pubrel(cluster_factory, name):
+    """A cluster; a raw persistent QoS 2 subscriber S on a follower A gets
+    M0, published on the leader, and answers PUBREC; A's PUBREL does not
+    reach it (its connection is closed): S holds M0 awaiting PUBREL.
+    Returns (the cluster, leader, A, B, client id, topic, S's properties, the
+    publisher, M0's PUBLISH)."""
+    c = cluster_factory(extra_env=FAULT_ENV)
+    c.start()
+    c.wait_healthy()
+    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
+    a, b = [n for n in c.nodes if n is not ld]
+    cid, topic, props, s = raw_persistent_subscriber(a, name, 2)
+    p = mqttraw.connected(ld, uid(name + "p"), 5)
+    p.publish(topic + "/x", b"m0", qos=2, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
+    p.pubrel(1)
+    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
+    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert m0.payload == b"m0" and m0.qos == 2
+    s.pubrec(m0.packet_id)
+    # A has the PUBREC (stored past PUBREC): S misses the PUBREL
+    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
+    s.close()
+    return c, ld, a, b, cid, topic, props, p, m0
+
+
+def m1_to_m5_delivered(p, h, topic):
+    """M1..M5 published at QoS 2 (packet ids 2..6) and each completed; the
+    holding subscriber h gets exactly them, in order. Returns them."""
+    sent = [f"m{k}".encode() for k in range(1, 6)]
+    for k, m in enumerate(sent):
+        p.publish(topic + "/x", m, qos=2, packet_id=k + 2)
+        assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == k + 2
+        p.pubrel(k + 2)
+        assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == k + 2
+    end = time.monotonic() + 30
+    while not all(m in h.got for m in sent) and time.monotonic() < end:
+        h.step(WAIT)
+    assert h.got == sent, h.got
+    return sent
+
+
+def m0_released(h):
+    """The holding subscriber h gets M0 (its PUBREL) once, within 10 s."""
+    end = time.monotonic() + 10
+    while b"m0" not in h.got and time.monotonic() < end:
+        try:
+            h.step(max(0.1, end - time.monotonic()))
+        except mqttraw.Timeout:
+            break
+    assert h.got.count(b"m0") == 1, f"S got {h.got}, holds {h.held}"
+
+
 def test_moved_sessions_packet_ids_go_on_from_its_old_copys(cluster_factory):
     """Chaos seed 501923417 (1 acknowledged QoS 2 message lost), made
     deterministic. S on A gets M0 (packet id P) and answers PUBREC; A sends
@@ -2353,24 +2406,7 @@ def test_moved_sessions_packet_ids_go_on_from_its_old_copys(cluster_factory):
     PUBREL: S has nothing under P: M0 lost (main's build). Now the state
     carries the old copy's next packet id and C goes on from there: S gets
     M0 at that PUBREL, once."""
-    c = cluster_factory(extra_env=FAULT_ENV)
-    c.start()
-    c.wait_healthy()
-    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
-    a, b = [n for n in c.nodes if n is not ld]
-    cid, topic, props, s = raw_persistent_subscriber(a, "pidfar", 2)
-    p = mqttraw.connected(ld, uid("pidfarp"), 5)
-    p.publish(topic + "/x", b"m0", qos=2, packet_id=1)
-    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
-    p.pubrel(1)
-    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
-    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
-    assert m0.payload == b"m0" and m0.qos == 2
-    s.pubrec(m0.packet_id)
-    # A has the PUBREC (state past PUBREC): the PUBREL it sends is what S
-    # misses as its connection breaks
-    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
-    s.close()
+    _, ld, a, b, cid, topic, props, p, m0 = holding_m0_awaiting_pubrel(cluster_factory, "pidfar")
     pause(a)
     try:
         s = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
@@ -2380,16 +2416,7 @@ def test_moved_sessions_packet_ids_go_on_from_its_old_copys(cluster_factory):
         assert s.connack.session_present
         h = _HoldingSubscriber(s)
         h.held[m0.packet_id] = m0.payload  # what S holds from A
-        sent = [f"m{k}".encode() for k in range(1, 6)]
-        for k, m in enumerate(sent):
-            p.publish(topic + "/x", m, qos=2, packet_id=k + 2)
-            assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == k + 2
-            p.pubrel(k + 2)
-            assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == k + 2
-        end = time.monotonic() + 30
-        while not all(m in h.got for m in sent) and time.monotonic() < end:
-            h.step(WAIT)
-        assert h.got == sent, h.got
+        m1_to_m5_delivered(p, h, topic)
     finally:
         resume(a)
     # A's copy hands what it holds on to S's owner: its unfinished exchange
@@ -2397,13 +2424,7 @@ def test_moved_sessions_packet_ids_go_on_from_its_old_copys(cluster_factory):
     came = re.compile(rf"unfinished QoS 2 exchange\(s\) of '{cid}'|late message\(s\) of '{cid}' "
                       rf"came from \S+, \d+ of them had come directly \(not again\), [1-9]")
     wait_until(lambda: came.search(ld.logtext()), 60, f"{ld.name} meeting A's exchange of M0")
-    end = time.monotonic() + 10
-    while b"m0" not in h.got and time.monotonic() < end:
-        try:
-            h.step(max(0.1, end - time.monotonic()))
-        except mqttraw.Timeout:
-            break
-    assert h.got.count(b"m0") == 1, f"S got {h.got}, holds {h.held}"
+    m0_released(h)
     assert h.got.count(b"m1") == 1
     s.disconnect()
     p.disconnect()
@@ -2423,23 +2444,7 @@ def test_second_resumption_from_a_record_keeps_off_the_first_copys_packet_ids(cl
     M0 (P used since the record): M0 lost (main's build). With a third of
     the id space, C's ids keep off A's and B's, takes the exchange and
     releases M0: S gets it once."""
-    c = cluster_factory(extra_env=FAULT_ENV)
-    c.start()
-    c.wait_healthy()
-    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
-    a, b = [n for n in c.nodes if n is not ld]
-    cid, topic, props, s = raw_persistent_subscriber(a, "pid3rd", 2)
-    p = mqttraw.connected(ld, uid("pid3rdp"), 5)
-    p.publish(topic + "/x", b"m0", qos=2, packet_id=1)
-    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
-    p.pubrel(1)
-    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
-    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
-    assert m0.payload == b"m0" and m0.qos == 2
-    s.pubrec(m0.packet_id)
-    # A has the PUBREC (stored past PUBREC): S misses the PUBREL
-    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
-    s.close()
+    c, ld, a, b, cid, topic, props, p, m0 = holding_m0_awaiting_pubrel(cluster_factory, "pid3rd")
     kill(a)
     s = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
     assert s.connack.session_present
@@ -2453,29 +2458,14 @@ def test_second_resumption_from_a_record_keeps_off_the_first_copys_packet_ids(cl
     assert s.connack.session_present
     h = _HoldingSubscriber(s)
     h.held[m0.packet_id] = m0.payload  # what S holds from A
-    sent = [f"m{k}".encode() for k in range(1, 6)]
-    for k, m in enumerate(sent):
-        p.publish(topic + "/x", m, qos=2, packet_id=k + 2)
-        assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == k + 2
-        p.pubrel(k + 2)
-        assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == k + 2
-    end = time.monotonic() + 30
-    while not all(m in h.got for m in sent) and time.monotonic() < end:
-        h.step(WAIT)
-    assert h.got == sent, h.got
+    sent = m1_to_m5_delivered(p, h, topic)
     # B's copy hands what it holds on to S's owner: the exchange of M0
     # (packet id P) it took from A comes to the leader
     b.start()
     came = re.compile(rf"unfinished QoS 2 exchange\(s\) of '{cid}'|late message\(s\) of '{cid}' "
                       rf"came from \S+, \d+ of them had come directly \(not again\), [1-9]")
     wait_until(lambda: came.search(ld.logtext()), 60, f"{ld.name} meeting B's exchange of M0")
-    end = time.monotonic() + 10
-    while b"m0" not in h.got and time.monotonic() < end:
-        try:
-            h.step(max(0.1, end - time.monotonic()))
-        except mqttraw.Timeout:
-            break
-    assert h.got.count(b"m0") == 1, f"S got {h.got}, holds {h.held}"
+    m0_released(h)
     assert all(h.got.count(m) == 1 for m in sent), h.got
     s.disconnect()
     p.disconnect()
