@@ -750,6 +750,9 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
         /* [MQTT-3.1.2-4] the claimant discards the session: it ends here */
         struct session *s = registry_local_surrender(cn->b, id, len, false);
         if (s) {
+            log_info("cluster: the session of '%.*s' ends here: node %016llx claimed it with "
+                     "clean start (claim %llu)",
+                     (int)len, id, (unsigned long long)node, (unsigned long long)epoch);
             session_end(cn->b, s);
             session_unref(s);
         }
@@ -760,14 +763,20 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
          * down, whose claimant went on without this node's answer; what the
          * stored session holds follows it now */
         struct session *s = registry_local_surrender(cn->b, id, len, true);
-        if (s)
+        if (s) {
+            log_info("cluster: the session of '%.*s' was claimed by node %016llx while this node "
+                     "was down (claim %llu): its stored copy follows it",
+                     (int)len, id, (unsigned long long)node, (unsigned long long)epoch);
             cn_moving_add(cn, s, node, epoch, true);
+        }
         return;
     }
     pthread_mutex_lock(&cn->reg_mu);
     struct session *s = registry_local_surrender(cn->b, id, len, true);
     if (s)
-        log_debug("cluster: '%.*s' was claimed by another node", (int)len, id);
+        log_info("cluster: the session of '%.*s' was claimed by node %016llx (claim %llu): it "
+                 "leaves this node",
+                 (int)len, id, (unsigned long long)node, (unsigned long long)epoch);
     if (s) {
         struct surrendered *x = calloc(1, sizeof(*x));
         if (x) {

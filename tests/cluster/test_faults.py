@@ -2172,7 +2172,7 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     # cluster_claim_timeout + 1 s (none comes: A resumed S from its record),
     # collecting; meanwhile A dies and S resumes on C, so that the copy's
     # wait ends with C the owner
-    claimed = f"'{cid}' was claimed by another node"
+    claimed = f"'{cid}' was claimed by node {faults.node_id(a):016x} (claim"
     wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
     kill(a)
     s.stop()
@@ -2218,7 +2218,7 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
         assert [s.get(WAIT).payload for _ in sent] == sent
     finally:
         resume(b)
-    claimed = f"'{cid}' was claimed by another node"
+    claimed = f"'{cid}' was claimed by node {faults.node_id(a):016x} (claim"
     wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
     # B's copy took M0..M19 from C's outbox, in order before a marker that
     # C forwards to a subscriber on B after them: once that is delivered,
@@ -2658,7 +2658,7 @@ def test_session_back_on_its_returning_node_gets_what_is_published(cluster_facto
     cn, b, a, cid, topic, s = resumed_while_taken_for_dead(c, "back")
     s.disconnect()
     resume(b)
-    claimed = f"'{cid}' was claimed by another node"
+    claimed = f"'{cid}' was claimed by node {faults.node_id(a):016x} (claim"
     wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
     s = PahoClient(b, cid, 5, clean=False, properties=session_props())
     s.connect(timeout=30)
