@@ -2587,6 +2587,19 @@ def resumed_while_taken_for_dead(c, name):
     return cn, b, a, cid, topic, s
 
 
+def started_with_copies_held(c, cn, a, b, cid, hold):
+    """B starts (again) with its copies of moved sessions held (the file
+    hold, STARLING_TEST_MOVING_HOLD): its stored copy of cid finds itself
+    claimed away by A and takes what C (cn) held for B, until C's outbox
+    for B is empty."""
+    hold.write_text("")
+    b.start()
+    wait_healthy(c)
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
+    wait_until(lambda: outbox_for(cn, b.name) == 0, 30, f"{cn.name}'s outbox for {b.name} sent")
+
+
 def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_path):
     """Issue 10, the third copy at its source (chaos seed 288425677): a
     persistent QoS 2 subscriber S of node B; B is SIGSTOPped and taken for
@@ -2619,13 +2632,8 @@ def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_
                       cn.logtext())
     # B restarts, its copies of moved sessions held; its copy of S, claimed
     # away by A, takes what C held for B
-    hold.write_text("")
     kill(b)
-    b.start()
-    wait_healthy(c)
-    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
-    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
-    wait_until(lambda: outbox_for(cn, b.name) == 0, 30, f"{cn.name}'s outbox for {b.name} sent")
+    started_with_copies_held(c, cn, a, b, cid, hold)
     # A dies; S's client comes back to B: S resumes there from A's record,
     # which knows nothing of M0..M19, and B's copy is folded into it
     kill(a)
@@ -2818,12 +2826,7 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     s = PahoClient(a, cid, 5, clean=False, properties=session_props())
     s.connect(timeout=30)
     assert s.session_present
-    hold.write_text("")
-    b.start()
-    wait_healthy(c)
-    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
-    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
-    wait_until(lambda: outbox_for(cn, b.name) == 0, 30, f"{cn.name}'s outbox for {b.name} sent")
+    started_with_copies_held(c, cn, a, b, cid, hold)
     kill(a)
     s.stop()
     s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
