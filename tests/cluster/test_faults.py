@@ -2183,6 +2183,19 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     none_again_after_late_messages(b, cn, cid, s, p, topic, "third copy", 40)
 
 
+def forwards_to_b_in(b, p, name):
+    """What was forwarded to B before now is in: a marker published by p
+    after it, to a fresh subscriber on B, arrives (the origin's forwards to
+    B come in order, and B handles and stores them in order)."""
+    sync = uid(name + "/sync")
+    q = PahoClient(b, uid(name + "q"), 5, clean=True, properties=session_props())
+    q.connect()
+    assert q.subscribe(sync, qos=1) == [1]
+    p.publish(sync, b"sync", qos=1)
+    assert q.get(30).payload == b"sync"
+    q.stop()
+
+
 def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory, tmp_path):
     """Chaos seed 288425677 (2,256 QoS 2 duplicates), made deterministic: a
     persistent QoS 2 subscriber S, offline, on node B; B is SIGSTOPped and
@@ -2223,13 +2236,7 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     # B's copy took M0..M19 from C's outbox, in order before a marker that
     # C forwards to a subscriber on B after them: once that is delivered,
     # its batch and every earlier one are on B's disk
-    sync = uid("rc/sync")
-    q = PahoClient(b, uid("restcopyq"), 5, clean=True, properties=session_props())
-    q.connect()
-    assert q.subscribe(sync, qos=1) == [1]
-    p.publish(sync, b"sync", qos=1)
-    assert q.get(30).payload == b"sync"
-    q.stop()
+    forwards_to_b_in(b, p, "restcopy")
     kill(a)
     s.stop()
     s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
@@ -2288,13 +2295,7 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
     assert [s.get(WAIT).payload for _ in sent] == sent
     # B's copy took M0..M19 once a marker forwarded after them reaches a
     # subscriber on B (C's forwards to B come in order)
-    sync = uid("fr/sync")
-    q = PahoClient(b, uid("foldrecq"), 5, clean=True, properties=session_props())
-    q.connect()
-    assert q.subscribe(sync, qos=1) == [1]
-    p.publish(sync, b"sync", qos=1)
-    assert q.get(30).payload == b"sync"
-    q.stop()
+    forwards_to_b_in(b, p, "foldrec")
     start = 0
     if restart:
         kill(b)
