@@ -215,6 +215,16 @@ static int route_key(unsigned char **key, size_t *klen, uint64_t node, const Pro
     return 0;
 }
 
+/* The route (node, filter) in x: rtable_get's answer, or -ENOMEM. *key
+ * (NULL when it could not be made) is the caller's to free. */
+static int route_get(struct rtable_txn *x, uint64_t node, const ProtobufCBinaryData *filter,
+                     unsigned char **key, size_t *klen, const void **v, size_t *vlen)
+{
+    if (route_key(key, klen, node, filter))
+        return -ENOMEM;
+    return rtable_get(x, RTABLE_ROUTES, *key, *klen, v, vlen);
+}
+
 static int apply_route(struct rtable_txn *x, const ProtobufCBinaryData *filter, uint64_t node,
                        bool add)
 {
@@ -223,11 +233,9 @@ static int apply_route(struct rtable_txn *x, const ProtobufCBinaryData *filter, 
         return FSM_INVALID;
     unsigned char *key;
     size_t klen;
-    if (route_key(&key, &klen, node, filter))
-        return -ENOMEM;
     const void *v;
     size_t vlen;
-    int rc = rtable_get(x, RTABLE_ROUTES, key, klen, &v, &vlen);
+    int rc = route_get(x, node, filter, &key, &klen, &v, &vlen);
     if (rc == 0 || rc == -ENOENT) {
         bool exists = rc == 0;
         if (add && exists && vlen != 0) {
@@ -314,11 +322,9 @@ static int keepers_drop(struct rtable_txn *x, uint64_t node,
             continue;
         unsigned char *key;
         size_t klen;
-        if (route_key(&key, &klen, node, filter))
-            return -ENOMEM;
         const void *v;
         size_t vlen;
-        int rc = rtable_get(x, RTABLE_ROUTES, key, klen, &v, &vlen);
+        int rc = route_get(x, node, filter, &key, &klen, &v, &vlen);
         if (rc == 0 && vlen == 4) {
             uint32_t n = get_le32(v);
             if (n <= 1) {
@@ -1134,20 +1140,18 @@ int fsm_route_own(struct fsm *f, uint64_t node, const char *filter, size_t len)
 {
     if (len == 0 || len > RTABLE_MAX_KEY)
         return -EINVAL;
-    unsigned char *key;
-    size_t klen;
     ProtobufCBinaryData fb = {len, (uint8_t *)filter};
-    if (route_key(&key, &klen, node, &fb))
-        return -ENOMEM;
     struct rtable_txn *x;
     int rc = rtable_begin_read(f->t, &x);
-    if (rc == 0) {
-        const void *v;
-        size_t vlen;
-        rc = rtable_get(x, RTABLE_ROUTES, key, klen, &v, &vlen);
-        rc = rc == 0 ? vlen == 0 : rc == -ENOENT ? 0 : rc;
-        rtable_abort(x);
-    }
+    if (rc)
+        return rc;
+    unsigned char *key;
+    size_t klen;
+    const void *v;
+    size_t vlen;
+    rc = route_get(x, node, &fb, &key, &klen, &v, &vlen);
+    rc = rc == 0 ? vlen == 0 : rc == -ENOENT ? 0 : rc;
+    rtable_abort(x);
     free(key);
     return rc;
 }

@@ -22,6 +22,7 @@ import faults
 import mqttraw
 from faults import alive, kill, pause, resume, converged_tables, wait_healthy, wait_until
 from helpers import PahoClient, uid
+from sessions import resumed_on
 from traffic import Traffic
 
 WAIT = 10
@@ -1194,9 +1195,7 @@ def resumed_on_a(cluster_factory, tmp_path, name):
     assert s.subscribe(topic + "/#", qos=2) == [2]
     assert b.stop(signal.SIGTERM) == 0
     s.stop()
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(a, cid, timeout=30)
     return c, hold, cid, topic, s
 
 
@@ -1278,9 +1277,7 @@ def test_restarted_nodes_copies_of_a_session_deliver_each_qos2_message_once(clus
     s.stop()
     a.start()
     wait_healthy(c)
-    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(cn, cid, timeout=30)
     # B's copy sends what it collected (M0..M19): to A, which passes it on
     # (leaving out what its own old copy of S knows S had: all of them,
     # when that copy is still there) or C takes them. A copy that answered
@@ -1328,9 +1325,7 @@ def test_killed_owners_copy_judges_late_messages_passed_through_it(cluster_facto
     a, b, cn = c.nodes
     stored_on_then_killed(a, cid)
     s.stop()
-    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(cn, cid, timeout=30)
     # B's copy sends what it collected to A, its addressee, which is down
     # (none of M0..M19 when the copy answered A's request, held while B
     # was down, with its state: routed once A had its routes, they stay
@@ -1383,9 +1378,7 @@ def test_returning_copy_leaves_out_what_its_restarted_owner_got_directly(cluster
     s.stop()
     a.start()
     wait_until(lambda: faults.leader(c), 30, "a leader of A and C")
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(a, cid, timeout=30)
     p, _ = b_returns_collecting(c, hold, cid, topic, s, "direct")
     # B's copy ends and sends what it holds to A (its last frame, also when
     # empty: A logs it)
@@ -1422,9 +1415,7 @@ def test_late_messages_acknowledged_before_their_store_are_not_given_again(clust
     sent = [f"m{k}".encode() for k in range(N_LATE)]
     for m in sent:
         p.publish(topic + "/x", m, qos=2)
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(a, cid, timeout=30)
     b.start()
     got = [s.get(30).payload for _ in sent]
     assert sorted(got) == sorted(sent)
@@ -1436,9 +1427,7 @@ def test_late_messages_acknowledged_before_their_store_are_not_given_again(clust
     s.stop()
     a.start()
     wait_healthy(c)
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(a, cid, timeout=30)
     again = delivered_before_a_marker(s, p, topic)
     print(f"\n[late messages acknowledged early] {len(again)} delivered again on {a.name}")
     assert again == [], f"QoS 2 messages delivered twice: {again}"
@@ -1480,9 +1469,7 @@ def test_forwards_routed_before_a_session_moved_to_their_node_are_not_given_agai
     got = [s.get(WAIT).payload for _ in sent]
     assert sorted(got) == sorted(sent)
     s.disconnect()
-    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(cn, cid, timeout=30)
     part.heal()
     # T gets them once A's forwards reach C
     got_t = [t.get(30).payload for _ in sent]
@@ -2156,9 +2143,7 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
         # A's claim: proposed by the leader before the claim reaches it)
         silent = f"member {faults.node_id(b):016x} silent for"
         wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
-        s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-        s.connect(timeout=30)
-        assert s.session_present
+        s = resumed_on(a, cid, timeout=30)
         p = PahoClient(cn, uid("thirdp"), 5)
         p.connect()
         sent = [f"m{k}".encode() for k in range(20)]
@@ -2176,9 +2161,7 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
     kill(a)
     s.stop()
-    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(cn, cid, timeout=30)
     # B's copy takes M0..M19 (C's outbox) and sends what it holds to C
     none_again_after_late_messages(b, cn, cid, s, p, topic, "third copy", 40)
 
@@ -2223,9 +2206,7 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     try:
         silent = f"member {faults.node_id(b):016x} silent for"
         wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
-        s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-        s.connect(timeout=30)
-        assert s.session_present
+        s = resumed_on(a, cid, timeout=30)
         for m in sent:
             p.publish(topic + "/x", m, qos=2)
         assert [s.get(WAIT).payload for _ in sent] == sent
@@ -2239,9 +2220,7 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     forwards_to_b_in(b, p, "restcopy")
     kill(a)
     s.stop()
-    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(cn, cid, timeout=30)
     kill(b)
     start = len(b.logtext())
     b.start()
@@ -2282,9 +2261,7 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
     cn, b, a, cid, topic = subscriber_on_a_follower(c, "foldrec", "fr/t")
     hold.write_text("")
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(a, cid, timeout=30)
     moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
     wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
     p = PahoClient(cn, uid("foldrecp"), 5)
@@ -2306,9 +2283,7 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
                    f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
     kill(a)
     s.stop()
-    s = PahoClient(b, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(b, cid, timeout=30)
     hold.unlink()
     log = b.logtext()[start:]
     assert f"the session of '{cid}' resumed from its record" in log
@@ -2582,9 +2557,7 @@ def resumed_while_taken_for_dead(c, name):
     pause(b)
     down = re.compile(rf"entry \d+ applied, routes: .*NodeDown\({bid}\)")
     wait_until(lambda: down.search(cn.logtext()), 30, f"{cn.name} taking {b.name} for dead")
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(a, cid, timeout=30)
     return cn, b, a, cid, topic, s
 
 
@@ -2639,9 +2612,7 @@ def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_
     # which knows nothing of M0..M19, and B's copy is folded into it
     kill(a)
     s.stop()
-    s = PahoClient(b, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(b, cid, timeout=30)
     hold.unlink()
     again = delivered_before_a_marker(s, p, topic)
     folded = re.findall(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from {bid}",
@@ -2669,9 +2640,7 @@ def test_session_back_on_its_returning_node_gets_what_is_published(cluster_facto
     resume(b)
     claimed = f"'{cid}' was claimed by node {faults.node_id(a):016x} (claim"
     wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
-    s = PahoClient(b, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(b, cid, timeout=30)
     p = PahoClient(cn, uid("backp"), 5)
     p.connect()
     first = [f"m{k}".encode() for k in range(10)]
@@ -2776,9 +2745,7 @@ def test_restarted_copy_asked_for_its_state_leaves_out_what_its_claimant_had(clu
     bid, aid = f"{faults.node_id(b):016x}", f"{faults.node_id(a):016x}"
     moving_hold.write_text("")
     kill(b)
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(a, cid, timeout=30)
     assert f"no session state for '{cid}' from its old node" in a.logtext()
     start = len(b.logtext())
     b.start()
@@ -2824,15 +2791,11 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     for m in sent:
         p.publish(topic + "/x", m, qos=2)
     assert outbox_for(cn, b.name) == len(sent)
-    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(a, cid, timeout=30)
     started_with_copies_held(c, cn, a, b, cid, hold)
     kill(a)
     s.stop()
-    s = PahoClient(cn, cid, 5, clean=False, properties=session_props())
-    s.connect(timeout=30)
-    assert s.session_present
+    s = resumed_on(cn, cid, timeout=30)
 
     def a_down_for_b():
         st, doc = b.http("GET", "/api/v1/cluster", timeout=2)
