@@ -86,7 +86,7 @@ static int broker_match_cmp(const void *a, const void *b)
     return (uintptr_t)x->s < (uintptr_t)y->s ? -1 : 1;
 }
 
-static int broker_target_add(struct pub_targets *t, struct session *s)
+static int broker_target_add(struct pub_targets *t, struct session *s, uint64_t row)
 {
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 8;
@@ -94,8 +94,13 @@ static int broker_target_add(struct pub_targets *t, struct session *s)
         if (!v)
             return -ENOMEM; /* s would not flush when the message is released */
         t->v = v;
+        uint64_t *r = realloc(t->row, cap * sizeof(*r));
+        if (!r)
+            return -ENOMEM;
+        t->row = r;
         t->cap = cap;
     }
+    t->row[t->n] = row;
     t->v[t->n++] = session_ref(s);
     return 0;
 }
@@ -108,13 +113,19 @@ void broker_release(struct broker *b, struct msg *m, int state, struct pub_targe
         struct session *s = targets->v[i];
         lock_acquire(&s->lock);
         struct worker *w = s->conn ? s->w : NULL;
+        /* its batch committed (or failed: then nothing was put) */
+        bool left = session_row_left_locked(s, targets->row[i]);
         lock_release(&s->lock);
+        if (left)
+            session_row_del(b, s, targets->row[i]);
         if (w)
             b->sink->wake(w, s, cur);
         session_unref(s);
     }
     free(targets->v);
+    free(targets->row);
     targets->v = NULL;
+    targets->row = NULL;
     targets->n = targets->cap = 0;
 }
 
@@ -254,8 +265,9 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
             qos = -1;
         if (qos >= 0) {
             uint8_t dq = m->qos < qos ? m->qos : (uint8_t)qos;
-            if (session_deliver(b, s, m, dq, retain, ids, n_ids, cur, bt, flow) < 0 ||
-                (targets && broker_target_add(targets, s) < 0))
+            uint64_t row = SESSION_NO_ROW;
+            if (session_deliver_row(b, s, m, dq, retain, ids, n_ids, cur, bt, flow, &row) < 0 ||
+                (targets && broker_target_add(targets, s, row) < 0))
                 failed = -ENOMEM;
             delivered++;
         }

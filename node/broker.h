@@ -142,9 +142,11 @@ int broker_init(struct broker *b, const struct config *cfg);
  * (they stay in the store). */
 void broker_cleanup(struct broker *b);
 
-/* Sessions a publish was delivered to (each holds a reference). */
+/* Sessions a publish was delivered to (each holds a reference), and the
+ * sequence number of the row put for each (SESSION_NO_ROW: none). */
 struct pub_targets {
     struct session **v;
+    uint64_t *row;
     size_t n, cap;
 };
 
@@ -207,7 +209,8 @@ int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn
                              void *group_ud, struct store_batch **bt, struct pub_targets *targets);
 
 /* Set m->hold to `state` (MSG_READY or MSG_REJECTED) and have the sessions in
- * targets flush (their queues may wait on m); releases targets. Any thread;
+ * targets flush (their queues may wait on m); a row that a target's rows
+ * taken meanwhile left behind goes (session_row_left_locked); releases targets. Any thread;
  * cur is the calling worker or NULL. */
 void broker_release(struct broker *b, struct msg *m, int state, struct pub_targets *targets,
                     struct worker *cur);

@@ -298,6 +298,9 @@ struct qmsg *cn_session_take_msgs(struct session *s)
         }
     }
     s->queue_bytes = 0;
+    /* their rows leave the store with whoever takes them, maybe before the
+     * pending put of a held one (session_row_left_locked) */
+    s->rows_taken_below = s->next_seq;
     /* the held ones follow the late ones in this order (session_late_hold) */
     session_late_clear_locked(s);
     return head;

@@ -152,6 +152,7 @@ void persist_session_del(const struct broker *br, struct store_batch **bt, struc
         return;
     store_session_del(b, s->client_id, s->id_len);
     s->stored = false;
+    s->rows_taken_below = s->next_seq; /* (session_row_left_locked) */
     for (struct qmsg *q = s->queue.head; q; q = q->next)
         q->stored = false;
     for (struct qmsg *q = s->inflight.head; q; q = q->next)

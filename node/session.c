@@ -29,6 +29,8 @@
 #include "log.h"
 #include "msg_seen.h"
 #include "persist.h"
+#include "registry.h"
+#include "store.h"
 
 /* What a queued message costs beyond its bytes (see qmsg_size). */
 #define QMSG_OVERHEAD (sizeof(struct qmsg) + sizeof(struct msg))
@@ -358,19 +360,72 @@ static const char *const session_drop_names[SESSION_DROP_N] = {
 
 static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                    const uint32_t *ids, uint16_t n_ids, struct worker *cur, struct store_batch **bt,
-                   struct pub_flow *flow, bool once, bool late);
+                   struct pub_flow *flow, bool once, bool late, uint64_t *row);
 
 int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                     struct store_batch **bt, struct pub_flow *flow)
 {
-    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true, false);
+    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true, false, NULL);
+}
+
+int session_deliver_row(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
+                        bool retain, const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                        struct store_batch **bt, struct pub_flow *flow, uint64_t *row)
+{
+    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true, false, row);
+}
+
+/* Whether s holds a stored message with sequence number seq. s->lock held. */
+static bool row_held(const struct session *s, uint64_t seq)
+{
+    const struct qlist *lists[2] = {&s->inflight, &s->queue};
+    for (int l = 0; l < 2; l++)
+        for (const struct qmsg *q = lists[l]->head; q; q = q->next)
+            if (q->seq == seq && q->stored)
+                return true;
+    return false;
+}
+
+bool session_row_left_locked(struct session *s, uint64_t row)
+{
+    assert(lock_held(&s->lock));
+    /* (an ended session holds nothing; below rows_taken_below, what it
+     * holds is not stored: its lists were taken, or its rows deleted) */
+    return row != SESSION_NO_ROW && (s->ended || row < s->rows_taken_below);
+}
+
+void session_row_del(struct broker *b, struct session *s, uint64_t row)
+{
+    if (!b->store)
+        return;
+    /* Under the table's lock and the lock of the id's session there (a
+     * copy shares the store's keys with it): a row of that session's is
+     * either held by it now, or its put comes after this delete. */
+    struct registry *r = &b->registry;
+    pthread_mutex_lock(&r->lock);
+    struct session *w = registry_find(r, s->client_id, s->id_len);
+    if (w)
+        lock_acquire(&w->lock);
+    if (!w || !row_held(w, row)) {
+        struct store_batch *bt = NULL;
+        struct store_batch *x = persist_batch(b, &bt);
+        if (x) {
+            store_msg_del(x, s->client_id, s->id_len, row);
+            persist_submit(b, &bt, NULL, NULL);
+        }
+        log_debug("'%s': row %llu, stored for a message its copy no longer holds, leaves the store",
+                  s->client_id, (unsigned long long)row);
+    }
+    if (w)
+        lock_release(&w->lock);
+    pthread_mutex_unlock(&r->lock);
 }
 
 int session_deliver_late(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
                          bool retain, const uint32_t *ids, uint16_t n_ids, struct store_batch **bt)
 {
-    return deliver(b, s, m, qos, retain, ids, n_ids, NULL, bt, NULL, true, true);
+    return deliver(b, s, m, qos, retain, ids, n_ids, NULL, bt, NULL, true, true, NULL);
 }
 
 /* The window of recording identities after a move. Tests (debug builds
@@ -399,13 +454,15 @@ int session_deliver_retained(struct broker *b, struct session *s, struct msg *m,
                              const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                              struct store_batch **bt)
 {
-    return deliver(b, s, m, qos, true, ids, n_ids, cur, bt, NULL, false, false);
+    return deliver(b, s, m, qos, true, ids, n_ids, cur, bt, NULL, false, false, NULL);
 }
 
 static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                    const uint32_t *ids, uint16_t n_ids, struct worker *cur, struct store_batch **bt,
-                   struct pub_flow *flow, bool once, bool late)
+                   struct pub_flow *flow, bool once, bool late, uint64_t *row)
 {
+    if (row)
+        *row = SESSION_NO_ROW;
     struct qmsg *q = qmsg_new(m, qos, retain, ids, n_ids);
     if (!q) {
         atomic_fetch_add(&b->stats.msgs_dropped, 1);
@@ -472,8 +529,11 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
             else
                 queue_push(s, q);
             /* durable before the publisher's acknowledgement */
-            if (qos > 0 && persist_wanted(b, s))
+            if (qos > 0 && persist_wanted(b, s)) {
                 persist_msg_put(b, bt, s, q, MSG_STATE_QUEUED);
+                if (row && bt)
+                    *row = q->seq;
+            }
         }
         if (drop && drop != q && drop->stored)
             persist_msg_del(b, bt, s, drop);

@@ -206,7 +206,13 @@ struct session {
     bool in_table; /* registry lock */
     uint8_t version;
     bool ended;
-    bool stored;      /* the session record is in the store */
+    bool stored; /* the session record is in the store */
+    /* s->lock: next_seq when the rows of its messages last left the store
+     * by other ways than each message's own end (persist_session_del), or
+     * its messages were taken out for another copy (cn_session_take_msgs):
+     * deletes that may have gone before the pending put of a held message
+     * numbered below it (session_row_left_locked); 0: none */
+    uint64_t rows_taken_below;
     char client_id[]; /* NUL-terminated */
 };
 
@@ -239,6 +245,21 @@ struct pub_flow;
 int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                     struct store_batch **bt, struct pub_flow *flow);
+/* session_deliver, and *row: the sequence number of the row it put into
+ * *bt for m (SESSION_NO_ROW: none), for session_row_left_locked. */
+#define SESSION_NO_ROW UINT64_MAX
+int session_deliver_row(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
+                        bool retain, const uint32_t *ids, uint16_t n_ids, struct worker *cur,
+                        struct store_batch **bt, struct pub_flow *flow, uint64_t *row);
+/* The batch that put row `row` of s (session_deliver_row) committed:
+ * whether s no longer holds that message because it ended or its rows were
+ * taken meanwhile (s->rows_taken_below: a SessionState, an old copy folded
+ * or sent on, the end of its record). The delete of that take may have committed before the put,
+ * and the row stayed: session_row_del deletes it then, unless the session
+ * of the id in this node's table holds that number (any thread, no lock
+ * held). */
+bool session_row_left_locked(struct session *s, uint64_t row);
+void session_row_del(struct broker *b, struct session *s, uint64_t row);
 /* How long a session that moved records the identities it gets (ms). */
 #define SESSION_SEEN_RECORD_MS 60000
 

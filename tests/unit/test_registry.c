@@ -703,6 +703,87 @@ static void test_seen_of_held_messages(void)
     broker_cleanup(&b);
 }
 
+/* A held message's row and the end of the copy it went to. A publish puts
+ * the message's row for each persistent session it reaches into its own
+ * batch, submitted once the publish went everywhere; an old copy of a
+ * session moving out of the node (or one whose messages are taken for
+ * another copy) may end in between: its end deletes every record of its
+ * id, in a batch submitted first, and the put that commits after it left
+ * the row of a message nobody holds. After a SIGKILL the node's copy of
+ * the session loaded it and gave it again: a QoS 2 message delivered and
+ * completed twice (issue 10, chaos seed 1188520366 with --more, docs/
+ * cluster.md "A completed QoS 2 exchange whose row stayed in the store").
+ * Once the publish's batch committed, the row goes. */
+struct row_count {
+    size_t msgs;
+};
+
+static int row_count_msg(void *ud, const char *id, uint16_t len, uint64_t seq,
+                         const struct store_msg *rec)
+{
+    (void)id, (void)len, (void)seq, (void)rec;
+    ((struct row_count *)ud)->msgs++;
+    return 0;
+}
+
+struct row_release {
+    struct broker *b;
+    struct msg *m;
+    struct pub_targets targets;
+};
+
+/* The publish's batch committed (as ackq_after's). */
+static void row_release_done(void *ud, int status)
+{
+    struct row_release *r = ud;
+    broker_release(r->b, r->m, status < 0 ? MSG_REJECTED : MSG_READY, &r->targets, NULL);
+}
+
+static void test_held_row_of_ended_copy(void)
+{
+    struct broker b;
+    broker_start(&b);
+    const char *base = getenv("TMPDIR");
+    char dir[256];
+    snprintf(dir, sizeof(dir), "%s/test_registry.XXXXXX", base && *base ? base : "/tmp");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    struct store_options o = {.dir = dir, .map_size = 1 << 20, .sync = STORE_SYNC_ALWAYS};
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(store_open(&b.store, &o, err, sizeof(err)), 0);
+    /* an old copy (not in the table), stored, subscribed to t at QoS 2 */
+    struct session *s = session_new("oc", 2);
+    struct store_batch *bt = NULL;
+    lock_acquire(&s->lock);
+    s->expiry_interval = 60;
+    CU_ASSERT_EQUAL_FATAL(session_sub_set(s, "t", 1, 2, 0), 0);
+    persist_session_put(&b, &bt, s, false);
+    lock_release(&s->lock);
+    persist_submit(&b, &bt, NULL, NULL);
+    CU_ASSERT_EQUAL_FATAL(sub_index_add(b.index, "t", 1, s, 2, 0), 0);
+    /* a client's QoS 2 publish: held, its row in the publish's batch */
+    struct row_release r = {.b = &b};
+    r.m = msg_new((const uint8_t *)"t", 1, (const uint8_t *)"x", 1, NULL, 0, 2, false, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r.m);
+    atomic_store(&r.m->hold, MSG_HELD);
+    CU_ASSERT_EQUAL(broker_publish(&b, r.m, 0, NULL, &bt, &r.targets, NULL), 1);
+    CU_ASSERT_EQUAL(r.targets.n, 1);
+    /* the copy ends before the publish's batch is submitted */
+    session_end(&b, s);
+    CU_ASSERT_TRUE(persist_submit(&b, &bt, row_release_done, &r));
+    store_flush(b.store); /* the publish's batch and its release */
+    store_flush(b.store); /* what the release submitted */
+    struct row_count n = {0};
+    struct store_loader l = {.ud = &n, .msg = row_count_msg};
+    CU_ASSERT_EQUAL(store_load(b.store, &l), 0);
+    CU_ASSERT_EQUAL(n.msgs, 0);
+    session_unref(s);
+    msg_unref(r.m);
+    store_close(b.store);
+    b.store = NULL;
+    test_rm_tree(dir);
+    broker_cleanup(&b);
+}
+
 /* A moved session's identities change with its queue, in one hold of its
  * lock: whoever holds it (the old owner taking the SessionState,
  * cluster_registry.c state_send) never sees the identity of a message
@@ -812,6 +893,8 @@ int main(void)
     CU_add_test(s, "a record leaves out the identities of held messages",
                 test_seen_of_held_messages);
     CU_add_test(s, "a moved session's identities change with its queue", test_seen_with_queue);
+    CU_add_test(s, "a held message's row goes when the copy ended before its commit",
+                test_held_row_of_ended_copy);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
