@@ -778,6 +778,36 @@ static void test_held_row_of_ended_copy(void)
     CU_ASSERT_EQUAL(n.msgs, 0);
     session_unref(s);
     msg_unref(r.m);
+    /* but a row under the same key that the id's session in the table
+     * holds stays (a copy and that session share the store's keys) */
+    struct answer a = claim(&b, "oc", false, 60, CONN(conn_a));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a.s);
+    struct msg *own =
+        msg_new((const uint8_t *)"u", 1, (const uint8_t *)"y", 1, NULL, 0, 1, false, 0, NULL);
+    CU_ASSERT_EQUAL(session_deliver(&b, a.s, own, 1, false, NULL, 0, NULL, &bt, NULL), 0);
+    persist_submit(&b, &bt, NULL, NULL);
+    msg_unref(own);
+    s = session_new("oc", 2);
+    lock_acquire(&s->lock);
+    s->expiry_interval = 60;
+    CU_ASSERT_EQUAL_FATAL(session_sub_set(s, "t", 1, 2, 0), 0);
+    lock_release(&s->lock);
+    CU_ASSERT_EQUAL_FATAL(sub_index_add(b.index, "t", 1, s, 2, 0), 0);
+    r = (struct row_release){.b = &b};
+    r.m = msg_new((const uint8_t *)"t", 1, (const uint8_t *)"x", 1, NULL, 0, 2, false, 0, NULL);
+    atomic_store(&r.m->hold, MSG_HELD);
+    CU_ASSERT_EQUAL(broker_publish(&b, r.m, 0, NULL, &bt, &r.targets, NULL), 1);
+    CU_ASSERT(r.targets.n == 1 && r.targets.row[0] == a.s->queue.head->seq);
+    session_end(&b, s);
+    CU_ASSERT_TRUE(persist_submit(&b, &bt, row_release_done, &r));
+    store_flush(b.store);
+    store_flush(b.store);
+    n.msgs = 0;
+    CU_ASSERT_EQUAL(store_load(b.store, &l), 0);
+    CU_ASSERT_EQUAL(n.msgs, 1);
+    session_unref(s);
+    msg_unref(r.m);
+    session_unref(a.s);
     store_close(b.store);
     b.store = NULL;
     test_rm_tree(dir);
