@@ -397,8 +397,8 @@ bool session_row_left_locked(struct session *s, uint64_t row)
 
 void session_row_del(struct broker *b, struct session *s, uint64_t row)
 {
-    if (!b->store)
-        return;
+    if (!b->store || atomic_load(&b->stopping))
+        return; /* (stopping: what is in memory stays in the store, as at session_end) */
     /* Under the table's lock and the lock of the id's session there (a
      * copy shares the store's keys with it): a row of that session's is
      * either held by it now, or its put comes after this delete. */
