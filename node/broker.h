@@ -209,9 +209,9 @@ int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn
                              void *group_ud, struct store_batch **bt, struct pub_targets *targets);
 
 /* Set m->hold to `state` (MSG_READY or MSG_REJECTED) and have the sessions in
- * targets flush (their queues may wait on m); a row that a target's rows
- * taken meanwhile left behind goes (session_row_left_locked); releases targets. Any thread;
- * cur is the calling worker or NULL. */
+ * targets flush (their queues may wait on m); the row put for a target that
+ * ended or had its messages taken meanwhile goes (session_row_left_locked);
+ * releases targets. Any thread; cur is the calling worker or NULL. */
 void broker_release(struct broker *b, struct msg *m, int state, struct pub_targets *targets,
                     struct worker *cur);
 
