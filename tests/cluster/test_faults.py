@@ -2789,16 +2789,20 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     for m in sent:
         p.publish(topic + "/x", m, qos=2)
     assert outbox_for(cn, b.name) == len(sent)
+
+    def one_down_for(node):  # the only node down
+        st, doc = node.http("GET", "/api/v1/cluster", timeout=2)
+        return st == 200 and any(not x["reachable"] for x in doc["nodes"])
+    # A resumes S from its record without asking B (else B, back, answers
+    # the held request with its copy, M0..M9 included, and S has them on A)
+    wait_until(lambda: one_down_for(a), 30, f"{a.name} listing {b.name} as unreachable")
     s = resumed_on(a, cid, timeout=30)
+    assert f"'{cid}' was owned by {faults.node_id(b):016x}, which is down" in a.logtext()
     started_with_copies_held(c, cn, a, b, cid, hold)
     kill(a)
     s.stop()
     s = resumed_on(cn, cid, timeout=30)
-
-    def a_down_for_b():
-        st, doc = b.http("GET", "/api/v1/cluster", timeout=2)
-        return st == 200 and any(not x["reachable"] for x in doc["nodes"])  # A, the only one
-    wait_until(a_down_for_b, 30, f"{b.name} listing {a.name} as unreachable")
+    wait_until(lambda: one_down_for(b), 30, f"{b.name} listing {a.name} as unreachable")
     hold.unlink()
     ended = f"the old copy of '{cid}' ends"
     wait_until(lambda: ended in b.logtext(), 30, f"{b.name}'s copy of {cid} ending")
