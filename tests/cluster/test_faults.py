@@ -2764,22 +2764,20 @@ def test_restarted_copy_asked_for_its_state_leaves_out_what_its_claimant_had(clu
     none_again_after_late_messages(b, a, cid, s, p, topic, "asked copy", 60)
 
 
-@pytest.mark.xfail(strict=True, reason="open (docs/cluster.md, What is not guaranteed yet): "
-                   "a restarted node's copy sends its late messages to the owner it saw at "
-                   "its start-up, also when that one died since")
 def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_factory, tmp_path):
-    """Issue 10, open: a persistent QoS 2 subscriber S of node B, offline;
-    B is SIGKILLed and C holds M0..M9, published for S, for B (S's record
-    names B); S resumes on A from its record. B restarts: its stored copy
-    of S, claimed away, takes M0..M9 from C and is to send them to A, the
-    owner at B's start (the copy held by STARLING_TEST_MOVING_HOLD). A dies
-    and S resumes on C from A's record. When B's copy ends, it sends
-    M0..M9 to A, dead: they wait in B's outbox, and S does not get them
-    while A stays down. Sending them to C instead (tried) gives QoS 2
-    duplicates where A's client had had them
-    (test_killed_owners_copy_judges_late_messages_passed_through_it: only A
-    knows); what is left is to send C only what was routed before A's
-    routes were in effect."""
+    """Issue 10 (chaos seed 1188520366 with --more), made deterministic: a
+    persistent QoS 2 subscriber S of node B, offline; B is SIGKILLed and C
+    holds M0..M9, published for S, for B (S's record names B); S resumes on
+    A from its record. B restarts: its stored copy of S, claimed away,
+    takes M0..M9 from C and is to send them to A, the owner at B's start
+    (the copy held by STARLING_TEST_MOVING_HOLD). A dies and S resumes on C
+    from A's record. When B's copy ends, A is down: what it holds that was
+    routed before A's routes were everywhere (the owners rule: M0..M9, which
+    A's client could not have had) goes to C, the owner of now, and S gets
+    each once. Before, the copy sent M0..M9 to A, dead: they waited in B's
+    outbox and S did not get them while A stayed down. (Sending C all of
+    it gives QoS 2 duplicates where A's client had had them:
+    test_killed_owners_copy_judges_late_messages_passed_through_it.)"""
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
@@ -2791,22 +2789,30 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     for m in sent:
         p.publish(topic + "/x", m, qos=2)
     assert outbox_for(cn, b.name) == len(sent)
+
+    def one_down_for(node):  # the only node down
+        st, doc = node.http("GET", "/api/v1/cluster", timeout=2)
+        return st == 200 and any(not x["reachable"] for x in doc["nodes"])
+    # A resumes S from its record without asking B (else B, back, answers
+    # the held request with its copy, M0..M9 included, and S has them on A)
+    wait_until(lambda: one_down_for(a), 30, f"{a.name} listing {b.name} as unreachable")
     s = resumed_on(a, cid, timeout=30)
+    assert f"'{cid}' was owned by {faults.node_id(b):016x}, which is down" in a.logtext()
     started_with_copies_held(c, cn, a, b, cid, hold)
     kill(a)
     s.stop()
     s = resumed_on(cn, cid, timeout=30)
-
-    def a_down_for_b():
-        st, doc = b.http("GET", "/api/v1/cluster", timeout=2)
-        return st == 200 and any(not x["reachable"] for x in doc["nodes"])  # A, the only one
-    wait_until(a_down_for_b, 30, f"{b.name} listing {a.name} as unreachable")
+    wait_until(lambda: one_down_for(b), 30, f"{b.name} listing {a.name} as unreachable")
     hold.unlink()
     ended = f"the old copy of '{cid}' ends"
     wait_until(lambda: ended in b.logtext(), 30, f"{b.name}'s copy of {cid} ending")
     got = [s.get(30).payload for _ in sent]
     assert sorted(got) == sorted(sent)
     again = delivered_before_a_marker(s, p, topic)
+    went = re.findall(rf"(\d+) late message\(s\) of '{re.escape(cid)}' routed before .* go to "
+                      r"the owner of now", b.logtext())
+    print(f"\n[owner of now] {len(again)} delivered again on {cn.name}; sent to it by "
+          f"{b.name}: {went}")
     assert again == [], f"QoS 2 messages delivered twice: {again}"
     s.disconnect()
     p.disconnect()
