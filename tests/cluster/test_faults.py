@@ -2825,8 +2825,8 @@ def test_late_messages_before_the_senders_state_reach_the_claim(cluster_factory,
     (nft), so A's claim of S, waiting 30 s for X's state, asks X in vain;
     X, whose claim timeout is 1 s, lets its surrendered copy go to A as late
     messages of that claim. Main's build: S resumed on A with none of
-    M0..M9. Now the claim resumes from the record at once, the frame is
-    applied again after it: S gets M0..M9, once each."""
+    M0..M9. Now the claim resumes from the record at once and the frame
+    goes into its session: S gets M0..M9, once each."""
     c = cluster_factory(extra_env=FAULT_ENV)
     c.start()
     c.wait_healthy()
@@ -2839,6 +2839,8 @@ def test_late_messages_before_the_senders_state_reach_the_claim(cluster_factory,
             n.env, ms)
         faults.restart(n)
     wait_healthy(c)
+    assert wait_until(lambda: faults.leader(c), WAIT, "a leader") == ld, \
+        "the leader changed with its followers' restarts"
     cid, topic = uid("early"), uid("early/t")
     sent = [f"m{k}".encode() for k in range(10)]
     witness, p = offline_witnessed(x, x, cid, topic, sent)
