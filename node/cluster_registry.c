@@ -1074,8 +1074,8 @@ bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uin
      * the claim's own session replaced it in the table (registry_local_stage):
      * lost (chaos seed 1093382011 --more, 54). Waited for, they would hold
      * the state back until the claim's deadline. The claim resumes from the
-     * record now; the frame, sent again, comes to its session, and the
-     * state after it as a late one. */
+     * record now; the frame goes into its session at once (the caller,
+     * unrouted_session), and the state after it as a late one. */
     if (k) {
         log_info("cluster: late messages of '%s' came from %016llx before its state, which "
                  "they would hold back: the claim resumes from the record",
