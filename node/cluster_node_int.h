@@ -212,8 +212,10 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
 
 void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q);
 /* Whether a claim of id runs on this node (retrying, or awaiting its
- * state from another node than `from`: a frame from `from` that waited for
- * the claim would hold back the state behind it). Takes reg_mu. */
+ * state): a frame of id's late messages from `from` waits for it. A claim
+ * awaiting its state from `from` itself resumes from the record now: that
+ * state follows the frame in `from`'s sequence, and the frame waiting
+ * would hold it back. Cluster thread; takes reg_mu. */
 bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uint64_t from);
 
 /* cluster_session.c: persistent sessions across faults */

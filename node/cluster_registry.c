@@ -1052,11 +1052,36 @@ static uint64_t pid_seq(uint64_t next, uint32_t pid)
 bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uint64_t from)
 {
     bool found = false;
+    struct cl_claim *k = NULL;
     pthread_mutex_lock(&cn->reg_mu);
-    for (struct cl_claim *x = cn->claims; x && !found; x = x->next)
-        found = x->req.id_len == len && memcmp(x->id, id, len) == 0 &&
-                !(x->awaiting_state && x->prev_node == from);
+    for (struct cl_claim **pp = &cn->claims; *pp; pp = &(*pp)->next) {
+        struct cl_claim *x = *pp;
+        if (x->req.id_len != len || memcmp(x->id, id, len) != 0)
+            continue;
+        found = true;
+        if (x->awaiting_state && x->prev_node == from) {
+            *pp = x->next;
+            k = x;
+        }
+        break;
+    }
     pthread_mutex_unlock(&cn->reg_mu);
+    /* Late messages from the node whose state the claim awaits: that node
+     * moved its copy here on its own (cn_moving_add, e.g. its surrendered
+     * copy, whose claimant's request had not come), and sends its state (or
+     * "not found") after them. Left out of the wait, they found no session,
+     * a session rebuilt from the record beside the claim took them, and
+     * the claim's own session replaced it in the table (registry_local_stage):
+     * lost (chaos seed 1093382011 --more, 54). Waited for, they would hold
+     * the state back until the claim's deadline. The claim resumes from the
+     * record now; the frame goes into its session at once (the caller,
+     * unrouted_session), and the state after it as a late one. */
+    if (k) {
+        log_info("cluster: late messages of '%s' came from %016llx before its state, which "
+                 "they would hold back: the claim resumes from the record",
+                 k->id, (unsigned long long)from);
+        claim_from_record(k);
+    }
     return found;
 }
 

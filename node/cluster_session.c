@@ -1206,6 +1206,8 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
          * only grow, so this ends) */
         if (node == cn->self) {
             s = owned_session(cn, id, sm->client_id.len, epoch);
+            if (!s) /* its claim's session, not routed yet */
+                s = unrouted_session(cn, id, sm->client_id.len, epoch);
         } else {
             /* also back to the sender: the session may have moved to it
              * since it took these (the new epoch is its own claim's) */
@@ -1244,12 +1246,18 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
         }
     }
     if (!s && sq && cn_claim_pending(cn, id, (uint16_t)sm->client_id.len, from)) {
-        /* its client connects here now: the session comes with its claim
-         * (from its record or an old owner); sent again meanwhile */
-        cluster_fwd_in_defer(cn->fwd, sq);
-        log_debug("cluster: %zu late message(s) for '%.*s' (claim %llu) wait for its claim here",
-                  sm->n_msgs, (int)sm->client_id.len, id, (unsigned long long)sm->epoch);
-        return;
+        /* a claim that cn_claim_pending resumed from the record has its
+         * session now */
+        s = unrouted_session(cn, id, sm->client_id.len, epoch ? epoch : sm->epoch);
+        if (!s) {
+            /* its client connects here now: the session comes with its
+             * claim (from its record or an old owner); sent again meanwhile */
+            cluster_fwd_in_defer(cn->fwd, sq);
+            log_debug("cluster: %zu late message(s) for '%.*s' (claim %llu) wait for its claim "
+                      "here",
+                      sm->n_msgs, (int)sm->client_id.len, id, (unsigned long long)sm->epoch);
+            return;
+        }
     }
     if (!s && sq && node == cn->self && epoch >= sm->epoch)
         s = adopt_lost(cn, id, (uint16_t)sm->client_id.len, epoch);

@@ -263,6 +263,20 @@ class Partition:
         self.made = True
         self.cuts.append(([n.name for n in group_a], [n.name for n in group_b]))
 
+    def hold_channel(self, a, b):
+        """What node a sends node b on its channel connection waits: a's
+        packets to b's channel port are dropped (TCP sends them again once
+        healed); b's frames to a, and Raft both ways, still go."""
+        rule = f"ip saddr {a.host} ip daddr {b.host} tcp dport {self.cluster.chan_port} drop"
+        script = (f"table ip {self.table} {{\n"
+                  f"  chain out {{ type filter hook output priority 0; policy accept;\n"
+                  f"    {rule}\n  }}\n}}\n")
+        self._nft("-f", "-", script=script)
+        if not self.made:
+            atexit.register(self.heal)
+        self.made = True
+        self.cuts.append(([a.name], [b.name]))
+
     def isolate(self, node):
         self.cut([node], [n for n in self.cluster.nodes if n is not node])
 

@@ -22,7 +22,7 @@ import faults
 import mqttraw
 from faults import alive, kill, pause, resume, converged_tables, wait_healthy, wait_until
 from helpers import PahoClient, uid
-from sessions import resumed_on
+from sessions import offline_witnessed, resumed_on
 from traffic import Traffic
 
 WAIT = 10
@@ -2814,5 +2814,75 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     print(f"\n[owner of now] {len(again)} delivered again on {cn.name}; sent to it by "
           f"{b.name}: {went}")
     assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
+def test_late_messages_before_the_senders_state_reach_the_claim(cluster_factory,
+                                                                 partition_factory):
+    """Chaos seed 1093382011 with --more (54 lost, issue 10): late messages
+    of a claim that came from the very node the claim awaited the session's
+    state from, before that state (which follows them in the same sequence),
+    found no session and no claim that could wait for them (waiting would
+    hold the state back), and `adopt_lost` rebuilt a session from the
+    record beside the claim to take them; the claim's own session then
+    replaced it in the table (registry_local_stage), and they were gone.
+    Here: S, offline on X, holds M0..M9; what A sends X on the channel waits
+    (nft), so A's claim of S, waiting 30 s for X's state, asks X in vain;
+    X, whose claim timeout is 1 s, lets its surrendered copy go to A as late
+    messages of that claim. Main's build: S resumed on A with none of
+    M0..M9. Now the claim resumes from the record at once and the frame
+    goes into its session: S gets M0..M9, once each."""
+    c = cluster_factory(extra_env=FAULT_ENV)
+    c.start()
+    c.wait_healthy()
+    # followers both (a claim goes to the leader on the channel), started
+    # again with their claim timeouts
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    x, a = [n for n in c.nodes if n.name != ld]
+    for n, ms in ((x, 1000), (a, 30000)):
+        n.env = (lambda base, ms: lambda: {**base(), "STARLING_CLUSTER_CLAIM_TIMEOUT": str(ms)})(
+            n.env, ms)
+        faults.restart(n)
+    wait_healthy(c)
+    assert wait_until(lambda: faults.leader(c), WAIT, "a leader") == ld, \
+        "the leader changed with its followers' restarts"
+    cid, topic = uid("early"), uid("early/t")
+    sent = [f"m{k}".encode() for k in range(10)]
+    witness, p = offline_witnessed(x, x, cid, topic, sent)
+    witness.disconnect()
+    part = partition_factory(c)
+    part.hold_channel(a, x)
+    got = {}
+
+    def resume():
+        try:
+            got["s"] = resumed_on(a, cid, timeout=60)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            got["error"] = e
+    t = threading.Thread(target=resume)
+    t.start()
+    try:
+        moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+        wait_until(lambda: moved in x.logtext(), 30, f"{x.name} letting its copy of {cid} go")
+        came = re.compile(rf"late message\(s\) of '{re.escape(cid)}' came from "
+                          rf"{faults.node_id(x):016x}")
+        wait_until(lambda: came.search(a.logtext()), 30,
+                   f"{a.name} getting {x.name}'s late messages of {cid}")
+    finally:
+        part.heal()
+        t.join(90)
+    assert "error" not in got, got.get("error")
+    s = got["s"]
+    marker = uid("marker").encode()
+    p.publish(topic, marker, qos=1)
+    seen = []
+    while True:
+        m = s.get(30).payload
+        if m == marker:
+            break
+        seen.append(m)
+    print(f"\n[late before state] {len(seen)} of {len(sent)} delivered on {a.name}: {seen}")
+    assert seen == sent
     s.disconnect()
     p.disconnect()
