@@ -7,9 +7,9 @@
  * they deliver frames to on_frame once the handshake is done. One mutex
  * (c->mu) guards the peer list and the queues, because chan_send runs on
  * any thread; everything else is the loop thread's. A send appends to the
- * queue and wakes the loop (uv_async_send); the loop writes all that is
- * queued for a peer in one uv_write (one writev), one write in flight per
- * connection.
+ * queue and wakes the loop (uv_async_send); the loop writes what is queued
+ * for a peer in uv_writes of at most LOOP_WRITE_BYTES, one write in flight
+ * per connection.
  *
  * Writes from the sending thread (chan_flush_here): a thread that said so
  * (chan_options.defer: a broker worker, at the end of its loop turn) writes
@@ -51,6 +51,12 @@
 /* a connection's frames in one turn of the loop: then the rest of the loop
  * runs (conn_parse) */
 #define READ_TURN_NS (10u * 1000u * 1000u)
+/* the most one write takes from a peer's queue: the loop's uv_write, and a
+ * sending thread's turn (chan_flush_here; what it leaves, the loop writes) */
+#define LOOP_WRITE_FRAMES 4096u
+#define LOOP_WRITE_BYTES (256u << 10)
+#define DIRECT_WRITE_FRAMES 16384u
+#define DIRECT_WRITE_BYTES (1u << 20)
 
 struct qframe {
     struct qframe *next;
@@ -71,6 +77,31 @@ enum conn_state {
 };
 
 struct peer;
+
+/* Incoming frames are unpacked into an arena (the loop thread's, one per
+ * channel): each field of a frame is a bump of a pointer, and all of them
+ * go at once after the frame's handler ran, instead of a malloc and a free
+ * per field (protobuf-c allocates every message, string and bytes field).
+ * In a cross-node fan-in, malloc and free took about a third of the
+ * receiving node's cluster thread (docs/performance.md). A frame larger
+ * than the arena spills into malloc'ed blocks (freed with it), and the
+ * arena grows up to ARENA_MAX for the next one. */
+#define ARENA_MIN 65536u
+#define ARENA_MAX (1u << 20)
+
+struct spill {
+    struct spill *next;
+    max_align_t data[];
+};
+
+struct arena {
+    unsigned char *buf;
+    size_t cap, used;
+    size_t spilled; /* bytes beyond buf for the frame being unpacked */
+    struct spill *spills;
+    bool in_use;
+    ProtobufCAllocator al;
+};
 
 struct conn {
     struct chan *c;
@@ -137,6 +168,7 @@ struct chan {
     void (*done)(void *);
     void *done_ud;
     uint64_t refused;
+    struct arena arena; /* the loop thread's, for the frame being handled */
 };
 
 static int parse_address(const char *address, struct sockaddr_in *sa)
@@ -182,6 +214,71 @@ static bool peer_pressing(const struct peer *p, uint64_t now)
     return p->busy && !p->removed && p->st.connected && now - p->drained_ms <= CHAN_STALL_MS;
 }
 
+static void *arena_alloc(void *ud, size_t size)
+{
+    struct arena *a = ud;
+    size = (size + _Alignof(max_align_t) - 1) & ~(size_t)(_Alignof(max_align_t) - 1);
+    if (size <= a->cap - a->used) {
+        void *p = a->buf + a->used;
+        a->used += size;
+        return p;
+    }
+    struct spill *sp = malloc(sizeof *sp + size);
+    if (!sp)
+        return NULL;
+    sp->next = a->spills;
+    a->spills = sp;
+    a->spilled += size;
+    return sp->data;
+}
+
+static void arena_free(void *ud, void *p)
+{
+    (void)ud; /* everything goes at once, in arena_end */
+    (void)p;
+}
+
+/* The allocator to unpack a frame with, or NULL (protobuf-c's malloc:
+ * free the frame with free_unpacked) when the arena holds a frame already
+ * (a handler that unpacks one itself). */
+static ProtobufCAllocator *arena_begin(struct arena *a)
+{
+    if (a->in_use)
+        return NULL;
+    a->in_use = true;
+    a->al.alloc = arena_alloc;
+    a->al.free = arena_free;
+    a->al.allocator_data = a;
+    return &a->al;
+}
+
+/* The frame unpacked with al is freed: all of it at once. */
+static void arena_end(struct arena *a, ProtobufCAllocator *al)
+{
+    if (!al)
+        return;
+    size_t need = a->used + a->spilled;
+    while (a->spills) {
+        struct spill *sp = a->spills;
+        a->spills = sp->next;
+        free(sp);
+    }
+    if (a->spilled && a->cap < ARENA_MAX) {
+        size_t cap = a->cap ? a->cap : ARENA_MIN;
+        while (cap < need && cap < ARENA_MAX)
+            cap *= 2;
+        unsigned char *buf = malloc(cap);
+        if (buf) {
+            free(a->buf);
+            a->buf = buf;
+            a->cap = cap;
+        }
+    }
+    a->used = 0;
+    a->spilled = 0;
+    a->in_use = false;
+}
+
 static void maybe_done(struct chan *c)
 {
     if (!c->stopping || c->open)
@@ -198,6 +295,7 @@ static void maybe_done(struct chan *c)
     }
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv);
+    free(c->arena.buf);
     void (*done)(void *) = c->done;
     void *ud = c->done_ud;
     free(c);
@@ -360,6 +458,50 @@ static bool hello_ok(struct conn *k, const Starling__Chan__Hello *h)
 
 /* ---- outgoing data ---- */
 
+/* Detach the head of p's queue, at most max_frames frames and max_bytes
+ * bytes but at least one frame: a NULL-terminated list, *n frames. Its
+ * first frame's written part is p->head_off, which the caller takes and
+ * clears. Caller holds c->mu. Writing the queue a part at a time keeps the
+ * work per write bounded (a queue of a few MiB is tens of thousands of
+ * frames: the list walks, the iovec arrays) and lets a write complete, and
+ * a busy peer's senders resume ("Pressure" in channel.h), while the rest
+ * is still queued: the link does not idle while they wake up. */
+static struct qframe *queue_take(struct peer *p, size_t max_frames, size_t max_bytes, size_t *n)
+{
+    struct qframe *list = p->qhead, *last = NULL;
+    size_t k = 0, bytes = 0;
+    for (struct qframe *q = list; q && (!k || (k < max_frames && bytes + q->len <= max_bytes));
+         q = q->next) {
+        last = q;
+        k++;
+        bytes += q->len;
+    }
+    if (n)
+        *n = k;
+    if (!last)
+        return NULL;
+    p->qhead = last->next;
+    if (!p->qhead)
+        p->qtail = &p->qhead;
+    last->next = NULL;
+    p->head_off = 0;
+    return list;
+}
+
+/* Put list (taken by queue_take, off bytes of its first frame written)
+ * back at the head of p's queue. Caller holds c->mu. */
+static void queue_put_back(struct peer *p, struct qframe *list, size_t off)
+{
+    struct qframe *last = list;
+    while (last->next)
+        last = last->next;
+    last->next = p->qhead;
+    if (!p->qhead)
+        p->qtail = &last->next;
+    p->qhead = list;
+    p->head_off = off;
+}
+
 static void flush_peer(struct peer *p);
 
 static void data_written(uv_write_t *w, int status)
@@ -417,33 +559,20 @@ static void flush_peer(struct peer *p)
         pthread_mutex_unlock(&c->mu);
         return;
     }
-    struct qframe *list = p->qhead;
-    size_t off = p->head_off;
-    p->qhead = NULL;
-    p->qtail = &p->qhead;
-    p->head_off = 0;
+    size_t off = p->head_off, n;
+    struct qframe *list = queue_take(p, LOOP_WRITE_FRAMES, LOOP_WRITE_BYTES, &n);
     p->loop_writing = list != NULL;
     if (list)
         p->drained_ms = mono_ms(); /* the clock of this write's progress */
     pthread_mutex_unlock(&c->mu);
     if (!list)
         return;
-    size_t n = 0;
-    for (struct qframe *q = list; q; q = q->next)
-        n++;
     uv_buf_t *bufs = malloc(n * sizeof *bufs);
     if (!bufs) {
         /* Put them back; try again on the next wake-up. */
         pthread_mutex_lock(&c->mu);
-        struct qframe *last = list;
-        while (last->next)
-            last = last->next;
-        last->next = p->qhead;
-        p->qhead = list;
-        p->head_off = off;
+        queue_put_back(p, list, off);
         p->loop_writing = false;
-        if (!last->next)
-            p->qtail = &last->next;
         pthread_mutex_unlock(&c->mu);
         return;
     }
@@ -651,16 +780,20 @@ static void conn_parse(struct conn *k)
         }
         if (k->rlen - off - 4 < len)
             break;
-        Starling__Chan__Frame *f = starling__chan__frame__unpack(NULL, len, p + 4);
+        ProtobufCAllocator *al = arena_begin(&c->arena);
+        Starling__Chan__Frame *f = starling__chan__frame__unpack(al, len, p + 4);
         off += 4 + len;
         if (!f || f->frame_case == STARLING__CHAN__FRAME__FRAME__NOT_SET) {
-            if (f)
+            if (f && !al)
                 starling__chan__frame__free_unpacked(f, NULL);
+            arena_end(&c->arena, al);
             refuse(k, "malformed frame");
             return;
         }
         handle_frame(k, f);
-        starling__chan__frame__free_unpacked(f, NULL);
+        if (!al)
+            starling__chan__frame__free_unpacked(f, NULL);
+        arena_end(&c->arena, al);
     }
     if (k->closing)
         return;
@@ -1073,18 +1206,16 @@ int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len,
 }
 
 /* Write p's queue from this thread: one sendmsg of up to 64 frames at
- * a time, until it is empty or the socket is full. Called with c->mu held
+ * a time, until DIRECT_WRITE_BYTES are written, the queue is empty or the
+ * socket is full. Called with c->mu held
  * and p->direct set; releases the lock around the writes. What is left goes
  * back to the head of the queue (frames queued meanwhile stay behind it).
  * Returns whether a busy peer drained (on_drained is due). */
 static bool write_direct(struct chan *c, struct peer *p)
 {
-    struct qframe *list = p->qhead;
     size_t off = p->head_off;
+    struct qframe *list = queue_take(p, DIRECT_WRITE_FRAMES, DIRECT_WRITE_BYTES, NULL);
     int fd = p->fd;
-    p->qhead = NULL;
-    p->qtail = &p->qhead;
-    p->head_off = 0;
     pthread_mutex_unlock(&c->mu);
     struct iovec iov[64];
     size_t freed = 0, sent = 0;
@@ -1126,16 +1257,8 @@ static bool write_direct(struct chan *c, struct peer *p)
         p->busy = false;
         drained = true;
     }
-    if (list) {
-        struct qframe *last = list;
-        while (last->next)
-            last = last->next;
-        last->next = p->qhead;
-        if (!p->qhead)
-            p->qtail = &last->next;
-        p->qhead = list;
-        p->head_off = off;
-    }
+    if (list)
+        queue_put_back(p, list, off);
     pthread_cond_broadcast(&c->cv);
     return drained;
 }

@@ -35,10 +35,10 @@
  * to it completes with at most half the bound left: chan_send_flow tells
  * the sender so, so that it can slow its own sources down (the broker
  * pauses the publishing connection) instead of overrunning the queue, and
- * on_drained runs when a busy peer is not busy any more. (The whole queue
- * goes out in one write: resuming when the write completes with up to
- * half the bound queued behind it keeps the socket busy while the senders
- * wake up; a lower mark left the link idle, measured.) A peer that
+ * on_drained runs when a busy peer is not busy any more. (The queue goes
+ * out in writes of at most 256 KiB: the first that completes with half the
+ * bound or less queued resumes the senders while the rest keeps the socket
+ * busy; a lower mark left the link idle, measured.) A peer that
  * stopped draining (a stalled process, a cut link) is not busy: its
  * overflow is refused and counted, the senders are never held back by it.
  *

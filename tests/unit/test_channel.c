@@ -55,6 +55,14 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* The payload length of send_big's frame seq: small ones, and ones larger
+ * than the receiver's unpack arena (64 KiB at first, 1 MiB at most). */
+static size_t big_len(uint64_t seq)
+{
+    static const size_t lens[] = {10, 200 * 1024, 70, 3 * 1024 * 1024, 5, 900 * 1024, 40 * 1024};
+    return lens[seq % (sizeof lens / sizeof lens[0])];
+}
+
 static void on_frame(void *ud, uint64_t from, const void *frame)
 {
     struct node *nd = ud;
@@ -69,6 +77,19 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
     unsigned o = (unsigned)(p->origin % 8);
     if (p->origin != from)
         nd->in.bad = true;
+    if (p->qos == 2) { /* send_big: its length and every byte */
+        if (p->payload.len != big_len(p->seq))
+            nd->in.bad = true;
+        for (size_t i = 0; i < p->payload.len && !nd->in.bad; i++)
+            if (p->payload.data[i] != (uint8_t)(p->seq * 31 + i))
+                nd->in.bad = true;
+        if (p->seq != nd->in.last_seq[o] + 1)
+            nd->in.out_of_order = true;
+        nd->in.last_seq[o] = p->seq;
+        nd->in.n_from[o]++;
+        nd->in.n++;
+        return;
+    }
     char want[64];
     snprintf(want, sizeof want, "t/%llu/%llu", (unsigned long long)p->origin,
              (unsigned long long)p->seq);
@@ -83,9 +104,15 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
 }
 
 static unsigned drained_calls;
+/* when set: the queued bytes for drained_peer at the first on_drained */
+static struct chan *drained_chan;
+static uint64_t drained_peer, drained_queued;
 static void on_drained(void *ud)
 {
     (void)ud;
+    struct chan_peer_stats st;
+    if (!drained_calls && drained_chan && chan_peer_stats(drained_chan, drained_peer, &st) == 0)
+        drained_queued = st.queued_bytes;
     drained_calls++;
 }
 
@@ -482,6 +509,106 @@ static void test_pressure(void)
     stop(&f);
 }
 
+/* Frames of every size arrive intact, the ones larger than the receiver's
+ * unpack arena too (channel.c: they spill into blocks of their own and the
+ * arena grows for the next), byte for byte and in order. */
+static int send_big(struct node *from, uint64_t to, uint64_t seq)
+{
+    size_t len = big_len(seq);
+    uint8_t *payload = malloc(len), *buf = malloc(len + 256);
+    if (!payload || !buf) {
+        free(payload);
+        free(buf);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < len; i++)
+        payload[i] = (uint8_t)(seq * 31 + i);
+    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+    p.origin = from->id;
+    p.seq = seq;
+    p.topic.data = (uint8_t *)"big";
+    p.topic.len = 3;
+    p.payload.data = payload;
+    p.payload.len = len;
+    p.qos = 2;
+    Starling__Chan__Frame f = STARLING__CHAN__FRAME__INIT;
+    f.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+    f.publish = &p;
+    size_t n = starling__chan__frame__pack(&f, buf);
+    int rc = chan_send(from->c, to, buf, n);
+    free(payload);
+    free(buf);
+    return rc;
+}
+
+static void test_frames_larger_than_the_arena(void)
+{
+    struct node g, h;
+    CU_ASSERT_EQUAL_FATAL(start(&g, 8, "127.0.0.38", test_free_port("127.0.0.38"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&h, 9, "127.0.0.39", test_free_port("127.0.0.39"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(g.c, 9, h.address), 0);
+    /* two rounds of every size, a few at a time (a 3 MiB frame, and the
+     * queue's bound is 8 MiB) */
+    for (uint64_t seq = 1; seq <= 14; seq++) {
+        CU_ASSERT_EQUAL(send_big(&g, 9, seq), 0);
+        if (seq % 3 == 0 || seq == 14)
+            CU_ASSERT_TRUE(RUN_UNTIL(h.in.n == seq || h.in.bad, 20000));
+    }
+    CU_ASSERT_EQUAL(h.in.n, 14);
+    CU_ASSERT_FALSE(h.in.out_of_order || h.in.bad);
+    stop(&g);
+    stop(&h);
+}
+
+/* The queue goes out a part at a time: a busy peer's senders are resumed
+ * (on_drained) while much of the queue is still to be written, so the
+ * link does not idle while they wake up. (Before, the whole queue went out
+ * in one write, and on_drained came when all of it had: 0 bytes queued.) */
+static void test_senders_resume_before_the_queue_is_empty(void)
+{
+    struct node g, h;
+    CU_ASSERT_EQUAL_FATAL(
+        start(&g, 8, "127.0.0.38", test_free_port("127.0.0.38"), "t", "k", 2u << 20), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&h, 9, "127.0.0.39", test_free_port("127.0.0.39"), "t", "k", 0), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(g.c, 9, h.address), 0);
+    struct chan_peer_stats st = {0};
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(g.c, 9, &st) == 0 && st.connected, 5000));
+    /* 1.5 MiB of frames, the loop not running: busy from 1 MiB */
+    uint8_t payload[300] = {0}, buf[512];
+    uint64_t n = 0;
+    bool busy = false;
+    while (chan_peer_stats(g.c, 9, &st) == 0 && st.queued_bytes < (3u << 19)) {
+        Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+        char topic[64];
+        n++;
+        snprintf(topic, sizeof topic, "t/8/%llu", (unsigned long long)n);
+        p.origin = 8;
+        p.seq = n;
+        p.topic.data = (uint8_t *)topic;
+        p.topic.len = strlen(topic);
+        p.payload.data = payload;
+        p.payload.len = n % 300;
+        Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+        fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+        fr.publish = &p;
+        size_t len = starling__chan__frame__pack(&fr, buf);
+        CU_ASSERT_EQUAL_FATAL(chan_send_flow(g.c, 9, buf, len, &busy), 0);
+    }
+    CU_ASSERT_TRUE(busy);
+    drained_calls = 0;
+    drained_chan = g.c;
+    drained_peer = 9;
+    CU_ASSERT_TRUE(RUN_UNTIL(h.in.n == n && drained_calls > 0, 10000));
+    drained_chan = NULL;
+    CU_ASSERT_FALSE(h.in.bad || h.in.out_of_order);
+    /* resumed with about half the bound still queued */
+    CU_ASSERT_TRUE(drained_queued >= 512 * 1024 && drained_queued <= 1024 * 1024);
+    if (drained_queued < 512 * 1024 || drained_queued > 1024 * 1024)
+        fprintf(stderr, "on_drained with %llu bytes queued\n", (unsigned long long)drained_queued);
+    stop(&g);
+    stop(&h);
+}
+
 int main(void)
 {
     uv_loop_init(&loop);
@@ -499,6 +626,9 @@ int main(void)
     CU_add_test(s, "pressure: busy while draining", test_pressure);
     CU_add_test(s, "heavy frames leave the loop its turns",
                 test_heavy_frames_leave_the_loop_its_turns);
+    CU_add_test(s, "frames larger than the unpack arena", test_frames_larger_than_the_arena);
+    CU_add_test(s, "senders resume before the queue is empty",
+                test_senders_resume_before_the_queue_is_empty);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
