@@ -22,6 +22,7 @@
 
 struct cl_claim;
 struct surrendered;
+struct held_request;
 struct cmd_batch;
 struct ret_retry;
 struct ret_own;
@@ -124,6 +125,7 @@ struct cluster_node {
     pthread_mutex_t reg_mu;
     struct cl_claim *claims;         /* reg_mu: retrying, or awaiting state */
     struct surrendered *surrendered; /* reg_mu: sessions given up, kept for their claimant */
+    struct held_request *held;       /* reg_mu: requests waiting for a claim of this node */
 
     /* persistent sessions across faults (cluster_session.c) */
     struct cn_moving *moving;     /* reg_mu: old copies whose late messages follow the session */
@@ -286,6 +288,10 @@ void cn_session_unstore_beside(struct broker *b, struct session *s);
 void cn_overtaken_add(struct cluster_node *cn, struct session *s, uint64_t node, uint64_t epoch);
 /* The new owner: s came from another node with claim `epoch`. */
 void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch);
+/* Whether a session of id that came here with a claim of this node before
+ * claim `below` is still that claim's: neither ended, nor in the table, nor
+ * given up (surrendered, or an old copy moving out). reg_mu held. */
+bool cn_incoming_unsettled(struct cluster_node *cn, const char *id, uint16_t len, uint64_t below);
 void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id, uint16_t len,
                             uint64_t epoch, uint64_t route_index);
 /* Take the messages s holds (inflight, then queued; a QoS 2 message past

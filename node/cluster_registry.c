@@ -84,8 +84,19 @@ struct surrendered {
     uint64_t until_ms;
 };
 
+/* A SessionRequest that came while a claim of the same id made here was
+ * still in progress (cn_registry_on_request): answered once it ended. */
+struct held_request {
+    struct held_request *next;
+    uint64_t from, epoch;
+    uint64_t until_ms; /* answered then whatever the claim does */
+    uint16_t len;
+    char id[];
+};
+
 static void claim_propose(struct cl_claim *k);
 static bool held_here(struct cluster_node *cn, const char *id, uint16_t len);
+static void held_poll(struct cluster_node *cn, uint64_t now);
 
 /* ---- the end of a claim: on the claiming worker ---- */
 
@@ -689,6 +700,7 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now)
         }
         free(x);
     }
+    held_poll(cn, now);
 }
 
 size_t cn_registry_surrendered(struct cluster_node *cn)
@@ -726,7 +738,14 @@ void cn_registry_drain(struct cluster_node *cn)
     cn->claims = NULL;
     struct surrendered *x = cn->surrendered;
     cn->surrendered = NULL;
+    struct held_request *h = cn->held;
+    cn->held = NULL;
     pthread_mutex_unlock(&cn->reg_mu);
+    while (h) { /* unanswered: the claimant's wait ends on its own */
+        struct held_request *next = h->next;
+        free(h);
+        h = next;
+    }
     while (k) {
         struct cl_claim *next = k->next;
         claim_finish(k, REGISTRY_UNAVAILABLE);
@@ -982,24 +1001,64 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     free(seenp);
 }
 
-/* A SessionRequest from the node that won the claim (cluster thread). */
-void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
-                            const Starling__Chan__SessionRequest *r)
+/* Whether a claim of id made here before claim `epoch` is still in
+ * progress: in cn->claims (awaiting its state or its entry's apply), or on
+ * its worker with the session it brought (its routes' wait, its store's
+ * commit before it is in the table). reg_mu held. */
+static bool claim_in_progress(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch)
 {
-    if (r->client_id.len == 0 || r->client_id.len > 65535)
-        return;
-    const char *id = (const char *)r->client_id.data;
-    uint16_t len = (uint16_t)r->client_id.len;
+    for (struct cl_claim *k = cn->claims; k; k = k->next)
+        if (k->req.id_len == len && memcmp(k->id, id, len) == 0 && k->epoch < epoch)
+            return true;
+    return cn_incoming_unsettled(cn, id, len, epoch);
+}
+
+/* Answer the request of `from` (claim `epoch`) for the session of id;
+ * `may_hold`: it may wait for a claim of id in progress here. Any thread
+ * but a worker's. */
+static void request_answer(struct cluster_node *cn, uint64_t from, const ProtobufCBinaryData *cid,
+                           uint64_t req_epoch, bool may_hold)
+{
+    const char *id = (const char *)cid->data;
+    uint16_t len = (uint16_t)cid->len;
     struct session *s = NULL;
     uint64_t owner = 0, epoch = 0;
     if (fsm_registry_get(cn->fsm, id, len, &owner, &epoch) == 0 &&
-        (epoch > r->epoch || (epoch == r->epoch && owner != from))) {
+        (epoch > req_epoch || (epoch == req_epoch && owner != from))) {
         /* a later claim won since (or the requester is not the owner):
          * the session is not the requester's to take */
-        state_send(cn, from, &r->client_id, r->epoch, NULL, 0);
+        state_send(cn, from, cid, req_epoch, NULL, 0);
         return;
     }
     pthread_mutex_lock(&cn->reg_mu);
+    /* A claim of id made here before the requester's holds the session
+     * it brought (its old owner's state) until it ends, overtaken by the
+     * requester's: out of the table, it is in no list below, and the
+     * answer was "none" (docs/cluster.md, item 109 of the afternoon's
+     * chaos runs). The requester then resumed from the record and got
+     * what that session held only as late messages once this claim had
+     * ended (6 s later), after what reached it directly since (out of
+     * order), or after this node's restart when it was SIGKILLed
+     * meanwhile. The answer waits until that claim ended (its session is
+     * surrendered, or moving out to the requester: found below), at most
+     * as long as the requester waits for it. */
+    if (may_hold && claim_in_progress(cn, id, len, req_epoch)) {
+        struct held_request *h = calloc(1, sizeof(*h) + len);
+        if (h) {
+            h->from = from;
+            h->epoch = req_epoch;
+            h->until_ms = cn_mono_ms() + (uint64_t)cn->b->cfg.cluster_claim_timeout;
+            h->len = len;
+            memcpy(h->id, id, len);
+            h->next = cn->held;
+            cn->held = h;
+            pthread_mutex_unlock(&cn->reg_mu);
+            log_info("cluster: the request of %016llx for '%.*s' (claim %llu) waits for this "
+                     "node's claim of it in progress",
+                     (unsigned long long)from, (int)len, id, (unsigned long long)req_epoch);
+            return;
+        }
+    }
     for (struct surrendered **pp = &cn->surrendered; *pp; pp = &(*pp)->next) {
         struct surrendered *x = *pp;
         if (x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0) {
@@ -1018,7 +1077,7 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
         lock_release(&s->lock);
     }
     if (!s) { /* a stored copy that the start-up pass found claimed away */
-        s = cn_moving_take(cn, id, len, from, r->epoch);
+        s = cn_moving_take(cn, id, len, from, req_epoch);
         known = s != NULL;
     }
     pthread_mutex_unlock(&cn->reg_mu);
@@ -1034,9 +1093,44 @@ void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
      * known yet: a stored epoch lower than its last claim would leave out
      * what came to this node alone): everything goes, at least once. */
     uint64_t direct = known ? cn_copy_owners_index(cn, s, from) : 0;
-    state_send(cn, from, &r->client_id, r->epoch, s, direct);
+    state_send(cn, from, cid, req_epoch, s, direct);
     if (s) /* what still arrives for it follows it (cluster_session.c) */
-        cn_moving_add(cn, s, from, r->epoch, false);
+        cn_moving_add(cn, s, from, req_epoch, false);
+}
+
+/* A SessionRequest from the node that won the claim (cluster thread). */
+void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
+                            const Starling__Chan__SessionRequest *r)
+{
+    if (r->client_id.len == 0 || r->client_id.len > 65535)
+        return;
+    request_answer(cn, from, &r->client_id, r->epoch, true);
+}
+
+/* The held requests whose claim here ended, or whose time is up, are
+ * answered (the glue's thread). */
+static void held_poll(struct cluster_node *cn, uint64_t now)
+{
+    struct held_request *ready = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct held_request **pp = &cn->held; *pp;) {
+        struct held_request *h = *pp;
+        if (h->until_ms <= now || !claim_in_progress(cn, h->id, h->len, h->epoch)) {
+            *pp = h->next;
+            h->next = ready;
+            ready = h;
+        } else {
+            pp = &h->next;
+        }
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
+    while (ready) {
+        struct held_request *h = ready;
+        ready = h->next;
+        ProtobufCBinaryData cid = {h->len, (uint8_t *)h->id};
+        request_answer(cn, h->from, &cid, h->epoch, false);
+        free(h);
+    }
 }
 
 /* The first sequence number from next on whose packet id (persist_pid_of)

@@ -827,6 +827,27 @@ static struct session *incoming_find(struct cluster_node *cn, const char *id, si
     return s;
 }
 
+bool cn_incoming_unsettled(struct cluster_node *cn, const char *id, uint16_t len, uint64_t below)
+{
+    struct registry *r = &cn->b->registry;
+    for (struct cn_incoming *x = cn->incoming; x; x = x->next) {
+        struct session *s = x->s;
+        if (x->epoch >= below || s->id_len != len || memcmp(s->client_id, id, len) != 0)
+            continue;
+        bool given_up = cn_registry_surrendered_has(cn, id, len);
+        for (struct cn_moving *m = cn->moving; m && !given_up; m = m->next)
+            given_up = m->s == s;
+        pthread_mutex_lock(&r->lock);
+        lock_acquire(&s->lock);
+        bool held = !given_up && !s->ended && !s->in_table;
+        lock_release(&s->lock);
+        pthread_mutex_unlock(&r->lock);
+        if (held)
+            return true;
+    }
+    return false;
+}
+
 /* The session of id here with claim `epoch` (a reference), or NULL. Before
  * the start-up pass, a stored session does not know its claim yet (epoch
  * 0): it takes late messages of any claim, and the pass (or the claims

@@ -10,11 +10,15 @@ old copy's last frame, as a loaded machine did.
 """
 
 import os
+import re
 import time
+
+import pytest
 
 import faults
 import mqttraw
 from helpers import PahoClient, uid
+from sessions import offline_witnessed
 
 WAIT = 30.0
 
@@ -247,3 +251,69 @@ def test_a_claim_overtaken_by_a_clean_start_hands_on_nothing(cluster_factory):
     assert (first.topic, first.payload) == (mark, b"marker"), first
     s3.disconnect()
     p.disconnect()
+
+
+def test_a_request_that_meets_an_older_claim_in_progress_waits_for_its_session(cluster_factory):
+    """A persistent QoS 1 session S on A holds m0..m4. A's Raft port is cut
+    (its channel goes on: it reports, answers and forwards, but applies no
+    new entry), so every wait for the tables on every member holds. S's
+    client connects to B: B's claim gets A's state (S moves to B whole),
+    and waits for its routes to be in effect everywhere (A). d0..d4 are
+    published on B: B's session takes them. The client gives up on B and
+    connects to C: C's claim, later than B's, asks B for the session while
+    B's claim still holds it (out of the table until that claim ends).
+    e0..e4 are published on B, the cut heals, and a marker is published
+    once the client is answered. The client must get m0..m4, d0..d4,
+    e0..e4 and the marker, in this order, each once.
+
+    Before, B answered "no session to hand over" (docs/cluster.md, item 109
+    of the afternoon's chaos runs): C resumed from the record, got e0..e4
+    directly, and what B's claim held came only as late messages once
+    that claim had ended overtaken, 6 s later, after the marker (or after
+    B's restart when B was SIGKILLed meanwhile)."""
+    reason = faults.nft_available()
+    if reason:
+        pytest.skip(reason)
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "8000"})
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    part = faults.Partition(c)
+    try:
+        cid, topic = uid("held"), uid("held/t")
+        m = [f"m{k}".encode() for k in range(5)]
+        witness, pub = offline_witnessed(a, b, cid, topic, m)
+        witness.disconnect()
+        part.cut([a], [b, cn], raft_only=True)
+        faults.wait_until(lambda: faults.leader(c, [b, cn]), WAIT, "a leader among b and c")
+        props = {"session_expiry_interval": 600}
+        s1 = mqttraw.Client(b)
+        s1.connect(cid, clean=False, properties=props, expect=False)
+        faults.wait_until(lambda: f"the session of '{cid}' moved here" in b.logtext(), WAIT,
+                          f"{b.name} getting the state of {cid} from {a.name}")
+        d = [f"d{k}".encode() for k in range(5)]
+        for x in d:
+            pub.publish(topic, x, qos=1)
+        s2 = mqttraw.Client(cn)
+        s2.connect(cid, clean=False, properties=props, expect=False)
+        held = re.compile(f"for '{cid}' \\(claim \\d+\\) waits for this node's claim")
+        faults.wait_until(
+            lambda: held.search(b.logtext()) or
+            f"no session '{cid}' to hand over" in cn.logtext(), WAIT,
+            f"{b.name} answering (or holding) the request of {cn.name}")
+        e = [f"e{k}".encode() for k in range(5)]
+        for x in e:
+            pub.publish(topic, x, qos=1)
+        part.heal()
+        ack = s2.expect(mqttraw.CONNACK, timeout=WAIT)
+        assert ack.reason_code == 0 and ack.session_present, ack
+        pub.publish(topic, b"marker", qos=1)
+        got = []
+        while not got or got[-1] != b"marker":
+            got.append(s2.recv_publish(timeout=WAIT).payload)
+        assert got == m + d + e + [b"marker"], got
+        s2.disconnect()
+        s1.close()
+        pub.disconnect()
+    finally:
+        part.heal()
