@@ -1149,12 +1149,12 @@ def test_sigterm_hands_a_persistent_session_over_whole(fault_cluster):
     assert (m1.payload, m2.payload) == (b"m1", b"m2")
     a.proc.send_signal(signal.SIGTERM)
     s.expect_disconnect(0x8B, timeout=WAIT)  # server shutting down
-    t0 = time.monotonic()
     s2 = mqttraw.connected(b, sid, 5, clean=False, properties={"session_expiry_interval": 600})
-    took = time.monotonic() - t0
     assert s2.connack.session_present, s2.connack
-    # the stopping node answered: no wait for cluster_claim_timeout (2 s)
-    assert took < CLAIM_TIMEOUT_MS / 1000.0, f"CONNACK after {took:.1f} s"
+    # the stopping node answered with the session: B did not wait out
+    # cluster_claim_timeout and resume it from its record (a log line, not
+    # the CONNACK's time: that varies with the machine's load)
+    assert f"no session state for '{sid}' from its old node" not in b.logtext()
     rel = s2.expect(mqttraw.PUBREL, timeout=WAIT)
     assert rel.packet_id == m1.packet_id
     again = s2.expect(mqttraw.PUBLISH, timeout=WAIT)
@@ -1165,7 +1165,9 @@ def test_sigterm_hands_a_persistent_session_over_whole(fault_cluster):
     s2.pubcomp(again.packet_id)
     assert a.proc.wait(WAIT) == 0  # (a second SIGTERM would end the hand-over)
     a.stop()
-    assert "1 of 1 persistent session(s) handed over" in a.logtext()
+    # A waited for nothing, or for S until it was claimed (the claim may
+    # complete before A counts what it waits for: then it logs no count)
+    assert "the others resume from their records" not in a.logtext()
     # nothing more comes for S (its old copy's late messages, if any, are
     # taken once)
     with pytest.raises(mqttraw.Timeout):
