@@ -2914,7 +2914,8 @@ def test_stored_copy_that_the_start_up_pass_names_the_claims_keeps_the_session(c
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
     for n in c.nodes:
         n.env = (lambda n=n: {**Node.env(n),
-                              "STARLING_TEST_REPORTS_HOLD": str(tmp_path / f"reports-held-{n.name}")})
+                              "STARLING_TEST_REPORTS_HOLD":
+                                  str(tmp_path / f"reports-held-{n.name}")})
     c.start()
     c.wait_healthy()
     lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
@@ -2964,7 +2965,8 @@ def test_stored_copy_that_the_start_up_pass_names_the_claims_keeps_the_session(c
         me = faults.node_id(a)
         wait_until(lambda: faults.tables(a)["registry"].get(cid, (0, 0))[0] == me, 30,
                    f"{a.name}'s claim of {cid} applied there")
-        assert pass_done not in a.logtext()[start:], f"{a.name}'s start-up pass ran before its claim"
+        assert pass_done not in a.logtext()[start:], \
+            f"{a.name}'s start-up pass ran before its claim"
         held.unlink()
         wait_until(lambda: pass_done in a.logtext()[start:], 30, f"{a.name}'s start-up pass")
         t.join(90)
