@@ -198,6 +198,7 @@ void cn_session_ended(void *ud, struct session *s)
     lock_acquire(&s->lock);
     uint64_t epoch = s->epoch;
     bool ended = s->ended;
+    uint32_t expiry = s->expiry_interval;
     lock_release(&s->lock);
     uint64_t node = 0, cur = 0;
     /* only the session of the current claim releases it: a copy that a
@@ -206,6 +207,32 @@ void cn_session_ended(void *ud, struct session *s)
         fsm_registry_get(cn->fsm, s->client_id, s->id_len, &node, &cur) != 0 || node != cn->self ||
         cur != epoch)
         return;
+    /* Nor one that another session of the id replaced in this node's
+     * table (registry_local_stage, registry_local_claim: the state or
+     * record of this node's claim came), though it carries the current
+     * claim's epoch: a session that adopt_lost rebuilt for that claim, or a
+     * stored copy that the start-up pass named the claim's (its claim
+     * applied before the pass, the client having connected here at once).
+     * The claim's session is the one in the table. Before, its release
+     * took the registry entry and the record away: the claim was
+     * "overtaken ... while it was stored", the client's next claim was
+     * claim 1 with session present 0, and the late messages of the
+     * claim were dropped as "not here" (issue 10, chaos seed 1188520366
+     * --more: 222 lost). */
+    struct registry *t = &cn->b->registry;
+    pthread_mutex_lock(&t->lock);
+    struct session *in_table = registry_find(t, s->client_id, s->id_len);
+    pthread_mutex_unlock(&t->lock);
+    if (in_table && in_table != s) {
+        log_info("cluster: the session of '%s' (claim %llu) was replaced here by another one of "
+                 "its claim: the registry keeps it",
+                 s->client_id, (unsigned long long)epoch);
+        return;
+    }
+    if (expiry)
+        log_info("cluster: the session of '%s' (claim %llu) ended here: its registry entry and "
+                 "record go",
+                 s->client_id, (unsigned long long)epoch);
     struct cmd_batch *b = cmd_batch_new();
     int r = b ? cmd_session_release(b, s->client_id, s->id_len, cn->self, epoch, 0) : -ENOMEM;
     if (r == 0)

@@ -539,7 +539,14 @@ static bool registry_check_offline(struct session *s, uint64_t now, struct endin
     e->will = NULL;
     lock_acquire(&s->lock);
     if (!s->conn) {
-        expired = s->expiry_interval != UINT32_MAX &&
+        /* `now` was read before the tick took the locks: a session that a
+         * worker took offline meanwhile (a burst of keep-alive timeouts
+         * after a SIGSTOP) has disconnected_at after it. Unsigned, the
+         * difference wrapped round and the session expired at once; in a
+         * cluster its end released its registry entry and record (issue 10:
+         * "sessions lost", session present 0 for all three subscribers of a
+         * chaos run at once). */
+        expired = s->expiry_interval != UINT32_MAX && now >= s->disconnected_at &&
                   now - s->disconnected_at >= (uint64_t)s->expiry_interval * 1000u;
         if (s->pending_will && (expired || now >= s->will_at)) {
             e->will = s->pending_will;

@@ -2888,3 +2888,125 @@ def test_late_messages_before_the_senders_state_reach_the_claim(cluster_factory,
     assert seen == sent
     s.disconnect()
     p.disconnect()
+
+
+def test_stored_copy_that_the_start_up_pass_names_the_claims_keeps_the_session(cluster_factory,
+                                                                                tmp_path):
+    """Issue 10, "sessions lost" in chaos runs (seed 1188520366 --more: the
+    client got session present 0 and the registry then gave it claim 1),
+    made deterministic. A persistent QoS 1 subscriber S moves from A to B;
+    A's old copy stays in its store (STARLING_TEST_MOVING_HOLD) and A is
+    SIGKILLed; M0..M9 are queued for S on B. A starts again and serves
+    before it has caught up (the leader's reports held:
+    STARLING_TEST_REPORTS_HOLD), so its start-up pass has not run; B is
+    SIGSTOPped and S connects to A: A's claim applies and asks B, which
+    does not answer. Then the leader's reports come, A's start-up pass finds
+    the stored copy and the registry giving S to A: it gives the copy the
+    claim's epoch. The claim resumes from the record after its timeout and
+    its session replaces the copy in A's table. Before, that copy's end
+    released S (SessionRelease: registry entry and record gone; the claim,
+    when the release applied first, was "overtaken", CONNACK 0x88): S's
+    next claim was claim 1, session present 0. Now S is resumed on A, gets
+    M0..M9 (B's state, once B continued), and again on the leader's node
+    (session present 1), which the registry names."""
+    from conftest import Node
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_CLUSTER_CLAIM_TIMEOUT="8000",
+                                       STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    for n in c.nodes:
+        n.env = (lambda n=n: {**Node.env(n),
+                              "STARLING_TEST_REPORTS_HOLD":
+                                  str(tmp_path / f"reports-held-{n.name}")})
+    c.start()
+    c.wait_healthy()
+    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    a, b = [n for n in c.nodes if n is not lead]
+    cid, topic = uid("passcopy"), uid("passcopy/t")
+    props = {"session_expiry_interval": 600}
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=1) == [1]
+    s.disconnect()
+    hold.write_text("")  # A's copy, claimed away, stays (in its store too)
+    s = resumed_on(b, cid, timeout=30)
+    s.disconnect()
+    moved = f"the session of '{cid}' moved to {faults.node_id(b):016x}"
+    wait_until(lambda: moved in a.logtext(), 30, f"{a.name} letting its copy of {cid} go")
+    p = PahoClient(lead, uid("passcopyp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=1)
+    # the leader's reports held before A dies: none queued for A meanwhile
+    # (the channel sends a peer what was queued for it once it is back)
+    held = tmp_path / f"reports-held-{lead.name}"
+    held.write_text("")
+    kill(a)
+    hold.unlink()
+    start = len(a.logtext())
+    a.start()
+
+    def hears_b():  # A serves and hears B (B's claim below asks it)
+        try:
+            st, doc = a.http("GET", "/api/v1/cluster", timeout=2)
+        except OSError:
+            return False
+        return st == 200 and any(x["name"] == b.name and x["reachable"] for x in doc["nodes"])
+    wait_until(hears_b, 30, f"{a.name} serving and hearing {b.name}")
+    pass_done = "cluster: start-up pass over"
+    got = {}
+    pause(b)
+    try:
+        def connect():
+            y = mqttraw.Client(a, version=5)
+            y.connack = y.connect(cid, clean=False, properties=props, timeout=60)
+            got["s"] = y
+        t = threading.Thread(target=connect)
+        t.start()
+        me = faults.node_id(a)
+        wait_until(lambda: faults.tables(a)["registry"].get(cid, (0, 0))[0] == me, 30,
+                   f"{a.name}'s claim of {cid} applied there")
+        assert pass_done not in a.logtext()[start:], \
+            f"{a.name}'s start-up pass ran before its claim"
+        held.unlink()
+        wait_until(lambda: pass_done in a.logtext()[start:], 30, f"{a.name}'s start-up pass")
+        t.join(90)
+    finally:
+        if held.exists():
+            held.unlink()
+        resume(b)
+    s = got["s"]
+    acks = [s.connack]
+    for _ in range(3):  # a refused CONNECT (0x88) is tried again, as clients do
+        if s.connack.reason_code != 0x88:
+            break
+        s.close()
+        s = mqttraw.Client(a, version=5)
+        s.connack = s.connect(cid, clean=False, properties=props, timeout=30)
+        acks.append(s.connack)
+    print(f"\n[start-up pass copy] CONNACKs {[(k.reason_code, k.session_present) for k in acks]}")
+    assert s.connack.reason_code == 0, f"CONNACK {s.connack}"
+    assert s.connack.session_present, f"{cid}'s session lost: session present 0 ({acks})"
+    # M0..M9, which B's state (B continued) brings
+    delivered = []
+    try:
+        while len(delivered) < len(sent):
+            m = s.expect(mqttraw.PUBLISH, timeout=30)
+            s.puback(m.packet_id)
+            delivered.append(m.payload)
+    except (AssertionError, OSError, TimeoutError):
+        pass
+    s.disconnect()
+    # and the session stays S's: resumed on the leader's node
+    again = mqttraw.Client(lead, version=5)
+    ack = again.connect(cid, clean=False, properties=props, timeout=30)
+    print(f"[start-up pass copy] {len(delivered)} of {len(sent)} delivered on {a.name}; "
+          f"then on {lead.name}: CONNACK {ack.reason_code}, session present {ack.session_present}")
+    assert sorted(delivered) == sent, f"{len(sent) - len(delivered)} of {len(sent)} lost"
+    assert ack.reason_code == 0 and ack.session_present, \
+        f"{cid}'s session lost: session present 0 on {lead.name}"
+    assert converged_tables(c)["registry"][cid][0] == faults.node_id(lead)
+    s = again
+    s.disconnect()
+    p.disconnect()

@@ -228,6 +228,33 @@ static void test_delayed_will_and_expiry(void)
     broker_cleanup(&b);
 }
 
+/* A session that went offline after the tick read its clock (a worker's
+ * release between that reading and the tick's look at the session) is not
+ * expired: the difference of the two clocks wrapped round before (issue
+ * 10, sessions lost after a SIGSTOP's burst of keep-alive timeouts). */
+static void test_offline_after_the_ticks_clock_not_expired(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct answer a = claim(&b, "dev3b", false, 600, CONN(conn_a));
+    struct session *s = session_ref(a.s); /* kept to look at */
+    uint64_t t0 = broker_now_mono_ms();
+    registry_release(&b, s, CONN(conn_a), NULL, false, W1);
+    CU_ASSERT_TRUE_FATAL(s->disconnected_at >= t0);
+    uint64_t off = s->disconnected_at;
+    registry_tick(&b, off - 1); /* read just before the release */
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 1);
+    CU_ASSERT_FALSE(s->ended);
+    registry_tick(&b, off + 599999);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 1);
+    /* [MQTT-5.0 3.1.2-23] expired after its 600 s offline */
+    registry_tick(&b, off + 600000);
+    CU_ASSERT_EQUAL(registry_count(&b.registry), 0);
+    CU_ASSERT_TRUE(s->ended);
+    session_unref(s);
+    broker_cleanup(&b);
+}
+
 static void test_will_dropped_on_takeover(void)
 {
     struct broker b;
@@ -910,6 +937,8 @@ int main(void)
     CU_add_test(s, "claim: new, then present with a kick", test_claim_new_then_present);
     CU_add_test(s, "clean start discards the session", test_clean_start_discards);
     CU_add_test(s, "delayed will, then expiry", test_delayed_will_and_expiry);
+    CU_add_test(s, "offline after the tick's clock: not expired",
+                test_offline_after_the_ticks_clock_not_expired);
     CU_add_test(s, "takeover drops a delayed will", test_will_dropped_on_takeover);
     CU_add_test(s, "a registry that answers later", test_deferred_answer);
     CU_add_test(s, "a session from another node", test_transferred);
