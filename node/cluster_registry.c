@@ -777,6 +777,8 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
         }
         return;
     }
+    if (!atomic_load(&cn->loaded))
+        return; /* the load goes on: the start-up pass sends the stored copy on */
     if (!atomic_load(&cn->restart_done)) {
         /* catching up after a start: a claim made while this node was
          * down, whose claimant went on without this node's answer; what the
@@ -1023,6 +1025,19 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
     uint16_t len = (uint16_t)cid->len;
     struct session *s = NULL;
     uint64_t owner = 0, epoch = 0;
+    if (!atomic_load(&cn->loaded)) {
+        /* The store is still loading (the channel is up before it): a
+         * stored session is in the table already, its queued messages not
+         * yet. Handed on then, it went with none, and the load deleted its
+         * rows as those of no session (chaos seed 1188520366 --more: 201
+         * lost). "Not found": the claimant resumes from the record, and the
+         * start-up pass sends the stored copy after it (restart_pass). */
+        log_info("cluster: the session '%.*s' was asked for before this node loaded its "
+                 "store: not found here, its stored copy follows the claim",
+                 (int)len, id);
+        state_send(cn, from, &r->client_id, r->epoch, NULL, 0);
+        return;
+    }
     if (fsm_registry_get(cn->fsm, id, len, &owner, &epoch) == 0 &&
         (epoch > req_epoch || (epoch == req_epoch && owner != from))) {
         /* a later claim won since (or the requester is not the owner):

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "broker.h"
 #include "log.h"
@@ -392,9 +394,35 @@ struct loader {
     uint64_t now_real, now_mono;
     struct store_batch *purge; /* deletions of what expired while down */
     size_t sessions, msgs, retained, expired;
+    bool held; /* load_test_hold ran */
 };
 
-/* The loaded session of a client id (start-up: nothing else runs). */
+#ifndef NDEBUG
+/* Tests (debug builds only): while the file that STARLING_TEST_LOAD_HOLD
+ * names exists, the load waits before the first queued message, every
+ * stored session in the table already (the cluster's channel is up:
+ * tests/cluster/test_faults.py). */
+static void load_test_hold(struct loader *l)
+{
+    const char *path = getenv("STARLING_TEST_LOAD_HOLD");
+    if (l->held || !path || access(path, F_OK) != 0)
+        return;
+    l->held = true;
+    log_info("store: %zu session(s) loaded, their messages wait (STARLING_TEST_LOAD_HOLD)",
+             l->sessions);
+    struct timespec nap = {0, 10 * 1000000L};
+    while (access(path, F_OK) == 0)
+        nanosleep(&nap, NULL);
+}
+#else
+static void load_test_hold(struct loader *l)
+{
+    (void)l;
+}
+#endif
+
+/* The loaded session of a client id (start-up: the cluster leaves the table
+ * alone until the load is done, cn_registry_on_request). */
 static struct session *loader_find(struct broker *b, const char *id, size_t len)
 {
     pthread_mutex_lock(&b->registry.lock);
@@ -464,6 +492,7 @@ static int load_msg(void *ud, const char *id, uint16_t len, uint64_t seq,
                     const struct store_msg *rec)
 {
     struct loader *l = ud;
+    load_test_hold(l);
     struct session *s = loader_find(l->b, id, len);
     if (!s || (rec->m->expiry_at && rec->m->expiry_at <= l->now_real &&
                rec->state != MSG_STATE_WAIT_PUBCOMP)) {

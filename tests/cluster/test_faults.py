@@ -22,7 +22,7 @@ import faults
 import mqttraw
 from faults import alive, kill, pause, resume, converged_tables, wait_healthy, wait_until
 from helpers import PahoClient, uid
-from sessions import offline_witnessed, resumed_on
+from sessions import offline_witnessed, resumed_on, witness_and_publisher
 from traffic import Traffic
 
 WAIT = 10
@@ -2815,6 +2815,48 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
                       r"the owner of now", b.logtext())
     print(f"\n[owner of now] {len(again)} delivered again on {cn.name}; sent to it by "
           f"{b.name}: {went}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
+def test_session_asked_for_while_its_node_loads_its_store_keeps_its_messages(cluster_factory,
+                                                                             tmp_path):
+    """Chaos seed 1188520366 with --more (201 lost, issue 10): a node
+    SIGKILLed and started again answered a claim's request for a stored
+    session (and applied the claim) while its store was still loading: the
+    session was in the table, its queued messages not yet, so it was handed
+    on with none of them, and the load then deleted their rows as those of
+    no session. Here: a persistent QoS 2 subscriber S of follower B,
+    offline, holds M0..M9; B is SIGKILLed and started again, its load held
+    before the first queued message (STARLING_TEST_LOAD_HOLD); S resumes
+    on A, whose claim asks B then. Main's build: S gets none of M0..M9. Now
+    B answers "not found" until its store is loaded (A resumes S from the
+    record) and its start-up pass sends its stored copy to A: S gets
+    M0..M9, once each."""
+    hold = tmp_path / "load-hold"
+    c = cluster_factory(extra_env=FAULT_ENV)
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "loadhold", "loadhold/t")
+    witness, p = witness_and_publisher(b, cn, topic + "/x")
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [witness.get(WAIT).payload for _ in sent] == sent  # S holds them all on B
+    witness.disconnect()
+    kill(b)
+    hold.touch()
+    b.env = (lambda base: lambda: {**base(), "STARLING_TEST_LOAD_HOLD": str(hold)})(b.env)
+    b.start()
+    wait_until(lambda: "their messages wait (STARLING_TEST_LOAD_HOLD)" in b.logtext(), 30,
+               f"{b.name} holding its store's load")
+    s = resumed_on(a, cid, timeout=30)
+    asked = re.compile(rf"the session '{re.escape(cid)}' was asked for before this node loaded"
+                       rf"|the session of '{re.escape(cid)}' (moved to|was claimed by node)")
+    wait_until(lambda: asked.search(b.logtext()), 30, f"{b.name} asked for {cid} or its claim")
+    hold.unlink()
+    got = [s.get(30).payload for _ in sent]
+    assert sorted(got) == sorted(sent)
+    again = delivered_before_a_marker(s, p, topic)
     assert again == [], f"QoS 2 messages delivered twice: {again}"
     s.disconnect()
     p.disconnect()
