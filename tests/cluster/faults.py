@@ -245,8 +245,11 @@ class Partition:
         if r.returncode != 0:
             raise AssertionError(f"nft {' '.join(args)} failed: {r.stderr.strip()}\n{script or ''}")
 
-    def cut(self, group_a, group_b):
-        ports = f"{{ {self.cluster.chan_port}, {self.cluster.raft_port} }}"
+    def cut(self, group_a, group_b, raft_only=False):
+        """raft_only: Raft's port alone; the channel goes on (a node that
+        answers its peers' frames but applies no entry)."""
+        ports = (f"{{ {self.cluster.raft_port} }}" if raft_only else
+                 f"{{ {self.cluster.chan_port}, {self.cluster.raft_port} }}")
         rules = []
         for a in group_a:
             for b in group_b:
