@@ -3052,3 +3052,120 @@ def test_stored_copy_that_the_start_up_pass_names_the_claims_keeps_the_session(c
     s = again
     s.disconnect()
     p.disconnect()
+
+
+def test_late_messages_in_the_handover_window_follow_the_copy(cluster_factory, tmp_path,
+                                                              partition_factory):
+    """Issue 10 (chaos: 123 and 210 QoS 2 duplicates with stop 16's tree),
+    made deterministic: a node X that answers a claimant's SessionRequest
+    before it has applied that claim has handed its session on and still
+    finds itself its owner; late messages of its own claim that came then
+    found no session, and `adopt_lost` rebuilt one from the record (no
+    identities) that took them and, once X applied the claim, went on to
+    the owner of then. Here: a persistent QoS 2 subscriber S (also in a
+    shared group: its old copies take everything, at least once) moves
+    from the leader W to X with W's state; W's old copy (held by
+    STARLING_TEST_MOVING_HOLD) collects M0..M9, which S gets on X. X
+    restarts (its session of S comes from its store) and holds N0..N4,
+    which W's copy collects too. X's Raft is cut (nft); S moves to C, whose
+    request X answers before it applies C's claim; S gets N0..N4 on C.
+    W's copy sends M0..M9 and N0..N4 to X, for X's claim. X's Raft is
+    healed, C SIGKILLed, and S resumes on W from its record. Before (main's
+    build), the rebuilt session went to W, which delivered M0..M9 and
+    N0..N4 again; now they go through X's copy, which knows S had them:
+    S gets none of them again."""
+    holds = {}
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    for n in c.nodes:
+        holds[n.name] = tmp_path / f"moving-hold-{n.name}"
+        n.env = (lambda base, h: lambda: {**base(), "STARLING_TEST_MOVING_HOLD": str(h)})(
+            n.env, holds[n.name])
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    w = faults.node_named(c, ld)
+    x, cn = [n for n in c.nodes if n is not w]
+    cid, topic = uid("window"), uid("window/t")
+    xid, cnid = f"{faults.node_id(x):016x}", f"{faults.node_id(cn):016x}"
+    s = PahoClient(w, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    assert s.subscribe(f"$share/g/{topic}-shared", qos=2) == [2]
+    s.disconnect()
+    # S moves to X with W's state; W's old copy stays and collects
+    holds[w.name].write_text("")
+    s = resumed_on(x, cid, timeout=30)
+    wait_until(lambda: f"the session of '{cid}' moved to {xid}" in w.logtext(), 30,
+               f"{w.name} handing {cid} to {x.name}")
+    p = PahoClient(cn, uid("windowp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [s.get(WAIT).payload for _ in sent] == sent
+    # X restarts (S offline): its session of S comes from its store (else,
+    # listed as the session that came with X's claim, cn_incoming, it takes
+    # X's late messages for 60 s)
+    s.disconnect()
+    assert x.stop(signal.SIGTERM) == 0
+    x.start()
+    wait_healthy(c)
+    # N0..N4, queued for S on X (and in W's copy): S gets them on C
+    queued = [f"n{k}".encode() for k in range(5)]
+    for m in queued:
+        p.publish(topic + "/x", m, qos=2)
+    # X applies nothing (its claim's routes everywhere, C's claim
+    # completes once X is back); S moves to C, whose request X answers
+    holds[x.name].write_text("")
+    part = partition_factory(c)
+    part.cut([x], [w, cn], raft_only=True)
+    got = {}
+
+    def resume(node, key):
+        try:
+            got[key] = resumed_on(node, cid, timeout=60)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            got[key + " error"] = e
+    t = threading.Thread(target=resume, args=(cn, "on C"))
+    t.start()
+    try:
+        answered = re.compile(rf"the session of '{re.escape(cid)}' moved to {cnid} "
+                              rf"\(claim \d+\)\n")
+        wait_until(lambda: answered.search(x.logtext()), 30, f"{x.name} answering {cn.name}")
+        assert f"'{cid}' was claimed by node {cnid}" not in x.logtext()
+        # W's copy sends M0..M9 to X, for X's claim
+        holds[w.name].unlink()
+        came = re.compile(rf"the session of '{re.escape(cid)}' \(claim \d+\) is not here|"
+                          rf"late message\(s\) of '{re.escape(cid)}' \(claim \d+\) came from "
+                          rf".* after this node handed the session on")
+        wait_until(lambda: came.search(x.logtext()), 30, f"{x.name} taking W's late messages")
+        assert f"'{cid}' was claimed by node {cnid}" not in x.logtext()
+    finally:
+        part.heal()
+        t.join(90)
+    assert "on C error" not in got, got.get("on C error")
+    assert [got["on C"].get(WAIT).payload for _ in queued] == queued
+    got["on C"].stop()
+    kill(cn)
+    resume(w, "on W")
+    holds[x.name].unlink()
+    assert "on W error" not in got, got.get("on W error")
+    s = got["on W"]
+    # X's copies of S end: the one that went to C and, where one was
+    # rebuilt from the record, that one, sent to W (the owner of then)
+    rebuilt = f"the session of '{cid}' (claim" in x.logtext() and "is not here" in x.logtext()
+    ended = f"the old copy of '{cid}' ends"
+    wait_until(lambda: x.logtext().count(ended) >= 1 + rebuilt, 60,
+               f"{x.name}'s copies of {cid} ending")
+    if rebuilt:
+        from_x = f"late message(s) of '{cid}' came from {xid}"
+        wait_until(lambda: from_x in w.logtext(), 30, f"{w.name} taking {x.name}'s copy")
+    p.stop()  # its node, C, is down
+    p = PahoClient(w, uid("windowp2"), 5)
+    p.connect()
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[handover window] {len(again)} delivered again on {w.name}; "
+          f"{x.name}: {came.findall(x.logtext())}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
