@@ -1035,7 +1035,7 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
         log_info("cluster: the session '%.*s' was asked for before this node loaded its "
                  "store: not found here, its stored copy follows the claim",
                  (int)len, id);
-        state_send(cn, from, &r->client_id, r->epoch, NULL, 0);
+        state_send(cn, from, cid, req_epoch, NULL, 0);
         return;
     }
     if (fsm_registry_get(cn->fsm, id, len, &owner, &epoch) == 0 &&
