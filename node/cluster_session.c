@@ -372,9 +372,13 @@ static int seq_cmp(const void *a, const void *b)
 /*
  * An old copy `from` of id folded into this node's own session w of the id
  * (cn_moving_fold, cn_overtaken_add, a copy whose wait ended here): the
- * rows of its messages (`seqs`, its sequence numbers) leave the store,
- * after the fold's batch that stored them in w (submitted before: the
- * store commits in order). The copy and w share the store's keys (client
+ * rows of its messages (`seqs`, its sequence numbers) leave the store in
+ * the fold's batch *bt, after its puts of them in w (fold_on_messages),
+ * so that a SIGKILL leaves both or neither: in a batch of their own,
+ * submitted after the fold's, a node killed in between (about 8 ms)
+ * loaded the rows again at its start, those the fold left out as having
+ * reached w's owner directly too, and handed them on (chaos seed
+ * 1188520366 --more: 150 QoS 2 duplicates). The copy and w share the store's keys (client
  * id, sequence number), so the copy ends without deleting its records
  * (cn_session_unstore_beside), and its rows stayed: after a restart they
  * loaded into w, whose client had had those messages, and were given
@@ -386,7 +390,7 @@ static int seq_cmp(const void *a, const void *b)
  * does not hold goes: a row of w's there is one w deleted already.
  */
 static void copy_rows_del(struct cluster_node *cn, struct session *from, const char *id,
-                          uint16_t len, uint64_t *seqs, size_t n)
+                          uint16_t len, const uint64_t *seqs, size_t n, struct store_batch **bt)
 {
     struct broker *b = cn->b;
     if (!seqs || !n)
@@ -422,24 +426,32 @@ static void copy_rows_del(struct cluster_node *cn, struct session *from, const c
     if (!held)
         return;
     qsort(held, k, sizeof(*held), seq_cmp);
-    struct store_batch *bt = NULL;
     size_t gone = 0;
     for (size_t i = 0; i < n; i++) {
         if (seqs[i] >= next || bsearch(&seqs[i], held, k, sizeof(*held), seq_cmp))
             continue;
-        struct store_batch *x = persist_batch(b, &bt);
+        struct store_batch *x = persist_batch(b, bt);
         if (!x)
             break;
         store_msg_del(x, id, len, seqs[i]);
         gone++;
     }
     free(held);
-    if (bt)
-        persist_submit(b, &bt, NULL, NULL);
     if (gone)
         log_debug("cluster: %zu row(s) of the old copy of '%.*s' folded here leave the store", gone,
                   (int)len, id);
 }
+
+/* The rows of an old copy folded into this node's session (copy_rows_del). */
+struct fold_rows {
+    struct session *from;
+    const uint64_t *seqs;
+    size_t n;
+};
+
+static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
+                             const Starling__Chan__SessionMessages *sm,
+                             const struct cluster_fwd_seq *sq, const struct fold_rows *fr);
 
 /* Send msgs (a list, freed here) for session id to node `to`, but those
  * routed with a route table at or past `direct` (not 0), which reached `to`
@@ -458,7 +470,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
             persist_msg_del(cn->b, &bt, from, q);
         lock_release(&from->lock);
     }
-    /* folded into this node's session: the copy's rows go after the fold */
+    /* folded into this node's session: the copy's rows go in the fold's batch */
     size_t n_seqs = 0;
     uint64_t *seqs = from && to == cn->self ? copy_seqs(msgs, &n_seqs) : NULL;
     size_t n = 0, skipped = 0;
@@ -528,8 +540,12 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
             }
             sm.epoch = cur;
         }
-        cn_session_on_messages(cn, to, &sm, NULL);
-        copy_rows_del(cn, from, id, len, seqs, n_seqs);
+        struct fold_rows fr = {from, seqs, n_seqs};
+        if (!fold_on_messages(cn, to, &sm, NULL, &fr)) { /* not folded (moved on): alone */
+            struct store_batch *dt = NULL;
+            copy_rows_del(cn, from, id, len, seqs, n_seqs, &dt);
+            persist_submit(cn->b, &dt, NULL, NULL);
+        }
     } else if (r == 0 && (n || last || complete)) {
         r = cn_send_msgs_chunked(cn, to, &sm, &bt);
         if (r > 0)
@@ -1270,9 +1286,20 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionMessages *sm,
                             const struct cluster_fwd_seq *sq)
 {
+    fold_on_messages(cn, from, sm, sq, NULL);
+}
+
+/* cn_session_on_messages; fr (or NULL): the rows of the old copy that sm
+ * folds into this node's session, deleted in the batch that puts its
+ * messages there. Whether they were (false: the messages went elsewhere or
+ * were dropped; the caller deletes them alone). */
+static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
+                             const Starling__Chan__SessionMessages *sm,
+                             const struct cluster_fwd_seq *sq, const struct fold_rows *fr)
+{
     if (sm->client_id.len == 0 || sm->client_id.len > 65535) {
         cn_seq_applied(cn, sq);
-        return;
+        return false;
     }
     struct broker *b = cn->b;
     const char *id = (const char *)sm->client_id.data;
@@ -1320,7 +1347,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                          sm->n_msgs - left, (int)sm->client_id.len, id,
                          (unsigned long long)sm->epoch, (unsigned long long)node,
                          (unsigned long long)epoch, left);
-                return;
+                return false;
             }
             if (bt)
                 store_batch_free(bt);
@@ -1337,7 +1364,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
             log_debug("cluster: %zu late message(s) for '%.*s' (claim %llu) wait for its claim "
                       "here",
                       sm->n_msgs, (int)sm->client_id.len, id, (unsigned long long)sm->epoch);
-            return;
+            return false;
         }
     }
     uint64_t to = 0, to_epoch = 0;
@@ -1358,7 +1385,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                  "here: dropped",
                  sm->n_msgs, (unsigned long long)from, (int)sm->client_id.len,
                  (const char *)sm->client_id.data, (unsigned long long)sm->epoch);
-        return;
+        return false;
     }
     struct store_batch *bt = NULL;
     size_t dups = 0, past = 0;
@@ -1422,6 +1449,9 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
     /* what they brought and that they were applied: one batch (the frame
      * is acknowledged once it committed); its messages are held until then */
     cluster_fwd_in_stage(cn->fwd, sq, &bt);
+    /* a folded copy's rows go with them: both or neither after a kill */
+    if (fr)
+        copy_rows_del(cn, fr->from, id, (uint16_t)sm->client_id.len, fr->seqs, fr->n, &bt);
     if (lc)
         persist_submit(b, &bt, late_commit_done, lc);
     else
@@ -1461,6 +1491,7 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                   sm->n_msgs, s->client_id, (unsigned long long)from);
     log_debug("cluster: '%s' had %zu identity range(s) recorded", s->client_id, ranges);
     session_unref(s);
+    return fr != NULL;
 }
 
 /* ---- the start-up pass ---------------------------------------------------------- */
