@@ -242,7 +242,10 @@ void cn_session_ended(void *ud, struct session *s)
     cmd_batch_free(b);
 }
 
-struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len)
+/* id's replicated session record, unpacked (free with
+ * starling__cmd__session_record__free_unpacked), or NULL: none, or unreadable. */
+static Starling__Cmd__SessionRecord *record_read(struct cluster_node *cn, const char *id,
+                                                 uint16_t len)
 {
     void *buf;
     size_t blen;
@@ -250,6 +253,12 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
         return NULL;
     Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, blen, buf);
     free(buf);
+    return rec;
+}
+
+struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len)
+{
+    Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
     if (!rec)
         return NULL;
     struct session *s = session_new(id, len);
@@ -620,12 +629,7 @@ static void seen_forget_direct(struct session *s, const struct qmsg *late, uint6
 static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t to, uint64_t own, uint64_t stored, bool owners_only)
 {
-    void *buf;
-    size_t blen;
-    if (fsm_session_record_get(cn->fsm, id, len, &buf, &blen) != 0)
-        return 0;
-    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, blen, buf);
-    free(buf);
+    Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
     if (!rec)
         return 0;
     /* The first owner after the copy's own claim, as the record's list of
@@ -1521,12 +1525,7 @@ static bool caught_up(struct cluster_node *cn)
 /* The user name of id's session record (malloc'ed), or NULL. */
 static char *record_user(struct cluster_node *cn, const char *id, uint16_t len)
 {
-    void *buf;
-    size_t blen;
-    if (fsm_session_record_get(cn->fsm, id, len, &buf, &blen) != 0)
-        return NULL;
-    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, blen, buf);
-    free(buf);
+    Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
     char *user = rec && rec->username ? strdup(rec->username) : NULL;
     if (rec)
         starling__cmd__session_record__free_unpacked(rec, NULL);
@@ -1854,12 +1853,7 @@ static void moving_send(struct cluster_node *cn, struct cn_moving *x, uint64_t t
 static uint64_t owner_entry_index(struct cluster_node *cn, const char *id, uint16_t len,
                                   uint64_t to, uint64_t epoch)
 {
-    void *buf;
-    size_t blen;
-    if (fsm_session_record_get(cn->fsm, id, len, &buf, &blen) != 0)
-        return 0;
-    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, blen, buf);
-    free(buf);
+    Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
     if (!rec)
         return 0;
     const Starling__Cmd__RecordOwner *at = NULL;
