@@ -685,17 +685,24 @@ static void stored_seen(struct broker *b, struct session *s, struct seen_load *o
     CU_ASSERT_EQUAL(store_load(b->store, &l), 0);
 }
 
-static void test_seen_of_held_messages(void)
+/* broker_start, with a store in a new directory under $TMPDIR (dir: its
+ * path, for test_rm_tree). */
+static void broker_start_stored(struct broker *b, char *dir, size_t n)
 {
-    struct broker b;
-    broker_start(&b);
+    broker_start(b);
     const char *base = getenv("TMPDIR");
-    char dir[256];
-    snprintf(dir, sizeof(dir), "%s/test_registry.XXXXXX", base && *base ? base : "/tmp");
+    snprintf(dir, n, "%s/test_registry.XXXXXX", base && *base ? base : "/tmp");
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
     struct store_options o = {.dir = dir, .map_size = 1 << 20, .sync = STORE_SYNC_ALWAYS};
     char err[256];
-    CU_ASSERT_EQUAL_FATAL(store_open(&b.store, &o, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL_FATAL(store_open(&b->store, &o, err, sizeof(err)), 0);
+}
+
+static void test_seen_of_held_messages(void)
+{
+    struct broker b;
+    char dir[256];
+    broker_start_stored(&b, dir, sizeof(dir));
     struct session *s = session_new("hs", 2);
     s->expiry_interval = 60;
     lock_acquire(&s->lock);
@@ -769,14 +776,8 @@ static void row_release_done(void *ud, int status)
 static void test_held_row_of_ended_copy(void)
 {
     struct broker b;
-    broker_start(&b);
-    const char *base = getenv("TMPDIR");
     char dir[256];
-    snprintf(dir, sizeof(dir), "%s/test_registry.XXXXXX", base && *base ? base : "/tmp");
-    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
-    struct store_options o = {.dir = dir, .map_size = 1 << 20, .sync = STORE_SYNC_ALWAYS};
-    char err[256];
-    CU_ASSERT_EQUAL_FATAL(store_open(&b.store, &o, err, sizeof(err)), 0);
+    broker_start_stored(&b, dir, sizeof(dir));
     /* an old copy (not in the table), stored, subscribed to t at QoS 2 */
     struct session *s = session_new("oc", 2);
     struct store_batch *bt = NULL;
