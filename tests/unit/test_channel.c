@@ -464,6 +464,27 @@ static struct node e, f;
 /* Pressure: a connected peer that drains is busy while its queue is above
  * half the bound; once a write completes below it, on_drained runs and it
  * is not busy any more; every frame arrives. */
+/* Pack into buf (512 bytes) the Publish frame `seq` of `origin`: topic
+ * "t/ORIGIN/SEQ", a payload of seq % 300 zero bytes. Its length. */
+static size_t pack_publish(uint64_t origin, uint64_t seq, uint8_t *buf)
+{
+    static unsigned char payload[300];
+    char topic[64];
+    snprintf(topic, sizeof topic, "t/%llu/%llu", (unsigned long long)origin,
+             (unsigned long long)seq);
+    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+    p.origin = origin;
+    p.seq = seq;
+    p.topic.data = (uint8_t *)topic;
+    p.topic.len = strlen(topic);
+    p.payload.data = payload;
+    p.payload.len = seq % 300;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+    fr.publish = &p;
+    return starling__chan__frame__pack(&fr, buf);
+}
+
 static void test_pressure(void)
 {
     CU_ASSERT_EQUAL_FATAL(
@@ -476,21 +497,8 @@ static void test_pressure(void)
     /* without running the loop: nothing is written meanwhile */
     uint64_t sent = 0, busy_at = 0;
     for (uint64_t s = 1; s <= 1000 && !busy_at; s++) {
-        char topic[64];
-        static unsigned char payload[300];
-        snprintf(topic, sizeof topic, "t/6/%llu", (unsigned long long)s);
-        Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
-        p.origin = 6;
-        p.seq = s;
-        p.topic.data = (uint8_t *)topic;
-        p.topic.len = strlen(topic);
-        p.payload.data = payload;
-        p.payload.len = s % 300;
-        Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
-        fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
-        fr.publish = &p;
         uint8_t buf[512];
-        size_t n = starling__chan__frame__pack(&fr, buf);
+        size_t n = pack_publish(6, s, buf);
         bool busy = false;
         CU_ASSERT_EQUAL(chan_send_flow(e.c, 7, buf, n, &busy), 0);
         sent++;
@@ -574,24 +582,11 @@ static void test_senders_resume_before_the_queue_is_empty(void)
     struct chan_peer_stats st = {0};
     CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(g.c, 9, &st) == 0 && st.connected, 5000));
     /* 1.5 MiB of frames, the loop not running: busy from 1 MiB */
-    uint8_t payload[300] = {0}, buf[512];
+    uint8_t buf[512];
     uint64_t n = 0;
     bool busy = false;
     while (chan_peer_stats(g.c, 9, &st) == 0 && st.queued_bytes < (3u << 19)) {
-        Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
-        char topic[64];
-        n++;
-        snprintf(topic, sizeof topic, "t/8/%llu", (unsigned long long)n);
-        p.origin = 8;
-        p.seq = n;
-        p.topic.data = (uint8_t *)topic;
-        p.topic.len = strlen(topic);
-        p.payload.data = payload;
-        p.payload.len = n % 300;
-        Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
-        fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
-        fr.publish = &p;
-        size_t len = starling__chan__frame__pack(&fr, buf);
+        size_t len = pack_publish(8, ++n, buf);
         CU_ASSERT_EQUAL_FATAL(chan_send_flow(g.c, 9, buf, len, &busy), 0);
     }
     CU_ASSERT_TRUE(busy);
