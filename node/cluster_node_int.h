@@ -235,9 +235,11 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
  * SessionRouted (or a deadline), then s ends. `now` (no state was sent:
  * a session claimed away while this node was down, or whose claimant
  * never asked): what it holds and what still comes for it within the
- * channels' reconnection grace all go to `to`, then s ends. */
+ * channels' reconnection grace all go to `to`, then s ends. `known`: s's
+ * claim is known (its epoch, or s found claimed away), so that the owners
+ * rule judges what it leaves out (implied by `now`). */
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
-                   bool now);
+                   bool now, bool known);
 /* For s, a copy going to `to`: the route table index from which a later
  * owner than s's own claim had its routes everywhere (the record's owners),
  * so that what was routed since reached that owner directly; 0 when none

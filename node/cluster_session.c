@@ -67,6 +67,7 @@ struct cn_moving {
     bool routed;          /* the new owner's routes are everywhere: send, end soon */
     bool graced;          /* routed seen: until_ms is the end of the grace (LATE_GRACE_MS) */
     bool now;             /* no state was sent (cn_moving_add) */
+    bool known;           /* its claim known: the owners rule judges it (moving_end) */
     bool complete_sent;   /* routed: the first batch after it went (SessionMessages.complete) */
     uint64_t route_index; /* ... since this index (0: unknown) */
     /* cn_moving_detach: what the ended copy held, for cn_moving_fold, and
@@ -725,7 +726,7 @@ static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64
 }
 
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
-                   bool now)
+                   bool now, bool known)
 {
     /* A stored copy sent on at start-up collects, until it ends, what
      * arrives for it here: forwards held for this node while it was down
@@ -765,6 +766,7 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
     x->to = to;
     x->epoch = epoch;
     x->now = now;
+    x->known = now || known;
     /* the new owner's claim completes within about cluster_claim_timeout;
      * without a claim in progress (`now`), forwards that other nodes held
      * for this node while it was down still come, once their channels
@@ -1583,7 +1585,7 @@ static void restart_pass(struct cluster_node *cn)
                 /* taken over while this node was down */
                 struct session *gone = registry_local_surrender(b, s->client_id, s->id_len, true);
                 if (gone == s) {
-                    cn_moving_add(cn, gone, node, epoch, true);
+                    cn_moving_add(cn, gone, node, epoch, true, true);
                     moved++;
                 } else if (gone) {
                     session_end(b, gone);
@@ -1935,11 +1937,11 @@ static void moving_end(struct cluster_node *cn, struct cn_moving *x)
      * was applied here: a node SIGSTOPped, or started again, while its
      * claimant resumed the session from the record; chaos seed
      * 1188520366 with --more, 538 late messages of a copy whose owners
-     * index was 0). Not for a stored session that answered before the
-     * start-up pass named it this node's (its claim not known: see
-     * cn_registry_on_request). */
+     * index was 0). Not for a stored session whose id the registry here
+     * did not name when it answered (its claim not known: see
+     * request_answer in cluster_registry.c). */
     lock_acquire(&x->s->lock);
-    bool known = x->now || x->s->epoch != 0;
+    bool known = x->known || x->s->epoch != 0;
     lock_release(&x->s->lock);
     if (!x->routed && x->to != cn->self && known)
         moving_direct_set(cn, x->s, x->to, true);
@@ -2046,7 +2048,7 @@ void cn_overtaken_add(struct cluster_node *cn, struct session *s, uint64_t node,
     /* ours, while we look at it below: from here on the copy is the moving
      * list's (the poll may end it) */
     session_ref(s);
-    cn_moving_add(cn, s, node, node == cn->self ? own : epoch, true);
+    cn_moving_add(cn, s, node, node == cn->self ? own : epoch, true, true);
     struct session *w = node == cn->self ? owned_session(cn, s->client_id, s->id_len, epoch) : NULL;
     if (w) {
         /* its end (in cn_moving_detach) must leave w's stored records */
