@@ -2743,7 +2743,7 @@ def test_restarted_copy_asked_for_its_state_leaves_out_what_its_claimant_had(clu
     until B has answered A's request with its stored copy, before B applied
     A's claim and before its start-up pass named the copy (in CI, under
     load, the request came 0.7 s before the pass): before, such a copy
-    went unjudged and A delivered all 20 again (also 3 of 60 runs of the
+    went unjudged and A delivered all 20 again (also 6 of 78 runs of the
     as_it_comes order under load); now it is named by the registry B
     applied, as the pass names it."""
     if order == "request_before_catch_up":
