@@ -403,6 +403,45 @@ int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, u
     return r;
 }
 
+static int pid_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+uint16_t cmd_record_resume_pid(const Starling__Cmd__SessionRecord *rec)
+{
+    /* positions 0..65534 (id - 1), sorted: the gap after each runs to the
+     * next one up, the last's round to the first */
+    enum { N = 65535 };
+    uint32_t at[16];
+    size_t n = 0;
+    if (rec->has_next_packet_id && rec->next_packet_id >= 1 && rec->next_packet_id <= N)
+        at[n++] = rec->next_packet_id - 1;
+    for (size_t i = 0; i < rec->n_owners && n < sizeof at / sizeof at[0]; i++) {
+        const Starling__Cmd__RecordOwner *o = rec->owners[i];
+        if (o->has_next_packet_id && o->next_packet_id >= 1 && o->next_packet_id <= N)
+            at[n++] = o->next_packet_id - 1;
+    }
+    if (n == 0)
+        return 0;
+    qsort(at, n, sizeof at[0], pid_cmp);
+    size_t k = 1; /* each id once (the record's own is its owner's too) */
+    for (size_t i = 1; i < n; i++)
+        if (at[i] != at[k - 1])
+            at[k++] = at[i];
+    uint32_t from = at[0], gap = 0;
+    for (size_t i = 0; i < k; i++) {
+        uint32_t next = at[(i + 1) % k];
+        uint32_t g = next > at[i] ? next - at[i] : next + N - at[i]; /* one alone: N */
+        if (g > gap) {
+            gap = g;
+            from = at[i];
+        }
+    }
+    return (uint16_t)((from + gap / 2) % N + 1);
+}
+
 int cmd_node_down(struct cmd_batch *b, uint64_t node)
 {
     if (!node)

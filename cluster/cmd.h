@@ -87,6 +87,15 @@ struct cmd_session_sub {
 int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                        uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
                        const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid);
+/* Where a session resumed from its record (an unpacked SessionRecord)
+ * starts its packet ids: the middle of the largest gap, on the circle of
+ * ids 1..65535, between the next packet ids of the owners the record names
+ * (RecordOwner.next_packet_id, and the record's own). The client may hold
+ * an unfinished QoS 2 exchange of each of those owners, whose ids are just
+ * below its next id, and the owners went on numbering up from it. 0 when
+ * the record tells none. */
+struct Starling__Cmd__SessionRecord;
+uint16_t cmd_record_resume_pid(const struct Starling__Cmd__SessionRecord *rec);
 /* NodeDown: the routes of a node that stopped reporting go, except those
  * its persistent sessions need, each counted (NodeDown.keepers): a record
  * that stops naming the node takes its routes with it. */

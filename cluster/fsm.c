@@ -469,6 +469,26 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
     /* (a record written before owners were kept starts its list here:
      * the owner's routes are everywhere from this index on, if not before) */
     record_owners(was, c->node, &mine, owners, &w.n_owners);
+    /* Each owner keeps the next packet id of its latest record: a copy
+     * resumed from the record numbers away from all of them (their clients
+     * may hold unfinished exchanges of each, cn_session_from_record). The
+     * writer's entry takes this record's; the owner before it, listed by a
+     * build that kept none, takes the old record's. */
+    Starling__Cmd__RecordOwner last, prev;
+    size_t n = w.n_owners;
+    bool moved = owners[n - 1] == &mine;
+    if (c->has_next_packet_id) {
+        last = *owners[n - 1];
+        last.has_next_packet_id = true;
+        last.next_packet_id = c->next_packet_id;
+        owners[n - 1] = &last;
+    }
+    if (moved && n >= 2 && !owners[n - 2]->has_next_packet_id && was && was->has_next_packet_id) {
+        prev = *owners[n - 2];
+        prev.has_next_packet_id = true;
+        prev.next_packet_id = was->next_packet_id;
+        owners[n - 2] = &prev;
+    }
     w.owners = owners;
     size_t len = starling__cmd__session_record__get_packed_size(&w);
     if (len > RTABLE_MAX_VALUE) {

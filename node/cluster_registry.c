@@ -1302,8 +1302,8 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
     /* Its packet ids go on from the old copy's next one (the messages it
      * had sent keep theirs, before it). Before, a session whose state
      * carried no packet id (nothing in flight: a copy resumed from its
-     * record, which numbers a third of the id space away from an older copy's
-     * ids, and had no client yet) started at 1 here, among the older
+     * record, which numbers away from the older copies' ids, and had no
+     * client yet) started at 1 here, among the older
      * copy's ids; that copy's unfinished QoS 2 exchange, coming later, was
      * completed with a PUBREL for an id the client had used since for
      * another message: the message it held awaiting PUBREL was lost (chaos

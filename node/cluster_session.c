@@ -268,26 +268,24 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
         /* the old node may hold messages for it that come here directly
          * too (its kept routes): each once */
         session_seen_start(s, broker_now_mono_ms());
-        /* its packet ids start far from the old copy's: the unfinished
-         * QoS 2 exchanges of that copy, which come later, keep theirs
+        /* its packet ids start far from the old copies': the unfinished
+         * QoS 2 exchanges of those copies, which come later, keep theirs
          * unless this one used them meanwhile (session_adopt_exchange), and
          * its client may hold such a PUBLISH awaiting PUBREL, which a new
-         * PUBLISH with that id replaces there (paho): lost. A third of
-         * the id space after the old owner's next id when the record was
-         * written (the old copy used ids from there on: it meets them only
-         * after some 21,800 messages since that write); at a random place
-         * when the record does not tell. Before, always at random: one in
-         * a few kills lost a message (test_node_killed_under_qos12_
-         * traffic). Not half: when the old owner had itself resumed from
-         * the record of one before it, whose unfinished exchanges its
-         * client still held, two half steps came back to that one's ids,
-         * and a new PUBLISH replaced what the client held (chaos seed
-         * 1093382011 with --more; test_faults.py::test_second_resumption_
-         * from_a_record_keeps_off_the_first_copys_packet_ids). A third
-         * keeps off the copies of two owners before. */
-        uint64_t r = 0;
-        if (rec->has_next_packet_id && rec->next_packet_id >= 1 && rec->next_packet_id <= 65535)
-            r = (uint64_t)rec->next_packet_id - 1u + 65535u / 3u;
+         * PUBLISH with that id replaces there (paho): lost. The middle of
+         * the largest gap between the next ids of the owners the record
+         * names, as their records last told them (each went on numbering
+         * up from there); at a random place when the record tells none.
+         * Before, always at random: one in a few kills lost a message
+         * (test_node_killed_under_qos12_traffic). Then a fixed step from
+         * the last owner's next id (the only one the record had): half the
+         * space came back to the first owner's ids after two resumptions
+         * in a row (chaos seed 1093382011 with --more), a third after
+         * three (test_faults.py::test_third_resumption_from_a_record_keeps_
+         * off_the_first_copys_packet_ids). */
+        uint64_t r = cmd_record_resume_pid(rec);
+        if (r)
+            r--;
         else if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
             r = broker_now_mono_ms();
         session_record_resume(s, r % 65535u);

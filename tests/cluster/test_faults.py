@@ -423,10 +423,11 @@ def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster
     """A persistent QoS 2 subscriber S on A got M0's PUBLISH (packet id P)
     and its PUBREL, and has not completed it (as a client whose PUBREL was
     lost in the kill would hold M0, awaiting it); A is SIGKILLed. S resumes
-    on B from its record: B numbers its PUBLISHes a third of the packet id
-    space away from A's next id in the record (half until a second
-    resumption in a row came back to the first copy's ids:
-    test_second_resumption_from_a_record_keeps_off_the_first_copys_
+    on B from its record: B numbers its PUBLISHes half the packet id space
+    away from A's next id in the record (the middle of the largest gap
+    between the next ids of the owners the record names, A's alone here;
+    a fixed third from the last owner's while the record kept only its:
+    test_third_resumption_from_a_record_keeps_off_the_first_copys_
     packet_ids), so they do not reuse P, which the
     client still holds (paho replaces such a held message by a new PUBLISH
     of the same id: lost). A returns, B takes the unfinished exchange over
@@ -456,7 +457,7 @@ def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster
     m1 = s2.recv_publish(timeout=WAIT)
     assert m1.payload == b"m1", m1
     d = (m1.packet_id - m0.packet_id) % 65535
-    assert min(d, 65535 - d) > 20000, \
+    assert min(d, 65535 - d) > 30000, \
         f"packet id {m1.packet_id} on {b.name} near {m0.packet_id}, held from {a.name}"
     a.start()
     wait_healthy(c)
@@ -2376,7 +2377,7 @@ def test_moved_sessions_packet_ids_go_on_from_its_old_copys(cluster_factory):
     deterministic. S on A gets M0 (packet id P) and answers PUBREC; A sends
     PUBREL, which S does not get (its connection breaks): S holds M0
     awaiting PUBREL. A is SIGSTOPped; S resumes on B from its record (B
-    numbers a third of the id space away from A's ids), leaves, and connects to
+    numbers half the id space away from A's ids), leaves, and connects to
     C, which takes B's session whole: it has no message in flight, so its
     state carried no packet id, and C numbered from 1 again: M1.. got A's
     ids, and S replaced the M0 it held by M1 (P). A continues; its copy's
@@ -2408,6 +2409,25 @@ def test_moved_sessions_packet_ids_go_on_from_its_old_copys(cluster_factory):
     p.disconnect()
 
 
+def m0_exchange_on_b_killed(cluster_factory, name):
+    """holding_m0_awaiting_pubrel, then: A SIGKILLed, S resumed on B from
+    A's record and gone; A back, its copy's unfinished exchange of M0 taken
+    by B (with M0's packet id, S not connected); B SIGKILLed. Returns what
+    holding_m0_awaiting_pubrel does."""
+    got = holding_m0_awaiting_pubrel(cluster_factory, name)
+    c, ld, a, b, cid, topic, props, p, m0 = got
+    kill(a)
+    s = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present
+    s.disconnect()
+    a.start()
+    wait_healthy(c, 30)
+    took = re.compile(rf"unfinished QoS 2 exchange\(s\) of '{cid}' from \S+ taken")
+    wait_until(lambda: took.search(b.logtext()), 60, f"{b.name} taking A's exchange of M0")
+    kill(b)
+    return got
+
+
 def test_second_resumption_from_a_record_keeps_off_the_first_copys_packet_ids(cluster_factory):
     """Chaos seed 1093382011 with --more (1 to 2 acknowledged QoS 2
     messages lost at each subscriber), made deterministic. S on A gets M0
@@ -2419,19 +2439,12 @@ def test_second_resumption_from_a_record_keeps_off_the_first_copys_packet_ids(cl
     away from B's ids. With half the id space as that step, two steps came
     back to A's ids: C gave P to M2, which replaced M0 at S (paho keeps one
     message per packet id), and when B returned, C refused its exchange of
-    M0 (P used since the record): M0 lost (main's build). With a third of
-    the id space, C's ids keep off A's and B's, takes the exchange and
-    releases M0: S gets it once."""
-    c, ld, a, b, cid, topic, props, p, m0 = holding_m0_awaiting_pubrel(cluster_factory, "pid3rd")
-    kill(a)
-    s = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
-    assert s.connack.session_present
-    s.disconnect()
-    a.start()
-    wait_healthy(c, 30)
-    took = re.compile(rf"unfinished QoS 2 exchange\(s\) of '{cid}' from \S+ taken")
-    wait_until(lambda: took.search(b.logtext()), 60, f"{b.name} taking A's exchange of M0")
-    kill(b)
+    M0 (P used since the record): M0 lost (main's build then). With a
+    third of the id space, C's ids kept off A's and B's; now the record
+    keeps each owner's next id and C numbers in the middle of the largest
+    gap between A's and B's: C takes the exchange and releases M0, S gets
+    it once."""
+    c, ld, a, b, cid, topic, props, p, m0 = m0_exchange_on_b_killed(cluster_factory, "pid3rd")
     s = connected_after_fault(ld, cid, 5, clean=False, properties=props, timeout=30)
     assert s.connack.session_present
     h = _HoldingSubscriber(s)
@@ -2443,6 +2456,49 @@ def test_second_resumption_from_a_record_keeps_off_the_first_copys_packet_ids(cl
     came = re.compile(rf"unfinished QoS 2 exchange\(s\) of '{cid}'|late message\(s\) of '{cid}' "
                       rf"came from \S+, \d+ of them had come directly \(not again\), [1-9]")
     wait_until(lambda: came.search(ld.logtext()), 60, f"{ld.name} meeting B's exchange of M0")
+    m0_released(h)
+    assert all(h.got.count(m) == 1 for m in sent), h.got
+    s.disconnect()
+    p.disconnect()
+
+
+def test_third_resumption_from_a_record_keeps_off_the_first_copys_packet_ids(cluster_factory):
+    """Issue 10: three resumptions from the record in a row. S holds M0
+    (packet id P) from A awaiting PUBREL; A is SIGKILLed, S resumes on B
+    from A's record and leaves; B takes A's exchange of M0, is SIGKILLed,
+    S resumes on the leader L from B's record and leaves; B returns and L
+    takes B's exchange of M0 (S not connected). L is SIGKILLed; S resumes
+    on A from L's record and M1..M5 are published there. Each resumption
+    numbered a third of the id space from the record's next id (only the
+    last owner's was kept): the third came back to P, A gave it to M1,
+    which replaced M0 at S, and when L returned A refused its exchange of
+    M0 (P used since the record): M0 lost (main's build). Now the record
+    keeps every owner's next id and a resumption numbers in the middle of
+    the largest gap between them: A takes L's exchange and releases M0, S
+    gets it once."""
+    c, ld, a, b, cid, topic, props, p, m0 = m0_exchange_on_b_killed(cluster_factory, "pid4th")
+    s = connected_after_fault(ld, cid, 5, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present
+    s.disconnect()
+    b.start()
+    wait_healthy(c, 30)
+    took = re.compile(rf"unfinished QoS 2 exchange\(s\) of '{cid}' from \S+ taken")
+    wait_until(lambda: took.search(ld.logtext()), 60, f"{ld.name} taking B's exchange of M0")
+    p.close()
+    kill(ld)
+    s = connected_after_fault(a, cid, 5, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present
+    h = _HoldingSubscriber(s)
+    h.held[m0.packet_id] = m0.payload  # what S holds from A's first copy
+    p = connected_after_fault(a, uid("pid4thp"), 5)
+    sent = m1_to_m5_delivered(p, h, topic)
+    # L's copy hands what it holds on to S's owner: the exchange of M0
+    # (packet id P) it took from B comes to A
+    start = len(a.logtext())
+    ld.start()
+    came = re.compile(rf"unfinished QoS 2 exchange\(s\) of '{cid}'|late message\(s\) of '{cid}' "
+                      rf"came from \S+, \d+ of them had come directly \(not again\), [1-9]")
+    wait_until(lambda: came.search(a.logtext()[start:]), 60, f"{a.name} meeting L's exchange of M0")
     m0_released(h)
     assert all(h.got.count(m) == 1 for m in sent), h.got
     s.disconnect()

@@ -450,6 +450,88 @@ static void test_session_records_and_node_down(void)
     rmdir_free(d);
 }
 
+/* The packet id a copy resumed from c's current record starts at
+ * (cmd_record_resume_pid), 0 when it tells none. */
+static uint16_t resume_pid(struct fsm *f, const char *id)
+{
+    void *rv;
+    size_t rlen;
+    if (fsm_session_record_get(f, id, strlen(id), &rv, &rlen) != 0)
+        return 0;
+    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, rlen, rv);
+    free(rv);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
+    uint16_t pid = cmd_record_resume_pid(rec);
+    starling__cmd__session_record__free_unpacked(rec, NULL);
+    return pid;
+}
+
+/* Each owner a record names keeps the next packet id of its latest record
+ * (RecordOwner.next_packet_id), and a copy resumed from the record numbers
+ * in the middle of the largest gap between them. Before, only the last
+ * owner's id was kept and a resumption numbered a third of the space from
+ * it: the third resumption in a row came back to the first owner's ids,
+ * where its client may still hold a PUBLISH awaiting PUBREL (issue 10). */
+static void test_record_owners_packet_ids(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    struct cmd_batch *b = cmd_batch_new();
+    struct cmd_session_sub subs[] = {{S("p/#"), 2, 0}};
+    cmd_session_claim(b, S("c"), 1, 1);
+    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 5);
+    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 9); /* its entry follows */
+    CU_ASSERT_EQUAL(apply(f, 1, b), 0);
+    /* one owner: half the space away (9 + 32,767) */
+    CU_ASSERT_EQUAL(resume_pid(f, "c"), 32776);
+    cmd_session_claim(b, S("c"), 2, 2);
+    cmd_session_record(b, S("c"), 2, 2, 300, 5, NULL, subs, 1, 32776);
+    CU_ASSERT_EQUAL(apply(f, 2, b), 0);
+    /* 9 and 32,776: the gap past 32,776 round to 9 is the larger */
+    CU_ASSERT_EQUAL(resume_pid(f, "c"), 49160);
+    cmd_session_claim(b, S("c"), 3, 3);
+    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49160);
+    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49200);
+    CU_ASSERT_EQUAL(apply(f, 3, b), 0);
+    void *rv;
+    size_t rlen;
+    CU_ASSERT_EQUAL_FATAL(fsm_session_record_get(f, S("c"), &rv, &rlen), 0);
+    Starling__Cmd__SessionRecord *rec = starling__cmd__session_record__unpack(NULL, rlen, rv);
+    free(rv);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
+    CU_ASSERT_EQUAL_FATAL(rec->n_owners, 3);
+    uint32_t want[3][2] = {{1, 9}, {2, 32776}, {3, 49200}};
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(rec->owners[i]->node, want[i][0]);
+        CU_ASSERT_TRUE(rec->owners[i]->has_next_packet_id);
+        CU_ASSERT_EQUAL(rec->owners[i]->next_packet_id, want[i][1]);
+    }
+    /* the third resumption keeps off the first owner's ids (a third of
+     * the space from the last owner's, as before, gave 49,200 + 21,845 -
+     * 65,535 = 5,510, and three thirds from 9 gave 9 again) */
+    CU_ASSERT_EQUAL(cmd_record_resume_pid(rec), 16392);
+    /* a record of a build before the owners' ids: its own id alone */
+    for (size_t i = 0; i < rec->n_owners; i++)
+        rec->owners[i]->has_next_packet_id = false;
+    CU_ASSERT_EQUAL(cmd_record_resume_pid(rec), (49200 + 32767) % 65535);
+    rec->has_next_packet_id = false;
+    CU_ASSERT_EQUAL(cmd_record_resume_pid(rec), 0);
+    /* the largest gap across the wrap, and 0 is not an id */
+    rec->owners[0]->has_next_packet_id = true;
+    rec->owners[0]->next_packet_id = 65000;
+    rec->owners[1]->has_next_packet_id = true;
+    rec->owners[1]->next_packet_id = 100;
+    CU_ASSERT_EQUAL(cmd_record_resume_pid(rec), 32550);
+    rec->owners[1]->next_packet_id = 65535;
+    rec->owners[2]->has_next_packet_id = true;
+    rec->owners[2]->next_packet_id = 1;
+    CU_ASSERT_EQUAL(cmd_record_resume_pid(rec), 32500); /* 1 .. 65,000 */
+    starling__cmd__session_record__free_unpacked(rec, NULL);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
 /* A NodeDown as a build before NodeDown.keepers wrote it (no count), or
  * (keepers) before NodeDown.owners_marked. */
 static int apply_node_down_of(struct fsm *f, uint64_t index, uint64_t node, bool keepers)
@@ -1391,6 +1473,7 @@ int main(void)
     CU_add_test(s, "retained (origin, seq)", test_retained_origin_seq);
     CU_add_test(s, "members and node purge", test_members_and_purge);
     CU_add_test(s, "session records and node down", test_session_records_and_node_down);
+    CU_add_test(s, "session records: the owners' packet ids", test_record_owners_packet_ids);
     CU_add_test(s, "node down: counted routes go with their records", test_node_down_keepers);
     CU_add_test(s, "node down: a record counted for its registry owner", test_node_down_owner_kept);
     CU_add_test(s, "long keys", test_long_keys);
