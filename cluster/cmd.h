@@ -83,10 +83,13 @@ struct cmd_session_sub {
 /* SessionRecord: the subscriptions, expiry and user of a persistent session
  * owned by (node, epoch); expiry 0 deletes the record. username may be
  * NULL (anonymous). next_pid: the owner's next packet id (1..65535), 0
- * when not known (not written). */
+ * when not known (not written). routed_from: the index from which the
+ * owner's session takes forwards (session.h), 0 when not known (not
+ * written; RecordOwner.routed_from). */
 int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                        uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
-                       const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid);
+                       const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid,
+                       uint64_t routed_from);
 /* NodeDown: the routes of a node that stopped reporting go, except those
  * its persistent sessions need, each counted (NodeDown.keepers): a record
  * that stops naming the node takes its routes with it. */
