@@ -1888,8 +1888,8 @@ static uint64_t owner_entry_index(struct cluster_node *cn, const char *id, uint1
  * record reached its session too, and its client may have had it (with
  * that bound alone, the owner of now delivered it again:
  * test_faults.py::test_restarted_nodes_copy_sends_the_owner_of_now_only_
- * what_its_owner_did_not_take). Before, all of it waited in the outbox for a dead
- * x->to, and the session's owner never got it while x->to stayed down
+ * what_its_owner_did_not_take). Before, all of it waited in the outbox for
+ * a dead x->to, and the session's owner never got it while x->to stayed down
  * (chaos seed 1188520366 with --more: a copy sent on at its node's start
  * to an owner SIGKILLed since). Not when x->to is alive: it passes on
  * what it holds by its identities (test_killed_owners_copy_judges_late_
