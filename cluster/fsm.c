@@ -462,6 +462,16 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
     mine.node = c->node;
     mine.epoch = c->epoch;
     mine.index = index;
+    /* the index from which the owner's session takes forwards, from the
+     * proposer's own entry (the rest of its list is not read): kept with
+     * the entry of its first record, which moving_send_owner_of_now
+     * (node/cluster_session.c) reads */
+    for (size_t i = 0; i < c->n_owners; i++)
+        if (c->owners[i]->node == c->node && c->owners[i]->epoch == c->epoch &&
+            c->owners[i]->has_routed_from && c->owners[i]->routed_from) {
+            mine.has_routed_from = true;
+            mine.routed_from = c->owners[i]->routed_from;
+        }
     Starling__Cmd__RecordOwner *owners[RECORD_OWNERS_MAX];
     Starling__Cmd__SessionRecord w = *c;
     w.has_kept_for = false; /* written by the state machine only */

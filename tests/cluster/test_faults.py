@@ -2901,6 +2901,94 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     p.disconnect()
 
 
+def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not_take(
+        cluster_factory, tmp_path):
+    """Issue 10, ownernow's window: as the test above (S offline on B; B
+    SIGKILLed, C holds M0..M9 for it; S resumed on A from its record; B's
+    restarted copy takes them; A SIGKILLed, S resumed on C), but A routes
+    S's filter already (a subscriber W of it there) and A's record of S
+    waits (A's batch held, STARLING_TEST_BATCH_HOLD) while N0..N4 are
+    published on C: they reach S's session on A, which took forwards from
+    its claim on, and C holds them for B too (B's route, kept for S's
+    record). S gets N0..N4 on A. Routed before A's first record, they went
+    with M0..M9 to C, the owner of now, as routed before A had its routes,
+    and S got them twice. Now the bound is the index from which A's session
+    took forwards (RecordOwner.routed_from): M0..M9 go to C and S gets them
+    once; N0..N4 wait for A, which knows its client had them."""
+    from conftest import Node
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    for n in c.nodes:
+        n.env = (lambda n=n: {**Node.env(n),
+                              "STARLING_TEST_BATCH_HOLD": str(tmp_path / f"batch-hold-{n.name}")})
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "window", "window/t")
+    w = PahoClient(a, uid("windoww"), 5)
+    w.connect()
+    assert w.subscribe(topic + "/#", qos=2) == [2]
+    kill(b)
+    p = PahoClient(cn, uid("windowp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert outbox_for(cn, b.name) == len(sent)
+
+    def one_down_for(node):  # the only node down
+        st, doc = node.http("GET", "/api/v1/cluster", timeout=2)
+        return st == 200 and any(not x["reachable"] for x in doc["nodes"])
+    wait_until(lambda: one_down_for(a), 30, f"{a.name} listing {b.name} as unreachable")
+    a_hold = tmp_path / f"batch-hold-{a.name}"
+    a_hold.write_text("")
+    got = {}
+
+    def resume():
+        try:
+            got["s"] = resumed_on(a, cid, timeout=60)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            got["error"] = e
+    t = threading.Thread(target=resume)
+    t.start()
+    try:
+        wait_until(lambda: f"'{cid}' was owned by {faults.node_id(b):016x}, which is down"
+                   in a.logtext(), 30, f"{a.name} resuming {cid} from its record")
+        wait_until(lambda: "this node's batch waits" in a.logtext(), 30,
+                   f"{a.name} holding the record of {cid}")
+        # C applied A's claim (A's session takes what C routes from now on)
+        applied = metric_value(a, "starling_raft_applied_index")
+        wait_until(lambda: metric_value(cn, "starling_raft_applied_index") >= applied, 30,
+                   f"{cn.name} applying entry {applied}")
+        window = [f"n{k}".encode() for k in range(5)]
+        for m in window:
+            p.publish(topic + "/x", m, qos=2)
+        assert outbox_for(cn, b.name) == len(sent) + len(window)
+    finally:
+        a_hold.unlink()
+        t.join(90)
+    assert "error" not in got, got.get("error")
+    s = got["s"]
+    assert [s.get(WAIT).payload for _ in window] == window  # S has N0..N4 on A
+    started_with_copies_held(c, cn, a, b, cid, hold)
+    kill(a)
+    s.stop()
+    w.stop()
+    s = resumed_on(cn, cid, timeout=30)
+    wait_until(lambda: one_down_for(b), 30, f"{b.name} listing {a.name} as unreachable")
+    hold.unlink()
+    ended = f"the old copy of '{cid}' ends"
+    wait_until(lambda: ended in b.logtext(), 30, f"{b.name}'s copy of {cid} ending")
+    got = [s.get(30).payload for _ in sent]
+    again = delivered_before_a_marker(s, p, topic)
+    went = re.findall(rf"(\d+) late message\(s\) of '{re.escape(cid)}' routed before .* go to "
+                      r"the owner of now", b.logtext())
+    print(f"\n[window] {len(again)} delivered again on {cn.name}: {again}; sent to it by "
+          f"{b.name}: {went}")
+    assert sorted(got) == sorted(sent)
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
 def test_session_asked_for_while_its_node_loads_its_store_keeps_its_messages(cluster_factory,
                                                                              tmp_path):
     """Chaos seed 1188520366 with --more (201 lost, issue 10): a node
