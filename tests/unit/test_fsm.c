@@ -486,19 +486,19 @@ static void test_record_owners_packet_ids(void)
     struct cmd_batch *b = cmd_batch_new();
     struct cmd_session_sub subs[] = {{S("p/#"), 2, 0}};
     cmd_session_claim(b, S("c"), 1, 1);
-    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 5);
-    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 9); /* its entry follows */
+    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 5, 0);
+    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 9, 0); /* its entry follows */
     CU_ASSERT_EQUAL(apply(f, 1, b), 0);
     /* one owner: half the space away (9 + 32,767) */
     CU_ASSERT_EQUAL(resume_pid(f, "c"), 32776);
     cmd_session_claim(b, S("c"), 2, 2);
-    cmd_session_record(b, S("c"), 2, 2, 300, 5, NULL, subs, 1, 32776);
+    cmd_session_record(b, S("c"), 2, 2, 300, 5, NULL, subs, 1, 32776, 0);
     CU_ASSERT_EQUAL(apply(f, 2, b), 0);
     /* 9 and 32,776: the gap past 32,776 round to 9 is the larger */
     CU_ASSERT_EQUAL(resume_pid(f, "c"), 49160);
     cmd_session_claim(b, S("c"), 3, 3);
-    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49160);
-    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49200);
+    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49160, 0);
+    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49200, 0);
     CU_ASSERT_EQUAL(apply(f, 3, b), 0);
     void *rv;
     size_t rlen;
