@@ -114,7 +114,8 @@ struct admin_metrics {
     bool clustered;
     bool raft_leader; /* this node leads */
     uint64_t raft_term, raft_commit_index, raft_applied_index, raft_leader_changes;
-    uint64_t routes; /* (filter, node) pairs of the replicated route table */
+    uint64_t raft_resends_thinned; /* raft_node_stats.resends_thinned */
+    uint64_t routes;               /* (filter, node) pairs of the replicated route table */
     /* members this node, leading, took for dead (NodeDown, once per
      * silence); NodeDown(this node) applied while it ran; clean sessions
      * ended for that (docs/cluster.md "A node taken for dead while it runs") */

@@ -111,6 +111,10 @@ static void render_cluster(FILE *f, const struct admin_metrics *m)
     metric(f, "starling_raft_leader_changes_total", "counter",
            "Times this node saw a new Raft leader (the first one included).",
            m->raft_leader_changes);
+    metric(f, "starling_raft_resends_thinned_total", "counter",
+           "AppendEntries this node, leading, sent without their entries: the same entries to "
+           "the same follower were not written out yet.",
+           m->raft_resends_thinned);
     metric(f, "starling_routes", "gauge",
            "Routes (topic filter, node) in this node's copy of the replicated route table.",
            m->routes);

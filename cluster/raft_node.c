@@ -54,6 +54,17 @@ struct append_watch {
     int held; /* the failed write's status, kept from libraft until the close */
 };
 
+/* An AppendEntries carrying entries, not written to its peer yet
+ * (watched_send). */
+struct send_watch {
+    struct send_watch *next;
+    struct raft_io_send *req;
+    raft_io_send_cb cb;
+    raft_id to;
+    raft_term term;
+    raft_index prev; /* its prev_log_index: the entries start after it */
+};
+
 struct raft_node {
     pthread_t thread;
     uv_loop_t loop;
@@ -104,9 +115,14 @@ struct raft_node {
     int (*io_append)(struct raft_io *io, struct raft_io_append *req,
                      const struct raft_entry entries[], unsigned n, raft_io_append_cb cb);
     struct append_watch *appends; /* loop: in flight */
-    uint64_t unstored_since;      /* loop: check_log_stall (0: stored) */
-    bool failed;                  /* atomic: the log cannot be written (raft_node_failed) */
-    char failure[256];            /* why; written once, before failed */
+    /* The messages to peers: raft_uv's send, wrapped by watched_send */
+    int (*io_send)(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
+                   raft_io_send_cb cb);
+    struct send_watch *sends; /* loop: AppendEntries with entries, unwritten */
+    uint64_t resends_thinned; /* atomic: sent as a heartbeat instead (watched_send) */
+    uint64_t unstored_since;  /* loop: check_log_stall (0: stored) */
+    bool failed;              /* atomic: the log cannot be written (raft_node_failed) */
+    char failure[256];        /* why; written once, before failed */
 };
 
 uint64_t raft_node_id_of(const char *addr)
@@ -620,6 +636,76 @@ static int watched_append(struct raft_io *io, struct raft_io_append *req,
 }
 
 /*
+ * A follower that catches up (docs/cluster.md, "A follower in probe mode
+ * gets the same entries at every heartbeat"). libraft 0.15's leader, while a
+ * follower is in probe mode (after a restart, a rejection or a failed send),
+ * sends it every entry from its next index on at every heartbeat (15 ms)
+ * until the follower answers, whether or not the previous copy went out:
+ * raft_uv queues each one on the connection, without a bound. A follower
+ * slow to answer (its first write and apply of what it missed took 1.8 s
+ * under load) then has hundreds of copies of the same megabytes queued
+ * before anything newer, and reads and compares them one by one for tens of
+ * seconds; what the leader sends meanwhile (newer entries, the commit index)
+ * waits behind them, and its applied index lags. So raft_uv's send is
+ * wrapped: an AppendEntries whose entries start where those of one to the
+ * same peer (same term) that is not written out yet start goes as a
+ * heartbeat (the same message without its entries), which the follower
+ * answers as any other; libraft sends the entries again at its next
+ * heartbeat, once that copy went out. New entries (a pipeline's next batch
+ * starts further on) are not held back.
+ */
+static void watched_send_cb(struct raft_io_send *req, int status)
+{
+    struct raft_node *n = tls_node;
+    struct send_watch **pp = &n->sends;
+    while (*pp && (*pp)->req != req)
+        pp = &(*pp)->next;
+    struct send_watch *w = *pp;
+    if (!w)
+        return; /* never: every watched send is in the list */
+    *pp = w->next;
+    raft_io_send_cb cb = w->cb;
+    free(w);
+    cb(req, status);
+}
+
+static int watched_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
+                        raft_io_send_cb cb)
+{
+    struct raft_node *n = (struct raft_node *)((char *)io - offsetof(struct raft_node, io));
+    const struct raft_append_entries *a = &m->append_entries;
+    if (m->type != RAFT_IO_APPEND_ENTRIES || a->n_entries == 0)
+        return n->io_send(io, req, m, cb);
+    for (struct send_watch *w = n->sends; w; w = w->next)
+        if (w->to == m->server_id && w->term == a->term && w->prev == a->prev_log_index) {
+            struct raft_message hb = *m;
+            hb.append_entries.entries = NULL;
+            hb.append_entries.n_entries = 0;
+            __atomic_add_fetch(&n->resends_thinned, 1, __ATOMIC_RELAXED);
+            return n->io_send(io, req, &hb, cb);
+        }
+    struct send_watch *w = calloc(1, sizeof *w);
+    if (!w)
+        return n->io_send(io, req, m, cb); /* not watched */
+    w->req = req;
+    w->cb = cb;
+    w->to = m->server_id;
+    w->term = a->term;
+    w->prev = a->prev_log_index;
+    w->next = n->sends;
+    n->sends = w;
+    int rc = n->io_send(io, req, m, watched_send_cb);
+    if (rc) /* no callback comes */
+        for (struct send_watch **pp = &n->sends; *pp; pp = &(*pp)->next)
+            if (*pp == w) {
+                *pp = w->next;
+                free(w);
+                break;
+            }
+    return rc;
+}
+
+/*
  * On the tick: the log stopped growing. Entries in libraft's in-memory log
  * past its last stored one, with no write of ours in flight, are entries
  * that will never be written: the state a failed follower write leaves
@@ -877,6 +963,8 @@ static void *thread_main(void *arg)
         tls_node = n;
         n->io_append = n->io.append;
         n->io.append = watched_append;
+        n->io_send = n->io.send;
+        n->io.send = watched_send;
     }
     if (rc == 0) {
         what = "raft_init";
@@ -936,6 +1024,11 @@ static void *thread_main(void *arg)
     while (n->appends) { /* none once raft_uv closed; never leaked */
         struct append_watch *w = n->appends;
         n->appends = w->next;
+        free(w);
+    }
+    while (n->sends) {
+        struct send_watch *w = n->sends;
+        n->sends = w->next;
         free(w);
     }
     raft_transport_close(&n->transport);
@@ -1217,6 +1310,7 @@ void raft_node_stats(struct raft_node *n, struct raft_node_stats *o)
     o->commit_index = __atomic_load_n(&n->commit, __ATOMIC_RELAXED);
     o->last_applied = __atomic_load_n(&n->applied, __ATOMIC_RELAXED);
     o->leader_changes = __atomic_load_n(&n->leader_changes, __ATOMIC_RELAXED);
+    o->resends_thinned = __atomic_load_n(&n->resends_thinned, __ATOMIC_RELAXED);
 }
 
 int raft_node_remove(struct raft_node *n, uint64_t id, raft_node_done_fn done, void *ud)

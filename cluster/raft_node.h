@@ -174,6 +174,9 @@ struct raft_node_stats {
      * last applied index, and how often the tick saw a leader other than
      * the one before (the first one included) */
     uint64_t term, commit_index, last_applied, leader_changes;
+    /* AppendEntries sent as heartbeats: the same entries to the same peer
+     * were not written out yet (raft_node.c, watched_send) */
+    uint64_t resends_thinned;
 };
 void raft_node_stats(struct raft_node *n, struct raft_node_stats *out);
 

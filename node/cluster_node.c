@@ -1318,6 +1318,7 @@ static void cn_metrics(void *ud, struct admin_metrics *m)
     m->raft_commit_index = rs.commit_index;
     m->raft_applied_index = rs.last_applied;
     m->raft_leader_changes = rs.leader_changes;
+    m->raft_resends_thinned = rs.resends_thinned;
     m->raft_leader = raft_node_leader(cn->raft) == cn->self;
     m->routes = routes_count(fsm_routes(cn->fsm));
     m->nodes_down = atomic_load(&cn->nodes_down);

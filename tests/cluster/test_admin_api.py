@@ -239,6 +239,7 @@ CLUSTER_FAMILIES = {
     "starling_raft_term": "gauge", "starling_raft_commit_index": "gauge",
     "starling_raft_applied_index": "gauge", "starling_raft_leader": "gauge",
     "starling_raft_leader_changes_total": "counter", "starling_routes": "gauge",
+    "starling_raft_resends_thinned_total": "counter",
     "starling_cluster_nodes_down_total": "counter",
     "starling_cluster_taken_for_dead_total": "counter",
     "starling_cluster_sessions_ended_taken_for_dead_total": "counter",
