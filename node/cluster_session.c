@@ -2016,6 +2016,40 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
     return found;
 }
 
+void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len)
+{
+    struct session *s = registry_local_surrender(cn->b, id, len, true);
+    if (!s)
+        return;
+    lock_acquire(&s->lock);
+    uint64_t named = s->epoch;
+    /* no longer the claim's session: its end releases nothing
+     * (cn_session_ended), and it goes under its own claim as far as its
+     * store knew it */
+    s->epoch = 0;
+    s->direct_from = 0;
+    uint64_t own = s->stored_epoch;
+    lock_release(&s->lock);
+    log_info("cluster: '%s' is claimed here while another session of it stood in for the claim in "
+             "this node's table (%s, claim %llu): it ends now, what it holds goes to the claim's "
+             "session",
+             s->client_id, named ? "named the claim's" : "a stored copy",
+             (unsigned long long)named);
+    struct cn_moving *x = calloc(1, sizeof(*x));
+    if (!x) {
+        session_end(cn->b, s);
+        session_unref(s);
+        return;
+    }
+    x->s = s;
+    x->to = cn->self;
+    x->epoch = own;
+    x->now = true;
+    x->until_ms = cn_mono_ms() + CHAN_RECONNECT_GRACE_MS;
+    x->next = cn->moving;
+    cn->moving = x;
+}
+
 void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list)
 {
     while (list) {
