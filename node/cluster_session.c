@@ -2027,13 +2027,12 @@ void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len)
      * (cn_session_ended), and it goes under its own claim as far as its
      * store knew it */
     s->epoch = 0;
-    s->direct_from = 0;
     uint64_t own = s->stored_epoch;
     lock_release(&s->lock);
     log_info("cluster: '%s' is claimed here while another session of it stood in for the claim in "
              "this node's table (%s, claim %llu): it ends now, what it holds goes to the claim's "
              "session",
-             s->client_id, named ? "named the claim's" : "a stored copy",
+             s->client_id, named ? "with the claim's epoch" : "a stored copy not named yet",
              (unsigned long long)named);
     struct cn_moving *x = calloc(1, sizeof(*x));
     if (!x) {
