@@ -267,6 +267,18 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
  * Returns the list (or NULL). cn->reg_mu held. */
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
                                    const struct session *keep, uint64_t whole_from);
+/* Before cn_moving_detach, when this node's claim of id brought a session
+ * (the old owner's state, or the record) that is about to replace what its
+ * table holds of id: a session there stands in for the claim (a stored copy
+ * that the start-up pass named the claim's, its claim having applied before
+ * the pass; one that adopt_lost rebuilt for it; a stored copy not named
+ * yet). What reached it meanwhile (published here, forwarded here, late
+ * messages of the claim) ended with it when the claim's session replaced
+ * it (registry_local_stage): it leaves the table now and joins the moving
+ * list as an old copy moving to this node, which cn_moving_detach then
+ * takes and cn_moving_fold folds into the claim's session (each identity
+ * once). cn->reg_mu held. */
+void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len);
 /* Whether an old copy of id is in the moving list. Takes cn->reg_mu. */
 bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len);
 /* Then, once the new session is in the registry: what the detached copies

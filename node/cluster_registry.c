@@ -348,6 +348,10 @@ static void claim_on_worker(void *ud)
             k->done(k->done_ud, REGISTRY_UNAVAILABLE, NULL);
         } else {
             bool moved = k->incoming && !k->from_record;
+            /* a session of the id in the table in place of the one the
+             * claim brought: folded into it, as an old copy is */
+            if (k->incoming)
+                cn_moving_stand_in(cn, k->id, k->req.id_len);
             /* an old copy still moving out of here: what it holds comes
              * back to the session */
             struct cn_moving *back = cn_moving_detach(cn, k->id, k->req.id_len, k->incoming,
