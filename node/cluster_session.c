@@ -63,11 +63,11 @@ struct cn_moving {
     struct cn_moving *next;
     struct session *s; /* out of the table, still subscribed (a reference) */
     uint64_t to, epoch;
-    uint64_t until_ms;    /* end at the latest then */
-    bool routed;          /* the new owner's routes are everywhere: send, end soon */
-    bool graced;          /* routed seen: until_ms is the end of the grace (LATE_GRACE_MS) */
-    bool now;             /* no state was sent (cn_moving_add) */
-    bool known;           /* its claim known: the owners rule judges it (moving_end) */
+    uint64_t until_ms; /* end at the latest then */
+    bool routed;       /* the new owner's routes are everywhere: send, end soon */
+    bool graced;       /* routed seen: until_ms is the end of the grace (LATE_GRACE_MS) */
+    bool now;          /* no state was sent (cn_moving_add) */
+    bool known;        /* its claim known (so with `now`): the owners rule judges it (moving_end) */
     bool complete_sent;   /* routed: the first batch after it went (SessionMessages.complete) */
     uint64_t route_index; /* ... since this index (0: unknown) */
     /* cn_moving_detach: what the ended copy held, for cn_moving_fold, and
@@ -764,7 +764,7 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
     x->to = to;
     x->epoch = epoch;
     x->now = now;
-    x->known = now || known;
+    x->known = known;
     /* the new owner's claim completes within about cluster_claim_timeout;
      * without a claim in progress (`now`), forwards that other nodes held
      * for this node while it was down still come, once their channels
@@ -1968,7 +1968,7 @@ static void moving_end(struct cluster_node *cn, struct cn_moving *x)
      * did not name when it answered (its claim not known: see
      * request_answer in cluster_registry.c). */
     lock_acquire(&x->s->lock);
-    bool known = x->known || x->s->epoch != 0;
+    bool known = x->now || x->known || x->s->epoch != 0;
     lock_release(&x->s->lock);
     if (!x->routed && x->to != cn->self && known)
         moving_direct_set(cn, x->s, x->to, true);
