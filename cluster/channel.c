@@ -60,8 +60,9 @@
 
 /* A queue entry: one or more frames, each with its u32be length prefix.
  * chan_send appends a small frame to the tail entry of the peer's queue
- * while it has room (QCHUNK bytes are allocated for it), so a burst of
- * forwards costs one allocation per QCHUNK bytes instead of one per frame
+ * while it has room (a new entry gets room for twice the last one's bytes,
+ * up to QCHUNK), so a burst of forwards costs one allocation per QCHUNK
+ * bytes instead of one per frame
  * (docs/performance.md "The sending node's queue in chunks"); a frame
  * larger than QCHUNK_SMALL gets an entry of its own, copied outside the
  * lock. Only an entry still in the queue grows: one taken for a write
@@ -1214,13 +1215,19 @@ int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len,
             tail->frames++;
         } else {
             if (!q) {
-                q = malloc(sizeof *q + QCHUNK);
+                /* twice what the last entry holds, up to QCHUNK: a lone
+                 * frame's entry is its size, a burst's grows to QCHUNK, and
+                 * the room left unused stays within about twice the bytes
+                 * queued (small and large frames in turn) */
+                size_t cap = tail ? 2 * tail->len : 0;
+                cap = cap < need ? need : cap > QCHUNK ? QCHUNK : cap;
+                q = malloc(sizeof *q + cap);
                 if (!q)
                     rc = -ENOMEM;
                 else {
                     q->next = NULL;
                     q->len = need;
-                    q->cap = QCHUNK;
+                    q->cap = cap;
                     q->frames = 1;
                     frame_put(q->data, frame, len);
                 }
