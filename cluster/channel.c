@@ -58,25 +58,11 @@
 #define DIRECT_WRITE_FRAMES 16384u
 #define DIRECT_WRITE_BYTES (1u << 20)
 
-/* A queue entry: one or more frames, each with its u32be length prefix.
- * chan_send appends a small frame to the tail entry of the peer's queue
- * while it has room (a new entry gets room for twice the last one's bytes,
- * up to QCHUNK), so a burst of forwards costs one allocation per QCHUNK
- * bytes instead of one per frame
- * (docs/performance.md "The sending node's queue in chunks"); a frame
- * larger than QCHUNK_SMALL gets an entry of its own, copied outside the
- * lock. Only an entry still in the queue grows: one taken for a write
- * (queue_take) is the writer's until it goes back (queue_put_back). */
 struct qframe {
     struct qframe *next;
-    size_t len;    /* bytes used: prefixes + frames */
-    size_t cap;    /* bytes allocated for data */
-    size_t frames; /* frames in data */
+    size_t len; /* prefix + frame */
     unsigned char data[];
 };
-_Static_assert(offsetof(struct qframe, next) == 0, "a queue's tail pointer is its last entry");
-#define QCHUNK 16384u
-#define QCHUNK_SMALL 2048u
 
 enum conn_state {
     /* outgoing */
@@ -333,8 +319,7 @@ static struct qframe *frame_pack(const Starling__Chan__Frame *f)
     if (!q)
         return NULL;
     q->next = NULL;
-    q->len = q->cap = 4 + n;
-    q->frames = 1;
+    q->len = 4 + n;
     q->data[0] = (unsigned char)(n >> 24);
     q->data[1] = (unsigned char)(n >> 16);
     q->data[2] = (unsigned char)(n >> 8);
@@ -488,7 +473,7 @@ static struct qframe *queue_take(struct peer *p, size_t max_frames, size_t max_b
     for (struct qframe *q = list; q && (!k || (k < max_frames && bytes + q->len <= max_bytes));
          q = q->next) {
         last = q;
-        k += q->frames;
+        k++;
         bytes += q->len;
     }
     if (n)
@@ -529,7 +514,7 @@ static void data_written(uv_write_t *w, int status)
         struct qframe *q = k->writing;
         k->writing = q->next;
         bytes += q->len;
-        frames += q->frames;
+        frames++;
         free(q);
     }
     bool drained = false;
@@ -582,10 +567,7 @@ static void flush_peer(struct peer *p)
     pthread_mutex_unlock(&c->mu);
     if (!list)
         return;
-    size_t entries = 0;
-    for (struct qframe *q = list; q; q = q->next)
-        entries++;
-    uv_buf_t *bufs = malloc(entries * sizeof *bufs);
+    uv_buf_t *bufs = malloc(n * sizeof *bufs);
     if (!bufs) {
         /* Put them back; try again on the next wake-up. */
         pthread_mutex_lock(&c->mu);
@@ -597,13 +579,12 @@ static void flush_peer(struct peer *p)
     size_t i = 0;
     for (struct qframe *q = list; q; q = q->next)
         bufs[i++] = uv_buf_init((char *)q->data, (unsigned)q->len);
-    size_t nbufs = i;
     bufs[0].base += off;
     bufs[0].len -= off;
     k->writing = list;
     k->writing_n = n;
     k->wreq.data = k;
-    int rc = uv_write(&k->wreq, (uv_stream_t *)&k->tcp, bufs, (unsigned)nbufs, data_written);
+    int rc = uv_write(&k->wreq, (uv_stream_t *)&k->tcp, bufs, (unsigned)n, data_written);
     free(bufs); /* libuv copies the buffer array */
     if (rc != 0)
         data_written(&k->wreq, rc);
@@ -1143,7 +1124,7 @@ int chan_peer_remove(struct chan *c, uint64_t node)
             struct qframe *q = p->qhead;
             p->qhead = q->next;
             p->qbytes -= q->len;
-            p->qframes -= q->frames;
+            p->qframes--;
             free(q);
         }
         p->qtail = &p->qhead;
@@ -1165,31 +1146,20 @@ int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len)
     return chan_send_flow(c, node, frame, len, NULL);
 }
 
-static void frame_put(unsigned char *d, const void *frame, size_t len)
-{
-    d[0] = (unsigned char)(len >> 24);
-    d[1] = (unsigned char)(len >> 16);
-    d[2] = (unsigned char)(len >> 8);
-    d[3] = (unsigned char)len;
-    memcpy(d + 4, frame, len);
-}
-
 int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len, bool *busy)
 {
     if (len > c->o.max_frame)
         return -EMSGSIZE;
-    size_t need = 4 + len;
-    /* a large frame: its own entry, copied before the lock */
-    struct qframe *q = NULL;
-    if (need > QCHUNK_SMALL) {
-        q = malloc(sizeof *q + need);
-        if (!q)
-            return -ENOMEM;
-        q->next = NULL;
-        q->len = q->cap = need;
-        q->frames = 1;
-        frame_put(q->data, frame, len);
-    }
+    struct qframe *q = malloc(sizeof *q + 4 + len);
+    if (!q)
+        return -ENOMEM;
+    q->next = NULL;
+    q->len = 4 + len;
+    q->data[0] = (unsigned char)(len >> 24);
+    q->data[1] = (unsigned char)(len >> 16);
+    q->data[2] = (unsigned char)(len >> 8);
+    q->data[3] = (unsigned char)len;
+    memcpy(q->data + 4, frame, len);
     int rc = 0;
     pthread_mutex_lock(&c->mu);
     struct peer *p = c->peers;
@@ -1199,7 +1169,7 @@ int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len,
         rc = -ECANCELED;
     } else if (!p) {
         rc = -ENOENT;
-    } else if (p->qbytes + need > c->o.max_queue_bytes) {
+    } else if (p->qbytes + q->len > c->o.max_queue_bytes) {
         uint64_t now = mono_ms();
         p->st.dropped++;
         rc = -ENOBUFS;
@@ -1207,58 +1177,28 @@ int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len,
         if (busy && peer_pressing(p, now))
             *busy = true;
     } else {
-        /* the queue's last entry (next is its first member) */
-        struct qframe *tail = p->qhead ? (struct qframe *)p->qtail : NULL;
-        if (!q && tail && tail->cap - tail->len >= need) {
-            frame_put(tail->data + tail->len, frame, len);
-            tail->len += need;
-            tail->frames++;
-        } else {
-            if (!q) {
-                /* twice what the last entry holds, up to QCHUNK: a lone
-                 * frame's entry is its size, a burst's grows to QCHUNK, and
-                 * the room left unused stays within about twice the bytes
-                 * queued (small and large frames in turn) */
-                size_t cap = tail ? 2 * tail->len : 0;
-                cap = cap < need ? need : cap > QCHUNK ? QCHUNK : cap;
-                q = malloc(sizeof *q + cap);
-                if (!q)
-                    rc = -ENOMEM;
-                else {
-                    q->next = NULL;
-                    q->len = need;
-                    q->cap = cap;
-                    q->frames = 1;
-                    frame_put(q->data, frame, len);
-                }
-            }
-            if (q) {
-                *p->qtail = q;
-                p->qtail = &q->next;
-                q = NULL;
-            }
-        }
-        if (!rc) {
-            if (!p->qbytes)
-                p->drained_ms = mono_ms(); /* it had taken everything */
-            p->qbytes += need;
-            p->qframes++;
-            if (p->qbytes > c->o.max_queue_bytes / 2) {
-                /* above the high-water mark: the sender should wait while the
-                 * peer drains (not while it stalls: then overflow is dropped) */
-                uint64_t now = mono_ms();
-                if (!p->busy && now - p->drained_ms <= CHAN_STALL_MS)
-                    p->busy = true;
-                peer_note_stall(p, now);
-                if (busy && peer_pressing(p, now))
-                    *busy = true;
-            }
+        if (!p->qbytes)
+            p->drained_ms = mono_ms(); /* it had taken everything */
+        *p->qtail = q;
+        p->qtail = &q->next;
+        p->qbytes += q->len;
+        p->qframes++;
+        if (p->qbytes > c->o.max_queue_bytes / 2) {
+            /* above the high-water mark: the sender should wait while the
+             * peer drains (not while it stalls: then overflow is dropped) */
+            uint64_t now = mono_ms();
+            if (!p->busy && now - p->drained_ms <= CHAN_STALL_MS)
+                p->busy = true;
+            peer_note_stall(p, now);
+            if (busy && peer_pressing(p, now))
+                *busy = true;
         }
     }
     pthread_mutex_unlock(&c->mu);
-    free(q); /* refused (NULL when queued) */
-    if (rc)
+    if (rc) {
+        free(q);
         return rc;
+    }
     /* a thread that calls chan_flush_here before it sleeps writes it */
     if (!c->o.defer || !c->o.defer(c->o.defer_ud))
         uv_async_send(&c->async);
@@ -1297,7 +1237,7 @@ static bool write_direct(struct chan *c, struct peer *p)
             off = 0;
             list = q->next;
             freed += q->len;
-            sent += q->frames;
+            sent++;
             free(q);
         }
         off += left;

@@ -57,14 +57,9 @@ static uint64_t now_us(void)
 
 /* The payload length of send_big's frame seq: small ones, and ones larger
  * than the receiver's unpack arena (64 KiB at first, 1 MiB at most). */
-static bool big_mid; /* set: the sizes around the send queue's chunks instead */
 static size_t big_len(uint64_t seq)
 {
     static const size_t lens[] = {10, 200 * 1024, 70, 3 * 1024 * 1024, 5, 900 * 1024, 40 * 1024};
-    /* around QCHUNK_SMALL (2 KiB: a frame of its own) and QCHUNK (16 KiB) */
-    static const size_t mid[] = {1900, 2100, 3000, 16000, 16500, 40000, 1};
-    if (big_mid)
-        return mid[seq % (sizeof mid / sizeof mid[0])];
     return lens[seq % (sizeof lens / sizeof lens[0])];
 }
 
@@ -609,67 +604,6 @@ static void test_senders_resume_before_the_queue_is_empty(void)
     stop(&h);
 }
 
-/* The sending queue appends small frames to its last entry (a 16 KiB
- * chunk, channel.c "struct qframe"); larger ones get one of their own.
- * Small and larger frames mixed, queued while the peer is down, then
- * written from the sending thread and by the loop in parts of at most
- * 256 KiB / 1 MiB (parts that end inside a chunk and ones a partial
- * sendmsg leaves): every frame arrives whole and in order, and the
- * queue's frame and byte counts are exact throughout. */
-static void test_chunked_queue_mixed_sizes(void)
-{
-    struct node g, h;
-    CU_ASSERT_EQUAL_FATAL(
-        start_opt(&g, 8, "127.0.0.38", test_free_port("127.0.0.38"), "t", "k", 64u << 20, true), 0);
-    /* h's address, nothing listening there yet: the peer is down */
-    int hport = test_free_port("127.0.0.39");
-    char haddr[64];
-    snprintf(haddr, sizeof haddr, "127.0.0.39:%d", hport);
-    CU_ASSERT_EQUAL(chan_peer_add(g.c, 9, haddr), 0);
-    big_mid = true;
-    uint64_t seq = 0, bytes = 0;
-    struct chan_peer_stats st;
-    for (int i = 0; i < 1000; i++) {
-        ++seq;
-        bool mid = seq % 5 == 0;
-        int rc = mid ? send_big(&g, 9, seq) : send_publish(&g, 9, seq);
-        CU_ASSERT_EQUAL_FATAL(rc, 0);
-        CU_ASSERT_EQUAL_FATAL(chan_peer_stats(g.c, 9, &st), 0);
-        /* each frame counted once, its bytes (its prefix and more) added */
-        CU_ASSERT_EQUAL(st.queued_frames, seq);
-        CU_ASSERT_TRUE(st.queued_bytes > bytes + 4 + (mid ? big_len(seq) : 0));
-        bytes = st.queued_bytes;
-    }
-    CU_ASSERT_EQUAL(st.queued_frames, seq);
-    CU_ASSERT_FALSE(st.connected);
-    chan_flush_here(g.c); /* not connected: nothing written from here */
-    CU_ASSERT_EQUAL(chan_peer_stats(g.c, 9, &st), 0);
-    CU_ASSERT_EQUAL(st.sent, 0);
-    CU_ASSERT_EQUAL(st.queued_bytes, bytes);
-    /* the peer comes up; more frames meanwhile, flushed from here too */
-    CU_ASSERT_EQUAL_FATAL(start(&h, 9, "127.0.0.39", hport, "t", "k", 0), 0);
-    for (int round = 0; round < 5; round++) {
-        for (int i = 0; i < 1000; i++) {
-            ++seq;
-            int rc = seq % 5 == 0 ? send_big(&g, 9, seq) : send_publish(&g, 9, seq);
-            CU_ASSERT_EQUAL_FATAL(rc, 0);
-        }
-        chan_flush_here(g.c);
-        uv_run(&loop, UV_RUN_NOWAIT);
-    }
-    CU_ASSERT_TRUE(RUN_UNTIL(h.in.n == seq || h.in.bad || h.in.out_of_order, 30000));
-    big_mid = false;
-    CU_ASSERT_EQUAL(h.in.n, seq);
-    CU_ASSERT_EQUAL(h.in.last_seq[8 % 8], seq);
-    CU_ASSERT_FALSE(h.in.out_of_order || h.in.bad);
-    CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(g.c, 9, &st) == 0 && st.queued_bytes == 0, 5000));
-    CU_ASSERT_EQUAL(st.queued_frames, 0);
-    CU_ASSERT_EQUAL(st.sent, seq);
-    CU_ASSERT_EQUAL(st.dropped, 0);
-    stop(&g);
-    stop(&h);
-}
-
 int main(void)
 {
     uv_loop_init(&loop);
@@ -690,8 +624,6 @@ int main(void)
     CU_add_test(s, "frames larger than the unpack arena", test_frames_larger_than_the_arena);
     CU_add_test(s, "senders resume before the queue is empty",
                 test_senders_resume_before_the_queue_is_empty);
-    CU_add_test(s, "a chunked queue: sizes mixed, peer down, written in parts",
-                test_chunked_queue_mixed_sizes);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
