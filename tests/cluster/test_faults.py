@@ -2902,6 +2902,41 @@ def test_restarted_copy_asked_for_its_state_leaves_out_what_its_claimant_had(clu
     none_again_after_late_messages(b, a, cid, s, p, topic, "asked copy", 60)
 
 
+def published_for_a_killed_copy(cn, b, topic, name):
+    """B SIGKILLed; M0..M9 published on C for B's offline subscriber, held
+    in C's outbox for B. Returns the publisher and M0..M9."""
+    kill(b)
+    p = PahoClient(cn, uid(name + "p"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert outbox_for(cn, b.name) == len(sent)
+    return p, sent
+
+
+def one_down_for(node):
+    """node lists one member as unreachable (the only node down)."""
+    st, doc = node.http("GET", "/api/v1/cluster", timeout=2)
+    return st == 200 and any(not x["reachable"] for x in doc["nodes"])
+
+
+def owner_of_now_gets(b, cid, s, p, topic, sent, what):
+    """B's held copy of cid ends; S, on the owner of now, gets M0..M9 and
+    nothing again before a marker. Returns what came again and B's lines
+    of what it sent the owner of now."""
+    ended = f"the old copy of '{cid}' ends"
+    wait_until(lambda: ended in b.logtext(), 30, f"{b.name}'s copy of {cid} ending")
+    got = [s.get(30).payload for _ in sent]
+    again = delivered_before_a_marker(s, p, topic)
+    went = re.findall(rf"(\d+) late message\(s\) of '{re.escape(cid)}' routed before .* go to "
+                      r"the owner of now", b.logtext())
+    print(f"\n[{what}] {len(again)} delivered again: {again}; sent to the owner of now by "
+          f"{b.name}: {went}")
+    assert sorted(got) == sorted(sent)
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+
+
 def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_factory, tmp_path):
     """Issue 10 (chaos seed 1188520366 with --more), made deterministic: a
     persistent QoS 2 subscriber S of node B, offline; B is SIGKILLed and C
@@ -2920,17 +2955,7 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
     cn, b, a, cid, topic = subscriber_on_a_follower(c, "ownernow", "ownernow/t")
-    kill(b)
-    p = PahoClient(cn, uid("ownernowp"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(10)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    assert outbox_for(cn, b.name) == len(sent)
-
-    def one_down_for(node):  # the only node down
-        st, doc = node.http("GET", "/api/v1/cluster", timeout=2)
-        return st == 200 and any(not x["reachable"] for x in doc["nodes"])
+    p, sent = published_for_a_killed_copy(cn, b, topic, "ownernow")
     # A resumes S from its record without asking B (else B, back, answers
     # the held request with its copy, M0..M9 included, and S has them on A)
     wait_until(lambda: one_down_for(a), 30, f"{a.name} listing {b.name} as unreachable")
@@ -2942,16 +2967,7 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     s = resumed_on(cn, cid, timeout=30)
     wait_until(lambda: one_down_for(b), 30, f"{b.name} listing {a.name} as unreachable")
     hold.unlink()
-    ended = f"the old copy of '{cid}' ends"
-    wait_until(lambda: ended in b.logtext(), 30, f"{b.name}'s copy of {cid} ending")
-    got = [s.get(30).payload for _ in sent]
-    assert sorted(got) == sorted(sent)
-    again = delivered_before_a_marker(s, p, topic)
-    went = re.findall(rf"(\d+) late message\(s\) of '{re.escape(cid)}' routed before .* go to "
-                      r"the owner of now", b.logtext())
-    print(f"\n[owner of now] {len(again)} delivered again on {cn.name}; sent to it by "
-          f"{b.name}: {went}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    owner_of_now_gets(b, cid, s, p, topic, sent, "owner of now")
     s.disconnect()
     p.disconnect()
 
@@ -2981,17 +2997,7 @@ def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not
     w = PahoClient(a, uid("windoww"), 5)
     w.connect()
     assert w.subscribe(topic + "/#", qos=2) == [2]
-    kill(b)
-    p = PahoClient(cn, uid("windowp"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(10)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    assert outbox_for(cn, b.name) == len(sent)
-
-    def one_down_for(node):  # the only node down
-        st, doc = node.http("GET", "/api/v1/cluster", timeout=2)
-        return st == 200 and any(not x["reachable"] for x in doc["nodes"])
+    p, sent = published_for_a_killed_copy(cn, b, topic, "window")
     wait_until(lambda: one_down_for(a), 30, f"{a.name} listing {b.name} as unreachable")
     a_hold = tmp_path / f"batch-hold-{a.name}"
     a_hold.write_text("")
@@ -3030,16 +3036,7 @@ def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not
     s = resumed_on(cn, cid, timeout=30)
     wait_until(lambda: one_down_for(b), 30, f"{b.name} listing {a.name} as unreachable")
     hold.unlink()
-    ended = f"the old copy of '{cid}' ends"
-    wait_until(lambda: ended in b.logtext(), 30, f"{b.name}'s copy of {cid} ending")
-    got = [s.get(30).payload for _ in sent]
-    again = delivered_before_a_marker(s, p, topic)
-    went = re.findall(rf"(\d+) late message\(s\) of '{re.escape(cid)}' routed before .* go to "
-                      r"the owner of now", b.logtext())
-    print(f"\n[window] {len(again)} delivered again on {cn.name}: {again}; sent to it by "
-          f"{b.name}: {went}")
-    assert sorted(got) == sorted(sent)
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    owner_of_now_gets(b, cid, s, p, topic, sent, "window")
     s.disconnect()
     p.disconnect()
 
