@@ -534,6 +534,34 @@ def metric_value(node, name):
     raise AssertionError(f"{name} not in {node.name}'s /metrics")
 
 
+def copies_held_cluster(cluster_factory, tmp_path, claim_timeout_ms):
+    """A formed cluster with debug logs, the given cluster_claim_timeout,
+    old copies held collecting while tmp_path/moving-hold exists
+    (STARLING_TEST_MOVING_HOLD) and each node's reports held while
+    tmp_path/reports-held-NAME exists. Returns the cluster, the moving
+    hold's path, the leader and the two followers."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV,
+                                       STARLING_CLUSTER_CLAIM_TIMEOUT=str(claim_timeout_ms),
+                                       STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    hold_files_per_node(c, tmp_path, STARLING_TEST_REPORTS_HOLD="reports-held")
+    c.start()
+    c.wait_healthy()
+    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    a, b = [n for n in c.nodes if n is not lead]
+    return c, hold, lead, a, b
+
+
+def hold_files_per_node(c, tmp_path, **holds):
+    """Each node of c reads each debug hook VAR of holds as the file
+    tmp_path/PREFIX-NAME (holds: VAR=PREFIX, NAME the node's name)."""
+    from conftest import Node
+    for n in c.nodes:
+        n.env = (lambda n=n: {**Node.env(n), **{var: str(tmp_path / f"{prefix}-{n.name}")
+                                                 for var, prefix in holds.items()}})
+
+
 def down_cluster(cluster_factory, tmp_path, down_after_ms):
     """fault_cluster with a shorter cluster_down_after, each node reading
     STARLING_TEST_REPORTS_HOLD=tmp_path/reports-held-NAME (debug builds):
@@ -543,14 +571,11 @@ def down_cluster(cluster_factory, tmp_path, down_after_ms):
     STARLING_TEST_TABLES_SYNC_HOLD=tmp_path/sync-held-NAME: while that file
     exists, an fdatasync of the node's replicated tables does not return
     (a disk that does not answer); a held sync creates sync-held-NAME.held."""
-    from conftest import Node
     env = dict(FAULT_ENV)
     env["STARLING_CLUSTER_DOWN_AFTER"] = str(down_after_ms)
     c = cluster_factory(extra_env=env)
-    for n in c.nodes:
-        n.env = (lambda n=n: {**Node.env(n),
-                              "STARLING_TEST_REPORTS_HOLD": str(tmp_path / f"reports-held-{n.name}"),
-                              "STARLING_TEST_TABLES_SYNC_HOLD": str(tmp_path / f"sync-held-{n.name}")})
+    hold_files_per_node(c, tmp_path, STARLING_TEST_REPORTS_HOLD="reports-held",
+                        STARLING_TEST_TABLES_SYNC_HOLD="sync-held")
     c.start()
     c.wait_healthy()
     return c
@@ -2986,13 +3011,10 @@ def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not
     and S got them twice. Now the bound is the index from which A's session
     took forwards (RecordOwner.routed_from): M0..M9 go to C and S gets them
     once; N0..N4 wait for A, which knows its client had them."""
-    from conftest import Node
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
-    for n in c.nodes:
-        n.env = (lambda n=n: {**Node.env(n),
-                              "STARLING_TEST_BATCH_HOLD": str(tmp_path / f"batch-hold-{n.name}")})
+    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
     cn, b, a, cid, topic = subscriber_on_a_follower(c, "window", "window/t")
     w = PahoClient(a, uid("windoww"), 5)
     w.connect()
@@ -3172,19 +3194,7 @@ def test_stored_copy_that_the_start_up_pass_names_the_claims_keeps_the_session(c
     next claim was claim 1, session present 0. Now S is resumed on A, gets
     M0..M9 (B's state, once B continued), and again on the leader's node
     (session present 1), which the registry names."""
-    from conftest import Node
-    hold = tmp_path / "moving-hold"
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_CLUSTER_CLAIM_TIMEOUT="8000",
-                                       STARLING_LOG_LEVEL="debug",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
-    for n in c.nodes:
-        n.env = (lambda n=n: {**Node.env(n),
-                              "STARLING_TEST_REPORTS_HOLD":
-                                  str(tmp_path / f"reports-held-{n.name}")})
-    c.start()
-    c.wait_healthy()
-    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
-    a, b = [n for n in c.nodes if n is not lead]
+    c, hold, lead, a, b = copies_held_cluster(cluster_factory, tmp_path, 8000)
     cid, topic = uid("passcopy"), uid("passcopy/t")
     props = {"session_expiry_interval": 600}
     s = PahoClient(a, cid, 5, clean=False, properties=session_props())
@@ -3301,19 +3311,7 @@ def test_stored_copy_standing_in_for_the_claims_session_hands_on_what_it_took(cl
     there), and the first one, overtaken, folds into it. Before, the
     stand-in recorded no identities, and what B's copy handed on came
     twice."""
-    from conftest import Node
-    hold = tmp_path / "moving-hold"
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_CLUSTER_CLAIM_TIMEOUT="10000",
-                                       STARLING_LOG_LEVEL="debug",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
-    for n in c.nodes:
-        n.env = (lambda n=n: {**Node.env(n),
-                              "STARLING_TEST_REPORTS_HOLD":
-                                  str(tmp_path / f"reports-held-{n.name}")})
-    c.start()
-    c.wait_healthy()
-    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
-    a, b = [n for n in c.nodes if n is not lead]
+    c, hold, lead, a, b = copies_held_cluster(cluster_factory, tmp_path, 10000)
     cid, topic, props, s = raw_persistent_subscriber(a, "standin", qos)
     s.disconnect()
     hold.write_text("")  # A's copy, claimed away, stays (in its store too)
