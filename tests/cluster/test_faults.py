@@ -95,6 +95,33 @@ def stored_on_then_killed(a, cid):
     later.stop()
 
 
+class Background:
+    """fn() on a thread of its own, while the test goes on (a CONNECT whose
+    answer waits for what the test does next). join() waits for it;
+    result() returns what fn returned, or raises what it raised."""
+
+    def __init__(self, fn):
+        self._out = {}
+
+        def run():
+            try:
+                self._out["value"] = fn()
+            except Exception as e:  # noqa: BLE001 (raised again by result)
+                self._out["error"] = e
+        self._t = threading.Thread(target=run)
+        self._t.start()
+
+    def join(self, timeout=90):
+        self._t.join(timeout)
+
+    def result(self, timeout=90):
+        self.join(timeout)
+        if "error" in self._out:
+            raise self._out["error"]
+        assert "value" in self._out, f"still running after {timeout} s"
+        return self._out["value"]
+
+
 def session_props(seconds=600):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -3023,15 +3050,7 @@ def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not
     wait_until(lambda: one_down_for(a), 30, f"{a.name} listing {b.name} as unreachable")
     a_hold = tmp_path / f"batch-hold-{a.name}"
     a_hold.write_text("")
-    got = {}
-
-    def resume():
-        try:
-            got["s"] = resumed_on(a, cid, timeout=60)
-        except Exception as e:  # noqa: BLE001 (reported below)
-            got["error"] = e
-    t = threading.Thread(target=resume)
-    t.start()
+    bg = Background(lambda: resumed_on(a, cid, timeout=60))
     try:
         wait_until(lambda: f"'{cid}' was owned by {faults.node_id(b):016x}, which is down"
                    in a.logtext(), 30, f"{a.name} resuming {cid} from its record")
@@ -3047,9 +3066,8 @@ def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not
         assert outbox_for(cn, b.name) == len(sent) + len(window)
     finally:
         a_hold.unlink()
-        t.join(90)
-    assert "error" not in got, got.get("error")
-    s = got["s"]
+        bg.join()
+    s = bg.result()
     assert [s.get(WAIT).payload for _ in window] == window  # S has N0..N4 on A
     started_with_copies_held(c, cn, a, b, cid, hold)
     kill(a)
@@ -3140,15 +3158,7 @@ def test_late_messages_before_the_senders_state_reach_the_claim(cluster_factory,
     witness.disconnect()
     part = partition_factory(c)
     part.hold_channel(a, x)
-    got = {}
-
-    def resume():
-        try:
-            got["s"] = resumed_on(a, cid, timeout=60)
-        except Exception as e:  # noqa: BLE001 (reported below)
-            got["error"] = e
-    t = threading.Thread(target=resume)
-    t.start()
+    bg = Background(lambda: resumed_on(a, cid, timeout=60))
     try:
         moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
         wait_until(lambda: moved in x.logtext(), 30, f"{x.name} letting its copy of {cid} go")
@@ -3158,9 +3168,8 @@ def test_late_messages_before_the_senders_state_reach_the_claim(cluster_factory,
                    f"{a.name} getting {x.name}'s late messages of {cid}")
     finally:
         part.heal()
-        t.join(90)
-    assert "error" not in got, got.get("error")
-    s = got["s"]
+        bg.join()
+    s = bg.result()
     marker = uid("marker").encode()
     p.publish(topic, marker, qos=1)
     seen = []
@@ -3480,15 +3489,7 @@ def test_late_messages_in_the_handover_window_follow_the_copy(cluster_factory, t
     holds[x.name].write_text("")
     part = partition_factory(c)
     part.cut([x], [w, cn], raft_only=True)
-    got = {}
-
-    def resume(node, key):
-        try:
-            got[key] = resumed_on(node, cid, timeout=60)
-        except Exception as e:  # noqa: BLE001 (reported below)
-            got[key + " error"] = e
-    t = threading.Thread(target=resume, args=(cn, "on C"))
-    t.start()
+    bg = Background(lambda: resumed_on(cn, cid, timeout=60))
     try:
         answered = re.compile(rf"the session of '{re.escape(cid)}' moved to {cnid} "
                               rf"\(claim \d+\)\n")
@@ -3503,15 +3504,15 @@ def test_late_messages_in_the_handover_window_follow_the_copy(cluster_factory, t
         assert f"'{cid}' was claimed by node {cnid}" not in x.logtext()
     finally:
         part.heal()
-        t.join(90)
-    assert "on C error" not in got, got.get("on C error")
-    assert [got["on C"].get(WAIT).payload for _ in queued] == queued
-    got["on C"].stop()
+        bg.join()
+    on_c = bg.result()
+    assert [on_c.get(WAIT).payload for _ in queued] == queued
+    on_c.stop()
     kill(cn)
-    resume(w, "on W")
-    holds[x.name].unlink()
-    assert "on W error" not in got, got.get("on W error")
-    s = got["on W"]
+    try:
+        s = resumed_on(w, cid, timeout=60)
+    finally:
+        holds[x.name].unlink()
     # X's copies of S end: the one that went to C and, where one was
     # rebuilt from the record, that one, sent to W (the owner of then)
     rebuilt = f"the session of '{cid}' (claim" in x.logtext() and "is not here" in x.logtext()
