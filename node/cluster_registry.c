@@ -856,8 +856,23 @@ void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q)
     }
 }
 
+/* Whether q holds no exchange with its session's client that this node
+ * could hand on: queued, or restored from the store (or from a
+ * SessionState) into the queue, which carries no packet id (session_restore_msg: its state says
+ * only that it may have been sent before; cn_msg_fill gives it none). The
+ * owners rule leaves such a message out of a state as it does a queued
+ * one. Before, a restored one was handed on: a stored copy that took what
+ * a later owner got directly (its claim taken away while its node was
+ * stopped), restarted and asked for its state, gave all of it to the
+ * claimant, which delivered it again (chaos seed 1188520366 with --more:
+ * 655 QoS 2 duplicates, DUP 1, 2026-12-03). */
+static bool msg_unsent(const struct qmsg *q)
+{
+    return q->state == MSG_STATE_QUEUED || q->pid == 0;
+}
+
 /* The state of s (NULL: not found) to `to`, claimant of `epoch`. Left out:
- * s's queued messages routed at or past `direct` (not 0), which reached a
+ * s's queued (or restored: msg_unsent) messages routed at or past `direct` (not 0), which reached a
  * later owner than s's claim directly (cn_copy_owners_index), and their
  * identities, which the claimant would otherwise take for had when that
  * owner passes them on. Those sent to s's client keep their exchange. */
@@ -877,7 +892,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     if (s) {
         lock_acquire(&s->lock);
         for (struct qmsg *q = direct ? s->queue.head : NULL; q; q = q->next)
-            if (q->state == MSG_STATE_QUEUED && q->m->route_index >= direct) {
+            if (msg_unsent(q) && q->m->route_index >= direct) {
                 left_out++;
                 if (s->seen && q->m->id_node && q->m->id_seq)
                     msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
@@ -922,7 +937,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
             const struct qlist *lists[2] = {&s->inflight, &s->queue};
             for (int l = 0; l < 2; l++)
                 for (struct qmsg *q = lists[l]->head; q && k < n_msgs; q = q->next) {
-                    if (direct && q->state == MSG_STATE_QUEUED && q->m->route_index >= direct)
+                    if (direct && msg_unsent(q) && q->m->route_index >= direct)
                         continue;
                     Starling__Chan__SessionMessage *m = &msgs[k];
                     cn_msg_fill(m, q);

@@ -2347,6 +2347,117 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     none_again_after_late_messages(b, cn, cid, s, p, topic, f"restarted copy {leaves}", 60)
 
 
+def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
+        cluster_factory, tmp_path):
+    """Chaos seed 1188520366 with --more (655 QoS 2 duplicates, each sent
+    again with DUP 1, 2026-12-03), made deterministic: a persistent QoS 2
+    subscriber S, offline, on node B; B is SIGSTOPped and taken for dead;
+    S resumes on A from its record. B continues, applies A's claim and
+    proposes the route of its copy of S again; the copy, claimed away,
+    waits for A's request (none comes) and takes what C forwards
+    meanwhile: M0..M19, which S gets on A too. It stores them
+    (STARLING_TEST_MOVING_HOLD keeps it from sending anything). S's client connects to B with B's Raft port cut
+    (`Partition.cut(raft_only=True)`): B's claim commits on C and A but B
+    never applies it (in the chaos run, n3 was SIGKILLed right after its
+    claim); B is SIGKILLed and started again, Raft still cut, its stored
+    copy of S loaded. S's client connects to C, whose claim asks B (the
+    owner its registry names); B, not caught up, answers with its stored
+    copy, judged by the owners rule (A, the first owner after the copy's
+    claim). Before, the rule left out only messages in state "queued", and
+    a message loaded from the store is restored as possibly sent (state
+    "PUBLISH sent", no packet id): the state carried M0..M19, and C
+    delivered all 20 again (DUP 1); now a message that carries no exchange
+    with a packet id is left out as a queued one is."""
+    reason = faults.nft_available()
+    if reason:
+        pytest.skip(reason)
+    hold = tmp_path / "moving-hold"
+    hold.write_text("")
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_CLUSTER_CLAIM_TIMEOUT="8000",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "restate", "rs/t")
+    bid, aid, cnid = (f"{faults.node_id(n):016x}" for n in (b, a, cn))
+    p = PahoClient(cn, uid("restatep"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    pause(b)
+    try:
+        silent = f"member {bid} silent for"
+        wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
+        s = resumed_on(a, cid, timeout=30)
+    finally:
+        resume(b)
+    claimed = f"'{cid}' was claimed by node {aid} (claim"
+    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
+    # B, taken for dead, proposes the route of its copy of S again; the
+    # copy, waiting for A's request (cluster_claim_timeout + 1 s: 9 s here),
+    # takes everything that comes for it (as n3's did for 3 s in the chaos
+    # run): M0..M19, which A gets directly too
+    wait_until(lambda: (faults.node_id(b), topic + "/#") in faults.tables(cn)["routes"], 30,
+               f"{b.name}'s route for its copy of {cid}")
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [s.get(WAIT).payload for _ in sent] == sent
+    # B's copy took M0..M19 before a marker C forwards after them: once
+    # that is delivered, they are on B's disk
+    forwards_to_b_in(b, p, "restate")
+    s.stop()
+    epoch_a = faults.tables(cn)["registry"][cid][1]
+    part = faults.Partition(c)
+    try:
+        # S's client on B: B's claim commits without B (its Raft cut, its
+        # proposal goes to the leader on the channel) and B never applies it
+        part.cut([b], [n for n in c.nodes if n is not b], raft_only=True)
+        x = mqttraw.Client(b, version=5)
+        x.connect(cid, clean=False, properties={"session_expiry_interval": 600}, expect=False)
+        wait_until(lambda: faults.tables(cn)["registry"].get(cid, (0, 0))[0] ==
+                   faults.node_id(b), 30, f"B's claim of {cid} committed")
+        assert faults.tables(cn)["registry"][cid][1] > epoch_a
+        kill(b)
+        x.close()
+        start = len(b.logtext())
+        b.start()
+        loaded = wait_until(lambda: re.search(r"INFO store \S+: \d+ sessions, (\d+) queued messages",
+                                              b.logtext()[start:]), 30,
+                            f"{b.name} loading its store")
+        assert int(loaded.group(1)) >= len(sent), loaded.group(0)  # the copy's M0..M19
+        # S's client on C: C's claim asks B, which answers with its stored
+        # copy before it caught up (its start-up pass has not run)
+        out = {}
+
+        def resume_on_cn():
+            try:
+                out["s"] = resumed_on(cn, cid, timeout=60)
+            except BaseException as e:  # reported below
+                out["e"] = e
+        t = threading.Thread(target=resume_on_cn)
+        t.start()
+        moved = f"the session of '{cid}' moved to {cnid} (claim"
+        try:
+            wait_until(lambda: moved in b.logtext()[start:], 30,
+                       f"{b.name} answering {cn.name}'s request with its stored copy")
+            assert "start-up pass over" not in b.logtext()[start:]
+        finally:
+            part.heal()
+            t.join(90)
+    finally:
+        part.heal()
+    assert "s" in out, f"S's client on {cn.name}: {out.get('e')}"
+    s = out["s"]
+    # the copies no longer held: what reaches C directly waits no more for
+    # the late messages of B's copy (the marker below)
+    hold.unlink()
+    left = re.findall(rf"(\d+) message\(s\) of '{re.escape(cid)}' left out of its state",
+                      b.logtext()[start:])
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[restarted copy's state] {len(again)} delivered again on {cn.name}; left out of "
+          f"B's state: {left}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
 @pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
 def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owner_had(
         cluster_factory, tmp_path, restart):
