@@ -1083,8 +1083,28 @@ static size_t late_seen_here(struct cluster_node *cn, const Starling__Chan__Sess
         const Starling__Chan__SessionMessage *q = sm->msgs[i];
         if (copy && copy->seen && q->has_origin && q->has_pub_id && q->origin && q->pub_id &&
             msg_seen_has(copy->seen, q->origin, q->pub_id)) {
-            left++;
-            continue;
+            /* A QoS 2 exchange its sender began with the client (waiting
+             * for PUBREC or PUBCOMP, with its packet id) goes on: the
+             * copy's identity says this copy took the message, not that
+             * its client completed it here, and a client that holds it
+             * under the sender's packet id awaiting PUBREL gets it only by
+             * that exchange. The owner judges it by its own identities
+             * (late_exchange_adopt). Before, it was left out: chaos seed
+             * 1188520366 with --more, 7 QoS 2 messages lost
+             * (test_faults.py::test_exchange_passed_through_a_node_whose_
+             * copy_took_the_message_reaches_the_owner). */
+            if (q->qos == 2 && q->has_packet_id && q->packet_id != 0 && q->packet_id <= 65535 &&
+                (q->state == MSG_STATE_WAIT_PUBREC || q->state == MSG_STATE_WAIT_PUBCOMP)) {
+                log_info("cluster: a late message of '%.*s' (%016llx/%llu) that its old copy "
+                         "here took goes on with its exchange (state %u, packet id %u): its "
+                         "owner judges it",
+                         (int)sm->client_id.len, (const char *)sm->client_id.data,
+                         (unsigned long long)q->origin, (unsigned long long)q->pub_id,
+                         (unsigned)q->state, (unsigned)q->packet_id);
+            } else {
+                left++;
+                continue;
+            }
         }
         kept[(*n_kept)++] = sm->msgs[i];
     }

@@ -2723,6 +2723,153 @@ def test_third_resumption_from_a_record_keeps_off_the_first_copys_packet_ids(clu
     p.disconnect()
 
 
+def session_settled_then_synced(node, cid):
+    """Every exchange of cid's session on node finished or none begun, then
+    a later batch committed there (a persistent session's SUBACK waits for
+    its record's commit; batches commit in order): what cid's session
+    wrote on node is on its disk."""
+    def settled():
+        st, doc = node.http("GET", "/api/v1/clients/" + cid)
+        return st == 200 and doc.get("inflight") == 0 and doc.get("queued") == 0
+    wait_until(settled, 30, f"{cid}'s exchanges settled on {node.name}")
+    later = PahoClient(node, uid("later"), 5, clean=False, properties=session_props())
+    later.connect()
+    assert later.subscribe(uid("later/t"), qos=1) == [1]
+    later.stop()
+
+
+def test_exchange_passed_through_a_node_whose_copy_took_the_message_reaches_the_owner(
+        cluster_factory, tmp_path):
+    """Chaos seed 1188520366 with --more (7 acknowledged QoS 2 messages
+    lost), made deterministic. S, on B after a takeover (its session
+    records the identities it gets), is offline when M is published: B's
+    session takes M. B is SIGSTOPped; S resumes on A from the record, and
+    B, continued, answers A's request with its state (M): A gives M to S
+    (packet id P), S answers PUBREC and misses the PUBREL: S holds M
+    awaiting PUBREL, A's copy has the exchange past PUBREC. A is
+    SIGKILLed; S resumes on B from A's record, and B's old copy (held
+    moving out, STARLING_TEST_MOVING_HOLD) is folded into that session with
+    its identities: M among them, though S never completed M through B. A
+    starts again, its stored copy (held) moving out to B's claim. S leaves
+    B, B is SIGKILLed, S resumes on the leader C from B's record (C knows
+    nothing of M) and B starts again, its stored copy (held) moving out to
+    C. A's copy then sends its exchange of M to B's claim: B passes the
+    frame on to C. Before, B left the exchange out there ("its client had
+    them here": its old copy's identities say the copy took M, not that S
+    completed it), and M was never released: lost (main's build). Now an
+    exchange goes on, for the owner to judge: C takes it with P and sends
+    its PUBREL, S gets M once."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    hold_files_per_node(c, tmp_path, STARLING_TEST_MOVING_HOLD="moving-hold")
+    c.start()
+    c.wait_healthy()
+    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
+    a, b = [n for n in c.nodes if n is not ld]
+    hold_a, hold_b = tmp_path / f"moving-hold-{a.name}", tmp_path / f"moving-hold-{b.name}"
+    id_a, id_b, id_c = (f"{faults.node_id(n):016x}" for n in (a, b, ld))
+    # S on C, then taken over by B (its state: B's session records what it
+    # gets), offline there
+    cid, topic, props, s = raw_persistent_subscriber(ld, "exchpass", 2)
+    s.disconnect()
+    s = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present
+    s.disconnect()
+    # M, published on C: B's session takes it (queued, S offline)
+    p = mqttraw.connected(ld, uid("exchpassp"), 5)
+    p.publish(topic + "/x", b"m0", qos=2, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
+    p.pubrel(1)
+    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
+
+    def queued_on_b():
+        st, doc = b.http("GET", "/api/v1/clients/" + cid)
+        return st == 200 and doc.get("queued") == 1
+    wait_until(queued_on_b, WAIT, f"M queued in {cid}'s session on {b.name}")
+    # B stopped: S resumes on A from the record; B, continued (its old
+    # copies held), answers A's request with its state: A gives M to S
+    pause(b)
+    try:
+        s = connected_after_fault(a, cid, 5, clean=False, properties=props, timeout=30)
+        assert s.connack.session_present
+        hold_b.write_text("")
+        hold_a.write_text("")
+    finally:
+        resume(b)
+    m = s.expect(mqttraw.PUBLISH, timeout=30)
+    assert m.payload == b"m0" and m.qos == 2, m
+    s.pubrec(m.packet_id)
+    # A has the PUBREC (stored past PUBREC): S misses the PUBREL
+    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m.packet_id
+    s.close()
+    assert f"the session of '{cid}' moved to {id_a}" in b.logtext()
+    q = mqttraw.connected(a, uid("sync"), 5)
+    q.publish(uid("sync/t"), b"sync", qos=1, packet_id=1)
+    assert q.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
+    kill(a)
+    q.close()
+    # S resumes on B from A's record without asking A (else A, back,
+    # answers the held request with its copy, and B judges it then): B's
+    # old copy (identities: M) is folded into that session
+    wait_until(lambda: one_down_for(b), 30, f"{b.name} listing {a.name} as unreachable")
+    s = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present
+    assert f"'{cid}' was owned by {id_a}, which is down" in b.logtext()
+    assert f"'{cid}' is claimed here again while its old copy" in b.logtext()
+    s.disconnect()
+    # A starts: its stored copy (the exchange of M) moves out to B's claim, held
+    mark = len(a.logtext())
+    a.start()
+    wait_healthy(c, 30)
+    wait_until(lambda: f"the session of '{cid}' moved to {id_b}" in a.logtext()[mark:], 30,
+               f"{a.name}'s stored copy of {cid} moving out to {b.name}")
+    # S's session on B is on B's disk with its identities; B is SIGKILLed and
+    # S resumes on C from B's record
+    session_settled_then_synced(b, cid)
+    kill(b)
+    # (without asking B: its answer would bring C its identities, M among them)
+    wait_until(lambda: one_down_for(ld), 30, f"{ld.name} listing {b.name} as unreachable")
+    s = connected_after_fault(ld, cid, 5, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present
+    assert f"'{cid}' was owned by {id_b}, which is down" in ld.logtext()
+    h = _HoldingSubscriber(s)
+    h.held[m.packet_id] = m.payload  # what S holds from A
+    # B starts: its stored copy (identities: M) moves out to C, held
+    mark = len(b.logtext())
+    b.start()
+    wait_healthy(c, 30)
+    wait_until(lambda: f"the session of '{cid}' moved to {id_c}" in b.logtext()[mark:], 30,
+               f"{b.name}'s stored copy of {cid} moving out to {ld.name}")
+    # A's copy sends its exchange of M to B's claim; B passes the frame on
+    # to C (with it or without it: 1 passed on or 1 left out)
+    hold_a.unlink()
+    passed = re.compile(rf"(\d+) late message\(s\) for '{re.escape(cid)}' \(claim \d+\) "
+                        rf"passed on to its owner {id_c} \(claim \d+\), (\d+) left out")
+    wait_until(lambda: passed.findall(b.logtext()[mark:]), 30,
+               f"{b.name} passing on A's late messages of {cid}")
+    # B's copy ends too: its last frame (no message, its identities) goes to C
+    hold_b.unlink()
+    ended = re.compile(rf"\d+ late message\(s\) of '{re.escape(cid)}' sent to its owner {id_c}")
+    wait_until(lambda: ended.search(b.logtext()[mark:]), 30,
+               f"{b.name}'s copy of {cid} sending its last frame")
+    judged = re.compile(rf"late message of '{re.escape(cid)}' \(.* from {id_b}: .*")
+    print(f"\n[exchange passed through] passed on by {b.name} (count, left out): "
+          f"{passed.findall(b.logtext()[mark:])}; judged on {ld.name}: "
+          f"{judged.findall(ld.logtext())}")
+    assert [sum(map(int, x)) for x in passed.findall(b.logtext()[mark:])] == [1]
+    m0_released(h)
+    # and nothing else: a marker published after it comes next
+    p.publish(topic + "/x", b"marker", qos=2, packet_id=2)
+    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 2
+    p.pubrel(2)
+    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 2
+    end = time.monotonic() + WAIT
+    while b"marker" not in h.got and time.monotonic() < end:
+        h.step(WAIT)
+    assert h.got == [b"m0", b"marker"], f"S got {h.got}, holds {h.held}"
+    s.disconnect()
+    p.disconnect()
+
+
 def test_node_started_again_at_once_takes_early_frames_and_entries(cluster_factory):
     """Chaos seed 1188520366 with --more (a rolling restart with SIGKILL:
     each node killed and started again at once): n2 stopped on its start
