@@ -2458,9 +2458,11 @@ def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
     p.disconnect()
 
 
-@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+@pytest.mark.parametrize("restart,via_c", [(False, False), (True, False), (False, True),
+                                            (True, True)],
+                         ids=["running", "restarted", "running-via-c", "restarted-via-c"])
 def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owner_had(
-        cluster_factory, tmp_path, restart):
+        cluster_factory, tmp_path, restart, via_c):
     """The folds of test_killed_nodes_subscribers_resumed_elsewhere_
     repeatedly (after a resumption from the record), made deterministic: a
     persistent QoS 2 subscriber S, offline, on node B; S's client connects
@@ -2476,7 +2478,13 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
     sequence number past the copy's rows, every packet id in between
     counted as used since the record, and A's exchanges past PUBREC were
     refused. Now the session knows the ids it handed out (pids_used), and
-    the fold leaves out what reached A directly: nothing comes twice."""
+    the fold leaves out what reached A directly: nothing comes twice.
+    `via_c`: S resumes on C from A's record first, and its client then
+    comes to B, which takes S over from C: the claim that folds B's copy
+    took the session from C, not from A, the copy's owner (chaos seed
+    1093382011 with --more: a claim of n3 between n2's and n1's, 180 QoS 2
+    duplicates with DUP 0). Before, only a claim from the copy's owner left
+    out what reached it directly, and B delivered M0..M19 again."""
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
@@ -2504,14 +2512,19 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
                    f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
     kill(a)
     s.stop()
+    if via_c:
+        s = resumed_on(cn, cid, timeout=30)
+        assert f"the session of '{cid}' resumed from its record" in cn.logtext()
+        s.disconnect()
     s = resumed_on(b, cid, timeout=30)
     hold.unlink()
     log = b.logtext()[start:]
-    assert f"the session of '{cid}' resumed from its record" in log
+    if not via_c:
+        assert f"the session of '{cid}' resumed from its record" in log
     assert f"'{cid}' is claimed here again while its old copy" in log
     again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[fold after the record, {'restarted' if restart else 'running'}] "
-          f"{len(again)} delivered again on {b.name}")
+    print(f"\n[fold after the record, {'restarted' if restart else 'running'}"
+          f"{', via C' if via_c else ''}] {len(again)} delivered again on {b.name}")
     assert again == [], f"QoS 2 messages delivered twice: {again}"
     s.disconnect()
     p.disconnect()
