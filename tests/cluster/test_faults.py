@@ -2276,6 +2276,22 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     none_again_after_late_messages(b, cn, cid, s, p, topic, "third copy", 40)
 
 
+def held_copies_and_a_subscriber(cluster_factory, tmp_path, name, **env):
+    """A cluster with debug logs and env whose old copies are held
+    (STARLING_TEST_MOVING_HOLD, its file present), started by
+    subscriber_on_a_follower; a publisher on the leader and M0..M19 to
+    publish. Returns (cluster, the hold's file, leader, B, A, S's client id,
+    S's topic, the publisher, M0..M19)."""
+    hold = tmp_path / "moving-hold"
+    hold.write_text("")
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold), **env))
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, name, name + "/t")
+    p = PahoClient(cn, uid(name + "p"), 5)
+    p.connect()
+    return c, hold, cn, b, a, cid, topic, p, [f"m{k}".encode() for k in range(20)]
+
+
 def forwards_to_b_in(b, p, name):
     """What was forwarded to B before now is in: a marker published by p
     after it, to a fresh subscriber on B, arrives (the origin's forwards to
@@ -2304,14 +2320,8 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     the claim's epoch and each message's route table index, and the copy
     leaves out what was routed once A, the owner after it, had its routes
     everywhere."""
-    hold = tmp_path / "moving-hold"
-    hold.write_text("")
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
-    cn, b, a, cid, topic = subscriber_on_a_follower(c, "restcopy", "rc/t")
-    p = PahoClient(cn, uid("restcopyp"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(20)]
+    c, hold, cn, b, a, cid, topic, p, sent = held_copies_and_a_subscriber(cluster_factory,
+                                                                          tmp_path, "restcopy")
     pause(b)
     try:
         silent = f"member {faults.node_id(b):016x} silent for"
@@ -2371,16 +2381,9 @@ def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
     reason = faults.nft_available()
     if reason:
         pytest.skip(reason)
-    hold = tmp_path / "moving-hold"
-    hold.write_text("")
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
-                                       STARLING_CLUSTER_CLAIM_TIMEOUT="8000",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
-    cn, b, a, cid, topic = subscriber_on_a_follower(c, "restate", "rs/t")
+    c, hold, cn, b, a, cid, topic, p, sent = held_copies_and_a_subscriber(
+        cluster_factory, tmp_path, "restate", STARLING_CLUSTER_CLAIM_TIMEOUT="8000")
     bid, aid, cnid = (f"{faults.node_id(n):016x}" for n in (b, a, cn))
-    p = PahoClient(cn, uid("restatep"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(20)]
     pause(b)
     try:
         silent = f"member {bid} silent for"
