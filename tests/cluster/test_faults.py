@@ -84,15 +84,8 @@ def stored_on_then_killed(a, cid):
     PUBCOMPs in), then a later batch committed there (a persistent
     session's SUBACK waits for its record's commit; batches commit in
     order): what cid's client got is on a's disk; then a is SIGKILLed."""
-    def settled():
-        st, doc = a.http("GET", "/api/v1/clients/" + cid)
-        return st == 200 and doc.get("inflight") == 0 and doc.get("queued") == 0
-    wait_until(settled, 30, f"{cid}'s exchanges finished on {a.name}")
-    later = PahoClient(a, uid("later"), 5, clean=False, properties=session_props())
-    later.connect()
-    assert later.subscribe(uid("later/t"), qos=1) == [1]
+    session_settled_then_synced(a, cid)
     kill(a)
-    later.stop()
 
 
 class Background:
