@@ -858,8 +858,9 @@ void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q)
 
 /* Whether q holds no exchange with its session's client that this node
  * could hand on: queued, or restored from the store (or from a
- * SessionState) into the queue, which carries no packet id (session_restore_msg: its state says
- * only that it may have been sent before; cn_msg_fill gives it none). The
+ * SessionState) into the queue, which carries no packet id
+ * (session_restore_msg: its state says only that it may have been sent
+ * before; cn_msg_fill gives it none). The
  * owners rule leaves such a message out of a state as it does a queued
  * one. Before, a restored one was handed on: a stored copy that took what
  * a later owner got directly (its claim taken away while its node was
@@ -872,8 +873,8 @@ static bool msg_unsent(const struct qmsg *q)
 }
 
 /* The state of s (NULL: not found) to `to`, claimant of `epoch`. Left out:
- * s's queued (or restored: msg_unsent) messages routed at or past `direct` (not 0), which reached a
- * later owner than s's claim directly (cn_copy_owners_index), and their
+ * s's queued (or restored: msg_unsent) messages routed at or past `direct`
+ * (not 0), which reached a later owner than s's claim directly (cn_copy_owners_index), and their
  * identities, which the claimant would otherwise take for had when that
  * owner passes them on. Those sent to s's client keep their exchange. */
 static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBinaryData *id,

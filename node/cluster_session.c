@@ -1021,6 +1021,14 @@ static void late_resend_post(struct broker *b, struct session *s, struct late_re
     }
 }
 
+/* Whether late message q carries a QoS 2 exchange its sender began with the
+ * client: its PUBLISH sent with a packet id, waiting for PUBREC or PUBCOMP. */
+static bool late_is_exchange(const Starling__Chan__SessionMessage *q)
+{
+    return q->qos == 2 && q->has_packet_id && q->packet_id != 0 && q->packet_id <= 65535 &&
+           (q->state == MSG_STATE_WAIT_PUBREC || q->state == MSG_STATE_WAIT_PUBCOMP);
+}
+
 /* A late message q (m) of s that an older copy had sent to its client and
  * whose QoS 2 exchange was not finished: s, resumed from its record, takes
  * it over with its packet id (session_adopt_exchange). Returns 1 (adopted:
@@ -1030,8 +1038,7 @@ static int late_exchange_adopt(struct broker *b, struct session *s,
                                const Starling__Chan__SessionMessage *q, struct msg *m,
                                struct store_batch **bt)
 {
-    if (q->qos != 2 || !q->has_packet_id || q->packet_id == 0 || q->packet_id > 65535 ||
-        (q->state != MSG_STATE_WAIT_PUBREC && q->state != MSG_STATE_WAIT_PUBCOMP))
+    if (!late_is_exchange(q))
         return 0;
     lock_acquire(&s->lock);
     int r = 0;
@@ -1093,8 +1100,7 @@ static size_t late_seen_here(struct cluster_node *cn, const Starling__Chan__Sess
              * 1188520366 with --more, 7 QoS 2 messages lost
              * (test_faults.py::test_exchange_passed_through_a_node_whose_
              * copy_took_the_message_reaches_the_owner). */
-            if (q->qos == 2 && q->has_packet_id && q->packet_id != 0 && q->packet_id <= 65535 &&
-                (q->state == MSG_STATE_WAIT_PUBREC || q->state == MSG_STATE_WAIT_PUBCOMP)) {
+            if (late_is_exchange(q)) {
                 log_info("cluster: a late message of '%.*s' (%016llx/%llu) that its old copy "
                          "here took goes on with its exchange (state %u, packet id %u): its "
                          "owner judges it",

@@ -2420,15 +2420,7 @@ def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
         assert int(loaded.group(1)) >= len(sent), loaded.group(0)  # the copy's M0..M19
         # S's client on C: C's claim asks B, which answers with its stored
         # copy before it caught up (its start-up pass has not run)
-        out = {}
-
-        def resume_on_cn():
-            try:
-                out["s"] = resumed_on(cn, cid, timeout=60)
-            except BaseException as e:  # reported below
-                out["e"] = e
-        t = threading.Thread(target=resume_on_cn)
-        t.start()
+        bg = Background(lambda: resumed_on(cn, cid, timeout=60))
         moved = f"the session of '{cid}' moved to {cnid} (claim"
         try:
             wait_until(lambda: moved in b.logtext()[start:], 30,
@@ -2436,11 +2428,10 @@ def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
             assert "start-up pass over" not in b.logtext()[start:]
         finally:
             part.heal()
-            t.join(90)
+            bg.join()
     finally:
         part.heal()
-    assert "s" in out, f"S's client on {cn.name}: {out.get('e')}"
-    s = out["s"]
+    s = bg.result()
     # the copies no longer held: what reaches C directly waits no more for
     # the late messages of B's copy (the marker below)
     hold.unlink()
