@@ -1254,6 +1254,17 @@ def delivered_before_a_marker(s, p, topic):
     return [m.payload for m in s.get_until(topic + "/marker", 30)][:-1]
 
 
+def none_delivered_again(what, s, p, topic, detail=lambda: "", also=()):
+    """Subscriber s gets nothing again before a marker that p publishes:
+    prints what it got with `what` and detail() (read after the marker),
+    asserts none, and disconnects s, the clients in `also`, and p."""
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[{what}] {len(again)} delivered again{detail()}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    for c in (s, *also, p):
+        c.disconnect()
+
+
 def none_again_after_late_messages(sender, owner, cid, s, p, topic, what, timeout):
     """Once `owner` has taken late messages of cid from `sender` (its log
     says so, also for an empty last frame), subscriber s gets none of them
@@ -1262,12 +1273,9 @@ def none_again_after_late_messages(sender, owner, cid, s, p, topic, what, timeou
                       rf"{faults.node_id(sender):016x}")
     wait_until(lambda: came.findall(owner.logtext()), timeout,
                f"{owner.name} taking {sender.name}'s late messages of {cid}")
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[{what}] {len(again)} delivered again on {owner.name}; late messages from "
-          f"{sender.name}: {came.findall(owner.logtext())}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_delivered_again(what, s, p, topic,
+                         lambda: f" on {owner.name}; late messages from {sender.name}: "
+                         f"{came.findall(owner.logtext())}")
 
 
 def copy_collecting_what_s_got(cluster_factory, tmp_path, name):
@@ -1347,13 +1355,10 @@ def test_restarted_nodes_copies_of_a_session_deliver_each_qos2_message_once(clus
             bool(passed.findall(a.logtext()[mark:]))
     wait_until(judged, 30, f"B's {len(sent)} late messages of {cid} judged on {a.name} or "
                f"{cn.name}")
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[restarted copies] {len(again)} delivered again on {cn.name}; late messages "
-          f"(count, had come directly): {late.findall(cn.logtext())}; passed on by "
-          f"{a.name} (count, left out): {passed.findall(a.logtext())}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_delivered_again("restarted copies", s, p, topic,
+                         lambda: f" on {cn.name}; late messages (count, had come directly): "
+                         f"{late.findall(cn.logtext())}; passed on by {a.name} (count, left "
+                         f"out): {passed.findall(a.logtext())}")
 
 
 def test_killed_owners_copy_judges_late_messages_passed_through_it(cluster_factory, tmp_path):
@@ -1396,13 +1401,10 @@ def test_killed_owners_copy_judges_late_messages_passed_through_it(cluster_facto
                       rf"{faults.node_id(a):016x}")
     wait_until(lambda: passed.findall(a.logtext()) or came.findall(cn.logtext()), 30,
                f"{a.name} passing on B's late messages of {cid}")
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[through a killed owner] {len(again)} delivered again on {cn.name}; passed on, "
-          f"left out: {passed.findall(a.logtext())}; came to {cn.name} from {a.name}: "
-          f"{came.findall(cn.logtext())}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_delivered_again("through a killed owner", s, p, topic,
+                         lambda: f" on {cn.name}; passed on, left out: "
+                         f"{passed.findall(a.logtext())}; came to {cn.name} from {a.name}: "
+                         f"{came.findall(cn.logtext())}")
 
 
 def test_returning_copy_leaves_out_what_its_restarted_owner_got_directly(cluster_factory,
@@ -1476,11 +1478,8 @@ def test_late_messages_acknowledged_before_their_store_are_not_given_again(clust
     a.start()
     wait_healthy(c)
     s = resumed_on(a, cid, timeout=30)
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[late messages acknowledged early] {len(again)} delivered again on {a.name}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_delivered_again("late messages acknowledged early", s, p, topic,
+                         lambda: f" on {a.name}")
 
 
 def test_forwards_routed_before_a_session_moved_to_their_node_are_not_given_again(
@@ -1522,12 +1521,8 @@ def test_forwards_routed_before_a_session_moved_to_their_node_are_not_given_agai
     # T gets them once A's forwards reach C
     got_t = [t.get(30).payload for _ in sent]
     assert sorted(got_t) == sorted(sent)
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[routed before the move] {len(again)} delivered again on {cn.name}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    t.disconnect()
-    p.disconnect()
+    none_delivered_again("routed before the move", s, p, topic, lambda: f" on {cn.name}",
+                         also=(t,))
 
 
 # ------------------------------------------------------------ 5. stalled node
@@ -2437,12 +2432,8 @@ def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
     hold.unlink()
     left = re.findall(rf"(\d+) message\(s\) of '{re.escape(cid)}' left out of its state",
                       b.logtext()[start:])
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[restarted copy's state] {len(again)} delivered again on {cn.name}; left out of "
-          f"B's state: {left}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_delivered_again("restarted copy's state", s, p, topic,
+                         lambda: f" on {cn.name}; left out of B's state: {left}")
 
 
 @pytest.mark.parametrize("restart,via_c", [(False, False), (True, False), (False, True),
@@ -2509,12 +2500,8 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
     if not via_c:
         assert f"the session of '{cid}' resumed from its record" in log
     assert f"'{cid}' is claimed here again while its old copy" in log
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[fold after the record, {'restarted' if restart else 'running'}"
-          f"{', via C' if via_c else ''}] {len(again)} delivered again on {b.name}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_delivered_again(f"fold after the record, {'restarted' if restart else 'running'}"
+                         f"{', via C' if via_c else ''}", s, p, topic, lambda: f" on {b.name}")
 
 
 class _HoldingSubscriber:
@@ -3037,14 +3024,11 @@ def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_
     s.stop()
     s = resumed_on(b, cid, timeout=30)
     hold.unlink()
-    again = delivered_before_a_marker(s, p, topic)
-    folded = re.findall(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from {bid}",
-                        b.logtext())
-    print(f"\n[kept route] {held} held for {b.name} on {cn.name}; record left {b.name}: {left}; "
-          f"late messages of its copy: {folded}; {len(again)} delivered again")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    folded = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from {bid}")
+    none_delivered_again("kept route", s, p, topic,
+                         lambda: f"; {held} held for {b.name} on {cn.name}; record left "
+                         f"{b.name}: {left}; late messages of its copy: "
+                         f"{folded.findall(b.logtext())}")
 
 
 def test_session_back_on_its_returning_node_gets_what_is_published(cluster_factory):
@@ -3375,10 +3359,7 @@ def test_session_asked_for_while_its_node_loads_its_store_keeps_its_messages(clu
     hold.unlink()
     got = [s.get(30).payload for _ in sent]
     assert sorted(got) == sorted(sent)
-    again = delivered_before_a_marker(s, p, topic)
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_delivered_again("asked for the claim", s, p, topic)
 
 
 def test_late_messages_before_the_senders_state_reach_the_claim(cluster_factory,
@@ -3783,9 +3764,5 @@ def test_late_messages_in_the_handover_window_follow_the_copy(cluster_factory, t
     p.stop()  # its node, C, is down
     p = PahoClient(w, uid("windowp2"), 5)
     p.connect()
-    again = delivered_before_a_marker(s, p, topic)
-    print(f"\n[handover window] {len(again)} delivered again on {w.name}; "
-          f"{x.name}: {came.findall(x.logtext())}")
-    assert again == [], f"QoS 2 messages delivered twice: {again}"
-    s.disconnect()
-    p.disconnect()
+    none_delivered_again("handover window", s, p, topic,
+                         lambda: f" on {w.name}; {x.name}: {came.findall(x.logtext())}")
