@@ -359,7 +359,7 @@ int cmd_admin_delete(struct cmd_batch *b, unsigned table, const char *key, size_
 int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                        uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
                        const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid,
-                       uint64_t routed_from)
+                       uint64_t routed_from, uint64_t local_from)
 {
     if (!key_ok(client_id, len) || !node || !epoch || (n_subs && !subs))
         return -EINVAL;
@@ -395,15 +395,17 @@ int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, u
     m.subs = sp;
     m.has_next_packet_id = next_pid != 0;
     m.next_packet_id = next_pid;
-    /* the owner's own entry, for its routed_from (the state machine writes
-     * the list) */
+    /* the owner's own entry, for its routed_from and local_from (the state
+     * machine writes the list) */
     Starling__Cmd__RecordOwner own = STARLING__CMD__RECORD_OWNER__INIT;
     Starling__Cmd__RecordOwner *ownp = &own;
-    if (routed_from) {
+    if (routed_from || local_from) {
         own.node = node;
         own.epoch = epoch;
-        own.has_routed_from = 1;
+        own.has_routed_from = routed_from != 0;
         own.routed_from = routed_from;
+        own.has_local_from = local_from != 0;
+        own.local_from = local_from;
         m.n_owners = 1;
         m.owners = &ownp;
     }

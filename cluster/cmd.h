@@ -85,11 +85,13 @@ struct cmd_session_sub {
  * NULL (anonymous). next_pid: the owner's next packet id (1..65535), 0
  * when not known (not written). routed_from: the index from which the
  * owner's session takes forwards (session.h), 0 when not known (not
- * written; RecordOwner.routed_from). */
+ * written; RecordOwner.routed_from). local_from: the first publish number
+ * of the owner's own publishes that its session got locally (session.h),
+ * 0 when not known (RecordOwner.local_from). */
 int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                        uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
                        const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid,
-                       uint64_t routed_from);
+                       uint64_t routed_from, uint64_t local_from);
 /* Where a session resumed from its record (an unpacked SessionRecord)
  * starts its packet ids: the middle of the largest gap, on the circle of
  * ids 1..65535, between the next packet ids of the owners the record names

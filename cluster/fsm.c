@@ -467,10 +467,17 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
      * the entry of its first record, which moving_send_owner_of_now
      * (node/cluster_session.c) reads */
     for (size_t i = 0; i < c->n_owners; i++)
-        if (c->owners[i]->node == c->node && c->owners[i]->epoch == c->epoch &&
-            c->owners[i]->has_routed_from && c->owners[i]->routed_from) {
-            mine.has_routed_from = true;
-            mine.routed_from = c->owners[i]->routed_from;
+        if (c->owners[i]->node == c->node && c->owners[i]->epoch == c->epoch) {
+            if (c->owners[i]->has_routed_from && c->owners[i]->routed_from) {
+                mine.has_routed_from = true;
+                mine.routed_from = c->owners[i]->routed_from;
+            }
+            /* and the first publish number of its own publishes that it
+             * got locally (owner_local, node/cluster_session.c) */
+            if (c->owners[i]->has_local_from && c->owners[i]->local_from) {
+                mine.has_local_from = true;
+                mine.local_from = c->owners[i]->local_from;
+            }
         }
     Starling__Cmd__RecordOwner *owners[RECORD_OWNERS_MAX];
     Starling__Cmd__SessionRecord w = *c;

@@ -178,6 +178,18 @@ static bool claim_route_incoming(struct cl_claim *k)
         struct session_sub *sub = &in->subs[i];
         sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);
     }
+    /* from here on, a message published on this node reaches it without a
+     * route, before its routes are everywhere, which is the bound of what
+     * an old copy leaves out: the first publish number given after the
+     * join (a read-modify-write: a publish numbered after it matched with
+     * the index as it is now) goes in its record (RecordOwner.local_from),
+     * and such a copy leaves those publishes out too (session_owner_had).
+     * Before, a copy folded into a session resumed from the record gave
+     * them again (chaos seed 1188520366 with --more: 2 QoS 2 duplicates) */
+    uint64_t local = atomic_fetch_add(&k->cn->pub_seq, 0) + 1;
+    lock_acquire(&in->lock);
+    in->local_from = local;
+    lock_release(&in->lock);
     /* a copy of it here holds its filters in the index, so that joining
      * it proposed no route; but that copy's routes may have gone with the
      * record that left this node while it was taken for dead
@@ -874,7 +886,8 @@ static bool msg_unsent(const struct qmsg *q)
 
 /* The state of s (NULL: not found) to `to`, claimant of `epoch`. Left out:
  * s's queued (or restored: msg_unsent) messages routed at or past `direct`
- * (not 0), which reached a later owner than s's claim directly (cn_copy_owners_index), and their
+ * (not 0), which reached a later owner than s's claim directly (cn_copy_owners_index), or that
+ * owner's own publishes its session got locally (s->direct_local), and their
  * identities, which the claimant would otherwise take for had when that
  * owner passes them on. Those sent to s's client keep their exchange. */
 static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBinaryData *id,
@@ -893,7 +906,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     if (s) {
         lock_acquire(&s->lock);
         for (struct qmsg *q = direct ? s->queue.head : NULL; q; q = q->next)
-            if (msg_unsent(q) && q->m->route_index >= direct) {
+            if (msg_unsent(q) && session_owner_had(&s->direct_local, q->m, direct)) {
                 left_out++;
                 if (s->seen && q->m->id_node && q->m->id_seq)
                     msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
@@ -938,7 +951,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
             const struct qlist *lists[2] = {&s->inflight, &s->queue};
             for (int l = 0; l < 2; l++)
                 for (struct qmsg *q = lists[l]->head; q && k < n_msgs; q = q->next) {
-                    if (direct && msg_unsent(q) && q->m->route_index >= direct)
+                    if (msg_unsent(q) && session_owner_had(&s->direct_local, q->m, direct))
                         continue;
                     Starling__Chan__SessionMessage *m = &msgs[k];
                     cn_msg_fill(m, q);

@@ -172,7 +172,7 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s)
                                                    s->subs[i].options, s->subs[i].sub_id};
             r = cmd_session_record(b, s->client_id, s->id_len, cn->self, epoch, expiry, s->version,
                                    s->user, subs, expiry ? s->n_subs : 0,
-                                   persist_pid_of(s->next_seq), s->routed_from);
+                                   persist_pid_of(s->next_seq), s->routed_from, s->local_from);
             free(subs);
         } else {
             r = -ENOMEM;
@@ -472,6 +472,12 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
                       bool complete, Starling__Chan__SeenRange **seen, size_t n_seen)
 {
     struct store_batch *bt = NULL;
+    struct session_owner_local local = {0};
+    if (from && direct) {
+        lock_acquire(&from->lock);
+        local = from->direct_local;
+        lock_release(&from->lock);
+    }
     if (from && to != cn->self && msgs) {
         lock_acquire(&from->lock);
         for (struct qmsg *q = msgs; q; q = q->next)
@@ -492,9 +498,9 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
                       (unsigned long long)q->m->id_seq,
                       msg_tag(msg_payload(q->m), q->m->payload_len, tag), (unsigned)q->state,
                       (unsigned long long)to,
-                      direct && q->m->route_index >= direct ? "reached it directly" : "sent");
+                      session_owner_had(&local, q->m, direct) ? "reached it directly" : "sent");
         }
-        if (direct && q->m->route_index >= direct) {
+        if (session_owner_had(&local, q->m, direct)) {
             *pp = q->next;
             qmsg_free(q);
             skipped++;
@@ -606,14 +612,15 @@ static bool subs_shared(const struct session *s)
  * (test_blackbox.py::test_session_moves_under_traffic, 3 QoS 1 and 3 QoS 2
  * messages of one publisher under load; test_session_moves.py). A message
  * already sent to a client (inflight) keeps its identity: its client may
- * have it. s->lock held. */
+ * have it. The owner's own publishes that it got locally go as well
+ * (s->direct_local: msgs_send leaves them out too). s->lock held. */
 static void seen_forget_direct(struct session *s, const struct qmsg *late, uint64_t direct)
 {
     if (!s->seen || !direct)
         return;
     for (const struct qmsg *q = late; q; q = q->next)
-        if (q->m->route_index >= direct && q->state == MSG_STATE_QUEUED && q->m->id_node &&
-            q->m->id_seq)
+        if (session_owner_had(&s->direct_local, q->m, direct) && q->state == MSG_STATE_QUEUED &&
+            q->m->id_node && q->m->id_seq)
             msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
 }
 
@@ -626,8 +633,11 @@ static void seen_forget_direct(struct session *s, const struct qmsg *late, uint6
  * table from the current index on has them (+ 1: the record's entry may
  * be committed and its index not yet published to fsm_routes_index). */
 static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t to, uint64_t own, uint64_t stored, bool owners_only)
+                                   uint64_t to, uint64_t own, uint64_t stored, bool owners_only,
+                                   struct session_owner_local *local)
 {
+    if (local)
+        *local = (struct session_owner_local){0};
     Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
     if (!rec)
         return 0;
@@ -678,9 +688,23 @@ static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint
             mine = 0;
     }
     uint64_t from = 0;
-    for (size_t i = 0; mine && i < rec->n_owners && !from; i++)
-        if (rec->owners[i]->epoch > mine && rec->owners[i]->node != cn->self)
-            from = rec->owners[i]->index;
+    for (size_t i = 0; mine && i < rec->n_owners && !from; i++) {
+        const Starling__Cmd__RecordOwner *o = rec->owners[i];
+        if (o->epoch <= mine || o->node == cn->self)
+            continue;
+        from = o->index;
+        /* Its own publishes routed before that index reached it too, if
+         * its session had them locally (RecordOwner.local_from): its claim
+         * joined the index there before its routes and its record were
+         * everywhere. Before, such a copy kept them, and a session resumed
+         * from the record that it was folded into gave them again (chaos
+         * seed 1188520366 with --more: 2 QoS 2 duplicates; test_faults.py::
+         * test_copy_folded_after_a_resumption_from_the_record_leaves_out_
+         * what_its_owner_published). */
+        if (local && o->has_local_from && o->local_from)
+            *local = (struct session_owner_local){
+                o->node, o->local_from, o->has_routed_from ? o->routed_from : 0, o->index};
+    }
     bool named = rec->node == to;
     starling__cmd__session_record__free_unpacked(rec, NULL);
     if (from && !own)
@@ -699,7 +723,35 @@ uint64_t cn_copy_owners_index(struct cluster_node *cn, struct session *s, uint64
     uint64_t own = s->epoch, stored = s->stored_epoch;
     bool shared = subs_shared(s);
     lock_release(&s->lock);
-    return shared ? 0 : owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, true);
+    if (shared)
+        return 0;
+    struct session_owner_local local;
+    uint64_t direct =
+        owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, true, &local);
+    lock_acquire(&s->lock);
+    if (!s->direct_local.node)
+        s->direct_local = local;
+    lock_release(&s->lock);
+    return direct;
+}
+
+/* s, an old copy whose messages are judged by the owners rule (and maybe
+ * another bound): what the first owner after its claim got locally
+ * (s->direct_local), once, from the record. */
+static void owner_local_note(struct cluster_node *cn, struct session *s)
+{
+    lock_acquire(&s->lock);
+    uint64_t own = s->epoch, stored = s->stored_epoch;
+    bool have = s->direct_local.node != 0;
+    lock_release(&s->lock);
+    if (have)
+        return;
+    struct session_owner_local local;
+    owner_routed_index(cn, s->client_id, s->id_len, 0, own, stored, true, &local);
+    lock_acquire(&s->lock);
+    if (!s->direct_local.node)
+        s->direct_local = local;
+    lock_release(&s->lock);
 }
 
 /* s, an old copy moving out to `to`, takes no more what reaches its owner
@@ -711,10 +763,14 @@ static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64
     lock_acquire(&s->lock);
     uint64_t own = s->epoch, stored = s->stored_epoch;
     lock_release(&s->lock);
-    uint64_t direct = owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, owners_only);
+    struct session_owner_local local;
+    uint64_t direct =
+        owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, owners_only, &local);
     lock_acquire(&s->lock);
     if (!s->direct_from && !subs_shared(s))
         s->direct_from = direct;
+    if (!s->direct_local.node)
+        s->direct_local = local;
     direct = s->direct_from;
     lock_release(&s->lock);
     if (direct)
@@ -747,6 +803,7 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
     }
     lock_acquire(&s->lock);
     s->direct_from = 0;
+    s->direct_local = (struct session_owner_local){0};
     lock_release(&s->lock);
     /* this node: one index, nothing comes "directly". A copy whose state
      * went to its claimant (not `now`) by the owners rule alone: what was
@@ -1836,6 +1893,8 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
 {
     /* out of the index first, so that nothing arrives after the send */
     struct session *s = x->s;
+    if (direct)
+        owner_local_note(cn, s);
     lock_acquire(&s->lock);
     /* a shared group's message came here because its origin picked this
      * node, whatever routes it had: those all go */
@@ -1950,6 +2009,9 @@ static void moving_send_owner_of_now(struct cluster_node *cn, struct cn_moving *
         return;
     if (routed_from && routed_from < since)
         since = routed_from;
+    lock_acquire(&s->lock);
+    struct session_owner_local local = s->direct_local;
+    lock_release(&s->lock);
     struct qmsg *before = NULL, **tail = &before;
     size_t n = 0;
     for (struct qmsg **pp = &x->late; *pp;) {
@@ -1957,7 +2019,7 @@ static void moving_send_owner_of_now(struct cluster_node *cn, struct cn_moving *
         /* (what reached an owner between x's claim and x->to's, `direct`,
          * stays: msgs_send leaves it out) */
         if (q->m->route_index && q->m->route_index < since &&
-            !(direct && q->m->route_index >= direct)) {
+            !session_owner_had(&local, q->m, direct)) {
             *pp = q->next;
             q->next = NULL;
             *tail = q;
@@ -2200,6 +2262,8 @@ struct late_flush {
 static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
 {
     struct session *s = f->s;
+    if (f->route_index)
+        owner_local_note(cn, s);
     lock_acquire(&s->lock);
     bool shared = subs_shared(s);
     struct qmsg *late = s->inflight.head || s->queue.head ? cn_session_take_msgs(s) : NULL;

@@ -485,7 +485,7 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
          * seen ranges but not the message, and the new owner then took
          * the message for one it had, by every path (issue 10: a message
          * published on the old owner during a move, lost) */
-        if (s->direct_from && m->route_index >= s->direct_from)
+        if (session_owner_had(&s->direct_local, m, s->direct_from))
             dup = true; /* an old copy: m reached its new owner directly */
         else if (s->routed_from && m->route_index && m->route_index < s->routed_from)
             dup = true; /* routed to its old owner, which has it (routed_from) */

@@ -157,6 +157,18 @@ struct session {
      * a message routed with such a table reached the owner directly and is
      * not queued here (session_deliver returns 1). Set by cn_moving_add. */
     uint64_t direct_from;
+    /* cluster: an old copy moving out, judged by the owners rule: the
+     * first owner after its claim (node 0: not known), whose own publishes
+     * its session got locally, without a route: those of `node` numbered
+     * from `from` on in the same run (the high 32 bits of the number),
+     * routed from `routed_from` (its session's, below which it dropped a
+     * message as its old owner's) up to `until` (its first record's index,
+     * the owners rule's bound), though routed before the bound, reached
+     * that owner (session_owner_had; cluster_session.c, owner_local_note).
+     * From RecordOwner.local_from. */
+    struct session_owner_local {
+        uint64_t node, from, routed_from, until;
+    } direct_local;
     /* cluster: a session that came here from another node (taken over or
      * resumed from its record, no copy of it here): the route table index
      * at which its claim was applied here (0: none). A forward routed with
@@ -167,6 +179,11 @@ struct session {
      * restart, replayed after the session had moved to their destination).
      * Not for shared subscriptions. Set by the claim (cluster_registry.c). */
     uint64_t routed_from;
+    /* cluster: that claim's session: the first publish number (struct
+     * msg.id_seq) this node gave once the session was in its index, from
+     * which its own publishes reached it locally (0: none); written in its
+     * record (RecordOwner.local_from). Set by the claim. */
+    uint64_t local_from;
     /* cluster: 1 + next_seq when the session was resumed here from its
      * replicated record (0: it was not). The packet ids it used since are
      * those of pids_used; an older copy's unfinished QoS 2 exchanges may
@@ -262,6 +279,22 @@ bool session_row_left_locked(struct session *s, uint64_t row);
 void session_row_del(struct broker *b, struct session *s, uint64_t row);
 /* How long a session that moved records the identities it gets (ms). */
 #define SESSION_SEEN_RECORD_MS 60000
+
+/* Whether m, held by an old copy moving out, reached a later owner
+ * directly: routed at or past `direct` (not 0: the copy's bound), or, routed
+ * before it, published on the first owner after the copy's claim and got
+ * by that owner's session locally (o: the copy's direct_local). */
+static inline bool session_owner_had(const struct session_owner_local *o, const struct msg *m,
+                                     uint64_t direct)
+{
+    if (!direct)
+        return false;
+    if (m->route_index >= direct)
+        return true;
+    return o->node && m->id_node == o->node && m->id_seq >= o->from &&
+           m->id_seq >> 32 == o->from >> 32 && m->route_index >= o->routed_from &&
+           m->route_index < o->until;
+}
 
 /* The session moved here: record the identities it gets from now on (for
  * SESSION_SEEN_RECORD_MS). s->lock held. Returns 0 or -ENOMEM. */

@@ -2504,6 +2504,135 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
                          f"{', via C' if via_c else ''}", s, p, topic, lambda: f" on {b.name}")
 
 
+@pytest.mark.parametrize("mode", ["running", "restarted", "sent"])
+def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owner_published(
+        cluster_factory, tmp_path, mode):
+    """Chaos seed 1188520366 with --more (2 QoS 2 duplicates, 2026-12-03:
+    the owners rule's bound missed a message that the owner's own publisher
+    gave it locally), made deterministic. A persistent QoS 2 subscriber S,
+    offline, on node B; S's client connects to A, which takes S over from
+    B, while A's batch of routes and records waits (STARLING_TEST_BATCH_HOLD):
+    S's session is in A's index, its routes and record are not in the log
+    yet. M0..M19, published by a client of A, reach S's session on A
+    locally, and B too (B's route for S's copy, which moves out to A, held:
+    STARLING_TEST_MOVING_HOLD). A's batch goes; S gets M0..M19 on A.
+    `running`, `restarted`: B is SIGKILLed and started again, its stored
+    copy held (`restarted`), or not; A is SIGKILLed and S's client comes
+    back to B: S resumes there from A's record, and B's copy is folded into
+    it. `sent`: A's session records no identities
+    (STARLING_TEST_SEEN_RECORD_MS=0, as once 60 s passed, or after A's
+    restart), and B's copy, no longer held, sends what it holds to A. The
+    copy's bound (A's routes everywhere: SessionRouted, or A's first record
+    by the owners rule) is an index of routed messages; M0..M19 were routed
+    before it, though A's session had them (a publish on A is delivered
+    there without a route). Before, the fold (or A) gave them again (main's
+    build: all 20, each variant); now A's record says from which of its
+    publish numbers its own publishes reached S's session there
+    (RecordOwner.local_from), and the copy leaves those out."""
+    hold = tmp_path / "moving-hold"
+    env = dict(FAULT_ENV, STARLING_LOG_LEVEL="debug", STARLING_TEST_MOVING_HOLD=str(hold))
+    if mode == "sent":
+        env["STARLING_TEST_SEEN_RECORD_MS"] = "0"
+    c = cluster_factory(extra_env=env)
+    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "ownpub", "op/t")
+    hold.write_text("")
+    p = PahoClient(a, uid("ownpubp"), 5)
+    p.connect()
+    a_hold = tmp_path / f"batch-hold-{a.name}"
+    a_hold.write_text("")
+    bg = Background(lambda: resumed_on(a, cid, timeout=60))
+    sent = [f"m{k}".encode() for k in range(20)]
+    try:
+        moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+        wait_until(lambda: moved in b.logtext(), 30,
+                   f"{b.name}'s copy of {cid} moving out to {a.name}")
+        # S's session joined A's index: its routes wait in A's batch
+        wait_until(lambda: "this node's batch waits" in a.logtext(), 30,
+                   f"{a.name} holding the routes of {cid}")
+        for m in sent:
+            p.publish(topic + "/x", m, qos=2)
+        # B's copy took M0..M19 (A forwards to B in order)
+        forwards_to_b_in(b, p, "ownpub")
+    finally:
+        a_hold.unlink()
+        bg.join()
+    s = bg.result()
+    assert [s.get(WAIT).payload for _ in sent] == sent
+    if mode == "sent":
+        hold.unlink()
+        none_again_after_late_messages(b, a, cid, s, p, topic, "copy sent to the owner", 30)
+        return
+    start = 0
+    if mode == "restarted":
+        session_settled_then_synced(a, cid)
+        kill(b)
+        start = len(b.logtext())
+        b.start()
+        wait_healthy(c)
+        wait_until(lambda: moved in b.logtext()[start:], 60,
+                   f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
+    session_settled_then_synced(a, cid)
+    kill(a)
+    s.stop()
+    p.stop()
+    s = resumed_on(b, cid, timeout=30)
+    hold.unlink()
+    log = b.logtext()[start:]
+    assert f"the session of '{cid}' resumed from its record" in log
+    assert f"'{cid}' is claimed here again while its old copy" in log
+    pc = PahoClient(cn, uid("ownpubc"), 5)
+    pc.connect()
+    again = delivered_before_a_marker(s, pc, topic)
+    print(f"\n[fold of a copy, the owner's own publishes, {mode}] {len(again)} delivered again "
+          f"on {b.name}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    pc.disconnect()
+
+
+def test_owners_own_publishes_before_its_session_joined_come_from_the_old_copy(cluster_factory):
+    """The other side of the test above: what the owner's own publishers
+    published before its session was in its index reached only the old
+    copy, which must hand it on. A persistent QoS 2 subscriber S, offline,
+    on node B; B is SIGSTOPped; S's client connects to A, whose claim
+    commits and then waits for B's state (cluster_claim_timeout, 4 s here)
+    while M0..M4 are published by a client of A: A forwards them to B (its
+    route for S) and S's session, not in A's index yet, does not get them.
+    A resumes S from its record. B continues: its copy of S, claimed away,
+    has M0..M4 (routed before A's first record, numbered before A's
+    session joined the index: RecordOwner.local_from) and sends them to A.
+    S gets each once."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_CLUSTER_CLAIM_TIMEOUT="4000"))
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "ownbefore", "ob/t")
+    p = PahoClient(a, uid("ownbeforep"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(5)]
+    resumed = f"the session of '{cid}' resumed from its record"
+    pause(b)
+    try:
+        bg = Background(lambda: resumed_on(a, cid, timeout=60))
+        wait_until(lambda: faults.tables(cn)["registry"].get(cid, (0, 0))[0] ==
+                   faults.node_id(a), 30, f"{a.name}'s claim of {cid} committed")
+        for m in sent:
+            p.publish(topic + "/x", m, qos=2)
+        # A's claim still waits for B's state: S's session is not in A's
+        # index yet
+        assert resumed not in a.logtext()
+        s = bg.result()
+    finally:
+        resume(b)
+    assert resumed in a.logtext()
+    got = [s.get(30).payload for _ in sent]
+    assert sorted(got) == sent, got
+    again = delivered_before_a_marker(s, p, topic)
+    print(f"\n[owner's own publishes before its session joined] got {got}, then {again}")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
 class _HoldingSubscriber:
     """QoS 2 receipt as paho 1.6 does it: a PUBLISH is kept by packet id
     (a later PUBLISH with that id replaces it) and given to the application

@@ -316,11 +316,11 @@ static void test_session_records_and_node_down(void)
     char got[256], user[32];
     uint32_t expiry = 0;
     /* written only by the owner the registry names */
-    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2, 0, 0); /* no claim yet */
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2, 0, 0, 0); /* no claim yet */
     cmd_session_claim(b, S("c1"), 1, 1);
-    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2, 0, 0);
-    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2, 0, 0); /* same: no-op */
-    cmd_session_record(b, S("c1"), 2, 1, 300, 5, NULL, subs, 1, 0, 0);    /* not the owner */
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2, 0, 0, 0);
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, "alice", subs, 2, 0, 0, 0); /* same: no-op */
+    cmd_session_record(b, S("c1"), 2, 1, 300, 5, NULL, subs, 1, 0, 0, 0);    /* not the owner */
     CU_ASSERT_EQUAL(apply(f, 1, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_STALE_EPOCH);
     CU_ASSERT_EQUAL(res.results[1], FSM_OK);
@@ -335,13 +335,13 @@ static void test_session_records_and_node_down(void)
     /* a takeover keeps the record (the claimant resumes from it) until the
      * new owner writes its own */
     cmd_session_claim(b, S("c1"), 2, 2);
-    cmd_session_record(b, S("c1"), 1, 1, 300, 5, NULL, subs, 1, 0, 0); /* old owner: refused */
+    cmd_session_record(b, S("c1"), 1, 1, 300, 5, NULL, subs, 1, 0, 0, 0); /* old owner: refused */
     CU_ASSERT_EQUAL(apply(f, 2, b), 0);
     CU_ASSERT_EQUAL(res.results[1], FSM_STALE_EPOCH);
     CU_ASSERT_EQUAL(record_filters(f, "c1", got, sizeof got, &expiry, user, sizeof user), 0);
     CU_ASSERT_STRING_EQUAL(got, "p/#:1:7,$share/g/q:2:0");
-    cmd_session_record(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 2);
-    cmd_session_record(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 9); /* entry kept */
+    cmd_session_record(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 2, 77);
+    cmd_session_record(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 9, 99); /* entry kept */
     CU_ASSERT_EQUAL(apply(f, 3, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
     CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
@@ -372,15 +372,20 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_FALSE(rec->owners[0]->has_routed_from);
     CU_ASSERT_TRUE(rec->owners[1]->has_routed_from);
     CU_ASSERT_EQUAL(rec->owners[1]->routed_from, 2);
+    /* and the first publish number of its own publishes that it got
+     * locally (RecordOwner.local_from), from its first record too */
+    CU_ASSERT_FALSE(rec->owners[0]->has_local_from);
+    CU_ASSERT_TRUE(rec->owners[1]->has_local_from);
+    CU_ASSERT_EQUAL(rec->owners[1]->local_from, 77);
     starling__cmd__session_record__free_unpacked(rec, NULL);
     free(rv);
 
     /* expiry 0 deletes the record; the release deletes both */
     cmd_session_claim(b, S("c2"), 1, 1);
-    cmd_session_record(b, S("c2"), 1, 1, 10, 4, NULL, subs + 1, 1, 0, 0);
+    cmd_session_record(b, S("c2"), 1, 1, 10, 4, NULL, subs + 1, 1, 0, 0, 0);
     CU_ASSERT_EQUAL(apply(f, 4, b), 0);
-    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0, 0, 0);
-    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0, 0, 0);
+    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0, 0, 0, 0);
+    cmd_session_record(b, S("c2"), 1, 1, 0, 4, NULL, NULL, 0, 0, 0, 0);
     cmd_session_release(b, S("c1"), 2, 2, 0);
     CU_ASSERT_EQUAL(apply(f, 5, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
@@ -402,10 +407,10 @@ static void test_session_records_and_node_down(void)
     cmd_route_add(b, S("gone"), 4);
     cmd_session_claim(b, S("c3"), 3, 1);
     struct cmd_session_sub keep[] = {{S("keep/+"), 1, 0}, {S("$share/g/k"), 0, 0}};
-    cmd_session_record(b, S("c3"), 3, 1, 100, 5, NULL, keep, 2, 0, 0);
+    cmd_session_record(b, S("c3"), 3, 1, 100, 5, NULL, keep, 2, 0, 0, 0);
     cmd_session_claim(b, S("c4"), 3, 1);
     struct cmd_session_sub moved[] = {{S("moved"), 1, 0}};
-    cmd_session_record(b, S("c4"), 3, 1, 100, 5, NULL, moved, 1, 0, 0);
+    cmd_session_record(b, S("c4"), 3, 1, 100, 5, NULL, moved, 1, 0, 0, 0);
     cmd_session_claim(b, S("c4"), 4, 2);
     CU_ASSERT_EQUAL(apply(f, 6, b), 0);
     CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 5);
@@ -426,7 +431,7 @@ static void test_session_records_and_node_down(void)
     /* once node 4 wrote c4's record, "moved" goes with it (its count,
      * NodeDown.keepers: test_node_down_keepers); a NodeDown after it finds
      * nothing more to take */
-    cmd_session_record(b, S("c4"), 4, 2, 100, 5, NULL, moved, 1, 0, 0);
+    cmd_session_record(b, S("c4"), 4, 2, 100, 5, NULL, moved, 1, 0, 0, 0);
     cmd_node_down(b, 3);
     CU_ASSERT_EQUAL(apply(f, 8, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
@@ -486,19 +491,19 @@ static void test_record_owners_packet_ids(void)
     struct cmd_batch *b = cmd_batch_new();
     struct cmd_session_sub subs[] = {{S("p/#"), 2, 0}};
     cmd_session_claim(b, S("c"), 1, 1);
-    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 5, 0);
-    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 9, 0); /* its entry follows */
+    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 5, 0, 0);
+    cmd_session_record(b, S("c"), 1, 1, 300, 5, NULL, subs, 1, 9, 0, 0); /* its entry follows */
     CU_ASSERT_EQUAL(apply(f, 1, b), 0);
     /* one owner: half the space away (9 + 32,767) */
     CU_ASSERT_EQUAL(resume_pid(f, "c"), 32776);
     cmd_session_claim(b, S("c"), 2, 2);
-    cmd_session_record(b, S("c"), 2, 2, 300, 5, NULL, subs, 1, 32776, 0);
+    cmd_session_record(b, S("c"), 2, 2, 300, 5, NULL, subs, 1, 32776, 0, 0);
     CU_ASSERT_EQUAL(apply(f, 2, b), 0);
     /* 9 and 32,776: the gap past 32,776 round to 9 is the larger */
     CU_ASSERT_EQUAL(resume_pid(f, "c"), 49160);
     cmd_session_claim(b, S("c"), 3, 3);
-    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49160, 0);
-    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49200, 0);
+    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49160, 0, 0);
+    cmd_session_record(b, S("c"), 3, 3, 300, 5, NULL, subs, 1, 49200, 0, 0);
     CU_ASSERT_EQUAL(apply(f, 3, b), 0);
     void *rv;
     size_t rlen;
@@ -587,11 +592,11 @@ static void keepers_entry(struct cmd_batch *b, int i)
         cmd_route_add(b, S("own"), 3);
         cmd_route_add(b, S("clean"), 3);
         cmd_session_claim(b, S("k1"), 3, 1);
-        cmd_session_record(b, S("k1"), 3, 1, 100, 5, NULL, s1, 2, 0, 0);
+        cmd_session_record(b, S("k1"), 3, 1, 100, 5, NULL, s1, 2, 0, 0, 0);
         cmd_session_claim(b, S("k2"), 3, 1);
-        cmd_session_record(b, S("k2"), 3, 1, 100, 5, NULL, s2, 2, 0, 0);
+        cmd_session_record(b, S("k2"), 3, 1, 100, 5, NULL, s2, 2, 0, 0, 0);
         cmd_session_claim(b, S("k3"), 3, 1);
-        cmd_session_record(b, S("k3"), 3, 1, 100, 5, NULL, s3, 1, 0, 0);
+        cmd_session_record(b, S("k3"), 3, 1, 100, 5, NULL, s3, 1, 0, 0, 0);
         break;
     case 2: /* taken for dead */
         cmd_node_down(b, 3);
@@ -603,14 +608,14 @@ static void keepers_entry(struct cmd_batch *b, int i)
         cmd_route_add(b, S("sh/+"), 4);
         break;
     case 4:
-        cmd_session_record(b, S("k1"), 4, 2, 100, 5, NULL, s1, 2, 0, 0);
+        cmd_session_record(b, S("k1"), 4, 2, 100, 5, NULL, s1, 2, 0, 0, 0);
         break;
     case 5: /* node 3 adds "own" itself (it came back): no longer counted;
              * k3 moves to node 4 */
         cmd_route_add(b, S("own"), 3);
         cmd_session_claim(b, S("k3"), 4, 2);
         cmd_route_add(b, S("own"), 4);
-        cmd_session_record(b, S("k3"), 4, 2, 100, 5, NULL, s3, 1, 0, 0);
+        cmd_session_record(b, S("k3"), 4, 2, 100, 5, NULL, s3, 1, 0, 0, 0);
         break;
     case 6: /* k2 claimed by node 4 and ended there before its record */
         cmd_session_claim(b, S("k2"), 4, 2);
@@ -785,7 +790,7 @@ static void test_node_down_owner_kept(void)
          * routes commit, and which dies before its record */
         cmd_route_add(b, S("m/#"), 6);
         cmd_session_claim(b, S("m1"), 6, 1);
-        cmd_session_record(b, S("m1"), 6, 1, 100, 5, NULL, s1, 1, 0, 0);
+        cmd_session_record(b, S("m1"), 6, 1, 100, 5, NULL, s1, 1, 0, 0, 0);
         cmd_session_claim(b, S("m1"), 5, 2);
         cmd_route_add(b, S("m/#"), 5);
         CU_ASSERT_EQUAL_FATAL(apply(g, 1, b), 0);
@@ -801,7 +806,7 @@ static void test_node_down_owner_kept(void)
         cmd_route_add(b, S("m/#"), 7);
         CU_ASSERT_EQUAL_FATAL(apply(g, 3, b), 0);
         CU_ASSERT_EQUAL(route_count_of(g, "m/x", 5), 1); /* a claim takes nothing */
-        cmd_session_record(b, S("m1"), 7, 3, 100, 5, NULL, s1, 1, 0, 0);
+        cmd_session_record(b, S("m1"), 7, 3, 100, 5, NULL, s1, 1, 0, 0, 0);
         CU_ASSERT_EQUAL_FATAL(apply(g, 4, b), 0);
         CU_ASSERT_EQUAL(res.results[0], FSM_OK);
         /* the marked record took node 5's count: nothing more for m1 is
@@ -816,7 +821,7 @@ static void test_node_down_owner_kept(void)
     struct fsm *f3 = open_fsm(d3);
     cmd_route_add(b, S("m/#"), 6);
     cmd_session_claim(b, S("m1"), 6, 1);
-    cmd_session_record(b, S("m1"), 6, 1, 100, 5, NULL, s1, 1, 0, 0);
+    cmd_session_record(b, S("m1"), 6, 1, 100, 5, NULL, s1, 1, 0, 0, 0);
     cmd_session_claim(b, S("m1"), 5, 2);
     cmd_route_add(b, S("m/#"), 5);
     CU_ASSERT_EQUAL_FATAL(apply(f3, 1, b), 0);
@@ -834,7 +839,7 @@ static void test_node_down_owner_kept(void)
         cmd_session_claim(b, S("m1"), 7, 3);
         cmd_route_add(b, S("m/#"), 7);
         CU_ASSERT_EQUAL_FATAL(apply(*g, 3, b), 0);
-        cmd_session_record(b, S("m1"), 7, 3, 100, 5, NULL, s1, 1, 0, 0);
+        cmd_session_record(b, S("m1"), 7, 3, 100, 5, NULL, s1, 1, 0, 0, 0);
         CU_ASSERT_EQUAL_FATAL(apply(*g, 4, b), 0);
         CU_ASSERT_EQUAL(fsm_checksum(*g), fsm_checksum(f));
         CU_ASSERT_EQUAL(route_count_of(*g, "m/x", 5), 0);
@@ -1367,7 +1372,7 @@ static void test_node_routes_changed_at_once(void)
     struct cmd_batch *b = cmd_batch_new();
     struct cmd_session_sub subs[] = {{S("k/#"), 1, 0}};
     cmd_session_claim(b, S("c1"), 3, 1);
-    cmd_session_record(b, S("c1"), 3, 1, 300, 5, NULL, subs, 1, 0, 0);
+    cmd_session_record(b, S("c1"), 3, 1, 300, 5, NULL, subs, 1, 0, 0, 0);
     cmd_route_add(b, S("k/#"), 3);
     uint64_t index = 1;
     CU_ASSERT_EQUAL_FATAL(apply(f, index++, b), 0);
