@@ -718,8 +718,9 @@ uint64_t cn_copy_owners_index(struct cluster_node *cn, struct session *s, uint64
  * 1188520366 with --more: 366 and 484 QoS 2 duplicates with DUP 1; also
  * when the kill came before the claim's state was stored: the start-up
  * pass names the stored copy the claim's). Not when another session of the
- * id is in this node's table: their rows share the store's keys. Nor for
- * a copy with a shared subscription (no bound). s->lock not held.
+ * id is in this node's table, or came with a claim here: their rows share
+ * the store's keys (a row of the same sequence number is the other's).
+ * Nor for a copy with a shared subscription (no bound). s->lock not held.
  */
 static void moving_rows_past_bound_del(struct cluster_node *cn, struct session *s, uint64_t direct)
 {
@@ -729,6 +730,19 @@ static void moving_rows_past_bound_del(struct cluster_node *cn, struct session *
     pthread_mutex_lock(&b->registry.lock);
     struct session *other = registry_find(&b->registry, s->client_id, s->id_len);
     pthread_mutex_unlock(&b->registry.lock);
+    /* (nor beside a session of the id that came here with a claim and is
+     * not in the table yet: its state's rows are stored already) */
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_incoming *x = cn->incoming; x && !other; x = x->next) {
+        if (x->s == s || x->s->id_len != s->id_len ||
+            memcmp(x->s->client_id, s->client_id, s->id_len) != 0)
+            continue;
+        lock_acquire(&x->s->lock);
+        if (!x->s->ended)
+            other = x->s;
+        lock_release(&x->s->lock);
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
     if (other && other != s)
         return;
     struct store_batch *bt = NULL;
