@@ -709,18 +709,19 @@ uint64_t cn_copy_owners_index(struct cluster_node *cn, struct session *s, uint64
  * memory the copy keeps them, and leaves them out of its late messages,
  * msgs_send, of its state, state_send, and of its fold into a claim here
  * that brought a session, cn_moving_detach; after a restart the owners
- * rule leaves them out of the stored copy too). Before, they stayed until the copy ended, and when
- * this node claimed the id again meanwhile and was SIGKILLed before it
- * folded the copy (cn_moving_detach), the store, whose keys are per client
- * id, held them beside the claim's session: the next start loaded both as
- * one session, the claim's, which the owners rule does not judge (no owner
- * came after it), and its next owner delivered them again (chaos seed
- * 1188520366 with --more: 366 and 484 QoS 2 duplicates with DUP 1; also
- * when the kill came before the claim's state was stored: the start-up
- * pass names the stored copy the claim's). Not when another session of the
- * id is in this node's table, or came with a claim here: their rows share
- * the store's keys (a row of the same sequence number is the other's).
- * Nor for a copy with a shared subscription (no bound). s->lock not held.
+ * rule leaves them out of the stored copy too). Before, they stayed until
+ * the copy ended, and when this node claimed the id again meanwhile and
+ * was SIGKILLed before it folded the copy (cn_moving_detach), the store,
+ * whose keys are per client id, held them beside the claim's session: the
+ * next start loaded both as one session, the claim's, which the owners
+ * rule does not judge (no owner came after it), and its next owner
+ * delivered them again (chaos seed 1188520366 with --more: 366 and 484 QoS
+ * 2 duplicates with DUP 1; also when the kill came before the claim's
+ * state was stored: the start-up pass names the stored copy the claim's).
+ * Not when another session of the id is in this node's table, or came
+ * with a claim here: their rows share the store's keys (a row of the same
+ * sequence number is the other's). Nor for a copy with a shared
+ * subscription (no bound). s->lock not held.
  */
 static void moving_rows_past_bound_del(struct cluster_node *cn, struct session *s, uint64_t direct)
 {
