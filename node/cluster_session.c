@@ -754,11 +754,80 @@ static void owner_local_note(struct cluster_node *cn, struct session *s)
     lock_release(&s->lock);
 }
 
+/*
+ * The stored rows of s, an old copy moving out whose bound `direct` (its
+ * direct_from) is known now, of the messages it took before: those routed
+ * at or past it that hold no exchange with a packet id leave the store (in
+ * memory the copy keeps them, and leaves them out of its late messages,
+ * msgs_send, of its state, state_send, and of its fold into a claim here
+ * that brought a session, cn_moving_detach; after a restart the owners
+ * rule leaves them out of the stored copy too). Before, they stayed until
+ * the copy ended, and when this node claimed the id again meanwhile and
+ * was SIGKILLed before it folded the copy (cn_moving_detach), the store,
+ * whose keys are per client id, held them beside the claim's session: the
+ * next start loaded both as one session, the claim's, which the owners
+ * rule does not judge (no owner came after it), and its next owner
+ * delivered them again (chaos seed 1188520366 with --more: 366 and 484 QoS
+ * 2 duplicates with DUP 1; also when the kill came before the claim's
+ * state was stored: the start-up pass names the stored copy the claim's).
+ * Not when another session of the id is in this node's table, or came
+ * with a claim here: their rows share the store's keys (a row of the same
+ * sequence number is the other's). Nor for a copy with a shared
+ * subscription (no bound). s->lock not held.
+ */
+static void moving_rows_past_bound_del(struct cluster_node *cn, struct session *s, uint64_t direct)
+{
+    struct broker *b = cn->b;
+    if (!direct || !b->store)
+        return;
+    pthread_mutex_lock(&b->registry.lock);
+    struct session *other = registry_find(&b->registry, s->client_id, s->id_len);
+    pthread_mutex_unlock(&b->registry.lock);
+    /* (nor beside a session of the id that came here with a claim and is
+     * not in the table yet: its state's rows are stored already) */
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_incoming *x = cn->incoming; x && !other; x = x->next) {
+        if (x->s == s || x->s->id_len != s->id_len ||
+            memcmp(x->s->client_id, s->client_id, s->id_len) != 0)
+            continue;
+        lock_acquire(&x->s->lock);
+        if (!x->s->ended)
+            other = x->s;
+        lock_release(&x->s->lock);
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
+    if (other && other != s)
+        return;
+    struct store_batch *bt = NULL;
+    size_t n = 0;
+    lock_acquire(&s->lock);
+    struct qlist *lists[2] = {&s->inflight, &s->queue};
+    for (int l = 0; l < 2 && s->stored && !s->ended; l++)
+        for (struct qmsg *q = lists[l]->head; q; q = q->next) {
+            if (!q->stored || q->m->route_index < direct ||
+                (q->state != MSG_STATE_QUEUED && q->pid != 0))
+                continue;
+            struct store_batch *x = persist_batch(b, &bt);
+            if (!x)
+                break;
+            store_msg_del(x, s->client_id, s->id_len, q->seq);
+            q->stored = false;
+            n++;
+        }
+    lock_release(&s->lock);
+    persist_submit(b, &bt, NULL, NULL);
+    if (n)
+        log_debug("cluster: %zu stored message(s) of the old copy of '%s' routed from index %llu "
+                  "on leave the store",
+                  n, s->client_id, (unsigned long long)direct);
+}
+
 /* s, an old copy moving out to `to`, takes no more what reaches its owner
  * directly, once that is known (owner_routed_index; `owners_only`: by the
- * owners rule alone). */
+ * owners rule alone); `rows`: and what it took of that before leaves the
+ * store (moving_rows_past_bound_del). */
 static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64_t to,
-                              bool owners_only)
+                              bool owners_only, bool rows)
 {
     lock_acquire(&s->lock);
     uint64_t own = s->epoch, stored = s->stored_epoch;
@@ -777,6 +846,8 @@ static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64
         log_debug("cluster: the old copy of '%s' takes nothing routed from index %llu on (it "
                   "reaches %016llx directly)",
                   s->client_id, (unsigned long long)direct, (unsigned long long)to);
+    if (rows)
+        moving_rows_past_bound_del(cn, s, direct);
 }
 
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
@@ -816,7 +887,7 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
      * messages: chaos seed 1188520366 with --more, 312 QoS 2 duplicates
      * once the claimant, restarted, no longer knew their identities. */
     if (to != cn->self)
-        moving_direct_set(cn, s, to, !now);
+        moving_direct_set(cn, s, to, !now, true);
     x->s = s;
     x->to = to;
     x->epoch = epoch;
@@ -1705,7 +1776,7 @@ static void restart_pass(struct cluster_node *cn)
         }
     pthread_mutex_unlock(&cn->reg_mu);
     for (size_t i = 0; i < c.n; i++) {
-        moving_direct_set(cn, c.v[i], to[i], false);
+        moving_direct_set(cn, c.v[i], to[i], false, true);
         session_unref(c.v[i]);
     }
     free(c.v);
@@ -2058,8 +2129,8 @@ static void moving_end(struct cluster_node *cn, struct cn_moving *x)
     lock_acquire(&x->s->lock);
     bool known = x->now || x->known || x->s->epoch != 0;
     lock_release(&x->s->lock);
-    if (!x->routed && x->to != cn->self && known)
-        moving_direct_set(cn, x->s, x->to, true);
+    if (!x->routed && x->to != cn->self && known) /* (its rows go below) */
+        moving_direct_set(cn, x->s, x->to, true, false);
     moving_take(cn, x, &shared, &direct);
     log_debug("cluster: the old copy of '%s' ends (%s)", x->s->client_id,
               x->routed ? "its new owner's routes are everywhere" : "grace period over");

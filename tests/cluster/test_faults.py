@@ -2436,6 +2436,125 @@ def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
                          lambda: f" on {cn.name}; left out of B's state: {left}")
 
 
+@pytest.mark.parametrize("state_stored", [True, False], ids=["state-stored", "before-state"])
+def test_killed_claims_stored_session_takes_none_of_its_old_copys_messages_a_later_owner_had(
+        cluster_factory, tmp_path, state_stored):
+    """Chaos seed 1188520366 with --more (366 and 484 QoS 2 duplicates with
+    DUP 1, 2026-12-03), made deterministic. A persistent QoS 2 subscriber
+    S, offline, on node B; B is SIGSTOPped and taken for dead, S resumes
+    on A from its record and gets M0..M19, published on C, which C also
+    B continues, applies A's claim and proposes the route of its copy of S
+    again; the copy, claimed away, takes M0..M19, published on C, which S
+    gets on A, and stores them; when its wait for A's request is over it
+    moves out to A, judged by the owners rule (A had its routes everywhere
+    before M0..M19 were routed), held there (STARLING_TEST_MOVING_HOLD). S's client connects to B, which takes S
+    over from A: A's state comes ("moved here") and is stored under S's id,
+    beside the copy's rows; the claim waits for its routes (B's batch
+    held, STARLING_TEST_BATCH_HOLD), so the old copy is not folded yet. B
+    is SIGKILLed and started again: its store loads the claim's session
+    and the copy's rows as one session, the claim's. S's client connects
+    to C, which takes S over from B. Before, B's state carried M0..M19 and C
+    delivered all 20 a second time; now the copy's rows that the owners
+    rule leaves out leave the store once it knows its bound.
+    `before-state`: B is SIGKILLed after it applied its claim, before A's
+    state came (A SIGSTOPped, continued once B is down): the start-up pass
+    names the stored copy the claim's session, with the same outcome
+    before."""
+    hold = tmp_path / "moving-hold"
+    hold.write_text("")
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_CLUSTER_CLAIM_TIMEOUT="8000",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "oldrows", "oldrows/t")
+    bid, aid = (f"{faults.node_id(n):016x}" for n in (b, a))
+    p = PahoClient(cn, uid("oldrowsp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    pause(b)
+    try:
+        silent = f"member {bid} silent for"
+        wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
+        s = resumed_on(a, cid, timeout=30)
+    finally:
+        resume(b)
+    claimed = f"'{cid}' was claimed by node {aid} (claim"
+    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
+    # B, taken for dead, proposes the route of its copy of S again; the
+    # copy, claimed away and waiting for A's request (none comes: A resumed
+    # S from its record; cluster_claim_timeout + 1 s, 9 s here), takes
+    # M0..M19, which S gets on A directly
+    wait_until(lambda: (faults.node_id(b), topic + "/#") in faults.tables(cn)["routes"], 30,
+               f"{b.name}'s route for its copy of {cid}")
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [s.get(WAIT).payload for _ in sent] == sent
+    # the copy took them before a marker C forwards after them: once that
+    # is delivered, they are on B's disk; then the copy moves out to A,
+    # judged
+    forwards_to_b_in(b, p, "oldrows")
+    moved = f"the session of '{cid}' moved to {aid}"
+    assert moved not in b.logtext(), f"{b.name}'s copy moved out before it took M0..M19"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to A")
+    bound = wait_until(lambda: re.search(rf"the old copy of '{re.escape(cid)}' takes nothing "
+                                         r"routed from index (\d+)", b.logtext()), 30,
+                       f"{b.name}'s copy of {cid} judged by the owners rule")
+    # a persistent publisher on B: its QoS 2 PUBREC waits for its store
+    # batch, committed after every earlier one
+    bar = mqttraw.connected(b, uid("oldrowsbar"), 5, properties={"session_expiry_interval": 600})
+    s.disconnect()
+    b_hold = tmp_path / f"batch-hold-{b.name}"
+    b_hold.write_text("")
+    start = len(b.logtext())
+    here = f"the session of '{cid}' moved here"
+    x = mqttraw.Client(b, version=5)
+    try:
+        if not state_stored:
+            pause(a)
+        # S's client on B: A's state comes and is stored; the claim's
+        # routes wait (B's batch held), and with them the fold of B's copy
+        x.connect(cid, clean=False, properties={"session_expiry_interval": 600}, expect=False)
+        if state_stored:
+            wait_until(lambda: here in b.logtext()[start:], 30,
+                       f"{b.name} taking {cid} over from A")
+            wait_until(lambda: "this node's batch waits" in b.logtext()[start:], 30,
+                       f"{b.name} holding the routes of its claim of {cid}")
+            bar.publish(uid("oldrows/bar"), b"bar", qos=2, packet_id=1)
+            assert bar.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
+        else:
+            # (A stopped: the claim waits for its state)
+            wait_until(lambda: faults.tables(b)["registry"].get(cid, (0, 0))[0] ==
+                       faults.node_id(b), 30, f"{b.name}'s claim of {cid} applied there")
+            assert here not in b.logtext()[start:]
+        assert f"'{cid}' is claimed here again while its old copy" not in b.logtext()[start:]
+        kill(b)
+    finally:
+        resume(a)
+        b_hold.unlink()
+        x.close()
+        bar.close()
+    start = len(b.logtext())
+    b.start()
+    wait_healthy(c)
+    loaded = wait_until(lambda: re.search(r"INFO store \S+: \d+ sessions, (\d+) queued messages",
+                                          b.logtext()[start:]), 30, f"{b.name} loading its store")
+    wait_until(lambda: "start-up pass over" in b.logtext()[start:], 30,
+               f"{b.name}'s start-up pass")
+    assert faults.tables(cn)["registry"][cid][0] == faults.node_id(b)
+    # S's client on C: C takes S over from B, whose state comes from its store
+    s = resumed_on(cn, cid, timeout=60)
+    hold.unlink()
+    again = delivered_before_a_marker(s, p, topic)
+    gone = re.findall(rf"(\d+) stored message\(s\) of the old copy of '{re.escape(cid)}' routed "
+                      r"from index \d+ on leave the store", b.logtext())
+    print(f"\n[old copy's rows beside a killed claim] {len(again)} delivered again on {cn.name}; "
+          f"B's copy judged from index {bound.group(1)}, its rows that left the store then: "
+          f"{gone}; B loaded {loaded.group(1)} queued message(s)")
+    assert again == [], f"QoS 2 messages delivered twice: {again}"
+    s.disconnect()
+    p.disconnect()
+
+
 @pytest.mark.parametrize("restart,via_c", [(False, False), (True, False), (False, True),
                                             (True, True)],
                          ids=["running", "restarted", "running-via-c", "restarted-via-c"])
