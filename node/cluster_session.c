@@ -756,8 +756,10 @@ static void owner_local_note(struct cluster_node *cn, struct session *s)
 
 /*
  * The stored rows of s, an old copy moving out whose bound `direct` (its
- * direct_from) is known now, of the messages it took before: those routed
- * at or past it that hold no exchange with a packet id leave the store (in
+ * direct_from) is known now, of the messages it took before: those the
+ * owner had (routed at or past it, or the owner's own publishes its
+ * session got locally: session_owner_had) that hold no exchange with a
+ * packet id leave the store (in
  * memory the copy keeps them, and leaves them out of its late messages,
  * msgs_send, of its state, state_send, and of its fold into a claim here
  * that brought a session, cn_moving_detach; after a restart the owners
@@ -804,7 +806,7 @@ static void moving_rows_past_bound_del(struct cluster_node *cn, struct session *
     struct qlist *lists[2] = {&s->inflight, &s->queue};
     for (int l = 0; l < 2 && s->stored && !s->ended; l++)
         for (struct qmsg *q = lists[l]->head; q; q = q->next) {
-            if (!q->stored || q->m->route_index < direct ||
+            if (!q->stored || !session_owner_had(&s->direct_local, q->m, direct) ||
                 (q->state != MSG_STATE_QUEUED && q->pid != 0))
                 continue;
             struct store_batch *x = persist_batch(b, &bt);
