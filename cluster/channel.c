@@ -26,6 +26,7 @@
  * frees c when the count reaches 0.
  */
 #include "channel.h"
+#include "chan_frame.h"
 #include "channel.pb-c.h"
 #include "log.h"
 
@@ -781,7 +782,11 @@ static void conn_parse(struct conn *k)
         if (k->rlen - off - 4 < len)
             break;
         ProtobufCAllocator *al = arena_begin(&c->arena);
-        Starling__Chan__Frame *f = starling__chan__frame__unpack(al, len, p + 4);
+        /* a plain Publish without protobuf-c's generic decoder (it points
+         * into rbuf, which stays as it is until the loop ends) */
+        Starling__Chan__Frame *f = al ? chan_frame_unpack_publish(al, len, p + 4) : NULL;
+        if (!f)
+            f = starling__chan__frame__unpack(al, len, p + 4);
         off += 4 + len;
         if (!f || f->frame_case == STARLING__CHAN__FRAME__FRAME__NOT_SET) {
             if (f && !al)
