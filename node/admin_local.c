@@ -103,7 +103,7 @@ static int admin_local_stats(void *ud, bool cluster_wide, struct admin_stats *v,
     s->sessions = registry_count(&b->registry);
     s->subscriptions = sub_index_count(b->index);
     s->retained = retain_count(b->retained);
-    s->msgs_received = atomic_load(&b->stats.msgs_received);
+    s->msgs_received = broker_msgs_received(b);
     s->msgs_sent = atomic_load(&b->stats.msgs_sent);
     s->msgs_dropped = atomic_load(&b->stats.msgs_dropped);
     s->bytes_received = atomic_load(&b->stats.bytes_received);

@@ -60,7 +60,7 @@ enum broker_drop {
 struct broker_stats {
     atomic_ulong clients_connected;
     atomic_ulong clients_maximum;
-    atomic_ulong msgs_received;
+    atomic_ulong msgs_received; /* from clients; with fwd_msgs_in: broker_msgs_received */
     atomic_ulong msgs_sent;
     atomic_ulong bytes_received;
     atomic_ulong bytes_sent;
@@ -87,7 +87,10 @@ struct broker_stats {
     atomic_ulong fwd_resent;       /* forwards sent again from the outbox */
     atomic_ulong fwd_duplicates;   /* forwards received twice (dropped) */
     atomic_long fwd_slow_peers;    /* nodes whose outbox is above its pause mark */
-    /* publishes forwarded by other nodes, by QoS (the cluster thread) */
+    /* publishes forwarded by other nodes, by QoS: the cluster thread's
+     * alone (no locked instruction per message; they count in
+     * broker_msgs_received, which the workers' msgs_received shares a cache
+     * line with) */
     metric_counter fwd_msgs_in[3];
     metric_counter fwd_bytes_in[3]; /* their topic and payload bytes */
 };
@@ -231,5 +234,14 @@ void sys_publish(struct broker *b);
 
 /* Monotonic milliseconds. */
 uint64_t broker_now_mono_ms(void);
+
+/* PUBLISHes received: from clients, and forwarded by other nodes. Any
+ * thread. */
+static inline uint64_t broker_msgs_received(struct broker *b)
+{
+    return atomic_load_explicit(&b->stats.msgs_received, memory_order_relaxed) +
+           metric_read(&b->stats.fwd_msgs_in[0]) + metric_read(&b->stats.fwd_msgs_in[1]) +
+           metric_read(&b->stats.fwd_msgs_in[2]);
+}
 
 #endif

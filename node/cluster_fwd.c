@@ -863,9 +863,9 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
         m->id_node = p->origin;
         m->id_seq = p->pub_id;
     }
-    atomic_fetch_add(&b->stats.msgs_received, 1);
-    metric_add_shared(&b->stats.fwd_msgs_in[m->qos], 1);
-    metric_add_shared(&b->stats.fwd_bytes_in[m->qos], (uint64_t)m->topic_len + m->payload_len);
+    /* this thread's counters alone (they count in broker_msgs_received) */
+    metric_add(&b->stats.fwd_msgs_in[m->qos], 1);
+    metric_add(&b->stats.fwd_bytes_in[m->qos], (uint64_t)m->topic_len + m->payload_len);
     if (!in) {
         broker_publish_forwarded(b, m, share_picked, (void *)p, NULL, NULL);
         msg_unref(m);

@@ -40,7 +40,7 @@ void sys_publish(struct broker *b)
     sys_put_u64(b, "$SYS/broker/clients/connected", connected);
     sys_put_u64(b, "$SYS/broker/clients/disconnected", total > connected ? total - connected : 0);
     sys_put_u64(b, "$SYS/broker/clients/maximum", atomic_load(&b->stats.clients_maximum));
-    sys_put_u64(b, "$SYS/broker/messages/received", atomic_load(&b->stats.msgs_received));
+    sys_put_u64(b, "$SYS/broker/messages/received", broker_msgs_received(b));
     sys_put_u64(b, "$SYS/broker/messages/sent", atomic_load(&b->stats.msgs_sent));
     sys_put_u64(b, "$SYS/broker/messages/dropped", atomic_load(&b->stats.msgs_dropped));
     sys_put_u64(b, "$SYS/broker/messages/dropped/offline", atomic_load(&b->stats.dropped[0]));

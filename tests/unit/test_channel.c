@@ -26,6 +26,7 @@
 
 #include "test_util.h"
 
+#include "chan_frame.h"
 #include "channel.h"
 #include "channel.pb-c.h"
 
@@ -604,6 +605,253 @@ static void test_senders_resume_before_the_queue_is_empty(void)
     stop(&h);
 }
 
+/* ---- chan_frame_unpack_publish against protobuf-c ---- */
+
+/* An allocator whose blocks are all freed at once (like the channel's
+ * arena; chan_frame_unpack_publish never frees). */
+struct blocks {
+    void *v[64];
+    unsigned n;
+};
+
+static void *blocks_alloc(void *ud, size_t size)
+{
+    struct blocks *b = ud;
+    if (b->n == sizeof b->v / sizeof b->v[0])
+        return NULL;
+    return b->v[b->n++] = malloc(size);
+}
+
+static void blocks_free(void *ud, void *p)
+{
+    (void)ud;
+    (void)p;
+}
+
+static void blocks_release(struct blocks *b)
+{
+    while (b->n)
+        free(b->v[--b->n]);
+}
+
+static bool bin_eq(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
+{
+    return a->len == b->len && (a->data == NULL) == (b->data == NULL) &&
+           (!a->len || memcmp(a->data, b->data, a->len) == 0);
+}
+
+/* Every field of two unpacked Publish frames the same (protobuf-c's own
+ * base aside: no unknown fields in either). */
+static bool publish_eq(const Starling__Chan__Frame *x, const Starling__Chan__Frame *y)
+{
+    if (x->frame_case != STARLING__CHAN__FRAME__FRAME_PUBLISH || x->frame_case != y->frame_case ||
+        x->base.descriptor != y->base.descriptor || x->base.n_unknown_fields ||
+        y->base.n_unknown_fields)
+        return false;
+    const Starling__Chan__Publish *a = x->publish, *b = y->publish;
+    if (a->base.descriptor != b->base.descriptor || a->base.n_unknown_fields ||
+        b->base.n_unknown_fields || a->n_shares != b->n_shares)
+        return false;
+    for (size_t i = 0; i < a->n_shares; i++)
+        if (!bin_eq(&a->shares[i], &b->shares[i]))
+            return false;
+    return a->origin == b->origin && a->seq == b->seq && bin_eq(&a->topic, &b->topic) &&
+           bin_eq(&a->payload, &b->payload) && a->qos == b->qos && a->has_retain == b->has_retain &&
+           a->retain == b->retain && a->has_properties == b->has_properties &&
+           bin_eq(&a->properties, &b->properties) && a->has_expiry_at_ms == b->has_expiry_at_ms &&
+           a->expiry_at_ms == b->expiry_at_ms && a->has_prev == b->has_prev && a->prev == b->prev &&
+           a->has_route_index == b->has_route_index && a->route_index == b->route_index &&
+           a->has_pub_id == b->has_pub_id && a->pub_id == b->pub_id;
+}
+
+/* Both decoders on the same bytes: 1 both the same, 0 the fast one left it
+ * to protobuf-c (NULL), -1 they differ (or the fast one took bytes that
+ * protobuf-c refuses). */
+static int unpack_both(const uint8_t *buf, size_t len)
+{
+    struct blocks bl = {.n = 0};
+    ProtobufCAllocator al = {blocks_alloc, blocks_free, &bl};
+    Starling__Chan__Frame *fast = chan_frame_unpack_publish(&al, len, buf);
+    Starling__Chan__Frame *slow = starling__chan__frame__unpack(NULL, len, buf);
+    int r = !fast ? 0 : slow && publish_eq(fast, slow) ? 1 : -1;
+    if (fast && r == 1) /* the bytes fields are the frame's own */
+        r = !fast->publish->topic.len ||
+                    (fast->publish->topic.data >= buf && fast->publish->topic.data < buf + len)
+                ? 1
+                : -1;
+    if (slow)
+        starling__chan__frame__free_unpacked(slow, NULL);
+    blocks_release(&bl);
+    return r;
+}
+
+static uint64_t rnd_state = 88172645463325252ull;
+
+static uint64_t rnd(void)
+{
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 7;
+    rnd_state ^= rnd_state << 17;
+    return rnd_state;
+}
+
+/* A value of 1 to 10 varint bytes. */
+static uint64_t rnd_value(void)
+{
+    unsigned bits = (unsigned)(rnd() % 65);
+    return bits == 64 ? rnd() : rnd() & ((1ull << bits) - 1);
+}
+
+/* Pack a Publish frame with random fields into buf (64 KiB). */
+static size_t pack_random(uint8_t *buf)
+{
+    static uint8_t bytes[4096];
+    for (size_t i = 0; i < sizeof bytes; i++)
+        bytes[i] = (uint8_t)rnd();
+    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+    p.origin = rnd_value();
+    p.seq = rnd_value();
+    p.topic.len = rnd() % 4 ? 1 + rnd() % 300 : 0;
+    p.topic.data = p.topic.len ? bytes : NULL;
+    p.payload.len = rnd() % 4 ? rnd() % (rnd() % 2 ? 100 : 4000) : 0;
+    p.payload.data = p.payload.len ? bytes + 10 : NULL;
+    p.qos = (uint32_t)(rnd() % 3);
+    if (rnd() % 2) {
+        p.has_retain = 1;
+        p.retain = (protobuf_c_boolean)(rnd() % 2);
+    }
+    if (rnd() % 3 == 0) {
+        p.has_properties = 1;
+        p.properties.len = rnd() % 40;
+        p.properties.data = p.properties.len ? bytes + 7 : NULL;
+    }
+    if (rnd() % 2) {
+        p.has_expiry_at_ms = 1;
+        p.expiry_at_ms = rnd_value();
+    }
+    ProtobufCBinaryData shares[20];
+    p.n_shares = rnd() % 4 == 0 ? rnd() % 20 : 0;
+    for (size_t i = 0; i < p.n_shares; i++) {
+        shares[i].len = rnd() % 50;
+        shares[i].data = shares[i].len ? bytes + i : NULL;
+    }
+    p.shares = shares;
+    if (rnd() % 2) {
+        p.has_prev = 1;
+        p.prev = rnd_value();
+    }
+    if (rnd() % 2) {
+        p.has_route_index = 1;
+        p.route_index = rnd_value();
+    }
+    if (rnd() % 2) {
+        p.has_pub_id = 1;
+        p.pub_id = rnd_value();
+    }
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+    fr.publish = &p;
+    return starling__chan__frame__pack(&fr, buf);
+}
+
+/* The fast decoder gives what protobuf-c gives for every Publish frame
+ * protobuf-c packs (16 shares or fewer), and NULL (protobuf-c decides) for
+ * other frames; on bytes changed at random it never takes a frame that
+ * protobuf-c refuses or reads otherwise. */
+static void test_publish_frames_unpacked_as_protobuf_c_does(void)
+{
+    static uint8_t buf[65536], mut[65536];
+    unsigned same = 0, left = 0, differ = 0, mutated_taken = 0, mutated_left = 0;
+    for (unsigned i = 0; i < 20000; i++) {
+        size_t len = pack_random(buf);
+        int r = unpack_both(buf, len);
+        if (r < 0)
+            differ++;
+        else if (r == 0)
+            left++;
+        else
+            same++;
+        /* the same bytes, changed: a byte or two, cut short, or more after */
+        memcpy(mut, buf, len);
+        size_t mlen = len;
+        switch (rnd() % 4) {
+        case 0:
+            mut[rnd() % len] = (uint8_t)rnd();
+            break;
+        case 1:
+            mut[rnd() % len] ^= (uint8_t)(1u << rnd() % 8);
+            mut[rnd() % len] = (uint8_t)rnd();
+            break;
+        case 2:
+            mlen = rnd() % len;
+            break;
+        default:
+            for (unsigned k = rnd() % 8 + 1; k-- && mlen < sizeof mut;)
+                mut[mlen++] = (uint8_t)rnd();
+            break;
+        }
+        r = unpack_both(mut, mlen);
+        if (r < 0)
+            differ++;
+        else if (r == 0)
+            mutated_left++;
+        else
+            mutated_taken++;
+    }
+    CU_ASSERT_EQUAL(differ, 0);
+    /* left to protobuf-c: more than 16 shares, or a required field absent
+     * (an empty topic or payload is left out of the packed bytes) */
+    CU_ASSERT_TRUE(same > 10000 && left > 0);
+    CU_ASSERT_TRUE(mutated_taken > 1000 && mutated_left > 1000);
+    if (differ || same <= 10000 || mutated_taken <= 1000 || mutated_left <= 1000)
+        fprintf(stderr, "same %u left %u differ %u; changed: taken %u left %u\n", same, left,
+                differ, mutated_taken, mutated_left);
+
+    /* frames of other shapes are left to protobuf-c */
+    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+    p.origin = 7;
+    p.seq = 9;
+    p.topic.data = (uint8_t *)"a/b";
+    p.topic.len = 3;
+    p.payload.data = (uint8_t *)"x";
+    p.payload.len = 1;
+    p.qos = 1;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+    fr.publish = &p;
+    size_t len = starling__chan__frame__pack(&fr, buf);
+    CU_ASSERT_EQUAL(unpack_both(buf, len), 1);
+    /* an unknown field in the Publish (30, varint): protobuf-c keeps it */
+    memcpy(mut, buf, len);
+    mut[1] = (uint8_t)(buf[1] + 3);
+    mut[len] = 0xf0;
+    mut[len + 1] = 0x01;
+    mut[len + 2] = 0x05;
+    CU_ASSERT_EQUAL(unpack_both(mut, len + 3), 0);
+    /* a field twice (origin): protobuf-c takes the last */
+    mut[1] = (uint8_t)(buf[1] + 2);
+    mut[len] = 0x08;
+    mut[len + 1] = 0x05;
+    CU_ASSERT_EQUAL(unpack_both(mut, len + 2), 0);
+    Starling__Chan__Frame *slow = starling__chan__frame__unpack(NULL, len + 2, mut);
+    CU_ASSERT_TRUE(slow && slow->publish->origin == 5);
+    if (slow)
+        starling__chan__frame__free_unpacked(slow, NULL);
+    /* retain as 2 (protobuf-c: true) */
+    mut[1] = (uint8_t)(buf[1] + 2);
+    mut[len] = 0x30;
+    mut[len + 1] = 0x02;
+    CU_ASSERT_EQUAL(unpack_both(mut, len + 2), 0);
+    /* another frame (a PublishAck) */
+    Starling__Chan__PublishAck a = STARLING__CHAN__PUBLISH_ACK__INIT;
+    a.origin = 1;
+    a.seq = 2;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH_ACK;
+    fr.publish_ack = &a;
+    len = starling__chan__frame__pack(&fr, buf);
+    CU_ASSERT_EQUAL(unpack_both(buf, len), 0);
+}
+
 int main(void)
 {
     uv_loop_init(&loop);
@@ -624,6 +872,8 @@ int main(void)
     CU_add_test(s, "frames larger than the unpack arena", test_frames_larger_than_the_arena);
     CU_add_test(s, "senders resume before the queue is empty",
                 test_senders_resume_before_the_queue_is_empty);
+    CU_add_test(s, "Publish frames unpacked as protobuf-c does",
+                test_publish_frames_unpacked_as_protobuf_c_does);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
