@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "broker.h"
 #include "channel.pb-c.h"
@@ -329,6 +330,32 @@ static void claim_attach(struct cl_claim *k)
     free(k);
 }
 
+#ifndef NDEBUG
+/* Tests (debug builds only): while the file that STARLING_TEST_FOLD_CUT
+ * names exists, a staged claim that folds an old copy of its id (n_back
+ * copies) ends the process as a SIGKILL would, once the claim's store batch
+ * (and every earlier one) committed and before the fold's writes go: a
+ * kill between the two (tests/cluster/test_faults.py). */
+static void fold_test_cut(struct broker *b, const char *id, const struct cn_moving *back)
+{
+    const char *path = getenv("STARLING_TEST_FOLD_CUT");
+    if (!back || !path || access(path, F_OK) != 0)
+        return;
+    store_flush(b->store);
+    log_info("cluster: the claim of '%s' is stored, its fold of an old copy is not: the process "
+             "ends here (STARLING_TEST_FOLD_CUT)",
+             id);
+    _exit(9);
+}
+#else
+static void fold_test_cut(struct broker *b, const char *id, const struct cn_moving *back)
+{
+    (void)b;
+    (void)id;
+    (void)back;
+}
+#endif
+
 static void claim_on_worker(void *ud)
 {
     struct cl_claim *k = ud;
@@ -372,6 +399,7 @@ static void claim_on_worker(void *ud)
              * and offline it would expire at once) */
             if (k->incoming && b->store && k->req.expiry != 0 && claim_stage(k)) {
                 pthread_mutex_unlock(&cn->reg_mu);
+                fold_test_cut(b, k->id, back);
                 cn_moving_fold(cn, back);
                 /* an empty batch after the claim's and the fold's:
                  * committed once they are (commits complete in submission
