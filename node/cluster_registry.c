@@ -332,27 +332,42 @@ static void claim_attach(struct cl_claim *k)
 
 #ifndef NDEBUG
 /* Tests (debug builds only): while the file that STARLING_TEST_FOLD_CUT
- * names exists, a staged claim that folds an old copy of its id (n_back
- * copies) ends the process as a SIGKILL would, once the claim's store batch
- * (and every earlier one) committed and before the fold's writes go: a
- * kill between the two (tests/cluster/test_faults.py). */
-static void fold_test_cut(struct broker *b, const char *id, const struct cn_moving *back)
+ * names exists, a staged claim that folds old copies of its id (`back`)
+ * ends the process as a SIGKILL would, once every store batch submitted
+ * so far committed: at `at` "ended" (the file says so) once the copies
+ * ended, before the claim's session is stored; at "stored" (the file is
+ * empty) once the claim's session is stored, before anything after it
+ * (tests/cluster/test_faults.py). */
+static void fold_test_cut(struct broker *b, const char *id, const struct cn_moving *back,
+                          const char *at)
 {
     const char *path = getenv("STARLING_TEST_FOLD_CUT");
-    if (!back || !path || access(path, F_OK) != 0)
+    if (!back || !path)
+        return;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char want[16] = "";
+    if (!fgets(want, sizeof want, f))
+        want[0] = 0;
+    fclose(f);
+    want[strcspn(want, "\n")] = 0;
+    if (strcmp(want[0] ? want : "stored", at) != 0)
         return;
     store_flush(b->store);
-    log_info("cluster: the claim of '%s' is stored, its fold of an old copy is not: the process "
-             "ends here (STARLING_TEST_FOLD_CUT)",
-             id);
+    log_info("cluster: the claim of '%s' cut at '%s' of its fold of an old copy: the process ends "
+             "here (STARLING_TEST_FOLD_CUT)",
+             id, at);
     _exit(9);
 }
 #else
-static void fold_test_cut(struct broker *b, const char *id, const struct cn_moving *back)
+static void fold_test_cut(struct broker *b, const char *id, const struct cn_moving *back,
+                          const char *at)
 {
     (void)b;
     (void)id;
     (void)back;
+    (void)at;
 }
 #endif
 
@@ -397,9 +412,11 @@ static void claim_on_worker(void *ud)
                                                       k->incoming ? k->prev_node : 0);
             /* (a session that ends with its connection stores nothing,
              * and offline it would expire at once) */
+            if (k->incoming && b->store && k->req.expiry != 0)
+                fold_test_cut(b, k->id, back, "ended");
             if (k->incoming && b->store && k->req.expiry != 0 && claim_stage(k)) {
                 pthread_mutex_unlock(&cn->reg_mu);
-                fold_test_cut(b, k->id, back);
+                fold_test_cut(b, k->id, back, "stored");
                 cn_moving_fold(cn, back);
                 /* an empty batch after the claim's and the fold's:
                  * committed once they are (commits complete in submission

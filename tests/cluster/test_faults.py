@@ -2552,8 +2552,8 @@ def test_killed_claims_stored_session_takes_none_of_its_old_copys_messages_a_lat
                          f"B loaded {loaded.group(1)} queued message(s)")
 
 
-def test_fold_cut_by_a_kill_after_the_claims_batch_keeps_the_copys_messages(cluster_factory,
-                                                                             tmp_path):
+@pytest.mark.parametrize("at", ["stored", "ended"])
+def test_fold_cut_by_a_kill_keeps_the_copys_messages(cluster_factory, tmp_path, at):
     """Chaos seed 1093382011 with --more (227 acknowledged QoS 1/2 messages
     lost, 2026-12-03), made deterministic. A persistent subscriber S,
     offline, on node B gets M0..M19 (each acknowledged once it is on B's
@@ -2569,7 +2569,9 @@ def test_fold_cut_by_a_kill_after_the_claims_batch_keeps_the_copys_messages(clus
     the copy's end had deleted every row of S's id in a batch of its own,
     the claim's session went in the next, and M0..M19, put into it by the
     fold in a later batch, were nowhere: S got none of them; now S gets
-    each of them once."""
+    each of them once. `ended`: the cut comes once the copy ended, before
+    the claim's session is stored (before, the copy's rows were gone then
+    too, and the claim's session not stored: S resumed from its record)."""
     hold = tmp_path / "moving-hold"
     hold.write_text("")
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
@@ -2594,7 +2596,7 @@ def test_fold_cut_by_a_kill_after_the_claims_batch_keeps_the_copys_messages(clus
         wait_until(lambda: moved in b.logtext()[start:] and
                    "start-up pass over" in b.logtext()[start:], 60,
                    f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
-        cut.write_text("")
+        cut.write_text(at if at != "stored" else "")
         x = mqttraw.Client(b, version=5)
         try:
             # S's client on B: B's claim resumes S from its record and
@@ -2610,7 +2612,7 @@ def test_fold_cut_by_a_kill_after_the_claims_batch_keeps_the_copys_messages(clus
             cut.unlink()
     log = b.logtext()[start:]
     assert f"'{cid}' is claimed here again while its old copy" in log
-    assert "(STARLING_TEST_FOLD_CUT)" in log
+    assert f"cut at '{at}' of its fold" in log
     b.stop()
     hold.unlink()
     start = len(b.logtext())
@@ -2620,7 +2622,7 @@ def test_fold_cut_by_a_kill_after_the_claims_batch_keeps_the_copys_messages(clus
     p = PahoClient(cn, uid("foldcutp"), 5)
     p.connect()
     got = delivered_before_a_marker(s, p, topic)
-    print(f"\n[fold cut] S got {len(got)} of {len(sent)}: {got}")
+    print(f"\n[fold cut {at}] S got {len(got)} of {len(sent)}: {got}")
     assert sorted(got, key=lambda m: int(m[1:])) == sent, f"lost or given twice: {got}"
     for cl in (s, p):
         cl.disconnect()
