@@ -2593,9 +2593,10 @@ def test_fold_cut_by_a_kill_keeps_the_copys_messages(cluster_factory, tmp_path, 
         start = len(b.logtext())
         b.start()
         moved = f"the session of '{cid}' moved to {aid}"
-        wait_until(lambda: moved in b.logtext()[start:] and
-                   "start-up pass over" in b.logtext()[start:], 60,
-                   f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
+        wait_until(lambda: all(t in b.logtext()[start:] for t in
+                               (moved, "start-up pass over", "(MQTT, ")), 60,
+                   f"{b.name} finding its stored copy of {cid} claimed away by {a.name}, "
+                   "then listening")
         cut.write_text(at if at != "stored" else "")
         x = mqttraw.Client(b, version=5)
         try:
