@@ -379,6 +379,16 @@ static int seq_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* w's next sequence number past top (a number of an old copy's rows), by
+ * whole turns of the id space: w's packet ids go on where they were (a
+ * session resumed from its record keeps its distance from the dead owner's
+ * ids; which ids it used is pids_used, not next_seq). w->lock held. */
+static void next_seq_past(struct session *w, uint64_t top)
+{
+    if (w->next_seq <= top && top < UINT64_MAX - 65535u)
+        w->next_seq += (top - w->next_seq) / 65535u * 65535u + 65535u;
+}
+
 /*
  * An old copy `from` of id folded into this node's own session w of the id
  * (cn_moving_fold, cn_overtaken_add, a copy whose wait ended here): the
@@ -399,16 +409,6 @@ static int seq_cmp(const void *a, const void *b)
  * write such a row before this batch is submitted); then every number w
  * does not hold goes: a row of w's there is one w deleted already.
  */
-/* w's next sequence number past top (a number of an old copy's rows), by
- * whole turns of the id space: w's packet ids go on where they were (a
- * session resumed from its record keeps its distance from the dead owner's
- * ids; which ids it used is pids_used, not next_seq). w->lock held. */
-static void next_seq_past(struct session *w, uint64_t top)
-{
-    if (w->next_seq <= top && top < UINT64_MAX - 65535u)
-        w->next_seq += (top - w->next_seq) / 65535u * 65535u + 65535u;
-}
-
 static void copy_rows_del(struct cluster_node *cn, struct session *from, const char *id,
                           uint16_t len, const uint64_t *seqs, size_t n, struct store_batch **bt)
 {
