@@ -263,10 +263,15 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
  * node that owned the session before this claim (whose state the new
  * session brought, or, dead, whose record it resumed from; 0: none): a
  * copy moving out to that node leaves out of the fold what reached it
- * directly.
+ * directly. `bt` (or NULL): the batch of a claim about to be staged
+ * (claim_stage), which then stores keep and the fold: the copies' rows
+ * leave the store in it, ahead of those, rather than in a batch of their
+ * own (a SIGKILL before the fold's writes lost what they held), and keep's
+ * next sequence number goes past theirs.
  * Returns the list (or NULL). cn->reg_mu held. */
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
-                                   const struct session *keep, uint64_t whole_from);
+                                   struct session *keep, uint64_t whole_from,
+                                   struct store_batch **bt);
 /* Before cn_moving_detach, when this node's claim of id brought a session
  * (the old owner's state, or the record) that is about to replace what its
  * table holds of id: a session there stands in for the claim (a stored copy
@@ -286,6 +291,25 @@ bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len);
  * identity once), instead of going to the node they were moving to and
  * back; the list is freed. cn->reg_mu not held. */
 void cn_moving_fold(struct cluster_node *cn, struct cn_moving *list);
+/* The batch of a staged claim that folds old copies (cn_moving_detach's
+ * `bt`, with the claim's session): the fold's writes go into it, and its
+ * messages are held until it commits. */
+struct late_commit;
+struct cn_fold_into {
+    struct store_batch *bt;
+    struct late_commit *held;
+};
+/* cn_moving_fold, its writes into `into` (NULL: batches of its own); then
+ * cn_fold_submit submits it. */
+void cn_moving_fold_into(struct cluster_node *cn, struct cn_moving *list,
+                         struct cn_fold_into *into);
+void cn_fold_submit(struct cluster_node *cn, struct cn_fold_into *into);
+/* While a staged claim of s's id folds old copies into s and has not
+ * submitted its batch (cn_fold_submit), a later claim's request for the
+ * session waits (cn_incoming_unsettled): what it would take out of s and
+ * delete from the store would come back with the claim's batch.
+ * cn->reg_mu held. */
+void cn_incoming_fold_unsubmitted(struct cluster_node *cn, const struct session *s, bool on);
 /* s, a copy of a session about to end, beside another session of the same
  * id in this node's table: the store's records of the id are that
  * session's, so s's end must not delete them (s and its messages are

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "broker.h"
 #include "channel.pb-c.h"
@@ -275,17 +276,13 @@ static void claim_stored(void *ud, int status)
  * old owner was told to let its copy go (SessionRouted): a SIGKILL within
  * that commit lost the messages the session had brought (issue 10).
  * Returns false when the claim cannot be staged (out of memory). */
-static bool claim_stage(struct cl_claim *k)
+static bool claim_stage(struct cl_claim *k, struct store_batch **bt)
 {
     struct broker *b = k->cn->b;
-    struct store_batch *bt = NULL;
-    if (registry_local_stage(b, &k->req, k->incoming, &bt) < 0) {
-        store_batch_free(bt);
+    if (registry_local_stage(b, &k->req, k->incoming, bt) < 0)
         return false;
-    }
     session_ref(k->incoming); /* k's, until the attach */
     k->staged = true;
-    persist_submit(b, &bt, NULL, NULL);
     return true;
 }
 
@@ -329,6 +326,45 @@ static void claim_attach(struct cl_claim *k)
     free(k);
 }
 
+#ifndef NDEBUG
+/* Tests (debug builds only): while the file that STARLING_TEST_FOLD_CUT
+ * names exists, a staged claim that folds old copies of its id (`folds`)
+ * ends the process as a SIGKILL would, once every store batch submitted
+ * so far committed: at `at` "ended" (the file says so) once the copies
+ * ended, before the claim's session is stored; at "stored" (the file is
+ * empty) once the claim's session is stored, before anything after it
+ * (tests/cluster/test_faults.py). */
+static void fold_test_cut(struct broker *b, const char *id, bool folds, const char *at)
+{
+    const char *path = getenv("STARLING_TEST_FOLD_CUT");
+    if (!folds || !path)
+        return;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char want[16] = "";
+    if (!fgets(want, sizeof want, f))
+        want[0] = 0;
+    fclose(f);
+    want[strcspn(want, "\n")] = 0;
+    if (strcmp(want[0] ? want : "stored", at) != 0)
+        return;
+    store_flush(b->store);
+    log_info("cluster: the claim of '%s' cut at '%s' of its fold of an old copy: the process ends "
+             "here (STARLING_TEST_FOLD_CUT)",
+             id, at);
+    _exit(9);
+}
+#else
+static void fold_test_cut(struct broker *b, const char *id, bool folds, const char *at)
+{
+    (void)b;
+    (void)id;
+    (void)folds;
+    (void)at;
+}
+#endif
+
 static void claim_on_worker(void *ud)
 {
     struct cl_claim *k = ud;
@@ -364,15 +400,38 @@ static void claim_on_worker(void *ud)
              * claim brought: folded into it, as an old copy is */
             if (k->incoming)
                 cn_moving_stand_in(cn, k->id, k->req.id_len);
-            /* an old copy still moving out of here: what it holds comes
-             * back to the session */
-            struct cn_moving *back = cn_moving_detach(cn, k->id, k->req.id_len, k->incoming,
-                                                      k->incoming ? k->prev_node : 0);
             /* (a session that ends with its connection stores nothing,
              * and offline it would expire at once) */
-            if (k->incoming && b->store && k->req.expiry != 0 && claim_stage(k)) {
+            bool stage = k->incoming && b->store && k->req.expiry != 0;
+            /* an old copy still moving out of here: what it holds comes
+             * back to the session. Staged, the copies' rows, the claim's
+             * session and the fold's writes go in one batch
+             * (cn_moving_detach) */
+            struct store_batch *bt = NULL;
+            struct cn_moving *back =
+                cn_moving_detach(cn, k->id, k->req.id_len, k->incoming,
+                                 k->incoming ? k->prev_node : 0, stage ? &bt : NULL);
+            bool folds = back != NULL;
+            if (stage)
+                fold_test_cut(b, k->id, folds, "ended");
+            if (stage && claim_stage(k, &bt)) {
+                struct cn_fold_into into = {bt, NULL};
+                /* submitted under cn->reg_mu (registry_local_stage), or
+                 * after the fold, which may not wait for it: a later
+                 * claim's request for the session waits until then */
+                if (folds)
+                    cn_incoming_fold_unsubmitted(cn, k->incoming, true);
+                else
+                    cn_fold_submit(cn, &into);
                 pthread_mutex_unlock(&cn->reg_mu);
-                cn_moving_fold(cn, back);
+                if (folds) {
+                    cn_moving_fold_into(cn, back, &into);
+                    cn_fold_submit(cn, &into);
+                    pthread_mutex_lock(&cn->reg_mu);
+                    cn_incoming_fold_unsubmitted(cn, k->incoming, false);
+                    pthread_mutex_unlock(&cn->reg_mu);
+                }
+                fold_test_cut(b, k->id, folds, "stored");
                 /* an empty batch after the claim's and the fold's:
                  * committed once they are (commits complete in submission
                  * order) */
@@ -382,6 +441,13 @@ static void claim_on_worker(void *ud)
                 else
                     claim_stored(k, -ENOMEM);
                 return;
+            }
+            if (bt) {
+                /* not staged (out of memory): the copies' rows go as their
+                 * end would have taken them, with every record of the id,
+                 * before the claim's session is written */
+                store_session_del(bt, k->id, k->req.id_len);
+                persist_submit(b, &bt, NULL, NULL);
             }
             registry_local_claim(b, &k->req, k->incoming, claim_granted, k);
             pthread_mutex_unlock(&cn->reg_mu);

@@ -2552,6 +2552,83 @@ def test_killed_claims_stored_session_takes_none_of_its_old_copys_messages_a_lat
                          f"B loaded {loaded.group(1)} queued message(s)")
 
 
+@pytest.mark.parametrize("at", ["stored", "ended"])
+def test_fold_cut_by_a_kill_keeps_the_copys_messages(cluster_factory, tmp_path, at):
+    """Chaos seed 1093382011 with --more (227 acknowledged QoS 1/2 messages
+    lost, 2026-12-03), made deterministic. A persistent subscriber S,
+    offline, on node B gets M0..M19 (each acknowledged once it is on B's
+    disk); B is SIGKILLed, and S resumes on A from its record, without
+    them. A is SIGSTOPped (its request for S's state waits in it) and B
+    started again: its stored copy of S, claimed away by A, moves out to A
+    and holds M0..M19 (STARLING_TEST_MOVING_HOLD). S's client connects to
+    B, whose claim resumes S from its record (A does not answer) and folds
+    that copy into the claim's session (`cn_moving_detach`,
+    `cn_moving_fold`); B ends as a SIGKILL would once the claim's store
+    batch committed, before the fold's writes go (STARLING_TEST_FOLD_CUT).
+    A is continued, B started again, and S's client resumes on B. Before,
+    the copy's end had deleted every row of S's id in a batch of its own,
+    the claim's session went in the next, and M0..M19, put into it by the
+    fold in a later batch, were nowhere: S got none of them; now S gets
+    each of them once. `ended`: the cut comes once the copy ended, before
+    the claim's session is stored (before, the copy's rows were gone then
+    too, and the claim's session not stored: S resumed from its record)."""
+    hold = tmp_path / "moving-hold"
+    hold.write_text("")
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    hold_files_per_node(c, tmp_path, STARLING_TEST_FOLD_CUT="fold-cut")
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "foldcut", "foldcut/t")
+    aid = f"{faults.node_id(a):016x}"
+    # M0..M19 from a publisher on B: each PUBACK waits for the batch that
+    # stores it for S, offline there
+    q = mqttraw.connected(b, uid("foldcutq"), 5)
+    sent = acked_qos1(q, topic + "/x", 20)
+    q.close()
+    kill(b)
+    s = resumed_on(a, cid, timeout=30)  # from its record: without M0..M19
+    s.disconnect()
+    cut = tmp_path / f"fold-cut-{b.name}"
+    pause(a)
+    try:
+        start = len(b.logtext())
+        b.start()
+        moved = f"the session of '{cid}' moved to {aid}"
+        wait_until(lambda: all(t in b.logtext()[start:] for t in
+                               (moved, "start-up pass over", "(MQTT, ")), 60,
+                   f"{b.name} finding its stored copy of {cid} claimed away by {a.name}, "
+                   "then listening")
+        cut.write_text(at if at != "stored" else "")
+        x = mqttraw.Client(b, version=5)
+        try:
+            # S's client on B: B's claim resumes S from its record and
+            # folds the held copy
+            x.connect(cid, clean=False, properties={"session_expiry_interval": 600},
+                      expect=False)
+            wait_until(lambda: b.proc.poll() is not None, 60, f"{b.name} cut within the fold")
+        finally:
+            x.close()
+    finally:
+        resume(a)
+        if cut.exists():
+            cut.unlink()
+    log = b.logtext()[start:]
+    assert f"'{cid}' is claimed here again while its old copy" in log
+    assert f"cut at '{at}' of its fold" in log
+    b.stop()
+    hold.unlink()
+    start = len(b.logtext())
+    b.start()
+    wait_healthy(c)
+    s = resumed_on(b, cid, timeout=60)
+    p = PahoClient(cn, uid("foldcutp"), 5)
+    p.connect()
+    got = delivered_before_a_marker(s, p, topic)
+    print(f"\n[fold cut {at}] S got {len(got)} of {len(sent)}: {got}")
+    assert sorted(got, key=lambda m: int(m[1:])) == sent, f"lost or given twice: {got}"
+    for cl in (s, p):
+        cl.disconnect()
+
+
 @pytest.mark.parametrize("restart,via_c", [(False, False), (True, False), (False, True),
                                             (True, True)],
                          ids=["running", "restarted", "running-via-c", "restarted-via-c"])
