@@ -2345,6 +2345,33 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     none_again_after_late_messages(b, cn, cid, s, p, topic, f"restarted copy {leaves}", 60)
 
 
+def copy_on_a_stopped_node_takes_what_s_got(cn, b, a, cid, topic, p, sent, name):
+    """B, S's node, SIGSTOPped until C takes it for dead and S resumes on
+    A. B, taken for dead, proposes the route of its copy of S again; the
+    copy, claimed away and waiting for A's request (cluster_claim_timeout +
+    1 s), takes everything that comes for it (as n3's did for 3 s in the
+    chaos run of seed 1188520366): `sent`, published by p on C, which S gets
+    on A directly. Returns S, once the copy's messages are on B's disk (a
+    marker C forwards after them was delivered)."""
+    bid, aid = (f"{faults.node_id(n):016x}" for n in (b, a))
+    pause(b)
+    try:
+        silent = f"member {bid} silent for"
+        wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
+        s = resumed_on(a, cid, timeout=30)
+    finally:
+        resume(b)
+    claimed = f"'{cid}' was claimed by node {aid} (claim"
+    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
+    wait_until(lambda: (faults.node_id(b), topic + "/#") in faults.tables(cn)["routes"], 30,
+               f"{b.name}'s route for its copy of {cid}")
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [s.get(WAIT).payload for _ in sent] == sent
+    forwards_to_b_in(b, p, name)
+    return s
+
+
 def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
         cluster_factory, tmp_path):
     """Chaos seed 1188520366 with --more (655 QoS 2 duplicates, each sent
@@ -2371,28 +2398,8 @@ def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
         pytest.skip(reason)
     c, hold, cn, b, a, cid, topic, p, sent = held_copies_and_a_subscriber(
         cluster_factory, tmp_path, "restate", STARLING_CLUSTER_CLAIM_TIMEOUT="8000")
-    bid, aid, cnid = (f"{faults.node_id(n):016x}" for n in (b, a, cn))
-    pause(b)
-    try:
-        silent = f"member {bid} silent for"
-        wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
-        s = resumed_on(a, cid, timeout=30)
-    finally:
-        resume(b)
-    claimed = f"'{cid}' was claimed by node {aid} (claim"
-    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
-    # B, taken for dead, proposes the route of its copy of S again; the
-    # copy, waiting for A's request (cluster_claim_timeout + 1 s: 9 s here),
-    # takes everything that comes for it (as n3's did for 3 s in the chaos
-    # run): M0..M19, which A gets directly too
-    wait_until(lambda: (faults.node_id(b), topic + "/#") in faults.tables(cn)["routes"], 30,
-               f"{b.name}'s route for its copy of {cid}")
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    assert [s.get(WAIT).payload for _ in sent] == sent
-    # B's copy took M0..M19 before a marker C forwards after them: once
-    # that is delivered, they are on B's disk
-    forwards_to_b_in(b, p, "restate")
+    cnid = f"{faults.node_id(cn):016x}"
+    s = copy_on_a_stopped_node_takes_what_s_got(cn, b, a, cid, topic, p, sent, "restate")
     s.stop()
     epoch_a = faults.tables(cn)["registry"][cid][1]
     part = faults.Partition(c)
@@ -2467,32 +2474,12 @@ def test_killed_claims_stored_session_takes_none_of_its_old_copys_messages_a_lat
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
     hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
     cn, b, a, cid, topic = subscriber_on_a_follower(c, "oldrows", "oldrows/t")
-    bid, aid = (f"{faults.node_id(n):016x}" for n in (b, a))
+    aid = f"{faults.node_id(a):016x}"
     p = PahoClient(cn, uid("oldrowsp"), 5)
     p.connect()
     sent = [f"m{k}".encode() for k in range(20)]
-    pause(b)
-    try:
-        silent = f"member {bid} silent for"
-        wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
-        s = resumed_on(a, cid, timeout=30)
-    finally:
-        resume(b)
-    claimed = f"'{cid}' was claimed by node {aid} (claim"
-    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
-    # B, taken for dead, proposes the route of its copy of S again; the
-    # copy, claimed away and waiting for A's request (none comes: A resumed
-    # S from its record; cluster_claim_timeout + 1 s, 9 s here), takes
-    # M0..M19, which S gets on A directly
-    wait_until(lambda: (faults.node_id(b), topic + "/#") in faults.tables(cn)["routes"], 30,
-               f"{b.name}'s route for its copy of {cid}")
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    assert [s.get(WAIT).payload for _ in sent] == sent
-    # the copy took them before a marker C forwards after them: once that
-    # is delivered, they are on B's disk; then the copy moves out to A,
-    # judged
-    forwards_to_b_in(b, p, "oldrows")
+    s = copy_on_a_stopped_node_takes_what_s_got(cn, b, a, cid, topic, p, sent, "oldrows")
+    # then the copy moves out to A, judged
     moved = f"the session of '{cid}' moved to {aid}"
     assert moved not in b.logtext(), f"{b.name}'s copy moved out before it took M0..M19"
     wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to A")
