@@ -127,7 +127,7 @@ UPDATE_DOCS = os.environ.get("STARLING_UPDATE_DOCS_SCREENSHOT") == "1"
 def run_driver(url, out, kick=None):
     key, secret = API_KEY.split(":", 1)
     cfg = {"url": url, "key": key, "secret": secret, "out": str(out), "kick": kick,
-           "chromium": CHROMIUM, "timeout_ms": 20000, "samples": 20 if UPDATE_DOCS else 3}
+           "chromium": CHROMIUM, "timeout_ms": 60000, "samples": 20 if UPDATE_DOCS else 3}
     env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
     r = subprocess.run(["node", str(DRIVER), json.dumps(cfg)], env=env, capture_output=True,
                        text=True, timeout=180)
