@@ -15,34 +15,8 @@
 #include <string.h>
 
 #include "chan_frame.h"
-
-#define FUZZ_CHECK(c)                                                                              \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-
-/* Blocks all freed at once, like the channel's arena. */
-struct blocks {
-    void *v[8];
-    unsigned n;
-};
-
-static void *blocks_alloc(void *ud, size_t size)
-{
-    struct blocks *b = ud;
-    if (b->n == sizeof b->v / sizeof b->v[0])
-        return NULL;
-    return b->v[b->n++] = malloc(size);
-}
-
-static void blocks_free(void *ud, void *p)
-{
-    (void)ud;
-    (void)p;
-}
+#include "../common/blocks_alloc.h"
+#include "fuzz_check.h"
 
 static void bin_check(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b,
                       const uint8_t *data, size_t size)
@@ -65,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size)
         memcpy(copy, data, size);
     struct blocks bl = {.n = 0};
-    ProtobufCAllocator al = {blocks_alloc, blocks_free, &bl};
+    ProtobufCAllocator al = blocks_allocator(&bl);
     Starling__Chan__Frame *fast = chan_frame_unpack_publish(&al, size, copy);
     if (fast) {
         Starling__Chan__Frame *slow = starling__chan__frame__unpack(NULL, size, copy);
@@ -92,8 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(a->has_pub_id == b->has_pub_id && a->pub_id == b->pub_id);
         starling__chan__frame__free_unpacked(slow, NULL);
     }
-    while (bl.n)
-        free(bl.v[--bl.n]);
+    blocks_release(&bl);
     free(copy);
     return 0;
 }

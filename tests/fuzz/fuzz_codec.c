@@ -13,14 +13,7 @@
 #include <string.h>
 
 #include "codec.h"
-
-#define FUZZ_CHECK(c)                                                                              \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz_check.h"
 
 static int fuzz_bytes_eq(const struct mqtt_bytes *a, const struct mqtt_bytes *b)
 {

@@ -22,14 +22,7 @@
 #include "codec.h"
 #include "proxy_proto.h"
 #include "ws.h"
-
-#define FUZZ_CHECK(c)                                                                              \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz_check.h"
 
 #define CHAIN_MAX_PACKET 4096
 

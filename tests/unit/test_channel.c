@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "../common/blocks_alloc.h"
 #include "test_util.h"
 
 #include "chan_frame.h"
@@ -607,33 +608,6 @@ static void test_senders_resume_before_the_queue_is_empty(void)
 
 /* ---- chan_frame_unpack_publish against protobuf-c ---- */
 
-/* An allocator whose blocks are all freed at once (like the channel's
- * arena; chan_frame_unpack_publish never frees). */
-struct blocks {
-    void *v[64];
-    unsigned n;
-};
-
-static void *blocks_alloc(void *ud, size_t size)
-{
-    struct blocks *b = ud;
-    if (b->n == sizeof b->v / sizeof b->v[0])
-        return NULL;
-    return b->v[b->n++] = malloc(size);
-}
-
-static void blocks_free(void *ud, void *p)
-{
-    (void)ud;
-    (void)p;
-}
-
-static void blocks_release(struct blocks *b)
-{
-    while (b->n)
-        free(b->v[--b->n]);
-}
-
 static bool bin_eq(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
 {
     return a->len == b->len && (a->data == NULL) == (b->data == NULL) &&
@@ -670,7 +644,7 @@ static bool publish_eq(const Starling__Chan__Frame *x, const Starling__Chan__Fra
 static int unpack_both(const uint8_t *buf, size_t len)
 {
     struct blocks bl = {.n = 0};
-    ProtobufCAllocator al = {blocks_alloc, blocks_free, &bl};
+    ProtobufCAllocator al = blocks_allocator(&bl);
     Starling__Chan__Frame *fast = chan_frame_unpack_publish(&al, len, buf);
     Starling__Chan__Frame *slow = starling__chan__frame__unpack(NULL, len, buf);
     int r = !fast ? 0 : slow && publish_eq(fast, slow) ? 1 : -1;
