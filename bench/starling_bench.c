@@ -62,6 +62,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "hoptrace.h"
 #include "bench_xport.h"
 #include "buf.h"
 #include "codec.h"
@@ -749,6 +750,7 @@ static void on_publish(struct client *c, const struct mqtt_publish *pub)
         uint64_t warm = G.t0_ns + (uint64_t)(G.warmup_s * 1e9);
         uint64_t end = G.t0_ns + (uint64_t)(G.duration * 1e9);
         if (ts >= warm && ts < end) {
+            HOPTRACE_PAYLOAD(HOP_BENCH_RECV, pl, 16);
             if (G.n_lat < G.cap_lat) {
                 uint64_t us = (t - ts + 500) / 1000;
                 G.lat[G.n_lat++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;

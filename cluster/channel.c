@@ -28,6 +28,7 @@
 #include "channel.h"
 #include "chan_frame.h"
 #include "channel.pb-c.h"
+#include "hoptrace.h"
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -846,6 +847,7 @@ static void conn_parse(struct conn *k)
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
+    HOPTRACE_MARK(HOP_CHAN_READ);
     struct conn *k = s->data;
     if (n < 0) {
         conn_close(k);
@@ -1291,6 +1293,7 @@ static bool write_direct(struct chan *c, struct peer *p)
 void chan_flush_here(struct chan *c)
 {
     bool wake = false, drained = false;
+    HOPTRACE_STAMP_KEEP(HOP_CHAN_WRITTEN, HOP_CHAN_FLUSH);
     pthread_mutex_lock(&c->mu);
     for (struct peer *p = c->peers; p && !c->stopping; p = p->next) {
         if (!p->qhead || p->removed)
@@ -1305,6 +1308,10 @@ void chan_flush_here(struct chan *c)
             wake = true;
     }
     pthread_mutex_unlock(&c->mu);
+    if (wake)
+        HOPTRACE_STAMP_AS(HOP_CHAN_WRITTEN, HOP_CHAN_LOOP);
+    else
+        HOPTRACE_STAMP(HOP_CHAN_WRITTEN);
     if (wake)
         uv_async_send(&c->async);
     if (drained && c->o.on_drained)

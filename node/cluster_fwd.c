@@ -29,6 +29,7 @@
 
 #include "broker.h"
 #include "cluster.h"
+#include "hoptrace.h"
 #include "log.h"
 #include "msg.h"
 #include "persist.h"
@@ -366,6 +367,8 @@ static void send_unsequenced(struct cluster_fwd *f, uint64_t node, Starling__Cha
     if (!buf)
         return;
     starling__chan__publish__pack(p, buf);
+    HOPTRACE_PAYLOAD(HOP_CHAN_QUEUED, p->payload.data, p->payload.len);
+    HOPTRACE_PEND(HOP_CHAN_WRITTEN, p->payload.data, p->payload.len);
     int r = frame_send(f, node, buf, n, 0, flow ? &flow->fwd_busy : NULL);
     if (buf != stack)
         free(buf);
@@ -842,6 +845,8 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
 {
     (void)from;
     struct broker *b = f->b;
+    HOPTRACE_PAYLOAD_AT(HOP_CHAN_READ, p->payload.data, p->payload.len, HOP_CHAN_READ);
+    HOPTRACE_PAYLOAD(HOP_FWD, p->payload.data, p->payload.len);
     if (p->topic.len == 0 || p->topic.len > 65535)
         return;
     struct fwd_in *in = NULL;

@@ -28,6 +28,7 @@
 
 #include "broker.h"
 #include "conn.h"
+#include "hoptrace.h"
 #include "log.h"
 #include "proxy_proto.h"
 #include "tls.h"
@@ -108,6 +109,7 @@ static void conn_io_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 static void conn_io_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 {
     struct conn *c = st->data;
+    HOPTRACE_MARK(HOP_READ);
     if (nread == 0)
         return;
     if (nread < 0) {
@@ -181,6 +183,7 @@ bool conn_try_write(struct conn *c)
         buf_consume(ob, (size_t)r);
     }
     buf_free(ob); /* an idle connection holds no output buffer */
+    HOPTRACE_STAMP(HOP_SOCK_WRITTEN);
     return true;
 }
 

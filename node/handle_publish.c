@@ -15,6 +15,7 @@
 #include "broker.h"
 #include "conn.h"
 #include "handle.h"
+#include "hoptrace.h"
 #include "log.h"
 #include "persist.h"
 #include "session.h"
@@ -211,6 +212,8 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
                                    struct store_batch **bt)
 {
     struct broker *b = c->w->b;
+    HOPTRACE_PAYLOAD_AT(HOP_READ, p->payload.data, p->payload.len, HOP_READ);
+    HOPTRACE_PAYLOAD(HOP_DECODED, p->payload.data, p->payload.len);
     bool v5 = c->version == MQTT_V5;
     struct buf props = {0};
     if (v5 && handle_passthrough_props(&p->props, &props) < 0) {

@@ -26,6 +26,7 @@
 
 #include "broker.h"
 #include "codec.h"
+#include "hoptrace.h"
 #include "log.h"
 #include "msg_seen.h"
 #include "persist.h"
@@ -576,6 +577,7 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
     qmsg_free(drop);
     if (target)
         b->sink->wake(target, s, cur);
+    HOPTRACE_PAYLOAD(HOP_DELIVERED, msg_payload(m), m->payload_len);
     return 0;
 }
 
@@ -730,6 +732,9 @@ void session_flush_locked(struct broker *b, struct session *s)
         /* a message restored from the store might have been sent before
          * the restart (session_restore_msg): DUP 1 */
         bool again = q->qos > 0 && q->state != MSG_STATE_QUEUED;
+        HOPTRACE_PAYLOAD_AT(HOP_WORKER_TURN, msg_payload(q->m), q->m->payload_len, HOP_WORKER_TURN);
+        HOPTRACE_PAYLOAD(HOP_ENCODED, msg_payload(q->m), q->m->payload_len);
+        HOPTRACE_PEND(HOP_SOCK_WRITTEN, msg_payload(q->m), q->m->payload_len);
         int r = b->sink->publish(c, q, again, now);
         if (r == SINK_BUSY)
             break; /* the socket is full: resumed when the write completes */

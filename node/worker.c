@@ -24,6 +24,7 @@
 #include "ackq.h"
 #include "broker.h"
 #include "conn.h"
+#include "hoptrace.h"
 #include "log.h"
 #include "server.h"
 #include "session.h"
@@ -398,6 +399,7 @@ static void worker_run_turn_end(struct worker *w)
 static void worker_on_check(uv_check_t *h)
 {
     struct worker *w = h->data;
+    HOPTRACE_MARK(HOP_WORKER_TURN);
     /* First what this turn left for the cluster: forwards to other nodes go
      * out before the local deliveries are written. */
     worker_run_turn_end(w);
@@ -478,6 +480,7 @@ static void worker_stop(struct worker *w)
 static void worker_on_wake(uv_async_t *h)
 {
     struct worker *w = h->data;
+    HOPTRACE_MARK(HOP_WORKER_TURN);
     pthread_mutex_lock(&w->inbox_lock);
     struct wcmd *cmd = w->inbox_head;
     w->inbox_head = w->inbox_tail = NULL;
