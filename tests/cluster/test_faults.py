@@ -2690,12 +2690,13 @@ def test_copy_folded_into_a_claim_is_judged_by_the_owners_rule_when_its_bound_ca
     2026-12-03: n2's claims committed before the whole cluster's SIGKILL,
     their records never), made deterministic. A persistent QoS 2
     subscriber S, offline, on node B; B is SIGKILLed. S's client connects
-    to A, whose claim resumes S from its record (B is dead: no request to
-    it, nor a SessionRouted later) while A's batch of routes and records
-    waits (STARLING_TEST_BATCH_HOLD). B starts again: its stored copy of
-    S, claimed away by A, moves out to A with no owner after its claim in
-    the record yet, so its bound is not known (no "takes nothing routed
-    from index"), and is held (STARLING_TEST_MOVING_HOLD). A's batch goes;
+    to A, whose claim resumes S from its record (B is dead; its answer to
+    A's request, if it comes, comes after the claim went on, and no
+    SessionRouted) while A's batch of routes and records waits
+    (STARLING_TEST_BATCH_HOLD). B starts again: its stored copy of S,
+    claimed away by A, moves out to A with no owner after its claim in the
+    record yet, so its bound is not known (no "takes nothing routed from
+    index"), and is held (STARLING_TEST_MOVING_HOLD). A's batch goes;
     M0..M19, published on C, reach S on A, and B's copy (B's kept route).
     A's session records no identities (STARLING_TEST_SEEN_RECORD_MS=0: as
     once 60 s passed, or after a restart of its node: in the run, the
