@@ -2684,6 +2684,82 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
                          f"{', via C' if via_c else ''}", s, p, topic, lambda: f" on {b.name}")
 
 
+def test_copy_folded_into_a_claim_is_judged_by_the_owners_rule_when_its_bound_came_late(
+        cluster_factory, tmp_path):
+    """Chaos seed 1093382011 with --minutes 4 --more (537 QoS 2 duplicates,
+    2026-12-03: n2's claims committed before the whole cluster's SIGKILL,
+    their records never), made deterministic. A persistent QoS 2
+    subscriber S, offline, on node B; B is SIGKILLed. S's client connects
+    to A, whose claim resumes S from its record (B is dead; its answer to
+    A's request, if it comes, comes after the claim went on, and no
+    SessionRouted) while A's batch of routes and records waits
+    (STARLING_TEST_BATCH_HOLD). B starts again: its stored copy of S,
+    claimed away by A, moves out to A with no owner after its claim in the
+    record yet, so its bound is not known (no "takes nothing routed from
+    index"), and is held (STARLING_TEST_MOVING_HOLD). A's batch goes;
+    M0..M19, published on C, reach S on A, and B's copy (B's kept route).
+    A's session records no identities (STARLING_TEST_SEEN_RECORD_MS=0: as
+    once 60 s passed, or after a restart of its node: in the run, the
+    session went on through two restarted nodes). S's client connects to
+    B, which takes S over from A and folds its copy into the claim's
+    session (`cn_moving_detach`). Before, the fold used the bound the copy
+    had when it began to move out (none) and B delivered M0..M19 again;
+    now it judges the copy by the owners rule at the fold, as the copy's
+    end does (`moving_end`): A's record came before M0..M19 were routed,
+    and none comes again."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_SEEN_RECORD_MS="0",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "latebound", "latebound/t")
+    aid = f"{faults.node_id(a):016x}"
+    hold.write_text("")
+    kill(b)
+    a_hold = tmp_path / f"batch-hold-{a.name}"
+    a_hold.write_text("")
+    bg = Background(lambda: resumed_on(a, cid, timeout=90))
+    try:
+        # A's claim committed and resumed S from its record; its routes
+        # and record wait
+        wait_until(lambda: f"the session of '{cid}' resumed from its record" in a.logtext(), 60,
+                   f"{a.name} resuming {cid} from its record")
+        wait_until(lambda: "this node's batch waits" in a.logtext(), 30,
+                   f"{a.name} holding the routes and record of {cid}")
+        start = len(b.logtext())
+        b.start()
+        moved = f"the session of '{cid}' moved to {aid} (claim"
+        wait_until(lambda: all(t in b.logtext()[start:] for t in
+                               (moved, "start-up pass over", "(MQTT, ")), 60,
+                   f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
+    finally:
+        a_hold.unlink()
+    s = bg.result()
+    judged = f"the old copy of '{cid}' takes nothing routed from index"
+    assert judged not in b.logtext()[start:], f"{b.name}'s copy judged before A's record came"
+    wait_healthy(c)
+    p = PahoClient(cn, uid("latebndp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [s.get(WAIT).payload for _ in sent] == sent
+    # B's copy took M0..M19 (C's forwards to B come in order)
+    forwards_to_b_in(b, p, "latebound")
+    session_settled_then_synced(a, cid)
+    s.disconnect()
+    # S's client on B: B takes S over from A and folds its held copy
+    s = resumed_on(b, cid, timeout=60)
+    log = b.logtext()[start:]
+    assert f"the session of '{cid}' moved here" in log
+    assert f"'{cid}' is claimed here again while its old copy" in log
+    hold.unlink()
+    bound = re.compile(re.escape(judged) + r" (\d+)")
+    none_delivered_again("copy folded into a takeover, its bound late", s, p, topic,
+                         lambda: f" on {b.name}; judged at the fold from index "
+                         f"{bound.findall(b.logtext()[start:])}")
+
+
 @pytest.mark.parametrize("mode", ["running", "restarted", "sent"])
 def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owner_published(
         cluster_factory, tmp_path, mode):
