@@ -834,8 +834,8 @@ static void moving_rows_past_bound_del(struct cluster_node *cn, struct session *
     lock_release(&s->lock);
     persist_submit(b, &bt, NULL, NULL);
     if (n)
-        log_debug("cluster: %zu stored message(s) of the old copy of '%s' routed from index %llu "
-                  "on leave the store",
+        log_debug("cluster: %zu stored message(s) of the old copy of '%s' that its owner had "
+                  "(routed from index %llu on, or its own publishes) leave the store",
                   n, s->client_id, (unsigned long long)direct);
 }
 
