@@ -179,6 +179,10 @@ static bool claim_route_incoming(struct cl_claim *k)
         struct session_sub *sub = &in->subs[i];
         sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);
     }
+    /* (before this, what is published for it reaches it only through its
+     * old owner's copy: as a late message) */
+    log_info("cluster: the session of '%s' (claim %llu) joined this node's subscriptions", k->id,
+             (unsigned long long)k->epoch);
     /* from here on, a message published on this node reaches it without a
      * route, before its routes are everywhere, which is the bound of what
      * an old copy leaves out: the first publish number given after the

@@ -291,6 +291,12 @@ def test_a_request_that_meets_an_older_claim_in_progress_waits_for_its_session(c
         s1.connect(cid, clean=False, properties=props, expect=False)
         faults.wait_until(lambda: f"the session of '{cid}' moved here" in b.logtext(), WAIT,
                           f"{b.name} getting the state of {cid} from {a.name}")
+        # published once the session joined B's subscriptions: before, a
+        # message published on B reaches it only through A's copy, as a late
+        # message, after the marker (a whole make test: d0 came last once)
+        faults.wait_until(lambda: re.search(rf"the session of '{re.escape(cid)}' \(claim \d+\) "
+                                            r"joined this node's subscriptions", b.logtext()),
+                          WAIT, f"{cid}'s session joining {b.name}'s subscriptions")
         d = [f"d{k}".encode() for k in range(5)]
         for x in d:
             pub.publish(topic, x, qos=1)
