@@ -75,6 +75,7 @@ struct cn_moving {
     struct qmsg *late;
     uint64_t fold_direct;
     struct cn_fold_into *into; /* cn_moving_fold_into: the batch its fold writes into */
+    uint64_t judged_at; /* its bound not known: the applied index it was last looked for at */
     Starling__Chan__SeenRange *seen, **seenp;
     size_t n_seen;
 };
@@ -2506,6 +2507,29 @@ static bool restart_settled(struct cluster_node *cn, uint64_t now)
     return cn->settled;
 }
 
+/*
+ * An old copy moving out whose bound was not known when it began (its
+ * claimant's record, with the owner after the copy's claim, not applied
+ * here yet: a claim committed whose record never came, the whole cluster
+ * SIGKILLed; its claimant resumed the session from the record) is judged
+ * by the owners rule once that record is applied here, as its end
+ * (moving_end) and its fold (cn_moving_detach) judge it, and from then on
+ * takes nothing routed past the bound, and its rows of what it took past
+ * it leave the store (moving_direct_set, moving_rows_past_bound_del).
+ * Before, it kept taking, and storing, what that owner delivered until its
+ * end or a fold; a fold into a claim of this node, cut by a SIGKILL before
+ * the claim's batch committed (which takes the copy's rows out:
+ * copy_rows_leave), left those rows in the store under the id, and the
+ * next start loaded them as the claim's session (the registry names this
+ * node), which the owners rule does not judge: its next claimant got them
+ * all, restored as possibly sent, and delivered them again with DUP 1
+ * (chaos seed 1093382011 with --more: 348 QoS 2 duplicates;
+ * test_faults.py::test_copy_folded_into_a_claim_is_judged_by_the_owners_
+ * rule_when_its_bound_came_late[cut]). Looked for again only when the
+ * applied index moved, and for at most MOVING_JUDGE_MAX copies a poll.
+ */
+#define MOVING_JUDGE_MAX 16
+
 void cn_session_poll(struct cluster_node *cn, uint64_t now)
 {
     if (!cn->started_ms)
@@ -2522,6 +2546,10 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
     struct cn_incoming *dropped = NULL;
     struct late_flush flush[LATE_FLUSH_MAX];
     size_t n_flush = 0;
+    struct session *judge[MOVING_JUDGE_MAX];
+    uint64_t judge_to[MOVING_JUDGE_MAX];
+    size_t n_judge = 0;
+    uint64_t applied = fsm_applied(cn->fsm);
     bool hold = moving_test_hold();
     bool settled = restart_settled(cn, now);
     pthread_mutex_lock(&cn->reg_mu);
@@ -2542,6 +2570,21 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
                                                    x->route_index, !x->complete_sent};
             x->complete_sent = true;
         }
+        /* a copy whose bound was not known when it began to move out: the
+         * owners rule is tried again as entries are applied here
+         * (moving_judge_late) */
+        if (!x->routed && x->to != cn->self && x->judged_at != applied &&
+            n_judge < MOVING_JUDGE_MAX) {
+            lock_acquire(&x->s->lock);
+            bool unjudged =
+                (x->now || x->known || x->s->epoch != 0) && !x->s->direct_from && !x->s->ended;
+            lock_release(&x->s->lock);
+            x->judged_at = applied;
+            if (unjudged) {
+                judge[n_judge] = session_ref(x->s);
+                judge_to[n_judge++] = x->to;
+            }
+        }
         pp = &x->next;
     }
     for (struct cn_incoming **pp = &cn->incoming; *pp;) {
@@ -2561,6 +2604,10 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         }
     }
     pthread_mutex_unlock(&cn->reg_mu);
+    for (size_t i = 0; i < n_judge; i++) {
+        moving_direct_set(cn, judge[i], judge_to[i], true, true);
+        session_unref(judge[i]);
+    }
     for (size_t i = 0; i < n_flush; i++)
         late_flush_send(cn, &flush[i]);
     while (ending) {

@@ -2684,8 +2684,9 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
                          f"{', via C' if via_c else ''}", s, p, topic, lambda: f" on {b.name}")
 
 
+@pytest.mark.parametrize("cut", [False, True], ids=["folded", "cut"])
 def test_copy_folded_into_a_claim_is_judged_by_the_owners_rule_when_its_bound_came_late(
-        cluster_factory, tmp_path):
+        cluster_factory, tmp_path, cut):
     """Chaos seed 1093382011 with --minutes 4 --more (537 QoS 2 duplicates,
     2026-12-03: n2's claims committed before the whole cluster's SIGKILL,
     their records never), made deterministic. A persistent QoS 2
@@ -2706,12 +2707,26 @@ def test_copy_folded_into_a_claim_is_judged_by_the_owners_rule_when_its_bound_ca
     had when it began to move out (none) and B delivered M0..M19 again;
     now it judges the copy by the owners rule at the fold, as the copy's
     end does (`moving_end`): A's record came before M0..M19 were routed,
-    and none comes again."""
+    and none comes again.
+
+    `cut`: chaos seed 1093382011 with --more (348 QoS 2 duplicates with DUP
+    1, 2026-12-03). B ends as a SIGKILL would within that takeover, once
+    the copy ended and before the claim's batch (which takes the copy's
+    rows out of the store, and stores the claim's session) is submitted
+    (STARLING_TEST_FOLD_CUT "ended"); A's state, stored at once when it
+    came, is on B's disk. B is started again and S's client connects to C,
+    which takes S over from B. Before, B's copy had stored M0..M19 (its
+    bound judged only at the fold), B loaded them with A's state as the
+    claim's session (the registry names B), which the owners rule does not
+    judge, and C delivered all of them again (restored as possibly sent:
+    DUP 1). Now B's copy is judged once A's record is applied on B and
+    takes nothing routed past it: none comes again."""
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
                                        STARLING_TEST_SEEN_RECORD_MS="0",
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
-    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
+    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold",
+                        STARLING_TEST_FOLD_CUT="fold-cut")
     cn, b, a, cid, topic = subscriber_on_a_follower(c, "latebound", "latebound/t")
     aid = f"{faults.node_id(a):016x}"
     hold.write_text("")
@@ -2732,11 +2747,11 @@ def test_copy_folded_into_a_claim_is_judged_by_the_owners_rule_when_its_bound_ca
         wait_until(lambda: all(t in b.logtext()[start:] for t in
                                (moved, "start-up pass over", "(MQTT, ")), 60,
                    f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
+        judged = f"the old copy of '{cid}' takes nothing routed from index"
+        assert judged not in b.logtext()[start:], f"{b.name}'s copy judged before A's record came"
     finally:
         a_hold.unlink()
     s = bg.result()
-    judged = f"the old copy of '{cid}' takes nothing routed from index"
-    assert judged not in b.logtext()[start:], f"{b.name}'s copy judged before A's record came"
     wait_healthy(c)
     p = PahoClient(cn, uid("latebndp"), 5)
     p.connect()
@@ -2748,13 +2763,43 @@ def test_copy_folded_into_a_claim_is_judged_by_the_owners_rule_when_its_bound_ca
     forwards_to_b_in(b, p, "latebound")
     session_settled_then_synced(a, cid)
     s.disconnect()
+    bound = re.compile(re.escape(judged) + r" (\d+)")
+    if cut:
+        cut_file = tmp_path / f"fold-cut-{b.name}"
+        cut_file.write_text("ended")
+        x = mqttraw.Client(b, version=5)
+        try:
+            # S's client on B: B takes S over from A; the fold is cut
+            x.connect(cid, clean=False, properties={"session_expiry_interval": 600},
+                      expect=False)
+            wait_until(lambda: b.proc.poll() is not None, 60, f"{b.name} cut within the fold")
+        finally:
+            x.close()
+            cut_file.unlink()
+        log = b.logtext()[start:]
+        assert f"the session of '{cid}' moved here" in log
+        assert f"'{cid}' is claimed here again while its old copy" in log
+        assert "cut at 'ended' of its fold" in log
+        judged_at = bound.findall(log)
+        b.stop()
+        start = len(b.logtext())
+        b.start()
+        wait_healthy(c)
+        loaded = re.search(r"store \S+: \d+ sessions, (\d+) queued", b.logtext()[start:])
+        # S's client on C: C takes S over from B, which answers from its store
+        s = resumed_on(cn, cid, timeout=60)
+        hold.unlink()
+        none_delivered_again("copy folded into a takeover, its bound late, the fold cut", s, p,
+                             topic, lambda: f" on {cn.name}; B's copy judged from index "
+                             f"{judged_at}; B loaded {loaded and loaded.group(1)} queued "
+                             "message(s)")
+        return
     # S's client on B: B takes S over from A and folds its held copy
     s = resumed_on(b, cid, timeout=60)
     log = b.logtext()[start:]
     assert f"the session of '{cid}' moved here" in log
     assert f"'{cid}' is claimed here again while its old copy" in log
     hold.unlink()
-    bound = re.compile(re.escape(judged) + r" (\d+)")
     none_delivered_again("copy folded into a takeover, its bound late", s, p, topic,
                          lambda: f" on {b.name}; judged at the fold from index "
                          f"{bound.findall(b.logtext()[start:])}")
