@@ -1303,13 +1303,7 @@ def b_returns_collecting(c, hold, cid, topic, s, name):
     # for S, held
     moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
     wait_until(lambda: moved in b.logtext(), 30, f"{b.name} finding its copy of {cid} claimed away")
-    p = PahoClient(cn, uid(name + "p"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(20)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    got = [s.get(WAIT).payload for _ in sent]
-    assert sorted(got) == sorted(sent)
+    p, sent = twenty_delivered(cn, name + "p", topic, s, in_order=False)
     return p, sent
 
 
@@ -2242,13 +2236,7 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
         silent = f"member {faults.node_id(b):016x} silent for"
         wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
         s = resumed_on(a, cid, timeout=30)
-        p = PahoClient(cn, uid("thirdp"), 5)
-        p.connect()
-        sent = [f"m{k}".encode() for k in range(20)]
-        for m in sent:
-            p.publish(topic + "/x", m, qos=2)
-        got = [s.get(WAIT).payload for _ in sent]
-        assert got == sent
+        p, sent = twenty_delivered(cn, "thirdp", topic, s)
     finally:
         resume(b)
     # B applies A's claim: its copy of S waits for A's request for
@@ -2278,6 +2266,19 @@ def held_copies_and_a_subscriber(cluster_factory, tmp_path, name, **env):
     p = PahoClient(cn, uid(name + "p"), 5)
     p.connect()
     return c, hold, cn, b, a, cid, topic, p, [f"m{k}".encode() for k in range(20)]
+
+
+def twenty_delivered(cn, name, topic, s, in_order=True):
+    """A QoS 2 publisher p on cn sends M0..M19 to topic/x; s gets each of
+    them (in order, or in any order). Returns (p, sent)."""
+    p = PahoClient(cn, uid(name), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    got = [s.get(WAIT).payload for _ in sent]
+    assert (got if in_order else sorted(got)) == (sent if in_order else sorted(sent))
+    return p, sent
 
 
 def forwards_to_b_in(b, p, name):
@@ -2651,12 +2652,7 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
     s = resumed_on(a, cid, timeout=30)
     moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
     wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
-    p = PahoClient(cn, uid("foldrecp"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(20)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    assert [s.get(WAIT).payload for _ in sent] == sent
+    p, sent = twenty_delivered(cn, "foldrecp", topic, s)
     # B's copy took M0..M19 once a marker forwarded after them reaches a
     # subscriber on B (C's forwards to B come in order)
     forwards_to_b_in(b, p, "foldrec")
@@ -2753,12 +2749,7 @@ def test_copy_folded_into_a_claim_is_judged_by_the_owners_rule_when_its_bound_ca
         a_hold.unlink()
     s = bg.result()
     wait_healthy(c)
-    p = PahoClient(cn, uid("latebndp"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(20)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    assert [s.get(WAIT).payload for _ in sent] == sent
+    p, sent = twenty_delivered(cn, "latebndp", topic, s)
     # B's copy took M0..M19 (C's forwards to B come in order)
     forwards_to_b_in(b, p, "latebound")
     session_settled_then_synced(a, cid)
@@ -3427,13 +3418,7 @@ def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
     cn, b, a, cid, topic, s = resumed_while_taken_for_dead(c, "gone")
     bid = f"{faults.node_id(b):016x}"
-    p = PahoClient(cn, uid("gonep"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(20)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    got = [s.get(WAIT).payload for _ in sent]
-    assert got == sent
+    p, sent = twenty_delivered(cn, "gonep", topic, s)
     held = outbox_for(cn, b.name)
     left = re.findall(rf"SessionRecord\('{re.escape(cid)}'\) left {bid}: \d+ gone",
                       cn.logtext())
@@ -3609,12 +3594,7 @@ def test_restarted_copy_asked_for_its_state_leaves_out_what_its_claimant_had(clu
     if part:
         wait_until(lambda: "start-up pass over 0 stored session(s)" in b.logtext()[start:], 60,
                    f"{b.name}'s start-up pass")
-    p = PahoClient(cn, uid("askedcopyp"), 5)
-    p.connect()
-    sent = [f"m{k}".encode() for k in range(20)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    assert [s.get(WAIT).payload for _ in sent] == sent
+    p, sent = twenty_delivered(cn, "askedcopyp", topic, s)
     moving_hold.unlink()  # B's copy sends what it holds to A
     none_again_after_late_messages(b, a, cid, s, p, topic, "asked copy", 60)
 
