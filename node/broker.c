@@ -185,13 +185,14 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
     if (!bt)
         bt = &local;
     int failed = 0;
+    bool store_retained = false;
     if (m->retain && b->cfg.retain_available && !(flags & BROKER_PUB_LOCAL)) {
         /* [MQTT-3.1.1 3.3.1-5/10, MQTT-5.0 3.3.1-5/6]; out of memory, it is
          * not retained (nor stored) and the publish fails */
         if (retain_set(b->retained, m) < 0)
             failed = -ENOMEM;
         else if (m->origin || m->topic_len < 4 || memcmp(msg_topic(m), "$SYS", 4) != 0)
-            persist_retained(b, bt, m);
+            store_retained = true; /* below, unless the publish is refused */
     }
 
     /* cluster: the route table this publish is routed with (before the
@@ -266,9 +267,13 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
         if (qos >= 0) {
             uint8_t dq = m->qos < qos ? m->qos : (uint8_t)qos;
             uint64_t row = SESSION_NO_ROW;
-            if (session_deliver_row(b, s, m, dq, retain, ids, n_ids, cur, bt, flow, &row) < 0 ||
-                (targets && broker_target_add(targets, s, row) < 0))
+            if (session_deliver_row(b, s, m, dq, retain, ids, n_ids, cur, bt, flow, &row) < 0) {
                 failed = -ENOMEM;
+            } else if (targets && broker_target_add(targets, s, row) < 0) {
+                failed = -ENOMEM;
+                if (flags & BROKER_PUB_REFUSABLE)
+                    persist_row_del(b, bt, s, row); /* not among the targets: undone here */
+            }
             delivered++;
         }
         if (ids != ids_stack)
@@ -281,11 +286,23 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
         free(ms.v);
     acl_unref(acl);
 
+    /* A publish its caller refuses (BROKER_PUB_REFUSABLE) goes no
+     * further: the rows put for its sessions are deleted again in the same
+     * batch (committed with the batch, they outlived a SIGKILL before the
+     * sessions' own deletes, which come only when a session flushes the
+     * rejected message: an offline one when it is back), it is not stored
+     * as retained, nor forwarded to another node, which would deliver it. */
+    bool refused = failed && (flags & BROKER_PUB_REFUSABLE);
+    for (size_t k = 0; refused && targets && k < targets->n; k++)
+        persist_row_del(b, bt, targets->v[k], targets->row[k]);
+    if (store_retained && !refused)
+        persist_retained(b, bt, m);
+
     /* The cluster seam: other nodes with a matching route get m once each
      * over the forwarding channel (a single node has no forward); a QoS 1/2
      * forward joins *bt, so that the acknowledgement waits for it. A
      * forwarded message is not forwarded again. */
-    if (!(flags & BROKER_PUB_LOCAL) && b->route_ops->forward)
+    if (!(flags & BROKER_PUB_LOCAL) && !refused && b->route_ops->forward)
         delivered += (int)b->route_ops->forward(b->route_ud, m, cur, bt, flow);
     if (local)
         persist_submit(b, &local, NULL, NULL);

@@ -252,10 +252,13 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     flow.fwd_busy = false;
     flow.want_gate = p->qos > 0;
     flow.gate = NULL;
-    int matched = broker_publish(b, m, 0, c->w, bt, hold ? &targets : NULL, &flow);
+    int matched = broker_publish(b, m, p->qos > 0 ? BROKER_PUB_REFUSABLE : 0, c->w, bt,
+                                 hold ? &targets : NULL, &flow);
     if (matched < 0 && p->qos > 0) {
         /* a matching session could not get it (out of memory): refused,
-         * and a held message is delivered by none of them */
+         * a held message is delivered by none of them, and *bt holds none
+         * of its rows (BROKER_PUB_REFUSABLE: its other operations, the
+         * session records and deletes, are committed as they are) */
         if (hold)
             broker_release(b, m, MSG_REJECTED, &targets, c->w);
         handle_qos2_forget(c, p, bt); /* not received: the id is free again */

@@ -321,6 +321,14 @@ void persist_msg_del(const struct broker *br, struct store_batch **bt, struct se
         persist_session_put(br, bt, s, s->conn != NULL);
 }
 
+void persist_row_del(const struct broker *br, struct store_batch **bt, struct session *s,
+                     uint64_t row)
+{
+    struct store_batch *b = row != SESSION_NO_ROW ? persist_batch(br, bt) : NULL;
+    if (b)
+        store_msg_del(b, s->client_id, s->id_len, row);
+}
+
 void persist_qos2(const struct broker *br, struct store_batch **bt, struct session *s, uint16_t pid,
                   bool put)
 {

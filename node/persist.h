@@ -94,6 +94,11 @@ void persist_contents_write(const struct broker *b, struct store_batch **bt,
                             struct persist_copy *c);
 void persist_msg_del(const struct broker *b, struct store_batch **bt, struct session *s,
                      struct qmsg *q);
+/* Delete row `row` of s (SESSION_NO_ROW: nothing), a message s may still
+ * hold marked stored: its later persist_msg_del deletes a missing row,
+ * which is no error. No lock needed (s's id does not change). */
+void persist_row_del(const struct broker *b, struct store_batch **bt, struct session *s,
+                     uint64_t row);
 /* Incoming QoS 2 packet ids. s->lock held. */
 void persist_qos2(const struct broker *b, struct store_batch **bt, struct session *s, uint16_t pid,
                   bool put);

@@ -381,3 +381,127 @@ def test_subscribe_gets_every_retained_message_or_is_refused(broker, version):
     assert k > N_RETAINED, k
     assert refused, "no failure refused a subscription: the sweep proves nothing"
     b.stop()
+
+
+def _publish_round(b, c, payload):
+    """One round of the sweep below: the shim armed for one QoS 2 PUBLISH
+    of `payload` on c (5.0) and its PUBREC only. Returns ("acked", c),
+    ("refused", c) for a PUBREC 0x97, or ("closed", None) when the broker
+    closed the connection (not acknowledged: either outcome is allowed)."""
+    toggle(b, "armed")
+    try:
+        pid = c.publish("fa/q", payload, qos=2)
+        p = c.recv()
+        while p.type != M.PUBREC:
+            p = c.recv()
+        assert p.packet_id == pid, p
+    except (M.MQTTError, OSError):
+        c.close()
+        return "closed", None
+    finally:
+        toggle(b, "disarmed")
+    if p.reason_code >= 0x80:
+        assert p.reason_code == 0x97, p
+        return "refused", c
+    try:
+        c.pubrel(pid)
+        c.expect(M.PUBCOMP)
+    except (M.MQTTError, OSError):
+        c.close()
+        return "acked", None  # PUBREC 0x00: received, stored
+    return "acked", c
+
+
+@pytest.mark.skipif(not is_starling(), reason="Starling only")
+def test_publish_refused_for_memory_leaves_no_row_after_sigkill(broker):
+    """A QoS 2 PUBLISH refused because an allocation failed while it was
+    queued for its subscribers (broker_publish -ENOMEM: 5.0 PUBREC 0x97)
+    is not delivered after a SIGKILL and a restart: the rows it had put
+    for the persistent sessions that did take it are not committed.
+    Before, its batch was committed with them, and the sessions' deletes
+    came only later (when the session flushed the rejected message: an
+    offline one only after it came back), so the restarted broker
+    delivered a message its publisher was told was refused (and publishes
+    again). Each allocation of a PUBLISH fails in turn, one per round
+    (FAILALLOC_NTH), with two offline persistent QoS 2 subscribers; after
+    the SIGKILL and restart each gets every acknowledged message exactly
+    once and none of the refused ones."""
+    if not SHIM.exists():
+        pytest.skip(f"{SHIM} not built (cmake --build builds target failalloc)")
+    env = shim_env(0, 1)
+    del env["FAILALLOC_PROB"]
+    env["FAILALLOC_NTH"] = "1"
+    data = tempfile.mkdtemp(prefix="starling-failalloc-")
+    try:
+        conf = dict(persistence=True, data_dir=os.path.join(data, "store"),
+                    max_queued_messages=100000, log_level="error")
+        b = broker(_env=env, **conf)
+        subs = [uid("off1"), uid("off2")]
+        for cid in subs:
+            c, _ = subscriber(b, cid, 5)
+            c.subscribe(("fa/q", M.sub_options(qos=2)))
+            c.disconnect()
+
+        outcome = {"acked": set(), "refused": set(), "closed": set()}
+        c = None
+
+        def publish_ok(payload):
+            """A QoS 2 PUBLISH with the shim disarmed: acknowledged (after
+            every batch submitted before its own committed: in order)."""
+            nonlocal c
+            if c is None:
+                c = M.Client(b, version=5)
+                assert c.connect(uid("pub"), clean=True).reason_code == 0
+            pid = c.publish("fa/q", payload, qos=2)
+            rec = c.expect(M.PUBREC)
+            assert rec.packet_id == pid and rec.reason_code == 0, rec
+            c.pubrel(pid)
+            c.expect(M.PUBCOMP)
+            outcome["acked"].add(payload)
+
+        for k in range(1, 500):
+            publish_ok(b"ok%d" % k)
+            before = b.stderr_text().count("failalloc: failed call")
+            payload = b"q%d" % k
+            what, c = _publish_round(b, c, payload)
+            outcome[what].add(payload)
+            if b.stderr_text().count("failalloc: failed call") == before:
+                break  # the PUBLISH made fewer than k allocations: each failed once
+        else:
+            pytest.fail("the sweep did not end within 500 rounds")
+        publish_ok(b"last")
+        c.close()
+        print(f"sweep: {k} rounds, " +
+              ", ".join(f"{n} {w}" for w, n in ((w, len(v)) for w, v in outcome.items())))
+        assert outcome["refused"], "nothing was refused: the sweep proves nothing"
+        b.stop(signal.SIGKILL, check=False)
+
+        b2 = broker(**conf)
+        got = {}
+        clients = {cid: subscriber(b2, cid, 5) for cid in subs}
+        p = M.Client(b2, version=5)
+        p.connect(uid("pub"))
+        marker = b"marker-" + uid().encode()
+        p.publish("fa/q", marker, qos=1)
+        assert p.expect(M.PUBACK).reason_code == 0
+        p.disconnect()
+        for cid, (s, ack) in clients.items():
+            assert ack.session_present, cid
+            got[cid] = []
+            while True:
+                m = s.recv_publish(timeout=10)
+                if m.payload == marker:
+                    break
+                got[cid].append(m.payload)
+            s.disconnect()
+        for cid, seq in got.items():
+            counts = {x: seq.count(x) for x in set(seq)}
+            back = sorted(x for x in outcome["refused"] if x in counts)
+            assert not back, f"{cid}: refused (0x97), delivered after the restart: {back}"
+            missing = sorted(outcome["acked"] - set(counts))
+            assert not missing, f"{cid}: acknowledged, not delivered: {missing}"
+            twice = sorted(x for x, n in counts.items() if n > 1)
+            assert not twice, f"{cid}: delivered more than once: {twice}"
+        b2.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
