@@ -20,6 +20,7 @@
 #include "log.h"
 #include "persist.h"
 #include "session.h"
+#include "store.h"
 
 uint64_t broker_now_mono_ms(void)
 {
@@ -286,13 +287,15 @@ static int broker_publish_impl(struct broker *b, struct msg *m, unsigned flags, 
         free(ms.v);
     acl_unref(acl);
 
-    /* A publish its caller refuses (BROKER_PUB_REFUSABLE) goes no
+    /* A publish its caller refuses (BROKER_PUB_REFUSABLE: it failed here,
+     * or its batch lost an operation, so that its commit fails) goes no
      * further: the rows put for its sessions are deleted again in the same
      * batch (committed with the batch, they outlived a SIGKILL before the
      * sessions' own deletes, which come only when a session flushes the
      * rejected message: an offline one when it is back), it is not stored
      * as retained, nor forwarded to another node, which would deliver it. */
-    bool refused = failed && (flags & BROKER_PUB_REFUSABLE);
+    bool refused = (flags & BROKER_PUB_REFUSABLE) &&
+                   (failed || (*bt && store_batch_error(*bt) < 0)); /* (its commit fails) */
     for (size_t k = 0; refused && targets && k < targets->n; k++)
         persist_row_del(b, bt, targets->v[k], targets->row[k]);
     if (store_retained && !refused)

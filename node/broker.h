@@ -186,10 +186,11 @@ enum {
      * stored again (the node it came from did). */
     BROKER_PUB_LOCAL = 1u << 0,
     /* A client's QoS 1/2 publish, which the caller refuses when this
-     * fails (-ENOMEM): then nothing of it stays in *bt (the rows put for
-     * the sessions that took it are deleted again there: pass targets, so
-     * that they are known), it is not stored as retained and not
-     * forwarded to other nodes. */
+     * fails (-ENOMEM) or when its commit fails: then (and when *bt has
+     * already lost an operation) nothing of it stays in *bt (the rows put
+     * for the sessions that took it are deleted again there: pass
+     * targets, so that they are known), it is not stored as retained and
+     * not forwarded to other nodes. */
     BROKER_PUB_REFUSABLE = 1u << 1,
 };
 

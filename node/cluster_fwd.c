@@ -407,6 +407,9 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
         store_batch_fail(batch, -ENOMEM);
         return;
     }
+    /* the hook below cannot fail after the frame went live (failed, the
+     * batch would fail: a refused message delivered by the destination) */
+    store_batch_hook_room(batch);
     const struct config *cfg = &b->cfg;
     pthread_mutex_lock(&o->mu);
     if (o->n >= cfg->cluster_outbox_messages || o->bytes + max > cfg->cluster_outbox_bytes) {
@@ -431,7 +434,14 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
     }
     if (o->n == 1)
         o->progress_ms = mono_ms();
-    if (!o->replay) {
+    /* The row goes into the publisher's batch before the frame goes live
+     * (a copy into the batch: nothing is called back here). A batch that
+     * lost an operation (out of memory, here, in the hook's room above, or
+     * before) fails as a whole, and its publish is refused: its frame is
+     * not sent, or the destination would deliver a refused message; the
+     * commit's hook marks the row failed, and the replay skips it. */
+    bool put = store_outbox_put(batch, node, seq, buf, n) == 0;
+    if (!o->replay && put) {
         if (frame_send(f, node, buf, n, o->sent, flow ? &flow->fwd_busy : NULL) == 0) {
             o->sent = o->cursor = seq;
         } else {
@@ -447,13 +457,17 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
     pthread_mutex_unlock(&o->mu);
     if (log_get_level() >= LOG_LEVEL_DEBUG) {
         char tag[MSG_TAG_LEN];
-        log_debug("cluster: forward %llu to %016llx (publish %llu, '%s')", (unsigned long long)seq,
-                  (unsigned long long)node, (unsigned long long)(p->has_pub_id ? p->pub_id : 0),
-                  msg_tag(p->payload.data, p->payload.len, tag));
+        log_debug("cluster: forward %llu to %016llx (publish %llu, '%s')%s",
+                  (unsigned long long)seq, (unsigned long long)node,
+                  (unsigned long long)(p->has_pub_id ? p->pub_id : 0),
+                  msg_tag(p->payload.data, p->payload.len, tag),
+                  put ? "" : ": its batch failed, not sent");
     }
-    /* outside the lock: a hook that cannot be added runs at once */
-    if (store_outbox_put(batch, node, seq, buf, n) == 0)
-        store_batch_hook(batch, row_done, o, seq);
+    /* outside the lock: a hook that cannot be added runs at once. Also
+     * for a row that was not put: its state is decided with the batch
+     * (failed), never left pending, which would hold back every replay to
+     * node */
+    store_batch_hook(batch, row_done, o, seq);
     free(buf);
 }
 
@@ -549,8 +563,10 @@ int cluster_fwd_send_frame(struct cluster_fwd *f, uint64_t node, Starling__Chan_
     log_debug("cluster: %s %llu to %016llx (%zu message(s)) in the outbox",
               kind == ROW_SESSION_STATE ? "session state" : "late messages", (unsigned long long)sq,
               (unsigned long long)node, n_msgs);
-    if (store_outbox_put(batch, node, sq, buf, n) == 0)
-        store_batch_hook(batch, row_done, o, sq);
+    /* (the row's state is decided with the batch also when it could not
+     * be put, see cluster_fwd_send) */
+    store_outbox_put(batch, node, sq, buf, n);
+    store_batch_hook(batch, row_done, o, sq);
     free(buf);
     return 1;
 }

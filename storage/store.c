@@ -382,10 +382,9 @@ int store_retained_del(struct store_batch *b, const char *topic, uint16_t len)
     return op_end(b, op);
 }
 
-int store_batch_hook(struct store_batch *b, void (*fn)(void *ud, uint64_t arg, int status),
-                     void *ud, uint64_t arg)
+int store_batch_hook_room(struct store_batch *b)
 {
-    if (!b || !fn)
+    if (!b)
         return bad_arg(b);
     if (b->nhooks == b->caphooks) {
         size_t cap = b->caphooks ? b->caphooks * 2 : 4;
@@ -393,11 +392,22 @@ int store_batch_hook(struct store_batch *b, void (*fn)(void *ud, uint64_t arg, i
         if (!v) {
             if (!b->err)
                 b->err = -ENOMEM;
-            fn(ud, arg, -ENOMEM);
             return -ENOMEM;
         }
         b->hooks = v;
         b->caphooks = cap;
+    }
+    return 0;
+}
+
+int store_batch_hook(struct store_batch *b, void (*fn)(void *ud, uint64_t arg, int status),
+                     void *ud, uint64_t arg)
+{
+    if (!b || !fn)
+        return bad_arg(b);
+    if (store_batch_hook_room(b) < 0) {
+        fn(ud, arg, -ENOMEM);
+        return -ENOMEM;
     }
     b->hooks[b->nhooks++] = (struct store_hook){fn, ud, arg};
     return 0;

@@ -285,6 +285,9 @@ int store_boot_next(struct store *s, uint64_t floor, uint64_t *out);
  * may call. 0, or -ENOMEM (fn was then called with -ENOMEM and b fails). */
 int store_batch_hook(struct store_batch *b, void (*fn)(void *ud, uint64_t arg, int status),
                      void *ud, uint64_t arg);
+/* Room for one more hook on b, so that the next store_batch_hook on it
+ * cannot fail. 0, or -ENOMEM (b then fails). */
+int store_batch_hook_room(struct store_batch *b);
 
 /* Counters since store_open (for $SYS and benchmarks). */
 struct store_stats {

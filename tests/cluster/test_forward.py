@@ -540,3 +540,115 @@ def test_puback_says_no_matching_subscribers_only_when_no_node_has_one(cluster):
     assert [g.payload for g in got] == [b"one", b"two"]
     p.disconnect()
     sub.close()
+
+
+def test_publish_refused_for_memory_is_not_forwarded(cluster_factory):
+    """A QoS 2 PUBLISH that node a refuses because an allocation failed
+    while it was queued for a's own subscriber (broker_publish -ENOMEM:
+    5.0 PUBREC 0x97) is not forwarded to node b, whose subscriber would
+    get it at once (and again when the publisher, told it was refused,
+    publishes it again). Before, the forward went out after the local
+    failure, live, before a's batch was even committed. Each allocation of
+    a PUBLISH on a fails in turn, one per round (tests/failalloc,
+    FAILALLOC_NTH, armed on a only around that PUBLISH); b's subscriber
+    gets every acknowledged message exactly once and none of the refused
+    ones."""
+    from pathlib import Path
+    from conftest import BIN, Node
+    shim = Path(BIN).resolve().parents[1] / "tests" / "failalloc" / "libfailalloc.so"
+    if not shim.exists():
+        pytest.skip(f"{shim} not built (cmake --build builds target failalloc)")
+    c = cluster_factory()
+    a, b, _ = c.nodes
+
+    def a_env():
+        e = Node.env(a)
+        e.update(LD_PRELOAD=str(shim), FAILALLOC_NTH="1",
+                 ASAN_OPTIONS=e["ASAN_OPTIONS"] + ":verify_asan_link_order=0")
+        return e
+
+    a.env = a_env
+    c.start()
+    c.wait_healthy()
+    topic = uid("fwd/oom")
+    # a's own subscriber (persistent, offline): the copy that fails
+    loc = mqttraw.connected(a, uid("loc"), 5, clean=False,
+                            properties={"session_expiry_interval": 600})
+    loc.subscribe((topic, mqttraw.sub_options(qos=2)))
+    loc.disconnect()
+    rem = mqttraw.connected(b, uid("rem"), 5)
+    assert rem.subscribe((topic, mqttraw.sub_options(qos=2))).reason_codes == [2]
+    faults.converged_tables(c)
+
+    def toggle(state):
+        line = f"failalloc: {state}"
+        before = a.logtext().splitlines().count(line)
+        a.proc.send_signal(signal.SIGUSR2)
+        wait_for(lambda: a.logtext().splitlines().count(line) > before, 10, line)
+
+    outcome = {"acked": set(), "refused": set(), "closed": set()}
+    p = None
+
+    def publisher():
+        nonlocal p
+        if p is None:
+            p = mqttraw.connected(a, uid("pub"), 5)
+            # its claim applied on every node before the shim is armed: a
+            # failure in a's tables would stop a (as a full disk does)
+            faults.converged_tables(c)
+        return p
+
+    def publish_ok(payload):
+        pid = publisher().publish(topic, payload, qos=2)
+        rec = p.expect(mqttraw.PUBREC, timeout=30)
+        assert rec.packet_id == pid and rec.reason_code == 0, rec
+        p.pubrel(pid)
+        p.expect(mqttraw.PUBCOMP, timeout=30)
+        outcome["acked"].add(payload)
+
+    def publish_armed(payload):
+        nonlocal p
+        publisher()
+        toggle("armed")
+        try:
+            pid = p.publish(topic, payload, qos=2)
+            rec = p.recv(timeout=30)
+            while rec.type != mqttraw.PUBREC:  # a DISCONNECT, then the close
+                rec = p.recv(timeout=30)
+            assert rec.packet_id == pid, rec
+        except (mqttraw.MQTTError, OSError):
+            p.close()
+            p = None
+            return "closed"
+        finally:
+            toggle("disarmed")
+        if rec.reason_code >= 0x80:
+            assert rec.reason_code == 0x97, rec
+            return "refused"
+        p.pubrel(pid)
+        p.expect(mqttraw.PUBCOMP, timeout=30)
+        return "acked"
+
+    for k in range(1, 500):
+        publish_ok(b"ok%d" % k)
+        before = a.logtext().count("failalloc: failed call")
+        payload = b"q%d" % k
+        outcome[publish_armed(payload)].add(payload)
+        if a.logtext().count("failalloc: failed call") == before:
+            break  # the PUBLISH made fewer than k allocations: each failed once
+    else:
+        pytest.fail("the sweep did not end within 500 rounds")
+    publish_ok(b"last")
+    p.disconnect()
+    print(f"sweep: {k} rounds, " + ", ".join(f"{w} {len(v)}" for w, v in outcome.items()))
+    assert outcome["refused"], "nothing was refused: the sweep proves nothing"
+    got = []
+    while not got or got[-1] != b"last":
+        got.append(rem.recv_publish(timeout=30).payload)
+    rem.disconnect()
+    back = sorted(x for x in outcome["refused"] if x in got)
+    assert not back, f"refused (0x97) on node a, delivered on node b: {back}"
+    missing = sorted(outcome["acked"] - set(got))
+    assert not missing, f"acknowledged, not delivered on node b: {missing}"
+    twice = sorted(x for x in set(got) if got.count(x) > 1)
+    assert not twice, f"delivered more than once on node b: {twice}"
