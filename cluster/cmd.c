@@ -361,17 +361,39 @@ int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, u
                        const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid,
                        uint64_t routed_from, uint64_t local_from)
 {
-    if (!key_ok(client_id, len) || !node || !epoch || (n_subs && !subs))
+    return cmd_session_record_seen(b, client_id, len, node, epoch, expiry, version, username, subs,
+                                   n_subs, next_pid, routed_from, local_from, NULL, 0, false);
+}
+
+int cmd_session_record_seen(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
+                            uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
+                            const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid,
+                            uint64_t routed_from, uint64_t local_from,
+                            const struct cmd_pub_seen *seen, size_t n_seen, bool seen_known)
+{
+    if (!key_ok(client_id, len) || !node || !epoch || (n_subs && !subs) ||
+        (seen_known && n_seen && !seen))
         return -EINVAL;
     for (size_t i = 0; i < n_subs; i++)
         if (!key_ok(subs[i].filter, subs[i].len))
             return -EINVAL;
     Starling__Cmd__SessionSub *sv = calloc(n_subs + 1, sizeof(*sv));
     Starling__Cmd__SessionSub **sp = calloc(n_subs + 1, sizeof(*sp));
-    if (!sv || !sp) {
+    size_t n_ps = seen_known ? n_seen : 0;
+    Starling__Cmd__PubSeen *pv = calloc(n_ps + 1, sizeof(*pv));
+    Starling__Cmd__PubSeen **pp = calloc(n_ps + 1, sizeof(*pp));
+    if (!sv || !sp || !pv || !pp) {
         free(sv);
         free(sp);
+        free(pv);
+        free(pp);
         return -ENOMEM;
+    }
+    for (size_t i = 0; i < n_ps; i++) {
+        starling__cmd__pub_seen__init(&pv[i]);
+        pv[i].origin = seen[i].origin;
+        pv[i].pub_id = seen[i].pub_id;
+        pp[i] = &pv[i];
     }
     for (size_t i = 0; i < n_subs; i++) {
         starling__cmd__session_sub__init(&sv[i]);
@@ -399,13 +421,17 @@ int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, u
      * machine writes the list) */
     Starling__Cmd__RecordOwner own = STARLING__CMD__RECORD_OWNER__INIT;
     Starling__Cmd__RecordOwner *ownp = &own;
-    if (routed_from || local_from) {
+    if (routed_from || local_from || seen_known) {
         own.node = node;
         own.epoch = epoch;
         own.has_routed_from = routed_from != 0;
         own.routed_from = routed_from;
         own.has_local_from = local_from != 0;
         own.local_from = local_from;
+        own.has_pubs_seen_known = seen_known;
+        own.pubs_seen_known = seen_known;
+        own.n_pubs_seen = n_ps;
+        own.pubs_seen = pp;
         m.n_owners = 1;
         m.owners = &ownp;
     }
@@ -415,6 +441,8 @@ int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, u
     int r = append(b, &c);
     free(sv);
     free(sp);
+    free(pv);
+    free(pp);
     return r;
 }
 

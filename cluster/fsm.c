@@ -404,6 +404,9 @@ static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelea
 
 /* SessionRecord: written only by the owner the registry names. */
 #define RECORD_OWNERS_MAX 4
+/* RecordOwner.pubs_seen: one entry per origin node (the cluster has at most
+ * MAX_PEERS, node/cluster_node_int.h); a longer list is not kept (not known) */
+#define RECORD_PUBS_SEEN_MAX 64
 
 /* The owners a record names, oldest first (SessionRecord.owners): the old
  * record's, and this one's node with `index` when it names another node
@@ -477,6 +480,15 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
             if (c->owners[i]->has_local_from && c->owners[i]->local_from) {
                 mine.has_local_from = true;
                 mine.local_from = c->owners[i]->local_from;
+            }
+            /* and what reached its node before its session joined the
+             * index there (session_owner_had, node/session.h) */
+            if (c->owners[i]->has_pubs_seen_known && c->owners[i]->pubs_seen_known &&
+                c->owners[i]->n_pubs_seen <= RECORD_PUBS_SEEN_MAX) {
+                mine.has_pubs_seen_known = true;
+                mine.pubs_seen_known = true;
+                mine.n_pubs_seen = c->owners[i]->n_pubs_seen;
+                mine.pubs_seen = c->owners[i]->pubs_seen;
             }
         }
     Starling__Cmd__RecordOwner *owners[RECORD_OWNERS_MAX];

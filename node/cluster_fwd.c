@@ -33,6 +33,7 @@
 #include "log.h"
 #include "msg.h"
 #include "persist.h"
+#include "session.h"
 #include "store.h"
 
 #define FWD_MAX_PEERS 64
@@ -82,6 +83,7 @@ struct fwd_in {
     uint64_t resend_ms;         /* cluster thread: last resend asked */
     _Atomic uint64_t committed; /* highest seq whose batch committed */
     atomic_bool ack_due;        /* a duplicate came: acknowledge again */
+    _Atomic uint64_t pub_max;   /* highest publish number begun (cluster_fwd_pubs_seen) */
     uint64_t acked;             /* poll: last acknowledged */
 };
 
@@ -104,6 +106,7 @@ struct cluster_fwd {
     /* tests: the next SessionState / SessionMessages with messages is lost
      * on the way (STARLING_TEST_SESSION_FRAME_LOSE) */
     atomic_bool lose_state, lose_msgs;
+    atomic_bool pubs_unknown; /* a forward's origin could not be noted */
 };
 
 /* ---- the row index ------------------------------------------------------- */
@@ -389,6 +392,9 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
 {
     struct broker *b = f->b;
     if (p->qos == 0 || !atomic_load(&f->ready) || !f->durable) {
+        /* at most once: its other destinations may not get it either, so
+         * an old copy there must not count on them (struct msg.also_to) */
+        p->n_also_to = 0;
         send_unsequenced(f, node, p, flow);
         return;
     }
@@ -857,6 +863,40 @@ void cluster_fwd_in_stage(struct cluster_fwd *f, const struct cluster_fwd_seq *s
         store_batch_hook(batch, in_seq_done, sq->in, sq->seq);
 }
 
+/* A forward numbered `pub` from `origin` is about to meet the index: noted
+ * first (the order cluster_fwd_pubs_seen counts on). */
+static void pub_note(struct cluster_fwd *f, uint64_t origin, uint64_t pub)
+{
+    struct fwd_in *in = in_get(f, origin);
+    if (!in) {
+        atomic_store(&f->pubs_unknown, true);
+        return;
+    }
+    uint64_t was = atomic_load(&in->pub_max);
+    while (was < pub && !atomic_compare_exchange_weak(&in->pub_max, &was, pub))
+        ;
+}
+
+struct session_pubs_seen *cluster_fwd_pubs_seen(struct cluster_fwd *f)
+{
+    if (atomic_load(&f->pubs_unknown))
+        return NULL;
+    unsigned n = atomic_load_explicit(&f->n_in, memory_order_acquire);
+    struct session_pubs_seen *ps = malloc(sizeof(*ps) + (n ? n : 1) * sizeof(ps->e[0]));
+    if (!ps)
+        return NULL;
+    ps->n = 0;
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t pub = atomic_load(&f->ins[i]->pub_max);
+        if (pub) {
+            ps->e[ps->n].origin = f->ins[i]->origin;
+            ps->e[ps->n].pub = pub;
+            ps->n++;
+        }
+    }
+    return ps;
+}
+
 void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling__Chan__Publish *p)
 {
     (void)from;
@@ -872,6 +912,8 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
         if (f->lose_every && ++f->lose_count % f->lose_every == 0)
             return; /* tests: lost on the way (the next frame shows the gap) */
     }
+    if (p->has_pub_id && p->pub_id)
+        pub_note(f, p->origin, p->pub_id);
     struct msg *m = msg_new(p->topic.data, (uint16_t)p->topic.len, p->payload.data,
                             (uint32_t)p->payload.len, p->has_properties ? p->properties.data : NULL,
                             p->has_properties ? (uint32_t)p->properties.len : 0,
@@ -883,6 +925,13 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
     if (p->has_pub_id && p->pub_id) {
         m->id_node = p->origin;
         m->id_seq = p->pub_id;
+        if (p->n_also_to > MSG_ALSO_TO_MAX) {
+            m->n_also_to = MSG_ALSO_TO_MANY;
+        } else {
+            for (size_t i = 0; i < p->n_also_to; i++)
+                m->also_to[i] = p->also_to[i];
+            m->n_also_to = (uint8_t)p->n_also_to;
+        }
     }
     /* this thread's counters alone (they count in broker_msgs_received) */
     metric_add(&b->stats.fwd_msgs_in[m->qos], 1);

@@ -115,6 +115,14 @@ void cluster_fwd_in_stage(struct cluster_fwd *f, const struct cluster_fwd_seq *s
 
 /* A frame from node `from`. */
 void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling__Chan__Publish *p);
+/* The forwards with an identity that this node began to deliver so far (an
+ * origin's number is noted before the forward meets the index): per origin,
+ * the highest publish number, into a new list (NULL: no memory, or an
+ * origin that could not be noted). A session that joined the index before
+ * this call takes every forward numbered above its origin's entry that
+ * reaches this node (RecordOwner.pubs_seen). Any thread. */
+struct session_pubs_seen;
+struct session_pubs_seen *cluster_fwd_pubs_seen(struct cluster_fwd *f);
 void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Chan__PublishAck *a);
 
 /* Acknowledgements, range deletes, replays, reconnections (every few ms). */

@@ -794,8 +794,8 @@ static unsigned cn_pick_destinations(struct cluster_node *cn, struct fwd_acc *a,
 /* Sends m to node, with the shares of the groups whose pick is that node
  * (node/cluster_fwd.h: a QoS 1/2 forward goes into *bt). */
 static void cn_send_publish(struct cluster_node *cn, struct msg *m, const struct fwd_acc *a,
-                            const uint64_t *chosen, uint64_t node, struct store_batch **bt,
-                            struct pub_flow *flow)
+                            const uint64_t *chosen, const uint64_t *dest, unsigned n_dest,
+                            uint64_t node, struct store_batch **bt, struct pub_flow *flow)
 {
     const char *topic = msg_topic(m);
     Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
@@ -830,9 +830,16 @@ static void cn_send_publish(struct cluster_node *cn, struct msg *m, const struct
         p.has_route_index = true;
         p.route_index = m->route_index;
     }
+    uint64_t also[MAX_PEERS];
     if (m->id_node == cn->self && m->id_seq) {
         p.has_pub_id = true;
         p.pub_id = m->id_seq;
+        /* the other destinations (an old copy's owners rule: struct
+         * msg.also_to) */
+        for (unsigned d = 0; d < n_dest; d++)
+            if (dest[d] != node)
+                also[p.n_also_to++] = dest[d];
+        p.also_to = also;
     }
     cluster_fwd_send(cn->fwd, node, &p, bt, flow);
 }
@@ -866,7 +873,7 @@ static unsigned cn_forward(void *ud, struct msg *m, struct worker *cur, struct s
     uint64_t chosen[MAX_SHARES];
     unsigned n_dest = cn_pick_destinations(cn, &a, dest, chosen);
     for (unsigned d = 0; d < n_dest; d++)
-        cn_send_publish(cn, m, &a, chosen, dest[d], bt, flow);
+        cn_send_publish(cn, m, &a, chosen, dest, n_dest, dest[d], bt, flow);
     return n_dest;
 }
 

@@ -40,6 +40,7 @@
 
 #include "broker.h"
 #include "channel.pb-c.h"
+#include "cluster_fwd.h"
 #include "cmd.h"
 #include "codec.h"
 #include "log.h"
@@ -180,7 +181,19 @@ static bool claim_route_incoming(struct cl_claim *k)
         sub_index_add(b->index, sub->filter, sub->len, in, sub->options, sub->sub_id);
     }
     /* (before this, what is published for it reaches it only through its
-     * old owner's copy: as a late message) */
+     * old owner's copy: as a late message) A forward that this node begins
+     * to deliver from here on meets it in the index: those begun before
+     * are counted now, for its record (RecordOwner.pubs_seen), so that an
+     * old copy leaves out the ones routed since its claim that it took
+     * (session_owner_had). */
+    lock_acquire(&in->lock);
+    bool takes = in->routed_from != 0;
+    lock_release(&in->lock);
+    struct session_pubs_seen *ps = takes ? cluster_fwd_pubs_seen(k->cn->fwd) : NULL;
+    lock_acquire(&in->lock);
+    free(in->pubs_seen);
+    in->pubs_seen = ps;
+    lock_release(&in->lock);
     log_info("cluster: the session of '%s' (claim %llu) joined this node's subscriptions", k->id,
              (unsigned long long)k->epoch);
     /* from here on, a message published on this node reaches it without a

@@ -26,6 +26,7 @@ struct msg *msg_new(const void *topic, uint16_t topic_len, const void *payload,
     m->route_index = 0;
     m->born_ns = 0;
     m->id_node = m->id_seq = 0;
+    m->n_also_to = 0;
     if (topic_len)
         memcpy(m->data, topic, topic_len);
     if (payload_len)

@@ -14,6 +14,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#define MSG_ALSO_TO_MAX 2
+#define MSG_ALSO_TO_MANY 255
+
 /* Whether a message may be sent to subscribers yet (struct msg.hold). */
 enum { MSG_READY = 0, MSG_HELD = 1, MSG_REJECTED = 2 };
 
@@ -41,6 +44,7 @@ struct msg {
     atomic_uchar hold;
     uint8_t qos;
     bool retain;
+    uint8_t n_also_to; /* also_to: how many (MSG_ALSO_TO_MANY: more than fit) */
     uint16_t topic_len;
     uint32_t payload_len;
     uint32_t props_len;
@@ -61,11 +65,25 @@ struct msg {
      * and that node's own publish number (node/msg_seen.h). 0: none (QoS 0,
      * a single node, or a message read back from a store). */
     uint64_t id_node, id_seq;
+    /* Cluster, a forward with an identity: the other nodes its origin
+     * forwarded it to (Publish.also_to), for an old copy's owners rule
+     * (session_owner_had). With more than MSG_ALSO_TO_MAX, none is listed
+     * and n_also_to is MSG_ALSO_TO_MANY (not known). */
+    uint64_t also_to[2];
     /* topic (not NUL-terminated), then payload, then the encoded MQTT 5.0
      * properties passed through to subscribers unchanged (payload format,
      * content type, response topic, correlation data, user properties). */
     uint8_t data[];
 };
+
+/* Whether m's origin forwarded it to `node` too (struct msg.also_to). */
+static inline bool msg_also_to(const struct msg *m, uint64_t node)
+{
+    for (uint8_t i = 0; i < m->n_also_to && i < MSG_ALSO_TO_MAX; i++)
+        if (m->also_to[i] == node)
+            return true;
+    return false;
+}
 
 /* Allocate a message with one reference. Returns NULL on out of memory. */
 struct msg *msg_new(const void *topic, uint16_t topic_len, const void *payload,

@@ -86,6 +86,7 @@ void session_free(struct session *s)
     free(s->qos2_in);
     msg_unref(s->pending_will);
     free(s->user);
+    free(s->pubs_seen);
     free(s);
 }
 

@@ -76,6 +76,19 @@ struct session_sub {
     uint32_t sub_id;
 };
 
+/* cluster: how many origins an old copy keeps of its new owner's
+ * RecordOwner.pubs_seen (struct session.direct_local) */
+#define SESSION_PUBS_SEEN_MAX 3
+
+/* The forwards a node had begun to deliver when a session joined its index
+ * (cluster_fwd_pubs_seen): per origin node, the highest publish number. */
+struct session_pubs_seen {
+    size_t n;
+    struct {
+        uint64_t origin, pub;
+    } e[];
+};
+
 struct session {
     /* (laid out without holes: an idle client is mostly this and its conn) */
     struct session *hnext; /* registry table chain (registry lock) */
@@ -165,9 +178,20 @@ struct session {
      * message as its old owner's) up to `until` (its first record's index,
      * the owners rule's bound), though routed before the bound, reached
      * that owner (session_owner_had; cluster_session.c, owner_local_note).
-     * From RecordOwner.local_from. */
+     * From RecordOwner.local_from (from 0: not known).
+     * And the forwards that reached that owner's node before its session
+     * joined the index there (RecordOwner.pubs_seen): per origin, the
+     * highest publish number; an origin not listed sent none, when
+     * pubs_known. A forward routed from `routed_from` on that was sent to
+     * that owner too (struct msg.also_to) and is numbered above its
+     * origin's entry came after the join: that owner's session took it. */
     struct session_owner_local {
         uint64_t node, from, routed_from, until;
+        bool pubs_known;
+        uint8_t n_pubs;
+        struct session_pub_seen {
+            uint64_t origin, pub;
+        } pubs[SESSION_PUBS_SEEN_MAX];
     } direct_local;
     /* cluster: a session that came here from another node (taken over or
      * resumed from its record, no copy of it here): the route table index
@@ -179,6 +203,10 @@ struct session {
      * restart, replayed after the session had moved to their destination).
      * Not for shared subscriptions. Set by the claim (cluster_registry.c). */
     uint64_t routed_from;
+    /* cluster: that claim's session: the forwards that reached this node
+     * before it joined the index (NULL: not known), for its record
+     * (RecordOwner.pubs_seen). Set by the claim, freed with the session. */
+    struct session_pubs_seen *pubs_seen;
     /* cluster: that claim's session: the first publish number (struct
      * msg.id_seq) this node gave once the session was in its index, from
      * which its own publishes reached it locally (0: none); written in its
@@ -291,9 +319,21 @@ static inline bool session_owner_had(const struct session_owner_local *o, const 
         return false;
     if (m->route_index >= direct)
         return true;
-    return o->node && m->id_node == o->node && m->id_seq >= o->from &&
-           m->id_seq >> 32 == o->from >> 32 && m->route_index >= o->routed_from &&
-           m->route_index < o->until;
+    if (!o->node || m->route_index < o->routed_from || m->route_index >= o->until)
+        return false;
+    if (o->from && m->id_node == o->node && m->id_seq >= o->from &&
+        m->id_seq >> 32 == o->from >> 32)
+        return true;
+    /* a forward to that owner too, which its node began to deliver after
+     * the session had joined its index there */
+    if (!o->pubs_known || !o->routed_from || !m->route_index || !m->id_node ||
+        m->id_node == o->node || !msg_also_to(m, o->node))
+        return false;
+    uint64_t seen = 0;
+    for (uint8_t i = 0; i < o->n_pubs; i++)
+        if (o->pubs[i].origin == m->id_node)
+            seen = o->pubs[i].pub;
+    return m->id_seq > seen;
 }
 
 /* The session moved here: record the identities it gets from now on (for

@@ -2918,6 +2918,94 @@ def test_owners_own_publishes_before_its_session_joined_come_from_the_old_copy(c
                          lambda: f"; got first {got}")
 
 
+@pytest.mark.parametrize("old", ["stopped", "running"])
+def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
+        cluster_factory, tmp_path, old):
+    """Chaos seed 7303 with --more (3 QoS 2 duplicates, 2026-12-03), made
+    deterministic. A persistent QoS 2 subscriber S, offline, on node B, and
+    W, a subscriber of the same filter on A (A routes it already). S's
+    client connects to A, which takes S over while A's batch of routes and
+    records waits (STARLING_TEST_BATCH_HOLD): S's session is in A's index,
+    taking forwards from its claim's index, and its record is not in the
+    log. `stopped`: B is SIGSTOPped and taken for dead first (A resumes S
+    from its record, NodeDown keeps B's route for S); `running`: B answers
+    with S's state. M0..M19, published on C, reach A by W's route (W gets
+    them) and B by S's route; B's copy of S, claimed away, takes them and
+    is held (STARLING_TEST_MOVING_HOLD). A's batch goes. A is SIGKILLed and
+    S's client comes back to B: S resumes there from A's record and B's
+    copy is folded in, leaving out what was routed from A's record on (the
+    owners rule). M0..M19 were routed before it: before, S got them on A
+    (its session took them) and again on B (the fold), 20 of 20 twice. Now
+    C's forwards name their other destinations (Publish.also_to), and A's
+    record says which of C's forwards A had begun to deliver when S joined
+    its index (RecordOwner.pubs_seen): B's copy leaves out M0..M19, which
+    came to A after that, and S gets each once."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "routewin", "rw/t")
+    w = PahoClient(a, uid("routewinw"), 5)
+    w.connect()
+    assert w.subscribe(topic + "/#", qos=2) == [2]
+    p = PahoClient(cn, uid("routewinp"), 5)
+    p.connect()
+    hold.write_text("")
+    a_hold = tmp_path / f"batch-hold-{a.name}"
+    sent = [f"m{k}".encode() for k in range(20)]
+    if old == "stopped":
+        pause(b)
+    try:
+        if old == "stopped":
+            # A resumes S from its record without asking B (else B, back,
+            # answers the request with its copy, M0..M19 in it)
+            silent = f"member {faults.node_id(b):016x} silent for"
+            wait_until(lambda: silent in cn.logtext(), 30, f"{cn.name} taking {b.name} for dead")
+            wait_until(lambda: one_down_for(a), 30, f"{a.name} listing {b.name} as unreachable")
+        a_hold.write_text("")
+        bg = Background(lambda: resumed_on(a, cid, timeout=60))
+        try:
+            # S's session joined A's index: its routes and record wait
+            wait_until(lambda: "this node's batch waits" in a.logtext(), 30,
+                       f"{a.name} holding the routes and record of {cid}")
+            # C applied A's claim (A's session takes what C routes from now on)
+            applied = metric_value(a, "starling_raft_applied_index")
+            wait_until(lambda: metric_value(cn, "starling_raft_applied_index") >= applied, 30,
+                       f"{cn.name} applying entry {applied}")
+            for m in sent:
+                p.publish(topic + "/x", m, qos=2)
+            # they reached A (W's route), S's session there too
+            assert [w.get(WAIT).payload for _ in sent] == sent
+        finally:
+            a_hold.unlink()
+            bg.join()
+    finally:
+        resume(b)
+    s = bg.result()
+    if old == "stopped":
+        assert f"'{cid}' was owned by {faults.node_id(b):016x}, which is down" in a.logtext()
+    on_a = delivered_before_a_marker(s, p, topic)
+    # B's copy of S, claimed away, moving out to A and held, took M0..M19
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
+    forwards_to_b_in(b, p, "routewin")
+    session_settled_then_synced(a, cid)
+    kill(a)
+    s.stop()
+    w.stop()
+    s = resumed_on(b, cid, timeout=30)
+    hold.unlink()
+    log = b.logtext()
+    assert f"the session of '{cid}' resumed from its record" in log
+    assert f"'{cid}' is claimed here again while its old copy" in log
+    on_b = delivered_before_a_marker(s, p, topic)
+    print(f"\n[routed between claim and record, {old}] on A: {len(on_a)}, on B: {len(on_b)}; "
+          f"twice: {sorted(set(on_a) & set(on_b))}")
+    assert sorted(on_a + on_b) == sorted(sent), f"on A {on_a}, on B {on_b}"
+    for x in (s, p):
+        x.disconnect()
+
+
 class _HoldingSubscriber:
     """QoS 2 receipt as paho 1.6 does it: a PUBLISH is kept by packet id
     (a later PUBLISH with that id replaces it) and given to the application

@@ -340,8 +340,10 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_EQUAL(res.results[1], FSM_STALE_EPOCH);
     CU_ASSERT_EQUAL(record_filters(f, "c1", got, sizeof got, &expiry, user, sizeof user), 0);
     CU_ASSERT_STRING_EQUAL(got, "p/#:1:7,$share/g/q:2:0");
-    cmd_session_record(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 2, 77);
-    cmd_session_record(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 9, 99); /* entry kept */
+    const struct cmd_pub_seen seen[] = {{3, 500}, {1, 7}}, later[] = {{3, 999}};
+    cmd_session_record_seen(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 2, 77, seen, 2, true);
+    cmd_session_record_seen(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 9, 99, later, 1,
+                            true); /* entry kept */
     CU_ASSERT_EQUAL(apply(f, 3, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
     CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
@@ -377,6 +379,16 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_FALSE(rec->owners[0]->has_local_from);
     CU_ASSERT_TRUE(rec->owners[1]->has_local_from);
     CU_ASSERT_EQUAL(rec->owners[1]->local_from, 77);
+    /* and the forwards its node had begun to deliver when its session
+     * joined the index (RecordOwner.pubs_seen), from its first record */
+    CU_ASSERT_FALSE(rec->owners[0]->pubs_seen_known);
+    CU_ASSERT_EQUAL(rec->owners[0]->n_pubs_seen, 0);
+    CU_ASSERT_TRUE(rec->owners[1]->pubs_seen_known);
+    CU_ASSERT_EQUAL_FATAL(rec->owners[1]->n_pubs_seen, 2);
+    CU_ASSERT_EQUAL(rec->owners[1]->pubs_seen[0]->origin, 3);
+    CU_ASSERT_EQUAL(rec->owners[1]->pubs_seen[0]->pub_id, 500);
+    CU_ASSERT_EQUAL(rec->owners[1]->pubs_seen[1]->origin, 1);
+    CU_ASSERT_EQUAL(rec->owners[1]->pubs_seen[1]->pub_id, 7);
     starling__cmd__session_record__free_unpacked(rec, NULL);
     free(rv);
 
