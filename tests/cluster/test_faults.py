@@ -4257,3 +4257,94 @@ def test_late_messages_in_the_handover_window_follow_the_copy(cluster_factory, t
     p.connect()
     none_delivered_again("handover window", s, p, topic,
                          lambda: f" on {w.name}; {x.name}: {came.findall(x.logtext())}")
+
+
+def test_late_frame_passed_on_to_a_later_claim_brings_no_identities(cluster_factory, tmp_path):
+    """Chaos seed 1093382011 (--more --minutes 4, rolling SIGKILLs: one QoS 2
+    message lost at two subscribers), made deterministic. S's session
+    moved to A, so A's session records the identities of what it takes;
+    M is queued to it there. S claims it on B: A's state carries M to B
+    (which sends M to S's client; not completed), and A's old copy, moving
+    out to B's claim, keeps M's identity (held by STARLING_TEST_MOVING_HOLD).
+    B is SIGKILLed and, once taken for dead, S resumes on C from its
+    record (B not asked), without M. B comes back with its stored copy,
+    which follows C's claim (held too). A's copy
+    then sends its last frame (no message) to B, its addressee; B passes it
+    on to C. C must not take that frame's identities: M went to B's claim
+    with A's state, not to C, and when B's copy hands M on, C took it for
+    one it had ("... ('M') already: not again"): lost. Before, the
+    passed-on frame carried A's copy's identities and C merged them
+    (docs/cluster.md, Faults, "A late frame passed on to a later claim")."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    hold_files_per_node(c, tmp_path, STARLING_TEST_MOVING_HOLD="moving-hold")
+    c.start()
+    c.wait_healthy()
+    lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
+    b = next(n for n in c.nodes if n is not lead)  # killed below: not the leader
+    a, cn = [n for n in c.nodes if n is not b]
+    hold_a, hold_b = tmp_path / f"moving-hold-{a.name}", tmp_path / f"moving-hold-{b.name}"
+    cid, topic = uid("passon"), uid("passon/t")
+    props = {"session_expiry_interval": 600}
+    # S subscribes on C, then moves to A (which records what S's session takes)
+    s = mqttraw.connected(cn, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=2))).reason_codes == [2]
+    s.disconnect()
+    s = mqttraw.connected(a, cid, 5, clean=False, properties=props)
+    assert s.connack.session_present
+    s.disconnect()
+    # M, published on A and completed there, is queued to S's session on A
+    p = PahoClient(a, uid("passonp"), 5)
+    p.connect()
+    p.publish(topic + "/m", b"M", qos=2)
+    p.disconnect()
+    # S claims it on B (A's old copy held); B sends M to S, not completed
+    hold_a.write_text("")
+    hold_b.write_text("")
+    s = mqttraw.connected(b, cid, 5, clean=False, properties=props)
+    assert s.connack.session_present
+    m = s.expect(mqttraw.PUBLISH, timeout=WAIT)  # no PUBREC
+    assert m.payload == b"M", m
+    s.disconnect()
+    moved = f"the session of '{cid}' moved to {faults.node_id(b):016x}"
+    wait_until(lambda: moved in a.logtext(), 30, f"{a.name}'s copy of {cid} moving out to {b.name}")
+    # B, which stored S's session with M, is killed; S resumes on C from
+    # its record
+    later = PahoClient(b, uid("later"), 5, clean=False, properties=session_props())
+    later.connect()
+    assert later.subscribe(uid("later/t"), qos=1) == [1]  # after S's batches: on disk
+    later.stop()
+    kill(b)
+    # once B is taken for dead, C asks it nothing (its answer, at its
+    # return, would bring M before A's frame)
+    down = f"NodeDown({faults.node_id(b):016x})"
+    wait_until(lambda: down in cn.logtext(), 30, f"{cn.name} applying {b.name}'s NodeDown")
+    y = resumed_on(cn, cid, timeout=30)
+    owned = f"'{cid}' was owned by {faults.node_id(b):016x}, which is down"
+    assert owned in cn.logtext()
+    # B comes back: its stored copy follows C's claim (held)
+    b.start()
+    wait_healthy(c)
+    moved_c = f"the session of '{cid}' moved to {faults.node_id(cn):016x}"
+    wait_until(lambda: moved_c in b.logtext(), 30, f"{b.name} applying {cn.name}'s claim of {cid}")
+    # A's copy sends its last frame (no message: M went with its state) to
+    # B, which passes it on to C
+    mark = len(cn.logtext())
+    hold_a.unlink()
+    passed = re.compile(rf"(\d+) late message\(s\) for '{re.escape(cid)}' \(claim \d+\) "
+                        rf"passed on to its owner {faults.node_id(cn):016x}")
+    wait_until(lambda: passed.findall(b.logtext()), 30, f"{b.name} passing on A's frame of {cid}")
+    ranges = re.compile(rf"'{re.escape(cid)}' had \d+ identity range\(s\) recorded")
+    wait_until(lambda: ranges.findall(cn.logtext()[mark:]), 30,
+               f"{cn.name} taking the passed-on frame of {cid}")
+    # B's copy hands M on to C: S gets it there
+    hold_b.unlink()
+    came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
+                      rf"{faults.node_id(b):016x}")
+    try:
+        got = y.get(20).payload
+    except AssertionError:
+        got = None
+    print(f"\n[passed-on identities] S got {got} on {cn.name}; late messages from {b.name}: "
+          f"{came.findall(cn.logtext())}")
+    assert got == b"M", f"M lost: {cn.name} took {b.name}'s M for one it had"
+    y.disconnect()
