@@ -2212,6 +2212,25 @@ def subscriber_on_a_follower(c, name, topic):
     return cn, b, a, cid, topic
 
 
+def held_copy_with_a_watcher(cluster_factory, tmp_path, name, topic):
+    """subscriber_on_a_follower on a cluster whose old copies moving out
+    wait while tmp_path/moving-hold exists (STARLING_TEST_MOVING_HOLD) and
+    whose nodes' batches of routes and records wait while their
+    batch-hold-NODE file does (STARLING_TEST_BATCH_HOLD), with W, a QoS 2
+    subscriber of the same filter on A (A routes it already). Returns the
+    cluster, the hold file, the leader, B, A, S's client id, the topic and
+    W."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, name, topic)
+    w = PahoClient(a, uid(name + "w"), 5)
+    w.connect()
+    assert w.subscribe(topic + "/#", qos=2) == [2]
+    return c, hold, cn, b, a, cid, topic, w
+
+
 def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     """Chaos seeds 937187427 and 1946164343 (QoS 2 duplicates), made
     deterministic: a persistent QoS 2 subscriber S, offline, on node B; B
@@ -2940,14 +2959,8 @@ def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
     record says which of C's forwards A had begun to deliver when S joined
     its index (RecordOwner.pubs_seen): B's copy leaves out M0..M19, which
     came to A after that, and S gets each once."""
-    hold = tmp_path / "moving-hold"
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
-    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
-    cn, b, a, cid, topic = subscriber_on_a_follower(c, "routewin", "rw/t")
-    w = PahoClient(a, uid("routewinw"), 5)
-    w.connect()
-    assert w.subscribe(topic + "/#", qos=2) == [2]
+    c, hold, cn, b, a, cid, topic, w = held_copy_with_a_watcher(cluster_factory, tmp_path,
+                                                                "routewin", "rw/t")
     p = PahoClient(cn, uid("routewinp"), 5)
     p.connect()
     hold.write_text("")
@@ -3771,14 +3784,8 @@ def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not
     and S got them twice. Now the bound is the index from which A's session
     took forwards (RecordOwner.routed_from): M0..M9 go to C and S gets them
     once; N0..N4 wait for A, which knows its client had them."""
-    hold = tmp_path / "moving-hold"
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
-    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
-    cn, b, a, cid, topic = subscriber_on_a_follower(c, "window", "window/t")
-    w = PahoClient(a, uid("windoww"), 5)
-    w.connect()
-    assert w.subscribe(topic + "/#", qos=2) == [2]
+    c, hold, cn, b, a, cid, topic, w = held_copy_with_a_watcher(cluster_factory, tmp_path,
+                                                                "window", "window/t")
     p, sent = published_for_a_killed_copy(cn, b, topic, "window")
     wait_until(lambda: one_down_for(a), 30, f"{a.name} listing {b.name} as unreachable")
     a_hold = tmp_path / f"batch-hold-{a.name}"
