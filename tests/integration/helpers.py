@@ -204,3 +204,29 @@ def raw_marker(sub, pub, topic):
     p = sub.recv()
     assert p.type == mqttraw.PUBLISH and p.topic == topic and p.payload == payload, \
         f"unexpected packet before marker: {p}"
+
+
+def failalloc_sweep(publish_ok, publish_armed, failed_calls, rounds=500):
+    """The sweep of tests/failalloc's FAILALLOC_NTH, publish by publish:
+    round k publishes b"ok<k>" with the shim disarmed (publish_ok), then
+    b"q<k>" with it armed, so that its k-th allocation fails
+    (publish_armed(payload) returns "acked", "refused" or "closed"),
+    until a PUBLISH makes fewer than k allocations (failed_calls(), the
+    count of the shim's "failed call" lines, did not grow); then b"last".
+    Returns {outcome: payloads}, with "acked" counting publish_ok's too."""
+    outcome = {"acked": set(), "refused": set(), "closed": set()}
+    for k in range(1, rounds):
+        publish_ok(b"ok%d" % k)
+        outcome["acked"].add(b"ok%d" % k)
+        before = failed_calls()
+        payload = b"q%d" % k
+        outcome[publish_armed(payload)].add(payload)
+        if failed_calls() == before:
+            break  # the PUBLISH made fewer than k allocations: each failed once
+    else:
+        raise AssertionError(f"the sweep did not end within {rounds} rounds")
+    publish_ok(b"last")
+    outcome["acked"].add(b"last")
+    print(f"sweep: {k} rounds, " + ", ".join(f"{w} {len(v)}" for w, v in outcome.items()))
+    assert outcome["refused"], "nothing was refused: the sweep proves nothing"
+    return outcome

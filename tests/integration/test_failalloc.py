@@ -42,7 +42,7 @@ import pytest
 
 import mqttraw as M
 from conftest import STARLING_BIN, is_starling
-from helpers import uid
+from helpers import failalloc_sweep, uid
 
 pytestmark = pytest.mark.starling_only
 
@@ -442,7 +442,6 @@ def test_publish_refused_for_memory_leaves_no_row_after_sigkill(broker):
             c.subscribe(("fa/q", M.sub_options(qos=2)))
             c.disconnect()
 
-        outcome = {"acked": set(), "refused": set(), "closed": set()}
         c = None
 
         def publish_ok(payload):
@@ -457,23 +456,15 @@ def test_publish_refused_for_memory_leaves_no_row_after_sigkill(broker):
             assert rec.packet_id == pid and rec.reason_code == 0, rec
             c.pubrel(pid)
             c.expect(M.PUBCOMP)
-            outcome["acked"].add(payload)
 
-        for k in range(1, 500):
-            publish_ok(b"ok%d" % k)
-            before = b.stderr_text().count("failalloc: failed call")
-            payload = b"q%d" % k
+        def publish_armed(payload):
+            nonlocal c
             what, c = _publish_round(b, c, payload)
-            outcome[what].add(payload)
-            if b.stderr_text().count("failalloc: failed call") == before:
-                break  # the PUBLISH made fewer than k allocations: each failed once
-        else:
-            pytest.fail("the sweep did not end within 500 rounds")
-        publish_ok(b"last")
+            return what
+
+        outcome = failalloc_sweep(publish_ok, publish_armed,
+                                  lambda: b.stderr_text().count("failalloc: failed call"))
         c.close()
-        print(f"sweep: {k} rounds, " +
-              ", ".join(f"{n} {w}" for w, n in ((w, len(v)) for w, v in outcome.items())))
-        assert outcome["refused"], "nothing was refused: the sweep proves nothing"
         b.stop(signal.SIGKILL, check=False)
 
         b2 = broker(**conf)
