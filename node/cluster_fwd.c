@@ -106,7 +106,7 @@ struct cluster_fwd {
     /* tests: the next SessionState / SessionMessages with messages is lost
      * on the way (STARLING_TEST_SESSION_FRAME_LOSE) */
     atomic_bool lose_state, lose_msgs;
-    atomic_bool pubs_unknown; /* a forward's origin could not be noted */
+    atomic_bool pubs_unknown; /* a forward's origin could not be noted (for good) */
 };
 
 /* ---- the row index ------------------------------------------------------- */
@@ -863,11 +863,13 @@ void cluster_fwd_in_stage(struct cluster_fwd *f, const struct cluster_fwd_seq *s
         store_batch_hook(batch, in_seq_done, sq->in, sq->seq);
 }
 
-/* A forward numbered `pub` from `origin` is about to meet the index: noted
- * first (the order cluster_fwd_pubs_seen counts on). */
-static void pub_note(struct cluster_fwd *f, uint64_t origin, uint64_t pub)
+/* A forward numbered `pub` from `origin` (its fwd_in: in, NULL when not
+ * looked up yet) is about to meet the index: noted first (the order
+ * cluster_fwd_pubs_seen counts on). */
+static void pub_note(struct cluster_fwd *f, struct fwd_in *in, uint64_t origin, uint64_t pub)
 {
-    struct fwd_in *in = in_get(f, origin);
+    if (!in)
+        in = in_get(f, origin);
     if (!in) {
         atomic_store(&f->pubs_unknown, true);
         return;
@@ -913,7 +915,7 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
             return; /* tests: lost on the way (the next frame shows the gap) */
     }
     if (p->has_pub_id && p->pub_id)
-        pub_note(f, p->origin, p->pub_id);
+        pub_note(f, in, p->origin, p->pub_id);
     struct msg *m = msg_new(p->topic.data, (uint16_t)p->topic.len, p->payload.data,
                             (uint32_t)p->payload.len, p->has_properties ? p->properties.data : NULL,
                             p->has_properties ? (uint32_t)p->properties.len : 0,

@@ -170,7 +170,8 @@ static bool claim_route_incoming(struct cl_claim *k)
     bool shared = false;
     for (uint32_t i = 0; i < n && !shared; i++)
         shared = in->subs[i].len > 7 && memcmp(in->subs[i].filter, "$share/", 7) == 0;
-    in->routed_from = copy_here || shared ? 0 : fsm_visible(k->cn->fsm);
+    uint64_t routed_from = copy_here || shared ? 0 : fsm_visible(k->cn->fsm);
+    in->routed_from = routed_from;
     lock_release(&in->lock);
     /* what reaches it directly from now on waits for what its old owner
      * collected before (docs/cluster.md, "Ordering of late messages") */
@@ -186,10 +187,7 @@ static bool claim_route_incoming(struct cl_claim *k)
      * are counted now, for its record (RecordOwner.pubs_seen), so that an
      * old copy leaves out the ones routed since its claim that it took
      * (session_owner_had). */
-    lock_acquire(&in->lock);
-    bool takes = in->routed_from != 0;
-    lock_release(&in->lock);
-    struct session_pubs_seen *ps = takes ? cluster_fwd_pubs_seen(k->cn->fwd) : NULL;
+    struct session_pubs_seen *ps = routed_from ? cluster_fwd_pubs_seen(k->cn->fwd) : NULL;
     lock_acquire(&in->lock);
     free(in->pubs_seen);
     in->pubs_seen = ps;

@@ -644,14 +644,6 @@ static void seen_forget_direct(struct session *s, const struct qmsg *late, uint6
             msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
 }
 
-/* For an old copy of id moving out to `to` without a claim in progress: the
- * first route table index at which the new owner's routes are certainly in
- * effect, or 0 when not known. The session record names the owner only
- * once its routes have committed (queued after them, cluster_registry.c;
- * an owner's reconnection keeps its record, of an older epoch, when
- * nothing changed), so when the registry and the record name `to`, every
- * table from the current index on has them (+ 1: the record's entry may
- * be committed and its index not yet published to fsm_routes_index). */
 /* local, the first owner o after a copy's claim on node self: the
  * forwards that had reached o's node when its session joined the index
  * there, for session_owner_had. Those of self and of o itself are not
@@ -677,6 +669,14 @@ static void owner_pubs_note(struct session_owner_local *local, const Starling__C
     }
 }
 
+/* For an old copy of id moving out to `to` without a claim in progress: the
+ * first route table index at which the new owner's routes are certainly in
+ * effect, or 0 when not known. The session record names the owner only
+ * once its routes have committed (queued after them, cluster_registry.c;
+ * an owner's reconnection keeps its record, of an older epoch, when
+ * nothing changed), so when the registry and the record name `to`, every
+ * table from the current index on has them (+ 1: the record's entry may
+ * be committed and its index not yet published to fsm_routes_index). */
 static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t to, uint64_t own, uint64_t stored, bool owners_only,
                                    struct session_owner_local *local)
