@@ -69,9 +69,18 @@ def queued_offline(a, pub_node, cid, topic, n, tag, size=0, session_expiry=600):
     return sent
 
 
-def resumed_on(node, cid, session_expiry=600, timeout=WAIT + 10):
-    """cid's client resumes its session on node (session present 1)."""
-    y = PahoClient(node, cid, 5, clean=False, properties=expiry(session_expiry))
-    y.connect(timeout=timeout)
+def resumed_on(node, cid, session_expiry=600, timeout=WAIT + 10, tries=1):
+    """cid's client resumes its session on node (session present 1). Right
+    after the leader may have been killed, tries > 1: a CONNECT whose claim
+    waits for the election longer than cluster_claim_timeout is refused
+    with 0x88 (Server unavailable), and the client connects again, as
+    clients do."""
+    for _ in range(tries):
+        y = PahoClient(node, cid, 5, clean=False, properties=expiry(session_expiry))
+        ack = y.connect(timeout=timeout, expect_rc=None)
+        if ack["rc"] != 0x88:
+            break
+        y.stop()
+    assert ack["rc"] == 0, f"CONNACK {ack}"
     assert y.session_present
     return y

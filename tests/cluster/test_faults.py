@@ -1372,7 +1372,7 @@ def test_killed_owners_copy_judges_late_messages_passed_through_it(cluster_facto
     a, b, cn = c.nodes
     stored_on_then_killed(a, cid)
     s.stop()
-    s = resumed_on(cn, cid, timeout=30)
+    s = resumed_on(cn, cid, timeout=30, tries=3)
     # B's copy sends what it collected to A, its addressee, which is down
     # (none of M0..M19 when the copy answered A's request, held while B
     # was down, with its state: routed once A had its routes, they stay
@@ -2266,7 +2266,7 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
     kill(a)
     s.stop()
-    s = resumed_on(cn, cid, timeout=30)
+    s = resumed_on(cn, cid, timeout=30, tries=3)
     # B's copy takes M0..M19 (C's outbox) and sends what it holds to C
     none_again_after_late_messages(b, cn, cid, s, p, topic, "third copy", 40)
 
@@ -2348,7 +2348,7 @@ def test_restarted_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory,
     forwards_to_b_in(b, p, "restcopy")
     kill(a)
     s.stop()
-    s = resumed_on(cn, cid, timeout=30)
+    s = resumed_on(cn, cid, timeout=30, tries=3)
     kill(b)
     start = len(b.logtext())
     b.start()
@@ -2686,7 +2686,7 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
     kill(a)
     s.stop()
     if via_c:
-        s = resumed_on(cn, cid, timeout=30)
+        s = resumed_on(cn, cid, timeout=30, tries=3)
         assert f"the session of '{cid}' resumed from its record" in cn.logtext()
         s.disconnect()
     s = resumed_on(b, cid, timeout=30)
@@ -2887,7 +2887,7 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
     kill(a)
     s.stop()
     p.stop()
-    s = resumed_on(b, cid, timeout=30)
+    s = resumed_on(b, cid, timeout=30, tries=3)
     hold.unlink()
     log = b.logtext()[start:]
     assert f"the session of '{cid}' resumed from its record" in log
@@ -3006,7 +3006,7 @@ def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
     kill(a)
     s.stop()
     w.stop()
-    s = resumed_on(b, cid, timeout=30)
+    s = resumed_on(b, cid, timeout=30, tries=3)
     hold.unlink()
     log = b.logtext()
     assert f"the session of '{cid}' resumed from its record" in log
@@ -3531,7 +3531,7 @@ def test_dead_nodes_kept_route_goes_when_its_session_moves(cluster_factory, tmp_
     # which knows nothing of M0..M19, and B's copy is folded into it
     kill(a)
     s.stop()
-    s = resumed_on(b, cid, timeout=30)
+    s = resumed_on(b, cid, timeout=30, tries=3)
     hold.unlink()
     folded = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from {bid}")
     none_delivered_again("kept route", s, p, topic,
@@ -3762,7 +3762,7 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     started_with_copies_held(c, cn, a, b, cid, hold)
     kill(a)
     s.stop()
-    s = resumed_on(cn, cid, timeout=30)
+    s = resumed_on(cn, cid, timeout=30, tries=3)
     wait_until(lambda: one_down_for(b), 30, f"{b.name} listing {a.name} as unreachable")
     hold.unlink()
     owner_of_now_gets(b, cid, s, p, topic, sent, "owner of now")
@@ -3813,7 +3813,7 @@ def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not
     kill(a)
     s.stop()
     w.stop()
-    s = resumed_on(cn, cid, timeout=30)
+    s = resumed_on(cn, cid, timeout=30, tries=3)
     wait_until(lambda: one_down_for(b), 30, f"{b.name} listing {a.name} as unreachable")
     hold.unlink()
     owner_of_now_gets(b, cid, s, p, topic, sent, "window")

@@ -85,7 +85,7 @@ def test_messages_held_by_a_dead_node_follow_the_session(cluster_factory):
     witness.stop()
     kill(a)
     # resumed on node b from the replicated record, node a still down
-    y = resumed_on(b, cid, EXPIRY, timeout=WAIT + 5)
+    y = resumed_on(b, cid, EXPIRY, timeout=WAIT + 5, tries=3)
     pub.publish(topic, b"while-down", qos=1)
     assert y.get(WAIT).payload == b"while-down"
     # node a returns: what it held for the session goes to node b

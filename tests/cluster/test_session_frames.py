@@ -95,7 +95,7 @@ def killed_holder_resumed_elsewhere(c, lose_env=None):
     topic = uid("sfr/h")
     sent = queued_offline(a, third, cid, topic, 12, "late")
     a.stop(sig=signal.SIGKILL)
-    y = resumed_on(b, cid)
+    y = resumed_on(b, cid, tries=3)
     return y, sent, cid, topic
 
 
