@@ -255,20 +255,37 @@ static void ackq_on_commit(void *ud, int status)
     free(a);
 }
 
+struct ack_wait *ackq_wait_new(void)
+{
+    return malloc(sizeof(struct ack_wait));
+}
+
+void ackq_wait_free(struct ack_wait *a)
+{
+    free(a);
+}
+
 void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, uint16_t pid,
                 uint8_t reason, struct msg *held, struct pub_targets *targets,
-                struct ack_gate *gate)
+                struct ack_gate *gate, struct ack_wait *wait)
 {
     struct broker *b = conn_broker(c);
     /* a batch that lost an operation (out of memory) must fail through the
      * store too: never acknowledged as if there were nothing to store */
     bool stored = *bt && (store_batch_ops(*bt) > 0 || store_batch_error(*bt) < 0);
-    struct ack_wait *a = stored ? malloc(sizeof(*a)) : NULL;
+    struct ack_wait *a = wait;
+    if (!stored) {
+        ackq_wait_free(a);
+        a = NULL;
+    } else if (!a) {
+        a = ackq_wait_new();
+    }
     bool publish = type == MQTT_PUBACK || type == MQTT_PUBREC;
     if (!a && stored && publish) {
-        /* out of memory: the outcome of the commit could not be waited
-         * for, so the message is not received at all: nothing of it is
-         * stored or delivered, a QoS 2 id is forgotten, and the client
+        /* out of memory (a caller that gave no wait record: nothing of the
+         * message went out yet): the outcome of the commit could not be
+         * waited for, so the message is not received at all: nothing of it
+         * is stored or delivered, a QoS 2 id is forgotten, and the client
          * publishes it again on its next connection */
         store_batch_free(*bt);
         *bt = NULL;

@@ -18,6 +18,7 @@
 
 #include "codec.h"
 
+struct ack_wait;
 struct conn;
 struct msg;
 struct pub_targets;
@@ -51,14 +52,30 @@ void ack_gate_open(struct ack_gate *g);
 
 void ack_gate_unref(struct ack_gate *g);
 
+/* The record through which an acknowledgement waits for its commit
+ * (ackq_after), allocated before the work it answers goes out: a client's
+ * QoS 1/2 publish is delivered to this node's sessions and forwarded to
+ * other nodes before ackq_after, and a refusal there, once the forward is
+ * out, would not take the forward back (the other nodes deliver a message
+ * whose publisher was refused). NULL when out of memory: the caller
+ * refuses the work before anything of it goes out. */
+struct ack_wait *ackq_wait_new(void);
+
+/* A wait record that ackq_after was not given. */
+void ackq_wait_free(struct ack_wait *a);
+
 /* Queue an acknowledgement that may be sent only once *bt has committed
  * (and, with a gate, once the gate is open), and submit *bt (an empty
  * batch: at once). `held` (with its targets), if not NULL, is a published
  * message released by the same commit (broker_release); targets are taken
- * over. The gate stays the caller's reference. */
+ * over. The gate stays the caller's reference. `wait` (ackq_wait_new), if
+ * not NULL, is taken over: with it, the wait for a non-empty batch cannot
+ * fail for memory; without it, it is allocated here, and when that fails
+ * a PUBACK/PUBREC's batch is dropped (its message rejected, a QoS 2 id
+ * forgotten) and the connection closed. */
 void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, uint16_t pid,
                 uint8_t reason, struct msg *held, struct pub_targets *targets,
-                struct ack_gate *gate);
+                struct ack_gate *gate, struct ack_wait *wait);
 
 /* The PUBREC of a duplicate QoS 2 PUBLISH (its id is recorded): sent once
  * the original's commit is known to have succeeded, by submitting *bt (an

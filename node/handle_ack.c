@@ -33,7 +33,7 @@ static void handle_pubrec(struct conn *c, struct broker *b, const struct mqtt_ac
         found = session_pubrec_locked(b, s, a->packet_id, a->reason, &bt);
     lock_release(&s->lock);
     if (found == 0)
-        ackq_after(c, &bt, MQTT_PUBREL, a->packet_id, 0, NULL, NULL, NULL);
+        ackq_after(c, &bt, MQTT_PUBREL, a->packet_id, 0, NULL, NULL, NULL, NULL);
     else
         persist_submit(b, &bt, NULL, NULL); /* frees the batch begun above */
     if (found < 0)
@@ -59,7 +59,8 @@ static void handle_pubrel(struct conn *c, struct broker *b, const struct mqtt_ac
     /* [MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-11] PUBCOMP, 0x92 when the id is unknown (5.0); after the
      * id is forgotten durably, so that it can be reused at once */
     ackq_after(c, &bt, MQTT_PUBCOMP, a->packet_id,
-               found || c->version != MQTT_V5 ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND, NULL, NULL, NULL);
+               found || c->version != MQTT_V5 ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND, NULL, NULL, NULL,
+               NULL);
 }
 
 void handle_ack(struct conn *c, enum mqtt_type type, const struct mqtt_ack *a)

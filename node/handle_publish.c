@@ -148,7 +148,7 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
  * and the client publishes again when it reconnects. */
 static void handle_publish_refused(struct conn *c, const struct mqtt_publish *p, enum mqtt_type ack,
                                    struct store_batch **bt, struct msg *held,
-                                   struct pub_targets *targets)
+                                   struct pub_targets *targets, struct ack_wait *wait)
 {
     struct broker *b = c->w->b;
     if (p->qos == 2) {
@@ -159,9 +159,10 @@ static void handle_publish_refused(struct conn *c, const struct mqtt_publish *p,
         lock_release(&s->lock);
     }
     if (c->version == MQTT_V5) {
-        ackq_after(c, bt, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED, held, targets, NULL);
+        ackq_after(c, bt, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED, held, targets, NULL, wait);
         return;
     }
+    ackq_wait_free(wait);
     persist_submit(b, bt, NULL, NULL);
     if (held)
         broker_release(b, held, MSG_READY, targets, c->w);
@@ -214,10 +215,24 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     struct broker *b = c->w->b;
     HOPTRACE_PAYLOAD_AT(HOP_READ, p->payload.data, p->payload.len, HOP_READ);
     HOPTRACE_PAYLOAD(HOP_DECODED, p->payload.data, p->payload.len);
+    /* With a store, the acknowledgement's wait for the commit (ackq_after)
+     * is allocated now: once the message is delivered and forwarded to
+     * other nodes (broker_publish), a refusal for memory would come too
+     * late (the other nodes deliver it all the same). Out of memory here:
+     * refused before anything of it goes out, as for a batch that cannot
+     * begin. */
+    struct ack_wait *wait = NULL;
+    if (p->qos > 0 && *bt && !(wait = ackq_wait_new())) {
+        handle_qos2_forget(c, p, bt); /* not received: the id is free again */
+        persist_submit(b, bt, NULL, NULL);
+        handle_publish_refuse(c, ack, p->packet_id, MQTT_RC_QUOTA_EXCEEDED);
+        return;
+    }
     bool v5 = c->version == MQTT_V5;
     struct buf props = {0};
     if (v5 && handle_passthrough_props(&p->props, &props) < 0) {
         buf_free(&props);
+        ackq_wait_free(wait);
         handle_qos2_forget(c, p, bt);
         persist_submit(b, bt, NULL, NULL);
         conn_close(c, MQTT_RC_UNSPECIFIED, false);
@@ -231,6 +246,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
                 (uint32_t)props.len, p->qos, p->retain, expiry_at, c->session);
     buf_free(&props);
     if (!m) {
+        ackq_wait_free(wait);
         handle_qos2_forget(c, p, bt);
         persist_submit(b, bt, NULL, NULL);
         conn_close(c, MQTT_RC_UNSPECIFIED, false);
@@ -263,6 +279,7 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
             broker_release(b, m, MSG_REJECTED, &targets, c->w);
         handle_qos2_forget(c, p, bt); /* not received: the id is free again */
         persist_submit(b, bt, NULL, NULL);
+        ackq_wait_free(wait);
         ack_gate_unref(flow.gate);
         msg_unref(m);
         conn_flow_pause(c, &flow);
@@ -272,13 +289,13 @@ static void handle_publish_deliver(struct conn *c, const struct mqtt_publish *p,
     if (matched == 0)
         metric_add(&wm->no_subscribers, 1);
     if (p->qos > 0 && flow.refused)
-        handle_publish_refused(c, p, ack, bt, hold ? m : NULL, &targets);
+        handle_publish_refused(c, p, ack, bt, hold ? m : NULL, &targets, wait);
     else if (p->qos > 0)
         /* [MQTT-3.1.1 4.3.2-2/4.3.3-2, MQTT-5.0 4.3.2-4/4.3.3-8]: acknowledged once it is stored
          * for every persistent session that must receive it */
         ackq_after(c, bt, ack, p->packet_id,
                    v5 && matched == 0 ? MQTT_RC_NO_MATCHING_SUBSCRIBERS : 0, hold ? m : NULL,
-                   &targets, flow.gate);
+                   &targets, flow.gate, wait);
     else
         persist_submit(b, bt, NULL, NULL);
     ack_gate_unref(flow.gate);
@@ -375,7 +392,7 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
     if (!sys && allowed)
         handle_publish_deliver(c, p, &topic, ack, &bt);
     else if (p->qos > 0)
-        ackq_after(c, &bt, ack, p->packet_id, 0, NULL, NULL, NULL);
+        ackq_after(c, &bt, ack, p->packet_id, 0, NULL, NULL, NULL, NULL);
     else
         persist_submit(b, &bt, NULL, NULL);
 }

@@ -359,13 +359,14 @@ class SmallDisk:
 def tables(node):
     """The replicated tables of a node as its LMDB environment holds them:
     {"applied": int, "checksum": int, "routes": {(node_id, filter)},
-    "registry": {client_id: (node_id, epoch)}, "retained": {topic: bytes}}.
+    "registry": {client_id: (node_id, epoch)}, "retained": {topic: bytes},
+    "sessions": {client_id}} (the ids with a session record).
     Read-only, while the node runs (LMDB readers never block the writer)."""
     import lmdb
     path = os.path.join(node.dir, "cluster", "fsm")
     env = lmdb.open(path, readonly=True, max_dbs=8, lock=True, subdir=True)
     try:
-        out = {"routes": set(), "registry": {}, "retained": {}}
+        out = {"routes": set(), "registry": {}, "retained": {}, "sessions": set()}
         with env.begin() as txn:
             meta = env.open_db(b"meta", txn=txn, create=False)
             a = txn.get(b"applied", db=meta)
@@ -383,6 +384,8 @@ def tables(node):
                 out["registry"][k.decode(errors="replace")] = struct.unpack("<QQ", v[:16])
             for k, v in records(b"retained"):
                 out["retained"][k.decode(errors="replace")] = v[16:]
+            for k, _ in records(b"sessions"):
+                out["sessions"].add(k.decode(errors="replace"))
         return out
     finally:
         env.close()

@@ -542,17 +542,28 @@ def test_puback_says_no_matching_subscribers_only_when_no_node_has_one(cluster):
     sub.close()
 
 
-def test_publish_refused_for_memory_is_not_forwarded(cluster_factory):
+@pytest.mark.parametrize("publisher_kind", ["clean", "resends"])
+def test_publish_refused_for_memory_is_not_forwarded(cluster_factory, publisher_kind):
     """A QoS 2 PUBLISH that node a refuses because an allocation failed
     while it was queued for a's own subscriber (broker_publish -ENOMEM:
     5.0 PUBREC 0x97) is not forwarded to node b, whose subscriber would
     get it at once (and again when the publisher, told it was refused,
     publishes it again). Before, the forward went out after the local
     failure, live, before a's batch was even committed. Each allocation of
-    a PUBLISH on a fails in turn, one per round (tests/failalloc,
+    a PUBLISH on a fails in turn, three rounds each (tests/failalloc,
     FAILALLOC_NTH, armed on a only around that PUBLISH); b's subscriber
     gets every acknowledged message exactly once and none of the refused
-    ones."""
+    ones.
+
+    "resends": the publisher's session is persistent, and a PUBLISH whose
+    connection closed unanswered is published again on its next
+    connection, DUP 1 with the same packet id, as a client must
+    [MQTT-5.0 4.4.0-1]; node a answers it as the duplicate of a message it
+    took, or takes it as new when nothing of it went out: either way b's
+    subscriber gets it exactly once. Before, the allocation of the
+    acknowledgement's wait record (ackq_after) came after the forward: its
+    failure closed the connection and forgot the id, so b got the message
+    from the forward and again from the resend."""
     from pathlib import Path
     from conftest import BIN, Node
     shim = Path(BIN).resolve().parents[1] / "tests" / "failalloc" / "libfailalloc.so"
@@ -563,7 +574,9 @@ def test_publish_refused_for_memory_is_not_forwarded(cluster_factory):
 
     def a_env():
         e = Node.env(a)
-        e.update(LD_PRELOAD=str(shim), FAILALLOC_NTH="1",
+        # each allocation 3 times: their count varies from one PUBLISH to
+        # the next (a's other threads, a connection's first publish)
+        e.update(LD_PRELOAD=str(shim), FAILALLOC_NTH="1", FAILALLOC_NTH_REPEAT="3",
                  ASAN_OPTIONS=e["ASAN_OPTIONS"] + ":verify_asan_link_order=0")
         return e
 
@@ -587,11 +600,20 @@ def test_publish_refused_for_memory_is_not_forwarded(cluster_factory):
         wait_for(lambda: a.logtext().splitlines().count(line) > before, 10, line)
 
     p = None
+    resends = publisher_kind == "resends"
+    pub_id = uid("pub")
 
     def publisher():
         nonlocal p
         if p is None:
-            p = mqttraw.connected(a, uid("pub"), 5)
+            if resends:  # one persistent session, resumed on each connection
+                p = mqttraw.connected(a, pub_id, 5, clean=False,
+                                      properties={"session_expiry_interval": 600})
+                # its record too, which follows the claim's entry
+                wait_for(lambda: all(pub_id in faults.tables(n)["sessions"] for n in c.nodes),
+                         30, f"the session record of {pub_id} on every node")
+            else:
+                p = mqttraw.connected(a, uid("pub"), 5)
             # its claim applied on every node before the shim is armed: a
             # failure in a's tables would stop a (as a full disk does)
             faults.converged_tables(c)
@@ -608,8 +630,10 @@ def test_publish_refused_for_memory_is_not_forwarded(cluster_factory):
         nonlocal p
         publisher()
         toggle("armed")
+        rec = None
+        pid = p.next_id()
         try:
-            pid = p.publish(topic, payload, qos=2)
+            p.publish(topic, payload, qos=2, packet_id=pid)
             rec = p.recv(timeout=30)
             while rec.type != mqttraw.PUBREC:  # a DISCONNECT, then the close
                 rec = p.recv(timeout=30)
@@ -617,9 +641,17 @@ def test_publish_refused_for_memory_is_not_forwarded(cluster_factory):
         except (mqttraw.MQTTError, OSError):
             p.close()
             p = None
-            return "closed"
+            rec = None
         finally:
             toggle("disarmed")
+        if rec is None and not resends:
+            return "closed"
+        if rec is None:  # unanswered: published again on the next connection
+            publisher()
+            assert p.connack.session_present, p.connack
+            p.publish(topic, payload, qos=2, dup=True, packet_id=pid)
+            rec = p.expect(mqttraw.PUBREC, timeout=30)
+            assert rec.packet_id == pid, rec
         if rec.reason_code >= 0x80:
             assert rec.reason_code == 0x97, rec
             return "refused"

@@ -19,6 +19,10 @@
  *                        arms, does one operation and disarms, over and
  *                        over, fails each allocation of that operation in
  *                        turn, one per round
+ *   FAILALLOC_NTH_REPEAT=R  with FAILALLOC_NTH: each K for R armings in a
+ *                        row before the next (default 1), for operations
+ *                        whose count of allocations varies from one to the
+ *                        next (other threads' allocations count too)
  *   FAILALLOC_PROB=P     when armed, each eligible call fails with
  *                        probability P (0..1); with FAILALLOC_EVERY and
  *                        FAILALLOC_NTH unset
@@ -66,6 +70,7 @@ static atomic_bool armed;
 static unsigned long every;
 static atomic_ulong nth; /* moved on by the SIGUSR2 handler */
 static atomic_ulong armings;
+static unsigned long repeat = 1;
 static double prob;
 static atomic_uint_fast64_t rng = 1;
 static atomic_ulong eligible;
@@ -122,7 +127,8 @@ static void on_usr2(int sig)
     bool now = !atomic_load(&armed);
     if (now) {
         atomic_store(&eligible, 0);
-        if (nth && atomic_fetch_add(&armings, 1) > 0)
+        unsigned long k = atomic_fetch_add(&armings, 1);
+        if (nth && k > 0 && k % repeat == 0)
             nth++; /* the next allocation of the sweep */
     }
     atomic_store(&armed, now);
@@ -158,6 +164,8 @@ __attribute__((constructor)) static void failalloc_init(void)
     every = v ? strtoul(v, NULL, 10) : 0;
     v = getenv("FAILALLOC_NTH");
     nth = v ? strtoul(v, NULL, 10) : 0;
+    v = getenv("FAILALLOC_NTH_REPEAT");
+    repeat = v && strtoul(v, NULL, 10) > 0 ? strtoul(v, NULL, 10) : 1;
     v = getenv("FAILALLOC_PROB");
     prob = v ? strtod(v, NULL) : 0.0;
     v = getenv("FAILALLOC_SEED");

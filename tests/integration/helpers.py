@@ -213,6 +213,7 @@ def failalloc_sweep(publish_ok, publish_armed, failed_calls, rounds=500):
     (publish_armed(payload) returns "acked", "refused" or "closed"),
     until a PUBLISH makes fewer than k allocations (failed_calls(), the
     count of the shim's "failed call" lines, did not grow); then b"last".
+    With FAILALLOC_NTH_REPEAT=R, R rounds in a row fail the same k.
     Returns {outcome: payloads}, with "acked" counting publish_ok's too."""
     outcome = {"acked": set(), "refused": set(), "closed": set()}
     for k in range(1, rounds):
