@@ -13,9 +13,8 @@ exactly once, per-publisher order outside the fault windows."""
 import os
 import random
 
-import pytest
-
 from chaos import Chaos
+
 
 def test_chaos_short(tmp_path):
     seed = int(os.environ.get("STARLING_CHAOS_SEED") or random.SystemRandom().randrange(1, 2**31))
@@ -32,7 +31,4 @@ def test_chaos_short(tmp_path):
     assert r["acknowledged"] > 0
     counts = (f"seed {seed}: {r['lost']} acknowledged lost, {r['dup2']} QoS 2 duplicates, "
               f"{r['misorder']} misordered, {r['sessions_lost']} sessions lost; faults {r['faults']}")
-    if not ok:
-        # open (issue 10): acknowledged messages lost or QoS 2 messages
-        # duplicated where sessions move (test_faults' xfail marks say which)
-        pytest.xfail("open: " + counts)
+    assert ok, counts

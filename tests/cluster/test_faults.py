@@ -219,17 +219,6 @@ def test_node_killed_under_qos12_traffic(fault_cluster, traffic_factory):
     assert not owners, owners
     assert r["sessions_lost"] == 0, \
         f"a persistent session came back without its state: {t.summary_events()}"
-    # Open: now and then (2 runs of about 15; after the fixes of
-    # 2026-12-02, 1 run of 11: 2 QoS 2 messages) a message acknowledged at
-    # the moment of the SIGKILL, for a subscriber of the killed node, does
-    # not arrive (docs/cluster.md, "A node is killed", "Messages
-    # acknowledged at the moment of a kill"). Any other loss, and any QoS 2
-    # duplicate, fails.
-    at_kill = [a for a in r["lost_acked_at"] if t0 - 1.0 <= a <= t0 + 1.0]
-    if r["lost"] and len(at_kill) == r["lost"] and r["lost"] <= 2 and not r["dup2"] \
-            and not r["errors"]:
-        pytest.xfail(f"open: {r['lost']} message(s) acknowledged within 1 s of the SIGKILL lost: "
-                     f"{r['samples'][:4]}")
     assert_clean(r, "SIGKILL of a node")
 
 
@@ -248,7 +237,6 @@ def test_killed_nodes_subscribers_resumed_elsewhere_repeatedly(fault_cluster, tr
     t = traffic_factory(c, subscribers_on=[2, 2], subscriber_qos=[2, 1], pubs_per_node=(1, 2),
                         rate=30.0).start()
     t.wait_progress(60)
-    kills = []
     for k in range(KILLS):
         if k:
             # back to the victim (a takeover from a live node: exact)
@@ -259,7 +247,6 @@ def test_killed_nodes_subscribers_resumed_elsewhere_repeatedly(fault_cluster, tr
             t.wait_progress(60)
         assert all(s.node is victim for s in t.subscribers), t.summary_events()
         t0 = time.monotonic()
-        kills.append(t0)
         kill(victim)
         for s in t.subscribers:
             wait_until(lambda: s.node is not None and s.node is not victim, 30,
@@ -273,17 +260,6 @@ def test_killed_nodes_subscribers_resumed_elsewhere_repeatedly(fault_cluster, tr
     assert not owners, owners
     assert r["sessions_lost"] == 0, \
         f"a persistent session came back without its state: {t.summary_events()}"
-    # Open (as in test_node_killed_under_qos12_traffic): a few messages
-    # acknowledged within 1 s of a SIGKILL, for the killed node's
-    # subscribers, may not arrive (three causes of it fixed on 2026-12-02:
-    # none seen in 10 runs after them, but the other test's remaining loss
-    # can happen here too). Any other loss, and any QoS 2 duplicate,
-    # fails.
-    at_kill = [a for a in r["lost_acked_at"] if any(k - 1.0 <= a <= k + 1.0 for k in kills)]
-    if r["lost"] and len(at_kill) == r["lost"] and r["lost"] <= 2 * len(t.publishers) * KILLS \
-            and not r["dup2"] and not r["errors"]:
-        pytest.xfail(f"open: {r['lost']} message(s) acknowledged within 1 s of a SIGKILL lost: "
-                     f"{[x for x in r['samples'] if ' lost: ' in x][:6]}")
     assert_clean(r, f"{KILLS} SIGKILLs of the subscribers' node")
 
 
