@@ -69,7 +69,7 @@ struct msg {
      * forwarded it to (Publish.also_to), for an old copy's owners rule
      * (session_owner_had). With more than MSG_ALSO_TO_MAX, none is listed
      * and n_also_to is MSG_ALSO_TO_MANY (not known). */
-    uint64_t also_to[2];
+    uint64_t also_to[MSG_ALSO_TO_MAX];
     /* topic (not NUL-terminated), then payload, then the encoded MQTT 5.0
      * properties passed through to subscribers unchanged (payload format,
      * content type, response topic, correlation data, user properties). */
