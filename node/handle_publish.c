@@ -110,7 +110,9 @@ static uint8_t handle_publish_check(struct conn *c, const struct mqtt_publish *p
 
 /* The QoS 2 receive state of a PUBLISH: returns 0 for a new message (its id
  * recorded, into *bt when the session is persistent), 1 for a duplicate
- * (answered here), -1 when the connection was closed. */
+ * (answered here; handle_publish answers a recorded id before, so only an
+ * id recorded in between, which this connection's thread alone does, would
+ * come here), -1 when the connection was closed. */
 static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch **bt)
 {
     struct broker *b = c->w->b;
@@ -139,6 +141,17 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
         return 1;
     }
     return 0;
+}
+
+/* Is pid the id of a QoS 2 message received from this session whose
+ * PUBREL has not come yet? */
+static bool handle_qos2_recorded(struct conn *c, uint16_t pid)
+{
+    struct session *s = c->session;
+    lock_acquire(&s->lock);
+    bool has = session_qos2_has(s, pid);
+    lock_release(&s->lock);
+    return has;
 }
 
 /* A QoS 1/2 message that a connected subscriber's full queue dropped (the
@@ -345,6 +358,22 @@ void handle_publish(struct conn *c, struct mqtt_publish *p)
     if (b->cfg.max_publish_rate)
         handle_publish_rate(c, b->cfg.max_publish_rate);
     enum mqtt_type ack = p->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
+    /* A QoS 2 PUBLISH whose id is recorded is a resend of a message that
+     * was received (and is delivered): until its PUBREL it is acknowledged as
+     * a duplicate [MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-10], before anything
+     * below could refuse it. A refusal (5.0: a PUBREC >= 0x80, out of
+     * memory or an ACL reloaded since) would tell the client that it was
+     * not received while its id stays recorded: the client's next message
+     * with that id would be taken for a duplicate, acknowledged and never
+     * delivered [MQTT-5.0 4.3.3-9]. Out of memory, ackq_after_dup closes
+     * the connection unanswered: the client resends it on its next one. The
+     * id can be forgotten meanwhile only by the original's failed commit,
+     * which ackq_after_dup waits for. */
+    if (p->qos == 2 && handle_qos2_recorded(c, p->packet_id)) {
+        struct store_batch *bt = NULL;
+        ackq_after_dup(c, &bt, p->packet_id);
+        return;
+    }
     if (v5 && (p->props.present & MQTT_PF(MQTT_PROP_PAYLOAD_FORMAT)) &&
         p->props.payload_format == 1 && !mqtt_utf8_valid(p->payload.data, p->payload.len)) {
         if (p->qos == 0)

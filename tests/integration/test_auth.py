@@ -368,3 +368,73 @@ def test_acl_of_a_persistent_session_survives_a_crash(broker, tmp_path, version)
     root.disconnect()
     assert c.recv_publish(timeout=WAIT).topic == "p/alice/y"
     c.disconnect()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_qos2_resend_of_a_received_message_after_an_acl_reload(broker, files, version):
+    """A QoS 2 PUBLISH received (PUBREC 0x00) before a reload took the
+    publisher's right to write its topic, resent (DUP 1, same packet id)
+    after it, is a duplicate: acknowledged with PUBREC 0x00 [MQTT-3.1.1
+    4.3.3-2, MQTT-5.0 4.3.3-10], not refused (5.0 0x87, while its id stayed
+    recorded: the message, delivered, was taken for refused, and the
+    client's next message with that id for a duplicate, acknowledged and
+    never delivered). The subscriber gets both messages once each."""
+    pw, acl = files
+    b = broker(password_file=pw, acl_file=acl)
+    reloads = 0
+
+    def reload(text):
+        nonlocal reloads
+        acl.write_text(text)
+        b.send_signal(signal.SIGHUP)
+        reloads += 1
+        deadline = time.monotonic() + WAIT
+        while b.stderr_text().count("reload: acl_file") < reloads:
+            assert time.monotonic() < deadline, b.stderr_text()[-3000:]
+            time.sleep(0.01)
+
+    root = mqttraw.Client(b, version=5)
+    assert root.connect(uid("root"), username="root", password=b"root-pw").reason_code == 0
+    assert root.subscribe([("test/d", mqttraw.sub_options(qos=2))]).reason_codes == [2]
+    cid = uid("alice")
+
+    def alice():
+        c = mqttraw.Client(b, version=version)
+        kw = {"properties": {"session_expiry_interval": 3600}} if version == 5 else {}
+        ack = c.connect(cid, clean=False, username="alice", password=b"alice-pw", **kw)
+        assert ack.reason_code == 0, ack
+        return c
+
+    def pubrec(c, payload, pid, dup=False):
+        c.publish("test/d", payload, qos=2, dup=dup, packet_id=pid)
+        rec = c.expect(mqttraw.PUBREC)
+        assert rec.packet_id == pid, rec
+        if rec.reason_code < 0x80:
+            c.pubrel(pid)
+            comp = c.expect(mqttraw.PUBCOMP)
+            assert comp.packet_id == pid and comp.reason_code == 0, comp
+        return rec.reason_code
+
+    c = alice()
+    c.publish("test/d", b"first", qos=2, packet_id=7)
+    rec = c.expect(mqttraw.PUBREC)
+    assert rec.packet_id == 7 and rec.reason_code == 0, rec
+    c.disconnect()  # before its PUBREL: the id stays recorded
+    reload(ACL.replace("topic readwrite test/#", "topic read test/#"))
+    c = alice()
+    resent = pubrec(c, b"first", 7, dup=True)
+    reload(ACL)
+    # the exchange is over (a refusal ends it too): the id is free again
+    fresh = pubrec(c, b"second", 7)
+    c.disconnect()
+    p = mqttraw.Client(b, version=5)
+    assert p.connect(uid("root"), username="root", password=b"root-pw").reason_code == 0
+    p.publish("test/d", b"marker", qos=1)
+    assert p.expect(mqttraw.PUBACK).reason_code == 0
+    p.disconnect()
+    got = []
+    while not got or got[-1] != b"marker":
+        got.append(root.recv_publish(timeout=WAIT).payload)
+    root.disconnect()
+    assert (resent, fresh, got) == (0, 0, [b"first", b"second", b"marker"]), \
+        f"resend answered {resent:#x}, new message {fresh:#x}, subscriber got {got}"

@@ -496,3 +496,139 @@ def test_publish_refused_for_memory_leaves_no_row_after_sigkill(broker):
         b2.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def _received_then_resent(b, connect, pid, payload):
+    """One round of the sweep below: `payload` published as QoS 2 with
+    packet id `pid` (the shim disarmed) and received (PUBREC 0x00), its
+    PUBREL not sent; the client disconnects, connects again to its session
+    and resends the PUBLISH (DUP 1, same id) with the shim armed. Returns
+    (what, c): what is "acked" (PUBREC < 0x80), "refused" (PUBREC >= 0x80)
+    or "closed" (no PUBREC), c the connection (None when closed)."""
+    c = connect()
+    c.publish("fa/d", payload, qos=2, packet_id=pid)
+    rec = c.expect(M.PUBREC)
+    assert rec.packet_id == pid and rec.reason_code == 0, rec
+    c.disconnect()  # waits for the broker's close: the id stays recorded
+    c = connect()
+    toggle(b, "armed")
+    try:
+        c.publish("fa/d", payload, qos=2, dup=True, packet_id=pid)
+        p = c.recv()
+        while p.type != M.PUBREC:
+            assert p.type == M.DISCONNECT, p  # 5.0: closed with a reason
+            p = c.recv()
+        assert p.packet_id == pid, p
+    except (M.MQTTError, OSError):
+        c.close()
+        return "closed", None
+    finally:
+        toggle(b, "disarmed")
+    return ("refused" if p.reason_code >= 0x80 else "acked"), c
+
+
+@pytest.mark.skipif(not is_starling(), reason="Starling only")
+@pytest.mark.parametrize("version", [4, 5])
+def test_failed_allocation_on_a_qos2_resend_of_a_received_message(broker, version):
+    """A QoS 2 PUBLISH whose packet id is recorded (received, PUBREC 0x00
+    sent, its PUBREL not yet come) is resent with DUP 1 on the client's next
+    connection, and each allocation made while the broker handles the
+    resend fails in turn, one per round (FAILALLOC_NTH). The resend is a
+    duplicate [MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-10]: it is acknowledged
+    (PUBREC 0x00) or, out of memory, the connection is closed without an
+    answer (the client resends it on its next one); never refused (5.0
+    0x97: the client would take a message that was received and delivered
+    for not received, while the broker kept its id, so that the client's
+    next message with that id was taken for a duplicate: acknowledged and
+    never delivered). After each round the client publishes a new message
+    with the same packet id, as it may once the exchange is over. The
+    offline persistent subscriber gets each message exactly once."""
+    if not SHIM.exists():
+        pytest.skip(f"{SHIM} not built (cmake --build builds target failalloc)")
+    env = shim_env(0, 1)
+    del env["FAILALLOC_PROB"]
+    env["FAILALLOC_NTH"] = "1"
+    data = tempfile.mkdtemp(prefix="starling-failalloc-")
+    try:
+        b = broker(_env=env, persistence=True, data_dir=os.path.join(data, "store"),
+                   max_queued_messages=100000, log_level="error")
+        sub_cid = uid("off")
+        sub, _ = subscriber(b, sub_cid, 5)
+        sub.subscribe(("fa/d", M.sub_options(qos=2)))
+        sub.disconnect()
+        pub_cid = uid("pubd")
+
+        def connect():
+            c = M.Client(b, version=version)
+            kw = {"properties": SESSION_EXPIRY} if version == 5 else {}
+            ack = c.connect(pub_cid, clean=False, **kw)
+            assert ack.reason_code == 0, ack
+            return c
+
+        def complete(c, pid):
+            """PUBREL for pid, PUBCOMP back."""
+            c.pubrel(pid)
+            comp = c.expect(M.PUBCOMP)
+            assert comp.packet_id == pid and comp.reason_code == 0, comp
+
+        outcome = {"acked": [], "refused": [], "closed": []}
+        sent = []
+        for k in range(1, 500):
+            pid = k
+            payload = b"q%d" % k
+            before = b.stderr_text().count("failalloc: failed call")
+            what, c = _received_then_resent(b, connect, pid, payload)
+            failed = b.stderr_text().count("failalloc: failed call") > before
+            outcome[what].append(payload)
+            sent.append(payload)
+            if what == "closed":
+                # a client resends on its next connection until answered
+                c = connect()
+                c.publish("fa/d", payload, qos=2, dup=True, packet_id=pid)
+                rec = c.expect(M.PUBREC)
+                assert rec.packet_id == pid and rec.reason_code == 0, rec
+            if what != "refused":
+                complete(c, pid)
+            # the exchange is over (a refusal ends it): the id is free for
+            # a new message [MQTT-5.0 4.3.3-9]
+            fresh = b"n%d" % k
+            c.publish("fa/d", fresh, qos=2, packet_id=pid)
+            rec = c.expect(M.PUBREC)
+            assert rec.packet_id == pid and rec.reason_code == 0, rec
+            complete(c, pid)
+            sent.append(fresh)
+            c.disconnect()
+            if not failed:
+                break  # the resend made fewer than k allocations: each failed once
+        else:
+            pytest.fail("the sweep did not end within 500 rounds")
+        print(f"sweep: {k} rounds, " + ", ".join(f"{w} {len(v)}" for w, v in outcome.items()))
+        assert len(outcome["closed"]) + len(outcome["refused"]) > 0, \
+            "no failure reached the resend: the sweep proves nothing"
+
+        s, ack = subscriber(b, sub_cid, 5)
+        assert ack.session_present
+        marker = b"marker-" + uid().encode()
+        p = M.Client(b, version=5)
+        p.connect(uid("pub"))
+        p.publish("fa/d", marker, qos=1)
+        assert p.expect(M.PUBACK).reason_code == 0
+        p.disconnect()
+        got = []
+        while True:
+            m = s.recv_publish(timeout=10)
+            if m.payload == marker:
+                break
+            got.append(m.payload)
+        s.disconnect()
+        counts = {x: got.count(x) for x in set(got)}
+        lost = [x for x in sent if x not in counts]
+        twice = sorted(x for x, n in counts.items() if n > 1)
+        assert not outcome["refused"], \
+            f"received (PUBREC 0x00), resend refused, delivered: {outcome['refused']}; " \
+            f"acknowledged, never delivered: {lost}"
+        assert not lost, f"acknowledged, never delivered: {lost}"
+        assert not twice, f"delivered more than once: {twice}"
+        b.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
