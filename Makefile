@@ -107,7 +107,8 @@ fuzz: deps-test
 # gives the same sequence of faults. Needs root for the nftables cuts.
 # CHAOS_ARGS passes options on (--more: also SIGSTOP and cut of the leader
 # and rolling SIGKILL restarts; --no-lb; --keep: the nodes' data and logs and
-# the clients' trace traffic.txt kept, the path printed).
+# the clients' trace traffic.txt kept, the path printed; --keep-failed: the
+# same for a run that fails, without the packet traces).
 SEED ?=
 MINUTES ?= 5
 CHAOS_ARGS ?=

@@ -65,9 +65,10 @@ HEAL_HEALTHY = 30.0
 
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
-                 claim_timeout_ms=2000, more=False, lb=True, keep=False):
+                 claim_timeout_ms=2000, more=False, lb=True, keep=False, keep_failed=False):
         self.seed = seed
         self.keep = keep  # traffic.txt and the subscribers' packet traces beside the logs
+        self.keep_failed = keep_failed  # traffic.txt written; main() keeps a failed run's data
         self.more = more
         self.lb = lb  # clients keep off a cut-off node (a load balancer's health check)
         self.rng = random.Random(seed)
@@ -285,8 +286,8 @@ class Chaos:
         finally:
             t.stop()
         r = t.check()
-        if self.keep or os.environ.get("STARLING_TEST_KEEP_TMP"):  # beside the nodes' logs
-            t.dump(os.path.join(self.cluster.base, "traffic.txt"))
+        if self.keep or self.keep_failed or os.environ.get("STARLING_TEST_KEEP_TMP"):
+            t.dump(os.path.join(self.cluster.base, "traffic.txt"))  # beside the nodes' logs
         r["problems"] = problems
         r["faults"] = self.faults_done
         r["seed"] = self.seed
@@ -320,6 +321,9 @@ def main(argv):
     ap.add_argument("--stop-seconds", type=float, default=10.0)
     ap.add_argument("--keep", action="store_true",
                     help="keep the data, the logs, traffic.txt and the subscribers' packet traces")
+    ap.add_argument("--keep-failed", action="store_true",
+                    help="keep the data, the logs and traffic.txt of a run that fails (no packet "
+                         "traces: the run is the same as without it)")
     ap.add_argument("--more", action="store_true",
                     help="add SIGSTOP and cut of the leader and a rolling SIGKILL restart "
                          "to the faults (another sequence for the same seed)")
@@ -330,12 +334,14 @@ def main(argv):
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
                log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb,
-               keep=a.keep)
+               keep=a.keep, keep_failed=a.keep_failed)
+    ok = False
     try:
         ok, _ = ch.run()
     finally:
-        ch.close(keep=a.keep)
-        if a.keep:
+        keep = a.keep or (a.keep_failed and not ok)
+        ch.close(keep=keep)
+        if keep:
             print(f"data, logs and traffic.txt kept in {ch.cluster.base}")
     return 0 if ok else 1
 
