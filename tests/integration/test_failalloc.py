@@ -68,6 +68,17 @@ def shim_env(prob, seed):
     }
 
 
+def nth_sweep_env():
+    """The shim's environment for a sweep that fails the Nth allocation of
+    round N (FAILALLOC_NTH, no random failures); skips without the shim."""
+    if not SHIM.exists():
+        pytest.skip(f"{SHIM} not built (cmake --build builds target failalloc)")
+    env = shim_env(0, 1)
+    del env["FAILALLOC_PROB"]
+    env["FAILALLOC_NTH"] = "1"
+    return env
+
+
 def toggle(b, state):
     """Arm or disarm the shim (state "armed" / "disarmed") and wait until
     the broker's handler says the new state is in effect."""
@@ -346,11 +357,7 @@ def test_subscribe_gets_every_retained_message_or_is_refused(broker, version):
     refused; never a successful SUBACK with a message silently missing
     (what test_no_acknowledgement_without_its_write met when its failures
     were not yet off)."""
-    if not SHIM.exists():
-        pytest.skip(f"{SHIM} not built (cmake --build builds target failalloc)")
-    env = shim_env(0, 1)
-    del env["FAILALLOC_PROB"]
-    env["FAILALLOC_NTH"] = "1"
+    env = nth_sweep_env()
     b = broker(_env=env, log_level="error")
     want = {b"r%d" % i for i in range(N_RETAINED)}
     p = M.Client(b, version=5)
@@ -383,28 +390,40 @@ def test_subscribe_gets_every_retained_message_or_is_refused(broker, version):
     b.stop()
 
 
+def _pubrec_armed(b, c, send, others=None):
+    """send() (a QoS 2 PUBLISH on c, returning its packet id) with the shim
+    armed, and the PUBREC that answers it; None when the broker closed the
+    connection (c closed then). Packets before the PUBREC are skipped, or,
+    with `others`, must be of those types."""
+    toggle(b, "armed")
+    try:
+        pid = send()
+        p = c.recv()
+        while p.type != M.PUBREC:
+            assert others is None or p.type in others, p
+            p = c.recv()
+        assert p.packet_id == pid, p
+    except (M.MQTTError, OSError):
+        c.close()
+        return None
+    finally:
+        toggle(b, "disarmed")
+    return p
+
+
 def _publish_round(b, c, payload):
     """One round of the sweep below: the shim armed for one QoS 2 PUBLISH
     of `payload` on c (5.0) and its PUBREC only. Returns ("acked", c),
     ("refused", c) for a PUBREC 0x97, or ("closed", None) when the broker
     closed the connection (not acknowledged: either outcome is allowed)."""
-    toggle(b, "armed")
-    try:
-        pid = c.publish("fa/q", payload, qos=2)
-        p = c.recv()
-        while p.type != M.PUBREC:
-            p = c.recv()
-        assert p.packet_id == pid, p
-    except (M.MQTTError, OSError):
-        c.close()
+    p = _pubrec_armed(b, c, lambda: c.publish("fa/q", payload, qos=2))
+    if p is None:
         return "closed", None
-    finally:
-        toggle(b, "disarmed")
     if p.reason_code >= 0x80:
         assert p.reason_code == 0x97, p
         return "refused", c
     try:
-        c.pubrel(pid)
+        c.pubrel(p.packet_id)
         c.expect(M.PUBCOMP)
     except (M.MQTTError, OSError):
         c.close()
@@ -426,11 +445,7 @@ def test_publish_refused_for_memory_leaves_no_row_after_sigkill(broker):
     (FAILALLOC_NTH), with two offline persistent QoS 2 subscribers; after
     the SIGKILL and restart each gets every acknowledged message exactly
     once and none of the refused ones."""
-    if not SHIM.exists():
-        pytest.skip(f"{SHIM} not built (cmake --build builds target failalloc)")
-    env = shim_env(0, 1)
-    del env["FAILALLOC_PROB"]
-    env["FAILALLOC_NTH"] = "1"
+    env = nth_sweep_env()
     data = tempfile.mkdtemp(prefix="starling-failalloc-")
     try:
         conf = dict(persistence=True, data_dir=os.path.join(data, "store"),
@@ -511,19 +526,10 @@ def _received_then_resent(b, connect, pid, payload):
     assert rec.packet_id == pid and rec.reason_code == 0, rec
     c.disconnect()  # waits for the broker's close: the id stays recorded
     c = connect()
-    toggle(b, "armed")
-    try:
-        c.publish("fa/d", payload, qos=2, dup=True, packet_id=pid)
-        p = c.recv()
-        while p.type != M.PUBREC:
-            assert p.type == M.DISCONNECT, p  # 5.0: closed with a reason
-            p = c.recv()
-        assert p.packet_id == pid, p
-    except (M.MQTTError, OSError):
-        c.close()
+    p = _pubrec_armed(b, c, lambda: c.publish("fa/d", payload, qos=2, dup=True, packet_id=pid),
+                      others=(M.DISCONNECT,))  # 5.0: closed with a reason
+    if p is None:
         return "closed", None
-    finally:
-        toggle(b, "disarmed")
     return ("refused" if p.reason_code >= 0x80 else "acked"), c
 
 
@@ -543,11 +549,7 @@ def test_failed_allocation_on_a_qos2_resend_of_a_received_message(broker, versio
     never delivered). After each round the client publishes a new message
     with the same packet id, as it may once the exchange is over. The
     offline persistent subscriber gets each message exactly once."""
-    if not SHIM.exists():
-        pytest.skip(f"{SHIM} not built (cmake --build builds target failalloc)")
-    env = shim_env(0, 1)
-    del env["FAILALLOC_PROB"]
-    env["FAILALLOC_NTH"] = "1"
+    env = nth_sweep_env()
     data = tempfile.mkdtemp(prefix="starling-failalloc-")
     try:
         b = broker(_env=env, persistence=True, data_dir=os.path.join(data, "store"),
