@@ -304,14 +304,17 @@ class Chaos:
         return ok, r
 
     def close(self, keep=False):
+        """Stops the nodes; returns the sanitizer reports in their logs
+        (read before a directory not kept is removed)."""
         if self.partition:
             self.partition.heal()
         for n in self.cluster.nodes:
             faults.resume(n)
-        rcs = self.cluster.stop()
+        self.cluster.stop()
+        reports = self.cluster.sanitizer_reports()
         if not keep and self.own_base:
             shutil.rmtree(self.base, ignore_errors=True)
-        return rcs
+        return reports
 
 
 def main(argv):
@@ -336,14 +339,17 @@ def main(argv):
                log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb,
                keep=a.keep, keep_failed=a.keep_failed)
     ok = False
+    reports = []
     try:
         ok, _ = ch.run()
     finally:
         keep = a.keep or (a.keep_failed and not ok)
-        ch.close(keep=keep)
+        reports = ch.close(keep=keep)
+        for r in reports:
+            print(f"PROBLEM sanitizer report: {r}", flush=True)
         if keep:
             print(f"data, logs and traffic.txt kept in {ch.cluster.base}")
-    return 0 if ok else 1
+    return 0 if ok and not reports else 1
 
 
 if __name__ == "__main__":

@@ -122,6 +122,9 @@ class Node:
             return f.read().decode(errors="replace")
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
 class Cluster:
     def __init__(self, base, extra_env=None):
         self.base = base
@@ -158,6 +161,21 @@ class Cluster:
             rcs[n.name] = n.stop()
         return rcs
 
+    def sanitizer_reports(self):
+        """The first line of each ASan/LSan/UBSan report in the nodes' logs
+        (the ASan build aborts on one: -fno-sanitize-recover), with its node;
+        a node that died of one in a test that kills nodes anyway, or a
+        leak reported at a SIGTERM at the end, would go unseen otherwise."""
+        found = []
+        for n in self.nodes:
+            if not os.path.exists(n.log_path):
+                continue
+            for line in n.logtext().splitlines():
+                if any(m in line for m in SANITIZER_MARKS):
+                    found.append(f"{n.name}: {line.strip()[:300]}")
+                    break
+        return found
+
 
 @pytest.fixture
 def cluster_factory(tmp_path):
@@ -170,10 +188,13 @@ def cluster_factory(tmp_path):
         return c
 
     yield make
+    reports = []
     for c in made:
         c.stop()
+        reports += c.sanitizer_reports()
         if not os.environ.get("STARLING_TEST_KEEP_TMP"):
             shutil.rmtree(c.base, ignore_errors=True)
+    assert not reports, f"sanitizer reports in the nodes' logs: {reports}"
 
 
 @pytest.fixture

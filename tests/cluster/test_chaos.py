@@ -22,10 +22,12 @@ def test_chaos_short(tmp_path):
     print(f"\nchaos seed {seed} (rerun: STARLING_CHAOS_SEED={seed}, or make chaos SEED={seed})")
     ch = Chaos(seed, seconds, stop_seconds=5.0, base=str(tmp_path / "chaos"),
                log=lambda s: print(s, flush=True))
+    reports = []
     try:
         ok, r = ch.run()
     finally:
-        ch.close()
+        reports = ch.close()
+    assert not reports, f"seed {seed}: sanitizer reports in the nodes' logs: {reports}"
     assert not r["problems"], f"seed {seed}: {r['problems']}"
     assert not r["errors"], f"seed {seed}: {r['errors']}"
     assert r["acknowledged"] > 0
