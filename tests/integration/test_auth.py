@@ -5,15 +5,11 @@ passwd`), ACL files are written in Mosquitto's syntax; clients are
 mosquitto_pub / mosquitto_sub with -u/-P and paho (3.1.1 and 5.0).
 """
 
-import os
 import signal
 import subprocess
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 import mqttraw
 from conftest import STARLING_BIN
