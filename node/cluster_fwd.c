@@ -890,11 +890,8 @@ struct session_pubs_seen *cluster_fwd_pubs_seen(struct cluster_fwd *f)
     ps->n = 0;
     for (unsigned i = 0; i < n; i++) {
         uint64_t pub = atomic_load(&f->ins[i]->pub_max);
-        if (pub) {
-            ps->e[ps->n].origin = f->ins[i]->origin;
-            ps->e[ps->n].pub = pub;
-            ps->n++;
-        }
+        if (pub)
+            ps->e[ps->n++] = (struct session_pub_seen){f->ins[i]->origin, pub};
     }
     return ps;
 }

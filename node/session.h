@@ -80,13 +80,16 @@ struct session_sub {
  * RecordOwner.pubs_seen (struct session.direct_local) */
 #define SESSION_PUBS_SEEN_MAX 3
 
+/* cluster: an origin node and a publish number of it (RecordOwner.pubs_seen) */
+struct session_pub_seen {
+    uint64_t origin, pub;
+};
+
 /* The forwards a node had begun to deliver when a session joined its index
  * (cluster_fwd_pubs_seen): per origin node, the highest publish number. */
 struct session_pubs_seen {
     size_t n;
-    struct {
-        uint64_t origin, pub;
-    } e[];
+    struct session_pub_seen e[];
 };
 
 struct session {
@@ -189,9 +192,7 @@ struct session {
         uint64_t node, from, routed_from, until;
         bool pubs_known;
         uint8_t n_pubs;
-        struct session_pub_seen {
-            uint64_t origin, pub;
-        } pubs[SESSION_PUBS_SEEN_MAX];
+        struct session_pub_seen pubs[SESSION_PUBS_SEEN_MAX];
     } direct_local;
     /* cluster: a session that came here from another node (taken over or
      * resumed from its record, no copy of it here): the route table index
