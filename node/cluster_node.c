@@ -233,8 +233,8 @@ static void route_done(void *ud, int status, const struct fsm_batch_result *res,
                   (unsigned long long)cn->inflight_ticket, (unsigned long long)res->index);
         cn->committed = cn->inflight_ticket;
         cn->committed_index = res->index;
-        if (!cn->first_routes_index)
-            cn->first_routes_index = res->index;
+        if (!cn->first_routes_index) /* (read without mu: claim_held_bound) */
+            __atomic_store_n(&cn->first_routes_index, res->index, __ATOMIC_RELEASE);
         for (struct waiter *w = cn->waiters; w; w = w->next)
             if (!w->index && w->ticket <= cn->inflight_ticket)
                 w->index = res->index;

@@ -170,8 +170,13 @@ static bool claim_route_incoming(struct cl_claim *k)
     bool shared = false;
     for (uint32_t i = 0; i < n && !shared; i++)
         shared = in->subs[i].len > 7 && memcmp(in->subs[i].filter, "$share/", 7) == 0;
-    uint64_t routed_from = copy_here || shared ? 0 : fsm_visible(k->cn->fsm);
+    uint64_t visible = fsm_visible(k->cn->fsm);
+    uint64_t routed_from = copy_here || shared ? 0 : visible;
     in->routed_from = routed_from;
+    /* with a copy here, it takes every forward from its join on, as the
+     * copy did before: its record says so (claim_held_bound) */
+    in->record_from = copy_here && !shared ? visible : 0;
+    uint64_t bound = routed_from ? routed_from : in->record_from;
     lock_release(&in->lock);
     /* what reaches it directly from now on waits for what its old owner
      * collected before (docs/cluster.md, "Ordering of late messages") */
@@ -187,7 +192,7 @@ static bool claim_route_incoming(struct cl_claim *k)
      * are counted now, for its record (RecordOwner.pubs_seen), so that an
      * old copy leaves out the ones routed since its claim that it took
      * (session_owner_had). */
-    struct session_pubs_seen *ps = routed_from ? cluster_fwd_pubs_seen(k->cn->fwd) : NULL;
+    struct session_pubs_seen *ps = bound ? cluster_fwd_pubs_seen(k->cn->fwd) : NULL;
     lock_acquire(&in->lock);
     free(in->pubs_seen);
     in->pubs_seen = ps;
@@ -245,12 +250,56 @@ static bool claim_route_incoming(struct cl_claim *k)
     return false;
 }
 
+/* A claim of this node that gives its client the session this node held
+ * already (the registry named this node: no session came with it, nor
+ * went through claim_route_incoming). That session is in the index since
+ * it was loaded or began, and takes every forward that reaches it: its
+ * record says so (record_from, with what had reached this node by now and
+ * the next publish number of this node), as a moved session's does, so
+ * that an old copy elsewhere leaves out what it had (session_owner_had).
+ * Before, that record said nothing: a node SIGKILLed as its claim of the
+ * id committed, started again with an older stored copy that the claim
+ * named its own, served it to the client's next CONNECT, and the copy on
+ * the node that owned the session before kept the forwards routed to both
+ * before this record; folded into a session resumed from the record, it
+ * gave them again (chaos seed 7820 with --more --no-lb: 6 QoS 2
+ * duplicates). From the first route batch this node committed in this
+ * run: a forward routed with a table that has it came to this run of the
+ * node, and one that came after the count below met the session. */
+static void claim_held_bound(struct cluster_node *cn, struct session *s)
+{
+    /* (atomic: claim_granted runs under reg_mu, which cn->mu never
+     * encloses and is not to) */
+    uint64_t from = __atomic_load_n(&cn->first_routes_index, __ATOMIC_ACQUIRE);
+    uint64_t visible = fsm_visible(cn->fsm);
+    if (!from || from > visible)
+        from = visible;
+    struct session_pubs_seen *ps = cluster_fwd_pubs_seen(cn->fwd);
+    uint64_t local = atomic_fetch_add(&cn->pub_seq, 0) + 1;
+    lock_acquire(&s->lock);
+    bool shared = false;
+    for (uint32_t i = 0; i < s->n_subs && !shared; i++)
+        shared = s->subs[i].len > 7 && memcmp(s->subs[i].filter, "$share/", 7) == 0;
+    if (from && ps && !s->routed_from && !s->direct_from && !shared) {
+        s->record_from = from;
+        free(s->pubs_seen);
+        s->pubs_seen = ps;
+        ps = NULL;
+        if (!s->local_from)
+            s->local_from = local;
+    }
+    lock_release(&s->lock);
+    free(ps);
+}
+
 /* registry_local_claim's answer (on the worker, under reg_mu): the session
  * learns its claim's epoch and its record follows it. */
 static void claim_granted(void *ud, int status, struct session *s)
 {
     struct cl_claim *k = ud;
     if (s && status >= 0) {
+        if (!k->incoming && !k->req.clean_start && k->prev_node == k->cn->self)
+            claim_held_bound(k->cn, s);
         lock_acquire(&s->lock);
         s->epoch = k->epoch;
         if (k->req.clean_start)

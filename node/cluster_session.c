@@ -171,8 +171,9 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s)
         struct cmd_session_sub *subs = calloc(s->n_subs + 1, sizeof(*subs));
         /* what reached this node before the session joined its index
          * (RecordOwner.pubs_seen), for a session that takes forwards from
-         * its claim on */
-        const struct session_pubs_seen *ps = s->routed_from ? s->pubs_seen : NULL;
+         * its claim on, or that was here already (record_from) */
+        uint64_t routed_from = s->routed_from ? s->routed_from : s->record_from;
+        const struct session_pubs_seen *ps = routed_from ? s->pubs_seen : NULL;
         struct cmd_pub_seen *seen = calloc(ps ? ps->n + 1 : 1, sizeof(*seen));
         if (subs && seen) {
             for (uint32_t i = 0; i < s->n_subs; i++)
@@ -182,7 +183,7 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s)
                 seen[i] = (struct cmd_pub_seen){ps->e[i].origin, ps->e[i].pub};
             r = cmd_session_record_seen(b, s->client_id, s->id_len, cn->self, epoch, expiry,
                                         s->version, s->user, subs, expiry ? s->n_subs : 0,
-                                        persist_pid_of(s->next_seq), s->routed_from, s->local_from,
+                                        persist_pid_of(s->next_seq), routed_from, s->local_from,
                                         seen, ps ? ps->n : 0, ps != NULL);
         } else {
             r = -ENOMEM;

@@ -1009,7 +1009,7 @@ int session_sub_set(struct session *s, const char *f, uint16_t len, uint8_t opti
 {
     struct session_sub *sub = session_sub_find(s, f, len);
     if (len > 7 && memcmp(f, "$share/", 7) == 0)
-        s->routed_from = 0; /* a shared group's message may be for it alone */
+        s->routed_from = s->record_from = 0; /* a shared group's message may be for it alone */
     if (!sub) {
         if (s->n_subs == s->cap_subs) {
             uint32_t cap = s->cap_subs ? s->cap_subs * 2 : 1; /* most devices: one */

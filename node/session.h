@@ -213,6 +213,15 @@ struct session {
      * which its own publishes reached it locally (0: none); written in its
      * record (RecordOwner.local_from). Set by the claim. */
     uint64_t local_from;
+    /* cluster: a session this node held already when a claim of its own
+     * gave it to its client again (no session came with the claim, whose
+     * routed_from stays 0: it drops no forward): the route table index from
+     * which it took every forward that reached this node after its claim
+     * (this run's first committed route batch, or the claim's index), for
+     * its record (RecordOwner.routed_from) with pubs_seen and local_from,
+     * which the claim sets too. 0: none. Set by the claim
+     * (cluster_registry.c, claim_granted). */
+    uint64_t record_from;
     /* cluster: 1 + next_seq when the session was resumed here from its
      * replicated record (0: it was not). The packet ids it used since are
      * those of pids_used; an older copy's unfinished QoS 2 exchanges may

@@ -2995,6 +2995,138 @@ def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
         x.disconnect()
 
 
+def copy_held_on_b_and_s_on_a(cluster_factory, tmp_path, name):
+    """held_copy_with_a_watcher: a persistent QoS 2 subscriber S, offline,
+    on B, W subscribed to its filter on A; then S moves to A, and B's old
+    copy, claimed away, stays held (STARLING_TEST_MOVING_HOLD, every node:
+    in its store too). Returns the cluster, the hold file, the leader C, B,
+    A, S's client id, the topic, W, a publisher on C, and B's batch hold
+    file (STARLING_TEST_BATCH_HOLD)."""
+    c, hold, cn, b, a, cid, topic, w = held_copy_with_a_watcher(cluster_factory, tmp_path,
+                                                                name, name + "/t")
+    p = PahoClient(cn, uid(name + "p"), 5)
+    p.connect()
+    hold.write_text("")
+    s = resumed_on(a, cid, timeout=30)
+    s.disconnect()
+    to_a = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: to_a in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
+    session_settled_then_synced(a, cid)
+    return c, hold, cn, b, a, cid, topic, w, p, tmp_path / f"batch-hold-{b.name}"
+
+
+def b_claiming_while_its_batch_waits(a, b, cid):
+    """S's client connects to B (a raw 5.0 client, returned) while B's
+    batch of routes and records waits: B's claim applies, A hands S's state
+    over (A's session becomes a copy moving out to B, held), and the claim
+    waits for its routes."""
+    y = mqttraw.Client(b, version=5)
+    y.connect(cid, clean=False, properties={"session_expiry_interval": 600}, expect=False)
+    to_b = f"the session of '{cid}' moved to {faults.node_id(b):016x}"
+    wait_until(lambda: to_b in a.logtext(), 30, f"{a.name} handing {cid}'s state to {b.name}")
+    wait_until(lambda: "this node's batch waits" in b.logtext(), 30,
+               f"{b.name} holding the routes and record of {cid}")
+    return y
+
+
+@pytest.mark.parametrize("how", ["restarted", "copy"])
+def test_session_a_claim_found_on_its_node_records_what_it_took(cluster_factory, tmp_path, how):
+    """Chaos seed 7820 with --more --no-lb (6 QoS 2 duplicates, 2026-12-03),
+    made deterministic. A persistent QoS 2 subscriber S, offline, on node
+    B, moves to A; B's old copy stays (STARLING_TEST_MOVING_HOLD, on every
+    node), in its store too. S's client connects to B while B's batch of
+    routes and records waits (STARLING_TEST_BATCH_HOLD): B's claim commits
+    and A hands S's state over (A's session becomes a copy moving out to B,
+    held). `restarted` (the chaos run's shape): B is SIGKILLed before it
+    answers and started again; the registry names B and its store has the
+    old copy, which becomes S's session there, while S's record still
+    names A; S connects to B again, a claim that gives it the session B
+    holds (none comes with it), while B's batch waits again. `copy`: B's
+    claim goes on, S's session joins B's index beside the old copy (which
+    is folded into it), and its CONNACK waits for the batch. M0..M19,
+    published on the leader C, reach A's copy (W's route) and S's session
+    on B (B's routes proposed again at its start; `copy`: the route of V,
+    a subscriber there), and S gets them on B. B's
+    batch goes; B is SIGKILLed and S resumes on A from B's record, into
+    which A's copy is folded. Before, that record said nothing of what B's
+    session took (it had not come by a claim that moved it with no copy
+    on B): A's copy kept M0..M19, routed before that record, and S got them
+    a second time (main's build: 20 of 20, `restarted` 2 of 2 runs). Now
+    the record says from which route table index B's session took every
+    forward and which of C's forwards had reached B at its claim
+    (RecordOwner.routed_from, pubs_seen), and A's copy leaves out M0..M19."""
+    c, hold, cn, b, a, cid, topic, w, p, b_hold = copy_held_on_b_and_s_on_a(
+        cluster_factory, tmp_path, "ownheld")
+    v = None
+    if how == "copy":
+        v = PahoClient(b, uid("ownheldv"), 5)
+        v.connect()
+        assert v.subscribe(topic + "/#", qos=2) == [2]
+    b_hold.write_text("")
+    y = b_claiming_while_its_batch_waits(a, b, cid)
+    claimed = faults.tables(cn)["registry"][cid]
+    assert claimed[0] == faults.node_id(b), f"registry {claimed}"
+    sent = [f"m{k}".encode() for k in range(20)]
+    try:
+        if how == "restarted":
+            kill(b)
+            y.close()
+            b_hold.unlink()
+            start = len(b.logtext())
+            b.start()
+            wait_healthy(c)
+            wait_until(lambda: "start-up pass over" in b.logtext()[start:], 30,
+                       f"{b.name}'s start-up pass")
+            # B's routes, proposed again at its start, are in C's table
+            wait_until(lambda: (faults.node_id(b), topic + "/#") in faults.tables(cn)["routes"],
+                       30, f"{b.name}'s route of {topic}/# on {cn.name}")
+            b_hold.write_text("")
+            s = resumed_on(b, cid, timeout=30)
+            log = b.logtext()[start:]
+            # no session came with this claim: B gave S the one it held
+            for other in (f"the session of '{cid}' moved here",
+                          f"the session of '{cid}' resumed",
+                          f"'{cid}' is this node's by the registry but not in its store",
+                          f"'{cid}' was owned by", f"no session record of '{cid}'"):
+                assert other not in log, f"{b.name}: {other}"
+            mine = faults.tables(cn)["registry"][cid]
+            assert mine[0] == faults.node_id(b) and mine[1] > claimed[1], f"registry {mine}"
+            for m in sent:
+                p.publish(topic + "/x", m, qos=2)
+        else:
+            for m in sent:
+                p.publish(topic + "/x", m, qos=2)
+            assert [v.get(WAIT).payload for _ in sent] == sent  # they reached B
+            b_hold.unlink()
+            y.connack = y.expect(mqttraw.CONNACK, 30)
+            assert y.connack.reason_code == 0 and y.connack.session_present, y.connack
+            y.close()
+            s = resumed_on(b, cid, timeout=30)
+            mine = faults.tables(cn)["registry"][cid]
+        assert [w.get(WAIT).payload for _ in sent] == sent  # they reached A
+        on_b = delivered_before_a_marker(s, p, topic)
+        assert on_b == sent, f"on {b.name}: {on_b}"
+    finally:
+        if b_hold.exists():
+            b_hold.unlink()
+    wait_until(lambda: cid in faults.tables(cn)["sessions"] and
+               faults.tables(cn)["registry"][cid] == mine, 30, f"{b.name}'s record of {cid}")
+    session_settled_then_synced(b, cid)
+    kill(b)
+    for x in (s, w, v):
+        if x:
+            x.stop()
+    s = resumed_on(a, cid, timeout=30, tries=3)
+    hold.unlink()
+    assert f"'{cid}' is claimed here again while its old copy" in a.logtext()
+    on_a = delivered_before_a_marker(s, p, topic)
+    print(f"\n[{how}: a session the claim found on its node] on {b.name}: {len(on_b)}, "
+          f"again on {a.name}: {len(on_a)}")
+    assert on_a == [], f"QoS 2 messages delivered twice: {on_a}"
+    for x in (s, p):
+        x.disconnect()
+
+
 class _HoldingSubscriber:
     """QoS 2 receipt as paho 1.6 does it: a PUBLISH is kept by packet id
     (a later PUBLISH with that id replaces it) and given to the application
