@@ -245,6 +245,8 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
  * so that what was routed since reached that owner directly; 0 when none
  * is known (or s has a shared subscription). */
 uint64_t cn_copy_owners_index(struct cluster_node *cn, struct session *s, uint64_t to);
+/* Whether s has a shared subscription (cluster_session.c). s->lock held. */
+bool cn_subs_shared(const struct session *s);
 /* A `now` copy of id (no state sent yet) moving to `to` for claim `epoch`,
  * taken out of the moving list (its reference), or NULL: the claimant asks
  * for its state after all (a stored session the start-up pass found claimed

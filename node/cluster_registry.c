@@ -167,9 +167,7 @@ static bool claim_route_incoming(struct cl_claim *k)
     lock_acquire(&in->lock);
     in->epoch = k->epoch;
     uint32_t n = in->n_subs;
-    bool shared = false;
-    for (uint32_t i = 0; i < n && !shared; i++)
-        shared = in->subs[i].len > 7 && memcmp(in->subs[i].filter, "$share/", 7) == 0;
+    bool shared = cn_subs_shared(in);
     uint64_t visible = fsm_visible(k->cn->fsm);
     uint64_t routed_from = copy_here || shared ? 0 : visible;
     in->routed_from = routed_from;
@@ -277,10 +275,7 @@ static void claim_held_bound(struct cluster_node *cn, struct session *s)
     struct session_pubs_seen *ps = cluster_fwd_pubs_seen(cn->fwd);
     uint64_t local = atomic_fetch_add(&cn->pub_seq, 0) + 1;
     lock_acquire(&s->lock);
-    bool shared = false;
-    for (uint32_t i = 0; i < s->n_subs && !shared; i++)
-        shared = s->subs[i].len > 7 && memcmp(s->subs[i].filter, "$share/", 7) == 0;
-    if (from && ps && !s->routed_from && !s->direct_from && !shared) {
+    if (from && ps && !s->routed_from && !s->direct_from && !cn_subs_shared(s)) {
         s->record_from = from;
         free(s->pubs_seen);
         s->pubs_seen = ps;

@@ -614,7 +614,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
 /* Whether s has a shared subscription: a shared group's message came here
  * because its origin picked this node, whatever routes it had. s->lock
  * held. */
-static bool subs_shared(const struct session *s)
+bool cn_subs_shared(const struct session *s)
 {
     for (uint32_t i = 0; i < s->n_subs; i++)
         if (s->subs[i].len > 7 && memcmp(s->subs[i].filter, "$share/", 7) == 0)
@@ -785,7 +785,7 @@ uint64_t cn_copy_owners_index(struct cluster_node *cn, struct session *s, uint64
 {
     lock_acquire(&s->lock);
     uint64_t own = s->epoch, stored = s->stored_epoch;
-    bool shared = subs_shared(s);
+    bool shared = cn_subs_shared(s);
     lock_release(&s->lock);
     if (shared)
         return 0;
@@ -902,7 +902,7 @@ static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64
     uint64_t direct =
         owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, owners_only, &local);
     lock_acquire(&s->lock);
-    if (!s->direct_from && !subs_shared(s))
+    if (!s->direct_from && !cn_subs_shared(s))
         s->direct_from = direct;
     if (!s->direct_local.node)
         s->direct_local = local;
@@ -2090,7 +2090,7 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
     lock_acquire(&s->lock);
     /* a shared group's message came here because its origin picked this
      * node, whatever routes it had: those all go */
-    *shared = subs_shared(s);
+    *shared = cn_subs_shared(s);
     uint32_t n = s->n_subs;
     struct session_sub *subs = s->subs;
     s->subs = NULL;
@@ -2530,7 +2530,7 @@ static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
     if (f->route_index)
         owner_local_note(cn, s);
     lock_acquire(&s->lock);
-    bool shared = subs_shared(s);
+    bool shared = cn_subs_shared(s);
     struct qmsg *late = s->inflight.head || s->queue.head ? cn_session_take_msgs(s) : NULL;
     seen_forget_direct(s, late, shared ? 0 : f->route_index);
     lock_release(&s->lock);

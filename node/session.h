@@ -213,14 +213,15 @@ struct session {
      * which its own publishes reached it locally (0: none); written in its
      * record (RecordOwner.local_from). Set by the claim. */
     uint64_t local_from;
-    /* cluster: a session this node held already when a claim of its own
-     * gave it to its client again (no session came with the claim, whose
-     * routed_from stays 0: it drops no forward): the route table index from
-     * which it took every forward that reached this node after its claim
-     * (this run's first committed route batch, or the claim's index), for
-     * its record (RecordOwner.routed_from) with pubs_seen and local_from,
-     * which the claim sets too. 0: none. Set by the claim
-     * (cluster_registry.c, claim_granted). */
+    /* cluster: a claim's session whose routed_from stays 0 (it drops no
+     * forward) though it takes every forward that reaches this node from
+     * the claim on: one this node held already when a claim of its own gave
+     * it to its client again (no session came with the claim: from this
+     * run's first committed route batch, or the claim's index), or one that
+     * moved here beside an old copy of it (from the claim's index). For its
+     * record alone (RecordOwner.routed_from), with pubs_seen and
+     * local_from, which the claim sets too. 0: none. Set by the claim
+     * (cluster_registry.c: claim_held_bound, claim_route_incoming). */
     uint64_t record_from;
     /* cluster: 1 + next_seq when the session was resumed here from its
      * replicated record (0: it was not). The packet ids it used since are
