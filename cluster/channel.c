@@ -22,6 +22,22 @@
  * one system call per batch under load. The loop closes a connection's
  * socket only once no other thread writes to it (c->cv).
  *
+ * Readers (channel.h): a ready incoming connection may be read by another
+ * thread (struct chan_reader, in the struct conn): the loop stops reading it
+ * and reader_attach starts a uv_poll_t and a uv_async_t on the reader's
+ * loop. The reader reads into a buffer of its own and handles each whole
+ * frame that reader_fast accepts while nothing is left for the loop
+ * (conn.unhandled, 0); every other frame, and all after it until the loop
+ * handled them, it appends to conn.rq (under c->rq_mu) and wakes the loop
+ * (c->rq_async), which moves them to conn.rbuf and handles them there as
+ * it would have (conn_parse, which counts them off). The reader gives the
+ * connection back (conn.back; the bytes of a partial frame go with it) when
+ * its socket ends or fails, when the loop asks (conn.release: the
+ * connection closes; its socket is closed only once the reader's handles
+ * are), when its own thread stops (chan_reader_stop), or at a frame larger
+ * than max_frame (the loop refuses it). Each connection is attached at most
+ * once.
+ *
  * Every libuv handle is counted in c->open; chan_stop closes them all and
  * frees c when the count reaches 0.
  */
@@ -45,6 +61,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #define NONCE_LEN 16
 #define BACKOFF_MIN_MS 100
@@ -61,6 +78,9 @@
 #define LOOP_WRITE_BYTES (256u << 10)
 #define DIRECT_WRITE_FRAMES 16384u
 #define DIRECT_WRITE_BYTES (1u << 20)
+/* frames a reader gave the loop that it has not handled yet: beyond this
+ * many bytes the reader stops reading until the loop is down to half */
+#define READER_BACKLOG_BYTES (8u << 20)
 
 struct qframe {
     struct qframe *next;
@@ -107,6 +127,21 @@ struct arena {
     ProtobufCAllocator al;
 };
 
+/* A connection while another thread reads it (see the top). Reader thread
+ * only, but for k and fd. */
+struct chan_reader {
+    struct conn *k;
+    int fd;
+    uv_poll_t poll;
+    uv_async_t async;
+    unsigned open; /* of poll and async */
+    bool ending;
+    bool eof; /* the socket ended or failed */
+    unsigned char *buf;
+    size_t len, cap;
+    struct arena arena;
+};
+
 struct conn {
     struct chan *c;
     struct conn *next; /* c->incoming */
@@ -126,6 +161,23 @@ struct conn {
     uv_write_t wreq;
     struct qframe *writing;
     size_t writing_n;
+    /* a reader (incoming): the loop's side */
+    bool attached;  /* from reader_attach until it is handed back */
+    bool no_reader; /* attached once already (or declined) */
+    struct chan_reader rd;
+    /* frames the reader gave the loop and the loop did not handle yet:
+     * their number and bytes (atomic) */
+    size_t unhandled, backlog;
+    /* guarded by c->rq_mu */
+    unsigned char *rq; /* frames for the loop, in order */
+    size_t rq_len, rq_cap;
+    bool rq_woken; /* the loop was woken for rq */
+    bool rd_alive; /* the reader's async may be sent */
+    bool release;  /* the loop wants the connection back */
+    bool stalled;  /* the reader stopped reading (backlog) */
+    bool resume;   /* ...and may read again */
+    bool back;     /* handed back: everything it read is in rq */
+    bool rd_eof;   /* ...and its socket ended or failed */
 };
 
 struct peer {
@@ -173,6 +225,11 @@ struct chan {
     void *done_ud;
     uint64_t refused;
     struct arena arena; /* the loop thread's, for the frame being handled */
+    /* readers: c->rq_async wakes the loop for their frames and hand-backs */
+    pthread_mutex_t rq_mu;
+    uv_async_t rq_async;
+    unsigned n_attached;
+    bool rq_closed;
 };
 
 static int parse_address(const char *address, struct sockaddr_in *sa)
@@ -298,6 +355,7 @@ static void maybe_done(struct chan *c)
         free(p);
     }
     pthread_mutex_destroy(&c->mu);
+    pthread_mutex_destroy(&c->rq_mu);
     pthread_cond_destroy(&c->cv);
     free(c->arena.buf);
     void (*done)(void *) = c->done;
@@ -748,6 +806,7 @@ static void handle_frame(struct conn *k, const Starling__Chan__Frame *f)
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
 static void on_resume(uv_idle_t *h);
+static void reader_catch_up(struct conn *k);
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
@@ -820,6 +879,10 @@ static void conn_parse(struct conn *k)
         if (!al)
             starling__chan__frame__free_unpacked(f, NULL);
         arena_end(&c->arena, al);
+        if (k->attached) { /* a reader's frame: the reader may go on once all are */
+            __atomic_fetch_sub(&k->backlog, 4 + len, __ATOMIC_RELEASE);
+            __atomic_fetch_sub(&k->unhandled, 1, __ATOMIC_RELEASE);
+        }
     }
     if (k->closing)
         return;
@@ -833,16 +896,376 @@ static void conn_parse(struct conn *k)
             k->rcap = READ_CHUNK;
         }
     }
+    /* (an attached connection is read by its reader, not by the loop) */
     if (more && !k->paused) {
         k->paused = true;
-        uv_read_stop((uv_stream_t *)&k->tcp);
+        if (!k->attached)
+            uv_read_stop((uv_stream_t *)&k->tcp);
         if (!c->stopping)
             uv_idle_start(&c->resume, on_resume);
     } else if (!more && k->paused) {
         k->paused = false;
+        if (!k->attached && uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
+            conn_close(k);
+    }
+    if (k->attached)
+        reader_catch_up(k);
+}
+
+/* ---- readers (see the top) ---- */
+
+/* Append n bytes to k->rq (caller holds c->rq_mu). */
+static int rq_append(struct conn *k, const unsigned char *p, size_t n)
+{
+    if (k->rq_cap - k->rq_len < n) {
+        size_t cap = k->rq_cap ? k->rq_cap : READ_CHUNK;
+        while (cap - k->rq_len < n)
+            cap *= 2;
+        unsigned char *q = realloc(k->rq, cap);
+        if (!q)
+            return -1;
+        k->rq = q;
+        k->rq_cap = cap;
+    }
+    memcpy(k->rq + k->rq_len, p, n);
+    k->rq_len += n;
+    return 0;
+}
+
+static void reader_closed(uv_handle_t *h);
+static void conn_closed(uv_handle_t *h);
+
+/* The reader stops: its handles close, then it hands the connection back
+ * (reader_closed). Its thread. */
+static void reader_end(struct chan_reader *r, bool eof)
+{
+    if (r->ending)
+        return;
+    r->ending = true;
+    r->eof = eof;
+    uv_poll_stop(&r->poll);
+    uv_close((uv_handle_t *)&r->poll, reader_closed);
+    uv_close((uv_handle_t *)&r->async, reader_closed);
+}
+
+/* Hand k back to the loop with what the reader holds: after this, the
+ * reader touches nothing of k or c (the loop may free them). */
+static void reader_back(struct chan_reader *r, bool eof)
+{
+    struct conn *k = r->k;
+    struct chan *c = k->c;
+    pthread_mutex_lock(&c->rq_mu);
+    if (r->len && rq_append(k, r->buf, r->len) < 0)
+        eof = true; /* bytes lost: the connection cannot go on */
+    free(r->buf);
+    r->buf = NULL;
+    r->len = r->cap = 0;
+    k->rd_alive = false;
+    k->back = true;
+    k->rd_eof = eof;
+    uv_async_send(&c->rq_async);
+    pthread_mutex_unlock(&c->rq_mu);
+}
+
+static void reader_closed(uv_handle_t *h)
+{
+    struct chan_reader *r = h->data;
+    if (--r->open)
+        return;
+    struct chan *c = r->k->c;
+    free(r->arena.buf);
+    r->arena.buf = NULL;
+    if (c->o.reader_done)
+        c->o.reader_done(c->o.reader_ud, r);
+    reader_back(r, r->eof);
+}
+
+/* Give frames to the loop: n bytes holding `frames` whole frames (or the
+ * rest of a connection that ends). Reader thread. */
+static int reader_give(struct chan_reader *r, const unsigned char *p, size_t n, size_t frames)
+{
+    struct conn *k = r->k;
+    struct chan *c = k->c;
+    pthread_mutex_lock(&c->rq_mu);
+    int rc = rq_append(k, p, n);
+    if (rc == 0) {
+        /* counted before the loop can take them */
+        __atomic_fetch_add(&k->unhandled, frames, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&k->backlog, n, __ATOMIC_RELAXED);
+        if (!k->rq_woken) {
+            k->rq_woken = true;
+            uv_async_send(&c->rq_async);
+        }
+        if (__atomic_load_n(&k->backlog, __ATOMIC_RELAXED) > READER_BACKLOG_BYTES)
+            k->stalled = true;
+    }
+    bool stall = k->stalled;
+    pthread_mutex_unlock(&c->rq_mu);
+    if (stall)
+        uv_poll_stop(&r->poll); /* until the loop is down to half (reader_catch_up) */
+    return rc;
+}
+
+/* The whole frames of r->buf: the reader's own while nothing is left for
+ * the loop, the rest the loop's. */
+static void reader_parse(struct chan_reader *r)
+{
+    struct conn *k = r->k;
+    struct chan *c = k->c;
+    size_t off = 0;
+    bool failed = false;
+    while (r->len - off >= 4) {
+        const unsigned char *p = r->buf + off;
+        size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+        if (len > c->o.max_frame) {
+            /* the loop refuses it (it gets the bytes with the connection) */
+            break;
+        }
+        if (r->len - off - 4 < len)
+            break;
+        if (__atomic_load_n(&k->unhandled, __ATOMIC_ACQUIRE) == 0) {
+            ProtobufCAllocator *al = arena_begin(&r->arena);
+            Starling__Chan__Frame *f = al ? chan_frame_unpack_publish(al, len, p + 4) : NULL;
+            bool here = f && c->o.reader_fast(c->o.reader_ud, f);
+            if (here)
+                c->o.reader_frame(c->o.reader_ud, k->remote, f);
+            arena_end(&r->arena, al);
+            if (here) {
+                off += 4 + len;
+                continue;
+            }
+        }
+        /* this frame and every whole one after it: the loop's */
+        size_t end = off, frames = 0;
+        while (r->len - end >= 4) {
+            const unsigned char *q = r->buf + end;
+            size_t l = (size_t)q[0] << 24 | (size_t)q[1] << 16 | (size_t)q[2] << 8 | q[3];
+            if (l > c->o.max_frame || r->len - end - 4 < l)
+                break;
+            end += 4 + l;
+            frames++;
+        }
+        if (reader_give(r, r->buf + off, end - off, frames) < 0) {
+            failed = true;
+            break;
+        }
+        off = end;
+    }
+    memmove(r->buf, r->buf + off, r->len - off);
+    r->len -= off;
+    if (failed) {
+        reader_end(r, true); /* out of memory: the connection closes */
+    } else if (r->len >= 4) {
+        size_t len =
+            (size_t)r->buf[0] << 24 | (size_t)r->buf[1] << 16 | (size_t)r->buf[2] << 8 | r->buf[3];
+        if (len > c->o.max_frame)
+            reader_end(r, false); /* the loop refuses it */
+    }
+}
+
+static void reader_on_poll(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    HOPTRACE_MARK(HOP_CHAN_READ);
+    struct chan_reader *r = h->data;
+    struct conn *k = r->k;
+    if (r->ending)
+        return;
+    if (status < 0) {
+        reader_end(r, true);
+        return;
+    }
+    if (r->cap - r->len < READ_CHUNK) {
+        size_t cap = r->cap ? r->cap : 2 * READ_CHUNK;
+        while (cap - r->len < READ_CHUNK)
+            cap *= 2;
+        unsigned char *p = realloc(r->buf, cap);
+        if (!p) {
+            reader_end(r, true);
+            return;
+        }
+        r->buf = p;
+        r->cap = cap;
+    }
+    ssize_t n = read(r->fd, r->buf + r->len, READ_CHUNK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        reader_end(r, true);
+        return;
+    }
+    if (k->from) /* once per read, not per frame */
+        __atomic_store_n(&k->from->heard_ms, mono_ms(), __ATOMIC_RELAXED);
+    r->len += (size_t)n;
+    reader_parse(r);
+}
+
+static void reader_on_async(uv_async_t *h)
+{
+    struct chan_reader *r = h->data;
+    struct conn *k = r->k;
+    struct chan *c = k->c;
+    if (r->ending)
+        return;
+    pthread_mutex_lock(&c->rq_mu);
+    bool release = k->release, resume = k->resume;
+    k->resume = false;
+    pthread_mutex_unlock(&c->rq_mu);
+    if (release)
+        reader_end(r, false);
+    else if (resume && uv_poll_start(&r->poll, UV_READABLE, reader_on_poll) != 0)
+        reader_end(r, true);
+}
+
+void chan_reader_start(struct chan_reader *r, uv_loop_t *loop)
+{
+    struct conn *k = r->k;
+    struct chan *c = k->c;
+    if (!loop) {
+        reader_back(r, false); /* declined: nothing was read */
+        return;
+    }
+    if (uv_poll_init(loop, &r->poll, r->fd) != 0) {
+        if (c->o.reader_done)
+            c->o.reader_done(c->o.reader_ud, r);
+        reader_back(r, false);
+        return;
+    }
+    r->poll.data = r;
+    r->open = 1;
+    if (uv_async_init(loop, &r->async, reader_on_async) != 0) {
+        r->ending = true;
+        uv_close((uv_handle_t *)&r->poll, reader_closed);
+        return;
+    }
+    r->async.data = r;
+    r->open = 2;
+    pthread_mutex_lock(&c->rq_mu);
+    k->rd_alive = true;
+    bool release = k->release;
+    pthread_mutex_unlock(&c->rq_mu);
+    if (release || uv_poll_start(&r->poll, UV_READABLE, reader_on_poll) != 0)
+        reader_end(r, release ? false : true);
+}
+
+void chan_reader_stop(struct chan_reader *r)
+{
+    reader_end(r, false);
+}
+
+/* The loop: after handling a reader's frames, let it read again once the
+ * backlog is down to half. */
+static void reader_catch_up(struct conn *k)
+{
+    struct chan *c = k->c;
+    pthread_mutex_lock(&c->rq_mu);
+    if (k->stalled && __atomic_load_n(&k->backlog, __ATOMIC_ACQUIRE) <= READER_BACKLOG_BYTES / 2) {
+        k->stalled = false;
+        k->resume = true;
+        if (k->rd_alive)
+            uv_async_send(&k->rd.async);
+    }
+    pthread_mutex_unlock(&c->rq_mu);
+}
+
+/* A ready incoming connection goes to a reader (chan_options.reader_attach)
+ * when nothing of it is left to handle here. Loop thread. */
+static void reader_attach(struct conn *k)
+{
+    struct chan *c = k->c;
+    uv_os_fd_t fd;
+    if (!c->o.reader_attach || k->no_reader || k->attached || k->state != IN_READY || !k->from ||
+        k->closing || k->paused || k->rlen || c->stopping ||
+        uv_fileno((uv_handle_t *)&k->tcp, &fd) != 0)
+        return;
+    k->no_reader = true;
+    uv_read_stop((uv_stream_t *)&k->tcp);
+    k->attached = true;
+    c->n_attached++;
+    memset(&k->rd, 0, sizeof k->rd);
+    k->rd.k = k;
+    k->rd.fd = fd;
+    __atomic_store_n(&k->unhandled, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&k->backlog, 0, __ATOMIC_RELAXED);
+    if (c->o.reader_attach(c->o.reader_ud, k->remote, &k->rd) != 0) {
+        k->attached = false;
+        c->n_attached--;
         if (uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
             conn_close(k);
     }
+}
+
+/* The loop: a reader's frames, or the connection handed back. */
+static void reader_take(struct conn *k)
+{
+    struct chan *c = k->c;
+    pthread_mutex_lock(&c->rq_mu);
+    unsigned char *q = k->rq;
+    size_t qlen = k->rq_len, qcap = k->rq_cap;
+    bool back = k->back, eof = k->rd_eof;
+    k->rq = NULL;
+    k->rq_len = k->rq_cap = 0;
+    k->rq_woken = false;
+    k->back = false;
+    pthread_mutex_unlock(&c->rq_mu);
+    if (!k->rlen && q) { /* (mostly) */
+        free(k->rbuf);
+        k->rbuf = q;
+        k->rlen = qlen;
+        k->rcap = qcap;
+    } else if (qlen) {
+        if (k->rcap - k->rlen < qlen) {
+            size_t cap = k->rcap ? k->rcap : READ_CHUNK;
+            while (cap - k->rlen < qlen)
+                cap *= 2;
+            unsigned char *p = realloc(k->rbuf, cap);
+            if (!p) {
+                free(q);
+                conn_close(k); /* frames lost: the connection cannot go on */
+                goto handed;
+            }
+            k->rbuf = p;
+            k->rcap = cap;
+        }
+        memcpy(k->rbuf + k->rlen, q, qlen);
+        k->rlen += qlen;
+        free(q);
+    } else {
+        free(q);
+    }
+handed:
+    if (back) {
+        k->attached = false;
+        c->n_attached--;
+        if (c->stopping && !c->n_attached && !c->rq_closed) {
+            c->rq_closed = true;
+            uv_close((uv_handle_t *)&c->rq_async, handle_closed);
+        }
+    }
+    if (k->closing) {
+        if (back) /* conn_close waited for the reader */
+            uv_close((uv_handle_t *)&k->tcp, conn_closed);
+        return;
+    }
+    bool was_paused = k->paused;
+    if (k->rlen && !k->paused)
+        conn_parse(k);
+    if (!back || k->closing)
+        return;
+    if (eof)
+        conn_close(k);
+    else if (!was_paused && !k->paused &&
+             uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
+        conn_close(k);
+}
+
+static void on_rq(uv_async_t *a)
+{
+    struct chan *c = a->data;
+    /* (connections are freed only in their close callbacks) */
+    for (struct conn *k = c->incoming; k; k = k->next)
+        if (k->attached)
+            reader_take(k);
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
@@ -879,6 +1302,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     memcpy(k->rbuf + k->rlen, b->base, (size_t)n);
     k->rlen += (size_t)n;
     conn_parse(k);
+    reader_attach(k);
 }
 
 /* The idle phase of the loop: the connections with frames left from their
@@ -932,6 +1356,7 @@ static void conn_closed(uv_handle_t *h)
             }
     }
     free(k->rbuf);
+    free(k->rq);
     free(k);
     c->open--;
     maybe_done(c);
@@ -954,6 +1379,16 @@ static void conn_close(struct conn *k)
                 pthread_cond_wait(&c->cv, &c->mu);
         }
         pthread_mutex_unlock(&c->mu);
+    }
+    if (k->attached) {
+        /* its socket closes once its reader gave it back (reader_take) */
+        struct chan *c = k->c;
+        pthread_mutex_lock(&c->rq_mu);
+        k->release = true;
+        if (k->rd_alive)
+            uv_async_send(&k->rd.async);
+        pthread_mutex_unlock(&c->rq_mu);
+        return;
     }
     uv_close((uv_handle_t *)&k->tcp, conn_closed);
 }
@@ -1068,6 +1503,7 @@ int chan_start(struct chan **out, const struct chan_options *o, char *err, size_
     snprintf(c->self_name, sizeof c->self_name, "%s", o->self_name ? o->self_name : "");
     snprintf(c->address, sizeof c->address, "%s", o->address);
     pthread_mutex_init(&c->mu, NULL);
+    pthread_mutex_init(&c->rq_mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     uv_tcp_init(o->loop, &c->listener);
     c->listener.data = c;
@@ -1087,6 +1523,9 @@ int chan_start(struct chan **out, const struct chan_options *o, char *err, size_
     uv_idle_init(o->loop, &c->resume);
     c->resume.data = c;
     c->open++;
+    uv_async_init(o->loop, &c->rq_async, on_rq);
+    c->rq_async.data = c;
+    c->open++;
     *out = c;
     return 0;
 }
@@ -1101,6 +1540,10 @@ void chan_stop(struct chan *c, void (*done)(void *ud), void *ud)
     uv_close((uv_handle_t *)&c->listener, handle_closed);
     uv_close((uv_handle_t *)&c->async, handle_closed);
     uv_close((uv_handle_t *)&c->resume, handle_closed);
+    if (!c->n_attached) { /* else once the last reader gave its connection back */
+        c->rq_closed = true;
+        uv_close((uv_handle_t *)&c->rq_async, handle_closed);
+    }
     for (struct peer *p = c->peers; p; p = p->next) {
         if (p->conn)
             conn_close(p->conn);

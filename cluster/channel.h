@@ -42,10 +42,24 @@
  * stopped draining (a stalled process, a cut link) is not busy: its
  * overflow is refused and counted, the senders are never held back by it.
  *
+ * Readers (optional, chan_options.reader_attach): a ready incoming
+ * connection is read by another thread (a broker worker: the one that
+ * delivers to its subscribers), which handles the frames that
+ * reader_fast accepts itself (reader_frame) and hands every other frame to
+ * the loop (on_frame), in order: a frame is handled by the reader only
+ * when every frame before it was handled, wherever. That saves the loop's
+ * hand-off (a thread wake-up) on each forwarded QoS 0 publish
+ * (docs/cluster.md, "The forwarding channel"). What the loop has not
+ * handled yet is bounded (READER_BACKLOG_BYTES): beyond it the reader stops
+ * reading until the loop catches up. The reader gives the connection back
+ * to the loop when the loop closes it, or when its thread stops
+ * (chan_reader_stop): the loop then reads it again.
+ *
  * Threads: chan_start, chan_stop, chan_peer_add and chan_peer_remove on the
  * loop's thread; chan_send and chan_stats from any thread, chan_flush_here
  * from any thread but the loop's. on_frame runs on
- * the loop's thread.
+ * the loop's thread; reader_fast, reader_frame and reader_done on the
+ * reader's.
  */
 #ifndef STARLING_CHANNEL_H
 #define STARLING_CHANNEL_H
@@ -60,6 +74,8 @@
 #define CHAN_STALL_MS 400
 
 struct chan;
+/* An incoming connection while a reader thread takes it (see above). */
+struct chan_reader;
 
 /* A frame from node `from` (already authenticated): frame is a
  * const Starling__Chan__Frame * (channel.pb-c.h), valid during the call. */
@@ -85,6 +101,17 @@ struct chan_options {
      * not woken for the frame. */
     bool (*defer)(void *defer_ud);
     void *defer_ud;
+    /* Optional (see "Readers" above), all three or none: reader_attach
+     * (loop thread) makes chan_reader_start(r, loop) run on the thread of
+     * loop, once, or chan_reader_start(r, NULL) anywhere to decline; it
+     * returns 0, or -1 when it did neither (the loop keeps reading). */
+    int (*reader_attach)(void *ud, uint64_t from, struct chan_reader *r);
+    bool (*reader_fast)(void *ud, const void *frame);
+    void (*reader_frame)(void *ud, uint64_t from, const void *frame);
+    /* The reader stopped (its thread; after chan_reader_stop too): r is
+     * the loop's again. May be NULL. */
+    void (*reader_done)(void *ud, struct chan_reader *r);
+    void *reader_ud;
 };
 
 /* Listen and get ready. 0, or a negative errno with a message in err. */
@@ -102,6 +129,13 @@ int chan_peer_remove(struct chan *c, uint64_t node);
  * peer, -ENOBUFS queue full (counted), -EMSGSIZE larger than max_frame,
  * -ECANCELED stopping. */
 int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len);
+/* On the thread of loop (reader_attach): read r there, or decline (loop
+ * NULL; any thread). */
+void chan_reader_start(struct chan_reader *r, uv_loop_t *loop);
+/* Give r back to the loop (its reader's thread, which must not stop before
+ * reader_done ran: the handles on its loop close first). */
+void chan_reader_stop(struct chan_reader *r);
+
 /* Write what is queued for every peer whose connection is ready and idle
  * from the calling thread (one system call per peer and batch), and wake
  * the loop for the rest. Any thread but the loop's; never blocks on the

@@ -941,6 +941,11 @@ static int hook_start(void *ud, struct raft_node *n, uv_loop_t *loop)
                              .cluster_secret = c->cfg.cluster_secret,
                              .on_frame = on_frame,
                              .ud = c,
+                             .reader_attach = c->cfg.reader_attach,
+                             .reader_fast = c->cfg.reader_fast,
+                             .reader_frame = c->cfg.reader_frame,
+                             .reader_done = c->cfg.reader_done,
+                             .reader_ud = c->cfg.frame_ud,
                              .defer = c->cfg.defer,
                              .defer_ud = c->cfg.defer_ud,
                              .on_drained = on_chan_drained};

@@ -62,6 +62,13 @@ struct cluster_config {
     fsm_entry_fn on_entry;  /* each entry in effect (fsm.h; cluster thread, observer_ud) */
     chan_frame_fn on_frame; /* the broker's frames (cluster thread), may be NULL */
     void *frame_ud;
+    /* chan_options.reader_* (channel.h), with frame_ud: incoming channel
+     * connections read by the broker's workers, which handle the frames
+     * reader_fast accepts; all NULL for none */
+    int (*reader_attach)(void *ud, uint64_t from, struct chan_reader *r);
+    bool (*reader_fast)(void *ud, const void *frame);
+    void (*reader_frame)(void *ud, uint64_t from, const void *frame);
+    void (*reader_done)(void *ud, struct chan_reader *r);
     /* The leader found this node's tables diverged and asked it to rebuild
      * (cluster thread, once), may be NULL: see cluster_rebuild_mark. */
     void (*on_rebuild)(void *ud);

@@ -156,8 +156,8 @@ static void admin_local_metrics(void *ud, struct admin_metrics *m)
         for (int i = 0; i < srv->n_workers; i++)
             worker_metrics_add(srv->workers[i], &w);
     for (int q = 0; q < 3; q++) {
-        m->msgs_in[q] = w.msgs_in[q] + metric_read(&b->stats.fwd_msgs_in[q]);
-        m->bytes_in[q] = w.bytes_in[q] + metric_read(&b->stats.fwd_bytes_in[q]);
+        m->msgs_in[q] = w.msgs_in[q] + broker_fwd_msgs_in(b, q);
+        m->bytes_in[q] = w.bytes_in[q] + broker_fwd_bytes_in(b, q);
         m->msgs_out[q] = w.msgs_out[q];
         m->bytes_out[q] = w.bytes_out[q];
     }

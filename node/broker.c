@@ -169,10 +169,11 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
     return broker_publish_impl(b, m, flags, cur, bt, targets, flow, NULL, NULL);
 }
 
-int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn group_ok,
-                             void *group_ud, struct store_batch **bt, struct pub_targets *targets)
+int broker_publish_forwarded(struct broker *b, struct msg *m, struct worker *cur,
+                             sub_index_group_fn group_ok, void *group_ud, struct store_batch **bt,
+                             struct pub_targets *targets)
 {
-    return broker_publish_impl(b, m, BROKER_PUB_LOCAL, NULL, bt, targets, NULL, group_ok, group_ud);
+    return broker_publish_impl(b, m, BROKER_PUB_LOCAL, cur, bt, targets, NULL, group_ok, group_ud);
 }
 
 /* One function on purpose (about 100 lines): this is the hot path of every

@@ -93,6 +93,9 @@ struct broker_stats {
      * line with) */
     metric_counter fwd_msgs_in[3];
     metric_counter fwd_bytes_in[3]; /* their topic and payload bytes */
+    /* forwarded QoS 0 messages the workers took from the channel's
+     * readers (several threads: locked adds); in broker_fwd_msgs_in */
+    metric_counter fwd_qos0_in_workers, fwd_qos0_bytes_in_workers;
 };
 
 struct broker {
@@ -214,9 +217,11 @@ int broker_publish(struct broker *b, struct msg *m, unsigned flags, struct worke
 /* broker_publish of a message another node of the cluster forwarded
  * (BROKER_PUB_LOCAL, any thread), delivered to a shared group only when
  * group_ok(group_ud, group, len) is true: the groups the forwarding node
- * picked this node for. bt and targets as for broker_publish. */
-int broker_publish_forwarded(struct broker *b, struct msg *m, sub_index_group_fn group_ok,
-                             void *group_ud, struct store_batch **bt, struct pub_targets *targets);
+ * picked this node for. bt and targets as for broker_publish; cur is the
+ * calling worker (a channel reader's), or NULL on another thread. */
+int broker_publish_forwarded(struct broker *b, struct msg *m, struct worker *cur,
+                             sub_index_group_fn group_ok, void *group_ud, struct store_batch **bt,
+                             struct pub_targets *targets);
 
 /* Set m->hold to `state` (MSG_READY or MSG_REJECTED) and have the sessions in
  * targets flush (their queues may wait on m); the row put for a target that
@@ -244,11 +249,23 @@ uint64_t broker_now_mono_ms(void);
 
 /* PUBLISHes received: from clients, and forwarded by other nodes. Any
  * thread. */
+/* Messages forwarded by other nodes, of QoS q, and their bytes. Any
+ * thread. */
+static inline uint64_t broker_fwd_msgs_in(struct broker *b, int q)
+{
+    return metric_read(&b->stats.fwd_msgs_in[q]) +
+           (q == 0 ? metric_read(&b->stats.fwd_qos0_in_workers) : 0);
+}
+static inline uint64_t broker_fwd_bytes_in(struct broker *b, int q)
+{
+    return metric_read(&b->stats.fwd_bytes_in[q]) +
+           (q == 0 ? metric_read(&b->stats.fwd_qos0_bytes_in_workers) : 0);
+}
+
 static inline uint64_t broker_msgs_received(struct broker *b)
 {
     return atomic_load_explicit(&b->stats.msgs_received, memory_order_relaxed) +
-           metric_read(&b->stats.fwd_msgs_in[0]) + metric_read(&b->stats.fwd_msgs_in[1]) +
-           metric_read(&b->stats.fwd_msgs_in[2]);
+           broker_fwd_msgs_in(b, 0) + broker_fwd_msgs_in(b, 1) + broker_fwd_msgs_in(b, 2);
 }
 
 #endif

@@ -896,6 +896,53 @@ struct session_pubs_seen *cluster_fwd_pubs_seen(struct cluster_fwd *f)
     return ps;
 }
 
+/* The message a forward carries (its identity too), or NULL (no memory). */
+static struct msg *fwd_msg_new(const Starling__Chan__Publish *p)
+{
+    struct msg *m = msg_new(p->topic.data, (uint16_t)p->topic.len, p->payload.data,
+                            (uint32_t)p->payload.len, p->has_properties ? p->properties.data : NULL,
+                            p->has_properties ? (uint32_t)p->properties.len : 0,
+                            (uint8_t)(p->qos > 2 ? 2 : p->qos), p->has_retain && p->retain,
+                            p->has_expiry_at_ms ? p->expiry_at_ms : 0, NULL);
+    if (!m)
+        return NULL;
+    m->route_index = p->has_route_index ? p->route_index : 0;
+    if (p->has_pub_id && p->pub_id) {
+        m->id_node = p->origin;
+        m->id_seq = p->pub_id;
+        if (p->n_also_to > MSG_ALSO_TO_MAX) {
+            m->n_also_to = MSG_ALSO_TO_MANY;
+        } else {
+            for (size_t i = 0; i < p->n_also_to; i++)
+                m->also_to[i] = p->also_to[i];
+            m->n_also_to = (uint8_t)p->n_also_to;
+        }
+    }
+    return m;
+}
+
+bool cluster_fwd_here_ok(const Starling__Chan__Publish *p)
+{
+    return !p->seq && p->qos == 0 && !(p->has_pub_id && p->pub_id);
+}
+
+void cluster_fwd_on_publish_here(struct cluster_fwd *f, const Starling__Chan__Publish *p,
+                                 struct worker *cur)
+{
+    struct broker *b = f->b;
+    HOPTRACE_PAYLOAD_AT(HOP_CHAN_READ, p->payload.data, p->payload.len, HOP_CHAN_READ);
+    HOPTRACE_PAYLOAD(HOP_FWD, p->payload.data, p->payload.len);
+    if (p->topic.len == 0 || p->topic.len > 65535)
+        return;
+    struct msg *m = fwd_msg_new(p);
+    if (!m)
+        return; /* at most once */
+    metric_add_shared(&b->stats.fwd_qos0_in_workers, 1);
+    metric_add_shared(&b->stats.fwd_qos0_bytes_in_workers, (uint64_t)m->topic_len + m->payload_len);
+    broker_publish_forwarded(b, m, cur, share_picked, (void *)p, NULL, NULL);
+    msg_unref(m);
+}
+
 void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling__Chan__Publish *p)
 {
     (void)from;
@@ -913,36 +960,20 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
     }
     if (p->has_pub_id && p->pub_id)
         pub_note(f, in, p->origin, p->pub_id);
-    struct msg *m = msg_new(p->topic.data, (uint16_t)p->topic.len, p->payload.data,
-                            (uint32_t)p->payload.len, p->has_properties ? p->properties.data : NULL,
-                            p->has_properties ? (uint32_t)p->properties.len : 0,
-                            (uint8_t)(p->qos > 2 ? 2 : p->qos), p->has_retain && p->retain,
-                            p->has_expiry_at_ms ? p->expiry_at_ms : 0, NULL);
+    struct msg *m = fwd_msg_new(p);
     if (!m)
         return; /* not applied: the origin sends it again (sequenced) */
-    m->route_index = p->has_route_index ? p->route_index : 0;
-    if (p->has_pub_id && p->pub_id) {
-        m->id_node = p->origin;
-        m->id_seq = p->pub_id;
-        if (p->n_also_to > MSG_ALSO_TO_MAX) {
-            m->n_also_to = MSG_ALSO_TO_MANY;
-        } else {
-            for (size_t i = 0; i < p->n_also_to; i++)
-                m->also_to[i] = p->also_to[i];
-            m->n_also_to = (uint8_t)p->n_also_to;
-        }
-    }
     /* this thread's counters alone (they count in broker_msgs_received) */
     metric_add(&b->stats.fwd_msgs_in[m->qos], 1);
     metric_add(&b->stats.fwd_bytes_in[m->qos], (uint64_t)m->topic_len + m->payload_len);
     if (!in) {
-        broker_publish_forwarded(b, m, share_picked, (void *)p, NULL, NULL);
+        broker_publish_forwarded(b, m, NULL, share_picked, (void *)p, NULL, NULL);
         msg_unref(m);
         return;
     }
     if (!b->store) {
         in->hwm = p->seq;
-        broker_publish_forwarded(b, m, share_picked, (void *)p, NULL, NULL);
+        broker_publish_forwarded(b, m, NULL, share_picked, (void *)p, NULL, NULL);
         msg_unref(m);
         atomic_store(&in->committed, p->seq);
         return;
@@ -959,7 +990,8 @@ void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling
     store_fwd_in_put(bt, p->origin, p->seq);
     /* held until committed, like a client's publish (struct msg.hold) */
     atomic_store(&m->hold, MSG_HELD);
-    int delivered = broker_publish_forwarded(b, m, share_picked, (void *)p, &bt, &ic->targets);
+    int delivered =
+        broker_publish_forwarded(b, m, NULL, share_picked, (void *)p, &bt, &ic->targets);
     if (log_get_level() >= LOG_LEVEL_DEBUG) {
         char tag[MSG_TAG_LEN];
         log_debug("cluster: forward %llu from %016llx (publish %llu, '%s') applied: %d "

@@ -46,6 +46,7 @@
 #ifndef STARLING_CLUSTER_FWD_H
 #define STARLING_CLUSTER_FWD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,6 +56,7 @@ struct broker;
 struct cluster;
 struct pub_flow;
 struct store_batch;
+struct worker;
 
 struct cluster_fwd;
 
@@ -115,6 +117,14 @@ void cluster_fwd_in_stage(struct cluster_fwd *f, const struct cluster_fwd_seq *s
 
 /* A frame from node `from`. */
 void cluster_fwd_on_publish(struct cluster_fwd *f, uint64_t from, const Starling__Chan__Publish *p);
+/* Whether a worker that reads the channel may handle p itself
+ * (cluster_fwd_on_publish_here): a QoS 0 forward, not sequenced, without
+ * an identity: nothing of the cluster thread's state is in its way. */
+bool cluster_fwd_here_ok(const Starling__Chan__Publish *p);
+/* Such a frame, on the worker cur (delivered to its own sessions in this
+ * loop turn, like a local publish). */
+void cluster_fwd_on_publish_here(struct cluster_fwd *f, const Starling__Chan__Publish *p,
+                                 struct worker *cur);
 /* The forwards with an identity that this node began to deliver so far (an
  * origin's number is noted before the forward meets the index): per origin,
  * the highest publish number, into a new list (NULL: no memory, or an

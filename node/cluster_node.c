@@ -48,7 +48,9 @@
 #include "persist.h"
 #include "raft_cmd.pb-c.h"
 #include "retain.h"
+#include "server.h"
 #include "sink.h"
+#include "worker.h"
 
 /* ---- seeds ------------------------------------------------------------- */
 
@@ -942,6 +944,79 @@ static bool cn_defer(void *ud)
            cn->b->sink->at_turn_end(cn_turn_end, cn);
 }
 
+/* ---- the channel's readers (workers) ------------------------------------ */
+
+/* An incoming channel connection is read by a worker (channel.h,
+ * "Readers"): the one of from % workers, so that each peer's connection
+ * has one. It delivers each forwarded QoS 0 message to its own sessions in
+ * the same loop turn (a local publish's path: no hand-off to the cluster
+ * thread and back, docs/cluster.md "The forwarding channel") and hands
+ * every other frame to the cluster thread, in order. */
+struct cn_reader_call {
+    struct worker *w;
+    struct chan_reader *r;
+};
+
+static void cn_reader_stop(void *ud)
+{
+    chan_reader_stop(ud);
+}
+
+static void cn_reader_on_worker(void *ud)
+{
+    struct cn_reader_call *rc = ud;
+    struct worker *w = rc->w;
+    struct chan_reader *r = rc->r;
+    free(rc);
+    /* (a call that never ran runs at the worker's end, or on another
+     * thread: then it declines) */
+    if (sink_thread_worker == w && !w->stopping && worker_on_stop(w, cn_reader_stop, r) == 0)
+        chan_reader_start(r, &w->loop);
+    else
+        chan_reader_start(r, NULL);
+}
+
+static int cn_reader_attach(void *ud, uint64_t from, struct chan_reader *r)
+{
+    struct cluster_node *cn = ud;
+    struct server *srv = cn->b->server;
+    if (!srv || srv->n_workers <= 0 || atomic_load(&cn->b->stopping) || atomic_load(&cn->stopped))
+        return -1;
+    struct cn_reader_call *rc = malloc(sizeof(*rc));
+    if (!rc)
+        return -1;
+    rc->w = srv->workers[from % (uint64_t)srv->n_workers];
+    rc->r = r;
+    if (!rc->w || worker_post_call(rc->w, cn_reader_on_worker, rc) != 0) {
+        free(rc);
+        return -1;
+    }
+    return 0;
+}
+
+static bool cn_reader_fast(void *ud, const void *frame)
+{
+    struct cluster_node *cn = ud;
+    const Starling__Chan__Frame *f = frame;
+    return f->frame_case == STARLING__CHAN__FRAME__FRAME_PUBLISH &&
+           cluster_fwd_here_ok(f->publish) && !atomic_load(&cn->stopped);
+}
+
+static void cn_reader_frame(void *ud, uint64_t from, const void *frame)
+{
+    (void)from;
+    struct cluster_node *cn = ud;
+    const Starling__Chan__Frame *f = frame;
+    cluster_fwd_on_publish_here(cn->fwd, f->publish, sink_thread_worker);
+}
+
+static void cn_reader_done(void *ud, struct chan_reader *r)
+{
+    (void)ud;
+    if (sink_thread_worker)
+        worker_on_stop_forget(sink_thread_worker, r);
+}
+
 /* ---- the receiving side (cluster thread) --------------------------------- */
 
 static void on_frame(void *ud, uint64_t from, const void *frame)
@@ -1778,6 +1853,10 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .on_entry = on_entry,
         .on_frame = on_frame,
         .frame_ud = cn,
+        .reader_attach = cn_reader_attach,
+        .reader_fast = cn_reader_fast,
+        .reader_frame = cn_reader_frame,
+        .reader_done = cn_reader_done,
         .propose_timeout_ms = cfg->cluster_claim_timeout,
         .on_rebuild = cn_on_rebuild,
         .rebuild_ud = cn,

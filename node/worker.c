@@ -455,11 +455,46 @@ static void worker_walk_close(uv_handle_t *h, void *arg)
     worker_close_handle(h);
 }
 
+int worker_on_stop(struct worker *w, void (*fn)(void *ud), void *ud)
+{
+    assert(sink_thread_worker == w);
+    if (w->n_stop_hooks == w->cap_stop_hooks) {
+        size_t cap = w->cap_stop_hooks ? 2 * w->cap_stop_hooks : 4;
+        struct worker_hook *v = realloc(w->stop_hooks, cap * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        w->stop_hooks = v;
+        w->cap_stop_hooks = cap;
+    }
+    w->stop_hooks[w->n_stop_hooks].fn = fn;
+    w->stop_hooks[w->n_stop_hooks].ud = ud;
+    w->n_stop_hooks++;
+    return 0;
+}
+
+void worker_on_stop_forget(struct worker *w, void *ud)
+{
+    assert(sink_thread_worker == w);
+    for (size_t i = 0; i < w->n_stop_hooks; i++)
+        if (w->stop_hooks[i].ud == ud) {
+            w->stop_hooks[i] = w->stop_hooks[--w->n_stop_hooks];
+            return;
+        }
+}
+
 static void worker_stop(struct worker *w)
 {
     if (w->stopping)
         return;
     w->stopping = true;
+    /* the hooks (they may forget themselves while they run) */
+    struct worker_hook *hooks = w->stop_hooks;
+    size_t n_hooks = w->n_stop_hooks;
+    w->stop_hooks = NULL;
+    w->n_stop_hooks = w->cap_stop_hooks = 0;
+    for (size_t i = 0; i < n_hooks; i++)
+        hooks[i].fn(hooks[i].ud);
+    free(hooks);
     /* Close every connection: 5.0 clients are told the server shuts down;
      * wills are published as for any connection closed without DISCONNECT. */
     struct conn *c = w->conns;
@@ -626,6 +661,7 @@ void worker_free(struct worker *w)
     }
     pthread_mutex_destroy(&w->inbox_lock);
     free(w->rbuf);
+    free(w->stop_hooks);
     free(w);
 }
 

@@ -106,6 +106,13 @@ struct worker {
     char *rbuf;
     size_t rbuf_size;
 
+    /* calls when the worker stops (worker_on_stop), before its loop ends */
+    struct worker_hook {
+        void (*fn)(void *ud);
+        void *ud;
+    } * stop_hooks;
+    size_t n_stop_hooks, cap_stop_hooks;
+
     /* Last and on cache lines of their own: other threads write the inbox
      * and flow fields above, only this worker writes these. */
     _Alignas(64) struct worker_metrics metrics;
@@ -163,6 +170,13 @@ void worker_defer_flush(struct worker *w, struct session *s);
 void worker_mark_dirty(struct worker *w, struct conn *c);
 /* sink_ops.at_turn_end: on the calling thread's worker, if any. */
 bool worker_at_turn_end(void (*fn)(void *ud), void *ud);
+
+/* On w's own thread: call fn(ud) when w stops (its connections close), on
+ * its thread; what fn starts there (closing handles of w's loop) completes
+ * before the loop ends. 0 or -ENOMEM. worker_on_stop_forget takes it back
+ * (by ud). */
+int worker_on_stop(struct worker *w, void (*fn)(void *ud), void *ud);
+void worker_on_stop_forget(struct worker *w, void *ud);
 
 /* On w's own thread: a connection was freed; when the worker is stopping and
  * it was the last one, the worker closes its inbox and its loop ends. */

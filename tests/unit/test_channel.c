@@ -6,7 +6,10 @@
  * back gets what was queued meanwhile (reconnect); a full queue refuses and
  * counts; oversized frames are refused; a sender that writes its own frames
  * (chan_flush_here) gets them out at once, and what the socket does not take
- * follows through the loop, in order.
+ * follows through the loop, in order; a connection read by another thread
+ * (a reader) has the frames it accepts handled there and the others on the
+ * loop, all in the order sent, and goes back to the loop when the reader
+ * stops or the connection closes.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -16,6 +19,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -826,6 +831,332 @@ static void test_publish_frames_unpacked_as_protobuf_c_does(void)
     CU_ASSERT_EQUAL(unpack_both(buf, len), 0);
 }
 
+/* ---- readers ---------------------------------------------------------- */
+
+/* The reader's thread: a loop of its own, commands through an async. */
+static uv_loop_t rd_loop;
+static uv_async_t rd_cmd;
+static pthread_t rd_thread;
+static pthread_mutex_t rd_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct chan_reader *rd_pending; /* to start (rd_mu) */
+static bool rd_stop_req, rd_quit;      /* rd_mu */
+static struct chan_reader *rd_active;  /* the reader thread's */
+static atomic_int rd_attached, rd_done;
+static bool rd_decline; /* decline the next attach */
+
+/* Every frame handled, in the order handled, and on which thread. */
+#define RD_MAX 40000
+static struct {
+    uint64_t seq;
+    bool on_reader;
+} rd_log[RD_MAX];
+static atomic_uint rd_n;
+static atomic_bool rd_bad;
+static unsigned rd_slow_us; /* the loop's handler takes this long */
+/* the test's loop waits on conditions the reader's thread makes true */
+static uv_async_t rd_wake;
+static void rd_on_wake(uv_async_t *h)
+{
+    (void)h;
+}
+
+static void rd_note(const Starling__Chan__Frame *f, bool on_reader)
+{
+    if (f->frame_case != STARLING__CHAN__FRAME__FRAME_PUBLISH) {
+        atomic_store(&rd_bad, true);
+        return;
+    }
+    const Starling__Chan__Publish *p = f->publish;
+    if (p->payload.len != p->seq % 700 + (p->qos ? 60000 * (p->seq % 2) : 0))
+        atomic_store(&rd_bad, true);
+    for (size_t i = 0; i < p->payload.len; i++)
+        if (p->payload.data[i] != (uint8_t)(p->seq + i)) {
+            atomic_store(&rd_bad, true);
+            break;
+        }
+    pthread_mutex_lock(&rd_mu);
+    unsigned n = atomic_load(&rd_n);
+    if (n < RD_MAX) {
+        rd_log[n].seq = p->seq;
+        rd_log[n].on_reader = on_reader;
+        atomic_store(&rd_n, n + 1);
+    }
+    pthread_mutex_unlock(&rd_mu);
+    if (on_reader)
+        uv_async_send(&rd_wake);
+}
+
+static void rd_on_frame(void *ud, uint64_t from, const void *frame)
+{
+    (void)ud;
+    (void)from;
+    for (uint64_t until = now_us() + rd_slow_us; rd_slow_us && now_us() < until;)
+        ;
+    rd_note(frame, false);
+}
+
+static bool rd_fast(void *ud, const void *frame)
+{
+    (void)ud;
+    const Starling__Chan__Frame *f = frame;
+    if (!pthread_equal(pthread_self(), rd_thread))
+        atomic_store(&rd_bad, true);
+    return f->frame_case == STARLING__CHAN__FRAME__FRAME_PUBLISH && f->publish->qos == 0;
+}
+
+static void rd_frame(void *ud, uint64_t from, const void *frame)
+{
+    (void)ud;
+    (void)from;
+    if (!pthread_equal(pthread_self(), rd_thread))
+        atomic_store(&rd_bad, true);
+    rd_note(frame, true);
+}
+
+static int rd_attach(void *ud, uint64_t from, struct chan_reader *r)
+{
+    (void)ud;
+    (void)from;
+    atomic_fetch_add(&rd_attached, 1);
+    if (rd_decline) {
+        chan_reader_start(r, NULL);
+        return 0;
+    }
+    pthread_mutex_lock(&rd_mu);
+    rd_pending = r;
+    pthread_mutex_unlock(&rd_mu);
+    uv_async_send(&rd_cmd);
+    return 0;
+}
+
+static void rd_on_done(void *ud, struct chan_reader *r)
+{
+    (void)ud;
+    if (!pthread_equal(pthread_self(), rd_thread) || r != rd_active)
+        atomic_store(&rd_bad, true);
+    rd_active = NULL;
+    atomic_fetch_add(&rd_done, 1);
+    uv_async_send(&rd_wake);
+}
+
+static void rd_on_cmd(uv_async_t *h)
+{
+    pthread_mutex_lock(&rd_mu);
+    struct chan_reader *r = rd_pending;
+    bool stop = rd_stop_req, quit = rd_quit;
+    rd_pending = NULL;
+    rd_stop_req = false;
+    pthread_mutex_unlock(&rd_mu);
+    if (r) {
+        rd_active = r;
+        chan_reader_start(r, &rd_loop);
+    }
+    if (stop && rd_active)
+        chan_reader_stop(rd_active);
+    if (quit)
+        uv_close((uv_handle_t *)h, NULL);
+}
+
+static void *rd_main(void *arg)
+{
+    (void)arg;
+    uv_run(&rd_loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void rd_command(bool stop, bool quit)
+{
+    pthread_mutex_lock(&rd_mu);
+    rd_stop_req |= stop;
+    rd_quit |= quit;
+    pthread_mutex_unlock(&rd_mu);
+    uv_async_send(&rd_cmd);
+}
+
+static int start_reader_node(struct node *nd, uint64_t id, const char *ip)
+{
+    memset(&nd->in, 0, sizeof nd->in);
+    nd->id = id;
+    snprintf(nd->address, sizeof nd->address, "%s:%d", ip, test_free_port(ip));
+    struct chan_options o = {.loop = &loop,
+                             .self = id,
+                             .self_name = "r",
+                             .address = nd->address,
+                             .cluster_name = "t",
+                             .cluster_secret = "k",
+                             .on_frame = rd_on_frame,
+                             .ud = nd,
+                             .reader_attach = rd_attach,
+                             .reader_fast = rd_fast,
+                             .reader_frame = rd_frame,
+                             .reader_done = rd_on_done};
+    char err[256];
+    int rc = chan_start(&nd->c, &o, err, sizeof err);
+    if (rc)
+        fprintf(stderr, "%s\n", err);
+    return rc;
+}
+
+/* Frame seq from `from` to `to`: QoS 0 (the reader's) or 1 (the loop's);
+ * an odd QoS 1 frame carries 60,000 bytes more. */
+static int send_rd(struct node *from, uint64_t to, uint64_t seq, int qos)
+{
+    static unsigned char payload[61000];
+    size_t len = seq % 700 + (qos ? 60000 * (seq % 2) : 0);
+    for (size_t i = 0; i < len; i++)
+        payload[i] = (uint8_t)(seq + i);
+    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+    p.origin = from->id;
+    p.seq = seq;
+    p.topic.data = (uint8_t *)"t";
+    p.topic.len = 1;
+    p.payload.data = payload;
+    p.payload.len = len;
+    p.qos = (uint32_t)qos;
+    Starling__Chan__Frame f = STARLING__CHAN__FRAME__INIT;
+    f.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+    f.publish = &p;
+    static uint8_t buf[62000];
+    size_t n = starling__chan__frame__pack(&f, buf);
+    return chan_send(from->c, to, buf, n);
+}
+
+/* rd_log holds frames 1..n in order; how many the reader handled. */
+static unsigned rd_check(unsigned n)
+{
+    unsigned on_reader = 0;
+    CU_ASSERT_EQUAL(atomic_load(&rd_n), n);
+    for (unsigned i = 0; i < n && i < RD_MAX; i++) {
+        if (rd_log[i].seq != i + 1) {
+            CU_FAIL("a frame out of order");
+            fprintf(stderr, "frame %u handled as %llu\n", i + 1, (unsigned long long)rd_log[i].seq);
+            break;
+        }
+        on_reader += rd_log[i].on_reader;
+    }
+    CU_ASSERT_FALSE(atomic_load(&rd_bad));
+    return on_reader;
+}
+
+/* A sender's QoS 0 frames (reader_fast) with QoS 1 ones among them: the
+ * reader thread handles QoS 0 frames while nothing is left for the loop,
+ * the loop the rest (and, after one, what follows until it caught up); all
+ * in the order sent. Then a burst of large frames for the loop, slow to
+ * handle (more than the reader may leave it: the reader stops reading and
+ * goes on once the loop caught up). Then the reader stops: the loop reads
+ * the connection again. Then another reader, stopped by closing: the
+ * sender goes away (its socket ends), and the receiver's stop waits for
+ * nothing. */
+static void test_readers(void)
+{
+    atomic_store(&rd_n, 0);
+    atomic_store(&rd_bad, false);
+    uv_loop_init(&rd_loop);
+    uv_async_init(&rd_loop, &rd_cmd, rd_on_cmd);
+    uv_async_init(&loop, &rd_wake, rd_on_wake);
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&rd_thread, NULL, rd_main, NULL), 0);
+    struct node e, f;
+    CU_ASSERT_EQUAL_FATAL(
+        start(&e, 8, "127.0.0.46", test_free_port("127.0.0.46"), "t", "k", 64u << 20), 0);
+    CU_ASSERT_EQUAL_FATAL(start_reader_node(&f, 9, "127.0.0.47"), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(e.c, 9, f.address), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(f.c, 8, e.address), 0); /* (the reader wants a known node) */
+    struct chan_peer_stats st;
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(e.c, 9, &st) == 0 && st.connected, 5000));
+    uint64_t seq = 0;
+    /* the connection went to the reader after its handshake */
+    CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, 0), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 5000));
+    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_attached) == 1, 5000));
+    /* 20 rounds: 200 QoS 0 frames, with a QoS 1 one at a place that moves;
+     * each round starts with nothing left for the loop, so the frames
+     * before its QoS 1 one are the reader's */
+    for (int round = 0; round < 20; round++) {
+        uint64_t first = seq + 1;
+        int at = (round * 37) % 200;
+        for (int i = 0; i < 200; i++)
+            CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, i == at ? 1 : 0), 0);
+        CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 20000));
+        for (int i = 0; i <= at && first + (uint64_t)i <= atomic_load(&rd_n); i++)
+            if (rd_log[first + (uint64_t)i - 1].on_reader != (i < at)) {
+                CU_FAIL("a frame handled by the wrong thread");
+                fprintf(stderr, "round %d: frame %d of 200 (QoS 1 at %d) on the %s\n", round, i, at,
+                        i < at ? "loop" : "reader");
+                break;
+            }
+    }
+    rd_check((unsigned)seq);
+    /* 300 large QoS 1 frames (about 9 MB, the loop 1 ms on each) with
+     * QoS 0 ones between */
+    rd_slow_us = 1000;
+    for (int i = 0; i < 600; i++)
+        CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, i % 2), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 30000));
+    rd_slow_us = 0;
+    rd_check((unsigned)seq);
+    /* the reader stops: the loop reads from here on */
+    CU_ASSERT_EQUAL(atomic_load(&rd_done), 0);
+    rd_command(true, false);
+    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_done) == 1, 5000));
+    unsigned before = (unsigned)seq;
+    for (int i = 0; i < 300; i++)
+        CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, i % 3 == 0), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 10000));
+    rd_check((unsigned)seq);
+    for (unsigned i = before; i < seq; i++)
+        CU_ASSERT_FALSE(rd_log[i].on_reader);
+    CU_ASSERT_EQUAL(atomic_load(&rd_attached), 1); /* once per connection */
+    /* a new connection (the sender restarts) gets a new reader; the sender
+     * goes away: the reader sees its socket end and gives it back */
+    stop(&e);
+    CU_ASSERT_EQUAL_FATAL(
+        start(&e, 8, "127.0.0.46", test_free_port("127.0.0.46"), "t", "k", 64u << 20), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(e.c, 9, f.address), 0);
+    atomic_store(&rd_n, 0);
+    seq = 0;
+    for (int i = 0; i < 50; i++) {
+        CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, 0), 0);
+        CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 5000));
+    }
+    CU_ASSERT_EQUAL(atomic_load(&rd_attached), 2);
+    CU_ASSERT_TRUE(rd_check((unsigned)seq) >= 40);
+    stop(&e);
+    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_done) == 2, 5000));
+    /* a third, stopped with the receiver while its reader reads */
+    CU_ASSERT_EQUAL_FATAL(
+        start(&e, 8, "127.0.0.46", test_free_port("127.0.0.46"), "t", "k", 64u << 20), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(e.c, 9, f.address), 0);
+    atomic_store(&rd_n, 0);
+    seq = 0;
+    for (int i = 0; i < 5; i++) {
+        CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, 0), 0);
+        CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 5000));
+    }
+    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_attached) == 3, 5000));
+    stop(&f);
+    CU_ASSERT_EQUAL(atomic_load(&rd_done), 3);
+    /* a receiver whose reader declines reads its connections itself */
+    rd_decline = true;
+    CU_ASSERT_EQUAL_FATAL(start_reader_node(&f, 9, "127.0.0.47"), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(f.c, 8, e.address), 0);
+    CU_ASSERT_EQUAL(chan_peer_remove(e.c, 9), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(e.c, 9, f.address), 0);
+    atomic_store(&rd_n, 0);
+    seq = 0;
+    for (int i = 0; i < 100; i++)
+        CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, i % 2), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 10000));
+    CU_ASSERT_EQUAL(rd_check((unsigned)seq), 0);
+    CU_ASSERT_EQUAL(atomic_load(&rd_attached), 4);
+    rd_decline = false;
+    stop(&e);
+    stop(&f);
+    rd_command(false, true);
+    pthread_join(rd_thread, NULL);
+    CU_ASSERT_EQUAL(uv_loop_close(&rd_loop), 0);
+    uv_close((uv_handle_t *)&rd_wake, NULL);
+}
+
 int main(void)
 {
     uv_loop_init(&loop);
@@ -848,6 +1179,7 @@ int main(void)
                 test_senders_resume_before_the_queue_is_empty);
     CU_add_test(s, "Publish frames unpacked as protobuf-c does",
                 test_publish_frames_unpacked_as_protobuf_c_does);
+    CU_add_test(s, "a reader thread's frames and the loop's, in order", test_readers);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
