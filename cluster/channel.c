@@ -178,6 +178,9 @@ struct conn {
     bool resume;   /* ...and may read again */
     bool back;     /* handed back: everything it read is in rq */
     bool rd_eof;   /* ...and its socket ended or failed */
+    /* loop: its socket ended while frames wait in rbuf (paused): it closes
+     * once they are handled */
+    bool eof_pending;
 };
 
 struct peer {
@@ -879,7 +882,8 @@ static void conn_parse(struct conn *k)
         if (!al)
             starling__chan__frame__free_unpacked(f, NULL);
         arena_end(&c->arena, al);
-        if (k->attached) { /* a reader's frame: the reader may go on once all are */
+        if (k->attached && !k->closing) { /* a reader's frame: the reader may go on once
+                                           * all are (never again once it closes) */
             __atomic_fetch_sub(&k->backlog, 4 + len, __ATOMIC_RELEASE);
             __atomic_fetch_sub(&k->unhandled, 1, __ATOMIC_RELEASE);
         }
@@ -905,7 +909,9 @@ static void conn_parse(struct conn *k)
             uv_idle_start(&c->resume, on_resume);
     } else if (!more && k->paused) {
         k->paused = false;
-        if (!k->attached && uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
+        if (k->eof_pending)
+            conn_close(k);
+        else if (!k->attached && uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
             conn_close(k);
     }
     if (k->attached)
@@ -1053,6 +1059,13 @@ static void reader_parse(struct chan_reader *r)
     }
     memmove(r->buf, r->buf + off, r->len - off);
     r->len -= off;
+    if (r->cap > 8 * READ_CHUNK && r->len < READ_CHUNK) { /* after a large frame */
+        unsigned char *q = realloc(r->buf, 2 * READ_CHUNK);
+        if (q) {
+            r->buf = q;
+            r->cap = 2 * READ_CHUNK;
+        }
+    }
     if (failed) {
         reader_end(r, true); /* out of memory: the connection closes */
     } else if (r->len >= 4) {
@@ -1188,7 +1201,8 @@ static void reader_attach(struct conn *k)
     __atomic_store_n(&k->unhandled, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&k->backlog, 0, __ATOMIC_RELAXED);
     if (c->o.reader_attach(c->o.reader_ud, k->remote, &k->rd) != 0) {
-        k->attached = false;
+        k->attached = false; /* not now: offered again after the next read */
+        k->no_reader = false;
         c->n_attached--;
         if (uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
             conn_close(k);
@@ -1252,10 +1266,13 @@ handed:
         conn_parse(k);
     if (!back || k->closing)
         return;
-    if (eof)
-        conn_close(k);
-    else if (!was_paused && !k->paused &&
-             uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
+    if (eof) {
+        if (k->paused)
+            k->eof_pending = true; /* its frames first (conn_parse closes it) */
+        else
+            conn_close(k);
+    } else if (!was_paused && !k->paused &&
+               uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) != 0)
         conn_close(k);
 }
 

@@ -103,8 +103,9 @@ struct chan_options {
     void *defer_ud;
     /* Optional (see "Readers" above), all three or none: reader_attach
      * (loop thread) makes chan_reader_start(r, loop) run on the thread of
-     * loop, once, or chan_reader_start(r, NULL) anywhere to decline; it
-     * returns 0, or -1 when it did neither (the loop keeps reading). */
+     * loop, once, or chan_reader_start(r, NULL) anywhere to decline for
+     * good; it returns 0, or -1 when it did neither: not now (the loop
+     * reads on, and offers the connection again after its next read). */
     int (*reader_attach)(void *ud, uint64_t from, struct chan_reader *r);
     bool (*reader_fast)(void *ud, const void *frame);
     void (*reader_frame)(void *ud, uint64_t from, const void *frame);

@@ -101,6 +101,9 @@ struct broker_stats {
 struct broker {
     struct config cfg;
     atomic_bool stopping;
+    /* every worker of b->server runs (set once, after their start): from
+     * then on other threads may post to them (the channel's readers) */
+    atomic_bool workers_up;
     /* When the stop began (monotonic ms, 0 while running): a session
      * disconnected since was connected when the node stopped (persist_close). */
     _Atomic uint64_t stopping_since;

@@ -970,17 +970,23 @@ static void cn_reader_on_worker(void *ud)
     free(rc);
     /* (a call that never ran runs at the worker's end, or on another
      * thread: then it declines) */
-    if (sink_thread_worker == w && !w->stopping && worker_on_stop(w, cn_reader_stop, r) == 0)
+    if (sink_thread_worker == w && !w->stopping && worker_on_stop(w, cn_reader_stop, r) == 0) {
+        log_debug("cluster: worker %d reads a forwarding channel connection", w->id);
         chan_reader_start(r, &w->loop);
-    else
+    } else {
         chan_reader_start(r, NULL);
+    }
 }
 
 static int cn_reader_attach(void *ud, uint64_t from, struct chan_reader *r)
 {
     struct cluster_node *cn = ud;
+    /* (before the workers run, b->server is still being built: not yet) */
+    if (!atomic_load_explicit(&cn->b->workers_up, memory_order_acquire) ||
+        atomic_load(&cn->b->stopping) || atomic_load(&cn->stopped))
+        return -1;
     struct server *srv = cn->b->server;
-    if (!srv || srv->n_workers <= 0 || atomic_load(&cn->b->stopping) || atomic_load(&cn->stopped))
+    if (srv->n_workers <= 0)
         return -1;
     struct cn_reader_call *rc = malloc(sizeof(*rc));
     if (!rc)

@@ -190,6 +190,7 @@ int server_run(struct broker *b)
         uv_run(srv->loop, UV_RUN_DEFAULT);
         return r;
     }
+    atomic_store_explicit(&b->workers_up, true, memory_order_release);
     log_info("starling %s listening on %s:%u (MQTT, %d worker%s)", STARLING_VERSION,
              cfg->bind_address, ports[0], srv->n_workers, srv->n_workers == 1 ? "" : "s");
     for (int x = 1; x < CONFIG_XPORT_COUNT; x++)

@@ -1120,8 +1120,18 @@ static void test_readers(void)
     }
     CU_ASSERT_EQUAL(atomic_load(&rd_attached), 2);
     CU_ASSERT_TRUE(rd_check((unsigned)seq) >= 40);
+    /* 200 QoS 1 frames the loop takes 1 ms each (turns of 10 ms), all
+     * written before the sender closes: the socket ends while most of them
+     * wait for the loop, and every one is handled still */
+    rd_slow_us = 1000;
+    for (int i = 0; i < 200; i++)
+        CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, 1), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(chan_peer_stats(e.c, 9, &st) == 0 && st.queued_bytes == 0, 10000));
+    CU_ASSERT_TRUE(atomic_load(&rd_n) < seq - 100);
     stop(&e);
-    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_done) == 2, 5000));
+    CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq && atomic_load(&rd_done) == 2, 10000));
+    rd_slow_us = 0;
+    rd_check((unsigned)seq);
     /* a third, stopped with the receiver while its reader reads */
     CU_ASSERT_EQUAL_FATAL(
         start(&e, 8, "127.0.0.46", test_free_port("127.0.0.46"), "t", "k", 64u << 20), 0);
