@@ -524,6 +524,24 @@ static void test_pressure(void)
     stop(&f);
 }
 
+/* A Publish frame (origin, seq, topic, payload, qos) packed into buf. */
+static size_t pack_publish_frame(uint64_t origin, uint64_t seq, const char *topic,
+                                 const uint8_t *payload, size_t len, int qos, uint8_t *buf)
+{
+    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
+    p.origin = origin;
+    p.seq = seq;
+    p.topic.data = (uint8_t *)topic;
+    p.topic.len = strlen(topic);
+    p.payload.data = (uint8_t *)payload;
+    p.payload.len = len;
+    p.qos = (uint32_t)qos;
+    Starling__Chan__Frame f = STARLING__CHAN__FRAME__INIT;
+    f.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
+    f.publish = &p;
+    return starling__chan__frame__pack(&f, buf);
+}
+
 /* Frames of every size arrive intact, the ones larger than the receiver's
  * unpack arena too (channel.c: they spill into blocks of their own and the
  * arena grows for the next), byte for byte and in order. */
@@ -538,18 +556,7 @@ static int send_big(struct node *from, uint64_t to, uint64_t seq)
     }
     for (size_t i = 0; i < len; i++)
         payload[i] = (uint8_t)(seq * 31 + i);
-    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
-    p.origin = from->id;
-    p.seq = seq;
-    p.topic.data = (uint8_t *)"big";
-    p.topic.len = 3;
-    p.payload.data = payload;
-    p.payload.len = len;
-    p.qos = 2;
-    Starling__Chan__Frame f = STARLING__CHAN__FRAME__INIT;
-    f.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
-    f.publish = &p;
-    size_t n = starling__chan__frame__pack(&f, buf);
+    size_t n = pack_publish_frame(from->id, seq, "big", payload, len, 2, buf);
     int rc = chan_send(from->c, to, buf, n);
     free(payload);
     free(buf);
@@ -1005,20 +1012,24 @@ static int send_rd(struct node *from, uint64_t to, uint64_t seq, int qos)
     size_t len = seq % 700 + (qos ? 60000 * (seq % 2) : 0);
     for (size_t i = 0; i < len; i++)
         payload[i] = (uint8_t)(seq + i);
-    Starling__Chan__Publish p = STARLING__CHAN__PUBLISH__INIT;
-    p.origin = from->id;
-    p.seq = seq;
-    p.topic.data = (uint8_t *)"t";
-    p.topic.len = 1;
-    p.payload.data = payload;
-    p.payload.len = len;
-    p.qos = (uint32_t)qos;
-    Starling__Chan__Frame f = STARLING__CHAN__FRAME__INIT;
-    f.frame_case = STARLING__CHAN__FRAME__FRAME_PUBLISH;
-    f.publish = &p;
     static uint8_t buf[62000];
-    size_t n = starling__chan__frame__pack(&f, buf);
+    size_t n = pack_publish_frame(from->id, seq, "t", payload, len, qos, buf);
     return chan_send(from->c, to, buf, n);
+}
+
+/* A new sender e (node 8) to f: n QoS 0 frames, each handled before the
+ * next goes; the log starts again. Returns n. */
+static uint64_t rd_sender(struct node *e, const struct node *f, unsigned n)
+{
+    CU_ASSERT_EQUAL_FATAL(
+        start(e, 8, "127.0.0.46", test_free_port("127.0.0.46"), "t", "k", 64u << 20), 0);
+    CU_ASSERT_EQUAL(chan_peer_add(e->c, 9, f->address), 0);
+    atomic_store(&rd_n, 0);
+    for (uint64_t seq = 1; seq <= n; seq++) {
+        CU_ASSERT_EQUAL(send_rd(e, 9, seq, 0), 0);
+        CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 5000));
+    }
+    return n;
 }
 
 /* rd_log holds frames 1..n in order; how many the reader handled. */
@@ -1109,15 +1120,7 @@ static void test_readers(void)
     /* a new connection (the sender restarts) gets a new reader; the sender
      * goes away: the reader sees its socket end and gives it back */
     stop(&e);
-    CU_ASSERT_EQUAL_FATAL(
-        start(&e, 8, "127.0.0.46", test_free_port("127.0.0.46"), "t", "k", 64u << 20), 0);
-    CU_ASSERT_EQUAL(chan_peer_add(e.c, 9, f.address), 0);
-    atomic_store(&rd_n, 0);
-    seq = 0;
-    for (int i = 0; i < 50; i++) {
-        CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, 0), 0);
-        CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 5000));
-    }
+    seq = rd_sender(&e, &f, 50);
     CU_ASSERT_EQUAL(atomic_load(&rd_attached), 2);
     CU_ASSERT_TRUE(rd_check((unsigned)seq) >= 40);
     /* 200 QoS 1 frames the loop takes 1 ms each (turns of 10 ms), all
@@ -1133,15 +1136,7 @@ static void test_readers(void)
     rd_slow_us = 0;
     rd_check((unsigned)seq);
     /* a third, stopped with the receiver while its reader reads */
-    CU_ASSERT_EQUAL_FATAL(
-        start(&e, 8, "127.0.0.46", test_free_port("127.0.0.46"), "t", "k", 64u << 20), 0);
-    CU_ASSERT_EQUAL(chan_peer_add(e.c, 9, f.address), 0);
-    atomic_store(&rd_n, 0);
-    seq = 0;
-    for (int i = 0; i < 5; i++) {
-        CU_ASSERT_EQUAL(send_rd(&e, 9, ++seq, 0), 0);
-        CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_n) == seq, 5000));
-    }
+    seq = rd_sender(&e, &f, 5);
     CU_ASSERT_TRUE(RUN_UNTIL(atomic_load(&rd_attached) == 3, 5000));
     stop(&f);
     CU_ASSERT_EQUAL(atomic_load(&rd_done), 3);
