@@ -260,6 +260,32 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* The length of the frame whose u32be prefix is at p. */
+static size_t frame_len(const unsigned char *p)
+{
+    return (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+}
+
+/* Append n bytes to the buffer *buf (*len used, *cap allocated), which
+ * grows by doubling from READ_CHUNK. 0, or -1 (out of memory: unchanged). */
+static int bytes_append(unsigned char **buf, size_t *len, size_t *cap, const unsigned char *p,
+                        size_t n)
+{
+    if (*cap - *len < n) {
+        size_t c = *cap ? *cap : READ_CHUNK;
+        while (c - *len < n)
+            c *= 2;
+        unsigned char *q = realloc(*buf, c);
+        if (!q)
+            return -1;
+        *buf = q;
+        *cap = c;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    return 0;
+}
+
 /* Count a stall of p (caller holds c->mu): its queue is above half its
  * bound while it is not draining (not connected, or it took nothing for
  * CHAN_STALL_MS), so its senders are not held back and its overflow is
@@ -854,7 +880,7 @@ static void conn_parse(struct conn *k)
             unclocked = n < CLOCK_EVERY - 1 ? (unsigned)n : CLOCK_EVERY - 1;
         }
         const unsigned char *p = k->rbuf + off;
-        size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+        size_t len = frame_len(p);
         if (len > c->o.max_frame) {
             refuse(k, "frame too large");
             return;
@@ -923,19 +949,7 @@ static void conn_parse(struct conn *k)
 /* Append n bytes to k->rq (caller holds c->rq_mu). */
 static int rq_append(struct conn *k, const unsigned char *p, size_t n)
 {
-    if (k->rq_cap - k->rq_len < n) {
-        size_t cap = k->rq_cap ? k->rq_cap : READ_CHUNK;
-        while (cap - k->rq_len < n)
-            cap *= 2;
-        unsigned char *q = realloc(k->rq, cap);
-        if (!q)
-            return -1;
-        k->rq = q;
-        k->rq_cap = cap;
-    }
-    memcpy(k->rq + k->rq_len, p, n);
-    k->rq_len += n;
-    return 0;
+    return bytes_append(&k->rq, &k->rq_len, &k->rq_cap, p, n);
 }
 
 static void reader_closed(uv_handle_t *h);
@@ -1022,7 +1036,7 @@ static void reader_parse(struct chan_reader *r)
     bool failed = false;
     while (r->len - off >= 4) {
         const unsigned char *p = r->buf + off;
-        size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+        size_t len = frame_len(p);
         if (len > c->o.max_frame) {
             /* the loop refuses it (it gets the bytes with the connection) */
             break;
@@ -1045,7 +1059,7 @@ static void reader_parse(struct chan_reader *r)
         size_t end = off, frames = 0;
         while (r->len - end >= 4) {
             const unsigned char *q = r->buf + end;
-            size_t l = (size_t)q[0] << 24 | (size_t)q[1] << 16 | (size_t)q[2] << 8 | q[3];
+            size_t l = frame_len(q);
             if (l > c->o.max_frame || r->len - end - 4 < l)
                 break;
             end += 4 + l;
@@ -1069,8 +1083,7 @@ static void reader_parse(struct chan_reader *r)
     if (failed) {
         reader_end(r, true); /* out of memory: the connection closes */
     } else if (r->len >= 4) {
-        size_t len =
-            (size_t)r->buf[0] << 24 | (size_t)r->buf[1] << 16 | (size_t)r->buf[2] << 8 | r->buf[3];
+        size_t len = frame_len(r->buf);
         if (len > c->o.max_frame)
             reader_end(r, false); /* the loop refuses it */
     }
@@ -1227,27 +1240,11 @@ static void reader_take(struct conn *k)
         k->rbuf = q;
         k->rlen = qlen;
         k->rcap = qcap;
-    } else if (qlen) {
-        if (k->rcap - k->rlen < qlen) {
-            size_t cap = k->rcap ? k->rcap : READ_CHUNK;
-            while (cap - k->rlen < qlen)
-                cap *= 2;
-            unsigned char *p = realloc(k->rbuf, cap);
-            if (!p) {
-                free(q);
-                conn_close(k); /* frames lost: the connection cannot go on */
-                goto handed;
-            }
-            k->rbuf = p;
-            k->rcap = cap;
-        }
-        memcpy(k->rbuf + k->rlen, q, qlen);
-        k->rlen += qlen;
-        free(q);
     } else {
+        if (qlen && bytes_append(&k->rbuf, &k->rlen, &k->rcap, q, qlen) < 0)
+            conn_close(k); /* frames lost: the connection cannot go on */
         free(q);
     }
-handed:
     if (back) {
         k->attached = false;
         c->n_attached--;
@@ -1304,20 +1301,10 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
     if (k->from) /* once per read, not per frame */
         __atomic_store_n(&k->from->heard_ms, mono_ms(), __ATOMIC_RELAXED);
-    if (k->rlen + (size_t)n > k->rcap) {
-        size_t cap = k->rcap ? k->rcap : READ_CHUNK;
-        while (cap < k->rlen + (size_t)n)
-            cap *= 2;
-        unsigned char *p = realloc(k->rbuf, cap);
-        if (!p) {
-            conn_close(k);
-            return;
-        }
-        k->rbuf = p;
-        k->rcap = cap;
+    if (bytes_append(&k->rbuf, &k->rlen, &k->rcap, (const unsigned char *)b->base, (size_t)n) < 0) {
+        conn_close(k);
+        return;
     }
-    memcpy(k->rbuf + k->rlen, b->base, (size_t)n);
-    k->rlen += (size_t)n;
     conn_parse(k);
     reader_attach(k);
 }

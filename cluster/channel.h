@@ -52,8 +52,9 @@
  * (docs/cluster.md, "The forwarding channel"). What the loop has not
  * handled yet is bounded (READER_BACKLOG_BYTES): beyond it the reader stops
  * reading until the loop catches up. The reader gives the connection back
- * to the loop when the loop closes it, or when its thread stops
- * (chan_reader_stop): the loop then reads it again.
+ * to the loop when its socket ends or fails, when the loop closes it, when
+ * its thread stops (chan_reader_stop: the loop then reads it again), or at
+ * a frame larger than max_frame (the loop refuses it).
  *
  * Threads: chan_start, chan_stop, chan_peer_add and chan_peer_remove on the
  * loop's thread; chan_send and chan_stats from any thread, chan_flush_here

@@ -250,8 +250,6 @@ void sys_publish(struct broker *b);
 /* Monotonic milliseconds. */
 uint64_t broker_now_mono_ms(void);
 
-/* PUBLISHes received: from clients, and forwarded by other nodes. Any
- * thread. */
 /* Messages forwarded by other nodes, of QoS q, and their bytes. Any
  * thread. */
 static inline uint64_t broker_fwd_msgs_in(struct broker *b, int q)
@@ -265,6 +263,8 @@ static inline uint64_t broker_fwd_bytes_in(struct broker *b, int q)
            (q == 0 ? metric_read(&b->stats.fwd_qos0_bytes_in_workers) : 0);
 }
 
+/* PUBLISHes received: from clients, and forwarded by other nodes. Any
+ * thread. */
 static inline uint64_t broker_msgs_received(struct broker *b)
 {
     return atomic_load_explicit(&b->stats.msgs_received, memory_order_relaxed) +
