@@ -2322,6 +2322,36 @@ static void copy_rows_leave(struct cluster_node *cn, struct cn_moving *x, struct
     }
 }
 
+/* keep, the claim's session that the old copy x is folded into: what
+ * reaches it routed before its claim applied here came for x (keep's
+ * record_from: its claim found x here), and is judged as x judged what it
+ * held: x's bound and what the first owner after x's claim had
+ * (session.h, fold). Only for the one copy folded first (`first`; a second
+ * clears it: each copy took what was routed to it, and one's rule would
+ * leave out another's), and not when x leaves out nothing (no bound). */
+static void fold_rule_set(struct cluster_node *cn, struct session *keep, const struct cn_moving *x,
+                          bool first)
+{
+    lock_acquire(&x->s->lock);
+    struct session_owner_local local = x->s->direct_local;
+    lock_release(&x->s->lock);
+    lock_acquire(&keep->lock);
+    if (first && x->fold_direct && keep->record_from && !keep->routed_from &&
+        !cn_subs_shared(keep)) {
+        keep->fold.until = keep->record_from;
+        keep->fold.direct = x->fold_direct;
+        keep->fold.here = cn->self;
+        keep->fold.local = local;
+        log_debug("cluster: '%s' leaves out what was routed here from index %llu to %llu for its "
+                  "folded copy (claim %llu) and reached a later owner",
+                  keep->client_id, (unsigned long long)x->fold_direct,
+                  (unsigned long long)keep->record_from, (unsigned long long)x->epoch);
+    } else {
+        keep->fold.until = 0;
+    }
+    lock_release(&keep->lock);
+}
+
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
                                    struct session *keep, uint64_t whole_from,
                                    struct store_batch **bt)
@@ -2386,6 +2416,8 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
                 moving_direct_set(cn, x->s, x->to, true, false);
         }
         moving_take(cn, x, &shared, whole_from ? &x->fold_direct : NULL);
+        if (keep)
+            fold_rule_set(cn, keep, x, x == found);
         /* a staged claim: its rows leave the store in the claim's batch
          * (copy_rows_leave) */
         if (bt && keep)

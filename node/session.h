@@ -223,6 +223,22 @@ struct session {
      * local_from, which the claim sets too. 0: none. Set by the claim
      * (cluster_registry.c: claim_held_bound, claim_route_incoming). */
     uint64_t record_from;
+    /* cluster: a claim's session beside an old copy of it here that its
+     * claim folded (record_from set), judged by the owners rule: a forward
+     * routed before `until` (record_from) reached this node for that copy,
+     * and one that the copy would have left out as had by a later owner
+     * (session_owner_had(&local, m, direct): the copy's direct_local and
+     * bound) is left out here too. Before, the fold left such messages out
+     * of what the copy held, but the forwards that came after it (held in
+     * an origin's outbox across a kill) went to the session, which takes
+     * every forward: chaos seed 9205 with --more, 36 QoS 2 duplicates.
+     * Not for this node's own publishes (`here`: its id). until 0: none
+     * (no copy folded, more than one, or a shared subscription). Set by
+     * the fold (cluster_session.c, fold_rule_set); in memory only. */
+    struct {
+        uint64_t until, direct, here;
+        struct session_owner_local local;
+    } fold;
     /* cluster: 1 + next_seq when the session was resumed here from its
      * replicated record (0: it was not). The packet ids it used since are
      * those of pids_used; an older copy's unfinished QoS 2 exchanges may

@@ -4463,3 +4463,59 @@ def test_late_frame_passed_on_to_a_later_claim_brings_no_identities(cluster_fact
           f"{came.findall(cn.logtext())}")
     assert got == b"M", f"M lost: {cn.name} took {b.name}'s M for one it had"
     y.disconnect()
+
+
+def test_owners_own_publishes_held_in_its_outbox_across_a_kill_come_once(cluster_factory,
+                                                                        tmp_path):
+    """Chaos seed 9205 with --more (36 QoS 2 duplicates, 2026-12-04), made
+    deterministic. A persistent QoS 2 subscriber S, offline, on node B; S's
+    client connects to A, which takes S over; B's copy, moving out to A, is
+    held (STARLING_TEST_MOVING_HOLD), so B still routes S's filter. B is
+    SIGSTOPped; M0..M19, published by a client of A, reach S on A (its
+    client completes each) and wait in A's outbox for B. A and B are
+    SIGKILLed. B starts again with its stored copy; S's client comes back
+    to B, which resumes S from A's record (A down) and folds the copy into
+    it. A starts again and sends its outbox: M0..M19 reach B, routed with
+    A's routes everywhere, before B's claim. The fold left such messages
+    out of what the copy held (the owners rule); the forwards that came
+    for the copy after the fold were taken by the session, which takes
+    everything routed to B: S got all 20 again, each as a new message."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "outkill", "ok/t")
+    hold.write_text("")
+    s = resumed_on(a, cid, timeout=30)
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
+    p = PahoClient(a, uid("outkillp"), 5)
+    p.connect()
+    sent = [f"m{k}".encode() for k in range(20)]
+    pause(b)
+    try:
+        for m in sent:
+            p.publish(topic + "/x", m, qos=2)
+        assert [s.get(WAIT).payload for _ in sent] == sent
+        wait_until(lambda: outbox_for(a, b.name) >= len(sent), 30,
+                   f"{a.name}'s outbox holding M0..M19 for {b.name}")
+        session_settled_then_synced(a, cid)
+        kill(a)
+    finally:
+        kill(b)
+    s.stop()
+    p.stop()
+    start = len(b.logtext())
+    b.start()
+    wait_until(lambda: moved in b.logtext()[start:], 60,
+               f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
+    s = resumed_on(b, cid, timeout=30, tries=3)
+    log = b.logtext()[start:]
+    assert f"the session of '{cid}' resumed from its record" in log
+    assert f"'{cid}' is claimed here again while its old copy" in log
+    hold.unlink()
+    a.start()
+    wait_healthy(c)
+    wait_until(lambda: outbox_for(a, b.name) == 0, 30, f"{a.name}'s outbox for {b.name} sent")
+    pc = PahoClient(cn, uid("outkillc"), 5)
+    pc.connect()
+    none_delivered_again("the owner's outbox after a kill", s, pc, topic, lambda: f" on {b.name}")
