@@ -120,6 +120,7 @@ struct admin_metrics {
      * silence); NodeDown(this node) applied while it ran; clean sessions
      * ended for that (docs/cluster.md "A node taken for dead while it runs") */
     uint64_t nodes_down, taken_for_dead, dead_sessions_ended;
+    uint64_t dead_sessions_released, dead_sessions_expired;
     struct admin_peer_metrics peers[ADMIN_PEERS_MAX];
     unsigned n_peers;
 };

@@ -130,6 +130,14 @@ static void render_cluster(FILE *f, const struct admin_metrics *m)
            "Clean sessions with subscriptions that this node ended (5.0: DISCONNECT 0x89) "
            "because it was taken for dead: their clients may have missed messages.",
            m->dead_sessions_ended);
+    metric(f, "starling_cluster_dead_sessions_released_total", "counter",
+           "Persistent sessions of members taken for dead whose release this node, as the Raft "
+           "leader, proposed because their expiry interval passed while their node stayed dead.",
+           m->dead_sessions_released);
+    metric(f, "starling_cluster_sessions_expired_taken_for_dead_total", "counter",
+           "Sessions of this node that ended here because the cluster released them as expired "
+           "while it was taken for dead (5.0: a connected client gets DISCONNECT 0x89).",
+           m->dead_sessions_expired);
     if (!m->n_peers)
         return;
     head(f, "starling_cluster_peer_connected", "gauge",

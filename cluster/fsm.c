@@ -393,8 +393,12 @@ static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelea
         was = starling__cmd__session_record__unpack(NULL, olen, old);
         rc = rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len);
     }
+    /* released by its owner, which takes its own routes away; or, expired,
+     * by the leader for an owner taken for dead (node/cluster_session.c,
+     * dead_expiry_poll): the routes NodeDown kept for it go too */
+    bool for_dead = c->has_expired && c->expired;
     if (rc == 0 || rc == -ENOENT)
-        rc = record_left(x, was, c->node, pruned);
+        rc = record_left(x, was, for_dead ? 0 : c->node, pruned);
     if (was)
         starling__cmd__session_record__free_unpacked(was, NULL);
     if (rc)
@@ -1442,6 +1446,92 @@ int fsm_node_counts(struct fsm *f, uint64_t node, uint64_t *routes, uint64_t *se
     *sessions = c.n;
     rtable_abort(x);
     return rc;
+}
+
+struct node_expiry {
+    struct rtable_txn *x;
+    uint64_t node, elapsed_s, next_s;
+    size_t max, n;
+    fsm_expired_fn fn;
+    void *ud;
+};
+
+static int expired_owned(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    struct node_expiry *e = ud;
+    if (vlen != 16 || get_le64(val) != e->node)
+        return 0;
+    const void *rv;
+    size_t rlen;
+    /* no record: a session that never wrote one (expiry 0, or its record
+     * not written yet); not judged here */
+    if (rtable_get(e->x, RTABLE_SESSIONS, key, klen, &rv, &rlen) != 0)
+        return 0;
+    Starling__Cmd__SessionRecord *sr = starling__cmd__session_record__unpack(NULL, rlen, rv);
+    if (!sr)
+        return 0;
+    uint32_t expiry = sr->expiry_interval;
+    starling__cmd__session_record__free_unpacked(sr, NULL);
+    if (expiry == UINT32_MAX)
+        return 0; /* never expires */
+    if (expiry > e->elapsed_s) {
+        if (expiry < e->next_s)
+            e->next_s = expiry;
+        return 0;
+    }
+    e->fn(e->ud, key, klen, get_le64((const unsigned char *)val + 8));
+    return ++e->n >= e->max ? 1 : 0;
+}
+
+struct owner_set {
+    uint64_t *v;
+    size_t n, max;
+};
+
+static int owner_collect(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)key, (void)klen;
+    struct owner_set *o = ud;
+    if (vlen != 16)
+        return 0;
+    uint64_t node = get_le64(val);
+    for (size_t i = 0; i < o->n; i++)
+        if (o->v[i] == node)
+            return 0;
+    if (o->n == o->max)
+        return 1;
+    o->v[o->n++] = node;
+    return 0;
+}
+
+int fsm_registry_owners(struct fsm *f, uint64_t *out, size_t max)
+{
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    struct owner_set o = {out, 0, max};
+    rc = rtable_scan(x, RTABLE_REGISTRY, NULL, 0, owner_collect, &o);
+    rtable_abort(x);
+    return rc < 0 ? rc : (int)o.n;
+}
+
+int fsm_node_expired(struct fsm *f, uint64_t node, uint64_t elapsed_s, size_t max,
+                     fsm_expired_fn fn, void *ud, uint64_t *next_s)
+{
+    *next_s = UINT64_MAX;
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc)
+        return rc;
+    struct node_expiry e = {x, node, elapsed_s, UINT64_MAX, max, 0, fn, ud};
+    rc = rtable_scan(x, RTABLE_REGISTRY, NULL, 0, expired_owned, &e);
+    rtable_abort(x);
+    if (rc < 0)
+        return rc;
+    /* stopped at max: there may be more now */
+    *next_s = e.n >= max ? elapsed_s : e.next_s;
+    return (int)e.n;
 }
 
 #ifndef NDEBUG

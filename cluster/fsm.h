@@ -198,6 +198,19 @@ int fsm_session_record_get(struct fsm *f, const char *client_id, size_t len, voi
 /* The routes of `node` and the registry records that name it (a scan of the
  * registry: for the admin API, not for a hot path). */
 int fsm_node_counts(struct fsm *f, uint64_t node, uint64_t *routes, uint64_t *sessions);
+/* The sessions of `node` that expired after it was taken for dead
+ * `elapsed_s` seconds ago: each registry record naming it whose session
+ * record's expiry interval is finite and at most elapsed_s, fn(ud, id, len,
+ * epoch) for each, at most `max`. Returns how many, or a negative errno;
+ * *next_s: the least such interval above elapsed_s (UINT64_MAX: none;
+ * elapsed_s: `max` reached, look again). Records without a session record
+ * are not judged. A scan of the registry: not for a hot path. */
+typedef void (*fsm_expired_fn)(void *ud, const void *id, size_t len, uint64_t epoch);
+int fsm_node_expired(struct fsm *f, uint64_t node, uint64_t elapsed_s, size_t max,
+                     fsm_expired_fn fn, void *ud, uint64_t *next_s);
+/* The distinct nodes the registry names (owners of sessions), at most max
+ * into out: how many, or a negative errno. A scan of the registry. */
+int fsm_registry_owners(struct fsm *f, uint64_t *out, size_t max);
 /* The number of routes of `node` (a prefix scan; 0 on error). */
 uint64_t fsm_node_routes(struct fsm *f, uint64_t node);
 

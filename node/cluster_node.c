@@ -178,6 +178,8 @@ static void peers_refresh(struct cluster_node *cn)
                 cn->peers[i].run_seen_ms = old[j].run_seen_ms;
                 cn->peers[i].down_ms = old[j].down_ms;
                 cn->peers[i].down_told = old[j].down_told;
+                cn->peers[i].dead_ms = old[j].dead_ms;
+                cn->peers[i].expiry_next_ms = old[j].expiry_next_ms;
             }
 }
 
@@ -1122,6 +1124,16 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
                                           k->session_claim->has_clean_start &&
                                               k->session_claim->clean_start);
         return;
+    case STARLING__CMD__COMMAND__CMD_SESSION_RELEASE:
+        /* the leader released a session of this node as expired while it
+         * was taken for dead (cluster_session.c, dead_expiry_poll) */
+        if (k->session_release->node == cn->self && k->session_release->has_expired &&
+            k->session_release->expired && !atomic_load(&cn->stopped) &&
+            k->session_release->client_id.len <= 65535)
+            cn_session_released(cn, (const char *)k->session_release->client_id.data,
+                                (uint16_t)k->session_release->client_id.len,
+                                k->session_release->epoch);
+        return;
     case STARLING__CMD__COMMAND__CMD_RETAINED_SET: {
         const Starling__Cmd__RetainedSet *r = k->retained_set;
         if (r->topic.len == 0 || r->topic.len > 65535 || !r->message ||
@@ -1159,6 +1171,12 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
             raft_node_remove(cn->raft, k->member->node, NULL, NULL);
         pthread_mutex_lock(&cn->mu);
         peers_refresh(cn);
+        /* a member that left: what sessions it still owns expire as a
+         * dead member's (cluster_session.c, dead_expiry_poll) */
+        if (k->member->left)
+            cn_gone_note(cn, k->member->node, cn_mono_ms());
+        else
+            cn_gone_forget(cn, k->member->node);
         pthread_mutex_unlock(&cn->mu);
         return;
     case STARLING__CMD__COMMAND__CMD_NODE_DOWN:
@@ -1194,6 +1212,7 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
         }
         pthread_mutex_lock(&cn->mu);
         peers_refresh(cn);
+        cn_gone_note(cn, k->member_remove->node, cn_mono_ms());
         pthread_mutex_unlock(&cn->mu);
         return;
     default:
@@ -1412,6 +1431,8 @@ static void cn_metrics(void *ud, struct admin_metrics *m)
     m->nodes_down = atomic_load(&cn->nodes_down);
     m->taken_for_dead = atomic_load(&cn->taken_for_dead);
     m->dead_sessions_ended = atomic_load(&cn->dead_sessions_ended);
+    m->dead_sessions_released = atomic_load(&cn->dead_sessions_released);
+    m->dead_sessions_expired = atomic_load(&cn->dead_sessions_expired);
     struct {
         uint64_t node;
         char name[ADMIN_NAME_MAX];

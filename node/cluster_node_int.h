@@ -69,6 +69,11 @@ struct peer {
     bool left;
     uint64_t down_ms; /* the leader's last NodeDown for it (cluster_session.c) */
     bool down_told;   /* ... logged and counted for this silence */
+    /* the leader: when it took the member for dead in this silence (0: it
+     * does not), and when it looks next for the sessions of it whose
+     * expiry interval has passed since (cluster_session.c,
+     * dead_expiry_poll) */
+    uint64_t dead_ms, expiry_next_ms;
 };
 
 struct cluster_node {
@@ -116,6 +121,16 @@ struct cluster_node {
 
     struct peer peers[MAX_PEERS]; /* mu: the other members */
     unsigned n_peers;
+    /* mu: nodes that own sessions but are members no more (forgotten, or
+     * left), as this node learnt of them: their sessions expire as a dead
+     * member's, counted from `since_ms` (cluster_session.c,
+     * dead_expiry_poll). gone_scanned: this node, leading, has looked for
+     * such owners in the registry since it became the leader. */
+    struct gone_owner {
+        uint64_t node, since_ms, next_ms;
+    } gone[MAX_PEERS];
+    unsigned n_gone;
+    bool gone_scanned;
 
     atomic_uint_fast64_t pub_seq; /* per-origin sequence of retained messages */
     struct cluster_fwd *fwd;      /* forwards: outbox, resend, acks */
@@ -144,6 +159,10 @@ struct cluster_node {
      * leader, once per silence of a member; NodeDown(self) seen applied
      * while running; clean sessions ended for it (cluster_session.c) */
     atomic_uint_fast64_t nodes_down, taken_for_dead, dead_sessions_ended;
+    /* sessions of dead members this node released as the leader, and its
+     * own sessions ended because the cluster had released them
+     * (cluster_session.c, dead_expiry_poll) */
+    atomic_uint_fast64_t dead_sessions_released, dead_sessions_expired;
     atomic_bool restart_done; /* the start-up pass over stored sessions ran */
     uint64_t restart_target;  /* the leader's applied index to reach first */
 
@@ -380,6 +399,15 @@ void cn_session_late_in(struct cluster_node *cn, struct session *s, uint64_t fro
                         const Starling__Chan__SessionMessages *sm);
 /* The glue's thread: late messages, the start-up pass, NodeDown. */
 void cn_session_poll(struct cluster_node *cn, uint64_t now);
+/* A release of this node's claim `epoch` of id applied, proposed by the
+ * leader as expired while this node was taken for dead: the session of
+ * that claim here ends (cluster thread). */
+void cn_session_released(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch);
+/* A node that owns sessions is no member now (forgotten, or it left):
+ * noted, so that its sessions expire as a dead member's (from `now`); and
+ * a node that is a member again. cn->mu held. */
+void cn_gone_note(struct cluster_node *cn, uint64_t node, uint64_t now);
+void cn_gone_forget(struct cluster_node *cn, uint64_t node);
 /* After the cluster stopped. */
 void cn_session_drain(struct cluster_node *cn);
 /* cluster_node.c: propose an entry and wait until it committed (retrying

@@ -1833,14 +1833,38 @@ static void restart_pass(struct cluster_node *cn)
             l.v[l.n++] = session_ref(s);
         }
     pthread_mutex_unlock(&r->lock);
-    size_t moved = 0;
+    size_t moved = 0, released = 0;
     for (size_t i = 0; i < l.n; i++) {
         struct session *s = l.v[i];
         uint64_t node = 0, epoch = 0;
         lock_acquire(&s->lock);
         bool known = s->epoch != 0;
+        uint64_t stored = s->stored_epoch;
         lock_release(&s->lock);
-        if (!known && fsm_registry_get(cn->fsm, s->client_id, s->id_len, &node, &epoch) == 0) {
+        int rc = known ? 0 : fsm_registry_get(cn->fsm, s->client_id, s->id_len, &node, &epoch);
+        if (!known && rc == -ENOENT && stored) {
+            /* its claim was released since it was stored: it expired while
+             * this node was taken for dead (dead_expiry_poll), its tables
+             * having come as a snapshot (cn_session_released did not see
+             * the release), or it ended elsewhere after a claim there. It
+             * ends here too; before, it stayed, unnamed, and its client
+             * found it again here. (Only while it is the one in the
+             * table: no claim of the id applied, none can have put
+             * another there.) */
+            pthread_mutex_lock(&r->lock);
+            bool here = registry_find(r, s->client_id, s->id_len) == s;
+            pthread_mutex_unlock(&r->lock);
+            struct session *gone =
+                here ? registry_local_surrender(b, s->client_id, s->id_len, false) : NULL;
+            if (gone) {
+                log_info("cluster: the stored session of '%s' (claim %llu) was released while "
+                         "this node was down: it ends",
+                         gone->client_id, (unsigned long long)stored);
+                released++;
+                session_end(b, gone);
+                session_unref(gone);
+            }
+        } else if (!known && rc == 0) {
             if (node == cn->self) {
                 /* the store keeps no user name: the record does (the ACL of
                  * its deliveries until its client is back) */
@@ -1902,7 +1926,7 @@ static void restart_pass(struct cluster_node *cn)
     }
     free(c.v);
     free(to);
-    log_debug("cluster: start-up pass over %zu stored session(s)", l.n);
+    log_debug("cluster: start-up pass over %zu stored session(s), %zu released", l.n, released);
     if (moved)
         log_info("cluster: %zu stored session(s) moved to other nodes while this one was down: "
                  "their messages follow them",
@@ -2018,8 +2042,15 @@ static void taken_for_dead(struct cluster_node *cn, bool running)
  */
 static void node_down_poll(struct cluster_node *cn, uint64_t now)
 {
-    if (raft_node_leader(cn->raft) != cn->self || !raft_node_ready(cn->raft))
+    if (raft_node_leader(cn->raft) != cn->self || !raft_node_ready(cn->raft)) {
+        /* a leader again later counts a death from its own judgement: the
+         * member may have come back and died again meanwhile */
+        pthread_mutex_lock(&cn->mu);
+        for (unsigned i = 0; i < cn->n_peers; i++)
+            cn->peers[i].dead_ms = 0;
+        pthread_mutex_unlock(&cn->mu);
         return;
+    }
     uint64_t down_after = cn->b->cfg.cluster_down_after;
     uint64_t down[MAX_PEERS], silent[MAX_PEERS], quiet[MAX_PEERS];
     unsigned n = 0;
@@ -2041,10 +2072,16 @@ static void node_down_poll(struct cluster_node *cn, uint64_t now)
     }
     for (unsigned i = 0; i < cn->n_peers; i++) {
         struct peer *p = &cn->peers[i];
-        if (quiet[i] <= down_after)
+        if (quiet[i] <= down_after) {
             p->down_told = false; /* heard again */
+            p->dead_ms = 0;
+        }
         if (p->left || quiet[i] <= down_after || now - p->down_ms < down_after)
             continue;
+        if (!p->dead_ms) {
+            p->dead_ms = now;
+            p->expiry_next_ms = now;
+        }
         p->down_ms = now;
         silent[n] = p->down_told ? 0 : quiet[i]; /* 0: told already */
         p->down_told = true;
@@ -2071,6 +2108,186 @@ static void node_down_poll(struct cluster_node *cn, uint64_t now)
             log_warn("cluster: NodeDown(%016llx) not proposed", (unsigned long long)down[i]);
         cmd_batch_free(b);
     }
+}
+
+/*
+ * The sessions of a dead member expire (the leader). A persistent session
+ * whose node is taken for dead and stays down expires once its expiry
+ * interval has passed since then (not since its client went away, which
+ * was at the latest then: it lives that much longer, never less): the
+ * leader releases it for its owner (SessionRelease with `expired`), and
+ * with its record go the routes that NodeDown kept for it (cluster/fsm.c,
+ * record_left) and its client id. Before, such sessions, their records and
+ * their kept routes stayed until the node came back, and forever for a
+ * node that never did. The owner applies the release when it runs again
+ * (cn_session_released, or its start-up pass when its tables came as a
+ * snapshot): its session of that claim ends there. A member cut off but
+ * alive is taken for dead too: its clients' sessions whose interval passed
+ * in the cut end when it heals, their connections closed (5.0: DISCONNECT
+ * 0x89 Server busy), as a session that expired would be; a client that
+ * connects again gets session present 0. Records without a session record
+ * (a session with expiry 0, or whose record was not written) are left. A
+ * scan of the registry per member at most once per EXPIRY_SCAN_MS, or
+ * when the least interval among its sessions is due.
+ */
+#define EXPIRY_SCAN_MS 1000
+#define EXPIRY_BATCH_MAX 256
+
+struct expiry_batch {
+    struct cmd_batch *b;
+    uint64_t node;
+    size_t n;
+    int rc;
+};
+
+static void expiry_release_one(void *ud, const void *id, size_t len, uint64_t epoch)
+{
+    struct expiry_batch *e = ud;
+    if (e->rc == 0)
+        e->rc = cmd_session_release(e->b, id, len, e->node, epoch, 1);
+    if (e->rc == 0)
+        e->n++;
+}
+
+/* The nodes that own sessions and are no members (forgotten, or gone
+ * before this node knew them), or members that left: their sessions expire
+ * as a dead member's, from now. Once per leadership. cn->mu held. */
+static void gone_scan(struct cluster_node *cn, uint64_t now)
+{
+    uint64_t owners[MAX_PEERS];
+    int n = fsm_registry_owners(cn->fsm, owners, MAX_PEERS);
+    for (int i = 0; i < n; i++) {
+        bool member = owners[i] == cn->self;
+        for (unsigned k = 0; k < cn->n_peers && !member; k++)
+            member = cn->peers[k].node == owners[i] && !cn->peers[k].left;
+        if (!member)
+            cn_gone_note(cn, owners[i], now);
+    }
+    cn->gone_scanned = n >= 0;
+}
+
+void cn_gone_note(struct cluster_node *cn, uint64_t node, uint64_t now)
+{
+    if (node == cn->self)
+        return;
+    for (unsigned i = 0; i < cn->n_gone; i++)
+        if (cn->gone[i].node == node)
+            return;
+    if (cn->n_gone < MAX_PEERS)
+        cn->gone[cn->n_gone++] = (struct gone_owner){node, now, now};
+}
+
+void cn_gone_forget(struct cluster_node *cn, uint64_t node)
+{
+    for (unsigned i = 0; i < cn->n_gone; i++)
+        if (cn->gone[i].node == node)
+            cn->gone[i] = cn->gone[--cn->n_gone];
+}
+
+/* The releases of node's sessions whose interval has passed since `since`
+ * (proposed), and when to look next. */
+static uint64_t expire_owned(struct cluster_node *cn, uint64_t node, uint64_t since, uint64_t now)
+{
+    uint64_t elapsed_s = (now - since) / 1000, next_s = UINT64_MAX, next_ms;
+    struct expiry_batch e = {cmd_batch_new(), node, 0, 0};
+    int rc = e.b ? fsm_node_expired(cn->fsm, node, elapsed_s, EXPIRY_BATCH_MAX, expiry_release_one,
+                                    &e, &next_s)
+                 : -ENOMEM;
+    size_t len = 0;
+    const void *data = rc > 0 && e.rc == 0 && e.n ? cmd_batch_data(e.b, &len) : NULL;
+    if (rc < 0 || e.rc < 0 || (data && cluster_propose(cn->c, data, len, NULL, NULL) < 0)) {
+        log_warn("cluster: the expired sessions of %016llx are not released now",
+                 (unsigned long long)node);
+        next_ms = now + EXPIRY_SCAN_MS;
+    } else {
+        atomic_fetch_add(&cn->dead_sessions_released, e.n);
+        if (e.n)
+            log_info("cluster: %zu session(s) of %016llx expired while it was taken for dead or "
+                     "gone (%llu s ago): released",
+                     e.n, (unsigned long long)node, (unsigned long long)elapsed_s);
+        /* (the releases commit in a moment: a scan before would find them
+         * again, harmless, as NOOPs) */
+        next_ms = next_s == UINT64_MAX  ? UINT64_MAX
+                  : next_s <= elapsed_s ? now + EXPIRY_SCAN_MS
+                                        : since + next_s * 1000;
+        if (next_ms < now + EXPIRY_SCAN_MS)
+            next_ms = now + EXPIRY_SCAN_MS;
+    }
+    cmd_batch_free(e.b);
+    return next_ms;
+}
+
+static void dead_expiry_poll(struct cluster_node *cn, uint64_t now)
+{
+    bool leading = raft_node_leader(cn->raft) == cn->self && raft_node_ready(cn->raft);
+    uint64_t node[2 * MAX_PEERS], since[2 * MAX_PEERS];
+    bool gone[2 * MAX_PEERS];
+    unsigned n = 0;
+    pthread_mutex_lock(&cn->mu);
+    if (!leading) {
+        cn->gone_scanned = false;
+        pthread_mutex_unlock(&cn->mu);
+        return;
+    }
+    if (!cn->gone_scanned)
+        gone_scan(cn, now);
+    for (unsigned i = 0; i < cn->n_peers; i++) {
+        const struct peer *p = &cn->peers[i];
+        if (!p->left && p->dead_ms && now >= p->expiry_next_ms) {
+            node[n] = p->node;
+            since[n] = p->dead_ms;
+            gone[n++] = false;
+        }
+    }
+    for (unsigned i = 0; i < cn->n_gone; i++)
+        if (now >= cn->gone[i].next_ms) {
+            node[n] = cn->gone[i].node;
+            since[n] = cn->gone[i].since_ms;
+            gone[n++] = true;
+        }
+    pthread_mutex_unlock(&cn->mu);
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t next_ms = expire_owned(cn, node[i], since[i], now);
+        pthread_mutex_lock(&cn->mu);
+        if (gone[i]) {
+            for (unsigned k = 0; k < cn->n_gone; k++)
+                if (cn->gone[k].node == node[i])
+                    cn->gone[k].next_ms = next_ms;
+        } else {
+            for (unsigned k = 0; k < cn->n_peers; k++)
+                if (cn->peers[k].node == node[i] && cn->peers[k].dead_ms == since[i])
+                    cn->peers[k].expiry_next_ms = next_ms;
+        }
+        pthread_mutex_unlock(&cn->mu);
+    }
+}
+
+void cn_session_released(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch)
+{
+    struct broker *b = cn->b;
+    struct registry *r = &b->registry;
+    pthread_mutex_lock(&r->lock);
+    struct session *s = registry_find(r, id, len);
+    bool mine = false;
+    if (s) {
+        lock_acquire(&s->lock);
+        /* that claim's session, or a stored copy whose claim is not known
+         * yet but is not a later one */
+        mine = s->epoch == epoch || (s->epoch == 0 && s->stored_epoch <= epoch);
+        lock_release(&s->lock);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (!mine)
+        return;
+    s = registry_local_surrender_rc(b, id, len, false, MQTT_RC_SERVER_BUSY);
+    if (!s)
+        return;
+    log_info("cluster: the session of '%.*s' (claim %llu) expired while this node was taken for "
+             "dead: it ends here",
+             (int)len, id, (unsigned long long)epoch);
+    atomic_fetch_add(&cn->dead_sessions_expired, 1);
+    session_end(b, s);
+    session_unref(s);
 }
 
 /* ---- the poll ---------------------------------------------------------------------- */
@@ -2636,6 +2853,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
         restart_pass(cn);
     }
     node_down_poll(cn, now);
+    dead_expiry_poll(cn, now);
     if (!reannounce_test_hold() && atomic_exchange(&cn->reannounce, false))
         taken_for_dead(cn, atomic_exchange(&cn->reannounce_running, false));
 

@@ -416,13 +416,19 @@ void registry_local_attach(struct broker *b, const struct registry_claim *req, s
 struct session *registry_local_surrender(struct broker *b, const char *id, uint16_t id_len,
                                          bool resumed)
 {
+    return registry_local_surrender_rc(b, id, id_len, resumed, MQTT_RC_SESSION_TAKEN_OVER);
+}
+
+struct session *registry_local_surrender_rc(struct broker *b, const char *id, uint16_t id_len,
+                                            bool resumed, uint8_t rc)
+{
     struct registry *r = &b->registry;
     pthread_mutex_lock(&r->lock);
     struct session *s = registry_find(r, id, id_len);
     if (s) {
         lock_acquire(&s->lock);
         if (s->conn) {
-            b->sink->kick(s->w, s->conn, MQTT_RC_SESSION_TAKEN_OVER, resumed);
+            b->sink->kick(s->w, s->conn, rc, resumed);
             s->conn = NULL;
             session_flow_release(b, s);
             atomic_fetch_sub(&b->stats.clients_connected, 1);

@@ -195,6 +195,9 @@ void registry_local_attach(struct broker *b, const struct registry_claim *req, s
  */
 struct session *registry_local_surrender(struct broker *b, const char *id, uint16_t id_len,
                                          bool resumed);
+/* The same, kicking with reason code `rc` (5.0). */
+struct session *registry_local_surrender_rc(struct broker *b, const char *id, uint16_t id_len,
+                                            bool resumed, uint8_t rc);
 void registry_local_release(struct broker *b, struct session *s, struct conn *c,
                             struct session_will *will, bool resumed, struct worker *cur);
 void registry_local_tick(struct broker *b, uint64_t now_mono_ms);

@@ -520,6 +520,115 @@ def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
     print(f"\n[purge] {down.name}'s route purged {time.monotonic() - t0:.1f} s after its death")
 
 
+
+@pytest.mark.parametrize("load", ["first", "late"])
+def test_dead_nodes_sessions_expire_while_it_stays_down(fault_cluster, load):
+    """A node that stays down does not keep its sessions forever: once a
+    session's expiry interval has passed since the leader took its node for
+    dead, the leader releases it (SessionRelease, expired), and its record
+    and the route NodeDown kept for it go on every node; a session with a
+    longer interval stays, with its route. When the node comes back, its
+    copy of the expired session ends there too: its client gets a new
+    session (session present 0), the other client its session back. The
+    node applies the release as it catches up (`first`: its store loaded
+    by then), or finds the id released in its start-up pass (`late`: its
+    store loaded after the entries came, STARLING_TEST_START_HOLD_MS, as
+    when its tables come as a snapshot)."""
+    c = fault_cluster
+    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
+    b, a = [n for n in c.nodes if n is not ld]
+    bid = faults.node_id(b)
+    expiry = 4
+    short, keep = uid("dexps"), uid("dexpk")
+    ts, tk = uid("dexp/s"), uid("dexp/k")
+    xs = PahoClient(b, short, 5, clean=False, properties=session_props(expiry))
+    xs.connect()
+    assert xs.subscribe(ts, qos=1) == [1]
+    xk = PahoClient(b, keep, 5, clean=False, properties=session_props(600))
+    xk.connect()
+    assert xk.subscribe(tk, qos=1) == [1]
+    before = converged_tables(c)
+    assert {(bid, ts), (bid, tk)} <= before["routes"]
+    assert {short, keep} <= before["sessions"]
+    kill(b)  # both clients connected: their sessions' intervals start now
+    xs.stop()
+    xk.stop()
+    t0 = time.monotonic()
+    wait_until(lambda: short not in faults.tables(ld)["registry"], 3 * DOWN_AFTER + expiry + 10,
+               f"{short} released by the leader")
+    took = time.monotonic() - t0
+    print(f"\n[dead expiry] {short} (expiry {expiry} s) released {took:.1f} s after its node's "
+          f"death")
+    assert took >= expiry
+    after = converged_tables(c)
+    assert (bid, ts) not in after["routes"] and short not in after["sessions"]
+    assert (bid, tk) in after["routes"] and keep in after["sessions"]
+    assert after["registry"][keep][0] == bid
+    assert metric_value(ld, "starling_cluster_dead_sessions_released_total") >= 1
+    start = len(b.logtext())
+    if load == "late":
+        c.extra_env["STARLING_TEST_START_HOLD_MS"] = "3000"
+    try:
+        b.start()
+    finally:
+        c.extra_env.pop("STARLING_TEST_START_HOLD_MS", None)
+    wait_healthy(c)
+    ended = re.compile(rf"'{short}' \(claim \d+\) (expired while this node was taken for dead|"
+                       rf"was released while this node was down): it ends")
+    how = wait_until(lambda: ended.search(b.logtext()[start:]), 30, f"{b.name} ending {short}")
+    print(f"[dead expiry] {b.name}: {short} {how.group(1)}")
+    assert how.group(1).startswith("expired" if load == "first" else "was released")
+    y = PahoClient(b, short, 5, clean=False, properties=session_props(expiry))
+    y.connect()
+    assert not y.session_present, f"{short} found its expired session on {b.name}"
+    y.disconnect()
+    z = resumed_on(b, keep)
+    z.disconnect()
+
+
+
+def test_forgotten_nodes_sessions_expire(fault_cluster):
+    """A dead node forgotten by the operator (`starling ctl cluster forget`)
+    is no member any more, and its sessions still expire: the leader
+    releases each once its interval has passed since the node was
+    forgotten (or taken for dead); a session that never expires stays, and
+    its client resumes it elsewhere."""
+    from test_ctl import ctl, members, wait_for
+    c = fault_cluster
+    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
+    b, a = [n for n in c.nodes if n is not ld]
+    bid = faults.node_id(b)
+    expiry = 3
+    short, never = uid("fexps"), uid("fexpn")
+    ts, tn = uid("fexp/s"), uid("fexp/n")
+    for cid, topic, seconds in ((short, ts, expiry), (never, tn, 0xFFFFFFFF)):
+        x = PahoClient(b, cid, 5, clean=False, properties=session_props(seconds))
+        x.connect()
+        assert x.subscribe(topic, qos=1) == [1]
+        x.disconnect()
+    converged_tables(c)
+    kill(b)
+    wait_for(lambda: not members(a)[b.name]["reachable"], 30)
+    rc, out = ctl(a, "cluster", "forget", b.name)
+    assert rc == 0, out
+    t0 = time.monotonic()
+    wait_until(lambda: short not in faults.tables(ld)["registry"], expiry + 3 * DOWN_AFTER,
+               f"{short} of the forgotten {b.name} released")
+    print(f"\n[forgotten expiry] {short} (expiry {expiry} s) released "
+          f"{time.monotonic() - t0:.1f} s after {b.name} was forgotten")
+    after = converged_tables(c)
+    assert (bid, ts) not in after["routes"] and short not in after["sessions"]
+    # (a forgotten node's routes went with it: the session is resumed
+    # elsewhere from its record)
+    assert after["registry"][never][0] == bid and never in after["sessions"]
+    y = PahoClient(a, short, 5, clean=False, properties=session_props(expiry))
+    y.connect()
+    assert not y.session_present
+    y.disconnect()
+    z = resumed_on(a, never)
+    z.disconnect()
+
+
 def metric_value(node, name):
     """A counter or gauge without labels from node's GET /metrics."""
     import urllib.request

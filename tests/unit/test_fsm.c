@@ -650,6 +650,94 @@ static uint64_t route_count_of(struct fsm *f, const char *topic, uint64_t node)
     return hits;
 }
 
+/* fsm_node_expired's callback: the ids (in the registry's key order) and
+ * their epochs, in a string "id:epoch id:epoch ". */
+static void expired_note(void *ud, const void *id, size_t len, uint64_t epoch)
+{
+    char *out = ud;
+    size_t at = strlen(out);
+    snprintf(out + at, 256 - at, "%.*s:%llu ", (int)len, (const char *)id,
+             (unsigned long long)epoch);
+}
+
+/*
+ * The sessions of a node taken for dead expire: fsm_node_expired names
+ * those of its records whose expiry interval is at most the time since
+ * (not those that never expire, of another node, or without a record),
+ * and the least interval still to come; a SessionRelease with `expired`
+ * (the leader's, for that node) takes the routes NodeDown kept for the
+ * record away with it, where the owner's own release leaves its routes to
+ * the owner.
+ */
+static void test_dead_nodes_sessions_expire(void)
+{
+    char *d = tmpdir();
+    struct fsm *f = open_fsm(d);
+    struct cmd_batch *b = cmd_batch_new();
+    struct cmd_session_sub sx[] = {{S("x/#"), 1, 0}};
+    struct cmd_session_sub sy[] = {{S("y"), 1, 0}};
+    struct cmd_session_sub sz[] = {{S("z"), 1, 0}};
+    cmd_route_add(b, S("x/#"), 3);
+    cmd_route_add(b, S("y"), 3);
+    cmd_route_add(b, S("z"), 3);
+    cmd_route_add(b, S("w"), 3);
+    cmd_session_claim(b, S("k1"), 3, 1);
+    cmd_session_record(b, S("k1"), 3, 1, 10, 5, NULL, sx, 1, 0, 0, 0);
+    cmd_session_claim(b, S("k2"), 3, 2);
+    cmd_session_record(b, S("k2"), 3, 2, 1000, 5, NULL, sy, 1, 0, 0, 0);
+    cmd_session_claim(b, S("k3"), 3, 1);
+    cmd_session_record(b, S("k3"), 3, 1, UINT32_MAX, 5, NULL, sz, 1, 0, 0, 0);
+    cmd_session_claim(b, S("k4"), 3, 1); /* no record: expiry 0 */
+    cmd_session_claim(b, S("k5"), 4, 1);
+    cmd_session_record(b, S("k5"), 4, 1, 1, 5, NULL, sx, 1, 0, 0, 0);
+    CU_ASSERT_EQUAL_FATAL(apply(f, 1, b), 0);
+    cmd_node_down(b, 3); /* w goes; x/#, y, z are counted */
+    CU_ASSERT_EQUAL_FATAL(apply(f, 2, b), 0);
+    CU_ASSERT_EQUAL(fsm_node_routes(f, 3), 3);
+
+    char got[256] = "";
+    uint64_t next = 0;
+    CU_ASSERT_EQUAL(fsm_node_expired(f, 3, 9, 16, expired_note, got, &next), 0);
+    CU_ASSERT_STRING_EQUAL(got, "");
+    CU_ASSERT_EQUAL(next, 10);
+    CU_ASSERT_EQUAL(fsm_node_expired(f, 3, 10, 16, expired_note, got, &next), 1);
+    CU_ASSERT_STRING_EQUAL(got, "k1:1 ");
+    CU_ASSERT_EQUAL(next, 1000);
+    got[0] = 0;
+    CU_ASSERT_EQUAL(fsm_node_expired(f, 3, 5000, 16, expired_note, got, &next), 2);
+    CU_ASSERT_STRING_EQUAL(got, "k1:1 k2:2 ");
+    CU_ASSERT_EQUAL(next, UINT64_MAX);
+    got[0] = 0; /* at most `max`: look again */
+    CU_ASSERT_EQUAL(fsm_node_expired(f, 3, 5000, 1, expired_note, got, &next), 1);
+    CU_ASSERT_STRING_EQUAL(got, "k1:1 ");
+    CU_ASSERT_EQUAL(next, 5000);
+
+    /* the leader's release of k1 for the dead node: x/# of node 3 goes */
+    cmd_session_release(b, S("k1"), 3, 1, 1);
+    CU_ASSERT_EQUAL_FATAL(apply(f, 3, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    uint64_t node = 0, epoch = 0;
+    CU_ASSERT_EQUAL(fsm_registry_get(f, S("k1"), &node, &epoch), -ENOENT);
+    CU_ASSERT_EQUAL(route_count_of(f, "x/a", 3), 0);
+    CU_ASSERT_EQUAL(fsm_node_routes(f, 3), 2);
+    /* a stale one (another claim) changes nothing */
+    cmd_session_release(b, S("k2"), 3, 1, 1);
+    CU_ASSERT_EQUAL_FATAL(apply(f, 4, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_STALE_EPOCH);
+    /* the owner's own release: its routes are its own to remove */
+    cmd_session_release(b, S("k2"), 3, 2, 0);
+    CU_ASSERT_EQUAL_FATAL(apply(f, 5, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_OK);
+    CU_ASSERT_EQUAL(route_count_of(f, "y", 3), 1);
+    got[0] = 0;
+    CU_ASSERT_EQUAL(fsm_node_expired(f, 3, 5000, 16, expired_note, got, &next), 0);
+    CU_ASSERT_EQUAL(next, UINT64_MAX);
+    assert_checksum_consistent(f);
+    cmd_batch_free(b);
+    fsm_close(f);
+    rmdir_free(d);
+}
+
 /*
  * NodeDown.keepers: the routes a NodeDown keeps for a dead node's
  * persistent sessions go as those sessions' records leave it (written by
@@ -1499,6 +1587,7 @@ int main(void)
     CU_add_test(s, "session records and node down", test_session_records_and_node_down);
     CU_add_test(s, "session records: the owners' packet ids", test_record_owners_packet_ids);
     CU_add_test(s, "node down: counted routes go with their records", test_node_down_keepers);
+    CU_add_test(s, "node down: its sessions expire", test_dead_nodes_sessions_expire);
     CU_add_test(s, "node down: a record counted for its registry owner", test_node_down_owner_kept);
     CU_add_test(s, "long keys", test_long_keys);
     CU_add_test(s, "malformed entry", test_malformed_entry);
