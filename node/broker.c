@@ -114,6 +114,8 @@ void broker_release(struct broker *b, struct msg *m, int state, struct pub_targe
         struct session *s = targets->v[i];
         lock_acquire(&s->lock);
         struct worker *w = s->conn ? s->w : NULL;
+        if (state == MSG_REJECTED)
+            session_rejected_locked(b, s, m);
         /* its batch committed (or failed: then nothing was put) */
         bool left = session_row_left_locked(s, targets->row[i]);
         lock_release(&s->lock);

@@ -696,6 +696,28 @@ static void session_drop(struct broker *b, struct session *s, struct qmsg *q,
     qmsg_free(q);
 }
 
+void session_rejected_locked(struct broker *b, struct session *s, const struct msg *m)
+{
+    assert(lock_held(&s->lock));
+    struct store_batch *bt = NULL;
+    struct qmsg *prev = NULL, *q = s->queue.head;
+    while (q) {
+        struct qmsg *next = q->next;
+        if (q->m == m && q->state == MSG_STATE_QUEUED) {
+            if (q == s->late_last)
+                s->late_last = prev;
+            qlist_unlink(&s->queue, prev, q);
+            s->queue_bytes -= qmsg_size(q);
+            session_drop(b, s, q, &bt, -1);
+        } else {
+            prev = q;
+        }
+        q = next;
+    }
+    if (bt)
+        persist_submit(b, &bt, NULL, NULL);
+}
+
 void session_flush_locked(struct broker *b, struct session *s)
 {
     assert(lock_held(&s->lock));

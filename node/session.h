@@ -331,6 +331,12 @@ int session_deliver_row(struct broker *b, struct session *s, struct msg *m, uint
  * of the id in this node's table holds that number (any thread, no lock
  * held). */
 bool session_row_left_locked(struct session *s, uint64_t row);
+/* m was rejected (MSG_REJECTED: not stored, its publisher told so): it
+ * leaves s's queue now, so that it takes no room there while s's client is
+ * away. Before, it stayed until the client drained the queue, and an
+ * offline session's queue filled with such messages dropped the accepted
+ * ones after them (its bound, max_queued_bytes). s->lock held. */
+void session_rejected_locked(struct broker *b, struct session *s, const struct msg *m);
 void session_row_del(struct broker *b, struct session *s, uint64_t row);
 /* How long a session that moved records the identities it gets (ms). */
 #define SESSION_SEEN_RECORD_MS 60000

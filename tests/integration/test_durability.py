@@ -1087,6 +1087,75 @@ def test_disk_full(mounts, broker, tmp_path):
         b.stop(signal.SIGKILL, check=False)  # no-op when stopped above
 
 
+
+def test_refused_messages_take_no_room_in_an_offline_queue(mounts, broker, tmp_path):
+    """Messages refused as not stored (PUBACK 0x97) leave the queues of the
+    offline sessions they matched at once: they never reach anyone, and
+    they must not count against max_queued_bytes (4 MiB). A persistent
+    session V, offline, subscribed to v/#; another, F, to f/#. F's queue
+    fills the 2 MiB disk; 140 publishes of 32 KiB to v/# are refused (4.4
+    MiB, more than V's bound). F drains its queue, the space is free again,
+    and a publish to v/ok is accepted: V gets it. Before, the refused ones
+    stayed in V's queue until its client drained it, so V's queue was full
+    of them and v/ok was dropped (test_disk_full's flake, 2026-12-04: 127
+    refusals while the disk was still full, then an accepted message its
+    offline subscriber never got)."""
+    d = mounts.tmpfs("size=2m")
+    b = broker(data_dir=str(d / "data"))
+    clients = []
+    try:
+        for cid, topic in (("dur-rq-v", "v/#"), ("dur-rq-f", "f/#")):
+            s = raw(b, cid, 5, properties=SESSION_5)
+            s.subscribe((topic, M.sub_options(qos=1)))
+            s.disconnect()
+        pub = raw(b, uid("pub"), 5)
+        clients.append(pub)
+        payload = bytes(32 * 1024)
+        filled = 0
+        for i in range(200):
+            pub.publish(f"f/{i}", payload, qos=1)
+            if pub.expect(M.PUBACK, timeout=10).reason_code != 0:
+                break
+            filled += 1
+        assert 0 < filled < 200, f"{filled} x 32 KiB stored on a 2 MiB disk"
+        codes = []
+        for i in range(140):
+            pub.publish(f"v/{i}", payload, qos=1)
+            codes.append(pub.expect(M.PUBACK, timeout=10).reason_code)
+        # each one refused as not stored; before, from the 128th on the
+        # refused ones filled V's queue and the next were accepted and
+        # dropped there (V's queue full): PUBACK 0
+        assert codes == [0x97] * 140, \
+            f"{codes.count(0x97)} of 140 refused, then {sorted(set(codes))}"
+        f = raw(b, "dur-rq-f", 5, clean=False, properties=SESSION_5)
+        clients.append(f)
+        got = [f.recv_publish(timeout=10).topic for _ in range(filled)]
+        assert got == [f"f/{i}" for i in range(filled)]
+        f.disconnect()
+        # the space comes back once the drained messages' deletes commit
+        deadline = time.monotonic() + 30
+        ok = False
+        while not ok and time.monotonic() < deadline:
+            pub.publish("v/ok", b"accepted", qos=1)
+            ok = pub.expect(M.PUBACK, timeout=10).reason_code == 0
+            if not ok:
+                time.sleep(0.1)
+        assert ok, "v/ok still refused 30 s after the queue was drained"
+        v = raw(b, "dur-rq-v", 5, clean=False, properties=SESSION_5)
+        clients.append(v)
+        assert v.connack.session_present
+        m = v.recv_publish(timeout=10)
+        assert (m.topic, m.payload) == ("v/ok", b"accepted"), m
+        for c in clients:
+            c.disconnect()
+        clients = []
+        b.stop()
+    finally:
+        for c in clients:
+            c.close()
+        b.stop(signal.SIGKILL, check=False)
+
+
 def test_qos2_not_forwarded_before_commit(mounts, broker, tmp_path):
     """Deterministic form of the crash test's race: while the store cannot
     commit (its file system frozen), a QoS 2 message for a connected
