@@ -1452,6 +1452,7 @@ struct node_expiry {
     struct rtable_txn *x;
     uint64_t node, elapsed_s, next_s;
     size_t max, n;
+    bool full;
     fsm_expired_fn fn;
     void *ud;
 };
@@ -1470,17 +1471,25 @@ static int expired_owned(void *ud, const void *key, size_t klen, const void *val
     Starling__Cmd__SessionRecord *sr = starling__cmd__session_record__unpack(NULL, rlen, rv);
     if (!sr)
         return 0;
+    uint64_t epoch = get_le64((const unsigned char *)val + 8);
+    /* the record of another owner (this one claimed the session and died
+     * before writing its own): not this session's expiry, not judged */
+    bool its = sr->node == e->node && sr->epoch == epoch;
     uint32_t expiry = sr->expiry_interval;
     starling__cmd__session_record__free_unpacked(sr, NULL);
-    if (expiry == UINT32_MAX)
-        return 0; /* never expires */
+    if (!its || expiry == UINT32_MAX)
+        return 0; /* not known, or never expires */
     if (expiry > e->elapsed_s) {
         if (expiry < e->next_s)
             e->next_s = expiry;
         return 0;
     }
-    e->fn(e->ud, key, klen, get_le64((const unsigned char *)val + 8));
-    return ++e->n >= e->max ? 1 : 0;
+    if (e->n >= e->max || e->fn(e->ud, key, klen, epoch) != 0) {
+        e->full = true;
+        return 1;
+    }
+    e->n++;
+    return 0;
 }
 
 struct owner_set {
@@ -1524,13 +1533,13 @@ int fsm_node_expired(struct fsm *f, uint64_t node, uint64_t elapsed_s, size_t ma
     int rc = rtable_begin_read(f->t, &x);
     if (rc)
         return rc;
-    struct node_expiry e = {x, node, elapsed_s, UINT64_MAX, max, 0, fn, ud};
+    struct node_expiry e = {x, node, elapsed_s, UINT64_MAX, max, 0, false, fn, ud};
     rc = rtable_scan(x, RTABLE_REGISTRY, NULL, 0, expired_owned, &e);
     rtable_abort(x);
     if (rc < 0)
         return rc;
-    /* stopped at max: there may be more now */
-    *next_s = e.n >= max ? elapsed_s : e.next_s;
+    /* stopped (max, or fn said so): there are more now */
+    *next_s = e.full ? elapsed_s : e.next_s;
     return (int)e.n;
 }
 

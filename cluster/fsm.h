@@ -201,11 +201,13 @@ int fsm_node_counts(struct fsm *f, uint64_t node, uint64_t *routes, uint64_t *se
 /* The sessions of `node` that expired after it was taken for dead
  * `elapsed_s` seconds ago: each registry record naming it whose session
  * record's expiry interval is finite and at most elapsed_s, fn(ud, id, len,
- * epoch) for each, at most `max`. Returns how many, or a negative errno;
- * *next_s: the least such interval above elapsed_s (UINT64_MAX: none;
- * elapsed_s: `max` reached, look again). Records without a session record
- * are not judged. A scan of the registry: not for a hot path. */
-typedef void (*fsm_expired_fn)(void *ud, const void *id, size_t len, uint64_t epoch);
+ * epoch) for each, at most `max` (fn returns 0 to take one more, non-zero
+ * when it takes no more: that one not counted). Returns how many, or a
+ * negative errno; *next_s: the least such interval above elapsed_s
+ * (UINT64_MAX: none; elapsed_s: stopped, look again). Records without a
+ * session record, or whose record another owner wrote (node, epoch), are
+ * not judged. A scan of the registry: not for a hot path. */
+typedef int (*fsm_expired_fn)(void *ud, const void *id, size_t len, uint64_t epoch);
 int fsm_node_expired(struct fsm *f, uint64_t node, uint64_t elapsed_s, size_t max,
                      fsm_expired_fn fn, void *ud, uint64_t *next_s);
 /* The distinct nodes the registry names (owners of sessions), at most max

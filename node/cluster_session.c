@@ -1848,15 +1848,23 @@ static void restart_pass(struct cluster_node *cn)
              * having come as a snapshot (cn_session_released did not see
              * the release), or it ended elsewhere after a claim there. It
              * ends here too; before, it stayed, unnamed, and its client
-             * found it again here. (Only while it is the one in the
-             * table: no claim of the id applied, none can have put
-             * another there.) */
+             * found it again here. Under reg_mu, as a claim puts its
+             * session into the table, and looked at again there: a claim
+             * of the id applied meanwhile may have given it to its
+             * client. */
+            pthread_mutex_lock(&cn->reg_mu);
             pthread_mutex_lock(&r->lock);
-            bool here = registry_find(r, s->client_id, s->id_len) == s;
+            lock_acquire(&s->lock);
+            bool here = registry_find(r, s->client_id, s->id_len) == s && s->epoch == 0;
+            lock_release(&s->lock);
             pthread_mutex_unlock(&r->lock);
+            here = here &&
+                   fsm_registry_get(cn->fsm, s->client_id, s->id_len, &node, &epoch) == -ENOENT;
             struct session *gone =
                 here ? registry_local_surrender(b, s->client_id, s->id_len, false) : NULL;
+            pthread_mutex_unlock(&cn->reg_mu);
             if (gone) {
+                atomic_fetch_add(&cn->dead_sessions_expired, 1);
                 log_info("cluster: the stored session of '%s' (claim %llu) was released while "
                          "this node was down: it ends",
                          gone->client_id, (unsigned long long)stored);
@@ -2133,29 +2141,36 @@ static void node_down_poll(struct cluster_node *cn, uint64_t now)
 #define EXPIRY_SCAN_MS 1000
 #define EXPIRY_BATCH_MAX 256
 
+/* an entry of releases stays well below the channel's max_frame (client
+ * ids of up to 65,535 bytes) */
+#define EXPIRY_BATCH_BYTES (1u << 20)
+
 struct expiry_batch {
     struct cmd_batch *b;
     uint64_t node;
-    size_t n;
+    size_t n, bytes;
     int rc;
 };
 
-static void expiry_release_one(void *ud, const void *id, size_t len, uint64_t epoch)
+static int expiry_release_one(void *ud, const void *id, size_t len, uint64_t epoch)
 {
     struct expiry_batch *e = ud;
-    if (e->rc == 0)
-        e->rc = cmd_session_release(e->b, id, len, e->node, epoch, 1);
-    if (e->rc == 0)
-        e->n++;
+    if (e->rc != 0 || (e->n && e->bytes + len > EXPIRY_BATCH_BYTES))
+        return 1;
+    e->rc = cmd_session_release(e->b, id, len, e->node, epoch, 1);
+    if (e->rc != 0)
+        return 1;
+    e->n++;
+    e->bytes += len + 32;
+    return 0;
 }
 
 /* The nodes that own sessions and are no members (forgotten, or gone
  * before this node knew them), or members that left: their sessions expire
- * as a dead member's, from now. Once per leadership. cn->mu held. */
-static void gone_scan(struct cluster_node *cn, uint64_t now)
+ * as a dead member's, from now. Once per leadership. cn->mu held; owners:
+ * the registry's (fsm_registry_owners, read before: a scan), n of them. */
+static void gone_scan(struct cluster_node *cn, uint64_t now, const uint64_t *owners, int n)
 {
-    uint64_t owners[MAX_PEERS];
-    int n = fsm_registry_owners(cn->fsm, owners, MAX_PEERS);
     for (int i = 0; i < n; i++) {
         bool member = owners[i] == cn->self;
         for (unsigned k = 0; k < cn->n_peers && !member; k++)
@@ -2163,6 +2178,7 @@ static void gone_scan(struct cluster_node *cn, uint64_t now)
         if (!member)
             cn_gone_note(cn, owners[i], now);
     }
+    /* (a failed scan is tried again at the next poll) */
     cn->gone_scanned = n >= 0;
 }
 
@@ -2189,7 +2205,7 @@ void cn_gone_forget(struct cluster_node *cn, uint64_t node)
 static uint64_t expire_owned(struct cluster_node *cn, uint64_t node, uint64_t since, uint64_t now)
 {
     uint64_t elapsed_s = (now - since) / 1000, next_s = UINT64_MAX, next_ms;
-    struct expiry_batch e = {cmd_batch_new(), node, 0, 0};
+    struct expiry_batch e = {cmd_batch_new(), node, 0, 0, 0};
     int rc = e.b ? fsm_node_expired(cn->fsm, node, elapsed_s, EXPIRY_BATCH_MAX, expiry_release_one,
                                     &e, &next_s)
                  : -ENOMEM;
@@ -2224,13 +2240,19 @@ static void dead_expiry_poll(struct cluster_node *cn, uint64_t now)
     bool gone[2 * MAX_PEERS];
     unsigned n = 0;
     pthread_mutex_lock(&cn->mu);
-    if (!leading) {
+    bool scanned = cn->gone_scanned;
+    if (!leading)
         cn->gone_scanned = false;
-        pthread_mutex_unlock(&cn->mu);
+    pthread_mutex_unlock(&cn->mu);
+    if (!leading)
         return;
-    }
-    if (!cn->gone_scanned)
-        gone_scan(cn, now);
+    /* (the scan outside cn->mu, which the cluster thread takes for every
+     * report and membership entry) */
+    uint64_t owners[2 * MAX_PEERS];
+    int n_owners = scanned ? 0 : fsm_registry_owners(cn->fsm, owners, 2 * MAX_PEERS);
+    pthread_mutex_lock(&cn->mu);
+    if (!scanned)
+        gone_scan(cn, now, owners, n_owners);
     for (unsigned i = 0; i < cn->n_peers; i++) {
         const struct peer *p = &cn->peers[i];
         if (!p->left && p->dead_ms && now >= p->expiry_next_ms) {
@@ -2250,6 +2272,10 @@ static void dead_expiry_poll(struct cluster_node *cn, uint64_t now)
         uint64_t next_ms = expire_owned(cn, node[i], since[i], now);
         pthread_mutex_lock(&cn->mu);
         if (gone[i]) {
+            /* nothing of it can expire any more (no new session comes to
+             * a node that is no member): forgotten */
+            if (next_ms == UINT64_MAX)
+                cn_gone_forget(cn, node[i]);
             for (unsigned k = 0; k < cn->n_gone; k++)
                 if (cn->gone[k].node == node[i])
                     cn->gone[k].next_ms = next_ms;
@@ -2266,6 +2292,9 @@ void cn_session_released(struct cluster_node *cn, const char *id, uint16_t len, 
 {
     struct broker *b = cn->b;
     struct registry *r = &b->registry;
+    /* (under reg_mu, as a claim puts its session into the table: none of
+     * them can come between the look and the surrender) */
+    pthread_mutex_lock(&cn->reg_mu);
     pthread_mutex_lock(&r->lock);
     struct session *s = registry_find(r, id, len);
     bool mine = false;
@@ -2277,9 +2306,8 @@ void cn_session_released(struct cluster_node *cn, const char *id, uint16_t len, 
         lock_release(&s->lock);
     }
     pthread_mutex_unlock(&r->lock);
-    if (!mine)
-        return;
-    s = registry_local_surrender_rc(b, id, len, false, MQTT_RC_SERVER_BUSY);
+    s = mine ? registry_local_surrender_rc(b, id, len, false, MQTT_RC_SERVER_BUSY) : NULL;
+    pthread_mutex_unlock(&cn->reg_mu);
     if (!s)
         return;
     log_info("cluster: the session of '%.*s' (claim %llu) expired while this node was taken for "

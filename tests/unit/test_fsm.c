@@ -652,12 +652,13 @@ static uint64_t route_count_of(struct fsm *f, const char *topic, uint64_t node)
 
 /* fsm_node_expired's callback: the ids (in the registry's key order) and
  * their epochs, in a string "id:epoch id:epoch ". */
-static void expired_note(void *ud, const void *id, size_t len, uint64_t epoch)
+static int expired_note(void *ud, const void *id, size_t len, uint64_t epoch)
 {
     char *out = ud;
     size_t at = strlen(out);
     snprintf(out + at, 256 - at, "%.*s:%llu ", (int)len, (const char *)id,
              (unsigned long long)epoch);
+    return 0;
 }
 
 /*
@@ -688,6 +689,11 @@ static void test_dead_nodes_sessions_expire(void)
     cmd_session_claim(b, S("k3"), 3, 1);
     cmd_session_record(b, S("k3"), 3, 1, UINT32_MAX, 5, NULL, sz, 1, 0, 0, 0);
     cmd_session_claim(b, S("k4"), 3, 1); /* no record: expiry 0 */
+    /* claimed by node 3 from node 4, which wrote the record: not node 3's
+     * interval */
+    cmd_session_claim(b, S("k6"), 4, 1);
+    cmd_session_record(b, S("k6"), 4, 1, 1, 5, NULL, sy, 1, 0, 0, 0);
+    cmd_session_claim(b, S("k6"), 3, 2);
     cmd_session_claim(b, S("k5"), 4, 1);
     cmd_session_record(b, S("k5"), 4, 1, 1, 5, NULL, sx, 1, 0, 0, 0);
     CU_ASSERT_EQUAL_FATAL(apply(f, 1, b), 0);
