@@ -2721,6 +2721,24 @@ def test_fold_cut_by_a_kill_keeps_the_copys_messages(cluster_factory, tmp_path, 
         cl.disconnect()
 
 
+def taken_over_beside_a_held_copy(cluster_factory, tmp_path, name, topic):
+    """subscriber_on_a_follower (S on B) on a cluster with debug logs whose
+    old copies moving out wait while tmp_path/moving-hold exists
+    (STARLING_TEST_MOVING_HOLD, present); S's client connects to A, which
+    takes S over, and B's copy moves out to A, held. Returns the cluster,
+    the hold's file, the leader, B, A, S's client id and topic, S's client
+    on A and the log line of B's copy moving out."""
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, name, topic)
+    hold.write_text("")
+    s = resumed_on(a, cid, timeout=30)
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
+    return c, hold, cn, b, a, cid, topic, s, moved
+
+
 @pytest.mark.parametrize("restart,via_c", [(False, False), (True, False), (False, True),
                                             (True, True)],
                          ids=["running", "restarted", "running-via-c", "restarted-via-c"])
@@ -2748,14 +2766,8 @@ def test_copy_folded_after_a_resumption_from_the_record_leaves_out_what_its_owne
     1093382011 with --more: a claim of n3 between n2's and n1's, 180 QoS 2
     duplicates with DUP 0). Before, only a claim from the copy's owner left
     out what reached it directly, and B delivered M0..M19 again."""
-    hold = tmp_path / "moving-hold"
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
-    cn, b, a, cid, topic = subscriber_on_a_follower(c, "foldrec", "fr/t")
-    hold.write_text("")
-    s = resumed_on(a, cid, timeout=30)
-    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
-    wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
+    c, hold, cn, b, a, cid, topic, s, moved = taken_over_beside_a_held_copy(
+        cluster_factory, tmp_path, "foldrec", "fr/t")
     p, sent = twenty_delivered(cn, "foldrecp", topic, s)
     # B's copy took M0..M19 once a marker forwarded after them reaches a
     # subscriber on B (C's forwards to B come in order)
@@ -4589,14 +4601,8 @@ def test_owners_own_publishes_held_in_its_outbox_across_a_kill_come_once(cluster
     out of what the copy held (the owners rule); the forwards that came
     for the copy after the fold were taken by the session, which takes
     everything routed to B: S got all 20 again, each as a new message."""
-    hold = tmp_path / "moving-hold"
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
-    cn, b, a, cid, topic = subscriber_on_a_follower(c, "outkill", "ok/t")
-    hold.write_text("")
-    s = resumed_on(a, cid, timeout=30)
-    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
-    wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
+    c, hold, cn, b, a, cid, topic, s, moved = taken_over_beside_a_held_copy(
+        cluster_factory, tmp_path, "outkill", "ok/t")
     p = PahoClient(a, uid("outkillp"), 5)
     p.connect()
     sent = [f"m{k}".encode() for k in range(20)]
