@@ -521,6 +521,13 @@ def test_routes_of_a_node_that_stays_down_are_purged(fault_cluster):
 
 
 
+def leader_and_followers(c):
+    """The leader of cluster c, its two followers B and A, and B's node id."""
+    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
+    b, a = [n for n in c.nodes if n is not ld]
+    return ld, b, a, faults.node_id(b)
+
+
 @pytest.mark.parametrize("load", ["first", "late"])
 def test_dead_nodes_sessions_expire_while_it_stays_down(fault_cluster, load):
     """A node that stays down does not keep its sessions forever: once a
@@ -535,9 +542,7 @@ def test_dead_nodes_sessions_expire_while_it_stays_down(fault_cluster, load):
     store loaded after the entries came, STARLING_TEST_START_HOLD_MS, as
     when its tables come as a snapshot)."""
     c = fault_cluster
-    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
-    b, a = [n for n in c.nodes if n is not ld]
-    bid = faults.node_id(b)
+    ld, b, a, bid = leader_and_followers(c)
     expiry = 4
     short, keep = uid("dexps"), uid("dexpk")
     ts, tk = uid("dexp/s"), uid("dexp/k")
@@ -595,9 +600,7 @@ def test_forgotten_nodes_sessions_expire(fault_cluster):
     its client resumes it elsewhere."""
     from test_ctl import ctl, members, wait_for
     c = fault_cluster
-    ld = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
-    b, a = [n for n in c.nodes if n is not ld]
-    bid = faults.node_id(b)
+    ld, b, a, bid = leader_and_followers(c)
     expiry = 3
     short, never = uid("fexps"), uid("fexpn")
     ts, tn = uid("fexp/s"), uid("fexp/n")
