@@ -333,6 +333,14 @@ def main(argv):
     ap.add_argument("--no-lb", action="store_true",
                     help="clients connect to a cut-off node too (no load balancer keeping them off)")
     a = ap.parse_args(argv)
+
+    # killed from outside (SIGTERM, or SIGHUP: its terminal closed), the run
+    # ends as on ^C: the `finally` below stops the nodes and removes the
+    # data. Before, the runner died and its nodes ran on.
+    def ended(signum, _frame):
+        raise SystemExit(128 + signum)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, ended)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
