@@ -2580,21 +2580,24 @@ static void fold_rule_set(struct cluster_node *cn, struct session *keep, const s
     lock_acquire(&x->s->lock);
     struct session_owner_local local = x->s->direct_local;
     lock_release(&x->s->lock);
+    /* (allocated outside the lock; out of memory: no rule, at least once) */
+    struct session_fold *f = first && x->fold_direct ? malloc(sizeof(*f)) : NULL;
     lock_acquire(&keep->lock);
-    if (first && x->fold_direct && keep->record_from && !keep->routed_from &&
-        !cn_subs_shared(keep)) {
-        keep->fold.until = keep->record_from;
-        keep->fold.direct = x->fold_direct;
-        keep->fold.here = cn->self;
-        keep->fold.local = local;
+    if (f && keep->record_from && !keep->routed_from && !cn_subs_shared(keep)) {
+        *f = (struct session_fold){keep->record_from, x->fold_direct, cn->self, local};
+        free(keep->fold);
+        keep->fold = f;
+        f = NULL;
         log_debug("cluster: '%s' leaves out what was routed here from index %llu to %llu for its "
                   "folded copy (claim %llu) and reached a later owner",
                   keep->client_id, (unsigned long long)x->fold_direct,
                   (unsigned long long)keep->record_from, (unsigned long long)x->epoch);
     } else {
-        keep->fold.until = 0;
+        free(keep->fold);
+        keep->fold = NULL;
     }
     lock_release(&keep->lock);
+    free(f);
 }
 
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,

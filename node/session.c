@@ -87,6 +87,7 @@ void session_free(struct session *s)
     msg_unref(s->pending_will);
     free(s->user);
     free(s->pubs_seen);
+    free(s->fold);
     free(s);
 }
 
@@ -491,8 +492,9 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
             dup = true; /* an old copy: m reached its new owner directly */
         else if (s->routed_from && m->route_index && m->route_index < s->routed_from)
             dup = true; /* routed to its old owner, which has it (routed_from) */
-        else if (!late && s->fold.until && m->route_index && m->route_index < s->fold.until &&
-                 m->id_node != s->fold.here && session_owner_had(&s->fold.local, m, s->fold.direct))
+        else if (!late && s->fold && m->route_index && m->route_index < s->fold->until &&
+                 m->id_node != s->fold->here &&
+                 session_owner_had(&s->fold->local, m, s->fold->direct))
             dup = true; /* came for a copy folded into it, had by a later owner */
         else if (s->seen && !s->ended)
             dup = broker_now_mono_ms() < s->seen_until
@@ -1036,7 +1038,8 @@ int session_sub_set(struct session *s, const char *f, uint16_t len, uint8_t opti
     if (len > 7 && memcmp(f, "$share/", 7) == 0) {
         /* a shared group's message may be for it alone */
         s->routed_from = s->record_from = 0;
-        s->fold.until = 0;
+        free(s->fold);
+        s->fold = NULL;
     }
     if (!sub) {
         if (s->n_subs == s->cap_subs) {

@@ -232,13 +232,15 @@ struct session {
      * of what the copy held, but the forwards that came after it (held in
      * an origin's outbox across a kill) went to the session, which takes
      * every forward: chaos seed 9205 with --more, 36 QoS 2 duplicates.
-     * Not for this node's own publishes (`here`: its id). until 0: none
-     * (no copy folded, more than one, or a shared subscription). Set by
-     * the fold (cluster_session.c, fold_rule_set); in memory only. */
-    struct {
+     * Not for this node's own publishes (`here`: its id). NULL: none (no
+     * copy folded, more than one, or a shared subscription); allocated by
+     * the fold alone, so that the sessions without one do not carry it.
+     * Set by the fold (cluster_session.c, fold_rule_set); in memory only,
+     * freed with the session. */
+    struct session_fold {
         uint64_t until, direct, here;
         struct session_owner_local local;
-    } fold;
+    } * fold;
     /* cluster: 1 + next_seq when the session was resumed here from its
      * replicated record (0: it was not). The packet ids it used since are
      * those of pids_used; an older copy's unfinished QoS 2 exchanges may
