@@ -239,6 +239,19 @@ void cn_msg_fill(Starling__Chan__SessionMessage *m, const struct qmsg *q);
  * would hold it back. Cluster thread; takes reg_mu. */
 bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uint64_t from);
 
+/* Tests (debug builds): sleeps the milliseconds (1..10000) that environment
+ * variable `env` names and returns true; false without it (or in a release
+ * build). Widens a moment in which another thread acts. */
+#ifndef NDEBUG
+bool cn_test_delay(const char *env);
+#else
+static inline bool cn_test_delay(const char *env)
+{
+    (void)env;
+    return false;
+}
+#endif
+
 /* cluster_session.c: persistent sessions across faults */
 /* registry_ops.changed / .ended */
 void cn_session_changed(void *ud, struct session *s);

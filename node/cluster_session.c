@@ -1187,6 +1187,38 @@ static struct session *unrouted_session(struct cluster_node *cn, const char *id,
     return s;
 }
 
+/* The session of id's claim `epoch` on this node, routed (owned_session)
+ * or not yet (unrouted_session): a reference, or NULL. Its claim's worker
+ * routes it meanwhile (claim_route_incoming sets its epoch), so it is
+ * judged by one look at its epoch. Looked for as routed, then as not yet,
+ * a frame that came between the two found neither, and its messages went
+ * to a session rebuilt from the record beside the claim (adopt_lost),
+ * which handed them on to the claim's session after the later frames'
+ * (test_session_frames.py::test_frames_behind_the_state_while_its_claim_
+ * routes_keep_their_order). */
+static struct session *claim_session(struct cluster_node *cn, const char *id, size_t len,
+                                     uint64_t epoch)
+{
+    struct session *s = incoming_find(cn, id, len, epoch);
+    if (!s)
+        return owned_session(cn, id, len, epoch);
+    lock_acquire(&s->lock);
+    bool ok = (s->epoch == epoch || s->epoch == 0) && !s->ended;
+    bool unrouted = s->epoch == 0;
+    lock_release(&s->lock);
+    /* tests: its claim's worker routes it now */
+    if (ok && unrouted && cn_test_delay("STARLING_TEST_LATE_LOOKUP_DELAY_MS")) {
+        lock_acquire(&s->lock);
+        ok = (s->epoch == epoch || s->epoch == 0) && !s->ended;
+        lock_release(&s->lock);
+    }
+    if (!ok) {
+        session_unref(s);
+        s = NULL;
+    }
+    return s;
+}
+
 /* Packet ids of adopted exchanges to send on the session's connection. */
 struct late_resend {
     struct broker *b;
@@ -1387,21 +1419,25 @@ static bool late_hold(struct late_commit *lc, struct msg *m)
 }
 
 #ifndef NDEBUG
-/* Tests (debug builds only): STARLING_TEST_LATE_SUBMIT_DELAY_MS delays the
- * submission of the batch that stores a frame's late messages (the window
- * in which their client could acknowledge them before it, widened). */
+bool cn_test_delay(const char *env)
+{
+    const char *v = getenv(env);
+    long ms = v ? strtol(v, NULL, 10) : 0;
+    if (ms <= 0 || ms > 10000)
+        return false;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    return true;
+}
+#endif
+
+/* Tests: STARLING_TEST_LATE_SUBMIT_DELAY_MS delays the submission of the
+ * batch that stores a frame's late messages (the window in which their
+ * client could acknowledge them before it, widened). */
 static void late_test_delay(void)
 {
-    const char *v = getenv("STARLING_TEST_LATE_SUBMIT_DELAY_MS");
-    long ms = v ? strtol(v, NULL, 10) : 0;
-    if (ms > 0 && ms <= 10000) {
-        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    (void)cn_test_delay("STARLING_TEST_LATE_SUBMIT_DELAY_MS");
 }
-#else
-static void late_test_delay(void) {}
-#endif
 
 size_t cn_msgs_chunk(Starling__Chan__SessionMessage *const *msgs, size_t n)
 {
@@ -1554,9 +1590,7 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
     }
     struct broker *b = cn->b;
     const char *id = (const char *)sm->client_id.data;
-    struct session *s = owned_session(cn, id, sm->client_id.len, sm->epoch);
-    if (!s)
-        s = unrouted_session(cn, id, sm->client_id.len, sm->epoch);
+    struct session *s = claim_session(cn, id, sm->client_id.len, sm->epoch);
     uint64_t node = 0, epoch = 0;
     /* whether s is the session of the claim the frame is for, or this
      * node's copy of it: a later claim's session takes its messages, not
@@ -1568,9 +1602,7 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
          * it, to this node's copy of the later claim or to its node (epochs
          * only grow, so this ends) */
         if (node == cn->self) {
-            s = owned_session(cn, id, sm->client_id.len, epoch);
-            if (!s) /* its claim's session, not routed yet */
-                s = unrouted_session(cn, id, sm->client_id.len, epoch);
+            s = claim_session(cn, id, sm->client_id.len, epoch);
             own_claim = !s;
         } else {
             /* also back to the sender: the session may have moved to it

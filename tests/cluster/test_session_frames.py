@@ -187,3 +187,35 @@ def test_a_session_state_larger_than_the_channel_queue_arrives(cluster_factory):
     assert [p[:4] for p in got] == [p[:4] for p in sent]
     assert got == sent
     y.disconnect()
+
+
+def test_frames_behind_the_state_while_its_claim_routes_keep_their_order(cluster_factory):
+    """1,000 acknowledged messages of an offline session on node a go to
+    node b in four frames (256 a frame): the SessionState, then three
+    SessionMessages right behind it, which b's cluster thread applies while
+    the claim's worker routes the session. A frame's lookup of its claim's
+    session that straddled that moment (not yet routed when looked for as
+    routed, routed when looked for as not yet) found none: the frame's
+    messages went to a session rebuilt from the record beside the claim,
+    and came to the client after the later frames' (seen once in a whole
+    run of the suite: test_session_big_moves.py, "first difference at
+    256"). Debug hooks on b widen that moment: the claim's worker routes
+    the session 30 ms late (STARLING_TEST_CLAIM_ROUTE_DELAY_MS), and a frame
+    that found it not routed looks again 100 ms later
+    (STARLING_TEST_LATE_LOOKUP_DELAY_MS). The client, connected on b, gets all 1,000 once and in
+    order, and b rebuilt no session."""
+    from conftest import Node
+    c = cluster_factory()
+    a, b, third = c.nodes
+    b.env = lambda: {**Node.env(b), "STARLING_TEST_LATE_LOOKUP_DELAY_MS": "100",
+                     "STARLING_TEST_CLAIM_ROUTE_DELAY_MS": "30"}
+    c.start()
+    c.wait_healthy()
+    cid = uid("frames-order")
+    sent = queued_offline(a, third, cid, uid("sfr/o"), 1000, "ord")
+    y = resumed_on(b, cid)
+    got = collect(y, len(sent), timeout=40)
+    y.disconnect()
+    first = next((i for i, (x, z) in enumerate(zip(got, sent)) if x != z), None)
+    assert got == sent, f"{len(got)} of {len(sent)}, first difference at {first}"
+    assert "rebuilt from its record" not in b.logtext()
