@@ -1197,6 +1197,13 @@ int cluster_send_flow(struct cluster *c, uint64_t node, const void *frame, size_
     return chan_send_flow(c->chan, node, frame, len, busy);
 }
 
+bool cluster_pressing(struct cluster *c, uint64_t node)
+{
+    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
+        return false;
+    return chan_pressing(c->chan, node);
+}
+
 bool cluster_busy(struct cluster *c)
 {
     if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)

@@ -54,9 +54,12 @@ struct row {
     uint64_t seq;
     uint32_t len;
     uint8_t state;
+    bool lose;    /* tests: taken as sent, never sent (STARLING_TEST_SESSION_FRAME_LOSE) */
+    uint8_t *buf; /* the row's bytes until it is sent live after its commit (or NULL) */
 };
 
 struct fwd_out {
+    struct cluster_fwd *f;
     uint64_t node;
     pthread_mutex_t mu;
     uint64_t next;        /* mu: last seq taken */
@@ -107,6 +110,9 @@ struct cluster_fwd {
      * on the way (STARLING_TEST_SESSION_FRAME_LOSE) */
     atomic_bool lose_state, lose_msgs;
     atomic_bool pubs_unknown; /* a forward's origin could not be noted (for good) */
+    /* cluster_fwd_stop: the channel is going away; a commit hook that
+     * comes after (the store's writer drains later) sends nothing */
+    atomic_bool stopped;
 };
 
 /* ---- the row index ------------------------------------------------------- */
@@ -116,7 +122,7 @@ static struct row *ring_at(struct fwd_out *o, size_t i)
     return &o->ring[(o->head + i) % o->cap];
 }
 
-static int ring_push(struct fwd_out *o, uint64_t seq, uint32_t len, uint8_t state)
+static int ring_push(struct fwd_out *o, uint64_t seq, uint32_t len, uint8_t state, uint8_t *buf)
 {
     if (o->n == o->cap) {
         size_t cap = o->cap ? o->cap * 2 : 64;
@@ -130,7 +136,7 @@ static int ring_push(struct fwd_out *o, uint64_t seq, uint32_t len, uint8_t stat
         o->cap = cap;
         o->head = 0;
     }
-    *ring_at(o, o->n) = (struct row){seq, len, state};
+    *ring_at(o, o->n) = (struct row){seq, len, state, false, buf};
     o->n++;
     o->bytes += len;
     return 0;
@@ -171,20 +177,80 @@ static void out_pop_acked(struct cluster_fwd *f, struct fwd_out *o)
 {
     while (o->n && o->ring[o->head].seq <= o->acked) {
         o->bytes -= o->ring[o->head].len;
+        free(o->ring[o->head].buf);
+        o->ring[o->head].buf = NULL;
         o->head = (o->head + 1) % o->cap;
         o->n--;
     }
     out_update_slow(f, o);
 }
 
-/* Writer thread: the publisher's batch holding row seq of o is decided. */
+/* The rows' bytes kept for their live sends go: the rows come from the
+ * store now (o->replay). Caller holds o->mu. */
+static void ring_bufs_free(struct fwd_out *o)
+{
+    for (size_t i = 0; i < o->n; i++) {
+        free(ring_at(o, i)->buf);
+        ring_at(o, i)->buf = NULL;
+    }
+}
+
+static int frame_send(struct cluster_fwd *f, uint64_t node, const void *row, size_t len,
+                      uint64_t prev, bool *busy);
+
+/* Live: send the committed rows after the cursor, in order, up to the
+ * first one whose batch is not decided yet; a failed one (its publish was
+ * refused) is never sent. A row goes out only once its origin's batch
+ * committed: a destination never delivers what the origin did not store
+ * (its publisher refused, or not acknowledged when the origin died before
+ * the commit: the publisher sends it again, elsewhere). Caller holds
+ * o->mu. */
+static void out_send_committed(struct fwd_out *o)
+{
+    size_t i = ring_after(o, o->cursor);
+    while (!o->replay && i < o->n) {
+        struct row *r = ring_at(o, i);
+        if (r->state == ROW_PENDING)
+            break;
+        if (r->state == ROW_FAILED) {
+            o->cursor = r->seq;
+            free(r->buf);
+            r->buf = NULL;
+            i++;
+            continue;
+        }
+        if (r->buf && (r->lose || frame_send(o->f, o->node, r->buf, r->len, o->sent, NULL) == 0)) {
+            /* (lost: as if handed to a connection that broke) */
+            o->sent = o->cursor = r->seq;
+            free(r->buf);
+            r->buf = NULL;
+            i++;
+            continue;
+        }
+        /* the channel refused it (or its bytes are not here): from the
+         * outbox, in order, by the replay */
+        o->replay = true;
+        o->cursor = o->sent;
+        o->replays++;
+        ring_bufs_free(o);
+    }
+}
+
+/* Writer thread: the batch holding row seq of o is decided. */
 static void row_done(void *ud, uint64_t seq, int status)
 {
     struct fwd_out *o = ud;
     pthread_mutex_lock(&o->mu);
     size_t i = ring_after(o, seq - 1);
-    if (i < o->n && ring_at(o, i)->seq == seq)
-        ring_at(o, i)->state = status == 0 ? ROW_COMMITTED : ROW_FAILED;
+    if (i < o->n && ring_at(o, i)->seq == seq) {
+        struct row *r = ring_at(o, i);
+        r->state = status == 0 ? ROW_COMMITTED : ROW_FAILED;
+        if (o->replay) {
+            free(r->buf);
+            r->buf = NULL;
+        }
+    }
+    out_send_committed(o);
     pthread_mutex_unlock(&o->mu);
 }
 
@@ -228,6 +294,7 @@ static struct fwd_out *out_get(struct cluster_fwd *f, uint64_t node)
     o = out_find(f, node);
     unsigned n = atomic_load(&f->n_out);
     if (!o && n < FWD_MAX_PEERS && (o = calloc(1, sizeof(*o)))) {
+        o->f = f;
         o->node = node;
         o->next = f->base;
         pthread_mutex_init(&o->mu, NULL);
@@ -301,6 +368,8 @@ static bool fwd_test_held(const char *path, uint64_t node)
 static int frame_send(struct cluster_fwd *f, uint64_t node, const void *row, size_t len,
                       uint64_t prev, bool *busy)
 {
+    if (atomic_load(&f->stopped))
+        return -ECANCELED;
 #ifndef NDEBUG
     if (f->hold_path && fwd_test_held(f->hold_path, node))
         return -ENOBUFS; /* as a full channel: the row waits in the outbox */
@@ -413,8 +482,8 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
         store_batch_fail(batch, -ENOMEM);
         return;
     }
-    /* the hook below cannot fail after the frame went live (failed, the
-     * batch would fail: a refused message delivered by the destination) */
+    /* the hook below sends the frame once the batch committed: it cannot
+     * fail to be added */
     store_batch_hook_room(batch);
     const struct config *cfg = &b->cfg;
     pthread_mutex_lock(&o->mu);
@@ -431,7 +500,7 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
     uint64_t seq = ++o->next;
     p->seq = seq;
     size_t n = starling__chan__publish__pack(p, buf);
-    if (ring_push(o, seq, (uint32_t)n, ROW_PENDING) < 0) {
+    if (ring_push(o, seq, (uint32_t)n, ROW_PENDING, o->replay ? NULL : buf) < 0) {
         o->next--;
         pthread_mutex_unlock(&o->mu);
         free(buf);
@@ -440,27 +509,26 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
     }
     if (o->n == 1)
         o->progress_ms = mono_ms();
-    /* The row goes into the publisher's batch before the frame goes live
-     * (a copy into the batch: nothing is called back here). A batch that
-     * lost an operation (out of memory, here, in the hook's room above, or
-     * before) fails as a whole, and its publish is refused: its frame is
-     * not sent, or the destination would deliver a refused message; the
-     * commit's hook marks the row failed, and the replay skips it. */
+    /* The row goes into the publisher's batch (a copy into the batch:
+     * nothing is called back here), and the frame goes live once that
+     * batch committed (row_done, with the bytes kept in the ring until
+     * then). A batch that lost an operation (out of memory, here, in the
+     * hook's room above, or before) fails as a whole, and its publish is
+     * refused: its frame is never sent (the destination would deliver a
+     * refused message), and the replay skips it. Before, the frame went
+     * live here, before the commit: a publish refused by its commit (a full
+     * disk), or whose node died before it, was delivered by the nodes it
+     * went to, and its publisher, unacknowledged, sent it again. */
     bool put = store_outbox_put(batch, node, seq, buf, n) == 0;
-    if (!o->replay && put) {
-        if (frame_send(f, node, buf, n, o->sent, flow ? &flow->fwd_busy : NULL) == 0) {
-            o->sent = o->cursor = seq;
-        } else {
-            /* the row is sent from the outbox once it is committed */
-            o->replay = true;
-            o->cursor = o->sent;
-            o->replays++;
-        }
-    }
+    bool kept = !o->replay;
     out_update_slow(f, o);
     if (o->slow && flow)
         flow->fwd_slow = true;
     pthread_mutex_unlock(&o->mu);
+    /* its channel queue above the high-water mark while the node drains:
+     * the publisher waits (conn_flow.c) */
+    if (flow && f->c && cluster_pressing(f->c, node))
+        flow->fwd_busy = true;
     if (log_get_level() >= LOG_LEVEL_DEBUG) {
         char tag[MSG_TAG_LEN];
         log_debug("cluster: forward %llu to %016llx (publish %llu, '%s')%s",
@@ -474,7 +542,8 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
      * (failed), never left pending, which would hold back every replay to
      * node */
     store_batch_hook(batch, row_done, o, seq);
-    free(buf);
+    if (!kept)
+        free(buf); /* (else the ring's until its live send) */
 }
 
 /* Tests: whether this session frame is to be lost on the way (once per
@@ -545,35 +614,30 @@ int cluster_fwd_send_frame(struct cluster_fwd *f, uint64_t node, Starling__Chan_
     *seq = sq;
     buf[0] = kind;
     size_t n = 1 + protobuf_c_message_pack(msg, buf + 1);
-    if (ring_push(o, sq, (uint32_t)n, ROW_PENDING) < 0) {
+    bool kept = !o->replay;
+    if (ring_push(o, sq, (uint32_t)n, ROW_PENDING, kept ? buf : NULL) < 0) {
         o->next--;
         pthread_mutex_unlock(&o->mu);
         free(buf);
         store_batch_fail(batch, -ENOMEM);
         return -ENOMEM;
     }
+    /* sent once its batch committed (row_done), as a forward */
+    ring_at(o, o->n - 1)->lose = lose;
     if (o->n == 1)
         o->progress_ms = mono_ms();
-    if (!o->replay) {
-        if (lose || frame_send(f, node, buf, n, o->sent, NULL) == 0) {
-            /* (lost: as if handed to a connection that broke) */
-            o->sent = o->cursor = sq;
-        } else {
-            o->replay = true; /* sent from the outbox once committed */
-            o->cursor = o->sent;
-            o->replays++;
-        }
-    }
     out_update_slow(f, o);
+    /* (the row's state is decided with the batch also when it could not
+     * be put, see cluster_fwd_send). Under the lock: once it is released,
+     * a replay that begins frees the ring's bytes (ring_bufs_free). */
+    store_outbox_put(batch, node, sq, buf, n);
     pthread_mutex_unlock(&o->mu);
     log_debug("cluster: %s %llu to %016llx (%zu message(s)) in the outbox",
               kind == ROW_SESSION_STATE ? "session state" : "late messages", (unsigned long long)sq,
               (unsigned long long)node, n_msgs);
-    /* (the row's state is decided with the batch also when it could not
-     * be put, see cluster_fwd_send) */
-    store_outbox_put(batch, node, sq, buf, n);
     store_batch_hook(batch, row_done, o, sq);
-    free(buf);
+    if (!kept)
+        free(buf);
     return 1;
 }
 
@@ -584,6 +648,7 @@ static void out_replay_from(struct fwd_out *o, uint64_t from)
               (unsigned long long)o->node, (unsigned long long)from, (unsigned long long)o->acked,
               (unsigned long long)o->next);
     o->replay = true;
+    ring_bufs_free(o); /* the rows come from the store now */
     o->replay_gen++;
     o->sent = o->cursor = from;
     o->progress_ms = mono_ms();
@@ -1141,7 +1206,7 @@ static int load_row(void *ud, uint64_t node, uint64_t seq, const void *data, siz
     if (!o)
         return -ENOMEM;
     /* no lock needed: no other thread uses o yet (ready is false) */
-    if (ring_push(o, seq, (uint32_t)len, ROW_COMMITTED) < 0)
+    if (ring_push(o, seq, (uint32_t)len, ROW_COMMITTED, NULL) < 0)
         return -ENOMEM;
     return 0;
 }
@@ -1194,12 +1259,25 @@ int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *er
     return 0;
 }
 
+void cluster_fwd_stop(struct cluster_fwd *f)
+{
+    if (!f)
+        return;
+    atomic_store(&f->stopped, true);
+    /* a commit hook sending under an outbox's lock now has finished */
+    for (unsigned i = 0; i < atomic_load(&f->n_out); i++) {
+        pthread_mutex_lock(&f->outs[i]->mu);
+        pthread_mutex_unlock(&f->outs[i]->mu);
+    }
+}
+
 void cluster_fwd_free(struct cluster_fwd *f)
 {
     if (!f)
         return;
     for (unsigned i = 0; i < atomic_load(&f->n_out); i++) {
         pthread_mutex_destroy(&f->outs[i]->mu);
+        ring_bufs_free(f->outs[i]);
         free(f->outs[i]->ring);
         free(f->outs[i]);
     }

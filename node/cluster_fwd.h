@@ -150,6 +150,9 @@ int cluster_fwd_outbox(struct cluster_fwd *f, uint64_t node, uint64_t *msgs, uin
 size_t cluster_fwd_forget(struct cluster_fwd *f, uint64_t node);
 
 /* After the store closed (no commit callback can run any more). */
+/* Before the channel (struct cluster) goes: frames are sent no more (the
+ * store's writer may still run commit hooks, which send after a commit). */
+void cluster_fwd_stop(struct cluster_fwd *f);
 void cluster_fwd_free(struct cluster_fwd *f);
 
 #endif

@@ -1990,6 +1990,7 @@ void cluster_node_stop(struct cluster_node *cn)
     if (atomic_load(&cn->rebuilding))
         pthread_join(cn->rebuild_thread, NULL);
     if (cn->c) {
+        cluster_fwd_stop(cn->fwd); /* its commit hooks send no more */
         cluster_stop(cn->c);
         cn->c = NULL;
         cn_registry_drain(cn);

