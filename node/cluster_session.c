@@ -2119,7 +2119,15 @@ static void node_down_poll(struct cluster_node *cn, uint64_t now)
         if (p->left || quiet[i] <= down_after || now - p->down_ms < down_after)
             continue;
         if (!p->dead_ms) {
-            p->dead_ms = now;
+            /* taken for dead when its silence passed down_after, by this
+             * node's own measure of it (cluster_quiet_ms), which it kept as
+             * a follower too: a newer leader counts from that moment, not
+             * from its election. Before, each new leader began the count
+             * again, and a cluster whose leadership changed more often than
+             * a session's interval never expired it
+             * (test_faults.py::test_dead_nodes_sessions_expire_across_leader_changes) */
+            uint64_t over = quiet[i] - down_after;
+            p->dead_ms = now > over ? now - over : 1;
             p->expiry_next_ms = now;
         }
         p->down_ms = now;

@@ -592,6 +592,52 @@ def test_dead_nodes_sessions_expire_while_it_stays_down(fault_cluster, load):
 
 
 
+def test_dead_nodes_sessions_expire_across_leader_changes(fault_cluster):
+    """A dead node's session expires on time also across a change of
+    leader: the leader counts from when the node's silence passed
+    cluster_down_after by its own measure, which it kept as a follower too,
+    not from its own election. Node b dies with a 10 s session; 10 s later
+    the leader is SIGKILLed and started again until the other follower a
+    leads (b's NodeDown was committed by then). a must release the session
+    less than its interval after a's election, about death + down_after +
+    interval. Before, each new leader began the count again: the release
+    came a whole interval after a's election (a cluster whose leadership
+    changed more often than a session's interval never expired it)."""
+    c = fault_cluster
+    ld, b, a, bid = leader_and_followers(c)
+    expiry = 10
+    short = uid("lexps")
+    x = PahoClient(b, short, 5, clean=False, properties=session_props(expiry))
+    x.connect()
+    assert x.subscribe(uid("lexp/s"), qos=1) == [1]
+    wait_until(lambda: short in faults.tables(a)["registry"], WAIT, f"{short} registered")
+    kill(b)
+    x.stop()
+    t0 = time.monotonic()
+    wait_until(lambda: "its routes go (NodeDown)" in ld.logtext(), 3 * DOWN_AFTER,
+               f"{b.name} taken for dead")
+    time.sleep(max(0.0, t0 + 10 - time.monotonic()))  # the fault's moment, 10 s after
+    for _ in range(ROLE_TRIES):
+        kill(ld)
+        ld.start()
+        now = wait_until(lambda: faults.leader(c, among=[a, ld]), 30, "a leader")
+        elected = time.monotonic()
+        if now == a.name:
+            break
+        ld = faults.node_named(c, now)
+    else:
+        pytest.skip(f"{a.name} was not made the leader in {ROLE_TRIES} restarts")
+    assert short in faults.tables(a)["registry"], "released before the leader changed"
+    wait_until(lambda: short not in faults.tables(a)["registry"], 60, f"{short} released")
+    done = time.monotonic()
+    print(f"\n[dead expiry] {short} (expiry {expiry} s) released {done - t0:.1f} s after its "
+          f"node's death, {done - elected:.1f} s after {a.name} was elected")
+    assert done - t0 >= expiry
+    assert done - elected < expiry - 3, (
+        f"released {done - elected:.1f} s after the new leader's election: it counted from "
+        f"there")
+
+
 def test_forgotten_nodes_sessions_expire(fault_cluster):
     """A dead node forgotten by the operator (`starling ctl cluster forget`)
     is no member any more, and its sessions still expire: the leader
