@@ -4,6 +4,7 @@ continuous QoS 1/2 traffic on a 3-node cluster, then everything healed and
 checked.
 
     chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--keep] [--more] [--no-lb]
+             [--resend]
     make chaos SEED=N MINUTES=M
 
 The faults (each held 2..8 s, then undone; 1..3 s between two):
@@ -15,6 +16,10 @@ Clients behave as behind a load balancer with health checks: they connect
 to the next node that is up (a stopped or dead one is skipped; a cut-off
 one too, but with --no-lb). --more adds SIGSTOP of the leader, a cut of the
 leader and a rolling restart with SIGKILL (another sequence for a seed).
+--resend makes the publishers persistent: a message without its
+acknowledgement is published again on the next connection (DUP 1, its
+packet id) until acknowledged, as a client that must deliver it does (the
+checker then counts it once; a second copy is a QoS 2 duplicate).
 
 At the end: health within 30 s of the last heal, every acknowledged QoS 1
 delivered at least once and QoS 2 exactly once to every persistent
@@ -65,8 +70,10 @@ HEAL_HEALTHY = 30.0
 
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
-                 claim_timeout_ms=2000, more=False, lb=True, keep=False, keep_failed=False):
+                 claim_timeout_ms=2000, more=False, lb=True, keep=False, keep_failed=False,
+                 resend=False):
         self.seed = seed
+        self.resend = resend  # publishers resend what was not acknowledged (traffic.py)
         self.keep = keep  # traffic.txt and the subscribers' packet traces beside the logs
         self.keep_failed = keep_failed  # traffic.txt written; main() keeps a failed run's data
         self.more = more
@@ -232,7 +239,7 @@ class Chaos:
             self.say(f"no partitions: {self.nft}")
         c.start()
         c.wait_healthy()
-        self.traffic = t = Traffic(c)
+        self.traffic = t = Traffic(c, resend=self.resend)
         t.t0 = self.t0  # one clock for the log and the samples
         # and for traffic.txt's wall-clock times (read beside the nodes'
         # logs): before, they were ahead by the cluster's start-up time
@@ -332,6 +339,9 @@ def main(argv):
                          "to the faults (another sequence for the same seed)")
     ap.add_argument("--no-lb", action="store_true",
                     help="clients connect to a cut-off node too (no load balancer keeping them off)")
+    ap.add_argument("--resend", action="store_true",
+                    help="publishers keep a persistent session and publish a message without "
+                         "its acknowledgement again on their next connection, until acknowledged")
     a = ap.parse_args(argv)
 
     # killed from outside (SIGTERM, or SIGHUP: its terminal closed), the run
@@ -345,7 +355,7 @@ def main(argv):
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
                log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb,
-               keep=a.keep, keep_failed=a.keep_failed)
+               keep=a.keep, keep_failed=a.keep_failed, resend=a.resend)
     ok = False
     reports = []
     try:

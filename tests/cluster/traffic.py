@@ -10,7 +10,11 @@ client driven by client.loop() (no paho background thread):
   or PUBCOMP (QoS 2) arrived with a reason code below 0x80. A publisher whose
   connection fails, or whose ack does not come within ack_timeout, goes on
   with the next seq on the next node that accepts it (the unacknowledged
-  message may or may not arrive: it is not counted either way);
+  message may or may not arrive: it is not counted either way); with
+  resend=True each publisher has a persistent session and one paho client,
+  which publishes an unacknowledged message again on its next connection
+  (DUP 1, the same packet id) until it is acknowledged: then it counts once,
+  and a second copy at a subscriber is a QoS 2 duplicate;
 * persistent-session subscribers (MQTT 5.0, session expiry 600 s, clean
   start 0 after the first CONNECT), subscribed to `PREFIX/#` at QoS 2 (or
   the QoS given in subscriber_qos), one per node (or on the nodes given in
@@ -171,8 +175,15 @@ class _Client:
 
 
 class Publisher(_Client):
-    def __init__(self, traffic, cid, home, qos):
-        super().__init__(traffic, cid, home, clean=True, keepalive=traffic.keepalive)
+    def __init__(self, traffic, cid, home, qos, resend=False):
+        # resend: a persistent session (expiry as the subscribers'), and
+        # one paho client for every connection, so that a message without
+        # its acknowledgement is published again on the next connection
+        # (DUP 1, its packet id, as paho does [MQTT-5.0 4.4.0-1]) and
+        # counted once acknowledged there, as a client that must deliver
+        # each message does
+        super().__init__(traffic, cid, home, clean=not resend, keepalive=traffic.keepalive)
+        self.resend = resend
         self.qos = qos
         self.topic = f"{traffic.prefix}/{cid}"
         self.seq = 0
@@ -183,8 +194,10 @@ class Publisher(_Client):
         # a new paho client for each connection (clean start): paho would
         # otherwise publish the unacknowledged message of the old connection
         # again on the new one, a second copy of a seq the checker would
-        # count as a QoS 2 duplicate
-        self.new_client()
+        # count as a QoS 2 duplicate; a resending publisher keeps its client
+        # and its session, and the server knows that message's id
+        if not self.resend:
+            self.new_client()
         return super().connect_somewhere()
 
     def run(self):
@@ -203,9 +216,21 @@ class Publisher(_Client):
                 self._close()
                 continue
             deadline = time.monotonic() + self.t.ack_timeout
-            while not info.is_published() and time.monotonic() < deadline:
-                if self.c.loop(0.02) != mqtt.MQTT_ERR_SUCCESS:
+            while not info.is_published() and (self.resend or time.monotonic() < deadline):
+                if self.t.stopping.is_set():
                     break
+                if self.node is None:  # resend: on the next connection
+                    self.connect_somewhere()
+                    continue
+                if self.c.loop(0.02) != mqtt.MQTT_ERR_SUCCESS:
+                    if not self.resend:
+                        break
+                    self.event("connection-lost", f"seq {seq} in flight")
+                    self._close()
+                elif self.resend and time.monotonic() >= deadline:
+                    self.event("no-ack", f"seq {seq}: again on a new connection")
+                    self._close()
+                    deadline = time.monotonic() + self.t.ack_timeout
             reason = self.c.reasons.pop(info.mid, 0)
             if info.is_published() and reason >= 0x80:
                 self.refused.append((seq, reason))
@@ -326,7 +351,8 @@ class Traffic:
     wait_delivered(), check()."""
 
     def __init__(self, cluster, pubs_per_node=(1, 1), rate=20.0, ack_timeout=8.0,
-                 keepalive=4, session_expiry=600, subscribers_on=None, subscriber_qos=None):
+                 keepalive=4, session_expiry=600, subscribers_on=None, subscriber_qos=None,
+                 resend=False):
         self.cluster = cluster
         self.prefix = f"ft/{uuid.uuid4().hex[:8]}"
         self.rate = rate  # messages per second per publisher (at most)
@@ -350,7 +376,8 @@ class Traffic:
         for i in range(n):
             for qos, count in zip((1, 2), pubs_per_node):
                 for k in range(count):
-                    self.publishers.append(Publisher(self, f"fp{i}q{qos}{k}-{tag}", i, qos))
+                    self.publishers.append(Publisher(self, f"fp{i}q{qos}{k}-{tag}", i, qos,
+                                                     resend=resend))
 
     def start(self, timeout=30.0):
         for s in self.subscribers:
