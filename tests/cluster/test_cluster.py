@@ -88,7 +88,12 @@ def test_subscriber_granted_qos_decides(cluster):
     p.publish(topic, b"two", qos=2)
     p.publish(topic, b"zero", qos=0)
     got = drain(s, 2)
-    assert [(m.payload, m.qos) for m in got] == [(b"two", 1), (b"zero", 0)]
+    # each at the QoS granted (at most the subscription's); their order is
+    # not kept across QoS levels [MQTT-4.6.0-6]: the QoS 2 forward leaves
+    # a only once committed there and is applied on b through its store,
+    # while the QoS 0 one is delivered as it comes (docs/cluster.md, *A
+    # forward sent before its origin's commit*)
+    assert sorted((m.payload, m.qos) for m in got) == [(b"two", 1), (b"zero", 0)]
 
 
 def test_suback_then_publish_on_another_node_never_misses(cluster):
