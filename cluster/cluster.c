@@ -374,7 +374,9 @@ static void on_result(struct cluster *c, const Starling__Chan__ProposeResult *r)
         if (f->id != r->id)
             continue;
         *pp = f->next;
-        static struct fsm_batch_result res;
+        /* on this thread's stack: each cluster has a thread of its own,
+         * and a process may run several (the unit tests do) */
+        struct fsm_batch_result res;
         memset(&res, 0, offsetof(struct fsm_batch_result, results));
         res.index = r->has_index ? r->index : 0;
         res.n = r->n_results > FSM_MAX_BATCH ? FSM_MAX_BATCH : (uint32_t)r->n_results;

@@ -100,12 +100,15 @@ static int load_route(void *ud, const void *key, size_t klen, const void *val, s
 /* Rebuild f->routes from the route table. */
 static int routes_reload(struct fsm *f)
 {
+    /* at once for the readers (a snapshot restored under traffic); the
+     * matcher's lock before the table's, as after_commit takes them */
+    routes_write_begin(f->routes);
     struct rtable_txn *x;
     int rc = rtable_begin_read(f->t, &x);
-    if (rc)
+    if (rc) {
+        routes_write_end(f->routes);
         return rc;
-    /* at once for the readers (a snapshot restored under traffic) */
-    routes_write_begin(f->routes);
+    }
     routes_clear(f->routes);
     rc = rtable_scan(x, RTABLE_ROUTES, NULL, 0, load_route, f->routes);
     routes_write_end(f->routes);

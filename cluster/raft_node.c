@@ -1089,8 +1089,12 @@ int raft_node_start(struct raft_node **out, const struct raft_node_config *c, ch
     n->tail = &n->queue;
     pthread_mutex_init(&n->mu, NULL);
     pthread_cond_init(&n->cv, NULL);
+    /* Before the thread starts: its hooks (on_start) start timers of the
+     * caller that read *out. */
+    *out = n;
     rc = pthread_create(&n->thread, NULL, thread_main, n);
     if (rc) {
+        *out = NULL;
         free(n->seeds);
         free(n);
         return -rc;
@@ -1103,13 +1107,13 @@ int raft_node_start(struct raft_node **out, const struct raft_node_config *c, ch
         snprintf(err, errlen, "%s", n->err);
         rc = n->start_rc < 0 ? n->start_rc : -EIO;
         pthread_join(n->thread, NULL);
+        *out = NULL;
         pthread_mutex_destroy(&n->mu);
         pthread_cond_destroy(&n->cv);
         free(n->seeds);
         free(n);
         return rc;
     }
-    *out = n;
     return 0;
 }
 

@@ -215,8 +215,10 @@ static void burst_cb(void *ud, int status, const struct fsm_batch_result *res, u
     if (status == 0 && res && res->n == 2 && res->results[0] == FSM_OK &&
         res->results[1] == FSM_NOOP)
         burst_ok++;
-    else
-        burst_bad++;
+    else if (burst_bad++ < 5) /* what a failure was, for its report */
+        fprintf(stderr, "burst proposal: status %d, %d results: %d %d\n", status,
+                res ? (int)res->n : -1, res && res->n > 0 ? res->results[0] : -1,
+                res && res->n > 1 ? res->results[1] : -1);
     burst_done++;
 }
 

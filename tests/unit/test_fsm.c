@@ -1454,7 +1454,7 @@ static void test_machine_stopped_while_open(void)
  * node's routes as a whole: it always finds the route the node keeps. */
 struct route_reader {
     struct fsm *f;
-    volatile int stop;
+    _Atomic int stop;
     unsigned long reads, misses;
 };
 
