@@ -1142,14 +1142,18 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
                                       .on_start = hook_start,
                                       .on_stop = hook_stop,
                                       .hook_ud = c};
+    /* Before the thread starts: the frames it hands to cfg->on_frame may be
+     * answered at once, through the caller's *out (a SessionRequest that
+     * came first read it NULL, found by ThreadSanitizer). */
+    *out = c;
     rc = raft_node_start(&c->raft, &rc_cfg, err, errlen);
     if (rc) {
+        *out = NULL; /* (its thread ended) */
         fsm_close(c->fsm);
         free(c->seeds);
         free(c);
         return rc;
     }
-    *out = c;
     return 0;
 }
 
@@ -1197,13 +1201,6 @@ int cluster_send_flow(struct cluster *c, uint64_t node, const void *frame, size_
     if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
         return -ECANCELED;
     return chan_send_flow(c->chan, node, frame, len, busy);
-}
-
-bool cluster_pressing(struct cluster *c, uint64_t node)
-{
-    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE) || !c->chan)
-        return false;
-    return chan_pressing(c->chan, node);
 }
 
 bool cluster_busy(struct cluster *c)
