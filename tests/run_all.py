@@ -126,6 +126,12 @@ PARTS = [
          env=integration_env(2),
          when=lambda: None if has_tests("tests/cluster") else "no tests in tests/cluster",
          what="pytest tests/cluster: several nodes on 127.0.0.x"),
+    Part("cluster-timed", [PYTHON, "-m", "pytest", "-q", "-rfEsxX", "-s", "-p", "no:cacheprovider",
+                           "tests/cluster/test_faults.py::"
+                           "test_leader_killed_new_leader_quickly_nothing_committed_lost"],
+         needs=["cluster"], cost=BUDGET,
+         env=dict(integration_env(2), STARLING_TEST_HEAVY="1"),
+         what="the leader SIGKILLed: a new leader within 2 s (issue 10), alone on the machine"),
     Part("build-fuzz", make("build-fuzz"), cost=NCPU,
          what="clang libFuzzer targets (build/fuzz)"),
     Part("fuzz", ["ctest", "--test-dir", "build/fuzz", "-j", str(NCPU), "--output-on-failure"],

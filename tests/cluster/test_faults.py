@@ -972,6 +972,12 @@ def test_a_stalled_leader_takes_nobody_for_dead(cluster_factory, tmp_path):
 # ------------------------------------------------------------ 2. leader killed
 
 def test_leader_killed_new_leader_quickly_nothing_committed_lost(cluster):
+    # Issue 10's bound (a new leader within 2 s) is a time: measured alone on
+    # the machine (make test's cluster-timed part), as the other timed parts
+    # are. Among the cluster part's ASan nodes on 2 cores it measured 2.016
+    # and 2.167 s in two whole runs (1.1 to 1.3 s alone).
+    if os.environ.get("STARLING_TEST_HEAVY") != "1":
+        pytest.skip("timed: runs alone as make test's cluster-timed part (STARLING_TEST_HEAVY=1)")
     c = cluster  # the default cluster_claim_timeout (5 s): a CONNECT may wait that long
     name = wait_until(lambda: faults.leader(c), 20, "a leader")
     old = faults.node_named(c, name)
