@@ -1620,17 +1620,6 @@ int chan_send(struct chan *c, uint64_t node, const void *frame, size_t len)
     return chan_send_flow(c, node, frame, len, NULL);
 }
 
-bool chan_pressing(struct chan *c, uint64_t node)
-{
-    pthread_mutex_lock(&c->mu);
-    struct peer *p = c->peers;
-    while (p && (p->node != node || p->removed))
-        p = p->next;
-    bool pressing = p && p->qbytes > c->o.max_queue_bytes / 2 && peer_pressing(p, mono_ms());
-    pthread_mutex_unlock(&c->mu);
-    return pressing;
-}
-
 int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len, bool *busy)
 {
     if (len > c->o.max_frame)

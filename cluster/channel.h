@@ -147,9 +147,6 @@ void chan_flush_here(struct chan *c);
 /* chan_send, and *busy set (never cleared) when the peer is busy and
  * draining after this frame (see "Pressure" above); busy may be NULL. */
 int chan_send_flow(struct chan *c, uint64_t node, const void *frame, size_t len, bool *busy);
-/* Whether node's queue is above its high-water mark while the peer drains
- * (what chan_send_flow's *busy says after a frame). Any thread. */
-bool chan_pressing(struct chan *c, uint64_t node);
 /* Note which peers' writes in flight moved on since the last call (their
  * progress for "Pressure"); call every 100 ms or so. Loop thread. */
 void chan_poll(struct chan *c);

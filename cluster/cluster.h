@@ -132,9 +132,6 @@ void cluster_flush_here(struct cluster *c);
 /* cluster_send, and *busy set when node's queue is busy and draining
  * (chan_send_flow). */
 int cluster_send_flow(struct cluster *c, uint64_t node, const void *frame, size_t len, bool *busy);
-/* Whether node's channel queue is above its high-water mark while node
- * drains (chan_pressing). Any thread. */
-bool cluster_pressing(struct cluster *c, uint64_t node);
 /* Whether the channel has a busy, draining peer (chan_busy). */
 bool cluster_busy(struct cluster *c);
 /* The channel's counters of our connection to node (chan_peer_stats). */

@@ -69,6 +69,7 @@ struct fwd_out {
     bool replay;          /* mu */
     uint64_t replay_gen;  /* mu: replays started (a scan of an older one stops) */
     bool slow;            /* mu: above the pause mark (counted in fwd_slow_peers) */
+    bool pressing;        /* mu: the last send found the node's channel queue pressing */
     uint64_t progress_ms; /* mu: when acked last moved, or rows appeared */
     struct row *ring;     /* mu: the outbox rows, ascending seq */
     size_t cap, head, n;
@@ -172,13 +173,20 @@ static void out_update_slow(struct cluster_fwd *f, struct fwd_out *o)
     }
 }
 
+/* A row's bytes for its live send go (sent, failed, or from the store
+ * now). Caller holds o->mu. */
+static void row_buf_free(struct row *r)
+{
+    free(r->buf);
+    r->buf = NULL;
+}
+
 /* Rows up to o->acked leave the index. Caller holds o->mu. */
 static void out_pop_acked(struct cluster_fwd *f, struct fwd_out *o)
 {
     while (o->n && o->ring[o->head].seq <= o->acked) {
         o->bytes -= o->ring[o->head].len;
-        free(o->ring[o->head].buf);
-        o->ring[o->head].buf = NULL;
+        row_buf_free(&o->ring[o->head]);
         o->head = (o->head + 1) % o->cap;
         o->n--;
     }
@@ -189,10 +197,8 @@ static void out_pop_acked(struct cluster_fwd *f, struct fwd_out *o)
  * store now (o->replay). Caller holds o->mu. */
 static void ring_bufs_free(struct fwd_out *o)
 {
-    for (size_t i = 0; i < o->n; i++) {
-        free(ring_at(o, i)->buf);
-        ring_at(o, i)->buf = NULL;
-    }
+    for (size_t i = 0; i < o->n; i++)
+        row_buf_free(ring_at(o, i));
 }
 
 static int frame_send(struct cluster_fwd *f, uint64_t node, const void *row, size_t len,
@@ -214,16 +220,16 @@ static void out_send_committed(struct fwd_out *o)
             break;
         if (r->state == ROW_FAILED) {
             o->cursor = r->seq;
-            free(r->buf);
-            r->buf = NULL;
+            row_buf_free(r);
             i++;
             continue;
         }
-        if (r->buf && (r->lose || frame_send(o->f, o->node, r->buf, r->len, o->sent, NULL) == 0)) {
+        bool busy = false;
+        if (r->buf && (r->lose || frame_send(o->f, o->node, r->buf, r->len, o->sent, &busy) == 0)) {
             /* (lost: as if handed to a connection that broke) */
+            o->pressing = busy;
             o->sent = o->cursor = r->seq;
-            free(r->buf);
-            r->buf = NULL;
+            row_buf_free(r);
             i++;
             continue;
         }
@@ -245,10 +251,8 @@ static void row_done(void *ud, uint64_t seq, int status)
     if (i < o->n && ring_at(o, i)->seq == seq) {
         struct row *r = ring_at(o, i);
         r->state = status == 0 ? ROW_COMMITTED : ROW_FAILED;
-        if (o->replay) {
-            free(r->buf);
-            r->buf = NULL;
-        }
+        if (o->replay)
+            row_buf_free(r);
     }
     out_send_committed(o);
     pthread_mutex_unlock(&o->mu);
@@ -524,11 +528,14 @@ void cluster_fwd_send(struct cluster_fwd *f, uint64_t node, Starling__Chan__Publ
     out_update_slow(f, o);
     if (o->slow && flow)
         flow->fwd_slow = true;
-    pthread_mutex_unlock(&o->mu);
-    /* its channel queue above the high-water mark while the node drains:
-     * the publisher waits (conn_flow.c) */
-    if (flow && f->c && cluster_pressing(f->c, node))
+    /* its channel queue above the high-water mark while the node drains,
+     * as the last send to it found (without the channel's lock on every
+     * forward): the publisher waits (conn_flow.c, which asks the channel
+     * again before it pauses, so a mark that is out of date pauses
+     * nobody; one that comes late pauses the next publish) */
+    if (o->pressing && flow)
         flow->fwd_busy = true;
+    pthread_mutex_unlock(&o->mu);
     if (log_get_level() >= LOG_LEVEL_DEBUG) {
         char tag[MSG_TAG_LEN];
         log_debug("cluster: forward %llu to %016llx (publish %llu, '%s')%s",
@@ -714,7 +721,9 @@ static int replay_row(void *ud, uint64_t node, uint64_t seq, const void *data, s
         r->blocked = true;
         stop = 1;
     } else if (o->replay && seq > o->cursor) {
-        if (frame_send(r->f, o->node, data, len, o->sent, NULL) == 0) {
+        bool busy = false;
+        if (frame_send(r->f, o->node, data, len, o->sent, &busy) == 0) {
+            o->pressing = busy;
             o->sent = o->cursor = seq;
             r->sent++;
         } else {
