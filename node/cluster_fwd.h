@@ -149,10 +149,10 @@ int cluster_fwd_outbox(struct cluster_fwd *f, uint64_t node, uint64_t *msgs, uin
  * were. Cluster thread. */
 size_t cluster_fwd_forget(struct cluster_fwd *f, uint64_t node);
 
-/* After the store closed (no commit callback can run any more). */
 /* Before the channel (struct cluster) goes: frames are sent no more (the
  * store's writer may still run commit hooks, which send after a commit). */
 void cluster_fwd_stop(struct cluster_fwd *f);
+/* After the store closed (no commit callback can run any more). */
 void cluster_fwd_free(struct cluster_fwd *f);
 
 #endif

@@ -1187,6 +1187,17 @@ static struct session *unrouted_session(struct cluster_node *cn, const char *id,
     return s;
 }
 
+/* Whether the claim's session s is still that claim's (its epoch, or none
+ * yet while unrouted), not ended. */
+static bool claim_session_holds(struct session *s, uint64_t epoch, bool *unrouted)
+{
+    lock_acquire(&s->lock);
+    bool ok = (s->epoch == epoch || s->epoch == 0) && !s->ended;
+    *unrouted = s->epoch == 0;
+    lock_release(&s->lock);
+    return ok;
+}
+
 /* The session of id's claim `epoch` on this node, routed (owned_session)
  * or not yet (unrouted_session): a reference, or NULL. Its claim's worker
  * routes it meanwhile (claim_route_incoming sets its epoch), so it is
@@ -1202,16 +1213,11 @@ static struct session *claim_session(struct cluster_node *cn, const char *id, si
     struct session *s = incoming_find(cn, id, len, epoch);
     if (!s)
         return owned_session(cn, id, len, epoch);
-    lock_acquire(&s->lock);
-    bool ok = (s->epoch == epoch || s->epoch == 0) && !s->ended;
-    bool unrouted = s->epoch == 0;
-    lock_release(&s->lock);
+    bool unrouted;
+    bool ok = claim_session_holds(s, epoch, &unrouted);
     /* tests: its claim's worker routes it now */
-    if (ok && unrouted && cn_test_delay("STARLING_TEST_LATE_LOOKUP_DELAY_MS")) {
-        lock_acquire(&s->lock);
-        ok = (s->epoch == epoch || s->epoch == 0) && !s->ended;
-        lock_release(&s->lock);
-    }
+    if (ok && unrouted && cn_test_delay("STARLING_TEST_LATE_LOOKUP_DELAY_MS"))
+        ok = claim_session_holds(s, epoch, &unrouted);
     if (!ok) {
         session_unref(s);
         s = NULL;
