@@ -177,9 +177,33 @@ class Cluster:
         return found
 
 
+LOG_TAIL_LINES = 40
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the last lines of every node's log of
+    the clusters it made (a run on CI keeps nothing else)."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    parts = []
+    for c in getattr(item, "starling_clusters", ()):
+        for n in c.nodes:
+            if not os.path.exists(n.log_path):
+                continue
+            tail = n.logtext().splitlines()[-LOG_TAIL_LINES:]
+            parts.append(f"--- {n.name}: the last {len(tail)} lines of its log")
+            parts += [line[:400] for line in tail]
+    if parts:
+        rep.sections.append(("the nodes' logs", "\n".join(parts)))
+
+
 @pytest.fixture
-def cluster_factory(tmp_path):
+def cluster_factory(tmp_path, request):
     made = []
+    request.node.starling_clusters = made  # (pytest_runtest_makereport)
 
     def make(**kw):
         c = Cluster(str(tmp_path / f"c{len(made)}"), **kw)
