@@ -49,6 +49,9 @@ struct cluster_fwd;
  * T = 1000 ms test_faults measured 2.3 s; with 600 ms at most about 1.5 s,
  * still 40 heartbeats (15 ms) before a follower gives up on its leader. */
 #define CN_ELECTION_TIMEOUT_MS 600
+/* A session resumed from its record: how long a QoS 2 PUBLISH its client
+ * resends waits for the old owner's ids (struct session.blind_until) */
+#define CN_RESEND_WAIT_MS 15000
 
 struct waiter {
     struct waiter *next;

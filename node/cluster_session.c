@@ -46,6 +46,8 @@
 #include "channel.pb-c.h"
 #include "cmd.h"
 #include "codec.h"
+#include "conn.h"
+#include "handle.h"
 #include "log.h"
 #include "msg.h"
 #include "msg_seen.h"
@@ -302,6 +304,14 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
         else if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
             r = broker_now_mono_ms();
         session_record_resume(s, r % 65535u);
+        /* without the old owner's QoS 2 ids: a PUBLISH its client resends
+         * waits for them a while (its old node may have taken it, and
+         * delivers it itself: a stalled node that completes its commit
+         * once it runs again; handle_publish_park) */
+        if (rec->node && rec->node != cn->self) {
+            s->blind_until = broker_now_mono_ms() + CN_RESEND_WAIT_MS;
+            s->blind_node = rec->node;
+        }
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
         if (rec->username)
@@ -558,6 +568,19 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
     sm.complete = complete;
     sm.n_seen = n_seen;
     sm.seen = seen;
+    /* the QoS 2 ids the copy took from its client (an owner that resumed
+     * the session from its record judges resends by them) */
+    uint32_t *told = NULL;
+    if (from && to != cn->self) {
+        lock_acquire(&from->lock);
+        told = malloc((from->n_qos2_in ? from->n_qos2_in : 1) * sizeof *told);
+        for (uint32_t i = 0; told && i < from->n_qos2_in; i++)
+            told[i] = from->qos2_in[i];
+        sm.n_qos2_received = told ? from->n_qos2_in : 0;
+        lock_release(&from->lock);
+        sm.qos2_received = told;
+        sm.has_qos2_told = sm.qos2_told = told != NULL;
+    }
     int r = k != n ? -ENOMEM : 0;
     uint64_t node = 0, cur = 0;
     if (r == 0 && to == cn->self) {
@@ -602,6 +625,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
                   id, (unsigned long long)to);
     }
     free(seqs);
+    free(told);
     free(mv);
     free(mp);
     while (msgs) {
@@ -987,10 +1011,69 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
     return NULL;
 }
 
+static struct session *claim_session(struct cluster_node *cn, const char *id, size_t len,
+                                     uint64_t epoch);
+
+/* On the worker of the session's connection: its parked PUBLISH packets
+ * are judged now (the old owner's ids came). */
+static void told_on_worker(void *ud)
+{
+    struct session *s = ud;
+    lock_acquire(&s->lock);
+    struct conn *c = s->conn && sink_thread_worker && s->w == sink_thread_worker ? s->conn : NULL;
+    if (c)
+        conn_ref(c);
+    lock_release(&s->lock);
+    if (c) {
+        handle_publish_unpark(c);
+        conn_unref(c);
+    }
+    session_unref(s);
+}
+
+/* The QoS 2 ids an old copy of id held (its late state, or its messages'
+ * frames): the session of claim `epoch` here, resumed from its record
+ * without them, judges its client's resends by them (struct
+ * session.told_ids, handle_publish_park). */
+static void owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBinaryData *id,
+                       uint64_t epoch, const uint32_t *received, size_t n_received)
+{
+    struct session *s = claim_session(cn, (const char *)id->data, id->len, epoch);
+    if (!s)
+        return;
+    lock_acquire(&s->lock);
+    bool blind = s->blind_until != 0 && !s->told && s->blind_node == from;
+    lock_release(&s->lock);
+    uint16_t *ids = blind ? malloc((n_received ? n_received : 1) * sizeof *ids) : NULL;
+    uint32_t n = 0;
+    for (size_t i = 0; ids && i < n_received; i++)
+        if (received[i] >= 1 && received[i] <= 65535)
+            ids[n++] = (uint16_t)received[i];
+    lock_acquire(&s->lock);
+    blind = ids && s->blind_until != 0 && !s->told && s->blind_node == from;
+    if (blind) {
+        s->told_ids = ids;
+        s->n_told = n;
+        s->told = true;
+        ids = NULL;
+    }
+    struct worker *w = blind && s->conn ? s->w : NULL;
+    lock_release(&s->lock);
+    free(ids);
+    if (blind)
+        log_info("cluster: the session of '%s' learnt the %u QoS 2 id(s) its old copy on %016llx "
+                 "had taken",
+                 s->client_id, (unsigned)n, (unsigned long long)from);
+    if (w && cn->b->sink->call(w, told_on_worker, session_ref(s)) < 0)
+        session_unref(s);
+    session_unref(s);
+}
+
 void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
                               const Starling__Chan__SessionState *st,
                               const struct cluster_fwd_seq *sq)
 {
+    owner_told(cn, from, &st->client_id, st->epoch, st->qos2_received, st->n_qos2_received);
     /* its unfinished QoS 2 exchanges too: cn_session_on_messages
      * completes them or drops them */
     Starling__Chan__SessionMessages sm = STARLING__CHAN__SESSION_MESSAGES__INIT;
@@ -1579,6 +1662,8 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionMessages *sm,
                             const struct cluster_fwd_seq *sq)
 {
+    if (sm->has_qos2_told && sm->qos2_told)
+        owner_told(cn, from, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received);
     fold_on_messages(cn, from, sm, sq, NULL);
 }
 

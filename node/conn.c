@@ -66,6 +66,9 @@ static void conn_free(struct conn *c)
             msg_unref(x->alias_out[i]);
         free(x->alias_out);
         ackq_free(c);
+        for (uint16_t i = 0; i < x->n_parked; i++)
+            free(x->parked[i].data);
+        free(x->parked);
         free(x);
     }
     conn_flow_free(c);
@@ -263,6 +266,8 @@ void conn_check_timers(struct conn *c, uint64_t now)
         c->x->rate_count = 0;
         conn_io_start(c);
     }
+    if (c->x && c->x->n_parked && c->state == CONN_ACTIVE)
+        handle_publish_unpark(c); /* their wait may be over */
 }
 
 /* ---- dispatch ---------------------------------------------------------- */
@@ -319,7 +324,8 @@ static void conn_handle_packet(struct conn *c, const uint8_t *data, size_t len)
     }
     switch (pkt.type) {
     case MQTT_PUBLISH:
-        handle_publish(c, &pkt.u.publish);
+        if (!handle_publish_park(c, &pkt.u.publish, data, len))
+            handle_publish(c, &pkt.u.publish);
         break;
     case MQTT_PUBACK:
     case MQTT_PUBREC:

@@ -62,6 +62,16 @@ struct conn_extra {
     /* max_publish_rate: PUBLISH packets in the window starting at rate_window */
     uint64_t rate_window; /* worker loop ms */
     uint32_t rate_count;
+    /* QoS 2 PUBLISH packets (whole, as read) waiting for the session's old
+     * owner's ids (struct session.blind_until, handle_publish_park) */
+    struct parked_pub *parked;
+    size_t parked_bytes;
+    uint16_t n_parked;
+};
+
+struct parked_pub {
+    uint8_t *data;
+    size_t len;
 };
 
 /* Flow control of a publisher (conn_flow.c): while paused, the connection is

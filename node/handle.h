@@ -41,6 +41,16 @@ void handle_connect(struct conn *c, const struct mqtt_connect *ck);
 void handle_connect_refuse(struct conn *c, uint8_t version, uint8_t reason);
 
 void handle_publish(struct conn *c, struct mqtt_publish *p);
+/* A QoS 2 PUBLISH that waits for the session's old owner's ids (struct
+ * session.blind_until), or one those ids answer: returns true when it was
+ * taken here (parked, or acknowledged as received), false when
+ * handle_publish is to take it. data/len: the packet as read. */
+bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uint8_t *data,
+                         size_t len);
+/* The parked PUBLISH packets whose wait is over (the ids came, or the
+ * session's blind_until passed): taken now, in their order. Worker thread
+ * of c (its tick, and a post when the ids come). */
+void handle_publish_unpark(struct conn *c);
 /* The properties a message passes through to subscribers unchanged (payload
  * format, content type, response topic, correlation data, user properties),
  * encoded into out without their length prefix. Returns 0 or -ENOMEM. */

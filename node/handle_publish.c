@@ -143,6 +143,135 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
     return 0;
 }
 
+/* Whether pid is among ids (n of them); removes it when it is. */
+static bool told_take(uint16_t *ids, uint32_t *n, uint16_t pid)
+{
+    for (uint32_t i = 0; i < *n; i++)
+        if (ids[i] == pid) {
+            ids[i] = ids[--*n];
+            return true;
+        }
+    return false;
+}
+
+/* A resent PUBLISH whose id the old owner held: that owner took the message
+ * and delivers it; here its id is recorded (so that the PUBREL finds it)
+ * and the PUBREC goes once that is stored, as for any duplicate. */
+static void handle_publish_had(struct conn *c, uint16_t pid)
+{
+    struct broker *b = c->w->b;
+    struct session *s = c->session;
+    struct store_batch *bt = NULL;
+    if (persist_batch_begin(b, &bt) < 0) {
+        conn_close(c, MQTT_RC_UNSPECIFIED, false); /* unanswered: resent later */
+        return;
+    }
+    lock_acquire(&s->lock);
+    bool ok = session_qos2_has(s, pid) || session_qos2_add(s, pid) == 0;
+    if (ok && persist_wanted(b, s))
+        persist_qos2(b, &bt, s, pid, true);
+    lock_release(&s->lock);
+    if (!ok) {
+        persist_submit(b, &bt, NULL, NULL);
+        conn_close(c, MQTT_RC_UNSPECIFIED, false);
+        return;
+    }
+    log_info("%s: client '%s' resent QoS 2 message %u, which its session's old node had taken: "
+             "acknowledged, not delivered again",
+             CONN_PEER(c), s->client_id, (unsigned)pid);
+    ackq_after_dup(c, &bt, pid);
+}
+
+/* What one connection may park, in bytes: past it, the wait ends at once
+ * (what is parked is taken, in order). */
+#define PARKED_MAX_BYTES (1u << 20)
+
+bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uint8_t *data,
+                         size_t len)
+{
+    struct session *s = c->session;
+    struct conn_extra *x = c->x;
+    /* behind a parked one, any PUBLISH waits too: the session takes its
+     * client's messages in their order */
+    bool behind = x && x->n_parked;
+    if ((p->qos != 2 && !behind) || !s)
+        return false;
+    bool had = false, park = behind;
+    lock_acquire(&s->lock);
+    if (p->qos == 2 && !behind && !session_qos2_has(s, p->packet_id)) {
+        /* the old owner's id answers the first PUBLISH with it here only:
+         * the client may use the id again once that exchange is over */
+        if (s->told && told_take(s->told_ids, &s->n_told, p->packet_id))
+            had = p->dup;
+        else if (s->blind_until && !s->told && p->dup)
+            park = broker_now_mono_ms() < s->blind_until;
+    }
+    lock_release(&s->lock);
+    if (had) {
+        handle_publish_had(c, p->packet_id);
+        return true;
+    }
+    if (!park)
+        return false;
+    x = conn_x(c);
+    if (x && x->n_parked < 65535 && x->parked_bytes + len <= PARKED_MAX_BYTES) {
+        struct parked_pub *grown = realloc(x->parked, (x->n_parked + 1u) * sizeof *grown);
+        uint8_t *copy = grown ? malloc(len) : NULL;
+        if (grown)
+            x->parked = grown;
+        if (copy) {
+            memcpy(copy, data, len);
+            x->parked[x->n_parked++] = (struct parked_pub){copy, len};
+            x->parked_bytes += len;
+            if (!behind)
+                log_info("%s: client '%s' resent QoS 2 message %u to a session resumed without "
+                         "its old node's ids: it waits for them",
+                         CONN_PEER(c), s->client_id, (unsigned)p->packet_id);
+            return true;
+        }
+    }
+    /* too much waits, or out of memory: the wait ends now, in order */
+    lock_acquire(&s->lock);
+    s->blind_until = 0;
+    lock_release(&s->lock);
+    log_warn("%s: client '%s': too much waits for its session's old node's QoS 2 ids: taken now",
+             CONN_PEER(c), s->client_id);
+    if (x && x->n_parked)
+        handle_publish_unpark(c);
+    return false;
+}
+
+void handle_publish_unpark(struct conn *c)
+{
+    struct conn_extra *x = c->x;
+    struct session *s = c->session;
+    if (!x || !x->n_parked || !s || c->state != CONN_ACTIVE)
+        return;
+    uint64_t now_ms = broker_now_mono_ms();
+    lock_acquire(&s->lock);
+    bool waits = !s->told && s->blind_until && now_ms < s->blind_until;
+    if (!s->told && !waits)
+        s->blind_until = 0; /* given up waiting: taken as new from now on */
+    lock_release(&s->lock);
+    if (waits)
+        return;
+    struct parked_pub *parked = x->parked;
+    uint16_t n = x->n_parked;
+    x->parked = NULL;
+    x->n_parked = 0;
+    x->parked_bytes = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        struct mqtt_packet pkt;
+        if (c->state == CONN_ACTIVE &&
+            mqtt_decode(c->version, parked[i].data, parked[i].len, &pkt) == 0 &&
+            pkt.type == MQTT_PUBLISH &&
+            !handle_publish_park(c, &pkt.u.publish, parked[i].data, parked[i].len))
+            handle_publish(c, &pkt.u.publish);
+        free(parked[i].data);
+    }
+    free(parked);
+}
+
 /* Is pid the id of a QoS 2 message received from this session whose
  * PUBREL has not come yet? */
 static bool handle_qos2_recorded(struct conn *c, uint16_t pid)

@@ -84,6 +84,7 @@ void session_free(struct session *s)
         free(s->subs[i].filter);
     free(s->subs);
     free(s->qos2_in);
+    free(s->told_ids);
     msg_unref(s->pending_will);
     free(s->user);
     free(s->pubs_seen);

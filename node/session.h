@@ -135,6 +135,20 @@ struct session {
     /* incoming QoS 2 packet ids awaiting PUBREL */
     uint16_t *qos2_in;
     uint32_t n_qos2_in, cap_qos2_in;
+    /* cluster: resumed from its record while its old owner did not answer
+     * (a stalled node, say), so without that owner's QoS 2 ids: until
+     * blind_until (monotonic ms; 0: not blind) or until the old copy's state
+     * tells them (told, told_ids), a PUBLISH its client resends (DUP) with
+     * an id it does not hold waits unanswered (handle_publish.c,
+     * handle_publish_park): the old owner may have taken it already and
+     * deliver it itself. told_ids: the ids that copy held, each used for
+     * the first PUBLISH with it here. blind_node: that owner (only its
+     * copy's ids count: an older copy's may be stale). */
+    uint64_t blind_until;
+    uint64_t blind_node;
+    uint16_t *told_ids;
+    uint32_t n_told;
+    bool told;
     /* a will waiting for its delay (offline only) */
     struct msg *pending_will;
     uint64_t will_at; /* monotonic ms */

@@ -2,7 +2,7 @@
 """A measurement, not a test of the suite: how often a persistent QoS 2
 publisher's node killed mid-traffic gives its subscriber a duplicate.
 
-    kill_resend.py [--trials N]      (STARLING_TEST_BIN names the binary)
+    kill_resend.py [--trials N] [--stop S]   (STARLING_TEST_BIN names the binary)
 
 Each trial forms a fresh 3-node cluster (conftest.Cluster) under a
 temporary directory: a subscriber (QoS 2) on the third node, and a paho
@@ -16,6 +16,14 @@ how many messages were published and acknowledged, and which arrived at
 the subscriber twice or not at all. docs/cluster.md, *A forward sent
 before its origin's commit*, gives the figures it measured. Every node it
 starts is stopped and its directory removed.
+
+With --stop S, the first node is SIGSTOPped instead, for S seconds, then
+SIGCONT: the publisher waits 1 s for each acknowledgement; one that does
+not come while the node is stopped makes it connect the same client to the
+second node (which resumes the session from its record once its claim's
+wait for the stopped node, cluster_claim_timeout, ran out), and it resends
+there as above. docs/cluster.md, *A publish completed by a stalled node
+after its client resent it elsewhere*, gives what it measured.
 """
 
 import argparse
@@ -62,7 +70,7 @@ def _wait(client, cond, timeout=WAIT):
     return cond()
 
 
-def trial(base, k):
+def trial(base, k, stop=0.0):
     c = _conftest.Cluster(os.path.join(base, f"t{k}"))
     os.makedirs(c.base)
     try:
@@ -92,7 +100,15 @@ def trial(base, k):
 
         def kill():
             time.sleep(0.0005 * (k % 7))
-            os.kill(a.proc.pid, signal.SIGKILL)
+            if not stop:
+                os.kill(a.proc.pid, signal.SIGKILL)
+                return
+            os.kill(a.proc.pid, signal.SIGSTOP)
+            time.sleep(stop)
+            os.kill(a.proc.pid, signal.SIGCONT)
+
+        if stop:
+            end += stop
 
         while time.monotonic() < end:
             if not killed and time.monotonic() >= kill_at:
@@ -111,7 +127,9 @@ def trial(base, k):
                 continue
             mid = pub.publish(topic, f"m{n}".encode(), qos=2).mid
             n += 1
-            _wait(pub, lambda: mid in done or not up["on"], 30)
+            _wait(pub, lambda: mid in done or not up["on"], 1 if stop and killed else 30)
+            if stop and killed and mid not in done and up["on"] and pub._host == a.host:
+                up["on"] = False  # the node stopped: to the second one (reconnect closes)
             acked += mid in done
         _wait(pub, lambda: not pub._out_messages, 30)
         pub.disconnect()
@@ -133,12 +151,14 @@ def trial(base, k):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--stop", type=float, default=0.0,
+                    help="SIGSTOP the first node for this many seconds instead of SIGKILL")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="starling-kill-resend-")
     dup = lost = 0
     try:
         for k in range(args.trials):
-            d, m = trial(base, k)
+            d, m = trial(base, k, args.stop)
             dup += d
             lost += m
     finally:

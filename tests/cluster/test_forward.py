@@ -738,3 +738,140 @@ def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_pa
         got.append(sub.get(WAIT_S).payload)
     sub.stop()
     assert [x for x in got if x != b"marker"] == [b"resent", b"after"], got
+
+
+def test_a_resend_elsewhere_of_what_a_stalled_node_took_is_delivered_once(cluster_factory,
+                                                                          tmp_path):
+    """A persistent QoS 2 publisher on node a, a subscriber on node c. Node
+    a takes the publisher's message but does not commit it yet (its commits
+    held, STARLING_TEST_STORE_HOLD; a QoS 0 marker published after it gets
+    through), then stalls (SIGSTOP) before its PUBREC. The client resumes
+    its session on node b, which cannot ask a for it and rebuilds it from
+    the replicated record (without a's QoS 2 ids), and resends the PUBLISH
+    there (DUP 1, same packet id). Then a runs again: it completes its
+    commit and delivers its copy. The subscriber must get the message
+    once: b's resumed session holds the resend unanswered until a's late
+    answer to its claim tells the ids a had taken, then acknowledges it as
+    received without delivering it again (handle_publish_park). Before, b
+    took it as new and the subscriber got it twice (chaos seed 9801;
+    kill_resend.py --stop 12: a duplicate in 6 of 10 stalls)."""
+    WAIT_S = 30.0
+    c = cluster_factory()
+    a, b, cn = c.nodes
+    hold = tmp_path / "hold-a-commits"
+    faults.store_held(a, hold)
+    c.start()
+    c.wait_healthy()
+    topic = uid("fwd/stall")
+    sub = subscriber(cn, 2, topic)
+    pub_id = uid("pub")
+    props = {"session_expiry_interval": 600}
+    p = mqttraw.connected(a, pub_id, 5, clean=False, properties=props)
+    wait_for(lambda: all(pub_id in faults.tables(n)["sessions"] for n in c.nodes), WAIT_S,
+             f"the session record of {pub_id} on every node")
+    faults.converged_tables(c)
+    hold.touch()
+    try:
+        p.publish(topic, b"taken", qos=2, packet_id=1)
+        p.publish(topic, b"marker", qos=0)
+        got = [sub.get(WAIT_S).payload]
+        while got[-1] != b"marker":
+            got.append(sub.get(WAIT_S).payload)
+        faults.pause(a)
+    finally:
+        hold.unlink(missing_ok=True)  # a commits once it runs again
+    try:
+        p.close()  # the client gives up on a
+        q = mqttraw.Client(b)
+        ack = q.connect(pub_id, clean=False, properties=props, timeout=WAIT_S)
+        assert ack.reason_code == 0 and ack.session_present, ack
+        q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
+        wait_for(lambda: "resent QoS 2 message 1 to a session resumed without its old node's "
+                         "ids: it waits for them" in b.logtext(), WAIT_S, "b holding the resend")
+        with pytest.raises(mqttraw.Timeout):
+            q.recv(0.5)  # nothing answers it while a is stopped
+    finally:
+        faults.resume(a)
+    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
+    q.pubrel(1)
+    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
+    assert "which its session's old node had taken: acknowledged, not delivered again" in \
+        b.logtext()
+    pid = q.publish(topic, b"after", qos=2)
+    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
+    q.pubrel(pid)
+    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    q.disconnect()
+    # each path's copy of "taken" comes before that path's last message:
+    # b's before "after", a's (its outbox, in order) before "end"
+    e = mqttraw.connected(a, uid("pub"), 5)
+    pid = e.publish(topic, b"end", qos=2)
+    assert e.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
+    e.pubrel(pid)
+    assert e.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    e.disconnect()
+    while b"after" not in got or b"end" not in got:
+        got.append(sub.get(WAIT_S).payload)
+    sub.stop()
+    assert sorted(x for x in got if x != b"marker") == [b"after", b"end", b"taken"], got
+
+
+def test_a_resend_elsewhere_of_what_a_killed_node_took_is_delivered_once(cluster_factory):
+    """As above, but node a stores the message and sends its PUBREC, which
+    is lost on the way (the client reads it and acts as if it never came),
+    and a is SIGKILLed. The client resumes on node b (from the record) and
+    resends the PUBLISH there: b holds it unanswered until a is back and
+    its start-up pass sends its stored copy of the session to b with the
+    QoS 2 ids it had taken (SessionMessages.qos2_received); then b
+    acknowledges it as received without delivering it again. The
+    subscriber gets it once, from a. Before, b took it as new: twice
+    (docs/cluster.md, "A session resumed from its record")."""
+    WAIT_S = 30.0
+    c = cluster_factory()
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    topic = uid("fwd/kill")
+    sub = subscriber(cn, 2, topic)
+    pub_id = uid("pub")
+    props = {"session_expiry_interval": 600}
+    p = mqttraw.connected(a, pub_id, 5, clean=False, properties=props)
+    wait_for(lambda: all(pub_id in faults.tables(n)["sessions"] for n in c.nodes), WAIT_S,
+             f"the session record of {pub_id} on every node")
+    faults.converged_tables(c)
+    p.publish(topic, b"taken", qos=2, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1  # stored on a; "lost"
+    assert sub.get(WAIT_S).payload == b"taken"
+    a.stop(sig=signal.SIGKILL)
+    p.close()
+    q = mqttraw.Client(b)
+    ack = q.connect(pub_id, clean=False, properties=props, timeout=WAIT_S)
+    assert ack.reason_code == 0 and ack.session_present, ack
+    q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
+    wait_for(lambda: "resent QoS 2 message 1 to a session resumed without its old node's "
+                     "ids: it waits for them" in b.logtext(), WAIT_S, "b holding the resend")
+    with pytest.raises(mqttraw.Timeout):
+        q.recv(0.5)  # nothing answers it while a is down
+    a.start()
+    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
+    q.pubrel(1)
+    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
+    assert "which its session's old node had taken: acknowledged, not delivered again" in \
+        b.logtext()
+    pid = q.publish(topic, b"after", qos=2)
+    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
+    q.pubrel(pid)
+    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    q.disconnect()
+    c.wait_healthy(60)
+    e = mqttraw.connected(a, uid("pub"), 5)
+    pid = e.publish(topic, b"end", qos=2)
+    assert e.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
+    e.pubrel(pid)
+    assert e.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    e.disconnect()
+    got = [b"taken"]
+    while b"after" not in got or b"end" not in got:
+        got.append(sub.get(WAIT_S).payload)
+    sub.stop()
+    assert sorted(got) == [b"after", b"end", b"taken"], got
