@@ -1096,16 +1096,17 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
         /* resumed from its record without its old owner's QoS 2 ids: the
          * next owner waits for them as this one would (handle_publish_park) */
         uint64_t now = broker_now_mono_ms();
-        if (s->told && s->n_told && (told = calloc(s->n_told, sizeof(*told)))) {
-            for (uint32_t i = 0; i < s->n_told; i++)
-                told[i] = s->told_ids[i];
-            st.n_told_qos2 = s->n_told;
-            st.told_qos2 = told;
-            st.has_told = st.told = true;
-        } else if (!s->told && s->blind_node && s->blind_until > now) {
+        if (session_blind(s, now)) {
             st.has_blind_node = st.has_blind_left_ms = true;
             st.blind_node = s->blind_node;
             st.blind_left_ms = (uint32_t)(s->blind_until - now);
+            if (s->told && (told = calloc(s->n_told + 1, sizeof(*told)))) {
+                for (uint32_t i = 0; i < s->n_told; i++)
+                    told[i] = s->told_ids[i];
+                st.n_told_qos2 = s->n_told;
+                st.told_qos2 = told;
+                st.has_told = st.told = true;
+            }
         }
     }
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
@@ -1491,17 +1492,19 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
         session_qos2_add(s, (uint16_t)st->qos2_received[i]);
     /* the old owner's own wait for its predecessor's QoS 2 ids, or the ids
      * it learnt and did not use yet (handle_publish_park) */
-    if (st->has_told && st->told && st->n_told_qos2 &&
-        (s->told_ids = malloc(st->n_told_qos2 * sizeof(*s->told_ids)))) {
-        for (size_t i = 0; i < st->n_told_qos2; i++)
-            if (st->told_qos2[i] >= 1 && st->told_qos2[i] <= 65535)
-                s->told_ids[s->n_told++] = (uint16_t)st->told_qos2[i];
-        s->told = true;
-    } else if (st->has_blind_node && st->blind_node && st->has_blind_left_ms && st->blind_left_ms) {
+    if (st->has_blind_node && st->blind_node && st->blind_node != cn->self &&
+        st->has_blind_left_ms && st->blind_left_ms) {
         s->blind_node = st->blind_node;
         s->blind_until =
             broker_now_mono_ms() +
             (st->blind_left_ms < CN_RESEND_WAIT_MS ? st->blind_left_ms : CN_RESEND_WAIT_MS);
+        if (st->has_told && st->told &&
+            (s->told_ids = malloc((st->n_told_qos2 + 1) * sizeof(*s->told_ids)))) {
+            for (size_t i = 0; i < st->n_told_qos2; i++)
+                if (st->told_qos2[i] >= 1 && st->told_qos2[i] <= 65535)
+                    s->told_ids[s->n_told++] = (uint16_t)st->told_qos2[i];
+            s->told = true;
+        }
     }
     /* On this node's disk before the old owner lets go of them: the
      * session with its messages, in the batch that records the frame as

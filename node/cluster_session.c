@@ -1011,8 +1011,8 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
     return NULL;
 }
 
-static struct session *claim_session(struct cluster_node *cn, const char *id, size_t len,
-                                     uint64_t epoch);
+static struct session *claim_session_at(struct cluster_node *cn, const char *id, size_t len,
+                                        uint64_t epoch, bool test_hook);
 
 /* On the worker of the session's connection: its parked PUBLISH packets
  * are judged now (the old owner's ids came). */
@@ -1038,11 +1038,12 @@ static void told_on_worker(void *ud)
 static void owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBinaryData *id,
                        uint64_t epoch, const uint32_t *received, size_t n_received)
 {
-    struct session *s = claim_session(cn, (const char *)id->data, id->len, epoch);
+    struct session *s = claim_session_at(cn, (const char *)id->data, id->len, epoch, false);
     if (!s)
         return;
+    uint64_t now = broker_now_mono_ms();
     lock_acquire(&s->lock);
-    bool blind = s->blind_until != 0 && !s->told && s->blind_node == from;
+    bool blind = session_blind(s, now) && !s->told && s->blind_node == from;
     lock_release(&s->lock);
     uint16_t *ids = blind ? malloc((n_received ? n_received : 1) * sizeof *ids) : NULL;
     uint32_t n = 0;
@@ -1050,7 +1051,7 @@ static void owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
         if (received[i] >= 1 && received[i] <= 65535)
             ids[n++] = (uint16_t)received[i];
     lock_acquire(&s->lock);
-    blind = ids && s->blind_until != 0 && !s->told && s->blind_node == from;
+    blind = ids && session_blind(s, now) && !s->told && s->blind_node == from;
     if (blind) {
         s->told_ids = ids;
         s->n_told = n;
@@ -1290,8 +1291,8 @@ static bool claim_session_holds(struct session *s, uint64_t epoch, bool *unroute
  * which handed them on to the claim's session after the later frames'
  * (test_session_frames.py::test_frames_behind_the_state_while_its_claim_
  * routes_keep_their_order). */
-static struct session *claim_session(struct cluster_node *cn, const char *id, size_t len,
-                                     uint64_t epoch)
+static struct session *claim_session_at(struct cluster_node *cn, const char *id, size_t len,
+                                        uint64_t epoch, bool test_hook)
 {
     struct session *s = incoming_find(cn, id, len, epoch);
     if (!s)
@@ -1299,13 +1300,19 @@ static struct session *claim_session(struct cluster_node *cn, const char *id, si
     bool unrouted;
     bool ok = claim_session_holds(s, epoch, &unrouted);
     /* tests: its claim's worker routes it now */
-    if (ok && unrouted && cn_test_delay("STARLING_TEST_LATE_LOOKUP_DELAY_MS"))
+    if (ok && unrouted && test_hook && cn_test_delay("STARLING_TEST_LATE_LOOKUP_DELAY_MS"))
         ok = claim_session_holds(s, epoch, &unrouted);
     if (!ok) {
         session_unref(s);
         s = NULL;
     }
     return s;
+}
+
+static struct session *claim_session(struct cluster_node *cn, const char *id, size_t len,
+                                     uint64_t epoch)
+{
+    return claim_session_at(cn, id, len, epoch, true);
 }
 
 /* Packet ids of adopted exchanges to send on the session's connection. */
@@ -1710,6 +1717,11 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
              * later_claim_brings_no_identities) */
             on.seen = NULL;
             on.n_seen = 0;
+            /* nor the QoS 2 ids of the copy that sent it: the receiver
+             * takes them as this node's (owner_told) */
+            on.n_qos2_received = 0;
+            on.qos2_received = NULL;
+            on.has_qos2_told = on.qos2_told = false;
             Starling__Chan__SessionMessage **kept =
                 sm->n_msgs ? malloc(sm->n_msgs * sizeof(*kept)) : NULL;
             size_t left = 0;

@@ -53,6 +53,7 @@ static void handle_pubrel(struct conn *c, struct broker *b, const struct mqtt_ac
     }
     lock_acquire(&s->lock);
     bool found = session_qos2_remove(s, a->packet_id);
+    session_told_take(s, a->packet_id); /* that exchange is over */
     if (found && s->stored)
         persist_qos2(b, &bt, s, a->packet_id, false);
     lock_release(&s->lock);

@@ -143,20 +143,11 @@ static int handle_qos2_receive(struct conn *c, uint16_t pid, struct store_batch 
     return 0;
 }
 
-/* Whether pid is among ids (n of them); removes it when it is. */
-static bool told_take(uint16_t *ids, uint32_t *n, uint16_t pid)
-{
-    for (uint32_t i = 0; i < *n; i++)
-        if (ids[i] == pid) {
-            ids[i] = ids[--*n];
-            return true;
-        }
-    return false;
-}
-
 /* A resent PUBLISH whose id the old owner held: that owner took the message
- * and delivers it; here its id is recorded (so that the PUBREL finds it)
- * and the PUBREC goes once that is stored, as for any duplicate. */
+ * and delivers it. Its id is recorded here, stored in a batch of its own,
+ * and handle_publish then takes the PUBLISH as the duplicate it is (its
+ * checks and topic alias as for any PUBLISH; the PUBREC after that batch's
+ * commit, ackq_after_dup). */
 static void handle_publish_had(struct conn *c, uint16_t pid)
 {
     struct broker *b = c->w->b;
@@ -171,15 +162,14 @@ static void handle_publish_had(struct conn *c, uint16_t pid)
     if (ok && persist_wanted(b, s))
         persist_qos2(b, &bt, s, pid, true);
     lock_release(&s->lock);
+    persist_submit(b, &bt, NULL, NULL);
     if (!ok) {
-        persist_submit(b, &bt, NULL, NULL);
         conn_close(c, MQTT_RC_UNSPECIFIED, false);
         return;
     }
     log_info("%s: client '%s' resent QoS 2 message %u, which its session's old node had taken: "
              "acknowledged, not delivered again",
              CONN_PEER(c), s->client_id, (unsigned)pid);
-    ackq_after_dup(c, &bt, pid);
 }
 
 /* What one connection may park, in bytes: past it, the wait ends at once
@@ -197,19 +187,20 @@ bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uin
     if ((p->qos != 2 && !behind) || !s)
         return false;
     bool had = false, park = behind;
+    uint64_t now = broker_now_mono_ms();
     lock_acquire(&s->lock);
-    if (p->qos == 2 && !behind && !session_qos2_has(s, p->packet_id)) {
+    if (p->qos == 2 && !behind && session_blind(s, now) && !session_qos2_has(s, p->packet_id)) {
         /* the old owner's id answers the first PUBLISH with it here only:
          * the client may use the id again once that exchange is over */
-        if (s->told && told_take(s->told_ids, &s->n_told, p->packet_id))
+        if (session_told_take(s, p->packet_id))
             had = p->dup;
-        else if (s->blind_until && !s->told && p->dup)
-            park = broker_now_mono_ms() < s->blind_until;
+        else if (!s->told && p->dup)
+            park = true;
     }
     lock_release(&s->lock);
     if (had) {
         handle_publish_had(c, p->packet_id);
-        return true;
+        return c->state != CONN_ACTIVE; /* (closed: dropped, resent later) */
     }
     if (!park)
         return false;
@@ -233,12 +224,13 @@ bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uin
     /* too much waits, or out of memory: the wait ends now, in order */
     lock_acquire(&s->lock);
     s->blind_until = 0;
+    s->n_told = 0;
     lock_release(&s->lock);
     log_warn("%s: client '%s': too much waits for its session's old node's QoS 2 ids: taken now",
              CONN_PEER(c), s->client_id);
     if (x && x->n_parked)
         handle_publish_unpark(c);
-    return false;
+    return c->state != CONN_ACTIVE; /* (closed meanwhile: dropped, resent later) */
 }
 
 void handle_publish_unpark(struct conn *c)
@@ -249,9 +241,7 @@ void handle_publish_unpark(struct conn *c)
         return;
     uint64_t now_ms = broker_now_mono_ms();
     lock_acquire(&s->lock);
-    bool waits = !s->told && s->blind_until && now_ms < s->blind_until;
-    if (!s->told && !waits)
-        s->blind_until = 0; /* given up waiting: taken as new from now on */
+    bool waits = session_blind(s, now_ms) && !s->told;
     lock_release(&s->lock);
     if (waits)
         return;

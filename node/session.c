@@ -1011,6 +1011,25 @@ int session_qos2_add(struct session *s, uint16_t pid)
     return 0;
 }
 
+bool session_told_take(struct session *s, uint16_t pid)
+{
+    for (uint32_t i = 0; i < s->n_told; i++)
+        if (s->told_ids[i] == pid) {
+            s->told_ids[i] = s->told_ids[--s->n_told];
+            return true;
+        }
+    return false;
+}
+
+bool session_blind(struct session *s, uint64_t now_ms)
+{
+    if (s->blind_until && now_ms >= s->blind_until) {
+        s->blind_until = 0; /* the wait is over: what the old copy tells now is stale */
+        s->n_told = 0;
+    }
+    return s->blind_until != 0;
+}
+
 bool session_qos2_remove(struct session *s, uint16_t pid)
 {
     assert(lock_held(&s->lock));

@@ -498,6 +498,13 @@ int session_resend_locked(struct broker *b, struct session *s, uint16_t pid);
 bool session_qos2_has(struct session *s, uint16_t pid);
 int session_qos2_add(struct session *s, uint16_t pid);
 bool session_qos2_remove(struct session *s, uint16_t pid);
+/* Whether pid is among the old copy's told QoS 2 ids (struct
+ * session.told_ids); removes it when it is. s->lock held. */
+bool session_told_take(struct session *s, uint16_t pid);
+/* Whether s still waits for, or judges by, its old copy's QoS 2 ids
+ * (blind_until not passed; at its end the wait and the ids go). s->lock
+ * held. */
+bool session_blind(struct session *s, uint64_t now_ms);
 
 /* Subscriptions of the session (s->lock held). Returns the entry or NULL. */
 struct session_sub *session_sub_find(struct session *s, const char *f, uint16_t len);
