@@ -119,6 +119,9 @@ struct raft_node {
     int (*io_send)(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
                    raft_io_send_cb cb);
     struct send_watch *sends; /* loop: AppendEntries with entries, unwritten */
+    /* The messages from peers: raft_uv's start, wrapped by guarded_start */
+    int (*io_start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv);
+    raft_io_recv_cb io_recv;
     uint64_t resends_thinned; /* atomic: sent as a heartbeat instead (watched_send) */
     uint64_t unstored_since;  /* loop: check_log_stall (0: stored) */
     bool failed;              /* atomic: the log cannot be written (raft_node_failed) */
@@ -669,9 +672,59 @@ static void watched_send_cb(struct raft_io_send *req, int status)
     cb(req, status);
 }
 
-static int watched_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
-                        raft_io_send_cb cb)
+/*
+ * A follower's commit index from an AppendEntries (docs/cluster.md, "A
+ * heartbeat that commits a stale tail"). The paper's rule is
+ * min(leaderCommit, index of the last new entry): only entries the message
+ * proved equal to the leader's. libraft 0.15 takes min(leaderCommit, its
+ * own last stored index) when the message has no entries, and after an
+ * append: entries past prev_log_index + n_entries, which the message said
+ * nothing of, count as committed. A node that was leader and wrote an
+ * entry no other node has (killed before it replicated) has such a tail.
+ * An empty AppendEntries whose prev_log_index matches below that tail (a
+ * resend thinned to a heartbeat, watched_send) then marks the stale entry
+ * committed, and when the entries come that replace it, 0.15 finds "new
+ * index conflicts with committed entry" and stops the server: the node
+ * stopped with exit status 74 at its restart (test_faults.py,
+ * test_third_resumption_from_a_record_keeps_off_the_first_copys_packet_ids,
+ * 2 of about 40 runs under load). So every AppendEntries is bounded
+ * both ways: sent (for followers of any version) and received (from
+ * leaders of any version). The fsm's guard (fsm_raft_commit_safe) had kept
+ * the stale entry from being applied.
+ */
+bool raft_node_bound_commit(struct raft_message *m)
 {
+    if (m->type != RAFT_IO_APPEND_ENTRIES)
+        return false;
+    struct raft_append_entries *a = &m->append_entries;
+    raft_index last = a->prev_log_index + a->n_entries;
+    if (a->leader_commit <= last)
+        return false;
+    a->leader_commit = last;
+    return true;
+}
+
+static void guarded_recv(struct raft_io *io, struct raft_message *m)
+{
+    struct raft_node *n = (struct raft_node *)((char *)io - offsetof(struct raft_node, io));
+    raft_node_bound_commit(m);
+    n->io_recv(io, m);
+}
+
+static int guarded_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
+                         raft_io_recv_cb recv)
+{
+    struct raft_node *n = (struct raft_node *)((char *)io - offsetof(struct raft_node, io));
+    n->io_recv = recv;
+    return n->io_start(io, msecs, tick, guarded_recv);
+}
+
+static int watched_send(struct raft_io *io, struct raft_io_send *req,
+                        const struct raft_message *sent, raft_io_send_cb cb)
+{
+    struct raft_message bounded = *sent;
+    raft_node_bound_commit(&bounded);
+    const struct raft_message *m = &bounded;
     struct raft_node *n = (struct raft_node *)((char *)io - offsetof(struct raft_node, io));
     const struct raft_append_entries *a = &m->append_entries;
     if (m->type != RAFT_IO_APPEND_ENTRIES || a->n_entries == 0)
@@ -681,6 +734,7 @@ static int watched_send(struct raft_io *io, struct raft_io_send *req, const stru
             struct raft_message hb = *m;
             hb.append_entries.entries = NULL;
             hb.append_entries.n_entries = 0;
+            raft_node_bound_commit(&hb);
             __atomic_add_fetch(&n->resends_thinned, 1, __ATOMIC_RELAXED);
             return n->io_send(io, req, &hb, cb);
         }
@@ -965,6 +1019,8 @@ static void *thread_main(void *arg)
         n->io.append = watched_append;
         n->io_send = n->io.send;
         n->io.send = watched_send;
+        n->io_start = n->io.start;
+        n->io.start = guarded_start;
     }
     if (rc == 0) {
         what = "raft_init";

@@ -160,6 +160,12 @@ bool raft_node_diverged(struct raft_node *n);
  * NULL) gets the reason. The owner must stop the node: Raft does not come
  * back without a restart. */
 bool raft_node_failed(struct raft_node *n, char *why, size_t len);
+struct raft_message;
+/* An AppendEntries' leader_commit bounded by the last entry it proves equal
+ * to the leader's (prev_log_index + n_entries; libraft 0.15 lets a follower
+ * commit its own stale entries past them): whether it was lowered. Every
+ * message this node sends and receives goes through it. */
+bool raft_node_bound_commit(struct raft_message *m);
 /* Whether this node leads and Raft received a message from server id
  * within the last election timeout or two (libraft's own contact check: an
  * answer to a heartbeat or an append). On the raft thread only (cluster.c

@@ -26,6 +26,7 @@
 #include "cmd.h"
 #include "fsm.h"
 #include "fsm_raft.h"
+#include "raft_node.h"
 
 #define S(x) (x), strlen(x)
 #define MAX_N 5
@@ -398,7 +399,7 @@ static struct raft_entry claim_entry(raft_term term, uint64_t node)
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            printf("  figure 8: check failed at line %d: %s\n", __LINE__, #cond);                  \
+            printf("  check failed at line %d: %s\n", __LINE__, #cond);                            \
             return __LINE__;                                                                       \
         }                                                                                          \
     } while (0)
@@ -489,11 +490,112 @@ static int figure8_scenario(bool guard)
     return 0;
 }
 
-/* Run the scenario in a child process: 0.15's fixture frees a request twice
+/*
+ * A heartbeat that commits a stale tail (docs/cluster.md). S1 led term 2 and
+ * wrote A = (index 2, term 2) in its own log only (it was killed before it
+ * replicated it); S2 and S3 have B = (index 2, term 3) and C = (index 3,
+ * term 3). S2 is elected and probes S1 down to prev_log_index 1, where
+ * their logs agree. Each AppendEntries with entries that reaches S1 comes
+ * after a heartbeat with the same prev_log_index and leader_commit, as
+ * raft_node's thinned resends are (watched_send: the entries still on
+ * their way, the same message again as a heartbeat). 0.15 sets S1's commit
+ * index from that heartbeat to min(leader_commit, its last stored index):
+ * A counts as committed, and the entries that replace it make 0.15 stop
+ * the server ("new index conflicts with committed entry -> shutdown").
+ * With raft_node_bound_commit on what S1 receives, the heartbeat commits
+ * nothing past index 1, S1 takes B and C and applies what the others did.
+ */
+static raft_io_recv_cb stale_recv;
+static int (*stale_start)(struct raft_io *, unsigned, raft_io_tick_cb, raft_io_recv_cb);
+static bool stale_bound;
+static unsigned stale_heartbeats;
+
+static void stale_tail_recv(struct raft_io *io, struct raft_message *m)
+{
+    if (m->type == RAFT_IO_APPEND_ENTRIES && m->append_entries.n_entries > 0) {
+        struct raft_message hb = *m;
+        hb.append_entries.entries = NULL;
+        hb.append_entries.n_entries = 0;
+        if (stale_bound)
+            raft_node_bound_commit(&hb);
+        stale_heartbeats++;
+        stale_recv(io, &hb);
+    }
+    if (stale_bound)
+        raft_node_bound_commit(m);
+    stale_recv(io, m);
+}
+
+static int stale_tail_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
+                            raft_io_recv_cb recv)
+{
+    stale_recv = recv;
+    return stale_start(io, msecs, tick, stale_tail_recv);
+}
+
+static int stale_tail_scenario(bool bound)
+{
+    static struct cluster c;
+    cluster_setup(&c, 3, false);
+    struct raft_entry a = claim_entry(2, 1), b1 = claim_entry(3, 2), b2 = claim_entry(3, 2);
+    struct raft_entry c1 = claim_entry(3, 3), c2 = claim_entry(3, 3);
+    raft_fixture_add_entry(&c.f, 0, &a);
+    raft_fixture_add_entry(&c.f, 1, &b1);
+    raft_fixture_add_entry(&c.f, 2, &b2);
+    raft_fixture_add_entry(&c.f, 1, &c1);
+    raft_fixture_add_entry(&c.f, 2, &c2);
+    raft_fixture_set_term(&c.f, 0, 2);
+    raft_fixture_set_term(&c.f, 1, 3);
+    raft_fixture_set_term(&c.f, 2, 3);
+    struct raft_io *io = raft_fixture_get(&c.f, 0)->io;
+    stale_bound = bound;
+    stale_start = io->start;
+    io->start = stale_tail_start;
+    CHECK(raft_fixture_start(&c.f) == 0);
+    raft_fixture_elect(&c.f, 1);
+    CHECK(raft_fixture_leader_index(&c.f) == 1);
+    /* an entry of the leader's term commits B and C (fsm_raft's guard) */
+    struct cmd_batch *cb = cmd_batch_new();
+    cmd_route_add(cb, S("after"), 2);
+    static struct proposal p;
+    CHECK(propose(&c, 1, cb, &p) == 0);
+    CHECK(raft_fixture_step_until(&c.f, proposal_done, &p, 5000));
+    CHECK(p.status == 0);
+    CHECK(raft_fixture_step_until_applied(&c.f, 2, p.req.index, 5000));
+    struct raft *s1 = raft_fixture_get(&c.f, 0);
+    bool caught_up = raft_fixture_step_until_applied(&c.f, 0, p.req.index, 5000);
+    printf("\n  stale tail (%s): %u heartbeat(s) ahead of entries; S1 is %s, applied %llu of "
+           "%llu\n",
+           bound ? "commit bounded" : "0.15 as is", stale_heartbeats,
+           raft_state(s1) == RAFT_UNAVAILABLE ? "stopped (unavailable)" : "running",
+           (unsigned long long)fsm_applied(c.fsm[0]), (unsigned long long)p.req.index);
+    CHECK(stale_heartbeats > 0);
+    uint64_t node = 0, epoch = 0;
+    if (!bound) {
+        /* 0.15 stopped S1: it never applies index 2 or later */
+        CHECK(!caught_up);
+        CHECK(raft_state(s1) == RAFT_UNAVAILABLE);
+        CHECK(fsm_applied(c.fsm[0]) < 2);
+        CHECK(fsm_registry_get(c.fsm[0], S("fig8"), &node, &epoch) == -ENOENT);
+    } else {
+        CHECK(caught_up);
+        CHECK(raft_state(s1) == RAFT_FOLLOWER);
+        /* S1 took B and C in place of A (a claim of node 1): its tables are
+         * the others' */
+        CHECK(fsm_registry_get(c.fsm[0], S("fig8"), &node, &epoch) == 0 && node == 2);
+        CHECK(fsm_checksum(c.fsm[0]) == fsm_checksum(c.fsm[1]));
+        CHECK(fsm_checksum(c.fsm[0]) == fsm_checksum(c.fsm[2]));
+    }
+    cmd_batch_free(cb);
+    return 0;
+}
+
+/* Run a scenario in a child process: 0.15's fixture frees a request twice
  * when it closes a server that was killed with I/O in flight (its own bug,
- * not ours), so the child exits without closing the fixture, and its
- * temporary directories are removed here. */
-static void run_figure8(bool guard)
+ * not ours), and one that libraft stopped is no better, so the child exits
+ * without closing the fixture, and its temporary directories are removed
+ * here. */
+static void run_child(int (*scenario)(bool), bool flag)
 {
     char base[256];
     CU_ASSERT_PTR_NOT_NULL_FATAL(make_tmpdir(base, sizeof base, "test_raft_fixture.f8"));
@@ -502,7 +604,7 @@ static void run_figure8(bool guard)
     pid_t pid = fork();
     CU_ASSERT_TRUE_FATAL(pid >= 0);
     if (pid == 0) {
-        int line = figure8_scenario(guard);
+        int line = scenario(flag);
         fflush(stdout);
         _exit(line ? 1 : 0);
     }
@@ -516,12 +618,22 @@ static void run_figure8(bool guard)
 
 static void test_figure8_unguarded(void)
 {
-    run_figure8(false);
+    run_child(figure8_scenario, false);
 }
 
 static void test_figure8_guarded(void)
 {
-    run_figure8(true);
+    run_child(figure8_scenario, true);
+}
+
+static void test_stale_tail_unbounded(void)
+{
+    run_child(stale_tail_scenario, false);
+}
+
+static void test_stale_tail_bounded(void)
+{
+    run_child(stale_tail_scenario, true);
 }
 
 /* The guard's deferred entries, without a cluster: a struct raft whose
@@ -606,6 +718,10 @@ int main(void)
     CU_add_test(s, "deferred entries travel in snapshots", test_deferred_entries_in_snapshots);
     CU_add_test(s, "Figure 8 (section 5.4.2), 0.15 as is: divergence", test_figure8_unguarded);
     CU_add_test(s, "Figure 8 (section 5.4.2) with the guard: none", test_figure8_guarded);
+    CU_add_test(s, "a heartbeat commits a stale tail, 0.15 as is: stopped",
+                test_stale_tail_unbounded);
+    CU_add_test(s, "a heartbeat commits a stale tail, commit bounded: caught up",
+                test_stale_tail_bounded);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
