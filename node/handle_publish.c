@@ -186,6 +186,9 @@ bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uin
     bool behind = x && x->n_parked;
     if ((p->qos != 2 && !behind) || !s)
         return false;
+    /* nearly every session: not resumed blind, no lock needed to tell */
+    if (!behind && atomic_load_explicit(&s->blind_until, memory_order_acquire) == 0)
+        return false;
     bool had = false, park = behind;
     uint64_t now = broker_now_mono_ms();
     lock_acquire(&s->lock);

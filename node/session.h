@@ -143,8 +143,10 @@ struct session {
      * handle_publish_park): the old owner may have taken it already and
      * deliver it itself. told_ids: the ids that copy held, each used for
      * the first PUBLISH with it here. blind_node: that owner (only its
-     * copy's ids count: an older copy's may be stale). */
-    uint64_t blind_until;
+     * copy's ids count: an older copy's may be stale). Written under
+     * lock; atomic so that a QoS 2 PUBLISH reads it first without the lock
+     * (0 nearly always). */
+    _Atomic uint64_t blind_until;
     uint64_t blind_node;
     uint16_t *told_ids;
     uint32_t n_told;
