@@ -674,6 +674,64 @@ def test_publish_refused_for_memory_is_not_forwarded(cluster_factory, publisher_
     assert not twice, f"delivered more than once on node b: {twice}"
 
 
+def persistent_qos2_publisher(c, node, pub_id, props, wait_s):
+    """A raw persistent client pub_id connected to node, once its session's
+    record is on every node and the tables agree."""
+    p = mqttraw.connected(node, pub_id, 5, clean=False, properties=props)
+    wait_for(lambda: all(pub_id in faults.tables(n)["sessions"] for n in c.nodes), wait_s,
+             f"the session record of {pub_id} on every node")
+    faults.converged_tables(c)
+    return p
+
+
+def taken_before_marker(p, sub, topic, payload, wait_s):
+    """p publishes payload (QoS 2, packet id 1), then a QoS 0 marker that is
+    not held behind it; returns what sub got up to the marker."""
+    p.publish(topic, payload, qos=2, packet_id=1)
+    p.publish(topic, b"marker", qos=0)
+    got = [sub.get(wait_s).payload]
+    while got[-1] != b"marker":
+        got.append(sub.get(wait_s).payload)
+    return got
+
+
+def exchanged_qos2(q, topic, payload, wait_s):
+    """A whole QoS 2 exchange of payload by the raw client q."""
+    pid = q.publish(topic, payload, qos=2)
+    assert q.expect(mqttraw.PUBREC, wait_s).packet_id == pid
+    q.pubrel(pid)
+    assert q.expect(mqttraw.PUBCOMP, wait_s).packet_id == pid
+
+
+def resumed_elsewhere(node, pub_id, props, wait_s):
+    """pub_id's client resumes its session on node: its raw client."""
+    q = mqttraw.Client(node)
+    ack = q.connect(pub_id, clean=False, properties=props, timeout=wait_s)
+    assert ack.reason_code == 0 and ack.session_present, ack
+    return q
+
+
+def resend_held(q, node, topic, payload, wait_s):
+    """q resends payload (DUP, packet id 1) to node, which holds it
+    unanswered: its session waits for its old node's QoS 2 ids."""
+    q.publish(topic, payload, qos=2, dup=True, packet_id=1)
+    wait_for(lambda: "resent QoS 2 message 1 to a session resumed without its old node's "
+                     "ids: it waits for them" in node.logtext(), wait_s,
+             f"{node.name} holding the resend")
+    with pytest.raises(mqttraw.Timeout):
+        q.recv(0.5)  # nothing answers it while the old node is away
+
+
+def resend_answered_as_had(q, node, wait_s):
+    """The held resend (packet id 1) is answered once the old node's ids
+    came: received, not delivered again."""
+    assert q.expect(mqttraw.PUBREC, wait_s).packet_id == 1
+    q.pubrel(1)
+    assert q.expect(mqttraw.PUBCOMP, wait_s).packet_id == 1
+    assert "which its session's old node had taken: acknowledged, not delivered again" in \
+        node.logtext()
+
+
 def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_path):
     """A persistent QoS 2 publisher on node a, a subscriber on node c. Node
     a's store commits nothing while a file exists (debug hook
@@ -703,24 +761,15 @@ def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_pa
     sub = subscriber(cn, 2, topic)
     pub_id = uid("pub")
     props = {"session_expiry_interval": 600}
-    p = mqttraw.connected(a, pub_id, 5, clean=False, properties=props)
-    wait_for(lambda: all(pub_id in faults.tables(n)["sessions"] for n in c.nodes), WAIT_S,
-             f"the session record of {pub_id} on every node")
-    faults.converged_tables(c)
+    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
     hold.touch()
     try:
-        p.publish(topic, b"resent", qos=2, packet_id=1)
-        p.publish(topic, b"marker", qos=0)
-        got = [sub.get(WAIT_S).payload]
-        while got[-1] != b"marker":
-            got.append(sub.get(WAIT_S).payload)
+        got = taken_before_marker(p, sub, topic, b"resent", WAIT_S)
         a.stop(sig=signal.SIGKILL)
     finally:
         hold.unlink(missing_ok=True)
     # the client, its connection gone, resumes on b and sends it again
-    p = mqttraw.Client(b)
-    ack = p.connect(pub_id, clean=False, properties=props, timeout=WAIT_S)
-    assert ack.reason_code == 0 and ack.session_present, ack
+    p = resumed_elsewhere(b, pub_id, props, WAIT_S)
     p.publish(topic, b"resent", qos=2, dup=True, packet_id=1)
     assert p.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
     p.pubrel(1)
@@ -729,10 +778,7 @@ def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_pa
     a.start()
     c.wait_healthy(60)
     q = mqttraw.connected(a, uid("pub"), 5)
-    pid = q.publish(topic, b"after", qos=2)
-    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
-    q.pubrel(pid)
-    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    exchanged_qos2(q, topic, b"after", WAIT_S)
     q.disconnect()
     while got[-1] != b"after":
         got.append(sub.get(WAIT_S).payload)
@@ -766,49 +812,26 @@ def test_a_resend_elsewhere_of_what_a_stalled_node_took_is_delivered_once(cluste
     sub = subscriber(cn, 2, topic)
     pub_id = uid("pub")
     props = {"session_expiry_interval": 600}
-    p = mqttraw.connected(a, pub_id, 5, clean=False, properties=props)
-    wait_for(lambda: all(pub_id in faults.tables(n)["sessions"] for n in c.nodes), WAIT_S,
-             f"the session record of {pub_id} on every node")
-    faults.converged_tables(c)
+    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
     hold.touch()
     try:
-        p.publish(topic, b"taken", qos=2, packet_id=1)
-        p.publish(topic, b"marker", qos=0)
-        got = [sub.get(WAIT_S).payload]
-        while got[-1] != b"marker":
-            got.append(sub.get(WAIT_S).payload)
+        got = taken_before_marker(p, sub, topic, b"taken", WAIT_S)
         faults.pause(a)
     finally:
         hold.unlink(missing_ok=True)  # a commits once it runs again
     try:
         p.close()  # the client gives up on a
-        q = mqttraw.Client(b)
-        ack = q.connect(pub_id, clean=False, properties=props, timeout=WAIT_S)
-        assert ack.reason_code == 0 and ack.session_present, ack
-        q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
-        wait_for(lambda: "resent QoS 2 message 1 to a session resumed without its old node's "
-                         "ids: it waits for them" in b.logtext(), WAIT_S, "b holding the resend")
-        with pytest.raises(mqttraw.Timeout):
-            q.recv(0.5)  # nothing answers it while a is stopped
+        q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+        resend_held(q, b, topic, b"taken", WAIT_S)  # while a is stopped
     finally:
         faults.resume(a)
-    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
-    q.pubrel(1)
-    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
-    assert "which its session's old node had taken: acknowledged, not delivered again" in \
-        b.logtext()
-    pid = q.publish(topic, b"after", qos=2)
-    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
-    q.pubrel(pid)
-    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    resend_answered_as_had(q, b, WAIT_S)
+    exchanged_qos2(q, topic, b"after", WAIT_S)
     q.disconnect()
     # each path's copy of "taken" comes before that path's last message:
     # b's before "after", a's (its outbox, in order) before "end"
     e = mqttraw.connected(a, uid("pub"), 5)
-    pid = e.publish(topic, b"end", qos=2)
-    assert e.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
-    e.pubrel(pid)
-    assert e.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    exchanged_qos2(e, topic, b"end", WAIT_S)
     e.disconnect()
     while b"after" not in got or b"end" not in got:
         got.append(sub.get(WAIT_S).payload)
@@ -835,43 +858,25 @@ def test_a_resend_elsewhere_of_what_a_killed_node_took_is_delivered_once(cluster
     sub = subscriber(cn, 2, topic)
     pub_id = uid("pub")
     props = {"session_expiry_interval": 600}
-    p = mqttraw.connected(a, pub_id, 5, clean=False, properties=props)
-    wait_for(lambda: all(pub_id in faults.tables(n)["sessions"] for n in c.nodes), WAIT_S,
-             f"the session record of {pub_id} on every node")
-    faults.converged_tables(c)
+    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
     p.publish(topic, b"taken", qos=2, packet_id=1)
     assert p.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1  # stored on a; "lost"
     assert sub.get(WAIT_S).payload == b"taken"
     a.stop(sig=signal.SIGKILL)
     p.close()
-    q = mqttraw.Client(b)
-    ack = q.connect(pub_id, clean=False, properties=props, timeout=WAIT_S)
-    assert ack.reason_code == 0 and ack.session_present, ack
-    q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
-    wait_for(lambda: "resent QoS 2 message 1 to a session resumed without its old node's "
-                     "ids: it waits for them" in b.logtext(), WAIT_S, "b holding the resend")
-    with pytest.raises(mqttraw.Timeout):
-        q.recv(0.5)  # nothing answers it while a is down
+    q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+    resend_held(q, b, topic, b"taken", WAIT_S)  # while a is down
     a.start()
-    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
-    q.pubrel(1)
-    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
-    assert "which its session's old node had taken: acknowledged, not delivered again" in \
-        b.logtext()
-    pid = q.publish(topic, b"after", qos=2)
-    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
-    q.pubrel(pid)
-    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    resend_answered_as_had(q, b, WAIT_S)
+    exchanged_qos2(q, topic, b"after", WAIT_S)
     q.disconnect()
     c.wait_healthy(60)
     e = mqttraw.connected(a, uid("pub"), 5)
-    pid = e.publish(topic, b"end", qos=2)
-    assert e.expect(mqttraw.PUBREC, WAIT_S).packet_id == pid
-    e.pubrel(pid)
-    assert e.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == pid
+    exchanged_qos2(e, topic, b"end", WAIT_S)
     e.disconnect()
     got = [b"taken"]
     while b"after" not in got or b"end" not in got:
         got.append(sub.get(WAIT_S).payload)
     sub.stop()
     assert sorted(got) == [b"after", b"end", b"taken"], got
+
