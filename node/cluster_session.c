@@ -308,9 +308,17 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
          * waits for them a while (its old node may have taken it, and
          * delivers it itself: a stalled node that completes its commit
          * once it runs again; handle_publish_park) */
-        if (rec->node && rec->node != cn->self) {
+        uint64_t blind = rec->node != cn->self ? rec->node : 0;
+        /* a record of this node's own (its claim's session was lost in a
+         * kill before its store had it, claim_won and adopt_lost): the
+         * owner before it may have taken the resend, and handed its ids
+         * to the session that was lost (chaos seed 9812 with --resend) */
+        for (size_t i = rec->n_owners; !blind && i > 0; i--)
+            if (rec->owners[i - 1]->node != cn->self)
+                blind = rec->owners[i - 1]->node;
+        if (blind) {
             s->blind_until = broker_now_mono_ms() + CN_RESEND_WAIT_MS;
-            s->blind_node = rec->node;
+            s->blind_node = blind;
         }
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
@@ -1034,13 +1042,21 @@ static void told_on_worker(void *ud)
 /* The QoS 2 ids an old copy of id held (its late state, or its messages'
  * frames): the session of claim `epoch` here, resumed from its record
  * without them, judges its client's resends by them (struct
- * session.told_ids, handle_publish_park). */
-static void owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBinaryData *id,
+ * session.told_ids, handle_publish_park). Whether a session was there to
+ * tell. */
+static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBinaryData *id,
                        uint64_t epoch, const uint32_t *received, size_t n_received)
 {
     struct session *s = claim_session_at(cn, (const char *)id->data, id->len, epoch, false);
+    uint64_t node = 0, later = 0;
+    /* a frame for an earlier claim (the old node's own, sent before it
+     * heard of the later one) tells the later claim's session here, if that
+     * one was resumed from the sender's record: blind_node below */
+    if (!s && fsm_registry_get(cn->fsm, (const char *)id->data, id->len, &node, &later) == 0 &&
+        node == cn->self && later > epoch)
+        s = claim_session_at(cn, (const char *)id->data, id->len, later, false);
     if (!s)
-        return;
+        return false;
     uint64_t now = broker_now_mono_ms();
     lock_acquire(&s->lock);
     bool blind = session_blind(s, now) && !s->told && s->blind_node == from;
@@ -1068,16 +1084,19 @@ static void owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
     if (w && cn->b->sink->call(w, told_on_worker, session_ref(s)) < 0)
         session_unref(s);
     session_unref(s);
+    return true;
 }
 
 void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
                               const Starling__Chan__SessionState *st,
                               const struct cluster_fwd_seq *sq)
 {
-    owner_told(cn, from, &st->client_id, st->epoch, st->qos2_received, st->n_qos2_received);
     /* its unfinished QoS 2 exchanges too: cn_session_on_messages
-     * completes them or drops them */
+     * completes them or drops them; and the QoS 2 ids it took (owner_told) */
     Starling__Chan__SessionMessages sm = STARLING__CHAN__SESSION_MESSAGES__INIT;
+    sm.qos2_received = st->qos2_received;
+    sm.n_qos2_received = st->n_qos2_received;
+    sm.has_qos2_told = sm.qos2_told = true;
     sm.client_id = st->client_id;
     sm.epoch = st->epoch;
     sm.n_msgs = st->n_msgs;
@@ -1669,9 +1688,13 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionMessages *sm,
                             const struct cluster_fwd_seq *sq)
 {
-    if (sm->has_qos2_told && sm->qos2_told)
+    bool told =
+        !(sm->has_qos2_told && sm->qos2_told) ||
         owner_told(cn, from, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received);
     fold_on_messages(cn, from, sm, sq, NULL);
+    /* the frame may have built the session (adopt_lost): told now */
+    if (!told)
+        owner_told(cn, from, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received);
 }
 
 /* cn_session_on_messages; fr (or NULL): the rows of the old copy that sm

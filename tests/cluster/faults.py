@@ -356,17 +356,54 @@ class SmallDisk:
 
 # ----------------------------------------------------------------------- state
 
+def _pb_varint(buf, i):
+    """A protobuf varint at buf[i]: (value, index after it)."""
+    v = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return v, i
+
+
+def _pb_varint_field(buf, field):
+    """The value of varint field `field` of a packed protobuf message
+    (None when absent)."""
+    i = 0
+    while i < len(buf):
+        key, i = _pb_varint(buf, i)
+        kind = key & 7
+        if kind == 0:
+            v, i = _pb_varint(buf, i)
+            if key >> 3 == field:
+                return v
+        elif kind == 2:
+            n, i = _pb_varint(buf, i)
+            i += n
+        elif kind == 1:
+            i += 8
+        elif kind == 5:
+            i += 4
+        else:
+            return None
+    return None
+
+
 def tables(node):
     """The replicated tables of a node as its LMDB environment holds them:
     {"applied": int, "checksum": int, "routes": {(node_id, filter)},
     "registry": {client_id: (node_id, epoch)}, "retained": {topic: bytes},
-    "sessions": {client_id}} (the ids with a session record).
+    "sessions": {client_id}} (the ids with a session record), "record_node":
+    {client_id: the node its record names}.
     Read-only, while the node runs (LMDB readers never block the writer)."""
     import lmdb
     path = os.path.join(node.dir, "cluster", "fsm")
     env = lmdb.open(path, readonly=True, max_dbs=8, lock=True, subdir=True)
     try:
-        out = {"routes": set(), "registry": {}, "retained": {}, "sessions": set()}
+        out = {"routes": set(), "registry": {}, "retained": {}, "sessions": set(),
+               "record_node": {}}
         with env.begin() as txn:
             meta = env.open_db(b"meta", txn=txn, create=False)
             a = txn.get(b"applied", db=meta)
@@ -384,8 +421,9 @@ def tables(node):
                 out["registry"][k.decode(errors="replace")] = struct.unpack("<QQ", v[:16])
             for k, v in records(b"retained"):
                 out["retained"][k.decode(errors="replace")] = v[16:]
-            for k, _ in records(b"sessions"):
+            for k, v in records(b"sessions"):
                 out["sessions"].add(k.decode(errors="replace"))
+                out["record_node"][k.decode(errors="replace")] = _pb_varint_field(v, 2)
         return out
     finally:
         env.close()

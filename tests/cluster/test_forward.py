@@ -880,3 +880,60 @@ def test_a_resend_elsewhere_of_what_a_killed_node_took_is_delivered_once(cluster
     sub.stop()
     assert sorted(got) == [b"after", b"end", b"taken"], got
 
+
+def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster_factory,
+                                                                         tmp_path):
+    """Chaos seed 9812 with --resend (QoS 2 duplicates after every node was
+    SIGKILLed), made deterministic. A persistent QoS 2 publisher's node a
+    stores its message and sends PUBREC, which is lost. The client resumes
+    its session on node b: its claim commits, a hands its state over (with
+    the id it took), but b's store commits nothing more
+    (STARLING_TEST_STORE_HOLD), so the CONNACK never comes, and b is
+    SIGKILLed. Started again, b finds the registry giving it the session,
+    which is not in its store: it rebuilds the session from its record.
+    The client resends the PUBLISH there (DUP 1). The copy on a holds the
+    id; b must not take the resend as new: it waits for a's ids (the
+    owner before it, when the record names b itself), and a's copy tells
+    them: acknowledged as received, not delivered again."""
+    WAIT_S = 30.0
+    c = cluster_factory()
+    a, b, cn = c.nodes
+    hold = tmp_path / "hold-b"
+    faults.store_held(b, hold)
+    c.start()
+    c.wait_healthy()
+    topic = uid("fwd/lost")
+    sub = subscriber(cn, 2, topic)
+    pub_id = uid("pub")
+    props = {"session_expiry_interval": 600}
+    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
+    p.publish(topic, b"taken", qos=2, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1  # stored on a; "lost"
+    assert sub.get(WAIT_S).payload == b"taken"
+    hold.touch()
+    try:
+        p.close()
+        q = mqttraw.Client(b)
+        q.connect(pub_id, clean=False, properties=props, expect=False)
+        wait_for(lambda: faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(b),
+                 WAIT_S, f"the record of {pub_id} naming b")
+        b.stop(sig=signal.SIGKILL)
+        q.close()
+    finally:
+        hold.unlink(missing_ok=True)
+    b.start()
+    c.wait_healthy(60)
+    q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+    q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
+    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
+    q.pubrel(1)
+    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
+    exchanged_qos2(q, topic, b"after", WAIT_S)
+    q.disconnect()
+    got = [sub.get(WAIT_S).payload]
+    while got[-1] != b"after":
+        got.append(sub.get(WAIT_S).payload)
+    sub.stop()
+    assert got == [b"after"], got  # "taken" came once, before the kill
+    assert "which its session's old node had taken: acknowledged, not delivered again" in \
+        b.logtext()
