@@ -122,6 +122,10 @@ struct raft_node {
     /* The messages from peers: raft_uv's start, wrapped by guarded_start */
     int (*io_start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv);
     raft_io_recv_cb io_recv;
+    /* loop: while libraft handles an AppendEntries (guarded_recv), the last
+     * index that message proves equal to the leader's */
+    bool answering;
+    raft_index answer_bound;
     uint64_t resends_thinned; /* atomic: sent as a heartbeat instead (watched_send) */
     uint64_t unstored_since;  /* loop: check_log_stall (0: stored) */
     bool failed;              /* atomic: the log cannot be written (raft_node_failed) */
@@ -704,11 +708,38 @@ bool raft_node_bound_commit(struct raft_message *m)
     return true;
 }
 
+/*
+ * The answer to an AppendEntries is bounded the same way (a review of the
+ * above found it). 0.15 answers an AppendEntries that brings nothing to
+ * write at once, from within the receive, with last_log_index = its own
+ * last stored index, and the leader takes that as the index up to which
+ * the follower's log equals its own. After a thinned resend (a heartbeat
+ * whose prev_log_index lies below a stale tail) that counted the stale
+ * entries as matching: a leader whose other follower is down could commit
+ * its entry at that index with the stale node's answer, and lose it if the
+ * stale node were elected next. An answer sent while such a message is
+ * handled says at most prev_log_index + n_entries. Answers after a write
+ * (entries written) say what was written, which the message covered.
+ */
 static void guarded_recv(struct raft_io *io, struct raft_message *m)
 {
     struct raft_node *n = (struct raft_node *)((char *)io - offsetof(struct raft_node, io));
     raft_node_bound_commit(m);
+    n->answering = m->type == RAFT_IO_APPEND_ENTRIES;
+    n->answer_bound = m->append_entries.prev_log_index + m->append_entries.n_entries;
     n->io_recv(io, m);
+    n->answering = false;
+}
+
+bool raft_node_bound_answer(struct raft_message *m, uint64_t bound)
+{
+    if (m->type != RAFT_IO_APPEND_ENTRIES_RESULT)
+        return false;
+    struct raft_append_entries_result *r = &m->append_entries_result;
+    if (r->rejected || r->last_log_index <= bound)
+        return false;
+    r->last_log_index = bound;
+    return true;
 }
 
 static int guarded_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
@@ -722,10 +753,12 @@ static int guarded_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tic
 static int watched_send(struct raft_io *io, struct raft_io_send *req,
                         const struct raft_message *sent, raft_io_send_cb cb)
 {
+    struct raft_node *n = (struct raft_node *)((char *)io - offsetof(struct raft_node, io));
     struct raft_message bounded = *sent;
     raft_node_bound_commit(&bounded);
+    if (n->answering)
+        raft_node_bound_answer(&bounded, n->answer_bound);
     const struct raft_message *m = &bounded;
-    struct raft_node *n = (struct raft_node *)((char *)io - offsetof(struct raft_node, io));
     const struct raft_append_entries *a = &m->append_entries;
     if (m->type != RAFT_IO_APPEND_ENTRIES || a->n_entries == 0)
         return n->io_send(io, req, m, cb);

@@ -166,6 +166,11 @@ struct raft_message;
  * commit its own stale entries past them): whether it was lowered. Every
  * message this node sends and receives goes through it. */
 bool raft_node_bound_commit(struct raft_message *m);
+/* An AppendEntries result sent while an AppendEntries proving the
+ * follower's log equal to the leader's up to `bound` is handled: its
+ * last_log_index bounded by it (0.15 says its own last stored index,
+ * stale entries past the message included): whether it was lowered. */
+bool raft_node_bound_answer(struct raft_message *m, uint64_t bound);
 /* Whether this node leads and Raft received a message from server id
  * within the last election timeout or two (libraft's own contact check: an
  * answer to a heartbeat or an append). On the raft thread only (cluster.c
