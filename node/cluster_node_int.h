@@ -263,8 +263,11 @@ void cn_session_ended(void *ud, struct session *s);
  * route changes; an expiry of 0 deletes a record that exists. */
 void cn_session_record_queue(struct cluster_node *cn, struct session *s);
 /* A session built from the replicated record of id (not in the table, one
- * reference), or NULL when there is none. */
-struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len);
+ * reference), or NULL when there is none. prev: the registry's owner
+ * before the claim it is for (0: not known), whose QoS 2 ids its client's
+ * resends wait for (session.blind_node). */
+struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len,
+                                       uint64_t prev);
 /* The old owner: s (taken out of the table, with its reference) sent its
  * state to `to` (claim `epoch`); what still arrives for it goes there until
  * SessionRouted (or a deadline), then s ends. `now` (no state was sent:

@@ -546,7 +546,7 @@ static void claim_finish(struct cl_claim *k, int status)
  * session when there is none). */
 static void claim_from_record(struct cl_claim *k)
 {
-    struct session *s = cn_session_from_record(k->cn, k->id, k->req.id_len);
+    struct session *s = cn_session_from_record(k->cn, k->id, k->req.id_len, k->prev_node);
     if (s) {
         k->incoming = s;
         k->from_record = true;

@@ -272,7 +272,8 @@ static Starling__Cmd__SessionRecord *record_read(struct cluster_node *cn, const 
     return rec;
 }
 
-struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len)
+struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len,
+                                       uint64_t prev)
 {
     Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
     if (!rec)
@@ -308,11 +309,15 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
          * waits for them a while (its old node may have taken it, and
          * delivers it itself: a stalled node that completes its commit
          * once it runs again; handle_publish_park) */
-        uint64_t blind = rec->node != cn->self ? rec->node : 0;
-        /* a record of this node's own (its claim's session was lost in a
-         * kill before its store had it, claim_won and adopt_lost): the
-         * owner before it may have taken the resend, and handed its ids
-         * to the session that was lost (chaos seed 9812 with --resend) */
+        /* the registry's owner before this claim (prev), the client's
+         * last node, when it is another node (a claim that died before it
+         * wrote its record, or the record's own node); else the record's
+         * node; else, a record of this node's own (this node's claim's
+         * session lost in a kill before its store had it: claim_won,
+         * adopt_lost), the owner before it in the record, which may have
+         * taken the resend and handed its ids to the session that was lost
+         * (chaos seed 9812 with --resend) */
+        uint64_t blind = prev && prev != cn->self ? prev : rec->node != cn->self ? rec->node : 0;
         for (size_t i = rec->n_owners; !blind && i > 0; i--)
             if (rec->owners[i - 1]->node != cn->self)
                 blind = rec->owners[i - 1]->node;
@@ -1639,10 +1644,12 @@ static struct session *handed_on_copy(struct cluster_node *cn, const char *id, u
  * that what the frame brings is kept for its client, who resumes it here.
  * A reference, or NULL (no record: a session of expiry 0). */
 static struct session *adopt_lost(struct cluster_node *cn, const char *id, uint16_t len,
-                                  uint64_t epoch)
+                                  uint64_t epoch, uint64_t from)
 {
     struct broker *b = cn->b;
-    struct session *s = cn_session_from_record(cn, id, len);
+    /* the frame's sender is the old copy that handed its state to the
+     * claim that was lost here: its resends wait for that copy's ids */
+    struct session *s = cn_session_from_record(cn, id, len, from);
     if (!s)
         return NULL;
     lock_acquire(&s->lock);
@@ -1800,7 +1807,7 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
                  sm->n_msgs, (int)sm->client_id.len, id, (unsigned long long)sm->epoch,
                  (unsigned long long)from, (unsigned long long)to, (unsigned long long)to_epoch);
     if (!s && sq && node == cn->self && epoch >= sm->epoch) {
-        s = adopt_lost(cn, id, (uint16_t)sm->client_id.len, epoch);
+        s = adopt_lost(cn, id, (uint16_t)sm->client_id.len, epoch, from);
         own_claim = epoch == sm->epoch;
     }
     if (!s) {
