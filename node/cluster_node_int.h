@@ -144,6 +144,10 @@ struct cluster_node {
     struct cl_claim *claims;         /* reg_mu: retrying, or awaiting state */
     struct surrendered *surrendered; /* reg_mu: sessions given up, kept for their claimant */
     struct held_request *held;       /* reg_mu: requests waiting for a claim of this node */
+    /* reg_mu: requests being answered: their session is out of
+     * `surrendered` and not in `moving` yet (request_answer); a stop's
+     * hand-over waits for them */
+    unsigned answering;
 
     /* persistent sessions across faults (cluster_session.c) */
     struct cn_moving *moving;     /* reg_mu: old copies whose late messages follow the session */

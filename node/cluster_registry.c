@@ -1289,7 +1289,15 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
         s = cn_moving_take(cn, id, len, from, req_epoch);
         known = s != NULL;
     }
+    /* in no list until cn_moving_add: a stop's hand-over counts it here.
+     * Before, a SIGTERMed node whose hand-over looked in that moment found
+     * nothing left, stopped, and the state never went out: the claimant
+     * resumed the session from its record after cluster_claim_timeout
+     * (test_faults.py::test_sigterm_hands_a_persistent_session_over_whole,
+     * once in a whole make test) */
+    cn->answering++;
     pthread_mutex_unlock(&cn->reg_mu);
+    (void)cn_test_delay("STARLING_TEST_ANSWER_DELAY_MS");
     /* A copy of an older claim than the last owner's before the claimant
      * (a stored one that the start-up pass sent on, and whose claimant's
      * request, held in the channel while this node was down, came after
@@ -1305,6 +1313,9 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
     state_send(cn, from, cid, req_epoch, s, direct);
     if (s) /* what still arrives for it follows it (cluster_session.c) */
         cn_moving_add(cn, s, from, req_epoch, false, known);
+    pthread_mutex_lock(&cn->reg_mu);
+    cn->answering--;
+    pthread_mutex_unlock(&cn->reg_mu);
 }
 
 /* A SessionRequest from the node that won the claim (cluster thread). */

@@ -3146,8 +3146,9 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
 
 /* What cluster_node_hand_over still waits for: persistent sessions that
  * the stop disconnected and that are still here, unclaimed; sessions
- * surrendered to a claim whose request has not come; copies whose state
- * was sent and whose new owner's routes are not everywhere yet. */
+ * surrendered to a claim whose request has not come, or is being
+ * answered; copies whose state was sent and whose new owner's routes are
+ * not everywhere yet. */
 static size_t hand_over_pending(struct cluster_node *cn, uint64_t since)
 {
     struct broker *b = cn->b;
@@ -3163,7 +3164,7 @@ static size_t hand_over_pending(struct cluster_node *cn, uint64_t since)
         }
     pthread_mutex_unlock(&r->lock);
     pthread_mutex_lock(&cn->reg_mu);
-    n += cn_registry_surrendered(cn);
+    n += cn_registry_surrendered(cn) + cn->answering;
     for (struct cn_moving *x = cn->moving; x; x = x->next)
         if (!x->now && !x->graced)
             n++;
