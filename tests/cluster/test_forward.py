@@ -732,6 +732,32 @@ def resend_answered_as_had(q, node, wait_s):
         node.logtext()
 
 
+def resend_setup(cluster_factory, hold, held, name, wait_s):
+    """A cluster (node `held`, an index, commits nothing while the file
+    `hold` exists; None: none), a QoS 2 subscriber on the third node, and a
+    raw persistent QoS 2 publisher on the first: (c, topic, sub, pub_id,
+    props, p)."""
+    c = cluster_factory()
+    if held is not None:
+        faults.store_held(c.nodes[held], hold)
+    c.start()
+    c.wait_healthy()
+    topic = uid(name)
+    sub = subscriber(c.nodes[2], 2, topic)
+    pub_id = uid("pub")
+    props = {"session_expiry_interval": 600}
+    p = persistent_qos2_publisher(c, c.nodes[0], pub_id, props, wait_s)
+    return c, topic, sub, pub_id, props, p
+
+
+def taken_and_acknowledged(p, sub, topic, wait_s):
+    """p's QoS 2 message (packet id 1) is stored on its node, which answers
+    PUBREC; the client reads it and acts as if it never came ("lost")."""
+    p.publish(topic, b"taken", qos=2, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, wait_s).packet_id == 1
+    assert sub.get(wait_s).payload == b"taken"
+
+
 def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_path):
     """A persistent QoS 2 publisher on node a, a subscriber on node c. Node
     a's store commits nothing while a file exists (debug hook
@@ -751,17 +777,9 @@ def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_pa
     the other nodes' subscribers the same way). Once a is back, a message
     published there arrives after it, and nothing else does."""
     WAIT_S = 30.0
-    c = cluster_factory()
-    a, b, cn = c.nodes
     hold = tmp_path / "hold-a-commits"
-    faults.store_held(a, hold)
-    c.start()
-    c.wait_healthy()
-    topic = uid("fwd/commit")
-    sub = subscriber(cn, 2, topic)
-    pub_id = uid("pub")
-    props = {"session_expiry_interval": 600}
-    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/commit", WAIT_S)
+    a, b, _ = c.nodes
     hold.touch()
     try:
         got = taken_before_marker(p, sub, topic, b"resent", WAIT_S)
@@ -802,17 +820,9 @@ def test_a_resend_elsewhere_of_what_a_stalled_node_took_is_delivered_once(cluste
     took it as new and the subscriber got it twice (chaos seed 9801;
     kill_resend.py --stop 12: a duplicate in 6 of 10 stalls)."""
     WAIT_S = 30.0
-    c = cluster_factory()
-    a, b, cn = c.nodes
     hold = tmp_path / "hold-a-commits"
-    faults.store_held(a, hold)
-    c.start()
-    c.wait_healthy()
-    topic = uid("fwd/stall")
-    sub = subscriber(cn, 2, topic)
-    pub_id = uid("pub")
-    props = {"session_expiry_interval": 600}
-    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/stall", WAIT_S)
+    a, b, _ = c.nodes
     hold.touch()
     try:
         got = taken_before_marker(p, sub, topic, b"taken", WAIT_S)
@@ -850,18 +860,10 @@ def test_a_resend_elsewhere_of_what_a_killed_node_took_is_delivered_once(cluster
     subscriber gets it once, from a. Before, b took it as new: twice
     (docs/cluster.md, "A session resumed from its record")."""
     WAIT_S = 30.0
-    c = cluster_factory()
-    c.start()
-    c.wait_healthy()
-    a, b, cn = c.nodes
-    topic = uid("fwd/kill")
-    sub = subscriber(cn, 2, topic)
-    pub_id = uid("pub")
-    props = {"session_expiry_interval": 600}
-    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
-    p.publish(topic, b"taken", qos=2, packet_id=1)
-    assert p.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1  # stored on a; "lost"
-    assert sub.get(WAIT_S).payload == b"taken"
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, None, None, "fwd/kill",
+                                                   WAIT_S)
+    a, b, _ = c.nodes
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
     a.stop(sig=signal.SIGKILL)
     p.close()
     q = resumed_elsewhere(b, pub_id, props, WAIT_S)
@@ -896,20 +898,10 @@ def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster
     owner before it, when the record names b itself), and a's copy tells
     them: acknowledged as received, not delivered again."""
     WAIT_S = 30.0
-    c = cluster_factory()
-    a, b, cn = c.nodes
     hold = tmp_path / "hold-b"
-    faults.store_held(b, hold)
-    c.start()
-    c.wait_healthy()
-    topic = uid("fwd/lost")
-    sub = subscriber(cn, 2, topic)
-    pub_id = uid("pub")
-    props = {"session_expiry_interval": 600}
-    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
-    p.publish(topic, b"taken", qos=2, packet_id=1)
-    assert p.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1  # stored on a; "lost"
-    assert sub.get(WAIT_S).payload == b"taken"
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 1, "fwd/lost", WAIT_S)
+    _, b, cn = c.nodes
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
     hold.touch()
     try:
         p.close()

@@ -505,10 +505,28 @@ static int figure8_scenario(bool guard)
  * With raft_node_bound_commit on what S1 receives, the heartbeat commits
  * nothing past index 1, S1 takes B and C and applies what the others did.
  */
+/* S1's side of the stale-tail scenarios: each AppendEntries with entries
+ * comes after its heartbeat copy (a thinned resend), and is held back
+ * while stale_hold is set; with stale_bound, what S1 receives and answers
+ * is bounded as raft_node bounds it. */
 static raft_io_recv_cb stale_recv;
 static int (*stale_start)(struct raft_io *, unsigned, raft_io_tick_cb, raft_io_recv_cb);
-static bool stale_bound;
-static unsigned stale_heartbeats;
+static int (*stale_send)(struct raft_io *, struct raft_io_send *, const struct raft_message *,
+                         raft_io_send_cb);
+static bool stale_bound, stale_hold, stale_answering;
+static raft_index stale_answer_at;
+static unsigned stale_heartbeats, stale_held;
+
+/* Hand m to libraft as raft_node's guarded_recv does (when bounded). */
+static void stale_deliver(struct raft_io *io, struct raft_message *m)
+{
+    if (stale_bound)
+        raft_node_bound_commit(m);
+    stale_answering = m->type == RAFT_IO_APPEND_ENTRIES;
+    stale_answer_at = m->append_entries.prev_log_index + m->append_entries.n_entries;
+    stale_recv(io, m);
+    stale_answering = false;
+}
 
 static void stale_tail_recv(struct raft_io *io, struct raft_message *m)
 {
@@ -516,14 +534,14 @@ static void stale_tail_recv(struct raft_io *io, struct raft_message *m)
         struct raft_message hb = *m;
         hb.append_entries.entries = NULL;
         hb.append_entries.n_entries = 0;
-        if (stale_bound)
-            raft_node_bound_commit(&hb);
         stale_heartbeats++;
-        stale_recv(io, &hb);
+        stale_deliver(io, &hb);
+        if (stale_hold) {
+            stale_held++; /* (its entries leak: the child exits) */
+            return;
+        }
     }
-    if (stale_bound)
-        raft_node_bound_commit(m);
-    stale_recv(io, m);
+    stale_deliver(io, m);
 }
 
 static int stale_tail_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
@@ -533,27 +551,47 @@ static int stale_tail_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb 
     return stale_start(io, msecs, tick, stale_tail_recv);
 }
 
+static int stale_tail_send(struct raft_io *io, struct raft_io_send *req,
+                           const struct raft_message *m, raft_io_send_cb cb)
+{
+    struct raft_message copy = *m;
+    if (stale_bound && stale_answering)
+        raft_node_bound_answer(&copy, stale_answer_at);
+    return stale_send(io, req, &copy, cb);
+}
+
+/* The fixture's logs: S1 (index 0) with n1 entries of term 2 past the
+ * configuration (claims of node 1), S2 and S3 with n23 of term 3 (claims of
+ * node 2); S1's I/O wrapped as above. */
+static int stale_logs(struct cluster *c, unsigned n1, unsigned n23, bool bound, bool hold)
+{
+    cluster_setup(c, 3, false);
+    for (unsigned i = 0; i < 3; i++) {
+        for (unsigned k = 0; k < (i ? n23 : n1); k++) {
+            struct raft_entry e = claim_entry(i ? 3 : 2, i ? 2 : 1);
+            raft_fixture_add_entry(&c->f, i, &e);
+        }
+        raft_fixture_set_term(&c->f, i, i ? 3 : 2);
+    }
+    struct raft_io *io = raft_fixture_get(&c->f, 0)->io;
+    stale_bound = bound;
+    stale_hold = hold;
+    stale_start = io->start;
+    io->start = stale_tail_start;
+    stale_send = io->send;
+    io->send = stale_tail_send;
+    CHECK(raft_fixture_start(&c->f) == 0);
+    raft_fixture_elect(&c->f, 1);
+    CHECK(raft_fixture_leader_index(&c->f) == 1);
+    return 0;
+}
+
 static int stale_tail_scenario(bool bound)
 {
     static struct cluster c;
-    cluster_setup(&c, 3, false);
-    struct raft_entry a = claim_entry(2, 1), b1 = claim_entry(3, 2), b2 = claim_entry(3, 2);
-    struct raft_entry c1 = claim_entry(3, 3), c2 = claim_entry(3, 3);
-    raft_fixture_add_entry(&c.f, 0, &a);
-    raft_fixture_add_entry(&c.f, 1, &b1);
-    raft_fixture_add_entry(&c.f, 2, &b2);
-    raft_fixture_add_entry(&c.f, 1, &c1);
-    raft_fixture_add_entry(&c.f, 2, &c2);
-    raft_fixture_set_term(&c.f, 0, 2);
-    raft_fixture_set_term(&c.f, 1, 3);
-    raft_fixture_set_term(&c.f, 2, 3);
-    struct raft_io *io = raft_fixture_get(&c.f, 0)->io;
-    stale_bound = bound;
-    stale_start = io->start;
-    io->start = stale_tail_start;
-    CHECK(raft_fixture_start(&c.f) == 0);
-    raft_fixture_elect(&c.f, 1);
-    CHECK(raft_fixture_leader_index(&c.f) == 1);
+    int line = stale_logs(&c, 1, 2, bound, false);
+    if (line)
+        return line;
     /* an entry of the leader's term commits B and C (fsm_raft's guard) */
     struct cmd_batch *cb = cmd_batch_new();
     cmd_route_add(cb, S("after"), 2);
@@ -602,75 +640,12 @@ static int stale_tail_scenario(bool bound)
  * handles an AppendEntries (as raft_node does), S1 says 1, C waits, and it
  * commits once S1 took B and C.
  */
-static int (*answer_send)(struct raft_io *, struct raft_io_send *, const struct raft_message *,
-                          raft_io_send_cb);
-static bool answer_bounded, answer_in_recv, answer_hold = true;
-static raft_index answer_at;
-static unsigned answer_held;
-
-static void answer_recv(struct raft_io *io, struct raft_message *m)
-{
-    if (m->type == RAFT_IO_APPEND_ENTRIES && m->append_entries.n_entries > 0) {
-        struct raft_message hb = *m;
-        hb.append_entries.entries = NULL;
-        hb.append_entries.n_entries = 0;
-        if (answer_bounded)
-            raft_node_bound_commit(&hb);
-        answer_in_recv = true;
-        answer_at = hb.append_entries.prev_log_index;
-        stale_recv(io, &hb);
-        answer_in_recv = false;
-        if (answer_hold) {
-            answer_held++; /* (its entries leak: the child exits) */
-            return;
-        }
-    }
-    if (answer_bounded)
-        raft_node_bound_commit(m);
-    answer_in_recv = m->type == RAFT_IO_APPEND_ENTRIES;
-    answer_at = m->append_entries.prev_log_index + m->append_entries.n_entries;
-    stale_recv(io, m);
-    answer_in_recv = false;
-}
-
-static int answer_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
-                        raft_io_recv_cb recv)
-{
-    stale_recv = recv;
-    return stale_start(io, msecs, tick, answer_recv);
-}
-
-static int answer_send_bounded(struct raft_io *io, struct raft_io_send *req,
-                               const struct raft_message *m, raft_io_send_cb cb)
-{
-    struct raft_message copy = *m;
-    if (answer_bounded && answer_in_recv)
-        raft_node_bound_answer(&copy, answer_at);
-    return answer_send(io, req, &copy, cb);
-}
-
 static int stale_answer_scenario(bool bound)
 {
     static struct cluster c;
-    cluster_setup(&c, 3, false);
-    struct raft_entry a2 = claim_entry(2, 1), a3 = claim_entry(2, 1);
-    struct raft_entry b1 = claim_entry(3, 2), b2 = claim_entry(3, 2);
-    raft_fixture_add_entry(&c.f, 0, &a2);
-    raft_fixture_add_entry(&c.f, 0, &a3);
-    raft_fixture_add_entry(&c.f, 1, &b1);
-    raft_fixture_add_entry(&c.f, 2, &b2);
-    raft_fixture_set_term(&c.f, 0, 2);
-    raft_fixture_set_term(&c.f, 1, 3);
-    raft_fixture_set_term(&c.f, 2, 3);
-    struct raft_io *io = raft_fixture_get(&c.f, 0)->io;
-    answer_bounded = bound;
-    stale_start = io->start;
-    io->start = answer_start;
-    answer_send = io->send;
-    io->send = answer_send_bounded;
-    CHECK(raft_fixture_start(&c.f) == 0);
-    raft_fixture_elect(&c.f, 1);
-    CHECK(raft_fixture_leader_index(&c.f) == 1);
+    int line = stale_logs(&c, 2, 1, bound, true);
+    if (line)
+        return line;
     raft_fixture_kill(&c.f, 2);
     struct cmd_batch *cb = cmd_batch_new();
     cmd_route_add(cb, S("c"), 2);
@@ -680,15 +655,15 @@ static int stale_answer_scenario(bool bound)
     bool committed = raft_fixture_step_until(&c.f, proposal_done, &p, 3000);
     printf("\n  stale answer (%s): %u AppendEntries with entries held from S1; C %s with S3 "
            "dead\n",
-           bound ? "answer bounded" : "0.15 as is", answer_held,
+           bound ? "answer bounded" : "0.15 as is", stale_held,
            committed ? "committed" : "not committed");
-    CHECK(answer_held > 0);
+    CHECK(stale_held > 0);
     if (!bound) {
         /* committed while S2 alone holds it: S1 never got an entry */
         CHECK(committed && p.status == 0);
     } else {
         CHECK(!committed);
-        answer_hold = false; /* S1 takes B and C now */
+        stale_hold = false; /* S1 takes B and C now */
         CHECK(raft_fixture_step_until(&c.f, proposal_done, &p, 5000));
         CHECK(p.status == 0);
         CHECK(raft_fixture_step_until_applied(&c.f, 0, 3, 5000));
