@@ -4699,6 +4699,8 @@ def test_owners_own_publishes_held_in_its_outbox_across_a_kill_come_once(cluster
     b.start()
     wait_until(lambda: moved in b.logtext()[start:], 60,
                f"{b.name} finding its stored copy of {cid} claimed away by {a.name}")
+    # (its MQTT listener opens after that pass: once, the CONNECT came first)
+    wait_until(lambda: "(MQTT, " in b.logtext()[start:], 60, f"{b.name} listening")
     s = resumed_on(b, cid, timeout=30, tries=3)
     log = b.logtext()[start:]
     assert f"the session of '{cid}' resumed from its record" in log
