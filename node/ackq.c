@@ -7,6 +7,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "broker.h"
 #include "conn.h"
@@ -118,25 +120,27 @@ static void ackq_drain(struct conn *c)
     }
 }
 
-static uint32_t ackq_push_gated(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
-                                bool ready, bool gated)
+/* Queue acknowledgement `token` (from ++c->next_token) of c, or send it at
+ * once when it is ready and nothing is ahead of it. Out of memory, the
+ * connection is closed (the client resends on its next one). */
+static void ackq_queue(struct conn *c, uint32_t token, enum mqtt_type type, uint16_t pid,
+                       uint8_t reason, bool ready, bool gated, bool dup)
 {
-    uint32_t token = ++c->next_token;
     if (ready && !gated && (!c->x || c->x->acks_len == 0)) {
         conn_send_ack(c, type, pid, reason);
-        return token;
+        return;
     }
     struct conn_extra *x = conn_x(c);
     if (!x) {
         conn_close(c, MQTT_RC_UNSPECIFIED, false);
-        return token;
+        return;
     }
     if (x->acks_len == x->acks_cap) {
         uint32_t cap = x->acks_cap ? x->acks_cap * 2 : 8;
         struct pending_ack *p = realloc(x->acks, cap * sizeof(*p));
         if (!p) {
             conn_close(c, MQTT_RC_UNSPECIFIED, false);
-            return token;
+            return;
         }
         x->acks = p;
         x->acks_cap = cap;
@@ -146,7 +150,15 @@ static uint32_t ackq_push_gated(struct conn *c, enum mqtt_type type, uint16_t pi
                                                   .type = (uint8_t)type,
                                                   .reason = reason,
                                                   .ready = ready,
-                                                  .gated = gated};
+                                                  .gated = gated,
+                                                  .dup = dup};
+}
+
+static uint32_t ackq_push_gated(struct conn *c, enum mqtt_type type, uint16_t pid, uint8_t reason,
+                                bool ready, bool gated)
+{
+    uint32_t token = ++c->next_token;
+    ackq_queue(c, token, type, pid, reason, ready, gated, false);
     return token;
 }
 
@@ -210,6 +222,32 @@ void ackq_free(struct conn *c)
     if (c->x)
         free(c->x->acks);
 }
+
+#ifndef NDEBUG
+/* Tests (debug builds only): while the file that STARLING_TEST_ACK_CLOSED_HOLD
+ * names exists, a worker whose connection closed while it queued the
+ * acknowledgement of a PUBLISH (out of memory) waits right after: the
+ * moment in which the client's resend on its next connection, served by
+ * another worker, can overtake what this one has not done yet
+ * (tests/integration/test_failalloc.py). */
+static void ackq_test_closed_hold(struct conn *c, uint16_t pid)
+{
+    const char *path = getenv("STARLING_TEST_ACK_CLOSED_HOLD");
+    if (!path || access(path, F_OK) != 0)
+        return;
+    log_warn("test: held: %s closed while queuing the acknowledgement of publish %u", CONN_PEER(c),
+             pid);
+    struct timespec ts = {0, 2000000};
+    while (access(path, F_OK) == 0)
+        nanosleep(&ts, NULL);
+}
+#else
+static void ackq_test_closed_hold(struct conn *c, uint16_t pid)
+{
+    (void)c;
+    (void)pid;
+}
+#endif
 
 struct ack_wait {
     struct conn *c;
@@ -313,12 +351,8 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
         }
         return;
     }
-    /* the session first: ackq_push closes the connection (and detaches
-     * it) when out of memory, and a failed commit must still forget the id */
     a->s = type == MQTT_PUBREC && c->session ? session_ref(c->session) : NULL;
-    a->token = ackq_push_gated(c, type, pid, reason, false, gate != NULL);
-    if (gate && c->state == CONN_ACTIVE)
-        ack_gate_arm(gate, c, a->token);
+    uint32_t token = a->token = ++c->next_token;
     a->c = conn_ref(c);
     a->pid = pid;
     a->type = (uint8_t)type;
@@ -330,7 +364,19 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
     } else {
         memset(&a->targets, 0, sizeof(a->targets));
     }
+    /* Submitted before the acknowledgement is queued, which closes the
+     * connection when out of memory: the client then resends on its next
+     * connection, perhaps on another worker at once, and a duplicate's
+     * empty batch (ackq_after_dup) must come after this one, as it relies
+     * on the commits running in submission order. The result comes back
+     * through this worker's queue (worker_post_ack), after the entry is
+     * queued; a is the writer's from here on. */
     persist_submit(b, bt, ackq_on_commit, a);
+    ackq_queue(c, token, type, pid, reason, false, gate != NULL, false);
+    if (gate && c->state == CONN_ACTIVE)
+        ack_gate_arm(gate, c, token);
+    if (publish && c->state != CONN_ACTIVE)
+        ackq_test_closed_hold(c, pid);
 }
 
 void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid)
@@ -355,19 +401,16 @@ void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid)
         return;
     }
     memset(a, 0, sizeof(*a));
-    /* before ackq_push, which closes the connection (and detaches the
-     * session) when out of memory */
     a->s = session_ref(c->session);
-    a->token = ackq_push(c, MQTT_PUBREC, pid, 0, false);
-    struct conn_extra *x = c->x;
-    if (x && x->acks_len && x->acks[x->acks_len - 1].token == a->token)
-        x->acks[x->acks_len - 1].dup = true;
+    uint32_t token = a->token = ++c->next_token;
     a->c = conn_ref(c);
     a->pid = pid;
     a->type = MQTT_PUBREC;
     a->dup = true;
     /* an empty batch: committed after every batch submitted before it,
-     * among them the original's */
+     * among them the original's; submitted before the entry is queued, as
+     * in ackq_after */
     store_submit(b->store, *bt, ackq_on_commit, a);
     *bt = NULL;
+    ackq_queue(c, token, MQTT_PUBREC, pid, 0, false, false, true);
 }

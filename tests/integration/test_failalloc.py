@@ -234,14 +234,20 @@ def retained_of(acked):
     return {x for x in acked if int(x.split(b"-")[-1]) % 5 == 0}
 
 
-def collect(c, marker):
-    """Payloads received by c until `marker` (published after the rest)."""
-    got = set()
+def received_until(c, marker):
+    """The payloads c receives before `marker` (published after the rest),
+    in order."""
+    got = []
     while True:
         p = c.recv_publish(timeout=10)
         if p.payload == marker:
             return got
-        got.add(p.payload)
+        got.append(p.payload)
+
+
+def collect(c, marker):
+    """The set of payloads received by c until `marker`."""
+    return set(received_until(c, marker))
 
 
 @pytest.mark.skipif(not is_starling(), reason="Starling only")
@@ -616,12 +622,7 @@ def test_failed_allocation_on_a_qos2_resend_of_a_received_message(broker, versio
         p.publish("fa/d", marker, qos=1)
         assert p.expect(M.PUBACK).reason_code == 0
         p.disconnect()
-        got = []
-        while True:
-            m = s.recv_publish(timeout=10)
-            if m.payload == marker:
-                break
-            got.append(m.payload)
+        got = received_until(s, marker)
         s.disconnect()
         counts = {x: got.count(x) for x in set(got)}
         lost = [x for x in sent if x not in counts]
@@ -632,5 +633,110 @@ def test_failed_allocation_on_a_qos2_resend_of_a_received_message(broker, versio
         assert not lost, f"acknowledged, never delivered: {lost}"
         assert not twice, f"delivered more than once: {twice}"
         b.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+def _connect_served(b, cid, version, given_up, attempts=8):
+    """Connect `cid` to its session on b, past a worker held by
+    STARLING_TEST_ACK_CLOSED_HOLD: the kernel hands each connection to one
+    of the workers' listeners (SO_REUSEPORT), and the held one answers
+    nothing, so a CONNECT without its CONNACK within 5 s is given up (counted
+    in given_up[0]) and made again on a new connection."""
+    kw = {"properties": SESSION_EXPIRY} if version == 5 else {}
+    for _ in range(attempts):
+        c = M.Client(b, version=version)
+        try:
+            ack = c.connect(cid, clean=False, timeout=5, **kw)
+        except M.Timeout:
+            c.close()
+            given_up[0] += 1
+            continue
+        assert ack.reason_code == 0 and ack.session_present, ack
+        return c
+    pytest.fail(f"no CONNACK for {cid} in {attempts} connections")
+
+
+@pytest.mark.skipif(not is_starling(), reason="Starling only")
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_resend_after_a_close_while_acknowledging_waits_for_the_original(broker, version):
+    """A fresh connection's first QoS 2 PUBLISH, each of its allocations
+    failing in turn (FAILALLOC_NTH), as in CI's failure of
+    test_no_acknowledgement_without_its_write: the failure of the
+    allocation that queues the PUBREC closed the connection before the
+    message's batch was submitted. The client's resend (DUP 1) on its next
+    connection, served by another worker, then had its duplicate's empty
+    batch committed first and was answered PUBREC 0x00 on the strength of
+    an id whose message was not stored yet, and was lost when that batch
+    then failed, or when the broker died first. Here the closing worker is
+    held after queuing (STARLING_TEST_ACK_CLOSED_HOLD), the client resends
+    and completes the exchange on the other worker, and the broker is
+    SIGKILLed while the worker is still held. Every message acknowledged
+    (PUBREC 0x00) reaches the offline persistent subscriber once."""
+    env = nth_sweep_env()
+    data = tempfile.mkdtemp(prefix="starling-failalloc-")
+    hold = os.path.join(data, "hold")
+    env["STARLING_TEST_ACK_CLOSED_HOLD"] = hold
+    conf = dict(persistence=True, data_dir=os.path.join(data, "store"), workers=2,
+                max_queued_messages=100000, log_level="warn")
+    try:
+        b = broker(_env=env, **conf)
+        sub_cid, pub_cid = uid("off"), uid("pubh")
+        sub, _ = subscriber(b, sub_cid, 5)
+        sub.subscribe(("fa/h", M.sub_options(qos=2)))
+        sub.disconnect()
+        subscriber(b, pub_cid, version)[0].disconnect()  # its session, for _connect_served
+        acked, held, given_up = [], 0, [0]
+        for k in range(1, 500):
+            pid, payload = k, b"h%d" % k
+            open(hold, "w").close()
+            c = _connect_served(b, pub_cid, version, given_up)  # no worker held yet
+            before = b.stderr_text().count("failalloc: failed call")
+            p = _pubrec_armed(b, c, lambda: c.publish("fa/h", payload, qos=2, packet_id=pid),
+                              others=(M.DISCONNECT,))
+            failed = b.stderr_text().count("failalloc: failed call") > before
+            if p is not None and p.reason_code >= 0x80:
+                assert version == 5 and p.reason_code == 0x97, p  # refused: the exchange ends
+                c.disconnect()
+                os.unlink(hold)
+                continue
+            if p is None:
+                # closed unanswered: resent on the next connection until answered
+                c = _connect_served(b, pub_cid, version, given_up)
+                c.publish("fa/h", payload, qos=2, dup=True, packet_id=pid)
+                p = c.expect(M.PUBREC)
+                assert p.packet_id == pid and p.reason_code == 0, p
+            c.pubrel(pid)
+            comp = c.expect(M.PUBCOMP)
+            assert comp.packet_id == pid and comp.reason_code == 0, comp
+            acked.append(payload)
+            c.disconnect()
+            if f"closed while queuing the acknowledgement of publish {pid}\n" in b.stderr_text():
+                held += 1
+                b.stop(signal.SIGKILL, check=False)  # the closing worker still held
+                os.unlink(hold)
+                b = broker(_env=dict(env, FAILALLOC_NTH=str(k + 1)), **conf)  # the sweep goes on
+            else:
+                os.unlink(hold)
+            if not failed:
+                break  # the PUBLISH made fewer than k allocations: each failed once
+        else:
+            pytest.fail("the sweep did not end within 500 rounds")
+        print(f"sweep: {k} rounds, {held} held, {given_up[0]} CONNECT(s) given up")
+        assert held, "no connection closed while queuing its PUBREC: the test proves nothing"
+
+        s, ack = subscriber(b, sub_cid, 5)
+        assert ack.session_present
+        marker = b"marker-" + uid().encode()
+        p = M.Client(b, version=5)
+        p.connect(uid("pub"))
+        p.publish("fa/h", marker, qos=1)
+        assert p.expect(M.PUBACK).reason_code == 0
+        p.disconnect()
+        got = received_until(s, marker)
+        s.disconnect()
+        lost = [x for x in acked if x not in got]
+        twice = sorted({x for x in got if got.count(x) > 1})
+        assert not lost, f"acknowledged (PUBREC 0x00), never delivered: {lost}"
+        assert not twice, f"delivered more than once: {twice}"
     finally:
         shutil.rmtree(data, ignore_errors=True)
