@@ -379,13 +379,16 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
         ackq_test_closed_hold(c, pid);
 }
 
-void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid)
+/* ackq_after_dup and ackq_after_earlier: *bt, empty, is submitted behind
+ * every batch submitted before it. */
+static void ackq_after_all(struct conn *c, struct store_batch **bt, enum mqtt_type type,
+                           uint16_t pid, uint8_t reason, bool dup)
 {
     struct broker *b = conn_broker(c);
     if (!b->store || !c->session) {
-        /* nothing is committed: the original was answered at once too */
+        /* nothing is committed: what came before was answered at once too */
         persist_submit(b, bt, NULL, NULL);
-        ackq_push(c, MQTT_PUBREC, pid, 0, true);
+        ackq_push(c, type, pid, reason, true);
         return;
     }
     if (!*bt)
@@ -401,16 +404,27 @@ void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid)
         return;
     }
     memset(a, 0, sizeof(*a));
-    a->s = session_ref(c->session);
+    a->s = dup ? session_ref(c->session) : NULL;
     uint32_t token = a->token = ++c->next_token;
     a->c = conn_ref(c);
     a->pid = pid;
-    a->type = MQTT_PUBREC;
-    a->dup = true;
-    /* an empty batch: committed after every batch submitted before it,
-     * among them the original's; submitted before the entry is queued, as
-     * in ackq_after */
+    a->type = (uint8_t)type;
+    a->dup = dup;
+    /* committed after every batch submitted before it (a duplicate's
+     * original among them); submitted before the entry is queued, as in
+     * ackq_after */
     store_submit(b->store, *bt, ackq_on_commit, a);
     *bt = NULL;
-    ackq_queue(c, token, MQTT_PUBREC, pid, 0, false, false, true);
+    ackq_queue(c, token, type, pid, reason, false, false, dup);
+}
+
+void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid)
+{
+    ackq_after_all(c, bt, MQTT_PUBREC, pid, 0, true);
+}
+
+void ackq_after_earlier(struct conn *c, struct store_batch **bt, enum mqtt_type type,
+                        uint16_t pid, uint8_t reason)
+{
+    ackq_after_all(c, bt, type, pid, reason, false);
 }

@@ -84,6 +84,13 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
  * (ackq_done). Without a store it is sent at once. */
 void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid);
 
+/* An acknowledgement sent once every batch submitted before *bt (an empty
+ * batch; by any thread) has committed: a PUBCOMP for an id that is not
+ * recorded (any more), whose deletion an earlier connection of the session
+ * may have submitted and not seen committed. Without a store, at once. */
+void ackq_after_earlier(struct conn *c, struct store_batch **bt, enum mqtt_type type,
+                        uint16_t pid, uint8_t reason);
+
 /* Free the queue (connection freed). */
 void ackq_free(struct conn *c);
 

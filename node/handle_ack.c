@@ -56,7 +56,18 @@ static void handle_pubrel(struct conn *c, struct broker *b, const struct mqtt_ac
     session_told_take(s, a->packet_id); /* that exchange is over */
     if (found && s->stored)
         persist_qos2(b, &bt, s, a->packet_id, false);
+    bool stored = s->stored;
     lock_release(&s->lock);
+    if (!found && stored) {
+        /* A resent PUBREL: the id's deletion, taken out of memory by the
+         * PUBREL on an earlier connection, may not be committed yet, and
+         * the client reuses the id once it has the PUBCOMP: a crash
+         * before that commit would leave the id recorded after the
+         * restart, and the new message taken for a duplicate */
+        ackq_after_earlier(c, &bt, MQTT_PUBCOMP, a->packet_id,
+                           c->version == MQTT_V5 ? MQTT_RC_PACKET_ID_NOT_FOUND : 0);
+        return;
+    }
     /* [MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-11] PUBCOMP, 0x92 when the id is unknown (5.0); after the
      * id is forgotten durably, so that it can be reused at once */
     ackq_after(c, &bt, MQTT_PUBCOMP, a->packet_id,

@@ -752,6 +752,71 @@ def test_MQTT_311_3_3_1_1_publish_unacknowledged_at_a_crash_resent_with_dup(brok
         c.disconnect()
 
 
+@pytest.mark.parametrize("version", [4, 5])
+def test_pubcomp_of_a_resent_pubrel_waits_for_the_ids_deletion(broker, tmp_path, version):
+    """[MQTT-3.1.1 4.3.3-2, MQTT-5.0 4.3.3-9..11] Once the client has the
+    PUBCOMP it may reuse the packet id at once, so the PUBCOMP comes only
+    after the id's deletion is committed. A persistent publisher sends a
+    PUBREL while the store commits nothing (STARLING_TEST_STORE_HOLD,
+    debug builds): the id leaves the session's memory, its deletion waits.
+    The connection drops before the PUBCOMP, and the client resends the
+    PUBREL on its next one. That PUBCOMP must not come while the deletion
+    is not committed; it came at once before (the id was no longer in
+    memory). The broker is then SIGKILLed with the store still held. After
+    the restart the client resends the PUBREL (it has no PUBCOMP) and
+    publishes a new message with the same id: it is delivered (it was
+    taken for a duplicate of the old one when the client had its PUBCOMP,
+    acknowledged and never delivered)."""
+    data = str(tmp_path / "data")
+    hold = tmp_path / "hold"
+    b = broker(data_dir=data, _env={"STARLING_TEST_STORE_HOLD": str(hold)})
+    sub_cid, pub_cid, topic = uid("dur-pc-s"), uid("dur-pc-p"), "durpc/t"
+    kw = {"properties": SESSION_5} if version == 5 else {}
+    s = raw(b, sub_cid, 5, clean=False, properties=SESSION_5)
+    s.subscribe((topic, 2))
+    s.disconnect()
+    pub = raw(b, pub_cid, version, clean=False, **kw)
+    pub.publish(topic, b"old", qos=2, packet_id=7)
+    rec = pub.expect(M.PUBREC)
+    assert (rec.packet_id, rec.reason_code) == (7, 0), rec
+
+    hold.touch()
+    try:
+        pub.pubrel(7)
+        pub.pingreq()  # answered after the PUBREL was handled: its deletion waits
+        pub.expect(M.PINGRESP)
+        pub.close()
+        pub = raw(b, pub_cid, version, clean=False, **kw)
+        assert pub.connack.session_present
+        pub.pubrel(7)
+        try:
+            early = pub.expect(M.PUBCOMP, timeout=2)
+        except M.Timeout:
+            early = None
+        assert early is None, f"PUBCOMP before the id's deletion was committed: {early}"
+        kill(b)
+    finally:
+        hold.unlink()
+
+    b = broker(data_dir=data)
+    pub = raw(b, pub_cid, version, clean=False, **kw)
+    assert pub.connack.session_present
+    pub.pubrel(7)  # [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] no PUBCOMP yet: resent
+    comp = pub.expect(M.PUBCOMP)
+    assert (comp.packet_id, comp.reason_code) == (7, 0), comp
+    pub.publish(topic, b"new", qos=2, packet_id=7)
+    rec = pub.expect(M.PUBREC)
+    assert (rec.packet_id, rec.reason_code) == (7, 0), rec
+    pub.pubrel(7)
+    assert pub.expect(M.PUBCOMP).reason_code == 0
+    pub.disconnect()
+    s = raw(b, sub_cid, 5, clean=False, properties=SESSION_5)
+    assert s.connack.session_present
+    got = [s.recv_publish().payload for _ in range(2)]
+    assert got == [b"old", b"new"], got
+    s.disconnect()
+
+
 # ---------------------------------------------------------------- 3. expiry while down
 
 def test_expiry_while_down(broker, tmp_path):
