@@ -214,18 +214,13 @@ def publish_resending(b, version, tag, n):
     return acked
 
 
-def retained_now(b, marker):
+def retained_now(b):
     """The payloads retained under fa/r/# on b, as a new subscriber gets
-    them (before `marker`, published after it subscribed)."""
+    them (before a marker published after it subscribed)."""
     r = M.Client(b, version=5)
     r.connect(uid("ret"))
     r.subscribe([("fa/r/#", 1), ("fa/m", 1)])
-    p = M.Client(b, version=5)
-    p.connect(uid("pub"))
-    p.publish("fa/m", marker, qos=1)
-    assert p.expect(M.PUBACK).reason_code == 0
-    p.disconnect()
-    got = collect(r, marker)
+    got = collect(r, publish_marker(b, "fa/m"))
     r.disconnect()
     return got
 
@@ -243,6 +238,30 @@ def received_until(c, marker):
         if p.payload == marker:
             return got
         got.append(p.payload)
+
+
+def publish_marker(b, topic):
+    """Publish a new marker payload on topic (QoS 1, acknowledged); returns
+    it."""
+    marker = b"marker-" + uid().encode()
+    p = M.Client(b, version=5)
+    p.connect(uid("pub"))
+    p.publish(topic, marker, qos=1)
+    assert p.expect(M.PUBACK).reason_code == 0
+    p.disconnect()
+    return marker
+
+
+def offline_received(b, cid, topic):
+    """What the offline persistent 5.0 subscriber `cid` of `topic` receives
+    on its next connection to b, in order (up to a marker published on
+    topic after it connected)."""
+    s, ack = subscriber(b, cid, 5)
+    assert ack.session_present, cid
+    marker = publish_marker(b, topic)
+    got = received_until(s, marker)
+    s.disconnect()
+    return got
 
 
 def collect(c, marker):
@@ -279,7 +298,7 @@ def test_no_acknowledgement_without_its_write(broker):
         # every acknowledged retained message is retained (in memory)...
         want = retained_of(acked5 | acked3)
         assert want, "no retained message was acknowledged"
-        missing = sorted(want - retained_now(b, b"marker-" + uid().encode()))
+        missing = sorted(want - retained_now(b))
         assert not missing, f"acknowledged but not retained: {missing[:10]}"
         b.stop()
         failures = [l for l in b.stderr_text().splitlines() if l.startswith("failalloc:")]
@@ -295,19 +314,14 @@ def test_no_acknowledgement_without_its_write(broker):
         subs = {cid: subscriber(b2, cid, 5) for cid in (offline, online)}
         for cid, (c, ack) in subs.items():
             assert ack.session_present, cid
-        marker = b"marker-" + uid().encode()
-        p = M.Client(b2, version=5)
-        p.connect(uid("pub"))
-        p.publish(TOPIC, marker, qos=1)
-        assert p.expect(M.PUBACK).reason_code == 0
-        p.disconnect()
+        marker = publish_marker(b2, TOPIC)
         for cid, (c, _) in subs.items():
             got = collect(c, marker)
             missing = sorted(acked - got)
             assert not missing, f"{cid}: acknowledged but not delivered: {missing[:10]}"
             c.disconnect()
         # ... and in the store
-        missing = sorted(want - retained_now(b2, b"marker-" + uid().encode()))
+        missing = sorted(want - retained_now(b2))
         assert not missing, f"acknowledged but not retained after restart: {missing[:10]}"
 
     finally:
@@ -614,16 +628,7 @@ def test_failed_allocation_on_a_qos2_resend_of_a_received_message(broker, versio
         assert len(outcome["closed"]) + len(outcome["refused"]) > 0, \
             "no failure reached the resend: the sweep proves nothing"
 
-        s, ack = subscriber(b, sub_cid, 5)
-        assert ack.session_present
-        marker = b"marker-" + uid().encode()
-        p = M.Client(b, version=5)
-        p.connect(uid("pub"))
-        p.publish("fa/d", marker, qos=1)
-        assert p.expect(M.PUBACK).reason_code == 0
-        p.disconnect()
-        got = received_until(s, marker)
-        s.disconnect()
+        got = offline_received(b, sub_cid, "fa/d")
         counts = {x: got.count(x) for x in set(got)}
         lost = [x for x in sent if x not in counts]
         twice = sorted(x for x, n in counts.items() if n > 1)
@@ -635,6 +640,7 @@ def test_failed_allocation_on_a_qos2_resend_of_a_received_message(broker, versio
         b.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
 
 def _connect_served(b, cid, version, given_up, attempts=8):
     """Connect `cid` to its session on b, past a worker held by
@@ -724,16 +730,7 @@ def test_a_resend_after_a_close_while_acknowledging_waits_for_the_original(broke
         print(f"sweep: {k} rounds, {held} held, {given_up[0]} CONNECT(s) given up")
         assert held, "no connection closed while queuing its PUBREC: the test proves nothing"
 
-        s, ack = subscriber(b, sub_cid, 5)
-        assert ack.session_present
-        marker = b"marker-" + uid().encode()
-        p = M.Client(b, version=5)
-        p.connect(uid("pub"))
-        p.publish("fa/h", marker, qos=1)
-        assert p.expect(M.PUBACK).reason_code == 0
-        p.disconnect()
-        got = received_until(s, marker)
-        s.disconnect()
+        got = offline_received(b, sub_cid, "fa/h")
         lost = [x for x in acked if x not in got]
         twice = sorted({x for x in got if got.count(x) > 1})
         assert not lost, f"acknowledged (PUBREC 0x00), never delivered: {lost}"
