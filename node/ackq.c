@@ -104,10 +104,12 @@ static void ackq_drain(struct conn *c)
     uint32_t n = 0;
     while (n < x->acks_len && x->acks[n].ready && !x->acks[n].gated) {
         struct pending_ack *a = &x->acks[n++];
-        if (a->failed && c->version != MQTT_V5 &&
-            (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
-            /* 3.1.1 has no way to say "not stored": close, the client
-             * publishes again on its next connection */
+        if (a->failed &&
+            ((c->version != MQTT_V5 && (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) ||
+             a->type == MQTT_PUBCOMP)) {
+            /* 3.1.1 has no way to say "not stored", nor has a PUBCOMP in
+             * either version: close, the client publishes again (or sends
+             * its PUBREL again) on its next connection */
             x->acks_len = 0;
             conn_close(c, 0, false);
             return;
@@ -198,6 +200,15 @@ void ackq_done(struct conn *c, uint32_t token, int status)
             log_warn("%s: publish %u not stored: its duplicate is refused", CONN_PEER(c), a->pid);
             a->failed = true;
             a->reason = MQTT_RC_QUOTA_EXCEEDED;
+        } else if (status < 0 && a->type == MQTT_PUBCOMP) {
+            /* the id's deletion failed: with a PUBCOMP the client would
+             * reuse the id while the store still has it (after a restart
+             * its next message would be taken for a duplicate); recorded
+             * again (ackq_on_commit), it is deleted by the PUBREL the
+             * client resends on its next connection */
+            log_warn("%s: store failed (%s): PUBCOMP %u not sent", CONN_PEER(c),
+                     store_strerror(status), a->pid);
+            a->failed = true;
         } else if (status < 0 && (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
             /* the message could not be stored: not acknowledged as received */
             log_warn("%s: store failed (%s): publish %u refused", CONN_PEER(c),
@@ -279,11 +290,21 @@ static void ackq_on_commit(void *ud, int status)
         lock_release(&a->s->lock);
     }
     if (a->s && status < 0 && !a->dup) {
-        /* not received after all: the id is free for the client's resend
-         * now, also when the result below cannot reach the worker and the
-         * connection closes without it (ackq_done does the same again) */
         lock_acquire(&a->s->lock);
-        session_qos2_remove(a->s, a->pid);
+        if (a->type == MQTT_PUBREC) {
+            /* not received after all: the id is free for the client's
+             * resend now, also when the result below cannot reach the
+             * worker and the connection closes without it (ackq_done
+             * does the same again) */
+            session_qos2_remove(a->s, a->pid);
+        } else if (!session_qos2_has(a->s, a->pid) && session_qos2_add(a->s, a->pid) < 0) {
+            /* a PUBCOMP whose deletion failed: the id is still stored, and
+             * recorded again here for the client's resent PUBREL (no
+             * allocation, as the PUBREL's removal left its slot free,
+             * unless other ids took it meanwhile) */
+            log_warn("client '%s': QoS 2 id %u stays in the store (out of memory)", a->s->client_id,
+                     a->pid);
+        }
         lock_release(&a->s->lock);
     }
     if (a->s)
@@ -351,7 +372,8 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
         }
         return;
     }
-    a->s = type == MQTT_PUBREC && c->session ? session_ref(c->session) : NULL;
+    a->s = (type == MQTT_PUBREC || type == MQTT_PUBCOMP) && c->session ? session_ref(c->session)
+                                                                       : NULL;
     uint32_t token = a->token = ++c->next_token;
     a->c = conn_ref(c);
     a->pid = pid;
@@ -423,8 +445,8 @@ void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid)
     ackq_after_all(c, bt, MQTT_PUBREC, pid, 0, true);
 }
 
-void ackq_after_earlier(struct conn *c, struct store_batch **bt, enum mqtt_type type,
-                        uint16_t pid, uint8_t reason)
+void ackq_after_earlier(struct conn *c, struct store_batch **bt, enum mqtt_type type, uint16_t pid,
+                        uint8_t reason)
 {
     ackq_after_all(c, bt, type, pid, reason, false);
 }

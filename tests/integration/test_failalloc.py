@@ -737,3 +737,90 @@ def test_a_resend_after_a_close_while_acknowledging_waits_for_the_original(broke
         assert not twice, f"delivered more than once: {twice}"
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.skipif(not is_starling(), reason="Starling only")
+@pytest.mark.parametrize("version", [4, 5])
+def test_failed_allocation_on_a_pubrel_keeps_the_id_until_its_deletion_is_stored(broker, version):
+    """A persistent publisher's QoS 2 exchanges, each PUBREL handled with
+    each of its allocations failing in turn, one per round (FAILALLOC_NTH).
+    Once the client has the PUBCOMP it may reuse the packet id [MQTT-3.1.1
+    4.3.3-2, MQTT-5.0 4.3.3-9], so the PUBCOMP comes only once the id's
+    deletion is stored; else the connection closes and the client sends the
+    PUBREL again on its next one. After a restart from the store, a new
+    message with each id is delivered. Before, a PUBCOMP went out although
+    the deletion's batch had failed: the id stayed stored, and after the
+    restart the new message with it was taken for a duplicate, acknowledged
+    and never delivered."""
+    env = nth_sweep_env()
+    data = tempfile.mkdtemp(prefix="starling-failalloc-")
+    try:
+        conf = dict(persistence=True, data_dir=os.path.join(data, "store"),
+                    max_queued_messages=100000, log_level="error")
+        b = broker(_env=env, **conf)
+        sub_cid, pub_cid = uid("off"), uid("pubc")
+        sub, _ = subscriber(b, sub_cid, 5)
+        sub.subscribe(("fa/c", M.sub_options(qos=2)))
+        sub.disconnect()
+
+        def exchange(b, c, pid, payload):
+            """A whole QoS 2 exchange of payload with packet id pid on c."""
+            c.publish("fa/c", payload, qos=2, packet_id=pid)
+            rec = c.expect(M.PUBREC)
+            assert (rec.packet_id, rec.reason_code) == (pid, 0), rec
+            c.pubrel(pid)
+            comp = c.expect(M.PUBCOMP)
+            assert (comp.packet_id, comp.reason_code) == (pid, 0), comp
+
+        closed = 0
+        for k in range(1, 500):
+            pid = k
+            c = subscriber(b, pub_cid, version)[0]
+            c.publish("fa/c", b"c%d" % k, qos=2, packet_id=pid)
+            rec = c.expect(M.PUBREC)
+            assert (rec.packet_id, rec.reason_code) == (pid, 0), rec
+            before = b.stderr_text().count("failalloc: failed call")
+            toggle(b, "armed")
+            try:
+                c.pubrel(pid)
+                comp = c.recv()
+                assert comp.type in (M.PUBCOMP, M.DISCONNECT), comp  # 5.0: closed with a reason
+            except (M.MQTTError, OSError):
+                comp = None
+            finally:
+                toggle(b, "disarmed")
+            if comp is not None and comp.type == M.DISCONNECT:
+                comp = None
+            failed = b.stderr_text().count("failalloc: failed call") > before
+            if comp is None:
+                closed += 1
+                c.close()
+                # [MQTT-3.1.1 4.4.0-1, MQTT-5.0 4.4.0-1] no PUBCOMP: the PUBREL again
+                c = subscriber(b, pub_cid, version)[0]
+                c.pubrel(pid)
+                comp = c.expect(M.PUBCOMP)
+                # 0x92: the deletion was stored, only its answer was not sent
+                assert comp.packet_id == pid and comp.reason_code in (0, 0x92), comp
+            else:
+                assert comp.packet_id == pid and comp.reason_code == 0, comp
+            c.disconnect()
+            if not failed:
+                break  # the PUBREL made fewer than k allocations: each failed once
+        else:
+            pytest.fail("the sweep did not end within 500 rounds")
+        print(f"sweep: {k} rounds, {closed} closed")
+        assert closed, "no failure closed a connection: the sweep proves nothing"
+        b.stop()
+
+        b = broker(**conf)
+        c = subscriber(b, pub_cid, version)[0]
+        for pid in range(1, k + 1):
+            exchange(b, c, pid, b"r%d" % pid)
+        c.disconnect()
+        got = offline_received(b, sub_cid, "fa/c")
+        want = [b"c%d" % i for i in range(1, k + 1)] + [b"r%d" % i for i in range(1, k + 1)]
+        lost = [x for x in want if x not in got]
+        assert not lost, f"acknowledged (PUBREC 0x00), never delivered: {lost}"
+        assert sorted(got) == sorted(want), f"delivered more than once: {got}"
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
