@@ -79,6 +79,17 @@ def nth_sweep_env():
     return env
 
 
+def nth_rounds(one_round, limit=500):
+    """A FAILALLOC_NTH sweep: one_round(k) for k = 1, 2, ..., each returning
+    whether the shim failed a call in it, until one in which it failed
+    none (the operation made fewer than k allocations: each failed once).
+    Returns the number of rounds."""
+    for k in range(1, limit):
+        if not one_round(k):
+            return k
+    pytest.fail(f"the sweep did not end within {limit} rounds")
+
+
 def toggle(b, state):
     """Arm or disarm the shim (state "armed" / "disarmed") and wait until
     the broker's handler says the new state is in effect."""
@@ -90,6 +101,22 @@ def toggle(b, state):
         assert time.monotonic() < deadline, f"the shim did not report {state!r}"
         assert b.alive(), "the broker exited"
         time.sleep(0.005)
+
+
+def store_conf(data, **extra):
+    """The broker configuration of these tests: a store under data."""
+    return dict(persistence=True, data_dir=os.path.join(data, "store"),
+                max_queued_messages=100000, log_level="error", **extra)
+
+
+def offline_subscriber(b, topic):
+    """A new persistent 5.0 subscriber of topic (QoS 2), left offline;
+    returns its client id."""
+    cid = uid("off")
+    c, _ = subscriber(b, cid, 5)
+    c.subscribe((topic, M.sub_options(qos=2)))
+    c.disconnect()
+    return cid
 
 
 def subscriber(b, cid, version):
@@ -275,8 +302,7 @@ def test_no_acknowledgement_without_its_write(broker):
         pytest.skip(f"{SHIM} not built (cmake --build builds target failalloc)")
     data = tempfile.mkdtemp(prefix="starling-failalloc-")
     try:
-        conf = dict(persistence=True, data_dir=os.path.join(data, "store"),
-                    max_queued_messages=100000, log_level="error")
+        conf = store_conf(data)
         b = broker(_env=shim_env(PROB, SEED), **conf)
         offline, online = uid("off"), uid("on")
         for cid in (offline, online):
@@ -468,14 +494,9 @@ def test_publish_refused_for_memory_leaves_no_row_after_sigkill(broker):
     env = nth_sweep_env()
     data = tempfile.mkdtemp(prefix="starling-failalloc-")
     try:
-        conf = dict(persistence=True, data_dir=os.path.join(data, "store"),
-                    max_queued_messages=100000, log_level="error")
+        conf = store_conf(data)
         b = broker(_env=env, **conf)
-        subs = [uid("off1"), uid("off2")]
-        for cid in subs:
-            c, _ = subscriber(b, cid, 5)
-            c.subscribe(("fa/q", M.sub_options(qos=2)))
-            c.disconnect()
+        subs = [offline_subscriber(b, "fa/q") for _ in range(2)]
 
         c = None
 
@@ -572,13 +593,8 @@ def test_failed_allocation_on_a_qos2_resend_of_a_received_message(broker, versio
     env = nth_sweep_env()
     data = tempfile.mkdtemp(prefix="starling-failalloc-")
     try:
-        b = broker(_env=env, persistence=True, data_dir=os.path.join(data, "store"),
-                   max_queued_messages=100000, log_level="error")
-        sub_cid = uid("off")
-        sub, _ = subscriber(b, sub_cid, 5)
-        sub.subscribe(("fa/d", M.sub_options(qos=2)))
-        sub.disconnect()
-        pub_cid = uid("pubd")
+        b = broker(_env=env, **store_conf(data))
+        sub_cid, pub_cid = offline_subscriber(b, "fa/d"), uid("pubd")
 
         def connect():
             c = M.Client(b, version=version)
@@ -682,17 +698,15 @@ def test_a_resend_after_a_close_while_acknowledging_waits_for_the_original(broke
     data = tempfile.mkdtemp(prefix="starling-failalloc-")
     hold = os.path.join(data, "hold")
     env["STARLING_TEST_ACK_CLOSED_HOLD"] = hold
-    conf = dict(persistence=True, data_dir=os.path.join(data, "store"), workers=2,
-                max_queued_messages=100000, log_level="warn")
+    conf = dict(store_conf(data), workers=2, log_level="warn")
     try:
         b = broker(_env=env, **conf)
-        sub_cid, pub_cid = uid("off"), uid("pubh")
-        sub, _ = subscriber(b, sub_cid, 5)
-        sub.subscribe(("fa/h", M.sub_options(qos=2)))
-        sub.disconnect()
+        sub_cid, pub_cid = offline_subscriber(b, "fa/h"), uid("pubh")
         subscriber(b, pub_cid, version)[0].disconnect()  # its session, for _connect_served
         acked, held, given_up = [], 0, [0]
-        for k in range(1, 500):
+
+        def one_round(k):
+            nonlocal b, held
             pid, payload = k, b"h%d" % k
             open(hold, "w").close()
             c = _connect_served(b, pub_cid, version, given_up)  # no worker held yet
@@ -704,7 +718,7 @@ def test_a_resend_after_a_close_while_acknowledging_waits_for_the_original(broke
                 assert version == 5 and p.reason_code == 0x97, p  # refused: the exchange ends
                 c.disconnect()
                 os.unlink(hold)
-                continue
+                return failed
             if p is None:
                 # closed unanswered: resent on the next connection until answered
                 c = _connect_served(b, pub_cid, version, given_up)
@@ -723,10 +737,9 @@ def test_a_resend_after_a_close_while_acknowledging_waits_for_the_original(broke
                 b = broker(_env=dict(env, FAILALLOC_NTH=str(k + 1)), **conf)  # the sweep goes on
             else:
                 os.unlink(hold)
-            if not failed:
-                break  # the PUBLISH made fewer than k allocations: each failed once
-        else:
-            pytest.fail("the sweep did not end within 500 rounds")
+            return failed
+
+        k = nth_rounds(one_round)
         print(f"sweep: {k} rounds, {held} held, {given_up[0]} CONNECT(s) given up")
         assert held, "no connection closed while queuing its PUBREC: the test proves nothing"
 
@@ -755,13 +768,9 @@ def test_failed_allocation_on_a_pubrel_keeps_the_id_until_its_deletion_is_stored
     env = nth_sweep_env()
     data = tempfile.mkdtemp(prefix="starling-failalloc-")
     try:
-        conf = dict(persistence=True, data_dir=os.path.join(data, "store"),
-                    max_queued_messages=100000, log_level="error")
+        conf = store_conf(data)
         b = broker(_env=env, **conf)
-        sub_cid, pub_cid = uid("off"), uid("pubc")
-        sub, _ = subscriber(b, sub_cid, 5)
-        sub.subscribe(("fa/c", M.sub_options(qos=2)))
-        sub.disconnect()
+        sub_cid, pub_cid = offline_subscriber(b, "fa/c"), uid("pubc")
 
         def exchange(b, c, pid, payload):
             """A whole QoS 2 exchange of payload with packet id pid on c."""
@@ -773,7 +782,9 @@ def test_failed_allocation_on_a_pubrel_keeps_the_id_until_its_deletion_is_stored
             assert (comp.packet_id, comp.reason_code) == (pid, 0), comp
 
         closed = 0
-        for k in range(1, 500):
+
+        def one_round(k):
+            nonlocal closed
             pid = k
             c = subscriber(b, pub_cid, version)[0]
             c.publish("fa/c", b"c%d" % k, qos=2, packet_id=pid)
@@ -804,10 +815,9 @@ def test_failed_allocation_on_a_pubrel_keeps_the_id_until_its_deletion_is_stored
             else:
                 assert comp.packet_id == pid and comp.reason_code == 0, comp
             c.disconnect()
-            if not failed:
-                break  # the PUBREL made fewer than k allocations: each failed once
-        else:
-            pytest.fail("the sweep did not end within 500 rounds")
+            return failed
+
+        k = nth_rounds(one_round)
         print(f"sweep: {k} rounds, {closed} closed")
         assert closed, "no failure closed a connection: the sweep proves nothing"
         b.stop()
