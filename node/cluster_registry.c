@@ -1435,8 +1435,23 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
         claim_from_record(k);
         return;
     }
+    /* The old owner waited for this node's QoS 2 ids (it resumed the
+     * session from its record while this node was taken for dead): they
+     * are here, with this node's old copy still moving out, or told with
+     * the state if that copy told them already. Before, a wait on this
+     * node was dropped, and the client's resend here of a message that
+     * copy had taken was taken for new (chaos seeds 9901 and 9903 with
+     * --resend --more: 3 and 6 QoS 2 duplicates with DUP 0;
+     * test_forward.py::test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate) */
+    uint16_t *own_ids = NULL;
+    uint32_t n_own = 0;
+    bool waited_here = st->has_blind_node && st->blind_node == cn->self && st->has_blind_left_ms &&
+                       st->blind_left_ms;
+    if (waited_here && !(st->has_told && st->told))
+        own_ids = cn_moving_qos2_ids(cn, k->id, k->req.id_len, &n_own);
     struct session *s = session_new(k->id, k->req.id_len);
     if (!s) {
+        free(own_ids);
         cluster_fwd_in_defer(cn->fwd, sq); /* sent again: a late state then */
         claim_finish(k, REGISTRY_UNAVAILABLE);
         return;
@@ -1516,7 +1531,29 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
                     s->told_ids[s->n_told++] = (uint16_t)st->told_qos2[i];
             s->told = true;
         }
+    } else if (waited_here && ((st->has_told && st->told) || own_ids)) {
+        /* as ids told by this node: they answer a resend (DUP 1) within
+         * what is left of the wait, each once (handle_publish_park) */
+        uint16_t *ids = own_ids ? own_ids : malloc((st->n_told_qos2 + 1) * sizeof(*ids));
+        uint32_t n = own_ids ? n_own : 0;
+        for (size_t i = 0; !own_ids && ids && i < st->n_told_qos2; i++)
+            if (st->told_qos2[i] >= 1 && st->told_qos2[i] <= 65535)
+                ids[n++] = (uint16_t)st->told_qos2[i];
+        own_ids = NULL;
+        if (ids) {
+            s->blind_node = cn->self;
+            s->blind_until =
+                broker_now_mono_ms() +
+                (st->blind_left_ms < CN_RESEND_WAIT_MS ? st->blind_left_ms : CN_RESEND_WAIT_MS);
+            s->told_ids = ids;
+            s->n_told = n;
+            s->told = true;
+            log_info("cluster: the session of '%s' came from a node that waited for this node's "
+                     "QoS 2 ids: %u of them answer its client's resends here",
+                     k->id, (unsigned)n);
+        }
     }
+    free(own_ids);
     /* On this node's disk before the old owner lets go of them: the
      * session with its messages, in the batch that records the frame as
      * applied (acknowledged once committed). The registry gives the

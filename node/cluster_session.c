@@ -2697,6 +2697,29 @@ bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len)
     return held;
 }
 
+uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t len, uint32_t *n)
+{
+    uint16_t *ids = NULL;
+    *n = 0;
+    pthread_mutex_lock(&cn->reg_mu);
+    struct cn_moving *last = NULL;
+    for (struct cn_moving *x = cn->moving; x; x = x->next)
+        if (x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0 &&
+            (!last || x->epoch > last->epoch))
+            last = x;
+    if (last) {
+        lock_acquire(&last->s->lock);
+        ids = malloc((last->s->n_qos2_in + 1) * sizeof(*ids));
+        if (ids) {
+            memcpy(ids, last->s->qos2_in, last->s->n_qos2_in * sizeof(*ids));
+            *n = last->s->n_qos2_in;
+        }
+        lock_release(&last->s->lock);
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
+    return ids;
+}
+
 /*
  * cn_moving_detach into a staged claim's batch *bt: the rows of the old
  * copy x (its messages, taken into x->late, and its QoS 2 identifiers)

@@ -732,6 +732,27 @@ def resend_answered_as_had(q, node, wait_s):
         node.logtext()
 
 
+def resent_as_taken_then_after(q, topic, wait_s):
+    """q resends b"taken" (DUP 1, packet id 1), answered as received (PUBREC,
+    PUBCOMP after its PUBREL); then a whole QoS 2 exchange of b"after", and
+    q disconnects."""
+    q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
+    assert q.expect(mqttraw.PUBREC, wait_s).packet_id == 1
+    q.pubrel(1)
+    assert q.expect(mqttraw.PUBCOMP, wait_s).packet_id == 1
+    exchanged_qos2(q, topic, b"after", wait_s)
+    q.disconnect()
+
+
+def got_up_to_after(sub, wait_s):
+    """What sub gets up to b"after", that included; sub stops."""
+    got = [sub.get(wait_s).payload]
+    while got[-1] != b"after":
+        got.append(sub.get(wait_s).payload)
+    sub.stop()
+    return got
+
+
 def resend_setup(cluster_factory, hold, held, name, wait_s):
     """A cluster (node `held`, an index, commits nothing while the file
     `hold` exists; None: none), a QoS 2 subscriber on the third node, and a
@@ -916,16 +937,53 @@ def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster
     b.start()
     c.wait_healthy(60)
     q = resumed_elsewhere(b, pub_id, props, WAIT_S)
-    q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
-    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
-    q.pubrel(1)
-    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
-    exchanged_qos2(q, topic, b"after", WAIT_S)
-    q.disconnect()
-    got = [sub.get(WAIT_S).payload]
-    while got[-1] != b"after":
-        got.append(sub.get(WAIT_S).payload)
-    sub.stop()
-    assert got == [b"after"], got  # "taken" came once, before the kill
+    resent_as_taken_then_after(q, topic, WAIT_S)
+    assert got_up_to_after(sub, WAIT_S) == [b"after"]  # "taken" came once, before the kill
     assert "which its session's old node had taken: acknowledged, not delivered again" in \
         b.logtext()
+
+
+def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(cluster_factory,
+                                                                            tmp_path):
+    """Chaos seeds 9901 and 9903 with --resend --more (3 and 6 QoS 2
+    duplicates, DUP 0), made deterministic. A persistent QoS 2 publisher's
+    node a takes its message (PUBREC, the id recorded), then stalls
+    (SIGSTOP). The client resumes its session on node b, from its record
+    (a taken for dead): b waits for a's QoS 2 ids, and the client resends
+    nothing there. a runs again with the old copies of moved sessions held
+    (STARLING_TEST_MOVING_HOLD): its copy, claimed away by b, stays moving
+    out and tells b nothing. The client then resumes its session on a
+    within b's wait: b hands its state over, with its wait for a's ids,
+    and those ids are a's own copy's. The client resends the PUBLISH
+    (DUP 1): a duplicate, acknowledged as received and not delivered
+    again. Before, a dropped a wait on itself and took the resend for a
+    new message."""
+    WAIT_S = 30.0
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(hold)})
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    topic = uid("fwd/back")
+    sub = subscriber(cn, 2, topic)
+    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
+    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    hold.touch()
+    try:
+        faults.pause(a)
+        try:
+            p.close()  # the client gives up on a
+            resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()
+        finally:
+            faults.resume(a)
+        left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x}"
+        wait_for(lambda: left in a.logtext(), WAIT_S, f"a finding its copy of {pub_id} claimed")
+        q = resumed_elsewhere(a, pub_id, props, WAIT_S)
+        assert f"'{pub_id}' is claimed here again while its old copy" in a.logtext()
+        resent_as_taken_then_after(q, topic, WAIT_S)
+    finally:
+        hold.unlink(missing_ok=True)
+    assert got_up_to_after(sub, WAIT_S) == [b"after"]  # "taken" came once, before the stall
+    assert "which its session's old node had taken: acknowledged, not delivered again" in \
+        a.logtext()
