@@ -329,7 +329,7 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
  * once). cn->reg_mu held. */
 void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len);
 /* The QoS 2 ids that this node's latest old copy of id still moving out
- * took from its client (received, their PUBREL not come): a malloc'd
+ * to another node took from its client (received, their PUBREL not come): a malloc'd
  * array of *n, or NULL (no such copy, or out of memory). Takes
  * cn->reg_mu. */
 uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t len, uint32_t *n);

@@ -1029,7 +1029,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     st.found = s != NULL;
     Starling__Chan__SessionSubscription *subs = NULL, **subp = NULL;
     Starling__Chan__SessionMessage *msgs = NULL, **msgp = NULL;
-    uint32_t *q2 = NULL, *told = NULL;
+    uint32_t *q2 = NULL, *told = NULL, *released = NULL;
     Starling__Chan__SeenRange *seen = NULL, **seenp = NULL;
     size_t left_out = 0;
     if (s) {
@@ -1106,6 +1106,12 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
                 st.n_told_qos2 = s->n_told;
                 st.told_qos2 = told;
                 st.has_told = st.told = true;
+            } else if (!s->told && s->n_blind_released &&
+                       (released = calloc(s->n_blind_released, sizeof(*released)))) {
+                for (uint32_t i = 0; i < s->n_blind_released; i++)
+                    released[i] = s->blind_released[i];
+                st.n_released_qos2 = s->n_blind_released;
+                st.released_qos2 = released;
             }
         }
     }
@@ -1177,6 +1183,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
     free(msgp);
     free(q2);
     free(told);
+    free(released);
     free(seen);
     free(seenp);
 }
@@ -1530,15 +1537,27 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
                 if (st->told_qos2[i] >= 1 && st->told_qos2[i] <= 65535)
                     s->told_ids[s->n_told++] = (uint16_t)st->told_qos2[i];
             s->told = true;
+        } else if (!(st->has_told && st->told)) {
+            for (size_t i = 0; i < st->n_released_qos2; i++)
+                if (st->released_qos2[i] >= 1 && st->released_qos2[i] <= 65535)
+                    session_blind_released(s, (uint16_t)st->released_qos2[i], broker_now_mono_ms());
         }
     } else if (waited_here && ((st->has_told && st->told) || own_ids)) {
         /* as ids told by this node: they answer a resend (DUP 1) within
          * what is left of the wait, each once (handle_publish_park) */
         uint16_t *ids = own_ids ? own_ids : malloc((st->n_told_qos2 + 1) * sizeof(*ids));
-        uint32_t n = own_ids ? n_own : 0;
+        uint32_t n = 0;
         for (size_t i = 0; !own_ids && ids && i < st->n_told_qos2; i++)
             if (st->told_qos2[i] >= 1 && st->told_qos2[i] <= 65535)
                 ids[n++] = (uint16_t)st->told_qos2[i];
+        /* less those whose PUBREL came to the old owner meanwhile */
+        for (uint32_t i = 0; own_ids && i < n_own; i++) {
+            bool released = false;
+            for (size_t j = 0; j < st->n_released_qos2 && !released; j++)
+                released = st->released_qos2[j] == own_ids[i];
+            if (!released)
+                ids[n++] = own_ids[i];
+        }
         own_ids = NULL;
         if (ids) {
             s->blind_node = cn->self;

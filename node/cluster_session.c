@@ -1074,9 +1074,17 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
     lock_acquire(&s->lock);
     blind = ids && session_blind(s, now) && !s->told && s->blind_node == from;
     if (blind) {
+        /* less those whose PUBREL came here meanwhile: the client may have
+         * used them again since */
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < n; i++)
+            if (!session_blind_was_released(s, ids[i]))
+                ids[k++] = ids[i];
+        n = k;
         s->told_ids = ids;
         s->n_told = n;
         s->told = true;
+        s->n_blind_released = 0;
         ids = NULL;
     }
     struct worker *w = blind && s->conn ? s->w : NULL;
@@ -2703,17 +2711,17 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
     *n = 0;
     pthread_mutex_lock(&cn->reg_mu);
     struct cn_moving *last = NULL;
+    /* (not a copy moving to this node itself, a stand-in or an overtaken
+     * claim's session, whose ids came from elsewhere) */
     for (struct cn_moving *x = cn->moving; x; x = x->next)
-        if (x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0 &&
+        if (x->to != cn->self && x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0 &&
             (!last || x->epoch > last->epoch))
             last = x;
     if (last) {
         lock_acquire(&last->s->lock);
         ids = malloc((last->s->n_qos2_in + 1) * sizeof(*ids));
-        if (ids) {
-            memcpy(ids, last->s->qos2_in, last->s->n_qos2_in * sizeof(*ids));
-            *n = last->s->n_qos2_in;
-        }
+        for (uint32_t i = 0; ids && i < last->s->n_qos2_in; i++)
+            ids[(*n)++] = last->s->qos2_in[i];
         lock_release(&last->s->lock);
     }
     pthread_mutex_unlock(&cn->reg_mu);

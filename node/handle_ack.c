@@ -53,7 +53,10 @@ static void handle_pubrel(struct conn *c, struct broker *b, const struct mqtt_ac
     }
     lock_acquire(&s->lock);
     bool found = session_qos2_remove(s, a->packet_id);
-    session_told_take(s, a->packet_id); /* that exchange is over */
+    /* that exchange is over: a told id is used up, and one not told yet is
+     * left out when it is */
+    if (!session_told_take(s, a->packet_id) && !found)
+        session_blind_released(s, a->packet_id, broker_now_mono_ms());
     if (found && s->stored)
         persist_qos2(b, &bt, s, a->packet_id, false);
     bool stored = s->stored;

@@ -85,6 +85,7 @@ void session_free(struct session *s)
     free(s->subs);
     free(s->qos2_in);
     free(s->told_ids);
+    free(s->blind_released);
     msg_unref(s->pending_will);
     free(s->user);
     free(s->pubs_seen);
@@ -1026,8 +1027,30 @@ bool session_blind(struct session *s, uint64_t now_ms)
     if (s->blind_until && now_ms >= s->blind_until) {
         s->blind_until = 0; /* the wait is over: what the old copy tells now is stale */
         s->n_told = 0;
+        s->n_blind_released = 0;
     }
     return s->blind_until != 0;
+}
+
+void session_blind_released(struct session *s, uint16_t pid, uint64_t now_ms)
+{
+    assert(lock_held(&s->lock));
+    if (!session_blind(s, now_ms) || s->told || session_blind_was_released(s, pid) ||
+        s->n_blind_released >= 65535)
+        return;
+    uint16_t *p = realloc(s->blind_released, (s->n_blind_released + 1) * sizeof(*p));
+    if (!p)
+        return;
+    p[s->n_blind_released++] = pid;
+    s->blind_released = p;
+}
+
+bool session_blind_was_released(const struct session *s, uint16_t pid)
+{
+    for (uint32_t i = 0; i < s->n_blind_released; i++)
+        if (s->blind_released[i] == pid)
+            return true;
+    return false;
 }
 
 bool session_qos2_remove(struct session *s, uint16_t pid)

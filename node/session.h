@@ -151,6 +151,11 @@ struct session {
     uint16_t *told_ids;
     uint32_t n_told;
     bool told;
+    /* ids whose PUBREL came while blind and not told (its client finished
+     * here an exchange that the old owner began): told later, they are
+     * left out, as the client may have used them again since */
+    uint16_t *blind_released;
+    uint32_t n_blind_released;
     /* a will waiting for its delay (offline only) */
     struct msg *pending_will;
     uint64_t will_at; /* monotonic ms */
@@ -503,6 +508,14 @@ bool session_qos2_remove(struct session *s, uint16_t pid);
 /* Whether pid is among the old copy's told QoS 2 ids (struct
  * session.told_ids); removes it when it is. s->lock held. */
 bool session_told_take(struct session *s, uint16_t pid);
+
+/* A PUBREL for pid that the session did not hold: while it is blind and
+ * not told, pid is remembered in blind_released (out of memory: not).
+ * s->lock held. */
+void session_blind_released(struct session *s, uint16_t pid, uint64_t now_ms);
+
+/* Whether pid is in s->blind_released. s->lock held. */
+bool session_blind_was_released(const struct session *s, uint16_t pid);
 /* Whether s still waits for, or judges by, its old copy's QoS 2 ids
  * (blind_until not passed; at its end the wait and the ids go). s->lock
  * held. */

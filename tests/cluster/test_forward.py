@@ -943,21 +943,26 @@ def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster
         b.logtext()
 
 
+@pytest.mark.parametrize("then", ["resent", "released"])
 def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(cluster_factory,
-                                                                            tmp_path):
+                                                                            tmp_path, then):
     """Chaos seeds 9901 and 9903 with --resend --more (3 and 6 QoS 2
     duplicates, DUP 0), made deterministic. A persistent QoS 2 publisher's
     node a takes its message (PUBREC, the id recorded), then stalls
     (SIGSTOP). The client resumes its session on node b, from its record
-    (a taken for dead): b waits for a's QoS 2 ids, and the client resends
-    nothing there. a runs again with the old copies of moved sessions held
-    (STARLING_TEST_MOVING_HOLD): its copy, claimed away by b, stays moving
-    out and tells b nothing. The client then resumes its session on a
-    within b's wait: b hands its state over, with its wait for a's ids,
-    and those ids are a's own copy's. The client resends the PUBLISH
-    (DUP 1): a duplicate, acknowledged as received and not delivered
-    again. Before, a dropped a wait on itself and took the resend for a
-    new message."""
+    (a taken for dead): b waits for a's QoS 2 ids. a runs again with the
+    old copies of moved sessions held (STARLING_TEST_MOVING_HOLD): its
+    copy, claimed away by b, stays moving out and tells b nothing. The
+    client then resumes its session on a within b's wait: b hands its
+    state over, with its wait for a's ids, and those ids are a's own
+    copy's.
+    [resent] The client resends the PUBLISH (DUP 1) on a: a duplicate,
+    acknowledged as received and not delivered again. Before, a dropped a
+    wait on itself and took the resend for a new message.
+    [released] The client had sent the PUBREL on b (the exchange is over
+    for it) and now sends a new message with that id on a, DUP 1 as a
+    resend of one lost on its way: it is new, and delivered; b's state
+    says which ids were released on b while it waited."""
     WAIT_S = 30.0
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(hold)})
@@ -974,16 +979,29 @@ def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(clust
         faults.pause(a)
         try:
             p.close()  # the client gives up on a
-            resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()
+            q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+            if then == "released":
+                q.pubrel(1)
+                assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
+            q.disconnect()
         finally:
             faults.resume(a)
         left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x}"
         wait_for(lambda: left in a.logtext(), WAIT_S, f"a finding its copy of {pub_id} claimed")
         q = resumed_elsewhere(a, pub_id, props, WAIT_S)
         assert f"'{pub_id}' is claimed here again while its old copy" in a.logtext()
-        resent_as_taken_then_after(q, topic, WAIT_S)
+        if then == "resent":
+            resent_as_taken_then_after(q, topic, WAIT_S)
+        else:
+            q.publish(topic, b"fresh", qos=2, dup=True, packet_id=1)
+            assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
+            q.pubrel(1)
+            assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
+            exchanged_qos2(q, topic, b"after", WAIT_S)
+            q.disconnect()
     finally:
         hold.unlink(missing_ok=True)
-    assert got_up_to_after(sub, WAIT_S) == [b"after"]  # "taken" came once, before the stall
-    assert "which its session's old node had taken: acknowledged, not delivered again" in \
-        a.logtext()
+    # "taken" came once, before the stall
+    assert got_up_to_after(sub, WAIT_S) == ([b"after"] if then == "resent" else [b"fresh", b"after"])
+    had = "which its session's old node had taken: acknowledged, not delivered again"
+    assert (had in a.logtext()) == (then == "resent")
