@@ -732,11 +732,11 @@ def resend_answered_as_had(q, node, wait_s):
         node.logtext()
 
 
-def resent_as_taken_then_after(q, topic, wait_s):
-    """q resends b"taken" (DUP 1, packet id 1), answered as received (PUBREC,
+def resent_then_after(q, topic, wait_s, payload=b"taken"):
+    """q resends payload (DUP 1, packet id 1), answered as received (PUBREC,
     PUBCOMP after its PUBREL); then a whole QoS 2 exchange of b"after", and
     q disconnects."""
-    q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
+    q.publish(topic, payload, qos=2, dup=True, packet_id=1)
     assert q.expect(mqttraw.PUBREC, wait_s).packet_id == 1
     q.pubrel(1)
     assert q.expect(mqttraw.PUBCOMP, wait_s).packet_id == 1
@@ -937,7 +937,7 @@ def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster
     b.start()
     c.wait_healthy(60)
     q = resumed_elsewhere(b, pub_id, props, WAIT_S)
-    resent_as_taken_then_after(q, topic, WAIT_S)
+    resent_then_after(q, topic, WAIT_S)
     assert got_up_to_after(sub, WAIT_S) == [b"after"]  # "taken" came once, before the kill
     assert "which its session's old node had taken: acknowledged, not delivered again" in \
         b.logtext()
@@ -990,15 +990,7 @@ def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(clust
         wait_for(lambda: left in a.logtext(), WAIT_S, f"a finding its copy of {pub_id} claimed")
         q = resumed_elsewhere(a, pub_id, props, WAIT_S)
         assert f"'{pub_id}' is claimed here again while its old copy" in a.logtext()
-        if then == "resent":
-            resent_as_taken_then_after(q, topic, WAIT_S)
-        else:
-            q.publish(topic, b"fresh", qos=2, dup=True, packet_id=1)
-            assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
-            q.pubrel(1)
-            assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
-            exchanged_qos2(q, topic, b"after", WAIT_S)
-            q.disconnect()
+        resent_then_after(q, topic, WAIT_S, b"taken" if then == "resent" else b"fresh")
     finally:
         hold.unlink(missing_ok=True)
     # "taken" came once, before the stall
