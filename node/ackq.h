@@ -88,8 +88,8 @@ void ackq_after_dup(struct conn *c, struct store_batch **bt, uint16_t pid);
  * batch; by any thread) has committed: a PUBCOMP for an id that is not
  * recorded (any more), whose deletion an earlier connection of the session
  * may have submitted and not seen committed. Without a store, at once. */
-void ackq_after_earlier(struct conn *c, struct store_batch **bt, enum mqtt_type type,
-                        uint16_t pid, uint8_t reason);
+void ackq_after_earlier(struct conn *c, struct store_batch **bt, enum mqtt_type type, uint16_t pid,
+                        uint8_t reason);
 
 /* Free the queue (connection freed). */
 void ackq_free(struct conn *c);
