@@ -1450,12 +1450,8 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
      * copy had taken was taken for new (chaos seeds 9901 and 9903 with
      * --resend --more: 3 and 6 QoS 2 duplicates with DUP 0;
      * test_forward.py::test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate) */
-    uint16_t *own_ids = NULL;
     uint32_t n_own = 0;
-    bool waited_here = st->has_blind_node && st->blind_node == cn->self && st->has_blind_left_ms &&
-                       st->blind_left_ms;
-    if (waited_here && !(st->has_told && st->told))
-        own_ids = cn_moving_qos2_ids(cn, k->id, k->req.id_len, &n_own);
+    uint16_t *own_ids = cn_waited_here_ids(cn, st, k->id, k->req.id_len, &n_own);
     struct session *s = session_new(k->id, k->req.id_len);
     if (!s) {
         free(own_ids);
@@ -1542,35 +1538,20 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
                 if (st->released_qos2[i] >= 1 && st->released_qos2[i] <= 65535)
                     session_blind_released(s, (uint16_t)st->released_qos2[i], broker_now_mono_ms());
         }
-    } else if (waited_here && ((st->has_told && st->told) || own_ids)) {
+    } else if (own_ids) {
         /* as ids told by this node: they answer a resend (DUP 1) within
          * what is left of the wait, each once (handle_publish_park) */
-        uint16_t *ids = own_ids ? own_ids : malloc((st->n_told_qos2 + 1) * sizeof(*ids));
-        uint32_t n = 0;
-        for (size_t i = 0; !own_ids && ids && i < st->n_told_qos2; i++)
-            if (st->told_qos2[i] >= 1 && st->told_qos2[i] <= 65535)
-                ids[n++] = (uint16_t)st->told_qos2[i];
-        /* less those whose PUBREL came to the old owner meanwhile */
-        for (uint32_t i = 0; own_ids && i < n_own; i++) {
-            bool released = false;
-            for (size_t j = 0; j < st->n_released_qos2 && !released; j++)
-                released = st->released_qos2[j] == own_ids[i];
-            if (!released)
-                ids[n++] = own_ids[i];
-        }
+        s->blind_node = cn->self;
+        s->blind_until =
+            broker_now_mono_ms() +
+            (st->blind_left_ms < CN_RESEND_WAIT_MS ? st->blind_left_ms : CN_RESEND_WAIT_MS);
+        s->told_ids = own_ids;
+        s->n_told = n_own;
+        s->told = true;
         own_ids = NULL;
-        if (ids) {
-            s->blind_node = cn->self;
-            s->blind_until =
-                broker_now_mono_ms() +
-                (st->blind_left_ms < CN_RESEND_WAIT_MS ? st->blind_left_ms : CN_RESEND_WAIT_MS);
-            s->told_ids = ids;
-            s->n_told = n;
-            s->told = true;
-            log_info("cluster: the session of '%s' came from a node that waited for this node's "
-                     "QoS 2 ids: %u of them answer its client's resends here",
-                     k->id, (unsigned)n);
-        }
+        log_info("cluster: the session of '%s' came from a node that waited for this node's "
+                 "QoS 2 ids: %u of them answer its client's resends here",
+                 k->id, (unsigned)n_own);
     }
     free(own_ids);
     /* On this node's disk before the old owner lets go of them: the

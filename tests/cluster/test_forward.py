@@ -732,11 +732,12 @@ def resend_answered_as_had(q, node, wait_s):
         node.logtext()
 
 
-def resent_then_after(q, topic, wait_s, payload=b"taken"):
-    """q resends payload (DUP 1, packet id 1), answered as received (PUBREC,
-    PUBCOMP after its PUBREL); then a whole QoS 2 exchange of b"after", and
-    q disconnects."""
-    q.publish(topic, payload, qos=2, dup=True, packet_id=1)
+def resent_then_after(q, topic, wait_s, payload=b"taken", held=False):
+    """q resends payload (DUP 1, packet id 1; held: it did, resend_held),
+    answered as received (PUBREC, PUBCOMP after its PUBREL); then a whole
+    QoS 2 exchange of b"after", and q disconnects."""
+    if not held:
+        q.publish(topic, payload, qos=2, dup=True, packet_id=1)
     assert q.expect(mqttraw.PUBREC, wait_s).packet_id == 1
     q.pubrel(1)
     assert q.expect(mqttraw.PUBCOMP, wait_s).packet_id == 1
@@ -943,9 +944,11 @@ def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster
         b.logtext()
 
 
+@pytest.mark.parametrize("stalled", [False, True], ids=["", "from_record"])
 @pytest.mark.parametrize("then", ["resent", "released"])
 def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(cluster_factory,
-                                                                            tmp_path, then):
+                                                                            tmp_path, then,
+                                                                            stalled):
     """Chaos seeds 9901 and 9903 with --resend --more (3 and 6 QoS 2
     duplicates, DUP 0), made deterministic. A persistent QoS 2 publisher's
     node a takes its message (PUBREC, the id recorded), then stalls
@@ -962,7 +965,13 @@ def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(clust
     [released] The client had sent the PUBREL on b (the exchange is over
     for it) and now sends a new message with that id on a, DUP 1 as a
     resend of one lost on its way: it is new, and delivered; b's state
-    says which ids were released on b while it waited."""
+    says which ids were released on b while it waited.
+    [from_record] b stalls (SIGSTOP) before the claim on a, which resumes
+    the session from its record in turn, waiting for b's ids: the resend
+    waits until b runs again and its state comes, late, with its wait for
+    a's ids; a's own copy's ids, less those b saw released, answer it
+    (chaos seed 9903 again: b had none of its own to tell, and the resend
+    was taken for new)."""
     WAIT_S = 30.0
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(hold)})
@@ -974,6 +983,7 @@ def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(clust
     pub_id, props = uid("pub"), {"session_expiry_interval": 600}
     p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
     taken_and_acknowledged(p, sub, topic, WAIT_S)
+    payload = b"taken" if then == "resent" else b"fresh"
     hold.touch()
     try:
         faults.pause(a)
@@ -988,9 +998,17 @@ def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(clust
             faults.resume(a)
         left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x}"
         wait_for(lambda: left in a.logtext(), WAIT_S, f"a finding its copy of {pub_id} claimed")
-        q = resumed_elsewhere(a, pub_id, props, WAIT_S)
+        if stalled:
+            faults.pause(b)
+        try:
+            q = resumed_elsewhere(a, pub_id, props, WAIT_S)
+            if stalled:
+                resend_held(q, a, topic, payload, WAIT_S)
+        finally:
+            if stalled:
+                faults.resume(b)
         assert f"'{pub_id}' is claimed here again while its old copy" in a.logtext()
-        resent_then_after(q, topic, WAIT_S, b"taken" if then == "resent" else b"fresh")
+        resent_then_after(q, topic, WAIT_S, payload, held=stalled)
     finally:
         hold.unlink(missing_ok=True)
     # "taken" came once, before the stall
