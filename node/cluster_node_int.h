@@ -329,21 +329,24 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
  * once). cn->reg_mu held. */
 void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len);
 /* The QoS 2 ids that this node's latest old copy of id still moving out
- * to another node took from its client (received, their PUBREL not come): a malloc'd
- * array of *n, or NULL (no such copy, or out of memory). Takes
- * cn->reg_mu. */
-uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t len, uint32_t *n);
-/* A session state st for id, from an owner that resumed the session from its
- * record while this node was taken for dead and still waits for this node's
- * QoS 2 ids (blind_node: this node, time left): those ids, which answer its
- * client's resends here (handle_publish_park). The state's told ids if that
- * owner learnt them already; else this node's latest old copy's still moving
- * out (cn_moving_qos2_ids), less those whose PUBREL came to that owner while
- * it waited (released_qos2: the client may have used them again since). A
+ * to node `to` (another node) took from its client (received, their PUBREL
+ * not come): a malloc'd array of *n, or NULL (no such copy, or out of
+ * memory). Takes cn->reg_mu. */
+uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t to,
+                             uint32_t *n);
+/* A session state st for id, from node `from`, an owner that resumed the
+ * session from its record while this node was taken for dead and still
+ * waits for this node's QoS 2 ids (blind_node: this node, time left): those
+ * ids, which answer its client's resends here (handle_publish_park). The
+ * state's told ids if that owner learnt them already; else those of this
+ * node's latest old copy still moving out to `from`, the copy it waited for
+ * (cn_moving_qos2_ids), less those whose PUBREL came to that owner while it
+ * waited (released_qos2: the client may have used them again since). A
  * malloc'd array of *n, or NULL (not such a state, or out of memory). Takes
  * cn->reg_mu. */
-uint16_t *cn_waited_here_ids(struct cluster_node *cn, const Starling__Chan__SessionState *st,
-                             const char *id, uint16_t len, uint32_t *n);
+uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
+                             const Starling__Chan__SessionState *st, const char *id, uint16_t len,
+                             uint32_t *n);
 /* Whether an old copy of id is in the moving list. Takes cn->reg_mu. */
 bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len);
 /* Then, once the new session is in the registry: what the detached copies

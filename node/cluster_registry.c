@@ -1097,21 +1097,26 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
          * next owner waits for them as this one would (handle_publish_park) */
         uint64_t now = broker_now_mono_ms();
         if (session_blind(s, now)) {
-            st.has_blind_node = st.has_blind_left_ms = true;
-            st.blind_node = s->blind_node;
-            st.blind_left_ms = (uint32_t)(s->blind_until - now);
             if (s->told && (told = calloc(s->n_told + 1, sizeof(*told)))) {
                 for (uint32_t i = 0; i < s->n_told; i++)
                     told[i] = s->told_ids[i];
                 st.n_told_qos2 = s->n_told;
                 st.told_qos2 = told;
                 st.has_told = st.told = true;
-            } else if (!s->told && s->n_blind_released &&
-                       (released = calloc(s->n_blind_released, sizeof(*released)))) {
+            } else if (!s->told &&
+                       (released = calloc(s->n_blind_released + 1, sizeof(*released)))) {
                 for (uint32_t i = 0; i < s->n_blind_released; i++)
                     released[i] = s->blind_released[i];
                 st.n_released_qos2 = s->n_blind_released;
                 st.released_qos2 = released;
+            }
+            /* the wait goes on there only with what it knows (out of
+             * memory, not: without the ids released here, a later telling
+             * could take a new message for one the old owner had, lost) */
+            if (told || released) {
+                st.has_blind_node = st.has_blind_left_ms = true;
+                st.blind_node = s->blind_node;
+                st.blind_left_ms = (uint32_t)(s->blind_until - now);
             }
         }
     }
@@ -1451,7 +1456,7 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
      * --resend --more: 3 and 6 QoS 2 duplicates with DUP 0;
      * test_forward.py::test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate) */
     uint32_t n_own = 0;
-    uint16_t *own_ids = cn_waited_here_ids(cn, st, k->id, k->req.id_len, &n_own);
+    uint16_t *own_ids = cn_waited_here_ids(cn, from, st, k->id, k->req.id_len, &n_own);
     struct session *s = session_new(k->id, k->req.id_len);
     if (!s) {
         free(own_ids);

@@ -1059,8 +1059,13 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
      * heard of the later one) tells the later claim's session here, if that
      * one was resumed from the sender's record: blind_node below */
     if (!s && fsm_registry_get(cn->fsm, (const char *)id->data, id->len, &node, &later) == 0 &&
-        node == cn->self && later > epoch)
+        node == cn->self && later > epoch) {
         s = claim_session_at(cn, (const char *)id->data, id->len, later, false);
+        /* this node's own ids count for the claim whose wait the sender
+         * answered only: the later claim's session may have taken and
+         * released them since, unknown to the sender */
+        n_own = 0;
+    }
     if (!s)
         return false;
     uint64_t now = broker_now_mono_ms();
@@ -1144,7 +1149,7 @@ void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
      * released meanwhile (cn_waited_here_ids): before it came, they are not
      * used (they may be stale), and a resend waits. */
     uint32_t n_own = 0;
-    uint16_t *own = cn_waited_here_ids(cn, st, (const char *)st->client_id.data,
+    uint16_t *own = cn_waited_here_ids(cn, from, st, (const char *)st->client_id.data,
                                        (uint16_t)st->client_id.len, &n_own);
     on_messages_told(cn, from, &sm, sq, own, n_own);
     free(own);
@@ -2742,7 +2747,8 @@ bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len)
     return held;
 }
 
-uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t len, uint32_t *n)
+uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t to,
+                             uint32_t *n)
 {
     uint16_t *ids = NULL;
     *n = 0;
@@ -2751,8 +2757,8 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
     /* (not a copy moving to this node itself, a stand-in or an overtaken
      * claim's session, whose ids came from elsewhere) */
     for (struct cn_moving *x = cn->moving; x; x = x->next)
-        if (x->to != cn->self && x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0 &&
-            (!last || x->epoch > last->epoch))
+        if (x->to == to && to != cn->self && x->s->id_len == len &&
+            memcmp(x->s->client_id, id, len) == 0 && (!last || x->epoch > last->epoch))
             last = x;
     if (last) {
         lock_acquire(&last->s->lock);
@@ -2765,8 +2771,9 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
     return ids;
 }
 
-uint16_t *cn_waited_here_ids(struct cluster_node *cn, const Starling__Chan__SessionState *st,
-                             const char *id, uint16_t len, uint32_t *n)
+uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
+                             const Starling__Chan__SessionState *st, const char *id, uint16_t len,
+                             uint32_t *n)
 {
     *n = 0;
     if (!(st->has_blind_node && st->blind_node == cn->self && st->has_blind_left_ms &&
@@ -2780,7 +2787,7 @@ uint16_t *cn_waited_here_ids(struct cluster_node *cn, const Starling__Chan__Sess
         return ids;
     }
     uint32_t n_own = 0;
-    uint16_t *ids = cn_moving_qos2_ids(cn, id, len, &n_own);
+    uint16_t *ids = cn_moving_qos2_ids(cn, id, len, from, &n_own);
     for (uint32_t i = 0; ids && i < n_own; i++) {
         bool released = false;
         for (size_t j = 0; j < st->n_released_qos2 && !released; j++)

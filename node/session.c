@@ -1039,8 +1039,15 @@ void session_blind_released(struct session *s, uint16_t pid, uint64_t now_ms)
         s->n_blind_released >= 65535)
         return;
     uint16_t *p = realloc(s->blind_released, (s->n_blind_released + 1) * sizeof(*p));
-    if (!p)
+    if (!p) {
+        /* unrecorded, a later telling of pid could take the client's next
+         * message with it for one the old owner had (lost): the wait ends
+         * now instead (a resend is taken for new: at worst a duplicate) */
+        s->blind_until = 0;
+        s->n_told = 0;
+        s->n_blind_released = 0;
         return;
+    }
     p[s->n_blind_released++] = pid;
     s->blind_released = p;
 }
