@@ -106,10 +106,11 @@ static void ackq_drain(struct conn *c)
         struct pending_ack *a = &x->acks[n++];
         if (a->failed &&
             ((c->version != MQTT_V5 && (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) ||
-             a->type == MQTT_PUBCOMP)) {
-            /* 3.1.1 has no way to say "not stored", nor has a PUBCOMP in
-             * either version: close, the client publishes again (or sends
-             * its PUBREL again) on its next connection */
+             a->type == MQTT_PUBCOMP || a->type == MQTT_PUBREL)) {
+            /* 3.1.1 has no way to say "not stored", nor has a PUBCOMP or a
+             * PUBREL in either version: close, the client publishes again
+             * (or sends its PUBREL again) on its next connection, and the
+             * subscriber whose PUBREC was not stored gets the PUBLISH again */
             x->acks_len = 0;
             conn_close(c, 0, false);
             return;
@@ -209,6 +210,12 @@ void ackq_done(struct conn *c, uint32_t token, int status)
             log_warn("%s: store failed (%s): PUBCOMP %u not sent", CONN_PEER(c),
                      store_strerror(status), a->pid);
             a->failed = true;
+        } else if (status < 0 && a->type == MQTT_PUBREL) {
+            /* the PUBREC's record failed: no PUBREL the store does not
+             * know of (session_pubrec_undo, in ackq_on_commit) */
+            log_warn("%s: store failed (%s): PUBREL %u not sent", CONN_PEER(c),
+                     store_strerror(status), a->pid);
+            a->failed = true;
         } else if (status < 0 && (a->type == MQTT_PUBACK || a->type == MQTT_PUBREC)) {
             /* the message could not be stored: not acknowledged as received */
             log_warn("%s: store failed (%s): publish %u refused", CONN_PEER(c),
@@ -297,6 +304,8 @@ static void ackq_on_commit(void *ud, int status)
              * worker and the connection closes without it (ackq_done
              * does the same again) */
             session_qos2_remove(a->s, a->pid);
+        } else if (a->type == MQTT_PUBREL) {
+            session_pubrec_undo(a->s, a->pid);
         } else if (!session_qos2_has(a->s, a->pid) && session_qos2_add(a->s, a->pid) < 0) {
             /* a PUBCOMP whose deletion failed: the id is still stored, and
              * recorded again here for the client's resent PUBREL (no
@@ -372,8 +381,9 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
         }
         return;
     }
-    a->s = (type == MQTT_PUBREC || type == MQTT_PUBCOMP) && c->session ? session_ref(c->session)
-                                                                       : NULL;
+    a->s = (type == MQTT_PUBREC || type == MQTT_PUBCOMP || type == MQTT_PUBREL) && c->session
+               ? session_ref(c->session)
+               : NULL;
     uint32_t token = a->token = ++c->next_token;
     a->c = conn_ref(c);
     a->pid = pid;

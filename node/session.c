@@ -976,6 +976,14 @@ int session_pubrec_locked(struct broker *b, struct session *s, uint16_t pid, uin
     return 0;
 }
 
+void session_pubrec_undo(struct session *s, uint16_t pid)
+{
+    assert(lock_held(&s->lock));
+    struct qmsg *q = inflight_find(s, pid);
+    if (q && q->qos == 2 && q->state == MSG_STATE_WAIT_PUBCOMP)
+        q->state = MSG_STATE_WAIT_PUBREC;
+}
+
 int session_pubcomp_locked(struct broker *b, struct session *s, uint16_t pid,
                            struct store_batch **bt)
 {

@@ -464,6 +464,12 @@ int session_pubrec_locked(struct broker *b, struct session *s, uint16_t pid, uin
                           struct store_batch **bt);
 int session_pubcomp_locked(struct broker *b, struct session *s, uint16_t pid,
                            struct store_batch **bt);
+/* The record of a PUBREC (MSG_STATE_WAIT_PUBCOMP) could not be stored: the
+ * message pid waits for its PUBREC again, as the store has it, so that its
+ * client gets the PUBLISH again (DUP 1) and never a PUBREL that the store
+ * does not know of (after a restart the PUBLISH would come again, a new
+ * message to a client that had completed it). s->lock held. */
+void session_pubrec_undo(struct session *s, uint16_t pid);
 
 /* Append a message recovered from the store (start-up only). One past
  * PUBREC goes back inflight (its PUBREL is resent); any other is queued and

@@ -834,3 +834,100 @@ def test_failed_allocation_on_a_pubrel_keeps_the_id_until_its_deletion_is_stored
         assert sorted(got) == sorted(want), f"delivered more than once: {got}"
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.skipif(not is_starling(), reason="Starling only")
+@pytest.mark.parametrize("version", [4, 5])
+def test_failed_allocation_on_a_pubrec_sends_no_pubrel_the_store_lacks(broker, version):
+    """A persistent QoS 2 subscriber's PUBRECs, each handled with each of
+    its allocations failing in turn, one per round (FAILALLOC_NTH). Once
+    the broker sent the PUBREL it must not send the PUBLISH again
+    [MQTT-3.1.1 4.3.3-1, MQTT-5.0 4.3.3-5]: the client may have completed
+    the message, and would take it for a new one. So the PUBREL comes only
+    once the PUBREC's record is stored; else the connection closes and the
+    PUBLISH comes again (DUP 1) on the next one. The subscriber sends no
+    PUBCOMP; the broker is SIGKILLed and started again from its store:
+    every exchange goes on with its PUBREL, none with its PUBLISH. Before,
+    a PUBREL went out although the batch of its record had failed, and
+    after the restart that message came again as a PUBLISH."""
+    env = nth_sweep_env()
+    data = tempfile.mkdtemp(prefix="starling-failalloc-")
+    try:
+        # every exchange stays open (no PUBCOMP) within the window
+        conf = store_conf(data, max_inflight_messages=1000)
+        b = broker(_env=env, **conf)
+        cid = uid("subr")
+        s, _ = subscriber(b, cid, version)
+        s.subscribe(("fa/r", M.sub_options(qos=2)))
+        released = {}  # packet id: payload, each PUBREL the subscriber had
+        closed = 0
+
+        def one_round(k):
+            nonlocal s, closed
+            payload = b"r%d" % k
+            p = M.Client(b, version=5)
+            p.connect(uid("pub"))
+            p.publish("fa/r", payload, qos=2)
+            rec = p.expect(M.PUBREC)
+            p.pubrel(rec.packet_id)
+            p.expect(M.PUBCOMP)
+            p.disconnect()
+            pub = s.expect(M.PUBLISH)
+            assert (pub.payload, pub.qos) == (payload, 2), pub
+            before = b.stderr_text().count("failalloc: failed call")
+            toggle(b, "armed")
+            try:
+                s.pubrec(pub.packet_id)
+                rel = s.recv()
+                assert rel.type in (M.PUBREL, M.DISCONNECT), rel  # 5.0: closed with a reason
+            except (M.MQTTError, OSError):
+                rel = None
+            finally:
+                toggle(b, "disarmed")
+            if rel is not None and rel.type == M.DISCONNECT:
+                rel = None
+            failed = b.stderr_text().count("failalloc: failed call") > before
+            if rel is None:
+                closed += 1
+                s.close()
+                s, ack = subscriber(b, cid, version)
+                assert ack.session_present
+                # the exchanges before go on with their PUBREL, this one
+                # with its PUBLISH again [MQTT-3.1.1 4.4.0-1, MQTT-5.0
+                # 4.4.0-1], or with its PUBREL if its record was stored
+                # (only sending it failed)
+                again = s.recv()
+                while again.type == M.PUBREL and again.packet_id in released:
+                    again = s.recv()
+                if again.type == M.PUBLISH:
+                    assert (again.packet_id, again.payload, again.dup) == \
+                        (pub.packet_id, payload, True), again
+                    s.pubrec(pub.packet_id)
+                    again = s.recv()
+                rel = again
+                assert rel.type == M.PUBREL, rel
+            assert rel.packet_id == pub.packet_id, rel
+            released[pub.packet_id] = payload
+            return failed
+
+        k = nth_rounds(one_round)
+        print(f"sweep: {k} rounds, {closed} closed")
+        assert closed, "no failure closed a connection: the sweep proves nothing"
+        b.stop(signal.SIGKILL, check=False)
+
+        b = broker(**conf)
+        s, ack = subscriber(b, cid, version)
+        assert ack.session_present
+        completed = set()
+        for _ in released:
+            rel = s.recv()
+            assert rel.type == M.PUBREL, \
+                f"after its PUBREL, a PUBLISH again (a new message to the client): {rel}"
+            completed.add(rel.packet_id)
+            s.pubcomp(rel.packet_id)
+        assert completed == set(released)
+        marker = publish_marker(b, "fa/r")
+        assert received_until(s, marker) == []
+        s.disconnect()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
