@@ -50,8 +50,9 @@ struct cluster_fwd;
  * still 40 heartbeats (15 ms) before a follower gives up on its leader. */
 #define CN_ELECTION_TIMEOUT_MS 600
 /* A session resumed from its record: how long a QoS 2 PUBLISH its client
- * resends waits for the old owner's ids (struct session.blind_until) */
-#define CN_RESEND_WAIT_MS 15000
+ * resends waits for the old owner's ids (struct session.blind_until), the
+ * configured cluster_resend_wait */
+#define CN_RESEND_WAIT_MS(cn) ((uint64_t)(cn)->b->cfg.cluster_resend_wait)
 
 struct waiter {
     struct waiter *next;

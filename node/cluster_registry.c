@@ -1531,7 +1531,7 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
         s->blind_node = st->blind_node;
         s->blind_until =
             broker_now_mono_ms() +
-            (st->blind_left_ms < CN_RESEND_WAIT_MS ? st->blind_left_ms : CN_RESEND_WAIT_MS);
+            (st->blind_left_ms < CN_RESEND_WAIT_MS(cn) ? st->blind_left_ms : CN_RESEND_WAIT_MS(cn));
         if (st->has_told && st->told &&
             (s->told_ids = malloc((st->n_told_qos2 + 1) * sizeof(*s->told_ids)))) {
             for (size_t i = 0; i < st->n_told_qos2; i++)
@@ -1549,7 +1549,7 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
         s->blind_node = cn->self;
         s->blind_until =
             broker_now_mono_ms() +
-            (st->blind_left_ms < CN_RESEND_WAIT_MS ? st->blind_left_ms : CN_RESEND_WAIT_MS);
+            (st->blind_left_ms < CN_RESEND_WAIT_MS(cn) ? st->blind_left_ms : CN_RESEND_WAIT_MS(cn));
         s->told_ids = own_ids;
         s->n_told = n_own;
         s->told = true;

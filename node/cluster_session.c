@@ -321,8 +321,8 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
         for (size_t i = rec->n_owners; !blind && i > 0; i--)
             if (rec->owners[i - 1]->node != cn->self)
                 blind = rec->owners[i - 1]->node;
-        if (blind) {
-            s->blind_until = broker_now_mono_ms() + CN_RESEND_WAIT_MS;
+        if (blind && CN_RESEND_WAIT_MS(cn)) {
+            s->blind_until = broker_now_mono_ms() + CN_RESEND_WAIT_MS(cn);
             s->blind_node = blind;
         }
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);

@@ -126,6 +126,7 @@ static const struct key_def keys[] = {
     KEY("cluster_secret", T_STR, cluster_secret, 0, sizeof(((struct config *)0)->cluster_secret)),
     KEY("cluster_claim_timeout", T_U32, cluster_claim_timeout, 100, 600000),
     KEY("cluster_down_after", T_U32, cluster_down_after, 100, 86400000),
+    KEY("cluster_resend_wait", T_U32, cluster_resend_wait, 0, 600000),
     KEY("cluster_auto_rebuild", T_BOOL, cluster_auto_rebuild, 0, 0),
     KEY("cluster_outbox_messages", T_U64, cluster_outbox_messages, 16, 1000000000),
     KEY("cluster_outbox_bytes", T_U64, cluster_outbox_bytes, 65536, (uint64_t)1 << 40),
@@ -194,6 +195,7 @@ void config_defaults(struct config *c)
     c->cluster_secret[0] = '\0';
     c->cluster_claim_timeout = 5000;
     c->cluster_down_after = 5000;
+    c->cluster_resend_wait = 30000;
     c->cluster_auto_rebuild = true;
     c->cluster_outbox_messages = 1000000;
     c->cluster_outbox_bytes = 256ull << 20;

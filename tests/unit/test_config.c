@@ -618,6 +618,7 @@ static void test_cluster_keys(void)
     CU_ASSERT_STRING_EQUAL(c.cluster_secret, "");
     CU_ASSERT_EQUAL(c.cluster_claim_timeout, 5000);
     CU_ASSERT_EQUAL(c.cluster_down_after, 5000);
+    CU_ASSERT_EQUAL(c.cluster_resend_wait, 30000);
     CU_ASSERT_EQUAL(c.cluster_outbox_messages, 1000000);
     CU_ASSERT_EQUAL(c.cluster_outbox_bytes, 256ull << 20);
     CU_ASSERT_FALSE(config_clustered(&c));
@@ -628,6 +629,7 @@ static void test_cluster_keys(void)
                                 "cluster_seeds 127.0.0.11, 127.0.0.12:6000 ,seed-3.example\n"
                                 "cluster_name prod\ncluster_secret s3cr3t\n"
                                 "cluster_claim_timeout 250\ncluster_down_after 3000\n"
+                                "cluster_resend_wait 0\n"
                                 "cluster_outbox_messages 5000\ncluster_outbox_bytes 1048576\n",
                                 NULL),
                     0);
@@ -638,6 +640,8 @@ static void test_cluster_keys(void)
     config_defaults(&bad);
     CU_ASSERT(load_string(&bad, "cluster_outbox_messages 15\n", NULL) < 0);
     CU_ASSERT(load_string(&bad, "cluster_outbox_bytes 65535\n", NULL) < 0);
+    /* above its maximum: refused */
+    CU_ASSERT(load_string(&bad, "cluster_resend_wait 600001\n", NULL) < 0);
     CU_ASSERT_STRING_EQUAL(c.node_name, "n1");
     CU_ASSERT_STRING_EQUAL(c.cluster_address, "127.0.0.11");
     CU_ASSERT_EQUAL(c.cluster_port, 5370);
@@ -646,6 +650,7 @@ static void test_cluster_keys(void)
     CU_ASSERT_STRING_EQUAL(c.cluster_secret, "s3cr3t");
     CU_ASSERT_EQUAL(c.cluster_claim_timeout, 250);
     CU_ASSERT_EQUAL(c.cluster_down_after, 3000);
+    CU_ASSERT_EQUAL(c.cluster_resend_wait, 0);
     CU_ASSERT_TRUE(config_clustered(&c));
     char seeds[4][256];
     CU_ASSERT_EQUAL(config_seeds_split(&c, seeds, 4, err, sizeof(err)), 3);
