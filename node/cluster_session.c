@@ -1118,6 +1118,35 @@ static void on_messages_told(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionMessages *sm,
                              const struct cluster_fwd_seq *sq, const uint16_t *own, uint32_t n_own);
 
+/* cn_waited_here_ids when the copy moving out to `from` was folded into
+ * the claim's session already: the ids it kept (struct session.own_moved),
+ * less those released on `from`. */
+static uint16_t *own_moved_waited(struct cluster_node *cn, uint64_t from,
+                                  const Starling__Chan__SessionState *st, uint32_t *n)
+{
+    *n = 0;
+    if (!(st->has_blind_node && st->blind_node == cn->self && st->has_blind_left_ms &&
+          st->blind_left_ms))
+        return NULL;
+    struct session *s =
+        claim_session_at(cn, (const char *)st->client_id.data, st->client_id.len, st->epoch, false);
+    if (!s)
+        return NULL;
+    uint16_t *ids = NULL;
+    lock_acquire(&s->lock);
+    if (s->own_moved_to == from && s->n_own_moved && (ids = malloc(s->n_own_moved * sizeof(*ids))))
+        for (uint32_t i = 0; i < s->n_own_moved; i++) {
+            bool released = false;
+            for (size_t j = 0; j < st->n_released_qos2 && !released; j++)
+                released = st->released_qos2[j] == s->own_moved[i];
+            if (!released)
+                ids[(*n)++] = s->own_moved[i];
+        }
+    lock_release(&s->lock);
+    session_unref(s);
+    return ids;
+}
+
 void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
                               const Starling__Chan__SessionState *st,
                               const struct cluster_fwd_seq *sq)
@@ -1151,6 +1180,8 @@ void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
     uint32_t n_own = 0;
     uint16_t *own = cn_waited_here_ids(cn, from, st, (const char *)st->client_id.data,
                                        (uint16_t)st->client_id.len, &n_own);
+    if (!own && !(st->has_told && st->told))
+        own = own_moved_waited(cn, from, st, &n_own);
     on_messages_told(cn, from, &sm, sq, own, n_own);
     free(own);
 }
@@ -2874,6 +2905,28 @@ static void fold_rule_set(struct cluster_node *cn, struct session *keep, const s
     free(f);
 }
 
+/* The QoS 2 ids of copy x, moving out to another node, folded into the
+ * claim's session keep: kept as this node's own ids that x's destination
+ * may wait for (struct session.own_moved). Before, they went with the copy,
+ * and that node's late state, waiting for them, found no copy here to
+ * answer it: the client's resend was taken for new (chaos seed 9923 with
+ * --resend --more: 3 QoS 2 duplicates). */
+static void own_moved_keep(struct session *keep, const struct cn_moving *x)
+{
+    lock_acquire(&x->s->lock);
+    uint32_t n = x->s->n_qos2_in;
+    uint16_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;
+    if (ids)
+        memcpy(ids, x->s->qos2_in, n * sizeof(*ids));
+    lock_release(&x->s->lock);
+    lock_acquire(&keep->lock);
+    free(keep->own_moved);
+    keep->own_moved = ids;
+    keep->n_own_moved = ids ? n : 0;
+    keep->own_moved_to = x->to;
+    lock_release(&keep->lock);
+}
+
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
                                    struct session *keep, uint64_t whole_from,
                                    struct store_batch **bt)
@@ -2940,6 +2993,8 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
         moving_take(cn, x, &shared, whole_from ? &x->fold_direct : NULL);
         if (keep)
             fold_rule_set(cn, keep, x, x == found);
+        if (keep && x->to != cn->self)
+            own_moved_keep(keep, x);
         /* a staged claim: its rows leave the store in the claim's batch
          * (copy_rows_leave) */
         if (bt && keep)

@@ -86,6 +86,7 @@ void session_free(struct session *s)
     free(s->qos2_in);
     free(s->told_ids);
     free(s->blind_released);
+    free(s->own_moved);
     msg_unref(s->pending_will);
     free(s->user);
     free(s->pubs_seen);

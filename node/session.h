@@ -156,6 +156,14 @@ struct session {
      * left out, as the client may have used them again since */
     uint16_t *blind_released;
     uint32_t n_blind_released;
+    /* cluster: the QoS 2 ids of this node's old copy that was moving out to
+     * node own_moved_to when this session's claim folded it (0: none):
+     * that node may wait for them, and its late state, saying which of them
+     * it saw released, lets them answer a resend here
+     * (cn_session_on_late_state) */
+    uint16_t *own_moved;
+    uint32_t n_own_moved;
+    uint64_t own_moved_to;
     /* a will waiting for its delay (offline only) */
     struct msg *pending_will;
     uint64_t will_at; /* monotonic ms */

@@ -754,12 +754,12 @@ def got_up_to_after(sub, wait_s):
     return got
 
 
-def resend_setup(cluster_factory, hold, held, name, wait_s):
+def resend_setup(cluster_factory, hold, held, name, wait_s, env=None):
     """A cluster (node `held`, an index, commits nothing while the file
-    `hold` exists; None: none), a QoS 2 subscriber on the third node, and a
-    raw persistent QoS 2 publisher on the first: (c, topic, sub, pub_id,
-    props, p)."""
-    c = cluster_factory()
+    `hold` exists; None: none; env: its nodes' extra environment), a QoS 2
+    subscriber on the third node, and a raw persistent QoS 2 publisher on
+    the first: (c, topic, sub, pub_id, props, p)."""
+    c = cluster_factory(extra_env=env or {})
     if held is not None:
         faults.store_held(c.nodes[held], hold)
     c.start()
@@ -789,7 +789,8 @@ def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_pa
     commit: the QoS 2 message was never acknowledged and is not on a's
     disk. The client resumes its session on node b and sends the PUBLISH
     again, DUP 1 with its packet id [MQTT-5.0 4.4.0-1]; b has no record of
-    it and takes it. The subscriber must get it exactly once: a forward
+    it and takes it, after its wait for a's ids (cluster_resend_wait, 5 s
+    here). The subscriber must get it exactly once: a forward
     leaves its origin only once stored there. Before, a's frame went out
     live before a's commit, c stored and delivered it, and the resend
     through b came as a second copy (an experiment with a persistent paho
@@ -800,7 +801,9 @@ def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_pa
     published there arrives after it, and nothing else does."""
     WAIT_S = 30.0
     hold = tmp_path / "hold-a-commits"
-    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/commit", WAIT_S)
+    # b waits 5 s for a's ids (cluster_resend_wait), a staying down
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/commit", WAIT_S,
+                                                   {"STARLING_CLUSTER_RESEND_WAIT": "5000"})
     a, b, _ = c.nodes
     hold.touch()
     try:
