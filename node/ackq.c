@@ -304,7 +304,10 @@ static void ackq_on_commit(void *ud, int status)
              * worker and the connection closes without it (ackq_done
              * does the same again) */
             session_qos2_remove(a->s, a->pid);
-        } else if (a->type == MQTT_PUBREL) {
+        } else if (a->type == MQTT_PUBREL && (!a->s->conn || a->s->conn == a->c)) {
+            /* (a session that a new connection took meanwhile was resumed
+             * with the PUBREL already: its client completes the exchange,
+             * whose PUBCOMP deletes the message's records) */
             session_pubrec_undo(a->s, a->pid);
         } else if (!session_qos2_has(a->s, a->pid) && session_qos2_add(a->s, a->pid) < 0) {
             /* a PUBCOMP whose deletion failed: the id is still stored, and
@@ -368,6 +371,15 @@ void ackq_after(struct conn *c, struct store_batch **bt, enum mqtt_type type, ui
         return;
     }
     if (!a) {
+        if (stored && type == MQTT_PUBREL && c->session) {
+            /* the PUBREC's record may fail unseen, and the connection
+             * closes without the PUBREL: the message waits for its PUBREC
+             * again, so the next connection gets the PUBLISH (DUP 1), never
+             * a PUBREL the store may not know of */
+            lock_acquire(&c->session->lock);
+            session_pubrec_undo(c->session, pid);
+            lock_release(&c->session->lock);
+        }
         if (*bt)
             persist_submit(b, bt, NULL, NULL);
         if (held)

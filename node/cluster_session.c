@@ -2920,11 +2920,17 @@ static void own_moved_keep(struct session *keep, const struct cn_moving *x)
         memcpy(ids, x->s->qos2_in, n * sizeof(*ids));
     lock_release(&x->s->lock);
     lock_acquire(&keep->lock);
-    free(keep->own_moved);
-    keep->own_moved = ids;
-    keep->n_own_moved = ids ? n : 0;
-    keep->own_moved_to = x->to;
+    /* of several copies folded, the latest (as cn_moving_qos2_ids) */
+    if (!keep->own_moved_to || x->epoch >= keep->own_moved_epoch) {
+        free(keep->own_moved);
+        keep->own_moved = ids;
+        keep->n_own_moved = ids ? n : 0;
+        keep->own_moved_to = x->to;
+        keep->own_moved_epoch = x->epoch;
+        ids = NULL;
+    }
     lock_release(&keep->lock);
+    free(ids);
 }
 
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,

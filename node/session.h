@@ -164,6 +164,7 @@ struct session {
     uint16_t *own_moved;
     uint32_t n_own_moved;
     uint64_t own_moved_to;
+    uint64_t own_moved_epoch; /* the claim that copy moved out for */
     /* a will waiting for its delay (offline only) */
     struct msg *pending_will;
     uint64_t will_at; /* monotonic ms */
