@@ -752,6 +752,25 @@ def test_a_resend_after_a_close_while_acknowledging_waits_for_the_original(broke
         shutil.rmtree(data, ignore_errors=True)
 
 
+def _armed_answer(b, c, send, answer):
+    """send() on c with the shim armed, and the packet of type `answer` that
+    follows: (that packet, or None when the broker closed the connection
+    (5.0: with a DISCONNECT), and whether the shim failed a call)."""
+    before = b.stderr_text().count("failalloc: failed call")
+    toggle(b, "armed")
+    try:
+        send()
+        got = c.recv()
+        assert got.type in (answer, M.DISCONNECT), got  # 5.0: closed with a reason
+    except (M.MQTTError, OSError):
+        got = None
+    finally:
+        toggle(b, "disarmed")
+    if got is not None and got.type == M.DISCONNECT:
+        got = None
+    return got, b.stderr_text().count("failalloc: failed call") > before
+
+
 @pytest.mark.skipif(not is_starling(), reason="Starling only")
 @pytest.mark.parametrize("version", [4, 5])
 def test_failed_allocation_on_a_pubrel_keeps_the_id_until_its_deletion_is_stored(broker, version):
@@ -790,19 +809,7 @@ def test_failed_allocation_on_a_pubrel_keeps_the_id_until_its_deletion_is_stored
             c.publish("fa/c", b"c%d" % k, qos=2, packet_id=pid)
             rec = c.expect(M.PUBREC)
             assert (rec.packet_id, rec.reason_code) == (pid, 0), rec
-            before = b.stderr_text().count("failalloc: failed call")
-            toggle(b, "armed")
-            try:
-                c.pubrel(pid)
-                comp = c.recv()
-                assert comp.type in (M.PUBCOMP, M.DISCONNECT), comp  # 5.0: closed with a reason
-            except (M.MQTTError, OSError):
-                comp = None
-            finally:
-                toggle(b, "disarmed")
-            if comp is not None and comp.type == M.DISCONNECT:
-                comp = None
-            failed = b.stderr_text().count("failalloc: failed call") > before
+            comp, failed = _armed_answer(b, c, lambda: c.pubrel(pid), M.PUBCOMP)
             if comp is None:
                 closed += 1
                 c.close()
@@ -874,19 +881,7 @@ def test_failed_allocation_on_a_pubrec_sends_no_pubrel_the_store_lacks(broker, v
             p.disconnect()
             pub = s.expect(M.PUBLISH)
             assert (pub.payload, pub.qos) == (payload, 2), pub
-            before = b.stderr_text().count("failalloc: failed call")
-            toggle(b, "armed")
-            try:
-                s.pubrec(pub.packet_id)
-                rel = s.recv()
-                assert rel.type in (M.PUBREL, M.DISCONNECT), rel  # 5.0: closed with a reason
-            except (M.MQTTError, OSError):
-                rel = None
-            finally:
-                toggle(b, "disarmed")
-            if rel is not None and rel.type == M.DISCONNECT:
-                rel = None
-            failed = b.stderr_text().count("failalloc: failed call") > before
+            rel, failed = _armed_answer(b, s, lambda: s.pubrec(pub.packet_id), M.PUBREL)
             if rel is None:
                 closed += 1
                 s.close()
