@@ -307,8 +307,26 @@ class Chaos:
             self.say(f"PROBLEM {p}")
         ok = not problems and not r["errors"] and r["lost"] == 0 and r["dup2"] == 0 \
             and r["misorder"] == 0 and r["acknowledged"] > 0
+        if not ok:
+            self.trace_failure(r)
         self.say(f"seed {self.seed}: {'PASSED' if ok else 'FAILED'}")
         return ok, r
+
+    def trace_failure(self, r, per_node=120):
+        """For a failed run whose data may not be kept (make test's short
+        run, CI): the events of the clients its samples name, and the last
+        per_node lines of each node's log that mention them, printed."""
+        t = self.traffic
+        names = {x.split(":")[0] for x in r["samples"]}
+        clients = [c for c in t.subscribers + t.publishers if c.cid in names]
+        for c in clients:
+            self.say(f"trace {c.cid}: " + "; ".join(
+                f"{t.wall(tt)} {what} {node} {detail}".strip()
+                for tt, what, node, detail in c.events[-60:]))
+        for n in self.cluster.nodes:
+            lines = [x for x in n.logtext().splitlines() if any(c.cid in x for c in clients)]
+            for x in lines[-per_node:]:
+                self.say(f"trace {n.name}: {x}")
 
     def close(self, keep=False):
         """Stops the nodes; returns the sanitizer reports in their logs
