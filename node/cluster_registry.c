@@ -1412,6 +1412,13 @@ bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uin
 }
 
 /* The old owner's answer (cluster thread). */
+/* What is left of an old owner's wait for its predecessor's QoS 2 ids
+ * (SessionState.blind_left_ms), at most this node's cluster_resend_wait */
+static uint64_t wait_left(const struct cluster_node *cn, uint32_t left_ms)
+{
+    return left_ms < CN_RESEND_WAIT_MS(cn) ? left_ms : CN_RESEND_WAIT_MS(cn);
+}
+
 void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
                           const Starling__Chan__SessionState *st, const struct cluster_fwd_seq *sq)
 {
@@ -1529,9 +1536,7 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
     if (st->has_blind_node && st->blind_node && st->blind_node != cn->self &&
         st->has_blind_left_ms && st->blind_left_ms) {
         s->blind_node = st->blind_node;
-        s->blind_until =
-            broker_now_mono_ms() +
-            (st->blind_left_ms < CN_RESEND_WAIT_MS(cn) ? st->blind_left_ms : CN_RESEND_WAIT_MS(cn));
+        s->blind_until = broker_now_mono_ms() + wait_left(cn, st->blind_left_ms);
         if (st->has_told && st->told &&
             (s->told_ids = malloc((st->n_told_qos2 + 1) * sizeof(*s->told_ids)))) {
             for (size_t i = 0; i < st->n_told_qos2; i++)
@@ -1547,9 +1552,7 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
         /* as ids told by this node: they answer a resend (DUP 1) within
          * what is left of the wait, each once (handle_publish_park) */
         s->blind_node = cn->self;
-        s->blind_until =
-            broker_now_mono_ms() +
-            (st->blind_left_ms < CN_RESEND_WAIT_MS(cn) ? st->blind_left_ms : CN_RESEND_WAIT_MS(cn));
+        s->blind_until = broker_now_mono_ms() + wait_left(cn, st->blind_left_ms);
         s->told_ids = own_ids;
         s->n_told = n_own;
         s->told = true;

@@ -1118,6 +1118,31 @@ static void on_messages_told(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionMessages *sm,
                              const struct cluster_fwd_seq *sq, const uint16_t *own, uint32_t n_own);
 
+/* Whether state st's sender still waits for this node's QoS 2 ids (it
+ * resumed the session from its record while this node was taken for dead,
+ * time left). */
+static bool waits_here(const struct cluster_node *cn, const Starling__Chan__SessionState *st)
+{
+    return st->has_blind_node && st->blind_node == cn->self && st->has_blind_left_ms &&
+           st->blind_left_ms;
+}
+
+/* ids[0..n) less those st's sender saw released while it waited
+ * (released_qos2: the client may have used them again since), in place:
+ * how many are left. */
+static uint32_t less_released(uint16_t *ids, uint32_t n, const Starling__Chan__SessionState *st)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        bool released = false;
+        for (size_t j = 0; j < st->n_released_qos2 && !released; j++)
+            released = st->released_qos2[j] == ids[i];
+        if (!released)
+            ids[k++] = ids[i];
+    }
+    return k;
+}
+
 /* cn_waited_here_ids when the copy moving out to `from` was folded into
  * the claim's session already: the ids it kept (struct session.own_moved),
  * less those released on `from`. */
@@ -1125,8 +1150,7 @@ static uint16_t *own_moved_waited(struct cluster_node *cn, uint64_t from,
                                   const Starling__Chan__SessionState *st, uint32_t *n)
 {
     *n = 0;
-    if (!(st->has_blind_node && st->blind_node == cn->self && st->has_blind_left_ms &&
-          st->blind_left_ms))
+    if (!waits_here(cn, st))
         return NULL;
     struct session *s =
         claim_session_at(cn, (const char *)st->client_id.data, st->client_id.len, st->epoch, false);
@@ -1134,14 +1158,11 @@ static uint16_t *own_moved_waited(struct cluster_node *cn, uint64_t from,
         return NULL;
     uint16_t *ids = NULL;
     lock_acquire(&s->lock);
-    if (s->own_moved_to == from && s->n_own_moved && (ids = malloc(s->n_own_moved * sizeof(*ids))))
-        for (uint32_t i = 0; i < s->n_own_moved; i++) {
-            bool released = false;
-            for (size_t j = 0; j < st->n_released_qos2 && !released; j++)
-                released = st->released_qos2[j] == s->own_moved[i];
-            if (!released)
-                ids[(*n)++] = s->own_moved[i];
-        }
+    if (s->own_moved_to == from && s->n_own_moved &&
+        (ids = malloc(s->n_own_moved * sizeof(*ids)))) {
+        memcpy(ids, s->own_moved, s->n_own_moved * sizeof(*ids));
+        *n = less_released(ids, s->n_own_moved, st);
+    }
     lock_release(&s->lock);
     session_unref(s);
     return ids;
@@ -2807,8 +2828,7 @@ uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
                              uint32_t *n)
 {
     *n = 0;
-    if (!(st->has_blind_node && st->blind_node == cn->self && st->has_blind_left_ms &&
-          st->blind_left_ms))
+    if (!waits_here(cn, st))
         return NULL;
     if (st->has_told && st->told) {
         uint16_t *ids = malloc((st->n_told_qos2 + 1) * sizeof(*ids));
@@ -2819,13 +2839,8 @@ uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
     }
     uint32_t n_own = 0;
     uint16_t *ids = cn_moving_qos2_ids(cn, id, len, from, &n_own);
-    for (uint32_t i = 0; ids && i < n_own; i++) {
-        bool released = false;
-        for (size_t j = 0; j < st->n_released_qos2 && !released; j++)
-            released = st->released_qos2[j] == ids[i];
-        if (!released)
-            ids[(*n)++] = ids[i];
-    }
+    if (ids)
+        *n = less_released(ids, n_own, st);
     return ids;
 }
 
