@@ -1104,10 +1104,14 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
     struct worker *w = blind && s->conn ? s->w : NULL;
     lock_release(&s->lock);
     free(ids);
-    if (blind)
+    if (blind) {
+        /* into its record: a restart of this node during the wait keeps
+         * them (docs/cluster.md, *The wait in the session's record*) */
+        persist_session_update(cn->b, s);
         log_info("cluster: the session of '%s' learnt the %u QoS 2 id(s) its old copy on %016llx "
                  "had taken",
                  s->client_id, (unsigned)n, (unsigned long long)from);
+    }
     if (w && cn->b->sink->call(w, told_on_worker, session_ref(s)) < 0)
         session_unref(s);
     session_unref(s);

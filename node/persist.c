@@ -139,6 +139,18 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
          * restart*) */
         .epoch = s->epoch ? s->epoch : s->stored_epoch,
     };
+    /* its wait for an old owner's QoS 2 ids (cluster), so that a restart
+     * during it keeps it: what the ids answer, or that they have not come
+     * yet (a resend taken for new after a restart here came twice: chaos
+     * seeds 9911 and 9933, docs/cluster.md) */
+    uint64_t now = broker_now_mono_ms();
+    if (session_blind(s, now)) {
+        rec.wait_until_ms = msg_now_real_ms() + (s->blind_until - now);
+        rec.wait_node = s->blind_node;
+        rec.wait_told = s->told;
+        rec.n_wait_ids = s->told ? s->n_told : s->n_blind_released;
+        rec.wait_ids = s->told ? s->told_ids : s->blind_released;
+    }
     store_session_put(b, s->client_id, s->id_len, &rec);
     s->stored = true;
     if (subs != stack)
@@ -372,6 +384,16 @@ bool persist_submit(const struct broker *br, struct store_batch **bt,
     return true;
 }
 
+void persist_session_update(const struct broker *b, struct session *s)
+{
+    struct store_batch *bt = NULL;
+    lock_acquire(&s->lock);
+    if (s->stored && !s->ended && persist_wanted(b, s))
+        persist_session_put(b, &bt, s, s->conn != NULL);
+    lock_release(&s->lock);
+    persist_submit(b, &bt, NULL, NULL);
+}
+
 void persist_session_sync(const struct broker *b, struct session *s, struct store_batch **bt)
 {
     persist_session_sync_then(b, s, bt, NULL, NULL);
@@ -464,6 +486,30 @@ static int load_session(void *ud, const char *id, uint16_t len, const struct sto
     s->disconnected_at = l->now_mono - (offline_ms < l->now_mono ? offline_ms : 0);
     s->stored = true;
     s->stored_epoch = rec->epoch;
+    uint64_t wait_max = b->cfg.cluster_resend_wait;
+    if (rec->wait_until_ms > l->now_real && rec->wait_node && wait_max) {
+        /* its wait goes on for what is left of it (at most
+         * cluster_resend_wait: a clock set back does not stretch it) */
+        uint64_t left = rec->wait_until_ms - l->now_real;
+        uint32_t n = rec->n_wait_ids;
+        uint16_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;
+        if (n && !ids) {
+            session_unref(s);
+            return -ENOMEM;
+        }
+        if (n)
+            memcpy(ids, rec->wait_ids, n * sizeof(*ids));
+        s->blind_until = l->now_mono + (left < wait_max ? left : wait_max);
+        s->blind_node = rec->wait_node;
+        s->told = rec->wait_told;
+        if (s->told) {
+            s->told_ids = ids;
+            s->n_told = n;
+        } else {
+            s->blind_released = ids;
+            s->n_blind_released = n;
+        }
+    }
     if (rec->n_seen) {
         /* checked, not recorded (seen_until 0): a move starts recording */
         if (!(s->seen = msg_seen_new())) {

@@ -105,6 +105,11 @@ void persist_qos2(const struct broker *b, struct store_batch **bt, struct sessio
 /* A retained message (an empty payload deletes the topic's). */
 void persist_retained(const struct broker *b, struct store_batch **bt, const struct msg *m);
 
+/* Store the record of a session that is in the store already (connected or
+ * not), in a batch of its own, submitted: after its wait for an old owner's
+ * QoS 2 ids changed (node/session.h, blind_until). Takes s->lock. */
+void persist_session_update(const struct broker *b, struct session *s);
+
 /* Store the record of a connected session (after its subscriptions changed,
  * or at CONNECT), or delete it for a session no longer persistent, into *bt
  * (NULL: a batch of its own), and submit *bt. Takes s->lock. */

@@ -1182,17 +1182,19 @@ static int load_sessions(const struct store_loader *l, MDB_cursor *c)
         struct store_session rec;
         struct store_sub *subs;
         struct store_seen *seen;
+        uint16_t *wait_ids;
         uint8_t version;
         int r = rec_get_id(&kd, &vd, REC_SESSION_VERSION, &version, &id, &len);
         if (r == 0 && kd.n != 0)
             r = -EIO;
         if (r == 0)
-            r = rec_get_session(&vd, version, &rec, &subs, &seen);
+            r = rec_get_session(&vd, version, &rec, &subs, &seen, &wait_ids);
         if (r)
             return r;
         r = l->session(l->ud, id, len, &rec);
         free(subs);
         free(seen);
+        free(wait_ids);
         if (r)
             return r;
     }

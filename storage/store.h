@@ -110,6 +110,17 @@ struct store_session {
      * version 1 to 3): a copy of it claimed away judges after a restart, as
      * before it, what a later owner had (node/cluster_session.c). */
     uint64_t epoch;
+    /* Its cluster wait for an old owner's QoS 2 ids (node/session.h,
+     * blind_until), so that a restart during the wait keeps it: until
+     * wait_until_ms (realtime clock ms; 0: no wait, also for a record
+     * written before it was stored, record version 1 to 4) for the ids of
+     * node wait_node. wait_told: those ids came, and wait_ids are the ones
+     * not used yet; else wait_ids are the ids whose PUBREL came meanwhile. */
+    uint64_t wait_until_ms;
+    uint64_t wait_node;
+    bool wait_told;
+    uint32_t n_wait_ids;
+    const uint16_t *wait_ids;
 };
 
 /* A queued or inflight outgoing message of a session. */

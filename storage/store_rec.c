@@ -10,8 +10,10 @@
  *             then when 1: u16 user_len, user bytes; record version 3 adds
  *             u32 n_seen, then n_seen x (u64 node, u64 lo, u64 hi): the
  *             message identities the session got; record version 4
- *             (REC_SESSION_VERSION) adds u64 epoch, its cluster claim's
- *             (0: none known)
+ *             adds u64 epoch, its cluster claim's (0: none known);
+ *             record version 5 (REC_SESSION_VERSION) adds u64
+ *             wait_until_ms, then when not 0: u64 wait_node, u8 wait_told,
+ *             u32 n_wait_ids, n_wait_ids x u16
  *   msg:      u8 state, u16 pid, u8 qos, u8 flags (bit 0 retain), u16 n_ids,
  *             n_ids x u32, then a message; record version 2 adds u64
  *             origin node, u64 publish number; record version 3
@@ -162,6 +164,15 @@ void rec_put_session(struct rbuf *b, const struct store_session *rec)
     }
     /* REC_SESSION_VERSION 4 */
     rbuf_le64(b, rec->epoch);
+    /* REC_SESSION_VERSION 5 */
+    rbuf_le64(b, rec->wait_until_ms);
+    if (rec->wait_until_ms) {
+        rbuf_le64(b, rec->wait_node);
+        rbuf_u8(b, rec->wait_told ? 1 : 0);
+        rbuf_le32(b, rec->n_wait_ids);
+        for (uint32_t i = 0; i < rec->n_wait_ids; i++)
+            rbuf_le16(b, rec->wait_ids[i]);
+    }
 }
 
 void rec_put_message(struct rbuf *b, const struct msg *m)
@@ -273,10 +284,16 @@ int rec_get_id(struct rdec *key, struct rdec *val, uint8_t max_version, uint8_t 
 }
 
 int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec,
-                    struct store_sub **subs, struct store_seen **seen)
+                    struct store_sub **subs, struct store_seen **seen, uint16_t **wait_ids)
 {
     *subs = NULL;
     *seen = NULL;
+    *wait_ids = NULL;
+    rec->wait_until_ms = 0;
+    rec->wait_node = 0;
+    rec->wait_told = false;
+    rec->n_wait_ids = 0;
+    rec->wait_ids = NULL;
     rec->user = NULL;
     rec->user_len = 0;
     rec->n_seen = 0;
@@ -343,6 +360,27 @@ int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec
     }
     if (version >= 4)
         rec->epoch = rdec_le64(val);
+    int err = -EIO;
+    if (version >= 5 && (rec->wait_until_ms = rdec_le64(val)) != 0) {
+        rec->wait_node = rdec_le64(val);
+        uint8_t told = rdec_u8(val);
+        rec->wait_told = told == 1;
+        rec->n_wait_ids = rdec_le32(val);
+        /* 2 bytes each, and 65,535 ids at most */
+        if (told > 1 || rec->n_wait_ids > 65535 || rec->n_wait_ids > val->n / 2)
+            val->bad = true;
+        if (!val->bad && rec->n_wait_ids) {
+            uint16_t *x = malloc(rec->n_wait_ids * sizeof(*x));
+            if (!x) {
+                val->bad = true;
+                err = -ENOMEM;
+            }
+            for (uint32_t i = 0; x && i < rec->n_wait_ids; i++)
+                x[i] = rdec_le16(val);
+            *wait_ids = x;
+            rec->wait_ids = x;
+        }
+    }
     if (val->bad || val->n != 0) {
         free(*subs);
         *subs = NULL;
@@ -351,7 +389,11 @@ int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec
         *seen = NULL;
         rec->seen = NULL;
         rec->n_seen = 0;
-        return -EIO;
+        free(*wait_ids);
+        *wait_ids = NULL;
+        rec->wait_ids = NULL;
+        rec->n_wait_ids = 0;
+        return err;
     }
     return 0;
 }

@@ -32,10 +32,12 @@
 /* Session records are version 2 since they hold the user name (version 1,
  * without it, is still read: the session is then anonymous). A binary that
  * knows only version 1 refuses them (-EPROTO) rather than misread them. */
-#define REC_SESSION_VERSION 4
+#define REC_SESSION_VERSION 5
 /* Version 3 adds the message identities the session got (n_seen, seen);
  * versions 1 and 2 are read with none. Version 4 adds the epoch of the
- * session's cluster claim (epoch); older versions are read with 0. */
+ * session's cluster claim (epoch); older versions are read with 0.
+ * Version 5 adds the session's wait for an old owner's QoS 2 ids
+ * (wait_until_ms, ...); older versions are read with none. */
 /* Message records are version 2 since they hold the message's cluster
  * identity (origin node, publish number); version 1 is read without it.
  * Version 3 adds the route table index of the message (route_index);
@@ -106,11 +108,11 @@ const uint8_t *rdec_bytes(struct rdec *d, size_t n);
 int rec_get_id(struct rdec *key, struct rdec *val, uint8_t max_version, uint8_t *version,
                const char **id, uint16_t *len);
 
-/* Decode the body of a session value of record version `version`; *subs and
- * *seen are malloc'ed (free them), filters and the user name point into the
- * value. Returns 0, -EIO or -ENOMEM. */
+/* Decode the body of a session value of record version `version`; *subs,
+ * *seen and *wait_ids are malloc'ed (free them), filters and the user name
+ * point into the value. Returns 0, -EIO or -ENOMEM. */
 int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec,
-                    struct store_sub **subs, struct store_seen **seen);
+                    struct store_sub **subs, struct store_seen **seen, uint16_t **wait_ids);
 /* Decode the body of a message value of record version `version`; *ids is
  * malloc'ed (free it), rec->m is a new struct msg (unref it). Returns 0,
  * -EIO or -ENOMEM. */

@@ -711,12 +711,16 @@ def resumed_elsewhere(node, pub_id, props, wait_s):
     return q
 
 
+HELD_LINE = "resent QoS 2 message 1 to a session resumed without its old node's ids: it waits " \
+    "for them"
+
+
 def resend_held(q, node, topic, payload, wait_s):
     """q resends payload (DUP, packet id 1) to node, which holds it
     unanswered: its session waits for its old node's QoS 2 ids."""
+    before = node.logtext().count(HELD_LINE)  # (the log goes on across restarts)
     q.publish(topic, payload, qos=2, dup=True, packet_id=1)
-    wait_for(lambda: "resent QoS 2 message 1 to a session resumed without its old node's "
-                     "ids: it waits for them" in node.logtext(), wait_s,
+    wait_for(lambda: node.logtext().count(HELD_LINE) > before, wait_s,
              f"{node.name} holding the resend")
     with pytest.raises(mqttraw.Timeout):
         q.recv(0.5)  # nothing answers it while the old node is away
@@ -865,6 +869,71 @@ def test_a_resend_elsewhere_of_what_a_stalled_node_took_is_delivered_once(cluste
     q.disconnect()
     # each path's copy of "taken" comes before that path's last message:
     # b's before "after", a's (its outbox, in order) before "end"
+    e = mqttraw.connected(a, uid("pub"), 5)
+    exchanged_qos2(e, topic, b"end", WAIT_S)
+    e.disconnect()
+    while b"after" not in got or b"end" not in got:
+        got.append(sub.get(WAIT_S).payload)
+    sub.stop()
+    assert sorted(x for x in got if x != b"marker") == [b"after", b"end", b"taken"], got
+
+
+@pytest.mark.parametrize("killed", ["waiting", "told"])
+def test_a_resend_wait_survives_a_restart_of_the_waiting_node(cluster_factory, tmp_path, killed):
+    """Chaos seeds 9911 and 9933 with --resend --more (3 and 6 QoS 2
+    duplicates), made deterministic. As above: node a takes a persistent
+    QoS 2 publisher's message (its commit held) and stalls (SIGSTOP)
+    before its PUBREC; the client resumes its session on node b, from the
+    record, and b waits for a's QoS 2 ids. Then b is SIGKILLed and started
+    again, and the client resumes its session there again and resends the
+    PUBLISH (DUP 1, same packet id). `waiting`: b is killed while the
+    resend waits, before a runs again; the resend must wait again after
+    the restart (b holds it unanswered) and be answered as received once
+    a's ids come. `told`: a runs again first and b learns a's ids (a
+    persistent client's QoS 2 exchange on b after that, whose PUBREC
+    follows its commit, orders b's store past the record of them), then b
+    is killed; after the restart the resend must be answered as received
+    at once. Either way the subscriber gets the message once, from a.
+    Before, the wait was in memory only: b took the resend for new after
+    its restart, and the subscriber got it twice."""
+    WAIT_S = 30.0
+    hold = tmp_path / "hold-a-commits"
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/waitkill",
+                                                   WAIT_S)
+    a, b, _ = c.nodes
+    hold.touch()
+    try:
+        got = taken_before_marker(p, sub, topic, b"taken", WAIT_S)
+        faults.pause(a)
+    finally:
+        hold.unlink(missing_ok=True)  # a commits once it runs again
+    try:
+        p.close()  # the client gives up on a
+        q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+        if killed == "waiting":
+            resend_held(q, b, topic, b"taken", WAIT_S)  # while a is stopped
+        else:
+            faults.resume(a)
+            wait_for(lambda: f"the session of '{pub_id}' learnt the 1 QoS 2 id(s)" in
+                     b.logtext(), WAIT_S, "b learning a's QoS 2 ids")
+            barrier = persistent_qos2_publisher(c, b, uid("barrier"), props, WAIT_S)
+            exchanged_qos2(barrier, uid("fwd/barrier"), b"x", WAIT_S)
+            barrier.disconnect()
+        faults.kill(b)
+        q.close()
+        b.start()
+        wait_for(lambda: b.health() == 200, 60, "b serving again")
+        q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+        if killed == "waiting":
+            resend_held(q, b, topic, b"taken", WAIT_S)  # a still stopped
+    finally:
+        faults.resume(a)
+    if killed == "told":
+        q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
+    resend_answered_as_had(q, b, WAIT_S)
+    exchanged_qos2(q, topic, b"after", WAIT_S)
+    q.disconnect()
+    c.wait_healthy(60)
     e = mqttraw.connected(a, uid("pub"), 5)
     exchanged_qos2(e, topic, b"end", WAIT_S)
     e.disconnect()

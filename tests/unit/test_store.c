@@ -147,6 +147,12 @@ static char *desc_session(const char *id, uint16_t len, const struct store_sessi
                 (unsigned long long)r->seen[i].lo, (unsigned long long)r->seen[i].hi);
     if (r->epoch)
         fprintf(f, " epoch %llu", (unsigned long long)r->epoch);
+    if (r->wait_until_ms) {
+        fprintf(f, " wait %llx until %llu %s", (unsigned long long)r->wait_node,
+                (unsigned long long)r->wait_until_ms, r->wait_told ? "told" : "released");
+        for (uint32_t i = 0; i < r->n_wait_ids; i++)
+            fprintf(f, " %u", r->wait_ids[i]);
+    }
     fclose(f);
     return s;
 }
@@ -296,9 +302,25 @@ static void test_roundtrip(void)
     /* the message identities a moved session got (record version 3) */
     struct store_seen seen[] = {{0x1122334455667788ull, 1, 40}, {0xffffffffffffffffull, 7, 7}};
     /* and the epoch of its cluster claim (record version 4) */
-    struct store_session s1 = {5, 3600, 1234567890123ull, 3, subs, "alice", 5, 2, seen, 1ull << 50};
-    struct store_session s2 = {4, 0, 0, 0, NULL, NULL, 0, 0, NULL, 0};
-    struct store_session s3 = {4, 0, 0, 0, NULL, "", 0, 0, NULL, 7}; /* an empty user name is one */
+    struct store_session s1 = {
+        5, 3600, 1234567890123ull, 3, subs, "alice", 5, 2, seen, 1ull << 50, 0, 0, false, 0, NULL};
+    struct store_session s2 = {4, 0, 0, 0, NULL, NULL, 0, 0, NULL, 0, 0, 0, false, 0, NULL};
+    struct store_session s3 = {4,    0, 0, 0, NULL,  "", 0,   0,
+                               NULL, 7, 0, 0, false, 0,  NULL}; /* an empty user name is one */
+    /* and its wait for an old owner's QoS 2 ids (record version 5): the ids
+     * told, and those released while not told; none without a wait */
+    static const uint16_t wait_ids[] = {1, 65535, 300};
+    s1.wait_until_ms = 1234567899999ull;
+    s1.wait_node = 0xfedcba9876543210ull;
+    s1.wait_told = true;
+    s1.n_wait_ids = 3;
+    s1.wait_ids = wait_ids;
+    s3.wait_until_ms = 1;
+    s3.wait_node = 2;
+    s3.n_wait_ids = 1;
+    s3.wait_ids = wait_ids + 2;
+    s2.n_wait_ids = 3; /* not written: no wait */
+    s2.wait_ids = wait_ids;
     uint32_t ids[] = {1, 268435455, 42};
     struct msg *m1 = mkmsg(ID("t/1"), 100, 1, "\x01\x00\x00\x00\x01", 1, false, 0);
     struct msg *m2 = mkmsg(ID("t/2"), 0, 2, NULL, 2, true, 99999999999ull);
@@ -331,6 +353,8 @@ static void test_roundtrip(void)
     CU_ASSERT_EQUAL(commit(s, b), 0);
 
     /* Load order: sessions by (id length, id), then messages, qos2, retained. */
+    s2.n_wait_ids = 0;
+    s2.wait_ids = NULL;
     list_add(&want, desc_session("", 0, &s2));
     list_add(&want, desc_session(ID("c2"), &s2));
     list_add(&want, desc_session(ID("c3"), &s3));
@@ -412,7 +436,7 @@ static void test_session_del(void)
     char *dir = tmpdir();
     struct store *s = open_store(dir, 0, 0);
     struct list got = {0};
-    struct store_session rec = {5, 60, 0, 0, NULL, NULL, 0, 0, NULL, 0};
+    struct store_session rec = {5, 60, 0, 0, NULL, NULL, 0, 0, NULL, 0, 0, 0, false, 0, NULL};
     struct msg *m = mkmsg(ID("x"), 3, 0, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_WAIT_PUBACK, 1, 1, false, 0, NULL, m};
     const char *idv[] = {"a", "ab", "b", "a\x01"};
@@ -534,7 +558,7 @@ static void test_long_keys(void)
     char *filter = long_str(3000, 'f', '#');
 
     struct store_sub sub = {filter, 3000, 1, 0};
-    struct store_session rec = {5, 10, 0, 1, &sub, NULL, 0, 0, NULL, 0};
+    struct store_session rec = {5, 10, 0, 1, &sub, NULL, 0, 0, NULL, 0, 0, 0, false, 0, NULL};
     struct msg *m = mkmsg(t1, 1500, 50, 9, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
     struct msg *rt1 = mkmsg(t1, 1500, 5, 1, NULL, 1, true, 0);
@@ -738,7 +762,7 @@ static void test_session_record_v1(void)
     /* written again by this build: version 4, with the user name and the
      * claim's epoch */
     struct store_sub sub = {"a/#", 3, 1, 0};
-    struct store_session rec = {4, 60, 0, 1, &sub, "bob", 3, 0, NULL, 12};
+    struct store_session rec = {4, 60, 0, 1, &sub, "bob", 3, 0, NULL, 12, 0, 0, false, 0, NULL};
     struct store_batch *b = store_batch_new();
     CU_ASSERT_EQUAL(store_session_put(b, "old", 3, &rec), 0);
     CU_ASSERT_EQUAL(commit(s, b), 0);
@@ -749,11 +773,11 @@ static void test_session_record_v1(void)
     list_free(&got);
     store_close(s);
 
-    /* version 5 is unknown: refused, not misread */
-    unsigned char v5[sizeof(v1)];
-    memcpy(v5, v1, sizeof(v1));
-    v5[0] = 5;
-    raw_put(dir, "sessions", key, sizeof(key) - 1, v5, sizeof(v5) - 1);
+    /* version 6 is unknown: refused, not misread */
+    unsigned char v6[sizeof(v1)];
+    memcpy(v6, v1, sizeof(v1));
+    v6[0] = 6;
+    raw_put(dir, "sessions", key, sizeof(key) - 1, v6, sizeof(v6) - 1);
     struct store_options o = {.dir = dir, .sync = STORE_SYNC_ALWAYS};
     char err[512] = "";
     CU_ASSERT_EQUAL_FATAL(store_open(&s, &o, err, sizeof(err)), 0);
@@ -807,7 +831,7 @@ static void test_records_before_the_claim_epoch(void)
     list_free(&got);
     /* written again by this build: both kept */
     struct store_sub sub = {"a/#", 3, 1, 0};
-    struct store_session rec = {5, 60, 0, 1, &sub, NULL, 0, 0, NULL, 41};
+    struct store_session rec = {5, 60, 0, 1, &sub, NULL, 0, 0, NULL, 41, 0, 0, false, 0, NULL};
     struct msg *m = mkmsg(ID("t"), 1, 'x', NULL, 1, false, 0);
     m->id_node = 9;
     m->id_seq = 8;
@@ -828,6 +852,60 @@ static void test_records_before_the_claim_epoch(void)
     store_close(s);
     rm_rf(dir);
     free(dir);
+}
+
+/* A version 5 session record whose wait claims more ids than it holds, or
+ * more than 65,535, is refused as corrupt (-EIO), not read past its end. */
+static void test_session_wait_bad_counts(void)
+{
+    static const unsigned char key[] = "\x00\x03old";
+    /* version 5, MQTT 5, expiry 60, connected, no subscription, no user,
+     * no identity, epoch 0, a wait until 1 for node 2, not told, then the
+     * count under test and one id (7) */
+    static const unsigned char head[] = "\x05\x05\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+                                        "\x00\x00\x00\x00"
+                                        "\x00"
+                                        "\x00\x00\x00\x00"
+                                        "\x00\x00\x00\x00\x00\x00\x00\x00"
+                                        "\x01\x00\x00\x00\x00\x00\x00\x00"
+                                        "\x02\x00\x00\x00\x00\x00\x00\x00"
+                                        "\x00";
+    static const uint32_t counts[] = {1, 2, 70000};
+    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+        char *dir = tmpdir();
+        struct store *s = open_store(dir, 0, 0);
+        store_close(s);
+        unsigned char v[sizeof(head) - 1 + 4 + 2];
+        memcpy(v, head, sizeof(head) - 1);
+        for (int k = 0; k < 4; k++)
+            v[sizeof(head) - 1 + k] = (unsigned char)(counts[i] >> (8 * k));
+        v[sizeof(v) - 2] = 7;
+        v[sizeof(v) - 1] = 0;
+        raw_put(dir, "sessions", key, sizeof(key) - 1, v, sizeof(v));
+        struct store_options o = {.dir = dir, .sync = STORE_SYNC_ALWAYS};
+        char err[512] = "";
+        CU_ASSERT_EQUAL_FATAL(store_open(&s, &o, err, sizeof(err)), 0);
+        struct list got = {0};
+        struct store_loader l = {.ud = &got,
+                                 .session = ld_session,
+                                 .msg = ld_msg,
+                                 .qos2 = ld_qos2,
+                                 .retained = ld_retained};
+        int r = store_load(s, &l);
+        if (counts[i] == 1) { /* the right count: read */
+            CU_ASSERT_EQUAL(r, 0);
+            CU_ASSERT_EQUAL(got.n, 1);
+            if (got.n == 1)
+                CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v5 x60 d0 n0 anonymous wait 2 until 1 "
+                                                 "released 7");
+        } else {
+            CU_ASSERT_EQUAL(r, -EIO);
+        }
+        list_free(&got);
+        store_close(s);
+        rm_rf(dir);
+        free(dir);
+    }
 }
 
 static void test_corrupt(void)
@@ -1461,6 +1539,7 @@ int main(int argc, char **argv)
     CU_add_test(s, "session record version 1 (no user name)", test_session_record_v1);
     CU_add_test(s, "records before the claim's epoch and the route index",
                 test_records_before_the_claim_epoch);
+    CU_add_test(s, "a session's wait with bad counts", test_session_wait_bad_counts);
     CU_add_test(s, "corrupt data.mdb", test_corrupt);
     CU_add_test(s, "unwritable directory, busy directory", test_unwritable);
     CU_add_test(s, "map growth", test_map_growth);
