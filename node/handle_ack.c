@@ -55,18 +55,15 @@ static void handle_pubrel(struct conn *c, struct broker *b, const struct mqtt_ac
     bool found = session_qos2_remove(s, a->packet_id);
     /* that exchange is over: a told id is used up, and one not told yet is
      * left out when it is */
-    uint64_t waited = s->blind_until;
-    uint32_t released = s->n_blind_released;
-    bool told = session_told_take(s, a->packet_id);
-    if (!told && !found)
+    if (!session_told_take(s, a->packet_id) && !found)
         session_blind_released(s, a->packet_id, broker_now_mono_ms());
     if (found && s->stored)
         persist_qos2(b, &bt, s, a->packet_id, false);
     /* the wait as it is now in its record, before the PUBCOMP: a restart
-     * must not bring back a told id used up, nor forget one released (the
-     * client may use it again for a new message) */
-    if ((told || s->n_blind_released != released || s->blind_until != waited) && s->stored &&
-        persist_wanted(b, s))
+     * must not bring back a told id used up (also by a PUBLISH, DUP 0, that
+     * wrote no record), nor forget one released (the client may use it
+     * again for a new message) */
+    else if (s->wait_dirty && s->stored && persist_wanted(b, s))
         persist_session_put(b, &bt, s, true);
     bool stored = s->stored;
     lock_release(&s->lock);

@@ -159,13 +159,11 @@ static void handle_publish_had(struct conn *c, uint16_t pid)
     }
     lock_acquire(&s->lock);
     bool ok = session_qos2_has(s, pid) || session_qos2_add(s, pid) == 0;
-    if (ok && persist_wanted(b, s)) {
+    /* with the told id used up (wait_dirty: a restart must not bring it
+     * back, or the client's next message with it would be taken for this
+     * one) */
+    if (ok && persist_wanted(b, s))
         persist_qos2(b, &bt, s, pid, true);
-        /* with the told id used up (a restart must not bring it back: the
-         * client's next message with it would be taken for this one) */
-        if (s->stored)
-            persist_session_put(b, &bt, s, true);
-    }
     lock_release(&s->lock);
     persist_submit(b, &bt, NULL, NULL);
     if (!ok) {
@@ -233,6 +231,7 @@ bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uin
     lock_acquire(&s->lock);
     s->blind_until = 0;
     s->n_told = 0;
+    s->wait_dirty = true;
     lock_release(&s->lock);
     persist_session_update(c->w->b, s); /* a restart does not bring it back */
     log_warn("%s: client '%s': too much waits for its session's old node's QoS 2 ids: taken now",

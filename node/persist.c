@@ -72,6 +72,16 @@ static size_t seen_punch(struct store_seen *seen, size_t n, uint64_t node, uint6
     return n;
 }
 
+/* The realtime clock's ms at monotonic ms `mono` (now for 0 or a later
+ * one). */
+static uint64_t real_ms_of(uint64_t mono)
+{
+    uint64_t now_mono = broker_now_mono_ms(), now_real = msg_now_real_ms();
+    if (!mono || mono >= now_mono || now_mono - mono > now_real)
+        return now_real;
+    return now_real - (now_mono - mono);
+}
+
 void persist_session_put(const struct broker *br, struct store_batch **bt, struct session *s,
                          bool connected)
 {
@@ -125,7 +135,7 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
     struct store_session rec = {
         .version = s->version,
         .expiry_interval = s->expiry_interval,
-        .disconnected_at_ms = connected ? 0 : msg_now_real_ms(),
+        .disconnected_at_ms = connected ? 0 : real_ms_of(s->disconnected_at),
         .n_subs = s->n_subs,
         .subs = subs,
         /* the ACL of its deliveries after a restart (issue 11) */
@@ -144,13 +154,17 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
      * yet (a resend taken for new after a restart here came twice: chaos
      * seeds 9911 and 9933, docs/cluster.md) */
     uint64_t now = broker_now_mono_ms();
-    if (session_blind(s, now)) {
+    uint32_t n_ids = s->told ? s->n_told : s->n_blind_released;
+    /* (more ids than a record takes: none, a duplicate at worst after a
+     * restart) */
+    if (session_blind(s, now) && n_ids <= 65535) {
         rec.wait_until_ms = msg_now_real_ms() + (s->blind_until - now);
         rec.wait_node = s->blind_node;
         rec.wait_told = s->told;
-        rec.n_wait_ids = s->told ? s->n_told : s->n_blind_released;
+        rec.n_wait_ids = n_ids;
         rec.wait_ids = s->told ? s->told_ids : s->blind_released;
     }
+    s->wait_dirty = false;
     store_session_put(b, s->client_id, s->id_len, &rec);
     s->stored = true;
     if (subs != stack)
@@ -348,11 +362,14 @@ void persist_qos2(const struct broker *br, struct store_batch **bt, struct sessi
     struct store_batch *b = persist_batch(br, bt);
     if (!b)
         return;
+    /* with the wait as it is now (struct session.wait_dirty) */
     if (put) {
-        if (!s->stored)
+        if (!s->stored || s->wait_dirty)
             persist_session_put(br, bt, s, s->conn != NULL);
         store_qos2_put(b, s->client_id, s->id_len, pid);
     } else if (s->stored) {
+        if (s->wait_dirty)
+            persist_session_put(br, bt, s, s->conn != NULL);
         store_qos2_del(b, s->client_id, s->id_len, pid);
     }
 }
@@ -390,8 +407,11 @@ void persist_session_update(const struct broker *b, struct session *s)
     lock_acquire(&s->lock);
     if (s->stored && !s->ended && persist_wanted(b, s))
         persist_session_put(b, &bt, s, s->conn != NULL);
-    lock_release(&s->lock);
+    /* submitted under the lock: a newer record that a worker writes after
+     * this one was taken (a told id used up) commits after it, not before
+     * (the store commits in submission order) */
     persist_submit(b, &bt, NULL, NULL);
+    lock_release(&s->lock);
 }
 
 void persist_session_sync(const struct broker *b, struct session *s, struct store_batch **bt)

@@ -106,8 +106,9 @@ void persist_qos2(const struct broker *b, struct store_batch **bt, struct sessio
 void persist_retained(const struct broker *b, struct store_batch **bt, const struct msg *m);
 
 /* Store the record of a session that is in the store already (connected or
- * not), in a batch of its own, submitted: after its wait for an old owner's
- * QoS 2 ids changed (node/session.h, blind_until). Takes s->lock. */
+ * not), in a batch of its own, submitted (under s->lock, which it takes):
+ * after its wait for an old owner's QoS 2 ids changed (node/session.h,
+ * blind_until). */
 void persist_session_update(const struct broker *b, struct session *s);
 
 /* Store the record of a connected session (after its subscriptions changed,

@@ -1026,6 +1026,7 @@ bool session_told_take(struct session *s, uint16_t pid)
     for (uint32_t i = 0; i < s->n_told; i++)
         if (s->told_ids[i] == pid) {
             s->told_ids[i] = s->told_ids[--s->n_told];
+            s->wait_dirty = true;
             return true;
         }
     return false;
@@ -1037,6 +1038,7 @@ bool session_blind(struct session *s, uint64_t now_ms)
         s->blind_until = 0; /* the wait is over: what the old copy tells now is stale */
         s->n_told = 0;
         s->n_blind_released = 0;
+        s->wait_dirty = true;
     }
     return s->blind_until != 0;
 }
@@ -1055,10 +1057,12 @@ void session_blind_released(struct session *s, uint16_t pid, uint64_t now_ms)
         s->blind_until = 0;
         s->n_told = 0;
         s->n_blind_released = 0;
+        s->wait_dirty = true;
         return;
     }
     p[s->n_blind_released++] = pid;
     s->blind_released = p;
+    s->wait_dirty = true;
 }
 
 bool session_blind_was_released(const struct session *s, uint16_t pid)

@@ -156,6 +156,11 @@ struct session {
      * left out, as the client may have used them again since */
     uint16_t *blind_released;
     uint32_t n_blind_released;
+    /* the wait (the fields above) changed since the session's store record
+     * was last written: the next write of its QoS 2 ids writes the record
+     * too (persist_qos2), so that a restart never brings back a told id
+     * used up, nor forgets one released */
+    bool wait_dirty;
     /* cluster: the QoS 2 ids of this node's old copy that was moving out to
      * node own_moved_to when this session's claim folded it (0: none):
      * that node may wait for them, and its late state, saying which of them
