@@ -1793,17 +1793,14 @@ static void on_messages_told(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionMessages *sm,
                              const struct cluster_fwd_seq *sq, const uint16_t *own, uint32_t n_own)
 {
-    /* ids passed on by a node that is not theirs count for a wait for
-     * their own node's (qos2_of) */
-    uint64_t whose = sm->has_qos2_of && sm->qos2_of ? sm->qos2_of : from;
     bool told = !(sm->has_qos2_told && sm->qos2_told) ||
-                owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received,
+                owner_told(cn, from, &sm->client_id, sm->epoch, sm->qos2_received,
                            sm->n_qos2_received, own, n_own);
     fold_on_messages(cn, from, sm, sq, NULL);
     /* the frame may have built the session (adopt_lost): told now */
     if (!told)
-        owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received,
-                   own, n_own);
+        owner_told(cn, from, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received, own,
+                   n_own);
 }
 
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
@@ -1856,25 +1853,11 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
              * later_claim_brings_no_identities) */
             on.seen = NULL;
             on.n_seen = 0;
-            /* the QoS 2 ids of the copy that sent it go on as that
-             * copy's node's (qos2_of), for a later owner whose wait for
-             * them was passed on with this node's state: the copy here
-             * that they were for handed its state on already (chaos seed
-             * 9925 with --resend --more: they reached nobody, and that
-             * owner took its client's resend for new; test_forward.py::
-             * test_ids_told_to_a_copy_that_moved_on_reach_the_owner_that_
-             * waits). Not back to that node itself. */
-            uint64_t whose = sm->has_qos2_of && sm->qos2_of ? sm->qos2_of : from;
-            bool relay = sm->has_qos2_told && sm->qos2_told && whose != node && whose != cn->self;
-            if (relay) {
-                on.has_qos2_of = true;
-                on.qos2_of = whose;
-            } else {
-                on.n_qos2_received = 0;
-                on.qos2_received = NULL;
-                on.has_qos2_told = on.qos2_told = false;
-                on.has_qos2_of = false;
-            }
+            /* nor the QoS 2 ids of the copy that sent it: the receiver
+             * takes them as this node's (owner_told) */
+            on.n_qos2_received = 0;
+            on.qos2_received = NULL;
+            on.has_qos2_told = on.qos2_told = false;
             Starling__Chan__SessionMessage **kept =
                 sm->n_msgs ? malloc(sm->n_msgs * sizeof(*kept)) : NULL;
             size_t left = 0;
