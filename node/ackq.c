@@ -300,8 +300,7 @@ static void ackq_on_commit(void *ud, int status)
         lock_acquire(&a->s->lock);
         /* a change of its wait that this batch recorded is not in the store:
          * the next write of its QoS 2 ids writes it again */
-        if (a->s->blind_until)
-            a->s->wait_dirty = true;
+        a->s->wait_dirty = true;
         if (a->type == MQTT_PUBREC) {
             /* not received after all: the id is free for the client's
              * resend now, also when the result below cannot reach the

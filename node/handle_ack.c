@@ -63,7 +63,7 @@ static void handle_pubrel(struct conn *c, struct broker *b, const struct mqtt_ac
      * must not bring back a told id used up (also by a PUBLISH, DUP 0, that
      * wrote no record), nor forget one released (the client may use it
      * again for a new message) */
-    else if (s->wait_dirty && s->stored && persist_wanted(b, s))
+    else if (persist_wait_due(s) && s->stored && persist_wanted(b, s))
         persist_session_put(b, &bt, s, true);
     bool stored = s->stored;
     lock_release(&s->lock);

@@ -355,6 +355,14 @@ void persist_row_del(const struct broker *br, struct store_batch **bt, struct se
         store_msg_del(b, s->client_id, s->id_len, row);
 }
 
+bool persist_wait_due(const struct session *s)
+{
+    /* during the wait, every time: a batch that failed, or an older
+     * record that commits after a newer one, then leaves no stale id in
+     * the store (a wait lasts seconds, and few sessions have one) */
+    return s->wait_dirty || atomic_load_explicit(&s->blind_until, memory_order_relaxed) != 0;
+}
+
 void persist_qos2(const struct broker *br, struct store_batch **bt, struct session *s, uint16_t pid,
                   bool put)
 {
@@ -364,11 +372,11 @@ void persist_qos2(const struct broker *br, struct store_batch **bt, struct sessi
         return;
     /* with the wait as it is now (struct session.wait_dirty) */
     if (put) {
-        if (!s->stored || s->wait_dirty)
+        if (!s->stored || persist_wait_due(s))
             persist_session_put(br, bt, s, s->conn != NULL);
         store_qos2_put(b, s->client_id, s->id_len, pid);
     } else if (s->stored) {
-        if (s->wait_dirty)
+        if (persist_wait_due(s))
             persist_session_put(br, bt, s, s->conn != NULL);
         store_qos2_del(b, s->client_id, s->id_len, pid);
     }
@@ -432,6 +440,14 @@ void persist_session_sync_then(const struct broker *b, struct session *s, struct
         log_debug("'%s' is no longer persistent: every record of its id leaves the store",
                   s->client_id);
         persist_session_del(b, bt, s);
+    }
+    if (!done) {
+        /* submitted under the lock, in the order of the records (its wait:
+         * persist_session_update); done may take the lock (an empty batch
+         * calls it at once) */
+        persist_submit(b, bt, NULL, NULL);
+        lock_release(&s->lock);
+        return;
     }
     lock_release(&s->lock);
     persist_submit(b, bt, done, ud);

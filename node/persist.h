@@ -105,6 +105,11 @@ void persist_qos2(const struct broker *b, struct store_batch **bt, struct sessio
 /* A retained message (an empty payload deletes the topic's). */
 void persist_retained(const struct broker *b, struct store_batch **bt, const struct msg *m);
 
+/* Whether the record of session s must go with the next write of its
+ * QoS 2 ids (persist_qos2; a PUBREL's): it waits for an old owner's ids,
+ * or its wait changed since the record was written (node/session.h). */
+bool persist_wait_due(const struct session *s);
+
 /* Store the record of a session that is in the store already (connected or
  * not), in a batch of its own, submitted (under s->lock, which it takes):
  * after its wait for an old owner's QoS 2 ids changed (node/session.h,
