@@ -270,9 +270,10 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s);
 /* A session built from the replicated record of id (not in the table, one
  * reference), or NULL when there is none. prev: the registry's owner
  * before the claim it is for (0: not known), whose QoS 2 ids its client's
- * resends wait for (session.blind_node). */
+ * resends wait for (session.blind_node); prev_epoch: that owner's claim
+ * (0: not known; session.blind_epoch). */
 struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len,
-                                       uint64_t prev);
+                                       uint64_t prev, uint64_t prev_epoch);
 /* The old owner: s (taken out of the table, with its reference) sent its
  * state to `to` (claim `epoch`); what still arrives for it goes there until
  * SessionRouted (or a deadline), then s ends. `now` (no state was sent:

@@ -65,6 +65,7 @@ struct cl_claim {
     uint64_t retry_at_ms; /* 0: not waiting to retry */
     uint64_t epoch;       /* the epoch proposed */
     uint64_t prev_node;   /* owner before the claim (0: none) */
+    uint64_t prev_epoch;  /* the registry's epoch before the claim (its owner's claim) */
     uint64_t maybe_epoch; /* an attempt with this epoch may have committed (0: none) */
     bool awaiting_state;
     uint64_t wait_index; /* decided at this index, not applied here yet */
@@ -546,7 +547,8 @@ static void claim_finish(struct cl_claim *k, int status)
  * session when there is none). */
 static void claim_from_record(struct cl_claim *k)
 {
-    struct session *s = cn_session_from_record(k->cn, k->id, k->req.id_len, k->prev_node);
+    struct session *s =
+        cn_session_from_record(k->cn, k->id, k->req.id_len, k->prev_node, k->prev_epoch);
     if (s) {
         k->incoming = s;
         k->from_record = true;
@@ -701,6 +703,7 @@ static void claim_propose(struct cl_claim *k)
         return;
     }
     k->prev_node = node;
+    k->prev_epoch = epoch;
     k->epoch = epoch + 1;
     struct cmd_batch *b = cmd_batch_new();
     int r =
@@ -1092,6 +1095,9 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
                 q2[i] = s->qos2_in[i];
             st.n_qos2_received = s->n_qos2_in;
             st.qos2_received = q2;
+            /* whose they are: this copy's claim */
+            st.qos2_epoch = s->epoch ? s->epoch : s->stored_epoch;
+            st.has_qos2_epoch = st.qos2_epoch != 0;
         }
         /* resumed from its record without its old owner's QoS 2 ids: the
          * next owner waits for them as this one would (handle_publish_park) */
@@ -1117,6 +1123,8 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
                 st.has_blind_node = st.has_blind_left_ms = true;
                 st.blind_node = s->blind_node;
                 st.blind_left_ms = (uint32_t)(s->blind_until - now);
+                st.has_blind_epoch = s->blind_epoch != 0;
+                st.blind_epoch = s->blind_epoch;
             }
         }
     }
@@ -1536,6 +1544,7 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
     if (st->has_blind_node && st->blind_node && st->blind_node != cn->self &&
         st->has_blind_left_ms && st->blind_left_ms) {
         s->blind_node = st->blind_node;
+        s->blind_epoch = st->has_blind_epoch ? st->blind_epoch : 0;
         s->blind_until = broker_now_mono_ms() + wait_left(cn, st->blind_left_ms);
         if (st->has_told && st->told &&
             (s->told_ids = malloc((st->n_told_qos2 + 1) * sizeof(*s->told_ids)))) {
@@ -1552,6 +1561,7 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
         /* as ids told by this node: they answer a resend (DUP 1) within
          * what is left of the wait, each once (handle_publish_park) */
         s->blind_node = cn->self;
+        s->blind_epoch = 0;
         s->blind_until = broker_now_mono_ms() + wait_left(cn, st->blind_left_ms);
         s->told_ids = own_ids;
         s->n_told = n_own;

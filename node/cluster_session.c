@@ -273,7 +273,7 @@ static Starling__Cmd__SessionRecord *record_read(struct cluster_node *cn, const 
 }
 
 struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len,
-                                       uint64_t prev)
+                                       uint64_t prev, uint64_t prev_epoch)
 {
     Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
     if (!rec)
@@ -317,13 +317,24 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
          * adopt_lost), the owner before it in the record, which may have
          * taken the resend and handed its ids to the session that was lost
          * (chaos seed 9812 with --resend) */
-        uint64_t blind = prev && prev != cn->self ? prev : rec->node != cn->self ? rec->node : 0;
+        uint64_t blind = 0, blind_epoch = 0;
+        if (prev && prev != cn->self) {
+            blind = prev;
+            blind_epoch = prev_epoch;
+        } else if (rec->node != cn->self) {
+            blind = rec->node;
+            blind_epoch = rec->epoch;
+        }
         for (size_t i = rec->n_owners; !blind && i > 0; i--)
-            if (rec->owners[i - 1]->node != cn->self)
+            if (rec->owners[i - 1]->node != cn->self) {
                 blind = rec->owners[i - 1]->node;
+                blind_epoch = rec->owners[i - 1]->epoch;
+            }
         if (blind && CN_RESEND_WAIT_MS(cn)) {
             s->blind_until = broker_now_mono_ms() + CN_RESEND_WAIT_MS(cn);
             s->blind_node = blind;
+            /* its copy of that claim: another copy's ids may be stale */
+            s->blind_epoch = blind_epoch;
         }
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
@@ -590,6 +601,9 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
         for (uint32_t i = 0; told && i < from->n_qos2_in; i++)
             told[i] = from->qos2_in[i];
         sm.n_qos2_received = told ? from->n_qos2_in : 0;
+        /* whose they are: that copy's claim */
+        sm.qos2_epoch = from->epoch ? from->epoch : from->stored_epoch;
+        sm.has_qos2_epoch = sm.qos2_epoch != 0;
         lock_release(&from->lock);
         sm.qos2_received = told;
         sm.has_qos2_told = sm.qos2_told = told != NULL;
@@ -1049,12 +1063,31 @@ static void told_on_worker(void *ud)
  * without them, judges its client's resends by them (struct
  * session.told_ids, handle_publish_park). Whether a session was there to
  * tell. */
+/* Whether the ids of `from`'s copy of claim copy_epoch (0: not known)
+ * answer s's wait (s->lock held). For the claim the frame is for, any of
+ * `from`'s (its copy of the claim before it); ids passed on by another
+ * node (relayed) or meant for an earlier claim here (strict) only from
+ * the copy the wait is for (session.blind_epoch): another copy of that
+ * node may hold an id that its client completed elsewhere since and used
+ * again for a new message, which they would take for one that copy had
+ * (lost). */
+static bool wait_answered_by(const struct session *s, uint64_t from, uint64_t copy_epoch,
+                             bool relayed, bool strict)
+{
+    if (s->blind_node != from || s->told)
+        return false;
+    if (copy_epoch && s->blind_epoch && (relayed || strict))
+        return copy_epoch == s->blind_epoch;
+    return !relayed;
+}
+
 static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBinaryData *id,
                        uint64_t epoch, const uint32_t *received, size_t n_received,
-                       const uint16_t *own, uint32_t n_own)
+                       const uint16_t *own, uint32_t n_own, uint64_t copy_epoch, bool relayed)
 {
     struct session *s = claim_session_at(cn, (const char *)id->data, id->len, epoch, false);
     uint64_t node = 0, later = 0;
+    bool strict = false;
     /* a frame for an earlier claim (the old node's own, sent before it
      * heard of the later one) tells the later claim's session here, if that
      * one was resumed from the sender's record: blind_node below */
@@ -1065,12 +1098,13 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
          * answered only: the later claim's session may have taken and
          * released them since, unknown to the sender */
         n_own = 0;
+        strict = true;
     }
     if (!s)
         return false;
     uint64_t now = broker_now_mono_ms();
     lock_acquire(&s->lock);
-    bool blind = session_blind(s, now) && !s->told && s->blind_node == from;
+    bool blind = session_blind(s, now) && wait_answered_by(s, from, copy_epoch, relayed, strict);
     lock_release(&s->lock);
     uint16_t *ids = blind ? malloc((n_received + n_own + 1) * sizeof *ids) : NULL;
     uint32_t n = 0;
@@ -1086,7 +1120,7 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
             ids[n++] = own[i];
     }
     lock_acquire(&s->lock);
-    blind = ids && session_blind(s, now) && !s->told && s->blind_node == from;
+    blind = ids && session_blind(s, now) && wait_answered_by(s, from, copy_epoch, relayed, strict);
     if (blind) {
         /* less those whose PUBREL came here meanwhile: the client may have
          * used them again since */
@@ -1182,6 +1216,8 @@ void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
     sm.qos2_received = st->qos2_received;
     sm.n_qos2_received = st->n_qos2_received;
     sm.has_qos2_told = sm.qos2_told = true;
+    sm.has_qos2_epoch = st->has_qos2_epoch;
+    sm.qos2_epoch = st->qos2_epoch;
     sm.client_id = st->client_id;
     sm.epoch = st->epoch;
     sm.n_msgs = st->n_msgs;
@@ -1745,7 +1781,7 @@ static struct session *adopt_lost(struct cluster_node *cn, const char *id, uint1
     struct broker *b = cn->b;
     /* the frame's sender is the old copy that handed its state to the
      * claim that was lost here: its resends wait for that copy's ids */
-    struct session *s = cn_session_from_record(cn, id, len, from);
+    struct session *s = cn_session_from_record(cn, id, len, from, 0);
     if (!s)
         return NULL;
     lock_acquire(&s->lock);
@@ -1793,14 +1829,19 @@ static void on_messages_told(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionMessages *sm,
                              const struct cluster_fwd_seq *sq, const uint16_t *own, uint32_t n_own)
 {
+    /* ids passed on by a node that is not theirs count for a wait for
+     * their own node's copy (qos2_of, qos2_epoch) */
+    bool relayed = sm->has_qos2_of && sm->qos2_of;
+    uint64_t whose = relayed ? sm->qos2_of : from;
+    uint64_t copy_epoch = sm->has_qos2_epoch ? sm->qos2_epoch : 0;
     bool told = !(sm->has_qos2_told && sm->qos2_told) ||
-                owner_told(cn, from, &sm->client_id, sm->epoch, sm->qos2_received,
-                           sm->n_qos2_received, own, n_own);
+                owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received,
+                           sm->n_qos2_received, own, n_own, copy_epoch, relayed);
     fold_on_messages(cn, from, sm, sq, NULL);
     /* the frame may have built the session (adopt_lost): told now */
     if (!told)
-        owner_told(cn, from, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received, own,
-                   n_own);
+        owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received,
+                   own, n_own, copy_epoch, relayed);
 }
 
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
@@ -1853,11 +1894,28 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
              * later_claim_brings_no_identities) */
             on.seen = NULL;
             on.n_seen = 0;
-            /* nor the QoS 2 ids of the copy that sent it: the receiver
-             * takes them as this node's (owner_told) */
-            on.n_qos2_received = 0;
-            on.qos2_received = NULL;
-            on.has_qos2_told = on.qos2_told = false;
+            /* the QoS 2 ids of the copy that sent it go on as that
+             * copy's (qos2_of, qos2_epoch), for a later owner whose wait
+             * for that very copy's ids was passed on with this node's
+             * state: the copy here that they were for handed its state on
+             * already (chaos seed 9925 with --resend --more: they reached
+             * nobody, and that owner took its client's resend for new;
+             * test_forward.py::test_ids_told_to_a_copy_that_moved_on_
+             * reach_the_owner_that_waits). Only with the copy's claim
+             * (another copy's ids may be stale, wait_answered_by), and
+             * not back to that node itself. */
+            uint64_t whose = sm->has_qos2_of && sm->qos2_of ? sm->qos2_of : from;
+            bool relay = sm->has_qos2_told && sm->qos2_told && sm->has_qos2_epoch &&
+                         sm->qos2_epoch && whose != node && whose != cn->self;
+            if (relay) {
+                on.has_qos2_of = true;
+                on.qos2_of = whose;
+            } else {
+                on.n_qos2_received = 0;
+                on.qos2_received = NULL;
+                on.has_qos2_told = on.qos2_told = false;
+                on.has_qos2_of = on.has_qos2_epoch = false;
+            }
             Starling__Chan__SessionMessage **kept =
                 sm->n_msgs ? malloc(sm->n_msgs * sizeof(*kept)) : NULL;
             size_t left = 0;

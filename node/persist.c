@@ -160,6 +160,7 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
     if (session_blind(s, now) && n_ids <= 65535) {
         rec.wait_until_ms = msg_now_real_ms() + (s->blind_until - now);
         rec.wait_node = s->blind_node;
+        rec.wait_epoch = s->blind_epoch;
         rec.wait_told = s->told;
         rec.n_wait_ids = n_ids;
         rec.wait_ids = s->told ? s->told_ids : s->blind_released;
@@ -221,8 +222,11 @@ void persist_session_contents(const struct broker *br, struct store_batch **bt, 
                 persist_msg_put(br, bt, s, q,
                                 q->state == MSG_STATE_WAIT_PUBCOMP ? MSG_STATE_WAIT_PUBCOMP
                                                                    : MSG_STATE_QUEUED);
-    for (uint32_t i = 0; i < s->n_qos2_in; i++)
-        persist_qos2(br, bt, s, s->qos2_in[i], true);
+    /* the ids alone: every caller writes the session's record in the same
+     * batch (persist_qos2 would write it again for each id during a wait) */
+    struct store_batch *b = s->n_qos2_in ? persist_batch(br, bt) : NULL;
+    for (uint32_t i = 0; b && i < s->n_qos2_in; i++)
+        store_qos2_put(b, s->client_id, s->id_len, s->qos2_in[i]);
 }
 
 struct persist_row {
@@ -409,6 +413,19 @@ bool persist_submit(const struct broker *br, struct store_batch **bt,
     return true;
 }
 
+/* persist_session_update's batch failed: the next write of the session's
+ * QoS 2 ids writes its record again (struct session.wait_dirty). */
+static void wait_written(void *ud, int status)
+{
+    struct session *s = ud;
+    if (status < 0) {
+        lock_acquire(&s->lock);
+        s->wait_dirty = true;
+        lock_release(&s->lock);
+    }
+    session_unref(s);
+}
+
 void persist_session_update(const struct broker *b, struct session *s)
 {
     struct store_batch *bt = NULL;
@@ -417,8 +434,12 @@ void persist_session_update(const struct broker *b, struct session *s)
         persist_session_put(b, &bt, s, s->conn != NULL);
     /* submitted under the lock: a newer record that a worker writes after
      * this one was taken (a told id used up) commits after it, not before
-     * (the store commits in submission order) */
-    persist_submit(b, &bt, NULL, NULL);
+     * (the store commits in submission order); its callback runs on the
+     * store's thread, never here */
+    if (bt && b->store)
+        store_submit(b->store, bt, wait_written, session_ref(s));
+    else if (bt)
+        store_batch_free(bt);
     lock_release(&s->lock);
 }
 
@@ -537,6 +558,7 @@ static int load_session(void *ud, const char *id, uint16_t len, const struct sto
             memcpy(ids, rec->wait_ids, n * sizeof(*ids));
         s->blind_until = l->now_mono + (left < wait_max ? left : wait_max);
         s->blind_node = rec->wait_node;
+        s->blind_epoch = rec->wait_epoch;
         s->told = rec->wait_told;
         if (s->told) {
             s->told_ids = ids;

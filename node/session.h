@@ -148,6 +148,9 @@ struct session {
      * (0 nearly always). */
     _Atomic uint64_t blind_until;
     uint64_t blind_node;
+    /* the claim epoch of blind_node's copy whose ids it waits for (0: not
+     * known): another copy's ids of that node may be stale (owner_told) */
+    uint64_t blind_epoch;
     uint16_t *told_ids;
     uint32_t n_told;
     bool told;

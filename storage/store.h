@@ -114,10 +114,12 @@ struct store_session {
      * blind_until), so that a restart during the wait keeps it: until
      * wait_until_ms (realtime clock ms; 0: no wait, also for a record
      * written before it was stored, record version 1 to 4) for the ids of
-     * node wait_node. wait_told: those ids came, and wait_ids are the ones
-     * not used yet; else wait_ids are the ids whose PUBREL came meanwhile. */
+     * node wait_node's copy of claim wait_epoch (0: not known). wait_told:
+     * those ids came, and wait_ids are the ones not used yet; else wait_ids
+     * are the ids whose PUBREL came meanwhile. */
     uint64_t wait_until_ms;
     uint64_t wait_node;
+    uint64_t wait_epoch;
     bool wait_told;
     uint32_t n_wait_ids;
     const uint16_t *wait_ids;

@@ -12,8 +12,8 @@
  *             message identities the session got; record version 4
  *             adds u64 epoch, its cluster claim's (0: none known);
  *             record version 5 (REC_SESSION_VERSION) adds u64
- *             wait_until_ms, then when not 0: u64 wait_node, u8 wait_told,
- *             u32 n_wait_ids, n_wait_ids x u16
+ *             wait_until_ms, then when not 0: u64 wait_node, u64
+ *             wait_epoch, u8 wait_told, u32 n_wait_ids, n_wait_ids x u16
  *   msg:      u8 state, u16 pid, u8 qos, u8 flags (bit 0 retain), u16 n_ids,
  *             n_ids x u32, then a message; record version 2 adds u64
  *             origin node, u64 publish number; record version 3
@@ -168,6 +168,7 @@ void rec_put_session(struct rbuf *b, const struct store_session *rec)
     rbuf_le64(b, rec->wait_until_ms);
     if (rec->wait_until_ms) {
         rbuf_le64(b, rec->wait_node);
+        rbuf_le64(b, rec->wait_epoch);
         rbuf_u8(b, rec->wait_told ? 1 : 0);
         rbuf_le32(b, rec->n_wait_ids);
         for (uint32_t i = 0; i < rec->n_wait_ids; i++)
@@ -291,6 +292,7 @@ int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec
     *wait_ids = NULL;
     rec->wait_until_ms = 0;
     rec->wait_node = 0;
+    rec->wait_epoch = 0;
     rec->wait_told = false;
     rec->n_wait_ids = 0;
     rec->wait_ids = NULL;
@@ -363,6 +365,7 @@ int rec_get_session(struct rdec *val, uint8_t version, struct store_session *rec
     int err = -EIO;
     if (version >= 5 && (rec->wait_until_ms = rdec_le64(val)) != 0) {
         rec->wait_node = rdec_le64(val);
+        rec->wait_epoch = rdec_le64(val);
         uint8_t told = rdec_u8(val);
         rec->wait_told = told == 1;
         rec->n_wait_ids = rdec_le32(val);

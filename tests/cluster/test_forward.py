@@ -943,6 +943,54 @@ def test_a_resend_wait_survives_a_restart_of_the_waiting_node(cluster_factory, t
     assert sorted(x for x in got if x != b"marker") == [b"after", b"end", b"taken"], got
 
 
+def test_ids_told_to_a_copy_that_moved_on_reach_the_owner_that_waits(cluster_factory, tmp_path):
+    """Chaos seed 9925 with --resend --more (3 QoS 2 duplicates), made
+    deterministic. Node a takes a persistent QoS 2 publisher's message
+    (its commit held) and stalls (SIGSTOP) before its PUBREC. The client
+    resumes its session on node b, from the record (b waits for a's QoS 2
+    ids), and then on node c, which gets b's state with that wait. It
+    resends the PUBLISH there (DUP 1, same packet id): c holds it. Then a
+    runs again and answers b's claim, late, with its ids; b's copy has
+    handed its state on, so b passes the ids on to the session's owner, c,
+    naming a as the node whose ids they are (SessionMessages.qos2_of). c
+    must answer the resend as received and not deliver it again: the
+    subscriber gets the message once, from a. Before, b dropped the ids
+    (they would have been taken as b's), c waited out its wait
+    (cluster_resend_wait, 120 s here) and took the resend for new."""
+    WAIT_S = 30.0
+    hold = tmp_path / "hold-a-commits"
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/relay", WAIT_S,
+                                                   {"STARLING_CLUSTER_RESEND_WAIT": "120000"})
+    a, b, cn = c.nodes
+    hold.touch()
+    try:
+        got = taken_before_marker(p, sub, topic, b"taken", WAIT_S)
+        faults.pause(a)
+    finally:
+        hold.unlink(missing_ok=True)  # a commits once it runs again
+    try:
+        p.close()  # the client gives up on a
+        q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+        wait_for(lambda: f"the session of '{pub_id}' resumed from its record" in b.logtext(),
+                 WAIT_S, "b resuming the session from its record")
+        q.close()  # and on b, before it resends
+        q = resumed_elsewhere(cn, pub_id, props, WAIT_S)
+        resend_held(q, cn, topic, b"taken", WAIT_S)  # while a is stopped
+    finally:
+        faults.resume(a)
+    resend_answered_as_had(q, cn, WAIT_S)
+    exchanged_qos2(q, topic, b"after", WAIT_S)
+    q.disconnect()
+    c.wait_healthy(60)
+    e = mqttraw.connected(a, uid("pub"), 5)
+    exchanged_qos2(e, topic, b"end", WAIT_S)
+    e.disconnect()
+    while b"after" not in got or b"end" not in got:
+        got.append(sub.get(WAIT_S).payload)
+    sub.stop()
+    assert sorted(x for x in got if x != b"marker") == [b"after", b"end", b"taken"], got
+
+
 def test_a_resend_elsewhere_of_what_a_killed_node_took_is_delivered_once(cluster_factory):
     """As above, but node a stores the message and sends its PUBREC, which
     is lost on the way (the client reads it and acts as if it never came),

@@ -148,8 +148,9 @@ static char *desc_session(const char *id, uint16_t len, const struct store_sessi
     if (r->epoch)
         fprintf(f, " epoch %llu", (unsigned long long)r->epoch);
     if (r->wait_until_ms) {
-        fprintf(f, " wait %llx until %llu %s", (unsigned long long)r->wait_node,
-                (unsigned long long)r->wait_until_ms, r->wait_told ? "told" : "released");
+        fprintf(f, " wait %llx/%llu until %llu %s", (unsigned long long)r->wait_node,
+                (unsigned long long)r->wait_epoch, (unsigned long long)r->wait_until_ms,
+                r->wait_told ? "told" : "released");
         for (uint32_t i = 0; i < r->n_wait_ids; i++)
             fprintf(f, " %u", r->wait_ids[i]);
     }
@@ -302,16 +303,25 @@ static void test_roundtrip(void)
     /* the message identities a moved session got (record version 3) */
     struct store_seen seen[] = {{0x1122334455667788ull, 1, 40}, {0xffffffffffffffffull, 7, 7}};
     /* and the epoch of its cluster claim (record version 4) */
-    struct store_session s1 = {
-        5, 3600, 1234567890123ull, 3, subs, "alice", 5, 2, seen, 1ull << 50, 0, 0, false, 0, NULL};
-    struct store_session s2 = {4, 0, 0, 0, NULL, NULL, 0, 0, NULL, 0, 0, 0, false, 0, NULL};
-    struct store_session s3 = {4,    0, 0, 0, NULL,  "", 0,   0,
-                               NULL, 7, 0, 0, false, 0,  NULL}; /* an empty user name is one */
+    struct store_session s1 = {.version = 5,
+                               .expiry_interval = 3600,
+                               .disconnected_at_ms = 1234567890123ull,
+                               .n_subs = 3,
+                               .subs = subs,
+                               .user = "alice",
+                               .user_len = 5,
+                               .n_seen = 2,
+                               .seen = seen,
+                               .epoch = 1ull << 50};
+    struct store_session s2 = {4, 0, 0, 0, NULL, NULL, 0, 0, NULL, 0, 0, 0, 0, false, 0, NULL};
+    /* an empty user name is one */
+    struct store_session s3 = {4, 0, 0, 0, NULL, "", 0, 0, NULL, 7, 0, 0, 0, false, 0, NULL};
     /* and its wait for an old owner's QoS 2 ids (record version 5): the ids
      * told, and those released while not told; none without a wait */
     static const uint16_t wait_ids[] = {1, 65535, 300};
     s1.wait_until_ms = 1234567899999ull;
     s1.wait_node = 0xfedcba9876543210ull;
+    s1.wait_epoch = 1ull << 40;
     s1.wait_told = true;
     s1.n_wait_ids = 3;
     s1.wait_ids = wait_ids;
@@ -436,7 +446,7 @@ static void test_session_del(void)
     char *dir = tmpdir();
     struct store *s = open_store(dir, 0, 0);
     struct list got = {0};
-    struct store_session rec = {5, 60, 0, 0, NULL, NULL, 0, 0, NULL, 0, 0, 0, false, 0, NULL};
+    struct store_session rec = {5, 60, 0, 0, NULL, NULL, 0, 0, NULL, 0, 0, 0, 0, false, 0, NULL};
     struct msg *m = mkmsg(ID("x"), 3, 0, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_WAIT_PUBACK, 1, 1, false, 0, NULL, m};
     const char *idv[] = {"a", "ab", "b", "a\x01"};
@@ -558,7 +568,7 @@ static void test_long_keys(void)
     char *filter = long_str(3000, 'f', '#');
 
     struct store_sub sub = {filter, 3000, 1, 0};
-    struct store_session rec = {5, 10, 0, 1, &sub, NULL, 0, 0, NULL, 0, 0, 0, false, 0, NULL};
+    struct store_session rec = {5, 10, 0, 1, &sub, NULL, 0, 0, NULL, 0, 0, 0, 0, false, 0, NULL};
     struct msg *m = mkmsg(t1, 1500, 50, 9, NULL, 1, false, 0);
     struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
     struct msg *rt1 = mkmsg(t1, 1500, 5, 1, NULL, 1, true, 0);
@@ -762,7 +772,7 @@ static void test_session_record_v1(void)
     /* written again by this build: version 4, with the user name and the
      * claim's epoch */
     struct store_sub sub = {"a/#", 3, 1, 0};
-    struct store_session rec = {4, 60, 0, 1, &sub, "bob", 3, 0, NULL, 12, 0, 0, false, 0, NULL};
+    struct store_session rec = {4, 60, 0, 1, &sub, "bob", 3, 0, NULL, 12, 0, 0, 0, false, 0, NULL};
     struct store_batch *b = store_batch_new();
     CU_ASSERT_EQUAL(store_session_put(b, "old", 3, &rec), 0);
     CU_ASSERT_EQUAL(commit(s, b), 0);
@@ -831,7 +841,7 @@ static void test_records_before_the_claim_epoch(void)
     list_free(&got);
     /* written again by this build: both kept */
     struct store_sub sub = {"a/#", 3, 1, 0};
-    struct store_session rec = {5, 60, 0, 1, &sub, NULL, 0, 0, NULL, 41, 0, 0, false, 0, NULL};
+    struct store_session rec = {5, 60, 0, 1, &sub, NULL, 0, 0, NULL, 41, 0, 0, 0, false, 0, NULL};
     struct msg *m = mkmsg(ID("t"), 1, 'x', NULL, 1, false, 0);
     m->id_node = 9;
     m->id_seq = 8;
@@ -860,7 +870,8 @@ static void test_session_wait_bad_counts(void)
 {
     static const unsigned char key[] = "\x00\x03old";
     /* version 5, MQTT 5, expiry 60, connected, no subscription, no user,
-     * no identity, epoch 0, a wait until 1 for node 2, not told, then the
+     * no identity, epoch 0, a wait until 1 for node 2's copy of claim 3,
+     * not told, then the
      * count under test and one id (7) */
     static const unsigned char head[] = "\x05\x05\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
                                         "\x00\x00\x00\x00"
@@ -869,6 +880,7 @@ static void test_session_wait_bad_counts(void)
                                         "\x00\x00\x00\x00\x00\x00\x00\x00"
                                         "\x01\x00\x00\x00\x00\x00\x00\x00"
                                         "\x02\x00\x00\x00\x00\x00\x00\x00"
+                                        "\x03\x00\x00\x00\x00\x00\x00\x00"
                                         "\x00";
     static const uint32_t counts[] = {1, 2, 70000};
     for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
@@ -896,7 +908,7 @@ static void test_session_wait_bad_counts(void)
             CU_ASSERT_EQUAL(r, 0);
             CU_ASSERT_EQUAL(got.n, 1);
             if (got.n == 1)
-                CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v5 x60 d0 n0 anonymous wait 2 until 1 "
+                CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v5 x60 d0 n0 anonymous wait 2/3 until 1 "
                                                  "released 7");
         } else {
             CU_ASSERT_EQUAL(r, -EIO);
