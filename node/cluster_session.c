@@ -322,14 +322,14 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
             blind = prev;
             blind_epoch = prev_epoch;
         } else if (rec->node != cn->self) {
+            /* (its epoch not known: the record may lag behind a later
+             * claim of that node, and the owners list keeps a node's
+             * first claim of a run only) */
             blind = rec->node;
-            blind_epoch = rec->epoch;
         }
         for (size_t i = rec->n_owners; !blind && i > 0; i--)
-            if (rec->owners[i - 1]->node != cn->self) {
+            if (rec->owners[i - 1]->node != cn->self)
                 blind = rec->owners[i - 1]->node;
-                blind_epoch = rec->owners[i - 1]->epoch;
-            }
         if (blind && CN_RESEND_WAIT_MS(cn)) {
             s->blind_until = broker_now_mono_ms() + CN_RESEND_WAIT_MS(cn);
             s->blind_node = blind;
