@@ -784,6 +784,42 @@ def taken_and_acknowledged(p, sub, topic, wait_s):
     assert sub.get(wait_s).payload == b"taken"
 
 
+def taken_then_stalled(cluster_factory, tmp_path, name, wait_s, env=None):
+    """resend_setup; node a takes the publisher's QoS 2 message b"taken"
+    (packet id 1) without committing it (a QoS 0 marker behind it gets
+    through), then stalls (SIGSTOP) before its PUBREC, and the client
+    gives up on a. Its commit completes once a runs again: (c, topic, sub,
+    pub_id, props, got), got being what sub had up to the marker."""
+    hold = tmp_path / "hold-a-commits"
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, name, wait_s, env)
+    hold.touch()
+    try:
+        got = taken_before_marker(p, sub, topic, b"taken", wait_s)
+        faults.pause(c.nodes[0])
+    finally:
+        hold.unlink(missing_ok=True)  # a commits once it runs again
+    p.close()
+    return c, topic, sub, pub_id, props, got
+
+
+def had_then_once_each(c, q, node, topic, sub, got, wait_s):
+    """q's held resend of b"taken" is answered by node as received (not
+    delivered again); then b"after" through q and b"end" through node a;
+    sub must get each of the three once (each path's copy of "taken" comes
+    before that path's last message)."""
+    resend_answered_as_had(q, node, wait_s)
+    exchanged_qos2(q, topic, b"after", wait_s)
+    q.disconnect()
+    c.wait_healthy(60)
+    e = mqttraw.connected(c.nodes[0], uid("pub"), 5)
+    exchanged_qos2(e, topic, b"end", wait_s)
+    e.disconnect()
+    while b"after" not in got or b"end" not in got:
+        got.append(sub.get(wait_s).payload)
+    sub.stop()
+    assert sorted(x for x in got if x != b"marker") == [b"after", b"end", b"taken"], got
+
+
 def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_path):
     """A persistent QoS 2 publisher on node a, a subscriber on node c. Node
     a's store commits nothing while a file exists (debug hook
@@ -849,33 +885,15 @@ def test_a_resend_elsewhere_of_what_a_stalled_node_took_is_delivered_once(cluste
     took it as new and the subscriber got it twice (chaos seed 9801;
     kill_resend.py --stop 12: a duplicate in 6 of 10 stalls)."""
     WAIT_S = 30.0
-    hold = tmp_path / "hold-a-commits"
-    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/stall", WAIT_S)
+    c, topic, sub, pub_id, props, got = taken_then_stalled(cluster_factory, tmp_path, "fwd/stall",
+                                                           WAIT_S)
     a, b, _ = c.nodes
-    hold.touch()
     try:
-        got = taken_before_marker(p, sub, topic, b"taken", WAIT_S)
-        faults.pause(a)
-    finally:
-        hold.unlink(missing_ok=True)  # a commits once it runs again
-    try:
-        p.close()  # the client gives up on a
         q = resumed_elsewhere(b, pub_id, props, WAIT_S)
         resend_held(q, b, topic, b"taken", WAIT_S)  # while a is stopped
     finally:
         faults.resume(a)
-    resend_answered_as_had(q, b, WAIT_S)
-    exchanged_qos2(q, topic, b"after", WAIT_S)
-    q.disconnect()
-    # each path's copy of "taken" comes before that path's last message:
-    # b's before "after", a's (its outbox, in order) before "end"
-    e = mqttraw.connected(a, uid("pub"), 5)
-    exchanged_qos2(e, topic, b"end", WAIT_S)
-    e.disconnect()
-    while b"after" not in got or b"end" not in got:
-        got.append(sub.get(WAIT_S).payload)
-    sub.stop()
-    assert sorted(x for x in got if x != b"marker") == [b"after", b"end", b"taken"], got
+    had_then_once_each(c, q, b, topic, sub, got, WAIT_S)
 
 
 @pytest.mark.parametrize("killed", ["waiting", "told"])
@@ -897,18 +915,10 @@ def test_a_resend_wait_survives_a_restart_of_the_waiting_node(cluster_factory, t
     Before, the wait was in memory only: b took the resend for new after
     its restart, and the subscriber got it twice."""
     WAIT_S = 30.0
-    hold = tmp_path / "hold-a-commits"
-    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/waitkill",
-                                                   WAIT_S)
+    c, topic, sub, pub_id, props, got = taken_then_stalled(cluster_factory, tmp_path,
+                                                           "fwd/waitkill", WAIT_S)
     a, b, _ = c.nodes
-    hold.touch()
     try:
-        got = taken_before_marker(p, sub, topic, b"taken", WAIT_S)
-        faults.pause(a)
-    finally:
-        hold.unlink(missing_ok=True)  # a commits once it runs again
-    try:
-        p.close()  # the client gives up on a
         q = resumed_elsewhere(b, pub_id, props, WAIT_S)
         if killed == "waiting":
             resend_held(q, b, topic, b"taken", WAIT_S)  # while a is stopped
@@ -930,17 +940,7 @@ def test_a_resend_wait_survives_a_restart_of_the_waiting_node(cluster_factory, t
         faults.resume(a)
     if killed == "told":
         q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
-    resend_answered_as_had(q, b, WAIT_S)
-    exchanged_qos2(q, topic, b"after", WAIT_S)
-    q.disconnect()
-    c.wait_healthy(60)
-    e = mqttraw.connected(a, uid("pub"), 5)
-    exchanged_qos2(e, topic, b"end", WAIT_S)
-    e.disconnect()
-    while b"after" not in got or b"end" not in got:
-        got.append(sub.get(WAIT_S).payload)
-    sub.stop()
-    assert sorted(x for x in got if x != b"marker") == [b"after", b"end", b"taken"], got
+    had_then_once_each(c, q, b, topic, sub, got, WAIT_S)
 
 
 def test_ids_told_to_a_copy_that_moved_on_reach_the_owner_that_waits(cluster_factory, tmp_path):
@@ -952,24 +952,17 @@ def test_ids_told_to_a_copy_that_moved_on_reach_the_owner_that_waits(cluster_fac
     resends the PUBLISH there (DUP 1, same packet id): c holds it. Then a
     runs again and answers b's claim, late, with its ids; b's copy has
     handed its state on, so b passes the ids on to the session's owner, c,
-    naming a as the node whose ids they are (SessionMessages.qos2_of). c
-    must answer the resend as received and not deliver it again: the
-    subscriber gets the message once, from a. Before, b dropped the ids
-    (they would have been taken as b's), c waited out its wait
-    (cluster_resend_wait, 120 s here) and took the resend for new."""
+    naming a's copy whose ids they are (SessionMessages.qos2_of, the node,
+    and qos2_epoch, its claim: c's wait is for that copy). c must answer
+    the resend as received and not deliver it again: the subscriber gets
+    the message once, from a. Before, b dropped the ids (they would have
+    been taken as b's), c waited out its wait (cluster_resend_wait, 120 s
+    here) and took the resend for new."""
     WAIT_S = 30.0
-    hold = tmp_path / "hold-a-commits"
-    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/relay", WAIT_S,
-                                                   {"STARLING_CLUSTER_RESEND_WAIT": "120000"})
+    c, topic, sub, pub_id, props, got = taken_then_stalled(
+        cluster_factory, tmp_path, "fwd/relay", WAIT_S, {"STARLING_CLUSTER_RESEND_WAIT": "120000"})
     a, b, cn = c.nodes
-    hold.touch()
     try:
-        got = taken_before_marker(p, sub, topic, b"taken", WAIT_S)
-        faults.pause(a)
-    finally:
-        hold.unlink(missing_ok=True)  # a commits once it runs again
-    try:
-        p.close()  # the client gives up on a
         q = resumed_elsewhere(b, pub_id, props, WAIT_S)
         wait_for(lambda: f"the session of '{pub_id}' resumed from its record" in b.logtext(),
                  WAIT_S, "b resuming the session from its record")
@@ -978,17 +971,7 @@ def test_ids_told_to_a_copy_that_moved_on_reach_the_owner_that_waits(cluster_fac
         resend_held(q, cn, topic, b"taken", WAIT_S)  # while a is stopped
     finally:
         faults.resume(a)
-    resend_answered_as_had(q, cn, WAIT_S)
-    exchanged_qos2(q, topic, b"after", WAIT_S)
-    q.disconnect()
-    c.wait_healthy(60)
-    e = mqttraw.connected(a, uid("pub"), 5)
-    exchanged_qos2(e, topic, b"end", WAIT_S)
-    e.disconnect()
-    while b"after" not in got or b"end" not in got:
-        got.append(sub.get(WAIT_S).payload)
-    sub.stop()
-    assert sorted(x for x in got if x != b"marker") == [b"after", b"end", b"taken"], got
+    had_then_once_each(c, q, cn, topic, sub, got, WAIT_S)
 
 
 def test_a_resend_elsewhere_of_what_a_killed_node_took_is_delivered_once(cluster_factory):
