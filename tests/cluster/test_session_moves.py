@@ -209,9 +209,15 @@ def test_an_overtaken_claims_messages_completed_on_its_node_are_not_given_again_
     faults.kill(b)
     b.start()
     faults.wait_healthy(c)
-    s4 = mqttraw.Client(b)
-    ack = s4.connect(s3.cid, clean=False, properties={"session_expiry_interval": 600},
-                     timeout=30)
+    for _ in range(3):
+        # connect_timeout is 2 s here: a claim that a leader's stall under
+        # load (make test) holds longer gets 0x88, and the client connects again
+        s4 = mqttraw.Client(b)
+        ack = s4.connect(s3.cid, clean=False, properties={"session_expiry_interval": 600},
+                         timeout=30)
+        if ack.reason_code != 0x88:
+            break
+        s4.close()
     assert ack.reason_code == 0 and ack.session_present, ack
     mark = b"marker"
     pid = p.publish(f"{topic}/mark", mark, qos=2)

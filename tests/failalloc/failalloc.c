@@ -34,9 +34,10 @@
  * writes "failalloc: armed" or "failalloc: disarmed" to stderr once the
  * new state is in effect, and a test waits for that line before it counts
  * on the new state. With FAILALLOC_NTH, the failing call writes
- * "failalloc: failed call K". Failures so far are counted in the exported
- * `failalloc_failures`, and written to stderr on exit as
- * "failalloc: N allocations failed".
+ * "failalloc: failed call K from +0xOFFSET", OFFSET being the caller's
+ * address in the executable (addr2line -f -e <executable> OFFSET).
+ * Failures so far are counted in the exported `failalloc_failures`, and
+ * written to stderr on exit as "failalloc: N allocations failed".
  *
  * A test program into which the shim is preloaded (a unit test) can also
  * call it directly, found with dlsym(RTLD_DEFAULT, ...):
@@ -76,8 +77,9 @@ static atomic_uint_fast64_t rng = 1;
 static atomic_ulong eligible;
 atomic_ulong failalloc_failures;
 
-/* The main executable's address range (its PT_LOAD segments). */
-static atomic_uintptr_t exe_lo, exe_hi;
+/* The main executable's address range (its PT_LOAD segments), and where
+ * it is loaded (what addr2line's addresses are relative to). */
+static atomic_uintptr_t exe_lo, exe_hi, exe_base;
 
 static int exe_range_cb(struct dl_phdr_info *info, size_t size, void *data)
 {
@@ -94,6 +96,7 @@ static int exe_range_cb(struct dl_phdr_info *info, size_t size, void *data)
         if (a + ph->p_memsz > hi)
             hi = a + ph->p_memsz;
     }
+    atomic_store(&exe_base, info->dlpi_addr);
     atomic_store(&exe_lo, lo);
     atomic_store(&exe_hi, hi);
     return 1; /* the first object is the main program */
@@ -195,8 +198,9 @@ static int should_fail(const void *caller)
     if (nth) {
         fail = n == nth;
         if (fail) {
-            char line[64];
-            int len = snprintf(line, sizeof(line), "failalloc: failed call %lu\n", n);
+            char line[96];
+            int len = snprintf(line, sizeof(line), "failalloc: failed call %lu from +0x%lx\n", n,
+                               (unsigned long)(a - atomic_load(&exe_base)));
             if (len > 0 && write(2, line, (size_t)len) < 0)
                 fail = 1;
         }

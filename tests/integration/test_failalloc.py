@@ -708,7 +708,8 @@ def test_a_resend_after_a_close_while_acknowledging_waits_for_the_original(broke
         def one_round(k):
             nonlocal b, held
             pid, payload = k, b"h%d" % k
-            open(hold, "w").close()
+            with open(hold, "w") as f:  # this round's id: a worker late from the last is not held
+                f.write(str(pid))
             c = _connect_served(b, pub_cid, version, given_up)  # no worker held yet
             before = b.stderr_text().count("failalloc: failed call")
             p = _pubrec_armed(b, c, lambda: c.publish("fa/h", payload, qos=2, packet_id=pid),
