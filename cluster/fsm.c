@@ -37,6 +37,10 @@ struct fsm {
     struct routes *routes;
     _Atomic uint64_t routes_index; /* the matcher reflects every entry up to it */
     bool broken;
+    /* an allocation failed while the matcher followed an entry: it lacks
+     * some of the table's routes until fsm_repair rebuilds it (applying
+     * thread only) */
+    bool routes_stale, routes_warned;
     fsm_observer_fn observer;
     void *observer_ud;
     fsm_entry_fn on_entry;
@@ -144,11 +148,14 @@ static void routes_reload_node(struct fsm *f, uint64_t node, struct kept_routes 
     k->r = f->routes;
     k->before = routes_remove_node(f->routes, node);
     struct rtable_txn *x;
-    if (rtable_begin_read(f->t, &x))
+    if (rtable_begin_read(f->t, &x)) {
+        f->routes_stale = true;
         return;
+    }
     unsigned char prefix[8];
     be64(prefix, node);
-    rtable_scan(x, RTABLE_ROUTES, prefix, 8, load_kept_route, k);
+    if (rtable_scan(x, RTABLE_ROUTES, prefix, 8, load_kept_route, k) < 0)
+        f->routes_stale = true;
     rtable_abort(x);
 }
 
@@ -986,8 +993,9 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
             continue;
         switch (c->cmd_case) {
         case STARLING__CMD__COMMAND__CMD_ROUTE_ADD:
-            routes_add(f->routes, (const char *)c->route_add->filter.data, c->route_add->filter.len,
-                       c->route_add->node);
+            if (routes_add(f->routes, (const char *)c->route_add->filter.data,
+                           c->route_add->filter.len, c->route_add->node) == -ENOMEM)
+                f->routes_stale = true;
             break;
         case STARLING__CMD__COMMAND__CMD_ROUTE_REMOVE:
             routes_remove(f->routes, (const char *)c->route_remove->filter.data,
@@ -1017,11 +1025,47 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
         }
     }
     routes_write_end(f->routes);
+    fsm_repair(f); /* at once, if an allocation failed above */
     log_routes_applied(index, b, results, routes_count(f->routes), gone);
     /* the observers (which may publish, and so match routes) after */
     for (size_t i = 0; f->observer && i < b->n_commands; i++)
         if (results[i] == FSM_OK)
             f->observer(f->observer_ud, index, b->commands[i]);
+}
+
+int fsm_repair(struct fsm *f)
+{
+    if (!f->routes_stale)
+        return 0;
+    int rc = routes_reload(f);
+    if (rc) {
+        if (!f->routes_warned)
+            log_warn("cluster: the route matcher lacks routes of the table (%s): it is rebuilt "
+                     "again on each tick until that succeeds",
+                     strerror(-rc));
+        f->routes_warned = true;
+        return rc;
+    }
+    f->routes_stale = f->routes_warned = false;
+    log_info("cluster: the route matcher was rebuilt from the table after an allocation failed");
+    return 0;
+}
+
+/* protobuf-c's allocator for an entry's batch: malloc, remembering a
+ * failure, so that an entry that could not be unpacked for want of memory
+ * is not taken for a malformed one (applied as nothing). */
+static void *unpack_alloc(void *data, size_t size)
+{
+    void *p = malloc(size);
+    if (!p)
+        *(bool *)data = true;
+    return p;
+}
+
+static void unpack_free(void *data, void *p)
+{
+    (void)data;
+    free(p);
 }
 
 int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
@@ -1037,8 +1081,12 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
     const void *pb;
     size_t pb_len;
     Starling__Cmd__CommandBatch *b = NULL;
+    bool nomem = false;
+    ProtobufCAllocator pa = {.alloc = unpack_alloc, .free = unpack_free, .allocator_data = &nomem};
     if (cmd_entry_unwrap(buf, len, &pb, &pb_len) == 0)
-        b = starling__cmd__command_batch__unpack(NULL, pb_len, pb);
+        b = starling__cmd__command_batch__unpack(&pa, pb_len, pb);
+    if (!b && nomem)
+        return -ENOMEM; /* nothing done: tried again (fsm_raft.c) */
     if (b && b->n_commands > FSM_MAX_BATCH) {
         starling__cmd__command_batch__free_unpacked(b, NULL);
         b = NULL;
@@ -1078,7 +1126,10 @@ int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
             continue;
         break;
     }
-    if (rc) {
+    if (rc == -ENOMEM) {
+        /* the transaction was aborted: the tables are as before the entry,
+         * which is applied again later (fsm_raft.c) */
+    } else if (rc) {
         __atomic_store_n(&f->broken, true, __ATOMIC_RELEASE);
     } else {
         if (b)

@@ -105,13 +105,22 @@ void fsm_close(struct fsm *f);
  * skipped as a replay; an entry that does not decode (bad header or protobuf, or more than
  * FSM_MAX_BATCH commands) is applied as an empty entry (res->n = 0, index
  * still recorded) so that all nodes stay equal.
- * A negative errno (-EIO, -ENOSPC) means the tables could not be written:
- * nothing of the entry is applied, and the state machine is *broken*: it
- * refuses every later entry with -EIO until fsm_restore succeeds (the node
- * must rebuild from a snapshot, see docs/cluster.md).
+ * -ENOMEM: an allocation failed (also the batch's decoding); nothing of the
+ * entry is applied, the tables are as before it, and the caller applies it
+ * again later (cluster/fsm_raft.c).
+ * Another negative errno (-EIO, -ENOSPC) means the tables could not be
+ * written: nothing of the entry is applied, and the state machine is
+ * *broken*: it refuses every later entry with -EIO until fsm_restore
+ * succeeds (the node must rebuild from a snapshot, see docs/cluster.md).
  */
 int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
               struct fsm_batch_result *res);
+
+/* The route matcher rebuilt from the table if an allocation failed while it
+ * followed an entry (it then lacks routes the table has). 0 when it is
+ * whole, or a negative errno (tried again on the next call). On the
+ * applying thread: fsm_apply calls it, and the owner on each tick. */
+int fsm_repair(struct fsm *f);
 
 /* Whether fsm_open found the tables torn by a machine stop (or a failed
  * sync) and started them empty (storage/rtable.h): the owner's Raft

@@ -58,11 +58,21 @@ bool fsm_raft_commit_safe(const struct raft *r)
     return log_term_of(r, r->commit_index) == r->current_term;
 }
 
-/* Apply one entry to the tables now: history and counters. 0 or a negative
- * errno (the tables are broken). */
+/* Apply one entry to the tables now: history and counters. 0, -ENOMEM
+ * (nothing of it applied: tried again later) or another negative errno
+ * (the tables are broken). */
 static int apply_now(struct fsm_raft *a, uint64_t index, const void *buf, size_t len)
 {
     int rc = fsm_apply(a->fsm, index, buf, len, &a->last);
+    if (rc == -ENOMEM) {
+        if (__atomic_add_fetch(&a->n_apply_nomem, 1, __ATOMIC_RELAXED) == 1 ||
+            index != a->nomem_index)
+            log_warn("cluster: cannot apply entry %llu to the replicated tables now (out of "
+                     "memory): it waits, with the entries after it, and is tried again",
+                     (unsigned long long)index);
+        a->nomem_index = index;
+        return rc;
+    }
     if (rc) {
         __atomic_add_fetch(&a->n_apply_errors, 1, __ATOMIC_RELAXED);
         log_error("cluster: cannot apply entry %llu to the replicated tables: %s; this node "
@@ -124,6 +134,7 @@ static int pending_flush(struct fsm_raft *a)
 
 int fsm_raft_flush(struct fsm_raft *a)
 {
+    fsm_repair(a->fsm);
     if (!a->raft || !a->pend_head || (!a->guard_off && !fsm_raft_commit_safe(a->raft)))
         return 0;
     return pending_flush(a);
@@ -146,6 +157,13 @@ static int adapter_apply(struct raft_fsm *rf, const struct raft_buffer *buf, voi
     int rc = pending_flush(a);
     if (rc == 0)
         rc = apply_now(a, index, buf->base, buf->len);
+    if (rc == -ENOMEM) {
+        /* out of memory, nothing of it applied: it waits in order behind
+         * what already waits, and fsm_raft_flush (each tick) tries again,
+         * rather than the node stopping for a failed allocation. The
+         * proposer gets no result, as for a deferred entry. */
+        return pending_push(a, index, buf->base, buf->len) ? RAFT_NOMEM : 0;
+    }
     if (rc)
         return RAFT_IOERR;
     *result = &a->last;

@@ -51,8 +51,11 @@ struct fsm_raft {
     uint64_t n_applied, n_skipped, n_snapshots, n_restores, n_apply_errors;
     uint64_t n_restores_skipped; /* snapshots the tables already held */
     uint64_t n_deferred;         /* applies put off by the section 5.4.2 guard */
+    uint64_t n_apply_nomem;      /* applies put off for want of memory (tried again) */
+    uint64_t nomem_index;        /* the entry of the last of them (its warning once) */
     bool guard_off;              /* tests only: apply whatever libraft commits (0.15 as is) */
-    /* entries accepted from libraft but deferred by the guard, in order */
+    /* entries accepted from libraft but deferred (the guard, or out of
+     * memory), in order */
     struct fsm_raft_pending *pend_head, **pend_tail;
     uint64_t n_pending;
     pthread_mutex_t mu; /* guards hist */
@@ -80,9 +83,16 @@ void fsm_raft_close(struct fsm_raft *a);
  * new leader's barrier and on a timer (raft_node.h). So an entry that 0.15
  * commits too early is applied only once it is really committed - or never,
  * if a later leader overwrites it (Figure 8, tests/unit/test_raft_fixture.c).
+ *
+ * An entry that cannot be applied for want of memory (fsm_apply -ENOMEM:
+ * nothing of it done) waits the same way, with every entry after it, and
+ * is tried again at the next apply or fsm_raft_flush: a failed allocation
+ * costs the node a delay, not a stop.
  */
 bool fsm_raft_commit_safe(const struct raft *r);
-/* Apply the deferred entries if it is now safe (raft thread). 0 or a
+/* Apply the deferred entries if it is now safe, and rebuild the route
+ * matcher if an allocation failed while it followed an entry (fsm_repair)
+ * (raft thread). 0, -ENOMEM (tried again on the next call) or another
  * negative errno (the tables are broken). */
 int fsm_raft_flush(struct fsm_raft *a);
 

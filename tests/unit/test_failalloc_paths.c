@@ -12,7 +12,12 @@
  *     silently miss retained messages);
  *   - sub_index_match_groups of a topic deeper than the match stack, with
  *     '+' and exact branches at every level (the PUBLISH path: a subscriber
- *     would silently not get an acknowledged message).
+ *     would silently not get an acknowledged message);
+ *   - fsm_apply of a committed Raft entry: applied whole, or -ENOMEM with
+ *     the tables as before it and the state machine not broken (applied
+ *     again later; before, the node stopped for good), and the route
+ *     matcher whole after fsm_repair (an allocation failed while it
+ *     followed the entry: a publish would miss a node's subscribers).
  * Without the shim the program exits 77 (skipped).
  */
 #ifndef _GNU_SOURCE
@@ -26,9 +31,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmd.h"
+#include "fsm.h"
 #include "msg.h"
 #include "retain.h"
+#include "routes.h"
 #include "sub_index.h"
+#include "test_util.h"
 
 static void (*fail_nth)(unsigned long k);
 static void (*fail_off)(void);
@@ -161,6 +170,85 @@ static void test_sub_index_match_whole_or_enomem(void)
     sub_index_free(idx);
 }
 
+/* ---- fsm_apply ---- */
+
+#define S(x) (x), strlen(x)
+
+static struct fsm *fa_fsm_open(char **dir)
+{
+    const char *t = getenv("TMPDIR");
+    CU_ASSERT_FATAL(asprintf(dir, "%s/test_failalloc_fsm.XXXXXX", t && *t ? t : "/tmp") > 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(*dir));
+    struct fsm_options o = {.dir = *dir};
+    struct fsm *f = NULL;
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(fsm_open(&f, &o, err, sizeof err), 0);
+    return f;
+}
+
+static void test_fsm_apply_whole_or_enomem(void)
+{
+    struct cmd_batch *b = cmd_batch_new();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(cmd_route_add(b, S("fa/+/x"), 2), 0);
+    CU_ASSERT_EQUAL(cmd_route_add(b, S("fa/#"), 3), 0);
+    CU_ASSERT_EQUAL(cmd_session_claim(b, S("fa-c"), 2, 1), 0);
+    CU_ASSERT_EQUAL(cmd_retained_set(b, S("fa/r"), 1, "v", 1, NULL, 0, 0, 7, 1), 0);
+    CU_ASSERT_EQUAL(cmd_member(b, 2, "n2", "127.0.0.12", 7946, 7947, NULL, CMD_ROLE_VOTER, 0), 0);
+    size_t len;
+    const void *entry = cmd_batch_data(b, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(entry);
+    /* the reference: applied with nothing failing */
+    char *dir;
+    struct fsm *f = fa_fsm_open(&dir);
+    struct fsm_batch_result ref, res;
+    CU_ASSERT_EQUAL_FATAL(fsm_apply(f, 1, entry, len, &ref), 0);
+    CU_ASSERT_EQUAL(ref.n, 5);
+    uint64_t sum = fsm_checksum(f);
+    fsm_close(f);
+    test_rm_tree(dir);
+    free(dir);
+    int refused = 0;
+    unsigned long k;
+    for (k = 1; k < 200; k++) {
+        f = fa_fsm_open(&dir);
+        unsigned long before = failures();
+        fail_nth(k);
+        int rc = fsm_apply(f, 1, entry, len, &res);
+        fail_off();
+        bool failed = failures() > before;
+        if (rc == -ENOMEM) {
+            /* nothing of it: applied again later (cluster/fsm_raft.c) */
+            CU_ASSERT(failed);
+            CU_ASSERT_FALSE(fsm_broken(f));
+            CU_ASSERT_EQUAL(fsm_applied(f), 0);
+            CU_ASSERT_EQUAL(fsm_checksum(f), 0);
+            CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 0);
+            refused++;
+            rc = fsm_apply(f, 1, entry, len, &res);
+        }
+        CU_ASSERT_EQUAL(rc, 0);
+        CU_ASSERT_EQUAL(fsm_repair(f), 0);
+        CU_ASSERT_FALSE(res.skipped);
+        CU_ASSERT_EQUAL(res.n, ref.n);
+        CU_ASSERT_EQUAL(memcmp(res.results, ref.results, ref.n), 0);
+        CU_ASSERT_EQUAL(fsm_applied(f), 1);
+        CU_ASSERT_EQUAL(fsm_checksum(f), sum);
+        uint64_t n[4] = {0};
+        CU_ASSERT_EQUAL(routes_nodes(fsm_routes(f), S("fa/a/x"), 0, n, 4), 2);
+        CU_ASSERT_EQUAL(n[0] + n[1], 5);
+        CU_ASSERT_EQUAL(routes_count(fsm_routes(f)), 2);
+        fsm_close(f);
+        test_rm_tree(dir);
+        free(dir);
+        if (!failed)
+            break; /* the apply made fewer than k allocations: each failed once */
+    }
+    CU_ASSERT(k < 200);
+    CU_ASSERT(refused > 0);
+    cmd_batch_free(b);
+}
+
 int main(void)
 {
     fail_nth = (void (*)(unsigned long))dlsym(RTLD_DEFAULT, "failalloc_fail_nth");
@@ -176,6 +264,8 @@ int main(void)
     CU_add_test(s, "retain_match: every message or -ENOMEM", test_retain_match_whole_or_enomem);
     CU_add_test(s, "sub_index_match_groups: every subscriber or -ENOMEM",
                 test_sub_index_match_whole_or_enomem);
+    CU_add_test(s, "fsm_apply: the whole entry, or -ENOMEM with nothing of it",
+                test_fsm_apply_whole_or_enomem);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
