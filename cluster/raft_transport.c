@@ -37,6 +37,7 @@ struct tr {
     char bind_ip[INET_ADDRSTRLEN];
     struct sockaddr_in self;
     uv_tcp_t listener;
+    uv_timer_t accept_retry; /* a connection libuv holds, not taken yet (on_connection) */
     bool listening;
     raft_uv_accept_cb accept_cb;
     struct outgoing *out;
@@ -492,6 +493,16 @@ static void in_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     in_check(i);
 }
 
+#define ACCEPT_RETRY_MS 100
+
+static void on_connection(uv_stream_t *server, int status);
+
+static void on_accept_retry(uv_timer_t *t)
+{
+    struct tr *tr = t->data;
+    on_connection((uv_stream_t *)&tr->listener, 0);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct tr *tr = server->data;
@@ -502,6 +513,13 @@ static void on_connection(uv_stream_t *server, int status)
     if (!i || !tcp) {
         free(i);
         raft_free(tcp);
+        /* libuv holds the connection and stops listening until uv_accept
+         * takes it: left so, this node took no Raft connection again
+         * (as the forwarding channel did, cluster/channel.c). Taken later. */
+        log_warn("cluster: raft: cannot take a connection now (out of memory): tried again in "
+                 "%d ms",
+                 ACCEPT_RETRY_MS);
+        uv_timer_start(&tr->accept_retry, on_accept_retry, ACCEPT_RETRY_MS, 0);
         return;
     }
     uv_tcp_init(tr->loop, tcp);
@@ -548,6 +566,9 @@ static int tr_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)
     tr->listener.data = tr;
     tr->listening = true;
     tr->open++;
+    uv_timer_init(tr->loop, &tr->accept_retry);
+    tr->accept_retry.data = tr;
+    tr->open++;
     int rc = uv_tcp_bind(&tr->listener, (const struct sockaddr *)&tr->self, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&tr->listener, 64, on_connection);
@@ -573,6 +594,7 @@ static void tr_close(struct raft_uv_transport *t, raft_uv_transport_close_cb cb)
     if (tr->listening) {
         tr->listening = false;
         uv_close((uv_handle_t *)&tr->listener, listener_closed);
+        uv_close((uv_handle_t *)&tr->accept_retry, listener_closed);
     }
     for (struct outgoing *o = tr->out; o; o = o->next)
         out_fail(o);

@@ -27,6 +27,7 @@
  *                        probability P (0..1); with FAILALLOC_EVERY and
  *                        FAILALLOC_NTH unset
  *   FAILALLOC_SEED=S     seed of the pseudo-random sequence (default 1)
+ *   FAILALLOC_TRACE=1    with FAILALLOC_NTH, the failing call's stack too
  * SIGUSR2 toggles "armed", so that a test arms it only after the broker has
  * started and its clients are connected; arming restarts the count of
  * eligible calls. The signal is handled by whichever thread the kernel
@@ -148,6 +149,33 @@ static void report(void)
         return;
 }
 
+/* FAILALLOC_TRACE=1: a failing call also writes the executable's frames
+ * of its stack, "failalloc:   frames +0xA +0xB ...", innermost first. */
+static bool trace;
+
+static void say_frames(void)
+{
+    /* the frame-pointer chain (builds with -fno-omit-frame-pointer, as the
+     * ASan build: elsewhere the walk stops early): no unwinder, which
+     * would load a library (and allocate) inside the failing call */
+    char line[16 * 20 + 32];
+    int at = snprintf(line, sizeof(line), "failalloc:   frames");
+    uintptr_t base = atomic_load(&exe_base);
+    void **fp = __builtin_frame_address(0);
+    for (int i = 0; fp && i < 16 && at < (int)sizeof(line) - 24; i++) {
+        uintptr_t a = (uintptr_t)fp[1];
+        if (a >= atomic_load(&exe_lo) && a < atomic_load(&exe_hi))
+            at += snprintf(line + at, sizeof(line) - at, " +0x%lx", (unsigned long)(a - base));
+        void **next = fp[0];
+        if (next <= fp || (uintptr_t)next - (uintptr_t)fp > (1u << 20) || ((uintptr_t)next & 7))
+            break;
+        fp = next;
+    }
+    line[at++] = '\n';
+    if (write(2, line, (size_t)at) < 0)
+        return;
+}
+
 static atomic_int resolving;
 
 static void resolve(void)
@@ -173,6 +201,8 @@ __attribute__((constructor)) static void failalloc_init(void)
     prob = v ? strtod(v, NULL) : 0.0;
     v = getenv("FAILALLOC_SEED");
     atomic_store(&rng, v ? strtoull(v, NULL, 10) | 1u : 1u);
+    v = getenv("FAILALLOC_TRACE");
+    trace = v && strcmp(v, "1") == 0;
     v = getenv("FAILALLOC_ARMED");
     atomic_store(&armed, v && strcmp(v, "1") == 0);
     struct sigaction sa;
@@ -203,6 +233,8 @@ static int should_fail(const void *caller)
                                (unsigned long)(a - atomic_load(&exe_base)));
             if (len > 0 && write(2, line, (size_t)len) < 0)
                 fail = 1;
+            if (trace)
+                say_frames();
         }
     } else if (every) {
         fail = n % every == 0;

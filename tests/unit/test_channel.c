@@ -9,7 +9,10 @@
  * follows through the loop, in order; a connection read by another thread
  * (a reader) has the frames it accepts handled there and the others on the
  * loop, all in the order sent, and goes back to the loop when the reader
- * stops or the connection closes.
+ * stops or the connection closes; a connection that the listener (the
+ * channel's, or the Raft transport's) could not take for want of memory
+ * (with tests/failalloc's shim preloaded, as ctest does) is taken later,
+ * and the node goes on taking connections.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -17,6 +20,7 @@
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -35,6 +39,7 @@
 #include "chan_frame.h"
 #include "channel.h"
 #include "channel.pb-c.h"
+#include "raft_transport.h"
 
 static uv_loop_t loop;
 
@@ -1162,6 +1167,111 @@ static void test_readers(void)
     uv_close((uv_handle_t *)&rd_wake, NULL);
 }
 
+/* The failing allocator's controls (tests/failalloc), when it is
+ * preloaded (ctest: CMakeLists.txt). */
+static void (*fail_nth)(unsigned long);
+static void (*fail_off)(void);
+static unsigned long *failures;
+
+static bool failalloc_found(void)
+{
+    fail_nth = (void (*)(unsigned long))dlsym(RTLD_DEFAULT, "failalloc_fail_nth");
+    fail_off = (void (*)(void))dlsym(RTLD_DEFAULT, "failalloc_off");
+    failures = dlsym(RTLD_DEFAULT, "failalloc_failures");
+    if (!fail_nth || !fail_off || !failures)
+        fprintf(stderr, "(libfailalloc.so is not preloaded: not run) ");
+    return fail_nth && fail_off && failures;
+}
+
+/* A raw client connects to ip:port with the first allocation after it
+ * failing: the listener's for that connection. Returns whether the
+ * listener took it all the same: it reads the client's bad bytes (a frame
+ * or handshake longer than any it takes) and closes the connection. Before,
+ * libuv kept a connection that was not taken and stopped listening: the
+ * node took no connection ever again, and a node whose connections to it
+ * broke could no longer answer it (its claims timed out for good in
+ * test_forward.py, the Raft messages to it would have stopped). */
+static bool taken_after_a_failed_accept(const char *ip, int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, ip, &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    CU_ASSERT_TRUE_FATAL(fd >= 0);
+    unsigned long before = __atomic_load_n(failures, __ATOMIC_SEQ_CST);
+    fail_nth(1);
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    CU_ASSERT_TRUE(rc == 0 || errno == EINPROGRESS);
+    bool failed = RUN_UNTIL(__atomic_load_n(failures, __ATOMIC_SEQ_CST) > before, 5000);
+    fail_off();
+    CU_ASSERT_TRUE(failed);
+    unsigned char bad[64];
+    memset(bad, 0xff, sizeof bad);
+    CU_ASSERT_TRUE(RUN_UNTIL(send(fd, bad, sizeof bad, MSG_NOSIGNAL) == (ssize_t)sizeof bad, 5000));
+    char buf[64];
+    bool closed = RUN_UNTIL(recv(fd, buf, sizeof buf, MSG_DONTWAIT) == 0 ||
+                                (errno != EAGAIN && errno != EWOULDBLOCK),
+                            5000);
+    close(fd);
+    return closed;
+}
+
+/* The forwarding channel's listener: the connection is taken later, and
+ * H's connection after it, with its frames. */
+static struct node g, h;
+
+static void test_a_connection_not_taken_for_memory_is_taken_later(void)
+{
+    if (!failalloc_found())
+        return;
+    int port = test_free_port("127.0.0.48");
+    CU_ASSERT_EQUAL_FATAL(start(&g, 5, "127.0.0.48", port, "t", "k", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start(&h, 6, "127.0.0.49", test_free_port("127.0.0.49"), "t", "k", 0), 0);
+    CU_ASSERT_TRUE(taken_after_a_failed_accept("127.0.0.48", port));
+    CU_ASSERT_EQUAL(chan_peer_add(h.c, 5, g.address), 0);
+    for (uint64_t s = 1; s <= 3; s++)
+        CU_ASSERT_EQUAL(send_publish(&h, 5, s), 0);
+    CU_ASSERT_TRUE(RUN_UNTIL(g.in.n_from[6] == 3, 5000));
+    CU_ASSERT_FALSE(g.in.out_of_order || g.in.bad);
+    stop(&h);
+    stop(&g);
+}
+
+/* The Raft transport's listener (cluster/raft_transport.c) too. */
+static void raft_accepted(struct raft_uv_transport *t, raft_id id, const char *address,
+                          struct uv_stream_s *stream)
+{
+    (void)t, (void)id, (void)address;
+    uv_close((uv_handle_t *)stream, NULL);
+}
+
+static bool raft_tr_closed;
+static void raft_tr_close_cb(struct raft_uv_transport *t)
+{
+    (void)t;
+    raft_tr_closed = true;
+}
+
+static void test_a_raft_connection_not_taken_for_memory_is_taken_later(void)
+{
+    if (!failalloc_found())
+        return;
+    struct raft_uv_transport t;
+    CU_ASSERT_EQUAL_FATAL(raft_transport_init(&t, &loop, "t", "k", NULL), 0);
+    int port = test_free_port("127.0.0.50");
+    char address[64];
+    snprintf(address, sizeof address, "127.0.0.50:%d", port);
+    CU_ASSERT_EQUAL_FATAL(t.init(&t, 9, address), 0);
+    CU_ASSERT_EQUAL_FATAL(t.listen(&t, raft_accepted), 0);
+    CU_ASSERT_TRUE(taken_after_a_failed_accept("127.0.0.50", port));
+    /* and once more: the listener is still listening */
+    CU_ASSERT_TRUE(taken_after_a_failed_accept("127.0.0.50", port));
+    CU_ASSERT_EQUAL(raft_transport_refused(&t), 2);
+    raft_tr_closed = false;
+    t.close(&t, raft_tr_close_cb);
+    CU_ASSERT_TRUE(RUN_UNTIL(raft_tr_closed, 5000));
+    raft_transport_close(&t);
+}
+
 int main(void)
 {
     uv_loop_init(&loop);
@@ -1185,6 +1295,10 @@ int main(void)
     CU_add_test(s, "Publish frames unpacked as protobuf-c does",
                 test_publish_frames_unpacked_as_protobuf_c_does);
     CU_add_test(s, "a reader thread's frames and the loop's, in order", test_readers);
+    CU_add_test(s, "a connection not taken for want of memory is taken later",
+                test_a_connection_not_taken_for_memory_is_taken_later);
+    CU_add_test(s, "a Raft connection not taken for want of memory is taken later",
+                test_a_raft_connection_not_taken_for_memory_is_taken_later);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures();
