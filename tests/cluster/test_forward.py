@@ -605,11 +605,13 @@ def test_publish_refused_for_memory_is_not_forwarded(cluster_factory, publisher_
 
     def connect(cid, **kw):
         # The shim fails the k-th allocation of any thread while armed: now
-        # and then one on a Raft proposal's way (a release, a route change)
-        # rather than in the PUBLISH, and the claim of this reconnection,
-        # proposed behind it, is refused after cluster_claim_timeout (CONNACK
-        # 0x88, or no answer before the client's own timeout). The next
-        # claim goes through. What this test checks is the PUBLISH's fate.
+        # and then one on a Raft proposal's or the channel's way rather than
+        # in the PUBLISH, and the claim of this reconnection may be refused
+        # (CONNACK 0x88, or no answer before the client's own timeout), as a
+        # client under memory pressure may see. The next claim goes through:
+        # before, a failed accept stopped a's channel listener for good and
+        # every claim timed out (docs/cluster.md, "Out of memory when a
+        # connection comes in"). What this test checks is the PUBLISH's fate.
         for _ in range(3):
             q = mqttraw.Client(a, version=5)
             try:
