@@ -239,16 +239,19 @@ static void send_result(struct cluster *c, uint64_t to, uint64_t id, int status,
     r.id = id;
     r.status = status;
     Starling__Cmd__Result *results = NULL;
-    if (status == 0 && res) {
+    if (status == 0 && res)
+        results = malloc((res->n ? res->n : 1) * sizeof *results);
+    if (status == 0 && (!res || !results)) {
+        /* committed, its results not known here (out of memory): the
+         * proposer looks for its effect or proposes it again */
+        r.status = -EINPROGRESS;
+    } else if (status == 0) {
         r.has_index = 1;
         r.index = res->index;
-        results = malloc((res->n ? res->n : 1) * sizeof *results);
-        if (results) {
-            for (uint32_t i = 0; i < res->n; i++)
-                results[i] = (Starling__Cmd__Result)res->results[i];
-            r.n_results = res->n;
-            r.results = results;
-        }
+        for (uint32_t i = 0; i < res->n; i++)
+            results[i] = (Starling__Cmd__Result)res->results[i];
+        r.n_results = res->n;
+        r.results = results;
     }
     if (leader) {
         r.has_leader = 1;

@@ -52,6 +52,36 @@ struct fsm {
     uint64_t pruned[FSM_MAX_BATCH][2];
 };
 
+/* protobuf-c's allocator for what an apply decodes (the entry's batch, a
+ * stored session record): malloc, remembering a failure, so that what
+ * could not be decoded for want of memory is not taken for malformed or
+ * absent (the entry applied as nothing, a record taken for none): the
+ * apply returns -ENOMEM instead, and is made again later. */
+static void *unpack_alloc(void *data, size_t size)
+{
+    void *p = malloc(size);
+    if (!p)
+        *(bool *)data = true;
+    return p;
+}
+
+static void unpack_free(void *data, void *p)
+{
+    (void)data;
+    free(p);
+}
+
+/* A stored session record, decoded, or NULL: *rc is -ENOMEM when that was
+ * for want of memory, else 0 (a record that does not decode: none). */
+static Starling__Cmd__SessionRecord *record_unpack(const void *v, size_t len, int *rc)
+{
+    bool nomem = false;
+    ProtobufCAllocator pa = {.alloc = unpack_alloc, .free = unpack_free, .allocator_data = &nomem};
+    Starling__Cmd__SessionRecord *sr = starling__cmd__session_record__unpack(&pa, len, v);
+    *rc = !sr && nomem ? -ENOMEM : 0;
+    return sr;
+}
+
 /* The entry at index is wholly in effect: publish it, tell the hook. */
 static void set_visible(struct fsm *f, uint64_t index)
 {
@@ -400,7 +430,9 @@ static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelea
     Starling__Cmd__SessionRecord *was = NULL;
     rc = rtable_get(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len, &old, &olen);
     if (rc == 0) {
-        was = starling__cmd__session_record__unpack(NULL, olen, old);
+        was = record_unpack(old, olen, &rc);
+        if (rc)
+            return rc;
         rc = rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len);
     }
     /* released by its owner, which takes its own routes away; or, expired,
@@ -464,8 +496,9 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
     if (rc && rc != -ENOENT)
         return rc;
     bool exists = rc == 0;
-    Starling__Cmd__SessionRecord *was =
-        exists ? starling__cmd__session_record__unpack(NULL, olen, old) : NULL;
+    Starling__Cmd__SessionRecord *was = exists ? record_unpack(old, olen, &rc) : NULL;
+    if (exists && rc)
+        return rc;
     if (c->expiry_interval == 0) {
         rc =
             exists ? rtable_del(x, RTABLE_SESSIONS, c->client_id.data, c->client_id.len) : FSM_NOOP;
@@ -806,7 +839,9 @@ static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist
             rc = r;
             break;
         }
-        Starling__Cmd__SessionRecord *sr = starling__cmd__session_record__unpack(NULL, vlen, v);
+        Starling__Cmd__SessionRecord *sr = record_unpack(v, vlen, &rc);
+        if (rc)
+            break; /* out of memory: the entry is applied again later */
         if (!sr)
             continue; /* cannot happen: written by apply_session_record */
         if (owner != node && sr->node != node) {
@@ -1033,11 +1068,27 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
             f->observer(f->observer_ud, index, b->commands[i]);
 }
 
+/* Every route of the table into the matcher, none removed: a stale matcher
+ * only lacks routes (routes_add is idempotent), and a failure part way
+ * leaves it no worse than before. */
+static int routes_fill(struct fsm *f)
+{
+    routes_write_begin(f->routes);
+    struct rtable_txn *x;
+    int rc = rtable_begin_read(f->t, &x);
+    if (rc == 0) {
+        rc = rtable_scan(x, RTABLE_ROUTES, NULL, 0, load_route, f->routes);
+        rtable_abort(x);
+    }
+    routes_write_end(f->routes);
+    return rc;
+}
+
 int fsm_repair(struct fsm *f)
 {
     if (!f->routes_stale)
         return 0;
-    int rc = routes_reload(f);
+    int rc = routes_fill(f);
     if (rc) {
         if (!f->routes_warned)
             log_warn("cluster: the route matcher lacks routes of the table (%s): it is rebuilt "
@@ -1049,23 +1100,6 @@ int fsm_repair(struct fsm *f)
     f->routes_stale = f->routes_warned = false;
     log_info("cluster: the route matcher was rebuilt from the table after an allocation failed");
     return 0;
-}
-
-/* protobuf-c's allocator for an entry's batch: malloc, remembering a
- * failure, so that an entry that could not be unpacked for want of memory
- * is not taken for a malformed one (applied as nothing). */
-static void *unpack_alloc(void *data, size_t size)
-{
-    void *p = malloc(size);
-    if (!p)
-        *(bool *)data = true;
-    return p;
-}
-
-static void unpack_free(void *data, void *p)
-{
-    (void)data;
-    free(p);
 }
 
 int fsm_apply(struct fsm *f, uint64_t index, const void *buf, size_t len,
@@ -1222,6 +1256,12 @@ int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, boo
     if (rc)
         return rc;
     rc = routes_reload(f);
+    if (rc == -ENOMEM) {
+        /* the tables are restored; the matcher lacks routes until
+         * fsm_repair fills it (on the next tick) */
+        f->routes_stale = true;
+        rc = 0;
+    }
     if (rc == 0)
         log_info("cluster: route matcher loaded from a snapshot (entry %llu): %zu route(s)",
                  (unsigned long long)rtable_applied(f->t), routes_count(f->routes));

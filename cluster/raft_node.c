@@ -262,7 +262,9 @@ static void group_apply_cb(struct raft_apply *a, int status, void *result)
     for (unsigned i = 0; i < g->count; i++) {
         struct req *r = g->m[i].r;
         if (status != 0 || !res) {
-            req_done(r, status_of(status), NULL);
+            /* no result with status 0: committed, and deferred here
+             * (cluster/fsm_raft.c: out of memory), applied later */
+            req_done(r, status ? status_of(status) : -EINPROGRESS, NULL);
             continue;
         }
         struct fsm_batch_result *sub = &n->sub;

@@ -92,8 +92,11 @@ uint64_t raft_node_applied(struct raft_node *n);
  * this node is not the leader (leader = the known leader id or 0), -EAGAIN
  * while a new leader has not applied its barrier, -ECONNABORTED when
  * leadership was lost while the entry was pending (it may still commit),
- * -ECANCELED at stop, -ENOMEM. done must be quick (hand the result to the
- * caller's own thread).
+ * -ECANCELED at stop, -ENOMEM, -EINPROGRESS when it committed but is not
+ * applied here yet (deferred for want of memory, cluster/fsm_raft.h: its
+ * results are not known; the caller looks for its effect, or proposes it
+ * again: commands are idempotent). done must be quick (hand the result to
+ * the caller's own thread).
  */
 typedef void (*raft_node_done_fn)(void *ud, int status, const struct fsm_batch_result *res,
                                   uint64_t leader);

@@ -408,12 +408,18 @@ static int ct_propose(struct cluster_node *cn, struct cmd_batch *b, char *err, s
     const void *e = cmd_batch_data(b, &len);
     uint64_t index = 0;
     int r = e ? cn_propose_wait_index(cn, e, len, &index) : -ENOMEM;
+    if (r == -EINPROGRESS) {
+        snprintf(err, errlen, "committed, but not applied on the leader yet (out of memory)");
+        return -EAGAIN;
+    }
     if (r < 0) {
         snprintf(err, errlen, "%s", strerror(-r));
         return r == -ENOTCONN || r == -ECONNABORTED || r == -ETIMEDOUT ? -EAGAIN : r;
     }
     uint64_t deadline = mono_ms() + CN_APPLY_WAIT_MS;
-    while (raft_node_applied(cn->raft) < index) {
+    /* the tables' own index: libraft's counts entries deferred (the
+     * section 5.4.2 guard, out of memory) that are not in the tables yet */
+    while (fsm_visible(cn->fsm) < index) {
         if (mono_ms() >= deadline) {
             snprintf(err, errlen, "committed, but not applied on this node yet");
             return -EAGAIN;

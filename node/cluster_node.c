@@ -712,7 +712,7 @@ static void retained_done(void *ud, int status, const struct fsm_batch_result *r
         }
         pthread_mutex_unlock(&cn->mu);
     }
-    if (status != 0)
+    if (status != 0 && status != -EINPROGRESS) /* (committed, applied later) */
         log_warn("cluster: a retained message is not replicated: %s", strerror(-status));
     /* applied (perhaps not here yet, or as a NOOP / STALE_SEQ that the
      * observer does not see) or given up */
@@ -1581,7 +1581,8 @@ static void cn_sync_done(void *ud, int status, const struct fsm_batch_result *re
 static int cn_propose_wait(struct cluster_node *cn, const void *e, size_t len)
 {
     uint64_t index;
-    return cn_propose_wait_index(cn, e, len, &index);
+    int r = cn_propose_wait_index(cn, e, len, &index);
+    return r == -EINPROGRESS ? 0 : r; /* committed (applied later): what these callers wait for */
 }
 
 int cn_propose_wait_index(struct cluster_node *cn, const void *e, size_t len, uint64_t *index)

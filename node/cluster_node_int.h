@@ -455,7 +455,9 @@ void cn_gone_forget(struct cluster_node *cn, uint64_t node);
 /* After the cluster stopped. */
 void cn_session_drain(struct cluster_node *cn);
 /* cluster_node.c: propose an entry and wait until it committed (retrying
- * while there is no leader); *index: its Raft index. */
+ * while there is no leader); *index: its Raft index. -EINPROGRESS: it
+ * committed, and its index and results are not known (the leader, out of
+ * memory, applies it later). */
 int cn_propose_wait_index(struct cluster_node *cn, const void *e, size_t len, uint64_t *index);
 /* cluster_node.c: pack fr and queue it for node `to` (cluster_send): 0, or
  * -ENOMEM or cluster_send's error. Any thread. */

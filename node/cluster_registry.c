@@ -666,12 +666,13 @@ static void claim_done(void *ud, int status, const struct fsm_batch_result *res,
         claim_finish(k, REGISTRY_UNAVAILABLE);
         return;
     }
-    if ((status == 0 || status == -ENOTCONN || status == -EAGAIN || status == -ECONNABORTED) &&
+    if ((status == 0 || status == -EINPROGRESS || status == -ENOTCONN || status == -EAGAIN ||
+         status == -ECONNABORTED) &&
         now + CLAIM_RETRY_MS < k->deadline_ms) {
         /* the entry may still commit (a leader that stops or steps down
          * after appending it answers so), or it committed with no result
-         * (status 0: the leader, out of memory, applies it later or
-         * answered without the results): the next attempt looks for it */
+         * (-EINPROGRESS: the leader, out of memory, applies it later or
+         * could not send the results): the next attempt looks for it */
         k->maybe_epoch = k->epoch;
         pthread_mutex_lock(&cn->reg_mu);
         k->retry_at_ms = now + CLAIM_RETRY_MS;
