@@ -131,8 +131,11 @@ static int load_route(void *ud, const void *key, size_t klen, const void *val, s
     return rc < 0 ? rc : 0;
 }
 
-/* Rebuild f->routes from the route table. */
-static int routes_reload(struct fsm *f)
+/* Load f->routes from the route table: rebuilt (`clear`), or every route
+ * of the table added to what it holds (fsm_repair: a stale matcher only
+ * lacks routes, routes_add is idempotent, and a failure part way leaves it
+ * no worse than before). */
+static int routes_reload(struct fsm *f, bool clear)
 {
     /* at once for the readers (a snapshot restored under traffic); the
      * matcher's lock before the table's, as after_commit takes them */
@@ -143,7 +146,8 @@ static int routes_reload(struct fsm *f)
         routes_write_end(f->routes);
         return rc;
     }
-    routes_clear(f->routes);
+    if (clear)
+        routes_clear(f->routes);
     rc = rtable_scan(x, RTABLE_ROUTES, NULL, 0, load_route, f->routes);
     routes_write_end(f->routes);
     rtable_abort(x);
@@ -209,7 +213,7 @@ int fsm_open(struct fsm **out, const struct fsm_options *o, char *err, size_t er
                                 .sync_every_commit = o->sync_every_commit};
     int rc = rtable_open(&f->t, &ro, err, errlen);
     if (rc == 0) {
-        rc = routes_reload(f);
+        rc = routes_reload(f, true);
         atomic_init(&f->routes_index, rtable_applied(f->t));
         if (rc == 0)
             log_info("cluster: route matcher loaded (entry %llu): %zu route(s)",
@@ -1068,27 +1072,11 @@ static void after_commit(struct fsm *f, uint64_t index, const Starling__Cmd__Com
             f->observer(f->observer_ud, index, b->commands[i]);
 }
 
-/* Every route of the table into the matcher, none removed: a stale matcher
- * only lacks routes (routes_add is idempotent), and a failure part way
- * leaves it no worse than before. */
-static int routes_fill(struct fsm *f)
-{
-    routes_write_begin(f->routes);
-    struct rtable_txn *x;
-    int rc = rtable_begin_read(f->t, &x);
-    if (rc == 0) {
-        rc = rtable_scan(x, RTABLE_ROUTES, NULL, 0, load_route, f->routes);
-        rtable_abort(x);
-    }
-    routes_write_end(f->routes);
-    return rc;
-}
-
 int fsm_repair(struct fsm *f)
 {
     if (!f->routes_stale)
         return 0;
-    int rc = routes_fill(f);
+    int rc = routes_reload(f, false);
     if (rc) {
         if (!f->routes_warned)
             log_warn("cluster: the route matcher lacks routes of the table (%s): it is rebuilt "
@@ -1255,7 +1243,7 @@ int fsm_restore(struct fsm *f, const void *buf, size_t len, bool keep_newer, boo
         ;
     if (rc)
         return rc;
-    rc = routes_reload(f);
+    rc = routes_reload(f, true);
     if (rc == -ENOMEM) {
         /* the tables are restored; the matcher lacks routes until
          * fsm_repair fills it (on the next tick) */

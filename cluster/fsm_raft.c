@@ -65,8 +65,7 @@ static int apply_now(struct fsm_raft *a, uint64_t index, const void *buf, size_t
 {
     int rc = fsm_apply(a->fsm, index, buf, len, &a->last);
     if (rc == -ENOMEM) {
-        if (__atomic_add_fetch(&a->n_apply_nomem, 1, __ATOMIC_RELAXED) == 1 ||
-            index != a->nomem_index)
+        if (index != a->nomem_index) /* once per entry (index 0 is never one) */
             log_warn("cluster: cannot apply entry %llu to the replicated tables now (out of "
                      "memory): it waits, with the entries after it, and is tried again",
                      (unsigned long long)index);

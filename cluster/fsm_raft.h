@@ -51,8 +51,7 @@ struct fsm_raft {
     uint64_t n_applied, n_skipped, n_snapshots, n_restores, n_apply_errors;
     uint64_t n_restores_skipped; /* snapshots the tables already held */
     uint64_t n_deferred;         /* applies put off by the section 5.4.2 guard */
-    uint64_t n_apply_nomem;      /* applies put off for want of memory (tried again) */
-    uint64_t nomem_index;        /* the entry of the last of them (its warning once) */
+    uint64_t nomem_index;        /* the last entry put off for want of memory (warned once) */
     bool guard_off;              /* tests only: apply whatever libraft commits (0.15 as is) */
     /* entries accepted from libraft but deferred (the guard, or out of
      * memory), in order */
