@@ -75,6 +75,7 @@ struct cl_claim {
     struct session *incoming;
     bool routed;          /* the incoming session's subscriptions are in the index */
     bool from_record;     /* incoming came from the replicated record (old owner down) */
+    bool prev_none_kept;  /* the old owner answered that it kept nothing (SessionState.none_kept) */
     uint64_t route_index; /* the index by which incoming's routes are everywhere */
     bool staged;          /* incoming is in the table offline, its store batch submitted */
     int store_status;     /* ... and its commit's result (claim_stored) */
@@ -550,6 +551,10 @@ static void claim_from_record(struct cl_claim *k)
     struct session *s =
         cn_session_from_record(k->cn, k->id, k->req.id_len, k->prev_node, k->prev_epoch);
     if (s) {
+        lock_acquire(&s->lock);
+        s->blind_none_kept = s->blind_none_kept && k->prev_none_kept &&
+                             s->blind_node == k->prev_node && s->blind_epoch == k->prev_epoch;
+        lock_release(&s->lock);
         k->incoming = s;
         k->from_record = true;
         cn_incoming_add(k->cn, s, k->epoch);
@@ -1026,13 +1031,14 @@ static bool msg_unsent(const struct qmsg *q)
  * identities, which the claimant would otherwise take for had when that
  * owner passes them on. Those sent to s's client keep their exchange. */
 static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBinaryData *id,
-                       uint64_t epoch, struct session *s, uint64_t direct)
+                       uint64_t epoch, struct session *s, uint64_t direct, bool none_kept)
 {
     Starling__Chan__SessionState st = STARLING__CHAN__SESSION_STATE__INIT;
     st.client_id = *id;
     st.epoch = epoch;
     st.has_found = true;
     st.found = s != NULL;
+    st.has_none_kept = st.none_kept = !s && none_kept;
     Starling__Chan__SessionSubscription *subs = NULL, **subp = NULL;
     Starling__Chan__SessionMessage *msgs = NULL, **msgp = NULL;
     uint32_t *q2 = NULL, *told = NULL, *released = NULL;
@@ -1236,14 +1242,14 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
         log_info("cluster: the session '%.*s' was asked for before this node loaded its "
                  "store: not found here, its stored copy follows the claim",
                  (int)len, id);
-        state_send(cn, from, cid, req_epoch, NULL, 0);
+        state_send(cn, from, cid, req_epoch, NULL, 0, false);
         return;
     }
     if (fsm_registry_get(cn->fsm, id, len, &owner, &epoch) == 0 &&
         (epoch > req_epoch || (epoch == req_epoch && owner != from))) {
         /* a later claim won since (or the requester is not the owner):
          * the session is not the requester's to take */
-        state_send(cn, from, cid, req_epoch, NULL, 0);
+        state_send(cn, from, cid, req_epoch, NULL, 0, false);
         return;
     }
     pthread_mutex_lock(&cn->reg_mu);
@@ -1312,6 +1318,10 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
         s = cn_moving_take(cn, id, len, from, req_epoch);
         known = s != NULL;
     }
+    /* none, the store loaded, no claim of id running here (a held request
+     * answered at its time's end, or not held for want of memory): this
+     * node's claims of id kept nothing (SessionState.none_kept) */
+    bool none_kept = !s && !claim_in_progress(cn, id, len, req_epoch);
     /* in no list until cn_moving_add: a stop's hand-over counts it here.
      * Before, a SIGTERMed node whose hand-over looked in that moment found
      * nothing left, stopped, and the state never went out: the claimant
@@ -1333,7 +1343,7 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
      * known: a stored epoch lower than its last claim would leave out
      * what came to this node alone): everything goes, at least once. */
     uint64_t direct = known ? cn_copy_owners_index(cn, s, from) : 0;
-    state_send(cn, from, cid, req_epoch, s, direct);
+    state_send(cn, from, cid, req_epoch, s, direct, none_kept);
     if (s) /* what still arrives for it follows it (cluster_session.c) */
         cn_moving_add(cn, s, from, req_epoch, false, known);
     pthread_mutex_lock(&cn->reg_mu);
@@ -1459,8 +1469,10 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
          * sessions yet, or lost them): resume from the record, as when it
          * does not answer (without a record, a new session); a copy it
          * loads later follows as late messages (cluster_session.c) */
-        log_info("cluster: %016llx has no session '%s' to hand over",
-                 (unsigned long long)k->prev_node, k->id);
+        log_info("cluster: %016llx has no session '%s' to hand over%s",
+                 (unsigned long long)k->prev_node, k->id,
+                 st->has_none_kept && st->none_kept ? " (it kept none)" : "");
+        k->prev_none_kept = st->has_none_kept && st->none_kept && from == k->prev_node;
         cn_seq_applied(cn, sq);
         claim_from_record(k);
         return;

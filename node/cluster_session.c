@@ -335,6 +335,13 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
             s->blind_node = blind;
             /* its copy of that claim: another copy's ids may be stale */
             s->blind_epoch = blind_epoch;
+            /* the record is that claim's own: a persistent session's, which
+             * stored each QoS 2 id before its PUBREC. Kept only if that node
+             * says it kept none (claim_from_record): a claim of expiry 0
+             * stores nothing, and its client may have completed an id there
+             * and used it again */
+            s->blind_none_kept = blind_epoch && rec->node == blind && rec->epoch == blind_epoch &&
+                                 rec->expiry_interval != 0;
         }
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
@@ -1058,6 +1065,17 @@ static void told_on_worker(void *ud)
     session_unref(s);
 }
 
+/* s learnt its old copy's ids: its connection's worker judges what it
+ * parked */
+static void told_notify(struct cluster_node *cn, struct session *s)
+{
+    lock_acquire(&s->lock);
+    struct worker *w = s->conn ? s->w : NULL;
+    lock_release(&s->lock);
+    if (w && cn->b->sink->call(w, told_on_worker, session_ref(s)) < 0)
+        session_unref(s);
+}
+
 /* The QoS 2 ids an old copy of id held (its late state, or its messages'
  * frames): the session of claim `epoch` here, resumed from its record
  * without them, judges its client's resends by them (struct
@@ -1135,7 +1153,6 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
         s->n_blind_released = 0;
         ids = NULL;
     }
-    struct worker *w = blind && s->conn ? s->w : NULL;
     lock_release(&s->lock);
     free(ids);
     if (blind) {
@@ -1146,8 +1163,8 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
                  "had taken",
                  s->client_id, (unsigned)n, (unsigned long long)from);
     }
-    if (w && cn->b->sink->call(w, told_on_worker, session_ref(s)) < 0)
-        session_unref(s);
+    if (blind)
+        told_notify(cn, s);
     session_unref(s);
     return true;
 }
@@ -2987,14 +3004,28 @@ static void fold_rule_set(struct cluster_node *cn, struct session *keep, const s
  * may wait for (struct session.own_moved). Before, they went with the copy,
  * and that node's late state, waiting for them, found no copy here to
  * answer it: the client's resend was taken for new (chaos seed 9923 with
- * --resend --more: 3 QoS 2 duplicates). */
-static void own_moved_keep(struct session *keep, const struct cn_moving *x)
+ * --resend --more: 3 QoS 2 duplicates).
+ * They also answer keep's own wait, when keep waits for the ids of x's
+ * destination's copy of the very claim x moves out for, a persistent
+ * session's by its record, and that node said it kept no copy of the id
+ * (session.blind_none_kept): that claim's session would have started with
+ * x's ids, and its client completed no exchange there since (none without
+ * its id stored first). Before, the wait went unanswered, and the
+ * client's resend of a message x had taken was taken for new where it went
+ * next (chaos seed 9905 with --resend --more: 6 QoS 2 duplicates after
+ * every node was SIGKILLed, test_forward.py::test_a_resend_to_a_session_
+ * whose_old_claimant_kept_nothing_is_answered_by_its_folded_copy). Whether
+ * they did (keep's worker is to judge what it parked). */
+static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
 {
     lock_acquire(&x->s->lock);
     uint32_t n = x->s->n_qos2_in;
     uint16_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;
+    uint16_t *told = malloc((n + 1) * sizeof(*told));
     if (ids)
         memcpy(ids, x->s->qos2_in, n * sizeof(*ids));
+    if (told && n)
+        memcpy(told, x->s->qos2_in, n * sizeof(*told));
     lock_release(&x->s->lock);
     lock_acquire(&keep->lock);
     /* of several copies folded, the latest (as cn_moving_qos2_ids) */
@@ -3006,8 +3037,30 @@ static void own_moved_keep(struct session *keep, const struct cn_moving *x)
         keep->own_moved_epoch = x->epoch;
         ids = NULL;
     }
+    bool answers = told && keep->blind_none_kept && !keep->told && keep->blind_node == x->to &&
+                   keep->blind_epoch && keep->blind_epoch == x->epoch &&
+                   session_blind(keep, broker_now_mono_ms());
+    if (answers) {
+        /* less those whose PUBREL came here meanwhile (owner_told) */
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < n; i++)
+            if (!session_blind_was_released(keep, told[i]))
+                told[k++] = told[i];
+        free(keep->told_ids);
+        keep->told_ids = told;
+        keep->n_told = k;
+        keep->told = true;
+        keep->n_blind_released = 0;
+        keep->wait_dirty = true;
+        told = NULL;
+        log_info("cluster: the session of '%s' learnt the %u QoS 2 id(s) of its old copy here, "
+                 "moving out to %016llx, which kept none of its own",
+                 keep->client_id, (unsigned)k, (unsigned long long)x->to);
+    }
     lock_release(&keep->lock);
     free(ids);
+    free(told);
+    return answers;
 }
 
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
@@ -3076,8 +3129,8 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
         moving_take(cn, x, &shared, whole_from ? &x->fold_direct : NULL);
         if (keep)
             fold_rule_set(cn, keep, x, x == found);
-        if (keep && x->to != cn->self)
-            own_moved_keep(keep, x);
+        if (keep && x->to != cn->self && own_moved_keep(keep, x))
+            told_notify(cn, keep);
         /* a staged claim: its rows leave the store in the claim's batch
          * (copy_rows_leave) */
         if (bt && keep)

@@ -151,6 +151,11 @@ struct session {
     /* the claim epoch of blind_node's copy whose ids it waits for (0: not
      * known): another copy's ids of that node may be stale (owner_told) */
     uint64_t blind_epoch;
+    /* blind_node said it kept no copy of id (SessionState.none_kept), and
+     * the record this session resumed from is that node's persistent
+     * session's, of claim blind_epoch: the ids of this node's own copy
+     * moving out to it for that claim answer the wait (own_moved_keep) */
+    bool blind_none_kept;
     uint16_t *told_ids;
     uint32_t n_told;
     bool told;

@@ -1069,6 +1069,62 @@ def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster
         b.logtext()
 
 
+def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_its_folded_copy(
+        cluster_factory, tmp_path):
+    """Chaos seed 9905 with --resend --more (QoS 2 duplicates after every
+    node was SIGKILLed), made deterministic. A persistent QoS 2
+    publisher's node a stores its message and sends PUBREC, which is lost,
+    and a is SIGKILLed. The client's claim on node b commits, but b's
+    store commits nothing (STARLING_TEST_STORE_HOLD) and b is SIGKILLed
+    too: b keeps no session. a starts again and finds its stored copy
+    claimed away by b: the copy moves out to b, and stays (the old copies
+    of moved sessions held, STARLING_TEST_MOVING_HOLD). b starts again.
+    The client resumes its session on a: b answers that it has no session
+    (its store loaded), so a resumes from the record and waits for b's
+    QoS 2 ids, and folds its own old copy, still moving out to b, into the
+    new session. That copy's ids are those b's session would have started
+    with, and b kept nothing since: they answer the wait. The client
+    resends the PUBLISH (DUP 1) on a: a duplicate, acknowledged as
+    received and not delivered again. Before, the folded copy's ids were
+    kept only for a wait of b's, the resend waited for ids that never came
+    and was then taken for a new message."""
+    WAIT_S = 30.0
+    hold, moving = tmp_path / "hold-b", tmp_path / "moving-hold"
+    c, topic, sub, pub_id, props, p = resend_setup(
+        cluster_factory, hold, 1, "fwd/folded", WAIT_S,
+        env={"STARLING_TEST_MOVING_HOLD": str(moving)})
+    a, b, cn = c.nodes
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    a.stop(sig=signal.SIGKILL)
+    p.close()
+    hold.touch()
+    try:
+        q = mqttraw.Client(b)
+        q.connect(pub_id, clean=False, properties=props, expect=False)
+        wait_for(lambda: faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(b),
+                 WAIT_S, f"the record of {pub_id} naming b")
+        b.stop(sig=signal.SIGKILL)
+        q.close()
+    finally:
+        hold.unlink(missing_ok=True)
+    moving.touch()
+    try:
+        a.start()
+        left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x}"
+        wait_for(lambda: left in a.logtext(), WAIT_S, f"a finding its copy of {pub_id} claimed")
+        b.start()
+        c.wait_healthy(60)
+        q = resumed_elsewhere(a, pub_id, props, WAIT_S)
+        assert f"{faults.node_id(b):016x} has no session '{pub_id}' to hand over" in a.logtext()
+        assert f"'{pub_id}' is claimed here again while its old copy" in a.logtext()
+        resent_then_after(q, topic, WAIT_S)
+    finally:
+        moving.unlink(missing_ok=True)
+    assert got_up_to_after(sub, WAIT_S) == [b"after"]  # "taken" came once, before the kills
+    assert "which its session's old node had taken: acknowledged, not delivered again" in \
+        a.logtext()
+
+
 @pytest.mark.parametrize("stalled", [False, True], ids=["", "from_record"])
 @pytest.mark.parametrize("then", ["resent", "released"])
 def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(cluster_factory,
