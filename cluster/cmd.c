@@ -362,14 +362,16 @@ int cmd_session_record(struct cmd_batch *b, const char *client_id, size_t len, u
                        uint64_t routed_from, uint64_t local_from)
 {
     return cmd_session_record_seen(b, client_id, len, node, epoch, expiry, version, username, subs,
-                                   n_subs, next_pid, routed_from, local_from, NULL, 0, false);
+                                   n_subs, next_pid, routed_from, local_from, NULL, 0, false,
+                                   false);
 }
 
 int cmd_session_record_seen(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                             uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
                             const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid,
                             uint64_t routed_from, uint64_t local_from,
-                            const struct cmd_pub_seen *seen, size_t n_seen, bool seen_known)
+                            const struct cmd_pub_seen *seen, size_t n_seen, bool seen_known,
+                            bool began_clean)
 {
     if (!key_ok(client_id, len) || !node || !epoch || (n_subs && !subs) ||
         (seen_known && n_seen && !seen))
@@ -417,6 +419,7 @@ int cmd_session_record_seen(struct cmd_batch *b, const char *client_id, size_t l
     m.subs = sp;
     m.has_next_packet_id = next_pid != 0;
     m.next_packet_id = next_pid;
+    m.has_began_clean = m.began_clean = began_clean;
     /* the owner's own entry, for its routed_from and local_from (the state
      * machine writes the list) */
     Starling__Cmd__RecordOwner own = STARLING__CMD__RECORD_OWNER__INIT;

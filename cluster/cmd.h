@@ -100,12 +100,14 @@ struct cmd_pub_seen {
     uint64_t origin, pub_id;
 };
 /* cmd_session_record with the owner's pubs_seen (n_seen entries; with
- * seen_known false, none is written: not known). */
+ * seen_known false, none is written: not known), and whether its session
+ * began clean at this claim (SessionRecord.began_clean). */
 int cmd_session_record_seen(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                             uint64_t epoch, uint32_t expiry, unsigned version, const char *username,
                             const struct cmd_session_sub *subs, size_t n_subs, uint16_t next_pid,
                             uint64_t routed_from, uint64_t local_from,
-                            const struct cmd_pub_seen *seen, size_t n_seen, bool seen_known);
+                            const struct cmd_pub_seen *seen, size_t n_seen, bool seen_known,
+                            bool began_clean);
 /* Where a session resumed from its record (an unpacked SessionRecord)
  * starts its packet ids: the middle of the largest gap, on the circle of
  * ids 1..65535, between the next packet ids of the owners the record names

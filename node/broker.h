@@ -133,6 +133,7 @@ struct broker {
     struct retain_store *retained;
     struct broker_stats stats;
     struct store *store; /* NULL when persistence is off */
+    size_t load_expired; /* sessions the store's load found expired (and purged) */
     /* Password file, ACL, TLS context: loaded by main (auth_load), swapped
      * on SIGHUP. */
     struct auth auth;

@@ -1320,8 +1320,14 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
     }
     /* none, the store loaded, no claim of id running here (a held request
      * answered at its time's end, or not held for want of memory): this
-     * node's claims of id kept nothing (SessionState.none_kept) */
-    bool none_kept = !s && !claim_in_progress(cn, id, len, req_epoch);
+     * node's claims of id kept nothing (SessionState.none_kept). Not
+     * without a store, or with one that may lose a commit in a host's
+     * crash (sync other than always), and not when its load purged
+     * expired sessions (one of them may have been id's, its exchanges
+     * completed here) */
+    struct broker *b = cn->b;
+    bool none_kept = !s && b->store && b->cfg.sync == SYNC_ALWAYS && b->load_expired == 0 &&
+                     !claim_in_progress(cn, id, len, req_epoch);
     /* in no list until cn_moving_add: a stop's hand-over counts it here.
      * Before, a SIGTERMed node whose hand-over looked in that moment found
      * nothing left, stopped, and the state never went out: the claimant

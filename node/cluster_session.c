@@ -186,7 +186,7 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s)
             r = cmd_session_record_seen(b, s->client_id, s->id_len, cn->self, epoch, expiry,
                                         s->version, s->user, subs, expiry ? s->n_subs : 0,
                                         persist_pid_of(s->next_seq), routed_from, s->local_from,
-                                        seen, ps ? ps->n : 0, ps != NULL);
+                                        seen, ps ? ps->n : 0, ps != NULL, s->clean_epoch == epoch);
         } else {
             r = -ENOMEM;
         }
@@ -339,9 +339,11 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
              * stored each QoS 2 id before its PUBREC. Kept only if that node
              * says it kept none (claim_from_record): a claim of expiry 0
              * stores nothing, and its client may have completed an id there
-             * and used it again */
+             * and used it again; a clean one's client dropped its ids and
+             * may have used them again (a new message not stored yet) */
             s->blind_none_kept = blind_epoch && rec->node == blind && rec->epoch == blind_epoch &&
-                                 rec->expiry_interval != 0;
+                                 rec->expiry_interval != 0 &&
+                                 !(rec->has_began_clean && rec->began_clean);
         }
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
         s->expiry_interval = rec->expiry_interval;
@@ -3020,8 +3022,15 @@ static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
 {
     lock_acquire(&x->s->lock);
     uint32_t n = x->s->n_qos2_in;
+    /* x's own claim the one just before x->epoch (committed epochs of an
+     * id follow one another, claim_propose): else another claim came
+     * between, whose client may have completed x's ids and used them again.
+     * x->epoch is the registry's epoch when x began to move out, not
+     * always the claim that took x over. A stored epoch behind x's claim
+     * only leaves the wait as it was */
+    bool next = x->s->stored_epoch && x->s->stored_epoch + 1 == x->epoch;
     uint16_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;
-    uint16_t *told = malloc((n + 1) * sizeof(*told));
+    uint16_t *told = next ? malloc((n + 1) * sizeof(*told)) : NULL;
     if (ids)
         memcpy(ids, x->s->qos2_in, n * sizeof(*ids));
     if (told && n)

@@ -688,6 +688,7 @@ int persist_open(struct broker *b, char *err, size_t errlen)
     }
     persist_submit(b, &l.purge, NULL, NULL);
     store_flush(b->store);
+    b->load_expired = l.expired;
     log_info("store %s: %zu sessions, %zu queued messages, %zu retained messages loaded "
              "(%zu expired sessions purged)",
              cfg->data_dir, l.sessions, l.msgs, l.retained, l.expired);

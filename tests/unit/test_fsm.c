@@ -341,8 +341,9 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_EQUAL(record_filters(f, "c1", got, sizeof got, &expiry, user, sizeof user), 0);
     CU_ASSERT_STRING_EQUAL(got, "p/#:1:7,$share/g/q:2:0");
     const struct cmd_pub_seen seen[] = {{3, 500}, {1, 7}}, later[] = {{3, 999}};
-    cmd_session_record_seen(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 2, 77, seen, 2, true);
-    cmd_session_record_seen(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 9, 99, later, 1,
+    cmd_session_record_seen(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 2, 77, seen, 2, true,
+                            true);
+    cmd_session_record_seen(b, S("c1"), 2, 2, 60, 5, NULL, subs, 1, 40000, 9, 99, later, 1, true,
                             true); /* entry kept */
     CU_ASSERT_EQUAL(apply(f, 3, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
@@ -360,6 +361,8 @@ static void test_session_records_and_node_down(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
     CU_ASSERT_TRUE(rec->has_next_packet_id);
     CU_ASSERT_EQUAL(rec->next_packet_id, 40000);
+    /* a session that began clean at this claim says so */
+    CU_ASSERT_TRUE(rec->has_began_clean && rec->began_clean);
     /* the owners it named, each with the entry of its first record (the
      * same owner writing again adds none) */
     CU_ASSERT_EQUAL_FATAL(rec->n_owners, 2);
