@@ -1030,6 +1030,22 @@ def test_a_resend_elsewhere_of_what_a_killed_node_took_is_delivered_once(cluster
     assert sorted(got) == [b"after", b"end", b"taken"], got
 
 
+def claimed_then_killed(b, cn, hold, pub_id, props, wait_s):
+    """pub_id's client resumes its session on b, whose store commits
+    nothing (the file `hold` exists meanwhile), so no CONNACK comes; once
+    the claim's record names b (on node cn), b is SIGKILLed."""
+    hold.touch()
+    try:
+        q = mqttraw.Client(b)
+        q.connect(pub_id, clean=False, properties=props, expect=False)
+        wait_for(lambda: faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(b),
+                 wait_s, f"the record of {pub_id} naming b")
+        b.stop(sig=signal.SIGKILL)
+        q.close()
+    finally:
+        hold.unlink(missing_ok=True)
+
+
 def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster_factory,
                                                                          tmp_path):
     """Chaos seed 9812 with --resend (QoS 2 duplicates after every node was
@@ -1049,17 +1065,8 @@ def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster
     c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 1, "fwd/lost", WAIT_S)
     _, b, cn = c.nodes
     taken_and_acknowledged(p, sub, topic, WAIT_S)
-    hold.touch()
-    try:
-        p.close()
-        q = mqttraw.Client(b)
-        q.connect(pub_id, clean=False, properties=props, expect=False)
-        wait_for(lambda: faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(b),
-                 WAIT_S, f"the record of {pub_id} naming b")
-        b.stop(sig=signal.SIGKILL)
-        q.close()
-    finally:
-        hold.unlink(missing_ok=True)
+    p.close()
+    claimed_then_killed(b, cn, hold, pub_id, props, WAIT_S)
     b.start()
     c.wait_healthy(60)
     q = resumed_elsewhere(b, pub_id, props, WAIT_S)
@@ -1097,16 +1104,7 @@ def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_it
     taken_and_acknowledged(p, sub, topic, WAIT_S)
     a.stop(sig=signal.SIGKILL)
     p.close()
-    hold.touch()
-    try:
-        q = mqttraw.Client(b)
-        q.connect(pub_id, clean=False, properties=props, expect=False)
-        wait_for(lambda: faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(b),
-                 WAIT_S, f"the record of {pub_id} naming b")
-        b.stop(sig=signal.SIGKILL)
-        q.close()
-    finally:
-        hold.unlink(missing_ok=True)
+    claimed_then_killed(b, cn, hold, pub_id, props, WAIT_S)
     moving.touch()
     try:
         a.start()
