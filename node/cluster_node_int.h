@@ -271,9 +271,10 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s);
  * reference), or NULL when there is none. prev: the registry's owner
  * before the claim it is for (0: not known), whose QoS 2 ids its client's
  * resends wait for (session.blind_node); prev_epoch: that owner's claim
- * (0: not known; session.blind_epoch). */
+ * (0: not known; session.blind_epoch); prev_none_kept: that owner said it
+ * kept nothing of id (SessionState.none_kept; session.blind_none_kept). */
 struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len,
-                                       uint64_t prev, uint64_t prev_epoch);
+                                       uint64_t prev, uint64_t prev_epoch, bool prev_none_kept);
 /* The old owner: s (taken out of the table, with its reference) sent its
  * state to `to` (claim `epoch`); what still arrives for it goes there until
  * SessionRouted (or a deadline), then s ends. `now` (no state was sent:

@@ -548,13 +548,9 @@ static void claim_finish(struct cl_claim *k, int status)
  * session when there is none). */
 static void claim_from_record(struct cl_claim *k)
 {
-    struct session *s =
-        cn_session_from_record(k->cn, k->id, k->req.id_len, k->prev_node, k->prev_epoch);
+    struct session *s = cn_session_from_record(k->cn, k->id, k->req.id_len, k->prev_node,
+                                               k->prev_epoch, k->prev_none_kept);
     if (s) {
-        lock_acquire(&s->lock);
-        s->blind_none_kept = s->blind_none_kept && k->prev_none_kept &&
-                             s->blind_node == k->prev_node && s->blind_epoch == k->prev_epoch;
-        lock_release(&s->lock);
         k->incoming = s;
         k->from_record = true;
         cn_incoming_add(k->cn, s, k->epoch);

@@ -273,7 +273,7 @@ static Starling__Cmd__SessionRecord *record_read(struct cluster_node *cn, const 
 }
 
 struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len,
-                                       uint64_t prev, uint64_t prev_epoch)
+                                       uint64_t prev, uint64_t prev_epoch, bool prev_none_kept)
 {
     Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
     if (!rec)
@@ -335,14 +335,14 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
             s->blind_node = blind;
             /* its copy of that claim: another copy's ids may be stale */
             s->blind_epoch = blind_epoch;
-            /* the record is that claim's own: a persistent session's, which
-             * stored each QoS 2 id before its PUBREC. Kept only if that node
-             * says it kept none (claim_from_record): a claim of expiry 0
-             * stores nothing, and its client may have completed an id there
-             * and used it again; a clean one's client dropped its ids and
-             * may have used them again (a new message not stored yet) */
-            s->blind_none_kept = blind_epoch && rec->node == blind && rec->epoch == blind_epoch &&
-                                 rec->expiry_interval != 0 &&
+            /* that node kept nothing, and the record is that claim's own: a
+             * persistent session's, which stored each QoS 2 id before its
+             * PUBREC. Not a claim of expiry 0, which stores nothing (its
+             * client may have completed an id there and used it again), nor
+             * a clean one, whose client dropped its ids and may have used
+             * them again (a new message not stored yet) */
+            s->blind_none_kept = prev_none_kept && blind_epoch && rec->node == blind &&
+                                 rec->epoch == blind_epoch && rec->expiry_interval != 0 &&
                                  !(rec->has_began_clean && rec->began_clean);
         }
         s->version = (uint8_t)(rec->has_version ? rec->version : 4);
@@ -1142,17 +1142,7 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
     lock_acquire(&s->lock);
     blind = ids && session_blind(s, now) && wait_answered_by(s, from, copy_epoch, relayed, strict);
     if (blind) {
-        /* less those whose PUBREL came here meanwhile: the client may have
-         * used them again since */
-        uint32_t k = 0;
-        for (uint32_t i = 0; i < n; i++)
-            if (!session_blind_was_released(s, ids[i]))
-                ids[k++] = ids[i];
-        n = k;
-        s->told_ids = ids;
-        s->n_told = n;
-        s->told = true;
-        s->n_blind_released = 0;
+        n = session_told_set(s, ids, n);
         ids = NULL;
     }
     lock_release(&s->lock);
@@ -1800,7 +1790,7 @@ static struct session *adopt_lost(struct cluster_node *cn, const char *id, uint1
     struct broker *b = cn->b;
     /* the frame's sender is the old copy that handed its state to the
      * claim that was lost here: its resends wait for that copy's ids */
-    struct session *s = cn_session_from_record(cn, id, len, from, 0);
+    struct session *s = cn_session_from_record(cn, id, len, from, 0, false);
     if (!s)
         return NULL;
     lock_acquire(&s->lock);
@@ -3050,17 +3040,7 @@ static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
                    keep->blind_epoch && keep->blind_epoch == x->epoch &&
                    session_blind(keep, broker_now_mono_ms());
     if (answers) {
-        /* less those whose PUBREL came here meanwhile (owner_told) */
-        uint32_t k = 0;
-        for (uint32_t i = 0; i < n; i++)
-            if (!session_blind_was_released(keep, told[i]))
-                told[k++] = told[i];
-        free(keep->told_ids);
-        keep->told_ids = told;
-        keep->n_told = k;
-        keep->told = true;
-        keep->n_blind_released = 0;
-        keep->wait_dirty = true;
+        uint32_t k = session_told_set(keep, told, n);
         told = NULL;
         log_info("cluster: the session of '%s' learnt the %u QoS 2 id(s) of its old copy here, "
                  "moving out to %016llx, which kept none of its own",

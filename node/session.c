@@ -1073,6 +1073,21 @@ bool session_blind_was_released(const struct session *s, uint16_t pid)
     return false;
 }
 
+uint32_t session_told_set(struct session *s, uint16_t *ids, uint32_t n)
+{
+    assert(lock_held(&s->lock));
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (!session_blind_was_released(s, ids[i]))
+            ids[k++] = ids[i];
+    free(s->told_ids);
+    s->told_ids = ids;
+    s->n_told = k;
+    s->told = true;
+    s->n_blind_released = 0;
+    return k;
+}
+
 bool session_qos2_remove(struct session *s, uint16_t pid)
 {
     assert(lock_held(&s->lock));

@@ -544,6 +544,11 @@ void session_blind_released(struct session *s, uint16_t pid, uint64_t now_ms);
 
 /* Whether pid is in s->blind_released. s->lock held. */
 bool session_blind_was_released(const struct session *s, uint16_t pid);
+/* s learns its old copy's QoS 2 ids: ids[0..n) (taken over, a heap
+ * array), less those whose PUBREL came while it waited (its client may
+ * have used them again since), become its told ids. How many are left.
+ * s->lock held. */
+uint32_t session_told_set(struct session *s, uint16_t *ids, uint32_t n);
 /* Whether s still waits for, or judges by, its old copy's QoS 2 ids
  * (blind_until not passed; at its end the wait and the ids go). s->lock
  * held. */
