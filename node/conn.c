@@ -268,6 +268,8 @@ void conn_check_timers(struct conn *c, uint64_t now)
     }
     if (c->x && c->x->n_parked && c->state == CONN_ACTIVE)
         handle_publish_unpark(c); /* their wait may be over */
+    if (c->session && c->state == CONN_ACTIVE && atomic_load(&c->session->parked_hint))
+        session_flush_owned(c->w->b, c->session, c->w); /* their wait may be over too */
 }
 
 /* ---- dispatch ---------------------------------------------------------- */

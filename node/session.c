@@ -364,22 +364,26 @@ static const char *const session_drop_names[SESSION_DROP_N] = {
     "offline queue full", "slow subscriber: new message", "slow subscriber: oldest message",
     "slow subscriber: disconnected"};
 
+/* How a message reaches a session: directly (a publish routed to it), as a
+ * late message of an old copy, or as one parked (session_deliver_parked). */
+enum deliver_how { HOW_DIRECT, HOW_LATE, HOW_PARKED };
+
 static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                    const uint32_t *ids, uint16_t n_ids, struct worker *cur, struct store_batch **bt,
-                   struct pub_flow *flow, bool once, bool late, uint64_t *row);
+                   struct pub_flow *flow, bool once, enum deliver_how how, uint64_t *row);
 
 int session_deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                     const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                     struct store_batch **bt, struct pub_flow *flow)
 {
-    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true, false, NULL);
+    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true, HOW_DIRECT, NULL);
 }
 
 int session_deliver_row(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
                         bool retain, const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                         struct store_batch **bt, struct pub_flow *flow, uint64_t *row)
 {
-    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true, false, row);
+    return deliver(b, s, m, qos, retain, ids, n_ids, cur, bt, flow, true, HOW_DIRECT, row);
 }
 
 /* Whether s holds a stored message with sequence number seq. s->lock held. */
@@ -431,7 +435,20 @@ void session_row_del(struct broker *b, struct session *s, uint64_t row)
 int session_deliver_late(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
                          bool retain, const uint32_t *ids, uint16_t n_ids, struct store_batch **bt)
 {
-    return deliver(b, s, m, qos, retain, ids, n_ids, NULL, bt, NULL, true, true, NULL);
+    return deliver(b, s, m, qos, retain, ids, n_ids, NULL, bt, NULL, true, HOW_LATE, NULL);
+}
+
+int session_deliver_parked(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
+                           bool retain, const uint32_t *ids, uint16_t n_ids,
+                           struct store_batch **bt)
+{
+    return deliver(b, s, m, qos, retain, ids, n_ids, NULL, bt, NULL, true, HOW_PARKED, NULL);
+}
+
+bool session_parking(struct session *s, uint64_t now_ms)
+{
+    assert(lock_held(&s->lock));
+    return s->park_open && session_blind(s, now_ms);
 }
 
 /* The window of recording identities after a move. Tests (debug builds
@@ -460,12 +477,12 @@ int session_deliver_retained(struct broker *b, struct session *s, struct msg *m,
                              const uint32_t *ids, uint16_t n_ids, struct worker *cur,
                              struct store_batch **bt)
 {
-    return deliver(b, s, m, qos, true, ids, n_ids, cur, bt, NULL, false, false, NULL);
+    return deliver(b, s, m, qos, true, ids, n_ids, cur, bt, NULL, false, HOW_DIRECT, NULL);
 }
 
 static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t qos, bool retain,
                    const uint32_t *ids, uint16_t n_ids, struct worker *cur, struct store_batch **bt,
-                   struct pub_flow *flow, bool once, bool late, uint64_t *row)
+                   struct pub_flow *flow, bool once, enum deliver_how how, uint64_t *row)
 {
     if (row)
         *row = SESSION_NO_ROW;
@@ -495,12 +512,13 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
             dup = true; /* an old copy: m reached its new owner directly */
         else if (s->routed_from && m->route_index && m->route_index < s->routed_from)
             dup = true; /* routed to its old owner, which has it (routed_from) */
-        else if (!late && s->fold && m->route_index && m->route_index < s->fold->until &&
-                 m->id_node != s->fold->here &&
+        else if (how == HOW_DIRECT && s->fold && m->route_index &&
+                 m->route_index < s->fold->until && m->id_node != s->fold->here &&
                  session_owner_had(&s->fold->local, m, s->fold->direct))
             dup = true; /* came for a copy folded into it, had by a later owner */
         else if (s->seen && !s->ended)
-            dup = broker_now_mono_ms() < s->seen_until
+            /* (a parked one is recorded when the wait is over) */
+            dup = how != HOW_PARKED && broker_now_mono_ms() < s->seen_until
                       ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
                       : msg_seen_has(s->seen, m->id_node, m->id_seq);
     }
@@ -534,10 +552,14 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
         }
         if (drop != q) {
             q->seq = session_next_seq(s);
-            if (late && s->late_hold_until)
+            if (how != HOW_DIRECT && s->late_hold_until)
                 queue_insert_late(s, q); /* before those held (session_late_hold) */
             else
                 queue_push(s, q);
+            if (how == HOW_PARKED) {
+                q->parked = true;
+                atomic_store(&s->parked_hint, true);
+            }
             /* durable before the publisher's acknowledgement */
             if (qos > 0 && persist_wanted(b, s)) {
                 persist_msg_put(b, bt, s, q, MSG_STATE_QUEUED);
@@ -723,6 +745,49 @@ void session_rejected_locked(struct broker *b, struct session *s, const struct m
         persist_submit(b, &bt, NULL, NULL);
 }
 
+/* The wait of s's parked messages is over: each is taken (recorded in
+ * s->seen) unless the session had it meanwhile (its old owner's copy, the
+ * blind wait's, brought it or its identity), then it leaves the queue. */
+static void unpark_locked(struct broker *b, struct session *s, struct store_batch **bt)
+{
+    uint64_t now = broker_now_mono_ms();
+    struct qmsg *prev = NULL, *q = s->queue.head;
+    size_t had = 0, taken = 0, left = 0;
+    while (q) {
+        struct qmsg *next = q->next;
+        bool dup = false;
+        if (q->parked && atomic_load(&q->m->hold) == MSG_HELD) {
+            /* its batch not committed yet: judged once it is (a drop now
+             * could delete its row before the put) */
+            left++;
+        } else if (q->parked) {
+            q->parked = false;
+            const struct msg *m = q->m;
+            if (m->id_node && s->seen && !s->ended)
+                dup = now < s->seen_until ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
+                                          : msg_seen_has(s->seen, m->id_node, m->id_seq);
+            if (dup) {
+                if (q == s->late_last)
+                    s->late_last = prev;
+                qlist_unlink(&s->queue, prev, q);
+                s->queue_bytes -= qmsg_size(q);
+                session_drop(b, s, q, bt, -1);
+                had++;
+            } else {
+                taken++;
+            }
+        }
+        if (!dup)
+            prev = q;
+        q = next;
+    }
+    atomic_store(&s->parked_hint, left != 0);
+    if (had || taken)
+        log_info("'%s': %zu late message(s) of older copies waited for its old owner's: %zu "
+                 "of them it had by then (not again), %zu taken",
+                 s->client_id, had + taken, had, taken);
+}
+
 void session_flush_locked(struct broker *b, struct session *s)
 {
     assert(lock_held(&s->lock));
@@ -741,6 +806,12 @@ void session_flush_locked(struct broker *b, struct session *s)
         unsigned char hold = atomic_load(&q->m->hold);
         if (hold == MSG_HELD)
             break; /* not durable yet: it and what follows wait for the commit */
+        if (q->parked) {
+            if (session_parking(s, broker_now_mono_ms()))
+                break; /* waits for the old owner's copy (session.park_open), and what follows */
+            unpark_locked(b, s, &bt); /* q (not held) among them */
+            continue;
+        }
         if (q == late_first_held(s))
             break; /* came directly: waits for the late ones (session_late_hold) */
         if (hold == MSG_REJECTED || (q->m->expiry_at && q->m->expiry_at <= now)) {

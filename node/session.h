@@ -43,6 +43,10 @@ struct qmsg {
     uint8_t state; /* enum msg_state */
     uint16_t pid;
     uint16_t n_ids;
+    /* cluster: a late message of another copy than the one a session
+     * resumed blind waits for (session_deliver_parked): it waits in the
+     * queue, and what follows it too, until that wait is over */
+    bool parked;
     union {
         uint32_t one;
         uint32_t *many;
@@ -318,6 +322,21 @@ struct session {
      * after it. */
     struct qmsg *late_last;
     uint64_t late_hold_until, late_hold_since, late_hold_node, late_hold_epoch;
+    /* cluster: a session resumed from its record while its old owner
+     * (blind_node) did not answer: the late messages of other, older
+     * copies wait in the queue (qmsg.parked), not recorded in `seen`,
+     * while park_open: until the frame that tells blind_node's copy's ids
+     * has brought its messages and identities (cn_session_park_end), or
+     * until the blind wait is over. Then each is taken only if the session
+     * had not had it (that old owner may have delivered it: chaos seed
+     * 1399756914). parked_hint: some qmsg may be parked (read without the
+     * lock by the connection's timer). */
+    bool park_open;
+    atomic_bool parked_hint;
+    /* blind_node answered that it kept nothing of the id
+     * (SessionState.none_kept): no copy of its comes later to judge by, and
+     * nothing is parked */
+    bool blind_said_none;
     uint32_t will_expiry;
     uint16_t id_len;
     bool in_table; /* registry lock */
@@ -439,6 +458,15 @@ void session_late_hold(struct session *s, uint64_t from, uint64_t epoch, uint64_
 int session_deliver_late(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
                          bool retain, const uint32_t *ids, uint16_t n_ids, struct store_batch **bt);
 bool session_late_release(struct broker *b, struct session *s, uint64_t from, uint64_t epoch);
+/* A late message of a copy that a blind session does not wait for: as
+ * session_deliver_late, but parked (struct session.park_open); recorded in
+ * s->seen only once the wait is over (session_flush_locked). Returns 1
+ * when s had it already. */
+int session_deliver_parked(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
+                           bool retain, const uint32_t *ids, uint16_t n_ids,
+                           struct store_batch **bt);
+/* Whether s's parked messages still wait (s->lock held). */
+bool session_parking(struct session *s, uint64_t now_ms);
 bool session_late_expire(struct broker *b, struct session *s, uint64_t now_ms);
 void session_late_clear_locked(struct session *s);
 

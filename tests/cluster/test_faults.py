@@ -2373,17 +2373,17 @@ def subscriber_on_a_follower(c, name, topic):
     return cn, b, a, cid, topic
 
 
-def held_copy_with_a_watcher(cluster_factory, tmp_path, name, topic):
+def held_copy_with_a_watcher(cluster_factory, tmp_path, name, topic, **env):
     """subscriber_on_a_follower on a cluster whose old copies moving out
     wait while tmp_path/moving-hold exists (STARLING_TEST_MOVING_HOLD) and
     whose nodes' batches of routes and records wait while their
     batch-hold-NODE file does (STARLING_TEST_BATCH_HOLD), with W, a QoS 2
     subscriber of the same filter on A (A routes it already). Returns the
     cluster, the hold file, the leader, B, A, S's client id, the topic and
-    W."""
+    W. env: more of the nodes' environment."""
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+                                       STARLING_TEST_MOVING_HOLD=str(hold), **env))
     hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
     cn, b, a, cid, topic = subscriber_on_a_follower(c, name, topic)
     w = PahoClient(a, uid(name + "w"), 5)
@@ -3110,31 +3110,15 @@ def test_owners_own_publishes_before_its_session_joined_come_from_the_old_copy(c
                          lambda: f"; got first {got}")
 
 
-@pytest.mark.parametrize("old", ["stopped", "running"])
-def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
-        cluster_factory, tmp_path, old):
-    """Chaos seed 7303 with --more (3 QoS 2 duplicates, 2026-12-03), made
-    deterministic. A persistent QoS 2 subscriber S, offline, on node B, and
-    W, a subscriber of the same filter on A (A routes it already). S's
-    client connects to A, which takes S over while A's batch of routes and
-    records waits (STARLING_TEST_BATCH_HOLD): S's session is in A's index,
-    taking forwards from its claim's index, and its record is not in the
-    log. `stopped`: B is SIGSTOPped and taken for dead first (A resumes S
-    from its record, NodeDown keeps B's route for S); `running`: B answers
-    with S's state. M0..M19, published on C, reach A by W's route (W gets
-    them) and B by S's route; B's copy of S, claimed away, takes them and
-    is held (STARLING_TEST_MOVING_HOLD). A's batch goes. A is SIGKILLed and
-    S's client comes back to B: S resumes there from A's record and B's
-    copy is folded in, leaving out what was routed from A's record on (the
-    owners rule). M0..M19 were routed before it: before, S got them on A
-    (its session took them) and again on B (the fold), 20 of 20 twice. Now
-    C's forwards name their other destinations (Publish.also_to), and A's
-    record says which of C's forwards A had begun to deliver when S joined
-    its index (RecordOwner.pubs_seen): B's copy leaves out M0..M19, which
-    came to A after that, and S gets each once."""
-    c, hold, cn, b, a, cid, topic, w = held_copy_with_a_watcher(cluster_factory, tmp_path,
-                                                                "routewin", "rw/t")
-    p = PahoClient(cn, uid("routewinp"), 5)
+def routed_before_a_held_record(tmp_path, hold, cn, b, a, cid, topic, w, old, b_stays=False):
+    """The start of held_copy_with_a_watcher's tests of a forward routed
+    between a claim and its record: S's client connects to A, which takes
+    S over while A's batch of routes and records waits
+    (STARLING_TEST_BATCH_HOLD); `stopped`: B SIGSTOPped and taken for dead
+    first (A resumes S from its record), and continued at the end unless
+    b_stays; M0..M19, published by p on C, reach A by W's route and B by
+    S's; A's batch goes. Returns (S's client on A, p, M0..M19)."""
+    p = PahoClient(cn, uid(cid + "p"), 5)
     p.connect()
     hold.write_text("")
     a_hold = tmp_path / f"batch-hold-{a.name}"
@@ -3165,11 +3149,42 @@ def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
         finally:
             a_hold.unlink()
             bg.join()
-    finally:
+    except BaseException:
+        resume(b)
+        raise
+    if not b_stays:
         resume(b)
     s = bg.result()
     if old == "stopped":
         assert f"'{cid}' was owned by {faults.node_id(b):016x}, which is down" in a.logtext()
+    return s, p, sent
+
+
+@pytest.mark.parametrize("old", ["stopped", "running"])
+def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
+        cluster_factory, tmp_path, old):
+    """Chaos seed 7303 with --more (3 QoS 2 duplicates, 2026-12-03), made
+    deterministic. A persistent QoS 2 subscriber S, offline, on node B, and
+    W, a subscriber of the same filter on A (A routes it already). S's
+    client connects to A, which takes S over while A's batch of routes and
+    records waits (STARLING_TEST_BATCH_HOLD): S's session is in A's index,
+    taking forwards from its claim's index, and its record is not in the
+    log. `stopped`: B is SIGSTOPped and taken for dead first (A resumes S
+    from its record, NodeDown keeps B's route for S); `running`: B answers
+    with S's state. M0..M19, published on C, reach A by W's route (W gets
+    them) and B by S's route; B's copy of S, claimed away, takes them and
+    is held (STARLING_TEST_MOVING_HOLD). A's batch goes. A is SIGKILLed and
+    S's client comes back to B: S resumes there from A's record and B's
+    copy is folded in, leaving out what was routed from A's record on (the
+    owners rule). M0..M19 were routed before it: before, S got them on A
+    (its session took them) and again on B (the fold), 20 of 20 twice. Now
+    C's forwards name their other destinations (Publish.also_to), and A's
+    record says which of C's forwards A had begun to deliver when S joined
+    its index (RecordOwner.pubs_seen): B's copy leaves out M0..M19, which
+    came to A after that, and S gets each once."""
+    c, hold, cn, b, a, cid, topic, w = held_copy_with_a_watcher(cluster_factory, tmp_path,
+                                                                "routewin", "rw/t")
+    s, p, sent = routed_before_a_held_record(tmp_path, hold, cn, b, a, cid, topic, w, old)
     on_a = delivered_before_a_marker(s, p, topic)
     # B's copy of S, claimed away, moving out to A and held, took M0..M19
     moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
@@ -3190,6 +3205,62 @@ def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
     assert sorted(on_a + on_b) == sorted(sent), f"on A {on_a}, on B {on_b}"
     for x in (s, p):
         x.disconnect()
+
+
+def test_a_third_copys_late_messages_wait_for_the_copy_a_resumed_session_waits_for(
+        cluster_factory, tmp_path):
+    """Chaos seed 1399756914 (CI, 2026-12-05: 1 QoS 2 duplicate), its shape
+    made deterministic. As in the test above (`stopped`), S's client
+    connects to A while B is SIGSTOPped and A's routes and record wait; S
+    gets M0..M19 on A, which C also holds for B (S's route there). B
+    continues and its copy of S, claimed away by A, takes M0..M19 from C's
+    outbox and waits for A's request; meanwhile A is SIGKILLed and S
+    resumes on C from its record, waiting for A's copy (blind). No request
+    came, and B's copy sends what it holds to C. It keeps all of them: STARLING_TEST_OWNERS_UNKNOWN makes
+    the record show no owner after B's claim, as when the owners rule
+    cannot bound a copy (docs/cluster.md, *What is not guaranteed yet*).
+    Before, C delivered them a second time. Now they wait in S's queue (a
+    marker published after them waits behind them) until A, started
+    again, sends its copy's state, whose identities say that A's client
+    had all 20: none comes again, and the marker is the first thing S
+    gets."""
+    c, hold, cn, b, a, cid, topic, w = held_copy_with_a_watcher(
+        cluster_factory, tmp_path, "parked", "pk/t", STARLING_TEST_OWNERS_UNKNOWN="1",
+        STARLING_CLUSTER_RESEND_WAIT="120000")
+    s, p, sent = routed_before_a_held_record(tmp_path, hold, cn, b, a, cid, topic, w, "stopped",
+                                             b_stays=True)
+    try:
+        assert delivered_before_a_marker(s, p, topic) == sent
+        session_settled_then_synced(a, cid)
+    finally:
+        resume(b)
+    # B's copy waits for A's request (cluster_claim_timeout + 1 s), holding
+    # what C held for B; meanwhile A dies and S resumes on C, so that the
+    # copy follows C's claim when its wait ends
+    claimed = f"'{cid}' was claimed by node {faults.node_id(a):016x} (claim"
+    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
+    kill(a)
+    s.stop()
+    w.stop()
+    s = resumed_on(cn, cid, timeout=30, tries=3)
+    hold.unlink()
+    came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
+                      rf"{faults.node_id(b):016x}")
+    wait_until(lambda: sum(int(n) for n in came.findall(cn.logtext())) >= len(sent), 40,
+               f"{cn.name} taking {b.name}'s copy of M0..M19")
+    marker = uid("marker").encode()
+    p.publish(topic + "/marker", marker, qos=2)
+    a.start()
+    judged = re.compile(rf"'{re.escape(cid)}': (\d+) late message\(s\) of older copies waited "
+                        rf"for its old owner's: (\d+) of them it had by then \(not again\), "
+                        rf"(\d+) taken")
+    got = s.get(60).payload
+    counts = wait_until(lambda: judged.findall(cn.logtext()), 10,
+                        f"{cn.name} judging what waited for {a.name}'s copy")
+    print(f"\n[third copy, parked] judged {counts}; first delivered: {got!r}")
+    assert got == marker, f"delivered before the marker: {got!r} (judged {counts})"
+    assert counts == [(str(len(sent)), str(len(sent)), "0")]
+    none_delivered_again("third copy, parked", s, p, topic)
 
 
 def copy_held_on_b_and_s_on_a(cluster_factory, tmp_path, name):
