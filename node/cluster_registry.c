@@ -1165,6 +1165,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
             rest.n_seen = st.n_seen;
             rest.seen = st.seen;
             st.n_seen = 0;
+            st.has_more = st.more = true;
         }
         r = cluster_fwd_send_frame(cn->fwd, to, &fr, &bt);
         if (r >= 0 && rest.n_msgs) {

@@ -1245,6 +1245,7 @@ void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
     sm.msgs = st->msgs;
     sm.n_seen = st->n_seen;
     sm.seen = st->seen;
+    sm.has_more = sm.more = st->has_more && st->more;
     log_info("cluster: the session state of '%.*s' from %016llx came after its claim went on: "
              "%zu message(s) taken as late ones",
              (int)st->client_id.len, (const char *)st->client_id.data, (unsigned long long)from,
@@ -1754,6 +1755,7 @@ int cn_send_msgs_chunked(struct cluster_node *cn, uint64_t to, Starling__Chan__S
         sm->last = final && last;
         sm->has_complete = final && complete;
         sm->complete = final && complete;
+        sm->has_more = sm->more = !final;
         int r = cluster_fwd_send_frame(cn->fwd, to, &fr, bt);
         if (r < worst)
             worst = r;
@@ -2021,13 +2023,18 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
         into->bt = NULL;
     size_t dups = 0, past = 0;
     /* s resumed from its record without its old owner's copy (blind): the
-     * messages of another copy wait for that copy's, which may bring them
-     * as had (its client got them there) */
+     * messages of another node's copy wait for that copy's, which may bring
+     * them as had (its client got them there). Not this node's own copy
+     * folded in: the owners rule judged it, and what reached it while the
+     * claim waited for the old owner went nowhere else (test_faults.py::
+     * test_stored_copy_standing_in_for_the_claims_session_hands_on_what_it_took) */
     lock_acquire(&s->lock);
-    bool park = from != s->blind_node && !s->told && !s->blind_said_none &&
+    bool park = from != cn->self && from != s->blind_node && !s->told && !s->blind_said_none &&
                 session_blind(s, broker_now_mono_ms());
-    if (park)
+    if (park && !s->park_open) {
         s->park_open = true;
+        s->park_since = broker_now_mono_ms();
+    }
     lock_release(&s->lock);
     struct late_resend *rs = calloc(1, sizeof(*rs) + (sm->n_msgs + 1) * sizeof(uint16_t));
     struct late_commit *lc = calloc(1, sizeof(*lc) + (sm->n_msgs + 1) * sizeof(struct msg *));
@@ -2120,16 +2127,24 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
      * what was queued to it, its own late messages too (those it did not
      * send went to its client, or were dropped there); merged first, they
      * would drop its own messages here. Later copies of them are not taken. */
-    for (size_t i = 0; s->seen && own_claim && i < sm->n_seen; i++)
+    /* A parking frame's go aside until its messages are judged: they
+     * cover them, which would be judged as had (session.park_seen; out of
+     * memory, they are left out: at least once). */
+    if (park && s->seen && sm->n_seen && !s->park_seen)
+        s->park_seen = msg_seen_new();
+    struct msg_seen *into_seen = park ? s->park_seen : s->seen;
+    for (size_t i = 0; into_seen && own_claim && i < sm->n_seen; i++)
         if (sm->seen[i]->lo <= sm->seen[i]->hi)
-            msg_seen_add_range(s->seen, sm->seen[i]->node, sm->seen[i]->lo, sm->seen[i]->hi);
+            msg_seen_add_range(into_seen, sm->seen[i]->node, sm->seen[i]->lo, sm->seen[i]->hi);
     if (s->seen) {
         full = msg_seen_full(s->seen);
         ranges = msg_seen_ranges(s->seen);
     }
-    /* the frame that told the old owner's ids brought that copy's messages
-     * and identities too: what waited is judged now */
-    bool unpark = s->park_open && s->told;
+    /* the last frame of the old owner's copy (told its ids, after the
+     * messages and the identities of the frames before it) is in: what
+     * waited is judged now */
+    uint64_t whose = sm->has_qos2_of && sm->qos2_of ? sm->qos2_of : from;
+    bool unpark = s->park_open && s->told && whose == s->blind_node && !(sm->has_more && sm->more);
     if (unpark)
         s->park_open = false;
     struct worker *w = unpark && s->conn ? s->w : NULL;

@@ -78,6 +78,7 @@ static void qmsg_list_free(struct qmsg *q)
 void session_free(struct session *s)
 {
     msg_seen_free(s->seen);
+    msg_seen_free(s->park_seen);
     qmsg_list_free(s->queue.head);
     qmsg_list_free(s->inflight.head);
     for (uint32_t i = 0; i < s->n_subs; i++)
@@ -145,15 +146,20 @@ static void qlist_unlink(struct qlist *l, struct qmsg *prev, struct qmsg *q)
     q->next = NULL;
 }
 
+/* Take q, which follows prev (NULL: the head), out of the queue. */
+static void queue_take(struct session *s, struct qmsg *prev, struct qmsg *q)
+{
+    qlist_unlink(&s->queue, prev, q);
+    s->queue_bytes -= qmsg_size(q);
+    if (q == s->late_last) /* late ones go after prev now */
+        s->late_last = prev;
+}
+
 static struct qmsg *queue_pop(struct session *s)
 {
     struct qmsg *q = s->queue.head;
-    if (!q)
-        return NULL;
-    qlist_unlink(&s->queue, NULL, q);
-    s->queue_bytes -= qmsg_size(q);
-    if (q == s->late_last) /* late ones go at the head now */
-        s->late_last = NULL;
+    if (q)
+        queue_take(s, NULL, q);
     return q;
 }
 
@@ -767,10 +773,7 @@ static void unpark_locked(struct broker *b, struct session *s, struct store_batc
                 dup = now < s->seen_until ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
                                           : msg_seen_has(s->seen, m->id_node, m->id_seq);
             if (dup) {
-                if (q == s->late_last)
-                    s->late_last = prev;
-                qlist_unlink(&s->queue, prev, q);
-                s->queue_bytes -= qmsg_size(q);
+                queue_take(s, prev, q);
                 session_drop(b, s, q, bt, -1);
                 had++;
             } else {
@@ -782,10 +785,24 @@ static void unpark_locked(struct broker *b, struct session *s, struct store_batc
         q = next;
     }
     atomic_store(&s->parked_hint, left != 0);
+    /* what the parked messages' senders had (their identities, kept apart
+     * so as not to judge their own messages as had: fold_on_messages),
+     * once none waits */
+    for (size_t i = 0, n = !left && s->park_seen ? msg_seen_ranges(s->park_seen) : 0;
+         s->seen && i < n; i++) {
+        uint64_t node, lo, hi;
+        msg_seen_range(s->park_seen, i, &node, &lo, &hi);
+        msg_seen_add_range(s->seen, node, lo, hi);
+    }
+    if (!left) {
+        msg_seen_free(s->park_seen);
+        s->park_seen = NULL;
+    }
     if (had || taken)
         log_info("'%s': %zu late message(s) of older copies waited for its old owner's: %zu "
-                 "of them it had by then (not again), %zu taken",
-                 s->client_id, had + taken, had, taken);
+                 "of them it had by then (not again), %zu taken (parked %llu ms)",
+                 s->client_id, had + taken, had, taken,
+                 (unsigned long long)(now - (s->park_since ? s->park_since : now)));
 }
 
 void session_flush_locked(struct broker *b, struct session *s)
@@ -801,22 +818,26 @@ void session_flush_locked(struct broker *b, struct session *s)
     if (receive_max && receive_max < window)
         window = receive_max;
     struct store_batch *bt = NULL;
-    struct qmsg *q;
-    while ((q = s->queue.head)) {
+    /* parked late messages (session.park_open): judged once the wait is over */
+    if ((atomic_load(&s->parked_hint) || s->park_seen) && !session_parking(s, broker_now_mono_ms()))
+        unpark_locked(b, s, &bt);
+    /* prev: the last parked message passed (NULL: none) */
+    struct qmsg *q, *prev = NULL;
+    while ((q = prev ? prev->next : s->queue.head)) {
         unsigned char hold = atomic_load(&q->m->hold);
         if (hold == MSG_HELD)
             break; /* not durable yet: it and what follows wait for the commit */
         if (q->parked) {
-            if (session_parking(s, broker_now_mono_ms()))
-                break; /* waits for the old owner's copy (session.park_open), and what follows */
-            unpark_locked(b, s, &bt); /* q (not held) among them */
+            /* it waits for the old owner's copy; what follows goes on (a
+             * third copy's late messages come after newer ones, as ever) */
+            prev = q;
             continue;
         }
         if (q == late_first_held(s))
             break; /* came directly: waits for the late ones (session_late_hold) */
         if (hold == MSG_REJECTED || (q->m->expiry_at && q->m->expiry_at <= now)) {
             /* [MQTT-5.0 3.3.2-5] an expired message is not delivered */
-            queue_pop(s);
+            queue_take(s, prev, q);
             session_drop(b, s, q, &bt, hold == MSG_REJECTED ? -1 : BROKER_DROP_EXPIRED);
             continue;
         }
@@ -848,7 +869,7 @@ void session_flush_locked(struct broker *b, struct session *s)
         }
         if (q->qos > 0)
             q->state = q->qos == 1 ? MSG_STATE_WAIT_PUBACK : MSG_STATE_WAIT_PUBREC;
-        queue_pop(s);
+        queue_take(s, prev, q);
         if (r <= 0 || q->qos == 0) {
             session_drop(b, s, q, &bt,
                          r > 0          ? -1

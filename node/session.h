@@ -333,6 +333,11 @@ struct session {
      * lock by the connection's timer). */
     bool park_open;
     atomic_bool parked_hint;
+    uint64_t park_since; /* monotonic ms the first of them was parked (logged) */
+    /* the identities that the frames of parked messages brought (what their
+     * senders' copies got, their own messages among them), merged into
+     * `seen` only once those are judged (NULL: none) */
+    struct msg_seen *park_seen;
     /* blind_node answered that it kept nothing of the id
      * (SessionState.none_kept): no copy of its comes later to judge by, and
      * nothing is parked */

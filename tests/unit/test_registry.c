@@ -464,6 +464,84 @@ static void test_late_hold_order(void)
     broker_cleanup(&b);
 }
 
+/* A session resumed from its record, waiting for its old owner's copy
+ * (blind, not told): late messages of another copy are parked. What comes
+ * directly passes them; once the wait is over each is judged by the
+ * session's identities (the old owner's among them), not by those their
+ * own frame brought (session.park_seen), which join only then. */
+static void test_parked_late_messages(void)
+{
+    struct broker b;
+    broker_start(&b);
+    struct session *s = session_new("pk", 2);
+    struct store_batch *bt = NULL;
+    s->conn = CONN(conn_a);
+    s->w = W1;
+    CU_ASSERT_EQUAL(session_seen_start(s, broker_now_mono_ms()), 0);
+    s->blind_until = broker_now_mono_ms() + 600000;
+    s->blind_node = 42;
+    s->park_open = true;
+    /* a third copy's frame: its messages a and b, its identities 2..3 */
+    struct msg *a = late_msg('a', 2), *bm = late_msg('b', 3), *d = late_msg('D', 10);
+    CU_ASSERT_EQUAL(session_deliver_parked(&b, s, a, 1, false, NULL, 0, &bt), 0);
+    CU_ASSERT_EQUAL(session_deliver_parked(&b, s, bm, 1, false, NULL, 0, &bt), 0);
+    s->park_seen = msg_seen_new();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s->park_seen);
+    msg_seen_add_range(s->park_seen, 7, 2, 3);
+    CU_ASSERT_TRUE(atomic_load(&s->parked_hint));
+    CU_ASSERT_EQUAL(session_deliver(&b, s, d, 1, false, NULL, 0, NULL, &bt, NULL), 0);
+    rec.ready = true;
+    lock_acquire(&s->lock);
+    session_flush_locked(&b, s);
+    lock_release(&s->lock);
+    /* the direct one goes; the parked ones wait */
+    CU_ASSERT_EQUAL(rec.n_sent, 1);
+    CU_ASSERT_NSTRING_EQUAL(rec.sent, "D", 1);
+    CU_ASSERT_EQUAL(s->queue.len, 2);
+    /* the old owner's copy tells that its client had b (3) */
+    lock_acquire(&s->lock);
+    msg_seen_add_range(s->seen, 7, 3, 3);
+    session_flush_locked(&b, s);
+    CU_ASSERT_EQUAL(rec.n_sent, 1); /* still waiting */
+    s->told = true;
+    s->park_open = false;
+    session_flush_locked(&b, s);
+    lock_release(&s->lock);
+    /* a is taken, b is not: b had come */
+    CU_ASSERT_EQUAL(rec.n_sent, 2);
+    CU_ASSERT_NSTRING_EQUAL(rec.sent, "Da", 2);
+    CU_ASSERT_EQUAL(s->queue.len, 0);
+    CU_ASSERT_PTR_NULL(s->park_seen);
+    CU_ASSERT_FALSE(atomic_load(&s->parked_hint));
+    /* a is recorded now: another copy of it is not taken */
+    struct msg *a2 = late_msg('a', 2);
+    CU_ASSERT_EQUAL(session_deliver_late(&b, s, a2, 1, false, NULL, 0, &bt), 1);
+    /* a wait that runs out ends the parking too */
+    s->told = false;
+    s->park_open = true;
+    struct msg *c = late_msg('c', 4);
+    CU_ASSERT_EQUAL(session_deliver_parked(&b, s, c, 1, false, NULL, 0, &bt), 0);
+    lock_acquire(&s->lock);
+    session_flush_locked(&b, s);
+    CU_ASSERT_EQUAL(rec.n_sent, 2);
+    s->blind_until = 1;
+    session_flush_locked(&b, s);
+    lock_release(&s->lock);
+    CU_ASSERT_EQUAL(rec.n_sent, 3);
+    CU_ASSERT_NSTRING_EQUAL(rec.sent, "Dac", 3);
+    lock_acquire(&s->lock);
+    s->conn = NULL;
+    lock_release(&s->lock);
+    session_end(&b, s);
+    rec.ready = false;
+    store_batch_free(bt);
+    struct msg *all[] = {a, bm, d, a2, c};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        msg_unref(all[i]);
+    session_unref(s);
+    broker_cleanup(&b);
+}
+
 static void test_adopt_exchange(void)
 {
     struct broker b;
@@ -947,6 +1025,8 @@ int main(void)
     CU_add_test(s, "two brokers in one process", test_two_brokers);
     CU_add_test(s, "an older copy's QoS 2 exchange adopted", test_adopt_exchange);
     CU_add_test(s, "late messages go before those held after a move", test_late_hold_order);
+    CU_add_test(s, "late messages of another copy wait for a blind session's old owner",
+                test_parked_late_messages);
     CU_add_test(s, "an adopted exchange numbered for the store", test_adopt_exchange_numbered);
     CU_add_test(s, "packet ids used since the record, apart from a fold's jump",
                 test_pids_used_since_record);
