@@ -2392,6 +2392,20 @@ def held_copy_with_a_watcher(cluster_factory, tmp_path, name, topic, **env):
     return c, hold, cn, b, a, cid, topic, w
 
 
+def claimed_by_a_then_resumed_on_c(cn, b, a, cid, s, also=()):
+    """Once B applies A's claim of cid, its copy of S waits for A's request
+    (cluster_claim_timeout + 1 s; none comes when A resumed S from its
+    record), collecting; meanwhile A is SIGKILLed (s and the clients in
+    `also` stop) and S resumes on C (cn), so that the copy's wait ends with
+    C the owner. Returns S's client on C."""
+    claimed = f"'{cid}' was claimed by node {faults.node_id(a):016x} (claim"
+    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
+    kill(a)
+    for x in (s, *also):
+        x.stop()
+    return resumed_on(cn, cid, timeout=30, tries=3)
+
+
 def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
     """Chaos seeds 937187427 and 1946164343 (QoS 2 duplicates), made
     deterministic: a persistent QoS 2 subscriber S, offline, on node B; B
@@ -2419,15 +2433,7 @@ def test_stopped_nodes_copy_leaves_out_what_a_later_owner_had(cluster_factory):
         p, sent = twenty_delivered(cn, "thirdp", topic, s)
     finally:
         resume(b)
-    # B applies A's claim: its copy of S waits for A's request for
-    # cluster_claim_timeout + 1 s (none comes: A resumed S from its record),
-    # collecting; meanwhile A dies and S resumes on C, so that the copy's
-    # wait ends with C the owner
-    claimed = f"'{cid}' was claimed by node {faults.node_id(a):016x} (claim"
-    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
-    kill(a)
-    s.stop()
-    s = resumed_on(cn, cid, timeout=30, tries=3)
+    s = claimed_by_a_then_resumed_on_c(cn, b, a, cid, s)
     # B's copy takes M0..M19 (C's outbox) and sends what it holds to C
     none_again_after_late_messages(b, cn, cid, s, p, topic, "third copy", 40)
 
@@ -3216,9 +3222,11 @@ def test_a_third_copys_late_messages_wait_for_the_copy_a_resumed_session_waits_f
     continues and its copy of S, claimed away by A, takes M0..M19 from C's
     outbox and waits for A's request; meanwhile A is SIGKILLed and S
     resumes on C from its record, waiting for A's copy (blind). No request
-    came, and B's copy sends what it holds to C. It keeps all of them: STARLING_TEST_OWNERS_UNKNOWN makes
-    the record show no owner after B's claim, as when the owners rule
-    cannot bound a copy (docs/cluster.md, *What is not guaranteed yet*).
+    came, and B's copy sends what it holds to C. It keeps all of them:
+    STARLING_TEST_OWNERS_UNKNOWN makes the record show no owner after B's
+    claim, as when the owners rule cannot bound a copy (docs/cluster.md,
+    *What is not guaranteed yet*). cluster_claim_timeout is 5 s here, so
+    that B's copy waits 6 s for A's request while S moves to C.
     Before, C delivered them a second time. Now they wait in S's queue (a
     marker published after them passes them) until A, started again,
     sends its copy's state, whose identities say that A's client had all
@@ -3233,15 +3241,7 @@ def test_a_third_copys_late_messages_wait_for_the_copy_a_resumed_session_waits_f
         session_settled_then_synced(a, cid)
     finally:
         resume(b)
-    # B's copy waits for A's request (cluster_claim_timeout + 1 s: 6 s
-    # here), holding what C held for B; meanwhile A dies and S resumes on
-    # C, so that the copy follows C's claim when its wait ends
-    claimed = f"'{cid}' was claimed by node {faults.node_id(a):016x} (claim"
-    wait_until(lambda: claimed in b.logtext(), 30, f"{b.name} applying A's claim of {cid}")
-    kill(a)
-    s.stop()
-    w.stop()
-    s = resumed_on(cn, cid, timeout=30, tries=3)
+    s = claimed_by_a_then_resumed_on_c(cn, b, a, cid, s, also=(w,))
     hold.unlink()
     came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
                       rf"{faults.node_id(b):016x}")
