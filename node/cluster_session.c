@@ -2021,7 +2021,7 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
     struct store_batch *bt = into ? into->bt : NULL;
     if (into)
         into->bt = NULL;
-    size_t dups = 0, past = 0;
+    size_t dups = 0, past = 0, parked = 0;
     /* s resumed from its record without its old owner's copy (blind): the
      * messages of another node's copy wait for that copy's, which may bring
      * them as had (its client got them there). Not this node's own copy
@@ -2084,12 +2084,14 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
                       "%016llx, publish %llu) not taken",
                       s->client_id, q->packet_id, (unsigned long long)q->origin,
                       (unsigned long long)q->pub_id);
-        } else if (r == 0 && (!lc || late_hold(lc, m)) &&
-                   /* 1: the session had it (it came here directly too) */
-                   (park ? session_deliver_parked : session_deliver_late)(
-                       b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain, q->sub_ids,
-                       (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids), &bt) == 1) {
-            dups++;
+        } else if (r == 0 && (!lc || late_hold(lc, m))) {
+            int d = (park ? session_deliver_parked : session_deliver_late)(
+                b, s, m, (uint8_t)(q->qos > 2 ? 2 : q->qos), q->retain, q->sub_ids,
+                (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids), &bt);
+            if (d == 1)
+                dups++; /* the session had it (it came here directly too) */
+            else if (d == 0 && park)
+                parked++;
         }
         msg_unref(m);
     }
@@ -2161,9 +2163,9 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
      * something was new, and for the last frame */
     if ((sm->has_last && sm->last) || sm->n_msgs > dups)
         log_info("cluster: %zu late message(s) of '%s' came from %016llx, %zu of them had come "
-                 "directly (not again), %zu past PUBREC not taken%s%s",
-                 sm->n_msgs, s->client_id, (unsigned long long)from, dups, past,
-                 park ? "; the others wait for its old owner's copy" : "",
+                 "directly (not again), %zu past PUBREC not taken, %zu parked (they wait for its "
+                 "old owner's copy)%s",
+                 sm->n_msgs, s->client_id, (unsigned long long)from, dups, past, parked,
                  full ? "; its record of identities was full: later ones at least once" : "");
     else if (sm->n_msgs)
         log_debug("cluster: %zu late message(s) of '%s' came from %016llx, all had come directly",
