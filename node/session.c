@@ -370,6 +370,15 @@ static const char *const session_drop_names[SESSION_DROP_N] = {
     "offline queue full", "slow subscriber: new message", "slow subscriber: oldest message",
     "slow subscriber: disconnected"};
 
+/* Whether s (s->seen set) had m, by its identity; recorded now if
+ * `record` and s still records (seen_until). s->lock held. */
+static bool seen_had(struct session *s, const struct msg *m, bool record)
+{
+    return record && broker_now_mono_ms() < s->seen_until
+               ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
+               : msg_seen_has(s->seen, m->id_node, m->id_seq);
+}
+
 /* How a message reaches a session: directly (a publish routed to it), as a
  * late message of an old copy, or as one parked (session_deliver_parked). */
 enum deliver_how { HOW_DIRECT, HOW_LATE, HOW_PARKED };
@@ -524,9 +533,7 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
             dup = true; /* came for a copy folded into it, had by a later owner */
         else if (s->seen && !s->ended)
             /* (a parked one is recorded when the wait is over) */
-            dup = how != HOW_PARKED && broker_now_mono_ms() < s->seen_until
-                      ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
-                      : msg_seen_has(s->seen, m->id_node, m->id_seq);
+            dup = seen_had(s, m, how != HOW_PARKED);
     }
     if (dup) {
         lock_release(&s->lock);
@@ -770,8 +777,7 @@ static void unpark_locked(struct broker *b, struct session *s, struct store_batc
             q->parked = false;
             const struct msg *m = q->m;
             if (m->id_node && s->seen && !s->ended)
-                dup = now < s->seen_until ? msg_seen_add(s->seen, m->id_node, m->id_seq) == 1
-                                          : msg_seen_has(s->seen, m->id_node, m->id_seq);
+                dup = seen_had(s, m, true);
             if (dup) {
                 queue_take(s, prev, q);
                 session_drop(b, s, q, bt, -1);

@@ -45,7 +45,7 @@ struct qmsg {
     uint16_t n_ids;
     /* cluster: a late message of another copy than the one a session
      * resumed blind waits for (session_deliver_parked): it waits in the
-     * queue, and what follows it too, until that wait is over */
+     * queue until that wait is over, and what follows it passes it */
     bool parked;
     union {
         uint32_t one;
@@ -325,9 +325,10 @@ struct session {
     /* cluster: a session resumed from its record while its old owner
      * (blind_node) did not answer: the late messages of other, older
      * copies wait in the queue (qmsg.parked), not recorded in `seen`,
-     * while park_open: until the frame that tells blind_node's copy's ids
-     * has brought its messages and identities (cn_session_park_end), or
-     * until the blind wait is over. Then each is taken only if the session
+     * while park_open: until the last frame of blind_node's copy that
+     * told its ids has brought its messages and identities (the end of
+     * fold_on_messages, cluster_session.c), or until the blind wait is
+     * over. Then each is taken only if the session
      * had not had it (that old owner may have delivered it: chaos seed
      * 1399756914). parked_hint: some qmsg may be parked (read without the
      * lock by the connection's timer). */
@@ -339,7 +340,7 @@ struct session {
      * `seen` only once those are judged (NULL: none) */
     struct msg_seen *park_seen;
     /* blind_node answered that it kept nothing of the id
-     * (SessionState.none_kept): no copy of its comes later to judge by, and
+     * (SessionState.none_kept): no copy of it comes later to judge by, and
      * nothing is parked */
     bool blind_said_none;
     uint32_t will_expiry;
