@@ -135,13 +135,23 @@ struct cn_incoming {
 /* Whether the encoded record rec says what s would write on node `self`
  * (its epoch aside: the state machine checks the registry's owner). The
  * node counts: NodeDown keeps the routes of a node that a record still
- * names, so a new owner always writes its own. s->lock held. */
+ * names, so a new owner always writes its own. So does the next packet
+ * id: a copy resumed from the record numbers its ids away from those the
+ * record names (cn_session_from_record), and one resumed on the record's
+ * own node (its claim after another node's, which died before it wrote
+ * anything) numbered away from them too. Unwritten, the record still
+ * named the old ids, and the next resumption elsewhere numbered from the
+ * same place as this one: chaos seed 9987 with --resend (2026-12-05) gave
+ * a packet id that its client held awaiting PUBREL (from this copy) to a
+ * new message, which replaced it there: lost. s->lock held. */
 static bool record_same(const void *rec, size_t len, const struct session *s, uint64_t self)
 {
     Starling__Cmd__SessionRecord *r = starling__cmd__session_record__unpack(NULL, len, rec);
     if (!r)
         return false;
-    bool same = r->node == self && r->expiry_interval == s->expiry_interval && r->has_version &&
+    bool same = r->node == self && r->has_next_packet_id &&
+                r->next_packet_id == persist_pid_of(s->next_seq) &&
+                r->expiry_interval == s->expiry_interval && r->has_version &&
                 r->version == s->version && !r->username == !s->user &&
                 (!s->user || strcmp(r->username, s->user) == 0) && r->n_subs == s->n_subs;
     for (size_t i = 0; same && i < r->n_subs; i++) {

@@ -190,8 +190,13 @@ bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uin
     if ((p->qos != 2 && !behind) || !s)
         return false;
     /* nearly every session: not resumed blind, no lock needed to tell */
-    if (!behind && atomic_load_explicit(&s->blind_until, memory_order_acquire) == 0)
+    if (!behind && atomic_load_explicit(&s->blind_until, memory_order_acquire) == 0) {
+        if (p->dup)
+            log_debug("%s: client '%s' resent QoS 2 message %u (DUP 1): its session waits for "
+                      "no old node's ids",
+                      CONN_PEER(c), s->client_id, (unsigned)p->packet_id);
         return false;
+    }
     bool had = false, park = behind;
     uint64_t now = broker_now_mono_ms();
     lock_acquire(&s->lock);
@@ -203,6 +208,11 @@ bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uin
         else if (!s->told && p->dup)
             park = true;
     }
+    if (!park && !had && p->qos == 2 && p->dup)
+        log_debug("%s: client '%s' resent QoS 2 message %u (DUP 1), taken: blind %d, told %d, "
+                  "recorded %d",
+                  CONN_PEER(c), s->client_id, (unsigned)p->packet_id, (int)session_blind(s, now),
+                  (int)s->told, (int)session_qos2_has(s, p->packet_id));
     lock_release(&s->lock);
     if (had) {
         handle_publish_had(c, p->packet_id);

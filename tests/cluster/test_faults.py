@@ -3601,14 +3601,83 @@ def test_third_resumption_from_a_record_keeps_off_the_first_copys_packet_ids(clu
     p.disconnect()
 
 
-def session_settled_then_synced(node, cid):
-    """Every exchange of cid's session on node finished or none begun, then
-    a later batch committed there (a persistent session's SUBACK waits for
-    its record's commit; batches commit in order): what cid's session
-    wrote on node is on its disk."""
+def test_resumption_on_its_records_own_node_tells_the_record_its_packet_ids(cluster_factory,
+                                                                            tmp_path):
+    """Chaos seed 9987 with --resend (1 acknowledged QoS 2 message lost,
+    2026-12-05), made deterministic. S's record names B. S's client
+    connects to A, whose claim commits while A's batch of routes and
+    records waits (STARLING_TEST_BATCH_HOLD), and A is SIGKILLed: a claim
+    that wrote no record. S resumes on B from B's own record, numbering its
+    packet ids away from those the record names; S gets M0 (packet id P)
+    and its PUBREL, and does not complete it (a client whose PUBCOMP was
+    lost in the kill holds M0, awaiting the PUBREL again). B is SIGKILLed;
+    S resumes on the leader C from the record. Before, B did not write the
+    record again (it named B, with the same subscriptions), so C numbered
+    from the same place as B: M1 got P, which replaces M0 at such a client
+    (paho), and C refused B's exchange of M0 when B returned (P used since):
+    M0 lost. Now the record tells the next packet id of B's resumed copy:
+    C numbers away from it, takes B's exchange and sends M0's PUBREL."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    hold_files_per_node(c, tmp_path, STARLING_TEST_BATCH_HOLD="batch-hold")
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "recpid", "recpid/t")
+    props = {"session_expiry_interval": 600}
+    (tmp_path / f"batch-hold-{a.name}").write_text("")
+    y = b_claiming_while_its_batch_waits(b, a, cid)
+    kill(a)
+    y.close()
+    s = connected_after_fault(b, cid, 5, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present, s.connack
+    assert f"the session of '{cid}' resumed from its record" in b.logtext()
+    p = mqttraw.connected(cn, uid("recpidp"), 5)
+    p.publish(f"{topic}/x", b"m0", qos=2, packet_id=1)
+    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
+    p.pubrel(1)
+    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
+    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert m0.payload == b"m0", m0
+    s.pubrec(m0.packet_id)
+    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
+    # B's store has the exchange past PUBREC before B dies; A is back (a
+    # majority without B)
+    session_settled_then_synced(b, cid, inflight=1)
+    (tmp_path / f"batch-hold-{a.name}").unlink()
+    a.start()
+    wait_healthy(c)
+    kill(b)
+    s.close()
+    s2 = connected_after_fault(cn, cid, 5, clean=False, properties=props, timeout=30)
+    assert s2.connack.session_present, s2.connack
+    p.publish(f"{topic}/x", b"m1", qos=2, packet_id=2)
+    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 2
+    p.pubrel(2)
+    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 2
+    m1 = s2.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert m1.payload == b"m1", m1
+    d = (m1.packet_id - m0.packet_id) % 65535
+    print(f"\n[record's packet ids] {b.name} gave M0 {m0.packet_id}, {cn.name} M1 "
+          f"{m1.packet_id}")
+    assert min(d, 65535 - d) > 10000, \
+        f"packet id {m1.packet_id} on {cn.name} near {m0.packet_id}, held from {b.name}"
+    s2.pubrec(m1.packet_id)
+    assert s2.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m1.packet_id
+    s2.pubcomp(m1.packet_id)
+    # B returns: its copy's exchange of M0 goes to C, which completes it
+    b.start()
+    rel = s2.expect(mqttraw.PUBREL, timeout=60)
+    assert rel.packet_id == m0.packet_id, rel
+    s2.pubcomp(rel.packet_id)
+    for x in (s2, p):
+        x.disconnect()
+
+
+def session_settled_then_synced(node, cid, inflight=0):
+    """Every exchange of cid's session on node finished or none begun (but
+    `inflight` of them), then a later batch committed there (a persistent
+    session's SUBACK waits for its record's commit; batches commit in
+    order): what cid's session wrote on node is on its disk."""
     def settled():
         st, doc = node.http("GET", "/api/v1/clients/" + cid)
-        return st == 200 and doc.get("inflight") == 0 and doc.get("queued") == 0
+        return st == 200 and doc.get("inflight") == inflight and doc.get("queued") == 0
     wait_until(settled, 30, f"{cid}'s exchanges settled on {node.name}")
     later = PahoClient(node, uid("later"), 5, clean=False, properties=session_props())
     later.connect()
