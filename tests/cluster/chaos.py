@@ -87,7 +87,7 @@ class Chaos:
         self.cluster = Cluster(os.path.join(self.base, "c"),
                                extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": str(claim_timeout_ms)})
         os.makedirs(self.cluster.base, exist_ok=True)
-        if keep:  # paho_trace: <base>/<subscriber>.trace (read by Traffic's subscribers)
+        if keep or keep_failed:  # paho_trace: <base>/<client>.trace (Traffic's clients)
             os.environ.setdefault("STARLING_TEST_PAHO_TRACE", self.base)
         self.nft = faults.nft_available()
         self.partition = None

@@ -16,8 +16,10 @@ import struct
 import time
 
 
-def maybe_trace(client, name):
-    """client: a paho mqtt.Client. Returns the path written, or None."""
+def maybe_trace(client, name, sent=False):
+    """client: a paho mqtt.Client. Returns the path written, or None.
+    sent: also what it sends (PUBLISH with its DUP flag, PUBREL) and the
+    acknowledgements it gets (PUBREC, PUBACK / PUBCOMP), for a publisher."""
     d = os.environ.get("STARLING_TEST_PAHO_TRACE")
     if not d:
         return None
@@ -58,4 +60,30 @@ def maybe_trace(client, name):
         return on_connack()
 
     c._handle_publish, c._handle_pubrel, c._handle_connack = publish, pubrel, connack
+    if sent:
+        send_publish, send_pubrel = c._send_publish, c._send_pubrel
+        on_pubrec, on_ackcomp = c._handle_pubrec, c._handle_pubackcomp
+
+        def sent_publish(mid, topic, payload=b"", qos=0, retain=False, dup=False, *a, **kw):
+            out.write(f"{stamp()} SENT PUBLISH m{mid} d{int(bool(dup))} q{qos} "
+                      f"{bytes(payload)[:32]!r}\n")
+            return send_publish(mid, topic, payload, qos, retain, dup, *a, **kw)
+
+        def sent_pubrel(mid):
+            out.write(f"{stamp()} SENT PUBREL m{mid}\n")
+            return send_pubrel(mid)
+
+        def ack_mid():
+            return struct.unpack("!H", c._in_packet["packet"][:2])[0]
+
+        def pubrec():
+            out.write(f"{stamp()} PUBREC m{ack_mid()}\n")
+            return on_pubrec()
+
+        def ackcomp(cmd):
+            out.write(f"{stamp()} {cmd} m{ack_mid()}\n")
+            return on_ackcomp(cmd)
+
+        c._send_publish, c._send_pubrel = sent_publish, sent_pubrel
+        c._handle_pubrec, c._handle_pubackcomp = pubrec, ackcomp
     return path

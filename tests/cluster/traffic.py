@@ -189,6 +189,8 @@ class Publisher(_Client):
         self.seq = 0
         self.acked = []  # (seq, time acknowledged)
         self.refused = []  # (seq, reason code)
+        if resend:  # its one client: what it sent, with DUP (STARLING_TEST_PAHO_TRACE)
+            paho_trace.maybe_trace(self.c, cid, sent=True)
 
     def connect_somewhere(self):
         # a new paho client for each connection (clean start): paho would
