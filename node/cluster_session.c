@@ -2740,6 +2740,26 @@ void cn_session_released(struct cluster_node *cn, const char *id, uint16_t len, 
 
 /* ---- the poll ---------------------------------------------------------------------- */
 
+/* x->seen: the identities x's session holds (s->lock held), which go with
+ * what x sends to x->to (freed first if there). */
+static void moving_seen_fill(struct cn_moving *x)
+{
+    struct session *s = x->s;
+    free(x->seen);
+    free(x->seenp);
+    size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
+    x->seen = n_seen ? calloc(n_seen, sizeof(*x->seen)) : NULL;
+    x->seenp = n_seen ? calloc(n_seen, sizeof(*x->seenp)) : NULL;
+    if (!x->seen || !x->seenp)
+        n_seen = 0;
+    for (size_t i = 0; i < n_seen; i++) {
+        starling__chan__seen_range__init(&x->seen[i]);
+        msg_seen_range(s->seen, i, &x->seen[i].node, &x->seen[i].lo, &x->seen[i].hi);
+        x->seenp[i] = &x->seen[i];
+    }
+    x->n_seen = n_seen;
+}
+
 /* Takes the old copy x's subscriptions out of the index and what it holds
  * (x->late, x->seen): x->s is unsubscribed, its lists empty. With `direct`
  * (not NULL): *direct is where its messages reached the owner directly
@@ -2773,17 +2793,7 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
         seen_forget_direct(s, x->late, *direct);
     }
     /* what its client had: the owner takes those once */
-    size_t n_seen = s->seen ? msg_seen_ranges(s->seen) : 0;
-    x->seen = n_seen ? calloc(n_seen, sizeof(*x->seen)) : NULL;
-    x->seenp = n_seen ? calloc(n_seen, sizeof(*x->seenp)) : NULL;
-    if (!x->seen || !x->seenp)
-        n_seen = 0;
-    for (size_t i = 0; i < n_seen; i++) {
-        starling__chan__seen_range__init(&x->seen[i]);
-        msg_seen_range(s->seen, i, &x->seen[i].node, &x->seen[i].lo, &x->seen[i].hi);
-        x->seenp[i] = &x->seen[i];
-    }
-    x->n_seen = n_seen;
+    moving_seen_fill(x);
     lock_release(&s->lock);
 }
 
@@ -2892,6 +2902,19 @@ static void moving_send_owner_of_now(struct cluster_node *cn, struct cn_moving *
              "%llu, down) took forwards, go to the owner of now %016llx (claim %llu)",
              n, s->client_id, (unsigned long long)since, (unsigned long long)x->to,
              (unsigned long long)x->epoch, (unsigned long long)node, (unsigned long long)epoch);
+    /* and their identities leave those x->to gets: x->to would tell them
+     * on to the owner of now with its own (its state, its late messages),
+     * and the owner would take these for had when they came (or, parked,
+     * when it judged them): lost. Chaos seed 9995 with --resend --more
+     * (2026-12-05): 115 late messages of fs0 went from n1 to n3, n1's
+     * identities with the rest to n2 (SIGSTOPped), which told them to n3
+     * when it continued: n3 dropped all 115 ("115 of them it had by then"). */
+    lock_acquire(&s->lock);
+    for (const struct qmsg *q = s->seen ? before : NULL; q; q = q->next)
+        if (q->m->id_node && q->m->id_seq)
+            msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
+    moving_seen_fill(x);
+    lock_release(&s->lock);
     msgs_send(cn, s, node, s->client_id, s->id_len, epoch, before, 0, false, false, NULL, 0, NULL);
 }
 

@@ -4215,6 +4215,77 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     p.disconnect()
 
 
+def test_owner_of_now_takes_a_copys_messages_whose_identities_went_to_the_dead_owner(
+        cluster_factory):
+    """Chaos seed 9995 with --resend --more (270 acknowledged messages lost,
+    2026-12-05), made deterministic. A persistent QoS 2 subscriber S moves
+    from A to B (B's session records the identities it takes) and leaves.
+    B is SIGSTOPped; M0..M9, published on the leader C, wait in C's outbox
+    for B. S resumes on A from its record; A is SIGKILLed and S resumes on C
+    from A's record, waiting for A's copy (cluster_resend_wait). B continues:
+    its copy takes M0..M9 and, claimed away by A, ends while A is down:
+    M0..M9, routed before A took forwards, go to C, the owner of now, where
+    they wait for A's copy (parked); the rest goes to A, with the copy's
+    identities. A starts again. Before, those identities included M0..M9:
+    A's copy told them on to C, which took M0..M9 for had ("10 of them it
+    had by then"), and S never got them. Now they leave the identities
+    sent to A: S gets M0..M9, once each."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    c.start()
+    c.wait_healthy()
+    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
+    cn = faults.node_named(c, ld)
+    b, a = [n for n in c.nodes if n is not cn]
+    cid, topic = uid("nowids"), uid("nowids/t")
+    s = PahoClient(a, cid, 5, clean=True, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    s.disconnect()
+    s = resumed_on(b, cid, timeout=30)
+    s.disconnect()
+    bid = f"{faults.node_id(b):016x}"
+    pause(b)
+    try:
+        down = re.compile(rf"entry \d+ applied, routes: .*NodeDown\({bid}\)")
+        wait_until(lambda: down.search(cn.logtext()), 30, f"{cn.name} taking {b.name} for dead")
+        p = PahoClient(cn, uid("nowidsp"), 5)
+        p.connect()
+        sent = [f"m{k}".encode() for k in range(10)]
+        for m in sent:
+            p.publish(topic + "/x", m, qos=2)
+        assert outbox_for(cn, b.name) == len(sent)
+        s = resumed_on(a, cid, timeout=30)
+        s.stop()
+    finally:
+        resume(b)
+    # B's copy takes M0..M9 and applies A's claim: it moves out to A. A
+    # stops, S resumes on C
+    to_a = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: to_a in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
+    pause(a)
+    try:
+        # C resumes S from A's record without asking A (as when A was taken
+        # for down): A's copy, continued, moves out on its own, after it
+        # got B's frame
+        wait_until(lambda: one_down_for(cn), 30, f"{cn.name} listing {a.name} as unreachable")
+        s = resumed_on(cn, cid, timeout=30, tries=3)
+        went = f"late message(s) of '{cid}' routed before"
+        wait_until(lambda: went in b.logtext(), 30, f"{b.name} sending M0..M9 to the owner of now")
+        parked = re.compile(rf"late message\(s\) of '{re.escape(cid)}' came from .* 10 parked")
+        wait_until(lambda: parked.search(cn.logtext()), 30, f"{cn.name} parking B's M0..M9")
+    finally:
+        resume(a)
+    judged = re.compile(rf"'{re.escape(cid)}': (\d+) late message\(s\) of older copies waited "
+                        rf"for its old owner's: (\d+) of them it had by then \(not again\), "
+                        rf"(\d+) taken \(parked (\d+) ms\)")
+    counts = wait_until(lambda: judged.findall(cn.logtext()), 60,
+                        f"{cn.name} judging what waited for {a.name}'s copy")
+    print(f"\n[owner of now, A back] judged {counts}")
+    owner_of_now_gets(b, cid, s, p, topic, sent, "owner of now, A back")
+    s.disconnect()
+    p.disconnect()
+
+
 def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not_take(
         cluster_factory, tmp_path):
     """Issue 10, ownernow's window: as the test above (S offline on B; B
