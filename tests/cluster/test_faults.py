@@ -466,6 +466,22 @@ def test_resumed_sessions_packet_ids_keep_away_from_its_dead_copys(fault_cluster
         x.disconnect()
 
 
+def held_awaiting_pubrel(p, s, topic, payload=b"m0", k=1):
+    """payload published at QoS 2 by the raw client p (packet id k,
+    completed); the raw subscriber s gets it, answers PUBREC and gets the
+    PUBREL, which it does not complete yet (as a client whose PUBCOMP was
+    lost holds it, awaiting the PUBREL again). Returns its PUBLISH at s."""
+    p.publish(f"{topic}/x", payload, qos=2, packet_id=k)
+    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == k
+    p.pubrel(k)
+    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == k
+    m = s.expect(mqttraw.PUBLISH, timeout=WAIT)
+    assert m.payload == payload, m
+    s.pubrec(m.packet_id)
+    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m.packet_id
+    return m
+
+
 def test_adopted_exchange_survives_a_kill_of_its_new_owner(fault_cluster):
     """A persistent QoS 2 subscriber S on A holds M0 (packet id P) awaiting
     PUBREL; A is SIGKILLed, S resumes on B from its record; A returns and
@@ -478,14 +494,7 @@ def test_adopted_exchange_survives_a_kill_of_its_new_owner(fault_cluster):
     a, b, cn = c.nodes
     cid, topic, props, s = raw_persistent_subscriber(a, "ax", 2)
     p = mqttraw.connected(cn, uid("axp"), 5)
-    p.publish(f"{topic}/x", b"m0", qos=2, packet_id=1)
-    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
-    p.pubrel(1)
-    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
-    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
-    assert m0.payload == b"m0", m0
-    s.pubrec(m0.packet_id)
-    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
+    m0 = held_awaiting_pubrel(p, s, topic)
     s2 = stored_then_killed(a, uid("ax/none"), b, cid, props)
     a.start()
     wait_healthy(c)
@@ -3213,6 +3222,18 @@ def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
         x.disconnect()
 
 
+def parked_judged(cn, a, cid, what):
+    """node cn's judgements of cid's parked late messages, once it logged
+    one (A's copy came, or the wait ran out): [(waited, had, taken)]."""
+    judged = re.compile(rf"'{re.escape(cid)}': (\d+) late message\(s\) of older copies waited "
+                        rf"for its old owner's: (\d+) of them it had by then \(not again\), "
+                        rf"(\d+) taken")
+    counts = wait_until(lambda: judged.findall(cn.logtext()), 60,
+                        f"{cn.name} judging what waited for {a.name}'s copy")
+    print(f"\n[{what}] judged {counts}")
+    return counts
+
+
 def test_a_third_copys_late_messages_wait_for_the_copy_a_resumed_session_waits_for(
         cluster_factory, tmp_path):
     """Chaos seed 1399756914 (CI, 2026-12-05: 1 QoS 2 duplicate), its shape
@@ -3253,12 +3274,7 @@ def test_a_third_copys_late_messages_wait_for_the_copy_a_resumed_session_waits_f
     got = s.get(30).payload
     assert got == marker, f"delivered before the marker: {got!r}"
     a.start()
-    judged = re.compile(rf"'{re.escape(cid)}': (\d+) late message\(s\) of older copies waited "
-                        rf"for its old owner's: (\d+) of them it had by then \(not again\), "
-                        rf"(\d+) taken")
-    counts = wait_until(lambda: judged.findall(cn.logtext()), 60,
-                        f"{cn.name} judging what waited for {a.name}'s copy")
-    print(f"\n[third copy, parked] judged {counts}")
+    counts = parked_judged(cn, a, cid, "third copy, parked")
     assert counts == [(str(len(sent)), str(len(sent)), "0")]
     none_delivered_again("third copy, parked", s, p, topic)
 
@@ -3629,14 +3645,7 @@ def test_resumption_on_its_records_own_node_tells_the_record_its_packet_ids(clus
     assert s.connack.session_present, s.connack
     assert f"the session of '{cid}' resumed from its record" in b.logtext()
     p = mqttraw.connected(cn, uid("recpidp"), 5)
-    p.publish(f"{topic}/x", b"m0", qos=2, packet_id=1)
-    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 1
-    p.pubrel(1)
-    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 1
-    m0 = s.expect(mqttraw.PUBLISH, timeout=WAIT)
-    assert m0.payload == b"m0", m0
-    s.pubrec(m0.packet_id)
-    assert s.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m0.packet_id
+    m0 = held_awaiting_pubrel(p, s, topic)
     # B's store has the exchange past PUBREC before B dies; A is back (a
     # majority without B)
     session_settled_then_synced(b, cid, inflight=1)
@@ -3647,19 +3656,12 @@ def test_resumption_on_its_records_own_node_tells_the_record_its_packet_ids(clus
     s.close()
     s2 = connected_after_fault(cn, cid, 5, clean=False, properties=props, timeout=30)
     assert s2.connack.session_present, s2.connack
-    p.publish(f"{topic}/x", b"m1", qos=2, packet_id=2)
-    assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == 2
-    p.pubrel(2)
-    assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == 2
-    m1 = s2.expect(mqttraw.PUBLISH, timeout=WAIT)
-    assert m1.payload == b"m1", m1
+    m1 = held_awaiting_pubrel(p, s2, topic, b"m1", 2)
     d = (m1.packet_id - m0.packet_id) % 65535
     print(f"\n[record's packet ids] {b.name} gave M0 {m0.packet_id}, {cn.name} M1 "
           f"{m1.packet_id}")
     assert min(d, 65535 - d) > 10000, \
         f"packet id {m1.packet_id} on {cn.name} near {m0.packet_id}, held from {b.name}"
-    s2.pubrec(m1.packet_id)
-    assert s2.expect(mqttraw.PUBREL, timeout=WAIT).packet_id == m1.packet_id
     s2.pubcomp(m1.packet_id)
     # B returns: its copy's exchange of M0 goes to C, which completes it
     b.start()
@@ -4231,16 +4233,7 @@ def test_owner_of_now_takes_a_copys_messages_whose_identities_went_to_the_dead_o
     had by then"), and S never got them. Now they leave the identities
     sent to A: S gets M0..M9, once each."""
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
-    c.start()
-    c.wait_healthy()
-    ld = wait_until(lambda: faults.leader(c), WAIT, "a leader")
-    cn = faults.node_named(c, ld)
-    b, a = [n for n in c.nodes if n is not cn]
-    cid, topic = uid("nowids"), uid("nowids/t")
-    s = PahoClient(a, cid, 5, clean=True, properties=session_props())
-    s.connect()
-    assert s.subscribe(topic + "/#", qos=2) == [2]
-    s.disconnect()
+    cn, a, b, cid, topic = subscriber_on_a_follower(c, "nowids", "nowids/t")  # S on A
     s = resumed_on(b, cid, timeout=30)
     s.disconnect()
     bid = f"{faults.node_id(b):016x}"
@@ -4275,12 +4268,7 @@ def test_owner_of_now_takes_a_copys_messages_whose_identities_went_to_the_dead_o
         wait_until(lambda: parked.search(cn.logtext()), 30, f"{cn.name} parking B's M0..M9")
     finally:
         resume(a)
-    judged = re.compile(rf"'{re.escape(cid)}': (\d+) late message\(s\) of older copies waited "
-                        rf"for its old owner's: (\d+) of them it had by then \(not again\), "
-                        rf"(\d+) taken \(parked (\d+) ms\)")
-    counts = wait_until(lambda: judged.findall(cn.logtext()), 60,
-                        f"{cn.name} judging what waited for {a.name}'s copy")
-    print(f"\n[owner of now, A back] judged {counts}")
+    parked_judged(cn, a, cid, "owner of now, A back")
     owner_of_now_gets(b, cid, s, p, topic, sent, "owner of now, A back")
     s.disconnect()
     p.disconnect()
