@@ -1232,6 +1232,24 @@ static int load_in(void *ud, uint64_t origin, uint64_t seq)
     return 0;
 }
 
+#ifndef NDEBUG
+/* Tests (debug builds only): while the file that STARLING_TEST_OUTBOX_HOLD
+ * names exists, the outbox's load waits, the sessions loaded already and
+ * the channel up (tests/cluster/test_faults.py). */
+static void outbox_test_hold(void)
+{
+    const char *path = getenv("STARLING_TEST_OUTBOX_HOLD");
+    if (!path || access(path, F_OK) != 0)
+        return;
+    log_info("cluster: the outbox's load waits (STARLING_TEST_OUTBOX_HOLD)");
+    struct timespec nap = {0, 10 * 1000000L};
+    while (access(path, F_OK) == 0)
+        nanosleep(&nap, NULL);
+}
+#else
+static void outbox_test_hold(void) {}
+#endif
+
 int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *err, size_t errlen)
 {
     *seq_base = 0;
@@ -1240,6 +1258,7 @@ int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *er
         atomic_store(&f->ready, true);
         return 0;
     }
+    outbox_test_hold();
     uint64_t boot = 0;
     int r = store_boot_next(s, (uint64_t)time(NULL), &boot);
     if (r == 0)

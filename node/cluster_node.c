@@ -1964,15 +1964,27 @@ int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen)
     if (!cn)
         return 0;
     uint64_t base = 0;
+    int r = cluster_fwd_attach_store(cn->fwd, &base, err, errlen);
+    if (r < 0)
+        return r;
+    /* retained messages: (origin, seq) above every one of the last run */
+    if (base)
+        atomic_store(&cn->pub_seq, base);
+    /* Loaded once the outbox is too: the first route batch may go, and
+     * requests for stored sessions are answered (request_answer), the
+     * start-up pass runs. Before, this came first: a request answered while
+     * the outbox still loaded sent the session's state at most once, not
+     * through the outbox (cluster_fwd_send_frame), and its messages' rows
+     * stayed in the store; a session of the id stored here again later (the
+     * client back on this node) loaded them after the next restart and sent
+     * them on again, QoS 2 messages delivered twice
+     * (test_killed_nodes_subscribers_resumed_elsewhere_repeatedly, 28 and
+     * 319 duplicates). */
     pthread_mutex_lock(&cn->mu);
-    cn->loaded = true; /* the first route batch may go */
+    cn->loaded = true;
     cn_kick(cn);
     pthread_mutex_unlock(&cn->mu);
-    int r = cluster_fwd_attach_store(cn->fwd, &base, err, errlen);
-    /* retained messages: (origin, seq) above every one of the last run */
-    if (r == 0 && base)
-        atomic_store(&cn->pub_seq, base);
-    return r;
+    return 0;
 }
 
 void cluster_node_stop(struct cluster_node *cn)

@@ -4364,6 +4364,65 @@ def test_session_asked_for_while_its_node_loads_its_store_keeps_its_messages(clu
     none_delivered_again("asked for the claim", s, p, topic)
 
 
+def test_session_asked_for_while_its_node_loads_its_outbox_leaves_no_rows_behind(cluster_factory,
+                                                                                 tmp_path):
+    """test_killed_nodes_subscribers_resumed_elsewhere_repeatedly's QoS 2
+    duplicates (28, and 319 in a whole make test, issue 10): a node
+    SIGKILLed and started again answered a claim's request for a stored
+    session once its sessions were loaded but while its forwarding outbox
+    still loaded: the state went at most once, not through the outbox, and
+    its messages' rows stayed in the store. The client came back to that
+    node while the old copy was still there (its session stored beside it,
+    same keys); after the node's next SIGKILL and start those rows loaded
+    with that session and went to the client's next node again. Here: a
+    persistent QoS 2 subscriber S of follower B, offline, holds M0..M9; B
+    is SIGKILLed and started again, its outbox's load held
+    (STARLING_TEST_OUTBOX_HOLD) and its old copies kept
+    (STARLING_TEST_MOVING_HOLD); S's claim on A asks B for the session
+    (main's build: S gets M0..M9 there); S comes back to B (now: S gets
+    M0..M9 there); B is SIGKILLed, S resumes on A, B starts again. Main's build: S gets M0..M9 a second time. Now B answers "not
+    found" until its outbox is loaded too, and its start-up pass sends the
+    stored copy through the outbox, its rows gone in the same batch: S gets
+    them once."""
+    hold, moving = tmp_path / "outbox-hold", tmp_path / "moving-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_TEST_MOVING_HOLD=str(moving)))
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, "outboxhold", "outboxhold/t")
+    witness, p = witness_and_publisher(b, cn, topic + "/x")
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [witness.get(WAIT).payload for _ in sent] == sent  # S holds them all on B
+    witness.disconnect()
+    kill(b)
+    hold.touch()
+    moving.touch()  # B's old copy of S stays until S is back on B
+    b.env = (lambda base: lambda: {**base(), "STARLING_TEST_OUTBOX_HOLD": str(hold)})(b.env)
+    b.start()
+    wait_until(lambda: "the outbox's load waits (STARLING_TEST_OUTBOX_HOLD)" in b.logtext(), 30,
+               f"{b.name} holding its outbox's load")
+    s = resumed_on(a, cid, timeout=30)
+    # B answered the claim's request (S's CONNACK waited for it) with the
+    # state, or with "not found" (then its copy is held until S is back)
+    got = []
+    if "was asked for before this node loaded its store" not in b.logtext():
+        got = [s.get(30).payload for _ in sent]
+    s.disconnect()
+    hold.unlink()
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name} letting its copy of {cid} go")
+    wait_healthy(c)
+    back = resumed_on(b, cid, timeout=30)
+    got += delivered_before_a_marker(back, p, topic)
+    assert sorted(got) == sorted(sent)
+    assert f"'{cid}' is claimed here again while its old copy" in b.logtext()
+    kill(b)
+    back.stop()
+    moving.unlink()
+    s = resumed_on(a, cid, timeout=30)
+    b.start()
+    none_again_after_late_messages(b, a, cid, s, p, topic, "asked while the outbox loaded", 60)
+
+
 def test_late_messages_before_the_senders_state_reach_the_claim(cluster_factory,
                                                                  partition_factory):
     """Chaos seed 1093382011 with --more (54 lost, issue 10): late messages
