@@ -2033,6 +2033,7 @@ void cluster_node_free(struct cluster_node *cn)
         cn->ret_retry = next;
     }
     ret_own_free(cn);
+    cn_handed_free(cn);
     pthread_mutex_destroy(&cn->ret_mu);
     pthread_mutex_destroy(&cn->mu);
     pthread_mutex_destroy(&cn->reg_mu);

@@ -151,7 +151,9 @@ struct cluster_node {
     unsigned answering;
 
     /* persistent sessions across faults (cluster_session.c) */
-    struct cn_moving *moving;     /* reg_mu: old copies whose late messages follow the session */
+    struct cn_moving *moving; /* reg_mu: old copies whose late messages follow the session */
+    struct cn_handed *handed; /* reg_mu: QoS 2 ids of ended copies (cn_handed_ids) */
+    size_t n_handed;
     struct cn_incoming *incoming; /* reg_mu: sessions that moved here, for their late messages */
     uint64_t started_ms;
     /* glue's thread: every member heard from in this run long enough ago
@@ -343,10 +345,27 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
  * ids, which answer its client's resends here (handle_publish_park). The
  * state's told ids if that owner learnt them already; else those of this
  * node's latest old copy still moving out to `from`, the copy it waited for
- * (cn_moving_qos2_ids), less those whose PUBREL came to that owner while it
+ * (cn_moving_qos2_ids), or, when none, of its copy of the claim waited for
+ * that ended lately (struct cn_handed), less those whose PUBREL came to
+ * that owner while it
  * waited (released_qos2: the client may have used them again since). A
  * malloc'd array of *n, or NULL (not such a state, or out of memory). Takes
  * cn->reg_mu. */
+/* The QoS 2 ids a copy of this node held when it ended, handed on to its
+ * new owner with its last frame: kept for cluster_resend_wait, as the
+ * ids a later owner's wait on this node asks for (cn_waited_here_ids)
+ * when that frame did not reach it. cn_handed_free: at the node's end. */
+struct cn_handed {
+    struct cn_handed *next;
+    uint64_t epoch; /* the copy's claim */
+    uint64_t until_ms;
+    uint32_t n;
+    uint16_t *ids;
+    uint16_t len;
+    char id[];
+};
+void cn_handed_free(struct cluster_node *cn);
+
 uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionState *st, const char *id, uint16_t len,
                              uint32_t *n);

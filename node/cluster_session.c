@@ -2920,6 +2920,8 @@ static void moving_send_owner_of_now(struct cluster_node *cn, struct cn_moving *
 
 /* The old copy x (out of cn->moving) ends; what it held goes to its new
  * owner. */
+static void handed_note(struct cluster_node *cn, struct cn_moving *x);
+
 static void moving_end(struct cluster_node *cn, struct cn_moving *x)
 {
     bool shared;
@@ -2944,6 +2946,7 @@ static void moving_end(struct cluster_node *cn, struct cn_moving *x)
     log_debug("cluster: the old copy of '%s' ends (%s)", x->s->client_id,
               x->routed ? "its new owner's routes are everywhere" : "grace period over");
     moving_send_owner_of_now(cn, x, shared, direct);
+    handed_note(cn, x);
     struct session *s = session_ref(x->s);
     bool x_to_self = x->to == cn->self;
     /* sent first: the outbox row and the removal of these messages from
@@ -2991,6 +2994,96 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
     return ids;
 }
 
+/* The most that cn->handed keeps (the oldest go first). */
+#define HANDED_MAX 4096
+
+/* x, an old copy moving out to another node, ends: its QoS 2 ids go with
+ * its last frame to x->to, and are kept here a while (struct cn_handed).
+ * Before, they were gone from this node once that frame left: chaos seed
+ * 10003 with --resend, a copy's frame waited for its owner, SIGKILLed,
+ * while the client moved on to a third node and back here, whose wait
+ * for this node's ids then found none, and took the client's resend for
+ * new (1 QoS 2 duplicate, DUP 1). */
+static void handed_note(struct cluster_node *cn, struct cn_moving *x)
+{
+    struct session *s = x->s;
+    if (x->to == cn->self)
+        return;
+    lock_acquire(&s->lock);
+    uint32_t n = s->n_qos2_in;
+    struct cn_handed *h = n ? calloc(1, sizeof(*h) + s->id_len) : NULL;
+    uint16_t *ids = h ? malloc(n * sizeof(*ids)) : NULL;
+    if (ids) {
+        memcpy(ids, s->qos2_in, n * sizeof(*ids));
+        h->epoch = s->epoch ? s->epoch : s->stored_epoch;
+        h->len = s->id_len;
+        memcpy(h->id, s->client_id, s->id_len);
+    }
+    lock_release(&s->lock);
+    if (!ids) {
+        free(h);
+        return;
+    }
+    uint64_t now = cn_mono_ms();
+    h->n = n;
+    h->ids = ids;
+    h->until_ms = now + CN_RESEND_WAIT_MS(cn);
+    pthread_mutex_lock(&cn->reg_mu);
+    /* (the expired ones go, and an earlier note of the same copy) */
+    size_t k = 0;
+    for (struct cn_handed **pp = &cn->handed; *pp;) {
+        struct cn_handed *e = *pp;
+        if (e->until_ms <= now || k >= HANDED_MAX - 1 ||
+            (e->epoch == h->epoch && e->len == h->len && memcmp(e->id, h->id, h->len) == 0)) {
+            *pp = e->next;
+            free(e->ids);
+            free(e);
+            cn->n_handed--;
+        } else {
+            pp = &e->next;
+            k++;
+        }
+    }
+    h->next = cn->handed;
+    cn->handed = h;
+    cn->n_handed++;
+    pthread_mutex_unlock(&cn->reg_mu);
+}
+
+/* The ids of this node's copy of id of claim `epoch` (0: the latest) that
+ * ended within cluster_resend_wait (handed_note): a malloc'd array of *n,
+ * or NULL. */
+static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch,
+                            uint32_t *n)
+{
+    uint16_t *ids = NULL;
+    *n = 0;
+    uint64_t now = cn_mono_ms();
+    pthread_mutex_lock(&cn->reg_mu);
+    const struct cn_handed *best = NULL;
+    for (const struct cn_handed *e = cn->handed; e; e = e->next)
+        if (e->until_ms > now && e->len == len && memcmp(e->id, id, len) == 0 &&
+            (epoch ? e->epoch == epoch : !best || e->epoch > best->epoch))
+            best = e;
+    if (best && (ids = malloc(best->n * sizeof(*ids)))) {
+        memcpy(ids, best->ids, best->n * sizeof(*ids));
+        *n = best->n;
+    }
+    pthread_mutex_unlock(&cn->reg_mu);
+    return ids;
+}
+
+void cn_handed_free(struct cluster_node *cn)
+{
+    while (cn->handed) {
+        struct cn_handed *e = cn->handed;
+        cn->handed = e->next;
+        free(e->ids);
+        free(e);
+    }
+    cn->n_handed = 0;
+}
+
 uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionState *st, const char *id, uint16_t len,
                              uint32_t *n)
@@ -3007,6 +3100,10 @@ uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
     }
     uint32_t n_own = 0;
     uint16_t *ids = cn_moving_qos2_ids(cn, id, len, from, &n_own);
+    /* that copy ended (its ids went to its owner, which did not pass them
+     * on to `from`): as it ended */
+    if (!ids)
+        ids = handed_ids(cn, id, len, st->has_blind_epoch ? st->blind_epoch : 0, &n_own);
     if (ids)
         *n = less_released(ids, n_own, st);
     return ids;

@@ -1195,3 +1195,51 @@ def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(clust
     assert got_up_to_after(sub, WAIT_S) == want
     had = "which its session's old node had taken: acknowledged, not delivered again"
     assert (had in a.logtext()) == (then == "resent")
+
+
+def test_ids_of_a_copy_whose_last_frame_waits_answer_a_wait_on_its_node(cluster_factory, tmp_path):
+    """Chaos seed 10003 with --resend (1 QoS 2 duplicate, DUP 1). A
+    persistent QoS 2 publisher's node a takes its message (PUBREC, the id
+    recorded) and stalls (SIGSTOP); the client resumes on b from the
+    record, and b waits for a's QoS 2 ids. What a sends b waits in a's
+    outbox (STARLING_TEST_FWD_HOLD, as for a node that is down): its answer
+    to b's request, and then the last frame of its copy, claimed away by
+    b, with its ids, once that copy ends. Meanwhile the client moves on to
+    node cn, which takes b's wait with b's state, and then back to a: cn's
+    state brings the wait for a's ids, and a has no copy left. Before, a
+    found no ids of its own and took the client's resend for new; now it
+    answers with those of its copy as it ended: received, not delivered
+    again."""
+    from conftest import Node
+    WAIT_S = 30.0
+    hold = tmp_path / "fwd-hold"
+    c = cluster_factory()
+    a, b, cn = c.nodes
+    a.env = lambda: {**Node.env(a), "STARLING_TEST_FWD_HOLD": str(hold)}
+    c.start()
+    c.wait_healthy()
+    topic = uid("fwd/handed")
+    sub = subscriber(cn, 2, topic)
+    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
+    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    hold.write_text(f"{faults.node_id(b):016x}")
+    try:
+        faults.pause(a)
+        try:
+            p.close()  # the client gives up on a
+            resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()
+        finally:
+            faults.resume(a)
+        left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x}"
+        wait_for(lambda: left in a.logtext(), WAIT_S, f"a finding its copy of {pub_id} claimed")
+        resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # b's wait goes to cn
+        ended = f"late message(s) of '{pub_id}' sent to its owner {faults.node_id(b):016x}"
+        wait_for(lambda: ended in a.logtext(), 2 * WAIT_S, f"a's copy of {pub_id} ending")
+        q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # cn's wait for a's ids comes back
+        resent_then_after(q, topic, WAIT_S)
+    finally:
+        hold.unlink(missing_ok=True)
+    assert got_up_to_after(sub, WAIT_S) == [b"after"]  # "taken" came once, before the stall
+    assert "which its session's old node had taken: acknowledged, not delivered again" in \
+        a.logtext()
