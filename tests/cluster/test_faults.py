@@ -4325,6 +4325,26 @@ def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not
     p.disconnect()
 
 
+def held_then_restarted(c, name, hold_var, hold):
+    """subscriber_on_a_follower(c, name, name + "/t"): S, offline on B,
+    holds M0..M9 (QoS 2, published on the leader; a witness on B got them
+    all); then B is SIGKILLed, `hold` created, and B started again with
+    hold_var naming it. Returns the leader, B, A, S's client id and topic,
+    the publisher and M0..M9."""
+    cn, b, a, cid, topic = subscriber_on_a_follower(c, name, name + "/t")
+    witness, p = witness_and_publisher(b, cn, topic + "/x")
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=2)
+    assert [witness.get(WAIT).payload for _ in sent] == sent  # S holds them all on B
+    witness.disconnect()
+    kill(b)
+    hold.touch()
+    b.env = (lambda base: lambda: {**base(), hold_var: str(hold)})(b.env)
+    b.start()
+    return cn, b, a, cid, topic, p, sent
+
+
 def test_session_asked_for_while_its_node_loads_its_store_keeps_its_messages(cluster_factory,
                                                                              tmp_path):
     """Chaos seed 1188520366 with --more (201 lost, issue 10): a node
@@ -4341,17 +4361,8 @@ def test_session_asked_for_while_its_node_loads_its_store_keeps_its_messages(clu
     M0..M9, once each."""
     hold = tmp_path / "load-hold"
     c = cluster_factory(extra_env=FAULT_ENV)
-    cn, b, a, cid, topic = subscriber_on_a_follower(c, "loadhold", "loadhold/t")
-    witness, p = witness_and_publisher(b, cn, topic + "/x")
-    sent = [f"m{k}".encode() for k in range(10)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    assert [witness.get(WAIT).payload for _ in sent] == sent  # S holds them all on B
-    witness.disconnect()
-    kill(b)
-    hold.touch()
-    b.env = (lambda base: lambda: {**base(), "STARLING_TEST_LOAD_HOLD": str(hold)})(b.env)
-    b.start()
+    cn, b, a, cid, topic, p, sent = held_then_restarted(c, "loadhold", "STARLING_TEST_LOAD_HOLD",
+                                                        hold)
     wait_until(lambda: "their messages wait (STARLING_TEST_LOAD_HOLD)" in b.logtext(), 30,
                f"{b.name} holding its store's load")
     s = resumed_on(a, cid, timeout=30)
@@ -4386,18 +4397,9 @@ def test_session_asked_for_while_its_node_loads_its_outbox_leaves_no_rows_behind
     them once."""
     hold, moving = tmp_path / "outbox-hold", tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_TEST_MOVING_HOLD=str(moving)))
-    cn, b, a, cid, topic = subscriber_on_a_follower(c, "outboxhold", "outboxhold/t")
-    witness, p = witness_and_publisher(b, cn, topic + "/x")
-    sent = [f"m{k}".encode() for k in range(10)]
-    for m in sent:
-        p.publish(topic + "/x", m, qos=2)
-    assert [witness.get(WAIT).payload for _ in sent] == sent  # S holds them all on B
-    witness.disconnect()
-    kill(b)
-    hold.touch()
     moving.touch()  # B's old copy of S stays until S is back on B
-    b.env = (lambda base: lambda: {**base(), "STARLING_TEST_OUTBOX_HOLD": str(hold)})(b.env)
-    b.start()
+    cn, b, a, cid, topic, p, sent = held_then_restarted(c, "outboxhold",
+                                                        "STARLING_TEST_OUTBOX_HOLD", hold)
     wait_until(lambda: "the outbox's load waits (STARLING_TEST_OUTBOX_HOLD)" in b.logtext(), 30,
                f"{b.name} holding its outbox's load")
     s = resumed_on(a, cid, timeout=30)
