@@ -224,6 +224,10 @@ void cn_registry_drain(struct cluster_node *cn);
 size_t cn_registry_surrendered(struct cluster_node *cn);
 /* Whether the session of id is among them. reg_mu held. */
 bool cn_registry_surrendered_has(struct cluster_node *cn, const char *id, uint16_t len);
+/* The session of id surrendered here whose claim was `epoch`, referenced,
+ * or NULL. reg_mu held. */
+struct session *cn_registry_surrendered_of(struct cluster_node *cn, const char *id, uint16_t len,
+                                           uint64_t epoch);
 /* A RouteAdd of this node for each filter of each of them into b; returns
  * how many. reg_mu held. */
 struct cmd_batch;
@@ -346,8 +350,8 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
  * state's told ids if that owner learnt them already; else those of this
  * node's latest old copy still moving out to `from`, the copy it waited for
  * (cn_moving_qos2_ids), or, when none, of its copy of the claim waited for
- * that ended lately (struct cn_handed), less those whose PUBREL came to
- * that owner while it
+ * (blind_epoch) moving out elsewhere or surrendered, or that ended lately
+ * (struct cn_handed), less those whose PUBREL came to that owner while it
  * waited (released_qos2: the client may have used them again since). A
  * malloc'd array of *n, or NULL (not such a state, or out of memory). Takes
  * cn->reg_mu. */

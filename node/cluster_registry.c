@@ -871,6 +871,21 @@ bool cn_registry_surrendered_has(struct cluster_node *cn, const char *id, uint16
     return false;
 }
 
+struct session *cn_registry_surrendered_of(struct cluster_node *cn, const char *id, uint16_t len,
+                                           uint64_t epoch)
+{
+    for (struct surrendered *x = cn->surrendered; x; x = x->next) {
+        if (x->s->id_len != len || memcmp(x->s->client_id, id, len) != 0)
+            continue;
+        lock_acquire(&x->s->lock);
+        bool of = (x->s->epoch ? x->s->epoch : x->s->stored_epoch) == epoch;
+        lock_release(&x->s->lock);
+        if (of)
+            return session_ref(x->s);
+    }
+    return NULL;
+}
+
 size_t cn_registry_surrendered_routes(struct cluster_node *cn, struct cmd_batch *b)
 {
     size_t n = 0;

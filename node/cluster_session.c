@@ -3073,6 +3073,44 @@ static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t le
     return ids;
 }
 
+/* The QoS 2 ids of this node's copy of id of claim `epoch` (not 0), given
+ * up to a later claim, wherever it is: moving out to another node than the
+ * state's sender, or surrendered awaiting a request that may never come (a
+ * claimant that resumed the session from its record). A malloc'd array of
+ * *n, or NULL (no such copy here). Before, only a copy moving out to the
+ * state's sender answered: chaos seed 10010 with --resend --more, n1 took
+ * a publisher's message and was SIGSTOPped, the client went to n2 (from the
+ * record) and on to n3, n1 continued with its copy surrendered to n2's
+ * claim, and the client came back to n1 with n3's wait for n1's ids: n1
+ * took the resend for new (2 QoS 2 duplicates, DUP 1). */
+static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
+                                   uint64_t epoch, uint32_t *n)
+{
+    *n = 0;
+    struct session *s = NULL;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving *x = cn->moving; x && !s; x = x->next) {
+        if (x->to == cn->self || x->s->id_len != len || memcmp(x->s->client_id, id, len) != 0)
+            continue;
+        lock_acquire(&x->s->lock);
+        if ((x->s->epoch ? x->s->epoch : x->s->stored_epoch) == epoch)
+            s = session_ref(x->s);
+        lock_release(&x->s->lock);
+    }
+    if (!s)
+        s = cn_registry_surrendered_of(cn, id, len, epoch);
+    pthread_mutex_unlock(&cn->reg_mu);
+    if (!s)
+        return NULL;
+    lock_acquire(&s->lock);
+    uint16_t *ids = malloc((s->n_qos2_in + 1) * sizeof(*ids));
+    for (uint32_t i = 0; ids && i < s->n_qos2_in; i++)
+        ids[(*n)++] = s->qos2_in[i];
+    lock_release(&s->lock);
+    session_unref(s);
+    return ids;
+}
+
 void cn_handed_free(struct cluster_node *cn)
 {
     while (cn->handed) {
@@ -3100,10 +3138,14 @@ uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
     }
     uint32_t n_own = 0;
     uint16_t *ids = cn_moving_qos2_ids(cn, id, len, from, &n_own);
+    uint64_t epoch = st->has_blind_epoch ? st->blind_epoch : 0;
+    /* the copy waited for, given up to another claim than `from`'s */
+    if (!ids && epoch)
+        ids = given_up_copy_ids(cn, id, len, epoch, &n_own);
     /* that copy ended (its ids went to its owner, which did not pass them
      * on to `from`): as it ended */
     if (!ids)
-        ids = handed_ids(cn, id, len, st->has_blind_epoch ? st->blind_epoch : 0, &n_own);
+        ids = handed_ids(cn, id, len, epoch, &n_own);
     if (ids)
         *n = less_released(ids, n_own, st);
     return ids;

@@ -1245,3 +1245,45 @@ def test_ids_of_a_copy_whose_last_frame_waits_answer_a_wait_on_its_node(cluster_
     finally:
         hold.unlink(missing_ok=True)
     resend_was_had(sub, a, WAIT_S)  # "taken" came once, before the stall
+
+
+def unreachable(node, other):
+    """Whether `node` lists `other` as not reachable (GET /api/v1/cluster)."""
+    st, doc = node.http("GET", "/api/v1/cluster", timeout=2)
+    return st == 200 and any(x["name"] == other.name and not x["reachable"] for x in doc["nodes"])
+
+
+def test_ids_of_a_copy_surrendered_to_another_claim_answer_a_wait_on_its_node(cluster_factory):
+    """Chaos seed 10010 with --resend --more (2 QoS 2 duplicates, DUP 1). A
+    persistent QoS 2 publisher's node a takes its message (PUBREC, the id
+    recorded) and stalls (SIGSTOP); the client resumes on b from the
+    record once a is taken for dead (b waits for a's QoS 2 ids, and asks a
+    nothing), then on cn, which takes that wait with b's state. a runs
+    again: its copy is given up to b's claim, whose request never comes. The client resumes on a: cn's state brings
+    the wait for a's ids, and a's copy moves out to no node that a could
+    ask about. Before, a looked only for a copy moving out to cn, found
+    none, and took the client's resend for new; now its copy of the claim
+    waited for answers, wherever it goes: received, not delivered again."""
+    WAIT_S = 30.0
+    c = cluster_factory()
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    topic = uid("fwd/given")
+    sub = subscriber(cn, 2, topic)
+    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
+    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    faults.pause(a)
+    try:
+        wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # b asks a nothing
+        p.close()  # the client gives up on a
+        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()
+        resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # b's wait goes to cn
+    finally:
+        faults.resume(a)
+    given = f"the session of '{pub_id}' was claimed by node"
+    wait_for(lambda: given in a.logtext(), WAIT_S, f"a giving its copy of {pub_id} up")
+    q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # cn's wait for a's ids comes back
+    resent_then_after(q, topic, WAIT_S)
+    resend_was_had(sub, a, WAIT_S)  # "taken" came once, before the stall
