@@ -788,6 +788,23 @@ def resend_was_had(sub, node, wait_s):
         node.logtext()
 
 
+def publisher_taken_on_a(c, name, wait_s):
+    """Starts cluster c: a QoS 2 subscriber of uid(name) on its third node
+    cn, and a raw persistent QoS 2 publisher on its first node a, whose
+    message b"taken" (packet id 1) a took and answered
+    (taken_and_acknowledged). Returns (a, b, cn, topic, sub, pub_id, props,
+    the publisher)."""
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    topic = uid(name)
+    sub = subscriber(cn, 2, topic)
+    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
+    p = persistent_qos2_publisher(c, a, pub_id, props, wait_s)
+    taken_and_acknowledged(p, sub, topic, wait_s)
+    return a, b, cn, topic, sub, pub_id, props, p
+
+
 def resend_setup(cluster_factory, hold, held, name, wait_s, env=None):
     """A cluster (node `held`, an index, commits nothing while the file
     `hold` exists; None: none; env: its nodes' extra environment), a QoS 2
@@ -1158,14 +1175,7 @@ def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(clust
     WAIT_S = 30.0
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(hold)})
-    c.start()
-    c.wait_healthy()
-    a, b, cn = c.nodes
-    topic = uid("fwd/back")
-    sub = subscriber(cn, 2, topic)
-    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
-    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
-    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/back", WAIT_S)
     payload = b"taken" if then == "resent" else b"fresh"
     hold.touch()
     try:
@@ -1218,15 +1228,9 @@ def test_ids_of_a_copy_whose_last_frame_waits_answer_a_wait_on_its_node(cluster_
     WAIT_S = 30.0
     hold = tmp_path / "fwd-hold"
     c = cluster_factory()
-    a, b, cn = c.nodes
-    a.env = lambda: {**Node.env(a), "STARLING_TEST_FWD_HOLD": str(hold)}
-    c.start()
-    c.wait_healthy()
-    topic = uid("fwd/handed")
-    sub = subscriber(cn, 2, topic)
-    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
-    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
-    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    first = c.nodes[0]
+    first.env = lambda: {**Node.env(first), "STARLING_TEST_FWD_HOLD": str(hold)}
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/handed", WAIT_S)
     hold.write_text(f"{faults.node_id(b):016x}")
     try:
         faults.pause(a)
@@ -1266,14 +1270,7 @@ def test_ids_of_a_copy_surrendered_to_another_claim_answer_a_wait_on_its_node(cl
     waited for answers, wherever it goes: received, not delivered again."""
     WAIT_S = 30.0
     c = cluster_factory()
-    c.start()
-    c.wait_healthy()
-    a, b, cn = c.nodes
-    topic = uid("fwd/given")
-    sub = subscriber(cn, 2, topic)
-    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
-    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
-    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/given", WAIT_S)
     faults.pause(a)
     try:
         wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # b asks a nothing
