@@ -614,7 +614,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
     sm.seen = seen;
     /* the QoS 2 ids the copy took from its client (an owner that resumed
      * the session from its record judges resends by them) */
-    uint32_t *told = NULL;
+    uint32_t *told = NULL, *wait_released = NULL;
     if (from && to != cn->self) {
         lock_acquire(&from->lock);
         told = malloc((from->n_qos2_in ? from->n_qos2_in : 1) * sizeof *told);
@@ -627,6 +627,21 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
         lock_release(&from->lock);
         sm.qos2_received = told;
         sm.has_qos2_told = sm.qos2_told = told != NULL;
+        /* a copy that still waits for another copy's ids tells that wait
+         * too: its own ids are not all its client's */
+        lock_acquire(&from->lock);
+        if (session_blind(from, broker_now_mono_ms()) && !from->told && from->blind_node &&
+            from->blind_epoch &&
+            (wait_released = malloc((from->n_blind_released + 1) * sizeof *wait_released))) {
+            for (uint32_t i = 0; i < from->n_blind_released; i++)
+                wait_released[i] = from->blind_released[i];
+            sm.n_wait_released = from->n_blind_released;
+            sm.wait_released = wait_released;
+            sm.has_wait_node = sm.has_wait_epoch = true;
+            sm.wait_node = from->blind_node;
+            sm.wait_epoch = from->blind_epoch;
+        }
+        lock_release(&from->lock);
     }
     int r = k != n ? -ENOMEM : 0;
     uint64_t node = 0, cur = 0;
@@ -673,6 +688,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
     }
     free(seqs);
     free(told);
+    free(wait_released);
     free(mv);
     free(mp);
     while (msgs) {
@@ -1123,9 +1139,56 @@ static bool wait_answered_by(const struct session *s, uint64_t from, uint64_t co
     return !relayed;
 }
 
+static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
+                                   uint64_t epoch, uint32_t *n);
+static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch,
+                            uint32_t *n);
+
+/* When the copy whose ids answer s's wait itself waited for this node's
+ * copy of claim sm->wait_epoch (each claim of a chain resumed from the
+ * record while the one before was away), that copy's QoS 2 ids, less those
+ * released down the chain (wait_released): a malloc'd array of *n, or
+ * NULL (not such a frame, or no such copy here). This node's copy folded
+ * into s (own_moved), given up to another claim, or ended lately. Before, a
+ * waiting copy told only its own ids, the waits down the chain took them
+ * for all, and the client's resend of a message that this node's copy had
+ * taken was taken for new (chaos seeds 10015 and 10021 with --resend
+ * --more, docs/cluster.md). */
+static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
+                           const Starling__Chan__SessionMessages *sm, uint32_t *n)
+{
+    *n = 0;
+    if (!sm || !sm->has_wait_node || sm->wait_node != cn->self || !sm->has_wait_epoch ||
+        !sm->wait_epoch)
+        return NULL;
+    uint16_t *ids = NULL;
+    lock_acquire(&s->lock);
+    if (s->own_moved_claim == sm->wait_epoch && s->n_own_moved &&
+        (ids = malloc(s->n_own_moved * sizeof(*ids)))) {
+        memcpy(ids, s->own_moved, s->n_own_moved * sizeof(*ids));
+        *n = s->n_own_moved;
+    }
+    lock_release(&s->lock);
+    if (!ids)
+        ids = given_up_copy_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n);
+    if (!ids)
+        ids = handed_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n);
+    uint32_t k = 0;
+    for (uint32_t i = 0; ids && i < *n; i++) {
+        bool released = false;
+        for (size_t j = 0; j < sm->n_wait_released && !released; j++)
+            released = sm->wait_released[j] == ids[i];
+        if (!released)
+            ids[k++] = ids[i];
+    }
+    *n = k;
+    return ids;
+}
+
 static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBinaryData *id,
                        uint64_t epoch, const uint32_t *received, size_t n_received,
-                       const uint16_t *own, uint32_t n_own, uint64_t copy_epoch, bool relayed)
+                       const uint16_t *own, uint32_t n_own, uint64_t copy_epoch, bool relayed,
+                       const Starling__Chan__SessionMessages *sm)
 {
     struct session *s = claim_session_at(cn, (const char *)id->data, id->len, epoch, false);
     uint64_t node = 0, later = 0;
@@ -1148,19 +1211,24 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
     lock_acquire(&s->lock);
     bool blind = session_blind(s, now) && wait_answered_by(s, from, copy_epoch, relayed, strict);
     lock_release(&s->lock);
-    uint16_t *ids = blind ? malloc((n_received + n_own + 1) * sizeof *ids) : NULL;
+    uint32_t n_chain = 0;
+    uint16_t *chain = blind && !strict ? chain_ids(cn, s, sm, &n_chain) : NULL;
+    uint16_t *ids = blind ? malloc((n_received + n_own + n_chain + 1) * sizeof *ids) : NULL;
     uint32_t n = 0;
     for (size_t i = 0; ids && i < n_received; i++)
         if (received[i] >= 1 && received[i] <= 65535)
             ids[n++] = (uint16_t)received[i];
-    /* and this node's own, which the sender waited for (own): once each */
-    for (uint32_t i = 0, n_from = n; ids && i < n_own; i++) {
+    /* and this node's own, which the sender waited for (own), and those of
+     * the copy the sender's copy waited for (chain): once each */
+    for (uint32_t i = 0; ids && i < n_own + n_chain; i++) {
+        uint16_t x = i < n_own ? own[i] : chain[i - n_own];
         bool dup = false;
-        for (uint32_t j = 0; j < n_from && !dup; j++)
-            dup = ids[j] == own[i];
+        for (uint32_t j = 0; j < n && !dup; j++)
+            dup = ids[j] == x;
         if (!dup)
-            ids[n++] = own[i];
+            ids[n++] = x;
     }
+    free(chain);
     lock_acquire(&s->lock);
     blind = ids && session_blind(s, now) && wait_answered_by(s, from, copy_epoch, relayed, strict);
     if (blind) {
@@ -1174,8 +1242,9 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
          * them (docs/cluster.md, *The wait in the session's record*) */
         persist_session_update(cn->b, s);
         log_info("cluster: the session of '%s' learnt the %u QoS 2 id(s) its old copy on %016llx "
-                 "had taken",
-                 s->client_id, (unsigned)n, (unsigned long long)from);
+                 "had taken%s",
+                 s->client_id, (unsigned)n, (unsigned long long)from,
+                 n_chain ? ", with those of this node's copy that copy waited for" : "");
     }
     if (blind)
         told_notify(cn, s);
@@ -1878,12 +1947,12 @@ static void on_messages_told(struct cluster_node *cn, uint64_t from,
     uint64_t copy_epoch = sm->has_qos2_epoch ? sm->qos2_epoch : 0;
     bool told = !(sm->has_qos2_told && sm->qos2_told) ||
                 owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received,
-                           sm->n_qos2_received, own, n_own, copy_epoch, relayed);
+                           sm->n_qos2_received, own, n_own, copy_epoch, relayed, sm);
     fold_on_messages(cn, from, sm, sq, NULL);
     /* the frame may have built the session (adopt_lost): told now */
     if (!told)
         owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received,
-                   own, n_own, copy_epoch, relayed);
+                   own, n_own, copy_epoch, relayed, sm);
 }
 
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
@@ -1957,6 +2026,10 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
                 on.qos2_received = NULL;
                 on.has_qos2_told = on.qos2_told = false;
                 on.has_qos2_of = on.has_qos2_epoch = false;
+                /* (and the wait that went with them) */
+                on.has_wait_node = on.has_wait_epoch = false;
+                on.n_wait_released = 0;
+                on.wait_released = NULL;
             }
             Starling__Chan__SessionMessage **kept =
                 sm->n_msgs ? malloc(sm->n_msgs * sizeof(*kept)) : NULL;
@@ -3255,6 +3328,7 @@ static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
      * always the claim that took x over. A stored epoch behind x's claim
      * only leaves the wait as it was */
     bool next = x->s->stored_epoch && x->s->stored_epoch + 1 == x->epoch;
+    uint64_t claim = x->s->epoch ? x->s->epoch : x->s->stored_epoch;
     uint16_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;
     uint16_t *told = next ? malloc((n + 1) * sizeof(*told)) : NULL;
     if (ids)
@@ -3270,6 +3344,7 @@ static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
         keep->n_own_moved = ids ? n : 0;
         keep->own_moved_to = x->to;
         keep->own_moved_epoch = x->epoch;
+        keep->own_moved_claim = claim;
         ids = NULL;
     }
     bool answers = told && keep->blind_none_kept && !keep->told && keep->blind_node == x->to &&

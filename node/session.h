@@ -182,6 +182,7 @@ struct session {
     uint32_t n_own_moved;
     uint64_t own_moved_to;
     uint64_t own_moved_epoch; /* the claim that copy moved out for */
+    uint64_t own_moved_claim; /* that copy's own claim */
     /* a will waiting for its delay (offline only) */
     struct msg *pending_will;
     uint64_t will_at; /* monotonic ms */

@@ -1284,3 +1284,46 @@ def test_ids_of_a_copy_surrendered_to_another_claim_answer_a_wait_on_its_node(cl
     q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # cn's wait for a's ids comes back
     resent_then_after(q, topic, WAIT_S)
     resend_was_had(sub, a, WAIT_S)  # "taken" came once, before the stall
+
+
+def test_ids_of_a_copy_that_a_waiting_copy_waited_for_answer_its_node(cluster_factory, tmp_path):
+    """Chaos seed 10021 with --resend --more (1 QoS 2 duplicate, DUP 1): a
+    chain of claims resumed from the record. A persistent QoS 2 publisher's
+    node a takes its message (claim 1) and is SIGKILLed; the client resumes
+    on cn from the record (claim 2, waiting for a's ids: cn took a for dead
+    and asked it nothing). a starts again; its stored copy moves out to cn,
+    held (STARLING_TEST_MOVING_HOLD). The client resumes on b (claim 3,
+    taking cn's wait), b is SIGKILLed, and the client resumes on a from the
+    record (claim 4, waiting for b's ids), folding a's own copy. b starts
+    again: its stored copy, still waiting for a's ids, sends its last frame
+    to a. Before, that frame told b's own ids (none) as all, and a took the
+    client's resend for new; now it tells b's wait too, and a adds its own
+    copy's ids of claim 1: received, not delivered again."""
+    WAIT_S = 30.0
+    moving = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(moving)})
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/chain", WAIT_S)
+    try:
+        faults.kill(a)
+        wait_for(lambda: unreachable(cn, a), WAIT_S, "cn taking a for dead")
+        p.close()
+        resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
+        moving.touch()
+        a.start()
+        left = f"the session of '{pub_id}' moved to {faults.node_id(cn):016x} (claim 2)"
+        wait_for(lambda: left in a.logtext(), WAIT_S, f"a's stored copy of {pub_id} moving out")
+        faults.wait_healthy(c)
+        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 3: cn's wait
+        faults.kill(b)
+        wait_for(lambda: unreachable(a, b), WAIT_S, "a taking b for dead")
+        q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # claim 4: waits for b's ids
+        assert f"'{pub_id}' is claimed here again while its old copy" in a.logtext()
+        resend_held(q, a, topic, b"taken", WAIT_S)
+        moving.unlink()
+        b.start()  # its stored copy, waiting for a's ids, sends its last frame to a
+        resend_answered_as_had(q, a, WAIT_S)
+        exchanged_qos2(q, topic, b"after", WAIT_S)
+        q.disconnect()
+    finally:
+        moving.unlink(missing_ok=True)
+    resend_was_had(sub, a, WAIT_S)
