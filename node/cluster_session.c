@@ -1144,6 +1144,21 @@ static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint
 static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch,
                             uint32_t *n);
 
+/* ids[0..n) less those in released[0..n_released), in place: how many
+ * are left. */
+static uint32_t ids_less(uint16_t *ids, uint32_t n, const uint32_t *released, size_t n_released)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        bool out = false;
+        for (size_t j = 0; j < n_released && !out; j++)
+            out = released[j] == ids[i];
+        if (!out)
+            ids[k++] = ids[i];
+    }
+    return k;
+}
+
 /* When the copy whose ids answer s's wait itself waited for this node's
  * copy of claim sm->wait_epoch (each claim of a chain resumed from the
  * record while the one before was away), that copy's QoS 2 ids, less those
@@ -1173,15 +1188,8 @@ static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
         ids = given_up_copy_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n);
     if (!ids)
         ids = handed_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n);
-    uint32_t k = 0;
-    for (uint32_t i = 0; ids && i < *n; i++) {
-        bool released = false;
-        for (size_t j = 0; j < sm->n_wait_released && !released; j++)
-            released = sm->wait_released[j] == ids[i];
-        if (!released)
-            ids[k++] = ids[i];
-    }
-    *n = k;
+    if (ids)
+        *n = ids_less(ids, *n, sm->wait_released, sm->n_wait_released);
     return ids;
 }
 
@@ -1270,15 +1278,7 @@ static bool waits_here(const struct cluster_node *cn, const Starling__Chan__Sess
  * how many are left. */
 static uint32_t less_released(uint16_t *ids, uint32_t n, const Starling__Chan__SessionState *st)
 {
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        bool released = false;
-        for (size_t j = 0; j < st->n_released_qos2 && !released; j++)
-            released = st->released_qos2[j] == ids[i];
-        if (!released)
-            ids[k++] = ids[i];
-    }
-    return k;
+    return ids_less(ids, n, st->released_qos2, st->n_released_qos2);
 }
 
 /* cn_waited_here_ids when the copy moving out to `from` was folded into
