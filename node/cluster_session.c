@@ -1167,8 +1167,9 @@ static uint32_t ids_less(uint16_t *ids, uint32_t n, const uint32_t *released, si
  * into s (own_moved), given up to another claim, or ended lately. Before, a
  * waiting copy told only its own ids, the waits down the chain took them
  * for all, and the client's resend of a message that this node's copy had
- * taken was taken for new (chaos seeds 10015 and 10021 with --resend
- * --more, docs/cluster.md). */
+ * taken was taken for new (chaos seed 10021 with --resend --more,
+ * docs/cluster.md; not yet a copy that moved out to this node itself
+ * before the fold, seed 10015). */
 static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
                            const Starling__Chan__SessionMessages *sm, uint32_t *n)
 {
