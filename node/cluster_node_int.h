@@ -151,9 +151,8 @@ struct cluster_node {
     unsigned answering;
 
     /* persistent sessions across faults (cluster_session.c) */
-    struct cn_moving *moving; /* reg_mu: old copies whose late messages follow the session */
-    struct cn_handed *handed; /* reg_mu: QoS 2 ids of ended copies (cn_handed_ids) */
-    size_t n_handed;
+    struct cn_moving *moving;     /* reg_mu: old copies whose late messages follow the session */
+    struct cn_handed *handed;     /* reg_mu: QoS 2 ids of ended copies (struct cn_handed) */
     struct cn_incoming *incoming; /* reg_mu: sessions that moved here, for their late messages */
     uint64_t started_ms;
     /* glue's thread: every member heard from in this run long enough ago

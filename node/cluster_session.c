@@ -624,12 +624,10 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
         /* whose they are: that copy's claim */
         sm.qos2_epoch = from->epoch ? from->epoch : from->stored_epoch;
         sm.has_qos2_epoch = sm.qos2_epoch != 0;
-        lock_release(&from->lock);
         sm.qos2_received = told;
         sm.has_qos2_told = sm.qos2_told = told != NULL;
         /* a copy that still waits for another copy's ids tells that wait
          * too: its own ids are not all its client's */
-        lock_acquire(&from->lock);
         if (session_blind(from, broker_now_mono_ms()) && !from->told && from->blind_node &&
             from->blind_epoch &&
             (wait_released = malloc((from->n_blind_released + 1) * sizeof *wait_released))) {
@@ -1139,10 +1137,8 @@ static bool wait_answered_by(const struct session *s, uint64_t from, uint64_t co
     return !relayed;
 }
 
-static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t epoch, uint32_t *n);
-static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch,
-                            uint32_t *n);
+static uint16_t *gone_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
+                               uint64_t epoch, uint32_t *n);
 
 /* ids[0..n) less those in released[0..n_released), in place: how many
  * are left. */
@@ -1186,9 +1182,7 @@ static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
     }
     lock_release(&s->lock);
     if (!ids)
-        ids = given_up_copy_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n);
-    if (!ids)
-        ids = handed_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n);
+        ids = gone_copy_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n);
     if (ids)
         *n = ids_less(ids, *n, sm->wait_released, sm->n_wait_released);
     return ids;
@@ -3112,7 +3106,6 @@ static void handed_note(struct cluster_node *cn, struct cn_moving *x)
             *pp = e->next;
             free(e->ids);
             free(e);
-            cn->n_handed--;
         } else {
             pp = &e->next;
             k++;
@@ -3120,7 +3113,6 @@ static void handed_note(struct cluster_node *cn, struct cn_moving *x)
     }
     h->next = cn->handed;
     cn->handed = h;
-    cn->n_handed++;
     pthread_mutex_unlock(&cn->reg_mu);
 }
 
@@ -3185,6 +3177,17 @@ static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint
     return ids;
 }
 
+/* This node's copy of id of claim `epoch` that no longer moves out to the
+ * node asking: given up to another claim (given_up_copy_ids; `epoch` 0,
+ * not known: none), else ended lately (handed_ids; 0: the latest). Its
+ * QoS 2 ids, a malloc'd array of *n, or NULL. */
+static uint16_t *gone_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
+                               uint64_t epoch, uint32_t *n)
+{
+    uint16_t *ids = epoch ? given_up_copy_ids(cn, id, len, epoch, n) : NULL;
+    return ids ? ids : handed_ids(cn, id, len, epoch, n);
+}
+
 void cn_handed_free(struct cluster_node *cn)
 {
     while (cn->handed) {
@@ -3193,7 +3196,6 @@ void cn_handed_free(struct cluster_node *cn)
         free(e->ids);
         free(e);
     }
-    cn->n_handed = 0;
 }
 
 uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
@@ -3212,14 +3214,8 @@ uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
     }
     uint32_t n_own = 0;
     uint16_t *ids = cn_moving_qos2_ids(cn, id, len, from, &n_own);
-    uint64_t epoch = st->has_blind_epoch ? st->blind_epoch : 0;
-    /* the copy waited for, given up to another claim than `from`'s */
-    if (!ids && epoch)
-        ids = given_up_copy_ids(cn, id, len, epoch, &n_own);
-    /* that copy ended (its ids went to its owner, which did not pass them
-     * on to `from`): as it ended */
     if (!ids)
-        ids = handed_ids(cn, id, len, epoch, &n_own);
+        ids = gone_copy_ids(cn, id, len, st->has_blind_epoch ? st->blind_epoch : 0, &n_own);
     if (ids)
         *n = less_released(ids, n_own, st);
     return ids;
