@@ -355,13 +355,15 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
  * malloc'd array of *n, or NULL (not such a state, or out of memory). Takes
  * cn->reg_mu. */
 /* The QoS 2 ids a copy of this node held when it ended, handed on to its
- * new owner with its last frame: kept for cluster_resend_wait, as the
- * ids a later owner's wait on this node asks for (cn_waited_here_ids)
- * when that frame did not reach it. cn_handed_free: at the node's end. */
+ * new owner with its last frame (or folded into a later claim's session
+ * here): kept for cluster_resend_wait, as the ids a later owner's wait on
+ * this node asks for (cn_waited_here_ids, chain_ids) when that frame did
+ * not reach it. cn_handed_free: at the node's end. */
 struct cn_handed {
     struct cn_handed *next;
     uint64_t epoch; /* the copy's claim */
     uint64_t until_ms;
+    bool folded; /* into a later claim's session here: asked for by its claim only */
     uint32_t n;
     uint16_t *ids;
     uint16_t len;

@@ -1160,12 +1160,12 @@ static uint32_t ids_less(uint16_t *ids, uint32_t n, const uint32_t *released, si
  * record while the one before was away), that copy's QoS 2 ids, less those
  * released down the chain (wait_released): a malloc'd array of *n, or
  * NULL (not such a frame, or no such copy here). This node's copy folded
- * into s (own_moved), given up to another claim, or ended lately. Before, a
- * waiting copy told only its own ids, the waits down the chain took them
- * for all, and the client's resend of a message that this node's copy had
- * taken was taken for new (chaos seed 10021 with --resend --more,
- * docs/cluster.md; not yet a copy that moved out to this node itself
- * before the fold, seed 10015). */
+ * into s (own_moved; a copy moving out to this node itself: cn->handed),
+ * given up to another claim, or ended lately. Before, a waiting copy told
+ * only its own ids, the waits down the chain took them for all, and the
+ * client's resend of a message that this node's copy had taken was taken
+ * for new (chaos seeds 10021 and 10015 with --resend --more,
+ * docs/cluster.md). */
 static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
                            const Starling__Chan__SessionMessages *sm, uint32_t *n)
 {
@@ -3065,18 +3065,10 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
 /* The most that cn->handed keeps (the oldest go first). */
 #define HANDED_MAX 4096
 
-/* x, an old copy moving out to another node, ends: its QoS 2 ids go with
- * its last frame to x->to, and are kept here a while (struct cn_handed).
- * Before, they were gone from this node once that frame left: chaos seed
- * 10003 with --resend, a copy's frame waited for its owner, SIGKILLed,
- * while the client moved on to a third node and back here, whose wait
- * for this node's ids then found none, and took the client's resend for
- * new (1 QoS 2 duplicate, DUP 1). */
-static void handed_note(struct cluster_node *cn, struct cn_moving *x)
+/* A note of copy s's QoS 2 ids (folded: into a claim's session on this
+ * node), or NULL (none, or out of memory). */
+static struct cn_handed *handed_make(struct cluster_node *cn, struct session *s, bool folded)
 {
-    struct session *s = x->s;
-    if (x->to == cn->self)
-        return;
     lock_acquire(&s->lock);
     uint32_t n = s->n_qos2_in;
     struct cn_handed *h = n ? calloc(1, sizeof(*h) + s->id_len) : NULL;
@@ -3090,14 +3082,20 @@ static void handed_note(struct cluster_node *cn, struct cn_moving *x)
     lock_release(&s->lock);
     if (!ids) {
         free(h);
-        return;
+        return NULL;
     }
-    uint64_t now = cn_mono_ms();
     h->n = n;
     h->ids = ids;
-    h->until_ms = now + CN_RESEND_WAIT_MS(cn);
-    pthread_mutex_lock(&cn->reg_mu);
-    /* (the expired ones go, and an earlier note of the same copy) */
+    h->folded = folded;
+    h->until_ms = cn_mono_ms() + CN_RESEND_WAIT_MS(cn);
+    return h;
+}
+
+/* Note h in cn->handed, under cn->reg_mu (the expired ones go, and an
+ * earlier note of the same copy). */
+static void handed_put(struct cluster_node *cn, struct cn_handed *h)
+{
+    uint64_t now = cn_mono_ms();
     size_t k = 0;
     for (struct cn_handed **pp = &cn->handed; *pp;) {
         struct cn_handed *e = *pp;
@@ -3113,12 +3111,32 @@ static void handed_note(struct cluster_node *cn, struct cn_moving *x)
     }
     h->next = cn->handed;
     cn->handed = h;
+}
+
+/* x, an old copy moving out to another node, ends: its QoS 2 ids go with
+ * its last frame to x->to, and are kept here a while (struct cn_handed).
+ * Before, they were gone from this node once that frame left: chaos seed
+ * 10003 with --resend, a copy's frame waited for its owner, SIGKILLed,
+ * while the client moved on to a third node and back here, whose wait
+ * for this node's ids then found none, and took the client's resend for
+ * new (1 QoS 2 duplicate, DUP 1). */
+static void handed_note(struct cluster_node *cn, struct cn_moving *x)
+{
+    if (x->to == cn->self)
+        return;
+    struct cn_handed *h = handed_make(cn, x->s, false);
+    if (!h)
+        return;
+    pthread_mutex_lock(&cn->reg_mu);
+    handed_put(cn, h);
     pthread_mutex_unlock(&cn->reg_mu);
 }
 
-/* The ids of this node's copy of id of claim `epoch` (0: the latest) that
- * ended within cluster_resend_wait (handed_note): a malloc'd array of *n,
- * or NULL. */
+/* The ids of this node's copy of id of claim `epoch` that ended within
+ * cluster_resend_wait (handed_note), or was folded into a later claim's
+ * session here (cn_moving_detach); `epoch` 0: the latest that ended (not a
+ * folded one, whose ids the session here may have released since). A
+ * malloc'd array of *n, or NULL. */
 static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch,
                             uint32_t *n)
 {
@@ -3129,7 +3147,7 @@ static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t le
     const struct cn_handed *best = NULL;
     for (const struct cn_handed *e = cn->handed; e; e = e->next)
         if (e->until_ms > now && e->len == len && memcmp(e->id, id, len) == 0 &&
-            (epoch ? e->epoch == epoch : !best || e->epoch > best->epoch))
+            (epoch ? e->epoch == epoch : !e->folded && (!best || e->epoch > best->epoch)))
             best = e;
     if (best && (ids = malloc(best->n * sizeof(*ids)))) {
         memcpy(ids, best->ids, best->n * sizeof(*ids));
@@ -3431,6 +3449,17 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
             fold_rule_set(cn, keep, x, x == found);
         if (keep && x->to != cn->self && own_moved_keep(keep, x))
             told_notify(cn, keep);
+        /* a copy moving out to this node itself (given up, its claimant's
+         * request never came, or a stand-in): its ids, kept by its own
+         * claim, answer a wait for that claim's ids here (chain_ids,
+         * cn_waited_here_ids), as an ended copy's do. Before, they were
+         * gone with the fold: chaos seed 10015 with --resend --more, n3's
+         * copy of claim 12, given up, folded into n3's claim 15, and the
+         * wait for it that n2's copy told with its last frame found
+         * nothing (2 QoS 2 duplicates, DUP 1, at 3 subscribers) */
+        struct cn_handed *h = keep && x->to == cn->self ? handed_make(cn, x->s, true) : NULL;
+        if (h)
+            handed_put(cn, h);
         /* a staged claim: its rows leave the store in the claim's batch
          * (copy_rows_leave) */
         if (bt && keep)

@@ -1327,3 +1327,46 @@ def test_ids_of_a_copy_that_a_waiting_copy_waited_for_answer_its_node(cluster_fa
     finally:
         moving.unlink(missing_ok=True)
     resend_was_had(sub, a, WAIT_S)
+
+
+def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_factory):
+    """Chaos seed 10015 with --resend --more (2 QoS 2 duplicates, DUP 1, at
+    3 subscribers): the chain of claims of the test above, but a's copy of
+    claim 1 stays on a. a takes the message and stalls (SIGSTOP); the
+    client resumes on cn from the record (claim 2, waiting for a's ids),
+    then on b (claim 3, taking cn's wait), and b is SIGKILLed. a runs
+    again: its copy is given up to cn's claim, whose request never comes.
+    The client resumes on a from the record (claim 4, waiting for b's
+    ids); then the given-up copy's wait ends, and it moves out to a itself
+    and folds into claim 4. b starts again: its stored copy, still waiting
+    for a's ids, sends its last frame to a. Before, a's folded copy kept no
+    ids, and a took the client's resend for new; now it keeps them by its
+    claim: received, not delivered again."""
+    WAIT_S = 30.0
+    # the given-up copy waits cluster_claim_timeout + 1 s for a request:
+    # long enough for claim 4 to come first; and the resend waits long
+    # enough for b's start
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "15000",
+                                   "STARLING_CLUSTER_RESEND_WAIT": "90000"})
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/folded", WAIT_S)
+    faults.pause(a)
+    try:
+        wait_for(lambda: unreachable(cn, a), WAIT_S, "cn taking a for dead")  # asks a nothing
+        p.close()  # the client gives up on a
+        resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
+        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 3: cn's wait
+        faults.kill(b)
+    finally:
+        faults.resume(a)
+    given = f"the session of '{pub_id}' was claimed by node"
+    wait_for(lambda: given in a.logtext(), WAIT_S, f"a giving its copy of {pub_id} up")
+    wait_for(lambda: unreachable(a, b), WAIT_S, "a taking b for dead")  # a asks b nothing
+    q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # claim 4: waits for b's ids
+    resend_held(q, a, topic, b"taken", WAIT_S)
+    folded = f"'{pub_id}' is claimed here again while its old copy"
+    wait_for(lambda: folded in a.logtext(), WAIT_S, f"a folding its given-up copy of {pub_id}")
+    b.start()  # its stored copy, waiting for a's ids, sends its last frame to a
+    resend_answered_as_had(q, a, WAIT_S)
+    exchanged_qos2(q, topic, b"after", WAIT_S)
+    q.disconnect()
+    resend_was_had(sub, a, WAIT_S)
