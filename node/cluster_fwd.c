@@ -1207,16 +1207,33 @@ void cluster_fwd_start(struct cluster_fwd *f, struct cluster *c, uint64_t self)
     f->self = self;
 }
 
+struct load {
+    struct cluster_fwd *f;
+    cluster_fwd_ended_fn ended;
+    void *ud;
+};
+
 static int load_row(void *ud, uint64_t node, uint64_t seq, const void *data, size_t len)
 {
-    (void)data;
-    struct cluster_fwd *f = ud;
-    struct fwd_out *o = out_get(f, node);
+    struct load *l = ud;
+    struct fwd_out *o = out_get(l->f, node);
     if (!o)
         return -ENOMEM;
     /* no lock needed: no other thread uses o yet (ready is false) */
     if (ring_push(o, seq, (uint32_t)len, ROW_COMMITTED, NULL) < 0)
         return -ENOMEM;
+    /* the last frame of a copy that ended: l->ended learns its QoS 2 ids
+     * (a row that does not decode is sent on as it is: the destination
+     * judges it) */
+    const uint8_t *body = data;
+    if (l->ended && len > 1 && body[0] == ROW_SESSION_MESSAGES) {
+        Starling__Chan__SessionMessages *sm =
+            starling__chan__session_messages__unpack(NULL, len - 1, body + 1);
+        if (sm && sm->has_last && sm->last)
+            l->ended(l->ud, node, sm);
+        if (sm)
+            starling__chan__session_messages__free_unpacked(sm, NULL);
+    }
     return 0;
 }
 
@@ -1250,7 +1267,8 @@ static void outbox_test_hold(void)
 static void outbox_test_hold(void) {}
 #endif
 
-int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *err, size_t errlen)
+int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, cluster_fwd_ended_fn ended,
+                             void *ud, char *err, size_t errlen)
 {
     *seq_base = 0;
     struct store *s = f->b->store;
@@ -1262,7 +1280,7 @@ int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *er
     uint64_t boot = 0;
     int r = store_boot_next(s, (uint64_t)time(NULL), &boot);
     if (r == 0)
-        r = store_outbox_scan(s, 0, 0, 0, load_row, f);
+        r = store_outbox_scan(s, 0, 0, 0, load_row, &(struct load){f, ended, ud});
     if (r == 0)
         r = store_fwd_in_scan(s, load_in, f);
     if (r < 0) {

@@ -67,11 +67,19 @@ struct cluster_fwd *cluster_fwd_new(struct broker *b);
  * until cluster_fwd_attach_store. */
 void cluster_fwd_start(struct cluster_fwd *f, struct cluster *c, uint64_t self);
 
+/* Called at the outbox's load with each SessionMessages row that is the
+ * last frame of a moved session's old copy (last set), and the node it
+ * goes to; sm is freed after the call. */
+typedef void (*cluster_fwd_ended_fn)(void *ud, uint64_t node,
+                                     const Starling__Chan__SessionMessages *sm);
+
 /* Once the store is open and loaded (b->store; NULL with persistence off:
  * forwards stay at most once): take the next boot counter, load the
- * outboxes (replayed to their peers) and the highest seqs applied.
+ * outboxes (replayed to their peers; `ended`, may be NULL, learns of the
+ * copies' last frames among them) and the highest seqs applied.
  * *seq_base is boot << 32 (0 without a store). 0 or a negative errno. */
-int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, char *err, size_t errlen);
+int cluster_fwd_attach_store(struct cluster_fwd *f, uint64_t *seq_base, cluster_fwd_ended_fn ended,
+                             void *ud, char *err, size_t errlen);
 
 /* Forward p (every field set but seq and prev) to node. QoS 1/2 with a
  * store: into node's outbox through *bt (created if NULL), then to the

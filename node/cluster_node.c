@@ -1964,7 +1964,7 @@ int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen)
     if (!cn)
         return 0;
     uint64_t base = 0;
-    int r = cluster_fwd_attach_store(cn->fwd, &base, err, errlen);
+    int r = cluster_fwd_attach_store(cn->fwd, &base, cn_handed_loaded, cn, err, errlen);
     if (r < 0)
         return r;
     /* retained messages: (origin, seq) above every one of the last run */

@@ -370,6 +370,10 @@ struct cn_handed {
     char id[];
 };
 void cn_handed_free(struct cluster_node *cn);
+/* cluster_fwd_ended_fn (ud: the cluster node): the QoS 2 ids of a copy
+ * whose last frame still waits in the outbox after a restart, kept again
+ * for cluster_resend_wait. */
+void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMessages *sm);
 
 uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionState *st, const char *id, uint16_t len,

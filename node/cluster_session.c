@@ -3206,6 +3206,37 @@ static uint16_t *gone_copy_ids(struct cluster_node *cn, const char *id, uint16_t
     return ids ? ids : handed_ids(cn, id, len, epoch, n);
 }
 
+void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMessages *sm)
+{
+    struct cluster_node *cn = ud;
+    (void)node;
+    if (!sm->has_qos2_told || !sm->qos2_told || !sm->has_qos2_epoch || !sm->qos2_epoch ||
+        !sm->n_qos2_received || !sm->client_id.len || sm->client_id.len > UINT16_MAX)
+        return;
+    struct cn_handed *h = calloc(1, sizeof(*h) + sm->client_id.len);
+    uint16_t *ids = h ? malloc(sm->n_qos2_received * sizeof(*ids)) : NULL;
+    if (!ids) {
+        free(h);
+        return;
+    }
+    uint32_t n = 0;
+    for (size_t i = 0; i < sm->n_qos2_received; i++)
+        if (sm->qos2_received[i] >= 1 && sm->qos2_received[i] <= 65535)
+            ids[n++] = (uint16_t)sm->qos2_received[i];
+    h->epoch = sm->qos2_epoch;
+    h->len = (uint16_t)sm->client_id.len;
+    memcpy(h->id, sm->client_id.data, sm->client_id.len);
+    h->n = n;
+    h->ids = ids;
+    h->until_ms = cn_mono_ms() + CN_RESEND_WAIT_MS(cn);
+    pthread_mutex_lock(&cn->reg_mu);
+    handed_put(cn, h);
+    pthread_mutex_unlock(&cn->reg_mu);
+    log_debug("cluster: the %u QoS 2 id(s) of the copy of '%.*s' (claim %llu) whose last frame "
+              "waits in the outbox are kept again",
+              (unsigned)n, (int)h->len, h->id, (unsigned long long)h->epoch);
+}
+
 void cn_handed_free(struct cluster_node *cn)
 {
     while (cn->handed) {

@@ -1211,7 +1211,9 @@ def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(clust
     assert (had in a.logtext()) == (then == "resent")
 
 
-def test_ids_of_a_copy_whose_last_frame_waits_answer_a_wait_on_its_node(cluster_factory, tmp_path):
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+def test_ids_of_a_copy_whose_last_frame_waits_answer_a_wait_on_its_node(cluster_factory, tmp_path,
+                                                                        restart):
     """Chaos seed 10003 with --resend (1 QoS 2 duplicate, DUP 1). A
     persistent QoS 2 publisher's node a takes its message (PUBREC, the id
     recorded) and stalls (SIGSTOP); the client resumes on b from the
@@ -1223,7 +1225,9 @@ def test_ids_of_a_copy_whose_last_frame_waits_answer_a_wait_on_its_node(cluster_
     state brings the wait for a's ids, and a has no copy left. Before, a
     found no ids of its own and took the client's resend for new; now it
     answers with those of its copy as it ended: received, not delivered
-    again."""
+    again. [restarted]: a is SIGKILLed and started again before the client
+    comes back, the frame still in its outbox: the ids come from there
+    (before, a restart lost them)."""
     from conftest import Node
     WAIT_S = 30.0
     hold = tmp_path / "fwd-hold"
@@ -1244,6 +1248,10 @@ def test_ids_of_a_copy_whose_last_frame_waits_answer_a_wait_on_its_node(cluster_
         resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # b's wait goes to cn
         ended = f"late message(s) of '{pub_id}' sent to its owner {faults.node_id(b):016x}"
         wait_for(lambda: ended in a.logtext(), 2 * WAIT_S, f"a's copy of {pub_id} ending")
+        if restart:
+            faults.kill(a)
+            a.start()
+            faults.wait_healthy(c)
         q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # cn's wait for a's ids comes back
         resent_then_after(q, topic, WAIT_S)
     finally:
