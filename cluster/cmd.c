@@ -196,7 +196,7 @@ int cmd_route_remove(struct cmd_batch *b, const char *filter, size_t len, uint64
 }
 
 int cmd_session_claim_clean(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
-                            uint64_t epoch, int clean_start)
+                            uint64_t epoch, int clean_start, int stored)
 {
     if (!key_ok(client_id, len) || !node)
         return -EINVAL;
@@ -208,6 +208,10 @@ int cmd_session_claim_clean(struct cmd_batch *b, const char *client_id, size_t l
         m.has_clean_start = 1;
         m.clean_start = 1;
     }
+    if (stored) {
+        m.has_stored = 1;
+        m.stored = 1;
+    }
     Starling__Cmd__Command c = STARLING__CMD__COMMAND__INIT;
     c.cmd_case = STARLING__CMD__COMMAND__CMD_SESSION_CLAIM;
     c.session_claim = &m;
@@ -217,7 +221,7 @@ int cmd_session_claim_clean(struct cmd_batch *b, const char *client_id, size_t l
 int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                       uint64_t epoch)
 {
-    return cmd_session_claim_clean(b, client_id, len, node, epoch, 0);
+    return cmd_session_claim_clean(b, client_id, len, node, epoch, 0, 0);
 }
 
 int cmd_session_release(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,

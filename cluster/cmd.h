@@ -51,9 +51,10 @@ int cmd_route_add(struct cmd_batch *b, const char *filter, size_t len, uint64_t 
 int cmd_route_remove(struct cmd_batch *b, const char *filter, size_t len, uint64_t node);
 int cmd_session_claim(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                       uint64_t epoch);
-/* The same, saying whether the claimant starts a new session. */
+/* The same, saying whether the claimant starts a new session, and whether
+ * it stores the session before answering its client (SessionClaim.stored). */
 int cmd_session_claim_clean(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
-                            uint64_t epoch, int clean_start);
+                            uint64_t epoch, int clean_start, int stored);
 int cmd_session_release(struct cmd_batch *b, const char *client_id, size_t len, uint64_t node,
                         uint64_t epoch, int expired);
 /* props: encoded MQTT 5.0 properties (may be NULL/0); expiry_at_ms 0 = none. */

@@ -1122,7 +1122,8 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
                                           (uint16_t)k->session_claim->client_id.len,
                                           k->session_claim->node, k->session_claim->epoch,
                                           k->session_claim->has_clean_start &&
-                                              k->session_claim->clean_start);
+                                              k->session_claim->clean_start,
+                                          k->session_claim->has_stored && k->session_claim->stored);
         return;
     case STARLING__CMD__COMMAND__CMD_SESSION_RELEASE:
         /* the leader released a session of this node as expired while it

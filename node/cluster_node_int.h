@@ -234,9 +234,10 @@ size_t cn_registry_surrendered_routes(struct cluster_node *cn, struct cmd_batch 
 /* A RouteAdd of this node for each filter of s (none once it ended) into
  * b; returns how many. s->lock held. */
 size_t cn_session_routes_add(struct cluster_node *cn, struct cmd_batch *b, const struct session *s);
-/* Cluster thread: the observer saw a claim of another node applied. */
+/* Cluster thread: the observer saw a claim of another node applied
+ * (SessionClaim.clean_start, .stored). */
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t node, uint64_t epoch, bool clean_start);
+                                   uint64_t node, uint64_t epoch, bool clean_start, bool stored);
 void cn_registry_on_request(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionRequest *r);
 /* The old owner's answer; sq (NULL: not sequenced) is staged into the
@@ -290,6 +291,11 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
  * rule judges what it leaves out (implied by `now`). */
 void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint64_t epoch,
                    bool now, bool known);
+/* s, just added moving out to `to` for claim `epoch` (cn_moving_add): that
+ * claim's claimant stores the session before answering its client
+ * (SessionClaim.stored; own_moved_keep). */
+void cn_moving_claim_stored(struct cluster_node *cn, const struct session *s, uint64_t to,
+                            uint64_t epoch);
 /* For s, a copy going to `to`: the route table index from which a later
  * owner than s's own claim had its routes everywhere (the record's owners),
  * so that what was routed since reached that owner directly; 0 when none

@@ -86,6 +86,8 @@ struct surrendered {
     struct surrendered *next;
     struct session *s;
     uint64_t until_ms;
+    uint64_t epoch; /* the claim it was given up to */
+    bool stored;    /* ... whose claimant stores the session before answering */
 };
 
 /* A SessionRequest that came while a claim of the same id made here was
@@ -710,9 +712,13 @@ static void claim_propose(struct cl_claim *k)
     k->prev_epoch = epoch;
     k->epoch = epoch + 1;
     struct cmd_batch *b = cmd_batch_new();
-    int r =
-        b ? cmd_session_claim_clean(b, k->id, k->req.id_len, cn->self, k->epoch, k->req.clean_start)
-          : -ENOMEM;
+    /* a persistent session that comes here is stored in the claim's batch
+     * before its client is answered (claim_on_worker, stage); one of this
+     * node's own is stored already */
+    bool stored = !k->req.clean_start && k->req.expiry != 0 && cn->b->store;
+    int r = b ? cmd_session_claim_clean(b, k->id, k->req.id_len, cn->self, k->epoch,
+                                        k->req.clean_start, stored)
+              : -ENOMEM;
     size_t len;
     const void *e = r == 0 ? cmd_batch_data(b, &len) : NULL;
     r = e ? cluster_propose(cn->c, e, len, claim_done, k) : -ENOMEM;
@@ -844,6 +850,8 @@ void cn_registry_poll(struct cluster_node *cn, uint64_t now)
         if (fsm_registry_get(cn->fsm, x->s->client_id, x->s->id_len, &node, &epoch) == 0 &&
             node != cn->self) {
             cn_moving_add(cn, x->s, node, epoch, true, true);
+            if (x->stored && epoch == x->epoch)
+                cn_moving_claim_stored(cn, x->s, node, epoch);
         } else if (node == cn->self) {
             cn_overtaken_add(cn, x->s, node, epoch);
         } else {
@@ -930,7 +938,7 @@ void cn_registry_drain(struct cluster_node *cn)
 
 /* The observer saw SessionClaim(id, node != self) applied (cluster thread). */
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t node, uint64_t epoch, bool clean_start)
+                                   uint64_t node, uint64_t epoch, bool clean_start, bool stored)
 {
     if (clean_start) {
         /* [MQTT-3.1.2-4] the claimant discards the session: it ends here */
@@ -956,6 +964,8 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
                      "was down (claim %llu): its stored copy follows it",
                      (int)len, id, (unsigned long long)node, (unsigned long long)epoch);
             cn_moving_add(cn, s, node, epoch, true, true);
+            if (stored)
+                cn_moving_claim_stored(cn, s, node, epoch);
         }
         return;
     }
@@ -971,6 +981,8 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
             x->s = s;
             /* a claimant waits for the state cluster_claim_timeout at most */
             x->until_ms = cn_mono_ms() + (uint64_t)cn->b->cfg.cluster_claim_timeout + 1000u;
+            x->epoch = epoch;
+            x->stored = stored;
             x->next = cn->surrendered;
             cn->surrendered = x;
             s = NULL;

@@ -71,6 +71,7 @@ struct cn_moving {
     bool now;          /* no state was sent (cn_moving_add) */
     bool known;        /* its claim known (so with `now`): the owners rule judges it (moving_end) */
     bool complete_sent;   /* routed: the first batch after it went (SessionMessages.complete) */
+    bool claim_stored;    /* the claimant of `epoch` stores before answering (own_moved_keep) */
     uint64_t route_index; /* ... since this index (0: unknown) */
     /* cn_moving_detach: what the ended copy held, for cn_moving_fold, and
      * the index from which what was routed reached its owner directly */
@@ -1061,6 +1062,16 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
     pthread_mutex_lock(&cn->reg_mu);
     x->next = cn->moving;
     cn->moving = x;
+    pthread_mutex_unlock(&cn->reg_mu);
+}
+
+void cn_moving_claim_stored(struct cluster_node *cn, const struct session *s, uint64_t to,
+                            uint64_t epoch)
+{
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving *x = cn->moving; x; x = x->next)
+        if (x->s == s && x->to == to && x->epoch == epoch)
+            x->claim_stored = true;
     pthread_mutex_unlock(&cn->reg_mu);
 }
 
@@ -3361,8 +3372,17 @@ static void fold_rule_set(struct cluster_node *cn, struct session *keep, const s
  * client's resend of a message x had taken was taken for new where it went
  * next (chaos seed 9905 with --resend --more: 6 QoS 2 duplicates after
  * every node was SIGKILLed, test_forward.py::test_a_resend_to_a_session_
- * whose_old_claimant_kept_nothing_is_answered_by_its_folded_copy). Whether
- * they did (keep's worker is to judge what it parked). */
+ * whose_old_claimant_kept_nothing_is_answered_by_its_folded_copy).
+ * Also when keep's record is not that claim's (it wrote none), if its
+ * claimant stores the session before answering its client
+ * (SessionClaim.stored): that node kept nothing, so that claim answered no
+ * CONNACK, and x's ids are still its client's. Before, such a wait went unanswered: chaos seed
+ * 10041 with
+ * --resend --more, every node SIGKILLed, n2's claim 6 committed but never
+ * stored, n1 restarted and resumed the session from its own record, and
+ * n1's state, still waiting for n2's ids, sent the client's resend to n2
+ * as new (1 QoS 2 duplicate at 3 subscribers). Whether they did (keep's
+ * worker is to judge what it parked). */
 static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
 {
     lock_acquire(&x->s->lock);
@@ -3393,9 +3413,9 @@ static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
         keep->own_moved_claim = claim;
         ids = NULL;
     }
-    bool answers = told && keep->blind_none_kept && !keep->told && keep->blind_node == x->to &&
-                   keep->blind_epoch && keep->blind_epoch == x->epoch &&
-                   session_blind(keep, broker_now_mono_ms());
+    bool none = keep->blind_none_kept || (keep->blind_said_none && x->claim_stored);
+    bool answers = told && none && !keep->told && keep->blind_node == x->to && keep->blind_epoch &&
+                   keep->blind_epoch == x->epoch && session_blind(keep, broker_now_mono_ms());
     if (answers) {
         uint32_t k = session_told_set(keep, told, n);
         told = NULL;

@@ -1099,8 +1099,24 @@ def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster
     resend_was_had(sub, b, WAIT_S)  # "taken" came once, before the kill
 
 
+def claim_committed_then_killed(a, b, cn, pub_id, props, wait_s):
+    """pub_id's client resumes its session on b while a, its node, is
+    stalled (SIGSTOP): b's claim commits and b asks a for the session,
+    which a does not answer; b is SIGKILLed before the claim's record names
+    it, and then a too."""
+    q = mqttraw.Client(b)
+    q.connect(pub_id, clean=False, properties=props, expect=False)
+    wait_for(lambda: faults.tables(cn)["registry"].get(pub_id, (0, 0))[0] == faults.node_id(b),
+             wait_s, f"the claim of {pub_id} on b")
+    b.stop(sig=signal.SIGKILL)
+    q.close()
+    assert faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(a)
+    faults.kill(a)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "unrecorded"])
 def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_its_folded_copy(
-        cluster_factory, tmp_path):
+        cluster_factory, tmp_path, recorded):
     """Chaos seed 9905 with --resend --more (QoS 2 duplicates after every
     node was SIGKILLed), made deterministic. A persistent QoS 2
     publisher's node a stores its message and sends PUBREC, which is lost,
@@ -1117,7 +1133,14 @@ def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_it
     resends the PUBLISH (DUP 1) on a: a duplicate, acknowledged as
     received and not delivered again. Before, the folded copy's ids were
     kept only for a wait of b's, the resend waited for ids that never came
-    and was then taken for a new message."""
+    and was then taken for a new message.
+    [unrecorded] Chaos seed 10041 with --resend --more (1 QoS 2 duplicate
+    at 3 subscribers, every node SIGKILLed): b is SIGKILLed before its
+    claim's record names it (claim_committed_then_killed), so a resumes
+    from its own record, of the claim before b's. b's claim said that b
+    stores the session before answering its client (SessionClaim.stored):
+    b keeping nothing, that claim answered no CONNACK, and a's folded copy
+    answers the wait as well. Before, only a record of b's claim did."""
     WAIT_S = 30.0
     hold, moving = tmp_path / "hold-b", tmp_path / "moving-hold"
     c, topic, sub, pub_id, props, p = resend_setup(
@@ -1125,9 +1148,14 @@ def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_it
         env={"STARLING_TEST_MOVING_HOLD": str(moving)})
     a, b, cn = c.nodes
     taken_and_acknowledged(p, sub, topic, WAIT_S)
-    a.stop(sig=signal.SIGKILL)
-    p.close()
-    claimed_then_killed(b, cn, hold, pub_id, props, WAIT_S)
+    if recorded:
+        a.stop(sig=signal.SIGKILL)
+        p.close()
+        claimed_then_killed(b, cn, hold, pub_id, props, WAIT_S)
+    else:
+        faults.pause(a)
+        p.close()
+        claim_committed_then_killed(a, b, cn, pub_id, props, WAIT_S)
     moving.touch()
     try:
         a.start()
