@@ -60,7 +60,9 @@ def make(target):
 
 
 def pytest(path):
-    argv = [PYTHON, "-m", "pytest", "-q", "-rfEsxX", "-p", "no:cacheprovider"]
+    # --durations: the slowest tests in the part's log (build/test-logs),
+    # to see where the suite's time goes
+    argv = [PYTHON, "-m", "pytest", "-q", "-rfEsxX", "-p", "no:cacheprovider", "--durations=25"]
     if XDIST > 0:
         argv += ["-n", str(XDIST)]
     return argv + [path]
