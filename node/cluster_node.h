@@ -45,18 +45,14 @@ struct cluster_node;
  */
 int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, size_t errlen);
 
-/* After persist_open: the stored sessions are in the table. Those that the
- * registry gives to other nodes (taken over while this node was down) send
- * them their messages and end, once this node has caught up. cn may be
- * NULL. */
-void cluster_node_sessions_loaded(struct cluster_node *cn);
-
 /* After persist_open (also with persistence off): the first route batch
  * (NodePurge of this node and the loaded sessions' routes, one entry) may
  * be proposed - until then no route is; forwards of QoS 1/2 messages
  * become durable (node/cluster_fwd.h: the outbox is loaded and replayed,
- * the seqs of this run start above the last run's). cn may be NULL. 0 or a
- * negative errno with the reason in err. */
+ * the seqs of this run start above the last run's); then the stored
+ * sessions that the registry gives to other nodes (taken over while this
+ * node was down) send them their messages and end, once this node has
+ * caught up. cn may be NULL. 0 or a negative errno with the reason in err. */
 int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen);
 
 /* Replace *p (the single-node provider filled by admin_local_init over l)

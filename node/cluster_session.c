@@ -3875,12 +3875,6 @@ void cluster_node_hand_over(struct cluster_node *cn)
              left ? "; the others resume from their records" : "");
 }
 
-void cluster_node_sessions_loaded(struct cluster_node *cn)
-{
-    if (cn)
-        atomic_store(&cn->loaded, true);
-}
-
 void cn_session_drain(struct cluster_node *cn)
 {
     pthread_mutex_lock(&cn->reg_mu);

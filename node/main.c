@@ -214,7 +214,6 @@ static int main_start_parts(struct broker *b, const struct config *cfg, struct c
         cluster_node_free(*cn);
         return -1;
     }
-    cluster_node_sessions_loaded(*cn);
     return 0;
 }
 
