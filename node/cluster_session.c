@@ -614,14 +614,18 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
     sm.n_seen = n_seen;
     sm.seen = seen;
     /* the QoS 2 ids the copy took from its client (an owner that resumed
-     * the session from its record judges resends by them) */
+     * the session from its record judges resends by them), and those it
+     * was told and its client did not resend to it yet (session_qos2_pending) */
     uint32_t *told = NULL, *wait_released = NULL;
     if (from && to != cn->self) {
         lock_acquire(&from->lock);
-        told = malloc((from->n_qos2_in ? from->n_qos2_in : 1) * sizeof *told);
-        for (uint32_t i = 0; told && i < from->n_qos2_in; i++)
-            told[i] = from->qos2_in[i];
-        sm.n_qos2_received = told ? from->n_qos2_in : 0;
+        uint32_t n_ids = 0;
+        uint16_t *ids = session_qos2_pending(from, broker_now_mono_ms(), &n_ids);
+        told = ids ? malloc((n_ids + 1) * sizeof *told) : NULL;
+        for (uint32_t i = 0; told && i < n_ids; i++)
+            told[i] = ids[i];
+        free(ids);
+        sm.n_qos2_received = told ? n_ids : 0;
         /* whose they are: that copy's claim */
         sm.qos2_epoch = from->epoch ? from->epoch : from->stored_epoch;
         sm.has_qos2_epoch = sm.qos2_epoch != 0;
@@ -1199,6 +1203,56 @@ static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
     return ids;
 }
 
+/* s, the session of claim `epoch` here, just learnt the QoS 2 ids of
+ * node whose's copy of claim copy_epoch (owner_told). When s is no longer
+ * its claim's owner (a copy moving out: a later claim of another node
+ * took it over, from s's state with its wait), those ids go on to that
+ * node as whose's (SessionMessages.qos2_of, as a frame passed on that
+ * finds no session here): that owner took the wait with s's state, and
+ * nothing else would answer it. Before, they stayed in s: chaos seed
+ * 10048 with --resend --more, n2's copy learnt n1's ids 5 s after the
+ * client had moved on to n3, whose wait for them was never answered, and
+ * n3, claimed again later, answered a wait for its own ids with "none"
+ * (1 QoS 2 duplicate at 3 subscribers). */
+static void told_pass_on(struct cluster_node *cn, struct session *s, uint64_t whose, uint64_t epoch,
+                         uint64_t copy_epoch)
+{
+    uint64_t node = 0, cur = 0;
+    if (!copy_epoch || fsm_registry_get(cn->fsm, s->client_id, s->id_len, &node, &cur) != 0 ||
+        node == cn->self || node == whose || cur <= epoch)
+        return;
+    lock_acquire(&s->lock);
+    uint32_t n = s->told ? s->n_told : 0;
+    uint32_t *ids = malloc((n + 1) * sizeof(*ids));
+    for (uint32_t i = 0; ids && i < n; i++)
+        ids[i] = s->told_ids[i];
+    lock_release(&s->lock);
+    if (!ids)
+        return;
+    Starling__Chan__SessionMessages on = STARLING__CHAN__SESSION_MESSAGES__INIT;
+    on.client_id.data = (uint8_t *)s->client_id;
+    on.client_id.len = s->id_len;
+    on.epoch = cur;
+    on.n_qos2_received = n;
+    on.qos2_received = ids;
+    on.has_qos2_told = on.qos2_told = true;
+    on.has_qos2_of = true;
+    on.qos2_of = whose;
+    on.has_qos2_epoch = true;
+    on.qos2_epoch = copy_epoch;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
+    fr.session_messages = &on;
+    struct store_batch *bt = NULL;
+    int r = cluster_fwd_send_frame(cn->fwd, node, &fr, &bt);
+    persist_submit(cn->b, &bt, NULL, NULL);
+    free(ids);
+    log_info("cluster: the %u QoS 2 id(s) that the old copy of '%s' (claim %llu) learnt of "
+             "%016llx's go on to its owner %016llx (claim %llu)%s",
+             (unsigned)n, s->client_id, (unsigned long long)epoch, (unsigned long long)whose,
+             (unsigned long long)node, (unsigned long long)cur, r < 0 ? ": not sent" : "");
+}
+
 static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBinaryData *id,
                        uint64_t epoch, const uint32_t *received, size_t n_received,
                        const uint16_t *own, uint32_t n_own, uint64_t copy_epoch, bool relayed,
@@ -1262,6 +1316,8 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
     }
     if (blind)
         told_notify(cn, s);
+    if (blind && !strict)
+        told_pass_on(cn, s, from, epoch, copy_epoch);
     session_unref(s);
     return true;
 }
@@ -3064,9 +3120,7 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
             last = x;
     if (last) {
         lock_acquire(&last->s->lock);
-        ids = malloc((last->s->n_qos2_in + 1) * sizeof(*ids));
-        for (uint32_t i = 0; ids && i < last->s->n_qos2_in; i++)
-            ids[(*n)++] = last->s->qos2_in[i];
+        ids = session_qos2_pending(last->s, broker_now_mono_ms(), n);
         lock_release(&last->s->lock);
     }
     pthread_mutex_unlock(&cn->reg_mu);
@@ -3081,11 +3135,13 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
 static struct cn_handed *handed_make(struct cluster_node *cn, struct session *s, bool folded)
 {
     lock_acquire(&s->lock);
-    uint32_t n = s->n_qos2_in;
-    struct cn_handed *h = n ? calloc(1, sizeof(*h) + s->id_len) : NULL;
-    uint16_t *ids = h ? malloc(n * sizeof(*ids)) : NULL;
-    if (ids) {
-        memcpy(ids, s->qos2_in, n * sizeof(*ids));
+    uint32_t n = 0;
+    uint16_t *ids = session_qos2_pending(s, broker_now_mono_ms(), &n);
+    struct cn_handed *h = ids && n ? calloc(1, sizeof(*h) + s->id_len) : NULL;
+    if (!h) {
+        free(ids);
+        ids = NULL;
+    } else {
         h->epoch = s->epoch ? s->epoch : s->stored_epoch;
         h->len = s->id_len;
         memcpy(h->id, s->client_id, s->id_len);
@@ -3198,9 +3254,7 @@ static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint
     if (!s)
         return NULL;
     lock_acquire(&s->lock);
-    uint16_t *ids = malloc((s->n_qos2_in + 1) * sizeof(*ids));
-    for (uint32_t i = 0; ids && i < s->n_qos2_in; i++)
-        ids[(*n)++] = s->qos2_in[i];
+    uint16_t *ids = session_qos2_pending(s, broker_now_mono_ms(), n);
     lock_release(&s->lock);
     session_unref(s);
     return ids;
@@ -3386,7 +3440,10 @@ static void fold_rule_set(struct cluster_node *cn, struct session *keep, const s
 static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
 {
     lock_acquire(&x->s->lock);
-    uint32_t n = x->s->n_qos2_in;
+    uint32_t n = 0;
+    uint16_t *pending = session_qos2_pending(x->s, broker_now_mono_ms(), &n);
+    if (!pending)
+        n = 0;
     /* x's own claim the one just before x->epoch (committed epochs of an
      * id follow one another, claim_propose): else another claim came
      * between, whose client may have completed x's ids and used them again.
@@ -3398,9 +3455,10 @@ static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
     uint16_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;
     uint16_t *told = next ? malloc((n + 1) * sizeof(*told)) : NULL;
     if (ids)
-        memcpy(ids, x->s->qos2_in, n * sizeof(*ids));
+        memcpy(ids, pending, n * sizeof(*ids));
     if (told && n)
-        memcpy(told, x->s->qos2_in, n * sizeof(*told));
+        memcpy(told, pending, n * sizeof(*told));
+    free(pending);
     lock_release(&x->s->lock);
     lock_acquire(&keep->lock);
     /* of several copies folded, the latest (as cn_moving_qos2_ids) */

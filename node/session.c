@@ -1171,6 +1171,23 @@ bool session_blind_was_released(const struct session *s, uint16_t pid)
     return false;
 }
 
+uint16_t *session_qos2_pending(struct session *s, uint64_t now_ms, uint32_t *n)
+{
+    assert(lock_held(&s->lock));
+    *n = 0;
+    bool told = session_blind(s, now_ms) && s->told;
+    uint32_t n_told = told ? s->n_told : 0;
+    uint16_t *ids = malloc((s->n_qos2_in + n_told + 1) * sizeof(*ids));
+    if (!ids)
+        return NULL;
+    for (uint32_t i = 0; i < s->n_qos2_in; i++)
+        ids[(*n)++] = s->qos2_in[i];
+    for (uint32_t i = 0; i < n_told; i++)
+        if (!session_qos2_has(s, s->told_ids[i]))
+            ids[(*n)++] = s->told_ids[i];
+    return ids;
+}
+
 uint32_t session_told_set(struct session *s, uint16_t *ids, uint32_t n)
 {
     assert(lock_held(&s->lock));

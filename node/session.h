@@ -588,6 +588,12 @@ uint32_t session_told_set(struct session *s, uint16_t *ids, uint32_t n);
  * (blind_until not passed; at its end the wait and the ids go). s->lock
  * held. */
 bool session_blind(struct session *s, uint64_t now_ms);
+/* The QoS 2 ids s's client may still resend as s knows them: those s took
+ * (qos2_in) and, while its wait runs, the told ids of its old copy that
+ * the client has neither resent nor released here yet (told_ids), each
+ * once. A malloc'd array of *n (room for one more), NULL when out of
+ * memory. s->lock held. */
+uint16_t *session_qos2_pending(struct session *s, uint64_t now_ms, uint32_t *n);
 
 /* Subscriptions of the session (s->lock held). Returns the entry or NULL. */
 struct session_sub *session_sub_find(struct session *s, const char *f, uint16_t len);

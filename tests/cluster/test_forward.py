@@ -1406,3 +1406,74 @@ def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_
     exchanged_qos2(q, topic, b"after", WAIT_S)
     q.disconnect()
     resend_was_had(sub, a, WAIT_S)
+
+
+@pytest.mark.parametrize("then", ["resent", "moved_on"])
+def test_ids_told_to_a_copy_moving_out_go_on_to_its_owner(cluster_factory, tmp_path, then):
+    """Chaos seed 10048 with --resend --more (1 QoS 2 duplicate at 3
+    subscribers). A persistent QoS 2 publisher's node a takes its message
+    and is SIGKILLed; the client resumes on b from the record (claim 2,
+    waiting for a's ids). a starts again: its stored copy moves out to b,
+    and its last frame, with the id, waits in a's outbox
+    (STARLING_TEST_FWD_HOLD). The client resumes on cn, which takes b's
+    wait with b's state; b's copy of claim 2 stays moving out
+    (STARLING_TEST_MOVING_HOLD on b). Then a's frame reaches b, and b's copy
+    learns the id. Before, it stayed there, and cn's wait was never
+    answered: the client's resend on cn was taken for new once the wait
+    ran out; now b passes the ids on to cn as a's: received, not delivered
+    again.
+    [moved_on] The client does not resend on cn, but leaves it once cn
+    learnt the ids; cn stalls (SIGSTOP), the client resumes on b from the
+    record (claim 4, waiting for cn's ids), cn runs again and gives its
+    copy up to claim 4, and the client resumes on cn with b's wait for
+    cn's ids. Those of cn's copy are the ids it was told and not used:
+    before, only those it took itself (none) answered, and the resend was
+    taken for new."""
+    from conftest import Node
+    WAIT_S = 30.0
+    hold, moving = tmp_path / "fwd-hold", tmp_path / "moving-hold"
+    c = cluster_factory()
+    first, second = c.nodes[0], c.nodes[1]
+    first.env = lambda: {**Node.env(first), "STARLING_TEST_FWD_HOLD": str(hold)}
+    second.env = lambda: {**Node.env(second), "STARLING_TEST_MOVING_HOLD": str(moving)}
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/passon", WAIT_S)
+    try:
+        faults.kill(a)
+        wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # b asks a nothing
+        p.close()
+        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
+        hold.write_text(f"{faults.node_id(b):016x}")
+        moving.touch()
+        a.start()
+        ended = f"late message(s) of '{pub_id}' sent to its owner {faults.node_id(b):016x}"
+        wait_for(lambda: ended in a.logtext(), 2 * WAIT_S, f"a's copy of {pub_id} ending")
+        faults.wait_healthy(c)
+        q = resumed_elsewhere(cn, pub_id, props, WAIT_S)  # claim 3: b's wait for a's ids
+        if then == "resent":
+            resend_held(q, cn, topic, b"taken", WAIT_S)
+        learnt = f"the session of '{pub_id}' learnt the 1 QoS 2 id(s) its old copy on " \
+            f"{faults.node_id(a):016x} had taken"
+        hold.unlink()  # a's last frame reaches b's copy of claim 2, moving out to cn
+        if then == "resent":
+            resend_answered_as_had(q, cn, WAIT_S)
+            exchanged_qos2(q, topic, b"after", WAIT_S)
+            q.disconnect()
+        else:
+            wait_for(lambda: learnt in cn.logtext(), WAIT_S, f"cn learning a's ids for {pub_id}")
+            q.disconnect()
+            faults.pause(cn)
+            try:
+                wait_for(lambda: unreachable(b, cn), WAIT_S, "b taking cn for dead")
+                resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 4
+            finally:
+                faults.resume(cn)
+            given = f"the session of '{pub_id}' was claimed by node"
+            wait_for(lambda: given in cn.logtext(), WAIT_S, f"cn giving its copy of {pub_id} up")
+            q = resumed_elsewhere(cn, pub_id, props, WAIT_S)  # b's wait for cn's ids comes back
+            resent_then_after(q, topic, WAIT_S)
+    finally:
+        hold.unlink(missing_ok=True)
+        moving.unlink(missing_ok=True)
+    assert f"of {faults.node_id(a):016x}'s go on to its owner {faults.node_id(cn):016x}" in \
+        b.logtext()
+    resend_was_had(sub, cn, WAIT_S)
