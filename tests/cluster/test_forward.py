@@ -1477,3 +1477,43 @@ def test_ids_told_to_a_copy_moving_out_go_on_to_its_owner(cluster_factory, tmp_p
     assert f"of {faults.node_id(a):016x}'s go on to its owner {faults.node_id(cn):016x}" in \
         b.logtext()
     resend_was_had(sub, cn, WAIT_S)
+
+
+def test_ids_of_a_stored_copy_in_the_table_answer_a_wait_on_its_node(cluster_factory, tmp_path):
+    """Chaos seed 10050 with --resend --more (2 QoS 2 duplicates at 3
+    subscribers). A persistent QoS 2 publisher's node a takes its message
+    and stalls (SIGSTOP); the client resumes on b from the record (claim 2,
+    waiting for a's ids; b took a for dead and asked it nothing). a runs
+    again, gives its copy up to claim 2, and restarts (SIGTERM): its copy
+    comes back from its store into its table, and stays there until the
+    start-up pass (held: STARLING_TEST_PASS_HOLD). The client resumes on a:
+    b's state brings the wait for a's ids. Before, a found no copy moving
+    out, given up or ended, and took the client's resend for new; now the
+    stored copy in its table answers: received, not delivered again."""
+    from conftest import Node
+    WAIT_S = 30.0
+    held = tmp_path / "pass-hold"
+    c = cluster_factory()
+    first = c.nodes[0]
+    first.env = lambda: {**Node.env(first), "STARLING_TEST_PASS_HOLD": str(held)}
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/stored", WAIT_S)
+    faults.pause(a)
+    try:
+        wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # b asks a nothing
+        p.close()  # the client gives up on a
+        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
+    finally:
+        faults.resume(a)
+    given = f"the session of '{pub_id}' was claimed by node"
+    wait_for(lambda: given in a.logtext(), WAIT_S, f"a giving its copy of {pub_id} up")
+    held.touch()
+    try:
+        a.stop()  # SIGTERM: its copy stays in its store
+        a.start()
+        faults.wait_healthy(c)
+        q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # b's wait for a's ids comes back
+        resent_then_after(q, topic, WAIT_S)
+    finally:
+        held.unlink(missing_ok=True)
+    resend_was_had(sub, a, WAIT_S)
+    assert "came from a node that waited for this node's QoS 2 ids: 1 of them" in a.logtext()
