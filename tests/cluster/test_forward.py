@@ -446,12 +446,11 @@ def test_a_resend_request_acknowledges_nothing(cluster_factory, tmp_path):
     in order, when b is back. (Before, a dropped the rows up to the named
     seq from its outbox and they were lost: 179-265 acknowledged messages
     in test_destination_killed_while_traffic_flows on a loaded machine.)"""
-    from conftest import Node
     c = cluster_factory()
     a, b, _ = c.nodes
     hold = tmp_path / "hold-b-commits"
-    b.env = lambda: {**Node.env(b), "STARLING_TEST_FWD_LOSE_EVERY": "7",
-                     "STARLING_TEST_STORE_HOLD": str(hold), "STARLING_LOG_LEVEL": "debug"}
+    node_env(b, STARLING_TEST_FWD_LOSE_EVERY="7", STARLING_TEST_STORE_HOLD=str(hold),
+             STARLING_LOG_LEVEL="debug")
     c.start()
     c.wait_healthy()
     topic = uid("fwd/resend")
@@ -499,10 +498,9 @@ def test_forwards_lost_on_the_way_under_load_all_arrive_once(cluster_factory):
     with the new start as its prev, and b took the rows between for
     duplicates: 216 acknowledged messages lost after a destination's
     restart.)"""
-    from conftest import Node
     c = cluster_factory(extra_env=BIG_QUEUES)
     a, b, _ = c.nodes
-    b.env = lambda: {**Node.env(b), "STARLING_TEST_FWD_LOSE_EVERY": "40"}
+    node_env(b, STARLING_TEST_FWD_LOSE_EVERY="40")
     c.start()
     c.wait_healthy()
     topic = uid("fwd/lossy")
@@ -786,6 +784,12 @@ def resend_was_had(sub, node, wait_s):
     assert got_up_to_after(sub, wait_s) == [b"after"]
     assert "which its session's old node had taken: acknowledged, not delivered again" in \
         node.logtext()
+
+
+def node_env(node, **env):
+    """From its next start on, node runs with env added to its own."""
+    from conftest import Node
+    node.env = lambda: {**Node.env(node), **env}
 
 
 def publisher_taken_on_a(c, name, wait_s):
@@ -1256,12 +1260,10 @@ def test_ids_of_a_copy_whose_last_frame_waits_answer_a_wait_on_its_node(cluster_
     again. [restarted]: a is SIGKILLed and started again before the client
     comes back, the frame still in its outbox: the ids come from there
     (before, a restart lost them)."""
-    from conftest import Node
     WAIT_S = 30.0
     hold = tmp_path / "fwd-hold"
     c = cluster_factory()
-    first = c.nodes[0]
-    first.env = lambda: {**Node.env(first), "STARLING_TEST_FWD_HOLD": str(hold)}
+    node_env(c.nodes[0], STARLING_TEST_FWD_HOLD=str(hold))
     a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/handed", WAIT_S)
     hold.write_text(f"{faults.node_id(b):016x}")
     try:
@@ -1293,6 +1295,26 @@ def unreachable(node, other):
     return st == 200 and any(x["name"] == other.name and not x["reachable"] for x in doc["nodes"])
 
 
+def resumed_past_stalled(stalled, others, pub_id, props, wait_s, gone=None):
+    """`stalled` stalls (SIGSTOP); once others[0] takes it for dead (and
+    asks it nothing), pub_id's client (gone: its connection there, closed
+    first) resumes on each of `others` in turn. `stalled` runs again and
+    gives its copy up."""
+    faults.pause(stalled)
+    try:
+        wait_for(lambda: unreachable(others[0], stalled), wait_s,
+                 f"{others[0].name} taking {stalled.name} for dead")
+        if gone is not None:
+            gone.close()
+        for node in others:
+            resumed_elsewhere(node, pub_id, props, wait_s).disconnect()
+    finally:
+        faults.resume(stalled)
+    given = f"the session of '{pub_id}' was claimed by node"
+    wait_for(lambda: given in stalled.logtext(), wait_s,
+             f"{stalled.name} giving its copy of {pub_id} up")
+
+
 def test_ids_of_a_copy_surrendered_to_another_claim_answer_a_wait_on_its_node(cluster_factory):
     """Chaos seed 10010 with --resend --more (2 QoS 2 duplicates, DUP 1). A
     persistent QoS 2 publisher's node a takes its message (PUBREC, the id
@@ -1307,16 +1329,7 @@ def test_ids_of_a_copy_surrendered_to_another_claim_answer_a_wait_on_its_node(cl
     WAIT_S = 30.0
     c = cluster_factory()
     a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/given", WAIT_S)
-    faults.pause(a)
-    try:
-        wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # b asks a nothing
-        p.close()  # the client gives up on a
-        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()
-        resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # b's wait goes to cn
-    finally:
-        faults.resume(a)
-    given = f"the session of '{pub_id}' was claimed by node"
-    wait_for(lambda: given in a.logtext(), WAIT_S, f"a giving its copy of {pub_id} up")
+    resumed_past_stalled(a, [b, cn], pub_id, props, WAIT_S, gone=p)  # b's wait goes to cn
     q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # cn's wait for a's ids comes back
     resent_then_after(q, topic, WAIT_S)
     resend_was_had(sub, a, WAIT_S)  # "taken" came once, before the stall
@@ -1429,13 +1442,11 @@ def test_ids_told_to_a_copy_moving_out_go_on_to_its_owner(cluster_factory, tmp_p
     cn's ids. Those of cn's copy are the ids it was told and not used:
     before, only those it took itself (none) answered, and the resend was
     taken for new."""
-    from conftest import Node
     WAIT_S = 30.0
     hold, moving = tmp_path / "fwd-hold", tmp_path / "moving-hold"
     c = cluster_factory()
-    first, second = c.nodes[0], c.nodes[1]
-    first.env = lambda: {**Node.env(first), "STARLING_TEST_FWD_HOLD": str(hold)}
-    second.env = lambda: {**Node.env(second), "STARLING_TEST_MOVING_HOLD": str(moving)}
+    node_env(c.nodes[0], STARLING_TEST_FWD_HOLD=str(hold))
+    node_env(c.nodes[1], STARLING_TEST_MOVING_HOLD=str(moving))
     a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/passon", WAIT_S)
     try:
         faults.kill(a)
@@ -1461,14 +1472,7 @@ def test_ids_told_to_a_copy_moving_out_go_on_to_its_owner(cluster_factory, tmp_p
         else:
             wait_for(lambda: learnt in cn.logtext(), WAIT_S, f"cn learning a's ids for {pub_id}")
             q.disconnect()
-            faults.pause(cn)
-            try:
-                wait_for(lambda: unreachable(b, cn), WAIT_S, "b taking cn for dead")
-                resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 4
-            finally:
-                faults.resume(cn)
-            given = f"the session of '{pub_id}' was claimed by node"
-            wait_for(lambda: given in cn.logtext(), WAIT_S, f"cn giving its copy of {pub_id} up")
+            resumed_past_stalled(cn, [b], pub_id, props, WAIT_S)  # claim 4
             q = resumed_elsewhere(cn, pub_id, props, WAIT_S)  # b's wait for cn's ids comes back
             resent_then_after(q, topic, WAIT_S)
     finally:
@@ -1490,22 +1494,12 @@ def test_ids_of_a_stored_copy_in_the_table_answer_a_wait_on_its_node(cluster_fac
     b's state brings the wait for a's ids. Before, a found no copy moving
     out, given up or ended, and took the client's resend for new; now the
     stored copy in its table answers: received, not delivered again."""
-    from conftest import Node
     WAIT_S = 30.0
     held = tmp_path / "pass-hold"
     c = cluster_factory()
-    first = c.nodes[0]
-    first.env = lambda: {**Node.env(first), "STARLING_TEST_PASS_HOLD": str(held)}
+    node_env(c.nodes[0], STARLING_TEST_PASS_HOLD=str(held))
     a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/stored", WAIT_S)
-    faults.pause(a)
-    try:
-        wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # b asks a nothing
-        p.close()  # the client gives up on a
-        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
-    finally:
-        faults.resume(a)
-    given = f"the session of '{pub_id}' was claimed by node"
-    wait_for(lambda: given in a.logtext(), WAIT_S, f"a giving its copy of {pub_id} up")
+    resumed_past_stalled(a, [b], pub_id, props, WAIT_S, gone=p)  # claim 2: waits for a's ids
     held.touch()
     try:
         a.stop()  # SIGTERM: its copy stays in its store
