@@ -134,11 +134,15 @@ PARTS = [
          needs=["cluster"], cost=BUDGET,
          env=dict(integration_env(2), STARLING_TEST_HEAVY="1"),
          what="the leader SIGKILLed: a new leader within 2 s (issue 10), alone on the machine"),
-    Part("build-fuzz", make("build-fuzz"), cost=NCPU,
+    # these two builds after npm-deps only, so that the cluster part, the
+    # longest, takes its slot as soon as it can run (else a build that began
+    # meanwhile held it back, 80 s in CI)
+    Part("build-fuzz", make("build-fuzz"), needs=["npm-deps"], cost=NCPU,
          what="clang libFuzzer targets (build/fuzz)"),
     Part("fuzz", ["ctest", "--test-dir", "build/fuzz", "-j", str(NCPU), "--output-on-failure"],
          needs=["build-fuzz"], cost=NCPU, what="every fuzz target for FUZZ_SECONDS"),
-    Part("build-release", make("build"), cost=NCPU, what="Release build (build/release)"),
+    Part("build-release", make("build"), needs=["npm-deps"], cost=NCPU,
+         what="Release build (build/release)"),
     Part("bench-smoke", ["bash", "bench/smoke.sh"], needs=["build-release"], cost=NCPU,
          what="self-test of the load generator against the Release node"),
     Part("deploy", pytest("tests/deploy"), needs=["build-release"],
