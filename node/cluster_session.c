@@ -3130,32 +3130,37 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
 /* The most that cn->handed keeps (the oldest go first). */
 #define HANDED_MAX 4096
 
-/* A note of copy s's QoS 2 ids (folded: into a claim's session on this
- * node), or NULL (none, or out of memory). */
-static struct cn_handed *handed_make(struct cluster_node *cn, struct session *s, bool folded)
+/* A note of the QoS 2 ids[0..n) (taken over) of id's copy of claim
+ * `epoch` (folded: into a claim's session on this node), kept for
+ * cluster_resend_wait; NULL (and ids freed) when there are none or out of
+ * memory. */
+static struct cn_handed *handed_new(struct cluster_node *cn, const char *id, uint16_t len,
+                                    uint64_t epoch, uint16_t *ids, uint32_t n, bool folded)
 {
-    lock_acquire(&s->lock);
-    uint32_t n = 0;
-    uint16_t *ids = session_qos2_pending(s, broker_now_mono_ms(), &n);
-    struct cn_handed *h = ids && n ? calloc(1, sizeof(*h) + s->id_len) : NULL;
+    struct cn_handed *h = ids && n ? calloc(1, sizeof(*h) + len) : NULL;
     if (!h) {
         free(ids);
-        ids = NULL;
-    } else {
-        h->epoch = s->epoch ? s->epoch : s->stored_epoch;
-        h->len = s->id_len;
-        memcpy(h->id, s->client_id, s->id_len);
-    }
-    lock_release(&s->lock);
-    if (!ids) {
-        free(h);
         return NULL;
     }
+    h->epoch = epoch;
+    h->len = len;
+    memcpy(h->id, id, len);
     h->n = n;
     h->ids = ids;
     h->folded = folded;
     h->until_ms = cn_mono_ms() + CN_RESEND_WAIT_MS(cn);
     return h;
+}
+
+/* handed_new for copy s, its ids as its client may still resend them. */
+static struct cn_handed *handed_make(struct cluster_node *cn, struct session *s, bool folded)
+{
+    uint32_t n = 0;
+    lock_acquire(&s->lock);
+    uint16_t *ids = session_qos2_pending(s, broker_now_mono_ms(), &n);
+    uint64_t epoch = s->epoch ? s->epoch : s->stored_epoch;
+    lock_release(&s->lock);
+    return handed_new(cn, s->client_id, s->id_len, epoch, ids, n, folded);
 }
 
 /* Note h in cn->handed, under cn->reg_mu (the expired ones go, and an
@@ -3278,22 +3283,15 @@ void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMess
     if (!sm->has_qos2_told || !sm->qos2_told || !sm->has_qos2_epoch || !sm->qos2_epoch ||
         !sm->n_qos2_received || !sm->client_id.len || sm->client_id.len > UINT16_MAX)
         return;
-    struct cn_handed *h = calloc(1, sizeof(*h) + sm->client_id.len);
-    uint16_t *ids = h ? malloc(sm->n_qos2_received * sizeof(*ids)) : NULL;
-    if (!ids) {
-        free(h);
-        return;
-    }
+    uint16_t *ids = malloc(sm->n_qos2_received * sizeof(*ids));
     uint32_t n = 0;
-    for (size_t i = 0; i < sm->n_qos2_received; i++)
+    for (size_t i = 0; ids && i < sm->n_qos2_received; i++)
         if (sm->qos2_received[i] >= 1 && sm->qos2_received[i] <= 65535)
             ids[n++] = (uint16_t)sm->qos2_received[i];
-    h->epoch = sm->qos2_epoch;
-    h->len = (uint16_t)sm->client_id.len;
-    memcpy(h->id, sm->client_id.data, sm->client_id.len);
-    h->n = n;
-    h->ids = ids;
-    h->until_ms = cn_mono_ms() + CN_RESEND_WAIT_MS(cn);
+    struct cn_handed *h = handed_new(cn, (const char *)sm->client_id.data,
+                                     (uint16_t)sm->client_id.len, sm->qos2_epoch, ids, n, false);
+    if (!h)
+        return;
     pthread_mutex_lock(&cn->reg_mu);
     handed_put(cn, h);
     pthread_mutex_unlock(&cn->reg_mu);
