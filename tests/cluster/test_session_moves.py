@@ -134,8 +134,11 @@ def overtaken_claim(cluster_factory, name, clean, qos=1):
     again and answers the first claim, which finds itself overtaken.
     Returns (topic, sent, publisher on the third node, the second client
     with its CONNACK read, the cluster as `.cluster` and the client id as
-    `.cid`). `qos`: of the subscription and the publishes."""
-    c = cluster_factory(extra_env={"STARLING_CONNECT_TIMEOUT": "2",
+    `.cid`). `qos`: of the subscription and the publishes. connect_timeout
+    is 4 s: the second claim must be answered within it of its CONNECT,
+    and with 2 s a 2 s stall of B's cluster thread under the whole make
+    test refused it once (0x88)."""
+    c = cluster_factory(extra_env={"STARLING_CONNECT_TIMEOUT": "4",
                                    "STARLING_CLUSTER_CLAIM_TIMEOUT": "8000"})
     c.start()
     c.wait_healthy()
@@ -210,7 +213,7 @@ def test_an_overtaken_claims_messages_completed_on_its_node_are_not_given_again_
     b.start()
     faults.wait_healthy(c)
     for _ in range(3):
-        # connect_timeout is 2 s here: a claim that a leader's stall under
+        # connect_timeout is 4 s here: a claim that a leader's stall under
         # load (make test) holds longer gets 0x88, and the client connects again
         s4 = mqttraw.Client(b)
         ack = s4.connect(s3.cid, clean=False, properties={"session_expiry_interval": 600},
