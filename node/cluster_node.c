@@ -50,6 +50,7 @@
 #include "retain.h"
 #include "server.h"
 #include "sink.h"
+#include "store.h"
 #include "worker.h"
 
 /* ---- seeds ------------------------------------------------------------- */
@@ -1968,6 +1969,11 @@ int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen)
     int r = cluster_fwd_attach_store(cn->fwd, &base, cn_handed_loaded, cn, err, errlen);
     if (r < 0)
         return r;
+    if ((r = cn_handed_load(cn)) < 0) {
+        snprintf(err, errlen, "cluster: cannot load the QoS 2 ids of ended copies: %s",
+                 store_strerror(r));
+        return r;
+    }
     /* retained messages: (origin, seq) above every one of the last run */
     if (base)
         atomic_store(&cn->pub_seq, base);

@@ -380,6 +380,10 @@ void cn_handed_free(struct cluster_node *cn);
  * whose last frame still waits in the outbox after a restart, kept again
  * for cluster_resend_wait. */
 void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMessages *sm);
+/* The notes of struct cn_handed that the store kept (the node's start,
+ * after the outbox's load): those whose time has not run out are kept
+ * again, the rest deleted. 0, or a negative errno (store_handed_scan). */
+int cn_handed_load(struct cluster_node *cn);
 
 uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionState *st, const char *id, uint16_t len,

@@ -3163,16 +3163,31 @@ static struct cn_handed *handed_make(struct cluster_node *cn, struct session *s,
     return handed_new(cn, s->client_id, s->id_len, epoch, ids, n, folded);
 }
 
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 /* Note h in cn->handed, under cn->reg_mu (the expired ones go, and an
- * earlier note of the same copy). */
-static void handed_put(struct cluster_node *cn, struct cn_handed *h)
+ * earlier note of the same copy), and, with `persist`, in the store too
+ * (its row, "handed"; the rows of the notes that went are deleted), so that
+ * a restart of this node within cluster_resend_wait keeps it (cn_handed_load).
+ * Before, the notes were in memory only: a restart forgot a folded copy's
+ * ids, and an ended copy's once its last frame had left the outbox, and a
+ * wait that came back here then took the client's resend for new. */
+static void handed_put(struct cluster_node *cn, struct cn_handed *h, bool persist)
 {
     uint64_t now = cn_mono_ms();
+    struct store_batch *bt = persist && cn->b->store ? store_batch_new() : NULL;
     size_t k = 0;
     for (struct cn_handed **pp = &cn->handed; *pp;) {
         struct cn_handed *e = *pp;
-        if (e->until_ms <= now || k >= HANDED_MAX - 1 ||
-            (e->epoch == h->epoch && e->len == h->len && memcmp(e->id, h->id, h->len) == 0)) {
+        bool same = e->epoch == h->epoch && e->len == h->len && memcmp(e->id, h->id, h->len) == 0;
+        if (e->until_ms <= now || k >= HANDED_MAX - 1 || same) {
+            if (bt && !same)
+                store_handed_del(bt, e->id, e->len, e->epoch);
             *pp = e->next;
             free(e->ids);
             free(e);
@@ -3183,6 +3198,12 @@ static void handed_put(struct cluster_node *cn, struct cn_handed *h)
     }
     h->next = cn->handed;
     cn->handed = h;
+    if (!bt)
+        return;
+    uint64_t left = h->until_ms > now ? h->until_ms - now : 0;
+    store_handed_put(bt, &(struct store_handed){h->id, h->len, h->epoch, wall_ms() + left,
+                                                h->folded, h->n, h->ids});
+    store_submit(cn->b->store, bt, NULL, NULL);
 }
 
 /* x, an old copy moving out to another node, ends: its QoS 2 ids go with
@@ -3200,7 +3221,7 @@ static void handed_note(struct cluster_node *cn, struct cn_moving *x)
     if (!h)
         return;
     pthread_mutex_lock(&cn->reg_mu);
-    handed_put(cn, h);
+    handed_put(cn, h, true);
     pthread_mutex_unlock(&cn->reg_mu);
 }
 
@@ -3293,11 +3314,60 @@ void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMess
     if (!h)
         return;
     pthread_mutex_lock(&cn->reg_mu);
-    handed_put(cn, h);
+    handed_put(cn, h, true);
     pthread_mutex_unlock(&cn->reg_mu);
     log_debug("cluster: the %u QoS 2 id(s) of the copy of '%.*s' (claim %llu) whose last frame "
               "waits in the outbox are kept again",
               (unsigned)n, (int)h->len, h->id, (unsigned long long)h->epoch);
+}
+
+struct handed_load {
+    struct cluster_node *cn;
+    uint64_t wall, mono;
+    struct store_batch *gone; /* the rows of expired notes */
+    size_t kept;
+};
+
+static int handed_stored(void *ud, const struct store_handed *sh)
+{
+    struct handed_load *l = ud;
+    struct cluster_node *cn = l->cn;
+    if (sh->until_ms <= l->wall || !sh->n_ids || !sh->id_len) {
+        if (l->gone || (l->gone = store_batch_new()))
+            store_handed_del(l->gone, sh->client_id, sh->id_len, sh->epoch);
+        return 0;
+    }
+    uint16_t *ids = malloc(sh->n_ids * sizeof(*ids));
+    if (!ids)
+        return -ENOMEM;
+    memcpy(ids, sh->ids, sh->n_ids * sizeof(*ids));
+    struct cn_handed *h =
+        handed_new(cn, sh->client_id, sh->id_len, sh->epoch, ids, sh->n_ids, sh->folded);
+    if (!h)
+        return -ENOMEM;
+    /* what was left of its time (a wall clock set back keeps it no longer
+     * than cluster_resend_wait) */
+    uint64_t left = sh->until_ms - l->wall;
+    if (left < CN_RESEND_WAIT_MS(cn))
+        h->until_ms = l->mono + left;
+    pthread_mutex_lock(&cn->reg_mu);
+    handed_put(cn, h, false);
+    pthread_mutex_unlock(&cn->reg_mu);
+    l->kept++;
+    return 0;
+}
+
+int cn_handed_load(struct cluster_node *cn)
+{
+    if (!cn->b->store)
+        return 0;
+    struct handed_load l = {cn, wall_ms(), cn_mono_ms(), NULL, 0};
+    int r = store_handed_scan(cn->b->store, handed_stored, &l);
+    if (l.gone)
+        store_submit(cn->b->store, l.gone, NULL, NULL);
+    if (r == 0 && l.kept)
+        log_info("cluster: the QoS 2 ids of %zu ended copy(ies) kept again from the store", l.kept);
+    return r;
 }
 
 void cn_handed_free(struct cluster_node *cn)
@@ -3601,7 +3671,7 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
          * nothing (2 QoS 2 duplicates, DUP 1, at 3 subscribers) */
         struct cn_handed *h = keep && x->to == cn->self ? handed_make(cn, x->s, true) : NULL;
         if (h)
-            handed_put(cn, h);
+            handed_put(cn, h, true);
         /* a staged claim: its rows leave the store in the claim's batch
          * (copy_rows_leave) */
         if (bt && keep)

@@ -61,9 +61,19 @@
 #define DEFAULT_SYNC_INTERVAL_MS 1000u
 #define DEFAULT_RESERVE (1ull << 20)
 
-enum db { DB_META, DB_SESSIONS, DB_MSGS, DB_QOS2, DB_RETAINED, DB_OUTBOX, DB_FWD_IN, DB_COUNT };
-static const char *const db_names[DB_COUNT] = {"meta",     "sessions", "msgs",  "qos2",
-                                               "retained", "outbox",   "fwd_in"};
+enum db {
+    DB_META,
+    DB_SESSIONS,
+    DB_MSGS,
+    DB_QOS2,
+    DB_RETAINED,
+    DB_OUTBOX,
+    DB_FWD_IN,
+    DB_HANDED,
+    DB_COUNT
+};
+static const char *const db_names[DB_COUNT] = {"meta",     "sessions", "msgs",   "qos2",
+                                               "retained", "outbox",   "fwd_in", "handed"};
 
 enum op_kind {
     OP_PUT,
@@ -457,6 +467,44 @@ int store_fwd_in_put(struct store_batch *b, uint64_t origin, uint64_t seq)
     rbuf_be64(&b->buf, origin);
     op_key_done(b, op);
     rbuf_le64(&b->buf, seq);
+    return op_end(b, op);
+}
+
+/* ---- the QoS 2 ids of the cluster's ended copies ---- */
+
+static void put_handed_key(struct rbuf *buf, const char *client_id, uint16_t id_len, uint64_t epoch)
+{
+    rec_put_idkey(buf, client_id, id_len);
+    rbuf_be64(buf, epoch);
+}
+
+int store_handed_put(struct store_batch *b, const struct store_handed *h)
+{
+    if (!b || !h || (!h->client_id && h->id_len) || (!h->ids && h->n_ids) || h->n_ids > UINT16_MAX)
+        return bad_arg(b);
+    struct op *op = op_begin(b, OP_PUT, DB_HANDED);
+    if (!op)
+        return b->err;
+    put_handed_key(&b->buf, h->client_id, h->id_len, h->epoch);
+    op_key_done(b, op);
+    rec_put_header(&b->buf, REC_VERSION, h->client_id, h->id_len);
+    rbuf_le64(&b->buf, h->until_ms);
+    rbuf_u8(&b->buf, h->folded ? 1 : 0);
+    rbuf_le16(&b->buf, (uint16_t)h->n_ids);
+    for (uint32_t i = 0; i < h->n_ids; i++)
+        rbuf_le16(&b->buf, h->ids[i]);
+    return op_end(b, op);
+}
+
+int store_handed_del(struct store_batch *b, const char *client_id, uint16_t id_len, uint64_t epoch)
+{
+    if (!b || (!client_id && id_len))
+        return bad_arg(b);
+    struct op *op = op_begin(b, OP_DEL, DB_HANDED);
+    if (!op)
+        return b->err;
+    put_handed_key(&b->buf, client_id, id_len, epoch);
+    op_key_done(b, op);
     return op_end(b, op);
 }
 
@@ -984,7 +1032,8 @@ static int check_format(struct store *s, char *err, size_t errlen)
         goto mdb_fail;
 
     /* Open (new env: create) the databases. For an existing store this
-     * transaction changes nothing, so its commit writes nothing. */
+     * transaction changes nothing, so its commit writes nothing, except to
+     * create a database that an older build did not have ("handed") */
     rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc)
         goto mdb_fail;
@@ -1440,6 +1489,46 @@ int store_fwd_in_scan(struct store *s, int (*fn)(void *ud, uint64_t origin, uint
         return -EINVAL;
     struct fwd_in_scan o = {fn, ud};
     return scan_rows(s, DB_FWD_IN, NULL, 0, 0, fwd_in_row, &o);
+}
+
+struct handed_scan {
+    store_handed_fn fn;
+    void *ud;
+};
+
+static int handed_row(void *ud, const MDB_val *k, const MDB_val *v)
+{
+    struct handed_scan *o = ud;
+    struct rdec dk = {k->mv_data, k->mv_size, false}, dv = {v->mv_data, v->mv_size, false};
+    struct store_handed h = {0};
+    uint8_t version;
+    int r = rec_get_id(&dk, &dv, REC_VERSION, &version, &h.client_id, &h.id_len);
+    if (r < 0)
+        return r;
+    h.epoch = rdec_be64(&dk);
+    h.until_ms = rdec_le64(&dv);
+    h.folded = rdec_u8(&dv) != 0;
+    h.n_ids = rdec_le16(&dv);
+    const uint8_t *raw = rdec_bytes(&dv, (size_t)h.n_ids * 2);
+    if (dk.bad || dv.bad || dk.n != 0 || !raw)
+        return -EIO;
+    uint16_t *ids = h.n_ids ? malloc(h.n_ids * sizeof(*ids)) : NULL;
+    if (h.n_ids && !ids)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < h.n_ids; i++)
+        ids[i] = (uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8);
+    h.ids = ids;
+    r = o->fn(o->ud, &h);
+    free(ids);
+    return r;
+}
+
+int store_handed_scan(struct store *s, store_handed_fn fn, void *ud)
+{
+    if (!s || !fn)
+        return -EINVAL;
+    struct handed_scan o = {fn, ud};
+    return scan_rows(s, DB_HANDED, NULL, 0, 0, handed_row, &o);
 }
 
 static void boot_done(void *ud, int status)

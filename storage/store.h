@@ -287,6 +287,33 @@ int store_outbox_scan(struct store *s, uint64_t node, uint64_t after, size_t max
 int store_fwd_in_scan(struct store *s, int (*fn)(void *ud, uint64_t origin, uint64_t seq),
                       void *ud);
 
+/*
+ * The QoS 2 packet ids of the cluster's copies of sessions that ended here
+ * (moved out, or folded into a later claim's session on this node), kept
+ * for cluster_resend_wait so that a restart within it does not forget them
+ * (node/cluster_session.c, struct cn_handed). Key idkey(client id), u64be
+ * the copy's claim (epoch); value: version, the id when hashed, u64le
+ * until_ms (wall clock, milliseconds), u8 folded, u16le n, n u16le ids.
+ */
+struct store_handed {
+    const char *client_id;
+    uint16_t id_len;
+    uint64_t epoch;
+    uint64_t until_ms; /* wall clock (ms): kept until then */
+    bool folded;
+    uint32_t n_ids; /* at most 65535 */
+    const uint16_t *ids;
+};
+/* Create or replace the row of (h->client_id, h->epoch). */
+int store_handed_put(struct store_batch *b, const struct store_handed *h);
+/* Delete the row of (client_id, epoch) (idempotent). */
+int store_handed_del(struct store_batch *b, const char *client_id, uint16_t id_len, uint64_t epoch);
+/* Run fn on every committed row (rules of store_outbox_scan; h and what it
+ * points to last only for the call). -EIO on a corrupt row, -EPROTO on an
+ * unknown record version. */
+typedef int (*store_handed_fn)(void *ud, const struct store_handed *h);
+int store_handed_scan(struct store *s, store_handed_fn fn, void *ud);
+
 /* The node's boot counter: max(stored + 1, floor), stored and committed
  * before this returns (*out). Start-up code, not the writer thread.
  * 0 or a negative errno (then nothing changed). */

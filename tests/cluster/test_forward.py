@@ -1378,7 +1378,8 @@ def test_ids_of_a_copy_that_a_waiting_copy_waited_for_answer_its_node(cluster_fa
     resend_was_had(sub, a, WAIT_S)
 
 
-def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_factory):
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_factory, restart):
     """Chaos seed 10015 with --resend --more (2 QoS 2 duplicates, DUP 1, at
     3 subscribers): the chain of claims of the test above, but a's copy of
     claim 1 stays on a. a takes the message and stalls (SIGSTOP); the
@@ -1390,7 +1391,12 @@ def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_
     and folds into claim 4. b starts again: its stored copy, still waiting
     for a's ids, sends its last frame to a. Before, a's folded copy kept no
     ids, and a took the client's resend for new; now it keeps them by its
-    claim: received, not delivered again."""
+    claim: received, not delivered again. [restarted] a is SIGKILLed after
+    the fold and started again (b still down): the folded copy's note comes
+    back from a's store (before, it was kept in memory only). The client
+    resumes on a once more and resends, and b starts: the session of claim
+    4, stored with the ids the fold gave it, answers the resend as had
+    (so here the note is checked by its log line, not by the outcome)."""
     WAIT_S = 30.0
     # the given-up copy waits cluster_claim_timeout + 1 s for a request:
     # long enough for claim 4 to come first; and the resend waits long
@@ -1414,11 +1420,29 @@ def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_
     resend_held(q, a, topic, b"taken", WAIT_S)
     folded = f"'{pub_id}' is claimed here again while its old copy"
     wait_for(lambda: folded in a.logtext(), WAIT_S, f"a folding its given-up copy of {pub_id}")
+    if restart:
+        q.close()
+        kept = "cluster: the QoS 2 ids of 1 ended copy(ies) kept again from the store"
+        before = a.logtext().count(kept)
+        faults.kill(a)
+        a.start()
+        wait_for(lambda: a.health() == 200, WAIT_S, "a serving again")
+        assert a.logtext().count(kept) == before + 1  # the folded copy's, from the store
+        q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # its session of claim 4, from a's store
+        q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
     b.start()  # its stored copy, waiting for a's ids, sends its last frame to a
-    resend_answered_as_had(q, a, WAIT_S)
+    if restart:  # answered by the session's own record of the id (no log line)
+        assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
+        q.pubrel(1)
+        assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
+    else:
+        resend_answered_as_had(q, a, WAIT_S)
     exchanged_qos2(q, topic, b"after", WAIT_S)
     q.disconnect()
-    resend_was_had(sub, a, WAIT_S)
+    if restart:
+        assert got_up_to_after(sub, WAIT_S) == [b"after"]  # b"taken" not delivered again
+    else:
+        resend_was_had(sub, a, WAIT_S)
 
 
 @pytest.mark.parametrize("then", ["resent", "moved_on"])
