@@ -1280,7 +1280,22 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
     bool blind = session_blind(s, now) && wait_answered_by(s, from, copy_epoch, relayed, strict);
     lock_release(&s->lock);
     uint32_t n_chain = 0;
-    uint16_t *chain = blind && !strict ? chain_ids(cn, s, sm, &n_chain) : NULL;
+    uint16_t *chain = blind ? chain_ids(cn, s, sm, &n_chain) : NULL;
+    /* for the later claim's session: less those its client released
+     * there while it waited (every PUBREL in the wait is remembered,
+     * blind_released, and goes down the chain with the wait). The copy the
+     * sender waited for ended, folded, when the wait had begun already.
+     * Before, a later claim's session took no chain ids: chaos seed 10102
+     * with --resend --more --no-lb (docs/cluster.md) */
+    if (chain && strict) {
+        lock_acquire(&s->lock);
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < n_chain; i++)
+            if (!session_blind_was_released(s, chain[i]))
+                chain[k++] = chain[i];
+        n_chain = k;
+        lock_release(&s->lock);
+    }
     uint16_t *ids = blind ? malloc((n_received + n_own + n_chain + 1) * sizeof *ids) : NULL;
     uint32_t n = 0;
     for (size_t i = 0; ids && i < n_received; i++)
@@ -3661,15 +3676,22 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
             fold_rule_set(cn, keep, x, x == found);
         if (keep && x->to != cn->self && own_moved_keep(keep, x))
             told_notify(cn, keep);
-        /* a copy moving out to this node itself (given up, its claimant's
-         * request never came, or a stand-in): its ids, kept by its own
-         * claim, answer a wait for that claim's ids here (chain_ids,
-         * cn_waited_here_ids), as an ended copy's do. Before, they were
-         * gone with the fold: chaos seed 10015 with --resend --more, n3's
-         * copy of claim 12, given up, folded into n3's claim 15, and the
+        /* every folded copy: its ids, kept by its own claim, answer a wait
+         * for that claim's ids here (chain_ids, cn_waited_here_ids), as an
+         * ended copy's do. Before, they were gone with the fold: chaos
+         * seed 10015 with --resend --more, n3's copy of claim 12, given up
+         * and moving out to n3 itself, folded into n3's claim 15, and the
          * wait for it that n2's copy told with its last frame found
-         * nothing (2 QoS 2 duplicates, DUP 1, at 3 subscribers) */
-        struct cn_handed *h = keep && x->to == cn->self ? handed_make(cn, x->s, true) : NULL;
+         * nothing (2 QoS 2 duplicates, DUP 1, at 3 subscribers). Then only
+         * a copy moving out to this node was noted; one moving out to
+         * another node kept its ids for keep alone (own_moved_keep), and
+         * once keep's session had moved on and come back, a wait naming
+         * the copy's claim found nothing: chaos seed 10102 with --resend
+         * --more --no-lb, n3's copy of claim 5 moving out to n2 (down)
+         * folded into claim 8, the client went to n1 and back to n3, and
+         * n2's stored copy, which waited for n3's claim-5 ids, said it had
+         * taken none (1 QoS 2 duplicate at 3 subscribers) */
+        struct cn_handed *h = keep ? handed_make(cn, x->s, true) : NULL;
         if (h)
             handed_put(cn, h, true);
         /* a staged claim: its rows leave the store in the claim's batch

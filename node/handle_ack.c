@@ -54,8 +54,11 @@ static void handle_pubrel(struct conn *c, struct broker *b, const struct mqtt_ac
     lock_acquire(&s->lock);
     bool found = session_qos2_remove(s, a->packet_id);
     /* that exchange is over: a told id is used up, and one not told yet is
-     * left out when it is */
-    if (!session_told_take(s, a->packet_id) && !found)
+     * left out when it is; also one this session had recorded itself (a
+     * folded copy's): ids told later down a chain of claims leave it out
+     * too (owner_told). Before, only an id not recorded here was
+     * remembered */
+    if (!session_told_take(s, a->packet_id))
         session_blind_released(s, a->packet_id, broker_now_mono_ms());
     if (found && s->stored)
         persist_qos2(b, &bt, s, a->packet_id, false);

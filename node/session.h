@@ -572,9 +572,9 @@ bool session_qos2_remove(struct session *s, uint16_t pid);
  * session.told_ids); removes it when it is. s->lock held. */
 bool session_told_take(struct session *s, uint16_t pid);
 
-/* A PUBREL for pid that the session did not hold: while it is blind and
- * not told, pid is remembered in blind_released (out of memory: not).
- * s->lock held. */
+/* A PUBREL for pid that was not one of the told ids (held here or not):
+ * while the session is blind and not told, pid is remembered in
+ * blind_released (out of memory: the wait ends). s->lock held. */
 void session_blind_released(struct session *s, uint16_t pid, uint64_t now_ms);
 
 /* Whether pid is in s->blind_released. s->lock held. */

@@ -1445,6 +1445,50 @@ def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_
         resend_was_had(sub, a, WAIT_S)
 
 
+def test_ids_of_a_copy_folded_while_moving_out_elsewhere_answer_a_wait_named_for_them(
+        cluster_factory):
+    """Chaos seed 10102 with --resend --more --no-lb (1 QoS 2 duplicate at 3
+    subscribers). As above, but a's given-up copy moves out to b (the
+    owner by then, claim 3, SIGKILLed) before the client comes back to a:
+    claim 4 on a (from the record, waiting for b's ids) folds a copy that
+    moves out to another node. The client then goes to cn (claim 5) and
+    back to a (claim 6), and resends there. b starts again: its stored
+    copy, which waited for a's ids of claim 1, sends its last frame to a,
+    naming that claim. Before, only a copy folded on its way to a itself
+    was noted under its claim, and a found nothing of claim 1: the resend
+    was taken for new; now every folded copy is noted: received, not
+    delivered again."""
+    WAIT_S = 30.0
+    # a short cluster_claim_timeout: a's given-up copy stops waiting for a
+    # request (claim timeout + 1 s) and moves out to b before claim 4
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "2000",
+                                   "STARLING_CLUSTER_RESEND_WAIT": "90000"})
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/foldout", WAIT_S)
+    faults.pause(a)
+    try:
+        wait_for(lambda: unreachable(cn, a), WAIT_S, "cn taking a for dead")  # asks a nothing
+        p.close()  # the client gives up on a
+        resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
+        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 3: cn's wait
+        faults.kill(b)
+    finally:
+        faults.resume(a)
+    out = f"the session of '{pub_id}' moved to {faults.node_id(b):016x} (claim 3): what it holds"
+    wait_for(lambda: out in a.logtext(), WAIT_S, f"a's copy of {pub_id} moving out to b")
+    wait_for(lambda: unreachable(a, b), WAIT_S, "a taking b for dead")  # a asks b nothing
+    folded = f"'{pub_id}' is claimed here again while its old copy"
+    resumed_elsewhere(a, pub_id, props, WAIT_S).disconnect()  # claim 4: waits for b's ids
+    assert folded in a.logtext()
+    resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # claim 5: a's wait
+    q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # claim 6: cn's wait, for b's ids
+    resend_held(q, a, topic, b"taken", WAIT_S)
+    b.start()  # its stored copy, waiting for a's ids of claim 1, sends its last frame to a
+    resend_answered_as_had(q, a, WAIT_S)
+    exchanged_qos2(q, topic, b"after", WAIT_S)
+    q.disconnect()
+    resend_was_had(sub, a, WAIT_S)
+
+
 @pytest.mark.parametrize("then", ["resent", "moved_on"])
 def test_ids_told_to_a_copy_moving_out_go_on_to_its_owner(cluster_factory, tmp_path, then):
     """Chaos seed 10048 with --resend --more (1 QoS 2 duplicate at 3
