@@ -1378,6 +1378,24 @@ def test_ids_of_a_copy_that_a_waiting_copy_waited_for_answer_its_node(cluster_fa
     resend_was_had(sub, a, WAIT_S)
 
 
+def claimed_on_cn_and_b_past_a(c, name, wait_s):
+    """publisher_taken_on_a; then a stalls (SIGSTOP) and, once cn takes it
+    for dead, the client resumes on cn (claim 2, waiting for a's ids) and
+    on b (claim 3, taking cn's wait); b is SIGKILLed and a runs again.
+    Returns (a, b, cn, topic, sub, pub_id, props)."""
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, name, wait_s)
+    faults.pause(a)
+    try:
+        wait_for(lambda: unreachable(cn, a), wait_s, "cn taking a for dead")  # asks a nothing
+        p.close()  # the client gives up on a
+        resumed_elsewhere(cn, pub_id, props, wait_s).disconnect()  # claim 2: waits for a's ids
+        resumed_elsewhere(b, pub_id, props, wait_s).disconnect()  # claim 3: cn's wait
+        faults.kill(b)
+    finally:
+        faults.resume(a)
+    return a, b, cn, topic, sub, pub_id, props
+
+
 @pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
 def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_factory, restart):
     """Chaos seed 10015 with --resend --more (2 QoS 2 duplicates, DUP 1, at
@@ -1403,16 +1421,7 @@ def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_
     # enough for b's start
     c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "15000",
                                    "STARLING_CLUSTER_RESEND_WAIT": "90000"})
-    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/folded", WAIT_S)
-    faults.pause(a)
-    try:
-        wait_for(lambda: unreachable(cn, a), WAIT_S, "cn taking a for dead")  # asks a nothing
-        p.close()  # the client gives up on a
-        resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
-        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 3: cn's wait
-        faults.kill(b)
-    finally:
-        faults.resume(a)
+    a, b, cn, topic, sub, pub_id, props = claimed_on_cn_and_b_past_a(c, "fwd/folded", WAIT_S)
     given = f"the session of '{pub_id}' was claimed by node"
     wait_for(lambda: given in a.logtext(), WAIT_S, f"a giving its copy of {pub_id} up")
     wait_for(lambda: unreachable(a, b), WAIT_S, "a taking b for dead")  # a asks b nothing
@@ -1463,16 +1472,7 @@ def test_ids_of_a_copy_folded_while_moving_out_elsewhere_answer_a_wait_named_for
     # request (claim timeout + 1 s) and moves out to b before claim 4
     c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "2000",
                                    "STARLING_CLUSTER_RESEND_WAIT": "90000"})
-    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/foldout", WAIT_S)
-    faults.pause(a)
-    try:
-        wait_for(lambda: unreachable(cn, a), WAIT_S, "cn taking a for dead")  # asks a nothing
-        p.close()  # the client gives up on a
-        resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
-        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 3: cn's wait
-        faults.kill(b)
-    finally:
-        faults.resume(a)
+    a, b, cn, topic, sub, pub_id, props = claimed_on_cn_and_b_past_a(c, "fwd/foldout", WAIT_S)
     out = f"the session of '{pub_id}' moved to {faults.node_id(b):016x} (claim 3): what it holds"
     wait_for(lambda: out in a.logtext(), WAIT_S, f"a's copy of {pub_id} moving out to b")
     wait_for(lambda: unreachable(a, b), WAIT_S, "a taking b for dead")  # a asks b nothing
