@@ -1514,10 +1514,8 @@ static void test_outbox(void)
     CU_ASSERT_EQUAL(boot, 1001);
 
     /* everything survives a reopen, and the sessions' load ignores it */
-    store_close(s);
-    s = open_store(dir, 0, 0);
     struct list got = {0};
-    load_all(s, &got);
+    s = reopen(s, dir, &got);
     CU_ASSERT_EQUAL(got.n, 0);
     list_free(&got);
     CU_ASSERT_STRING_EQUAL(outbox_text(s, 0, 0, 0), "2/256=c;3/1099511627776=z;");
@@ -1591,10 +1589,8 @@ static void test_handed(void)
                     -EINVAL);
     store_batch_free(b);
     /* kept across a reopen; the sessions' load ignores them */
-    store_close(s);
-    s = open_store(dir, 0, 0);
     struct list got = {0};
-    load_all(s, &got);
+    s = reopen(s, dir, &got);
     CU_ASSERT_EQUAL(got.n, 0);
     list_free(&got);
     CU_ASSERT_STRING_EQUAL(handed_rows(s), "cid/7<1500:1;cid/1099511627776<2000 folded:65535;");
