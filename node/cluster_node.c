@@ -1991,6 +1991,7 @@ int cluster_node_attach_store(struct cluster_node *cn, char *err, size_t errlen)
     cn->loaded = true;
     cn_kick(cn);
     pthread_mutex_unlock(&cn->mu);
+    log_debug("cluster: the store is loaded: requests for stored sessions are answered");
     return 0;
 }
 

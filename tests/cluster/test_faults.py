@@ -2616,6 +2616,10 @@ def test_restarted_copys_state_leaves_out_its_stored_messages_a_later_owner_had(
                                               b.logtext()[start:]), 30,
                             f"{b.name} loading its store")
         assert int(loaded.group(1)) >= len(sent), loaded.group(0)  # the copy's M0..M19
+        # the cluster's side loaded too (the outbox after the sessions):
+        # before, B answered "not found" to a request that came first
+        wait_until(lambda: "the store is loaded: requests for stored sessions are answered" in
+                   b.logtext()[start:], 30, f"{b.name} answering for its stored sessions")
         # S's client on C: C's claim asks B, which answers with its stored
         # copy before it caught up (its start-up pass has not run)
         bg = Background(lambda: resumed_on(cn, cid, timeout=60))
