@@ -3185,6 +3185,28 @@ static uint64_t wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* The commit of a note's row (handed_put): a debug line names it, so that
+ * a test can SIGKILL the node once the note is surely in the store. */
+struct handed_row {
+    uint64_t epoch;
+    uint16_t len;
+    char id[];
+};
+
+static void handed_committed(void *ud, int status)
+{
+    struct handed_row *r = ud;
+    if (status == 0)
+        log_debug(
+            "cluster: the QoS 2 ids of the ended copy of '%.*s' (claim %llu) are in the store",
+            (int)r->len, r->id, (unsigned long long)r->epoch);
+    else
+        log_warn(
+            "cluster: the QoS 2 ids of the ended copy of '%.*s' (claim %llu) were not stored: %s",
+            (int)r->len, r->id, (unsigned long long)r->epoch, strerror(-status));
+    free(r);
+}
+
 /* Note h in cn->handed, under cn->reg_mu (the expired ones go, and an
  * earlier note of the same copy), and, with `persist`, in the store too
  * (its row, "handed"; the rows of the notes that went are deleted), so that
@@ -3218,7 +3240,13 @@ static void handed_put(struct cluster_node *cn, struct cn_handed *h, bool persis
     uint64_t left = h->until_ms > now ? h->until_ms - now : 0;
     store_handed_put(bt, &(struct store_handed){h->id, h->len, h->epoch, wall_ms() + left,
                                                 h->folded, h->n, h->ids});
-    store_submit(cn->b->store, bt, NULL, NULL);
+    struct handed_row *r = malloc(sizeof *r + h->len);
+    if (r) {
+        r->epoch = h->epoch;
+        r->len = h->len;
+        memcpy(r->id, h->id, h->len);
+    }
+    store_submit(cn->b->store, bt, r ? handed_committed : NULL, r);
 }
 
 /* x, an old copy moving out to another node, ends: its QoS 2 ids go with
