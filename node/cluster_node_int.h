@@ -345,9 +345,11 @@ void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len);
 /* The QoS 2 ids that this node's latest old copy of id still moving out
  * to node `to` (another node) took from its client (received, their PUBREL
  * not come): a malloc'd array of *n, or NULL (no such copy, or out of
- * memory). Takes cn->reg_mu. */
+ * memory); with w, that copy's own wait (cn_waited_here_ids). Takes
+ * cn->reg_mu. */
+struct cn_wait_on;
 uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t to,
-                             uint32_t *n);
+                             uint32_t *n, struct cn_wait_on *w);
 /* A session state st for id, from node `from`, an owner that resumed the
  * session from its record while this node was taken for dead and still
  * waits for this node's QoS 2 ids (blind_node: this node, time left): those
@@ -385,9 +387,38 @@ void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMess
  * again, the rest deleted. 0, or a negative errno (store_handed_scan). */
 int cn_handed_load(struct cluster_node *cn);
 
+/* The wait of this node's copy whose ids cn_waited_here_ids gives, when
+ * that copy itself still waited for another node's ids (resumed from its
+ * record, not told): its ids are only part of its client's then. */
+struct cn_wait_on {
+    uint64_t node;  /* 0: none */
+    uint64_t epoch; /* that node's copy's claim */
+    uint64_t left_ms;
+    uint32_t *released; /* the PUBRELs that came during that wait (malloc'd) */
+    size_t n_released;
+};
+/* ... and w (NULL: not wanted; else filled, released to free): when the
+ * copy whose ids it gives still waited itself. */
 uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionState *st, const char *id, uint16_t len,
-                             uint32_t *n);
+                             uint32_t *n, struct cn_wait_on *w);
+/* s, whose wait for this node's QoS 2 ids (st's, the state of a node
+ * that waited for them) cn_waited_here_ids answered only in part (w: the
+ * copy that had them waited itself), waits for w->node's ids of claim
+ * w->epoch now, within what is left of both waits; the PUBRELs that came
+ * during either wait count (st->released_qos2, w->released). Returns them
+ * all, malloc'd, *n_rel (NULL: out of memory), for cn_wait_ask. s->lock
+ * held. */
+uint32_t *cn_wait_redirect(struct cluster_node *cn, struct session *s,
+                           const Starling__Chan__SessionState *st, const struct cn_wait_on *w,
+                           size_t *n_rel);
+/* The question to w->node for its copy's ids of claim w->epoch
+ * (SessionMessages.ask) for id's session of claim `epoch` here, telling
+ * the ids known so far (ids[0..n)) and the PUBRELs released[0..n_rel),
+ * into *bt: sent once committed. */
+void cn_wait_ask(struct cluster_node *cn, const struct cn_wait_on *w, const char *id, uint16_t len,
+                 uint64_t epoch, const uint16_t *ids, uint32_t n, const uint32_t *released,
+                 size_t n_rel, struct store_batch **bt);
 /* Whether an old copy of id is in the moving list. Takes cn->reg_mu. */
 bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len);
 /* Then, once the new session is in the registry: what the detached copies

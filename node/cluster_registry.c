@@ -1516,14 +1516,18 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
      * --resend --more: 3 and 6 QoS 2 duplicates with DUP 0;
      * test_forward.py::test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate) */
     uint32_t n_own = 0;
-    uint16_t *own_ids = cn_waited_here_ids(cn, from, st, k->id, k->req.id_len, &n_own);
+    struct cn_wait_on w;
+    uint16_t *own_ids = cn_waited_here_ids(cn, from, st, k->id, k->req.id_len, &n_own, &w);
     struct session *s = session_new(k->id, k->req.id_len);
     if (!s) {
         free(own_ids);
+        free(w.released);
         cluster_fwd_in_defer(cn->fwd, sq); /* sent again: a late state then */
         claim_finish(k, REGISTRY_UNAVAILABLE);
         return;
     }
+    uint32_t *ask_released = NULL;
+    size_t n_ask_released = 0;
     lock_acquire(&s->lock);
     /* each message once, whatever path it comes by (and what the old copy
      * knew it had got) */
@@ -1602,6 +1606,15 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
                 if (st->released_qos2[i] >= 1 && st->released_qos2[i] <= 65535)
                     session_blind_released(s, (uint16_t)st->released_qos2[i], broker_now_mono_ms());
         }
+    } else if (own_ids && w.node) {
+        /* this node's copy that had them still waited for another node's
+         * ids itself: so does s, for those, asking that node with the ids
+         * known (cn_wait_ask, below). Before, this node's copy's own ids
+         * were taken for all, and the client's resend of a message the
+         * other node's copy had taken was taken for new (chaos seed 10204
+         * with --resend --more, docs/cluster.md) */
+        if (!(ask_released = cn_wait_redirect(cn, s, st, &w, &n_ask_released)))
+            s->blind_until = 0; /* out of memory: no wait */
     } else if (own_ids) {
         /* as ids told by this node: they answer a resend (DUP 1) within
          * what is left of the wait, each once (handle_publish_park) */
@@ -1616,7 +1629,6 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
                  "QoS 2 ids: %u of them answer its client's resends here",
                  k->id, (unsigned)n_own);
     }
-    free(own_ids);
     /* On this node's disk before the old owner lets go of them: the
      * session with its messages, in the batch that records the frame as
      * applied (acknowledged once committed). The registry gives the
@@ -1629,6 +1641,12 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
         persist_session_contents(cn->b, &bt, s);
     }
     lock_release(&s->lock);
+    if (ask_released)
+        cn_wait_ask(cn, &w, k->id, k->req.id_len, k->epoch, own_ids, n_own, ask_released,
+                    n_ask_released, &bt);
+    free(ask_released);
+    free(w.released);
+    free(own_ids);
     cluster_fwd_in_stage(cn->fwd, sq, &bt);
     persist_submit(cn->b, &bt, NULL, NULL);
     log_info("cluster: the session of '%s' moved here: %zu subscription(s), %zu message(s)", k->id,

@@ -1153,7 +1153,9 @@ static bool wait_answered_by(const struct session *s, uint64_t from, uint64_t co
 }
 
 static uint16_t *gone_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
-                               uint64_t epoch, uint32_t *n);
+                               uint64_t epoch, uint32_t *n, struct cn_wait_on *w);
+static uint16_t *stored_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
+                                 uint64_t epoch, uint32_t *n, struct cn_wait_on *w);
 
 /* ids[0..n) less those in released[0..n_released), in place: how many
  * are left. */
@@ -1197,7 +1199,7 @@ static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
     }
     lock_release(&s->lock);
     if (!ids)
-        ids = gone_copy_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n);
+        ids = gone_copy_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n, NULL);
     if (ids)
         *n = ids_less(ids, *n, sm->wait_released, sm->n_wait_released);
     return ids;
@@ -1383,6 +1385,193 @@ static uint16_t *own_moved_waited(struct cluster_node *cn, uint64_t from,
     return ids;
 }
 
+uint32_t *cn_wait_redirect(struct cluster_node *cn, struct session *s,
+                           const Starling__Chan__SessionState *st, const struct cn_wait_on *w,
+                           size_t *n_rel)
+{
+    uint64_t now = broker_now_mono_ms();
+    uint64_t left = w->left_ms;
+    if (st->has_blind_left_ms && st->blind_left_ms && st->blind_left_ms < left)
+        left = st->blind_left_ms;
+    if (left > CN_RESEND_WAIT_MS(cn))
+        left = CN_RESEND_WAIT_MS(cn);
+    s->blind_node = w->node;
+    s->blind_epoch = w->epoch;
+    s->blind_until = now + (left ? left : 1);
+    s->blind_said_none = s->blind_none_kept = false;
+    free(s->told_ids);
+    s->told_ids = NULL;
+    s->n_told = 0;
+    s->told = false;
+    s->wait_dirty = true;
+    for (size_t i = 0; i < st->n_released_qos2 + w->n_released; i++) {
+        uint32_t pid =
+            i < st->n_released_qos2 ? st->released_qos2[i] : w->released[i - st->n_released_qos2];
+        if (pid >= 1 && pid <= 65535 && !session_blind_was_released(s, (uint16_t)pid))
+            session_blind_released(s, (uint16_t)pid, now);
+    }
+    uint32_t *rel = malloc((s->n_blind_released + 1) * sizeof *rel);
+    *n_rel = 0;
+    for (uint32_t i = 0; rel && i < s->n_blind_released; i++)
+        rel[(*n_rel)++] = s->blind_released[i];
+    return rel;
+}
+
+void cn_wait_ask(struct cluster_node *cn, const struct cn_wait_on *w, const char *id, uint16_t len,
+                 uint64_t epoch, const uint16_t *ids, uint32_t n, const uint32_t *released,
+                 size_t n_rel, struct store_batch **bt)
+{
+    uint32_t *known = malloc((n + 1) * sizeof *known);
+    if (!known) {
+        log_warn("cluster: out of memory: the session of '%.*s' does not ask %016llx for its QoS "
+                 "2 ids (its wait runs out)",
+                 (int)len, id, (unsigned long long)w->node);
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        known[i] = ids[i];
+    Starling__Chan__SessionMessages q = STARLING__CHAN__SESSION_MESSAGES__INIT;
+    q.client_id.data = (uint8_t *)id;
+    q.client_id.len = len;
+    q.epoch = epoch;
+    q.qos2_received = known;
+    q.n_qos2_received = n;
+    q.has_ask = q.ask = true;
+    q.has_wait_node = q.has_wait_epoch = true;
+    q.wait_node = w->node;
+    q.wait_epoch = w->epoch;
+    q.wait_released = (uint32_t *)released;
+    q.n_wait_released = n_rel;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
+    fr.session_messages = &q;
+    if (cluster_fwd_send_frame(cn->fwd, w->node, &fr, bt) < 0)
+        log_warn("cluster: the session of '%.*s' cannot ask %016llx for its QoS 2 ids (its wait "
+                 "runs out)",
+                 (int)len, id, (unsigned long long)w->node);
+    else
+        log_info("cluster: the session of '%.*s' (claim %llu) waits for the QoS 2 ids of "
+                 "%016llx's copy of claim %llu (this node's copy, whose ids it waited for, was "
+                 "still waiting for them): asked, with the %u known",
+                 (int)len, id, (unsigned long long)epoch, (unsigned long long)w->node,
+                 (unsigned long long)w->epoch, (unsigned)n);
+    free(known);
+}
+
+/* A SessionMessages.ask from `from`: its session of claim sm->epoch waits
+ * for this node's copy's ids of claim sm->wait_epoch. The answer tells
+ * them with those the sender knew, as that copy's (qos2_epoch), less the
+ * PUBRELs that came during the waits; nothing else (no messages). This
+ * node's copy: given up, ended lately (struct cn_handed, folded ones too)
+ * or stored; none found, the sender's alone (what was known). Before,
+ * there was no question: a node whose own copy still waited for them
+ * answered a wait for its ids with that copy's alone, and the client's
+ * resend of a message the other node's copy had taken was taken for new
+ * (chaos seed 10204 with --resend --more, docs/cluster.md). */
+static void ask_answer(struct cluster_node *cn, uint64_t from,
+                       const Starling__Chan__SessionMessages *sm, const struct cluster_fwd_seq *sq)
+{
+    const char *id = (const char *)sm->client_id.data;
+    uint16_t len = (uint16_t)sm->client_id.len;
+    uint32_t n_own = 0;
+    uint16_t *own = NULL;
+    if (sm->client_id.len && sm->client_id.len <= 65535 && sm->has_wait_epoch && sm->wait_epoch &&
+        sm->wait_node == cn->self) {
+        own = gone_copy_ids(cn, id, len, sm->wait_epoch, &n_own, NULL);
+        if (!own)
+            own = stored_copy_ids(cn, id, len, sm->wait_epoch, &n_own, NULL);
+        if (own)
+            n_own = ids_less(own, n_own, sm->wait_released, sm->n_wait_released);
+    }
+    uint32_t *ids = malloc((sm->n_qos2_received + n_own + 1) * sizeof *ids);
+    if (!ids) {
+        free(own);
+        cluster_fwd_in_defer(cn->fwd, sq); /* asked again */
+        return;
+    }
+    uint32_t n = 0;
+    for (size_t i = 0; i < sm->n_qos2_received + n_own; i++) {
+        uint32_t x = i < sm->n_qos2_received ? sm->qos2_received[i] : own[i - sm->n_qos2_received];
+        bool dup = x < 1 || x > 65535;
+        for (uint32_t j = 0; j < n && !dup; j++)
+            dup = ids[j] == x;
+        if (!dup)
+            ids[n++] = x;
+    }
+    free(own);
+    Starling__Chan__SessionMessages a = STARLING__CHAN__SESSION_MESSAGES__INIT;
+    a.client_id = sm->client_id;
+    a.epoch = sm->epoch;
+    a.qos2_received = ids;
+    a.n_qos2_received = n;
+    a.has_qos2_told = a.qos2_told = true;
+    a.has_qos2_epoch = true;
+    a.qos2_epoch = sm->wait_epoch;
+    Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
+    fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
+    fr.session_messages = &a;
+    struct store_batch *bt = NULL;
+    if (cluster_fwd_send_frame(cn->fwd, from, &fr, &bt) < 0) {
+        if (bt)
+            store_batch_free(bt);
+        free(ids);
+        cluster_fwd_in_defer(cn->fwd, sq);
+        return;
+    }
+    cluster_fwd_in_stage(cn->fwd, sq, &bt);
+    persist_submit(cn->b, &bt, NULL, NULL);
+    log_info(
+        "cluster: %016llx asked for the QoS 2 ids of this node's copy of '%.*s' of claim %llu: "
+        "%u told (with the %zu it knew)",
+        (unsigned long long)from, (int)len, id, (unsigned long long)sm->wait_epoch, (unsigned)n,
+        sm->n_qos2_received);
+    free(ids);
+}
+
+/* cn_session_on_late_state when cn_waited_here_ids answered only in part
+ * (w): st's sender's session waited for this node's ids, and so does this
+ * node's session of st's claim, which was resumed from its record; it
+ * waits for w's now, and asks (cn_wait_ask) with the ids known: st's and
+ * own[0..n_own). Whether it did (else the ids are told as they are). */
+static bool late_wait_redirect(struct cluster_node *cn, uint64_t from,
+                               const Starling__Chan__SessionState *st, const struct cn_wait_on *w,
+                               const uint16_t *own, uint32_t n_own)
+{
+    struct session *s =
+        claim_session_at(cn, (const char *)st->client_id.data, st->client_id.len, st->epoch, false);
+    if (!s)
+        return false;
+    uint16_t *ids = malloc((st->n_qos2_received + n_own + 1) * sizeof *ids);
+    uint32_t n = 0;
+    size_t n_rel = 0;
+    uint32_t *rel = NULL;
+    uint64_t now = broker_now_mono_ms();
+    lock_acquire(&s->lock);
+    bool waits = ids && session_blind(s, now) && wait_answered_by(s, from, 0, false, false);
+    for (size_t i = 0; waits && i < st->n_qos2_received + n_own; i++) {
+        uint32_t x = i < st->n_qos2_received ? st->qos2_received[i] : own[i - st->n_qos2_received];
+        bool dup = x < 1 || x > 65535 || session_blind_was_released(s, (uint16_t)x);
+        for (uint32_t j = 0; j < n && !dup; j++)
+            dup = ids[j] == x;
+        if (!dup)
+            ids[n++] = (uint16_t)x;
+    }
+    if (waits && !(rel = cn_wait_redirect(cn, s, st, w, &n_rel)))
+        s->blind_until = 0; /* out of memory: the wait ends */
+    lock_release(&s->lock);
+    if (waits) {
+        persist_session_update(cn->b, s);
+        struct store_batch *bt = NULL;
+        if (rel)
+            cn_wait_ask(cn, w, s->client_id, s->id_len, st->epoch, ids, n, rel, n_rel, &bt);
+        persist_submit(cn->b, &bt, NULL, NULL);
+    }
+    free(rel);
+    free(ids);
+    session_unref(s);
+    return waits;
+}
+
 void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
                               const Starling__Chan__SessionState *st,
                               const struct cluster_fwd_seq *sq)
@@ -1417,10 +1606,15 @@ void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
      * released meanwhile (cn_waited_here_ids): before it came, they are not
      * used (they may be stale), and a resend waits. */
     uint32_t n_own = 0;
+    struct cn_wait_on w;
     uint16_t *own = cn_waited_here_ids(cn, from, st, (const char *)st->client_id.data,
-                                       (uint16_t)st->client_id.len, &n_own);
+                                       (uint16_t)st->client_id.len, &n_own, &w);
     if (!own && !(st->has_told && st->told))
         own = own_moved_waited(cn, from, st, &n_own);
+    /* this node's copy still waited itself: not told yet, asked on */
+    if (own && w.node && late_wait_redirect(cn, from, st, &w, own, n_own))
+        sm.has_qos2_told = sm.qos2_told = false;
+    free(w.released);
     on_messages_told(cn, from, &sm, sq, own, n_own);
     free(own);
 }
@@ -2036,6 +2230,10 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
                             const Starling__Chan__SessionMessages *sm,
                             const struct cluster_fwd_seq *sq)
 {
+    if (sm->has_ask && sm->ask) {
+        ask_answer(cn, from, sm, sq);
+        return;
+    }
     on_messages_told(cn, from, sm, sq, NULL, 0);
 }
 
@@ -3120,8 +3318,30 @@ bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len)
     return held;
 }
 
+/* session_qos2_pending of this node's copy s, whose ids a waiting owner
+ * asks for; and, with w, s's own wait when it still waited for another
+ * node's ids of a known claim, not told: its ids are only part of its
+ * client's then. s->lock held. */
+static uint16_t *copy_ids(const struct cluster_node *cn, struct session *s, uint32_t *n,
+                          struct cn_wait_on *w)
+{
+    uint64_t now = broker_now_mono_ms();
+    uint16_t *ids = session_qos2_pending(s, now, n);
+    if (ids && w && !w->node && session_blind(s, now) && !s->told && s->blind_node &&
+        s->blind_node != cn->self && s->blind_epoch &&
+        (w->released = malloc((s->n_blind_released + 1) * sizeof *w->released))) {
+        for (uint32_t i = 0; i < s->n_blind_released; i++)
+            w->released[i] = s->blind_released[i];
+        w->n_released = s->n_blind_released;
+        w->node = s->blind_node;
+        w->epoch = s->blind_epoch;
+        w->left_ms = s->blind_until > now ? s->blind_until - now : 1;
+    }
+    return ids;
+}
+
 uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t to,
-                             uint32_t *n)
+                             uint32_t *n, struct cn_wait_on *w)
 {
     uint16_t *ids = NULL;
     *n = 0;
@@ -3135,7 +3355,7 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
             last = x;
     if (last) {
         lock_acquire(&last->s->lock);
-        ids = session_qos2_pending(last->s, broker_now_mono_ms(), n);
+        ids = copy_ids(cn, last->s, n, w);
         lock_release(&last->s->lock);
     }
     pthread_mutex_unlock(&cn->reg_mu);
@@ -3304,7 +3524,7 @@ static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t le
  * claim, and the client came back to n1 with n3's wait for n1's ids: n1
  * took the resend for new (2 QoS 2 duplicates, DUP 1). */
 static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
-                                   uint64_t epoch, uint32_t *n)
+                                   uint64_t epoch, uint32_t *n, struct cn_wait_on *w)
 {
     *n = 0;
     struct session *s = NULL;
@@ -3323,7 +3543,7 @@ static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint
     if (!s)
         return NULL;
     lock_acquire(&s->lock);
-    uint16_t *ids = session_qos2_pending(s, broker_now_mono_ms(), n);
+    uint16_t *ids = copy_ids(cn, s, n, w);
     lock_release(&s->lock);
     session_unref(s);
     return ids;
@@ -3334,9 +3554,9 @@ static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint
  * not known: none), else ended lately (handed_ids; 0: the latest). Its
  * QoS 2 ids, a malloc'd array of *n, or NULL. */
 static uint16_t *gone_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
-                               uint64_t epoch, uint32_t *n)
+                               uint64_t epoch, uint32_t *n, struct cn_wait_on *w)
 {
-    uint16_t *ids = epoch ? given_up_copy_ids(cn, id, len, epoch, n) : NULL;
+    uint16_t *ids = epoch ? given_up_copy_ids(cn, id, len, epoch, n, w) : NULL;
     return ids ? ids : handed_ids(cn, id, len, epoch, n);
 }
 
@@ -3435,7 +3655,7 @@ void cn_handed_free(struct cluster_node *cn)
  * client's claim on n2 before n2's start-up pass (2 QoS 2 duplicates at 3
  * subscribers). */
 static uint16_t *stored_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
-                                 uint64_t epoch, uint32_t *n)
+                                 uint64_t epoch, uint32_t *n, struct cn_wait_on *w)
 {
     *n = 0;
     struct registry *r = &cn->b->registry;
@@ -3449,7 +3669,7 @@ static uint16_t *stored_copy_ids(struct cluster_node *cn, const char *id, uint16
     uint16_t *ids = NULL;
     lock_acquire(&s->lock);
     if (s->stored_epoch == epoch && !s->ended)
-        ids = session_qos2_pending(s, broker_now_mono_ms(), n);
+        ids = copy_ids(cn, s, n, w);
     lock_release(&s->lock);
     session_unref(s);
     return ids;
@@ -3457,9 +3677,11 @@ static uint16_t *stored_copy_ids(struct cluster_node *cn, const char *id, uint16
 
 uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionState *st, const char *id, uint16_t len,
-                             uint32_t *n)
+                             uint32_t *n, struct cn_wait_on *w)
 {
     *n = 0;
+    if (w)
+        *w = (struct cn_wait_on){0};
     if (!waits_here(cn, st))
         return NULL;
     if (st->has_told && st->told) {
@@ -3471,11 +3693,11 @@ uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
     }
     uint32_t n_own = 0;
     uint64_t epoch = st->has_blind_epoch ? st->blind_epoch : 0;
-    uint16_t *ids = cn_moving_qos2_ids(cn, id, len, from, &n_own);
+    uint16_t *ids = cn_moving_qos2_ids(cn, id, len, from, &n_own, w);
     if (!ids)
-        ids = gone_copy_ids(cn, id, len, epoch, &n_own);
+        ids = gone_copy_ids(cn, id, len, epoch, &n_own, w);
     if (!ids && epoch)
-        ids = stored_copy_ids(cn, id, len, epoch, &n_own);
+        ids = stored_copy_ids(cn, id, len, epoch, &n_own, w);
     if (ids)
         *n = less_released(ids, n_own, st);
     return ids;

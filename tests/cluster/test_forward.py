@@ -1460,8 +1460,9 @@ def test_ids_of_a_copy_folded_here_answer_the_wait_a_waiting_copy_tells(cluster_
         resend_was_had(sub, a, WAIT_S)
 
 
+@pytest.mark.parametrize("back", ["to_a", "to_b"])
 def test_ids_of_a_copy_folded_while_moving_out_elsewhere_answer_a_wait_named_for_them(
-        cluster_factory):
+        cluster_factory, tmp_path, back):
     """Chaos seed 10102 with --resend --more --no-lb (1 QoS 2 duplicate at 3
     subscribers). As above, but a's given-up copy moves out to b (the
     owner by then, claim 3, SIGKILLed) before the client comes back to a:
@@ -1472,13 +1473,25 @@ def test_ids_of_a_copy_folded_while_moving_out_elsewhere_answer_a_wait_named_for
     naming that claim. Before, only a copy folded on its way to a itself
     was noted under its claim, and a found nothing of claim 1: the resend
     was taken for new; now every folded copy is noted: received, not
-    delivered again."""
+    delivered again.
+    [to_b] Chaos seed 10204 with --resend --more (1 QoS 2 duplicate at 3
+    subscribers): b starts before the client leaves cn, and its stored
+    copy, claimed away (claim 4), stays moving out to a
+    (STARLING_TEST_MOVING_HOLD); the
+    client then resumes on b (claim 6) with cn's wait for b's ids. b's
+    copy took none itself, but it still waited for a's ids of claim 1.
+    Before, b answered the wait with its copy's own ids (none), and took
+    the resend for new; now b's session goes on waiting for a's ids of
+    claim 1, and asks a for them: received, not delivered again."""
     WAIT_S = 30.0
+    hold = tmp_path / "moving-hold"
     # a short cluster_claim_timeout: a's given-up copy stops waiting for a
     # request (claim timeout + 1 s) and moves out to b before claim 4
     c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "2000",
                                    "STARLING_CLUSTER_RESEND_WAIT": "90000"})
     a, b, cn, topic, sub, pub_id, props = claimed_on_cn_and_b_past_a(c, "fwd/foldout", WAIT_S)
+    if back == "to_b":
+        node_env(b, STARLING_TEST_MOVING_HOLD=str(hold))
     out = f"the session of '{pub_id}' moved to {faults.node_id(b):016x} (claim 3): what it holds"
     wait_for(lambda: out in a.logtext(), WAIT_S, f"a's copy of {pub_id} moving out to b")
     wait_for(lambda: unreachable(a, b), WAIT_S, "a taking b for dead")  # a asks b nothing
@@ -1486,13 +1499,27 @@ def test_ids_of_a_copy_folded_while_moving_out_elsewhere_answer_a_wait_named_for
     resumed_elsewhere(a, pub_id, props, WAIT_S).disconnect()  # claim 4: waits for b's ids
     assert folded in a.logtext()
     resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # claim 5: a's wait
-    q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # claim 6: cn's wait, for b's ids
-    resend_held(q, a, topic, b"taken", WAIT_S)
-    b.start()  # its stored copy, waiting for a's ids of claim 1, sends its last frame to a
-    resend_answered_as_had(q, a, WAIT_S)
+    if back == "to_a":
+        q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # claim 6: cn's wait, for b's ids
+        resend_held(q, a, topic, b"taken", WAIT_S)
+        b.start()  # its stored copy, waiting for a's ids of claim 1, sends its last frame to a
+        resend_answered_as_had(q, a, WAIT_S)
+        exchanged_qos2(q, topic, b"after", WAIT_S)
+        q.disconnect()
+        resend_was_had(sub, a, WAIT_S)
+        return
+    hold.write_text("")
+    b.start()  # its stored copy, claimed away by claim 4, stays moving out to a
+    held = f"the session of '{pub_id}' was claimed by node {faults.node_id(a):016x} while this " \
+        "node was down (claim 4)"
+    wait_for(lambda: held in b.logtext(), WAIT_S, f"b's stored copy of {pub_id} moving out")
+    wait_for(lambda: b.health() == 200, WAIT_S, "b serving")
+    q = resumed_elsewhere(b, pub_id, props, WAIT_S)  # claim 6: cn's wait, for b's ids
+    q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
+    resend_answered_as_had(q, b, WAIT_S)
     exchanged_qos2(q, topic, b"after", WAIT_S)
     q.disconnect()
-    resend_was_had(sub, a, WAIT_S)
+    resend_was_had(sub, b, WAIT_S)
 
 
 @pytest.mark.parametrize("then", ["resent", "moved_on"])
