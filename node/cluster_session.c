@@ -2237,6 +2237,29 @@ void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
     on_messages_told(cn, from, sm, sq, NULL, 0);
 }
 
+/* The QoS 2 ids of this node's copy of id of claim `epoch` (given up or
+ * moving out, or stored), when that copy still waits for node whose's
+ * ids (of claim whose_epoch, when known): a malloc'd array of *n, less
+ * the PUBRELs that came during its wait, or NULL (no such copy). */
+static uint16_t *waiting_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
+                                  uint64_t epoch, uint64_t whose, uint64_t whose_epoch, uint32_t *n)
+{
+    struct cn_wait_on w = {0};
+    uint16_t *ids = gone_copy_ids(cn, id, len, epoch, n, &w);
+    if (!ids)
+        ids = stored_copy_ids(cn, id, len, epoch, n, &w);
+    if (ids && (w.node != whose || (whose_epoch && w.epoch != whose_epoch))) {
+        free(ids);
+        ids = NULL;
+    }
+    if (ids)
+        *n = ids_less(ids, *n, w.released, w.n_released);
+    else
+        *n = 0;
+    free(w.released);
+    return ids;
+}
+
 /* cn_session_on_messages; fr (or NULL): the rows of the old copy that sm
  * folds into this node's session, deleted in the batch that puts its
  * messages there. Whether they were (false: the messages went elsewhere or
@@ -2293,10 +2316,51 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
             uint64_t whose = sm->has_qos2_of && sm->qos2_of ? sm->qos2_of : from;
             bool relay = sm->has_qos2_told && sm->qos2_told && sm->has_qos2_epoch &&
                          sm->qos2_epoch && whose != node && whose != cn->self;
+            /* the frame answers the wait of this node's copy of its claim
+             * (resumed from the record, waiting for whose's ids of
+             * qos2_epoch), a copy claimed away since: the owner's wait
+             * for that copy's ids (taken with its state) is answered by
+             * them with the copy's own, as this node's. Before, they went
+             * on bare when whose was the owner itself, and the owner's
+             * wait ran out (chaos seed 10270 with --resend --more,
+             * docs/cluster.md) */
+            uint32_t n_chain = 0;
+            uint16_t *chain = NULL;
+            if (!relay && sm->has_qos2_told && sm->qos2_told && whose != cn->self)
+                chain = waiting_copy_ids(cn, id, (uint16_t)sm->client_id.len, sm->epoch, whose,
+                                         sm->has_qos2_epoch ? sm->qos2_epoch : 0, &n_chain);
+            uint32_t *merged =
+                chain ? malloc((sm->n_qos2_received + n_chain + 1) * sizeof *merged) : NULL;
+            if (merged) {
+                uint32_t k = 0;
+                for (size_t i = 0; i < sm->n_qos2_received + n_chain; i++) {
+                    uint32_t x = i < sm->n_qos2_received ? sm->qos2_received[i]
+                                                         : chain[i - sm->n_qos2_received];
+                    bool dup = x < 1 || x > 65535;
+                    for (uint32_t j = 0; j < k && !dup; j++)
+                        dup = merged[j] == x;
+                    if (!dup)
+                        merged[k++] = x;
+                }
+                on.qos2_received = merged;
+                on.n_qos2_received = k;
+                on.has_qos2_of = true;
+                on.qos2_of = cn->self;
+                on.has_qos2_epoch = true;
+                on.qos2_epoch = sm->epoch;
+                on.has_wait_node = on.has_wait_epoch = false;
+                on.n_wait_released = 0;
+                on.wait_released = NULL;
+                log_info("cluster: the QoS 2 ids of '%.*s' from %016llx answer the wait of this "
+                         "node's copy of claim %llu, claimed away: %u passed on as that copy's",
+                         (int)sm->client_id.len, id, (unsigned long long)whose,
+                         (unsigned long long)sm->epoch, (unsigned)k);
+            }
+            free(chain);
             if (relay) {
                 on.has_qos2_of = true;
                 on.qos2_of = whose;
-            } else {
+            } else if (!merged) {
                 on.n_qos2_received = 0;
                 on.qos2_received = NULL;
                 on.has_qos2_told = on.qos2_told = false;
@@ -2323,6 +2387,7 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
             int sent =
                 kept || !sm->n_msgs ? cluster_fwd_send_frame(cn->fwd, node, &fr, &bt) : -ENOMEM;
             free(kept);
+            free(merged);
             if (sent >= 0) {
                 cluster_fwd_in_stage(cn->fwd, sq, &bt);
                 persist_submit(cn->b, &bt, NULL, NULL);

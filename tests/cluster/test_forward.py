@@ -1612,3 +1612,46 @@ def test_ids_of_a_stored_copy_in_the_table_answer_a_wait_on_its_node(cluster_fac
         held.unlink(missing_ok=True)
     resend_was_had(sub, a, WAIT_S)
     assert "came from a node that waited for this node's QoS 2 ids: 1 of them" in a.logtext()
+
+
+def test_ids_for_a_waiting_copy_claimed_away_reach_the_owner_as_its_nodes(
+        cluster_factory, tmp_path):
+    """Chaos seed 10270 with --resend --more (2 QoS 2 duplicates at 3
+    subscribers). a takes the message (claim 1) and stalls; the client
+    resumes on b from the record (claim 2, waiting for a's ids), and b is
+    SIGKILLed. a runs again: its copy, given up to claim 2, sends its last
+    frame, with the id, to b, and it waits in a's outbox. The client
+    resumes on cn from the record (claim 3, waiting for b's ids of claim 2)
+    and on a (claim 4, taking that wait), and resends there. b starts: its
+    stored copy of claim 2 (still waiting for a's ids) is claimed away and
+    stays moving out (STARLING_TEST_MOVING_HOLD), and a's frame reaches b,
+    which finds no session of claim 2 and passes it on to a, the owner.
+    Before, it went on without the ids (they were a's own), and a's wait
+    for b's ids was never answered; now b passes them on as its copy's of
+    claim 2: received, not delivered again."""
+    WAIT_S = 30.0
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "2000",
+                                   "STARLING_CLUSTER_RESEND_WAIT": "90000"})
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/bare", WAIT_S)
+    faults.pause(a)
+    try:
+        wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # asks a nothing
+        p.close()
+        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
+        faults.kill(b)
+    finally:
+        faults.resume(a)
+    ended = f"the old copy of '{pub_id}' ends (grace period over)"
+    wait_for(lambda: ended in a.logtext(), WAIT_S, f"a's copy of {pub_id} ending, its frame held")
+    wait_for(lambda: unreachable(cn, b) and unreachable(a, b), WAIT_S, "b taken for dead")
+    resumed_elsewhere(cn, pub_id, props, WAIT_S).disconnect()  # claim 3: waits for b's ids
+    q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # claim 4: cn's wait
+    resend_held(q, a, topic, b"taken", WAIT_S)
+    node_env(b, STARLING_TEST_MOVING_HOLD=str(hold))
+    hold.write_text("")
+    b.start()  # its stored copy of claim 2 is claimed away; a's frame reaches it
+    resend_answered_as_had(q, a, WAIT_S)
+    exchanged_qos2(q, topic, b"after", WAIT_S)
+    q.disconnect()
+    resend_was_had(sub, a, WAIT_S)
