@@ -1631,8 +1631,10 @@ def test_ids_for_a_waiting_copy_claimed_away_reach_the_owner_as_its_nodes(
     claim 2: received, not delivered again."""
     WAIT_S = 30.0
     hold = tmp_path / "moving-hold"
+    # (debug: the line of the copy's end below)
     c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "2000",
-                                   "STARLING_CLUSTER_RESEND_WAIT": "90000"})
+                                   "STARLING_CLUSTER_RESEND_WAIT": "90000",
+                                   "STARLING_LOG_LEVEL": "debug"})
     a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/bare", WAIT_S)
     faults.pause(a)
     try:
