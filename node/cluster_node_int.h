@@ -414,11 +414,11 @@ uint32_t *cn_wait_redirect(struct cluster_node *cn, struct session *s,
                            size_t *n_rel);
 /* The question to w->node for its copy's ids of claim w->epoch
  * (SessionMessages.ask) for id's session of claim `epoch` here, telling
- * the ids known so far (ids[0..n)) and the PUBRELs released[0..n_rel),
- * into *bt: sent once committed. */
+ * the ids known so far (ids[0..n_ids) and own[0..n_own), each once) and
+ * the PUBRELs released[0..n_rel), into *bt: sent once committed. */
 void cn_wait_ask(struct cluster_node *cn, const struct cn_wait_on *w, const char *id, uint16_t len,
-                 uint64_t epoch, const uint16_t *ids, uint32_t n, const uint32_t *released,
-                 size_t n_rel, struct store_batch **bt);
+                 uint64_t epoch, const uint32_t *ids, size_t n_ids, const uint16_t *own,
+                 uint32_t n_own, const uint32_t *released, size_t n_rel, struct store_batch **bt);
 /* Whether an old copy of id is in the moving list. Takes cn->reg_mu. */
 bool cn_moving_held(struct cluster_node *cn, const char *id, uint16_t len);
 /* Then, once the new session is in the registry: what the detached copies

@@ -1642,7 +1642,7 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
     }
     lock_release(&s->lock);
     if (ask_released)
-        cn_wait_ask(cn, &w, k->id, k->req.id_len, k->epoch, own_ids, n_own, ask_released,
+        cn_wait_ask(cn, &w, k->id, k->req.id_len, k->epoch, NULL, 0, own_ids, n_own, ask_released,
                     n_ask_released, &bt);
     free(ask_released);
     free(w.released);

@@ -1172,6 +1172,25 @@ static uint32_t ids_less(uint16_t *ids, uint32_t n, const uint32_t *released, si
     return k;
 }
 
+/* a[0..na) then b[0..nb) into out (room for na + nb): each id in
+ * 1..65535 once, in that order, less those released by s's client during
+ * its wait (session_blind_was_released; s NULL: none, else s->lock held).
+ * How many. */
+static uint32_t ids_union(uint32_t *out, const uint32_t *a, size_t na, const uint16_t *b,
+                          uint32_t nb, const struct session *s)
+{
+    uint32_t k = 0;
+    for (size_t i = 0; i < na + nb; i++) {
+        uint32_t x = i < na ? a[i] : b[i - na];
+        bool dup = x < 1 || x > 65535 || (s && session_blind_was_released(s, (uint16_t)x));
+        for (uint32_t j = 0; j < k && !dup; j++)
+            dup = out[j] == x;
+        if (!dup)
+            out[k++] = x;
+    }
+    return k;
+}
+
 /* When the copy whose ids answer s's wait itself waited for this node's
  * copy of claim sm->wait_epoch (each claim of a chain resumed from the
  * record while the one before was away), that copy's QoS 2 ids, less those
@@ -1418,18 +1437,17 @@ uint32_t *cn_wait_redirect(struct cluster_node *cn, struct session *s,
 }
 
 void cn_wait_ask(struct cluster_node *cn, const struct cn_wait_on *w, const char *id, uint16_t len,
-                 uint64_t epoch, const uint16_t *ids, uint32_t n, const uint32_t *released,
-                 size_t n_rel, struct store_batch **bt)
+                 uint64_t epoch, const uint32_t *ids, size_t n_ids, const uint16_t *own,
+                 uint32_t n_own, const uint32_t *released, size_t n_rel, struct store_batch **bt)
 {
-    uint32_t *known = malloc((n + 1) * sizeof *known);
+    uint32_t *known = malloc((n_ids + n_own + 1) * sizeof *known);
     if (!known) {
         log_warn("cluster: out of memory: the session of '%.*s' does not ask %016llx for its QoS "
                  "2 ids (its wait runs out)",
                  (int)len, id, (unsigned long long)w->node);
         return;
     }
-    for (uint32_t i = 0; i < n; i++)
-        known[i] = ids[i];
+    uint32_t n = ids_union(known, ids, n_ids, own, n_own, NULL);
     Starling__Chan__SessionMessages q = STARLING__CHAN__SESSION_MESSAGES__INIT;
     q.client_id.data = (uint8_t *)id;
     q.client_id.len = len;
@@ -1489,15 +1507,7 @@ static void ask_answer(struct cluster_node *cn, uint64_t from,
         cluster_fwd_in_defer(cn->fwd, sq); /* asked again */
         return;
     }
-    uint32_t n = 0;
-    for (size_t i = 0; i < sm->n_qos2_received + n_own; i++) {
-        uint32_t x = i < sm->n_qos2_received ? sm->qos2_received[i] : own[i - sm->n_qos2_received];
-        bool dup = x < 1 || x > 65535;
-        for (uint32_t j = 0; j < n && !dup; j++)
-            dup = ids[j] == x;
-        if (!dup)
-            ids[n++] = x;
-    }
+    uint32_t n = ids_union(ids, sm->qos2_received, sm->n_qos2_received, own, n_own, NULL);
     free(own);
     Starling__Chan__SessionMessages a = STARLING__CHAN__SESSION_MESSAGES__INIT;
     a.client_id = sm->client_id;
@@ -1541,21 +1551,15 @@ static bool late_wait_redirect(struct cluster_node *cn, uint64_t from,
         claim_session_at(cn, (const char *)st->client_id.data, st->client_id.len, st->epoch, false);
     if (!s)
         return false;
-    uint16_t *ids = malloc((st->n_qos2_received + n_own + 1) * sizeof *ids);
+    uint32_t *ids = malloc((st->n_qos2_received + n_own + 1) * sizeof *ids);
     uint32_t n = 0;
     size_t n_rel = 0;
     uint32_t *rel = NULL;
     uint64_t now = broker_now_mono_ms();
     lock_acquire(&s->lock);
     bool waits = ids && session_blind(s, now) && wait_answered_by(s, from, 0, false, false);
-    for (size_t i = 0; waits && i < st->n_qos2_received + n_own; i++) {
-        uint32_t x = i < st->n_qos2_received ? st->qos2_received[i] : own[i - st->n_qos2_received];
-        bool dup = x < 1 || x > 65535 || session_blind_was_released(s, (uint16_t)x);
-        for (uint32_t j = 0; j < n && !dup; j++)
-            dup = ids[j] == x;
-        if (!dup)
-            ids[n++] = (uint16_t)x;
-    }
+    if (waits)
+        n = ids_union(ids, st->qos2_received, st->n_qos2_received, own, n_own, s);
     if (waits && !(rel = cn_wait_redirect(cn, s, st, w, &n_rel)))
         s->blind_until = 0; /* out of memory: the wait ends */
     lock_release(&s->lock);
@@ -1563,7 +1567,8 @@ static bool late_wait_redirect(struct cluster_node *cn, uint64_t from,
         persist_session_update(cn->b, s);
         struct store_batch *bt = NULL;
         if (rel)
-            cn_wait_ask(cn, w, s->client_id, s->id_len, st->epoch, ids, n, rel, n_rel, &bt);
+            cn_wait_ask(cn, w, s->client_id, s->id_len, st->epoch, ids, n, NULL, 0, rel, n_rel,
+                        &bt);
         persist_submit(cn->b, &bt, NULL, NULL);
     }
     free(rel);
@@ -2332,16 +2337,8 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
             uint32_t *merged =
                 chain ? malloc((sm->n_qos2_received + n_chain + 1) * sizeof *merged) : NULL;
             if (merged) {
-                uint32_t k = 0;
-                for (size_t i = 0; i < sm->n_qos2_received + n_chain; i++) {
-                    uint32_t x = i < sm->n_qos2_received ? sm->qos2_received[i]
-                                                         : chain[i - sm->n_qos2_received];
-                    bool dup = x < 1 || x > 65535;
-                    for (uint32_t j = 0; j < k && !dup; j++)
-                        dup = merged[j] == x;
-                    if (!dup)
-                        merged[k++] = x;
-                }
+                uint32_t k =
+                    ids_union(merged, sm->qos2_received, sm->n_qos2_received, chain, n_chain, NULL);
                 on.qos2_received = merged;
                 on.n_qos2_received = k;
                 on.has_qos2_of = true;
