@@ -342,6 +342,10 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
  * takes and cn_moving_fold folds into the claim's session (each identity
  * once). cn->reg_mu held. */
 void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len);
+/* s (its reference: the list's), out of the table, joins the moving list as
+ * an old copy moving to this node under its own claim `own`, for
+ * cn_moving_detach to take. cn->reg_mu held. */
+void cn_moving_back(struct cluster_node *cn, struct session *s, uint64_t own);
 /* The QoS 2 ids that this node's latest old copy of id still moving out
  * to node `to` (another node) took from its client (received, their PUBREL
  * not come): a malloc'd array of *n, or NULL (no such copy, or out of

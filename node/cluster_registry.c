@@ -428,6 +428,39 @@ static void fold_test_cut(struct broker *b, const char *id, bool folds, const ch
 }
 #endif
 
+/* A claim of this node (`epoch`) completes: a copy of id given up here to
+ * an earlier claim of another node, whose request it still awaits
+ * (cn->surrendered), is an old copy of the claim's session. It joins the
+ * moving list, as one moving out of this node does, and cn_moving_detach
+ * folds it into that session now. Before, it stayed in the index beside
+ * the session until its wait ended (cluster_claim_timeout + 1 s), taking
+ * and storing everything the session's client got, under the keys the
+ * two share: a SIGKILL meanwhile brought those rows back as the session's
+ * queued messages, and they went to its next owner as late messages and
+ * were delivered again (chaos seed 10254 with --resend --more: 44 QoS 2
+ * duplicates, DUP 0; test_faults.py::test_copy_given_up_beside_a_later_
+ * claim_here_stores_nothing_that_claim_got). cn->reg_mu held. */
+static void surrendered_back(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch)
+{
+    for (struct surrendered **pp = &cn->surrendered; *pp;) {
+        struct surrendered *x = *pp;
+        if (x->epoch >= epoch || x->s->id_len != len || memcmp(x->s->client_id, id, len) != 0) {
+            pp = &x->next;
+            continue;
+        }
+        *pp = x->next;
+        lock_acquire(&x->s->lock);
+        uint64_t own = x->s->epoch ? x->s->epoch : x->s->stored_epoch;
+        lock_release(&x->s->lock);
+        log_info("cluster: '%s' is claimed here again while its copy of claim %llu, given up to "
+                 "claim %llu, waits for that claimant: that copy ends now, what it holds goes to "
+                 "the new session",
+                 x->s->client_id, (unsigned long long)own, (unsigned long long)x->epoch);
+        cn_moving_back(cn, x->s, own);
+        free(x);
+    }
+}
+
 static void claim_on_worker(void *ud)
 {
     struct cl_claim *k = ud;
@@ -465,8 +498,10 @@ static void claim_on_worker(void *ud)
             bool moved = k->incoming && !k->from_record;
             /* a session of the id in the table in place of the one the
              * claim brought: folded into it, as an old copy is */
-            if (k->incoming)
+            if (k->incoming) {
                 cn_moving_stand_in(cn, k->id, k->req.id_len);
+                surrendered_back(cn, k->id, k->req.id_len, k->epoch);
+            }
             /* (a session that ends with its connection stores nothing,
              * and offline it would expire at once) */
             bool stage = k->incoming && b->store && k->req.expiry != 0;

@@ -4037,6 +4037,11 @@ void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len)
              "session",
              s->client_id, named ? "with the claim's epoch" : "a stored copy not named yet",
              (unsigned long long)named);
+    cn_moving_back(cn, s, own);
+}
+
+void cn_moving_back(struct cluster_node *cn, struct session *s, uint64_t own)
+{
     struct cn_moving *x = calloc(1, sizeof(*x));
     if (!x) {
         session_end(cn->b, s);

@@ -4976,3 +4976,45 @@ def test_owners_own_publishes_held_in_its_outbox_across_a_kill_come_once(cluster
     pc = PahoClient(cn, uid("outkillc"), 5)
     pc.connect()
     none_delivered_again("the owner's outbox after a kill", s, pc, topic, lambda: f" on {b.name}")
+
+
+def test_copy_given_up_beside_a_later_claim_here_stores_nothing_that_claim_got(cluster_factory):
+    """Chaos seed 10254 with --resend --more (44 QoS 2 duplicates at one
+    subscriber, DUP 0). A persistent QoS 2 subscriber S on A; A stalls
+    (SIGSTOP), and S resumes on C from its record (claim 2). A runs again:
+    its copy of S is given up to C's claim (set aside, in A's index still)
+    and waits cluster_claim_timeout + 1 s for C's request, which never comes.
+    S comes back to A (claim 3, C's state) and gets M0..M19 there. Before,
+    the copy set aside took M0..M19 too and stored them, under the keys it
+    shares with claim 3's session; A was SIGKILLed before that copy's wait
+    ended, and came back with them as claim 3's queued messages: sent on to
+    S's next node (claim 4, on C), S got them all again. Now claim 3 takes
+    the copy set aside in when it completes (the copy ends, as an old copy
+    moving out of A does), and A's store holds nothing that S got."""
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "15000"})
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    cid, topic = uid("aside"), uid("aside/t")
+    s = PahoClient(a, cid, 5, clean=False, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=2) == [2]
+    pause(a)
+    try:
+        wait_until(lambda: one_down_for(cn), 30, f"{cn.name} taking {a.name} for dead")
+        s.stop()
+        resumed_on(cn, cid, timeout=30).disconnect()  # claim 2, from the record
+    finally:
+        resume(a)
+    given = f"the session of '{cid}' was claimed by node {faults.node_id(cn):016x}"
+    wait_until(lambda: given in a.logtext(), 30, f"{a.name} giving its copy of {cid} up")
+    s = resumed_on(a, cid, timeout=30)  # claim 3: C's state; the copy is still set aside
+    ended = f"'{cid}' is claimed here again while its copy of claim 1, given up to claim 2"
+    assert ended in a.logtext()  # (before claim 3's CONNACK)
+    p, sent = twenty_delivered(b, "asidep", topic, s, in_order=False)
+    kill(a)
+    s.stop()
+    wait_until(lambda: one_down_for(cn), 30, f"{cn.name} taking {a.name} for dead")
+    s = resumed_on(cn, cid, timeout=30)  # claim 4, from the record
+    a.start()
+    none_again_after_late_messages(a, cn, cid, s, p, topic, "copy set aside", 60)
