@@ -1201,9 +1201,12 @@ static uint32_t ids_union(uint32_t *out, const uint32_t *a, size_t na, const uin
  * only its own ids, the waits down the chain took them for all, and the
  * client's resend of a message that this node's copy had taken was taken
  * for new (chaos seeds 10021 and 10015 with --resend --more,
- * docs/cluster.md). */
+ * docs/cluster.md). w (filled, its released to free): when this node's
+ * copy, given up, was itself still waiting for a third node's ids
+ * (copy_ids). */
 static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
-                           const Starling__Chan__SessionMessages *sm, uint32_t *n)
+                           const Starling__Chan__SessionMessages *sm, uint32_t *n,
+                           struct cn_wait_on *w)
 {
     *n = 0;
     if (!sm || !sm->has_wait_node || sm->wait_node != cn->self || !sm->has_wait_epoch ||
@@ -1218,7 +1221,7 @@ static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
     }
     lock_release(&s->lock);
     if (!ids)
-        ids = gone_copy_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n, NULL);
+        ids = gone_copy_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n, w);
     if (ids)
         *n = ids_less(ids, *n, sm->wait_released, sm->n_wait_released);
     return ids;
@@ -1274,10 +1277,79 @@ static void told_pass_on(struct cluster_node *cn, struct session *s, uint64_t wh
              (unsigned long long)node, (unsigned long long)cur, r < 0 ? ": not sent" : "");
 }
 
+static uint32_t *wait_moved(struct session *s, uint64_t node, uint64_t epoch, uint64_t until,
+                            const uint32_t *a, size_t na, const uint32_t *b, size_t nb,
+                            size_t *n_rel);
+
+/* A wait that a frame answered only in part (owner_told): the copy whose
+ * ids it waited for was itself still waiting for another node's, so its
+ * ids are not all its client's. The wait goes on to that node's copy once
+ * the frame's messages are in (wait_go_on): they are the answering copy's,
+ * taken as before, not parked for the next one. */
+struct wait_next {
+    struct session *s; /* a reference; NULL: none */
+    uint64_t from, copy_epoch;
+    bool relayed, strict;
+    /* the node and claim waited for next; released: the PUBRELs of the
+     * waits down the chain (malloc'd) */
+    struct cn_wait_on w;
+    uint32_t *known; /* the ids known so far, asked with (malloc'd) */
+    uint32_t n_known;
+};
+
+/* The wait owner_told found answered only in part (nx) goes on, if s
+ * still waits for the same copy: it waits for nx->w's ids now, within
+ * what is left of its time, and asks that node (cn_wait_ask) with the ids
+ * known. Before, the part was taken for all: when the copy that answered
+ * had itself waited for a third node's copy, which took the message the
+ * client resends, the resend was taken for new (the question was asked
+ * one level only, docs/cluster.md). */
+static void wait_go_on(struct cluster_node *cn, struct wait_next *nx)
+{
+    struct session *s = nx->s;
+    if (!s)
+        return;
+    size_t n_rel = 0;
+    uint32_t *rel = NULL;
+    uint64_t epoch = 0;
+    lock_acquire(&s->lock);
+    bool on = session_blind(s, broker_now_mono_ms()) &&
+              wait_answered_by(s, nx->from, nx->copy_epoch, nx->relayed, nx->strict);
+    if (on) {
+        epoch = s->epoch;
+        rel = wait_moved(s, nx->w.node, nx->w.epoch, atomic_load(&s->blind_until), nx->w.released,
+                         nx->w.n_released, NULL, 0, &n_rel);
+        if (!rel)
+            s->blind_until = 0; /* out of memory: the wait ends */
+    }
+    lock_release(&s->lock);
+    if (on) {
+        persist_session_update(cn->b, s);
+        log_info("cluster: the session of '%s' (claim %llu) got the QoS 2 ids of %016llx's copy, "
+                 "which still waited for those of %016llx's copy of claim %llu: it waits for "
+                 "those now",
+                 s->client_id, (unsigned long long)epoch, (unsigned long long)nx->from,
+                 (unsigned long long)nx->w.node, (unsigned long long)nx->w.epoch);
+        struct store_batch *bt = NULL;
+        if (rel)
+            cn_wait_ask(cn, &nx->w, s->client_id, s->id_len, epoch, nx->known, nx->n_known, NULL, 0,
+                        rel, n_rel, &bt);
+        persist_submit(cn->b, &bt, NULL, NULL);
+    }
+    free(rel);
+    free(nx->known);
+    free(nx->w.released);
+    session_unref(s);
+    *nx = (struct wait_next){0};
+}
+
+/* ... nx (filled, for wait_go_on, when the frame answers s's wait only in
+ * part: sm's copy, or this node's copy of sm->wait_epoch, still waited
+ * for a third node's ids). */
 static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBinaryData *id,
                        uint64_t epoch, const uint32_t *received, size_t n_received,
                        const uint16_t *own, uint32_t n_own, uint64_t copy_epoch, bool relayed,
-                       const Starling__Chan__SessionMessages *sm)
+                       const Starling__Chan__SessionMessages *sm, struct wait_next *nx)
 {
     struct session *s = claim_session_at(cn, (const char *)id->data, id->len, epoch, false);
     uint64_t node = 0, later = 0;
@@ -1301,7 +1373,8 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
     bool blind = session_blind(s, now) && wait_answered_by(s, from, copy_epoch, relayed, strict);
     lock_release(&s->lock);
     uint32_t n_chain = 0;
-    uint16_t *chain = blind ? chain_ids(cn, s, sm, &n_chain) : NULL;
+    struct cn_wait_on cw = {0};
+    uint16_t *chain = blind ? chain_ids(cn, s, sm, &n_chain, &cw) : NULL;
     /* for the later claim's session: less those its client released
      * there while it waited (every PUBREL in the wait is remembered,
      * blind_released, and goes down the chain with the wait). The copy the
@@ -1333,14 +1406,43 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
             ids[n++] = x;
     }
     free(chain);
+    /* the copy that answers still waited for a third node's ids (the
+     * frame says so, wait_node), or this node's copy it waited for did
+     * (cw): an earlier claim's copy, so that the chain ends */
+    uint64_t next = 0, next_epoch = 0;
+    if (sm && sm->has_wait_node && sm->wait_node && sm->wait_node != cn->self &&
+        sm->has_wait_epoch && sm->wait_epoch) {
+        next = sm->wait_node;
+        next_epoch = sm->wait_epoch;
+    } else if (cw.node && cw.node != cn->self && cw.epoch) {
+        next = cw.node;
+        next_epoch = cw.epoch;
+    }
+    uint32_t *known = NULL, n_known = 0;
     lock_acquire(&s->lock);
     blind = ids && session_blind(s, now) && wait_answered_by(s, from, copy_epoch, relayed, strict);
+    if (blind && next && nx && (!s->blind_epoch || next_epoch < s->blind_epoch) &&
+        (!copy_epoch || next_epoch < copy_epoch) && (known = malloc((n + 1) * sizeof *known))) {
+        n_known = ids_union(known, NULL, 0, ids, n, s);
+        blind = false;
+    }
     if (blind) {
         n = session_told_set(s, ids, n);
         ids = NULL;
     }
     lock_release(&s->lock);
     free(ids);
+    if (known) {
+        size_t n_sm = sm ? sm->n_wait_released : 0;
+        uint32_t *rel = malloc((n_sm + cw.n_released + 1) * sizeof *rel);
+        for (size_t i = 0; rel && i < n_sm + cw.n_released; i++)
+            rel[i] = i < n_sm ? sm->wait_released[i] : cw.released[i - n_sm];
+        *nx = (struct wait_next){
+            session_ref(s), from,   copy_epoch,
+            relayed,        strict, {next, next_epoch, 0, rel, rel ? n_sm + cw.n_released : 0},
+            known,          n_known};
+    }
+    free(cw.released);
     if (blind) {
         /* into its record: a restart of this node during the wait keeps
          * them (docs/cluster.md, *The wait in the session's record*) */
@@ -1404,28 +1506,27 @@ static uint16_t *own_moved_waited(struct cluster_node *cn, uint64_t from,
     return ids;
 }
 
-uint32_t *cn_wait_redirect(struct cluster_node *cn, struct session *s,
-                           const Starling__Chan__SessionState *st, const struct cn_wait_on *w,
-                           size_t *n_rel)
+/* s's wait (s->lock held) goes on to node's copy of claim `epoch`,
+ * until `until` (monotonic ms): what was told goes (not complete), the
+ * PUBRELs a[0..na) and b[0..nb) that came during the waits before count
+ * with s's own. Returns them all, malloc'd, *n_rel (NULL: out of memory),
+ * for cn_wait_ask. */
+static uint32_t *wait_moved(struct session *s, uint64_t node, uint64_t epoch, uint64_t until,
+                            const uint32_t *a, size_t na, const uint32_t *b, size_t nb,
+                            size_t *n_rel)
 {
     uint64_t now = broker_now_mono_ms();
-    uint64_t left = w->left_ms;
-    if (st->has_blind_left_ms && st->blind_left_ms && st->blind_left_ms < left)
-        left = st->blind_left_ms;
-    if (left > CN_RESEND_WAIT_MS(cn))
-        left = CN_RESEND_WAIT_MS(cn);
-    s->blind_node = w->node;
-    s->blind_epoch = w->epoch;
-    s->blind_until = now + (left ? left : 1);
+    s->blind_node = node;
+    s->blind_epoch = epoch;
+    s->blind_until = until > now ? until : now + 1;
     s->blind_said_none = s->blind_none_kept = false;
     free(s->told_ids);
     s->told_ids = NULL;
     s->n_told = 0;
     s->told = false;
     s->wait_dirty = true;
-    for (size_t i = 0; i < st->n_released_qos2 + w->n_released; i++) {
-        uint32_t pid =
-            i < st->n_released_qos2 ? st->released_qos2[i] : w->released[i - st->n_released_qos2];
+    for (size_t i = 0; i < na + nb; i++) {
+        uint32_t pid = i < na ? a[i] : b[i - na];
         if (pid >= 1 && pid <= 65535 && !session_blind_was_released(s, (uint16_t)pid))
             session_blind_released(s, (uint16_t)pid, now);
     }
@@ -1434,6 +1535,19 @@ uint32_t *cn_wait_redirect(struct cluster_node *cn, struct session *s,
     for (uint32_t i = 0; rel && i < s->n_blind_released; i++)
         rel[(*n_rel)++] = s->blind_released[i];
     return rel;
+}
+
+uint32_t *cn_wait_redirect(struct cluster_node *cn, struct session *s,
+                           const Starling__Chan__SessionState *st, const struct cn_wait_on *w,
+                           size_t *n_rel)
+{
+    uint64_t left = w->left_ms;
+    if (st->has_blind_left_ms && st->blind_left_ms && st->blind_left_ms < left)
+        left = st->blind_left_ms;
+    if (left > CN_RESEND_WAIT_MS(cn))
+        left = CN_RESEND_WAIT_MS(cn);
+    return wait_moved(s, w->node, w->epoch, broker_now_mono_ms() + (left ? left : 1),
+                      st->released_qos2, st->n_released_qos2, w->released, w->n_released, n_rel);
 }
 
 void cn_wait_ask(struct cluster_node *cn, const struct cn_wait_on *w, const char *id, uint16_t len,
@@ -1469,7 +1583,7 @@ void cn_wait_ask(struct cluster_node *cn, const struct cn_wait_on *w, const char
                  (int)len, id, (unsigned long long)w->node);
     else
         log_info("cluster: the session of '%.*s' (claim %llu) waits for the QoS 2 ids of "
-                 "%016llx's copy of claim %llu (this node's copy, whose ids it waited for, was "
+                 "%016llx's copy of claim %llu (the copy whose ids it waited for was "
                  "still waiting for them): asked, with the %u known",
                  (int)len, id, (unsigned long long)epoch, (unsigned long long)w->node,
                  (unsigned long long)w->epoch, (unsigned)n);
@@ -1493,17 +1607,26 @@ static void ask_answer(struct cluster_node *cn, uint64_t from,
     uint16_t len = (uint16_t)sm->client_id.len;
     uint32_t n_own = 0;
     uint16_t *own = NULL;
+    /* this node's copy still waited itself for another node's ids of an
+     * earlier claim (w): the answer says so, and the asker asks on */
+    struct cn_wait_on w = {0};
     if (sm->client_id.len && sm->client_id.len <= 65535 && sm->has_wait_epoch && sm->wait_epoch &&
         sm->wait_node == cn->self) {
-        own = gone_copy_ids(cn, id, len, sm->wait_epoch, &n_own, NULL);
+        own = gone_copy_ids(cn, id, len, sm->wait_epoch, &n_own, &w);
         if (!own)
-            own = stored_copy_ids(cn, id, len, sm->wait_epoch, &n_own, NULL);
+            own = stored_copy_ids(cn, id, len, sm->wait_epoch, &n_own, &w);
         if (own)
             n_own = ids_less(own, n_own, sm->wait_released, sm->n_wait_released);
     }
     uint32_t *ids = malloc((sm->n_qos2_received + n_own + 1) * sizeof *ids);
-    if (!ids) {
+    uint32_t *rel = w.node && w.epoch < sm->wait_epoch
+                        ? malloc((sm->n_wait_released + w.n_released + 1) * sizeof *rel)
+                        : NULL;
+    if (!ids || (w.node && w.epoch < sm->wait_epoch && !rel)) {
         free(own);
+        free(ids);
+        free(rel);
+        free(w.released);
         cluster_fwd_in_defer(cn->fwd, sq); /* asked again */
         return;
     }
@@ -1517,11 +1640,25 @@ static void ask_answer(struct cluster_node *cn, uint64_t from,
     a.has_qos2_told = a.qos2_told = true;
     a.has_qos2_epoch = true;
     a.qos2_epoch = sm->wait_epoch;
+    if (rel) {
+        /* with the PUBRELs of every wait down the chain */
+        for (size_t i = 0; i < sm->n_wait_released + w.n_released; i++)
+            rel[i] = i < sm->n_wait_released ? sm->wait_released[i]
+                                             : w.released[i - sm->n_wait_released];
+        a.has_wait_node = a.has_wait_epoch = true;
+        a.wait_node = w.node;
+        a.wait_epoch = w.epoch;
+        a.wait_released = rel;
+        a.n_wait_released = sm->n_wait_released + w.n_released;
+    }
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
     fr.session_messages = &a;
     struct store_batch *bt = NULL;
-    if (cluster_fwd_send_frame(cn->fwd, from, &fr, &bt) < 0) {
+    int r = cluster_fwd_send_frame(cn->fwd, from, &fr, &bt);
+    free(rel);
+    free(w.released);
+    if (r < 0) {
         if (bt)
             store_batch_free(bt);
         free(ids);
@@ -1530,11 +1667,18 @@ static void ask_answer(struct cluster_node *cn, uint64_t from,
     }
     cluster_fwd_in_stage(cn->fwd, sq, &bt);
     persist_submit(cn->b, &bt, NULL, NULL);
-    log_info(
-        "cluster: %016llx asked for the QoS 2 ids of this node's copy of '%.*s' of claim %llu: "
-        "%u told (with the %zu it knew)",
-        (unsigned long long)from, (int)len, id, (unsigned long long)sm->wait_epoch, (unsigned)n,
-        sm->n_qos2_received);
+    if (a.has_wait_node)
+        log_info("cluster: %016llx asked for the QoS 2 ids of this node's copy of '%.*s' of claim "
+                 "%llu: %u told (with the %zu it knew); that copy still waited for those of "
+                 "%016llx's copy of claim %llu, which the answer names",
+                 (unsigned long long)from, (int)len, id, (unsigned long long)sm->wait_epoch,
+                 (unsigned)n, sm->n_qos2_received, (unsigned long long)w.node,
+                 (unsigned long long)w.epoch);
+    else
+        log_info("cluster: %016llx asked for the QoS 2 ids of this node's copy of '%.*s' of claim "
+                 "%llu: %u told (with the %zu it knew)",
+                 (unsigned long long)from, (int)len, id, (unsigned long long)sm->wait_epoch,
+                 (unsigned)n, sm->n_qos2_received);
     free(ids);
 }
 
@@ -1596,6 +1740,17 @@ void cn_session_on_late_state(struct cluster_node *cn, uint64_t from,
     sm.n_seen = st->n_seen;
     sm.seen = st->seen;
     sm.has_more = sm.more = st->has_more && st->more;
+    /* the sender's copy still waited for a third node's ids, not told:
+     * its own are only part of its client's (owner_told asks on) */
+    if (st->has_blind_node && st->blind_node && st->blind_node != cn->self &&
+        st->has_blind_left_ms && st->blind_left_ms && !(st->has_told && st->told) &&
+        st->has_blind_epoch && st->blind_epoch) {
+        sm.has_wait_node = sm.has_wait_epoch = true;
+        sm.wait_node = st->blind_node;
+        sm.wait_epoch = st->blind_epoch;
+        sm.wait_released = st->released_qos2;
+        sm.n_wait_released = st->n_released_qos2;
+    }
     log_info("cluster: the session state of '%.*s' from %016llx came after its claim went on: "
              "%zu message(s) taken as late ones",
              (int)st->client_id.len, (const char *)st->client_id.data, (unsigned long long)from,
@@ -2221,14 +2376,16 @@ static void on_messages_told(struct cluster_node *cn, uint64_t from,
     bool relayed = sm->has_qos2_of && sm->qos2_of;
     uint64_t whose = relayed ? sm->qos2_of : from;
     uint64_t copy_epoch = sm->has_qos2_epoch ? sm->qos2_epoch : 0;
+    struct wait_next nx = {0};
     bool told = !(sm->has_qos2_told && sm->qos2_told) ||
                 owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received,
-                           sm->n_qos2_received, own, n_own, copy_epoch, relayed, sm);
+                           sm->n_qos2_received, own, n_own, copy_epoch, relayed, sm, &nx);
     fold_on_messages(cn, from, sm, sq, NULL);
     /* the frame may have built the session (adopt_lost): told now */
     if (!told)
         owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received,
-                   own, n_own, copy_epoch, relayed, sm);
+                   own, n_own, copy_epoch, relayed, sm, &nx);
+    wait_go_on(cn, &nx);
 }
 
 void cn_session_on_messages(struct cluster_node *cn, uint64_t from,
@@ -2345,9 +2502,14 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
                 on.qos2_of = cn->self;
                 on.has_qos2_epoch = true;
                 on.qos2_epoch = sm->epoch;
-                on.has_wait_node = on.has_wait_epoch = false;
-                on.n_wait_released = 0;
-                on.wait_released = NULL;
+                /* the wait of whose's copy, if it still waited in turn,
+                 * goes on with them (owner_told asks on) */
+                if (!(sm->has_wait_node && sm->wait_node && sm->has_wait_epoch && sm->wait_epoch &&
+                      sm->wait_epoch < sm->epoch)) {
+                    on.has_wait_node = on.has_wait_epoch = false;
+                    on.n_wait_released = 0;
+                    on.wait_released = NULL;
+                }
                 log_info("cluster: the QoS 2 ids of '%.*s' from %016llx answer the wait of this "
                          "node's copy of claim %llu, claimed away: %u passed on as that copy's",
                          (int)sm->client_id.len, id, (unsigned long long)whose,

@@ -1522,6 +1522,106 @@ def test_ids_of_a_copy_folded_while_moving_out_elsewhere_answer_a_wait_named_for
     resend_was_had(sub, b, WAIT_S)
 
 
+def test_a_wait_answered_by_a_copy_that_still_waited_asks_its_third_node(cluster_factory,
+                                                                          tmp_path):
+    """The question asked one level only (docs/cluster.md, *A wait goes on
+    down the chain*). A persistent QoS 2 publisher's node a takes its
+    message (claim 1) and is SIGKILLed; the client resumes on b from the
+    record (claim 2, waiting for a's ids). a starts again: its stored copy
+    moves out to b, and its frames to b wait in its outbox
+    (STARLING_TEST_FWD_HOLD), so b's copy is never told. b stalls
+    (SIGSTOP); the client resumes on cn from the record (claim 3, waiting
+    for b's ids of claim 2) and resends there: held. b runs again and gives
+    its copy up to claim 3; that copy took nothing, but still waited for
+    a's ids of claim 1. Before, cn took its ids (none) for all and the
+    resend for new; now cn waits for a's ids of claim 1 and asks a:
+    received, not delivered again."""
+    WAIT_S = 30.0
+    hold = tmp_path / "fwd-hold"
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_RESEND_WAIT": "90000"})
+    node_env(c.nodes[0], STARLING_TEST_FWD_HOLD=str(hold))
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/askon", WAIT_S)
+    try:
+        faults.kill(a)
+        wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # b asks a nothing
+        p.close()
+        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
+        hold.write_text(f"{faults.node_id(b):016x}")
+        a.start()
+        left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x} (claim 2)"
+        wait_for(lambda: left in a.logtext(), WAIT_S, f"a's stored copy of {pub_id} moving out")
+        faults.wait_healthy(c)
+        faults.pause(b)
+        try:
+            wait_for(lambda: unreachable(cn, b), WAIT_S, "cn taking b for dead")
+            q = resumed_elsewhere(cn, pub_id, props, WAIT_S)  # claim 3: waits for b's ids
+            resend_held(q, cn, topic, b"taken", WAIT_S)
+        finally:
+            faults.resume(b)  # gives its copy, still waiting for a's ids, up to claim 3
+        resend_answered_as_had(q, cn, WAIT_S)
+        exchanged_qos2(q, topic, b"after", WAIT_S)
+        q.disconnect()
+    finally:
+        hold.unlink(missing_ok=True)
+    on = f"which still waited for those of {faults.node_id(a):016x}'s copy of claim 1"
+    assert on in cn.logtext()
+    resend_was_had(sub, cn, WAIT_S)
+
+
+def test_an_asked_copy_that_still_waited_names_its_wait_in_the_answer(cluster_factory, tmp_path):
+    """As above, one level further: the node asked answers with its copy's
+    wait too. a takes the message (claim 1) and is SIGKILLed; the client
+    resumes on b from the record (claim 2, waiting for a's ids); a starts
+    again, its stored copy moving out to b held (STARLING_TEST_MOVING_HOLD:
+    it sends nothing). b is SIGKILLed; the client resumes on cn from the
+    record (claim 3, waiting for b's ids); b starts again, its stored copy
+    of claim 2 held moving out to cn, still waiting for a's ids of claim
+    1. cn stalls; the client resumes on a from the record (claim
+    4, waiting for cn's ids; a folds its own copy of claim 1) and resends:
+    held. cn runs again and gives its copy up, still waiting for b's ids of
+    claim 2: a asks b, and b's copy waited in turn for a's of claim 1.
+    Before, b answered with its copy's own ids (none), and a took the
+    resend for new; now the answer names b's copy's wait, and a adds its
+    own copy's ids of claim 1: received, not delivered again."""
+    WAIT_S = 30.0
+    holds = [tmp_path / "moving-hold-a", tmp_path / "moving-hold-b"]
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_RESEND_WAIT": "90000"})
+    node_env(c.nodes[0], STARLING_TEST_MOVING_HOLD=str(holds[0]))
+    node_env(c.nodes[1], STARLING_TEST_MOVING_HOLD=str(holds[1]))
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/askon2", WAIT_S)
+    try:
+        gone = p
+        for old, new, hold, claim in ((a, b, holds[0], 2), (b, cn, holds[1], 3)):
+            faults.kill(old)
+            wait_for(lambda: unreachable(new, old), WAIT_S, f"{new.name} taking {old.name} for "
+                     "dead")
+            gone.close()
+            gone = resumed_elsewhere(new, pub_id, props, WAIT_S)  # waits for old's ids
+            hold.touch()
+            old.start()
+            left = f"the session of '{pub_id}' moved to {faults.node_id(new):016x} (claim {claim})"
+            wait_for(lambda: left in old.logtext(), WAIT_S,
+                     f"{old.name}'s stored copy of {pub_id} moving out")
+            faults.wait_healthy(c)
+        faults.pause(cn)
+        try:
+            wait_for(lambda: unreachable(a, cn), WAIT_S, "a taking cn for dead")
+            gone.close()
+            q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # claim 4: waits for cn's ids
+            resend_held(q, a, topic, b"taken", WAIT_S)
+        finally:
+            faults.resume(cn)  # gives its copy, still waiting for b's ids, up to claim 4
+        resend_answered_as_had(q, a, WAIT_S)
+        exchanged_qos2(q, topic, b"after", WAIT_S)
+        q.disconnect()
+    finally:
+        for hold in holds:
+            hold.unlink(missing_ok=True)
+    named = f"that copy still waited for those of {faults.node_id(a):016x}'s copy of claim 1"
+    assert named in b.logtext()
+    resend_was_had(sub, a, WAIT_S)
+
+
 @pytest.mark.parametrize("then", ["resent", "moved_on"])
 def test_ids_told_to_a_copy_moving_out_go_on_to_its_owner(cluster_factory, tmp_path, then):
     """Chaos seed 10048 with --resend --more (1 QoS 2 duplicate at 3
