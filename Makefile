@@ -108,7 +108,7 @@ integration: deps-test
 	$(PYTHON) tests/run_all.py integration-w1 integration-w2
 
 cluster: deps-test
-	$(PYTHON) tests/run_all.py cluster cluster-timed
+	$(PYTHON) tests/run_all.py cluster cluster-later cluster-timed
 
 fuzz: deps-test
 	$(PYTHON) tests/run_all.py fuzz

@@ -73,6 +73,10 @@ def integration_env(workers):
             "STARLING_TEST_WORKERS": str(workers)}
 
 
+# The file of tests/cluster that runs as a part of its own (cluster-later).
+CLUSTER_LATER = "test_forward.py"
+
+
 def has_tests(folder):
     return any((ROOT / folder).glob("**/test_*.py"))
 
@@ -80,12 +84,15 @@ def has_tests(folder):
 class Part:
     """One step of the suite: a command, what it needs first, its cost."""
 
-    def __init__(self, name, argv, needs=(), cost=1, env=None, when=None, what=""):
+    def __init__(self, name, argv, needs=(), cost=1, env=None, when=None, what="", after=()):
         self.name = name
         # exit codes that mean "could not run": 77, and pytest's 5 (no tests)
         self.skip_codes = (SKIPPED_RC, 5) if "pytest" in argv else (SKIPPED_RC,)
         self.argv = argv
         self.needs = list(needs)
+        # parts it waits for when they run too (ended, however), without
+        # bringing them in: a place in the schedule, not a need
+        self.after = list(after)
         self.cost = cost
         self.env = env or {}
         self.when = when  # None, or a function returning a reason to skip
@@ -124,14 +131,26 @@ PARTS = [
          env={"STARLING_TEST_BIN": str(ROOT / "build/release/node/starling"),
               "STARLING_TEST_HEAVY": "1"},
          what="GET /api/v1/clients with 10,000 clients: a page within 200 ms (Release, alone)"),
-    Part("cluster", pytest("tests/cluster"), needs=["build-asan", "npm-deps"],
+    # tests/cluster, the longest part, in two: the most of it from the
+    # start, beside the integration suites; test_forward.py once the fuzz
+    # targets and the deployment checks are done, in the time when the rest
+    # of the cluster tests ran alone on the machine (22 minutes in one part,
+    # 2026-12-06)
+    Part("cluster", pytest("tests/cluster") + ["--ignore", "tests/cluster/" + CLUSTER_LATER],
+         needs=["build-asan", "npm-deps"],
          env=integration_env(2),
          when=lambda: None if has_tests("tests/cluster") else "no tests in tests/cluster",
-         what="pytest tests/cluster: several nodes on 127.0.0.x"),
+         what="pytest tests/cluster (but " + CLUSTER_LATER + "): several nodes on 127.0.0.x"),
+    Part("cluster-later", pytest("tests/cluster/" + CLUSTER_LATER), needs=["build-asan", "npm-deps"],
+         after=["fuzz", "bench-smoke", "deploy"],
+         env=integration_env(2),
+         when=lambda: None if (ROOT / "tests/cluster" / CLUSTER_LATER).exists()
+         else "no tests/cluster/" + CLUSTER_LATER,
+         what="pytest tests/cluster/" + CLUSTER_LATER + ": several nodes on 127.0.0.x"),
     Part("cluster-timed", [PYTHON, "-m", "pytest", "-q", "-rfEsxX", "-s", "-p", "no:cacheprovider",
                            "tests/cluster/test_faults.py::"
                            "test_leader_killed_new_leader_quickly_nothing_committed_lost"],
-         needs=["cluster"], cost=BUDGET,
+         needs=["cluster", "cluster-later"], cost=BUDGET,
          env=dict(integration_env(2), STARLING_TEST_HEAVY="1"),
          what="the leader SIGKILLed: a new leader within 2 s (issue 10), alone on the machine"),
     # these two builds after npm-deps only, so that the cluster part, the
@@ -197,8 +216,11 @@ class Runner:
         print(f"[{elapsed(self.t0):7.1f} s] {text}", flush=True)
 
     def ready(self, p):
-        return p.state == "waiting" and all(BY_NAME[n].state in ("passed", "skipped")
-                                            for n in p.needs if n in self.names)
+        return (p.state == "waiting" and
+                all(BY_NAME[n].state in ("passed", "skipped") for n in p.needs
+                    if n in self.names) and
+                all(BY_NAME[n].state in ("passed", "skipped", "failed") for n in p.after
+                    if n in self.names))
 
     def blocked(self, p):
         bad = [n for n in p.needs if n in self.names and BY_NAME[n].state == "failed"]
