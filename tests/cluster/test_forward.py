@@ -1315,6 +1315,38 @@ def resumed_past_stalled(stalled, others, pub_id, props, wait_s, gone=None):
              f"{stalled.name} giving its copy of {pub_id} up")
 
 
+def resumed_past_killed(killed, node, pub_id, props, wait_s, gone):
+    """`killed` is SIGKILLed; once `node` takes it for dead (and asks it
+    nothing), pub_id's client (gone: its connection there, closed first)
+    resumes on node from the record: its raw client."""
+    faults.kill(killed)
+    wait_for(lambda: unreachable(node, killed), wait_s,
+             f"{node.name} taking {killed.name} for dead")
+    gone.close()
+    return resumed_elsewhere(node, pub_id, props, wait_s)
+
+
+def had_past_stalled(stalled, node, pub_id, props, topic, wait_s, gone=None):
+    """`stalled` stalls (SIGSTOP); once `node` takes it for dead, pub_id's
+    client (gone: its connection there, closed first) resumes on node from
+    the record and resends b"taken" there: held. `stalled` runs again and
+    gives its copy up; node answers the resend as had, then a whole QoS 2
+    exchange of b"after", and the client disconnects."""
+    faults.pause(stalled)
+    try:
+        wait_for(lambda: unreachable(node, stalled), wait_s,
+                 f"{node.name} taking {stalled.name} for dead")
+        if gone is not None:
+            gone.close()
+        q = resumed_elsewhere(node, pub_id, props, wait_s)
+        resend_held(q, node, topic, b"taken", wait_s)
+    finally:
+        faults.resume(stalled)
+    resend_answered_as_had(q, node, wait_s)
+    exchanged_qos2(q, topic, b"after", wait_s)
+    q.disconnect()
+
+
 def test_ids_of_a_copy_surrendered_to_another_claim_answer_a_wait_on_its_node(cluster_factory):
     """Chaos seed 10010 with --resend --more (2 QoS 2 duplicates, DUP 1). A
     persistent QoS 2 publisher's node a takes its message (PUBREC, the id
@@ -1542,25 +1574,14 @@ def test_a_wait_answered_by_a_copy_that_still_waited_asks_its_third_node(cluster
     node_env(c.nodes[0], STARLING_TEST_FWD_HOLD=str(hold))
     a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/askon", WAIT_S)
     try:
-        faults.kill(a)
-        wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # b asks a nothing
-        p.close()
-        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
+        resumed_past_killed(a, b, pub_id, props, WAIT_S, p).disconnect()  # claim 2: a's ids
         hold.write_text(f"{faults.node_id(b):016x}")
         a.start()
         left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x} (claim 2)"
         wait_for(lambda: left in a.logtext(), WAIT_S, f"a's stored copy of {pub_id} moving out")
         faults.wait_healthy(c)
-        faults.pause(b)
-        try:
-            wait_for(lambda: unreachable(cn, b), WAIT_S, "cn taking b for dead")
-            q = resumed_elsewhere(cn, pub_id, props, WAIT_S)  # claim 3: waits for b's ids
-            resend_held(q, cn, topic, b"taken", WAIT_S)
-        finally:
-            faults.resume(b)  # gives its copy, still waiting for a's ids, up to claim 3
-        resend_answered_as_had(q, cn, WAIT_S)
-        exchanged_qos2(q, topic, b"after", WAIT_S)
-        q.disconnect()
+        # claim 3 on cn, waiting for b's ids; b's copy still waited for a's
+        had_past_stalled(b, cn, pub_id, props, topic, WAIT_S)
     finally:
         hold.unlink(missing_ok=True)
     on = f"which still waited for those of {faults.node_id(a):016x}'s copy of claim 1"
@@ -1592,28 +1613,15 @@ def test_an_asked_copy_that_still_waited_names_its_wait_in_the_answer(cluster_fa
     try:
         gone = p
         for old, new, hold, claim in ((a, b, holds[0], 2), (b, cn, holds[1], 3)):
-            faults.kill(old)
-            wait_for(lambda: unreachable(new, old), WAIT_S, f"{new.name} taking {old.name} for "
-                     "dead")
-            gone.close()
-            gone = resumed_elsewhere(new, pub_id, props, WAIT_S)  # waits for old's ids
+            gone = resumed_past_killed(old, new, pub_id, props, WAIT_S, gone)  # old's ids
             hold.touch()
             old.start()
             left = f"the session of '{pub_id}' moved to {faults.node_id(new):016x} (claim {claim})"
             wait_for(lambda: left in old.logtext(), WAIT_S,
                      f"{old.name}'s stored copy of {pub_id} moving out")
             faults.wait_healthy(c)
-        faults.pause(cn)
-        try:
-            wait_for(lambda: unreachable(a, cn), WAIT_S, "a taking cn for dead")
-            gone.close()
-            q = resumed_elsewhere(a, pub_id, props, WAIT_S)  # claim 4: waits for cn's ids
-            resend_held(q, a, topic, b"taken", WAIT_S)
-        finally:
-            faults.resume(cn)  # gives its copy, still waiting for b's ids, up to claim 4
-        resend_answered_as_had(q, a, WAIT_S)
-        exchanged_qos2(q, topic, b"after", WAIT_S)
-        q.disconnect()
+        # claim 4 on a, waiting for cn's ids; cn's copy still waited for b's
+        had_past_stalled(cn, a, pub_id, props, topic, WAIT_S, gone=gone)
     finally:
         for hold in holds:
             hold.unlink(missing_ok=True)
@@ -1650,10 +1658,7 @@ def test_ids_told_to_a_copy_moving_out_go_on_to_its_owner(cluster_factory, tmp_p
     node_env(c.nodes[1], STARLING_TEST_MOVING_HOLD=str(moving))
     a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/passon", WAIT_S)
     try:
-        faults.kill(a)
-        wait_for(lambda: unreachable(b, a), WAIT_S, "b taking a for dead")  # b asks a nothing
-        p.close()
-        resumed_elsewhere(b, pub_id, props, WAIT_S).disconnect()  # claim 2: waits for a's ids
+        resumed_past_killed(a, b, pub_id, props, WAIT_S, p).disconnect()  # claim 2: a's ids
         hold.write_text(f"{faults.node_id(b):016x}")
         moving.touch()
         a.start()
