@@ -1326,6 +1326,18 @@ def resumed_past_killed(killed, node, pub_id, props, wait_s, gone):
     return resumed_elsewhere(node, pub_id, props, wait_s)
 
 
+def resumed_on_b_frames_held(c, hold, name, wait_s):
+    """publisher_taken_on_a, with a's frames to b held while the file
+    `hold` names b (STARLING_TEST_FWD_HOLD): a is SIGKILLed and the client
+    resumes on b from the record (claim 2, waiting for a's ids), then
+    `hold` names b. Returns (a, b, cn, topic, sub, pub_id, props)."""
+    node_env(c.nodes[0], STARLING_TEST_FWD_HOLD=str(hold))
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, name, wait_s)
+    resumed_past_killed(a, b, pub_id, props, wait_s, p).disconnect()
+    hold.write_text(f"{faults.node_id(b):016x}")
+    return a, b, cn, topic, sub, pub_id, props
+
+
 def had_past_stalled(stalled, node, pub_id, props, topic, wait_s, gone=None):
     """`stalled` stalls (SIGSTOP); once `node` takes it for dead, pub_id's
     client (gone: its connection there, closed first) resumes on node from
@@ -1571,11 +1583,8 @@ def test_a_wait_answered_by_a_copy_that_still_waited_asks_its_third_node(cluster
     WAIT_S = 30.0
     hold = tmp_path / "fwd-hold"
     c = cluster_factory(extra_env={"STARLING_CLUSTER_RESEND_WAIT": "90000"})
-    node_env(c.nodes[0], STARLING_TEST_FWD_HOLD=str(hold))
-    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/askon", WAIT_S)
+    a, b, cn, topic, sub, pub_id, props = resumed_on_b_frames_held(c, hold, "fwd/askon", WAIT_S)
     try:
-        resumed_past_killed(a, b, pub_id, props, WAIT_S, p).disconnect()  # claim 2: a's ids
-        hold.write_text(f"{faults.node_id(b):016x}")
         a.start()
         left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x} (claim 2)"
         wait_for(lambda: left in a.logtext(), WAIT_S, f"a's stored copy of {pub_id} moving out")
@@ -1654,12 +1663,9 @@ def test_ids_told_to_a_copy_moving_out_go_on_to_its_owner(cluster_factory, tmp_p
     WAIT_S = 30.0
     hold, moving = tmp_path / "fwd-hold", tmp_path / "moving-hold"
     c = cluster_factory()
-    node_env(c.nodes[0], STARLING_TEST_FWD_HOLD=str(hold))
     node_env(c.nodes[1], STARLING_TEST_MOVING_HOLD=str(moving))
-    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/passon", WAIT_S)
+    a, b, cn, topic, sub, pub_id, props = resumed_on_b_frames_held(c, hold, "fwd/passon", WAIT_S)
     try:
-        resumed_past_killed(a, b, pub_id, props, WAIT_S, p).disconnect()  # claim 2: a's ids
-        hold.write_text(f"{faults.node_id(b):016x}")
         moving.touch()
         a.start()
         ended = f"late message(s) of '{pub_id}' sent to its owner {faults.node_id(b):016x}"
