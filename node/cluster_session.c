@@ -1191,6 +1191,16 @@ static uint32_t ids_union(uint32_t *out, const uint32_t *a, size_t na, const uin
     return k;
 }
 
+/* a[0..na) then b[0..nb), malloc'd (NULL: out of memory): the PUBRELs of
+ * two waits down a chain, told on together. */
+static uint32_t *ids_cat(const uint32_t *a, size_t na, const uint32_t *b, size_t nb)
+{
+    uint32_t *out = malloc((na + nb + 1) * sizeof *out);
+    for (size_t i = 0; out && i < na + nb; i++)
+        out[i] = i < na ? a[i] : b[i - na];
+    return out;
+}
+
 /* When the copy whose ids answer s's wait itself waited for this node's
  * copy of claim sm->wait_epoch (each claim of a chain resumed from the
  * record while the one before was away), that copy's QoS 2 ids, less those
@@ -1434,9 +1444,7 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
     free(ids);
     if (known) {
         size_t n_sm = sm ? sm->n_wait_released : 0;
-        uint32_t *rel = malloc((n_sm + cw.n_released + 1) * sizeof *rel);
-        for (size_t i = 0; rel && i < n_sm + cw.n_released; i++)
-            rel[i] = i < n_sm ? sm->wait_released[i] : cw.released[i - n_sm];
+        uint32_t *rel = ids_cat(sm ? sm->wait_released : NULL, n_sm, cw.released, cw.n_released);
         *nx = (struct wait_next){
             session_ref(s), from,   copy_epoch,
             relayed,        strict, {next, next_epoch, 0, rel, rel ? n_sm + cw.n_released : 0},
@@ -1619,10 +1627,11 @@ static void ask_answer(struct cluster_node *cn, uint64_t from,
             n_own = ids_less(own, n_own, sm->wait_released, sm->n_wait_released);
     }
     uint32_t *ids = malloc((sm->n_qos2_received + n_own + 1) * sizeof *ids);
-    uint32_t *rel = w.node && w.epoch < sm->wait_epoch
-                        ? malloc((sm->n_wait_released + w.n_released + 1) * sizeof *rel)
-                        : NULL;
-    if (!ids || (w.node && w.epoch < sm->wait_epoch && !rel)) {
+    /* with the PUBRELs of every wait down the chain */
+    bool waited = w.node && w.epoch < sm->wait_epoch;
+    uint32_t *rel =
+        waited ? ids_cat(sm->wait_released, sm->n_wait_released, w.released, w.n_released) : NULL;
+    if (!ids || (waited && !rel)) {
         free(own);
         free(ids);
         free(rel);
@@ -1640,11 +1649,7 @@ static void ask_answer(struct cluster_node *cn, uint64_t from,
     a.has_qos2_told = a.qos2_told = true;
     a.has_qos2_epoch = true;
     a.qos2_epoch = sm->wait_epoch;
-    if (rel) {
-        /* with the PUBRELs of every wait down the chain */
-        for (size_t i = 0; i < sm->n_wait_released + w.n_released; i++)
-            rel[i] = i < sm->n_wait_released ? sm->wait_released[i]
-                                             : w.released[i - sm->n_wait_released];
+    if (waited) {
         a.has_wait_node = a.has_wait_epoch = true;
         a.wait_node = w.node;
         a.wait_epoch = w.epoch;
