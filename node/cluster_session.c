@@ -530,6 +530,9 @@ struct fold_rows {
     const uint64_t *seqs;
     size_t n;
     struct cn_fold_into *into; /* or NULL: the fold's own batch */
+    /* the node the copy was moving out to when folded (0: not a copy
+     * moving out; this node: one that came back here, cn_moving_back) */
+    uint64_t was_to;
 };
 
 static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
@@ -541,11 +544,13 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
  * directly. To another node, sequenced (node/cluster_fwd.h): the frame goes
  * into the outbox for `to` in the store batch that takes msgs out of the
  * stored rows of `from` (the copy they were taken from; NULL: none), so
- * they are on this node's disk or on the owner's at every moment. */
+ * they are on this node's disk or on the owner's at every moment. To this
+ * node (a fold), `was_to`: where the copy was moving out to (struct
+ * fold_rows). */
 static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to, const char *id,
                       uint16_t len, uint64_t epoch, struct qmsg *msgs, uint64_t direct, bool last,
                       bool complete, Starling__Chan__SeenRange **seen, size_t n_seen,
-                      struct cn_fold_into *into)
+                      struct cn_fold_into *into, uint64_t was_to)
 {
     struct store_batch *bt = NULL;
     struct session_owner_local local = {0};
@@ -663,7 +668,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
             }
             sm.epoch = cur;
         }
-        struct fold_rows fr = {from, seqs, n_seqs, into};
+        struct fold_rows fr = {from, seqs, n_seqs, into, was_to};
         if (!fold_on_messages(cn, to, &sm, NULL, &fr)) { /* not folded (moved on): alone */
             struct store_batch *dt = NULL;
             copy_rows_del(cn, from, id, len, seqs, n_seqs, &dt);
@@ -2611,12 +2616,24 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
     size_t dups = 0, past = 0, parked = 0;
     /* s resumed from its record without its old owner's copy (blind): the
      * messages of another node's copy wait for that copy's, which may bring
-     * them as had (its client got them there). Not this node's own copy
-     * folded in: the owners rule judged it, and what reached it while the
-     * claim waited for the old owner went nowhere else (test_faults.py::
-     * test_stored_copy_standing_in_for_the_claims_session_hands_on_what_it_took) */
+     * them as had (its client got them there). So do those of this node's
+     * own copy folded in when it was moving out to another node: it held
+     * what was routed to it for the owners after it, who may have had it
+     * directly where the owners rule did not bound the copy (docs/
+     * cluster.md, *What is not guaranteed yet*; in chaos seed 10702 for a
+     * reason the run's logs do not show). Before, they were
+     * delivered at once, a second time (chaos seed 10702 with --resend
+     * --more: a copy moving out past two owners, folded into a claim
+     * resumed from the record while the second was down, 1 QoS 2
+     * duplicate at 2 subscribers; test_faults.py::test_own_copy_moving_
+     * out_folded_into_a_resumption_waits_for_the_owner_it_waits_for). Not
+     * a copy that stood in for the claim's session here (moving out to
+     * this node): what reached it while the claim waited for the old owner
+     * went nowhere else (test_faults.py::test_stored_copy_standing_in_for_
+     * the_claims_session_hands_on_what_it_took) */
+    bool other = from != cn->self || (fr && fr->was_to && fr->was_to != cn->self);
     lock_acquire(&s->lock);
-    bool park = from != cn->self && from != s->blind_node && !s->told && !s->blind_said_none &&
+    bool park = other && from != s->blind_node && !s->told && !s->blind_said_none &&
                 session_blind(s, broker_now_mono_ms());
     if (park && !s->park_open) {
         s->park_open = true;
@@ -3379,7 +3396,7 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
 static void moving_send(struct cluster_node *cn, struct cn_moving *x, uint64_t to, uint64_t direct)
 {
     msgs_send(cn, x->s, to, x->s->client_id, x->s->id_len, x->epoch, x->late, direct, true, false,
-              x->seenp, x->n_seen, x->into);
+              x->seenp, x->n_seen, x->into, x->to);
     free(x->seen);
     free(x->seenp);
     session_unref(x->s);
@@ -3492,7 +3509,8 @@ static void moving_send_owner_of_now(struct cluster_node *cn, struct cn_moving *
             msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
     moving_seen_fill(x);
     lock_release(&s->lock);
-    msgs_send(cn, s, node, s->client_id, s->id_len, epoch, before, 0, false, false, NULL, 0, NULL);
+    msgs_send(cn, s, node, s->client_id, s->id_len, epoch, before, 0, false, false, NULL, 0, NULL,
+              0);
 }
 
 /* The old copy x (out of cn->moving) ends; what it held goes to its new
@@ -4345,7 +4363,7 @@ static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
      * directly meanwhile until then: session_late_hold) */
     if (late || f->complete)
         msgs_send(cn, s, f->to, s->client_id, s->id_len, f->epoch, late,
-                  shared ? 0 : f->route_index, false, f->complete, NULL, 0, NULL);
+                  shared ? 0 : f->route_index, false, f->complete, NULL, 0, NULL, 0);
     session_unref(s);
 }
 

@@ -3238,6 +3238,57 @@ def parked_judged(cn, a, cid, what):
     return counts
 
 
+def test_own_copy_moving_out_folded_into_a_resumption_waits_for_the_owner_it_waits_for(
+        cluster_factory, tmp_path):
+    """Chaos seed 10702 with --resend --more (1 QoS 2 duplicate at 2
+    subscribers, 2026-12-06): a node's own copy, moving out, folded into a
+    claim of that node resumed from the record, where the owners rule did
+    not bound what the copy held. As in test_forward_routed_between_the_
+    new_owners_claim_and_its_record_comes_once (`running`): S's client
+    connects to A, which takes S over from B while A's routes and
+    record wait; M0..M19, published on C, reach A by W's route (S gets them
+    there) and B by S's route, where B's copy of S, moving out to A and
+    held (STARLING_TEST_MOVING_HOLD), takes them. STARLING_TEST_OWNERS_
+    UNKNOWN makes the record show no owner after B's claim, so the copy
+    keeps them all. A is SIGKILLed and S's client comes back to B: S
+    resumes there from A's record, waiting for A's copy (blind), and B's
+    copy is folded in. Before, B delivered M0..M19 at once, a second time
+    (another node's copy's late messages waited for A's; this node's own
+    did not). Now they wait in S's queue as those do: a marker published
+    after them passes them, and A, started again, sends its copy's state,
+    whose identities say that S's client had all 20: none comes again."""
+    c, hold, cn, b, a, cid, topic, w = held_copy_with_a_watcher(
+        cluster_factory, tmp_path, "ownpark", "op/t", STARLING_TEST_OWNERS_UNKNOWN="1",
+        STARLING_CLUSTER_RESEND_WAIT="120000")
+    s, p, sent = routed_before_a_held_record(tmp_path, hold, cn, b, a, cid, topic, w, "running")
+    assert delivered_before_a_marker(s, p, topic) == sent
+    moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
+    wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
+    forwards_to_b_in(b, p, "ownpark")
+    session_settled_then_synced(a, cid)
+    kill(a)
+    s.stop()
+    w.stop()
+    s = resumed_on(b, cid, timeout=30, tries=3)
+    hold.unlink()
+    assert f"the session of '{cid}' resumed from its record" in b.logtext()
+    came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
+                      rf"{faults.node_id(b):016x}, \d+ of them had come directly \(not again\), "
+                      rf"\d+ past PUBREC not taken, (\d+) parked")
+    folded = wait_until(lambda: came.findall(b.logtext()), 30, f"{b.name} folding its copy")
+    assert f"'{cid}' is claimed here again while its old copy" in b.logtext()
+    assert folded == [(str(len(sent)), str(len(sent)))]
+    # what comes directly passes them
+    marker = uid("marker").encode()
+    p.publish(topic + "/marker", marker, qos=2)
+    got = s.get(30).payload
+    assert got == marker, f"delivered before the marker: {got!r}"
+    a.start()
+    counts = parked_judged(b, a, cid, "own copy, parked")
+    assert counts == [(str(len(sent)), str(len(sent)), "0")]
+    none_delivered_again("own copy, parked", s, p, topic)
+
+
 def test_a_third_copys_late_messages_wait_for_the_copy_a_resumed_session_waits_for(
         cluster_factory, tmp_path):
     """Chaos seed 1399756914 (CI, 2026-12-05: 1 QoS 2 duplicate), its shape
