@@ -1359,6 +1359,32 @@ def had_past_stalled(stalled, node, pub_id, props, topic, wait_s, gone=None):
     q.disconnect()
 
 
+def asked_past_stalled(c, stalled, node, pub_id, props, topic, wait_s):
+    """`stalled` stalls (SIGSTOP) while `node` still takes it for live (a
+    long cluster_down_after there): once the others have a leader,
+    pub_id's client resumes on node, whose claim asks `stalled` for the
+    session, gets no answer within cluster_claim_timeout and resumes it
+    from the record; the client resends b"taken" there: held. `stalled`
+    runs again and answers the request with its copy's state, which comes
+    after the claim went on; node answers the resend as had, then a whole
+    QoS 2 exchange of b"after", and the client disconnects."""
+    others = [n for n in c.nodes if n is not stalled]
+    faults.pause(stalled)
+    try:
+        wait_for(lambda: faults.leader(c, among=others), wait_s, "a leader among the others")
+        q = resumed_elsewhere(node, pub_id, props, wait_s)
+        assert f"no session state for '{pub_id}' from its old node" in node.logtext()
+        resend_held(q, node, topic, b"taken", wait_s)
+    finally:
+        faults.resume(stalled)
+    late = f"the session state of '{pub_id}' from {faults.node_id(stalled):016x} came after its " \
+        "claim went on"
+    wait_for(lambda: late in node.logtext(), wait_s, f"{stalled.name}'s state coming late")
+    resend_answered_as_had(q, node, wait_s)
+    exchanged_qos2(q, topic, b"after", wait_s)
+    q.disconnect()
+
+
 def test_ids_of_a_copy_surrendered_to_another_claim_answer_a_wait_on_its_node(cluster_factory):
     """Chaos seed 10010 with --resend --more (2 QoS 2 duplicates, DUP 1). A
     persistent QoS 2 publisher's node a takes its message (PUBREC, the id
@@ -1566,8 +1592,9 @@ def test_ids_of_a_copy_folded_while_moving_out_elsewhere_answer_a_wait_named_for
     resend_was_had(sub, b, WAIT_S)
 
 
+@pytest.mark.parametrize("answer", ["last_frame", "late_state"])
 def test_a_wait_answered_by_a_copy_that_still_waited_asks_its_third_node(cluster_factory,
-                                                                          tmp_path):
+                                                                          tmp_path, answer):
     """The question asked one level only (docs/cluster.md, *A wait goes on
     down the chain*). A persistent QoS 2 publisher's node a takes its
     message (claim 1) and is SIGKILLed; the client resumes on b from the
@@ -1579,10 +1606,17 @@ def test_a_wait_answered_by_a_copy_that_still_waited_asks_its_third_node(cluster
     its copy up to claim 3; that copy took nothing, but still waited for
     a's ids of claim 1. Before, cn took its ids (none) for all and the
     resend for new; now cn waits for a's ids of claim 1 and asks a:
-    received, not delivered again."""
+    received, not delivered again. `last_frame`: cn takes b for dead and
+    asks it nothing, and b's copy tells its wait in its last frame;
+    `late_state`: cn (its cluster_down_after long) asks b for the session,
+    resumes it from the record when no answer comes in time, and b's
+    answer, once it runs again, tells the wait in a state that came after
+    the claim went on (its `blind_node`; before, not read there)."""
     WAIT_S = 30.0
     hold = tmp_path / "fwd-hold"
     c = cluster_factory(extra_env={"STARLING_CLUSTER_RESEND_WAIT": "90000"})
+    if answer == "late_state":
+        node_env(c.nodes[2], STARLING_CLUSTER_DOWN_AFTER="120000")
     a, b, cn, topic, sub, pub_id, props = resumed_on_b_frames_held(c, hold, "fwd/askon", WAIT_S)
     try:
         a.start()
@@ -1590,7 +1624,10 @@ def test_a_wait_answered_by_a_copy_that_still_waited_asks_its_third_node(cluster
         wait_for(lambda: left in a.logtext(), WAIT_S, f"a's stored copy of {pub_id} moving out")
         faults.wait_healthy(c)
         # claim 3 on cn, waiting for b's ids; b's copy still waited for a's
-        had_past_stalled(b, cn, pub_id, props, topic, WAIT_S)
+        if answer == "last_frame":
+            had_past_stalled(b, cn, pub_id, props, topic, WAIT_S)
+        else:
+            asked_past_stalled(c, b, cn, pub_id, props, topic, WAIT_S)
     finally:
         hold.unlink(missing_ok=True)
     on = f"which still waited for those of {faults.node_id(a):016x}'s copy of claim 1"
