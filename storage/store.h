@@ -135,8 +135,10 @@ struct store_msg {
     const uint32_t *ids;
     /* topic, payload, properties, expiry_at, the message's cluster
      * identity m->id_node / m->id_seq (0: none, also for a record written
-     * before it was stored, record version 1) and its route table index
-     * m->route_index (0: unknown, also for record versions 1 and 2) */
+     * before it was stored, record version 1), its route table index
+     * m->route_index (0: unknown, also for record versions 1 and 2) and
+     * the other nodes its origin forwarded it to, m->also_to /
+     * m->n_also_to (none listed for record versions 1 to 3) */
     const struct msg *m;
 };
 

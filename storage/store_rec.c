@@ -16,8 +16,10 @@
  *             wait_epoch, u8 wait_told, u32 n_wait_ids, n_wait_ids x u16
  *   msg:      u8 state, u16 pid, u8 qos, u8 flags (bit 0 retain), u16 n_ids,
  *             n_ids x u32, then a message; record version 2 adds u64
- *             origin node, u64 publish number; record version 3
- *             (REC_MSG_VERSION) adds u64 route_index
+ *             origin node, u64 publish number; record version 3 adds
+ *             u64 route_index; record version 4 (REC_MSG_VERSION) adds
+ *             u8 n_also_to (MSG_ALSO_TO_MANY: more than listed, none
+ *             follows), then n_also_to x u64 node
  *   qos2:     nothing more
  *   retained: a message
  *   message:  u8 qos, u8 flags (bit 0 retain), u64 expiry_at, u16 topic_len,
@@ -192,8 +194,9 @@ void rec_put_message(struct rbuf *b, const struct msg *m)
 void rec_put_msg(struct rbuf *b, const struct store_msg *rec)
 {
     const struct msg *m = rec->m;
+    uint8_t n_also = m->n_also_to <= MSG_ALSO_TO_MAX ? m->n_also_to : 0;
     rbuf_expect(b, 7 + 4 * (size_t)rec->n_ids + 20 + m->topic_len + m->payload_len + m->props_len +
-                       24);
+                       25 + 8 * (size_t)n_also);
     rbuf_u8(b, rec->state);
     rbuf_le16(b, rec->pid);
     rbuf_u8(b, rec->qos);
@@ -207,6 +210,10 @@ void rec_put_msg(struct rbuf *b, const struct store_msg *rec)
     rbuf_le64(b, m->id_seq);
     /* REC_MSG_VERSION 3 */
     rbuf_le64(b, m->route_index);
+    /* REC_MSG_VERSION 4 */
+    rbuf_u8(b, m->n_also_to == MSG_ALSO_TO_MANY ? MSG_ALSO_TO_MANY : n_also);
+    for (uint8_t i = 0; i < n_also; i++)
+        rbuf_le64(b, m->also_to[i]);
 }
 
 const uint8_t *rdec_bytes(struct rdec *d, size_t n)
@@ -448,6 +455,18 @@ int rec_get_msg(struct rdec *val, uint8_t version, struct store_msg *rec, uint32
     }
     if (rc == 0 && version >= 3)
         m->route_index = rdec_le64(val);
+    if (rc == 0 && version >= 4) {
+        uint8_t n = rdec_u8(val);
+        if (n == MSG_ALSO_TO_MANY) {
+            m->n_also_to = n;
+        } else if (n <= MSG_ALSO_TO_MAX) {
+            for (uint8_t i = 0; i < n; i++)
+                m->also_to[i] = rdec_le64(val);
+            m->n_also_to = n;
+        } else {
+            val->bad = true;
+        }
+    }
     if (rc == 0 && (val->bad || val->n != 0)) {
         msg_unref(m);
         rc = -EIO;

@@ -41,8 +41,10 @@
 /* Message records are version 2 since they hold the message's cluster
  * identity (origin node, publish number); version 1 is read without it.
  * Version 3 adds the route table index of the message (route_index);
- * older versions are read with 0 (unknown). */
-#define REC_MSG_VERSION 3
+ * older versions are read with 0 (unknown). Version 4 adds the other nodes
+ * its origin forwarded it to (also_to); older versions are read with none
+ * listed (an old copy's owners rule then keeps the message). */
+#define REC_MSG_VERSION 4
 /* Longest id or topic kept verbatim in a key. LMDB's default maximum key
  * size is 511 bytes; 2 + 400 + 8 leaves room. */
 #define REC_INLINE_MAX 400

@@ -3129,14 +3129,16 @@ def test_owners_own_publishes_before_its_session_joined_come_from_the_old_copy(c
                          lambda: f"; got first {got}")
 
 
-def routed_before_a_held_record(tmp_path, hold, cn, b, a, cid, topic, w, old, b_stays=False):
+def routed_before_a_held_record(tmp_path, hold, cn, b, a, cid, topic, w, old, b_stays=False,
+                                between=None):
     """The start of held_copy_with_a_watcher's tests of a forward routed
     between a claim and its record: S's client connects to A, which takes
     S over while A's batch of routes and records waits
     (STARLING_TEST_BATCH_HOLD); `stopped`: B SIGSTOPped and taken for dead
     first (A resumes S from its record), and continued at the end unless
     b_stays; M0..M19, published by p on C, reach A by W's route and B by
-    S's; A's batch goes. Returns (S's client on A, p, M0..M19)."""
+    S's; between(p), if given, runs; A's batch goes. Returns (S's client
+    on A, p, M0..M19)."""
     p = PahoClient(cn, uid(cid + "p"), 5)
     p.connect()
     hold.write_text("")
@@ -3165,6 +3167,8 @@ def routed_before_a_held_record(tmp_path, hold, cn, b, a, cid, topic, w, old, b_
                 p.publish(topic + "/x", m, qos=2)
             # they reached A (W's route), S's session there too
             assert [w.get(WAIT).payload for _ in sent] == sent
+            if between:
+                between(p)
         finally:
             a_hold.unlink()
             bg.join()
@@ -3179,7 +3183,7 @@ def routed_before_a_held_record(tmp_path, hold, cn, b, a, cid, topic, w, old, b_
     return s, p, sent
 
 
-@pytest.mark.parametrize("old", ["stopped", "running"])
+@pytest.mark.parametrize("old", ["stopped", "running", "restarted"])
 def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
         cluster_factory, tmp_path, old):
     """Chaos seed 7303 with --more (3 QoS 2 duplicates, 2026-12-03), made
@@ -3200,24 +3204,58 @@ def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
     C's forwards name their other destinations (Publish.also_to), and A's
     record says which of C's forwards A had begun to deliver when S joined
     its index (RecordOwner.pubs_seen): B's copy leaves out M0..M19, which
-    came to A after that, and S gets each once."""
+    came to A after that, and S gets each once.
+    `restarted`: as `running`, and B is SIGKILLed once its copy took
+    M0..M19, before A's record came (the record would have had B leave out
+    of its store what A had), and started again: the copy, read back from
+    B's store, is judged and folded. Before, a message's other
+    destinations (Publish.also_to) were not stored, the rule could not
+    tell that A had M0..M19, and the copy kept them all (chaos seed 10702
+    with --resend --more: n1 restarted between taking a message and
+    giving its copy up; 1 QoS 2 duplicate). A short cluster_resend_wait
+    ends the wait such messages are parked for (S is blind: test_own_
+    copy_moving_out_folded_into_a_resumption_waits_for_the_owner_it_
+    waits_for) before the marker; now none is kept."""
+    env = {"STARLING_CLUSTER_RESEND_WAIT": "2000"} if old == "restarted" else {}
     c, hold, cn, b, a, cid, topic, w = held_copy_with_a_watcher(cluster_factory, tmp_path,
-                                                                "routewin", "rw/t")
-    s, p, sent = routed_before_a_held_record(tmp_path, hold, cn, b, a, cid, topic, w, old)
+                                                                "routewin", "rw/t", **env)
+
+    def took_then_killed(p):
+        forwards_to_b_in(b, p, "routewin")
+        kill(b)
+
+    s, p, sent = routed_before_a_held_record(
+        tmp_path, hold, cn, b, a, cid, topic, w, "stopped" if old == "stopped" else "running",
+        between=took_then_killed if old == "restarted" else None)
     on_a = delivered_before_a_marker(s, p, topic)
     # B's copy of S, claimed away, moving out to A and held, took M0..M19
     moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
-    wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
-    forwards_to_b_in(b, p, "routewin")
+    start = 0
+    if old == "restarted":
+        start = len(b.logtext())
+        b.start()
+        wait_healthy(c)
+    wait_until(lambda: moved in b.logtext()[start:], 60,
+               f"{b.name}'s copy of {cid} moving out to {a.name}")
+    if old != "restarted":
+        forwards_to_b_in(b, p, "routewin")
     session_settled_then_synced(a, cid)
     kill(a)
     s.stop()
     w.stop()
     s = resumed_on(b, cid, timeout=30, tries=3)
     hold.unlink()
-    log = b.logtext()
+    log = b.logtext()[start:]
     assert f"the session of '{cid}' resumed from its record" in log
     assert f"'{cid}' is claimed here again while its old copy" in log
+    if old == "restarted":
+        came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
+                          rf"{faults.node_id(b):016x}, \d+ of them had come directly "
+                          rf"\(not again\), \d+ past PUBREC not taken, (\d+) parked")
+        folded = wait_until(lambda: came.findall(b.logtext()[start:]), 30,
+                            f"{b.name} folding its copy")
+        if any(int(n) for _, n in folded):
+            parked_judged(b, a, cid, "routed between claim and record, restarted")
     on_b = delivered_before_a_marker(s, p, topic)
     print(f"\n[routed between claim and record, {old}] on A: {len(on_a)}, on B: {len(on_b)}; "
           f"twice: {sorted(set(on_a) & set(on_b))}")

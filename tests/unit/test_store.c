@@ -175,6 +175,10 @@ static char *desc_msg(const char *id, uint16_t len, uint64_t seq, const struct s
                 (unsigned long long)r->m->id_seq);
     if (r->m->route_index)
         fprintf(f, " routed %llu", (unsigned long long)r->m->route_index);
+    if (r->m->n_also_to == MSG_ALSO_TO_MANY)
+        fprintf(f, " also many");
+    for (uint8_t i = 0; i < r->m->n_also_to && i < MSG_ALSO_TO_MAX; i++)
+        fprintf(f, "%s%llx", i ? "," : " also ", (unsigned long long)r->m->also_to[i]);
     fclose(f);
     return s;
 }
@@ -343,6 +347,12 @@ static void test_roundtrip(void)
     /* and its route table index (record version 3) */
     m1->route_index = 0x0102030405060708ull;
     m3->route_index = 1;
+    /* and the other nodes its origin forwarded it to (record version 4):
+     * as many as are kept, and more than that (none listed) */
+    m1->n_also_to = MSG_ALSO_TO_MAX;
+    m1->also_to[0] = 0xfedcba9876543210ull;
+    m1->also_to[1] = 3;
+    m3->n_also_to = MSG_ALSO_TO_MANY;
     struct store_msg r1 = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m1};
     struct store_msg r2 = {MSG_STATE_WAIT_PUBREC, 65535, 2, true, 3, ids, m2};
     struct store_msg r3 = {MSG_STATE_WAIT_PUBCOMP, 9, 1, false, 1, ids, m3};
@@ -837,6 +847,7 @@ static void test_records_before_the_claim_epoch(void)
         CU_ASSERT_PTR_NOT_NULL(strstr(got.v[1], "M 3:old #1 s0 p0 q1 r0 ids"));
         CU_ASSERT_PTR_NOT_NULL(strstr(got.v[1], " id 9/8"));
         CU_ASSERT_PTR_NULL(strstr(got.v[1], " routed "));
+        CU_ASSERT_PTR_NULL(strstr(got.v[1], " also "));
     }
     list_free(&got);
     /* written again by this build: both kept */
@@ -846,6 +857,8 @@ static void test_records_before_the_claim_epoch(void)
     m->id_node = 9;
     m->id_seq = 8;
     m->route_index = 1234;
+    m->n_also_to = 1;
+    m->also_to[0] = 0x11;
     struct store_msg r = {MSG_STATE_QUEUED, 0, 1, false, 0, NULL, m};
     struct store_batch *b = store_batch_new();
     CU_ASSERT_EQUAL(store_session_put(b, "old", 3, &rec), 0);
@@ -855,7 +868,7 @@ static void test_records_before_the_claim_epoch(void)
     CU_ASSERT_EQUAL(got.n, 2);
     if (got.n == 2) {
         CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v5 x60 d0 n1 [a/# o1 i0] anonymous epoch 41");
-        CU_ASSERT_PTR_NOT_NULL(strstr(got.v[1], " id 9/8 routed 1234"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(got.v[1], " id 9/8 routed 1234 also 11"));
     }
     list_free(&got);
     msg_unref(m);
@@ -910,6 +923,58 @@ static void test_session_wait_bad_counts(void)
             if (got.n == 1)
                 CU_ASSERT_STRING_EQUAL(got.v[0], "S 3:old v5 x60 d0 n0 anonymous wait 2/3 until 1 "
                                                  "released 7");
+        } else {
+            CU_ASSERT_EQUAL(r, -EIO);
+        }
+        list_free(&got);
+        store_close(s);
+        rm_rf(dir);
+        free(dir);
+    }
+}
+
+/* A version 4 message record whose list of other destinations claims more
+ * than are kept (and is not the mark of "more than fit") is refused as
+ * corrupt (-EIO); the list it holds is read. */
+static void test_msg_also_to_bad_count(void)
+{
+    static const unsigned char key[] = "\x00\x03old\x00\x00\x00\x00\x00\x00\x00\x01";
+    /* v4: seq 1, queued, QoS 1, topic "t", payload "x", identity 9/8,
+     * routed at 5, then the count under test and two nodes (2, 3) */
+    static const unsigned char head[] = "\x04\x00\x00\x00\x01\x00\x00\x00"
+                                        "\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+                                        "\x01\x00\x01\x00\x00\x00\x00\x00\x00\x00"
+                                        "tx"
+                                        "\x09\x00\x00\x00\x00\x00\x00\x00"
+                                        "\x08\x00\x00\x00\x00\x00\x00\x00"
+                                        "\x05\x00\x00\x00\x00\x00\x00\x00";
+    static const uint8_t counts[] = {2, 3, 254};
+    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+        char *dir = tmpdir();
+        struct store *s = open_store(dir, 0, 0);
+        store_close(s);
+        unsigned char v[sizeof(head) - 1 + 1 + 16];
+        memcpy(v, head, sizeof(head) - 1);
+        memset(v + sizeof(head) - 1, 0, 17);
+        v[sizeof(head) - 1] = counts[i];
+        v[sizeof(head)] = 2;
+        v[sizeof(head) + 8] = 3;
+        raw_put(dir, "msgs", key, sizeof(key) - 1, v, sizeof(v));
+        struct store_options o = {.dir = dir, .sync = STORE_SYNC_ALWAYS};
+        char err[512] = "";
+        CU_ASSERT_EQUAL_FATAL(store_open(&s, &o, err, sizeof(err)), 0);
+        struct list got = {0};
+        struct store_loader l = {.ud = &got,
+                                 .session = ld_session,
+                                 .msg = ld_msg,
+                                 .qos2 = ld_qos2,
+                                 .retained = ld_retained};
+        int r = store_load(s, &l);
+        if (counts[i] == 2) { /* the right count: read */
+            CU_ASSERT_EQUAL(r, 0);
+            CU_ASSERT_EQUAL(got.n, 1);
+            if (got.n == 1)
+                CU_ASSERT_PTR_NOT_NULL(strstr(got.v[0], " id 9/8 routed 5 also 2,3"));
         } else {
             CU_ASSERT_EQUAL(r, -EIO);
         }
@@ -1619,6 +1684,7 @@ int main(int argc, char **argv)
     CU_add_test(s, "records before the claim's epoch and the route index",
                 test_records_before_the_claim_epoch);
     CU_add_test(s, "a session's wait with bad counts", test_session_wait_bad_counts);
+    CU_add_test(s, "a message's other destinations with a bad count", test_msg_also_to_bad_count);
     CU_add_test(s, "corrupt data.mdb", test_corrupt);
     CU_add_test(s, "unwritable directory, busy directory", test_unwritable);
     CU_add_test(s, "map growth", test_map_growth);
