@@ -378,6 +378,13 @@ struct cn_handed {
     bool folded; /* into a later claim's session here: asked for by its claim only */
     uint32_t n;
     uint16_t *ids;
+    /* the copy still waited for wait_node's ids of claim wait_epoch
+     * (resumed from its record, not told) until wait_until_ms (monotonic),
+     * with the PUBRELs that came meanwhile: its ids are only part of its
+     * client's (struct cn_wait_on). wait_node 0: no wait. */
+    uint64_t wait_node, wait_epoch, wait_until_ms;
+    uint32_t n_wait_rel;
+    uint16_t *wait_rel;
     uint16_t len;
     char id[];
 };

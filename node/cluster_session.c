@@ -1161,6 +1161,8 @@ static uint16_t *gone_copy_ids(struct cluster_node *cn, const char *id, uint16_t
                                uint64_t epoch, uint32_t *n, struct cn_wait_on *w);
 static uint16_t *stored_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
                                  uint64_t epoch, uint32_t *n, struct cn_wait_on *w);
+static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch,
+                            uint32_t *n, struct cn_wait_on *w);
 
 /* ids[0..n) less those in released[0..n_released), in place: how many
  * are left. */
@@ -1235,8 +1237,13 @@ static uint16_t *chain_ids(struct cluster_node *cn, struct session *s,
         *n = s->n_own_moved;
     }
     lock_release(&s->lock);
-    if (!ids)
+    if (!ids) {
         ids = gone_copy_ids(cn, s->client_id, s->id_len, sm->wait_epoch, n, w);
+    } else if (w) {
+        /* (the wait of that copy, if it still waited: its folded note) */
+        uint32_t k = 0;
+        free(handed_ids(cn, s->client_id, s->id_len, sm->wait_epoch, &k, w));
+    }
     if (ids)
         *n = ids_less(ids, *n, sm->wait_released, sm->n_wait_released);
     return ids;
@@ -3612,15 +3619,32 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
 /* The most that cn->handed keeps (the oldest go first). */
 #define HANDED_MAX 4096
 
-/* A note of the QoS 2 ids[0..n) (taken over) of id's copy of claim
- * `epoch` (folded: into a claim's session on this node), kept for
- * cluster_resend_wait; NULL (and ids freed) when there are none or out of
- * memory. */
-static struct cn_handed *handed_new(struct cluster_node *cn, const char *id, uint16_t len,
-                                    uint64_t epoch, uint16_t *ids, uint32_t n, bool folded)
+static void handed_free(struct cn_handed *h)
 {
-    struct cn_handed *h = ids && n ? calloc(1, sizeof(*h) + len) : NULL;
-    if (!h) {
+    free(h->ids);
+    free(h->wait_rel);
+    free(h);
+}
+
+/* A note of the QoS 2 ids[0..n) (taken over) of id's copy of claim
+ * `epoch` (folded: into a claim's session on this node), and of the wait
+ * w of that copy for another node's ids (NULL or node 0: none; copied),
+ * kept for cluster_resend_wait; NULL (and ids freed) when there are
+ * neither ids nor a wait, or out of memory. Before, a note kept the ids
+ * alone: a wait down a chain that came to this node for a copy that had
+ * ended (or been folded) while it still waited took its ids for all its
+ * client had sent, and the client's resend of a message the third node's
+ * copy had taken for new (test_forward.py::test_a_folded_copys_note_
+ * keeps_its_wait). */
+static struct cn_handed *handed_new(struct cluster_node *cn, const char *id, uint16_t len,
+                                    uint64_t epoch, uint16_t *ids, uint32_t n, bool folded,
+                                    const struct cn_wait_on *w)
+{
+    bool wait = w && w->node && w->epoch;
+    struct cn_handed *h = ids && (n || wait) ? calloc(1, sizeof(*h) + len) : NULL;
+    uint16_t *rel = h && wait ? malloc((w->n_released + 1) * sizeof(*rel)) : NULL;
+    if (!h || (wait && !rel)) {
+        free(h);
         free(ids);
         return NULL;
     }
@@ -3631,18 +3655,33 @@ static struct cn_handed *handed_new(struct cluster_node *cn, const char *id, uin
     h->ids = ids;
     h->folded = folded;
     h->until_ms = cn_mono_ms() + CN_RESEND_WAIT_MS(cn);
+    if (wait) {
+        uint32_t k = 0;
+        for (size_t i = 0; i < w->n_released; i++)
+            if (w->released[i] >= 1 && w->released[i] <= 65535)
+                rel[k++] = (uint16_t)w->released[i];
+        h->wait_node = w->node;
+        h->wait_epoch = w->epoch;
+        h->wait_until_ms = cn_mono_ms() + (w->left_ms ? w->left_ms : 1);
+        h->n_wait_rel = k;
+        h->wait_rel = rel;
+    }
     return h;
 }
 
-/* handed_new for copy s, its ids as its client may still resend them. */
+/* handed_new for copy s, its ids as its client may still resend them, and
+ * its wait if it still waited (copy_ids). */
 static struct cn_handed *handed_make(struct cluster_node *cn, struct session *s, bool folded)
 {
     uint32_t n = 0;
+    struct cn_wait_on w = {0};
     lock_acquire(&s->lock);
-    uint16_t *ids = session_qos2_pending(s, broker_now_mono_ms(), &n);
+    uint16_t *ids = copy_ids(cn, s, &n, &w);
     uint64_t epoch = s->epoch ? s->epoch : s->stored_epoch;
     lock_release(&s->lock);
-    return handed_new(cn, s->client_id, s->id_len, epoch, ids, n, folded);
+    struct cn_handed *h = handed_new(cn, s->client_id, s->id_len, epoch, ids, n, folded, &w);
+    free(w.released);
+    return h;
 }
 
 static uint64_t wall_ms(void)
@@ -3693,8 +3732,7 @@ static void handed_put(struct cluster_node *cn, struct cn_handed *h, bool persis
             if (bt && !same)
                 store_handed_del(bt, e->id, e->len, e->epoch);
             *pp = e->next;
-            free(e->ids);
-            free(e);
+            handed_free(e);
         } else {
             pp = &e->next;
             k++;
@@ -3705,8 +3743,11 @@ static void handed_put(struct cluster_node *cn, struct cn_handed *h, bool persis
     if (!bt)
         return;
     uint64_t left = h->until_ms > now ? h->until_ms - now : 0;
+    uint64_t wait_left = h->wait_node && h->wait_until_ms > now ? h->wait_until_ms - now : 0;
     store_handed_put(bt, &(struct store_handed){h->id, h->len, h->epoch, wall_ms() + left,
-                                                h->folded, h->n, h->ids});
+                                                h->folded, h->n, h->ids,
+                                                wait_left ? h->wait_node : 0, h->wait_epoch,
+                                                wall_ms() + wait_left, h->n_wait_rel, h->wait_rel});
     struct handed_row *r = malloc(sizeof *r + h->len);
     if (r) {
         r->epoch = h->epoch;
@@ -3739,9 +3780,11 @@ static void handed_note(struct cluster_node *cn, struct cn_moving *x)
  * cluster_resend_wait (handed_note), or was folded into a later claim's
  * session here (cn_moving_detach); `epoch` 0: the latest that ended (not a
  * folded one, whose ids the session here may have released since). A
- * malloc'd array of *n, or NULL. */
+ * malloc'd array of *n, or NULL. w (NULL: not wanted; else filled when
+ * empty, released to free): that copy's wait, if it still waited and the
+ * wait's time has not run out. */
 static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch,
-                            uint32_t *n)
+                            uint32_t *n, struct cn_wait_on *w)
 {
     uint16_t *ids = NULL;
     *n = 0;
@@ -3752,9 +3795,18 @@ static uint16_t *handed_ids(struct cluster_node *cn, const char *id, uint16_t le
         if (e->until_ms > now && e->len == len && memcmp(e->id, id, len) == 0 &&
             (epoch ? e->epoch == epoch : !e->folded && (!best || e->epoch > best->epoch)))
             best = e;
-    if (best && (ids = malloc(best->n * sizeof(*ids)))) {
+    if (best && (ids = malloc((best->n + 1) * sizeof(*ids)))) {
         memcpy(ids, best->ids, best->n * sizeof(*ids));
         *n = best->n;
+    }
+    if (ids && w && !w->node && best->wait_node && best->wait_until_ms > now &&
+        (w->released = malloc((best->n_wait_rel + 1) * sizeof(*w->released)))) {
+        for (uint32_t i = 0; i < best->n_wait_rel; i++)
+            w->released[i] = best->wait_rel[i];
+        w->n_released = best->n_wait_rel;
+        w->node = best->wait_node;
+        w->epoch = best->wait_epoch;
+        w->left_ms = best->wait_until_ms - now;
     }
     pthread_mutex_unlock(&cn->reg_mu);
     return ids;
@@ -3804,23 +3856,29 @@ static uint16_t *gone_copy_ids(struct cluster_node *cn, const char *id, uint16_t
                                uint64_t epoch, uint32_t *n, struct cn_wait_on *w)
 {
     uint16_t *ids = epoch ? given_up_copy_ids(cn, id, len, epoch, n, w) : NULL;
-    return ids ? ids : handed_ids(cn, id, len, epoch, n);
+    return ids ? ids : handed_ids(cn, id, len, epoch, n, w);
 }
 
 void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMessages *sm)
 {
     struct cluster_node *cn = ud;
     (void)node;
+    /* (the wait the frame tells, msgs_send: its time left is not in the
+     * frame, and is taken as cluster_resend_wait) */
+    bool wait = sm->has_wait_node && sm->wait_node && sm->has_wait_epoch && sm->wait_epoch;
     if (!sm->has_qos2_told || !sm->qos2_told || !sm->has_qos2_epoch || !sm->qos2_epoch ||
-        !sm->n_qos2_received || !sm->client_id.len || sm->client_id.len > UINT16_MAX)
+        (!sm->n_qos2_received && !wait) || !sm->client_id.len || sm->client_id.len > UINT16_MAX)
         return;
-    uint16_t *ids = malloc(sm->n_qos2_received * sizeof(*ids));
+    uint16_t *ids = malloc((sm->n_qos2_received + 1) * sizeof(*ids));
     uint32_t n = 0;
     for (size_t i = 0; ids && i < sm->n_qos2_received; i++)
         if (sm->qos2_received[i] >= 1 && sm->qos2_received[i] <= 65535)
             ids[n++] = (uint16_t)sm->qos2_received[i];
-    struct cn_handed *h = handed_new(cn, (const char *)sm->client_id.data,
-                                     (uint16_t)sm->client_id.len, sm->qos2_epoch, ids, n, false);
+    struct cn_wait_on w = {wait ? sm->wait_node : 0, sm->wait_epoch, CN_RESEND_WAIT_MS(cn),
+                           sm->wait_released, sm->n_wait_released};
+    struct cn_handed *h =
+        handed_new(cn, (const char *)sm->client_id.data, (uint16_t)sm->client_id.len,
+                   sm->qos2_epoch, ids, n, false, &w);
     if (!h)
         return;
     pthread_mutex_lock(&cn->reg_mu);
@@ -3842,17 +3900,30 @@ static int handed_stored(void *ud, const struct store_handed *sh)
 {
     struct handed_load *l = ud;
     struct cluster_node *cn = l->cn;
-    if (sh->until_ms <= l->wall || !sh->n_ids || !sh->id_len) {
+    if (sh->until_ms <= l->wall || (!sh->n_ids && !sh->wait_node) || !sh->id_len) {
         if (l->gone || (l->gone = store_batch_new()))
             store_handed_del(l->gone, sh->client_id, sh->id_len, sh->epoch);
         return 0;
     }
-    uint16_t *ids = malloc(sh->n_ids * sizeof(*ids));
-    if (!ids)
+    uint16_t *ids = malloc((sh->n_ids + 1) * sizeof(*ids));
+    uint32_t *rel = malloc((sh->n_wait_released + 1) * sizeof(*rel));
+    if (!ids || !rel) {
+        free(ids);
+        free(rel);
         return -ENOMEM;
+    }
     memcpy(ids, sh->ids, sh->n_ids * sizeof(*ids));
+    for (uint32_t i = 0; i < sh->n_wait_released; i++)
+        rel[i] = sh->wait_released[i];
+    /* the wait's time left, as the note's below */
+    uint64_t wait_left = sh->wait_until_ms > l->wall ? sh->wait_until_ms - l->wall : 0;
+    if (wait_left > CN_RESEND_WAIT_MS(cn))
+        wait_left = CN_RESEND_WAIT_MS(cn);
+    struct cn_wait_on w = {wait_left ? sh->wait_node : 0, sh->wait_epoch, wait_left, rel,
+                           sh->n_wait_released};
     struct cn_handed *h =
-        handed_new(cn, sh->client_id, sh->id_len, sh->epoch, ids, sh->n_ids, sh->folded);
+        handed_new(cn, sh->client_id, sh->id_len, sh->epoch, ids, sh->n_ids, sh->folded, &w);
+    free(rel);
     if (!h)
         return -ENOMEM;
     /* what was left of its time (a wall clock set back keeps it no longer
@@ -3885,8 +3956,7 @@ void cn_handed_free(struct cluster_node *cn)
     while (cn->handed) {
         struct cn_handed *e = cn->handed;
         cn->handed = e->next;
-        free(e->ids);
-        free(e);
+        handed_free(e);
     }
 }
 

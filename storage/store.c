@@ -480,19 +480,31 @@ static void put_handed_key(struct rbuf *buf, const char *client_id, uint16_t id_
 
 int store_handed_put(struct store_batch *b, const struct store_handed *h)
 {
-    if (!b || !h || (!h->client_id && h->id_len) || (!h->ids && h->n_ids) || h->n_ids > UINT16_MAX)
+    if (!b || !h || (!h->client_id && h->id_len) || (!h->ids && h->n_ids) ||
+        h->n_ids > UINT16_MAX ||
+        (h->wait_node &&
+         ((!h->wait_released && h->n_wait_released) || h->n_wait_released > UINT16_MAX)))
         return bad_arg(b);
     struct op *op = op_begin(b, OP_PUT, DB_HANDED);
     if (!op)
         return b->err;
     put_handed_key(&b->buf, h->client_id, h->id_len, h->epoch);
     op_key_done(b, op);
-    rec_put_header(&b->buf, REC_VERSION, h->client_id, h->id_len);
+    rec_put_header(&b->buf, REC_HANDED_VERSION, h->client_id, h->id_len);
     rbuf_le64(&b->buf, h->until_ms);
     rbuf_u8(&b->buf, h->folded ? 1 : 0);
     rbuf_le16(&b->buf, (uint16_t)h->n_ids);
     for (uint32_t i = 0; i < h->n_ids; i++)
         rbuf_le16(&b->buf, h->ids[i]);
+    /* REC_HANDED_VERSION 2 */
+    rbuf_le64(&b->buf, h->wait_node);
+    if (h->wait_node) {
+        rbuf_le64(&b->buf, h->wait_epoch);
+        rbuf_le64(&b->buf, h->wait_until_ms);
+        rbuf_le16(&b->buf, (uint16_t)h->n_wait_released);
+        for (uint32_t i = 0; i < h->n_wait_released; i++)
+            rbuf_le16(&b->buf, h->wait_released[i]);
+    }
     return op_end(b, op);
 }
 
@@ -1502,7 +1514,7 @@ static int handed_row(void *ud, const MDB_val *k, const MDB_val *v)
     struct rdec dk = {k->mv_data, k->mv_size, false}, dv = {v->mv_data, v->mv_size, false};
     struct store_handed h = {0};
     uint8_t version;
-    int r = rec_get_id(&dk, &dv, REC_VERSION, &version, &h.client_id, &h.id_len);
+    int r = rec_get_id(&dk, &dv, REC_HANDED_VERSION, &version, &h.client_id, &h.id_len);
     if (r < 0)
         return r;
     h.epoch = rdec_be64(&dk);
@@ -1510,14 +1522,24 @@ static int handed_row(void *ud, const MDB_val *k, const MDB_val *v)
     h.folded = rdec_u8(&dv) != 0;
     h.n_ids = rdec_le16(&dv);
     const uint8_t *raw = rdec_bytes(&dv, (size_t)h.n_ids * 2);
-    if (dk.bad || dv.bad || dk.n != 0 || !raw)
+    const uint8_t *rel = NULL;
+    if (version >= 2 && (h.wait_node = rdec_le64(&dv)) != 0) {
+        h.wait_epoch = rdec_le64(&dv);
+        h.wait_until_ms = rdec_le64(&dv);
+        h.n_wait_released = rdec_le16(&dv);
+        rel = rdec_bytes(&dv, (size_t)h.n_wait_released * 2);
+    }
+    if (dk.bad || dv.bad || dk.n != 0 || dv.n != 0 || !raw || (h.wait_node && !rel))
         return -EIO;
-    uint16_t *ids = h.n_ids ? malloc(h.n_ids * sizeof(*ids)) : NULL;
-    if (h.n_ids && !ids)
+    uint16_t *ids = malloc((h.n_ids + h.n_wait_released + 1) * sizeof(*ids));
+    if (!ids)
         return -ENOMEM;
     for (uint32_t i = 0; i < h.n_ids; i++)
         ids[i] = (uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8);
+    for (uint32_t i = 0; i < h.n_wait_released; i++)
+        ids[h.n_ids + i] = (uint16_t)(rel[2 * i] | rel[2 * i + 1] << 8);
     h.ids = ids;
+    h.wait_released = ids + h.n_ids;
     r = o->fn(o->ud, &h);
     free(ids);
     return r;

@@ -295,7 +295,10 @@ int store_fwd_in_scan(struct store *s, int (*fn)(void *ud, uint64_t origin, uint
  * for cluster_resend_wait so that a restart within it does not forget them
  * (node/cluster_session.c, struct cn_handed). Key idkey(client id), u64be
  * the copy's claim (epoch); value: version, the id when hashed, u64le
- * until_ms (wall clock, milliseconds), u8 folded, u16le n, n u16le ids.
+ * until_ms (wall clock, milliseconds), u8 folded, u16le n, n u16le ids;
+ * record version 2 (REC_HANDED_VERSION) adds u64le wait_node, then when
+ * not 0: u64le wait_epoch, u64le wait_until_ms, u16le n_wait_released,
+ * n_wait_released u16le ids.
  */
 struct store_handed {
     const char *client_id;
@@ -305,6 +308,13 @@ struct store_handed {
     bool folded;
     uint32_t n_ids; /* at most 65535 */
     const uint16_t *ids;
+    /* the copy still waited for wait_node's QoS 2 ids of claim wait_epoch
+     * (until wait_until_ms, wall clock; the PUBRELs that came meanwhile:
+     * wait_released, at most 65535); wait_node 0: no wait (also for a
+     * version 1 row) */
+    uint64_t wait_node, wait_epoch, wait_until_ms;
+    uint32_t n_wait_released;
+    const uint16_t *wait_released;
 };
 /* Create or replace the row of (h->client_id, h->epoch). */
 int store_handed_put(struct store_batch *b, const struct store_handed *h);

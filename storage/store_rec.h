@@ -45,6 +45,10 @@
  * its origin forwarded it to (also_to); older versions are read with none
  * listed (an old copy's owners rule then keeps the message). */
 #define REC_MSG_VERSION 4
+/* Rows of ended copies' QoS 2 ids ("handed") are version 2 since they hold
+ * the copy's own wait for another node's ids (wait_node, ...); version 1
+ * is read without one. */
+#define REC_HANDED_VERSION 2
 /* Longest id or topic kept verbatim in a key. LMDB's default maximum key
  * size is 511 bytes; 2 + 400 + 8 leaves room. */
 #define REC_INLINE_MAX 400

@@ -1635,6 +1635,62 @@ def test_a_wait_answered_by_a_copy_that_still_waited_asks_its_third_node(cluster
     resend_was_had(sub, cn, WAIT_S)
 
 
+def test_a_folded_copys_note_keeps_its_wait(cluster_factory, tmp_path):
+    """The note of an ended copy keeps its wait too (docs/cluster.md, *A
+    wait goes on down the chain*). a takes the message (claim 1) and is
+    SIGKILLed; the client resumes on b from the record (claim 2, waiting
+    for a's ids); a starts again with its frames to b held, so b's copy is
+    never told. b stalls; the client resumes on cn from the record (claim
+    3, waiting for b's ids of claim 2); b runs again and gives its copy
+    up, held moving out (STARLING_TEST_MOVING_HOLD on b) and still waiting
+    for a's ids. cn stalls; the client resumes on b from the record (claim
+    4, waiting for cn's ids) and resends there: held. b folds its own copy
+    of claim 2, of which it keeps a note. cn runs again and gives its copy
+    up, which still waited for b's ids of claim 2: its last frame names
+    that wait, and b finds its copy of claim 2 in the note, a copy that
+    still waited for a's ids of claim 1. Before, the note kept the ids
+    alone (none), and b took them for all and the resend for new; now b
+    waits for a's ids and asks a (a's frames to b flow again once b
+    says so): received, not delivered again."""
+    WAIT_S = 30.0
+    hold = tmp_path / "fwd-hold"
+    hold_b = tmp_path / "moving-hold-b"
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_RESEND_WAIT": "90000"})
+    node_env(c.nodes[1], STARLING_TEST_MOVING_HOLD=str(hold_b))
+    a, b, cn, topic, sub, pub_id, props = resumed_on_b_frames_held(c, hold, "fwd/note", WAIT_S)
+    aid, cid = f"{faults.node_id(a):016x}", f"{faults.node_id(cn):016x}"
+    try:
+        a.start()
+        left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x} (claim 2)"
+        wait_for(lambda: left in a.logtext(), WAIT_S, f"a's stored copy of {pub_id} moving out")
+        faults.wait_healthy(c)
+        # claim 3 on cn, waiting for b's ids; b's copy, held, still waits for a's
+        hold_b.touch()
+        resumed_past_stalled(b, [cn], pub_id, props, WAIT_S)
+        faults.wait_healthy(c)
+        # claim 4 on b, waiting for cn's ids; b's copy of claim 2 folded
+        faults.pause(cn)
+        try:
+            wait_for(lambda: unreachable(b, cn), WAIT_S, f"{b.name} taking {cn.name} for dead")
+            q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+            resend_held(q, b, topic, b"taken", WAIT_S)
+            took = f"the session of '{pub_id}' learnt the"
+            before = b.logtext().count(took)
+        finally:
+            faults.resume(cn)
+        on = f"got the QoS 2 ids of {cid}'s copy, which still waited for those of {aid}'s copy " \
+            "of claim 1"
+        wait_for(lambda: on in b.logtext() or b.logtext().count(took) > before, WAIT_S,
+                 f"{b.name} taking {cn.name}'s copy's ids")
+        assert on in b.logtext()
+    finally:
+        hold.unlink(missing_ok=True)
+        hold_b.unlink(missing_ok=True)
+    resend_answered_as_had(q, b, WAIT_S)
+    exchanged_qos2(q, topic, b"after", WAIT_S)
+    q.disconnect()
+    resend_was_had(sub, b, WAIT_S)
+
 def test_an_asked_copy_that_still_waited_names_its_wait_in_the_answer(cluster_factory, tmp_path):
     """As above, one level further: the node asked answers with its copy's
     wait too. a takes the message (claim 1) and is SIGKILLed; the client

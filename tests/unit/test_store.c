@@ -1607,6 +1607,15 @@ static int handed_text(void *ud, const struct store_handed *h)
     for (uint32_t i = 0; i < h->n_ids; i++)
         r->len += (size_t)snprintf(r->text + r->len, sizeof(r->text) - r->len, "%s%u", i ? "," : "",
                                    h->ids[i]);
+    if (h->wait_node) {
+        r->len += (size_t)snprintf(
+            r->text + r->len, sizeof(r->text) - r->len, " wait %llx/%llu<%llu released",
+            (unsigned long long)h->wait_node, (unsigned long long)h->wait_epoch,
+            (unsigned long long)h->wait_until_ms);
+        for (uint32_t i = 0; i < h->n_wait_released; i++)
+            r->len += (size_t)snprintf(r->text + r->len, sizeof(r->text) - r->len, "%s%u",
+                                       i ? "," : " ", h->wait_released[i]);
+    }
     r->len += (size_t)snprintf(r->text + r->len, sizeof(r->text) - r->len, ";");
     r->n++;
     return 0;
@@ -1628,13 +1637,14 @@ static void test_handed(void)
     memset(longid, 'L', sizeof(longid)); /* hashed in the key */
     uint16_t ids[] = {1, 65535, 300};
     struct store_batch *b = store_batch_new();
-    CU_ASSERT_EQUAL(store_handed_put(b, &(struct store_handed){"cid", 3, 7, 1000, false, 3, ids}),
+    CU_ASSERT_EQUAL(store_handed_put(b, &(struct store_handed){"cid", 3, 7, 1000, false, 3, ids, 0,
+                                                               0, 0, 0, NULL}),
                     0);
-    CU_ASSERT_EQUAL(
-        store_handed_put(b, &(struct store_handed){"cid", 3, 1ull << 40, 2000, true, 1, ids + 1}),
-        0);
-    CU_ASSERT_EQUAL(store_handed_put(
-                        b, &(struct store_handed){longid, sizeof(longid), 2, 3000, false, 0, NULL}),
+    CU_ASSERT_EQUAL(store_handed_put(b, &(struct store_handed){"cid", 3, 1ull << 40, 2000, true, 1,
+                                                               ids + 1, 0, 0, 0, 0, NULL}),
+                    0);
+    CU_ASSERT_EQUAL(store_handed_put(b, &(struct store_handed){longid, sizeof(longid), 2, 3000,
+                                                               false, 0, NULL, 0, 0, 0, 0, NULL}),
                     0);
     CU_ASSERT_EQUAL(commit(s, b), 0);
     CU_ASSERT_STRING_EQUAL(handed_rows(s),
@@ -1642,7 +1652,8 @@ static void test_handed(void)
                            "LLLLLLLL/2<3000:;");
     /* replaced, deleted (twice: idempotent), and a row that is not there */
     b = store_batch_new();
-    CU_ASSERT_EQUAL(store_handed_put(b, &(struct store_handed){"cid", 3, 7, 1500, false, 1, ids}),
+    CU_ASSERT_EQUAL(store_handed_put(b, &(struct store_handed){"cid", 3, 7, 1500, false, 1, ids, 0,
+                                                               0, 0, 0, NULL}),
                     0);
     CU_ASSERT_EQUAL(store_handed_del(b, longid, sizeof(longid), 2), 0);
     CU_ASSERT_EQUAL(store_handed_del(b, longid, sizeof(longid), 2), 0);
@@ -1650,7 +1661,8 @@ static void test_handed(void)
     CU_ASSERT_EQUAL(commit(s, b), 0);
     /* bad arguments fail the batch */
     b = store_batch_new();
-    CU_ASSERT_EQUAL(store_handed_put(b, &(struct store_handed){"cid", 3, 9, 1, false, 2, NULL}),
+    CU_ASSERT_EQUAL(store_handed_put(b, &(struct store_handed){"cid", 3, 9, 1, false, 2, NULL, 0, 0,
+                                                               0, 0, NULL}),
                     -EINVAL);
     store_batch_free(b);
     /* kept across a reopen; the sessions' load ignores them */
@@ -1659,6 +1671,46 @@ static void test_handed(void)
     CU_ASSERT_EQUAL(got.n, 0);
     list_free(&got);
     CU_ASSERT_STRING_EQUAL(handed_rows(s), "cid/7<1500:1;cid/1099511627776<2000 folded:65535;");
+    /* a copy that still waited for another node's ids: its wait with it,
+     * also with no ids of its own (record version 2) */
+    uint16_t rel[] = {9, 65535};
+    b = store_batch_new();
+    struct store_handed w = {"w", 1, 4, 5000, true, 1, ids + 2, 0xabcdef, 3, 4500, 2, rel};
+    CU_ASSERT_EQUAL(store_handed_put(b, &w), 0);
+    CU_ASSERT_EQUAL(store_handed_put(b, &(struct store_handed){"w", 1, 5, 6000, false, 0, NULL, 7,
+                                                               1, 5500, 0, NULL}),
+                    0);
+    CU_ASSERT_EQUAL(commit(s, b), 0);
+    s = reopen(s, dir, &got);
+    list_free(&got);
+    CU_ASSERT_STRING_EQUAL(handed_rows(s),
+                           "w/4<5000 folded:300 wait abcdef/3<4500 released 9,65535;"
+                           "w/5<6000: wait 7/1<5500 released;"
+                           "cid/7<1500:1;cid/1099511627776<2000 folded:65535;");
+    store_close(s);
+    /* a version 1 row (before the wait was kept) is read without one */
+    static const unsigned char key[] = "\x00\x02v1\x00\x00\x00\x00\x00\x00\x00\x06";
+    static const unsigned char v1[] = "\x01"
+                                      "\x10\x27\x00\x00\x00\x00\x00\x00"
+                                      "\x00"
+                                      "\x01\x00"
+                                      "\x2a\x00";
+    raw_put(dir, "handed", key, sizeof(key) - 1, v1, sizeof(v1) - 1);
+    s = open_store(dir, 0, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(handed_rows(s), "v1/6<10000:42;"));
+    store_close(s);
+    /* a version 2 row cut short in its wait is refused as corrupt */
+    static const unsigned char v2[] = "\x02"
+                                      "\x10\x27\x00\x00\x00\x00\x00\x00"
+                                      "\x00"
+                                      "\x00\x00"
+                                      "\x07\x00\x00\x00\x00\x00\x00\x00"
+                                      "\x01\x00\x00\x00\x00\x00\x00\x00";
+    raw_put(dir, "handed", key, sizeof(key) - 1, v2, sizeof(v2) - 1);
+    s = open_store(dir, 0, 0);
+    struct rows bad;
+    memset(&bad, 0, sizeof(bad));
+    CU_ASSERT_EQUAL(store_handed_scan(s, handed_text, &bad), -EIO);
     store_close(s);
     rm_rf(dir);
     free(dir);
