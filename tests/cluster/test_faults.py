@@ -3239,22 +3239,12 @@ def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
                f"{b.name}'s copy of {cid} moving out to {a.name}")
     if old != "restarted":
         forwards_to_b_in(b, p, "routewin")
-    session_settled_then_synced(a, cid)
-    kill(a)
-    s.stop()
-    w.stop()
-    s = resumed_on(b, cid, timeout=30, tries=3)
-    hold.unlink()
+    s = killed_a_then_back_on_b(a, b, cid, s, w, hold)
     log = b.logtext()[start:]
     assert f"the session of '{cid}' resumed from its record" in log
     assert f"'{cid}' is claimed here again while its old copy" in log
     if old == "restarted":
-        came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
-                          rf"{faults.node_id(b):016x}, \d+ of them had come directly "
-                          rf"\(not again\), \d+ past PUBREC not taken, (\d+) parked")
-        folded = wait_until(lambda: came.findall(b.logtext()[start:]), 30,
-                            f"{b.name} folding its copy")
-        if any(int(n) for _, n in folded):
+        if any(int(n) for _, n in own_copy_folded(b, cid, start)):
             parked_judged(b, a, cid, "routed between claim and record, restarted")
     on_b = delivered_before_a_marker(s, p, topic)
     print(f"\n[routed between claim and record, {old}] on A: {len(on_a)}, on B: {len(on_b)}; "
@@ -3262,6 +3252,20 @@ def test_forward_routed_between_the_new_owners_claim_and_its_record_comes_once(
     assert sorted(on_a + on_b) == sorted(sent), f"on A {on_a}, on B {on_b}"
     for x in (s, p):
         x.disconnect()
+
+
+def killed_a_then_back_on_b(a, b, cid, s, w, hold):
+    """Once what S's session wrote on A is on A's disk, A is SIGKILLed (S's
+    and W's clients stop) and S's client comes back to B, where S resumes
+    from A's record; then B's old copies go on (`hold` removed). Returns
+    S's client on B."""
+    session_settled_then_synced(a, cid)
+    kill(a)
+    s.stop()
+    w.stop()
+    s = resumed_on(b, cid, timeout=30, tries=3)
+    hold.unlink()
+    return s
 
 
 def parked_judged(cn, a, cid, what):
@@ -3274,6 +3278,30 @@ def parked_judged(cn, a, cid, what):
                         f"{cn.name} judging what waited for {a.name}'s copy")
     print(f"\n[{what}] judged {counts}")
     return counts
+
+
+def own_copy_folded(b, cid, start=0):
+    """B's account of its own copy of cid folded into cid's session there
+    (its log from `start` on), once it logged one: [(late messages,
+    parked)]."""
+    came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
+                      rf"{faults.node_id(b):016x}, \d+ of them had come directly \(not again\), "
+                      rf"\d+ past PUBREC not taken, (\d+) parked")
+    return wait_until(lambda: came.findall(b.logtext()[start:]), 30, f"{b.name} folding its copy")
+
+
+def parked_passed_then_judged(p, s, topic, node, a, cid, sent, what):
+    """M0..M19 (sent) parked in S's queue on `node`: a marker p publishes
+    passes them (S gets it first); A starts again, its copy's state comes,
+    and `node` judges all of them as had: none comes again."""
+    marker = uid("marker").encode()
+    p.publish(topic + "/marker", marker, qos=2)
+    got = s.get(30).payload
+    assert got == marker, f"delivered before the marker: {got!r}"
+    a.start()
+    counts = parked_judged(node, a, cid, what)
+    assert counts == [(str(len(sent)), str(len(sent)), "0")]
+    none_delivered_again(what, s, p, topic)
 
 
 def test_own_copy_moving_out_folded_into_a_resumption_waits_for_the_owner_it_waits_for(
@@ -3303,28 +3331,12 @@ def test_own_copy_moving_out_folded_into_a_resumption_waits_for_the_owner_it_wai
     moved = f"the session of '{cid}' moved to {faults.node_id(a):016x}"
     wait_until(lambda: moved in b.logtext(), 30, f"{b.name}'s copy of {cid} moving out to {a.name}")
     forwards_to_b_in(b, p, "ownpark")
-    session_settled_then_synced(a, cid)
-    kill(a)
-    s.stop()
-    w.stop()
-    s = resumed_on(b, cid, timeout=30, tries=3)
-    hold.unlink()
+    s = killed_a_then_back_on_b(a, b, cid, s, w, hold)
     assert f"the session of '{cid}' resumed from its record" in b.logtext()
-    came = re.compile(rf"(\d+) late message\(s\) of '{re.escape(cid)}' came from "
-                      rf"{faults.node_id(b):016x}, \d+ of them had come directly \(not again\), "
-                      rf"\d+ past PUBREC not taken, (\d+) parked")
-    folded = wait_until(lambda: came.findall(b.logtext()), 30, f"{b.name} folding its copy")
+    folded = own_copy_folded(b, cid)
     assert f"'{cid}' is claimed here again while its old copy" in b.logtext()
     assert folded == [(str(len(sent)), str(len(sent)))]
-    # what comes directly passes them
-    marker = uid("marker").encode()
-    p.publish(topic + "/marker", marker, qos=2)
-    got = s.get(30).payload
-    assert got == marker, f"delivered before the marker: {got!r}"
-    a.start()
-    counts = parked_judged(b, a, cid, "own copy, parked")
-    assert counts == [(str(len(sent)), str(len(sent)), "0")]
-    none_delivered_again("own copy, parked", s, p, topic)
+    parked_passed_then_judged(p, s, topic, b, a, cid, sent, "own copy, parked")
 
 
 def test_a_third_copys_late_messages_wait_for_the_copy_a_resumed_session_waits_for(
@@ -3361,15 +3373,7 @@ def test_a_third_copys_late_messages_wait_for_the_copy_a_resumed_session_waits_f
                       rf"{faults.node_id(b):016x}")
     wait_until(lambda: sum(int(n) for n in came.findall(cn.logtext())) >= len(sent), 40,
                f"{cn.name} taking {b.name}'s copy of M0..M19")
-    # what comes directly passes them
-    marker = uid("marker").encode()
-    p.publish(topic + "/marker", marker, qos=2)
-    got = s.get(30).payload
-    assert got == marker, f"delivered before the marker: {got!r}"
-    a.start()
-    counts = parked_judged(cn, a, cid, "third copy, parked")
-    assert counts == [(str(len(sent)), str(len(sent)), "0")]
-    none_delivered_again("third copy, parked", s, p, topic)
+    parked_passed_then_judged(p, s, topic, cn, a, cid, sent, "third copy, parked")
 
 
 def copy_held_on_b_and_s_on_a(cluster_factory, tmp_path, name):

@@ -877,6 +877,34 @@ static void test_records_before_the_claim_epoch(void)
     free(dir);
 }
 
+/* Open the store in dir (its records written raw) and load every record
+ * into got: store_load's result. */
+static int load_raw(const char *dir, struct list *got)
+{
+    struct store_options o = {.dir = dir, .sync = STORE_SYNC_ALWAYS};
+    char err[512] = "";
+    struct store *s = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_open(&s, &o, err, sizeof(err)), 0);
+    struct store_loader l = {
+        .ud = got, .session = ld_session, .msg = ld_msg, .qos2 = ld_qos2, .retained = ld_retained};
+    int r = store_load(s, &l);
+    store_close(s);
+    return r;
+}
+
+/* load_raw on a fresh store whose only record is (key, v) in database db. */
+static int load_one_raw(const char *db, const void *key, size_t klen, const void *v, size_t vlen,
+                        struct list *got)
+{
+    char *dir = tmpdir();
+    store_close(open_store(dir, 0, 0));
+    raw_put(dir, db, key, klen, v, vlen);
+    int r = load_raw(dir, got);
+    rm_rf(dir);
+    free(dir);
+    return r;
+}
+
 /* A version 5 session record whose wait claims more ids than it holds, or
  * more than 65,535, is refused as corrupt (-EIO), not read past its end. */
 static void test_session_wait_bad_counts(void)
@@ -897,26 +925,14 @@ static void test_session_wait_bad_counts(void)
                                         "\x00";
     static const uint32_t counts[] = {1, 2, 70000};
     for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
-        char *dir = tmpdir();
-        struct store *s = open_store(dir, 0, 0);
-        store_close(s);
         unsigned char v[sizeof(head) - 1 + 4 + 2];
         memcpy(v, head, sizeof(head) - 1);
         for (int k = 0; k < 4; k++)
             v[sizeof(head) - 1 + k] = (unsigned char)(counts[i] >> (8 * k));
         v[sizeof(v) - 2] = 7;
         v[sizeof(v) - 1] = 0;
-        raw_put(dir, "sessions", key, sizeof(key) - 1, v, sizeof(v));
-        struct store_options o = {.dir = dir, .sync = STORE_SYNC_ALWAYS};
-        char err[512] = "";
-        CU_ASSERT_EQUAL_FATAL(store_open(&s, &o, err, sizeof(err)), 0);
         struct list got = {0};
-        struct store_loader l = {.ud = &got,
-                                 .session = ld_session,
-                                 .msg = ld_msg,
-                                 .qos2 = ld_qos2,
-                                 .retained = ld_retained};
-        int r = store_load(s, &l);
+        int r = load_one_raw("sessions", key, sizeof(key) - 1, v, sizeof(v), &got);
         if (counts[i] == 1) { /* the right count: read */
             CU_ASSERT_EQUAL(r, 0);
             CU_ASSERT_EQUAL(got.n, 1);
@@ -927,9 +943,6 @@ static void test_session_wait_bad_counts(void)
             CU_ASSERT_EQUAL(r, -EIO);
         }
         list_free(&got);
-        store_close(s);
-        rm_rf(dir);
-        free(dir);
     }
 }
 
@@ -950,26 +963,14 @@ static void test_msg_also_to_bad_count(void)
                                         "\x05\x00\x00\x00\x00\x00\x00\x00";
     static const uint8_t counts[] = {2, 3, 254};
     for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
-        char *dir = tmpdir();
-        struct store *s = open_store(dir, 0, 0);
-        store_close(s);
         unsigned char v[sizeof(head) - 1 + 1 + 16];
         memcpy(v, head, sizeof(head) - 1);
         memset(v + sizeof(head) - 1, 0, 17);
         v[sizeof(head) - 1] = counts[i];
         v[sizeof(head)] = 2;
         v[sizeof(head) + 8] = 3;
-        raw_put(dir, "msgs", key, sizeof(key) - 1, v, sizeof(v));
-        struct store_options o = {.dir = dir, .sync = STORE_SYNC_ALWAYS};
-        char err[512] = "";
-        CU_ASSERT_EQUAL_FATAL(store_open(&s, &o, err, sizeof(err)), 0);
         struct list got = {0};
-        struct store_loader l = {.ud = &got,
-                                 .session = ld_session,
-                                 .msg = ld_msg,
-                                 .qos2 = ld_qos2,
-                                 .retained = ld_retained};
-        int r = store_load(s, &l);
+        int r = load_one_raw("msgs", key, sizeof(key) - 1, v, sizeof(v), &got);
         if (counts[i] == 2) { /* the right count: read */
             CU_ASSERT_EQUAL(r, 0);
             CU_ASSERT_EQUAL(got.n, 1);
@@ -979,9 +980,6 @@ static void test_msg_also_to_bad_count(void)
             CU_ASSERT_EQUAL(r, -EIO);
         }
         list_free(&got);
-        store_close(s);
-        rm_rf(dir);
-        free(dir);
     }
 }
 
