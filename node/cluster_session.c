@@ -3900,7 +3900,16 @@ static int handed_stored(void *ud, const struct store_handed *sh)
 {
     struct handed_load *l = ud;
     struct cluster_node *cn = l->cn;
-    if (sh->until_ms <= l->wall || (!sh->n_ids && !sh->wait_node) || !sh->id_len) {
+    /* the wait's time left, as the note's below; a note of no ids whose
+     * wait is over says nothing any more, and goes like an expired one
+     * (before, handed_new refused it, and the start failed as if out of
+     * memory: chaos seeds 10702, 10720-10726 with this build) */
+    uint64_t wait_left = sh->wait_node && sh->wait_epoch && sh->wait_until_ms > l->wall
+                             ? sh->wait_until_ms - l->wall
+                             : 0;
+    if (wait_left > CN_RESEND_WAIT_MS(cn))
+        wait_left = CN_RESEND_WAIT_MS(cn);
+    if (sh->until_ms <= l->wall || (!sh->n_ids && !wait_left) || !sh->id_len) {
         if (l->gone || (l->gone = store_batch_new()))
             store_handed_del(l->gone, sh->client_id, sh->id_len, sh->epoch);
         return 0;
@@ -3915,10 +3924,6 @@ static int handed_stored(void *ud, const struct store_handed *sh)
     memcpy(ids, sh->ids, sh->n_ids * sizeof(*ids));
     for (uint32_t i = 0; i < sh->n_wait_released; i++)
         rel[i] = sh->wait_released[i];
-    /* the wait's time left, as the note's below */
-    uint64_t wait_left = sh->wait_until_ms > l->wall ? sh->wait_until_ms - l->wall : 0;
-    if (wait_left > CN_RESEND_WAIT_MS(cn))
-        wait_left = CN_RESEND_WAIT_MS(cn);
     struct cn_wait_on w = {wait_left ? sh->wait_node : 0, sh->wait_epoch, wait_left, rel,
                            sh->n_wait_released};
     struct cn_handed *h =

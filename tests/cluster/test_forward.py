@@ -1651,7 +1651,12 @@ def test_a_folded_copys_note_keeps_its_wait(cluster_factory, tmp_path):
     still waited for a's ids of claim 1. Before, the note kept the ids
     alone (none), and b took them for all and the resend for new; now b
     waits for a's ids and asks a (a's frames to b flow again once b
-    says so): received, not delivered again."""
+    says so): received, not delivered again. Then b is SIGKILLed and
+    started again with cluster_resend_wait 0: its note of the folded copy
+    (no ids of its own, a wait that is over now) goes. Before, the load
+    took such a note for out of memory, and b exited 1 at its start
+    (chaos seeds 10702 and 10720 to 10726 with the first build of the
+    fix)."""
     WAIT_S = 30.0
     hold = tmp_path / "fwd-hold"
     hold_b = tmp_path / "moving-hold-b"
@@ -1690,6 +1695,12 @@ def test_a_folded_copys_note_keeps_its_wait(cluster_factory, tmp_path):
     exchanged_qos2(q, topic, b"after", WAIT_S)
     q.disconnect()
     resend_was_had(sub, b, WAIT_S)
+    faults.kill(b)
+    start = len(b.logtext())
+    node_env(b, STARLING_CLUSTER_RESEND_WAIT="0")
+    b.start()
+    faults.wait_healthy(c)
+    assert "cannot load the QoS 2 ids of ended copies" not in b.logtext()[start:]
 
 def test_an_asked_copy_that_still_waited_names_its_wait_in_the_answer(cluster_factory, tmp_path):
     """As above, one level further: the node asked answers with its copy's
