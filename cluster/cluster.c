@@ -1141,6 +1141,7 @@ int cluster_start(struct cluster **out, const struct cluster_config *cfg, char *
                                       .election_timeout_ms = cfg->election_timeout_ms,
                                       .heartbeat_ms = cfg->heartbeat_ms,
                                       .snapshot_threshold = cfg->snapshot_threshold,
+                                      .snapshot_trailing = cfg->snapshot_trailing,
                                       .no_bootstrap = c->no_bootstrap,
                                       .on_start = hook_start,
                                       .on_stop = hook_stop,

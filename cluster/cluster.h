@@ -56,6 +56,7 @@ struct cluster_config {
     const char *cluster_name;
     const char *cluster_secret;
     unsigned election_timeout_ms, heartbeat_ms, snapshot_threshold; /* 0 = defaults */
+    unsigned snapshot_trailing;                                     /* 0 = libraft's */
     unsigned propose_timeout_ms; /* a forwarded proposal's answer; 0 = 5000 */
     fsm_observer_fn observer;    /* applied commands (cluster thread), may be NULL */
     void *observer_ud;

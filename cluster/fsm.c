@@ -4,6 +4,7 @@
  * Record encodings in the tables (storage/rtable.h):
  *   routes:   key u64be node || filter                 value empty, or u32le keepers
  *   registry: key client id                            value u64le node, u64le epoch
+ *                                                      [, u8 flags: bit 0 SessionClaim.stored]
  *   retained: key topic      value u64le origin, u64le seq, encoded RetainedMessage
  *   members:  key u64be node                           value encoded Member
  *   sessions: key client id                            value encoded SessionRecord
@@ -299,18 +300,32 @@ static int apply_route(struct rtable_txn *x, const ProtobufCBinaryData *filter, 
     return rc; /* FSM_OK is 0 */
 }
 
+/* A registry value: u64le node, u64le epoch, then a flags byte when the
+ * claim said that its claimant stores the session first (REG_STORED); a
+ * claim without it writes the 16 bytes that builds before the flag wrote. */
+#define REG_LEN 16
+#define REG_STORED 1u
+
+static bool registry_len_ok(size_t vlen)
+{
+    return vlen == REG_LEN || vlen == REG_LEN + 1;
+}
+
 static int registry_read(struct rtable_txn *x, const ProtobufCBinaryData *id, uint64_t *node,
-                         uint64_t *epoch)
+                         uint64_t *epoch, bool *stored)
 {
     const void *v;
     size_t vlen;
     int rc = rtable_get(x, RTABLE_REGISTRY, id->data, id->len, &v, &vlen);
     if (rc)
         return rc;
-    if (vlen != 16)
+    const unsigned char *p = v;
+    if (!registry_len_ok(vlen) || (vlen > REG_LEN && (p[REG_LEN] & ~REG_STORED)))
         return -EIO;
-    *node = get_le64(v);
-    *epoch = get_le64((const unsigned char *)v + 8);
+    *node = get_le64(p);
+    *epoch = get_le64(p + 8);
+    if (stored)
+        *stored = vlen > REG_LEN && (p[REG_LEN] & REG_STORED);
     return 0;
 }
 
@@ -321,7 +336,7 @@ static int apply_claim(struct rtable_txn *x, const Starling__Cmd__SessionClaim *
     if (!bytes_ok(&c->client_id) || c->node == 0 || c->epoch == 0)
         return FSM_INVALID;
     uint64_t node, epoch;
-    int rc = registry_read(x, &c->client_id, &node, &epoch);
+    int rc = registry_read(x, &c->client_id, &node, &epoch, NULL);
     if (rc && rc != -ENOENT)
         return rc;
     if (rc == 0) {
@@ -330,10 +345,15 @@ static int apply_claim(struct rtable_txn *x, const Starling__Cmd__SessionClaim *
         if (c->epoch <= epoch)
             return FSM_STALE_EPOCH;
     }
-    unsigned char v[16];
+    /* the stored flag is in the table, not only in the entry: a node whose
+     * tables come as a snapshot reads it there (restart_pass,
+     * node/cluster_session.c) */
+    unsigned char v[REG_LEN + 1];
     le64(v, c->node);
     le64(v + 8, c->epoch);
-    return rtable_put(x, RTABLE_REGISTRY, c->client_id.data, c->client_id.len, v, 16);
+    v[REG_LEN] = REG_STORED;
+    return rtable_put(x, RTABLE_REGISTRY, c->client_id.data, c->client_id.len, v,
+                      c->stored ? REG_LEN + 1 : REG_LEN);
 }
 
 static uint32_t get_le32(const unsigned char *p)
@@ -422,7 +442,7 @@ static int apply_release(struct rtable_txn *x, const Starling__Cmd__SessionRelea
     if (!bytes_ok(&c->client_id) || c->node == 0)
         return FSM_INVALID;
     uint64_t node, epoch;
-    int rc = registry_read(x, &c->client_id, &node, &epoch);
+    int rc = registry_read(x, &c->client_id, &node, &epoch, NULL);
     if (rc == -ENOENT)
         return FSM_NOOP;
     if (rc)
@@ -487,7 +507,7 @@ static int apply_session_record(struct rtable_txn *x, const Starling__Cmd__Sessi
             !topic_filter_valid((const char *)c->subs[i]->filter.data, c->subs[i]->filter.len))
             return FSM_INVALID;
     uint64_t node, epoch;
-    int rc = registry_read(x, &c->client_id, &node, &epoch);
+    int rc = registry_read(x, &c->client_id, &node, &epoch, NULL);
     if (rc == -ENOENT)
         return FSM_STALE_EPOCH; /* released (or never claimed) */
     if (rc)
@@ -836,7 +856,7 @@ static int node_kept_filters(struct rtable_txn *x, uint64_t node, struct keylist
             break;
         ProtobufCBinaryData id = {recs.lens[i], recs.keys[i]};
         uint64_t owner, epoch;
-        int r = registry_read(x, &id, &owner, &epoch);
+        int r = registry_read(x, &id, &owner, &epoch, NULL);
         if (r == -ENOENT)
             continue;
         if (r) {
@@ -1291,8 +1311,8 @@ int fsm_route_own(struct fsm *f, uint64_t node, const char *filter, size_t len)
     return rc;
 }
 
-int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t *node,
-                     uint64_t *epoch)
+int fsm_registry_claim(struct fsm *f, const char *client_id, size_t len, uint64_t *node,
+                       uint64_t *epoch, bool *stored)
 {
     if (len == 0 || len > RTABLE_MAX_KEY)
         return -EINVAL;
@@ -1301,9 +1321,15 @@ int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t 
     if (rc)
         return rc;
     ProtobufCBinaryData id = {len, (uint8_t *)client_id};
-    rc = registry_read(x, &id, node, epoch);
+    rc = registry_read(x, &id, node, epoch, stored);
     rtable_abort(x);
     return rc;
+}
+
+int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t *node,
+                     uint64_t *epoch)
+{
+    return fsm_registry_claim(f, client_id, len, node, epoch, NULL);
 }
 
 /* A copy of the value of key in db from a read transaction (malloc'ed, one
@@ -1484,7 +1510,7 @@ static int count_owned(void *ud, const void *key, size_t klen, const void *val, 
     (void)key;
     (void)klen;
     struct owner_count *c = ud;
-    if (vlen == 16 && get_le64(val) == c->node)
+    if (registry_len_ok(vlen) && get_le64(val) == c->node)
         c->n++;
     return 0;
 }
@@ -1542,7 +1568,7 @@ struct node_expiry {
 static int expired_owned(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
 {
     struct node_expiry *e = ud;
-    if (vlen != 16 || get_le64(val) != e->node)
+    if (!registry_len_ok(vlen) || get_le64(val) != e->node)
         return 0;
     const void *rv;
     size_t rlen;
@@ -1583,7 +1609,7 @@ static int owner_collect(void *ud, const void *key, size_t klen, const void *val
 {
     (void)key, (void)klen;
     struct owner_set *o = ud;
-    if (vlen != 16)
+    if (!registry_len_ok(vlen))
         return 0;
     uint64_t node = get_le64(val);
     for (size_t i = 0; i < o->n; i++)

@@ -180,6 +180,10 @@ int fsm_route_own(struct fsm *f, uint64_t node, const char *filter, size_t len);
 /* The owner of client_id: 0 with node and epoch set, or -ENOENT. */
 int fsm_registry_get(struct fsm *f, const char *client_id, size_t len, uint64_t *node,
                      uint64_t *epoch);
+/* The same, and (stored not NULL) whether that claim said that its claimant
+ * stores the session before answering its client (SessionClaim.stored). */
+int fsm_registry_claim(struct fsm *f, const char *client_id, size_t len, uint64_t *node,
+                       uint64_t *epoch, bool *stored);
 
 /* The retained message of topic: 0 with *msg (an encoded
  * starling.cmd.RetainedMessage, malloc'ed, caller frees) and origin/seq, or

@@ -266,6 +266,9 @@ static int adapter_restore(struct raft_fsm *rf, struct raft_buffer *buf)
     /* On success the buffer is ours. */
     raft_free(buf->base);
     __atomic_add_fetch(skipped ? &a->n_restores_skipped : &a->n_restores, 1, __ATOMIC_RELAXED);
+    if (!skipped)
+        log_info("cluster: the tables came as a snapshot (%zu bytes, up to entry %llu)", tlen,
+                 (unsigned long long)fsm_applied(a->fsm));
     return 0;
 }
 

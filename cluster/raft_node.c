@@ -1071,6 +1071,8 @@ static void *thread_main(void *arg)
         raft_set_heartbeat_timeout(&n->raft, n->cfg.heartbeat_ms ? n->cfg.heartbeat_ms : 100);
         raft_set_snapshot_threshold(&n->raft,
                                     n->cfg.snapshot_threshold ? n->cfg.snapshot_threshold : 1024);
+        if (n->cfg.snapshot_trailing)
+            raft_set_snapshot_trailing(&n->raft, n->cfg.snapshot_trailing);
         raft_set_pre_vote(&n->raft, true);
         what = "raft_bootstrap";
         rc = bootstrap(n);

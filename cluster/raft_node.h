@@ -54,6 +54,7 @@ struct raft_node_config {
     unsigned election_timeout_ms; /* 0 = 1000 */
     unsigned heartbeat_ms;        /* 0 = 100 */
     unsigned snapshot_threshold;  /* entries between snapshots, 0 = 1024 */
+    unsigned snapshot_trailing;   /* entries kept behind a snapshot, 0 = libraft's */
     unsigned max_voters;          /* 0 = RAFT_NODE_MAX_VOTERS (5); the same on every seed */
     bool no_bootstrap;            /* never bootstrap (a node rebuilt after a divergence
                                    * joins like a new node) */

@@ -1903,6 +1903,18 @@ int cluster_node_start(struct cluster_node **out, struct broker *b, char *err, s
         .heartbeat_ms = CN_HEARTBEAT_MS,
         .election_timeout_ms = CN_ELECTION_TIMEOUT_MS,
     };
+#ifndef NDEBUG
+    /* Tests: "threshold,trailing", small, so that a node that was down
+     * catches up from a snapshot (the claims in it come as tables). */
+    const char *snap = getenv("STARLING_TEST_SNAPSHOT");
+    if (snap) {
+        unsigned th = 0, tr = 0;
+        if (sscanf(snap, "%u,%u", &th, &tr) == 2) {
+            cc.snapshot_threshold = th;
+            cc.snapshot_trailing = tr;
+        }
+    }
+#endif
     r = cluster_start(&cn->c, &cc, err, errlen);
     if (r < 0) {
         cluster_node_free(cn);

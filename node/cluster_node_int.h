@@ -151,14 +151,8 @@ struct cluster_node {
     unsigned answering;
 
     /* persistent sessions across faults (cluster_session.c) */
-    struct cn_moving *moving; /* reg_mu: old copies whose late messages follow the session */
-    struct cn_handed *handed; /* reg_mu: QoS 2 ids of ended copies (struct cn_handed) */
-    /* reg_mu: claims of other nodes applied before the store's sessions
-     * were loaded that said their claimant stores the session before
-     * answering (SessionClaim.stored), for the start-up pass
-     * (cluster_session.c, cn_claim_stored_note); freed after it */
-    struct cn_claim_stored *claims_stored;
-    size_t n_claims_stored;
+    struct cn_moving *moving;     /* reg_mu: old copies whose late messages follow the session */
+    struct cn_handed *handed;     /* reg_mu: QoS 2 ids of ended copies (struct cn_handed) */
     struct cn_incoming *incoming; /* reg_mu: sessions that moved here, for their late messages */
     uint64_t started_ms;
     /* glue's thread: every member heard from in this run long enough ago
@@ -395,13 +389,6 @@ struct cn_handed {
     char id[];
 };
 void cn_handed_free(struct cluster_node *cn);
-/* A claim of id by another node (`epoch`) applied before this node's
- * sessions were loaded said that its claimant stores the session first
- * (SessionClaim.stored): noted for the start-up pass, which sends this
- * node's stored copy on to it (cn_moving_claim_stored). Bounded
- * (CN_CLAIMS_STORED_MAX; past it, not noted: the copy's ids then answer
- * no wait of that claim, as before). Cluster thread, cn->reg_mu not held. */
-void cn_claim_stored_note(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch);
 /* cluster_fwd_ended_fn (ud: the cluster node): the QoS 2 ids of a copy
  * whose last frame still waits in the outbox after a restart, kept again
  * for cluster_resend_wait. */

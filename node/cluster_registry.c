@@ -987,13 +987,9 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
         }
         return;
     }
-    if (!atomic_load(&cn->loaded)) {
-        /* the load goes on: the start-up pass sends the stored copy on,
-         * and needs to know this */
-        if (stored)
-            cn_claim_stored_note(cn, id, len, epoch);
-        return;
-    }
+    if (!atomic_load(&cn->loaded))
+        return; /* the load goes on: the start-up pass sends the stored copy on, and reads
+                 * the claim's stored flag from the registry */
     if (!atomic_load(&cn->restart_done)) {
         /* catching up after a start: a claim made while this node was
          * down, whose claimant went on without this node's answer; what the

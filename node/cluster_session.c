@@ -2788,10 +2788,6 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
 
 /* ---- the start-up pass ---------------------------------------------------------- */
 
-static bool claim_stored_noted(struct cluster_node *cn, const char *id, uint16_t len,
-                               uint64_t epoch);
-static void claims_stored_free(struct cluster_node *cn);
-
 /* Whether this node's tables have caught up with the leader's as it was
  * when first seen (so that claims made while this node was down are
  * applied here). */
@@ -2854,11 +2850,14 @@ static void restart_pass(struct cluster_node *cn)
     for (size_t i = 0; i < l.n; i++) {
         struct session *s = l.v[i];
         uint64_t node = 0, epoch = 0;
+        bool claim_stored = false;
         lock_acquire(&s->lock);
         bool known = s->epoch != 0;
         uint64_t stored = s->stored_epoch;
         lock_release(&s->lock);
-        int rc = known ? 0 : fsm_registry_get(cn->fsm, s->client_id, s->id_len, &node, &epoch);
+        int rc = known ? 0
+                       : fsm_registry_claim(cn->fsm, s->client_id, s->id_len, &node, &epoch,
+                                            &claim_stored);
         if (!known && rc == -ENOENT && stored) {
             /* its claim was released since it was stored: it expired while
              * this node was taken for dead (dead_expiry_poll), its tables
@@ -2917,19 +2916,21 @@ static void restart_pass(struct cluster_node *cn)
                 free(user);
             } else {
                 /* taken over while this node was down; a claim that said
-                 * its claimant stores the session first, applied before
-                 * the load, as cn_registry_claimed_elsewhere marks it.
-                 * Before, such a copy went unmarked, and its ids did not
-                 * answer the wait of a claim resumed here from the
-                 * record when that claimant kept nothing (own_moved_keep;
-                 * test_forward.py::test_a_resend_to_a_session_whose_old_
-                 * claimant_kept_nothing_is_answered_by_its_folded_copy
-                 * [unrecorded] in one CI run of 2026-12-06: the resend
-                 * waited out cluster_resend_wait) */
+                 * its claimant stores the session first (the registry
+                 * keeps that flag: the claim may have been applied before
+                 * the load, or come in a snapshot), as
+                 * cn_registry_claimed_elsewhere marks it. Before, such a
+                 * copy went unmarked, and its ids did not answer the wait
+                 * of a claim resumed here from the record when that
+                 * claimant kept nothing (own_moved_keep; test_forward.py::
+                 * test_a_resend_to_a_session_whose_old_claimant_kept_
+                 * nothing_is_answered_by_its_folded_copy[unrecorded] in
+                 * one CI run of 2026-12-06: the resend waited out
+                 * cluster_resend_wait; [snapshot]) */
                 struct session *gone = registry_local_surrender(b, s->client_id, s->id_len, true);
                 if (gone == s) {
                     cn_moving_add(cn, gone, node, epoch, true, true);
-                    if (claim_stored_noted(cn, s->client_id, s->id_len, epoch))
+                    if (claim_stored)
                         cn_moving_claim_stored(cn, gone, node, epoch);
                     moved++;
                 } else if (gone) {
@@ -2962,7 +2963,6 @@ static void restart_pass(struct cluster_node *cn)
     }
     free(c.v);
     free(to);
-    claims_stored_free(cn);
     log_debug("cluster: start-up pass over %zu stored session(s), %zu released", l.n, released);
     if (moved)
         log_info("cluster: %zu stored session(s) moved to other nodes while this one was down: "
@@ -3972,57 +3972,8 @@ int cn_handed_load(struct cluster_node *cn)
     return r;
 }
 
-struct cn_claim_stored {
-    struct cn_claim_stored *next;
-    uint64_t epoch;
-    uint16_t len;
-    char id[];
-};
-
-#define CN_CLAIMS_STORED_MAX 65536
-
-void cn_claim_stored_note(struct cluster_node *cn, const char *id, uint16_t len, uint64_t epoch)
-{
-    struct cn_claim_stored *c = NULL;
-    pthread_mutex_lock(&cn->reg_mu);
-    if (cn->n_claims_stored < CN_CLAIMS_STORED_MAX && (c = malloc(sizeof(*c) + len))) {
-        c->epoch = epoch;
-        c->len = len;
-        memcpy(c->id, id, len);
-        c->next = cn->claims_stored;
-        cn->claims_stored = c;
-        cn->n_claims_stored++;
-    }
-    pthread_mutex_unlock(&cn->reg_mu);
-}
-
-/* Whether cn_claim_stored_note noted the claim `epoch` of id. */
-static bool claim_stored_noted(struct cluster_node *cn, const char *id, uint16_t len,
-                               uint64_t epoch)
-{
-    bool found = false;
-    pthread_mutex_lock(&cn->reg_mu);
-    for (const struct cn_claim_stored *c = cn->claims_stored; c && !found; c = c->next)
-        found = c->epoch == epoch && c->len == len && memcmp(c->id, id, len) == 0;
-    pthread_mutex_unlock(&cn->reg_mu);
-    return found;
-}
-
-static void claims_stored_free(struct cluster_node *cn)
-{
-    pthread_mutex_lock(&cn->reg_mu);
-    while (cn->claims_stored) {
-        struct cn_claim_stored *c = cn->claims_stored;
-        cn->claims_stored = c->next;
-        free(c);
-    }
-    cn->n_claims_stored = 0;
-    pthread_mutex_unlock(&cn->reg_mu);
-}
-
 void cn_handed_free(struct cluster_node *cn)
 {
-    claims_stored_free(cn);
     while (cn->handed) {
         struct cn_handed *e = cn->handed;
         cn->handed = e->next;

@@ -44,7 +44,7 @@
 /* The tables. Numbers are part of the checksum and the snapshot format. */
 enum rtable_db {
     RTABLE_ROUTES = 1,   /* u64be node || filter -> "" */
-    RTABLE_REGISTRY = 2, /* client id -> u64le node, u64le epoch */
+    RTABLE_REGISTRY = 2, /* client id -> u64le node, u64le epoch [, u8 flags] */
     RTABLE_RETAINED = 3, /* topic -> u64le origin, u64le seq, encoded RetainedMessage */
     RTABLE_MEMBERS = 4,  /* u64be node -> encoded Member */
     RTABLE_SESSIONS = 5, /* client id -> encoded SessionRecord (persistent sessions) */

@@ -1103,24 +1103,30 @@ def test_a_resend_to_a_session_lost_in_a_kill_waits_for_the_owner_before(cluster
     resend_was_had(sub, b, WAIT_S)  # "taken" came once, before the kill
 
 
-def claim_committed_then_killed(a, b, cn, pub_id, props, wait_s):
+def claim_committed_then_killed(a, b, cn, pub_id, props, wait_s, entries=0):
     """pub_id's client resumes its session on b while a, its node, is
     stalled (SIGSTOP): b's claim commits and b asks a for the session,
-    which a does not answer; b is SIGKILLed before the claim's record names
-    it, and then a too."""
+    which a does not answer; `entries` clean clients connect to cn and
+    disconnect (a claim and a release each, entries in the log after the
+    claim); b is SIGKILLed before the claim's record names it, and then a
+    too."""
     q = mqttraw.Client(b)
     q.connect(pub_id, clean=False, properties=props, expect=False)
     wait_for(lambda: faults.tables(cn)["registry"].get(pub_id, (0, 0))[0] == faults.node_id(b),
              wait_s, f"the claim of {pub_id} on b")
+    for _ in range(entries):
+        x = PahoClient(cn, uid("entry"), 5)
+        x.connect()
+        x.disconnect()
     b.stop(sig=signal.SIGKILL)
     q.close()
     assert faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(a)
     faults.kill(a)
 
 
-@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "unrecorded"])
+@pytest.mark.parametrize("how", ["recorded", "unrecorded", "snapshot"])
 def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_its_folded_copy(
-        cluster_factory, tmp_path, recorded):
+        cluster_factory, tmp_path, how):
     """Chaos seed 9905 with --resend --more (QoS 2 duplicates after every
     node was SIGKILLed), made deterministic. A persistent QoS 2
     publisher's node a stores its message and sends PUBREC, which is lost,
@@ -1144,25 +1150,38 @@ def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_it
     from its own record, of the claim before b's. b's claim said that b
     stores the session before answering its client (SessionClaim.stored):
     b keeping nothing, that claim answered no CONNACK, and a's folded copy
-    answers the wait as well. Before, only a record of b's claim did."""
+    answers the wait as well. Before, only a record of b's claim did.
+    [snapshot] As [unrecorded], with 40 more clients connecting to cn after
+    b's claim, and snapshots every 16 entries keeping 4 behind
+    (STARLING_TEST_SNAPSHOT): a's tables come as a snapshot, and the claim
+    with them. Its stored flag is in the registry table: a's start-up pass
+    reads it there. Before, the flag was in the entry only, and a's copy
+    answered no wait: the resend waited out cluster_resend_wait and was
+    taken for a new message."""
     WAIT_S = 30.0
     hold, moving = tmp_path / "hold-b", tmp_path / "moving-hold"
-    c, topic, sub, pub_id, props, p = resend_setup(
-        cluster_factory, hold, 1, "fwd/folded", WAIT_S,
-        env={"STARLING_TEST_MOVING_HOLD": str(moving)})
+    env = {"STARLING_TEST_MOVING_HOLD": str(moving)}
+    if how == "snapshot":
+        env["STARLING_TEST_SNAPSHOT"] = "16,4"
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 1, "fwd/folded", WAIT_S,
+                                                   env=env)
     a, b, cn = c.nodes
     taken_and_acknowledged(p, sub, topic, WAIT_S)
-    if recorded:
+    if how == "recorded":
         a.stop(sig=signal.SIGKILL)
         p.close()
         claimed_then_killed(b, cn, hold, pub_id, props, WAIT_S)
     else:
         faults.pause(a)
         p.close()
-        claim_committed_then_killed(a, b, cn, pub_id, props, WAIT_S)
+        claim_committed_then_killed(a, b, cn, pub_id, props, WAIT_S,
+                                    40 if how == "snapshot" else 0)
     moving.touch()
     try:
         a.start()
+        if how == "snapshot":
+            wait_for(lambda: "the tables came as a snapshot" in a.logtext(), WAIT_S,
+                     "a's tables as a snapshot")
         left = f"the session of '{pub_id}' moved to {faults.node_id(b):016x}"
         wait_for(lambda: left in a.logtext(), WAIT_S, f"a finding its copy of {pub_id} claimed")
         b.start()

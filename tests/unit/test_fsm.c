@@ -171,11 +171,33 @@ static void test_session_epochs(void)
     CU_ASSERT_EQUAL(node, 2);
     CU_ASSERT_EQUAL(epoch, 5);
 
-    cmd_session_release(b, S("c1"), 2, 5, 1); /* the owner: removed */
-    cmd_session_release(b, S("c1"), 2, 5, 1); /* again: no-op */
+    /* The registry keeps a claim's stored flag (SessionClaim.stored) with
+     * its owner: a claim without it clears it, and a node whose tables
+     * come as a snapshot reads it there. */
+    bool stored = true;
+    CU_ASSERT_EQUAL(fsm_registry_claim(f, S("c1"), &node, &epoch, &stored), 0);
+    CU_ASSERT_FALSE(stored);
+    cmd_session_claim_clean(b, S("c1"), 2, 6, 0, 1);
     CU_ASSERT_EQUAL(apply(f, 3, b), 0);
     CU_ASSERT_EQUAL(res.results[0], FSM_OK);
-    CU_ASSERT_EQUAL(res.results[1], FSM_NOOP);
+    CU_ASSERT_EQUAL(fsm_registry_claim(f, S("c1"), &node, &epoch, &stored), 0);
+    CU_ASSERT_EQUAL(epoch, 6);
+    CU_ASSERT_TRUE(stored);
+    cmd_session_claim(b, S("c1"), 2, 7);
+    CU_ASSERT_EQUAL(apply(f, 4, b), 0);
+    CU_ASSERT_EQUAL(fsm_registry_claim(f, S("c1"), &node, &epoch, &stored), 0);
+    CU_ASSERT_EQUAL(epoch, 7);
+    CU_ASSERT_FALSE(stored);
+    cmd_session_claim_clean(b, S("c1"), 2, 8, 0, 1);
+    CU_ASSERT_EQUAL(apply(f, 5, b), 0);
+
+    cmd_session_release(b, S("c1"), 2, 5, 1); /* an older claim: rejected */
+    cmd_session_release(b, S("c1"), 2, 8, 1); /* the owner: removed */
+    cmd_session_release(b, S("c1"), 2, 8, 1); /* again: no-op */
+    CU_ASSERT_EQUAL(apply(f, 6, b), 0);
+    CU_ASSERT_EQUAL(res.results[0], FSM_STALE_EPOCH);
+    CU_ASSERT_EQUAL(res.results[1], FSM_OK);
+    CU_ASSERT_EQUAL(res.results[2], FSM_NOOP);
     CU_ASSERT_EQUAL(fsm_registry_get(f, S("c1"), &node, &epoch), -ENOENT);
     assert_checksum_consistent(f);
     cmd_batch_free(b);
@@ -1104,6 +1126,7 @@ static void test_snapshot_restore(void)
     cmd_route_add(b, S("x/+"), 1);
     cmd_route_add(b, S("$share/g/y"), 2);
     cmd_session_claim(b, S("c"), 1, 3);
+    cmd_session_claim_clean(b, S("st"), 2, 4, 0, 1);
     cmd_retained_set(b, S("r"), 2, "p", 1, NULL, 0, 0, 1, 1);
     cmd_member(b, 1, "one", "127.0.0.11", 1, 2, NULL, CMD_ROLE_VOTER, 0);
     CU_ASSERT_EQUAL(apply(f1, 10, b), 0);
@@ -1144,8 +1167,14 @@ static void test_snapshot_restore(void)
     assert_checksum_consistent(f2);
     uint64_t node, epoch;
     CU_ASSERT_EQUAL(fsm_registry_get(f2, S("other"), &node, &epoch), -ENOENT);
-    CU_ASSERT_EQUAL(fsm_registry_get(f2, S("c"), &node, &epoch), 0);
+    bool stored = true;
+    CU_ASSERT_EQUAL(fsm_registry_claim(f2, S("c"), &node, &epoch, &stored), 0);
     CU_ASSERT_EQUAL(epoch, 3);
+    CU_ASSERT_FALSE(stored);
+    CU_ASSERT_EQUAL(fsm_registry_claim(f2, S("st"), &node, &epoch, &stored), 0);
+    CU_ASSERT_EQUAL(node, 2);
+    CU_ASSERT_EQUAL(epoch, 4);
+    CU_ASSERT_TRUE(stored);
     CU_ASSERT_EQUAL(routes_count(fsm_routes(f2)), 2);
     uint64_t n[4];
     CU_ASSERT_EQUAL(routes_nodes(fsm_routes(f2), S("y"), 0, n, 4), 1);
