@@ -245,10 +245,13 @@ class Partition:
         if r.returncode != 0:
             raise AssertionError(f"nft {' '.join(args)} failed: {r.stderr.strip()}\n{script or ''}")
 
-    def cut(self, group_a, group_b, raft_only=False):
+    def cut(self, group_a, group_b, raft_only=False, channel_only=False):
         """raft_only: Raft's port alone, the channel goes on (a node that
-        reports, answers and forwards, but applies no new entry)."""
+        reports, answers and forwards, but applies no new entry);
+        channel_only: the channel's alone, Raft goes on (entries commit and
+        apply, but neither side hears the other's frames)."""
         ports = (f"{{ {self.cluster.raft_port} }}" if raft_only else
+                 f"{{ {self.cluster.chan_port} }}" if channel_only else
                  f"{{ {self.cluster.chan_port}, {self.cluster.raft_port} }}")
         rules = []
         for a in group_a:

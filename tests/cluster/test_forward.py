@@ -1891,3 +1891,110 @@ def test_ids_for_a_waiting_copy_claimed_away_reach_the_owner_as_its_nodes(
     exchanged_qos2(q, topic, b"after", WAIT_S)
     q.disconnect()
     resend_was_had(sub, a, WAIT_S)
+
+
+def test_a_message_a_copy_handed_on_in_its_state_comes_back_to_a_fold_of_that_copy(
+        cluster_factory, tmp_path):
+    """Chaos seed 10800 with --resend --more (1 QoS 2 message lost at 3
+    subscribers, paho holding its PUBLISH awaiting a PUBREL), made
+    deterministic. A persistent QoS 2 subscriber's session moves to node a,
+    where it records the identities of what it gets (in its stored record
+    too, written when M2 leaves the store). a sends it M and M2; the client
+    completes M2 only, and a is SIGKILLed. The client's claim on b commits
+    and the client gives up. a starts again: its stored copy sends its
+    state, M in it, to b, and stays moving out (STARLING_TEST_MOVING_HOLD),
+    b's claim having no client to route for. The client's claim on cn
+    commits, but cn's request never reaches b (their channel cut, Raft
+    not) and cn is SIGKILLed, keeping nothing. The client comes back to a: cn says it
+    kept none, so the claim resumes from the record and folds a's copy,
+    identities and all. b's copy, which no claim asked for, then hands M to
+    a as a late message. Before, the identity of M, which a's copy had
+    handed on with its state, came with the fold, and the session took M
+    for one it had ("had it (exchange)"): M was never delivered. Now a
+    copy's identities leave with the messages its state takes along, and M
+    is delivered once."""
+    reason = faults.nft_available()
+    if reason:
+        pytest.skip(reason)
+    WAIT_S = 30.0
+    hold = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(hold)})
+    for n in c.nodes:
+        faults.store_held(n, tmp_path / f"store-hold-{n.name}")
+    c.start()
+    c.wait_healthy()
+    # cn leads (a follower's kill and start leave it so: pre-vote): its
+    # claim commits while its channel to b is cut
+    wait_for(lambda: faults.leader(c), WAIT_S, "a leader")
+    cn = next(n for n in c.nodes if n.name == faults.leader(c))
+    a, b = (n for n in c.nodes if n is not cn)
+    cn_hold = tmp_path / f"store-hold-{cn.name}"
+    topic, sid = uid("fwd/handed"), uid("hsub")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.Client(b)  # (cn holds no copy of it: cn keeps none below)
+    assert s.connect(sid, clean=False, properties=props).reason_code == 0
+    assert s.subscribe([(topic, 2)]).reason_codes == [2]
+    s.close()
+    s = mqttraw.Client(a)
+    assert s.connect(sid, clean=False, properties=props, timeout=WAIT_S).session_present
+    p = PahoClient(a, uid("hpub"), 5)
+    p.connect()
+    p.publish(topic, b"handed", qos=2)
+    p.publish(topic, b"done", qos=2)
+    assert s.expect(mqttraw.PUBLISH, WAIT_S).payload == b"handed"  # not answered
+    assert s.recv_publish(WAIT_S).payload == b"done"
+    # a record write, with what the session got (M too): stored before the
+    # SUBACK, which waits for the route's commit
+    assert s.subscribe([(topic + "/x", 2)]).reason_codes == [2]
+    part = faults.Partition(c)
+    hold.touch()
+    try:
+        faults.kill(a)
+        s.close()
+        t = mqttraw.Client(b)
+        t.connect(sid, clean=False, properties=props, expect=False)
+        wait_for(lambda: faults.tables(cn)["registry"].get(sid, (0, 0))[0] == faults.node_id(b),
+                 WAIT_S, f"the claim of {sid} on b")
+        t.close()  # the client gives up on b
+        start = len(b.logtext())
+        a.start()
+        wait_for(lambda: f"the session of '{sid}' moved here" in b.logtext()[start:], WAIT_S,
+                 "a's stored copy moving to b")
+        part.cut([cn], [b], channel_only=True)
+        cn_hold.touch()  # cn's store commits nothing: it keeps none
+        v = mqttraw.Client(cn)
+        v.connect(sid, clean=False, properties=props, expect=False)
+        wait_for(lambda: faults.tables(a)["registry"].get(sid, (0, 0))[0] == faults.node_id(cn),
+                 WAIT_S, f"the claim of {sid} on cn")
+        cn.stop(sig=signal.SIGKILL)  # before its claim gives up on b's state
+        v.close()
+        cn_hold.unlink()
+        start = len(cn.logtext())
+        cn.start()
+        wait_for(lambda: "requests for stored sessions are answered" in cn.logtext()[start:],
+                 WAIT_S, "cn's store loaded")
+        # within the wait of b's copy for cn's request (cluster_claim_timeout)
+        u = mqttraw.Client(a)
+        assert u.connect(sid, clean=False, properties=props, timeout=WAIT_S).session_present
+        part.heal()
+        assert f"{faults.node_id(cn):016x} has no session '{sid}' to hand over (it kept none)" \
+            in a.logtext()
+        assert f"'{sid}' is claimed here again while its old copy" in a.logtext()
+    finally:
+        hold.unlink(missing_ok=True)
+        cn_hold.unlink(missing_ok=True)
+        part.heal()
+    m = u.recv(WAIT_S)
+    if m.type == mqttraw.PUBREL:  # "done": its PUBCOMP may not have been stored before the kill
+        u.pubcomp(m.packet_id)
+        m = u.expect(mqttraw.PUBLISH, WAIT_S)
+    assert (m.type, m.payload, m.qos) == (mqttraw.PUBLISH, b"handed", 2)
+    u.pubrec(m.packet_id)
+    assert u.expect(mqttraw.PUBREL, WAIT_S).packet_id == m.packet_id
+    u.pubcomp(m.packet_id)
+    p = PahoClient(a, uid("hpub"), 5)  # (the first one's node was killed)
+    p.connect()
+    p.publish(topic, b"after", qos=2)
+    assert u.recv_publish(WAIT_S).payload == b"after"  # M came once
+    u.disconnect()
+    p.disconnect()
