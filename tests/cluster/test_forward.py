@@ -1971,8 +1971,8 @@ def test_a_message_a_copy_handed_on_in_its_state_comes_back_to_a_fold_of_that_co
         cn_hold.unlink()
         start = len(cn.logtext())
         cn.start()
-        wait_for(lambda: "requests for stored sessions are answered" in cn.logtext()[start:],
-                 WAIT_S, "cn's store loaded")
+        # (MQTT listens once the store is loaded and its sessions are answered for)
+        wait_for(lambda: "(MQTT, " in cn.logtext()[start:], WAIT_S, "cn's store loaded")
         # within the wait of b's copy for cn's request (cluster_claim_timeout)
         u = mqttraw.Client(a)
         assert u.connect(sid, clean=False, properties=props, timeout=WAIT_S).session_present
