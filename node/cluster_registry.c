@@ -971,6 +971,21 @@ void cn_registry_drain(struct cluster_node *cn)
 
 /* ---- the old owner ---- */
 
+/* How long a copy claimed away waits for its claimant's request:
+ * cluster_claim_timeout and a second. Tests (debug builds only) may set
+ * it with STARLING_TEST_SURRENDER_MS, so that it runs out while a claim
+ * of this node still waits for another node's state
+ * (tests/cluster/test_forward.py). */
+static uint64_t surrender_wait_ms(const struct cluster_node *cn)
+{
+#ifndef NDEBUG
+    const char *e = getenv("STARLING_TEST_SURRENDER_MS");
+    if (e && *e)
+        return strtoull(e, NULL, 10);
+#endif
+    return (uint64_t)cn->b->cfg.cluster_claim_timeout + 1000u;
+}
+
 /* The observer saw SessionClaim(id, node != self) applied (cluster thread). */
 void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t node, uint64_t epoch, bool clean_start, bool stored)
@@ -1016,7 +1031,7 @@ void cn_registry_claimed_elsewhere(struct cluster_node *cn, const char *id, uint
         if (x) {
             x->s = s;
             /* a claimant waits for the state cluster_claim_timeout at most */
-            x->until_ms = cn_mono_ms() + (uint64_t)cn->b->cfg.cluster_claim_timeout + 1000u;
+            x->until_ms = cn_mono_ms() + surrender_wait_ms(cn);
             x->epoch = epoch;
             x->stored = stored;
             x->next = cn->surrendered;

@@ -3632,6 +3632,35 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
     return ids;
 }
 
+/* The QoS 2 ids of this node's own copy of id of claim `epoch` (not 0)
+ * that is moving to this node itself as an overtaken claim's session
+ * (cn_overtaken_add: its claimant never asked for it, and the registry
+ * names this node again): its ids are those its client sent here under
+ * that claim. A malloc'd array of *n, or NULL (no such copy). Before, a
+ * wait for them found no copy moving out to the waiting node, nothing
+ * ended and no stored copy, and the client's resend was taken for new:
+ * chaos seed 10952 with --resend --more --no-lb, n2's copy of claim 4,
+ * overtaken when the client came back to n2 (claim 7), and n1's state,
+ * restored after a SIGKILL and waiting for n2's claim-4 ids, came before
+ * the claim folded that copy (3 QoS 2 duplicates). */
+static uint16_t *overtaken_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
+                                    uint64_t epoch, uint32_t *n, struct cn_wait_on *w)
+{
+    uint16_t *ids = NULL;
+    *n = 0;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_moving *x = cn->moving; x && !ids; x = x->next)
+        if (x->to == cn->self && x->epoch == epoch && x->s->id_len == len &&
+            memcmp(x->s->client_id, id, len) == 0) {
+            lock_acquire(&x->s->lock);
+            if (x->s->epoch == epoch)
+                ids = copy_ids(cn, x->s, n, w);
+            lock_release(&x->s->lock);
+        }
+    pthread_mutex_unlock(&cn->reg_mu);
+    return ids;
+}
+
 /* The most that cn->handed keeps (the oldest go first). */
 #define HANDED_MAX 4096
 
@@ -4032,6 +4061,8 @@ uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
     uint32_t n_own = 0;
     uint64_t epoch = st->has_blind_epoch ? st->blind_epoch : 0;
     uint16_t *ids = cn_moving_qos2_ids(cn, id, len, from, &n_own, w);
+    if (!ids && epoch)
+        ids = overtaken_copy_ids(cn, id, len, epoch, &n_own, w);
     if (!ids)
         ids = gone_copy_ids(cn, id, len, epoch, &n_own, w);
     if (!ids && epoch)

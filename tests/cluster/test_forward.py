@@ -941,6 +941,7 @@ def test_a_resend_elsewhere_of_what_a_stalled_node_took_is_delivered_once(cluste
     a, b, _ = c.nodes
     try:
         q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+        assert f"'{pub_id}' was owned by {faults.node_id(a):016x}, which is down" in b.logtext()
         resend_held(q, b, topic, b"taken", WAIT_S)  # while a is stopped
     finally:
         faults.resume(a)
@@ -1998,3 +1999,52 @@ def test_a_message_a_copy_handed_on_in_its_state_comes_back_to_a_fold_of_that_co
     assert u.recv_publish(WAIT_S).payload == b"after"  # M came once
     u.disconnect()
     p.disconnect()
+
+
+def test_a_wait_for_this_nodes_ids_finds_its_own_copy_that_no_claim_asked_for(cluster_factory):
+    """Chaos seed 10952 with --resend --more --no-lb (3 QoS 2 duplicates,
+    DUP 0), made deterministic. A persistent QoS 2 publisher's node a takes
+    its message (PUBREC lost) and stalls (SIGSTOP). Once b takes a for
+    down, the client resumes its session on b from the record, waiting for
+    a's ids, and resends (held); then on cn, which takes b's state and its
+    wait. a runs again: its copy, claimed away by claims that never asked
+    it, waits for a request. cn stalls, and the client comes back to a,
+    whose claim asks cn. a's copy stops waiting
+    (STARLING_TEST_SURRENDER_MS) while the registry names a: it is
+    overtaken, moving to a itself. cn runs again, and its state waits for
+    a's ids, those of that copy: the client's resend is a duplicate,
+    acknowledged as had. Before, a looked for a copy moving out to cn, an
+    ended copy or a stored one, found none, and took the resend for new."""
+    WAIT_S = 30.0
+    c = cluster_factory(extra_env={"STARLING_TEST_SURRENDER_MS": "500"})
+    a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/overtaken", WAIT_S)
+    p.close()
+    faults.pause(a)
+    try:
+        def down_for_b():
+            st, doc = b.http("GET", "/api/v1/cluster", timeout=5)
+            return st == 200 and any(n["name"] == a.name and not n["reachable"]
+                                     for n in doc["nodes"])
+        wait_for(down_for_b, WAIT_S, "b taking a for down (cluster_down_after)")
+        q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+        assert f"'{pub_id}' was owned by {faults.node_id(a):016x}, which is down" in b.logtext()
+        resend_held(q, b, topic, b"taken", WAIT_S)
+        q.close()
+        r = resumed_elsewhere(cn, pub_id, props, WAIT_S)
+        r.close()
+    finally:
+        faults.resume(a)
+    left = f"the session of '{pub_id}' was claimed by node"
+    wait_for(lambda: left in a.logtext(), WAIT_S, "a applying the claims")
+    faults.pause(cn)
+    try:
+        u = mqttraw.Client(a)
+        u.connect(pub_id, clean=False, properties=props, expect=False)
+        overtaken = f"the session of '{pub_id}' moved to {faults.node_id(a):016x}"
+        wait_for(lambda: overtaken in a.logtext(), WAIT_S, "a's copy overtaken")
+    finally:
+        faults.resume(cn)
+    ack = u.expect(mqttraw.CONNACK, WAIT_S)
+    assert ack.reason_code == 0 and ack.session_present, ack
+    resent_then_after(u, topic, WAIT_S)
+    resend_was_had(sub, a, WAIT_S)
