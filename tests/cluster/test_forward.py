@@ -723,6 +723,19 @@ def exchanged_qos2(q, topic, payload, wait_s):
     assert q.expect(mqttraw.PUBCOMP, wait_s).packet_id == pid
 
 
+def taken_for_down(node, other, wait_s):
+    """Waits until node takes other for down (silent for cluster_down_after,
+    as its /api/v1/cluster says): a claim on node then resumes other's
+    sessions from their records without asking it. Before, a test that
+    stalled other and claimed at once raced that silence: node asked the
+    stalled node and waited cluster_claim_timeout instead (one CI run)."""
+    def down():
+        st, doc = node.http("GET", "/api/v1/cluster", timeout=5)
+        return st == 200 and any(n["name"] == other.name and not n["reachable"]
+                                 for n in doc["nodes"])
+    wait_for(down, wait_s, f"{node.name} taking {other.name} for down")
+
+
 def resumed_elsewhere(node, pub_id, props, wait_s):
     """pub_id's client resumes its session on node: its raw client."""
     q = mqttraw.Client(node)
@@ -940,6 +953,7 @@ def test_a_resend_elsewhere_of_what_a_stalled_node_took_is_delivered_once(cluste
                                                            WAIT_S)
     a, b, _ = c.nodes
     try:
+        taken_for_down(b, a, WAIT_S)
         q = resumed_elsewhere(b, pub_id, props, WAIT_S)
         assert f"'{pub_id}' was owned by {faults.node_id(a):016x}, which is down" in b.logtext()
         resend_held(q, b, topic, b"taken", WAIT_S)  # while a is stopped
@@ -2021,11 +2035,7 @@ def test_a_wait_for_this_nodes_ids_finds_its_own_copy_that_no_claim_asked_for(cl
     p.close()
     faults.pause(a)
     try:
-        def down_for_b():
-            st, doc = b.http("GET", "/api/v1/cluster", timeout=5)
-            return st == 200 and any(n["name"] == a.name and not n["reachable"]
-                                     for n in doc["nodes"])
-        wait_for(down_for_b, WAIT_S, "b taking a for down (cluster_down_after)")
+        taken_for_down(b, a, WAIT_S)
         q = resumed_elsewhere(b, pub_id, props, WAIT_S)
         assert f"'{pub_id}' was owned by {faults.node_id(a):016x}, which is down" in b.logtext()
         resend_held(q, b, topic, b"taken", WAIT_S)
