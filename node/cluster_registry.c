@@ -1098,12 +1098,6 @@ static bool msg_unsent(const struct qmsg *q)
     return q->state == MSG_STATE_QUEUED || q->pid == 0;
 }
 
-/* The state of s (NULL: not found) to `to`, claimant of `epoch`. Left out:
- * s's queued (or restored: msg_unsent) messages routed at or past `direct`
- * (not 0), which reached a later owner than s's claim directly (cn_copy_owners_index), or that
- * owner's own publishes its session got locally (s->direct_local), and their
- * identities, which the claimant would otherwise take for had when that
- * owner passes them on. Those sent to s's client keep their exchange. */
 /* The messages of s that went on in its state (`sent`) are the new owner's
  * to deliver: their identities leave s->seen (the state took them along),
  * so that this copy, folded into a later claim of this node that resumed
@@ -1120,6 +1114,12 @@ static void seen_forget_handed(struct session *s, const struct qmsg *sent)
             msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
 }
 
+/* The state of s (NULL: not found) to `to`, claimant of `epoch`. Left out:
+ * s's queued (or restored: msg_unsent) messages routed at or past `direct`
+ * (not 0), which reached a later owner than s's claim directly (cn_copy_owners_index), or that
+ * owner's own publishes its session got locally (s->direct_local), and their
+ * identities, which the claimant would otherwise take for had when that
+ * owner passes them on. Those sent to s's client keep their exchange. */
 static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBinaryData *id,
                        uint64_t epoch, struct session *s, uint64_t direct, bool none_kept)
 {

@@ -1913,15 +1913,15 @@ def test_a_message_a_copy_handed_on_in_its_state_comes_back_to_a_fold_of_that_co
     """Chaos seed 10800 with --resend --more (1 QoS 2 message lost at 3
     subscribers, paho holding its PUBLISH awaiting a PUBREL), made
     deterministic. A persistent QoS 2 subscriber's session moves to node a,
-    where it records the identities of what it gets (in its stored record
-    too, written when M2 leaves the store). a sends it M and M2; the client
-    completes M2 only, and a is SIGKILLed. The client's claim on b commits
+    where it records the identities of what it gets. a sends it M and M2;
+    the client completes M2 only, and subscribes once more (its stored
+    record written with those identities, M's too); a is SIGKILLed. The client's claim on b commits
     and the client gives up. a starts again: its stored copy sends its
     state, M in it, to b, and stays moving out (STARLING_TEST_MOVING_HOLD),
     b's claim having no client to route for. The client's claim on cn
     commits, but cn's request never reaches b (their channel cut, Raft
-    not) and cn is SIGKILLed, keeping nothing. The client comes back to a: cn says it
-    kept none, so the claim resumes from the record and folds a's copy,
+    not) and cn is SIGKILLed, keeping nothing. The client comes back to a:
+    cn says it kept none, so the claim resumes from the record and folds a's copy,
     identities and all. b's copy, which no claim asked for, then hands M to
     a as a late message. Before, the identity of M, which a's copy had
     handed on with its state, came with the fold, and the session took M
