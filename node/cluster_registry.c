@@ -1114,6 +1114,28 @@ static void seen_forget_handed(struct session *s, const struct qmsg *sent)
             msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
 }
 
+/* A message q that may have been sent and carries no packet id (restored
+ * from the store, or from a state, and not sent since: session_restore_msg)
+ * goes in the state with the packet id its sequence number gives
+ * (persist_pid_of): the one it was sent with before, if it was. The new
+ * owner numbers it so (pid_seq) and sends it with that id, DUP 1, as this
+ * node would have after its restart; a client that delivers a QoS 2
+ * message at its PUBLISH and still holds that id does not deliver it again
+ * [MQTT-5.0 4.3.3, MQTT-3.1.1 4.3.3]. Before, the new owner gave it a new
+ * id. Its state says queued: the new owner restores every message of a
+ * state short of PUBREC as a possible re-delivery anyway, and a state that
+ * comes after its claim went on is taken as late messages, where a packet
+ * id with a sent state names an exchange the sender began with the client
+ * (late_is_exchange), which this one is not known to be. */
+static void state_restored_pid(Starling__Chan__SessionMessage *m, const struct qmsg *q)
+{
+    if (q->qos > 0 && q->state != MSG_STATE_QUEUED && q->pid == 0) {
+        m->state = MSG_STATE_QUEUED;
+        m->has_packet_id = true;
+        m->packet_id = persist_pid_of(q->seq);
+    }
+}
+
 /* The state of s (NULL: not found) to `to`, claimant of `epoch`. Left out:
  * s's queued (or restored: msg_unsent) messages routed at or past `direct`
  * (not 0), which reached a later owner than s's claim directly (cn_copy_owners_index), or that
@@ -1186,6 +1208,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
                         continue;
                     Starling__Chan__SessionMessage *m = &msgs[k];
                     cn_msg_fill(m, q);
+                    state_restored_pid(m, q);
                     msgp[k++] = m;
                 }
             st.n_msgs = k;

@@ -332,3 +332,61 @@ def test_a_request_that_meets_an_older_claim_in_progress_waits_for_its_session(c
         pub.disconnect()
     finally:
         part.heal()
+
+
+def test_a_restored_message_moved_in_a_state_keeps_its_packet_id(cluster_factory):
+    """A persistent QoS 2 subscriber on A completes m0 and gets m1's
+    PUBLISH, which it holds unanswered (a client that delivers at PUBLISH
+    has delivered m1 and keeps its packet id until the PUBREL [MQTT-5.0
+    4.3.3]). A is SIGKILLed and started again: m1 comes back from A's store
+    with no record that it was sent. The client comes back on B, which
+    asks A for the session: m1 must come to it with the packet id A sent it
+    with, DUP 1, so that such a client knows it for the same message, as it
+    would from A itself after the restart. Before, A's state carried m1
+    without a packet id and B numbered it anew (packet id 1, m0's)."""
+    c = cluster_factory()
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    cid, topic = uid("rpid"), uid("rpid/t")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.connected(a, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=2))).reason_codes == [2]
+    p = mqttraw.connected(cn, uid("rpidp"), 5)
+
+    def publish(payload):
+        pid = p.publish(f"{topic}/x", payload, qos=2)
+        assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == pid
+        p.pubrel(pid)
+        assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == pid
+
+    publish(b"m0")
+    m0 = s.recv_publish(timeout=WAIT)  # completed: PUBREC, PUBREL, PUBCOMP
+    assert m0.payload == b"m0", m0
+    publish(b"m1")
+    m1 = s.expect(mqttraw.PUBLISH, timeout=WAIT)  # held: no PUBREC
+    assert m1.payload == b"m1" and not m1.dup and m1.packet_id != m0.packet_id, m1
+    # a QoS 1 publish on A: its PUBACK waits for its store batch, committed
+    # after every earlier one (m0's PUBCOMP, m1 in the session's queue)
+    s.publish(uid("rpid/sync"), b"sync", qos=1, packet_id=1)
+    assert s.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
+    faults.kill(a)
+    s.close()
+    a.start()
+    faults.wait_healthy(c)
+    for _ in range(3):
+        # a claim that a stall under load holds past connect_timeout gets
+        # 0x88, and the client connects again
+        s2 = mqttraw.Client(b)
+        ack = s2.connect(cid, clean=False, properties=props, timeout=WAIT)
+        if ack.reason_code != 0x88:
+            break
+        s2.close()
+    assert ack.reason_code == 0 and ack.session_present, ack
+    again = s2.recv_publish(timeout=WAIT)
+    assert (again.payload, again.packet_id, again.dup) == (b"m1", m1.packet_id, True), again
+    publish(b"m2")
+    m2 = s2.recv_publish(timeout=WAIT)
+    assert m2.payload == b"m2" and m2.packet_id not in (m1.packet_id, 0), m2
+    s2.disconnect()
+    p.disconnect()
