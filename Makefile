@@ -118,7 +118,8 @@ fuzz: deps-test
 # checked. The seed is printed (a run without SEED picks one); the same SEED
 # gives the same sequence of faults. Needs root for the nftables cuts.
 # CHAOS_ARGS passes options on (--more: also SIGSTOP and cut of the leader
-# and rolling SIGKILL restarts; --no-lb; --keep: the nodes' data and logs and
+# and rolling SIGKILL restarts; --no-lb; --hold MIN,MAX: how long a kill or a
+# cut lasts, default 2,8 s; --keep: the nodes' data and logs and
 # the clients' trace traffic.txt kept, the path printed; --keep-failed: the
 # same for a run that fails, without the packet traces).
 SEED ?=

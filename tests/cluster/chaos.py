@@ -3,11 +3,12 @@
 continuous QoS 1/2 traffic on a 3-node cluster, then everything healed and
 checked.
 
-    chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--keep] [--more] [--no-lb]
-             [--resend]
+    chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--hold MIN,MAX] [--keep] [--more]
+             [--no-lb] [--resend]
     make chaos SEED=N MINUTES=M
 
-The faults (each held 2..8 s, then undone; 1..3 s between two):
+The faults (each held 2..8 s, or as --hold MIN,MAX says, then undone; 1..3 s
+between two):
 SIGKILL of a node (then started again on its data), SIGKILL of the leader,
 a node cut off with nftables (the leader or not; skipped without root/nft),
 SIGSTOP of a node for --stop-seconds (default 10), a clean restart (SIGTERM),
@@ -71,8 +72,9 @@ HEAL_HEALTHY = 30.0
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
                  claim_timeout_ms=2000, more=False, lb=True, keep=False, keep_failed=False,
-                 resend=False):
+                 resend=False, hold=(2.0, 8.0)):
         self.seed = seed
+        self.hold = hold  # how long a kill or a cut lasts: uniform in this range (s)
         self.resend = resend  # publishers resend what was not acknowledged (traffic.py)
         self.keep = keep  # traffic.txt and the subscribers' packet traces beside the logs
         self.keep_failed = keep_failed  # traffic.txt written; main() keeps a failed run's data
@@ -100,7 +102,7 @@ class Chaos:
 
     # ---- the faults: each returns when it is undone and the cluster healthy
     def _hold(self):
-        return self.rng.uniform(2.0, 8.0)
+        return self.rng.uniform(*self.hold)
 
     def _healthy(self, what):
         took = faults.wait_healthy(self.cluster, HEAL_HEALTHY)
@@ -234,7 +236,7 @@ class Chaos:
         """Returns (ok, report dict)."""
         c = self.cluster
         self.say(f"seed {self.seed}, {self.seconds:.0f} s of faults, SIGSTOP {self.stop_seconds:.0f} s, "
-                 f"data in {self.base}")
+                 f"kills and cuts {self.hold[0]:g}..{self.hold[1]:g} s, data in {self.base}")
         if self.nft:
             self.say(f"no partitions: {self.nft}")
         c.start()
@@ -357,10 +359,19 @@ def main(argv):
                          "to the faults (another sequence for the same seed)")
     ap.add_argument("--no-lb", action="store_true",
                     help="clients connect to a cut-off node too (no load balancer keeping them off)")
+    ap.add_argument("--hold", default="2,8", metavar="MIN,MAX",
+                    help="how long a SIGKILL or a cut lasts before it is undone, in seconds "
+                         "(uniform between MIN and MAX; default 2,8)")
     ap.add_argument("--resend", action="store_true",
                     help="publishers keep a persistent session and publish a message without "
                          "its acknowledgement again on their next connection, until acknowledged")
     a = ap.parse_args(argv)
+    try:
+        hold = tuple(float(x) for x in a.hold.split(","))
+        if len(hold) != 2 or not 0 <= hold[0] <= hold[1]:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--hold {a.hold!r}: MIN,MAX seconds, 0 <= MIN <= MAX")
 
     # killed from outside (SIGTERM, or SIGHUP: its terminal closed), the run
     # ends as on ^C: the `finally` below stops the nodes and removes the
@@ -373,7 +384,7 @@ def main(argv):
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
                log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb,
-               keep=a.keep, keep_failed=a.keep_failed, resend=a.resend)
+               keep=a.keep, keep_failed=a.keep_failed, resend=a.resend, hold=hold)
     ok = False
     reports = []
     try:
