@@ -283,6 +283,23 @@ class Partition:
         self.made = True
         self.cuts.append(([a.name], [b.name]))
 
+    def one_way(self, src, dst):
+        """Every packet from node src to node dst on the cluster's ports is
+        dropped, the other way goes on: dst's connections to src still
+        carry their data to src, but src's acknowledgements of it are lost,
+        so that data stays in flight on dst's side (TCP retransmits it)."""
+        ports = f"{{ {self.cluster.chan_port}, {self.cluster.raft_port} }}"
+        rules = [f"ip saddr {src.host} ip daddr {dst.host} tcp dport {ports} drop",
+                 f"ip saddr {src.host} ip daddr {dst.host} tcp sport {ports} drop"]
+        script = (f"table ip {self.table} {{\n"
+                  f"  chain out {{ type filter hook output priority 0; policy accept;\n"
+                  + "".join(f"    {r}\n" for r in rules) + "  }\n}\n")
+        self._nft("-f", "-", script=script)
+        if not self.made:
+            atexit.register(self.heal)
+        self.made = True
+        self.cuts.append(([src.name], [dst.name]))
+
     def isolate(self, node):
         self.cut([node], [n for n in self.cluster.nodes if n is not node])
 
