@@ -2030,7 +2030,13 @@ def test_a_wait_for_this_nodes_ids_finds_its_own_copy_that_no_claim_asked_for(cl
     acknowledged as had. Before, a looked for a copy moving out to cn, an
     ended copy or a stored one, found none, and took the resend for new."""
     WAIT_S = 30.0
-    c = cluster_factory(extra_env={"STARLING_TEST_SURRENDER_MS": "500"})
+    # a's copy waits 2.5 s for a request once a runs again: a's claim must
+    # commit within that (a resumed from SIGSTOP may start an election
+    # first: 1.3 s in one CI run, where a wait of 0.5 s ran out before the
+    # claim, and the copy went to cn instead of being overtaken), and the
+    # wait must end while that claim still waits for the stalled cn
+    # (cluster_claim_timeout, 5 s)
+    c = cluster_factory(extra_env={"STARLING_TEST_SURRENDER_MS": "2500"})
     a, b, cn, topic, sub, pub_id, props, p = publisher_taken_on_a(c, "fwd/overtaken", WAIT_S)
     p.close()
     faults.pause(a)
