@@ -284,9 +284,16 @@ def test_session_resumed_elsewhere_gets_what_its_dead_node_held_once(fault_clust
     p.connect()
     kill(home)
     t0 = time.monotonic()
-    s2 = PahoClient(new, cid, 5, clean=False, properties=session_props())
-    s2.connect(timeout=30)
-    assert s2.session_present
+    for _ in range(5):
+        # home may have led: a claim that waits for the election longer than
+        # cluster_claim_timeout is refused with 0x88, and the client tries
+        # again, as clients do (a CI run: an election of 2.9 s under load)
+        s2 = PahoClient(new, cid, 5, clean=False, properties=session_props())
+        ack = s2.connect(timeout=30, expect_rc=None)
+        if ack["rc"] != 0x88:
+            break
+        s2.stop()
+    assert ack["rc"] == 0 and s2.session_present, ack
     sent = [f"m{k}".encode() for k in range(30)]
     for m in sent:
         p.publish(topic + "/x", m, qos=2)
