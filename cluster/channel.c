@@ -80,6 +80,7 @@
 #define LOOP_WRITE_FRAMES 4096u
 #define LOOP_WRITE_BYTES (256u << 10)
 #define DIRECT_WRITE_FRAMES 16384u
+#define DIRECT_WRITE_BYTES (1u << 20)
 /* A connection across a cut link (packets dropped, not refused): what was
  * written stays unacknowledged, and TCP sends it again with a backoff that
  * doubles up to two minutes. After a cut of a minute the link stayed
@@ -100,7 +101,6 @@
  * dial waits at most a few seconds once the link heals. Before, a dial
  * went on for the kernel's default of six retries (127 s). */
 #define CHAN_SYN_RETRIES 2
-#define DIRECT_WRITE_BYTES (1u << 20)
 /* frames a reader gave the loop that it has not handled yet: beyond this
  * many bytes the reader stops reading until the loop is down to half */
 #define READER_BACKLOG_BYTES (8u << 20)
@@ -1446,12 +1446,14 @@ static void sock_bounds(struct conn *k, bool dialing)
     uv_os_fd_t fd;
     unsigned timeout = CHAN_USER_TIMEOUT_MS;
     int syn = CHAN_SYN_RETRIES;
-    if (uv_fileno((uv_handle_t *)&k->tcp, &fd) != 0 ||
-        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout, sizeof timeout) != 0 ||
-        (dialing && setsockopt(fd, IPPROTO_TCP, TCP_SYNCNT, &syn, sizeof syn) != 0))
+    int r = uv_fileno((uv_handle_t *)&k->tcp, &fd);
+    if (r == 0 && (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout, sizeof timeout) != 0 ||
+                   (dialing && setsockopt(fd, IPPROTO_TCP, TCP_SYNCNT, &syn, sizeof syn) != 0)))
+        r = -errno;
+    if (r != 0)
         log_warn("channel: cannot bound a connection's silence (TCP_USER_TIMEOUT, TCP_SYNCNT): "
                  "%s: a cut link may stay silent for minutes after it heals",
-                 strerror(errno));
+                 strerror(-r));
 }
 
 static void on_connected(uv_connect_t *req, int status)

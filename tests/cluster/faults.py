@@ -259,6 +259,10 @@ class Partition:
                 for s, d in ((a.host, b.host), (b.host, a.host)):
                     rules.append(f"ip saddr {s} ip daddr {d} tcp dport {ports} drop")
                     rules.append(f"ip saddr {s} ip daddr {d} tcp sport {ports} drop")
+        self._drop(rules, [n.name for n in group_a], [n.name for n in group_b])
+
+    def _drop(self, rules, names_a, names_b):
+        """Add the nft rules to this partition's table (made on first use)."""
         # the output hook sees loopback traffic once, before it is delivered
         script = (f"table ip {self.table} {{\n"
                   f"  chain out {{ type filter hook output priority 0; policy accept;\n"
@@ -267,21 +271,14 @@ class Partition:
         if not self.made:
             atexit.register(self.heal)  # even if the test process dies in between
         self.made = True
-        self.cuts.append(([n.name for n in group_a], [n.name for n in group_b]))
+        self.cuts.append((names_a, names_b))
 
     def hold_channel(self, a, b):
         """What node a sends node b on its channel connection waits: a's
         packets to b's channel port are dropped (TCP sends them again once
         healed); b's frames to a, and Raft both ways, still go."""
-        rule = f"ip saddr {a.host} ip daddr {b.host} tcp dport {self.cluster.chan_port} drop"
-        script = (f"table ip {self.table} {{\n"
-                  f"  chain out {{ type filter hook output priority 0; policy accept;\n"
-                  f"    {rule}\n  }}\n}}\n")
-        self._nft("-f", "-", script=script)
-        if not self.made:
-            atexit.register(self.heal)
-        self.made = True
-        self.cuts.append(([a.name], [b.name]))
+        self._drop([f"ip saddr {a.host} ip daddr {b.host} tcp dport {self.cluster.chan_port} drop"],
+                   [a.name], [b.name])
 
     def one_way(self, src, dst):
         """Every packet from node src to node dst on the cluster's ports is
@@ -289,16 +286,9 @@ class Partition:
         carry their data to src, but src's acknowledgements of it are lost,
         so that data stays in flight on dst's side (TCP retransmits it)."""
         ports = f"{{ {self.cluster.chan_port}, {self.cluster.raft_port} }}"
-        rules = [f"ip saddr {src.host} ip daddr {dst.host} tcp dport {ports} drop",
-                 f"ip saddr {src.host} ip daddr {dst.host} tcp sport {ports} drop"]
-        script = (f"table ip {self.table} {{\n"
-                  f"  chain out {{ type filter hook output priority 0; policy accept;\n"
-                  + "".join(f"    {r}\n" for r in rules) + "  }\n}\n")
-        self._nft("-f", "-", script=script)
-        if not self.made:
-            atexit.register(self.heal)
-        self.made = True
-        self.cuts.append(([src.name], [dst.name]))
+        self._drop([f"ip saddr {src.host} ip daddr {dst.host} tcp dport {ports} drop",
+                    f"ip saddr {src.host} ip daddr {dst.host} tcp sport {ports} drop"],
+                   [src.name], [dst.name])
 
     def isolate(self, node):
         self.cut([node], [n for n in self.cluster.nodes if n is not node])
