@@ -49,10 +49,12 @@ struct cluster_fwd;
  * T = 1000 ms test_faults measured 2.3 s; with 600 ms at most about 1.5 s,
  * still 40 heartbeats (15 ms) before a follower gives up on its leader. */
 #define CN_ELECTION_TIMEOUT_MS 600
-/* A session resumed from its record: how long a QoS 2 PUBLISH its client
- * resends waits for the old owner's ids (struct session.blind_until), the
- * configured cluster_resend_wait */
-#define CN_RESEND_WAIT_MS(cn) ((uint64_t)(cn)->b->cfg.cluster_resend_wait)
+/* A session resumed from its record: how long it waits for the old owner's
+ * QoS 2 ids (struct session.blind_until), and how long what stands for
+ * them elsewhere (a note of an ended copy's ids, a wait handed on) is kept:
+ * CONFIG_RESEND_KNOW_MS, of which a resend is held in the first
+ * cluster_resend_wait only (session_holds) */
+#define CN_RESEND_KNOW_MS(cn) CONFIG_RESEND_KNOW_MS(&(cn)->b->cfg)
 
 struct waiter {
     struct waiter *next;
@@ -368,7 +370,7 @@ uint16_t *cn_moving_qos2_ids(struct cluster_node *cn, const char *id, uint16_t l
  * cn->reg_mu. */
 /* The QoS 2 ids a copy of this node held when it ended, handed on to its
  * new owner with its last frame (or folded into a later claim's session
- * here): kept for cluster_resend_wait, as the ids a later owner's wait on
+ * here): kept for CN_RESEND_KNOW_MS, as the ids a later owner's wait on
  * this node asks for (cn_waited_here_ids, chain_ids) when that frame did
  * not reach it. cn_handed_free: at the node's end. */
 struct cn_handed {
@@ -391,7 +393,7 @@ struct cn_handed {
 void cn_handed_free(struct cluster_node *cn);
 /* cluster_fwd_ended_fn (ud: the cluster node): the QoS 2 ids of a copy
  * whose last frame still waits in the outbox after a restart, kept again
- * for cluster_resend_wait. */
+ * for CN_RESEND_KNOW_MS. */
 void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMessages *sm);
 /* The notes of struct cn_handed that the store kept (the node's start,
  * after the outbox's load): those whose time has not run out are kept

@@ -1555,10 +1555,10 @@ bool cn_claim_pending(struct cluster_node *cn, const char *id, uint16_t len, uin
 
 /* The old owner's answer (cluster thread). */
 /* What is left of an old owner's wait for its predecessor's QoS 2 ids
- * (SessionState.blind_left_ms), at most this node's cluster_resend_wait */
+ * (SessionState.blind_left_ms), at most this node's CN_RESEND_KNOW_MS */
 static uint64_t wait_left(const struct cluster_node *cn, uint32_t left_ms)
 {
-    return left_ms < CN_RESEND_WAIT_MS(cn) ? left_ms : CN_RESEND_WAIT_MS(cn);
+    return left_ms < CN_RESEND_KNOW_MS(cn) ? left_ms : CN_RESEND_KNOW_MS(cn);
 }
 
 void cn_registry_on_state(struct cluster_node *cn, uint64_t from,

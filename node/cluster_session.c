@@ -341,8 +341,8 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
         for (size_t i = rec->n_owners; !blind && i > 0; i--)
             if (rec->owners[i - 1]->node != cn->self)
                 blind = rec->owners[i - 1]->node;
-        if (blind && CN_RESEND_WAIT_MS(cn)) {
-            s->blind_until = broker_now_mono_ms() + CN_RESEND_WAIT_MS(cn);
+        if (blind && CN_RESEND_KNOW_MS(cn) != 0) {
+            s->blind_until = broker_now_mono_ms() + CN_RESEND_KNOW_MS(cn);
             s->blind_node = blind;
             /* its copy of that claim: another copy's ids may be stale */
             s->blind_epoch = blind_epoch;
@@ -1564,8 +1564,8 @@ uint32_t *cn_wait_redirect(struct cluster_node *cn, struct session *s,
     uint64_t left = w->left_ms;
     if (st->has_blind_left_ms && st->blind_left_ms && st->blind_left_ms < left)
         left = st->blind_left_ms;
-    if (left > CN_RESEND_WAIT_MS(cn))
-        left = CN_RESEND_WAIT_MS(cn);
+    if (left > CN_RESEND_KNOW_MS(cn))
+        left = CN_RESEND_KNOW_MS(cn);
     return wait_moved(s, w->node, w->epoch, broker_now_mono_ms() + (left ? left : 1),
                       st->released_qos2, st->n_released_qos2, w->released, w->n_released, n_rel);
 }
@@ -2641,7 +2641,7 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
     bool other = from != cn->self || (fr && fr->was_to && fr->was_to != cn->self);
     lock_acquire(&s->lock);
     bool park = other && from != s->blind_node && !s->told && !s->blind_said_none &&
-                session_blind(s, broker_now_mono_ms());
+                session_holds(s, broker_now_mono_ms(), cn->b->cfg.cluster_resend_wait);
     if (park && !s->park_open) {
         s->park_open = true;
         s->park_since = broker_now_mono_ms();
@@ -3674,7 +3674,7 @@ static void handed_free(struct cn_handed *h)
 /* A note of the QoS 2 ids[0..n) (taken over) of id's copy of claim
  * `epoch` (folded: into a claim's session on this node), and of the wait
  * w of that copy for another node's ids (NULL or node 0: none; copied),
- * kept for cluster_resend_wait; NULL (and ids freed) when there are
+ * kept for CN_RESEND_KNOW_MS; NULL (and ids freed) when there are
  * neither ids nor a wait, or out of memory. Before, a note kept the ids
  * alone: a wait down a chain that came to this node for a copy that had
  * ended (or been folded) while it still waited took its ids for all its
@@ -3699,7 +3699,7 @@ static struct cn_handed *handed_new(struct cluster_node *cn, const char *id, uin
     h->n = n;
     h->ids = ids;
     h->folded = folded;
-    h->until_ms = cn_mono_ms() + CN_RESEND_WAIT_MS(cn);
+    h->until_ms = cn_mono_ms() + CN_RESEND_KNOW_MS(cn);
     if (wait) {
         uint32_t k = 0;
         for (size_t i = 0; i < w->n_released; i++)
@@ -3761,7 +3761,7 @@ static void handed_committed(void *ud, int status)
 /* Note h in cn->handed, under cn->reg_mu (the expired ones go, and an
  * earlier note of the same copy), and, with `persist`, in the store too
  * (its row, "handed"; the rows of the notes that went are deleted), so that
- * a restart of this node within cluster_resend_wait keeps it (cn_handed_load).
+ * a restart of this node within CN_RESEND_KNOW_MS keeps it (cn_handed_load).
  * Before, the notes were in memory only: a restart forgot a folded copy's
  * ids, and an ended copy's once its last frame had left the outbox, and a
  * wait that came back here then took the client's resend for new. */
@@ -3822,7 +3822,7 @@ static void handed_note(struct cluster_node *cn, struct cn_moving *x)
 }
 
 /* The ids of this node's copy of id of claim `epoch` that ended within
- * cluster_resend_wait (handed_note), or was folded into a later claim's
+ * CN_RESEND_KNOW_MS (handed_note), or was folded into a later claim's
  * session here (cn_moving_detach); `epoch` 0: the latest that ended (not a
  * folded one, whose ids the session here may have released since). A
  * malloc'd array of *n, or NULL. w (NULL: not wanted; else filled when
@@ -3909,7 +3909,7 @@ void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMess
     struct cluster_node *cn = ud;
     (void)node;
     /* (the wait the frame tells, msgs_send: its time left is not in the
-     * frame, and is taken as cluster_resend_wait) */
+     * frame, and is taken as CN_RESEND_KNOW_MS) */
     bool wait = sm->has_wait_node && sm->wait_node && sm->has_wait_epoch && sm->wait_epoch;
     if (!sm->has_qos2_told || !sm->qos2_told || !sm->has_qos2_epoch || !sm->qos2_epoch ||
         (!sm->n_qos2_received && !wait) || !sm->client_id.len || sm->client_id.len > UINT16_MAX)
@@ -3919,7 +3919,7 @@ void cn_handed_loaded(void *ud, uint64_t node, const Starling__Chan__SessionMess
     for (size_t i = 0; ids && i < sm->n_qos2_received; i++)
         if (sm->qos2_received[i] >= 1 && sm->qos2_received[i] <= 65535)
             ids[n++] = (uint16_t)sm->qos2_received[i];
-    struct cn_wait_on w = {wait ? sm->wait_node : 0, sm->wait_epoch, CN_RESEND_WAIT_MS(cn),
+    struct cn_wait_on w = {wait ? sm->wait_node : 0, sm->wait_epoch, CN_RESEND_KNOW_MS(cn),
                            sm->wait_released, sm->n_wait_released};
     struct cn_handed *h =
         handed_new(cn, (const char *)sm->client_id.data, (uint16_t)sm->client_id.len,
@@ -3952,8 +3952,8 @@ static int handed_stored(void *ud, const struct store_handed *sh)
     uint64_t wait_left = sh->wait_node && sh->wait_epoch && sh->wait_until_ms > l->wall
                              ? sh->wait_until_ms - l->wall
                              : 0;
-    if (wait_left > CN_RESEND_WAIT_MS(cn))
-        wait_left = CN_RESEND_WAIT_MS(cn);
+    if (wait_left > CN_RESEND_KNOW_MS(cn))
+        wait_left = CN_RESEND_KNOW_MS(cn);
     if (sh->until_ms <= l->wall || (!sh->n_ids && !wait_left) || !sh->id_len) {
         if (l->gone || (l->gone = store_batch_new()))
             store_handed_del(l->gone, sh->client_id, sh->id_len, sh->epoch);
@@ -3977,9 +3977,9 @@ static int handed_stored(void *ud, const struct store_handed *sh)
     if (!h)
         return -ENOMEM;
     /* what was left of its time (a wall clock set back keeps it no longer
-     * than cluster_resend_wait) */
+     * than CN_RESEND_KNOW_MS) */
     uint64_t left = sh->until_ms - l->wall;
-    if (left < CN_RESEND_WAIT_MS(cn))
+    if (left < CN_RESEND_KNOW_MS(cn))
         h->until_ms = l->mono + left;
     pthread_mutex_lock(&cn->reg_mu);
     handed_put(cn, h, false);

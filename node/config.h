@@ -117,6 +117,14 @@ struct config {
     uint64_t cluster_outbox_bytes;    /* cluster_outbox_bytes, default 256 MiB */
 };
 
+/* A session resumed from its replicated record (cluster) waits for its old
+ * owner's QoS 2 ids twice cluster_resend_wait (struct session.blind_until):
+ * a resend is held unanswered in the first half only; ids that come in the
+ * second still answer the client's later resends, and go on with the
+ * session to its next node (docs/cluster.md, *Ids that come after the
+ * hold*). */
+#define CONFIG_RESEND_KNOW_MS(c) (2 * (uint64_t)(c)->cluster_resend_wait)
+
 /* The transports (listener kinds), also the bits of proxy_protocol. */
 enum config_xport { CONFIG_XPORT_TCP = 0, CONFIG_XPORT_TLS, CONFIG_XPORT_WS, CONFIG_XPORT_WSS };
 #define CONFIG_XPORT_COUNT 4

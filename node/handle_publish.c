@@ -205,7 +205,7 @@ bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uin
          * the client may use the id again once that exchange is over */
         if (session_told_take(s, p->packet_id))
             had = p->dup;
-        else if (!s->told && p->dup)
+        else if (!s->told && p->dup && session_holds(s, now, c->w->b->cfg.cluster_resend_wait))
             park = true;
     }
     if (!park && !had && p->qos == 2 && p->dup)
@@ -259,7 +259,7 @@ void handle_publish_unpark(struct conn *c)
         return;
     uint64_t now_ms = broker_now_mono_ms();
     lock_acquire(&s->lock);
-    bool waits = session_blind(s, now_ms) && !s->told;
+    bool waits = session_holds(s, now_ms, c->w->b->cfg.cluster_resend_wait) && !s->told;
     lock_release(&s->lock);
     if (waits)
         return;

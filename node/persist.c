@@ -543,10 +543,10 @@ static int load_session(void *ud, const char *id, uint16_t len, const struct sto
     s->disconnected_at = l->now_mono - (offline_ms < l->now_mono ? offline_ms : 0);
     s->stored = true;
     s->stored_epoch = rec->epoch;
-    uint64_t wait_max = b->cfg.cluster_resend_wait;
+    uint64_t wait_max = CONFIG_RESEND_KNOW_MS(&b->cfg);
     if (rec->wait_until_ms > l->now_real && rec->wait_node && wait_max) {
         /* its wait goes on for what is left of it (at most
-         * cluster_resend_wait: a clock set back does not stretch it) */
+         * CONFIG_RESEND_KNOW_MS: a clock set back does not stretch it) */
         uint64_t left = rec->wait_until_ms - l->now_real;
         uint32_t n = rec->n_wait_ids;
         uint16_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;

@@ -460,10 +460,10 @@ int session_deliver_parked(struct broker *b, struct session *s, struct msg *m, u
     return deliver(b, s, m, qos, retain, ids, n_ids, NULL, bt, NULL, true, HOW_PARKED, NULL);
 }
 
-bool session_parking(struct session *s, uint64_t now_ms)
+bool session_parking(struct session *s, uint64_t now_ms, uint64_t keep_ms)
 {
     assert(lock_held(&s->lock));
-    return s->park_open && session_blind(s, now_ms);
+    return s->park_open && session_holds(s, now_ms, keep_ms);
 }
 
 /* The window of recording identities after a move. Tests (debug builds
@@ -825,7 +825,8 @@ void session_flush_locked(struct broker *b, struct session *s)
         window = receive_max;
     struct store_batch *bt = NULL;
     /* parked late messages (session.park_open): judged once the wait is over */
-    if ((atomic_load(&s->parked_hint) || s->park_seen) && !session_parking(s, broker_now_mono_ms()))
+    if ((atomic_load(&s->parked_hint) || s->park_seen) &&
+        !session_parking(s, broker_now_mono_ms(), b->cfg.cluster_resend_wait))
         unpark_locked(b, s, &bt);
     /* prev: the last parked message passed (NULL: none) */
     struct qmsg *q, *prev = NULL;
@@ -1139,6 +1140,11 @@ bool session_blind(struct session *s, uint64_t now_ms)
         s->wait_dirty = true;
     }
     return s->blind_until != 0;
+}
+
+bool session_holds(struct session *s, uint64_t now_ms, uint64_t keep_ms)
+{
+    return session_blind(s, now_ms) && s->blind_until > now_ms + keep_ms;
 }
 
 void session_blind_released(struct session *s, uint16_t pid, uint64_t now_ms)

@@ -472,8 +472,9 @@ bool session_late_release(struct broker *b, struct session *s, uint64_t from, ui
 int session_deliver_parked(struct broker *b, struct session *s, struct msg *m, uint8_t qos,
                            bool retain, const uint32_t *ids, uint16_t n_ids,
                            struct store_batch **bt);
-/* Whether s's parked messages still wait (s->lock held). */
-bool session_parking(struct session *s, uint64_t now_ms);
+/* Whether s's parked messages still wait (s->lock held; keep_ms as
+ * session_holds). */
+bool session_parking(struct session *s, uint64_t now_ms, uint64_t keep_ms);
 bool session_late_expire(struct broker *b, struct session *s, uint64_t now_ms);
 void session_late_clear_locked(struct session *s);
 
@@ -588,6 +589,12 @@ uint32_t session_told_set(struct session *s, uint16_t *ids, uint32_t n);
  * (blind_until not passed; at its end the wait and the ids go). s->lock
  * held. */
 bool session_blind(struct session *s, uint64_t now_ms);
+/* Whether s's wait still holds what waits for those ids (its client's
+ * resends, and the late messages of other copies): its first part only,
+ * until keep_ms (the configured cluster_resend_wait) before blind_until;
+ * in the rest, ids that come still answer resends (CONFIG_RESEND_KNOW_MS).
+ * s->lock held. */
+bool session_holds(struct session *s, uint64_t now_ms, uint64_t keep_ms);
 /* The QoS 2 ids s's client may still resend as s knows them: those s took
  * (qos2_in) and, while its wait runs, the told ids of its old copy that
  * the client has neither resent nor released here yet (told_ids), each

@@ -736,10 +736,17 @@ def taken_for_down(node, other, wait_s):
     wait_for(down, wait_s, f"{node.name} taking {other.name} for down")
 
 
-def resumed_elsewhere(node, pub_id, props, wait_s):
-    """pub_id's client resumes its session on node: its raw client."""
-    q = mqttraw.Client(node)
-    ack = q.connect(pub_id, clean=False, properties=props, timeout=wait_s)
+def resumed_elsewhere(node, pub_id, props, wait_s, tries=1):
+    """pub_id's client resumes its session on node: its raw client. With
+    tries, a CONNECT refused with 0x88 (Server unavailable: its claim
+    waited out cluster_claim_timeout, say for an election after a fault)
+    is made again, as clients do, up to that many times."""
+    for _ in range(tries):
+        q = mqttraw.Client(node)
+        ack = q.connect(pub_id, clean=False, properties=props, timeout=wait_s)
+        if ack.reason_code != 0x88:
+            break
+        q.close()
     assert ack.reason_code == 0 and ack.session_present, ack
     return q
 
@@ -1007,6 +1014,54 @@ def test_a_resend_wait_survives_a_restart_of_the_waiting_node(cluster_factory, t
     if killed == "told":
         q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
     had_then_once_each(c, q, b, topic, sub, got, WAIT_S)
+
+
+@pytest.mark.parametrize("back_on", ["waiting", "old"])
+def test_ids_that_come_after_the_hold_still_answer_a_resend(cluster_factory, tmp_path, back_on):
+    """Chaos seed 11104 with --resend --more --hold 15,60 (3 QoS 2
+    duplicates), made deterministic. Node a takes a persistent QoS 2
+    publisher's message (its commit held) and stalls (SIGSTOP) before its
+    PUBREC. The client resumes its session on node b, from the record, and
+    resends the PUBLISH (DUP 1, same packet id): b holds it
+    (cluster_resend_wait, 6 s here). The client gives up on b before that
+    hold is over, and a stays stopped past it (7.5 s after the
+    resumption), but not past twice it. Then a runs again.
+    `waiting`: a's late answer to b's claim tells b's session a's ids, and
+    the client comes back to b and resends there. `old`: the client comes
+    back to a itself, whose claim takes b's session with its wait for a's
+    ids, which a's own copy answers. Either way the resend must be
+    answered as received, and the subscriber gets the message once, from
+    a. Before, b's wait ended with its hold: a's ids, coming later, were
+    dropped, b's state carried no wait, and the resend was taken for new
+    (twice at the subscriber). In chaos, such a wait ran out along a chain
+    of claims while the old node was down and then the relay of its ids
+    was stalled."""
+    WAIT_S = 30.0
+    HOLD_S = 6.0
+    c, topic, sub, pub_id, props, got = taken_then_stalled(
+        cluster_factory, tmp_path, "fwd/afterhold", WAIT_S,
+        {"STARLING_CLUSTER_RESEND_WAIT": str(int(HOLD_S * 1000))})
+    a, b, _ = c.nodes
+    try:
+        q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+        resumed = time.monotonic()
+        resend_held(q, b, topic, b"taken", WAIT_S)  # while a is stopped
+        q.close()  # before b's hold is over (its connection's resend goes)
+        # the fault lasts past b's hold, and leaves half a hold for a's
+        # answer to reach b within the wait
+        time.sleep(max(0.0, resumed + 1.25 * HOLD_S - time.monotonic()))
+        assert time.monotonic() - resumed < 1.5 * HOLD_S, "the test ran late"
+    finally:
+        faults.resume(a)
+    if back_on == "waiting":
+        wait_for(lambda: f"the session of '{pub_id}' learnt the 1 QoS 2 id(s)" in b.logtext(),
+                 WAIT_S, "b learning a's QoS 2 ids after its hold")
+        node = b
+    else:
+        node = a
+    q = resumed_elsewhere(node, pub_id, props, WAIT_S, tries=5)
+    q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
+    had_then_once_each(c, q, node, topic, sub, got, WAIT_S)
 
 
 def test_ids_told_to_a_copy_that_moved_on_reach_the_owner_that_waits(cluster_factory, tmp_path):

@@ -516,7 +516,8 @@ static void test_parked_late_messages(void)
     /* a is recorded now: another copy of it is not taken */
     struct msg *a2 = late_msg('a', 2);
     CU_ASSERT_EQUAL(session_deliver_late(&b, s, a2, 1, false, NULL, 0, &bt), 1);
-    /* a wait that runs out ends the parking too */
+    /* the end of the wait's hold ends the parking, the wait going on
+     * (CONFIG_RESEND_KNOW_MS: ids that come later still count) */
     s->told = false;
     s->park_open = true;
     struct msg *c = late_msg('c', 4);
@@ -524,7 +525,13 @@ static void test_parked_late_messages(void)
     lock_acquire(&s->lock);
     session_flush_locked(&b, s);
     CU_ASSERT_EQUAL(rec.n_sent, 2);
-    s->blind_until = 1;
+    b.cfg.cluster_resend_wait = 1000;
+    s->blind_until = broker_now_mono_ms() + 60000; /* held for 59 s more */
+    session_flush_locked(&b, s);
+    CU_ASSERT_EQUAL(rec.n_sent, 2);
+    s->blind_until = broker_now_mono_ms() + 500; /* held until 500 ms ago */
+    CU_ASSERT_FALSE(session_holds(s, broker_now_mono_ms(), 1000));
+    CU_ASSERT_TRUE(session_blind(s, broker_now_mono_ms()));
     session_flush_locked(&b, s);
     lock_release(&s->lock);
     CU_ASSERT_EQUAL(rec.n_sent, 3);
