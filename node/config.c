@@ -195,7 +195,7 @@ void config_defaults(struct config *c)
     c->cluster_secret[0] = '\0';
     c->cluster_claim_timeout = 5000;
     c->cluster_down_after = 5000;
-    c->cluster_resend_wait = 30000;
+    c->cluster_resend_wait = 60000;
     c->cluster_auto_rebuild = true;
     c->cluster_outbox_messages = 1000000;
     c->cluster_outbox_bytes = 256ull << 20;

@@ -109,7 +109,7 @@ struct config {
     char cluster_secret[256];       /* cluster_secret, default "" */
     uint32_t cluster_claim_timeout; /* cluster_claim_timeout ms, default 5000 */
     uint32_t cluster_down_after;    /* cluster_down_after ms, default 5000 */
-    uint32_t cluster_resend_wait;   /* cluster_resend_wait ms, default 30000 */
+    uint32_t cluster_resend_wait;   /* cluster_resend_wait ms, default 60000 */
     bool cluster_auto_rebuild;      /* cluster_auto_rebuild, default true */
     /* per destination node: QoS 1/2 forwards not acknowledged yet
      * (node/cluster_fwd.c) */

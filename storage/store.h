@@ -292,7 +292,7 @@ int store_fwd_in_scan(struct store *s, int (*fn)(void *ud, uint64_t origin, uint
 /*
  * The QoS 2 packet ids of the cluster's copies of sessions that ended here
  * (moved out, or folded into a later claim's session on this node), kept
- * for cluster_resend_wait so that a restart within it does not forget them
+ * for twice cluster_resend_wait so that a restart within it does not forget them
  * (node/cluster_session.c, struct cn_handed). Key idkey(client id), u64be
  * the copy's claim (epoch); value: version, the id when hashed, u64le
  * until_ms (wall clock, milliseconds), u8 folded, u16le n, n u16le ids;

@@ -618,7 +618,7 @@ static void test_cluster_keys(void)
     CU_ASSERT_STRING_EQUAL(c.cluster_secret, "");
     CU_ASSERT_EQUAL(c.cluster_claim_timeout, 5000);
     CU_ASSERT_EQUAL(c.cluster_down_after, 5000);
-    CU_ASSERT_EQUAL(c.cluster_resend_wait, 30000);
+    CU_ASSERT_EQUAL(c.cluster_resend_wait, 60000);
     CU_ASSERT_EQUAL(c.cluster_outbox_messages, 1000000);
     CU_ASSERT_EQUAL(c.cluster_outbox_bytes, 256ull << 20);
     CU_ASSERT_FALSE(config_clustered(&c));
