@@ -1216,6 +1216,8 @@ static void on_applied(void *ud, uint64_t index, const void *cmd)
         peers_refresh(cn);
         cn_gone_note(cn, k->member_remove->node, cn_mono_ms());
         pthread_mutex_unlock(&cn->mu);
+        if (k->member_remove->node != cn->self && atomic_load(&cn->restart_done))
+            cn_waits_forget(cn, k->member_remove->node);
         return;
     default:
         return;

@@ -535,6 +535,14 @@ void cn_session_released(struct cluster_node *cn, const char *id, uint16_t len, 
  * a node that is a member again. cn->mu held. */
 void cn_gone_note(struct cluster_node *cn, uint64_t node, uint64_t now);
 void cn_gone_forget(struct cluster_node *cn, uint64_t node);
+/* node was forgotten (MEMBER_REMOVE): it never answers a wait for its
+ * QoS 2 ids again, so the sessions here that wait for them (resumed from
+ * their records while it was away, struct session.blind_node) stop
+ * waiting, and what they held is taken now instead of at the end of
+ * cluster_resend_wait. An operator forgets a node that is gone for good
+ * (`starling ctl cluster forget`): what it had taken is lost with it, and
+ * a resend of it is the only copy left. */
+void cn_waits_forget(struct cluster_node *cn, uint64_t node);
 /* After the cluster stopped. */
 void cn_session_drain(struct cluster_node *cn);
 /* cluster_node.c: propose an entry and wait until it committed (retrying

@@ -1134,6 +1134,56 @@ static void told_notify(struct cluster_node *cn, struct session *s)
         cn->b->sink->wake(w, s, NULL);
 }
 
+void cn_waits_forget(struct cluster_node *cn, uint64_t node)
+{
+    /* the sessions that wait at all, found without their locks (the
+     * registry's lock is taken before a session's, never inside one) */
+    struct registry *r = &cn->b->registry;
+    struct session **v = NULL;
+    size_t n = 0, cap = 0;
+    pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < r->n_buckets; i++)
+        for (struct session *s = r->buckets[i]; s; s = s->hnext) {
+            if (!atomic_load_explicit(&s->blind_until, memory_order_acquire))
+                continue;
+            if (n == cap) {
+                size_t c = cap ? cap * 2 : 16;
+                struct session **g = realloc(v, c * sizeof *g);
+                if (!g)
+                    break; /* out of memory: the rest wait out their hold */
+                v = g;
+                cap = c;
+            }
+            v[n++] = session_ref(s);
+        }
+    pthread_mutex_unlock(&r->lock);
+    size_t ended = 0;
+    uint64_t now = broker_now_mono_ms();
+    for (size_t i = 0; i < n; i++) {
+        struct session *s = v[i];
+        lock_acquire(&s->lock);
+        bool end = session_blind(s, now) && !s->told && s->blind_node == node;
+        if (end) {
+            s->blind_until = 0;
+            s->n_told = 0;
+            s->n_blind_released = 0;
+            s->wait_dirty = true;
+        }
+        lock_release(&s->lock);
+        if (end) {
+            persist_session_update(cn->b, s); /* a restart does not bring it back */
+            told_notify(cn, s);               /* what it held is judged now */
+            ended++;
+        }
+        session_unref(s);
+    }
+    free(v);
+    if (ended)
+        log_info("cluster: %zu session(s) here waited for the QoS 2 ids of %016llx, which was "
+                 "forgotten: their clients' resends are taken now",
+                 ended, (unsigned long long)node);
+}
+
 /* The QoS 2 ids an old copy of id held (its late state, or its messages'
  * frames): the session of claim `epoch` here, resumed from its record
  * without them, judges its client's resends by them (struct

@@ -944,6 +944,45 @@ def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_pa
     assert [x for x in got if x != b"marker"] == [b"resent", b"after"], got
 
 
+def test_forgetting_the_old_node_ends_the_wait_for_its_ids(cluster_factory, tmp_path):
+    """As above, a's commits held: the persistent QoS 2 publisher's message
+    is never stored on a, which is SIGKILLed for good. The client resumes
+    on b from the record and resends it (DUP 1): b holds it for a's ids,
+    for cluster_resend_wait (its default here, 60 s). The operator forgets
+    a (`starling ctl cluster forget`): a can never answer now, and b takes
+    the resend at once instead of a minute later. The subscriber gets it
+    exactly once. Before, the forgetting changed nothing for the wait, and
+    no PUBREC came within the 30 s that the test waits."""
+    from test_ctl import ctl, members
+    WAIT_S = 30.0
+    hold = tmp_path / "hold-a-commits"
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/forget", WAIT_S,
+                                                   {"STARLING_CLUSTER_DOWN_AFTER": "1000"})
+    a, b, _ = c.nodes
+    hold.touch()
+    try:
+        got = taken_before_marker(p, sub, topic, b"resent", WAIT_S)
+        a.stop(sig=signal.SIGKILL)
+    finally:
+        hold.unlink(missing_ok=True)
+    p.close()
+    q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+    resend_held(q, b, topic, b"resent", WAIT_S)
+    wait_for(lambda: not members(b)[a.name]["reachable"], WAIT_S, f"{a.name} unreachable")
+    rc, out = ctl(b, "cluster", "forget", a.name)
+    assert rc == 0, out
+    assert q.expect(mqttraw.PUBREC, WAIT_S).packet_id == 1
+    q.pubrel(1)
+    assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
+    assert "which was forgotten: their clients' resends are taken now" in b.logtext()
+    exchanged_qos2(q, topic, b"after", WAIT_S)
+    q.disconnect()
+    while got[-1] != b"after":
+        got.append(sub.get(WAIT_S).payload)
+    sub.stop()
+    assert [x for x in got if x != b"marker"] == [b"resent", b"after"], got
+
+
 def test_a_resend_elsewhere_of_what_a_stalled_node_took_is_delivered_once(cluster_factory,
                                                                           tmp_path):
     """A persistent QoS 2 publisher on node a, a subscriber on node c. Node
