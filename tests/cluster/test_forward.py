@@ -891,6 +891,34 @@ def had_then_once_each(c, q, node, topic, sub, got, wait_s):
     assert sorted(x for x in got if x != b"marker") == [b"after", b"end", b"taken"], got
 
 
+def uncommitted_then_killed(cluster_factory, tmp_path, name, wait_s, env):
+    """resend_setup; node a takes the publisher's QoS 2 message b"resent"
+    (packet id 1) without committing it (a QoS 0 marker behind it gets
+    through) and is SIGKILLed before its commit: (c, topic, sub, pub_id,
+    props, got), got being what sub had up to the marker."""
+    hold = tmp_path / "hold-a-commits"
+    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, name, wait_s, env)
+    hold.touch()
+    try:
+        got = taken_before_marker(p, sub, topic, b"resent", wait_s)
+        c.nodes[0].stop(sig=signal.SIGKILL)
+    finally:
+        hold.unlink(missing_ok=True)
+    p.close()
+    return c, topic, sub, pub_id, props, got
+
+
+def resent_then_after_once(q, topic, sub, got, wait_s):
+    """After the resend of b"resent" was taken, q publishes b"after" and
+    disconnects: sub gets the two once each."""
+    exchanged_qos2(q, topic, b"after", wait_s)
+    q.disconnect()
+    while got[-1] != b"after":
+        got.append(sub.get(wait_s).payload)
+    sub.stop()
+    assert [x for x in got if x != b"marker"] == [b"resent", b"after"], got
+
+
 def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_path):
     """A persistent QoS 2 publisher on node a, a subscriber on node c. Node
     a's store commits nothing while a file exists (debug hook
@@ -911,17 +939,10 @@ def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_pa
     the other nodes' subscribers the same way). Once a is back, a message
     published there arrives after it, and nothing else does."""
     WAIT_S = 30.0
-    hold = tmp_path / "hold-a-commits"
     # b waits 5 s for a's ids (cluster_resend_wait), a staying down
-    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/commit", WAIT_S,
-                                                   {"STARLING_CLUSTER_RESEND_WAIT": "5000"})
+    c, topic, sub, pub_id, props, got = uncommitted_then_killed(
+        cluster_factory, tmp_path, "fwd/commit", WAIT_S, {"STARLING_CLUSTER_RESEND_WAIT": "5000"})
     a, b, _ = c.nodes
-    hold.touch()
-    try:
-        got = taken_before_marker(p, sub, topic, b"resent", WAIT_S)
-        a.stop(sig=signal.SIGKILL)
-    finally:
-        hold.unlink(missing_ok=True)
     # the client, its connection gone, resumes on b and sends it again
     p = resumed_elsewhere(b, pub_id, props, WAIT_S)
     resent = time.monotonic()
@@ -935,13 +956,7 @@ def test_a_forward_leaves_its_origin_only_once_committed(cluster_factory, tmp_pa
     p.disconnect()
     a.start()
     c.wait_healthy(60)
-    q = mqttraw.connected(a, uid("pub"), 5)
-    exchanged_qos2(q, topic, b"after", WAIT_S)
-    q.disconnect()
-    while got[-1] != b"after":
-        got.append(sub.get(WAIT_S).payload)
-    sub.stop()
-    assert [x for x in got if x != b"marker"] == [b"resent", b"after"], got
+    resent_then_after_once(mqttraw.connected(a, uid("pub"), 5), topic, sub, got, WAIT_S)
 
 
 def test_forgetting_the_old_node_ends_the_wait_for_its_ids(cluster_factory, tmp_path):
@@ -955,17 +970,9 @@ def test_forgetting_the_old_node_ends_the_wait_for_its_ids(cluster_factory, tmp_
     no PUBREC came within the 30 s that the test waits."""
     from test_ctl import ctl, members
     WAIT_S = 30.0
-    hold = tmp_path / "hold-a-commits"
-    c, topic, sub, pub_id, props, p = resend_setup(cluster_factory, hold, 0, "fwd/forget", WAIT_S,
-                                                   {"STARLING_CLUSTER_DOWN_AFTER": "1000"})
+    c, topic, sub, pub_id, props, got = uncommitted_then_killed(
+        cluster_factory, tmp_path, "fwd/forget", WAIT_S, {"STARLING_CLUSTER_DOWN_AFTER": "1000"})
     a, b, _ = c.nodes
-    hold.touch()
-    try:
-        got = taken_before_marker(p, sub, topic, b"resent", WAIT_S)
-        a.stop(sig=signal.SIGKILL)
-    finally:
-        hold.unlink(missing_ok=True)
-    p.close()
     q = resumed_elsewhere(b, pub_id, props, WAIT_S)
     resend_held(q, b, topic, b"resent", WAIT_S)
     wait_for(lambda: not members(b)[a.name]["reachable"], WAIT_S, f"{a.name} unreachable")
@@ -975,12 +982,7 @@ def test_forgetting_the_old_node_ends_the_wait_for_its_ids(cluster_factory, tmp_
     q.pubrel(1)
     assert q.expect(mqttraw.PUBCOMP, WAIT_S).packet_id == 1
     assert "which was forgotten: their clients' resends are taken now" in b.logtext()
-    exchanged_qos2(q, topic, b"after", WAIT_S)
-    q.disconnect()
-    while got[-1] != b"after":
-        got.append(sub.get(WAIT_S).payload)
-    sub.stop()
-    assert [x for x in got if x != b"marker"] == [b"resent", b"after"], got
+    resent_then_after_once(q, topic, sub, got, WAIT_S)
 
 
 def test_a_resend_elsewhere_of_what_a_stalled_node_took_is_delivered_once(cluster_factory,
