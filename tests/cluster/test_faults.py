@@ -4331,6 +4331,12 @@ def one_down_for(node):
     return st == 200 and any(not x["reachable"] for x in doc["nodes"])
 
 
+# cluster_resend_wait where the owner of now's session waits for a dead
+# owner's copy that never comes: the 30 s the tests were written with (its
+# default then); the default of 60 s outlasts their reads
+OWNER_OF_NOW_WAIT = {"STARLING_CLUSTER_RESEND_WAIT": "30000"}
+
+
 def owner_of_now_gets(b, cid, s, p, topic, sent, what):
     """B's held copy of cid ends; S, on the owner of now, gets M0..M9 and
     nothing again before a marker. Returns what came again and B's lines
@@ -4360,10 +4366,12 @@ def test_restarted_nodes_copy_sends_its_messages_to_the_owner_of_now(cluster_fac
     each once. Before, the copy sent M0..M9 to A, dead: they waited in B's
     outbox and S did not get them while A stayed down. (Sending C all of
     it gives QoS 2 duplicates where A's client had had them:
-    test_killed_owners_copy_judges_late_messages_passed_through_it.)"""
+    test_killed_owners_copy_judges_late_messages_passed_through_it.)
+    A stays down: what C parks for A's copy waits for it until
+    cluster_resend_wait runs out (OWNER_OF_NOW_WAIT)."""
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
-                                       STARLING_TEST_MOVING_HOLD=str(hold)))
+                                       STARLING_TEST_MOVING_HOLD=str(hold), **OWNER_OF_NOW_WAIT))
     cn, b, a, cid, topic = subscriber_on_a_follower(c, "ownernow", "ownernow/t")
     p, sent = published_for_a_killed_copy(cn, b, topic, "ownernow")
     # A resumes S from its record without asking B (else B, back, answers
@@ -4452,9 +4460,11 @@ def test_restarted_nodes_copy_sends_the_owner_of_now_only_what_its_owner_did_not
     with M0..M9 to C, the owner of now, as routed before A had its routes,
     and S got them twice. Now the bound is the index from which A's session
     took forwards (RecordOwner.routed_from): M0..M9 go to C and S gets them
-    once; N0..N4 wait for A, which knows its client had them."""
+    once; N0..N4 wait for A, which knows its client had them. As above,
+    A stays down (OWNER_OF_NOW_WAIT)."""
     c, hold, cn, b, a, cid, topic, w = held_copy_with_a_watcher(cluster_factory, tmp_path,
-                                                                "window", "window/t")
+                                                                "window", "window/t",
+                                                                **OWNER_OF_NOW_WAIT)
     p, sent = published_for_a_killed_copy(cn, b, topic, "window")
     wait_until(lambda: one_down_for(a), 30, f"{a.name} listing {b.name} as unreachable")
     a_hold = tmp_path / f"batch-hold-{a.name}"
