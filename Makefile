@@ -119,7 +119,8 @@ fuzz: deps-test
 # gives the same sequence of faults. Needs root for the nftables cuts.
 # CHAOS_ARGS passes options on (--more: also SIGSTOP and cut of the leader
 # and rolling SIGKILL restarts; --no-lb; --hold MIN,MAX: how long a kill or a
-# cut lasts, default 2,8 s; --keep: the nodes' data and logs and
+# cut lasts, default 2,8 s; --cut-on input: a cut drops packets as they
+# arrive, not as they leave; --keep: the nodes' data and logs and
 # the clients' trace traffic.txt kept, the path printed; --keep-failed: the
 # same for a run that fails, without the packet traces).
 SEED ?=

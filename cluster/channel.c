@@ -46,6 +46,7 @@
 #include "channel.pb-c.h"
 #include "hoptrace.h"
 #include "log.h"
+#include "tcp_bounds.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -81,26 +82,6 @@
 #define LOOP_WRITE_BYTES (256u << 10)
 #define DIRECT_WRITE_FRAMES 16384u
 #define DIRECT_WRITE_BYTES (1u << 20)
-/* A connection across a cut link (packets dropped, not refused): what was
- * written stays unacknowledged, and TCP sends it again with a backoff that
- * doubles up to two minutes. After a cut of a minute the link stayed
- * silent for up to a minute more once it had healed: the frames written
- * into the cut, and all after them, waited for the next retransmission
- * (chaos seed 11101 with --hold 15,60: a node still took another for down
- * 30 s after a cut of 55 s healed, its proposals timing out meanwhile).
- * TCP_USER_TIMEOUT makes the kernel give up on a connection whose data
- * stays unacknowledged (or unsent behind a zero window) this long: the
- * connection fails (ETIMEDOUT), it is dialled again, and the layers above
- * send again what was not acknowledged. Longer than a SIGSTOP of 10 s (the
- * stalled peer of issue 10, whose kernel acknowledges what fits in its
- * buffer and then holds the window at zero), so that a stalled peer keeps
- * its connection and the order of its frames. */
-#define CHAN_USER_TIMEOUT_MS 20000
-/* A dial into a cut: SYNs at 0, 1 and 3 s, given up at 7 s (ETIMEDOUT)
- * and dialled again after the backoff (at most BACKOFF_MAX_MS), so that a
- * dial waits at most a few seconds once the link heals. Before, a dial
- * went on for the kernel's default of six retries (127 s). */
-#define CHAN_SYN_RETRIES 2
 /* frames a reader gave the loop that it has not handled yet: beyond this
  * many bytes the reader stops reading until the loop is down to half */
 #define READER_BACKLOG_BYTES (8u << 20)
@@ -1439,17 +1420,11 @@ static struct conn *conn_new(struct chan *c, struct peer *p, enum conn_state st)
     return k;
 }
 
-/* The bounds above on k's socket (dialing: the SYN retries too). A failure
- * is logged and leaves the kernel's defaults. */
+/* tcp_bounds.h's bounds on k's socket (dialing: the SYN retries too). A
+ * failure is logged and leaves the kernel's defaults. */
 static void sock_bounds(struct conn *k, bool dialing)
 {
-    uv_os_fd_t fd;
-    unsigned timeout = CHAN_USER_TIMEOUT_MS;
-    int syn = CHAN_SYN_RETRIES;
-    int r = uv_fileno((uv_handle_t *)&k->tcp, &fd);
-    if (r == 0 && (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout, sizeof timeout) != 0 ||
-                   (dialing && setsockopt(fd, IPPROTO_TCP, TCP_SYNCNT, &syn, sizeof syn) != 0)))
-        r = -errno;
+    int r = tcp_bounds_set(&k->tcp, dialing);
     if (r != 0)
         log_warn("channel: cannot bound a connection's silence (TCP_USER_TIMEOUT, TCP_SYNCNT): "
                  "%s: a cut link may stay silent for minutes after it heals",

@@ -72,9 +72,10 @@ HEAL_HEALTHY = 30.0
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
                  claim_timeout_ms=2000, more=False, lb=True, keep=False, keep_failed=False,
-                 resend=False, hold=(2.0, 8.0)):
+                 resend=False, hold=(2.0, 8.0), cut_hook="output"):
         self.seed = seed
         self.hold = hold  # how long a kill or a cut lasts: uniform in this range (s)
+        self.cut_hook = cut_hook  # where a cut drops packets (faults.Partition)
         self.resend = resend  # publishers resend what was not acknowledged (traffic.py)
         self.keep = keep  # traffic.txt and the subscribers' packet traces beside the logs
         self.keep_failed = keep_failed  # traffic.txt written; main() keeps a failed run's data
@@ -128,7 +129,7 @@ class Chaos:
         hold = self._hold()
         lead = faults.leader(c)
         self.say(f"cut {n.name}{' (the leader)' if lead == n.name else ''} off for {hold:.1f} s")
-        self.partition = faults.Partition(c)
+        self.partition = faults.Partition(c, self.cut_hook)
         self.partition.isolate(n)
         self.traffic.avoid = [n] if self.lb else []  # a load balancer's health check sees 503 soon
         self._wait(hold)
@@ -170,7 +171,7 @@ class Chaos:
         n = faults.node_named(c, name)
         hold = self._hold()
         self.say(f"cut {n.name} (the leader) off for {hold:.1f} s")
-        self.partition = faults.Partition(c)
+        self.partition = faults.Partition(c, self.cut_hook)
         self.partition.isolate(n)
         self.traffic.avoid = [n] if self.lb else []
         self._wait(hold)
@@ -365,6 +366,10 @@ def main(argv):
     ap.add_argument("--resend", action="store_true",
                     help="publishers keep a persistent session and publish a message without "
                          "its acknowledgement again on their next connection, until acknowledged")
+    ap.add_argument("--cut-on", choices=("output", "input"), default="output",
+                    help="where a cut drops packets: as they leave their node (output, the "
+                         "default: the sender's kernel sees its send fail) or as they arrive "
+                         "(input: as across a network, TCP backs off)")
     a = ap.parse_args(argv)
     try:
         hold = tuple(float(x) for x in a.hold.split(","))
@@ -384,7 +389,8 @@ def main(argv):
     print(f"chaos seed {seed} (rerun: make chaos SEED={seed} MINUTES={a.minutes:g})", flush=True)
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
                log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb,
-               keep=a.keep, keep_failed=a.keep_failed, resend=a.resend, hold=hold)
+               keep=a.keep, keep_failed=a.keep_failed, resend=a.resend, hold=hold,
+               cut_hook=a.cut_on)
     ok = False
     reports = []
     try:

@@ -231,10 +231,19 @@ class Partition:
     cut(a, b): every packet between an address of group a and one of group
     b to or from the channel and Raft ports is dropped (TCP sees silence,
     not a reset: what a real cut looks like). heal(): the table is deleted.
-    Use as a fixture (partition) so that heal() always runs."""
+    Use as a fixture (partition) so that heal() always runs.
 
-    def __init__(self, cluster):
+    hook: where the packets are dropped. "output": as they leave their
+    node; the sender's kernel sees its send fail and tries again on a
+    short timer, so what it sent into the cut goes again soon after the
+    heal. "input": as they arrive; the sender's kernel took them for sent,
+    as across a real network, and sends them again with a backoff that
+    doubles."""
+
+    def __init__(self, cluster, hook="output"):
+        assert hook in ("output", "input"), hook
         self.cluster = cluster
+        self.hook = hook
         self.table = f"starling_test_{os.getpid()}_{next(_tables)}"
         self.made = False
         self.cuts = []
@@ -263,9 +272,9 @@ class Partition:
 
     def _drop(self, rules, names_a, names_b):
         """Add the nft rules to this partition's table (made on first use)."""
-        # the output hook sees loopback traffic once, before it is delivered
+        # either hook sees loopback traffic once (output before input)
         script = (f"table ip {self.table} {{\n"
-                  f"  chain out {{ type filter hook output priority 0; policy accept;\n"
+                  f"  chain cut {{ type filter hook {self.hook} priority 0; policy accept;\n"
                   + "".join(f"    {r}\n" for r in rules) + "  }\n}\n")
         self._nft("-f", "-", script=script)
         if not self.made:
