@@ -23,6 +23,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -40,6 +41,7 @@
 #include "channel.h"
 #include "channel.pb-c.h"
 #include "raft_transport.h"
+#include "tcp_bounds.h"
 
 static uv_loop_t loop;
 
@@ -1275,6 +1277,47 @@ static void test_a_raft_connection_not_taken_for_memory_is_taken_later(void)
     raft_transport_close(&t);
 }
 
+static void tcp_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+/* The bounds of a connection's silence across a cut (tcp_bounds.h) are on
+ * the socket: a dial's SYN retries too, not an accepted one's. */
+static void test_tcp_bounds(void)
+{
+    for (int dialing = 0; dialing <= 1; dialing++) {
+        uv_tcp_t tcp;
+        struct sockaddr_in a;
+        uv_ip4_addr("127.0.0.1", 0, &a);
+        CU_ASSERT_EQUAL_FATAL(uv_tcp_init(&loop, &tcp), 0);
+        CU_ASSERT_EQUAL(uv_tcp_bind(&tcp, (const struct sockaddr *)&a, 0), 0);
+        CU_ASSERT_EQUAL(tcp_bounds_set(&tcp, dialing), 0);
+        uv_os_fd_t fd;
+        CU_ASSERT_EQUAL(uv_fileno((uv_handle_t *)&tcp, &fd), 0);
+        unsigned timeout = 0;
+        int syn = 0;
+        socklen_t n = sizeof timeout;
+        CU_ASSERT_EQUAL(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout, &n), 0);
+        CU_ASSERT_EQUAL(timeout, TCP_BOUNDS_USER_TIMEOUT_MS);
+        n = sizeof syn;
+        CU_ASSERT_EQUAL(getsockopt(fd, IPPROTO_TCP, TCP_SYNCNT, &syn, &n), 0);
+        if (dialing) {
+            CU_ASSERT_EQUAL(syn, TCP_BOUNDS_SYN_RETRIES);
+        } else {
+            CU_ASSERT_NOT_EQUAL(syn, TCP_BOUNDS_SYN_RETRIES); /* the kernel's */
+        }
+        uv_close((uv_handle_t *)&tcp, tcp_closed);
+        uv_run(&loop, UV_RUN_NOWAIT);
+    }
+    /* no socket yet: the error, and nothing set */
+    uv_tcp_t none;
+    CU_ASSERT_EQUAL_FATAL(uv_tcp_init(&loop, &none), 0);
+    CU_ASSERT_EQUAL(tcp_bounds_set(&none, true), UV_EBADF);
+    uv_close((uv_handle_t *)&none, tcp_closed);
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
 int main(void)
 {
     uv_loop_init(&loop);
@@ -1285,6 +1328,8 @@ int main(void)
         CU_cleanup_registry();
         return 2;
     }
+    CU_add_test(s, "a connection's silence bounded (TCP_USER_TIMEOUT, SYN retries)",
+                test_tcp_bounds);
     CU_add_test(s, "order both ways, reconnect", test_order_both_ways_and_reconnect);
     CU_add_test(s, "another secret or name is refused", test_wrong_secret_and_name);
     CU_add_test(s, "bounded queue, oversized frames", test_queue_bound);
