@@ -1705,7 +1705,7 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
          * other node's copy had taken was taken for new (chaos seed 10204
          * with --resend --more, docs/cluster.md) */
         if (!(ask_released = cn_wait_redirect(cn, s, st, &w, &n_ask_released)))
-            s->blind_until = 0; /* out of memory: no wait */
+            session_wait_end(s); /* out of memory: no wait */
     } else if (own_ids) {
         /* as ids told by this node: they answer a resend (DUP 1) within
          * what is left of the wait, each once (handle_publish_park) */

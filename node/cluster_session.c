@@ -1163,12 +1163,8 @@ void cn_waits_forget(struct cluster_node *cn, uint64_t node)
         struct session *s = v[i];
         lock_acquire(&s->lock);
         bool end = session_blind(s, now) && !s->told && s->blind_node == node;
-        if (end) {
-            s->blind_until = 0;
-            s->n_told = 0;
-            s->n_blind_released = 0;
-            s->wait_dirty = true;
-        }
+        if (end)
+            session_wait_end(s);
         lock_release(&s->lock);
         if (end) {
             persist_session_update(cn->b, s); /* a restart does not bring it back */
@@ -1392,7 +1388,7 @@ static void wait_go_on(struct cluster_node *cn, struct wait_next *nx)
         rel = wait_moved(s, nx->w.node, nx->w.epoch, atomic_load(&s->blind_until), nx->w.released,
                          nx->w.n_released, NULL, 0, &n_rel);
         if (!rel)
-            s->blind_until = 0; /* out of memory: the wait ends */
+            session_wait_end(s); /* out of memory */
     }
     lock_release(&s->lock);
     if (on) {
@@ -1772,7 +1768,7 @@ static bool late_wait_redirect(struct cluster_node *cn, uint64_t from,
     if (waits)
         n = ids_union(ids, st->qos2_received, st->n_qos2_received, own, n_own, s);
     if (waits && !(rel = cn_wait_redirect(cn, s, st, w, &n_rel)))
-        s->blind_until = 0; /* out of memory: the wait ends */
+        session_wait_end(s); /* out of memory */
     lock_release(&s->lock);
     if (waits) {
         persist_session_update(cn->b, s);

@@ -239,9 +239,7 @@ bool handle_publish_park(struct conn *c, const struct mqtt_publish *p, const uin
     }
     /* too much waits, or out of memory: the wait ends now, in order */
     lock_acquire(&s->lock);
-    s->blind_until = 0;
-    s->n_told = 0;
-    s->wait_dirty = true;
+    session_wait_end(s);
     lock_release(&s->lock);
     persist_session_update(c->w->b, s); /* a restart does not bring it back */
     log_warn("%s: client '%s': too much waits for its session's old node's QoS 2 ids: taken now",

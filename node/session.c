@@ -1133,13 +1133,17 @@ bool session_told_take(struct session *s, uint16_t pid)
 
 bool session_blind(struct session *s, uint64_t now_ms)
 {
-    if (s->blind_until && now_ms >= s->blind_until) {
-        s->blind_until = 0; /* the wait is over: what the old copy tells now is stale */
-        s->n_told = 0;
-        s->n_blind_released = 0;
-        s->wait_dirty = true;
-    }
+    if (s->blind_until && now_ms >= s->blind_until)
+        session_wait_end(s); /* what the old copy tells now is stale */
     return s->blind_until != 0;
+}
+
+void session_wait_end(struct session *s)
+{
+    s->blind_until = 0;
+    s->n_told = 0;
+    s->n_blind_released = 0;
+    s->wait_dirty = true;
 }
 
 bool session_holds(struct session *s, uint64_t now_ms, uint64_t keep_ms)
@@ -1158,10 +1162,7 @@ void session_blind_released(struct session *s, uint16_t pid, uint64_t now_ms)
         /* unrecorded, a later telling of pid could take the client's next
          * message with it for one the old owner had (lost): the wait ends
          * now instead (a resend is taken for new: at worst a duplicate) */
-        s->blind_until = 0;
-        s->n_told = 0;
-        s->n_blind_released = 0;
-        s->wait_dirty = true;
+        session_wait_end(s);
         return;
     }
     p[s->n_blind_released++] = pid;

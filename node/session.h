@@ -589,6 +589,11 @@ uint32_t session_told_set(struct session *s, uint16_t *ids, uint32_t n);
  * (blind_until not passed; at its end the wait and the ids go). s->lock
  * held. */
 bool session_blind(struct session *s, uint64_t now_ms);
+/* s's wait for its old copy's QoS 2 ids ends now (its time out, the old
+ * node forgotten, or out of memory): the ids told and the PUBRELs
+ * remembered go with it, and the store learns it (wait_dirty). s->lock
+ * held. */
+void session_wait_end(struct session *s);
 /* Whether s's wait still holds what waits for those ids (its client's
  * resends, and the late messages of other copies): its first part only,
  * until keep_ms (the configured cluster_resend_wait) before blind_until;
