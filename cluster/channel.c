@@ -1420,17 +1420,6 @@ static struct conn *conn_new(struct chan *c, struct peer *p, enum conn_state st)
     return k;
 }
 
-/* tcp_bounds.h's bounds on k's socket (dialing: the SYN retries too). A
- * failure is logged and leaves the kernel's defaults. */
-static void sock_bounds(struct conn *k, bool dialing)
-{
-    int r = tcp_bounds_set(&k->tcp, dialing);
-    if (r != 0)
-        log_warn("channel: cannot bound a connection's silence (TCP_USER_TIMEOUT, TCP_SYNCNT): "
-                 "%s: a cut link may stay silent for minutes after it heals",
-                 strerror(-r));
-}
-
 static void on_connected(uv_connect_t *req, int status)
 {
     struct conn *k = req->data;
@@ -1464,7 +1453,7 @@ static void dial(struct peer *p)
         conn_close(k);
         return;
     }
-    sock_bounds(k, true); /* the bind made the socket */
+    tcp_bounds_set(&k->tcp, true, "channel"); /* the bind made the socket */
     if (uv_tcp_connect(&k->connect, &k->tcp, (const struct sockaddr *)&p->sa, on_connected) != 0)
         conn_close(k);
 }
@@ -1517,7 +1506,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     uv_tcp_nodelay(&k->tcp, 1);
-    sock_bounds(k, false);
+    tcp_bounds_set(&k->tcp, false, "channel");
 }
 
 /* ---- the interface ---- */

@@ -235,11 +235,8 @@ static void out_start(struct outgoing *o)
      * these. Without, a cut that drops packets on arrival kept a node's
      * Raft silent 26 s after a 27 s cut healed (the leader's heartbeats
      * waited for TCP's next retransmission). */
-    int br = rc == 0 ? tcp_bounds_set(o->tcp, true) : 0;
-    if (br != 0)
-        log_warn("raft transport: cannot bound a connection's silence (TCP_USER_TIMEOUT, "
-                 "TCP_SYNCNT): %s: a cut link may stay silent for minutes after it heals",
-                 strerror(-br));
+    if (rc == 0)
+        tcp_bounds_set(o->tcp, true, "raft transport");
     o->conn.data = o;
     if (rc == 0)
         rc = uv_tcp_connect(&o->conn, o->tcp, (const struct sockaddr *)&o->peer, out_connected);

@@ -33,7 +33,9 @@
 #define TCP_BOUNDS_SYN_RETRIES 2
 
 /* Both bounds on tcp's socket (it must exist: bound, connecting or
- * accepted), the second only when `dialing`. 0, or a negative errno. */
-int tcp_bounds_set(uv_tcp_t *tcp, bool dialing);
+ * accepted), the second only when `dialing`. 0, or a negative errno (a
+ * libuv error), then also logged as a warning naming `who` (the kernel's
+ * defaults stay). */
+int tcp_bounds_set(uv_tcp_t *tcp, bool dialing, const char *who);
 
 #endif

@@ -1292,7 +1292,7 @@ static void test_tcp_bounds(void)
         uv_ip4_addr("127.0.0.1", 0, &a);
         CU_ASSERT_EQUAL_FATAL(uv_tcp_init(&loop, &tcp), 0);
         CU_ASSERT_EQUAL(uv_tcp_bind(&tcp, (const struct sockaddr *)&a, 0), 0);
-        CU_ASSERT_EQUAL(tcp_bounds_set(&tcp, dialing), 0);
+        CU_ASSERT_EQUAL(tcp_bounds_set(&tcp, dialing, "test"), 0);
         uv_os_fd_t fd;
         CU_ASSERT_EQUAL(uv_fileno((uv_handle_t *)&tcp, &fd), 0);
         unsigned timeout = 0;
@@ -1313,7 +1313,7 @@ static void test_tcp_bounds(void)
     /* no socket yet: the error, and nothing set */
     uv_tcp_t none;
     CU_ASSERT_EQUAL_FATAL(uv_tcp_init(&loop, &none), 0);
-    CU_ASSERT_EQUAL(tcp_bounds_set(&none, true), UV_EBADF);
+    CU_ASSERT_EQUAL(tcp_bounds_set(&none, true, "test"), UV_EBADF);
     uv_close((uv_handle_t *)&none, tcp_closed);
     uv_run(&loop, UV_RUN_NOWAIT);
 }
