@@ -1126,7 +1126,9 @@ static void seen_forget_handed(struct session *s, const struct qmsg *sent)
  * state short of PUBREC as a possible re-delivery anyway, and a state that
  * comes after its claim went on is taken as late messages, where a packet
  * id with a sent state names an exchange the sender began with the client
- * (late_is_exchange), which this one is not known to be. */
+ * (late_is_exchange), which this one is not known to be; there a queued
+ * one with a packet id is taken for restored (late_is_restored,
+ * cluster_session.c) and sent with it too. */
 static void state_restored_pid(Starling__Chan__SessionMessage *m, const struct qmsg *q)
 {
     if (q->qos > 0 && q->state != MSG_STATE_QUEUED && q->pid == 0) {

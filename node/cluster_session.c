@@ -2120,17 +2120,36 @@ static bool late_is_exchange(const Starling__Chan__SessionMessage *q)
            (q->state == MSG_STATE_WAIT_PUBREC || q->state == MSG_STATE_WAIT_PUBCOMP);
 }
 
+/* Whether late message q is a QoS 2 one its sender restored from its store
+ * after a restart, not known to be unsent: queued, with the packet id it
+ * was sent with if it was (state_restored_pid, cluster_registry.c). */
+static bool late_is_restored(const Starling__Chan__SessionMessage *q)
+{
+    return q->qos == 2 && q->has_packet_id && q->packet_id != 0 && q->packet_id <= 65535 &&
+           q->state == MSG_STATE_QUEUED;
+}
+
 /* A late message q (m) of s that an older copy had sent to its client and
  * whose QoS 2 exchange was not finished: s, resumed from its record, takes
- * it over with its packet id (session_adopt_exchange). Returns 1 (adopted:
- * its PUBLISH or PUBREL is to be sent), 2 (s had it already: not taken),
- * 0 (not adopted: the caller goes on as with any late message). */
+ * it over with its packet id (session_adopt_exchange). So does it one that
+ * copy restored after a restart and may have sent (late_is_restored),
+ * unless `restored` is false: as an exchange waiting for PUBREC, sent
+ * again with that id, DUP 1, as its sender would have; a client that
+ * delivers QoS 2 at PUBLISH and still holds the id does not deliver it
+ * again [MQTT-5.0 4.3.3]. Before, it went as a new message with a new id
+ * (test_session_moves.py::test_a_restored_message_sent_as_a_late_message_
+ * keeps_its_packet_id). Returns 1 (adopted: its PUBLISH or PUBREL is to
+ * be sent), 2 (s had it already: not taken), 0 (not adopted: the caller
+ * goes on as with any late message; also when s used that packet id
+ * since). */
 static int late_exchange_adopt(struct broker *b, struct session *s,
                                const Starling__Chan__SessionMessage *q, struct msg *m,
-                               struct store_batch **bt)
+                               bool restored, struct store_batch **bt)
 {
-    if (!late_is_exchange(q))
+    bool exchange = late_is_exchange(q);
+    if (!exchange && !(restored && late_is_restored(q)))
         return 0;
+    uint8_t state = exchange ? (uint8_t)q->state : MSG_STATE_WAIT_PUBREC;
     lock_acquire(&s->lock);
     int r = 0;
     if (m->id_node && s->seen && msg_seen_has(s->seen, m->id_node, m->id_seq)) {
@@ -2141,8 +2160,7 @@ static int late_exchange_adopt(struct broker *b, struct session *s,
         struct qmsg *x = qmsg_new(m, 2, q->retain, q->sub_ids,
                                   (uint16_t)(q->n_sub_ids > 65535 ? 0 : q->n_sub_ids));
         /* stored with its packet id, as the session's own inflight ones */
-        if (x && session_adopt_exchange_stored(b, s, x, (uint16_t)q->packet_id, (uint8_t)q->state,
-                                               bt) == 0) {
+        if (x && session_adopt_exchange_stored(b, s, x, (uint16_t)q->packet_id, state, bt) == 0) {
             if (m->id_node && s->seen)
                 msg_seen_add(s->seen, m->id_node, m->id_seq);
             r = 1;
@@ -2714,7 +2732,8 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
             m->id_node = q->origin;
             m->id_seq = q->pub_id;
         }
-        int r = late_exchange_adopt(b, s, q, m, &bt);
+        /* (parked, a restored message waits as any other) */
+        int r = late_exchange_adopt(b, s, q, m, !park, &bt);
         if (log_get_level() >= LOG_LEVEL_DEBUG) {
             char tag[MSG_TAG_LEN];
             log_debug("cluster: late message of '%s' (%016llx/%llu, '%s', state %u, packet id "

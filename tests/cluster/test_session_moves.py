@@ -390,3 +390,53 @@ def test_a_restored_message_moved_in_a_state_keeps_its_packet_id(cluster_factory
     assert m2.payload == b"m2" and m2.packet_id not in (m1.packet_id, 0), m2
     s2.disconnect()
     p.disconnect()
+
+
+def test_a_restored_message_sent_as_a_late_message_keeps_its_packet_id(cluster_factory):
+    """As above, but the client comes back on B while A is down: B resumes
+    the session from its record, and A, started again, finds its copy
+    claimed and sends what it restored as late messages. m1 must still
+    come with the packet id A sent it with, DUP 1: a client that delivers
+    QoS 2 at PUBLISH and holds that id takes it for the same message, and
+    a new id would make it deliver m1 twice."""
+    c = cluster_factory()
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    cid, topic = uid("rlate"), uid("rlate/t")
+    props = {"session_expiry_interval": 600}
+    s = mqttraw.connected(a, cid, 5, properties=props)
+    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=2))).reason_codes == [2]
+    p = mqttraw.connected(cn, uid("rlatep"), 5)
+
+    def publish(payload):
+        pid = p.publish(f"{topic}/x", payload, qos=2)
+        assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == pid
+        p.pubrel(pid)
+        assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == pid
+
+    publish(b"m0")
+    m0 = s.recv_publish(timeout=WAIT)
+    assert m0.payload == b"m0", m0
+    publish(b"m1")
+    m1 = s.expect(mqttraw.PUBLISH, timeout=WAIT)  # held: no PUBREC
+    assert m1.payload == b"m1" and not m1.dup and m1.packet_id != m0.packet_id, m1
+    s.publish(uid("rlate/sync"), b"sync", qos=1, packet_id=1)
+    assert s.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
+    faults.kill(a)
+    s.close()
+    for _ in range(3):
+        s2 = mqttraw.Client(b)
+        ack = s2.connect(cid, clean=False, properties=props, timeout=WAIT)
+        if ack.reason_code != 0x88:
+            break
+        s2.close()
+    assert ack.reason_code == 0 and ack.session_present, ack
+    a.start()
+    again = s2.recv_publish(timeout=60)
+    assert (again.payload, again.packet_id, again.dup) == (b"m1", m1.packet_id, True), again
+    publish(b"m2")
+    m2 = s2.recv_publish(timeout=WAIT)
+    assert m2.payload == b"m2" and m2.packet_id not in (m1.packet_id, 0), m2
+    s2.disconnect()
+    p.disconnect()
