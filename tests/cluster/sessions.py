@@ -1,11 +1,13 @@
 """Steps the tests of persistent sessions on a cluster share
-(test_session_faults.py, test_session_frames.py): a persistent subscriber,
-messages queued for it while it is offline (seen through a witness), its
-client resuming the session on another node."""
+(test_session_faults.py, test_session_frames.py, test_forward.py,
+test_session_moves.py): a persistent subscriber, messages queued for it
+while it is offline (seen through a witness), its client resuming the
+session on another node."""
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+import mqttraw
 from helpers import PahoClient, uid
 
 WAIT = 10
@@ -84,3 +86,18 @@ def resumed_on(node, cid, session_expiry=600, timeout=WAIT + 10, tries=1):
     assert ack["rc"] == 0, f"CONNACK {ack}"
     assert y.session_present
     return y
+
+
+def resumed_elsewhere(node, pub_id, props, wait_s, tries=1):
+    """pub_id's client resumes its session on node: its raw client. With
+    tries, a CONNECT refused with 0x88 (Server unavailable: its claim
+    waited out cluster_claim_timeout, say for an election after a fault)
+    is made again, as clients do, up to that many times."""
+    for _ in range(tries):
+        q = mqttraw.Client(node)
+        ack = q.connect(pub_id, clean=False, properties=props, timeout=wait_s)
+        if ack.reason_code != 0x88:
+            break
+        q.close()
+    assert ack.reason_code == 0 and ack.session_present, ack
+    return q

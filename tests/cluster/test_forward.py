@@ -25,6 +25,7 @@ import faults
 import mqttraw
 import paho_trace
 from helpers import PahoClient, failalloc_sweep, uid
+from sessions import resumed_elsewhere
 
 PUBLISHERS = 4
 PER_PUBLISHER = 1500
@@ -734,21 +735,6 @@ def taken_for_down(node, other, wait_s):
         return st == 200 and any(n["name"] == other.name and not n["reachable"]
                                  for n in doc["nodes"])
     wait_for(down, wait_s, f"{node.name} taking {other.name} for down")
-
-
-def resumed_elsewhere(node, pub_id, props, wait_s, tries=1):
-    """pub_id's client resumes its session on node: its raw client. With
-    tries, a CONNECT refused with 0x88 (Server unavailable: its claim
-    waited out cluster_claim_timeout, say for an election after a fault)
-    is made again, as clients do, up to that many times."""
-    for _ in range(tries):
-        q = mqttraw.Client(node)
-        ack = q.connect(pub_id, clean=False, properties=props, timeout=wait_s)
-        if ack.reason_code != 0x88:
-            break
-        q.close()
-    assert ack.reason_code == 0 and ack.session_present, ack
-    return q
 
 
 HELD_LINE = "resent QoS 2 message 1 to a session resumed without its old node's ids: it waits " \

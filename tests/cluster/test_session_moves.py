@@ -18,7 +18,7 @@ import pytest
 import faults
 import mqttraw
 from helpers import PahoClient, uid
-from sessions import offline_witnessed
+from sessions import offline_witnessed, resumed_elsewhere
 
 WAIT = 30.0
 
@@ -334,25 +334,22 @@ def test_a_request_that_meets_an_older_claim_in_progress_waits_for_its_session(c
         part.heal()
 
 
-def test_a_restored_message_moved_in_a_state_keeps_its_packet_id(cluster_factory):
+def restored_held_message(cluster_factory, name):
     """A persistent QoS 2 subscriber on A completes m0 and gets m1's
     PUBLISH, which it holds unanswered (a client that delivers at PUBLISH
     has delivered m1 and keeps its packet id until the PUBREL [MQTT-5.0
-    4.3.3]). A is SIGKILLed and started again: m1 comes back from A's store
-    with no record that it was sent. The client comes back on B, which
-    asks A for the session: m1 must come to it with the packet id A sent it
-    with, DUP 1, so that such a client knows it for the same message, as it
-    would from A itself after the restart. Before, A's state carried m1
-    without a packet id and B numbered it anew (packet id 1, m0's)."""
+    4.3.3]); then A is SIGKILLed. Returns the cluster, the client's id and
+    CONNECT properties, m1's PUBLISH as it came, and publish(payload),
+    which completes a QoS 2 publish on the third node."""
     c = cluster_factory()
     c.start()
     c.wait_healthy()
     a, b, cn = c.nodes
-    cid, topic = uid("rpid"), uid("rpid/t")
+    cid, topic = uid(name), uid(f"{name}/t")
     props = {"session_expiry_interval": 600}
     s = mqttraw.connected(a, cid, 5, properties=props)
     assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=2))).reason_codes == [2]
-    p = mqttraw.connected(cn, uid("rpidp"), 5)
+    p = mqttraw.connected(cn, uid(f"{name}p"), 5)
 
     def publish(payload):
         pid = p.publish(f"{topic}/x", payload, qos=2)
@@ -368,28 +365,40 @@ def test_a_restored_message_moved_in_a_state_keeps_its_packet_id(cluster_factory
     assert m1.payload == b"m1" and not m1.dup and m1.packet_id != m0.packet_id, m1
     # a QoS 1 publish on A: its PUBACK waits for its store batch, committed
     # after every earlier one (m0's PUBCOMP, m1 in the session's queue)
-    s.publish(uid("rpid/sync"), b"sync", qos=1, packet_id=1)
+    s.publish(uid(f"{name}/sync"), b"sync", qos=1, packet_id=1)
     assert s.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
     faults.kill(a)
     s.close()
-    a.start()
-    faults.wait_healthy(c)
-    for _ in range(3):
-        # a claim that a stall under load holds past connect_timeout gets
-        # 0x88, and the client connects again
-        s2 = mqttraw.Client(b)
-        ack = s2.connect(cid, clean=False, properties=props, timeout=WAIT)
-        if ack.reason_code != 0x88:
-            break
-        s2.close()
-    assert ack.reason_code == 0 and ack.session_present, ack
-    again = s2.recv_publish(timeout=WAIT)
+    return c, cid, props, m1, publish
+
+
+def same_message_then_next(s2, m1, publish, wait):
+    """m1 comes to s2 again with the packet id it came with, DUP 1, and the
+    next message after it with a new one."""
+    again = s2.recv_publish(timeout=wait)
     assert (again.payload, again.packet_id, again.dup) == (b"m1", m1.packet_id, True), again
     publish(b"m2")
     m2 = s2.recv_publish(timeout=WAIT)
     assert m2.payload == b"m2" and m2.packet_id not in (m1.packet_id, 0), m2
     s2.disconnect()
-    p.disconnect()
+
+
+def test_a_restored_message_moved_in_a_state_keeps_its_packet_id(cluster_factory):
+    """restored_held_message; A is started again: m1 comes back from A's
+    store with no record that it was sent. The client comes back on B,
+    which asks A for the session: m1 must come to it with the packet id A
+    sent it with, DUP 1, so that such a client knows it for the same
+    message, as it would from A itself after the restart. Before, A's state
+    carried m1 without a packet id and B numbered it anew (packet id 1,
+    m0's)."""
+    c, cid, props, m1, publish = restored_held_message(cluster_factory, "rpid")
+    a, b, _ = c.nodes
+    a.start()
+    faults.wait_healthy(c)
+    # a claim that a stall under load holds past connect_timeout gets 0x88,
+    # and the client connects again
+    s2 = resumed_elsewhere(b, cid, props, WAIT, tries=3)
+    same_message_then_next(s2, m1, publish, WAIT)
 
 
 def test_a_restored_message_sent_as_a_late_message_keeps_its_packet_id(cluster_factory):
@@ -398,45 +407,10 @@ def test_a_restored_message_sent_as_a_late_message_keeps_its_packet_id(cluster_f
     claimed and sends what it restored as late messages. m1 must still
     come with the packet id A sent it with, DUP 1: a client that delivers
     QoS 2 at PUBLISH and holds that id takes it for the same message, and
-    a new id would make it deliver m1 twice."""
-    c = cluster_factory()
-    c.start()
-    c.wait_healthy()
-    a, b, cn = c.nodes
-    cid, topic = uid("rlate"), uid("rlate/t")
-    props = {"session_expiry_interval": 600}
-    s = mqttraw.connected(a, cid, 5, properties=props)
-    assert s.subscribe((f"{topic}/#", mqttraw.sub_options(qos=2))).reason_codes == [2]
-    p = mqttraw.connected(cn, uid("rlatep"), 5)
-
-    def publish(payload):
-        pid = p.publish(f"{topic}/x", payload, qos=2)
-        assert p.expect(mqttraw.PUBREC, timeout=WAIT).packet_id == pid
-        p.pubrel(pid)
-        assert p.expect(mqttraw.PUBCOMP, timeout=WAIT).packet_id == pid
-
-    publish(b"m0")
-    m0 = s.recv_publish(timeout=WAIT)
-    assert m0.payload == b"m0", m0
-    publish(b"m1")
-    m1 = s.expect(mqttraw.PUBLISH, timeout=WAIT)  # held: no PUBREC
-    assert m1.payload == b"m1" and not m1.dup and m1.packet_id != m0.packet_id, m1
-    s.publish(uid("rlate/sync"), b"sync", qos=1, packet_id=1)
-    assert s.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == 1
-    faults.kill(a)
-    s.close()
-    for _ in range(3):
-        s2 = mqttraw.Client(b)
-        ack = s2.connect(cid, clean=False, properties=props, timeout=WAIT)
-        if ack.reason_code != 0x88:
-            break
-        s2.close()
-    assert ack.reason_code == 0 and ack.session_present, ack
+    a new id would make it deliver m1 twice. Before, B sent it with packet
+    id 32768, DUP 0."""
+    c, cid, props, m1, publish = restored_held_message(cluster_factory, "rlate")
+    a, b, _ = c.nodes
+    s2 = resumed_elsewhere(b, cid, props, WAIT, tries=3)
     a.start()
-    again = s2.recv_publish(timeout=60)
-    assert (again.payload, again.packet_id, again.dup) == (b"m1", m1.packet_id, True), again
-    publish(b"m2")
-    m2 = s2.recv_publish(timeout=WAIT)
-    assert m2.payload == b"m2" and m2.packet_id not in (m1.packet_id, 0), m2
-    s2.disconnect()
-    p.disconnect()
+    same_message_then_next(s2, m1, publish, 60)
