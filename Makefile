@@ -120,7 +120,9 @@ fuzz: deps-test
 # CHAOS_ARGS passes options on (--more: also SIGSTOP and cut of the leader
 # and rolling SIGKILL restarts; --no-lb; --hold MIN,MAX: how long a kill or a
 # cut lasts, default 2,8 s; --cut-on input: a cut drops packets as they
-# arrive, not as they leave; --keep: the nodes' data and logs and
+# arrive, not as they leave; --links: cuts of one link between two nodes;
+# --overlap: a node cut off while another is killed or stopped; --keep: the
+# nodes' data and logs and
 # the clients' trace traffic.txt kept, the path printed; --keep-failed: the
 # same for a run that fails, without the packet traces).
 SEED ?=

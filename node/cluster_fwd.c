@@ -276,6 +276,17 @@ static struct fwd_out *out_find(struct cluster_fwd *f, uint64_t node)
     return NULL;
 }
 
+uint64_t cluster_fwd_out_next(struct cluster_fwd *f, uint64_t node)
+{
+    struct fwd_out *o = out_find(f, node);
+    if (!o)
+        return 0;
+    pthread_mutex_lock(&o->mu);
+    uint64_t next = o->next;
+    pthread_mutex_unlock(&o->mu);
+    return next;
+}
+
 int cluster_fwd_outbox(struct cluster_fwd *f, uint64_t node, uint64_t *msgs, uint64_t *bytes)
 {
     struct fwd_out *o = out_find(f, node);
@@ -333,6 +344,12 @@ static struct fwd_in *in_get(struct cluster_fwd *f, uint64_t origin)
     }
     pthread_mutex_unlock(&f->mu);
     return in;
+}
+
+uint64_t cluster_fwd_in_applied(struct cluster_fwd *f, uint64_t origin)
+{
+    struct fwd_in *in = in_find(f, origin);
+    return in ? in->hwm : 0;
 }
 
 /* ---- sending ---------------------------------------------------------------- */

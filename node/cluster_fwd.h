@@ -146,6 +146,13 @@ void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Ch
 /* Acknowledgements, range deletes, replays, reconnections (every few ms). */
 void cluster_fwd_poll(struct cluster_fwd *f, uint64_t now_ms);
 
+/* The last sequence number given to a frame of node's outbox (0: none).
+ * Any thread. */
+uint64_t cluster_fwd_out_next(struct cluster_fwd *f, uint64_t node);
+/* The highest sequence number applied of origin's frames to this node (0:
+ * none). Cluster thread. */
+uint64_t cluster_fwd_in_applied(struct cluster_fwd *f, uint64_t origin);
+
 /* node's outbox: the QoS 1/2 forwards it has not acknowledged yet and
  * their bytes. 0, or -ENOENT when nothing was ever forwarded to it. Any
  * thread (takes the outbox's lock briefly: /metrics). */

@@ -181,6 +181,9 @@ static void peers_refresh(struct cluster_node *cn)
                 cn->peers[i].down_told = old[j].down_told;
                 cn->peers[i].dead_ms = old[j].dead_ms;
                 cn->peers[i].expiry_next_ms = old[j].expiry_next_ms;
+                cn->peers[i].clear = old[j].clear;
+                cn->peers[i].pend_index = old[j].pend_index;
+                cn->peers[i].pend_seq = old[j].pend_seq;
             }
 }
 
@@ -204,17 +207,20 @@ static bool peer_answering(const struct cluster_node *cn, const struct peer *p, 
     return !p->left && p->seen_ms && now - p->seen_ms <= window;
 }
 
+/* index applied here, to every member, each with the last sequence number
+ * of this node's outbox to it (read after index was applied: what this
+ * node routed with older tables is in the outbox up to there). */
 static void send_applied(struct cluster_node *cn, uint64_t index)
 {
     if (cluster_test_reports_held())
         return;
     Starling__Chan__Applied a = STARLING__CHAN__APPLIED__INIT;
     a.index = index;
+    a.has_fwd_next = true;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_APPLIED;
     fr.applied = &a;
-    uint8_t buf[32];
-    size_t n = starling__chan__frame__pack(&fr, buf);
+    uint8_t buf[48];
     uint64_t nodes[MAX_PEERS];
     unsigned k = 0;
     pthread_mutex_lock(&cn->mu);
@@ -222,8 +228,35 @@ static void send_applied(struct cluster_node *cn, uint64_t index)
         if (!cn->peers[i].left)
             nodes[k++] = cn->peers[i].node;
     pthread_mutex_unlock(&cn->mu);
-    for (unsigned i = 0; i < k; i++)
+    for (unsigned i = 0; i < k; i++) {
+        a.fwd_next = cluster_fwd_out_next(cn->fwd, nodes[i]);
+        size_t n = starling__chan__frame__pack(&fr, buf);
         cluster_send(cn->c, nodes[i], buf, n);
+    }
+}
+
+/* p's Applied report of index with the last sequence number of its outbox
+ * to this node (fwd_next; absent: an older node, taken as clear), when
+ * this node has applied its frames up to `hwm` (struct peer.clear).
+ * Caller holds mu; cluster thread. */
+static void peer_clear_note(struct peer *p, uint64_t index, bool has_seq, uint64_t seq,
+                            uint64_t hwm)
+{
+    if (p->pend_index && hwm >= p->pend_seq) {
+        if (p->pend_index > p->clear)
+            p->clear = p->pend_index;
+        p->pend_index = p->pend_seq = 0;
+    }
+    if (!has_seq || hwm >= seq) {
+        if (index > p->clear)
+            p->clear = index;
+    } else if (!p->pend_index) {
+        /* the first report its frames have not caught up with: kept until
+         * they have (a later one replacing it would never be reached while
+         * forwards flow) */
+        p->pend_index = index;
+        p->pend_seq = seq;
+    }
 }
 
 /* ---- routes ------------------------------------------------------------- */
@@ -1080,6 +1113,8 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
             if (cn->peers[i].node == from) {
                 if (f->applied->index > cn->peers[i].applied)
                     cn->peers[i].applied = f->applied->index;
+                peer_clear_note(&cn->peers[i], f->applied->index, f->applied->has_fwd_next,
+                                f->applied->fwd_next, cluster_fwd_in_applied(cn->fwd, from));
                 cn->peers[i].seen_ms = cn_mono_ms();
                 if (!cn->peers[i].run_seen_ms)
                     cn->peers[i].run_seen_ms = cn->peers[i].seen_ms;

@@ -75,6 +75,15 @@ struct peer {
     bool left;
     uint64_t down_ms; /* the leader's last NodeDown for it (cluster_session.c) */
     bool down_told;   /* ... logged and counted for this silence */
+    /* Its Applied reports with the last sequence number of its outbox to
+     * this node (Applied.fwd_next): `clear` is the highest index such that
+     * every frame it had put in that outbox when it reported it has been
+     * applied here, so every forward it routed with tables older than that
+     * has come; `pend_index` (at `pend_seq`) is a report still waiting for
+     * its frames (0: none). An old copy of a session that moved on ends
+     * only once every member is clear for its new owner's routes
+     * (cluster_session.c, members_clear). */
+    uint64_t clear, pend_index, pend_seq;
     /* the leader: when it took the member for dead in this silence (0: it
      * does not), and when it looks next for the sessions of it whose
      * expiry interval has passed since (cluster_session.c,

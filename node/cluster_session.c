@@ -73,6 +73,13 @@ struct cn_moving {
     bool complete_sent;   /* routed: the first batch after it went (SessionMessages.complete) */
     bool claim_stored;    /* the claimant of `epoch` stores before answering (own_moved_keep) */
     uint64_t route_index; /* ... since this index (0: unknown) */
+    /* routed: what was routed with tables older than this reached this
+     * node's copy, not the new owner (its routes' index, or this node's
+     * applied one when the SessionRouted came, if later); the copy ends
+     * only once every member is clear for it (members_clear), or at
+     * clear_cap_ms */
+    uint64_t clear_index, clear_cap_ms;
+    uint64_t clear_waits; /* the member it was last logged waiting for */
     /* cn_moving_detach: what the ended copy held, for cn_moving_fold, and
      * the index from which what was routed reached its owner directly */
     struct qmsg *late;
@@ -111,6 +118,21 @@ struct cn_moving {
  * restarted; the claimant's SessionRouted overtook its own outbox's
  * replay). */
 #define LATE_GRACE_MS CHAN_RECONNECT_GRACE_MS
+
+/* A routed copy whose grace is over still stays while a member may hold
+ * forwards for it in its outbox (cut off, stopped or down when the new
+ * owner's routes went everywhere: every live member), routed with tables
+ * older than the new owner's routes, which come here once it is back: the
+ * copy passes them on as late messages. Ended at its grace, they matched
+ * nothing here and were lost, and the new owner dropped its own copy of
+ * them, sent there too, as its old owner's (chaos seed 11800 with --links
+ * --overlap: 567 messages of a node cut off while another was stopped;
+ * test_faults.py::test_forwards_held_by_a_cut_off_node_reach_a_session_
+ * that_moved_meanwhile). Each member says, with its applied index, how far
+ * its outbox to this node went (struct peer.clear). At most this long
+ * after the grace: a member that never comes back must be forgotten
+ * (starling ctl cluster forget) for what it held to be given up anyway. */
+#define COPY_CLEAR_CAP_MS (10 * 60 * 1000)
 
 /* A session that moved here holds what reaches it directly until its old
  * owner's first batch of late messages after SessionRouted is in
@@ -1851,6 +1873,8 @@ void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
             memcmp(x->s->client_id, r->client_id.data, r->client_id.len) == 0) {
             x->routed = true;
             x->route_index = r->has_route_index ? r->route_index : 0;
+            uint64_t here = fsm_visible(cn->fsm);
+            x->clear_index = x->route_index > here ? x->route_index : here;
         }
     pthread_mutex_unlock(&cn->reg_mu);
     /* the first batch after it goes at the poll: now (the new owner holds
@@ -4606,6 +4630,56 @@ static bool restart_settled(struct cluster_node *cn, uint64_t now)
  */
 #define MOVING_JUDGE_MAX 16
 
+/* A member's struct peer.clear, read for members_clear. */
+struct member_clear {
+    uint64_t node, clear;
+};
+
+/* The members (not left) and how far each is clear; how many. */
+static unsigned members_clear_read(struct cluster_node *cn, struct member_clear *m)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&cn->mu);
+    for (unsigned i = 0; i < cn->n_peers; i++)
+        if (!cn->peers[i].left)
+            m[n++] = (struct member_clear){cn->peers[i].node, cn->peers[i].clear};
+    pthread_mutex_unlock(&cn->mu);
+    return n;
+}
+
+/* Whether routed copy x, its grace over, may end: every member of m[0..n)
+ * is clear for its clear_index, or COPY_CLEAR_CAP_MS has passed since its
+ * grace ended. Under cn->reg_mu. */
+static bool members_clear(struct cn_moving *x, const struct member_clear *m, unsigned n,
+                          uint64_t now)
+{
+    if (!x->graced || !x->clear_index)
+        return true;
+    uint64_t waits = 0;
+    for (unsigned i = 0; i < n && !waits; i++)
+        if (m[i].clear < x->clear_index)
+            waits = m[i].node;
+    if (!waits)
+        return true;
+    if (!x->clear_cap_ms)
+        x->clear_cap_ms = now + COPY_CLEAR_CAP_MS;
+    if (now >= x->clear_cap_ms) {
+        log_warn("cluster: the old copy of '%s' ends %u s after its grace, though %016llx may "
+                 "still send forwards for it routed before its new owner's routes (entry %llu): "
+                 "they will find nothing here",
+                 x->s->client_id, (unsigned)(COPY_CLEAR_CAP_MS / 1000), (unsigned long long)waits,
+                 (unsigned long long)x->clear_index);
+        return true;
+    }
+    if (waits != x->clear_waits) {
+        x->clear_waits = waits;
+        log_debug("cluster: the old copy of '%s' stays past its grace: %016llx has not sent all "
+                  "it routed before its new owner's routes (entry %llu)",
+                  x->s->client_id, (unsigned long long)waits, (unsigned long long)x->clear_index);
+    }
+    return false;
+}
+
 void cn_session_poll(struct cluster_node *cn, uint64_t now)
 {
     if (!cn->started_ms)
@@ -4630,6 +4704,8 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
     uint64_t applied = fsm_applied(cn->fsm);
     bool hold = moving_test_hold();
     bool settled = restart_settled(cn, now);
+    struct member_clear clears[MAX_PEERS];
+    unsigned n_clears = members_clear_read(cn, clears);
     pthread_mutex_lock(&cn->reg_mu);
     for (struct cn_moving **pp = &cn->moving; *pp;) {
         struct cn_moving *x = *pp;
@@ -4637,7 +4713,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
             x->graced = true;
             x->until_ms = now + LATE_GRACE_MS;
         }
-        if (x->until_ms <= now && !hold && settled) {
+        if (x->until_ms <= now && !hold && settled && members_clear(x, clears, n_clears, now)) {
             *pp = x->next;
             x->next = ending;
             ending = x;

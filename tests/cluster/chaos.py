@@ -4,7 +4,7 @@ continuous QoS 1/2 traffic on a 3-node cluster, then everything healed and
 checked.
 
     chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--hold MIN,MAX] [--keep] [--more]
-             [--no-lb] [--resend]
+             [--no-lb] [--resend] [--cut-on output|input] [--links] [--overlap]
     make chaos SEED=N MINUTES=M
 
 The faults (each held 2..8 s, or as --hold MIN,MAX says, then undone; 1..3 s
@@ -17,6 +17,10 @@ Clients behave as behind a load balancer with health checks: they connect
 to the next node that is up (a stopped or dead one is skipped; a cut-off
 one too, but with --no-lb). --more adds SIGSTOP of the leader, a cut of the
 leader and a rolling restart with SIGKILL (another sequence for a seed).
+--links adds a cut of one link: two nodes cut apart while both still reach
+the third. --overlap adds two faults at once: a node cut off while another
+is SIGKILLed or SIGSTOPped (no majority meanwhile). Each changes the
+sequence of a seed too.
 --resend makes the publishers persistent: a message without its
 acknowledgement is published again on the next connection (DUP 1, its
 packet id) until acknowledged, as a client that must deliver it does (the
@@ -72,7 +76,8 @@ HEAL_HEALTHY = 30.0
 class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
                  claim_timeout_ms=2000, more=False, lb=True, keep=False, keep_failed=False,
-                 resend=False, hold=(2.0, 8.0), cut_hook="output"):
+                 resend=False, hold=(2.0, 8.0), cut_hook="output", links=False,
+                 overlap=False):
         self.seed = seed
         self.hold = hold  # how long a kill or a cut lasts: uniform in this range (s)
         self.cut_hook = cut_hook  # where a cut drops packets (faults.Partition)
@@ -80,6 +85,8 @@ class Chaos:
         self.keep = keep  # traffic.txt and the subscribers' packet traces beside the logs
         self.keep_failed = keep_failed  # traffic.txt written; main() keeps a failed run's data
         self.more = more
+        self.links = links  # cuts of one link (--links)
+        self.overlap = overlap  # two faults at once (--overlap)
         self.lb = lb  # clients keep off a cut-off node (a load balancer's health check)
         self.rng = random.Random(seed)
         self.seconds = seconds
@@ -180,6 +187,51 @@ class Chaos:
         self.traffic.avoid = []
         self._healthy(f"the cut of {n.name} healed")
 
+    def f_cut_link(self):
+        """Two nodes cut apart; both still reach the third (which may be
+        the leader, or not: one side of the cut then loses the leader)."""
+        c = self.cluster
+        x, y = self.rng.sample(c.nodes, 2)
+        hold = self._hold()
+        lead = faults.leader(c)
+        self.say(f"cut the link {x.name} - {y.name} for {hold:.1f} s (leader {lead})")
+        self.partition = faults.Partition(c, self.cut_hook)
+        self.partition.cut([x], [y])
+        self._wait(hold)
+        self.partition.heal()
+        self.partition = None
+        self._healthy(f"the cut of {x.name} - {y.name} healed")
+
+    def f_cut_and_fault(self):
+        """A node cut off, and while it is, another SIGKILLed (started
+        again after a while) or SIGSTOPped: no two nodes of the three hear
+        each other meanwhile. The cut heals last."""
+        c = self.cluster
+        x, y = self.rng.sample(c.nodes, 2)
+        kill = self.rng.random() < 0.5
+        hold = self._hold()
+        second = self.rng.uniform(min(2.0, hold), hold) if kill else self.stop_seconds
+        self.say(f"cut {x.name} off for {hold + second:.1f} s, and after {hold / 2:.1f} s "
+                 f"{'SIGKILL' if kill else 'SIGSTOP'} {y.name} for {second:.1f} s")
+        self.partition = faults.Partition(c, self.cut_hook)
+        self.partition.isolate(x)
+        self.traffic.avoid = [x] if self.lb else []
+        self._wait(hold / 2)
+        if kill:
+            faults.kill(y)
+        else:
+            faults.pause(y)
+        self._wait(second)
+        if kill:
+            y.start()
+        else:
+            faults.resume(y)
+        self._wait(hold / 2)
+        self.partition.heal()
+        self.partition = None
+        self.traffic.avoid = []
+        self._healthy(f"the cut of {x.name} healed ({y.name} back)")
+
     def f_rolling_kill(self):
         """A rolling restart with SIGKILL: each node in turn killed and
         started again at once, the next one when the cluster is healthy."""
@@ -218,6 +270,10 @@ class Chaos:
             m += [("stop-leader", self.f_stop_leader, 2), ("rolling-kill", self.f_rolling_kill, 2)]
             if self.nft is None:
                 m.append(("cut-leader", self.f_cut_leader, 2))
+        if self.links and self.nft is None:
+            m.append(("cut-link", self.f_cut_link, 3))
+        if self.overlap and self.nft is None:
+            m.append(("cut-and-fault", self.f_cut_and_fault, 3))
         return m
 
     def listed_owners(self):
@@ -370,6 +426,12 @@ def main(argv):
                     help="where a cut drops packets: as they leave their node (output, the "
                          "default: the sender's kernel sees its send fail) or as they arrive "
                          "(input: as across a network, TCP backs off)")
+    ap.add_argument("--links", action="store_true",
+                    help="add cuts of one link: two nodes cut apart, both still reaching the "
+                         "third (another sequence for the same seed)")
+    ap.add_argument("--overlap", action="store_true",
+                    help="add two faults at once: a node cut off while another is SIGKILLed or "
+                         "SIGSTOPped (another sequence for the same seed)")
     a = ap.parse_args(argv)
     try:
         hold = tuple(float(x) for x in a.hold.split(","))
@@ -390,7 +452,7 @@ def main(argv):
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
                log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb,
                keep=a.keep, keep_failed=a.keep_failed, resend=a.resend, hold=hold,
-               cut_hook=a.cut_on)
+               cut_hook=a.cut_on, links=a.links, overlap=a.overlap)
     ok = False
     reports = []
     try:

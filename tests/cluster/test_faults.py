@@ -1365,6 +1365,42 @@ def test_a_route_change_held_across_a_cut_is_not_applied_after_later_ones(fault_
     pub.disconnect()
 
 
+def test_forwards_held_by_a_cut_off_node_reach_a_session_that_moved_meanwhile(
+        fault_cluster, partition_factory):
+    """Chaos seed 11800 with --links --overlap (567 messages lost at two
+    subscribers), made deterministic. A persistent QoS 1 subscriber S on A,
+    a publisher on C. C is cut off; the messages it acknowledges meanwhile
+    wait in its outbox for A, routed there with the tables of then. S moves
+    to B (A and B are a majority, and C counts as down: B's routes are
+    everywhere without it), and A's old copy of S gets B's SessionRouted.
+    The cut lasts past the copy's grace (6 s). Once healed, C's forwards
+    reach A: its copy must pass them on to S on B. Before, the copy had
+    ended at its grace and they matched nothing on A: lost."""
+    c = fault_cluster
+    a, b, cn = c.nodes
+    cid, topic = uid("heldcut"), uid("heldcut/t")
+    s = PahoClient(a, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=1) == [1]
+    p = PahoClient(cn, uid("heldcutp"), 5)
+    p.connect()
+    p.publish(topic + "/x", b"before", qos=1)
+    assert s.get(WAIT).payload == b"before"
+    part = partition_factory(c)
+    part.isolate(cn)
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=1)  # PUBACK: C holds it for A
+    s.disconnect()
+    s = resumed_on(b, cid, timeout=30, tries=5)
+    time.sleep(9)  # the cut outlasts the grace of A's copy (6 s after the move)
+    part.heal()
+    got = [s.get(30).payload for _ in sent]
+    assert sorted(got) == sorted(sent)
+    s.disconnect()
+    p.disconnect()
+
+
 # ------------------------------------------------------------ 4. rolling restart
 
 def test_rolling_restart_persistent_subscribers_follow(fault_cluster, traffic_factory):
