@@ -282,7 +282,14 @@ uint64_t cluster_fwd_out_next(struct cluster_fwd *f, uint64_t node)
     if (!o)
         return 0;
     pthread_mutex_lock(&o->mu);
-    uint64_t next = o->next;
+    /* the last row that is to be sent (a failed one never is: its publish
+     * was refused); none left: what the node acknowledged */
+    uint64_t next = o->acked;
+    for (size_t i = o->n; i > 0; i--)
+        if (ring_at(o, i - 1)->state != ROW_FAILED) {
+            next = ring_at(o, i - 1)->seq;
+            break;
+        }
     pthread_mutex_unlock(&o->mu);
     return next;
 }

@@ -146,8 +146,9 @@ void cluster_fwd_on_ack(struct cluster_fwd *f, uint64_t from, const Starling__Ch
 /* Acknowledgements, range deletes, replays, reconnections (every few ms). */
 void cluster_fwd_poll(struct cluster_fwd *f, uint64_t now_ms);
 
-/* The last sequence number given to a frame of node's outbox (0: none).
- * Any thread. */
+/* The last sequence number of a frame of node's outbox that is still to
+ * reach it (not one whose publish was refused: never sent), or, with none
+ * left, the highest it acknowledged (0: none). Any thread. */
 uint64_t cluster_fwd_out_next(struct cluster_fwd *f, uint64_t node);
 /* The highest sequence number applied of origin's frames to this node (0:
  * none). Cluster thread. */
