@@ -73,11 +73,11 @@ struct cn_moving {
     bool complete_sent;   /* routed: the first batch after it went (SessionMessages.complete) */
     bool claim_stored;    /* the claimant of `epoch` stores before answering (own_moved_keep) */
     uint64_t route_index; /* ... since this index (0: unknown) */
-    /* moving to another node: what was routed with tables older than this
-     * reached this node's copy, not the new owner (this node's applied
-     * index when the copy began; once routed, the new owner's routes'
-     * index if later); the copy ends only once every member is clear for
-     * it (members_clear), or at clear_cap_ms */
+    /* routed: what was routed with tables older than this reached this
+     * node's copy, not the new owner (its routes' index, or this node's
+     * applied one when the SessionRouted came, if later); the copy ends
+     * only once every member is clear for it (members_clear), or at
+     * clear_cap_ms */
     uint64_t clear_index, clear_cap_ms;
     uint64_t clear_waits; /* the member it was last logged waiting for */
     /* cn_moving_detach: what the ended copy held, for cn_moving_fold, and
@@ -1084,11 +1084,6 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
     x->epoch = epoch;
     x->now = now;
     x->known = known;
-    /* what members routed here with tables older than these may still be
-     * in their outboxes, held while they were away (members_clear); a
-     * SessionRouted moves it on to the new owner's routes */
-    if (to != cn->self)
-        x->clear_index = fsm_visible(cn->fsm);
     /* the new owner's claim completes within about cluster_claim_timeout;
      * without a claim in progress (`now`), forwards that other nodes held
      * for this node while it was down still come, once their channels
@@ -4652,13 +4647,13 @@ static unsigned members_clear_read(struct cluster_node *cn, struct member_clear 
     return n;
 }
 
-/* Whether copy x, its time over, may end: every member of m[0..n) is
- * clear for its clear_index, or COPY_CLEAR_CAP_MS has passed since its time
- * ended. Under cn->reg_mu. */
+/* Whether routed copy x, its grace over, may end: every member of m[0..n)
+ * is clear for its clear_index, or COPY_CLEAR_CAP_MS has passed since its
+ * grace ended. Under cn->reg_mu. */
 static bool members_clear(struct cn_moving *x, const struct member_clear *m, unsigned n,
                           uint64_t now)
 {
-    if (!x->clear_index)
+    if (!x->graced || !x->clear_index)
         return true;
     uint64_t waits = 0;
     for (unsigned i = 0; i < n && !waits; i++)
@@ -4669,17 +4664,17 @@ static bool members_clear(struct cn_moving *x, const struct member_clear *m, uns
     if (!x->clear_cap_ms)
         x->clear_cap_ms = now + COPY_CLEAR_CAP_MS;
     if (now >= x->clear_cap_ms) {
-        log_warn("cluster: the old copy of '%s' ends after waiting %u s for %016llx, which may "
-                 "still send forwards for it routed with tables older than entry %llu: they "
-                 "will find nothing here",
+        log_warn("cluster: the old copy of '%s' ends %u s after its grace, though %016llx may "
+                 "still send forwards for it routed before its new owner's routes (entry %llu): "
+                 "they will find nothing here",
                  x->s->client_id, (unsigned)(COPY_CLEAR_CAP_MS / 1000), (unsigned long long)waits,
                  (unsigned long long)x->clear_index);
         return true;
     }
     if (waits != x->clear_waits) {
         x->clear_waits = waits;
-        log_debug("cluster: the old copy of '%s' stays: %016llx has not sent all it routed "
-                  "with tables older than entry %llu",
+        log_debug("cluster: the old copy of '%s' stays past its grace: %016llx has not sent all "
+                  "it routed before its new owner's routes (entry %llu)",
                   x->s->client_id, (unsigned long long)waits, (unsigned long long)x->clear_index);
     }
     return false;
