@@ -130,20 +130,29 @@ class Chaos:
         n.start()
         self._healthy(f"{n.name} restarted")
 
+    def _cut(self, cut, avoid=()):
+        """A cut begins: cut(partition) makes it; clients keep off the
+        nodes in avoid (a load balancer's health check sees 503 soon)."""
+        self.partition = faults.Partition(self.cluster, self.cut_hook)
+        cut(self.partition)
+        self.traffic.avoid = list(avoid) if self.lb else []
+
+    def _heal(self, what):
+        """The cut heals; returns once the cluster is healthy again."""
+        self.partition.heal()
+        self.partition = None
+        self.traffic.avoid = []
+        self._healthy(what)
+
     def f_partition(self):
         c = self.cluster
         n = self.rng.choice(c.nodes)
         hold = self._hold()
         lead = faults.leader(c)
         self.say(f"cut {n.name}{' (the leader)' if lead == n.name else ''} off for {hold:.1f} s")
-        self.partition = faults.Partition(c, self.cut_hook)
-        self.partition.isolate(n)
-        self.traffic.avoid = [n] if self.lb else []  # a load balancer's health check sees 503 soon
+        self._cut(lambda p: p.isolate(n), [n])
         self._wait(hold)
-        self.partition.heal()
-        self.partition = None
-        self.traffic.avoid = []
-        self._healthy(f"the cut of {n.name} healed")
+        self._heal(f"the cut of {n.name} healed")
 
     def f_stop(self):
         n = self.rng.choice(self.cluster.nodes)
@@ -178,14 +187,9 @@ class Chaos:
         n = faults.node_named(c, name)
         hold = self._hold()
         self.say(f"cut {n.name} (the leader) off for {hold:.1f} s")
-        self.partition = faults.Partition(c, self.cut_hook)
-        self.partition.isolate(n)
-        self.traffic.avoid = [n] if self.lb else []
+        self._cut(lambda p: p.isolate(n), [n])
         self._wait(hold)
-        self.partition.heal()
-        self.partition = None
-        self.traffic.avoid = []
-        self._healthy(f"the cut of {n.name} healed")
+        self._heal(f"the cut of {n.name} healed")
 
     def f_cut_link(self):
         """Two nodes cut apart; both still reach the third (which may be
@@ -195,12 +199,9 @@ class Chaos:
         hold = self._hold()
         lead = faults.leader(c)
         self.say(f"cut the link {x.name} - {y.name} for {hold:.1f} s (leader {lead})")
-        self.partition = faults.Partition(c, self.cut_hook)
-        self.partition.cut([x], [y])
+        self._cut(lambda p: p.cut([x], [y]))
         self._wait(hold)
-        self.partition.heal()
-        self.partition = None
-        self._healthy(f"the cut of {x.name} - {y.name} healed")
+        self._heal(f"the cut of {x.name} - {y.name} healed")
 
     def f_cut_and_fault(self):
         """A node cut off, and while it is, another SIGKILLed (started
@@ -213,9 +214,7 @@ class Chaos:
         second = self.rng.uniform(min(2.0, hold), hold) if kill else self.stop_seconds
         self.say(f"cut {x.name} off for {hold + second:.1f} s, and after {hold / 2:.1f} s "
                  f"{'SIGKILL' if kill else 'SIGSTOP'} {y.name} for {second:.1f} s")
-        self.partition = faults.Partition(c, self.cut_hook)
-        self.partition.isolate(x)
-        self.traffic.avoid = [x] if self.lb else []
+        self._cut(lambda p: p.isolate(x), [x])
         self._wait(hold / 2)
         if kill:
             faults.kill(y)
@@ -227,10 +226,7 @@ class Chaos:
         else:
             faults.resume(y)
         self._wait(hold / 2)
-        self.partition.heal()
-        self.partition = None
-        self.traffic.avoid = []
-        self._healthy(f"the cut of {x.name} healed ({y.name} back)")
+        self._heal(f"the cut of {x.name} healed ({y.name} back)")
 
     def f_rolling_kill(self):
         """A rolling restart with SIGKILL: each node in turn killed and
