@@ -2156,6 +2156,68 @@ def test_disk_full_on_one_node(cluster_factory, tmp_path):
         disk.cleanup()
 
 
+def test_a_publish_refused_on_a_full_disk_does_not_keep_old_copies_past_their_grace(
+        cluster_factory, tmp_path):
+    """A persistent QoS 1 subscriber S on A; C's disk is filled and a
+    publish on C for S is refused (0x97): its outbox row to A failed with
+    its store batch and is never sent. The disk freed, S moves to B. A's
+    old copy of S ends at its grace (LATE_GRACE_MS, 6 s) once every member
+    has sent A what it routed before (Applied.fwd_next): C has, the refused
+    row being nothing to send. Before, C named that row as still to come,
+    and the copy (and A's route for S) stayed for COPY_CLEAR_CAP_MS (10
+    minutes)."""
+    disk = faults.SmallDisk(str(tmp_path), size="48m")
+    disk.mount()
+    c = None
+    try:
+        c = cluster_factory(extra_env=dict(FAULT_ENV))
+        a, b, full = c.nodes
+        full.dir = os.path.join(disk.mnt, "n3")
+        c.start()
+        c.wait_healthy()
+        cid, topic = uid("dfcopy"), uid("dfcopy/t")
+        s = PahoClient(a, cid, 5, properties=session_props())
+        s.connect()
+        assert s.subscribe(topic + "/#", qos=1) == [1]
+        pub = mqttraw.connected(full, uid("dfcopyp"), 5)
+        pid = pub.publish(topic + "/x", b"before", qos=1)
+        assert pub.expect(mqttraw.PUBACK, timeout=WAIT).packet_id == pid
+        assert s.get(WAIT).payload == b"before"
+        disk.fill()
+        codes = []
+        for i in range(100):
+            pid = pub.publish(f"{topic}/{i}", bytes(64 * 1024), qos=1)
+            ack = pub.expect(mqttraw.PUBACK, timeout=WAIT)
+            assert ack.packet_id == pid
+            codes.append(ack.reason_code)
+            if ack.reason_code == 0x97:
+                break
+        assert codes[-1] == 0x97, f"no PUBACK 0x97 (quota exceeded) on a full disk: {codes}"
+        disk.unfill()
+        pub.disconnect()
+        accepted = [f"{topic}/{i}" for i, rc in enumerate(codes) if rc == 0]
+        assert [s.get(WAIT).topic for _ in accepted] == accepted
+        wait_healthy(c)
+        converged_tables(c)
+        s.stop()
+        s = resumed_on(b, cid)
+        filt = topic + "/#"
+        ida, idb = faults.node_id(a), faults.node_id(b)
+
+        def owners():
+            return {n for n, f in faults.tables(a)["routes"] if f == filt}
+        wait_until(lambda: idb in owners(), WAIT, "B's route for S")
+        # the copy's grace (6 s) and a few Applied reports; far less than
+        # the 10 minutes it stayed before
+        wait_until(lambda: owners() == {idb}, 30, "A's route for S's old copy gone")
+        assert ida not in owners()
+        s.disconnect()
+    finally:
+        if c is not None:
+            c.stop()
+        disk.cleanup()
+
+
 def caught_up_or_restarted(c, node):
     """The tables once `node`, just started, caught up. Should its Raft log
     stop growing during the catch-up (docs/cluster.md, "A full disk on one
