@@ -73,13 +73,18 @@ struct cn_moving {
     bool complete_sent;   /* routed: the first batch after it went (SessionMessages.complete) */
     bool claim_stored;    /* the claimant of `epoch` stores before answering (own_moved_keep) */
     uint64_t route_index; /* ... since this index (0: unknown) */
-    /* routed: what was routed with tables older than this reached this
-     * node's copy, not the new owner (its routes' index, or this node's
-     * applied one when the SessionRouted came, if later); the copy ends
-     * only once every member is clear for it (members_clear), or at
-     * clear_cap_ms */
+    /* moving to another node: what was routed with tables older than this
+     * reached this node's copy, not the new owner (this node's applied
+     * index when the copy began; once routed, the new owner's routes'
+     * index, or this node's applied one when the SessionRouted came, if
+     * later); a routed or flushing copy ends only once every member is
+     * clear for it (members_clear), or at clear_cap_ms */
     uint64_t clear_index, clear_cap_ms;
     uint64_t clear_waits; /* the member it was last logged waiting for */
+    /* not routed, its time over while a member may still hold forwards for
+     * it (members_clear): it stays, and passes on what it collects each
+     * poll as a routed copy in its grace does (graced is set too) */
+    bool flushing;
     /* cn_moving_detach: what the ended copy held, for cn_moving_fold, and
      * the index from which what was routed reached its owner directly */
     struct qmsg *late;
@@ -561,6 +566,14 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionMessages *sm,
                              const struct cluster_fwd_seq *sq, const struct fold_rows *fr);
 
+/* What a batch of late messages says of its copy (SessionMessages). */
+enum late_mark {
+    LATE_PLAIN,
+    LATE_LAST,     /* last: the copy ended */
+    LATE_COMPLETE, /* complete: the first batch after the SessionRouted */
+    LATE_STAYS,    /* complete and stays: the first batch of a flushing copy */
+};
+
 /* Send msgs (a list, freed here) for session id to node `to`, but those
  * routed with a route table at or past `direct` (not 0), which reached `to`
  * directly. To another node, sequenced (node/cluster_fwd.h): the frame goes
@@ -570,8 +583,8 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
  * node (a fold), `was_to`: where the copy was moving out to (struct
  * fold_rows). */
 static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to, const char *id,
-                      uint16_t len, uint64_t epoch, struct qmsg *msgs, uint64_t direct, bool last,
-                      bool complete, Starling__Chan__SeenRange **seen, size_t n_seen,
+                      uint16_t len, uint64_t epoch, struct qmsg *msgs, uint64_t direct,
+                      enum late_mark mark, Starling__Chan__SeenRange **seen, size_t n_seen,
                       struct cn_fold_into *into, uint64_t was_to)
 {
     struct store_batch *bt = NULL;
@@ -634,10 +647,9 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
     sm.epoch = epoch;
     sm.n_msgs = k;
     sm.msgs = mp;
-    sm.has_last = last;
-    sm.last = last;
-    sm.has_complete = complete;
-    sm.complete = complete;
+    sm.has_last = sm.last = mark == LATE_LAST;
+    sm.has_complete = sm.complete = mark == LATE_COMPLETE || mark == LATE_STAYS;
+    sm.has_stays = sm.stays = mark == LATE_STAYS;
     sm.n_seen = n_seen;
     sm.seen = seen;
     /* the QoS 2 ids the copy took from its client (an owner that resumed
@@ -696,7 +708,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
             copy_rows_del(cn, from, id, len, seqs, n_seqs, &dt);
             persist_submit(cn->b, &dt, NULL, NULL);
         }
-    } else if (r == 0 && (n || last || complete)) {
+    } else if (r == 0 && (n || mark != LATE_PLAIN)) {
         r = cn_send_msgs_chunked(cn, to, &sm, &bt);
         if (r > 0)
             r = 0;
@@ -707,7 +719,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
         atomic_fetch_add(&cn->b->stats.dropped[BROKER_DROP_SESSION_MOVED], n);
         log_warn("cluster: %zu late message(s) of '%.*s' not sent to %016llx: %s", n, (int)len, id,
                  (unsigned long long)to, strerror(-r));
-    } else if (last && (n || to != cn->self)) {
+    } else if (mark == LATE_LAST && (n || to != cn->self)) {
         /* (also none: a copy that left out everything it collected as
          * having reached its owner directly) */
         log_info("cluster: %zu late message(s) of '%.*s' sent to its owner %016llx", n, (int)len,
@@ -1077,8 +1089,10 @@ void cn_moving_add(struct cluster_node *cn, struct session *s, uint64_t to, uint
      * held for this node while it was down), and sent it on as late
      * messages: chaos seed 1188520366 with --more, 312 QoS 2 duplicates
      * once the claimant, restarted, no longer knew their identities. */
-    if (to != cn->self)
+    if (to != cn->self) {
         moving_direct_set(cn, s, to, !now, true);
+        x->clear_index = fsm_visible(cn->fsm);
+    }
     x->s = s;
     x->to = to;
     x->epoch = epoch;
@@ -2356,6 +2370,7 @@ int cn_send_msgs_chunked(struct cluster_node *cn, uint64_t to, Starling__Chan__S
     size_t left = sm->n_msgs, n_seen = sm->n_seen;
     bool last = sm->has_last && sm->last;
     bool complete = sm->has_complete && sm->complete;
+    bool stays = sm->has_stays && sm->stays;
     int worst = 1;
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_SESSION_MESSAGES;
@@ -2370,6 +2385,7 @@ int cn_send_msgs_chunked(struct cluster_node *cn, uint64_t to, Starling__Chan__S
         sm->last = final && last;
         sm->has_complete = final && complete;
         sm->complete = final && complete;
+        sm->has_stays = sm->stays = final && stays;
         sm->has_more = sm->more = !final;
         int r = cluster_fwd_send_frame(cn->fwd, to, &fr, bt);
         if (r < worst)
@@ -2860,8 +2876,9 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
     if (w)
         b->sink->wake(w, s, NULL);
     /* a routed copy's grace sends what comes every poll: a line when
-     * something was new, and for the last frame */
-    if ((sm->has_last && sm->last) || sm->n_msgs > dups)
+     * something was new, for the last frame, and for the first of a copy
+     * that stays past its time */
+    if ((sm->has_last && sm->last) || (sm->has_stays && sm->stays) || sm->n_msgs > dups)
         log_info("cluster: %zu late message(s) of '%s' came from %016llx, %zu of them had come "
                  "directly (not again), %zu past PUBREC not taken, %zu parked (they wait for its "
                  "old owner's copy)%s",
@@ -3507,7 +3524,7 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
  * cn_moving_fold); x is freed. */
 static void moving_send(struct cluster_node *cn, struct cn_moving *x, uint64_t to, uint64_t direct)
 {
-    msgs_send(cn, x->s, to, x->s->client_id, x->s->id_len, x->epoch, x->late, direct, true, false,
+    msgs_send(cn, x->s, to, x->s->client_id, x->s->id_len, x->epoch, x->late, direct, LATE_LAST,
               x->seenp, x->n_seen, x->into, x->to);
     free(x->seen);
     free(x->seenp);
@@ -3621,8 +3638,7 @@ static void moving_send_owner_of_now(struct cluster_node *cn, struct cn_moving *
             msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
     moving_seen_fill(x);
     lock_release(&s->lock);
-    msgs_send(cn, s, node, s->client_id, s->id_len, epoch, before, 0, false, false, NULL, 0, NULL,
-              0);
+    msgs_send(cn, s, node, s->client_id, s->id_len, epoch, before, 0, LATE_PLAIN, NULL, 0, NULL, 0);
 }
 
 /* The old copy x (out of cn->moving) ends; what it held goes to its new
@@ -4549,32 +4565,38 @@ static bool reannounce_test_hold(void)
 }
 #endif
 
-/* A routed copy in its grace period (LATE_GRACE_MS): what it collected
- * since the last poll goes to the new owner now, but for what was routed
- * with the new owner's routes (it reached it directly). */
+/* A routed copy in its grace period (LATE_GRACE_MS), or a flushing one
+ * (struct cn_moving.flushing): what it collected since the last poll goes
+ * to the new owner now, but for what reached that owner directly (routed
+ * with its routes; for a flushing copy, past the bound of the owners rule,
+ * its direct_from, as when it ends: moving_end). */
 struct late_flush {
     struct session *s; /* a reference */
     uint64_t to, epoch, route_index;
-    bool complete; /* the first after the SessionRouted: sent also when empty */
+    /* LATE_COMPLETE: the first after the SessionRouted, LATE_STAYS: the
+     * first of a flushing copy (both sent also when empty) */
+    enum late_mark mark;
+    bool own_bound; /* flushing: the bound is s->direct_from, not route_index */
 };
 #define LATE_FLUSH_MAX 64
 
 static void late_flush_send(struct cluster_node *cn, struct late_flush *f)
 {
     struct session *s = f->s;
-    if (f->route_index)
+    if (f->route_index || f->own_bound)
         owner_local_note(cn, s);
     lock_acquire(&s->lock);
     bool shared = cn_subs_shared(s);
+    uint64_t direct = shared ? 0 : f->own_bound ? s->direct_from : f->route_index;
     struct qmsg *late = s->inflight.head || s->queue.head ? cn_session_take_msgs(s) : NULL;
-    seen_forget_direct(s, late, shared ? 0 : f->route_index);
+    seen_forget_direct(s, late, direct);
     lock_release(&s->lock);
     /* the first one tells the owner that what the copy collected before
      * its routes were everywhere is in (the owner holds what reached it
      * directly meanwhile until then: session_late_hold) */
-    if (late || f->complete)
-        msgs_send(cn, s, f->to, s->client_id, s->id_len, f->epoch, late,
-                  shared ? 0 : f->route_index, false, f->complete, NULL, 0, NULL, 0);
+    if (late || f->mark != LATE_PLAIN)
+        msgs_send(cn, s, f->to, s->client_id, s->id_len, f->epoch, late, direct, f->mark, NULL, 0,
+                  NULL, 0);
     session_unref(s);
 }
 
@@ -4630,9 +4652,11 @@ static bool restart_settled(struct cluster_node *cn, uint64_t now)
  */
 #define MOVING_JUDGE_MAX 16
 
-/* A member's struct peer.clear, read for members_clear. */
+/* A member's struct peer.clear, read for members_clear, and whether it is
+ * live (cn_peer_live). */
 struct member_clear {
     uint64_t node, clear;
+    bool live;
 };
 
 /* The members (not left) and how far each is clear; how many. */
@@ -4642,14 +4666,24 @@ static unsigned members_clear_read(struct cluster_node *cn, struct member_clear 
     pthread_mutex_lock(&cn->mu);
     for (unsigned i = 0; i < cn->n_peers; i++)
         if (!cn->peers[i].left)
-            m[n++] = (struct member_clear){cn->peers[i].node, cn->peers[i].clear};
+            m[n++] = (struct member_clear){cn->peers[i].node, cn->peers[i].clear, false};
     pthread_mutex_unlock(&cn->mu);
+    for (unsigned i = 0; i < n; i++)
+        m[i].live = cn_peer_live(cn, m[i].node);
     return n;
 }
 
-/* Whether routed copy x, its grace over, may end: every member of m[0..n)
- * is clear for its clear_index, or COPY_CLEAR_CAP_MS has passed since its
- * grace ended. Under cn->reg_mu. */
+static bool member_live(const struct member_clear *m, unsigned n, uint64_t node)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (m[i].node == node)
+            return m[i].live;
+    return false;
+}
+
+/* Whether copy x, routed or flushing, its time over, may end: every
+ * member of m[0..n) is clear for its clear_index, or COPY_CLEAR_CAP_MS has
+ * passed since its time ended. Under cn->reg_mu. */
 static bool members_clear(struct cn_moving *x, const struct member_clear *m, unsigned n,
                           uint64_t now)
 {
@@ -4664,7 +4698,7 @@ static bool members_clear(struct cn_moving *x, const struct member_clear *m, uns
     if (!x->clear_cap_ms)
         x->clear_cap_ms = now + COPY_CLEAR_CAP_MS;
     if (now >= x->clear_cap_ms) {
-        log_warn("cluster: the old copy of '%s' ends %u s after its grace, though %016llx may "
+        log_warn("cluster: the old copy of '%s' ends %u s after its time, though %016llx may "
                  "still send forwards for it routed before its new owner's routes (entry %llu): "
                  "they will find nothing here",
                  x->s->client_id, (unsigned)(COPY_CLEAR_CAP_MS / 1000), (unsigned long long)waits,
@@ -4673,7 +4707,7 @@ static bool members_clear(struct cn_moving *x, const struct member_clear *m, uns
     }
     if (waits != x->clear_waits) {
         x->clear_waits = waits;
-        log_debug("cluster: the old copy of '%s' stays past its grace: %016llx has not sent all "
+        log_debug("cluster: the old copy of '%s' stays past its time: %016llx has not sent all "
                   "it routed before its new owner's routes (entry %llu)",
                   x->s->client_id, (unsigned long long)waits, (unsigned long long)x->clear_index);
     }
@@ -4713,15 +4747,60 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
             x->graced = true;
             x->until_ms = now + LATE_GRACE_MS;
         }
-        if (x->until_ms <= now && !hold && settled && members_clear(x, clears, n_clears, now)) {
+        bool over = x->until_ms <= now && !hold && settled;
+        /* a copy not routed, moving to a live node, that a member may still
+         * send forwards for (cut off, stopped or down: routed with tables
+         * older than the copy's start), stays and passes on what it
+         * collects. Ended, those forwards matched nothing here: a
+         * restarted node's stored copy, claimed away, ended at the latest
+         * RESTART_SETTLE_CAP_MS after the start, and what a member cut off
+         * longer held for it was lost (test_faults.py::test_forwards_held_
+         * for_a_restarted_node_reach_its_sessions_new_owner_after_a_long_
+         * cut). Its bound (the owners rule, as when it ends) is set first
+         * (the judge list, before the flushes); a copy whose new owner is
+         * not live ends as before (moving_end: what it holds may go to the
+         * owner of now). */
+        if (over && !x->routed && !x->graced && x->to != cn->self && x->clear_index &&
+            member_live(clears, n_clears, x->to) && n_judge < MOVING_JUDGE_MAX) {
+            x->graced = true;
+            if (members_clear(x, clears, n_clears, now)) {
+                x->graced = false;
+            } else {
+                x->flushing = true;
+                lock_acquire(&x->s->lock);
+                bool known = x->now || x->known || x->s->epoch != 0;
+                lock_release(&x->s->lock);
+                if (known) {
+                    judge[n_judge] = session_ref(x->s);
+                    judge_to[n_judge++] = x->to;
+                }
+                log_debug("cluster: the old copy of '%s' stays past its time, passing on what "
+                          "it collects: a member may still send forwards for it (entry %llu)",
+                          x->s->client_id, (unsigned long long)x->clear_index);
+            }
+        }
+        if (over && members_clear(x, clears, n_clears, now)) {
             *pp = x->next;
             x->next = ending;
             ending = x;
             continue;
         }
-        if (x->routed && !hold && n_flush < LATE_FLUSH_MAX) {
-            flush[n_flush++] = (struct late_flush){session_ref(x->s), x->to, x->epoch,
-                                                   x->route_index, !x->complete_sent};
+        /* (a flushing copy whose new owner went down since holds what it
+         * collects: at its end, moving_end may send it to the owner of
+         * now) */
+        if ((x->routed || (x->flushing && member_live(clears, n_clears, x->to))) && !hold &&
+            n_flush < LATE_FLUSH_MAX) {
+            bool own = x->flushing && !x->routed;
+            flush[n_flush++] = (struct late_flush){
+                .s = session_ref(x->s),
+                .to = x->to,
+                .epoch = x->epoch,
+                .route_index = x->route_index,
+                .mark = x->complete_sent ? LATE_PLAIN
+                        : own            ? LATE_STAYS
+                                         : LATE_COMPLETE,
+                .own_bound = own,
+            };
             x->complete_sent = true;
         }
         /* a copy whose bound was not known when it began to move out: the
