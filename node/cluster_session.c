@@ -1885,6 +1885,10 @@ void cn_session_on_routed(struct cluster_node *cn, uint64_t from,
     for (struct cn_moving *x = cn->moving; x; x = x->next)
         if (x->to == from && x->epoch == r->epoch && x->s->id_len == r->client_id.len &&
             memcmp(x->s->client_id, r->client_id.data, r->client_id.len) == 0) {
+            /* a flushing copy sent its first batch for its time, not for
+             * this SessionRouted: the next one says complete again */
+            if (x->flushing && !x->routed)
+                x->complete_sent = false;
             x->routed = true;
             x->route_index = r->has_route_index ? r->route_index : 0;
             uint64_t here = fsm_visible(cn->fsm);
