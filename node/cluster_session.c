@@ -4718,6 +4718,16 @@ static bool members_clear(struct cn_moving *x, const struct member_clear *m, uns
     return false;
 }
 
+/* Whether id of copy x has a later owner than x->to (another node than
+ * this one), as the registry here says (moving_send_owner_of_now sends
+ * there). Under cn->reg_mu (a read of the replicated tables). */
+static bool owner_after(struct cluster_node *cn, const struct cn_moving *x)
+{
+    uint64_t node = 0, epoch = 0;
+    return fsm_registry_get(cn->fsm, x->s->client_id, x->s->id_len, &node, &epoch) == 0 &&
+           node != 0 && node != x->to && node != cn->self && epoch > x->epoch;
+}
+
 void cn_session_poll(struct cluster_node *cn, uint64_t now)
 {
     if (!cn->started_ms)
@@ -4752,20 +4762,19 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
             x->until_ms = now + LATE_GRACE_MS;
         }
         bool over = x->until_ms <= now && !hold && settled;
-        /* a copy not routed, moving to a live node, that a member may still
-         * send forwards for (cut off, stopped or down: routed with tables
-         * older than the copy's start), stays and passes on what it
+        bool to_live = member_live(clears, n_clears, x->to);
+        /* a copy not routed, moving to another node, that a member may
+         * still send forwards for (cut off, stopped or down: routed with
+         * tables older than the copy's start), stays and passes on what it
          * collects. Ended, those forwards matched nothing here: a
          * restarted node's stored copy, claimed away, ended at the latest
          * RESTART_SETTLE_CAP_MS after the start, and what a member cut off
          * longer held for it was lost (test_faults.py::test_forwards_held_
          * for_a_restarted_node_reach_its_sessions_new_owner_after_a_long_
          * cut). Its bound (the owners rule, as when it ends) is set first
-         * (the judge list, before the flushes); a copy whose new owner is
-         * not live ends as before (moving_end: what it holds may go to the
-         * owner of now). */
+         * (the judge list, before the flushes). */
         if (over && !x->routed && !x->graced && x->to != cn->self && x->clear_index &&
-            member_live(clears, n_clears, x->to) && n_judge < MOVING_JUDGE_MAX) {
+            n_judge < MOVING_JUDGE_MAX) {
             x->graced = true;
             if (members_clear(x, clears, n_clears, now)) {
                 x->graced = false;
@@ -4783,17 +4792,21 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
                           x->s->client_id, (unsigned long long)x->clear_index);
             }
         }
-        if (over && members_clear(x, clears, n_clears, now)) {
+        /* a flushing copy whose new owner is not live holds what it
+         * collects; once the session has a later owner than that one, it
+         * ends (moving_end sends what it holds to the owner of now). Not
+         * on liveness alone: right after this node was stopped (SIGSTOP)
+         * every member looks silent, and a copy ended then lost what a
+         * member's outbox held for it (chaos seed 11950 with --hold 15,60:
+         * the forwards came 1 ms after the copy ended). */
+        bool moved_on = x->flushing && !x->routed && !to_live && owner_after(cn, x);
+        if (over && (moved_on || members_clear(x, clears, n_clears, now))) {
             *pp = x->next;
             x->next = ending;
             ending = x;
             continue;
         }
-        /* (a flushing copy whose new owner went down since holds what it
-         * collects: at its end, moving_end may send it to the owner of
-         * now) */
-        if ((x->routed || (x->flushing && member_live(clears, n_clears, x->to))) && !hold &&
-            n_flush < LATE_FLUSH_MAX) {
+        if ((x->routed || (x->flushing && to_live)) && !hold && n_flush < LATE_FLUSH_MAX) {
             bool own = x->flushing && !x->routed;
             flush[n_flush++] = (struct late_flush){
                 .s = session_ref(x->s),
