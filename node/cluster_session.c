@@ -4792,13 +4792,14 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
                           x->s->client_id, (unsigned long long)x->clear_index);
             }
         }
-        /* a flushing copy whose new owner is not live holds what it
-         * collects; once the session has a later owner than that one, it
-         * ends (moving_end sends what it holds to the owner of now). Not
-         * on liveness alone: right after this node was stopped (SIGSTOP)
-         * every member looks silent, and a copy ended then lost what a
-         * member's outbox held for it (chaos seed 11950 with --hold 15,60:
-         * the forwards came 1 ms after the copy ended). */
+        /* a flushing copy whose new owner is not live, once the session
+         * has a later owner than that one, ends (moving_end sends what it
+         * holds to the owner of now). Not on liveness alone: right after
+         * this node was stopped (SIGSTOP) every member looks silent, and a
+         * copy ended then lost what a member's outbox held for it (chaos
+         * seed 11950 with --hold 15,60: the forwards came 1 ms after the
+         * copy ended); and an owner that does not reach this node may
+         * still be reached from it (the outbox sends when it can). */
         bool moved_on = x->flushing && !x->routed && !to_live && owner_after(cn, x);
         if (over && (moved_on || members_clear(x, clears, n_clears, now))) {
             *pp = x->next;
@@ -4806,7 +4807,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
             ending = x;
             continue;
         }
-        if ((x->routed || (x->flushing && to_live)) && !hold && n_flush < LATE_FLUSH_MAX) {
+        if ((x->routed || x->flushing) && !hold && n_flush < LATE_FLUSH_MAX) {
             bool own = x->flushing && !x->routed;
             flush[n_flush++] = (struct late_flush){
                 .s = session_ref(x->s),
