@@ -4685,18 +4685,22 @@ static bool member_live(const struct member_clear *m, unsigned n, uint64_t node)
     return false;
 }
 
+/* The first member of m[0..n) not clear for x's clear_index (0: none). */
+static uint64_t member_waited(const struct cn_moving *x, const struct member_clear *m, unsigned n)
+{
+    for (unsigned i = 0; x->clear_index && i < n; i++)
+        if (m[i].clear < x->clear_index)
+            return m[i].node;
+    return 0;
+}
+
 /* Whether copy x, routed or flushing, its time over, may end: every
  * member of m[0..n) is clear for its clear_index, or COPY_CLEAR_CAP_MS has
  * passed since its time ended. Under cn->reg_mu. */
 static bool members_clear(struct cn_moving *x, const struct member_clear *m, unsigned n,
                           uint64_t now)
 {
-    if (!x->graced || !x->clear_index)
-        return true;
-    uint64_t waits = 0;
-    for (unsigned i = 0; i < n && !waits; i++)
-        if (m[i].clear < x->clear_index)
-            waits = m[i].node;
+    uint64_t waits = x->graced ? member_waited(x, m, n) : 0;
     if (!waits)
         return true;
     if (!x->clear_cap_ms)
@@ -4762,7 +4766,6 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
             x->until_ms = now + LATE_GRACE_MS;
         }
         bool over = x->until_ms <= now && !hold && settled;
-        bool to_live = member_live(clears, n_clears, x->to);
         /* a copy not routed, moving to another node, that a member may
          * still send forwards for (cut off, stopped or down: routed with
          * tables older than the copy's start), stays and passes on what it
@@ -4773,24 +4776,19 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
          * for_a_restarted_node_reach_its_sessions_new_owner_after_a_long_
          * cut). Its bound (the owners rule, as when it ends) is set first
          * (the judge list, before the flushes). */
-        if (over && !x->routed && !x->graced && x->to != cn->self && x->clear_index &&
-            n_judge < MOVING_JUDGE_MAX) {
-            x->graced = true;
-            if (members_clear(x, clears, n_clears, now)) {
-                x->graced = false;
-            } else {
-                x->flushing = true;
-                lock_acquire(&x->s->lock);
-                bool known = x->now || x->known || x->s->epoch != 0;
-                lock_release(&x->s->lock);
-                if (known) {
-                    judge[n_judge] = session_ref(x->s);
-                    judge_to[n_judge++] = x->to;
-                }
-                log_debug("cluster: the old copy of '%s' stays past its time, passing on what "
-                          "it collects: a member may still send forwards for it (entry %llu)",
-                          x->s->client_id, (unsigned long long)x->clear_index);
+        if (over && !x->routed && !x->graced && x->to != cn->self && n_judge < MOVING_JUDGE_MAX &&
+            member_waited(x, clears, n_clears)) {
+            x->graced = x->flushing = true;
+            lock_acquire(&x->s->lock);
+            bool known = x->now || x->known || x->s->epoch != 0;
+            lock_release(&x->s->lock);
+            if (known) {
+                judge[n_judge] = session_ref(x->s);
+                judge_to[n_judge++] = x->to;
             }
+            log_debug("cluster: the old copy of '%s' stays past its time, passing on what it "
+                      "collects: a member may still send forwards for it (entry %llu)",
+                      x->s->client_id, (unsigned long long)x->clear_index);
         }
         /* a flushing copy whose new owner is not live, once the session
          * has a later owner than that one, ends (moving_end sends what it
@@ -4800,7 +4798,8 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
          * seed 11950 with --hold 15,60: the forwards came 1 ms after the
          * copy ended); and an owner that does not reach this node may
          * still be reached from it (the outbox sends when it can). */
-        bool moved_on = x->flushing && !x->routed && !to_live && owner_after(cn, x);
+        bool moved_on = x->flushing && !x->routed && !member_live(clears, n_clears, x->to) &&
+                        owner_after(cn, x);
         if (over && (moved_on || members_clear(x, clears, n_clears, now))) {
             *pp = x->next;
             x->next = ending;
