@@ -290,6 +290,17 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s);
  * resends wait for (session.blind_node); prev_epoch: that owner's claim
  * (0: not known; session.blind_epoch); prev_none_kept: that owner said it
  * kept nothing of id (SessionState.none_kept; session.blind_none_kept). */
+/* s, a stored copy that the registry names this node's claim `epoch` (the
+ * start-up pass, or a request before it): when s is a copy of an older
+ * claim, and the record names another node's claim since, that claim of
+ * this node was lost in a stop (killed while it waited for its old owner's
+ * state) and s stands in for it: its client's resends (DUP 1) wait for
+ * the QoS 2 ids of that owner, as a session resumed from the record does.
+ * Before, s waited for nobody's: the next owner, handed s's state, took a
+ * resend of what that owner had for new (chaos seed 12000 with --resend
+ * --more --no-lb --links --overlap: 1 QoS 2 message twice at 3
+ * subscribers). s->lock not held. */
+void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t epoch);
 struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len,
                                        uint64_t prev, uint64_t prev_epoch, bool prev_none_kept);
 /* The old owner: s (taken out of the table, with its reference) sent its

@@ -310,6 +310,34 @@ static Starling__Cmd__SessionRecord *record_read(struct cluster_node *cn, const 
     return rec;
 }
 
+/* The node whose QoS 2 ids a session resumed from rec waits for (0: none),
+ * *epoch its copy's claim (0: not known): the registry's owner before the
+ * claim (prev), the client's last node, when it is another node (a claim
+ * that died before it wrote its record, or the record's own node); else
+ * the record's node; else, a record of this node's own (this node's
+ * claim's session lost in a kill before its store had it: claim_won,
+ * adopt_lost), the owner before it in the record, which may have taken
+ * the resend and handed its ids to the session that was lost (chaos seed
+ * 9812 with --resend) */
+static uint64_t record_blind(struct cluster_node *cn, const Starling__Cmd__SessionRecord *rec,
+                             uint64_t prev, uint64_t prev_epoch, uint64_t *epoch)
+{
+    *epoch = 0;
+    if (prev && prev != cn->self) {
+        *epoch = prev_epoch;
+        return prev;
+    }
+    /* (its epoch not known: the record may lag behind a later claim of
+     * that node, and the owners list keeps a node's first claim of a run
+     * only) */
+    if (rec->node != cn->self)
+        return rec->node;
+    for (size_t i = rec->n_owners; i > 0; i--)
+        if (rec->owners[i - 1]->node != cn->self)
+            return rec->owners[i - 1]->node;
+    return 0;
+}
+
 struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len,
                                        uint64_t prev, uint64_t prev_epoch, bool prev_none_kept)
 {
@@ -347,27 +375,8 @@ struct session *cn_session_from_record(struct cluster_node *cn, const char *id, 
          * waits for them a while (its old node may have taken it, and
          * delivers it itself: a stalled node that completes its commit
          * once it runs again; handle_publish_park) */
-        /* the registry's owner before this claim (prev), the client's
-         * last node, when it is another node (a claim that died before it
-         * wrote its record, or the record's own node); else the record's
-         * node; else, a record of this node's own (this node's claim's
-         * session lost in a kill before its store had it: claim_won,
-         * adopt_lost), the owner before it in the record, which may have
-         * taken the resend and handed its ids to the session that was lost
-         * (chaos seed 9812 with --resend) */
-        uint64_t blind = 0, blind_epoch = 0;
-        if (prev && prev != cn->self) {
-            blind = prev;
-            blind_epoch = prev_epoch;
-        } else if (rec->node != cn->self) {
-            /* (its epoch not known: the record may lag behind a later
-             * claim of that node, and the owners list keeps a node's
-             * first claim of a run only) */
-            blind = rec->node;
-        }
-        for (size_t i = rec->n_owners; !blind && i > 0; i--)
-            if (rec->owners[i - 1]->node != cn->self)
-                blind = rec->owners[i - 1]->node;
+        uint64_t blind_epoch = 0;
+        uint64_t blind = record_blind(cn, rec, prev, prev_epoch, &blind_epoch);
         if (blind && CN_RESEND_KNOW_MS(cn) != 0) {
             s->blind_until = broker_now_mono_ms() + CN_RESEND_KNOW_MS(cn);
             s->blind_node = blind;
@@ -2921,6 +2930,43 @@ static bool caught_up(struct cluster_node *cn)
 }
 
 /* The user name of id's session record (malloc'ed), or NULL. */
+void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t epoch)
+{
+    Starling__Cmd__SessionRecord *rec = record_read(cn, s->client_id, s->id_len);
+    if (!rec)
+        return;
+    uint64_t blind_epoch = 0, blind = 0, stored = 0;
+    lock_acquire(&s->lock);
+    stored = s->stored_epoch;
+    /* another node's claim came after the copy's: its record says so */
+    if (stored && stored < epoch && rec->epoch > stored && CN_RESEND_KNOW_MS(cn) != 0)
+        blind = record_blind(cn, rec, 0, 0, &blind_epoch);
+    /* the record's claim, that node's copy of which the claim lost here
+     * would have asked for: its ids, relayed by a node its frames reach
+     * first, answer the wait as that copy's (wait_answered_by) */
+    if (blind && blind == rec->node)
+        blind_epoch = rec->epoch;
+    if (blind) {
+        s->blind_until = broker_now_mono_ms() + CN_RESEND_KNOW_MS(cn);
+        s->blind_node = blind;
+        s->blind_epoch = blind_epoch;
+        s->blind_said_none = s->blind_none_kept = false;
+        free(s->told_ids);
+        s->told_ids = NULL;
+        s->n_told = 0;
+        s->told = false;
+        s->wait_dirty = true;
+    }
+    lock_release(&s->lock);
+    if (blind)
+        log_info("cluster: the stored copy of '%s' (claim %llu) stands in for this node's claim "
+                 "%llu, lost in a stop: its client's resends wait for the QoS 2 ids of %016llx, "
+                 "an owner since",
+                 s->client_id, (unsigned long long)stored, (unsigned long long)epoch,
+                 (unsigned long long)blind);
+    starling__cmd__session_record__free_unpacked(rec, NULL);
+}
+
 static char *record_user(struct cluster_node *cn, const char *id, uint16_t len)
 {
     Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
@@ -3014,7 +3060,8 @@ static void restart_pass(struct cluster_node *cn)
                  * once. Before, those came twice (test_faults.py::test_
                  * stored_copy_standing_in_for_the_claims_session_hands_on_
                  * what_it_took[2-True]: 5 of 5 QoS 2 duplicates). */
-                if (s->epoch == 0 && s->stored_epoch && s->stored_epoch < epoch)
+                bool stand_in = s->epoch == 0 && s->stored_epoch && s->stored_epoch < epoch;
+                if (stand_in)
                     session_seen_start(s, broker_now_mono_ms());
                 if (s->epoch == 0)
                     s->epoch = epoch;
@@ -3024,6 +3071,8 @@ static void restart_pass(struct cluster_node *cn)
                 }
                 lock_release(&s->lock);
                 free(user);
+                if (stand_in)
+                    cn_session_stand_in(cn, s, epoch);
             } else {
                 /* taken over while this node was down; a claim that said
                  * its claimant stores the session first (the registry

@@ -84,6 +84,15 @@ def resume(node):
     node.paused = False
 
 
+def hears(node, other):
+    """node serves its API and lists `other` as reachable."""
+    try:
+        st, doc = node.http("GET", "/api/v1/cluster", timeout=2)
+    except OSError:
+        return False
+    return st == 200 and any(x["name"] == other.name and x["reachable"] for x in doc["nodes"])
+
+
 def node_healthy(node, cluster):
     """Health 200 and every node of `cluster` listed as reachable."""
     if node.health() != 200:

@@ -4864,13 +4864,8 @@ def test_stored_copy_that_the_start_up_pass_names_the_claims_keeps_the_session(c
     start = len(a.logtext())
     a.start()
 
-    def hears_b():  # A serves and hears B (B's claim below asks it)
-        try:
-            st, doc = a.http("GET", "/api/v1/cluster", timeout=2)
-        except OSError:
-            return False
-        return st == 200 and any(x["name"] == b.name and x["reachable"] for x in doc["nodes"])
-    wait_until(hears_b, 30, f"{a.name} serving and hearing {b.name}")
+    # A serves and hears B (B's claim below asks it)
+    wait_until(lambda: faults.hears(a, b), 30, f"{a.name} serving and hearing {b.name}")
     pass_done = "cluster: start-up pass over"
     got = {}
     pause(b)
@@ -4970,13 +4965,7 @@ def test_stored_copy_standing_in_for_the_claims_session_hands_on_what_it_took(cl
     start = len(a.logtext())
     a.start()
 
-    def hears_b():
-        try:
-            st, doc = a.http("GET", "/api/v1/cluster", timeout=2)
-        except OSError:
-            return False
-        return st == 200 and any(x["name"] == b.name and x["reachable"] for x in doc["nodes"])
-    wait_until(hears_b, 30, f"{a.name} serving and hearing {b.name}")
+    wait_until(lambda: faults.hears(a, b), 30, f"{a.name} serving and hearing {b.name}")
     p = PahoClient(a, uid("standinp"), 5)
     p.connect()
     pass_done = "cluster: start-up pass over"

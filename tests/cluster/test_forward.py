@@ -1296,6 +1296,58 @@ def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_it
     resend_was_had(sub, a, WAIT_S)  # "taken" came once, before the kills
 
 
+def test_a_resend_to_a_stored_copy_standing_in_for_a_lost_claim_waits_for_the_owner_before(
+        cluster_factory, tmp_path):
+    """Chaos seed 12000 with --resend --more --no-lb --links --overlap (1
+    QoS 2 message delivered twice at 3 subscribers, every node SIGKILLed),
+    made deterministic. A persistent QoS 2 publisher's session was on node
+    b, then moved to node a; b's old copy is still in b's store (the old
+    copies of moved sessions held, STARLING_TEST_MOVING_HOLD). a stores
+    the publisher's message and sends PUBREC, which is lost, and a stalls.
+    The client's claim on b commits while b asks a for the session, and b
+    and then a are SIGKILLed. b starts again (a stays down): the registry
+    names b, and its start-up pass names the old stored copy the lost
+    claim's session. The client resumes its session on cn, which gets that
+    copy's state, and resends the PUBLISH there (DUP 1). a's copy holds the
+    id: cn must hold the resend until a is back and tells it, and then
+    acknowledge it as received without delivering it again. Before, the
+    stand-in carried no wait for a's ids: cn took the resend for new."""
+    WAIT_S = 30.0
+    moving = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(moving),
+                                   "STARLING_LOG_LEVEL": "debug"})
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    topic = uid("fwd/standin")
+    sub = subscriber(cn, 2, topic)
+    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
+    persistent_qos2_publisher(c, b, pub_id, props, WAIT_S).disconnect()
+    moving.touch()  # b's copy, claimed away, stays in its store
+    p = resumed_elsewhere(a, pub_id, props, WAIT_S)
+    left = f"the session of '{pub_id}' moved to {faults.node_id(a):016x}"
+    wait_for(lambda: left in b.logtext(), WAIT_S, f"b letting its copy of {pub_id} go")
+    wait_for(lambda: faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(a), WAIT_S,
+             f"the record of {pub_id} naming a")
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    faults.pause(a)
+    p.close()
+    claim_committed_then_killed(a, b, cn, pub_id, props, WAIT_S)
+    moving.unlink()
+    start = len(b.logtext())
+    b.start()
+    wait_for(lambda: "cluster: start-up pass over" in b.logtext()[start:], WAIT_S,
+             "b's start-up pass")
+    # cn asks b for the session (taken for down, b would not be asked)
+    wait_for(lambda: faults.hears(cn, b), WAIT_S, "cn hearing b")
+    q = resumed_elsewhere(cn, pub_id, props, WAIT_S, tries=5)
+    assert f"the session of '{pub_id}' moved here" in cn.logtext()  # b's stand-in's state
+    resend_held(q, cn, topic, b"taken", WAIT_S)  # while a is down
+    a.start()
+    resent_then_after(q, topic, WAIT_S, held=True)
+    resend_was_had(sub, cn, WAIT_S)  # "taken" came once, before the kills
+
+
 @pytest.mark.parametrize("stalled", [False, True], ids=["", "from_record"])
 @pytest.mark.parametrize("then", ["resent", "released"])
 def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(cluster_factory,
