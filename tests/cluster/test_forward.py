@@ -1296,8 +1296,9 @@ def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_it
     resend_was_had(sub, a, WAIT_S)  # "taken" came once, before the kills
 
 
+@pytest.mark.parametrize("asked", ["after_pass", "before_pass"])
 def test_a_resend_to_a_stored_copy_standing_in_for_a_lost_claim_waits_for_the_owner_before(
-        cluster_factory, tmp_path):
+        cluster_factory, tmp_path, asked):
     """Chaos seed 12000 with --resend --more --no-lb --links --overlap (1
     QoS 2 message delivered twice at 3 subscribers, every node SIGKILLed),
     made deterministic. A persistent QoS 2 publisher's session was on node
@@ -1306,14 +1307,17 @@ def test_a_resend_to_a_stored_copy_standing_in_for_a_lost_claim_waits_for_the_ow
     the publisher's message and sends PUBREC, which is lost, and a stalls.
     The client's claim on b commits while b asks a for the session, and b
     and then a are SIGKILLed. b starts again (a stays down): the registry
-    names b, and its start-up pass names the old stored copy the lost
-    claim's session. The client resumes its session on cn, which gets that
-    copy's state, and resends the PUBLISH there (DUP 1). a's copy holds the
-    id: cn must hold the resend until a is back and tells it, and then
-    acknowledge it as received without delivering it again. Before, the
-    stand-in carried no wait for a's ids: cn took the resend for new."""
+    names b, and the old stored copy stands in for the lost claim's
+    session, named so by b's start-up pass (`after_pass`), or by cn's
+    request for it, which comes before that pass (held:
+    STARLING_TEST_PASS_HOLD, `before_pass`). The client resumes its
+    session on cn, which gets that copy's state, and resends the PUBLISH
+    there (DUP 1). a's copy holds the id: cn must hold the resend until a
+    is back and tells it, and then acknowledge it as received without
+    delivering it again. Before, the stand-in carried no wait for a's ids:
+    cn took the resend for new."""
     WAIT_S = 30.0
-    moving = tmp_path / "moving-hold"
+    moving, held = tmp_path / "moving-hold", tmp_path / "pass-hold"
     c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(moving),
                                    "STARLING_LOG_LEVEL": "debug"})
     c.start()
@@ -1334,15 +1338,22 @@ def test_a_resend_to_a_stored_copy_standing_in_for_a_lost_claim_waits_for_the_ow
     p.close()
     claim_committed_then_killed(a, b, cn, pub_id, props, WAIT_S)
     moving.unlink()
-    start = len(b.logtext())
-    b.start()
-    wait_for(lambda: "cluster: start-up pass over" in b.logtext()[start:], WAIT_S,
-             "b's start-up pass")
-    # cn asks b for the session (taken for down, b would not be asked)
-    wait_for(lambda: faults.hears(cn, b), WAIT_S, "cn hearing b")
-    q = resumed_elsewhere(cn, pub_id, props, WAIT_S, tries=5)
-    assert f"the session of '{pub_id}' moved here" in cn.logtext()  # b's stand-in's state
-    resend_held(q, cn, topic, b"taken", WAIT_S)  # while a is down
+    if asked == "before_pass":
+        node_env(b, STARLING_TEST_PASS_HOLD=str(held))
+        held.touch()
+    try:
+        start = len(b.logtext())
+        b.start()
+        ready = "cluster: start-up pass over" if asked == "after_pass" else \
+            "the store is loaded: requests for stored sessions are answered"
+        wait_for(lambda: ready in b.logtext()[start:], WAIT_S, f"b: {ready}")
+        # cn asks b for the session (taken for down, b would not be asked)
+        wait_for(lambda: faults.hears(cn, b), WAIT_S, "cn hearing b")
+        q = resumed_elsewhere(cn, pub_id, props, WAIT_S, tries=5)
+        assert f"the session of '{pub_id}' moved here" in cn.logtext()  # the stand-in's state
+        resend_held(q, cn, topic, b"taken", WAIT_S)  # while a is down
+    finally:
+        held.unlink(missing_ok=True)
     a.start()
     resent_then_after(q, topic, WAIT_S, held=True)
     resend_was_had(sub, cn, WAIT_S)  # "taken" came once, before the kills
