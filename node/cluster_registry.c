@@ -1732,10 +1732,15 @@ void cn_registry_on_state(struct cluster_node *cn, uint64_t from,
      * applied (acknowledged once committed). The registry gives the
      * session to this node already (the claim committed before it asked),
      * so after a SIGKILL it comes back with this node's sessions; its
-     * claim's own write (registry_local_claim) writes the same again. */
+     * claim's own write (registry_local_claim) writes the same again. The
+     * record names the claim (the session learns its epoch later,
+     * claim_route_incoming): a restart before that write tells this copy
+     * from an older one of this node standing in for a later claim lost
+     * in a stop (cn_session_stand_in). Before, it named none ("stored 0"),
+     * and such an older copy was not recognised. */
     struct store_batch *bt = NULL;
     if (sq && persist_wanted(cn->b, s)) {
-        persist_session_put(cn->b, &bt, s, false);
+        persist_session_put_claim(cn->b, &bt, s, k->epoch);
         persist_session_contents(cn->b, &bt, s);
     }
     lock_release(&s->lock);

@@ -82,8 +82,8 @@ static uint64_t real_ms_of(uint64_t mono)
     return now_real - (now_mono - mono);
 }
 
-void persist_session_put(const struct broker *br, struct store_batch **bt, struct session *s,
-                         bool connected)
+static void session_put(const struct broker *br, struct store_batch **bt, struct session *s,
+                        bool connected, uint64_t epoch)
 {
     assert(lock_held(&s->lock));
     struct store_batch *b = persist_batch(br, bt);
@@ -147,7 +147,7 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
          * was down or stopped still knows, after a restart, which owners
          * came after it (docs/cluster.md, *A stored copy's claim across a
          * restart*) */
-        .epoch = s->epoch ? s->epoch : s->stored_epoch,
+        .epoch = epoch,
     };
     /* its wait for an old owner's QoS 2 ids (cluster), so that a restart
      * during it keeps it: what the ids answer, or that they have not come
@@ -171,6 +171,18 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
     if (subs != stack)
         free(subs);
     free(seen);
+}
+
+void persist_session_put(const struct broker *br, struct store_batch **bt, struct session *s,
+                         bool connected)
+{
+    session_put(br, bt, s, connected, s->epoch ? s->epoch : s->stored_epoch);
+}
+
+void persist_session_put_claim(const struct broker *br, struct store_batch **bt,
+                               struct session *s, uint64_t epoch)
+{
+    session_put(br, bt, s, false, epoch);
 }
 
 void persist_session_del(const struct broker *br, struct store_batch **bt, struct session *s)

@@ -1296,6 +1296,73 @@ def test_a_resend_to_a_session_whose_old_claimant_kept_nothing_is_answered_by_it
     resend_was_had(sub, a, WAIT_S)  # "taken" came once, before the kills
 
 
+def standin_cluster(cluster_factory, tmp_path, wait_s, **b_env):
+    """A cluster whose old copies of moved sessions stay while
+    tmp_path/moving-hold exists (STARLING_TEST_MOVING_HOLD), debug logs,
+    node b with b_env; a QoS 2 subscriber on cn, and the persistent QoS 2
+    publisher's session made on b: (c, topic, sub, pub_id, props, moving)."""
+    moving = tmp_path / "moving-hold"
+    c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(moving),
+                                   "STARLING_LOG_LEVEL": "debug"})
+    node_env(c.nodes[1], **b_env)
+    c.start()
+    c.wait_healthy()
+    a, b, cn = c.nodes
+    topic = uid("fwd/standin")
+    sub = subscriber(cn, 2, topic)
+    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
+    persistent_qos2_publisher(c, b, pub_id, props, wait_s).disconnect()
+    return c, topic, sub, pub_id, props, moving
+
+
+def moved_from_b_to_a(c, pub_id, props, wait_s):
+    """pub_id's client resumes its session on a, taking it from b (whose
+    old copy stays while the moving hold exists); once the record names a,
+    its raw client."""
+    a, b, cn = c.nodes
+    p = resumed_elsewhere(a, pub_id, props, wait_s)
+    left = f"the session of '{pub_id}' moved to {faults.node_id(a):016x}"
+    wait_for(lambda: left in b.logtext(), wait_s, f"b letting its copy of {pub_id} go")
+    wait_for(lambda: faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(a), wait_s,
+             f"the record of {pub_id} naming a")
+    return p
+
+
+def standin_resend_once(c, topic, sub, pub_id, props, p, moving, wait_s, held=None):
+    """The publisher p on a: a takes its message b"taken" (PUBREC lost) and
+    stalls; the client's claim on b commits and asks a; b, then a, are
+    SIGKILLed. b starts again (its start-up pass held while `held`, a
+    path, exists; then cn's request for the session comes before the
+    pass), the client resumes on cn and resends there: held until a is
+    back, then answered as had, and the subscriber gets b"taken" once."""
+    a, b, cn = c.nodes
+    taken_and_acknowledged(p, sub, topic, wait_s)
+    faults.pause(a)
+    p.close()
+    claim_committed_then_killed(a, b, cn, pub_id, props, wait_s)
+    moving.unlink()
+    if held:
+        node_env(b, STARLING_TEST_PASS_HOLD=str(held))
+        held.touch()
+    try:
+        start = len(b.logtext())
+        b.start()
+        ready = "the store is loaded: requests for stored sessions are answered" if held else \
+            "cluster: start-up pass over"
+        wait_for(lambda: ready in b.logtext()[start:], wait_s, f"b: {ready}")
+        # cn asks b for the session (taken for down, b would not be asked)
+        wait_for(lambda: faults.hears(cn, b), wait_s, "cn hearing b")
+        q = resumed_elsewhere(cn, pub_id, props, wait_s, tries=5)
+        assert f"the session of '{pub_id}' moved here" in cn.logtext()  # the stand-in's state
+        resend_held(q, cn, topic, b"taken", wait_s)  # while a is down
+    finally:
+        if held:
+            held.unlink(missing_ok=True)
+    a.start()
+    resent_then_after(q, topic, wait_s, held=True)
+    resend_was_had(sub, cn, wait_s)  # "taken" came once, before the kills
+
+
 @pytest.mark.parametrize("asked", ["after_pass", "before_pass"])
 def test_a_resend_to_a_stored_copy_standing_in_for_a_lost_claim_waits_for_the_owner_before(
         cluster_factory, tmp_path, asked):
@@ -1317,46 +1384,49 @@ def test_a_resend_to_a_stored_copy_standing_in_for_a_lost_claim_waits_for_the_ow
     delivering it again. Before, the stand-in carried no wait for a's ids:
     cn took the resend for new."""
     WAIT_S = 30.0
-    moving, held = tmp_path / "moving-hold", tmp_path / "pass-hold"
-    c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(moving),
-                                   "STARLING_LOG_LEVEL": "debug"})
-    c.start()
-    c.wait_healthy()
-    a, b, cn = c.nodes
-    topic = uid("fwd/standin")
-    sub = subscriber(cn, 2, topic)
-    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
-    persistent_qos2_publisher(c, b, pub_id, props, WAIT_S).disconnect()
+    c, topic, sub, pub_id, props, moving = standin_cluster(cluster_factory, tmp_path, WAIT_S)
     moving.touch()  # b's copy, claimed away, stays in its store
-    p = resumed_elsewhere(a, pub_id, props, WAIT_S)
-    left = f"the session of '{pub_id}' moved to {faults.node_id(a):016x}"
-    wait_for(lambda: left in b.logtext(), WAIT_S, f"b letting its copy of {pub_id} go")
-    wait_for(lambda: faults.tables(cn)["record_node"].get(pub_id) == faults.node_id(a), WAIT_S,
-             f"the record of {pub_id} naming a")
-    taken_and_acknowledged(p, sub, topic, WAIT_S)
-    faults.pause(a)
-    p.close()
-    claim_committed_then_killed(a, b, cn, pub_id, props, WAIT_S)
-    moving.unlink()
-    if asked == "before_pass":
-        node_env(b, STARLING_TEST_PASS_HOLD=str(held))
-        held.touch()
+    p = moved_from_b_to_a(c, pub_id, props, WAIT_S)
+    standin_resend_once(c, topic, sub, pub_id, props, p, moving, WAIT_S,
+                        tmp_path / "pass-hold" if asked == "before_pass" else None)
+
+
+def test_a_stand_in_whose_session_came_with_its_state_is_known_after_a_restart(
+        cluster_factory, tmp_path):
+    """As the test above, but b's old copy is a session that came to b with
+    its state (from a), and b was killed before its claim stored it again
+    (STARLING_TEST_FOLD_CUT "ended": b's claim folds its own older copy,
+    held, and b ends there); started again, b named it that claim's
+    session. Its record is the one written when the state came. Before,
+    that record named no claim ("stored 0"), and at b's next start the
+    copy, standing in for the lost claim, was not taken for one: cn took
+    the resend for new. Now it names the claim the state came for."""
+    WAIT_S = 30.0
+    cut = tmp_path / "fold-cut"
+    c, topic, sub, pub_id, props, moving = standin_cluster(cluster_factory, tmp_path, WAIT_S,
+                                                           STARLING_TEST_FOLD_CUT=str(cut))
+    a, b, cn = c.nodes
+    moving.touch()
+    moved_from_b_to_a(c, pub_id, props, WAIT_S).disconnect()
+    # back to b, which takes a's state (stored at once) and is cut before
+    # its claim stores the session
+    cut.write_text("ended")
+    x = mqttraw.Client(b)
     try:
-        start = len(b.logtext())
-        b.start()
-        ready = "cluster: start-up pass over" if asked == "after_pass" else \
-            "the store is loaded: requests for stored sessions are answered"
-        wait_for(lambda: ready in b.logtext()[start:], WAIT_S, f"b: {ready}")
-        # cn asks b for the session (taken for down, b would not be asked)
-        wait_for(lambda: faults.hears(cn, b), WAIT_S, "cn hearing b")
-        q = resumed_elsewhere(cn, pub_id, props, WAIT_S, tries=5)
-        assert f"the session of '{pub_id}' moved here" in cn.logtext()  # the stand-in's state
-        resend_held(q, cn, topic, b"taken", WAIT_S)  # while a is down
+        x.connect(pub_id, clean=False, properties=props, expect=False)
+        wait_for(lambda: b.proc.poll() is not None, WAIT_S, "b cut within its claim")
     finally:
-        held.unlink(missing_ok=True)
-    a.start()
-    resent_then_after(q, topic, WAIT_S, held=True)
-    resend_was_had(sub, cn, WAIT_S)  # "taken" came once, before the kills
+        x.close()
+        cut.unlink()
+    assert "cut at 'ended' of its fold" in b.logtext()
+    b.stop()
+    start = len(b.logtext())
+    b.start()
+    wait_for(lambda: "cluster: start-up pass over" in b.logtext()[start:], WAIT_S,
+             "b's start-up pass")
+    wait_for(lambda: faults.hears(a, b), WAIT_S, "a hearing b")
+    p = moved_from_b_to_a(c, pub_id, props, WAIT_S)
+    standin_resend_once(c, topic, sub, pub_id, props, p, moving, WAIT_S)
 
 
 @pytest.mark.parametrize("stalled", [False, True], ids=["", "from_record"])
