@@ -284,12 +284,6 @@ void cn_session_ended(void *ud, struct session *s);
 /* Queue s's SessionRecord (its epoch, subscriptions, expiry, user) with the
  * route changes; an expiry of 0 deletes a record that exists. */
 void cn_session_record_queue(struct cluster_node *cn, struct session *s);
-/* A session built from the replicated record of id (not in the table, one
- * reference), or NULL when there is none. prev: the registry's owner
- * before the claim it is for (0: not known), whose QoS 2 ids its client's
- * resends wait for (session.blind_node); prev_epoch: that owner's claim
- * (0: not known; session.blind_epoch); prev_none_kept: that owner said it
- * kept nothing of id (SessionState.none_kept; session.blind_none_kept). */
 /* s, a stored copy that the registry names this node's claim `epoch` (the
  * start-up pass, or a request before it): when s is a copy of an older
  * claim, and the record names another node's claim since, that claim of
@@ -301,6 +295,12 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s);
  * --more --no-lb --links --overlap: 1 QoS 2 message twice at 3
  * subscribers). s->lock not held. */
 void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t epoch);
+/* A session built from the replicated record of id (not in the table, one
+ * reference), or NULL when there is none. prev: the registry's owner
+ * before the claim it is for (0: not known), whose QoS 2 ids its client's
+ * resends wait for (session.blind_node); prev_epoch: that owner's claim
+ * (0: not known; session.blind_epoch); prev_none_kept: that owner said it
+ * kept nothing of id (SessionState.none_kept; session.blind_none_kept). */
 struct session *cn_session_from_record(struct cluster_node *cn, const char *id, uint16_t len,
                                        uint64_t prev, uint64_t prev_epoch, bool prev_none_kept);
 /* The old owner: s (taken out of the table, with its reference) sent its

@@ -2929,7 +2929,6 @@ static bool caught_up(struct cluster_node *cn)
     return fsm_applied(cn->fsm) >= cn->restart_target;
 }
 
-/* The user name of id's session record (malloc'ed), or NULL. */
 void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t epoch)
 {
     Starling__Cmd__SessionRecord *rec = record_read(cn, s->client_id, s->id_len);
@@ -2967,6 +2966,7 @@ void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t ep
     starling__cmd__session_record__free_unpacked(rec, NULL);
 }
 
+/* The user name of id's session record (malloc'ed), or NULL. */
 static char *record_user(struct cluster_node *cn, const char *id, uint16_t len)
 {
     Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);

@@ -179,8 +179,8 @@ void persist_session_put(const struct broker *br, struct store_batch **bt, struc
     session_put(br, bt, s, connected, s->epoch ? s->epoch : s->stored_epoch);
 }
 
-void persist_session_put_claim(const struct broker *br, struct store_batch **bt,
-                               struct session *s, uint64_t epoch)
+void persist_session_put_claim(const struct broker *br, struct store_batch **bt, struct session *s,
+                               uint64_t epoch)
 {
     session_put(br, bt, s, false, epoch);
 }

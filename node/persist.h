@@ -59,8 +59,8 @@ void persist_session_put(const struct broker *b, struct store_batch **bt, struct
 /* persist_session_put of an offline session whose record names claim
  * `epoch` (cluster: a session that came with its state, its own epoch not
  * set yet). s->lock held. */
-void persist_session_put_claim(const struct broker *b, struct store_batch **bt,
-                               struct session *s, uint64_t epoch);
+void persist_session_put_claim(const struct broker *b, struct store_batch **bt, struct session *s,
+                               uint64_t epoch);
 /* Delete the session record with its messages and QoS 2 ids. s->lock held. */
 void persist_session_del(const struct broker *b, struct store_batch **bt, struct session *s);
 /* A message for s (state: enum msg_state). s->lock held. */
