@@ -1439,6 +1439,23 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
     if (!s) { /* a stored copy that the start-up pass found claimed away */
         s = cn_moving_take(cn, id, len, from, req_epoch);
         known = s != NULL;
+        /* The claim before the requester's was this node's (claims of an
+         * id follow one another, claim_propose, and the requester asked
+         * the registry's owner): a copy of an older claim stands in for
+         * that one, lost in a stop. It was claimed away as this node
+         * caught up, before its start-up pass named it (the pass does
+         * otherwise, restart_pass), and hands on its wait for the owner
+         * since, as the stand-in does (test_forward.py::test_a_resend_to_
+         * a_stored_copy_standing_in_for_a_lost_claim_waits_for_the_owner_
+         * before[before_pass], 1 of 2 runs under load: the request found
+         * the copy moving out). */
+        if (s) {
+            lock_acquire(&s->lock);
+            uint64_t own = s->epoch ? s->epoch : s->stored_epoch;
+            lock_release(&s->lock);
+            if (own && own + 1 < req_epoch)
+                cn_session_stand_in(cn, s, req_epoch - 1);
+        }
     }
     /* none, the store loaded, no claim of id running here (a held request
      * answered at its time's end, or not held for want of memory): this

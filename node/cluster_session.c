@@ -1617,6 +1617,21 @@ static uint16_t *own_moved_waited(struct cluster_node *cn, uint64_t from,
     return ids;
 }
 
+/* s (s->lock held) waits for node's copy's QoS 2 ids of claim `epoch` (0:
+ * not known) until `until` (monotonic ms), nothing told yet. */
+static void wait_begin(struct session *s, uint64_t node, uint64_t epoch, uint64_t until)
+{
+    s->blind_node = node;
+    s->blind_epoch = epoch;
+    s->blind_until = until;
+    s->blind_said_none = s->blind_none_kept = false;
+    free(s->told_ids);
+    s->told_ids = NULL;
+    s->n_told = 0;
+    s->told = false;
+    s->wait_dirty = true;
+}
+
 /* s's wait (s->lock held) goes on to node's copy of claim `epoch`,
  * until `until` (monotonic ms): what was told goes (not complete), the
  * PUBRELs a[0..na) and b[0..nb) that came during the waits before count
@@ -1627,15 +1642,7 @@ static uint32_t *wait_moved(struct session *s, uint64_t node, uint64_t epoch, ui
                             size_t *n_rel)
 {
     uint64_t now = broker_now_mono_ms();
-    s->blind_node = node;
-    s->blind_epoch = epoch;
-    s->blind_until = until > now ? until : now + 1;
-    s->blind_said_none = s->blind_none_kept = false;
-    free(s->told_ids);
-    s->told_ids = NULL;
-    s->n_told = 0;
-    s->told = false;
-    s->wait_dirty = true;
+    wait_begin(s, node, epoch, until > now ? until : now + 1);
     for (size_t i = 0; i < na + nb; i++) {
         uint32_t pid = i < na ? a[i] : b[i - na];
         if (pid >= 1 && pid <= 65535 && !session_blind_was_released(s, (uint16_t)pid))
@@ -2945,17 +2952,8 @@ void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t ep
      * first, answer the wait as that copy's (wait_answered_by) */
     if (blind && blind == rec->node)
         blind_epoch = rec->epoch;
-    if (blind) {
-        s->blind_until = broker_now_mono_ms() + CN_RESEND_KNOW_MS(cn);
-        s->blind_node = blind;
-        s->blind_epoch = blind_epoch;
-        s->blind_said_none = s->blind_none_kept = false;
-        free(s->told_ids);
-        s->told_ids = NULL;
-        s->n_told = 0;
-        s->told = false;
-        s->wait_dirty = true;
-    }
+    if (blind)
+        wait_begin(s, blind, blind_epoch, broker_now_mono_ms() + CN_RESEND_KNOW_MS(cn));
     lock_release(&s->lock);
     if (blind)
         log_info("cluster: the stored copy of '%s' (claim %llu) stands in for this node's claim "
