@@ -1307,7 +1307,7 @@ def standin_cluster(cluster_factory, tmp_path, wait_s, **b_env):
     node_env(c.nodes[1], **b_env)
     c.start()
     c.wait_healthy()
-    a, b, cn = c.nodes
+    _, b, cn = c.nodes
     topic = uid("fwd/standin")
     sub = subscriber(cn, 2, topic)
     pub_id, props = uid("pub"), {"session_expiry_interval": 600}
@@ -1377,7 +1377,7 @@ def claimed_before_the_request(c, pub_id, props, wait_s):
     cn's channel to b is held (nftables) until then (a proposal of cn's
     goes to the leader on that channel: not held when b leads). Its raw
     client."""
-    a, b, cn = c.nodes
+    _, b, cn = c.nodes
     part = faults.Partition(c)
     claimed = f"the session of '{pub_id}' was claimed by node {faults.node_id(cn):016x} while " \
         "this node was down"
@@ -1414,9 +1414,8 @@ def test_a_resend_to_a_stored_copy_standing_in_for_a_lost_claim_waits_for_the_ow
     the copy claimed away, moving out to cn; the claim before cn's was
     b's, so the copy stands in for it all the same (1 of 2 `before_pass`
     runs under load took that order before it was handled, and failed).
-    The client resumes its
-    session on cn, which gets that copy's state, and resends the PUBLISH
-    there (DUP 1). a's copy holds the id: cn must hold the resend until a
+    The client resumes its session on cn, which gets that copy's state,
+    and resends the PUBLISH there (DUP 1). a's copy holds the id: cn must hold the resend until a
     is back and tells it, and then acknowledge it as received without
     delivering it again. Before, the stand-in carried no wait for a's ids:
     cn took the resend for new."""
