@@ -1408,6 +1408,9 @@ struct wait_next {
     struct cn_wait_on w;
     uint32_t *known; /* the ids known so far, asked with (malloc'd) */
     uint32_t n_known;
+    /* the copy that answered is older than the claim waited for, and the
+     * wait goes on to the owner of a claim between them (gap_owner) */
+    bool gap;
 };
 
 /* The wait owner_told found answered only in part (nx) goes on, if s
@@ -1438,11 +1441,19 @@ static void wait_go_on(struct cluster_node *cn, struct wait_next *nx)
     lock_release(&s->lock);
     if (on) {
         persist_session_update(cn->b, s);
-        log_info("cluster: the session of '%s' (claim %llu) got the QoS 2 ids of %016llx's copy, "
-                 "which still waited for those of %016llx's copy of claim %llu: it waits for "
-                 "those now",
-                 s->client_id, (unsigned long long)epoch, (unsigned long long)nx->from,
-                 (unsigned long long)nx->w.node, (unsigned long long)nx->w.epoch);
+        if (nx->gap)
+            log_info("cluster: the session of '%s' (claim %llu) got the QoS 2 ids of %016llx's "
+                     "copy of claim %llu, older than the one it waited for: it waits for those "
+                     "of %016llx's copy of claim %llu, an owner between them, now",
+                     s->client_id, (unsigned long long)epoch, (unsigned long long)nx->from,
+                     (unsigned long long)nx->copy_epoch, (unsigned long long)nx->w.node,
+                     (unsigned long long)nx->w.epoch);
+        else
+            log_info("cluster: the session of '%s' (claim %llu) got the QoS 2 ids of %016llx's "
+                     "copy, which still waited for those of %016llx's copy of claim %llu: it "
+                     "waits for those now",
+                     s->client_id, (unsigned long long)epoch, (unsigned long long)nx->from,
+                     (unsigned long long)nx->w.node, (unsigned long long)nx->w.epoch);
         struct store_batch *bt = NULL;
         if (rel)
             cn_wait_ask(cn, &nx->w, s->client_id, s->id_len, epoch, nx->known, nx->n_known, NULL, 0,
@@ -1454,6 +1465,47 @@ static void wait_go_on(struct cluster_node *cn, struct wait_next *nx)
     free(nx->w.released);
     session_unref(s);
     *nx = (struct wait_next){0};
+}
+
+/* The node whose copy of a claim between claims `after` and `before` of
+ * id its client may have used last (0: none known), *epoch that claim (0:
+ * not known): the record's, or the latest owner its list names before
+ * `before`. Not `from`, whose copy of claim `after` answers a wait for
+ * its copy of claim `before`: that node's claims since kept nothing (its
+ * store has the older copy), and not this node. Claims of an id follow
+ * one another (claim_propose): each claim between the two was another
+ * node's, or one of `from`'s, lost. The owners list names a node's first
+ * claim of a run: a later one of the same run is not known. */
+static uint64_t gap_owner(struct cluster_node *cn, const char *id, uint16_t len, uint64_t after,
+                          uint64_t before, uint64_t from, uint64_t *epoch)
+{
+    *epoch = 0;
+    Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
+    if (!rec)
+        return 0;
+    uint64_t node = 0;
+    if (rec->epoch > after && rec->epoch < before) {
+        node = rec->node;
+        *epoch = rec->epoch;
+    } else {
+        for (size_t i = rec->n_owners; i > 0; i--) {
+            const Starling__Cmd__RecordOwner *o = rec->owners[i - 1];
+            if (o->epoch >= before)
+                continue;
+            if (o->epoch > after) {
+                uint64_t end = i < rec->n_owners ? rec->owners[i]->epoch : before;
+                node = o->node;
+                *epoch = o->epoch + 1 == (end < before ? end : before) ? o->epoch : 0;
+            }
+            break;
+        }
+    }
+    starling__cmd__session_record__free_unpacked(rec, NULL);
+    if (node == from || node == cn->self) {
+        node = 0;
+        *epoch = 0;
+    }
+    return node;
 }
 
 /* ... nx (filled, for wait_go_on, when the frame answers s's wait only in
@@ -1531,11 +1583,24 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
         next = cw.node;
         next_epoch = cw.epoch;
     }
+    /* or the copy that answers is of an older claim than the one waited
+     * for, whose node lost it: the ids of an owner between them count */
+    bool gap = false;
+    if (!next && nx && blind && !relayed && !strict && copy_epoch) {
+        lock_acquire(&s->lock);
+        uint64_t waited = s->blind_epoch;
+        lock_release(&s->lock);
+        if (waited && copy_epoch + 1 < waited)
+            next = gap_owner(cn, (const char *)id->data, (uint16_t)id->len, copy_epoch, waited,
+                             from, &next_epoch);
+        gap = next != 0;
+    }
     uint32_t *known = NULL, n_known = 0;
     lock_acquire(&s->lock);
     blind = ids && session_blind(s, now) && wait_answered_by(s, from, copy_epoch, relayed, strict);
     if (blind && next && nx && (!s->blind_epoch || next_epoch < s->blind_epoch) &&
-        (!copy_epoch || next_epoch < copy_epoch) && (known = malloc((n + 1) * sizeof *known))) {
+        (!copy_epoch || next_epoch < copy_epoch || gap) &&
+        (known = malloc((n + 1) * sizeof *known))) {
         n_known = ids_union(known, NULL, 0, ids, n, s);
         blind = false;
     }
@@ -1549,9 +1614,9 @@ static bool owner_told(struct cluster_node *cn, uint64_t from, const ProtobufCBi
         size_t n_sm = sm ? sm->n_wait_released : 0;
         uint32_t *rel = ids_cat(sm ? sm->wait_released : NULL, n_sm, cw.released, cw.n_released);
         *nx = (struct wait_next){
-            session_ref(s), from,   copy_epoch,
-            relayed,        strict, {next, next_epoch, 0, rel, rel ? n_sm + cw.n_released : 0},
-            known,          n_known};
+            session_ref(s), from,    copy_epoch,
+            relayed,        strict,  {next, next_epoch, 0, rel, rel ? n_sm + cw.n_released : 0},
+            known,          n_known, gap};
     }
     free(cw.released);
     if (blind) {
@@ -1701,8 +1766,7 @@ void cn_wait_ask(struct cluster_node *cn, const struct cn_wait_on *w, const char
                  (int)len, id, (unsigned long long)w->node);
     else
         log_info("cluster: the session of '%.*s' (claim %llu) waits for the QoS 2 ids of "
-                 "%016llx's copy of claim %llu (the copy whose ids it waited for was "
-                 "still waiting for them): asked, with the %u known",
+                 "%016llx's copy of claim %llu: asked, with the %u known",
                  (int)len, id, (unsigned long long)epoch, (unsigned long long)w->node,
                  (unsigned long long)w->epoch, (unsigned)n);
     free(known);

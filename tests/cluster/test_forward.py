@@ -1468,6 +1468,53 @@ def test_a_stand_in_whose_session_came_with_its_state_is_known_after_a_restart(
     standin_resend_once(c, topic, sub, pub_id, props, p, moving, WAIT_S)
 
 
+def test_a_resend_to_a_claim_resumed_from_the_record_past_a_lost_claim_waits_for_the_owner_before(
+        cluster_factory, tmp_path):
+    """As test_a_resend_to_a_stored_copy_standing_in_for_a_lost_claim_
+    waits_for_the_owner_before, but cn's request for the session comes
+    while b still loads its store (its outbox's load held:
+    STARLING_TEST_OUTBOX_HOLD): b answers "not found", and cn resumes the
+    session from its record, waiting for the QoS 2 ids of b's copy of b's
+    claim, the one lost in the kill. b's start-up pass then sends its
+    stored copy, of an older claim than that, to cn: its ids are not those
+    of a's claim between the two, whose copy holds the id of the message
+    the client resends. cn must hold the resend until a is back and tells
+    it, then acknowledge it as received without delivering it again.
+    Before, b's older copy answered the wait, and cn took the resend for
+    new."""
+    WAIT_S = 30.0
+    c, topic, sub, pub_id, props, moving = standin_cluster(cluster_factory, tmp_path, WAIT_S)
+    a, b, cn = c.nodes
+    moving.touch()
+    p = moved_from_b_to_a(c, pub_id, props, WAIT_S)
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    faults.pause(a)
+    p.close()
+    claim_committed_then_killed(a, b, cn, pub_id, props, WAIT_S)
+    moving.unlink()
+    hold = tmp_path / "outbox-hold"
+    node_env(b, STARLING_TEST_OUTBOX_HOLD=str(hold))
+    hold.touch()
+    try:
+        start = len(b.logtext())
+        b.start()
+        wait_for(lambda: "the outbox's load waits" in b.logtext()[start:], WAIT_S,
+                 "b holding its outbox's load")
+        wait_for(lambda: faults.hears(cn, b), WAIT_S, "cn hearing b")
+        q = resumed_elsewhere(cn, pub_id, props, WAIT_S, tries=5)
+        assert f"the session '{pub_id}' was asked for before this node loaded its store" in \
+            b.logtext()[start:]
+        assert f"the session of '{pub_id}' resumed from its record" in cn.logtext()
+    finally:
+        hold.unlink(missing_ok=True)
+    came = f"late message(s) of '{pub_id}' came from {faults.node_id(b):016x}"
+    wait_for(lambda: came in cn.logtext(), 2 * WAIT_S, "b's stored copy coming to cn")
+    resend_held(q, cn, topic, b"taken", WAIT_S)  # while a is down
+    a.start()
+    resent_then_after(q, topic, WAIT_S, held=True)
+    resend_was_had(sub, cn, WAIT_S)  # "taken" came once, before the kills
+
+
 @pytest.mark.parametrize("stalled", [False, True], ids=["", "from_record"])
 @pytest.mark.parametrize("then", ["resent", "released"])
 def test_a_qos2_id_taken_by_a_copy_claimed_back_to_its_node_is_a_duplicate(cluster_factory,
