@@ -251,8 +251,8 @@ class Chaos:
     def _wait(self, seconds):
         """The fault lasts `seconds` (the traffic goes on meanwhile)."""
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            time.sleep(min(0.1, end - time.monotonic()))
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(0.1, left))
             for e in self.traffic.errors:
                 raise AssertionError(f"traffic error: {e}")
 
