@@ -1492,10 +1492,9 @@ static uint64_t gap_owner(struct cluster_node *cn, const char *id, uint16_t len,
             const Starling__Cmd__RecordOwner *o = rec->owners[i - 1];
             if (o->epoch >= before)
                 continue;
-            if (o->epoch > after) {
-                uint64_t end = i < rec->n_owners ? rec->owners[i]->epoch : before;
+            if (o->epoch > after) { /* (the next one listed is `before` or later) */
                 node = o->node;
-                *epoch = o->epoch + 1 == (end < before ? end : before) ? o->epoch : 0;
+                *epoch = o->epoch + 1 == before ? o->epoch : 0;
             }
             break;
         }

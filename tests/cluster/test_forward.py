@@ -1328,6 +1328,18 @@ def moved_from_b_to_a(c, pub_id, props, wait_s):
     return p
 
 
+def claim_on_b_lost(c, topic, sub, pub_id, props, p, moving, wait_s):
+    """The publisher p on a: a takes its message b"taken" (PUBREC lost) and
+    stalls; the client's claim on b commits and asks a; b, then a, are
+    SIGKILLed; b's old copy is no longer held (moving)."""
+    a, b, cn = c.nodes
+    taken_and_acknowledged(p, sub, topic, wait_s)
+    faults.pause(a)
+    p.close()
+    claim_committed_then_killed(a, b, cn, pub_id, props, wait_s)
+    moving.unlink()
+
+
 def standin_resend_once(c, topic, sub, pub_id, props, p, moving, wait_s, held=None,
                         claimed_first=False):
     """The publisher p on a: a takes its message b"taken" (PUBREC lost) and
@@ -1339,11 +1351,7 @@ def standin_resend_once(c, topic, sub, pub_id, props, p, moving, wait_s, held=No
     resends there: held until a is back, then answered as had, and the
     subscriber gets b"taken" once."""
     a, b, cn = c.nodes
-    taken_and_acknowledged(p, sub, topic, wait_s)
-    faults.pause(a)
-    p.close()
-    claim_committed_then_killed(a, b, cn, pub_id, props, wait_s)
-    moving.unlink()
+    claim_on_b_lost(c, topic, sub, pub_id, props, p, moving, wait_s)
     if held:
         node_env(b, STARLING_TEST_PASS_HOLD=str(held))
         held.touch()
@@ -1415,9 +1423,9 @@ def test_a_resend_to_a_stored_copy_standing_in_for_a_lost_claim_waits_for_the_ow
     b's, so the copy stands in for it all the same (1 of 2 `before_pass`
     runs under load took that order before it was handled, and failed).
     The client resumes its session on cn, which gets that copy's state,
-    and resends the PUBLISH there (DUP 1). a's copy holds the id: cn must hold the resend until a
-    is back and tells it, and then acknowledge it as received without
-    delivering it again. Before, the stand-in carried no wait for a's ids:
+    and resends the PUBLISH there (DUP 1). a's copy holds the id: cn must
+    hold the resend until a is back and tells it, and then acknowledge it
+    as received without delivering it again. Before, the stand-in carried no wait for a's ids:
     cn took the resend for new."""
     if asked == "claimed_first" and faults.nft_available():
         pytest.skip(faults.nft_available())
@@ -1487,11 +1495,7 @@ def test_a_resend_to_a_claim_resumed_from_the_record_past_a_lost_claim_waits_for
     a, b, cn = c.nodes
     moving.touch()
     p = moved_from_b_to_a(c, pub_id, props, WAIT_S)
-    taken_and_acknowledged(p, sub, topic, WAIT_S)
-    faults.pause(a)
-    p.close()
-    claim_committed_then_killed(a, b, cn, pub_id, props, WAIT_S)
-    moving.unlink()
+    claim_on_b_lost(c, topic, sub, pub_id, props, p, moving, WAIT_S)
     hold = tmp_path / "outbox-hold"
     node_env(b, STARLING_TEST_OUTBOX_HOLD=str(hold))
     hold.touch()
