@@ -1632,6 +1632,69 @@ def test_ids_of_a_copy_whose_last_frame_waits_answer_a_wait_on_its_node(cluster_
     resend_was_had(sub, a, WAIT_S)  # "taken" came once, before the stall
 
 
+def refused_while_claimed(node, pub_id, props, wait_s):
+    """pub_id's client CONNECTs to node and is refused with 0x88 (Server
+    unavailable): node's claim did not complete within connect_timeout."""
+    q = mqttraw.Client(node)
+    try:
+        ack = q.connect(pub_id, clean=False, properties=props, timeout=wait_s)
+        assert ack.reason_code == 0x88, ack
+    finally:
+        q.close()
+
+
+def test_a_wait_for_the_ids_of_a_claim_in_progress_here_takes_that_claims_session(cluster_factory):
+    """Chaos seed 14000 with --no-lb --links --overlap (3 QoS 2 duplicates,
+    DUP 0), made deterministic. A persistent QoS 2 publisher's node a (not
+    the leader) takes its message (PUBREC, packet id 1); the client
+    resumes on the leader x, whose claim brings a's id with a's state. The
+    link between x and the third node f is cut (nftables): f applies
+    nothing and still answers a, so a claim on a that brings a session
+    waits for its routes to be in effect on f. The client resumes on a:
+    the claim waits, and the client is refused (0x88). It resumes on x:
+    x's request waits for a's claim in progress, and x resumes the session
+    from the record, waiting for the ids of a's claim, and holds the
+    client's resend (DUP 1). The client resumes on a again: x's state
+    waits for the ids of a's first claim, still in progress, whose session
+    is in none of the places a looked (no copy moving out, none overtaken,
+    ended or in the table). Before, a's second claim then started without
+    a wait; once the cut healed and both claims completed, the client's
+    resend on x was taken for new: delivered twice. Now that claim's
+    session answers: received, not delivered again."""
+    WAIT_S = 30.0
+    c = cluster_factory()
+    c.start()
+    c.wait_healthy()
+    lead = faults.wait_until(lambda: faults.leader(c), WAIT_S, "a leader")
+    x = faults.node_named(c, lead)
+    a, f = [n for n in c.nodes if n is not x]
+    topic = uid("fwd/inprogress")
+    sub = subscriber(a, 2, topic)
+    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
+    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    p.close()
+    resumed_elsewhere(x, pub_id, props, WAIT_S).disconnect()
+    moved = f"the session of '{pub_id}' moved to {faults.node_id(x):016x}"
+    wait_for(lambda: moved in a.logtext(), WAIT_S, f"a handing {pub_id} to {x.name}")
+    part = faults.Partition(c)
+    try:
+        part.cut([f], [x])
+        refused_while_claimed(a, pub_id, props, WAIT_S)
+        q = resumed_elsewhere(x, pub_id, props, WAIT_S)
+        assert f"no session state for '{pub_id}' from its old node" in x.logtext()
+        resend_held(q, x, topic, b"taken", WAIT_S)
+        q.close()
+        refused_while_claimed(a, pub_id, props, WAIT_S)
+    finally:
+        part.heal()
+    wait_for(lambda: f"the claim of '{pub_id}' was overtaken by a later one" in a.logtext(),
+             WAIT_S, "a's first claim ending")
+    q = resumed_elsewhere(x, pub_id, props, WAIT_S, tries=3)
+    resent_then_after(q, topic, WAIT_S)
+    resend_was_had(sub, x, WAIT_S)  # "taken" came once, before the cut
+
+
 def unreachable(node, other):
     """Whether `node` lists `other` as not reachable (GET /api/v1/cluster)."""
     st, doc = node.http("GET", "/api/v1/cluster", timeout=2)
