@@ -58,6 +58,9 @@
 #include "topic.h"
 
 #define INCOMING_KEEP_MS 60000
+/* ... and longer while its claim is still in progress (incoming_held), up
+ * to this long from its state */
+#define INCOMING_HELD_MAX_MS (10 * 60000)
 /* the channel reconnects with a backoff of at most 5 s (cluster/channel.h) */
 #define CHAN_RECONNECT_GRACE_MS 6000
 
@@ -153,7 +156,7 @@ struct cn_incoming {
     struct cn_incoming *next;
     struct session *s; /* a reference */
     uint64_t epoch;
-    uint64_t until_ms;
+    uint64_t since_ms, until_ms;
     uint64_t late_hold_ms; /* its hold of direct messages ends then at the latest (0: none) */
     bool fold_unsubmitted; /* its claim's batch, with the fold, not submitted yet */
 };
@@ -1996,6 +1999,19 @@ void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id
     cn_send_frame(cn, to, &fr);
 }
 
+/* How long a session that came with a claim stays listed as incoming
+ * (INCOMING_KEEP_MS; debug builds: STARLING_TEST_INCOMING_KEEP_MS, so that
+ * a test's claim in progress outlasts it). */
+static uint64_t incoming_keep_ms(void)
+{
+#ifndef NDEBUG
+    const char *e = getenv("STARLING_TEST_INCOMING_KEEP_MS");
+    if (e && *e)
+        return strtoull(e, NULL, 10);
+#endif
+    return INCOMING_KEEP_MS;
+}
+
 void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch)
 {
     struct cn_incoming *x = calloc(1, sizeof(*x));
@@ -2003,7 +2019,8 @@ void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch)
         return;
     x->s = session_ref(s);
     x->epoch = epoch;
-    x->until_ms = cn_mono_ms() + INCOMING_KEEP_MS;
+    x->since_ms = cn_mono_ms();
+    x->until_ms = x->since_ms + incoming_keep_ms();
     pthread_mutex_lock(&cn->reg_mu);
     x->next = cn->incoming;
     cn->incoming = x;
@@ -2031,26 +2048,32 @@ static struct session *incoming_find(struct cluster_node *cn, const char *id, si
     return s;
 }
 
-bool cn_incoming_unsettled(struct cluster_node *cn, const char *id, uint16_t len, uint64_t below)
+/* Whether the claim that x's session came with is still in progress: its
+ * session is neither in the table, ended, given up nor moving out, or the
+ * batch of its fold is not submitted yet. cn->reg_mu held. */
+static bool incoming_held(struct cluster_node *cn, const struct cn_incoming *x)
 {
     struct registry *r = &cn->b->registry;
-    for (struct cn_incoming *x = cn->incoming; x; x = x->next) {
-        struct session *s = x->s;
-        if (x->epoch >= below || s->id_len != len || memcmp(s->client_id, id, len) != 0)
-            continue;
-        if (x->fold_unsubmitted)
+    struct session *s = x->s;
+    if (x->fold_unsubmitted)
+        return true;
+    bool given_up = cn_registry_surrendered_has(cn, s->client_id, s->id_len);
+    for (struct cn_moving *m = cn->moving; m && !given_up; m = m->next)
+        given_up = m->s == s;
+    pthread_mutex_lock(&r->lock);
+    lock_acquire(&s->lock);
+    bool held = !given_up && !s->ended && !s->in_table;
+    lock_release(&s->lock);
+    pthread_mutex_unlock(&r->lock);
+    return held;
+}
+
+bool cn_incoming_unsettled(struct cluster_node *cn, const char *id, uint16_t len, uint64_t below)
+{
+    for (struct cn_incoming *x = cn->incoming; x; x = x->next)
+        if (x->epoch < below && x->s->id_len == len && memcmp(x->s->client_id, id, len) == 0 &&
+            incoming_held(cn, x))
             return true;
-        bool given_up = cn_registry_surrendered_has(cn, id, len);
-        for (struct cn_moving *m = cn->moving; m && !given_up; m = m->next)
-            given_up = m->s == s;
-        pthread_mutex_lock(&r->lock);
-        lock_acquire(&s->lock);
-        bool held = !given_up && !s->ended && !s->in_table;
-        lock_release(&s->lock);
-        pthread_mutex_unlock(&r->lock);
-        if (held)
-            return true;
-    }
     return false;
 }
 
@@ -4262,7 +4285,8 @@ static uint16_t *stored_copy_ids(struct cluster_node *cn, const char *id, uint16
 }
 
 /* The QoS 2 ids of the session that came here with this node's claim
- * `epoch` (not 0) of id and is still listed as incoming (cn->incoming):
+ * `epoch` (not 0) of id and is still listed as incoming (cn->incoming, as
+ * long as that claim is in progress, up to INCOMING_HELD_MAX_MS):
  * that claim may still be in progress, its routes waiting to be in effect
  * on every member that answers (a member cut off from the leader's Raft
  * alone answers and applies nothing), out of the table and of the moving
@@ -4985,6 +5009,11 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
             x->late_hold_ms = 0;
             session_late_expire(cn->b, x->s, now);
         }
+        /* its claim still in progress (waiting for its routes to be in
+         * effect on a member cut off from the leader alone), it stays
+         * listed: a wait for its ids finds it (incoming_copy_ids) */
+        if (x->until_ms <= now && now - x->since_ms < INCOMING_HELD_MAX_MS && incoming_held(cn, x))
+            x->until_ms = now + 1000;
         if (x->until_ms <= now) {
             *pp = x->next;
             x->next = dropped;
