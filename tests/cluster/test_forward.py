@@ -2316,7 +2316,10 @@ def test_a_message_a_copy_handed_on_in_its_state_comes_back_to_a_fold_of_that_co
         pytest.skip(reason)
     WAIT_S = 30.0
     hold = tmp_path / "moving-hold"
-    c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(hold)})
+    # (b's claim waits for a's state across a's restart: a long claim
+    # timeout, whatever the load)
+    c = cluster_factory(extra_env={"STARLING_TEST_MOVING_HOLD": str(hold),
+                                   "STARLING_CLUSTER_CLAIM_TIMEOUT": "15000"})
     for n in c.nodes:
         faults.store_held(n, tmp_path / f"store-hold-{n.name}")
     c.start()
@@ -2355,7 +2358,14 @@ def test_a_message_a_copy_handed_on_in_its_state_comes_back_to_a_fold_of_that_co
                  WAIT_S, f"the claim of {sid} on b")
         t.close()  # the client gives up on b
         start = len(b.logtext())
+        # b's request reaches a once a's store is loaded: while it loads, a
+        # answers "not found" and its stored copy follows b's claim as late
+        # messages instead (once in a CI run, the request 3 ms early)
+        part.hold_channel(b, a)
+        a_start = len(a.logtext())
         a.start()
+        wait_for(lambda: "(MQTT, " in a.logtext()[a_start:], WAIT_S, "a's store loaded")
+        part.heal()
         wait_for(lambda: f"the session of '{sid}' moved here" in b.logtext()[start:], WAIT_S,
                  "a's stored copy moving to b")
         part.cut([cn], [b], channel_only=True)
