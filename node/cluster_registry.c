@@ -50,6 +50,7 @@
 #include "raft_cmd.pb-c.h"
 #include "session.h"
 #include "store.h"
+#include "testhook.h"
 #include "topic.h"
 
 #define CLAIM_RETRY_MS 100
@@ -978,12 +979,8 @@ void cn_registry_drain(struct cluster_node *cn)
  * (tests/cluster/test_forward.py). */
 static uint64_t surrender_wait_ms(const struct cluster_node *cn)
 {
-#ifndef NDEBUG
-    const char *e = getenv("STARLING_TEST_SURRENDER_MS");
-    if (e && *e)
-        return strtoull(e, NULL, 10);
-#endif
-    return (uint64_t)cn->b->cfg.cluster_claim_timeout + 1000u;
+    return test_hook_u64("STARLING_TEST_SURRENDER_MS",
+                         (uint64_t)cn->b->cfg.cluster_claim_timeout + 1000u);
 }
 
 /* The observer saw SessionClaim(id, node != self) applied (cluster thread). */

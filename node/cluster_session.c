@@ -55,6 +55,7 @@
 #include "raft_cmd.pb-c.h"
 #include "session.h"
 #include "store.h"
+#include "testhook.h"
 #include "topic.h"
 
 #define INCOMING_KEEP_MS 60000
@@ -2004,12 +2005,7 @@ void cn_session_routed_send(struct cluster_node *cn, uint64_t to, const char *id
  * a test's claim in progress outlasts it). */
 static uint64_t incoming_keep_ms(void)
 {
-#ifndef NDEBUG
-    const char *e = getenv("STARLING_TEST_INCOMING_KEEP_MS");
-    if (e && *e)
-        return strtoull(e, NULL, 10);
-#endif
-    return INCOMING_KEEP_MS;
+    return test_hook_u64("STARLING_TEST_INCOMING_KEEP_MS", INCOMING_KEEP_MS);
 }
 
 void cn_incoming_add(struct cluster_node *cn, struct session *s, uint64_t epoch)

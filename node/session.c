@@ -32,6 +32,7 @@
 #include "persist.h"
 #include "registry.h"
 #include "store.h"
+#include "testhook.h"
 
 /* What a queued message costs beyond its bytes (see qmsg_size). */
 #define QMSG_OVERHEAD (sizeof(struct qmsg) + sizeof(struct msg))
@@ -472,12 +473,7 @@ bool session_parking(struct session *s, uint64_t now_ms, uint64_t keep_ms)
  * record), without waiting the 60 s out (tests/cluster/test_faults.py). */
 static uint64_t seen_record_ms(void)
 {
-#ifndef NDEBUG
-    const char *e = getenv("STARLING_TEST_SEEN_RECORD_MS");
-    if (e && *e)
-        return strtoull(e, NULL, 10);
-#endif
-    return SESSION_SEEN_RECORD_MS;
+    return test_hook_u64("STARLING_TEST_SEEN_RECORD_MS", SESSION_SEEN_RECORD_MS);
 }
 
 int session_seen_start(struct session *s, uint64_t now_ms)
