@@ -18,6 +18,7 @@ Every wait is bounded; nothing here sleeps as synchronisation.
 """
 
 import atexit
+import errno
 import itertools
 import os
 import shutil
@@ -354,17 +355,24 @@ class SmallDisk:
         return st.f_bavail * st.f_frsize
 
     def fill(self, leave=0):
-        """Write a filler file until at most `leave` bytes are free."""
+        """Write a filler file until at most `leave` bytes are free. The
+        writes are unbuffered: the node may take some of the space between
+        free_bytes() and a write, and a buffered file would keep what did
+        not fit and fail again (ENOSPC) when closed."""
         self.filler = os.path.join(self.mnt, "filler")
         chunk = b"\0" * (1 << 20)
-        with open(self.filler, "ab") as f:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
             while self.free_bytes() > leave:
                 n = min(len(chunk), self.free_bytes() - leave)
                 try:
-                    f.write(chunk[:max(n, 4096)])
-                    f.flush()
-                except OSError:
+                    os.write(fd, chunk[:max(n, 4096)])
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
                     break
+        finally:
+            os.close(fd)
         return self.free_bytes()
 
     def unfill(self):

@@ -2144,6 +2144,33 @@ def published_until_refused(pub, topic):
     return codes
 
 
+def test_small_disk_fill_takes_what_is_left_when_a_node_writes_meanwhile(tmp_path):
+    """The harness alone, no node: the node on a SmallDisk may take space
+    between fill()'s look at what is free and its write. Here the disk is
+    full while free_bytes() still says 4096 bytes twice, as after such a
+    write. fill() stops at the full disk and returns; a buffered filler
+    kept the 4096 bytes and failed with ENOSPC when closed (one CI run)."""
+    disk = faults.SmallDisk(str(tmp_path), size="4m")
+    disk.mount()
+    try:
+        real = disk.free_bytes
+        stale = [2]
+
+        def free_bytes():
+            left = real()
+            if left == 0 and stale[0]:
+                stale[0] -= 1
+                return 4096
+            return left
+
+        disk.free_bytes = free_bytes
+        assert disk.fill() == 0
+        assert stale[0] == 0, "the disk was never seen full"
+        assert os.path.getsize(disk.filler) == 4 << 20
+    finally:
+        disk.cleanup()
+
+
 def test_disk_full_on_one_node(cluster_factory, tmp_path):
     disk = faults.SmallDisk(str(tmp_path), size="48m")
     disk.mount()
