@@ -3899,6 +3899,20 @@ static uint16_t *overtaken_copy_ids(struct cluster_node *cn, const char *id, uin
     return ids;
 }
 
+/* copy_ids of s (a reference, dropped here) unless s has ended or, with
+ * stored_epoch (not NULL), s is stored under another claim; else NULL. */
+static uint16_t *live_copy_ids(struct cluster_node *cn, struct session *s,
+                               const uint64_t *stored_epoch, uint32_t *n, struct cn_wait_on *w)
+{
+    uint16_t *ids = NULL;
+    lock_acquire(&s->lock);
+    if (!s->ended && (!stored_epoch || s->stored_epoch == *stored_epoch))
+        ids = copy_ids(cn, s, n, w);
+    lock_release(&s->lock);
+    session_unref(s);
+    return ids;
+}
+
 /* The most that cn->handed keeps (the oldest go first). */
 #define HANDED_MAX 4096
 
@@ -4269,44 +4283,27 @@ static uint16_t *stored_copy_ids(struct cluster_node *cn, const char *id, uint16
     if (s)
         session_ref(s);
     pthread_mutex_unlock(&r->lock);
-    if (!s)
-        return NULL;
-    uint16_t *ids = NULL;
-    lock_acquire(&s->lock);
-    if (s->stored_epoch == epoch && !s->ended)
-        ids = copy_ids(cn, s, n, w);
-    lock_release(&s->lock);
-    session_unref(s);
-    return ids;
+    return s ? live_copy_ids(cn, s, &epoch, n, w) : NULL;
 }
 
 /* The QoS 2 ids of the session that came here with this node's claim
- * `epoch` (not 0) of id and is still listed as incoming (cn->incoming, as
- * long as that claim is in progress, up to INCOMING_HELD_MAX_MS):
- * that claim may still be in progress, its routes waiting to be in effect
- * on every member that answers (a member cut off from the leader's Raft
- * alone answers and applies nothing), out of the table and of the moving
- * copies. A malloc'd array of *n, or NULL (no such session). Before, a wait
- * for them found none of the copies above, the claim whose state waited
- * for this node's ids started without a wait, and the client's resend of
- * a message the waiting copy's ids answered was taken for new where the
- * session went next (chaos seed 14000 with --no-lb --links --overlap: n3's
- * claims of fp0q20 waited 30 s for n1, cut from the leader n2; 3 QoS 2
- * duplicates). */
+ * `epoch` (not 0) of id and is still listed as incoming (cn->incoming, kept
+ * while that claim is in progress, up to INCOMING_HELD_MAX_MS): its routes
+ * may wait to be in effect on every member that answers (a member cut off
+ * from the leader's Raft alone answers and applies nothing), and meanwhile
+ * the session is out of the table and of the moving copies. A malloc'd
+ * array of *n, or NULL (no such session). Before, a wait for them found
+ * none of the copies above, the claim whose state waited for this node's
+ * ids started without a wait, and the client's resend of a message the
+ * waiting copy's ids answered was taken for new where the session went next
+ * (chaos seed 14000 with --no-lb --links --overlap: n3's claims of fp0q20
+ * waited 30 s for n1, cut from the leader n2; 3 QoS 2 duplicates). */
 static uint16_t *incoming_copy_ids(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t epoch, uint32_t *n, struct cn_wait_on *w)
 {
     *n = 0;
     struct session *s = incoming_find(cn, id, len, epoch);
-    if (!s)
-        return NULL;
-    uint16_t *ids = NULL;
-    lock_acquire(&s->lock);
-    if (!s->ended)
-        ids = copy_ids(cn, s, n, w);
-    lock_release(&s->lock);
-    session_unref(s);
-    return ids;
+    return s ? live_copy_ids(cn, s, NULL, n, w) : NULL;
 }
 
 uint16_t *cn_waited_here_ids(struct cluster_node *cn, uint64_t from,
