@@ -51,6 +51,7 @@
 #include "server.h"
 #include "sink.h"
 #include "store.h"
+#include "testhook.h"
 #include "worker.h"
 
 /* ---- seeds ------------------------------------------------------------- */
@@ -184,6 +185,7 @@ static void peers_refresh(struct cluster_node *cn)
                 cn->peers[i].clear = old[j].clear;
                 cn->peers[i].pend_index = old[j].pend_index;
                 cn->peers[i].pend_seq = old[j].pend_seq;
+                cn->peers[i].leaderless_since = old[j].leaderless_since;
             }
 }
 
@@ -198,25 +200,45 @@ static bool peer_live(const struct cluster_node *cn, const struct peer *p, uint6
  * long is dead or cut off; waiting for it longer than an election would
  * stall every SUBSCRIBE behind a dead node (issue 10: at most for the
  * election). A member that was only starved of CPU that long may accept a
- * publish before it applies the route (docs/cluster.md). */
-static bool peer_answering(const struct cluster_node *cn, const struct peer *p, uint64_t now)
+ * publish before it applies the route (docs/cluster.md). Nor for one that
+ * reports it has known no leader for leaderless_ms (CN_SYNC_LEADERLESS_MS;
+ * a debug build's STARLING_TEST_SYNC_LEADERLESS_MS): cut off from
+ * the leader alone (one link cut), it still answers here but applies
+ * nothing, and before every SUBSCRIBE and resuming CONNECT on this node
+ * waited until the cut healed (the CONNECTs refused, 0x88). */
+static bool peer_answering(const struct cluster_node *cn, const struct peer *p, uint64_t now,
+                           uint64_t leaderless_ms)
 {
     uint64_t window = cn->b->cfg.cluster_down_after;
     if (window > CN_SYNC_LIVE_MS)
         window = CN_SYNC_LIVE_MS;
+    if (p->leaderless_since && now - p->leaderless_since >= leaderless_ms)
+        return false;
     return !p->left && p->seen_ms && now - p->seen_ms <= window;
 }
 
 /* index applied here, to every member, each with the last sequence number
  * of this node's outbox to it (read after index was applied: what this
- * node routed with older tables is in the outbox up to there). */
-static void send_applied(struct cluster_node *cn, uint64_t index)
+ * node routed with older tables is in the outbox up to there), and how
+ * long this node has known no leader (*leaderless_since: since when; the
+ * own thread's). */
+static void send_applied(struct cluster_node *cn, uint64_t index, uint64_t *leaderless_since)
 {
+    uint64_t now = cn_mono_ms();
+    if (raft_node_leader(cn->raft))
+        *leaderless_since = 0;
+    else if (!*leaderless_since)
+        *leaderless_since = now;
     if (cluster_test_reports_held())
         return;
     Starling__Chan__Applied a = STARLING__CHAN__APPLIED__INIT;
     a.index = index;
     a.has_fwd_next = true;
+    if (*leaderless_since) {
+        uint64_t ms = now - *leaderless_since;
+        a.has_leaderless_ms = true;
+        a.leaderless_ms = ms == 0 ? 1 : ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+    }
     Starling__Chan__Frame fr = STARLING__CHAN__FRAME__INIT;
     fr.frame_case = STARLING__CHAN__FRAME__FRAME_APPLIED;
     fr.applied = &a;
@@ -1116,6 +1138,12 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
                 peer_clear_note(&cn->peers[i], f->applied->index, f->applied->has_fwd_next,
                                 f->applied->fwd_next, cluster_fwd_in_applied(cn->fwd, from));
                 cn->peers[i].seen_ms = cn_mono_ms();
+                /* (its clock's since, on this node's: 1 at the earliest) */
+                uint64_t ll = f->applied->has_leaderless_ms ? f->applied->leaderless_ms : 0;
+                cn->peers[i].leaderless_since = !ll ? 0
+                                                : cn->peers[i].seen_ms > ll
+                                                    ? cn->peers[i].seen_ms - ll
+                                                    : 1;
                 if (!cn->peers[i].run_seen_ms)
                     cn->peers[i].run_seen_ms = cn->peers[i].seen_ms;
                 known = true;
@@ -1278,8 +1306,10 @@ static struct waiter *waiters_ready(struct cluster_node *cn, uint64_t applied_se
 {
     uint64_t now = cn_mono_ms();
     uint64_t low = applied_self;
+    uint64_t leaderless_ms =
+        test_hook_u64("STARLING_TEST_SYNC_LEADERLESS_MS", CN_SYNC_LEADERLESS_MS);
     for (unsigned i = 0; i < cn->n_peers; i++)
-        if (peer_answering(cn, &cn->peers[i], now) && cn->peers[i].applied < low)
+        if (peer_answering(cn, &cn->peers[i], now, leaderless_ms) && cn->peers[i].applied < low)
             low = cn->peers[i].applied;
     struct waiter *ready = NULL;
     for (struct waiter **pp = &cn->waiters; *pp;) {
@@ -1330,7 +1360,7 @@ static void cn_check_raft(struct cluster_node *cn)
 static void *cn_thread(void *arg)
 {
     struct cluster_node *cn = arg;
-    uint64_t last_applied = 0, last_report = 0, last_turn = 0;
+    uint64_t last_applied = 0, last_report = 0, last_turn = 0, leaderless_since = 0;
     pthread_mutex_lock(&cn->mu);
     while (!cn->quit) {
         uint64_t now = cn_mono_ms();
@@ -1393,7 +1423,7 @@ static void *cn_thread(void *arg)
             last_applied = applied;
             last_report = now;
             pthread_mutex_unlock(&cn->mu);
-            send_applied(cn, applied);
+            send_applied(cn, applied, &leaderless_since);
             pthread_mutex_lock(&cn->mu);
         }
         pthread_mutex_unlock(&cn->mu);

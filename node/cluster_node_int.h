@@ -43,6 +43,11 @@ struct cluster_fwd;
 #define CN_SYNC_LIVE_MS 1500      /* a SUBACK waits for members heard from this recently */
 #define CN_HEARTBEAT_MS 15        /* Raft heartbeat (cluster_node.c) */
 #define RETAINED_RETRY_MAX 100000 /* retained proposals waiting for a leader */
+/* A SUBACK does not wait for a member that has known no Raft leader this
+ * long (its Applied reports say so): past an election (at most about 2 s,
+ * below), it is cut off from the leader and applies nothing until that
+ * heals. */
+#define CN_SYNC_LEADERLESS_MS 3000
 /* Raft election timeout: libraft waits a random time in [T, 2T) without a
  * heartbeat, then pre-vote and vote (two round trips) and the new leader's
  * barrier. Issue 10 wants a new leader within 2 s of the old one dying: with
@@ -89,6 +94,9 @@ struct peer {
      * expiry interval has passed since (cluster_session.c,
      * dead_expiry_poll) */
     uint64_t dead_ms, expiry_next_ms;
+    /* since when it has known no Raft leader, by its last Applied report
+     * (this node's clock; 0: it knows one) */
+    uint64_t leaderless_since;
 };
 
 struct cluster_node {

@@ -4820,7 +4820,13 @@ struct member_clear {
     bool live;
 };
 
-/* The members (not left) and how far each is clear; how many. */
+/* The members (not left) and how far each is clear, this node last (its
+ * applied index: what it routes itself); how many (at most MAX_PEERS + 1).
+ * This node counts too: a claim does not wait for a member that knows no
+ * leader (cluster_node.c, peer_answering), so a copy's new owner may send
+ * its SessionRouted before this node, cut off from the leader alone,
+ * applied the new owner's routes; its own clients' publishes still match
+ * the copy here, and an ended copy would leave them matching nothing. */
 static unsigned members_clear_read(struct cluster_node *cn, struct member_clear *m)
 {
     unsigned n = 0;
@@ -4831,6 +4837,7 @@ static unsigned members_clear_read(struct cluster_node *cn, struct member_clear 
     pthread_mutex_unlock(&cn->mu);
     for (unsigned i = 0; i < n; i++)
         m[i].live = cn_peer_live(cn, m[i].node);
+    m[n++] = (struct member_clear){cn->self, fsm_visible(cn->fsm), true};
     return n;
 }
 
@@ -4913,7 +4920,7 @@ void cn_session_poll(struct cluster_node *cn, uint64_t now)
     uint64_t applied = fsm_applied(cn->fsm);
     bool hold = moving_test_hold();
     bool settled = restart_settled(cn, now);
-    struct member_clear clears[MAX_PEERS];
+    struct member_clear clears[MAX_PEERS + 1];
     unsigned n_clears = members_clear_read(cn, clears);
     pthread_mutex_lock(&cn->reg_mu);
     for (struct cn_moving **pp = &cn->moving; *pp;) {

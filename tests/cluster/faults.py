@@ -235,6 +235,13 @@ def nft_available():
 _tables = itertools.count()
 
 
+# The environment of a debug build that waits for a member knowing no Raft
+# leader as for any other member that answers (3 s without it,
+# STARLING_TEST_SYNC_LEADERLESS_MS): for a test whose claim must wait for a
+# member cut off from Raft alone, as for one that applies slowly.
+LEADERLESS_WAITED = {"STARLING_TEST_SYNC_LEADERLESS_MS": "600000"}
+
+
 class Partition:
     """Cut node groups apart in both directions on the cluster's own ports.
 

@@ -1227,6 +1227,69 @@ def test_partition_minority_refuses_majority_goes_on(fault_cluster, partition_fa
         x.disconnect()
 
 
+def test_a_member_cut_off_from_raft_alone_stalls_no_resume_or_subscribe_elsewhere(
+        cluster_factory, partition_factory):
+    """A follower F is cut off from the others' Raft alone (nftables on the
+    Raft port): it knows no leader and applies nothing, but its channel
+    goes on (it reports, answers requests and forwards). A persistent QoS 1
+    subscriber S, on F, resumes on the other follower A, and a new
+    subscriber T subscribes there. Before, A's claim and SUBACK waited for
+    F to apply their routes, that is until the cut healed: S's CONNECT was
+    refused (0x88) after connect_timeout and T got no SUBACK. Now F's
+    reports say how long it has known no leader, and past
+    CN_SYNC_LEADERLESS_MS (3 s) A does not wait for it, as for a silent
+    member: S resumes (session present 1) and T gets its SUBACK.
+    F's old copy of S then has its SessionRouted while F has not applied
+    A's routes: F's own clients' publishes to S still match that copy
+    only. It stays past its grace until F applied them (F counts as a
+    member not clear for it) and passes them on: S gets m0..m9, published
+    on F during the cut, each once. Ended at its grace, they matched
+    nothing on F and were lost."""
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    c.start()
+    c.wait_healthy()
+    x = faults.node_named(c, wait_until(lambda: faults.leader(c), WAIT, "a leader"))
+    f, a = [n for n in c.nodes if n is not x]
+    fid = f"{faults.node_id(f):016x}"
+    cid, topic = uid("leaderless"), uid("leaderless/t")
+    s = PahoClient(f, cid, 5, properties=session_props())
+    s.connect()
+    assert s.subscribe(topic + "/#", qos=1) == [1]
+    p = PahoClient(f, uid("leaderlessp"), 5)
+    p.connect()
+    part = partition_factory(c)
+    part.cut([f], [x, a], raft_only=True)
+    wait_until(lambda: f.health() == 503, WAIT, f"{f.name} knowing no leader")
+    t0 = time.monotonic()
+    s.stop()
+    s = resumed_on(a, cid, timeout=WAIT)
+    resumed_s = time.monotonic() - t0
+    t = PahoClient(a, uid("leaderlesst"), 5)
+    t.connect()
+    t0 = time.monotonic()
+    assert t.subscribe(uid("leaderless/u"), qos=1) == [1]
+    subscribed_s = time.monotonic() - t0
+    print(f"\n[leaderless member] {f.name} cut off from Raft alone: S resumed on {a.name} "
+          f"{resumed_s:.1f} s after {f.name} knew no leader, a SUBACK there in {subscribed_s:.1f} s")
+    # F's copy of S: routed, its grace over, F itself not clear for it
+    # (before: it ended)
+    stays = f"the old copy of '{cid}' stays past its time: {fid} has not sent all"
+    ended = f"the old copy of '{cid}' ends"
+    wait_until(lambda: stays in f.logtext() or ended in f.logtext(), WAIT,
+               f"{f.name}'s copy of {cid} past its grace")
+    sent = [f"m{k}".encode() for k in range(10)]
+    for m in sent:
+        p.publish(topic + "/x", m, qos=1)
+    got = [s.get(WAIT).payload for _ in sent]
+    part.heal()
+    wait_healthy(c)
+    assert sorted(got) == sorted(sent)
+    p.publish(topic + "/x", b"healed", qos=1)
+    assert s.get(WAIT).payload == b"healed"  # nothing again before it
+    for y in (s, t, p):
+        y.disconnect()
+
+
 def test_partition_nothing_acknowledged_lost(fault_cluster, traffic_factory, partition_factory):
     c = fault_cluster
     t = traffic_factory(c).start()
@@ -5089,14 +5152,16 @@ def test_late_messages_in_the_handover_window_follow_the_copy(cluster_factory, t
     STARLING_TEST_MOVING_HOLD) collects M0..M9, which S gets on X. X
     restarts (its session of S comes from its store) and holds N0..N4,
     which W's copy collects too. X's Raft is cut (nft); S moves to C, whose
-    request X answers before it applies C's claim; S gets N0..N4 on C.
+    request X answers before it applies C's claim, and C's claim waits for
+    X (faults.LEADERLESS_WAITED); S gets N0..N4 on C.
     W's copy sends M0..M9 and N0..N4 to X, for X's claim. X's Raft is
     healed, C SIGKILLed, and S resumes on W from its record. Before (main's
     build), the rebuilt session went to W, which delivered M0..M9 and
     N0..N4 again; now they go through X's copy, which knows S had them:
     S gets none of them again."""
     holds = {}
-    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug",
+                                       **faults.LEADERLESS_WAITED))
     for n in c.nodes:
         holds[n.name] = tmp_path / f"moving-hold-{n.name}"
         n.env = (lambda base, h: lambda: {**base(), "STARLING_TEST_MOVING_HOLD": str(h)})(

@@ -1652,7 +1652,9 @@ def test_a_wait_for_the_ids_of_a_claim_in_progress_here_takes_that_claims_sessio
     resumes on the leader x, whose claim brings a's id with a's state. The
     link between x and the third node f is cut (nftables): f applies
     nothing and still answers a, so a claim on a that brings a session
-    waits for its routes to be in effect on f. The client resumes on a:
+    waits for its routes to be in effect on f (as long as the cut lasts
+    here, faults.LEADERLESS_WAITED, as for a member that applies slowly;
+    3 s without it, once f knows no leader). The client resumes on a:
     the claim waits, and the client is refused (0x88). It resumes on x:
     x's request waits for a's claim in progress, and x resumes the session
     from the record, waiting for the ids of a's claim, and holds the
@@ -1671,7 +1673,10 @@ def test_a_wait_for_the_ids_of_a_claim_in_progress_here_takes_that_claims_sessio
     x's request was answered at once with that one instead of waiting for
     the claim in progress."""
     WAIT_S = 30.0
-    c = cluster_factory(extra_env={"STARLING_TEST_INCOMING_KEEP_MS": str(keep)} if keep else {})
+    env = dict(faults.LEADERLESS_WAITED)
+    if keep:
+        env["STARLING_TEST_INCOMING_KEEP_MS"] = str(keep)
+    c = cluster_factory(extra_env=env)
     c.start()
     c.wait_healthy()
     lead = faults.wait_until(lambda: faults.leader(c), WAIT_S, "a leader")

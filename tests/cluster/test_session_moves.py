@@ -265,7 +265,9 @@ def test_a_claim_overtaken_by_a_clean_start_hands_on_nothing(cluster_factory):
 def test_a_request_that_meets_an_older_claim_in_progress_waits_for_its_session(cluster_factory):
     """A persistent QoS 1 session S on A holds m0..m4. A's Raft port is cut
     (its channel goes on: it reports, answers and forwards, but applies no
-    new entry), so every wait for the tables on every member holds. S's
+    new entry), so every wait for the tables on every member holds (as
+    long as the cut lasts here, faults.LEADERLESS_WAITED; 3 s without it,
+    once A knows no leader). S's
     client connects to B: B's claim gets A's state (S moves to B whole),
     and waits for its routes to be in effect everywhere (A). d0..d4 are
     published on B: B's session takes them. The client gives up on B and
@@ -283,7 +285,8 @@ def test_a_request_that_meets_an_older_claim_in_progress_waits_for_its_session(c
     reason = faults.nft_available()
     if reason:
         pytest.skip(reason)
-    c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "8000"})
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_CLAIM_TIMEOUT": "8000",
+                                   **faults.LEADERLESS_WAITED})
     c.start()
     c.wait_healthy()
     a, b, cn = c.nodes
