@@ -186,6 +186,7 @@ static void peers_refresh(struct cluster_node *cn)
                 cn->peers[i].pend_index = old[j].pend_index;
                 cn->peers[i].pend_seq = old[j].pend_seq;
                 cn->peers[i].leaderless_since = old[j].leaderless_since;
+                cn->peers[i].leaderless_told = old[j].leaderless_told;
             }
 }
 
@@ -1144,6 +1145,12 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
                                                 : cn->peers[i].seen_ms > ll
                                                     ? cn->peers[i].seen_ms - ll
                                                     : 1;
+                if (!ll && cn->peers[i].leaderless_told) {
+                    cn->peers[i].leaderless_told = false;
+                    log_info("cluster: %s (%016llx) knows a Raft leader again: SUBACKs and "
+                             "claims wait for it again",
+                             cn->peers[i].name, (unsigned long long)from);
+                }
                 if (!cn->peers[i].run_seen_ms)
                     cn->peers[i].run_seen_ms = cn->peers[i].seen_ms;
                 known = true;
@@ -1308,9 +1315,21 @@ static struct waiter *waiters_ready(struct cluster_node *cn, uint64_t applied_se
     uint64_t low = applied_self;
     uint64_t leaderless_ms =
         test_hook_u64("STARLING_TEST_SYNC_LEADERLESS_MS", CN_SYNC_LEADERLESS_MS);
-    for (unsigned i = 0; i < cn->n_peers; i++)
-        if (peer_answering(cn, &cn->peers[i], now, leaderless_ms) && cn->peers[i].applied < low)
-            low = cn->peers[i].applied;
+    for (unsigned i = 0; i < cn->n_peers; i++) {
+        struct peer *p = &cn->peers[i];
+        if (peer_answering(cn, p, now, leaderless_ms) && p->applied < low)
+            low = p->applied;
+        /* (an operator sees why a SUBACK went before that member applied) */
+        if (p->leaderless_since && now - p->leaderless_since >= leaderless_ms &&
+            !p->leaderless_told && !p->left) {
+            p->leaderless_told = true;
+            log_info("cluster: %s (%016llx) has known no Raft leader for %llu ms (cut off from "
+                     "the leader?): SUBACKs and claims no longer wait for it to apply their "
+                     "routes",
+                     p->name, (unsigned long long)p->node,
+                     (unsigned long long)(now - p->leaderless_since));
+        }
+    }
     struct waiter *ready = NULL;
     for (struct waiter **pp = &cn->waiters; *pp;) {
         struct waiter *w = *pp;

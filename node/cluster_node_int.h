@@ -97,6 +97,7 @@ struct peer {
     /* since when it has known no Raft leader, by its last Applied report
      * (this node's clock; 0: it knows one) */
     uint64_t leaderless_since;
+    bool leaderless_told; /* ... and that it is no longer waited for, logged */
 };
 
 struct cluster_node {

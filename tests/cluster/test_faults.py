@@ -1271,6 +1271,10 @@ def test_a_member_cut_off_from_raft_alone_stalls_no_resume_or_subscribe_elsewher
     subscribed_s = time.monotonic() - t0
     print(f"\n[leaderless member] {f.name} cut off from Raft alone: S resumed on {a.name} "
           f"{resumed_s:.1f} s after {f.name} knew no leader, a SUBACK there in {subscribed_s:.1f} s")
+    # what an operator of A reads
+    assert re.search(rf"INFO cluster: {f.name} \({fid}\) has known no Raft leader for \d+ ms "
+                     r"\(cut off from the leader\?\): SUBACKs and claims no longer wait for it",
+                     a.logtext())
     # F's copy of S: routed, its grace over, F itself not clear for it
     # (before: it ended)
     stays = f"the old copy of '{cid}' stays past its time: {fid} has not sent all"
@@ -1286,6 +1290,8 @@ def test_a_member_cut_off_from_raft_alone_stalls_no_resume_or_subscribe_elsewher
     assert sorted(got) == sorted(sent)
     p.publish(topic + "/x", b"healed", qos=1)
     assert s.get(WAIT).payload == b"healed"  # nothing again before it
+    again = f"INFO cluster: {f.name} ({fid}) knows a Raft leader again: SUBACKs and claims wait"
+    wait_until(lambda: again in a.logtext(), WAIT, f"{a.name} logging {f.name}'s leader again")
     for y in (s, t, p):
         y.disconnect()
 
