@@ -57,8 +57,8 @@ struct cluster_fwd;
 /* A session resumed from its record: how long it waits for the old owner's
  * QoS 2 ids (struct session.blind_until), and how long what stands for
  * them elsewhere (a note of an ended copy's ids, a wait handed on) is kept:
- * CONFIG_RESEND_KNOW_MS, of which a resend is held in the first
- * cluster_resend_wait only (session_holds) */
+ * CONFIG_RESEND_KNOW_MS, within which a resend is held for one
+ * cluster_resend_wait (session_holds) */
 #define CN_RESEND_KNOW_MS(cn) CONFIG_RESEND_KNOW_MS(&(cn)->b->cfg)
 
 struct waiter {

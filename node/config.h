@@ -119,10 +119,11 @@ struct config {
 
 /* A session resumed from its replicated record (cluster) waits for its old
  * owner's QoS 2 ids twice cluster_resend_wait (struct session.blind_until):
- * a resend is held unanswered in the first half only; ids that come in the
- * second still answer the client's later resends, and go on with the
- * session to its next node (docs/cluster.md, *Ids that come after the hold
- * still answer resends*). */
+ * a resend is held unanswered in the first half, and for one
+ * cluster_resend_wait from its connection (session_holds); ids that come
+ * after the hold still answer the client's later resends, and go on with
+ * the session to its next node (docs/cluster.md, *Ids that come after the
+ * hold still answer resends*). */
 #define CONFIG_RESEND_KNOW_MS(c) (2 * (uint64_t)(c)->cluster_resend_wait)
 
 /* The transports (listener kinds), also the bits of proxy_protocol. */

@@ -280,6 +280,7 @@ static void handle_connect_claimed(void *ud, int status, struct session *s)
     } else {
         c->session = s;
         c->state = CONN_ACTIVE;
+        session_hold_connected(s, broker_now_mono_ms());
         /* who the client is, for the ACL of the connection's packets (the
          * session's deliveries: s->user, set by the claim) */
         if (cl->user && conn_x(c)) {

@@ -1144,7 +1144,21 @@ void session_wait_end(struct session *s)
 
 bool session_holds(struct session *s, uint64_t now_ms, uint64_t keep_ms)
 {
-    return session_blind(s, now_ms) && s->blind_until > now_ms + keep_ms;
+    /* (a wait handed on from claim to claim keeps its end, counted from
+     * the first resumption: its holds there were counted from that too,
+     * and a client that came back after the first hold was over had its
+     * resend taken for new at once, chaos seed 15400) */
+    return session_blind(s, now_ms) &&
+           (s->blind_until > now_ms + keep_ms || now_ms < s->hold_from + keep_ms);
+}
+
+void session_hold_connected(struct session *s, uint64_t now_ms)
+{
+    if (!atomic_load_explicit(&s->blind_until, memory_order_acquire))
+        return; /* nearly every session: no wait */
+    lock_acquire(&s->lock);
+    s->hold_from = now_ms;
+    lock_release(&s->lock);
 }
 
 void session_blind_released(struct session *s, uint16_t pid, uint64_t now_ms)

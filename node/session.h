@@ -160,6 +160,10 @@ struct session {
      * session's, of claim blind_epoch: the ids of this node's own copy
      * moving out to it for that claim answer the wait (own_moved_keep) */
     bool blind_none_kept;
+    /* when the session's current client connected while it waited
+     * (monotonic ms; 0: none did): that connection's resends are held for
+     * cluster_resend_wait from then, within blind_until (session_holds) */
+    uint64_t hold_from;
     uint16_t *told_ids;
     uint32_t n_told;
     bool told;
@@ -595,11 +599,16 @@ bool session_blind(struct session *s, uint64_t now_ms);
  * held. */
 void session_wait_end(struct session *s);
 /* Whether s's wait still holds what waits for those ids (its client's
- * resends, and the late messages of other copies): its first part only,
- * until keep_ms (the configured cluster_resend_wait) before blind_until;
- * in the rest, ids that come still answer resends (CONFIG_RESEND_KNOW_MS).
+ * resends, and the late messages of other copies): until keep_ms (the
+ * configured cluster_resend_wait) before blind_until, and for keep_ms
+ * after its client connected (hold_from), never past blind_until; in the
+ * rest, ids that come still answer resends (CONFIG_RESEND_KNOW_MS).
  * s->lock held. */
 bool session_holds(struct session *s, uint64_t now_ms, uint64_t keep_ms);
+/* s's client connected at now_ms: if s waits for its old copy's ids, the
+ * connection's resends are held for a whole hold (hold_from). Takes
+ * s->lock. */
+void session_hold_connected(struct session *s, uint64_t now_ms);
 /* The QoS 2 ids s's client may still resend as s knows them: those s took
  * (qos2_in) and, while its wait runs, the told ids of its old copy that
  * the client has neither resent nor released here yet (told_ids), each

@@ -1095,6 +1095,47 @@ def test_ids_that_come_after_the_hold_still_answer_a_resend(cluster_factory, tmp
     had_then_once_each(c, q, node, topic, sub, got, WAIT_S)
 
 
+@pytest.mark.parametrize("next_node", ["same", "other"])
+def test_a_connection_after_the_first_hold_holds_its_resend_again(cluster_factory, tmp_path,
+                                                                  next_node):
+    """Chaos seed 15400 with --resend --more --no-lb --links --overlap
+    --hold 10,45 (3 QoS 2 duplicates), made deterministic. Node a takes a
+    persistent QoS 2 publisher's message (its commit held) and stalls
+    (SIGSTOP) before its PUBREC. The client resumes its session on node b,
+    from the record, and resends the PUBLISH (DUP 1): b holds it
+    (cluster_resend_wait, 6 s here). The client gives up on b before that
+    hold is over, and comes back after it, while a is still stopped: to b
+    itself (`same`) or to node c (`other`), whose claim takes b's session
+    with its wait. It resends there. That connection must hold the resend
+    too, for a hold of its own within the wait; a runs again, its ids
+    answer the resend as received, and the subscriber gets the message
+    once, from a. Before, the hold counted from b's resumption alone (and
+    went so with the wait from claim to claim): the second connection's
+    resend was taken for new at once, and the subscriber got the message
+    twice. In chaos the client hopped between nodes for 72 s while two
+    long cuts in a row kept the ids away."""
+    WAIT_S = 30.0
+    HOLD_S = 6.0
+    c, topic, sub, pub_id, props, got = taken_then_stalled(
+        cluster_factory, tmp_path, "fwd/laterhold", WAIT_S,
+        {"STARLING_CLUSTER_RESEND_WAIT": str(int(HOLD_S * 1000))})
+    a, b, cn = c.nodes
+    node = b if next_node == "same" else cn
+    try:
+        q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+        resumed = time.monotonic()
+        resend_held(q, b, topic, b"taken", WAIT_S)  # while a is stopped
+        q.close()  # before b's hold is over
+        # the client comes back once b's first hold is over, within the wait
+        time.sleep(max(0.0, resumed + 1.1 * HOLD_S - time.monotonic()))
+        q = resumed_elsewhere(node, pub_id, props, WAIT_S, tries=5)
+        resend_held(q, node, topic, b"taken", WAIT_S)
+        assert time.monotonic() - resumed < 1.6 * HOLD_S, "the test ran late"
+    finally:
+        faults.resume(a)
+    had_then_once_each(c, q, node, topic, sub, got, WAIT_S)
+
+
 def test_ids_told_to_a_copy_that_moved_on_reach_the_owner_that_waits(cluster_factory, tmp_path):
     """Chaos seed 9925 with --resend --more (3 QoS 2 duplicates), made
     deterministic. Node a takes a persistent QoS 2 publisher's message
