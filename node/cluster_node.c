@@ -207,13 +207,18 @@ static bool peer_live(const struct cluster_node *cn, const struct peer *p, uint6
  * the leader alone (one link cut), it still answers here but applies
  * nothing, and before every SUBSCRIBE and resuming CONNECT on this node
  * waited until the cut healed (the CONNECTs refused, 0x88). */
+static bool peer_leaderless(const struct peer *p, uint64_t now, uint64_t leaderless_ms)
+{
+    return p->leaderless_since && now - p->leaderless_since >= leaderless_ms;
+}
+
 static bool peer_answering(const struct cluster_node *cn, const struct peer *p, uint64_t now,
                            uint64_t leaderless_ms)
 {
     uint64_t window = cn->b->cfg.cluster_down_after;
     if (window > CN_SYNC_LIVE_MS)
         window = CN_SYNC_LIVE_MS;
-    if (p->leaderless_since && now - p->leaderless_since >= leaderless_ms)
+    if (peer_leaderless(p, now, leaderless_ms))
         return false;
     return !p->left && p->seen_ms && now - p->seen_ms <= window;
 }
@@ -1320,8 +1325,7 @@ static struct waiter *waiters_ready(struct cluster_node *cn, uint64_t applied_se
         if (peer_answering(cn, p, now, leaderless_ms) && p->applied < low)
             low = p->applied;
         /* (an operator sees why a SUBACK went before that member applied) */
-        if (p->leaderless_since && now - p->leaderless_since >= leaderless_ms &&
-            !p->leaderless_told && !p->left) {
+        if (peer_leaderless(p, now, leaderless_ms) && !p->leaderless_told && !p->left) {
             p->leaderless_told = true;
             log_info("cluster: %s (%016llx) has known no Raft leader for %llu ms (cut off from "
                      "the leader?): SUBACKs and claims no longer wait for it to apply their "

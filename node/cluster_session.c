@@ -4869,19 +4869,35 @@ static bool members_clear(struct cn_moving *x, const struct member_clear *m, uns
         return true;
     if (!x->clear_cap_ms)
         x->clear_cap_ms = now + COPY_CLEAR_CAP_MS;
+    /* (members_clear_read puts this node last: it waits for itself to
+     * apply the new owner's routes, not for forwards) */
+    bool self = waits == m[n - 1].node;
     if (now >= x->clear_cap_ms) {
-        log_warn("cluster: the old copy of '%s' ends %u s after its time, though %016llx may "
-                 "still send forwards for it routed before its new owner's routes (entry %llu): "
-                 "they will find nothing here",
-                 x->s->client_id, (unsigned)(COPY_CLEAR_CAP_MS / 1000), (unsigned long long)waits,
-                 (unsigned long long)x->clear_index);
+        if (self)
+            log_warn("cluster: the old copy of '%s' ends %u s after its time, though this node "
+                     "has not applied its new owner's routes yet (entry %llu): its own clients' "
+                     "publishes to it match nothing here until it does",
+                     x->s->client_id, (unsigned)(COPY_CLEAR_CAP_MS / 1000),
+                     (unsigned long long)x->clear_index);
+        else
+            log_warn("cluster: the old copy of '%s' ends %u s after its time, though %016llx may "
+                     "still send forwards for it routed before its new owner's routes (entry "
+                     "%llu): they will find nothing here",
+                     x->s->client_id, (unsigned)(COPY_CLEAR_CAP_MS / 1000),
+                     (unsigned long long)waits, (unsigned long long)x->clear_index);
         return true;
     }
     if (waits != x->clear_waits) {
         x->clear_waits = waits;
-        log_debug("cluster: the old copy of '%s' stays past its time: %016llx has not sent all "
-                  "it routed before its new owner's routes (entry %llu)",
-                  x->s->client_id, (unsigned long long)waits, (unsigned long long)x->clear_index);
+        if (self)
+            log_debug("cluster: the old copy of '%s' stays past its time: this node has not "
+                      "applied its new owner's routes yet (entry %llu)",
+                      x->s->client_id, (unsigned long long)x->clear_index);
+        else
+            log_debug("cluster: the old copy of '%s' stays past its time: %016llx has not sent "
+                      "all it routed before its new owner's routes (entry %llu)",
+                      x->s->client_id, (unsigned long long)waits,
+                      (unsigned long long)x->clear_index);
     }
     return false;
 }

@@ -1277,7 +1277,8 @@ def test_a_member_cut_off_from_raft_alone_stalls_no_resume_or_subscribe_elsewher
                      a.logtext())
     # F's copy of S: routed, its grace over, F itself not clear for it
     # (before: it ended)
-    stays = f"the old copy of '{cid}' stays past its time: {fid} has not sent all"
+    stays = (f"the old copy of '{cid}' stays past its time: this node has not applied its new "
+             "owner's routes yet")
     ended = f"the old copy of '{cid}' ends"
     wait_until(lambda: stays in f.logtext() or ended in f.logtext(), WAIT,
                f"{f.name}'s copy of {cid} past its grace")
