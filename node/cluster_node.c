@@ -195,6 +195,12 @@ static bool peer_live(const struct cluster_node *cn, const struct peer *p, uint6
     return !p->left && p->seen_ms && now - p->seen_ms <= cn->b->cfg.cluster_down_after;
 }
 
+/* Whether p's reports say it has known no Raft leader for leaderless_ms. */
+static bool peer_leaderless(const struct peer *p, uint64_t now, uint64_t leaderless_ms)
+{
+    return p->leaderless_since && now - p->leaderless_since >= leaderless_ms;
+}
+
 /* Whether a SUBACK (or a takeover) waits for p to apply its route: p
  * reported within CN_SYNC_LIVE_MS (and cluster_down_after). Members report
  * on every applied entry and every REPORT_EVERY_MS, so one silent for that
@@ -207,11 +213,6 @@ static bool peer_live(const struct cluster_node *cn, const struct peer *p, uint6
  * the leader alone (one link cut), it still answers here but applies
  * nothing, and before every SUBSCRIBE and resuming CONNECT on this node
  * waited until the cut healed (the CONNECTs refused, 0x88). */
-static bool peer_leaderless(const struct peer *p, uint64_t now, uint64_t leaderless_ms)
-{
-    return p->leaderless_since && now - p->leaderless_since >= leaderless_ms;
-}
-
 static bool peer_answering(const struct cluster_node *cn, const struct peer *p, uint64_t now,
                            uint64_t leaderless_ms)
 {
