@@ -337,14 +337,14 @@ def test_a_request_that_meets_an_older_claim_in_progress_waits_for_its_session(c
         part.heal()
 
 
-def restored_held_message(cluster_factory, name):
+def restored_held_message(cluster_factory, name, extra_env=None):
     """A persistent QoS 2 subscriber on A completes m0 and gets m1's
     PUBLISH, which it holds unanswered (a client that delivers at PUBLISH
     has delivered m1 and keeps its packet id until the PUBREL [MQTT-5.0
     4.3.3]); then A is SIGKILLed. Returns the cluster, the client's id and
     CONNECT properties, m1's PUBLISH as it came, and publish(payload),
     which completes a QoS 2 publish on the third node."""
-    c = cluster_factory()
+    c = cluster_factory(extra_env=extra_env)
     c.start()
     c.wait_healthy()
     a, b, cn = c.nodes
@@ -411,9 +411,17 @@ def test_a_restored_message_sent_as_a_late_message_keeps_its_packet_id(cluster_f
     come with the packet id A sent it with, DUP 1: a client that delivers
     QoS 2 at PUBLISH and holds that id takes it for the same message, and
     a new id would make it deliver m1 twice. Before, B sent it with packet
-    id 32768, DUP 0."""
-    c, cid, props, m1, publish = restored_held_message(cluster_factory, "rlate")
+    id 32768, DUP 0.
+
+    A's restored copy then ends, and its log line names the claim it was
+    stored under (claim 1), not "claim 0" as it did while it printed the
+    claim the copy had made here (none)."""
+    c, cid, props, m1, publish = restored_held_message(cluster_factory, "rlate",
+                                                       {"STARLING_LOG_LEVEL": "debug"})
     a, b, _ = c.nodes
     s2 = resumed_elsewhere(b, cid, props, WAIT, tries=3)
     a.start()
     same_message_then_next(s2, m1, publish, 60)
+    ended = f"'{cid}' (claim 1) ended: every record of its id leaves the store"
+    faults.wait_until(lambda: ended in a.logtext(), 60, f"a's restored copy of {cid} ending")
+    assert f"'{cid}' (claim 0) ended" not in a.logtext()
