@@ -121,7 +121,8 @@ fuzz: deps-test
 # and rolling SIGKILL restarts; --no-lb; --hold MIN,MAX: how long a kill or a
 # cut lasts, default 2,8 s; --cut-on input: a cut drops packets as they
 # arrive, not as they leave; --links: cuts of one link between two nodes;
-# --overlap: a node cut off while another is killed or stopped; --keep: the
+# --overlap: a node cut off while another is killed or stopped; --weight
+# FAULT=W: that fault's weight in the random choice, e.g. restart-all=6; --keep: the
 # nodes' data and logs and
 # the clients' trace traffic.txt kept, the path printed; --keep-failed: the
 # same for a run that fails, without the packet traces).

@@ -5,6 +5,7 @@ checked.
 
     chaos.py [--seed N] [--minutes M] [--stop-seconds S] [--hold MIN,MAX] [--keep] [--more]
              [--no-lb] [--resend] [--cut-on output|input] [--links] [--overlap]
+             [--weight FAULT=W ...]
     make chaos SEED=N MINUTES=M
 
 The faults (each held 2..8 s, or as --hold MIN,MAX says, then undone; 1..3 s
@@ -20,7 +21,10 @@ leader and a rolling restart with SIGKILL (another sequence for a seed).
 --links adds a cut of one link: two nodes cut apart while both still reach
 the third. --overlap adds two faults at once: a node cut off while another
 is SIGKILLed or SIGSTOPped (no majority meanwhile). Each changes the
-sequence of a seed too.
+sequence of a seed too. --weight FAULT=W sets one fault's weight in the
+random choice (repeatable; 0 leaves it out; --help lists the weights):
+--weight restart-all=6 for many whole-cluster SIGKILLs. Without it a seed
+draws as before.
 --resend makes the publishers persistent: a message without its
 acknowledgement is published again on the next connection (DUP 1, its
 packet id) until acknowledged, as a client that must deliver it does (the
@@ -77,8 +81,9 @@ class Chaos:
     def __init__(self, seed, seconds, stop_seconds=10.0, base=None, log=print,
                  claim_timeout_ms=2000, more=False, lb=True, keep=False, keep_failed=False,
                  resend=False, hold=(2.0, 8.0), cut_hook="output", links=False,
-                 overlap=False):
+                 overlap=False, weights=None):
         self.seed = seed
+        self.weights = dict(weights or {})  # a fault's name -> its weight in menu() (--weight)
         self.hold = hold  # how long a kill or a cut lasts: uniform in this range (s)
         self.cut_hook = cut_hook  # where a cut drops packets (faults.Partition)
         self.resend = resend  # publishers resend what was not acknowledged (traffic.py)
@@ -270,6 +275,13 @@ class Chaos:
             m.append(("cut-link", self.f_cut_link, 3))
         if self.overlap and self.nft is None:
             m.append(("cut-and-fault", self.f_cut_and_fault, 3))
+        unknown = set(self.weights) - {x[0] for x in m}
+        if unknown:
+            raise ValueError(f"--weight: no fault {sorted(unknown)} in this run's menu "
+                             f"{[x[0] for x in m]}")
+        m = [(n, f, self.weights.get(n, w)) for n, f, w in m]
+        if not any(w > 0 for _, _, w in m):
+            raise ValueError("--weight: every fault of the menu has weight 0")
         return m
 
     def listed_owners(self):
@@ -428,6 +440,12 @@ def main(argv):
     ap.add_argument("--overlap", action="store_true",
                     help="add two faults at once: a node cut off while another is SIGKILLed or "
                          "SIGSTOPped (another sequence for the same seed)")
+    ap.add_argument("--weight", action="append", default=[], metavar="FAULT=W",
+                    help="a fault's weight in the random choice (repeatable; 0 leaves it out): "
+                         "kill 3, kill-leader 2, stop 2, restart 2, restart-all 1, partition 3, "
+                         "with --more stop-leader 2, rolling-kill 2, cut-leader 2, with --links "
+                         "cut-link 3, with --overlap cut-and-fault 3 (e.g. --weight "
+                         "restart-all=6 for many whole-cluster SIGKILLs)")
     a = ap.parse_args(argv)
     try:
         hold = tuple(float(x) for x in a.hold.split(","))
@@ -435,6 +453,15 @@ def main(argv):
             raise ValueError
     except ValueError:
         ap.error(f"--hold {a.hold!r}: MIN,MAX seconds, 0 <= MIN <= MAX")
+    weights = {}
+    for w in a.weight:
+        name, _, v = w.partition("=")
+        try:
+            weights[name] = int(v)
+            if weights[name] < 0:
+                raise ValueError
+        except ValueError:
+            ap.error(f"--weight {w!r}: FAULT=W, W a whole number >= 0")
 
     # killed from outside (SIGTERM, or SIGHUP: its terminal closed), the run
     # ends as on ^C: the `finally` below stops the nodes and removes the
@@ -448,7 +475,12 @@ def main(argv):
     ch = Chaos(seed, a.minutes * 60, a.stop_seconds,
                log=lambda s: print(s, flush=True), more=a.more, lb=not a.no_lb,
                keep=a.keep, keep_failed=a.keep_failed, resend=a.resend, hold=hold,
-               cut_hook=a.cut_on, links=a.links, overlap=a.overlap)
+               cut_hook=a.cut_on, links=a.links, overlap=a.overlap, weights=weights)
+    try:
+        ch.menu()  # a --weight that names no fault of this run's menu: before any node starts
+    except ValueError as e:
+        ch.close()
+        ap.error(str(e))
     ok = False
     reports = []
     try:

@@ -82,3 +82,45 @@ def test_chaos_runner_killed_from_outside_stops_its_nodes(tmp_path):
             p.wait()
         for pid in processes_with(str(tmp_path)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_chaos_weight_sets_a_faults_share(tmp_path):
+    """--weight FAULT=W sets that fault's weight in the random choice (0
+    leaves it out) and keeps the others' as they were, so a run without it
+    draws the same sequence for its seed."""
+    plain = Chaos(1, 1, base=str(tmp_path / "plain"), more=True)
+    weighted = Chaos(1, 1, base=str(tmp_path / "weighted"), more=True,
+                     weights={"restart-all": 6, "kill": 0})
+    try:
+        before = {n: w for n, _, w in plain.menu()}
+        after = {n: w for n, _, w in weighted.menu()}
+        assert before["restart-all"] == 1 and before["kill"] == 3
+        assert after == dict(before, **{"restart-all": 6, "kill": 0})
+    finally:
+        plain.close()
+        weighted.close()
+
+
+def test_chaos_weight_refuses_what_it_cannot_use(tmp_path):
+    """A --weight that names no fault of the run's menu (cut-link needs
+    --links), or whose weight is not a whole number >= 0, ends the runner
+    with the usage error (exit 2) before any node starts, and leaves no
+    data behind."""
+    runner = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chaos.py")
+    ch = Chaos(1, 1, base=str(tmp_path / "menu"))
+    names = [n for n, _, _ in ch.menu()]  # partition only where nftables works
+    ch.close()
+    run = tmp_path / "run"
+    run.mkdir()
+    env = dict(os.environ, TMPDIR=str(run))
+    none = [x for n in names for x in ("--weight", f"{n}=0")]
+    for args, says in ((["--weight", "cut-link=2"], "no fault ['cut-link']"),
+                       (["--weight", "kill=-1"], "'kill=-1': FAULT=W"),
+                       (["--weight", "kill"], "'kill': FAULT=W"),
+                       (none, "every fault of the menu has weight 0")):
+        p = subprocess.run([sys.executable, runner, "--seed", "7", "--minutes", "1"] + args,
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
+        assert says in p.stderr, (args, p.stderr)
+        assert os.listdir(run) == [], (args, os.listdir(run))
+        assert processes_with(str(run)) == []
