@@ -451,7 +451,7 @@ static void surrendered_back(struct cluster_node *cn, const char *id, uint16_t l
         }
         *pp = x->next;
         lock_acquire(&x->s->lock);
-        uint64_t own = x->s->epoch ? x->s->epoch : x->s->stored_epoch;
+        uint64_t own = session_claim_epoch(x->s);
         lock_release(&x->s->lock);
         log_info("cluster: '%s' is claimed here again while its copy of claim %llu, given up to "
                  "claim %llu, waits for that claimant: that copy ends now, what it holds goes to "
@@ -922,7 +922,7 @@ struct session *cn_registry_surrendered_of(struct cluster_node *cn, const char *
         if (x->s->id_len != len || memcmp(x->s->client_id, id, len) != 0)
             continue;
         lock_acquire(&x->s->lock);
-        bool of = (x->s->epoch ? x->s->epoch : x->s->stored_epoch) == epoch;
+        bool of = session_claim_epoch(x->s) == epoch;
         lock_release(&x->s->lock);
         if (of)
             return session_ref(x->s);
@@ -1217,7 +1217,7 @@ static void state_send(struct cluster_node *cn, uint64_t to, const ProtobufCBina
             st.n_qos2_received = s->n_qos2_in;
             st.qos2_received = q2;
             /* whose they are: this copy's claim */
-            st.qos2_epoch = s->epoch ? s->epoch : s->stored_epoch;
+            st.qos2_epoch = session_claim_epoch(s);
             st.has_qos2_epoch = st.qos2_epoch != 0;
         }
         /* resumed from its record without its old owner's QoS 2 ids: the
@@ -1448,7 +1448,7 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
          * the copy moving out). */
         if (s) {
             lock_acquire(&s->lock);
-            uint64_t own = s->epoch ? s->epoch : s->stored_epoch;
+            uint64_t own = session_claim_epoch(s);
             lock_release(&s->lock);
             if (own && own + 1 < req_epoch)
                 cn_session_stand_in(cn, s, req_epoch - 1);

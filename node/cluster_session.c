@@ -679,7 +679,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
         free(ids);
         sm.n_qos2_received = told ? n_ids : 0;
         /* whose they are: that copy's claim */
-        sm.qos2_epoch = from->epoch ? from->epoch : from->stored_epoch;
+        sm.qos2_epoch = session_claim_epoch(from);
         sm.has_qos2_epoch = sm.qos2_epoch != 0;
         sm.qos2_received = told;
         sm.has_qos2_told = sm.qos2_told = told != NULL;
@@ -3974,7 +3974,7 @@ static struct cn_handed *handed_make(struct cluster_node *cn, struct session *s,
     struct cn_wait_on w = {0};
     lock_acquire(&s->lock);
     uint16_t *ids = copy_ids(cn, s, &n, &w);
-    uint64_t epoch = s->epoch ? s->epoch : s->stored_epoch;
+    uint64_t epoch = session_claim_epoch(s);
     lock_release(&s->lock);
     struct cn_handed *h = handed_new(cn, s->client_id, s->id_len, epoch, ids, n, folded, &w);
     free(w.released);
@@ -4129,7 +4129,7 @@ static uint16_t *given_up_copy_ids(struct cluster_node *cn, const char *id, uint
         if (x->to == cn->self || x->s->id_len != len || memcmp(x->s->client_id, id, len) != 0)
             continue;
         lock_acquire(&x->s->lock);
-        if ((x->s->epoch ? x->s->epoch : x->s->stored_epoch) == epoch)
+        if (session_claim_epoch(x->s) == epoch)
             s = session_ref(x->s);
         lock_release(&x->s->lock);
     }
@@ -4454,7 +4454,7 @@ static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
      * always the claim that took x over. A stored epoch behind x's claim
      * only leaves the wait as it was */
     bool next = x->s->stored_epoch && x->s->stored_epoch + 1 == x->epoch;
-    uint64_t claim = x->s->epoch ? x->s->epoch : x->s->stored_epoch;
+    uint64_t claim = session_claim_epoch(x->s);
     uint16_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;
     uint16_t *told = next ? malloc((n + 1) * sizeof(*told)) : NULL;
     if (ids)

@@ -176,7 +176,7 @@ static void session_put(const struct broker *br, struct store_batch **bt, struct
 void persist_session_put(const struct broker *br, struct store_batch **bt, struct session *s,
                          bool connected)
 {
-    session_put(br, bt, s, connected, s->epoch ? s->epoch : s->stored_epoch);
+    session_put(br, bt, s, connected, session_claim_epoch(s));
 }
 
 void persist_session_put_claim(const struct broker *br, struct store_batch **bt, struct session *s,

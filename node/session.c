@@ -1293,10 +1293,8 @@ void session_end(struct broker *b, struct session *s)
     s->ended = true;
     if (s->stored && !atomic_load(&b->stopping)) {
         struct store_batch *bt = NULL;
-        /* a copy restored from the store has no claim of its own here
-         * (epoch 0): the claim it is stored under names it */
         log_debug("'%s' (claim %llu) ended: every record of its id leaves the store", s->client_id,
-                  (unsigned long long)(s->epoch ? s->epoch : s->stored_epoch));
+                  (unsigned long long)session_claim_epoch(s));
         persist_session_del(b, &bt, s);
         persist_submit(b, &bt, NULL, NULL);
     }

@@ -379,6 +379,14 @@ static inline void session_unref(struct session *s)
         session_free(s);
 }
 
+/* The claim s is known by: its own (`epoch`), or, for a copy restored from
+ * the store that no claim of this node named yet (epoch 0), the one it is
+ * stored under. Read under s->lock where the caller's other reads are. */
+static inline uint64_t session_claim_epoch(const struct session *s)
+{
+    return s->epoch ? s->epoch : s->stored_epoch;
+}
+
 /*
  * Offer m to s with the subscription's granted QoS and flags. Called from
  * any thread, without s->lock. `cur` is the calling worker or NULL. The

@@ -75,6 +75,11 @@ def _cluster_class():
 Cluster = _cluster_class()
 
 HEAL_HEALTHY = 30.0
+# each fault's weight in the random choice (menu(); --weight sets one); the
+# last five come with --more, --links and --overlap, the cuts with nftables
+FAULT_WEIGHTS = {"kill": 3, "kill-leader": 2, "stop": 2, "restart": 2, "restart-all": 1,
+                 "partition": 3, "stop-leader": 2, "rolling-kill": 2, "cut-leader": 2,
+                 "cut-link": 3, "cut-and-fault": 3}
 
 
 class Chaos:
@@ -262,24 +267,24 @@ class Chaos:
                 raise AssertionError(f"traffic error: {e}")
 
     def menu(self):
-        m = [("kill", self.f_kill, 3), ("kill-leader", lambda: self.f_kill(leader=True), 2),
-             ("stop", self.f_stop, 2), ("restart", self.f_restart, 2),
-             ("restart-all", self.f_restart_all, 1)]
+        m = [("kill", self.f_kill), ("kill-leader", lambda: self.f_kill(leader=True)),
+             ("stop", self.f_stop), ("restart", self.f_restart),
+             ("restart-all", self.f_restart_all)]
         if self.nft is None:
-            m.append(("partition", self.f_partition, 3))
+            m.append(("partition", self.f_partition))
         if self.more:  # faults an outside checker may use (--more)
-            m += [("stop-leader", self.f_stop_leader, 2), ("rolling-kill", self.f_rolling_kill, 2)]
+            m += [("stop-leader", self.f_stop_leader), ("rolling-kill", self.f_rolling_kill)]
             if self.nft is None:
-                m.append(("cut-leader", self.f_cut_leader, 2))
+                m.append(("cut-leader", self.f_cut_leader))
         if self.links and self.nft is None:
-            m.append(("cut-link", self.f_cut_link, 3))
+            m.append(("cut-link", self.f_cut_link))
         if self.overlap and self.nft is None:
-            m.append(("cut-and-fault", self.f_cut_and_fault, 3))
+            m.append(("cut-and-fault", self.f_cut_and_fault))
         unknown = set(self.weights) - {x[0] for x in m}
         if unknown:
             raise ValueError(f"--weight: no fault {sorted(unknown)} in this run's menu "
                              f"{[x[0] for x in m]}")
-        m = [(n, f, self.weights.get(n, w)) for n, f, w in m]
+        m = [(n, f, self.weights.get(n, FAULT_WEIGHTS[n])) for n, f in m]
         if not any(w > 0 for _, _, w in m):
             raise ValueError("--weight: every fault of the menu has weight 0")
         return m
@@ -441,11 +446,11 @@ def main(argv):
                     help="add two faults at once: a node cut off while another is SIGKILLed or "
                          "SIGSTOPped (another sequence for the same seed)")
     ap.add_argument("--weight", action="append", default=[], metavar="FAULT=W",
-                    help="a fault's weight in the random choice (repeatable; 0 leaves it out): "
-                         "kill 3, kill-leader 2, stop 2, restart 2, restart-all 1, partition 3, "
-                         "with --more stop-leader 2, rolling-kill 2, cut-leader 2, with --links "
-                         "cut-link 3, with --overlap cut-and-fault 3 (e.g. --weight "
-                         "restart-all=6 for many whole-cluster SIGKILLs)")
+                    help="a fault's weight in the random choice (repeatable; 0 leaves it out); "
+                         "by default " + ", ".join(f"{n} {w}" for n, w in FAULT_WEIGHTS.items())
+                         + " (stop-leader, rolling-kill and cut-leader with --more, cut-link with "
+                         "--links, cut-and-fault with --overlap); e.g. --weight restart-all=6 for "
+                         "many whole-cluster SIGKILLs")
     a = ap.parse_args(argv)
     try:
         hold = tuple(float(x) for x in a.hold.split(","))
