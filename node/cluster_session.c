@@ -820,12 +820,22 @@ static void owner_pubs_note(struct session_owner_local *local, const Starling__C
  * nothing changed), so when the registry and the record name `to`, every
  * table from the current index on has them (+ 1: the record's entry may
  * be committed and its index not yet published to fsm_routes_index). */
+/* What owner_routed_index found of the first owner after the copy's claim:
+ * its node and the index of the entry after its own in the record's list
+ * (another owner's first record: from there on, what was routed reached
+ * that one; 0: none listed yet). */
+struct owner_found {
+    uint64_t node, next;
+};
+
 static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint16_t len,
                                    uint64_t to, uint64_t own, uint64_t stored, bool owners_only,
-                                   struct session_owner_local *local)
+                                   struct session_owner_local *local, struct owner_found *found)
 {
     if (local)
         *local = (struct session_owner_local){0};
+    if (found)
+        *found = (struct owner_found){0};
     Starling__Cmd__SessionRecord *rec = record_read(cn, id, len);
     if (!rec)
         return 0;
@@ -894,6 +904,11 @@ static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint
         if (o->epoch <= mine || o->node == cn->self)
             continue;
         from = o->index;
+        if (found) {
+            found->node = o->node;
+            if (i + 1 < rec->n_owners)
+                found->next = rec->owners[i + 1]->index;
+        }
         /* Its own publishes routed before that index reached it too, if
          * its session had them locally (RecordOwner.local_from): its claim
          * joined the index there before its routes and its record were
@@ -941,7 +956,7 @@ uint64_t cn_copy_owners_index(struct cluster_node *cn, struct session *s, uint64
         return 0;
     struct session_owner_local local;
     uint64_t direct =
-        owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, true, &local);
+        owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, true, &local, NULL);
     lock_acquire(&s->lock);
     if (!s->direct_local.node)
         s->direct_local = local;
@@ -961,7 +976,7 @@ static void owner_local_note(struct cluster_node *cn, struct session *s)
     if (have)
         return;
     struct session_owner_local local;
-    owner_routed_index(cn, s->client_id, s->id_len, 0, own, stored, true, &local);
+    owner_routed_index(cn, s->client_id, s->id_len, 0, own, stored, true, &local, NULL);
     lock_acquire(&s->lock);
     if (!s->direct_local.node)
         s->direct_local = local;
@@ -1050,7 +1065,7 @@ static void moving_direct_set(struct cluster_node *cn, struct session *s, uint64
     lock_release(&s->lock);
     struct session_owner_local local;
     uint64_t direct =
-        owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, owners_only, &local);
+        owner_routed_index(cn, s->client_id, s->id_len, to, own, stored, owners_only, &local, NULL);
     lock_acquire(&s->lock);
     if (!s->direct_from && !cn_subs_shared(s))
         s->direct_from = direct;
@@ -3018,8 +3033,72 @@ static bool caught_up(struct cluster_node *cn)
     return fsm_applied(cn->fsm) >= cn->restart_target;
 }
 
+/*
+ * s, a stored copy standing in for a later claim of this node: the owners
+ * rule it went by before the stop, as a session's fold rule (session.h,
+ * struct session_fold). Moving out to the first owner after its claim, it
+ * took nothing routed once that owner's routes were everywhere (its
+ * direct_from, in memory only), and its fold into a claim here left such
+ * forwards out until that claim's index (fold_rule_set). Restored from the
+ * store it came back without it and took them: forwards held in an
+ * origin's outbox across the stop, replayed to it, which that owner had
+ * delivered, and its client completed (chaos seed 17603 with --resend
+ * --more: 2 QoS 2 duplicates, DUP 0, after a whole-cluster SIGKILL;
+ * test_faults.py::test_a_stand_in_leaves_out_what_its_copys_owner_had_
+ * directly). Now it leaves out, as that copy did, a forward routed at or
+ * past the owner's first record (or the owner's own publishes its session
+ * had locally, session_owner_had) that reached that owner too: published
+ * there, or sent there by its origin (struct msg.also_to). Only what was
+ * routed before the index this node has applied now, and before the
+ * record names another owner after that one: that owner's routes were in
+ * every such table, and its copy, once another claim took the session,
+ * hands on what it took that was routed before the next owner's record
+ * (what comes later reaches this node alone). Not this node's own
+ * publishes (a forward of them went there too, and comes back from that
+ * copy as a late message if it took it: each identity once). */
+static void stand_in_rule_set(struct cluster_node *cn, struct session *s)
+{
+    lock_acquire(&s->lock);
+    uint64_t stored = s->stored_epoch;
+    bool skip = s->fold || !stored || cn_subs_shared(s);
+    lock_release(&s->lock);
+    if (skip)
+        return;
+    struct session_owner_local local;
+    struct owner_found owner;
+    uint64_t direct =
+        owner_routed_index(cn, s->client_id, s->id_len, 0, 0, stored, true, &local, &owner);
+    uint64_t until = fsm_routes_index(cn->fsm) + 1;
+    if (owner.next && owner.next < until)
+        until = owner.next;
+    if (!direct || !owner.node || until <= direct)
+        return;
+    struct session_fold *f = malloc(sizeof(*f));
+    if (!f)
+        return; /* it takes everything: at least once */
+    *f = (struct session_fold){until, direct, cn->self, owner.node, local};
+    size_t gone = 0;
+    lock_acquire(&s->lock);
+    if (!s->fold && !cn_subs_shared(s) && !s->ended) {
+        s->fold = f;
+        f = NULL;
+        /* and what it took of that before (an outbox replayed to it
+         * before the start-up pass named it, say) */
+        gone = session_fold_drop_locked(cn->b, s);
+    }
+    lock_release(&s->lock);
+    if (!f)
+        log_debug("cluster: the stored copy of '%s' (claim %llu) leaves out what was routed from "
+                  "index %llu to %llu and reached %016llx, the owner after it (%zu it held "
+                  "leave it)",
+                  s->client_id, (unsigned long long)stored, (unsigned long long)direct,
+                  (unsigned long long)until, (unsigned long long)owner.node, gone);
+    free(f);
+}
+
 void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t epoch)
 {
+    stand_in_rule_set(cn, s);
     Starling__Cmd__SessionRecord *rec = record_read(cn, s->client_id, s->id_len);
     if (!rec)
         return;
@@ -4393,12 +4472,27 @@ static void fold_rule_set(struct cluster_node *cn, struct session *keep, const s
 {
     lock_acquire(&x->s->lock);
     struct session_owner_local local = x->s->direct_local;
+    /* a copy that stood in for the claim here: its own rule, kept with
+     * its bounds (stand_in_rule_set), for what comes after the fold */
+    struct session_fold stood = {0};
+    if (x->to == cn->self && x->s->fold && x->s->fold->via)
+        stood = *x->s->fold;
     lock_release(&x->s->lock);
     /* (allocated outside the lock; out of memory: no rule, at least once) */
-    struct session_fold *f = first && x->fold_direct ? malloc(sizeof(*f)) : NULL;
+    struct session_fold *f = first && (x->fold_direct || stood.via) ? malloc(sizeof(*f)) : NULL;
     lock_acquire(&keep->lock);
-    if (f && keep->record_from && !keep->routed_from && !cn_subs_shared(keep)) {
-        *f = (struct session_fold){keep->record_from, x->fold_direct, cn->self, local};
+    if (f && stood.via && !cn_subs_shared(keep)) {
+        *f = stood;
+        free(keep->fold);
+        keep->fold = f;
+        f = NULL;
+        log_debug("cluster: '%s' leaves out what was routed here from index %llu to %llu and "
+                  "reached %016llx, as its copy that stood in for the claim did",
+                  keep->client_id, (unsigned long long)stood.direct,
+                  (unsigned long long)stood.until, (unsigned long long)stood.via);
+    } else if (f && !stood.via && keep->record_from && !keep->routed_from &&
+               !cn_subs_shared(keep)) {
+        *f = (struct session_fold){keep->record_from, x->fold_direct, cn->self, 0, local};
         free(keep->fold);
         keep->fold = f;
         f = NULL;
@@ -4605,6 +4699,11 @@ void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len)
     s->epoch = 0;
     uint64_t own = s->stored_epoch;
     lock_release(&s->lock);
+    /* the owners rule it went by before the stop (set already when the
+     * start-up pass named it, cn_session_stand_in), for what it took and
+     * for what comes to the claim's session after the fold
+     * (fold_rule_set) */
+    stand_in_rule_set(cn, s);
     log_info("cluster: '%s' is claimed here while another session of it stood in for the claim in "
              "this node's table (%s, claim %llu): it ends now, what it holds goes to the claim's "
              "session",

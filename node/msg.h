@@ -76,10 +76,12 @@ struct msg {
     uint8_t data[];
 };
 
-/* Whether m's origin forwarded it to `node` too (struct msg.also_to). */
+/* Whether m's origin forwarded it to `node` too (struct msg.also_to). Not
+ * known (MSG_ALSO_TO_MANY: none listed): false. Before, such a message's
+ * also_to, never written, was read as listed. */
 static inline bool msg_also_to(const struct msg *m, uint64_t node)
 {
-    for (uint8_t i = 0; i < m->n_also_to && i < MSG_ALSO_TO_MAX; i++)
+    for (uint8_t i = 0; m->n_also_to <= MSG_ALSO_TO_MAX && i < m->n_also_to; i++)
         if (m->also_to[i] == node)
             return true;
     return false;

@@ -523,9 +523,7 @@ static int deliver(struct broker *b, struct session *s, struct msg *m, uint8_t q
             dup = true; /* an old copy: m reached its new owner directly */
         else if (s->routed_from && m->route_index && m->route_index < s->routed_from)
             dup = true; /* routed to its old owner, which has it (routed_from) */
-        else if (how == HOW_DIRECT && s->fold && m->route_index &&
-                 m->route_index < s->fold->until && m->id_node != s->fold->here &&
-                 session_owner_had(&s->fold->local, m, s->fold->direct))
+        else if (how == HOW_DIRECT && session_fold_had(s->fold, m))
             dup = true; /* came for a copy folded into it, had by a later owner */
         else if (s->seen && !s->ended)
             /* (a parked one is recorded when the wait is over) */
@@ -752,6 +750,34 @@ void session_rejected_locked(struct broker *b, struct session *s, const struct m
     }
     if (bt)
         persist_submit(b, &bt, NULL, NULL);
+}
+
+size_t session_fold_drop_locked(struct broker *b, struct session *s)
+{
+    assert(lock_held(&s->lock));
+    struct store_batch *bt = NULL;
+    struct qmsg *prev = NULL, *q = s->queue.head;
+    size_t n = 0;
+    while (q) {
+        struct qmsg *next = q->next;
+        if (q->state == MSG_STATE_QUEUED && !q->pid && !q->parked &&
+            atomic_load(&q->m->hold) != MSG_HELD && session_fold_had(s->fold, q->m)) {
+            if (q == s->late_last)
+                s->late_last = prev;
+            if (s->seen && q->m->id_node && q->m->id_seq)
+                msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
+            qlist_unlink(&s->queue, prev, q);
+            s->queue_bytes -= qmsg_size(q);
+            session_drop(b, s, q, &bt, -1);
+            n++;
+        } else {
+            prev = q;
+        }
+        q = next;
+    }
+    if (bt)
+        persist_submit(b, &bt, NULL, NULL);
+    return n;
 }
 
 /* The wait of s's parked messages is over: each is taken (recorded in

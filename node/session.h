@@ -288,9 +288,16 @@ struct session {
      * copy folded, more than one, or a shared subscription); allocated by
      * the fold alone, so that the sessions without one do not carry it.
      * Set by the fold (cluster_session.c, fold_rule_set); in memory only,
-     * freed with the session. */
+     * freed with the session.
+     * Also a stored copy standing in for a later claim of this node
+     * (cn_session_stand_in): the owners rule it went by before the stop,
+     * which its store does not keep, from the record, with `via` the
+     * owner it names (not 0: a forward of a third node is left out only
+     * when its origin sent it to that owner too, struct msg.also_to) and
+     * `until` at most the index at which it began to stand in. A claim
+     * that folds the stand-in takes that rule over (fold_rule_set). */
     struct session_fold {
-        uint64_t until, direct, here;
+        uint64_t until, direct, here, via;
         struct session_owner_local local;
     } * fold;
     /* cluster: 1 + next_seq when the session was resumed here from its
@@ -451,6 +458,24 @@ static inline bool session_owner_had(const struct session_owner_local *o, const 
             seen = o->pubs[i].pub;
     return m->id_seq > seen;
 }
+
+/* Whether m, offered to a session directly, is one that its fold rule f
+ * (NULL: none) leaves out: routed before f->until, not published here, and
+ * had by the later owner the rule names (struct session_fold). */
+static inline bool session_fold_had(const struct session_fold *f, const struct msg *m)
+{
+    return f && m->route_index && m->route_index < f->until && m->id_node != f->here &&
+           (!f->via || m->id_node == f->via || msg_also_to(m, f->via)) &&
+           session_owner_had(&f->local, m, f->direct);
+}
+
+/* s's fold rule was just set (a stored copy standing in for a claim,
+ * cluster_session.c): the queued messages it leaves out that s took
+ * before, not sent to a client yet, leave s's queue and the store, and
+ * their identities its record of them (its client never had them). A
+ * message whose batch has not committed yet stays (at least once).
+ * s->lock held. Returns how many left. */
+size_t session_fold_drop_locked(struct broker *b, struct session *s);
 
 /* The session moved here: record the identities it gets from now on (for
  * SESSION_SEEN_RECORD_MS). s->lock held. Returns 0 or -ENOMEM. */

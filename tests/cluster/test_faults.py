@@ -708,18 +708,19 @@ def metric_value(node, name):
     raise AssertionError(f"{name} not in {node.name}'s /metrics")
 
 
-def copies_held_cluster(cluster_factory, tmp_path, claim_timeout_ms):
+def copies_held_cluster(cluster_factory, tmp_path, claim_timeout_ms, **holds):
     """A formed cluster with debug logs, the given cluster_claim_timeout,
     old copies held collecting while tmp_path/moving-hold exists
     (STARLING_TEST_MOVING_HOLD) and each node's reports held while
-    tmp_path/reports-held-NAME exists. Returns the cluster, the moving
+    tmp_path/reports-held-NAME exists (and the hooks of `holds`, as
+    hold_files_per_node reads them). Returns the cluster, the moving
     hold's path, the leader and the two followers."""
     hold = tmp_path / "moving-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV,
                                        STARLING_CLUSTER_CLAIM_TIMEOUT=str(claim_timeout_ms),
                                        STARLING_LOG_LEVEL="debug",
                                        STARLING_TEST_MOVING_HOLD=str(hold)))
-    hold_files_per_node(c, tmp_path, STARLING_TEST_REPORTS_HOLD="reports-held")
+    hold_files_per_node(c, tmp_path, STARLING_TEST_REPORTS_HOLD="reports-held", **holds)
     c.start()
     c.wait_healthy()
     lead = faults.node_named(c, wait_until(lambda: faults.leader(c), 20, "a leader"))
@@ -5143,6 +5144,189 @@ def test_stored_copy_standing_in_for_the_claims_session_hands_on_what_it_took(cl
     assert again == [], f"QoS {qos} messages delivered twice: {again}"
     s.disconnect()
     p.disconnect()
+
+
+@pytest.mark.parametrize("mode", ["resumed", "resumed_replayed_first", "folded",
+                                  "folded_then_replayed"])
+def test_a_stand_in_leaves_out_what_its_copys_owner_had_directly(cluster_factory, tmp_path,
+                                                                   mode):
+    """Issue 10, chaos seed 17603 (2 QoS 2 duplicates, DUP 0, after a
+    whole-cluster SIGKILL), made deterministic. A persistent QoS 2
+    subscriber S moves from A to B; A's old copy stays (held moving out,
+    STARLING_TEST_MOVING_HOLD, and in A's store). B's forwards to A wait in
+    B's outbox (STARLING_TEST_FWD_HOLD) while M0..M4 are published on B: S
+    gets and completes them there. M0..M4 were routed once B's routes were
+    everywhere, so they reached B directly: by the owners rule A's copy
+    left them out, a rule that is not stored with it. A is SIGKILLed and
+    started again, and the stored copy stands in for a later claim of A:
+    * `resumed`: B's store has S settled; B is SIGSTOPped, S connects to A,
+      whose claim applies and asks B; A and B are SIGKILLed and started
+      again (A's start-up pass names the copy the claim's); S connects to
+      A, whose claim resumes the stand-in, and B's outbox replays M0..M4
+      to it;
+    * `resumed_replayed_first`: the same, but B's outbox replays M0..M4 to
+      A while A's start-up pass waits (the leader's reports held), before
+      it names the copy;
+    * `folded`: A's pass waits while S connects to A, whose claim applies
+      and asks B; B's outbox replays M0..M4, then B's state comes, and the
+      stored copy, not named yet, is folded into the claim's session. B's
+      sessions record no identities (STARLING_TEST_SEEN_RECORD_MS=0, as
+      once the 60 s after a move are over), so its state does not say that
+      S had M0..M4;
+    * `folded_then_replayed`: the same, but M0..M4 are published on the
+      leader, whose outbox replays them to A once the copy is folded: the
+      claim's session takes them.
+    Before, the stand-in (or the claim's session) took M0..M4 and S got
+    them again. Now S gets none of them again, and N0..N2, published on A
+    while the copy stands in, once."""
+    c, hold, lead, a, b = copies_held_cluster(cluster_factory, tmp_path, 10000,
+                                              STARLING_TEST_FWD_HOLD="fwd-held")
+    fold = mode.startswith("folded")
+    origin = lead if mode == "folded_then_replayed" else b
+    if fold:
+        # B's sessions record no identities (as once the 60 s after a move
+        # are over): its state does not say that S had M0..M4
+        kill(b)
+        b.env = (lambda base: lambda: {**base(), "STARLING_TEST_SEEN_RECORD_MS": "0"})(b.env)
+        b.start()
+        wait_until(lambda: faults.hears(a, b) and faults.hears(b, a), 60,
+                   f"{b.name} back, heard by {a.name}")
+    cid, topic, props, s = raw_persistent_subscriber(a, "standdirect", 2)
+    s.disconnect()
+    hold.write_text("")  # A's copy, claimed away, stays (in its store too)
+    s = connected_after_fault(b, cid, clean=False, properties=props, timeout=30)
+    assert s.connack.session_present, s.connack
+    bound = re.compile(rf"the old copy of '{re.escape(cid)}' takes nothing routed from "
+                       rf"index \d+ on")
+    wait_until(lambda: bound.search(a.logtext()), 30, f"{a.name}'s copy of {cid} bound")
+    fwd_held = tmp_path / f"fwd-held-{origin.name}"
+    fwd_held.write_text(f"{faults.node_id(a):x}\n")
+    p = mqttraw.connected(origin, uid("standdirectp"), 5)
+    sent = [f"m{k}".encode() for k in range(5)]
+    for k, m in enumerate(sent):
+        p.publish(topic + "/x", m, qos=2, packet_id=k + 1)
+        assert p.expect(mqttraw.PUBREC, timeout=30).packet_id == k + 1
+        p.pubrel(k + 1)
+        assert p.expect(mqttraw.PUBCOMP, timeout=30).packet_id == k + 1
+    got = [s.recv_publish(30).payload for _ in sent]
+    assert got == sent, got
+    p.disconnect()
+    me = faults.node_id(a)
+    pass_done = "cluster: start-up pass over"
+    later = [f"n{k}".encode() for k in range(3)]
+    rule = f"the stored copy of '{cid}' (claim 1) leaves out what was routed"
+    replayed = f"'{sent[-1].decode()}') applied"
+    reports_held = tmp_path / f"reports-held-{lead.name}"
+    folded = f"'{cid}' is claimed here while another session of it stood in"
+
+    def publish_later():
+        q = mqttraw.connected(a, uid("standdirectq"), 5)
+        for k, m in enumerate(later):
+            q.publish(topic + "/x", m, qos=1, packet_id=k + 1)
+            assert q.expect(mqttraw.PUBACK, timeout=30).packet_id == k + 1
+        return q
+
+    if not fold:
+        session_settled_then_synced(b, cid)
+        s.disconnect()
+        pause(b)
+        y = mqttraw.Client(a, version=5)
+        y.connect(cid, clean=False, properties=props, expect=False)
+        wait_until(lambda: faults.tables(a)["registry"].get(cid, (0, 0))[0] == me, 30,
+                   f"{a.name}'s claim of {cid} applied there")
+        kill(a)
+        kill(b)
+        y.close()
+        hold.unlink()
+        start = len(a.logtext())
+        first = mode == "resumed_replayed_first"
+        if first:
+            reports_held.write_text("")
+        try:
+            a.start()
+            if first:
+                b.start()
+                wait_until(lambda: faults.hears(a, b), 60, f"{a.name} hearing {b.name}")
+                fwd_held.unlink()
+                wait_until(lambda: replayed in a.logtext()[start:], 30,
+                           f"{b.name}'s outbox replaying M0..M4 to {a.name}")
+                assert pass_done not in a.logtext()[start:], \
+                    f"{a.name}'s start-up pass ran before M0..M4 came"
+        finally:
+            if first:
+                reports_held.unlink()
+        wait_until(lambda: pass_done in a.logtext()[start:], 60, f"{a.name}'s start-up pass")
+        q = publish_later()
+        if not first:
+            b.start()
+            wait_until(lambda: faults.hears(a, b), 60, f"{a.name} hearing {b.name}")
+            fwd_held.unlink()
+        s = connected_after_fault(a, cid, clean=False, properties=props, timeout=30)
+    else:
+        s.disconnect()
+        kill(a)
+        hold.unlink()
+        reports_held.write_text("")
+        start = len(a.logtext())
+        try:
+            a.start()
+            wait_until(lambda: faults.hears(a, b), 60,
+                       f"{a.name} serving and hearing {b.name}")
+            y = mqttraw.Client(a, version=5)
+            y.connect(cid, clean=False, properties=props, expect=False)
+            connack = Background(lambda: y.expect(mqttraw.CONNACK, 60))
+            wait_until(lambda: faults.tables(a)["registry"].get(cid, (0, 0))[0] == me, 30,
+                       f"{a.name}'s claim of {cid} applied there")
+            if origin is b:
+                fwd_held.unlink()
+                wait_until(lambda: folded in a.logtext()[start:], 30,
+                           f"{a.name} folding the stored copy of {cid}")
+            assert pass_done not in a.logtext()[start:], \
+                f"{a.name}'s start-up pass ran before its claim"
+        finally:
+            reports_held.unlink()
+        wait_until(lambda: pass_done in a.logtext()[start:], 30, f"{a.name}'s start-up pass")
+        q = publish_later()
+        if origin is not b:
+            wait_until(lambda: folded in a.logtext()[start:], 30,
+                       f"{a.name} folding the stand-in of {cid}")
+            fwd_held.unlink()
+            wait_until(lambda: replayed in a.logtext()[start:], 30,
+                       f"{origin.name}'s outbox replaying M0..M4 to {a.name}")
+        y.connack = connack.result()
+        if y.connack.reason_code == 0x88:
+            # the CONNECT's wait (cluster_claim_timeout) may end just before
+            # the claim's: tried again once that claim's session is stored
+            staged = re.compile(rf"'{re.escape(cid)}' \(claim \d+\) stored with")
+            wait_until(lambda: staged.search(a.logtext()[start:]), 30,
+                       f"{a.name} storing the session of its claim of {cid}")
+            y.close()
+            y = connected_after_fault(a, cid, clean=False, properties=props, timeout=30)
+        s = y
+    print(f"\n[stand-in direct] {mode}: CONNACK {s.connack}; the stand-in's rule: "
+          f"{[x for x in a.logtext()[start:].splitlines() if rule in x]}")
+    assert s.connack.reason_code == 0 and s.connack.session_present, s.connack
+
+    def before_marker():
+        marker = uid("marker").encode()
+        q.publish(topic + "/marker", marker, qos=1, packet_id=9)
+        assert q.expect(mqttraw.PUBACK, timeout=30).packet_id == 9
+        out = []
+        while True:
+            m = s.recv_publish(30).payload
+            if m == marker:
+                return out
+            out.append(m)
+    came = re.compile(rf"late message\(s\) of '{re.escape(cid)}' came from "
+                      rf"{faults.node_id(b):016x}")
+    wait_until(lambda: came.search(a.logtext()[start:]), 60,
+               f"{a.name} taking {b.name}'s late messages")
+    delivered = before_marker() + before_marker()
+    print(f"[stand-in direct] delivered on {a.name}: {delivered}")
+    assert [m for m in delivered if m in sent] == [], f"M0..M4 again: {delivered}"
+    assert sorted(m for m in delivered if m in later) == later, f"N0..N2: {delivered}"
+    s.disconnect()
+    q.disconnect()
 
 
 def test_late_messages_in_the_handover_window_follow_the_copy(cluster_factory, tmp_path,
