@@ -1683,6 +1683,40 @@ def none_again_after_late_messages(sender, owner, cid, s, p, topic, what, timeou
                          f"{came.findall(owner.logtext())}")
 
 
+def raw_got_before_a_marker(s, publish):
+    """What raw subscriber s gets (its QoS 1 and 2 exchanges completed)
+    before a marker that publish(marker) publishes: after everything else
+    it was to get."""
+    marker = uid("marker").encode()
+    publish(marker)
+    out = []
+    while (m := s.recv_publish(30).payload) != marker:
+        out.append(m)
+    return out
+
+
+def released_then_logged(held, node, text, start, what):
+    """The hold file `held` removed, node's log (from `start` on) says
+    `text` within 30 s."""
+    held.unlink()
+    wait_until(lambda: text in node.logtext()[start:], 30, what)
+
+
+def connected_once_stored(y, node, cid, props, start):
+    """y, a raw client whose CONNACK for cid on node came (y.connack). The
+    CONNECT's wait (cluster_claim_timeout) may end just before the claim's
+    own wait for the old owner's state: refused with 0x88, it connects
+    again, as clients do, once that claim's session is stored (node's log
+    from `start` on). Returns the client connected."""
+    if y.connack.reason_code != 0x88:
+        return y
+    staged = re.compile(rf"'{re.escape(cid)}' \(claim \d+\) stored with")
+    wait_until(lambda: staged.search(node.logtext()[start:]), 30,
+               f"{node.name} storing the session of its claim of {cid}")
+    y.close()
+    return connected_after_fault(node, cid, clean=False, properties=props, timeout=30)
+
+
 def copy_collecting_what_s_got(cluster_factory, tmp_path, name):
     """The start of the two tests below: a persistent QoS 2 subscriber S
     on node B; B restarts (SIGTERM) while S moves to A (resumed from its
@@ -5104,31 +5138,15 @@ def test_stored_copy_standing_in_for_the_claims_session_hands_on_what_it_took(cl
         if held.exists():
             held.unlink()
         resume(b)
-    s = got["s"]
-    acks = [(s.connack.reason_code, s.connack.session_present)]
-    if s.connack.reason_code == 0x88:
-        # the CONNECT's wait (cluster_claim_timeout) may end just before the
-        # claim's own wait for B's state: tried again, as clients do, once
-        # that claim's session is in place (sooner is the `retry` case)
-        staged = re.compile(rf"'{re.escape(cid)}' \(claim \d+\) stored with")
-        wait_until(lambda: staged.search(a.logtext()[start:]), 30,
-                   f"{a.name} storing the session of its claim of {cid}")
-        s.close()
-        s = connected_after_fault(a, cid, clean=False, properties=props, timeout=30)
-        acks.append((s.connack.reason_code, s.connack.session_present))
-    print(f"\n[stand-in] CONNACKs {acks}")
+    first = (got["s"].connack.reason_code, got["s"].connack.session_present)
+    # (sooner, the `retry` case)
+    s = connected_once_stored(got["s"], a, cid, props, start)
+    print(f"\n[stand-in] CONNACKs {first}, then {s.connack}")
     assert s.connack.reason_code == 0 and s.connack.session_present, f"CONNACK {s.connack}"
     wait_until(lambda: timed_out in a.logtext()[start:], 30, f"{a.name}'s claim going on")
 
     def before_marker():
-        marker = uid("marker").encode()
-        p.publish(topic + "/marker", marker, qos=qos)
-        out = []
-        while True:
-            m = s.recv_publish(30).payload
-            if m == marker:
-                return out
-            out.append(m)
+        return raw_got_before_a_marker(s, lambda m: p.publish(topic + "/marker", m, qos=qos))
     delivered = before_marker()
     folded = f"'{cid}' is claimed here while another session of it stood in"
     print(f"[stand-in] delivered on {a.name} before a marker: {delivered} "
@@ -5247,9 +5265,8 @@ def test_a_stand_in_leaves_out_what_its_copys_owner_had_directly(cluster_factory
             if first:
                 b.start()
                 wait_until(lambda: faults.hears(a, b), 60, f"{a.name} hearing {b.name}")
-                fwd_held.unlink()
-                wait_until(lambda: replayed in a.logtext()[start:], 30,
-                           f"{b.name}'s outbox replaying M0..M4 to {a.name}")
+                released_then_logged(fwd_held, a, replayed, start,
+                                     f"{b.name}'s outbox replaying M0..M4 to {a.name}")
                 assert pass_done not in a.logtext()[start:], \
                     f"{a.name}'s start-up pass ran before M0..M4 came"
         finally:
@@ -5278,9 +5295,8 @@ def test_a_stand_in_leaves_out_what_its_copys_owner_had_directly(cluster_factory
             wait_until(lambda: faults.tables(a)["registry"].get(cid, (0, 0))[0] == me, 30,
                        f"{a.name}'s claim of {cid} applied there")
             if origin is b:
-                fwd_held.unlink()
-                wait_until(lambda: folded in a.logtext()[start:], 30,
-                           f"{a.name} folding the stored copy of {cid}")
+                released_then_logged(fwd_held, a, folded, start,
+                                     f"{a.name} folding the stored copy of {cid}")
             assert pass_done not in a.logtext()[start:], \
                 f"{a.name}'s start-up pass ran before its claim"
         finally:
@@ -5290,38 +5306,22 @@ def test_a_stand_in_leaves_out_what_its_copys_owner_had_directly(cluster_factory
         if origin is not b:
             wait_until(lambda: folded in a.logtext()[start:], 30,
                        f"{a.name} folding the stand-in of {cid}")
-            fwd_held.unlink()
-            wait_until(lambda: replayed in a.logtext()[start:], 30,
-                       f"{origin.name}'s outbox replaying M0..M4 to {a.name}")
+            released_then_logged(fwd_held, a, replayed, start,
+                                 f"{origin.name}'s outbox replaying M0..M4 to {a.name}")
         y.connack = connack.result()
-        if y.connack.reason_code == 0x88:
-            # the CONNECT's wait (cluster_claim_timeout) may end just before
-            # the claim's: tried again once that claim's session is stored
-            staged = re.compile(rf"'{re.escape(cid)}' \(claim \d+\) stored with")
-            wait_until(lambda: staged.search(a.logtext()[start:]), 30,
-                       f"{a.name} storing the session of its claim of {cid}")
-            y.close()
-            y = connected_after_fault(a, cid, clean=False, properties=props, timeout=30)
-        s = y
+        s = connected_once_stored(y, a, cid, props, start)
     print(f"\n[stand-in direct] {mode}: CONNACK {s.connack}; the stand-in's rule: "
           f"{[x for x in a.logtext()[start:].splitlines() if rule in x]}")
     assert s.connack.reason_code == 0 and s.connack.session_present, s.connack
 
-    def before_marker():
-        marker = uid("marker").encode()
-        q.publish(topic + "/marker", marker, qos=1, packet_id=9)
+    def marker(m):
+        q.publish(topic + "/marker", m, qos=1, packet_id=9)
         assert q.expect(mqttraw.PUBACK, timeout=30).packet_id == 9
-        out = []
-        while True:
-            m = s.recv_publish(30).payload
-            if m == marker:
-                return out
-            out.append(m)
     came = re.compile(rf"late message\(s\) of '{re.escape(cid)}' came from "
                       rf"{faults.node_id(b):016x}")
     wait_until(lambda: came.search(a.logtext()[start:]), 60,
                f"{a.name} taking {b.name}'s late messages")
-    delivered = before_marker() + before_marker()
+    delivered = raw_got_before_a_marker(s, marker) + raw_got_before_a_marker(s, marker)
     print(f"[stand-in direct] delivered on {a.name}: {delivered}")
     assert [m for m in delivered if m in sent] == [], f"M0..M4 again: {delivered}"
     assert sorted(m for m in delivered if m in later) == later, f"N0..N2: {delivered}"
