@@ -302,8 +302,11 @@ void cn_session_record_queue(struct cluster_node *cn, struct session *s);
  * Before, s waited for nobody's: the next owner, handed s's state, took a
  * resend of what that owner had for new (chaos seed 12000 with --resend
  * --more --no-lb --links --overlap: 1 QoS 2 message twice at 3
- * subscribers). s->lock not held. */
-void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t epoch);
+ * subscribers). It also takes the owners rule its copy went by
+ * (stand_in_rule_set); `purge`: and what it holds that the rule leaves out
+ * leaves it now, when no other session of the id is beside it (cn->reg_mu
+ * not held then). s->lock not held. */
+void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t epoch, bool purge);
 /* A session built from the replicated record of id (not in the table, one
  * reference), or NULL when there is none. prev: the registry's owner
  * before the claim it is for (0: not known), whose QoS 2 ids its client's

@@ -1431,7 +1431,7 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
         }
         lock_release(&s->lock);
         if (stand_in) /* a copy of an older claim: the wait it hands on */
-            cn_session_stand_in(cn, s, epoch);
+            cn_session_stand_in(cn, s, epoch, false);
     }
     if (!s) { /* a stored copy that the start-up pass found claimed away */
         s = cn_moving_take(cn, id, len, from, req_epoch);
@@ -1451,7 +1451,7 @@ static void request_answer(struct cluster_node *cn, uint64_t from, const Protobu
             uint64_t own = session_claim_epoch(s);
             lock_release(&s->lock);
             if (own && own + 1 < req_epoch)
-                cn_session_stand_in(cn, s, req_epoch - 1);
+                cn_session_stand_in(cn, s, req_epoch - 1, false);
         }
     }
     /* none, the store loaded, no claim of id running here (a held request

@@ -587,6 +587,14 @@ enum late_mark {
     LATE_STAYS,    /* complete and stays: the first batch of a flushing copy */
 };
 
+/* Whether q, held by a copy that stood in for a claim here (its rule:
+ * `stood`, via 0: none), is left out of its fold: not sent to a client, and
+ * had by the owner after its claim (session_fold_had). */
+static bool stand_in_had(const struct session_fold *stood, const struct qmsg *q)
+{
+    return stood->via && q->state == MSG_STATE_QUEUED && !q->pid && session_fold_had(stood, q->m);
+}
+
 /* Send msgs (a list, freed here) for session id to node `to`, but those
  * routed with a route table at or past `direct` (not 0), which reached `to`
  * directly. To another node, sequenced (node/cluster_fwd.h): the frame goes
@@ -605,6 +613,15 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
     if (from && direct) {
         lock_acquire(&from->lock);
         local = from->direct_local;
+        lock_release(&from->lock);
+    }
+    /* a copy that stood in for a claim here, folded into that claim's
+     * session: what its owners rule leaves out (stand_in_rule_set) */
+    struct session_fold stood = {0};
+    if (from && to == cn->self) {
+        lock_acquire(&from->lock);
+        if (from->fold && from->fold->via)
+            stood = *from->fold;
         lock_release(&from->lock);
     }
     if (from && to != cn->self && msgs) {
@@ -627,9 +644,11 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
                       (unsigned long long)q->m->id_seq,
                       msg_tag(msg_payload(q->m), q->m->payload_len, tag), (unsigned)q->state,
                       (unsigned long long)to,
-                      session_owner_had(&local, q->m, direct) ? "reached it directly" : "sent");
+                      session_owner_had(&local, q->m, direct) || stand_in_had(&stood, q)
+                          ? "reached it directly"
+                          : "sent");
         }
-        if (session_owner_had(&local, q->m, direct)) {
+        if (session_owner_had(&local, q->m, direct) || stand_in_had(&stood, q)) {
             *pp = q->next;
             qmsg_free(q);
             skipped++;
@@ -3033,6 +3052,26 @@ static bool caught_up(struct cluster_node *cn)
     return fsm_applied(cn->fsm) >= cn->restart_target;
 }
 
+/* Whether another session of s's id is in this node's table, or came with
+ * a claim here and is not in the table yet: its rows share the store's keys
+ * with s's. */
+static bool stand_in_beside(struct cluster_node *cn, struct session *s)
+{
+    struct broker *b = cn->b;
+    pthread_mutex_lock(&b->registry.lock);
+    struct session *other = registry_find(&b->registry, s->client_id, s->id_len);
+    pthread_mutex_unlock(&b->registry.lock);
+    if (other && other != s)
+        return true;
+    bool beside = false;
+    pthread_mutex_lock(&cn->reg_mu);
+    for (struct cn_incoming *x = cn->incoming; x && !beside; x = x->next)
+        beside = x->s != s && x->s->id_len == s->id_len &&
+                 memcmp(x->s->client_id, s->client_id, s->id_len) == 0;
+    pthread_mutex_unlock(&cn->reg_mu);
+    return beside;
+}
+
 /*
  * s, a stored copy standing in for a later claim of this node: the owners
  * rule it went by before the stop, as a session's fold rule (session.h,
@@ -3056,7 +3095,7 @@ static bool caught_up(struct cluster_node *cn)
  * (what comes later reaches this node alone). Not this node's own
  * publishes (a forward of them went there too, and comes back from that
  * copy as a late message if it took it: each identity once). */
-static void stand_in_rule_set(struct cluster_node *cn, struct session *s)
+static void stand_in_rule_set(struct cluster_node *cn, struct session *s, bool purge)
 {
     lock_acquire(&s->lock);
     uint64_t stored = s->stored_epoch;
@@ -3071,8 +3110,18 @@ static void stand_in_rule_set(struct cluster_node *cn, struct session *s)
     uint64_t until = fsm_routes_index(cn->fsm) + 1;
     if (owner.next && owner.next < until)
         until = owner.next;
-    if (!direct || !owner.node || until <= direct)
+    /* (until at or below direct: the owner's own publishes that its
+     * session had locally, routed before its first record, are still left
+     * out, session_owner_had; chaos seed 18003 with --resend --more
+     * --weight restart-all=8: 122 of them, which a stand-in held in its
+     * store, came again as its state, DUP 1) */
+    if (!direct || !owner.node)
         return;
+    /* what it took before leaves its queue here only when no other
+     * session of the id has rows in the store: they share its keys
+     * (moving_rows_past_bound_del); else the fold leaves it out (msgs_send) */
+    if (purge)
+        purge = !stand_in_beside(cn, s);
     struct session_fold *f = malloc(sizeof(*f));
     if (!f)
         return; /* it takes everything: at least once */
@@ -3084,7 +3133,8 @@ static void stand_in_rule_set(struct cluster_node *cn, struct session *s)
         f = NULL;
         /* and what it took of that before (an outbox replayed to it
          * before the start-up pass named it, say) */
-        gone = session_fold_drop_locked(cn->b, s);
+        if (purge)
+            gone = session_fold_drop_locked(cn->b, s);
     }
     lock_release(&s->lock);
     if (!f)
@@ -3096,9 +3146,9 @@ static void stand_in_rule_set(struct cluster_node *cn, struct session *s)
     free(f);
 }
 
-void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t epoch)
+void cn_session_stand_in(struct cluster_node *cn, struct session *s, uint64_t epoch, bool purge)
 {
-    stand_in_rule_set(cn, s);
+    stand_in_rule_set(cn, s, purge);
     Starling__Cmd__SessionRecord *rec = record_read(cn, s->client_id, s->id_len);
     if (!rec)
         return;
@@ -3231,7 +3281,7 @@ static void restart_pass(struct cluster_node *cn)
                 lock_release(&s->lock);
                 free(user);
                 if (stand_in)
-                    cn_session_stand_in(cn, s, epoch);
+                    cn_session_stand_in(cn, s, epoch, true);
             } else {
                 /* taken over while this node was down; a claim that said
                  * its claimant stores the session first (the registry
@@ -3727,6 +3777,12 @@ static void moving_take(struct cluster_node *cn, struct cn_moving *x, bool *shar
         *direct = *shared ? 0 : x->routed ? x->route_index : s->direct_from;
         seen_forget_direct(s, x->late, *direct);
     }
+    /* a copy that stood in for a claim here: what its rule leaves out of
+     * the fold (msgs_send) its client never had either */
+    if (x->to == cn->self && s->fold && s->fold->via && s->seen)
+        for (const struct qmsg *q = x->late; q; q = q->next)
+            if (stand_in_had(s->fold, q) && q->m->id_node && q->m->id_seq)
+                msg_seen_del(s->seen, q->m->id_node, q->m->id_seq);
     /* what its client had: the owner takes those once */
     moving_seen_fill(x);
     lock_release(&s->lock);
@@ -4702,8 +4758,9 @@ void cn_moving_stand_in(struct cluster_node *cn, const char *id, uint16_t len)
     /* the owners rule it went by before the stop (set already when the
      * start-up pass named it, cn_session_stand_in), for what it took and
      * for what comes to the claim's session after the fold
-     * (fold_rule_set) */
-    stand_in_rule_set(cn, s);
+     * (fold_rule_set); the claim's session is beside it, so what it took
+     * of that is left out by the fold (msgs_send) */
+    stand_in_rule_set(cn, s, false);
     log_info("cluster: '%s' is claimed here while another session of it stood in for the claim in "
              "this node's table (%s, claim %llu): it ends now, what it holds goes to the claim's "
              "session",
