@@ -359,10 +359,10 @@ struct session *cn_moving_take(struct cluster_node *cn, const char *id, uint16_t
  * (claim_stage), which then stores keep and the fold: the copies' rows
  * leave the store in it, ahead of those, rather than in a batch of their
  * own (a SIGKILL before the fold's writes lost what they held), and keep's
- * next sequence number goes past theirs.
+ * next sequence number goes past theirs. keep_epoch: keep's claim.
  * Returns the list (or NULL). cn->reg_mu held. */
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
-                                   struct session *keep, uint64_t whole_from,
+                                   struct session *keep, uint64_t keep_epoch, uint64_t whole_from,
                                    struct store_batch **bt);
 /* Before cn_moving_detach, when this node's claim of id brought a session
  * (the old owner's state, or the record) that is about to replace what its

@@ -512,7 +512,7 @@ static void claim_on_worker(void *ud)
              * (cn_moving_detach) */
             struct store_batch *bt = NULL;
             struct cn_moving *back =
-                cn_moving_detach(cn, k->id, k->req.id_len, k->incoming,
+                cn_moving_detach(cn, k->id, k->req.id_len, k->incoming, k->epoch,
                                  k->incoming ? k->prev_node : 0, stage ? &bt : NULL);
             bool folds = back != NULL;
             if (stage)

@@ -97,6 +97,14 @@ struct cn_moving {
     uint64_t judged_at; /* its bound not known: the applied index it was last looked for at */
     Starling__Chan__SeenRange *seen, **seenp;
     size_t n_seen;
+    /* folded while it still waited itself for another node's ids
+     * (own_moved_keep): the claim's session (claim ask_epoch) waits for
+     * those now, and its fold asks that node (moving_ask), telling
+     * ask_known, this copy's ids (malloc'd) */
+    struct cn_wait_on ask;
+    uint64_t ask_epoch;
+    uint16_t *ask_known;
+    uint32_t n_ask_known;
 };
 
 /* After a start, the old copies of sessions that moved away while this
@@ -4589,12 +4597,26 @@ static void fold_rule_set(struct cluster_node *cn, struct session *keep, const s
  * stored, n1 restarted and resumed the session from its own record, and
  * n1's state, still waiting for n2's ids, sent the client's resend to n2
  * as new (1 QoS 2 duplicate at 3 subscribers). Whether they did (keep's
- * worker is to judge what it parked). */
-static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
+ * worker is to judge what it parked).
+ * When x itself still waited, not told, for a third node's ids of an
+ * earlier claim (resumed from its record while that node was away), its
+ * ids are only part of its client's: keep's wait goes on to that node's
+ * copy (x->ask, asked at the fold: moving_ask), as a frame's or a late
+ * state's does (*A wait goes on down the chain*, docs/cluster.md).
+ * Before, x's ids were taken for all: chaos seed 18002 with --resend
+ * --more --weight restart-all=8, n2's stored copy of claim 11, whose wait
+ * for n1's ids was open at a whole-cluster SIGKILL, moved out to n3's
+ * claim 12 (n3 kept none) and was folded into n2's claim 13, which took
+ * its ids (none) for the answer and the client's resend of what n1 had
+ * taken for new (1 QoS 2 duplicate at 3 subscribers). keep_epoch: keep's
+ * claim. */
+static bool own_moved_keep(struct cluster_node *cn, struct session *keep, struct cn_moving *x,
+                           uint64_t keep_epoch)
 {
     lock_acquire(&x->s->lock);
     uint32_t n = 0;
-    uint16_t *pending = session_qos2_pending(x->s, broker_now_mono_ms(), &n);
+    struct cn_wait_on w = {0};
+    uint16_t *pending = copy_ids(cn, x->s, &n, &w);
     if (!pending)
         n = 0;
     /* x's own claim the one just before x->epoch (committed epochs of an
@@ -4627,7 +4649,30 @@ static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
     bool none = keep->blind_none_kept || (keep->blind_said_none && x->claim_stored);
     bool answers = told && none && !keep->told && keep->blind_node == x->to && keep->blind_epoch &&
                    keep->blind_epoch == x->epoch && session_blind(keep, broker_now_mono_ms());
-    if (answers) {
+    bool on = answers && w.node && w.epoch < x->epoch && keep_epoch;
+    if (on) {
+        uint64_t now = broker_now_mono_ms(), until = atomic_load(&keep->blind_until);
+        if (w.left_ms < until - now)
+            until = now + w.left_ms;
+        size_t n_rel = 0;
+        uint32_t *rel =
+            wait_moved(keep, w.node, w.epoch, until, w.released, w.n_released, NULL, 0, &n_rel);
+        if (rel) {
+            x->ask = (struct cn_wait_on){w.node, w.epoch, until - now, rel, n_rel};
+            x->ask_epoch = keep_epoch;
+            x->ask_known = told;
+            x->n_ask_known = n;
+            told = NULL;
+        } else {
+            session_wait_end(keep); /* out of memory */
+        }
+        log_info("cluster: the session of '%s' got the %u QoS 2 id(s) of its old copy here, "
+                 "moving out to %016llx, which kept none of its own; that copy still waited for "
+                 "those of %016llx's copy of claim %llu: it waits for those now",
+                 keep->client_id, (unsigned)n, (unsigned long long)x->to,
+                 (unsigned long long)w.node, (unsigned long long)w.epoch);
+        answers = false;
+    } else if (answers) {
         uint32_t k = session_told_set(keep, told, n);
         told = NULL;
         /* nothing more comes from that node: the messages of other copies
@@ -4638,13 +4683,32 @@ static bool own_moved_keep(struct session *keep, const struct cn_moving *x)
                  keep->client_id, (unsigned)k, (unsigned long long)x->to);
     }
     lock_release(&keep->lock);
+    free(w.released);
     free(ids);
     free(told);
     return answers;
 }
 
+/* The question of x's fold (own_moved_keep) to the node whose ids the
+ * claim's session waits for now: into the fold's batch (sent once it
+ * commits), else one of its own. */
+static void moving_ask(struct cluster_node *cn, struct cn_moving *x)
+{
+    if (!x->ask.node)
+        return;
+    struct store_batch *own = NULL;
+    struct store_batch **bt = x->into && x->into->bt ? &x->into->bt : &own;
+    cn_wait_ask(cn, &x->ask, x->s->client_id, x->s->id_len, x->ask_epoch, NULL, 0, x->ask_known,
+                x->n_ask_known, x->ask.released, x->ask.n_released, bt);
+    persist_submit(cn->b, &own, NULL, NULL);
+    free(x->ask.released);
+    free(x->ask_known);
+    x->ask = (struct cn_wait_on){0};
+    x->ask_known = NULL;
+}
+
 struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint16_t len,
-                                   struct session *keep, uint64_t whole_from,
+                                   struct session *keep, uint64_t keep_epoch, uint64_t whole_from,
                                    struct store_batch **bt)
 {
     struct cn_moving *found = NULL;
@@ -4709,7 +4773,7 @@ struct cn_moving *cn_moving_detach(struct cluster_node *cn, const char *id, uint
         moving_take(cn, x, &shared, whole_from ? &x->fold_direct : NULL);
         if (keep)
             fold_rule_set(cn, keep, x, x == found);
-        if (keep && x->to != cn->self && own_moved_keep(keep, x))
+        if (keep && x->to != cn->self && own_moved_keep(cn, keep, x, keep_epoch))
             told_notify(cn, keep);
         /* every folded copy: its ids, kept by its own claim, answer a wait
          * for that claim's ids here (chain_ids, cn_waited_here_ids), as an
@@ -4808,6 +4872,7 @@ void cn_moving_fold_into(struct cluster_node *cn, struct cn_moving *list, struct
          * at least once there. */
         if (x->routed)
             x->n_seen = 0;
+        moving_ask(cn, x);
         moving_send(cn, x, cn->self, x->fold_direct);
     }
 }
@@ -4828,7 +4893,7 @@ void cn_overtaken_add(struct cluster_node *cn, struct session *s, uint64_t node,
         /* its end (in cn_moving_detach) must leave w's stored records */
         cn_session_unstore_beside(cn->b, s);
         pthread_mutex_lock(&cn->reg_mu);
-        struct cn_moving *back = cn_moving_detach(cn, s->client_id, s->id_len, w, 0, NULL);
+        struct cn_moving *back = cn_moving_detach(cn, s->client_id, s->id_len, w, epoch, 0, NULL);
         pthread_mutex_unlock(&cn->reg_mu);
         session_unref(w);
         cn_moving_fold(cn, back);

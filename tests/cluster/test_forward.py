@@ -2206,6 +2206,87 @@ def test_an_asked_copy_that_still_waited_names_its_wait_in_the_answer(cluster_fa
     resend_was_had(sub, a, WAIT_S)
 
 
+def test_a_folded_copy_that_still_waited_hands_its_wait_on(cluster_factory, tmp_path):
+    """Chaos seed 18002 with --resend --more --weight restart-all=8 (1
+    QoS 2 duplicate at 3 subscribers), made deterministic: a folded copy
+    whose own wait was open answered a wait with its own ids
+    (own_moved_keep). A persistent QoS 2 publisher's node a takes its
+    message (claim 1) and is SIGKILLed; the client resumes on b from the
+    record (claim 2, waiting for a's ids). a starts again with its frames
+    to b held (STARLING_TEST_FWD_HOLD), so b's copy is never told. b
+    stalls; the client's claim 3 on cn commits, but cn's store commits
+    nothing (STARLING_TEST_STORE_HOLD); cn and b are SIGKILLed: cn keeps
+    no session. b starts again and finds its stored copy claimed away: it
+    moves out to cn, held (STARLING_TEST_MOVING_HOLD), still waiting for
+    a's ids. cn starts again; the client resumes on b (claim 4): cn has no session, so b
+    resumes from the record, waits for cn's ids of claim 3 and folds its
+    own copy, moving out to cn. That copy's ids (none) are only part of its
+    client's: b's session waits for a's ids of claim 1 now and asks a.
+    The client's resend is held until a's answer comes (its frames to b
+    flow again): received, not delivered again. Before, b took the copy's
+    ids for all and the resend for a new message. (The subscriber, on b,
+    connects again once the nodes are back.)"""
+    WAIT_S = 30.0
+    hold, hold_b, hold_cn = tmp_path / "fwd-hold", tmp_path / "moving-hold-b", tmp_path / "hold-cn"
+    c = cluster_factory(extra_env={"STARLING_CLUSTER_RESEND_WAIT": "90000",
+                                   "STARLING_LOG_LEVEL": "debug"})
+    a, b, cn = c.nodes
+    node_env(a, STARLING_TEST_FWD_HOLD=str(hold))
+    node_env(b, STARLING_TEST_MOVING_HOLD=str(hold_b))
+    faults.store_held(cn, hold_cn)
+    c.start()
+    c.wait_healthy()
+    topic = uid("fwd/foldwait")
+    sub = subscriber(b, 2, topic)
+    pub_id, props = uid("pub"), {"session_expiry_interval": 600}
+    p = persistent_qos2_publisher(c, a, pub_id, props, WAIT_S)
+    taken_and_acknowledged(p, sub, topic, WAIT_S)
+    aid, bid, cid = (f"{faults.node_id(n):016x}" for n in (a, b, cn))
+    try:
+        resumed_past_killed(a, b, pub_id, props, WAIT_S, p).disconnect()  # claim 2
+        hold.write_text(bid)
+        a.start()
+        left = f"the session of '{pub_id}' moved to {bid} (claim 2)"
+        wait_for(lambda: left in a.logtext(), WAIT_S, f"a's stored copy of {pub_id} moving out")
+        faults.wait_healthy(c)
+        # claim 3 on cn, which keeps nothing; b's copy, held, still waits for a's ids
+        hold_b.touch()
+        hold_cn.touch()
+        faults.pause(b)
+        try:
+            wait_for(lambda: unreachable(cn, b), WAIT_S, f"{cn.name} taking {b.name} for dead")
+            q = mqttraw.Client(cn)
+            q.connect(pub_id, clean=False, properties=props, expect=False)
+            wait_for(lambda: faults.tables(a)["registry"].get(pub_id, (0, 0))[0] ==
+                     faults.node_id(cn), WAIT_S, f"the claim of {pub_id} on cn")
+            faults.kill(cn)
+            faults.kill(b)
+            q.close()
+        finally:
+            hold_cn.unlink(missing_ok=True)
+        b.start()
+        left = f"the session of '{pub_id}' moved to {cid} (claim 3)"
+        wait_for(lambda: left in b.logtext(), WAIT_S, f"b's stored copy of {pub_id} moving out")
+        cn.start()
+        faults.wait_healthy(c)
+        sub.stop()
+        sub = subscriber(b, 2, topic, cid=sub.client_id)  # its session, stored on b
+        # claim 4 on b, from the record: it folds its copy of claim 2
+        q = resumed_elsewhere(b, pub_id, props, WAIT_S)
+        assert f"{cid} has no session '{pub_id}' to hand over" in b.logtext()
+        on = f"which kept none of its own; that copy still waited for those of {aid}'s copy " \
+            "of claim 1: it waits for those now"
+        assert on in b.logtext()
+        resend_held(q, b, topic, b"taken", WAIT_S)
+    finally:
+        hold.unlink(missing_ok=True)
+        hold_b.unlink(missing_ok=True)
+    resend_answered_as_had(q, b, WAIT_S)
+    exchanged_qos2(q, topic, b"after", WAIT_S)
+    q.disconnect()
+    resend_was_had(sub, b, WAIT_S)
+
+
 @pytest.mark.parametrize("then", ["resent", "moved_on"])
 def test_ids_told_to_a_copy_moving_out_go_on_to_its_owner(cluster_factory, tmp_path, then):
     """Chaos seed 10048 with --resend --more (1 QoS 2 duplicate at 3
