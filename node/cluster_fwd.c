@@ -276,22 +276,27 @@ static struct fwd_out *out_find(struct cluster_fwd *f, uint64_t node)
     return NULL;
 }
 
-uint64_t cluster_fwd_out_next(struct cluster_fwd *f, uint64_t node)
+bool cluster_fwd_out_next(struct cluster_fwd *f, uint64_t node, uint64_t *next)
 {
+    *next = 0;
+    /* before the load, the rows a SIGKILL left in the store are not in
+     * memory yet: an empty outbox would say that everything went */
+    if (!atomic_load(&f->ready))
+        return false;
     struct fwd_out *o = out_find(f, node);
     if (!o)
-        return 0;
+        return true;
     pthread_mutex_lock(&o->mu);
     /* the last row that is to be sent (a failed one never is: its publish
      * was refused); none left: what the node acknowledged */
-    uint64_t next = o->acked;
+    *next = o->acked;
     for (size_t i = o->n; i > 0; i--)
         if (ring_at(o, i - 1)->state != ROW_FAILED) {
-            next = ring_at(o, i - 1)->seq;
+            *next = ring_at(o, i - 1)->seq;
             break;
         }
     pthread_mutex_unlock(&o->mu);
-    return next;
+    return true;
 }
 
 int cluster_fwd_outbox(struct cluster_fwd *f, uint64_t node, uint64_t *msgs, uint64_t *bytes)

@@ -148,8 +148,9 @@ void cluster_fwd_poll(struct cluster_fwd *f, uint64_t now_ms);
 
 /* The last sequence number of a frame of node's outbox that is still to
  * reach it (not one whose publish was refused: never sent), or, with none
- * left, the highest it acknowledged (0: none). Any thread. */
-uint64_t cluster_fwd_out_next(struct cluster_fwd *f, uint64_t node);
+ * left, the highest it acknowledged (0: none), into *next. False (nothing
+ * known) until the outbox is loaded from the store. Any thread. */
+bool cluster_fwd_out_next(struct cluster_fwd *f, uint64_t node, uint64_t *next);
 /* The highest sequence number applied of origin's frames to this node (0:
  * none). Cluster thread. */
 uint64_t cluster_fwd_in_applied(struct cluster_fwd *f, uint64_t origin);

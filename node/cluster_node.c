@@ -240,7 +240,6 @@ static void send_applied(struct cluster_node *cn, uint64_t index, uint64_t *lead
         return;
     Starling__Chan__Applied a = STARLING__CHAN__APPLIED__INIT;
     a.index = index;
-    a.has_fwd_next = true;
     if (*leaderless_since) {
         uint64_t ms = now - *leaderless_since;
         a.has_leaderless_ms = true;
@@ -258,7 +257,9 @@ static void send_applied(struct cluster_node *cn, uint64_t index, uint64_t *lead
             nodes[k++] = cn->peers[i].node;
     pthread_mutex_unlock(&cn->mu);
     for (unsigned i = 0; i < k; i++) {
-        a.fwd_next = cluster_fwd_out_next(cn->fwd, nodes[i]);
+        a.has_fwd_next = cluster_fwd_out_next(cn->fwd, nodes[i], &a.fwd_next);
+        /* (its outbox not loaded yet: the report says nothing of it) */
+        a.has_outbox_unknown = a.outbox_unknown = !a.has_fwd_next;
         size_t n = starling__chan__frame__pack(&fr, buf);
         cluster_send(cn->c, nodes[i], buf, n);
     }
@@ -266,7 +267,15 @@ static void send_applied(struct cluster_node *cn, uint64_t index, uint64_t *lead
 
 /* p's Applied report of index with the last sequence number of its outbox
  * to this node (fwd_next; absent: an older node, taken as clear), when
- * this node has applied its frames up to `hwm` (struct peer.clear).
+ * this node has applied its frames up to `hwm` (struct peer.clear). A
+ * report sent before its outbox was loaded (Applied.outbox_unknown) is
+ * not given here: it says nothing of the forwards a SIGKILL left in that
+ * outbox. Before, it said fwd_next 0, which took p for clear: chaos seed
+ * 18011 with --resend --more --weight restart-all=8, n3 started again
+ * after a SIGKILL with two forwards for n2 in its outbox (n2 had dropped
+ * them before its own store loaded), and its reports while its outbox
+ * loaded ended n2's old copy of a subscriber's session that waited for
+ * them; their replay 20 ms later matched nothing on n2 (2 messages lost).
  * Caller holds mu; cluster thread. */
 static void peer_clear_note(struct peer *p, uint64_t index, bool has_seq, uint64_t seq,
                             uint64_t hwm)
@@ -1142,8 +1151,9 @@ static void on_frame(void *ud, uint64_t from, const void *frame)
             if (cn->peers[i].node == from) {
                 if (f->applied->index > cn->peers[i].applied)
                     cn->peers[i].applied = f->applied->index;
-                peer_clear_note(&cn->peers[i], f->applied->index, f->applied->has_fwd_next,
-                                f->applied->fwd_next, cluster_fwd_in_applied(cn->fwd, from));
+                if (!f->applied->outbox_unknown)
+                    peer_clear_note(&cn->peers[i], f->applied->index, f->applied->has_fwd_next,
+                                    f->applied->fwd_next, cluster_fwd_in_applied(cn->fwd, from));
                 cn->peers[i].seen_ms = cn_mono_ms();
                 /* (its clock's since, on this node's: 1 at the earliest) */
                 uint64_t ll = f->applied->has_leaderless_ms ? f->applied->leaderless_ms : 0;

@@ -1481,6 +1481,61 @@ def test_forwards_held_by_a_cut_off_node_reach_a_session_that_moved_meanwhile(
     p.disconnect()
 
 
+def test_reports_of_a_node_whose_outbox_loads_keep_an_old_copy_waiting(cluster_factory,
+                                                                        tmp_path):
+    """Chaos seed 18011 with --resend --more --weight restart-all=8 (2
+    messages lost at one subscriber), made deterministic. A persistent QoS
+    1 subscriber S on A, a publisher on C. C's forwards to A wait in its
+    outbox (STARLING_TEST_FWD_HOLD) while C acknowledges M0..M9; S moves to
+    B, and A's old copy of S stays for them (C's reports name the outbox's
+    rows). C is SIGKILLed and started again, its outbox's load held
+    (STARLING_TEST_OUTBOX_HOLD); once its reports have reached A, with an
+    index past B's routes, the load goes on and C replays M0..M9 to A. A's
+    copy must pass them on to S on B. Before, a report sent before the
+    outbox was loaded said it was empty, A took C for clear and the copy
+    ended: the replay matched nothing on A (lost)."""
+    fwd_hold, outbox_hold = tmp_path / "fwd-hold", tmp_path / "outbox-hold"
+    c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
+    a, b, cn = c.nodes
+    cn.env = (lambda base: lambda: {**base(), "STARLING_TEST_FWD_HOLD": str(fwd_hold),
+                                    "STARLING_TEST_OUTBOX_HOLD": str(outbox_hold)})(cn.env)
+    c.start()
+    c.wait_healthy()
+    cid, topic, s, p = subscriber_on_a_publisher_on_c(c, "outboxreport")
+    fwd_hold.write_text(f"{faults.node_id(a):016x}")
+    sent = [f"m{k}".encode() for k in range(10)]
+    try:
+        for m in sent:
+            p.publish(topic + "/x", m, qos=1)  # PUBACK: C holds it for A
+        s.disconnect()
+        s = resumed_on(b, cid, timeout=30)
+        stays = f"the old copy of '{cid}' stays past its time: {faults.node_id(cn):016x} has " \
+            "not sent all it routed"
+        wait_until(lambda: stays in a.logtext(), 30, f"A's copy of {cid} waiting for C")
+        p.stop()
+        kill(cn)
+        fwd_hold.unlink()
+        outbox_hold.touch()
+        start = len(cn.logtext())
+        cn.start()
+        wait_until(lambda: "the outbox's load waits (STARLING_TEST_OUTBOX_HOLD)" in cn.logtext(),
+                   30, "C holding its outbox's load")
+        applied = metric_value(a, "starling_raft_applied_index")
+
+        def caught_up():  # (C's admin API starts once its outbox is loaded)
+            got = re.findall(r"entry (\d+) applied|route matcher loaded \(entry (\d+)\)",
+                             cn.logtext()[start:])
+            return max((int(x or y) for x, y in got), default=0) >= applied
+        wait_until(caught_up, 30, "C applying B's routes")
+        wait_until(lambda: faults.hears(a, cn), 30, "A hearing C's reports")
+    finally:
+        fwd_hold.unlink(missing_ok=True)
+        outbox_hold.unlink(missing_ok=True)
+    got = [s.get(30).payload for _ in sent]
+    assert sorted(got) == sorted(sent)
+    s.disconnect()
+
+
 @pytest.mark.parametrize("stopped", [False, True], ids=["cut", "cut_and_stopped"])
 def test_forwards_held_for_a_restarted_node_reach_its_sessions_new_owner_after_a_long_cut(
         fault_cluster, partition_factory, stopped):
