@@ -585,7 +585,8 @@ struct fold_rows {
 
 static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionMessages *sm,
-                             const struct cluster_fwd_seq *sq, const struct fold_rows *fr);
+                             const struct cluster_fwd_seq *sq, const struct fold_rows *fr,
+                             const uint16_t *own, uint32_t n_own);
 
 /* What a batch of late messages says of its copy (SessionMessages). */
 enum late_mark {
@@ -743,7 +744,7 @@ static void msgs_send(struct cluster_node *cn, struct session *from, uint64_t to
             sm.epoch = cur;
         }
         struct fold_rows fr = {from, seqs, n_seqs, into, was_to};
-        if (!fold_on_messages(cn, to, &sm, NULL, &fr)) { /* not folded (moved on): alone */
+        if (!fold_on_messages(cn, to, &sm, NULL, &fr, NULL, 0)) { /* not folded (moved on): alone */
             struct store_batch *dt = NULL;
             copy_rows_del(cn, from, id, len, seqs, n_seqs, &dt);
             persist_submit(cn->b, &dt, NULL, NULL);
@@ -2645,7 +2646,7 @@ static void on_messages_told(struct cluster_node *cn, uint64_t from,
     bool told = !(sm->has_qos2_told && sm->qos2_told) ||
                 owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received,
                            sm->n_qos2_received, own, n_own, copy_epoch, relayed, sm, &nx);
-    fold_on_messages(cn, from, sm, sq, NULL);
+    fold_on_messages(cn, from, sm, sq, NULL, own, n_own);
     /* the frame may have built the session (adopt_lost): told now */
     if (!told)
         owner_told(cn, whose, &sm->client_id, sm->epoch, sm->qos2_received, sm->n_qos2_received,
@@ -2690,10 +2691,13 @@ static uint16_t *waiting_copy_ids(struct cluster_node *cn, const char *id, uint1
 /* cn_session_on_messages; fr (or NULL): the rows of the old copy that sm
  * folds into this node's session, deleted in the batch that puts its
  * messages there. Whether they were (false: the messages went elsewhere or
- * were dropped; the caller deletes them alone). */
+ * were dropped; the caller deletes them alone). own[0..n_own): the ids of
+ * this node's copy that sm's sender waited for (a late state's,
+ * cn_waited_here_ids), part of what its ids answer. */
 static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
                              const Starling__Chan__SessionMessages *sm,
-                             const struct cluster_fwd_seq *sq, const struct fold_rows *fr)
+                             const struct cluster_fwd_seq *sq, const struct fold_rows *fr,
+                             const uint16_t *own, uint32_t n_own)
 {
     if (sm->client_id.len == 0 || sm->client_id.len > 65535) {
         cn_seq_applied(cn, sq);
@@ -2781,6 +2785,28 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
                          (unsigned long long)sm->epoch, (unsigned)k);
             }
             free(chain);
+            /* relayed with them: the ids of this node's copy that the
+             * sender's copy still waited for (own, a late state's). Its
+             * own ids are only part of its client's then, and an owner
+             * whose wait for that copy's ids they answer took the part
+             * for all. Before, they stayed here: chaos seed 18030 with
+             * --resend --more --links --overlap, n2's copy of claim 18,
+             * cut off while it waited for n3's ids of claim 16, sent its
+             * state (no ids) to n3's claim 19 once healed; n3 passed it on
+             * to n1's claim 21, which waited for n2's ids and took the
+             * client's resend of what n3's copy had taken for new (3
+             * messages, each at 3 subscribers). */
+            uint32_t *with_own = relay && own && n_own
+                                     ? malloc((sm->n_qos2_received + n_own + 1) * sizeof *with_own)
+                                     : NULL;
+            if (with_own) {
+                on.n_qos2_received =
+                    ids_union(with_own, sm->qos2_received, sm->n_qos2_received, own, n_own, NULL);
+                on.qos2_received = with_own;
+                log_info("cluster: the QoS 2 ids of '%.*s' from %016llx go on with the %u of this "
+                         "node's copy that its copy waited for",
+                         (int)sm->client_id.len, id, (unsigned long long)whose, (unsigned)n_own);
+            }
             if (relay) {
                 on.has_qos2_of = true;
                 on.qos2_of = whose;
@@ -2812,6 +2838,7 @@ static bool fold_on_messages(struct cluster_node *cn, uint64_t from,
                 kept || !sm->n_msgs ? cluster_fwd_send_frame(cn->fwd, node, &fr, &bt) : -ENOMEM;
             free(kept);
             free(merged);
+            free(with_own);
             if (sent >= 0) {
                 cluster_fwd_in_stage(cn->fwd, sq, &bt);
                 persist_submit(cn->b, &bt, NULL, NULL);

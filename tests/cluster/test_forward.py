@@ -1167,6 +1167,59 @@ def test_ids_told_to_a_copy_that_moved_on_reach_the_owner_that_waits(cluster_fac
     had_then_once_each(c, q, cn, topic, sub, got, WAIT_S)
 
 
+def test_a_late_state_passed_on_takes_the_ids_its_sender_waited_for_here(cluster_factory,
+                                                                          tmp_path):
+    """Chaos seed 18030 with --resend --more --links --overlap (3 QoS 2
+    duplicates, each at 3 subscribers), made deterministic. Every node's
+    cluster_down_after is long: a claim asks a stalled old node for the
+    session and resumes it from the record once cluster_claim_timeout has
+    passed. Node a takes a persistent QoS 2 publisher's message (its
+    commit held) and stalls before its PUBREC. The client resumes on b
+    from the record (claim 2, waiting for a's ids), then on cn (claim 3,
+    b's state with that wait). cn stalls, and a runs again: its copy moves
+    out, the frames of a and b to cn held (STARLING_TEST_FWD_HOLD), so
+    cn's copy is never told a's ids. The client resumes on a (claim 4,
+    from the record once cn does not answer; it waits for cn's ids of
+    claim 3), on a again (claim 5), then on b (claim 6, a's state with
+    that wait) and resends there: held. cn runs again and answers claim
+    4's request with its state: a state that came after its claim went on
+    (a has no session of claim 4 any more), from a copy that still waited
+    for a's ids of claim 1, its own (none) only part of its client's. a
+    passes it on to b as cn's copy's ids, with those of its own copy of
+    claim 1 that cn's waited for: received, not delivered again. Before,
+    a passed on cn's alone (none), and b took the resend for new."""
+    WAIT_S = 30.0
+    fwd_hold = tmp_path / "fwd-hold"
+    c, topic, sub, pub_id, props, got = taken_then_stalled(
+        cluster_factory, tmp_path, "fwd/relayown", WAIT_S,
+        {"STARLING_CLUSTER_RESEND_WAIT": "120000", "STARLING_CLUSTER_DOWN_AFTER": "120000",
+         "STARLING_TEST_FWD_HOLD": str(fwd_hold), "STARLING_LOG_LEVEL": "debug"})
+    a, b, cn = c.nodes
+    cid = f"{faults.node_id(cn):016x}"
+    try:
+        resumed_elsewhere(b, pub_id, props, WAIT_S).close()  # claim 2, waiting for a's ids
+        resumed_elsewhere(cn, pub_id, props, WAIT_S).close()  # claim 3, with b's wait
+        fwd_hold.write_text(cid)
+        faults.pause(cn)
+        faults.resume(a)
+        left = f"the session of '{pub_id}' moved to "
+        wait_for(lambda: left in a.logtext(), WAIT_S, f"a's copy of {pub_id} moving out")
+        wait_for(lambda: faults.leader(c, among=[a, b]), WAIT_S, "a leader among a and b")
+        resumed_elsewhere(a, pub_id, props, WAIT_S).close()  # claim 4, waiting for cn's ids
+        assert f"no session state for '{pub_id}' from its old node" in a.logtext()
+        resumed_elsewhere(a, pub_id, props, WAIT_S).close()  # claim 5, on a again
+        q = resumed_elsewhere(b, pub_id, props, WAIT_S)  # claim 6, with a's wait
+        resend_held(q, b, topic, b"taken", WAIT_S)
+        faults.resume(cn)
+        late = f"the session state of '{pub_id}' from {cid} came after its claim went on"
+        wait_for(lambda: late in a.logtext(), WAIT_S, "cn's state coming late to a")
+    finally:
+        faults.resume(a)
+        faults.resume(cn)
+        fwd_hold.unlink(missing_ok=True)
+    had_then_once_each(c, q, b, topic, sub, got, WAIT_S)
+
+
 def test_a_resend_elsewhere_of_what_a_killed_node_took_is_delivered_once(cluster_factory):
     """As above, but node a stores the message and sends its PUBREC, which
     is lost on the way (the client reads it and acts as if it never came),
