@@ -1490,10 +1490,11 @@ def test_reports_of_a_node_whose_outbox_loads_keep_an_old_copy_waiting(cluster_f
     B, and A's old copy of S stays for them (C's reports name the outbox's
     rows). C is SIGKILLed and started again, its outbox's load held
     (STARLING_TEST_OUTBOX_HOLD); once its reports have reached A, with an
-    index past B's routes, the load goes on and C replays M0..M9 to A. A's
-    copy must pass them on to S on B. Before, a report sent before the
-    outbox was loaded said it was empty, A took C for clear and the copy
-    ended: the replay matched nothing on A (lost)."""
+    index past B's routes (a SUBACK on A waits for them), the load goes on
+    and C replays M0..M9 to A. A's copy must pass them on to S on B.
+    Before, a report sent before the outbox was loaded said it was empty,
+    A took C for clear and the copy ended: the replay matched nothing on A
+    (lost)."""
     fwd_hold, outbox_hold = tmp_path / "fwd-hold", tmp_path / "outbox-hold"
     c = cluster_factory(extra_env=dict(FAULT_ENV, STARLING_LOG_LEVEL="debug"))
     a, b, cn = c.nodes
@@ -1520,7 +1521,8 @@ def test_reports_of_a_node_whose_outbox_loads_keep_an_old_copy_waiting(cluster_f
         cn.start()
         wait_until(lambda: "the outbox's load waits (STARLING_TEST_OUTBOX_HOLD)" in cn.logtext(),
                    30, "C holding its outbox's load")
-        applied = metric_value(a, "starling_raft_applied_index")
+        # the index A's copy waits for C to be clear for: B's routes'
+        applied = int(re.search(re.escape(stays) + r".*\(entry (\d+)\)", a.logtext()).group(1))
 
         def caught_up():  # (C's admin API starts once its outbox is loaded)
             got = re.findall(r"entry (\d+) applied|route matcher loaded \(entry (\d+)\)",
@@ -1528,6 +1530,12 @@ def test_reports_of_a_node_whose_outbox_loads_keep_an_old_copy_waiting(cluster_f
             return max((int(x or y) for x, y in got), default=0) >= applied
         wait_until(caught_up, 30, "C applying B's routes")
         wait_until(lambda: faults.hears(a, cn), 30, "A hearing C's reports")
+        # a SUBACK on A waits until every live member reported the route's
+        # entry applied: C's report of a later index has reached A
+        w = PahoClient(a, uid("outboxreportw"), 5)
+        w.connect()
+        assert w.subscribe(uid("outboxreport/w"), qos=1) == [1]
+        w.disconnect()
     finally:
         fwd_hold.unlink(missing_ok=True)
         outbox_hold.unlink(missing_ok=True)
