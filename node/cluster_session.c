@@ -851,9 +851,14 @@ static void owner_pubs_note(struct session_owner_local *local, const Starling__C
 /* What owner_routed_index found of the first owner after the copy's claim:
  * its node and the index of the entry after its own in the record's list
  * (another owner's first record: from there on, what was routed reached
- * that one; 0: none listed yet). */
+ * that one; 0: none listed yet); and the owners listed after it, each
+ * with the index of its first record (`later`, up to
+ * SESSION_FOLD_LATER_MAX; `past`: the index of the first one that did not
+ * fit, 0: none). */
 struct owner_found {
-    uint64_t node, next;
+    uint64_t node, next, past;
+    uint8_t n_later;
+    struct session_fold_owner later[SESSION_FOLD_LATER_MAX];
 };
 
 static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint16_t len,
@@ -936,6 +941,13 @@ static uint64_t owner_routed_index(struct cluster_node *cn, const char *id, uint
             found->node = o->node;
             if (i + 1 < rec->n_owners)
                 found->next = rec->owners[i + 1]->index;
+            for (size_t j = i + 1; j < rec->n_owners && !found->past; j++) {
+                const Starling__Cmd__RecordOwner *l = rec->owners[j];
+                if (found->n_later == SESSION_FOLD_LATER_MAX)
+                    found->past = l->index;
+                else
+                    found->later[found->n_later++] = (struct session_fold_owner){l->node, l->index};
+            }
         }
         /* Its own publishes routed before that index reached it too, if
          * its session had them locally (RecordOwner.local_from): its claim
@@ -3142,9 +3154,18 @@ static void stand_in_rule_set(struct cluster_node *cn, struct session *s, bool p
     struct owner_found owner;
     uint64_t direct =
         owner_routed_index(cn, s->client_id, s->id_len, 0, 0, stored, true, &local, &owner);
+    /* up to the index it stands in from, the owners after the first each
+     * for its run (chaos seed 18002 on 7b51ab1: claims on n2, n3, n1 and
+     * n2 again, n3's outbox replayed after a whole-cluster SIGKILL what it
+     * routed in n1's run to n1 and to n2's stored copy of the first claim,
+     * which stood in for the last; its rule named n3 alone and ended at
+     * n1's record, so it delivered them, and n1's copy gave them again as
+     * late messages: 3 QoS 2 duplicates). Before, the rule ended at the
+     * next owner's record. Past the owners that fit, it keeps everything
+     * (at least once). */
     uint64_t until = fsm_routes_index(cn->fsm) + 1;
-    if (owner.next && owner.next < until)
-        until = owner.next;
+    if (owner.past && owner.past < until)
+        until = owner.past;
     /* (until at or below direct: the owner's own publishes that its
      * session had locally, routed before its first record, are still left
      * out, session_owner_had; chaos seed 18003 with --resend --more
@@ -3160,7 +3181,9 @@ static void stand_in_rule_set(struct cluster_node *cn, struct session *s, bool p
     struct session_fold *f = malloc(sizeof(*f));
     if (!f)
         return; /* it takes everything: at least once */
-    *f = (struct session_fold){until, direct, cn->self, owner.node, local};
+    *f = (struct session_fold){until, direct, cn->self, owner.node, local, 0, {{0, 0}}};
+    for (uint8_t i = 0; i < owner.n_later && owner.later[i].from < until; i++)
+        f->later[f->n_later++] = owner.later[i];
     size_t gone = 0;
     lock_acquire(&s->lock);
     if (!s->fold && !cn_subs_shared(s) && !s->ended) {
@@ -3174,10 +3197,11 @@ static void stand_in_rule_set(struct cluster_node *cn, struct session *s, bool p
     lock_release(&s->lock);
     if (!f)
         log_debug("cluster: the stored copy of '%s' (claim %llu) leaves out what was routed from "
-                  "index %llu to %llu and reached %016llx, the owner after it (%zu it held "
-                  "leave it)",
+                  "index %llu to %llu and reached %016llx, the owner after it, or a later owner "
+                  "in its run (%u listed) (%zu it held leave it)",
                   s->client_id, (unsigned long long)stored, (unsigned long long)direct,
-                  (unsigned long long)until, (unsigned long long)owner.node, gone);
+                  (unsigned long long)until, (unsigned long long)owner.node,
+                  (unsigned)owner.n_later, gone);
     free(f);
 }
 
@@ -4583,7 +4607,8 @@ static void fold_rule_set(struct cluster_node *cn, struct session *keep, const s
                   (unsigned long long)stood.until, (unsigned long long)stood.via);
     } else if (f && !stood.via && keep->record_from && !keep->routed_from &&
                !cn_subs_shared(keep)) {
-        *f = (struct session_fold){keep->record_from, x->fold_direct, cn->self, 0, local};
+        *f = (struct session_fold){keep->record_from, x->fold_direct, cn->self, 0, local, 0,
+                                   {{0, 0}}};
         free(keep->fold);
         keep->fold = f;
         f = NULL;

@@ -96,6 +96,9 @@ struct session_pubs_seen {
     struct session_pub_seen e[];
 };
 
+/* The most later owners a stand-in's rule names (struct session_fold). */
+#define SESSION_FOLD_LATER_MAX 4
+
 struct session {
     /* (laid out without holes: an idle client is mostly this and its conn) */
     struct session *hnext; /* registry table chain (registry lock) */
@@ -295,10 +298,18 @@ struct session {
      * owner it names (not 0: a forward of a third node is left out only
      * when its origin sent it to that owner too, struct msg.also_to) and
      * `until` at most the index at which it began to stand in. A claim
-     * that folds the stand-in takes that rule over (fold_rule_set). */
+     * that folds the stand-in takes that rule over (fold_rule_set).
+     * `later`: the owners the record lists after `via` before `until`,
+     * each from the index of its first record on (what was routed in its
+     * run reached it, not `via`); one that is this node keeps what was
+     * routed in its run. */
     struct session_fold {
         uint64_t until, direct, here, via;
         struct session_owner_local local;
+        uint8_t n_later;
+        struct session_fold_owner {
+            uint64_t node, from;
+        } later[SESSION_FOLD_LATER_MAX];
     } * fold;
     /* cluster: 1 + next_seq when the session was resumed here from its
      * replicated record (0: it was not). The packet ids it used since are
@@ -464,8 +475,15 @@ static inline bool session_owner_had(const struct session_owner_local *o, const 
  * had by the later owner the rule names (struct session_fold). */
 static inline bool session_fold_had(const struct session_fold *f, const struct msg *m)
 {
-    return f && m->route_index && m->route_index < f->until && m->id_node != f->here &&
-           (!f->via || m->id_node == f->via || msg_also_to(m, f->via)) &&
+    if (!f || !m->route_index || m->route_index >= f->until || m->id_node == f->here)
+        return false;
+    /* routed in a later owner's run: had if it reached that owner */
+    for (uint8_t i = f->n_later; i > 0; i--) {
+        const struct session_fold_owner *o = &f->later[i - 1];
+        if (m->route_index >= o->from)
+            return o->node != f->here && (m->id_node == o->node || msg_also_to(m, o->node));
+    }
+    return (!f->via || m->id_node == f->via || msg_also_to(m, f->via)) &&
            session_owner_had(&f->local, m, f->direct);
 }
 

@@ -5227,8 +5227,8 @@ def test_stored_copy_standing_in_for_the_claims_session_hands_on_what_it_took(cl
     p.disconnect()
 
 
-@pytest.mark.parametrize("mode", ["resumed", "resumed_replayed_first", "folded",
-                                  "folded_then_replayed"])
+@pytest.mark.parametrize("mode", ["resumed", "resumed_replayed_first", "resumed_past_two",
+                                  "folded", "folded_then_replayed"])
 def test_a_stand_in_leaves_out_what_its_copys_owner_had_directly(cluster_factory, tmp_path,
                                                                    mode):
     """Issue 10, chaos seed 17603 (2 QoS 2 duplicates, DUP 0, after a
@@ -5248,6 +5248,10 @@ def test_a_stand_in_leaves_out_what_its_copys_owner_had_directly(cluster_factory
     * `resumed_replayed_first`: the same, but B's outbox replays M0..M4 to
       A while A's start-up pass waits (the leader's reports held), before
       it names the copy;
+    * `resumed_past_two`: as `resumed`, but S moves from A to the leader
+      first, then to B: M0..M4 reached B, the second owner after A's
+      copy's claim (chaos seed 18002 on 7b51ab1: the rule named the first
+      owner alone, up to the second one's record);
     * `folded`: A's pass waits while S connects to A, whose claim applies
       and asks B; B's outbox replays M0..M4, then B's state comes, and the
       stored copy, not named yet, is folded into the claim's session. B's
@@ -5275,11 +5279,17 @@ def test_a_stand_in_leaves_out_what_its_copys_owner_had_directly(cluster_factory
     cid, topic, props, s = raw_persistent_subscriber(a, "standdirect", 2)
     s.disconnect()
     hold.write_text("")  # A's copy, claimed away, stays (in its store too)
-    s = connected_after_fault(b, cid, clean=False, properties=props, timeout=30)
+    two = mode == "resumed_past_two"
+    s = connected_after_fault(lead if two else b, cid, clean=False, properties=props, timeout=30)
     assert s.connack.session_present, s.connack
     bound = re.compile(rf"the old copy of '{re.escape(cid)}' takes nothing routed from "
                        rf"index \d+ on")
     wait_until(lambda: bound.search(a.logtext()), 30, f"{a.name}'s copy of {cid} bound")
+    if two:
+        s.disconnect()
+        s = connected_after_fault(b, cid, clean=False, properties=props, timeout=30)
+        assert s.connack.session_present, s.connack
+        wait_until(lambda: bound.search(lead.logtext()), 30, f"{lead.name}'s copy of {cid} bound")
     fwd_held = tmp_path / f"fwd-held-{origin.name}"
     fwd_held.write_text(f"{faults.node_id(a):x}\n")
     p = mqttraw.connected(origin, uid("standdirectp"), 5)
