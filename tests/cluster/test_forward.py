@@ -792,6 +792,16 @@ def resend_was_had(sub, node, wait_s):
         node.logtext()
 
 
+def had_then_after_once(q, node, topic, sub, wait_s):
+    """q's held resend is answered by node as had (resend_answered_as_had),
+    then a whole QoS 2 exchange of b"after", and q disconnects: sub gets
+    b"after" alone (resend_was_had)."""
+    resend_answered_as_had(q, node, wait_s)
+    exchanged_qos2(q, topic, b"after", wait_s)
+    q.disconnect()
+    resend_was_had(sub, node, wait_s)
+
+
 def node_env(node, **env):
     """From its next start on, node runs with env added to its own."""
     from conftest import Node
@@ -2102,10 +2112,7 @@ def test_ids_of_a_copy_folded_while_moving_out_elsewhere_answer_a_wait_named_for
     wait_for(lambda: b.health() == 200, WAIT_S, "b serving")
     q = resumed_elsewhere(b, pub_id, props, WAIT_S)  # claim 6: cn's wait, for b's ids
     q.publish(topic, b"taken", qos=2, dup=True, packet_id=1)
-    resend_answered_as_had(q, b, WAIT_S)
-    exchanged_qos2(q, topic, b"after", WAIT_S)
-    q.disconnect()
-    resend_was_had(sub, b, WAIT_S)
+    had_then_after_once(q, b, topic, sub, WAIT_S)
 
 
 @pytest.mark.parametrize("answer", ["last_frame", "late_state"])
@@ -2207,10 +2214,7 @@ def test_a_folded_copys_note_keeps_its_wait(cluster_factory, tmp_path):
     finally:
         hold.unlink(missing_ok=True)
         hold_b.unlink(missing_ok=True)
-    resend_answered_as_had(q, b, WAIT_S)
-    exchanged_qos2(q, topic, b"after", WAIT_S)
-    q.disconnect()
-    resend_was_had(sub, b, WAIT_S)
+    had_then_after_once(q, b, topic, sub, WAIT_S)
     faults.kill(b)
     start = len(b.logtext())
     node_env(b, STARLING_CLUSTER_RESEND_WAIT="0")
@@ -2334,10 +2338,7 @@ def test_a_folded_copy_that_still_waited_hands_its_wait_on(cluster_factory, tmp_
     finally:
         hold.unlink(missing_ok=True)
         hold_b.unlink(missing_ok=True)
-    resend_answered_as_had(q, b, WAIT_S)
-    exchanged_qos2(q, topic, b"after", WAIT_S)
-    q.disconnect()
-    resend_was_had(sub, b, WAIT_S)
+    had_then_after_once(q, b, topic, sub, WAIT_S)
 
 
 @pytest.mark.parametrize("then", ["resent", "moved_on"])
